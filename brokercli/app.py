@@ -1,0 +1,66 @@
+"""The dbaccess command line: typer root and command registration.
+
+Command modules import only typer at module level; the heavy libraries (httpx,
+psycopg, rich tables, keyring) load inside the commands that need them, so that
+``dbaccess --help`` and shell completion stay fast.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from brokercli import render
+from brokercli.commands import access, auth, info
+from brokercli.errors import CliError
+from brokercli.exit_codes import ExitCode, epilog
+
+app = typer.Typer(
+    name="dbaccess",
+    help="Short-lived, approved, masked and recorded access to PostgreSQL.",
+    epilog=epilog(),
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+app.command("login")(auth.login)
+app.command("logout")(auth.logout)
+app.command("whoami")(info.whoami)
+app.command("targets")(info.targets)
+app.command("connect")(access.connect)
+app.command("run", context_settings={"allow_interspersed_args": False})(access.run)
+app.command("exec")(access.exec_)
+app.command("sessions")(info.sessions)
+app.command("kill")(info.kill)
+app.add_typer(info.audit_app, name="audit")
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        rv = app(args=argv, prog_name="dbaccess", standalone_mode=False)
+    except CliError as err:
+        render.error(err)
+        return int(err.code)
+    except KeyboardInterrupt:
+        return int(ExitCode.INTERRUPTED)
+    except typer.Exit as exc:
+        return int(exc.exit_code)
+    except Exception as exc:  # click's own usage errors
+        import click
+
+        if isinstance(exc, click.exceptions.Abort):
+            return int(ExitCode.INTERRUPTED)
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            return int(ExitCode.USAGE)
+        raise
+    # Without standalone mode, click returns typer.Exit's code instead of raising it.
+    return rv if isinstance(rv, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""Typed HTTP client for the broker API.
+
+Every broker error comes back as JSON ``{"error", "message", "hint"}``; this
+module turns it into a ``CliError`` carrying the documented exit code, so
+commands never look at HTTP statuses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from brokercli import tokens
+from brokercli.config import Settings, settings
+from brokercli.errors import CliError
+from brokercli.exit_codes import BY_ERROR_KIND, ExitCode
+
+if TYPE_CHECKING:
+    import httpx
+
+
+@dataclass(frozen=True)
+class GatewayEndpoint:
+    host: str
+    port: int
+    tls: bool
+    ca_fingerprint: str | None
+
+
+@dataclass(frozen=True)
+class StartedSession:
+    id: str
+    target: str
+    scope: str
+    database: str
+    expires_at: str
+    ticket: str
+    gateway: GatewayEndpoint
+    raw: dict[str, Any]
+
+
+class BrokerClient:
+    def __init__(self, cfg: Settings, token: str | None, *, timeout: float = 30.0) -> None:
+        import httpx
+
+        self.cfg = cfg
+        self.token = token
+        verify: Any = cfg.ca_file if cfg.ca_file else True
+        self._http = httpx.Client(base_url=cfg.server, timeout=timeout, verify=verify)
+
+    @classmethod
+    def from_env(cls, server_flag: str | None = None, *, require_token: bool = True) -> BrokerClient:
+        cfg = settings(server_flag)
+        token = tokens.load(cfg.server)
+        if require_token and not token:
+            raise CliError(
+                f"not logged in to {cfg.server}",
+                code=ExitCode.NOT_AUTHENTICATED,
+                hint="run dbaccess login (or set DBACCESS_TOKEN in CI)",
+            )
+        return cls(cfg, token)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        import httpx
+
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        try:
+            resp = self._http.request(method, path, headers=headers, **kwargs)
+        except httpx.HTTPError as exc:
+            raise CliError(
+                f"cannot reach the broker at {self.cfg.server}: {exc}",
+                code=ExitCode.UNAVAILABLE,
+                hint=f"is the broker running? (server URL from {self.cfg.source})",
+            ) from None
+        if resp.status_code >= 400:
+            self._raise(resp)
+        if resp.status_code == 204 or not resp.content:
+            return None
+        return resp.json()
+
+    @staticmethod
+    def _raise(resp: httpx.Response) -> None:
+        try:
+            body = resp.json()
+        except ValueError:
+            body = {}
+        if not isinstance(body, dict):
+            body = {}
+        kind = str(body.get("error") or "")
+        message = str(body.get("message") or body.get("detail") or resp.text or resp.reason_phrase)
+        code = BY_ERROR_KIND.get(kind)
+        if code is None:
+            code = ExitCode.USAGE if resp.status_code == 422 else ExitCode.ERROR
+        raise CliError(message, code=code, hint=body.get("hint"))
+
+    # -- endpoints ------------------------------------------------------------
+    def whoami(self) -> dict[str, Any]:
+        return dict(self.request("GET", "/v1/whoami"))
+
+    def targets(self) -> list[dict[str, Any]]:
+        return list(self.request("GET", "/v1/targets"))
+
+    def start_session(
+        self,
+        target: str,
+        scope: str | None,
+        ttl: str | None,
+        reason: str | None,
+        client: dict[str, str],
+    ) -> StartedSession:
+        body = {"target": target, "scope": scope, "ttl": ttl, "reason": reason, "client": client}
+        data = self.request("POST", "/v1/sessions", json=body)
+        gw = data["gateway"]
+        s = data["session"]
+        return StartedSession(
+            id=s["id"],
+            target=s["target"],
+            scope=s["scope"],
+            database=data["database"],
+            expires_at=s["expires_at"],
+            ticket=data["ticket"],
+            gateway=GatewayEndpoint(gw["host"], int(gw["port"]), bool(gw["tls"]), gw.get("ca_fingerprint")),
+            raw=s,
+        )
+
+    def end_session(self, session_id: str) -> dict[str, Any]:
+        return dict(self.request("DELETE", f"/v1/sessions/{session_id}"))
+
+    def sessions(self, *, active: bool | None, all_: bool, limit: int) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit, "all": all_}
+        if active is not None:
+            params["active"] = active
+        return list(self.request("GET", "/v1/sessions", params=params))
+
+    def session(self, session_id: str) -> dict[str, Any]:
+        return dict(self.request("GET", f"/v1/sessions/{session_id}"))
+
+    def audit(self, **params: Any) -> list[dict[str, Any]]:
+        clean = {k: v for k, v in params.items() if v is not None}
+        return list(self.request("GET", "/v1/audit", params=clean))
+
+    def audit_verify(self) -> dict[str, Any]:
+        return dict(self.request("GET", "/v1/audit/verify"))

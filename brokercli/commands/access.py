@@ -1,0 +1,232 @@
+"""connect, run and exec: the three ways to use a database through dbaccess.
+
+Each one starts a session, opens the local tunnel and ends the session when it
+is done (``common.session_tunnel``).  While a child (psql or the user's command)
+runs, Ctrl-C belongs to the child: dbaccess ignores SIGINT itself and forwards
+SIGTERM/SIGHUP, so the session is always ended and revoked on the way out.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from brokercli import render
+from brokercli.commands.common import (
+    Output,
+    OutputOpt,
+    PortOpt,
+    ReasonOpt,
+    ScopeOpt,
+    ServerOpt,
+    TtlOpt,
+    session_tunnel,
+)
+from brokercli.errors import CliError
+from brokercli.exit_codes import ExitCode
+
+TargetArg = Annotated[str, typer.Argument(help="Target name, as listed by dbaccess targets.")]
+
+
+def _run_child(argv: list[str], env: dict[str, str]) -> int:
+    try:
+        proc = subprocess.Popen(argv, env=env)
+    except FileNotFoundError:
+        raise CliError(f"command not found: {argv[0]}", code=ExitCode.USAGE) from None
+    except PermissionError:
+        raise CliError(f"cannot execute {argv[0]}: permission denied", code=ExitCode.USAGE) from None
+
+    def _forward(signum: int, _frame: Any) -> None:
+        proc.send_signal(signum)
+
+    previous = {
+        signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        signal.SIGTERM: signal.signal(signal.SIGTERM, _forward),
+        signal.SIGHUP: signal.signal(signal.SIGHUP, _forward),
+    }
+    try:
+        rc = proc.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    # A child killed by a signal exits like a shell reports it.
+    return 128 - rc if rc < 0 else rc
+
+
+def _psql() -> str:
+    found = shutil.which("psql")
+    if not found:
+        raise CliError(
+            "psql is not installed",
+            code=ExitCode.USAGE,
+            hint="install the PostgreSQL client, or use --no-launch / dbaccess run",
+        )
+    return found
+
+
+def connect(
+    target: TargetArg,
+    scope: ScopeOpt = None,
+    ttl: TtlOpt = None,
+    reason: ReasonOpt = None,
+    port: PortOpt = 0,
+    no_launch: Annotated[
+        bool,
+        typer.Option("--no-launch", help="Print connection details and wait for Ctrl-C instead of psql."),
+    ] = False,
+    server: ServerOpt = None,
+) -> None:
+    """Open psql on TARGET through a fresh, expiring database role.
+
+    The role exists only for this session: it is revoked when psql exits (or on
+    Ctrl-C with --no-launch). The database password is never shown; psql logs in
+    to the local tunnel with a one-time session ticket.
+    """
+    psql = None if no_launch else _psql()
+    with session_tunnel(server, target, scope, ttl, reason, command="connect", port=port) as conn:
+        if psql is None:
+            render.info(
+                f"listening on {conn.host}:{conn.port}\n"
+                f"  psql \"host={conn.host} port={conn.port} dbname={conn.session.database} "
+                f"user={conn.user} sslmode=disable\"\n"
+                f"  password (session ticket): {conn.session.ticket}\n"
+                "press Ctrl-C to end the session"
+            )
+            stop = threading.Event()
+            previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            try:
+                stop.wait()
+            except KeyboardInterrupt:
+                pass
+            finally:
+                signal.signal(signal.SIGTERM, previous)
+            return
+        env = {**os.environ, **conn.env()}
+        rc = _run_child([psql], env)
+    if rc:
+        raise typer.Exit(rc)
+
+
+def run(
+    target: TargetArg,
+    command: Annotated[list[str], typer.Argument(help="The command to run, after --.")],
+    scope: ScopeOpt = None,
+    ttl: TtlOpt = None,
+    reason: ReasonOpt = None,
+    port: PortOpt = 0,
+    server: ServerOpt = None,
+) -> None:
+    """Run COMMAND with PGHOST/PGPORT/PGUSER/PGPASSWORD/PGDATABASE set to a session.
+
+    Example: dbaccess run prod-db --scope write -- ./migrate.sh
+
+    The session ends (and its role is revoked) when COMMAND exits; dbaccess exits
+    with COMMAND's status.
+    """
+    with session_tunnel(server, target, scope, ttl, reason, command="run", port=port) as conn:
+        rc = _run_child(list(command), {**os.environ, **conn.env()})
+    if rc:
+        raise typer.Exit(rc)
+
+
+def exec_(
+    target: TargetArg,
+    sql: Annotated[str | None, typer.Option("--command", "-c", help="SQL to run.")] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option("--file", "-f", help="File of SQL to run ('-' for stdin).", allow_dash=True),
+    ] = None,
+    output: OutputOpt = Output.table,
+    scope: ScopeOpt = None,
+    ttl: TtlOpt = None,
+    reason: ReasonOpt = None,
+    server: ServerOpt = None,
+) -> None:
+    """Run SQL non-interactively and print the results (for scripts and CI).
+
+    Several statements may be given; each result set is printed. Exits 3 if a
+    statement fails (the rest are not run).
+    """
+    if (sql is None) == (file is None):
+        raise CliError("give exactly one of --command/-c or --file/-f", code=ExitCode.USAGE)
+    if file is not None:
+        try:
+            text = sys.stdin.read() if str(file) == "-" else file.read_text()
+        except OSError as exc:
+            raise CliError(f"cannot read {file}: {exc}", code=ExitCode.USAGE) from None
+    else:
+        assert sql is not None
+        text = sql
+    if not text.strip():
+        raise CliError("no SQL to run", code=ExitCode.USAGE)
+    with session_tunnel(
+        server, target, scope, ttl, reason, command="exec", quiet=output != Output.table
+    ) as conn:
+        _execute(conn.env(), text, output)
+
+
+def _execute(env: dict[str, str], text: str, output: Output) -> None:
+    import psycopg
+
+    params = {
+        "host": env["PGHOST"],
+        "port": env["PGPORT"],
+        "user": env["PGUSER"],
+        "password": env["PGPASSWORD"],
+        "dbname": env["PGDATABASE"],
+        "sslmode": "disable",
+        "application_name": "dbaccess exec",
+        "connect_timeout": "15",
+    }
+    results: list[dict[str, Any]] = []
+    try:
+        with psycopg.connect(autocommit=True, **params) as pg, psycopg.ClientCursor(pg) as cur:
+            cur.execute(text.encode())
+            while True:
+                if cur.description is not None:
+                    cols = [d.name for d in cur.description]
+                    rows = cur.fetchall()
+                    results.append({"columns": cols, "rows": rows, "status": cur.statusmessage})
+                else:
+                    results.append({"columns": None, "rows": None, "status": cur.statusmessage})
+                if not cur.nextset():
+                    break
+    except psycopg.OperationalError as exc:
+        raise CliError(f"cannot run SQL through the gateway: {exc}".strip(), code=ExitCode.UNAVAILABLE) from None
+    except psycopg.Error as exc:
+        diag = exc.diag
+        hint = diag.message_hint if diag else None
+        state = f" [{exc.sqlstate}]" if exc.sqlstate else ""
+        _print_results(results, output)
+        raise CliError(f"{diag.message_primary if diag else exc}{state}", code=ExitCode.SQL_ERROR, hint=hint) from None
+    _print_results(results, output)
+
+
+def _print_results(results: list[dict[str, Any]], output: Output) -> None:
+    if output == Output.json:
+        render.as_json(
+            [
+                {
+                    "status": r["status"],
+                    "rows": None
+                    if r["columns"] is None
+                    else [dict(zip(r["columns"], row, strict=True)) for row in r["rows"]],
+                }
+                for r in results
+            ]
+        )
+        return
+    for r in results:
+        if r["columns"] is None:
+            if output == Output.table:
+                render.info(r["status"] or "")
+            continue
+        render.records(r["columns"], r["rows"], output.value)

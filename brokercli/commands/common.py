@@ -1,0 +1,128 @@
+"""Pieces shared by the command modules: option types and the session runner.
+
+``session_tunnel`` is the one place that starts a session, opens the tunnel,
+yields the connection details, and on the way out — whatever happened — closes
+the tunnel and ends the session so the broker revokes the role.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import platform
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import Enum
+from typing import Annotated
+
+import typer
+
+from brokercli import render
+from brokercli.client import BrokerClient, StartedSession
+from brokercli.config import settings
+from brokercli.errors import CliError
+from brokercli.tunnel import Tunnel, TunnelTarget
+
+
+class Output(str, Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+ServerOpt = Annotated[
+    str | None,
+    typer.Option("--server", envvar="DBACCESS_SERVER", help="Broker URL (default: from the profile)."),
+]
+ScopeOpt = Annotated[
+    str | None, typer.Option("--scope", "-s", help="Scope to use, e.g. read or write (default: policy's).")
+]
+TtlOpt = Annotated[
+    str | None, typer.Option("--ttl", help="Session lifetime, e.g. 30m or 2h (default: the scope's).")
+]
+ReasonOpt = Annotated[
+    str | None, typer.Option("--reason", "-r", help="Why you need access (ticket id, incident).")
+]
+PortOpt = Annotated[
+    int, typer.Option("--port", "-p", help="Local tunnel port (default: a free one).", min=0, max=65535)
+]
+OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="Output format.")]
+
+
+@dataclass(frozen=True)
+class Connection:
+    session: StartedSession
+    host: str
+    port: int
+    user: str
+
+    def env(self) -> dict[str, str]:
+        """libpq variables for a child process: the ticket is the password."""
+        return {
+            "PGHOST": self.host,
+            "PGPORT": str(self.port),
+            "PGUSER": self.user,
+            "PGPASSWORD": self.session.ticket,
+            "PGDATABASE": self.session.database,
+            "PGSSLMODE": "disable",  # loopback to our own tunnel; the tunnel does TLS
+            "PGAPPNAME": os.environ.get("PGAPPNAME", "dbaccess"),
+        }
+
+
+def client_info(command: str) -> dict[str, str]:
+    return {
+        "command": command,
+        "hostname": socket.gethostname(),
+        "os_user": getpass.getuser(),
+        "platform": platform.platform(terse=True),
+    }
+
+
+@contextmanager
+def session_tunnel(
+    server: str | None,
+    target: str,
+    scope: str | None,
+    ttl: str | None,
+    reason: str | None,
+    *,
+    command: str,
+    port: int = 0,
+    quiet: bool = False,
+) -> Iterator[Connection]:
+    client = BrokerClient.from_env(server)
+    try:
+        who = client.whoami()
+        session = client.start_session(target, scope, ttl, reason, client_info(command))
+        try:
+            cfg = settings(server)
+            tunnel = Tunnel(
+                TunnelTarget(session.gateway.host, session.gateway.port, session.gateway.tls, cfg.ca_file),
+                port=port,
+            )
+            try:
+                tunnel.start()
+            except OSError as exc:
+                raise CliError(f"cannot open the local tunnel port: {exc}", hint="try another --port") from None
+            if not quiet:
+                render.info(
+                    f"session {session.id}: {session.target} scope={session.scope}, "
+                    f"expires {session.expires_at}"
+                )
+            try:
+                yield Connection(session, "127.0.0.1", tunnel.port, str(who["identity"]))
+            finally:
+                tunnel.stop()
+        finally:
+            try:
+                ended = client.end_session(session.id)
+                rev = ended.get("revocation") or {}
+                if not quiet:
+                    state = "revoked" if rev.get("ok") else f"revocation: {rev.get('detail', 'unknown')}"
+                    render.info(f"session {session.id} ended; credential {state}")
+            except CliError as exc:
+                render.info(f"warning: could not end session {session.id}: {exc.message}")
+    finally:
+        client.close()

@@ -1,0 +1,131 @@
+"""Read-only and administrative commands: targets, sessions, kill, whoami, audit."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from brokercli import render
+from brokercli.client import BrokerClient
+from brokercli.commands.common import Output, OutputOpt, ServerOpt
+from brokercli.errors import CliError
+from brokercli.exit_codes import ExitCode
+
+
+def targets(output: OutputOpt = Output.table, server: ServerOpt = None) -> None:
+    """List the targets you may use, with their scopes and session lifetimes."""
+    client = BrokerClient.from_env(server)
+    data = client.targets()
+    if output == Output.json:
+        render.as_json(data)
+        return
+    rows = [
+        [
+            t["name"],
+            t["database"],
+            ", ".join(f"{s['name']} (default {s['default_ttl']}, max {s['max_ttl']})" for s in t["scopes"]),
+            t.get("description") or "",
+        ]
+        for t in data
+    ]
+    render.records(["target", "database", "scopes", "description"], rows, output.value)
+    if not data and output == Output.table:
+        render.info("no targets are available to you")
+
+
+def sessions(
+    active: Annotated[bool, typer.Option("--active", help="Only sessions still running.")] = False,
+    all_: Annotated[bool, typer.Option("--all", help="Everyone's sessions (admins).")] = False,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="How many.")] = 50,
+    output: OutputOpt = Output.table,
+    server: ServerOpt = None,
+) -> None:
+    """List your sessions, newest first: active and recent."""
+    client = BrokerClient.from_env(server)
+    data = client.sessions(active=True if active else None, all_=all_, limit=limit)
+    if output == Output.json:
+        render.as_json(data)
+        return
+    cols = ["id", "identity", "target", "scope", "status", "created", "expires", "ended", "reason"]
+    rows = [
+        [
+            s["id"],
+            s["identity"],
+            s["target"],
+            s["scope"],
+            s["status"],
+            s["created_at"][:19],
+            s["expires_at"][:19],
+            (s["ended_at"] or "")[:19],
+            s.get("end_reason") or s.get("reason") or "",
+        ]
+        for s in data
+    ]
+    render.records(cols, rows, output.value)
+
+
+def kill(
+    session_id: Annotated[str, typer.Argument(help="Session id, as shown by dbaccess sessions.")],
+    server: ServerOpt = None,
+) -> None:
+    """End a session now: disconnect its clients and revoke its credential.
+
+    Your own sessions, or anyone's for admins.
+    """
+    client = BrokerClient.from_env(server)
+    ended = client.end_session(session_id)
+    rev = ended.get("revocation") or {}
+    render.info(f"session {session_id} {ended['status']}: credential {'revoked' if rev.get('ok') else rev}")
+
+
+def whoami(output: OutputOpt = Output.table, server: ServerOpt = None) -> None:
+    """Show who the broker thinks you are, and your groups."""
+    client = BrokerClient.from_env(server)
+    me = client.whoami()
+    if output == Output.json:
+        render.as_json(me)
+        return
+    render.records(["identity", "groups", "kind", "server"], [[me["identity"], me["groups"], me["kind"], client.cfg.server]], output.value)
+
+
+audit_app = typer.Typer(help="Read and verify the tamper-evident audit log.", no_args_is_help=False)
+
+
+@audit_app.callback(invoke_without_command=True)
+def audit(
+    ctx: typer.Context,
+    identity: Annotated[str | None, typer.Option("--identity", help="Only events of this identity.")] = None,
+    target: Annotated[str | None, typer.Option("--target", help="Only events on this target.")] = None,
+    since: Annotated[str | None, typer.Option("--since", help="ISO time, e.g. 2026-01-31T00:00.")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=10000)] = 200,
+    output: OutputOpt = Output.table,
+    server: ServerOpt = None,
+) -> None:
+    """List audit events (admins and auditors)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    client = BrokerClient.from_env(server)
+    data = client.audit(identity=identity, target=target, since=since, limit=limit)
+    if output == Output.json:
+        render.as_json(data)
+        return
+    rows = [
+        [e["seq"], e["ts"][:19], e["kind"], e["identity"], e["target"], e["session_id"], e["data"]]
+        for e in data
+    ]
+    render.records(["seq", "time", "kind", "identity", "target", "session", "data"], rows, output.value)
+
+
+@audit_app.command("verify")
+def audit_verify(server: ServerOpt = None) -> None:
+    """Check the hash chain: detects edited, removed or reordered events."""
+    client = BrokerClient.from_env(server)
+    res = client.audit_verify()
+    if res["ok"]:
+        render.info(f"audit log intact: {res['events']} events, hash chain verified")
+        return
+    raise CliError(
+        f"audit log tampered: event {res['first_bad_seq']}: {res['problem']}",
+        code=ExitCode.CONFLICT,
+    )

@@ -1,0 +1,96 @@
+"""Broker tokens: DBACCESS_TOKEN, else the OS keyring, else a 0600 file.
+
+The keyring entry is keyed by broker URL.  Where no keyring backend exists (CI
+runners, containers, servers without a desktop session) the token goes to
+``tokens.json`` in the config directory, readable by the owner only.  The
+keyring module is imported lazily: it is slow to import and most commands that
+print help never need it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from brokercli.config import config_dir
+
+SERVICE = "dbaccess"
+
+
+def _file() -> Path:
+    return config_dir() / "tokens.json"
+
+
+def _read_file() -> dict[str, str]:
+    try:
+        data = json.loads(_file().read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def _write_file(data: dict[str, str]) -> None:
+    path = _file()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh)
+    path.with_suffix(".tmp").replace(path)
+
+
+def _keyring_usable() -> bool:
+    if os.environ.get("DBACCESS_NO_KEYRING"):
+        return False
+    try:
+        import keyring
+        from keyring.backends import fail
+
+        return not isinstance(keyring.get_keyring(), fail.Keyring)
+    except Exception:
+        return False
+
+
+def load(server: str) -> str | None:
+    env = os.environ.get("DBACCESS_TOKEN")
+    if env:
+        return env.strip()
+    if _keyring_usable():
+        import keyring
+
+        try:
+            value = keyring.get_password(SERVICE, server)
+        except Exception:
+            value = None
+        if value:
+            return str(value)
+    return _read_file().get(server)
+
+
+def save(server: str, token: str) -> str:
+    """Store the token; returns where it went ("keyring" or the file path)."""
+    if _keyring_usable():
+        import keyring
+
+        try:
+            keyring.set_password(SERVICE, server, token)
+            return "keyring"
+        except Exception:
+            pass
+    data = _read_file()
+    data[server] = token
+    _write_file(data)
+    return str(_file())
+
+
+def delete(server: str) -> None:
+    if _keyring_usable():
+        import keyring
+
+        try:
+            keyring.delete_password(SERVICE, server)
+        except Exception:
+            pass
+    data = _read_file()
+    if data.pop(server, None) is not None:
+        _write_file(data)

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Sets up (see setup.sh) and runs every check CI runs: lint, types, fresh
+# generated docs, and the whole test suite against real PostgreSQL clusters
+# that the tests start themselves.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export PYTHON_KEYRING_BACKEND=keyring.backends.fail.Keyring
+echo "== ruff" >&2
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+echo "== mypy" >&2
+.venv/bin/mypy
+echo "== generated docs" >&2
+.venv/bin/python scripts/gen_docs.py --check
+echo "== pytest" >&2
+.venv/bin/python -m pytest -q -p no:cacheprovider "$@"

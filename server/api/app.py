@@ -1,0 +1,184 @@
+"""The broker's HTTP JSON API (ASGI, FastAPI).
+
+Routes are thin: they authenticate the bearer token, call the session service
+or the audit log, and translate ``DbaccessError`` into a JSON error body with
+the matching HTTP status.  Endpoints are synchronous on purpose: the issuers use
+blocking database drivers, and FastAPI runs sync endpoints in its thread pool,
+off the event loop the gateway shares.
+"""
+
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from server.audit import chain
+from server.durations import format_duration, parse_duration
+from server.errors import DbaccessError, Forbidden, InvalidInput, NotAuthenticated, NotFound
+from server.policy.evaluate import Identity, visible_targets
+from server.sessions.service import SessionService
+from server.store.db import utcnow
+
+ADMIN_GROUP = "admin"
+AUDITOR_GROUP = "auditor"
+
+
+@dataclass(frozen=True)
+class GatewayInfo:
+    host: str
+    port: int
+    tls: bool
+    ca_fingerprint: str | None = None
+
+
+class SessionRequest(BaseModel):
+    target: str = Field(min_length=1, max_length=200)
+    scope: str | None = Field(default=None, max_length=200)
+    ttl: str | None = Field(default=None, max_length=20)
+    reason: str | None = Field(default=None, max_length=2000)
+    client: dict[str, str] | None = None
+
+
+def create_app(service: SessionService, gateway: GatewayInfo) -> FastAPI:
+    app = FastAPI(title="dbaccess broker", version="0.1.0", docs_url=None, redoc_url=None)
+    app.state.service = service
+
+    @app.exception_handler(DbaccessError)
+    async def _dbaccess_error(_req: Request, exc: DbaccessError) -> JSONResponse:
+        return JSONResponse(exc.to_json(), status_code=exc.http_status)
+
+    def identity(authorization: Annotated[str | None, Header()] = None) -> Identity:
+        if not authorization or not authorization.lower().startswith("bearer "):
+            raise NotAuthenticated(
+                "no broker token", hint="log in with dbaccess login, or set DBACCESS_TOKEN"
+            )
+        rec = service.store.find_token(authorization[7:].strip())
+        if rec is None:
+            raise NotAuthenticated("unknown broker token", hint="log in again with dbaccess login")
+        if rec.revoked_at is not None:
+            raise NotAuthenticated("this broker token was revoked", hint="log in again")
+        if rec.expires_at is not None and rec.expires_at <= utcnow():
+            raise NotAuthenticated(
+                f"broker token expired at {rec.expires_at:%Y-%m-%d %H:%M} UTC",
+                hint="log in again with dbaccess login",
+            )
+        return Identity(name=rec.identity, groups=frozenset(rec.groups), kind=rec.kind)
+
+    Caller = Annotated[Identity, Depends(identity)]
+
+    def is_admin(who: Identity) -> bool:
+        return ADMIN_GROUP in who.groups
+
+    @app.get("/v1/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/whoami")
+    def whoami(who: Caller) -> dict[str, Any]:
+        return {"identity": who.name, "groups": sorted(who.groups), "kind": who.kind}
+
+    @app.get("/v1/targets")
+    def targets(who: Caller) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": target.name,
+                "description": target.description,
+                "database": target.database,
+                "scopes": [
+                    {
+                        "name": s.name,
+                        "default_ttl": format_duration(s.default_ttl),
+                        "max_ttl": format_duration(s.max_ttl),
+                        "grants": list(s.grants),
+                    }
+                    for s in scopes
+                ],
+            }
+            for target, scopes in visible_targets(service.policy, who)
+        ]
+
+    @app.post("/v1/sessions", status_code=201)
+    def start_session(body: SessionRequest, who: Caller) -> dict[str, Any]:
+        ttl = None
+        if body.ttl:
+            try:
+                ttl = parse_duration(body.ttl)
+            except ValueError as exc:
+                raise InvalidInput(str(exc)) from None
+        record, ticket = service.start(who, body.target, body.scope, ttl, body.reason, body.client)
+        live = service.live(record.id)
+        assert live is not None
+        return {
+            "session": record.to_json(),
+            "ticket": ticket,
+            "database": live.upstream.database,
+            "gateway": {
+                "host": gateway.host,
+                "port": gateway.port,
+                "tls": gateway.tls,
+                "ca_fingerprint": gateway.ca_fingerprint,
+            },
+        }
+
+    def visible_session(session_id: str, who: Identity) -> Any:
+        record = service.store.get_session(session_id)
+        if record is None or (record.identity != who.name and not is_admin(who)):
+            raise NotFound(f"unknown session {session_id!r}", hint="list yours: dbaccess sessions")
+        return record
+
+    @app.get("/v1/sessions")
+    def list_sessions(
+        who: Caller, active: bool | None = None, all: bool = False, limit: int = 50
+    ) -> list[dict[str, Any]]:
+        if all and not is_admin(who):
+            raise Forbidden("only admins may list every session")
+        ident = None if all else who.name
+        return [r.to_json() for r in service.store.list_sessions(identity=ident, active=active, limit=limit)]
+
+    @app.get("/v1/sessions/{session_id}")
+    def get_session(session_id: str, who: Caller) -> dict[str, Any]:
+        return dict(visible_session(session_id, who).to_json())
+
+    @app.delete("/v1/sessions/{session_id}")
+    def end_session(session_id: str, who: Caller) -> dict[str, Any]:
+        record = visible_session(session_id, who)
+        own = record.identity == who.name
+        status, reason = (
+            ("ended", "client ended the session") if own else ("killed", f"killed by {who.name}")
+        )
+        return dict(service.end(session_id, status=status, reason=reason, actor=who.name).to_json())
+
+    @app.get("/v1/audit")
+    def audit_events(
+        who: Caller,
+        identity: str | None = None,
+        target: str | None = None,
+        since: datetime | None = None,
+        limit: int = 200,
+    ) -> list[dict[str, Any]]:
+        if not (is_admin(who) or AUDITOR_GROUP in who.groups):
+            raise Forbidden("reading the audit log needs the admin or auditor group")
+        return [
+            e.to_json()
+            for e in chain.events(
+                service.store, identity=identity, target=target, since=since, limit=limit
+            )
+        ]
+
+    @app.get("/v1/audit/verify")
+    def audit_verify(who: Caller) -> dict[str, Any]:
+        if not (is_admin(who) or AUDITOR_GROUP in who.groups):
+            raise Forbidden("verifying the audit log needs the admin or auditor group")
+        res = chain.verify(service.store)
+        return {
+            "ok": res.ok,
+            "events": res.events,
+            "first_bad_seq": res.first_bad_seq,
+            "problem": res.problem,
+        }
+
+    return app

@@ -1,0 +1,442 @@
+"""The broker's own settings: where it listens, where it keeps state, which policy it reads.
+
+Settings come from four layers, later ones winning:
+
+1. defaults (the fields of :class:`ServerConfig`),
+2. the config file (YAML, the keys of ``_SETTINGS``; ``tls`` is a nested mapping),
+3. the environment (``DBACCESS_SERVER_<KEY>``, e.g. ``DBACCESS_SERVER_API_LISTEN``,
+   ``DBACCESS_SERVER_TLS_CERT``),
+4. overrides from command-line flags (keys like ``api_listen`` or ``tls_cert``;
+   ``None`` values mean "flag not given").
+
+:func:`load_config` is the one place that merges them.  Every layer is reduced to
+text first and then parsed by the same function per setting, so a value is
+checked the same way whether it was typed in a file, exported, or passed as a
+flag, and a problem names its origin: ``server.yaml:3: api_listen: ...``,
+``environment: DBACCESS_SERVER_API_LISTEN: ...`` or ``command line: api_listen: ...``.
+
+Relative paths in the file are relative to the file's directory (so a config
+directory can be moved as a whole); in the environment and on the command line
+they are relative to the working directory, as a shell user expects.
+``{data_dir}`` in ``store_url`` stands for the data directory, whichever layer set it.
+
+Listen addresses may be anything in a config file (a production broker listens
+on a real interface); the dev mode uses :meth:`ServerConfig.for_dev` or
+:meth:`ServerConfig.ensure_loopback`, built on :func:`is_loopback`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, NamedTuple
+from urllib.parse import urlsplit
+
+from server.durations import format_duration, parse_duration
+from server.errors import InvalidInput
+from server.yamlsrc import Checker, Problem, SourceError, join, parse_yaml
+
+ENV_PREFIX = "DBACCESS_SERVER_"
+DEFAULT_STORE_URL = "sqlite:///{data_dir}/store.db"
+DATA_DIR_PLACEHOLDER = "{data_dir}"
+_WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})  # noqa: S104 (compared with, never bound)
+_HOST = re.compile(r"[A-Za-z0-9._-]+")
+_PORT = re.compile(r"[0-9]{1,5}")
+
+
+class ConfigError(SourceError):
+    """Settings the broker cannot start with; ``problems`` lists every mistake found."""
+
+
+class HostPort(NamedTuple):
+    """A listen or connect address; port 0 asks the system for a free port when listening."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+DEFAULT_API_LISTEN = "127.0.0.1:8700"
+DEFAULT_GATEWAY_LISTEN = "127.0.0.1:8701"
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """Certificate and key the API and gateway present; ``ca`` verifies the peers they talk to."""
+
+    cert: Path
+    key: Path
+    ca: Path | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerConfig:
+    """The merged settings.
+
+    Addresses are ``host:port`` text as written in the file (checked, IPv6 in
+    brackets); ``parse_hostport`` splits them.  Constructed directly,
+    ``data_dir`` is made absolute, ``{data_dir}`` in ``store_url`` is filled in,
+    and a relative ``policy`` is taken inside ``data_dir``.  ``store_url`` stays
+    out of ``repr`` because it may hold a password.
+    """
+
+    data_dir: Path
+    api_listen: str = DEFAULT_API_LISTEN
+    gateway_listen: str = DEFAULT_GATEWAY_LISTEN
+    public_api_url: str | None = None
+    public_gateway_address: str | None = None
+    store_url: str = field(default=DEFAULT_STORE_URL, repr=False)
+    policy: Path = Path("policy.yaml")
+    tls: TlsConfig | None = None
+    reaper_interval: timedelta = timedelta(seconds=30)
+    session_max_connections: int = 20
+    source: str | None = None
+
+    def __post_init__(self) -> None:
+        data_dir = _absolute(self.data_dir, Path.cwd())
+        object.__setattr__(self, "data_dir", data_dir)
+        object.__setattr__(
+            self, "store_url", self.store_url.replace(DATA_DIR_PLACEHOLDER, str(data_dir))
+        )
+        object.__setattr__(self, "policy", _absolute(self.policy, data_dir))
+
+    @classmethod
+    def for_dev(
+        cls,
+        data_dir: Path,
+        *,
+        host: str = "127.0.0.1",
+        api_port: int = 0,
+        gateway_port: int = 0,
+        policy: Path | None = None,
+        tls: TlsConfig | None = None,
+        store_url: str = DEFAULT_STORE_URL,
+    ) -> ServerConfig:
+        """Settings for the dev mode: everything in ``data_dir``, listening on loopback only.
+
+        Port 0 (the default) lets the system pick free ports; the dev mode then
+        advertises the bound ones.  A non-loopback ``host`` raises InvalidInput.
+        """
+        config = cls(
+            data_dir=data_dir,
+            api_listen=str(HostPort(host, api_port)),
+            gateway_listen=str(HostPort(host, gateway_port)),
+            store_url=store_url,
+            policy=policy if policy is not None else Path("policy.yaml"),
+            tls=tls,
+            source="dev mode",
+        )
+        config.ensure_loopback()
+        return config
+
+    def ensure_loopback(self) -> None:
+        """Raise InvalidInput unless both listen addresses are loopback ones."""
+        exposed = [
+            f"{name} {address}"
+            for name, address in (("api", self.api_listen), ("gateway", self.gateway_listen))
+            if not is_loopback(parse_hostport(address).host)
+        ]
+        if exposed:
+            raise InvalidInput(
+                f"the dev mode listens on loopback only, not on {', '.join(exposed)}",
+                hint="use 127.0.0.1 or ::1, or run the broker with a config file",
+            )
+
+    def advertised_api_url(self, bound_port: int | None = None) -> str:
+        """The API URL clients are told: ``public_api_url``, else derived from ``api_listen``.
+
+        Pass ``bound_port`` when listening on port 0.
+        """
+        if self.public_api_url is not None:
+            return self.public_api_url
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://{_advertised(self.api_listen, bound_port)}"
+
+    def advertised_gateway_address(self, bound_port: int | None = None) -> HostPort:
+        """Where tunnels connect: ``public_gateway_address``, else from ``gateway_listen``."""
+        if self.public_gateway_address is not None:
+            return parse_hostport(self.public_gateway_address)
+        return _advertised(self.gateway_listen, bound_port)
+
+
+def _advertised(listen_text: str, bound_port: int | None) -> HostPort:
+    listen = parse_hostport(listen_text)
+    port = bound_port if bound_port is not None else listen.port
+    if port == 0:
+        raise ValueError(f"{listen} picks a free port: pass the port it is bound to")
+    # A wildcard address is where the broker listens, not where anyone can reach it.
+    host = socket.getfqdn() if listen.host in _WILDCARD_HOSTS else listen.host
+    return HostPort(host, port)
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback IP literals (``127.0.0.0/8``, ``::1``, IPv4-mapped)."""
+    name = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if name.lower() == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(name.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+def parse_hostport(text: str) -> HostPort:
+    """Split ``host:port`` or ``[v6]:port`` into a (host, port) tuple; ValueError otherwise."""
+    value = text.strip()
+    if value.startswith("["):
+        host, bracket, rest = value[1:].partition("]")
+        if not bracket or not rest.startswith(":"):
+            raise ValueError(f"{text!r} is not [address]:port (e.g. [::1]:8700)")
+        port_text = rest[1:]
+        try:
+            ipaddress.IPv6Address(host.split("%", 1)[0])
+        except ValueError:
+            raise ValueError(f"{host!r} in {text!r} is not an IPv6 address") from None
+    else:
+        host, colon, port_text = value.rpartition(":")
+        if not colon:
+            raise ValueError(f"{text!r} is not host:port (e.g. 127.0.0.1:8700)")
+        if ":" in host:
+            raise ValueError(f"{text!r}: put an IPv6 address in brackets (e.g. [::1]:8700)")
+        if not host:
+            raise ValueError(
+                f"{text!r} has no host (write 0.0.0.0:{port_text} for every interface)"
+            )
+        if not _HOST.fullmatch(host):
+            raise ValueError(f"{host!r} in {text!r} is not a host name or address")
+    if not _PORT.fullmatch(port_text) or int(port_text) > 65535:
+        raise ValueError(f"{text!r}: the port must be a number from 0 to 65535")
+    return HostPort(host, int(port_text))
+
+
+@dataclass(frozen=True)
+class _Origin:
+    """Where a value was given, for error messages and for resolving relative paths."""
+
+    source: str
+    line: int | None
+    key: str
+    base: Path
+
+
+_Parser = Callable[[str, Path], object]
+
+
+def _absolute(path: Path, base: Path) -> Path:
+    return Path(os.path.abspath(base / path.expanduser()))
+
+
+def _path(text: str, base: Path) -> Path:
+    return _absolute(Path(text), base)
+
+
+def _listen(text: str, base: Path) -> str:
+    return str(parse_hostport(text))
+
+
+def _public_address(text: str, base: Path) -> str:
+    address = parse_hostport(text)
+    if address.port == 0:
+        raise ValueError(f"{text!r}: clients need a real port, not 0")
+    return str(address)
+
+
+def _public_url(text: str, base: Path) -> str:
+    url = urlsplit(text.strip())
+    if url.scheme not in ("http", "https") or not url.hostname or url.query or url.fragment:
+        raise ValueError(f"{text!r} is not an http(s) URL such as https://broker.example.com:8700")
+    return text.strip().rstrip("/")
+
+
+def _store_url(text: str, base: Path) -> str:
+    # Messages here never quote the URL: a PostgreSQL store URL may hold a password.
+    scheme, sep, rest = text.strip().partition("://")
+    scheme = scheme.lower()
+    if not sep:
+        raise ValueError("not a URL (use sqlite:///path/store.db or postgresql+psycopg://...)")
+    if scheme in ("postgresql", "postgres", "postgresql+psycopg"):
+        return f"postgresql+psycopg://{rest}"
+    if scheme != "sqlite":
+        raise ValueError(
+            f"unsupported store {scheme!r} (use sqlite:///path/store.db or postgresql+psycopg://...)"
+        )
+    if not rest:
+        return "sqlite://"
+    if not rest.startswith("/"):
+        raise ValueError("sqlite URLs have three slashes: sqlite:///path/store.db")
+    file, question, query = rest[1:].partition("?")
+    if file and file != ":memory:" and not file.startswith(("/", DATA_DIR_PLACEHOLDER)):
+        file = str(_absolute(Path(file), base))
+    return f"sqlite:///{file}{question}{query}"
+
+
+def _positive_duration(text: str, base: Path) -> timedelta:
+    value = parse_duration(text)
+    if value <= timedelta(0):
+        raise ValueError(f"{text!r} is too short: it must be longer than zero")
+    return value
+
+
+def _positive_int(text: str, base: Path) -> int:
+    if not re.fullmatch(r"[0-9]+", text.strip()) or int(text) < 1:
+        raise ValueError(f"{text!r} is not a whole number of 1 or more")
+    return int(text)
+
+
+_SETTINGS: dict[str, _Parser] = {
+    "api_listen": _listen,
+    "gateway_listen": _listen,
+    "public_api_url": _public_url,
+    "public_gateway_address": _public_address,
+    "data_dir": _path,
+    "store_url": _store_url,
+    "policy": _path,
+    "tls_cert": _path,
+    "tls_key": _path,
+    "tls_ca": _path,
+    "reaper_interval": _positive_duration,
+    "session_max_connections": _positive_int,
+}
+_TLS_KEYS = ("cert", "key", "ca")
+_FILE_KEYS = (*(key for key in _SETTINGS if not key.startswith("tls_")), "tls")
+
+
+def load_config(
+    path: str | os.PathLike[str] | None,
+    overrides: Mapping[str, object] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> ServerConfig:
+    """Merge defaults < config file at ``path`` (optional) < environment < ``overrides``.
+
+    ``environ`` defaults to ``os.environ``.  Raises :class:`ConfigError` listing
+    every problem found in any layer.
+    """
+    cwd = Path.cwd()
+    given: dict[str, tuple[str, _Origin]] = {}
+    problems: list[Problem] = []
+    source: str | None = None
+    config_dir = cwd
+    if path is not None:
+        source = os.fspath(path)
+        config_dir = Path(os.path.abspath(Path(source).parent))
+        problems += _file_layer(Path(source), config_dir, given)
+    env = os.environ if environ is None else environ
+    for key in _SETTINGS:
+        variable = ENV_PREFIX + key.upper()
+        if env.get(variable, ""):
+            given[key] = (env[variable], _Origin("environment", None, variable, cwd))
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        name = key.replace("-", "_").replace(".", "_")
+        origin = _Origin("command line", None, name, cwd)
+        text = _as_text(value)
+        if name not in _SETTINGS:
+            problems.append(Problem(origin.source, None, key, "unknown setting"))
+        elif text is None:
+            problems.append(Problem(origin.source, None, key, f"unusable value {value!r}"))
+        else:
+            given[name] = (text, origin)
+
+    values: dict[str, object] = {}
+    origins: dict[str, _Origin] = {}
+    for key, (text, origin) in given.items():
+        try:
+            values[key] = _SETTINGS[key](text, origin.base)
+        except ValueError as exc:
+            problems.append(Problem(origin.source, origin.line, origin.key, str(exc)))
+        origins[key] = origin
+    tls = _tls(values, origins, problems)
+    if problems:
+        raise ConfigError(problems)
+
+    # Each value was produced by its setting's parser, so it has the field's type.
+    fields: dict[str, Any] = {
+        key: value for key, value in values.items() if not key.startswith("tls_")
+    }
+    fields.setdefault("data_dir", config_dir)
+    if path is not None:
+        fields.setdefault("policy", config_dir / "policy.yaml")
+    return ServerConfig(tls=tls, source=source, **fields)
+
+
+def _file_layer(
+    file: Path, config_dir: Path, given: dict[str, tuple[str, _Origin]]
+) -> list[Problem]:
+    source = str(file)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return [Problem(source, None, "", "config file not found")]
+    except UnicodeDecodeError:
+        return [Problem(source, None, "", "not UTF-8 text")]
+    except OSError as exc:
+        return [Problem(source, None, "", f"cannot read the config file: {exc.strerror or exc}")]
+    root, problems = parse_yaml(text, source)
+    if root is None:
+        # An empty (or all-comments) config file means "all defaults".
+        return problems
+    check = Checker(source, problems)
+    top = check.mapping(root, "", _FILE_KEYS, line=root.line)
+    for key, entry in top:
+        if key == "tls":
+            tls = check.mapping(entry.value, "tls", _TLS_KEYS, line=entry.key_line)
+            for tls_key, tls_entry in tls:
+                tls_path = join("tls", tls_key)
+                value = check.text(tls_entry.value, tls_path)
+                if value is not None and tls_key in _TLS_KEYS:
+                    origin = _Origin(source, tls_entry.value.line, tls_path, config_dir)
+                    given[f"tls_{tls_key}"] = (value, origin)
+        elif key in _SETTINGS:
+            value = check.text(entry.value, key)
+            if value is not None:
+                given[key] = (value, _Origin(source, entry.value.line, key, config_dir))
+    return check.problems
+
+
+def _as_text(value: object) -> str | None:
+    """Flags arrive typed or as text; reduce them to text so one parser checks every layer."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | Path):
+        return str(value)
+    if isinstance(value, timedelta):
+        return format_duration(value) if value >= timedelta(0) else None
+    if isinstance(value, tuple) and len(value) == 2:
+        host, port = value
+        if isinstance(host, str) and isinstance(port, int) and not isinstance(port, bool):
+            return str(HostPort(host, port))
+    return None
+
+
+def _tls(
+    values: dict[str, object], origins: dict[str, _Origin], problems: list[Problem]
+) -> TlsConfig | None:
+    cert, key, ca = (values.get(f"tls_{name}") for name in _TLS_KEYS)
+    if cert is None and key is None and ca is None:
+        return None
+    if cert is None or key is None:
+        present = next(f"tls_{n}" for n in _TLS_KEYS if values.get(f"tls_{n}") is not None)
+        origin = origins[present]
+        problems.append(
+            Problem(origin.source, origin.line, origin.key, "tls needs both cert and key")
+        )
+        return None
+    assert isinstance(cert, Path) and isinstance(key, Path)
+    assert ca is None or isinstance(ca, Path)
+    return TlsConfig(cert=cert, key=key, ca=ca)

@@ -1,0 +1,96 @@
+"""The credential issuer interface shared by every backend (postgres, vault, rds-iam).
+
+An issuer mints one credential per session (``issue``), ends it for real
+(``revoke``: no new logins, live connections terminated, the role gone, then a
+check that nothing is left), can cut live connections on their own
+(``terminate_backends``), and lists what it manages (``list_managed``) so the
+reaper can find expired or orphaned credentials after a crash.
+
+Database role names are derived from the identity and the session id by
+:func:`role_name_for`: readable enough that a DBA looking at
+``pg_stat_activity`` knows whose session a backend belongs to, unique per
+session, made only of ``[a-z0-9_]`` (so they never need quoting, although every
+issuer quotes them anyway) and at most 63 bytes (PostgreSQL's NAMEDATALEN-1,
+beyond which it silently truncates names, which could merge two sessions).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+MAX_ROLE_NAME_BYTES = 63
+ROLE_PREFIX = "dba_"
+_SESSION_PREFIX_CHARS = 8
+_SESSION_HASH_CHARS = 6
+_NOT_NAME_CHARS = re.compile(r"[^a-z0-9]+")
+
+
+@dataclass(frozen=True)
+class Credential:
+    """What a session connects upstream with. The password is kept out of reprs and logs."""
+
+    username: str
+    password: str = field(repr=False)
+    valid_until: datetime
+    lease_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ManagedRole:
+    """A role the issuer manages; ``valid_until`` is None when it has no (finite) deadline."""
+
+    name: str
+    valid_until: datetime | None
+
+
+@dataclass(frozen=True)
+class RevocationResult:
+    """What revoke did: backends terminated, whether the role was dropped, and whether a
+    check afterwards found neither the role nor any of its backends."""
+
+    username: str
+    terminated_backends: int
+    dropped: bool
+    verified: bool
+    detail: str = ""
+
+
+@runtime_checkable
+class Issuer(Protocol):
+    def issue(
+        self, *, identity: str, session_id: str, grants: Sequence[str], valid_until: datetime
+    ) -> Credential: ...
+
+    def revoke(self, username: str) -> RevocationResult: ...
+
+    def terminate_backends(self, username: str) -> int: ...
+
+    def list_managed(self) -> list[ManagedRole]: ...
+
+
+def _sanitize(text: str) -> str:
+    # NFKD splits accented letters into letter + mark, so "José" keeps its "jose".
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+    return _NOT_NAME_CHARS.sub("_", ascii_text.lower()).strip("_")
+
+
+def role_name_for(identity: str, session_id: str) -> str:
+    """``dba_<identity>_<session>``: traceable, unique per session, ``[a-z0-9_]``, <= 63 bytes.
+
+    The session part is the start of the session id (to find the session from a
+    role name at a glance) followed by a hash of the whole id, so that two ids
+    which sanitize or truncate to the same text still get different names.
+    """
+    digest = hashlib.sha256(session_id.encode("utf-8")).digest()
+    hashed = base64.b32encode(digest).decode("ascii").lower()[:_SESSION_HASH_CHARS]
+    session_part = _sanitize(session_id).replace("_", "")[:_SESSION_PREFIX_CHARS] + hashed
+    budget = MAX_ROLE_NAME_BYTES - len(ROLE_PREFIX) - 1 - len(session_part)
+    who = _sanitize(identity)[:budget].strip("_") or "user"
+    return f"{ROLE_PREFIX}{who}_{session_part}"

@@ -1,0 +1,318 @@
+"""The ``postgres`` issuer: one short-lived role per session, created in the target itself.
+
+It connects with an admin DSN whose role is deliberately not a superuser:
+CREATEROLE, a member of ``pg_signal_backend`` (to terminate session backends)
+and holding ADMIN OPTION on the marker role and on the grant roles it may hand
+out. Every statement comes from a ``.sql`` file in ``sql/`` beside this module,
+composed with :mod:`psycopg.sql` so identifiers are always quoted by
+``Identifier`` and values by ``Literal``; nothing is spliced in as text.
+
+issue
+    In one transaction: check each grant role (exists, is a NOLOGIN group role,
+    is not a session role, was delegated to us with ADMIN OPTION), then
+    ``CREATE ROLE … LOGIN … VALID UNTIL <deadline> IN ROLE <marker>, <grants>``
+    with a SCRAM verifier computed here, so the plaintext password never
+    reaches the server or its logs.
+
+revoke
+    Refused unless the role is a plain member of the marker role. Then
+    ``ALTER ROLE … NOLOGIN`` (committed at once so no new login succeeds),
+    ``pg_terminate_backend`` of every backend with the role's OID, polling
+    ``pg_stat_activity`` until they are gone (termination is asynchronous),
+    and in one transaction ``GRANT role TO CURRENT_USER`` (PostgreSQL 15 wants
+    membership for the next two), ``REASSIGN OWNED``, ``DROP OWNED``,
+    ``DROP ROLE``. A last check looks for the role and for backends by OID. If
+    backends refuse to die the role is kept (NOLOGIN) so that a retry can still
+    find them by OID. A role that does not exist is already revoked.
+
+The admin password is never put in an exception: errors are rebuilt from the
+server's message with the password scrubbed, and their cause is dropped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cache
+from importlib import resources
+from typing import Any
+from urllib.parse import quote
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+
+from server.credentials.base import Credential, ManagedRole, RevocationResult, role_name_for
+from server.credentials.scram import scram_sha256_verifier
+from server.errors import (
+    Conflict,
+    DbaccessError,
+    Forbidden,
+    InvalidInput,
+    Unavailable,
+)
+
+MARKER_ROLE = "dbaccess_managed"
+CONNECTION_LIMIT = 50
+_PASSWORD_BYTES = 32
+_TERMINATE_WAIT_SECONDS = 5.0
+_POLL_INTERVAL_SECONDS = 0.01
+_SESSION_SETTINGS = "SET lock_timeout = '10s'; SET statement_timeout = '60s'"
+
+Conn = psycopg.Connection[Any]
+
+
+@cache
+def _template(name: str) -> str:
+    return (resources.files("server.credentials") / "sql" / name).read_text(encoding="utf-8")
+
+
+def _statement(name: str, **parts: sql.Composable) -> sql.Composed:
+    return sql.SQL(_template(name).strip().rstrip(";")).format(**parts)
+
+
+@dataclass(frozen=True)
+class _RoleInfo:
+    oid: int
+    managed: bool
+
+
+class PostgresIssuer:
+    """Mints and revokes per-session roles in one PostgreSQL database."""
+
+    def __init__(
+        self,
+        admin_dsn: str,
+        *,
+        connect_timeout: int = 5,
+        marker_role: str = MARKER_ROLE,
+        connection_limit: int = CONNECTION_LIMIT,
+    ) -> None:
+        try:
+            params = conninfo_to_dict(admin_dsn)
+        except psycopg.Error:
+            # libpq's message quotes the offending part of the string, which may
+            # be the password: say only that it is malformed.
+            raise InvalidInput("the admin DSN is not a valid libpq connection string") from None
+        self._dsn = admin_dsn
+        self._secrets = {
+            str(v) for k, v in params.items() if k == "password" and v not in (None, "")
+        }
+        self._secrets |= {quote(s, safe="") for s in self._secrets}
+        self._where = "{}@{}:{}/{}".format(
+            params.get("user") or "?",
+            params.get("host") or "localhost",
+            params.get("port") or "5432",
+            params.get("dbname") or params.get("user") or "?",
+        )
+        self.connect_timeout = connect_timeout
+        self.marker_role = marker_role
+        self.connection_limit = connection_limit
+
+    def __repr__(self) -> str:
+        return f"PostgresIssuer({self._where!r})"
+
+    # -- plumbing -----------------------------------------------------------
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def _message(self, exc: BaseException) -> str:
+        return self._scrub(str(exc).strip())
+
+    @contextlib.contextmanager
+    def _session(self) -> Iterator[Conn]:
+        """An autocommit admin connection; psycopg errors leave as the broker's error kinds."""
+        try:
+            conn: Conn = psycopg.connect(
+                self._dsn,
+                connect_timeout=self.connect_timeout,
+                autocommit=True,
+                application_name="dbaccess-issuer",
+            )
+        except psycopg.Error as exc:
+            raise Unavailable(
+                f"cannot connect to the target database as {self._where}: {self._message(exc)}",
+                hint="check that the target is up and the admin DSN is right",
+            ) from None
+        try:
+            with conn:
+                conn.execute(_SESSION_SETTINGS)
+                yield conn
+        except psycopg.OperationalError as exc:
+            raise Unavailable(f"target database {self._where}: {self._message(exc)}") from None
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise Forbidden(
+                f"the admin role lacks a privilege on {self._where}: {self._message(exc)}",
+                hint="the admin role needs CREATEROLE, pg_signal_backend and ADMIN OPTION "
+                "on the marker and grant roles",
+            ) from None
+        except psycopg.Error as exc:
+            raise DbaccessError(f"target database {self._where}: {self._message(exc)}") from None
+
+    def _role_info(self, conn: Conn, username: str) -> _RoleInfo | None:
+        row = conn.execute(
+            _statement("role_info.sql"), {"name": username, "marker": self.marker_role}
+        ).fetchone()
+        if row is None:
+            return None
+        return _RoleInfo(oid=int(row[0]), managed=bool(row[1]))
+
+    def _require_managed(self, username: str, info: _RoleInfo) -> None:
+        if not info.managed:
+            raise Forbidden(
+                f"role {username!r} is not managed by dbaccess; refusing to touch it",
+                hint=f"only plain members of {self.marker_role!r} are altered or dropped",
+            )
+
+    def _count_backends(self, conn: Conn, oid: int) -> int:
+        row = conn.execute(_statement("count_backends.sql"), {"oid": oid}).fetchone()
+        return int(row[0]) if row else 0
+
+    def _terminate_and_wait(self, conn: Conn, oid: int) -> tuple[int, int]:
+        """Signal every backend of the role until none is left or time runs out.
+
+        Returns (backends signalled, backends still alive). Each query runs in
+        its own transaction, so each poll sees a fresh pg_stat_activity.
+        """
+        signalled: set[int] = set()
+        deadline = time.monotonic() + _TERMINATE_WAIT_SECONDS
+        while True:
+            rows = conn.execute(_statement("terminate_backends.sql"), {"oid": oid}).fetchall()
+            signalled.update(int(pid) for pid, ok in rows if ok)
+            remaining = self._count_backends(conn, oid)
+            if remaining == 0 or time.monotonic() >= deadline:
+                return len(signalled), remaining
+            time.sleep(_POLL_INTERVAL_SECONDS)
+
+    # -- Issuer -------------------------------------------------------------
+
+    def issue(
+        self, *, identity: str, session_id: str, grants: Sequence[str], valid_until: datetime
+    ) -> Credential:
+        if valid_until.tzinfo is None or valid_until.utcoffset() is None:
+            raise InvalidInput("valid_until must be timezone-aware")
+        if valid_until <= datetime.now(UTC):
+            raise InvalidInput("valid_until is already in the past")
+        wanted = list(dict.fromkeys(grants))
+        if any(not g for g in wanted):
+            raise InvalidInput("grant role names must not be empty")
+        if self.marker_role in wanted:
+            raise InvalidInput(f"{self.marker_role!r} is the marker role, not a grant")
+        username = role_name_for(identity, session_id)
+        password = secrets.token_urlsafe(_PASSWORD_BYTES)
+        create = _statement(
+            "create_role.sql",
+            role=sql.Identifier(username),
+            connection_limit=sql.Literal(int(self.connection_limit)),
+            verifier=sql.Literal(scram_sha256_verifier(password)),
+            valid_until=sql.Literal(valid_until.astimezone(UTC).isoformat()),
+            in_roles=sql.SQL(", ").join(sql.Identifier(r) for r in [self.marker_role, *wanted]),
+        )
+        with self._session() as conn, conn.transaction():
+            self._check_grants(conn, wanted)
+            try:
+                conn.execute(create)
+            except psycopg.errors.DuplicateObject:
+                raise Conflict(
+                    f"role {username!r} already exists",
+                    hint="each session needs its own session id",
+                ) from None
+        return Credential(username=username, password=password, valid_until=valid_until)
+
+    def _check_grants(self, conn: Conn, grants: list[str]) -> None:
+        row = conn.execute(_statement("marker_exists.sql"), {"marker": self.marker_role}).fetchone()
+        if not (row and row[0]):
+            raise InvalidInput(
+                f"the marker role {self.marker_role!r} does not exist in {self._where}",
+                hint="provision the target (marker role and admin role) first",
+            )
+        if not grants:
+            return
+        rows = conn.execute(
+            _statement("check_grants.sql"), {"grants": grants, "marker": self.marker_role}
+        ).fetchall()
+        for name, exists, too_powerful, is_managed, delegated in rows:
+            if not exists:
+                raise InvalidInput(f"grant role {name!r} does not exist in {self._where}")
+            if too_powerful or is_managed:
+                raise Forbidden(
+                    f"role {name!r} cannot be used as a grant",
+                    hint="grant roles are NOLOGIN group roles without special attributes",
+                )
+            if not delegated:
+                raise Forbidden(
+                    f"role {name!r} has not been delegated to the admin role",
+                    hint=f"GRANT {name} TO <admin role> WITH ADMIN OPTION",
+                )
+
+    def revoke(self, username: str) -> RevocationResult:
+        with self._session() as conn:
+            info = self._role_info(conn, username)
+            if info is None:
+                return RevocationResult(
+                    username, 0, dropped=False, verified=True, detail="role does not exist"
+                )
+            self._require_managed(username, info)
+            role = sql.Identifier(username)
+            conn.execute(_statement("revoke_nologin.sql", role=role))
+            terminated, remaining = self._terminate_and_wait(conn, info.oid)
+            if remaining:
+                return RevocationResult(
+                    username,
+                    terminated,
+                    dropped=False,
+                    verified=False,
+                    detail=f"{remaining} backend(s) still running after "
+                    f"{_TERMINATE_WAIT_SECONDS:g}s; role left NOLOGIN for a retry",
+                )
+            try:
+                with conn.transaction():
+                    for name in (
+                        "revoke_take_over.sql",
+                        "revoke_reassign_owned.sql",
+                        "revoke_drop_owned.sql",
+                        "revoke_drop_role.sql",
+                    ):
+                        conn.execute(_statement(name, role=role))
+            except psycopg.errors.DependentObjectsStillExist as exc:
+                # Typically objects in another database of the cluster: the role
+                # stays, NOLOGIN, and the reaper will keep reporting it.
+                return RevocationResult(
+                    username,
+                    terminated,
+                    dropped=False,
+                    verified=False,
+                    detail=f"role kept NOLOGIN: {self._message(exc)}",
+                )
+            # A login racing NOLOGIN may have slipped in: it dies here too.
+            late, remaining = self._terminate_and_wait(conn, info.oid)
+            row = conn.execute(_statement("role_exists.sql"), {"oid": info.oid}).fetchone()
+            role_left = bool(row and row[0])
+        verified = not role_left and remaining == 0
+        detail = "" if verified else f"role present: {role_left}, backends left: {remaining}"
+        return RevocationResult(
+            username, terminated + late, dropped=True, verified=verified, detail=detail
+        )
+
+    def terminate_backends(self, username: str) -> int:
+        with self._session() as conn:
+            info = self._role_info(conn, username)
+            if info is None:
+                return 0
+            self._require_managed(username, info)
+            terminated, _ = self._terminate_and_wait(conn, info.oid)
+            return terminated
+
+    def list_managed(self) -> list[ManagedRole]:
+        with self._session() as conn:
+            rows = conn.execute(
+                _statement("list_managed.sql"), {"marker": self.marker_role}
+            ).fetchall()
+        return [ManagedRole(name=str(name), valid_until=until) for name, until in rows]

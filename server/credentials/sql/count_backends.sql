@@ -1,0 +1,1 @@
+SELECT count(*) FROM pg_stat_activity WHERE usesysid = %(oid)s::oid

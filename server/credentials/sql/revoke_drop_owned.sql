@@ -1,0 +1,2 @@
+-- Whatever is left: privileges granted to the role, default privileges.
+DROP OWNED BY {role}

@@ -1,0 +1,72 @@
+"""Durations as people write them in policy and config files: ``90s``, ``30m``, ``8h``, ``1h30m``.
+
+A duration is one or more ``<whole number><unit>`` parts, units ``d``, ``h``, ``m``,
+``s``, each at most once and largest first.  Bare numbers are refused on purpose:
+``ttl: 30`` is ambiguous (seconds? minutes?) and a wrong guess on a credential's
+lifetime is a security problem, not a cosmetic one.  Negative and fractional
+values are refused too; ``1h30m`` says what ``1.5h`` means without rounding.
+
+``format_duration`` is the inverse for whole seconds (``parse_duration(format_duration(d)) == d``),
+so a value read from a file can be shown back to the person in the form they wrote.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+_EXAMPLES = "use e.g. 30m, 8h, 1d"
+_UNITS = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
+_DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+_PARTS = re.compile(r"(?:\d+[dhms])+")
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse ``1d``, ``8h``, ``30m``, ``90s`` or a combination such as ``1h30m``.
+
+    Raises ValueError with a message that quotes the input and says how to fix it.
+    """
+    stripped = text.strip()
+    match = _DURATION.fullmatch(stripped)
+    if stripped and match is not None:
+        seconds = sum(
+            int(number) * factor
+            for number, (_, factor) in zip(match.groups(), _UNITS, strict=True)
+            if number is not None
+        )
+        try:
+            return timedelta(seconds=seconds)
+        except OverflowError:
+            raise ValueError(f"{text!r} is too long a duration") from None
+    raise ValueError(_explain(text, stripped))
+
+
+def _explain(text: str, stripped: str) -> str:
+    if not stripped:
+        return f"an empty value is not a duration ({_EXAMPLES})"
+    if stripped.startswith("-"):
+        return f"{text!r} is not a duration: durations cannot be negative"
+    if stripped.isdigit():
+        return f"{text!r} is not a duration: add a unit, e.g. {stripped}m or {stripped}s"
+    if _PARTS.fullmatch(stripped):
+        return f"{text!r} is not a duration: give each unit once, largest first, e.g. 1h30m"
+    if re.fullmatch(r"[\d.]+[dhms]", stripped):
+        return f"{text!r} is not a duration: use whole numbers, e.g. 1h30m instead of 1.5h"
+    return f"{text!r} is not a duration ({_EXAMPLES})"
+
+
+def format_duration(value: timedelta) -> str:
+    """Write a duration the way ``parse_duration`` reads it: ``1h30m``, ``1d``, ``0s``.
+
+    Fractions of a second are dropped (a remaining lifetime of 29m59.6s shows as
+    ``29m59s``); negative durations raise ValueError.
+    """
+    if value < timedelta(0):
+        raise ValueError(f"cannot format a negative duration ({value})")
+    remaining = value.days * 86400 + value.seconds
+    parts = []
+    for unit, factor in _UNITS:
+        count, remaining = divmod(remaining, factor)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts) or "0s"

@@ -1,0 +1,296 @@
+"""Per-connection gateway logic, without sockets.
+
+Three small state machines, each fed bytes or messages and answering with bytes
+to send; ``server.py`` (the only module that touches sockets) drives them.
+
+* ``ClientStartup`` — the client's first packets: answers SSLRequest and
+  GSSENCRequest with ``N`` (the tunnel already encrypts the hop), reads the
+  StartupMessage, refuses startup parameters that are not on the allow-list,
+  asks for a cleartext password and yields the session ticket.
+* ``UpstreamLogin`` — logs in to the target as the session's role with
+  SCRAM-SHA-256 and collects ParameterStatus until ReadyForQuery, so the client
+  sees one clean startup sequence with the gateway's own BackendKeyData.
+* ``check_frontend`` — in the relay phase, every client message type must be
+  one the gateway knows; anything else is refused, never forwarded.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from enum import Enum
+
+from server.gateway import pgwire
+from server.gateway.pgwire import ProtocolViolation, RawMessage
+
+# Startup parameters a client may set.  Anything else ("options", "replication",
+# "_pq_.*", unknown GUCs) changes how the server reads SQL or who runs it.
+ALLOWED_STARTUP = frozenset(
+    {
+        "user",
+        "database",
+        "application_name",
+        "client_encoding",
+        "datestyle",
+        "timezone",
+        "extra_float_digits",
+        "intervalstyle",
+        "search_path",
+        "statement_timeout",
+        "lock_timeout",
+        "idle_in_transaction_session_timeout",
+        "default_transaction_read_only",
+        "default_transaction_isolation",
+        "bytea_output",
+    }
+)
+# Parameters forwarded upstream as the client gave them (case-folded names).
+FORWARDED_STARTUP = ALLOWED_STARTUP - {"user", "database", "client_encoding"}
+
+SSL_REQUEST = 80877103
+GSSENC_REQUEST = 80877104
+CANCEL_REQUEST = 80877102
+PROTOCOL_3_0 = 196608
+
+# Frontend message types of protocol 3.0 after startup.
+KNOWN_FRONTEND = frozenset(b"BCdcfDEHFPpQSX")
+
+
+class GatewayError(Exception):
+    """A refusal to show the client as an ErrorResponse before closing."""
+
+    def __init__(self, sqlstate: str, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+        self.message = message
+        self.hint = hint
+
+    def to_wire(self) -> bytes:
+        return pgwire.error_response("FATAL", self.sqlstate, f"dbaccess: {self.message}", hint=self.hint)
+
+
+def _cstrings(body: bytes) -> list[str]:
+    parts = body.split(b"\0")
+    if parts[-1] != b"":
+        raise ProtocolViolation("startup packet is not NUL-terminated")
+    return [p.decode("utf-8", "strict") for p in parts[:-1]]
+
+
+class StartupPhase(Enum):
+    WAIT_STARTUP = "wait-startup"
+    WAIT_PASSWORD = "wait-password"
+    DONE = "done"
+
+
+@dataclass
+class StartupResult:
+    params: dict[str, str]
+    ticket: str
+
+
+@dataclass
+class CancelResult:
+    pid: int
+    secret: int
+
+
+class ClientStartup:
+    def __init__(self) -> None:
+        self.phase = StartupPhase.WAIT_STARTUP
+        self.params: dict[str, str] = {}
+
+    def handle(self, raw: RawMessage) -> tuple[bytes, StartupResult | CancelResult | None]:
+        """Feed one client message; returns bytes to send back and, when ready, a result."""
+        if self.phase is StartupPhase.WAIT_STARTUP:
+            if raw.type != 0 or len(raw.body) < 4:
+                raise ProtocolViolation("expected a startup packet")
+            (code,) = struct.unpack_from("!I", raw.body)
+            if code in (SSL_REQUEST, GSSENC_REQUEST):
+                return b"N", None
+            if code == CANCEL_REQUEST:
+                if len(raw.body) != 12:
+                    raise ProtocolViolation("malformed CancelRequest")
+                pid, secret = struct.unpack_from("!II", raw.body, 4)
+                return b"", CancelResult(pid, secret)
+            if code >> 16 != 3:
+                raise GatewayError(
+                    "0A000",
+                    f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}",
+                    "use a client that speaks protocol 3.0",
+                )
+            self.params = self._params(raw.body[4:])
+            self.phase = StartupPhase.WAIT_PASSWORD
+            negotiate = b""
+            if code != PROTOCOL_3_0:
+                # Newer minor version: tell the client we speak 3.0.
+                negotiate = _negotiate(0, [])
+            return negotiate + pgwire.auth_cleartext_request(), None
+        if self.phase is StartupPhase.WAIT_PASSWORD:
+            if raw.type != ord("p"):
+                raise ProtocolViolation("expected a password message")
+            if not raw.body.endswith(b"\0"):
+                raise ProtocolViolation("password message is not NUL-terminated")
+            ticket = raw.body[:-1].decode("utf-8", "replace")
+            self.phase = StartupPhase.DONE
+            return b"", StartupResult(self.params, ticket)
+        raise ProtocolViolation("startup already finished")
+
+    @staticmethod
+    def _params(body: bytes) -> dict[str, str]:
+        try:
+            items = _cstrings(body)
+        except UnicodeDecodeError:
+            raise ProtocolViolation("startup parameters are not valid UTF-8") from None
+        if not items or items[-1] != "":
+            raise ProtocolViolation("startup parameter list is not terminated")
+        items = items[:-1]
+        if len(items) % 2:
+            raise ProtocolViolation("startup parameters are not name/value pairs")
+        params: dict[str, str] = {}
+        for name, value in zip(items[::2], items[1::2], strict=True):
+            key = name.lower()
+            if key.startswith("_pq_."):
+                raise GatewayError(
+                    "08P01", f"protocol extension {name!r} is not supported", "remove it"
+                )
+            if key not in ALLOWED_STARTUP:
+                raise GatewayError(
+                    "42501",
+                    f"startup parameter {name!r} is not allowed",
+                    "options, replication and unknown startup parameters are refused; "
+                    "set session parameters with SET after connecting",
+                )
+            if key == "client_encoding" and value.upper().replace("-", "") not in ("UTF8", "UNICODE"):
+                raise GatewayError(
+                    "22023",
+                    f"client_encoding {value!r} is not allowed",
+                    "dbaccess sessions use UTF8",
+                )
+            params[key] = value
+        if "user" not in params:
+            raise GatewayError("28000", "no user name in the startup packet")
+        return params
+
+
+def _negotiate(minor: int, unrecognized: list[str]) -> bytes:
+    body = struct.pack("!II", minor, len(unrecognized)) + b"".join(
+        o.encode() + b"\0" for o in unrecognized
+    )
+    return b"v" + struct.pack("!I", len(body) + 4) + body
+
+
+def startup_packet(params: dict[str, str]) -> bytes:
+    body = struct.pack("!I", PROTOCOL_3_0)
+    for k, v in params.items():
+        body += k.encode() + b"\0" + v.encode() + b"\0"
+    body += b"\0"
+    return struct.pack("!I", len(body) + 4) + body
+
+
+def _frontend(tag: bytes, body: bytes) -> bytes:
+    return tag + struct.pack("!I", len(body) + 4) + body
+
+
+class UpstreamPhase(Enum):
+    AUTH = "auth"
+    PARAMS = "params"
+    READY = "ready"
+
+
+@dataclass
+class UpstreamLogin:
+    """SCRAM-SHA-256 client and startup collector for the upstream connection."""
+
+    user: str
+    password: str = field(repr=False)
+    phase: UpstreamPhase = UpstreamPhase.AUTH
+    parameters: list[tuple[str, str]] = field(default_factory=list)
+    backend_key: tuple[int, int] | None = None
+    _scram: object | None = field(default=None, repr=False)
+
+    def handle(self, raw: RawMessage) -> bytes:
+        """Feed one upstream message; returns bytes to send upstream."""
+        t = raw.type
+        if t == ord("E"):
+            fields = _error_fields(raw.body)
+            raise GatewayError(
+                "08006" if self.phase is UpstreamPhase.AUTH else fields.get("C", "08006"),
+                f"the target database refused the session login: {fields.get('M', 'unknown error')}",
+                "the session's credential may have been revoked or expired; start a new session",
+            )
+        if self.phase is UpstreamPhase.AUTH:
+            if t != ord("R") or len(raw.body) < 4:
+                raise GatewayError("08P01", "unexpected message from the target during login")
+            (code,) = struct.unpack_from("!I", raw.body)
+            data = raw.body[4:]
+            if code == 0:  # AuthenticationOk
+                self.phase = UpstreamPhase.PARAMS
+                return b""
+            if code == 10:  # AuthenticationSASL
+                mechs = [m for m in data.split(b"\0") if m]
+                if b"SCRAM-SHA-256" not in mechs:
+                    raise GatewayError("28000", "the target offers no SCRAM-SHA-256 login")
+                from scramp import ScramClient
+
+                client = ScramClient(["SCRAM-SHA-256"], self.user, self.password)
+                self._scram = client
+                first = client.get_client_first().encode()
+                body = b"SCRAM-SHA-256\0" + struct.pack("!I", len(first)) + first
+                return _frontend(b"p", body)
+            if code == 11:  # SASLContinue
+                client = self._scram
+                if client is None:
+                    raise GatewayError("08P01", "SASL continue without a SASL start")
+                client.set_server_first(data.decode())  # type: ignore[attr-defined]
+                return _frontend(b"p", client.get_client_final().encode())  # type: ignore[attr-defined]
+            if code == 12:  # SASLFinal
+                client = self._scram
+                if client is None:
+                    raise GatewayError("08P01", "SASL final without a SASL start")
+                try:
+                    client.set_server_final(data.decode())  # type: ignore[attr-defined]
+                except Exception:
+                    raise GatewayError(
+                        "28000", "the target's SCRAM signature did not verify"
+                    ) from None
+                return b""
+            if code == 3:  # cleartext: the credential would cross in clear; refuse
+                raise GatewayError(
+                    "28000",
+                    "the target asked for a cleartext password",
+                    "configure scram-sha-256 for session roles on the target",
+                )
+            raise GatewayError("28000", f"unsupported authentication method {code} on the target")
+        if self.phase is UpstreamPhase.PARAMS:
+            if t == ord("S"):
+                name, value, _ = raw.body.split(b"\0", 2)
+                self.parameters.append((name.decode(), value.decode()))
+            elif t == ord("K"):
+                if len(raw.body) != 8:
+                    raise ProtocolViolation("malformed BackendKeyData")
+                self.backend_key = struct.unpack("!II", raw.body)
+            elif t == ord("Z"):
+                self.phase = UpstreamPhase.READY
+            elif t == ord("N"):
+                pass  # notices during startup are not worth a round trip to the client
+            else:
+                raise GatewayError("08P01", f"unexpected message {chr(t)!r} during upstream startup")
+            return b""
+        raise ProtocolViolation("upstream login already finished")
+
+
+def _error_fields(body: bytes) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for part in body.split(b"\0"):
+        if part:
+            out[chr(part[0])] = part[1:].decode("utf-8", "replace")
+    return out
+
+
+def check_frontend(raw: RawMessage) -> None:
+    if raw.type not in KNOWN_FRONTEND:
+        raise GatewayError(
+            "08P01",
+            f"message type {bytes([raw.type])!r} is not part of the protocol the gateway relays",
+            "this client or driver sent something the gateway does not understand",
+        )

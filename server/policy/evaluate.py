@@ -1,0 +1,179 @@
+"""Deciding whether an identity may open a session on a target, as pure functions of the policy.
+
+``evaluate`` walks a fixed sequence and stops at the first "no":
+
+1. the target exists (``target.unknown``);
+2. the scope: the one asked for must exist (``scope.unknown``); with none asked
+   for, the only scope the identity may use, else ``read`` if it may use it, else
+   a refusal listing the scopes (``scope.none_allowed`` / ``scope.ambiguous``);
+3. the scope's ``allow`` lists name the identity or one of its groups
+   (``targets.<t>.scopes.<s>.allow``, also the rule of an allowed decision);
+4. the TTL: none asked for means ``default_ttl``; zero or less is refused
+   (``ttl.not_positive``), and above ``max_ttl`` is refused (``scope.max_ttl``)
+   rather than clamped, so nobody ends up with a shorter session than they think.
+
+The ``rule`` of a :class:`Decision` is a stable identifier for logs, audit events
+and API errors; the ``reason`` is for the person.  An identity's groups are the
+ones its identity provider vouches for plus those the policy's ``groups:`` lists it in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from server.durations import format_duration
+from server.policy.model import Policy, ScopePolicy, TargetPolicy
+
+PREFERRED_SCOPE = "read"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who is asking.  ``kind`` is ``user``, ``service`` or ``dev``."""
+
+    name: str
+    groups: frozenset[str]
+    kind: str = "user"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of ``evaluate``; ``ttl`` is set only when ``allowed``."""
+
+    allowed: bool
+    rule: str
+    reason: str
+    ttl: timedelta | None
+    scope: str | None
+
+
+def effective_groups(policy: Policy, identity: Identity) -> frozenset[str]:
+    """The identity's own groups plus the policy groups that list it."""
+    listed = {group for group, members in policy.groups.items() if identity.name in members}
+    return identity.groups | listed
+
+
+def visible_targets(
+    policy: Policy, identity: Identity
+) -> list[tuple[TargetPolicy, list[ScopePolicy]]]:
+    """Targets with at least one scope the identity may use, with those scopes, in policy order."""
+    groups = effective_groups(policy, identity)
+    visible = []
+    for target in policy.targets.values():
+        scopes = [s for s in target.scopes.values() if _why_allowed(s, identity, groups)]
+        if scopes:
+            visible.append((target, scopes))
+    return visible
+
+
+def evaluate(
+    policy: Policy,
+    identity: Identity,
+    target: str,
+    scope: str | None,
+    requested_ttl: timedelta | None,
+    now: datetime,
+) -> Decision:
+    """Decide whether ``identity`` may open a session on ``target`` in ``scope`` for a TTL.
+
+    ``now`` is part of the contract so that time-dependent rules can be added
+    without changing every caller; no rule depends on it yet.
+    """
+    del now
+    target_policy = policy.targets.get(target)
+    if target_policy is None:
+        return _deny("target.unknown", f"there is no target named {target!r}", None)
+    groups = effective_groups(policy, identity)
+    scopes = target_policy.scopes
+    if scope is None:
+        chosen = _choose_scope(target_policy, identity, groups)
+        if isinstance(chosen, Decision):
+            return chosen
+        scope_policy = chosen
+    else:
+        found = scopes.get(scope)
+        if found is None:
+            return _deny(
+                "scope.unknown",
+                f"target {target!r} has no scope {scope!r} (its scopes: {_names(scopes)})",
+                scope,
+            )
+        scope_policy = found
+    rule = f"targets.{target}.scopes.{scope_policy.name}.allow"
+    why = _why_allowed(scope_policy, identity, groups)
+    if why is None:
+        return _deny(
+            rule,
+            f"{identity.name} may not use scope {scope_policy.name!r} of target {target!r} "
+            f"({_who(scope_policy)})",
+            scope_policy.name,
+        )
+    if requested_ttl is None:
+        ttl = scope_policy.default_ttl
+    elif requested_ttl <= timedelta(0):
+        return _deny(
+            "ttl.not_positive", "the requested TTL must be longer than zero", scope_policy.name
+        )
+    elif requested_ttl > scope_policy.max_ttl:
+        return _deny(
+            "scope.max_ttl",
+            f"the requested TTL {format_duration(requested_ttl)} is longer than the maximum "
+            f"{format_duration(scope_policy.max_ttl)} of scope {scope_policy.name!r} "
+            f"of target {target!r}",
+            scope_policy.name,
+        )
+    else:
+        ttl = requested_ttl
+    return Decision(allowed=True, rule=rule, reason=why, ttl=ttl, scope=scope_policy.name)
+
+
+def _choose_scope(
+    target: TargetPolicy, identity: Identity, groups: frozenset[str]
+) -> ScopePolicy | Decision:
+    usable = [s for s in target.scopes.values() if _why_allowed(s, identity, groups)]
+    if len(usable) == 1:
+        return usable[0]
+    for candidate in usable:
+        if candidate.name == PREFERRED_SCOPE:
+            return candidate
+    if not usable:
+        return _deny(
+            "scope.none_allowed",
+            f"{identity.name} may use no scope of target {target.name!r} "
+            f"(its scopes: {_names(target.scopes)})",
+            None,
+        )
+    return _deny(
+        "scope.ambiguous",
+        f"target {target.name!r} has several scopes {identity.name} may use "
+        f"({', '.join(s.name for s in usable)}): choose one",
+        None,
+    )
+
+
+def _why_allowed(scope: ScopePolicy, identity: Identity, groups: frozenset[str]) -> str | None:
+    if identity.name in scope.allow_identities:
+        return f"{identity.name} is listed by name"
+    shared = sorted(groups & scope.allow_groups)
+    if shared:
+        return f"{identity.name} is in group {shared[0]}"
+    return None
+
+
+def _who(scope: ScopePolicy) -> str:
+    # Group names help the person ask for access; other people's names stay private.
+    if not scope.allow_groups and not scope.allow_identities:
+        return "nobody may use it"
+    if not scope.allow_groups:
+        return "only identities listed by name may use it"
+    return f"allowed groups: {', '.join(sorted(scope.allow_groups))}"
+
+
+def _names(scopes: Mapping[str, ScopePolicy]) -> str:
+    return ", ".join(scopes)
+
+
+def _deny(rule: str, reason: str, scope: str | None) -> Decision:
+    return Decision(allowed=False, rule=rule, reason=reason, ttl=None, scope=scope)

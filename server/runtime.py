@@ -1,0 +1,164 @@
+"""Running the broker: API and gateway in one asyncio loop, plus the reaper.
+
+``Runtime`` wires the store, policy, session service, HTTP API (uvicorn) and
+gateway together and owns shutdown: on SIGINT/SIGTERM it stops accepting,
+ends every open session (closing its client connections and revoking its
+role), then stops the API.  SIGHUP reloads the policy file; a policy that does
+not load is rejected and the old one stays in force.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from server.api.app import GatewayInfo, create_app
+from server.audit import chain
+from server.errors import DbaccessError
+from server.gateway.server import Gateway
+from server.policy import load_policy
+from server.sessions.service import SessionService
+from server.store.db import Store
+
+log = logging.getLogger("dbaccess.server")
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    api_host: str
+    api_port: int
+    gateway_host: str
+    gateway_port: int
+    policy_path: Path
+    store_url: str
+    reaper_interval: float = 30.0
+    public_gateway_host: str | None = None
+    public_gateway_port: int | None = None
+    max_connections_per_session: int = 20
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+class Runtime:
+    def __init__(self, opts: RuntimeOptions) -> None:
+        self.opts = opts
+        self.store = Store.open(opts.store_url)
+        self.policy_path = opts.policy_path
+        self.service = SessionService(
+            self.store,
+            load_policy(opts.policy_path),
+            max_connections_per_session=opts.max_connections_per_session,
+        )
+        self.gateway = Gateway(self.service)
+        self.api_sock = _bind(opts.api_host, opts.api_port)
+        self.api_port = self.api_sock.getsockname()[1]
+
+    @property
+    def api_url(self) -> str:
+        host = self.opts.api_host
+        return f"http://{'[' + host + ']' if ':' in host else host}:{self.api_port}"
+
+    def reload_policy(self) -> bool:
+        try:
+            policy = load_policy(self.policy_path)
+        except DbaccessError as exc:
+            log.error("policy reload rejected, keeping the old policy: %s", exc.message)
+            chain.append(self.store, "policy.reload_rejected", data={"error": exc.message})
+            return False
+        self.service.policy = policy
+        chain.append(self.store, "policy.reloaded", data={"path": str(self.policy_path)})
+        log.info("policy reloaded from %s", self.policy_path)
+        return True
+
+    async def serve(self, on_ready: Callable[[Runtime], None] | None = None) -> None:
+        import uvicorn
+
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(
+            signal.SIGHUP, lambda: loop.run_in_executor(None, self.reload_policy)
+        )
+
+        await self.gateway.start(self.opts.gateway_host, self.opts.gateway_port)
+        info = GatewayInfo(
+            host=self.opts.public_gateway_host or self.gateway.host,
+            port=self.opts.public_gateway_port or self.gateway.port,
+            tls=False,
+        )
+        app = create_app(self.service, info)
+
+        class _Server(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self) -> Iterator[None]:
+                # Signals belong to the runtime, which shuts down in order.
+                yield
+
+        config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+        api = _Server(config)
+        api_task = asyncio.create_task(api.serve(sockets=[self.api_sock]))
+
+        report = await loop.run_in_executor(None, self.service.reap)
+        if report.revoked_roles or report.orphaned_sessions or report.expired_sessions:
+            log.warning(
+                "reaper at start-up: %d expired, %d orphaned sessions; revoked roles: %s",
+                len(report.expired_sessions),
+                len(report.orphaned_sessions),
+                ", ".join(report.revoked_roles) or "none",
+            )
+        chain.append(self.store, "broker.started", data={"api": self.api_url})
+        reaper = asyncio.create_task(self._reaper(stop))
+        if on_ready is not None:
+            on_ready(self)
+        try:
+            await stop.wait()
+        finally:
+            log.warning("shutting down: ending open sessions")
+            reaper.cancel()
+            await self.gateway.stop()
+            await loop.run_in_executor(None, self.service.end_all)
+            chain.append(self.store, "broker.stopped", data={})
+            api.should_exit = True
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(api_task, 10)
+            self.store.close()
+
+    async def _reaper(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.opts.reaper_interval)
+            if stop.is_set():
+                return
+            try:
+                report = await loop.run_in_executor(None, self.service.reap)
+            except Exception:
+                log.exception("reaper run failed")
+                continue
+            for err in report.errors:
+                log.warning("reaper: %s", err)
+
+
+def run(opts: RuntimeOptions, on_ready: Callable[[Runtime], None] | None = None) -> None:
+    runtime = Runtime(opts)
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(runtime.serve(on_ready))
+    else:
+        uvloop.run(runtime.serve(on_ready))

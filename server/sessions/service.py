@@ -1,0 +1,378 @@
+"""Session lifecycle: the broker's one place that starts, ends and reaps sessions.
+
+A session is an identity's time-boxed use of one (target, scope).  Starting one
+evaluates policy, has the target's issuer mint a database role valid until the
+deadline, stores the session and a hash of its ticket, and keeps the credential
+in memory only (``LiveSession``).  The gateway resolves tickets here and
+registers each client connection so that ending the session (client exit, admin
+kill, deadline, shutdown) closes every connection before the role is revoked.
+
+Because credentials are never persisted, a broker that restarts cannot resume
+sessions: the reaper ends every session the store still calls active but this
+process does not know, and revokes every role in the marker role that no live
+session owns.  ``VALID UNTIL`` on each role stops new logins in the meantime.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from server.audit import chain
+from server.credentials.base import Credential, Issuer, RevocationResult, role_name_for
+from server.errors import Conflict, Forbidden, NotAuthenticated, NotFound, Unavailable
+from server.policy import Policy, TargetPolicy, resolve_admin_dsn
+from server.policy.evaluate import Identity, evaluate
+from server.store.db import SessionRecord, Store, hash_secret, new_id, utcnow
+
+log = logging.getLogger(__name__)
+
+
+class ConnectionHandle(Protocol):
+    """What the gateway registers per client connection so a session end can close it."""
+
+    def close_from_broker(self, sqlstate: str, message: str, hint: str | None) -> None: ...
+
+
+@dataclass(frozen=True)
+class Upstream:
+    host: str
+    port: int
+    database: str
+    sslmode: str | None
+    sslrootcert: str | None
+
+
+@dataclass
+class LiveSession:
+    record: SessionRecord
+    credential: Credential
+    upstream: Upstream
+    connections: set[ConnectionHandle] = field(default_factory=set)
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+
+@dataclass(frozen=True)
+class ReapReport:
+    expired_sessions: list[str]
+    orphaned_sessions: list[str]
+    revoked_roles: list[str]
+    errors: list[str]
+
+
+IssuerFactory = Callable[[TargetPolicy], Issuer]
+
+
+def default_issuer_factory(target: TargetPolicy) -> Issuer:
+    from server.credentials.postgres import PostgresIssuer
+
+    return PostgresIssuer(resolve_admin_dsn(target))
+
+
+def upstream_for(target: TargetPolicy) -> Upstream:
+    from psycopg.conninfo import conninfo_to_dict
+
+    info = conninfo_to_dict(resolve_admin_dsn(target))
+    host = str(info.get("host") or "127.0.0.1")
+    port = int(str(info.get("port") or 5432))
+    return Upstream(host, port, target.database, target.sslmode, target.sslrootcert)
+
+
+class SessionService:
+    def __init__(
+        self,
+        store: Store,
+        policy: Policy,
+        *,
+        issuer_factory: IssuerFactory = default_issuer_factory,
+        max_connections_per_session: int = 20,
+    ) -> None:
+        self.store = store
+        self.policy = policy
+        self._issuer_factory = issuer_factory
+        self._issuers: dict[str, Issuer] = {}
+        self._live: dict[str, LiveSession] = {}
+        self._by_ticket: dict[str, str] = {}
+        # Roles being minted right now: the reaper must not take them for orphans.
+        self._minting: set[str] = set()
+        self._lock = threading.RLock()
+        self.max_connections_per_session = max_connections_per_session
+
+    # -- helpers ------------------------------------------------------------
+    def target(self, name: str) -> TargetPolicy:
+        target = self.policy.targets.get(name)
+        if target is None:
+            known = ", ".join(sorted(self.policy.targets)) or "none"
+            raise NotFound(f"unknown target {name!r}", hint=f"known targets: {known}")
+        return target
+
+    def issuer(self, target: TargetPolicy) -> Issuer:
+        with self._lock:
+            issuer = self._issuers.get(target.name)
+            if issuer is None:
+                issuer = self._issuers[target.name] = self._issuer_factory(target)
+            return issuer
+
+    def live(self, session_id: str) -> LiveSession | None:
+        with self._lock:
+            return self._live.get(session_id)
+
+    # -- start --------------------------------------------------------------
+    def start(
+        self,
+        identity: Identity,
+        target_name: str,
+        scope: str | None,
+        ttl: timedelta | None,
+        reason: str | None,
+        client: dict[str, Any] | None = None,
+    ) -> tuple[SessionRecord, str]:
+        target = self.target(target_name)
+        now = utcnow()
+        decision = evaluate(self.policy, identity, target_name, scope, ttl, now)
+        if not decision.allowed:
+            chain.append(
+                self.store,
+                "session.denied",
+                identity=identity.name,
+                target=target_name,
+                data={"scope": scope, "rule": decision.rule, "reason": decision.reason},
+            )
+            raise Forbidden(decision.reason, hint=f"rule: {decision.rule}")
+        assert decision.scope is not None and decision.ttl is not None
+        scope_policy = target.scopes[decision.scope]
+        session_id = new_id("s-")
+        deadline = (now + decision.ttl).replace(microsecond=0)
+        db_user = role_name_for(identity.name, session_id)
+        upstream = upstream_for(target)
+        issuer = self.issuer(target)
+        with self._lock:
+            self._minting.add(db_user)
+        try:
+            credential = issuer.issue(
+                identity=identity.name,
+                session_id=session_id,
+                grants=scope_policy.grants,
+                valid_until=deadline,
+            )
+            ticket = "dbt_" + secrets.token_urlsafe(32)
+            record = SessionRecord(
+                id=session_id,
+                identity=identity.name,
+                groups=tuple(sorted(identity.groups)),
+                target=target_name,
+                scope=decision.scope,
+                reason=reason,
+                db_user=credential.username,
+                status="active",
+                created_at=now,
+                expires_at=deadline,
+                ended_at=None,
+                end_reason=None,
+                revocation=None,
+            )
+            try:
+                self.store.insert_session(record, hash_secret(ticket))
+            except Exception:
+                # Nothing half-created survives: the role goes if the session cannot be stored.
+                issuer.revoke(credential.username)
+                raise
+            with self._lock:
+                self._live[session_id] = LiveSession(record, credential, upstream)
+                self._by_ticket[hash_secret(ticket)] = session_id
+        finally:
+            with self._lock:
+                self._minting.discard(db_user)
+        chain.append(
+            self.store,
+            "session.started",
+            identity=identity.name,
+            target=target_name,
+            session_id=session_id,
+            data={
+                "scope": decision.scope,
+                "rule": decision.rule,
+                "reason": reason,
+                "db_user": credential.username,
+                "expires_at": deadline.isoformat(),
+                "client": client or {},
+            },
+        )
+        return record, ticket
+
+    # -- gateway side -------------------------------------------------------
+    def resolve_ticket(self, ticket: str, database: str | None) -> LiveSession:
+        digest = hash_secret(ticket)
+        with self._lock:
+            session_id = self._by_ticket.get(digest)
+            live = self._live.get(session_id) if session_id else None
+        if live is None:
+            raise NotAuthenticated(*self._why_ticket_rejected(digest))
+        if utcnow() >= live.record.expires_at:
+            raise NotAuthenticated(
+                f"session {live.id} expired at {live.record.expires_at:%Y-%m-%d %H:%M:%S} UTC",
+                hint=f"start a new session: dbaccess connect {live.record.target}",
+            )
+        if database is not None and database != live.upstream.database:
+            raise NotAuthenticated(
+                f"this session is for database {live.upstream.database!r}, not {database!r}",
+                hint="connect with the database name dbaccess printed",
+            )
+        return live
+
+    def _why_ticket_rejected(self, digest: str) -> tuple[str, str]:
+        import sqlalchemy as sa
+
+        from server.store import tables as t
+
+        with self.store.tx() as conn:
+            row = conn.execute(
+                sa.select(t.sessions.c.id, t.sessions.c.status, t.sessions.c.end_reason).where(
+                    t.sessions.c.ticket_hash == digest
+                )
+            ).first()
+        if row is None:
+            return (
+                "invalid session ticket",
+                "the password must be the ticket of a live dbaccess session: "
+                "use dbaccess connect or dbaccess run",
+            )
+        return (
+            f"session {row[0]} has ended ({row[1]}: {row[2]})",
+            "tickets die with their session: start a new one with dbaccess connect",
+        )
+
+    def attach(self, live: LiveSession, conn: ConnectionHandle) -> None:
+        with self._lock:
+            if live.id not in self._live:
+                raise NotAuthenticated("session has ended")
+            if len(live.connections) >= self.max_connections_per_session:
+                raise Conflict(
+                    f"session {live.id} already has {len(live.connections)} connections",
+                    hint="close some connections or raise session_max_connections",
+                )
+            live.connections.add(conn)
+
+    def detach(self, live: LiveSession, conn: ConnectionHandle) -> None:
+        with self._lock:
+            live.connections.discard(conn)
+
+    # -- end ----------------------------------------------------------------
+    def end(
+        self,
+        session_id: str,
+        *,
+        status: str = "ended",
+        reason: str = "client ended the session",
+        actor: str | None = None,
+    ) -> SessionRecord:
+        record = self.store.get_session(session_id)
+        if record is None:
+            raise NotFound(f"unknown session {session_id!r}")
+        with self._lock:
+            live = self._live.pop(session_id, None)
+            if live is not None:
+                for digest, sid in list(self._by_ticket.items()):
+                    if sid == session_id:
+                        del self._by_ticket[digest]
+                conns = list(live.connections)
+                live.connections.clear()
+            else:
+                conns = []
+        if record.status != "active" and live is None:
+            return record
+        message = {
+            "killed": "terminating connection: the session was ended by an administrator",
+            "expired": "terminating connection: the session reached its deadline",
+            "shutdown": "terminating connection: the broker is shutting down",
+        }.get(status, "terminating connection: the session has ended")
+        for conn in conns:
+            conn.close_from_broker("57P01", message, "start a new session with dbaccess connect")
+        self.store.finish_session(session_id, status=status, reason=reason)
+        result = self._revoke(record.target, record.db_user)
+        self.store.record_revocation(session_id, result)
+        chain.append(
+            self.store,
+            "session.ended",
+            identity=record.identity,
+            target=record.target,
+            session_id=session_id,
+            data={"status": status, "reason": reason, "actor": actor, "revocation": result},
+        )
+        ended = self.store.get_session(session_id)
+        assert ended is not None
+        return ended
+
+    def _revoke(self, target_name: str, db_user: str) -> dict[str, Any]:
+        target = self.policy.targets.get(target_name)
+        if target is None:
+            return {"ok": False, "detail": f"target {target_name!r} is no longer in the policy"}
+        try:
+            res: RevocationResult = self.issuer(target).revoke(db_user)
+        except (Unavailable, Forbidden) as exc:
+            log.warning("revocation of %s on %s failed: %s", db_user, target_name, exc.message)
+            return {"ok": False, "detail": exc.message}
+        return {
+            "ok": res.verified,
+            "username": res.username,
+            "terminated_backends": res.terminated_backends,
+            "dropped": res.dropped,
+            "verified": res.verified,
+            "detail": res.detail,
+        }
+
+    def end_all(self, status: str = "shutdown", reason: str = "broker shut down") -> None:
+        with self._lock:
+            ids = list(self._live)
+        for session_id in ids:
+            self.end(session_id, status=status, reason=reason)
+
+    # -- reaper -------------------------------------------------------------
+    def reap(self, now: datetime | None = None) -> ReapReport:
+        now = now or utcnow()
+        expired: list[str] = []
+        orphaned: list[str] = []
+        revoked: list[str] = []
+        errors: list[str] = []
+        for rec in self.store.list_sessions(active=True, limit=100_000):
+            try:
+                if rec.expires_at <= now:
+                    self.end(rec.id, status="expired", reason="deadline passed", actor="reaper")
+                    expired.append(rec.id)
+                elif self.live(rec.id) is None:
+                    self.end(
+                        rec.id,
+                        status="orphaned",
+                        reason="broker restarted; credential revoked",
+                        actor="reaper",
+                    )
+                    orphaned.append(rec.id)
+            except Exception as exc:  # one bad target must not stop the sweep
+                errors.append(f"{rec.id}: {exc}")
+        with self._lock:
+            owned = {live.credential.username for live in self._live.values()} | self._minting
+        for target in self.policy.targets.values():
+            try:
+                issuer = self.issuer(target)
+                for role in issuer.list_managed():
+                    if role.name in owned:
+                        continue
+                    res = issuer.revoke(role.name)
+                    revoked.append(role.name)
+                    chain.append(
+                        self.store,
+                        "credential.reaped",
+                        target=target.name,
+                        data={"db_user": role.name, "verified": res.verified},
+                    )
+            except Exception as exc:
+                errors.append(f"{target.name}: {exc}")
+        return ReapReport(expired, orphaned, revoked, errors)

@@ -1,0 +1,260 @@
+"""The broker's store: one object over a SQLAlchemy engine.
+
+``Store.open(url)`` connects, runs the Alembic migrations to head and returns a
+store.  Every method is one short transaction.  Secrets never enter the store in
+clear: API tokens and session tickets are kept as SHA-256 hashes, and the
+session's database password is not stored at all (it lives only in the broker's
+memory, which is why a restarted broker revokes every session it finds open).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from importlib import resources
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+
+from server.store import tables as t
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    # SQLite hands timestamps back naive; everything in the store is UTC.
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}{secrets.token_hex(6)}"
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    id: str
+    identity: str
+    groups: tuple[str, ...]
+    kind: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    id: str
+    identity: str
+    groups: tuple[str, ...]
+    target: str
+    scope: str
+    reason: str | None
+    db_user: str
+    status: str
+    created_at: datetime
+    expires_at: datetime
+    ended_at: datetime | None
+    end_reason: str | None
+    revocation: Mapping[str, Any] | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "identity": self.identity,
+            "target": self.target,
+            "scope": self.scope,
+            "reason": self.reason,
+            "db_user": self.db_user,
+            "status": self.status,
+            "created_at": self.created_at.isoformat(),
+            "expires_at": self.expires_at.isoformat(),
+            "ended_at": self.ended_at.isoformat() if self.ended_at else None,
+            "end_reason": self.end_reason,
+            "revocation": dict(self.revocation) if self.revocation else None,
+        }
+
+
+def _session(row: sa.Row[Any]) -> SessionRecord:
+    m = row._mapping
+    created, expires = _aware(m["created_at"]), _aware(m["expires_at"])
+    assert created is not None and expires is not None
+    return SessionRecord(
+        id=m["id"],
+        identity=m["identity"],
+        groups=tuple(m["groups"]),
+        target=m["target"],
+        scope=m["scope"],
+        reason=m["reason"],
+        db_user=m["db_user"],
+        status=m["status"],
+        created_at=created,
+        expires_at=expires,
+        ended_at=_aware(m["ended_at"]),
+        end_reason=m["end_reason"],
+        revocation=m["revocation"],
+    )
+
+
+class Store:
+    """Typed access to the tables; one instance per broker process."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+        # Serialises audit appends within this process; the seq primary key
+        # catches races between replicas sharing a PostgreSQL store.
+        self.audit_lock = threading.Lock()
+
+    @classmethod
+    def open(cls, url: str) -> Store:
+        kwargs: dict[str, Any] = {}
+        if url.startswith("sqlite"):
+            kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+        engine = sa.create_engine(url, **kwargs)
+        if url.startswith("sqlite"):
+
+            @sa.event.listens_for(engine, "connect")
+            def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+                cur = dbapi_conn.cursor()
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA synchronous=NORMAL")
+                cur.close()
+
+        store = cls(engine)
+        store.migrate()
+        return store
+
+    def migrate(self) -> None:
+        cfg = Config()
+        cfg.set_main_option(
+            "script_location", str(resources.files("server.store") / "migrations")
+        )
+        with self.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+    @contextmanager
+    def tx(self) -> Iterator[sa.Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- API tokens -------------------------------------------------------------
+    def create_token(
+        self, identity: str, groups: tuple[str, ...], kind: str, ttl: timedelta | None
+    ) -> tuple[str, TokenRecord]:
+        token = "dba_" + secrets.token_urlsafe(32)
+        now = utcnow()
+        rec = TokenRecord(
+            id=new_id("t-"),
+            identity=identity,
+            groups=groups,
+            kind=kind,
+            created_at=now,
+            expires_at=now + ttl if ttl else None,
+            revoked_at=None,
+        )
+        with self.tx() as conn:
+            conn.execute(
+                t.api_tokens.insert().values(
+                    id=rec.id,
+                    token_hash=hash_secret(token),
+                    identity=identity,
+                    groups=list(groups),
+                    kind=kind,
+                    created_at=now,
+                    expires_at=rec.expires_at,
+                )
+            )
+        return token, rec
+
+    def find_token(self, token: str) -> TokenRecord | None:
+        with self.tx() as conn:
+            row = conn.execute(
+                t.api_tokens.select().where(t.api_tokens.c.token_hash == hash_secret(token))
+            ).first()
+        if row is None:
+            return None
+        m = row._mapping
+        created = _aware(m["created_at"])
+        assert created is not None
+        return TokenRecord(
+            id=m["id"],
+            identity=m["identity"],
+            groups=tuple(m["groups"]),
+            kind=m["kind"],
+            created_at=created,
+            expires_at=_aware(m["expires_at"]),
+            revoked_at=_aware(m["revoked_at"]),
+        )
+
+    # -- sessions -------------------------------------------------------------
+    def insert_session(self, rec: SessionRecord, ticket_hash: str) -> None:
+        with self.tx() as conn:
+            conn.execute(
+                t.sessions.insert().values(
+                    id=rec.id,
+                    identity=rec.identity,
+                    groups=list(rec.groups),
+                    target=rec.target,
+                    scope=rec.scope,
+                    reason=rec.reason,
+                    db_user=rec.db_user,
+                    ticket_hash=ticket_hash,
+                    status=rec.status,
+                    created_at=rec.created_at,
+                    expires_at=rec.expires_at,
+                )
+            )
+
+    def get_session(self, session_id: str) -> SessionRecord | None:
+        with self.tx() as conn:
+            row = conn.execute(t.sessions.select().where(t.sessions.c.id == session_id)).first()
+        return _session(row) if row else None
+
+    def list_sessions(
+        self, *, identity: str | None = None, active: bool | None = None, limit: int = 100
+    ) -> list[SessionRecord]:
+        q = t.sessions.select().order_by(t.sessions.c.created_at.desc()).limit(limit)
+        if identity is not None:
+            q = q.where(t.sessions.c.identity == identity)
+        if active is True:
+            q = q.where(t.sessions.c.status == "active")
+        elif active is False:
+            q = q.where(t.sessions.c.status != "active")
+        with self.tx() as conn:
+            return [_session(r) for r in conn.execute(q)]
+
+    def finish_session(self, session_id: str, *, status: str, reason: str) -> bool:
+        """Move an active session to a final status; False when it was not active."""
+        with self.tx() as conn:
+            res = conn.execute(
+                t.sessions.update()
+                .where(t.sessions.c.id == session_id, t.sessions.c.status == "active")
+                .values(status=status, ended_at=utcnow(), end_reason=reason)
+            )
+        return res.rowcount == 1
+
+    def record_revocation(self, session_id: str, result: Mapping[str, Any]) -> None:
+        with self.tx() as conn:
+            conn.execute(
+                t.sessions.update()
+                .where(t.sessions.c.id == session_id)
+                .values(revocation=dict(result))
+            )

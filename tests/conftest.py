@@ -1,0 +1,3 @@
+"""Shared fixtures are defined in tests/fix_*.py and registered here."""
+
+pytest_plugins = ["tests.fix_pg", "tests.fix_broker"]

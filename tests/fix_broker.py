@@ -1,0 +1,150 @@
+"""A real dev broker process for end-to-end tests.
+
+``start_broker`` launches ``dbaccess-server dev`` as a subprocess against the
+test cluster's demo database (``--target-dsn``), with its own data directory and
+CLI config directory, and waits until it prints that it is running.  The
+``broker`` fixture is one such process shared by a test module; tests that kill
+or restart the broker start their own.  ``Broker.cli`` runs the real
+``dbaccess`` console script with the broker's environment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from server.demo.provision import DemoTarget
+from tests.fix_pg import make_tmp_dir
+
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class Broker:
+    data_dir: Path
+    config_dir: Path
+    target_dsn: str
+    proc: subprocess.Popen[bytes] | None = None
+    api_url: str = ""
+    gateway: tuple[str, int] = ("", 0)
+    log_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_path = self.data_dir / "server.log"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.pop("DBACCESS_TOKEN", None)
+        env.pop("DBACCESS_SERVER", None)
+        env.update(
+            DBACCESS_CONFIG_DIR=str(self.config_dir),
+            PYTHON_KEYRING_BACKEND="keyring.backends.fail.Keyring",
+            PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        )
+        env.update(extra)
+        return env
+
+    def start(self, *extra_args: str, timeout: float = 60) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [
+                str(BIN / "dbaccess-server"),
+                "dev",
+                "--data-dir",
+                str(self.data_dir),
+                "--target-dsn",
+                self.target_dsn,
+                "--reaper-interval",
+                "1",
+                *extra_args,
+            ],
+            stdout=log,
+            stderr=log,
+            env=self.env(),
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.log_path.read_text(errors="replace")
+            if "dev broker is running" in text.split("dbaccess dev broker stopped")[-1]:
+                tail = text.rsplit("dev broker is running", 1)[1]
+                self.api_url = re.search(r"API:\s+(\S+)", tail).group(1)  # type: ignore[union-attr]
+                host, port = re.search(r"gateway:\s+(\S+):(\d+)", tail).groups()  # type: ignore[union-attr]
+                self.gateway = (host, int(port))
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"broker exited with {self.proc.returncode}:\n{text}")
+            time.sleep(0.1)
+        self.kill()
+        raise RuntimeError(f"broker did not start in {timeout}s:\n{self.log_path.read_text()}")
+
+    def stop(self, timeout: float = 30) -> int | None:
+        """Ctrl-C, as a user would; returns the exit status."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def cli(
+        self,
+        *args: str,
+        input: str | None = None,
+        timeout: float = 60,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "dbaccess"), *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self.env(**(env or {})),
+            check=False,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def new_broker(demo_target: DemoTarget) -> Broker:
+    base = make_tmp_dir("dbaccess-broker-")
+    return Broker(data_dir=base / "data", config_dir=base / "cli", target_dsn=demo_target.admin_dsn)
+
+
+@pytest.fixture(scope="module")
+def broker(demo_target: DemoTarget) -> Iterator[Broker]:
+    b = new_broker(demo_target)
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+@pytest.fixture
+def fresh_broker(demo_target: DemoTarget) -> Iterator[Broker]:
+    """A broker of the test's own (for tests that kill or restart it)."""
+    b = new_broker(demo_target)
+    try:
+        yield b
+    finally:
+        b.stop()
+        b.kill()

@@ -195,6 +195,8 @@ def is_loopback(host: str) -> bool:
 def parse_hostport(text: str) -> HostPort:
     """Split ``host:port`` or ``[v6]:port`` into a (host, port) tuple; ValueError otherwise."""
     value = text.strip()
+    if "://" in value:
+        raise ValueError(f"{text!r} is a URL; give host:port (e.g. 127.0.0.1:8700)")
     if value.startswith("["):
         host, bracket, rest = value[1:].partition("]")
         if not bracket or not rest.startswith(":"):

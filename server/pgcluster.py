@@ -367,6 +367,9 @@ class LocalCluster:
                 hint="call init() first (or use the context manager)",
             )
         if self.running():
+            # Already up (started by another LocalCluster for the same directory):
+            # adopt the port it really listens on.
+            self.port = self._running_port() or self.port
             return
         attempts = 3
         for attempt in range(attempts):
@@ -405,6 +408,14 @@ class LocalCluster:
                     hint=f"see {self.log_path}",
                 )
             self.port = free_port(self.host)
+
+    def _running_port(self) -> int | None:
+        # postmaster.pid: pid, data dir, start time, port, socket dir, listen address, ...
+        try:
+            lines = (self.pgdata / "postmaster.pid").read_text().splitlines()
+            return int(lines[3])
+        except (OSError, IndexError, ValueError):
+            return None
 
     def stop(self, mode: str = "fast") -> None:
         if mode not in ("smart", "fast", "immediate"):

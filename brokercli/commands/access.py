@@ -131,8 +131,16 @@ def run(
     The session ends (and its role is revoked) when COMMAND exits; dbaccess exits
     with COMMAND's status.
     """
+    argv = list(command)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        raise CliError("no command given", code=ExitCode.USAGE, hint="dbaccess run TARGET -- CMD ...")
+    if shutil.which(argv[0]) is None:
+        # Fail before a session (and a database role) is created for nothing.
+        raise CliError(f"command not found: {argv[0]}", code=ExitCode.USAGE)
     with session_tunnel(server, target, scope, ttl, reason, command="run", port=port) as conn:
-        rc = _run_child(list(command), {**os.environ, **conn.env()})
+        rc = _run_child(argv, {**os.environ, **conn.env()})
     if rc:
         raise typer.Exit(rc)
 

@@ -203,6 +203,10 @@ class ClientConnection(asyncio.Protocol):
         except DbaccessError as exc:
             self.abort(exc.sqlstate, exc.message, exc.hint)
             return
+        except Exception:
+            log.exception("resolving a session ticket failed")
+            self.abort("XX000", "internal error in the gateway", "see the broker's log")
+            return
         self.live = live
         delay = (live.record.expires_at - utcnow()).total_seconds()
         self._timers.append(

@@ -83,7 +83,13 @@ def upstream_for(target: TargetPolicy) -> Upstream:
     info = conninfo_to_dict(resolve_admin_dsn(target))
     host = str(info.get("host") or "127.0.0.1")
     port = int(str(info.get("port") or 5432))
-    return Upstream(host, port, target.database, target.sslmode, target.sslrootcert)
+    return Upstream(
+        host,
+        port,
+        target.database,
+        target.sslmode,
+        str(target.sslrootcert) if target.sslrootcert else None,
+    )
 
 
 class SessionService:
@@ -215,7 +221,8 @@ class SessionService:
             session_id = self._by_ticket.get(digest)
             live = self._live.get(session_id) if session_id else None
         if live is None:
-            raise NotAuthenticated(*self._why_ticket_rejected(digest))
+            message, hint = self._why_ticket_rejected(digest)
+            raise NotAuthenticated(message, hint=hint)
         if utcnow() >= live.record.expires_at:
             raise NotAuthenticated(
                 f"session {live.id} expired at {live.record.expires_at:%Y-%m-%d %H:%M:%S} UTC",

@@ -51,6 +51,14 @@ def test_restart_keeps_port_and_password(tmp_base: Path) -> None:
     assert stat.S_IMODE((tmp_base / "nested").stat().st_mode) == 0o711
 
 
+def test_starting_a_running_cluster_adopts_its_real_port(pg_cluster: LocalCluster) -> None:
+    other = LocalCluster(pg_cluster.data_dir, port=free_port())
+    other.start()
+    assert other.port == pg_cluster.port
+    assert other.password == pg_cluster.password
+    assert _query(other.dsn(), "SELECT 1") == 1
+
+
 def test_a_taken_saved_port_is_replaced(tmp_base: Path) -> None:
     cluster = LocalCluster(tmp_base / "cluster")
     cluster.init()

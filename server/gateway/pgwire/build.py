@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
+from server.gateway.pgwire.framing import PROTOCOL_3_0
 from server.gateway.pgwire.messages import (
     AuthenticationCleartextPassword,
     AuthenticationOk,
@@ -108,6 +109,11 @@ def backend_key_data(pid: int, secret: int) -> bytes:
     return BackendKeyData(pid, secret).encode()
 
 
-def negotiate_protocol_version(newest_minor: int, unrecognized: list[str]) -> bytes:
-    """Tell a client asking for a newer 3.x (or for ``_pq_.`` options) what is supported."""
-    return NegotiateProtocolVersion(newest_minor, unrecognized).encode()
+def negotiate_protocol_version(
+    unrecognized: list[str] | None = None, newest_version: int = PROTOCOL_3_0
+) -> bytes:
+    """Tell a client asking for a newer 3.x (or for ``_pq_.`` options) what is supported.
+
+    The version is the whole code (3.0 is 196608), as PostgreSQL sends it.
+    """
+    return NegotiateProtocolVersion(newest_version, list(unrecognized or [])).encode()

@@ -462,7 +462,7 @@ def _function_call_response(body: bytes) -> BackendMessage:
 
 def _negotiate_protocol_version(body: bytes) -> BackendMessage:
     r = _Reader(body, "NegotiateProtocolVersion")
-    newest_minor = r.int32()
+    newest_version = r.int32()
     count = r.int32()
     if count < 0:
         r.fail(f"invalid option count {count}")
@@ -470,7 +470,7 @@ def _negotiate_protocol_version(body: bytes) -> BackendMessage:
     for _ in range(count):
         names.append(r.cstring())
     r.end()
-    return NegotiateProtocolVersion(newest_minor, names)
+    return NegotiateProtocolVersion(newest_version, names)
 
 
 def _notification_response(body: bytes) -> BackendMessage:

@@ -618,13 +618,19 @@ class FunctionCallResponse(Message):
 
 @dataclass(frozen=True, slots=True)
 class NegotiateProtocolVersion(Message):
+    """The server's answer to a newer 3.x or to unknown ``_pq_.`` startup options.
+
+    ``newest_version`` is a whole protocol version code, as PostgreSQL sends it
+    and libpq reads it (196608 for 3.0), not a bare minor number.
+    """
+
     TYPE: ClassVar[int] = ord("v")
-    newest_minor: int
+    newest_version: int
     unrecognized: list[str] = field(default_factory=list)
 
     def _body(self) -> bytes:
         names = b"".join(_cstr(name, "protocol option") for name in self.unrecognized)
-        return _INT32.pack(self.newest_minor) + _INT32.pack(len(self.unrecognized)) + names
+        return _INT32.pack(self.newest_version) + _INT32.pack(len(self.unrecognized)) + names
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""Fetching a target's admin DSN: from each kind of source, failing clearly, never showing the password."""
+"""A target's admin DSN: from each kind of source, failing clearly, never showing the password."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Policy evaluation as tables: who may use which scope of which target, for how long, and why not."""
+"""Evaluation tables: who may use which scope of which target, for how long, or why not."""
 
 from __future__ import annotations
 
@@ -76,50 +76,75 @@ GROUP_NAMED = Identity("dba", frozenset())  # a person whose name is a group's n
 
 H = timedelta(hours=1)
 M = timedelta(minutes=1)
+S = timedelta(seconds=1)
+
+
+DEMO_READ = "targets.demo.scopes.read.allow"
+DEMO_WRITE = "targets.demo.scopes.write.allow"
+DEMO_NOBODY = "targets.demo.scopes.nobody.allow"
+OPS_ADMIN = "targets.ops.scopes.admin.allow"
+OPS_WRITE = "targets.ops.scopes.write.allow"
+SOLO_MAINT = "targets.solo.scopes.maint.allow"
+
+Expected = tuple[bool, str, str | None, timedelta | None]
+
+
+def yes(rule: str, scope: str, ttl: timedelta) -> Expected:
+    return (True, rule, scope, ttl)
+
+
+def no(rule: str, scope: str | None = None) -> Expected:
+    return (False, rule, scope, None)
 
 
 @pytest.mark.parametrize(
-    ("identity", "target", "scope", "ttl", "allowed", "rule", "chosen", "granted", "reason"),
+    ("identity", "target", "scope", "ttl", "expected", "reason"),
     [
         # explicit scope, TTL defaults and limits
-        (BOB, "demo", "read", None, True, "targets.demo.scopes.read.allow", "read", 30 * M, "bob is in group dev"),
-        (BOB, "demo", "read", 2 * H, True, "targets.demo.scopes.read.allow", "read", 2 * H, "group dev"),
-        (BOB, "demo", "read", 8 * H, True, "targets.demo.scopes.read.allow", "read", 8 * H, "group dev"),
-        (BOB, "demo", "read", 8 * H + timedelta(seconds=1), False, "scope.max_ttl", "read", None, "longer than the maximum 8h of scope 'read'"),
-        (BOB, "demo", "read", timedelta(0), False, "ttl.not_positive", "read", None, "longer than zero"),
-        (BOB, "demo", "read", -5 * M, False, "ttl.not_positive", "read", None, "longer than zero"),
-        (BOB, "demo", "write", None, False, "targets.demo.scopes.write.allow", "write", None, "bob may not use scope 'write' of target 'demo' (allowed groups: dba)"),
-        (ALICE, "demo", "write", H, True, "targets.demo.scopes.write.allow", "write", H, "alice is in group dba"),
-        (ALICE, "demo", "write", 2 * H, False, "scope.max_ttl", "write", None, "the requested TTL 2h is longer than the maximum 1h"),
-        (ALICE, "ops", "admin", None, True, "targets.ops.scopes.admin.allow", "admin", H, "group dba"),
-        (DAVE, "ops", "admin", 2 * H, True, "targets.ops.scopes.admin.allow", "admin", 2 * H, "dave is in group oncall"),
-        (CAROL, "demo", "read", None, True, "targets.demo.scopes.read.allow", "read", 30 * M, "carol is listed by name"),
-        (CAROL, "demo", "write", None, False, "targets.demo.scopes.write.allow", "write", None, "carol may not use"),
-        (FRANK, "solo", "maint", 4 * H, True, "targets.solo.scopes.maint.allow", "maint", 4 * H, "listed by name"),
+        (BOB, "demo", "read", None, yes(DEMO_READ, "read", 30 * M), "bob is in group dev"),
+        (BOB, "demo", "read", 2 * H, yes(DEMO_READ, "read", 2 * H), "group dev"),
+        (BOB, "demo", "read", 8 * H, yes(DEMO_READ, "read", 8 * H), "group dev"),
+        (BOB, "demo", "read", 8 * H + S, no("scope.max_ttl", "read"),
+         "the requested TTL 8h1s is longer than the maximum 8h of scope 'read' of target 'demo'"),
+        (BOB, "demo", "read", 0 * S, no("ttl.not_positive", "read"), "longer than zero"),
+        (BOB, "demo", "read", -5 * M, no("ttl.not_positive", "read"), "longer than zero"),
+        (BOB, "demo", "write", None, no(DEMO_WRITE, "write"),
+         "bob may not use scope 'write' of target 'demo' (allowed groups: dba)"),
+        (ALICE, "demo", "write", H, yes(DEMO_WRITE, "write", H), "alice is in group dba"),
+        (ALICE, "demo", "write", 2 * H, no("scope.max_ttl", "write"),
+         "the requested TTL 2h is longer than the maximum 1h"),
+        (ALICE, "ops", "admin", None, yes(OPS_ADMIN, "admin", H), "group dba"),
+        (DAVE, "ops", "admin", 2 * H, yes(OPS_ADMIN, "admin", 2 * H), "dave is in group oncall"),
+        (CAROL, "demo", "read", None, yes(DEMO_READ, "read", 30 * M), "carol is listed by name"),
+        (CAROL, "demo", "write", None, no(DEMO_WRITE, "write"), "carol may not use"),
+        (FRANK, "solo", "maint", 4 * H, yes(SOLO_MAINT, "maint", 4 * H), "listed by name"),
         # nobody may use an empty allow list
-        (ALICE, "demo", "nobody", None, False, "targets.demo.scopes.nobody.allow", "nobody", None, "nobody may use it"),
-        (MALLORY, "demo", "read", None, False, "targets.demo.scopes.read.allow", "read", None, "allowed groups: dba, dev"),
-        (MALLORY, "ops", "admin", H, False, "targets.ops.scopes.admin.allow", "admin", None, "mallory may not use"),
+        (ALICE, "demo", "nobody", None, no(DEMO_NOBODY, "nobody"), "nobody may use it"),
+        (MALLORY, "demo", "read", None, no(DEMO_READ, "read"), "allowed groups: dba, dev"),
+        (MALLORY, "ops", "admin", H, no(OPS_ADMIN, "admin"), "mallory may not use"),
         # the allow check comes before the TTL check
-        (MALLORY, "demo", "read", timedelta(0), False, "targets.demo.scopes.read.allow", "read", None, "may not use"),
-        (MALLORY, "demo", "read", 99 * H, False, "targets.demo.scopes.read.allow", "read", None, "may not use"),
+        (MALLORY, "demo", "read", 0 * S, no(DEMO_READ, "read"), "may not use"),
+        (MALLORY, "demo", "read", 99 * H, no(DEMO_READ, "read"), "may not use"),
         # groups are matched exactly, and a name is not a group
-        (SHOUTY, "demo", "write", None, False, "targets.demo.scopes.write.allow", "write", None, "may not use"),
-        (GROUP_NAMED, "demo", "read", None, False, "targets.demo.scopes.read.allow", "read", None, "may not use"),
+        (SHOUTY, "demo", "write", None, no(DEMO_WRITE, "write"), "may not use"),
+        (GROUP_NAMED, "demo", "read", None, no(DEMO_READ, "read"), "may not use"),
         # no scope given
-        (BOB, "demo", None, None, True, "targets.demo.scopes.read.allow", "read", 30 * M, "group dev"),
-        (ALICE, "demo", None, None, True, "targets.demo.scopes.read.allow", "read", 30 * M, "group dba"),
-        (ALICE, "demo", None, 9 * H, False, "scope.max_ttl", "read", None, "maximum 8h"),
-        (ERIN, "ops", None, None, True, "targets.ops.scopes.write.allow", "write", H, "erin is listed by name"),
-        (CI, "solo", None, None, True, "targets.solo.scopes.maint.allow", "maint", H, "ci-deploy is in group dev"),
-        (DAVE, "ops", None, None, False, "scope.ambiguous", None, None, "target 'ops' has several scopes dave may use (admin, write): choose one"),
-        (MALLORY, "demo", None, None, False, "scope.none_allowed", None, None, "mallory may use no scope of target 'demo' (its scopes: read, write, nobody)"),
-        (CAROL, "ops", None, None, False, "scope.none_allowed", None, None, "its scopes: admin, write"),
+        (BOB, "demo", None, None, yes(DEMO_READ, "read", 30 * M), "group dev"),
+        (ALICE, "demo", None, None, yes(DEMO_READ, "read", 30 * M), "group dba"),
+        (ALICE, "demo", None, 9 * H, no("scope.max_ttl", "read"), "maximum 8h"),
+        (ERIN, "ops", None, None, yes(OPS_WRITE, "write", H), "erin is listed by name"),
+        (CI, "solo", None, None, yes(SOLO_MAINT, "maint", H), "ci-deploy is in group dev"),
+        (DAVE, "ops", None, None, no("scope.ambiguous"),
+         "target 'ops' has several scopes dave may use (admin, write): choose one"),
+        (MALLORY, "demo", None, None, no("scope.none_allowed"),
+         "mallory may use no scope of target 'demo' (its scopes: read, write, nobody)"),
+        (CAROL, "ops", None, None, no("scope.none_allowed"), "its scopes: admin, write"),
         # unknown names
-        (BOB, "nope", "read", None, False, "target.unknown", None, None, "there is no target named 'nope'"),
-        (BOB, "nope", None, None, False, "target.unknown", None, None, "no target named 'nope'"),
-        (BOB, "demo", "admin", None, False, "scope.unknown", "admin", None, "target 'demo' has no scope 'admin' (its scopes: read, write, nobody)"),
-        (MALLORY, "demo", "admin", H, False, "scope.unknown", "admin", None, "has no scope 'admin'"),
+        (BOB, "nope", "read", None, no("target.unknown"), "there is no target named 'nope'"),
+        (BOB, "nope", None, None, no("target.unknown"), "there is no target named 'nope'"),
+        (BOB, "demo", "admin", None, no("scope.unknown", "admin"),
+         "target 'demo' has no scope 'admin' (its scopes: read, write, nobody)"),
+        (MALLORY, "demo", "admin", H, no("scope.unknown", "admin"), "has no scope 'admin'"),
     ],
 )  # fmt: skip
 def test_evaluate(
@@ -127,19 +152,11 @@ def test_evaluate(
     target: str,
     scope: str | None,
     ttl: timedelta | None,
-    allowed: bool,
-    rule: str,
-    chosen: str | None,
-    granted: timedelta | None,
+    expected: Expected,
     reason: str,
 ) -> None:
     decision = evaluate(POLICY, identity, target, scope, ttl, NOW)
-    assert (decision.allowed, decision.rule, decision.scope, decision.ttl) == (
-        allowed,
-        rule,
-        chosen,
-        granted,
-    )
+    assert (decision.allowed, decision.rule, decision.scope, decision.ttl) == expected
     assert reason in decision.reason
 
 

@@ -160,7 +160,8 @@ ERROR_CASES = [
     pytest.param(
         edited("max_ttl: 8h", "max_tll: 8h"),
         [
-            "policy.yaml:12: targets.demo.scopes.read.max_tll: unknown key (did you mean 'max_ttl'?)",
+            "policy.yaml:12: targets.demo.scopes.read.max_tll: "
+            "unknown key (did you mean 'max_ttl'?)",
             "policy.yaml:10: targets.demo.scopes.read.max_ttl: required key is missing",
         ],
         id="misspelt-key",
@@ -265,7 +266,10 @@ ERROR_CASES = [
     ),
     pytest.param(
         edited("grants: [demo_read]", "grants: []"),
-        ["policy.yaml:11: targets.demo.scopes.read.grants: list at least one database role to grant"],
+        [
+            "policy.yaml:11: targets.demo.scopes.read.grants: "
+            "list at least one database role to grant"
+        ],
         id="grants-empty",
     ),
     pytest.param(
@@ -330,7 +334,10 @@ ERROR_CASES = [
     ),
     pytest.param(
         edited("admin_dsn_env: DEMO_ADMIN_DSN", "admin_dsn_env: DEMO-DSN"),
-        ["policy.yaml:8: targets.demo.admin_dsn_env: 'DEMO-DSN' is not an environment variable name"],
+        [
+            "policy.yaml:8: targets.demo.admin_dsn_env: "
+            "'DEMO-DSN' is not an environment variable name"
+        ],
         id="bad-env-name",
     ),
     pytest.param(

@@ -1,0 +1,116 @@
+"""Time the postgres issuer's create + revoke cycle against a throwaway cluster.
+
+Starts its own PostgreSQL (never the machine's), provisions the demo target and
+then, as the least-privilege ``dbaccess_admin``, runs N cycles of
+``issue`` (CREATE ROLE with a SCRAM verifier) followed by ``revoke`` (NOLOGIN,
+terminate, REASSIGN/DROP OWNED, DROP ROLE, verify), first with no connection
+open, then with one live connection of the session role that revoke must end.
+
+    .venv/bin/python bench/role_cycle.py [--cycles 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import psycopg
+
+from server.credentials.postgres import PostgresIssuer
+from server.demo.provision import provision_demo
+from server.pgcluster import LocalCluster
+
+
+def percentile(samples: list[float], pct: float) -> float:
+    ordered = sorted(samples)
+    index = min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered) + 0.5) - 1))
+    return ordered[index]
+
+
+def report(label: str, samples: list[float]) -> None:
+    ms = [s * 1000 for s in samples]
+    print(
+        f"{label:<34} p50 {percentile(ms, 50):7.1f} ms   p95 {percentile(ms, 95):7.1f} ms"
+        f"   mean {statistics.fmean(ms):7.1f} ms   max {max(ms):7.1f} ms"
+    )
+
+
+def run(
+    cycles: int,
+    with_connection: bool,
+    issuer: PostgresIssuer,
+    cluster: LocalCluster,
+    *,
+    quiet: bool = False,
+) -> None:
+    issue_t: list[float] = []
+    revoke_t: list[float] = []
+    cycle_t: list[float] = []
+    for _ in range(cycles):
+        start = time.perf_counter()
+        cred = issuer.issue(
+            identity="bench@example.com",
+            session_id=str(uuid.uuid4()),
+            grants=["demo_read"],
+            valid_until=datetime.now(UTC) + timedelta(minutes=5),
+        )
+        issued = time.perf_counter()
+        conn = None
+        if with_connection:
+            conn = psycopg.connect(
+                cluster.dsn(user=cred.username, password=cred.password, dbname="demo")
+            )
+            conn.execute("SELECT 1")
+        before_revoke = time.perf_counter()
+        result = issuer.revoke(cred.username)
+        done = time.perf_counter()
+        if conn is not None:
+            conn.close()
+        if not (result.dropped and result.verified):
+            raise SystemExit(f"revoke did not verify: {result}")
+        issue_t.append(issued - start)
+        revoke_t.append(done - before_revoke)
+        cycle_t.append((issued - start) + (done - before_revoke))
+    if quiet:
+        return
+    suffix = " (live conn)" if with_connection else ""
+    report(f"issue{suffix}", issue_t)
+    report(f"revoke{suffix}", revoke_t)
+    report(f"issue+revoke cycle{suffix}", cycle_t)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cycles", type=int, default=50)
+    args = parser.parse_args()
+
+    base = Path(tempfile.mkdtemp(prefix="dbaccess-bench-"))
+    base.chmod(0o711)
+    try:
+        with LocalCluster(base / "cluster") as cluster:
+            target = provision_demo(cluster)
+            issuer = PostgresIssuer(target.admin_dsn)
+            with psycopg.connect(cluster.dsn()) as conn:
+                version = conn.info.server_version
+            print(
+                f"PostgreSQL {version // 10000}.{version % 10000} on 127.0.0.1:{cluster.port}, "
+                f"{args.cycles} cycles each, admin role dbaccess_admin (not superuser)"
+            )
+            run(5, True, issuer, cluster, quiet=True)  # warm-up, not reported
+            run(args.cycles, False, issuer, cluster)
+            run(args.cycles, True, issuer, cluster)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -49,7 +49,9 @@ class BrokerClient:
         self._http = httpx.Client(base_url=cfg.server, timeout=timeout, verify=verify)
 
     @classmethod
-    def from_env(cls, server_flag: str | None = None, *, require_token: bool = True) -> BrokerClient:
+    def from_env(
+        cls, server_flag: str | None = None, *, require_token: bool = True
+    ) -> BrokerClient:
         cfg = settings(server_flag)
         token = tokens.load(cfg.server)
         if require_token and not token:
@@ -122,7 +124,9 @@ class BrokerClient:
             database=data["database"],
             expires_at=s["expires_at"],
             ticket=data["ticket"],
-            gateway=GatewayEndpoint(gw["host"], int(gw["port"]), bool(gw["tls"]), gw.get("ca_fingerprint")),
+            gateway=GatewayEndpoint(
+                gw["host"], int(gw["port"]), bool(gw["tls"]), gw.get("ca_fingerprint")
+            ),
             raw=s,
         )
 

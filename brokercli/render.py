@@ -40,7 +40,9 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def table(columns: Sequence[str], rows: Sequence[Sequence[Any]], *, title: str | None = None) -> None:
+def table(
+    columns: Sequence[str], rows: Sequence[Sequence[Any]], *, title: str | None = None
+) -> None:
     from rich.table import Table
 
     t = Table(title=title, show_lines=False)

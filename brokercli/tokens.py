@@ -9,13 +9,16 @@ print help never need it.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 from pathlib import Path
 
 from brokercli.config import config_dir
 
 SERVICE = "dbaccess"
+log = logging.getLogger(__name__)
 
 
 def _file() -> Path:
@@ -75,8 +78,8 @@ def save(server: str, token: str) -> str:
         try:
             keyring.set_password(SERVICE, server, token)
             return "keyring"
-        except Exception:
-            pass
+        except Exception:  # a locked or broken keyring: fall back to the file
+            log.debug("keyring refused the token; using the file", exc_info=True)
     data = _read_file()
     data[server] = token
     _write_file(data)
@@ -87,10 +90,8 @@ def delete(server: str) -> None:
     if _keyring_usable():
         import keyring
 
-        try:
+        with contextlib.suppress(Exception):  # nothing stored there is fine
             keyring.delete_password(SERVICE, server)
-        except Exception:
-            pass
     data = _read_file()
     if data.pop(server, None) is not None:
         _write_file(data)

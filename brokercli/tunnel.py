@@ -91,7 +91,7 @@ class Tunnel:
         g_writer: asyncio.StreamWriter | None = None
         try:
             try:
-                g_reader, g_writer = await asyncio.wait_for(
+                g_reader, gw = await asyncio.wait_for(
                     asyncio.open_connection(
                         self.target.host,
                         self.target.port,
@@ -105,8 +105,9 @@ class Tunnel:
                 with contextlib.suppress(Exception):
                     await c_writer.drain()
                 return
+            g_writer = gw
             await asyncio.gather(
-                _pipe(c_reader, g_writer), _pipe(g_reader, c_writer), return_exceptions=True
+                _pipe(c_reader, gw), _pipe(g_reader, c_writer), return_exceptions=True
             )
         except asyncio.CancelledError:
             pass  # the tunnel is stopping: end quietly instead of logging a cancelled task
@@ -153,7 +154,10 @@ def _gateway_unreachable(target: TunnelTarget, exc: BaseException) -> bytes:
         (b"S", b"FATAL"),
         (b"V", b"FATAL"),
         (b"C", b"08006"),
-        (b"M", f"dbaccess: cannot reach the gateway at {target.host}:{target.port}: {exc}".encode()),
+        (
+            b"M",
+            f"dbaccess: cannot reach the gateway at {target.host}:{target.port}: {exc}".encode(),
+        ),
         (b"H", b"check that the broker is running and reachable"),
     ]
     body = b"".join(code + value + b"\0" for code, value in fields) + b"\0"

@@ -8,7 +8,6 @@ profile and token so that ``dbaccess`` works at once.
 from __future__ import annotations
 
 import logging
-import shutil
 import sys
 from importlib import resources
 from pathlib import Path
@@ -65,7 +64,9 @@ def dev(
             "(default: start a throwaway PostgreSQL cluster with demo data).",
         ),
     ] = None,
-    api_port: Annotated[int, typer.Option("--api-port", min=0, max=65535, help="0 = any free port.")] = 0,
+    api_port: Annotated[
+        int, typer.Option("--api-port", min=0, max=65535, help="0 = any free port.")
+    ] = 0,
     gateway_port: Annotated[int, typer.Option("--gateway-port", min=0, max=65535)] = 0,
     write_profile: Annotated[
         bool, typer.Option("--write-profile/--no-write-profile", help="Log the CLI in as 'dev'.")
@@ -111,19 +112,25 @@ def dev(
             reaper_interval=reaper_interval,
         )
 
+        where_target = (
+            f"throwaway cluster on port {cluster.port}" if cluster else "from --target-dsn"
+        )
+
         def ready(rt: runtime.Runtime) -> None:
             lines = [
                 "dbaccess dev broker is running",
                 f"  API:      {rt.api_url}",
                 f"  gateway:  {rt.gateway.host}:{rt.gateway.port}",
-                f"  target:   demo ({'throwaway cluster on port ' + str(cluster.port) if cluster else 'from --target-dsn'})",
+                f"  target:   demo ({where_target})",
                 f"  policy:   {policy_path}",
                 f"  store:    {data_dir / 'store.db'}",
             ]
             if write_profile:
                 where = _write_cli_profile(rt)
                 lines.append(f"  CLI:      logged in as '{DEV_IDENTITY}' (token in {where})")
-            lines.append("try: dbaccess targets; dbaccess connect demo   (Ctrl-C here stops everything)")
+            lines.append(
+                "try: dbaccess targets; dbaccess connect demo   (Ctrl-C here stops everything)"
+            )
             _say("\n".join(lines))
 
         runtime.run(opts, ready)
@@ -240,7 +247,12 @@ def token_create(
     token, rec = store.create_token(identity, group_list, "service", lifetime)
     from server.audit import chain
 
-    chain.append(store, "token.issued", identity=identity, data={"token_id": rec.id, "groups": list(group_list)})
+    chain.append(
+        store,
+        "token.issued",
+        identity=identity,
+        data={"token_id": rec.id, "groups": list(group_list)},
+    )
     print(token)
     _say(f"token {rec.id} for {identity} expires {rec.expires_at:%Y-%m-%d %H:%M} UTC")
 

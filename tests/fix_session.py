@@ -22,7 +22,9 @@ class HeldSession:
     ticket: str
     database: str
 
-    def psql(self, sql: str, *, password: str | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    def psql(
+        self, sql: str, *, password: str | None = None, timeout: float = 30
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             ["psql", "-XAt", "-v", "ON_ERROR_STOP=1", "-c", sql],
             env={

@@ -42,7 +42,9 @@ def _run_child(argv: list[str], env: dict[str, str]) -> int:
     except FileNotFoundError:
         raise CliError(f"command not found: {argv[0]}", code=ExitCode.USAGE) from None
     except PermissionError:
-        raise CliError(f"cannot execute {argv[0]}: permission denied", code=ExitCode.USAGE) from None
+        raise CliError(
+            f"cannot execute {argv[0]}: permission denied", code=ExitCode.USAGE
+        ) from None
 
     def _forward(signum: int, _frame: Any) -> None:
         proc.send_signal(signum)
@@ -80,7 +82,9 @@ def connect(
     port: PortOpt = 0,
     no_launch: Annotated[
         bool,
-        typer.Option("--no-launch", help="Print connection details and wait for Ctrl-C instead of psql."),
+        typer.Option(
+            "--no-launch", help="Print connection details and wait for Ctrl-C instead of psql."
+        ),
     ] = False,
     server: ServerOpt = None,
 ) -> None:
@@ -95,8 +99,8 @@ def connect(
         if psql is None:
             render.info(
                 f"listening on {conn.host}:{conn.port}\n"
-                f"  psql \"host={conn.host} port={conn.port} dbname={conn.session.database} "
-                f"user={conn.user} sslmode=disable\"\n"
+                f'  psql "host={conn.host} port={conn.port} dbname={conn.session.database} '
+                f'user={conn.user} sslmode=disable"\n'
                 f"  password (session ticket): {conn.session.ticket}\n"
                 "press Ctrl-C to end the session"
             )
@@ -135,7 +139,9 @@ def run(
     if argv and argv[0] == "--":
         argv = argv[1:]
     if not argv:
-        raise CliError("no command given", code=ExitCode.USAGE, hint="dbaccess run TARGET -- CMD ...")
+        raise CliError(
+            "no command given", code=ExitCode.USAGE, hint="dbaccess run TARGET -- CMD ..."
+        )
     if shutil.which(argv[0]) is None:
         # Fail before a session (and a database role) is created for nothing.
         raise CliError(f"command not found: {argv[0]}", code=ExitCode.USAGE)
@@ -184,19 +190,21 @@ def exec_(
 def _execute(env: dict[str, str], text: str, output: Output) -> None:
     import psycopg
 
-    params = {
-        "host": env["PGHOST"],
-        "port": env["PGPORT"],
-        "user": env["PGUSER"],
-        "password": env["PGPASSWORD"],
-        "dbname": env["PGDATABASE"],
-        "sslmode": "disable",
-        "application_name": "dbaccess exec",
-        "connect_timeout": "15",
-    }
+    from psycopg.conninfo import make_conninfo
+
+    conninfo = make_conninfo(
+        host=env["PGHOST"],
+        port=env["PGPORT"],
+        user=env["PGUSER"],
+        password=env["PGPASSWORD"],
+        dbname=env["PGDATABASE"],
+        sslmode="disable",
+        application_name="dbaccess exec",
+        connect_timeout="15",
+    )
     results: list[dict[str, Any]] = []
     try:
-        with psycopg.connect(autocommit=True, **params) as pg, psycopg.ClientCursor(pg) as cur:
+        with psycopg.connect(conninfo, autocommit=True) as pg, psycopg.ClientCursor(pg) as cur:
             cur.execute(text.encode())
             while True:
                 if cur.description is not None:
@@ -208,13 +216,17 @@ def _execute(env: dict[str, str], text: str, output: Output) -> None:
                 if not cur.nextset():
                     break
     except psycopg.OperationalError as exc:
-        raise CliError(f"cannot run SQL through the gateway: {exc}".strip(), code=ExitCode.UNAVAILABLE) from None
+        raise CliError(
+            f"cannot run SQL through the gateway: {exc}".strip(), code=ExitCode.UNAVAILABLE
+        ) from None
     except psycopg.Error as exc:
         diag = exc.diag
         hint = diag.message_hint if diag else None
         state = f" [{exc.sqlstate}]" if exc.sqlstate else ""
         _print_results(results, output)
-        raise CliError(f"{diag.message_primary if diag else exc}{state}", code=ExitCode.SQL_ERROR, hint=hint) from None
+        raise CliError(
+            f"{diag.message_primary if diag else exc}{state}", code=ExitCode.SQL_ERROR, hint=hint
+        ) from None
     _print_results(results, output)
 
 

@@ -17,10 +17,14 @@ from brokercli.exit_codes import ExitCode
 def login(
     server: Annotated[str | None, typer.Option("--server", help="Broker URL to log in to.")] = None,
     token_stdin: Annotated[
-        bool, typer.Option("--token-stdin", help="Read a broker API token from stdin (service accounts).")
+        bool,
+        typer.Option(
+            "--token-stdin", help="Read a broker API token from stdin (service accounts)."
+        ),
     ] = False,
     ca_file: Annotated[
-        str | None, typer.Option("--ca-file", help="CA certificate that signs the broker's TLS certificate.")
+        str | None,
+        typer.Option("--ca-file", help="CA certificate that signs the broker's TLS certificate."),
     ] = None,
 ) -> None:
     """Log in to a broker and keep the token in the OS keyring (or a 0600 file)."""
@@ -45,7 +49,9 @@ def login(
     render.info(f"logged in to {cfg.server} as {me['identity']} (token kept in {where})")
 
 
-def logout(server: Annotated[str | None, typer.Option("--server", help="Broker URL.")] = None) -> None:
+def logout(
+    server: Annotated[str | None, typer.Option("--server", help="Broker URL.")] = None,
+) -> None:
     """Forget the token for the broker."""
     cfg = settings(server)
     tokens.delete(cfg.server)

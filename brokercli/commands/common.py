@@ -14,7 +14,7 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated
 
 import typer
@@ -26,7 +26,7 @@ from brokercli.errors import CliError
 from brokercli.tunnel import Tunnel, TunnelTarget
 
 
-class Output(str, Enum):
+class Output(StrEnum):
     table = "table"
     json = "json"
     csv = "csv"
@@ -34,19 +34,24 @@ class Output(str, Enum):
 
 ServerOpt = Annotated[
     str | None,
-    typer.Option("--server", envvar="DBACCESS_SERVER", help="Broker URL (default: from the profile)."),
+    typer.Option(
+        "--server", envvar="DBACCESS_SERVER", help="Broker URL (default: from the profile)."
+    ),
 ]
 ScopeOpt = Annotated[
-    str | None, typer.Option("--scope", "-s", help="Scope to use, e.g. read or write (default: policy's).")
+    str | None,
+    typer.Option("--scope", "-s", help="Scope to use, e.g. read or write (default: policy's)."),
 ]
 TtlOpt = Annotated[
-    str | None, typer.Option("--ttl", help="Session lifetime, e.g. 30m or 2h (default: the scope's).")
+    str | None,
+    typer.Option("--ttl", help="Session lifetime, e.g. 30m or 2h (default: the scope's)."),
 ]
 ReasonOpt = Annotated[
     str | None, typer.Option("--reason", "-r", help="Why you need access (ticket id, incident).")
 ]
 PortOpt = Annotated[
-    int, typer.Option("--port", "-p", help="Local tunnel port (default: a free one).", min=0, max=65535)
+    int,
+    typer.Option("--port", "-p", help="Local tunnel port (default: a free one).", min=0, max=65535),
 ]
 OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="Output format.")]
 
@@ -99,13 +104,17 @@ def session_tunnel(
         try:
             cfg = settings(server)
             tunnel = Tunnel(
-                TunnelTarget(session.gateway.host, session.gateway.port, session.gateway.tls, cfg.ca_file),
+                TunnelTarget(
+                    session.gateway.host, session.gateway.port, session.gateway.tls, cfg.ca_file
+                ),
                 port=port,
             )
             try:
                 tunnel.start()
             except OSError as exc:
-                raise CliError(f"cannot open the local tunnel port: {exc}", hint="try another --port") from None
+                raise CliError(
+                    f"cannot open the local tunnel port: {exc}", hint="try another --port"
+                ) from None
             if not quiet:
                 render.info(
                     f"session {session.id}: {session.target} scope={session.scope}, "
@@ -120,7 +129,11 @@ def session_tunnel(
                 ended = client.end_session(session.id)
                 rev = ended.get("revocation") or {}
                 if not quiet:
-                    state = "revoked" if rev.get("ok") else f"revocation: {rev.get('detail', 'unknown')}"
+                    state = (
+                        "revoked"
+                        if rev.get("ok")
+                        else f"revocation: {rev.get('detail', 'unknown')}"
+                    )
                     render.info(f"session {session.id} ended; credential {state}")
             except CliError as exc:
                 render.info(f"warning: could not end session {session.id}: {exc.message}")

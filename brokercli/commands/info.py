@@ -24,7 +24,9 @@ def targets(output: OutputOpt = Output.table, server: ServerOpt = None) -> None:
         [
             t["name"],
             t["database"],
-            ", ".join(f"{s['name']} (default {s['default_ttl']}, max {s['max_ttl']})" for s in t["scopes"]),
+            ", ".join(
+                f"{s['name']} (default {s['default_ttl']}, max {s['max_ttl']})" for s in t["scopes"]
+            ),
             t.get("description") or "",
         ]
         for t in data
@@ -76,7 +78,9 @@ def kill(
     client = BrokerClient.from_env(server)
     ended = client.end_session(session_id)
     rev = ended.get("revocation") or {}
-    render.info(f"session {session_id} {ended['status']}: credential {'revoked' if rev.get('ok') else rev}")
+    render.info(
+        f"session {session_id} {ended['status']}: credential {'revoked' if rev.get('ok') else rev}"
+    )
 
 
 def whoami(output: OutputOpt = Output.table, server: ServerOpt = None) -> None:
@@ -86,7 +90,11 @@ def whoami(output: OutputOpt = Output.table, server: ServerOpt = None) -> None:
     if output == Output.json:
         render.as_json(me)
         return
-    render.records(["identity", "groups", "kind", "server"], [[me["identity"], me["groups"], me["kind"], client.cfg.server]], output.value)
+    render.records(
+        ["identity", "groups", "kind", "server"],
+        [[me["identity"], me["groups"], me["kind"], client.cfg.server]],
+        output.value,
+    )
 
 
 audit_app = typer.Typer(help="Read and verify the tamper-evident audit log.", no_args_is_help=False)
@@ -95,9 +103,15 @@ audit_app = typer.Typer(help="Read and verify the tamper-evident audit log.", no
 @audit_app.callback(invoke_without_command=True)
 def audit(
     ctx: typer.Context,
-    identity: Annotated[str | None, typer.Option("--identity", help="Only events of this identity.")] = None,
-    target: Annotated[str | None, typer.Option("--target", help="Only events on this target.")] = None,
-    since: Annotated[str | None, typer.Option("--since", help="ISO time, e.g. 2026-01-31T00:00.")] = None,
+    identity: Annotated[
+        str | None, typer.Option("--identity", help="Only events of this identity.")
+    ] = None,
+    target: Annotated[
+        str | None, typer.Option("--target", help="Only events on this target.")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="ISO time, e.g. 2026-01-31T00:00.")
+    ] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, max=10000)] = 200,
     output: OutputOpt = Output.table,
     server: ServerOpt = None,
@@ -114,7 +128,9 @@ def audit(
         [e["seq"], e["ts"][:19], e["kind"], e["identity"], e["target"], e["session_id"], e["data"]]
         for e in data
     ]
-    render.records(["seq", "time", "kind", "identity", "target", "session", "data"], rows, output.value)
+    render.records(
+        ["seq", "time", "kind", "identity", "target", "session", "data"], rows, output.value
+    )
 
 
 @audit_app.command("verify")

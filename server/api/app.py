@@ -7,7 +7,6 @@ blocking database drivers, and FastAPI runs sync endpoints in its thread pool,
 off the event loop the gateway shares.
 """
 
-
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
@@ -137,7 +136,10 @@ def create_app(service: SessionService, gateway: GatewayInfo) -> FastAPI:
         if all and not is_admin(who):
             raise Forbidden("only admins may list every session")
         ident = None if all else who.name
-        return [r.to_json() for r in service.store.list_sessions(identity=ident, active=active, limit=limit)]
+        return [
+            r.to_json()
+            for r in service.store.list_sessions(identity=ident, active=active, limit=limit)
+        ]
 
     @app.get("/v1/sessions/{session_id}")
     def get_session(session_id: str, who: Caller) -> dict[str, Any]:

@@ -182,7 +182,9 @@ def verify_events(evs: Iterable[AuditEvent]) -> VerifyResult:
     for ev in evs:
         count += 1
         if ev.seq != expected_seq:
-            return VerifyResult(False, count, ev.seq, f"expected event {expected_seq}, found {ev.seq}")
+            return VerifyResult(
+                False, count, ev.seq, f"expected event {expected_seq}, found {ev.seq}"
+            )
         if ev.prev_hash != prev:
             return VerifyResult(False, count, ev.seq, "previous-hash link does not match")
         digest = event_hash(

@@ -34,10 +34,16 @@ def prepare_target(admin_dsn: str) -> str:
                 read = sql.Identifier(READ_ROLE)
                 conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(read))
                 conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(read))
-                conn.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {}").format(read))
+                conn.execute(
+                    sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {}").format(read)
+                )
             if WRITE_ROLE not in existing:
                 write = sql.Identifier(WRITE_ROLE)
-                conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN IN ROLE {}").format(write, sql.Identifier(READ_ROLE)))
+                conn.execute(
+                    sql.SQL("CREATE ROLE {} NOLOGIN IN ROLE {}").format(
+                        write, sql.Identifier(READ_ROLE)
+                    )
+                )
                 conn.execute(
                     sql.SQL(
                         "GRANT INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {}"
@@ -45,6 +51,15 @@ def prepare_target(admin_dsn: str) -> str:
                 )
                 conn.execute(
                     sql.SQL("GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {}").format(write)
+                )
+            if existing != {MARKER_ROLE, READ_ROLE, WRITE_ROLE}:
+                # The issuer hands out only roles the admin holds WITH ADMIN OPTION.
+                conn.execute(
+                    sql.SQL("GRANT {} TO CURRENT_USER WITH ADMIN OPTION").format(
+                        sql.SQL(", ").join(
+                            sql.Identifier(r) for r in (MARKER_ROLE, READ_ROLE, WRITE_ROLE)
+                        )
+                    )
                 )
     except psycopg.OperationalError as exc:
         raise Unavailable(

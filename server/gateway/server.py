@@ -171,10 +171,10 @@ class ClientConnection(asyncio.Protocol):
                 return
             self.parser.feed(data)
             while not self.closed and not self.relaying:
-                raw = self.parser.next_raw()
-                if raw is None:
+                startup_msg = self.parser.next_raw()
+                if startup_msg is None:
                     break
-                reply, result = self.startup.handle(raw)
+                reply, result = self.startup.handle(startup_msg)
                 if reply:
                     self._write(reply)
                 if isinstance(result, CancelResult):
@@ -232,7 +232,8 @@ class ClientConnection(asyncio.Protocol):
             )
             return
         if self.closed:
-            proto.transport and proto.transport.close()
+            if proto.transport is not None:
+                proto.transport.close()
             return
         self.upstream = proto
         self.login = UpstreamLogin(live.credential.username, live.credential.password)
@@ -242,10 +243,19 @@ class ClientConnection(asyncio.Protocol):
             "client_encoding": "UTF8",
             "application_name": result.params.get("application_name", "dbaccess"),
         }
-        for key in ("datestyle", "timezone", "extra_float_digits", "intervalstyle", "search_path",
-                    "statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout",
-                    "default_transaction_read_only", "default_transaction_isolation",
-                    "bytea_output"):
+        for key in (
+            "datestyle",
+            "timezone",
+            "extra_float_digits",
+            "intervalstyle",
+            "search_path",
+            "statement_timeout",
+            "lock_timeout",
+            "idle_in_transaction_session_timeout",
+            "default_transaction_read_only",
+            "default_transaction_isolation",
+            "bytea_output",
+        ):
             if key in result.params:
                 params[key] = result.params[key]
         assert proto.transport is not None
@@ -303,7 +313,9 @@ class ClientConnection(asyncio.Protocol):
         assert self.login is not None and self.live is not None
         if self.login.backend_key is not None:
             up = self.live.upstream
-            self.gateway.cancel_keys[self.key] = CancelTarget(up.host, up.port, *self.login.backend_key)
+            self.gateway.cancel_keys[self.key] = CancelTarget(
+                up.host, up.port, *self.login.backend_key
+            )
         out = [pgwire.auth_ok()]
         out += [pgwire.parameter_status(n, v) for n, v in self.login.parameters]
         out.append(pgwire.backend_key_data(*self.key))

@@ -66,7 +66,9 @@ class GatewayError(Exception):
         self.hint = hint
 
     def to_wire(self) -> bytes:
-        return pgwire.error_response("FATAL", self.sqlstate, f"dbaccess: {self.message}", hint=self.hint)
+        return pgwire.error_response(
+            "FATAL", self.sqlstate, f"dbaccess: {self.message}", hint=self.hint
+        )
 
 
 def _cstrings(body: bytes) -> list[str]:
@@ -78,7 +80,7 @@ def _cstrings(body: bytes) -> list[str]:
 
 class StartupPhase(Enum):
     WAIT_STARTUP = "wait-startup"
-    WAIT_PASSWORD = "wait-password"
+    WAIT_PASSWORD = "wait-password"  # noqa: S105 - a state name
     DONE = "done"
 
 
@@ -160,7 +162,10 @@ class ClientStartup:
                     "options, replication and unknown startup parameters are refused; "
                     "set session parameters with SET after connecting",
                 )
-            if key == "client_encoding" and value.upper().replace("-", "") not in ("UTF8", "UNICODE"):
+            if key == "client_encoding" and value.upper().replace("-", "") not in (
+                "UTF8",
+                "UNICODE",
+            ):
                 raise GatewayError(
                     "22023",
                     f"client_encoding {value!r} is not allowed",
@@ -215,7 +220,8 @@ class UpstreamLogin:
             fields = _error_fields(raw.body)
             raise GatewayError(
                 "08006" if self.phase is UpstreamPhase.AUTH else fields.get("C", "08006"),
-                f"the target database refused the session login: {fields.get('M', 'unknown error')}",
+                "the target database refused the session login: "
+                + fields.get("M", "unknown error"),
                 "the session's credential may have been revoked or expired; start a new session",
             )
         if self.phase is UpstreamPhase.AUTH:
@@ -274,7 +280,9 @@ class UpstreamLogin:
             elif t == ord("N"):
                 pass  # notices during startup are not worth a round trip to the client
             else:
-                raise GatewayError("08P01", f"unexpected message {chr(t)!r} during upstream startup")
+                raise GatewayError(
+                    "08P01", f"unexpected message {chr(t)!r} during upstream startup"
+                )
             return b""
         raise ProtocolViolation("upstream login already finished")
 

@@ -140,9 +140,7 @@ class Store:
 
     def migrate(self) -> None:
         cfg = Config()
-        cfg.set_main_option(
-            "script_location", str(resources.files("server.store") / "migrations")
-        )
+        cfg.set_main_option("script_location", str(resources.files("server.store") / "migrations"))
         with self.engine.begin() as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")

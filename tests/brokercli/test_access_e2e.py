@@ -55,7 +55,9 @@ def test_connect_runs_psql_on_a_fresh_role_that_is_gone_afterwards(
     assert "revoked" in res.stderr
     assert role not in managed_roles(admin_conn)
     assert managed_roles(admin_conn) <= before
-    assert admin_conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is None
+    assert (
+        admin_conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is None
+    )
     assert backends_of(admin_conn, role) == 0
 
 
@@ -63,7 +65,9 @@ def test_run_passes_the_session_to_the_child_and_its_exit_code_back(broker: Brok
     ok = broker.cli("run", "demo", "--", "psql", "-XAtc", "select current_database()")
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.strip() == "demo"
-    failing = broker.cli("run", "demo", "--", "psql", "-X", "-v", "ON_ERROR_STOP=1", "-c", "select 1/0")
+    failing = broker.cli(
+        "run", "demo", "--", "psql", "-X", "-v", "ON_ERROR_STOP=1", "-c", "select 1/0"
+    )
     assert failing.returncode == 1
     assert "division by zero" in failing.stderr
     assert broker.cli("run", "demo", "--", "sh", "-c", "exit 7").returncode == 7

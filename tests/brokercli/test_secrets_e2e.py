@@ -37,7 +37,11 @@ def test_no_output_env_or_file_holds_the_database_password(
     broker: Broker, admin_conn: psycopg.Connection[tuple[object, ...]], tmp_path: Path
 ) -> None:
     env_file, user_file = tmp_path / "env.txt", tmp_path / "user.txt"
-    script = f'env > {env_file}; psql -XAtc "select current_user" > {user_file}.tmp && mv {user_file}.tmp {user_file}; sleep 3'
+    script = (
+        f"env > {env_file}; "
+        f'psql -XAtc "select current_user" > {user_file}.tmp && mv {user_file}.tmp {user_file}; '
+        "sleep 3"
+    )
     proc = subprocess.Popen(
         [str(BIN / "dbaccess"), "run", "demo", "--", "sh", "-c", script],
         env=broker.env(),
@@ -49,7 +53,9 @@ def test_no_output_env_or_file_holds_the_database_password(
     while not user_file.exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     role = user_file.read_text().strip()
-    row = admin_conn.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s", (role,)).fetchone()
+    row = admin_conn.execute(
+        "SELECT rolpassword FROM pg_authid WHERE rolname = %s", (role,)
+    ).fetchone()
     assert row is not None and str(row[0]).startswith("SCRAM-SHA-256$")
     verifier = str(row[0])
     out, err = proc.communicate(timeout=30)

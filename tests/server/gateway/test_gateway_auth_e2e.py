@@ -31,7 +31,9 @@ def raw_login_error(port: int, database: str, password: str) -> dict[str, str]:
             parser.feed(data)
             for raw in parser.messages():
                 if raw.type == ord("R") and not sent_password:
-                    sock.sendall(b"p" + (len(password) + 5).to_bytes(4, "big") + password.encode() + b"\0")
+                    sock.sendall(
+                        b"p" + (len(password) + 5).to_bytes(4, "big") + password.encode() + b"\0"
+                    )
                     sent_password = True
                 elif raw.type == ord("E"):
                     msg = pgwire.decode_backend(raw)
@@ -67,7 +69,7 @@ def test_wrong_ticket_is_refused_with_a_clear_error(broker: Broker) -> None:
 def test_the_ticket_dies_with_its_session(broker: Broker) -> None:
     with held_session(broker) as s:
         assert s.psql("select 1").returncode == 0
-        ticket, port = s.ticket, s.port
+        ticket = s.ticket
         assert s.end() == 0
     # A second session's tunnel, used with the first session's ticket.
     with held_session(broker) as other:
@@ -75,7 +77,6 @@ def test_the_ticket_dies_with_its_session(broker: Broker) -> None:
         res = other.psql("select 1")
         assert res.returncode != 0
         assert "has ended" in res.stderr
-        assert port != other.port or True
 
 
 def test_an_expired_session_is_refused(broker: Broker) -> None:

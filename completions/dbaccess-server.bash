@@ -49,6 +49,13 @@ __dbaccess_server_value_kind() {
     esac
 }
 
+# Succeeds for commands whose options end at the first positional argument.
+__dbaccess_server_options_end_at_argument() {
+    case "$1" in
+    esac
+    return 1
+}
+
 # Prints the kind of each positional argument of command path $1; a trailing
 # '*' marks one that takes all remaining words.
 __dbaccess_server_arguments() {
@@ -66,6 +73,9 @@ __dbaccess_server_reply() {
         dir)
             compopt -o filenames 2>/dev/null
             mapfile -t COMPREPLY < <(compgen -d -- "$cur") ;;
+        command)
+            compopt -o filenames 2>/dev/null
+            mapfile -t COMPREPLY < <(compgen -c -f -- "$cur") ;;
         choice:*)
             local words="${kind#choice:}"
             mapfile -t COMPREPLY < <(compgen -W "${words//,/ }" -- "$cur") ;;
@@ -100,6 +110,7 @@ _dbaccess_server() {
             path="${path:+$path }$word"
         elif [[ $word != = ]]; then
             npos=$((npos + 1))
+            __dbaccess_server_options_end_at_argument "$path" && dashdash=1
         fi
         i=$((i + 1))
     done
@@ -136,6 +147,8 @@ _dbaccess_server() {
     else
         kind="${kinds[${#kinds[@]}-1]}"
         [[ $kind == *"*" ]] || return 0
+        # only the first word of a command line names a program
+        [[ $kind == command* ]] && kind=file
     fi
     __dbaccess_server_reply "${kind%"*"}" "$cur" ""
 }

@@ -76,12 +76,20 @@ __dbaccess_value_kind() {
     esac
 }
 
+# Succeeds for commands whose options end at the first positional argument.
+__dbaccess_options_end_at_argument() {
+    case "$1" in
+        'run') return 0 ;;
+    esac
+    return 1
+}
+
 # Prints the kind of each positional argument of command path $1; a trailing
 # '*' marks one that takes all remaining words.
 __dbaccess_arguments() {
     case "$1" in
         'connect') echo 'text' ;;
-        'run') echo 'text text*' ;;
+        'run') echo 'text command*' ;;
         'exec') echo 'text' ;;
         'kill') echo 'text' ;;
     esac
@@ -96,6 +104,9 @@ __dbaccess_reply() {
         dir)
             compopt -o filenames 2>/dev/null
             mapfile -t COMPREPLY < <(compgen -d -- "$cur") ;;
+        command)
+            compopt -o filenames 2>/dev/null
+            mapfile -t COMPREPLY < <(compgen -c -f -- "$cur") ;;
         choice:*)
             local words="${kind#choice:}"
             mapfile -t COMPREPLY < <(compgen -W "${words//,/ }" -- "$cur") ;;
@@ -130,6 +141,7 @@ _dbaccess() {
             path="${path:+$path }$word"
         elif [[ $word != = ]]; then
             npos=$((npos + 1))
+            __dbaccess_options_end_at_argument "$path" && dashdash=1
         fi
         i=$((i + 1))
     done
@@ -166,6 +178,8 @@ _dbaccess() {
     else
         kind="${kinds[${#kinds[@]}-1]}"
         [[ $kind == *"*" ]] || return 0
+        # only the first word of a command line names a program
+        [[ $kind == command* ]] && kind=file
     fi
     __dbaccess_reply "${kind%"*"}" "$cur" ""
 }

@@ -95,6 +95,7 @@ complete -c dbaccess -n "__dbaccess_at 'run'" -s r -l reason -x -d 'Why you need
 complete -c dbaccess -n "__dbaccess_at 'run'" -s p -l port -x -d 'Local tunnel port (default: a free one)'
 complete -c dbaccess -n "__dbaccess_at 'run'" -l server -x -d 'Broker URL (default: from the profile)'
 complete -c dbaccess -n "__dbaccess_at 'run'" -s h -l help -d 'Show this message and exit'
+complete -c dbaccess -n "__dbaccess_at 'run'" -F
 
 complete -c dbaccess -n "__dbaccess_at 'exec'" -s c -l command -x -d 'SQL to run'
 complete -c dbaccess -n "__dbaccess_at 'exec'" -s f -l file -r -F -d 'File of SQL to run (\'-\' for stdin)'

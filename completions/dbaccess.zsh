@@ -71,7 +71,7 @@ _dbaccess__exec() {
 }
 
 _dbaccess__run() {
-  _arguments -s -S \
+  _arguments -s -S -A '-*' \
     '(-s --scope)'{-s,--scope}'[Scope to use, e.g. read or write (default\: policy'\''s)]:scope: ' \
     '(--ttl)'--ttl'[Session lifetime, e.g. 30m or 2h (default\: the scope'\''s)]:ttl: ' \
     '(-r --reason)'{-r,--reason}'[Why you need access (ticket id, incident)]:reason: ' \
@@ -79,7 +79,7 @@ _dbaccess__run() {
     '(--server)'--server'[Broker URL (default\: from the profile)]:server: ' \
     '(- *)'{-h,--help}'[Show this message and exit]' \
     '1:target: ' \
-    '*:command: '
+    '*:::command:_normal'
 }
 
 _dbaccess__connect() {

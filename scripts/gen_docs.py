@@ -22,7 +22,7 @@ import re
 import sys
 import tomllib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -84,6 +84,7 @@ class Cmd:
     args: list[Arg]
     is_group: bool
     invoke_without_command: bool
+    interspersed: bool  # False: options end at the first positional argument
     subcommands: list[Cmd] = field(default_factory=list)
 
     @property
@@ -265,6 +266,15 @@ def _convert(command: Any, path: tuple[str, ...], parent_ctx: Any | None) -> Cmd
         elif isinstance(converted, Arg):
             args.append(converted)
     is_group = hasattr(command, "list_commands") and hasattr(command, "get_command")
+    interspersed = bool(
+        command.context_settings.get(
+            "allow_interspersed_args", getattr(command, "allow_interspersed_args", True)
+        )
+    )
+    if not is_group and not interspersed and args and args[-1].variadic and args[-1].kind == "text":
+        # The shape of a command that runs another one (dbaccess run TARGET CMD...):
+        # its trailing words are a command line, so complete them as one.
+        args[-1] = replace(args[-1], kind="command")
     cmd = Cmd(
         path=path,
         help=help_text,
@@ -274,6 +284,7 @@ def _convert(command: Any, path: tuple[str, ...], parent_ctx: Any | None) -> Cmd
         args=args,
         is_group=is_group,
         invoke_without_command=bool(getattr(command, "invoke_without_command", False)),
+        interspersed=interspersed or is_group,
     )
     if is_group:
         for sub_name in command.list_commands(ctx):
@@ -573,7 +584,7 @@ CLI_FILES = (
 CLI_EXAMPLES = (
     ("Log in with an API token (service accounts, CI):", "dbaccess login --server https://broker.example.com --token-stdin < token"),
     ("Open psql with write access for an incident:", 'dbaccess connect prod-db --scope write --reason "INC-123"'),
-    ("Run a migration with a session's PG* variables set:", "dbaccess run prod-db --scope write -- ./migrate.sh"),
+    ("Run a migration with a session's PG* variables set:", "dbaccess run --scope write prod-db ./migrate.sh"),
     ("Run SQL from a script and get JSON:", "dbaccess exec prod-db -c 'select 1' --output json"),
     ("Check the audit log's hash chain:", "dbaccess audit verify"),
 )
@@ -602,6 +613,8 @@ def check_example(tree: Cmd, example: str) -> None:
             if sub is None:
                 raise ValueError(f"example {example!r}: {cmd.name} has no command {word}")
             cmd = sub
+        elif not cmd.interspersed:
+            break  # the rest belongs to the command line this command runs
 
 
 def page_name(cmd: Cmd) -> str:
@@ -756,6 +769,16 @@ def bash_script(tree: Cmd) -> str:
     out += ["        *) return 1 ;;", "    esac", "}", ""]
 
     out += [
+        "# Succeeds for commands whose options end at the first positional argument.",
+        f"__{fn}_options_end_at_argument() {{",
+        '    case "$1" in',
+    ]
+    strict = [_sh_single(c.subpath) for c in cmds if not c.interspersed]
+    if strict:
+        out.append(f"        {'|'.join(strict)}) return 0 ;;")
+    out += ["    esac", "    return 1", "}", ""]
+
+    out += [
         "# Prints the kind of each positional argument of command path $1; a trailing",
         "# '*' marks one that takes all remaining words.",
         f"__{fn}_arguments() {{",
@@ -777,6 +800,9 @@ def bash_script(tree: Cmd) -> str:
         "        dir)",
         "            compopt -o filenames 2>/dev/null",
         '            mapfile -t COMPREPLY < <(compgen -d -- "$cur") ;;',
+        "        command)",
+        "            compopt -o filenames 2>/dev/null",
+        '            mapfile -t COMPREPLY < <(compgen -c -f -- "$cur") ;;',
         "        choice:*)",
         '            local words="${kind#choice:}"',
         '            mapfile -t COMPREPLY < <(compgen -W "${words//,/ }" -- "$cur") ;;',
@@ -811,6 +837,7 @@ def bash_script(tree: Cmd) -> str:
         '            path="${path:+$path }$word"',
         '        elif [[ $word != = ]]; then',
         "            npos=$((npos + 1))",
+        f'            __{fn}_options_end_at_argument "$path" && dashdash=1',
         "        fi",
         "        i=$((i + 1))",
         "    done",
@@ -847,6 +874,8 @@ def bash_script(tree: Cmd) -> str:
         "    else",
         '        kind="${kinds[${#kinds[@]}-1]}"',
         '        [[ $kind == *"*" ]] || return 0',
+        "        # only the first word of a command line names a program",
+        '        [[ $kind == command* ]] && kind=file',
         "    fi",
         f'    __{fn}_reply "${{kind%"*"}}" "$cur" ""',
         "}",
@@ -861,6 +890,8 @@ def _zsh_escape_desc(text: str) -> str:
 
 
 def _zsh_action(kind: str, choices: tuple[str, ...]) -> str:
+    if kind == "command":
+        return "_normal"
     if kind == "file":
         return "_files"
     if kind == "dir":
@@ -904,7 +935,8 @@ def _zsh_function(cmd: Cmd) -> list[str]:
         specs += ["'1: :->command'", "'*:: :->argument'"]
     else:
         for index, arg in enumerate(cmd.args, start=1):
-            position = "*" if arg.variadic else str(index)
+            # "*:::" hands _normal only the words of the command line it completes
+            position = ("*::" if arg.kind == "command" else "*") if arg.variadic else str(index)
             message = arg.metavar.lower() if _SAFE_WORD.match(arg.metavar) else "argument"
             specs.append(_sh_single(f"{position}:{message}:{_zsh_action(arg.kind, arg.choices)}"))
     lines = [f"{fn}() {{"]
@@ -931,7 +963,9 @@ def _zsh_function(cmd: Cmd) -> list[str]:
             lines.append(f"        {sub.path[-1]}) {_zsh_fn(sub)} && ret=0 ;;")
         lines += ["      esac", "      ;;", "  esac", "  return ret"]
     else:
-        lines.append(f"  _arguments -s -S \\\n    {args}")
+        # -A: where options end at the first argument, offer none after it
+        flags = "-s -S" if cmd.interspersed else "-s -S -A '-*'"
+        lines.append(f"  _arguments {flags} \\\n    {args}")
     lines.append("}")
     return lines
 
@@ -1054,7 +1088,7 @@ def fish_script(tree: Cmd) -> str:
                     parts.append(f"-d {_fish_single(_description(opt.help))}")
                 out.append(" ".join(parts))
         for arg in cmd.args:
-            if arg.kind in ("file", "dir"):
+            if arg.kind in ("file", "dir", "command"):
                 out.append(f"complete -c {prog} {cond} -F")
             elif arg.kind == "choice" and _completable_choices(arg.choices):
                 out.append(f"complete -c {prog} {cond} -a {_fish_single(' '.join(arg.choices))}")

@@ -255,6 +255,8 @@ class _Parser:
                 raise
             pos = self._pos
         else:
+            if self._untagged_pending():
+                return out, buf[start:pos]
             pos, error = _frame_tagged(buf, pos, self._limits, out)
             self._advance(buf, pos)
             if error is not None:
@@ -266,6 +268,10 @@ class _Parser:
     def _drain_untagged(self, buf: bytes, pos: int, out: list[RawMessage]) -> int:
         """Frame leading packets that have no type byte; the backend side has none."""
         return pos
+
+    def _untagged_pending(self) -> bool:
+        """True while the stream is still in its untagged (startup) part."""
+        return False
 
     def _check_ready(self) -> None:
         """Refuse framing while the parser waits for something that is not a message."""
@@ -360,6 +366,9 @@ class FrontendParser(_Parser):
             self._advance(buf, pos)
             out.append(msg)
         return pos
+
+    def _untagged_pending(self) -> bool:
+        return self._in_startup
 
     def _check_startup_length(self, length: int) -> None:
         if length < 8 or length - 4 > self._max_startup_size:

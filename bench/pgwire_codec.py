@@ -5,7 +5,8 @@ socket-sized chunks so that messages straddle chunk boundaries as they do on a
 real connection, and reports messages per second for each way the gateway can
 consume it:
 
-* ``drain_frames``  the relay fast path: frames + the bytes to forward in one write
+* ``drain_wire``    the relay fast path: message types + the bytes to forward in one write
+* ``drain_frames``  raw messages (type + body) + the bytes to forward in one write
 * ``drain_raw``     frames only
 * ``next_raw``      one message per call
 * ``naive``         a straightforward reference loop (bytearray, slice, del) run
@@ -26,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from server.gateway.pgwire import BackendParser, DataRow, decode_backend  # noqa: E402
+from server.gateway.pgwire import BackendParser, DataRow, decode_backend
 
 
 def make_stream(count: int) -> tuple[bytes, int]:
@@ -36,6 +37,16 @@ def make_stream(count: int) -> tuple[bytes, int]:
 
 def split(stream: bytes, chunk: int) -> list[bytes]:
     return [stream[i : i + chunk] for i in range(0, len(stream), chunk)]
+
+
+def run_drain_wire(chunks: list[bytes]) -> int:
+    parser = BackendParser()
+    count = 0
+    for data in chunks:
+        parser.feed(data)
+        types, _wire = parser.drain_wire()
+        count += len(types)
+    return count
 
 
 def run_drain_frames(chunks: list[bytes]) -> int:
@@ -127,6 +138,7 @@ def main() -> None:
     )
     naive = measure(run_naive, chunks, args.count)
     results = [
+        ("drain_wire", measure(run_drain_wire, chunks, args.count)),
         ("drain_frames", measure(run_drain_frames, chunks, args.count)),
         ("drain_raw", measure(run_drain_raw, chunks, args.count)),
         ("next_raw", measure(run_next_raw, chunks, args.count)),

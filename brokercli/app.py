@@ -49,14 +49,15 @@ def main(argv: list[str] | None = None) -> int:
         return int(ExitCode.INTERRUPTED)
     except typer.Exit as exc:
         return int(exc.exit_code)
-    except Exception as exc:  # click's own usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.Abort):
-            return int(ExitCode.INTERRUPTED)
-        if isinstance(exc, click.ClickException):
-            exc.show()
+    except Exception as exc:
+        # Usage errors come from the click that typer bundles, whose classes are
+        # not public: recognise them by their interface.
+        show = getattr(exc, "show", None)
+        if callable(show) and hasattr(exc, "exit_code"):
+            show()
             return int(ExitCode.USAGE)
+        if type(exc).__name__ == "Abort":
+            return int(ExitCode.INTERRUPTED)
         raise
     # Without standalone mode, click returns typer.Exit's code instead of raising it.
     return rv if isinstance(rv, int) else 0

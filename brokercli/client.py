@@ -30,6 +30,7 @@ class GatewayEndpoint:
 @dataclass(frozen=True)
 class StartedSession:
     id: str
+    identity: str
     target: str
     scope: str
     database: str
@@ -119,6 +120,7 @@ class BrokerClient:
         s = data["session"]
         return StartedSession(
             id=s["id"],
+            identity=s["identity"],
             target=s["target"],
             scope=s["scope"],
             database=data["database"],

@@ -1,4 +1,4 @@
-"""Broker tokens: DBACCESS_TOKEN, else the OS keyring, else a 0600 file.
+"""Broker tokens: DBACCESS_TOKEN, else a 0600 file, else the OS keyring.
 
 The keyring entry is keyed by broker URL.  Where no keyring backend exists (CI
 runners, containers, servers without a desktop session) the token goes to
@@ -58,6 +58,11 @@ def load(server: str) -> str | None:
     env = os.environ.get("DBACCESS_TOKEN")
     if env:
         return env.strip()
+    # The file first: it only holds a token when no keyring took it, and reading
+    # it spares the slow keyring backend discovery on every command.
+    from_file = _read_file().get(server)
+    if from_file:
+        return from_file
     if _keyring_usable():
         import keyring
 
@@ -67,7 +72,7 @@ def load(server: str) -> str | None:
             value = None
         if value:
             return str(value)
-    return _read_file().get(server)
+    return None
 
 
 def save(server: str, token: str) -> str:
@@ -77,6 +82,7 @@ def save(server: str, token: str) -> str:
 
         try:
             keyring.set_password(SERVICE, server, token)
+            _forget_in_file(server)  # an older file entry would shadow the keyring
             return "keyring"
         except Exception:  # a locked or broken keyring: fall back to the file
             log.debug("keyring refused the token; using the file", exc_info=True)
@@ -92,6 +98,10 @@ def delete(server: str) -> None:
 
         with contextlib.suppress(Exception):  # nothing stored there is fine
             keyring.delete_password(SERVICE, server)
+    _forget_in_file(server)
+
+
+def _forget_in_file(server: str) -> None:
     data = _read_file()
     if data.pop(server, None) is not None:
         _write_file(data)

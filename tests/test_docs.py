@@ -33,6 +33,8 @@ def _gen_docs() -> ModuleType:
     spec = importlib.util.spec_from_file_location("gen_docs", ROOT / "scripts" / "gen_docs.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    # dataclasses resolve annotations through sys.modules, so the module must be there.
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 
@@ -49,7 +51,9 @@ def _apps() -> dict[str, Any]:
     }
 
 
-def _walk(command: Any, path: tuple[str, ...], parent: Any = None) -> list[tuple[tuple[str, ...], Any, Any]]:
+def _walk(
+    command: Any, path: tuple[str, ...], parent: Any = None
+) -> list[tuple[tuple[str, ...], Any, Any]]:
     """(path, command, context) of every visible command, straight from the click tree."""
     ctx = command.context_class(
         command, info_name=path[-1], parent=parent, **dict(command.context_settings)
@@ -172,14 +176,22 @@ def test_roff_escaping() -> None:
     assert gen.roff_line(gen.roff(".hidden")) == r"\&.hidden"
     assert gen.roff_line(gen.roff("'quoted")) == r"\&'quoted"
     lines = gen.help_to_roff("First line\n.dot at a line start\n\n\b\n  kept\n  as is")
-    assert lines == [".PP", "First line .dot at a line start", ".PP", ".nf", r"  kept", r"  as is", ".fi"]
+    assert lines == [
+        ".PP",
+        "First line .dot at a line start",
+        ".PP",
+        ".nf",
+        r"  kept",
+        r"  as is",
+        ".fi",
+    ]
     assert not any(line.startswith((".dot", "'")) for line in gen.help_to_roff(".dot\n\n'quote"))
 
 
 @pytest.mark.skipif(shutil.which("groff") is None, reason="groff is not installed")
 @pytest.mark.parametrize("page", sorted(p.name for p in MAN.glob("*.1")))
 def test_man_page_renders_without_warnings(page: str) -> None:
-    proc = _run(["groff", "-man", "-Tascii", "-ww", str(MAN / page)])
+    proc = _run(["groff", "-man", "-Tascii", "-P-cbou", "-ww", str(MAN / page)])
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     rendered = proc.stdout
@@ -189,7 +201,7 @@ def test_man_page_renders_without_warnings(page: str) -> None:
 
 @pytest.mark.skipif(shutil.which("groff") is None, reason="groff is not installed")
 def test_option_names_render_as_plain_hyphens() -> None:
-    rendered = _run(["groff", "-man", "-Tascii", str(MAN / "dbaccess-exec.1")]).stdout
+    rendered = _run(["groff", "-man", "-Tascii", "-P-cbou", str(MAN / "dbaccess-exec.1")]).stdout
     assert "--output" in rendered
 
 
@@ -276,7 +288,14 @@ def test_bash_offers_every_subcommand_and_option(prog: str) -> None:
 def _fish_complete(line: str) -> list[str]:
     prog = line.split()[0]
     script = COMPLETIONS / f"{prog}.fish"
-    proc = _run(["fish", "--no-config", "-c", f"source {shlex.quote(str(script))}; complete -C {shlex.quote(line)}"])
+    proc = _run(
+        [
+            "fish",
+            "--no-config",
+            "-c",
+            f"source {shlex.quote(str(script))}; complete -C {shlex.quote(line)}",
+        ]
+    )
     assert proc.returncode == 0, proc.stderr
     return [row.split("\t", 1)[0] for row in proc.stdout.splitlines()]
 

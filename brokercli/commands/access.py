@@ -189,7 +189,6 @@ def exec_(
 
 def _execute(env: dict[str, str], text: str, output: Output) -> None:
     import psycopg
-
     from psycopg.conninfo import make_conninfo
 
     conninfo = make_conninfo(

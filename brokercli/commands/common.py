@@ -99,7 +99,6 @@ def session_tunnel(
 ) -> Iterator[Connection]:
     client = BrokerClient.from_env(server)
     try:
-        who = client.whoami()
         session = client.start_session(target, scope, ttl, reason, client_info(command))
         try:
             cfg = settings(server)
@@ -121,7 +120,7 @@ def session_tunnel(
                     f"expires {session.expires_at}"
                 )
             try:
-                yield Connection(session, "127.0.0.1", tunnel.port, str(who["identity"]))
+                yield Connection(session, "127.0.0.1", tunnel.port, session.identity)
             finally:
                 tunnel.stop()
         finally:

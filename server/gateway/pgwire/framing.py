@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterator
-from typing import Final, NamedTuple, NoReturn, cast
+from typing import Final, NamedTuple, NoReturn, TypeVar, cast
 
 from server.gateway.pgwire.errors import ProtocolViolation
 
@@ -130,6 +130,28 @@ def _frame_tagged(
     return pos, None
 
 
+def _scan_tagged(
+    buf: bytes, pos: int, limits: list[int], types: bytearray
+) -> tuple[int, str | None]:
+    """Like _frame_tagged, but collects only the type bytes: no body is copied."""
+    end = len(buf)
+    unpack = _HEADER.unpack_from
+    append = types.append
+    while end - pos >= 5:
+        type_, length = unpack(buf, pos)
+        if length < 4 or length > limits[type_]:
+            return pos, _length_error(type_, length, limits[type_])
+        stop = pos + 1 + length
+        if stop > end:
+            break
+        append(type_)
+        pos = stop
+    return pos, None
+
+
+_Out = TypeVar("_Out", list[RawMessage], bytearray)
+
+
 def _limit_table(max_message_size: int) -> list[int]:
     if max_message_size < 4:
         raise ValueError("max_message_size must be at least 4")
@@ -162,9 +184,23 @@ def split_frames(
 
 
 class _Parser:
-    """Buffering, poisoning and the tagged-message fast path shared by both parsers."""
+    """Buffering, poisoning and the tagged-message fast path shared by both parsers.
 
-    __slots__ = ("_buf", "_chunked", "_chunks", "_error", "_limits", "_pos")
+    ``_in_startup`` (frontend) and ``_answers`` (backend, armed for the one-byte
+    encryption answer) live here so that the common case of ``next_raw`` is one
+    inline path with no method calls; the rare cases go through ``_next_slow``.
+    """
+
+    __slots__ = (
+        "_answers",
+        "_buf",
+        "_chunked",
+        "_chunks",
+        "_error",
+        "_in_startup",
+        "_limits",
+        "_pos",
+    )
 
     def __init__(self, limits: list[int]) -> None:
         self._buf = b""
@@ -173,6 +209,8 @@ class _Parser:
         self._chunked = 0
         self._error: str | None = None
         self._limits = limits
+        self._in_startup = False
+        self._answers = b""
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Append bytes received from the peer."""
@@ -196,29 +234,27 @@ class _Parser:
         return len(self._buf) - self._pos + self._chunked
 
     def next_raw(self) -> RawMessage | None:
-        """The next complete message, or None until more bytes are fed."""
-        if self._error is not None:
-            raise ProtocolViolation(self._error)
-        self._check_ready()
-        buf = self._buf
-        pos = self._pos
-        if len(buf) - pos < 5:
-            if not self._gather(5):
-                return None
+        """The next complete message, or None until more bytes are fed.
+
+        On the frontend side, startup packets come out with type 0 and a body
+        that starts with their four-byte code (protocol version or request code).
+        """
+        if self._error is None and not self._in_startup and not self._answers:
             buf = self._buf
-            pos = 0
-        type_, length = _HEADER.unpack_from(buf, pos)
-        if length < 4 or length > self._limits[type_]:
-            self._fail(_length_error(type_, length, self._limits[type_]))
-        stop = pos + 1 + length
-        if stop > len(buf):
-            if not self._gather(1 + length):
-                return None
-            buf = self._buf
-            pos = 0
-            stop = 1 + length
-        self._advance(buf, stop)
-        return _new_raw(RawMessage, (type_, buf[pos + 5 : stop]))
+            pos = self._pos
+            end = len(buf)
+            if end - pos >= 5:
+                type_, length = _HEADER.unpack_from(buf, pos)
+                stop = pos + 1 + length
+                if 4 <= length <= self._limits[type_] and stop <= end:
+                    if stop == end:
+                        # Drop the reference so a consumed buffer can be freed now.
+                        self._buf = b""
+                        self._pos = 0
+                    else:
+                        self._pos = stop
+                    return _new_raw(RawMessage, (type_, buf[pos + 5 : stop]))
+        return self._next_slow()
 
     def messages(self) -> Iterator[RawMessage]:
         """Yield complete messages until more bytes are needed."""
@@ -237,48 +273,100 @@ class _Parser:
         """
         return self._drain()
 
+    def drain_wire(self) -> tuple[bytes, bytes]:
+        """The types of every complete message buffered now, and the bytes they occupied.
+
+        The fastest relay path: one type byte per message (0 for a startup
+        packet) and no body copied, for a relay that only needs to know which
+        messages pass, e.g. ``types.translate(None, allowed)`` is empty.
+        """
+        types = bytearray()
+        wire = self._drain_into(types, _scan_tagged, lambda _raw: types.append(0))
+        return bytes(types), wire
+
     def _drain(self) -> tuple[list[RawMessage], bytes]:
+        out: list[RawMessage] = []
+        wire = self._drain_into(out, _frame_tagged, out.append)
+        return out, wire
+
+    def _drain_into(
+        self,
+        out: _Out,
+        frame: Callable[[bytes, int, list[int], _Out], tuple[int, str | None]],
+        add_startup: Callable[[RawMessage], object],
+    ) -> bytes:
+        """Frame everything buffered into ``out``; returns the bytes that covered.
+
+        A violation after good messages is recorded and raised by the next
+        call, so draining never loses a message that next_raw would return.
+        """
         if self._error is not None:
             raise ProtocolViolation(self._error)
-        self._check_ready()
+        if self._answers:
+            raise RuntimeError("the encryption response is pending: call read_ssl_response()")
         if self._chunks:
             self._gather(self.pending_bytes)
         buf = self._buf
-        start = self._pos
-        out: list[RawMessage] = []
-        try:
-            pos = self._drain_untagged(buf, start, out)
-        except ProtocolViolation:
-            # Already poisoned; hand out what was good so draining never loses
-            # a message that next_raw would have returned.
-            if not out:
-                raise
-            pos = self._pos
+        start = pos = self._pos
+        error = None
+        while self._in_startup and len(buf) - pos >= 4:
+            try:
+                msg, pos = self._take_startup(buf, pos)
+            except ProtocolViolation:
+                if not len(out):
+                    raise
+                break
+            if msg is None:
+                break
+            add_startup(msg)
         else:
-            if self._untagged_pending():
-                return out, buf[start:pos]
-            pos, error = _frame_tagged(buf, pos, self._limits, out)
-            self._advance(buf, pos)
-            if error is not None:
-                self._error = error
-                if not out:
-                    raise ProtocolViolation(error)
-        return out, buf[start:pos]
+            if not self._in_startup:
+                pos, error = frame(buf, pos, self._limits, out)
+        self._consume(buf, pos)
+        if error is not None:
+            self._error = error
+            if not len(out):
+                raise ProtocolViolation(error)
+        return buf[start:pos]
 
-    def _drain_untagged(self, buf: bytes, pos: int, out: list[RawMessage]) -> int:
-        """Frame leading packets that have no type byte; the backend side has none."""
-        return pos
+    def _next_slow(self) -> RawMessage | None:
+        """next_raw for everything but a complete tagged message already in the buffer."""
+        if self._error is not None:
+            raise ProtocolViolation(self._error)
+        if self._answers:
+            raise RuntimeError("the encryption response is pending: call read_ssl_response()")
+        if self._in_startup:
+            if not self._gather(4):
+                return None
+            (length,) = _UINT32.unpack_from(self._buf, self._pos)
+            self._check_startup_length(length)
+            if not self._gather(length):
+                return None
+            buf = self._buf
+            msg, stop = self._take_startup(buf, self._pos)
+            self._consume(buf, stop)
+            return msg
+        if not self._gather(5):
+            return None
+        type_, length = _HEADER.unpack_from(self._buf, self._pos)
+        if length < 4 or length > self._limits[type_]:
+            self._fail(_length_error(type_, length, self._limits[type_]))
+        if not self._gather(1 + length):
+            return None
+        buf = self._buf
+        pos = self._pos
+        stop = pos + 1 + length
+        self._consume(buf, stop)
+        return _new_raw(RawMessage, (type_, buf[pos + 5 : stop]))
 
-    def _untagged_pending(self) -> bool:
-        """True while the stream is still in its untagged (startup) part."""
-        return False
+    def _check_startup_length(self, length: int) -> None:
+        raise AssertionError("only the frontend side has startup packets")
 
-    def _check_ready(self) -> None:
-        """Refuse framing while the parser waits for something that is not a message."""
+    def _take_startup(self, buf: bytes, pos: int) -> tuple[RawMessage | None, int]:
+        raise AssertionError("only the frontend side has startup packets")
 
-    def _advance(self, buf: bytes, stop: int) -> None:
+    def _consume(self, buf: bytes, stop: int) -> None:
         if stop == len(buf):
-            # Drop the reference so a large consumed buffer can be freed now.
             self._buf = b""
             self._pos = 0
         else:
@@ -311,7 +399,7 @@ class FrontendParser(_Parser):
     packet after its length word, as PostgreSQL's MAX_STARTUP_PACKET_LENGTH does.
     """
 
-    __slots__ = ("_gssenc_requested", "_in_startup", "_max_startup_size", "_ssl_requested")
+    __slots__ = ("_gssenc_requested", "_max_startup_size", "_ssl_requested")
 
     def __init__(
         self,
@@ -336,48 +424,18 @@ class FrontendParser(_Parser):
         """True until a StartupMessage or CancelRequest has been framed."""
         return self._in_startup
 
-    def next_raw(self) -> RawMessage | None:
-        """The next complete message, or None until more bytes are fed.
-
-        In startup mode the message has type 0 and its body starts with the
-        four-byte request code (protocol version or special code).
-        """
-        if not self._in_startup:
-            return super().next_raw()
-        if self._error is not None:
-            raise ProtocolViolation(self._error)
-        if not self._gather(4):
-            return None
-        (length,) = _UINT32.unpack_from(self._buf, self._pos)
-        self._check_startup_length(length)
-        if not self._gather(length):
-            return None
-        msg, stop = self._take_startup(self._buf, self._pos, length)
-        self._advance(self._buf, stop)
-        return msg
-
-    def _drain_untagged(self, buf: bytes, pos: int, out: list[RawMessage]) -> int:
-        while self._in_startup and len(buf) - pos >= 4:
-            (length,) = _UINT32.unpack_from(buf, pos)
-            self._check_startup_length(length)
-            if len(buf) - pos < length:
-                break
-            msg, pos = self._take_startup(buf, pos, length)
-            self._advance(buf, pos)
-            out.append(msg)
-        return pos
-
-    def _untagged_pending(self) -> bool:
-        return self._in_startup
-
     def _check_startup_length(self, length: int) -> None:
         if length < 8 or length - 4 > self._max_startup_size:
             self._fail(f"invalid length of startup packet: {length}")
 
-    def _take_startup(self, buf: bytes, pos: int, length: int) -> tuple[RawMessage, int]:
-        """Frame one complete startup packet and move to the mode it leads to."""
-        (code,) = _UINT32.unpack_from(buf, pos + 4)
+    def _take_startup(self, buf: bytes, pos: int) -> tuple[RawMessage | None, int]:
+        """Frame one startup packet at ``pos`` (None if incomplete) and move to its mode."""
+        (length,) = _UINT32.unpack_from(buf, pos)
+        self._check_startup_length(length)
         stop = pos + length
+        if stop > len(buf):
+            return None, pos
+        (code,) = _UINT32.unpack_from(buf, pos + 4)
         if code in (SSL_REQUEST_CODE, GSSENC_REQUEST_CODE):
             what = "SSL" if code == SSL_REQUEST_CODE else "GSSAPI encryption"
             if length != 8:
@@ -414,11 +472,10 @@ class BackendParser(_Parser):
     :meth:`expect_gssenc_response`) and read it with :meth:`read_ssl_response`.
     """
 
-    __slots__ = ("_answers",)
+    __slots__ = ()
 
     def __init__(self, *, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
         super().__init__(_limit_table(max_message_size))
-        self._answers = b""
 
     def expect_ssl_response(self) -> None:
         """The next byte from the server answers an SSLRequest: 'S' or 'N'."""
@@ -452,13 +509,9 @@ class BackendParser(_Parser):
         if answer not in self._answers:
             self._fail(f"invalid response to encryption request: {describe_type(answer)}")
         self._answers = b""
-        self._advance(self._buf, self._pos + 1)
+        self._consume(self._buf, self._pos + 1)
         if answer != ord("N") and self.pending_bytes:
             # Anything already buffered was sent in the clear, before the
             # handshake, and may be injected (CVE-2021-23222).
             self._fail("received unencrypted data after SSL response")
         return bytes((answer,))
-
-    def _check_ready(self) -> None:
-        if self._answers:
-            raise RuntimeError("the encryption response is pending: call read_ssl_response()")

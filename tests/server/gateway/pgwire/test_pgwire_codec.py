@@ -191,7 +191,10 @@ BACKEND: list[tuple[BackendMessage, bytes]] = [
         b"E\x00\x00\x00\x2cSERROR\x00VERROR\x00C22012\x00Mdivision by zero\x00\x00",
     ),
     (NoticeResponse({"S": "NOTICE", "M": "hi"}), b"N\x00\x00\x00\x11SNOTICE\x00Mhi\x00\x00"),
-    (FunctionCallResponse(b"\x00\x00\x00\x05"), b"V\x00\x00\x00\x0c\x00\x00\x00\x04\x00\x00\x00\x05"),
+    (
+        FunctionCallResponse(b"\x00\x00\x00\x05"),
+        b"V\x00\x00\x00\x0c\x00\x00\x00\x04\x00\x00\x00\x05",
+    ),
     (FunctionCallResponse(None), b"V\x00\x00\x00\x08\xff\xff\xff\xff"),
     (
         NegotiateProtocolVersion(196608, ["_pq_.x"]),

@@ -168,7 +168,9 @@ FRONTEND_VIOLATIONS: list[tuple[str, dict[str, int], bytes, str]] = [
 
 
 @pytest.mark.parametrize(
-    ("case", "limits", "data", "error"), FRONTEND_VIOLATIONS, ids=[v[0] for v in FRONTEND_VIOLATIONS]
+    ("case", "limits", "data", "error"),
+    FRONTEND_VIOLATIONS,
+    ids=[v[0] for v in FRONTEND_VIOLATIONS],
 )
 def test_frontend_framing_violations(
     case: str, limits: dict[str, int], data: bytes, error: str

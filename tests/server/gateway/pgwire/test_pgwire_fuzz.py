@@ -8,6 +8,8 @@ which must come back exactly as they were sent however they are fed.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 from datetime import timedelta
 
 from hypothesis import HealthCheck, given, settings
@@ -98,7 +100,9 @@ fmt = st.sampled_from([0, 1])
 def bind(draw: st.DrawFn) -> Bind:
     params = draw(st.lists(value, max_size=4))
     formats = draw(
-        st.sampled_from([0, 1, len(params)]).flatmap(lambda n: st.lists(fmt, min_size=n, max_size=n))
+        st.sampled_from([0, 1, len(params)]).flatmap(
+            lambda n: st.lists(fmt, min_size=n, max_size=n)
+        )
     )
     return Bind(draw(text), draw(text), formats, params, draw(st.lists(fmt, max_size=3)))
 
@@ -121,9 +125,7 @@ def copy_response(draw: st.DrawFn) -> BackendMessage:
 
 
 field = st.builds(Field, text, uint32, int16, uint32, int16, int32, fmt)
-fields = st.dictionaries(
-    st.characters(min_codepoint=1, max_codepoint=255), text, max_size=5
-)
+fields = st.dictionaries(st.characters(min_codepoint=1, max_codepoint=255), text, max_size=5)
 
 tagged_frontend: st.SearchStrategy[FrontendMessage] = st.one_of(
     st.builds(PasswordMessage, small_bytes),
@@ -193,10 +195,12 @@ backend: st.SearchStrategy[BackendMessage] = st.one_of(
 
 def chunks(data: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
-    return [data[a:b] for a, b in zip(points, points[1:], strict=False)]
+    return [data[a:b] for a, b in itertools.pairwise(points)]
 
 
-def drive(parser: FrontendParser | BackendParser, pieces: list[bytes], bulk: bool) -> list[RawMessage]:
+def drive(
+    parser: FrontendParser | BackendParser, pieces: list[bytes], bulk: bool
+) -> list[RawMessage]:
     """Feed the pieces, collecting raw messages one way or the other; returns them."""
     out: list[RawMessage] = []
     for piece in pieces:
@@ -220,10 +224,8 @@ def swallow_violations(parser: FrontendParser | BackendParser, pieces: list[byte
         for piece in pieces:
             parser.feed(piece)
             for raw in parser.messages():
-                try:
+                with contextlib.suppress(ProtocolViolation):
                     decode(raw)
-                except ProtocolViolation:
-                    pass
     except ProtocolViolation:
         # Poisoned for good: every later call says so again.
         try:
@@ -236,7 +238,9 @@ def swallow_violations(parser: FrontendParser | BackendParser, pieces: list[byte
 @FUZZ
 @given(st.binary(max_size=200), st.lists(st.integers(0, 200), max_size=8))
 def test_arbitrary_bytes_into_the_frontend_parser(data: bytes, cuts: list[int]) -> None:
-    swallow_violations(FrontendParser(max_message_size=512, max_startup_size=256), chunks(data, cuts))
+    swallow_violations(
+        FrontendParser(max_message_size=512, max_startup_size=256), chunks(data, cuts)
+    )
 
 
 @FUZZ
@@ -282,10 +286,8 @@ def test_well_framed_garbage_into_the_decoders(frames: list[tuple[int, bytes]]) 
             assert msg.encode() == encode_raw(type_, body)
         password = PasswordMessage(body)
         for read in (password.as_password, password.as_sasl_initial_response):
-            try:
+            with contextlib.suppress(ProtocolViolation):
                 read()
-            except ProtocolViolation:
-                pass
 
 
 @FUZZ

@@ -22,7 +22,6 @@ from collections import Counter
 from collections.abc import Iterator
 
 import psycopg
-import pytest
 from scramp import ScramClient
 
 from server.gateway.pgwire import (
@@ -156,7 +155,7 @@ class Client:
             elif isinstance(msg, BackendKeyData):
                 self.key = msg
         assert rest[-1] == ReadyForQuery("I")
-        return seen + [msg, cont, final, *rest]
+        return [*seen, msg, cont, final, *rest]
 
 
 @contextlib.contextmanager
@@ -423,7 +422,9 @@ class Relay:
         with self._lock:
             counter[name] += 1
 
-    def _client_to_server(self, src: socket.socket, dst: socket.socket, backend: BackendParser) -> None:
+    def _client_to_server(
+        self, src: socket.socket, dst: socket.socket, backend: BackendParser
+    ) -> None:
         parser = FrontendParser()
         try:
             while data := src.recv(65536):
@@ -446,7 +447,9 @@ class Relay:
             with contextlib.suppress(OSError):
                 dst.shutdown(socket.SHUT_WR)
 
-    def _server_to_client(self, src: socket.socket, dst: socket.socket, parser: BackendParser) -> None:
+    def _server_to_client(
+        self, src: socket.socket, dst: socket.socket, parser: BackendParser
+    ) -> None:
         try:
             while data := src.recv(65536):
                 parser.feed(data)
@@ -519,7 +522,11 @@ def test_psql_and_pgbench_traffic_round_trips(pg_cluster: LocalCluster) -> None:
             assert "1\tone" in psql.stdout, psql.stderr
             assert "division by zero" in psql.stderr
             env = libpq_env(pg_cluster, relay.port, db, "disable")
-            for args in (["-i", "-s", "1", "-q"], ["-c", "2", "-j", "2", "-t", "50", "-M", "extended"], ["-c", "2", "-t", "50", "-M", "prepared", "-S"]):
+            for args in (
+                ["-i", "-s", "1", "-q"],
+                ["-c", "2", "-j", "2", "-t", "50", "-M", "extended"],
+                ["-c", "2", "-t", "50", "-M", "prepared", "-S"],
+            ):
                 bench = subprocess.run(
                     ["pgbench", *args], env=env, capture_output=True, text=True, timeout=120
                 )
@@ -528,11 +535,34 @@ def test_psql_and_pgbench_traffic_round_trips(pg_cluster: LocalCluster) -> None:
         relay.close()
     assert not relay.failures, relay.failures
     # The traffic really went through every kind of message it should have.
-    for name in ("SSLRequest", "StartupMessage", "PasswordMessage", "Query", "Parse", "Bind",
-                 "Describe", "Execute", "Sync", "CopyData", "CopyDone", "Terminate"):
+    for name in (
+        "SSLRequest",
+        "StartupMessage",
+        "PasswordMessage",
+        "Query",
+        "Parse",
+        "Bind",
+        "Describe",
+        "Execute",
+        "Sync",
+        "CopyData",
+        "CopyDone",
+        "Terminate",
+    ):
         assert relay.frontend[name] > 0, (name, relay.frontend)
-    for name in ("AuthenticationSASL", "AuthenticationOk", "ParameterStatus", "BackendKeyData",
-                 "RowDescription", "DataRow", "CommandComplete", "ErrorResponse",
-                 "CopyInResponse", "CopyOutResponse", "ParseComplete", "BindComplete",
-                 "ReadyForQuery"):
+    for name in (
+        "AuthenticationSASL",
+        "AuthenticationOk",
+        "ParameterStatus",
+        "BackendKeyData",
+        "RowDescription",
+        "DataRow",
+        "CommandComplete",
+        "ErrorResponse",
+        "CopyInResponse",
+        "CopyOutResponse",
+        "ParseComplete",
+        "BindComplete",
+        "ReadyForQuery",
+    ):
         assert relay.backend[name] > 0, (name, relay.backend)

@@ -1,0 +1,69 @@
+"""The CLI without a broker: usage errors, help, exit codes and token storage."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from brokercli import tokens
+from brokercli.app import main
+from brokercli.exit_codes import ExitCode
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["exec"],  # missing target
+        ["no-such-command"],
+        ["exec", "demo", "--output", "yaml", "-c", "select 1"],
+        ["connect", "demo", "--port", "70000"],
+        ["exec", "demo"],  # neither -c nor -f
+        ["exec", "demo", "-c", "select 1", "-f", "x.sql"],  # both
+        ["run", "demo"],  # no command
+    ],
+)
+def test_usage_errors_exit_2(
+    argv: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("DBACCESS_CONFIG_DIR", str(tmp_path))
+    monkeypatch.setenv("DBACCESS_TOKEN", "dba_x")
+    monkeypatch.setenv("DBACCESS_SERVER", "http://127.0.0.1:9")
+    assert main(argv) == ExitCode.USAGE
+
+
+def test_help_lists_commands_and_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("connect", "run", "exec", "targets", "sessions", "kill", "audit"):
+        assert command in out
+    for code in ExitCode:
+        assert f"{int(code):>3}  " in out
+
+
+def test_not_logged_in_is_exit_4(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("DBACCESS_CONFIG_DIR", str(tmp_path))
+    monkeypatch.delenv("DBACCESS_TOKEN", raising=False)
+    monkeypatch.setenv("DBACCESS_NO_KEYRING", "1")
+    assert main(["targets"]) == ExitCode.NOT_AUTHENTICATED
+
+
+def test_token_file_fallback_is_private_and_env_wins(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("DBACCESS_CONFIG_DIR", str(tmp_path / "cfg"))
+    monkeypatch.setenv("DBACCESS_NO_KEYRING", "1")
+    monkeypatch.delenv("DBACCESS_TOKEN", raising=False)
+    where = tokens.save("http://a", "dba_secret")
+    path = Path(where)
+    assert path.exists()
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert tokens.load("http://a") == "dba_secret"
+    assert tokens.load("http://b") is None
+    monkeypatch.setenv("DBACCESS_TOKEN", "dba_env")
+    assert tokens.load("http://a") == "dba_env"
+    monkeypatch.delenv("DBACCESS_TOKEN")
+    tokens.delete("http://a")
+    assert tokens.load("http://a") is None

@@ -38,7 +38,7 @@ __dbaccess_options() {
 __dbaccess_value_kind() {
     case "$1|$2" in
         'login|--server') echo 'text' ;;
-        'login|--ca-file') echo 'text' ;;
+        'login|--ca-file') echo 'file' ;;
         'logout|--server') echo 'text' ;;
         'whoami|-o'|'whoami|--output') echo 'choice:table json csv' ;;
         'whoami|--server') echo 'text' ;;
@@ -79,7 +79,6 @@ __dbaccess_value_kind() {
 # Succeeds for commands whose options end at the first positional argument.
 __dbaccess_options_end_at_argument() {
     case "$1" in
-        'run') return 0 ;;
     esac
     return 1
 }
@@ -89,7 +88,7 @@ __dbaccess_options_end_at_argument() {
 __dbaccess_arguments() {
     case "$1" in
         'connect') echo 'text' ;;
-        'run') echo 'text command*' ;;
+        'run') echo 'text text*' ;;
         'exec') echo 'text' ;;
         'kill') echo 'text' ;;
     esac

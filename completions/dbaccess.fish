@@ -62,12 +62,12 @@ complete -c dbaccess -n "__dbaccess_at ''" -a run -d 'Run COMMAND with PGHOST/PG
 complete -c dbaccess -n "__dbaccess_at ''" -a exec -d 'Run SQL non-interactively and print the results (for scripts and CI)'
 complete -c dbaccess -n "__dbaccess_at ''" -a sessions -d 'List your sessions, newest first: active and recent'
 complete -c dbaccess -n "__dbaccess_at ''" -a kill -d 'End a session now: disconnect its clients and revoke its credential'
-complete -c dbaccess -n "__dbaccess_at ''" -a audit -d 'Read and verify the tamper-evident audit log'
+complete -c dbaccess -n "__dbaccess_at ''" -a audit -d 'List audit events (admins and auditors), or verify the hash chain with \'audit verify\''
 complete -c dbaccess -n "__dbaccess_at ''" -s h -l help -d 'Show this message and exit'
 
 complete -c dbaccess -n "__dbaccess_at 'login'" -l server -x -d 'Broker URL to log in to'
 complete -c dbaccess -n "__dbaccess_at 'login'" -l token-stdin -d 'Read a broker API token from stdin (service accounts)'
-complete -c dbaccess -n "__dbaccess_at 'login'" -l ca-file -x -d 'CA certificate that signs the broker\'s TLS certificate'
+complete -c dbaccess -n "__dbaccess_at 'login'" -l ca-file -r -F -d 'CA certificate that signs the broker\'s TLS certificate'
 complete -c dbaccess -n "__dbaccess_at 'login'" -s h -l help -d 'Show this message and exit'
 
 complete -c dbaccess -n "__dbaccess_at 'logout'" -l server -x -d 'Broker URL'
@@ -95,7 +95,6 @@ complete -c dbaccess -n "__dbaccess_at 'run'" -s r -l reason -x -d 'Why you need
 complete -c dbaccess -n "__dbaccess_at 'run'" -s p -l port -x -d 'Local tunnel port (default: a free one)'
 complete -c dbaccess -n "__dbaccess_at 'run'" -l server -x -d 'Broker URL (default: from the profile)'
 complete -c dbaccess -n "__dbaccess_at 'run'" -s h -l help -d 'Show this message and exit'
-complete -c dbaccess -n "__dbaccess_at 'run'" -F
 
 complete -c dbaccess -n "__dbaccess_at 'exec'" -s c -l command -x -d 'SQL to run'
 complete -c dbaccess -n "__dbaccess_at 'exec'" -s f -l file -r -F -d 'File of SQL to run (\'-\' for stdin)'

@@ -71,7 +71,7 @@ _dbaccess__exec() {
 }
 
 _dbaccess__run() {
-  _arguments -s -S -A '-*' \
+  _arguments -s -S \
     '(-s --scope)'{-s,--scope}'[Scope to use, e.g. read or write (default\: policy'\''s)]:scope: ' \
     '(--ttl)'--ttl'[Session lifetime, e.g. 30m or 2h (default\: the scope'\''s)]:ttl: ' \
     '(-r --reason)'{-r,--reason}'[Why you need access (ticket id, incident)]:reason: ' \
@@ -79,7 +79,7 @@ _dbaccess__run() {
     '(--server)'--server'[Broker URL (default\: from the profile)]:server: ' \
     '(- *)'{-h,--help}'[Show this message and exit]' \
     '1:target: ' \
-    '*:::command:_normal'
+    '*:command: '
 }
 
 _dbaccess__connect() {
@@ -118,7 +118,7 @@ _dbaccess__login() {
   _arguments -s -S \
     '(--server)'--server'[Broker URL to log in to]:server: ' \
     '(--token-stdin)'--token-stdin'[Read a broker API token from stdin (service accounts)]' \
-    '(--ca-file)'--ca-file'[CA certificate that signs the broker'\''s TLS certificate]:ca-file: ' \
+    '(--ca-file)'--ca-file'[CA certificate that signs the broker'\''s TLS certificate]:ca-file:_files' \
     '(- *)'{-h,--help}'[Show this message and exit]'
 }
 
@@ -142,7 +142,7 @@ _dbaccess() {
         'exec:Run SQL non-interactively and print the results (for scripts and CI)'
         'sessions:List your sessions, newest first: active and recent'
         'kill:End a session now: disconnect its clients and revoke its credential'
-        'audit:Read and verify the tamper-evident audit log'
+        'audit:List audit events (admins and auditors), or verify the hash chain with '\''audit verify'\'''
       )
       _describe -t commands 'dbaccess command' commands && ret=0
       ;;

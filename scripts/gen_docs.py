@@ -597,7 +597,7 @@ CLI_EXAMPLES = (
     ),
     (
         "Run a migration with a session's PG* variables set:",
-        "dbaccess run --scope write prod-db ./migrate.sh",
+        "dbaccess run prod-db --scope write -- ./migrate.sh",
     ),
     ("Run SQL from a script and get JSON:", "dbaccess exec prod-db -c 'select 1' --output json"),
     ("Check the audit log's hash chain:", "dbaccess audit verify"),

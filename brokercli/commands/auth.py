@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -23,7 +24,7 @@ def login(
         ),
     ] = False,
     ca_file: Annotated[
-        str | None,
+        Path | None,
         typer.Option("--ca-file", help="CA certificate that signs the broker's TLS certificate."),
     ] = None,
 ) -> None:
@@ -41,7 +42,7 @@ def login(
     profile = load_profile()
     profile["server"] = cfg.server
     if ca_file:
-        profile["ca_file"] = ca_file
+        profile["ca_file"] = str(ca_file.resolve())
     save_profile(profile)
     client = BrokerClient(settings(cfg.server), token)
     me = client.whoami()

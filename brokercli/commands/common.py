@@ -15,15 +15,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from brokercli import render
-from brokercli.client import BrokerClient, StartedSession
-from brokercli.config import settings
 from brokercli.errors import CliError
-from brokercli.tunnel import Tunnel, TunnelTarget
+
+if TYPE_CHECKING:
+    from brokercli.client import StartedSession
 
 
 class Output(StrEnum):
@@ -97,6 +97,11 @@ def session_tunnel(
     port: int = 0,
     quiet: bool = False,
 ) -> Iterator[Connection]:
+    # Imported here so that --help and completion never load asyncio, ssl or httpx.
+    from brokercli.client import BrokerClient
+    from brokercli.config import settings
+    from brokercli.tunnel import Tunnel, TunnelTarget
+
     client = BrokerClient.from_env(server)
     try:
         session = client.start_session(target, scope, ttl, reason, client_info(command))

@@ -97,7 +97,10 @@ def whoami(output: OutputOpt = Output.table, server: ServerOpt = None) -> None:
     )
 
 
-audit_app = typer.Typer(help="Read and verify the tamper-evident audit log.", no_args_is_help=False)
+audit_app = typer.Typer(
+    help="List audit events (admins and auditors), or verify the hash chain with 'audit verify'.",
+    no_args_is_help=False,
+)
 
 
 @audit_app.callback(invoke_without_command=True)

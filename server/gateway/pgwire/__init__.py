@@ -6,8 +6,8 @@ in the manner of h11.  Three layers, each usable on its own:
 * framing (:mod:`.framing`): :class:`FrontendParser` and :class:`BackendParser`
   cut a byte stream into :class:`RawMessage` (type byte + body) and check only
   the length words; this is all a relay needs to forward traffic, and
-  ``drain_frames`` hands back the original bytes so a batch goes out in one
-  write;
+  ``drain_frames``/``drain_wire`` hand back the original bytes so a batch goes
+  out in one write;
 * typed messages (:mod:`.messages`): a frozen dataclass per protocol message,
   each with a byte-exact ``encode()``;
 * decoding (:mod:`.decode`): ``decode_frontend`` / ``decode_backend`` turn a

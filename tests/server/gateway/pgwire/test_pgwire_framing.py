@@ -121,12 +121,46 @@ def test_drain_frames_hands_back_the_bytes_fed() -> None:
     assert parser.drain_frames() == ([], b"")
 
 
+def test_drain_wire_gives_types_and_bytes_without_bodies() -> None:
+    parser = FrontendParser()
+    parser.feed(CLIENT_STREAM + QUERY[:6])
+    types, wire = parser.drain_wire()
+    assert types == b"\x00QPS"
+    assert wire == CLIENT_STREAM
+    assert parser.pending_bytes == 6
+    parser.feed(QUERY[6:])
+    assert parser.drain_wire() == (b"Q", QUERY)
+    # What a relay checks: is every type one it knows?
+    assert not types[1:].translate(None, b"QPS")
+    parser.feed(tagged(b"z", 4))
+    assert parser.drain_wire()[0].translate(None, b"QPS") == b"z"
+
+
+def test_drain_wire_stops_in_a_partial_startup_packet() -> None:
+    parser = FrontendParser()
+    parser.feed(STARTUP[:10])
+    assert parser.drain_wire() == (b"", b"")
+    assert parser.in_startup
+    parser.feed(STARTUP[10:] + SYNC)
+    assert parser.drain_wire() == (b"\x00S", STARTUP + SYNC)
+
+
 def test_drain_returns_good_messages_before_a_bad_frame_then_raises() -> None:
     parser = BackendParser()
     parser.feed(READY + tagged(b"D", 2))
     assert parser.drain_raw() == [RawMessage(ord("Z"), b"I")]
     with pytest.raises(ProtocolViolation, match="invalid message length 2"):
         parser.drain_raw()
+    parser = BackendParser()
+    parser.feed(READY + tagged(b"D", 2))
+    assert parser.drain_wire() == (b"Z", READY)
+    with pytest.raises(ProtocolViolation, match="invalid message length 2"):
+        parser.drain_wire()
+    parser = FrontendParser()
+    parser.feed(STARTUP + tagged(b"Q", 0))
+    assert parser.drain_frames() == ([RawMessage(0, STARTUP[4:])], STARTUP)
+    with pytest.raises(ProtocolViolation, match="invalid message length 0"):
+        parser.drain_frames()
 
 
 def test_split_frames() -> None:
@@ -397,6 +431,8 @@ def test_encryption_answer_is_not_a_message() -> None:
         parser.next_raw()
     with pytest.raises(RuntimeError, match="call read_ssl_response"):
         parser.drain_raw()
+    with pytest.raises(RuntimeError, match="call read_ssl_response"):
+        parser.drain_wire()
     assert parser.read_ssl_response() == b"N"
 
 

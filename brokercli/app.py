@@ -12,7 +12,7 @@ import sys
 import typer
 
 from brokercli import render
-from brokercli.commands import access, auth, info
+from brokercli.commands import access, auth, info, requests
 from brokercli.errors import CliError
 from brokercli.exit_codes import ExitCode, epilog
 
@@ -29,13 +29,18 @@ app = typer.Typer(
 
 app.command("login")(auth.login)
 app.command("logout")(auth.logout)
-app.command("whoami")(info.whoami)
+app.command("whoami")(auth.whoami)
 app.command("targets")(info.targets)
 app.command("connect")(access.connect)
 app.command("run")(access.run)
 app.command("exec")(access.exec_)
 app.command("sessions")(info.sessions)
 app.command("kill")(info.kill)
+app.command("request")(requests.request)
+app.command("requests")(requests.requests)
+app.command("approve")(requests.approve)
+app.command("deny")(requests.deny)
+app.command("cancel")(requests.cancel)
 app.add_typer(info.audit_app, name="audit")
 
 

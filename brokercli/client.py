@@ -97,7 +97,7 @@ class BrokerClient:
         code = BY_ERROR_KIND.get(kind)
         if code is None:
             code = ExitCode.USAGE if resp.status_code == 422 else ExitCode.ERROR
-        raise CliError(message, code=code, hint=body.get("hint"))
+        raise CliError(message, code=code, hint=body.get("hint"), details=body)
 
     # -- endpoints ------------------------------------------------------------
     def whoami(self) -> dict[str, Any]:
@@ -113,8 +113,21 @@ class BrokerClient:
         ttl: str | None,
         reason: str | None,
         client: dict[str, str],
+        *,
+        break_glass: bool = False,
+        request_id: str | None = None,
     ) -> StartedSession:
-        body = {"target": target, "scope": scope, "ttl": ttl, "reason": reason, "client": client}
+        body: dict[str, Any] = {
+            "target": target,
+            "scope": scope,
+            "ttl": ttl,
+            "reason": reason,
+            "client": client,
+        }
+        if break_glass:
+            body["break_glass"] = True
+        if request_id:
+            body["request_id"] = request_id
         data = self.request("POST", "/v1/sessions", json=body)
         gw = data["gateway"]
         s = data["session"]
@@ -150,3 +163,47 @@ class BrokerClient:
 
     def audit_verify(self) -> dict[str, Any]:
         return dict(self.request("GET", "/v1/audit/verify"))
+
+    # -- access requests --------------------------------------------------------
+    def create_request(
+        self,
+        target: str,
+        scope: str | None,
+        ttl: str | None,
+        reason: str | None,
+        start_at: str | None,
+    ) -> dict[str, Any]:
+        body = {
+            "target": target,
+            "scope": scope,
+            "ttl": ttl,
+            "reason": reason,
+            "start_at": start_at,
+        }
+        return dict(self.request("POST", "/v1/requests", json=body))
+
+    def requests(self, *, pending: bool, mine: bool, to_review: bool) -> list[dict[str, Any]]:
+        flags = {"pending": pending, "mine": mine, "to_review": to_review}
+        params = {name: "true" for name, on in flags.items() if on}
+        return list(self.request("GET", "/v1/requests", params=params))
+
+    def access_request(self, request_id: str) -> dict[str, Any]:
+        return dict(self.request("GET", f"/v1/requests/{request_id}"))
+
+    def decide_request(self, request_id: str, verb: str, **note: str | None) -> dict[str, Any]:
+        """``verb`` is approve, deny, cancel or revoke; ``note`` a comment or reason."""
+        return dict(self.request("POST", f"/v1/requests/{request_id}/{verb}", json=note))
+
+    # -- authentication ---------------------------------------------------------
+    def auth_config(self) -> dict[str, Any]:
+        return dict(self.request("GET", "/v1/auth/config"))
+
+    def exchange_oidc(self, id_token: str, nonce: str | None) -> dict[str, Any]:
+        body = {"id_token": id_token, "nonce": nonce}
+        return dict(self.request("POST", "/v1/auth/oidc", json=body))
+
+    def exchange_workload(self, token: str) -> dict[str, Any]:
+        return dict(self.request("POST", "/v1/auth/workload", json={"token": token}))
+
+    def logout(self) -> dict[str, Any]:
+        return dict(self.request("POST", "/v1/auth/logout"))

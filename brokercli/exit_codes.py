@@ -19,6 +19,10 @@ class ExitCode(IntEnum):
     NOT_FOUND = 6  # unknown target, scope or session
     UNAVAILABLE = 7  # broker, gateway or database could not be reached
     CONFLICT = 8  # the thing is in the wrong state (e.g. the session already ended)
+    PENDING = 9  # the scope needs approval and the request waits for it (--no-wait)
+    APPROVAL_DENIED = 10  # the access request was denied, cancelled or revoked
+    APPROVAL_EXPIRED = 11  # the access request, or its approved grant, expired
+    WAIT_TIMEOUT = 12  # no decision within --wait-timeout (the request stays pending)
     INTERRUPTED = 130  # stopped with Ctrl-C
 
 
@@ -32,6 +36,10 @@ DESCRIPTIONS: dict[ExitCode, str] = {
     ExitCode.NOT_FOUND: "unknown target, scope or session",
     ExitCode.UNAVAILABLE: "broker, gateway or database unreachable",
     ExitCode.CONFLICT: "wrong state, e.g. the session already ended",
+    ExitCode.PENDING: "approval pending: the access request waits for approvers",
+    ExitCode.APPROVAL_DENIED: "the access request was denied, cancelled or revoked",
+    ExitCode.APPROVAL_EXPIRED: "the access request or its approval expired",
+    ExitCode.WAIT_TIMEOUT: "gave up waiting for approval (--wait-timeout)",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
 }
 
@@ -40,6 +48,7 @@ BY_ERROR_KIND: dict[str, ExitCode] = {
     "invalid": ExitCode.USAGE,
     "not_authenticated": ExitCode.NOT_AUTHENTICATED,
     "forbidden": ExitCode.FORBIDDEN,
+    "approval_required": ExitCode.PENDING,
     "not_found": ExitCode.NOT_FOUND,
     "conflict": ExitCode.CONFLICT,
     "unavailable": ExitCode.UNAVAILABLE,

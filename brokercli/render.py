@@ -9,7 +9,9 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from brokercli.errors import CliError
@@ -73,3 +75,45 @@ def records(
         as_csv(columns, rows)
     else:
         table(columns, rows, title=title)
+
+
+# How often a plain (non-terminal) progress line repeats when nothing changes.
+HEARTBEAT_SECONDS = 30.0
+
+
+@contextmanager
+def waiting(message: str) -> Iterator[Callable[[str], None]]:
+    """Progress while waiting: a spinner on a terminal, plain stderr lines otherwise.
+
+    The yielded function takes the current state; without a terminal a line is
+    written when the state changes and every ``HEARTBEAT_SECONDS`` (so CI logs
+    show that something is still waiting, without a line per poll).
+    """
+    started = time.monotonic()
+
+    def elapsed() -> str:
+        seconds = int(time.monotonic() - started)
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+
+    if sys.stderr.isatty():
+        with _console(stderr=True).status(message) as status:
+            yield lambda state: status.update(f"{state} ({elapsed()})")
+        return
+    shown = [""]
+    shown_at = [0.0]
+
+    def update(state: str) -> None:
+        now = time.monotonic()
+        if state != shown[0] or now - shown_at[0] >= HEARTBEAT_SECONDS:
+            info(f"{state} ({elapsed()})")
+            shown[0], shown_at[0] = state, now
+
+    info(message)
+    yield update
+
+
+def confirm(question: str) -> bool:
+    """Ask yes/no on the terminal (stderr), default no."""
+    from rich.prompt import Confirm
+
+    return bool(Confirm.ask(question, console=_console(stderr=True), default=False))

@@ -12,11 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
 import threading
 from dataclasses import dataclass
 
 LOOPBACK = "127.0.0.1"
+SSL_REQUEST = b"\x00\x00\x00\x08\x04\xd2\x16\x2f"
+
+
+class TunnelError(Exception):
+    pass
+
+
 _CHUNK = 256 * 1024
 
 
@@ -91,16 +99,8 @@ class Tunnel:
         g_writer: asyncio.StreamWriter | None = None
         try:
             try:
-                g_reader, gw = await asyncio.wait_for(
-                    asyncio.open_connection(
-                        self.target.host,
-                        self.target.port,
-                        ssl=self._ssl_context(),
-                        server_hostname=self.target.host if self.target.tls else None,
-                    ),
-                    timeout=10,
-                )
-            except (OSError, TimeoutError, ssl.SSLError) as exc:
+                g_reader, gw = await asyncio.wait_for(self._connect(), timeout=10)
+            except (OSError, EOFError, TimeoutError, ssl.SSLError, TunnelError) as exc:
                 c_writer.write(_gateway_unreachable(self.target, exc))
                 with contextlib.suppress(Exception):
                     await c_writer.drain()
@@ -116,6 +116,31 @@ class Tunnel:
                 g_writer.close()
             c_writer.close()
             self._tasks.discard(task)
+
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if not self.target.tls:
+            return await asyncio.open_connection(self.target.host, self.target.port)
+        # PostgreSQL-style negotiation on a plain socket (SSLRequest, one-byte
+        # answer), then asyncio wraps the same socket in TLS from the start.
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(self.target.host, self.target.port, type=socket.SOCK_STREAM)
+        family, type_, proto, _name, addr = infos[0]
+        sock = socket.socket(family, type_, proto)
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, addr)
+            await loop.sock_sendall(sock, SSL_REQUEST)
+            answer = await loop.sock_recv(sock, 1)
+            if answer != b"S":
+                raise TunnelError(
+                    "the gateway did not accept TLS; refusing to continue in plaintext"
+                )
+            return await asyncio.open_connection(
+                sock=sock, ssl=self._ssl_context(), server_hostname=self.target.host
+            )
+        except BaseException:
+            sock.close()
+            raise
 
     def stop(self) -> None:
         if not self._thread.is_alive():

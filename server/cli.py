@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import logging
 import sys
+from enum import StrEnum
 from importlib import resources
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from server.errors import DbaccessError
+
+if TYPE_CHECKING:
+    from server.config import OidcConfig
+    from server.notify.webhooks import WebhookConfig
+    from server.store.db import Store
 
 app = typer.Typer(
     name="dbaccess-server",
@@ -33,6 +39,23 @@ app.add_typer(token_app, name="token")
 
 DEV_IDENTITY = "dev"
 DEV_GROUPS = ("dev", "admin")
+
+
+class WebhookFormat(StrEnum):
+    json = "json"
+    slack = "slack"
+
+
+def _dev_webhooks(urls: list[str], fmt: str) -> tuple[WebhookConfig, ...]:
+    from server.notify.webhooks import WebhookConfig, check_url
+
+    hooks = []
+    for url in urls:
+        try:
+            hooks.append(WebhookConfig(check_url(url), fmt))
+        except ValueError as exc:
+            raise _fail(f"--webhook: {exc}", 2) from None
+    return tuple(hooks)
 
 
 def _say(message: str) -> None:
@@ -72,10 +95,32 @@ def dev(
         bool, typer.Option("--write-profile/--no-write-profile", help="Log the CLI in as 'dev'.")
     ] = True,
     reaper_interval: Annotated[float, typer.Option("--reaper-interval", help="Seconds.")] = 30.0,
+    oidc_issuer: Annotated[
+        str | None,
+        typer.Option(
+            "--oidc-issuer", help="Identity provider people log in with (dbaccess login)."
+        ),
+    ] = None,
+    oidc_client_id: Annotated[
+        str | None,
+        typer.Option("--oidc-client-id", help="The CLI's client id at that provider."),
+    ] = None,
+    webhook: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--webhook",
+            help="POST access-request and break-glass notifications to this URL (repeatable).",
+        ),
+    ] = None,
+    webhook_format: Annotated[
+        WebhookFormat, typer.Option("--webhook-format", help="Body of those notifications.")
+    ] = WebhookFormat.json,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run broker and gateway on loopback with a demo target (for trying dbaccess out)."""
     _logging(verbose)
+    webhooks = _dev_webhooks(webhook or [], webhook_format.value)
+    oidc = _dev_oidc(oidc_issuer, oidc_client_id)
     from server import runtime
     from server.demo.provision import provision_demo, write_admin_dsn_file
 
@@ -97,6 +142,11 @@ def dev(
             cluster.start()
             admin_dsn = provision_demo(cluster).admin_dsn
         write_admin_dsn_file(data_dir / "admin.dsn", admin_dsn)
+        from server.tlsutil import ensure_dev_ca, fingerprint
+
+        tls = ensure_dev_ca(data_dir / "tls")
+        assert tls.ca is not None
+        ca: Path = tls.ca
         policy_path = data_dir / "policy.yaml"
         if not policy_path.exists():
             template = resources.files("server.demo") / "policy.yaml"
@@ -110,6 +160,9 @@ def dev(
             policy_path=policy_path,
             store_url=f"sqlite:///{data_dir / 'store.db'}",
             reaper_interval=reaper_interval,
+            tls=tls,
+            oidc=oidc,
+            webhooks=webhooks,
         )
 
         where_target = (
@@ -120,13 +173,16 @@ def dev(
             lines = [
                 "dbaccess dev broker is running",
                 f"  API:      {rt.api_url}",
-                f"  gateway:  {rt.gateway.host}:{rt.gateway.port}",
+                f"  gateway:  {rt.gateway.host}:{rt.gateway.port} (TLS)",
+                f"  CA:       {ca} (SHA-256 {fingerprint(ca)})",
                 f"  target:   demo ({where_target})",
                 f"  policy:   {policy_path}",
                 f"  store:    {data_dir / 'store.db'}",
             ]
+            if oidc is not None:
+                lines.append(f"  login:    dbaccess login  (people, via {oidc.issuer})")
             if write_profile:
-                where = _write_cli_profile(rt)
+                where = _write_cli_profile(rt, ca)
                 lines.append(f"  CLI:      logged in as '{DEV_IDENTITY}' (token in {where})")
             lines.append(
                 "try: dbaccess targets; dbaccess connect demo   (Ctrl-C here stops everything)"
@@ -142,7 +198,23 @@ def dev(
     _say("dbaccess dev broker stopped")
 
 
-def _write_cli_profile(rt: object) -> str:
+def _dev_oidc(issuer: str | None, client_id: str | None) -> OidcConfig | None:
+    """The dev mode's identity provider, checked like the same settings in a config file."""
+    if issuer is None and client_id is None:
+        return None
+    from server.config import ConfigError, load_config
+
+    try:
+        flags = {"oidc_issuer": issuer, "oidc_client_id": client_id}
+        oidc = load_config(None, flags, environ={}).oidc
+    except ConfigError as exc:
+        raise _fail(exc.message, 2) from None
+    if oidc is None:
+        raise _fail("give both --oidc-issuer and --oidc-client-id", 2)
+    return oidc
+
+
+def _write_cli_profile(rt: object, ca: Path) -> str:
     from brokercli import tokens
     from brokercli.config import load_profile, save_profile
     from server.runtime import Runtime
@@ -152,8 +224,11 @@ def _write_cli_profile(rt: object) -> str:
 
     token, _rec = rt.store.create_token(DEV_IDENTITY, DEV_GROUPS, "dev", timedelta(days=7))
     profile = load_profile()
+    from server.tlsutil import fingerprint
+
     profile["server"] = rt.api_url
-    profile.pop("ca_file", None)
+    profile["ca_file"] = str(ca)
+    profile["ca_fingerprint"] = fingerprint(ca)
     save_profile(profile)
     return tokens.save(rt.api_url, token)
 
@@ -167,6 +242,7 @@ def run_cmd(
     _logging(verbose)
     from server import runtime
     from server.config import load_config, parse_hostport
+    from server.tlsutil import TlsFiles
 
     try:
         cfg = load_config(config)
@@ -186,6 +262,10 @@ def run_cmd(
             public_gateway_host=pub_host,
             public_gateway_port=pub_port,
             max_connections_per_session=cfg.session_max_connections,
+            oidc=cfg.oidc,
+            workload_token_ttl=cfg.workload_token_ttl,
+            tls=TlsFiles(cfg.tls.cert, cfg.tls.key, cfg.tls.ca) if cfg.tls else None,
+            webhooks=cfg.webhooks,
         )
 
         def ready(rt: runtime.Runtime) -> None:
@@ -212,49 +292,196 @@ def policy_check(file: Annotated[Path, typer.Argument(help="Policy file to valid
     _say(f"{file}: OK ({len(policy.targets)} targets, {scopes} scopes)")
 
 
+@policy_app.command("explain")
+def policy_explain(
+    identity: Annotated[str, typer.Option("--identity", help="Who asks.")],
+    target: Annotated[str, typer.Option("--target", help="Target name.")],
+    groups: Annotated[
+        str, typer.Option("--groups", help="Comma-separated groups from the identity provider.")
+    ] = "",
+    scope: Annotated[
+        str | None, typer.Option("--scope", help="Scope (default: as dbaccess picks).")
+    ] = None,
+    ttl: Annotated[str | None, typer.Option("--ttl", help="Session lifetime asked for.")] = None,
+    reason: Annotated[str | None, typer.Option("--reason", help="The reason given.")] = None,
+    break_glass: Annotated[
+        bool, typer.Option("--break-glass", help="Ask to skip a required approval.")
+    ] = False,
+    policy_file: Annotated[
+        Path, typer.Option("--policy", "-p", help="Policy file to evaluate.")
+    ] = Path("policy.yaml"),
+) -> None:
+    """Show what the policy decides for an identity, target and scope, and by which rule."""
+    from server.durations import format_duration, parse_duration
+    from server.policy import Identity, PolicyError, evaluate, load_policy
+    from server.policy.evaluate import effective_groups
+    from server.store.db import utcnow
+
+    try:
+        policy = load_policy(policy_file)
+    except PolicyError as exc:
+        for p in exc.problems:
+            _say(str(p))
+        raise typer.Exit(2) from None
+    try:
+        wanted = parse_duration(ttl) if ttl else None
+    except ValueError as exc:
+        raise _fail(str(exc), 2) from None
+    who = Identity(identity, frozenset(g.strip() for g in groups.split(",") if g.strip()))
+    decision = evaluate(
+        policy, who, target, scope, wanted, utcnow(), reason=reason, break_glass=break_glass
+    )
+    outcome = decision.outcome.replace("_", " ")
+    lines = [
+        f"decision: {outcome}"
+        + (" (break-glass: flagged and notified)" if decision.break_glass else ""),
+        f"rule:     {decision.rule}",
+        f"why:      {decision.reason}",
+        f"groups:   {', '.join(sorted(effective_groups(policy, who))) or '-'}",
+    ]
+    if decision.scope:
+        lines.append(f"scope:    {decision.scope}")
+    if decision.ttl:
+        lines.append(f"ttl:      {format_duration(decision.ttl)}")
+    if decision.approval is not None:
+        a = decision.approval
+        approvers = [f"group {g}" for g in sorted(a.approver_groups)]
+        approvers += [f"identity {i}" for i in sorted(a.approver_identities)]
+        lines += [
+            f"approval: {a.min_approvals} of: {', '.join(approvers)} "
+            f"(not {identity}: nobody approves their own request)",
+            f"          pending for {format_duration(a.pending_ttl)}, usable "
+            f"{format_duration(a.approval_ttl)} once approved, "
+            + ("single use" if a.single_use else "reusable for the session lifetime"),
+        ]
+    print("\n".join(lines))
+
+
+StoreUrlOpt = Annotated[
+    str | None, typer.Option("--store-url", help="Store URL (default: from --config).")
+]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c")]
+DataDirOpt = Annotated[
+    Path | None, typer.Option("--data-dir", help="A dev data dir (uses its store).")
+]
+
+
+def _open_store(store_url: str | None, config: Path | None, data_dir: Path | None) -> Store:
+    from server.store.db import Store
+
+    url = store_url
+    try:
+        if url is None and config is not None:
+            from server.config import load_config
+
+            url = load_config(config).store_url
+        if url is None and data_dir is not None:
+            url = f"sqlite:///{data_dir.resolve() / 'store.db'}"
+        if url is None:
+            raise _fail("give --store-url, --config or --data-dir", 2)
+        return Store.open(url)
+    except DbaccessError as exc:
+        raise _fail(exc.message, 2) from None
+
+
 @token_app.command("create")
 def token_create(
     identity: Annotated[str, typer.Option("--identity", help="Service identity name.")],
     groups: Annotated[str, typer.Option("--groups", help="Comma-separated groups.")] = "",
     ttl: Annotated[str, typer.Option("--ttl", help="Token lifetime, e.g. 30d.")] = "30d",
-    store_url: Annotated[
-        str | None, typer.Option("--store-url", help="Store URL (default: from --config).")
-    ] = None,
-    config: Annotated[Path | None, typer.Option("--config", "-c")] = None,
-    data_dir: Annotated[
-        Path | None, typer.Option("--data-dir", help="A dev data dir (uses its store).")
-    ] = None,
+    store_url: StoreUrlOpt = None,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
 ) -> None:
     """Issue an API token (printed once; only its hash is stored)."""
+    from server.audit import chain
     from server.durations import parse_duration
-    from server.store.db import Store
 
     try:
         lifetime = parse_duration(ttl)
     except ValueError as exc:
         raise _fail(str(exc), 2) from None
-    url = store_url
-    if url is None and config is not None:
-        from server.config import load_config
-
-        url = load_config(config).store_url
-    if url is None and data_dir is not None:
-        url = f"sqlite:///{data_dir.resolve() / 'store.db'}"
-    if url is None:
-        raise _fail("give --store-url, --config or --data-dir", 2)
-    store = Store.open(url)
+    store = _open_store(store_url, config, data_dir)
     group_list = tuple(g.strip() for g in groups.split(",") if g.strip())
     token, rec = store.create_token(identity, group_list, "service", lifetime)
-    from server.audit import chain
-
+    expires = rec.expires_at.isoformat() if rec.expires_at else None
     chain.append(
         store,
         "token.issued",
         identity=identity,
-        data={"token_id": rec.id, "groups": list(group_list)},
+        data={"id": rec.id, "kind": "service", "groups": list(group_list), "expires_at": expires},
     )
     print(token)
     _say(f"token {rec.id} for {identity} expires {rec.expires_at:%Y-%m-%d %H:%M} UTC")
+
+
+@token_app.command("list")
+def token_list(
+    all_: Annotated[bool, typer.Option("--all", help="Also revoked and expired tokens.")] = False,
+    kind: Annotated[
+        str | None,
+        typer.Option("--kind", help="Only tokens of this kind: service, user, workload or dev."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table.")] = False,
+    store_url: StoreUrlOpt = None,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """List broker tokens, newest first: live ones, or all with --all (never the tokens)."""
+    import json
+
+    from server.store.db import utcnow
+
+    store = _open_store(store_url, config, data_dir)
+    records = store.list_tokens(kind=kind, include_inactive=all_)
+    if as_json:
+        print(json.dumps([r.to_json() for r in records], indent=2))
+        return
+    now = utcnow()
+    rows = [["id", "identity", "kind", "groups", "created", "expires", "state"]]
+    for r in records:
+        state = "revoked" if r.revoked_at else ("live" if r.active(now) else "expired")
+        rows.append(
+            [
+                r.id,
+                r.identity,
+                r.kind,
+                ",".join(r.groups) or "-",
+                f"{r.created_at:%Y-%m-%d %H:%M}",
+                f"{r.expires_at:%Y-%m-%d %H:%M}" if r.expires_at else "never",
+                state,
+            ]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        print("  ".join(cells).rstrip())
+
+
+@token_app.command("revoke")
+def token_revoke(
+    token_id: Annotated[str, typer.Argument(help="Token id, as shown by 'token list'.")],
+    store_url: StoreUrlOpt = None,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Revoke a broker token at once: the next call made with it is refused."""
+    from server.audit import chain
+
+    store = _open_store(store_url, config, data_dir)
+    rec = store.get_token(token_id)
+    if rec is None:
+        raise _fail(f"no token with id {token_id!r} (see: dbaccess-server token list)", 1)
+    if not store.revoke_token(token_id):
+        _say(f"token {token_id} of {rec.identity} was revoked already")
+        return
+    chain.append(
+        store,
+        "token.revoked",
+        identity=rec.identity,
+        data={"id": rec.id, "kind": rec.kind, "by": "dbaccess-server token revoke"},
+    )
+    _say(f"token {token_id} of {rec.identity} revoked")
 
 
 def main() -> None:

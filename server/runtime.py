@@ -12,19 +12,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 from server.api.app import GatewayInfo, create_app
+from server.api.auth_routes import AuthSettings
 from server.audit import chain
+from server.config import DEFAULT_WORKLOAD_TOKEN_TTL, OidcConfig
 from server.errors import DbaccessError
 from server.gateway.server import Gateway
+from server.notify.webhooks import WebhookConfig, Webhooks
 from server.policy import load_policy
 from server.sessions.service import SessionService
 from server.store.db import Store
+from server.tlsutil import TlsFiles, fingerprint, server_context
 
 log = logging.getLogger("dbaccess.server")
 
@@ -41,6 +47,11 @@ class RuntimeOptions:
     public_gateway_host: str | None = None
     public_gateway_port: int | None = None
     max_connections_per_session: int = 20
+    oidc: OidcConfig | None = None
+    workload_token_ttl: timedelta = DEFAULT_WORKLOAD_TOKEN_TTL
+    tls: TlsFiles | None = None
+    require_tls: bool = True
+    webhooks: tuple[WebhookConfig, ...] = ()
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -58,19 +69,26 @@ class Runtime:
         self.opts = opts
         self.store = Store.open(opts.store_url)
         self.policy_path = opts.policy_path
+        self.notifier = Webhooks(opts.webhooks)
         self.service = SessionService(
             self.store,
             load_policy(opts.policy_path),
             max_connections_per_session=opts.max_connections_per_session,
+            notifier=self.notifier,
         )
-        self.gateway = Gateway(self.service)
+        self.gateway = Gateway(
+            self.service,
+            ssl_context=server_context(opts.tls) if opts.tls else None,
+            require_tls=opts.require_tls,
+        )
         self.api_sock = _bind(opts.api_host, opts.api_port)
         self.api_port = self.api_sock.getsockname()[1]
 
     @property
     def api_url(self) -> str:
         host = self.opts.api_host
-        return f"http://{'[' + host + ']' if ':' in host else host}:{self.api_port}"
+        scheme = "https" if self.opts.tls else "http"
+        return f"{scheme}://{'[' + host + ']' if ':' in host else host}:{self.api_port}"
 
     def reload_policy(self) -> bool:
         try:
@@ -99,9 +117,13 @@ class Runtime:
         info = GatewayInfo(
             host=self.opts.public_gateway_host or self.gateway.host,
             port=self.opts.public_gateway_port or self.gateway.port,
-            tls=False,
+            tls=self.opts.tls is not None,
+            ca_fingerprint=fingerprint(self.opts.tls.ca)
+            if self.opts.tls and self.opts.tls.ca
+            else None,
         )
-        app = create_app(self.service, info)
+        auth = AuthSettings(oidc=self.opts.oidc, workload_token_ttl=self.opts.workload_token_ttl)
+        app = create_app(self.service, info, auth)
 
         class _Server(uvicorn.Server):
             @contextlib.contextmanager
@@ -109,7 +131,15 @@ class Runtime:
                 # Signals belong to the runtime, which shuts down in order.
                 yield
 
-        config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+        tls = self.opts.tls
+        config = uvicorn.Config(
+            app,
+            log_level="warning",
+            lifespan="off",
+            access_log=False,
+            ssl_certfile=str(tls.cert) if tls else None,
+            ssl_keyfile=str(tls.key) if tls else None,
+        )
         api = _Server(config)
         api_task = asyncio.create_task(api.serve(sockets=[self.api_sock]))
 
@@ -132,6 +162,7 @@ class Runtime:
             reaper.cancel()
             await self.gateway.stop()
             await loop.run_in_executor(None, self.service.end_all)
+            await loop.run_in_executor(None, self.notifier.close)
             chain.append(self.store, "broker.stopped", data={})
             api.should_exit = True
             with contextlib.suppress(Exception):
@@ -157,6 +188,8 @@ class Runtime:
 def run(opts: RuntimeOptions, on_ready: Callable[[Runtime], None] | None = None) -> None:
     runtime = Runtime(opts)
     try:
+        if os.environ.get("DBACCESS_NO_UVLOOP"):
+            raise ImportError
         import uvloop
     except ImportError:
         asyncio.run(runtime.serve(on_ready))

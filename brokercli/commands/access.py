@@ -21,6 +21,9 @@ import typer
 
 from brokercli import render
 from brokercli.commands.common import (
+    ApprovalWait,
+    BreakGlassOpt,
+    NoWaitOpt,
     Output,
     OutputOpt,
     PortOpt,
@@ -28,6 +31,7 @@ from brokercli.commands.common import (
     ScopeOpt,
     ServerOpt,
     TtlOpt,
+    WaitTimeoutOpt,
     session_tunnel,
 )
 from brokercli.errors import CliError
@@ -87,6 +91,9 @@ def connect(
         ),
     ] = False,
     server: ServerOpt = None,
+    no_wait: NoWaitOpt = False,
+    wait_timeout: WaitTimeoutOpt = "15m",
+    break_glass: BreakGlassOpt = False,
 ) -> None:
     """Open psql on TARGET through a fresh, expiring database role.
 
@@ -95,7 +102,10 @@ def connect(
     to the local tunnel with a one-time session ticket.
     """
     psql = None if no_launch else _psql()
-    with session_tunnel(server, target, scope, ttl, reason, command="connect", port=port) as conn:
+    wait = ApprovalWait(not no_wait, wait_timeout, break_glass)
+    with session_tunnel(
+        server, target, scope, ttl, reason, command="connect", port=port, approval=wait
+    ) as conn:
         if psql is None:
             render.info(
                 f"listening on {conn.host}:{conn.port}\n"
@@ -127,6 +137,9 @@ def run(
     reason: ReasonOpt = None,
     port: PortOpt = 0,
     server: ServerOpt = None,
+    no_wait: NoWaitOpt = False,
+    wait_timeout: WaitTimeoutOpt = "15m",
+    break_glass: BreakGlassOpt = False,
 ) -> None:
     """Run COMMAND with PGHOST/PGPORT/PGUSER/PGPASSWORD/PGDATABASE set to a session.
 
@@ -145,7 +158,10 @@ def run(
     if shutil.which(argv[0]) is None:
         # Fail before a session (and a database role) is created for nothing.
         raise CliError(f"command not found: {argv[0]}", code=ExitCode.USAGE)
-    with session_tunnel(server, target, scope, ttl, reason, command="run", port=port) as conn:
+    wait = ApprovalWait(not no_wait, wait_timeout, break_glass)
+    with session_tunnel(
+        server, target, scope, ttl, reason, command="run", port=port, approval=wait
+    ) as conn:
         rc = _run_child(argv, {**os.environ, **conn.env()})
     if rc:
         raise typer.Exit(rc)
@@ -163,6 +179,9 @@ def exec_(
     ttl: TtlOpt = None,
     reason: ReasonOpt = None,
     server: ServerOpt = None,
+    no_wait: NoWaitOpt = False,
+    wait_timeout: WaitTimeoutOpt = "15m",
+    break_glass: BreakGlassOpt = False,
 ) -> None:
     """Run SQL non-interactively and print the results (for scripts and CI).
 
@@ -181,8 +200,16 @@ def exec_(
         text = sql
     if not text.strip():
         raise CliError("no SQL to run", code=ExitCode.USAGE)
+    wait = ApprovalWait(not no_wait, wait_timeout, break_glass)
     with session_tunnel(
-        server, target, scope, ttl, reason, command="exec", quiet=output != Output.table
+        server,
+        target,
+        scope,
+        ttl,
+        reason,
+        command="exec",
+        quiet=output != Output.table,
+        approval=wait,
     ) as conn:
         _execute(conn.env(), text, output)
 

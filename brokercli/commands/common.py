@@ -23,7 +23,7 @@ from brokercli import render
 from brokercli.errors import CliError
 
 if TYPE_CHECKING:
-    from brokercli.client import StartedSession
+    from brokercli.client import BrokerClient, StartedSession
 
 
 class Output(StrEnum):
@@ -54,6 +54,35 @@ PortOpt = Annotated[
     typer.Option("--port", "-p", help="Local tunnel port (default: a free one).", min=0, max=65535),
 ]
 OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="Output format.")]
+NoWaitOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-wait",
+        help="If the scope needs approval, print the request id and exit (code 9) "
+        "instead of waiting.",
+    ),
+]
+WaitTimeoutOpt = Annotated[
+    str,
+    typer.Option("--wait-timeout", help="How long to wait for approval, e.g. 15m (exit 12 after)."),
+]
+BreakGlassOpt = Annotated[
+    bool,
+    typer.Option(
+        "--break-glass",
+        help="Skip a required approval where the scope allows it (needs --reason; "
+        "flagged in the audit log and notified).",
+    ),
+]
+
+
+@dataclass(frozen=True)
+class ApprovalWait:
+    """What to do when the scope needs approval: wait (up to ``timeout``) or not, or break glass."""
+
+    wait: bool = True
+    timeout: str = "15m"
+    break_glass: bool = False
 
 
 @dataclass(frozen=True)
@@ -85,6 +114,41 @@ def client_info(command: str) -> dict[str, str]:
     }
 
 
+def _start_session(
+    client: BrokerClient,
+    target: str,
+    scope: str | None,
+    ttl: str | None,
+    reason: str | None,
+    info: dict[str, str],
+    approval: ApprovalWait,
+) -> StartedSession:
+    """Start the session; where it needs approval, wait for the request the broker opened."""
+    from brokercli.commands.requests import parse_wait, wait_for_approval
+    from brokercli.exit_codes import ExitCode
+
+    timeout = parse_wait(approval.timeout)
+    try:
+        return client.start_session(
+            target, scope, ttl, reason, info, break_glass=approval.break_glass
+        )
+    except CliError as err:
+        request_id = err.details.get("request_id")
+        if err.details.get("error") != "approval_required" or not request_id:
+            raise
+        pending = err
+    if not approval.wait:
+        print(request_id)
+        raise CliError(
+            pending.message,
+            code=ExitCode.PENDING,
+            hint="run the same command again once it is approved "
+            f"(dbaccess requests --mine shows it; dbaccess cancel {request_id} withdraws it)",
+        )
+    wait_for_approval(client, {"id": request_id, "message": pending.message}, timeout)
+    return client.start_session(target, scope, ttl, reason, info, request_id=request_id)
+
+
 @contextmanager
 def session_tunnel(
     server: str | None,
@@ -96,6 +160,7 @@ def session_tunnel(
     command: str,
     port: int = 0,
     quiet: bool = False,
+    approval: ApprovalWait | None = None,
 ) -> Iterator[Connection]:
     # Imported here so that --help and completion never load asyncio, ssl or httpx.
     from brokercli.client import BrokerClient
@@ -104,7 +169,9 @@ def session_tunnel(
 
     client = BrokerClient.from_env(server)
     try:
-        session = client.start_session(target, scope, ttl, reason, client_info(command))
+        session = _start_session(
+            client, target, scope, ttl, reason, client_info(command), approval or ApprovalWait()
+        )
         try:
             cfg = settings(server)
             tunnel = Tunnel(

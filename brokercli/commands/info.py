@@ -1,4 +1,4 @@
-"""Read-only and administrative commands: targets, sessions, kill, whoami, audit."""
+"""Read-only and administrative commands: targets, sessions, kill, audit."""
 
 from __future__ import annotations
 
@@ -80,20 +80,6 @@ def kill(
     rev = ended.get("revocation") or {}
     render.info(
         f"session {session_id} {ended['status']}: credential {'revoked' if rev.get('ok') else rev}"
-    )
-
-
-def whoami(output: OutputOpt = Output.table, server: ServerOpt = None) -> None:
-    """Show who the broker thinks you are, and your groups."""
-    client = BrokerClient.from_env(server)
-    me = client.whoami()
-    if output == Output.json:
-        render.as_json(me)
-        return
-    render.records(
-        ["identity", "groups", "kind", "server"],
-        [[me["identity"], me["groups"], me["kind"], client.cfg.server]],
-        output.value,
     )
 
 

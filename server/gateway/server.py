@@ -17,6 +17,7 @@ import contextlib
 import logging
 import secrets
 import socket
+import ssl
 import struct
 from dataclasses import dataclass
 from typing import Any, cast
@@ -28,6 +29,7 @@ from server.gateway.session import (
     CancelResult,
     ClientStartup,
     GatewayError,
+    StartTls,
     StartupResult,
     UpstreamLogin,
     UpstreamPhase,
@@ -56,8 +58,16 @@ class CancelTarget:
 class Gateway:
     """Listens for tunnel connections and owns the per-connection protocols."""
 
-    def __init__(self, service: SessionService) -> None:
+    def __init__(
+        self,
+        service: SessionService,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        require_tls: bool = False,
+    ) -> None:
         self.service = service
+        self.ssl_context = ssl_context
+        self.require_tls = require_tls and ssl_context is not None
         self.connections: set[ClientConnection] = set()
         self.cancel_keys: dict[tuple[int, int], CancelTarget] = {}
         self._server: asyncio.base_events.Server | None = None
@@ -127,7 +137,9 @@ class ClientConnection(asyncio.Protocol):
         self.loop = asyncio.get_event_loop()
         self.transport: asyncio.Transport | None = None
         self.parser = pgwire.FrontendParser()
-        self.startup = ClientStartup()
+        self.startup = ClientStartup(
+            tls_available=gateway.ssl_context is not None, tls_required=gateway.require_tls
+        )
         self.upstream: UpstreamProtocol | None = None
         self.upstream_parser = pgwire.BackendParser()
         self.login: UpstreamLogin | None = None
@@ -135,6 +147,8 @@ class ClientConnection(asyncio.Protocol):
         self.relaying = False
         self.closed = False
         self.key = (secrets.randbits(31), secrets.randbits(32))
+        self._ssl_answer: asyncio.Future[bytes] | None = None
+        self._tls_pending: list[bytes] | None = None
         self._timers: list[asyncio.TimerHandle] = []
 
     # -- client side ------------------------------------------------------------
@@ -161,6 +175,11 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
+        if self._tls_pending is not None:
+            # Decrypted bytes can arrive before start_tls() hands back the new
+            # transport; hold them so nothing is answered on the raw socket.
+            self._tls_pending.append(data)
+            return
         try:
             if self.relaying:
                 self.parser.feed(data)
@@ -177,6 +196,14 @@ class ClientConnection(asyncio.Protocol):
                 reply, result = self.startup.handle(startup_msg)
                 if reply:
                     self._write(reply)
+                if isinstance(result, StartTls):
+                    # Stop reading now so the ClientHello stays in the socket
+                    # for the TLS layer; start_tls resumes reading itself.
+                    assert self.transport is not None
+                    self.transport.pause_reading()
+                    self._tls_pending = []
+                    self.loop.create_task(self._start_tls())
+                    return
                 if isinstance(result, CancelResult):
                     self.loop.create_task(self.gateway.cancel((result.pid, result.secret)))
                     self.close()
@@ -192,6 +219,79 @@ class ClientConnection(asyncio.Protocol):
             self.abort("08P01", f"protocol violation: {exc}", None)
         except GatewayError as exc:
             self.abort(exc.sqlstate, exc.message, exc.hint)
+
+    async def _start_tls(self) -> None:
+        assert self.transport is not None and self.gateway.ssl_context is not None
+        try:
+            tls_transport = await asyncio.wait_for(
+                self.loop.start_tls(
+                    self.transport, self, self.gateway.ssl_context, server_side=True
+                ),
+                STARTUP_TIMEOUT,
+            )
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+            log.warning("TLS handshake with a client failed: %r", exc)
+            self.closed = True
+            self.transport.close()
+            self._cleanup()
+            return
+        if tls_transport is None:
+            self._cleanup()
+            return
+        self.transport = tls_transport
+        self.startup.tls_active = True
+        held, self._tls_pending = self._tls_pending or [], None
+        if held:
+            self.data_received(b"".join(held))
+
+    async def _upstream_tls(
+        self, proto: UpstreamProtocol, sslmode: str, host: str, rootcert: str | None
+    ) -> bool:
+        """SSLRequest to the target and the handshake its sslmode asks for.
+
+        Returns False when the connection was aborted (the client got the reason).
+        """
+        assert proto.transport is not None
+        self.upstream_parser.expect_ssl_response()
+        self._ssl_answer = self.loop.create_future()
+        proto.transport.write(struct.pack("!II", 8, pgwire.SSL_REQUEST_CODE))
+        try:
+            answer = await asyncio.wait_for(self._ssl_answer, UPSTREAM_CONNECT_TIMEOUT)
+        except TimeoutError:
+            self.abort("08006", "the target database did not answer the TLS request", None)
+            return False
+        if answer != b"S":
+            if sslmode == "prefer" and answer == b"N":
+                return True
+            self.abort(
+                "08006",
+                f"the target database refused TLS (sslmode={sslmode})",
+                "enable ssl on the target, or lower sslmode in the policy",
+            )
+            return False
+        ctx = upstream_ssl_context(sslmode, rootcert)
+        try:
+            tls = await asyncio.wait_for(
+                self.loop.start_tls(
+                    proto.transport,
+                    proto,
+                    ctx,
+                    server_hostname=host if sslmode == "verify-full" else None,
+                ),
+                UPSTREAM_CONNECT_TIMEOUT,
+            )
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+            self.abort(
+                "08006",
+                f"TLS to the target database failed ({sslmode}): {exc}",
+                "check the target's certificate and the policy's sslrootcert",
+            )
+            return False
+        if tls is None:
+            self.abort("08006", "the target database closed the connection during TLS", None)
+            return False
+        proto.transport = tls
+        return True
 
     async def _open_session(self, result: StartupResult) -> None:
         service = self.gateway.service
@@ -236,6 +336,10 @@ class ClientConnection(asyncio.Protocol):
                 proto.transport.close()
             return
         self.upstream = proto
+        sslmode = (up.sslmode or "prefer").lower()
+        wants_tls = sslmode in ("prefer", "require", "verify-ca", "verify-full")
+        if wants_tls and not await self._upstream_tls(proto, sslmode, up.host, up.sslrootcert):
+            return
         self.login = UpstreamLogin(live.credential.username, live.credential.password)
         params = {
             "user": live.credential.username,
@@ -289,6 +393,12 @@ class ClientConnection(asyncio.Protocol):
                 self._write(data)
                 return
             self.upstream_parser.feed(data)
+            if self._ssl_answer is not None and not self._ssl_answer.done():
+                answer = self.upstream_parser.read_ssl_response()
+                if answer is None:
+                    return
+                self._ssl_answer.set_result(answer)
+                return
             assert self.login is not None and self.upstream is not None
             while True:
                 raw = self.upstream_parser.next_raw()
@@ -375,6 +485,19 @@ class ClientConnection(asyncio.Protocol):
             self.gateway.service.detach(self.live, self)
         if self.upstream is not None and self.upstream.transport is not None:
             self.upstream.transport.close()
+
+
+def upstream_ssl_context(sslmode: str, rootcert: str | None) -> ssl.SSLContext:
+    """What libpq's sslmode means, as an SSLContext (prefer/require: encrypt only)."""
+    if sslmode in ("verify-ca", "verify-full"):
+        ctx = ssl.create_default_context(cafile=rootcert)
+        ctx.check_hostname = sslmode == "verify-full"
+    else:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
 
 
 def describe(gw: Gateway) -> dict[str, Any]:

@@ -3,10 +3,12 @@
 Three small state machines, each fed bytes or messages and answering with bytes
 to send; ``server.py`` (the only module that touches sockets) drives them.
 
-* ``ClientStartup`` — the client's first packets: answers SSLRequest and
-  GSSENCRequest with ``N`` (the tunnel already encrypts the hop), reads the
-  StartupMessage, refuses startup parameters that are not on the allow-list,
-  asks for a cleartext password and yields the session ticket.
+* ``ClientStartup`` — the client's first packets: answers SSLRequest with
+  ``S`` when the gateway has a certificate (the shell then starts TLS) and
+  ``N`` otherwise, GSSENCRequest always with ``N``; refuses a StartupMessage
+  sent in clear when TLS is required; reads the StartupMessage, refuses startup
+  parameters that are not on the allow-list, asks for a cleartext password
+  (safe: the hop is encrypted or loopback) and yields the session ticket.
 * ``UpstreamLogin`` — logs in to the target as the session's role with
   SCRAM-SHA-256 and collects ParameterStatus until ReadyForQuery, so the client
   sees one clean startup sequence with the gateway's own BackendKeyData.
@@ -96,17 +98,29 @@ class CancelResult:
     secret: int
 
 
+@dataclass
+class StartTls:
+    """The client asked for TLS and the gateway said ``S``: the shell wraps the socket."""
+
+
 class ClientStartup:
-    def __init__(self) -> None:
+    def __init__(self, *, tls_available: bool = False, tls_required: bool = False) -> None:
         self.phase = StartupPhase.WAIT_STARTUP
         self.params: dict[str, str] = {}
+        self.tls_available = tls_available
+        self.tls_required = tls_required
+        self.tls_active = False
 
-    def handle(self, raw: RawMessage) -> tuple[bytes, StartupResult | CancelResult | None]:
+    def handle(
+        self, raw: RawMessage
+    ) -> tuple[bytes, StartupResult | CancelResult | StartTls | None]:
         """Feed one client message; returns bytes to send back and, when ready, a result."""
         if self.phase is StartupPhase.WAIT_STARTUP:
             if raw.type != 0 or len(raw.body) < 4:
                 raise ProtocolViolation("expected a startup packet")
             (code,) = struct.unpack_from("!I", raw.body)
+            if code == SSL_REQUEST and self.tls_available and not self.tls_active:
+                return b"S", StartTls()
             if code in (SSL_REQUEST, GSSENC_REQUEST):
                 return b"N", None
             if code == CANCEL_REQUEST:
@@ -120,19 +134,23 @@ class ClientStartup:
                     f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}",
                     "use a client that speaks protocol 3.0",
                 )
+            if self.tls_required and not self.tls_active:
+                raise GatewayError(
+                    "28000",
+                    "this gateway accepts only TLS connections",
+                    "connect through dbaccess connect/run, or use sslmode=require",
+                )
             self.params = self._params(raw.body[4:])
             self.phase = StartupPhase.WAIT_PASSWORD
             negotiate = b""
             if code != PROTOCOL_3_0:
                 # Newer minor version: tell the client we speak 3.0.
-                negotiate = _negotiate(0, [])
+                negotiate = pgwire.negotiate_protocol_version()
             return negotiate + pgwire.auth_cleartext_request(), None
         if self.phase is StartupPhase.WAIT_PASSWORD:
             if raw.type != ord("p"):
                 raise ProtocolViolation("expected a password message")
-            if not raw.body.endswith(b"\0"):
-                raise ProtocolViolation("password message is not NUL-terminated")
-            ticket = raw.body[:-1].decode("utf-8", "replace")
+            ticket = pgwire.PasswordMessage(raw.body).as_password()
             self.phase = StartupPhase.DONE
             return b"", StartupResult(self.params, ticket)
         raise ProtocolViolation("startup already finished")
@@ -175,13 +193,6 @@ class ClientStartup:
         if "user" not in params:
             raise GatewayError("28000", "no user name in the startup packet")
         return params
-
-
-def _negotiate(minor: int, unrecognized: list[str]) -> bytes:
-    body = struct.pack("!II", minor, len(unrecognized)) + b"".join(
-        o.encode() + b"\0" for o in unrecognized
-    )
-    return b"v" + struct.pack("!I", len(body) + 4) + body
 
 
 def startup_packet(params: dict[str, str]) -> bytes:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from server.approvals.service import Approvals, Notifier
 from server.audit import chain
 from server.credentials.base import Credential, Issuer, RevocationResult, role_name_for
 from server.errors import Conflict, Forbidden, NotAuthenticated, NotFound, Unavailable
@@ -78,17 +79,21 @@ def default_issuer_factory(target: TargetPolicy) -> Issuer:
 
 
 def upstream_for(target: TargetPolicy) -> Upstream:
+    """Where the gateway connects for a target: host, port and TLS settings come
+    from the admin DSN (into which the policy's sslmode/sslrootcert are merged)."""
     from psycopg.conninfo import conninfo_to_dict
 
     info = conninfo_to_dict(resolve_admin_dsn(target))
     host = str(info.get("host") or "127.0.0.1")
     port = int(str(info.get("port") or 5432))
+    sslmode = info.get("sslmode")
+    rootcert = info.get("sslrootcert")
     return Upstream(
         host,
         port,
         target.database,
-        target.sslmode,
-        str(target.sslrootcert) if target.sslrootcert else None,
+        str(sslmode) if sslmode else None,
+        str(rootcert) if rootcert else None,
     )
 
 
@@ -100,9 +105,12 @@ class SessionService:
         *,
         issuer_factory: IssuerFactory = default_issuer_factory,
         max_connections_per_session: int = 20,
+        notifier: Notifier | None = None,
     ) -> None:
         self.store = store
         self.policy = policy
+        # Reads self.policy on every call, so a reloaded policy applies to requests at once.
+        self.approvals = Approvals(store, lambda: self.policy, notifier=notifier)
         self._issuer_factory = issuer_factory
         self._issuers: dict[str, Issuer] = {}
         self._live: dict[str, LiveSession] = {}
@@ -140,11 +148,28 @@ class SessionService:
         ttl: timedelta | None,
         reason: str | None,
         client: dict[str, Any] | None = None,
+        *,
+        break_glass: bool = False,
+        request_id: str | None = None,
     ) -> tuple[SessionRecord, str]:
+        """Start a session; where the scope needs approval, an approved grant is used up.
+
+        Without a usable grant this raises ApprovalRequired naming the pending
+        request (created if there was none).  ``request_id`` picks the grant.
+        """
         target = self.target(target_name)
         now = utcnow()
-        decision = evaluate(self.policy, identity, target_name, scope, ttl, now)
-        if not decision.allowed:
+        decision = evaluate(
+            self.policy,
+            identity,
+            target_name,
+            scope,
+            ttl,
+            now,
+            reason=reason,
+            break_glass=break_glass,
+        )
+        if not decision.allowed and not decision.needs_approval:
             chain.append(
                 self.store,
                 "session.denied",
@@ -156,10 +181,20 @@ class SessionService:
         assert decision.scope is not None and decision.ttl is not None
         scope_policy = target.scopes[decision.scope]
         session_id = new_id("s-")
-        deadline = (now + decision.ttl).replace(microsecond=0)
         db_user = role_name_for(identity.name, session_id)
         upstream = upstream_for(target)
         issuer = self.issuer(target)
+        grant = None
+        lifetime = decision.ttl
+        if decision.needs_approval:
+            grant = self.approvals.claim(
+                identity, decision, target_name, ttl, reason, session_id, request_id
+            )
+            lifetime = ttl or grant.ttl
+        deadline = (now + lifetime).replace(microsecond=0)
+        if grant is not None and not grant.rule.single_use and grant.grant_expires_at:
+            # A multi-use grant lasts the approved lifetime from its first use, not per session.
+            deadline = min(deadline, grant.grant_expires_at.replace(microsecond=0))
         with self._lock:
             self._minting.add(db_user)
         try:
@@ -194,6 +229,11 @@ class SessionService:
             with self._lock:
                 self._live[session_id] = LiveSession(record, credential, upstream)
                 self._by_ticket[hash_secret(ticket)] = session_id
+        except Exception:
+            # A session that never started must not use up its approval.
+            if grant is not None:
+                self.approvals.release(grant, session_id)
+            raise
         finally:
             with self._lock:
                 self._minting.discard(db_user)
@@ -210,8 +250,12 @@ class SessionService:
                 "db_user": credential.username,
                 "expires_at": deadline.isoformat(),
                 "client": client or {},
+                "request_id": grant.id if grant is not None else None,
+                "break_glass": decision.break_glass,
             },
         )
+        if decision.break_glass:
+            self.approvals.break_glass(record.to_json(), decision.rule)
         return record, ticket
 
     # -- gateway side -------------------------------------------------------
@@ -349,6 +393,10 @@ class SessionService:
         orphaned: list[str] = []
         revoked: list[str] = []
         errors: list[str] = []
+        try:
+            self.approvals.expire_due()
+        except Exception as exc:  # requests must not stop the sessions' sweep either
+            errors.append(f"access requests: {exc}")
         for rec in self.store.list_sessions(active=True, limit=100_000):
             try:
                 if rec.expires_at <= now:

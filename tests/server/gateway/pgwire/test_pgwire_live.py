@@ -19,7 +19,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import psycopg
 from scramp import ScramClient
@@ -393,8 +393,8 @@ class Relay:
         self._closing = False
         self._spawn(self._accept)
 
-    def _spawn(self, target: object, *args: object) -> None:
-        thread = threading.Thread(target=target, args=args, daemon=True)  # type: ignore[arg-type]
+    def _spawn(self, target: Callable[..., None], *args: object) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)
         thread.start()
         self._threads.append(thread)
 
@@ -413,23 +413,18 @@ class Relay:
                 client, _ = self.listener.accept()
             except OSError:
                 return
-            server = socket.create_connection(self.upstream)
+            self._spawn(self._connection, client)
+
+    def _connection(self, client: socket.socket) -> None:
+        # Both directions share the two sockets, which are closed only once
+        # both are done; each direction just half-closes its peer at EOF.
+        with client, socket.create_connection(self.upstream) as server:
+            frontend = FrontendParser()
             backend = BackendParser()
-            self._spawn(self._client_to_server, client, server, backend)
-            self._spawn(self._server_to_client, server, client, backend)
 
-    def _record(self, counter: Counter[str], name: str) -> None:
-        with self._lock:
-            counter[name] += 1
-
-    def _client_to_server(
-        self, src: socket.socket, dst: socket.socket, backend: BackendParser
-    ) -> None:
-        parser = FrontendParser()
-        try:
-            while data := src.recv(65536):
-                parser.feed(data)
-                raws, wire = parser.drain_frames()
+            def upstream(data: bytes) -> bytes:
+                frontend.feed(data)
+                raws, wire = frontend.drain_frames()
                 assert b"".join(raw.wire for raw in raws) == wire
                 for raw in raws:
                     msg = decode_frontend(raw)
@@ -439,39 +434,46 @@ class Relay:
                         backend.expect_ssl_response()
                     elif isinstance(msg, GSSENCRequest):
                         backend.expect_gssenc_response()
-                dst.sendall(wire)
-            assert parser.pending_bytes == 0
+                return wire
+
+            def downstream(data: bytes) -> bytes:
+                backend.feed(data)
+                answer = b""
+                if backend.expecting_ssl_response:
+                    got = backend.read_ssl_response()
+                    if got is None:
+                        return b""
+                    answer = b"" if got == b"E" else got
+                raws, wire = backend.drain_frames()
+                for raw in raws:
+                    msg = decode_backend(raw)
+                    assert msg.encode() == raw.wire, msg
+                    self._record(self.backend, type(msg).__name__)
+                return answer + wire
+
+            down = threading.Thread(target=self._pump, args=(server, client, downstream))
+            down.start()
+            self._pump(client, server, upstream)
+            down.join(30)
+
+    def _pump(
+        self, src: socket.socket, dst: socket.socket, relay: Callable[[bytes], bytes]
+    ) -> None:
+        try:
+            while data := src.recv(65536):
+                if out := relay(data):
+                    dst.sendall(out)
+        except OSError:
+            pass  # a peer hanging up; what matters is what was framed before
         except BaseException as exc:  # recorded for the test, which fails on it
             self.failures.append(exc)
         finally:
             with contextlib.suppress(OSError):
                 dst.shutdown(socket.SHUT_WR)
 
-    def _server_to_client(
-        self, src: socket.socket, dst: socket.socket, parser: BackendParser
-    ) -> None:
-        try:
-            while data := src.recv(65536):
-                parser.feed(data)
-                if parser.expecting_ssl_response:
-                    answer = parser.read_ssl_response()
-                    if answer is None:
-                        continue
-                    if answer != b"E":
-                        dst.sendall(answer)
-                raws, wire = parser.drain_frames()
-                for raw in raws:
-                    msg = decode_backend(raw)
-                    assert msg.encode() == raw.wire, msg
-                    self._record(self.backend, type(msg).__name__)
-                dst.sendall(wire)
-        except BaseException as exc:  # recorded for the test, which fails on it
-            self.failures.append(exc)
-        finally:
-            with contextlib.suppress(OSError):
-                dst.close()
-            with contextlib.suppress(OSError):
-                src.close()
+    def _record(self, counter: Counter[str], name: str) -> None:
+        with self._lock:
+            counter[name] += 1
 
 
 @contextlib.contextmanager

@@ -125,7 +125,12 @@ def dev(
     from server.demo.provision import provision_demo, write_admin_dsn_file
 
     data_dir = data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # Traversable but not listable: the throwaway cluster inside runs as the
+    # postgres OS user when the broker runs as root; secrets inside are 0600.
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
+    store_file = data_dir / "store.db"
+    if not store_file.exists():
+        store_file.touch(mode=0o600)  # SQLite gives its -wal/-shm files the same mode
     cluster = None
     try:
         if target_dsn:

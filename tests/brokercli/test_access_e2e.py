@@ -7,6 +7,7 @@ Each test runs the `dbaccess` console script against a dev broker process
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -150,3 +151,15 @@ def test_targets_and_sessions_list(broker: Broker) -> None:
     recent = json.loads(sessions.stdout)
     assert recent and recent[0]["status"] == "ended"
     assert recent[0]["revocation"]["ok"] is True
+
+
+def test_run_serves_many_connections_on_one_session(broker: Broker, tmp_path: Path) -> None:
+    script = tmp_path / "select.sql"
+    script.write_text("select count(*) from customers;\n")
+    res = broker.cli(
+        "run", "demo", "--", "pgbench", "-n", "-c", "8", "-j", "2", "-t", "20", "-f", str(script),
+        timeout=120,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr + res.stdout
+    assert "number of transactions actually processed: 160/160" in res.stdout
+    assert "number of failed transactions: 0" in res.stdout

@@ -1,0 +1,173 @@
+"""dbaccess-server as an operator runs it: the embedded dev default with its own
+throwaway cluster, Ctrl-C with a session open, and `run --config FILE`."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from server.demo.provision import DemoTarget, write_admin_dsn_file
+from server.tlsutil import ensure_dev_ca
+from tests.fix_broker import BIN
+from tests.fix_pg import make_tmp_dir
+from tests.fix_session import held_session
+
+pytestmark = pytest.mark.slow
+
+
+def _env(config_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DBACCESS_")}
+    env.update(
+        DBACCESS_CONFIG_DIR=str(config_dir),
+        PYTHON_KEYRING_BACKEND="keyring.backends.fail.Keyring",
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+    )
+    return env
+
+
+def _wait_for(log: Path, marker: str, proc: subprocess.Popen[bytes], timeout: float = 90) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = log.read_text(errors="replace") if log.exists() else ""
+        if marker in text:
+            return text
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited with {proc.returncode}:\n{text}")
+        time.sleep(0.1)
+    proc.kill()
+    raise AssertionError(f"no {marker!r} within {timeout}s:\n{log.read_text()}")
+
+
+@pytest.fixture
+def base() -> Iterator[Path]:
+    path = make_tmp_dir("dbaccess-cli-")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_dev_mode_with_its_own_cluster_then_ctrl_c(base: Path) -> None:
+    data, cli = base / "data", base / "cli"
+    log = base / "server.log"
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(
+            [str(BIN / "dbaccess-server"), "dev", "--data-dir", str(data)],
+            stdout=fh,
+            stderr=fh,
+            env=_env(cli),
+        )
+    try:
+        text = _wait_for(log, "dev broker is running", proc)
+        assert "throwaway cluster" in text
+        assert re.search(r"SHA-256 [0-9A-F:]{95}", text), "the CA fingerprint is printed"
+        profile = json.loads((cli / "profile.json").read_text())
+        assert profile["server"].startswith("https://127.0.0.1:")
+        res = subprocess.run(
+            [str(BIN / "dbaccess"), "exec", "demo", "-c",
+             "select count(*) as n from customers where email like '%@%'", "-o", "json"],
+            env=_env(cli), capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        assert json.loads(res.stdout)[0]["rows"][0]["n"] > 0
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(60)
+    assert rc == 0, log.read_text()
+    assert "dev broker stopped" in log.read_text()
+    assert not (data / "pg" / "cluster" / "postmaster.pid").exists()
+    assert not list((data / "pg").rglob("postmaster.pid")), "the throwaway cluster is stopped"
+
+
+def test_ctrl_c_revokes_open_sessions(
+    base: Path, demo_target: DemoTarget, admin_conn: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    from tests.fix_broker import Broker
+
+    b = Broker(data_dir=base / "data", config_dir=base / "cli", target_dsn=demo_target.admin_dsn)
+    b.start()
+    try:
+        with held_session(b) as s:
+            res = s.psql("select current_user")
+            assert res.returncode == 0, res.stderr
+            role = res.stdout.strip()
+            assert b.stop() == 0
+            row = admin_conn.execute("select 1 from pg_roles where rolname = %s", (role,))
+            assert row.fetchone() is None
+    finally:
+        b.kill()
+
+
+def test_run_from_a_config_file(
+    base: Path, demo_target: DemoTarget, admin_conn: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    tls = ensure_dev_ca(base / "tls")
+    write_admin_dsn_file(base / "admin.dsn", demo_target.admin_dsn)
+    (base / "policy.yaml").write_text(
+        (Path(__file__).parents[2] / "server" / "demo" / "policy.yaml").read_text()
+    )
+    (base / "server.yaml").write_text(
+        "api_listen: 127.0.0.1:0\n"
+        "gateway_listen: 127.0.0.1:0\n"
+        "store_url: sqlite:///{data_dir}/store.db\n"
+        "policy: policy.yaml\n"
+        f"tls: {{cert: {tls.cert}, key: {tls.key}, ca: {tls.ca}}}\n"
+        "reaper_interval: 5s\n"
+    )
+    log = base / "run.log"
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(
+            [str(BIN / "dbaccess-server"), "run", "--config", str(base / "server.yaml")],
+            stdout=fh,
+            stderr=fh,
+            env=_env(base / "cli"),
+        )
+    try:
+        text = _wait_for(log, "dbaccess broker: API", proc)
+        api = re.search(r"API (https://\S+),", text).group(1)  # type: ignore[union-attr]
+        token = subprocess.run(
+            [str(BIN / "dbaccess-server"), "token", "create", "--config", str(base / "server.yaml"),
+             "--identity", "ci-job", "--groups", "dev"],
+            env=_env(base / "cli"), capture_output=True, text=True, timeout=60, check=True,
+        ).stdout.strip()  # fmt: skip
+        env = _env(base / "cli")
+        env["DBACCESS_TOKEN"] = token
+        login = subprocess.run(
+            [str(BIN / "dbaccess"), "login", "--server", api, "--ca-file", str(tls.ca),
+             "--token-stdin"],
+            input=token, env=env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert login.returncode == 0, login.stderr
+        res = subprocess.run(
+            [str(BIN / "dbaccess"), "exec", "demo", "-c", "select current_user as u", "-o", "json"],
+            env=env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        assert json.loads(res.stdout)[0]["rows"][0]["u"].startswith("dba_ci_job_")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0, log.read_text()
+
+
+def test_a_policy_typo_stops_the_server_with_file_line_and_key(base: Path) -> None:
+    (base / "policy.yaml").write_text(
+        "version: 1\ntargets:\n  demo:\n    database: demo\n    admin_dsn_env: X\n"
+        "    scopes:\n      read:\n        grants: [demo_read]\n        max_tll: 1h\n"
+    )
+    res = subprocess.run(
+        [str(BIN / "dbaccess-server"), "policy", "check", str(base / "policy.yaml")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert res.returncode == 2
+    assert "policy.yaml:9: targets.demo.scopes.read.max_tll: unknown key" in res.stderr
+    assert "did you mean 'max_ttl'" in res.stderr

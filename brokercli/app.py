@@ -12,7 +12,7 @@ import sys
 import typer
 
 from brokercli import render
-from brokercli.commands import access, auth, info, requests
+from brokercli.commands import access, auth, info, replay, requests
 from brokercli.errors import CliError
 from brokercli.exit_codes import ExitCode, epilog
 
@@ -36,6 +36,7 @@ app.command("run")(access.run)
 app.command("exec")(access.exec_)
 app.command("sessions")(info.sessions)
 app.command("kill")(info.kill)
+app.command("replay")(replay.replay)
 app.command("request")(requests.request)
 app.command("requests")(requests.requests)
 app.command("approve")(requests.approve)

@@ -164,6 +164,10 @@ class BrokerClient:
     def audit_verify(self) -> dict[str, Any]:
         return dict(self.request("GET", "/v1/audit/verify"))
 
+    def recording(self, session_id: str) -> dict[str, Any]:
+        """A session's recording: the session, the recording's state, its events in order."""
+        return dict(self.request("GET", f"/v1/sessions/{session_id}/recording"))
+
     # -- access requests --------------------------------------------------------
     def create_request(
         self,

@@ -77,6 +77,34 @@ def records(
         table(columns, rows, title=title)
 
 
+def timeline(
+    heading: Sequence[str],
+    entries: Sequence[tuple[str, str, str, str]],
+    *,
+    warning: str | None = None,
+) -> None:
+    """A session recording: heading lines, then per event a line and its indented details.
+
+    Each entry is (offset, event, summary, detail); the detail may span lines.
+    The heading and events go to stdout (they are the data asked for); a
+    warning, such as a recording that fails verification, goes to stderr.
+    """
+    con = _console()
+    for line in heading:
+        con.print(line, markup=False, style="bold")
+    width = max((len(at) for at, _e, _s, _d in entries), default=0)
+    for at, event, summary, detail in entries:
+        con.print(f"{at:>{width}}  {event:<15} {summary}".rstrip(), markup=False)
+        for line in detail.splitlines():
+            con.print(
+                " " * (width + 2) + "  " + line,
+                markup=False,
+                style="yellow" if line.startswith("masked:") else None,
+            )
+    if warning:
+        _console(stderr=True).print(f"warning: {warning}", style="bold red", markup=False)
+
+
 # How often a plain (non-terminal) progress line repeats when nothing changes.
 HEARTBEAT_SECONDS = 30.0
 

@@ -6,14 +6,14 @@
 __dbaccess_server_subcommands() {
     case "$1" in
         '') printf '%s\n' dev run policy token ;;
-        'policy') printf '%s\n' check ;;
-        'token') printf '%s\n' create ;;
+        'policy') printf '%s\n' check explain ;;
+        'token') printf '%s\n' create list revoke ;;
     esac
 }
 
 __dbaccess_server_is_subcommand() {
     case "$1|$2" in
-        '|dev'|'|run'|'|policy'|'|token'|'policy|check'|'token|create') return 0 ;;
+        '|dev'|'|run'|'|policy'|'|token'|'policy|check'|'policy|explain'|'token|create'|'token|list'|'token|revoke') return 0 ;;
     esac
     return 1
 }
@@ -21,12 +21,15 @@ __dbaccess_server_is_subcommand() {
 __dbaccess_server_options() {
     case "$1" in
         '') printf '%s\n' -h --help ;;
-        'dev') printf '%s\n' --data-dir --target-dsn --api-port --gateway-port --write-profile --no-write-profile --reaper-interval -v --verbose -h --help ;;
+        'dev') printf '%s\n' --data-dir --target-dsn --api-port --gateway-port --write-profile --no-write-profile --reaper-interval --oidc-issuer --oidc-client-id --webhook --webhook-format --session-max-connections --gateway-max-connections --gateway-max-connections-per-identity --gateway-startup-timeout --shutdown-grace --gateway-cancel-rate -v --verbose -h --help ;;
         'run') printf '%s\n' -c --config -v --verbose -h --help ;;
         'policy') printf '%s\n' -h --help ;;
         'policy check') printf '%s\n' -h --help ;;
+        'policy explain') printf '%s\n' --identity --target --groups --scope --ttl --reason --break-glass -p --policy -h --help ;;
         'token') printf '%s\n' -h --help ;;
         'token create') printf '%s\n' --identity --groups --ttl --store-url -c --config --data-dir -h --help ;;
+        'token list') printf '%s\n' --all --kind --json --store-url -c --config --data-dir -h --help ;;
+        'token revoke') printf '%s\n' --store-url -c --config --data-dir -h --help ;;
     esac
 }
 
@@ -38,13 +41,37 @@ __dbaccess_server_value_kind() {
         'dev|--api-port') echo 'text' ;;
         'dev|--gateway-port') echo 'text' ;;
         'dev|--reaper-interval') echo 'text' ;;
+        'dev|--oidc-issuer') echo 'text' ;;
+        'dev|--oidc-client-id') echo 'text' ;;
+        'dev|--webhook') echo 'text' ;;
+        'dev|--webhook-format') echo 'choice:json slack' ;;
+        'dev|--session-max-connections') echo 'text' ;;
+        'dev|--gateway-max-connections') echo 'text' ;;
+        'dev|--gateway-max-connections-per-identity') echo 'text' ;;
+        'dev|--gateway-startup-timeout') echo 'text' ;;
+        'dev|--shutdown-grace') echo 'text' ;;
+        'dev|--gateway-cancel-rate') echo 'text' ;;
         'run|-c'|'run|--config') echo 'file' ;;
+        'policy explain|--identity') echo 'text' ;;
+        'policy explain|--target') echo 'text' ;;
+        'policy explain|--groups') echo 'text' ;;
+        'policy explain|--scope') echo 'text' ;;
+        'policy explain|--ttl') echo 'text' ;;
+        'policy explain|--reason') echo 'text' ;;
+        'policy explain|-p'|'policy explain|--policy') echo 'file' ;;
         'token create|--identity') echo 'text' ;;
         'token create|--groups') echo 'text' ;;
         'token create|--ttl') echo 'text' ;;
         'token create|--store-url') echo 'text' ;;
         'token create|-c'|'token create|--config') echo 'file' ;;
         'token create|--data-dir') echo 'file' ;;
+        'token list|--kind') echo 'text' ;;
+        'token list|--store-url') echo 'text' ;;
+        'token list|-c'|'token list|--config') echo 'file' ;;
+        'token list|--data-dir') echo 'file' ;;
+        'token revoke|--store-url') echo 'text' ;;
+        'token revoke|-c'|'token revoke|--config') echo 'file' ;;
+        'token revoke|--data-dir') echo 'file' ;;
         *) return 1 ;;
     esac
 }
@@ -61,6 +88,7 @@ __dbaccess_server_options_end_at_argument() {
 __dbaccess_server_arguments() {
     case "$1" in
         'policy check') echo 'file' ;;
+        'token revoke') echo 'text' ;;
     esac
 }
 

@@ -4,7 +4,7 @@
 
 function __dbaccess_server_is_subcommand --argument-names path word
     switch "$path|$word"
-        case '|dev' '|run' '|policy' '|token' 'policy|check' 'token|create'
+        case '|dev' '|run' '|policy' '|token' 'policy|check' 'policy|explain' 'token|create' 'token|list' 'token|revoke'
             return 0
     end
     return 1
@@ -12,7 +12,7 @@ end
 
 function __dbaccess_server_takes_value --argument-names path option
     switch "$path|$option"
-        case 'dev|--data-dir' 'dev|--target-dsn' 'dev|--api-port' 'dev|--gateway-port' 'dev|--reaper-interval' 'run|-c' 'run|--config' 'token create|--identity' 'token create|--groups' 'token create|--ttl' 'token create|--store-url' 'token create|-c' 'token create|--config' 'token create|--data-dir'
+        case 'dev|--data-dir' 'dev|--target-dsn' 'dev|--api-port' 'dev|--gateway-port' 'dev|--reaper-interval' 'dev|--oidc-issuer' 'dev|--oidc-client-id' 'dev|--webhook' 'dev|--webhook-format' 'dev|--session-max-connections' 'dev|--gateway-max-connections' 'dev|--gateway-max-connections-per-identity' 'dev|--gateway-startup-timeout' 'dev|--shutdown-grace' 'dev|--gateway-cancel-rate' 'run|-c' 'run|--config' 'policy explain|--identity' 'policy explain|--target' 'policy explain|--groups' 'policy explain|--scope' 'policy explain|--ttl' 'policy explain|--reason' 'policy explain|-p' 'policy explain|--policy' 'token create|--identity' 'token create|--groups' 'token create|--ttl' 'token create|--store-url' 'token create|-c' 'token create|--config' 'token create|--data-dir' 'token list|--kind' 'token list|--store-url' 'token list|-c' 'token list|--config' 'token list|--data-dir' 'token revoke|--store-url' 'token revoke|-c' 'token revoke|--config' 'token revoke|--data-dir'
             return 0
     end
     return 1
@@ -56,7 +56,7 @@ complete -c dbaccess-server -f
 complete -c dbaccess-server -n "__dbaccess_server_at ''" -a dev -d 'Run broker and gateway on loopback with a demo target (for trying dbaccess out)'
 complete -c dbaccess-server -n "__dbaccess_server_at ''" -a run -d 'Run the broker from a config file (production)'
 complete -c dbaccess-server -n "__dbaccess_server_at ''" -a policy -d 'Check and explain policy files'
-complete -c dbaccess-server -n "__dbaccess_server_at ''" -a token -d 'Issue broker API tokens for service accounts'
+complete -c dbaccess-server -n "__dbaccess_server_at ''" -a token -d 'Issue, list and revoke broker API tokens'
 complete -c dbaccess-server -n "__dbaccess_server_at ''" -s h -l help -d 'Show this message and exit'
 
 complete -c dbaccess-server -n "__dbaccess_server_at 'dev'" -l data-dir -r -F -d 'Where the store, policy and demo cluster live'
@@ -66,6 +66,16 @@ complete -c dbaccess-server -n "__dbaccess_server_at 'dev'" -l gateway-port -x
 complete -c dbaccess-server -n "__dbaccess_server_at 'dev'" -l write-profile -d 'Log the CLI in as \'dev\''
 complete -c dbaccess-server -n "__dbaccess_server_at 'dev'" -l no-write-profile -d 'Log the CLI in as \'dev\''
 complete -c dbaccess-server -n "__dbaccess_server_at 'dev'" -l reaper-interval -x -d 'Seconds'
+complete -c dbaccess-server -n "__dbaccess_server_at 'dev'" -l oidc-issuer -x -d 'Identity provider people log in with (dbaccess login)'
+complete -c dbaccess-server -n "__dbaccess_server_at 'dev'" -l oidc-client-id -x -d 'The CLI\'s client id at that provider'
+complete -c dbaccess-server -n "__dbaccess_server_at 'dev'" -l webhook -x -d 'POST access-request and break-glass notifications to this URL (repeatable)'
+complete -c dbaccess-server -n "__dbaccess_server_at 'dev'" -l webhook-format -x -a 'json slack' -d 'Body of those notifications'
+complete -c dbaccess-server -n "__dbaccess_server_at 'dev'" -l session-max-connections -x -d 'Client connections per session'
+complete -c dbaccess-server -n "__dbaccess_server_at 'dev'" -l gateway-max-connections -x -d 'Client connections the gateway holds in all'
+complete -c dbaccess-server -n "__dbaccess_server_at 'dev'" -l gateway-max-connections-per-identity -x -d 'Client connections one identity may hold across its sessions'
+complete -c dbaccess-server -n "__dbaccess_server_at 'dev'" -l gateway-startup-timeout -x -d 'Seconds a client has to log in'
+complete -c dbaccess-server -n "__dbaccess_server_at 'dev'" -l shutdown-grace -x -d 'Seconds statements in flight may run on after Ctrl-C/SIGTERM'
+complete -c dbaccess-server -n "__dbaccess_server_at 'dev'" -l gateway-cancel-rate -x -d 'CancelRequests a second one client address may send (bursts of 4x)'
 complete -c dbaccess-server -n "__dbaccess_server_at 'dev'" -s v -l verbose
 complete -c dbaccess-server -n "__dbaccess_server_at 'dev'" -s h -l help -d 'Show this message and exit'
 
@@ -74,12 +84,25 @@ complete -c dbaccess-server -n "__dbaccess_server_at 'run'" -s v -l verbose
 complete -c dbaccess-server -n "__dbaccess_server_at 'run'" -s h -l help -d 'Show this message and exit'
 
 complete -c dbaccess-server -n "__dbaccess_server_at 'policy'" -a check -d 'Validate a policy file; errors name the file, line and key'
+complete -c dbaccess-server -n "__dbaccess_server_at 'policy'" -a explain -d 'Show what the policy decides for an identity, target and scope, and by which rule'
 complete -c dbaccess-server -n "__dbaccess_server_at 'policy'" -s h -l help -d 'Show this message and exit'
 
 complete -c dbaccess-server -n "__dbaccess_server_at 'policy check'" -s h -l help -d 'Show this message and exit'
 complete -c dbaccess-server -n "__dbaccess_server_at 'policy check'" -F
 
+complete -c dbaccess-server -n "__dbaccess_server_at 'policy explain'" -l identity -x -d 'Who asks'
+complete -c dbaccess-server -n "__dbaccess_server_at 'policy explain'" -l target -x -d 'Target name'
+complete -c dbaccess-server -n "__dbaccess_server_at 'policy explain'" -l groups -x -d 'Comma-separated groups from the identity provider'
+complete -c dbaccess-server -n "__dbaccess_server_at 'policy explain'" -l scope -x -d 'Scope (default: as dbaccess picks)'
+complete -c dbaccess-server -n "__dbaccess_server_at 'policy explain'" -l ttl -x -d 'Session lifetime asked for'
+complete -c dbaccess-server -n "__dbaccess_server_at 'policy explain'" -l reason -x -d 'The reason given'
+complete -c dbaccess-server -n "__dbaccess_server_at 'policy explain'" -l break-glass -d 'Ask to skip a required approval'
+complete -c dbaccess-server -n "__dbaccess_server_at 'policy explain'" -s p -l policy -r -F -d 'Policy file to evaluate'
+complete -c dbaccess-server -n "__dbaccess_server_at 'policy explain'" -s h -l help -d 'Show this message and exit'
+
 complete -c dbaccess-server -n "__dbaccess_server_at 'token'" -a create -d 'Issue an API token (printed once; only its hash is stored)'
+complete -c dbaccess-server -n "__dbaccess_server_at 'token'" -a list -d 'List broker tokens (their ids, never the tokens)'
+complete -c dbaccess-server -n "__dbaccess_server_at 'token'" -a revoke -d 'Revoke a broker token at once'
 complete -c dbaccess-server -n "__dbaccess_server_at 'token'" -s h -l help -d 'Show this message and exit'
 
 complete -c dbaccess-server -n "__dbaccess_server_at 'token create'" -l identity -x -d 'Service identity name'
@@ -89,3 +112,16 @@ complete -c dbaccess-server -n "__dbaccess_server_at 'token create'" -l store-ur
 complete -c dbaccess-server -n "__dbaccess_server_at 'token create'" -s c -l config -r -F
 complete -c dbaccess-server -n "__dbaccess_server_at 'token create'" -l data-dir -r -F -d 'A dev data dir (uses its store)'
 complete -c dbaccess-server -n "__dbaccess_server_at 'token create'" -s h -l help -d 'Show this message and exit'
+
+complete -c dbaccess-server -n "__dbaccess_server_at 'token list'" -l all -d 'Also revoked and expired tokens'
+complete -c dbaccess-server -n "__dbaccess_server_at 'token list'" -l kind -x -d 'Only tokens of this kind: service, user, workload or dev'
+complete -c dbaccess-server -n "__dbaccess_server_at 'token list'" -l json -d 'JSON instead of a table'
+complete -c dbaccess-server -n "__dbaccess_server_at 'token list'" -l store-url -x -d 'Store URL (default: from --config)'
+complete -c dbaccess-server -n "__dbaccess_server_at 'token list'" -s c -l config -r -F
+complete -c dbaccess-server -n "__dbaccess_server_at 'token list'" -l data-dir -r -F -d 'A dev data dir (uses its store)'
+complete -c dbaccess-server -n "__dbaccess_server_at 'token list'" -s h -l help -d 'Show this message and exit'
+
+complete -c dbaccess-server -n "__dbaccess_server_at 'token revoke'" -l store-url -x -d 'Store URL (default: from --config)'
+complete -c dbaccess-server -n "__dbaccess_server_at 'token revoke'" -s c -l config -r -F
+complete -c dbaccess-server -n "__dbaccess_server_at 'token revoke'" -l data-dir -r -F -d 'A dev data dir (uses its store)'
+complete -c dbaccess-server -n "__dbaccess_server_at 'token revoke'" -s h -l help -d 'Show this message and exit'

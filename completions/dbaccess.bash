@@ -5,14 +5,14 @@
 
 __dbaccess_subcommands() {
     case "$1" in
-        '') printf '%s\n' login logout whoami targets connect run exec sessions kill audit ;;
+        '') printf '%s\n' login logout whoami targets connect run exec sessions kill replay request requests approve deny cancel audit ;;
         'audit') printf '%s\n' verify ;;
     esac
 }
 
 __dbaccess_is_subcommand() {
     case "$1|$2" in
-        '|login'|'|logout'|'|whoami'|'|targets'|'|connect'|'|run'|'|exec'|'|sessions'|'|kill'|'|audit'|'audit|verify') return 0 ;;
+        '|login'|'|logout'|'|whoami'|'|targets'|'|connect'|'|run'|'|exec'|'|sessions'|'|kill'|'|replay'|'|request'|'|requests'|'|approve'|'|deny'|'|cancel'|'|audit'|'audit|verify') return 0 ;;
     esac
     return 1
 }
@@ -20,15 +20,21 @@ __dbaccess_is_subcommand() {
 __dbaccess_options() {
     case "$1" in
         '') printf '%s\n' -h --help ;;
-        'login') printf '%s\n' --server --token-stdin --ca-file -h --help ;;
+        'login') printf '%s\n' --server --token-stdin --no-browser --oidc-token-env --audience --ca-file -h --help ;;
         'logout') printf '%s\n' --server -h --help ;;
         'whoami') printf '%s\n' -o --output --server -h --help ;;
         'targets') printf '%s\n' -o --output --server -h --help ;;
-        'connect') printf '%s\n' -s --scope --ttl -r --reason -p --port --no-launch --server -h --help ;;
-        'run') printf '%s\n' -s --scope --ttl -r --reason -p --port --server -h --help ;;
-        'exec') printf '%s\n' -c --command -f --file -o --output -s --scope --ttl -r --reason --server -h --help ;;
+        'connect') printf '%s\n' -s --scope --ttl -r --reason -p --port --no-launch --server --no-wait --wait-timeout --break-glass -h --help ;;
+        'run') printf '%s\n' -s --scope --ttl -r --reason -p --port --server --no-wait --wait-timeout --break-glass -h --help ;;
+        'exec') printf '%s\n' -c --command -f --file -o --output -s --scope --ttl -r --reason --server --no-wait --wait-timeout --break-glass -h --help ;;
         'sessions') printf '%s\n' --active --all --limit -o --output --server -h --help ;;
         'kill') printf '%s\n' --server -h --help ;;
+        'replay') printf '%s\n' -o --output --server -h --help ;;
+        'request') printf '%s\n' -s --scope -r --reason --ttl --start-at -o --output --server -h --help ;;
+        'requests') printf '%s\n' --pending --mine --to-review -o --output --server -h --help ;;
+        'approve') printf '%s\n' -m --comment -y --yes --server -h --help ;;
+        'deny') printf '%s\n' -r --reason --server -h --help ;;
+        'cancel') printf '%s\n' -r --reason --server -h --help ;;
         'audit') printf '%s\n' --identity --target --since --limit -o --output --server -h --help ;;
         'audit verify') printf '%s\n' --server -h --help ;;
     esac
@@ -38,6 +44,8 @@ __dbaccess_options() {
 __dbaccess_value_kind() {
     case "$1|$2" in
         'login|--server') echo 'text' ;;
+        'login|--oidc-token-env') echo 'text' ;;
+        'login|--audience') echo 'text' ;;
         'login|--ca-file') echo 'file' ;;
         'logout|--server') echo 'text' ;;
         'whoami|-o'|'whoami|--output') echo 'choice:table json csv' ;;
@@ -49,11 +57,13 @@ __dbaccess_value_kind() {
         'connect|-r'|'connect|--reason') echo 'text' ;;
         'connect|-p'|'connect|--port') echo 'text' ;;
         'connect|--server') echo 'text' ;;
+        'connect|--wait-timeout') echo 'text' ;;
         'run|-s'|'run|--scope') echo 'text' ;;
         'run|--ttl') echo 'text' ;;
         'run|-r'|'run|--reason') echo 'text' ;;
         'run|-p'|'run|--port') echo 'text' ;;
         'run|--server') echo 'text' ;;
+        'run|--wait-timeout') echo 'text' ;;
         'exec|-c'|'exec|--command') echo 'text' ;;
         'exec|-f'|'exec|--file') echo 'file' ;;
         'exec|-o'|'exec|--output') echo 'choice:table json csv' ;;
@@ -61,10 +71,27 @@ __dbaccess_value_kind() {
         'exec|--ttl') echo 'text' ;;
         'exec|-r'|'exec|--reason') echo 'text' ;;
         'exec|--server') echo 'text' ;;
+        'exec|--wait-timeout') echo 'text' ;;
         'sessions|--limit') echo 'text' ;;
         'sessions|-o'|'sessions|--output') echo 'choice:table json csv' ;;
         'sessions|--server') echo 'text' ;;
         'kill|--server') echo 'text' ;;
+        'replay|-o'|'replay|--output') echo 'choice:table json csv' ;;
+        'replay|--server') echo 'text' ;;
+        'request|-s'|'request|--scope') echo 'text' ;;
+        'request|-r'|'request|--reason') echo 'text' ;;
+        'request|--ttl') echo 'text' ;;
+        'request|--start-at') echo 'text' ;;
+        'request|-o'|'request|--output') echo 'choice:table json csv' ;;
+        'request|--server') echo 'text' ;;
+        'requests|-o'|'requests|--output') echo 'choice:table json csv' ;;
+        'requests|--server') echo 'text' ;;
+        'approve|-m'|'approve|--comment') echo 'text' ;;
+        'approve|--server') echo 'text' ;;
+        'deny|-r'|'deny|--reason') echo 'text' ;;
+        'deny|--server') echo 'text' ;;
+        'cancel|-r'|'cancel|--reason') echo 'text' ;;
+        'cancel|--server') echo 'text' ;;
         'audit|--identity') echo 'text' ;;
         'audit|--target') echo 'text' ;;
         'audit|--since') echo 'text' ;;
@@ -91,6 +118,11 @@ __dbaccess_arguments() {
         'run') echo 'text text*' ;;
         'exec') echo 'text' ;;
         'kill') echo 'text' ;;
+        'replay') echo 'text' ;;
+        'request') echo 'text' ;;
+        'approve') echo 'text' ;;
+        'deny') echo 'text' ;;
+        'cancel') echo 'text' ;;
     esac
 }
 

@@ -4,7 +4,7 @@
 
 function __dbaccess_is_subcommand --argument-names path word
     switch "$path|$word"
-        case '|login' '|logout' '|whoami' '|targets' '|connect' '|run' '|exec' '|sessions' '|kill' '|audit' 'audit|verify'
+        case '|login' '|logout' '|whoami' '|targets' '|connect' '|run' '|exec' '|sessions' '|kill' '|replay' '|request' '|requests' '|approve' '|deny' '|cancel' '|audit' 'audit|verify'
             return 0
     end
     return 1
@@ -12,7 +12,7 @@ end
 
 function __dbaccess_takes_value --argument-names path option
     switch "$path|$option"
-        case 'login|--server' 'login|--ca-file' 'logout|--server' 'whoami|-o' 'whoami|--output' 'whoami|--server' 'targets|-o' 'targets|--output' 'targets|--server' 'connect|-s' 'connect|--scope' 'connect|--ttl' 'connect|-r' 'connect|--reason' 'connect|-p' 'connect|--port' 'connect|--server' 'run|-s' 'run|--scope' 'run|--ttl' 'run|-r' 'run|--reason' 'run|-p' 'run|--port' 'run|--server' 'exec|-c' 'exec|--command' 'exec|-f' 'exec|--file' 'exec|-o' 'exec|--output' 'exec|-s' 'exec|--scope' 'exec|--ttl' 'exec|-r' 'exec|--reason' 'exec|--server' 'sessions|--limit' 'sessions|-o' 'sessions|--output' 'sessions|--server' 'kill|--server' 'audit|--identity' 'audit|--target' 'audit|--since' 'audit|--limit' 'audit|-o' 'audit|--output' 'audit|--server' 'audit verify|--server'
+        case 'login|--server' 'login|--oidc-token-env' 'login|--audience' 'login|--ca-file' 'logout|--server' 'whoami|-o' 'whoami|--output' 'whoami|--server' 'targets|-o' 'targets|--output' 'targets|--server' 'connect|-s' 'connect|--scope' 'connect|--ttl' 'connect|-r' 'connect|--reason' 'connect|-p' 'connect|--port' 'connect|--server' 'connect|--wait-timeout' 'run|-s' 'run|--scope' 'run|--ttl' 'run|-r' 'run|--reason' 'run|-p' 'run|--port' 'run|--server' 'run|--wait-timeout' 'exec|-c' 'exec|--command' 'exec|-f' 'exec|--file' 'exec|-o' 'exec|--output' 'exec|-s' 'exec|--scope' 'exec|--ttl' 'exec|-r' 'exec|--reason' 'exec|--server' 'exec|--wait-timeout' 'sessions|--limit' 'sessions|-o' 'sessions|--output' 'sessions|--server' 'kill|--server' 'replay|-o' 'replay|--output' 'replay|--server' 'request|-s' 'request|--scope' 'request|-r' 'request|--reason' 'request|--ttl' 'request|--start-at' 'request|-o' 'request|--output' 'request|--server' 'requests|-o' 'requests|--output' 'requests|--server' 'approve|-m' 'approve|--comment' 'approve|--server' 'deny|-r' 'deny|--reason' 'deny|--server' 'cancel|-r' 'cancel|--reason' 'cancel|--server' 'audit|--identity' 'audit|--target' 'audit|--since' 'audit|--limit' 'audit|-o' 'audit|--output' 'audit|--server' 'audit verify|--server'
             return 0
     end
     return 1
@@ -54,19 +54,28 @@ end
 complete -c dbaccess -f
 
 complete -c dbaccess -n "__dbaccess_at ''" -a login -d 'Log in to a broker and keep the token in the OS keyring (or a 0600 file)'
-complete -c dbaccess -n "__dbaccess_at ''" -a logout -d 'Forget the token for the broker'
-complete -c dbaccess -n "__dbaccess_at ''" -a whoami -d 'Show who the broker thinks you are, and your groups'
+complete -c dbaccess -n "__dbaccess_at ''" -a logout -d 'Revoke the broker token at the broker and forget it here'
+complete -c dbaccess -n "__dbaccess_at ''" -a whoami -d 'Show who the broker thinks you are: identity, groups, kind and token expiry'
 complete -c dbaccess -n "__dbaccess_at ''" -a targets -d 'List the targets you may use, with their scopes and session lifetimes'
 complete -c dbaccess -n "__dbaccess_at ''" -a connect -d 'Open psql on TARGET through a fresh, expiring database role'
 complete -c dbaccess -n "__dbaccess_at ''" -a run -d 'Run COMMAND with PGHOST/PGPORT/PGUSER/PGPASSWORD/PGDATABASE set to a session'
 complete -c dbaccess -n "__dbaccess_at ''" -a exec -d 'Run SQL non-interactively and print the results (for scripts and CI)'
 complete -c dbaccess -n "__dbaccess_at ''" -a sessions -d 'List your sessions, newest first: active and recent'
 complete -c dbaccess -n "__dbaccess_at ''" -a kill -d 'End a session now: disconnect its clients and revoke its credential'
+complete -c dbaccess -n "__dbaccess_at ''" -a replay -d 'Show what happened in a session, in order: statements, results, errors, masking'
+complete -c dbaccess -n "__dbaccess_at ''" -a request -d 'Ask for access to a scope that needs approval, ahead of time'
+complete -c dbaccess -n "__dbaccess_at ''" -a requests -d 'List access requests: yours, those you may approve (admins: all), newest first'
+complete -c dbaccess -n "__dbaccess_at ''" -a approve -d 'Approve someone\'s access request, after showing what it asks for'
+complete -c dbaccess -n "__dbaccess_at ''" -a deny -d 'Deny someone\'s access request (a reason is required)'
+complete -c dbaccess -n "__dbaccess_at ''" -a cancel -d 'Withdraw your access request or unused approval (admins: anyone\'s)'
 complete -c dbaccess -n "__dbaccess_at ''" -a audit -d 'List audit events (admins and auditors), or verify the hash chain with \'audit verify\''
 complete -c dbaccess -n "__dbaccess_at ''" -s h -l help -d 'Show this message and exit'
 
 complete -c dbaccess -n "__dbaccess_at 'login'" -l server -x -d 'Broker URL to log in to'
 complete -c dbaccess -n "__dbaccess_at 'login'" -l token-stdin -d 'Read a broker API token from stdin (service accounts)'
+complete -c dbaccess -n "__dbaccess_at 'login'" -l no-browser -d 'Log in with a code typed on another device instead of opening a browser'
+complete -c dbaccess -n "__dbaccess_at 'login'" -l oidc-token-env -x -d 'Log in as a CI job with the JWT in this environment variable'
+complete -c dbaccess -n "__dbaccess_at 'login'" -l audience -x -d 'Audience to ask GitHub Actions\' job token for'
 complete -c dbaccess -n "__dbaccess_at 'login'" -l ca-file -r -F -d 'CA certificate that signs the broker\'s TLS certificate'
 complete -c dbaccess -n "__dbaccess_at 'login'" -s h -l help -d 'Show this message and exit'
 
@@ -87,6 +96,9 @@ complete -c dbaccess -n "__dbaccess_at 'connect'" -s r -l reason -x -d 'Why you 
 complete -c dbaccess -n "__dbaccess_at 'connect'" -s p -l port -x -d 'Local tunnel port (default: a free one)'
 complete -c dbaccess -n "__dbaccess_at 'connect'" -l no-launch -d 'Print connection details and wait for Ctrl-C instead of psql'
 complete -c dbaccess -n "__dbaccess_at 'connect'" -l server -x -d 'Broker URL (default: from the profile)'
+complete -c dbaccess -n "__dbaccess_at 'connect'" -l no-wait -d 'If the scope needs approval, print the request id and exit (code 9) instead of waiting'
+complete -c dbaccess -n "__dbaccess_at 'connect'" -l wait-timeout -x -d 'How long to wait for approval, e.g. 15m (exit 12 after)'
+complete -c dbaccess -n "__dbaccess_at 'connect'" -l break-glass -d 'Skip a required approval where the scope allows it (needs --reason; flagged in the audit log and notified)'
 complete -c dbaccess -n "__dbaccess_at 'connect'" -s h -l help -d 'Show this message and exit'
 
 complete -c dbaccess -n "__dbaccess_at 'run'" -s s -l scope -x -d 'Scope to use, e.g. read or write (default: policy\'s)'
@@ -94,6 +106,9 @@ complete -c dbaccess -n "__dbaccess_at 'run'" -l ttl -x -d 'Session lifetime, e.
 complete -c dbaccess -n "__dbaccess_at 'run'" -s r -l reason -x -d 'Why you need access (ticket id, incident)'
 complete -c dbaccess -n "__dbaccess_at 'run'" -s p -l port -x -d 'Local tunnel port (default: a free one)'
 complete -c dbaccess -n "__dbaccess_at 'run'" -l server -x -d 'Broker URL (default: from the profile)'
+complete -c dbaccess -n "__dbaccess_at 'run'" -l no-wait -d 'If the scope needs approval, print the request id and exit (code 9) instead of waiting'
+complete -c dbaccess -n "__dbaccess_at 'run'" -l wait-timeout -x -d 'How long to wait for approval, e.g. 15m (exit 12 after)'
+complete -c dbaccess -n "__dbaccess_at 'run'" -l break-glass -d 'Skip a required approval where the scope allows it (needs --reason; flagged in the audit log and notified)'
 complete -c dbaccess -n "__dbaccess_at 'run'" -s h -l help -d 'Show this message and exit'
 
 complete -c dbaccess -n "__dbaccess_at 'exec'" -s c -l command -x -d 'SQL to run'
@@ -103,6 +118,9 @@ complete -c dbaccess -n "__dbaccess_at 'exec'" -s s -l scope -x -d 'Scope to use
 complete -c dbaccess -n "__dbaccess_at 'exec'" -l ttl -x -d 'Session lifetime, e.g. 30m or 2h (default: the scope\'s)'
 complete -c dbaccess -n "__dbaccess_at 'exec'" -s r -l reason -x -d 'Why you need access (ticket id, incident)'
 complete -c dbaccess -n "__dbaccess_at 'exec'" -l server -x -d 'Broker URL (default: from the profile)'
+complete -c dbaccess -n "__dbaccess_at 'exec'" -l no-wait -d 'If the scope needs approval, print the request id and exit (code 9) instead of waiting'
+complete -c dbaccess -n "__dbaccess_at 'exec'" -l wait-timeout -x -d 'How long to wait for approval, e.g. 15m (exit 12 after)'
+complete -c dbaccess -n "__dbaccess_at 'exec'" -l break-glass -d 'Skip a required approval where the scope allows it (needs --reason; flagged in the audit log and notified)'
 complete -c dbaccess -n "__dbaccess_at 'exec'" -s h -l help -d 'Show this message and exit'
 
 complete -c dbaccess -n "__dbaccess_at 'sessions'" -l active -d 'Only sessions still running'
@@ -115,7 +133,39 @@ complete -c dbaccess -n "__dbaccess_at 'sessions'" -s h -l help -d 'Show this me
 complete -c dbaccess -n "__dbaccess_at 'kill'" -l server -x -d 'Broker URL (default: from the profile)'
 complete -c dbaccess -n "__dbaccess_at 'kill'" -s h -l help -d 'Show this message and exit'
 
-complete -c dbaccess -n "__dbaccess_at 'audit'" -a verify -d 'Check the hash chain: detects edited, removed or reordered events'
+complete -c dbaccess -n "__dbaccess_at 'replay'" -s o -l output -x -a 'table json csv' -d 'Output format'
+complete -c dbaccess -n "__dbaccess_at 'replay'" -l server -x -d 'Broker URL (default: from the profile)'
+complete -c dbaccess -n "__dbaccess_at 'replay'" -s h -l help -d 'Show this message and exit'
+
+complete -c dbaccess -n "__dbaccess_at 'request'" -s s -l scope -x -d 'Scope to ask for, e.g. write'
+complete -c dbaccess -n "__dbaccess_at 'request'" -s r -l reason -x -d 'Why you need it (ticket, incident): approvers read this'
+complete -c dbaccess -n "__dbaccess_at 'request'" -l ttl -x -d 'Session lifetime, e.g. 30m or 2h (default: the scope\'s)'
+complete -c dbaccess -n "__dbaccess_at 'request'" -l start-at -x -d 'When you will need it, ISO 8601 (e.g. 2026-03-01T09:00, local time unless an offset is given); the approval stays usable from then on'
+complete -c dbaccess -n "__dbaccess_at 'request'" -s o -l output -x -a 'table json csv' -d 'Output format'
+complete -c dbaccess -n "__dbaccess_at 'request'" -l server -x -d 'Broker URL (default: from the profile)'
+complete -c dbaccess -n "__dbaccess_at 'request'" -s h -l help -d 'Show this message and exit'
+
+complete -c dbaccess -n "__dbaccess_at 'requests'" -l pending -d 'Only requests still pending'
+complete -c dbaccess -n "__dbaccess_at 'requests'" -l mine -d 'Only requests you made'
+complete -c dbaccess -n "__dbaccess_at 'requests'" -l to-review -d 'Pending requests you may approve'
+complete -c dbaccess -n "__dbaccess_at 'requests'" -s o -l output -x -a 'table json csv' -d 'Output format'
+complete -c dbaccess -n "__dbaccess_at 'requests'" -l server -x -d 'Broker URL (default: from the profile)'
+complete -c dbaccess -n "__dbaccess_at 'requests'" -s h -l help -d 'Show this message and exit'
+
+complete -c dbaccess -n "__dbaccess_at 'approve'" -s m -l comment -x -d 'A note for the audit log'
+complete -c dbaccess -n "__dbaccess_at 'approve'" -s y -l yes -d 'Approve without asking'
+complete -c dbaccess -n "__dbaccess_at 'approve'" -l server -x -d 'Broker URL (default: from the profile)'
+complete -c dbaccess -n "__dbaccess_at 'approve'" -s h -l help -d 'Show this message and exit'
+
+complete -c dbaccess -n "__dbaccess_at 'deny'" -s r -l reason -x -d 'Why (the requester sees this)'
+complete -c dbaccess -n "__dbaccess_at 'deny'" -l server -x -d 'Broker URL (default: from the profile)'
+complete -c dbaccess -n "__dbaccess_at 'deny'" -s h -l help -d 'Show this message and exit'
+
+complete -c dbaccess -n "__dbaccess_at 'cancel'" -s r -l reason -x -d 'Why, for the audit log'
+complete -c dbaccess -n "__dbaccess_at 'cancel'" -l server -x -d 'Broker URL (default: from the profile)'
+complete -c dbaccess -n "__dbaccess_at 'cancel'" -s h -l help -d 'Show this message and exit'
+
+complete -c dbaccess -n "__dbaccess_at 'audit'" -a verify -d 'Check the hash chain and the session recordings'
 complete -c dbaccess -n "__dbaccess_at 'audit'" -l identity -x -d 'Only events of this identity'
 complete -c dbaccess -n "__dbaccess_at 'audit'" -l target -x -d 'Only events on this target'
 complete -c dbaccess -n "__dbaccess_at 'audit'" -l since -x -d 'ISO time, e.g. 2026-01-31T00:00'

@@ -26,7 +26,7 @@ _dbaccess__audit() {
     command)
       local -a commands
       commands=(
-        'verify:Check the hash chain: detects edited, removed or reordered events'
+        'verify:Check the hash chain and the session recordings'
       )
       _describe -t commands 'dbaccess audit command' commands && ret=0
       ;;
@@ -38,6 +38,61 @@ _dbaccess__audit() {
       ;;
   esac
   return ret
+}
+
+_dbaccess__cancel() {
+  _arguments -s -S \
+    '(-r --reason)'{-r,--reason}'[Why, for the audit log]:reason: ' \
+    '(--server)'--server'[Broker URL (default\: from the profile)]:server: ' \
+    '(- *)'{-h,--help}'[Show this message and exit]' \
+    '1:request_id: '
+}
+
+_dbaccess__deny() {
+  _arguments -s -S \
+    '(-r --reason)'{-r,--reason}'[Why (the requester sees this)]:reason: ' \
+    '(--server)'--server'[Broker URL (default\: from the profile)]:server: ' \
+    '(- *)'{-h,--help}'[Show this message and exit]' \
+    '1:request_id: '
+}
+
+_dbaccess__approve() {
+  _arguments -s -S \
+    '(-m --comment)'{-m,--comment}'[A note for the audit log]:comment: ' \
+    '(-y --yes)'{-y,--yes}'[Approve without asking]' \
+    '(--server)'--server'[Broker URL (default\: from the profile)]:server: ' \
+    '(- *)'{-h,--help}'[Show this message and exit]' \
+    '1:request_id: '
+}
+
+_dbaccess__requests() {
+  _arguments -s -S \
+    '(--pending)'--pending'[Only requests still pending]' \
+    '(--mine)'--mine'[Only requests you made]' \
+    '(--to-review)'--to-review'[Pending requests you may approve]' \
+    '(-o --output)'{-o,--output}'[Output format]:output:(table json csv)' \
+    '(--server)'--server'[Broker URL (default\: from the profile)]:server: ' \
+    '(- *)'{-h,--help}'[Show this message and exit]'
+}
+
+_dbaccess__request() {
+  _arguments -s -S \
+    '(-s --scope)'{-s,--scope}'[Scope to ask for, e.g. write]:scope: ' \
+    '(-r --reason)'{-r,--reason}'[Why you need it (ticket, incident)\: approvers read this]:reason: ' \
+    '(--ttl)'--ttl'[Session lifetime, e.g. 30m or 2h (default\: the scope'\''s)]:ttl: ' \
+    '(--start-at)'--start-at'[When you will need it, ISO 8601 (e.g. 2026-03-01T09\:00, local time unless an offset is given); the approval stays usable from then on]:start-at: ' \
+    '(-o --output)'{-o,--output}'[Output format]:output:(table json csv)' \
+    '(--server)'--server'[Broker URL (default\: from the profile)]:server: ' \
+    '(- *)'{-h,--help}'[Show this message and exit]' \
+    '1:target: '
+}
+
+_dbaccess__replay() {
+  _arguments -s -S \
+    '(-o --output)'{-o,--output}'[Output format]:output:(table json csv)' \
+    '(--server)'--server'[Broker URL (default\: from the profile)]:server: ' \
+    '(- *)'{-h,--help}'[Show this message and exit]' \
+    '1:session_id: '
 }
 
 _dbaccess__kill() {
@@ -66,6 +121,9 @@ _dbaccess__exec() {
     '(--ttl)'--ttl'[Session lifetime, e.g. 30m or 2h (default\: the scope'\''s)]:ttl: ' \
     '(-r --reason)'{-r,--reason}'[Why you need access (ticket id, incident)]:reason: ' \
     '(--server)'--server'[Broker URL (default\: from the profile)]:server: ' \
+    '(--no-wait)'--no-wait'[If the scope needs approval, print the request id and exit (code 9) instead of waiting]' \
+    '(--wait-timeout)'--wait-timeout'[How long to wait for approval, e.g. 15m (exit 12 after)]:wait-timeout: ' \
+    '(--break-glass)'--break-glass'[Skip a required approval where the scope allows it (needs --reason; flagged in the audit log and notified)]' \
     '(- *)'{-h,--help}'[Show this message and exit]' \
     '1:target: '
 }
@@ -77,6 +135,9 @@ _dbaccess__run() {
     '(-r --reason)'{-r,--reason}'[Why you need access (ticket id, incident)]:reason: ' \
     '(-p --port)'{-p,--port}'[Local tunnel port (default\: a free one)]:port: ' \
     '(--server)'--server'[Broker URL (default\: from the profile)]:server: ' \
+    '(--no-wait)'--no-wait'[If the scope needs approval, print the request id and exit (code 9) instead of waiting]' \
+    '(--wait-timeout)'--wait-timeout'[How long to wait for approval, e.g. 15m (exit 12 after)]:wait-timeout: ' \
+    '(--break-glass)'--break-glass'[Skip a required approval where the scope allows it (needs --reason; flagged in the audit log and notified)]' \
     '(- *)'{-h,--help}'[Show this message and exit]' \
     '1:target: ' \
     '*:command: '
@@ -90,6 +151,9 @@ _dbaccess__connect() {
     '(-p --port)'{-p,--port}'[Local tunnel port (default\: a free one)]:port: ' \
     '(--no-launch)'--no-launch'[Print connection details and wait for Ctrl-C instead of psql]' \
     '(--server)'--server'[Broker URL (default\: from the profile)]:server: ' \
+    '(--no-wait)'--no-wait'[If the scope needs approval, print the request id and exit (code 9) instead of waiting]' \
+    '(--wait-timeout)'--wait-timeout'[How long to wait for approval, e.g. 15m (exit 12 after)]:wait-timeout: ' \
+    '(--break-glass)'--break-glass'[Skip a required approval where the scope allows it (needs --reason; flagged in the audit log and notified)]' \
     '(- *)'{-h,--help}'[Show this message and exit]' \
     '1:target: '
 }
@@ -118,6 +182,9 @@ _dbaccess__login() {
   _arguments -s -S \
     '(--server)'--server'[Broker URL to log in to]:server: ' \
     '(--token-stdin)'--token-stdin'[Read a broker API token from stdin (service accounts)]' \
+    '(--no-browser)'--no-browser'[Log in with a code typed on another device instead of opening a browser]' \
+    '(--oidc-token-env)'--oidc-token-env'[Log in as a CI job with the JWT in this environment variable]:oidc-token-env: ' \
+    '(--audience)'--audience'[Audience to ask GitHub Actions'\'' job token for]:audience: ' \
     '(--ca-file)'--ca-file'[CA certificate that signs the broker'\''s TLS certificate]:ca-file:_files' \
     '(- *)'{-h,--help}'[Show this message and exit]'
 }
@@ -134,14 +201,20 @@ _dbaccess() {
       local -a commands
       commands=(
         'login:Log in to a broker and keep the token in the OS keyring (or a 0600 file)'
-        'logout:Forget the token for the broker'
-        'whoami:Show who the broker thinks you are, and your groups'
+        'logout:Revoke the broker token at the broker and forget it here'
+        'whoami:Show who the broker thinks you are: identity, groups, kind and token expiry'
         'targets:List the targets you may use, with their scopes and session lifetimes'
         'connect:Open psql on TARGET through a fresh, expiring database role'
         'run:Run COMMAND with PGHOST/PGPORT/PGUSER/PGPASSWORD/PGDATABASE set to a session'
         'exec:Run SQL non-interactively and print the results (for scripts and CI)'
         'sessions:List your sessions, newest first: active and recent'
         'kill:End a session now: disconnect its clients and revoke its credential'
+        'replay:Show what happened in a session, in order: statements, results, errors, masking'
+        'request:Ask for access to a scope that needs approval, ahead of time'
+        'requests:List access requests: yours, those you may approve (admins: all), newest first'
+        'approve:Approve someone'\''s access request, after showing what it asks for'
+        'deny:Deny someone'\''s access request (a reason is required)'
+        'cancel:Withdraw your access request or unused approval (admins: anyone'\''s)'
         'audit:List audit events (admins and auditors), or verify the hash chain with '\''audit verify'\'''
       )
       _describe -t commands 'dbaccess command' commands && ret=0
@@ -158,6 +231,12 @@ _dbaccess() {
         exec) _dbaccess__exec && ret=0 ;;
         sessions) _dbaccess__sessions && ret=0 ;;
         kill) _dbaccess__kill && ret=0 ;;
+        replay) _dbaccess__replay && ret=0 ;;
+        request) _dbaccess__request && ret=0 ;;
+        requests) _dbaccess__requests && ret=0 ;;
+        approve) _dbaccess__approve && ret=0 ;;
+        deny) _dbaccess__deny && ret=0 ;;
+        cancel) _dbaccess__cancel && ret=0 ;;
         audit) _dbaccess__audit && ret=0 ;;
       esac
       ;;

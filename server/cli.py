@@ -33,7 +33,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 policy_app = typer.Typer(help="Check and explain policy files.", no_args_is_help=True)
-token_app = typer.Typer(help="Issue broker API tokens for service accounts.", no_args_is_help=True)
+token_app = typer.Typer(help="Issue, list and revoke broker API tokens.", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
 app.add_typer(token_app, name="token")
 
@@ -115,6 +115,44 @@ def dev(
     webhook_format: Annotated[
         WebhookFormat, typer.Option("--webhook-format", help="Body of those notifications.")
     ] = WebhookFormat.json,
+    session_max_connections: Annotated[
+        int,
+        typer.Option("--session-max-connections", min=1, help="Client connections per session."),
+    ] = 20,
+    gateway_max_connections: Annotated[
+        int,
+        typer.Option(
+            "--gateway-max-connections", min=1, help="Client connections the gateway holds in all."
+        ),
+    ] = 1000,
+    gateway_max_per_identity: Annotated[
+        int,
+        typer.Option(
+            "--gateway-max-connections-per-identity",
+            min=1,
+            help="Client connections one identity may hold across its sessions.",
+        ),
+    ] = 100,
+    gateway_startup_timeout: Annotated[
+        float,
+        typer.Option("--gateway-startup-timeout", min=0.1, help="Seconds a client has to log in."),
+    ] = 15.0,
+    shutdown_grace: Annotated[
+        float,
+        typer.Option(
+            "--shutdown-grace",
+            min=0.0,
+            help="Seconds statements in flight may run on after Ctrl-C/SIGTERM.",
+        ),
+    ] = 10.0,
+    gateway_cancel_rate: Annotated[
+        float,
+        typer.Option(
+            "--gateway-cancel-rate",
+            min=0.001,
+            help="CancelRequests a second one client address may send (bursts of 4x).",
+        ),
+    ] = 5.0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run broker and gateway on loopback with a demo target (for trying dbaccess out)."""
@@ -165,6 +203,12 @@ def dev(
             policy_path=policy_path,
             store_url=f"sqlite:///{data_dir / 'store.db'}",
             reaper_interval=reaper_interval,
+            max_connections_per_session=session_max_connections,
+            gateway_max_connections=gateway_max_connections,
+            gateway_max_connections_per_identity=gateway_max_per_identity,
+            gateway_startup_timeout=gateway_startup_timeout,
+            shutdown_grace=shutdown_grace,
+            gateway_cancel_rate=gateway_cancel_rate,
             tls=tls,
             oidc=oidc,
             webhooks=webhooks,
@@ -267,6 +311,11 @@ def run_cmd(
             public_gateway_host=pub_host,
             public_gateway_port=pub_port,
             max_connections_per_session=cfg.session_max_connections,
+            gateway_max_connections=cfg.gateway_max_connections,
+            gateway_max_connections_per_identity=cfg.gateway_max_connections_per_identity,
+            gateway_startup_timeout=cfg.gateway_startup_timeout.total_seconds(),
+            shutdown_grace=cfg.shutdown_grace.total_seconds(),
+            gateway_cancel_rate=cfg.gateway_cancel_rate,
             oidc=cfg.oidc,
             workload_token_ttl=cfg.workload_token_ttl,
             tls=TlsFiles(cfg.tls.cert, cfg.tls.key, cfg.tls.ca) if cfg.tls else None,
@@ -432,7 +481,10 @@ def token_list(
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
-    """List broker tokens, newest first: live ones, or all with --all (never the tokens)."""
+    """List broker tokens (their ids, never the tokens).
+
+    Newest first; only live ones unless --all.
+    """
     import json
 
     from server.store.db import utcnow
@@ -470,7 +522,10 @@ def token_revoke(
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
-    """Revoke a broker token at once: the next call made with it is refused."""
+    """Revoke a broker token at once.
+
+    The next API call made with it is refused (the CLI exits with 4).
+    """
     from server.audit import chain
 
     store = _open_store(store_url, config, data_dir)

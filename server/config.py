@@ -3,9 +3,10 @@
 Settings come from four layers, later ones winning:
 
 1. defaults (the fields of :class:`ServerConfig`),
-2. the config file (YAML, the keys of ``_SETTINGS``; ``tls`` is a nested mapping),
+2. the config file (YAML, the keys of ``_SETTINGS``; ``tls`` and ``oidc`` are nested
+   mappings whose keys are the settings ``tls_*`` and ``oidc_*``),
 3. the environment (``DBACCESS_SERVER_<KEY>``, e.g. ``DBACCESS_SERVER_API_LISTEN``,
-   ``DBACCESS_SERVER_TLS_CERT``),
+   ``DBACCESS_SERVER_TLS_CERT``, ``DBACCESS_SERVER_OIDC_ISSUER``),
 4. overrides from command-line flags (keys like ``api_listen`` or ``tls_cert``;
    ``None`` values mean "flag not given").
 
@@ -19,6 +20,9 @@ Relative paths in the file are relative to the file's directory (so a config
 directory can be moved as a whole); in the environment and on the command line
 they are relative to the working directory, as a shell user expects.
 ``{data_dir}`` in ``store_url`` stands for the data directory, whichever layer set it.
+
+``webhooks`` (a list of ``{url, format, events}`` mappings) exists only in the
+file: a list of structured entries has no sensible one-variable form.
 
 Listen addresses may be anything in a config file (a production broker listens
 on a real interface); the dev mode uses :meth:`ServerConfig.for_dev` or
@@ -40,7 +44,8 @@ from urllib.parse import urlsplit
 
 from server.durations import format_duration, parse_duration
 from server.errors import InvalidInput
-from server.yamlsrc import Checker, Problem, SourceError, join, parse_yaml
+from server.notify.webhooks import EVENTS, FORMATS, WebhookConfig, check_url
+from server.yamlsrc import Checker, Node, Problem, Seq, SourceError, join, parse_yaml
 
 ENV_PREFIX = "DBACCESS_SERVER_"
 DEFAULT_STORE_URL = "sqlite:///{data_dir}/store.db"
@@ -78,6 +83,39 @@ class TlsConfig:
     ca: Path | None = None
 
 
+DEFAULT_OIDC_SCOPES = ("openid", "email", "profile")
+DEFAULT_IDENTITY_CLAIMS = ("email", "sub")
+DEFAULT_USER_TOKEN_TTL = timedelta(hours=8)
+DEFAULT_WORKLOAD_TOKEN_TTL = timedelta(hours=1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class OidcConfig:
+    """The identity provider people log in with (the ``oidc:`` mapping of the file).
+
+    The CLI runs the login flow against ``issuer`` itself, as the public client
+    ``client_id``, and hands the ID token to the broker, which accepts it only if
+    ``issuer`` signed it for ``audience`` (default: ``client_id``).  The first of
+    ``identity_claims`` present in the token names the person, ``groups_claim``
+    lists their groups, and the broker token they get lasts ``token_ttl``.
+    ``client_secret`` is only for providers that demand one even from native
+    apps; it is handed to every CLI, so it must not be a confidential one.
+    """
+
+    issuer: str
+    client_id: str
+    client_secret: str | None = field(default=None, repr=False)
+    scopes: tuple[str, ...] = DEFAULT_OIDC_SCOPES
+    identity_claims: tuple[str, ...] = DEFAULT_IDENTITY_CLAIMS
+    groups_claim: str = "groups"
+    audience: str | None = None
+    token_ttl: timedelta = DEFAULT_USER_TOKEN_TTL
+
+    @property
+    def allowed_audience(self) -> str:
+        return self.audience or self.client_id
+
+
 @dataclass(frozen=True, kw_only=True)
 class ServerConfig:
     """The merged settings.
@@ -99,6 +137,14 @@ class ServerConfig:
     tls: TlsConfig | None = None
     reaper_interval: timedelta = timedelta(seconds=30)
     session_max_connections: int = 20
+    gateway_max_connections: int = 1000
+    gateway_max_connections_per_identity: int = 100
+    gateway_startup_timeout: timedelta = timedelta(seconds=15)
+    shutdown_grace: timedelta = timedelta(seconds=10)
+    gateway_cancel_rate: float = 5.0
+    oidc: OidcConfig | None = None
+    workload_token_ttl: timedelta = DEFAULT_WORKLOAD_TOKEN_TTL
+    webhooks: tuple[WebhookConfig, ...] = ()
     source: str | None = None
 
     def __post_init__(self) -> None:
@@ -291,10 +337,56 @@ def _positive_duration(text: str, base: Path) -> timedelta:
     return value
 
 
+def _issuer(text: str, base: Path) -> str:
+    from server.identity import issuer_url
+
+    return issuer_url(text)
+
+
+def _word(text: str, base: Path) -> str:
+    value = text.strip()
+    if not value or any(c.isspace() or not c.isprintable() for c in value):
+        raise ValueError(f"{text!r} must be one word without spaces")
+    return value
+
+
+def _secret(text: str, base: Path) -> str:
+    # Never quoted back: it is a secret, even if a weak one.
+    if not text.strip() or not text.strip().isprintable():
+        raise ValueError("the value must be printable text")
+    return text.strip()
+
+
+def _words(text: str, base: Path) -> tuple[str, ...]:
+    words = tuple(text.split())
+    if not words:
+        raise ValueError("give at least one name")
+    for word in words:
+        _word(word, base)
+    return words
+
+
+def _scopes(text: str, base: Path) -> tuple[str, ...]:
+    scopes = _words(text, base)
+    if "openid" not in scopes:
+        raise ValueError(f"{' '.join(scopes)!r} lacks 'openid', without which there is no ID token")
+    return scopes
+
+
 def _positive_int(text: str, base: Path) -> int:
     if not re.fullmatch(r"[0-9]+", text.strip()) or int(text) < 1:
         raise ValueError(f"{text!r} is not a whole number of 1 or more")
     return int(text)
+
+
+def _positive_number(text: str, base: Path) -> float:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"{text!r} must be a number above zero")
+    return value
 
 
 _SETTINGS: dict[str, _Parser] = {
@@ -310,9 +402,42 @@ _SETTINGS: dict[str, _Parser] = {
     "tls_ca": _path,
     "reaper_interval": _positive_duration,
     "session_max_connections": _positive_int,
+    "gateway_max_connections": _positive_int,
+    "gateway_max_connections_per_identity": _positive_int,
+    "gateway_startup_timeout": _positive_duration,
+    "shutdown_grace": _positive_duration,
+    "gateway_cancel_rate": _positive_number,
+    "oidc_issuer": _issuer,
+    "oidc_client_id": _word,
+    "oidc_client_secret": _secret,
+    "oidc_scopes": _scopes,
+    "oidc_identity_claims": _words,
+    "oidc_groups_claim": _word,
+    "oidc_audience": _word,
+    "oidc_token_ttl": _positive_duration,
+    "workload_token_ttl": _positive_duration,
 }
 _TLS_KEYS = ("cert", "key", "ca")
-_FILE_KEYS = (*(key for key in _SETTINGS if not key.startswith("tls_")), "tls")
+_OIDC_KEYS = (
+    "issuer",
+    "client_id",
+    "client_secret",
+    "scopes",
+    "identity_claims",
+    "groups_claim",
+    "audience",
+    "token_ttl",
+)
+# Settings that YAML may also give as a list; they are reduced to space-separated text.
+_LIST_KEYS = ("oidc_scopes", "oidc_identity_claims")
+_NESTED = ("tls_", "oidc_")
+_FILE_KEYS = (
+    *(key for key in _SETTINGS if not key.startswith(_NESTED)),
+    "tls",
+    "oidc",
+    "webhooks",
+)
+_WEBHOOK_KEYS = ("url", "format", "events")
 
 
 def load_config(
@@ -331,10 +456,11 @@ def load_config(
     problems: list[Problem] = []
     source: str | None = None
     config_dir = cwd
+    webhooks: list[WebhookConfig] = []
     if path is not None:
         source = os.fspath(path)
         config_dir = Path(os.path.abspath(Path(source).parent))
-        problems += _file_layer(Path(source), config_dir, given)
+        problems += _file_layer(Path(source), config_dir, given, webhooks)
     env = os.environ if environ is None else environ
     for key in _SETTINGS:
         variable = ENV_PREFIX + key.upper()
@@ -362,21 +488,25 @@ def load_config(
             problems.append(Problem(origin.source, origin.line, origin.key, str(exc)))
         origins[key] = origin
     tls = _tls(values, origins, problems)
+    oidc = _oidc(values, origins, problems)
     if problems:
         raise ConfigError(problems)
 
     # Each value was produced by its setting's parser, so it has the field's type.
     fields: dict[str, Any] = {
-        key: value for key, value in values.items() if not key.startswith("tls_")
+        key: value for key, value in values.items() if not key.startswith(_NESTED)
     }
     fields.setdefault("data_dir", config_dir)
     if path is not None:
         fields.setdefault("policy", config_dir / "policy.yaml")
-    return ServerConfig(tls=tls, source=source, **fields)
+    return ServerConfig(tls=tls, oidc=oidc, webhooks=tuple(webhooks), source=source, **fields)
 
 
 def _file_layer(
-    file: Path, config_dir: Path, given: dict[str, tuple[str, _Origin]]
+    file: Path,
+    config_dir: Path,
+    given: dict[str, tuple[str, _Origin]],
+    webhooks: list[WebhookConfig] | None = None,
 ) -> list[Problem]:
     source = str(file)
     try:
@@ -402,11 +532,76 @@ def _file_layer(
                 if value is not None and tls_key in _TLS_KEYS:
                     origin = _Origin(source, tls_entry.value.line, tls_path, config_dir)
                     given[f"tls_{tls_key}"] = (value, origin)
+        elif key == "oidc":
+            oidc = check.mapping(entry.value, "oidc", _OIDC_KEYS, line=entry.key_line)
+            for oidc_key, oidc_entry in oidc:
+                oidc_path = join("oidc", oidc_key)
+                name = f"oidc_{oidc_key}"
+                value = _file_text(check, oidc_entry.value, oidc_path, listed=name in _LIST_KEYS)
+                if value is not None and oidc_key in _OIDC_KEYS:
+                    origin = _Origin(source, oidc_entry.value.line, oidc_path, config_dir)
+                    given[name] = (value, origin)
+        elif key == "webhooks":
+            found = _webhooks(check, entry.value)
+            if webhooks is not None:
+                webhooks.extend(found)
         elif key in _SETTINGS:
             value = check.text(entry.value, key)
             if value is not None:
                 given[key] = (value, _Origin(source, entry.value.line, key, config_dir))
     return check.problems
+
+
+def _webhooks(check: Checker, node: Node) -> list[WebhookConfig]:
+    hooks = []
+    for index, item in enumerate(check.items(node, "webhooks")):
+        path = f"webhooks[{index}]"
+        hook = check.mapping(item, path, _WEBHOOK_KEYS, line=item.line)
+        url_entry = hook.required("url")
+        url = check.convert(url_entry.value, join(path, "url"), check_url) if url_entry else None
+        fmt = "json"
+        fmt_entry = hook.optional("format")
+        if fmt_entry is not None:
+            text = check.text(fmt_entry.value, join(path, "format"))
+            if text is not None and text not in FORMATS:
+                check.add(
+                    fmt_entry.value.line,
+                    join(path, "format"),
+                    f"{text!r} is not a webhook format (one of: {', '.join(FORMATS)})",
+                )
+            fmt = text or fmt
+        events: set[str] | None = None
+        events_entry = hook.optional("events")
+        if events_entry is not None:
+            events = set()
+            for n, event_node in enumerate(check.items(events_entry.value, join(path, "events"))):
+                name = check.text(event_node, f"{join(path, 'events')}[{n}]")
+                if name is not None and name not in EVENTS:
+                    check.add(
+                        event_node.line,
+                        f"{join(path, 'events')}[{n}]",
+                        f"{name!r} is not an event (one of: {', '.join(EVENTS)})",
+                    )
+                elif name is not None:
+                    events.add(name)
+        if url is not None:
+            if events is None:
+                hooks.append(WebhookConfig(url, fmt))
+            else:
+                hooks.append(WebhookConfig(url, fmt, frozenset(events)))
+    return hooks
+
+
+def _file_text(check: Checker, node: Node, path: str, *, listed: bool) -> str | None:
+    if not (listed and isinstance(node, Seq)):
+        return check.text(node, path)
+    words = [check.text(item, f"{path}[{index}]") for index, item in enumerate(node.items)]
+    if any(word is None for word in words):
+        return None
+    if not words:
+        check.add(node.line, path, "give at least one name")
+        return None
+    return " ".join(str(word) for word in words)
 
 
 def _as_text(value: object) -> str | None:
@@ -442,3 +637,27 @@ def _tls(
     assert isinstance(cert, Path) and isinstance(key, Path)
     assert ca is None or isinstance(ca, Path)
     return TlsConfig(cert=cert, key=key, ca=ca)
+
+
+def _oidc(
+    values: dict[str, object], origins: dict[str, _Origin], problems: list[Problem]
+) -> OidcConfig | None:
+    named = [key for key in _OIDC_KEYS if f"oidc_{key}" in origins]
+    if not named:
+        return None
+    given = {key: values[f"oidc_{key}"] for key in named if f"oidc_{key}" in values}
+    issuer, client_id = given.get("issuer"), given.get("client_id")
+    if not isinstance(issuer, str) or not isinstance(client_id, str):
+        # A value that was given but did not parse has its problem already.
+        missing = [key for key in ("issuer", "client_id") if key not in named]
+        if missing:
+            origin = origins[f"oidc_{named[0]}"]
+            problems.append(
+                Problem(origin.source, origin.line, origin.key, f"oidc needs {missing[0]} as well")
+            )
+        return None
+    # Each value was produced by its setting's parser, so it has the field's type.
+    rest: dict[str, Any] = {
+        key: value for key, value in given.items() if key not in ("issuer", "client_id")
+    }
+    return OidcConfig(issuer=issuer, client_id=client_id, **rest)

@@ -50,6 +50,19 @@ class Forbidden(DbaccessError):
     sqlstate = "42501"
 
 
+class ApprovalRequired(Forbidden):
+    """Policy allows this only with approval; ``request_id`` names the request that waits for it."""
+
+    kind = "approval_required"
+
+    def __init__(self, message: str, *, request_id: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.request_id = request_id
+
+    def to_json(self) -> dict[str, str | None]:
+        return {**super().to_json(), "request_id": self.request_id}
+
+
 class NotFound(DbaccessError):
     """An unknown target, scope, session or request."""
 

@@ -7,6 +7,7 @@ machine. A :class:`LocalCluster` owns one directory laid out as::
     <data_dir>/
         pgdata/                 PGDATA (initdb output)
         pgdata/dbaccess.conf    settings we manage, rewritten at every start
+        pgdata/dbaccess_hba.conf  extra hba_lines before initdb's pg_hba.conf (if any)
         superuser.password      0600, so a restart reuses the password
         port                    the last port used, so a restart reuses it
         postgres.log            server log (and initdb/pg_ctl output)
@@ -39,6 +40,7 @@ import shutil
 import socket
 import stat
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import quote
@@ -113,12 +115,15 @@ class LocalCluster:
         superuser: str = "postgres",
         password: str | None = None,
         ssl: bool = False,
+        hba_lines: Sequence[str] = (),
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
         self.pgdata = self.data_dir / "pgdata"
         self.log_path = self.data_dir / "postgres.log"
         self.superuser = superuser
         self.ssl = ssl
+        # pg_hba.conf lines matched before initdb's own (e.g. another auth method for one role).
+        self.hba_lines = tuple(hba_lines)
         self._password_path = self.data_dir / "superuser.password"
         self._port_path = self.data_dir / "port"
         self._explicit_port = port is not None
@@ -317,6 +322,12 @@ class LocalCluster:
             "log_line_prefix": "'%m [%p] %q%u@%d '",
             "ssl": "on" if self.ssl else "off",
         }
+        if self.hba_lines:
+            hba = self.pgdata / "dbaccess_hba.conf"
+            base = (self.pgdata / "pg_hba.conf").read_text()
+            hba.write_text("".join(line + "\n" for line in self.hba_lines) + base)
+            self._give(hba)
+            settings["hba_file"] = f"'{hba}'"
         text = "".join(f"{key} = {value}\n" for key, value in settings.items())
         path = self.pgdata / "dbaccess.conf"
         path.write_text(text)

@@ -1,9 +1,10 @@
 """Running the broker: API and gateway in one asyncio loop, plus the reaper.
 
 ``Runtime`` wires the store, policy, session service, HTTP API (uvicorn) and
-gateway together and owns shutdown: on SIGINT/SIGTERM it stops accepting,
-ends every open session (closing its client connections and revoking its
-role), then stops the API.  SIGHUP reloads the policy file; a policy that does
+gateway together and owns shutdown: on SIGINT/SIGTERM the gateway stops
+accepting and lets statements in flight finish (up to ``shutdown_grace``
+seconds) before it closes every client connection; then every open session is
+ended (its role revoked) and the API stops.  SIGHUP reloads the policy file; a policy that does
 not load is rejected and the old one stays in force.
 """
 
@@ -47,6 +48,11 @@ class RuntimeOptions:
     public_gateway_host: str | None = None
     public_gateway_port: int | None = None
     max_connections_per_session: int = 20
+    gateway_max_connections: int = 1000
+    gateway_max_connections_per_identity: int = 100
+    gateway_startup_timeout: float = 15.0
+    shutdown_grace: float = 10.0
+    gateway_cancel_rate: float = 5.0
     oidc: OidcConfig | None = None
     workload_token_ttl: timedelta = DEFAULT_WORKLOAD_TOKEN_TTL
     tls: TlsFiles | None = None
@@ -80,6 +86,10 @@ class Runtime:
             self.service,
             ssl_context=server_context(opts.tls) if opts.tls else None,
             require_tls=opts.require_tls,
+            startup_timeout=opts.gateway_startup_timeout,
+            max_connections=opts.gateway_max_connections,
+            max_connections_per_identity=opts.gateway_max_connections_per_identity,
+            cancel_rate=opts.gateway_cancel_rate,
         )
         self.api_sock = _bind(opts.api_host, opts.api_port)
         self.api_port = self.api_sock.getsockname()[1]
@@ -143,7 +153,7 @@ class Runtime:
         api = _Server(config)
         api_task = asyncio.create_task(api.serve(sockets=[self.api_sock]))
 
-        report = await loop.run_in_executor(None, self.service.reap)
+        report = await loop.run_in_executor(None, lambda: self.service.reap(startup=True))
         if report.revoked_roles or report.orphaned_sessions or report.expired_sessions:
             log.warning(
                 "reaper at start-up: %d expired, %d orphaned sessions; revoked roles: %s",
@@ -158,9 +168,13 @@ class Runtime:
         try:
             await stop.wait()
         finally:
-            log.warning("shutting down: ending open sessions")
+            log.warning(
+                "shutting down: letting statements in flight finish (up to %gs), "
+                "then ending open sessions",
+                self.opts.shutdown_grace,
+            )
             reaper.cancel()
-            await self.gateway.stop()
+            await self.gateway.stop(self.opts.shutdown_grace)
             await loop.run_in_executor(None, self.service.end_all)
             await loop.run_in_executor(None, self.notifier.close)
             chain.append(self.store, "broker.stopped", data={})

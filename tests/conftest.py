@@ -1,3 +1,9 @@
 """Shared fixtures are defined in tests/fix_*.py and registered here."""
 
-pytest_plugins = ["tests.fix_pg", "tests.fix_broker"]
+pytest_plugins = [
+    "tests.fix_pg",
+    "tests.fix_broker",
+    "tests.fix_oidc",
+    "tests.fix_webhook",
+    "tests.fix_vault",
+]

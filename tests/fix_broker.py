@@ -6,6 +6,14 @@ CLI config directory, and waits until it prints that it is running.  The
 ``broker`` fixture is one such process shared by a test module; tests that kill
 or restart the broker start their own.  ``Broker.cli`` runs the real
 ``dbaccess`` console script with the broker's environment.
+
+For tests with several people: ``start(policy=TEXT)`` runs the broker with a
+policy of the test's own (``admin_dsn_file: admin.dsn`` names the target, as in
+the demo policy), ``token(identity, *groups)`` mints an API token for another
+identity, and ``cli(..., token=T)`` / ``spawn(..., token=T)`` act as that identity.
+``reload()`` sends SIGHUP so the broker re-reads its policy file.
+``server_env`` holds extra environment variables for the broker process only
+(not for the CLI), e.g. where a credential issuer finds its secrets.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ class Broker:
     proc: subprocess.Popen[bytes] | None = None
     api_url: str = ""
     gateway: tuple[str, int] = ("", 0)
+    server_env: dict[str, str] = field(default_factory=dict)
     log_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -53,8 +62,47 @@ class Broker:
         env.update(extra)
         return env
 
-    def start(self, *extra_args: str, timeout: float = 60) -> None:
+    @property
+    def policy_path(self) -> Path:
+        return self.data_dir / "policy.yaml"
+
+    def write_policy(self, text: str) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.policy_path.write_text(text)
+
+    def reload(self) -> None:
+        """SIGHUP: the broker re-reads its policy file (and keeps the old one if it is invalid)."""
+        assert self.proc is not None and self.proc.poll() is None
+        self.proc.send_signal(signal.SIGHUP)
+
+    def token(self, identity: str, *groups: str) -> str:
+        """A broker API token for ``identity`` in ``groups`` (from the broker's own store)."""
+        res = subprocess.run(
+            [
+                str(BIN / "dbaccess-server"),
+                "token",
+                "create",
+                "--data-dir",
+                str(self.data_dir),
+                "--identity",
+                identity,
+                "--groups",
+                ",".join(groups),
+                "--ttl",
+                "1d",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=self.env(),
+            check=True,
+        )
+        return res.stdout.strip()
+
+    def start(self, *extra_args: str, timeout: float = 60, policy: str | None = None) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if policy is not None:
+            self.write_policy(policy)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [
@@ -70,7 +118,7 @@ class Broker:
             ],
             stdout=log,
             stderr=log,
-            env=self.env(),
+            env=self.env(**self.server_env),
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -109,15 +157,28 @@ class Broker:
         input: str | None = None,
         timeout: float = 60,
         env: dict[str, str] | None = None,
+        token: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
+        extra = {**(env or {}), **({"DBACCESS_TOKEN": token} if token else {})}
         return subprocess.run(
             [str(BIN / "dbaccess"), *args],
             input=input,
             capture_output=True,
             text=True,
             timeout=timeout,
-            env=self.env(**(env or {})),
+            env=self.env(**extra),
             check=False,
+        )
+
+    def spawn(self, *args: str, token: str | None = None) -> subprocess.Popen[str]:
+        """Start ``dbaccess ARGS`` in the background (e.g. one that waits for an approval)."""
+        return subprocess.Popen(
+            [str(BIN / "dbaccess"), *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self.env(**({"DBACCESS_TOKEN": token} if token else {})),
         )
 
     def log(self) -> str:

@@ -57,13 +57,16 @@ class HeldSession:
 
 
 @contextmanager
-def held_session(broker: Broker, *args: str, timeout: float = 30) -> Iterator[HeldSession]:
+def held_session(
+    broker: Broker, *args: str, timeout: float = 30, token: str | None = None
+) -> Iterator[HeldSession]:
+    """``token``: act as another identity (a broker API token, see ``Broker.token``)."""
     proc = subprocess.Popen(
         [str(BIN / "dbaccess"), "connect", "demo", "--no-launch", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=broker.env(),
+        env=broker.env(**({"DBACCESS_TOKEN": token} if token else {})),
     )
     assert proc.stderr is not None
     text = ""

@@ -306,7 +306,7 @@ def test_fish_completes() -> None:
     assert _fish_complete("dbaccess exec demo --out") == ["--output"]
     assert sorted(_fish_complete("dbaccess exec demo --output ")) == ["csv", "json", "table"]
     assert _fish_complete("dbaccess audit --limit 5 ") == ["verify"]
-    assert _fish_complete("dbaccess-server policy ") == ["check"]
+    assert _fish_complete("dbaccess-server policy ") == ["check", "explain"]
 
 
 # --------------------------------------------------------------------------- start-up cost

@@ -25,7 +25,10 @@ def targets(output: OutputOpt = Output.table, server: ServerOpt = None) -> None:
             t["name"],
             t["database"],
             ", ".join(
-                f"{s['name']} (default {s['default_ttl']}, max {s['max_ttl']})" for s in t["scopes"]
+                f"{s['name']} (default {s['default_ttl']}, max {s['max_ttl']}"
+                + (", needs approval" if s.get("approval") else "")
+                + ")"
+                for s in t["scopes"]
             ),
             t.get("description") or "",
         ]
@@ -124,11 +127,17 @@ def audit(
 
 @audit_app.command("verify")
 def audit_verify(server: ServerOpt = None) -> None:
-    """Check the hash chain: detects edited, removed or reordered events."""
+    """Check the hash chain and the session recordings.
+
+    Detects edited, removed or reordered events, and recordings that no longer
+    match the digests the chain holds.
+    """
     client = BrokerClient.from_env(server)
     res = client.audit_verify()
     if res["ok"]:
-        render.info(f"audit log intact: {res['events']} events, hash chain verified")
+        recordings = (res.get("recordings") or {}).get("recordings")
+        extra = f"; {recordings} recordings match their digests" if recordings is not None else ""
+        render.info(f"audit log intact: {res['events']} events, hash chain verified{extra}")
         return
     raise CliError(
         f"audit log tampered: event {res['first_bad_seq']}: {res['problem']}",

@@ -15,12 +15,12 @@ from fastapi import Depends, FastAPI, Header, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from server.api import auth_routes, recordings_routes, requests_routes
 from server.audit import chain
 from server.durations import format_duration, parse_duration
-from server.errors import DbaccessError, Forbidden, InvalidInput, NotAuthenticated, NotFound
+from server.errors import DbaccessError, Forbidden, InvalidInput, NotFound
 from server.policy.evaluate import Identity, visible_targets
 from server.sessions.service import SessionService
-from server.store.db import utcnow
 
 ADMIN_GROUP = "admin"
 AUDITOR_GROUP = "auditor"
@@ -40,9 +40,15 @@ class SessionRequest(BaseModel):
     ttl: str | None = Field(default=None, max_length=20)
     reason: str | None = Field(default=None, max_length=2000)
     client: dict[str, str] | None = None
+    break_glass: bool = False
+    request_id: str | None = Field(default=None, max_length=32)
 
 
-def create_app(service: SessionService, gateway: GatewayInfo) -> FastAPI:
+def create_app(
+    service: SessionService,
+    gateway: GatewayInfo,
+    auth: auth_routes.AuthSettings | None = None,
+) -> FastAPI:
     app = FastAPI(title="dbaccess broker", version="0.1.0", docs_url=None, redoc_url=None)
     app.state.service = service
 
@@ -51,20 +57,7 @@ def create_app(service: SessionService, gateway: GatewayInfo) -> FastAPI:
         return JSONResponse(exc.to_json(), status_code=exc.http_status)
 
     def identity(authorization: Annotated[str | None, Header()] = None) -> Identity:
-        if not authorization or not authorization.lower().startswith("bearer "):
-            raise NotAuthenticated(
-                "no broker token", hint="log in with dbaccess login, or set DBACCESS_TOKEN"
-            )
-        rec = service.store.find_token(authorization[7:].strip())
-        if rec is None:
-            raise NotAuthenticated("unknown broker token", hint="log in again with dbaccess login")
-        if rec.revoked_at is not None:
-            raise NotAuthenticated("this broker token was revoked", hint="log in again")
-        if rec.expires_at is not None and rec.expires_at <= utcnow():
-            raise NotAuthenticated(
-                f"broker token expired at {rec.expires_at:%Y-%m-%d %H:%M} UTC",
-                hint="log in again with dbaccess login",
-            )
+        rec = auth_routes.authenticate(service.store, authorization)
         return Identity(name=rec.identity, groups=frozenset(rec.groups), kind=rec.kind)
 
     Caller = Annotated[Identity, Depends(identity)]
@@ -72,13 +65,13 @@ def create_app(service: SessionService, gateway: GatewayInfo) -> FastAPI:
     def is_admin(who: Identity) -> bool:
         return ADMIN_GROUP in who.groups
 
+    auth_routes.register(app, service, auth)
+    requests_routes.register(app, service, identity)
+    recordings_routes.register(app, service, identity)
+
     @app.get("/v1/health")
     def health() -> dict[str, str]:
         return {"status": "ok"}
-
-    @app.get("/v1/whoami")
-    def whoami(who: Caller) -> dict[str, Any]:
-        return {"identity": who.name, "groups": sorted(who.groups), "kind": who.kind}
 
     @app.get("/v1/targets")
     def targets(who: Caller) -> list[dict[str, Any]]:
@@ -93,6 +86,9 @@ def create_app(service: SessionService, gateway: GatewayInfo) -> FastAPI:
                         "default_ttl": format_duration(s.default_ttl),
                         "max_ttl": format_duration(s.max_ttl),
                         "grants": list(s.grants),
+                        "approval": s.approval.required,
+                        "reason_required": s.reason_required,
+                        "break_glass": s.break_glass,
                     }
                     for s in scopes
                 ],
@@ -108,7 +104,16 @@ def create_app(service: SessionService, gateway: GatewayInfo) -> FastAPI:
                 ttl = parse_duration(body.ttl)
             except ValueError as exc:
                 raise InvalidInput(str(exc)) from None
-        record, ticket = service.start(who, body.target, body.scope, ttl, body.reason, body.client)
+        record, ticket = service.start(
+            who,
+            body.target,
+            body.scope,
+            ttl,
+            body.reason,
+            body.client,
+            break_glass=body.break_glass,
+            request_id=body.request_id,
+        )
         live = service.live(record.id)
         assert live is not None
         return {
@@ -175,12 +180,6 @@ def create_app(service: SessionService, gateway: GatewayInfo) -> FastAPI:
     def audit_verify(who: Caller) -> dict[str, Any]:
         if not (is_admin(who) or AUDITOR_GROUP in who.groups):
             raise Forbidden("verifying the audit log needs the admin or auditor group")
-        res = chain.verify(service.store)
-        return {
-            "ok": res.ok,
-            "events": res.events,
-            "first_bad_seq": res.first_bad_seq,
-            "problem": res.problem,
-        }
+        return recordings_routes.verify_audit(service.store)
 
     return app

@@ -6,6 +6,12 @@ check that nothing is left), can cut live connections on their own
 (``terminate_backends``), and lists what it manages (``list_managed``) so the
 reaper can find expired or orphaned credentials after a crash.
 
+Issuers whose credentials are leases (``vault``) also take a :class:`LeaseBook`
+(``keep_leases_in``): they write each lease there as soon as they have it, so a
+broker that crashes and restarts can still revoke leases it no longer holds in
+memory.  A credential may carry a ``password_provider`` instead of a fixed
+password (``rds-iam``): the gateway calls it for each upstream connection.
+
 Database role names are derived from the identity and the session id by
 :func:`role_name_for`: readable enough that a DBA looking at
 ``pg_stat_activity`` knows whose session a backend belongs to, unique per
@@ -20,7 +26,7 @@ import base64
 import hashlib
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, runtime_checkable
@@ -34,20 +40,70 @@ _NOT_NAME_CHARS = re.compile(r"[^a-z0-9]+")
 
 @dataclass(frozen=True)
 class Credential:
-    """What a session connects upstream with. The password is kept out of reprs and logs."""
+    """What a session connects upstream with. The password is kept out of reprs and logs.
+
+    ``password_provider``, when set, mints the password for each new upstream
+    connection (short-lived login tokens); ``password`` is then unused.
+    """
 
     username: str
     password: str = field(repr=False)
     valid_until: datetime
     lease_id: str | None = None
+    password_provider: Callable[[], str] | None = field(default=None, repr=False, compare=False)
+
+    def login_password(self) -> str:
+        """The password for an upstream login starting now (may block: it can call out)."""
+        if self.password_provider is not None:
+            return self.password_provider()
+        return self.password
 
 
 @dataclass(frozen=True)
 class ManagedRole:
-    """A role the issuer manages; ``valid_until`` is None when it has no (finite) deadline."""
+    """A role the issuer manages; ``valid_until`` is None when it has no (finite) deadline.
+
+    ``session_id`` is set when the issuer knows which session the role was minted
+    for (lease-based issuers), so the reaper can spare one that is still starting.
+    """
 
     name: str
     valid_until: datetime | None
+    session_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A credential lease as the broker keeps it: enough to revoke it after a restart."""
+
+    lease_id: str
+    username: str
+    session_id: str
+    valid_until: datetime
+    role_oid: int | None = None
+
+
+class LeaseBook(Protocol):
+    """Durable record of one target's leases (the broker's store)."""
+
+    def remember(self, lease: Lease) -> None: ...
+
+    def find(self, username: str) -> Lease | None:
+        """The unrevoked lease of ``username``, if any."""
+        ...
+
+    def outstanding(self) -> list[Lease]:
+        """Every lease not yet marked revoked."""
+        ...
+
+    def mark_revoked(self, lease_id: str) -> None: ...
+
+
+@runtime_checkable
+class KeepsLeases(Protocol):
+    """An issuer that needs a :class:`LeaseBook` before it can issue or revoke."""
+
+    def keep_leases_in(self, book: LeaseBook) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -65,7 +121,13 @@ class RevocationResult:
 @runtime_checkable
 class Issuer(Protocol):
     def issue(
-        self, *, identity: str, session_id: str, grants: Sequence[str], valid_until: datetime
+        self,
+        *,
+        identity: str,
+        session_id: str,
+        grants: Sequence[str],
+        valid_until: datetime,
+        scope: str | None = None,
     ) -> Credential: ...
 
     def revoke(self, username: str) -> RevocationResult: ...

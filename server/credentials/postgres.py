@@ -91,6 +91,8 @@ class PostgresIssuer:
         connect_timeout: int = 5,
         marker_role: str = MARKER_ROLE,
         connection_limit: int = CONNECTION_LIMIT,
+        login_roles: Sequence[str] = (),
+        password_login: bool = True,
     ) -> None:
         try:
             params = conninfo_to_dict(admin_dsn)
@@ -112,6 +114,12 @@ class PostgresIssuer:
         self.connect_timeout = connect_timeout
         self.marker_role = marker_role
         self.connection_limit = connection_limit
+        # Roles that decide how a session logs in (rds_iam) rather than what it may
+        # do: joined without the checks grant roles get.
+        self.login_roles = tuple(login_roles)
+        # False: the role gets no password at all (PASSWORD NULL); something else,
+        # such as IAM authentication, must let it log in.
+        self.password_login = password_login
 
     def __repr__(self) -> str:
         return f"PostgresIssuer({self._where!r})"
@@ -156,6 +164,10 @@ class PostgresIssuer:
         except psycopg.Error as exc:
             raise DbaccessError(f"target database {self._where}: {self._message(exc)}") from None
 
+    def admin_connection(self) -> contextlib.AbstractContextManager[Conn]:
+        """The admin connection with this issuer's error mapping, for issuers built on it."""
+        return self._session()
+
     def _role_info(self, conn: Conn, username: str) -> _RoleInfo | None:
         row = conn.execute(
             _statement("role_info.sql"), {"name": username, "marker": self.marker_role}
@@ -194,7 +206,13 @@ class PostgresIssuer:
     # -- Issuer -------------------------------------------------------------
 
     def issue(
-        self, *, identity: str, session_id: str, grants: Sequence[str], valid_until: datetime
+        self,
+        *,
+        identity: str,
+        session_id: str,
+        grants: Sequence[str],
+        valid_until: datetime,
+        scope: str | None = None,
     ) -> Credential:
         if valid_until.tzinfo is None or valid_until.utcoffset() is None:
             raise InvalidInput("valid_until must be timezone-aware")
@@ -206,14 +224,15 @@ class PostgresIssuer:
         if self.marker_role in wanted:
             raise InvalidInput(f"{self.marker_role!r} is the marker role, not a grant")
         username = role_name_for(identity, session_id)
-        password = secrets.token_urlsafe(_PASSWORD_BYTES)
+        password = secrets.token_urlsafe(_PASSWORD_BYTES) if self.password_login else ""
+        in_roles = list(dict.fromkeys([self.marker_role, *self.login_roles, *wanted]))
         create = _statement(
             "create_role.sql",
             role=sql.Identifier(username),
             connection_limit=sql.Literal(int(self.connection_limit)),
-            verifier=sql.Literal(scram_sha256_verifier(password)),
+            verifier=sql.Literal(scram_sha256_verifier(password) if password else None),
             valid_until=sql.Literal(valid_until.astimezone(UTC).isoformat()),
-            in_roles=sql.SQL(", ").join(sql.Identifier(r) for r in [self.marker_role, *wanted]),
+            in_roles=sql.SQL(", ").join(sql.Identifier(r) for r in in_roles),
         )
         with self._session() as conn, conn.transaction():
             self._check_grants(conn, wanted)

@@ -1,13 +1,28 @@
 """The gateway's asyncio shell: the one module of the gateway that touches sockets.
 
 Each accepted client gets a ``ClientConnection`` (an asyncio Protocol).  It
-feeds bytes to the sans-IO parser and the startup logic in ``session.py``,
-resolves the session ticket with the session service (in a worker thread, as it
-may hit the store), opens the upstream connection as the session's role, and
-then relays.  In the relay phase only message framing is parsed; unmodified
-chunks are forwarded as they arrived, with write-buffer backpressure in both
-directions (a reader that stops reading pauses the other side instead of making
-the gateway buffer without bound).
+answers SSLRequest and then runs the client's TLS itself over memory buffers
+(``tls.py``: one SSL_read per request, one SSL_write per response, straight
+from the socket callbacks), feeds the plaintext to the sans-IO startup logic
+in ``session.py``, resolves the
+session ticket with the session service (in a worker thread, as it may hit the
+store), checks the connection caps, opens the upstream connection as the
+session's role, and then hands both byte streams to a ``Relay`` (``relay.py``),
+which frames message boundaries, refuses unknown client message types, runs
+the hooks registered per message type and returns the bytes to write on.
+Callbacks run straight from the event loop's reads: no task per connection
+once it relays.
+
+Write-buffer backpressure works in both directions: when the client does not
+read, its transport's buffer passes the high-water mark and reading from the
+target pauses until it drains (and the other way round), so a slow reader
+costs the gateway a bounded buffer instead of the whole result.
+
+Shutdown (``Gateway.stop``) stops accepting, closes connections that are
+idle or still logging in, lets the others finish what is in flight up to a
+grace period (a connection closes once its last ReadyForQuery has been
+forwarded: at the client's next message, or a second later) and then closes
+the rest, each with 57P01.
 """
 
 from __future__ import annotations
@@ -19,12 +34,15 @@ import secrets
 import socket
 import ssl
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
 from server.errors import DbaccessError
 from server.gateway import pgwire
+from server.gateway.limits import CANCEL_RATE_PER_ADDRESS, CancelLimiter, ConnectionCaps
 from server.gateway.pgwire import ProtocolViolation
+from server.gateway.relay import Relay
 from server.gateway.session import (
     CancelResult,
     ClientStartup,
@@ -33,9 +51,9 @@ from server.gateway.session import (
     StartupResult,
     UpstreamLogin,
     UpstreamPhase,
-    check_frontend,
     startup_packet,
 )
+from server.gateway.tls import ServerTls, TlsError
 from server.sessions.service import LiveSession, SessionService
 from server.store.db import utcnow
 
@@ -45,6 +63,13 @@ STARTUP_TIMEOUT = 15.0
 UPSTREAM_CONNECT_TIMEOUT = 10.0
 HIGH_WATER = 512 * 1024
 LOW_WATER = 64 * 1024
+SHUTDOWN_MESSAGE = "terminating connection: the broker is shutting down"
+SHUTDOWN_HINT = "start a new session with dbaccess connect when the broker is back"
+SHUTDOWN_LINGER = 1.0
+
+# Called for every connection that enters the relay phase, to register hooks
+# (guardrails, masking, recording) for the session it belongs to.
+RelaySetup = Callable[[Relay, LiveSession], None]
 
 
 @dataclass(frozen=True)
@@ -64,32 +89,72 @@ class Gateway:
         *,
         ssl_context: ssl.SSLContext | None = None,
         require_tls: bool = False,
+        startup_timeout: float = STARTUP_TIMEOUT,
+        max_connections: int = 1000,
+        max_connections_per_identity: int = 100,
+        cancel_rate: float = CANCEL_RATE_PER_ADDRESS,
     ) -> None:
         self.service = service
         self.ssl_context = ssl_context
         self.require_tls = require_tls and ssl_context is not None
+        self.startup_timeout = startup_timeout
+        self.caps = ConnectionCaps(max_connections, max_connections_per_identity)
+        self.cancel_rate = cancel_rate
         self.connections: set[ClientConnection] = set()
         self.cancel_keys: dict[tuple[int, int], CancelTarget] = {}
+        self.relay_setup: list[RelaySetup] = []
+        self.draining = False
         self._server: asyncio.base_events.Server | None = None
+        self._cancel_limiter: CancelLimiter | None = None
+        self._cancel_logged = float("-inf")
         self.host = ""
         self.port = 0
 
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
+        self._cancel_limiter = CancelLimiter.for_rate(self.cancel_rate, loop.time())
         self._server = await loop.create_server(
             lambda: ClientConnection(self), host, port, reuse_address=True
         )
         sock = self._server.sockets[0]
         self.host, self.port = sock.getsockname()[:2]
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float = 0.0) -> None:
+        """Stop accepting, let statements in flight finish for up to ``grace`` seconds,
+        then close every connection with 57P01."""
+        loop = asyncio.get_running_loop()
         if self._server is not None:
             self._server.close()
-            await self._server.wait_closed()
+        self.draining = True
         for conn in list(self.connections):
-            conn.abort("57P01", "terminating connection: the gateway is shutting down", None)
+            conn.close_if_idle()
+        deadline = loop.time() + grace
+        while self.connections and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        if self.connections:
+            log.warning(
+                "shutdown: closing %d connections with statements still running",
+                len(self.connections),
+            )
+        for conn in list(self.connections):
+            conn.abort("57P01", SHUTDOWN_MESSAGE, SHUTDOWN_HINT)
+        if self._server is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), 5)
 
-    async def cancel(self, key: tuple[int, int]) -> None:
+    async def cancel(self, key: tuple[int, int], address: str) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        limiter = self._cancel_limiter
+        if limiter is not None and not limiter.allow(address, now):
+            if now - self._cancel_logged >= 1.0:
+                self._cancel_logged = now
+                log.warning(
+                    "ignoring CancelRequests over the rate limit (from %s; %d ignored so far)",
+                    address,
+                    limiter.refused,
+                )
+            return
         target = self.cancel_keys.get(key)
         if target is None:
             return  # unknown keys are ignored, as PostgreSQL does
@@ -109,14 +174,14 @@ class UpstreamProtocol(asyncio.Protocol):
     def __init__(self, owner: ClientConnection) -> None:
         self.owner = owner
         self.transport: asyncio.Transport | None = None
+        # Straight to the connection: one Python call less per read.
+        self.data_received = owner.upstream_data  # type: ignore[method-assign]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
         self.transport = cast(asyncio.Transport, transport)
         self.transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
-
-    def data_received(self, data: bytes) -> None:
-        self.owner.upstream_data(data)
+        _nodelay(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.owner.upstream_lost(exc)
@@ -144,28 +209,37 @@ class ClientConnection(asyncio.Protocol):
         self.upstream_parser = pgwire.BackendParser()
         self.login: UpstreamLogin | None = None
         self.live: LiveSession | None = None
-        self.relaying = False
+        self.identity: str | None = None  # set once counted against the caps
+        self.relay: Relay | None = None
         self.closed = False
         self.key = (secrets.randbits(31), secrets.randbits(32))
         self._ssl_answer: asyncio.Future[bytes] | None = None
-        self._tls_pending: list[bytes] | None = None
+        self.tls: ServerTls | None = None
+        self._closing = False
         self._timers: list[asyncio.TimerHandle] = []
+        # Direct references for the relay hot path.
+        self._up: asyncio.Transport | None = None
+
+    @property
+    def relaying(self) -> bool:
+        return self.relay is not None
+
+    def gone(self) -> bool:
+        """Closed meanwhile (asked after an await, where the flag may have changed)."""
+        return self.closed
 
     # -- client side ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
         self.transport = cast(asyncio.Transport, transport)
         self.transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _nodelay(transport)
         self.gateway.connections.add(self)
+        if self.gateway.draining:
+            self.abort("57P01", SHUTDOWN_MESSAGE, SHUTDOWN_HINT)
+            return
         self._timers.append(
-            self.loop.call_later(
-                STARTUP_TIMEOUT,
-                self._startup_timeout,
-            )
+            self.loop.call_later(self.gateway.startup_timeout, self._startup_timeout)
         )
 
     def _startup_timeout(self) -> None:
@@ -173,21 +247,45 @@ class ClientConnection(asyncio.Protocol):
             self.abort("08P01", "timeout waiting for the client to log in", None)
 
     def data_received(self, data: bytes) -> None:
+        tls = self.tls
+        if tls is not None:
+            try:
+                data, back = tls.receive(data)
+            except TlsError as exc:
+                log.info("closing a client connection: %s", exc)
+                self.close()
+                return
+            if back and not self.closed:
+                assert self.transport is not None
+                self.transport.write(back)
+            if tls.closed:
+                self.close()
+                return
+            if not data:
+                return
+        relay = self.relay
+        if relay is not None and not self.closed:
+            if self._closing:
+                # Shutting down: the client's next statement gets the reason.
+                self.abort("57P01", SHUTDOWN_MESSAGE, SHUTDOWN_HINT)
+                return
+            try:
+                up, back = relay.from_client(data)
+            except ProtocolViolation as exc:
+                self.abort("08P01", f"protocol violation: {exc}", None)
+                return
+            except GatewayError as exc:
+                self.abort(exc.sqlstate, exc.message, exc.hint)
+                return
+            if up:
+                assert self._up is not None
+                self._up.write(up)
+            if back:
+                self._write(back)
+            return
         if self.closed:
             return
-        if self._tls_pending is not None:
-            # Decrypted bytes can arrive before start_tls() hands back the new
-            # transport; hold them so nothing is answered on the raw socket.
-            self._tls_pending.append(data)
-            return
         try:
-            if self.relaying:
-                self.parser.feed(data)
-                for raw in self.parser.messages():
-                    check_frontend(raw)
-                assert self.upstream is not None and self.upstream.transport is not None
-                self.upstream.transport.write(data)
-                return
             self.parser.feed(data)
             while not self.closed and not self.relaying:
                 startup_msg = self.parser.next_raw()
@@ -197,15 +295,17 @@ class ClientConnection(asyncio.Protocol):
                 if reply:
                     self._write(reply)
                 if isinstance(result, StartTls):
-                    # Stop reading now so the ClientHello stays in the socket
-                    # for the TLS layer; start_tls resumes reading itself.
-                    assert self.transport is not None
-                    self.transport.pause_reading()
-                    self._tls_pending = []
-                    self.loop.create_task(self._start_tls())
+                    # From here on every byte from the client is a TLS record;
+                    # the parser has already refused bytes sent after the
+                    # request in the clear (CVE-2021-23214).
+                    assert self.gateway.ssl_context is not None
+                    self.tls = ServerTls(self.gateway.ssl_context)
+                    self.startup.tls_active = True
                     return
                 if isinstance(result, CancelResult):
-                    self.loop.create_task(self.gateway.cancel((result.pid, result.secret)))
+                    self.loop.create_task(
+                        self.gateway.cancel((result.pid, result.secret), self._peer())
+                    )
                     self.close()
                     return
                 if isinstance(result, StartupResult):
@@ -220,29 +320,9 @@ class ClientConnection(asyncio.Protocol):
         except GatewayError as exc:
             self.abort(exc.sqlstate, exc.message, exc.hint)
 
-    async def _start_tls(self) -> None:
-        assert self.transport is not None and self.gateway.ssl_context is not None
-        try:
-            tls_transport = await asyncio.wait_for(
-                self.loop.start_tls(
-                    self.transport, self, self.gateway.ssl_context, server_side=True
-                ),
-                STARTUP_TIMEOUT,
-            )
-        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
-            log.warning("TLS handshake with a client failed: %r", exc)
-            self.closed = True
-            self.transport.close()
-            self._cleanup()
-            return
-        if tls_transport is None:
-            self._cleanup()
-            return
-        self.transport = tls_transport
-        self.startup.tls_active = True
-        held, self._tls_pending = self._tls_pending or [], None
-        if held:
-            self.data_received(b"".join(held))
+    def _peer(self) -> str:
+        peer = self.transport.get_extra_info("peername") if self.transport else None
+        return str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
 
     async def _upstream_tls(
         self, proto: UpstreamProtocol, sslmode: str, host: str, rootcert: str | None
@@ -290,6 +370,7 @@ class ClientConnection(asyncio.Protocol):
         if tls is None:
             self.abort("08006", "the target database closed the connection during TLS", None)
             return False
+        tls.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
         proto.transport = tls
         return True
 
@@ -299,7 +380,14 @@ class ClientConnection(asyncio.Protocol):
             live = await self.loop.run_in_executor(
                 None, service.resolve_ticket, result.ticket, result.params.get("database")
             )
+            if self.gone():
+                return
+            self.gateway.caps.admit(live.record.identity)
+            self.identity = live.record.identity
             service.attach(live, self)
+        except GatewayError as exc:
+            self.abort(exc.sqlstate, exc.message, exc.hint)
+            return
         except DbaccessError as exc:
             self.abort(exc.sqlstate, exc.message, exc.hint)
             return
@@ -331,7 +419,7 @@ class ClientConnection(asyncio.Protocol):
                 "the target may be down; try again later",
             )
             return
-        if self.closed:
+        if self.gone():
             if proto.transport is not None:
                 proto.transport.close()
             return
@@ -340,7 +428,19 @@ class ClientConnection(asyncio.Protocol):
         wants_tls = sslmode in ("prefer", "require", "verify-ca", "verify-full")
         if wants_tls and not await self._upstream_tls(proto, sslmode, up.host, up.sslrootcert):
             return
-        self.login = UpstreamLogin(live.credential.username, live.credential.password)
+        password = live.credential.password
+        if live.credential.password_provider is not None:
+            # A login token (RDS IAM) is minted for each connection: it expires in minutes.
+            try:
+                password = await self.loop.run_in_executor(None, live.credential.login_password)
+            except DbaccessError as exc:
+                self.abort(exc.sqlstate, exc.message, exc.hint)
+                return
+        self.login = UpstreamLogin(
+            live.credential.username,
+            password,
+            tls_verified=sslmode in ("verify-ca", "verify-full"),
+        )
         params = {
             "user": live.credential.username,
             "database": up.database,
@@ -369,29 +469,66 @@ class ClientConnection(asyncio.Protocol):
         """Called from any thread when the broker ends the session."""
         self.loop.call_soon_threadsafe(self.abort, sqlstate, message, hint)
 
+    def _close_after_last_answer(self) -> None:
+        """At shutdown, once the last statement in flight is answered.
+
+        The reason is sent as the answer to the client's next message, or after
+        a short linger: sent right behind the last ReadyForQuery, libpq would
+        read it together with that answer and take it for a mere notice.
+        """
+        self._closing = True
+        self._timers.append(
+            self.loop.call_later(
+                SHUTDOWN_LINGER, self.abort, "57P01", SHUTDOWN_MESSAGE, SHUTDOWN_HINT
+            )
+        )
+
+    def close_if_idle(self) -> None:
+        """At shutdown: close now unless a statement is in flight (then after its answer)."""
+        relay = self.relay
+        if relay is None or not relay.busy:
+            self.abort("57P01", SHUTDOWN_MESSAGE, SHUTDOWN_HINT)
+
     def pause_writing(self) -> None:
         # The client is not reading: stop reading upstream until it catches up.
-        if self.upstream is not None and self.upstream.transport is not None:
-            self.upstream.transport.pause_reading()
+        if self._up is not None:
+            self._up.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.upstream is not None and self.upstream.transport is not None:
-            self.upstream.transport.resume_reading()
+        if self._up is not None:
+            self._up.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cleanup()
 
     # -- upstream side ----------------------------------------------------------
     def upstream_data(self, data: bytes) -> None:
+        relay = self.relay
+        if relay is not None and not self.closed:
+            try:
+                out, _back = relay.from_server(data)
+            except ProtocolViolation as exc:
+                self.abort("08P01", f"protocol violation from the target: {exc}", None)
+                return
+            except GatewayError as exc:
+                self.abort(exc.sqlstate, exc.message, exc.hint)
+                return
+            if out:
+                assert self.transport is not None
+                tls = self.tls
+                if tls is not None:
+                    try:
+                        out = tls.send(out)
+                    except TlsError:
+                        self.close()
+                        return
+                self.transport.write(out)
+            if self.gateway.draining and not relay.busy and not self._closing:
+                self._close_after_last_answer()
+            return
         if self.closed:
             return
         try:
-            if self.relaying:
-                self.upstream_parser.feed(data)
-                for _raw in self.upstream_parser.messages():
-                    pass
-                self._write(data)
-                return
             self.upstream_parser.feed(data)
             if self._ssl_answer is not None and not self._ssl_answer.done():
                 answer = self.upstream_parser.read_ssl_response()
@@ -409,10 +546,9 @@ class ClientConnection(asyncio.Protocol):
                     assert self.upstream.transport is not None
                     self.upstream.transport.write(out)
                 if self.login.phase is UpstreamPhase.READY:
-                    self._enter_relay()
-                    rest = self.upstream_parser.pending_bytes
-                    if rest:
+                    if self.upstream_parser.pending_bytes:
                         raise ProtocolViolation("target sent data before the client's first query")
+                    self._enter_relay()
                     break
         except ProtocolViolation as exc:
             self.abort("08P01", f"protocol violation from the target: {exc}", None)
@@ -420,7 +556,7 @@ class ClientConnection(asyncio.Protocol):
             self.abort(exc.sqlstate, exc.message, exc.hint)
 
     def _enter_relay(self) -> None:
-        assert self.login is not None and self.live is not None
+        assert self.login is not None and self.live is not None and self.upstream is not None
         if self.login.backend_key is not None:
             up = self.live.upstream
             self.gateway.cancel_keys[self.key] = CancelTarget(
@@ -430,10 +566,17 @@ class ClientConnection(asyncio.Protocol):
         out += [pgwire.parameter_status(n, v) for n, v in self.login.parameters]
         out.append(pgwire.backend_key_data(*self.key))
         out.append(pgwire.ready_for_query("I"))
-        self.relaying = True
+        relay = Relay()
+        for setup in self.gateway.relay_setup:
+            setup(relay, self.live)
+        self._up = self.upstream.transport
+        self.relay = relay
         for timer in self._timers[:1]:
             timer.cancel()  # the startup timeout
         self._write(b"".join(out))
+        if self.gateway.draining:
+            self.abort("57P01", SHUTDOWN_MESSAGE, SHUTDOWN_HINT)
+            return
         assert self.transport is not None
         self.transport.resume_reading()
 
@@ -451,8 +594,17 @@ class ClientConnection(asyncio.Protocol):
 
     # -- helpers ----------------------------------------------------------------
     def _write(self, data: bytes) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.write(data)
+        if self.transport is None or self.closed:
+            return
+        tls = self.tls
+        if tls is not None:
+            if not tls.established:
+                return  # nothing can be said to a client before its handshake
+            try:
+                data = tls.send(data)
+            except TlsError:
+                return
+        self.transport.write(data)
 
     def abort(self, sqlstate: str, message: str, hint: str | None) -> None:
         if self.closed:
@@ -481,10 +633,21 @@ class ClientConnection(asyncio.Protocol):
         self._timers.clear()
         self.gateway.connections.discard(self)
         self.gateway.cancel_keys.pop(self.key, None)
+        if self.identity is not None:
+            self.gateway.caps.release(self.identity)
+            self.identity = None
         if self.live is not None:
             self.gateway.service.detach(self.live, self)
         if self.upstream is not None and self.upstream.transport is not None:
             self.upstream.transport.close()
+
+
+def _nodelay(transport: asyncio.BaseTransport) -> None:
+    # Small request/response messages must not wait for Nagle's algorithm.
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def upstream_ssl_context(sslmode: str, rootcert: str | None) -> ssl.SSLContext:

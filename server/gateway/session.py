@@ -11,7 +11,9 @@ to send; ``server.py`` (the only module that touches sockets) drives them.
   (safe: the hop is encrypted or loopback) and yields the session ticket.
 * ``UpstreamLogin`` — logs in to the target as the session's role with
   SCRAM-SHA-256 and collects ParameterStatus until ReadyForQuery, so the client
-  sees one clean startup sequence with the gateway's own BackendKeyData.
+  sees one clean startup sequence with the gateway's own BackendKeyData.  A
+  cleartext password (how RDS takes IAM tokens) is sent only when the
+  connection is TLS that verified the server (``tls_verified``).
 * ``check_frontend`` — in the relay phase, every client message type must be
   one the gateway knows; anything else is refused, never forwarded.
 """
@@ -222,10 +224,25 @@ class UpstreamLogin:
     phase: UpstreamPhase = UpstreamPhase.AUTH
     parameters: list[tuple[str, str]] = field(default_factory=list)
     backend_key: tuple[int, int] | None = None
+    # Set by the shell only after a verify-ca/verify-full handshake: then, and only
+    # then, the password may cross as cleartext inside TLS.
+    tls_verified: bool = False
     _scram: object | None = field(default=None, repr=False)
 
     def handle(self, raw: RawMessage) -> bytes:
         """Feed one upstream message; returns bytes to send upstream."""
+        from scramp import ScramException
+
+        try:
+            return self._handle(raw)
+        except (ValueError, struct.error, ScramException) as exc:
+            # Bad UTF-8, a missing NUL, a SCRAM exchange out of order: all mean
+            # the target (or something posing as it) does not speak the protocol.
+            raise GatewayError(
+                "08P01", f"malformed message from the target during login: {exc}"
+            ) from None
+
+    def _handle(self, raw: RawMessage) -> bytes:
         t = raw.type
         if t == ord("E"):
             fields = _error_fields(raw.body)
@@ -271,12 +288,15 @@ class UpstreamLogin:
                         "28000", "the target's SCRAM signature did not verify"
                     ) from None
                 return b""
-            if code == 3:  # cleartext: the credential would cross in clear; refuse
-                raise GatewayError(
-                    "28000",
-                    "the target asked for a cleartext password",
-                    "configure scram-sha-256 for session roles on the target",
-                )
+            if code == 3:  # AuthenticationCleartextPassword
+                if not self.tls_verified:
+                    raise GatewayError(
+                        "28000",
+                        "the target asked for a cleartext password",
+                        "configure scram-sha-256 for session roles on the target, "
+                        "or connect to it with sslmode verify-full",
+                    )
+                return _frontend(b"p", self.password.encode() + b"\0")
             raise GatewayError("28000", f"unsupported authentication method {code} on the target")
         if self.phase is UpstreamPhase.PARAMS:
             if t == ord("S"):

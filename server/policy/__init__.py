@@ -10,9 +10,17 @@ connection string at the moment it is needed.
 from server.policy.dsn import resolve_admin_dsn
 from server.policy.evaluate import Decision, Identity, effective_groups, evaluate, visible_targets
 from server.policy.load import PolicyError, load_policy, parse_policy
-from server.policy.model import Issuer, Policy, ScopePolicy, SslMode, TargetPolicy
+from server.policy.model import (
+    ApprovalPolicy,
+    Issuer,
+    Policy,
+    ScopePolicy,
+    SslMode,
+    TargetPolicy,
+)
 
 __all__ = [
+    "ApprovalPolicy",
     "Decision",
     "Identity",
     "Issuer",

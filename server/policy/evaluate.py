@@ -10,7 +10,20 @@
    (``targets.<t>.scopes.<s>.allow``, also the rule of an allowed decision);
 4. the TTL: none asked for means ``default_ttl``; zero or less is refused
    (``ttl.not_positive``), and above ``max_ttl`` is refused (``scope.max_ttl``)
-   rather than clamped, so nobody ends up with a shorter session than they think.
+   rather than clamped, so nobody ends up with a shorter session than they think;
+5. the reason: a scope with ``reason_required`` refuses an empty one
+   (``targets.<t>.scopes.<s>.reason_required``);
+6. break-glass, when the identity asks for it: the scope must offer it and a
+   reason must be given (``targets.<t>.scopes.<s>.break_glass``, also the rule of
+   the allowed, flagged decision);
+7. approval: a scope whose ``approval.required`` is set answers "needs approval"
+   (``targets.<t>.scopes.<s>.approval``) with the approval rule attached, or a
+   refusal (``targets.<t>.scopes.<s>.approval.approvers``) when nobody but the
+   requester could ever approve.
+
+A decision is therefore one of three outcomes: ``allowed``, ``needs_approval``
+(``allowed`` is false, so a caller that knows nothing of approvals fails closed)
+or ``denied``.
 
 The ``rule`` of a :class:`Decision` is a stable identifier for logs, audit events
 and API errors; the ``reason`` is for the person.  An identity's groups are the
@@ -24,14 +37,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from server.durations import format_duration
-from server.policy.model import Policy, ScopePolicy, TargetPolicy
+from server.policy.model import ApprovalPolicy, Policy, ScopePolicy, TargetPolicy
 
 PREFERRED_SCOPE = "read"
 
 
 @dataclass(frozen=True)
 class Identity:
-    """Who is asking.  ``kind`` is ``user``, ``service`` or ``dev``."""
+    """Who is asking.  ``kind`` is ``user``, ``workload``, ``service`` or ``dev``."""
 
     name: str
     groups: frozenset[str]
@@ -40,13 +53,30 @@ class Identity:
 
 @dataclass(frozen=True)
 class Decision:
-    """The outcome of ``evaluate``; ``ttl`` is set only when ``allowed``."""
+    """The outcome of ``evaluate``; ``ttl`` is set when allowed or when it needs approval.
+
+    ``approval`` is the rule to satisfy when the scope needs approval first;
+    ``break_glass`` marks a session allowed without the approval its scope requires.
+    """
 
     allowed: bool
     rule: str
     reason: str
     ttl: timedelta | None
     scope: str | None
+    approval: ApprovalPolicy | None = None
+    break_glass: bool = False
+
+    @property
+    def needs_approval(self) -> bool:
+        return not self.allowed and self.approval is not None
+
+    @property
+    def outcome(self) -> str:
+        """``allowed``, ``needs_approval`` or ``denied``."""
+        if self.allowed:
+            return "allowed"
+        return "needs_approval" if self.approval is not None else "denied"
 
 
 def effective_groups(policy: Policy, identity: Identity) -> frozenset[str]:
@@ -75,8 +105,14 @@ def evaluate(
     scope: str | None,
     requested_ttl: timedelta | None,
     now: datetime,
+    *,
+    reason: str | None = None,
+    break_glass: bool = False,
 ) -> Decision:
     """Decide whether ``identity`` may open a session on ``target`` in ``scope`` for a TTL.
+
+    ``reason`` is the person's stated reason; ``break_glass`` says they ask to
+    skip a required approval.
 
     ``now`` is part of the contract so that time-dependent rules can be added
     without changing every caller; no rule depends on it yet.
@@ -126,7 +162,79 @@ def evaluate(
         )
     else:
         ttl = requested_ttl
-    return Decision(allowed=True, rule=rule, reason=why, ttl=ttl, scope=scope_policy.name)
+    return _approval_stage(target, scope_policy, identity, rule, why, ttl, reason, break_glass)
+
+
+def _approval_stage(
+    target: str,
+    scope: ScopePolicy,
+    identity: Identity,
+    allow_rule: str,
+    why: str,
+    ttl: timedelta,
+    reason: str | None,
+    break_glass: bool,
+) -> Decision:
+    base = f"targets.{target}.scopes.{scope.name}"
+    has_reason = bool(reason and reason.strip())
+    if scope.reason_required and not has_reason:
+        return _deny(
+            f"{base}.reason_required",
+            f"scope {scope.name!r} of target {target!r} requires a reason (ticket, incident)",
+            scope.name,
+        )
+    if break_glass:
+        if not scope.break_glass:
+            return _deny(
+                f"{base}.break_glass",
+                f"scope {scope.name!r} of target {target!r} does not offer break-glass access",
+                scope.name,
+            )
+        if not has_reason:
+            return _deny(f"{base}.break_glass", "break-glass access needs a reason", scope.name)
+        return Decision(
+            allowed=True,
+            rule=f"{base}.break_glass",
+            reason=f"{why}; break-glass: approval skipped, the session is flagged",
+            ttl=ttl,
+            scope=scope.name,
+            break_glass=True,
+        )
+    approval = scope.approval
+    if not approval.required:
+        return Decision(allowed=True, rule=allow_rule, reason=why, ttl=ttl, scope=scope.name)
+    others = approval.approver_identities - {identity.name}
+    if not approval.approver_groups and len(others) < approval.min_approvals:
+        return _deny(
+            f"{base}.approval.approvers",
+            f"scope {scope.name!r} of target {target!r} needs {approval.min_approvals} "
+            "approvals from people other than the requester, and not enough are listed",
+            scope.name,
+        )
+    return Decision(
+        allowed=False,
+        rule=f"{base}.approval",
+        reason=f"scope {scope.name!r} of target {target!r} needs {describe_approvers(approval)}",
+        ttl=ttl,
+        scope=scope.name,
+        approval=approval,
+    )
+
+
+def describe_approvers(approval: ApprovalPolicy) -> str:
+    """How many approvals from whom, e.g. ``2 approvals from group dba or a named approver``.
+
+    Named approvers are not listed: other people's names stay private.
+    """
+    count = approval.min_approvals
+    who = []
+    if approval.approver_groups:
+        label = "group" if len(approval.approver_groups) == 1 else "groups"
+        who.append(f"{label} {', '.join(sorted(approval.approver_groups))}")
+    if approval.approver_identities:
+        who.append("a named approver")
+    plural = "approval" if count == 1 else "approvals"
+    return f"{count} {plural} from {' or '.join(who)}"
 
 
 def _choose_scope(

@@ -1,7 +1,7 @@
 """The policy as typed, immutable values: what ``load_policy`` returns and ``evaluate`` reads.
 
 Everything here has already been checked by the loader (names are valid,
-``default_ttl <= max_ttl``, exactly one admin DSN source), so code that receives
+``default_ttl <= max_ttl``, at most one admin DSN source), so code that receives
 a :class:`Policy` need not re-check.  Mappings are read-only views, keeping the
 order of the file so listings show targets and scopes as their author wrote them.
 """
@@ -19,6 +19,8 @@ class Issuer(StrEnum):
     """How session credentials are minted for a target."""
 
     POSTGRES = "postgres"
+    VAULT = "vault"
+    RDS_IAM = "rds-iam"
 
 
 class SslMode(StrEnum):
@@ -33,8 +35,35 @@ class SslMode(StrEnum):
 
 
 @dataclass(frozen=True)
+class ApprovalPolicy:
+    """Who must agree before a scope may be used, and how long their agreement lasts.
+
+    ``min_approvals`` counts distinct approvers other than the requester.
+    ``approval_ttl`` is how long an approved grant stays usable if unused;
+    ``pending_ttl`` how long a request waits for a decision.  A ``single_use``
+    grant starts one session; otherwise it may start sessions until the approved
+    session lifetime, counted from its first use, runs out.
+    """
+
+    required: bool = False
+    approver_groups: frozenset[str] = frozenset()
+    approver_identities: frozenset[str] = frozenset()
+    min_approvals: int = 1
+    approval_ttl: timedelta = timedelta(hours=1)
+    pending_ttl: timedelta = timedelta(hours=24)
+    single_use: bool = True
+
+
+NO_APPROVAL = ApprovalPolicy()
+
+
+@dataclass(frozen=True)
 class ScopePolicy:
-    """One way of using a target: the roles a session gets, for how long, and who may ask."""
+    """One way of using a target: the roles a session gets, for how long, and who may ask.
+
+    ``break_glass`` lets an allowed identity skip a required approval by saying so
+    (and why); such sessions are flagged in the audit log and notified.
+    """
 
     name: str
     grants: tuple[str, ...]
@@ -42,6 +71,145 @@ class ScopePolicy:
     default_ttl: timedelta
     allow_groups: frozenset[str]
     allow_identities: frozenset[str]
+    approval: ApprovalPolicy = NO_APPROVAL
+    reason_required: bool = False
+    break_glass: bool = False
+
+
+class VaultAuthMethod(StrEnum):
+    """How the broker logs in to Vault/OpenBao."""
+
+    TOKEN = "token"  # noqa: S105 - a method name
+    APPROLE = "approle"
+    JWT = "jwt"
+
+
+@dataclass(frozen=True, kw_only=True)
+class VaultAuth:
+    """Where the broker's Vault login material lives: only file paths and variable names.
+
+    ``token``: a token from ``token_file`` or ``token_env``.  ``approle``: ``role_id``
+    and a secret id from ``secret_id_file`` or ``secret_id_env``.  ``jwt``: the JWT in
+    ``jwt_file`` (e.g. a Kubernetes service-account token) for ``jwt_role`` at the
+    auth mount ``jwt_mount`` (a ``kubernetes`` mount takes the same login).
+    """
+
+    method: VaultAuthMethod
+    token_file: Path | None = None
+    token_env: str | None = None
+    role_id: str | None = None
+    secret_id_file: Path | None = None
+    secret_id_env: str | None = None
+    approle_mount: str = "approle"
+    jwt_file: Path | None = None
+    jwt_role: str | None = None
+    jwt_mount: str = "jwt"
+
+
+@dataclass(frozen=True, kw_only=True)
+class VaultSettings:
+    """A Vault/OpenBao database secrets engine role that mints a target's session credentials.
+
+    ``role`` may contain ``{scope}``, so that each scope has a Vault role of its own.
+    """
+
+    address: str
+    role: str
+    auth: VaultAuth
+    mount: str = "database"
+    ca_cert: Path | None = None
+    namespace: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class RdsIamSettings:
+    """IAM database authentication for an RDS/Aurora target.
+
+    Without an admin DSN sessions log in as a fixed IAM-enabled user: ``db_user``,
+    or ``db_user_template`` with ``{scope}`` for one user per scope.  With an admin
+    DSN every session gets its own role in ``rds_iam``.
+    """
+
+    region: str
+    ca_bundle: Path
+    db_user: str | None = None
+    db_user_template: str | None = None
+    endpoint_url: str | None = None
+
+
+class MaskMethod(StrEnum):
+    """How a masked value is shown.
+
+    ``clear`` exists for exact column rules only: it vouches for a column that a
+    name pattern would otherwise mask (or that a view derives from masked ones).
+    """
+
+    CLEAR = "clear"
+    REDACT = "redact"
+    PARTIAL = "partial"
+    HASH = "hash"
+    NULL = "null"
+
+
+class DetectorKind(StrEnum):
+    """Families of sensitive content the gateway recognises in values, whatever their column."""
+
+    EMAIL = "email"
+    PHONE = "phone"
+    CARD = "card"
+    NATIONAL_ID = "national_id"
+    SECRET = "secret"  # noqa: S105 - a detector name
+
+
+class DetectorAction(StrEnum):
+    """What happens to a value in which a detector found something."""
+
+    MASK = "mask"
+    BLOCK = "block"
+
+
+class RecordingFailure(StrEnum):
+    """What a session does when its recording cannot be written: end, or go on unrecorded."""
+
+    CLOSE = "close"
+    CONTINUE = "continue"
+
+
+@dataclass(frozen=True, kw_only=True)
+class MaskRule:
+    """One masking rule: an exact ``schema.table.column`` or a column-name glob, and a method.
+
+    ``scopes`` limits the rule to some of the target's scopes (empty: all of them).
+    ``keep_last`` and ``keep_domain`` shape ``partial``; ``hash_length`` is how many
+    hex digits of the keyed hash are shown.
+    """
+
+    column: str | None = None
+    pattern: str | None = None
+    method: MaskMethod
+    keep_last: int | None = None
+    keep_domain: bool = False
+    hash_length: int = 16
+    scopes: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, kw_only=True)
+class MaskingPolicy:
+    """A target's ``masking`` section: rules, the hashing key's source, who is exempt, detectors.
+
+    The key itself is read when a session starts (from ``key_file`` or ``key_env``),
+    like the admin DSN, so it is never part of the long-lived policy object.
+    ``database_grants`` asks for column-level grants that leave masked columns
+    out of the scopes' grant roles as a second wall.
+    """
+
+    rules: tuple[MaskRule, ...] = ()
+    key_file: Path | None = None
+    key_env: str | None = None
+    exempt_groups: frozenset[str] = frozenset()
+    exempt_scopes: frozenset[str] = frozenset()
+    detectors: Mapping[DetectorKind, DetectorAction] = field(default_factory=dict)
+    database_grants: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,7 +218,8 @@ class TargetPolicy:
 
     ``admin_dsn`` is kept out of ``repr`` because it may hold a password and
     objects end up in logs.  Use ``resolve_admin_dsn`` to obtain the DSN whichever
-    way it is given.
+    way it is given.  The ``postgres`` issuer always has one; ``vault`` and
+    ``rds-iam`` targets may do without, and then name ``host``/``port`` instead.
     """
 
     name: str
@@ -63,12 +232,43 @@ class TargetPolicy:
     sslmode: SslMode | None = None
     sslrootcert: Path | None = None
     scopes: Mapping[str, ScopePolicy]
+    masking: MaskingPolicy | None = None
+    recording_failure: RecordingFailure = RecordingFailure.CLOSE
+    # Where the gateway connects when there is no admin DSN to take them from.
+    host: str | None = None
+    port: int | None = None
+    vault: VaultSettings | None = None
+    rds_iam: RdsIamSettings | None = None
+
+    @property
+    def has_admin_dsn(self) -> bool:
+        return any(v is not None for v in (self.admin_dsn, self.admin_dsn_env, self.admin_dsn_file))
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkloadIdentity:
+    """A service identity that CI jobs and agents become by presenting a matching JWT.
+
+    A token binds to this entry when ``issuer`` signed it, ``audience`` is one of
+    its audiences, and every claim in ``claims`` matches its pattern (shell-style
+    globs: ``*``, ``?``, ``[...]``).  The job is then ``name`` with ``groups``.
+    """
+
+    name: str
+    issuer: str
+    audience: str
+    claims: Mapping[str, str]
+    groups: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
 class Policy:
-    """The whole policy file: targets, static groups (group -> identities), and its source."""
+    """The whole policy file: targets, static groups (group -> identities), and its source.
+
+    ``workload_identities`` keep the file's order: the first entry a token matches wins.
+    """
 
     targets: Mapping[str, TargetPolicy]
     groups: Mapping[str, frozenset[str]]
     source: str
+    workload_identities: tuple[WorkloadIdentity, ...] = ()

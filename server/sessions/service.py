@@ -25,11 +25,20 @@ from typing import Any, Protocol
 
 from server.approvals.service import Approvals, Notifier
 from server.audit import chain
-from server.credentials.base import Credential, Issuer, RevocationResult, role_name_for
+from server.audit.recording import Recorder
+from server.credentials.base import (
+    Credential,
+    Issuer,
+    KeepsLeases,
+    ManagedRole,
+    RevocationResult,
+    role_name_for,
+)
 from server.errors import Conflict, Forbidden, NotAuthenticated, NotFound, Unavailable
+from server.policy import Issuer as PolicyIssuer
 from server.policy import Policy, TargetPolicy, resolve_admin_dsn
 from server.policy.evaluate import Identity, evaluate
-from server.store.db import SessionRecord, Store, hash_secret, new_id, utcnow
+from server.store.db import SessionRecord, Store, StoreLeaseBook, hash_secret, new_id, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -73,21 +82,42 @@ IssuerFactory = Callable[[TargetPolicy], Issuer]
 
 
 def default_issuer_factory(target: TargetPolicy) -> Issuer:
+    admin_dsn = resolve_admin_dsn(target) if target.has_admin_dsn else None
+    if target.issuer is PolicyIssuer.VAULT:
+        from server.credentials.vault import VaultIssuer
+
+        assert target.vault is not None
+        return VaultIssuer(target.vault, admin_dsn=admin_dsn)
+    if target.issuer is PolicyIssuer.RDS_IAM:
+        from server.credentials.rds_iam import RdsIamIssuer
+
+        assert target.rds_iam is not None
+        up = upstream_for(target)
+        return RdsIamIssuer(target.rds_iam, host=up.host, port=up.port, admin_dsn=admin_dsn)
     from server.credentials.postgres import PostgresIssuer
 
-    return PostgresIssuer(resolve_admin_dsn(target))
+    assert admin_dsn is not None
+    return PostgresIssuer(admin_dsn)
 
 
 def upstream_for(target: TargetPolicy) -> Upstream:
-    """Where the gateway connects for a target: host, port and TLS settings come
-    from the admin DSN (into which the policy's sslmode/sslrootcert are merged)."""
+    """Where the gateway connects for a target.
+
+    ``host``/``port`` from the policy win; otherwise they come from the admin DSN
+    (into which the policy's sslmode/sslrootcert are merged).  An ``rds-iam``
+    target is always verified against its CA bundle (verify-full by default),
+    since its login token travels as a cleartext password.
+    """
     from psycopg.conninfo import conninfo_to_dict
 
-    info = conninfo_to_dict(resolve_admin_dsn(target))
-    host = str(info.get("host") or "127.0.0.1")
-    port = int(str(info.get("port") or 5432))
-    sslmode = info.get("sslmode")
-    rootcert = info.get("sslrootcert")
+    info = conninfo_to_dict(resolve_admin_dsn(target)) if target.has_admin_dsn else {}
+    host = target.host or str(info.get("host") or "127.0.0.1")
+    port = target.port or int(str(info.get("port") or 5432))
+    sslmode = target.sslmode or info.get("sslmode")
+    rootcert = target.sslrootcert or info.get("sslrootcert")
+    if target.rds_iam is not None:
+        sslmode = target.sslmode or "verify-full"
+        rootcert = target.rds_iam.ca_bundle
     return Upstream(
         host,
         port,
@@ -106,9 +136,13 @@ class SessionService:
         issuer_factory: IssuerFactory = default_issuer_factory,
         max_connections_per_session: int = 20,
         notifier: Notifier | None = None,
+        recorder: Recorder | None = None,
     ) -> None:
         self.store = store
         self.policy = policy
+        # Every session is recorded from its start to its end; a recording that
+        # fails ends its session (unless the target says recording_failure: continue).
+        self.recorder = recorder or Recorder(store, on_failure=self._recording_failed)
         # Reads self.policy on every call, so a reloaded policy applies to requests at once.
         self.approvals = Approvals(store, lambda: self.policy, notifier=notifier)
         self._issuer_factory = issuer_factory
@@ -117,6 +151,8 @@ class SessionService:
         self._by_ticket: dict[str, str] = {}
         # Roles being minted right now: the reaper must not take them for orphans.
         self._minting: set[str] = set()
+        # The same by session id, for issuers whose role names are not ours to choose (Vault).
+        self._minting_sessions: set[str] = set()
         self._lock = threading.RLock()
         self.max_connections_per_session = max_connections_per_session
 
@@ -133,6 +169,8 @@ class SessionService:
             issuer = self._issuers.get(target.name)
             if issuer is None:
                 issuer = self._issuers[target.name] = self._issuer_factory(target)
+                if isinstance(issuer, KeepsLeases):
+                    issuer.keep_leases_in(StoreLeaseBook(self.store, target.name))
             return issuer
 
     def live(self, session_id: str) -> LiveSession | None:
@@ -197,12 +235,14 @@ class SessionService:
             deadline = min(deadline, grant.grant_expires_at.replace(microsecond=0))
         with self._lock:
             self._minting.add(db_user)
+            self._minting_sessions.add(session_id)
         try:
             credential = issuer.issue(
                 identity=identity.name,
                 session_id=session_id,
                 grants=scope_policy.grants,
                 valid_until=deadline,
+                scope=decision.scope,
             )
             ticket = "dbt_" + secrets.token_urlsafe(32)
             record = SessionRecord(
@@ -226,6 +266,34 @@ class SessionService:
                 # Nothing half-created survives: the role goes if the session cannot be stored.
                 issuer.revoke(credential.username)
                 raise
+            try:
+                self.recorder.open(
+                    session_id,
+                    {
+                        "identity": identity.name,
+                        "groups": sorted(identity.groups),
+                        "target": target_name,
+                        "scope": decision.scope,
+                        "reason": reason,
+                        "db_user": credential.username,
+                        "expires_at": deadline.isoformat(),
+                        "request_id": grant.id if grant is not None else None,
+                        "break_glass": decision.break_glass,
+                        "client": client or {},
+                    },
+                    failure=target.recording_failure,
+                )
+            except Exception as exc:
+                # A session that cannot be recorded does not start.
+                issuer.revoke(credential.username)
+                self.store.finish_session(
+                    session_id, status="failed", reason="its recording could not be started"
+                )
+                log.error("recording of session %s could not be started: %s", session_id, exc)
+                raise Unavailable(
+                    "the session's recording could not be started",
+                    hint="the broker's store is failing; try again, or ask an admin",
+                ) from None
             with self._lock:
                 self._live[session_id] = LiveSession(record, credential, upstream)
                 self._by_ticket[hash_secret(ticket)] = session_id
@@ -237,6 +305,7 @@ class SessionService:
         finally:
             with self._lock:
                 self._minting.discard(db_user)
+                self._minting_sessions.discard(session_id)
         chain.append(
             self.store,
             "session.started",
@@ -358,6 +427,9 @@ class SessionService:
             session_id=session_id,
             data={"status": status, "reason": reason, "actor": actor, "revocation": result},
         )
+        self.recorder.close(
+            session_id, {"status": status, "reason": reason, "actor": actor, "revocation": result}
+        )
         ended = self.store.get_session(session_id)
         assert ended is not None
         return ended
@@ -380,6 +452,12 @@ class SessionService:
             "detail": res.detail,
         }
 
+    def _recording_failed(self, session_id: str, reason: str) -> None:
+        if self.live(session_id) is not None:
+            self.end(
+                session_id, status="killed", reason=f"recording failed: {reason}", actor="recorder"
+            )
+
     def end_all(self, status: str = "shutdown", reason: str = "broker shut down") -> None:
         with self._lock:
             ids = list(self._live)
@@ -387,7 +465,31 @@ class SessionService:
             self.end(session_id, status=status, reason=reason)
 
     # -- reaper -------------------------------------------------------------
-    def reap(self, now: datetime | None = None) -> ReapReport:
+    def _starting(self, session_id: str) -> bool:
+        # start() stores the session a moment before it goes live: not an orphan.
+        with self._lock:
+            return session_id in self._minting_sessions
+
+    def _owned(self, role: ManagedRole) -> bool:
+        """Whether a live or starting session holds ``role``, asked when the reaper gets to it:
+        a session that started after the role was listed has registered before minting it."""
+        with self._lock:
+            return (
+                role.name in self._minting
+                or role.session_id in self._minting_sessions
+                or role.session_id in self._live
+                or any(live.credential.username == role.name for live in self._live.values())
+            )
+
+    def reap(self, now: datetime | None = None, *, startup: bool = False) -> ReapReport:
+        """End expired sessions and revoke credentials nobody holds.
+
+        Sessions the store calls active but this process does not hold are
+        ended as orphans only at ``startup``: then they can only be left over
+        from a broker that died.  On the timer they may belong to another
+        broker sharing the store, so only roles that no active session in the
+        store names are revoked.
+        """
         now = now or utcnow()
         expired: list[str] = []
         orphaned: list[str] = []
@@ -402,7 +504,7 @@ class SessionService:
                 if rec.expires_at <= now:
                     self.end(rec.id, status="expired", reason="deadline passed", actor="reaper")
                     expired.append(rec.id)
-                elif self.live(rec.id) is None:
+                elif startup and self.live(rec.id) is None and not self._starting(rec.id):
                     self.end(
                         rec.id,
                         status="orphaned",
@@ -412,13 +514,12 @@ class SessionService:
                     orphaned.append(rec.id)
             except Exception as exc:  # one bad target must not stop the sweep
                 errors.append(f"{rec.id}: {exc}")
-        with self._lock:
-            owned = {live.credential.username for live in self._live.values()} | self._minting
+        in_store = {rec.db_user for rec in self.store.list_sessions(active=True, limit=100_000)}
         for target in self.policy.targets.values():
             try:
                 issuer = self.issuer(target)
                 for role in issuer.list_managed():
-                    if role.name in owned:
+                    if self._owned(role) or role.name in in_store:
                         continue
                     res = issuer.revoke(role.name)
                     revoked.append(role.name)

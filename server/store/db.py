@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
+from server.credentials.base import Lease
 from server.store import tables as t
 
 
@@ -54,6 +55,35 @@ class TokenRecord:
     created_at: datetime
     expires_at: datetime | None
     revoked_at: datetime | None
+
+    def active(self, now: datetime) -> bool:
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "identity": self.identity,
+            "groups": list(self.groups),
+            "kind": self.kind,
+            "created_at": self.created_at.isoformat(),
+            "expires_at": self.expires_at.isoformat() if self.expires_at else None,
+            "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
+        }
+
+
+def _token(row: sa.Row[Any]) -> TokenRecord:
+    m = row._mapping
+    created = _aware(m["created_at"])
+    assert created is not None
+    return TokenRecord(
+        id=m["id"],
+        identity=m["identity"],
+        groups=tuple(m["groups"]),
+        kind=m["kind"],
+        created_at=created,
+        expires_at=_aware(m["expires_at"]),
+        revoked_at=_aware(m["revoked_at"]),
+    )
 
 
 @dataclass(frozen=True)
@@ -187,20 +217,59 @@ class Store:
             row = conn.execute(
                 t.api_tokens.select().where(t.api_tokens.c.token_hash == hash_secret(token))
             ).first()
-        if row is None:
-            return None
-        m = row._mapping
-        created = _aware(m["created_at"])
-        assert created is not None
-        return TokenRecord(
-            id=m["id"],
-            identity=m["identity"],
-            groups=tuple(m["groups"]),
-            kind=m["kind"],
-            created_at=created,
-            expires_at=_aware(m["expires_at"]),
-            revoked_at=_aware(m["revoked_at"]),
-        )
+        return _token(row) if row is not None else None
+
+    def get_token(self, token_id: str) -> TokenRecord | None:
+        with self.tx() as conn:
+            row = conn.execute(t.api_tokens.select().where(t.api_tokens.c.id == token_id)).first()
+        return _token(row) if row is not None else None
+
+    def list_tokens(
+        self, *, kind: str | None = None, include_inactive: bool = False
+    ) -> list[TokenRecord]:
+        """Tokens, newest first; by default only those neither revoked nor expired."""
+        q = t.api_tokens.select().order_by(t.api_tokens.c.created_at.desc())
+        if kind is not None:
+            q = q.where(t.api_tokens.c.kind == kind)
+        with self.tx() as conn:
+            records = [_token(r) for r in conn.execute(q)]
+        if include_inactive:
+            return records
+        now = utcnow()
+        return [r for r in records if r.active(now)]
+
+    def revoke_token(self, token_id: str) -> bool:
+        """Revoke a token now; False when it is unknown or was revoked already."""
+        with self.tx() as conn:
+            res = conn.execute(
+                t.api_tokens.update()
+                .where(t.api_tokens.c.id == token_id, t.api_tokens.c.revoked_at.is_(None))
+                .values(revoked_at=utcnow())
+            )
+        return res.rowcount == 1
+
+    def use_once(self, token_key: str, *, kind: str, issuer: str, expires_at: datetime) -> bool:
+        """Record that a token was exchanged; False when it had been already (a replay).
+
+        ``token_key`` is a hash naming the token.  Entries of tokens that have
+        expired cannot be replayed any more and are pruned on the way.
+        """
+        now = utcnow()
+        try:
+            with self.tx() as conn:
+                conn.execute(t.used_tokens.delete().where(t.used_tokens.c.expires_at < now))
+                conn.execute(
+                    t.used_tokens.insert().values(
+                        token_key=token_key,
+                        kind=kind,
+                        issuer=issuer,
+                        used_at=now,
+                        expires_at=expires_at,
+                    )
+                )
+        except sa.exc.IntegrityError:
+            return False
+        return True
 
     # -- sessions -------------------------------------------------------------
     def insert_session(self, rec: SessionRecord, ticket_hash: str) -> None:
@@ -255,4 +324,66 @@ class Store:
                 t.sessions.update()
                 .where(t.sessions.c.id == session_id)
                 .values(revocation=dict(result))
+            )
+
+
+class StoreLeaseBook:
+    """One target's credential leases in the store (see ``credentials.base.LeaseBook``)."""
+
+    def __init__(self, store: Store, target: str) -> None:
+        self.store = store
+        self.target = target
+
+    def remember(self, lease: Lease) -> None:
+        with self.store.tx() as conn:
+            conn.execute(
+                t.credential_leases.insert().values(
+                    lease_id=lease.lease_id,
+                    target=self.target,
+                    session_id=lease.session_id,
+                    db_user=lease.username,
+                    role_oid=lease.role_oid,
+                    created_at=utcnow(),
+                    expires_at=lease.valid_until,
+                )
+            )
+
+    def _select(self) -> sa.Select[Any]:
+        c = t.credential_leases.c
+        return (
+            t.credential_leases.select()
+            .where(c.target == self.target, c.revoked_at.is_(None))
+            .order_by(c.created_at)
+        )
+
+    @staticmethod
+    def _lease(row: sa.Row[Any]) -> Lease:
+        m = row._mapping
+        until = _aware(m["expires_at"])
+        assert until is not None
+        return Lease(
+            lease_id=m["lease_id"],
+            username=m["db_user"],
+            session_id=m["session_id"],
+            valid_until=until,
+            role_oid=m["role_oid"],
+        )
+
+    def find(self, username: str) -> Lease | None:
+        with self.store.tx() as conn:
+            row = conn.execute(
+                self._select().where(t.credential_leases.c.db_user == username)
+            ).first()
+        return self._lease(row) if row is not None else None
+
+    def outstanding(self) -> list[Lease]:
+        with self.store.tx() as conn:
+            return [self._lease(row) for row in conn.execute(self._select())]
+
+    def mark_revoked(self, lease_id: str) -> None:
+        with self.store.tx() as conn:
+            conn.execute(
+                t.credential_leases.update()
+                .where(t.credential_leases.c.lease_id == lease_id)
+                .values(revoked_at=utcnow())
             )

@@ -58,3 +58,121 @@ audit_events = sa.Table(
     sa.Column("prev_hash", sa.String(64), nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
 )
+
+# ID and workload tokens already exchanged for a broker token, kept until they expire.
+used_tokens = sa.Table(
+    "used_tokens",
+    metadata,
+    sa.Column("token_key", sa.String(64), primary_key=True),
+    sa.Column("kind", sa.String(20), nullable=False),
+    sa.Column("issuer", sa.String(500), nullable=False),
+    sa.Column("used_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False, index=True),
+)
+
+# Just-in-time access requests; every change is a conditional UPDATE on ``version``.
+access_requests = sa.Table(
+    "access_requests",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("kind", sa.String(20), nullable=False, server_default="access"),
+    sa.Column("requester", sa.String(200), nullable=False, index=True),
+    sa.Column("requester_groups", sa.JSON, nullable=False),
+    sa.Column("target", sa.String(200), nullable=False),
+    sa.Column("scope", sa.String(200), nullable=False),
+    sa.Column("reason", sa.Text, nullable=True),
+    sa.Column("ttl_seconds", sa.Integer, nullable=False),
+    sa.Column("start_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("status", sa.String(20), nullable=False, index=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("decided_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("decided_by", sa.String(200), nullable=True),
+    sa.Column("note", sa.Text, nullable=True),
+    sa.Column("min_approvals", sa.Integer, nullable=False),
+    sa.Column("approver_groups", sa.JSON, nullable=False),
+    sa.Column("approver_identities", sa.JSON, nullable=False),
+    sa.Column("approval_ttl_seconds", sa.Integer, nullable=False),
+    sa.Column("pending_ttl_seconds", sa.Integer, nullable=False),
+    sa.Column("single_use", sa.Boolean, nullable=False),
+    sa.Column("grant_expires_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("used_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("use_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("session_id", sa.String(32), nullable=True),
+    sa.Column("statement", sa.Text, nullable=True),
+    sa.Column("statement_sha256", sa.String(64), nullable=True),
+    sa.Column("parameters", sa.JSON, nullable=True),
+)
+# At most one pending access request per requester, target and scope, even when two
+# session starts race to create it.
+sa.Index(
+    "uq_access_requests_one_pending",
+    access_requests.c.requester,
+    access_requests.c.target,
+    access_requests.c.scope,
+    unique=True,
+    sqlite_where=sa.text("status = 'pending' AND kind = 'access'"),
+    postgresql_where=sa.text("status = 'pending' AND kind = 'access'"),
+)
+
+# One row per (request, approver): the unique constraint makes a double approval impossible.
+approvals = sa.Table(
+    "approvals",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column(
+        "request_id",
+        sa.String(32),
+        sa.ForeignKey("access_requests.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("approver", sa.String(200), nullable=False),
+    sa.Column("approver_groups", sa.JSON, nullable=False),
+    sa.Column("comment", sa.Text, nullable=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.UniqueConstraint("request_id", "approver", name="uq_approvals_request_approver"),
+)
+
+# Leases of lease-based issuers (Vault/OpenBao), kept so a restarted broker can revoke them.
+credential_leases = sa.Table(
+    "credential_leases",
+    metadata,
+    sa.Column("lease_id", sa.String(500), primary_key=True),
+    sa.Column("target", sa.String(200), nullable=False),
+    sa.Column("session_id", sa.String(32), nullable=False, index=True),
+    sa.Column("db_user", sa.String(63), nullable=False),
+    sa.Column("role_oid", sa.BigInteger, nullable=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+)
+sa.Index(
+    "ix_credential_leases_target_user", credential_leases.c.target, credential_leases.c.db_user
+)
+
+# Session recordings: the events of each session in order, and per session its
+# status and the digest that the audit chain holds (server/audit/recording.py).
+session_events = sa.Table(
+    "session_events",
+    metadata,
+    sa.Column("session_id", sa.String(32), primary_key=True),
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("kind", sa.String(40), nullable=False),
+    sa.Column("data", sa.JSON, nullable=False),
+)
+
+session_recordings = sa.Table(
+    "session_recordings",
+    metadata,
+    sa.Column("session_id", sa.String(32), primary_key=True),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("opened_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("closed_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("events", sa.Integer, nullable=True),
+    sa.Column("dropped", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("digest", sa.String(64), nullable=True),
+    sa.Column("audit_seq", sa.Integer, nullable=True),
+)

@@ -304,8 +304,11 @@ ERROR_CASES = [
         id="database-a-list",
     ),
     pytest.param(
-        edited("    database: demo", "    database: demo\n    issuer: vault"),
-        ["policy.yaml:8: targets.demo.issuer: 'vault' is not a known issuer (one of: postgres)"],
+        edited("    database: demo", "    database: demo\n    issuer: vualt"),
+        [
+            "policy.yaml:8: targets.demo.issuer: 'vualt' is not a known issuer "
+            "(one of: postgres, vault, rds-iam)"
+        ],
         id="unknown-issuer",
     ),
     pytest.param(
@@ -404,7 +407,8 @@ ERROR_CASES = [
         "base: &b {database: demo}\nversion: 1\ntargets:\n  demo:\n    <<: *b\n",
         [
             "policy.yaml:5: targets.demo: merge keys (<<) are not supported",
-            "policy.yaml:1: base: unknown key (expected one of: groups, targets, version)",
+            "policy.yaml:1: base: unknown key "
+            "(expected one of: groups, targets, version, workload_identities)",
             "policy.yaml:4: targets.demo.database: required key is missing",
             "policy.yaml:4: targets.demo: give exactly one of admin_dsn, admin_dsn_env, "
             "admin_dsn_file",

@@ -1,0 +1,522 @@
+"""Gateway throughput against PostgreSQL directly and through pgbouncer, in one run.
+
+Starts its own PostgreSQL cluster (pgbench tables at scale 10, readable by
+``demo_read``), a pgbouncer from the distribution's package (session pooling,
+loopback TCP, SCRAM from an auth_file; it also offers TLS to clients with the
+broker's dev certificate, so TLS-to-TLS comparisons are like for like) and a
+dev broker, then measures, for each route:
+
+* ``pgbench -S -M simple`` and ``-M extended`` with 1, 8 and 32 clients for
+  ``--seconds`` each (TPS and average latency);
+* a 1,000,000-row read (~80 bytes a row) with ``psql -At -c ... > /dev/null``
+  (median of ``--reads`` runs);
+
+and finally the broker's resident memory with 200 idle client connections.
+
+Routes: ``direct`` (plain TCP to PostgreSQL), ``pgbouncer`` (plain TCP),
+``pgbouncer-tls`` (TLS from the client to pgbouncer), ``dbaccess`` (TLS from
+the client straight to the gateway, ticket as password: the route the targets
+apply to) and ``dbaccess-tunnel`` (through ``dbaccess connect``'s local tunnel,
+which adds a hop in another Python process).
+
+Targets (from the gateway's issue): dbaccess >= 1.0x pgbouncer TPS at 8 clients
+in both modes, >= 0.8x at 1 and 32 clients, the 1M-row read <= 1.1x direct,
+gateway memory < 100 MB with 200 idle client connections.  The ratios printed
+compare dbaccess with plain pgbouncer (the stricter reference) and with direct.
+
+Run: .venv/bin/python bench/gateway_throughput.py [--seconds 10] [--reads 3]
+     [--routes direct,pgbouncer,pgbouncer-tls,dbaccess,dbaccess-tunnel]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import pwd
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from server.demo.provision import provision_demo
+from server.pgcluster import LocalCluster, free_port
+
+BIN = Path(sys.executable).parent
+PGBOUNCER = "/usr/sbin/pgbouncer"
+BENCH_USER = "bench"
+BENCH_PASSWORD = "bench-password-not-secret"
+READ_SQL = "select i, md5(i::text), repeat('x', 40) from generate_series(1, 1000000) as s(i)"
+ALL_ROUTES = ("direct", "pgbouncer", "pgbouncer-tls", "dbaccess", "dbaccess-tunnel")
+IDLE_CONNECTIONS = 200
+IDLE_SESSIONS = 5  # 40 connections each, below a session role's connection limit
+
+
+@dataclass
+class Route:
+    name: str
+    env: dict[str, str]
+    proxy_pid: int | None = None  # whose CPU time a transaction costs is measured
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def pg_env(host: str, port: int, user: str, password: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env.update(
+        PGHOST=host,
+        PGPORT=str(port),
+        PGUSER=user,
+        PGPASSWORD=password,
+        PGDATABASE="demo",
+        PGSSLMODE="disable",
+        PGCONNECT_TIMEOUT="10",
+    )
+    env.update(extra)
+    return env
+
+
+def pgbench(
+    route: Route, mode: str, clients: int, seconds: int
+) -> tuple[float, float, tuple[float, float]]:
+    """TPS, average latency (ms) and the proxy's user and system CPU time per
+    transaction (µs; zero without a proxy)."""
+    cmd = [
+        "pgbench",
+        "-n",
+        "-S",
+        "-M",
+        mode,
+        "-c",
+        str(clients),
+        "-j",
+        str(min(clients, 2)),
+        "-T",
+        str(seconds),
+    ]
+    cpu_before = cpu_seconds(route.proxy_pid) if route.proxy_pid else (0.0, 0.0)
+    res = subprocess.run(
+        cmd, env=route.env, capture_output=True, text=True, timeout=seconds + 120, check=False
+    )
+    cpu_after = cpu_seconds(route.proxy_pid) if route.proxy_pid else (0.0, 0.0)
+    out = res.stdout + res.stderr
+    tps = re.search(r"tps = ([0-9.]+)", out)
+    lat = re.search(r"latency average = ([0-9.]+) ms", out)
+    count = re.search(r"actually processed: ([0-9]+)", out)
+    if res.returncode != 0 or tps is None or lat is None or count is None:
+        raise RuntimeError(f"pgbench via {route.name} failed:\n{out}")
+    done = max(int(count.group(1)), 1)
+    usr, sys_ = (
+        (after - before) / done * 1e6 for before, after in zip(cpu_before, cpu_after, strict=True)
+    )
+    return float(tps.group(1)), float(lat.group(1)), (usr, sys_)
+
+
+def big_read(route: Route, runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        with open(os.devnull, "wb") as null:
+            res = subprocess.run(
+                ["psql", "-X", "-At", "-v", "ON_ERROR_STOP=1", "-c", READ_SQL],
+                env=route.env,
+                stdout=null,
+                stderr=subprocess.PIPE,
+                timeout=300,
+                check=False,
+            )
+        if res.returncode != 0:
+            raise RuntimeError(f"psql via {route.name} failed: {res.stderr.decode()}")
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def run_as_postgres(cmd: list[str]) -> list[str]:
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+@contextmanager
+def pgbouncer(base: Path, pg_port: int, cert: Path, key: Path) -> Iterator[int]:
+    where = base / "pgbouncer"
+    where.mkdir(mode=0o700)
+    port = free_port()
+    # pgbouncer refuses to run as root, so its files go to the user it runs as.
+    tls_cert, tls_key = where / "server.crt", where / "server.key"
+    shutil.copy(cert, tls_cert)
+    shutil.copy(key, tls_key)
+    (where / "users.txt").write_text(f'"{BENCH_USER}" "{BENCH_PASSWORD}"\n')
+    (where / "pgbouncer.ini").write_text(
+        f"""[databases]
+demo = host=127.0.0.1 port={pg_port} dbname=demo
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {port}
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = {where / "users.txt"}
+pool_mode = session
+max_client_conn = 400
+default_pool_size = 64
+logfile = {where / "pgbouncer.log"}
+pidfile = {where / "pgbouncer.pid"}
+ignore_startup_parameters = extra_float_digits
+client_tls_sslmode = allow
+client_tls_cert_file = {tls_cert}
+client_tls_key_file = {tls_key}
+"""
+    )
+    if os.geteuid() == 0:
+        entry = pwd.getpwnam("postgres")
+        for path in [where, *where.iterdir()]:
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+    proc = subprocess.Popen(
+        run_as_postgres([PGBOUNCER, str(where / "pgbouncer.ini")]),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with psycopg.connect(
+                    host="127.0.0.1",
+                    port=port,
+                    user=BENCH_USER,
+                    password=BENCH_PASSWORD,
+                    dbname="demo",
+                    sslmode="disable",
+                    connect_timeout=2,
+                ):
+                    break
+            except psycopg.OperationalError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    log = where / "pgbouncer.log"
+                    raise RuntimeError(
+                        "pgbouncer did not start: "
+                        + (log.read_text() if log.exists() else "no log")
+                    ) from None
+                time.sleep(0.2)
+        yield port
+    finally:
+        if proc.poll() is None:
+            # runuser forwards the signal to pgbouncer.
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@contextmanager
+def dev_broker(
+    base: Path, admin_dsn: str
+) -> Iterator[tuple[subprocess.Popen[bytes], dict[str, str]]]:
+    env = dict(os.environ)
+    env.pop("DBACCESS_TOKEN", None)
+    env.pop("DBACCESS_SERVER", None)
+    env.update(
+        DBACCESS_CONFIG_DIR=str(base / "cli"),
+        PYTHON_KEYRING_BACKEND="keyring.backends.fail.Keyring",
+    )
+    log_path = base / "server.log"
+    proc = subprocess.Popen(
+        [
+            str(BIN / "dbaccess-server"),
+            "dev",
+            "--data-dir",
+            str(base / "data"),
+            "--target-dsn",
+            admin_dsn,
+            "--session-max-connections",
+            "400",
+            "--gateway-max-connections-per-identity",
+            "400",
+        ],
+        stdout=log_path.open("wb"),
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while "dev broker is running" not in log_path.read_text(errors="replace"):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(log_path.read_text(errors="replace"))
+            time.sleep(0.1)
+        yield proc, env
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@contextmanager
+def held_session(env: dict[str, str]) -> Iterator[tuple[int, str]]:
+    proc = subprocess.Popen(
+        [str(BIN / "dbaccess"), "connect", "demo", "--no-launch", "--ttl", "1h"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert proc.stderr is not None
+    text = ""
+    try:
+        while "press Ctrl-C" not in text:
+            line = proc.stderr.readline()
+            if not line:
+                raise RuntimeError(f"dbaccess connect --no-launch exited: {text}")
+            text += line
+        port = int(re.search(r"listening on 127\.0\.0\.1:(\d+)", text).group(1))  # type: ignore[union-attr]
+        ticket = re.search(r"session ticket\): (\S+)", text).group(1)  # type: ignore[union-attr]
+        yield port, ticket
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def setup_cluster(cluster: LocalCluster) -> str:
+    demo = provision_demo(cluster)
+    superuser = cluster.dsn(dbname=demo.database)
+    with psycopg.connect(superuser, autocommit=True) as conn:
+        conn.execute("alter system set max_connections = 400")
+    cluster.stop()
+    cluster.start()
+    env = pg_env("127.0.0.1", cluster.port, cluster.superuser, cluster.password)
+    subprocess.run(
+        ["pgbench", "-i", "-q", "-s", "10"], env=env, capture_output=True, check=True, timeout=300
+    )
+    with psycopg.connect(superuser, autocommit=True) as conn:
+        conn.execute(
+            "grant select on pgbench_accounts, pgbench_branches, pgbench_tellers, "
+            "pgbench_history to demo_read"
+        )
+        conn.execute(
+            f"create role {BENCH_USER} login password '{BENCH_PASSWORD}' in role demo_read"
+        )
+        conn.execute(f"grant connect on database demo to {BENCH_USER}")
+    return demo.admin_dsn
+
+
+def idle_memory(
+    broker_pid: int, gateway: tuple[str, int], tickets: list[str], ca: str
+) -> tuple[int, int]:
+    """Broker RSS before and with IDLE_CONNECTIONS open (and once used) gateway connections.
+
+    Spread over several sessions: each session role has a connection limit of its own.
+    """
+    before = rss_kb(broker_pid)
+    conns = []
+    try:
+        for i in range(IDLE_CONNECTIONS):
+            conns.append(
+                psycopg.connect(
+                    host=gateway[0],
+                    port=gateway[1],
+                    user="dev",
+                    password=tickets[i % len(tickets)],
+                    dbname="demo",
+                    sslmode="verify-full",
+                    sslrootcert=ca,
+                    connect_timeout=10,
+                )
+            )
+        for conn in conns:
+            conn.execute("select 1")
+        time.sleep(1)
+        after = rss_kb(broker_pid)
+    finally:
+        for conn in conns:
+            conn.close()
+    return before, after
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    if a is None or b is None or b == 0:
+        return "   -  "
+    return f"{a / b:5.2f}x"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=int, default=10, help="duration of each pgbench run")
+    ap.add_argument("--reads", type=int, default=3, help="runs of the 1M-row read (median)")
+    ap.add_argument("--routes", default=",".join(ALL_ROUTES))
+    ap.add_argument("--clients", default="1,8,32")
+    ap.add_argument("--modes", default="simple,extended")
+    args = ap.parse_args()
+    routes_wanted = [r for r in args.routes.split(",") if r]
+    for name in routes_wanted:
+        if name not in ALL_ROUTES:
+            raise SystemExit(f"unknown route {name!r} (one of {', '.join(ALL_ROUTES)})")
+    clients = [int(c) for c in args.clients.split(",")]
+    modes = args.modes.split(",")
+
+    base = Path(tempfile.mkdtemp(prefix="dbaccess-gwbench-"))
+    base.chmod(0o711)
+    cluster = LocalCluster(base / "pg")
+    try:
+        with cluster:
+            print("setting up the cluster (pgbench -i -s 10) ...", flush=True)
+            admin_dsn = setup_cluster(cluster)
+            with (
+                dev_broker(base, admin_dsn) as (broker, env),
+                held_session(env) as (tunnel_port, ticket),
+            ):
+                log = (base / "server.log").read_text()
+                gw_host, gw_port = re.search(r"gateway:\s+(\S+):(\d+)", log).groups()  # type: ignore[union-attr]
+                profile = json.loads((base / "cli" / "profile.json").read_text())
+                ca = profile["ca_file"]
+                tls_dir = base / "data" / "tls"
+                with pgbouncer(
+                    base, cluster.port, tls_dir / "server.crt", tls_dir / "server.key"
+                ) as bouncer_port:
+                    pidfile = base / "pgbouncer" / "pgbouncer.pid"
+                    bouncer_pid = int(pidfile.read_text().strip())
+                    all_routes = {
+                        "direct": Route(
+                            "direct",
+                            pg_env("127.0.0.1", cluster.port, BENCH_USER, BENCH_PASSWORD),
+                        ),
+                        "pgbouncer": Route(
+                            "pgbouncer",
+                            pg_env("127.0.0.1", bouncer_port, BENCH_USER, BENCH_PASSWORD),
+                            bouncer_pid,
+                        ),
+                        "pgbouncer-tls": Route(
+                            "pgbouncer-tls",
+                            pg_env(
+                                "127.0.0.1",
+                                bouncer_port,
+                                BENCH_USER,
+                                BENCH_PASSWORD,
+                                PGSSLMODE="require",
+                            ),
+                            bouncer_pid,
+                        ),
+                        "dbaccess": Route(
+                            "dbaccess",
+                            pg_env(
+                                gw_host,
+                                int(gw_port),
+                                "dev",
+                                ticket,
+                                PGSSLMODE="verify-full",
+                                PGSSLROOTCERT=ca,
+                            ),
+                            broker.pid,
+                        ),
+                        "dbaccess-tunnel": Route(
+                            "dbaccess-tunnel",
+                            pg_env("127.0.0.1", tunnel_port, "dev", ticket),
+                            broker.pid,
+                        ),
+                    }
+                    routes = [all_routes[n] for n in routes_wanted]
+                    results: dict[tuple[str, str, int], tuple[float, float]] = {}
+                    for mode in modes:
+                        for n in clients:
+                            for route in routes:
+                                tps, lat, cpu = pgbench(route, mode, n, args.seconds)
+                                results[(route.name, mode, n)] = (tps, lat)
+                                print(
+                                    f"pgbench -S -M {mode:8} -c {n:2}  {route.name:16}"
+                                    f" {tps:9.0f} tps  {lat:7.3f} ms"
+                                    + (
+                                        f"  proxy CPU {cpu[0]:5.1f} usr + {cpu[1]:5.1f} sys µs/tx"
+                                        if route.proxy_pid
+                                        else ""
+                                    ),
+                                    flush=True,
+                                )
+                    reads: dict[str, float] = {}
+                    for route in routes:
+                        reads[route.name] = big_read(route, args.reads)
+                        print(
+                            f"1M-row read               {route.name:16} {reads[route.name]:9.3f} s",
+                            flush=True,
+                        )
+                    with contextlib.ExitStack() as stack:
+                        tickets = [ticket]
+                        for _ in range(IDLE_SESSIONS - 1):
+                            tickets.append(stack.enter_context(held_session(env))[1])
+                        before, after = idle_memory(
+                            broker.pid, (gw_host, int(gw_port)), tickets, ca
+                        )
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+    def tps(route: str, mode: str, n: int) -> float | None:
+        got = results.get((route, mode, n))
+        return got[0] if got else None
+
+    print()
+    print(f"pgbench -S, {args.seconds} s each; TPS (ratio to pgbouncer / to direct)")
+    header = f"{'mode':9} {'clients':>7} " + " ".join(f"{r.name:>16}" for r in routes)
+    print(header + "   dbaccess/pgbouncer  dbaccess/direct  tunnel/pgbouncer  target")
+    for mode in modes:
+        for n in clients:
+            cells = " ".join(f"{tps(r.name, mode, n) or 0:16.0f}" for r in routes)
+            target = 1.0 if n == 8 else 0.8
+            got = tps("dbaccess", mode, n)
+            ref = tps("pgbouncer", mode, n)
+            met = (
+                ""
+                if got is None or ref is None
+                else (" met" if got >= target * ref else " NOT met")
+            )
+            print(
+                f"{mode:9} {n:7} {cells}   {ratio(got, ref):>18}  "
+                f"{ratio(got, tps('direct', mode, n)):>15}  "
+                f"{ratio(tps('dbaccess-tunnel', mode, n), ref):>16}  >= {target:.1f}x{met}"
+            )
+    print()
+    print(f"1M-row read (median of {args.reads}), seconds; ratio to direct (target <= 1.1x)")
+    for name, secs in reads.items():
+        print(f"  {name:16} {secs:7.3f} s  {ratio(secs, reads.get('direct'))}")
+    growth = (after - before) / 1024
+    print()
+    print(
+        f"broker RSS: {before / 1024:.1f} MB before, {after / 1024:.1f} MB with "
+        f"{IDLE_CONNECTIONS} idle gateway connections (+{growth:.1f} MB; target < 100 MB: "
+        f"{'met' if after / 1024 < 100 else 'NOT met'} for the whole process, "
+        f"{'met' if growth < 100 else 'NOT met'} for the connections)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""HTTP route of session recordings: ``GET /v1/sessions/{id}/recording``.
+
+The session's owner, admins and auditors may read a recording.  The answer
+holds the session, the recording's state, its events in order (each with its
+offset from the session's start, for a timeline) and, for a closed recording
+read whole, whether its events still match the digest the audit chain holds.
+(No ``from __future__ import annotations`` here: FastAPI must see the ``Caller``
+annotation, which is local to ``register``, as an object.)
+"""
+
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Query
+
+from server.audit import chain, recording
+from server.errors import NotFound
+from server.policy.evaluate import Identity
+from server.sessions.service import SessionService
+from server.store.db import Store
+
+MAX_EVENTS = 100_000
+
+
+def register(app: FastAPI, service: SessionService, caller: Callable[..., Identity]) -> None:
+    """Add the recording route to ``app``; ``caller`` is the app's authentication dependency."""
+    # Imported here: the app module imports this one at its top.
+    from server.api.app import ADMIN_GROUP, AUDITOR_GROUP
+
+    Caller = Annotated[Identity, Depends(caller)]
+    store = service.store
+
+    @app.get("/v1/sessions/{session_id}/recording")
+    def session_recording(
+        session_id: str,
+        who: Caller,
+        after: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=MAX_EVENTS)] = MAX_EVENTS,
+    ) -> dict[str, Any]:
+        record = store.get_session(session_id)
+        allowed = record is not None and (
+            record.identity == who.name or not {ADMIN_GROUP, AUDITOR_GROUP}.isdisjoint(who.groups)
+        )
+        if record is None or not allowed:
+            raise NotFound(f"unknown session {session_id!r}", hint="list yours: dbaccess sessions")
+        info = recording.recording_info(store, session_id)
+        events = recording.load_events(store, session_id, after=after, limit=limit)
+        verified: bool | None = None
+        problem: str | None = None
+        whole = after == 0 and len(events) < limit
+        if info is not None and info.status != "open" and whole:
+            problem = recording.verify_recording(store, info, events)
+            verified = problem is None
+        start = record.created_at
+        return {
+            "session": record.to_json(),
+            "recording": info.to_json() if info is not None else None,
+            "verified": verified,
+            "problem": problem,
+            "events": [
+                {
+                    **event.to_json(),
+                    "offset_ms": round((event.ts - start).total_seconds() * 1000, 3),
+                }
+                for event in events
+            ],
+        }
+
+
+def verify_audit(store: Store) -> dict[str, Any]:
+    """The answer of ``GET /v1/audit/verify``: the hash chain, then every closed recording.
+
+    ``ok`` covers both.  When the chain is intact but a recording is not,
+    ``first_bad_seq`` is the ``recording.closed`` event of the first such
+    recording and ``problem`` says which session and what is wrong.
+    """
+    res = chain.verify(store)
+    recordings = recording.verify_recordings(store)
+    first_bad_seq, problem = res.first_bad_seq, res.problem
+    if res.ok and recordings.problems:
+        first = recordings.problems[0]
+        first_bad_seq = first.audit_seq
+        problem = f"recording of session {first.session_id}: {first.problem}"
+    return {
+        "ok": res.ok and recordings.ok,
+        "events": res.events,
+        "first_bad_seq": first_bad_seq,
+        "problem": problem,
+        "recordings": recordings.to_json(),
+    }

@@ -1,0 +1,110 @@
+"""HTTP routes of just-in-time access requests: ask, list, show, approve, deny, cancel, revoke.
+
+The routes only authenticate, parse and translate: who may see or decide what
+is the approvals service's business (:mod:`server.approvals.service`), and the
+state changes themselves are the state machine's (:mod:`server.approvals.machine`).
+``POST /v1/sessions`` creates requests too, when a scope needs approval and no
+grant is waiting; this module serves everything else.
+
+List filters are query flags that may be given bare (``?pending&mine``) or with
+a value (``?to_review=true``).  (No ``from __future__ import annotations`` here:
+FastAPI must see the ``Caller`` annotations, which are local to ``register``, as objects.)
+"""
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI
+from pydantic import BaseModel, Field
+
+from server.approvals.service import request_json
+from server.durations import parse_duration
+from server.errors import InvalidInput
+from server.policy.evaluate import Identity
+from server.sessions.service import SessionService
+
+
+class NewRequest(BaseModel):
+    target: str = Field(min_length=1, max_length=200)
+    scope: str | None = Field(default=None, max_length=200)
+    ttl: str | None = Field(default=None, max_length=20)
+    reason: str | None = Field(default=None, max_length=2000)
+    start_at: datetime | None = None
+
+
+class Note(BaseModel):
+    comment: str | None = Field(default=None, max_length=2000)
+    reason: str | None = Field(default=None, max_length=2000)
+
+
+def _flag(value: str | None) -> bool:
+    return value is not None and value.strip().lower() not in ("0", "false", "no", "off")
+
+
+def register(app: FastAPI, service: SessionService, caller: Callable[..., Identity]) -> None:
+    """Add the request routes to ``app``; ``caller`` is the app's authentication dependency."""
+    # Imported here: the app module imports this one at its top.
+    from server.api.app import ADMIN_GROUP
+
+    Caller = Annotated[Identity, Depends(caller)]
+    approvals = service.approvals
+
+    def admin(who: Identity) -> bool:
+        return ADMIN_GROUP in who.groups
+
+    @app.post("/v1/requests", status_code=201)
+    def create_request(body: NewRequest, who: Caller) -> dict[str, Any]:
+        ttl = None
+        if body.ttl:
+            try:
+                ttl = parse_duration(body.ttl)
+            except ValueError as exc:
+                raise InvalidInput(str(exc)) from None
+        start_at = body.start_at
+        if start_at is not None and start_at.tzinfo is None:
+            start_at = start_at.replace(tzinfo=UTC)
+        request, created = approvals.create(
+            who, body.target, body.scope, ttl, body.reason, start_at
+        )
+        return {"request": request_json(request), "created": created}
+
+    @app.get("/v1/requests")
+    def list_requests(
+        who: Caller,
+        pending: str | None = None,
+        mine: str | None = None,
+        to_review: str | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        found = approvals.find(
+            who,
+            admin=admin(who),
+            pending=_flag(pending),
+            mine=_flag(mine),
+            to_review=_flag(to_review),
+            limit=max(1, min(limit, 1000)),
+        )
+        return [request_json(r) for r in found]
+
+    @app.get("/v1/requests/{request_id}")
+    def show_request(request_id: str, who: Caller) -> dict[str, Any]:
+        return request_json(approvals.get(request_id, who, admin=admin(who)))
+
+    @app.post("/v1/requests/{request_id}/approve")
+    def approve(request_id: str, who: Caller, body: Note | None = None) -> dict[str, Any]:
+        comment = body.comment if body else None
+        return request_json(approvals.approve(request_id, who, comment, admin=admin(who)))
+
+    @app.post("/v1/requests/{request_id}/deny")
+    def deny(request_id: str, body: Note, who: Caller) -> dict[str, Any]:
+        return request_json(approvals.deny(request_id, who, body.reason, admin=admin(who)))
+
+    @app.post("/v1/requests/{request_id}/cancel")
+    def cancel(request_id: str, who: Caller, body: Note | None = None) -> dict[str, Any]:
+        note = body.reason if body else None
+        return request_json(approvals.cancel(request_id, who, note, admin=admin(who)))
+
+    @app.post("/v1/requests/{request_id}/revoke")
+    def revoke(request_id: str, body: Note, who: Caller) -> dict[str, Any]:
+        return request_json(approvals.revoke(request_id, who, body.reason, admin=admin(who)))

@@ -1,0 +1,739 @@
+"""Session recordings: what happened in a session, in order, tamper-evident, off the data path.
+
+A recording is the ordered list of a session's events in ``session_events``
+(``session_id``, ``seq``, ``ts``, ``kind``, ``data``) plus a row in
+``session_recordings`` (status, event count, digest).  Kinds:
+
+* ``session.start`` — identity, groups, target, scope, reason, approval, client;
+* ``connection.open`` / ``connection.close`` — a client connection of the session
+  (addresses, application name);
+* ``statement`` — text and parameters with secrets and masked-column literals
+  redacted (:func:`redact_statement`, :func:`statement_event`), start time,
+  duration, rows, command tag, SQLSTATE, guardrail decision, masked columns;
+* ``notice`` — a NoticeResponse the client was sent (already redacted);
+* ``session.end`` — why, and the revocation result.
+
+**Off the data path.**  :meth:`Recorder.record` only stamps the event (next
+``seq`` of its session, the time) and appends it to an in-memory queue; a
+background thread writes the queue in batches, one transaction each, so the
+gateway never waits on the store.  The queue is bounded: when it is full the
+event is refused, which counts as a failure of that session's recording.
+
+**Failing closed.**  When a batch cannot be written (or an event is refused),
+every session with an event in it is *failed*: ``on_failure(session_id,
+reason)`` is called (on a thread of its own, so that it may end the session,
+which closes the recording) and later events of that session are refused.  A
+session opened with ``RecordingFailure.CONTINUE`` (an admin's choice in the
+policy: ``recording_failure: continue``) instead goes on unrecorded, and the
+number of lost events is noted when its recording closes.
+
+**Tamper evidence.**  :meth:`Recorder.close` appends ``session.end``, waits
+until everything of the session is written, reads the events back and takes
+the SHA-256 of their canonical form (:func:`recording_digest`: one sorted-key
+compact JSON object per event, newline-terminated, in ``seq`` order), stores
+it, and appends a ``recording.closed`` audit event with the digest to the hash
+chain.  The chain makes the digest itself unchangeable, so
+:func:`verify_recordings` — part of ``dbaccess audit verify`` — recomputes
+every closed recording's digest and reports any recording that was edited,
+cut short, reordered or deleted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+import sqlalchemy as sa
+
+from server.audit import chain
+from server.policy.model import RecordingFailure
+from server.store import tables as t
+from server.store.db import Store, _aware, utcnow
+
+log = logging.getLogger(__name__)
+
+REDACTED: Final = "[redacted]"
+DEFAULT_BATCH_SIZE: Final = 500
+DEFAULT_FLUSH_INTERVAL: Final = 0.2
+DEFAULT_MAX_QUEUE: Final = 100_000
+
+FailureCallback = Callable[[str, str], None]
+
+
+# --------------------------------------------------------------------------
+# Events and digests
+
+
+@dataclass(frozen=True)
+class SessionEvent:
+    session_id: str
+    seq: int
+    ts: datetime
+    kind: str
+    data: Mapping[str, Any]
+
+    def canonical(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "ts": _iso(self.ts),
+            "kind": self.kind,
+            "data": self.data,
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return {"seq": self.seq, "ts": _iso(self.ts), "kind": self.kind, "data": dict(self.data)}
+
+
+def _iso(ts: datetime) -> str:
+    aware = _aware(ts)
+    assert aware is not None
+    return aware.isoformat(timespec="microseconds")
+
+
+def recording_digest(events: Iterable[SessionEvent]) -> str:
+    """SHA-256 over the canonical form of ``events`` (given in ``seq`` order)."""
+    digest = hashlib.sha256()
+    for event in events:
+        line = json.dumps(event.canonical(), sort_keys=True, separators=(",", ":"), default=str)
+        digest.update(line.encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def _clean(data: Mapping[str, Any]) -> dict[str, Any]:
+    # What the store gives back is what gets hashed, so store exactly that.
+    cleaned: dict[str, Any] = json.loads(json.dumps(dict(data), default=str))
+    return cleaned
+
+
+# --------------------------------------------------------------------------
+# Redaction of statements
+
+
+_TOKEN = re.compile(
+    r"""
+      (?P<comment>--[^\n]*|/\*.*?\*/)
+    | (?P<estring>[eE]'(?:[^'\\]|\\.|'')*')
+    | (?P<string>'(?:[^']|'')*')
+    | (?P<dollar>\$(?P<tag>[A-Za-z_][A-Za-z0-9_]*)?\$.*?\$(?P=tag)\$)
+    | (?P<ident>"(?:[^"]|"")*")
+    | (?P<word>[A-Za-z_][A-Za-z0-9_$]*)
+    | (?P<number>(?<![A-Za-z0-9_$])[0-9][0-9._eE+-]*)
+    """,
+    re.VERBOSE | re.DOTALL,
+)
+_INLINE_SECRET = re.compile(
+    r"(?P<key>\b(?:password|passwd|pwd|secret|token|api_?key)\s*[=:]\s*)(?P<value>[^\s'&;,]+)",
+    re.IGNORECASE,
+)
+_URI_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^/\s:@']+:)[^@\s']+(?P<tail>@)", re.I)
+
+
+def redact_statement(sql: str, *, literals: Iterable[str] = (), all_literals: bool = False) -> str:
+    """``sql`` as it may be recorded: no passwords, no values of masked columns.
+
+    * the string after the keyword PASSWORD (``ALTER ROLE x PASSWORD '...'``,
+      ``CREATE USER MAPPING ... OPTIONS (password '...')``) becomes ``'[redacted]'``;
+    * inside any string, ``password=...``-style settings and the password of a
+      ``scheme://user:password@host`` URI are cut out (connection strings);
+    * a string whose content is in ``literals`` (the values the statement
+      compares with or writes into masked columns) becomes ``'[redacted]'``;
+    * with ``all_literals`` every string and number does (for statements that
+      touch masked columns when it cannot be told which literal goes where).
+
+    Comments, identifiers and dollar-quoted bodies are recognised, so a quote
+    inside them does not throw the scan off.
+    """
+    hidden = {v for v in literals if v}
+    out: list[str] = []
+    pos = 0
+    after_password = False
+    for match in _TOKEN.finditer(sql):
+        kind = match.lastgroup
+        if kind == "tag":
+            kind = "dollar"
+        out.append(sql[pos : match.start()])
+        text = match.group()
+        pos = match.end()
+        if kind == "comment":
+            out.append(text)
+            continue
+        if kind == "word":
+            out.append(text)
+            after_password = text.lower() == "password"
+            continue
+        if kind in ("string", "estring", "dollar"):
+            content = _literal_content(text, kind)
+            if after_password or all_literals or content in hidden:
+                out.append(f"'{REDACTED}'")
+            else:
+                out.append(_redact_inline(text))
+        elif kind == "number" and all_literals:
+            out.append(REDACTED)
+        else:
+            out.append(text)
+        after_password = False
+    out.append(sql[pos:])
+    return "".join(out)
+
+
+def _literal_content(text: str, kind: str | None) -> str:
+    if kind == "string":
+        return text[1:-1].replace("''", "'")
+    if kind == "estring":
+        return text[2:-1].replace("''", "'")
+    tag_end = text.index("$", 1) + 1
+    return text[tag_end:-tag_end]
+
+
+def _redact_inline(text: str) -> str:
+    text = _INLINE_SECRET.sub(lambda m: m["key"] + REDACTED, text)
+    return _URI_PASSWORD.sub(lambda m: m["head"] + REDACTED + m["tail"], text)
+
+
+def redact_params(
+    params: Sequence[bytes | None],
+    formats: Sequence[int] = (),
+    *,
+    masked: Iterable[int] = (),
+) -> list[str | None]:
+    """Bind parameters as they may be recorded: text as text, binary as a size, masked hidden.
+
+    ``formats`` follow the protocol (none: all text; one: all alike); ``masked``
+    are the positions the statement binds to masked columns.
+    """
+    hidden = set(masked)
+    out: list[str | None] = []
+    for index, value in enumerate(params):
+        fmt = formats[0] if len(formats) == 1 else formats[index] if formats else 0
+        if value is None:
+            out.append(None)
+        elif index in hidden:
+            out.append(REDACTED)
+        elif fmt:
+            out.append(f"<binary {len(value)} bytes>")
+        else:
+            out.append(_redact_inline(value.decode("utf-8", "replace")))
+    return out
+
+
+def statement_event(
+    text: str,
+    *,
+    started_at: datetime,
+    duration_ms: float,
+    params: Sequence[str | None] | None = None,
+    rows: int | None = None,
+    tag: str | None = None,
+    sqlstate: str | None = None,
+    decision: str | None = None,
+    masked_fields: Sequence[Mapping[str, str]] = (),
+    literals: Iterable[str] = (),
+    all_literals: bool = False,
+) -> dict[str, Any]:
+    """The data of a ``statement`` event; ``text`` is redacted here, ``params`` must be already
+    (see :func:`redact_params`)."""
+    return {
+        "text": redact_statement(text, literals=literals, all_literals=all_literals),
+        "params": list(params) if params is not None else None,
+        "started_at": started_at.isoformat(timespec="microseconds"),
+        "duration_ms": round(duration_ms, 3),
+        "rows": rows,
+        "tag": tag,
+        "sqlstate": sqlstate,
+        "decision": decision,
+        "masked": [dict(f) for f in masked_fields],
+    }
+
+
+# --------------------------------------------------------------------------
+# The recorder
+
+
+@dataclass
+class _Session:
+    next_seq: int
+    mode: RecordingFailure
+    failed: str | None = None
+    dropped: int = 0
+    closing: bool = False
+
+
+@dataclass(frozen=True)
+class ClosedRecording:
+    session_id: str
+    status: str
+    events: int
+    dropped: int
+    digest: str | None
+    audit_seq: int | None
+
+
+class Recorder:
+    """Queues session events and writes them in batches on a background thread."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        on_failure: FailureCallback | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        flush_interval: float = DEFAULT_FLUSH_INTERVAL,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+    ) -> None:
+        self.store = store
+        self.on_failure = on_failure
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.max_queue = max_queue
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._queue: deque[SessionEvent] = deque()
+        self._sessions: dict[str, _Session] = {}
+        # Closed here: late events (a connection still draining) must not extend them.
+        self._closed: set[str] = set()
+        self._enqueued = 0
+        self._done = 0
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    # -- lifecycle ----------------------------------------------------------------
+    def _ensure_thread(self) -> None:
+        # Called with the lock held.
+        if self._thread is None or not self._thread.is_alive():
+            self._stopping = False
+            self._thread = threading.Thread(target=self._run, name="dbaccess-recorder", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Write what is queued, then end the background thread."""
+        self.flush(timeout)
+        with self._lock:
+            self._stopping = True
+            self._wake.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+
+    # -- recording ----------------------------------------------------------------
+    def open(
+        self,
+        session_id: str,
+        data: Mapping[str, Any],
+        *,
+        failure: RecordingFailure = RecordingFailure.CLOSE,
+    ) -> None:
+        """Start a session's recording with its ``session.start`` event.
+
+        The recording's row is written at once (this raises if the store is
+        unusable, so a session is never started unrecorded by accident).
+        """
+        now = utcnow()
+        with self.store.tx() as conn:
+            conn.execute(
+                t.session_recordings.insert().values(
+                    session_id=session_id, status="open", opened_at=now, dropped=0
+                )
+            )
+        with self._lock:
+            self._sessions[session_id] = _Session(1, failure)
+        self.record(session_id, "session.start", data)
+
+    def record(self, session_id: str, kind: str, data: Mapping[str, Any]) -> bool:
+        """Queue one event; never blocks on the store.  False when it was refused.
+
+        Refused: the session's recording failed (or, with ``continue``, the event
+        is dropped and counted), was closed, or the queue is full.
+        """
+        event_data = _clean(data)
+        failed_now: str | None = None
+        with self._lock:
+            state = self._sessions.get(session_id)
+            if state is None:
+                if session_id in self._closed:
+                    return False
+                resumed = self._resume(session_id)
+                if resumed is None:
+                    self._closed.add(session_id)
+                    return False
+                state = self._sessions[session_id] = resumed
+            if state.failed is not None or (state.closing and kind != "session.end"):
+                state.dropped += 1
+                return False
+            if len(self._queue) >= self.max_queue:
+                state.dropped += 1
+                if state.mode is RecordingFailure.CONTINUE:
+                    return False
+                state.failed = failed_now = "the recording queue is full"
+            else:
+                event = SessionEvent(session_id, state.next_seq, utcnow(), kind, event_data)
+                state.next_seq += 1
+                self._queue.append(event)
+                self._enqueued += 1
+                self._ensure_thread()
+                if len(self._queue) == 1 or len(self._queue) >= self.batch_size:
+                    self._wake.notify_all()
+                return True
+        self._report(session_id, failed_now)
+        return False
+
+    def _resume(self, session_id: str) -> _Session | None:
+        """A session this process did not open (the broker restarted): continue after its last
+        stored event; None when its recording is closed.  Called with the lock held."""
+        with self.store.tx() as conn:
+            last = conn.execute(
+                sa.select(sa.func.max(t.session_events.c.seq)).where(
+                    t.session_events.c.session_id == session_id
+                )
+            ).scalar()
+            status = conn.execute(
+                sa.select(t.session_recordings.c.status).where(
+                    t.session_recordings.c.session_id == session_id
+                )
+            ).scalar()
+            if status is not None and status != "open":
+                return None
+            if status is None:
+                conn.execute(
+                    t.session_recordings.insert().values(
+                        session_id=session_id, status="open", opened_at=utcnow(), dropped=0
+                    )
+                )
+        return _Session(int(last or 0) + 1, RecordingFailure.CLOSE)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every event queued so far has been written (or failed)."""
+        with self._lock:
+            target = self._enqueued
+            if self._done >= target:
+                return True
+            self._ensure_thread()
+            self._wake.notify_all()
+            return self._wake.wait_for(lambda: self._done >= target, timeout)
+
+    def close(self, session_id: str, data: Mapping[str, Any]) -> ClosedRecording:
+        """End a session's recording: ``session.end``, write all, digest, chain it.
+
+        Never raises for store trouble: a recording that cannot be closed is
+        reported as ``failed`` (and logged).
+        """
+        if not self.record(session_id, "session.end", data):
+            with self._lock:
+                closed = session_id in self._closed and session_id not in self._sessions
+            if closed:
+                info = recording_info(self.store, session_id)
+                if info is not None:
+                    return ClosedRecording(
+                        session_id,
+                        info.status,
+                        info.events or 0,
+                        info.dropped,
+                        info.digest,
+                        info.audit_seq,
+                    )
+        with self._lock:
+            state = self._sessions.get(session_id)
+            if state is not None:
+                state.closing = True
+        self.flush(30.0)
+        with self._lock:
+            state = self._sessions.pop(session_id, None)
+            self._closed.add(session_id)
+        failed = state.failed if state is not None else None
+        dropped = state.dropped if state is not None else 0
+        try:
+            events = load_events(self.store, session_id)
+            digest = recording_digest(events)
+            status = "failed" if failed is not None else "closed"
+            audit = chain.append(
+                self.store,
+                "recording.closed",
+                session_id=session_id,
+                data={
+                    "digest": digest,
+                    "events": len(events),
+                    "dropped": dropped,
+                    "status": status,
+                    "problem": failed,
+                },
+            )
+            with self.store.tx() as conn:
+                conn.execute(
+                    t.session_recordings.update()
+                    .where(t.session_recordings.c.session_id == session_id)
+                    .values(
+                        status=status,
+                        closed_at=utcnow(),
+                        events=len(events),
+                        dropped=dropped,
+                        digest=digest,
+                        audit_seq=audit.seq,
+                    )
+                )
+        except Exception as exc:  # the store itself is failing: nothing more can be kept
+            log.error("recording of session %s could not be closed: %s", session_id, exc)
+            return ClosedRecording(session_id, "failed", 0, dropped, None, None)
+        return ClosedRecording(session_id, status, len(events), dropped, digest, audit.seq)
+
+    # -- the writer ---------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._queue and not self._stopping:
+                    self._wake.wait()
+                if not self._queue:
+                    return
+                if len(self._queue) < self.batch_size and not self._stopping:
+                    # Let a batch gather; a full queue or a flush cuts this short.
+                    self._wake.wait(self.flush_interval)
+                batch = [
+                    self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))
+                ]
+            problem = self._write(batch)
+            failed: list[tuple[str, str]] = []
+            with self._lock:
+                if problem is not None:
+                    for session_id in dict.fromkeys(e.session_id for e in batch):
+                        state = self._sessions.get(session_id)
+                        lost = sum(1 for e in batch if e.session_id == session_id)
+                        if state is None:
+                            continue
+                        state.dropped += lost
+                        if state.mode is RecordingFailure.CLOSE and state.failed is None:
+                            state.failed = problem
+                            failed.append((session_id, problem))
+                self._done += len(batch)
+                self._wake.notify_all()
+            for session_id, reason in failed:
+                self._report(session_id, reason)
+
+    def _write(self, batch: list[SessionEvent]) -> str | None:
+        try:
+            with self.store.tx() as conn:
+                conn.execute(
+                    t.session_events.insert(),
+                    [
+                        {
+                            "session_id": e.session_id,
+                            "seq": e.seq,
+                            "ts": e.ts,
+                            "kind": e.kind,
+                            "data": e.data,
+                        }
+                        for e in batch
+                    ],
+                )
+        except Exception as exc:
+            log.error("cannot write %d session events: %s", len(batch), exc)
+            return f"the store refused the recording: {type(exc).__name__}"
+        return None
+
+    def _report(self, session_id: str, reason: str | None) -> None:
+        if reason is None or self.on_failure is None:
+            return
+        callback = self.on_failure
+        # Its own thread: the callback ends the session, which closes the
+        # recording, which waits for this writer.
+        threading.Thread(
+            target=_call_quietly,
+            args=(callback, session_id, reason),
+            name="dbaccess-recording-failure",
+            daemon=True,
+        ).start()
+
+
+def _call_quietly(callback: FailureCallback, session_id: str, reason: str) -> None:
+    try:
+        callback(session_id, reason)
+    except Exception:
+        log.exception("handling the recording failure of session %s failed", session_id)
+
+
+# --------------------------------------------------------------------------
+# Reading and verifying
+
+
+@dataclass(frozen=True)
+class RecordingInfo:
+    session_id: str
+    status: str
+    opened_at: datetime
+    closed_at: datetime | None
+    events: int | None
+    dropped: int
+    digest: str | None
+    audit_seq: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "session_id": self.session_id,
+            "status": self.status,
+            "opened_at": _iso(self.opened_at),
+            "closed_at": _iso(self.closed_at) if self.closed_at else None,
+            "events": self.events,
+            "dropped": self.dropped,
+            "digest": self.digest,
+            "audit_seq": self.audit_seq,
+        }
+
+
+def _info(row: sa.Row[Any]) -> RecordingInfo:
+    m = row._mapping
+    opened = _aware(m["opened_at"])
+    assert opened is not None
+    return RecordingInfo(
+        session_id=m["session_id"],
+        status=m["status"],
+        opened_at=opened,
+        closed_at=_aware(m["closed_at"]),
+        events=m["events"],
+        dropped=m["dropped"] or 0,
+        digest=m["digest"],
+        audit_seq=m["audit_seq"],
+    )
+
+
+def recording_info(store: Store, session_id: str) -> RecordingInfo | None:
+    with store.tx() as conn:
+        row = conn.execute(
+            t.session_recordings.select().where(t.session_recordings.c.session_id == session_id)
+        ).first()
+    return _info(row) if row is not None else None
+
+
+def load_events(
+    store: Store, session_id: str, *, after: int = 0, limit: int | None = None
+) -> list[SessionEvent]:
+    """A session's stored events in ``seq`` order (those after ``after``, at most ``limit``)."""
+    q = (
+        t.session_events.select()
+        .where(t.session_events.c.session_id == session_id, t.session_events.c.seq > after)
+        .order_by(t.session_events.c.seq)
+    )
+    if limit is not None:
+        q = q.limit(limit)
+    with store.tx() as conn:
+        rows = conn.execute(q).all()
+    out: list[SessionEvent] = []
+    for row in rows:
+        m = row._mapping
+        ts = _aware(m["ts"])
+        assert ts is not None
+        out.append(SessionEvent(m["session_id"], m["seq"], ts, m["kind"], m["data"]))
+    return out
+
+
+@dataclass(frozen=True)
+class RecordingProblem:
+    session_id: str
+    audit_seq: int | None
+    problem: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"session_id": self.session_id, "audit_seq": self.audit_seq, "problem": self.problem}
+
+
+@dataclass(frozen=True)
+class RecordingsVerifyResult:
+    ok: bool
+    recordings: int
+    problems: tuple[RecordingProblem, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "recordings": self.recordings,
+            "problems": [p.to_json() for p in self.problems],
+        }
+
+
+def check_recording(
+    session_id: str, audit_seq: int, chained_digest: str, events: Sequence[SessionEvent]
+) -> RecordingProblem | None:
+    """Compare one recording's events with the digest the audit chain holds for it (pure)."""
+    if not events:
+        return RecordingProblem(session_id, audit_seq, "the recording's events are gone")
+    seqs = [e.seq for e in events]
+    if seqs != sorted(set(seqs)):
+        return RecordingProblem(session_id, audit_seq, "events are out of order")
+    if recording_digest(events) != chained_digest:
+        return RecordingProblem(
+            session_id, audit_seq, "the events do not match the digest in the audit log"
+        )
+    return None
+
+
+def verify_recordings(store: Store) -> RecordingsVerifyResult:
+    """Recompute the digest of every closed recording and compare it with the chained one.
+
+    The audit chain is the reference (``dbaccess audit verify`` checks it too):
+    a recording whose events changed, or whose row claims another digest, or
+    that is gone, is a problem.
+    """
+    with store.tx() as conn:
+        closed = conn.execute(
+            sa.select(t.audit_events.c.seq, t.audit_events.c.session_id, t.audit_events.c.data)
+            .where(t.audit_events.c.kind == "recording.closed")
+            .order_by(t.audit_events.c.seq)
+        ).all()
+        rows = {r.session_id: _info(r) for r in conn.execute(t.session_recordings.select())}
+    problems: list[RecordingProblem] = []
+    for seq, session_id, data in closed:
+        digest = str((data or {}).get("digest") or "")
+        row = rows.get(session_id)
+        if row is None:
+            problems.append(RecordingProblem(session_id, seq, "the recording is gone"))
+            continue
+        if row.digest != digest:
+            problems.append(RecordingProblem(session_id, seq, "the recording's digest was changed"))
+            continue
+        found = check_recording(session_id, seq, digest, load_events(store, session_id))
+        if found is not None:
+            problems.append(found)
+    chained = {session_id for _, session_id, _ in closed}
+    for session_id, row in rows.items():
+        if row.status != "open" and session_id not in chained:
+            problems.append(
+                RecordingProblem(session_id, None, "closed, but the audit log has no digest for it")
+            )
+    return RecordingsVerifyResult(not problems, len(closed), tuple(problems))
+
+
+def chained_digest(store: Store, audit_seq: int) -> str | None:
+    """The digest the audit event ``audit_seq`` holds (a ``recording.closed`` event)."""
+    with store.tx() as conn:
+        row = conn.execute(
+            sa.select(t.audit_events.c.kind, t.audit_events.c.data).where(
+                t.audit_events.c.seq == audit_seq
+            )
+        ).first()
+    if row is None or row[0] != "recording.closed":
+        return None
+    digest = (row[1] or {}).get("digest")
+    return str(digest) if digest else None
+
+
+def verify_recording(
+    store: Store, info: RecordingInfo, events: Sequence[SessionEvent]
+) -> str | None:
+    """Why one closed recording does not match the audit log, or None when it does.
+
+    Only whole recordings are checked: pass all its events.
+    """
+    if info.audit_seq is None:
+        return "closed, but the audit log has no digest for it"
+    digest = chained_digest(store, info.audit_seq)
+    if digest is None:
+        return "the audit log has no digest for it"
+    if info.digest != digest:
+        return "the recording's digest was changed"
+    found = check_recording(info.session_id, info.audit_seq, digest, events)
+    return found.problem if found is not None else None

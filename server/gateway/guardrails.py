@@ -1,0 +1,730 @@
+"""Guardrail decisions: whether the gateway relays a statement, holds it for review, or refuses it.
+
+``decide(analysis, rules)`` is a pure function of an :class:`~server.gateway.sqlcheck.Analysis`
+and the :class:`GuardrailRules` of the session's target and scope.  Every statement
+of the input is judged, together with the statements it runs inside itself
+(a data-modifying CTE, the statement under EXPLAIN ANALYZE, the query of COPY or
+CREATE TABLE AS); the strictest outcome wins (BLOCK over REVIEW over ALLOW) and
+names the first statement that reached it.
+
+Each statement is checked in a fixed order and the first rule that blocks it is
+the answer; if none blocks, the first rule asking for review is.  The order:
+
+===============================  ===============================================
+rule                             blocks (unless the rules allow it)
+===============================  ===============================================
+``guardrails.unknown``           a statement the analysis did not understand
+                                 (``unknown: review`` asks for review instead)
+``guardrails.unknown_prepared``  EXECUTE of a prepared statement the caller
+                                 cannot show (same outcome as ``unknown``)
+``guardrails.command_denied``    a command in ``denied_commands`` (two-phase
+                                 commit by default)
+``guardrails.no_alter_system``   ALTER SYSTEM
+``guardrails.no_role_change``    SET/RESET ROLE, SESSION AUTHORIZATION,
+                                 ``set_config('role', ...)`` or a setting name
+                                 the analysis could not read
+``guardrails.no_privilege``      GRANT, REVOKE, roles, policies, default
+                                 privileges, REASSIGN/DROP OWNED
+``guardrails.pinned_setting``    changing a pinned setting (client_encoding,
+                                 standard_conforming_strings), RESET ALL,
+                                 DISCARD ALL, COPY ... ENCODING
+``guardrails.no_drop``           DROP of any object
+``guardrails.no_truncate``       TRUNCATE
+``guardrails.no_copy_program``   COPY TO/FROM PROGRAM
+``guardrails.no_copy_file``      COPY TO/FROM a server file
+``guardrails.no_code``           DO, CREATE/ALTER FUNCTION/PROCEDURE/LANGUAGE,
+                                 extensions, LOAD (``allow_code``)
+``guardrails.no_foreign``        foreign servers, user mappings, foreign tables,
+                                 subscriptions, dblink*/postgres_fdw* functions
+``guardrails.no_file_access``    pg_read_file, pg_ls_dir, lo_import, ...
+``guardrails.no_large_objects``  lo_* functions
+``guardrails.no_server_admin``   pg_terminate_backend, pg_reload_conf, ...
+``guardrails.no_dynamic_sql``    query_to_xml and friends (SQL text the gateway
+                                 never sees)
+``guardrails.no_listen_notify``  LISTEN, NOTIFY, pg_notify
+``guardrails.function_denied``   a function on ``functions_deny``
+``guardrails.function_not_allowed`` a function missing from ``functions_allow``
+``guardrails.block_<class>``     a statement class in ``block``
+``guardrails.where_required``    UPDATE/DELETE/MERGE without a WHERE (or ON)
+                                 that restricts rows
+``guardrails.review_<class>``    REVIEW: a statement class in ``review``
+===============================  ===============================================
+
+DO and CALL run code whose effects cannot be seen; they count as both WRITE and
+DDL for ``block`` and ``review``.  A PREPARE is held to the blocking rules of the
+statement it prepares (nothing runs yet, so review waits for EXECUTE); an EXECUTE
+is judged as the statement it runs, which the caller passes in ``prepared`` (a
+PREPARE or DEALLOCATE earlier in the same input is taken into account); plain
+EXPLAIN runs nothing and is judged by the functions its planning may call.
+
+``normalize_for_approval`` and ``statement_sha256`` give the hash a statement
+review binds its approval to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+
+from server.gateway.sqlcheck import (
+    Analysis,
+    CopyEndpoint,
+    Execution,
+    Feature,
+    Name,
+    Statement,
+    StatementClass,
+    parse_name,
+)
+
+__all__ = [
+    "DYNAMIC_SQL_FUNCTIONS",
+    "FILE_FUNCTIONS",
+    "FOREIGN_FUNCTIONS",
+    "LARGE_OBJECT_FUNCTIONS",
+    "NOTIFY_FUNCTIONS",
+    "SERVER_ADMIN_FUNCTIONS",
+    "Decision",
+    "GuardrailRules",
+    "Outcome",
+    "decide",
+    "normalize_for_approval",
+    "row_budget_decision",
+    "statement_sha256",
+]
+
+
+class Outcome(StrEnum):
+    ALLOW = "allow"
+    REVIEW = "review"
+    BLOCK = "block"
+
+
+_RANK = {Outcome.ALLOW: 0, Outcome.REVIEW: 1, Outcome.BLOCK: 2}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """``rule`` is a stable name for logs, audit and approvals; ``message`` and
+    ``hint`` are for the person; ``statement_index`` is 0-based in the input."""
+
+    outcome: Outcome
+    rule: str
+    message: str
+    hint: str
+    statement_index: int | None
+
+
+ALLOWED = Decision(Outcome.ALLOW, "guardrails.allow", "", "", None)
+
+# Functions by what they reach.  A trailing * matches any name with that prefix.
+FILE_FUNCTIONS = frozenset(
+    {
+        "pg_read_file",
+        "pg_read_binary_file",
+        "pg_stat_file",
+        "pg_ls_dir",
+        "pg_ls_logdir",
+        "pg_ls_waldir",
+        "pg_ls_tmpdir",
+        "pg_ls_archive_statusdir",
+        "pg_ls_logicalsnapdir",
+        "pg_ls_logicalmapdir",
+        "pg_ls_replslotdir",
+        "pg_ls_summariesdir",
+        "pg_current_logfile",
+        "pg_file_write",
+        "pg_file_rename",
+        "pg_file_unlink",
+        "pg_file_sync",
+        "pg_logdir_ls",
+        "lo_import",
+        "lo_export",
+    }
+)
+LARGE_OBJECT_FUNCTIONS = frozenset({"lo_*", "loread", "lowrite", "pg_largeobject*"})
+FOREIGN_FUNCTIONS = frozenset({"dblink*", "postgres_fdw*"})
+SERVER_ADMIN_FUNCTIONS = frozenset(
+    {
+        "pg_terminate_backend",
+        "pg_cancel_backend",
+        "pg_reload_conf",
+        "pg_rotate_logfile",
+        "pg_promote",
+        "pg_switch_wal",
+        "pg_create_restore_point",
+        "pg_backup_start",
+        "pg_backup_stop",
+        "pg_start_backup",
+        "pg_stop_backup",
+        "pg_log_backend_memory_contexts",
+        "pg_create_physical_replication_slot",
+        "pg_create_logical_replication_slot",
+        "pg_drop_replication_slot",
+        "pg_copy_physical_replication_slot",
+        "pg_copy_logical_replication_slot",
+        "pg_replication_slot_advance",
+        "pg_logical_emit_message",
+        "pg_replication_origin_*",
+        "pg_wal_replay_pause",
+        "pg_wal_replay_resume",
+        "pg_stat_reset*",
+    }
+)
+DYNAMIC_SQL_FUNCTIONS = frozenset(
+    {
+        "query_to_xml",
+        "query_to_xmlschema",
+        "query_to_xml_and_xmlschema",
+        "cursor_to_xml",
+        "cursor_to_xmlschema",
+        "table_to_xml*",
+        "schema_to_xml*",
+        "database_to_xml*",
+    }
+)
+NOTIFY_FUNCTIONS = frozenset({"pg_notify"})
+_ROLE_SETTINGS = frozenset({"role", "session_authorization"})
+_ANY_SETTING = "*"
+_ALL_SETTINGS = "all"
+
+
+@dataclass(frozen=True)
+class _Pattern:
+    schema: str | None
+    name: str
+    prefix: bool
+
+    @classmethod
+    def parse(cls, text: str) -> _Pattern:
+        prefix = text.endswith("*")
+        body = text[:-1] if prefix else text
+        if prefix and body.endswith("."):
+            schema = parse_name(body[:-1])  # schema.*: every function of the schema
+            if len(schema.parts) != 1:
+                raise ValueError(f"not a schema: {text!r}")
+            return cls(schema.name, "", True)
+        name = parse_name(body)
+        if len(name.parts) > 2:
+            raise ValueError(f"function names have at most a schema and a name: {text!r}")
+        return cls(name.schema, name.name, prefix)
+
+    def names(self, call: Name) -> bool:
+        return call.name.startswith(self.name) if self.prefix else call.name == self.name
+
+    def denies(self, call: Name) -> bool:
+        # An unqualified call may resolve to the denied schema's function.
+        return self.names(call) and (self.schema is None or call.schema in (None, self.schema))
+
+    def allows(self, call: Name) -> bool:
+        # An unqualified entry allows the call as written without a schema (and
+        # the pg_catalog built-in), not a same-named function in a schema the
+        # caller chose; a qualified entry allows only calls qualified alike,
+        # since an unqualified call may resolve elsewhere.
+        if not self.names(call):
+            return False
+        if self.schema is None:
+            return call.schema in (None, "pg_catalog")
+        return call.schema == self.schema
+
+
+def _patterns(entries: Iterable[str]) -> tuple[_Pattern, ...]:
+    return tuple(_Pattern.parse(entry) for entry in entries)
+
+
+_CATEGORY_PATTERNS = {
+    "file": _patterns(FILE_FUNCTIONS),
+    "large_object": _patterns(LARGE_OBJECT_FUNCTIONS),
+    "foreign": _patterns(FOREIGN_FUNCTIONS),
+    "server_admin": _patterns(SERVER_ADMIN_FUNCTIONS),
+    "dynamic_sql": _patterns(DYNAMIC_SQL_FUNCTIONS),
+    "notify": _patterns(NOTIFY_FUNCTIONS),
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class GuardrailRules:
+    """The guardrails of one target and scope.
+
+    The defaults are the conservative baseline every scope starts from; ``preset``
+    gives the usual read/write/admin shapes.  ``functions_allow`` (None: no
+    allow-list) and ``functions_deny`` take names as written in SQL, optionally
+    schema-qualified, with a trailing ``*`` for a prefix.  ``max_rows_by_explain``
+    is for the caller, which runs EXPLAIN and hands the estimate to
+    :func:`row_budget_decision`.
+    """
+
+    allow_drop: bool = False
+    allow_truncate: bool = False
+    allow_alter_system: bool = False
+    allow_privilege: bool = False
+    allow_set_role: bool = False
+    pinned_settings: frozenset[str] = frozenset({"client_encoding", "standard_conforming_strings"})
+    allow_copy_program: bool = False
+    allow_copy_file: bool = False
+    allow_file_access: bool = False
+    allow_large_objects: bool = False
+    allow_foreign: bool = False
+    allow_server_admin: bool = False
+    allow_dynamic_sql: bool = False
+    allow_listen_notify: bool = False
+    allow_code: bool = False
+    require_where: bool = True
+    denied_commands: frozenset[str] = frozenset(
+        {"PREPARE TRANSACTION", "COMMIT PREPARED", "ROLLBACK PREPARED"}
+    )
+    block: frozenset[StatementClass] = frozenset()
+    review: frozenset[StatementClass] = frozenset()
+    functions_allow: frozenset[str] | None = None
+    functions_deny: frozenset[str] = frozenset()
+    unknown: Outcome = Outcome.BLOCK
+    max_rows_by_explain: int | None = None
+    _allow: tuple[_Pattern, ...] | None = field(init=False, repr=False, compare=False)
+    _deny: tuple[_Pattern, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.unknown not in (Outcome.BLOCK, Outcome.REVIEW):
+            raise ValueError("unknown must be block or review")
+        if StatementClass.UNKNOWN in self.block | self.review:
+            raise ValueError("unknown statements are governed by 'unknown', not block/review")
+        if self.max_rows_by_explain is not None and self.max_rows_by_explain < 0:
+            raise ValueError("max_rows_by_explain must not be negative")
+        allow = None if self.functions_allow is None else _patterns(self.functions_allow)
+        object.__setattr__(self, "_allow", allow)
+        object.__setattr__(self, "_deny", _patterns(self.functions_deny))
+        object.__setattr__(
+            self, "pinned_settings", frozenset(s.lower() for s in self.pinned_settings)
+        )
+        object.__setattr__(
+            self, "denied_commands", frozenset(c.upper() for c in self.denied_commands)
+        )
+
+    @classmethod
+    def preset(cls, scope: str, *, production: bool = False) -> GuardrailRules:
+        """The usual rules for a ``read``, ``write`` or ``admin`` scope; on a
+        production target every write is reviewed too."""
+        if scope == "read":
+            return cls(block=frozenset({StatementClass.WRITE, StatementClass.DDL}))
+        if scope not in ("write", "admin"):
+            raise ValueError(f"no preset for scope {scope!r}: use read, write or admin")
+        review = {StatementClass.DDL, StatementClass.WRITE} if production else {StatementClass.DDL}
+        return cls(review=frozenset(review), allow_code=scope == "admin")
+
+
+@dataclass(frozen=True)
+class _Hit:
+    outcome: Outcome
+    rule: str
+    message: str
+    hint: str
+
+
+_ASK = "ask an administrator, or use a scope whose guardrails allow it"
+
+
+def decide(
+    analysis: Analysis,
+    rules: GuardrailRules,
+    *,
+    prepared: Mapping[str, Analysis] | None = None,
+) -> Decision:
+    """The decision for a whole input; ``prepared`` maps the names of the
+    session's prepared statements to their analyses, for EXECUTE.  A PREPARE or
+    DEALLOCATE earlier in the same input counts for the statements after it."""
+    known = dict(prepared or {})
+    best: Decision = ALLOWED
+    for top in analysis.statements:
+        hit = _judge_tree(top, rules, known, depth=0)
+        if hit is not None and _RANK[hit.outcome] > _RANK[best.outcome]:
+            best = Decision(hit.outcome, hit.rule, hit.message, hit.hint, top.index)
+            if hit.outcome is Outcome.BLOCK:
+                break
+        _track_prepared(top, known)
+    return best
+
+
+def _track_prepared(statement: Statement, known: dict[str, Analysis]) -> None:
+    if statement.command == "PREPARE" and statement.prepared_name and statement.nested:
+        body = replace(statement.nested[0], execution=Execution.NOW)
+        known[statement.prepared_name] = Analysis((body,))
+    elif statement.command == "DEALLOCATE" and statement.prepared_name:
+        known.pop(statement.prepared_name, None)
+    elif statement.command in ("DEALLOCATE ALL", "DISCARD ALL"):
+        known.clear()
+
+
+def row_budget_decision(
+    estimated_rows: float, rules: GuardrailRules, statement_index: int | None = None
+) -> Decision:
+    """Turns the caller's EXPLAIN row estimate for a write into a decision."""
+    budget = rules.max_rows_by_explain
+    if budget is None or estimated_rows <= budget:
+        return ALLOWED
+    return Decision(
+        Outcome.REVIEW,
+        "guardrails.row_budget",
+        f"the planner expects this statement to touch about {estimated_rows:.0f} rows, "
+        f"more than the {budget} allowed without review",
+        "narrow the WHERE clause, work in batches, or ask for a review",
+        statement_index,
+    )
+
+
+def _judge_tree(
+    top: Statement,
+    rules: GuardrailRules,
+    prepared: Mapping[str, Analysis],
+    depth: int,
+) -> _Hit | None:
+    review: _Hit | None = None
+    for statement, when in top.walk():
+        if when is Execution.NEVER:
+            continue
+        hit = _judge(statement, when, rules, prepared, depth)
+        if hit is None:
+            continue
+        if hit.outcome is Outcome.BLOCK:
+            return hit
+        if review is None:
+            review = hit
+    return review
+
+
+def _judge(
+    st: Statement,
+    when: Execution,
+    rules: GuardrailRules,
+    prepared: Mapping[str, Analysis],
+    depth: int,
+) -> _Hit | None:
+    blocked = _blocking(st, rules, prepared, depth)
+    if blocked is not None:
+        if blocked.outcome is Outcome.BLOCK or when is Execution.NOW:
+            return blocked
+        return None
+    if when is not Execution.NOW:
+        return None
+    return _reviewing(st, rules)
+
+
+def _blocking(
+    st: Statement,
+    rules: GuardrailRules,
+    prepared: Mapping[str, Analysis],
+    depth: int,
+) -> _Hit | None:
+    hit = _blocking_rules(st, rules)
+    if hit is not None and hit.outcome is Outcome.BLOCK:
+        return hit
+    # EXECUTE of a statement that needs review still faces every blocking rule.
+    pending = None
+    if st.command == "EXECUTE" and st.prepared_name is not None:
+        pending = _execute(st.prepared_name, rules, prepared, depth)
+        if pending is not None and pending.outcome is Outcome.BLOCK:
+            return pending
+    return hit or pending
+
+
+def _blocking_rules(st: Statement, rules: GuardrailRules) -> _Hit | None:
+    command = st.command or "this statement"
+    if st.kind is StatementClass.UNKNOWN:
+        return _Hit(
+            rules.unknown,
+            "guardrails.unknown",
+            f"the gateway could not analyse this statement: {st.reason}",
+            "rewrite it in plain SQL or split it into simpler statements"
+            if rules.unknown is Outcome.BLOCK
+            else "it needs a review before it can run",
+        )
+    if st.command in rules.denied_commands:
+        return _Hit(Outcome.BLOCK, "guardrails.command_denied", f"{command} is not allowed", _ASK)
+    if st.command == "ALTER SYSTEM" and not rules.allow_alter_system:
+        return _Hit(
+            Outcome.BLOCK,
+            "guardrails.no_alter_system",
+            "ALTER SYSTEM changes the server's configuration and is not allowed",
+            "server configuration is changed by the database's administrators",
+        )
+    role_settings = [s for s in st.settings if s in _ROLE_SETTINGS or s == _ANY_SETTING]
+    if role_settings and not rules.allow_set_role:
+        what = "a setting it cannot name" if role_settings == [_ANY_SETTING] else role_settings[0]
+        return _Hit(
+            Outcome.BLOCK,
+            "guardrails.no_role_change",
+            f"{command} changes {what}; changing the session's role is not allowed",
+            "the session already runs with its scope's privileges; "
+            "ask for a scope that grants what you need",
+        )
+    if st.kind is StatementClass.PRIVILEGE and not role_settings and not rules.allow_privilege:
+        return _Hit(
+            Outcome.BLOCK,
+            "guardrails.no_privilege",
+            f"{command} changes privileges or roles and is not allowed",
+            "privileges are managed by the broker's policy; " + _ASK,
+        )
+    # RESET ALL and DISCARD ALL return pinned settings to the database's
+    # defaults, which need not be the values the gateway pinned.
+    pinned = [
+        s for s in st.settings if s in rules.pinned_settings or s in (_ANY_SETTING, _ALL_SETTINGS)
+    ]
+    if pinned and rules.pinned_settings:
+        what = {
+            _ANY_SETTING: "a setting it cannot name",
+            _ALL_SETTINGS: "every setting, pinned ones included,",
+        }.get(pinned[0], pinned[0])
+        return _Hit(
+            Outcome.BLOCK,
+            "guardrails.pinned_setting",
+            f"{command} changes {what}, which the gateway keeps fixed",
+            "the gateway relies on UTF8 and standard_conforming_strings=on to read "
+            "statements; leave them as they are",
+        )
+    if st.command.startswith("DROP ") and not rules.allow_drop:
+        return _Hit(
+            Outcome.BLOCK,
+            "guardrails.no_drop",
+            f"{command} is not allowed through the gateway",
+            _ASK,
+        )
+    if st.command == "TRUNCATE" and not rules.allow_truncate:
+        return _Hit(
+            Outcome.BLOCK,
+            "guardrails.no_truncate",
+            "TRUNCATE is not allowed through the gateway",
+            "delete the rows you mean with DELETE ... WHERE, or " + _ASK,
+        )
+    if (
+        st.copy is not None
+        and st.copy.endpoint is CopyEndpoint.PROGRAM
+        and not rules.allow_copy_program
+    ):
+        return _Hit(
+            Outcome.BLOCK,
+            "guardrails.no_copy_program",
+            f"COPY {st.copy.direction.upper()} PROGRAM runs a command on the database server",
+            "use COPY ... FROM STDIN / TO STDOUT (psql's \\copy) instead",
+        )
+    if st.copy is not None and st.copy.endpoint is CopyEndpoint.FILE and not rules.allow_copy_file:
+        return _Hit(
+            Outcome.BLOCK,
+            "guardrails.no_copy_file",
+            f"COPY {st.copy.direction.upper()} a file reads or writes files on the database server",
+            "use COPY ... FROM STDIN / TO STDOUT (psql's \\copy) instead",
+        )
+    if Feature.CODE in st.features and not rules.allow_code:
+        return _Hit(
+            Outcome.BLOCK,
+            "guardrails.no_code",
+            f"{command} runs or installs server-side code, which this scope does not allow",
+            "use plain SQL statements, or ask for a scope that allows code",
+        )
+    foreign_calls = _matching(st.functions, _CATEGORY_PATTERNS["foreign"])
+    if (Feature.FOREIGN in st.features or foreign_calls) and not rules.allow_foreign:
+        what = f"{foreign_calls[0]}()" if foreign_calls else command
+        return _Hit(
+            Outcome.BLOCK,
+            "guardrails.no_foreign",
+            f"{what} reaches other servers, which is not allowed",
+            "connect to the other database through dbaccess directly",
+        )
+    for category, rule, allowed, text in (
+        (
+            "file",
+            "guardrails.no_file_access",
+            rules.allow_file_access,
+            "reads or writes server files",
+        ),
+        (
+            "large_object",
+            "guardrails.no_large_objects",
+            rules.allow_large_objects,
+            "uses large objects",
+        ),
+        (
+            "server_admin",
+            "guardrails.no_server_admin",
+            rules.allow_server_admin,
+            "administers the server",
+        ),
+        (
+            "dynamic_sql",
+            "guardrails.no_dynamic_sql",
+            rules.allow_dynamic_sql,
+            "runs SQL text the gateway cannot check",
+        ),
+    ):
+        calls = _matching(st.functions, _CATEGORY_PATTERNS[category])
+        if calls and not allowed:
+            return _Hit(Outcome.BLOCK, rule, f"{calls[0]}() {text}, which is not allowed", _ASK)
+    notify_calls = _matching(st.functions, _CATEGORY_PATTERNS["notify"])
+    if (
+        Feature.LISTEN in st.features or Feature.NOTIFY in st.features or notify_calls
+    ) and not rules.allow_listen_notify:
+        what = f"{notify_calls[0]}()" if notify_calls else command
+        return _Hit(
+            Outcome.BLOCK,
+            "guardrails.no_listen_notify",
+            f"{what} uses notifications, which this scope does not allow",
+            _ASK,
+        )
+    denied = _matching(st.functions, rules._deny)
+    if denied:
+        return _Hit(
+            Outcome.BLOCK,
+            "guardrails.function_denied",
+            f"{denied[0]}() is not allowed on this target",
+            _ASK,
+        )
+    if rules._allow is not None:
+        missing = [f for f in st.functions if not any(p.allows(f) for p in rules._allow)]
+        if missing:
+            return _Hit(
+                Outcome.BLOCK,
+                "guardrails.function_not_allowed",
+                f"{missing[0]}() is not on this target's list of allowed functions",
+                _ASK,
+            )
+    for kind in _classes(st):
+        if kind in rules.block:
+            return _Hit(
+                Outcome.BLOCK,
+                f"guardrails.block_{kind.value}",
+                f"{command} {_what(st, kind)}, which this scope does not allow",
+                "use a scope meant for it",
+            )
+    if st.restricting_where is False and rules.require_where:
+        clause = "an ON condition" if st.command == "MERGE" else "a WHERE clause"
+        return _Hit(
+            Outcome.BLOCK,
+            "guardrails.where_required",
+            f"{command} without {clause} that restricts rows would change every row",
+            "add a WHERE clause naming the rows to change (a condition that is always "
+            "true does not count)",
+        )
+    return None
+
+
+def _reviewing(st: Statement, rules: GuardrailRules) -> _Hit | None:
+    for kind in _classes(st):
+        if kind in rules.review:
+            return _Hit(
+                Outcome.REVIEW,
+                f"guardrails.review_{kind.value}",
+                f"{st.command or 'this statement'} {_what(st, kind)}, "
+                "which needs a review on this target",
+                "request a review of this statement; it runs once approved",
+            )
+    return None
+
+
+_CLASS_TEXT = {
+    StatementClass.READ: "read",
+    StatementClass.WRITE: "write",
+    StatementClass.DDL: "schema change",
+    StatementClass.PRIVILEGE: "privilege change",
+    StatementClass.SESSION_STATE: "session setting change",
+    StatementClass.TRANSACTION: "transaction control statement",
+    StatementClass.UTILITY: "utility statement",
+    StatementClass.UNKNOWN: "statement the gateway does not understand",
+}
+
+
+def _classes(st: Statement) -> tuple[StatementClass, ...]:
+    if Feature.OPAQUE in st.features:
+        # Code whose effects are invisible may write or change the schema.
+        return (st.kind, StatementClass.WRITE, StatementClass.DDL)
+    return (st.kind,)
+
+
+def _what(st: Statement, kind: StatementClass) -> str:
+    if kind is not st.kind:
+        return "runs code that may change data or the schema"
+    return f"is a {_CLASS_TEXT[kind]}"
+
+
+def _matching(functions: Sequence[Name], patterns: Sequence[_Pattern]) -> list[Name]:
+    return [f for f in functions if any(p.denies(f) for p in patterns)]
+
+
+_MAX_PREPARED_DEPTH = 4
+
+
+def _execute(
+    name: str,
+    rules: GuardrailRules,
+    prepared: Mapping[str, Analysis],
+    depth: int,
+) -> _Hit | None:
+    body = prepared.get(name)
+    if body is None or depth >= _MAX_PREPARED_DEPTH:
+        return _Hit(
+            rules.unknown,
+            "guardrails.unknown_prepared",
+            f"EXECUTE {name}: the gateway does not know what {name} prepared",
+            "prepare it in this session through the gateway, then execute it",
+        )
+    worst: _Hit | None = None
+    for statement in body.statements:
+        hit = _judge_tree(statement, rules, prepared, depth + 1)
+        if hit is not None and (worst is None or _RANK[hit.outcome] > _RANK[worst.outcome]):
+            worst = _Hit(hit.outcome, hit.rule, f"EXECUTE {name}: {hit.message}", hit.hint)
+    return worst
+
+
+# ---------------------------------------------------------------------------
+# Approvals
+
+
+# PostgreSQL's whitespace (before 16, which added the vertical tab): trimming
+# anything else could make a statement that fails equal to one that runs.
+_PG_SPACE = " \t\n\r\f"
+
+
+def normalize_for_approval(sql: str) -> str:
+    """The text an approval is bound to: surrounding whitespace (as PostgreSQL
+    counts it, so a no-break space stays) and one trailing semicolon removed,
+    nothing else, so two different statements never normalize alike."""
+    text = sql.strip(_PG_SPACE)
+    if text.endswith(";"):
+        text = text[:-1].rstrip(_PG_SPACE)
+    return text
+
+
+def statement_sha256(
+    sql: str,
+    params: Sequence[bytes | str | None] = (),
+    formats: Sequence[int] = (),
+) -> str:
+    """SHA-256 (hex) of the normalized statement and its bound parameters.
+
+    ``params`` are the Bind values (str is taken as UTF-8 text, None is NULL) and
+    ``formats`` their format codes as Bind gives them: none means all text, one
+    applies to all, otherwise one per parameter.  Every part is length-prefixed,
+    so no two different (statement, parameters) pairs share an encoding.
+    """
+    if len(formats) > 1 and len(formats) != len(params):
+        raise ValueError("need no format code, one, or one per parameter")
+    codes = [
+        formats[0] if len(formats) == 1 else formats[i] if formats else 0
+        for i in range(len(params))
+    ]
+    digest = hashlib.sha256(b"dbaccess statement v1\x00")
+    text = normalize_for_approval(sql).encode("utf-8")
+    digest.update(len(text).to_bytes(8, "big"))
+    digest.update(text)
+    digest.update(len(params).to_bytes(4, "big"))
+    for value, code in zip(params, codes, strict=True):
+        if code not in (0, 1):
+            raise ValueError(f"unknown parameter format code {code}")
+        if isinstance(value, str) and code != 0:
+            raise ValueError("a str parameter must use the text format")
+        digest.update(code.to_bytes(2, "big"))
+        if value is None:
+            digest.update((-1).to_bytes(4, "big", signed=True))
+            continue
+        raw = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+        digest.update(len(raw).to_bytes(4, "big", signed=True))
+        digest.update(raw)
+    return digest.hexdigest()

@@ -1,0 +1,1117 @@
+"""Dynamic data masking: which result columns leave masked, and how, decided without I/O.
+
+The policy's ``masking`` section becomes :class:`MaskingRules` for one session
+(:meth:`MaskingRules.for_session`: rules limited to the session's scope, nothing
+at all for exempt groups and scopes, plus the target's hashing key).  A rule
+names an exact ``schema.table.column`` or a column-name glob (``*email*``,
+``card_*``, case-insensitive); exact rules win over globs, and among globs the
+first in the file wins.  Methods:
+
+* ``redact``  — the value becomes ``***``;
+* ``partial`` — ``***`` and the last N characters (``***2345``), or ``***`` and the
+  e-mail domain (``***@example.com``); values too short to keep anything become ``***``;
+* ``hash``    — the first ``length`` hex digits of HMAC-SHA256 under the target's key:
+  the same value always gives the same hash, so joins and GROUP BY still work,
+  and without the key nobody can test guesses offline;
+* ``null``    — SQL NULL;
+* ``clear``   — (exact rules only) vouches for a column a glob would mask.
+
+**Deciding** — :func:`plan_for_row_description` turns a RowDescription into a
+:class:`MaskPlan`, one :class:`FieldPlan` per result column: clear, mask, or
+block.  A column with an origin (table OID + attnum, which PostgreSQL reports
+for plain columns, also through subqueries and CTEs) is looked up through
+``origins`` (the catalog) and matched against the rules.  A view column (the
+catalog marks those, with the base columns the view reads) that a rule does not
+name is *derived*, as is a column without an origin (an expression, a UNION, a
+function result): it is clear when ``lineage`` says none of its sources is
+masked, masked (``redact``, or ``null`` when a source is nulled) when one is,
+and **blocked** when its lineage cannot be established while the statement
+touches masked data.  Derived values are never hashed or partially shown: a
+hash of ``substr(card_number, 1, 1)`` or the "last four" of an expression would
+give away more than the rule meant to.  ``lineage`` is called at most once per
+plan and only when needed, so plain-column queries never pay for SQL analysis.
+
+**Types and formats** — a masked value is a string, so a masked column whose
+type is not text-like (text, varchar, bpchar, name) is announced as ``text`` in
+the RowDescription the client receives (:meth:`MaskPlan.row_description`):
+``***`` is then a valid value in both formats, since the binary form of text is
+its UTF-8.  ``partial`` and ``hash`` need the value's text; a binary value of
+another type does not give it without a per-type decoder, so for those the plan
+asks for text from upstream (:meth:`MaskPlan.upstream_formats` gives the Bind
+result formats to send: text for such columns; the client cannot tell, the
+column being announced as text either way), and a binary value that arrives
+anyway becomes NULL.  ``null`` keeps the column's type.
+
+**Rewriting** — :class:`RowMasker` (``plan.masker(formats)``, cached per
+formats) rewrites DataRow messages.  It walks only the length words up to the
+last masked column (``struct.unpack_from`` on the buffer, no copies), copies
+everything unmasked as slices of the original bytes, and leaves the final copy
+to one ``b"".join`` per batch.  :meth:`RowMasker.rewrite_rows` works directly on
+the wire bytes of many messages (what the relay's framing hands over), stopping
+at the first message that is not a DataRow; the per-plan loop is generated
+once, unrolled for the masked positions, because the generic loop costs about
+a quarter more per row (see ``bench/masking.py``).  :func:`apply_plan` is the
+one-body form.
+
+**Other exits** — :func:`redact_text` / :func:`redact_report` for error and
+notice texts that echo data (``Key (email)=(x@y.z) already exists``, ``Failing
+row contains (...)``, ``invalid input syntax ...: "..."``) and for notification
+payloads and parameter values; :class:`CopyMasker` for COPY TO STDOUT rows in
+text and CSV format; :func:`database_side_grants` for column-level grants that
+leave masked columns out of a grant role, as a wall inside the database.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hmac
+import os
+import re
+import struct
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from functools import cached_property
+from types import MappingProxyType
+from typing import Final
+
+from server.errors import Unavailable
+from server.gateway.detectors import NO_DETECTORS, DetectorSet
+from server.gateway.pgwire import BINARY, TEXT, Field, ProtocolViolation
+from server.gateway.pgwire import DataRow as _DataRowMessage
+from server.policy.model import DetectorAction, DetectorKind, MaskingPolicy, MaskMethod, MaskRule
+
+TEXT_OID: Final = 25
+# Types whose text and binary forms are both the UTF-8 of the value.
+TEXT_LIKE_TYPES: Final = frozenset({25, 1043, 1042, 19})  # text, varchar, bpchar, name
+REDACTED: Final = "***"
+MIN_KEY_BYTES: Final = 16
+
+_RELATIONS_WITH_ROWS: Final = frozenset("rpfvm")  # tables, partitions, foreign, views
+_DERIVED_RELKINDS: Final = frozenset("vm")  # views and materialized views
+
+
+# --------------------------------------------------------------------------
+# Columns and rules
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnRef:
+    """A column of a relation; equal when schema, table and column are.
+
+    ``relkind`` is PostgreSQL's (``r`` table, ``p`` partitioned, ``v`` view,
+    ``m`` materialized view, ``f`` foreign).  For view columns ``sources`` holds
+    the base columns the view reads (the catalog cannot tell which feed which).
+    """
+
+    schema: str
+    table: str
+    column: str
+    type_oid: int = field(default=0, compare=False)
+    relkind: str = field(default="r", compare=False)
+    sources: frozenset[ColumnRef] = field(default=frozenset(), compare=False)
+
+    @property
+    def derived(self) -> bool:
+        return self.relkind in _DERIVED_RELKINDS
+
+    def __str__(self) -> str:
+        return f"{self.schema}.{self.table}.{self.column}"
+
+
+@dataclass(frozen=True)
+class MaskingRules:
+    """The masking rules in force for one session: already limited to its scope.
+
+    Empty (``NO_MASKING``) for targets without masking and for exempt sessions.
+    ``key`` is the target's hashing key; it is kept out of ``repr``.
+    """
+
+    rules: tuple[MaskRule, ...] = ()
+    key: bytes = field(default=b"", repr=False)
+    detectors: Mapping[DetectorKind, DetectorAction] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    _exact: Mapping[str, MaskRule] = field(init=False, repr=False, compare=False)
+    _globs: tuple[tuple[re.Pattern[str], MaskRule], ...] = field(
+        init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        exact = {r.column: r for r in self.rules if r.column is not None}
+        globs = tuple(
+            (re.compile(fnmatch.translate(r.pattern.lower())), r)
+            for r in self.rules
+            if r.pattern is not None
+        )
+        object.__setattr__(self, "_exact", MappingProxyType(exact))
+        object.__setattr__(self, "_globs", globs)
+        if not self.key and any(r.method is MaskMethod.HASH for r in self.rules):
+            raise ValueError("hash rules need a key")
+
+    @classmethod
+    def for_session(
+        cls,
+        policy: MaskingPolicy | None,
+        scope: str,
+        groups: Iterable[str],
+        key: bytes = b"",
+    ) -> MaskingRules:
+        """The rules a session of ``scope`` by someone in ``groups`` is masked by."""
+        if policy is None or scope in policy.exempt_scopes:
+            return NO_MASKING
+        if not policy.exempt_groups.isdisjoint(groups):
+            return NO_MASKING
+        rules = tuple(r for r in policy.rules if not r.scopes or scope in r.scopes)
+        return cls(rules, key, policy.detectors)
+
+    @cached_property
+    def detector_set(self) -> DetectorSet:
+        """The content detectors the target enables (none for exempt sessions)."""
+        return DetectorSet.of(self.detectors) if self.detectors else NO_DETECTORS
+
+    @cached_property
+    def active(self) -> bool:
+        """Whether anything is masked at all (so a plan can skip every lookup)."""
+        return any(r.method is not MaskMethod.CLEAR for r in self.rules)
+
+    def rule_for(self, column: ColumnRef) -> MaskRule | None:
+        """The rule that masks ``column``, or None when it is shown as it is."""
+        rule = self._exact.get(str(column))
+        if rule is None:
+            name = column.column.lower()
+            for pattern, candidate in self._globs:
+                if pattern.match(name):
+                    rule = candidate
+                    break
+        if rule is None or rule.method is MaskMethod.CLEAR:
+            return None
+        return rule
+
+    def vouched(self, column: ColumnRef) -> bool:
+        """An exact ``clear`` rule names this column."""
+        rule = self._exact.get(str(column))
+        return rule is not None and rule.method is MaskMethod.CLEAR
+
+
+NO_MASKING: Final = MaskingRules()
+
+
+def load_key(
+    policy: MaskingPolicy, target: str, *, environ: Mapping[str, str] | None = None
+) -> bytes:
+    """The hashing key of a target's masking section, read now (like the admin DSN).
+
+    Returns ``b""`` when the section names no key.  Raises
+    :class:`~server.errors.Unavailable` when the key is missing or shorter than
+    16 bytes; the key itself never appears in a message.
+    """
+    env = os.environ if environ is None else environ
+    if policy.key_env is not None:
+        where = f"environment variable {policy.key_env}"
+        key = env.get(policy.key_env, "").strip().encode()
+    elif policy.key_file is not None:
+        where = f"file {policy.key_file}"
+        try:
+            key = policy.key_file.read_bytes().strip()
+        except OSError as exc:
+            raise Unavailable(
+                f"target {target!r}: masking key {where} cannot be read "
+                f"({exc.strerror or type(exc).__name__})"
+            ) from None
+    else:
+        return b""
+    if len(key) < MIN_KEY_BYTES:
+        raise Unavailable(
+            f"target {target!r}: masking key from {where} is "
+            f"{'missing' if not key else 'shorter than 16 bytes'}",
+            hint="generate one with: head -c 32 /dev/urandom | base64",
+        )
+    return key
+
+
+# --------------------------------------------------------------------------
+# Values
+
+
+def hash_value(key: bytes, value: bytes, length: int) -> str:
+    """The keyed hash a ``hash`` rule shows: hex HMAC-SHA256, cut to ``length`` digits."""
+    return hmac.digest(key, value, "sha256").hex()[:length]
+
+
+def mask_value(rule: MaskRule, key: bytes, value: str) -> str | None:
+    """A value as ``rule`` shows it (None is SQL NULL); the reference for the fast paths."""
+    method = rule.method
+    if method is MaskMethod.NULL:
+        return None
+    if method is MaskMethod.HASH:
+        return hash_value(key, value.encode(), rule.hash_length)
+    if method is MaskMethod.PARTIAL:
+        if rule.keep_domain:
+            at = value.rfind("@")
+            return REDACTED + value[at:] if at > 0 else REDACTED
+        keep = rule.keep_last or 0
+        return REDACTED + value[-keep:] if len(value) > keep else REDACTED
+    if method is MaskMethod.CLEAR:
+        return value
+    return REDACTED
+
+
+# --------------------------------------------------------------------------
+# Plans
+
+
+class Action(Enum):
+    CLEAR = "clear"
+    MASK = "mask"
+    BLOCK = "block"
+
+
+@dataclass(frozen=True, slots=True)
+class FieldPlan:
+    """What happens to one result column.
+
+    ``rule`` carries the method and its settings; derived columns get a
+    synthetic ``redact``/``null`` rule.  ``retype`` announces the column as
+    ``text``.  ``source`` says why, for recordings and error messages.
+    """
+
+    name: str
+    action: Action
+    rule: MaskRule | None = None
+    type_oid: int = 0
+    retype: bool = False
+    source: str = ""
+
+    @property
+    def method(self) -> MaskMethod | None:
+        return self.rule.method if self.rule is not None else None
+
+    @property
+    def needs_text(self) -> bool:
+        """Masking needs the value's text, which a binary value of this type does not give."""
+        return (
+            self.action is Action.MASK
+            and self.type_oid not in TEXT_LIKE_TYPES
+            and self.method in (MaskMethod.PARTIAL, MaskMethod.HASH)
+        )
+
+
+_DERIVED_REDACT: Final = MaskRule(method=MaskMethod.REDACT)
+_DERIVED_NULL: Final = MaskRule(method=MaskMethod.NULL)
+
+Lineage = Callable[[], Mapping[int, Collection[ColumnRef]] | None]
+Touched = Callable[[], Iterable[ColumnRef] | None]
+
+
+@dataclass(frozen=True)
+class MaskPlan:
+    """The decisions for one result shape; ``key`` hashes the ``hash`` columns."""
+
+    fields: tuple[FieldPlan, ...]
+    key: bytes = field(default=b"", repr=False)
+    _maskers: dict[tuple[int, ...], RowMasker] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    @property
+    def masked(self) -> tuple[int, ...]:
+        return tuple(i for i, f in enumerate(self.fields) if f.action is Action.MASK)
+
+    @property
+    def blocked(self) -> FieldPlan | None:
+        """The first blocked column: the whole result must be refused."""
+        return next((f for f in self.fields if f.action is Action.BLOCK), None)
+
+    @property
+    def clear(self) -> bool:
+        """Nothing to rewrite: the relay may forward rows untouched."""
+        return all(f.action is Action.CLEAR for f in self.fields)
+
+    def block_message(self) -> str | None:
+        blocked = self.blocked
+        if blocked is None:
+            return None
+        return f"result column {blocked.name!r} cannot be masked: {blocked.source}"
+
+    def summary(self) -> list[dict[str, str]]:
+        """The masked and blocked columns, for the session recording."""
+        return [
+            {
+                "field": f.name,
+                "action": f.action.value,
+                "method": str(f.method or ""),
+                "source": f.source,
+            }
+            for f in self.fields
+            if f.action is not Action.CLEAR
+        ]
+
+    def row_description(self, fields: Sequence[Field]) -> list[Field]:
+        """The RowDescription fields the client is sent: masked non-text columns become text."""
+        out = list(fields)
+        for i, plan in enumerate(self.fields):
+            if plan.retype:
+                out[i] = replace(out[i], type_oid=TEXT_OID, type_size=-1, type_modifier=-1)
+        return out
+
+    def upstream_formats(self, requested: Sequence[int]) -> list[int]:
+        """Bind result formats to send upstream: text for columns that can only be masked as text.
+
+        ``requested`` is what the client's Bind asked for (none, one for all, or
+        one per column, as in the protocol); the answer is always one per column.
+        """
+        formats = expand_formats(requested, len(self.fields))
+        return [
+            TEXT if plan.needs_text else fmt for plan, fmt in zip(self.fields, formats, strict=True)
+        ]
+
+    def masker(self, formats: Sequence[int] = ()) -> RowMasker:
+        """The DataRow rewriter for rows in ``formats`` (compiled once per formats)."""
+        key = tuple(expand_formats(formats, len(self.fields)))
+        masker = self._maskers.get(key)
+        if masker is None:
+            masker = self._maskers[key] = RowMasker(self, key)
+        return masker
+
+
+def expand_formats(formats: Sequence[int], count: int) -> list[int]:
+    """Format codes as the protocol gives them (none: all text; one: all alike) → one per column."""
+    if not formats:
+        return [TEXT] * count
+    if len(formats) == 1:
+        return [formats[0]] * count
+    if len(formats) != count:
+        raise ProtocolViolation(f"{len(formats)} format codes for {count} columns")
+    return list(formats)
+
+
+def plan_for_row_description(
+    fields: Sequence[Field],
+    origins: Callable[[int, int], ColumnRef | None],
+    rules: MaskingRules,
+    lineage: Lineage,
+    *,
+    touched: Touched | None = None,
+) -> MaskPlan:
+    """Decide, for each column of a RowDescription, whether it is clear, masked or blocked.
+
+    ``origins(table_oid, attnum)`` resolves a column's origin (the catalog).
+    ``lineage()`` maps result positions to the base columns they are computed
+    from, or returns None when the statement cannot be analysed; a position
+    missing from the map counts as "cannot tell".  ``touched()``, when given,
+    lists the columns of every relation the statement reads (None: unknown):
+    if none of them is masked, columns without lineage are clear instead of
+    blocked.
+    """
+    refs = (
+        [
+            origins(f.table_oid, f.column_attnum) if f.table_oid and f.column_attnum > 0 else None
+            for f in fields
+        ]
+        if rules.active
+        else [None] * len(fields)
+    )
+    return plan_for_columns(
+        [(f.name, f.type_oid) for f in fields], refs, rules, lineage, touched=touched
+    )
+
+
+def plan_for_columns(
+    columns: Sequence[tuple[str, int]],
+    refs: Sequence[ColumnRef | None],
+    rules: MaskingRules,
+    lineage: Lineage,
+    *,
+    touched: Touched | None = None,
+) -> MaskPlan:
+    """Like :func:`plan_for_row_description`, for columns whose origins are known already.
+
+    ``columns`` are (name, type OID) pairs and ``refs`` their origins (None:
+    none known), e.g. the columns of ``COPY table (a, b) TO STDOUT``.
+    """
+    if not rules.active:
+        return MaskPlan(tuple(FieldPlan(n, Action.CLEAR, type_oid=t) for n, t in columns))
+    memo: list[Mapping[int, Collection[ColumnRef]] | None] = []
+    touches: list[bool] = []
+
+    def sources_of(index: int) -> Collection[ColumnRef] | None:
+        if not memo:
+            memo.append(lineage())
+        found = memo[0]
+        return None if found is None else found.get(index)
+
+    def touches_masked() -> bool:
+        if not touches:
+            listed = touched() if touched is not None else None
+            touches.append(listed is None or any(_masks(rules, column) for column in listed))
+        return touches[0]
+
+    plans: list[FieldPlan] = []
+    for index, ((name, type_oid), ref) in enumerate(zip(columns, refs, strict=True)):
+        plans.append(_decide(index, name, type_oid, ref, rules, sources_of, touches_masked))
+    return MaskPlan(tuple(plans), rules.key)
+
+
+def _masks(rules: MaskingRules, column: ColumnRef) -> bool:
+    if rules.rule_for(column) is not None:
+        return True
+    return (
+        column.derived
+        and not rules.vouched(column)
+        and any(_masks(rules, source) for source in column.sources)
+    )
+
+
+def _decide(
+    index: int,
+    name: str,
+    type_oid: int,
+    ref: ColumnRef | None,
+    rules: MaskingRules,
+    sources_of: Callable[[int], Collection[ColumnRef] | None],
+    touches_masked: Callable[[], bool],
+) -> FieldPlan:
+    if ref is not None:
+        rule = rules.rule_for(ref)
+        if rule is not None:
+            return _masked(name, type_oid, rule, str(ref))
+        if rules.vouched(ref) or not ref.derived:
+            return FieldPlan(name, Action.CLEAR, type_oid=type_oid, source=str(ref))
+        if not any(_masks(rules, source) for source in ref.sources):
+            return FieldPlan(name, Action.CLEAR, type_oid=type_oid, source=str(ref))
+    sources = sources_of(index)
+    if sources is None:
+        if ref is not None:
+            return FieldPlan(
+                name,
+                Action.BLOCK,
+                type_oid=type_oid,
+                source=f"view column {ref} is computed from masked columns, and which "
+                "ones cannot be told (an exact masking rule for it settles this)",
+            )
+        if not touches_masked():
+            return FieldPlan(name, Action.CLEAR, type_oid=type_oid)
+        return FieldPlan(
+            name,
+            Action.BLOCK,
+            type_oid=type_oid,
+            source="it is computed, the statement reads masked data, and where the "
+            "column comes from cannot be established",
+        )
+    masked = sorted(str(s) for s in sources if _masks(rules, s))
+    if not masked:
+        return FieldPlan(name, Action.CLEAR, type_oid=type_oid)
+    nulled = any(
+        (r := rules.rule_for(s)) is not None and r.method is MaskMethod.NULL for s in sources
+    )
+    rule = _DERIVED_NULL if nulled else _DERIVED_REDACT
+    return _masked(name, type_oid, rule, "derived from " + ", ".join(masked))
+
+
+def _masked(name: str, type_oid: int, rule: MaskRule, source: str) -> FieldPlan:
+    retype = rule.method is not MaskMethod.NULL and type_oid not in TEXT_LIKE_TYPES
+    return FieldPlan(name, Action.MASK, rule, type_oid, retype, source)
+
+
+# --------------------------------------------------------------------------
+# DataRow rewriting
+
+_INT32 = struct.Struct("!i")
+_HEADER = struct.Struct("!BI")
+_DATA_ROW: Final = ord("D")
+_STARS: Final = REDACTED.encode()
+_REDACTED_VALUE: Final = (_INT32.pack(len(_STARS)) + _STARS,)
+_NULL_VALUE: Final = (b"\xff\xff\xff\xff",)
+
+
+def mask_bytes(
+    rule: MaskRule, key: bytes, value: bytes | None, *, fmt: int = TEXT, type_oid: int = TEXT_OID
+) -> bytes | None:
+    """One wire value as ``rule`` shows it (None is NULL): the reference for the fast path.
+
+    Text values are UTF-8 (the gateway pins client_encoding), so masking their
+    text and encoding it again gives back valid UTF-8; ``surrogateescape`` only
+    makes sure nothing is lost should a value not be.  Hashes are over the bytes.
+    """
+    if value is None:
+        return None
+    method = rule.method
+    if method is MaskMethod.REDACT:
+        return _STARS
+    if method is MaskMethod.NULL or (fmt == BINARY and type_oid not in TEXT_LIKE_TYPES):
+        # partial and hash need the text a binary value of this type does not give.
+        return None
+    if method is MaskMethod.HASH:
+        return hash_value(key, value, rule.hash_length).encode()
+    masked = mask_value(rule, key, value.decode("utf-8", "surrogateescape"))
+    return None if masked is None else masked.encode("utf-8", "surrogateescape")
+
+
+# The generated loop.  Per DataRow it reads the header and column count in one
+# unpack, walks the length words up to the last masked column, and, when every
+# masked value takes its common path (not NULL, long enough, an ASCII tail, an
+# '@' to keep the domain from), emits the row with one ``extend``: the new
+# header, the unmasked stretches as slices of the input, the new values between
+# them.  Any other row goes to ``slow_row``, which decodes and re-encodes it.
+_ROW_TEMPLATE = """\
+def rewrite_rows(buf, pos, out):
+    end = len(buf)
+    extend = out.extend
+    while end - pos >= 7:
+        kind, length, columns = header(buf, pos)
+        stop = pos + 1 + length
+        if kind != 68 or stop > end:
+            return pos
+        if columns != count:
+            bad_count(buf, pos)
+        p = pos + 7
+        d = 0
+        while True:
+{walk}
+            if p > stop:
+                overrun()
+            extend((pack_header(68, length + d), buf[pos + 5:s0]{pieces}, buf[p:stop]))
+            break
+        pos = stop
+    if end - pos >= 5 and buf[pos] == 68:
+        short_row(buf, pos, end)
+    return pos
+"""
+
+_SKIP = """\
+            n, = unpack(buf, p)
+            p += 4 + n if n > 0 else 4
+"""
+
+# Each masked column: s{i} is where its length word starts, p ends up after its
+# value.  A value off the common path hands the row to slow_row and leaves the
+# one-pass "while True" that only exists to be left this way.
+_SLOW = """\
+                slow_row(buf, pos, stop, out)
+                break
+"""
+
+_CODE_CONST = """\
+            n, = unpack(buf, p)
+            if n < 0:
+{slow}
+            s{i} = p
+            p += 4 + n
+            d += {size} - n
+"""
+
+_CODE_HASH = """\
+            n, = unpack(buf, p)
+            if n < 0:
+{slow}
+            s{i} = p
+            p += 4 + n
+            h{i} = digest(key, buf[p - n:p], "sha256").hex()[:{size}].encode()
+            d += {size} - n
+"""
+
+_CODE_KEEP_LAST = """\
+            n, = unpack(buf, p)
+            if n <= {keep}:
+{slow}
+            s{i} = p
+            p += 4 + n
+            t{i} = buf[p - {keep}:p]
+            if not t{i}.isascii():
+{slow}
+            d += {size} - n
+"""
+
+_CODE_DOMAIN = """\
+            n, = unpack(buf, p)
+            if n < 0:
+{slow}
+            s{i} = p
+            p += 4 + n
+            a{i} = buf.rfind(b"@", s{i} + 5, p)
+            m{i} = 3 + p - a{i}
+            if a{i} < 0 or m{i} > 255:
+{slow}
+            d += m{i} - n
+"""
+
+_HEADER_COUNT = struct.Struct("!BIH")
+# Length word and "***" for every new value size below 256 (the domain is kept after it).
+_STARS_BY_SIZE: Final = tuple(_INT32.pack(size) + _STARS for size in range(256))
+
+
+def _column_code(
+    i: int, rule: MaskRule, fmt: int, type_oid: int, names: dict[str, object]
+) -> tuple[str, str]:
+    """The generated lines that mask one column, and the pieces that stand for its value.
+
+    The pieces follow the stretch before the column (``buf[e:s{i}]``), where
+    ``e`` is where the previous masked value ended.
+    """
+    method = rule.method
+    if method is MaskMethod.NULL or (
+        fmt == BINARY and type_oid not in TEXT_LIKE_TYPES and method is not MaskMethod.REDACT
+    ):
+        names[f"c{i}"] = _NULL_VALUE[0]
+        return _CODE_CONST.format(i=i, size=0, slow=_SLOW), f", c{i}"
+    if method is MaskMethod.HASH:
+        names[f"w{i}"] = _INT32.pack(rule.hash_length)
+        return _CODE_HASH.format(i=i, size=rule.hash_length, slow=_SLOW), f", w{i}, h{i}"
+    if method is MaskMethod.PARTIAL and rule.keep_domain:
+        return _CODE_DOMAIN.format(i=i, slow=_SLOW), f", stars[m{i}], buf[a{i}:e{i}]"
+    if method is MaskMethod.PARTIAL:
+        keep = rule.keep_last or 0
+        names[f"w{i}"] = _INT32.pack(3 + keep) + _STARS
+        code = _CODE_KEEP_LAST.format(i=i, keep=keep, size=3 + keep, slow=_SLOW)
+        return code, f", w{i}, t{i}"
+    names[f"c{i}"] = _REDACTED_VALUE[0]
+    return _CODE_CONST.format(i=i, size=len(_STARS), slow=_SLOW), f", c{i}"
+
+
+class RowMasker:
+    """Rewrites the DataRows of one result shape (a plan and the rows' format codes)."""
+
+    def __init__(self, plan: MaskPlan, formats: tuple[int, ...]) -> None:
+        self.plan = plan
+        self.formats = formats
+        self.count = len(plan.fields)
+        self.identity = not plan.masked
+        self.rewrite_rows = self._compile()
+
+    def _compile(self) -> Callable[[bytes, int, list[bytes]], int]:
+        names: dict[str, object] = {
+            "header": _HEADER_COUNT.unpack_from,
+            "pack_header": _HEADER.pack,
+            "unpack": _INT32.unpack_from,
+            "digest": hmac.digest,
+            "key": self.plan.key,
+            "count": self.count,
+            "stars": _STARS_BY_SIZE,
+            "bad_count": self._bad_count,
+            "slow_row": self._slow_row,
+            "short_row": _short_row,
+            "overrun": _overrun,
+        }
+        walk: list[str] = []
+        pieces: list[str] = []
+        column = 0
+        for i, index in enumerate(self.plan.masked):
+            plan = self.plan.fields[index]
+            assert plan.rule is not None
+            walk.extend(_SKIP for _ in range(index - column))
+            column = index + 1
+            code, value = _column_code(i, plan.rule, self.formats[index], plan.type_oid, names)
+            walk.append(code)
+            walk.append(f"            e{i} = p\n")
+            if i:
+                pieces.append(f", buf[e{i - 1}:s{i}]")
+            pieces.append(value)
+        if not walk:
+            # Nothing masked: rows pass whole.
+            walk.append("            s0 = p = stop\n")
+        source = _ROW_TEMPLATE.format(walk="".join(walk).rstrip("\n"), pieces="".join(pieces))
+        # Generated so that the loop is unrolled for this plan's masked positions
+        # and methods; a loop over a list of columns costs about half as much
+        # again per row.  Only the fixed templates above go into it.
+        exec(compile(source, "<row masker>", "exec"), names)  # noqa: S102
+        try:
+            return names["rewrite_rows"]  # type: ignore[return-value]
+        except KeyError:  # pragma: no cover - the template always defines it
+            raise AssertionError("row masker template defines no function") from None
+
+    def _slow_row(self, buf: bytes, pos: int, stop: int, out: list[bytes]) -> None:
+        """A row the generated path does not take: decoded, masked value by value, encoded."""
+        values = _row_values(buf, pos + 5, stop)
+        plan = self.plan
+        for index in plan.masked:
+            rule = plan.fields[index].rule
+            assert rule is not None
+            values[index] = mask_bytes(
+                rule,
+                plan.key,
+                values[index],
+                fmt=self.formats[index],
+                type_oid=plan.fields[index].type_oid,
+            )
+        out.append(_DataRowMessage(values).encode())
+
+    def _bad_count(self, buf: bytes, pos: int) -> None:
+        if int.from_bytes(buf[pos + 1 : pos + 5], "big") < 6:
+            raise ProtocolViolation("malformed DataRow message: no column count")
+        got = int.from_bytes(buf[pos + 5 : pos + 7], "big")
+        raise ProtocolViolation(f"DataRow has {got} columns, its RowDescription {self.count}")
+
+    def rewrite_rows_checked(self, buf: bytes, pos: int, out: list[bytes]) -> int:
+        """:meth:`rewrite_rows`, with a truncated value reported as a protocol violation."""
+        try:
+            return self.rewrite_rows(buf, pos, out)
+        except struct.error:
+            raise ProtocolViolation("malformed DataRow message: value runs past its end") from None
+
+    def message(self, body: bytes) -> bytes:
+        """The whole masked DataRow message (type, length, body) for one DataRow body."""
+        wire = _HEADER.pack(_DATA_ROW, len(body) + 4) + body
+        out: list[bytes] = []
+        if self.rewrite_rows_checked(wire, 0, out) != len(wire):
+            raise ProtocolViolation("malformed DataRow message")
+        return b"".join(out)
+
+    def body(self, body: bytes) -> bytes:
+        """The masked body of one DataRow body."""
+        return self.message(body)[5:]
+
+
+def _overrun() -> None:
+    raise ProtocolViolation("malformed DataRow message: a value runs past the message")
+
+
+def _row_values(buf: bytes, start: int, stop: int) -> list[bytes | None]:
+    values: list[bytes | None] = []
+    pos = start + 2
+    for _ in range(int.from_bytes(buf[start : start + 2], "big")):
+        (length,) = _INT32.unpack_from(buf, pos)
+        pos += 4
+        if length < 0:
+            values.append(None)
+            continue
+        if pos + length > stop:
+            _overrun()
+        values.append(buf[pos : pos + length])
+        pos += length
+    if pos != stop:
+        raise ProtocolViolation(f"malformed DataRow message: {stop - pos} bytes of trailing data")
+    return values
+
+
+def _short_row(buf: bytes, pos: int, end: int) -> None:
+    length = int.from_bytes(buf[pos + 1 : pos + 5], "big")
+    if pos + 1 + length <= end:
+        raise ProtocolViolation("malformed DataRow message: no column count")
+
+
+def apply_plan(plan: MaskPlan, datarow_body: bytes, formats: Sequence[int] = ()) -> bytes:
+    """Rewrite the masked columns of one DataRow body; ``formats`` are the rows' format codes."""
+    return plan.masker(formats).body(datarow_body)
+
+
+# --------------------------------------------------------------------------
+# Texts: errors, notices, notifications, parameter values
+
+_KEY_DETAIL = re.compile(r"Key \((?P<cols>[^)]*)\)=\((?P<vals>.*)\)(?P<rest>[^)]*)$", re.DOTALL)
+_FAILING_ROW = re.compile(r"(?P<head>Failing row contains \().*(?P<tail>\)\.?)$", re.DOTALL)
+_QUOTED = re.compile(r'(?P<head>: )"(?:[^"]|"")*"')
+# Report fields that may echo data: message, detail, hint, context, internal query.
+REPORT_TEXT_FIELDS: Final = frozenset("MDHWq")
+
+
+def redact_text(
+    text: str,
+    masked_values: Iterable[str] = (),
+    *,
+    masked_columns: Collection[str] = (),
+    touches_masked: bool = False,
+) -> str:
+    """``text`` with masked data taken out.
+
+    * every occurrence of a value in ``masked_values`` (longest first) becomes ``***``;
+    * ``Key (cols)=(values)`` keeps the columns and loses the values when one of
+      the columns is in ``masked_columns`` (lower-case names), or always when
+      ``touches_masked``;
+    * with ``touches_masked`` also ``Failing row contains (...)`` and quoted
+      values after a colon (``invalid input syntax for type integer: "..."``),
+      which is how a cast or a check echoes a value the statement read.
+    """
+    for value in sorted({v for v in masked_values if v}, key=len, reverse=True):
+        text = text.replace(value, REDACTED)
+    match = _KEY_DETAIL.search(text)
+    if match:
+        columns = {c.strip().strip('"').lower() for c in match["cols"].split(",")}
+        if touches_masked or not columns.isdisjoint(c.lower() for c in masked_columns):
+            text = text[: match.start("vals")] + REDACTED + text[match.end("vals") :]
+    if touches_masked:
+        text = _FAILING_ROW.sub(lambda m: m["head"] + REDACTED + m["tail"], text)
+        text = _QUOTED.sub(lambda m: m["head"] + '"' + REDACTED + '"', text)
+    return text
+
+
+def redact_report(
+    fields: Mapping[str, str],
+    masked_values: Iterable[str] = (),
+    *,
+    masked_columns: Collection[str] = (),
+    touches_masked: bool = False,
+) -> dict[str, str]:
+    """An ErrorResponse/NoticeResponse field map with :func:`redact_text` applied to its texts."""
+    values = tuple(masked_values)
+    return {
+        code: redact_text(
+            value, values, masked_columns=masked_columns, touches_masked=touches_masked
+        )
+        if code in REPORT_TEXT_FIELDS
+        else value
+        for code, value in fields.items()
+    }
+
+
+# --------------------------------------------------------------------------
+# COPY TO STDOUT
+
+
+@dataclass(frozen=True)
+class CopyFormat:
+    """How a COPY's rows are written (from its options): text or CSV, and their characters."""
+
+    csv: bool = False
+    delimiter: str = ""
+    null: str | None = None
+    quote: str = '"'
+    escape: str = ""
+    header: bool = False
+
+    @property
+    def sep(self) -> str:
+        return self.delimiter or ("," if self.csv else "\t")
+
+    @property
+    def null_text(self) -> str:
+        if self.null is not None:
+            return self.null
+        return "" if self.csv else "\\N"
+
+    @property
+    def escape_char(self) -> str:
+        return self.escape or self.quote
+
+
+_TEXT_ESCAPES: Final = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
+_TEXT_UNESCAPES: Final = {v: k for k, v in _TEXT_ESCAPES.items()}
+
+
+class CopyMasker:
+    """Masks the rows of one COPY TO STDOUT, one CopyData payload (one row) at a time.
+
+    Text format: fields split at unescaped delimiters, ``\\N`` (or the NULL
+    string) is NULL, backslash escapes are undone before masking and redone
+    after.  CSV: fields may be quoted (quotes doubled, or escaped with the
+    ESCAPE character); an unquoted NULL string is NULL; masked values are
+    always written quoted.  With HEADER the first row is the column names and
+    passes as it is.  Binary COPY cannot be masked: ``blocked`` says so.
+    """
+
+    def __init__(self, plan: MaskPlan, overall_format: int, fmt: CopyFormat) -> None:
+        self.plan = plan
+        self.fmt = fmt
+        self.masked = {i: plan.fields[i] for i in plan.masked}
+        self.identity = not self.masked and plan.blocked is None
+        self.blocked: str | None = plan.block_message()
+        if self.blocked is None and overall_format == BINARY and self.masked:
+            self.blocked = "a binary COPY of masked columns cannot be masked: use text or CSV"
+        self._rows = 0
+
+    def row(self, payload: bytes) -> bytes:
+        """One CopyData payload, masked."""
+        self._rows += 1
+        if self.identity or (self.fmt.header and self._rows == 1):
+            return payload
+        if self.blocked is not None:
+            raise ValueError(self.blocked)
+        text = payload.decode("utf-8")
+        ending = "\r\n" if text.endswith("\r\n") else "\n" if text.endswith("\n") else ""
+        line = text[: len(text) - len(ending)]
+        out = self._csv(line) if self.fmt.csv else self._text(line)
+        return (out + ending).encode("utf-8")
+
+    def _value(self, index: int, value: str | None) -> str | None:
+        plan = self.masked.get(index)
+        if plan is None or value is None:
+            return value
+        assert plan.rule is not None
+        return mask_value(plan.rule, self.plan.key, value)
+
+    def _text(self, line: str) -> str:
+        sep = self.fmt.sep
+        null = self.fmt.null_text
+        raw = _split_text(line, sep)
+        if len(raw) != len(self.plan.fields):
+            raise ProtocolViolation(f"COPY row has {len(raw)} fields, not {len(self.plan.fields)}")
+        out: list[str] = []
+        for index, field_text in enumerate(raw):
+            if index not in self.masked:
+                out.append(field_text)
+                continue
+            value = None if field_text == null else _unescape_text(field_text)
+            masked = self._value(index, value)
+            out.append(null if masked is None else _escape_text(masked, sep))
+        return sep.join(out)
+
+    def _csv(self, line: str) -> str:
+        fmt = self.fmt
+        sep, quote, escape = fmt.sep, fmt.quote, fmt.escape_char
+        fields = _split_csv(line, sep, quote, escape)
+        if len(fields) != len(self.plan.fields):
+            raise ProtocolViolation(
+                f"COPY row has {len(fields)} fields, not {len(self.plan.fields)}"
+            )
+        out: list[str] = []
+        for index, (field_text, quoted) in enumerate(fields):
+            if index not in self.masked:
+                out.append(field_text)
+                continue
+            if not quoted and field_text == fmt.null_text:
+                value: str | None = None
+            else:
+                value = _unquote_csv(field_text, quote, escape) if quoted else field_text
+            masked = self._value(index, value)
+            if masked is None:
+                out.append(fmt.null_text)
+            else:
+                if escape == quote:
+                    inner = masked.replace(quote, quote + quote)
+                else:
+                    inner = masked.replace(escape, escape + escape).replace(quote, escape + quote)
+                out.append(quote + inner + quote)
+        return sep.join(out)
+
+
+def _split_text(line: str, sep: str) -> list[str]:
+    if "\\" not in line:
+        return line.split(sep)
+    fields: list[str] = []
+    current: list[str] = []
+    i = 0
+    while i < len(line):
+        ch = line[i]
+        if ch == "\\" and i + 1 < len(line):
+            current.append(line[i : i + 2])
+            i += 2
+            continue
+        if ch == sep:
+            fields.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+        i += 1
+    fields.append("".join(current))
+    return fields
+
+
+def _unescape_text(text: str) -> str:
+    if "\\" not in text:
+        return text
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\" and i + 1 < len(text):
+            nxt = text[i + 1]
+            out.append(_TEXT_ESCAPES.get(nxt, nxt))
+            i += 2
+        else:
+            out.append(ch)
+            i += 1
+    return "".join(out)
+
+
+def _escape_text(text: str, sep: str) -> str:
+    out: list[str] = []
+    for ch in text:
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch in _TEXT_UNESCAPES:
+            out.append("\\" + _TEXT_UNESCAPES[ch])
+        elif ch == sep:
+            out.append("\\" + ch)
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _split_csv(line: str, sep: str, quote: str, escape: str) -> list[tuple[str, bool]]:
+    """Fields as written (quotes kept for quoted ones), and whether each was quoted."""
+    fields: list[tuple[str, bool]] = []
+    i, size = 0, len(line)
+    while True:
+        if i < size and line[i] == quote:
+            j = i + 1
+            while j < size:
+                ch = line[j]
+                if ch == escape and escape != quote and j + 1 < size:
+                    j += 2
+                    continue
+                if ch == quote:
+                    if escape == quote and j + 1 < size and line[j + 1] == quote:
+                        j += 2
+                        continue
+                    break
+                j += 1
+            if j >= size:
+                raise ProtocolViolation("COPY CSV row has an unterminated quoted field")
+            fields.append((line[i : j + 1], True))
+            i = j + 1
+        else:
+            j = line.find(sep, i)
+            j = size if j < 0 else j
+            fields.append((line[i:j], False))
+            i = j
+        if i >= size:
+            return fields
+        if line[i] != sep:
+            raise ProtocolViolation("COPY CSV row has text after a quoted field")
+        i += 1
+        if i == size:
+            fields.append(("", False))
+            return fields
+
+
+def _unquote_csv(text: str, quote: str, escape: str) -> str:
+    inner = text[1:-1]
+    if escape == quote:
+        return inner.replace(quote + quote, quote)
+    out: list[str] = []
+    i = 0
+    while i < len(inner):
+        if inner[i] == escape and i + 1 < len(inner):
+            out.append(inner[i + 1])
+            i += 2
+        else:
+            out.append(inner[i])
+            i += 1
+    return "".join(out)
+
+
+# --------------------------------------------------------------------------
+# Grants inside the database
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def database_side_grants(rules: MaskingRules, columns: Iterable[ColumnRef], role: str) -> list[str]:
+    """Statements that leave masked columns out of ``role``'s SELECT privilege.
+
+    For every relation with a masked column (``columns`` as the catalog lists
+    them): ``REVOKE SELECT`` on the relation, then ``GRANT SELECT (clear
+    columns)``, because a table-level grant makes column grants moot.  A view
+    column computed from masked columns counts as masked (the view reads with
+    its owner's rights, so only its own columns can be withheld).  The caller
+    runs the statements as the target's admin; privileges the role has through
+    PUBLIC or other roles are not touched.
+    """
+    by_relation: dict[tuple[str, str], list[ColumnRef]] = {}
+    for column in columns:
+        if column.relkind in _RELATIONS_WITH_ROWS:
+            by_relation.setdefault((column.schema, column.table), []).append(column)
+    statements: list[str] = []
+    for (schema, table), cols in sorted(by_relation.items()):
+        masked = [c for c in cols if _masks(rules, c)]
+        if not masked:
+            continue
+        relation = f"{quote_ident(schema)}.{quote_ident(table)}"
+        statements.append(f"REVOKE SELECT ON {relation} FROM {quote_ident(role)}")
+        clear = [c for c in cols if c not in masked]
+        if clear:
+            names = ", ".join(quote_ident(c.column) for c in clear)
+            statements.append(f"GRANT SELECT ({names}) ON {relation} TO {quote_ident(role)}")
+    return statements

@@ -1,0 +1,343 @@
+"""The relay phase of a gateway connection, without sockets.
+
+After login, ``Relay`` sits between the client's byte stream and the target's:
+``from_client(data)`` and ``from_server(data)`` take what arrived and return
+what to send on, each as a pair ``(to_peer, to_sender)``.
+
+How it stays fast: each call walks the message headers of the chunk once
+(type byte and length word; no body is copied or decoded), checking each
+client type and length against the protocol's frontend types and their size
+limits as it goes, and, when no hook is registered for any type it met,
+forwards the very bytes object that arrived (or the prefix that holds whole
+messages).  The bytes of an incomplete trailing message are kept until the
+rest arrives (as a list of chunks joined once, so a large message costs one
+copy), so the peer only ever sees whole messages and the gateway can put a
+message of its own (an error, a shutdown notice) between two of them.  Only a
+chunk that contains a hooked type is cut into messages: each hooked message
+goes to its hook, the rest pass as they were.
+
+Hooks are how guardrails, masking and the recorder plug in: register one per
+message type with ``on_client`` or ``on_server``.  A hook gets the raw message
+and the relay and returns the bytes to forward instead (``b""`` drops the
+message) or ``None`` to forward it unchanged.  A hook that answers the client
+itself (a refused statement: ErrorResponse and ReadyForQuery) calls
+``reply_to_client``; the relay delivers that answer after the responses to
+everything forwarded before it, so a pipelining client sees answers in order.
+
+In-flight tracking, for graceful shutdown: every Query, Sync and FunctionCall
+forwarded upstream asks for one ReadyForQuery; extended-protocol messages
+forwarded after the last Sync leave the connection mid-pipeline.  A connection
+is ``busy`` until every ReadyForQuery it asked for has come back and no
+pipeline is left open.  Since only whole messages are forwarded, a connection
+that is not busy sits at a message boundary with nothing running, and the
+shell may close it cleanly (an asynchronous NoticeResponse or notification
+after the last ReadyForQuery changes neither).
+
+Errors: a bad length word raises ``ProtocolViolation``, a message type that is
+not part of the frontend protocol raises ``GatewayError`` (both 08P01); the
+relay stays failed afterwards, since the next message boundary is unknown.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from collections.abc import Callable
+from typing import Final
+
+from server.gateway import pgwire
+from server.gateway.pgwire import ProtocolViolation, RawMessage
+from server.gateway.session import KNOWN_FRONTEND, GatewayError
+
+Hook = Callable[[RawMessage, "Relay"], bytes | None]
+
+_HEADER = struct.Struct("!BI")
+
+# A client message larger than this is refused.  PostgreSQL accepts up to 1 GB,
+# but the gateway holds a message whole before it forwards it (hooks need to
+# see all of it), and a client that announces a gigabyte must not make the
+# broker keep one per connection.
+MAX_CLIENT_MESSAGE: Final = 64 * 1024 * 1024
+MAX_SERVER_MESSAGE: Final = pgwire.DEFAULT_MAX_MESSAGE_SIZE
+# PostgreSQL reads these frontend types with PQ_SMALL_MESSAGE_LIMIT.
+_SMALL_CLIENT_TYPES: Final = b"CDEHSXcf"
+_SMALL_LIMIT: Final = 10_000
+_AUTH_LIMIT: Final = 65_535
+
+# What each frontend type means for the in-flight state.
+_UNKNOWN, _SYNCING, _EXTENDED, _OTHER, _TERMINATE = range(5)
+
+
+def _client_tables() -> tuple[bytes, list[int]]:
+    kinds = bytearray(256)
+    limits = [0] * 256
+    for t in KNOWN_FRONTEND:
+        kinds[t] = _OTHER
+        limits[t] = MAX_CLIENT_MESSAGE
+    for t in b"QSF":
+        kinds[t] = _SYNCING
+    for t in b"PBEDCH":
+        kinds[t] = _EXTENDED
+    kinds[ord("X")] = _TERMINATE
+    for t in _SMALL_CLIENT_TYPES:
+        limits[t] = _SMALL_LIMIT
+    limits[ord("p")] = _AUTH_LIMIT
+    return bytes(kinds), limits
+
+
+_CLIENT_KIND, _CLIENT_LIMIT = _client_tables()
+_READY: Final = ord("Z")
+_NOTHING: Final = (b"", b"")
+
+
+class _Partial:
+    """An incomplete trailing message: its chunks, and how many bytes complete it."""
+
+    __slots__ = ("have", "need", "parts")
+
+    def __init__(self, head: bytes) -> None:
+        self.parts = [head]
+        self.have = len(head)
+        self.need = _HEADER.unpack_from(head)[1] + 1 if len(head) >= 5 else 5
+
+    def add(self, data: bytes) -> bytes | None:
+        """The joined bytes once the message is complete, else None."""
+        self.parts.append(data)
+        self.have += len(data)
+        if self.have < self.need:
+            return None
+        return b"".join(self.parts)
+
+
+class Relay:
+    def __init__(self) -> None:
+        self._client_hooks: dict[int, Hook] = {}
+        self._server_hooks: dict[int, Hook] = {}
+        self._client_hooked: bytes | None = None  # 256 flags, or None without hooks
+        self._server_hooked: bytes | None = None
+        self._client_partial: _Partial | None = None
+        self._server_partial: _Partial | None = None
+        self._failed: str | None = None
+        self.asked = 0  # ReadyForQuery the client's forwarded messages asked for
+        self.ready = 0  # ReadyForQuery seen from the server
+        self.open_pipeline = False
+        self.terminating = False
+        self._to_client_later: deque[tuple[int, bytes]] = deque()
+        self._to_client_now: list[bytes] = []
+
+    # -- hooks ------------------------------------------------------------------
+    def on_client(self, types: bytes, hook: Hook) -> None:
+        """Call ``hook`` for every client message whose type byte is in ``types``."""
+        for t in types:
+            if t not in KNOWN_FRONTEND:
+                raise ValueError(f"{bytes([t])!r} is not a frontend message type")
+            self._client_hooks[t] = hook
+        self._client_hooked = _flags(self._client_hooks)
+
+    def on_server(self, types: bytes, hook: Hook) -> None:
+        """Call ``hook`` for every server message whose type byte is in ``types``."""
+        for t in types:
+            self._server_hooks[t] = hook
+        self._server_hooked = _flags(self._server_hooks)
+
+    def reply_to_client(self, data: bytes) -> None:
+        """Send ``data`` to the client once everything forwarded so far is answered."""
+        if self.ready >= self.asked and not self._to_client_later:
+            self._to_client_now.append(data)
+        else:
+            self._to_client_later.append((self.asked, data))
+
+    # -- state ------------------------------------------------------------------
+    @property
+    def busy(self) -> bool:
+        """A statement is in flight: forwarded, and its ReadyForQuery not yet seen."""
+        return self.ready < self.asked or self.open_pipeline
+
+    # -- traffic ----------------------------------------------------------------
+    def from_client(self, data: bytes) -> tuple[bytes, bytes]:
+        """Client bytes in; returns (bytes for the server, bytes back to the client)."""
+        if self._failed is not None:
+            raise ProtocolViolation(self._failed)
+        partial = self._client_partial
+        if partial is not None:
+            joined = partial.add(data)
+            if joined is None:
+                return _NOTHING
+            self._client_partial = None
+            data = joined
+        end = len(data)
+        pos = 0
+        unpack = _HEADER.unpack_from
+        kinds = _CLIENT_KIND
+        limits = _CLIENT_LIMIT
+        hooked = self._client_hooked
+        hit = False
+        asked = 0
+        pipeline = self.open_pipeline
+        while end - pos >= 5:
+            t, length = unpack(data, pos)
+            kind = kinds[t]
+            if not kind:
+                self._failed = f"message type {pgwire.describe_type(t)} is not relayed"
+                raise GatewayError(
+                    "08P01",
+                    f"message type {pgwire.describe_type(t)} is not part of the "
+                    "protocol the gateway relays",
+                    "this client or driver sent something the gateway does not understand",
+                )
+            if length < 4 or length > limits[t]:
+                self._fail(t, length, limits[t])
+            stop = pos + 1 + length
+            if stop > end:
+                break
+            if kind == _SYNCING:
+                asked += 1
+                pipeline = False
+            elif kind == _EXTENDED:
+                pipeline = True
+            elif kind == _TERMINATE:
+                self.terminating = True
+            if hooked is not None and hooked[t]:
+                hit = True
+            pos = stop
+        if pos != end:
+            if end - pos >= 1 and not kinds[data[pos]]:
+                self._failed = "unknown message type"
+                raise GatewayError(
+                    "08P01",
+                    f"message type {pgwire.describe_type(data[pos])} is not part of the "
+                    "protocol the gateway relays",
+                    "this client or driver sent something the gateway does not understand",
+                )
+            self._client_partial = _Partial(data[pos:] if pos else data)
+            if not pos:
+                return _NOTHING
+            data = data[:pos]
+        if hit:
+            data = self._client_slow(data)
+        else:
+            self.asked += asked
+            self.open_pipeline = pipeline
+        if self._to_client_now:
+            back = b"".join(self._to_client_now)
+            self._to_client_now.clear()
+            return data, back
+        return data, b""
+
+    def from_server(self, data: bytes) -> tuple[bytes, bytes]:
+        """Server bytes in; returns (bytes for the client, bytes back to the server)."""
+        if self._failed is not None:
+            raise ProtocolViolation(self._failed)
+        partial = self._server_partial
+        if partial is not None:
+            joined = partial.add(data)
+            if joined is None:
+                return _NOTHING
+            self._server_partial = None
+            data = joined
+        end = len(data)
+        last_header = end - 5
+        pos = 0
+        unpack = _HEADER.unpack_from
+        ready = 0
+        hit = False
+        hooked = self._server_hooked
+        # The loop runs once per message of a result (a DataRow each), so its
+        # order is tuned: the common checks first, the error ones only when
+        # something is already off.
+        if hooked is None:
+            while pos <= last_header:
+                t, length = unpack(data, pos)
+                stop = pos + 1 + length
+                if stop > end or length < 4:
+                    if length < 4 or length > MAX_SERVER_MESSAGE:
+                        self._fail(t, length, MAX_SERVER_MESSAGE)
+                    break
+                if t == _READY:
+                    ready += 1
+                pos = stop
+        else:
+            while pos <= last_header:
+                t, length = unpack(data, pos)
+                stop = pos + 1 + length
+                if stop > end or length < 4:
+                    if length < 4 or length > MAX_SERVER_MESSAGE:
+                        self._fail(t, length, MAX_SERVER_MESSAGE)
+                    break
+                if t == _READY:
+                    ready += 1
+                if hooked[t]:
+                    hit = True
+                pos = stop
+        if pos != end:
+            self._server_partial = _Partial(data[pos:] if pos else data)
+            if not pos:
+                return _NOTHING
+            data = data[:pos]
+        if hit or (ready and self._to_client_later):
+            return self._server_slow(data), b""
+        self.ready += ready
+        return data, b""
+
+    # -- the rare paths ---------------------------------------------------------
+    def _fail(self, t: int, length: int, limit: int) -> None:
+        if length < 4:
+            why = f"invalid message length {length} for message type {pgwire.describe_type(t)}"
+        else:
+            why = (
+                f"message of type {pgwire.describe_type(t)} is {length} bytes long, "
+                f"more than the limit of {limit}"
+            )
+        self._failed = why
+        raise ProtocolViolation(why)
+
+    def _client_slow(self, wire: bytes) -> bytes:
+        msgs, _end = pgwire.split_frames(wire, max_message_size=MAX_CLIENT_MESSAGE)
+        out: list[bytes] = []
+        hooks = self._client_hooks
+        for msg in msgs:
+            hook = hooks.get(msg.type)
+            replaced = hook(msg, self) if hook is not None else None
+            if replaced is None:
+                out.append(pgwire.encode_raw(msg.type, msg.body))
+                sent = bytes((msg.type,))
+            else:
+                out.append(replaced)
+                sent = bytes(m.type for m in pgwire.split_frames(replaced)[0])
+            # Counted message by message, so that an answer a later hook queues
+            # waits for exactly the messages forwarded before it.
+            for t in sent:
+                kind = _CLIENT_KIND[t]
+                if kind == _SYNCING:
+                    self.asked += 1
+                    self.open_pipeline = False
+                elif kind == _EXTENDED:
+                    self.open_pipeline = True
+        return b"".join(out)
+
+    def _server_slow(self, wire: bytes) -> bytes:
+        msgs, _end = pgwire.split_frames(wire)
+        out: list[bytes] = []
+        hooks = self._server_hooks
+        for msg in msgs:
+            hook = hooks.get(msg.type)
+            replaced = hook(msg, self) if hook is not None else None
+            if replaced is None:
+                out.append(pgwire.encode_raw(msg.type, msg.body))
+            elif replaced:
+                out.append(replaced)
+            if msg.type == _READY:
+                self.ready += 1
+                later = self._to_client_later
+                while later and later[0][0] <= self.ready:
+                    out.append(later.popleft()[1])
+        return b"".join(out)
+
+
+def _flags(hooks: dict[int, Hook]) -> bytes | None:
+    if not hooks:
+        return None
+    flags = bytearray(256)
+    for t in hooks:
+        flags[t] = 1
+    return bytes(flags)

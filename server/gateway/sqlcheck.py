@@ -1,0 +1,2517 @@
+"""What a SQL string would do when PostgreSQL runs it, as plain data, failing closed.
+
+``analyze(sql)`` returns an :class:`Analysis`: one :class:`Statement` per statement
+of the input, each with its class (read, write, DDL, ...), its command, the tables
+it reads and writes, whether an UPDATE/DELETE/MERGE has a WHERE that really
+restricts rows, the functions it calls, the settings it changes, what it runs
+inside itself (``nested``) and, for anything not understood, ``UNKNOWN`` with a
+reason.  The guardrails decide on that data; nothing here decides.
+
+This is the only module that imports sqlglot.  sqlglot is a good parser but not
+PostgreSQL's, so everything it produces is checked before it is believed:
+
+1. **Budgets before work.**  Inputs longer than ``max_len``, with too many tokens
+   or nested deeper than PostgreSQL code written by people ever is, are UNKNOWN
+   before the parser sees them: the compiled parser can recurse past the C stack
+   on deep nesting and backtracks exponentially on nested ``ARRAY[``.  A budget
+   of CPU time (the thread's, so a busy host does not trip it) is checked between
+   statements, and an analysis that overran it is UNKNOWN and not cached.
+2. **Same tokens as the server.**  The text is tokenized once with sqlglot's
+   PostgreSQL tokenizer, then every gap between two tokens is re-read with
+   PostgreSQL's own lexical rules and must hold nothing but PostgreSQL whitespace
+   and (nested) comments.  Where the two lexers could disagree on what a token is
+   (``U&"..."`` identifiers, ``UESCAPE``, NUL bytes, a no-break space or a vertical
+   tab between tokens), the input is UNKNOWN.  sqlglot's habit of reading
+   everything after EXPLAIN, CALL, LOCK, FETCH, ... as one string (ended by the
+   next semicolon, even one inside a literal) is switched off.
+3. **Split where the server splits.**  Statements are separated by semicolons at
+   parenthesis depth zero (a rule's ``DO (a; b)`` stays one statement).
+4. **Dispatch on the leading keyword**, never on sqlglot's guess.  Statements
+   with a small grammar of their own (SET/RESET/SHOW, transaction control,
+   EXPLAIN, PREPARE/EXECUTE, COPY, DO, CALL, LISTEN/NOTIFY, cursors, maintenance,
+   GRANT/REVOKE, roles) are read from the tokens here; queries, DML and most DDL
+   go through sqlglot, whose tree must have the type the keyword promises.
+   sqlglot's ``Command`` fallback, parse errors and unexpected tree types are
+   UNKNOWN, except for DDL whose class the leading words settle
+   (``ALTER SEQUENCE``, ``CREATE EXTENSION``, ...): those keep their class and
+   carry :attr:`Feature.UNPARSED`, and any ``name(`` in them counts as a call.
+5. **Every call accounted for.**  Each ``name(`` in the tokens must be a function
+   call in sqlglot's tree, a relation or type name that takes a parenthesised
+   list, or a call sqlglot parses with special syntax (``CAST``, ``TRIM``, ...);
+   a call sqlglot dropped or turned into something else makes the statement
+   UNKNOWN.  Function names are taken from the tokens as written, so
+   ``pg_catalog.set_config`` and ``"pg_read_file"`` are reported as PostgreSQL
+   would resolve their spelling.
+6. **WHERE that restricts.**  A predicate restricts rows only if it depends on
+   the row.  Row-independent parts (``true``, ``1=1``, ``now() > '2000-01-01'``,
+   ``EXISTS (SELECT 1)``, ``$1``) may be true for every row, so they do not
+   count, and neither do ``x = x``, ``x LIKE '%'``, ``x IS NULL OR x IS NOT NULL``
+   or an OR with any such branch.
+
+A statement that runs another is reported with the other in ``nested`` and
+``Execution`` saying when it runs: a data-modifying CTE, the statement under
+EXPLAIN ANALYZE, the query of COPY or CREATE TABLE AS run NOW; a PREPARE body runs
+LATER (at each EXECUTE); under a plain EXPLAIN it runs NEVER.  ``EXECUTE name``
+reports the name in ``prepared_name``: what it runs is whatever the session
+prepared under that name, which only the caller knows.
+
+Results are cached by (text, search_path, limits, parameters) in a bounded LRU
+(texts up to 16 KiB, 4096 entries, 8 M characters in all) so a statement the
+gateway has already seen costs a dictionary lookup.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from enum import Enum, StrEnum
+from typing import Any, ClassVar
+
+from sqlglot import exp
+from sqlglot.dialects.postgres import Postgres
+from sqlglot.errors import SqlglotError
+from sqlglot.tokenizer_core import Token, TokenType
+
+__all__ = [
+    "DEFAULT_MAX_LEN",
+    "DEFAULT_TIME_BUDGET",
+    "Analysis",
+    "CopyEndpoint",
+    "CopySpec",
+    "Execution",
+    "Feature",
+    "Name",
+    "Statement",
+    "StatementClass",
+    "analyze",
+    "analyze_function_call",
+    "cache_clear",
+    "parse_name",
+]
+
+DEFAULT_MAX_LEN = 100_000
+DEFAULT_TIME_BUDGET = 1.0
+# Deeper nesting than this is machine-made or hostile; the compiled parser
+# recurses once per level and can overflow the C stack long before Python's
+# recursion limit would stop it.
+MAX_DEPTH = 64
+# sqlglot backtracks on nested ARRAY[...] and doubles its work per level.
+MAX_BRACKET_DEPTH = 6
+MAX_TOKENS = 50_000
+# Statement.text is for messages; a longer statement is cut.
+MAX_TEXT = 2_000
+_CACHE_ENTRIES = 4096
+_CACHE_MAX_KEY = 16_384
+_CACHE_CHARS = 8_000_000
+
+_DIALECT = Postgres()
+_FUNCTION_PARSERS = frozenset(_DIALECT.parser_class.FUNCTION_PARSERS)
+
+
+class _Tokenizer(Postgres.Tokenizer):
+    # sqlglot swallows everything after EXPLAIN, CALL, LOCK, FETCH, ... as one
+    # string token, ending it at the next semicolon even inside a literal; those
+    # statements are read token by token here instead.
+    COMMANDS: ClassVar[set[TokenType]] = set()
+
+
+# Building a tokenizer or parser costs more than using one; each thread keeps its own.
+_LOCAL = threading.local()
+
+
+def _tokenize(sql: str) -> list[Token]:
+    tokenizer = getattr(_LOCAL, "tokenizer", None)
+    if tokenizer is None:
+        tokenizer = _LOCAL.tokenizer = _Tokenizer(dialect=_DIALECT)
+    tokens: list[Token] = tokenizer.tokenize(sql)
+    return tokens
+
+
+def _parse(tokens: list[Token], sql: str) -> list[exp.Expr | None]:
+    parser = getattr(_LOCAL, "parser", None)
+    if parser is None:
+        parser = _LOCAL.parser = _DIALECT.parser()
+    parsed: list[exp.Expr | None] = parser.parse(tokens, sql)
+    return parsed
+
+
+class _DropCommandFallbackWarning(logging.Filter):
+    """sqlglot logs a warning for every statement it parses as a Command; those
+    statements are handled here and the warning would flood the gateway log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Falling back to parsing as a 'Command'" not in record.getMessage()
+
+
+logging.getLogger("sqlglot").addFilter(_DropCommandFallbackWarning())
+
+
+class StatementClass(StrEnum):
+    """What kind of thing a statement does, coarsest first for policy."""
+
+    READ = "read"
+    WRITE = "write"
+    DDL = "ddl"
+    PRIVILEGE = "privilege"
+    SESSION_STATE = "session_state"
+    TRANSACTION = "transaction"
+    UTILITY = "utility"
+    UNKNOWN = "unknown"
+
+
+# When a statement has parts of several classes it takes the gravest.
+_SEVERITY = {
+    StatementClass.READ: 0,
+    StatementClass.TRANSACTION: 1,
+    StatementClass.UTILITY: 2,
+    StatementClass.SESSION_STATE: 3,
+    StatementClass.WRITE: 4,
+    StatementClass.DDL: 5,
+    StatementClass.PRIVILEGE: 6,
+    StatementClass.UNKNOWN: 7,
+}
+
+
+def _graver(a: StatementClass, b: StatementClass) -> StatementClass:
+    return a if _SEVERITY[a] >= _SEVERITY[b] else b
+
+
+class Feature(StrEnum):
+    """Effects worth a rule of their own, whatever the statement's class."""
+
+    ROW_LOCK = "row_lock"  # SELECT ... FOR UPDATE/SHARE, LOCK
+    CODE = "code"  # runs or installs server-side code: DO, CREATE FUNCTION, extensions, LOAD
+    OPAQUE = "opaque"  # effects invisible from the text: DO, CALL
+    FOREIGN = "foreign"  # foreign servers, user mappings, foreign tables, subscriptions
+    LISTEN = "listen"
+    NOTIFY = "notify"
+    UNPARSED = "unparsed"  # class from the leading keywords; the body was not parsed
+
+
+class Execution(Enum):
+    """When a nested statement runs relative to the statement that holds it."""
+
+    NOW = "now"  # data-modifying CTE, EXPLAIN ANALYZE, COPY (query), CREATE TABLE AS
+    LATER = "later"  # PREPARE body: runs at each EXECUTE
+    NEVER = "never"  # plain EXPLAIN: planned, not run
+
+
+class CopyEndpoint(StrEnum):
+    STDIO = "stdio"  # STDIN/STDOUT: data flows through the gateway
+    FILE = "file"  # a file on the database server
+    PROGRAM = "program"  # a shell command on the database server
+
+
+@dataclass(frozen=True)
+class CopySpec:
+    direction: str  # "from" (into a table) or "to" (out of a table or query)
+    endpoint: CopyEndpoint
+
+
+@dataclass(frozen=True, order=True)
+class Name:
+    """A schema-qualified name as PostgreSQL reads it: unquoted parts folded to
+    lower case, quoted parts exact.  ``str()`` renders it back, quoting where needed."""
+
+    parts: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return self.parts[-1]
+
+    @property
+    def schema(self) -> str | None:
+        return self.parts[-2] if len(self.parts) > 1 else None
+
+    def __str__(self) -> str:
+        return ".".join(_render_ident(p) for p in self.parts)
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One statement's summary.
+
+    ``index`` is its position in the input and ``text`` its source (cut at 2000
+    characters, for messages).  ``command`` names it much as PostgreSQL's command
+    tag does (``SELECT``, ``CREATE TABLE``), more precisely where that matters
+    (``SET ROLE``, ``EXPLAIN ANALYZE``, ``SELECT INTO``).  Tables are resolved to
+    a schema; functions keep the qualification they were written with.
+    ``restricting_where`` is set for UPDATE, DELETE and MERGE only.  ``settings``
+    are lower-cased parameter names (``*`` for one the analysis cannot read,
+    ``all`` for RESET ALL / DISCARD ALL).
+
+    The fields describe everything that runs when the statement runs, including
+    its nested statements that run NOW; ``nested`` lists those parts again (and
+    the ones that run LATER or NEVER) so that rules about a command or a WHERE
+    clause can look at each one.
+    """
+
+    index: int
+    text: str
+    kind: StatementClass
+    command: str
+    reads: tuple[Name, ...] = ()
+    writes: tuple[Name, ...] = ()
+    restricting_where: bool | None = None
+    functions: tuple[Name, ...] = ()
+    settings: tuple[str, ...] = ()
+    features: frozenset[Feature] = frozenset()
+    nested: tuple[Statement, ...] = ()
+    execution: Execution = Execution.NOW
+    prepared_name: str | None = None
+    copy: CopySpec | None = None
+    reason: str = ""
+
+    def walk(self) -> Iterator[tuple[Statement, Execution]]:
+        """This statement and every nested one, with when each runs (the latest
+        of the chain: what is planned but never run inside a PREPARE never runs)."""
+        stack: list[tuple[Statement, Execution]] = [(self, self.execution)]
+        while stack:
+            statement, when = stack.pop()
+            yield statement, when
+            for child in reversed(statement.nested):
+                stack.append((child, _later(when, child.execution)))
+
+
+def _later(a: Execution, b: Execution) -> Execution:
+    order = (Execution.NOW, Execution.LATER, Execution.NEVER)
+    return a if order.index(a) >= order.index(b) else b
+
+
+@dataclass(frozen=True)
+class Analysis:
+    statements: tuple[Statement, ...]
+
+    @property
+    def unknown(self) -> bool:
+        return any(s.kind is StatementClass.UNKNOWN for s in self.walk_all())
+
+    def walk_all(self) -> Iterator[Statement]:
+        for top in self.statements:
+            for statement, _ in top.walk():
+                yield statement
+
+
+# ---------------------------------------------------------------------------
+# Names
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+_PLAIN_IDENT = re.compile(r"(?:[a-z_]|[^\x00-\x7f])(?:[a-z0-9_$]|[^\x00-\x7f])*\Z")
+_NAMEDATALEN = 63
+
+
+def _fold(text: str, quoted: bool) -> str:
+    # PostgreSQL folds only ASCII letters and truncates identifiers to 63 bytes.
+    name = text if quoted else text.translate(_ASCII_LOWER)
+    raw = name.encode("utf-8")
+    if len(raw) > _NAMEDATALEN:
+        name = raw[:_NAMEDATALEN].decode("utf-8", "ignore")
+    return name
+
+
+def _render_ident(part: str) -> str:
+    return part if _PLAIN_IDENT.match(part) else '"' + part.replace('"', '""') + '"'
+
+
+def parse_name(text: str) -> Name:
+    """A dotted name as written in SQL or policy (``pg_catalog.set_config``,
+    ``"MyFunc"``) to a :class:`Name`; raises ValueError on anything else."""
+    parts: list[str] = []
+    i, n = 0, len(text)
+    while True:
+        if i < n and text[i] == '"':
+            j, buf = i + 1, []
+            while True:
+                k = text.find('"', j)
+                if k < 0:
+                    raise ValueError(f"unterminated quoted name in {text!r}")
+                buf.append(text[j:k])
+                if k + 1 < n and text[k + 1] == '"':
+                    buf.append('"')
+                    j = k + 2
+                    continue
+                i = k + 1
+                break
+            part = "".join(buf)
+            if not part:
+                raise ValueError(f"empty name in {text!r}")
+            parts.append(_fold(part, True))
+        else:
+            j = i
+            while j < n and text[j] not in '."':
+                j += 1
+            part = text[i:j].strip()
+            if not part or any(c.isspace() for c in part):
+                raise ValueError(f"not a name: {text!r}")
+            parts.append(_fold(part, False))
+            i = j
+        if i == n:
+            return Name(tuple(parts))
+        if text[i] != ".":
+            raise ValueError(f"not a name: {text!r}")
+        i += 1
+
+
+# ---------------------------------------------------------------------------
+# Public entry points
+
+
+@dataclass(frozen=True)
+class _Options:
+    schema: str
+    params: tuple[str | None, ...] | None
+
+
+def analyze(
+    sql: str,
+    *,
+    search_path: tuple[str, ...] = ("public",),
+    max_len: int = DEFAULT_MAX_LEN,
+    params: tuple[str | None, ...] | None = None,
+    time_budget: float = DEFAULT_TIME_BUDGET,
+) -> Analysis:
+    """Analyse ``sql`` (one or several statements); never raises.
+
+    ``search_path`` resolves unqualified table names (its first real schema;
+    ``pg_*`` names resolve to ``pg_catalog``, which PostgreSQL searches first).
+    ``params`` are the text values of ``$1``, ``$2``, ... once bound (None for NULL or
+    a binary value), used where a parameter names a setting.  ``time_budget`` is
+    CPU seconds of this thread.
+    """
+    key = (sql, search_path, max_len, params)
+    cached = _CACHE.get(key)
+    if cached is not None:
+        return cached
+    result, deterministic = _analyze_guarded(sql, search_path, max_len, params, time_budget)
+    if deterministic and len(sql) <= _CACHE_MAX_KEY:
+        _CACHE.put(key, result, len(sql))
+    return result
+
+
+def cache_clear() -> None:
+    _CACHE.clear()
+
+
+# Large-object functions a client reaches through the FunctionCall message ('F'),
+# by the fixed OIDs libpq uses; PostgreSQL never renumbers built-in functions.
+_FASTPATH_FUNCTIONS = {
+    715: "lo_create",
+    764: "lo_import",
+    765: "lo_export",
+    767: "lo_import",
+    952: "lo_open",
+    953: "lo_close",
+    954: "loread",
+    955: "lowrite",
+    956: "lo_lseek",
+    957: "lo_creat",
+    958: "lo_tell",
+    964: "lo_unlink",
+    1004: "lo_truncate",
+    3170: "lo_lseek64",
+    3171: "lo_tell64",
+    3172: "lo_truncate64",
+}
+
+
+def analyze_function_call(oid: int) -> Analysis:
+    """A FunctionCall message names its function by OID only; the large-object
+    functions libpq calls this way are recognised, anything else is UNKNOWN."""
+    name = _FASTPATH_FUNCTIONS.get(oid)
+    if name is None:
+        return Analysis(
+            (
+                _unknown(
+                    0,
+                    f"function call by OID {oid}",
+                    f"FunctionCall of OID {oid}: only large-object functions are recognised",
+                ),
+            )
+        )
+    return Analysis(
+        (
+            Statement(
+                index=0,
+                text=f"FunctionCall {oid} ({name})",
+                kind=StatementClass.UTILITY,
+                command="FUNCTION CALL",
+                functions=(Name(("pg_catalog", name)),),
+            ),
+        )
+    )
+
+
+# ---------------------------------------------------------------------------
+# Cache
+
+
+class _LRU:
+    """A bounded LRU keyed by statement text, limited in entries and in total
+    text so that distinct large statements cannot grow it without bound."""
+
+    def __init__(self, entries: int, chars: int) -> None:
+        self._data: dict[Any, tuple[Analysis, int]] = {}
+        self._entries = entries
+        self._chars = chars
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> Analysis | None:
+        with self._lock:
+            item = self._data.pop(key, None)
+            if item is None:
+                return None
+            self._data[key] = item
+            return item[0]
+
+    def put(self, key: Any, value: Analysis, size: int) -> None:
+        with self._lock:
+            old = self._data.pop(key, None)
+            if old is not None:
+                self._size -= old[1]
+            self._data[key] = (value, size)
+            self._size += size
+            while len(self._data) > self._entries or self._size > self._chars:
+                first = next(iter(self._data))
+                self._size -= self._data.pop(first)[1]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+            self._size = 0
+
+
+_CACHE = _LRU(_CACHE_ENTRIES, _CACHE_CHARS)
+
+
+# ---------------------------------------------------------------------------
+# Driver
+
+
+class _Unknown(Exception):
+    """Raised inside the analysis for anything not understood; becomes UNKNOWN."""
+
+
+class _OverBudget(Exception):
+    pass
+
+
+def _text(s: str) -> str:
+    return s if len(s) <= MAX_TEXT else s[: MAX_TEXT - 1] + "\u2026"
+
+
+def _unknown(index: int, text: str, reason: str) -> Statement:
+    return Statement(
+        index=index, text=_text(text), kind=StatementClass.UNKNOWN, command="", reason=reason
+    )
+
+
+def _analyze_guarded(
+    sql: str,
+    search_path: tuple[str, ...],
+    max_len: int,
+    params: tuple[str | None, ...] | None,
+    time_budget: float,
+) -> tuple[Analysis, bool]:
+    deadline = time.thread_time() + time_budget
+    try:
+        analysis = _analyze(sql, search_path, max_len, params, deadline)
+    except _OverBudget:
+        return _whole_unknown(sql, f"analysis took more than {time_budget:g}s of CPU"), False
+    except RecursionError:
+        return _whole_unknown(sql, "statement nested too deeply to analyse"), True
+    except Exception as error:  # fail closed on anything the analysis did not foresee
+        return _whole_unknown(sql, f"analysis failed: {type(error).__name__}"), True
+    if time.thread_time() > deadline:
+        return _whole_unknown(sql, f"analysis took more than {time_budget:g}s of CPU"), False
+    return analysis, True
+
+
+def _whole_unknown(sql: str, reason: str) -> Analysis:
+    return Analysis((_unknown(0, sql, reason),))
+
+
+def _analyze(
+    sql: str,
+    search_path: tuple[str, ...],
+    max_len: int,
+    params: tuple[str | None, ...] | None,
+    deadline: float,
+) -> Analysis:
+    if len(sql) > max_len:
+        return _whole_unknown(sql, f"statement text longer than {max_len} characters")
+    if "\x00" in sql:
+        return _whole_unknown(sql, "statement text contains a NUL character")
+    try:
+        tokens = _tokenize(sql)
+    except SqlglotError:
+        return _whole_unknown(sql, "cannot tokenize (unterminated string, comment or identifier?)")
+    if len(tokens) > MAX_TOKENS:
+        return _whole_unknown(sql, f"more than {MAX_TOKENS} tokens")
+    problem = _lexical_problem(sql, tokens)
+    if problem:
+        return _whole_unknown(sql, problem)
+    options = _Options(_default_schema(search_path), params)
+    statements: list[Statement] = []
+    for chunk in _split(tokens):
+        if time.thread_time() > deadline:
+            raise _OverBudget
+        index = len(statements)
+        text = sql[chunk[0].start : chunk[-1].end + 1]
+        try:
+            statement = _Analyzer(sql, chunk, options).statement()
+        except _Unknown as why:
+            statement = _unknown(index, text, str(why))
+        except RecursionError:
+            statement = _unknown(index, text, "statement nested too deeply to analyse")
+        except SqlglotError as error:
+            statement = _unknown(index, text, f"cannot parse: {_first_line(error)}")
+        statements.append(replace(statement, index=index, text=_text(text)))
+    return Analysis(tuple(statements))
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:200] if text else type(error).__name__
+
+
+def _default_schema(search_path: tuple[str, ...]) -> str:
+    for entry in search_path:
+        if entry and entry != "$user":
+            return entry
+    return "public"
+
+
+# PostgreSQL before 16 does not count a vertical tab as whitespace; the older
+# reading is the stricter one.
+_PG_SPACE = " \t\n\r\f"
+
+
+def _gap_ok(gap: str) -> bool:
+    """True if ``gap`` is only what PostgreSQL's lexer skips: whitespace, ``--``
+    comments ending at a newline, and nested ``/* */`` comments."""
+    i, n = 0, len(gap)
+    while i < n:
+        c = gap[i]
+        if c in _PG_SPACE:
+            i += 1
+        elif gap.startswith("--", i):
+            j = i + 2
+            while j < n and gap[j] not in "\r\n":
+                j += 1
+            i = j
+        elif gap.startswith("/*", i):
+            depth, i = 1, i + 2
+            while depth:
+                if i >= n:
+                    return False
+                if gap.startswith("/*", i):
+                    depth, i = depth + 1, i + 2
+                elif gap.startswith("*/", i):
+                    depth, i = depth - 1, i + 2
+                else:
+                    i += 1
+        else:
+            return False
+    return True
+
+
+def _lexical_problem(sql: str, tokens: list[Token]) -> str | None:
+    position = 0
+    depth = brackets = 0
+    previous: list[Token] = []
+    for token in tokens:
+        start = token.start
+        if start != position:
+            gap = sql[position:start]
+            if gap != " " and not _gap_ok(gap):
+                return "text between tokens that PostgreSQL would read differently"
+        position = token.end + 1
+        kind = token.token_type
+        if kind is _L_PAREN or kind is _L_BRACKET:
+            depth += 1
+            if depth > MAX_DEPTH:
+                return f"nested deeper than {MAX_DEPTH} levels"
+            if kind is _L_BRACKET:
+                brackets += 1
+                if brackets > MAX_BRACKET_DEPTH:
+                    return f"brackets nested deeper than {MAX_BRACKET_DEPTH}"
+        elif kind is _R_PAREN or kind is _R_BRACKET:
+            depth = max(depth - 1, 0)
+            if kind is _R_BRACKET:
+                brackets = max(brackets - 1, 0)
+        elif kind is _VAR and token.text.upper() == "UESCAPE":
+            return "UESCAPE is not supported"
+        elif kind is _IDENTIFIER and len(previous) == 2:
+            u, amp = previous
+            if (
+                amp.token_type is _AMP
+                and amp.end + 1 == start
+                and u.end + 1 == amp.start
+                and u.text in ("U", "u")
+            ):
+                # U&"..." is one Unicode-escaped identifier to PostgreSQL and an
+                # operator between two names to sqlglot.
+                return 'Unicode-escaped identifiers (U&"...") are not supported'
+        previous = [*previous[-1:], token]
+    tail = sql[position:]
+    if tail and not _gap_ok(tail):
+        return "text after the last token that PostgreSQL would read differently"
+    return None
+
+
+def _split(tokens: list[Token]) -> Iterator[list[Token]]:
+    chunk: list[Token] = []
+    depth = 0
+    for token in tokens:
+        kind = token.token_type
+        if kind is _SEMICOLON and depth == 0:
+            if chunk:
+                yield chunk
+            chunk = []
+            continue
+        if kind is _L_PAREN:
+            depth += 1
+        elif kind is _R_PAREN:
+            depth = max(depth - 1, 0)
+        chunk.append(token)
+    if chunk:
+        yield chunk
+
+
+# ---------------------------------------------------------------------------
+# Token helpers
+
+_NAME_TOKENS = frozenset({TokenType.VAR, TokenType.IDENTIFIER})
+_STRING_TOKENS = frozenset(
+    {
+        TokenType.STRING,
+        TokenType.HEREDOC_STRING,
+        TokenType.BYTE_STRING,
+        TokenType.NATIONAL_STRING,
+        TokenType.UNICODE_STRING,
+    }
+)
+# Tokens whose text is a value, not a keyword or name, even when it starts with
+# a letter (X'FF' has the text FF).
+_NOT_WORDS = frozenset(
+    {t for t in TokenType if t.name.endswith("STRING")}
+    | {TokenType.IDENTIFIER, TokenType.NUMBER, TokenType.PARAMETER}
+)
+# Enum attribute lookups are slow in hot loops.
+_L_PAREN = TokenType.L_PAREN
+_R_PAREN = TokenType.R_PAREN
+_L_BRACKET = TokenType.L_BRACKET
+_R_BRACKET = TokenType.R_BRACKET
+_SEMICOLON = TokenType.SEMICOLON
+_DOT = TokenType.DOT
+_VAR = TokenType.VAR
+_IDENTIFIER = TokenType.IDENTIFIER
+_AMP = TokenType.AMP
+_EXECUTE = TokenType.EXECUTE
+_DML_TOKENS = frozenset({TokenType.INSERT, TokenType.UPDATE, TokenType.DELETE, TokenType.MERGE})
+
+
+def _is_word(token: Token) -> bool:
+    """An unquoted keyword or name (sqlglot gives keywords their own token types)."""
+    if token.token_type in _NOT_WORDS:
+        return False
+    first = token.text[:1]
+    return first.isalpha() or first == "_"
+
+
+def _is_name(token: Token) -> bool:
+    return token.token_type is _IDENTIFIER or _is_word(token)
+
+
+def _kw(token: Token | None, *words: str) -> bool:
+    return token is not None and token.text.upper() in words and _is_word(token)
+
+
+def _ident(token: Token) -> str:
+    return _fold(token.text, token.token_type is TokenType.IDENTIFIER)
+
+
+class _Tokens:
+    """A cursor over one statement's tokens."""
+
+    def __init__(self, tokens: list[Token]) -> None:
+        self.tokens = tokens
+        self.i = 0
+
+    def peek(self, ahead: int = 0) -> Token | None:
+        j = self.i + ahead
+        return self.tokens[j] if j < len(self.tokens) else None
+
+    def at_end(self) -> bool:
+        return self.i >= len(self.tokens)
+
+    def take(self) -> Token:
+        token = self.peek()
+        if token is None:
+            raise _Unknown("statement ends too early")
+        self.i += 1
+        return token
+
+    def accept(self, *words: str) -> Token | None:
+        token = self.peek()
+        if _kw(token, *words):
+            self.i += 1
+            return token
+        return None
+
+    def accept_seq(self, *words: str) -> bool:
+        for k, word in enumerate(words):
+            if not _kw(self.peek(k), word):
+                return False
+        self.i += len(words)
+        return True
+
+    def expect(self, *words: str) -> Token:
+        token = self.accept(*words)
+        if token is None:
+            raise _Unknown(f"expected {' or '.join(words)}")
+        return token
+
+    def next_is(self, *kinds: TokenType) -> bool:
+        token = self.peek()
+        return token is not None and token.token_type in kinds
+
+    def accept_type(self, kind: TokenType) -> Token | None:
+        token = self.peek()
+        if token is not None and token.token_type is kind:
+            self.i += 1
+            return token
+        return None
+
+    def name(self) -> Name:
+        """A possibly qualified name."""
+        token = self.take()
+        if not _is_name(token):
+            raise _Unknown(f"expected a name, found {token.text!r}")
+        parts = [_ident(token)]
+        while self.accept_type(_DOT) is not None:
+            token = self.take()
+            if not _is_name(token):
+                raise _Unknown(f"expected a name, found {token.text!r}")
+            parts.append(_ident(token))
+        return Name(tuple(parts))
+
+    def skip_parens(self) -> None:
+        """Skip one balanced parenthesised group starting at the cursor."""
+        if self.accept_type(TokenType.L_PAREN) is None:
+            raise _Unknown("expected (")
+        depth = 1
+        while depth:
+            token = self.take()
+            if token.token_type is TokenType.L_PAREN:
+                depth += 1
+            elif token.token_type is TokenType.R_PAREN:
+                depth -= 1
+
+    def rest(self) -> list[Token]:
+        return self.tokens[self.i :]
+
+
+# ---------------------------------------------------------------------------
+# Statement analysis
+
+
+_SELECTS = frozenset({"SELECT", "WITH", "VALUES", "TABLE", "("})
+_PREPARABLE = _SELECTS | {"INSERT", "UPDATE", "DELETE", "MERGE"}
+_EXPLAINABLE = _PREPARABLE | {"DECLARE", "CREATE", "REFRESH", "EXECUTE"}
+_QUERY_ROOTS = (exp.Select, exp.SetOperation, exp.Subquery, exp.Values)
+_DML_ROOTS = (exp.Insert, exp.Update, exp.Delete, exp.Merge)
+_DML_COMMAND = {
+    exp.Insert: "INSERT",
+    exp.Update: "UPDATE",
+    exp.Delete: "DELETE",
+    exp.Merge: "MERGE",
+}
+_PG_SETTINGS = Name(("pg_catalog", "pg_settings"))
+_ROLE_SETTINGS = frozenset({"role", "session_authorization"})
+_ANY_SETTING = "*"
+
+
+class _Analyzer:
+    """Analyses one statement: ``sql`` is the whole input, ``tokens`` the statement's."""
+
+    def __init__(self, sql: str, tokens: list[Token], options: _Options) -> None:
+        self.sql = sql
+        self.tokens = tokens
+        self.options = options
+
+    def sub(self, tokens: list[Token]) -> _Analyzer:
+        if not tokens:
+            raise _Unknown("statement ends too early")
+        return _Analyzer(self.sql, tokens, self.options)
+
+    def synthetic(self, prefix: str, tokens: list[Token], suffix: str = "") -> _Analyzer:
+        """An analyzer over ``prefix`` + the source text of ``tokens`` + ``suffix``,
+        for pieces of a statement that sqlglot only parses inside a query."""
+        body = self.sql[tokens[0].start : tokens[-1].end + 1] if tokens else ""
+        text = prefix + body + suffix
+        return _Analyzer(text, _tokenize(text), self.options)
+
+    def statement(self, allowed: frozenset[str] | None = None) -> Statement:
+        """The statement's summary; ``allowed`` limits the leading keywords, for
+        statements inside others (PREPARE, EXPLAIN, COPY, DECLARE)."""
+        first = self.tokens[0]
+        lead = "(" if first.token_type is _L_PAREN else first.text.upper()
+        if allowed is not None and (lead not in allowed or not (lead == "(" or _is_word(first))):
+            raise _Unknown(f"{first.text!r} cannot start a statement here")
+        if lead == "(":
+            return self.query("(")
+        if not _is_word(first):
+            raise _Unknown(f"statement starts with {first.text!r}")
+        handler = _LEADS.get(lead)
+        if handler is None:
+            raise _Unknown(f"unrecognised statement {lead}")
+        statement: Statement = handler(self, lead)
+        return statement
+
+    # -- parsing with sqlglot ----------------------------------------------
+
+    def parse(self) -> exp.Expr:
+        parsed = _parse(self.tokens, self.sql)
+        if len(parsed) != 1 or parsed[0] is None:
+            raise _Unknown("not a single statement")
+        return parsed[0]
+
+    # -- queries and DML ---------------------------------------------------
+
+    def query(self, lead: str) -> Statement:
+        # UPDATE/DELETE ... WHERE CURRENT OF cursor: one row, which sqlglot cannot parse.
+        current_of = False
+        tokens = self.tokens
+        if (
+            lead in ("UPDATE", "DELETE")
+            and len(tokens) > 4
+            and _kw(tokens[-4], "WHERE")
+            and _kw(tokens[-3], "CURRENT")
+            and _kw(tokens[-2], "OF")
+            and _is_name(tokens[-1])
+        ):
+            current_of = True
+            tokens = tokens[:-4]
+        analyzer = self.sub(tokens)
+        tree = analyzer.parse()
+        expected: tuple[type[exp.Expr], ...]
+        if lead in ("SELECT", "VALUES", "TABLE", "("):
+            expected = _QUERY_ROOTS
+        elif lead == "WITH":
+            expected = _QUERY_ROOTS + _DML_ROOTS
+        else:
+            expected = {
+                "INSERT": (exp.Insert,),
+                "UPDATE": (exp.Update,),
+                "DELETE": (exp.Delete,),
+                "MERGE": (exp.Merge,),
+            }[lead]
+        if not isinstance(tree, expected):
+            raise _Unknown(f"{lead} statement not understood (parsed as {type(tree).__name__})")
+        statement = analyzer.from_tree(tree)
+        if current_of:
+            statement = replace(statement, restricting_where=True)
+        return statement
+
+    def from_tree(
+        self,
+        tree: exp.Expr,
+        *,
+        command: str | None = None,
+        kind: StatementClass | None = None,
+        features: frozenset[Feature] = frozenset(),
+        embedded: bool = False,
+    ) -> Statement:
+        facts = _TreeFacts(self, tree, embedded=embedded)
+        if kind is None:
+            kind, default_command = facts.query_kind()
+            command = command or default_command
+        kind = _graver(kind, facts.extra_kind())
+        return Statement(
+            index=0,
+            text="",
+            kind=kind,
+            command=command or "",
+            reads=facts.reads(),
+            writes=facts.writes(),
+            restricting_where=facts.restricting_where(tree),
+            functions=facts.functions,
+            settings=facts.settings(),
+            features=features | facts.features(),
+            nested=facts.nested(),
+        )
+
+    # -- data definition -------------------------------------------------------
+
+    def ddl(self, lead: str) -> Statement:
+        cursor = _Tokens(self.tokens)
+        cursor.take()
+        if lead == "CREATE":
+            while cursor.accept(*_CREATE_MODIFIERS):
+                if _kw(cursor.tokens[cursor.i - 1], "OR"):
+                    cursor.expect("REPLACE")
+        words, spec = _object_spec(cursor)
+        command = f"{lead} {' '.join(words)}"
+        if Feature.CODE in spec.features.get(lead, ()) and any(
+            _kw(a, "BEGIN") and _kw(b, "ATOMIC")
+            for a, b in zip(self.tokens, self.tokens[1:], strict=False)
+        ):
+            # The body's semicolons end statements for the splitter but not for
+            # PostgreSQL, so the pieces seen here are not what runs.
+            raise _Unknown("BEGIN ATOMIC function bodies are not supported")
+        kind, features = spec.kind, frozenset(spec.features.get(lead, ()))
+        if spec.command_override:
+            command = spec.command_override
+        if words == ("EXTENSION",) and lead == "CREATE":
+            cursor.accept_seq("IF", "NOT", "EXISTS")
+            ext = cursor.peek()
+            if ext is not None and _is_name(ext) and _ident(ext) in _FOREIGN_EXTENSIONS:
+                features |= {Feature.FOREIGN}
+        inner: Statement | None = None
+        if spec.embeds_query and lead == "CREATE":
+            # The query of CREATE TABLE/MATERIALIZED VIEW ... AS is read with the
+            # statement dispatch (sqlglot misreads AS EXECUTE name).
+            found = _query_after_as(self.tokens)
+            if found is not None:
+                inner = replace(self.sub(found[0]).statement(), execution=found[1])
+                if inner.kind is StatementClass.UNKNOWN:
+                    raise _Unknown(f"{command} query not understood: {inner.reason}")
+        tree: exp.Expr | None
+        try:
+            tree = self.parse()
+        except (SqlglotError, _Unknown):
+            tree = None
+        root_type = _DDL_ROOTS.get(lead)
+        if tree is not None and root_type is not None and isinstance(tree, root_type):
+            statement = self.from_tree(
+                tree, command=command, kind=kind, features=features, embedded=inner is not None
+            )
+            if spec.relation and not statement.writes:
+                statement = replace(statement, writes=self.object_name(cursor))
+        elif spec.safe_unparsed or inner is not None or lead != "CREATE":
+            statement = self.unparsed(cursor, command, kind, features, spec)
+        else:
+            what = type(tree).__name__ if tree is not None else "a parse error"
+            raise _Unknown(f"{command} not understood (parsed as {what})")
+        return _with_nested(statement, inner)
+
+    def unparsed(
+        self,
+        cursor: _Tokens,
+        command: str,
+        kind: StatementClass,
+        features: frozenset[Feature],
+        spec: _ObjectSpec,
+    ) -> Statement:
+        """DDL classified by its leading words, whose calls are every ``name(``."""
+        if any(_kw(t, "GRANT", "REVOKE") for t in self.tokens):
+            kind = _graver(kind, StatementClass.PRIVILEGE)
+        return Statement(
+            index=0,
+            text="",
+            kind=kind,
+            command=command,
+            writes=self.object_name(cursor) if spec.relation else (),
+            functions=_token_calls(self.tokens, skip=_object_name_index(cursor)),
+            features=features | {Feature.UNPARSED},
+        )
+
+    def object_name(self, cursor: _Tokens) -> tuple[Name, ...]:
+        probe = _Tokens(cursor.tokens)
+        probe.i = cursor.i
+        probe.accept_seq("IF", "NOT", "EXISTS") or probe.accept_seq("IF", "EXISTS")
+        probe.accept("CONCURRENTLY")
+        probe.accept("ONLY")
+        token = probe.peek()
+        if token is None or not _is_name(token) or _kw(token, "ON"):
+            return ()
+        try:
+            return (self.resolve(probe.name()),)
+        except _Unknown:
+            return ()
+
+    def truncate(self, lead: str) -> Statement:
+        tree = self.parse()
+        if not isinstance(tree, exp.TruncateTable):
+            raise _Unknown(f"TRUNCATE not understood (parsed as {type(tree).__name__})")
+        return self.from_tree(tree, command="TRUNCATE", kind=StatementClass.WRITE)
+
+    def resolve(self, name: Name) -> Name:
+        if len(name.parts) > 1:
+            return name
+        schema = "pg_catalog" if name.name.startswith("pg_") else self.options.schema
+        return Name((schema, name.name))
+
+    # -- statements read from the tokens -------------------------------------
+
+    def simple(
+        self,
+        kind: StatementClass,
+        command: str,
+        *,
+        features: frozenset[Feature] = frozenset(),
+        settings: tuple[str, ...] = (),
+        functions: tuple[Name, ...] = (),
+        prepared_name: str | None = None,
+        writes: tuple[Name, ...] = (),
+        reads: tuple[Name, ...] = (),
+    ) -> Statement:
+        return Statement(
+            index=0,
+            text="",
+            kind=kind,
+            command=command,
+            features=features,
+            settings=settings,
+            functions=functions,
+            prepared_name=prepared_name,
+            writes=writes,
+            reads=reads,
+        )
+
+    def privilege(self, lead: str) -> Statement:
+        words = [lead]
+        if lead in ("SECURITY", "REASSIGN"):
+            words.append(self.tokens[1].text.upper() if len(self.tokens) > 1 else "")
+        return self.simple(StatementClass.PRIVILEGE, " ".join(words))
+
+    def comment(self, lead: str) -> Statement:
+        return self.simple(StatementClass.DDL, "COMMENT")
+
+    def import_foreign(self, lead: str) -> Statement:
+        cursor = _Tokens(self.tokens)
+        cursor.take()
+        cursor.expect("FOREIGN")
+        cursor.expect("SCHEMA")
+        return self.simple(
+            StatementClass.DDL, "IMPORT FOREIGN SCHEMA", features=frozenset({Feature.FOREIGN})
+        )
+
+    def set_(self, lead: str) -> Statement:
+        cursor = _Tokens(self.tokens)
+        cursor.take()
+        if cursor.accept_seq("SESSION", "CHARACTERISTICS"):
+            cursor.expect("AS")
+            cursor.expect("TRANSACTION")
+            names = _transaction_modes(cursor, default=True)
+            return self.simple(
+                StatementClass.TRANSACTION, "SET SESSION CHARACTERISTICS", settings=names
+            )
+        if cursor.accept("TRANSACTION"):
+            if cursor.accept("SNAPSHOT"):
+                _expect_string(cursor)
+                _expect_end(cursor)
+                return self.simple(
+                    StatementClass.TRANSACTION,
+                    "SET TRANSACTION",
+                    settings=("transaction_snapshot",),
+                )
+            names = _transaction_modes(cursor, default=False)
+            return self.simple(StatementClass.TRANSACTION, "SET TRANSACTION", settings=names)
+        if cursor.accept("CONSTRAINTS"):
+            _expect_plain(cursor)
+            return self.simple(StatementClass.TRANSACTION, "SET CONSTRAINTS")
+        # SET SESSION AUTHORIZATION is a statement of its own, SESSION before
+        # anything else is the scope.
+        if not _kw(cursor.peek(1), "AUTHORIZATION"):
+            cursor.accept("SESSION", "LOCAL")
+        if cursor.accept_seq("SESSION", "AUTHORIZATION"):
+            _expect_plain(cursor)
+            return self.simple(
+                StatementClass.PRIVILEGE,
+                "SET SESSION AUTHORIZATION",
+                settings=("session_authorization",),
+            )
+        for words, setting in _SET_FORMS.items():
+            if all(_kw(cursor.peek(k), w) for k, w in enumerate(words)):
+                cursor.i += len(words)
+                # SET role TO x is the generic form of SET ROLE x: the same change.
+                if not cursor.accept("TO"):
+                    cursor.accept_type(TokenType.EQ)
+                _expect_plain(cursor)
+                return self.setting_statement("SET", setting)
+        name = _setting_name(cursor)
+        if not (cursor.accept("TO") or cursor.accept_type(TokenType.EQ)):
+            raise _Unknown("SET without TO or =")
+        _expect_plain(cursor)
+        return self.setting_statement("SET", name)
+
+    def setting_statement(self, verb: str, setting: str) -> Statement:
+        if setting in _ROLE_SETTINGS:
+            command = f"{verb} ROLE" if setting == "role" else f"{verb} SESSION AUTHORIZATION"
+            return self.simple(StatementClass.PRIVILEGE, command, settings=(setting,))
+        return self.simple(StatementClass.SESSION_STATE, verb, settings=(setting,))
+
+    def reset(self, lead: str) -> Statement:
+        cursor = _Tokens(self.tokens)
+        cursor.take()
+        if cursor.accept("ALL"):
+            _expect_end(cursor)
+            return self.simple(StatementClass.SESSION_STATE, "RESET ALL", settings=("all",))
+        for words, setting in (
+            (("SESSION", "AUTHORIZATION"), "session_authorization"),
+            (("TIME", "ZONE"), "timezone"),
+            (("TRANSACTION", "ISOLATION", "LEVEL"), "transaction_isolation"),
+            (("ROLE",), "role"),
+        ):
+            if cursor.accept_seq(*words):
+                _expect_end(cursor)
+                return self.setting_statement("RESET", setting)
+        name = _setting_name(cursor)
+        _expect_end(cursor)
+        return self.setting_statement("RESET", name)
+
+    def show(self, lead: str) -> Statement:
+        cursor = _Tokens(self.tokens)
+        cursor.take()
+        _expect_plain(cursor)
+        return self.simple(StatementClass.READ, "SHOW")
+
+    def discard(self, lead: str) -> Statement:
+        cursor = _Tokens(self.tokens)
+        cursor.take()
+        what = cursor.expect("ALL", "PLANS", "SEQUENCES", "TEMP", "TEMPORARY").text.upper()
+        _expect_end(cursor)
+        what = "TEMP" if what == "TEMPORARY" else what
+        settings = ("all",) if what == "ALL" else ()
+        return self.simple(StatementClass.SESSION_STATE, f"DISCARD {what}", settings=settings)
+
+    def transaction(self, lead: str) -> Statement:
+        cursor = _Tokens(self.tokens)
+        cursor.take()
+        kind = StatementClass.TRANSACTION
+        if lead in ("BEGIN", "START"):
+            if lead == "START":
+                cursor.expect("TRANSACTION")
+            else:
+                cursor.accept("WORK", "TRANSACTION")
+            names = _transaction_modes(cursor, default=False)
+            return self.simple(
+                kind, "BEGIN" if lead == "BEGIN" else "START TRANSACTION", settings=names
+            )
+        if lead in ("COMMIT", "ROLLBACK") and cursor.accept("PREPARED"):
+            _expect_string(cursor)
+            _expect_end(cursor)
+            return self.simple(kind, f"{lead} PREPARED")
+        if lead == "PREPARE":
+            cursor.expect("TRANSACTION")
+            _expect_string(cursor)
+            _expect_end(cursor)
+            return self.simple(kind, "PREPARE TRANSACTION")
+        if lead == "SAVEPOINT":
+            _expect_name(cursor)
+            _expect_end(cursor)
+            return self.simple(kind, "SAVEPOINT")
+        if lead == "RELEASE":
+            cursor.accept("SAVEPOINT")
+            _expect_name(cursor)
+            _expect_end(cursor)
+            return self.simple(kind, "RELEASE")
+        cursor.accept("WORK", "TRANSACTION")
+        if lead in ("ROLLBACK", "ABORT") and cursor.accept("TO"):
+            cursor.accept("SAVEPOINT")
+            _expect_name(cursor)
+            _expect_end(cursor)
+            return self.simple(kind, "ROLLBACK TO SAVEPOINT")
+        if cursor.accept("AND"):
+            cursor.accept("NO")
+            cursor.expect("CHAIN")
+        _expect_end(cursor)
+        return self.simple(kind, "COMMIT" if lead in ("COMMIT", "END") else "ROLLBACK")
+
+    def prepare(self, lead: str) -> Statement:
+        if _kw(self.tokens[1] if len(self.tokens) > 1 else None, "TRANSACTION"):
+            return self.transaction(lead)
+        cursor = _Tokens(self.tokens)
+        cursor.take()
+        name = _expect_name(cursor)
+        if cursor.next_is(_L_PAREN):
+            cursor.skip_parens()
+        cursor.expect("AS")
+        body = replace(self.sub(cursor.rest()).statement(_PREPARABLE), execution=Execution.LATER)
+        if body.kind is StatementClass.UNKNOWN:
+            raise _Unknown(f"PREPARE body: {body.reason}")
+        return Statement(
+            index=0,
+            text="",
+            kind=StatementClass.UTILITY,
+            command="PREPARE",
+            functions=body.functions,
+            nested=(body,),
+            prepared_name=name,
+        )
+
+    def execute(self, lead: str) -> Statement:
+        cursor = _Tokens(self.tokens)
+        cursor.take()
+        name = _expect_name(cursor)
+        functions: tuple[Name, ...] = ()
+        settings: tuple[str, ...] = ()
+        kind = StatementClass.UTILITY
+        if not cursor.at_end():
+            args = cursor.rest()
+            if args[0].token_type is not TokenType.L_PAREN:
+                raise _Unknown("EXECUTE arguments not understood")
+            cursor.skip_parens()
+            _expect_end(cursor)
+            inner = self.synthetic("SELECT ", args).query("SELECT")
+            functions, settings = inner.functions, inner.settings
+            kind = _graver(kind, inner.kind)
+        return Statement(
+            index=0,
+            text="",
+            kind=kind,
+            command="EXECUTE",
+            functions=functions,
+            settings=settings,
+            prepared_name=name,
+        )
+
+    def deallocate(self, lead: str) -> Statement:
+        cursor = _Tokens(self.tokens)
+        cursor.take()
+        cursor.accept("PREPARE")
+        if cursor.accept("ALL"):
+            _expect_end(cursor)
+            return self.simple(StatementClass.UTILITY, "DEALLOCATE ALL")
+        name = _expect_name(cursor)
+        _expect_end(cursor)
+        return self.simple(StatementClass.UTILITY, "DEALLOCATE", prepared_name=name)
+
+    def explain(self, lead: str) -> Statement:
+        cursor = _Tokens(self.tokens)
+        cursor.take()
+        analyze_ = False
+        first = cursor.peek()
+        if first is not None and first.token_type is TokenType.L_PAREN:
+            analyze_ = _explain_options(cursor)
+        else:
+            while True:
+                if cursor.accept("ANALYZE", "ANALYSE"):
+                    analyze_ = True
+                elif not cursor.accept("VERBOSE"):
+                    break
+        inner = self.sub(cursor.rest()).statement(_EXPLAINABLE)
+        if inner.kind is StatementClass.UNKNOWN:
+            raise _Unknown(f"EXPLAIN of a statement not understood: {inner.reason}")
+        if analyze_:
+            return Statement(
+                index=0,
+                text="",
+                kind=inner.kind,
+                command="EXPLAIN ANALYZE",
+                reads=inner.reads,
+                writes=inner.writes,
+                functions=inner.functions,
+                settings=inner.settings,
+                features=inner.features,
+                nested=(inner,),
+            )
+        return Statement(
+            index=0,
+            text="",
+            kind=StatementClass.READ,
+            command="EXPLAIN",
+            functions=inner.functions,
+            nested=(replace(inner, execution=Execution.NEVER),),
+        )
+
+    def copy(self, lead: str) -> Statement:
+        cursor = _Tokens(self.tokens)
+        cursor.take()
+        inner: Statement | None = None
+        table: Name | None = None
+        start = cursor.peek()
+        if start is not None and start.token_type is TokenType.L_PAREN:
+            open_at = cursor.i
+            cursor.skip_parens()
+            inner = self.sub(cursor.tokens[open_at + 1 : cursor.i - 1]).statement(_PREPARABLE)
+            if inner.kind is StatementClass.UNKNOWN:
+                raise _Unknown(f"COPY query not understood: {inner.reason}")
+        else:
+            cursor.accept("BINARY")
+            table = self.resolve(cursor.name())
+            columns = cursor.peek()
+            if columns is not None and columns.token_type is TokenType.L_PAREN:
+                cursor.skip_parens()
+        direction_token = cursor.expect("FROM", "TO")
+        direction = direction_token.text.lower()
+        if inner is not None and direction != "to":
+            raise _Unknown("COPY (query) FROM")
+        program = cursor.accept("PROGRAM") is not None
+        target = cursor.take()
+        if target.token_type in _STRING_TOKENS:
+            endpoint = CopyEndpoint.PROGRAM if program else CopyEndpoint.FILE
+        elif not program and _kw(target, "STDIN", "STDOUT"):
+            endpoint = CopyEndpoint.STDIO
+        else:
+            raise _Unknown("COPY source or destination not understood")
+        options = cursor.rest()
+        where: list[Token] = []
+        for k, token in enumerate(options):
+            if _kw(token, "WHERE"):
+                options, where = options[:k], options[k + 1 :]
+                break
+        settings: tuple[str, ...] = ()
+        for k, token in enumerate(options):
+            following = options[k + 1] if k + 1 < len(options) else None
+            if (
+                following is not None
+                and following.token_type is TokenType.L_PAREN
+                and token.token_type in _NAME_TOKENS
+                and token.text.upper() not in _COPY_LIST_OPTIONS
+            ):
+                raise _Unknown("COPY options not understood")
+            if _kw(token, "ENCODING"):
+                # The data the gateway relays would no longer be UTF-8.
+                settings = ("client_encoding",)
+        functions: tuple[Name, ...] = ()
+        if where:
+            if direction != "from":
+                raise _Unknown("COPY TO with WHERE")
+            condition = self.synthetic("SELECT 1 WHERE ", where).query("SELECT")
+            functions, settings = condition.functions, _union(settings, condition.settings)
+        spec = CopySpec(direction, endpoint)
+        if inner is not None:
+            return Statement(
+                index=0,
+                text="",
+                kind=inner.kind,
+                command="COPY",
+                reads=inner.reads,
+                writes=inner.writes,
+                functions=inner.functions,
+                settings=_union(inner.settings, settings),
+                features=inner.features,
+                nested=(inner,),
+                copy=spec,
+            )
+        assert table is not None
+        return Statement(
+            index=0,
+            text="",
+            kind=StatementClass.WRITE if direction == "from" else StatementClass.READ,
+            command="COPY",
+            reads=(table,) if direction == "to" else (),
+            writes=(table,) if direction == "from" else (),
+            functions=functions,
+            settings=settings,
+            copy=spec,
+        )
+
+    def do(self, lead: str) -> Statement:
+        cursor = _Tokens(self.tokens)
+        cursor.take()
+        seen_code = False
+        while not cursor.at_end():
+            if cursor.accept("LANGUAGE"):
+                _expect_name(cursor)
+            elif not seen_code and cursor.next_is(*_STRING_TOKENS):
+                cursor.take()
+                seen_code = True
+            else:
+                raise _Unknown("DO not understood")
+        if not seen_code:
+            raise _Unknown("DO without code")
+        return self.simple(
+            StatementClass.UTILITY, "DO", features=frozenset({Feature.CODE, Feature.OPAQUE})
+        )
+
+    def call(self, lead: str) -> Statement:
+        rest = self.tokens[1:]
+        inner = self.synthetic("SELECT ", rest).query("SELECT")
+        if not inner.functions:
+            raise _Unknown("CALL not understood")
+        return Statement(
+            index=0,
+            text="",
+            kind=StatementClass.UTILITY,
+            command="CALL",
+            functions=inner.functions,
+            settings=inner.settings,
+            features=frozenset({Feature.OPAQUE}),
+        )
+
+    def listen(self, lead: str) -> Statement:
+        cursor = _Tokens(self.tokens)
+        cursor.take()
+        if lead == "UNLISTEN" and cursor.accept_type(TokenType.STAR):
+            _expect_end(cursor)
+            return self.simple(StatementClass.UTILITY, "UNLISTEN")
+        _expect_name(cursor)
+        if lead == "NOTIFY" and cursor.accept_type(TokenType.COMMA):
+            _expect_string(cursor)
+        _expect_end(cursor)
+        features = {"LISTEN": {Feature.LISTEN}, "NOTIFY": {Feature.NOTIFY}}.get(lead, set())
+        return self.simple(StatementClass.UTILITY, lead, features=frozenset(features))
+
+    def maintenance(self, lead: str) -> Statement:
+        # Options, tables and column lists only: nothing in these statements is
+        # an expression.
+        lead = "ANALYZE" if lead == "ANALYSE" else lead
+        return self.simple(StatementClass.UTILITY, lead)
+
+    def load(self, lead: str) -> Statement:
+        cursor = _Tokens(self.tokens)
+        cursor.take()
+        _expect_string(cursor)
+        _expect_end(cursor)
+        return self.simple(StatementClass.UTILITY, "LOAD", features=frozenset({Feature.CODE}))
+
+    def refresh(self, lead: str) -> Statement:
+        cursor = _Tokens(self.tokens)
+        cursor.take()
+        cursor.expect("MATERIALIZED")
+        cursor.expect("VIEW")
+        cursor.accept("CONCURRENTLY")
+        view = self.resolve(cursor.name())
+        if cursor.accept("WITH"):
+            cursor.accept("NO")
+            cursor.expect("DATA")
+        _expect_end(cursor)
+        return self.simple(StatementClass.WRITE, "REFRESH MATERIALIZED VIEW", writes=(view,))
+
+    def lock(self, lead: str) -> Statement:
+        cursor = _Tokens(self.tokens)
+        cursor.take()
+        cursor.accept("TABLE")
+        tables = []
+        while True:
+            cursor.accept("ONLY")
+            tables.append(self.resolve(cursor.name()))
+            cursor.accept_type(TokenType.STAR)
+            if not cursor.accept_type(TokenType.COMMA):
+                break
+        mode: list[str] = []
+        if cursor.accept("IN"):
+            while not cursor.accept("MODE"):
+                mode.append(cursor.take().text.upper())
+        cursor.accept("NOWAIT")
+        _expect_end(cursor)
+        if mode == ["ACCESS", "SHARE"]:
+            return self.simple(
+                StatementClass.READ,
+                "LOCK TABLE",
+                reads=tuple(tables),
+                features=frozenset({Feature.ROW_LOCK}),
+            )
+        return self.simple(
+            StatementClass.WRITE,
+            "LOCK TABLE",
+            writes=tuple(tables),
+            features=frozenset({Feature.ROW_LOCK}),
+        )
+
+    def declare(self, lead: str) -> Statement:
+        cursor = _Tokens(self.tokens)
+        cursor.take()
+        _expect_name(cursor)
+        while not cursor.accept("CURSOR"):
+            cursor.expect("BINARY", "ASENSITIVE", "INSENSITIVE", "NO", "SCROLL")
+        if cursor.accept("WITH", "WITHOUT"):
+            cursor.expect("HOLD")
+        cursor.expect("FOR")
+        inner = self.sub(cursor.rest()).statement(_SELECTS)
+        if inner.kind is StatementClass.UNKNOWN:
+            raise _Unknown(f"DECLARE query not understood: {inner.reason}")
+        return replace(inner, command="DECLARE CURSOR", nested=(inner,), restricting_where=None)
+
+    def cursor_op(self, lead: str) -> Statement:
+        _no_calls(self.tokens)
+        if any(t.token_type is TokenType.L_PAREN for t in self.tokens):
+            raise _Unknown(f"{lead} not understood")
+        if lead == "CLOSE":
+            return self.simple(StatementClass.UTILITY, "CLOSE")
+        return self.simple(StatementClass.READ, lead)
+
+
+def _expect_end(cursor: _Tokens) -> None:
+    if not cursor.at_end():
+        raise _Unknown(f"unexpected {cursor.take().text!r}")
+
+
+def _expect_name(cursor: _Tokens) -> str:
+    token = cursor.take()
+    if not _is_name(token):
+        raise _Unknown(f"expected a name, found {token.text!r}")
+    return _ident(token)
+
+
+def _expect_string(cursor: _Tokens) -> None:
+    if cursor.take().token_type not in _STRING_TOKENS:
+        raise _Unknown("expected a string")
+
+
+def _expect_plain(cursor: _Tokens) -> None:
+    """The rest is values only (names, strings, numbers, commas, signs): no
+    expressions, so nothing can run."""
+    plain = (
+        _NAME_TOKENS
+        | _STRING_TOKENS
+        | {TokenType.NUMBER, TokenType.COMMA, TokenType.DASH, TokenType.PLUS, TokenType.DOT}
+    )
+    for token in cursor.rest():
+        if token.token_type not in plain and not _is_word(token):
+            raise _Unknown(f"unexpected {token.text!r} in a setting value")
+    cursor.i = len(cursor.tokens)
+
+
+def _setting_name(cursor: _Tokens) -> str:
+    token = cursor.take()
+    if not _is_name(token):
+        raise _Unknown(f"expected a setting name, found {token.text!r}")
+    # Setting names are case-insensitive even when quoted.
+    parts = [token.text.lower()]
+    while cursor.accept_type(TokenType.DOT):
+        token = cursor.take()
+        if not _is_name(token):
+            raise _Unknown("expected a setting name")
+        parts.append(token.text.lower())
+    return ".".join(parts)
+
+
+def _transaction_modes(cursor: _Tokens, *, default: bool) -> tuple[str, ...]:
+    prefix = "default_" if default else ""
+    names: list[str] = []
+    while not cursor.at_end():
+        if cursor.accept_seq("ISOLATION", "LEVEL"):
+            if not (
+                cursor.accept("SERIALIZABLE")
+                or cursor.accept_seq("REPEATABLE", "READ")
+                or cursor.accept_seq("READ", "COMMITTED")
+                or cursor.accept_seq("READ", "UNCOMMITTED")
+            ):
+                raise _Unknown("isolation level not understood")
+            names.append(prefix + "transaction_isolation")
+        elif cursor.accept_seq("READ", "ONLY") or cursor.accept_seq("READ", "WRITE"):
+            names.append(prefix + "transaction_read_only")
+        elif cursor.accept_seq("NOT", "DEFERRABLE") or cursor.accept("DEFERRABLE"):
+            names.append(prefix + "transaction_deferrable")
+        elif not cursor.accept_type(TokenType.COMMA):
+            raise _Unknown(f"transaction mode not understood: {cursor.take().text!r}")
+    return tuple(dict.fromkeys(names))
+
+
+def _explain_options(cursor: _Tokens) -> bool:
+    """Reads ``( option [value], ... )``; True when ANALYZE is on, or when the
+    options cannot be read (then the statement is assumed to run)."""
+    start = cursor.i
+    cursor.skip_parens()
+    inside = cursor.tokens[start + 1 : cursor.i - 1]
+    analyze_ = False
+    options: list[list[Token]] = [[]]
+    for token in inside:
+        if token.token_type is TokenType.COMMA:
+            options.append([])
+        else:
+            options[-1].append(token)
+    for option in options:
+        if not option or not _kw(option[0], "ANALYZE", "ANALYSE"):
+            continue
+        value = option[1:]
+        if not value:
+            analyze_ = True
+        elif len(value) == 1 and value[0].text.lower() in ("false", "off", "0", "no"):
+            analyze_ = False
+        else:
+            analyze_ = True
+    return analyze_
+
+
+def _no_calls(tokens: list[Token]) -> None:
+    if _token_calls(tokens):
+        raise _Unknown("unexpected expression")
+
+
+def _token_calls(tokens: list[Token], skip: int | None = None) -> tuple[Name, ...]:
+    """Every ``name(`` in the tokens, as a call: an over-approximation used where
+    there is no tree to tell calls from column lists.  ``skip`` is the position
+    of the object a definition names (``CREATE AGGREGATE a (int)``)."""
+    calls = []
+    for i in range(len(tokens) - 1):
+        token = tokens[i]
+        if (
+            tokens[i + 1].token_type is _L_PAREN
+            and token.token_type in _NAME_TOKENS
+            and i != skip
+            and not (token.token_type is _VAR and token.text.upper() in _DDL_WORDS_BEFORE_PAREN)
+            and not _syntax_before_paren(tokens, i, token.text.upper())
+        ):
+            calls.append(_qualified_at(tokens, i))
+    return tuple(dict.fromkeys(calls))
+
+
+# Words of DDL syntax that sqlglot tokenizes as names and that take a list.
+_DDL_WORDS_BEFORE_PAREN = frozenset({"ALSO", "INSTEAD", "OPTIONS", "CHECK", "CAST"})
+
+
+def _object_name_index(cursor: _Tokens) -> int | None:
+    """Where the name of the object a DDL statement defines ends."""
+    probe = _Tokens(cursor.tokens)
+    probe.i = cursor.i
+    probe.accept_seq("IF", "NOT", "EXISTS") or probe.accept_seq("IF", "EXISTS")
+    probe.accept("CONCURRENTLY")
+    probe.accept("ONLY")
+    token = probe.peek()
+    if token is None or not _is_name(token):
+        return None
+    try:
+        probe.name()
+    except _Unknown:
+        return None
+    return probe.i - 1
+
+
+def _qualified_at(tokens: list[Token], i: int) -> Name:
+    parts = [_ident(tokens[i])]
+    j = i
+    while j >= 2 and tokens[j - 1].token_type is TokenType.DOT and _is_name(tokens[j - 2]):
+        parts.insert(0, _ident(tokens[j - 2]))
+        j -= 2
+    return Name(tuple(parts))
+
+
+def _query_after_as(tokens: list[Token]) -> tuple[list[Token], Execution] | None:
+    """The query of ``CREATE ... AS query [WITH [NO] DATA]`` and whether it runs now."""
+    depth = 0
+    for i, token in enumerate(tokens):
+        if token.token_type is TokenType.L_PAREN:
+            depth += 1
+        elif token.token_type is TokenType.R_PAREN:
+            depth -= 1
+        elif depth == 0 and _kw(token, "AS") and i + 1 < len(tokens):
+            following = tokens[i + 1]
+            if following.token_type is TokenType.L_PAREN or _kw(
+                following, "SELECT", "WITH", "VALUES", "TABLE", "EXECUTE"
+            ):
+                body = tokens[i + 1 :]
+                tail = [t.text.upper() if _is_word(t) else "" for t in body[-3:]]
+                if len(body) > 3 and tail == ["WITH", "NO", "DATA"]:
+                    return body[:-3], Execution.NEVER
+                if len(body) > 2 and _kw(body[-1], "DATA") and _kw(body[-2], "WITH"):
+                    body = body[:-2]
+                return body, Execution.NOW
+    return None
+
+
+def _union(a: tuple[Any, ...], b: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(dict.fromkeys(a + b))
+
+
+def _with_nested(statement: Statement, inner: Statement | None) -> Statement:
+    """``statement`` holding ``inner``, which replaces whatever sqlglot nested."""
+    if inner is None:
+        return statement
+    merged = replace(
+        statement, nested=(inner,), functions=_union(statement.functions, inner.functions)
+    )
+    if inner.execution is not Execution.NOW:
+        return merged
+    return replace(
+        merged,
+        kind=_graver(statement.kind, inner.kind),
+        reads=_union(statement.reads, inner.reads),
+        writes=_union(statement.writes, inner.writes),
+        settings=_union(statement.settings, inner.settings),
+        features=statement.features | (inner.features - {Feature.UNPARSED}),
+    )
+
+
+# SET forms with a grammar of their own, and the parameter each one sets.
+_SET_FORMS = {
+    ("ROLE",): "role",
+    ("TIME", "ZONE"): "timezone",
+    ("SCHEMA",): "search_path",
+    ("NAMES",): "client_encoding",
+    ("SEED",): "seed",
+    ("XML", "OPTION"): "xmloption",
+}
+_COPY_LIST_OPTIONS = frozenset({"FORCE_QUOTE", "FORCE_NOT_NULL", "FORCE_NULL"})
+_FOREIGN_EXTENSIONS = frozenset({"dblink", "postgres_fdw", "file_fdw"})
+_CREATE_MODIFIERS = (
+    "OR",
+    "TEMP",
+    "TEMPORARY",
+    "UNLOGGED",
+    "GLOBAL",
+    "LOCAL",
+    "UNIQUE",
+    "TRUSTED",
+    "PROCEDURAL",
+    "RECURSIVE",
+    "DEFAULT",
+    "CONSTRAINT",
+)
+_DDL_ROOTS: dict[str, type[exp.Expr]] = {
+    "CREATE": exp.Create,
+    "DROP": exp.Drop,
+    "ALTER": exp.Alter,
+}
+
+
+@dataclass(frozen=True)
+class _ObjectSpec:
+    kind: StatementClass = StatementClass.DDL
+    # Features by leading verb: creating a function is code, dropping one is not.
+    features: Mapping[str, tuple[Feature, ...]] = field(default_factory=dict)
+    relation: bool = False  # the object is a table-like relation: report it as written
+    embeds_query: bool = False  # CREATE ... AS query runs the query now
+    # Whether an unparsed body is acceptable: nothing in it runs now but
+    # expressions, whose calls the token scan finds.
+    safe_unparsed: bool = True
+    command_override: str | None = None
+
+
+_CODE = {"CREATE": (Feature.CODE,), "ALTER": (Feature.CODE,)}
+_FOREIGN = {"CREATE": (Feature.FOREIGN,), "ALTER": (Feature.FOREIGN,)}
+_PRIV = _ObjectSpec(kind=StatementClass.PRIVILEGE)
+_OBJECTS: dict[tuple[str, ...], _ObjectSpec] = {
+    ("ACCESS", "METHOD"): _ObjectSpec(features=_CODE),
+    ("AGGREGATE",): _ObjectSpec(),
+    ("CAST",): _ObjectSpec(),
+    ("COLLATION",): _ObjectSpec(),
+    ("CONVERSION",): _ObjectSpec(),
+    ("DATABASE",): _ObjectSpec(),
+    ("DEFAULT", "PRIVILEGES"): _PRIV,
+    ("DOMAIN",): _ObjectSpec(),
+    ("EVENT", "TRIGGER"): _ObjectSpec(),
+    ("EXTENSION",): _ObjectSpec(features=_CODE),
+    ("FOREIGN", "DATA", "WRAPPER"): _ObjectSpec(features=_FOREIGN),
+    ("FOREIGN", "TABLE"): _ObjectSpec(features=_FOREIGN, relation=True),
+    ("FUNCTION",): _ObjectSpec(features=_CODE),
+    ("GROUP",): _PRIV,
+    ("INDEX",): _ObjectSpec(),
+    ("LANGUAGE",): _ObjectSpec(features=_CODE),
+    ("LARGE", "OBJECT"): _ObjectSpec(),
+    ("MATERIALIZED", "VIEW"): _ObjectSpec(relation=True, embeds_query=True),
+    ("OPERATOR", "CLASS"): _ObjectSpec(),
+    ("OPERATOR", "FAMILY"): _ObjectSpec(),
+    ("OPERATOR",): _ObjectSpec(),
+    ("OWNED",): _PRIV,
+    ("POLICY",): _PRIV,
+    ("PROCEDURE",): _ObjectSpec(features=_CODE),
+    ("PUBLICATION",): _ObjectSpec(),
+    ("ROLE",): _PRIV,
+    ("ROUTINE",): _ObjectSpec(features=_CODE),
+    ("RULE",): _ObjectSpec(),
+    ("SCHEMA",): _ObjectSpec(),
+    ("SEQUENCE",): _ObjectSpec(relation=True),
+    ("SERVER",): _ObjectSpec(features=_FOREIGN),
+    ("STATISTICS",): _ObjectSpec(),
+    ("SUBSCRIPTION",): _ObjectSpec(features=_FOREIGN),
+    ("SYSTEM",): _ObjectSpec(command_override="ALTER SYSTEM"),
+    ("TABLE",): _ObjectSpec(relation=True, embeds_query=True, safe_unparsed=False),
+    ("TABLESPACE",): _ObjectSpec(),
+    ("TEXT", "SEARCH", "CONFIGURATION"): _ObjectSpec(),
+    ("TEXT", "SEARCH", "DICTIONARY"): _ObjectSpec(),
+    ("TEXT", "SEARCH", "PARSER"): _ObjectSpec(),
+    ("TEXT", "SEARCH", "TEMPLATE"): _ObjectSpec(),
+    ("TRANSFORM",): _ObjectSpec(features=_CODE),
+    ("TRIGGER",): _ObjectSpec(),
+    ("TYPE",): _ObjectSpec(),
+    ("USER", "MAPPING"): _ObjectSpec(features=_FOREIGN),
+    ("USER",): _PRIV,
+    ("VIEW",): _ObjectSpec(relation=True),
+}
+_OBJECT_KEYS = sorted(_OBJECTS, key=len, reverse=True)
+
+
+def _object_spec(cursor: _Tokens) -> tuple[tuple[str, ...], _ObjectSpec]:
+    for words in _OBJECT_KEYS:
+        if all(_kw(cursor.peek(k), w) for k, w in enumerate(words)):
+            cursor.i += len(words)
+            return words, _OBJECTS[words]
+    token = cursor.peek()
+    raise _Unknown(f"unrecognised object type {token.text if token else ''!r}")
+
+
+# ---------------------------------------------------------------------------
+# Facts from a sqlglot tree
+
+
+class _Pred(Enum):
+    """What a WHERE predicate is, for every row of the table it filters."""
+
+    TRUE = "true"  # holds for every row
+    FALSE = "false"  # holds for none
+    NULL = "null"  # null for every row: holds for none
+    MAYBE = "maybe"  # the same for every row, value not known here
+    ROW = "row"  # depends on the row
+
+
+_MAX_PRED_DEPTH = 200
+
+
+class _Role(Enum):
+    OTHER = 0
+    TABLE = 1
+    FUNC = 2
+    IDENT = 3
+    DML = 4
+    LOCK = 5
+    INTO = 6
+    CTE = 7
+
+
+# isinstance against sqlglot's classes is slow; a node's role is looked up by its type.
+_ROLES: dict[type, _Role] = {}
+_NAMING_PARENTS = frozenset({exp.Table, exp.TableAlias, exp.DataType, exp.Schema})
+
+
+def _role_of(cls: type) -> _Role:
+    for base, role in (
+        (exp.Table, _Role.TABLE),
+        (exp.Func, _Role.FUNC),
+        (exp.Identifier, _Role.IDENT),
+        (_DML_ROOTS, _Role.DML),
+        (exp.Lock, _Role.LOCK),
+        (exp.Into, _Role.INTO),
+        (exp.CTE, _Role.CTE),
+    ):
+        if issubclass(cls, base):
+            return role
+    return _Role.OTHER
+
+
+class _TreeFacts:
+    """One pass over a sqlglot tree, cross-checked against the statement's tokens.
+
+    ``check_calls`` is off for the sub-trees of nested statements, whose calls
+    the enclosing statement has already accounted for; ``embedded`` is on when
+    the statement's query was analysed from the tokens (CREATE TABLE ... AS).
+    """
+
+    def __init__(
+        self,
+        analyzer: _Analyzer,
+        tree: exp.Expr,
+        *,
+        check_calls: bool = True,
+        embedded: bool = False,
+    ) -> None:
+        self.analyzer = analyzer
+        self.tree = tree
+        self.tables: list[exp.Table] = []
+        self.dml: list[exp.Expr] = []
+        self.locks = False
+        self.into: exp.Into | None = None
+        self.cte_names: set[str] = set()
+        func_starts: set[int] = set()
+        ident_starts: set[int] = set()
+        self.funcs: list[exp.Func] = []
+        for node in tree.walk():
+            role = _ROLES.get(type(node))
+            if role is None:
+                role = _ROLES[type(node)] = _role_of(type(node))
+            if role is _Role.OTHER:
+                continue
+            if role is _Role.TABLE:
+                self.tables.append(node)  # type: ignore[arg-type]
+            elif role is _Role.FUNC:
+                self.funcs.append(node)  # type: ignore[arg-type]
+                start = _meta_start(node)
+                if start is not None:
+                    func_starts.add(start)
+            elif role is _Role.IDENT:
+                start = _meta_start(node)
+                if start is not None and type(node.parent) in _NAMING_PARENTS:
+                    ident_starts.add(start)
+            elif role is _Role.DML:
+                # MERGE's WHEN ... THEN UPDATE/INSERT are actions, not statements.
+                if node is not tree and not isinstance(node.parent, exp.When):
+                    self.dml.append(node)
+            elif role is _Role.LOCK:
+                self.locks = True
+            elif role is _Role.INTO:
+                self.into = node  # type: ignore[assignment]
+            elif role is _Role.CTE:
+                name = _alias_name(node)
+                if name is not None:
+                    self.cte_names.add(name)
+        self.functions: tuple[Name, ...] = ()
+        if check_calls:
+            self.functions = self._calls(func_starts, ident_starts)
+            self._check_statements(embedded)
+        self.targets = self._targets()
+        self._settings: tuple[str, ...] | None = None
+
+    # -- calls ----------------------------------------------------------------
+
+    def _calls(self, func_starts: set[int], ident_starts: set[int]) -> tuple[Name, ...]:
+        tokens = self.analyzer.tokens
+        calls: list[Name] = []
+        for i in range(len(tokens) - 1):
+            if tokens[i + 1].token_type is not _L_PAREN:
+                continue
+            token = tokens[i]
+            if token.start in func_starts:
+                word = token.text.upper() if _is_word(token) else ""
+                if word not in _SYNTAX_NOT_CALLS and not (
+                    word in ("RANGE", "LIST", "HASH") and _syntax_before_paren(tokens, i, word)
+                ):
+                    calls.append(_qualified_at(tokens, i))
+            elif token.token_type not in _NAME_TOKENS:
+                # sqlglot gives UNNEST a keyword token and no position.
+                if _kw(token, "UNNEST"):
+                    calls.append(_qualified_at(tokens, i))
+            elif token.token_type in _NAME_TOKENS:
+                word = token.text.upper() if token.token_type is TokenType.VAR else ""
+                if word in _FUNCTION_PARSERS:
+                    if word not in _SYNTAX_NOT_CALLS:
+                        calls.append(_qualified_at(tokens, i))
+                elif token.start in ident_starts or _syntax_before_paren(tokens, i, word):
+                    continue
+                else:
+                    raise _Unknown(f"call of {token.text!r} not understood")
+        return tuple(dict.fromkeys(calls))
+
+    def _check_statements(self, embedded: bool) -> None:
+        """Every statement the tokens start must be in the tree: sqlglot must not
+        have dropped a data-modifying CTE or read ``EXECUTE name`` as something else."""
+        tokens = self.analyzer.tokens
+        starts = 0
+        for i, token in enumerate(tokens):
+            kind = token.token_type
+            if kind in _DML_TOKENS:
+                before = tokens[i - 1] if i else None
+                if (
+                    before is None
+                    or before.token_type is _L_PAREN
+                    or before.token_type is _R_PAREN
+                    or _kw(before, "MATERIALIZED")
+                ):
+                    starts += 1
+            elif kind is _EXECUTE and not embedded:
+                following = tokens[i + 1] if i + 1 < len(tokens) else None
+                if not _kw(following, "FUNCTION", "PROCEDURE"):
+                    raise _Unknown("EXECUTE inside a statement not understood")
+        found = len(self.dml) + (1 if isinstance(self.tree, _DML_ROOTS) else 0)
+        if starts > found and not embedded:
+            raise _Unknown("data-modifying statement not understood")
+
+    # -- classes ----------------------------------------------------------------
+
+    def query_kind(self) -> tuple[StatementClass, str]:
+        tree = self.tree
+        for dml_type, command in _DML_COMMAND.items():
+            if isinstance(tree, dml_type):
+                return StatementClass.WRITE, command
+        if self.into is not None:
+            return StatementClass.DDL, "SELECT INTO"
+        if isinstance(tree, exp.Values):
+            return StatementClass.READ, "VALUES"
+        return StatementClass.READ, "SELECT"
+
+    def extra_kind(self) -> StatementClass:
+        kind = StatementClass.READ
+        if self.dml or self.locks:
+            kind = StatementClass.WRITE
+        settings = self.settings()
+        if settings:
+            kind = _graver(kind, StatementClass.SESSION_STATE)
+        if any(s in _ROLE_SETTINGS or s == _ANY_SETTING for s in settings):
+            kind = _graver(kind, StatementClass.PRIVILEGE)
+        return kind
+
+    def features(self) -> frozenset[Feature]:
+        return frozenset({Feature.ROW_LOCK}) if self.locks else frozenset()
+
+    # -- tables -------------------------------------------------------------------
+
+    def _targets(self) -> list[exp.Table]:
+        targets: list[exp.Table] = []
+        for node in (self.tree, *self.dml):
+            if isinstance(node, _DML_ROOTS):
+                _add_table(targets, node.this)
+                # sqlglot keeps DELETE's target here when FROM is left out.
+                for table in node.args.get("tables") or ():
+                    _add_table(targets, table)
+            elif isinstance(node, exp.Create):
+                kind = str(node.args.get("kind") or "").upper()
+                if kind in _RELATION_KINDS:
+                    _add_table(targets, node.this)
+                elif kind == "INDEX" and isinstance(node.this, exp.Index):
+                    _add_table(targets, node.this.args.get("table"))
+                elif kind == "TRIGGER":
+                    trigger = node.find(exp.TriggerProperties)
+                    if trigger is not None:
+                        _add_table(targets, trigger.args.get("table"))
+            elif isinstance(node, exp.Alter):
+                if str(node.args.get("kind") or "").upper() in _RELATION_KINDS | {"INDEX"}:
+                    _add_table(targets, node.this)
+            elif isinstance(node, exp.Drop):
+                if str(node.args.get("kind") or "").upper() in _RELATION_KINDS | {"INDEX"}:
+                    for table in node.args.get("tables") or [node.this]:
+                        _add_table(targets, table)
+            elif isinstance(node, exp.TruncateTable):
+                for table in node.expressions:
+                    _add_table(targets, table)
+        if self.into is not None:
+            _add_table(targets, self.into.this)
+        return targets
+
+    def _table_name(self, table: exp.Table) -> Name | None:
+        this = table.this
+        if not isinstance(this, exp.Identifier):
+            return None  # a table function: its call is reported as a function
+        parts = [
+            _fold(part.this, bool(part.quoted))
+            for part in (table.args.get("catalog"), table.args.get("db"), this)
+            if isinstance(part, exp.Identifier)
+        ]
+        if len(parts) == 1 and parts[0] in self.cte_names:
+            return None
+        return self.analyzer.resolve(Name(tuple(parts)))
+
+    def writes(self) -> tuple[Name, ...]:
+        return self._names(self.targets)
+
+    def _names(self, tables: list[exp.Table]) -> tuple[Name, ...]:
+        """Distinct table names in the order they are written."""
+        ordered = sorted(tables, key=lambda t: _meta_start(t.this) or 0)
+        names = [self._table_name(t) for t in ordered]
+        return tuple(dict.fromkeys(n for n in names if n is not None))
+
+    def reads(self) -> tuple[Name, ...]:
+        tables: list[exp.Table]
+        if isinstance(self.tree, (exp.Create, exp.Alter, exp.Drop, exp.TruncateTable)):
+            # Definitions name objects without reading them; a query inside
+            # (CREATE TABLE/VIEW ... AS) reads its tables.
+            query = self.tree.args.get("expression")
+            tables = list(query.find_all(exp.Table)) if isinstance(query, exp.Query) else []
+        else:
+            tables = self.tables
+        targets = {id(t) for t in self.targets}
+        return self._names(
+            [t for t in tables if id(t) not in targets and not isinstance(t.parent, exp.Lock)]
+        )
+
+    # -- settings ------------------------------------------------------------------
+
+    def settings(self) -> tuple[str, ...]:
+        if self._settings is None:
+            names: list[str] = []
+            for func in self.funcs:
+                if _func_name(func) != "set_config":
+                    continue
+                args = func.expressions if isinstance(func, exp.Anonymous) else []
+                names.append(self._setting_arg(args[0] if args else None))
+            if _PG_SETTINGS in self.writes():
+                names.append(_ANY_SETTING)
+            self._settings = tuple(dict.fromkeys(names))
+        return self._settings
+
+    def _setting_arg(self, arg: exp.Expr | None) -> str:
+        if type(arg) is exp.Literal and arg.is_string:
+            return str(arg.this).lower()
+        params = self.analyzer.options.params
+        if isinstance(arg, exp.Parameter) and params is not None:
+            number = arg.this
+            if isinstance(number, exp.Literal) and not number.is_string:
+                position = int(str(number.this)) - 1
+                value = params[position] if 0 <= position < len(params) else None
+                if value is not None:
+                    return value.lower()
+        return _ANY_SETTING
+
+    # -- nested statements ---------------------------------------------------------
+
+    def nested(self) -> tuple[Statement, ...]:
+        out = []
+        for node in self.dml:
+            facts = _TreeFacts(self.analyzer, node, check_calls=False)
+            kind, command = facts.query_kind()
+            out.append(
+                Statement(
+                    index=0,
+                    text=_text(node.sql(dialect="postgres")),
+                    kind=kind,
+                    command=command,
+                    reads=facts.reads(),
+                    writes=facts.writes(),
+                    restricting_where=facts.restricting_where(node),
+                    settings=facts.settings(),
+                )
+            )
+        return tuple(out)
+
+    # -- WHERE ------------------------------------------------------------------------
+
+    def restricting_where(self, node: exp.Expr) -> bool | None:
+        if isinstance(node, (exp.Update, exp.Delete)):
+            where = node.args.get("where")
+            if not isinstance(where, exp.Where):
+                return False
+            return _restricts(_predicate(where.this, _outer_names(node), 0))
+        if isinstance(node, exp.Merge):
+            whens = node.args.get("whens")
+            changes = any(
+                isinstance(w, exp.When) and w.args.get("matched") and _merge_changes(w)
+                for w in (whens.expressions if isinstance(whens, exp.Whens) else [])
+            )
+            if not changes:
+                return None
+            on = node.args.get("on")
+            if not isinstance(on, exp.Expr):
+                return False
+            return _restricts(_predicate(on, _outer_names(node), 0))
+        return None
+
+
+def _add_table(targets: list[exp.Table], node: Any) -> None:
+    if isinstance(node, exp.Schema):
+        node = node.this
+    if isinstance(node, exp.Table):
+        targets.append(node)
+
+
+def _restricts(value: _Pred) -> bool:
+    return value in (_Pred.ROW, _Pred.FALSE, _Pred.NULL)
+
+
+def _alias_name(node: exp.Expr) -> str | None:
+    alias = node.args.get("alias")
+    if isinstance(alias, exp.TableAlias) and isinstance(alias.this, exp.Identifier):
+        return _fold(alias.this.this, bool(alias.this.quoted))
+    return None
+
+
+def _outer_names(node: exp.Expr) -> frozenset[str]:
+    """Names a column may be qualified with to refer to the rows being changed
+    (the target and the FROM/USING tables, and their aliases)."""
+    names: set[str] = set()
+    items = [node.this, node.args.get("using")]
+    for key in ("from", "from_", "joins"):
+        value = node.args.get(key)
+        items.extend(value if isinstance(value, list) else [value])
+    for item in items:
+        if not isinstance(item, exp.Expr):
+            continue
+        for table in [item, *item.find_all(exp.Table, exp.Subquery)]:
+            if isinstance(table, exp.Table) and isinstance(table.this, exp.Identifier):
+                names.add(_fold(table.this.this, bool(table.this.quoted)))
+            alias = _alias_name(table)
+            if alias:
+                names.add(alias)
+    return frozenset(names)
+
+
+_RELATION_KINDS = frozenset({"TABLE", "VIEW", "MATERIALIZED VIEW", "INDEX", "SEQUENCE"})
+# sqlglot parses these as functions; in PostgreSQL they are syntax.
+_SYNTAX_NOT_CALLS = ("ROW", "CAST", "ARRAY", "EXISTS")
+# PostgreSQL keywords that sqlglot tokenizes as names and that take a
+# parenthesised list, with the word that must precede them (None: any).
+_KEYWORDS_BEFORE_PAREN: dict[str, tuple[str, ...] | None] = {
+    "CONFLICT": ("ON",),
+    "SYSTEM": ("TABLESAMPLE",),
+    "BERNOULLI": ("TABLESAMPLE",),
+    "REPEATABLE": None,
+    "ROLLUP": None,
+    "CUBE": None,
+    "SETS": ("GROUPING",),
+    "INCLUDE": None,
+    "RANGE": ("PARTITION", "BY"),
+    "LIST": ("PARTITION", "BY"),
+    "HASH": ("PARTITION", "BY"),
+    "OPTIONS": None,
+    "GROUP": ("WITHIN",),
+    "MATERIALIZED": ("AS", "NOT"),
+    "CHECK": None,
+    "TO": None,
+}
+
+
+def _syntax_before_paren(tokens: list[Token], i: int, word: str) -> bool:
+    if i > 0 and _kw(tokens[i - 1], "USING") and _kw(tokens[0], "CREATE", "ALTER"):
+        return True  # an index access method: USING gin (...)
+    if word not in _KEYWORDS_BEFORE_PAREN:
+        return False
+    before = _KEYWORDS_BEFORE_PAREN[word]
+    if before is None:
+        return True
+    if len(before) == 2 and before[0] == "PARTITION":
+        # sqlglot reads PARTITION BY as one token.
+        return (i > 0 and tokens[i - 1].text.upper().split() == ["PARTITION", "BY"]) or (
+            i > 1 and _kw(tokens[i - 2], "PARTITION") and _kw(tokens[i - 1], "BY")
+        )
+    return i > 0 and _kw(tokens[i - 1], *before)
+
+
+def _meta_start(node: Any) -> int | None:
+    if not isinstance(node, exp.Expr):
+        return None
+    start = node.meta_get("start")
+    return start if isinstance(start, int) else None
+
+
+def _func_name(func: exp.Func) -> str:
+    if isinstance(func, exp.Anonymous):
+        this = func.this
+        if isinstance(this, exp.Identifier):
+            return _fold(this.this, bool(this.quoted))
+        return _fold(str(this), False)
+    return func.sql_name().lower()
+
+
+def _merge_changes(when: exp.When) -> bool:
+    then = when.args.get("then")
+    if isinstance(then, exp.Update):
+        return True
+    return isinstance(then, exp.Var) and str(then.this).upper() == "DELETE"
+
+
+def _predicate(node: exp.Expr, outer: frozenset[str], depth: int) -> _Pred:
+    """Abstract evaluation of a WHERE condition over the rows it filters."""
+    if depth > _MAX_PRED_DEPTH:
+        return _Pred.MAYBE
+    if isinstance(node, exp.Paren):
+        return _predicate(node.this, outer, depth + 1)
+    if isinstance(node, (exp.And, exp.Or)):
+        operands = _flatten(node, type(node))
+        values = [_predicate(o, outer, depth + 1) for o in operands]
+        return _and(values) if isinstance(node, exp.And) else _or(values, operands)
+    if isinstance(node, exp.Not):
+        inner = _predicate(node.this, outer, depth + 1)
+        return {_Pred.TRUE: _Pred.FALSE, _Pred.FALSE: _Pred.TRUE}.get(inner, inner)
+    if isinstance(node, exp.Boolean):
+        return _Pred.TRUE if node.this else _Pred.FALSE
+    if isinstance(node, exp.Null):
+        return _Pred.NULL
+    if _row_dependent(node, outer):
+        return _Pred.TRUE if _self_comparison(node) else _Pred.ROW
+    constant = _constant_truth(node)
+    return _Pred.MAYBE if constant is None else constant
+
+
+def _flatten(node: exp.Expr, kind: type[exp.Expr]) -> list[exp.Expr]:
+    out: list[exp.Expr] = []
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        while isinstance(current, exp.Paren) and isinstance(current.this, kind):
+            current = current.this
+        if isinstance(current, kind):
+            stack.append(current.expression)
+            stack.append(current.this)
+        else:
+            out.append(current)
+    return out
+
+
+def _and(values: list[_Pred]) -> _Pred:
+    if _Pred.FALSE in values:
+        return _Pred.FALSE
+    if _Pred.ROW in values:
+        return _Pred.ROW
+    if _Pred.NULL in values:
+        return _Pred.NULL
+    if _Pred.MAYBE in values:
+        return _Pred.MAYBE
+    return _Pred.TRUE
+
+
+def _or(values: list[_Pred], operands: list[exp.Expr]) -> _Pred:
+    if _Pred.TRUE in values:
+        return _Pred.TRUE
+    if _Pred.MAYBE in values:
+        return _Pred.MAYBE
+    if _complementary(operands):
+        return _Pred.TRUE
+    if _Pred.ROW in values:
+        return _Pred.ROW
+    if _Pred.NULL in values:
+        return _Pred.NULL
+    return _Pred.FALSE
+
+
+def _complementary(operands: list[exp.Expr]) -> bool:
+    """``p OR NOT p``, ``x IS NULL OR x IS NOT NULL``, ``x > 5 OR x <= 5``: every
+    row, give or take NULLs."""
+    seen: dict[Any, bool] = {}
+    for operand in operands:
+        key, positive = _polarity(operand)
+        if seen.get(key, positive) is not positive:
+            return True
+        seen[key] = positive
+    return False
+
+
+# A comparison and its negation share a key: = and <>, > and <=, < and >=.
+_OPPOSITES: dict[type[exp.Expr], tuple[str, bool]] = {
+    exp.EQ: ("eq", True),
+    exp.NEQ: ("eq", False),
+    exp.GT: ("gt", True),
+    exp.LTE: ("gt", False),
+    exp.LT: ("lt", True),
+    exp.GTE: ("lt", False),
+}
+
+
+def _polarity(node: exp.Expr) -> tuple[Any, bool]:
+    positive = True
+    node = _strip_paren(node)
+    while isinstance(node, exp.Not):
+        positive = not positive
+        node = _strip_paren(node.this)
+    if isinstance(node, exp.Is):
+        negate = bool(node.args.get("negate"))
+        return ("is", node.this, node.expression), positive != negate
+    opposite = _OPPOSITES.get(type(node))
+    if opposite is not None:
+        key, sign = opposite
+        return (key, node.this, node.expression), positive == sign
+    return node, positive
+
+
+def _strip_paren(node: exp.Expr) -> exp.Expr:
+    while isinstance(node, exp.Paren):
+        node = node.this
+    return node
+
+
+_COMPARISONS: dict[type[exp.Expr], str] = {
+    exp.EQ: "=",
+    exp.NEQ: "<>",
+    exp.GT: ">",
+    exp.GTE: ">=",
+    exp.LT: "<",
+    exp.LTE: "<=",
+    exp.NullSafeEQ: "=",
+    exp.NullSafeNEQ: "<>",
+}
+
+
+def _literal_value(node: exp.Expr) -> tuple[str, Any] | None:
+    node = _strip_paren(node)
+    if isinstance(node, exp.Cast) and isinstance(_strip_paren(node.this), exp.Literal):
+        return None
+    if type(node) is exp.Literal:
+        if node.is_string:
+            return ("str", str(node.this))
+        try:
+            return ("num", float(str(node.this)))
+        except ValueError:
+            return None
+    if isinstance(node, exp.Neg):
+        inner = _literal_value(node.this)
+        if inner is not None and inner[0] == "num":
+            return ("num", -inner[1])
+    if isinstance(node, exp.Boolean):
+        return ("bool", bool(node.this))
+    return None
+
+
+def _constant_truth(node: exp.Expr) -> _Pred | None:
+    op = _COMPARISONS.get(type(node))
+    if op is None:
+        return None
+    left = _literal_value(node.this)
+    right = _literal_value(node.expression)
+    if left is None or right is None or left[0] != right[0]:
+        return None
+    a, b = left[1], right[1]
+    if op in ("=", "<>"):
+        return _Pred.TRUE if (a == b) == (op == "=") else _Pred.FALSE
+    if left[0] != "num":
+        return None  # string ordering depends on the collation
+    result = {">": a > b, ">=": a >= b, "<": a < b, "<=": a <= b}[op]
+    return _Pred.TRUE if result else _Pred.FALSE
+
+
+def _row_dependent(node: exp.Expr, outer: frozenset[str]) -> bool:
+    """Whether ``node`` refers to the rows being changed.  Inside a subquery, a
+    column counts when it is unqualified (it may be the outer row's) or qualified
+    with one of the ``outer`` names."""
+    stack: list[tuple[exp.Expr, bool]] = [(node, False)]
+    while stack:
+        current, nested = stack.pop()
+        if isinstance(current, exp.Column):
+            if not isinstance(current.this, exp.Identifier):
+                continue
+            qualifier = current.args.get("table")
+            if not nested or not isinstance(qualifier, exp.Identifier):
+                return True
+            if _fold(qualifier.this, bool(qualifier.quoted)) in outer:
+                return True
+            continue
+        inside = nested or isinstance(current, (exp.Subquery, exp.Query))
+        stack.extend((child, inside) for child in current.iter_expressions())
+    return False
+
+
+def _self_comparison(node: exp.Expr) -> bool:
+    if isinstance(node, (exp.EQ, exp.GTE, exp.LTE, exp.NullSafeEQ)):
+        return _strip_paren(node.this) == _strip_paren(node.expression)
+    if isinstance(node, (exp.Like, exp.ILike)):
+        pattern = _strip_paren(node.expression)
+        return (
+            type(pattern) is exp.Literal and pattern.is_string and set(str(pattern.this)) == {"%"}
+        )
+    return False
+
+
+# ---------------------------------------------------------------------------
+# Dispatch by leading keyword
+
+_LEADS: dict[str, Any] = {
+    "SELECT": _Analyzer.query,
+    "WITH": _Analyzer.query,
+    "VALUES": _Analyzer.query,
+    "TABLE": _Analyzer.query,
+    "INSERT": _Analyzer.query,
+    "UPDATE": _Analyzer.query,
+    "DELETE": _Analyzer.query,
+    "MERGE": _Analyzer.query,
+    "CREATE": _Analyzer.ddl,
+    "ALTER": _Analyzer.ddl,
+    "DROP": _Analyzer.ddl,
+    "TRUNCATE": _Analyzer.truncate,
+    "COMMENT": _Analyzer.comment,
+    "GRANT": _Analyzer.privilege,
+    "REVOKE": _Analyzer.privilege,
+    "SECURITY": _Analyzer.privilege,
+    "REASSIGN": _Analyzer.privilege,
+    "IMPORT": _Analyzer.import_foreign,
+    "SET": _Analyzer.set_,
+    "RESET": _Analyzer.reset,
+    "SHOW": _Analyzer.show,
+    "DISCARD": _Analyzer.discard,
+    "BEGIN": _Analyzer.transaction,
+    "START": _Analyzer.transaction,
+    "COMMIT": _Analyzer.transaction,
+    "END": _Analyzer.transaction,
+    "ABORT": _Analyzer.transaction,
+    "ROLLBACK": _Analyzer.transaction,
+    "SAVEPOINT": _Analyzer.transaction,
+    "RELEASE": _Analyzer.transaction,
+    "PREPARE": _Analyzer.prepare,
+    "EXECUTE": _Analyzer.execute,
+    "DEALLOCATE": _Analyzer.deallocate,
+    "EXPLAIN": _Analyzer.explain,
+    "COPY": _Analyzer.copy,
+    "DO": _Analyzer.do,
+    "CALL": _Analyzer.call,
+    "LISTEN": _Analyzer.listen,
+    "UNLISTEN": _Analyzer.listen,
+    "NOTIFY": _Analyzer.listen,
+    "VACUUM": _Analyzer.maintenance,
+    "ANALYZE": _Analyzer.maintenance,
+    "ANALYSE": _Analyzer.maintenance,
+    "CLUSTER": _Analyzer.maintenance,
+    "REINDEX": _Analyzer.maintenance,
+    "CHECKPOINT": _Analyzer.maintenance,
+    "LOAD": _Analyzer.load,
+    "REFRESH": _Analyzer.refresh,
+    "LOCK": _Analyzer.lock,
+    "DECLARE": _Analyzer.declare,
+    "FETCH": _Analyzer.cursor_op,
+    "MOVE": _Analyzer.cursor_op,
+    "CLOSE": _Analyzer.cursor_op,
+}

@@ -1,0 +1,1 @@
+"""Notifications the broker sends out (webhooks); see :mod:`server.notify.webhooks`."""

@@ -1,0 +1,57 @@
+"""The request commands without a broker: usage errors, help, and documented exit codes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from brokercli.app import main
+from brokercli.exit_codes import BY_ERROR_KIND, DESCRIPTIONS, ExitCode
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["request", "demo"],  # no --scope, no --reason
+        ["request", "demo", "--scope", "write"],  # no --reason
+        ["request", "demo", "--scope", "write", "--reason", "x", "--start-at", "tomorrow"],
+        ["approve"],
+        ["deny", "r-0123456789ab"],  # a denial needs a reason
+        ["cancel"],
+        ["requests", "--output", "yaml"],
+        ["exec", "demo", "-c", "select 1", "--wait-timeout", "soon"],
+        ["exec", "demo", "-c", "select 1", "--wait-timeout", "15"],
+    ],
+)
+def test_usage_errors_exit_2(
+    argv: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("DBACCESS_CONFIG_DIR", str(tmp_path))
+    monkeypatch.setenv("DBACCESS_TOKEN", "dba_x")
+    monkeypatch.setenv("DBACCESS_SERVER", "http://127.0.0.1:9")
+    assert main(argv) == ExitCode.USAGE
+
+
+def test_help_lists_the_request_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("request ", "requests", "approve", "deny", "cancel"):
+        assert command in out
+    assert main(["exec", "--help"]) == 0
+    exec_help = capsys.readouterr().out
+    for option in ("--no-wait", "--wait-timeout", "--break-glass"):
+        assert option in exec_help
+
+
+@pytest.mark.parametrize("code", list(ExitCode))
+def test_every_exit_code_is_described_and_in_the_readme(code: ExitCode) -> None:
+    assert DESCRIPTIONS[code]
+    assert f"\n| {int(code)} | " in README.read_text()
+
+
+def test_approval_required_means_pending() -> None:
+    assert BY_ERROR_KIND["approval_required"] is ExitCode.PENDING
+    assert len({int(c) for c in ExitCode}) == len(ExitCode)

@@ -1,0 +1,503 @@
+"""Session recordings on a real SQLite store: order, digests in the chain, tampering, failures."""
+
+from __future__ import annotations
+
+import itertools
+import sqlite3
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from server.audit import chain
+from server.audit.recording import (
+    Recorder,
+    SessionEvent,
+    check_recording,
+    load_events,
+    recording_digest,
+    recording_info,
+    redact_params,
+    redact_statement,
+    statement_event,
+    verify_recordings,
+)
+from server.policy.model import RecordingFailure
+from server.store.db import Store
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "store.db"
+
+
+@pytest.fixture
+def store(db_path: Path) -> Iterator[Store]:
+    s = Store.open(f"sqlite:///{db_path}")
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture
+def recorder(store: Store) -> Iterator[Recorder]:
+    r = Recorder(store, flush_interval=0.05)
+    try:
+        yield r
+    finally:
+        r.stop()
+
+
+def raw(db_path: Path) -> sqlite3.Connection:
+    """A connection behind the store's back, as someone editing the file would have."""
+    return sqlite3.connect(db_path, isolation_level=None, timeout=30)
+
+
+START = {"identity": "alice", "groups": ["dev"], "target": "demo", "scope": "read"}
+
+
+def record_session(recorder: Recorder, session_id: str, statements: int = 3) -> None:
+    recorder.open(session_id, START)
+    for i in range(statements):
+        recorder.record(
+            session_id,
+            "statement",
+            statement_event(
+                f"select {i}",
+                started_at=datetime(2026, 1, 1, tzinfo=UTC),
+                duration_ms=1.5,
+                rows=1,
+                tag="SELECT 1",
+            ),
+        )
+    recorder.record(session_id, "notice", {"severity": "NOTICE", "message": "hello"})
+
+
+# --------------------------------------------------------------------------- recording
+
+
+def test_a_recording_keeps_order_and_its_digest_goes_into_the_chain(
+    store: Store, recorder: Recorder
+) -> None:
+    record_session(recorder, "s-aaa")
+    closed = recorder.close("s-aaa", {"reason": "client ended the session"})
+    events = load_events(store, "s-aaa")
+    assert [e.seq for e in events] == list(range(1, 7))
+    assert [e.kind for e in events] == [
+        "session.start",
+        "statement",
+        "statement",
+        "statement",
+        "notice",
+        "session.end",
+    ]
+    assert events[0].data == START
+    assert events[1].data["text"] == "select 0"
+    assert all(a.ts <= b.ts for a, b in itertools.pairwise(events))
+    assert closed.status == "closed" and closed.events == 6 and closed.dropped == 0
+    assert closed.digest == recording_digest(events)
+    info = recording_info(store, "s-aaa")
+    assert info is not None and info.digest == closed.digest and info.audit_seq == closed.audit_seq
+    audit = [e for e in chain.events(store) if e.kind == "recording.closed"]
+    assert [(e.session_id, e.data["digest"], e.seq) for e in audit] == [
+        ("s-aaa", closed.digest, closed.audit_seq)
+    ]
+    assert chain.verify(store).ok
+    result = verify_recordings(store)
+    assert result.ok and result.recordings == 1 and result.problems == ()
+
+
+def test_events_of_many_sessions_and_threads_interleave_without_losing_order(
+    store: Store, recorder: Recorder
+) -> None:
+    sessions = [f"s-{i:03d}" for i in range(8)]
+    for session_id in sessions:
+        recorder.open(session_id, START)
+
+    def work(session_id: str) -> None:
+        for i in range(200):
+            assert recorder.record(session_id, "statement", {"text": f"select {i}"})
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in sessions for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for session_id in sessions:
+        closed = recorder.close(session_id, {})
+        assert closed.events == 402
+        assert [e.seq for e in load_events(store, session_id)] == list(range(1, 403))
+    assert verify_recordings(store).ok
+
+
+def test_recording_does_not_wait_for_the_store(
+    store: Store, recorder: Recorder, db_path: Path
+) -> None:
+    recorder.open("s-busy", START)
+    assert recorder.flush(10)
+    blocker = raw(db_path)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        # The store is locked: events are accepted all the same, and wait in memory.
+        for i in range(100):
+            assert recorder.record("s-busy", "statement", {"text": f"select {i}"})
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert recorder.flush(30)
+    assert len(load_events(store, "s-busy")) == 101
+
+
+def test_a_closed_recording_accepts_no_more_events(recorder: Recorder, store: Store) -> None:
+    record_session(recorder, "s-done", 1)
+    recorder.close("s-done", {})
+    assert not recorder.record("s-done", "statement", {"text": "late"})
+    again = recorder.close("s-done", {})
+    assert again.events == 4
+    # Neither changed the closed recording, nor chained a second digest.
+    assert verify_recordings(store).ok
+    assert sum(e.kind == "recording.closed" for e in chain.events(store)) == 1
+    # Nor does a recorder of a restarted broker reopen it.
+    other = Recorder(store)
+    try:
+        assert not other.record("s-done", "statement", {"text": "later"})
+        assert other.close("s-done", {}).digest == again.digest
+    finally:
+        other.stop()
+    assert len(load_events(store, "s-done")) == 4
+
+
+def test_a_restarted_broker_continues_a_recording(store: Store) -> None:
+    first = Recorder(store)
+    record_session(first, "s-cont", 2)
+    first.stop()
+    second = Recorder(store)
+    try:
+        closed = second.close("s-cont", {"reason": "broker restarted; credential revoked"})
+    finally:
+        second.stop()
+    events = load_events(store, "s-cont")
+    assert [e.seq for e in events] == list(range(1, 6))
+    assert events[-1].kind == "session.end"
+    assert closed.digest == recording_digest(events)
+    assert verify_recordings(store).ok
+
+
+def test_closing_a_session_that_was_never_recorded(store: Store, recorder: Recorder) -> None:
+    closed = recorder.close("s-none", {"reason": "reaped"})
+    assert closed.status == "closed" and closed.events == 1
+    assert verify_recordings(store).ok
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def test_a_store_that_refuses_events_fails_the_recording_closed(
+    store: Store, db_path: Path
+) -> None:
+    failures: list[tuple[str, str]] = []
+    called = threading.Event()
+
+    def on_failure(session_id: str, reason: str) -> None:
+        failures.append((session_id, reason))
+        called.set()
+
+    recorder = Recorder(store, on_failure=on_failure, flush_interval=0.01)
+    try:
+        recorder.open("s-fail", START)
+        recorder.open("s-keep", START, failure=RecordingFailure.CONTINUE)
+        assert recorder.flush(10)
+        with raw(db_path) as conn:
+            conn.execute("ALTER TABLE session_events RENAME TO session_events_gone")
+        assert recorder.record("s-fail", "statement", {"text": "select 1"})
+        assert recorder.record("s-keep", "statement", {"text": "select 1"})
+        recorder.flush(10)
+        assert called.wait(10)
+        assert failures == [("s-fail", "the store refused the recording: OperationalError")]
+        # fail closed: nothing more is accepted for it; the other session goes on unrecorded
+        assert not recorder.record("s-fail", "statement", {"text": "select 2"})
+        assert recorder.record("s-keep", "statement", {"text": "select 2"})
+        recorder.flush(10)
+        with raw(db_path) as conn:
+            conn.execute("ALTER TABLE session_events_gone RENAME TO session_events")
+        failed = recorder.close("s-fail", {})
+        kept = recorder.close("s-keep", {})
+    finally:
+        recorder.stop()
+    # the statement whose write failed, the one refused after, and session.end
+    assert failed.status == "failed" and failed.dropped == 3
+    assert kept.status == "closed" and kept.dropped == 2
+    audit = {e.session_id: e.data for e in chain.events(store) if e.kind == "recording.closed"}
+    assert audit["s-fail"]["status"] == "failed"
+    assert audit["s-fail"]["problem"] == "the store refused the recording: OperationalError"
+    assert audit["s-keep"]["dropped"] == 2
+    # What was kept still verifies: the digest covers exactly the stored events.
+    assert verify_recordings(store).ok
+
+
+def test_a_full_queue_refuses_events_and_fails_the_recording(store: Store) -> None:
+    failures: list[str] = []
+    called = threading.Event()
+
+    def on_failure(session_id: str, _reason: str) -> None:
+        failures.append(session_id)
+        called.set()
+
+    # The writer lets a batch gather for a long time: the queue only fills.
+    recorder = Recorder(
+        store, on_failure=on_failure, max_queue=3, batch_size=100, flush_interval=30
+    )
+    try:
+        recorder.open("s-full", START)  # 1 queued
+        assert recorder.record("s-full", "statement", {})  # 2
+        assert recorder.record("s-full", "statement", {})  # 3
+        assert not recorder.record("s-full", "statement", {})  # refused
+        assert called.wait(10)
+        assert failures == ["s-full"]
+    finally:
+        recorder.stop()
+
+
+def test_a_failure_callback_may_close_the_recording_it_reports(store: Store, db_path: Path) -> None:
+    closed: list[str] = []
+    done = threading.Event()
+    holder: list[Recorder] = []
+
+    def end_session(session_id: str, _reason: str) -> None:
+        closed.append(holder[0].close(session_id, {"reason": "recording failed"}).status)
+        done.set()
+
+    recorder = Recorder(store, on_failure=end_session, flush_interval=0.01)
+    holder.append(recorder)
+    try:
+        recorder.open("s-cb", START)
+        recorder.flush(10)
+        with raw(db_path) as conn:
+            conn.execute("ALTER TABLE session_events RENAME TO gone")
+        recorder.record("s-cb", "statement", {})
+        assert done.wait(60)
+        assert closed == ["failed"]
+    finally:
+        recorder.stop()
+
+
+# --------------------------------------------------------------------------- tampering
+
+
+def tamper_cases() -> list[tuple[str, str, str]]:
+    return [
+        (
+            "edit-an-event",
+            "UPDATE session_events SET data = json_set(data, '$.text', 'select 42') "
+            "WHERE session_id = 's-t' AND seq = 2",
+            "the events do not match the digest in the audit log",
+        ),
+        (
+            "delete-an-event",
+            "DELETE FROM session_events WHERE session_id = 's-t' AND seq = 3",
+            "the events do not match the digest in the audit log",
+        ),
+        (
+            "reorder-events",
+            "UPDATE session_events SET seq = -2 WHERE session_id = 's-t' AND seq = 2;"
+            "UPDATE session_events SET seq = 2 WHERE session_id = 's-t' AND seq = 3;"
+            "UPDATE session_events SET seq = 3 WHERE session_id = 's-t' AND seq = -2;",
+            "the events do not match the digest in the audit log",
+        ),
+        (
+            "shift-a-timestamp",
+            "UPDATE session_events SET ts = '2020-01-01 00:00:00.000000' "
+            "WHERE session_id = 's-t' AND seq = 4",
+            "the events do not match the digest in the audit log",
+        ),
+        (
+            "delete-every-event",
+            "DELETE FROM session_events WHERE session_id = 's-t'",
+            "the recording's events are gone",
+        ),
+        (
+            "rewrite-the-digest",
+            "UPDATE session_recordings SET digest = 'f00d' WHERE session_id = 's-t'",
+            "the recording's digest was changed",
+        ),
+        (
+            "delete-the-recording",
+            "DELETE FROM session_recordings WHERE session_id = 's-t'",
+            "the recording is gone",
+        ),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("sql", "problem"), [pytest.param(s, p, id=i) for i, s, p in tamper_cases()]
+)
+def test_a_changed_recording_is_detected(
+    store: Store, recorder: Recorder, db_path: Path, sql: str, problem: str
+) -> None:
+    record_session(recorder, "s-t")
+    recorder.close("s-t", {})
+    record_session(recorder, "s-other")
+    recorder.close("s-other", {})
+    assert verify_recordings(store).ok
+    with raw(db_path) as conn:
+        conn.executescript(sql)
+    result = verify_recordings(store)
+    assert not result.ok
+    assert [(p.session_id, p.problem) for p in result.problems] == [("s-t", problem)]
+    assert result.problems[0].audit_seq is not None
+    assert chain.verify(store).ok  # the chain itself is intact: the recording is what changed
+
+
+def test_rewriting_the_chained_digest_breaks_the_chain(
+    store: Store, recorder: Recorder, db_path: Path
+) -> None:
+    record_session(recorder, "s-t")
+    recorder.close("s-t", {})
+    with raw(db_path) as conn:
+        conn.execute("UPDATE session_events SET data = '{}' WHERE seq = 2")
+        digest = recording_digest(load_events(store, "s-t"))
+        conn.execute(
+            "UPDATE audit_events SET data = json_set(data, '$.digest', ?) "
+            "WHERE kind = 'recording.closed'",
+            (digest,),
+        )
+        conn.execute("UPDATE session_recordings SET digest = ?", (digest,))
+    assert verify_recordings(store).ok  # consistent again...
+    assert not chain.verify(store).ok  # ...but only by editing the chain, which shows
+
+
+def test_a_closed_recording_missing_from_the_chain_is_reported(
+    store: Store, recorder: Recorder, db_path: Path
+) -> None:
+    record_session(recorder, "s-t")
+    recorder.close("s-t", {})
+    with raw(db_path) as conn:
+        conn.execute("DELETE FROM audit_events WHERE kind = 'recording.closed'")
+    result = verify_recordings(store)
+    assert [(p.session_id, p.problem) for p in result.problems] == [
+        ("s-t", "closed, but the audit log has no digest for it")
+    ]
+
+
+def test_check_recording_is_pure() -> None:
+    ts = datetime(2026, 1, 1, tzinfo=UTC)
+    events = [SessionEvent("s", i, ts, "statement", {"i": i}) for i in (1, 2)]
+    good = recording_digest(events)
+    assert check_recording("s", 7, good, events) is None
+    problem = check_recording("s", 7, good, list(reversed(events)))
+    assert problem is not None and problem.problem == "events are out of order"
+    assert check_recording("s", 7, good, events[:1]) is not None
+
+
+# --------------------------------------------------------------------------- redaction
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        pytest.param(
+            "ALTER ROLE app PASSWORD 'hunter2'",
+            "ALTER ROLE app PASSWORD '[redacted]'",
+            id="alter-role",
+        ),
+        pytest.param(
+            "create user bob with encrypted password 'it''s' valid until '2030-01-01'",
+            "create user bob with encrypted password '[redacted]' valid until '2030-01-01'",
+            id="create-user-quote-inside",
+        ),
+        pytest.param(
+            "ALTER USER x PASSWORD E'a\\'b'",
+            "ALTER USER x PASSWORD '[redacted]'",
+            id="escape-string",
+        ),
+        pytest.param(
+            "ALTER ROLE x PASSWORD $p$hunter2$p$",
+            "ALTER ROLE x PASSWORD '[redacted]'",
+            id="dollar-quoted",
+        ),
+        pytest.param(
+            "ALTER ROLE x /* set it */ PASSWORD\n  'hunter2'",
+            "ALTER ROLE x /* set it */ PASSWORD\n  '[redacted]'",
+            id="comment-and-newline",
+        ),
+        pytest.param(
+            "ALTER ROLE \"PASSWORD\" VALID UNTIL 'infinity'",
+            "ALTER ROLE \"PASSWORD\" VALID UNTIL 'infinity'",
+            id="identifier-named-password",
+        ),
+        pytest.param(
+            "-- 'PASSWORD' in a comment\nSELECT 'password'",
+            "-- 'PASSWORD' in a comment\nSELECT 'password'",
+            id="word-only-in-comment-and-string",
+        ),
+        pytest.param(
+            "CREATE USER MAPPING FOR bob SERVER s OPTIONS (user 'bob', password 'secret')",
+            "CREATE USER MAPPING FOR bob SERVER s OPTIONS (user 'bob', password '[redacted]')",
+            id="user-mapping",
+        ),
+        pytest.param(
+            "SELECT dblink_connect('host=db user=u password=s3cret dbname=x')",
+            "SELECT dblink_connect('host=db user=u password=[redacted] dbname=x')",
+            id="connection-string",
+        ),
+        pytest.param(
+            "SELECT dblink('postgresql://u:s3cret@db/x', 'select 1')",
+            "SELECT dblink('postgresql://u:[redacted]@db/x', 'select 1')",
+            id="uri",
+        ),
+        pytest.param(
+            "SELECT 'a;b' AS x, $$it's$$ FROM t -- done",
+            "SELECT 'a;b' AS x, $$it's$$ FROM t -- done",
+            id="untouched",
+        ),
+    ],
+)
+def test_redact_statement_secrets(sql: str, expected: str) -> None:
+    assert redact_statement(sql) == expected
+
+
+def test_redact_statement_masked_literals() -> None:
+    sql = "UPDATE customers SET email = 'ada@example.com' WHERE id = 7 AND city = 'Lisbon'"
+    assert redact_statement(sql, literals=["ada@example.com"]) == (
+        "UPDATE customers SET email = '[redacted]' WHERE id = 7 AND city = 'Lisbon'"
+    )
+    assert redact_statement(sql, all_literals=True) == (
+        "UPDATE customers SET email = '[redacted]' WHERE id = [redacted] AND city = '[redacted]'"
+    )
+    assert redact_statement("SELECT t1.x2 FROM t1", all_literals=True) == "SELECT t1.x2 FROM t1"
+
+
+def test_redact_params() -> None:
+    params: list[bytes | None] = [b"ada@example.com", None, b"\x00\x00\x00\x07", b"pwd=x"]
+    assert redact_params(params, [0, 0, 1, 0], masked=[0]) == [
+        "[redacted]",
+        None,
+        "<binary 4 bytes>",
+        "pwd=[redacted]",
+    ]
+    assert redact_params([b"a", b"b"], [1]) == ["<binary 1 bytes>", "<binary 1 bytes>"]
+
+
+def test_statement_event_redacts_its_text() -> None:
+    event = statement_event(
+        "ALTER ROLE x PASSWORD 'p'",
+        started_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+        duration_ms=2.25,
+        tag="ALTER ROLE",
+        decision="allowed",
+        masked_fields=[{"field": "email", "method": "partial"}],
+    )
+    assert event == {
+        "text": "ALTER ROLE x PASSWORD '[redacted]'",
+        "params": None,
+        "started_at": "2026-01-02T03:04:05.000000+00:00",
+        "duration_ms": 2.25,
+        "rows": None,
+        "tag": "ALTER ROLE",
+        "sqlstate": None,
+        "decision": "allowed",
+        "masked": [{"field": "email", "method": "partial"}],
+    }

@@ -8,15 +8,12 @@ commands never look at HTTP statuses.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from brokercli import tokens
 from brokercli.config import Settings, settings
 from brokercli.errors import CliError
 from brokercli.exit_codes import BY_ERROR_KIND, ExitCode
-
-if TYPE_CHECKING:
-    import httpx
 
 
 @dataclass(frozen=True)
@@ -41,13 +38,47 @@ class StartedSession:
 
 
 class BrokerClient:
+    """One keep-alive HTTPS connection to the broker, on the standard library.
+
+    ``http.client`` instead of an HTTP library keeps every command's start-up
+    short: scripts call ``dbaccess exec`` in loops.
+    """
+
     def __init__(self, cfg: Settings, token: str | None, *, timeout: float = 30.0) -> None:
-        import httpx
+        from urllib.parse import urlsplit
 
         self.cfg = cfg
         self.token = token
-        verify: Any = cfg.ca_file if cfg.ca_file else True
-        self._http = httpx.Client(base_url=cfg.server, timeout=timeout, verify=verify)
+        self._timeout = timeout
+        url = urlsplit(cfg.server)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise CliError(
+                f"the broker URL {cfg.server!r} is not an http(s) URL",
+                code=ExitCode.USAGE,
+                hint=f"fix it in {cfg.source}",
+            )
+        self._scheme = url.scheme
+        self._host = url.hostname
+        self._port = url.port
+        self._base = url.path.rstrip("/")
+        self._conn: Any = None
+
+    def _connection(self) -> Any:
+        import http.client
+
+        if self._conn is None:
+            if self._scheme == "https":
+                import ssl
+
+                ctx = ssl.create_default_context(cafile=self.cfg.ca_file)
+                self._conn = http.client.HTTPSConnection(
+                    self._host, self._port, timeout=self._timeout, context=ctx
+                )
+            else:
+                self._conn = http.client.HTTPConnection(
+                    self._host, self._port, timeout=self._timeout
+                )
+        return self._conn
 
     @classmethod
     def from_env(
@@ -64,39 +95,89 @@ class BrokerClient:
         return cls(cfg, token)
 
     def close(self) -> None:
-        self._http.close()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        import httpx
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+    ) -> Any:
+        import json as jsonlib
+        from urllib.parse import urlencode
 
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        try:
-            resp = self._http.request(method, path, headers=headers, **kwargs)
-        except httpx.HTTPError as exc:
-            raise CliError(
-                f"cannot reach the broker at {self.cfg.server}: {exc}",
-                code=ExitCode.UNAVAILABLE,
-                hint=f"is the broker running? (server URL from {self.cfg.source})",
-            ) from None
-        if resp.status_code >= 400:
-            self._raise(resp)
-        if resp.status_code == 204 or not resp.content:
-            return None
-        return resp.json()
+        headers = {"Accept": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        body = None
+        if json is not None:
+            body = jsonlib.dumps(json).encode()
+            headers["Content-Type"] = "application/json"
+        url = self._base + path
+        if params:
+            query = {
+                k: ("true" if v is True else "false" if v is False else v)
+                for k, v in params.items()
+                if v is not None
+            }
+            url += "?" + urlencode(query)
+        status, reason, data = self._send(method, url, body, headers)
+        parsed: Any = None
+        if data:
+            try:
+                parsed = jsonlib.loads(data)
+            except ValueError:
+                parsed = None
+        if status >= 400:
+            self._raise(status, reason, parsed, data)
+        return parsed
+
+    def _send(
+        self, method: str, url: str, body: bytes | None, headers: dict[str, str]
+    ) -> tuple[int, str, bytes]:
+        import ssl
+
+        for attempt in (1, 2):
+            conn = self._connection()
+            try:
+                conn.request(method, url, body=body, headers=headers)
+                resp = conn.getresponse()
+                return resp.status, resp.reason, resp.read()
+            except ssl.SSLCertVerificationError as exc:
+                self.close()
+                raise CliError(
+                    f"the broker at {self.cfg.server} presented a certificate that does not "
+                    f"verify: {exc.verify_message}",
+                    code=ExitCode.UNAVAILABLE,
+                    hint="log in again with the broker's CA (dbaccess login --ca-file)",
+                ) from None
+            except (OSError, ConnectionError) as exc:
+                self.close()
+                # A kept-alive connection the server closed meanwhile: one retry.
+                if attempt == 1 and isinstance(exc, ConnectionError):
+                    continue
+                raise CliError(
+                    f"cannot reach the broker at {self.cfg.server}: {exc}",
+                    code=ExitCode.UNAVAILABLE,
+                    hint=f"is the broker running? (server URL from {self.cfg.source})",
+                ) from None
+        raise AssertionError("unreachable")
 
     @staticmethod
-    def _raise(resp: httpx.Response) -> None:
-        try:
-            body = resp.json()
-        except ValueError:
-            body = {}
+    def _raise(status: int, reason: str, body: Any, raw: bytes) -> None:
         if not isinstance(body, dict):
             body = {}
         kind = str(body.get("error") or "")
-        message = str(body.get("message") or body.get("detail") or resp.text or resp.reason_phrase)
+        message = str(
+            body.get("message") or body.get("detail") or raw.decode("utf-8", "replace") or reason
+        )
         code = BY_ERROR_KIND.get(kind)
         if code is None:
-            code = ExitCode.USAGE if resp.status_code == 422 else ExitCode.ERROR
+            code = ExitCode.USAGE if status == 422 else ExitCode.ERROR
         raise CliError(message, code=code, hint=body.get("hint"), details=body)
 
     # -- endpoints ------------------------------------------------------------

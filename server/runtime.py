@@ -27,6 +27,7 @@ from server.audit import chain
 from server.config import DEFAULT_WORKLOAD_TOKEN_TTL, OidcConfig
 from server.errors import DbaccessError
 from server.gateway.server import Gateway
+from server.gateway.statements import guard_setup
 from server.notify.webhooks import WebhookConfig, Webhooks
 from server.policy import load_policy
 from server.sessions.service import SessionService
@@ -91,6 +92,7 @@ class Runtime:
             max_connections_per_identity=opts.gateway_max_connections_per_identity,
             cancel_rate=opts.gateway_cancel_rate,
         )
+        self.gateway.relay_setup.append(guard_setup(self.service))
         self.api_sock = _bind(opts.api_host, opts.api_port)
         self.api_port = self.api_sock.getsockname()[1]
 

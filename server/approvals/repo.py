@@ -114,6 +114,23 @@ class RequestRepo:
             .order_by(R.c.grant_expires_at)
         )
 
+    def statement_requests(
+        self, requester: str, target: str, scope: str, sha256: str, status: Status
+    ) -> list[Request]:
+        """Statement reviews of one statement hash in ``status``, oldest first."""
+        return self._select(
+            R.select()
+            .where(
+                R.c.requester == requester,
+                R.c.target == target,
+                R.c.scope == scope,
+                R.c.kind == Kind.STATEMENT.value,
+                R.c.statement_sha256 == sha256,
+                R.c.status == status.value,
+            )
+            .order_by(R.c.created_at)
+        )
+
     def due(self, now: datetime) -> list[Request]:
         """Requests whose pending time or grant has run out."""
         return self._select(

@@ -30,6 +30,7 @@ from server.approvals.machine import (
     Action,
     Actor,
     Event,
+    Kind,
     Refusal,
     Request,
     Status,
@@ -401,6 +402,96 @@ class Approvals:
             )
         except Exception:  # a notification must never undo or block a decision
             log.exception("notifying %s for %s failed", event, request.id)
+
+    # -- statement reviews -----------------------------------------------------------
+    def request_statement(
+        self,
+        *,
+        requester: str,
+        groups: frozenset[str],
+        target: str,
+        scope: str,
+        reason: str | None,
+        statement: str,
+        sha256: str,
+        rule: ApprovalPolicy,
+        ttl: timedelta,
+        guardrail: str,
+    ) -> tuple[Request, bool]:
+        """A review of one statement the gateway held; the pending one for the same
+        hash is returned instead of a second (returns the request and whether it is new)."""
+        for _ in range(_MAX_TRIES):
+            now = self.clock()
+            pending = self.repo.statement_requests(requester, target, scope, sha256, Status.PENDING)
+            for existing in pending:
+                if not expiry_due(existing, now):
+                    return existing, False
+                self._expire(existing)
+            request = Request(
+                id=new_id("r-"),
+                kind=Kind.STATEMENT,
+                requester=requester,
+                requester_groups=groups,
+                target=target,
+                scope=scope,
+                reason=(reason or "").strip() or None,
+                ttl=ttl,
+                rule=rule,
+                created_at=now,
+                expires_at=now + rule.pending_ttl,
+                statement=statement,
+                statement_sha256=sha256,
+            )
+            if self.repo.insert(request):
+                chain.append(
+                    self.store,
+                    "request.created",
+                    identity=requester,
+                    target=target,
+                    data={
+                        "request_id": request.id,
+                        "kind": request.kind.value,
+                        "scope": scope,
+                        "reason": request.reason,
+                        "rule": guardrail,
+                        "statement_sha256": sha256,
+                        "min_approvals": rule.min_approvals,
+                        "approver_groups": sorted(rule.approver_groups),
+                        "expires_at": request.expires_at.isoformat(),
+                    },
+                )
+                self._notify("request.created", request, requester)
+                return request, True
+        raise Conflict("could not create the request; try again")
+
+    def use_statement(
+        self, *, requester: str, target: str, scope: str, sha256: str, session_id: str
+    ) -> Request | None:
+        """Consume an approved review of exactly this statement, or None if there is none.
+
+        The compare-and-set in ``_act`` lets one use win when two sessions race."""
+        actor = Actor(requester)
+        now = self.clock()
+        for grant in self.repo.statement_requests(
+            requester, target, scope, sha256, Status.APPROVED
+        ):
+            if expiry_due(grant, now):
+                self._expire(grant)
+                continue
+            try:
+                return self._act(
+                    grant.id,
+                    Event.USE,
+                    actor,
+                    None,
+                    target=target,
+                    scope=scope,
+                    statement_sha256=sha256,
+                    session_id=session_id,
+                )
+            except (Conflict, Forbidden):
+                continue
+        return None
 
     # -- using ---------------------------------------------------------------------
     def claim(

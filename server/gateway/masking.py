@@ -48,10 +48,12 @@ last masked column (``struct.unpack_from`` on the buffer, no copies), copies
 everything unmasked as slices of the original bytes, and leaves the final copy
 to one ``b"".join`` per batch.  :meth:`RowMasker.rewrite_rows` works directly on
 the wire bytes of many messages (what the relay's framing hands over), stopping
-at the first message that is not a DataRow; the per-plan loop is generated
-once, unrolled for the masked positions, because the generic loop costs about
-a quarter more per row (see ``bench/masking.py``).  :func:`apply_plan` is the
-one-body form.
+at the first message that is not a DataRow.  The per-plan loop is generated
+once, unrolled for the masked positions and with each method's common case
+inline (a generic loop over the columns costs about half as much again per row,
+see ``bench/masking.py``); a row with a value off that path (NULL, too short to
+keep characters from, a non-ASCII tail, no ``@``) is decoded, masked by
+:func:`mask_bytes` and encoded again.  :func:`apply_plan` is the one-body form.
 
 **Other exits** — :func:`redact_text` / :func:`redact_report` for error and
 notice texts that echo data (``Key (email)=(x@y.z) already exists``, ``Failing
@@ -677,7 +679,7 @@ class RowMasker:
         self.formats = formats
         self.count = len(plan.fields)
         self.identity = not plan.masked
-        self.rewrite_rows = self._compile()
+        self._rewrite = self._compile()
 
     def _compile(self) -> Callable[[bytes, int, list[bytes]], int]:
         names: dict[str, object] = {
@@ -742,10 +744,16 @@ class RowMasker:
         got = int.from_bytes(buf[pos + 5 : pos + 7], "big")
         raise ProtocolViolation(f"DataRow has {got} columns, its RowDescription {self.count}")
 
-    def rewrite_rows_checked(self, buf: bytes, pos: int, out: list[bytes]) -> int:
-        """:meth:`rewrite_rows`, with a truncated value reported as a protocol violation."""
+    def rewrite_rows(self, buf: bytes, pos: int, out: list[bytes]) -> int:
+        """Rewrite the run of DataRows in ``buf`` from ``pos``; returns where the run ends.
+
+        The masked messages are appended to ``out`` (as pieces: join them once
+        for the whole batch).  The run ends at the first message that is not a
+        DataRow, or that is not complete in ``buf``.  Raises
+        :class:`ProtocolViolation` for a malformed row.
+        """
         try:
-            return self.rewrite_rows(buf, pos, out)
+            return self._rewrite(buf, pos, out)
         except struct.error:
             raise ProtocolViolation("malformed DataRow message: value runs past its end") from None
 
@@ -753,7 +761,7 @@ class RowMasker:
         """The whole masked DataRow message (type, length, body) for one DataRow body."""
         wire = _HEADER.pack(_DATA_ROW, len(body) + 4) + body
         out: list[bytes] = []
-        if self.rewrite_rows_checked(wire, 0, out) != len(wire):
+        if self.rewrite_rows(wire, 0, out) != len(wire):
             raise ProtocolViolation("malformed DataRow message")
         return b"".join(out)
 

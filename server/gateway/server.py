@@ -445,6 +445,9 @@ class ClientConnection(asyncio.Protocol):
             "user": live.credential.username,
             "database": up.database,
             "client_encoding": "UTF8",
+            # Pinned (the guardrails refuse changing them): the analysis reads
+            # statements as UTF-8 with standard-conforming string literals.
+            "standard_conforming_strings": "on",
             "application_name": result.params.get("application_name", "dbaccess"),
         }
         for key in (

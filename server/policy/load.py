@@ -31,10 +31,14 @@ from psycopg.conninfo import conninfo_to_dict
 from server.durations import format_duration, parse_duration
 from server.identity import issuer_url
 from server.policy.model import (
+    GUARDRAIL_CLASSES,
+    GUARDRAIL_PRESETS,
     NO_APPROVAL,
+    NO_GUARDRAIL_SETTINGS,
     ApprovalPolicy,
     DetectorAction,
     DetectorKind,
+    GuardrailSettings,
     Issuer,
     MaskingPolicy,
     MaskMethod,
@@ -81,6 +85,7 @@ _TARGET_KEYS = (
     "rds_iam",
     "masking",
     "recording_failure",
+    "guardrails",
 )
 _SCOPE_KEYS = (
     "grants",
@@ -90,7 +95,23 @@ _SCOPE_KEYS = (
     "approval",
     "reason_required",
     "break_glass",
+    "guardrails",
 )
+_GUARDRAIL_KEYS = (
+    "preset",
+    "production",
+    "review",
+    "block",
+    "functions_allow",
+    "functions_deny",
+    "require_where",
+    "allow_listen_notify",
+    "allow_code",
+    "unknown",
+)
+# A function as guardrails name it: [schema.]name with an optional trailing * for a
+# prefix, or schema.* for a whole schema (unquoted names, as PostgreSQL folds them).
+_FUNCTION = re.compile(r"[a-z_][a-z0-9_$]*(?:\.[a-z_][a-z0-9_$]*)?\*?|[a-z_][a-z0-9_$]*\.\*")
 _APPROVAL_KEYS = (
     "required",
     "approvers",
@@ -222,6 +243,9 @@ def _read_target(check: Checker, name: str, entry: Entry, base: Path) -> TargetP
         else None
     )
     grants_refused = _grants_refused(kind, with_dsn=bool(given))
+    target_guardrails = _read_guardrails(
+        check, reader.optional("guardrails"), join(path, "guardrails")
+    )
     scopes: dict[str, ScopePolicy] = {}
     scopes_entry = reader.required("scopes")
     if scopes_entry is not None:
@@ -236,6 +260,7 @@ def _read_target(check: Checker, name: str, entry: Entry, base: Path) -> TargetP
                 scope_entry,
                 join(scopes_path, scope_name),
                 grants_refused=grants_refused,
+                guardrails=target_guardrails,
             )
             if scope is not None:
                 scopes[scope_name] = scope
@@ -543,9 +568,16 @@ def _region(text: str) -> str:
 
 
 def _read_scope(
-    check: Checker, name: str, entry: Entry, path: str, *, grants_refused: str | None = None
+    check: Checker,
+    name: str,
+    entry: Entry,
+    path: str,
+    *,
+    grants_refused: str | None = None,
+    guardrails: GuardrailSettings = NO_GUARDRAIL_SETTINGS,
 ) -> ScopePolicy | None:
-    """One scope; ``grants_refused`` says why the target's issuer takes no grants (if so)."""
+    """One scope; ``grants_refused`` says why the target's issuer takes no grants (if so);
+    ``guardrails`` are the target's, which the scope's own section overrides."""
     _check_name(check, entry.key_line, path, name, "scope")
     reader = check.mapping(entry.value, path, _SCOPE_KEYS, line=entry.key_line)
     grants: tuple[str, ...] | None
@@ -596,6 +628,9 @@ def _read_scope(
             join(path, "break_glass"),
             "break-glass skips an approval, but this scope requires none",
         )
+    scope_guardrails = _read_guardrails(
+        check, reader.optional("guardrails"), join(path, "guardrails")
+    ).over(guardrails)
     if grants is None or max_ttl is None:
         return None
     return ScopePolicy(
@@ -608,7 +643,73 @@ def _read_scope(
         approval=approval,
         reason_required=bool(reason_required),
         break_glass=bool(break_glass),
+        guardrails=scope_guardrails,
     )
+
+
+def _read_guardrails(check: Checker, entry: Entry | None, path: str) -> GuardrailSettings:
+    """A ``guardrails`` section; keys it leaves out stay None (inherited or the preset's)."""
+    if entry is None:
+        return NO_GUARDRAIL_SETTINGS
+    reader = check.mapping(entry.value, path, _GUARDRAIL_KEYS, line=entry.key_line)
+
+    def classes(key: str) -> frozenset[str] | None:
+        found = reader.optional(key)
+        if found is None:
+            return None
+        return frozenset(
+            _read_choices(check, found, join(path, key), _choice(GUARDRAIL_CLASSES, "class"))
+        )
+
+    def functions(key: str) -> frozenset[str] | None:
+        found = reader.optional(key)
+        if found is None:
+            return None
+        return frozenset(_read_choices(check, found, join(path, key), _function))
+
+    return GuardrailSettings(
+        preset=_value(check, reader, "preset", _choice(GUARDRAIL_PRESETS, "preset")),
+        production=_value(check, reader, "production", _bool),
+        review=classes("review"),
+        block=classes("block"),
+        functions_allow=functions("functions_allow"),
+        functions_deny=functions("functions_deny"),
+        require_where=_value(check, reader, "require_where", _bool),
+        allow_listen_notify=_value(check, reader, "allow_listen_notify", _bool),
+        allow_code=_value(check, reader, "allow_code", _bool),
+        unknown=_value(check, reader, "unknown", _choice(("block", "review"), "unknown")),
+    )
+
+
+def _choice(options: tuple[str, ...], what: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in options:
+            raise ValueError(f"unknown {what} {text!r}: use one of {', '.join(options)}")
+        return value
+
+    return parse
+
+
+def _function(text: str) -> str:
+    value = text.strip()
+    if not _FUNCTION.fullmatch(value):
+        raise ValueError(
+            f"{text!r} is not a function name: write [schema.]name in lower case, "
+            "optionally ending in * for a prefix"
+        )
+    return value
+
+
+def _read_choices(
+    check: Checker, entry: Entry, path: str, parse: Callable[[str], str]
+) -> list[str]:
+    values: list[str] = []
+    for index, item in enumerate(check.items(entry.value, path)):
+        value = check.convert(item, f"{path}[{index}]", parse)
+        if value is not None:
+            values.append(value)
+    return values
 
 
 def _read_approval(check: Checker, entry: Entry | None, path: str) -> ApprovalPolicy:

@@ -57,6 +57,44 @@ class ApprovalPolicy:
 NO_APPROVAL = ApprovalPolicy()
 
 
+GUARDRAIL_PRESETS = ("read", "write", "admin")
+GUARDRAIL_CLASSES = ("read", "write", "ddl", "privilege", "session_state", "transaction", "utility")
+
+
+@dataclass(frozen=True, kw_only=True)
+class GuardrailSettings:
+    """A ``guardrails`` section as written: None means "not said here".
+
+    A target's section gives defaults to its scopes; a scope's section overrides
+    them key by key.  ``preset`` None means ``read`` for a scope named read and
+    ``write`` otherwise; the other keys replace the preset's value.  The gateway
+    turns the result into its rules (``server.gateway.rules``).
+    """
+
+    preset: str | None = None
+    production: bool | None = None
+    review: frozenset[str] | None = None
+    block: frozenset[str] | None = None
+    functions_allow: frozenset[str] | None = None
+    functions_deny: frozenset[str] | None = None
+    require_where: bool | None = None
+    allow_listen_notify: bool | None = None
+    allow_code: bool | None = None
+    unknown: str | None = None
+
+    def over(self, base: GuardrailSettings) -> GuardrailSettings:
+        """These settings, with what they leave unsaid taken from ``base``."""
+        return GuardrailSettings(
+            **{
+                key: getattr(self, key) if getattr(self, key) is not None else getattr(base, key)
+                for key in self.__dataclass_fields__
+            }
+        )
+
+
+NO_GUARDRAIL_SETTINGS = GuardrailSettings()
+
+
 @dataclass(frozen=True)
 class ScopePolicy:
     """One way of using a target: the roles a session gets, for how long, and who may ask.
@@ -74,6 +112,7 @@ class ScopePolicy:
     approval: ApprovalPolicy = NO_APPROVAL
     reason_required: bool = False
     break_glass: bool = False
+    guardrails: GuardrailSettings = NO_GUARDRAIL_SETTINGS
 
 
 class VaultAuthMethod(StrEnum):

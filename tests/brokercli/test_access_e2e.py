@@ -108,7 +108,16 @@ def test_exec_prints_results_and_uses_documented_exit_codes(broker: Broker) -> N
     assert usage.returncode == 2
 
 
-def test_read_scope_cannot_write_by_database_privileges(broker: Broker) -> None:
+def test_read_scope_cannot_write_by_database_privileges(fresh_broker: Broker) -> None:
+    # Guardrails refuse the write first; with them opened up, the database's
+    # privileges still do (the second wall).
+    demo_policy = (Path(__file__).parents[2] / "server/demo/policy.yaml").read_text()
+    opened = demo_policy.replace(
+        "          preset: read\n", "          preset: read\n          block: []\n"
+    )
+    assert opened != demo_policy
+    broker = fresh_broker
+    broker.start(policy=opened)
     res = broker.cli(
         "exec", "demo", "--scope", "read", "-c", "update customers set city = 'x' where id = 1"
     )

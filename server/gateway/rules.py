@@ -1,0 +1,43 @@
+"""From a scope's ``guardrails`` settings in the policy to the gateway's :class:`GuardrailRules`.
+
+The preset comes first (``read`` for a scope named read, ``write`` otherwise,
+unless the policy names one, with ``production`` making every write a review),
+then each key the policy gives replaces the preset's value for that field.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from server.gateway.guardrails import GuardrailRules, Outcome
+from server.gateway.sqlcheck import StatementClass
+from server.policy.model import GuardrailSettings
+
+
+def rules_for(scope: str, settings: GuardrailSettings) -> GuardrailRules:
+    preset = settings.preset or ("read" if scope == "read" else "write")
+    rules = GuardrailRules.preset(preset, production=bool(settings.production))
+    changes: dict[str, Any] = {}
+    if settings.review is not None:
+        changes["review"] = frozenset(StatementClass(c) for c in settings.review)
+    if settings.block is not None:
+        changes["block"] = frozenset(StatementClass(c) for c in settings.block)
+    if settings.functions_allow is not None:
+        changes["functions_allow"] = settings.functions_allow
+    if settings.functions_deny is not None:
+        changes["functions_deny"] = settings.functions_deny
+    for key in ("require_where", "allow_listen_notify", "allow_code"):
+        value = getattr(settings, key)
+        if value is not None:
+            changes[key] = value
+    if settings.unknown is not None:
+        changes["unknown"] = Outcome(settings.unknown)
+    if not changes:
+        return rules
+    fields = {
+        name: getattr(rules, name)
+        for name in rules.__dataclass_fields__
+        if rules.__dataclass_fields__[name].init
+    }
+    fields.update(changes)
+    return GuardrailRules(**fields)

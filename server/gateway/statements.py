@@ -1,0 +1,416 @@
+"""Guardrails in the relay: every statement a client sends is analysed and judged before it runs.
+
+``StatementGuard`` is sans-IO and belongs to one client connection.  It hooks
+the client messages that carry or name SQL — Query (``Q``), Parse (``P``),
+Bind (``B``), Close (``C``) and FunctionCall (``F``) — and the server's
+ErrorResponse (``E``).  Each statement goes through
+:func:`~server.gateway.sqlcheck.analyze` and
+:func:`~server.gateway.guardrails.decide` with the rules of the session's
+target and scope (``server.gateway.rules``).
+
+How a refusal reaches the client.  A refused message is not dropped: it is
+replaced by one that PostgreSQL itself rejects without running anything (a
+Query or Parse of a bare word, a syntax error; a Bind of a statement name that
+cannot exist; a FunctionCall of OID 0), and the ErrorResponse the server
+sends for it is swapped for the gateway's (SQLSTATE 42501, the rule, a hint).
+So the upstream session goes exactly where PostgreSQL would go after an
+error, and the client sees what PostgreSQL would show: inside an explicit
+transaction the transaction is aborted (ReadyForQuery ``E``, later statements
+fail until ROLLBACK); in the extended protocol the server discards every
+message until the next Sync, and later pipelines work.  A multi-statement
+Query is refused whole, so none of its statements runs.  The error to swap is
+the first one the server sends before the ReadyForQuery that answers the
+replaced message (the relay counts them); when an earlier message of the
+same pipeline failed already, the server discards the replacement and that
+earlier error is the one the client sees, under the gateway's message.
+
+Parse is judged when it arrives, with parameters unknown.  When a rule may
+depend on parameter values (a setting named by ``$1`` in ``set_config``) or
+the statement needs review (the approval binds the parameters too), the
+decision waits for each Bind of that prepared statement, which is judged with
+its values.  SQL-level PREPARE/EXECUTE and protocol-level prepared statements
+are tracked by name so that EXECUTE and Bind are judged as what they run;
+Close and a new Parse of the same name forget the old one.
+
+Review.  A statement whose outcome is REVIEW runs only when a statement review
+of exactly that text (and those parameters), made by this identity for this
+target and scope, has been approved; running it consumes the approval (one
+run per approval, decided by the store's compare-and-set).  Otherwise a review
+request is opened (or the pending one for the same hash reused) and the client
+gets an error naming it and the command that approves it.  Reviews, blocks and
+approved runs are appended to the audit log with the statement text, secrets
+redacted.  The store is written synchronously in the event loop: this happens
+only for refused or reviewed statements, and costs a few milliseconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import timedelta
+
+from server.approvals.service import Approvals
+from server.audit import chain
+from server.errors import DbaccessError
+from server.gateway import pgwire
+from server.gateway.guardrails import (
+    Decision,
+    GuardrailRules,
+    Outcome,
+    decide,
+    statement_sha256,
+)
+from server.gateway.pgwire import Bind, Close, FunctionCall, Parse, Query, RawMessage
+from server.gateway.relay import Relay
+from server.gateway.rules import rules_for
+from server.gateway.sqlcheck import (
+    Analysis,
+    Execution,
+    Statement,
+    analyze,
+    analyze_function_call,
+)
+from server.policy.model import ApprovalPolicy, ScopePolicy
+from server.sessions.service import LiveSession, SessionService
+from server.store.db import Store
+
+log = logging.getLogger(__name__)
+
+SQLSTATE = "42501"
+# What the server is asked to run instead of a refused statement: it fails at
+# once, before anything runs.
+_REFUSED_SQL = "dbaccess_refused_statement"
+_REFUSED_NAME = "dbaccess: refused statement"
+_PARAM_RULES = frozenset({"guardrails.no_role_change", "guardrails.pinned_setting"})
+_SECRET = re.compile(
+    r"((?:PASSWORD|SECRET|TOKEN)\s+)('(?:[^']|'')*'|\$[A-Za-z0-9_]*\$.*?\$[A-Za-z0-9_]*\$)",
+    re.IGNORECASE | re.DOTALL,
+)
+_AUDIT_TEXT = 4_000
+
+
+def redact(sql: str) -> str:
+    """The statement as the audit log keeps it: quoted passwords and secrets replaced."""
+    text = _SECRET.sub(lambda m: m.group(1) + "'***'", sql)
+    return text if len(text) <= _AUDIT_TEXT else text[:_AUDIT_TEXT] + "…"
+
+
+@dataclass(frozen=True)
+class SessionFacts:
+    """What the guard needs to know about the session it watches."""
+
+    session_id: str
+    identity: str
+    groups: frozenset[str]
+    target: str
+    scope: str
+    reason: str | None
+    ttl: timedelta
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    sql: str
+    analysis: Analysis
+    at_bind: bool  # judged again at each Bind (parameters matter, or review)
+
+
+def review_rule(scope: ScopePolicy) -> ApprovalPolicy:
+    """Who approves a reviewed statement: the scope's approvers when it has them,
+    else anyone else allowed to use the scope; always one run per approval."""
+    if scope.approval.required:
+        return replace(scope.approval, single_use=True)
+    return ApprovalPolicy(
+        required=True,
+        approver_groups=scope.allow_groups,
+        approver_identities=scope.allow_identities,
+        single_use=True,
+    )
+
+
+class StatementGuard:
+    def __init__(
+        self,
+        rules: GuardrailRules,
+        facts: SessionFacts,
+        *,
+        approvals: Approvals | None,
+        store: Store | None,
+        review: ApprovalPolicy | None = None,
+        search_path: tuple[str, ...] = ("public",),
+    ) -> None:
+        self.rules = rules
+        self.facts = facts
+        self.approvals = approvals
+        self.store = store
+        self.review = review or ApprovalPolicy(required=True, single_use=True)
+        self.search_path = search_path
+        self.prepared: dict[str, _Prepared] = {}  # protocol-level, by name
+        self.sql_prepared: dict[str, Analysis] = {}  # SQL PREPARE, by name
+        # (ReadyForQuery number, the gateway's ErrorResponse) per replaced message.
+        self._swaps: deque[tuple[int, bytes]] = deque()
+        self._pending: Decision | None = None  # why the statement just judged was refused
+
+    def install(self, relay: Relay) -> None:
+        relay.on_client(b"Q", self._on_query)
+        relay.on_client(b"P", self._on_parse)
+        relay.on_client(b"B", self._on_bind)
+        relay.on_client(b"C", self._on_close)
+        relay.on_client(b"F", self._on_function_call)
+        relay.on_server(b"E", self._on_error)
+
+    # -- hooks -------------------------------------------------------------------
+    def _on_query(self, raw: RawMessage, relay: Relay) -> bytes | None:
+        msg = pgwire.decode_frontend(raw)
+        assert isinstance(msg, Query)
+        analysis = analyze(msg.query, search_path=self.search_path)
+        decision = decide(analysis, self.rules, prepared=self.sql_prepared)
+        if not self._passes(decision, msg.query, ()):
+            return self._refuse(relay, Query(_REFUSED_SQL).encode())
+        self._track_sql_prepared(analysis)
+        return None
+
+    def _on_parse(self, raw: RawMessage, relay: Relay) -> bytes | None:
+        msg = pgwire.decode_frontend(raw)
+        assert isinstance(msg, Parse)
+        self.prepared.pop(msg.name, None)
+        if msg.name == _REFUSED_NAME:
+            decision = Decision(
+                Outcome.BLOCK,
+                "guardrails.reserved_name",
+                f"the statement name {_REFUSED_NAME!r} is reserved by the gateway",
+                "choose another name",
+                None,
+            )
+            self._record("statement.blocked", decision, msg.query)
+            return self._refuse_with(relay, Parse("", _REFUSED_SQL).encode(), decision)
+        analysis = analyze(msg.query, search_path=self.search_path)
+        decision = decide(analysis, self.rules, prepared=self.sql_prepared)
+        has_params = "$" in msg.query
+        deferred = decision.outcome is Outcome.REVIEW or (
+            decision.outcome is Outcome.BLOCK and has_params and decision.rule in _PARAM_RULES
+        )
+        if decision.outcome is Outcome.BLOCK and not deferred:
+            self._record("statement.blocked", decision, msg.query)
+            return self._refuse_with(relay, Parse(msg.name, _REFUSED_SQL).encode(), decision)
+        self.prepared[msg.name] = _Prepared(msg.query, analysis, deferred)
+        return None
+
+    def _on_bind(self, raw: RawMessage, relay: Relay) -> bytes | None:
+        msg = pgwire.decode_frontend(raw)
+        assert isinstance(msg, Bind)
+        known = self.prepared.get(msg.statement)
+        if known is None or not known.at_bind:
+            return None  # judged at Parse (or unknown to the server as well)
+        texts = _text_params(msg)
+        analysis = analyze(known.sql, search_path=self.search_path, params=texts)
+        decision = decide(analysis, self.rules, prepared=self.sql_prepared)
+        params = [bytes(p) if p is not None else None for p in msg.params]
+        if self._passes(decision, known.sql, params, msg.param_formats):
+            return None
+        return self._refuse(relay, Bind(msg.portal, _REFUSED_NAME).encode())
+
+    def _on_close(self, raw: RawMessage, relay: Relay) -> bytes | None:
+        msg = pgwire.decode_frontend(raw)
+        assert isinstance(msg, Close)
+        if msg.kind == "S":
+            self.prepared.pop(msg.name, None)
+        return None
+
+    def _on_function_call(self, raw: RawMessage, relay: Relay) -> bytes | None:
+        msg = pgwire.decode_frontend(raw)
+        assert isinstance(msg, FunctionCall)
+        decision = decide(analyze_function_call(msg.function_oid), self.rules)
+        if decision.outcome is Outcome.ALLOW:
+            return None
+        # A call by OID has no text a reviewer could read: review means refuse.
+        self._record("statement.blocked", decision, f"FunctionCall {msg.function_oid}")
+        return self._refuse_with(relay, FunctionCall(0).encode(), decision)
+
+    def _on_error(self, raw: RawMessage, relay: Relay) -> bytes | None:
+        swaps = self._swaps
+        while swaps and swaps[0][0] <= relay.ready:
+            swaps.popleft()  # its window closed without an error of its own
+        if swaps and swaps[0][0] == relay.ready + 1:
+            return swaps.popleft()[1]
+        return None
+
+    # -- deciding ------------------------------------------------------------------
+    def _passes(
+        self,
+        decision: Decision,
+        sql: str,
+        params: list[bytes | None] | tuple[()],
+        formats: list[int] | None = None,
+    ) -> bool:
+        """Whether the statement may run; on refusal the reason is kept for ``_refuse``."""
+        self._pending = None
+        if decision.outcome is Outcome.ALLOW:
+            return True
+        if decision.outcome is Outcome.BLOCK:
+            self._record("statement.blocked", decision, sql)
+            self._pending = decision
+            return False
+        sha = statement_sha256(sql, params, formats or ())
+        facts = self.facts
+        if self.approvals is not None:
+            try:
+                used = self.approvals.use_statement(
+                    requester=facts.identity,
+                    target=facts.target,
+                    scope=facts.scope,
+                    sha256=sha,
+                    session_id=facts.session_id,
+                )
+            except DbaccessError as exc:
+                log.warning("checking statement approvals failed: %s", exc.message)
+                used = None
+            if used is not None:
+                self._record("statement.approved_used", decision, sql, request_id=used.id)
+                return True
+        self._pending = self._open_review(decision, sql, sha)
+        return False
+
+    def _open_review(self, decision: Decision, sql: str, sha: str) -> Decision:
+        facts = self.facts
+        if self.approvals is None:
+            return replace(decision, outcome=Outcome.BLOCK)
+        try:
+            request, _new = self.approvals.request_statement(
+                requester=facts.identity,
+                groups=facts.groups,
+                target=facts.target,
+                scope=facts.scope,
+                reason=facts.reason,
+                statement=sql,
+                sha256=sha,
+                rule=self.review,
+                ttl=facts.ttl,
+                guardrail=decision.rule,
+            )
+        except DbaccessError as exc:
+            log.warning("opening a statement review failed: %s", exc.message)
+            self._record("statement.blocked", decision, sql)
+            return replace(
+                decision,
+                outcome=Outcome.BLOCK,
+                hint="the review could not be opened; try again",
+            )
+        self._record("statement.review_requested", decision, sql, request_id=request.id)
+        return replace(
+            decision,
+            message=f"{decision.message}: held for review as request {request.id}",
+            hint=(
+                f"an approver runs: dbaccess approve {request.id}; then run exactly "
+                "the same statement again (it runs once)"
+            ),
+        )
+
+    def _refuse(self, relay: Relay, substitute: bytes) -> bytes:
+        decision = self._pending
+        assert decision is not None
+        return self._refuse_with(relay, substitute, decision)
+
+    def _refuse_with(self, relay: Relay, substitute: bytes, decision: Decision) -> bytes:
+        message = decision.message or "statement refused by the gateway's guardrails"
+        error = pgwire.error_response(
+            "ERROR",
+            SQLSTATE,
+            f"dbaccess: {message} ({decision.rule})",
+            hint=decision.hint or None,
+        )
+        self._swaps.append((relay.asked + 1, error))
+        return substitute
+
+    def _track_sql_prepared(self, analysis: Analysis) -> None:
+        for top in analysis.statements:
+            _track(top, self.sql_prepared)
+
+    def _record(
+        self, kind: str, decision: Decision, sql: str, *, request_id: str | None = None
+    ) -> None:
+        if self.store is None:
+            return
+        facts = self.facts
+        data: dict[str, object] = {
+            "scope": facts.scope,
+            "rule": decision.rule,
+            "message": decision.message,
+            "statement": redact(sql),
+            "statement_index": decision.statement_index,
+        }
+        if request_id is not None:
+            data["request_id"] = request_id
+        try:
+            chain.append(
+                self.store,
+                kind,
+                identity=facts.identity,
+                target=facts.target,
+                session_id=facts.session_id,
+                data=data,
+            )
+        except Exception:  # the refusal stands even when the audit write fails
+            log.exception("recording %s failed", kind)
+
+
+def _track(statement: Statement, known: dict[str, Analysis]) -> None:
+    if statement.command == "PREPARE" and statement.prepared_name and statement.nested:
+        body = replace(statement.nested[0], execution=Execution.NOW)
+        known[statement.prepared_name] = Analysis((body,))
+    elif statement.command == "DEALLOCATE" and statement.prepared_name:
+        known.pop(statement.prepared_name, None)
+    elif statement.command in ("DEALLOCATE ALL", "DISCARD ALL"):
+        known.clear()
+
+
+def _text_params(msg: Bind) -> tuple[str | None, ...]:
+    formats = msg.param_formats
+    out: list[str | None] = []
+    for i, value in enumerate(msg.params):
+        code = formats[0] if len(formats) == 1 else formats[i] if formats else 0
+        if value is None or code != 0:
+            out.append(None)
+            continue
+        try:
+            out.append(bytes(value).decode("utf-8"))
+        except UnicodeDecodeError:
+            out.append(None)
+    return tuple(out)
+
+
+def guard_setup(service: SessionService) -> Callable[[Relay, LiveSession], None]:
+    """The gateway's relay setup that puts a guard on every connection of a session."""
+
+    def setup(relay: Relay, live: LiveSession) -> None:
+        record = live.record
+        target = service.policy.targets.get(record.target)
+        scope = target.scopes.get(record.scope) if target is not None else None
+        if scope is None:
+            # The policy changed under the session: the strictest preset, no reviews.
+            rules = GuardrailRules.preset("read")
+            review = None
+        else:
+            rules = rules_for(scope.name, scope.guardrails)
+            review = review_rule(scope)
+        facts = SessionFacts(
+            session_id=record.id,
+            identity=record.identity,
+            groups=frozenset(record.groups),
+            target=record.target,
+            scope=record.scope,
+            reason=record.reason,
+            ttl=record.expires_at - record.created_at,
+        )
+        StatementGuard(
+            rules,
+            facts,
+            approvals=service.approvals if scope is not None else None,
+            store=service.store,
+            review=review,
+        ).install(relay)
+
+    return setup

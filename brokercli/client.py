@@ -272,6 +272,12 @@ class BrokerClient:
         params = {name: "true" for name, on in flags.items() if on}
         return list(self.request("GET", "/v1/requests", params=params))
 
+    def request_review(
+        self, target: str, scope: str | None, statement: str, reason: str | None
+    ) -> dict[str, Any]:
+        body = {"target": target, "scope": scope, "statement": statement, "reason": reason}
+        return dict(self.request("POST", "/v1/reviews", json=body))
+
     def access_request(self, request_id: str) -> dict[str, Any]:
         return dict(self.request("GET", f"/v1/requests/{request_id}"))
 

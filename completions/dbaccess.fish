@@ -121,6 +121,7 @@ complete -c dbaccess -n "__dbaccess_at 'exec'" -l server -x -d 'Broker URL (defa
 complete -c dbaccess -n "__dbaccess_at 'exec'" -l no-wait -d 'If the scope needs approval, print the request id and exit (code 9) instead of waiting'
 complete -c dbaccess -n "__dbaccess_at 'exec'" -l wait-timeout -x -d 'How long to wait for approval, e.g. 15m (exit 12 after)'
 complete -c dbaccess -n "__dbaccess_at 'exec'" -l break-glass -d 'Skip a required approval where the scope allows it (needs --reason; flagged in the audit log and notified)'
+complete -c dbaccess -n "__dbaccess_at 'exec'" -l request-review -d 'Ask reviewers to approve this exact SQL first (by its SHA-256), wait, then run it once. Any byte changed after approval means no approval'
 complete -c dbaccess -n "__dbaccess_at 'exec'" -s h -l help -d 'Show this message and exit'
 
 complete -c dbaccess -n "__dbaccess_at 'sessions'" -l active -d 'Only sessions still running'

@@ -124,6 +124,7 @@ _dbaccess__exec() {
     '(--no-wait)'--no-wait'[If the scope needs approval, print the request id and exit (code 9) instead of waiting]' \
     '(--wait-timeout)'--wait-timeout'[How long to wait for approval, e.g. 15m (exit 12 after)]:wait-timeout: ' \
     '(--break-glass)'--break-glass'[Skip a required approval where the scope allows it (needs --reason; flagged in the audit log and notified)]' \
+    '(--request-review)'--request-review'[Ask reviewers to approve this exact SQL first (by its SHA-256), wait, then run it once. Any byte changed after approval means no approval]' \
     '(- *)'{-h,--help}'[Show this message and exit]' \
     '1:target: '
 }

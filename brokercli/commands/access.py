@@ -182,11 +182,21 @@ def exec_(
     no_wait: NoWaitOpt = False,
     wait_timeout: WaitTimeoutOpt = "15m",
     break_glass: BreakGlassOpt = False,
+    request_review: Annotated[
+        bool,
+        typer.Option(
+            "--request-review",
+            help="Ask reviewers to approve this exact SQL first (by its SHA-256), wait, "
+            "then run it once. Any byte changed after approval means no approval.",
+        ),
+    ] = False,
 ) -> None:
     """Run SQL non-interactively and print the results (for scripts and CI).
 
     Several statements may be given; each result set is printed. Exits 3 if a
     statement fails (the rest are not run).
+
+    Example (CI): dbaccess exec prod-db --scope write -f migration.sql --request-review
     """
     if (sql is None) == (file is None):
         raise CliError("give exactly one of --command/-c or --file/-f", code=ExitCode.USAGE)
@@ -201,6 +211,8 @@ def exec_(
     if not text.strip():
         raise CliError("no SQL to run", code=ExitCode.USAGE)
     wait = ApprovalWait(not no_wait, wait_timeout, break_glass)
+    if request_review:
+        _review_first(server, target, scope, reason, text, wait)
     with session_tunnel(
         server,
         target,
@@ -212,6 +224,45 @@ def exec_(
         approval=wait,
     ) as conn:
         _execute(conn.env(), text, output)
+
+
+def _review_first(
+    server: str | None,
+    target: str,
+    scope: str | None,
+    reason: str | None,
+    text: str,
+    wait: ApprovalWait,
+) -> None:
+    """Open a review of exactly ``text`` and wait until it is approved."""
+    from brokercli.client import BrokerClient
+    from brokercli.commands.requests import parse_wait, wait_for_approval
+
+    timeout = parse_wait(wait.timeout)
+    client = BrokerClient.from_env(server)
+    try:
+        answer = client.request_review(target, scope, text, reason)
+        request = answer["request"]
+        if request["status"] == "approved":
+            return
+        if not wait.wait:
+            render.info(
+                f"review {request['id']} is pending; when it is approved, run the same "
+                "command again without changing a byte of the SQL"
+            )
+            print(request["id"])
+            raise CliError(
+                f"review {request['id']} is pending",
+                code=ExitCode.PENDING,
+                hint=f"an approver runs: dbaccess approve {request['id']}",
+            )
+        wait_for_approval(
+            client,
+            {"id": request["id"], "message": f"review {request['id']} of the SQL to run"},
+            timeout,
+        )
+    finally:
+        client.close()
 
 
 def _execute(env: dict[str, str], text: str, output: Output) -> None:

@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 
 from server.approvals.service import request_json
 from server.durations import parse_duration
-from server.errors import InvalidInput
+from server.errors import Forbidden, InvalidInput
 from server.policy.evaluate import Identity
 from server.sessions.service import SessionService
 
@@ -31,6 +31,13 @@ class NewRequest(BaseModel):
     ttl: str | None = Field(default=None, max_length=20)
     reason: str | None = Field(default=None, max_length=2000)
     start_at: datetime | None = None
+
+
+class NewReview(BaseModel):
+    target: str = Field(min_length=1, max_length=200)
+    scope: str | None = Field(default=None, max_length=200)
+    reason: str | None = Field(default=None, max_length=2000)
+    statement: str = Field(min_length=1, max_length=1_000_000)
 
 
 class Note(BaseModel):
@@ -66,6 +73,36 @@ def register(app: FastAPI, service: SessionService, caller: Callable[..., Identi
             start_at = start_at.replace(tzinfo=UTC)
         request, created = approvals.create(
             who, body.target, body.scope, ttl, body.reason, start_at
+        )
+        return {"request": request_json(request), "created": created}
+
+    @app.post("/v1/reviews", status_code=201)
+    def create_review(body: NewReview, who: Caller) -> dict[str, Any]:
+        """A statement review asked for ahead of time (a CI script): approved, the
+        exact text runs once in a session of the same identity, target and scope."""
+        from server.gateway.guardrails import statement_sha256
+        from server.gateway.statements import review_rule
+        from server.policy.evaluate import evaluate
+
+        target = service.target(body.target)
+        decision = evaluate(
+            service.policy, who, body.target, body.scope, None, datetime.now(UTC),
+            reason=body.reason,
+        )  # fmt: skip
+        if decision.scope is None or (not decision.allowed and decision.approval is None):
+            raise Forbidden(decision.reason, hint=f"rule: {decision.rule}")
+        scope = target.scopes[decision.scope]
+        request, created = approvals.request_statement(
+            requester=who.name,
+            groups=who.groups,
+            target=body.target,
+            scope=decision.scope,
+            reason=body.reason,
+            statement=body.statement,
+            sha256=statement_sha256(body.statement, ()),
+            rule=review_rule(scope),
+            ttl=scope.default_ttl,
+            guardrail="review.requested",
         )
         return {"request": request_json(request), "created": created}
 

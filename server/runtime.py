@@ -163,7 +163,24 @@ class Runtime:
                 len(report.orphaned_sessions),
                 ", ".join(report.revoked_roles) or "none",
             )
-        chain.append(self.store, "broker.started", data={"api": self.api_url})
+        integrity = await loop.run_in_executor(None, chain.verify, self.store)
+        if not integrity.ok:
+            # Loud, and in the chain itself: the evidence must not depend on
+            # someone reading this log line.
+            log.error(
+                "AUDIT LOG TAMPERED: event %s: %s (dbaccess audit verify shows it)",
+                integrity.first_bad_seq,
+                integrity.problem,
+            )
+        chain.append(
+            self.store,
+            "broker.started",
+            data={
+                "api": self.api_url,
+                "audit_verified": integrity.ok,
+                "audit_first_bad_seq": integrity.first_bad_seq,
+            },
+        )
         reaper = asyncio.create_task(self._reaper(stop))
         if on_ready is not None:
             on_ready(self)

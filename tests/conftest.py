@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fix_oidc",
     "tests.fix_webhook",
     "tests.fix_vault",
+    "tests.fix_store",
 ]

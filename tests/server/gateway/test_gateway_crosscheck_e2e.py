@@ -25,7 +25,7 @@ from psycopg import pq
 
 from server.demo.provision import DemoTarget
 from server.pgcluster import LocalCluster
-from tests.fix_broker import Broker
+from tests.fix_broker import Broker, new_broker
 from tests.fix_session import HeldSession, held_session
 
 pytestmark = pytest.mark.slow
@@ -60,6 +60,46 @@ def twin(pg_cluster: LocalCluster, demo_target: DemoTarget) -> Iterator[dict[str
             )
             conn.execute(f"revoke all on database {demo_target.database} from {TWIN}")
             conn.execute(f"drop role if exists {TWIN}")
+
+
+# The wire protocol is what is compared here, so the write scope's guardrails
+# let through what the scripts use (DO blocks, DDL on temp tables, LISTEN);
+# the guardrails have tests of their own.
+POLICY = """
+version: 1
+targets:
+  demo:
+    description: cross-check target
+    database: demo
+    issuer: postgres
+    admin_dsn_file: admin.dsn
+    scopes:
+      read:
+        grants: [demo_read]
+        default_ttl: 30m
+        max_ttl: 8h
+        allow: {groups: [dev]}
+      write:
+        grants: [demo_write]
+        default_ttl: 15m
+        max_ttl: 1h
+        allow: {groups: [dev]}
+        guardrails:
+          preset: admin
+          review: []
+          allow_code: true
+          allow_listen_notify: true
+"""
+
+
+@pytest.fixture(scope="module")
+def broker(demo_target: DemoTarget) -> Iterator[Broker]:
+    b = new_broker(demo_target)
+    b.start(policy=POLICY)
+    try:
+        yield b
+    finally:
+        b.stop()
 
 
 @pytest.fixture(scope="module")
@@ -323,8 +363,7 @@ def scenario_prepared(conn: psycopg.Connection[Any]) -> Transcript:
 
 def scenario_copy(conn: psycopg.Connection[Any]) -> Transcript:
     out: Transcript = []
-    conn.execute("create temp table if not exists cp (id int, name text, data bytea)")
-    conn.execute("truncate cp")
+    conn.execute("create temp table cp (id int, name text, data bytea)")
     with conn.cursor().copy("copy cp (id, name, data) from stdin") as copy:
         for i in range(200):
             copy.write_row((i, f"name {i}\twith tab", bytes([i % 256]) * 3))

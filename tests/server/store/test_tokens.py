@@ -1,10 +1,8 @@
-"""Broker tokens and exchanged-token memory in a real (SQLite) store."""
+"""Broker tokens and exchanged-token memory in a real store, SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 
@@ -12,10 +10,9 @@ from server.store.db import Store, utcnow
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store.open(f"sqlite:///{tmp_path / 'store.db'}")
-    yield s
-    s.close()
+def store(any_store: Store) -> Store:
+    """Each test runs on SQLite and on PostgreSQL (tests/fix_store.py)."""
+    return any_store
 
 
 def test_list_and_revoke_tokens(store: Store) -> None:

@@ -1,0 +1,43 @@
+"""A broker store on each backend the product supports.
+
+``any_store`` is parametrized: the embedded SQLite default (a file in the
+test's temp dir) and PostgreSQL (a fresh database on the test run's cluster,
+as several broker replicas would share).  Both go through the same Alembic
+migrations in ``Store.open``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from server.pgcluster import LocalCluster
+from server.store.db import Store
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "sqlite":
+        store = Store.open(f"sqlite:///{tmp_path / 'store.db'}")
+        try:
+            yield store
+        finally:
+            store.close()
+        return
+    cluster: LocalCluster = request.getfixturevalue("pg_cluster")
+    name = f"store_{secrets.token_hex(4)}"
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = cluster.dsn(dbname=name).replace("postgresql://", "postgresql+psycopg://", 1)
+    store = Store.open(url)
+    try:
+        yield store
+    finally:
+        store.close()
+        with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))

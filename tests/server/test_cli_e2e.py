@@ -17,6 +17,7 @@ import psycopg
 import pytest
 
 from server.demo.provision import DemoTarget, write_admin_dsn_file
+from server.pgcluster import LocalCluster
 from server.tlsutil import ensure_dev_ca
 from tests.fix_broker import BIN
 from tests.fix_pg import make_tmp_dir
@@ -108,9 +109,21 @@ def test_ctrl_c_revokes_open_sessions(
         b.kill()
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_run_from_a_config_file(
-    base: Path, demo_target: DemoTarget, admin_conn: psycopg.Connection[tuple[object, ...]]
+    base: Path,
+    demo_target: DemoTarget,
+    admin_conn: psycopg.Connection[tuple[object, ...]],
+    pg_cluster: LocalCluster,
+    backend: str,
 ) -> None:
+    store_url = "sqlite:///{data_dir}/store.db"
+    if backend == "postgresql":
+        # Several broker replicas would share a store like this one.
+        name = "store_" + base.name.replace("-", "_").lower()
+        with psycopg.connect(pg_cluster.dsn(), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        store_url = pg_cluster.dsn(dbname=name).replace("postgresql://", "postgresql+psycopg://")
     tls = ensure_dev_ca(base / "tls")
     write_admin_dsn_file(base / "admin.dsn", demo_target.admin_dsn)
     (base / "policy.yaml").write_text(
@@ -119,7 +132,7 @@ def test_run_from_a_config_file(
     (base / "server.yaml").write_text(
         "api_listen: 127.0.0.1:0\n"
         "gateway_listen: 127.0.0.1:0\n"
-        "store_url: sqlite:///{data_dir}/store.db\n"
+        f"store_url: {store_url}\n"
         "policy: policy.yaml\n"
         f"tls: {{cert: {tls.cert}, key: {tls.key}, ca: {tls.ca}}}\n"
         "reaper_interval: 5s\n"

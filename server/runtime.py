@@ -26,6 +26,7 @@ from server.api.auth_routes import AuthSettings
 from server.audit import chain
 from server.config import DEFAULT_WORKLOAD_TOKEN_TTL, OidcConfig
 from server.errors import DbaccessError
+from server.gateway.masking_relay import MaskingSetup
 from server.gateway.server import Gateway
 from server.gateway.statements import guard_setup
 from server.notify.webhooks import WebhookConfig, Webhooks
@@ -93,6 +94,9 @@ class Runtime:
             cancel_rate=opts.gateway_cancel_rate,
         )
         self.gateway.relay_setup.append(guard_setup(self.service))
+        masking = MaskingSetup(self.service)
+        self.gateway.session_prepare.append(masking.prepare)
+        self.gateway.relay_setup.append(masking.setup)
         self.api_sock = _bind(opts.api_host, opts.api_port)
         self.api_port = self.api_sock.getsockname()[1]
 

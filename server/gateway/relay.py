@@ -140,6 +140,14 @@ class Relay:
             self._server_hooks[t] = hook
         self._server_hooked = _flags(self._server_hooks)
 
+    def client_hook(self, t: int) -> Hook | None:
+        """The hook registered for client message type ``t`` (to chain another after it)."""
+        return self._client_hooks.get(t)
+
+    def server_hook(self, t: int) -> Hook | None:
+        """The hook registered for server message type ``t``."""
+        return self._server_hooks.get(t)
+
     def reply_to_client(self, data: bytes) -> None:
         """Send ``data`` to the client once everything forwarded so far is answered."""
         if self.ready >= self.asked and not self._to_client_later:

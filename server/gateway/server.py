@@ -70,6 +70,9 @@ SHUTDOWN_LINGER = 1.0
 # Called for every connection that enters the relay phase, to register hooks
 # (guardrails, masking, recording) for the session it belongs to.
 RelaySetup = Callable[[Relay, LiveSession], None]
+# Called in a worker thread for every connection once its session is known,
+# before the relay starts: blocking preparation (masking rules, catalog).
+SessionPrepare = Callable[[LiveSession], None]
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,7 @@ class Gateway:
         self.connections: set[ClientConnection] = set()
         self.cancel_keys: dict[tuple[int, int], CancelTarget] = {}
         self.relay_setup: list[RelaySetup] = []
+        self.session_prepare: list[SessionPrepare] = []
         self.draining = False
         self._server: asyncio.base_events.Server | None = None
         self._cancel_limiter: CancelLimiter | None = None
@@ -385,6 +389,10 @@ class ClientConnection(asyncio.Protocol):
             self.gateway.caps.admit(live.record.identity)
             self.identity = live.record.identity
             service.attach(live, self)
+            for prepare in self.gateway.session_prepare:
+                await self.loop.run_in_executor(None, prepare, live)
+                if self.gone():
+                    return
         except GatewayError as exc:
             self.abort(exc.sqlstate, exc.message, exc.hint)
             return

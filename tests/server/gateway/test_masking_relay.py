@@ -1,0 +1,148 @@
+"""Masking hooks in the relay without sockets: extended-protocol bookkeeping,
+refusals of rows whose shape is unknown, and the recorded statements."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from server.gateway import pgwire
+from server.gateway.catalog import CatalogSnapshot
+from server.gateway.masking import ColumnRef, MaskingRules
+from server.gateway.masking_relay import MaskingHooks
+from server.gateway.pgwire import (
+    Bind,
+    DataRow,
+    Describe,
+    ErrorResponse,
+    Execute,
+    Field,
+    Parse,
+    Query,
+    RowDescription,
+    Sync,
+)
+from server.gateway.relay import Relay
+from server.policy.model import MaskMethod, MaskRule
+
+OID = 16400
+EMAIL = ColumnRef("public", "customers", "email", type_oid=25)
+CITY = ColumnRef("public", "customers", "city", type_oid=25)
+RULES = MaskingRules(
+    (MaskRule(column="public.customers.email", method=MaskMethod.PARTIAL, keep_domain=True),)
+)
+
+
+class _Catalog:
+    def __init__(self) -> None:
+        self.current = CatalogSnapshot(
+            {(OID, 1): EMAIL, (OID, 2): CITY}, {OID: (EMAIL, CITY)}, loaded_at=0.0
+        )
+
+    def invalidate(self) -> None:
+        pass
+
+
+def _relay(events: list[dict[str, Any]]) -> Relay:
+    relay = Relay()
+    hooks = MaskingHooks(
+        RULES,
+        _Catalog(),  # type: ignore[arg-type]
+        session_id="s-1",
+        record=lambda _sid, _kind, data: events.append(dict(data)),
+    )
+    hooks.install(relay)
+    return relay
+
+
+def _fields(*cols: tuple[str, int]) -> bytes:
+    return RowDescription(
+        [Field(name, OID if att else 0, att, 25, -1, -1, 0) for name, att in cols]
+    ).encode()
+
+
+def _row(*values: bytes | None) -> bytes:
+    return DataRow(list(values)).encode()
+
+
+def _types(wire: bytes) -> str:
+    return "".join(chr(m.type) for m in pgwire.split_frames(wire)[0])
+
+
+def test_simple_query_masks_and_records() -> None:
+    events: list[dict[str, Any]] = []
+    relay = _relay(events)
+    relay.from_client(Query("select email, city from customers where email = 'a@b.c'").encode())
+    out, _ = relay.from_server(
+        _fields(("email", 1), ("city", 2))
+        + _row(b"ann@example.com", b"Oslo")
+        + pgwire.encode_raw(ord("C"), b"SELECT 1\0")
+        + pgwire.ready_for_query("I")
+    )
+    assert b"ann@" not in out and b"***@example.com" in out and b"Oslo" in out
+    assert len(events) == 1
+    assert "a@b.c" not in events[0]["text"] and events[0]["rows"] == 1
+    assert events[0]["masked"][0]["field"] == "email"
+
+
+def test_expression_blocked_rows_dropped_ready_kept() -> None:
+    relay = _relay([])
+    relay.from_client(Query("select lower(email) from customers").encode())
+    out, _ = relay.from_server(
+        _fields(("lower", 0))
+        + _row(b"ann@example.com")
+        + pgwire.encode_raw(ord("C"), b"SELECT 1\0")
+        + pgwire.ready_for_query("I")
+    )
+    assert _types(out) == "EZ" and b"ann@" not in out
+    err = pgwire.decode_backend(pgwire.split_frames(out)[0][0])
+    assert isinstance(err, ErrorResponse) and err.sqlstate == "42501"
+
+
+def test_execute_without_describe_is_refused() -> None:
+    relay = _relay([])
+    relay.from_client(
+        Parse("", "select email from customers").encode()
+        + Bind("", "").encode()
+        + Execute("").encode()
+        + Sync().encode()
+    )
+    out, _ = relay.from_server(
+        pgwire.encode_raw(ord("1"), b"")
+        + pgwire.encode_raw(ord("2"), b"")
+        + _row(b"ann@example.com")
+        + pgwire.encode_raw(ord("C"), b"SELECT 1\0")
+        + pgwire.ready_for_query("I")
+    )
+    assert _types(out) == "12EZ" and b"ann@" not in out
+
+
+def test_described_statement_masks_later_executes_and_suspended_portals() -> None:
+    relay = _relay([])
+    relay.from_client(
+        Parse("st", "select email from customers").encode()
+        + Describe("S", "st").encode()
+        + Sync().encode()
+    )
+    relay.from_server(
+        pgwire.encode_raw(ord("1"), b"")
+        + pgwire.encode_raw(ord("t"), b"\0\0")
+        + _fields(("email", 1))
+        + pgwire.ready_for_query("I")
+    )
+    relay.from_client(
+        Bind("p", "st").encode()
+        + Execute("p", 1).encode()
+        + Execute("p", 1).encode()
+        + Sync().encode()
+    )
+    out, _ = relay.from_server(
+        pgwire.encode_raw(ord("2"), b"")
+        + _row(b"ann@example.com")
+        + pgwire.encode_raw(ord("s"), b"")
+        + _row(b"bob@example.org")
+        + pgwire.encode_raw(ord("C"), b"SELECT 1\0")
+        + pgwire.ready_for_query("I")
+    )
+    assert _types(out) == "2DsDCZ"
+    assert b"ann@" not in out and b"bob@" not in out
+    assert b"***@example.com" in out and b"***@example.org" in out

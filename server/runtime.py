@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import socket
 from collections.abc import Callable, Iterator
@@ -225,8 +224,6 @@ class Runtime:
 def run(opts: RuntimeOptions, on_ready: Callable[[Runtime], None] | None = None) -> None:
     runtime = Runtime(opts)
     try:
-        if os.environ.get("DBACCESS_NO_UVLOOP"):
-            raise ImportError
         import uvloop
     except ImportError:
         asyncio.run(runtime.serve(on_ready))

@@ -36,7 +36,7 @@ import ssl
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import cast
 
 from server.errors import DbaccessError
 from server.gateway import pgwire
@@ -672,7 +672,3 @@ def upstream_ssl_context(sslmode: str, rootcert: str | None) -> ssl.SSLContext:
         ctx.verify_mode = ssl.CERT_NONE
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     return ctx
-
-
-def describe(gw: Gateway) -> dict[str, Any]:
-    return {"host": gw.host, "port": gw.port, "connections": len(gw.connections)}

@@ -486,9 +486,11 @@ class SessionService:
 
         Sessions the store calls active but this process does not hold are
         ended as orphans only at ``startup``: then they can only be left over
-        from a broker that died.  On the timer they may belong to another
-        broker sharing the store, so only roles that no active session in the
-        store names are revoked.
+        from a broker that died.  Likewise for roles: at start-up every role in
+        the marker role that no active session holds is revoked (a role minted
+        just before a crash has no session at all); on the timer only roles of
+        sessions this store knows and has ended, since a role it does not know
+        may be another broker's (``VALID UNTIL`` bounds it in any case).
         """
         now = now or utcnow()
         expired: list[str] = []
@@ -515,11 +517,14 @@ class SessionService:
             except Exception as exc:  # one bad target must not stop the sweep
                 errors.append(f"{rec.id}: {exc}")
         in_store = {rec.db_user for rec in self.store.list_sessions(active=True, limit=100_000)}
+        known = None if startup else self.store.knows_db_user
         for target in self.policy.targets.values():
             try:
                 issuer = self.issuer(target)
                 for role in issuer.list_managed():
                     if self._owned(role) or role.name in in_store:
+                        continue
+                    if known is not None and not known(role.name):
                         continue
                     res = issuer.revoke(role.name)
                     revoked.append(role.name)

@@ -308,6 +308,14 @@ class Store:
         with self.tx() as conn:
             return [_session(r) for r in conn.execute(q)]
 
+    def knows_db_user(self, db_user: str) -> bool:
+        """Whether any session in this store (in any state) used ``db_user``."""
+        with self.tx() as conn:
+            row = conn.execute(
+                sa.select(t.sessions.c.id).where(t.sessions.c.db_user == db_user).limit(1)
+            ).first()
+        return row is not None
+
     def finish_session(self, session_id: str, *, status: str, reason: str) -> bool:
         """Move an active session to a final status; False when it was not active."""
         with self.tx() as conn:

@@ -56,3 +56,17 @@ def test_sigkill_mid_session_then_restart_revokes_the_role(
         assert not role_exists(admin_conn, role)
         sessions = fresh_broker.cli("sessions", "-o", "json")
         assert '"orphaned"' in sessions.stdout
+
+
+def test_a_second_broker_does_not_reap_the_first_brokers_live_session(
+    broker: Broker, fresh_broker: Broker, admin_conn: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    # Two brokers on one target, each with its own store (reaper interval 1 s):
+    # neither may revoke a role it does not know.
+    fresh_broker.start()
+    with held_session(broker) as s:
+        role = s.psql("select current_user").stdout.strip()
+        time.sleep(3.5)
+        res = s.psql("select 1")
+        assert res.returncode == 0, res.stderr
+        assert role_exists(admin_conn, role)

@@ -22,21 +22,25 @@ class HeldSession:
     ticket: str
     database: str
 
+    def env(self, password: str | None = None) -> dict[str, str]:
+        """libpq variables for a psql (or any libpq client) talking to the tunnel."""
+        return {
+            "PATH": "/usr/bin:/bin",
+            "PGHOST": "127.0.0.1",
+            "PGPORT": str(self.port),
+            "PGUSER": "dev",
+            "PGDATABASE": self.database,
+            "PGPASSWORD": self.ticket if password is None else password,
+            "PGSSLMODE": "disable",
+            "PGCONNECT_TIMEOUT": "10",
+        }
+
     def psql(
         self, sql: str, *, password: str | None = None, timeout: float = 30
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             ["psql", "-XAt", "-v", "ON_ERROR_STOP=1", "-c", sql],
-            env={
-                "PATH": "/usr/bin:/bin",
-                "PGHOST": "127.0.0.1",
-                "PGPORT": str(self.port),
-                "PGUSER": "dev",
-                "PGDATABASE": self.database,
-                "PGPASSWORD": self.ticket if password is None else password,
-                "PGSSLMODE": "disable",
-                "PGCONNECT_TIMEOUT": "10",
-            },
+            env=self.env(password),
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -4,40 +4,17 @@ many connections on one live session."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 
 import psycopg
 import pytest
 
-from server.gateway import pgwire
-from server.gateway.session import startup_packet
 from tests.fix_broker import Broker
+from tests.fix_pgwire import login_error
 from tests.fix_session import held_session
 
 pytestmark = pytest.mark.slow
-
-
-def raw_login_error(port: int, database: str, password: str) -> dict[str, str]:
-    """Log in over a raw socket and return the fields of the ErrorResponse."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(startup_packet({"user": "dev", "database": database}))
-        parser = pgwire.BackendParser()
-        sent_password = False
-        while True:
-            data = sock.recv(65536)
-            assert data, "the gateway closed without an ErrorResponse"
-            parser.feed(data)
-            for raw in parser.messages():
-                if raw.type == ord("R") and not sent_password:
-                    sock.sendall(
-                        b"p" + (len(password) + 5).to_bytes(4, "big") + password.encode() + b"\0"
-                    )
-                    sent_password = True
-                elif raw.type == ord("E"):
-                    msg = pgwire.decode_backend(raw)
-                    return dict(msg.fields)  # type: ignore[attr-defined]
 
 
 def test_a_live_ticket_works_for_many_connections(broker: Broker) -> None:
@@ -60,7 +37,7 @@ def test_wrong_ticket_is_refused_with_a_clear_error(broker: Broker) -> None:
         assert res.returncode != 0
         assert "invalid session ticket" in res.stderr
         assert "dbaccess connect" in res.stderr  # the hint
-        fields = raw_login_error(s.port, s.database, "dbt_not-a-real-ticket")
+        fields = login_error(s.port, s.database, "dbt_not-a-real-ticket")
         assert fields["C"] == "28P01"
         assert fields["S"] == "FATAL"
         assert "H" in fields
@@ -99,15 +76,7 @@ def test_admin_kill_disconnects_the_client_with_a_clear_error(broker: Broker) ->
     with held_session(broker) as s:
         psql = subprocess.Popen(
             ["psql", "-XAt", "-c", "select pg_sleep(30)"],
-            env={
-                "PATH": "/usr/bin:/bin",
-                "PGHOST": "127.0.0.1",
-                "PGPORT": str(s.port),
-                "PGUSER": "dev",
-                "PGDATABASE": s.database,
-                "PGPASSWORD": s.ticket,
-                "PGSSLMODE": "disable",
-            },
+            env=s.env(),
             stderr=subprocess.PIPE,
             text=True,
         )

@@ -19,8 +19,8 @@ import pytest
 from brokercli.tunnel import SSL_REQUEST
 from server.demo.provision import DemoTarget
 from server.gateway import pgwire
-from server.gateway.session import startup_packet
 from tests.fix_broker import Broker, new_broker
+from tests.fix_pgwire import login_error
 from tests.fix_session import held_session
 
 pytestmark = pytest.mark.slow
@@ -48,25 +48,6 @@ def limited(demo_target: DemoTarget) -> Iterator[Broker]:
 
 def connect(dsn: str) -> psycopg.Connection[Any]:
     return psycopg.connect(dsn, autocommit=True)
-
-
-def login_error(port: int, database: str, ticket: str) -> dict[str, str]:
-    """Log in over a raw socket through the tunnel; the fields of the ErrorResponse."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(startup_packet({"user": "dev", "database": database}))
-        parser = pgwire.BackendParser()
-        while True:
-            data = sock.recv(65536)
-            assert data, "closed without an ErrorResponse"
-            parser.feed(data)
-            for raw in parser.messages():
-                if raw.type == ord("R") and raw.body == b"\0\0\0\x03":
-                    password = ticket.encode() + b"\0"
-                    sock.sendall(b"p" + struct.pack("!I", len(password) + 4) + password)
-                elif raw.type == ord("E"):
-                    return dict(pgwire.decode_backend(raw).fields)  # type: ignore[attr-defined]
-                elif raw.type == ord("Z"):
-                    raise AssertionError("the login succeeded")
 
 
 def test_connection_caps_per_identity_and_in_all(limited: Broker) -> None:

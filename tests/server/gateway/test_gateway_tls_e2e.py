@@ -16,27 +16,14 @@ import pytest
 
 from brokercli.tunnel import SSL_REQUEST, Tunnel, TunnelTarget
 from server.demo.provision import provision_demo
-from server.gateway import pgwire
 from server.gateway.session import startup_packet
 from server.pgcluster import LocalCluster
 from server.tlsutil import ensure_dev_ca
 from tests.fix_broker import Broker, new_broker
 from tests.fix_pg import make_tmp_dir
+from tests.fix_pgwire import read_error
 
 pytestmark = pytest.mark.slow
-
-
-def read_error(sock: socket.socket) -> dict[str, str]:
-    parser = pgwire.BackendParser()
-    while True:
-        data = sock.recv(65536)
-        if not data:
-            raise AssertionError("closed without an ErrorResponse")
-        parser.feed(data)
-        for raw in parser.messages():
-            if raw.type == ord("E"):
-                msg = pgwire.decode_backend(raw)
-                return dict(msg.fields)  # type: ignore[attr-defined]
 
 
 def test_gateway_refuses_a_startup_in_clear(broker: Broker) -> None:

@@ -28,15 +28,7 @@ def test_sigkill_mid_session_then_restart_revokes_the_role(
         role = res.stdout.strip()
         psql = subprocess.Popen(
             ["psql", "-XAt", "-c", "select pg_sleep(60)"],
-            env={
-                "PATH": "/usr/bin:/bin",
-                "PGHOST": "127.0.0.1",
-                "PGPORT": str(s.port),
-                "PGUSER": "dev",
-                "PGDATABASE": s.database,
-                "PGPASSWORD": s.ticket,
-                "PGSSLMODE": "disable",
-            },
+            env=s.env(),
             stderr=subprocess.PIPE,
             text=True,
         )

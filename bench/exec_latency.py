@@ -9,7 +9,6 @@ role cycle accounts for.  Run: .venv/bin/python bench/exec_latency.py [--runs 20
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import subprocess
@@ -18,6 +17,8 @@ import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+from benchlib import dev_broker
 
 from server.credentials.postgres import PostgresIssuer
 from server.demo.provision import provision_demo
@@ -38,81 +39,52 @@ def main() -> None:
     base = Path(tempfile.mkdtemp(prefix="dbaccess-bench-"))
     base.chmod(0o711)
     cluster = LocalCluster(base / "pg")
-    proc = None
     try:
         with cluster:
-            demo = provision_demo(cluster)
-            env = dict(os.environ)
-            env.update(
-                DBACCESS_CONFIG_DIR=str(base / "cli"),
-                PYTHON_KEYRING_BACKEND="keyring.backends.fail.Keyring",
-            )
-            env.pop("DBACCESS_TOKEN", None)
-            env.pop("DBACCESS_SERVER", None)
-            log = (base / "server.log").open("w")
-            proc = subprocess.Popen(
-                [
-                    str(BIN / "dbaccess-server"),
-                    "dev",
-                    "--data-dir",
-                    str(base / "data"),
-                    "--target-dsn",
-                    demo.admin_dsn,
-                ],
-                stdout=log,
-                stderr=log,
-                env=env,
-            )
-            deadline = time.monotonic() + 60
-            while "dev broker is running" not in (base / "server.log").read_text():
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise SystemExit((base / "server.log").read_text())
-                time.sleep(0.1)
+            demo_dsn = provision_demo(cluster).admin_dsn
+            with dev_broker(base, demo_dsn) as (_proc, env):
+                exec_times = []
+                for _ in range(args.runs):
+                    t0 = time.perf_counter()
+                    res = subprocess.run(
+                        [str(BIN / "dbaccess"), "exec", "demo", "-c", "select 1", "-o", "csv"],
+                        env=env,
+                        capture_output=True,
+                        text=True,
+                        check=False,
+                    )
+                    exec_times.append(time.perf_counter() - t0)
+                    if res.returncode != 0:
+                        raise SystemExit(res.stderr)
 
-            exec_times = []
-            for _ in range(args.runs):
-                t0 = time.perf_counter()
-                res = subprocess.run(
-                    [str(BIN / "dbaccess"), "exec", "demo", "-c", "select 1", "-o", "csv"],
-                    env=env,
-                    capture_output=True,
-                    text=True,
-                    check=False,
+                issuer = PostgresIssuer(demo_dsn)
+                cycle_times = []
+                for i in range(args.runs):
+                    t0 = time.perf_counter()
+                    cred = issuer.issue(
+                        identity="bench",
+                        session_id=f"s-bench{i:06d}",
+                        grants=["demo_read"],
+                        valid_until=datetime.now(UTC) + timedelta(minutes=5),
+                    )
+                    issuer.revoke(cred.username)
+                    cycle_times.append(time.perf_counter() - t0)
+
+                e50, e95 = pct(exec_times, 0.5), pct(exec_times, 0.95)
+                c50, c95 = pct(cycle_times, 0.5), pct(cycle_times, 0.95)
+                print(f"runs: {args.runs}")
+                print(
+                    f"dbaccess exec demo -c 'select 1': p50 {e50 * 1000:.0f} ms"
+                    f"  p95 {e95 * 1000:.0f} ms"
+                    f"  (target p50 < 1000 ms: {'met' if e50 < 1.0 else 'NOT met'})"
                 )
-                exec_times.append(time.perf_counter() - t0)
-                if res.returncode != 0:
-                    raise SystemExit(res.stderr)
-
-            issuer = PostgresIssuer(demo.admin_dsn)
-            cycle_times = []
-            for i in range(args.runs):
-                t0 = time.perf_counter()
-                cred = issuer.issue(
-                    identity="bench",
-                    session_id=f"s-bench{i:06d}",
-                    grants=["demo_read"],
-                    valid_until=datetime.now(UTC) + timedelta(minutes=5),
+                print(
+                    f"role create+revoke cycle:        p50 {c50 * 1000:.1f} ms"
+                    f"  p95 {c95 * 1000:.1f} ms"
                 )
-                issuer.revoke(cred.username)
-                cycle_times.append(time.perf_counter() - t0)
-
-            e50, e95 = pct(exec_times, 0.5), pct(exec_times, 0.95)
-            c50, c95 = pct(cycle_times, 0.5), pct(cycle_times, 0.95)
-            print(f"runs: {args.runs}")
-            print(
-                f"dbaccess exec demo -c 'select 1': p50 {e50 * 1000:.0f} ms"
-                f"  p95 {e95 * 1000:.0f} ms"
-                f"  (target p50 < 1000 ms: {'met' if e50 < 1.0 else 'NOT met'})"
-            )
-            print(
-                f"role create+revoke cycle:        p50 {c50 * 1000:.1f} ms  p95 {c95 * 1000:.1f} ms"
-            )
-            print(f"role cycle / exec (p50 ratio):   {c50 / e50:.3f}")
-            print(f"mean exec {statistics.mean(exec_times) * 1000:.0f} ms")
+                print(f"role cycle / exec (p50 ratio):   {c50 / e50:.3f}")
+                print(f"mean exec {statistics.mean(exec_times) * 1000:.0f} ms")
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(2)
-            proc.wait(30)
         shutil.rmtree(base, ignore_errors=True)
 
 

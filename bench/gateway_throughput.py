@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+from benchlib import dev_broker
 
 from server.demo.provision import provision_demo
 from server.pgcluster import LocalCluster, free_port
@@ -233,52 +234,6 @@ client_tls_key_file = {tls_key}
 
 
 @contextmanager
-def dev_broker(
-    base: Path, admin_dsn: str
-) -> Iterator[tuple[subprocess.Popen[bytes], dict[str, str]]]:
-    env = dict(os.environ)
-    env.pop("DBACCESS_TOKEN", None)
-    env.pop("DBACCESS_SERVER", None)
-    env.update(
-        DBACCESS_CONFIG_DIR=str(base / "cli"),
-        PYTHON_KEYRING_BACKEND="keyring.backends.fail.Keyring",
-    )
-    log_path = base / "server.log"
-    proc = subprocess.Popen(
-        [
-            str(BIN / "dbaccess-server"),
-            "dev",
-            "--data-dir",
-            str(base / "data"),
-            "--target-dsn",
-            admin_dsn,
-            "--session-max-connections",
-            "400",
-            "--gateway-max-connections-per-identity",
-            "400",
-        ],
-        stdout=log_path.open("wb"),
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while "dev broker is running" not in log_path.read_text(errors="replace"):
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError(log_path.read_text(errors="replace"))
-            time.sleep(0.1)
-        yield proc, env
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-@contextmanager
 def held_session(env: dict[str, str]) -> Iterator[tuple[int, str]]:
     proc = subprocess.Popen(
         [str(BIN / "dbaccess"), "connect", "demo", "--no-launch", "--ttl", "1h"],
@@ -394,7 +349,14 @@ def main() -> None:
             print("setting up the cluster (pgbench -i -s 10) ...", flush=True)
             admin_dsn = setup_cluster(cluster)
             with (
-                dev_broker(base, admin_dsn) as (broker, env),
+                dev_broker(
+                    base,
+                    admin_dsn,
+                    "--session-max-connections",
+                    "400",
+                    "--gateway-max-connections-per-identity",
+                    "400",
+                ) as (broker, env),
                 held_session(env) as (tunnel_port, ticket),
             ):
                 log = (base / "server.log").read_text()

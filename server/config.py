@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
-from server.durations import format_duration, parse_duration
+from server.durations import format_duration, parse_positive_duration
 from server.errors import InvalidInput
 from server.notify.webhooks import EVENTS, FORMATS, WebhookConfig, check_url
 from server.yamlsrc import Checker, Node, Problem, Seq, SourceError, join, parse_yaml
@@ -331,10 +331,7 @@ def _store_url(text: str, base: Path) -> str:
 
 
 def _positive_duration(text: str, base: Path) -> timedelta:
-    value = parse_duration(text)
-    if value <= timedelta(0):
-        raise ValueError(f"{text!r} is too short: it must be longer than zero")
-    return value
+    return parse_positive_duration(text)
 
 
 def _issuer(text: str, base: Path) -> str:

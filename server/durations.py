@@ -41,6 +41,17 @@ def parse_duration(text: str) -> timedelta:
     raise ValueError(_explain(text, stripped))
 
 
+def parse_positive_duration(text: str, what: str = "it") -> timedelta:
+    """``parse_duration`` for a lifetime or interval, which must be longer than zero.
+
+    ``what`` names the value in the message: ``'0s' is too short: <what> must be ...``.
+    """
+    value = parse_duration(text)
+    if value <= timedelta(0):
+        raise ValueError(f"{text!r} is too short: {what} must be longer than zero")
+    return value
+
+
 def _explain(text: str, stripped: str) -> str:
     if not stripped:
         return f"an empty value is not a duration ({_EXAMPLES})"

@@ -211,7 +211,7 @@ class Checker:
             return MapReader(self, node, path, known, line)
         if not (isinstance(node, Scalar) and node.null):
             self.add(node.line, path, f"expected a mapping, got {describe(node)}")
-        return MapReader(self, Map({}, line), path, known, line, broken=not _is_null(node))
+        return MapReader(self, Map({}, line), path, known, line, broken=not is_null(node))
 
     def items(self, node: Node, path: str) -> tuple[Node, ...]:
         """Read ``node`` as a list; a null reads as an empty list."""
@@ -243,7 +243,8 @@ class Checker:
             return None
 
 
-def _is_null(node: Node) -> bool:
+def is_null(node: Node) -> bool:
+    """True for a plain `~`, `null` or empty value."""
     return isinstance(node, Scalar) and node.null
 
 

@@ -253,7 +253,8 @@ def mask_value(rule: MaskRule, key: bytes, value: str) -> str | None:
             at = value.rfind("@")
             return REDACTED + value[at:] if at > 0 else REDACTED
         keep = rule.keep_last or 0
-        return REDACTED + value[-keep:] if len(value) > keep else REDACTED
+        # value[-0:] would be the whole value: slice from the front so keep=0 shows nothing.
+        return REDACTED + value[len(value) - keep :] if len(value) > keep else REDACTED
     if method is MaskMethod.CLEAR:
         return value
     return REDACTED

@@ -28,7 +28,7 @@ from typing import TypeVar
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from server.durations import format_duration, parse_duration
+from server.durations import format_duration, parse_positive_duration
 from server.identity import issuer_url
 from server.policy.model import (
     GUARDRAIL_CLASSES,
@@ -63,6 +63,7 @@ from server.yamlsrc import (
     Scalar,
     Seq,
     SourceError,
+    is_null,
     join,
     parse_yaml,
 )
@@ -781,13 +782,9 @@ def _read_grants(check: Checker, entry: Entry | None, path: str) -> tuple[str, .
             check.add(item.line, item_path, f"role {role!r} is listed twice")
             continue
         roles.append(role)
-    if not items and (isinstance(entry.value, Seq) or _is_null(entry.value)):
+    if not items and (isinstance(entry.value, Seq) or is_null(entry.value)):
         check.add(entry.value.line, path, "list at least one database role to grant")
     return tuple(roles)
-
-
-def _is_null(node: Node) -> bool:
-    return isinstance(node, Scalar) and node.null
 
 
 def _read_labels(check: Checker, entry: Entry, path: str) -> list[str]:
@@ -882,10 +879,7 @@ def _dsn(text: str) -> str:
 
 
 def _ttl(text: str) -> timedelta:
-    value = parse_duration(text)
-    if value <= timedelta(0):
-        raise ValueError(f"{text!r} is too short: a TTL must be longer than zero")
-    return value
+    return parse_positive_duration(text, "a TTL")
 
 
 def _enum(kind: type[E], key: str) -> Callable[[str], E]:

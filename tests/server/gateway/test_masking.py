@@ -505,3 +505,11 @@ def test_columns_masked_from_their_text_are_asked_for_as_text(
     plan = plan_for_columns([("a", INT4), ("b", INT4), ("c", NUMERIC)], refs, RULES, unused_lineage)
     # customer_id is hashed (needs text); amount is redacted (needs nothing).
     assert plan.upstream_formats(requested) == upstream
+
+
+@pytest.mark.parametrize("value", ["secret", "s", "", "4000009824516531"])
+def test_partial_without_anything_to_keep_shows_nothing_of_the_value(value: str) -> None:
+    # value[-0:] is the whole string: a partial rule keeping nothing must not leak it.
+    rule = MaskRule(column="public.t.c", method=MaskMethod.PARTIAL)
+    shown = mask_value(rule, b"k" * 16, value)
+    assert shown == "***"

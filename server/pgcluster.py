@@ -46,6 +46,7 @@ from types import TracebackType
 from urllib.parse import quote
 
 from server.errors import Unavailable
+from server.tlsutil import write_private
 
 PG_OS_USER = "postgres"
 _LOG_TAIL_LINES = 30
@@ -181,10 +182,7 @@ class LocalCluster:
             os.chown(path, *ids)
 
     def _write_private(self, path: Path, text: str) -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        path.chmod(0o600)
+        write_private(path, text)
         self._give(path)
 
     def _prepare_dir(self) -> None:

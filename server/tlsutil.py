@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+import secrets
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,10 +35,17 @@ def fingerprint(cert_path: Path) -> str:
     return cert.fingerprint(hashes.SHA256()).hex(":").upper()
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
+def write_private(path: Path, data: str | bytes) -> None:
+    """Write ``data`` to ``path`` readable by the owner only (0600), replacing it atomically."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def ensure_dev_ca(directory: Path) -> TlsFiles:
@@ -109,7 +117,7 @@ def ensure_dev_ca(directory: Path) -> TlsFiles:
         .sign(ca_key, hashes.SHA256())
     )
     # The CA key is not kept: the dev CA signs this one certificate and nothing else.
-    _write_private(
+    write_private(
         key_path,
         key.private_bytes(
             serialization.Encoding.PEM,

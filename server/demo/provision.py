@@ -19,7 +19,6 @@ tests, idempotently (safe to run on every start):
 
 from __future__ import annotations
 
-import os
 import secrets
 from dataclasses import dataclass, field
 from importlib import resources
@@ -30,6 +29,7 @@ from psycopg import sql
 
 from server.credentials.scram import scram_sha256_verifier
 from server.pgcluster import LocalCluster
+from server.tlsutil import write_private
 
 MARKER_ROLE = "dbaccess_managed"
 ADMIN_ROLE = "dbaccess_admin"
@@ -48,22 +48,9 @@ class DemoTarget:
     port: int
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` readable by the owner only, replacing it atomically."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_admin_dsn_file(path: Path, dsn: str) -> None:
     """Store the admin DSN for the broker's configuration, 0600 (it holds a password)."""
-    _write_private(Path(path), dsn + "\n")
+    write_private(Path(path), dsn + "\n")
 
 
 def _admin_password(cluster: LocalCluster) -> str:
@@ -75,7 +62,7 @@ def _admin_password(cluster: LocalCluster) -> str:
     if saved:
         return saved
     password = secrets.token_urlsafe(24)
-    _write_private(path, password + "\n")
+    write_private(path, password + "\n")
     return password
 
 

@@ -245,6 +245,7 @@ class SessionService:
                 scope=decision.scope,
             )
             ticket = "dbt_" + secrets.token_urlsafe(32)
+            ticket_hash = hash_secret(ticket)
             record = SessionRecord(
                 id=session_id,
                 identity=identity.name,
@@ -261,7 +262,7 @@ class SessionService:
                 revocation=None,
             )
             try:
-                self.store.insert_session(record, hash_secret(ticket))
+                self.store.insert_session(record, ticket_hash)
             except Exception:
                 # Nothing half-created survives: the role goes if the session cannot be stored.
                 issuer.revoke(credential.username)
@@ -296,7 +297,7 @@ class SessionService:
                 ) from None
             with self._lock:
                 self._live[session_id] = LiveSession(record, credential, upstream)
-                self._by_ticket[hash_secret(ticket)] = session_id
+                self._by_ticket[ticket_hash] = session_id
         except Exception:
             # A session that never started must not use up its approval.
             if grant is not None:
@@ -349,16 +350,7 @@ class SessionService:
         return live
 
     def _why_ticket_rejected(self, digest: str) -> tuple[str, str]:
-        import sqlalchemy as sa
-
-        from server.store import tables as t
-
-        with self.store.tx() as conn:
-            row = conn.execute(
-                sa.select(t.sessions.c.id, t.sessions.c.status, t.sessions.c.end_reason).where(
-                    t.sessions.c.ticket_hash == digest
-                )
-            ).first()
+        row = self.store.session_by_ticket(digest)
         if row is None:
             return (
                 "invalid session ticket",
@@ -366,7 +358,7 @@ class SessionService:
                 "use dbaccess connect or dbaccess run",
             )
         return (
-            f"session {row[0]} has ended ({row[1]}: {row[2]})",
+            f"session {row.id} has ended ({row.status}: {row.end_reason})",
             "tickets die with their session: start a new one with dbaccess connect",
         )
 

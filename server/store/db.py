@@ -295,6 +295,14 @@ class Store:
             row = conn.execute(t.sessions.select().where(t.sessions.c.id == session_id)).first()
         return _session(row) if row else None
 
+    def session_by_ticket(self, ticket_hash: str) -> SessionRecord | None:
+        """The session (in any state) whose ticket hashes to ``ticket_hash``."""
+        with self.tx() as conn:
+            row = conn.execute(
+                t.sessions.select().where(t.sessions.c.ticket_hash == ticket_hash)
+            ).first()
+        return _session(row) if row else None
+
     def list_sessions(
         self, *, identity: str | None = None, active: bool | None = None, limit: int = 100
     ) -> list[SessionRecord]:

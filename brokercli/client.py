@@ -239,8 +239,7 @@ class BrokerClient:
         return dict(self.request("GET", f"/v1/sessions/{session_id}"))
 
     def audit(self, **params: Any) -> list[dict[str, Any]]:
-        clean = {k: v for k, v in params.items() if v is not None}
-        return list(self.request("GET", "/v1/audit", params=clean))
+        return list(self.request("GET", "/v1/audit", params=params))
 
     def audit_verify(self) -> dict[str, Any]:
         return dict(self.request("GET", "/v1/audit/verify"))
@@ -269,7 +268,7 @@ class BrokerClient:
 
     def requests(self, *, pending: bool, mine: bool, to_review: bool) -> list[dict[str, Any]]:
         flags = {"pending": pending, "mine": mine, "to_review": to_review}
-        params = {name: "true" for name, on in flags.items() if on}
+        params = {name: True for name, on in flags.items() if on}
         return list(self.request("GET", "/v1/requests", params=params))
 
     def request_review(

@@ -21,6 +21,7 @@ import typer
 
 from brokercli import render
 from brokercli.commands.common import (
+    DEFAULT_WAIT,
     ApprovalWait,
     BreakGlassOpt,
     NoWaitOpt,
@@ -92,7 +93,7 @@ def connect(
     ] = False,
     server: ServerOpt = None,
     no_wait: NoWaitOpt = False,
-    wait_timeout: WaitTimeoutOpt = "15m",
+    wait_timeout: WaitTimeoutOpt = DEFAULT_WAIT,
     break_glass: BreakGlassOpt = False,
 ) -> None:
     """Open psql on TARGET through a fresh, expiring database role.
@@ -138,7 +139,7 @@ def run(
     port: PortOpt = 0,
     server: ServerOpt = None,
     no_wait: NoWaitOpt = False,
-    wait_timeout: WaitTimeoutOpt = "15m",
+    wait_timeout: WaitTimeoutOpt = DEFAULT_WAIT,
     break_glass: BreakGlassOpt = False,
 ) -> None:
     """Run COMMAND with PGHOST/PGPORT/PGUSER/PGPASSWORD/PGDATABASE set to a session.
@@ -180,7 +181,7 @@ def exec_(
     reason: ReasonOpt = None,
     server: ServerOpt = None,
     no_wait: NoWaitOpt = False,
-    wait_timeout: WaitTimeoutOpt = "15m",
+    wait_timeout: WaitTimeoutOpt = DEFAULT_WAIT,
     break_glass: BreakGlassOpt = False,
     request_review: Annotated[
         bool,

@@ -53,6 +53,7 @@ PortOpt = Annotated[
     int,
     typer.Option("--port", "-p", help="Local tunnel port (default: a free one).", min=0, max=65535),
 ]
+DEFAULT_WAIT = "15m"
 OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="Output format.")]
 NoWaitOpt = Annotated[
     bool,
@@ -81,7 +82,7 @@ class ApprovalWait:
     """What to do when the scope needs approval: wait (up to ``timeout``) or not, or break glass."""
 
     wait: bool = True
-    timeout: str = "15m"
+    timeout: str = DEFAULT_WAIT
     break_glass: bool = False
 
 
@@ -164,7 +165,6 @@ def session_tunnel(
 ) -> Iterator[Connection]:
     # Imported here so that --help and completion never load asyncio, ssl or httpx.
     from brokercli.client import BrokerClient
-    from brokercli.config import settings
     from brokercli.tunnel import Tunnel, TunnelTarget
 
     client = BrokerClient.from_env(server)
@@ -173,11 +173,9 @@ def session_tunnel(
             client, target, scope, ttl, reason, client_info(command), approval or ApprovalWait()
         )
         try:
-            cfg = settings(server)
+            gateway = session.gateway
             tunnel = Tunnel(
-                TunnelTarget(
-                    session.gateway.host, session.gateway.port, session.gateway.tls, cfg.ca_file
-                ),
+                TunnelTarget(gateway.host, gateway.port, gateway.tls, client.cfg.ca_file),
                 port=port,
             )
             try:

@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 
 RequestArg = Annotated[str, typer.Argument(help="Request id, as shown by dbaccess requests.")]
 POLL_SECONDS = 1.0
-DEFAULT_WAIT = "15m"
 
 _ENDED = {
     "denied": ExitCode.APPROVAL_DENIED,

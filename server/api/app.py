@@ -7,7 +7,7 @@ blocking database drivers, and FastAPI runs sync endpoints in its thread pool,
 off the event loop the gateway shares.
 """
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -16,14 +16,12 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from server.api import auth_routes, recordings_routes, requests_routes
+from server.api.common import is_admin, may_audit, parse_ttl
 from server.audit import chain
-from server.durations import format_duration, parse_duration
-from server.errors import DbaccessError, Forbidden, InvalidInput, NotFound
+from server.durations import format_duration
+from server.errors import DbaccessError, Forbidden, NotFound
 from server.policy.evaluate import Identity, visible_targets
 from server.sessions.service import SessionService
-
-ADMIN_GROUP = "admin"
-AUDITOR_GROUP = "auditor"
 
 
 @dataclass(frozen=True)
@@ -62,9 +60,6 @@ def create_app(
 
     Caller = Annotated[Identity, Depends(identity)]
 
-    def is_admin(who: Identity) -> bool:
-        return ADMIN_GROUP in who.groups
-
     auth_routes.register(app, service, auth)
     requests_routes.register(app, service, identity)
     recordings_routes.register(app, service, identity)
@@ -98,17 +93,11 @@ def create_app(
 
     @app.post("/v1/sessions", status_code=201)
     def start_session(body: SessionRequest, who: Caller) -> dict[str, Any]:
-        ttl = None
-        if body.ttl:
-            try:
-                ttl = parse_duration(body.ttl)
-            except ValueError as exc:
-                raise InvalidInput(str(exc)) from None
         record, ticket = service.start(
             who,
             body.target,
             body.scope,
-            ttl,
+            parse_ttl(body.ttl),
             body.reason,
             body.client,
             break_glass=body.break_glass,
@@ -120,12 +109,7 @@ def create_app(
             "session": record.to_json(),
             "ticket": ticket,
             "database": live.upstream.database,
-            "gateway": {
-                "host": gateway.host,
-                "port": gateway.port,
-                "tls": gateway.tls,
-                "ca_fingerprint": gateway.ca_fingerprint,
-            },
+            "gateway": asdict(gateway),
         }
 
     def visible_session(session_id: str, who: Identity) -> Any:
@@ -167,7 +151,7 @@ def create_app(
         since: datetime | None = None,
         limit: int = 200,
     ) -> list[dict[str, Any]]:
-        if not (is_admin(who) or AUDITOR_GROUP in who.groups):
+        if not may_audit(who):
             raise Forbidden("reading the audit log needs the admin or auditor group")
         return [
             e.to_json()
@@ -178,7 +162,7 @@ def create_app(
 
     @app.get("/v1/audit/verify")
     def audit_verify(who: Caller) -> dict[str, Any]:
-        if not (is_admin(who) or AUDITOR_GROUP in who.groups):
+        if not may_audit(who):
             raise Forbidden("verifying the audit log needs the admin or auditor group")
         return recordings_routes.verify_audit(service.store)
 

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query
 
+from server.api.common import may_audit
 from server.audit import chain, recording
 from server.errors import NotFound
 from server.policy.evaluate import Identity
@@ -24,9 +25,6 @@ MAX_EVENTS = 100_000
 
 def register(app: FastAPI, service: SessionService, caller: Callable[..., Identity]) -> None:
     """Add the recording route to ``app``; ``caller`` is the app's authentication dependency."""
-    # Imported here: the app module imports this one at its top.
-    from server.api.app import ADMIN_GROUP, AUDITOR_GROUP
-
     Caller = Annotated[Identity, Depends(caller)]
     store = service.store
 
@@ -38,9 +36,7 @@ def register(app: FastAPI, service: SessionService, caller: Callable[..., Identi
         limit: Annotated[int, Query(ge=1, le=MAX_EVENTS)] = MAX_EVENTS,
     ) -> dict[str, Any]:
         record = store.get_session(session_id)
-        allowed = record is not None and (
-            record.identity == who.name or not {ADMIN_GROUP, AUDITOR_GROUP}.isdisjoint(who.groups)
-        )
+        allowed = record is not None and (record.identity == who.name or may_audit(who))
         if record is None or not allowed:
             raise NotFound(f"unknown session {session_id!r}", hint="list yours: dbaccess sessions")
         info = recording.recording_info(store, session_id)

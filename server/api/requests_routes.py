@@ -18,9 +18,9 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI
 from pydantic import BaseModel, Field
 
+from server.api.common import is_admin, parse_ttl
 from server.approvals.service import request_json
-from server.durations import parse_duration
-from server.errors import Forbidden, InvalidInput
+from server.errors import Forbidden
 from server.policy.evaluate import Identity
 from server.sessions.service import SessionService
 
@@ -51,23 +51,12 @@ def _flag(value: str | None) -> bool:
 
 def register(app: FastAPI, service: SessionService, caller: Callable[..., Identity]) -> None:
     """Add the request routes to ``app``; ``caller`` is the app's authentication dependency."""
-    # Imported here: the app module imports this one at its top.
-    from server.api.app import ADMIN_GROUP
-
     Caller = Annotated[Identity, Depends(caller)]
     approvals = service.approvals
 
-    def admin(who: Identity) -> bool:
-        return ADMIN_GROUP in who.groups
-
     @app.post("/v1/requests", status_code=201)
     def create_request(body: NewRequest, who: Caller) -> dict[str, Any]:
-        ttl = None
-        if body.ttl:
-            try:
-                ttl = parse_duration(body.ttl)
-            except ValueError as exc:
-                raise InvalidInput(str(exc)) from None
+        ttl = parse_ttl(body.ttl)
         start_at = body.start_at
         if start_at is not None and start_at.tzinfo is None:
             start_at = start_at.replace(tzinfo=UTC)
@@ -116,7 +105,7 @@ def register(app: FastAPI, service: SessionService, caller: Callable[..., Identi
     ) -> list[dict[str, Any]]:
         found = approvals.find(
             who,
-            admin=admin(who),
+            admin=is_admin(who),
             pending=_flag(pending),
             mine=_flag(mine),
             to_review=_flag(to_review),
@@ -126,22 +115,22 @@ def register(app: FastAPI, service: SessionService, caller: Callable[..., Identi
 
     @app.get("/v1/requests/{request_id}")
     def show_request(request_id: str, who: Caller) -> dict[str, Any]:
-        return request_json(approvals.get(request_id, who, admin=admin(who)))
+        return request_json(approvals.get(request_id, who, admin=is_admin(who)))
 
     @app.post("/v1/requests/{request_id}/approve")
     def approve(request_id: str, who: Caller, body: Note | None = None) -> dict[str, Any]:
         comment = body.comment if body else None
-        return request_json(approvals.approve(request_id, who, comment, admin=admin(who)))
+        return request_json(approvals.approve(request_id, who, comment, admin=is_admin(who)))
 
     @app.post("/v1/requests/{request_id}/deny")
     def deny(request_id: str, body: Note, who: Caller) -> dict[str, Any]:
-        return request_json(approvals.deny(request_id, who, body.reason, admin=admin(who)))
+        return request_json(approvals.deny(request_id, who, body.reason, admin=is_admin(who)))
 
     @app.post("/v1/requests/{request_id}/cancel")
     def cancel(request_id: str, who: Caller, body: Note | None = None) -> dict[str, Any]:
         note = body.reason if body else None
-        return request_json(approvals.cancel(request_id, who, note, admin=admin(who)))
+        return request_json(approvals.cancel(request_id, who, note, admin=is_admin(who)))
 
     @app.post("/v1/requests/{request_id}/revoke")
     def revoke(request_id: str, body: Note, who: Caller) -> dict[str, Any]:
-        return request_json(approvals.revoke(request_id, who, body.reason, admin=admin(who)))
+        return request_json(approvals.revoke(request_id, who, body.reason, admin=is_admin(who)))

@@ -1,0 +1,33 @@
+"""Small pieces every route module shares: the privileged groups and TTL parsing.
+
+Kept apart from :mod:`server.api.app` so that the route modules it registers can
+import them at their top without an import cycle.
+"""
+
+from datetime import timedelta
+
+from server.durations import parse_duration
+from server.errors import InvalidInput
+from server.policy.evaluate import Identity
+
+ADMIN_GROUP = "admin"
+AUDITOR_GROUP = "auditor"
+
+
+def is_admin(who: Identity) -> bool:
+    return ADMIN_GROUP in who.groups
+
+
+def may_audit(who: Identity) -> bool:
+    """Admins and auditors read the audit log and anyone's recordings."""
+    return not {ADMIN_GROUP, AUDITOR_GROUP}.isdisjoint(who.groups)
+
+
+def parse_ttl(text: str | None) -> timedelta | None:
+    """A TTL from a request body (None when not given), or InvalidInput saying why not."""
+    if not text:
+        return None
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None

@@ -516,14 +516,9 @@ class MaskingSetup:
     def setup(self, relay: Relay, live: LiveSession) -> None:
         found = self.sessions.pop(live.id, None)
         if found is None:
-            # Not prepared (no worker step ran): the rules, and a catalog only
-            # if some other session loaded it; unknown origins fail closed.
-            target = self.service.policy.targets.get(live.record.target)
-            policy = target.masking if target is not None else None
-            if target is not None and policy is not None:
-                found = self._rules(live)
-            else:
-                found = (MaskingRules(), None)
+            # Not prepared (no worker step ran): the rules, and the target's
+            # catalog as it is (not loaded here); unknown origins fail closed.
+            found = self._rules(live)
         rules, catalog = found
         recorder = self.service.recorder
         MaskingHooks(

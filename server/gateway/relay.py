@@ -43,10 +43,11 @@ from __future__ import annotations
 import struct
 from collections import deque
 from collections.abc import Callable
-from typing import Final
+from typing import Final, NoReturn
 
 from server.gateway import pgwire
 from server.gateway.pgwire import ProtocolViolation, RawMessage
+from server.gateway.pgwire.framing import AUTH_MESSAGE_LIMIT, SMALL_MESSAGE_LIMIT
 from server.gateway.session import KNOWN_FRONTEND, GatewayError
 
 Hook = Callable[[RawMessage, "Relay"], bytes | None]
@@ -61,8 +62,6 @@ MAX_CLIENT_MESSAGE: Final = 64 * 1024 * 1024
 MAX_SERVER_MESSAGE: Final = pgwire.DEFAULT_MAX_MESSAGE_SIZE
 # PostgreSQL reads these frontend types with PQ_SMALL_MESSAGE_LIMIT.
 _SMALL_CLIENT_TYPES: Final = b"CDEHSXcf"
-_SMALL_LIMIT: Final = 10_000
-_AUTH_LIMIT: Final = 65_535
 
 # What each frontend type means for the in-flight state.
 _UNKNOWN, _SYNCING, _EXTENDED, _OTHER, _TERMINATE = range(5)
@@ -80,8 +79,8 @@ def _client_tables() -> tuple[bytes, list[int]]:
         kinds[t] = _EXTENDED
     kinds[ord("X")] = _TERMINATE
     for t in _SMALL_CLIENT_TYPES:
-        limits[t] = _SMALL_LIMIT
-    limits[ord("p")] = _AUTH_LIMIT
+        limits[t] = SMALL_MESSAGE_LIMIT
+    limits[ord("p")] = AUTH_MESSAGE_LIMIT
     return bytes(kinds), limits
 
 
@@ -186,13 +185,7 @@ class Relay:
             t, length = unpack(data, pos)
             kind = kinds[t]
             if not kind:
-                self._failed = f"message type {pgwire.describe_type(t)} is not relayed"
-                raise GatewayError(
-                    "08P01",
-                    f"message type {pgwire.describe_type(t)} is not part of the "
-                    "protocol the gateway relays",
-                    "this client or driver sent something the gateway does not understand",
-                )
+                self._unknown(t)
             if length < 4 or length > limits[t]:
                 self._fail(t, length, limits[t])
             stop = pos + 1 + length
@@ -209,14 +202,8 @@ class Relay:
                 hit = True
             pos = stop
         if pos != end:
-            if end - pos >= 1 and not kinds[data[pos]]:
-                self._failed = "unknown message type"
-                raise GatewayError(
-                    "08P01",
-                    f"message type {pgwire.describe_type(data[pos])} is not part of the "
-                    "protocol the gateway relays",
-                    "this client or driver sent something the gateway does not understand",
-                )
+            if not kinds[data[pos]]:
+                self._unknown(data[pos])
             self._client_partial = _Partial(data[pos:] if pos else data)
             if not pos:
                 return _NOTHING
@@ -298,6 +285,15 @@ class Relay:
             )
         self._failed = why
         raise ProtocolViolation(why)
+
+    def _unknown(self, t: int) -> NoReturn:
+        self._failed = f"message type {pgwire.describe_type(t)} is not relayed"
+        raise GatewayError(
+            "08P01",
+            f"message type {pgwire.describe_type(t)} is not part of the "
+            "protocol the gateway relays",
+            "this client or driver sent something the gateway does not understand",
+        )
 
     def _client_slow(self, wire: bytes) -> bytes:
         msgs, _end = pgwire.split_frames(wire, max_message_size=MAX_CLIENT_MESSAGE)

@@ -7,6 +7,7 @@ then each key the policy gives replaces the preset's value for that field.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from server.gateway.guardrails import GuardrailRules, Outcome
@@ -32,12 +33,4 @@ def rules_for(scope: str, settings: GuardrailSettings) -> GuardrailRules:
             changes[key] = value
     if settings.unknown is not None:
         changes["unknown"] = Outcome(settings.unknown)
-    if not changes:
-        return rules
-    fields = {
-        name: getattr(rules, name)
-        for name in rules.__dataclass_fields__
-        if rules.__dataclass_fields__[name].init
-    }
-    fields.update(changes)
-    return GuardrailRules(**fields)
+    return replace(rules, **changes) if changes else rules

@@ -33,7 +33,6 @@ import logging
 import secrets
 import socket
 import ssl
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
@@ -44,6 +43,7 @@ from server.gateway.limits import CANCEL_RATE_PER_ADDRESS, CancelLimiter, Connec
 from server.gateway.pgwire import ProtocolViolation
 from server.gateway.relay import Relay
 from server.gateway.session import (
+    FORWARDED_STARTUP,
     CancelResult,
     ClientStartup,
     GatewayError,
@@ -66,6 +66,10 @@ LOW_WATER = 64 * 1024
 SHUTDOWN_MESSAGE = "terminating connection: the broker is shutting down"
 SHUTDOWN_HINT = "start a new session with dbaccess connect when the broker is back"
 SHUTDOWN_LINGER = 1.0
+_TERMINATE = pgwire.Terminate().encode()
+# The client's startup parameters that go upstream as given (application_name
+# has a default of its own).
+_PASSED_ON = sorted(FORWARDED_STARTUP - {"application_name"})
 
 # Called for every connection that enters the relay phase, to register hooks
 # (guardrails, masking, recording) for the session it belongs to.
@@ -168,7 +172,7 @@ class Gateway:
             )
         except (OSError, TimeoutError):
             return
-        w.write(struct.pack("!IIII", 16, 80877102, target.pid, target.secret))
+        w.write(pgwire.CancelRequest(target.pid, target.secret).encode())
         with contextlib.suppress(Exception):
             await w.drain()
         w.close()
@@ -338,7 +342,7 @@ class ClientConnection(asyncio.Protocol):
         assert proto.transport is not None
         self.upstream_parser.expect_ssl_response()
         self._ssl_answer = self.loop.create_future()
-        proto.transport.write(struct.pack("!II", 8, pgwire.SSL_REQUEST_CODE))
+        proto.transport.write(pgwire.SSLRequest().encode())
         try:
             answer = await asyncio.wait_for(self._ssl_answer, UPSTREAM_CONNECT_TIMEOUT)
         except TimeoutError:
@@ -389,6 +393,8 @@ class ClientConnection(asyncio.Protocol):
             self.gateway.caps.admit(live.record.identity)
             self.identity = live.record.identity
             service.attach(live, self)
+            # Known from here, so that _cleanup detaches it however this ends.
+            self.live = live
             for prepare in self.gateway.session_prepare:
                 await self.loop.run_in_executor(None, prepare, live)
                 if self.gone():
@@ -403,7 +409,6 @@ class ClientConnection(asyncio.Protocol):
             log.exception("resolving a session ticket failed")
             self.abort("XX000", "internal error in the gateway", "see the broker's log")
             return
-        self.live = live
         delay = (live.record.expires_at - utcnow()).total_seconds()
         self._timers.append(
             self.loop.call_later(
@@ -458,19 +463,7 @@ class ClientConnection(asyncio.Protocol):
             "standard_conforming_strings": "on",
             "application_name": result.params.get("application_name", "dbaccess"),
         }
-        for key in (
-            "datestyle",
-            "timezone",
-            "extra_float_digits",
-            "intervalstyle",
-            "search_path",
-            "statement_timeout",
-            "lock_timeout",
-            "idle_in_transaction_session_timeout",
-            "default_transaction_read_only",
-            "default_transaction_isolation",
-            "bytea_output",
-        ):
+        for key in _PASSED_ON:
             if key in result.params:
                 params[key] = result.params[key]
         assert proto.transport is not None
@@ -633,7 +626,7 @@ class ClientConnection(asyncio.Protocol):
             if self.relaying:
                 # A polite Terminate so the backend ends at once.
                 with contextlib.suppress(Exception):
-                    self.upstream.transport.write(b"X\x00\x00\x00\x04")
+                    self.upstream.transport.write(_TERMINATE)
             self.upstream.transport.close()
         self._cleanup()
 

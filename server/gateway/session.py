@@ -14,8 +14,9 @@ to send; ``server.py`` (the only module that touches sockets) drives them.
   sees one clean startup sequence with the gateway's own BackendKeyData.  A
   cleartext password (how RDS takes IAM tokens) is sent only when the
   connection is TLS that verified the server (``tls_verified``).
-* ``check_frontend`` — in the relay phase, every client message type must be
-  one the gateway knows; anything else is refused, never forwarded.
+
+In the relay phase ``relay.py`` refuses every client message type that is not
+in ``KNOWN_FRONTEND``.
 """
 
 from __future__ import annotations
@@ -51,10 +52,10 @@ ALLOWED_STARTUP = frozenset(
 # Parameters forwarded upstream as the client gave them (case-folded names).
 FORWARDED_STARTUP = ALLOWED_STARTUP - {"user", "database", "client_encoding"}
 
-SSL_REQUEST = 80877103
-GSSENC_REQUEST = 80877104
-CANCEL_REQUEST = 80877102
-PROTOCOL_3_0 = 196608
+SSL_REQUEST = pgwire.SSL_REQUEST_CODE
+GSSENC_REQUEST = pgwire.GSSENC_REQUEST_CODE
+CANCEL_REQUEST = pgwire.CANCEL_REQUEST_CODE
+PROTOCOL_3_0 = pgwire.PROTOCOL_3_0
 
 # Frontend message types of protocol 3.0 after startup.
 KNOWN_FRONTEND = frozenset(b"BCdcfDEHFPpQSX")
@@ -68,11 +69,6 @@ class GatewayError(Exception):
         self.sqlstate = sqlstate
         self.message = message
         self.hint = hint
-
-    def to_wire(self) -> bytes:
-        return pgwire.error_response(
-            "FATAL", self.sqlstate, f"dbaccess: {self.message}", hint=self.hint
-        )
 
 
 def _cstrings(body: bytes) -> list[str]:
@@ -198,15 +194,11 @@ class ClientStartup:
 
 
 def startup_packet(params: dict[str, str]) -> bytes:
-    body = struct.pack("!I", PROTOCOL_3_0)
-    for k, v in params.items():
-        body += k.encode() + b"\0" + v.encode() + b"\0"
-    body += b"\0"
-    return struct.pack("!I", len(body) + 4) + body
+    return pgwire.StartupMessage(params).encode()
 
 
-def _frontend(tag: bytes, body: bytes) -> bytes:
-    return tag + struct.pack("!I", len(body) + 4) + body
+def _password_message(body: bytes) -> bytes:
+    return pgwire.encode_raw(ord("p"), body)
 
 
 class UpstreamPhase(Enum):
@@ -245,7 +237,9 @@ class UpstreamLogin:
     def _handle(self, raw: RawMessage) -> bytes:
         t = raw.type
         if t == ord("E"):
-            fields = _error_fields(raw.body)
+            error = pgwire.decode_backend(raw)
+            assert isinstance(error, pgwire.ErrorResponse)
+            fields = error.fields
             raise GatewayError(
                 "08006" if self.phase is UpstreamPhase.AUTH else fields.get("C", "08006"),
                 "the target database refused the session login: "
@@ -270,13 +264,13 @@ class UpstreamLogin:
                 self._scram = client
                 first = client.get_client_first().encode()
                 body = b"SCRAM-SHA-256\0" + struct.pack("!I", len(first)) + first
-                return _frontend(b"p", body)
+                return _password_message(body)
             if code == 11:  # SASLContinue
                 client = self._scram
                 if client is None:
                     raise GatewayError("08P01", "SASL continue without a SASL start")
                 client.set_server_first(data.decode())  # type: ignore[attr-defined]
-                return _frontend(b"p", client.get_client_final().encode())  # type: ignore[attr-defined]
+                return _password_message(client.get_client_final().encode())  # type: ignore[attr-defined]
             if code == 12:  # SASLFinal
                 client = self._scram
                 if client is None:
@@ -296,7 +290,7 @@ class UpstreamLogin:
                         "configure scram-sha-256 for session roles on the target, "
                         "or connect to it with sslmode verify-full",
                     )
-                return _frontend(b"p", self.password.encode() + b"\0")
+                return _password_message(self.password.encode() + b"\0")
             raise GatewayError("28000", f"unsupported authentication method {code} on the target")
         if self.phase is UpstreamPhase.PARAMS:
             if t == ord("S"):
@@ -316,20 +310,3 @@ class UpstreamLogin:
                 )
             return b""
         raise ProtocolViolation("upstream login already finished")
-
-
-def _error_fields(body: bytes) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for part in body.split(b"\0"):
-        if part:
-            out[chr(part[0])] = part[1:].decode("utf-8", "replace")
-    return out
-
-
-def check_frontend(raw: RawMessage) -> None:
-    if raw.type not in KNOWN_FRONTEND:
-        raise GatewayError(
-            "08P01",
-            f"message type {bytes([raw.type])!r} is not part of the protocol the gateway relays",
-            "this client or driver sent something the gateway does not understand",
-        )

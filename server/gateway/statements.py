@@ -48,7 +48,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
@@ -63,6 +63,7 @@ from server.gateway.guardrails import (
     decide,
     statement_sha256,
 )
+from server.gateway.masking import MaskingRules
 from server.gateway.pgwire import Bind, Close, FunctionCall, Parse, Query, RawMessage
 from server.gateway.relay import Relay
 from server.gateway.rules import rules_for
@@ -73,7 +74,7 @@ from server.gateway.sqlcheck import (
     analyze,
     analyze_function_call,
 )
-from server.policy.model import ApprovalPolicy, ScopePolicy
+from server.policy.model import ApprovalPolicy, MaskingPolicy, ScopePolicy
 from server.sessions.service import LiveSession, SessionService
 from server.store.db import Store
 
@@ -382,6 +383,13 @@ def _text_params(msg: Bind) -> tuple[str | None, ...]:
     return tuple(out)
 
 
+_SIDE_CHANNELS = frozenset({"set_config", "pg_notify"})
+
+
+def _masked(policy: MaskingPolicy | None, scope: str, groups: Iterable[str]) -> bool:
+    return MaskingRules.for_session(policy, scope, groups).active
+
+
 def guard_setup(service: SessionService) -> Callable[[Relay, LiveSession], None]:
     """The gateway's relay setup that puts a guard on every connection of a session."""
 
@@ -396,6 +404,12 @@ def guard_setup(service: SessionService) -> Callable[[Relay, LiveSession], None]
         else:
             rules = rules_for(scope.name, scope.guardrails)
             review = review_rule(scope)
+        if target is not None and _masked(target.masking, record.scope, record.groups):
+            # The masking hooks refuse a result only after the server ran the
+            # statement, so functions whose effect outlives the statement could
+            # carry a masked value out (set_config then current_setting,
+            # pg_notify): refuse them before they run in a masked session.
+            rules = replace(rules, functions_deny=rules.functions_deny | _SIDE_CHANNELS)
         facts = SessionFacts(
             session_id=record.id,
             identity=record.identity,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -240,3 +241,20 @@ def test_copy_out_of_masked_data_is_refused(read_session: HeldSession, sql: str)
 def test_copy_out_without_masked_columns_passes(read_session: HeldSession) -> None:
     lines = _psql_ok(read_session, "COPY (select 1 as a, 'x' as b) TO STDOUT")
     assert lines == ["1\tx"]
+
+
+def test_side_effects_cannot_carry_masked_values_out(read_session: HeldSession) -> None:
+    # One connection: set_config would keep the value for current_setting to show.
+    script = (
+        "select set_config('x.y', email, false) from customers limit 1;\n"
+        "select pg_notify('c', email) from customers limit 1;\n"
+        "select current_setting('x.y', true);\n"
+    )
+    res = subprocess.run(
+        ["psql", "-XAt"], input=script, env=read_session.env(),
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert "@" not in res.stdout, res.stdout
+    # Both refused before they ran, by the guardrails, not after by the result hooks.
+    assert "set_config() is not allowed" in res.stderr, res.stderr
+    assert res.stderr.count("(guardrails.") == 2, res.stderr

@@ -8,6 +8,7 @@ profile and token so that ``dbaccess`` works at once.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from enum import StrEnum
 from importlib import resources
@@ -19,6 +20,7 @@ import typer
 from server.errors import DbaccessError
 
 if TYPE_CHECKING:
+    from server.audit.archive import ArchiveConfig
     from server.config import OidcConfig
     from server.notify.webhooks import WebhookConfig
     from server.store.db import Store
@@ -155,10 +157,15 @@ def dev(
     ] = 5.0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Run broker and gateway on loopback with a demo target (for trying dbaccess out)."""
+    """Run broker and gateway on loopback with a demo target (for trying dbaccess out).
+
+    Archival of recordings and audit segments to S3 is configured, as for `run`,
+    by the DBACCESS_SERVER_ARCHIVE_* environment variables (bucket, endpoint_url, ...).
+    """
     _logging(verbose)
     webhooks = _dev_webhooks(webhook or [], webhook_format.value)
     oidc = _dev_oidc(oidc_issuer, oidc_client_id)
+    archive = _dev_archive(data_dir.resolve())
     from server import runtime
     from server.demo.provision import provision_demo, write_admin_dsn_file
 
@@ -212,6 +219,7 @@ def dev(
             tls=tls,
             oidc=oidc,
             webhooks=webhooks,
+            archive=archive,
         )
 
         where_target = (
@@ -261,6 +269,19 @@ def _dev_oidc(issuer: str | None, client_id: str | None) -> OidcConfig | None:
     if oidc is None:
         raise _fail("give both --oidc-issuer and --oidc-client-id", 2)
     return oidc
+
+
+def _dev_archive(data_dir: Path) -> ArchiveConfig | None:
+    """The dev mode's archive: the DBACCESS_SERVER_ARCHIVE_* variables, spool in ``data_dir``."""
+    from server.config import ENV_PREFIX, ConfigError, load_config
+
+    archive_env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX + "ARCHIVE_")}
+    if not archive_env:
+        return None
+    try:
+        return load_config(None, {"data_dir": data_dir}, environ=archive_env).archive
+    except ConfigError as exc:
+        raise _fail(exc.message, 2) from None
 
 
 def _write_cli_profile(rt: object, ca: Path) -> str:
@@ -320,6 +341,7 @@ def run_cmd(
             workload_token_ttl=cfg.workload_token_ttl,
             tls=TlsFiles(cfg.tls.cert, cfg.tls.key, cfg.tls.ca) if cfg.tls else None,
             webhooks=cfg.webhooks,
+            archive=cfg.archive,
         )
 
         def ready(rt: runtime.Runtime) -> None:

@@ -3,10 +3,11 @@
 Settings come from four layers, later ones winning:
 
 1. defaults (the fields of :class:`ServerConfig`),
-2. the config file (YAML, the keys of ``_SETTINGS``; ``tls`` and ``oidc`` are nested
-   mappings whose keys are the settings ``tls_*`` and ``oidc_*``),
+2. the config file (YAML, the keys of ``_SETTINGS``; ``tls``, ``oidc`` and ``archive``
+   are nested mappings whose keys are the settings ``tls_*``, ``oidc_*`` and ``archive_*``),
 3. the environment (``DBACCESS_SERVER_<KEY>``, e.g. ``DBACCESS_SERVER_API_LISTEN``,
-   ``DBACCESS_SERVER_TLS_CERT``, ``DBACCESS_SERVER_OIDC_ISSUER``),
+   ``DBACCESS_SERVER_TLS_CERT``, ``DBACCESS_SERVER_OIDC_ISSUER``,
+   ``DBACCESS_SERVER_ARCHIVE_BUCKET``),
 4. overrides from command-line flags (keys like ``api_listen`` or ``tls_cert``;
    ``None`` values mean "flag not given").
 
@@ -36,12 +37,13 @@ import os
 import re
 import socket
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
+from server.audit.archive import SSE_MODES, ArchiveConfig, check_bucket, check_endpoint
 from server.durations import format_duration, parse_positive_duration
 from server.errors import InvalidInput
 from server.notify.webhooks import EVENTS, FORMATS, WebhookConfig, check_url
@@ -145,6 +147,7 @@ class ServerConfig:
     oidc: OidcConfig | None = None
     workload_token_ttl: timedelta = DEFAULT_WORKLOAD_TOKEN_TTL
     webhooks: tuple[WebhookConfig, ...] = ()
+    archive: ArchiveConfig | None = None
     source: str | None = None
 
     def __post_init__(self) -> None:
@@ -376,6 +379,36 @@ def _positive_int(text: str, base: Path) -> int:
     return int(text)
 
 
+def _bucket(text: str, base: Path) -> str:
+    return check_bucket(text.strip())
+
+
+def _endpoint(text: str, base: Path) -> str:
+    return check_endpoint(text.strip())
+
+
+def _prefix(text: str, base: Path) -> str:
+    prefix = text.strip().strip("/")
+    if any(not c.isprintable() for c in prefix) or "//" in prefix:
+        raise ValueError(f"{text!r} is not a usable key prefix such as dbaccess/prod")
+    return prefix
+
+
+def _sse(text: str, base: Path) -> str:
+    if text.strip() not in SSE_MODES:
+        raise ValueError(f"{text.strip()!r} is not one of: {', '.join(SSE_MODES)}")
+    return text.strip()
+
+
+def _flag(text: str, base: Path) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "yes", "on", "1"):
+        return True
+    if value in ("false", "no", "off", "0"):
+        return False
+    raise ValueError(f"{text!r} is not true or false")
+
+
 def _positive_number(text: str, base: Path) -> float:
     try:
         value = float(text.strip())
@@ -413,6 +446,18 @@ _SETTINGS: dict[str, _Parser] = {
     "oidc_audience": _word,
     "oidc_token_ttl": _positive_duration,
     "workload_token_ttl": _positive_duration,
+    "archive_bucket": _bucket,
+    "archive_prefix": _prefix,
+    "archive_endpoint_url": _endpoint,
+    "archive_region": _word,
+    "archive_server_side_encryption": _sse,
+    "archive_kms_key_id": _word,
+    "archive_spool_dir": _path,
+    "archive_keep_local": _flag,
+    "archive_interval": _positive_duration,
+    "archive_retry_max": _positive_duration,
+    "archive_audit_segment_age": _positive_duration,
+    "archive_audit_segment_events": _positive_int,
 }
 _TLS_KEYS = ("cert", "key", "ca")
 _OIDC_KEYS = (
@@ -425,13 +470,15 @@ _OIDC_KEYS = (
     "audience",
     "token_ttl",
 )
+_ARCHIVE_KEYS = tuple(key[len("archive_") :] for key in _SETTINGS if key.startswith("archive_"))
 # Settings that YAML may also give as a list; they are reduced to space-separated text.
 _LIST_KEYS = ("oidc_scopes", "oidc_identity_claims")
-_NESTED = ("tls_", "oidc_")
+_NESTED = ("tls_", "oidc_", "archive_")
 _FILE_KEYS = (
     *(key for key in _SETTINGS if not key.startswith(_NESTED)),
     "tls",
     "oidc",
+    "archive",
     "webhooks",
 )
 _WEBHOOK_KEYS = ("url", "format", "events")
@@ -486,6 +533,7 @@ def load_config(
         origins[key] = origin
     tls = _tls(values, origins, problems)
     oidc = _oidc(values, origins, problems)
+    archive = _archive(values, origins, problems)
     if problems:
         raise ConfigError(problems)
 
@@ -496,7 +544,12 @@ def load_config(
     fields.setdefault("data_dir", config_dir)
     if path is not None:
         fields.setdefault("policy", config_dir / "policy.yaml")
-    return ServerConfig(tls=tls, oidc=oidc, webhooks=tuple(webhooks), source=source, **fields)
+    if archive is not None and archive.spool_dir is None:
+        data_dir = _absolute(Path(fields["data_dir"]), cwd)
+        archive = replace(archive, spool_dir=data_dir / "archive-spool")
+    return ServerConfig(
+        tls=tls, oidc=oidc, archive=archive, webhooks=tuple(webhooks), source=source, **fields
+    )
 
 
 def _file_layer(
@@ -529,14 +582,14 @@ def _file_layer(
                 if value is not None and tls_key in _TLS_KEYS:
                     origin = _Origin(source, tls_entry.value.line, tls_path, config_dir)
                     given[f"tls_{tls_key}"] = (value, origin)
-        elif key == "oidc":
-            oidc = check.mapping(entry.value, "oidc", _OIDC_KEYS, line=entry.key_line)
-            for oidc_key, oidc_entry in oidc:
-                oidc_path = join("oidc", oidc_key)
-                name = f"oidc_{oidc_key}"
-                value = _file_text(check, oidc_entry.value, oidc_path, listed=name in _LIST_KEYS)
-                if value is not None and oidc_key in _OIDC_KEYS:
-                    origin = _Origin(source, oidc_entry.value.line, oidc_path, config_dir)
+        elif key in ("oidc", "archive"):
+            keys = _OIDC_KEYS if key == "oidc" else _ARCHIVE_KEYS
+            for sub_key, sub_entry in check.mapping(entry.value, key, keys, line=entry.key_line):
+                sub_path = join(key, sub_key)
+                name = f"{key}_{sub_key}"
+                value = _file_text(check, sub_entry.value, sub_path, listed=name in _LIST_KEYS)
+                if value is not None and sub_key in keys:
+                    origin = _Origin(source, sub_entry.value.line, sub_path, config_dir)
                     given[name] = (value, origin)
         elif key == "webhooks":
             found = _webhooks(check, entry.value)
@@ -658,3 +711,34 @@ def _oidc(
         key: value for key, value in given.items() if key not in ("issuer", "client_id")
     }
     return OidcConfig(issuer=issuer, client_id=client_id, **rest)
+
+
+def _archive(
+    values: dict[str, object], origins: dict[str, _Origin], problems: list[Problem]
+) -> ArchiveConfig | None:
+    named = [key for key in _ARCHIVE_KEYS if f"archive_{key}" in origins]
+    if not named:
+        return None
+    given = {key: values[f"archive_{key}"] for key in named if f"archive_{key}" in values}
+    bucket = given.pop("bucket", None)
+    if not isinstance(bucket, str):
+        if "bucket" not in named:
+            origin = origins[f"archive_{named[0]}"]
+            problems.append(
+                Problem(origin.source, origin.line, origin.key, "archive needs a bucket as well")
+            )
+        return None
+    if "kms_key_id" in given and given.get("server_side_encryption", "aws:kms") == "AES256":
+        origin = origins["archive_kms_key_id"]
+        problems.append(
+            Problem(
+                origin.source,
+                origin.line,
+                origin.key,
+                "a KMS key needs server_side_encryption aws:kms (or aws:kms:dsse), not AES256",
+            )
+        )
+        return None
+    # Each value was produced by its setting's parser, so it has the field's type.
+    rest: dict[str, Any] = given
+    return ArchiveConfig(bucket=bucket, **rest)

@@ -4,7 +4,9 @@
 gateway together and owns shutdown: on SIGINT/SIGTERM the gateway stops
 accepting and lets statements in flight finish (up to ``shutdown_grace``
 seconds) before it closes every client connection; then every open session is
-ended (its role revoked) and the API stops.  SIGHUP reloads the policy file; a policy that does
+ended (its role revoked), the archiver (when ``archive`` is configured) spools
+the last recordings and audit segment and uploads them if the archive answers,
+and the API stops.  SIGHUP reloads the policy file; a policy that does
 not load is rejected and the old one stays in force.
 """
 
@@ -23,6 +25,7 @@ from pathlib import Path
 from server.api.app import GatewayInfo, create_app
 from server.api.auth_routes import AuthSettings
 from server.audit import chain
+from server.audit.archive import ArchiveConfig, Archiver
 from server.config import DEFAULT_WORKLOAD_TOKEN_TTL, OidcConfig
 from server.errors import DbaccessError
 from server.gateway.masking_relay import MaskingSetup
@@ -59,6 +62,7 @@ class RuntimeOptions:
     tls: TlsFiles | None = None
     require_tls: bool = True
     webhooks: tuple[WebhookConfig, ...] = ()
+    archive: ArchiveConfig | None = None
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -77,11 +81,13 @@ class Runtime:
         self.store = Store.open(opts.store_url)
         self.policy_path = opts.policy_path
         self.notifier = Webhooks(opts.webhooks)
+        self.archiver = Archiver(self.store, opts.archive) if opts.archive else None
         self.service = SessionService(
             self.store,
             load_policy(opts.policy_path),
             max_connections_per_session=opts.max_connections_per_session,
             notifier=self.notifier,
+            archiver=self.archiver,
         )
         self.gateway = Gateway(
             self.service,
@@ -185,6 +191,8 @@ class Runtime:
             },
         )
         reaper = asyncio.create_task(self._reaper(stop))
+        if self.archiver is not None:
+            self.archiver.start()
         if on_ready is not None:
             on_ready(self)
         try:
@@ -200,6 +208,8 @@ class Runtime:
             await loop.run_in_executor(None, self.service.end_all)
             await loop.run_in_executor(None, self.notifier.close)
             chain.append(self.store, "broker.stopped", data={})
+            if self.archiver is not None:
+                await loop.run_in_executor(None, self.archiver.stop)
             api.should_exit = True
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(api_task, 10)

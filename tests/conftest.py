@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.fix_webhook",
     "tests.fix_vault",
     "tests.fix_store",
+    "tests.fix_s3",
 ]

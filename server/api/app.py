@@ -164,6 +164,6 @@ def create_app(
     def audit_verify(who: Caller) -> dict[str, Any]:
         if not may_audit(who):
             raise Forbidden("verifying the audit log needs the admin or auditor group")
-        return recordings_routes.verify_audit(service.store)
+        return recordings_routes.verify_audit(service)
 
     return app

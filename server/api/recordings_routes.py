@@ -4,6 +4,8 @@ The session's owner, admins and auditors may read a recording.  The answer
 holds the session, the recording's state, its events in order (each with its
 offset from the session's start, for a timeline) and, for a closed recording
 read whole, whether its events still match the digest the audit chain holds.
+A recording whose local events were removed after archival is read from the
+archive (``service.archiver``) and checked the same way.
 (No ``from __future__ import annotations`` here: FastAPI must see the ``Caller``
 annotation, which is local to ``register``, as an object.)
 """
@@ -15,10 +17,9 @@ from fastapi import Depends, FastAPI, Query
 
 from server.api.common import may_audit
 from server.audit import chain, recording
-from server.errors import NotFound
+from server.errors import NotFound, Unavailable
 from server.policy.evaluate import Identity
 from server.sessions.service import SessionService
-from server.store.db import Store
 
 MAX_EVENTS = 100_000
 
@@ -43,9 +44,13 @@ def register(app: FastAPI, service: SessionService, caller: Callable[..., Identi
         events = recording.load_events(store, session_id, after=after, limit=limit)
         verified: bool | None = None
         problem: str | None = None
+        archive_problem: str | None = None
+        if info is not None and info.pruned_at is not None and not events:
+            everything, archive_problem = _archived(service, session_id)
+            events = [e for e in everything if e.seq > after][:limit]
         whole = after == 0 and len(events) < limit
         if info is not None and info.status != "open" and whole:
-            problem = recording.verify_recording(store, info, events)
+            problem = archive_problem or recording.verify_recording(store, info, events)
             verified = problem is None
         start = record.created_at
         return {
@@ -63,15 +68,31 @@ def register(app: FastAPI, service: SessionService, caller: Callable[..., Identi
         }
 
 
-def verify_audit(store: Store) -> dict[str, Any]:
+def _archived(
+    service: SessionService, session_id: str
+) -> tuple[list[recording.SessionEvent], str | None]:
+    if service.archiver is None:
+        raise Unavailable(
+            f"the recording of session {session_id} was archived and removed from this "
+            "broker's store, and this broker has no archive configured",
+            hint="configure the archive: mapping (bucket, endpoint_url) in the broker's config",
+        )
+    return service.archiver.recording_events(session_id)
+
+
+def verify_audit(service: SessionService) -> dict[str, Any]:
     """The answer of ``GET /v1/audit/verify``: the hash chain, then every closed recording.
 
     ``ok`` covers both.  When the chain is intact but a recording is not,
     ``first_bad_seq`` is the ``recording.closed`` event of the first such
     recording and ``problem`` says which session and what is wrong.
     """
+    store = service.store
     res = chain.verify(store)
-    recordings = recording.verify_recordings(store)
+    archiver = service.archiver
+    recordings = recording.verify_recordings(
+        store, archiver.recording_events if archiver is not None else None
+    )
     first_bad_seq, problem = res.first_bad_seq, res.problem
     if res.ok and recordings.problems:
         first = recordings.problems[0]

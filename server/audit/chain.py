@@ -136,7 +136,7 @@ def append(
     return AuditEvent(seq, ts, kind, identity, target, session_id, clean, prev, digest)
 
 
-def _event(row: sa.Row[Any]) -> AuditEvent:
+def row_event(row: sa.Row[Any]) -> AuditEvent:
     m = row._mapping
     ts = _aware(m["ts"])
     assert ts is not None
@@ -171,7 +171,7 @@ def events(
     if limit:
         q = q.limit(limit)
     with store.tx() as conn:
-        return [_event(r) for r in conn.execute(q)]
+        return [row_event(r) for r in conn.execute(q)]
 
 
 def verify_events(evs: Iterable[AuditEvent]) -> VerifyResult:

@@ -54,6 +54,7 @@ from typing import Any, Final
 import sqlalchemy as sa
 
 from server.audit import chain
+from server.errors import DbaccessError
 from server.policy.model import RecordingFailure
 from server.store import tables as t
 from server.store.db import Store, _aware, utcnow
@@ -98,13 +99,17 @@ def _iso(ts: datetime) -> str:
     return aware.isoformat(timespec="microseconds")
 
 
+def canonical_line(event: SessionEvent) -> bytes:
+    """One event as the digest (and the archived copy) has it: compact sorted-key JSON, newline."""
+    text = json.dumps(event.canonical(), sort_keys=True, separators=(",", ":"), default=str)
+    return text.encode() + b"\n"
+
+
 def recording_digest(events: Iterable[SessionEvent]) -> str:
     """SHA-256 over the canonical form of ``events`` (given in ``seq`` order)."""
     digest = hashlib.sha256()
     for event in events:
-        line = json.dumps(event.canonical(), sort_keys=True, separators=(",", ":"), default=str)
-        digest.update(line.encode())
-        digest.update(b"\n")
+        digest.update(canonical_line(event))
     return digest.hexdigest()
 
 
@@ -571,6 +576,10 @@ class RecordingInfo:
     dropped: int
     digest: str | None
     audit_seq: int | None
+    archive_key: str | None = None
+    archive_sha256: str | None = None
+    archived_at: datetime | None = None
+    pruned_at: datetime | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -582,6 +591,14 @@ class RecordingInfo:
             "dropped": self.dropped,
             "digest": self.digest,
             "audit_seq": self.audit_seq,
+            "archive": {
+                "key": self.archive_key,
+                "sha256": self.archive_sha256,
+                "archived_at": _iso(self.archived_at),
+                "local_copy": self.pruned_at is None,
+            }
+            if self.archived_at is not None
+            else None,
         }
 
 
@@ -598,6 +615,10 @@ def _info(row: sa.Row[Any]) -> RecordingInfo:
         dropped=m["dropped"] or 0,
         digest=m["digest"],
         audit_seq=m["audit_seq"],
+        archive_key=m["archive_key"],
+        archive_sha256=m["archive_sha256"],
+        archived_at=_aware(m["archived_at"]),
+        pruned_at=_aware(m["pruned_at"]),
     )
 
 
@@ -671,12 +692,19 @@ def check_recording(
     return None
 
 
-def verify_recordings(store: Store) -> RecordingsVerifyResult:
+ArchiveReader = Callable[[str], tuple[list[SessionEvent], str | None]]
+
+
+def verify_recordings(
+    store: Store, archived: ArchiveReader | None = None
+) -> RecordingsVerifyResult:
     """Recompute the digest of every closed recording and compare it with the chained one.
 
     The audit chain is the reference (``dbaccess audit verify`` checks it too):
     a recording whose events changed, or whose row claims another digest, or
-    that is gone, is a problem.
+    that is gone, is a problem.  A recording whose local events were deleted
+    after archival is read back through ``archived`` (session id → events and
+    any mismatch with the chain); without one it is reported as unverifiable.
     """
     with store.tx() as conn:
         closed = conn.execute(
@@ -695,7 +723,17 @@ def verify_recordings(store: Store) -> RecordingsVerifyResult:
         if row.digest != digest:
             problems.append(RecordingProblem(session_id, seq, "the recording's digest was changed"))
             continue
-        found = check_recording(session_id, seq, digest, load_events(store, session_id))
+        events = load_events(store, session_id)
+        if not events and row.pruned_at is not None:
+            try:
+                events, archive_problem = _read_archived(session_id, archived)
+            except DbaccessError as exc:
+                problems.append(RecordingProblem(session_id, seq, exc.message))
+                continue
+            if archive_problem is not None:
+                problems.append(RecordingProblem(session_id, seq, archive_problem))
+                continue
+        found = check_recording(session_id, seq, digest, events)
         if found is not None:
             problems.append(found)
     chained = {session_id for _, session_id, _ in closed}
@@ -705,6 +743,16 @@ def verify_recordings(store: Store) -> RecordingsVerifyResult:
                 RecordingProblem(session_id, None, "closed, but the audit log has no digest for it")
             )
     return RecordingsVerifyResult(not problems, len(closed), tuple(problems))
+
+
+def _read_archived(
+    session_id: str, archived: ArchiveReader | None
+) -> tuple[list[SessionEvent], str | None]:
+    if archived is None:
+        raise DbaccessError(
+            "archived and removed locally, and this broker has no archive configured to read it"
+        )
+    return archived(session_id)
 
 
 def chained_digest(store: Store, audit_seq: int) -> str | None:

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from server.approvals.service import Approvals, Notifier
 from server.audit import chain
+from server.audit.archive import Archiver
 from server.audit.recording import Recorder
 from server.credentials.base import (
     Credential,
@@ -137,12 +138,15 @@ class SessionService:
         max_connections_per_session: int = 20,
         notifier: Notifier | None = None,
         recorder: Recorder | None = None,
+        archiver: Archiver | None = None,
     ) -> None:
         self.store = store
         self.policy = policy
         # Every session is recorded from its start to its end; a recording that
         # fails ends its session (unless the target says recording_failure: continue).
         self.recorder = recorder or Recorder(store, on_failure=self._recording_failed)
+        # Closed recordings go to S3 when an archive is configured.
+        self.archiver = archiver
         # Reads self.policy on every call, so a reloaded policy applies to requests at once.
         self.approvals = Approvals(store, lambda: self.policy, notifier=notifier)
         self._issuer_factory = issuer_factory
@@ -422,6 +426,8 @@ class SessionService:
         self.recorder.close(
             session_id, {"status": status, "reason": reason, "actor": actor, "revocation": result}
         )
+        if self.archiver is not None:
+            self.archiver.wake()
         ended = self.store.get_session(session_id)
         assert ended is not None
         return ended

@@ -175,4 +175,8 @@ session_recordings = sa.Table(
     sa.Column("dropped", sa.Integer, nullable=False, server_default="0"),
     sa.Column("digest", sa.String(64), nullable=True),
     sa.Column("audit_seq", sa.Integer, nullable=True),
+    sa.Column("archive_key", sa.String(1024), nullable=True),
+    sa.Column("archive_sha256", sa.String(64), nullable=True),
+    sa.Column("archived_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("pruned_at", sa.DateTime(timezone=True), nullable=True),
 )

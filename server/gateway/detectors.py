@@ -311,7 +311,12 @@ class DetectorSet:
         ]
         combined = "|".join(f"(?:{b})" for b in branches)
         object.__setattr__(self, "_any_text", re.compile(combined))
-        object.__setattr__(self, "_any_data", re.compile(combined.encode()))
+        # Over a whole DataRow the byte before a value is the last byte of its
+        # length word (0x30 is "0", 0x41 is "A"), which a value's own start never
+        # sees: the row's prefilter drops the look-arounds at the edges of each
+        # shape, so that it matches wherever some value's scan would.
+        loose = "|".join(f"(?:{_without_edge_lookarounds(b)})" for b in branches)
+        object.__setattr__(self, "_any_data", re.compile(loose.encode()))
 
     @classmethod
     def of(cls, actions: Mapping[DetectorKind, DetectorAction]) -> DetectorSet:
@@ -416,6 +421,15 @@ class DetectorSet:
 
 
 NO_DETECTORS: Final = DetectorSet()
+
+_EDGE_LOOKBEHIND = re.compile(r"\A(?:\(\?<[!=](?:\[[^\]]*\]|[^()\[\]])*\))+")
+_EDGE_LOOKAHEAD = re.compile(r"(?:\(\?!(?:\[[^\]]*\]|[^()\[\]])*\))+\Z")
+
+
+def _without_edge_lookarounds(pattern: str) -> str:
+    """``pattern`` without the look-behinds it starts with and the negative look-aheads it
+    ends with: a looser shape that matches wherever ``pattern`` does."""
+    return _EDGE_LOOKAHEAD.sub("", _EDGE_LOOKBEHIND.sub("", pattern))
 
 
 def _values(body: bytes, *, with_nulls: bool = False) -> Iterable[tuple[int, int, int]]:

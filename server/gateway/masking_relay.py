@@ -224,9 +224,10 @@ class MaskingHooks:
             return self._on_row(raw, head)
         if t == 84:  # T
             return self._on_row_description(raw, head)
-        if t in (72, 87) and self.masking and (head is None or self._touches_masked(head)):
-            # H/W: COPY OUT carries whole rows with no column origins to mask
-            # by, so COPY from a table with masked columns is refused.
+        if t == 72 and self.masking and (head is None or self._touches_masked(head)):
+            # H: COPY OUT carries whole rows with no column origins to mask by,
+            # so COPY from a table with masked columns is refused.  (CopyBoth
+            # only answers replication, which the gateway refuses at startup.)
             return self._block(
                 head,
                 "COPY out of a table with masked columns",

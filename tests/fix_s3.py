@@ -69,7 +69,8 @@ class S3Server:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                with urllib.request.urlopen(self.endpoint + "/moto-api/", timeout=1):
+                # The endpoint is our own http://127.0.0.1 URL.
+                with urllib.request.urlopen(self.endpoint + "/moto-api/", timeout=1):  # noqa: S310
                     break
             except OSError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:

@@ -83,6 +83,11 @@ def heading(data: Mapping[str, Any]) -> list[str]:
     if data.get("verified") is True:
         state += ", matches the audit log"
     lines.append(state)
+    archive = rec.get("archive")
+    if archive:
+        where = archive.get("url") or archive.get("key")
+        copy = "" if archive.get("local_copy") else ", read from there (no local copy)"
+        lines.append(f"archived to {where}{copy}")
     return lines
 
 

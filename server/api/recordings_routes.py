@@ -53,9 +53,12 @@ def register(app: FastAPI, service: SessionService, caller: Callable[..., Identi
             problem = archive_problem or recording.verify_recording(store, info, events)
             verified = problem is None
         start = record.created_at
+        rec_json = info.to_json() if info is not None else None
+        if rec_json and rec_json["archive"] and service.archiver is not None:
+            rec_json["archive"]["url"] = service.archiver.config.url(rec_json["archive"]["key"])
         return {
             "session": record.to_json(),
-            "recording": info.to_json() if info is not None else None,
+            "recording": rec_json,
             "verified": verified,
             "problem": problem,
             "events": [

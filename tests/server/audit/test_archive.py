@@ -230,9 +230,7 @@ def test_a_changed_archived_object_is_detected(
     forged = [e.data for e in events]
     forged[1] = {"sql": "select 'nothing to see'", "rows": 1}
     lines = (
-        json.dumps(
-            {**e.canonical(), "data": data}, sort_keys=True, separators=(",", ":")
-        ).encode()
+        json.dumps({**e.canonical(), "data": data}, sort_keys=True, separators=(",", ":")).encode()
         + b"\n"
         for e, data in zip(events, forged, strict=True)
     )

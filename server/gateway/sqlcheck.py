@@ -55,6 +55,12 @@ LATER (at each EXECUTE); under a plain EXPLAIN it runs NEVER.  ``EXECUTE name``
 reports the name in ``prepared_name``: what it runs is whatever the session
 prepared under that name, which only the caller knows.
 
+Unqualified relation names are resolved with the caller's ``search_path`` (the
+session's, with ``$user`` replaced by the role name): a name is reported once
+for each schema of the path it may be found in, since which one holds it is
+known only to the database (``relation_schemas``).  ``parse_search_path``
+reads a ``search_path`` value as PostgreSQL does.
+
 Results are cached by (text, search_path, limits, parameters) in a bounded LRU
 (texts up to 16 KiB, 4096 entries, 8 M characters in all) so a statement the
 gateway has already seen costs a dictionary lookup.
@@ -91,6 +97,8 @@ __all__ = [
     "analyze_function_call",
     "cache_clear",
     "parse_name",
+    "parse_search_path",
+    "relation_schemas",
 ]
 
 DEFAULT_MAX_LEN = 100_000
@@ -239,7 +247,8 @@ class Statement:
     characters, for messages).  ``command`` names it much as PostgreSQL's command
     tag does (``SELECT``, ``CREATE TABLE``), more precisely where that matters
     (``SET ROLE``, ``EXPLAIN ANALYZE``, ``SELECT INTO``).  Tables are resolved to
-    a schema; functions keep the qualification they were written with.
+    a schema (an unqualified one to every schema of the search path it may be
+    in); functions keep the qualification they were written with.
     ``restricting_where`` is set for UPDATE, DELETE and MERGE only.  ``settings``
     are lower-cased parameter names (``*`` for one the analysis cannot read,
     ``all`` for RESET ALL / DISCARD ALL).
@@ -363,7 +372,8 @@ def parse_name(text: str) -> Name:
 
 @dataclass(frozen=True)
 class _Options:
-    schema: str
+    schemas: tuple[str, ...]  # where an unqualified relation may be, in search order
+    catalog_schemas: tuple[str, ...]  # the same for a pg_* name
     params: tuple[str | None, ...] | None
 
 
@@ -377,8 +387,8 @@ def analyze(
 ) -> Analysis:
     """Analyse ``sql`` (one or several statements); never raises.
 
-    ``search_path`` resolves unqualified table names (its first real schema;
-    ``pg_*`` names resolve to ``pg_catalog``, which PostgreSQL searches first).
+    ``search_path`` resolves unqualified table names: each is reported once for
+    every schema of the path it may be found in (see :func:`relation_schemas`).
     ``params`` are the text values of ``$1``, ``$2``, ... once bound (None for NULL or
     a binary value), used where a parameter names a setting.  ``time_budget`` is
     CPU seconds of this thread.
@@ -556,7 +566,9 @@ def _analyze(
     problem = _lexical_problem(sql, tokens)
     if problem:
         return _whole_unknown(sql, problem)
-    options = _Options(_default_schema(search_path), params)
+    options = _Options(
+        relation_schemas(search_path), relation_schemas(search_path, catalog=True), params
+    )
     statements: list[Statement] = []
     for chunk in _split(tokens):
         if time.thread_time() > deadline:
@@ -580,11 +592,78 @@ def _first_line(error: Exception) -> str:
     return text[0][:200] if text else type(error).__name__
 
 
-def _default_schema(search_path: tuple[str, ...]) -> str:
-    for entry in search_path:
-        if entry and entry != "$user":
-            return entry
-    return "public"
+def relation_schemas(search_path: tuple[str, ...], *, catalog: bool = False) -> tuple[str, ...]:
+    """The schemas an unqualified relation name may resolve to, in the order
+    PostgreSQL searches them; ``catalog`` for a name starting with ``pg_``.
+
+    PostgreSQL takes the first schema of the path that holds the name, which
+    only the database knows, so every candidate is reported.  ``pg_catalog`` is
+    searched first unless the path places it; it holds nothing but ``pg_*``
+    relations, so other names never resolve there, and a ``pg_*`` name is taken
+    to be the catalog's unless the path puts other schemas before it.  Left
+    out: ``pg_temp`` (the session's own temporary tables) and a ``$user`` the
+    caller did not replace with the role name.  A path without any schema
+    reports ``public``, so that rules about tables still see one.
+    """
+    entries = [e for e in search_path if e and e not in ("$user", "pg_temp")]
+    if catalog:
+        if "pg_catalog" not in entries:
+            return ("pg_catalog",)
+        entries = entries[: entries.index("pg_catalog") + 1]
+    else:
+        entries = [e for e in entries if e != "pg_catalog"]
+    return tuple(dict.fromkeys(entries)) or ("public",)
+
+
+def parse_search_path(text: str) -> tuple[str, ...]:
+    """A ``search_path`` value as PostgreSQL reads it (``SplitIdentifierString``):
+    comma-separated names, double-quoted ones exact, others folded to lower
+    case; ``"$user"`` stays as written.  Raises ValueError where PostgreSQL
+    would refuse the value."""
+    if "\v" in text:
+        # Whitespace from PostgreSQL 16 on, part of a name before: ambiguous.
+        raise ValueError(f"vertical tab in {text!r}")
+    names: list[str] = []
+    i, n = 0, len(text)
+    while i < n and text[i] in _PG_SPACE:
+        i += 1
+    if i == n:
+        return ()
+    while True:
+        if text[i] == '"':
+            buf: list[str] = []
+            j = i + 1
+            while True:
+                k = text.find('"', j)
+                if k < 0:
+                    raise ValueError(f"unterminated quoted name in {text!r}")
+                buf.append(text[j:k])
+                if text.startswith('"', k + 1):
+                    buf.append('"')
+                    j = k + 2
+                    continue
+                i = k + 1
+                break
+            names.append(_fold("".join(buf), True))
+        else:
+            j = i
+            while j < n and text[j] != "," and text[j] not in _PG_SPACE:
+                j += 1
+            if j == i:
+                raise ValueError(f"empty name in {text!r}")
+            names.append(_fold(text[i:j], False))
+            i = j
+        while i < n and text[i] in _PG_SPACE:
+            i += 1
+        if i == n:
+            return tuple(names)
+        if text[i] != ",":
+            raise ValueError(f"names must be separated by commas in {text!r}")
+        i += 1
+        while i < n and text[i] in _PG_SPACE:
+            i += 1
+        if i == n:
+            raise ValueError(f"a name is missing after the last comma in {text!r}")
 
 
 # PostgreSQL before 16 does not count a vertical tab as whitespace; the older
@@ -1033,7 +1112,7 @@ class _Analyzer:
         if token is None or not _is_name(token) or _kw(token, "ON"):
             return ()
         try:
-            return (self.resolve(probe.name()),)
+            return self.resolve(probe.name())
         except _Unknown:
             return ()
 
@@ -1043,11 +1122,14 @@ class _Analyzer:
             raise _Unknown(f"TRUNCATE not understood (parsed as {type(tree).__name__})")
         return self.from_tree(tree, command="TRUNCATE", kind=StatementClass.WRITE)
 
-    def resolve(self, name: Name) -> Name:
+    def resolve(self, name: Name) -> tuple[Name, ...]:
+        """The relations a name may be: itself when qualified, else one per
+        schema of the search path it may resolve to."""
         if len(name.parts) > 1:
-            return name
-        schema = "pg_catalog" if name.name.startswith("pg_") else self.options.schema
-        return Name((schema, name.name))
+            return (name,)
+        options = self.options
+        schemas = options.catalog_schemas if name.name.startswith("pg_") else options.schemas
+        return tuple(Name((schema, name.name)) for schema in schemas)
 
     # -- statements read from the tokens -------------------------------------
 
@@ -1327,7 +1409,7 @@ class _Analyzer:
         cursor = _Tokens(self.tokens)
         cursor.take()
         inner: Statement | None = None
-        table: Name | None = None
+        table: tuple[Name, ...] | None = None
         start = cursor.peek()
         if start is not None and start.token_type is TokenType.L_PAREN:
             open_at = cursor.i
@@ -1399,8 +1481,8 @@ class _Analyzer:
             text="",
             kind=StatementClass.WRITE if direction == "from" else StatementClass.READ,
             command="COPY",
-            reads=(table,) if direction == "to" else (),
-            writes=(table,) if direction == "from" else (),
+            reads=table if direction == "to" else (),
+            writes=table if direction == "from" else (),
             functions=functions,
             settings=settings,
             copy=spec,
@@ -1476,16 +1558,16 @@ class _Analyzer:
             cursor.accept("NO")
             cursor.expect("DATA")
         _expect_end(cursor)
-        return self.simple(StatementClass.WRITE, "REFRESH MATERIALIZED VIEW", writes=(view,))
+        return self.simple(StatementClass.WRITE, "REFRESH MATERIALIZED VIEW", writes=view)
 
     def lock(self, lead: str) -> Statement:
         cursor = _Tokens(self.tokens)
         cursor.take()
         cursor.accept("TABLE")
-        tables = []
+        tables: list[Name] = []
         while True:
             cursor.accept("ONLY")
-            tables.append(self.resolve(cursor.name()))
+            tables.extend(self.resolve(cursor.name()))
             cursor.accept_type(TokenType.STAR)
             if not cursor.accept_type(TokenType.COMMA):
                 break
@@ -2057,17 +2139,17 @@ class _TreeFacts:
             _add_table(targets, self.into.this)
         return targets
 
-    def _table_name(self, table: exp.Table) -> Name | None:
+    def _table_names(self, table: exp.Table) -> tuple[Name, ...]:
         this = table.this
         if not isinstance(this, exp.Identifier):
-            return None  # a table function: its call is reported as a function
+            return ()  # a table function: its call is reported as a function
         parts = [
             _fold(part.this, bool(part.quoted))
             for part in (table.args.get("catalog"), table.args.get("db"), this)
             if isinstance(part, exp.Identifier)
         ]
         if len(parts) == 1 and parts[0] in self.cte_names:
-            return None
+            return ()
         return self.analyzer.resolve(Name(tuple(parts)))
 
     def writes(self) -> tuple[Name, ...]:
@@ -2076,8 +2158,7 @@ class _TreeFacts:
     def _names(self, tables: list[exp.Table]) -> tuple[Name, ...]:
         """Distinct table names in the order they are written."""
         ordered = sorted(tables, key=lambda t: _meta_start(t.this) or 0)
-        names = [self._table_name(t) for t in ordered]
-        return tuple(dict.fromkeys(n for n in names if n is not None))
+        return tuple(dict.fromkeys(n for t in ordered for n in self._table_names(t)))
 
     def reads(self) -> tuple[Name, ...]:
         tables: list[exp.Table]

@@ -23,6 +23,7 @@ from server.gateway.sqlcheck import (
     analyze_function_call,
     cache_clear,
     parse_name,
+    parse_search_path,
 )
 
 
@@ -1182,10 +1183,51 @@ def test_tables_are_large_and_distinct() -> None:
     ("search_path", "sql", "expected"),
     [
         (("public",), "SELECT * FROM t", "read SELECT R=public.t"),
-        (("app", "public"), "SELECT * FROM t", "read SELECT R=app.t"),
+        # PostgreSQL takes the first schema that holds t: every candidate is reported.
+        (("app", "public"), "SELECT * FROM t", "read SELECT R=app.t,public.t"),
+        (
+            ("secret", "public"),
+            "DELETE FROM people",
+            "write DELETE W=secret.people,public.people where=no",
+        ),
+        (("app", "app", "public"), "SELECT * FROM t", "read SELECT R=app.t,public.t"),
+        (("alice", "public"), "SELECT * FROM t", "read SELECT R=alice.t,public.t"),
         (("$user", "app"), "SELECT * FROM t", "read SELECT R=app.t"),
         (("$user",), "SELECT * FROM t", "read SELECT R=public.t"),
         ((), "SELECT * FROM t", "read SELECT R=public.t"),
+        (("pg_temp", "app"), "SELECT * FROM t", "read SELECT R=app.t"),
+        # pg_catalog holds only pg_* relations, and is searched first unless placed
+        (("pg_catalog", "app"), "SELECT * FROM t", "read SELECT R=app.t"),
+        (("app", "public"), "SELECT * FROM pg_class", "read SELECT R=pg_catalog.pg_class"),
+        (
+            ("app", "pg_catalog", "public"),
+            "SELECT * FROM pg_class",
+            "read SELECT R=app.pg_class,pg_catalog.pg_class",
+        ),
+        (
+            ("app", "public"),
+            "SELECT * FROM t JOIN u USING (id)",
+            "read SELECT R=app.t,public.t,app.u,public.u",
+        ),
+        (("app", "public"), "SELECT * FROM other.t", "read SELECT R=other.t"),
+        (
+            ("app", "public"),
+            "UPDATE t SET a = 1 WHERE id = 2",
+            "write UPDATE W=app.t,public.t where=yes",
+        ),
+        (("app", "public"), "COPY t TO STDOUT", "read COPY R=app.t,public.t C=to:stdio"),
+        (
+            ("app", "public"),
+            "LOCK t, u",
+            "write LOCK TABLE W=app.t,public.t,app.u,public.u X=row_lock",
+        ),
+        (
+            ("app", "public"),
+            "REFRESH MATERIALIZED VIEW v",
+            "write REFRESH MATERIALIZED VIEW W=app.v,public.v",
+        ),
+        (("app", "public"), "DROP TABLE t", "ddl DROP TABLE W=app.t,public.t"),
+        (("app", "public"), "WITH t AS (SELECT 1) SELECT * FROM t", "read SELECT"),
         (('"My Schema"',), "SELECT * FROM t", 'read SELECT R="""My Schema""".t'),
         (("app",), "SELECT * FROM other.t", "read SELECT R=other.t"),
         (("app",), "SELECT * FROM pg_class", "read SELECT R=pg_catalog.pg_class"),
@@ -1203,6 +1245,36 @@ def test_tables_are_large_and_distinct() -> None:
 )
 def test_search_path(search_path: tuple[str, ...], sql: str, expected: str) -> None:
     assert summary(sql, search_path=search_path) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", ()),
+        ("  ", ()),
+        ("public", ("public",)),
+        ("App, Public", ("app", "public")),
+        ('"$user", public', ("$user", "public")),
+        ("$user,public", ("$user", "public")),
+        ('"My Schema" ,\tother', ("My Schema", "other")),
+        ('"a""b"', ('a"b',)),
+        ('A"B"', ('a"b"',)),  # a quote inside an unquoted name is part of it
+        ('""', ("",)),
+        ("ÄBC", ("Äbc",)),
+        ("a" * 70, ("a" * 63,)),
+    ],
+)
+def test_parse_search_path(text: str, expected: tuple[str, ...]) -> None:
+    assert parse_search_path(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['"unterminated', "a,", "a,,b", ",a", "a b", "a\vb", '"a" b', '"a"b'],
+)
+def test_parse_search_path_refuses_what_postgres_refuses(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_search_path(text)
 
 
 @pytest.mark.parametrize(

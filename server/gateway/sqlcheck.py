@@ -63,11 +63,15 @@ reads a ``search_path`` value as PostgreSQL does.
 
 Results are cached by (text, search_path, limits, parameters) in a bounded LRU
 (texts up to 16 KiB, 4096 entries, 8 M characters in all) so a statement the
-gateway has already seen costs a dictionary lookup.
+gateway has already seen costs a dictionary lookup.  A single plain read is
+cached by its *shape* instead, its text with the numeric literals taken out,
+so ``SELECT ... WHERE id = 1`` and ``... WHERE id = 2`` share one analysis
+(see ``_shape``).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 import threading
@@ -75,7 +79,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum, StrEnum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from sqlglot import exp
 from sqlglot.dialects.postgres import Postgres
@@ -113,6 +117,7 @@ MAX_TOKENS = 50_000
 # Statement.text is for messages; a longer statement is cut.
 MAX_TEXT = 2_000
 _CACHE_ENTRIES = 4096
+_V = TypeVar("_V")
 _CACHE_MAX_KEY = 16_384
 _CACHE_CHARS = 8_000_000
 
@@ -397,14 +402,111 @@ def analyze(
     cached = _CACHE.get(key)
     if cached is not None:
         return cached
+    shape = _shape(sql) if len(sql) <= _CACHE_MAX_KEY else None
+    shape_key = (shape, search_path, max_len, params)
+    if shape is not None:
+        template = _SHAPES.get(shape_key)
+        if template is not None:
+            return template.fill(sql)
     result, deterministic = _analyze_guarded(sql, search_path, max_len, params, time_budget)
     if deterministic and len(sql) <= _CACHE_MAX_KEY:
-        _CACHE.put(key, result, len(sql))
+        template = _ShapeTemplate.of(sql, result) if shape is not None else None
+        if template is not None:
+            # One entry serves every literal variant; the exact cache stays for
+            # texts whose literals may matter.
+            _SHAPES.put(shape_key, template, len(sql))
+        else:
+            _CACHE.put(key, result, len(sql))
     return result
 
 
 def cache_clear() -> None:
     _CACHE.clear()
+    _SHAPES.clear()
+
+
+# Literal-insensitive caching.  Reads that differ only in their numeric
+# literals (``... WHERE aid = 4711``, the commonest pattern of an application
+# that does not use bind parameters) have the same analysis: in a plain read
+# numbers name no table, function or setting.  Writes are not shaped, because
+# the verdict on their WHERE folds constants (``WHERE 2 < 1`` restricts every
+# row away, ``WHERE 1 < 2`` none), so values matter there.  The shape is the
+# text with each free-standing decimal number replaced by a NUL (a character
+# the analysis refuses in real input) and the number of its first spelling, so
+# ``1 < 2`` and ``7 < 7`` stay apart.  Anything the simple lexer here could
+# read differently from PostgreSQL (backslashes, dollar signs, block comments,
+# ``&`` as in U&'...') gives no shape, and such texts use the exact cache only.
+# Strings, quoted identifiers and line comments are kept verbatim, so a digit
+# inside them is never taken for a number; anything else that is not a plain
+# decimal number (``1e5``, ``0x1F``, ``t1``) stays verbatim in the shape too.
+_SHAPE_PART = re.compile(
+    r"""
+      (?P<keep>'[^']*(?:''[^']*)*' | "[^"]*(?:""[^"]*)*" | --[^\n]*)
+    | (?P<number>(?<![.\w])[0-9]+(?:\.[0-9]+)?(?![.\w]))
+    """,
+    re.VERBOSE,
+)
+_LEADING_SPACE = re.compile(r"(?:\s+|--[^\n]*)*")
+_SHAPED_KINDS = frozenset({StatementClass.READ})
+_NO_SHAPE = re.compile(r"[\\$&]|/\*")
+
+
+def _shape(sql: str) -> str | None:
+    if _NO_SHAPE.search(sql):
+        return None
+    numbers: dict[str, int] = {}
+
+    def number(match: re.Match[str]) -> str:
+        text = match.group()
+        if match.lastgroup == "keep":
+            return text
+        return f"\x00{numbers.setdefault(text, len(numbers))}\x00"
+
+    shape = _SHAPE_PART.sub(number, sql)
+    return shape if numbers else None
+
+
+@dataclass(frozen=True)
+class _ShapeTemplate:
+    """A single plain statement's analysis, reusable for texts of the same shape.
+
+    Only the statement's ``text`` differs between them: it is the input between
+    the first and last token, so it is cut at the same offset from the start and
+    from the end of any text with the same shape.
+    """
+
+    analysis: Analysis
+    start: int
+    tail: int
+
+    @classmethod
+    def of(cls, sql: str, analysis: Analysis) -> _ShapeTemplate | None:
+        if len(analysis.statements) != 1:
+            return None
+        st = analysis.statements[0]
+        plain = (
+            st.kind in _SHAPED_KINDS
+            and not st.nested
+            and not st.settings
+            and not st.features
+            and st.copy is None
+            and st.prepared_name is None
+            and len(sql) <= MAX_TEXT
+        )
+        if not plain:
+            return None
+        start = _LEADING_SPACE.match(sql).end()  # type: ignore[union-attr]
+        end = start + len(st.text)
+        if sql[start:end] != st.text:
+            return None
+        return cls(analysis, start, len(sql) - end)
+
+    def fill(self, sql: str) -> Analysis:
+        (st,) = self.analysis.statements
+        # copy + one field: dataclasses.replace costs more than the lookup did.
+        filled = copy.copy(st)
+        object.__setattr__(filled, "text", sql[self.start : len(sql) - self.tail])
+        return Analysis((filled,))
 
 
 # Large-object functions a client reaches through the FunctionCall message ('F'),
@@ -460,18 +562,18 @@ def analyze_function_call(oid: int) -> Analysis:
 # Cache
 
 
-class _LRU:
+class _LRU(Generic[_V]):
     """A bounded LRU keyed by statement text, limited in entries and in total
     text so that distinct large statements cannot grow it without bound."""
 
     def __init__(self, entries: int, chars: int) -> None:
-        self._data: dict[Any, tuple[Analysis, int]] = {}
+        self._data: dict[Any, tuple[_V, int]] = {}
         self._entries = entries
         self._chars = chars
         self._size = 0
         self._lock = threading.Lock()
 
-    def get(self, key: Any) -> Analysis | None:
+    def get(self, key: Any) -> _V | None:
         with self._lock:
             item = self._data.pop(key, None)
             if item is None:
@@ -479,7 +581,7 @@ class _LRU:
             self._data[key] = item
             return item[0]
 
-    def put(self, key: Any, value: Analysis, size: int) -> None:
+    def put(self, key: Any, value: _V, size: int) -> None:
         with self._lock:
             old = self._data.pop(key, None)
             if old is not None:
@@ -496,7 +598,8 @@ class _LRU:
             self._size = 0
 
 
-_CACHE = _LRU(_CACHE_ENTRIES, _CACHE_CHARS)
+_CACHE: _LRU[Analysis] = _LRU(_CACHE_ENTRIES, _CACHE_CHARS)
+_SHAPES: _LRU[_ShapeTemplate] = _LRU(_CACHE_ENTRIES, _CACHE_CHARS)
 
 
 # ---------------------------------------------------------------------------

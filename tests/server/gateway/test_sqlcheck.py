@@ -10,8 +10,11 @@ multi-statement input are separated by `` ; ``.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
+from server.gateway import sqlcheck
 from server.gateway.sqlcheck import (
     Analysis,
     Execution,
@@ -1451,7 +1454,7 @@ def test_function_call_other_oids_are_unknown(oid: int) -> None:
 
 def test_cache_returns_the_same_analysis() -> None:
     cache_clear()
-    sql = "SELECT id FROM customers WHERE id = 42"
+    sql = "SELECT id FROM customers WHERE name = 'x'"
     first = analyze(sql)
     assert analyze(sql) is first
     assert analyze(sql, search_path=("app",)) is not first
@@ -1459,6 +1462,85 @@ def test_cache_returns_the_same_analysis() -> None:
     cache_clear()
     assert analyze(sql) is not first
     assert analyze(sql) == first
+
+
+def _with_other_numbers(sql: str, *, descending: bool) -> str:
+    """``sql`` with each distinct number replaced by another, in the same or reverse order."""
+    shape = sqlcheck._shape(sql)
+    assert shape is not None
+    pieces = shape.split("\x00")
+    for i in range(1, len(pieces), 2):
+        n = int(pieces[i])
+        pieces[i] = str(900_000 - n if descending else 900_000 + n)
+    return "".join(pieces)
+
+
+SHAPED = [sql for sql, _ in ALL_TABLES if sqlcheck._shape(sql) is not None]
+
+
+@pytest.mark.parametrize("descending", [False, True])
+@pytest.mark.parametrize("sql", SHAPED)
+def test_a_cached_shape_gives_what_a_fresh_analysis_gives(sql: str, descending: bool) -> None:
+    variant = _with_other_numbers(sql, descending=descending)
+    cache_clear()
+    analyze(sql)  # warms the cache with this text's literals
+    warmed = analyze(variant)
+    cache_clear()
+    assert warmed == analyze(variant)
+
+
+def test_enough_of_the_tables_have_a_shape() -> None:
+    assert len(SHAPED) >= 100
+
+
+def test_statements_differing_only_in_numbers_share_one_analysis() -> None:
+    cache_clear()
+    first = analyze("SELECT abalance FROM pgbench_accounts WHERE aid = 1;")
+    second = analyze("SELECT abalance FROM pgbench_accounts WHERE aid = 4711;")
+    assert second.statements[0].text == "SELECT abalance FROM pgbench_accounts WHERE aid = 4711"
+    assert replace(second.statements[0], text="") == replace(first.statements[0], text="")
+    assert len(sqlcheck._SHAPES._data) == 1 and not sqlcheck._CACHE._data
+
+
+@pytest.mark.parametrize(
+    ("warm", "then", "restricting"),
+    [
+        # Constants are folded: a harmless verdict must not carry over to a tautology.
+        ("DELETE FROM t WHERE 2 < 1", "DELETE FROM t WHERE 1 < 2", False),
+        ("DELETE FROM t WHERE 1 = 2", "DELETE FROM t WHERE 1 = 1", False),
+        ("UPDATE t SET a = 1 WHERE 1 = 2", "UPDATE t SET a = 1 WHERE 3 = 3", False),
+        ("DELETE FROM t WHERE id = 1", "DELETE FROM t WHERE 1 = 1", False),
+        ("DELETE FROM t WHERE id = 1 -- 1 = 1", "DELETE FROM t WHERE 1 = 1 -- id = 1", False),
+        ("DELETE FROM t WHERE 1 = 1", "DELETE FROM t WHERE id = 1", True),
+    ],
+)
+def test_the_shape_cache_cannot_carry_a_verdict_to_another_statement(
+    warm: str, then: str, restricting: bool
+) -> None:
+    cache_clear()
+    analyze(warm)
+    assert analyze(then).statements[0].restricting_where is restricting
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT 1e5",  # exponent: read as one token by PostgreSQL
+        "SELECT 0x1F",  # hexadecimal (PostgreSQL 16)
+        "SELECT 1_000",  # digit separators (PostgreSQL 16)
+        "SELECT E'\\x' || 1",  # backslash escapes
+        "SELECT $$1$$, 2",  # dollar quoting
+        "SELECT /* 1 */ 2",  # block comments nest in PostgreSQL
+        "SELECT U&'\\0031', 2",  # Unicode escapes
+        "SELECT 'unterminated, 1",
+        "SELECT 1; SELECT 2",  # shaped, but several statements are not templated
+        "DELETE FROM t WHERE id = 1",  # writes fold constants in their WHERE
+    ],
+)
+def test_texts_the_simple_lexer_may_misread_use_the_exact_cache(sql: str) -> None:
+    cache_clear()
+    analyze(sql)
+    assert not sqlcheck._SHAPES._data
 
 
 def test_features_are_frozensets_and_statements_hashable() -> None:

@@ -26,8 +26,8 @@ rule                             blocks (unless the rules allow it)
 ``guardrails.no_privilege``      GRANT, REVOKE, roles, policies, default
                                  privileges, REASSIGN/DROP OWNED
 ``guardrails.pinned_setting``    changing a pinned setting (client_encoding,
-                                 standard_conforming_strings), RESET ALL,
-                                 DISCARD ALL, COPY ... ENCODING
+                                 standard_conforming_strings, search_path),
+                                 RESET ALL, DISCARD ALL, COPY ... ENCODING
 ``guardrails.no_drop``           DROP of any object
 ``guardrails.no_truncate``       TRUNCATE
 ``guardrails.no_copy_program``   COPY TO/FROM PROGRAM
@@ -48,7 +48,18 @@ rule                             blocks (unless the rules allow it)
 ``guardrails.where_required``    UPDATE/DELETE/MERGE without a WHERE (or ON)
                                  that restricts rows
 ``guardrails.review_<class>``    REVIEW: a statement class in ``review``
+``guardrails.row_budget``        (not by ``decide``: the caller's EXPLAIN) an
+                                 UPDATE/DELETE/MERGE the planner expects to
+                                 touch more rows than ``max_rows_by_explain``,
+                                 or one it could not estimate
 ===============================  ===============================================
+
+``search_path`` is pinned because the analysis resolves unqualified names with
+the search_path the session started with (the gateway's caller passes it to
+``analyze``).  A function allow-list entry without a schema allows an
+unqualified call only while ``pg_catalog`` is searched first
+(``catalog_first``): a session whose search_path puts another schema before it
+may reach a same-named function there.
 
 DO and CALL run code whose effects cannot be seen; they count as both WRITE and
 DDL for ``block`` and ``review``.  A PREPARE is held to the blocking rules of the
@@ -92,6 +103,7 @@ __all__ = [
     "decide",
     "normalize_for_approval",
     "row_budget_decision",
+    "row_budget_unknown",
     "statement_sha256",
 ]
 
@@ -218,15 +230,17 @@ class _Pattern:
         # An unqualified call may resolve to the denied schema's function.
         return self.names(call) and (self.schema is None or call.schema in (None, self.schema))
 
-    def allows(self, call: Name) -> bool:
+    def allows(self, call: Name, catalog_first: bool) -> bool:
         # An unqualified entry allows the call as written without a schema (and
         # the pg_catalog built-in), not a same-named function in a schema the
-        # caller chose; a qualified entry allows only calls qualified alike,
-        # since an unqualified call may resolve elsewhere.
+        # caller chose -- which an unqualified call reaches when the session's
+        # search_path puts that schema before pg_catalog; a qualified entry
+        # allows only calls qualified alike, since an unqualified call may
+        # resolve elsewhere.
         if not self.names(call):
             return False
         if self.schema is None:
-            return call.schema in (None, "pg_catalog")
+            return call.schema == "pg_catalog" or (call.schema is None and catalog_first)
         return call.schema == self.schema
 
 
@@ -253,7 +267,8 @@ class GuardrailRules:
     allow-list) and ``functions_deny`` take names as written in SQL, optionally
     schema-qualified, with a trailing ``*`` for a prefix.  ``max_rows_by_explain``
     is for the caller, which runs EXPLAIN and hands the estimate to
-    :func:`row_budget_decision`.
+    :func:`row_budget_decision`.  ``catalog_first`` is a fact of the session:
+    False when its search_path puts a schema before ``pg_catalog``.
     """
 
     allow_drop: bool = False
@@ -261,7 +276,9 @@ class GuardrailRules:
     allow_alter_system: bool = False
     allow_privilege: bool = False
     allow_set_role: bool = False
-    pinned_settings: frozenset[str] = frozenset({"client_encoding", "standard_conforming_strings"})
+    pinned_settings: frozenset[str] = frozenset(
+        {"client_encoding", "standard_conforming_strings", "search_path"}
+    )
     allow_copy_program: bool = False
     allow_copy_file: bool = False
     allow_file_access: bool = False
@@ -281,6 +298,7 @@ class GuardrailRules:
     functions_deny: frozenset[str] = frozenset()
     unknown: Outcome = Outcome.BLOCK
     max_rows_by_explain: int | None = None
+    catalog_first: bool = True
     _allow: tuple[_Pattern, ...] | None = field(init=False, repr=False, compare=False)
     _deny: tuple[_Pattern, ...] = field(init=False, repr=False, compare=False)
 
@@ -322,6 +340,18 @@ class _Hit:
 
 
 _ASK = "ask an administrator, or use a scope whose guardrails allow it"
+_PINNED_HINT = (
+    "the gateway relies on UTF8 and standard_conforming_strings=on to read "
+    "statements, and resolves table names with the session's starting search_path; "
+    "leave them as they are"
+)
+_PINNED_HINTS = {
+    "search_path": (
+        "set search_path as a startup parameter when connecting (the gateway resolves "
+        "table names with the search_path the session started with), or qualify names "
+        "with their schema"
+    ),
+}
 
 
 def decide(
@@ -363,11 +393,28 @@ def row_budget_decision(
     if budget is None or estimated_rows <= budget:
         return ALLOWED
     return Decision(
-        Outcome.REVIEW,
+        Outcome.BLOCK,
         "guardrails.row_budget",
         f"the planner expects this statement to touch about {estimated_rows:.0f} rows, "
-        f"more than the {budget} allowed without review",
-        "narrow the WHERE clause, work in batches, or ask for a review",
+        f"more than this scope's row budget of {budget}",
+        f"the estimate is {estimated_rows:.0f} rows and the budget {budget}: narrow the "
+        f"WHERE clause, or change the rows in batches of at most {budget}",
+        statement_index,
+    )
+
+
+def row_budget_unknown(
+    why: str, rules: GuardrailRules, statement_index: int | None = None
+) -> Decision:
+    """The decision when the caller could not get an estimate: the budget holds
+    only for what was estimated, so the statement is refused."""
+    return Decision(
+        Outcome.BLOCK,
+        "guardrails.row_budget",
+        f"the gateway could not estimate how many rows this statement touches: {why}",
+        f"this scope allows at most {rules.max_rows_by_explain} rows per statement, checked "
+        "with EXPLAIN before it runs; send the UPDATE, DELETE or MERGE as a statement of "
+        "its own",
         statement_index,
     )
 
@@ -478,8 +525,7 @@ def _blocking_rules(st: Statement, rules: GuardrailRules) -> _Hit | None:
             Outcome.BLOCK,
             "guardrails.pinned_setting",
             f"{command} changes {what}, which the gateway keeps fixed",
-            "the gateway relies on UTF8 and standard_conforming_strings=on to read "
-            "statements; leave them as they are",
+            _PINNED_HINTS.get(pinned[0], _PINNED_HINT),
         )
     if st.command.startswith("DROP ") and not rules.allow_drop:
         return _Hit(
@@ -578,7 +624,8 @@ def _blocking_rules(st: Statement, rules: GuardrailRules) -> _Hit | None:
             _ASK,
         )
     if rules._allow is not None:
-        missing = [f for f in st.functions if not any(p.allows(f) for p in rules._allow)]
+        first = rules.catalog_first
+        missing = [f for f in st.functions if not any(p.allows(f, first) for p in rules._allow)]
         if missing:
             return _Hit(
                 Outcome.BLOCK,

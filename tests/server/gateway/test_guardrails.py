@@ -9,6 +9,7 @@ it is not the first, or ``allow``.
 from __future__ import annotations
 
 import string
+from dataclasses import replace
 
 import pytest
 from hypothesis import given
@@ -26,6 +27,7 @@ from server.gateway.guardrails import (
     decide,
     normalize_for_approval,
     row_budget_decision,
+    row_budget_unknown,
     statement_sha256,
 )
 from server.gateway.sqlcheck import Analysis, StatementClass, analyze, analyze_function_call
@@ -599,7 +601,14 @@ DECISIONS = [
         "block:pinned_setting",
     ),
     ("SET work_mem = '64MB'", "allow", "allow", "allow", "allow", "allow"),
-    ("SET search_path = app, public", "allow", "allow", "allow", "allow", "allow"),
+    (
+        "SET search_path = app, public",
+        "block:pinned_setting",
+        "block:pinned_setting",
+        "block:pinned_setting",
+        "block:pinned_setting",
+        "block:pinned_setting",
+    ),
     ("SELECT set_config('work_mem', '1GB', false)", "allow", "allow", "allow", "allow", "allow"),
     (
         "RESET ALL",
@@ -1169,6 +1178,7 @@ FUNCTION_RULES = GuardrailRules(
 ALLOW_LIST = GuardrailRules(
     functions_allow=frozenset({"lower", "count", "now", "app.*", "reports.monthly"})
 )
+SHADOWED_ALLOW_LIST = replace(ALLOW_LIST, catalog_first=False)
 
 
 @pytest.mark.parametrize(
@@ -1205,6 +1215,14 @@ ALLOW_LIST = GuardrailRules(
         ),
         ("SELECT 1", GuardrailRules(functions_allow=frozenset()), "allow"),
         ("SELECT now()", GuardrailRules(functions_allow=frozenset()), "block:function_not_allowed"),
+        # A search_path with a schema before pg_catalog: lower() may be that schema's.
+        ("SELECT lower(a) FROM t", SHADOWED_ALLOW_LIST, "block:function_not_allowed"),
+        ("SELECT count(*) FROM t", SHADOWED_ALLOW_LIST, "block:function_not_allowed"),
+        ("SELECT pg_catalog.lower(a) FROM t", SHADOWED_ALLOW_LIST, "allow"),
+        ("SELECT app.anything(1)", SHADOWED_ALLOW_LIST, "allow"),
+        ("SELECT 1", SHADOWED_ALLOW_LIST, "allow"),
+        ("SELECT md5('x')", replace(FUNCTION_RULES, catalog_first=False), "block:function_denied"),
+        ("SELECT evil()", replace(FUNCTION_RULES, catalog_first=False), "allow"),
     ],
 )
 def test_function_lists(sql: str, rules: GuardrailRules, expected: str) -> None:
@@ -1421,6 +1439,46 @@ def test_preset_shapes() -> None:
     assert GuardrailRules().unknown is Outcome.BLOCK
 
 
+# --- search_path ----------------------------------------------------------------------
+
+# Every way of changing the search_path once the session runs: the analysis
+# resolves table names with the one it started with.
+SEARCH_PATH_CHANGES = [
+    ("SET search_path = secret, public", None),
+    ("set search_path to secret", None),
+    ("SET LOCAL search_path TO secret", None),
+    ("SET SESSION search_path = DEFAULT", None),
+    ("RESET search_path", None),
+    ("SET SCHEMA 'secret'", None),
+    ("SELECT set_config('search_path', 'secret, public', false)", None),
+    ("SELECT set_config('search_path', 'secret', true)", None),
+    ("SELECT pg_catalog.set_config('SEARCH_PATH', 'secret', false)", None),
+    ("SELECT set_config($1, $2, false)", ("search_path", "secret")),
+    ("BEGIN; SET LOCAL search_path = secret; DELETE FROM people WHERE id = 1; COMMIT", None),
+    ("PREPARE p AS SELECT set_config('search_path', 'secret', false)", None),
+    ("WITH s AS (SELECT set_config('search_path', 'secret', false)) SELECT * FROM s", None),
+]
+
+
+@pytest.mark.parametrize(("sql", "params"), SEARCH_PATH_CHANGES)
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_search_path_changes_are_refused(
+    sql: str, params: tuple[str, ...] | None, preset: str
+) -> None:
+    decision = decide(analyze(sql, params=params), PRESETS[preset])
+    assert short(decision).split("@")[0] == "block:pinned_setting"
+    assert "search_path" in decision.message
+    assert "set search_path as a startup parameter" in decision.hint
+
+
+@pytest.mark.parametrize(
+    "sql",
+    ["SHOW search_path", "SELECT current_setting('search_path')", "SELECT current_schemas(true)"],
+)
+def test_reading_the_search_path_is_allowed(sql: str) -> None:
+    assert judge(sql, PRESETS["read"]) == "allow"
+
+
 # --- row budget --------------------------------------------------------------------------
 
 
@@ -1430,16 +1488,24 @@ def test_preset_shapes() -> None:
         (None, 10**9, "allow"),
         (1000, 0, "allow"),
         (1000, 1000, "allow"),
-        (1000, 1000.4, "review:row_budget"),
-        (1000, 5000, "review:row_budget"),
-        (0, 1, "review:row_budget"),
+        (1000, 1000.4, "block:row_budget"),
+        (1000, 5000, "block:row_budget"),
+        (0, 1, "block:row_budget"),
     ],
 )
 def test_row_budget(budget: int | None, rows: float, expected: str) -> None:
     decision = row_budget_decision(rows, GuardrailRules(max_rows_by_explain=budget))
     assert short(decision) == expected
-    if decision.outcome is Outcome.REVIEW:
+    if decision.outcome is Outcome.BLOCK:
         assert str(budget) in decision.message
+        # The hint names the estimate and the budget.
+        assert f"estimate is {rows:.0f} rows and the budget {budget}" in decision.hint
+
+
+def test_row_budget_without_an_estimate_blocks() -> None:
+    decision = row_budget_unknown("EXPLAIN failed", GuardrailRules(max_rows_by_explain=7))
+    assert short(decision) == "block:row_budget"
+    assert "EXPLAIN failed" in decision.message and "at most 7 rows" in decision.hint
 
 
 def test_row_budget_names_the_statement() -> None:

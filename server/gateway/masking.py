@@ -37,10 +37,12 @@ the RowDescription the client receives (:meth:`MaskPlan.row_description`):
 ``***`` is then a valid value in both formats, since the binary form of text is
 its UTF-8.  ``partial`` and ``hash`` need the value's text; a binary value of
 another type does not give it without a per-type decoder, so for those the plan
-asks for text from upstream (:meth:`MaskPlan.upstream_formats` gives the Bind
-result formats to send: text for such columns; the client cannot tell, the
-column being announced as text either way), and a binary value that arrives
-anyway becomes NULL.  ``null`` keeps the column's type.
+asks for text from upstream (:meth:`MaskPlan.bind_formats` gives the Bind
+result formats to send instead of the client's: text for such columns; the
+client cannot tell, the column being announced as text either way, and
+:meth:`MaskPlan.row_description` shows it the formats it asked for).  A binary
+value that arrives anyway (:meth:`MaskPlan.unmaskable`) becomes NULL here; the
+relay refuses such a result before its rows.  ``null`` keeps the column's type.
 
 **Rewriting** — :class:`RowMasker` (``plan.masker(formats)``, cached per
 formats) rewrites DataRow messages.  It walks only the length words up to the
@@ -55,12 +57,20 @@ see ``bench/masking.py``); a row with a value off that path (NULL, too short to
 keep characters from, a non-ASCII tail, no ``@``) is decoded, masked by
 :func:`mask_bytes` and encoded again.  :func:`apply_plan` is the one-body form.
 
+**Content detectors** — :func:`screen_row` runs the target's detectors over a
+DataRow (one search of the body when nothing is there): a finding becomes
+``***`` inside a value of a column announced as text, NULL in any other, and a
+kind whose action is ``block`` refuses the row.  :func:`screen_report` masks
+findings in error and notice texts, :func:`screen_notification` and
+:func:`screen_parameter` decide what a notification payload and a parameter
+value leave as.
+
 **Other exits** — :func:`redact_text` / :func:`redact_report` for error and
 notice texts that echo data (``Key (email)=(x@y.z) already exists``, ``Failing
-row contains (...)``, ``invalid input syntax ...: "..."``) and for notification
-payloads and parameter values; :class:`CopyMasker` for COPY TO STDOUT rows in
-text and CSV format; :func:`database_side_grants` for column-level grants that
-leave masked columns out of a grant role, as a wall inside the database.
+row contains (...)``, ``invalid input syntax ...: "..."``); :class:`CopyMasker`
+for COPY TO STDOUT rows in text and CSV format; :func:`database_side_grants`
+for column-level grants that leave masked columns out of a grant role, as a
+wall inside the database.
 """
 
 from __future__ import annotations
@@ -78,7 +88,7 @@ from types import MappingProxyType
 from typing import Final
 
 from server.errors import Unavailable
-from server.gateway.detectors import NO_DETECTORS, DetectorSet
+from server.gateway.detectors import NO_DETECTORS, DetectorSet, Finding, mask_spans_bytes
 from server.gateway.pgwire import BINARY, TEXT, Field, ProtocolViolation
 from server.gateway.pgwire import DataRow as _DataRowMessage
 from server.policy.model import DetectorAction, DetectorKind, MaskingPolicy, MaskMethod, MaskRule
@@ -350,13 +360,63 @@ class MaskPlan:
             if f.action is not Action.CLEAR
         ]
 
-    def row_description(self, fields: Sequence[Field]) -> list[Field]:
-        """The RowDescription fields the client is sent: masked non-text columns become text."""
+    def row_description(
+        self, fields: Sequence[Field], client_formats: Sequence[int] | None = None
+    ) -> list[Field]:
+        """The RowDescription fields the client is sent: masked non-text columns become text.
+
+        ``client_formats`` (one per column) are the result formats the client's
+        Bind asked for, when the gateway sent others upstream
+        (:meth:`bind_formats`): a column announced as text is then described
+        in the format the client asked for, since text has the same bytes in
+        both and a driver may read every column in the format of the first.
+        """
         out = list(fields)
         for i, plan in enumerate(self.fields):
             if plan.retype:
-                out[i] = replace(out[i], type_oid=TEXT_OID, type_size=-1, type_modifier=-1)
+                fmt = out[i].format if client_formats is None else client_formats[i]
+                out[i] = replace(
+                    out[i], type_oid=TEXT_OID, type_size=-1, type_modifier=-1, format=fmt
+                )
         return out
+
+    def bind_formats(self, requested: Sequence[int]) -> list[int] | None:
+        """The result formats a Bind must send upstream instead of ``requested``, or None.
+
+        None when the client's formats do: no column that can only be masked
+        as text (:attr:`FieldPlan.needs_text`) is asked for in binary.
+        """
+        wanted = self.upstream_formats(requested)
+        if wanted == expand_formats(requested, len(self.fields)):
+            return None
+        return wanted
+
+    def unmaskable(self, formats: Sequence[int]) -> FieldPlan | None:
+        """The first column that needs its text to be masked but arrives in binary."""
+        expanded = expand_formats(formats, len(self.fields))
+        return next(
+            (
+                f
+                for f, fmt in zip(self.fields, expanded, strict=True)
+                if fmt == BINARY and f.needs_text
+            ),
+            None,
+        )
+
+    @cached_property
+    def names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.fields)
+
+    @cached_property
+    def in_place(self) -> tuple[bool, ...]:
+        """Per column: announced as a text type, so a detector finding can become ``***``
+        inside the value in either format (other values become NULL)."""
+        return tuple(f.retype or f.type_oid in TEXT_LIKE_TYPES for f in self.fields)
+
+    @cached_property
+    def scanned(self) -> tuple[bool, ...]:
+        """Per column: whether detectors look at it (a masked value is masked already)."""
+        return tuple(f.action is not Action.MASK for f in self.fields)
 
     def upstream_formats(self, requested: Sequence[int]) -> list[int]:
         """Bind result formats to send upstream: text for columns that can only be masked as text.
@@ -680,6 +740,9 @@ class RowMasker:
         self.formats = formats
         self.count = len(plan.fields)
         self.identity = not plan.masked
+        # A column that needs its text but comes in binary: the relay refuses
+        # such rows; this masker would send NULL for them.
+        self.unmaskable = plan.unmaskable(formats)
         self._rewrite = self._compile()
 
     def _compile(self) -> Callable[[bytes, int, list[bytes]], int]:
@@ -861,6 +924,142 @@ def redact_report(
         else value
         for code, value in fields.items()
     }
+
+
+# --------------------------------------------------------------------------
+# Content detectors on what leaves
+
+
+@dataclass(frozen=True, slots=True)
+class Screened:
+    """A DataRow after the content detectors.
+
+    ``body`` is the body to send instead (None: the row leaves as it came);
+    ``blocked`` says which column and detector, without the value, when a
+    finding's kind blocks: the whole result must then be refused.
+    """
+
+    body: bytes | None = None
+    blocked: str | None = None
+
+
+UNCHANGED: Final = Screened()
+
+
+def screen_row(
+    detectors: DetectorSet,
+    body: bytes,
+    names: Sequence[str] = (),
+    *,
+    in_place: Sequence[bool] | None = None,
+    scanned: Sequence[bool] | None = None,
+) -> Screened:
+    """What the detectors leave of one DataRow body.
+
+    Nothing found — the common case, one search over the whole body — gives
+    :data:`UNCHANGED`.  A finding whose kind blocks refuses the row.  Otherwise
+    each finding in a column with ``in_place[i]`` becomes ``***`` inside its
+    value (the column is announced as text, whose bytes are the same in both
+    formats, so the value stays valid); in any other column the whole value
+    becomes NULL, since ``***`` inside an integer, a date or a binary value is no
+    value of its type and a driver would misread it.  ``in_place`` None: no
+    column is known to be text.  ``scanned[i]`` False skips column i.
+    """
+    scan = detectors.scan_row(body, scanned)
+    if not scan.findings:
+        return UNCHANGED
+    if scan.blocked is not None:
+        column = next(c for c, f in scan.findings if f is scan.blocked)
+        name = names[column] if column < len(names) else f"#{column + 1}"
+        return Screened(
+            blocked=f"result column {name!r} holds what the {scan.blocked.kind} detector "
+            f"({scan.blocked.name}) recognises"
+        )
+    by_column: dict[int, list[Finding]] = {}
+    for column, finding in scan.findings:
+        by_column.setdefault(column, []).append(finding)
+    values = _row_values(body, 0, len(body))
+    for column, findings in by_column.items():
+        value = values[column]
+        if in_place is not None and in_place[column] and value is not None:
+            values[column] = mask_spans_bytes(value, findings)
+        else:
+            values[column] = None
+    return Screened(body=_DataRowMessage(values).encode()[5:])
+
+
+def screen_report(fields: Mapping[str, str], detectors: DetectorSet) -> dict[str, str]:
+    """An ErrorResponse/NoticeResponse field map with what the detectors find in its texts
+    replaced by ``***``, whatever the action: a report is not refused, only emptied."""
+    return {
+        code: detectors.mask(value) if code in REPORT_TEXT_FIELDS else value
+        for code, value in fields.items()
+    }
+
+
+def screen_notification(payload: str, *, masked: bool, detectors: DetectorSet) -> str:
+    """The payload a NotificationResponse leaves with.
+
+    With masking rules in force a non-empty payload becomes ``***``: it is free
+    text with no column origin to decide by, and it may come from a trigger
+    or another session (``pg_notify(channel, NEW.ssn)``), so whether it holds
+    masked data cannot be told; detectors would only catch what has a known
+    shape.  The notification itself still arrives (its channel is one the
+    client chose to LISTEN to, its sender pid is no data), so code that waits
+    for it keeps working.  Without rules (detectors only), what the detectors
+    find becomes ``***``.
+    """
+    if not payload:
+        return payload
+    if masked:
+        return REDACTED
+    return detectors.mask(payload)
+
+
+# Reported parameters whose values the server checks against a vocabulary of
+# its own (encodings, styles, on/off, numbers, time zones) or sets itself;
+# drivers read some of them to decode values (client_encoding, DateStyle,
+# IntervalStyle, TimeZone, integer_datetimes, standard_conforming_strings), so
+# they must arrive as they are.
+VOCABULARY_PARAMETERS: Final = frozenset(
+    {
+        "server_version",
+        "server_encoding",
+        "client_encoding",
+        "datestyle",
+        "intervalstyle",
+        "timezone",
+        "integer_datetimes",
+        "standard_conforming_strings",
+        "is_superuser",
+        "in_hot_standby",
+        "default_transaction_read_only",
+        "scram_iterations",
+    }
+)
+
+
+def screen_parameter(
+    name: str,
+    value: str,
+    *,
+    masked: bool,
+    detectors: DetectorSet,
+    written: Callable[[str], bool],
+) -> str:
+    """The value a ParameterStatus leaves with.
+
+    What the detectors find becomes ``***``.  With masking rules in force, a
+    free-text parameter (``application_name``, ``session_authorization``, any
+    not in :data:`VOCABULARY_PARAMETERS`) keeps its value only when
+    ``written(value)``, i.e. the client's own SQL holds it (``SET
+    application_name = 'x'``); otherwise something else set it — a function
+    calling ``set_config(..., email, ...)`` — and it becomes ``***``.
+    """
+    out = detectors.mask(value)
+    if masked and out and name.lower() not in VOCABULARY_PARAMETERS and not written(out):
+        return REDACTED
+    return out
 
 
 # --------------------------------------------------------------------------

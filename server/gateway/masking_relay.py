@@ -12,22 +12,49 @@ DataRow the server sends, which statement or portal it belongs to, and
   columns, or when what it touches cannot be told (``FETCH``, ``EXECUTE``, a
   table the catalog does not know yet);
 * rewrites the RowDescription (masked non-text columns become ``text``) and
-  every DataRow of a masking plan; a binary value that cannot be masked as
-  such becomes NULL (the masker's fallback), never the clear value;
+  every DataRow of a masking plan;
+* rewrites a Bind's result formats when its statement was described before
+  (the plan is known): a column that ``partial``/``hash`` can only mask from
+  its text is asked for in text upstream, and the portal's RowDescription
+  shows the client the format it asked for, which is right since the column
+  is announced as ``text`` and text has the same bytes in both formats (a
+  driver such as psycopg reads every column in the format of the first, so
+  a mix would be misread).  Bound in binary before the shape was known
+  (Parse, Bind, Describe in one go), such a column has no text to mask from:
+  the result is refused (42501, hint: ask for text), never sent as NULL;
+* runs the target's content detectors (``MaskingRules.detector_set``) over
+  every DataRow on its way out, after the rules, skipping masked columns:
+  one regex search per row when nothing is there; a finding becomes ``***``
+  inside a value of a text column and NULL in any other (``***`` in an
+  integer or a binary value would be misread); a kind whose action is
+  ``block`` refuses the result.  Rows of an allowed COPY out are searched
+  too, and a finding refuses the COPY (its fields cannot be told apart
+  without the COPY's options, so no rewrite in place);
 * on a blocked plan, or on DataRows of a portal whose shape is unknown (an
   Execute without any Describe), replaces the message with an ErrorResponse
   (42501) and drops everything the server sends up to the ReadyForQuery;
-* redacts ErrorResponse and NoticeResponse texts (``redact_report``);
+* redacts ErrorResponse and NoticeResponse texts (``redact_report``) and
+  masks what the detectors find in them;
+* NotificationResponse (``A``) and ParameterStatus (``S``), which are not
+  part of one response and are never dropped: a notification keeps its
+  channel and sender but its payload becomes ``***`` when masking rules apply
+  (it may come from a trigger or another session and has no origin to judge
+  by; dropping it would silently break code that waits for it), and is
+  screened by the detectors otherwise; a free-text parameter value
+  (``application_name``) that the client's own SQL does not hold becomes
+  ``***``, as it was set by something else, such as a function calling
+  ``set_config`` (``masking.screen_parameter``);
 * records one ``statement`` event per simple Query and per Execute
   (``service.recorder``; text redacted, tag, rows, SQLSTATE, decision, masked
   fields).
 
-Sessions without masking register only the few hooks recording needs (no
-DataRow hook), so their rows keep the relay's fast path.
+Sessions without masking rules or detectors register only the few hooks
+recording needs (no DataRow hook), so their rows keep the relay's fast path.
 
 Known limits: lineage for expressions is not computed (they are blocked
 instead when masked data is touched); a function that reads a masked column
-itself (``select f()``) is not seen; COPY TO STDOUT is not masked.
+itself (``select f()``) is not seen; COPY out of a table with masked columns
+is refused, not masked.
 """
 
 from __future__ import annotations
@@ -47,9 +74,14 @@ from server.gateway.masking import (
     ColumnRef,
     MaskingRules,
     MaskPlan,
+    expand_formats,
     load_key,
     plan_for_row_description,
     redact_report,
+    screen_notification,
+    screen_parameter,
+    screen_report,
+    screen_row,
 )
 from server.gateway.pgwire import (
     Bind,
@@ -58,7 +90,10 @@ from server.gateway.pgwire import (
     ErrorResponse,
     Execute,
     NoticeResponse,
+    NotificationResponse,
+    ParameterStatus,
     Parse,
+    ProtocolViolation,
     Query,
     RawMessage,
     RowDescription,
@@ -71,10 +106,19 @@ log = logging.getLogger(__name__)
 
 SQLSTATE = "42501"
 BLOCK_HINT = "select the column itself or ask for review"
+DETECTOR_HINT = "leave the column out of the result, or ask for review"
+COPY_DETECTOR_HINT = "select the columns instead: a COPY row cannot be masked in place"
+TEXT_FORMAT_HINT = (
+    "ask for this column in text format (psycopg: binary=False), or describe the "
+    "statement before binding it so that the gateway can ask for text itself"
+)
 # Commands whose result columns come from a statement the analysis does not see.
 _OPAQUE_COMMANDS = frozenset({"EXECUTE", "FETCH", "MOVE"})
 # Server messages that belong to a statement's response (dropped after a block).
 _RESPONSE_TYPES = b"TDCnsIE123tHdcVZN"
+# Messages that are not part of one response and leave even while one is dropped:
+# notifications and parameter changes (their values are screened).
+_ASYNC_TYPES = b"AS"
 _RECORD_TYPES = b"CIEZ"
 REFRESH_INTERVAL = 5.0
 
@@ -103,8 +147,9 @@ class _Item:
 @dataclass
 class _Portal:
     statement: str
-    formats: tuple[int, ...]
+    formats: tuple[int, ...]  # the result formats sent upstream
     plan: MaskPlan | None = None
+    client_formats: tuple[int, ...] | None = None  # what the client asked, when not sent
 
 
 class MaskingHooks:
@@ -119,6 +164,9 @@ class MaskingHooks:
     ) -> None:
         self.rules = rules
         self.masking = rules.active
+        self.detectors = rules.detector_set
+        self.detecting = self.detectors.enabled
+        self.copying = False  # a COPY out whose rows the detectors look at
         self.catalog = catalog
         self.session_id = session_id
         self._record_event = record
@@ -132,7 +180,7 @@ class MaskingHooks:
 
     # -- installing ---------------------------------------------------------------
     def install(self, relay: Relay) -> None:
-        client: dict[bytes, Callable[[RawMessage, Relay], None]] = {
+        client: dict[bytes, Hook] = {
             b"Q": self._on_query,
             b"P": self._on_parse,
             b"B": self._on_bind,
@@ -144,7 +192,8 @@ class MaskingHooks:
         }
         for types, hook in client.items():
             _chain_client(relay, types, hook)
-        for t in _RESPONSE_TYPES if self.masking else _RECORD_TYPES:
+        screening = self.masking or self.detecting
+        for t in _RESPONSE_TYPES + _ASYNC_TYPES if screening else _RECORD_TYPES:
             _chain_server(relay, bytes((t,)), self._on_server)
 
     # -- client messages ------------------------------------------------------------
@@ -166,10 +215,26 @@ class MaskingHooks:
         # Only masking needs it (the guard analyses every statement for itself).
         return analyze(sql, search_path=self.search_path) if self.masking else None
 
-    def _on_bind(self, raw: RawMessage, relay: Relay) -> None:
+    def _on_bind(self, raw: RawMessage, relay: Relay) -> bytes | None:
         msg = pgwire.decode_frontend(raw)
         assert isinstance(msg, Bind)
-        self.portals[msg.portal] = _Portal(msg.statement, tuple(msg.result_formats))
+        portal = _Portal(msg.statement, tuple(msg.result_formats))
+        self.portals[msg.portal] = portal
+        plan = self.statement_plans.get(msg.statement) if self.masking else None
+        if plan is None or plan.clear:
+            return None
+        try:
+            wanted = plan.bind_formats(msg.result_formats)
+        except ProtocolViolation:
+            return None  # format codes that do not fit: the server refuses the Bind
+        if wanted is None:
+            return None
+        # Binary asked for a column only its text can be masked from: text
+        # upstream; the column is announced as text, whose bytes are the same
+        # in both formats, so the client still gets the format it asked for.
+        portal.client_formats = tuple(expand_formats(msg.result_formats, len(plan.fields)))
+        portal.formats = tuple(wanted)
+        return Bind(msg.portal, msg.statement, msg.param_formats, msg.params, list(wanted)).encode()
 
     def _on_describe(self, raw: RawMessage, relay: Relay) -> None:
         msg = pgwire.decode_frontend(raw)
@@ -213,10 +278,15 @@ class MaskingHooks:
         t = raw.type
         if t == 90:  # Z
             self.dropping = False
+            self.copying = False
             self._ready()
             return None
         if t == 78:  # N
-            return self._redacted(raw) if self.masking else None
+            return self._redacted(raw) if self.masking or self.detecting else None
+        if t == 65:  # A
+            return self._on_notification(raw)
+        if t == 83:  # S
+            return self._on_parameter(raw)
         if self.dropping:
             return b""
         head = self.pending[0] if self.pending else None
@@ -233,9 +303,18 @@ class MaskingHooks:
                 "COPY out of a table with masked columns",
                 hint="select the columns instead: masked values cannot leave through COPY",
             )
+        if t == 100:  # d
+            return self._on_copy_data(raw, head) if self.copying else None
+        if t == 72:  # H, allowed
+            self.copying = self.detecting
+            return None
+        if t == 99:  # c
+            self.copying = False
+            return None
         if t == 69:  # E
             return self._on_error(raw, head)
         if t in (67, 115, 73):  # C, s, I
+            self.copying = False
             if head is not None and head.kind in ("Q", "X"):
                 if t == 67:
                     tag = pgwire.decode_backend(raw)
@@ -262,6 +341,7 @@ class MaskingHooks:
         if plan.blocked is not None:
             return self._block(head, plan.block_message() or "", plan=plan)
         formats = tuple(f.format for f in msg.fields)
+        client_formats: tuple[int, ...] | None = None
         if head.kind == "Q":
             head.plan, head.formats = plan, formats
         elif head.kind == "DS":
@@ -271,12 +351,18 @@ class MaskingHooks:
             if portal is not None:
                 portal.plan = plan
                 portal.formats = formats
+                client_formats = portal.client_formats
         if plan.clear:
             return None
+        unmaskable = plan.unmaskable(formats)
+        if unmaskable is not None:
+            # Bound in binary before the gateway knew the shape (Parse, Bind and
+            # Describe in one go): the value's text is not there to mask from.
+            return self._unmaskable(head, unmaskable.name)
         if head.kind == "Q":
             head.masked.extend(plan.summary())
         if any(f.retype for f in plan.fields):
-            return RowDescription(plan.row_description(msg.fields)).encode()
+            return RowDescription(plan.row_description(msg.fields, client_formats)).encode()
         return None
 
     def _on_row(self, raw: RawMessage, head: _Item | None) -> bytes | None:
@@ -292,17 +378,96 @@ class MaskingHooks:
                 if plan is not None and not plan.clear and not head.masked:
                     head.masked.extend(plan.summary())
         if plan is None:
+            if not self.masking:
+                # Detectors only: no shape needed, and with no column known to be
+                # text every finding becomes NULL.
+                return self._screened(raw, None, head, None)
             return self._block(
                 head,
                 "rows of a portal whose columns were not described",
                 hint="describe the portal (or the statement) before executing it",
             )
         if plan.clear:
+            return self._screened(raw, None, head, plan) if self.detecting else None
+        masker = plan.masker(formats)
+        if masker.unmaskable is not None:
+            return self._unmaskable(head, masker.unmaskable.name)
+        out = masker.message(raw.body)
+        return self._screened(raw, out, head, plan) if self.detecting else out
+
+    def _screened(
+        self, raw: RawMessage, masked: bytes | None, head: _Item | None, plan: MaskPlan | None
+    ) -> bytes | None:
+        """The content detectors over a row on its way out (``masked``: the masked message)."""
+        body = raw.body if masked is None else memoryview(masked)[5:].tobytes()
+        if plan is None:
+            screened = screen_row(self.detectors, body)
+        else:
+            screened = screen_row(
+                self.detectors, body, plan.names, in_place=plan.in_place, scanned=plan.scanned
+            )
+        if screened.blocked is not None:
+            return self._block(head, "", message=screened.blocked, hint=DETECTOR_HINT)
+        if screened.body is None:
+            return masked
+        return pgwire.encode_raw(68, screened.body)
+
+    def _unmaskable(self, head: _Item | None, name: str) -> bytes:
+        return self._block(
+            head,
+            "",
+            message=f"result column {name!r} is masked from its text, and it was asked "
+            "for in binary",
+            hint=TEXT_FORMAT_HINT,
+        )
+
+    def _on_copy_data(self, raw: RawMessage, head: _Item | None) -> bytes | None:
+        # Where a COPY row's fields start depends on the COPY's options, which
+        # the gateway does not parse: a finding refuses the COPY, whatever its
+        # action, rather than a rewrite that could shift the fields.
+        found = self.detectors.scan_bytes(raw.body)
+        if not found:
             return None
-        return plan.masker(formats).message(raw.body)
+        self.copying = False
+        return self._block(
+            head,
+            "",
+            message=f"a COPY row holds what the {found[0].kind} detector ({found[0].name}) "
+            "recognises",
+            hint=COPY_DETECTOR_HINT,
+        )
+
+    def _on_notification(self, raw: RawMessage) -> bytes | None:
+        msg = pgwire.decode_backend(raw)
+        assert isinstance(msg, NotificationResponse)
+        payload = screen_notification(msg.payload, masked=self.masking, detectors=self.detectors)
+        if payload == msg.payload:
+            return None
+        return NotificationResponse(msg.pid, msg.channel, payload).encode()
+
+    def _on_parameter(self, raw: RawMessage) -> bytes | None:
+        msg = pgwire.decode_backend(raw)
+        assert isinstance(msg, ParameterStatus)
+        value = screen_parameter(
+            msg.name,
+            msg.value,
+            masked=self.masking,
+            detectors=self.detectors,
+            written=self._written,
+        )
+        if value == msg.value:
+            return None
+        return ParameterStatus(msg.name, value).encode()
+
+    def _written(self, value: str) -> bool:
+        """Whether SQL the client sent (pending, or a prepared statement) holds ``value``."""
+        return any(value in item.sql for item in self.pending) or any(
+            value in sql for sql, _ in self.statements.values()
+        )
 
     def _on_error(self, raw: RawMessage, head: _Item | None) -> bytes | None:
-        out = self._redacted(raw) if self.masking else None
+        self.copying = False
+        out = self._redacted(raw)
         msg = pgwire.decode_backend(raw)
         fields: dict[str, str] = msg.fields if isinstance(msg, ErrorResponse) else {}
         if head is not None and head.kind in ("Q", "X"):
@@ -316,7 +481,11 @@ class MaskingHooks:
         msg = pgwire.decode_backend(raw)
         if not isinstance(msg, ErrorResponse | NoticeResponse):
             return None
-        cleaned = redact_report(msg.fields, touches_masked=True)
+        cleaned = msg.fields
+        if self.masking:
+            cleaned = redact_report(cleaned, touches_masked=True)
+        if self.detecting:
+            cleaned = screen_report(cleaned, self.detectors)
         if cleaned == msg.fields:
             return None
         return type(msg)(cleaned).encode()
@@ -374,14 +543,15 @@ class MaskingHooks:
         *,
         plan: MaskPlan | None = None,
         hint: str = BLOCK_HINT,
+        message: str | None = None,
     ) -> bytes:
         blocked = plan.blocked if plan is not None else None
+        detail: str | None = None
         if blocked is not None:
             message = f"result column {blocked.name!r} may derive from masked data"
-            detail: str | None = blocked.source or why
-        else:
+            detail = blocked.source or why
+        elif message is None:
             message = f"refused {why}: masking applies to this session"
-            detail = None
         if item is not None and item.kind in ("Q", "X"):
             item.sqlstate = SQLSTATE
             item.decision = "masking_blocked"
@@ -449,12 +619,22 @@ def _rows(tag: str | None) -> int:
     return int(last) if last.isdigit() and " " in tag else 0
 
 
-def _chain_client(relay: Relay, types: bytes, hook: Callable[[RawMessage, Relay], None]) -> None:
+def _chain_client(relay: Relay, types: bytes, hook: Hook) -> None:
     before = relay.client_hook(types[0])
 
     def chained(raw: RawMessage, r: Relay) -> bytes | None:
-        hook(raw, r)
-        return before(raw, r) if before is not None else None
+        mine = hook(raw, r)
+        if before is None:
+            return mine
+        if mine is None:
+            return before(raw, r)
+        # The hook registered before (the guard) judges what goes upstream.
+        msgs = pgwire.split_frames(mine)[0]
+        out = [before(m, r) for m in msgs]
+        return b"".join(
+            pgwire.encode_raw(m.type, m.body) if o is None else o
+            for m, o in zip(msgs, out, strict=True)
+        )
 
     relay.on_client(types, chained)
 

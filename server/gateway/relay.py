@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import struct
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Final, NoReturn
 
 from server.gateway import pgwire
@@ -109,7 +109,10 @@ class _Partial:
 
 
 class Relay:
-    def __init__(self) -> None:
+    def __init__(self, parameters: Mapping[str, str] | None = None) -> None:
+        # The session parameters the gateway set upstream at login (search_path, ...),
+        # for hooks whose reading of statements depends on them.
+        self.parameters: Mapping[str, str] = dict(parameters or {})
         self._client_hooks: dict[int, Hook] = {}
         self._server_hooks: dict[int, Hook] = {}
         self._client_hooked: bytes | None = None  # 256 flags, or None without hooks

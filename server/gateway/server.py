@@ -42,6 +42,7 @@ from server.gateway import pgwire
 from server.gateway.limits import CANCEL_RATE_PER_ADDRESS, CancelLimiter, ConnectionCaps
 from server.gateway.pgwire import ProtocolViolation
 from server.gateway.relay import Relay
+from server.gateway.search_path import DEFAULT_SEARCH_PATH
 from server.gateway.session import (
     FORWARDED_STARTUP,
     CancelResult,
@@ -227,6 +228,7 @@ class ClientConnection(asyncio.Protocol):
         self._timers: list[asyncio.TimerHandle] = []
         # Direct references for the relay hot path.
         self._up: asyncio.Transport | None = None
+        self._session_params: dict[str, str] = {}  # what the upstream login set
 
     @property
     def relaying(self) -> bool:
@@ -466,6 +468,10 @@ class ClientConnection(asyncio.Protocol):
         for key in _PASSED_ON:
             if key in result.params:
                 params[key] = result.params[key]
+        # Always sent, so that a default set on the database or role (which the
+        # analysis cannot see) never applies; the guardrails keep it fixed.
+        params.setdefault("search_path", DEFAULT_SEARCH_PATH)
+        self._session_params = {k: v for k, v in params.items() if k not in ("user", "database")}
         assert proto.transport is not None
         proto.transport.write(startup_packet(params))
 
@@ -570,7 +576,7 @@ class ClientConnection(asyncio.Protocol):
         out += [pgwire.parameter_status(n, v) for n, v in self.login.parameters]
         out.append(pgwire.backend_key_data(*self.key))
         out.append(pgwire.ready_for_query("I"))
-        relay = Relay()
+        relay = Relay(self._session_params)
         for setup in self.gateway.relay_setup:
             setup(relay, self.live)
         self._up = self.upstream.transport

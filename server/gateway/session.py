@@ -27,6 +27,7 @@ from enum import Enum
 
 from server.gateway import pgwire
 from server.gateway.pgwire import ProtocolViolation, RawMessage
+from server.gateway.sqlcheck import parse_search_path
 
 # Startup parameters a client may set.  Anything else ("options", "replication",
 # "_pq_.*", unknown GUCs) changes how the server reads SQL or who runs it.
@@ -187,6 +188,16 @@ class ClientStartup:
                     f"client_encoding {value!r} is not allowed",
                     "dbaccess sessions use UTF8",
                 )
+            if key == "search_path":
+                try:
+                    parse_search_path(value)
+                except ValueError as exc:
+                    # The analysis must read it as the server will.
+                    raise GatewayError(
+                        "22023",
+                        f"invalid value for startup parameter search_path: {exc}",
+                        "give a comma-separated list of schema names",
+                    ) from None
             params[key] = value
         if "user" not in params:
             raise GatewayError("28000", "no user name in the startup packet")

@@ -24,6 +24,11 @@ replaced message (the relay counts them); when an earlier message of the
 same pipeline failed already, the server discards the replacement and that
 earlier error is the one the client sees, under the gateway's message.
 
+Names are resolved with the session's search_path, which the gateway fixed
+at login (``server.gateway.search_path``): unqualified tables with every
+schema they may be in, and a function allow-list knows whether ``pg_catalog``
+comes first.
+
 Parse is judged when it arrives, with parameters unknown.  When a rule may
 depend on parameter values (a setting named by ``$1`` in ``set_config``) or
 the statement needs review (the approval binds the parameters too), the
@@ -67,6 +72,7 @@ from server.gateway.masking import MaskingRules
 from server.gateway.pgwire import Bind, Close, FunctionCall, Parse, Query, RawMessage
 from server.gateway.relay import Relay
 from server.gateway.rules import rules_for
+from server.gateway.search_path import catalog_first, session_search_path
 from server.gateway.sqlcheck import (
     Analysis,
     Execution,
@@ -410,6 +416,10 @@ def guard_setup(service: SessionService) -> Callable[[Relay, LiveSession], None]
             # carry a masked value out (set_config then current_setting,
             # pg_notify): refuse them before they run in a masked session.
             rules = replace(rules, functions_deny=rules.functions_deny | _SIDE_CHANNELS)
+        # The server checked the value at login (and the gateway before it).
+        path = session_search_path(relay.parameters.get("search_path"), live.credential.username)
+        if not catalog_first(path):
+            rules = replace(rules, catalog_first=False)
         facts = SessionFacts(
             session_id=record.id,
             identity=record.identity,
@@ -425,6 +435,7 @@ def guard_setup(service: SessionService) -> Callable[[Relay, LiveSession], None]
             approvals=service.approvals if scope is not None else None,
             store=service.store,
             review=review,
+            search_path=path,
         ).install(relay)
 
     return setup

@@ -33,4 +33,6 @@ def rules_for(scope: str, settings: GuardrailSettings) -> GuardrailRules:
             changes[key] = value
     if settings.unknown is not None:
         changes["unknown"] = Outcome(settings.unknown)
+    if settings.max_rows_by_explain is not None:
+        changes["max_rows_by_explain"] = settings.max_rows_by_explain
     return replace(rules, **changes) if changes else rules

@@ -109,6 +109,7 @@ _GUARDRAIL_KEYS = (
     "allow_listen_notify",
     "allow_code",
     "unknown",
+    "max_rows_by_explain",
 )
 # A function as guardrails name it: [schema.]name with an optional trailing * for a
 # prefix, or schema.* for a whole schema (unquoted names, as PostgreSQL folds them).
@@ -679,6 +680,7 @@ def _read_guardrails(check: Checker, entry: Entry | None, path: str) -> Guardrai
         allow_listen_notify=_value(check, reader, "allow_listen_notify", _bool),
         allow_code=_value(check, reader, "allow_code", _bool),
         unknown=_value(check, reader, "unknown", _choice(("block", "review"), "unknown")),
+        max_rows_by_explain=_value(check, reader, "max_rows_by_explain", _row_budget),
     )
 
 
@@ -858,6 +860,12 @@ def _bool(text: str) -> bool:
 def _count(text: str) -> int:
     if not re.fullmatch(r"[0-9]{1,4}", text.strip()) or int(text) < 1:
         raise ValueError(f"{text!r} is not a whole number from 1 to 9999")
+    return int(text)
+
+
+def _row_budget(text: str) -> int:
+    if not re.fullmatch(r"[0-9]{1,10}", text.strip()):
+        raise ValueError(f"{text!r} is not a whole number of rows (0 or more)")
     return int(text)
 
 

@@ -81,6 +81,7 @@ class GuardrailSettings:
     allow_listen_notify: bool | None = None
     allow_code: bool | None = None
     unknown: str | None = None
+    max_rows_by_explain: int | None = None
 
     def over(self, base: GuardrailSettings) -> GuardrailSettings:
         """These settings, with what they leave unsaid taken from ``base``."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ POLICY = textwrap.dedent(
         admin_dsn_env: DEMO_ADMIN_DSN
         guardrails:
           production: true
+          max_rows_by_explain: 1000
         scopes:
           read:
             grants: [demo_read]
@@ -46,6 +48,7 @@ POLICY = textwrap.dedent(
               preset: admin
               production: false
               allow_listen_notify: true
+              max_rows_by_explain: 0
     """
 )
 
@@ -57,18 +60,24 @@ def _scopes() -> dict[str, GuardrailRules]:
 
 def test_presets_by_scope_name_and_overrides() -> None:
     rules = _scopes()
-    assert rules["read"] == GuardrailRules.preset("read", production=True)
+    assert rules["read"] == replace(
+        GuardrailRules.preset("read", production=True), max_rows_by_explain=1000
+    )
     write = rules["write"]
+    assert write.max_rows_by_explain == 1000  # the target's, inherited
     assert write.review == {StatementClass.DDL}  # the override replaces production's writes
     assert write.functions_deny == {"pg_sleep", "myschema.*"}
     assert write.require_where is False and write.unknown is Outcome.REVIEW
     ops = rules["ops"]
     assert ops.allow_code and ops.allow_listen_notify
     assert ops.review == {StatementClass.DDL}  # production: false at the scope wins
+    assert ops.max_rows_by_explain == 0
 
 
 def test_without_a_section_the_defaults_apply() -> None:
-    text = POLICY.replace("        guardrails:\n          production: true\n", "", 1)
+    section = "    guardrails:\n      production: true\n      max_rows_by_explain: 1000\n"
+    assert section in POLICY
+    text = POLICY.replace(section, "", 1)
     policy = parse_policy(text, "policy.yaml", base_dir=Path("/etc"))
     read = policy.targets["demo"].scopes["read"]
     assert rules_for("read", read.guardrails) == GuardrailRules.preset("read")
@@ -83,6 +92,16 @@ def test_without_a_section_the_defaults_apply() -> None:
         ("pg_sleep,", "'pg_sleep(',", "targets.demo.scopes.write.guardrails.functions_deny[0]"),
         ("production: true", "production: maybe", "targets.demo.guardrails.production"),
         ("require_where: false", "require_wher: false", "targets.demo.scopes.write.guardrails"),
+        (
+            "max_rows_by_explain: 1000",
+            "max_rows_by_explain: -1",
+            "targets.demo.guardrails.max_rows_by_explain",
+        ),
+        (
+            "max_rows_by_explain: 0",
+            "max_rows_by_explain: lots",
+            "targets.demo.scopes.ops.guardrails.max_rows_by_explain",
+        ),
     ],
 )
 def test_mistakes_name_file_line_and_key(old: str, new: str, problem: str) -> None:

@@ -1,17 +1,33 @@
-"""What the benchmarks share: a dev broker process on a given target."""
+"""What the benchmarks share: a dev broker process on a given target, sessions held
+open through ``dbaccess connect`` and the broker's resident memory with many idle
+gateway connections."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+import psycopg
+
 BIN = Path(sys.executable).parent
+IDLE_CONNECTIONS = 200
+IDLE_SESSIONS = 5  # 40 connections each, below a session role's connection limit
+# What dev_broker needs for IDLE_CONNECTIONS in IDLE_SESSIONS sessions of one identity
+# (the target's max_connections must exceed IDLE_CONNECTIONS too).
+IDLE_BROKER_ARGS = (
+    "--session-max-connections",
+    "400",
+    "--gateway-max-connections-per-identity",
+    "400",
+)
 
 
 @contextmanager
@@ -56,3 +72,97 @@ def dev_broker(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def rss_kb(pid: int) -> int:
+    """Resident set size of a process, in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def gateway_of(base: Path) -> tuple[str, int, str]:
+    """Host, port and CA file of the gateway of the dev broker in ``base``."""
+    found = re.search(r"gateway:\s+(\S+):(\d+)", (base / "server.log").read_text())
+    if found is None:
+        raise RuntimeError("no gateway address in the broker's log")
+    profile = json.loads((base / "cli" / "profile.json").read_text())
+    return found.group(1), int(found.group(2)), str(profile["ca_file"])
+
+
+@contextmanager
+def held_session(env: dict[str, str]) -> Iterator[tuple[int, str]]:
+    proc = subprocess.Popen(
+        [str(BIN / "dbaccess"), "connect", "demo", "--no-launch", "--ttl", "1h"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert proc.stderr is not None
+    text = ""
+    try:
+        while "press Ctrl-C" not in text:
+            line = proc.stderr.readline()
+            if not line:
+                raise RuntimeError(f"dbaccess connect --no-launch exited: {text}")
+            text += line
+        port = int(re.search(r"listening on 127\.0\.0\.1:(\d+)", text).group(1))  # type: ignore[union-attr]
+        ticket = re.search(r"session ticket\): (\S+)", text).group(1)  # type: ignore[union-attr]
+        yield port, ticket
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def idle_memory(
+    broker_pid: int, gateway: tuple[str, int], tickets: list[str], ca: str
+) -> tuple[int, int]:
+    """Broker RSS before and with IDLE_CONNECTIONS open (and once used) gateway connections.
+
+    Spread over several sessions: each session role has a connection limit of its own.
+    """
+    before = rss_kb(broker_pid)
+    conns = []
+    try:
+        for i in range(IDLE_CONNECTIONS):
+            conns.append(
+                psycopg.connect(
+                    host=gateway[0],
+                    port=gateway[1],
+                    user="dev",
+                    password=tickets[i % len(tickets)],
+                    dbname="demo",
+                    sslmode="verify-full",
+                    sslrootcert=ca,
+                    connect_timeout=10,
+                )
+            )
+        for conn in conns:
+            conn.execute("select 1")
+        time.sleep(1)
+        after = rss_kb(broker_pid)
+    finally:
+        for conn in conns:
+            conn.close()
+    return before, after
+
+
+def idle_memory_in_sessions(
+    broker_pid: int, base: Path, env: dict[str, str], first_ticket: str | None = None
+) -> tuple[int, int]:
+    """``idle_memory`` over IDLE_SESSIONS sessions held open for the purpose
+    (``first_ticket``, when given, is one of them, already held by the caller)."""
+    host, port, ca = gateway_of(base)
+    with ExitStack() as stack:
+        tickets = [first_ticket] if first_ticket else []
+        while len(tickets) < IDLE_SESSIONS:
+            tickets.append(stack.enter_context(held_session(env))[1])
+        return idle_memory(broker_pid, (host, port), tickets, ca)

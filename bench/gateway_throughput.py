@@ -31,8 +31,6 @@ Run: .venv/bin/python bench/gateway_throughput.py [--seconds 10] [--reads 3]
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import os
 import pwd
 import re
@@ -49,7 +47,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
-from benchlib import dev_broker
+from benchlib import (
+    IDLE_BROKER_ARGS,
+    IDLE_CONNECTIONS,
+    dev_broker,
+    gateway_of,
+    held_session,
+    idle_memory_in_sessions,
+)
 
 from server.demo.provision import provision_demo
 from server.pgcluster import LocalCluster, free_port
@@ -60,8 +65,6 @@ BENCH_USER = "bench"
 BENCH_PASSWORD = "bench-password-not-secret"
 READ_SQL = "select i, md5(i::text), repeat('x', 40) from generate_series(1, 1000000) as s(i)"
 ALL_ROUTES = ("direct", "pgbouncer", "pgbouncer-tls", "dbaccess", "dbaccess-tunnel")
-IDLE_CONNECTIONS = 200
-IDLE_SESSIONS = 5  # 40 connections each, below a session role's connection limit
 
 
 @dataclass
@@ -76,13 +79,6 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     tick = os.sysconf("SC_CLK_TCK")
     return int(fields[11]) / tick, int(fields[12]) / tick
-
-
-def rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
 
 
 def pg_env(host: str, port: int, user: str, password: str, **extra: str) -> dict[str, str]:
@@ -233,37 +229,6 @@ client_tls_key_file = {tls_key}
                 proc.wait()
 
 
-@contextmanager
-def held_session(env: dict[str, str]) -> Iterator[tuple[int, str]]:
-    proc = subprocess.Popen(
-        [str(BIN / "dbaccess"), "connect", "demo", "--no-launch", "--ttl", "1h"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    assert proc.stderr is not None
-    text = ""
-    try:
-        while "press Ctrl-C" not in text:
-            line = proc.stderr.readline()
-            if not line:
-                raise RuntimeError(f"dbaccess connect --no-launch exited: {text}")
-            text += line
-        port = int(re.search(r"listening on 127\.0\.0\.1:(\d+)", text).group(1))  # type: ignore[union-attr]
-        ticket = re.search(r"session ticket\): (\S+)", text).group(1)  # type: ignore[union-attr]
-        yield port, ticket
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
 def setup_cluster(cluster: LocalCluster) -> str:
     demo = provision_demo(cluster)
     superuser = cluster.dsn(dbname=demo.database)
@@ -285,39 +250,6 @@ def setup_cluster(cluster: LocalCluster) -> str:
         )
         conn.execute(f"grant connect on database demo to {BENCH_USER}")
     return demo.admin_dsn
-
-
-def idle_memory(
-    broker_pid: int, gateway: tuple[str, int], tickets: list[str], ca: str
-) -> tuple[int, int]:
-    """Broker RSS before and with IDLE_CONNECTIONS open (and once used) gateway connections.
-
-    Spread over several sessions: each session role has a connection limit of its own.
-    """
-    before = rss_kb(broker_pid)
-    conns = []
-    try:
-        for i in range(IDLE_CONNECTIONS):
-            conns.append(
-                psycopg.connect(
-                    host=gateway[0],
-                    port=gateway[1],
-                    user="dev",
-                    password=tickets[i % len(tickets)],
-                    dbname="demo",
-                    sslmode="verify-full",
-                    sslrootcert=ca,
-                    connect_timeout=10,
-                )
-            )
-        for conn in conns:
-            conn.execute("select 1")
-        time.sleep(1)
-        after = rss_kb(broker_pid)
-    finally:
-        for conn in conns:
-            conn.close()
-    return before, after
 
 
 def ratio(a: float | None, b: float | None) -> str:
@@ -349,20 +281,10 @@ def main() -> None:
             print("setting up the cluster (pgbench -i -s 10) ...", flush=True)
             admin_dsn = setup_cluster(cluster)
             with (
-                dev_broker(
-                    base,
-                    admin_dsn,
-                    "--session-max-connections",
-                    "400",
-                    "--gateway-max-connections-per-identity",
-                    "400",
-                ) as (broker, env),
+                dev_broker(base, admin_dsn, *IDLE_BROKER_ARGS) as (broker, env),
                 held_session(env) as (tunnel_port, ticket),
             ):
-                log = (base / "server.log").read_text()
-                gw_host, gw_port = re.search(r"gateway:\s+(\S+):(\d+)", log).groups()  # type: ignore[union-attr]
-                profile = json.loads((base / "cli" / "profile.json").read_text())
-                ca = profile["ca_file"]
+                gw_host, gw_port, ca = gateway_of(base)
                 tls_dir = base / "data" / "tls"
                 with pgbouncer(
                     base, cluster.port, tls_dir / "server.crt", tls_dir / "server.key"
@@ -394,7 +316,7 @@ def main() -> None:
                             "dbaccess",
                             pg_env(
                                 gw_host,
-                                int(gw_port),
+                                gw_port,
                                 "dev",
                                 ticket,
                                 PGSSLMODE="verify-full",
@@ -432,13 +354,7 @@ def main() -> None:
                             f"1M-row read               {route.name:16} {reads[route.name]:9.3f} s",
                             flush=True,
                         )
-                    with contextlib.ExitStack() as stack:
-                        tickets = [ticket]
-                        for _ in range(IDLE_SESSIONS - 1):
-                            tickets.append(stack.enter_context(held_session(env))[1])
-                        before, after = idle_memory(
-                            broker.pid, (gw_host, int(gw_port)), tickets, ca
-                        )
+                    before, after = idle_memory_in_sessions(broker.pid, base, env, ticket)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 

@@ -1,7 +1,11 @@
 """The broker's store: one object over a SQLAlchemy engine.
 
 ``Store.open(url)`` connects, runs the Alembic migrations to head and returns a
-store.  Every method is one short transaction.  Secrets never enter the store in
+store.  A store already at head is recognised without Alembic (the newest
+revision is read from the migration scripts' own ``revision`` lines), so Alembic,
+Mako and Pygments (about 10 MB resident) are imported only to really migrate; the
+broker does even that in a child process (``Store.migrate_url``, server.isolated).
+Every method is one short transaction.  Secrets never enter the store in
 clear: API tokens and session tickets are kept as SHA-256 hashes, and the
 session's database password is not stored at all (it lives only in the broker's
 memory, which is why a restarted broker revokes every session it finds open).
@@ -9,7 +13,10 @@ memory, which is why a restarted broker revokes every session it finds open).
 
 from __future__ import annotations
 
+import ast
+import functools
 import hashlib
+import re
 import secrets
 import threading
 from collections.abc import Iterator, Mapping
@@ -20,11 +27,40 @@ from importlib import resources
 from typing import Any
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 
 from server.credentials.base import Lease
 from server.store import tables as t
+
+_REVISION_LINE = re.compile(r"^(revision|down_revision)\s*(?::[^=\n]*)?=\s*(.+?)\s*$", re.M)
+
+
+@functools.cache
+def schema_head() -> str | None:
+    """The newest migration's revision, read from the scripts' ``revision`` and
+    ``down_revision`` lines without importing Alembic.
+
+    None unless the scripts form one plain chain with a single head (a merge, a
+    branch or a line this does not understand leaves the decision to Alembic).
+    """
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    versions = resources.files("server.store") / "migrations" / "versions"
+    for script in versions.iterdir():
+        if not script.name.endswith(".py"):
+            continue
+        lines = dict(_REVISION_LINE.findall(script.read_text(encoding="utf-8")))
+        try:
+            revision = ast.literal_eval(lines["revision"])
+            parent = ast.literal_eval(lines["down_revision"])
+        except (KeyError, ValueError, SyntaxError):
+            return None
+        if not isinstance(revision, str) or not (parent is None or isinstance(parent, str)):
+            return None
+        revisions.add(revision)
+        if parent is not None:
+            parents.add(parent)
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 and parents <= revisions else None
 
 
 def utcnow() -> datetime:
@@ -168,12 +204,33 @@ class Store:
         store.migrate()
         return store
 
+    def at_head(self) -> bool:
+        """Whether the schema is at the newest migration (False when unsure)."""
+        head = schema_head()
+        if head is None:
+            return False
+        with self.engine.connect() as conn:
+            if not sa.inspect(conn).has_table("alembic_version"):
+                return False
+            current = conn.execute(sa.text("SELECT version_num FROM alembic_version")).all()
+        return [row[0] for row in current] == [head]
+
     def migrate(self) -> None:
+        if self.at_head():
+            return
+        from alembic import command
+        from alembic.config import Config
+
         cfg = Config()
         cfg.set_main_option("script_location", str(resources.files("server.store") / "migrations"))
         with self.engine.begin() as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
+
+    @staticmethod
+    def migrate_url(url: str) -> None:
+        """Bring the store at ``url`` to head (for a child process: see server.isolated)."""
+        Store.open(url).close()
 
     @contextmanager
     def tx(self) -> Iterator[sa.Connection]:

@@ -37,6 +37,7 @@ from server.identity.oidc import (
     MAX_TOKEN_BYTES,
     VerifiedToken,
     Verifier,
+    load_jwt,
     person_from_claims,
     rejected,
     shown,
@@ -101,6 +102,8 @@ def _address(request: Request) -> str | None:
 def register(app: FastAPI, service: SessionService, settings: AuthSettings | None = None) -> None:
     auth = settings or AuthSettings()
     verifier = auth.verifier or Verifier()
+    if auth.oidc is not None or service.policy.workload_identities:
+        load_jwt()  # tokens will be checked: import PyJWT now, not at the first login
     store = service.store
 
     def caller_token(authorization: Annotated[str | None, Header()] = None) -> TokenRecord:

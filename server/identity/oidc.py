@@ -38,12 +38,13 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import jwt
-
 from server.errors import NotAuthenticated, Unavailable
+
+if TYPE_CHECKING:
+    import jwt
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,16 @@ DEFAULT_CACHE_TTL = 3600.0
 DEFAULT_REFETCH_INTERVAL = 30.0
 MAX_TOKEN_BYTES = 16 * 1024
 DISCOVERY_PATH = "/.well-known/openid-configuration"
+
+
+def load_jwt() -> None:
+    """Import PyJWT now.  PyJWT and the ``cryptography`` it verifies signatures with
+    (about 9 MB resident) are imported where tokens are checked, so a broker that
+    checks none does without them; one that will (an identity provider configured,
+    workload identities in the policy) calls this at start so that its first login
+    does not wait for the import."""
+    import jwt  # noqa: F401
+
 
 Fetch = Callable[[str], Any]
 """Fetch a URL and return its JSON body; raise Unavailable when that is not possible."""
@@ -285,6 +296,8 @@ class IssuerKeys:
         if found is None:
             which = f"key {shown(kid)}" if kid is not None else "a key (the token names no kid)"
             raise rejected(what, f"{which} for {alg} is not among the issuer's published keys")
+        import jwt
+
         try:
             return jwt.PyJWK(found, algorithm=alg)
         except jwt.PyJWTError:
@@ -293,6 +306,8 @@ class IssuerKeys:
 
 def unverified_claims(token: str, what: str = "token") -> dict[str, Any]:
     """The claims of ``token`` *without* checking anything: only to pick whose keys to use."""
+    import jwt
+
     try:
         claims = jwt.decode(token, options={"verify_signature": False})
     except jwt.PyJWTError:
@@ -347,6 +362,8 @@ class Verifier:
         """Check ``token`` fully; ``audience`` None leaves the audience check to the caller."""
         if len(token) > MAX_TOKEN_BYTES:
             raise rejected(what, "it is implausibly large")
+        import jwt
+
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:

@@ -47,6 +47,19 @@ class HeldSession:
             check=False,
         )
 
+    def psql_script(self, script: str, *, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        """psql reading ``script`` from stdin: each statement goes as a Query of its
+        own, and psql goes on after an error, as it does for a script file."""
+        return subprocess.run(
+            ["psql", "-XAt", "-f", "-"],
+            input=script,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
     def dsn(self, password: str | None = None) -> str:
         pw = self.ticket if password is None else password
         return (

@@ -26,12 +26,26 @@ everything forwarded before it, so a pipelining client sees answers in order.
 
 In-flight tracking, for graceful shutdown: every Query, Sync and FunctionCall
 forwarded upstream asks for one ReadyForQuery; extended-protocol messages
-forwarded after the last Sync leave the connection mid-pipeline.  A connection
-is ``busy`` until every ReadyForQuery it asked for has come back and no
-pipeline is left open.  Since only whole messages are forwarded, a connection
+forwarded after the last Sync leave the connection mid-pipeline
+(``pipeline_messages`` counts the ones that each get an answer of their own:
+Parse, Bind, Describe, Execute, Close).  A connection is ``busy`` until every
+ReadyForQuery it asked for has come back, no pipeline is left open and no
+detour is under way.  Since only whole messages are forwarded, a connection
 that is not busy sits at a message boundary with nothing running, and the
 shell may close it cleanly (an asynchronous NoticeResponse or notification
 after the last ReadyForQuery changes neither).
+
+Detours: a hook that must ask the server something before it can decide on a
+client message (the row budget's EXPLAIN) calls ``start_detour`` and returns
+``b""``.  From then on every client message after that one is held, unread
+(``holding``; the shell stops reading the client meanwhile), and every server
+message is offered to the detour first: it takes its own answers (they reach
+neither the hooks nor the client, nor the ReadyForQuery count), may replace
+one, and sends more with ``send_upstream``.  ``end_detour`` forwards the bytes
+the detour decided on in place of the message it held, then runs the held
+messages through the hooks as if they had just arrived (one of them may start
+the next detour).  What the detour sends itself is never counted: the client
+sees the session exactly as if only its own messages had been relayed.
 
 Errors: a bad length word raises ``ProtocolViolation``, a message type that is
 not part of the frontend protocol raises ``GatewayError`` (both 08P01); the
@@ -43,7 +57,7 @@ from __future__ import annotations
 import struct
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Final, NoReturn
+from typing import Final, NoReturn, Protocol
 
 from server.gateway import pgwire
 from server.gateway.pgwire import ProtocolViolation, RawMessage
@@ -51,6 +65,19 @@ from server.gateway.pgwire.framing import AUTH_MESSAGE_LIMIT, SMALL_MESSAGE_LIMI
 from server.gateway.session import KNOWN_FRONTEND, GatewayError
 
 Hook = Callable[[RawMessage, "Relay"], bytes | None]
+
+
+class Detour(Protocol):
+    """Something a hook asks the server before it decides (see ``start_detour``)."""
+
+    def on_server(self, raw: RawMessage, relay: Relay) -> bytes | None:
+        """A server message, before the hooks: None if it is not the detour's, else
+        what the client sees instead (``b""``: nothing)."""
+
+    def after(self, raw: RawMessage, relay: Relay) -> None:
+        """Called after each server message that was not the detour's has been
+        handled (hooks run, ReadyForQuery counted)."""
+
 
 _HEADER = struct.Struct("!BI")
 
@@ -64,7 +91,7 @@ MAX_SERVER_MESSAGE: Final = pgwire.DEFAULT_MAX_MESSAGE_SIZE
 _SMALL_CLIENT_TYPES: Final = b"CDEHSXcf"
 
 # What each frontend type means for the in-flight state.
-_UNKNOWN, _SYNCING, _EXTENDED, _OTHER, _TERMINATE = range(5)
+_UNKNOWN, _SYNCING, _EXTENDED, _OTHER, _TERMINATE, _FLUSH = range(6)
 
 
 def _client_tables() -> tuple[bytes, list[int]]:
@@ -75,8 +102,9 @@ def _client_tables() -> tuple[bytes, list[int]]:
         limits[t] = MAX_CLIENT_MESSAGE
     for t in b"QSF":
         kinds[t] = _SYNCING
-    for t in b"PBEDCH":
-        kinds[t] = _EXTENDED
+    for t in b"PBEDC":
+        kinds[t] = _EXTENDED  # each answered on its own (ParseComplete, ...)
+    kinds[ord("H")] = _FLUSH
     kinds[ord("X")] = _TERMINATE
     for t in _SMALL_CLIENT_TYPES:
         limits[t] = SMALL_MESSAGE_LIMIT
@@ -123,9 +151,14 @@ class Relay:
         self.asked = 0  # ReadyForQuery the client's forwarded messages asked for
         self.ready = 0  # ReadyForQuery seen from the server
         self.open_pipeline = False
+        self.pipeline_messages = 0  # extended messages forwarded since the last Sync
         self.terminating = False
         self._to_client_later: deque[tuple[int, bytes]] = deque()
         self._to_client_now: list[bytes] = []
+        self._detour: Detour | None = None
+        self._detour_send = b""  # what the detour sends as it starts
+        self._held: list[bytes] = []  # whole client messages held during a detour
+        self._to_server: list[bytes] = []  # for the server, while handling its bytes
 
     # -- hooks ------------------------------------------------------------------
     def on_client(self, types: bytes, hook: Hook) -> None:
@@ -150,6 +183,37 @@ class Relay:
         """The hook registered for server message type ``t``."""
         return self._server_hooks.get(t)
 
+    def start_detour(self, detour: Detour, send: bytes = b"") -> None:
+        """From a client hook: hold every later client message until ``end_detour``,
+        offer every server message to ``detour`` first, and send ``send`` upstream
+        now (uncounted).  The hook returns ``b""`` for the message it holds."""
+        if self._detour is not None:
+            raise RuntimeError("a detour is already under way")
+        self._detour = detour
+        self._detour_send = send
+
+    def send_upstream(self, data: bytes) -> None:
+        """From a detour, while the server's bytes are handled: bytes of its own for
+        the server (uncounted)."""
+        self._to_server.append(data)
+
+    def end_detour(self, resume: bytes) -> None:
+        """From a detour: forward ``resume`` in place of the message it held, then
+        the held messages, through the hooks."""
+        self._detour = None
+        out = [resume]
+        self._count_sent(resume)
+        held = b"".join(self._held)
+        self._held = []
+        if held:
+            out.append(self._client_slow(held))
+        self._to_server.append(b"".join(out))
+
+    @property
+    def holding(self) -> bool:
+        """A detour is under way: client messages are held, not forwarded."""
+        return self._detour is not None
+
     def reply_to_client(self, data: bytes) -> None:
         """Send ``data`` to the client once everything forwarded so far is answered."""
         if self.ready >= self.asked and not self._to_client_later:
@@ -161,7 +225,7 @@ class Relay:
     @property
     def busy(self) -> bool:
         """A statement is in flight: forwarded, and its ReadyForQuery not yet seen."""
-        return self.ready < self.asked or self.open_pipeline
+        return self.ready < self.asked or self.open_pipeline or self._detour is not None
 
     # -- traffic ----------------------------------------------------------------
     def from_client(self, data: bytes) -> tuple[bytes, bytes]:
@@ -184,6 +248,7 @@ class Relay:
         hit = False
         asked = 0
         pipeline = self.open_pipeline
+        pending = self.pipeline_messages
         while end - pos >= 5:
             t, length = unpack(data, pos)
             kind = kinds[t]
@@ -197,7 +262,11 @@ class Relay:
             if kind == _SYNCING:
                 asked += 1
                 pipeline = False
+                pending = 0
             elif kind == _EXTENDED:
+                pipeline = True
+                pending += 1
+            elif kind == _FLUSH:
                 pipeline = True
             elif kind == _TERMINATE:
                 self.terminating = True
@@ -211,11 +280,15 @@ class Relay:
             if not pos:
                 return _NOTHING
             data = data[:pos]
-        if hit:
+        if self._detour is not None:
+            self._held.append(data)
+            data = b""
+        elif hit:
             data = self._client_slow(data)
         else:
             self.asked += asked
             self.open_pipeline = pipeline
+            self.pipeline_messages = pending
         if self._to_client_now:
             back = b"".join(self._to_client_now)
             self._to_client_now.clear()
@@ -272,8 +345,16 @@ class Relay:
             if not pos:
                 return _NOTHING
             data = data[:pos]
-        if hit or (ready and self._to_client_later):
-            return self._server_slow(data), b""
+        if hit or self._detour is not None or (ready and self._to_client_later):
+            out = self._server_slow(data)
+            back = b""
+            if self._to_server:
+                back = b"".join(self._to_server)
+                self._to_server.clear()
+            if self._to_client_now:
+                out += b"".join(self._to_client_now)
+                self._to_client_now.clear()
+            return out, back
         self.ready += ready
         return data, b""
 
@@ -302,43 +383,74 @@ class Relay:
         msgs, _end = pgwire.split_frames(wire, max_message_size=MAX_CLIENT_MESSAGE)
         out: list[bytes] = []
         hooks = self._client_hooks
-        for msg in msgs:
+        for i, msg in enumerate(msgs):
             hook = hooks.get(msg.type)
             replaced = hook(msg, self) if hook is not None else None
             if replaced is None:
                 out.append(pgwire.encode_raw(msg.type, msg.body))
-                sent = bytes((msg.type,))
+                self._count_type(msg.type)
             else:
                 out.append(replaced)
-                sent = bytes(m.type for m in pgwire.split_frames(replaced)[0])
-            # Counted message by message, so that an answer a later hook queues
-            # waits for exactly the messages forwarded before it.
-            for t in sent:
-                kind = _CLIENT_KIND[t]
-                if kind == _SYNCING:
-                    self.asked += 1
-                    self.open_pipeline = False
-                elif kind == _EXTENDED:
-                    self.open_pipeline = True
+                self._count_sent(replaced)
+            if self._detour is not None:
+                # The hook started a detour: what it sends goes now, the rest waits.
+                out.append(self._detour_send)
+                self._detour_send = b""
+                self._held = [pgwire.encode_raw(m.type, m.body) for m in msgs[i + 1 :]]
+                break
         return b"".join(out)
+
+    def _count_sent(self, data: bytes) -> None:
+        for msg in pgwire.split_frames(data)[0]:
+            self._count_type(msg.type)
+
+    def _count_type(self, t: int) -> None:
+        # Counted message by message, so that an answer a later hook queues
+        # waits for exactly the messages forwarded before it.
+        kind = _CLIENT_KIND[t]
+        if kind == _SYNCING:
+            self.asked += 1
+            self.open_pipeline = False
+            self.pipeline_messages = 0
+        elif kind == _EXTENDED:
+            self.open_pipeline = True
+            self.pipeline_messages += 1
+        elif kind == _FLUSH:
+            self.open_pipeline = True
 
     def _server_slow(self, wire: bytes) -> bytes:
         msgs, _end = pgwire.split_frames(wire)
         out: list[bytes] = []
-        hooks = self._server_hooks
         for msg in msgs:
-            hook = hooks.get(msg.type)
-            replaced = hook(msg, self) if hook is not None else None
-            if replaced is None:
-                out.append(pgwire.encode_raw(msg.type, msg.body))
-            elif replaced:
-                out.append(replaced)
-            if msg.type == _READY:
-                self.ready += 1
-                later = self._to_client_later
-                while later and later[0][0] <= self.ready:
-                    out.append(later.popleft()[1])
+            detour = self._detour
+            if detour is None:
+                self._server_message(msg, out)
+                continue
+            taken = detour.on_server(msg, self)
+            if taken is None:
+                self._server_message(msg, out)
+            else:
+                # The detour's own answer: dropped, or replaced by what the
+                # client is to see in its place (after the held messages, which
+                # the detour may have released meanwhile, went through the hooks).
+                for part in pgwire.split_frames(taken)[0]:
+                    self._server_message(part, out)
+            if self._detour is not None and taken is None:
+                self._detour.after(msg, self)
         return b"".join(out)
+
+    def _server_message(self, msg: RawMessage, out: list[bytes]) -> None:
+        hook = self._server_hooks.get(msg.type)
+        replaced = hook(msg, self) if hook is not None else None
+        if replaced is None:
+            out.append(pgwire.encode_raw(msg.type, msg.body))
+        elif replaced:
+            out.append(replaced)
+        if msg.type == _READY:
+            self.ready += 1
+            later = self._to_client_later
+            while later and later[0][0] <= self.ready:
+                out.append(later.popleft()[1])
 
 
 def _flags(hooks: dict[int, Hook]) -> bytes | None:

@@ -197,12 +197,12 @@ class UpstreamProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         # Upstream is not reading what the client sends: stop reading the client.
-        if self.owner.transport is not None:
-            self.owner.transport.pause_reading()
+        self.owner.upstream_full = True
+        self.owner.reading_client()
 
     def resume_writing(self) -> None:
-        if self.owner.transport is not None:
-            self.owner.transport.resume_reading()
+        self.owner.upstream_full = False
+        self.owner.reading_client()
 
 
 class ClientConnection(asyncio.Protocol):
@@ -229,6 +229,10 @@ class ClientConnection(asyncio.Protocol):
         # Direct references for the relay hot path.
         self._up: asyncio.Transport | None = None
         self._session_params: dict[str, str] = {}  # what the upstream login set
+        # Why the client is not read: the target's buffer is full, or the relay
+        # holds the client's messages while it asks the target something.
+        self.upstream_full = False
+        self._client_paused = False
 
     @property
     def relaying(self) -> bool:
@@ -292,6 +296,8 @@ class ClientConnection(asyncio.Protocol):
                 self._up.write(up)
             if back:
                 self._write(back)
+            if relay.holding:
+                self.reading_client()
             return
         if self.closed:
             return
@@ -499,6 +505,19 @@ class ClientConnection(asyncio.Protocol):
         if relay is None or not relay.busy:
             self.abort("57P01", SHUTDOWN_MESSAGE, SHUTDOWN_HINT)
 
+    def reading_client(self) -> None:
+        """Read the client unless the target's buffer is full or the relay holds
+        the client's messages (both would otherwise grow without bound)."""
+        relay = self.relay
+        pause = self.upstream_full or (relay is not None and relay.holding)
+        if pause == self._client_paused or self.transport is None or self.closed:
+            return
+        self._client_paused = pause
+        if pause:
+            self.transport.pause_reading()
+        else:
+            self.transport.resume_reading()
+
     def pause_writing(self) -> None:
         # The client is not reading: stop reading upstream until it catches up.
         if self._up is not None:
@@ -516,7 +535,7 @@ class ClientConnection(asyncio.Protocol):
         relay = self.relay
         if relay is not None and not self.closed:
             try:
-                out, _back = relay.from_server(data)
+                out, back = relay.from_server(data)
             except ProtocolViolation as exc:
                 self.abort("08P01", f"protocol violation from the target: {exc}", None)
                 return
@@ -533,6 +552,10 @@ class ClientConnection(asyncio.Protocol):
                         self.close()
                         return
                 self.transport.write(out)
+            if back and self._up is not None:
+                self._up.write(back)
+            if self._client_paused and not relay.holding:
+                self.reading_client()
             if self.gateway.draining and not relay.busy and not self._closing:
                 self._close_after_last_answer()
             return

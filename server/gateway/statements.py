@@ -24,6 +24,16 @@ replaced message (the relay counts them); when an earlier message of the
 same pipeline failed already, the server discards the replacement and that
 earlier error is the one the client sees, under the gateway's message.
 
+Row budget.  In a scope with ``max_rows_by_explain``, a statement that
+changes existing rows and passed every rule is planned upstream with EXPLAIN
+before it is forwarded -- at Query, or at each Bind with its parameters --
+while the relay holds it and everything after it (a detour, see
+``server.gateway.row_budget``); over the budget, or without an estimate, it is
+refused like any other statement (``guardrails.row_budget``).  Such sessions
+also feed every answer the server sends (``row_budget.TRACKED``) to a
+:class:`~server.gateway.row_budget.ServerSeen`, which tells when the EXPLAIN
+may go.
+
 Names are resolved with the session's search_path, which the gateway fixed
 at login (``server.gateway.search_path``): unqualified tables with every
 schema they may be in, and a function allow-list knows whether ``pg_catalog``
@@ -66,11 +76,23 @@ from server.gateway.guardrails import (
     GuardrailRules,
     Outcome,
     decide,
+    row_budget_decision,
+    row_budget_unknown,
     statement_sha256,
 )
 from server.gateway.masking import MaskingRules
 from server.gateway.pgwire import Bind, Close, FunctionCall, Parse, Query, RawMessage
 from server.gateway.relay import Relay
+from server.gateway.row_budget import (
+    TRACKED,
+    Estimate,
+    Estimated,
+    Need,
+    ServerSeen,
+    extended_request,
+    needs,
+    simple_request,
+)
 from server.gateway.rules import rules_for
 from server.gateway.search_path import catalog_first, session_search_path
 from server.gateway.sqlcheck import (
@@ -91,6 +113,8 @@ SQLSTATE = "42501"
 # once, before anything runs.
 _REFUSED_SQL = "dbaccess_refused_statement"
 _REFUSED_NAME = "dbaccess: refused statement"
+# Statement names the gateway uses itself (the refusal's, the row estimate's).
+_RESERVED_PREFIX = "dbaccess: "
 _PARAM_RULES = frozenset({"guardrails.no_role_change", "guardrails.pinned_setting"})
 _SECRET = re.compile(
     r"((?:PASSWORD|SECRET|TOKEN)\s+)('(?:[^']|'')*'|\$[A-Za-z0-9_]*\$.*?\$[A-Za-z0-9_]*\$)",
@@ -123,6 +147,8 @@ class _Prepared:
     sql: str
     analysis: Analysis
     at_bind: bool  # judged again at each Bind (parameters matter, or review)
+    param_oids: list[int]
+    estimate: bool  # the row budget's EXPLAIN runs at each Bind
 
 
 def review_rule(scope: ScopePolicy) -> ApprovalPolicy:
@@ -160,6 +186,8 @@ class StatementGuard:
         # (ReadyForQuery number, the gateway's ErrorResponse) per replaced message.
         self._swaps: deque[tuple[int, bytes]] = deque()
         self._pending: Decision | None = None  # why the statement just judged was refused
+        # What the server said since its last ReadyForQuery, for the row budget's EXPLAIN.
+        self.seen = ServerSeen() if rules.max_rows_by_explain is not None else None
 
     def install(self, relay: Relay) -> None:
         relay.on_client(b"Q", self._on_query)
@@ -167,7 +195,10 @@ class StatementGuard:
         relay.on_client(b"B", self._on_bind)
         relay.on_client(b"C", self._on_close)
         relay.on_client(b"F", self._on_function_call)
-        relay.on_server(b"E", self._on_error)
+        if self.seen is None:
+            relay.on_server(b"E", self._on_error)
+        else:
+            relay.on_server(TRACKED, self._on_tracked)
 
     # -- hooks -------------------------------------------------------------------
     def _on_query(self, raw: RawMessage, relay: Relay) -> bytes | None:
@@ -177,6 +208,23 @@ class StatementGuard:
         decision = decide(analysis, self.rules, prepared=self.sql_prepared)
         if not self._passes(decision, msg.query, ()):
             return self._refuse(relay, Query(_REFUSED_SQL).encode())
+        if self.seen is not None:
+            need = needs(analysis, self.sql_prepared)
+            if need is Need.REFUSE:
+                refusal = row_budget_unknown(
+                    "it is one of several statements in one query", self.rules
+                )
+                self._record("statement.blocked", refusal, msg.query)
+                return self._refuse_with(relay, Query(_REFUSED_SQL).encode(), refusal)
+            if need is Need.ESTIMATE:
+                return self._estimate(
+                    relay,
+                    msg.query,
+                    original=raw.wire,
+                    substitute=Query(_REFUSED_SQL).encode(),
+                    request=simple_request(msg.query),
+                    extended=False,
+                )
         self._track_sql_prepared(analysis)
         return None
 
@@ -184,11 +232,11 @@ class StatementGuard:
         msg = pgwire.decode_frontend(raw)
         assert isinstance(msg, Parse)
         self.prepared.pop(msg.name, None)
-        if msg.name == _REFUSED_NAME:
+        if msg.name.startswith(_RESERVED_PREFIX):
             decision = Decision(
                 Outcome.BLOCK,
                 "guardrails.reserved_name",
-                f"the statement name {_REFUSED_NAME!r} is reserved by the gateway",
+                f"statement names starting with {_RESERVED_PREFIX!r} are reserved by the gateway",
                 "choose another name",
                 None,
             )
@@ -196,6 +244,9 @@ class StatementGuard:
             return self._refuse_with(relay, Parse("", _REFUSED_SQL).encode(), decision)
         analysis = analyze(msg.query, search_path=self.search_path)
         decision = decide(analysis, self.rules, prepared=self.sql_prepared)
+        need = Need.NONE if self.seen is None else needs(analysis, self.sql_prepared)
+        if need is Need.REFUSE and decision.outcome is not Outcome.BLOCK:
+            decision = row_budget_unknown("it is one of several statements", self.rules)
         has_params = "$" in msg.query
         deferred = decision.outcome is Outcome.REVIEW or (
             decision.outcome is Outcome.BLOCK and has_params and decision.rule in _PARAM_RULES
@@ -203,22 +254,35 @@ class StatementGuard:
         if decision.outcome is Outcome.BLOCK and not deferred:
             self._record("statement.blocked", decision, msg.query)
             return self._refuse_with(relay, Parse(msg.name, _REFUSED_SQL).encode(), decision)
-        self.prepared[msg.name] = _Prepared(msg.query, analysis, deferred)
+        self.prepared[msg.name] = _Prepared(
+            msg.query, analysis, deferred, list(msg.param_oids), need is Need.ESTIMATE
+        )
         return None
 
     def _on_bind(self, raw: RawMessage, relay: Relay) -> bytes | None:
         msg = pgwire.decode_frontend(raw)
         assert isinstance(msg, Bind)
         known = self.prepared.get(msg.statement)
-        if known is None or not known.at_bind:
-            return None  # judged at Parse (or unknown to the server as well)
-        texts = _text_params(msg)
-        analysis = analyze(known.sql, search_path=self.search_path, params=texts)
-        decision = decide(analysis, self.rules, prepared=self.sql_prepared)
-        params = [bytes(p) if p is not None else None for p in msg.params]
-        if self._passes(decision, known.sql, params, msg.param_formats):
+        if known is None:
+            return None  # unknown to the server as well (or refused at Parse)
+        substitute = Bind(msg.portal, _REFUSED_NAME).encode()
+        if known.at_bind:
+            texts = _text_params(msg)
+            analysis = analyze(known.sql, search_path=self.search_path, params=texts)
+            decision = decide(analysis, self.rules, prepared=self.sql_prepared)
+            params = [bytes(p) if p is not None else None for p in msg.params]
+            if not self._passes(decision, known.sql, params, msg.param_formats):
+                return self._refuse(relay, substitute)
+        if not known.estimate:
             return None
-        return self._refuse(relay, Bind(msg.portal, _REFUSED_NAME).encode())
+        return self._estimate(
+            relay,
+            known.sql,
+            original=raw.wire,
+            substitute=substitute,
+            request=extended_request(known.sql, known.param_oids, msg),
+            extended=True,
+        )
 
     def _on_close(self, raw: RawMessage, relay: Relay) -> bytes | None:
         msg = pgwire.decode_frontend(raw)
@@ -316,20 +380,51 @@ class StatementGuard:
             ),
         )
 
+    def _on_tracked(self, raw: RawMessage, relay: Relay) -> bytes | None:
+        assert self.seen is not None
+        self.seen.see(raw)
+        return self._on_error(raw, relay) if raw.type == ord("E") else None
+
+    # -- the row budget ------------------------------------------------------------
+    def _estimate(
+        self,
+        relay: Relay,
+        sql: str,
+        *,
+        original: bytes,
+        substitute: bytes,
+        request: bytes,
+        extended: bool,
+    ) -> bytes | None:
+        """Hold the message, EXPLAIN its statement, then forward it or refuse it."""
+        assert self.seen is not None
+
+        def finish(relay: Relay, result: Estimated) -> tuple[bytes, bytes | None]:
+            if result.skipped:
+                return original, None
+            if result.rows is not None:
+                decision = row_budget_decision(result.rows, self.rules, 0)
+            else:
+                decision = row_budget_unknown(result.failure or "no estimate", self.rules, 0)
+            if decision.outcome is Outcome.ALLOW:
+                return original, None
+            self._record("statement.blocked", decision, sql)
+            if result.discarding:
+                # The server discards the substitute too: the client sees this
+                # error in place of the one the failed EXPLAIN raised.
+                return substitute, _error_response(decision)
+            return self._refuse_with(relay, substitute, decision), None
+
+        detour = Estimate(self.seen, extended=extended, request=request, finish=finish)
+        return detour.start(relay)
+
     def _refuse(self, relay: Relay, substitute: bytes) -> bytes:
         decision = self._pending
         assert decision is not None
         return self._refuse_with(relay, substitute, decision)
 
     def _refuse_with(self, relay: Relay, substitute: bytes, decision: Decision) -> bytes:
-        message = decision.message or "statement refused by the gateway's guardrails"
-        error = pgwire.error_response(
-            "ERROR",
-            SQLSTATE,
-            f"dbaccess: {message} ({decision.rule})",
-            hint=decision.hint or None,
-        )
-        self._swaps.append((relay.asked + 1, error))
+        self._swaps.append((relay.asked + 1, _error_response(decision)))
         return substitute
 
     def _track_sql_prepared(self, analysis: Analysis) -> None:
@@ -362,6 +457,16 @@ class StatementGuard:
             )
         except Exception:  # the refusal stands even when the audit write fails
             log.exception("recording %s failed", kind)
+
+
+def _error_response(decision: Decision) -> bytes:
+    message = decision.message or "statement refused by the gateway's guardrails"
+    return pgwire.error_response(
+        "ERROR",
+        SQLSTATE,
+        f"dbaccess: {message} ({decision.rule})",
+        hint=decision.hint or None,
+    )
 
 
 def _track(statement: Statement, known: dict[str, Analysis]) -> None:

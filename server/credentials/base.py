@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
+from server.policy.model import MaskingPolicy
+
 MAX_ROLE_NAME_BYTES = 63
 ROLE_PREFIX = "dba_"
 _SESSION_PREFIX_CHARS = 8
@@ -128,7 +130,12 @@ class Issuer(Protocol):
         grants: Sequence[str],
         valid_until: datetime,
         scope: str | None = None,
-    ) -> Credential: ...
+        masking: MaskingPolicy | None = None,
+    ) -> Credential:
+        """A credential for one session.  With ``masking.database_grants`` the masked
+        columns of ``scope`` must be unreadable by it inside the database; an issuer
+        that cannot see to that raises :class:`~server.errors.Unavailable`."""
+        ...
 
     def revoke(self, username: str) -> RevocationResult: ...
 

@@ -14,6 +14,27 @@ issue
     with a SCRAM verifier computed here, so the plaintext password never
     reaches the server or its logs.
 
+column walls (``masking`` with ``database_grants``)
+    A session role has what its grant roles have: it can hold no less than
+    they do (PostgreSQL has no deny), so masked columns are withheld from the
+    grant roles themselves, before the role is created, in the same
+    transaction.  Which columns: the scope's masking rules
+    (:meth:`MaskingRules.for_scope`; exempt scopes have none) over the
+    database's columns, read with the gateway's catalog queries
+    (:func:`~server.gateway.masking.column_walls`).  Which roles: the grants
+    and the roles they inherit from that were delegated to us with ADMIN
+    OPTION (``wall_roles.sql``).  On each relation with masked columns such a
+    role holding table-level SELECT gets ``REVOKE SELECT`` and ``GRANT SELECT
+    (clear columns)``; one holding SELECT on masked columns gets them revoked.
+    A REVOKE only takes back what its grantor granted, so the admin role must
+    be the grantor of these privileges (it holds SELECT on the tables WITH
+    GRANT OPTION and granted them to the grant roles).  Last, after CREATE
+    ROLE, ``wall_check.sql`` asks PostgreSQL whether the new role can read any
+    masked column by any path (another grantor, PUBLIC, a role not delegated
+    to us, ``pg_read_all_data``): if so the transaction is rolled back and
+    nothing is issued.  Walls stay when sessions end; the broker never gives
+    a withheld column back (a DBA does, with GRANT).
+
 revoke
     Refused unless the role is a plain member of the marker role. Then
     ``ALTER ROLE … NOLOGIN`` (committed at once so no new login succeeds),
@@ -27,6 +48,9 @@ revoke
 
 The admin password is never put in an exception: errors are rebuilt from the
 server's message with the password scrubbed, and their cause is dropped.
+
+Every statement comes from ``sql/`` except the catalog's two queries, which the
+walls share with the gateway (:mod:`server.gateway.catalog`).
 """
 
 from __future__ import annotations
@@ -55,6 +79,9 @@ from server.errors import (
     InvalidInput,
     Unavailable,
 )
+from server.gateway.catalog import COLUMNS_SQL, VIEW_SOURCES_SQL, build_snapshot
+from server.gateway.masking import MaskingRules, RelationWall, column_walls
+from server.policy.model import MaskingPolicy
 
 MARKER_ROLE = "dbaccess_managed"
 CONNECTION_LIMIT = 50
@@ -73,6 +100,18 @@ def _template(name: str) -> str:
 
 def _statement(name: str, **parts: sql.Composable) -> sql.Composed:
     return sql.SQL(_template(name).strip().rstrip(";")).format(**parts)
+
+
+_WALL_HINT = (
+    "database_grants needs the admin role to be the grantor of the grant roles' SELECT "
+    "on tables with masked columns (GRANT SELECT ON t TO <admin> WITH GRANT OPTION, then as "
+    "the admin GRANT SELECT ON t TO <grant role>), and no other way to them (PUBLIC, a role "
+    "not delegated to the admin, pg_read_all_data)"
+)
+
+
+def _identifiers(names: Sequence[str]) -> sql.Composed:
+    return sql.SQL(", ").join(sql.Identifier(n) for n in names)
 
 
 @dataclass(frozen=True)
@@ -213,6 +252,7 @@ class PostgresIssuer:
         grants: Sequence[str],
         valid_until: datetime,
         scope: str | None = None,
+        masking: MaskingPolicy | None = None,
     ) -> Credential:
         if valid_until.tzinfo is None or valid_until.utcoffset() is None:
             raise InvalidInput("valid_until must be timezone-aware")
@@ -234,8 +274,12 @@ class PostgresIssuer:
             valid_until=sql.Literal(valid_until.astimezone(UTC).isoformat()),
             in_roles=sql.SQL(", ").join(sql.Identifier(r) for r in in_roles),
         )
+        walled = masking if masking is not None and masking.database_grants else None
+        if walled is not None and scope is None:
+            raise InvalidInput("masked columns are withheld by scope: the scope is needed")
         with self._session() as conn, conn.transaction():
             self._check_grants(conn, wanted)
+            walls = self._build_walls(conn, wanted, walled, scope) if walled is not None else ()
             try:
                 conn.execute(create)
             except psycopg.errors.DuplicateObject:
@@ -243,7 +287,94 @@ class PostgresIssuer:
                     f"role {username!r} already exists",
                     hint="each session needs its own session id",
                 ) from None
+            if walls:
+                self._check_walls(conn, username, walls)
         return Credential(username=username, password=password, valid_until=valid_until)
+
+    # -- column walls ---------------------------------------------------------
+
+    def _build_walls(
+        self, conn: Conn, grants: list[str], masking: MaskingPolicy, scope: str | None
+    ) -> tuple[RelationWall, ...]:
+        """Withhold the scope's masked columns from the roles its grants read with."""
+        assert scope is not None
+        rules = MaskingRules.for_scope(masking, scope)
+        if not rules.active:
+            return ()
+        conn.execute(_statement("wall_lock.sql"))
+        snapshot = build_snapshot(
+            conn.execute(COLUMNS_SQL).fetchall(), conn.execute(VIEW_SOURCES_SQL).fetchall(), 0.0
+        )
+        walls = column_walls(rules, snapshot.columns())
+        roles = [
+            str(r[0])
+            for r in conn.execute(_statement("wall_roles.sql"), {"grants": grants}).fetchall()
+        ]
+        if not walls or not roles:
+            return walls
+        for wall in walls:
+            relation = sql.Identifier(wall.schema, wall.table)
+            holdings = conn.execute(
+                _statement("wall_holdings.sql"),
+                {
+                    "schema": wall.schema,
+                    "table": wall.table,
+                    "masked": list(wall.masked),
+                    "roles": roles,
+                },
+            ).fetchall()
+            for name, whole, columns in holdings:
+                role = sql.Identifier(name)
+                try:
+                    if whole:
+                        conn.execute(
+                            _statement("wall_revoke_table.sql", relation=relation, role=role)
+                        )
+                        if wall.clear:
+                            conn.execute(
+                                _statement(
+                                    "wall_grant_columns.sql",
+                                    relation=relation,
+                                    role=role,
+                                    columns=_identifiers(wall.clear),
+                                )
+                            )
+                    elif columns:
+                        conn.execute(
+                            _statement(
+                                "wall_revoke_columns.sql",
+                                relation=relation,
+                                role=role,
+                                columns=_identifiers(columns),
+                            )
+                        )
+                except psycopg.errors.InsufficientPrivilege as exc:
+                    raise Forbidden(
+                        f"cannot withhold masked columns of {wall} from role {name!r}: "
+                        f"{self._message(exc)}",
+                        hint=_WALL_HINT,
+                    ) from None
+        return walls
+
+    def _check_walls(self, conn: Conn, username: str, walls: tuple[RelationWall, ...]) -> None:
+        """Refuse (roll back) when the new role can still read a masked column, by any path."""
+        masked = [(w.schema, w.table, c) for w in walls for c in w.masked]
+        rows = conn.execute(
+            _statement("wall_check.sql"),
+            {
+                "role": username,
+                "schemas": [m[0] for m in masked],
+                "tables": [m[1] for m in masked],
+                "columns": [m[2] for m in masked],
+            },
+        ).fetchall()
+        if rows:
+            readable = ", ".join(str(r[0]) for r in rows[:5])
+            more = f" and {len(rows) - 5} more" if len(rows) > 5 else ""
+            raise Forbidden(
+                f"masked columns would be readable by the session role: {readable}{more}",
+                hint=_WALL_HINT,
+            )
 
     def _check_grants(self, conn: Conn, grants: list[str]) -> None:
         row = conn.execute(_statement("marker_exists.sql"), {"marker": self.marker_role}).fetchone()

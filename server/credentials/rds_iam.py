@@ -47,7 +47,7 @@ from typing import Any
 
 from server.credentials.base import Credential, ManagedRole, RevocationResult, role_name_for
 from server.errors import InvalidInput, Unavailable
-from server.policy.model import RdsIamSettings
+from server.policy.model import MaskingPolicy, RdsIamSettings
 
 IAM_LOGIN_ROLE = "rds_iam"
 TOKEN_LIFETIME_SECONDS = 900
@@ -132,8 +132,14 @@ class RdsIamIssuer:
         grants: Sequence[str],
         valid_until: datetime,
         scope: str | None = None,
+        masking: MaskingPolicy | None = None,
     ) -> Credential:
         if self._roles is None:
+            if masking is not None and masking.database_grants:
+                raise Unavailable(
+                    "masking.database_grants needs a role per session: give the rds-iam "
+                    "target an admin DSN, or turn database_grants off",
+                )
             username = self.user_for(scope)
             self.token(username)
             return Credential(
@@ -145,7 +151,12 @@ class RdsIamIssuer:
         # Fail on missing AWS credentials before a role exists that would need dropping.
         self.token(role_name_for(identity, session_id))
         credential = self._roles.issue(
-            identity=identity, session_id=session_id, grants=grants, valid_until=valid_until
+            identity=identity,
+            session_id=session_id,
+            grants=grants,
+            valid_until=valid_until,
+            scope=scope,
+            masking=masking,
         )
         username = credential.username
         return dataclasses.replace(credential, password_provider=lambda: self.token(username))

@@ -75,7 +75,7 @@ from server.credentials.base import (
     RevocationResult,
 )
 from server.errors import Conflict, DbaccessError, Forbidden, InvalidInput, Unavailable
-from server.policy.model import VaultAuthMethod, VaultSettings
+from server.policy.model import MaskingPolicy, VaultAuthMethod, VaultSettings
 
 log = logging.getLogger(__name__)
 
@@ -341,9 +341,17 @@ class VaultIssuer:
         grants: Sequence[str],
         valid_until: datetime,
         scope: str | None = None,
+        masking: MaskingPolicy | None = None,
     ) -> Credential:
         if valid_until.tzinfo is None or valid_until.utcoffset() is None:
             raise InvalidInput("valid_until must be timezone-aware")
+        if masking is not None and masking.database_grants:
+            # Vault's role statements decide the grants: the broker cannot withhold columns.
+            raise Unavailable(
+                "masking.database_grants is not supported by the vault issuer",
+                hint="withhold the masked columns in the Vault role's creation statements, "
+                "and turn database_grants off",
+            )
         book = self.book
         role, mount = self.role_for(scope), self.settings.mount
         response = self.vault.call(

@@ -177,6 +177,20 @@ class MaskingRules:
         rules = tuple(r for r in policy.rules if not r.scopes or scope in r.scopes)
         return cls(rules, key, policy.detectors)
 
+    @classmethod
+    def for_scope(cls, policy: MaskingPolicy | None, scope: str) -> MaskingRules:
+        """Which columns are masked in ``scope``, for deciding only: exempt groups are not
+        considered (a scope's grant roles serve everyone in it), and ``hash`` rules stand
+        as ``redact`` so that no key is needed and nothing can be hashed with a wrong one."""
+        if policy is None or scope in policy.exempt_scopes:
+            return NO_MASKING
+        rules = tuple(
+            replace(r, method=MaskMethod.REDACT) if r.method is MaskMethod.HASH else r
+            for r in policy.rules
+            if not r.scopes or scope in r.scopes
+        )
+        return cls(rules)
+
     @cached_property
     def detector_set(self) -> DetectorSet:
         """The content detectors the target enables (none for exempt sessions)."""
@@ -1296,30 +1310,60 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def database_side_grants(rules: MaskingRules, columns: Iterable[ColumnRef], role: str) -> list[str]:
-    """Statements that leave masked columns out of ``role``'s SELECT privilege.
+@dataclass(frozen=True, slots=True)
+class RelationWall:
+    """A relation with masked columns: what a grant role may read of it, and what not."""
 
-    For every relation with a masked column (``columns`` as the catalog lists
-    them): ``REVOKE SELECT`` on the relation, then ``GRANT SELECT (clear
-    columns)``, because a table-level grant makes column grants moot.  A view
-    column computed from masked columns counts as masked (the view reads with
-    its owner's rights, so only its own columns can be withheld).  The caller
-    runs the statements as the target's admin; privileges the role has through
-    PUBLIC or other roles are not touched.
+    schema: str
+    table: str
+    masked: tuple[str, ...]
+    clear: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return f"{self.schema}.{self.table}"
+
+
+def column_walls(rules: MaskingRules, columns: Iterable[ColumnRef]) -> tuple[RelationWall, ...]:
+    """The relations of ``columns`` (as the catalog lists them) that have masked columns.
+
+    A view column computed from masked columns counts as masked: the view reads
+    with its owner's rights, so only its own columns can be withheld.  Sorted by
+    schema and table; columns in catalog order.
     """
     by_relation: dict[tuple[str, str], list[ColumnRef]] = {}
     for column in columns:
         if column.relkind in _RELATIONS_WITH_ROWS:
             by_relation.setdefault((column.schema, column.table), []).append(column)
-    statements: list[str] = []
+    walls: list[RelationWall] = []
     for (schema, table), cols in sorted(by_relation.items()):
         masked = [c for c in cols if _masks(rules, c)]
-        if not masked:
-            continue
-        relation = f"{quote_ident(schema)}.{quote_ident(table)}"
+        if masked:
+            clear = [c for c in cols if c not in masked]
+            walls.append(
+                RelationWall(
+                    schema,
+                    table,
+                    tuple(c.column for c in masked),
+                    tuple(c.column for c in clear),
+                )
+            )
+    return tuple(walls)
+
+
+def database_side_grants(rules: MaskingRules, columns: Iterable[ColumnRef], role: str) -> list[str]:
+    """Statements that leave masked columns out of ``role``'s SELECT privilege.
+
+    For every relation with a masked column (:func:`column_walls`): ``REVOKE
+    SELECT`` on the relation, then ``GRANT SELECT (clear columns)``, because a
+    table-level grant makes column grants moot.  The caller runs the statements
+    as the target's admin; privileges the role has through PUBLIC or other
+    roles are not touched (the postgres issuer checks for those).
+    """
+    statements: list[str] = []
+    for wall in column_walls(rules, columns):
+        relation = f"{quote_ident(wall.schema)}.{quote_ident(wall.table)}"
         statements.append(f"REVOKE SELECT ON {relation} FROM {quote_ident(role)}")
-        clear = [c for c in cols if c not in masked]
-        if clear:
-            names = ", ".join(quote_ident(c.column) for c in clear)
+        if wall.clear:
+            names = ", ".join(quote_ident(c) for c in wall.clear)
             statements.append(f"GRANT SELECT ({names}) ON {relation} TO {quote_ident(role)}")
     return statements

@@ -247,6 +247,8 @@ class SessionService:
                 grants=scope_policy.grants,
                 valid_until=deadline,
                 scope=decision.scope,
+                # The policy as it is now (issuers are kept across policy reloads).
+                masking=target.masking,
             )
             ticket = "dbt_" + secrets.token_urlsafe(32)
             ticket_hash = hash_secret(ticket)

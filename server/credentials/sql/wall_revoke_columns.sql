@@ -1,0 +1,1 @@
+REVOKE SELECT ({columns}) ON TABLE {relation} FROM {role}

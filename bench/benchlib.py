@@ -14,8 +14,12 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
+
+if TYPE_CHECKING:
+    from server.pgcluster import LocalCluster
 
 BIN = Path(sys.executable).parent
 IDLE_CONNECTIONS = 200
@@ -74,12 +78,29 @@ def dev_broker(
                 proc.wait()
 
 
+def raise_max_connections(cluster: LocalCluster, n: int) -> None:
+    """Restart ``cluster`` with ``max_connections = n``.  The restart may move it to
+    another port (the old one can still be taken): take its DSNs only after this."""
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        conn.execute(f"alter system set max_connections = {int(n)}")
+    cluster.stop()
+    cluster.start()
+
+
 def rss_kb(pid: int) -> int:
     """Resident set size of a process, in KiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def rss_split_kb(pid: int) -> tuple[int, int]:
+    """Anonymous (heap) and file-backed (mapped libraries) parts of a process's RSS, KiB."""
+    fields = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+    )
+    return int(fields["RssAnon"].split()[0]), int(fields["RssFile"].split()[0])
 
 
 def gateway_of(base: Path) -> tuple[str, int, str]:
@@ -124,8 +145,9 @@ def held_session(env: dict[str, str]) -> Iterator[tuple[int, str]]:
 
 def idle_memory(
     broker_pid: int, gateway: tuple[str, int], tickets: list[str], ca: str
-) -> tuple[int, int]:
-    """Broker RSS before and with IDLE_CONNECTIONS open (and once used) gateway connections.
+) -> tuple[int, int, int]:
+    """Broker RSS before and with IDLE_CONNECTIONS open (and once used) gateway
+    connections, and the anonymous part of the latter (KiB).
 
     Spread over several sessions: each session role has a connection limit of its own.
     """
@@ -149,15 +171,16 @@ def idle_memory(
             conn.execute("select 1")
         time.sleep(1)
         after = rss_kb(broker_pid)
+        after_anon = rss_split_kb(broker_pid)[0]
     finally:
         for conn in conns:
             conn.close()
-    return before, after
+    return before, after, after_anon
 
 
 def idle_memory_in_sessions(
     broker_pid: int, base: Path, env: dict[str, str], first_ticket: str | None = None
-) -> tuple[int, int]:
+) -> tuple[int, int, int]:
     """``idle_memory`` over IDLE_SESSIONS sessions held open for the purpose
     (``first_ticket``, when given, is one of them, already held by the caller)."""
     host, port, ca = gateway_of(base)

@@ -54,6 +54,7 @@ from benchlib import (
     gateway_of,
     held_session,
     idle_memory_in_sessions,
+    raise_max_connections,
 )
 
 from server.demo.provision import provision_demo
@@ -230,12 +231,9 @@ client_tls_key_file = {tls_key}
 
 
 def setup_cluster(cluster: LocalCluster) -> str:
+    raise_max_connections(cluster, 400)
     demo = provision_demo(cluster)
     superuser = cluster.dsn(dbname=demo.database)
-    with psycopg.connect(superuser, autocommit=True) as conn:
-        conn.execute("alter system set max_connections = 400")
-    cluster.stop()
-    cluster.start()
     env = pg_env("127.0.0.1", cluster.port, cluster.superuser, cluster.password)
     subprocess.run(
         ["pgbench", "-i", "-q", "-s", "10"], env=env, capture_output=True, check=True, timeout=300
@@ -354,7 +352,7 @@ def main() -> None:
                             f"1M-row read               {route.name:16} {reads[route.name]:9.3f} s",
                             flush=True,
                         )
-                    before, after = idle_memory_in_sessions(broker.pid, base, env, ticket)
+                    before, after, _ = idle_memory_in_sessions(broker.pid, base, env, ticket)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 

@@ -11,7 +11,8 @@ dev broker, then measures, for each route:
 * a 1,000,000-row read (~80 bytes a row) with ``psql -At -c ... > /dev/null``
   (median of ``--reads`` runs);
 
-and finally the broker's resident memory with 200 idle client connections.
+and finally the broker's resident memory with 200 idle client connections
+(bench/broker_memory.py measures that alone, with where the memory goes).
 
 Routes: ``direct`` (plain TCP to PostgreSQL), ``pgbouncer`` (plain TCP),
 ``pgbouncer-tls`` (TLS from the client to pgbouncer), ``dbaccess`` (TLS from

@@ -32,6 +32,7 @@ Run: .venv/bin/python bench/gateway_throughput.py [--seconds 10] [--reads 3]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import pwd
 import re
@@ -221,9 +222,12 @@ client_tls_key_file = {tls_key}
                 time.sleep(0.2)
         yield port
     finally:
+        # SIGTERM, by the pid pgbouncer wrote: its SIGINT waits for clients to leave,
+        # and runuser, killed after waiting for that, left pgbouncer running.
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int((where / "pgbouncer.pid").read_text().strip()), signal.SIGTERM)
         if proc.poll() is None:
-            # runuser forwards the signal to pgbouncer.
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(10)
             except subprocess.TimeoutExpired:

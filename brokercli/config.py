@@ -74,7 +74,9 @@ def settings(server_flag: str | None = None) -> Settings:
         server, source = str(profile["server"]), str(profile_path())
     if os.environ.get("DBACCESS_SERVER"):
         server, source = os.environ["DBACCESS_SERVER"], "DBACCESS_SERVER"
-    if server_flag:
+    # The --server options also read DBACCESS_SERVER (so --help lists it); a value
+    # that came from there is named after the variable, not the flag.
+    if server_flag and server_flag != os.environ.get("DBACCESS_SERVER"):
         server, source = server_flag, "--server"
     return Settings(
         server=server.rstrip("/"),

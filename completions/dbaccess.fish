@@ -79,7 +79,7 @@ complete -c dbaccess -n "__dbaccess_at 'login'" -l audience -x -d 'Audience to a
 complete -c dbaccess -n "__dbaccess_at 'login'" -l ca-file -r -F -d 'CA certificate that signs the broker\'s TLS certificate'
 complete -c dbaccess -n "__dbaccess_at 'login'" -s h -l help -d 'Show this message and exit'
 
-complete -c dbaccess -n "__dbaccess_at 'logout'" -l server -x -d 'Broker URL'
+complete -c dbaccess -n "__dbaccess_at 'logout'" -l server -x -d 'Broker URL (default: the profile\'s)'
 complete -c dbaccess -n "__dbaccess_at 'logout'" -s h -l help -d 'Show this message and exit'
 
 complete -c dbaccess -n "__dbaccess_at 'whoami'" -s o -l output -x -a 'table json csv' -d 'Output format'

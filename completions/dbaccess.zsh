@@ -175,7 +175,7 @@ _dbaccess__whoami() {
 
 _dbaccess__logout() {
   _arguments -s -S \
-    '(--server)'--server'[Broker URL]:server: ' \
+    '(--server)'--server'[Broker URL (default\: the profile'\''s)]:server: ' \
     '(- *)'{-h,--help}'[Show this message and exit]'
 }
 

@@ -37,7 +37,10 @@ if TYPE_CHECKING:
 
 
 def login(
-    server: Annotated[str | None, typer.Option("--server", help="Broker URL to log in to.")] = None,
+    server: Annotated[
+        str | None,
+        typer.Option("--server", envvar="DBACCESS_SERVER", help="Broker URL to log in to."),
+    ] = None,
     token_stdin: Annotated[
         bool,
         typer.Option(
@@ -175,7 +178,12 @@ def _when(iso: Any) -> str:
 
 
 def logout(
-    server: Annotated[str | None, typer.Option("--server", help="Broker URL.")] = None,
+    server: Annotated[
+        str | None,
+        typer.Option(
+            "--server", envvar="DBACCESS_SERVER", help="Broker URL (default: the profile's)."
+        ),
+    ] = None,
 ) -> None:
     """Revoke the broker token at the broker and forget it here."""
     cfg = settings(server)

@@ -34,7 +34,6 @@ Rules the handlers enforce:
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -161,12 +160,6 @@ class Refusal:
 
 Result = Request | Refusal
 Handler = Callable[[Request, Action, Actor, datetime], Result]
-
-
-def statement_digest(statement: str, parameters: tuple[Any, ...] | None = None) -> str:
-    """SHA-256 of a statement and its parameters, the identity a statement review is bound to."""
-    body = statement if parameters is None else statement + "\x00" + repr(parameters)
-    return hashlib.sha256(body.encode()).hexdigest()
 
 
 def may_review(actor: Actor, rule: ApprovalPolicy) -> bool:

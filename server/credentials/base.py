@@ -29,6 +29,8 @@ import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cache
+from importlib import resources
 from typing import Protocol, runtime_checkable
 
 from server.policy.model import MaskingPolicy
@@ -163,3 +165,9 @@ def role_name_for(identity: str, session_id: str) -> str:
     budget = MAX_ROLE_NAME_BYTES - len(ROLE_PREFIX) - 1 - len(session_part)
     who = _sanitize(identity)[:budget].strip("_") or "user"
     return f"{ROLE_PREFIX}{who}_{session_part}"
+
+
+@cache
+def sql_template(name: str) -> str:
+    """The text of ``server/credentials/sql/<name>`` (the issuers' SQL; read once)."""
+    return (resources.files("server.credentials") / "sql" / name).read_text(encoding="utf-8")

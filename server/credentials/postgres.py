@@ -61,8 +61,6 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import cache
-from importlib import resources
 from typing import Any
 from urllib.parse import quote
 
@@ -70,7 +68,13 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from server.credentials.base import Credential, ManagedRole, RevocationResult, role_name_for
+from server.credentials.base import (
+    Credential,
+    ManagedRole,
+    RevocationResult,
+    role_name_for,
+    sql_template,
+)
 from server.credentials.scram import scram_sha256_verifier
 from server.errors import (
     Conflict,
@@ -93,13 +97,8 @@ _SESSION_SETTINGS = "SET lock_timeout = '10s'; SET statement_timeout = '60s'"
 Conn = psycopg.Connection[Any]
 
 
-@cache
-def _template(name: str) -> str:
-    return (resources.files("server.credentials") / "sql" / name).read_text(encoding="utf-8")
-
-
 def _statement(name: str, **parts: sql.Composable) -> sql.Composed:
-    return sql.SQL(_template(name).strip().rstrip(";")).format(**parts)
+    return sql.SQL(sql_template(name).strip().rstrip(";")).format(**parts)
 
 
 _WALL_HINT = (

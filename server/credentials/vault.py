@@ -60,8 +60,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from functools import cache
-from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -73,6 +71,7 @@ from server.credentials.base import (
     LeaseBook,
     ManagedRole,
     RevocationResult,
+    sql_template,
 )
 from server.errors import Conflict, DbaccessError, Forbidden, InvalidInput, Unavailable
 from server.policy.model import MaskingPolicy, VaultAuthMethod, VaultSettings
@@ -91,13 +90,8 @@ _LEASE_SLACK = timedelta(seconds=5)
 _ERRNO_TEXT = re.compile(r"\[Errno -?\d+\] ([^'\")]+)")
 
 
-@cache
-def _template(name: str) -> str:
-    return (resources.files("server.credentials") / "sql" / name).read_text(encoding="utf-8")
-
-
 def _query(name: str) -> sql.SQL:
-    return sql.SQL(_template(name).strip().rstrip(";"))
+    return sql.SQL(sql_template(name).strip().rstrip(";"))
 
 
 def _reason(exc: BaseException) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -501,3 +502,34 @@ def test_statement_event_redacts_its_text() -> None:
         "decision": "allowed",
         "masked": [{"field": "email", "method": "partial"}],
     }
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"text": "select 1", "rows": 1, "params": ["1", None], "masked": [{"column": "c"}]},
+        {"nested": {"deep": [1, 2.5, True, None, {"x": "y"}]}},
+        {"tuple": (1, 2)},
+        {"when": datetime(2026, 11, 22, tzinfo=UTC)},
+        {"nan": float("nan"), "inf": float("inf")},
+        {"keys": {1: "one", None: "none"}},
+        {"bytes": b"raw"},
+    ],
+)
+def test_events_are_stored_as_json_gives_them_back(data: dict[str, object]) -> None:
+    from server.audit.recording import _clean
+
+    expected = json.loads(json.dumps(data, default=str))
+    assert json.dumps(_clean(data), sort_keys=True) == json.dumps(expected, sort_keys=True)
+
+
+def test_redaction_is_cached_per_text_and_literals() -> None:
+    sql = "UPDATE people SET ssn = '123-45-6789' WHERE name = 'ada'"
+    assert redact_statement(sql) == sql
+    assert redact_statement(sql, literals=["123-45-6789"]) == (
+        "UPDATE people SET ssn = '[redacted]' WHERE name = 'ada'"
+    )
+    assert redact_statement(sql) == sql  # the cached entry for other literals is not reused
+    assert redact_statement(sql, all_literals=True) == (
+        "UPDATE people SET ssn = '[redacted]' WHERE name = '[redacted]'"
+    )

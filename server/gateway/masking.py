@@ -98,6 +98,12 @@ TEXT_OID: Final = 25
 TEXT_LIKE_TYPES: Final = frozenset({25, 1043, 1042, 19})  # text, varchar, bpchar, name
 REDACTED: Final = "***"
 MIN_KEY_BYTES: Final = 16
+# Types whose values cannot hold what the content detectors look for, in text
+# or binary: booleans, integers of up to 10 digits, floats, dates and times,
+# UUIDs, network addresses, LSNs.  (int8 and numeric can hold a card number.)
+CLOSED_TYPES: Final = frozenset(
+    {16, 21, 23, 26, 700, 701, 1082, 1083, 1114, 1184, 1186, 1266, 2950, 869, 650, 829, 774, 3220}
+)
 
 _RELATIONS_WITH_ROWS: Final = frozenset("rpfvm")  # tables, partitions, foreign, views
 _DERIVED_RELKINDS: Final = frozenset("vm")  # views and materialized views
@@ -350,7 +356,7 @@ class MaskPlan:
         """The first blocked column: the whole result must be refused."""
         return next((f for f in self.fields if f.action is Action.BLOCK), None)
 
-    @property
+    @cached_property
     def clear(self) -> bool:
         """Nothing to rewrite: the relay may forward rows untouched."""
         return all(f.action is Action.CLEAR for f in self.fields)
@@ -429,8 +435,11 @@ class MaskPlan:
 
     @cached_property
     def scanned(self) -> tuple[bool, ...]:
-        """Per column: whether detectors look at it (a masked value is masked already)."""
-        return tuple(f.action is not Action.MASK for f in self.fields)
+        """Per column: whether detectors look at it (a masked value is masked already,
+        and a value of a :data:`CLOSED_TYPES` type holds nothing they could find)."""
+        return tuple(
+            f.action is not Action.MASK and f.type_oid not in CLOSED_TYPES for f in self.fields
+        )
 
     def upstream_formats(self, requested: Sequence[int]) -> list[int]:
         """Bind result formats to send upstream: text for columns that can only be masked as text.
@@ -445,10 +454,16 @@ class MaskPlan:
 
     def masker(self, formats: Sequence[int] = ()) -> RowMasker:
         """The DataRow rewriter for rows in ``formats`` (compiled once per formats)."""
-        key = tuple(expand_formats(formats, len(self.fields)))
-        masker = self._maskers.get(key)
+        # Asked once per DataRow: the formats as given are a key too, so that the
+        # common case is one dictionary lookup.
+        given = formats if isinstance(formats, tuple) else tuple(formats)
+        masker = self._maskers.get(given)
         if masker is None:
-            masker = self._maskers[key] = RowMasker(self, key)
+            key = tuple(expand_formats(formats, len(self.fields)))
+            masker = self._maskers.get(key)
+            if masker is None:
+                masker = self._maskers[key] = RowMasker(self, key)
+            self._maskers[given] = masker
         return masker
 
 
@@ -995,7 +1010,8 @@ def screen_row(
     values = _row_values(body, 0, len(body))
     for column, findings in by_column.items():
         value = values[column]
-        if in_place is not None and in_place[column] and value is not None:
+        text = in_place is not None and column < len(in_place) and in_place[column]
+        if text and value is not None:
             values[column] = mask_spans_bytes(value, findings)
         else:
             values[column] = None

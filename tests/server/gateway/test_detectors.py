@@ -7,7 +7,9 @@ import pytest
 from server.gateway.detectors import (
     DETECTOR_NAMES,
     NO_DETECTORS,
+    NOTHING_FOUND,
     DetectorSet,
+    _literals,
     entropy,
     luhn_ok,
 )
@@ -235,6 +237,30 @@ def test_scan_row_finds_a_value_whatever_its_length_word_spells(
             scan = ALL.scan_row(body)
             assert any(f.name == name for _, f in scan.findings), (name, chr(length), row)
             assert value not in ALL.mask_row(body, scan)
+
+
+@pytest.mark.parametrize(
+    ("literals", "text", "found"),
+    [
+        ([b"000-00-0000", b"00000000Z", b"00000000-Z"], b"x 000-00-0000 y", True),
+        ([b"000-00-0000", b"00000000Z", b"00000000-Z"], b"00000000-Z", True),
+        ([b"000-00-0000", b"00000000Z"], b"0000-00-00 00:00:00.000000", False),
+        ([b"ab", b"abc", b"b.d"], b"xxb.dxx", True),
+        ([b"ab", b"abc"], b"a b c", False),
+        ([b"a+b", b"(c)"], b"x(c)", True),  # escaped, not an expression
+        ([b"a+b"], b"aab", False),
+    ],
+)
+def test_literals_as_a_trie(literals: list[bytes], text: bytes, found: bool) -> None:
+    assert (_literals(literals).search(text) is not None) is found
+
+
+def test_a_masked_address_wakes_nothing_but_a_real_one_does() -> None:
+    emails = DetectorSet.of({DetectorKind.EMAIL: DetectorAction.MASK})
+    masked = DataRow([b"***@example.com", b"***@example.org"]).encode()[5:]
+    assert emails.scan_row(masked) == NOTHING_FOUND
+    mixed = DataRow([b"***@example.com", b"cc ada@example.org"]).encode()[5:]
+    assert emails.scan_row(mixed).columns == {1}
 
 
 def test_malformed_rows() -> None:

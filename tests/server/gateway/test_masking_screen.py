@@ -141,6 +141,24 @@ def test_screen_row_leaves_masked_columns_to_their_rule() -> None:
     assert got.body == _body(b"***" + CARD.encode(), b"card ***")
 
 
+@pytest.mark.parametrize(
+    ("type_oid", "scanned"),
+    [
+        pytest.param(TEXT_OID, True, id="text"),
+        pytest.param(INT8, True, id="int8-can-hold-a-card-number"),
+        pytest.param(1700, True, id="numeric-too"),
+        pytest.param(JSONB, True, id="jsonb"),
+        pytest.param(BYTEA, True, id="bytea"),
+        pytest.param(23, False, id="int4-has-ten-digits-at-most"),
+        pytest.param(1184, False, id="timestamptz"),
+        pytest.param(2950, False, id="uuid"),
+        pytest.param(16, False, id="bool"),
+    ],
+)
+def test_columns_of_closed_types_are_not_scanned(type_oid: int, scanned: bool) -> None:
+    assert _clear(type_oid).scanned == (scanned,)
+
+
 def test_retyped_columns_mask_in_place() -> None:
     rules = MaskingRules((MaskRule(pattern="n", method=MaskMethod.REDACT),))
     plan = plan_for_columns(

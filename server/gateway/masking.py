@@ -58,9 +58,10 @@ keep characters from, a non-ASCII tail, no ``@``) is decoded, masked by
 :func:`mask_bytes` and encoded again.  :func:`apply_plan` is the one-body form.
 
 **Content detectors** — :func:`screen_row` runs the target's detectors over a
-DataRow (one search of the body when nothing is there): a finding becomes
-``***`` inside a value of a column announced as text, NULL in any other, and a
-kind whose action is ``block`` refuses the row.  :func:`screen_report` masks
+DataRow (a few literal searches over the body when nothing is there; columns
+already masked and columns of :data:`CLOSED_TYPES` are not looked at): a
+finding becomes ``***`` inside a value of a column announced as text, NULL in
+any other, and a kind whose action is ``block`` refuses the row.  :func:`screen_report` masks
 findings in error and notice texts, :func:`screen_notification` and
 :func:`screen_parameter` decide what a notification payload and a parameter
 value leave as.

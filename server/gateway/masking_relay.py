@@ -24,7 +24,9 @@ DataRow the server sends, which statement or portal it belongs to, and
   the result is refused (42501, hint: ask for text), never sent as NULL;
 * runs the target's content detectors (``MaskingRules.detector_set``) over
   every DataRow on its way out, after the rules, skipping masked columns:
-  one regex search per row when nothing is there; a finding becomes ``***``
+  a few literal searches per row when nothing is there (the detectors'
+  gates, see ``detectors``), and columns of closed types (integers, dates,
+  UUIDs…) are skipped; a finding becomes ``***``
   inside a value of a text column and NULL in any other (``***`` in an
   integer or a binary value would be misread); a kind whose action is
   ``block`` refuses the result.  Rows of an allowed COPY out are searched

@@ -31,7 +31,8 @@ DataRow the server sends, which statement or portal it belongs to, and
   integer or a binary value would be misread); a kind whose action is
   ``block`` refuses the result.  Rows of an allowed COPY out are searched
   too, and a finding refuses the COPY (its fields cannot be told apart
-  without the COPY's options, so no rewrite in place);
+  without the COPY's options, so no rewrite in place); a FunctionCall's
+  result (large objects) with a finding becomes NULL;
 * on a blocked plan, or on DataRows of a portal whose shape is unknown (an
   Execute without any Describe), replaces the message with an ErrorResponse
   (42501) and drops everything the server sends up to the ReadyForQuery;
@@ -91,6 +92,7 @@ from server.gateway.pgwire import (
     Describe,
     ErrorResponse,
     Execute,
+    FunctionCallResponse,
     NoticeResponse,
     NotificationResponse,
     ParameterStatus,
@@ -307,6 +309,8 @@ class MaskingHooks:
             )
         if t == 100:  # d
             return self._on_copy_data(raw, head) if self.copying else None
+        if t == 86 and self.detecting:  # V
+            return self._on_function_result(raw, head)
         if t == 72:  # H, allowed
             self.copying = self.detecting
             return None
@@ -438,6 +442,26 @@ class MaskingHooks:
             "recognises",
             hint=COPY_DETECTOR_HINT,
         )
+
+    def _on_function_result(self, raw: RawMessage, head: _Item | None) -> bytes | None:
+        # A FunctionCall's result (the large-object functions, where a scope
+        # allows them) in a format the gateway does not track: what the
+        # detectors find empties the whole value.
+        msg = pgwire.decode_backend(raw)
+        assert isinstance(msg, FunctionCallResponse)
+        found = self.detectors.scan_bytes(msg.result) if msg.result is not None else []
+        if not found:
+            return None
+        blocked = self.detectors.blocking(found)
+        if blocked is not None:
+            return self._block(
+                head,
+                "",
+                message=f"a function result holds what the {blocked.kind} detector "
+                f"({blocked.name}) recognises",
+                hint=DETECTOR_HINT,
+            )
+        return FunctionCallResponse(None).encode()
 
     def _on_notification(self, raw: RawMessage) -> bytes | None:
         msg = pgwire.decode_backend(raw)

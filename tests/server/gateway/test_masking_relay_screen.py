@@ -19,6 +19,8 @@ from server.gateway.pgwire import (
     ErrorResponse,
     Execute,
     Field,
+    FunctionCall,
+    FunctionCallResponse,
     NotificationResponse,
     ParameterStatus,
     Parse,
@@ -219,6 +221,21 @@ def test_copy_out_without_findings_passes_untouched() -> None:
         + _end("COPY 1")
     )
     assert _query(relay, "COPY (select 1, 'Lisbon') TO STDOUT", server) == server
+
+
+def test_a_function_call_result_with_a_finding_leaves_as_null() -> None:
+    relay = _relay(DETECTORS_ONLY)
+    relay.from_client(FunctionCall(954, args=[b"\0\0\0\0"]).encode())  # loread
+    out, _ = relay.from_server(
+        FunctionCallResponse(b"%PDF ... card " + CARD + b" ...").encode()
+        + pgwire.ready_for_query("I")
+    )
+    assert CARD not in out and _msgs(out)[0] == FunctionCallResponse(None)
+    relay.from_client(FunctionCall(954, args=[b"\0\0\0\0"]).encode())
+    out, _ = relay.from_server(
+        FunctionCallResponse(b"key " + AWS).encode() + pgwire.ready_for_query("I")
+    )
+    assert AWS not in out and _types(out) == "EZ"
 
 
 # --------------------------------------------------------------------------- asynchronous

@@ -103,7 +103,8 @@ from server.gateway.pgwire import (
     RowDescription,
 )
 from server.gateway.relay import Hook, Relay
-from server.gateway.sqlcheck import Analysis, analyze
+from server.gateway.search_path import session_search_path
+from server.gateway.sqlcheck import Analysis, Name, analyze, relation_schemas
 from server.sessions.service import LiveSession, SessionService
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,12 @@ _RESPONSE_TYPES = b"TDCnsIE123tHdcVZN"
 _ASYNC_TYPES = b"AS"
 _RECORD_TYPES = b"CIEZ"
 REFRESH_INTERVAL = 5.0
+# A schema name PostgreSQL cannot have (it holds a NUL).  Analysed with it as
+# the whole search_path, a statement reports its unqualified relations in this
+# schema and its qualified ones in their own: which names were written without
+# a schema, which the analysis with the session's path cannot tell (it reports
+# every schema such a name may resolve to, as a qualified name would be).
+UNQUALIFIED = "\x00"
 
 Touched = Callable[[], Iterable[ColumnRef] | None]
 
@@ -532,17 +539,16 @@ class MaskingHooks:
         snapshot = self.catalog.current if self.catalog is not None else None
         if snapshot is None or item.analysis is None or item.analysis.unknown:
             return None
+        written = analyze(item.sql, search_path=(UNQUALIFIED,))
+        relations = touched_relations(
+            written, self.search_path, lambda n: bool(snapshot.columns_of(n.parts[0], n.name))
+        )
+        if relations is None:
+            self._refresh_catalog()
+            return None  # a relation the catalog does not know (yet), or opaque
         columns: list[ColumnRef] = []
-        for statement in item.analysis.walk_all():
-            if statement.command in _OPAQUE_COMMANDS:
-                return None
-            for name in (*statement.reads, *statement.writes):
-                schema = name.schema or self.search_path[0]
-                found = snapshot.columns_of(schema, name.name)
-                if not found:
-                    self._refresh_catalog()
-                    return None  # a relation the catalog does not know (yet)
-                columns.extend(found)
+        for name in relations:
+            columns.extend(snapshot.columns_of(name.parts[0], name.name))
         return columns
 
     def _refresh_catalog(self) -> None:
@@ -629,6 +635,44 @@ class MaskingHooks:
             record(self.session_id, "statement", data)
         except Exception:  # recording problems never break the relay
             log.exception("recording a statement failed")
+
+
+def touched_relations(
+    written: Analysis, search_path: tuple[str, ...], holds: Callable[[Name], bool]
+) -> list[Name] | None:
+    """The relations a statement reads or writes, each as the schema-qualified
+    name PostgreSQL resolves it to; None when that cannot be told.
+
+    ``written`` is the statement analysed with :data:`UNQUALIFIED` as its whole
+    search_path; ``holds`` says whether the catalog holds a relation.  An
+    unqualified name is the first schema of ``search_path`` that holds it, as
+    PostgreSQL takes it; one that no schema holds, a qualified one the catalog
+    does not hold, an unknown statement and one that runs what the analysis
+    cannot see (EXECUTE, FETCH) cannot be told.  A ``pg_*`` name shows as
+    ``pg_catalog``'s whether it was written so or not: both are taken.
+    """
+    if written.unknown:
+        return None
+    found: dict[Name, None] = {}
+    for statement in written.walk_all():
+        if statement.command in _OPAQUE_COMMANDS:
+            return None
+        for name in (*statement.reads, *statement.writes):
+            catalog = name.name.startswith("pg_")
+            if name.schema == UNQUALIFIED or (catalog and name.schema == "pg_catalog"):
+                schemas = relation_schemas(search_path, catalog=catalog)
+                first = next((c for c in (Name((s, name.name)) for s in schemas) if holds(c)), None)
+                if first is not None:
+                    found[first] = None
+                if name.schema == "pg_catalog" and holds(name):
+                    found[name] = None
+                elif first is None:
+                    return None
+            elif holds(name):
+                found[name] = None
+            else:
+                return None
+    return list(found)
 
 
 def _refresh_quietly(catalog: Catalog) -> None:
@@ -728,9 +772,12 @@ class MaskingSetup:
             found = self._rules(live)
         rules, catalog = found
         recorder = self.service.recorder
+        # The path the gateway pinned at login (the server checked it then).
+        path = session_search_path(relay.parameters.get("search_path"), live.credential.username)
         MaskingHooks(
             rules,
             catalog,
             session_id=live.id,
             record=recorder.record,
+            search_path=path,
         ).install(relay)

@@ -98,8 +98,8 @@ class Runtime:
             max_connections_per_identity=opts.gateway_max_connections_per_identity,
             cancel_rate=opts.gateway_cancel_rate,
         )
-        self.gateway.relay_setup.append(guard_setup(self.service))
         masking = MaskingSetup(self.service)
+        self.gateway.relay_setup.append(guard_setup(self.service, masking.pre_execution))
         self.gateway.session_prepare.append(masking.prepare)
         self.gateway.relay_setup.append(masking.setup)
         self.api_sock = _bind(opts.api_host, opts.api_port)

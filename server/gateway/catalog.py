@@ -69,6 +69,15 @@ WHERE d.refclassid = 'pg_catalog.pg_class'::regclass
   AND v.relkind IN ('v', 'm')
 """
 
+# Functions a masked session's unqualified call may reach other than the
+# built-ins (extensions' and users' functions): see ``masking_guard``.
+FUNCTIONS_SQL: Final = """
+SELECT DISTINCT p.proname
+FROM pg_catalog.pg_proc p
+JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+"""
+
 Row = tuple[int, int, str, str, str, int, str]
 
 
@@ -79,6 +88,8 @@ class CatalogSnapshot:
     by_position: Mapping[tuple[int, int], ColumnRef]
     by_relation: Mapping[int, tuple[ColumnRef, ...]]
     loaded_at: float
+    # Names of the functions outside pg_catalog and information_schema; None: not loaded.
+    functions: frozenset[str] | None = None
 
     def origin(self, table_oid: int, attnum: int) -> ColumnRef | None:
         return self.by_position.get((table_oid, attnum))
@@ -97,7 +108,10 @@ class CatalogSnapshot:
 
 
 def build_snapshot(
-    rows: Iterable[Row], view_sources: Iterable[tuple[int, int, int]], loaded_at: float
+    rows: Iterable[Row],
+    view_sources: Iterable[tuple[int, int, int]],
+    loaded_at: float,
+    functions: Iterable[str] | None = None,
 ) -> CatalogSnapshot:
     """Assemble a snapshot from the two queries' rows (pure, so testable on its own)."""
     plain: dict[tuple[int, int], ColumnRef] = {}
@@ -148,7 +162,12 @@ def build_snapshot(
             by_position[(oid, attnum)] = ref
             out.append(ref)
         by_relation[oid] = tuple(out)
-    return CatalogSnapshot(MappingProxyType(by_position), MappingProxyType(by_relation), loaded_at)
+    return CatalogSnapshot(
+        MappingProxyType(by_position),
+        MappingProxyType(by_relation),
+        loaded_at,
+        None if functions is None else frozenset(functions),
+    )
 
 
 class Catalog:
@@ -242,6 +261,7 @@ class Catalog:
             ) as conn:
                 rows: list[Row] = conn.execute(COLUMNS_SQL).fetchall()
                 views: list[tuple[int, int, int]] = conn.execute(VIEW_SOURCES_SQL).fetchall()
+                names = [str(r[0]) for r in conn.execute(FUNCTIONS_SQL).fetchall()]
         except psycopg.Error as exc:
             # libpq's messages can quote the connection string, which may hold a password.
             raise Unavailable(
@@ -249,4 +269,4 @@ class Catalog:
                 hint="check that the target is up and its admin DSN is valid",
             ) from None
         self.loads += 1
-        return build_snapshot(rows, views, started)
+        return build_snapshot(rows, views, started, names)

@@ -537,7 +537,7 @@ def plan_for_columns(
     def touches_masked() -> bool:
         if not touches:
             listed = touched() if touched is not None else None
-            touches.append(listed is None or any(_masks(rules, column) for column in listed))
+            touches.append(listed is None or any(masks(rules, column) for column in listed))
         return touches[0]
 
     plans: list[FieldPlan] = []
@@ -546,13 +546,15 @@ def plan_for_columns(
     return MaskPlan(tuple(plans), rules.key)
 
 
-def _masks(rules: MaskingRules, column: ColumnRef) -> bool:
+def masks(rules: MaskingRules, column: ColumnRef) -> bool:
+    """Whether a column leaves masked: a rule names it, or it is a view column
+    (not vouched for) over a masked one."""
     if rules.rule_for(column) is not None:
         return True
     return (
         column.derived
         and not rules.vouched(column)
-        and any(_masks(rules, source) for source in column.sources)
+        and any(masks(rules, source) for source in column.sources)
     )
 
 
@@ -571,7 +573,7 @@ def _decide(
             return _masked(name, type_oid, rule, str(ref))
         if rules.vouched(ref) or not ref.derived:
             return FieldPlan(name, Action.CLEAR, type_oid=type_oid, source=str(ref))
-        if not any(_masks(rules, source) for source in ref.sources):
+        if not any(masks(rules, source) for source in ref.sources):
             return FieldPlan(name, Action.CLEAR, type_oid=type_oid, source=str(ref))
     sources = sources_of(index)
     if sources is None:
@@ -592,7 +594,7 @@ def _decide(
             source="it is computed, the statement reads masked data, and where the "
             "column comes from cannot be established",
         )
-    masked = sorted(str(s) for s in sources if _masks(rules, s))
+    masked = sorted(str(s) for s in sources if masks(rules, s))
     if not masked:
         return FieldPlan(name, Action.CLEAR, type_oid=type_oid)
     nulled = any(
@@ -1353,7 +1355,7 @@ def column_walls(rules: MaskingRules, columns: Iterable[ColumnRef]) -> tuple[Rel
             by_relation.setdefault((column.schema, column.table), []).append(column)
     walls: list[RelationWall] = []
     for (schema, table), cols in sorted(by_relation.items()):
-        masked = [c for c in cols if _masks(rules, c)]
+        masked = [c for c in cols if masks(rules, c)]
         if masked:
             clear = [c for c in cols if c not in masked]
             walls.append(

@@ -54,9 +54,13 @@ DataRow the server sends, which statement or portal it belongs to, and
 Sessions without masking rules or detectors register only the few hooks
 recording needs (no DataRow hook), so their rows keep the relay's fast path.
 
+Table names are resolved with the session's pinned search_path
+(``touched_relations``).  ``MaskingSetup.pre_execution`` gives the guard what
+must be refused before a statement runs (``masking_guard``): writes that read
+masked columns and calls of untrusted functions.
+
 Known limits: lineage for expressions is not computed (they are blocked
-instead when masked data is touched); a function that reads a masked column
-itself (``select f()``) is not seen; COPY out of a table with masked columns
+instead when masked data is touched); COPY out of a table with masked columns
 is refused, not masked.
 """
 
@@ -73,12 +77,14 @@ from datetime import UTC, datetime
 from server.audit.recording import statement_event
 from server.gateway import pgwire
 from server.gateway.catalog import Catalog
+from server.gateway.guardrails import Decision
 from server.gateway.masking import (
     ColumnRef,
     MaskingRules,
     MaskPlan,
     expand_formats,
     load_key,
+    masks,
     plan_for_row_description,
     redact_report,
     screen_notification,
@@ -86,6 +92,7 @@ from server.gateway.masking import (
     screen_report,
     screen_row,
 )
+from server.gateway.masking_guard import UNQUALIFIED, MaskedSession, masking_decision, resolve_name
 from server.gateway.pgwire import (
     Bind,
     Close,
@@ -103,8 +110,8 @@ from server.gateway.pgwire import (
     RowDescription,
 )
 from server.gateway.relay import Hook, Relay
-from server.gateway.search_path import session_search_path
-from server.gateway.sqlcheck import Analysis, Name, analyze, relation_schemas
+from server.gateway.search_path import catalog_first, session_search_path
+from server.gateway.sqlcheck import Analysis, Name, analyze
 from server.sessions.service import LiveSession, SessionService
 
 log = logging.getLogger(__name__)
@@ -126,12 +133,6 @@ _RESPONSE_TYPES = b"TDCnsIE123tHdcVZN"
 _ASYNC_TYPES = b"AS"
 _RECORD_TYPES = b"CIEZ"
 REFRESH_INTERVAL = 5.0
-# A schema name PostgreSQL cannot have (it holds a NUL).  Analysed with it as
-# the whole search_path, a statement reports its unqualified relations in this
-# schema and its qualified ones in their own: which names were written without
-# a schema, which the analysis with the session's path cannot tell (it reports
-# every schema such a name may resolve to, as a qualified name would be).
-UNQUALIFIED = "\x00"
 
 Touched = Callable[[], Iterable[ColumnRef] | None]
 
@@ -658,20 +659,10 @@ def touched_relations(
         if statement.command in _OPAQUE_COMMANDS:
             return None
         for name in (*statement.reads, *statement.writes):
-            catalog = name.name.startswith("pg_")
-            if name.schema == UNQUALIFIED or (catalog and name.schema == "pg_catalog"):
-                schemas = relation_schemas(search_path, catalog=catalog)
-                first = next((c for c in (Name((s, name.name)) for s in schemas) if holds(c)), None)
-                if first is not None:
-                    found[first] = None
-                if name.schema == "pg_catalog" and holds(name):
-                    found[name] = None
-                elif first is None:
-                    return None
-            elif holds(name):
-                found[name] = None
-            else:
+            resolved = resolve_name(name, search_path, holds)
+            if resolved is None:
                 return None
+            found.update(dict.fromkeys(resolved))
     return list(found)
 
 
@@ -756,6 +747,51 @@ class MaskingSetup:
         if catalog is None:
             catalog = self.catalogs.setdefault(target.name, Catalog.for_target(target))
         return rules, catalog
+
+    def pre_execution(
+        self, live: LiveSession, search_path: tuple[str, ...]
+    ) -> Callable[[str], Decision] | None:
+        """For the guard: the refusals masking needs before a statement runs
+        (``masking_guard``), or None when masking does not apply to the session."""
+        found = self.sessions.get(live.id)
+        rules, catalog = found if found is not None else self._rules(live)
+        if not rules.active:
+            return None
+        target = self.service.policy.targets.get(live.record.target)
+        policy = target.masking if target is not None else None
+        trusted = policy.trusted_functions if policy is not None else frozenset()
+        first = catalog_first(search_path)
+        refreshed = [float("-inf")]
+
+        def check(sql: str) -> Decision:
+            snapshot = catalog.current if catalog is not None else None
+
+            def holds(name: Name) -> bool:
+                if snapshot is not None and snapshot.columns_of(name.parts[0], name.name):
+                    return True
+                now = time.monotonic()
+                if catalog is not None and now - refreshed[0] >= REFRESH_INTERVAL:
+                    # A relation created since the catalog was loaded is known soon.
+                    refreshed[0] = now
+                    catalog.invalidate()
+                    threading.Thread(target=_refresh_quietly, args=(catalog,), daemon=True).start()
+                return False
+
+            def masked(name: Name) -> bool:
+                columns = snapshot.columns_of(name.parts[0], name.name) if snapshot else ()
+                return any(masks(rules, column) for column in columns)
+
+            session = MaskedSession(
+                search_path,
+                holds,
+                masked,
+                snapshot.functions if snapshot is not None else None,
+                trusted,
+                first,
+            )
+            return masking_decision(analyze(sql, search_path=(UNQUALIFIED,)), session)
+
+        return check
 
     def prepare(self, live: LiveSession) -> None:
         """Blocking: the session's rules and its target's catalog, loaded if stale."""

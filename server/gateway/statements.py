@@ -39,6 +39,10 @@ at login (``server.gateway.search_path``): unqualified tables with every
 schema they may be in, and a function allow-list knows whether ``pg_catalog``
 comes first.
 
+In a session where masking applies, each statement also faces masking's
+refusals before execution (``server.gateway.masking_guard``, given by
+``MaskingSetup.pre_execution``), refused the same way.
+
 Parse is judged when it arrives, with parameters unknown.  When a rule may
 depend on parameter values (a setting named by ``$1`` in ``set_config``) or
 the statement needs review (the approval binds the parameters too), the
@@ -174,8 +178,11 @@ class StatementGuard:
         store: Store | None,
         review: ApprovalPolicy | None = None,
         search_path: tuple[str, ...] = ("public",),
+        masking: Callable[[str], Decision] | None = None,
     ) -> None:
         self.rules = rules
+        # Masking's refusals before execution (``masking_guard``), in a masked session.
+        self.masking = masking
         self.facts = facts
         self.approvals = approvals
         self.store = store
@@ -205,7 +212,7 @@ class StatementGuard:
         msg = pgwire.decode_frontend(raw)
         assert isinstance(msg, Query)
         analysis = analyze(msg.query, search_path=self.search_path)
-        decision = decide(analysis, self.rules, prepared=self.sql_prepared)
+        decision = self._decide(analysis, msg.query)
         if not self._passes(decision, msg.query, ()):
             return self._refuse(relay, Query(_REFUSED_SQL).encode())
         if self.seen is not None:
@@ -243,7 +250,7 @@ class StatementGuard:
             self._record("statement.blocked", decision, msg.query)
             return self._refuse_with(relay, Parse("", _REFUSED_SQL).encode(), decision)
         analysis = analyze(msg.query, search_path=self.search_path)
-        decision = decide(analysis, self.rules, prepared=self.sql_prepared)
+        decision = self._decide(analysis, msg.query)
         need = Need.NONE if self.seen is None else needs(analysis, self.sql_prepared)
         if need is Need.REFUSE and decision.outcome is not Outcome.BLOCK:
             decision = row_budget_unknown("it is one of several statements", self.rules)
@@ -269,7 +276,7 @@ class StatementGuard:
         if known.at_bind:
             texts = _text_params(msg)
             analysis = analyze(known.sql, search_path=self.search_path, params=texts)
-            decision = decide(analysis, self.rules, prepared=self.sql_prepared)
+            decision = self._decide(analysis, known.sql)
             params = [bytes(p) if p is not None else None for p in msg.params]
             if not self._passes(decision, known.sql, params, msg.param_formats):
                 return self._refuse(relay, substitute)
@@ -310,6 +317,14 @@ class StatementGuard:
         return None
 
     # -- deciding ------------------------------------------------------------------
+    def _decide(self, analysis: Analysis, sql: str) -> Decision:
+        """The guardrails' decision, and masking's refusal where that is graver."""
+        decision = decide(analysis, self.rules, prepared=self.sql_prepared)
+        if self.masking is None or decision.outcome is Outcome.BLOCK:
+            return decision
+        refused = self.masking(sql)
+        return refused if refused.outcome is Outcome.BLOCK else decision
+
     def _passes(
         self,
         decision: Decision,
@@ -501,8 +516,15 @@ def _masked(policy: MaskingPolicy | None, scope: str, groups: Iterable[str]) -> 
     return MaskingRules.for_session(policy, scope, groups).active
 
 
-def guard_setup(service: SessionService) -> Callable[[Relay, LiveSession], None]:
-    """The gateway's relay setup that puts a guard on every connection of a session."""
+MaskingCheck = Callable[[LiveSession, tuple[str, ...]], Callable[[str], Decision] | None]
+
+
+def guard_setup(
+    service: SessionService, masking: MaskingCheck | None = None
+) -> Callable[[Relay, LiveSession], None]:
+    """The gateway's relay setup that puts a guard on every connection of a session;
+    ``masking`` gives the refusals masking needs before a statement runs
+    (``MaskingSetup.pre_execution``)."""
 
     def setup(relay: Relay, live: LiveSession) -> None:
         record = live.record
@@ -541,6 +563,7 @@ def guard_setup(service: SessionService) -> Callable[[Relay, LiveSession], None]
             store=service.store,
             review=review,
             search_path=path,
+            masking=masking(live, path) if masking is not None else None,
         ).install(relay)
 
     return setup

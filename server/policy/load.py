@@ -986,7 +986,15 @@ def _read_claims(check: Checker, entry: Entry | None, path: str) -> dict[str, st
     return claims
 
 
-_MASKING_KEYS = ("key_file", "key_env", "rules", "exempt", "detectors", "database_grants")
+_MASKING_KEYS = (
+    "key_file",
+    "key_env",
+    "rules",
+    "exempt",
+    "detectors",
+    "database_grants",
+    "trusted_functions",
+)
 _RULE_KEYS = ("column", "pattern", "method", "keep", "keep_last", "length", "scopes")
 _EXEMPT_KEYS = ("groups", "scopes")
 _COLUMN_PART = re.compile(r"[^.*?\[\]\s]+")
@@ -1062,6 +1070,10 @@ def _read_masking(
             if action is not None:
                 detectors[kind] = action
     database_grants = _value(check, reader, "database_grants", _bool)
+    trusted: list[str] = []
+    trusted_entry = reader.optional("trusted_functions")
+    if trusted_entry is not None:
+        trusted = _read_choices(check, trusted_entry, join(path, "trusted_functions"), _function)
     return MaskingPolicy(
         rules=tuple(rules),
         key_file=key_file,
@@ -1070,6 +1082,7 @@ def _read_masking(
         exempt_scopes=exempt_scopes,
         detectors=MappingProxyType(detectors),
         database_grants=bool(database_grants),
+        trusted_functions=frozenset(trusted),
     )
 
 

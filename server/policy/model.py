@@ -240,7 +240,11 @@ class MaskingPolicy:
     The key itself is read when a session starts (from ``key_file`` or ``key_env``),
     like the admin DSN, so it is never part of the long-lived policy object.
     ``database_grants`` asks for column-level grants that leave masked columns
-    out of the scopes' grant roles as a second wall.
+    out of the scopes' grant roles as a second wall.  ``trusted_functions``
+    names functions outside ``pg_catalog`` and ``information_schema`` that a
+    masked session may call (as written in SQL, ``schema.name``, ``name`` or a
+    prefix ending in ``*``): any other such function could read masked
+    columns itself, and is refused before it runs.
     """
 
     rules: tuple[MaskRule, ...] = ()
@@ -250,6 +254,7 @@ class MaskingPolicy:
     exempt_scopes: frozenset[str] = frozenset()
     detectors: Mapping[DetectorKind, DetectorAction] = field(default_factory=dict)
     database_grants: bool = False
+    trusted_functions: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -29,6 +29,9 @@ MASKING = f"""\
           method: redact
       detectors: {{email: mask, card: mask, secret: block}}
       exempt: {{groups: [dba]}}
+      # Trusted, wrongly: the functions leak masked data past the refusal of
+      # untrusted functions, and the screens behind it must still catch it.
+      trusted_functions: ["{TABLE}_*"]
 """
 SETUP = f"""
 DROP TABLE IF EXISTS public.{TABLE};

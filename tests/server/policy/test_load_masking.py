@@ -275,6 +275,22 @@ ERROR_CASES = [
         id="unknown-recording-failure",
     ),
     pytest.param(
+        edited("database_grants: true", "database_grants: true\n      trusted_functions: [Fn(]"),
+        [
+            "policy.yaml:37: targets.demo.masking.trusted_functions[0]: 'Fn(' is not a function "
+            "name: write [schema.]name in lower case, optionally ending in * for a prefix"
+        ],
+        id="trusted-function-not-a-name",
+    ),
+    pytest.param(
+        edited("database_grants: true", "database_grants: true\n      trusted_function: [f]"),
+        [
+            "policy.yaml:37: targets.demo.masking.trusted_function: unknown key "
+            "(did you mean 'trusted_functions'?)"
+        ],
+        id="misspelt-trusted-functions",
+    ),
+    pytest.param(
         edited("    masking:\n", "    maskng:\n"),
         ["policy.yaml:15: targets.demo.maskng: unknown key (did you mean 'masking'?)"],
         id="misspelt-section",
@@ -285,3 +301,16 @@ ERROR_CASES = [
 @pytest.mark.parametrize(("text", "expected"), ERROR_CASES)
 def test_mistakes_are_reported_with_file_line_and_key(text: str, expected: list[str]) -> None:
     assert problems_of(text) == expected
+
+
+def test_trusted_functions_are_read_as_written() -> None:
+    text = edited(
+        "database_grants: true",
+        "database_grants: true\n      trusted_functions: [app.full_name, util.*, fmt_*]",
+    )
+    masking = parse_policy(text, "policy.yaml").targets["demo"].masking
+    assert masking is not None
+    assert masking.trusted_functions == {"app.full_name", "util.*", "fmt_*"}
+    # None by default: only pg_catalog and information_schema.
+    default = parse_policy(BASE, "policy.yaml").targets["demo"].masking
+    assert default is not None and default.trusted_functions == frozenset()

@@ -1,0 +1,183 @@
+"""Masking's refusals before a statement runs, for the guard to apply like its own rules.
+
+The masking hooks judge a result when the server sends it, which is too late
+for what a statement does besides answering: by then ``INSERT INTO t SELECT
+ssn FROM people`` has copied the clear values.  So in a session where masking
+applies, :func:`masking_decision` judges each statement before it is relayed,
+and the guard (``server.gateway.statements``) refuses it the way it refuses a
+guardrail's block (the message replaced by one PostgreSQL rejects, its error
+swapped for 42501 with the rule and a hint).  Rules, first match wins, over
+every statement of the input and every statement nested in one (also those a
+PREPARE runs later and those a plain EXPLAIN only plans):
+
+``masking.untrusted_function``
+    a call of a function outside ``pg_catalog`` and ``information_schema``
+    that the policy's ``trusted_functions`` does not list: a function reads
+    any table it likes, masked columns included, and hands back its own
+    result with no column origin the masking could follow.  An unqualified
+    call counts as built-in only when no schema other than those two has a
+    function of that name (``functions`` of the catalog: PostgreSQL chooses
+    among every function of the name on the path, by argument types, so a
+    same-named ``public.lower(int)`` could win); while those names are not
+    known, every unqualified call outside the trusted list is refused.
+``masking.write_from_masked``
+    a statement that writes (INSERT, UPDATE, MERGE, DELETE, COPY FROM, CREATE
+    TABLE AS, SELECT INTO, a view or a data-modifying CTE) and reads a relation
+    with masked columns (a view counts when one of its sources does); the
+    relation an UPDATE, a MERGE or an ``INSERT ... ON CONFLICT`` writes counts
+    as read, since its SET may copy one of its masked columns into another.
+    A relation read that the catalog does not hold cannot be told and is
+    refused too.
+
+Relations are resolved as the masking hooks resolve them
+(``masking_relay.touched_relations``): the statement is analysed with
+``masking_relay.UNQUALIFIED`` as its search_path, and an unqualified name is
+the first schema of the session's path that holds it.
+
+Known limits: a user-defined operator, a trigger, a column default or a view
+over a function runs functions that the statement does not name; a function
+created after the catalog was loaded is not among the known names until the
+next reload (five minutes at most; creating one needs a scope that allows code).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from server.gateway.guardrails import ALLOWED, Decision, Outcome, _Pattern, _patterns
+from server.gateway.sqlcheck import Analysis, Name, Statement, relation_schemas
+
+# A schema name PostgreSQL cannot have (it holds a NUL).  Analysed with it as
+# the whole search_path, a statement reports its unqualified relations in this
+# schema and its qualified ones in their own: which names were written without
+# a schema, which the analysis with the session's path cannot tell (it reports
+# every schema such a name may resolve to, as a qualified name would be).
+UNQUALIFIED = "\x00"
+# Functions of these schemas read only what the session's own SQL names.
+BUILTIN_SCHEMAS = frozenset({"pg_catalog", "information_schema"})
+_COPIES_TARGET = frozenset({"UPDATE", "MERGE"})
+_CONFLICT = re.compile(r"\bconflict\b", re.IGNORECASE)
+FUNCTION_HINT = (
+    "call built-in functions only, or ask an administrator to list the function "
+    "under masking.trusted_functions once it is known not to read masked columns"
+)
+WRITE_HINT = (
+    "read the masked columns without writing them elsewhere, or ask for review in "
+    "a session where masking does not apply"
+)
+UNKNOWN_HINT = "try again in a few seconds (the gateway reloads its catalog), or qualify the name"
+
+
+@dataclass(frozen=True)
+class MaskedSession:
+    """What the decision needs to know about a masked session.
+
+    ``holds`` says whether the catalog holds a relation, ``masked`` whether one
+    has masked columns; ``functions`` are the names of the functions outside
+    the built-in schemas (None: not known).  ``trusted`` are the policy's
+    ``trusted_functions`` entries.
+    """
+
+    search_path: tuple[str, ...]
+    holds: Callable[[Name], bool]
+    masked: Callable[[Name], bool]
+    functions: frozenset[str] | None
+    trusted: frozenset[str] = frozenset()
+    catalog_first: bool = True
+    _trusted: tuple[_Pattern, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_trusted", _patterns(self.trusted))
+
+    def trusts(self, call: Name) -> bool:
+        if any(p.allows(call, self.catalog_first) for p in self._trusted):
+            return True
+        if call.schema is not None:
+            return call.schema in BUILTIN_SCHEMAS
+        return self.functions is not None and call.name not in self.functions
+
+
+def masking_decision(written: Analysis, session: MaskedSession) -> Decision:
+    """The decision for an input analysed with ``UNQUALIFIED`` as its search_path
+    (``ALLOWED`` when no rule refuses it)."""
+    for top in written.statements:
+        for statement, _ in top.walk():
+            for call in statement.functions:
+                if not session.trusts(call):
+                    return Decision(
+                        Outcome.BLOCK,
+                        "masking.untrusted_function",
+                        f"{call}() is not a function masking trusts: it could read masked "
+                        "columns itself",
+                        FUNCTION_HINT,
+                        top.index,
+                    )
+        for statement, _ in top.walk():
+            if not statement.writes:
+                continue
+            for name in _sources(statement):
+                resolved = _resolve(name, session)
+                if resolved is None:
+                    return Decision(
+                        Outcome.BLOCK,
+                        "masking.write_from_masked",
+                        f"{statement.command} reads {_shown(name)}, which the gateway does "
+                        "not know, so it cannot tell whether masked columns would be "
+                        "written elsewhere",
+                        UNKNOWN_HINT,
+                        top.index,
+                    )
+                masked = next((n for n in resolved if session.masked(n)), None)
+                if masked is not None:
+                    return Decision(
+                        Outcome.BLOCK,
+                        "masking.write_from_masked",
+                        f"{statement.command} writes and reads {masked}, which has masked "
+                        "columns: their clear values would be written",
+                        WRITE_HINT,
+                        top.index,
+                    )
+    return ALLOWED
+
+
+def _sources(statement: Statement) -> Iterable[Name]:
+    yield from statement.reads
+    if statement.command in _COPIES_TARGET or (
+        statement.command == "INSERT" and _CONFLICT.search(statement.text)
+    ):
+        yield from statement.writes
+    elif statement.command == "INSERT" and len(statement.text) >= 2000:
+        # The text is cut for messages: an ON CONFLICT past the cut is not seen.
+        yield from statement.writes
+
+
+def resolve_name(
+    name: Name, search_path: tuple[str, ...], holds: Callable[[Name], bool]
+) -> list[Name] | None:
+    """The relations a name of an analysis with :data:`UNQUALIFIED` as its
+    search_path is, as PostgreSQL resolves it with ``search_path``; None when
+    the catalog holds none.  An unqualified name is the first schema of the
+    path that holds it.  A ``pg_*`` name shows as ``pg_catalog``'s whether it
+    was written so or not: both are taken."""
+    catalog = name.name.startswith("pg_")
+    if name.schema != UNQUALIFIED and not (catalog and name.schema == "pg_catalog"):
+        return [name] if holds(name) else None
+    found: list[Name] = []
+    for schema in relation_schemas(search_path, catalog=catalog):
+        candidate = Name((schema, name.name))
+        if holds(candidate):
+            found.append(candidate)
+            break
+    if name.schema == "pg_catalog" and holds(name) and name not in found:
+        found.append(name)
+    return found or None
+
+
+def _resolve(name: Name, session: MaskedSession) -> list[Name] | None:
+    return resolve_name(name, session.search_path, session.holds)
+
+
+def _shown(name: Name) -> str:
+    return name.name if name.schema == UNQUALIFIED else str(name)

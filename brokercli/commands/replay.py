@@ -169,6 +169,12 @@ def _detail(kind: str, data: Mapping[str, Any]) -> str:
         return f"{data.get('status')}: {data.get('reason')}; {revoked}"
     if kind == "notice":
         return f"{data.get('severity', 'NOTICE')}: {data.get('message', '')}"
+    if kind.startswith("connection.") and "client_addr" in data:
+        # As the gateway records them: the client's address and port, its application.
+        port = data.get("client_port")
+        address = f"{data['client_addr']}:{port}" if port is not None else data["client_addr"]
+        app = data.get("application_name")
+        return f"from {address}" + (f" ({app})" if app else "")
     if kind.startswith("connection."):
         return ", ".join(f"{k}: {v}" for k, v in data.items())
     return ", ".join(f"{k}: {v}" for k, v in data.items())

@@ -74,7 +74,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from server.audit.recording import statement_event
+from server.audit.recording import redact_params, statement_event
 from server.gateway import pgwire
 from server.gateway.catalog import Catalog
 from server.gateway.guardrails import Decision
@@ -131,7 +131,7 @@ _RESPONSE_TYPES = b"TDCnsIE123tHdcVZN"
 # Messages that are not part of one response and leave even while one is dropped:
 # notifications and parameter changes (their values are screened).
 _ASYNC_TYPES = b"AS"
-_RECORD_TYPES = b"CIEZ"
+_RECORD_TYPES = b"CIEZN"
 REFRESH_INTERVAL = 5.0
 
 Touched = Callable[[], Iterable[ColumnRef] | None]
@@ -154,6 +154,8 @@ class _Item:
     sqlstate: str | None = None
     decision: str = "allowed"
     masked: list[dict[str, str]] = field(default_factory=list)
+    params: tuple[bytes | None, ...] | None = None  # an Execute's Bind parameters
+    param_formats: tuple[int, ...] = ()
 
 
 @dataclass
@@ -162,6 +164,8 @@ class _Portal:
     formats: tuple[int, ...]  # the result formats sent upstream
     plan: MaskPlan | None = None
     client_formats: tuple[int, ...] | None = None  # what the client asked, when not sent
+    params: tuple[bytes | None, ...] = ()  # kept for the recording only
+    param_formats: tuple[int, ...] = ()
 
 
 class MaskingHooks:
@@ -231,6 +235,9 @@ class MaskingHooks:
         msg = pgwire.decode_frontend(raw)
         assert isinstance(msg, Bind)
         portal = _Portal(msg.statement, tuple(msg.result_formats))
+        if self._record_event is not None:
+            portal.params = tuple(None if p is None else bytes(p) for p in msg.params)
+            portal.param_formats = tuple(msg.param_formats)
         self.portals[msg.portal] = portal
         plan = self.statement_plans.get(msg.statement) if self.masking else None
         if plan is None or plan.clear:
@@ -261,6 +268,9 @@ class MaskingHooks:
         assert isinstance(msg, Execute)
         sql, analysis = self.statements.get(self._portal_statement(msg.portal), ("", None))
         item = _Item("X", name=msg.portal, sql=sql, analysis=analysis)
+        portal = self.portals.get(msg.portal)
+        if portal is not None and self._record_event is not None:
+            item.params, item.param_formats = portal.params, portal.param_formats
         self._start(item)
         self.pending.append(item)
 
@@ -294,7 +304,9 @@ class MaskingHooks:
             self._ready()
             return None
         if t == 78:  # N
-            return self._redacted(raw) if self.masking or self.detecting else None
+            out = self._redacted(raw) if self.masking or self.detecting else None
+            self._record_notice(raw if out is None else out)
+            return out
         if t == 65:  # A
             return self._on_notification(raw)
         if t == 83:  # S
@@ -617,11 +629,40 @@ class MaskingHooks:
                     self._finish(item)
                 return
 
+    def _record_notice(self, sent: RawMessage | bytes) -> None:
+        """A ``notice`` event with the NoticeResponse as the client got it."""
+        record = self._record_event
+        if record is None:
+            return
+        try:
+            raw = sent if isinstance(sent, RawMessage) else pgwire.split_frames(sent)[0][0]
+            msg = pgwire.decode_backend(raw)
+            if not isinstance(msg, NoticeResponse):
+                return
+            fields = msg.fields
+            data = {
+                "severity": fields.get("V") or fields.get("S") or "NOTICE",
+                "sqlstate": fields.get("C"),
+                "message": fields.get("M", ""),
+                "detail": fields.get("D"),
+                "hint": fields.get("H"),
+            }
+            record(self.session_id, "notice", {k: v for k, v in data.items() if v is not None})
+        except Exception:  # recording problems never break the relay
+            log.exception("recording a notice failed")
+
     def _finish(self, item: _Item) -> None:
         record = self._record_event
         if record is None or item.started_at is None:
             return
         try:
+            touches = self._touches_masked(item)
+            params = None
+            if item.params is not None:
+                # Which parameter goes to a masked column cannot be told: when
+                # the statement touches one, every parameter is hidden.
+                hidden = range(len(item.params)) if touches else ()
+                params = redact_params(item.params, item.param_formats, masked=hidden)
             data = statement_event(
                 item.sql,
                 started_at=item.started_at,
@@ -631,7 +672,8 @@ class MaskingHooks:
                 sqlstate=item.sqlstate,
                 decision=item.decision,
                 masked_fields=item.masked,
-                all_literals=self._touches_masked(item),
+                all_literals=touches,
+                params=params,
             )
             record(self.session_id, "statement", data)
         except Exception:  # recording problems never break the relay

@@ -229,6 +229,7 @@ class ClientConnection(asyncio.Protocol):
         # Direct references for the relay hot path.
         self._up: asyncio.Transport | None = None
         self._session_params: dict[str, str] = {}  # what the upstream login set
+        self._connection_facts: dict[str, object] | None = None  # for the recording
         # Why the client is not read: the target's buffer is full, or the relay
         # holds the client's messages while it asks the target something.
         self.upstream_full = False
@@ -335,6 +336,24 @@ class ClientConnection(asyncio.Protocol):
             self.abort("08P01", f"protocol violation: {exc}", None)
         except GatewayError as exc:
             self.abort(exc.sqlstate, exc.message, exc.hint)
+
+    def _record_connection(self, kind: str) -> None:
+        """``connection.open`` / ``connection.close`` in the session's recording."""
+        live = self.live
+        if live is None:
+            return
+        data = self._connection_facts
+        if data is None:
+            peer = self.transport.get_extra_info("peername") if self.transport else None
+            data = self._connection_facts = {
+                "client_addr": str(peer[0]) if isinstance(peer, tuple) and peer else "unknown",
+                "client_port": peer[1] if isinstance(peer, tuple) and len(peer) > 1 else None,
+                "application_name": self._session_params.get("application_name"),
+            }
+        try:
+            self.gateway.service.recorder.record(live.id, kind, data)
+        except Exception:  # recording problems never break the connection
+            log.exception("recording %s failed", kind)
 
     def _peer(self) -> str:
         peer = self.transport.get_extra_info("peername") if self.transport else None
@@ -604,6 +623,7 @@ class ClientConnection(asyncio.Protocol):
             setup(relay, self.live)
         self._up = self.upstream.transport
         self.relay = relay
+        self._record_connection("connection.open")
         for timer in self._timers[:1]:
             timer.cancel()  # the startup timeout
         self._write(b"".join(out))
@@ -670,6 +690,9 @@ class ClientConnection(asyncio.Protocol):
             self.gateway.caps.release(self.identity)
             self.identity = None
         if self.live is not None:
+            if self.relay is not None and self.gateway.service.live(self.live.id) is not None:
+                # Not once the session ended: its recording is closing then.
+                self._record_connection("connection.close")
             self.gateway.service.detach(self.live, self)
         if self.upstream is not None and self.upstream.transport is not None:
             self.upstream.transport.close()

@@ -1,0 +1,120 @@
+"""What the gateway records besides statements, read back with ``dbaccess replay``:
+Bind parameters (hidden where they may go to masked columns), the notices the
+client was sent, and each connection's open and close with its address."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from server.demo.provision import DemoTarget
+from server.pgcluster import LocalCluster
+from tests.fix_broker import Broker, new_broker
+from tests.fix_session import held_session
+
+pytestmark = pytest.mark.slow
+
+MASKING = """\
+    masking:
+      rules:
+        - column: public.customers.email
+          method: partial
+          keep: domain
+      trusted_functions: [recording_e2e_notice]
+"""
+HIDDEN_EMAIL = "recorded-param@example.org"
+
+
+def _policy() -> str:
+    text = (Path(__file__).parents[3] / "server/demo/policy.yaml").read_text()
+    marker = "    scopes:\n"
+    return text.replace(marker, MASKING + marker, 1)
+
+
+@pytest.fixture(scope="module")
+def recording_broker(pg_cluster: LocalCluster, demo_target: DemoTarget) -> Iterator[Broker]:
+    dsn = pg_cluster.dsn(dbname=demo_target.database)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "CREATE OR REPLACE FUNCTION public.recording_e2e_notice(x text) RETURNS int "
+            "LANGUAGE plpgsql AS $$ BEGIN RAISE NOTICE 'hello from %', x; RETURN 1; END $$"
+        )
+    b = new_broker(demo_target)
+    b.start(policy=_policy())
+    try:
+        yield b
+    finally:
+        b.stop()
+        b.kill()
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("DROP FUNCTION IF EXISTS public.recording_e2e_notice(text)")
+
+
+def _events(broker: Broker, session_id: str, until: int) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + 20
+    while True:
+        res = broker.cli("replay", session_id, "--output", "json")
+        assert res.returncode == 0, res.stderr
+        events: list[dict[str, Any]] = json.loads(res.stdout)["events"]
+        if events[-1]["kind"] == "session.end" and len(events) >= until:
+            return events
+        if time.monotonic() > deadline:
+            return events
+        time.sleep(0.5)
+
+
+def test_params_notices_and_connections_are_recorded(recording_broker: Broker) -> None:
+    with held_session(recording_broker, "--scope", "read") as s:
+        with psycopg.connect(s.dsn(), autocommit=True, application_name="recording-e2e") as conn:
+            assert conn.execute("select %s::text || '!'", ("plain-param",)).fetchone() == (
+                "plain-param!",
+            )
+            rows = conn.execute(
+                "select city from customers where email = %s", (HIDDEN_EMAIL,)
+            ).fetchall()
+            assert rows == []
+            notices: list[str] = []
+            conn.add_notice_handler(lambda d: notices.append(str(d.message_primary)))
+            conn.execute("select recording_e2e_notice(%s)", ("the client",))
+            assert notices == ["hello from the client"]
+        session_id = s.session_id
+    events = _events(recording_broker, session_id, 8)
+    kinds = [e["kind"] for e in events]
+    assert kinds[0] == "session.start" and kinds[-1] == "session.end"
+
+    opened = [e["data"] for e in events if e["kind"] == "connection.open"]
+    closed = [e["data"] for e in events if e["kind"] == "connection.close"]
+    assert opened and closed, kinds
+    mine = [d for d in opened if d.get("application_name") == "recording-e2e"]
+    assert len(mine) == 1, opened
+    assert mine[0]["client_addr"] == "127.0.0.1" and isinstance(mine[0]["client_port"], int)
+    assert mine[0] in closed  # the same connection, closed before the session ended
+    assert kinds.index("connection.open") < kinds.index("statement")
+
+    statements = [e["data"] for e in events if e["kind"] == "statement"]
+    plain = next(d for d in statements if "|| '!'" in d["text"])
+    assert plain["params"] == ["plain-param"]
+    masked = next(d for d in statements if "where email" in d["text"])
+    assert masked["params"] == ["[redacted]"]
+    assert HIDDEN_EMAIL not in json.dumps(events)
+
+    notice = next(e["data"] for e in events if e["kind"] == "notice")
+    assert notice["message"] == "hello from the client"
+    assert notice["severity"] == "NOTICE"
+
+    shown = recording_broker.cli("replay", session_id)
+    assert shown.returncode == 0, shown.stderr
+    port = mine[0]["client_port"]
+    for text in (
+        "params: plain-param",
+        "params: [redacted]",
+        "NOTICE: hello from the client",
+        f"from 127.0.0.1:{port} (recording-e2e)",
+    ):
+        assert text in shown.stdout, shown.stdout

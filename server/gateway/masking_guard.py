@@ -28,6 +28,16 @@ PREPARE runs later and those a plain EXPLAIN only plans):
     as read, since its SET may copy one of its masked columns into another.
     A relation read that the catalog does not hold cannot be told and is
     refused too.
+``masking.inference`` (unless the policy says ``inference: allow``)
+    a statement that reads a relation with masked columns and names a masked
+    column where it decides which rows come back, or their groups or order
+    (``sqlcheck.predicate_columns``: WHERE, HAVING, JOIN ON/USING, GROUP BY,
+    ORDER BY, DISTINCT ON, PARTITION BY): ``where ssn like '123%'`` answers
+    a question about the clear value.  Column names are matched without their
+    table (aliases are not resolved), so a clear column that shares its name
+    with a masked one of another relation read counts as masked, and so does a
+    name none of them has (a whole-row reference, a CTE's column); a text the
+    gateway cannot read is refused.
 
 Relations are resolved as the masking hooks resolve them
 (``masking_relay.touched_relations``): the statement is analysed with
@@ -43,11 +53,18 @@ next reload (five minutes at most; creating one needs a scope that allows code).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from server.gateway.guardrails import ALLOWED, Decision, Outcome, _Pattern, _patterns
-from server.gateway.sqlcheck import Analysis, Name, Statement, relation_schemas
+from server.gateway.sqlcheck import (
+    ANY_COLUMN,
+    Analysis,
+    Name,
+    Statement,
+    predicate_columns,
+    relation_schemas,
+)
 
 # A schema name PostgreSQL cannot have (it holds a NUL).  Analysed with it as
 # the whole search_path, a statement reports its unqualified relations in this
@@ -66,6 +83,10 @@ FUNCTION_HINT = (
 WRITE_HINT = (
     "read the masked columns without writing them elsewhere, or ask for review in "
     "a session where masking does not apply"
+)
+INFERENCE_HINT = (
+    "filter, join, group and sort on clear columns only, or ask for a statement review "
+    "in a scope where masking does not apply"
 )
 UNKNOWN_HINT = "try again in a few seconds (the gateway reloads its catalog), or qualify the name"
 
@@ -86,6 +107,9 @@ class MaskedSession:
     functions: frozenset[str] | None
     trusted: frozenset[str] = frozenset()
     catalog_first: bool = True
+    # Column name -> masked, of a relation the catalog holds (for ``inference``).
+    columns: Callable[[Name], Mapping[str, bool]] = lambda _name: {}
+    inference: bool = True  # refuse masked columns in predicates, groupings, orderings
     _trusted: tuple[_Pattern, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -99,9 +123,10 @@ class MaskedSession:
         return self.functions is not None and call.name not in self.functions
 
 
-def masking_decision(written: Analysis, session: MaskedSession) -> Decision:
+def masking_decision(written: Analysis, session: MaskedSession, sql: str | None = None) -> Decision:
     """The decision for an input analysed with ``UNQUALIFIED`` as its search_path
-    (``ALLOWED`` when no rule refuses it)."""
+    (``ALLOWED`` when no rule refuses it); ``sql`` is its text, which the
+    inference rule reads (without it that rule is not applied)."""
     for top in written.statements:
         for statement, _ in top.walk():
             for call in statement.functions:
@@ -139,7 +164,44 @@ def masking_decision(written: Analysis, session: MaskedSession) -> Decision:
                         WRITE_HINT,
                         top.index,
                     )
+    if session.inference and sql is not None:
+        return _inference(written, session, sql)
     return ALLOWED
+
+
+def _inference(written: Analysis, session: MaskedSession, sql: str) -> Decision:
+    masked: set[str] = set()
+    known: set[str] = set()
+    for statement in written.walk_all():
+        for name in (*statement.reads, *statement.writes):
+            # A relation the catalog does not hold had no masked columns when it
+            # was loaded; what a write would copy is the other rule's business.
+            for relation in _resolve(name, session) or ():
+                for column, is_masked in session.columns(relation).items():
+                    known.add(column)
+                    if is_masked:
+                        masked.add(column)
+    if not masked:
+        return ALLOWED
+    referenced = predicate_columns(sql)
+    if referenced is None:
+        why = "the gateway cannot read which columns it filters, groups or sorts on"
+    else:
+        # A name no relation has (an output alias, a whole-row reference, a
+        # CTE's column) may stand for a masked column: counted as one.
+        hits = sorted(c for c in referenced if c in masked or c not in known or c == ANY_COLUMN)
+        if not hits:
+            return ALLOWED
+        shown = hits[0] if hits[0] != ANY_COLUMN else "every column of a relation"
+        why = f"it filters, joins, groups or sorts on {shown}"
+    return Decision(
+        Outcome.BLOCK,
+        "masking.inference",
+        f"{why}, in a statement that reads masked columns: the result would tell "
+        "what the masked values are",
+        INFERENCE_HINT,
+        0,
+    )
 
 
 def _sources(statement: Statement) -> Iterable[Name]:

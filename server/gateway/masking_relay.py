@@ -48,8 +48,10 @@ DataRow the server sends, which statement or portal it belongs to, and
   ``***``, as it was set by something else, such as a function calling
   ``set_config`` (``masking.screen_parameter``);
 * records one ``statement`` event per simple Query and per Execute
-  (``service.recorder``; text redacted, tag, rows, SQLSTATE, decision, masked
-  fields).
+  (``service.recorder``; text redacted, the Execute's Bind parameters -- all
+  hidden when the statement touches masked columns --, tag, rows, SQLSTATE,
+  decision, masked fields), and one ``notice`` event per NoticeResponse as the
+  client got it.
 
 Sessions without masking rules or detectors register only the few hooks
 recording needs (no DataRow hook), so their rows keep the relay's fast path.
@@ -57,7 +59,7 @@ recording needs (no DataRow hook), so their rows keep the relay's fast path.
 Table names are resolved with the session's pinned search_path
 (``touched_relations``).  ``MaskingSetup.pre_execution`` gives the guard what
 must be refused before a statement runs (``masking_guard``): writes that read
-masked columns and calls of untrusted functions.
+masked columns, calls of untrusted functions, and predicates on masked columns.
 
 Known limits: lineage for expressions is not computed (they are blocked
 instead when masked data is touched); COPY out of a table with masked columns
@@ -802,6 +804,7 @@ class MaskingSetup:
         target = self.service.policy.targets.get(live.record.target)
         policy = target.masking if target is not None else None
         trusted = policy.trusted_functions if policy is not None else frozenset()
+        inference = policy is None or policy.inference == "block"
         first = catalog_first(search_path)
         refreshed = [float("-inf")]
 
@@ -823,6 +826,10 @@ class MaskingSetup:
                 columns = snapshot.columns_of(name.parts[0], name.name) if snapshot else ()
                 return any(masks(rules, column) for column in columns)
 
+            def columns(name: Name) -> dict[str, bool]:
+                found = snapshot.columns_of(name.parts[0], name.name) if snapshot else ()
+                return {column.column: masks(rules, column) for column in found}
+
             session = MaskedSession(
                 search_path,
                 holds,
@@ -830,8 +837,10 @@ class MaskingSetup:
                 snapshot.functions if snapshot is not None else None,
                 trusted,
                 first,
+                columns,
+                inference,
             )
-            return masking_decision(analyze(sql, search_path=(UNQUALIFIED,)), session)
+            return masking_decision(analyze(sql, search_path=(UNQUALIFIED,)), session, sql)
 
         return check
 

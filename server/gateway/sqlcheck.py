@@ -102,6 +102,7 @@ __all__ = [
     "cache_clear",
     "parse_name",
     "parse_search_path",
+    "predicate_columns",
     "relation_schemas",
 ]
 
@@ -693,6 +694,136 @@ def _analyze(
 def _first_line(error: Exception) -> str:
     text = str(error).strip().splitlines()
     return text[0][:200] if text else type(error).__name__
+
+
+# Any column: a whole-row reference, ``t.*``, a position past the select list.
+ANY_COLUMN = "*"
+
+
+def predicate_columns(sql: str, *, max_len: int = DEFAULT_MAX_LEN) -> frozenset[str] | None:
+    """The names of the columns ``sql`` refers to where they decide which rows
+    are touched, how they are grouped or ordered: WHERE, HAVING, JOIN ON and
+    USING, GROUP BY, ORDER BY, DISTINCT ON and window PARTITION BY, in every
+    statement and subquery.  A position or an output name in GROUP BY / ORDER
+    BY stands for the columns of that select-list entry.  Names are folded as
+    PostgreSQL folds them, without their table (an alias says nothing without
+    the FROM list); :data:`ANY_COLUMN` stands for a reference to every column
+    of a relation.  None when the text cannot be read (never raises)."""
+    if len(sql) > max_len or "\x00" in sql:
+        return None
+    try:
+        tokens = _tokenize(sql)
+        if len(tokens) > MAX_TOKENS or _lexical_problem(sql, tokens):
+            return None
+        found: set[str] = set()
+        for chunk in _split(tokens):
+            if not _chunk_predicates(sql, chunk, found):
+                return None
+        return frozenset(found)
+    except (SqlglotError, RecursionError, _Unknown):
+        return None
+
+
+# Where the query of DECLARE ... FOR, PREPARE ... AS, EXPLAIN ..., COPY (...) starts.
+_QUERY_WORDS = frozenset({"SELECT", "WITH", "INSERT", "UPDATE", "DELETE", "MERGE", "VALUES"})
+
+
+def _chunk_predicates(sql: str, chunk: list[Token], found: set[str]) -> bool:
+    try:
+        trees = _parse(chunk, sql)
+    except SqlglotError:
+        trees = [None]
+    if all(tree is not None and not isinstance(tree, exp.Command) for tree in trees):
+        for tree in trees:
+            assert tree is not None
+            _predicate_columns(tree, found)
+        return True
+    # A statement that holds a query sqlglot does not parse around it: the
+    # query from its first word (inside the parentheses for COPY).
+    start = next((i for i, t in enumerate(chunk) if t.text.upper() in _QUERY_WORDS), None)
+    if start is None or start == 0:
+        return False
+    inner = chunk[start:]
+    if chunk[0].text.upper() == "COPY":
+        depth = 1
+        for i, token in enumerate(inner):
+            depth += {_L_PAREN: 1, _R_PAREN: -1}.get(token.token_type, 0)
+            if depth == 0:
+                inner = inner[:i]
+                break
+        else:
+            return False
+    return bool(inner) and _chunk_predicates(sql, inner, found)
+
+
+def _column_names(node: exp.Expr) -> Iterator[str]:
+    if isinstance(node, exp.Column):
+        yield _column_name(node)
+    for column in node.find_all(exp.Column):
+        if column is not node:
+            yield _column_name(column)
+    for star in node.find_all(exp.Star):
+        if not isinstance(star.parent, exp.Count):
+            yield ANY_COLUMN
+
+
+def _column_name(column: exp.Column) -> str:
+    ident = column.this
+    if not isinstance(ident, exp.Identifier):
+        return ANY_COLUMN
+    return _fold(str(ident.this), bool(ident.quoted))
+
+
+def _predicate_columns(tree: exp.Expr, found: set[str]) -> None:
+    for node in tree.walk():
+        if isinstance(node, exp.Where | exp.Having):
+            found.update(_column_names(node))
+        elif isinstance(node, exp.Join):
+            for key in ("on", "using"):
+                value = node.args.get(key)
+                for part in value if isinstance(value, list) else [value]:
+                    if isinstance(part, exp.Identifier):
+                        found.add(_fold(str(part.this), bool(part.quoted)))
+                    elif isinstance(part, exp.Expr):
+                        found.update(_column_names(part))
+        elif isinstance(node, exp.Distinct):
+            on = node.args.get("on")
+            if isinstance(on, exp.Expr):
+                found.update(_column_names(on))
+        elif isinstance(node, exp.Window):
+            for part in node.args.get("partition_by") or []:
+                found.update(_column_names(part))
+        elif isinstance(node, exp.Group | exp.Order):
+            for item in node.expressions:
+                target = item.this if isinstance(item, exp.Ordered) else item
+                found.update(_output_columns(target, node.parent))
+                found.update(_column_names(target))
+
+
+def _output_columns(item: exp.Expr, owner: exp.Expr | None) -> Iterator[str]:
+    """The columns a GROUP BY / ORDER BY position or output name stands for."""
+    positional = isinstance(item, exp.Literal) and not item.is_string
+    named = isinstance(item, exp.Column) and not item.table
+    if not positional and not named:
+        return
+    if not isinstance(owner, exp.Select):
+        # A set operation's output, or a window: every column of the statement.
+        if owner is not None:
+            yield from _column_names(owner)
+        yield ANY_COLUMN
+        return
+    projections = owner.expressions
+    if positional:
+        index = int(str(item.this)) - 1 if str(item.this).isdigit() else -1
+        if not 0 <= index < len(projections):
+            yield ANY_COLUMN
+            return
+        yield from _column_names(projections[index])
+        return
+    name = _column_name(item)  # type: ignore[arg-type]
+    for projection in projections:
+        if isinstance(projection, exp.Alias) and _fold(projection.alias, False) == name:
+            yield from _column_names(projection.this)
 
 
 def relation_schemas(search_path: tuple[str, ...], *, catalog: bool = False) -> tuple[str, ...]:

@@ -994,6 +994,7 @@ _MASKING_KEYS = (
     "detectors",
     "database_grants",
     "trusted_functions",
+    "inference",
 )
 _RULE_KEYS = ("column", "pattern", "method", "keep", "keep_last", "length", "scopes")
 _EXEMPT_KEYS = ("groups", "scopes")
@@ -1074,6 +1075,7 @@ def _read_masking(
     trusted_entry = reader.optional("trusted_functions")
     if trusted_entry is not None:
         trusted = _read_choices(check, trusted_entry, join(path, "trusted_functions"), _function)
+    inference = _value(check, reader, "inference", _choice(("block", "allow"), "inference"))
     return MaskingPolicy(
         rules=tuple(rules),
         key_file=key_file,
@@ -1083,6 +1085,7 @@ def _read_masking(
         detectors=MappingProxyType(detectors),
         database_grants=bool(database_grants),
         trusted_functions=frozenset(trusted),
+        inference=inference or "block",
     )
 
 

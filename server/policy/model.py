@@ -244,7 +244,9 @@ class MaskingPolicy:
     names functions outside ``pg_catalog`` and ``information_schema`` that a
     masked session may call (as written in SQL, ``schema.name``, ``name`` or a
     prefix ending in ``*``): any other such function could read masked
-    columns itself, and is refused before it runs.
+    columns itself, and is refused before it runs.  ``inference`` is ``block``
+    (refuse statements that filter, join, group or sort on a masked column,
+    whose results tell what the values are) or ``allow``.
     """
 
     rules: tuple[MaskRule, ...] = ()
@@ -255,6 +257,7 @@ class MaskingPolicy:
     detectors: Mapping[DetectorKind, DetectorAction] = field(default_factory=dict)
     database_grants: bool = False
     trusted_functions: frozenset[str] = frozenset()
+    inference: str = "block"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -76,7 +76,7 @@ def test_params_notices_and_connections_are_recorded(recording_broker: Broker) -
                 "plain-param!",
             )
             rows = conn.execute(
-                "select city from customers where email = %s", (HIDDEN_EMAIL,)
+                "select city from customers where city = %s", (HIDDEN_EMAIL,)
             ).fetchall()
             assert rows == []
             notices: list[str] = []
@@ -100,7 +100,8 @@ def test_params_notices_and_connections_are_recorded(recording_broker: Broker) -
     statements = [e["data"] for e in events if e["kind"] == "statement"]
     plain = next(d for d in statements if "|| '!'" in d["text"])
     assert plain["params"] == ["plain-param"]
-    masked = next(d for d in statements if "where email" in d["text"])
+    # Which parameter goes where cannot be told: with masked columns read, all are hidden.
+    masked = next(d for d in statements if "where city" in d["text"])
     assert masked["params"] == ["[redacted]"]
     assert HIDDEN_EMAIL not in json.dumps(events)
 

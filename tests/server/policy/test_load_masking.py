@@ -283,6 +283,14 @@ ERROR_CASES = [
         id="trusted-function-not-a-name",
     ),
     pytest.param(
+        edited("database_grants: true", "database_grants: true\n      inference: warn"),
+        [
+            "policy.yaml:37: targets.demo.masking.inference: unknown inference 'warn': "
+            "use one of block, allow"
+        ],
+        id="unknown-inference",
+    ),
+    pytest.param(
         edited("database_grants: true", "database_grants: true\n      trusted_function: [f]"),
         [
             "policy.yaml:37: targets.demo.masking.trusted_function: unknown key "
@@ -314,3 +322,11 @@ def test_trusted_functions_are_read_as_written() -> None:
     # None by default: only pg_catalog and information_schema.
     default = parse_policy(BASE, "policy.yaml").targets["demo"].masking
     assert default is not None and default.trusted_functions == frozenset()
+
+
+def test_inference_is_blocked_unless_allowed() -> None:
+    default = parse_policy(BASE, "policy.yaml").targets["demo"].masking
+    assert default is not None and default.inference == "block"
+    text = edited("database_grants: true", "database_grants: true\n      inference: allow")
+    allowed = parse_policy(text, "policy.yaml").targets["demo"].masking
+    assert allowed is not None and allowed.inference == "allow"

@@ -61,6 +61,10 @@ for each schema of the path it may be found in, since which one holds it is
 known only to the database (``relation_schemas``).  ``parse_search_path``
 reads a ``search_path`` value as PostgreSQL does.
 
+``predicate_columns(sql)`` names the columns a text filters, joins, groups or
+sorts on (WHERE, HAVING, JOIN ON/USING, GROUP BY, ORDER BY, DISTINCT ON,
+PARTITION BY), for masking's inference rule; None when it cannot be read.
+
 Results are cached by (text, search_path, limits, parameters) in a bounded LRU
 (texts up to 16 KiB, 4096 entries, 8 M characters in all) so a statement the
 gateway has already seen costs a dictionary lookup.  A single plain read is

@@ -19,7 +19,11 @@ PREPARE runs later and those a plain EXPLAIN only plans):
     function of that name (``functions`` of the catalog: PostgreSQL chooses
     among every function of the name on the path, by argument types, so a
     same-named ``public.lower(int)`` could win); while those names are not
-    known, every unqualified call outside the trusted list is refused.
+    known, every unqualified call outside the trusted list is refused.  A call
+    in attribute notation (``select t.f from t`` runs ``f(t)``), which the
+    analysis takes for a column, counts too: a name after a dot
+    (``sqlcheck.dotted_names``) that is such a function and neither a column
+    nor a relation the statement names.
 ``masking.write_from_masked``
     a statement that writes (INSERT, UPDATE, MERGE, DELETE, COPY FROM, CREATE
     TABLE AS, SELECT INTO, a view or a data-modifying CTE) and reads a relation
@@ -44,7 +48,7 @@ Relations are resolved as the masking hooks resolve them
 ``masking_relay.UNQUALIFIED`` as its search_path, and an unqualified name is
 the first schema of the session's path that holds it.
 
-Known limits: a user-defined operator, a trigger, a column default or a view
+Known limits: a user-defined operator or cast, a trigger, a column default or a view
 over a function runs functions that the statement does not name; a function
 created after the catalog was loaded is not among the known names until the
 next reload (five minutes at most; creating one needs a scope that allows code).
@@ -62,6 +66,7 @@ from server.gateway.sqlcheck import (
     Analysis,
     Name,
     Statement,
+    dotted_names,
     predicate_columns,
     relation_schemas,
 )
@@ -164,9 +169,46 @@ def masking_decision(written: Analysis, session: MaskedSession, sql: str | None 
                         WRITE_HINT,
                         top.index,
                     )
+    if sql is not None:
+        attribute = _attribute_call(written, session, sql)
+        if attribute is not None:
+            return attribute
     if session.inference and sql is not None:
         return _inference(written, session, sql)
     return ALLOWED
+
+
+def _attribute_call(written: Analysis, session: MaskedSession, sql: str) -> Decision | None:
+    """A function called in attribute notation (``select t.f from t`` runs
+    ``f(t)``), which the analysis reports as a column: a name after a dot that
+    is a function outside the built-in schemas and neither a column nor a
+    relation the statement names."""
+    dotted = dotted_names(sql)
+    if dotted is None:
+        return None  # the analysis would not have understood it either
+    functions = session.functions
+    candidates = dotted if functions is None else dotted & functions
+    if not candidates:
+        return None
+    names: set[str] = set()
+    columns: set[str] = set()
+    for statement in written.walk_all():
+        for relation_name in (*statement.reads, *statement.writes):
+            names.add(relation_name.name)
+            for relation in _resolve(relation_name, session) or ():
+                columns.update(session.columns(relation))
+        names.update(f.name for f in statement.functions)  # judged above
+    for word in sorted(candidates - names - columns):
+        if not session.trusts(Name((word,))):
+            return Decision(
+                Outcome.BLOCK,
+                "masking.untrusted_function",
+                f"x.{word} may call the function {word}() on x, which masking does not "
+                "trust: it could read masked columns itself",
+                FUNCTION_HINT,
+                0,
+            )
+    return None
 
 
 def _inference(written: Analysis, session: MaskedSession, sql: str) -> Decision:

@@ -83,6 +83,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum, StrEnum
+from itertools import pairwise
 from typing import Any, ClassVar, Generic, TypeVar
 
 from sqlglot import exp
@@ -104,6 +105,7 @@ __all__ = [
     "analyze",
     "analyze_function_call",
     "cache_clear",
+    "dotted_names",
     "parse_name",
     "parse_search_path",
     "predicate_columns",
@@ -726,6 +728,26 @@ def predicate_columns(sql: str, *, max_len: int = DEFAULT_MAX_LEN) -> frozenset[
         return frozenset(found)
     except (SqlglotError, RecursionError, _Unknown):
         return None
+
+
+def dotted_names(sql: str, *, max_len: int = DEFAULT_MAX_LEN) -> frozenset[str] | None:
+    """Every name written after a dot (``s.t``, ``p.col``, ``(p).f``), folded as
+    PostgreSQL folds it: where a function may be called in attribute notation
+    (``p.f`` is ``f(p)`` when ``p`` has no column ``f``).  None when the text
+    cannot be tokenized (never raises)."""
+    if len(sql) > max_len or "\x00" in sql:
+        return None
+    try:
+        tokens = _tokenize(sql)
+    except SqlglotError:
+        return None
+    if len(tokens) > MAX_TOKENS or _lexical_problem(sql, tokens):
+        return None
+    return frozenset(
+        _ident(token)
+        for before, token in pairwise(tokens)
+        if before.token_type is _DOT and _is_name(token)
+    )
 
 
 # Where the query of DECLARE ... FOR, PREPARE ... AS, EXPLAIN ..., COPY (...) starts.

@@ -205,3 +205,36 @@ def test_inference_allow_lets_predicates_through() -> None:
     assert _inference_rule(sql, inference=False) is None
     # The other rules still hold.
     assert _inference_rule("insert into t select id from people", inference=False) == WRITE
+
+
+def _attribute_rule(sql: str, trusted: frozenset[str] = frozenset()) -> str | None:
+    session = MaskedSession(
+        ("app", "public"),
+        lambda n: str(n) in HELD,
+        lambda n: str(n) in MASKED,
+        FUNCTIONS,
+        trusted,
+        columns=lambda n: COLUMNS.get(str(n), {}),
+        inference=False,
+    )
+    decision = masking_decision(analyze(sql, search_path=(UNQUALIFIED,)), session, sql)
+    return None if decision.outcome is Outcome.ALLOW else decision.rule
+
+
+@pytest.mark.parametrize(
+    ("sql", "trusted", "rule"),
+    [
+        # Attribute notation: t.my_func is my_func(t), which the analysis reads as a column.
+        ("select t.my_func from t", frozenset(), FUNCTION),
+        ("select (t).my_func from t", frozenset(), FUNCTION),
+        ('select t."my_func" from t', frozenset(), FUNCTION),
+        ("select x.fmt from (select 1 as a) x", frozenset(), FUNCTION),
+        ("select t.my_func from t", frozenset({"my_func"}), None),
+        # Columns, relations and schemas after a dot are what they seem.
+        ("select t.a, p.name from t, people p", frozenset(), None),
+        ("select * from public.t", frozenset(), None),
+        ("select pg_catalog.lower(t.b) from t", frozenset(), None),
+    ],
+)
+def test_attribute_notation_calls(sql: str, trusted: frozenset[str], rule: str | None) -> None:
+    assert _attribute_rule(sql, trusted) == rule

@@ -47,7 +47,7 @@ def _policy() -> str:
 def superuser(pg_cluster: LocalCluster, demo_target: DemoTarget) -> Iterator[psycopg.Connection]:
     dsn = pg_cluster.dsn(dbname=demo_target.database)
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f"DROP TABLE IF EXISTS {COPY}, masking_ctas, masking_into")
+        conn.execute(f"DROP TABLE IF EXISTS {COPY}, masking_ctas, masking_into CASCADE")
         conn.execute(f"CREATE TABLE {COPY} (email text, card text)")
         conn.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {COPY} TO demo_write")
         conn.execute(
@@ -55,13 +55,21 @@ def superuser(pg_cluster: LocalCluster, demo_target: DemoTarget) -> Iterator[psy
             f"$$ INSERT INTO public.{COPY} SELECT email, card_number FROM public.customers; "
             "SELECT 'copied' $$"
         )
+        # Called as c.masking_attr on a row of the clear table: no call in sight.
+        conn.execute(
+            f"CREATE OR REPLACE FUNCTION public.masking_attr(c public.{COPY}) RETURNS text "
+            "LANGUAGE sql AS $$ SELECT email FROM public.customers ORDER BY id LIMIT 1 $$"
+        )
         conn.execute(
             "CREATE OR REPLACE FUNCTION public.masking_trusted(x int) RETURNS int "
             "LANGUAGE sql AS $$ SELECT x + 1 $$"
         )
         yield conn
-        conn.execute(f"DROP TABLE IF EXISTS {COPY}, masking_ctas, masking_into")
-        conn.execute("DROP FUNCTION IF EXISTS public.masking_leak(), public.masking_trusted(int)")
+        conn.execute(f"DROP TABLE IF EXISTS {COPY}, masking_ctas, masking_into CASCADE")
+        conn.execute(
+            "DROP FUNCTION IF EXISTS public.masking_leak(), public.masking_trusted(int), "
+            f"public.masking_attr(public.{COPY})"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +150,17 @@ def test_an_untrusted_function_never_runs(
     session: HeldSession, copy_table: psycopg.Connection, sql: str
 ) -> None:
     _refused(session, sql, "masking.untrusted_function")
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [f"select c.masking_attr from {COPY} c", f"select (c).masking_attr from {COPY} c"],
+)
+def test_a_function_called_in_attribute_notation_is_refused(
+    session: HeldSession, copy_table: psycopg.Connection, sql: str
+) -> None:
+    err = _refused(session, sql, "masking.untrusted_function")
+    assert "masking_attr" in err
 
 
 def test_the_extended_protocol_is_refused_alike_and_the_connection_goes_on(

@@ -183,6 +183,8 @@ def _attribute_call(written: Analysis, session: MaskedSession, sql: str) -> Deci
     ``f(t)``), which the analysis reports as a column: a name after a dot that
     is a function outside the built-in schemas and neither a column nor a
     relation the statement names."""
+    if "." not in sql:
+        return None  # nothing after a dot: no attribute notation
     dotted = dotted_names(sql)
     if dotted is None:
         return None  # the analysis would not have understood it either

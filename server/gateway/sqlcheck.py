@@ -76,6 +76,7 @@ so ``SELECT ... WHERE id = 1`` and ``... WHERE id = 2`` share one analysis
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import re
 import threading
@@ -715,7 +716,21 @@ def predicate_columns(sql: str, *, max_len: int = DEFAULT_MAX_LEN) -> frozenset[
     PostgreSQL folds them, without their table (an alias says nothing without
     the FROM list); :data:`ANY_COLUMN` stands for a reference to every column
     of a relation.  None when the text cannot be read (never raises)."""
-    if len(sql) > max_len or "\x00" in sql:
+    if len(sql) > max_len:
+        return None
+    if len(sql) <= _CACHE_MAX_KEY:
+        return _predicate_columns_cached(sql)
+    return _read_predicate_columns(sql)
+
+
+@functools.lru_cache(maxsize=1024)
+def _predicate_columns_cached(sql: str) -> frozenset[str] | None:
+    # A statement sent again (a prepared one, a loop) is read once.
+    return _read_predicate_columns(sql)
+
+
+def _read_predicate_columns(sql: str) -> frozenset[str] | None:
+    if "\x00" in sql:
         return None
     try:
         tokens = _tokenize(sql)

@@ -322,7 +322,17 @@ class StatementGuard:
         decision = decide(analysis, self.rules, prepared=self.sql_prepared)
         if self.masking is None or decision.outcome is Outcome.BLOCK:
             return decision
-        refused = self.masking(sql)
+        try:
+            refused = self.masking(sql)
+        except Exception:  # a check that failed refuses: masking fails closed
+            log.exception("masking's check before execution failed")
+            refused = Decision(
+                Outcome.BLOCK,
+                "masking.check_failed",
+                "the gateway could not check this statement against masking",
+                "try again; if it keeps failing, tell an administrator",
+                None,
+            )
         return refused if refused.outcome is Outcome.BLOCK else decision
 
     def _passes(

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -188,6 +189,32 @@ class Broker:
 def new_broker(demo_target: DemoTarget) -> Broker:
     base = make_tmp_dir("dbaccess-broker-")
     return Broker(data_dir=base / "data", config_dir=base / "cli", target_dsn=demo_target.admin_dsn)
+
+
+DEMO_POLICY = Path(__file__).parents[1] / "server" / "demo" / "policy.yaml"
+_SCOPES = "    scopes:\n"
+
+
+def demo_policy(*, target: str = "", scopes: str = "") -> str:
+    """The demo policy with ``target`` (indented target keys such as a ``masking:``
+    block) added to the demo target before its scopes, and ``scopes`` (indented
+    scope entries) after the last scope."""
+    text = DEMO_POLICY.read_text()
+    assert _SCOPES in text
+    text = text.replace(_SCOPES, target + _SCOPES, 1)
+    return text.rstrip("\n") + "\n" + scopes if scopes else text
+
+
+@contextmanager
+def running_broker(demo_target: DemoTarget, policy: str | None = None) -> Iterator[Broker]:
+    """A broker of its own with ``policy``, stopped (and killed if need be) afterwards."""
+    b = new_broker(demo_target)
+    try:
+        b.start(policy=policy)
+        yield b
+    finally:
+        b.stop()
+        b.kill()
 
 
 @pytest.fixture(scope="module")

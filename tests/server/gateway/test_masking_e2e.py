@@ -8,13 +8,12 @@ import re
 import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
 
 from server.demo.provision import DemoTarget
-from tests.fix_broker import Broker, new_broker
+from tests.fix_broker import Broker, demo_policy, running_broker
 from tests.fix_session import HeldSession, held_session
 
 pytestmark = pytest.mark.slow
@@ -39,21 +38,13 @@ CARD = re.compile(r"^\*\*\*\d{4}$")
 
 
 def _policy() -> str:
-    text = (Path(__file__).parents[3] / "server/demo/policy.yaml").read_text()
-    marker = "    scopes:\n"
-    assert marker in text
-    return text.replace(marker, MASKING + marker, 1)
+    return demo_policy(target=MASKING)
 
 
 @pytest.fixture(scope="module")
 def masking_broker(demo_target: DemoTarget) -> Iterator[Broker]:
-    b = new_broker(demo_target)
-    b.start(policy=_policy())
-    try:
+    with running_broker(demo_target, _policy()) as b:
         yield b
-    finally:
-        b.stop()
-        b.kill()
 
 
 @pytest.fixture(scope="module")

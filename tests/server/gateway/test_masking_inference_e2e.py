@@ -6,13 +6,12 @@ rows whose clear e-mail starts with ``a``)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
 
 from server.demo.provision import DemoTarget
-from tests.fix_broker import Broker, new_broker
+from tests.fix_broker import demo_policy, running_broker
 from tests.fix_session import HeldSession, held_session
 
 pytestmark = pytest.mark.slow
@@ -27,21 +26,13 @@ MASKING = """\
 
 
 def _policy() -> str:
-    text = (Path(__file__).parents[3] / "server/demo/policy.yaml").read_text()
-    marker = "    scopes:\n"
-    return text.replace(marker, MASKING + marker, 1)
+    return demo_policy(target=MASKING)
 
 
 @pytest.fixture(scope="module")
 def session(demo_target: DemoTarget) -> Iterator[HeldSession]:
-    b: Broker = new_broker(demo_target)
-    b.start(policy=_policy())
-    try:
-        with held_session(b, "--scope", "read") as s:
-            yield s
-    finally:
-        b.stop()
-        b.kill()
+    with running_broker(demo_target, _policy()) as b, held_session(b, "--scope", "read") as s:
+        yield s
 
 
 @pytest.mark.parametrize(

@@ -11,14 +11,13 @@ superuser, that ``masking_copy`` holds nothing it should not.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
 
 from server.demo.provision import DemoTarget
 from server.pgcluster import LocalCluster
-from tests.fix_broker import Broker, new_broker
+from tests.fix_broker import demo_policy, running_broker
 from tests.fix_session import HeldSession, held_session
 
 pytestmark = pytest.mark.slow
@@ -38,9 +37,7 @@ SEED = ("seed@example.org", "0000")
 
 
 def _policy() -> str:
-    text = (Path(__file__).parents[3] / "server/demo/policy.yaml").read_text()
-    marker = "    scopes:\n"
-    return text.replace(marker, MASKING + marker, 1)
+    return demo_policy(target=MASKING)
 
 
 @pytest.fixture(scope="module")
@@ -74,14 +71,8 @@ def superuser(pg_cluster: LocalCluster, demo_target: DemoTarget) -> Iterator[psy
 
 @pytest.fixture(scope="module")
 def session(demo_target: DemoTarget, superuser: psycopg.Connection) -> Iterator[HeldSession]:
-    b: Broker = new_broker(demo_target)
-    b.start(policy=_policy())
-    try:
-        with held_session(b, "--scope", "write") as s:
-            yield s
-    finally:
-        b.stop()
-        b.kill()
+    with running_broker(demo_target, _policy()) as b, held_session(b, "--scope", "write") as s:
+        yield s
 
 
 @pytest.fixture

@@ -10,14 +10,13 @@ refused, as the same expression over ``public.people`` (the default path's
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
 
 from server.demo.provision import DemoTarget
 from server.pgcluster import LocalCluster
-from tests.fix_broker import Broker, new_broker
+from tests.fix_broker import demo_policy, running_broker
 from tests.fix_pgwire import RawClient
 from tests.fix_session import HeldSession, held_session
 
@@ -34,9 +33,7 @@ PUBLIC_SSN = "000-00-0000"
 
 
 def _policy() -> str:
-    text = (Path(__file__).parents[3] / "server/demo/policy.yaml").read_text()
-    marker = "    scopes:\n"
-    return text.replace(marker, MASKING + marker, 1)
+    return demo_policy(target=MASKING)
 
 
 @pytest.fixture(scope="module")
@@ -59,14 +56,8 @@ def tables(pg_cluster: LocalCluster, demo_target: DemoTarget) -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def session(demo_target: DemoTarget, tables: None) -> Iterator[HeldSession]:
-    b: Broker = new_broker(demo_target)
-    b.start(policy=_policy())
-    try:
-        with held_session(b, "--scope", "read") as s:
-            yield s
-    finally:
-        b.stop()
-        b.kill()
+    with running_broker(demo_target, _policy()) as b, held_session(b, "--scope", "read") as s:
+        yield s
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -15,7 +14,7 @@ import pytest
 
 from server.demo.provision import DemoTarget
 from server.pgcluster import LocalCluster
-from tests.fix_broker import Broker, new_broker
+from tests.fix_broker import Broker, demo_policy, running_broker
 from tests.fix_session import held_session
 
 pytestmark = pytest.mark.slow
@@ -32,9 +31,7 @@ HIDDEN_EMAIL = "recorded-param@example.org"
 
 
 def _policy() -> str:
-    text = (Path(__file__).parents[3] / "server/demo/policy.yaml").read_text()
-    marker = "    scopes:\n"
-    return text.replace(marker, MASKING + marker, 1)
+    return demo_policy(target=MASKING)
 
 
 @pytest.fixture(scope="module")
@@ -45,13 +42,8 @@ def recording_broker(pg_cluster: LocalCluster, demo_target: DemoTarget) -> Itera
             "CREATE OR REPLACE FUNCTION public.recording_e2e_notice(x text) RETURNS int "
             "LANGUAGE plpgsql AS $$ BEGIN RAISE NOTICE 'hello from %', x; RETURN 1; END $$"
         )
-    b = new_broker(demo_target)
-    b.start(policy=_policy())
-    try:
+    with running_broker(demo_target, _policy()) as b:
         yield b
-    finally:
-        b.stop()
-        b.kill()
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("DROP FUNCTION IF EXISTS public.recording_e2e_notice(text)")
 

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
 
 from server.demo.provision import DemoTarget
-from tests.fix_broker import Broker, new_broker
+from tests.fix_broker import Broker, demo_policy, running_broker
 from tests.fix_pgwire import RawClient, rows_and_error
 from tests.fix_session import HeldSession, held_session
 
@@ -33,19 +32,13 @@ SCOPE = f"""\
 
 
 def _policy() -> str:
-    text = (Path(__file__).parents[3] / "server/demo/policy.yaml").read_text()
-    return text.rstrip("\n") + "\n" + SCOPE
+    return demo_policy(scopes=SCOPE)
 
 
 @pytest.fixture(scope="module")
 def budget_broker(demo_target: DemoTarget) -> Iterator[Broker]:
-    b = new_broker(demo_target)
-    b.start(policy=_policy())
-    try:
+    with running_broker(demo_target, _policy()) as b:
         yield b
-    finally:
-        b.stop()
-        b.kill()
 
 
 @pytest.fixture

@@ -10,13 +10,12 @@ run the trap under a name the allow-list accepts.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
 
 from server.demo.provision import DemoTarget
-from tests.fix_broker import Broker, new_broker
+from tests.fix_broker import Broker, demo_policy, running_broker
 from tests.fix_pgwire import RawClient
 from tests.fix_session import HeldSession, held_session
 
@@ -37,19 +36,13 @@ TRAP = "shadow, pg_catalog, public"
 
 
 def _policy() -> str:
-    text = (Path(__file__).parents[3] / "server/demo/policy.yaml").read_text()
-    return text.rstrip("\n") + "\n" + ALLOWLIST_SCOPE
+    return demo_policy(scopes=ALLOWLIST_SCOPE)
 
 
 @pytest.fixture(scope="module")
 def path_broker(demo_target: DemoTarget) -> Iterator[Broker]:
-    b = new_broker(demo_target)
-    b.start(policy=_policy())
-    try:
+    with running_broker(demo_target, _policy()) as b:
         yield b
-    finally:
-        b.stop()
-        b.kill()
 
 
 @pytest.fixture

@@ -111,6 +111,11 @@ from server.sessions.service import LiveSession, SessionService
 from server.store.db import Store
 
 log = logging.getLogger(__name__)
+# Statements whose decision depends on the session's prepared statements.
+_PREPARED_COMMANDS = frozenset(
+    {"PREPARE", "EXECUTE", "DEALLOCATE", "DEALLOCATE ALL", "DISCARD ALL"}
+)
+_DECISIONS_KEPT = 512
 
 SQLSTATE = "42501"
 # What the server is asked to run instead of a refused statement: it fails at
@@ -181,6 +186,7 @@ class StatementGuard:
         masking: Callable[[str], Decision] | None = None,
     ) -> None:
         self.rules = rules
+        self._decisions: dict[Analysis, Decision] = {}
         # Masking's refusals before execution (``masking_guard``), in a masked session.
         self.masking = masking
         self.facts = facts
@@ -319,7 +325,7 @@ class StatementGuard:
     # -- deciding ------------------------------------------------------------------
     def _decide(self, analysis: Analysis, sql: str) -> Decision:
         """The guardrails' decision, and masking's refusal where that is graver."""
-        decision = decide(analysis, self.rules, prepared=self.sql_prepared)
+        decision = self._guardrails(analysis)
         if self.masking is None or decision.outcome is Outcome.BLOCK:
             return decision
         try:
@@ -334,6 +340,23 @@ class StatementGuard:
                 None,
             )
         return refused if refused.outcome is Outcome.BLOCK else decision
+
+    def _guardrails(self, analysis: Analysis) -> Decision:
+        # decide() is a pure function of the analysis, this guard's rules and the
+        # session's SQL-level prepared statements; the same statements come again
+        # and again, so its result is kept per analysis, except where prepared
+        # statements are named or changed (their decision depends on the session).
+        known = self._decisions.get(analysis)
+        if known is not None:
+            return known
+        decision = decide(analysis, self.rules, prepared=self.sql_prepared)
+        if not any(
+            st.prepared_name or st.command in _PREPARED_COMMANDS for st in analysis.walk_all()
+        ):
+            if len(self._decisions) >= _DECISIONS_KEPT:
+                self._decisions.clear()
+            self._decisions[analysis] = decision
+        return decision
 
     def _passes(
         self,

@@ -323,12 +323,24 @@ _FRONTEND: Final[dict[int, Callable[[bytes], FrontendMessage]]] = {
 }
 
 
+# The relay hands the same message to the guard and then to masking, and both
+# decode it: the last result is kept, tied to the very message object (the
+# reference held here keeps its identity from being reused).  Messages are frozen.
+_last_frontend: tuple[RawMessage, FrontendMessage] | None = None
+
+
 def decode_frontend(raw: RawMessage) -> FrontendMessage:
     """The typed form of a message a client sent; type 0 is a startup packet."""
+    global _last_frontend
+    last = _last_frontend
+    if last is not None and last[0] is raw:
+        return last[1]
     decoder = _FRONTEND.get(raw.type)
     if decoder is None:
         raise ProtocolViolation(f"unknown message type {describe_type(raw.type)} from client")
-    return decoder(raw.body)
+    msg = decoder(raw.body)
+    _last_frontend = (raw, msg)
+    return msg
 
 
 # --------------------------------------------------------------------------

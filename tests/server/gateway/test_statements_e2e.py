@@ -197,3 +197,20 @@ def test_blocks_are_audited_with_secrets_redacted(
     assert audit.returncode == 0, audit.stderr
     assert "statement.blocked" in audit.stdout
     assert "hunter2-secret" not in audit.stdout
+
+
+def test_the_same_execute_is_judged_by_what_it_names_each_time(
+    write_session: HeldSession,
+) -> None:
+    """Decisions are kept per statement, but never for EXECUTE: the name may mean
+    something else by now, or nothing."""
+    with psycopg.connect(write_session.dsn(), autocommit=True) as conn:
+        conn.execute("PREPARE p AS SELECT 1", prepare=False)
+        assert conn.execute("EXECUTE p", prepare=False).fetchone() == (1,)
+        conn.execute("DEALLOCATE p", prepare=False)
+        # The same text again: the gateway no longer knows p (not PostgreSQL's
+        # "does not exist", which a kept decision would have let through to).
+        with pytest.raises(
+            psycopg.errors.InsufficientPrivilege, match=r"guardrails\.unknown_prepared"
+        ):
+            conn.execute("EXECUTE p", prepare=False)

@@ -111,6 +111,20 @@ def _types(wire: bytes) -> str:
     return "".join(chr(m.type) for m in pgwire.split_frames(wire)[0])
 
 
+_PARSED_BOUND = pgwire.encode_raw(ord("1"), b"") + pgwire.encode_raw(ord("2"), b"")
+
+
+def _execute_binary(relay: Relay, sql: str) -> None:
+    """Parse, bind for binary results, describe and execute *sql* in the unnamed portal."""
+    relay.from_client(
+        Parse("", sql).encode()
+        + Bind("", "", result_formats=[BINARY]).encode()
+        + Describe("P", "").encode()
+        + Execute("").encode()
+        + Sync().encode()
+    )
+
+
 def _query(relay: Relay, sql: str, server: bytes) -> bytes:
     relay.from_client(Query(sql).encode())
     return relay.from_server(server)[0]
@@ -179,12 +193,7 @@ def test_detectors_only_rows_of_an_undescribed_portal_are_screened_not_refused()
         + Execute("").encode()
         + Sync().encode()
     )
-    out, _ = relay.from_server(
-        pgwire.encode_raw(ord("1"), b"")
-        + pgwire.encode_raw(ord("2"), b"")
-        + _row(b"card " + CARD)
-        + _end()
-    )
+    out, _ = relay.from_server(_PARSED_BOUND + _row(b"card " + CARD) + _end())
     assert CARD not in out and _types(out) == "12DCZ"
 
 
@@ -381,16 +390,9 @@ def test_an_execute_of_a_described_statement_without_portal_describe_is_masked()
 
 def test_binary_bound_before_the_shape_was_known_is_refused_not_nulled() -> None:
     relay = _relay()
-    relay.from_client(
-        Parse("", "select id, phone from people").encode()
-        + Bind("", "", result_formats=[BINARY]).encode()
-        + Describe("P", "").encode()
-        + Execute("").encode()
-        + Sync().encode()
-    )
+    _execute_binary(relay, "select id, phone from people")
     out, _ = relay.from_server(
-        pgwire.encode_raw(ord("1"), b"")
-        + pgwire.encode_raw(ord("2"), b"")
+        _PARSED_BOUND
         + _desc("id", "phone", fmt=BINARY)
         + _row((7).to_bytes(8, "big"), (4155552671).to_bytes(8, "big"))
         + _end()
@@ -412,8 +414,7 @@ def test_a_statement_described_after_its_binary_bind_is_refused_at_execute() -> 
         + Sync().encode()
     )
     out, _ = relay.from_server(
-        pgwire.encode_raw(ord("1"), b"")
-        + pgwire.encode_raw(ord("2"), b"")
+        _PARSED_BOUND
         + pgwire.encode_raw(ord("t"), b"\0\0")
         + _desc("id", "phone")
         + _row((7).to_bytes(8, "big"), (4155552671).to_bytes(8, "big"))
@@ -425,18 +426,8 @@ def test_a_statement_described_after_its_binary_bind_is_refused_at_execute() -> 
 
 def test_redact_needs_no_text_and_binary_passes() -> None:
     relay = _relay()
-    relay.from_client(
-        Parse("", "select ssn from people").encode()
-        + Bind("", "", result_formats=[BINARY]).encode()
-        + Describe("P", "").encode()
-        + Execute("").encode()
-        + Sync().encode()
-    )
+    _execute_binary(relay, "select ssn from people")
     out, _ = relay.from_server(
-        pgwire.encode_raw(ord("1"), b"")
-        + pgwire.encode_raw(ord("2"), b"")
-        + _desc("ssn", fmt=BINARY)
-        + _row(b"078-05-1120")
-        + _end()
+        _PARSED_BOUND + _desc("ssn", fmt=BINARY) + _row(b"078-05-1120") + _end()
     )
     assert _types(out) == "12TDCZ" and b"078-05-1120" not in out

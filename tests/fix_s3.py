@@ -37,6 +37,18 @@ CREDENTIALS = {
 }
 
 
+def s3_client(endpoint_url: str | None) -> Any:
+    """A boto3 S3 client for the moto endpoint at ``endpoint_url``: one try, short timeouts."""
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint_url,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        config=Config(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=10),
+    )
+
+
 @dataclass
 class S3Server:
     port: int
@@ -49,14 +61,7 @@ class S3Server:
         return f"http://127.0.0.1:{self.port}"
 
     def client(self) -> Any:
-        return boto3.client(
-            "s3",
-            endpoint_url=self.endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-            config=Config(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=10),
-        )
+        return s3_client(self.endpoint)
 
     def start(self, timeout: float = 30) -> None:
         with open(self.log_path, "ab") as log:

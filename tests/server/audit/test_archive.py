@@ -14,10 +14,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 import sqlalchemy as sa
-from botocore.config import Config
 
 from server.audit import chain
 from server.audit.archive import (
@@ -44,7 +42,7 @@ from server.audit.recording import (
 from server.errors import Unavailable
 from server.store import tables as t
 from server.store.db import Store
-from tests.fix_s3 import S3Server
+from tests.fix_s3 import S3Server, s3_client
 
 T0 = datetime(2026, 11, 22, 23, 59, 30, tzinfo=UTC)
 
@@ -126,14 +124,7 @@ def test_a_damaged_body_is_not_a_recording() -> None:
 
 
 def _factory(config: ArchiveConfig) -> Any:
-    return boto3.client(
-        "s3",
-        endpoint_url=config.endpoint_url,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        config=Config(retries={"max_attempts": 1}, connect_timeout=1, read_timeout=5),
-    )
+    return s3_client(config.endpoint_url)
 
 
 @pytest.fixture

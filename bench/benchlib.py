@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
@@ -69,13 +69,18 @@ def dev_broker(
             time.sleep(0.1)
         yield proc, env
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        _interrupt(proc, 60)
+
+
+def _interrupt(proc: subprocess.Popen[Any], timeout: float) -> None:
+    """Stop ``proc`` as Ctrl-C would, killing it if it is not gone in ``timeout`` s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def raise_max_connections(cluster: LocalCluster, n: int) -> None:
@@ -134,13 +139,7 @@ def held_session(env: dict[str, str]) -> Iterator[tuple[int, str]]:
         ticket = re.search(r"session ticket\): (\S+)", text).group(1)  # type: ignore[union-attr]
         yield port, ticket
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        _interrupt(proc, 30)
 
 
 def idle_memory(

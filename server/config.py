@@ -36,7 +36,7 @@ import ipaddress
 import os
 import re
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
@@ -689,13 +689,21 @@ def _tls(
     return TlsConfig(cert=cert, key=key, ca=ca)
 
 
+def _section(
+    prefix: str, keys: Iterable[str], values: dict[str, object], origins: dict[str, _Origin]
+) -> tuple[list[str], dict[str, object]]:
+    """The keys of a ``prefix_*`` group that some layer named, and the values of those
+    that parsed (a named key whose value did not parse has its problem already)."""
+    named = [key for key in keys if f"{prefix}_{key}" in origins]
+    return named, {key: values[f"{prefix}_{key}"] for key in named if f"{prefix}_{key}" in values}
+
+
 def _oidc(
     values: dict[str, object], origins: dict[str, _Origin], problems: list[Problem]
 ) -> OidcConfig | None:
-    named = [key for key in _OIDC_KEYS if f"oidc_{key}" in origins]
+    named, given = _section("oidc", _OIDC_KEYS, values, origins)
     if not named:
         return None
-    given = {key: values[f"oidc_{key}"] for key in named if f"oidc_{key}" in values}
     issuer, client_id = given.get("issuer"), given.get("client_id")
     if not isinstance(issuer, str) or not isinstance(client_id, str):
         # A value that was given but did not parse has its problem already.
@@ -716,10 +724,9 @@ def _oidc(
 def _archive(
     values: dict[str, object], origins: dict[str, _Origin], problems: list[Problem]
 ) -> ArchiveConfig | None:
-    named = [key for key in _ARCHIVE_KEYS if f"archive_{key}" in origins]
+    named, given = _section("archive", _ARCHIVE_KEYS, values, origins)
     if not named:
         return None
-    given = {key: values[f"archive_{key}"] for key in named if f"archive_{key}" in values}
     bucket = given.pop("bucket", None)
     if not isinstance(bucket, str):
         if "bucket" not in named:

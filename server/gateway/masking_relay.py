@@ -230,8 +230,10 @@ class MaskingHooks:
         self.statements[msg.name] = (msg.query, self._analyze(msg.query))
 
     def _analyze(self, sql: str) -> Analysis | None:
-        # Only masking needs it (the guard analyses every statement for itself).
-        return analyze(sql, search_path=self.search_path) if self.masking else None
+        # Only masking needs it: analysed as the guard's masking check analyses it
+        # (names left unqualified, resolved against the catalog by _touched), so
+        # that the analysis cache answers rather than a second analysis.
+        return analyze(sql, search_path=(UNQUALIFIED,)) if self.masking else None
 
     def _on_bind(self, raw: RawMessage, relay: Relay) -> bytes | None:
         msg = pgwire.decode_frontend(raw)
@@ -552,9 +554,9 @@ class MaskingHooks:
     def _touched(self, item: _Item) -> list[ColumnRef] | None:
         """The columns of every relation the statement reads or writes; None: cannot tell."""
         snapshot = self.catalog.current if self.catalog is not None else None
-        if snapshot is None or item.analysis is None or item.analysis.unknown:
+        written = item.analysis
+        if snapshot is None or written is None or written.unknown:
             return None
-        written = analyze(item.sql, search_path=(UNQUALIFIED,))
         relations = touched_relations(
             written, self.search_path, lambda n: bool(snapshot.columns_of(n.parts[0], n.name))
         )

@@ -371,11 +371,12 @@ def decide(
             best = Decision(hit.outcome, hit.rule, hit.message, hit.hint, top.index)
             if hit.outcome is Outcome.BLOCK:
                 break
-        _track_prepared(top, known)
+        track_prepared(top, known)
     return best
 
 
-def _track_prepared(statement: Statement, known: dict[str, Analysis]) -> None:
+def track_prepared(statement: Statement, known: dict[str, Analysis]) -> None:
+    """Follow what ``statement`` does to the SQL prepared statements in ``known``."""
     if statement.command == "PREPARE" and statement.prepared_name and statement.nested:
         body = replace(statement.nested[0], execution=Execution.NOW)
         known[statement.prepared_name] = Analysis((body,))

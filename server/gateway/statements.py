@@ -83,6 +83,7 @@ from server.gateway.guardrails import (
     row_budget_decision,
     row_budget_unknown,
     statement_sha256,
+    track_prepared,
 )
 from server.gateway.masking import MaskingRules
 from server.gateway.pgwire import Bind, Close, FunctionCall, Parse, Query, RawMessage
@@ -101,8 +102,6 @@ from server.gateway.rules import rules_for
 from server.gateway.search_path import catalog_first, session_search_path
 from server.gateway.sqlcheck import (
     Analysis,
-    Execution,
-    Statement,
     analyze,
     analyze_function_call,
 )
@@ -477,7 +476,7 @@ class StatementGuard:
 
     def _track_sql_prepared(self, analysis: Analysis) -> None:
         for top in analysis.statements:
-            _track(top, self.sql_prepared)
+            track_prepared(top, self.sql_prepared)
 
     def _record(
         self, kind: str, decision: Decision, sql: str, *, request_id: str | None = None
@@ -515,16 +514,6 @@ def _error_response(decision: Decision) -> bytes:
         f"dbaccess: {message} ({decision.rule})",
         hint=decision.hint or None,
     )
-
-
-def _track(statement: Statement, known: dict[str, Analysis]) -> None:
-    if statement.command == "PREPARE" and statement.prepared_name and statement.nested:
-        body = replace(statement.nested[0], execution=Execution.NOW)
-        known[statement.prepared_name] = Analysis((body,))
-    elif statement.command == "DEALLOCATE" and statement.prepared_name:
-        known.pop(statement.prepared_name, None)
-    elif statement.command in ("DEALLOCATE ALL", "DISCARD ALL"):
-        known.clear()
 
 
 def _text_params(msg: Bind) -> tuple[str | None, ...]:

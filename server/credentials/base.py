@@ -169,5 +169,7 @@ def role_name_for(identity: str, session_id: str) -> str:
 
 @cache
 def sql_template(name: str) -> str:
-    """The text of ``server/credentials/sql/<name>`` (the issuers' SQL; read once)."""
-    return (resources.files("server.credentials") / "sql" / name).read_text(encoding="utf-8")
+    """The statement in ``server/credentials/sql/<name>`` (the issuers' SQL; read once),
+    without surrounding blank space or a closing ``;``."""
+    text = (resources.files("server.credentials") / "sql" / name).read_text(encoding="utf-8")
+    return text.strip().rstrip(";")

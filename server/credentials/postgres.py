@@ -98,7 +98,7 @@ Conn = psycopg.Connection[Any]
 
 
 def _statement(name: str, **parts: sql.Composable) -> sql.Composed:
-    return sql.SQL(sql_template(name).strip().rstrip(";")).format(**parts)
+    return sql.SQL(sql_template(name)).format(**parts)
 
 
 _WALL_HINT = (

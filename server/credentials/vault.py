@@ -91,7 +91,7 @@ _ERRNO_TEXT = re.compile(r"\[Errno -?\d+\] ([^'\")]+)")
 
 
 def _query(name: str) -> sql.SQL:
-    return sql.SQL(sql_template(name).strip().rstrip(";"))
+    return sql.SQL(sql_template(name))
 
 
 def _reason(exc: BaseException) -> str:

@@ -517,8 +517,8 @@ class MaskingHooks:
 
     def _on_error(self, raw: RawMessage, head: _Item | None) -> bytes | None:
         self.copying = False
-        out = self._redacted(raw)
         msg = pgwire.decode_backend(raw)
+        out = self._cleaned(msg)
         fields: dict[str, str] = msg.fields if isinstance(msg, ErrorResponse) else {}
         if head is not None and head.kind in ("Q", "X"):
             head.sqlstate = fields.get("C")
@@ -528,7 +528,10 @@ class MaskingHooks:
         return out
 
     def _redacted(self, raw: RawMessage) -> bytes | None:
-        msg = pgwire.decode_backend(raw)
+        return self._cleaned(pgwire.decode_backend(raw))
+
+    def _cleaned(self, msg: pgwire.Message) -> bytes | None:
+        """A report with what masking and the detectors hide taken out; None: unchanged."""
         if not isinstance(msg, ErrorResponse | NoticeResponse):
             return None
         cleaned = msg.fields

@@ -6,12 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 from server.gateway import pgwire
-from server.gateway.catalog import CatalogSnapshot
 from server.gateway.masking import ColumnRef, MaskingRules
 from server.gateway.masking_relay import MaskingHooks
 from server.gateway.pgwire import (
     Bind,
-    DataRow,
     Describe,
     ErrorResponse,
     Execute,
@@ -23,6 +21,9 @@ from server.gateway.pgwire import (
 )
 from server.gateway.relay import Relay
 from server.policy.model import MaskMethod, MaskRule
+from tests.fix_relay import StaticCatalog
+from tests.fix_relay import row as _row
+from tests.fix_relay import types as _types
 
 OID = 16400
 EMAIL = ColumnRef("public", "customers", "email", type_oid=25)
@@ -32,21 +33,11 @@ RULES = MaskingRules(
 )
 
 
-class _Catalog:
-    def __init__(self) -> None:
-        self.current = CatalogSnapshot(
-            {(OID, 1): EMAIL, (OID, 2): CITY}, {OID: (EMAIL, CITY)}, loaded_at=0.0
-        )
-
-    def invalidate(self) -> None:
-        pass
-
-
 def _relay(events: list[dict[str, Any]]) -> Relay:
     relay = Relay()
     hooks = MaskingHooks(
         RULES,
-        _Catalog(),  # type: ignore[arg-type]
+        StaticCatalog(OID, (EMAIL, CITY)),  # type: ignore[arg-type]
         session_id="s-1",
         record=lambda _sid, _kind, data: events.append(dict(data)),
     )
@@ -58,14 +49,6 @@ def _fields(*cols: tuple[str, int]) -> bytes:
     return RowDescription(
         [Field(name, OID if att else 0, att, 25, -1, -1, 0) for name, att in cols]
     ).encode()
-
-
-def _row(*values: bytes | None) -> bytes:
-    return DataRow(list(values)).encode()
-
-
-def _types(wire: bytes) -> str:
-    return "".join(chr(m.type) for m in pgwire.split_frames(wire)[0])
 
 
 def test_simple_query_masks_and_records() -> None:

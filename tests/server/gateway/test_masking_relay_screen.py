@@ -5,7 +5,6 @@ binary results of columns only their text can be masked from."""
 from __future__ import annotations
 
 from server.gateway import pgwire
-from server.gateway.catalog import CatalogSnapshot
 from server.gateway.masking import ColumnRef, MaskingRules
 from server.gateway.masking_relay import MaskingHooks
 from server.gateway.pgwire import (
@@ -31,6 +30,9 @@ from server.gateway.pgwire import (
 )
 from server.gateway.relay import Relay
 from server.policy.model import DetectorAction, DetectorKind, MaskMethod, MaskRule
+from tests.fix_relay import StaticCatalog
+from tests.fix_relay import row as _row
+from tests.fix_relay import types as _types
 
 OID = 16400
 INT8, TEXT_OID = 20, 25
@@ -58,17 +60,6 @@ EMAIL = b"ada@example.com"
 AWS = b"AKIAIOSFODNN7EXAMPLE"
 
 
-class _Catalog:
-    def __init__(self) -> None:
-        cols = (ID, NOTE, PHONE, SSN)
-        self.current = CatalogSnapshot(
-            {(OID, i + 1): c for i, c in enumerate(cols)}, {OID: cols}, loaded_at=0.0
-        )
-
-    def invalidate(self) -> None:
-        pass
-
-
 def _relay(rules: MaskingRules = RULES, before: list[bytes] | None = None) -> Relay:
     relay = Relay()
     if before is not None:
@@ -78,7 +69,11 @@ def _relay(rules: MaskingRules = RULES, before: list[bytes] | None = None) -> Re
             return None
 
         relay.on_client(b"B", guard)
-    hooks = MaskingHooks(rules, _Catalog() if rules.active else None, session_id="s-1")  # type: ignore[arg-type]
+    hooks = MaskingHooks(
+        rules,
+        StaticCatalog(OID, (ID, NOTE, PHONE, SSN)) if rules.active else None,
+        session_id="s-1",
+    )  # type: ignore[arg-type]
     hooks.install(relay)
     return relay
 
@@ -95,20 +90,12 @@ def _desc(*names: str, fmt: int = TEXT, formats: tuple[int, ...] = ()) -> bytes:
     return RowDescription(fields).encode()
 
 
-def _row(*values: bytes | None) -> bytes:
-    return DataRow(list(values)).encode()
-
-
 def _end(tag: str = "SELECT 1") -> bytes:
     return pgwire.encode_raw(ord("C"), tag.encode() + b"\0") + pgwire.ready_for_query("I")
 
 
 def _msgs(wire: bytes) -> list[pgwire.Message]:
     return [pgwire.decode_backend(m) for m in pgwire.split_frames(wire)[0]]
-
-
-def _types(wire: bytes) -> str:
-    return "".join(chr(m.type) for m in pgwire.split_frames(wire)[0])
 
 
 _PARSED_BOUND = pgwire.encode_raw(ord("1"), b"") + pgwire.encode_raw(ord("2"), b"")

@@ -1,0 +1,34 @@
+"""Helpers for tests that drive the gateway's Relay without sockets: a catalog
+of fixed columns, DataRow frames, and the message types a wire carries."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from server.gateway import pgwire
+from server.gateway.catalog import CatalogSnapshot
+from server.gateway.masking import ColumnRef
+from server.gateway.pgwire import DataRow
+
+
+class StaticCatalog:
+    """A catalog of one relation (``oid``) whose columns are ``columns``, in attnum order."""
+
+    def __init__(self, oid: int, columns: Sequence[ColumnRef]) -> None:
+        cols = tuple(columns)
+        self.current = CatalogSnapshot(
+            {(oid, i + 1): c for i, c in enumerate(cols)}, {oid: cols}, loaded_at=0.0
+        )
+
+    def invalidate(self) -> None:
+        pass
+
+
+def row(*values: bytes | None) -> bytes:
+    """A DataRow frame."""
+    return DataRow(list(values)).encode()
+
+
+def types(wire: bytes) -> str:
+    """The type letters of the messages in ``wire``, in order."""
+    return "".join(chr(m.type) for m in pgwire.split_frames(wire)[0])

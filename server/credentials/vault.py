@@ -411,7 +411,17 @@ class VaultIssuer:
         self.vault.call(lambda c: c.sys.revoke_lease(lease_id), "revoke a lease")
         self.book.mark_revoked(lease_id)
         if self._admin is None or lease.role_oid is None:
-            gone = self._lease_gone(lease_id)
+            try:
+                gone = self._lease_gone(lease_id)
+            except (Unavailable, Forbidden) as exc:
+                # Not an answer about the lease: it cannot count as verified.
+                return RevocationResult(
+                    username,
+                    0,
+                    dropped=False,
+                    verified=False,
+                    detail=f"lease revoked in Vault, but not checked: {exc.message}",
+                )
             return RevocationResult(
                 username,
                 0,
@@ -454,8 +464,11 @@ class VaultIssuer:
         )
 
     def _lease_gone(self, lease_id: str) -> bool:
+        """Whether Vault no longer knows the lease; Unavailable or Forbidden when it did not say."""
         try:
             self.vault.call(lambda c: c.sys.read_lease(lease_id), "look up a lease")
+        except (Unavailable, Forbidden):
+            raise
         except DbaccessError:
             return True
         return False

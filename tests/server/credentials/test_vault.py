@@ -149,6 +149,24 @@ def test_without_an_admin_dsn_vault_revokes_and_its_statements_drop_the_role(
     assert not role_exists(admin_conn, cred.username)
 
 
+def test_a_lease_lookup_vault_refuses_does_not_count_as_verified(
+    vault_demo: VaultDemo, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    issuer = make_issuer(store, settings(vault_demo))
+    cred = issuer.issue(identity="dave", session_id="s-3b", grants=(), valid_until=soon())
+    call = issuer.vault.call
+
+    def no_lookup(fn: object, what: str) -> object:
+        if what == "look up a lease":
+            raise Forbidden("Vault at test refused to let the broker look up a lease")
+        return call(fn, what)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(issuer.vault, "call", no_lookup)
+    res = issuer.revoke(cred.username)
+    assert not res.verified and "not checked" in res.detail
+    assert not vault_demo.lease_known(cred.lease_id or "")
+
+
 def test_vault_unreachable_is_unavailable_and_nothing_is_recorded(store: Store) -> None:
     address = f"http://127.0.0.1:{free_port()}"
     vs = VaultSettings(

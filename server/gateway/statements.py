@@ -277,6 +277,8 @@ class StatementGuard:
         known = self.prepared.get(msg.statement)
         if known is None:
             return None  # unknown to the server as well (or refused at Parse)
+        if not known.at_bind and not known.estimate:
+            return None  # judged at Parse, nothing to estimate
         substitute = Bind(msg.portal, _REFUSED_NAME).encode()
         if known.at_bind:
             texts = _text_params(msg)

@@ -27,11 +27,19 @@ PREPARE runs later and those a plain EXPLAIN only plans):
 ``masking.write_from_masked``
     a statement that writes (INSERT, UPDATE, MERGE, DELETE, COPY FROM, CREATE
     TABLE AS, SELECT INTO, a view or a data-modifying CTE) and reads a relation
-    with masked columns (a view counts when one of its sources does); the
-    relation an UPDATE, a MERGE or an ``INSERT ... ON CONFLICT`` writes counts
-    as read, since its SET may copy one of its masked columns into another.
-    A relation read that the catalog does not hold cannot be told and is
-    refused too.
+    with masked columns (a view counts when one of its sources does).  The
+    relation an UPDATE or an ``INSERT ... ON CONFLICT`` writes counts as read
+    when the values it assigns or its RETURNING name one of its masked columns,
+    or a name that is not a clear column of it or of a relation the statement
+    reads (a whole-row reference, ``*``, a subquery's alias): ``update people
+    set name = ssn`` would copy the clear value into a clear column, ``set
+    name = 'x'`` copies nothing.  So does the relation of an INSERT or DELETE
+    nested in another statement whose RETURNING names such a column, as the
+    statement around it may write what it returns elsewhere (``with d as
+    (delete ... returning ssn) insert into log select ssn from d``).  A MERGE,
+    and a statement whose text is too long to have been kept whole, always
+    count their target as read.  A relation read that the catalog does not
+    hold cannot be told and is refused too.
 ``masking.inference`` (unless the policy says ``inference: allow``)
     a statement that reads a relation with masked columns and names a masked
     column where it decides which rows come back, or their groups or order
@@ -63,10 +71,12 @@ from dataclasses import dataclass, field
 from server.gateway.guardrails import ALLOWED, Decision, Outcome, _Pattern, _patterns
 from server.gateway.sqlcheck import (
     ANY_COLUMN,
+    MAX_TEXT,
     Analysis,
     Name,
     Statement,
     dotted_names,
+    passed_on_columns,
     predicate_columns,
     relation_schemas,
 )
@@ -80,7 +90,9 @@ UNQUALIFIED = "\x00"
 # Functions of these schemas read only what the session's own SQL names.
 BUILTIN_SCHEMAS = frozenset({"pg_catalog", "information_schema"})
 _COPIES_TARGET = frozenset({"UPDATE", "MERGE"})
+_RETURNS = frozenset({"INSERT", "DELETE"})
 _CONFLICT = re.compile(r"\bconflict\b", re.IGNORECASE)
+_RETURNING = re.compile(r"\breturning\b", re.IGNORECASE)
 FUNCTION_HINT = (
     "call built-in functions only, or ask an administrator to list the function "
     "under masking.trusted_functions once it is known not to read masked columns"
@@ -147,7 +159,7 @@ def masking_decision(written: Analysis, session: MaskedSession, sql: str | None 
         for statement, _ in top.walk():
             if not statement.writes:
                 continue
-            for name in _sources(statement):
+            for name in _sources(statement, session, nested=statement is not top):
                 resolved = _resolve(name, session)
                 if resolved is None:
                     return Decision(
@@ -248,15 +260,52 @@ def _inference(written: Analysis, session: MaskedSession, sql: str) -> Decision:
     )
 
 
-def _sources(statement: Statement) -> Iterable[Name]:
+def _sources(statement: Statement, session: MaskedSession, *, nested: bool) -> Iterable[Name]:
+    """What a writing statement reads, for ``write_from_masked``: its reads, and
+    the relation it writes when it passes on values of that relation's masked
+    columns (see :func:`_passes_on_masked`)."""
     yield from statement.reads
-    if statement.command in _COPIES_TARGET or (
-        statement.command == "INSERT" and _CONFLICT.search(statement.text)
+    command, text = statement.command, statement.text
+    cut = len(text) >= MAX_TEXT  # cut for messages: past the cut is not seen
+    if not (
+        command in _COPIES_TARGET
+        or (command == "INSERT" and (cut or _CONFLICT.search(text)))
+        # Nested, its RETURNING feeds the statement around it, which may write
+        # what it gets elsewhere: ``with d as (delete ... returning ssn)
+        # insert into log select ssn from d``.
+        or (nested and command in _RETURNS and (cut or _RETURNING.search(text)))
     ):
-        yield from statement.writes
-    elif statement.command == "INSERT" and len(statement.text) >= 2000:
-        # The text is cut for messages: an ON CONFLICT past the cut is not seen.
-        yield from statement.writes
+        return
+    passed_on = None if cut or command == "MERGE" else passed_on_columns(text)
+    for target in statement.writes:
+        if passed_on is None or _passes_on_masked(passed_on, target, statement, session):
+            yield target
+
+
+def _passes_on_masked(
+    passed_on: frozenset[str], target: Name, statement: Statement, session: MaskedSession
+) -> bool:
+    """Whether the values an UPDATE assigns or a RETURNING hands on may hold a
+    masked column of ``target``: a name that is masked there, or that neither
+    it nor another relation the statement reads has as a clear column (a
+    whole-row reference, ``*``, an alias)."""
+    relations = _resolve(target, session)
+    if relations is None:
+        return True  # the caller reports it as unknown
+    columns: dict[str, bool] = {}
+    for relation in relations:
+        for column, masked in session.columns(relation).items():
+            columns[column] = columns.get(column, False) or masked
+    clear_elsewhere: set[str] = set()
+    for name in statement.reads:
+        for relation in _resolve(name, session) or ():
+            clear_elsewhere.update(c for c, m in session.columns(relation).items() if not m)
+    return any(
+        name == ANY_COLUMN
+        or columns.get(name, False)
+        or (name not in columns and name not in clear_elsewhere)
+        for name in passed_on
+    )
 
 
 def resolve_name(

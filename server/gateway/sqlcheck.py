@@ -765,6 +765,57 @@ def dotted_names(sql: str, *, max_len: int = DEFAULT_MAX_LEN) -> frozenset[str] 
     )
 
 
+def passed_on_columns(sql: str, *, max_len: int = DEFAULT_MAX_LEN) -> frozenset[str] | None:
+    """The names of the columns whose values one UPDATE, INSERT or DELETE passes
+    on from the rows it touches: the values its SET assigns (also an INSERT's
+    ``ON CONFLICT DO UPDATE SET``) and what its RETURNING hands back, with
+    every subquery in them.  Folded and without their table, as in
+    :func:`predicate_columns` (:data:`ANY_COLUMN` for a whole-row reference or
+    ``*``).  None when the text is not one such statement sqlglot reads
+    (MERGE, several statements, anything else; never raises)."""
+    if len(sql) > max_len or "\x00" in sql:
+        return None
+    try:
+        tokens = _tokenize(sql)
+        if len(tokens) > MAX_TOKENS or _lexical_problem(sql, tokens):
+            return None
+        chunks = list(_split(tokens))
+        if len(chunks) != 1:
+            return None
+        trees = _parse(chunks[0], sql)
+    except (SqlglotError, RecursionError, _Unknown):
+        return None
+    if len(trees) != 1 or not isinstance(trees[0], exp.Update | exp.Insert | exp.Delete):
+        return None
+    tree = trees[0]
+    values: list[exp.Expr] = []
+    owner = tree if isinstance(tree, exp.Update) else tree.args.get("conflict")
+    if isinstance(owner, exp.Expr):
+        for assignment in owner.expressions:
+            if not isinstance(assignment, exp.EQ):
+                return None
+            if not _is_default(assignment.expression):
+                values.append(assignment.expression)
+    returning = tree.args.get("returning")
+    if isinstance(returning, exp.Expr):
+        values.append(returning)
+    found: set[str] = set()
+    for value in values:
+        found.update(_column_names(value))
+    return frozenset(found)
+
+
+def _is_default(value: exp.Expr) -> bool:
+    # ``SET a = DEFAULT``: sqlglot reads the keyword as a column, which
+    # PostgreSQL cannot have under that name unless it is quoted.
+    if not isinstance(value, exp.Column) or value.table:
+        return False
+    ident = value.this
+    return (
+        isinstance(ident, exp.Identifier) and not ident.quoted and ident.this.upper() == "DEFAULT"
+    )
+
+
 # Where the query of DECLARE ... FOR, PREPARE ... AS, EXPLAIN ..., COPY (...) starts.
 _QUERY_WORDS = frozenset({"SELECT", "WITH", "INSERT", "UPDATE", "DELETE", "MERGE", "VALUES"})
 

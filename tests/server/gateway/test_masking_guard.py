@@ -238,3 +238,65 @@ def _attribute_rule(sql: str, trusted: frozenset[str] = frozenset()) -> str | No
 )
 def test_attribute_notation_calls(sql: str, trusted: frozenset[str], rule: str | None) -> None:
     assert _attribute_rule(sql, trusted) == rule
+
+
+@pytest.mark.parametrize(
+    ("sql", "rule"),
+    [
+        # An UPDATE of a masked relation runs when what it assigns is clear.
+        ("update people set name = 'x' where id = 1", None),
+        ("update people set name = upper(name), id = $1 where id = 1", None),
+        ("update people set name = default where id = 1", None),
+        ("update people set name = t.a from t where t.id = people.id", None),
+        ("update people set name = 'x' returning id, name", None),
+        ("insert into people values (1) on conflict (id) do update set name = excluded.name", None),
+        ("insert into people values (1) on conflict do nothing", None),
+        # ... and not when a masked column, or something that may hold one, is copied.
+        ("update people set name = ssn where id = 1", WRITE),
+        ("update people p set name = p.ssn || ''", WRITE),
+        ("update people p set name = p::text", WRITE),
+        ("update people p set name = row_to_json(p)::text", WRITE),
+        ("update people set (name, id) = (select ssn, 1)", WRITE),
+        ("update people set name = x.v from (select 'a' as v) x", WRITE),
+        ('update people set name = "default"', WRITE),
+        ("update people set name = 'x' returning ssn", WRITE),
+        ("update people set name = 'x' returning *", WRITE),
+        ("update people set name = (select ssn from people p2 limit 1)", WRITE),
+        ("insert into people values (1) on conflict (id) do update set name = people.ssn", WRITE),
+        (
+            "merge into people using t on t.id = people.id when matched then update set name = t.a",
+            WRITE,
+        ),
+        # A nested write's RETURNING feeds the statement around it.
+        (
+            "with d as (delete from people where id = 1 returning ssn) "
+            "insert into log select ssn from d",
+            WRITE,
+        ),
+        ("with d as (delete from people returning *) insert into log select d::text from d", WRITE),
+        (
+            "with d as (insert into people (id) values (1) returning ssn) "
+            "insert into log select ssn from d",
+            WRITE,
+        ),
+        (
+            "with d as (update people set name = 'x' returning ssn) "
+            "insert into log select ssn from d",
+            WRITE,
+        ),
+        (
+            "with d as (delete from people where id = 1 returning id) "
+            "insert into log select id::text from d",
+            None,
+        ),
+        # At the top, a DELETE's RETURNING goes to the client, where it is masked.
+        ("delete from people where id = 1 returning ssn", None),
+    ],
+)
+def test_writes_to_a_masked_relation(sql: str, rule: str | None) -> None:
+    assert _attribute_rule(sql) == rule
+
+
+def test_a_cut_text_counts_the_target_as_read() -> None:
+    long = "update people set name = 'x' where id in (" + ", ".join(["1"] * 1200) + ")"
+    assert _attribute_rule(long) == WRITE

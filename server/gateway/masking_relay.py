@@ -213,6 +213,10 @@ class MaskingHooks:
         screening = self.masking or self.detecting
         for t in _RESPONSE_TYPES + _ASYNC_TYPES if screening else _RECORD_TYPES:
             _chain_server(relay, bytes((t,)), self._on_server)
+        if screening and relay.server_hook(68) == self._on_server:
+            # Nothing chained before it on DataRows: whole runs of them can be
+            # masked in one call (see _on_rows).
+            relay.on_server_run(b"D", self._on_rows)
 
     # -- client messages ------------------------------------------------------------
     def _on_query(self, raw: RawMessage, relay: Relay) -> None:
@@ -395,18 +399,21 @@ class MaskingHooks:
             return RowDescription(plan.row_description(msg.fields, client_formats)).encode()
         return None
 
-    def _on_row(self, raw: RawMessage, head: _Item | None) -> bytes | None:
-        plan: MaskPlan | None = None
-        formats: tuple[int, ...] = ()
+    def _row_plan(self, head: _Item | None) -> tuple[MaskPlan | None, tuple[int, ...]]:
+        """The plan and formats of the rows ``head`` is answered with (None: not described)."""
         if head is not None and head.kind == "Q":
-            plan, formats = head.plan, head.formats
-        elif head is not None and head.kind == "X":
+            return head.plan, head.formats
+        if head is not None and head.kind == "X":
             portal = self.portals.get(head.name)
             if portal is not None:
                 plan = portal.plan or self.statement_plans.get(portal.statement)
-                formats = portal.formats
                 if plan is not None and not plan.clear and not head.masked:
                     head.masked.extend(plan.summary())
+                return plan, portal.formats
+        return None, ()
+
+    def _on_row(self, raw: RawMessage, head: _Item | None) -> bytes | None:
+        plan, formats = self._row_plan(head)
         if plan is None:
             if not self.masking:
                 # Detectors only: no shape needed, and with no column known to be
@@ -424,6 +431,32 @@ class MaskingHooks:
             return self._unmaskable(head, masker.unmaskable.name)
         out = masker.message(raw.body)
         return self._screened(raw, out, head, plan) if self.detecting else out
+
+    def _on_rows(self, buf: bytes, pos: int, relay: Relay) -> tuple[int, bytes] | None:
+        """A run of DataRows from ``pos`` in one go, in the common case: rows of a
+        known shape, no content detectors.  Anything else (no plan, a refusal to
+        make, detectors, rows being dropped) goes to ``_on_row``, row by row."""
+        if self.dropping or self.detecting or not self.pending:
+            return None
+        plan, formats = self._row_plan(self.pending[0])
+        if plan is None:
+            return None
+        if plan.clear:
+            # Forwarded as they are: only the run's end is needed (from_server
+            # has checked every length word in ``buf``).
+            end = len(buf)
+            stop = pos
+            while stop < end and buf[stop] == 68:
+                stop += 1 + int.from_bytes(buf[stop + 1 : stop + 5], "big")
+            return stop, buf[pos:stop]
+        masker = plan.masker(formats)
+        if masker.unmaskable is not None:
+            return None
+        out: list[bytes] = []
+        stop = masker.rewrite_rows(buf, pos, out)
+        if stop == pos:
+            return None
+        return stop, b"".join(out)
 
     def _screened(
         self, raw: RawMessage, masked: bytes | None, head: _Item | None, plan: MaskPlan | None

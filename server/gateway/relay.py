@@ -65,6 +65,9 @@ from server.gateway.pgwire.framing import AUTH_MESSAGE_LIMIT, SMALL_MESSAGE_LIMI
 from server.gateway.session import KNOWN_FRONTEND, GatewayError
 
 Hook = Callable[[RawMessage, "Relay"], bytes | None]
+# (chunk, where a message of the hooked type starts, relay) -> (end of the run taken,
+# bytes to forward for it), or None to leave that message to the per-message hook.
+RunHook = Callable[[bytes, int, "Relay"], tuple[int, bytes] | None]
 
 
 class Detour(Protocol):
@@ -143,6 +146,7 @@ class Relay:
         self.parameters: Mapping[str, str] = dict(parameters or {})
         self._client_hooks: dict[int, Hook] = {}
         self._server_hooks: dict[int, Hook] = {}
+        self._server_runs: dict[int, RunHook] = {}
         self._client_hooked: bytes | None = None  # 256 flags, or None without hooks
         self._server_hooked: bytes | None = None
         self._client_partial: _Partial | None = None
@@ -173,7 +177,17 @@ class Relay:
         """Call ``hook`` for every server message whose type byte is in ``types``."""
         for t in types:
             self._server_hooks[t] = hook
+            self._server_runs.pop(t, None)
         self._server_hooked = _flags(self._server_hooks)
+
+    def on_server_run(self, types: bytes, hook: RunHook) -> None:
+        """Offer runs of server messages whose type byte is in ``types`` to ``hook``
+        (see the module docstring); each type must already have a per-message hook,
+        which gets whatever the run hook leaves."""
+        for t in types:
+            if t not in self._server_hooks:
+                raise ValueError(f"{bytes([t])!r} has no per-message hook to fall back on")
+            self._server_runs[t] = hook
 
     def client_hook(self, t: int) -> Hook | None:
         """The hook registered for client message type ``t`` (to chain another after it)."""
@@ -419,23 +433,42 @@ class Relay:
             self.open_pipeline = True
 
     def _server_slow(self, wire: bytes) -> bytes:
-        msgs, _end = pgwire.split_frames(wire)
+        # ``wire`` holds whole messages only, their lengths checked by from_server.
         out: list[bytes] = []
-        for msg in msgs:
+        runs = self._server_runs
+        unpack = _HEADER.unpack_from
+        end = len(wire)
+        pos = 0
+        while pos < end:
+            t, length = unpack(wire, pos)
             detour = self._detour
+            if detour is None and runs:
+                run = runs.get(t)
+                if run is not None:
+                    taken = run(wire, pos, self)
+                    if taken is not None:
+                        stop, data = taken
+                        if not pos < stop <= end:
+                            raise RuntimeError(f"a run hook took bytes {pos}..{stop} of {end}")
+                        out.append(data)
+                        pos = stop
+                        continue
+            stop = pos + 1 + length
+            msg = RawMessage(t, wire[pos + 5 : stop])
+            pos = stop
             if detour is None:
                 self._server_message(msg, out)
                 continue
-            taken = detour.on_server(msg, self)
-            if taken is None:
+            taken_msg = detour.on_server(msg, self)
+            if taken_msg is None:
                 self._server_message(msg, out)
             else:
                 # The detour's own answer: dropped, or replaced by what the
                 # client is to see in its place (after the held messages, which
                 # the detour may have released meanwhile, went through the hooks).
-                for part in pgwire.split_frames(taken)[0]:
+                for part in pgwire.split_frames(taken_msg)[0]:
                     self._server_message(part, out)
-            if self._detour is not None and taken is None:
+            if self._detour is not None and taken_msg is None:
                 self._detour.after(msg, self)
         return b"".join(out)
 

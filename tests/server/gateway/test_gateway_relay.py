@@ -190,3 +190,100 @@ def test_a_server_hook_rewrites_rows() -> None:
 def test_hooks_are_only_for_frontend_types_on_the_client_side() -> None:
     with pytest.raises(ValueError):
         relay().on_client(b"T", lambda m, r: None)
+
+
+# -- run hooks: a whole run of DataRows in one call ---------------------------------
+
+MASKED = msg(b"D", struct.pack("!hi", 1, 3) + b"***")
+
+
+def _run_relay(calls: list[int]) -> Relay:
+    """A relay whose run hook masks every DataRow of a run (and records each run's length),
+    and whose per-message hook masks any it leaves."""
+    r = relay()
+    r.on_server(b"D", lambda m, _r: MASKED)
+
+    def run(buf: bytes, pos: int, _r: Relay) -> tuple[int, bytes] | None:
+        stop = pos
+        while stop < len(buf) and buf[stop] == ord("D"):
+            stop += 1 + int.from_bytes(buf[stop + 1 : stop + 5], "big")
+        calls.append((stop - pos) // len(ROW))
+        return stop, MASKED * ((stop - pos) // len(ROW))
+
+    r.on_server_run(b"D", run)
+    return r
+
+
+def test_a_run_hook_takes_consecutive_rows_in_one_call() -> None:
+    calls: list[int] = []
+    r = _run_relay(calls)
+    r.from_client(query("select 1"))
+    out, _ = r.from_server(msg(b"T", b"\0\0") + ROW * 5 + DONE + READY)
+    assert out == msg(b"T", b"\0\0") + MASKED * 5 + DONE + READY
+    assert calls == [5] and not r.busy
+
+
+def test_a_run_is_cut_by_other_types_and_by_chunk_boundaries() -> None:
+    calls: list[int] = []
+    r = _run_relay(calls)
+    r.from_client(query("select 1"))
+    notice = msg(b"N", b"Mhi\0\0")
+    wire = msg(b"T", b"\0\0") + ROW * 3 + notice + ROW * 2 + DONE + READY
+    out = b""
+    for i in range(0, len(wire), 7):  # cuts rows and headers anywhere
+        out += r.from_server(wire[i : i + 7])[0]
+    assert out == msg(b"T", b"\0\0") + MASKED * 3 + notice + MASKED * 2 + DONE + READY
+    assert sum(calls) == 5 and not r.busy
+
+
+def test_a_run_hook_may_leave_a_row_to_the_message_hook() -> None:
+    r = relay()
+    seen: list[bytes] = []
+    r.on_server(b"D", lambda m, _r: seen.append(m.body) or MASKED)
+    r.on_server_run(b"D", lambda buf, pos, _r: None)
+    r.from_client(query("select 1"))
+    out, _ = r.from_server(ROW + ROW + DONE + READY)
+    assert out == MASKED + MASKED + DONE + READY and len(seen) == 2
+
+
+def test_a_run_hook_that_overreaches_is_a_bug_not_a_desync() -> None:
+    r = relay()
+    r.on_server(b"D", lambda m, _r: None)
+    r.on_server_run(b"D", lambda buf, pos, _r: (len(buf) + 1, b""))
+    with pytest.raises(RuntimeError):
+        r.from_server(ROW + DONE)
+
+
+def test_a_run_hook_needs_a_message_hook_and_is_dropped_when_one_is_registered_again() -> None:
+    r = relay()
+    with pytest.raises(ValueError):
+        r.on_server_run(b"D", lambda buf, pos, _r: None)
+    calls: list[int] = []
+    r = _run_relay(calls)
+    r.on_server(b"D", lambda m, _r: None)  # chained later: must see every row
+    out, _ = r.from_server(ROW + ROW + DONE)
+    assert out == ROW + ROW + DONE and calls == []
+
+
+def test_rows_during_a_detour_go_to_the_detour_not_to_the_run_hook() -> None:
+    calls: list[int] = []
+    r = _run_relay(calls)
+
+    class Swallow:
+        def on_server(self, raw: RawMessage, relay: Relay) -> bytes | None:
+            if raw.type == ord("Z"):
+                relay.end_detour(b"")
+            return b""
+
+        def after(self, raw: RawMessage, relay: Relay) -> None:
+            pass
+
+    def detour(raw: RawMessage, rel: Relay) -> bytes:
+        rel.start_detour(Swallow(), query("explain select 1"))
+        return b""
+
+    r.on_client(b"Q", detour)
+    up, _ = r.from_client(query("select 1"))
+    assert up == query("explain select 1")
+    out, _ = r.from_server(ROW * 3 + DONE + READY)
+    assert out == b"" and calls == [] and not r.holding

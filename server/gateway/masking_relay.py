@@ -6,11 +6,17 @@ Execute, Close, Sync, FunctionCall) to know, for every RowDescription and
 DataRow the server sends, which statement or portal it belongs to, and
 
 * on RowDescription (``T``) builds a :class:`~server.gateway.masking.MaskPlan`
-  from the fields' origins (the target's catalog, ``Catalog.current``) with
-  ``touched`` from the statement's sqlcheck ``reads``/``writes``: a column
-  without an origin is blocked when the statement touches a table with masked
-  columns, or when what it touches cannot be told (``FETCH``, ``EXECUTE``, a
-  table the catalog does not know yet);
+  from the fields' origins (the target's catalog, ``Catalog.current``); a
+  column without an origin (an expression, a cast, an aggregate, a whole row,
+  a set operation...) is decided by its lineage: sqlcheck's
+  ``result_lineage`` over the statement's text (the Query's, or the Parse's
+  of a described statement or portal) names the catalog columns it may be
+  computed from, and it is masked when one of them is.  Where the lineage
+  cannot be established (or its width is not the RowDescription's), the
+  column is blocked when the statement touches a table with masked columns
+  (``touched``, from its sqlcheck ``reads``/``writes``), or when what it
+  touches cannot be told (``FETCH``, ``EXECUTE``, a table the catalog does
+  not know yet);
 * rewrites the RowDescription (masked non-text columns become ``text``) and
   every DataRow of a masking plan;
 * rewrites a Bind's result formats when its statement was described before
@@ -61,9 +67,13 @@ Table names are resolved with the session's pinned search_path
 must be refused before a statement runs (``masking_guard``): writes that read
 masked columns, calls of untrusted functions, and predicates on masked columns.
 
-Known limits: lineage for expressions is not computed (they are blocked
-instead when masked data is touched); COPY out of a table with masked columns
-is refused, not masked.
+Known limits: computed columns whose lineage cannot be established are
+blocked when masked data is touched: recursive CTEs, MERGE ... RETURNING,
+EXPLAIN, ``*`` over a function's result, a simple Query of several
+statements that return rows, and the rows of FETCH and EXECUTE (a cursor's or
+prepared statement's text is not followed).  A whole-row reference counts
+the columns the catalog knew when it was loaded.  COPY out of a table with
+masked columns is refused, not masked.
 """
 
 from __future__ import annotations
@@ -113,7 +123,7 @@ from server.gateway.pgwire import (
 )
 from server.gateway.relay import Hook, Relay
 from server.gateway.search_path import catalog_first, session_search_path
-from server.gateway.sqlcheck import Analysis, Name, analyze
+from server.gateway.sqlcheck import Analysis, Name, analyze, result_lineage
 from server.sessions.service import LiveSession, SessionService
 
 log = logging.getLogger(__name__)
@@ -584,8 +594,39 @@ class MaskingHooks:
             return snapshot.origin(oid, attnum) if snapshot is not None else None
 
         return plan_for_row_description(
-            msg.fields, origin, self.rules, lambda: None, touched=lambda: self._touched(item)
+            msg.fields,
+            origin,
+            self.rules,
+            lambda: self._lineage(item, len(msg.fields)),
+            touched=lambda: self._touched(item),
         )
+
+    def _lineage(self, item: _Item, width: int) -> dict[int, list[ColumnRef]] | None:
+        """The catalog columns each result column of the item's statement is
+        computed from (``result_lineage``); None: cannot tell."""
+        snapshot = self.catalog.current if self.catalog is not None else None
+        written = item.analysis
+        if snapshot is None or written is None or written.unknown or not item.sql:
+            return None
+        if any(s.command in _OPAQUE_COMMANDS for s in written.walk_all()):
+            return None  # what runs is not in this text
+        known: dict[Name, dict[str, ColumnRef]] = {}
+
+        def columns(name: Name) -> list[str] | None:
+            found = snapshot.columns_of(name.parts[0], name.name) if len(name.parts) == 2 else ()
+            if not found:
+                return None
+            known[name] = {c.column: c for c in found}
+            return [c.column for c in found]
+
+        lineage = result_lineage(item.sql, self.search_path, columns)
+        if lineage is None or len(lineage) != width:
+            # A result of another width than the text's is not the text's.
+            return None
+        return {
+            position: [known[name][column] for name, column in sources]
+            for position, sources in enumerate(lineage)
+        }
 
     def _touched(self, item: _Item) -> list[ColumnRef] | None:
         """The columns of every relation the statement reads or writes; None: cannot tell."""

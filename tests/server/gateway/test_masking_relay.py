@@ -67,9 +67,27 @@ def test_simple_query_masks_and_records() -> None:
     assert events[0]["masked"][0]["field"] == "email"
 
 
-def test_expression_blocked_rows_dropped_ready_kept() -> None:
+def test_expression_over_a_masked_column_is_masked() -> None:
     relay = _relay([])
-    relay.from_client(Query("select lower(email) from customers").encode())
+    relay.from_client(Query("select lower(email), upper(city) from customers").encode())
+    out, _ = relay.from_server(
+        _fields(("lower", 0), ("upper", 0))
+        + _row(b"ann@example.com", b"OSLO")
+        + pgwire.encode_raw(ord("C"), b"SELECT 1\0")
+        + pgwire.ready_for_query("I")
+    )
+    assert _types(out) == "TDCZ" and b"ann@" not in out
+    assert b"***" in out and b"OSLO" in out
+
+
+def test_expression_without_lineage_blocked_rows_dropped_ready_kept() -> None:
+    relay = _relay([])
+    relay.from_client(
+        Query(
+            "with recursive r(e) as (select email from customers union all "
+            "select e from r where false) select lower(e) from r"
+        ).encode()
+    )
     out, _ = relay.from_server(
         _fields(("lower", 0))
         + _row(b"ann@example.com")

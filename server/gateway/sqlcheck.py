@@ -3339,6 +3339,8 @@ class _Lineage:
         else:
             schemas = self.catalog_schemas if name.name.startswith("pg_") else self.schemas
             candidates = [Name((schema, name.name)) for schema in schemas]
+        # The first schema of the path that holds the name, as touched_relations
+        # and masking_guard take it.
         for candidate in candidates:
             found = self.lookup(candidate)
             if found is not None:
@@ -3444,7 +3446,12 @@ class _Lineage:
             found |= rel.whole if sources is None else sources
         if column.args.get("db") is not None:
             # ``a.b.c`` is schema.table.column or table.column.field: either.
-            found |= self.unqualified_rel_field(_folded(column.args["db"]), scope)
+            field_of = [
+                r for rels in scope.levels for r in rels if r.ref == _folded(column.args["db"])
+            ]
+            if not rels and not field_of:
+                raise _NoLineage(f"no relation {ref} in scope")
+            found |= _all_of(r.whole for r in field_of)
         return frozenset(found)
 
     def rels_named(self, ref: str, column: exp.Column, scope: _Scope) -> list[_Rel]:
@@ -3453,9 +3460,6 @@ class _Lineage:
         if not found and db is None:
             raise _NoLineage(f"no relation {ref} in scope")
         return found
-
-    def unqualified_rel_field(self, ref: str, scope: _Scope) -> frozenset[Source]:
-        return _all_of(r.whole for rels in scope.levels for r in rels if r.ref == ref)
 
     def unqualified(self, name: str, scope: _Scope) -> frozenset[Source]:
         found: set[Source] = set()

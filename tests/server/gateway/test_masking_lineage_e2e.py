@@ -225,6 +225,16 @@ SMUGGLED = [
     "select l.* from customers c, lateral (select c.card_number || '' as k) l limit 3",
     # VALUES holding a subquery.
     "select column1 from (values ((select email from customers limit 1))) v",
+    # Quoted and aliased like the table itself, casts that keep a column's look.
+    'select upper("customers".email) from customers as "customers" limit 3',
+    "select email::varchar(3) from customers limit 3",
+    "select 'a' || (c).email from customers c limit 3",
+    "select t.* from (select upper(email), city from customers) t limit 3",
+    "select case when false then 'x' else (select min(email) from customers) end",
+    # Joined on a name the masked column is renamed to.
+    "select upper(k) from (select email as k from customers) s "
+    "join (select email as k from customers) t using (k) limit 3",
+    "select upper(email) from customers natural join (select 1 as id) o",
 ]
 
 

@@ -183,6 +183,10 @@ def test_search_path_takes_the_first_schema_that_holds_the_name() -> None:
         {"app.customers.email"}
     ]
     assert _lineage("select upper(email) from customers", ("public", "app")) == [E]
+    assert _lineage("select upper(email) from app.customers", ("public", "app")) == [
+        {"app.customers.email"}
+    ]
+    assert _lineage("select upper(ssn) from people", ("$user", "public")) is None
 
 
 @pytest.mark.parametrize(
@@ -211,6 +215,9 @@ def test_search_path_takes_the_first_schema_that_holds_the_name() -> None:
         "values (1), (1, 2)",
         "select * from (select email from customers) s(a, b)",
         "select email from other_db.public.customers",
+        # PostgreSQL refuses a table referenced by its name when it has an alias.
+        "select public.customers.email from customers c",
+        "select nosuch.customers.email from customers",
         "select * from rows from (generate_series(1, 2))",
         "select * from a left join (b join c3 using (m)) on true",
         "select * from a join b using (k, k)",

@@ -2950,6 +2950,9 @@ _QUERY_LEADS = frozenset({"SELECT", "WITH", "VALUES", "TABLE", "("})
 _DML_LEADS = frozenset({"INSERT", "UPDATE", "DELETE"})
 # Where sqlglot keeps a word it reads as a unit, not as a column.
 _UNIT_PARENTS = (exp.Extract, exp.Interval, exp.TimestampTrunc, exp.DateTrunc, exp.DataType)
+# Reserved words PostgreSQL reads as the session's user or role, never as a
+# column, which sqlglot reads as column names.
+_USER_KEYWORDS = frozenset({"user", "current_role", "system_user"})
 # No reference can name a result column whose PostgreSQL name is not certain here.
 _UNNAMED = "\x00"
 
@@ -3435,6 +3438,8 @@ class _Lineage:
             return _all_of(r.whole for r in self.rels_named(_folded(table), column, scope))
         name = _folded(column.this)
         if table is None:
+            if name in _USER_KEYWORDS and not column.this.quoted:
+                return _EMPTY
             return self.unqualified(name, scope)
         ref = _folded(table)
         rels = self.rels_named(ref, column, scope)

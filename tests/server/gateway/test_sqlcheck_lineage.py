@@ -73,6 +73,7 @@ NONE: set[str] = set()
         ("select city, count(*) from customers group by city having count(*) > 1",
          [CITY, NONE]),
         ("select 1, 'x', now(), $1", [NONE, NONE, NONE, NONE]),
+        ("select user, current_role, current_user, session_user", [NONE] * 4),
         ("select email collate \"C\" from customers", [E]),
         ("select extract(year from created_at) from customers", [{"customers.created_at"}]),
         # Whole rows and JSON forms.
@@ -195,6 +196,7 @@ def test_search_path_takes_the_first_schema_that_holds_the_name() -> None:
         "select upper(email) from nosuch",
         "select nosuch from customers",
         'select "EMAIL" from customers',
+        'select "user" from customers',
         'select upper(email) from "Customers"',
         "select x.email from customers c",
         "select * from generate_series(1, 3) g",

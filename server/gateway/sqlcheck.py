@@ -3003,6 +3003,9 @@ def result_lineage(
         found = _Lineage(search_path, columns).statement(tree)
     except (_NoLineage, RecursionError):
         return None
+    except Exception:  # a tree shape not foreseen: fail closed, as the analysis does
+        logging.getLogger(__name__).warning("result lineage failed", exc_info=True)
+        return None
     return tuple(sources for _, sources in found)
 
 

@@ -239,3 +239,10 @@ def test_too_long_a_text_is_none() -> None:
     sql = "select email from customers where id in (" + ", ".join(["1"] * 200) + ")"
     assert result_lineage(sql, ("public",), _columns, max_len=100) is None
     assert _lineage(sql) == [E]
+
+
+def test_a_lookup_that_fails_gives_none() -> None:
+    def broken(name: Name) -> tuple[str, ...] | None:
+        raise KeyError(name)
+
+    assert result_lineage("select upper(email) from customers", ("public",), broken) is None

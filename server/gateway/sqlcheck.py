@@ -3183,9 +3183,10 @@ class _Lineage:
         target = tree.this
         if isinstance(target, exp.Schema):
             target = target.this
-        if not isinstance(target, exp.Table):
+        if not isinstance(target, exp.Table) or not isinstance(target.this, exp.Identifier):
             raise _NoLineage("DML target not understood")
-        rel = self.table(target, scope)
+        # The target is always a relation of the catalog, never a CTE of its name.
+        rel = self.table(target, _Scope(scope.levels))
         rel = self.written(tree, rel, scope)
         groups: list[list[tuple[_Rel, _Columns | None]]] = [[(rel, rel.columns)]]
         if isinstance(tree, exp.Update):

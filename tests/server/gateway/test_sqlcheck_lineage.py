@@ -169,6 +169,13 @@ NONE: set[str] = set()
          [{f"orders.{c}"} for c in ("id", "customer_id", "total", "note")]
          + [{f"customers.{c}"} for c in CUSTOMERS]),
         ("delete from orders", []),
+        # A CTE does not hide the table a DML statement writes.
+        ("with customers as (select 'x' as email) delete from customers returning upper(email)",
+         [E]),
+        ("with orders as (select 1 as note) update orders set total = 1 returning note",
+         [{"orders.note"}]),
+        ("with x as (select email from customers) insert into orders (note) select email from x "
+         "returning note", [{"orders.note"} | E]),
         # Transaction control around the statement, cursors.
         ("begin; select upper(email) from customers; commit", [E]),
         ("declare cur cursor with hold for select upper(email) from customers", [E]),

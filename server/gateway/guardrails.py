@@ -131,6 +131,12 @@ class Decision:
 
 ALLOWED = Decision(Outcome.ALLOW, "guardrails.allow", "", "", None)
 
+
+def graver(a: Decision, b: Decision) -> Decision:
+    """The decision with the graver outcome (``a`` when they are equal)."""
+    return b if _RANK[b.outcome] > _RANK[a.outcome] else a
+
+
 # Functions by what they reach.  A trailing * matches any name with that prefix.
 FILE_FUNCTIONS = frozenset(
     {

@@ -40,7 +40,8 @@ PREPARE runs later and those a plain EXPLAIN only plans):
     and a statement whose text is too long to have been kept whole, always
     count their target as read.  A relation read that the catalog does not
     hold cannot be told and is refused too.
-``masking.inference`` (unless the policy says ``inference: allow``)
+``masking.inference`` (refused, or sent for review with ``inference: review``;
+not applied with ``inference: allow``)
     a statement that reads a relation with masked columns and names a masked
     column where it decides which rows come back, or their groups or order
     (``sqlcheck.predicate_columns``: WHERE, HAVING, JOIN ON/USING, GROUP BY,
@@ -126,7 +127,8 @@ class MaskedSession:
     catalog_first: bool = True
     # Column name -> masked, of a relation the catalog holds (for ``inference``).
     columns: Callable[[Name], Mapping[str, bool]] = lambda _name: {}
-    inference: bool = True  # refuse masked columns in predicates, groupings, orderings
+    # What a masked column in a predicate, grouping or ordering gets (ALLOW: not looked for).
+    inference: Outcome = Outcome.BLOCK
     _trusted: tuple[_Pattern, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -185,7 +187,7 @@ def masking_decision(written: Analysis, session: MaskedSession, sql: str | None 
         attribute = _attribute_call(written, session, sql)
         if attribute is not None:
             return attribute
-    if session.inference and sql is not None:
+    if session.inference is not Outcome.ALLOW and sql is not None:
         return _inference(written, session, sql)
     return ALLOWED
 
@@ -251,7 +253,7 @@ def _inference(written: Analysis, session: MaskedSession, sql: str) -> Decision:
         shown = hits[0] if hits[0] != ANY_COLUMN else "every column of a relation"
         why = f"it filters, joins, groups or sorts on {shown}"
     return Decision(
-        Outcome.BLOCK,
+        session.inference,
         "masking.inference",
         f"{why}, in a statement that reads masked columns: the result would tell "
         "what the masked values are",

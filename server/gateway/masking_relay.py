@@ -89,7 +89,7 @@ from datetime import UTC, datetime
 from server.audit.recording import redact_params, statement_event
 from server.gateway import pgwire
 from server.gateway.catalog import Catalog
-from server.gateway.guardrails import Decision
+from server.gateway.guardrails import Decision, Outcome
 from server.gateway.masking import (
     ColumnRef,
     MaskingRules,
@@ -883,7 +883,7 @@ class MaskingSetup:
         target = self.service.policy.targets.get(live.record.target)
         policy = target.masking if target is not None else None
         trusted = policy.trusted_functions if policy is not None else frozenset()
-        inference = policy is None or policy.inference == "block"
+        inference = Outcome(policy.inference) if policy is not None else Outcome.BLOCK
         first = catalog_first(search_path)
         refreshed = [float("-inf")]
 

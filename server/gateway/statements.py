@@ -80,6 +80,7 @@ from server.gateway.guardrails import (
     GuardrailRules,
     Outcome,
     decide,
+    graver,
     row_budget_decision,
     row_budget_unknown,
     statement_sha256,
@@ -328,7 +329,7 @@ class StatementGuard:
         """The guardrails' decision, and masking's refusal where that is graver."""
         decision = self._guardrails(analysis)
         if self.masking is None or decision.outcome is Outcome.BLOCK:
-            return decision
+            return decision  # nothing masking says can make it graver
         try:
             refused = self.masking(sql)
         except Exception:  # a check that failed refuses: masking fails closed
@@ -340,7 +341,7 @@ class StatementGuard:
                 "try again; if it keeps failing, tell an administrator",
                 None,
             )
-        return refused if refused.outcome is Outcome.BLOCK else decision
+        return graver(decision, refused)
 
     def _guardrails(self, analysis: Analysis) -> Decision:
         # decide() is a pure function of the analysis, this guard's rules and the

@@ -1075,7 +1075,9 @@ def _read_masking(
     trusted_entry = reader.optional("trusted_functions")
     if trusted_entry is not None:
         trusted = _read_choices(check, trusted_entry, join(path, "trusted_functions"), _function)
-    inference = _value(check, reader, "inference", _choice(("block", "allow"), "inference"))
+    inference = _value(
+        check, reader, "inference", _choice(("block", "review", "allow"), "inference")
+    )
     return MaskingPolicy(
         rules=tuple(rules),
         key_file=key_file,

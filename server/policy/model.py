@@ -246,7 +246,9 @@ class MaskingPolicy:
     prefix ending in ``*``): any other such function could read masked
     columns itself, and is refused before it runs.  ``inference`` is ``block``
     (refuse statements that filter, join, group or sort on a masked column,
-    whose results tell what the values are) or ``allow``.
+    whose results tell what the values are), ``review`` (such a statement runs
+    once a reviewer approved that exact statement, as for a guardrail's
+    review) or ``allow``.
     """
 
     rules: tuple[MaskRule, ...] = ()

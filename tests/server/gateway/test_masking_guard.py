@@ -149,7 +149,7 @@ COLUMNS = {
 INFERENCE = "masking.inference"
 
 
-def _inference_rule(sql: str, *, inference: bool = True) -> str | None:
+def _inference_rule(sql: str, *, inference: Outcome = Outcome.BLOCK) -> str | None:
     session = MaskedSession(
         ("app", "public"),
         lambda n: str(n) in HELD,
@@ -202,9 +202,27 @@ def test_inference(sql: str, rule: str | None) -> None:
 
 def test_inference_allow_lets_predicates_through() -> None:
     sql = "select id from people where ssn like '123%'"
-    assert _inference_rule(sql, inference=False) is None
+    assert _inference_rule(sql, inference=Outcome.ALLOW) is None
     # The other rules still hold.
-    assert _inference_rule("insert into t select id from people", inference=False) == WRITE
+    assert _inference_rule("insert into t select id from people", inference=Outcome.ALLOW) == WRITE
+
+
+def test_inference_review_sends_the_statement_for_review() -> None:
+    sql = "select id from people where ssn like '123%'"
+    session = MaskedSession(
+        ("app", "public"),
+        lambda n: str(n) in HELD,
+        lambda n: str(n) in MASKED,
+        FUNCTIONS,
+        inference=Outcome.REVIEW,
+        columns=lambda n: COLUMNS.get(str(n), {}),
+    )
+    decision = masking_decision(analyze(sql, search_path=(UNQUALIFIED,)), session, sql)
+    assert (decision.outcome, decision.rule) == (Outcome.REVIEW, INFERENCE)
+    # A write that copies masked values is still refused outright.
+    copy = "insert into t select ssn from people where ssn like '1%'"
+    decision = masking_decision(analyze(copy, search_path=(UNQUALIFIED,)), session, copy)
+    assert (decision.outcome, decision.rule) == (Outcome.BLOCK, WRITE)
 
 
 def _attribute_rule(sql: str, trusted: frozenset[str] = frozenset()) -> str | None:
@@ -215,7 +233,7 @@ def _attribute_rule(sql: str, trusted: frozenset[str] = frozenset()) -> str | No
         FUNCTIONS,
         trusted,
         columns=lambda n: COLUMNS.get(str(n), {}),
-        inference=False,
+        inference=Outcome.ALLOW,
     )
     decision = masking_decision(analyze(sql, search_path=(UNQUALIFIED,)), session, sql)
     return None if decision.outcome is Outcome.ALLOW else decision.rule

@@ -5,6 +5,7 @@ rows whose clear e-mail starts with ``a``)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import psycopg
@@ -68,3 +69,35 @@ def test_clear_columns_filter_and_sort_as_usual(session: HeldSession) -> None:
     res = session.psql("select email from customers where city is not null order by id limit 2")
     assert res.returncode == 0, res.stderr
     assert all(line.startswith("***@") for line in res.stdout.splitlines())
+
+
+REQUEST = re.compile(r"request (r-[A-Za-z0-9_-]+)")
+
+
+def test_inference_review_runs_the_statement_once_a_reviewer_approved_it(
+    demo_target: DemoTarget,
+) -> None:
+    policy = demo_policy(target=MASKING + "      inference: review\n")
+    sql = "select id, email from customers where email like 'a%' order by id limit 3"
+    with running_broker(demo_target, policy) as b:
+        alice, bob = b.token("alice", "dev"), b.token("bob", "dev")
+        with held_session(b, "--scope", "read", "--reason", "find a-users", token=alice) as s:
+            held = s.psql(sql)
+            assert held.returncode != 0, held.stdout
+            assert "masking.inference" in held.stderr, held.stderr
+            found = REQUEST.search(held.stderr)
+            assert found, held.stderr
+            request_id = found.group(1)
+            # Nobody approves their own.
+            assert b.cli("approve", request_id, "--yes", token=alice).returncode != 0
+            assert s.psql(sql).returncode != 0
+            approved = b.cli("approve", request_id, "--yes", token=bob)
+            assert approved.returncode == 0, approved.stderr
+            ran = s.psql(sql)
+            assert ran.returncode == 0, ran.stderr
+            rows = [line.split("|") for line in ran.stdout.splitlines()]
+            assert rows, ran.stdout
+            # The approval lets the predicate run; the result is still masked.
+            assert all(email.startswith("***@") for _id, email in rows), rows
+            # One run per approval.
+            assert REQUEST.search(s.psql(sql).stderr)

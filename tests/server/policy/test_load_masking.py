@@ -286,7 +286,7 @@ ERROR_CASES = [
         edited("database_grants: true", "database_grants: true\n      inference: warn"),
         [
             "policy.yaml:37: targets.demo.masking.inference: unknown inference 'warn': "
-            "use one of block, allow"
+            "use one of block, review, allow"
         ],
         id="unknown-inference",
     ),
@@ -330,3 +330,6 @@ def test_inference_is_blocked_unless_allowed() -> None:
     text = edited("database_grants: true", "database_grants: true\n      inference: allow")
     allowed = parse_policy(text, "policy.yaml").targets["demo"].masking
     assert allowed is not None and allowed.inference == "allow"
+    text = edited("database_grants: true", "database_grants: true\n      inference: review")
+    reviewed = parse_policy(text, "policy.yaml").targets["demo"].masking
+    assert reviewed is not None and reviewed.inference == "review"

@@ -56,6 +56,11 @@ inline (a generic loop over the columns costs about half as much again per row,
 see ``bench/masking.py``); a row with a value off that path (NULL, too short to
 keep characters from, a non-ASCII tail, no ``@``) is decoded, masked by
 :func:`mask_bytes` and encoded again.  :func:`apply_plan` is the one-body form.
+Where the C core ``server.gateway._rowmask`` was built (``NATIVE``), a plan
+without a ``hash`` column runs its rows through it instead (``RowMasker.native``):
+the same walk in C, writing a whole run into one bytes object, and handing every
+row it does not take to the generated loop for that row, so the bytes and the
+errors are the same either way (``tests/server/gateway/test_masking_native.py``).
 
 **Content detectors** — :func:`screen_row` runs the target's detectors over a
 DataRow (a few literal searches over the body when nothing is there; columns
@@ -85,7 +90,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from functools import cached_property
-from types import MappingProxyType
+from types import MappingProxyType, ModuleType
 from typing import Final
 
 from server.errors import Unavailable
@@ -650,10 +655,10 @@ def mask_bytes(
 # header, the unmasked stretches as slices of the input, the new values between
 # them.  Any other row goes to ``slow_row``, which decodes and re-encodes it.
 _ROW_TEMPLATE = """\
-def rewrite_rows(buf, pos, out):
+def {name}(buf, pos, out):
     end = len(buf)
     extend = out.extend
-    while end - pos >= 7:
+    {loop} end - pos >= 7:
         kind, length, columns = header(buf, pos)
         stop = pos + 1 + length
         if kind != 68 or stop > end:
@@ -668,7 +673,7 @@ def rewrite_rows(buf, pos, out):
                 overrun()
             extend((pack_header(68, length + d), buf[pos + 5:s0]{pieces}, buf[p:stop]))
             break
-        pos = stop
+        pos = stop{after}
     if end - pos >= 5 and buf[pos] == 68:
         short_row(buf, pos, end)
     return pos
@@ -732,42 +737,72 @@ _CODE_DOMAIN = """\
 """
 
 _HEADER_COUNT = struct.Struct("!BIH")
+# The C core (server/gateway/_rowmask.c), where it was built.
+_rowmask: ModuleType | None
+try:
+    from server.gateway import _rowmask as _core
+
+    _rowmask = _core
+except ImportError:  # pragma: no cover - no compiler where the package was installed
+    _rowmask = None
+NATIVE: Final = _rowmask is not None
+# The C core's column kinds (the same numbers as in _rowmask.c).
+_CONST, _KEEP_LAST, _DOMAIN = 0, 1, 2
 # Length word and "***" for every new value size below 256 (the domain is kept after it).
 _STARS_BY_SIZE: Final = tuple(_INT32.pack(size) + _STARS for size in range(256))
 
 
+def _column_kind(rule: MaskRule, fmt: int, type_oid: int) -> tuple[str, bytes | int]:
+    """How one masked column is rewritten: ("const", the whole new value with its
+    length word), ("hash", digits), ("domain", 0) or ("keep", characters kept)."""
+    method = rule.method
+    if method is MaskMethod.NULL or (
+        fmt == BINARY and type_oid not in TEXT_LIKE_TYPES and method is not MaskMethod.REDACT
+    ):
+        return "const", _NULL_VALUE[0]
+    if method is MaskMethod.HASH:
+        return "hash", rule.hash_length
+    if method is MaskMethod.PARTIAL and rule.keep_domain:
+        return "domain", 0
+    if method is MaskMethod.PARTIAL:
+        return "keep", rule.keep_last or 0
+    return "const", _REDACTED_VALUE[0]
+
+
 def _column_code(
-    i: int, rule: MaskRule, fmt: int, type_oid: int, names: dict[str, object]
+    i: int, kind: str, param: bytes | int, names: dict[str, object]
 ) -> tuple[str, str]:
     """The generated lines that mask one column, and the pieces that stand for its value.
 
     The pieces follow the stretch before the column (``buf[e:s{i}]``), where
     ``e`` is where the previous masked value ended.
     """
-    method = rule.method
-    if method is MaskMethod.NULL or (
-        fmt == BINARY and type_oid not in TEXT_LIKE_TYPES and method is not MaskMethod.REDACT
-    ):
-        names[f"c{i}"] = _NULL_VALUE[0]
-        return _CODE_CONST.format(i=i, size=0, slow=_SLOW), f", c{i}"
-    if method is MaskMethod.HASH:
-        names[f"w{i}"] = _INT32.pack(rule.hash_length)
-        return _CODE_HASH.format(i=i, size=rule.hash_length, slow=_SLOW), f", w{i}, h{i}"
-    if method is MaskMethod.PARTIAL and rule.keep_domain:
+    if kind == "const":
+        assert isinstance(param, bytes)
+        names[f"c{i}"] = param
+        return _CODE_CONST.format(i=i, size=len(param) - 4, slow=_SLOW), f", c{i}"
+    assert isinstance(param, int)
+    if kind == "hash":
+        names[f"w{i}"] = _INT32.pack(param)
+        return _CODE_HASH.format(i=i, size=param, slow=_SLOW), f", w{i}, h{i}"
+    if kind == "domain":
         return _CODE_DOMAIN.format(i=i, slow=_SLOW), f", stars[m{i}], buf[a{i}:e{i}]"
-    if method is MaskMethod.PARTIAL:
-        keep = rule.keep_last or 0
-        names[f"w{i}"] = _INT32.pack(3 + keep) + _STARS
-        code = _CODE_KEEP_LAST.format(i=i, keep=keep, size=3 + keep, slow=_SLOW)
-        return code, f", w{i}, t{i}"
-    names[f"c{i}"] = _REDACTED_VALUE[0]
-    return _CODE_CONST.format(i=i, size=len(_STARS), slow=_SLOW), f", c{i}"
+    names[f"w{i}"] = _INT32.pack(3 + param) + _STARS
+    code = _CODE_KEEP_LAST.format(i=i, keep=param, size=3 + param, slow=_SLOW)
+    return code, f", w{i}, t{i}"
 
 
 class RowMasker:
-    """Rewrites the DataRows of one result shape (a plan and the rows' format codes)."""
+    """Rewrites the DataRows of one result shape (a plan and the rows' format codes).
 
-    def __init__(self, plan: MaskPlan, formats: tuple[int, ...]) -> None:
+    ``native`` says whether runs of rows go through the C core
+    (``server.gateway._rowmask``; ``NATIVE`` says whether it was built), which
+    every plan without a ``hash`` column does unless ``native=False`` is asked.
+    """
+
+    def __init__(
+        self, plan: MaskPlan, formats: tuple[int, ...], *, native: bool | None = None
+    ) -> None:
         self.plan = plan
         self.formats = formats
         self.count = len(plan.fields)
@@ -775,9 +810,10 @@ class RowMasker:
         # A column that needs its text but comes in binary: the relay refuses
         # such rows; this masker would send NULL for them.
         self.unmaskable = plan.unmaskable(formats)
-        self._rewrite = self._compile()
+        self.native = False
+        self._rewrite = self._compile(NATIVE if native is None else native)
 
-    def _compile(self) -> Callable[[bytes, int, list[bytes]], int]:
+    def _compile(self, native: bool) -> Callable[[bytes, int, list[bytes]], int]:
         names: dict[str, object] = {
             "header": _HEADER_COUNT.unpack_from,
             "pack_header": _HEADER.pack,
@@ -793,29 +829,50 @@ class RowMasker:
         }
         walk: list[str] = []
         pieces: list[str] = []
+        columns: list[tuple[int, int, bytes, int]] = []
         column = 0
         for i, index in enumerate(self.plan.masked):
             plan = self.plan.fields[index]
             assert plan.rule is not None
             walk.extend(_SKIP for _ in range(index - column))
             column = index + 1
-            code, value = _column_code(i, plan.rule, self.formats[index], plan.type_oid, names)
+            kind, param = _column_kind(plan.rule, self.formats[index], plan.type_oid)
+            code, value = _column_code(i, kind, param, names)
             walk.append(code)
             walk.append(f"            e{i} = p\n")
             if i:
                 pieces.append(f", buf[e{i - 1}:s{i}]")
             pieces.append(value)
+            if isinstance(param, bytes):
+                columns.append((index, _CONST, param, 0))
+            elif kind == "keep":
+                columns.append((index, _KEEP_LAST, _INT32.pack(3 + param) + _STARS, param))
+            elif kind == "domain":
+                columns.append((index, _DOMAIN, b"", 0))
+            else:
+                native = False  # the C core leaves HMAC to Python
         if not walk:
             # Nothing masked: rows pass whole.
             walk.append("            s0 = p = stop\n")
-        source = _ROW_TEMPLATE.format(walk="".join(walk).rstrip("\n"), pieces="".join(pieces))
+        body = {"walk": "".join(walk).rstrip("\n"), "pieces": "".join(pieces)}
         # Generated so that the loop is unrolled for this plan's masked positions
         # and methods; a loop over a list of columns costs about half as much
-        # again per row.  Only the fixed templates above go into it.
+        # again per row.  Only the fixed templates above go into it.  The
+        # one-row form is what the C core hands the rows it does not take.
+        source = _ROW_TEMPLATE.format(name="rewrite_rows", loop="while", after="", **body)
+        if native and _rowmask is not None:
+            source += _ROW_TEMPLATE.format(
+                name="rewrite_row", loop="if", after="\n        return pos", **body
+            )
         exec(compile(source, "<row masker>", "exec"), names)  # noqa: S102
         try:
+            if native and _rowmask is not None:
+                core = _rowmask.Masker(self.count, columns, names["rewrite_row"])
+                self.native = True
+                rewrite: Callable[[bytes, int, list[bytes]], int] = core.rewrite
+                return rewrite
             return names["rewrite_rows"]  # type: ignore[return-value]
-        except KeyError:  # pragma: no cover - the template always defines it
+        except KeyError:  # pragma: no cover - the template always defines them
             raise AssertionError("row masker template defines no function") from None
 
     def _slow_row(self, buf: bytes, pos: int, stop: int, out: list[bytes]) -> None:

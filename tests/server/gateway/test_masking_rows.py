@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from server.gateway import masking
 from server.gateway.masking import (
     ColumnRef,
     MaskingRules,
@@ -27,6 +30,19 @@ from server.gateway.pgwire import (
 from server.policy.model import MaskMethod, MaskRule
 
 KEY = b"0123456789abcdef0123456789abcdef"
+
+
+@pytest.fixture(autouse=True, scope="module", params=["native", "python"])
+def _row_path(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test here runs on the C core and on the generated Python loop."""
+    if request.param == "native" and not masking.NATIVE:
+        pytest.skip("the C core (server.gateway._rowmask) is not built")
+    before = masking.NATIVE
+    masking.NATIVE = request.param == "native"  # type: ignore[misc]
+    yield
+    masking.NATIVE = before  # type: ignore[misc]
+
+
 INT4, TEXT_T, VARCHAR, BPCHAR, NUMERIC = 23, 25, 1043, 1042, 1700
 
 METHODS = [

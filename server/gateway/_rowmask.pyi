@@ -1,0 +1,14 @@
+from collections.abc import Callable, Sequence
+
+CONST: int
+KEEP_LAST: int
+DOMAIN: int
+
+class Masker:
+    def __init__(
+        self,
+        count: int,
+        columns: Sequence[tuple[int, int, bytes, int]],
+        slow: Callable[[bytes, int, list[bytes]], int],
+    ) -> None: ...
+    def rewrite(self, buf: bytes, pos: int, out: list[bytes]) -> int: ...

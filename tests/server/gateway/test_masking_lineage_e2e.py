@@ -145,6 +145,11 @@ def test_a_masked_column_flowing_into_a_computed_one_masks_it(
             "SELECT count(DISTINCT upper(city)) FROM customers",
         ),
         ("select 1 + 1, 'x' || 'y'", "SELECT 1 + 1, 'x' || 'y'"),
+        (
+            'select e from (select upper(email) as "E", city as e from customers order by id '
+            "limit 2) t",
+            "SELECT city FROM customers ORDER BY id LIMIT 2",
+        ),
     ],
 )
 def test_computed_columns_over_clear_columns_stay_clear(
@@ -235,6 +240,9 @@ SMUGGLED = [
     "select upper(k) from (select email as k from customers) s "
     "join (select email as k from customers) t using (k) limit 3",
     "select upper(email) from customers natural join (select 1 as id) o",
+    # Names that differ only in case: "E" is the e-mail, e the city.
+    'select "E" from (select upper(email) as "E", city as e from customers) t limit 3',
+    "select upper(EMAIL) from CUSTOMERS limit 3",
 ]
 
 

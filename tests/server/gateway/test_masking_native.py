@@ -4,6 +4,7 @@ bytes out and the same end of run, or the same ProtocolViolation."""
 
 from __future__ import annotations
 
+import os
 import struct
 
 import pytest
@@ -105,7 +106,8 @@ def cases(draw: st.DrawFn) -> tuple[list[tuple[MaskRule | None, int, int]], byte
 
 
 @settings(
-    max_examples=int(__import__("os").environ.get("ROWMASK_EXAMPLES", "1500")),
+    # ROWMASK_EXAMPLES: fewer for a run under valgrind.
+    max_examples=int(os.environ.get("ROWMASK_EXAMPLES", "1500")),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )

@@ -201,6 +201,9 @@ DYNAMIC_SQL_FUNCTIONS = frozenset(
         "table_to_xml*",
         "schema_to_xml*",
         "database_to_xml*",
+        # Full-text search functions that run the query text they are given.
+        "ts_stat",
+        "ts_rewrite",
     }
 )
 NOTIFY_FUNCTIONS = frozenset({"pg_notify"})

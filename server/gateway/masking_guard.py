@@ -10,6 +10,15 @@ swapped for 42501 with the rule and a hint).  Rules, first match wins, over
 every statement of the input and every statement nested in one (also those a
 PREPARE runs later and those a plain EXPLAIN only plans):
 
+``masking.statistics``
+    a statement that reads the planner's statistics (``pg_stats``,
+    ``pg_stats_ext``, ``pg_stats_ext_exprs``, ``pg_statistic``): their most
+    common values and histogram bounds are values of the columns, masked ones
+    included, and PostgreSQL shows them to whoever may read the column.
+``masking.dynamic_sql``
+    a call of a function that runs a query given as text (``query_to_xml``,
+    ``table_to_xml``, ``ts_stat``, ...; guardrails' dynamic-SQL list), even in
+    a scope whose guardrails allow them: its result has no origin to mask by.
 ``masking.untrusted_function``
     a call of a function outside ``pg_catalog`` and ``information_schema``
     that the policy's ``trusted_functions`` does not list: a function reads
@@ -69,7 +78,14 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from server.gateway.guardrails import ALLOWED, Decision, Outcome, _Pattern, _patterns
+from server.gateway.guardrails import (
+    ALLOWED,
+    DYNAMIC_SQL_FUNCTIONS,
+    Decision,
+    Outcome,
+    _Pattern,
+    _patterns,
+)
 from server.gateway.sqlcheck import (
     ANY_COLUMN,
     MAX_TEXT,
@@ -106,6 +122,16 @@ INFERENCE_HINT = (
     "filter, join, group and sort on clear columns only, or ask for a statement review "
     "in a scope where masking does not apply"
 )
+STATISTICS_HINT = "read planner statistics in a scope where masking does not apply"
+DYNAMIC_HINT = "run the query itself, where masking sees it"
+# The planner's statistics: most common values and histogram bounds are values
+# of the column, and PostgreSQL shows them to anyone who may read the column.
+STATISTICS = frozenset(
+    {"pg_stats", "pg_stats_ext", "pg_stats_ext_exprs", "pg_statistic", "pg_statistic_ext_data"}
+)
+# Functions that run a query given as text: whatever it reads, the result
+# carries no origin and the text no lineage (even where a scope allows them).
+_RUNS_SQL = _patterns(DYNAMIC_SQL_FUNCTIONS)
 UNKNOWN_HINT = "try again in a few seconds (the gateway reloads its catalog), or qualify the name"
 
 
@@ -148,7 +174,24 @@ def masking_decision(written: Analysis, session: MaskedSession, sql: str | None 
     inference rule reads (without it that rule is not applied)."""
     for top in written.statements:
         for statement, _ in top.walk():
+            for name in statement.reads:
+                if name.name in STATISTICS and name.schema in (UNQUALIFIED, "pg_catalog"):
+                    return Decision(
+                        Outcome.BLOCK,
+                        "masking.statistics",
+                        f"{name.name} holds sample values of table columns, masked ones included",
+                        STATISTICS_HINT,
+                        top.index,
+                    )
             for call in statement.functions:
+                if any(p.denies(call) for p in _RUNS_SQL):
+                    return Decision(
+                        Outcome.BLOCK,
+                        "masking.dynamic_sql",
+                        f"{call}() runs SQL text it is given, which masking cannot follow",
+                        DYNAMIC_HINT,
+                        top.index,
+                    )
                 if not session.trusts(call):
                     return Decision(
                         Outcome.BLOCK,

@@ -318,3 +318,33 @@ def test_writes_to_a_masked_relation(sql: str, rule: str | None) -> None:
 def test_a_cut_text_counts_the_target_as_read() -> None:
     long = "update people set name = 'x' where id in (" + ", ".join(["1"] * 1200) + ")"
     assert _attribute_rule(long) == WRITE
+
+
+@pytest.mark.parametrize(
+    ("sql", "rule"),
+    [
+        # The planner's statistics hold values of the columns.
+        ("select histogram_bounds from pg_stats where tablename = 'people'", "masking.statistics"),
+        ("select * from pg_catalog.pg_stats", "masking.statistics"),
+        ("select most_common_vals from pg_stats_ext", "masking.statistics"),
+        ("select 1 where exists (select 1 from pg_stats_ext_exprs)", "masking.statistics"),
+        ("select * from pg_statistic", "masking.statistics"),
+        ("with s as (select * from pg_stats) select count(*) from s", "masking.statistics"),
+        ("select relname from pg_class", None),
+        # Functions that run a query given as text.
+        ("select query_to_xml('select ssn from people', true, false, '')", "masking.dynamic_sql"),
+        ("select table_to_xml('people', true, false, '')", "masking.dynamic_sql"),
+        (
+            "select * from ts_stat('select to_tsvector(''simple'', ssn) from people')",
+            "masking.dynamic_sql",
+        ),
+        ("select pg_catalog.ts_rewrite('a'::tsquery, 'select t, s from x')", "masking.dynamic_sql"),
+    ],
+)
+def test_statistics_and_dynamic_sql(sql: str, rule: str | None) -> None:
+    assert _attribute_rule(sql) == rule
+
+
+def test_a_trusted_entry_does_not_trust_dynamic_sql() -> None:
+    sql = "select query_to_xml('select ssn from people', true, false, '')"
+    assert _attribute_rule(sql, frozenset({"query_to_xml"})) == "masking.dynamic_sql"

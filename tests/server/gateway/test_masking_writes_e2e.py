@@ -132,3 +132,30 @@ def test_a_write_that_passes_masked_values_on_never_runs(
     assert superuser.execute("SELECT count(*) FROM customers WHERE id = %s", (ROW,)).fetchone() == (
         1,
     )
+
+
+def test_the_planner_statistics_do_not_give_masked_values_away(
+    session: HeldSession, superuser: psycopg.Connection
+) -> None:
+    # After ANALYZE, pg_stats holds most common values and histogram bounds of
+    # every column: for a column of distinct e-mails, a sample of them in clear.
+    superuser.execute("ANALYZE customers")
+    bounds = superuser.execute(
+        "SELECT histogram_bounds::text FROM pg_stats "
+        "WHERE tablename = 'customers' AND attname = 'email'"
+    ).fetchone()
+    assert bounds is not None and "@" in str(bounds[0])
+    for sql in (
+        "select histogram_bounds from pg_stats where tablename = 'customers'",
+        "select s.most_common_vals::text from pg_catalog.pg_stats s",
+        "with s as (select * from pg_stats) select attname, histogram_bounds from s",
+    ):
+        res = session.psql(sql)
+        assert res.returncode != 0, res.stdout
+        assert "masking.statistics" in res.stderr, res.stderr
+        assert "@" not in res.stdout
+    # Functions that run a query given as text are refused (a guardrail too).
+    res = session.psql(
+        "select * from ts_stat('select to_tsvector(''simple'', email) from customers')"
+    )
+    assert res.returncode != 0 and "@" not in res.stdout, res.stdout

@@ -3,7 +3,12 @@
 ``MaskingHooks`` is sans-IO and belongs to one client connection.  It watches
 the client messages that start a result (Query, Parse, Bind, Describe,
 Execute, Close, Sync, FunctionCall) to know, for every RowDescription and
-DataRow the server sends, which statement or portal it belongs to, and
+DataRow the server sends, which statement or portal it belongs to.  It tracks
+each Parse and Bind as an object of its own, and a Describe or Execute keeps
+the very one it was sent for: a pipeline that describes a statement and then
+parses or binds another under the same name before the answer arrives gets
+that answer applied to the old one, so the new one's rows are not described
+(and refused) rather than masked by another statement's plan.  Then it
 
 * on RowDescription (``T``) builds a :class:`~server.gateway.masking.MaskPlan`
   from the fields' origins (the target's catalog, ``Catalog.current``); a
@@ -168,16 +173,34 @@ class _Item:
     masked: list[dict[str, str]] = field(default_factory=list)
     params: tuple[bytes | None, ...] | None = None  # an Execute's Bind parameters
     param_formats: tuple[int, ...] = ()
+    # What a Describe or Execute was sent for: the very statement or portal the
+    # server will answer about, even if the client has since parsed or bound
+    # another under the same name (its answer must not describe the new one).
+    statement: _Statement | None = None
+    portal: _Portal | None = None
 
 
-@dataclass
+@dataclass(eq=False)
+class _Statement:
+    """One Parse: its text, analysis, and the plan its Describe answered with."""
+
+    sql: str
+    analysis: Analysis | None
+    plan: MaskPlan | None = None
+
+
+@dataclass(eq=False)
 class _Portal:
-    statement: str
+    statement: _Statement | None  # the statement the Bind named, as it was then
     formats: tuple[int, ...]  # the result formats sent upstream
     plan: MaskPlan | None = None
     client_formats: tuple[int, ...] | None = None  # what the client asked, when not sent
     params: tuple[bytes | None, ...] = ()  # kept for the recording only
     param_formats: tuple[int, ...] = ()
+
+
+def _statement_of(portal: _Portal | None) -> _Statement | None:
+    return portal.statement if portal is not None else None
 
 
 class MaskingHooks:
@@ -200,8 +223,7 @@ class MaskingHooks:
         self._record_event = record
         self.search_path = search_path
         self.pending: deque[_Item] = deque()
-        self.statements: dict[str, tuple[str, Analysis | None]] = {}
-        self.statement_plans: dict[str, MaskPlan] = {}
+        self.statements: dict[str, _Statement] = {}
         self.portals: dict[str, _Portal] = {}
         self.dropping = False
         self._refreshed = float("-inf")
@@ -240,8 +262,7 @@ class MaskingHooks:
     def _on_parse(self, raw: RawMessage, relay: Relay) -> None:
         msg = pgwire.decode_frontend(raw)
         assert isinstance(msg, Parse)
-        self.statement_plans.pop(msg.name, None)
-        self.statements[msg.name] = (msg.query, self._analyze(msg.query))
+        self.statements[msg.name] = _Statement(msg.query, self._analyze(msg.query))
 
     def _analyze(self, sql: str) -> Analysis | None:
         # Only masking needs it: analysed as the guard's masking check analyses it
@@ -252,12 +273,13 @@ class MaskingHooks:
     def _on_bind(self, raw: RawMessage, relay: Relay) -> bytes | None:
         msg = pgwire.decode_frontend(raw)
         assert isinstance(msg, Bind)
-        portal = _Portal(msg.statement, tuple(msg.result_formats))
+        statement = self.statements.get(msg.statement)
+        portal = _Portal(statement, tuple(msg.result_formats))
         if self._record_event is not None:
             portal.params = tuple(None if p is None else bytes(p) for p in msg.params)
             portal.param_formats = tuple(msg.param_formats)
         self.portals[msg.portal] = portal
-        plan = self.statement_plans.get(msg.statement) if self.masking else None
+        plan = statement.plan if statement is not None and self.masking else None
         if plan is None or plan.clear:
             return None
         try:
@@ -277,16 +299,21 @@ class MaskingHooks:
         msg = pgwire.decode_frontend(raw)
         assert isinstance(msg, Describe)
         kind = "DS" if msg.kind == "S" else "DP"
-        statement = msg.name if kind == "DS" else self._portal_statement(msg.name)
-        sql, analysis = self.statements.get(statement, ("", None))
-        self.pending.append(_Item(kind, name=msg.name, sql=sql, analysis=analysis))
+        portal = self.portals.get(msg.name) if kind == "DP" else None
+        statement = self.statements.get(msg.name) if kind == "DS" else _statement_of(portal)
+        item = _Item(kind, name=msg.name, statement=statement, portal=portal)
+        if statement is not None:
+            item.sql, item.analysis = statement.sql, statement.analysis
+        self.pending.append(item)
 
     def _on_execute(self, raw: RawMessage, relay: Relay) -> None:
         msg = pgwire.decode_frontend(raw)
         assert isinstance(msg, Execute)
-        sql, analysis = self.statements.get(self._portal_statement(msg.portal), ("", None))
-        item = _Item("X", name=msg.portal, sql=sql, analysis=analysis)
         portal = self.portals.get(msg.portal)
+        statement = _statement_of(portal)
+        item = _Item("X", name=msg.portal, statement=statement, portal=portal)
+        if statement is not None:
+            item.sql, item.analysis = statement.sql, statement.analysis
         if portal is not None and self._record_event is not None:
             item.params, item.param_formats = portal.params, portal.param_formats
         self._start(item)
@@ -297,16 +324,11 @@ class MaskingHooks:
         assert isinstance(msg, Close)
         if msg.kind == "S":
             self.statements.pop(msg.name, None)
-            self.statement_plans.pop(msg.name, None)
         else:
             self.portals.pop(msg.name, None)
 
     def _on_sync(self, raw: RawMessage, relay: Relay) -> None:
         self.pending.append(_Item("SYNC"))
-
-    def _portal_statement(self, portal: str) -> str:
-        found = self.portals.get(portal)
-        return found.statement if found is not None else "\0unknown"
 
     def _start(self, item: _Item) -> None:
         if self._record_event is not None:
@@ -389,9 +411,10 @@ class MaskingHooks:
         if head.kind == "Q":
             head.plan, head.formats = plan, formats
         elif head.kind == "DS":
-            self.statement_plans[head.name] = plan
+            if head.statement is not None:
+                head.statement.plan = plan
         else:
-            portal = self.portals.get(head.name)
+            portal = head.portal
             if portal is not None:
                 portal.plan = plan
                 portal.formats = formats
@@ -414,9 +437,9 @@ class MaskingHooks:
         if head is not None and head.kind == "Q":
             return head.plan, head.formats
         if head is not None and head.kind == "X":
-            portal = self.portals.get(head.name)
+            portal = head.portal
             if portal is not None:
-                plan = portal.plan or self.statement_plans.get(portal.statement)
+                plan = portal.plan or (portal.statement.plan if portal.statement else None)
                 if plan is not None and not plan.clear and not head.masked:
                     head.masked.extend(plan.summary())
                 return plan, portal.formats
@@ -555,7 +578,7 @@ class MaskingHooks:
     def _written(self, value: str) -> bool:
         """Whether SQL the client sent (pending, or a prepared statement) holds ``value``."""
         return any(value in item.sql for item in self.pending) or any(
-            value in sql for sql, _ in self.statements.values()
+            value in statement.sql for statement in self.statements.values()
         )
 
     def _on_error(self, raw: RawMessage, head: _Item | None) -> bytes | None:

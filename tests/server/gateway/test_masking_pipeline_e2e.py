@@ -1,0 +1,145 @@
+"""Pipelines that describe one statement or portal and then run another under
+the same name, through the real tunnel: the answer to a Describe describes what
+it was sent for, never what the client parsed or bound since, so the rows of
+the new one are masked or refused, never clear.
+
+``customers.email`` and ``customers.card_number`` are masked.  Each pipeline is
+sent in one write, so the client's later messages reach the gateway before the
+server's answer to the Describe.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import pytest
+
+from server.demo.provision import DemoTarget
+from server.gateway.pgwire import Bind, Close, Describe, Execute, Message, Parse, Query, Sync
+from tests.fix_broker import demo_policy, running_broker
+from tests.fix_pgwire import RawClient, rows_and_error
+from tests.fix_session import HeldSession, held_session
+
+pytestmark = pytest.mark.slow
+
+MASKING = """\
+    masking:
+      rules:
+        - column: public.customers.email
+          method: partial
+          keep: domain
+        - column: public.customers.card_number
+          method: redact
+"""
+CLEAR = "select id::text as a, city as b from customers order by id limit 3"
+MASKED = "select email as a, card_number as b from customers order by id limit 3"
+CLEAR_EMAIL = re.compile(r"[^*\s]@")
+CARD = re.compile(r"\d{12,}")
+
+
+@pytest.fixture(scope="module")
+def session(demo_target: DemoTarget) -> Iterator[HeldSession]:
+    policy = demo_policy(target=MASKING)
+    with running_broker(demo_target, policy) as b, held_session(b, "--scope", "read") as s:
+        yield s
+
+
+def _run(session: HeldSession, messages: list[Message], syncs: int) -> list[list[str | None]]:
+    """Send the pipeline in one write; every DataRow value of its answers."""
+    client = RawClient(session.port, session.database, session.ticket)
+    try:
+        client.send(*messages)
+        got = []
+        for _ in range(syncs):
+            got.extend(client.until_ready())
+        rows, _error = rows_and_error(got)
+        # The connection is still usable afterwards.
+        assert client.query("select 1")[0] == [["1"]]
+        return rows
+    finally:
+        client.close()
+
+
+def _no_clear_values(rows: list[list[str | None]]) -> None:
+    for row in rows:
+        for value in row:
+            assert value is None or not CLEAR_EMAIL.search(value), rows
+            assert value is None or not CARD.search(value), rows
+
+
+PIPELINES = {
+    "unnamed statement parsed again after its Describe": (
+        [Parse("", CLEAR), Describe("S", ""), Parse("", MASKED), Bind("", ""), Execute(""), Sync()],
+        1,
+    ),
+    "named statement closed and parsed again": (
+        [
+            Parse("s", CLEAR),
+            Describe("S", "s"),
+            Close("S", "s"),
+            Parse("s", MASKED),
+            Bind("", "s"),
+            Execute(""),
+            Sync(),
+        ],
+        1,
+    ),
+    "named statement parsed again across syncs": (
+        [
+            Parse("s", CLEAR),
+            Describe("S", "s"),
+            Sync(),
+            Close("S", "s"),
+            Sync(),
+            Parse("s", MASKED),
+            Sync(),
+            Bind("", "s"),
+            Execute(""),
+            Sync(),
+        ],
+        4,
+    ),
+    "named portal closed and bound again": (
+        [
+            Query("begin"),
+            Parse("c", CLEAR),
+            Parse("m", MASKED),
+            Bind("p", "c"),
+            Describe("P", "p"),
+            Close("P", "p"),
+            Bind("p", "m"),
+            Execute("p"),
+            Sync(),
+        ],
+        2,
+    ),
+    "unnamed portal bound again after its Describe": (
+        [
+            Parse("c", CLEAR),
+            Parse("m", MASKED),
+            Bind("", "c"),
+            Describe("P", ""),
+            Bind("", "m"),
+            Execute(""),
+            Sync(),
+        ],
+        1,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(PIPELINES))
+def test_a_describe_answers_for_what_it_was_sent_for(session: HeldSession, name: str) -> None:
+    messages, syncs = PIPELINES[name]
+    _no_clear_values(_run(session, messages, syncs))
+
+
+def test_a_pipeline_that_describes_what_it_runs_is_masked(session: HeldSession) -> None:
+    rows = _run(
+        session,
+        [Parse("m", MASKED), Describe("S", "m"), Bind("", "m"), Execute(""), Sync()],
+        1,
+    )
+    assert len(rows) == 3, rows
+    assert all(str(a).startswith("***@") and b == "***" for a, b in rows), rows

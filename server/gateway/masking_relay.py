@@ -199,6 +199,31 @@ class _Portal:
     param_formats: tuple[int, ...] = ()
 
 
+# Fields of an error that name no value: severity, SQLSTATE, position in the
+# client's own text, the server's source location, and the names of the schema,
+# table, column, type and constraint involved.
+_NAMING_FIELDS = frozenset("SVCPFLRstcdn")
+WITHHELD_HINT = (
+    "the statement reads masked columns; run it without them to see the server's message"
+)
+
+
+def _withheld(fields: dict[str, str]) -> dict[str, str]:
+    """An error of a statement that reads masked columns, its texts withheld.
+
+    A value the statement computed from a masked column can come back quoted in
+    almost any message (``invalid input syntax``, ``relation "..." does not
+    exist``, ``unrecognized configuration parameter``, a JSON parser's context
+    line), so rather than recognise every such form, the message, detail,
+    context and internal query are replaced; what names no value is kept.
+    """
+    kept = {code: value for code, value in fields.items() if code in _NAMING_FIELDS}
+    code = fields.get("C", "XX000")
+    kept["M"] = f"the server's message is withheld (SQLSTATE {code}): it may quote masked values"
+    kept["H"] = WITHHELD_HINT
+    return kept
+
+
 def _statement_of(portal: _Portal | None) -> _Statement | None:
     return portal.statement if portal is not None else None
 
@@ -584,14 +609,22 @@ class MaskingHooks:
     def _on_error(self, raw: RawMessage, head: _Item | None) -> bytes | None:
         self.copying = False
         msg = pgwire.decode_backend(raw)
-        out = self._cleaned(msg)
         fields: dict[str, str] = msg.fields if isinstance(msg, ErrorResponse) else {}
+        own = fields.get("C") == SQLSTATE and fields.get("M", "").startswith("dbaccess:")
         if head is not None and head.kind in ("Q", "X"):
             head.sqlstate = fields.get("C")
-            if head.sqlstate == SQLSTATE and fields.get("M", "").startswith("dbaccess:"):
+            if own:
                 head.decision = "blocked"
         self._skip_to_sync()
-        return out
+        if (
+            fields
+            and not own
+            and head is not None
+            and head.kind in ("Q", "X")
+            and self._touches_masked(head)
+        ):
+            return ErrorResponse(_withheld(fields)).encode()
+        return self._cleaned(msg)
 
     def _redacted(self, raw: RawMessage) -> bytes | None:
         return self._cleaned(pgwire.decode_backend(raw))

@@ -89,9 +89,11 @@ from server.gateway.guardrails import (
 from server.gateway.sqlcheck import (
     ANY_COLUMN,
     MAX_TEXT,
+    PREDICATE,
     Analysis,
     Name,
     Statement,
+    computed_uses,
     dotted_names,
     passed_on_columns,
     predicate_columns,
@@ -121,6 +123,11 @@ WRITE_HINT = (
 INFERENCE_HINT = (
     "filter, join, group and sort on clear columns only, or ask for a statement review "
     "in a scope where masking does not apply"
+)
+COMPUTED_HINT = (
+    "select the masked column itself: computations on it (functions, operators, casts, "
+    "CASE, set-returning functions, LIMIT) reveal its value through errors, row counts, "
+    "timing or locks; or ask for a statement review in a scope where masking does not apply"
 )
 STATISTICS_HINT = "read planner statistics in a scope where masking does not apply"
 DYNAMIC_HINT = "run the query itself, where masking sees it"
@@ -292,7 +299,7 @@ def _inference(written: Analysis, session: MaskedSession, sql: str) -> Decision:
         # CTE's column) may stand for a masked column: counted as one.
         hits = sorted(c for c in referenced if c in masked or c not in known or c == ANY_COLUMN)
         if not hits:
-            return ALLOWED
+            return _computed(session, sql)
         shown = hits[0] if hits[0] != ANY_COLUMN else "every column of a relation"
         why = f"it filters, joins, groups or sorts on {shown}"
     return Decision(
@@ -303,6 +310,49 @@ def _inference(written: Analysis, session: MaskedSession, sql: str) -> Decision:
         INFERENCE_HINT,
         0,
     )
+
+
+def _computed(session: MaskedSession, sql: str) -> Decision:
+    """``masking.computed``, and ``masking.inference`` for a predicate on a
+    column derived from a masked one (``sqlcheck.computed_uses``, which
+    resolves names through subqueries and CTEs)."""
+
+    def lookup(name: Name) -> list[str] | None:
+        found = session.columns(name) if session.holds(name) else {}
+        return list(found) or None
+
+    uses = computed_uses(sql, session.search_path, lookup)
+    if uses is None:
+        return Decision(
+            session.inference,
+            "masking.computed",
+            "the gateway cannot tell how this statement uses the masked columns it reads, "
+            "so it cannot tell whether it computes with them",
+            COMPUTED_HINT,
+            0,
+        )
+    for kind, sources in uses:
+        hit = sorted(f"{n.name}.{c}" for n, c in sources if session.columns(n).get(c, False))
+        if not hit:
+            continue
+        if kind == PREDICATE:
+            return Decision(
+                session.inference,
+                "masking.inference",
+                f"it filters, joins, groups, sorts or compares on a value of {hit[0]}, which "
+                "is masked: the result would tell what the masked values are",
+                INFERENCE_HINT,
+                0,
+            )
+        return Decision(
+            session.inference,
+            "masking.computed",
+            f"it computes with {hit[0]}, which is masked: a masked column may be selected, "
+            "not computed with, as errors, row counts, timing or locks would tell its value",
+            COMPUTED_HINT,
+            0,
+        )
+    return ALLOWED
 
 
 def _sources(statement: Statement, session: MaskedSession, *, nested: bool) -> Iterable[Name]:

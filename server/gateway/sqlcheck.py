@@ -113,6 +113,7 @@ __all__ = [
     "analyze",
     "analyze_function_call",
     "cache_clear",
+    "computed_uses",
     "dotted_names",
     "parse_name",
     "parse_search_path",
@@ -3553,3 +3554,281 @@ def _merged(
     joined: list[tuple[_Rel, _Columns | None]] = [(rel, ()) for rel, _ in group]
     joined.append((right, (*merged, *rest, *rest_right)))
     return joined
+
+
+# -- where masked values are computed with ------------------------------------
+
+# Where a use of a column is: deciding which rows come back, their groups or
+# order (``PREDICATE``), or anything else than passing the value on (``COMPUTED``).
+PREDICATE = "predicate"
+COMPUTED = "computed"
+# A use: where, and the base columns whose values it may read.
+Use = tuple[str, frozenset[Source]]
+# Statements whose text holds no column reference a query could compute with.
+_NO_QUERY_LEADS = frozenset(
+    {
+        "SHOW",
+        "LISTEN",
+        "UNLISTEN",
+        "DISCARD",
+        "DEALLOCATE",
+        "EXECUTE",
+        "FETCH",
+        "MOVE",
+        "CLOSE",
+        "TRUNCATE",
+        "LOCK",
+        "ANALYZE",
+        "VACUUM",
+        "COPY",
+        "GRANT",
+        "REVOKE",
+        "COMMENT",
+        "CHECKPOINT",
+    }
+)
+# Select clauses that are not expressions over the rows.
+_SELECT_SKIPPED = frozenset(
+    {
+        "expressions",
+        "from_",
+        "joins",
+        "with_",
+        "kind",
+        "locks",
+        "into",
+        "hint",
+        "operation_modifiers",
+    }
+)
+_ORDERING = frozenset({"where", "having", "qualify", "group", "order", "distinct", "windows"})
+_DML_SKIPPED = frozenset(
+    {"this", "with_", "from_", "joins", "using", "expression", "returning", "kind", "alternative"}
+)
+
+
+def computed_uses(
+    sql: str,
+    search_path: tuple[str, ...],
+    columns: ColumnLookup,
+    *,
+    max_len: int = DEFAULT_MAX_LEN,
+) -> tuple[Use, ...] | None:
+    """Every place where ``sql`` uses a base column other than by passing its
+    value on untouched, with the base columns that use may read; None when that
+    cannot be established (never raises).
+
+    Passing on is a select-list or RETURNING item that is a column itself
+    (aliased or not), ``*`` or ``t.*``, through subqueries in FROM, CTEs and
+    UNION ALL.  Everything else is a use: an expression, function, cast,
+    operator or CASE over a column (also a function in FROM), WHERE, HAVING,
+    JOIN ON/USING, GROUP BY, ORDER BY, DISTINCT (ON), windows, LIMIT/OFFSET,
+    a scalar or EXISTS subquery's result, SET values, and the outputs of a
+    set operation that compares rows (UNION, INTERSECT, EXCEPT).  Names are
+    resolved as :func:`result_lineage` resolves them, so a derived column
+    counts with the base columns it comes from (``select c from (select ssn
+    as c from t) s where c like '1%'`` uses ``ssn``).  Every statement of the
+    input is read, and the query inside EXPLAIN, PREPARE, DECLARE, CREATE ...
+    AS and COPY (...); a statement of another kind that may hold one, a
+    recursive CTE, MERGE or a name no relation in scope has gives None."""
+    if len(sql) > max_len or "\x00" in sql:
+        return None
+    try:
+        tokens = _tokenize(sql)
+        if len(tokens) > MAX_TOKENS or _lexical_problem(sql, tokens):
+            return None
+        uses = _Uses(search_path, columns)
+        for chunk in _split(tokens):
+            query = _query_of(chunk)
+            if query is None:
+                continue
+            trees = _parse(query, sql)
+            if len(trees) != 1 or trees[0] is None:
+                return None
+            tree = trees[0]
+            if not isinstance(tree, (*_QUERY_ROOTS, exp.Insert, exp.Update, exp.Delete)):
+                return None
+            uses.query(tree, _Scope())
+        return tuple(uses.found)
+    except (SqlglotError, RecursionError, _Unknown, _NoLineage):
+        return None
+    except Exception:  # a tree shape not foreseen: fail closed
+        logging.getLogger(__name__).warning("computed uses failed", exc_info=True)
+        return None
+
+
+def _query_of(chunk: list[Token]) -> list[Token] | None:
+    """The query a statement runs or plans (raises _NoLineage when it may hold
+    one this does not find); None: it holds none."""
+    lead = "(" if chunk[0].token_type is _L_PAREN else chunk[0].text.upper()
+    if lead in _QUERY_LEADS or lead in _DML_LEADS:
+        return chunk
+    if lead in _NO_ROWS_LEADS and lead != "SET":
+        return None
+    start = next((i for i, t in enumerate(chunk) if t.text.upper() in _QUERY_WORDS), None)
+    if start is None:
+        if lead in _NO_QUERY_LEADS or lead == "SET":
+            return None
+        raise _NoLineage(f"{lead} not understood")
+    inner = chunk[start:]
+    if lead == "COPY":
+        depth = 1
+        for i, token in enumerate(inner):
+            depth += {_L_PAREN: 1, _R_PAREN: -1}.get(token.token_type, 0)
+            if depth == 0:
+                return inner[:i]
+        raise _NoLineage("COPY query not understood")
+    if lead == "SET":
+        raise _NoLineage("SET with a query")
+    return inner
+
+
+def _bare(item: exp.Expr) -> bool:
+    """A select-list item that passes a column's value on untouched."""
+    node = item.this if isinstance(item, exp.Alias) else item
+    while isinstance(node, exp.Paren):
+        node = node.this
+    if isinstance(node, exp.Star):
+        return True
+    return isinstance(node, exp.Column) and isinstance(node.this, exp.Identifier | exp.Star)
+
+
+class _Uses(_Lineage):
+    """The lineage walk, noting every use of a column that is not passing it on."""
+
+    def __init__(self, search_path: tuple[str, ...], columns: ColumnLookup) -> None:
+        super().__init__(search_path, columns)
+        self.found: list[Use] = []
+
+    def use(self, kind: str, node: Any, scope: _Scope) -> None:
+        for part in node if isinstance(node, list) else [node]:
+            if isinstance(part, exp.Expr):
+                sources = self.expression(part, scope)
+                if sources:
+                    self.found.append((kind, sources))
+
+    def note(self, kind: str, sources: frozenset[Source]) -> None:
+        if sources:
+            self.found.append((kind, sources))
+
+    def query(self, tree: exp.Expr, scope: _Scope) -> _Columns:
+        out = super().query(tree, scope)
+        if isinstance(tree, exp.SetOperation):
+            if tree.args.get("distinct") or not isinstance(tree, exp.Union):
+                # Rows compared with each other: which come out tells about them.
+                for _, sources in out:
+                    self.note(PREDICATE, sources)
+            self.clauses(tree, scope, out, {"with_", "this", "expression", "distinct", "by_name"})
+        return out
+
+    def select(self, tree: exp.Select, scope: _Scope) -> _Columns:
+        out = super().select(tree, scope)
+        groups = self.from_(tree, scope)
+        inner = scope.inner(tuple(rel for group in groups for rel, _ in group))
+        for join in tree.args.get("joins") or []:
+            self.join(join, inner)
+        for item in tree.expressions:
+            if not _bare(item):
+                self.use(COMPUTED, item, inner)
+        self.clauses(tree, inner, out, _SELECT_SKIPPED)
+        return out
+
+    def join(self, join: exp.Expr, scope: _Scope) -> None:
+        self.use(PREDICATE, join.args.get("on"), scope)
+        for part in join.args.get("using") or []:
+            ident = part.this if isinstance(part, exp.Column) else part
+            self.note(PREDICATE, self.unqualified(_folded(ident), scope))
+        for key, value in join.args.items():
+            if key not in {"this", "on", "using", "kind", "side", "method"} and value:
+                if not isinstance(value, exp.Expr | list):
+                    continue
+                self.use(COMPUTED, value, scope)
+
+    def clauses(self, tree: exp.Expr, scope: _Scope, out: _Columns, skipped: Iterable[str]) -> None:
+        for key, value in tree.args.items():
+            if key in skipped or value is None or isinstance(value, bool | str):
+                continue
+            kind = PREDICATE if key in _ORDERING else COMPUTED
+            if key in {"order", "group"} and isinstance(value, exp.Expr):
+                for item in value.expressions:
+                    target = item.this if isinstance(item, exp.Ordered) else item
+                    self.note(kind, self.ordering(target, scope, out))
+                rest = {k: v for k, v in value.args.items() if k != "expressions"}
+                for part in rest.values():
+                    if isinstance(part, exp.Expr | list):
+                        self.use(kind, part, scope)
+            elif key == "distinct" and isinstance(value, exp.Distinct):
+                on = value.args.get("on")
+                if on is None:
+                    for _, sources in out:
+                        self.note(kind, sources)
+                else:
+                    for item in on.expressions if isinstance(on, exp.Tuple) else [on]:
+                        self.note(kind, self.ordering(item, scope, out))
+            else:
+                self.use(kind, value, scope)
+
+    def ordering(self, target: exp.Expr, scope: _Scope, out: _Columns) -> frozenset[Source]:
+        """An ORDER BY / GROUP BY / DISTINCT ON item: a position or an output
+        name stands for that result column."""
+        if isinstance(target, exp.Literal) and not target.is_string:
+            index = int(str(target.this)) - 1 if str(target.this).isdigit() else -1
+            if not 0 <= index < len(out):
+                raise _NoLineage("position past the select list")
+            return out[index][1]
+        if isinstance(target, exp.Column) and not target.args.get("table"):
+            name = _folded(target.this) if isinstance(target.this, exp.Identifier) else None
+            named = [s for n, s in out if n == name]
+            try:
+                found = self.expression(target, scope)
+            except _NoLineage:
+                if not named:
+                    raise
+                found = _EMPTY
+            return _all_of([found, *named])
+        return self.expression(target, scope)
+
+    def values(self, tree: exp.Values, scope: _Scope) -> _Columns:
+        out = super().values(tree, scope)
+        for row in tree.expressions:
+            for item in row.expressions if isinstance(row, exp.Tuple) else [row]:
+                if not _bare(item):
+                    self.use(COMPUTED, item, scope)
+        return out
+
+    def function(self, func: exp.Expr, alias: Any, scope: _Scope) -> _Rel:
+        rel = super().function(func, alias, scope)
+        # A set-returning function's rows depend on its arguments.
+        self.note(COMPUTED, rel.whole)
+        return rel
+
+    def dml(self, tree: exp.Expr, scope: _Scope) -> _Columns:
+        out = super().dml(tree, scope)
+        target = tree.this.this if isinstance(tree.this, exp.Schema) else tree.this
+        rel = self.written(tree, self.table(target, _Scope(scope.levels)), scope)
+        rels: list[_Rel] = [rel]
+        if isinstance(tree, exp.Update):
+            for join in tree.args.get("joins") or []:
+                self.join(join, scope.inner((rel,)))
+            rels.extend(r for g in self.from_(tree, scope.inner((rel,))) for r, _ in g)
+        elif isinstance(tree, exp.Delete):
+            for using in tree.args.get("using") or []:
+                rels.append(self.from_item(using, scope.inner((rel,))))
+        inner = scope.inner(tuple(rels))
+        for key, value in tree.args.items():
+            if key in _DML_SKIPPED or value is None or isinstance(value, bool | str):
+                continue
+            if key == "expressions" and isinstance(tree, exp.Update):
+                for assignment in value:
+                    self.use(COMPUTED, assignment.expression, inner)
+            elif key == "conflict":
+                excluded = _Rel("excluded", None, rel.columns, rel.whole)
+                self.use(COMPUTED, value, scope.inner((rel, excluded)))
+            else:
+                self.use(PREDICATE if key == "where" else COMPUTED, value, inner)
+        returning = tree.args.get("returning")
+        if returning is not None:
+            for item in returning.expressions:
+                if not _bare(item):
+                    self.use(COMPUTED, item, inner)
+        return out

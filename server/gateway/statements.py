@@ -534,7 +534,10 @@ def _text_params(msg: Bind) -> tuple[str | None, ...]:
     return tuple(out)
 
 
-_SIDE_CHANNELS = frozenset({"set_config", "pg_notify"})
+# Functions whose effect outlives the statement and that the session can read
+# back: a setting (current_setting), a notification, an advisory lock (pg_locks
+# shows its keys, which may be computed from any value the statement read).
+_SIDE_CHANNELS = frozenset({"set_config", "pg_notify", "pg_advisory_*", "pg_try_advisory_*"})
 
 
 def _masked(policy: MaskingPolicy | None, scope: str, groups: Iterable[str]) -> bool:
@@ -566,7 +569,8 @@ def guard_setup(
             # The masking hooks refuse a result only after the server ran the
             # statement, so functions whose effect outlives the statement could
             # carry a masked value out (set_config then current_setting,
-            # pg_notify): refuse them before they run in a masked session.
+            # pg_notify, an advisory lock's key in pg_locks): refuse them
+            # before they run in a masked session, whatever its inference setting.
             rules = replace(rules, functions_deny=rules.functions_deny | _SIDE_CHANNELS)
         # The server checked the value at login (and the gateway before it).
         path = session_search_path(relay.parameters.get("search_path"), live.credential.username)

@@ -348,3 +348,116 @@ def test_statistics_and_dynamic_sql(sql: str, rule: str | None) -> None:
 def test_a_trusted_entry_does_not_trust_dynamic_sql() -> None:
     sql = "select query_to_xml('select ssn from people', true, false, '')"
     assert _attribute_rule(sql, frozenset({"query_to_xml"})) == "masking.dynamic_sql"
+
+
+COMPUTED = "masking.computed"
+
+
+@pytest.mark.parametrize(
+    ("sql", "rule"),
+    [
+        # A masked column may be selected, passed through untouched...
+        ("select ssn from people", None),
+        ("select id, ssn as s from people where id = 1", None),
+        ("select (ssn) from people", None),
+        ("select * from people", None),
+        ("select p.* from people p", None),
+        ("select x from (select ssn as x from people) s", None),
+        ("with c as (select ssn from people) select ssn from c", None),
+        ("select ssn from people union all select name from people", None),
+        ("select s.x from (select ssn as x, id from people) s where s.id = 3", None),
+        ("select id, name from people order by name", None),
+        ("select count(*) from people", None),
+        ("select count(*) from people where name like 'A%'", None),
+        ("begin; select ssn from people; commit", None),
+        ("update people set name = 'x' where id = 1", None),
+        ("select upper(b) from t where a = 1", None),
+        ("select ascii(ssn) from public.people", None),
+        # ...not computed with: its value would show in errors, row counts,
+        # timing or locks, whatever the output is masked to.
+        ("select upper(ssn) from people", COMPUTED),
+        ("select ssn || '' from people", COMPUTED),
+        ("select ssn::int from people", COMPUTED),
+        ("select cast(ssn as regtype) from people", COMPUTED),
+        ("select current_setting(ssn) from people where id = 1", COMPUTED),
+        ("select 1/(case when ssn like '1%' then 0 else 1 end) from people", COMPUTED),
+        ("select pg_sleep(case when ssn like '1%' then 2 else 0 end) from people", COMPUTED),
+        ("select count(ssn) from people", COMPUTED),
+        ("select min(ssn) from people", COMPUTED),
+        ("select (select ssn from people limit 1)", COMPUTED),
+        ("select p.ssn = 'x' from people p", COMPUTED),
+        ("select pg_advisory_lock(ascii(substr(ssn, 1, 1))) from people", COMPUTED),
+        ("select id from people p, generate_series(1, ascii(substr(p.ssn, 1, 1)))", COMPUTED),
+        (
+            "select count(*) from (select id, generate_series(1, ascii(ssn)) from people) s",
+            COMPUTED,
+        ),
+        (
+            "select count(*) from (select 1 from generate_series(1, 200)"
+            " limit (select ascii(ssn) from people where id = 1)) s",
+            COMPUTED,
+        ),
+        ("select x from (select upper(ssn) as x from people) s", COMPUTED),
+        ("select upper(x) from (select ssn as x from people) s", COMPUTED),
+        ("with c as (select ssn as x from people) select length(x) from c", COMPUTED),
+        ("select id from people_v where id = 1 and length(ssn) > 0", INFERENCE),
+        ("select length(ssn) from people_v", COMPUTED),
+        ("update people set name = upper(ssn) where id = 1", WRITE),
+        ("explain analyze select upper(ssn) from people", COMPUTED),
+        ("prepare q as select upper(ssn) from people", COMPUTED),
+        # Rows compared with each other, or with a constant, tell about them.
+        ("select ssn from people union select '123'", INFERENCE),
+        ("select ssn from people intersect select '123'", INFERENCE),
+        ("select distinct ssn from people", INFERENCE),
+        # Derived columns keep their lineage: an alias named like a clear
+        # column is still the masked one.
+        ("select id from (select id, ssn as name from people) s where name like '1%'", INFERENCE),
+        ("select id from (select id, ssn as name from people) s where s.name like '1%'", INFERENCE),
+        (
+            "with s as (select id, ssn as name from people) select id from s where name = '1'",
+            INFERENCE,
+        ),
+        ("select id from (select id, substr(ssn, 1, 1) as name from people) s", COMPUTED),
+        ("select id from (select id, ssn as name from people) s order by name", INFERENCE),
+        ("select id from (select id, ssn as name from people) s group by 1, name", INFERENCE),
+        (
+            "select s.id from (select id, ssn as name from people) s join t on t.b = s.name",
+            INFERENCE,
+        ),
+        # What cannot be read is refused.
+        ("select nosuch from people", COMPUTED),
+        ("with recursive r as (select ssn from people) select ssn from r", COMPUTED),
+    ],
+)
+def test_computed(sql: str, rule: str | None) -> None:
+    assert _inference_rule(sql) == rule
+
+
+def test_computed_follows_the_inference_setting() -> None:
+    sql = "select upper(ssn) from people"
+    assert _inference_rule(sql, inference=Outcome.ALLOW) is None
+    session = MaskedSession(
+        ("app", "public"),
+        lambda n: str(n) in HELD,
+        lambda n: str(n) in MASKED,
+        FUNCTIONS,
+        inference=Outcome.REVIEW,
+        columns=lambda n: COLUMNS.get(str(n), {}),
+    )
+    decision = masking_decision(analyze(sql, search_path=(UNQUALIFIED,)), session, sql)
+    assert (decision.outcome, decision.rule) == (Outcome.REVIEW, COMPUTED)
+    assert decision.hint is not None and "select the masked column itself" in decision.hint
+
+
+def test_computed_resolves_names_with_the_session_path() -> None:
+    sql = "select upper(ssn) from people"
+    for path, rule in ((("app", "public"), COMPUTED), (("public", "app"), None)):
+        session = MaskedSession(
+            path,
+            lambda n: str(n) in HELD,
+            lambda n: str(n) in MASKED,
+            FUNCTIONS,
+            columns=lambda n: COLUMNS.get(str(n), {}),
+        )
+        decision = masking_decision(analyze(sql, search_path=(UNQUALIFIED,)), session, sql)
+        assert (None if decision.outcome is Outcome.ALLOW else decision.rule) == rule

@@ -59,12 +59,33 @@ not applied with ``inference: allow``)
     table (aliases are not resolved), so a clear column that shares its name
     with a masked one of another relation read counts as masked, and so does a
     name none of them has (a whole-row reference, a CTE's column); a text the
-    gateway cannot read is refused.
+    gateway cannot read is refused.  Then, with names resolved through
+    subqueries and CTEs (``sqlcheck.computed_uses``): a predicate, grouping
+    or ordering on a derived column whose lineage holds a masked column
+    (``select id from (select id, ssn as name from people) s where name like
+    '1%'``), a set operation that compares rows (UNION, INTERSECT, EXCEPT)
+    and DISTINCT over one.
+``masking.computed`` (as ``inference``: refused, reviewed or not applied)
+    a statement that reads a relation with masked columns and uses one other
+    than as a bare output: a select-list or RETURNING item that is the column
+    itself (aliased, parenthesised, ``*``, ``t.*``), passed on untouched
+    through subqueries, CTEs and UNION ALL.  A masked column may be selected,
+    not computed with: a function, operator, cast, CASE, aggregate,
+    set-returning function, LIMIT or scalar subquery over it tells its value
+    through an error or none, an error text, a row count, the time taken or
+    a lock, whatever its output is masked to.  A statement whose uses
+    ``computed_uses`` cannot establish (a name no relation in scope has, a
+    recursive CTE, MERGE, an unreadable text) is refused too.
 
 Relations are resolved as the masking hooks resolve them
 (``masking_relay.touched_relations``): the statement is analysed with
 ``masking_relay.UNQUALIFIED`` as its search_path, and an unqualified name is
 the first schema of the session's path that holds it.
+
+The advisory-lock functions, whose keys ``pg_locks`` shows, are refused in
+every masked session by the guardrails (``statements._SIDE_CHANNELS``), with
+``set_config`` and ``pg_notify``: with ``inference: allow`` nothing here stops a
+masked value from being computed into a key.
 
 Known limits: a user-defined operator or cast, a trigger, a column default or a view
 over a function runs functions that the statement does not name; a function

@@ -69,7 +69,10 @@ PARTITION BY), for masking's inference rule; None when it cannot be read.
 of the statement that returns rows, the base columns its value may be
 computed from (expressions, aggregates, whole rows, ``*``, subqueries, CTEs,
 set operations, RETURNING), over-approximated; None when that cannot be
-established, for masking to fail closed on.
+established, for masking to fail closed on.  ``computed_uses(sql,
+search_path, columns)`` walks the same way and names every place a base
+column is used other than by passing its value on (computed with, filtered,
+grouped, sorted, compared), for masking's ``computed`` rule.
 
 Results are cached by (text, search_path, limits, parameters) in a bounded LRU
 (texts up to 16 KiB, 4096 entries, 8 M characters in all) so a statement the

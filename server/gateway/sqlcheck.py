@@ -3731,13 +3731,30 @@ class _Uses(_Lineage):
         for join in tree.args.get("joins") or []:
             self.join(join, inner)
         for item in tree.expressions:
-            if not _bare(item):
+            if not _bare(item) or self.attribute_call(item, inner):
                 self.use(COMPUTED, item, inner)
         self.clauses(tree, inner, out, _SELECT_SKIPPED)
         return out
 
+    def attribute_call(self, item: exp.Expr, scope: _Scope) -> bool:
+        """``t.f`` where ``t`` has no column ``f``: PostgreSQL runs ``f(t)``."""
+        node = item.this if isinstance(item, exp.Alias) else item
+        while isinstance(node, exp.Paren):
+            node = node.this
+        if not isinstance(node, exp.Column) or not isinstance(node.this, exp.Identifier):
+            return False
+        table = node.args.get("table")
+        if table is None:
+            return False
+        name = _folded(node.this)
+        rels = self.rels_named(_folded(table), node, scope)
+        return not rels or any(r.named(name) is None for r in rels)
+
     def join(self, join: exp.Expr, scope: _Scope) -> None:
         self.use(PREDICATE, join.args.get("on"), scope)
+        if str(join.args.get("method") or "").upper() == "NATURAL":
+            # Compares every column the two sides share: any of them.
+            self.note(PREDICATE, _all_of(r.whole for r in scope.levels[0]))
         for part in join.args.get("using") or []:
             ident = part.this if isinstance(part, exp.Column) else part
             self.note(PREDICATE, self.unqualified(_folded(ident), scope))

@@ -194,3 +194,30 @@ def test_selecting_masked_columns_still_works(
     assert res.returncode == 0, res.stderr
     _clear_of(res.stdout, secrets)
     assert callable(check) and check(res.stdout.strip()), res.stdout
+
+
+def test_prepared_statements_are_judged_alike(session: HeldSession, secrets: list[str]) -> None:
+    with psycopg.connect(session.dsn(), autocommit=True) as conn:
+        for sql in (
+            "select substr(email, %s, 1)::int from customers where id = 1",
+            "select count(*) from customers c, generate_series(1, ascii(substr(c.email, %s, 1)))"
+            " where c.id = 1",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match=r"masking\.computed"):
+                conn.execute(sql, (1,), prepare=True)
+        rows = conn.execute("select id, email from customers where id = %s", (1,)).fetchall()
+        assert len(rows) == 1
+        _clear_of(repr(rows), secrets)
+
+
+def test_natural_join_and_whole_row_functions_are_refused(
+    session: HeldSession, secrets: list[str]
+) -> None:
+    _refused(
+        session,
+        "select c.id from customers c natural join (select id, email from customers) s",
+        INFERENCE,
+        secrets,
+    )
+    _refused(session, "select length(c::text) from customers c where id = 1", COMPUTED, secrets)
+    _refused(session, "select c.pg_column_size from customers c where id = 1", COMPUTED, secrets)

@@ -424,6 +424,11 @@ COMPUTED = "masking.computed"
             "select s.id from (select id, ssn as name from people) s join t on t.b = s.name",
             INFERENCE,
         ),
+        # A NATURAL join compares every shared column; t.f may be f(t).
+        ("select p.id from people p natural join people_v", INFERENCE),
+        ("select p.pg_column_size from people p", COMPUTED),
+        ("select app.people.ssn from app.people", None),
+        ("table people", None),
         # What cannot be read is refused.
         ("select nosuch from people", COMPUTED),
         ("with recursive r as (select ssn from people) select ssn from r", COMPUTED),

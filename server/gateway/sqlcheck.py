@@ -3686,6 +3686,10 @@ def _query_of(chunk: list[Token]) -> list[Token] | None:
     return inner
 
 
+def _is_all(node: Any) -> bool:
+    return isinstance(node, exp.Var) and str(node.this).upper() == "ALL"
+
+
 def _bare(item: exp.Expr) -> bool:
     """A select-list item that passes a column's value on untouched."""
     node = item.this if isinstance(item, exp.Alias) else item
@@ -3769,6 +3773,8 @@ class _Uses(_Lineage):
             if key in skipped or value is None or isinstance(value, bool | str):
                 continue
             kind = PREDICATE if key in _ORDERING else COMPUTED
+            if isinstance(value, exp.Limit) and _is_all(value.expression):
+                continue  # LIMIT ALL
             if key in {"order", "group"} and isinstance(value, exp.Expr):
                 for item in value.expressions:
                     target = item.this if isinstance(item, exp.Ordered) else item

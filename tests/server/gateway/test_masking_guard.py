@@ -429,6 +429,8 @@ COMPUTED = "masking.computed"
         ("select p.pg_column_size from people p", COMPUTED),
         ("select app.people.ssn from app.people", None),
         ("table people", None),
+        ("select ssn from people where id = 1 limit all", None),
+        ("select ssn from people where id = 1 fetch first 1 rows only", None),
         # What cannot be read is refused.
         ("select nosuch from people", COMPUTED),
         ("with recursive r as (select ssn from people) select ssn from r", COMPUTED),

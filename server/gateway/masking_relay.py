@@ -203,6 +203,12 @@ class _Portal:
 # client's own text, the server's source location, and the names of the schema,
 # table, column, type and constraint involved.
 _NAMING_FIELDS = frozenset("SVCPFLRstcdn")
+# Errors whose texts are about the session, never about a value: privileges
+# (the database's own column walls), cancellation, shutdown, an aborted
+# transaction, serialization failures and deadlocks.
+_VALUELESS_ERRORS = frozenset(
+    {"42501", "57014", "57P01", "57P02", "57P03", "25P02", "40001", "40P01"}
+)
 WITHHELD_HINT = (
     "the statement reads masked columns; run it without them to see the server's message"
 )
@@ -619,6 +625,7 @@ class MaskingHooks:
         if (
             fields
             and not own
+            and fields.get("C") not in _VALUELESS_ERRORS
             and head is not None
             and head.kind in ("Q", "X")
             and self._touches_masked(head)

@@ -722,7 +722,8 @@ ANY_COLUMN = "*"
 def predicate_columns(sql: str, *, max_len: int = DEFAULT_MAX_LEN) -> frozenset[str] | None:
     """The names of the columns ``sql`` refers to where they decide which rows
     are touched, how they are grouped or ordered: WHERE, HAVING, JOIN ON and
-    USING, GROUP BY, ORDER BY, DISTINCT ON and window PARTITION BY, in every
+    USING, GROUP BY, ORDER BY, DISTINCT ON, window PARTITION BY and the target
+    of ON CONFLICT, in every
     statement and subquery.  A position or an output name in GROUP BY / ORDER
     BY stands for the columns of that select-list entry.  Names are folded as
     PostgreSQL folds them, without their table (an alias says nothing without
@@ -897,6 +898,13 @@ def _predicate_columns(tree: exp.Expr, found: set[str]) -> None:
         elif isinstance(node, exp.Window):
             for part in node.args.get("partition_by") or []:
                 found.update(_column_names(part))
+        elif isinstance(node, exp.OnConflict):
+            # The conflict target decides which row is updated: ``on conflict
+            # (email) do update ... returning id`` names the row holding a guess.
+            for key in node.args.get("conflict_keys") or []:
+                found.update(_column_names(key))
+            if node.args.get("constraint") is not None:
+                found.add(ANY_COLUMN)  # a constraint's columns are not in the text
         elif isinstance(node, exp.Group | exp.Order):
             for item in node.expressions:
                 target = item.this if isinstance(item, exp.Ordered) else item

@@ -468,3 +468,24 @@ def test_computed_resolves_names_with_the_session_path() -> None:
         )
         decision = masking_decision(analyze(sql, search_path=(UNQUALIFIED,)), session, sql)
         assert (None if decision.outcome is Outcome.ALLOW else decision.rule) == rule
+
+
+@pytest.mark.parametrize(
+    ("sql", "rule"),
+    [
+        # The conflict target picks the row that holds a guessed value.
+        ("insert into people (id, ssn) values (9, '123') on conflict (ssn) do nothing", INFERENCE),
+        (
+            "insert into people (id, ssn) values (9, '123') on conflict (ssn) "
+            "do update set name = 'x' returning id",
+            INFERENCE,
+        ),
+        (
+            "insert into people (id) values (9) on conflict on constraint people_pkey do nothing",
+            INFERENCE,
+        ),
+        ("insert into t (id) values (9) on conflict (a) do nothing", None),
+    ],
+)
+def test_a_conflict_target_is_a_predicate(sql: str, rule: str | None) -> None:
+    assert _inference_rule(sql) == rule

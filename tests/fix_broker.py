@@ -205,6 +205,26 @@ def demo_policy(*, target: str = "", scopes: str = "") -> str:
     return text.rstrip("\n") + "\n" + scopes if scopes else text
 
 
+# The masking most masking tests use: the demo's e-mails keep only their domain,
+# card numbers are redacted.
+CUSTOMER_MASKING = """\
+    masking:
+      rules:
+        - column: public.customers.email
+          method: partial
+          keep: domain
+        - column: public.customers.card_number
+          method: redact
+"""
+
+
+def masked_demo_policy(*settings: str) -> str:
+    """The demo policy with :data:`CUSTOMER_MASKING` and further ``masking``
+    settings (``"inference: allow"``, ...)."""
+    extra = "".join(f"      {setting}\n" for setting in settings)
+    return demo_policy(target=CUSTOMER_MASKING + extra)
+
+
 @contextmanager
 def running_broker(demo_target: DemoTarget, policy: str | None = None) -> Iterator[Broker]:
     """A broker of its own with ``policy``, stopped (and killed if need be) afterwards."""

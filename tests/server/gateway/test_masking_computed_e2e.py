@@ -16,20 +16,11 @@ import psycopg
 import pytest
 
 from server.demo.provision import DemoTarget
-from tests.fix_broker import Broker, demo_policy, running_broker
+from tests.fix_broker import Broker, masked_demo_policy, running_broker
 from tests.fix_session import HeldSession, held_session
 
 pytestmark = pytest.mark.slow
 
-MASKING = """\
-    masking:
-      rules:
-        - column: public.customers.email
-          method: partial
-          keep: domain
-        - column: public.customers.card_number
-          method: redact
-"""
 COMPUTED = "masking.computed"
 INFERENCE = "masking.inference"
 LOCKS = "guardrails.function_denied"
@@ -37,7 +28,7 @@ LOCKS = "guardrails.function_denied"
 
 @pytest.fixture(scope="module")
 def broker(demo_target: DemoTarget) -> Iterator[Broker]:
-    with running_broker(demo_target, demo_policy(target=MASKING)) as b:
+    with running_broker(demo_target, masked_demo_policy()) as b:
         yield b
 
 

@@ -15,21 +15,10 @@ import pytest
 
 from server.demo.provision import DemoTarget
 from server.pgcluster import LocalCluster
-from tests.fix_broker import demo_policy, running_broker
+from tests.fix_broker import masked_demo_policy, running_broker
 from tests.fix_session import HeldSession, held_session
 
 pytestmark = pytest.mark.slow
-
-MASKING = """\
-    masking:
-      rules:
-        - column: public.customers.email
-          method: partial
-          keep: domain
-        - column: public.customers.card_number
-          method: redact
-      inference: allow
-"""
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +32,7 @@ def clear(pg_cluster: LocalCluster, demo_target: DemoTarget) -> tuple[str, str]:
 
 @pytest.fixture(scope="module")
 def session(demo_target: DemoTarget) -> Iterator[HeldSession]:
-    policy = demo_policy(target=MASKING)
+    policy = masked_demo_policy("inference: allow")
     with running_broker(demo_target, policy) as b, held_session(b, "--scope", "read") as s:
         yield s
 

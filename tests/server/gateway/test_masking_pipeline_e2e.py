@@ -17,21 +17,12 @@ import pytest
 
 from server.demo.provision import DemoTarget
 from server.gateway.pgwire import Bind, Close, Describe, Execute, Message, Parse, Query, Sync
-from tests.fix_broker import demo_policy, running_broker
+from tests.fix_broker import masked_demo_policy, running_broker
 from tests.fix_pgwire import RawClient, rows_and_error
 from tests.fix_session import HeldSession, held_session
 
 pytestmark = pytest.mark.slow
 
-MASKING = """\
-    masking:
-      rules:
-        - column: public.customers.email
-          method: partial
-          keep: domain
-        - column: public.customers.card_number
-          method: redact
-"""
 CLEAR = "select id::text as a, city as b from customers order by id limit 3"
 MASKED = "select email as a, card_number as b from customers order by id limit 3"
 CLEAR_EMAIL = re.compile(r"[^*\s]@")
@@ -40,7 +31,7 @@ CARD = re.compile(r"\d{12,}")
 
 @pytest.fixture(scope="module")
 def session(demo_target: DemoTarget) -> Iterator[HeldSession]:
-    policy = demo_policy(target=MASKING)
+    policy = masked_demo_policy()
     with running_broker(demo_target, policy) as b, held_session(b, "--scope", "read") as s:
         yield s
 

@@ -17,27 +17,17 @@ import pytest
 
 from server.demo.provision import DemoTarget
 from server.pgcluster import LocalCluster
-from tests.fix_broker import demo_policy, running_broker
+from tests.fix_broker import masked_demo_policy, running_broker
 from tests.fix_session import HeldSession, held_session
 
 pytestmark = pytest.mark.slow
 
-MASKING = """\
-    masking:
-      rules:
-        - column: public.customers.email
-          method: partial
-          keep: domain
-        - column: public.customers.card_number
-          method: redact
-      trusted_functions: [public.masking_trusted]
-"""
 COPY = "masking_copy"
 SEED = ("seed@example.org", "0000")
 
 
 def _policy() -> str:
-    return demo_policy(target=MASKING)
+    return masked_demo_policy("trusted_functions: [public.masking_trusted]")
 
 
 @pytest.fixture(scope="module")

@@ -17,20 +17,11 @@ import pytest
 
 from server.demo.provision import DemoTarget
 from server.pgcluster import LocalCluster
-from tests.fix_broker import demo_policy, running_broker
+from tests.fix_broker import masked_demo_policy, running_broker
 from tests.fix_session import HeldSession, held_session
 
 pytestmark = pytest.mark.slow
 
-MASKING = """\
-    masking:
-      rules:
-        - column: public.customers.email
-          method: partial
-          keep: domain
-        - column: public.customers.card_number
-          method: redact
-"""
 SINK = "masking_sink"
 ROW = 7  # the customer the tests write to
 
@@ -48,7 +39,7 @@ def superuser(pg_cluster: LocalCluster, demo_target: DemoTarget) -> Iterator[psy
 
 @pytest.fixture(scope="module")
 def session(demo_target: DemoTarget, superuser: psycopg.Connection) -> Iterator[HeldSession]:
-    policy = demo_policy(target=MASKING)
+    policy = masked_demo_policy()
     with running_broker(demo_target, policy) as b, held_session(b, "--scope", "write") as s:
         yield s
 

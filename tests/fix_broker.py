@@ -104,6 +104,9 @@ class Broker:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if policy is not None:
             self.write_policy(policy)
+        # Only what this start writes counts: after a SIGKILL the log holds the
+        # previous run's "running" line and no "stopped" line after it.
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [
@@ -123,8 +126,10 @@ class Broker:
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            text = self.log_path.read_text(errors="replace")
-            if "dev broker is running" in text.split("dbaccess dev broker stopped")[-1]:
+            with self.log_path.open("rb") as f:
+                f.seek(offset)
+                text = f.read().decode(errors="replace")
+            if "dev broker is running" in text:
                 tail = text.rsplit("dev broker is running", 1)[1]
                 self.api_url = re.search(r"API:\s+(\S+)", tail).group(1)  # type: ignore[union-attr]
                 host, port = re.search(r"gateway:\s+(\S+):(\d+)", tail).groups()  # type: ignore[union-attr]

@@ -743,12 +743,10 @@ def _predicate_columns_cached(sql: str) -> frozenset[str] | None:
 
 
 def _read_predicate_columns(sql: str) -> frozenset[str] | None:
-    if "\x00" in sql:
+    tokens = _readable_tokens(sql)
+    if tokens is None:
         return None
     try:
-        tokens = _tokenize(sql)
-        if len(tokens) > MAX_TOKENS or _lexical_problem(sql, tokens):
-            return None
         found: set[str] = set()
         for chunk in _split(tokens):
             if not _chunk_predicates(sql, chunk, found):
@@ -758,18 +756,28 @@ def _read_predicate_columns(sql: str) -> frozenset[str] | None:
         return None
 
 
-def dotted_names(sql: str, *, max_len: int = DEFAULT_MAX_LEN) -> frozenset[str] | None:
-    """Every name written after a dot (``s.t``, ``p.col``, ``(p).f``), folded as
-    PostgreSQL folds it: where a function may be called in attribute notation
-    (``p.f`` is ``f(p)`` when ``p`` has no column ``f``).  None when the text
-    cannot be tokenized (never raises)."""
-    if len(sql) > max_len or "\x00" in sql:
+def _readable_tokens(sql: str) -> list[Token] | None:
+    """The tokens of ``sql`` for the readers below (predicates, dotted names,
+    lineage, uses), or None when they may not trust them: a NUL, more tokens
+    than the budget, or a gap PostgreSQL would read differently (never raises)."""
+    if "\x00" in sql:
         return None
     try:
         tokens = _tokenize(sql)
     except SqlglotError:
         return None
     if len(tokens) > MAX_TOKENS or _lexical_problem(sql, tokens):
+        return None
+    return tokens
+
+
+def dotted_names(sql: str, *, max_len: int = DEFAULT_MAX_LEN) -> frozenset[str] | None:
+    """Every name written after a dot (``s.t``, ``p.col``, ``(p).f``), folded as
+    PostgreSQL folds it: where a function may be called in attribute notation
+    (``p.f`` is ``f(p)`` when ``p`` has no column ``f``).  None when the text
+    cannot be tokenized (never raises)."""
+    tokens = _readable_tokens(sql) if len(sql) <= max_len else None
+    if tokens is None:
         return None
     return frozenset(
         _ident(token)
@@ -786,12 +794,10 @@ def passed_on_columns(sql: str, *, max_len: int = DEFAULT_MAX_LEN) -> frozenset[
     :func:`predicate_columns` (:data:`ANY_COLUMN` for a whole-row reference or
     ``*``).  None when the text is not one such statement sqlglot reads
     (MERGE, several statements, anything else; never raises)."""
-    if len(sql) > max_len or "\x00" in sql:
+    tokens = _readable_tokens(sql) if len(sql) <= max_len else None
+    if tokens is None:
         return None
     try:
-        tokens = _tokenize(sql)
-        if len(tokens) > MAX_TOKENS or _lexical_problem(sql, tokens):
-            return None
         chunks = list(_split(tokens))
         if len(chunks) != 1:
             return None
@@ -3029,12 +3035,10 @@ def _lineage_tree_cached(sql: str) -> exp.Expr | None:
 
 
 def _lineage_tree(sql: str) -> exp.Expr | None:
-    if "\x00" in sql:
+    tokens = _readable_tokens(sql)
+    if tokens is None:
         return None
     try:
-        tokens = _tokenize(sql)
-        if len(tokens) > MAX_TOKENS or _lexical_problem(sql, tokens):
-            return None
         chunks = [c for c in _split(tokens) if not _kw(c[0], *_NO_ROWS_LEADS)]
         if len(chunks) != 1:
             return None
@@ -3642,12 +3646,10 @@ def computed_uses(
     input is read, and the query inside EXPLAIN, PREPARE, DECLARE, CREATE ...
     AS and COPY (...); a statement of another kind that may hold one, a
     recursive CTE, MERGE or a name no relation in scope has gives None."""
-    if len(sql) > max_len or "\x00" in sql:
+    tokens = _readable_tokens(sql) if len(sql) <= max_len else None
+    if tokens is None:
         return None
     try:
-        tokens = _tokenize(sql)
-        if len(tokens) > MAX_TOKENS or _lexical_problem(sql, tokens):
-            return None
         uses = _Uses(search_path, columns)
         for chunk in _split(tokens):
             query = _query_of(chunk)

@@ -3646,21 +3646,14 @@ def computed_uses(
     input is read, and the query inside EXPLAIN, PREPARE, DECLARE, CREATE ...
     AS and COPY (...); a statement of another kind that may hold one, a
     recursive CTE, MERGE or a name no relation in scope has gives None."""
-    tokens = _readable_tokens(sql) if len(sql) <= max_len else None
-    if tokens is None:
+    if len(sql) > max_len:
+        return None
+    trees = _uses_trees_cached(sql) if len(sql) <= _CACHE_MAX_KEY else _uses_trees(sql)
+    if trees is None:
         return None
     try:
         uses = _Uses(search_path, columns)
-        for chunk in _split(tokens):
-            query = _query_of(chunk)
-            if query is None:
-                continue
-            trees = _parse(query, sql)
-            if len(trees) != 1 or trees[0] is None:
-                return None
-            tree = trees[0]
-            if not isinstance(tree, (*_QUERY_ROOTS, exp.Insert, exp.Update, exp.Delete)):
-                return None
+        for tree in trees:
             uses.query(tree, _Scope())
         return tuple(uses.found)
     except (SqlglotError, RecursionError, _Unknown, _NoLineage):
@@ -3668,6 +3661,40 @@ def computed_uses(
     except Exception:  # a tree shape not foreseen: fail closed
         logging.getLogger(__name__).warning("computed uses failed", exc_info=True)
         return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _uses_trees_cached(sql: str) -> tuple[exp.Expr, ...] | None:
+    # Checked before every run of a statement in a masked session: the text is
+    # parsed once (the trees are only read, as for the lineage); what uses it
+    # depends on the catalog and is worked out each time.
+    return _uses_trees(sql)
+
+
+def _uses_trees(sql: str) -> tuple[exp.Expr, ...] | None:
+    """The query of each statement of ``sql`` that holds one, or None."""
+    tokens = _readable_tokens(sql)
+    if tokens is None:
+        return None
+    trees: list[exp.Expr] = []
+    try:
+        for chunk in _split(tokens):
+            query = _query_of(chunk)
+            if query is None:
+                continue
+            parsed = _parse(query, sql)
+            if len(parsed) != 1 or parsed[0] is None:
+                return None
+            tree = parsed[0]
+            if not isinstance(tree, (*_QUERY_ROOTS, exp.Insert, exp.Update, exp.Delete)):
+                return None
+            trees.append(tree)
+    except (SqlglotError, RecursionError, _Unknown, _NoLineage):
+        return None
+    except Exception:  # a form sqlglot fails on unforeseen: fail closed
+        logging.getLogger(__name__).warning("reading a statement's uses failed", exc_info=True)
+        return None
+    return tuple(trees)
 
 
 def _query_of(chunk: list[Token]) -> list[Token] | None:

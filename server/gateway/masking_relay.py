@@ -616,18 +616,17 @@ class MaskingHooks:
         self.copying = False
         msg = pgwire.decode_backend(raw)
         fields: dict[str, str] = msg.fields if isinstance(msg, ErrorResponse) else {}
-        own = fields.get("C") == SQLSTATE and fields.get("M", "").startswith("dbaccess:")
+        code = fields.get("C")
         if head is not None and head.kind in ("Q", "X"):
-            head.sqlstate = fields.get("C")
-            if own:
+            head.sqlstate = code
+            if code == SQLSTATE and fields.get("M", "").startswith("dbaccess:"):
                 head.decision = "blocked"
         self._skip_to_sync()
         if (
-            fields
-            and not own
-            and fields.get("C") not in _VALUELESS_ERRORS
-            and head is not None
+            head is not None
             and head.kind in ("Q", "X")
+            # The gateway's own refusals are 42501 too, so they keep their text.
+            and code not in _VALUELESS_ERRORS
             and self._touches_masked(head)
         ):
             return ErrorResponse(_withheld(fields)).encode()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.gateway.guardrails import Outcome
+from server.gateway.guardrails import Decision, Outcome
 from server.gateway.masking_guard import UNQUALIFIED, MaskedSession, masking_decision
 from server.gateway.sqlcheck import Name, analyze
 
@@ -24,7 +24,10 @@ def _session(
     trusted: frozenset[str] = frozenset(),
     functions: frozenset[str] | None = FUNCTIONS,
     catalog_first: bool = True,
+    columns: bool = False,
+    inference: Outcome = Outcome.BLOCK,
 ) -> MaskedSession:
+    """A masked session; ``columns``: the catalog knows the columns of COLUMNS."""
     return MaskedSession(
         path,
         lambda n: str(n) in HELD,
@@ -32,7 +35,13 @@ def _session(
         functions,
         trusted,
         catalog_first,
+        columns=(lambda n: COLUMNS.get(str(n), {})) if columns else (lambda _n: {}),
+        inference=inference,
     )
+
+
+def _decision(sql: str, session: MaskedSession) -> Decision:
+    return masking_decision(analyze(sql, search_path=(UNQUALIFIED,)), session, sql)
 
 
 def _rule(sql: str, session: MaskedSession | None = None) -> str | None:
@@ -150,15 +159,7 @@ INFERENCE = "masking.inference"
 
 
 def _inference_rule(sql: str, *, inference: Outcome = Outcome.BLOCK) -> str | None:
-    session = MaskedSession(
-        ("app", "public"),
-        lambda n: str(n) in HELD,
-        lambda n: str(n) in MASKED,
-        FUNCTIONS,
-        inference=inference,
-        columns=lambda n: COLUMNS.get(str(n), {}),
-    )
-    decision = masking_decision(analyze(sql, search_path=(UNQUALIFIED,)), session, sql)
+    decision = _decision(sql, _session(columns=True, inference=inference))
     return None if decision.outcome is Outcome.ALLOW else decision.rule
 
 
@@ -209,33 +210,17 @@ def test_inference_allow_lets_predicates_through() -> None:
 
 def test_inference_review_sends_the_statement_for_review() -> None:
     sql = "select id from people where ssn like '123%'"
-    session = MaskedSession(
-        ("app", "public"),
-        lambda n: str(n) in HELD,
-        lambda n: str(n) in MASKED,
-        FUNCTIONS,
-        inference=Outcome.REVIEW,
-        columns=lambda n: COLUMNS.get(str(n), {}),
-    )
-    decision = masking_decision(analyze(sql, search_path=(UNQUALIFIED,)), session, sql)
+    session = _session(columns=True, inference=Outcome.REVIEW)
+    decision = _decision(sql, session)
     assert (decision.outcome, decision.rule) == (Outcome.REVIEW, INFERENCE)
     # A write that copies masked values is still refused outright.
     copy = "insert into t select ssn from people where ssn like '1%'"
-    decision = masking_decision(analyze(copy, search_path=(UNQUALIFIED,)), session, copy)
+    decision = _decision(copy, session)
     assert (decision.outcome, decision.rule) == (Outcome.BLOCK, WRITE)
 
 
 def _attribute_rule(sql: str, trusted: frozenset[str] = frozenset()) -> str | None:
-    session = MaskedSession(
-        ("app", "public"),
-        lambda n: str(n) in HELD,
-        lambda n: str(n) in MASKED,
-        FUNCTIONS,
-        trusted,
-        columns=lambda n: COLUMNS.get(str(n), {}),
-        inference=Outcome.ALLOW,
-    )
-    decision = masking_decision(analyze(sql, search_path=(UNQUALIFIED,)), session, sql)
+    decision = _decision(sql, _session(trusted=trusted, columns=True, inference=Outcome.ALLOW))
     return None if decision.outcome is Outcome.ALLOW else decision.rule
 
 
@@ -443,15 +428,8 @@ def test_computed(sql: str, rule: str | None) -> None:
 def test_computed_follows_the_inference_setting() -> None:
     sql = "select upper(ssn) from people"
     assert _inference_rule(sql, inference=Outcome.ALLOW) is None
-    session = MaskedSession(
-        ("app", "public"),
-        lambda n: str(n) in HELD,
-        lambda n: str(n) in MASKED,
-        FUNCTIONS,
-        inference=Outcome.REVIEW,
-        columns=lambda n: COLUMNS.get(str(n), {}),
-    )
-    decision = masking_decision(analyze(sql, search_path=(UNQUALIFIED,)), session, sql)
+    session = _session(columns=True, inference=Outcome.REVIEW)
+    decision = _decision(sql, session)
     assert (decision.outcome, decision.rule) == (Outcome.REVIEW, COMPUTED)
     assert decision.hint is not None and "select the masked column itself" in decision.hint
 
@@ -459,14 +437,7 @@ def test_computed_follows_the_inference_setting() -> None:
 def test_computed_resolves_names_with_the_session_path() -> None:
     sql = "select upper(ssn) from people"
     for path, rule in ((("app", "public"), COMPUTED), (("public", "app"), None)):
-        session = MaskedSession(
-            path,
-            lambda n: str(n) in HELD,
-            lambda n: str(n) in MASKED,
-            FUNCTIONS,
-            columns=lambda n: COLUMNS.get(str(n), {}),
-        )
-        decision = masking_decision(analyze(sql, search_path=(UNQUALIFIED,)), session, sql)
+        decision = _decision(sql, _session(path, columns=True))
         assert (None if decision.outcome is Outcome.ALLOW else decision.rule) == rule
 
 

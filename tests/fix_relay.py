@@ -1,14 +1,28 @@
 """Helpers for tests that drive the gateway's Relay without sockets: a catalog
-of fixed columns, DataRow frames, and the message types a wire carries."""
+of fixed columns, DataRow frames, the message types a wire carries, and the
+session a StatementGuard under test guards."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 
 from server.gateway import pgwire
 from server.gateway.catalog import CatalogSnapshot
 from server.gateway.masking import ColumnRef
 from server.gateway.pgwire import DataRow
+from server.gateway.statements import SessionFacts
+
+# Who a StatementGuard under test guards: alice in the write scope.
+FACTS = SessionFacts(
+    session_id="s-1",
+    identity="alice",
+    groups=frozenset({"dev"}),
+    target="demo",
+    scope="write",
+    reason=None,
+    ttl=timedelta(hours=1),
+)
 
 
 class StaticCatalog:

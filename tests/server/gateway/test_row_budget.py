@@ -5,7 +5,6 @@ read, when the EXPLAIN may go upstream, and the relay conversation byte by byte
 from __future__ import annotations
 
 import json
-from datetime import timedelta
 
 import pytest
 
@@ -39,7 +38,8 @@ from server.gateway.row_budget import (
     readiness,
 )
 from server.gateway.sqlcheck import analyze
-from server.gateway.statements import SessionFacts, StatementGuard
+from server.gateway.statements import StatementGuard
+from tests.fix_relay import FACTS
 
 BUDGET = 3
 
@@ -240,16 +240,6 @@ def test_server_seen(
 
 
 # --- the conversation ---------------------------------------------------------------------
-
-FACTS = SessionFacts(
-    session_id="s-1",
-    identity="alice",
-    groups=frozenset({"dev"}),
-    target="demo",
-    scope="write",
-    reason=None,
-    ttl=timedelta(hours=1),
-)
 
 
 def guarded(budget: int | None = BUDGET) -> Relay:

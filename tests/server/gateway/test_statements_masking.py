@@ -4,25 +4,15 @@ refuses too."""
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import pytest
 
 from server.gateway import pgwire
 from server.gateway.guardrails import ALLOWED, Decision, GuardrailRules, Outcome
 from server.gateway.pgwire import Parse, Query
 from server.gateway.relay import Relay
-from server.gateway.statements import SessionFacts, StatementGuard
+from server.gateway.statements import StatementGuard
+from tests.fix_relay import FACTS
 
-FACTS = SessionFacts(
-    session_id="s-1",
-    identity="alice",
-    groups=frozenset({"dev"}),
-    target="demo",
-    scope="write",
-    reason=None,
-    ttl=timedelta(hours=1),
-)
 LEAK = "insert into t select ssn from people"
 BOOM = "select 'boom'"
 REFUSED = Decision(Outcome.BLOCK, "masking.write_from_masked", "it copies", "do not", 0)

@@ -96,6 +96,63 @@ class GuardrailSettings:
 NO_GUARDRAIL_SETTINGS = GuardrailSettings()
 
 
+@dataclass(frozen=True, kw_only=True)
+class SessionLimits:
+    """What one session of a scope may cost the database and the gateway.
+
+    The first four are PostgreSQL settings attached to the session role when it
+    is created, so they hold even where the gateway is bypassed; the gateway
+    refuses every way of changing them.  A ``timedelta(0)`` turns a timeout off,
+    as 0 does in PostgreSQL.  ``temp_file_limit`` is in bytes (-1: no limit).
+    ``max_result_rows``/``max_result_bytes`` bound what one statement may return
+    through the gateway (None: unbounded).  The connection caps count client
+    connections through the gateway: per session, per identity across its
+    sessions, per target across everyone's; None for the last two means a share
+    of the target's own ``max_connections``, read at first use.
+    ``advisory_locks`` lets sessions call ``pg_advisory_lock`` and kin.
+    """
+
+    statement_timeout: timedelta
+    lock_timeout: timedelta
+    idle_in_transaction_session_timeout: timedelta
+    idle_session_timeout: timedelta
+    temp_file_limit: int
+    max_result_rows: int | None
+    max_result_bytes: int | None
+    max_connections_per_session: int
+    max_connections_per_identity: int | None = None
+    max_connections_per_target: int | None = None
+    advisory_locks: bool = False
+
+
+# The limits a scope gets for what its policy leaves unsaid (docs/limits.md).
+READ_LIMITS = SessionLimits(
+    statement_timeout=timedelta(minutes=5),
+    lock_timeout=timedelta(seconds=10),
+    idle_in_transaction_session_timeout=timedelta(minutes=1),
+    idle_session_timeout=timedelta(hours=1),
+    temp_file_limit=1 << 30,
+    max_result_rows=1_000_000,
+    max_result_bytes=1 << 30,
+    max_connections_per_session=20,
+)
+WRITE_LIMITS = SessionLimits(
+    statement_timeout=timedelta(minutes=15),
+    lock_timeout=timedelta(seconds=30),
+    idle_in_transaction_session_timeout=timedelta(minutes=5),
+    idle_session_timeout=timedelta(hours=1),
+    temp_file_limit=4 << 30,
+    max_result_rows=1_000_000,
+    max_result_bytes=1 << 30,
+    max_connections_per_session=20,
+)
+
+
+def default_limits(scope: str) -> SessionLimits:
+    """The defaults of a scope named ``scope``: read's for ``read``, write's for any other."""
+    return READ_LIMITS if scope == "read" else WRITE_LIMITS
+
+
 @dataclass(frozen=True)
 class ScopePolicy:
     """One way of using a target: the roles a session gets, for how long, and who may ask.
@@ -114,6 +171,12 @@ class ScopePolicy:
     reason_required: bool = False
     break_glass: bool = False
     guardrails: GuardrailSettings = NO_GUARDRAIL_SETTINGS
+    # None: ``default_limits(name)``; read it through ``effective_limits``.
+    limits: SessionLimits | None = None
+
+    @property
+    def effective_limits(self) -> SessionLimits:
+        return self.limits if self.limits is not None else default_limits(self.name)
 
 
 class VaultAuthMethod(StrEnum):

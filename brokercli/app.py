@@ -8,11 +8,13 @@ psycopg, rich tables, keyring) load inside the commands that need them, so that
 from __future__ import annotations
 
 import sys
+from typing import Annotated
 
 import typer
 
-from brokercli import render
+from brokercli import config, render
 from brokercli.commands import access, auth, info, replay, requests
+from brokercli.commands.common import add_global_options
 from brokercli.errors import CliError
 from brokercli.exit_codes import ExitCode, epilog
 
@@ -26,6 +28,34 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _version(show: bool) -> None:
+    if show:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            number = version("dbaccess")
+        except PackageNotFoundError:
+            number = "unknown"
+        print(f"dbaccess {number}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def root(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            is_eager=True,
+            callback=_version,
+            help="Print the version of dbaccess and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Short-lived, approved, masked and recorded access to PostgreSQL."""
+
 
 app.command("login")(auth.login)
 app.command("logout")(auth.logout)
@@ -43,9 +73,11 @@ app.command("approve")(requests.approve)
 app.command("deny")(requests.deny)
 app.command("cancel")(requests.cancel)
 app.add_typer(info.audit_app, name="audit")
+add_global_options(app)
 
 
 def main(argv: list[str] | None = None) -> int:
+    config.reset_flags()
     try:
         rv = app(args=argv, prog_name="dbaccess", standalone_mode=False)
     except CliError as err:

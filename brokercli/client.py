@@ -37,6 +37,20 @@ class StartedSession:
     raw: dict[str, Any]
 
 
+def ca_context(ca_file: str | None) -> Any:
+    """A verifying TLS client context trusting ``ca_file`` (else the system's CAs)."""
+    import ssl
+
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise CliError(
+            f"cannot use the CA file {ca_file}: {getattr(exc, 'strerror', None) or exc}",
+            code=ExitCode.USAGE,
+            hint="give a readable PEM file with --ca-file or DBACCESS_CA_FILE",
+        ) from None
+
+
 class BrokerClient:
     """One keep-alive HTTPS connection to the broker, on the standard library.
 
@@ -68,9 +82,7 @@ class BrokerClient:
 
         if self._conn is None:
             if self._scheme == "https":
-                import ssl
-
-                ctx = ssl.create_default_context(cafile=self.cfg.ca_file)
+                ctx = ca_context(self.cfg.ca_file)
                 self._conn = http.client.HTTPSConnection(
                     self._host, self._port, timeout=self._timeout, context=ctx
                 )
@@ -153,7 +165,8 @@ class BrokerClient:
                     f"the broker at {self.cfg.server} presented a certificate that does not "
                     f"verify: {exc.verify_message}",
                     code=ExitCode.UNAVAILABLE,
-                    hint="log in again with the broker's CA (dbaccess login --ca-file)",
+                    hint="give the broker's CA with --ca-file or DBACCESS_CA_FILE "
+                    "(dbaccess login --ca-file remembers it)",
                 ) from None
             except (OSError, ConnectionError) as exc:
                 self.close()

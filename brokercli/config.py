@@ -4,6 +4,10 @@ The profile is a small JSON file in the config directory (``$DBACCESS_CONFIG_DIR
 else ``$XDG_CONFIG_HOME/dbaccess``, else ``~/.config/dbaccess``).  It holds the broker
 URL and, for a broker with a private CA, the CA certificate path and fingerprint
 — never a token (tokens live in the keyring, see ``tokens.py``).
+
+The global options (``--ca-file``, accepted by every command, see
+``commands/common.py``) land in ``FLAGS`` while the command line is parsed;
+``settings`` reads them, then their environment variables, then the profile.
 """
 
 from __future__ import annotations
@@ -18,6 +22,28 @@ from brokercli.errors import CliError
 from brokercli.exit_codes import ExitCode
 
 DEFAULT_SERVER = "http://127.0.0.1:8700"
+CA_FILE_ENV = "DBACCESS_CA_FILE"
+
+
+@dataclass
+class GlobalFlags:
+    """Values of the global options given on this command line (None: not given)."""
+
+    ca_file: str | None = None
+
+
+FLAGS = GlobalFlags()
+
+
+def reset_flags() -> None:
+    for name, value in vars(GlobalFlags()).items():
+        setattr(FLAGS, name, value)
+
+
+def ca_file_override() -> str | None:
+    """The CA named on this command line or by DBACCESS_CA_FILE, as an absolute path."""
+    given = FLAGS.ca_file or os.environ.get(CA_FILE_ENV)
+    return str(Path(given).expanduser().resolve()) if given else None
 
 
 def config_dir() -> Path:
@@ -78,9 +104,16 @@ def settings(server_flag: str | None = None) -> Settings:
     # that came from there is named after the variable, not the flag.
     if server_flag and server_flag != os.environ.get("DBACCESS_SERVER"):
         server, source = server_flag, "--server"
+    ca_file = ca_fingerprint = None
+    if server == profile.get("server"):
+        ca_file, ca_fingerprint = profile.get("ca_file"), profile.get("ca_fingerprint")
+    override = ca_file_override()
+    if override is not None:
+        # A CA given for this run replaces the profile's (and its pinned fingerprint).
+        ca_file, ca_fingerprint = override, None
     return Settings(
         server=server.rstrip("/"),
-        ca_file=profile.get("ca_file") if server == profile.get("server") else None,
-        ca_fingerprint=profile.get("ca_fingerprint") if server == profile.get("server") else None,
+        ca_file=ca_file,
+        ca_fingerprint=ca_fingerprint,
         source=source,
     )

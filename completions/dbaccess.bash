@@ -19,51 +19,57 @@ __dbaccess_is_subcommand() {
 
 __dbaccess_options() {
     case "$1" in
-        '') printf '%s\n' -h --help ;;
+        '') printf '%s\n' --version --ca-file -h --help ;;
         'login') printf '%s\n' --server --token-stdin --no-browser --oidc-token-env --audience --ca-file -h --help ;;
-        'logout') printf '%s\n' --server -h --help ;;
-        'whoami') printf '%s\n' -o --output --server -h --help ;;
-        'targets') printf '%s\n' -o --output --server -h --help ;;
-        'connect') printf '%s\n' -s --scope --ttl -r --reason -p --port --no-launch --server --no-wait --wait-timeout --break-glass -h --help ;;
-        'run') printf '%s\n' -s --scope --ttl -r --reason -p --port --server --no-wait --wait-timeout --break-glass -h --help ;;
-        'exec') printf '%s\n' -c --command -f --file -o --output -s --scope --ttl -r --reason --server --no-wait --wait-timeout --break-glass --request-review -h --help ;;
-        'sessions') printf '%s\n' --active --all --limit -o --output --server -h --help ;;
-        'kill') printf '%s\n' --server -h --help ;;
-        'replay') printf '%s\n' -o --output --server -h --help ;;
-        'request') printf '%s\n' -s --scope -r --reason --ttl --start-at -o --output --server -h --help ;;
-        'requests') printf '%s\n' --pending --mine --to-review -o --output --server -h --help ;;
-        'approve') printf '%s\n' -m --comment -y --yes --server -h --help ;;
-        'deny') printf '%s\n' -r --reason --server -h --help ;;
-        'cancel') printf '%s\n' -r --reason --server -h --help ;;
-        'audit') printf '%s\n' --identity --target --since --limit -o --output --server -h --help ;;
-        'audit verify') printf '%s\n' --server -h --help ;;
+        'logout') printf '%s\n' --server --ca-file -h --help ;;
+        'whoami') printf '%s\n' -o --output --server --ca-file -h --help ;;
+        'targets') printf '%s\n' -o --output --server --ca-file -h --help ;;
+        'connect') printf '%s\n' -s --scope --ttl -r --reason -p --port --no-launch --server --no-wait --wait-timeout --break-glass --ca-file -h --help ;;
+        'run') printf '%s\n' -s --scope --ttl -r --reason -p --port --server --no-wait --wait-timeout --break-glass --ca-file -h --help ;;
+        'exec') printf '%s\n' -c --command -f --file -o --output -s --scope --ttl -r --reason --server --no-wait --wait-timeout --break-glass --request-review --ca-file -h --help ;;
+        'sessions') printf '%s\n' --active --all --limit -o --output --server --ca-file -h --help ;;
+        'kill') printf '%s\n' --server --ca-file -h --help ;;
+        'replay') printf '%s\n' -o --output --server --ca-file -h --help ;;
+        'request') printf '%s\n' -s --scope -r --reason --ttl --start-at -o --output --server --ca-file -h --help ;;
+        'requests') printf '%s\n' --pending --mine --to-review -o --output --server --ca-file -h --help ;;
+        'approve') printf '%s\n' -m --comment -y --yes --server --ca-file -h --help ;;
+        'deny') printf '%s\n' -r --reason --server --ca-file -h --help ;;
+        'cancel') printf '%s\n' -r --reason --server --ca-file -h --help ;;
+        'audit') printf '%s\n' --identity --target --since --limit -o --output --server --ca-file -h --help ;;
+        'audit verify') printf '%s\n' --server --ca-file -h --help ;;
     esac
 }
 
 # Prints what a value of option $2 of command path $1 is; fails for flags.
 __dbaccess_value_kind() {
     case "$1|$2" in
+        '|--ca-file') echo 'file' ;;
         'login|--server') echo 'text' ;;
         'login|--oidc-token-env') echo 'text' ;;
         'login|--audience') echo 'text' ;;
         'login|--ca-file') echo 'file' ;;
         'logout|--server') echo 'text' ;;
+        'logout|--ca-file') echo 'file' ;;
         'whoami|-o'|'whoami|--output') echo 'choice:table json csv' ;;
         'whoami|--server') echo 'text' ;;
+        'whoami|--ca-file') echo 'file' ;;
         'targets|-o'|'targets|--output') echo 'choice:table json csv' ;;
         'targets|--server') echo 'text' ;;
+        'targets|--ca-file') echo 'file' ;;
         'connect|-s'|'connect|--scope') echo 'text' ;;
         'connect|--ttl') echo 'text' ;;
         'connect|-r'|'connect|--reason') echo 'text' ;;
         'connect|-p'|'connect|--port') echo 'text' ;;
         'connect|--server') echo 'text' ;;
         'connect|--wait-timeout') echo 'text' ;;
+        'connect|--ca-file') echo 'file' ;;
         'run|-s'|'run|--scope') echo 'text' ;;
         'run|--ttl') echo 'text' ;;
         'run|-r'|'run|--reason') echo 'text' ;;
         'run|-p'|'run|--port') echo 'text' ;;
         'run|--server') echo 'text' ;;
         'run|--wait-timeout') echo 'text' ;;
+        'run|--ca-file') echo 'file' ;;
         'exec|-c'|'exec|--command') echo 'text' ;;
         'exec|-f'|'exec|--file') echo 'file' ;;
         'exec|-o'|'exec|--output') echo 'choice:table json csv' ;;
@@ -72,33 +78,44 @@ __dbaccess_value_kind() {
         'exec|-r'|'exec|--reason') echo 'text' ;;
         'exec|--server') echo 'text' ;;
         'exec|--wait-timeout') echo 'text' ;;
+        'exec|--ca-file') echo 'file' ;;
         'sessions|--limit') echo 'text' ;;
         'sessions|-o'|'sessions|--output') echo 'choice:table json csv' ;;
         'sessions|--server') echo 'text' ;;
+        'sessions|--ca-file') echo 'file' ;;
         'kill|--server') echo 'text' ;;
+        'kill|--ca-file') echo 'file' ;;
         'replay|-o'|'replay|--output') echo 'choice:table json csv' ;;
         'replay|--server') echo 'text' ;;
+        'replay|--ca-file') echo 'file' ;;
         'request|-s'|'request|--scope') echo 'text' ;;
         'request|-r'|'request|--reason') echo 'text' ;;
         'request|--ttl') echo 'text' ;;
         'request|--start-at') echo 'text' ;;
         'request|-o'|'request|--output') echo 'choice:table json csv' ;;
         'request|--server') echo 'text' ;;
+        'request|--ca-file') echo 'file' ;;
         'requests|-o'|'requests|--output') echo 'choice:table json csv' ;;
         'requests|--server') echo 'text' ;;
+        'requests|--ca-file') echo 'file' ;;
         'approve|-m'|'approve|--comment') echo 'text' ;;
         'approve|--server') echo 'text' ;;
+        'approve|--ca-file') echo 'file' ;;
         'deny|-r'|'deny|--reason') echo 'text' ;;
         'deny|--server') echo 'text' ;;
+        'deny|--ca-file') echo 'file' ;;
         'cancel|-r'|'cancel|--reason') echo 'text' ;;
         'cancel|--server') echo 'text' ;;
+        'cancel|--ca-file') echo 'file' ;;
         'audit|--identity') echo 'text' ;;
         'audit|--target') echo 'text' ;;
         'audit|--since') echo 'text' ;;
         'audit|--limit') echo 'text' ;;
         'audit|-o'|'audit|--output') echo 'choice:table json csv' ;;
         'audit|--server') echo 'text' ;;
+        'audit|--ca-file') echo 'file' ;;
         'audit verify|--server') echo 'text' ;;
+        'audit verify|--ca-file') echo 'file' ;;
         *) return 1 ;;
     esac
 }

@@ -12,7 +12,7 @@ end
 
 function __dbaccess_takes_value --argument-names path option
     switch "$path|$option"
-        case 'login|--server' 'login|--oidc-token-env' 'login|--audience' 'login|--ca-file' 'logout|--server' 'whoami|-o' 'whoami|--output' 'whoami|--server' 'targets|-o' 'targets|--output' 'targets|--server' 'connect|-s' 'connect|--scope' 'connect|--ttl' 'connect|-r' 'connect|--reason' 'connect|-p' 'connect|--port' 'connect|--server' 'connect|--wait-timeout' 'run|-s' 'run|--scope' 'run|--ttl' 'run|-r' 'run|--reason' 'run|-p' 'run|--port' 'run|--server' 'run|--wait-timeout' 'exec|-c' 'exec|--command' 'exec|-f' 'exec|--file' 'exec|-o' 'exec|--output' 'exec|-s' 'exec|--scope' 'exec|--ttl' 'exec|-r' 'exec|--reason' 'exec|--server' 'exec|--wait-timeout' 'sessions|--limit' 'sessions|-o' 'sessions|--output' 'sessions|--server' 'kill|--server' 'replay|-o' 'replay|--output' 'replay|--server' 'request|-s' 'request|--scope' 'request|-r' 'request|--reason' 'request|--ttl' 'request|--start-at' 'request|-o' 'request|--output' 'request|--server' 'requests|-o' 'requests|--output' 'requests|--server' 'approve|-m' 'approve|--comment' 'approve|--server' 'deny|-r' 'deny|--reason' 'deny|--server' 'cancel|-r' 'cancel|--reason' 'cancel|--server' 'audit|--identity' 'audit|--target' 'audit|--since' 'audit|--limit' 'audit|-o' 'audit|--output' 'audit|--server' 'audit verify|--server'
+        case '|--ca-file' 'login|--server' 'login|--oidc-token-env' 'login|--audience' 'login|--ca-file' 'logout|--server' 'logout|--ca-file' 'whoami|-o' 'whoami|--output' 'whoami|--server' 'whoami|--ca-file' 'targets|-o' 'targets|--output' 'targets|--server' 'targets|--ca-file' 'connect|-s' 'connect|--scope' 'connect|--ttl' 'connect|-r' 'connect|--reason' 'connect|-p' 'connect|--port' 'connect|--server' 'connect|--wait-timeout' 'connect|--ca-file' 'run|-s' 'run|--scope' 'run|--ttl' 'run|-r' 'run|--reason' 'run|-p' 'run|--port' 'run|--server' 'run|--wait-timeout' 'run|--ca-file' 'exec|-c' 'exec|--command' 'exec|-f' 'exec|--file' 'exec|-o' 'exec|--output' 'exec|-s' 'exec|--scope' 'exec|--ttl' 'exec|-r' 'exec|--reason' 'exec|--server' 'exec|--wait-timeout' 'exec|--ca-file' 'sessions|--limit' 'sessions|-o' 'sessions|--output' 'sessions|--server' 'sessions|--ca-file' 'kill|--server' 'kill|--ca-file' 'replay|-o' 'replay|--output' 'replay|--server' 'replay|--ca-file' 'request|-s' 'request|--scope' 'request|-r' 'request|--reason' 'request|--ttl' 'request|--start-at' 'request|-o' 'request|--output' 'request|--server' 'request|--ca-file' 'requests|-o' 'requests|--output' 'requests|--server' 'requests|--ca-file' 'approve|-m' 'approve|--comment' 'approve|--server' 'approve|--ca-file' 'deny|-r' 'deny|--reason' 'deny|--server' 'deny|--ca-file' 'cancel|-r' 'cancel|--reason' 'cancel|--server' 'cancel|--ca-file' 'audit|--identity' 'audit|--target' 'audit|--since' 'audit|--limit' 'audit|-o' 'audit|--output' 'audit|--server' 'audit|--ca-file' 'audit verify|--server' 'audit verify|--ca-file'
             return 0
     end
     return 1
@@ -69,6 +69,8 @@ complete -c dbaccess -n "__dbaccess_at ''" -a approve -d 'Approve someone\'s acc
 complete -c dbaccess -n "__dbaccess_at ''" -a deny -d 'Deny someone\'s access request (a reason is required)'
 complete -c dbaccess -n "__dbaccess_at ''" -a cancel -d 'Withdraw your access request or unused approval (admins: anyone\'s)'
 complete -c dbaccess -n "__dbaccess_at ''" -a audit -d 'List audit events (admins and auditors), or verify the hash chain with \'audit verify\''
+complete -c dbaccess -n "__dbaccess_at ''" -l version -d 'Print the version of dbaccess and exit'
+complete -c dbaccess -n "__dbaccess_at ''" -l ca-file -r -F -d 'CA certificate (PEM) that signs the broker\'s and the gateway\'s TLS certificates, for a private CA (default: $DBACCESS_CA_FILE, else the profile\'s, else the system\'s)'
 complete -c dbaccess -n "__dbaccess_at ''" -s h -l help -d 'Show this message and exit'
 
 complete -c dbaccess -n "__dbaccess_at 'login'" -l server -x -d 'Broker URL to log in to'
@@ -76,18 +78,21 @@ complete -c dbaccess -n "__dbaccess_at 'login'" -l token-stdin -d 'Read a broker
 complete -c dbaccess -n "__dbaccess_at 'login'" -l no-browser -d 'Log in with a code typed on another device instead of opening a browser'
 complete -c dbaccess -n "__dbaccess_at 'login'" -l oidc-token-env -x -d 'Log in as a CI job with the JWT in this environment variable'
 complete -c dbaccess -n "__dbaccess_at 'login'" -l audience -x -d 'Audience to ask GitHub Actions\' job token for'
-complete -c dbaccess -n "__dbaccess_at 'login'" -l ca-file -r -F -d 'CA certificate that signs the broker\'s TLS certificate'
+complete -c dbaccess -n "__dbaccess_at 'login'" -l ca-file -r -F -d 'CA certificate (PEM) that signs the broker\'s and the gateway\'s TLS certificates, for a private CA (default: $DBACCESS_CA_FILE, else the profile\'s, else the system\'s)'
 complete -c dbaccess -n "__dbaccess_at 'login'" -s h -l help -d 'Show this message and exit'
 
 complete -c dbaccess -n "__dbaccess_at 'logout'" -l server -x -d 'Broker URL (default: the profile\'s)'
+complete -c dbaccess -n "__dbaccess_at 'logout'" -l ca-file -r -F -d 'CA certificate (PEM) that signs the broker\'s and the gateway\'s TLS certificates, for a private CA (default: $DBACCESS_CA_FILE, else the profile\'s, else the system\'s)'
 complete -c dbaccess -n "__dbaccess_at 'logout'" -s h -l help -d 'Show this message and exit'
 
 complete -c dbaccess -n "__dbaccess_at 'whoami'" -s o -l output -x -a 'table json csv' -d 'Output format'
 complete -c dbaccess -n "__dbaccess_at 'whoami'" -l server -x -d 'Broker URL (default: from the profile)'
+complete -c dbaccess -n "__dbaccess_at 'whoami'" -l ca-file -r -F -d 'CA certificate (PEM) that signs the broker\'s and the gateway\'s TLS certificates, for a private CA (default: $DBACCESS_CA_FILE, else the profile\'s, else the system\'s)'
 complete -c dbaccess -n "__dbaccess_at 'whoami'" -s h -l help -d 'Show this message and exit'
 
 complete -c dbaccess -n "__dbaccess_at 'targets'" -s o -l output -x -a 'table json csv' -d 'Output format'
 complete -c dbaccess -n "__dbaccess_at 'targets'" -l server -x -d 'Broker URL (default: from the profile)'
+complete -c dbaccess -n "__dbaccess_at 'targets'" -l ca-file -r -F -d 'CA certificate (PEM) that signs the broker\'s and the gateway\'s TLS certificates, for a private CA (default: $DBACCESS_CA_FILE, else the profile\'s, else the system\'s)'
 complete -c dbaccess -n "__dbaccess_at 'targets'" -s h -l help -d 'Show this message and exit'
 
 complete -c dbaccess -n "__dbaccess_at 'connect'" -s s -l scope -x -d 'Scope to use, e.g. read or write (default: policy\'s)'
@@ -99,6 +104,7 @@ complete -c dbaccess -n "__dbaccess_at 'connect'" -l server -x -d 'Broker URL (d
 complete -c dbaccess -n "__dbaccess_at 'connect'" -l no-wait -d 'If the scope needs approval, print the request id and exit (code 9) instead of waiting'
 complete -c dbaccess -n "__dbaccess_at 'connect'" -l wait-timeout -x -d 'How long to wait for approval, e.g. 15m (exit 12 after)'
 complete -c dbaccess -n "__dbaccess_at 'connect'" -l break-glass -d 'Skip a required approval where the scope allows it (needs --reason; flagged in the audit log and notified)'
+complete -c dbaccess -n "__dbaccess_at 'connect'" -l ca-file -r -F -d 'CA certificate (PEM) that signs the broker\'s and the gateway\'s TLS certificates, for a private CA (default: $DBACCESS_CA_FILE, else the profile\'s, else the system\'s)'
 complete -c dbaccess -n "__dbaccess_at 'connect'" -s h -l help -d 'Show this message and exit'
 
 complete -c dbaccess -n "__dbaccess_at 'run'" -s s -l scope -x -d 'Scope to use, e.g. read or write (default: policy\'s)'
@@ -109,6 +115,7 @@ complete -c dbaccess -n "__dbaccess_at 'run'" -l server -x -d 'Broker URL (defau
 complete -c dbaccess -n "__dbaccess_at 'run'" -l no-wait -d 'If the scope needs approval, print the request id and exit (code 9) instead of waiting'
 complete -c dbaccess -n "__dbaccess_at 'run'" -l wait-timeout -x -d 'How long to wait for approval, e.g. 15m (exit 12 after)'
 complete -c dbaccess -n "__dbaccess_at 'run'" -l break-glass -d 'Skip a required approval where the scope allows it (needs --reason; flagged in the audit log and notified)'
+complete -c dbaccess -n "__dbaccess_at 'run'" -l ca-file -r -F -d 'CA certificate (PEM) that signs the broker\'s and the gateway\'s TLS certificates, for a private CA (default: $DBACCESS_CA_FILE, else the profile\'s, else the system\'s)'
 complete -c dbaccess -n "__dbaccess_at 'run'" -s h -l help -d 'Show this message and exit'
 
 complete -c dbaccess -n "__dbaccess_at 'exec'" -s c -l command -x -d 'SQL to run'
@@ -122,6 +129,7 @@ complete -c dbaccess -n "__dbaccess_at 'exec'" -l no-wait -d 'If the scope needs
 complete -c dbaccess -n "__dbaccess_at 'exec'" -l wait-timeout -x -d 'How long to wait for approval, e.g. 15m (exit 12 after)'
 complete -c dbaccess -n "__dbaccess_at 'exec'" -l break-glass -d 'Skip a required approval where the scope allows it (needs --reason; flagged in the audit log and notified)'
 complete -c dbaccess -n "__dbaccess_at 'exec'" -l request-review -d 'Ask reviewers to approve this exact SQL first (by its SHA-256), wait, then run it once. Any byte changed after approval means no approval'
+complete -c dbaccess -n "__dbaccess_at 'exec'" -l ca-file -r -F -d 'CA certificate (PEM) that signs the broker\'s and the gateway\'s TLS certificates, for a private CA (default: $DBACCESS_CA_FILE, else the profile\'s, else the system\'s)'
 complete -c dbaccess -n "__dbaccess_at 'exec'" -s h -l help -d 'Show this message and exit'
 
 complete -c dbaccess -n "__dbaccess_at 'sessions'" -l active -d 'Only sessions still running'
@@ -129,13 +137,16 @@ complete -c dbaccess -n "__dbaccess_at 'sessions'" -l all -d 'Everyone\'s sessio
 complete -c dbaccess -n "__dbaccess_at 'sessions'" -l limit -x -d 'How many'
 complete -c dbaccess -n "__dbaccess_at 'sessions'" -s o -l output -x -a 'table json csv' -d 'Output format'
 complete -c dbaccess -n "__dbaccess_at 'sessions'" -l server -x -d 'Broker URL (default: from the profile)'
+complete -c dbaccess -n "__dbaccess_at 'sessions'" -l ca-file -r -F -d 'CA certificate (PEM) that signs the broker\'s and the gateway\'s TLS certificates, for a private CA (default: $DBACCESS_CA_FILE, else the profile\'s, else the system\'s)'
 complete -c dbaccess -n "__dbaccess_at 'sessions'" -s h -l help -d 'Show this message and exit'
 
 complete -c dbaccess -n "__dbaccess_at 'kill'" -l server -x -d 'Broker URL (default: from the profile)'
+complete -c dbaccess -n "__dbaccess_at 'kill'" -l ca-file -r -F -d 'CA certificate (PEM) that signs the broker\'s and the gateway\'s TLS certificates, for a private CA (default: $DBACCESS_CA_FILE, else the profile\'s, else the system\'s)'
 complete -c dbaccess -n "__dbaccess_at 'kill'" -s h -l help -d 'Show this message and exit'
 
 complete -c dbaccess -n "__dbaccess_at 'replay'" -s o -l output -x -a 'table json csv' -d 'Output format'
 complete -c dbaccess -n "__dbaccess_at 'replay'" -l server -x -d 'Broker URL (default: from the profile)'
+complete -c dbaccess -n "__dbaccess_at 'replay'" -l ca-file -r -F -d 'CA certificate (PEM) that signs the broker\'s and the gateway\'s TLS certificates, for a private CA (default: $DBACCESS_CA_FILE, else the profile\'s, else the system\'s)'
 complete -c dbaccess -n "__dbaccess_at 'replay'" -s h -l help -d 'Show this message and exit'
 
 complete -c dbaccess -n "__dbaccess_at 'request'" -s s -l scope -x -d 'Scope to ask for, e.g. write'
@@ -144,6 +155,7 @@ complete -c dbaccess -n "__dbaccess_at 'request'" -l ttl -x -d 'Session lifetime
 complete -c dbaccess -n "__dbaccess_at 'request'" -l start-at -x -d 'When you will need it, ISO 8601 (e.g. 2026-03-01T09:00, local time unless an offset is given); the approval stays usable from then on'
 complete -c dbaccess -n "__dbaccess_at 'request'" -s o -l output -x -a 'table json csv' -d 'Output format'
 complete -c dbaccess -n "__dbaccess_at 'request'" -l server -x -d 'Broker URL (default: from the profile)'
+complete -c dbaccess -n "__dbaccess_at 'request'" -l ca-file -r -F -d 'CA certificate (PEM) that signs the broker\'s and the gateway\'s TLS certificates, for a private CA (default: $DBACCESS_CA_FILE, else the profile\'s, else the system\'s)'
 complete -c dbaccess -n "__dbaccess_at 'request'" -s h -l help -d 'Show this message and exit'
 
 complete -c dbaccess -n "__dbaccess_at 'requests'" -l pending -d 'Only requests still pending'
@@ -151,19 +163,23 @@ complete -c dbaccess -n "__dbaccess_at 'requests'" -l mine -d 'Only requests you
 complete -c dbaccess -n "__dbaccess_at 'requests'" -l to-review -d 'Pending requests you may approve'
 complete -c dbaccess -n "__dbaccess_at 'requests'" -s o -l output -x -a 'table json csv' -d 'Output format'
 complete -c dbaccess -n "__dbaccess_at 'requests'" -l server -x -d 'Broker URL (default: from the profile)'
+complete -c dbaccess -n "__dbaccess_at 'requests'" -l ca-file -r -F -d 'CA certificate (PEM) that signs the broker\'s and the gateway\'s TLS certificates, for a private CA (default: $DBACCESS_CA_FILE, else the profile\'s, else the system\'s)'
 complete -c dbaccess -n "__dbaccess_at 'requests'" -s h -l help -d 'Show this message and exit'
 
 complete -c dbaccess -n "__dbaccess_at 'approve'" -s m -l comment -x -d 'A note for the audit log'
 complete -c dbaccess -n "__dbaccess_at 'approve'" -s y -l yes -d 'Approve without asking'
 complete -c dbaccess -n "__dbaccess_at 'approve'" -l server -x -d 'Broker URL (default: from the profile)'
+complete -c dbaccess -n "__dbaccess_at 'approve'" -l ca-file -r -F -d 'CA certificate (PEM) that signs the broker\'s and the gateway\'s TLS certificates, for a private CA (default: $DBACCESS_CA_FILE, else the profile\'s, else the system\'s)'
 complete -c dbaccess -n "__dbaccess_at 'approve'" -s h -l help -d 'Show this message and exit'
 
 complete -c dbaccess -n "__dbaccess_at 'deny'" -s r -l reason -x -d 'Why (the requester sees this)'
 complete -c dbaccess -n "__dbaccess_at 'deny'" -l server -x -d 'Broker URL (default: from the profile)'
+complete -c dbaccess -n "__dbaccess_at 'deny'" -l ca-file -r -F -d 'CA certificate (PEM) that signs the broker\'s and the gateway\'s TLS certificates, for a private CA (default: $DBACCESS_CA_FILE, else the profile\'s, else the system\'s)'
 complete -c dbaccess -n "__dbaccess_at 'deny'" -s h -l help -d 'Show this message and exit'
 
 complete -c dbaccess -n "__dbaccess_at 'cancel'" -s r -l reason -x -d 'Why, for the audit log'
 complete -c dbaccess -n "__dbaccess_at 'cancel'" -l server -x -d 'Broker URL (default: from the profile)'
+complete -c dbaccess -n "__dbaccess_at 'cancel'" -l ca-file -r -F -d 'CA certificate (PEM) that signs the broker\'s and the gateway\'s TLS certificates, for a private CA (default: $DBACCESS_CA_FILE, else the profile\'s, else the system\'s)'
 complete -c dbaccess -n "__dbaccess_at 'cancel'" -s h -l help -d 'Show this message and exit'
 
 complete -c dbaccess -n "__dbaccess_at 'audit'" -a verify -d 'Check the hash chain and the session recordings'
@@ -173,7 +189,9 @@ complete -c dbaccess -n "__dbaccess_at 'audit'" -l since -x -d 'ISO time, e.g. 2
 complete -c dbaccess -n "__dbaccess_at 'audit'" -l limit -x
 complete -c dbaccess -n "__dbaccess_at 'audit'" -s o -l output -x -a 'table json csv' -d 'Output format'
 complete -c dbaccess -n "__dbaccess_at 'audit'" -l server -x -d 'Broker URL (default: from the profile)'
+complete -c dbaccess -n "__dbaccess_at 'audit'" -l ca-file -r -F -d 'CA certificate (PEM) that signs the broker\'s and the gateway\'s TLS certificates, for a private CA (default: $DBACCESS_CA_FILE, else the profile\'s, else the system\'s)'
 complete -c dbaccess -n "__dbaccess_at 'audit'" -s h -l help -d 'Show this message and exit'
 
 complete -c dbaccess -n "__dbaccess_at 'audit verify'" -l server -x -d 'Broker URL (default: from the profile)'
+complete -c dbaccess -n "__dbaccess_at 'audit verify'" -l ca-file -r -F -d 'CA certificate (PEM) that signs the broker\'s and the gateway\'s TLS certificates, for a private CA (default: $DBACCESS_CA_FILE, else the profile\'s, else the system\'s)'
 complete -c dbaccess -n "__dbaccess_at 'audit verify'" -s h -l help -d 'Show this message and exit'

@@ -6,6 +6,7 @@
 _dbaccess__audit__verify() {
   _arguments -s -S \
     '(--server)'--server'[Broker URL (default\: from the profile)]:server: ' \
+    '(--ca-file)'--ca-file'[CA certificate (PEM) that signs the broker'\''s and the gateway'\''s TLS certificates, for a private CA (default\: $DBACCESS_CA_FILE, else the profile'\''s, else the system'\''s)]:ca-file:_files' \
     '(- *)'{-h,--help}'[Show this message and exit]'
 }
 
@@ -19,6 +20,7 @@ _dbaccess__audit() {
     '(--limit)'--limit':limit: ' \
     '(-o --output)'{-o,--output}'[Output format]:output:(table json csv)' \
     '(--server)'--server'[Broker URL (default\: from the profile)]:server: ' \
+    '(--ca-file)'--ca-file'[CA certificate (PEM) that signs the broker'\''s and the gateway'\''s TLS certificates, for a private CA (default\: $DBACCESS_CA_FILE, else the profile'\''s, else the system'\''s)]:ca-file:_files' \
     '(- *)'{-h,--help}'[Show this message and exit]' \
     '1: :->command' \
     '*:: :->argument' && ret=0
@@ -44,6 +46,7 @@ _dbaccess__cancel() {
   _arguments -s -S \
     '(-r --reason)'{-r,--reason}'[Why, for the audit log]:reason: ' \
     '(--server)'--server'[Broker URL (default\: from the profile)]:server: ' \
+    '(--ca-file)'--ca-file'[CA certificate (PEM) that signs the broker'\''s and the gateway'\''s TLS certificates, for a private CA (default\: $DBACCESS_CA_FILE, else the profile'\''s, else the system'\''s)]:ca-file:_files' \
     '(- *)'{-h,--help}'[Show this message and exit]' \
     '1:request_id: '
 }
@@ -52,6 +55,7 @@ _dbaccess__deny() {
   _arguments -s -S \
     '(-r --reason)'{-r,--reason}'[Why (the requester sees this)]:reason: ' \
     '(--server)'--server'[Broker URL (default\: from the profile)]:server: ' \
+    '(--ca-file)'--ca-file'[CA certificate (PEM) that signs the broker'\''s and the gateway'\''s TLS certificates, for a private CA (default\: $DBACCESS_CA_FILE, else the profile'\''s, else the system'\''s)]:ca-file:_files' \
     '(- *)'{-h,--help}'[Show this message and exit]' \
     '1:request_id: '
 }
@@ -61,6 +65,7 @@ _dbaccess__approve() {
     '(-m --comment)'{-m,--comment}'[A note for the audit log]:comment: ' \
     '(-y --yes)'{-y,--yes}'[Approve without asking]' \
     '(--server)'--server'[Broker URL (default\: from the profile)]:server: ' \
+    '(--ca-file)'--ca-file'[CA certificate (PEM) that signs the broker'\''s and the gateway'\''s TLS certificates, for a private CA (default\: $DBACCESS_CA_FILE, else the profile'\''s, else the system'\''s)]:ca-file:_files' \
     '(- *)'{-h,--help}'[Show this message and exit]' \
     '1:request_id: '
 }
@@ -72,6 +77,7 @@ _dbaccess__requests() {
     '(--to-review)'--to-review'[Pending requests you may approve]' \
     '(-o --output)'{-o,--output}'[Output format]:output:(table json csv)' \
     '(--server)'--server'[Broker URL (default\: from the profile)]:server: ' \
+    '(--ca-file)'--ca-file'[CA certificate (PEM) that signs the broker'\''s and the gateway'\''s TLS certificates, for a private CA (default\: $DBACCESS_CA_FILE, else the profile'\''s, else the system'\''s)]:ca-file:_files' \
     '(- *)'{-h,--help}'[Show this message and exit]'
 }
 
@@ -83,6 +89,7 @@ _dbaccess__request() {
     '(--start-at)'--start-at'[When you will need it, ISO 8601 (e.g. 2026-03-01T09\:00, local time unless an offset is given); the approval stays usable from then on]:start-at: ' \
     '(-o --output)'{-o,--output}'[Output format]:output:(table json csv)' \
     '(--server)'--server'[Broker URL (default\: from the profile)]:server: ' \
+    '(--ca-file)'--ca-file'[CA certificate (PEM) that signs the broker'\''s and the gateway'\''s TLS certificates, for a private CA (default\: $DBACCESS_CA_FILE, else the profile'\''s, else the system'\''s)]:ca-file:_files' \
     '(- *)'{-h,--help}'[Show this message and exit]' \
     '1:target: '
 }
@@ -91,6 +98,7 @@ _dbaccess__replay() {
   _arguments -s -S \
     '(-o --output)'{-o,--output}'[Output format]:output:(table json csv)' \
     '(--server)'--server'[Broker URL (default\: from the profile)]:server: ' \
+    '(--ca-file)'--ca-file'[CA certificate (PEM) that signs the broker'\''s and the gateway'\''s TLS certificates, for a private CA (default\: $DBACCESS_CA_FILE, else the profile'\''s, else the system'\''s)]:ca-file:_files' \
     '(- *)'{-h,--help}'[Show this message and exit]' \
     '1:session_id: '
 }
@@ -98,6 +106,7 @@ _dbaccess__replay() {
 _dbaccess__kill() {
   _arguments -s -S \
     '(--server)'--server'[Broker URL (default\: from the profile)]:server: ' \
+    '(--ca-file)'--ca-file'[CA certificate (PEM) that signs the broker'\''s and the gateway'\''s TLS certificates, for a private CA (default\: $DBACCESS_CA_FILE, else the profile'\''s, else the system'\''s)]:ca-file:_files' \
     '(- *)'{-h,--help}'[Show this message and exit]' \
     '1:session_id: '
 }
@@ -109,6 +118,7 @@ _dbaccess__sessions() {
     '(--limit)'--limit'[How many]:limit: ' \
     '(-o --output)'{-o,--output}'[Output format]:output:(table json csv)' \
     '(--server)'--server'[Broker URL (default\: from the profile)]:server: ' \
+    '(--ca-file)'--ca-file'[CA certificate (PEM) that signs the broker'\''s and the gateway'\''s TLS certificates, for a private CA (default\: $DBACCESS_CA_FILE, else the profile'\''s, else the system'\''s)]:ca-file:_files' \
     '(- *)'{-h,--help}'[Show this message and exit]'
 }
 
@@ -125,6 +135,7 @@ _dbaccess__exec() {
     '(--wait-timeout)'--wait-timeout'[How long to wait for approval, e.g. 15m (exit 12 after)]:wait-timeout: ' \
     '(--break-glass)'--break-glass'[Skip a required approval where the scope allows it (needs --reason; flagged in the audit log and notified)]' \
     '(--request-review)'--request-review'[Ask reviewers to approve this exact SQL first (by its SHA-256), wait, then run it once. Any byte changed after approval means no approval]' \
+    '(--ca-file)'--ca-file'[CA certificate (PEM) that signs the broker'\''s and the gateway'\''s TLS certificates, for a private CA (default\: $DBACCESS_CA_FILE, else the profile'\''s, else the system'\''s)]:ca-file:_files' \
     '(- *)'{-h,--help}'[Show this message and exit]' \
     '1:target: '
 }
@@ -139,6 +150,7 @@ _dbaccess__run() {
     '(--no-wait)'--no-wait'[If the scope needs approval, print the request id and exit (code 9) instead of waiting]' \
     '(--wait-timeout)'--wait-timeout'[How long to wait for approval, e.g. 15m (exit 12 after)]:wait-timeout: ' \
     '(--break-glass)'--break-glass'[Skip a required approval where the scope allows it (needs --reason; flagged in the audit log and notified)]' \
+    '(--ca-file)'--ca-file'[CA certificate (PEM) that signs the broker'\''s and the gateway'\''s TLS certificates, for a private CA (default\: $DBACCESS_CA_FILE, else the profile'\''s, else the system'\''s)]:ca-file:_files' \
     '(- *)'{-h,--help}'[Show this message and exit]' \
     '1:target: ' \
     '*:command: '
@@ -155,6 +167,7 @@ _dbaccess__connect() {
     '(--no-wait)'--no-wait'[If the scope needs approval, print the request id and exit (code 9) instead of waiting]' \
     '(--wait-timeout)'--wait-timeout'[How long to wait for approval, e.g. 15m (exit 12 after)]:wait-timeout: ' \
     '(--break-glass)'--break-glass'[Skip a required approval where the scope allows it (needs --reason; flagged in the audit log and notified)]' \
+    '(--ca-file)'--ca-file'[CA certificate (PEM) that signs the broker'\''s and the gateway'\''s TLS certificates, for a private CA (default\: $DBACCESS_CA_FILE, else the profile'\''s, else the system'\''s)]:ca-file:_files' \
     '(- *)'{-h,--help}'[Show this message and exit]' \
     '1:target: '
 }
@@ -163,6 +176,7 @@ _dbaccess__targets() {
   _arguments -s -S \
     '(-o --output)'{-o,--output}'[Output format]:output:(table json csv)' \
     '(--server)'--server'[Broker URL (default\: from the profile)]:server: ' \
+    '(--ca-file)'--ca-file'[CA certificate (PEM) that signs the broker'\''s and the gateway'\''s TLS certificates, for a private CA (default\: $DBACCESS_CA_FILE, else the profile'\''s, else the system'\''s)]:ca-file:_files' \
     '(- *)'{-h,--help}'[Show this message and exit]'
 }
 
@@ -170,12 +184,14 @@ _dbaccess__whoami() {
   _arguments -s -S \
     '(-o --output)'{-o,--output}'[Output format]:output:(table json csv)' \
     '(--server)'--server'[Broker URL (default\: from the profile)]:server: ' \
+    '(--ca-file)'--ca-file'[CA certificate (PEM) that signs the broker'\''s and the gateway'\''s TLS certificates, for a private CA (default\: $DBACCESS_CA_FILE, else the profile'\''s, else the system'\''s)]:ca-file:_files' \
     '(- *)'{-h,--help}'[Show this message and exit]'
 }
 
 _dbaccess__logout() {
   _arguments -s -S \
     '(--server)'--server'[Broker URL (default\: the profile'\''s)]:server: ' \
+    '(--ca-file)'--ca-file'[CA certificate (PEM) that signs the broker'\''s and the gateway'\''s TLS certificates, for a private CA (default\: $DBACCESS_CA_FILE, else the profile'\''s, else the system'\''s)]:ca-file:_files' \
     '(- *)'{-h,--help}'[Show this message and exit]'
 }
 
@@ -186,7 +202,7 @@ _dbaccess__login() {
     '(--no-browser)'--no-browser'[Log in with a code typed on another device instead of opening a browser]' \
     '(--oidc-token-env)'--oidc-token-env'[Log in as a CI job with the JWT in this environment variable]:oidc-token-env: ' \
     '(--audience)'--audience'[Audience to ask GitHub Actions'\'' job token for]:audience: ' \
-    '(--ca-file)'--ca-file'[CA certificate that signs the broker'\''s TLS certificate]:ca-file:_files' \
+    '(--ca-file)'--ca-file'[CA certificate (PEM) that signs the broker'\''s and the gateway'\''s TLS certificates, for a private CA (default\: $DBACCESS_CA_FILE, else the profile'\''s, else the system'\''s)]:ca-file:_files' \
     '(- *)'{-h,--help}'[Show this message and exit]'
 }
 
@@ -194,6 +210,8 @@ _dbaccess() {
   local curcontext="$curcontext" state state_descr line ret=1
   typeset -A opt_args
   _arguments -C -s -S \
+    '(--version)'--version'[Print the version of dbaccess and exit]' \
+    '(--ca-file)'--ca-file'[CA certificate (PEM) that signs the broker'\''s and the gateway'\''s TLS certificates, for a private CA (default\: $DBACCESS_CA_FILE, else the profile'\''s, else the system'\''s)]:ca-file:_files' \
     '(- *)'{-h,--help}'[Show this message and exit]' \
     '1: :->command' \
     '*:: :->argument' && ret=0

@@ -563,6 +563,11 @@ CLI_ENVIRONMENT = {
         "Broker token to use instead of the one kept by dbaccess login, for CI jobs and "
         "service accounts. Takes precedence over the keyring and the token file."
     ),
+    "DBACCESS_CA_FILE": (
+        "CA certificate (PEM) to verify the broker's and the gateway's TLS certificates "
+        "with, for a private CA; the --ca-file option overrides it, and either replaces "
+        "the CA remembered in the profile. Works with DBACCESS_TOKEN, without a profile."
+    ),
     "DBACCESS_CONFIG_DIR": (
         "Directory of the profile and the token file. Default: $XDG_CONFIG_HOME/dbaccess, "
         "else ~/.config/dbaccess."

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -26,7 +25,7 @@ import typer
 from brokercli import render, tokens
 from brokercli.client import BrokerClient
 from brokercli.commands.common import Output, OutputOpt, ServerOpt
-from brokercli.config import Settings, load_profile, save_profile, settings
+from brokercli.config import Settings, ca_file_override, load_profile, save_profile, settings
 from brokercli.errors import CliError
 from brokercli.exit_codes import ExitCode
 
@@ -66,10 +65,6 @@ def login(
         str,
         typer.Option("--audience", help="Audience to ask GitHub Actions' job token for."),
     ] = "dbaccess",
-    ca_file: Annotated[
-        Path | None,
-        typer.Option("--ca-file", help="CA certificate that signs the broker's TLS certificate."),
-    ] = None,
 ) -> None:
     """Log in to a broker and keep the token in the OS keyring (or a 0600 file).
 
@@ -77,6 +72,9 @@ def login(
     device code); CI jobs with their platform's job token (found automatically on
     GitHub Actions and GitLab CI, or named with --oidc-token-env); service accounts
     with --token-stdin.
+
+    A CA given with --ca-file (or DBACCESS_CA_FILE) is remembered in the profile
+    for this broker.
     """
     if token_stdin and (no_browser or oidc_token_env):
         raise CliError(
@@ -88,7 +86,7 @@ def login(
             "--no-browser is for people, --oidc-token-env for CI jobs: pick one",
             code=ExitCode.USAGE,
         )
-    cfg = _settings(server, ca_file)
+    cfg = settings(server)
     if token_stdin:
         token = sys.stdin.readline().strip()
         if not token:
@@ -98,7 +96,7 @@ def login(
             me = client.whoami()
         finally:
             client.close()
-        where = _remember(cfg, ca_file, token)
+        where = _remember(cfg, token)
         render.info(f"logged in to {cfg.server} as {me['identity']} (token kept in {where})")
         return
 
@@ -119,7 +117,7 @@ def login(
             granted = client.exchange_oidc(id_token.id_token, id_token.nonce)
     finally:
         client.close()
-    where = _remember(cfg, ca_file, str(granted["token"]))
+    where = _remember(cfg, str(granted["token"]))
     groups = ", ".join(granted.get("groups") or []) or "none"
     render.info(
         f"logged in to {cfg.server} as {granted['identity']} (groups: {groups}); "
@@ -127,22 +125,17 @@ def login(
     )
 
 
-def _settings(server: str | None, ca_file: Path | None) -> Settings:
-    cfg = settings(server)
-    if ca_file is not None:
-        cfg = Settings(cfg.server, str(ca_file.resolve()), None, cfg.source)
-    return cfg
-
-
-def _remember(cfg: Settings, ca_file: Path | None, token: str) -> str:
+def _remember(cfg: Settings, token: str) -> str:
     profile = load_profile()
     if profile.get("server") != cfg.server:
         # A CA pinned for another broker must not follow the profile to this one.
         profile.pop("ca_file", None)
         profile.pop("ca_fingerprint", None)
     profile["server"] = cfg.server
+    ca_file = ca_file_override()
     if ca_file:
-        profile["ca_file"] = str(ca_file.resolve())
+        profile["ca_file"] = ca_file
+        profile.pop("ca_fingerprint", None)
     save_profile(profile)
     return tokens.save(cfg.server, token)
 

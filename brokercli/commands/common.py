@@ -1,25 +1,33 @@
-"""Pieces shared by the command modules: option types and the session runner.
+"""Pieces shared by the command modules: option types, global options and the session runner.
 
 ``session_tunnel`` is the one place that starts a session, opens the tunnel,
 yields the connection details, and on the way out — whatever happened — closes
 the tunnel and ends the session so the broker revokes the role.
+
+Global options (``GLOBAL_OPTIONS``, e.g. ``--ca-file``) are accepted by the root
+and by every command: ``add_global_options`` appends them to each command's
+signature, and their values go to ``config.FLAGS`` before the command runs, so
+``config.settings`` sees them wherever it is called.  A new global option is one
+entry in that table and one field of ``config.GlobalFlags``.
 """
 
 from __future__ import annotations
 
 import getpass
+import inspect
 import os
 import platform
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Annotated
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from brokercli import render
+from brokercli import config, render
 from brokercli.errors import CliError
 
 if TYPE_CHECKING:
@@ -75,6 +83,71 @@ BreakGlassOpt = Annotated[
         "flagged in the audit log and notified).",
     ),
 ]
+
+
+CaFileOpt = Annotated[
+    Path | None,
+    # No envvar= here: the variable is read after the flags (config.ca_file_override),
+    # so that it cannot override a --ca-file given before the command name.
+    typer.Option(
+        "--ca-file",
+        show_default=False,
+        help=f"CA certificate (PEM) that signs the broker's and the gateway's TLS "
+        f"certificates, for a private CA (default: ${config.CA_FILE_ENV}, else the "
+        "profile's, else the system's).",
+    ),
+]
+
+
+@dataclass(frozen=True)
+class GlobalOption:
+    """An option every command accepts; ``flag`` is its field in ``config.GlobalFlags``."""
+
+    flag: str
+    annotation: Any
+
+
+GLOBAL_OPTIONS: tuple[GlobalOption, ...] = (GlobalOption("ca_file", CaFileOpt),)
+
+
+def with_global_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``func`` with the global options appended to its parameters.
+
+    Typer reads the signature; the wrapper records the global values in
+    ``config.FLAGS`` and calls ``func`` with its own parameters only.
+    """
+    sig = inspect.signature(func, eval_str=True)
+    kind = inspect.Parameter.KEYWORD_ONLY
+    params = [
+        *sig.parameters.values(),
+        *(inspect.Parameter(g.flag, kind, default=None, annotation=g.annotation)
+          for g in GLOBAL_OPTIONS),
+    ]  # fmt: skip
+
+    def wrapper(**kwargs: Any) -> Any:
+        for g in GLOBAL_OPTIONS:
+            value = kwargs.pop(g.flag, None)
+            if value is not None:
+                setattr(config.FLAGS, g.flag, str(value))
+        return func(**kwargs)
+
+    wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    for attr in ("__module__", "__name__", "__qualname__", "__doc__"):
+        setattr(wrapper, attr, getattr(func, attr))
+    return wrapper
+
+
+def add_global_options(app: typer.Typer) -> None:
+    """Give the root, every group and every command of ``app`` the global options."""
+    if app.registered_callback is not None and app.registered_callback.callback is not None:
+        app.registered_callback.callback = with_global_options(app.registered_callback.callback)
+    for command in app.registered_commands:
+        if command.callback is not None:
+            command.callback = with_global_options(command.callback)
+    for group in app.registered_groups:
+        if group.typer_instance is not None:
+            add_global_options(group.typer_instance)
 
 
 @dataclass(frozen=True)

@@ -67,3 +67,28 @@ def test_token_file_fallback_is_private_and_env_wins(
     monkeypatch.delenv("DBACCESS_TOKEN")
     tokens.delete("http://a")
     assert tokens.load("http://a") is None
+
+
+def test_version_comes_from_the_package_metadata(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib.metadata import version
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"dbaccess {version('dbaccess')}\n"
+
+
+@pytest.mark.parametrize(
+    "argv", [["--ca-file", "{ca}", "targets"], ["targets", "--ca-file", "{ca}"]]
+)
+def test_a_missing_ca_file_is_a_usage_error_before_or_after_the_command(
+    argv: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("DBACCESS_CONFIG_DIR", str(tmp_path))
+    monkeypatch.setenv("DBACCESS_TOKEN", "dba_x")
+    monkeypatch.setenv("DBACCESS_SERVER", "https://127.0.0.1:9")
+    missing = tmp_path / "no-such-ca.pem"
+    assert main([a.format(ca=missing) for a in argv]) == ExitCode.USAGE
+    err = capsys.readouterr().err
+    assert f"cannot use the CA file {missing}" in err

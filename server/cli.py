@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from server.audit.archive import ArchiveConfig
     from server.config import OidcConfig
     from server.notify.webhooks import WebhookConfig
+    from server.policy.model import ScopePolicy
     from server.runtime import Runtime, RuntimeOptions
     from server.store.db import Store
 
@@ -382,6 +383,16 @@ def policy_check(file: Annotated[Path, typer.Argument(help="Policy file to valid
         raise typer.Exit(2) from None
     scopes = sum(len(t.scopes) for t in policy.targets.values())
     _say(f"{file}: OK ({len(policy.targets)} targets, {scopes} scopes)")
+    for target in policy.targets.values():
+        for scope in target.scopes.values():
+            _say(f"{target.name}/{scope.name} limits: {_limits_line(scope)}")
+
+
+def _limits_line(scope: ScopePolicy) -> str:
+    """A scope's effective limits, as ``key=value`` words in the policy's own spelling."""
+    from server.policy.limits import describe_limits
+
+    return " ".join(f"{key}={value}" for key, value in describe_limits(scope.effective_limits))
 
 
 @policy_app.command("explain")
@@ -435,6 +446,9 @@ def policy_explain(
         lines.append(f"scope:    {decision.scope}")
     if decision.ttl:
         lines.append(f"ttl:      {format_duration(decision.ttl)}")
+    chosen = policy.targets[target].scopes.get(decision.scope) if decision.scope else None
+    if chosen is not None:
+        lines.append(f"limits:   {_limits_line(chosen)}")
     if decision.approval is not None:
         a = decision.approval
         approvers = [f"group {g}" for g in sorted(a.approver_groups)]

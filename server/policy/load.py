@@ -30,6 +30,17 @@ from psycopg.conninfo import conninfo_to_dict
 
 from server.durations import format_duration, parse_positive_duration
 from server.identity import issuer_url
+from server.policy.limits import (
+    LIMIT_KEYS,
+    NO_LIMIT_SETTINGS,
+    LimitSettings,
+    parse_connections,
+    parse_result_bytes,
+    parse_result_rows,
+    parse_shared_connections,
+    parse_temp_file_limit,
+    parse_timeout,
+)
 from server.policy.model import (
     GUARDRAIL_CLASSES,
     GUARDRAIL_PRESETS,
@@ -53,6 +64,7 @@ from server.policy.model import (
     VaultAuthMethod,
     VaultSettings,
     WorkloadIdentity,
+    default_limits,
 )
 from server.yamlsrc import (
     Checker,
@@ -87,6 +99,7 @@ _TARGET_KEYS = (
     "masking",
     "recording_failure",
     "guardrails",
+    "limits",
 )
 _SCOPE_KEYS = (
     "grants",
@@ -97,6 +110,7 @@ _SCOPE_KEYS = (
     "reason_required",
     "break_glass",
     "guardrails",
+    "limits",
 )
 _GUARDRAIL_KEYS = (
     "preset",
@@ -248,6 +262,7 @@ def _read_target(check: Checker, name: str, entry: Entry, base: Path) -> TargetP
     target_guardrails = _read_guardrails(
         check, reader.optional("guardrails"), join(path, "guardrails")
     )
+    target_limits = _read_limits(check, reader.optional("limits"), join(path, "limits"))
     scopes: dict[str, ScopePolicy] = {}
     scopes_entry = reader.required("scopes")
     if scopes_entry is not None:
@@ -263,6 +278,7 @@ def _read_target(check: Checker, name: str, entry: Entry, base: Path) -> TargetP
                 join(scopes_path, scope_name),
                 grants_refused=grants_refused,
                 guardrails=target_guardrails,
+                limits=target_limits,
             )
             if scope is not None:
                 scopes[scope_name] = scope
@@ -577,9 +593,11 @@ def _read_scope(
     *,
     grants_refused: str | None = None,
     guardrails: GuardrailSettings = NO_GUARDRAIL_SETTINGS,
+    limits: LimitSettings = NO_LIMIT_SETTINGS,
 ) -> ScopePolicy | None:
     """One scope; ``grants_refused`` says why the target's issuer takes no grants (if so);
-    ``guardrails`` are the target's, which the scope's own section overrides."""
+    ``guardrails`` and ``limits`` are the target's, which the scope's own sections
+    override key by key."""
     _check_name(check, entry.key_line, path, name, "scope")
     reader = check.mapping(entry.value, path, _SCOPE_KEYS, line=entry.key_line)
     grants: tuple[str, ...] | None
@@ -633,6 +651,7 @@ def _read_scope(
     scope_guardrails = _read_guardrails(
         check, reader.optional("guardrails"), join(path, "guardrails")
     ).over(guardrails)
+    scope_limits = _read_limits(check, reader.optional("limits"), join(path, "limits")).over(limits)
     if grants is None or max_ttl is None:
         return None
     return ScopePolicy(
@@ -646,6 +665,35 @@ def _read_scope(
         reason_required=bool(reason_required),
         break_glass=bool(break_glass),
         guardrails=scope_guardrails,
+        limits=None if scope_limits.empty else scope_limits.apply(default_limits(name)),
+    )
+
+
+def _read_limits(check: Checker, entry: Entry | None, path: str) -> LimitSettings:
+    """A ``limits`` section; keys it leaves out stay None (inherited or the scope's default)."""
+    if entry is None:
+        return NO_LIMIT_SETTINGS
+    reader = check.mapping(entry.value, path, LIMIT_KEYS, line=entry.key_line)
+    return LimitSettings(
+        statement_timeout=_value(check, reader, "statement_timeout", parse_timeout),
+        lock_timeout=_value(check, reader, "lock_timeout", parse_timeout),
+        idle_in_transaction_session_timeout=_value(
+            check, reader, "idle_in_transaction_session_timeout", parse_timeout
+        ),
+        idle_session_timeout=_value(check, reader, "idle_session_timeout", parse_timeout),
+        temp_file_limit=_value(check, reader, "temp_file_limit", parse_temp_file_limit),
+        max_result_rows=_value(check, reader, "max_result_rows", parse_result_rows),
+        max_result_bytes=_value(check, reader, "max_result_bytes", parse_result_bytes),
+        max_connections_per_session=_value(
+            check, reader, "max_connections_per_session", parse_connections
+        ),
+        max_connections_per_identity=_value(
+            check, reader, "max_connections_per_identity", parse_shared_connections
+        ),
+        max_connections_per_target=_value(
+            check, reader, "max_connections_per_target", parse_shared_connections
+        ),
+        advisory_locks=_value(check, reader, "advisory_locks", _bool),
     )
 
 

@@ -100,9 +100,9 @@ NO_GUARDRAIL_SETTINGS = GuardrailSettings()
 class SessionLimits:
     """What one session of a scope may cost the database and the gateway.
 
-    The first four are PostgreSQL settings attached to the session role when it
+    The first five are PostgreSQL settings attached to the session role when it
     is created, so they hold even where the gateway is bypassed; the gateway
-    refuses every way of changing them.  A ``timedelta(0)`` turns a timeout off,
+    refuses every way of changing them (``server.gateway.pinning``).  A ``timedelta(0)`` turns a timeout off,
     as 0 does in PostgreSQL.  ``temp_file_limit`` is in bytes (-1: no limit).
     ``max_result_rows``/``max_result_bytes`` bound what one statement may return
     through the gateway (None: unbounded).  The connection caps count client
@@ -110,6 +110,7 @@ class SessionLimits:
     sessions, per target across everyone's; None for the last two means a share
     of the target's own ``max_connections``, read at first use.
     ``advisory_locks`` lets sessions call ``pg_advisory_lock`` and kin.
+    The policy's ``limits`` sections are read by :mod:`server.policy.limits`.
     """
 
     statement_timeout: timedelta

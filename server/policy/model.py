@@ -102,8 +102,9 @@ class SessionLimits:
 
     The first five are PostgreSQL settings attached to the session role when it
     is created, so they hold even where the gateway is bypassed; the gateway
-    refuses every way of changing them (``server.gateway.pinning``).  A ``timedelta(0)`` turns a timeout off,
-    as 0 does in PostgreSQL.  ``temp_file_limit`` is in bytes (-1: no limit).
+    refuses every way of changing them (``server.gateway.pinning``).  A
+    ``timedelta(0)`` turns a timeout off, as 0 does in PostgreSQL.
+    ``temp_file_limit`` is in bytes (-1: no limit).
     ``max_result_rows``/``max_result_bytes`` bound what one statement may return
     through the gateway (None: unbounded).  The connection caps count client
     connections through the gateway: per session, per identity across its

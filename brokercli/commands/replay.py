@@ -4,10 +4,13 @@ Each event of the recording becomes one line: when it happened (offset from the
 session's start), what it was, how long a statement took, how many rows it
 touched, its outcome (command tag, SQLSTATE, a guardrail's refusal) and the
 statement itself (as recorded: passwords and masked values redacted), with the
-columns that were masked in its result.  ``--output json`` prints the broker's
-answer as it is, for tools.  A closed recording is checked against the digest
-in the audit log; one that does not match is shown all the same, with a
-warning, and the command exits with status 8.
+columns that were masked in its result.  A ``limit`` event shows the limit
+that refused a statement or cut its result: the policy key, its value and
+scope, and for a cut the rows and bytes the client got before it.
+``--output json`` prints the broker's answer as it is, for tools.  A closed
+recording is checked against the digest in the audit log; one that does not
+match is shown all the same, with a warning, and the command exits with
+status 8.
 """
 
 from __future__ import annotations
@@ -109,6 +112,9 @@ def event_row(event: Mapping[str, Any]) -> list[Any]:
     if kind == "statement":
         took = f"{data['duration_ms']:.1f} ms" if data.get("duration_ms") is not None else ""
         return [at, kind, took, data.get("rows"), _result(data), _statement_detail(data)]
+    if kind == "limit":
+        result = f"{data.get('action', 'refused')} {data.get('sqlstate') or ''}".strip()
+        return [at, kind, "", data.get("rows"), result, _limit_detail(data)]
     return [at, kind, "", "", "", _detail(kind, data)]
 
 
@@ -141,6 +147,20 @@ def _statement_detail(data: Mapping[str, Any]) -> str:
             "masked: "
             + ", ".join(f"{m.get('field')} ({m.get('method') or m.get('action')})" for m in masked)
         )
+    return "\n".join(parts)
+
+
+def _limit_detail(data: Mapping[str, Any]) -> str:
+    head = f"{data.get('limit')} = {data.get('value')} (scope {data.get('scope')})"
+    if data.get("action") == "cut":
+        head += f": cut after {data.get('rows')} rows, {data.get('bytes')} bytes"
+    if data.get("completed"):
+        head += f"; the server had finished it ({data['completed']})"
+    parts = [head]
+    if data.get("message"):
+        parts.append(str(data["message"]))
+    if data.get("statement"):
+        parts.append(str(data["statement"]))
     return "\n".join(parts)
 
 

@@ -11,6 +11,11 @@ A recording is the ordered list of a session's events in ``session_events``
   redacted (:func:`redact_statement`, :func:`statement_event`), start time,
   duration, rows, command tag, SQLSTATE, guardrail decision, masked columns;
 * ``notice`` — a NoticeResponse the client was sent (already redacted);
+* ``limit`` — a statement refused or a result cut by one of the scope's limits
+  (:class:`LimitHit`, :func:`limit_event`, :func:`record_limit`): which limit,
+  its value, the scope that set it, what was done (``refused`` before it ran,
+  ``cut`` while its result streamed), the SQLSTATE the client got and, for a
+  cut, the rows and bytes delivered before it;
 * ``session.end`` — why, and the revocation result.
 
 **Off the data path.**  :meth:`Recorder.record` only stamps the event (next
@@ -292,6 +297,72 @@ def statement_event(
         "decision": decision,
         "masked": [dict(f) for f in masked_fields],
     }
+
+
+LIMIT_KIND: Final = "limit"
+RecordFn = Callable[[str, str, dict[str, Any]], object]
+
+
+@dataclass(frozen=True, kw_only=True)
+class LimitHit:
+    """A statement that one of the scope's limits refused or cut.
+
+    ``limit`` is the policy key (``max_result_rows``, ``statement_timeout``,
+    ``max_statement_bytes``...), ``value`` its value in the policy's unit (a
+    count, bytes, or a text such as ``5min``), ``scope`` the scope that set
+    it.  ``action`` is ``refused`` (the statement never ran) or ``cut`` (its
+    result was stopped part way; ``rows``/``bytes`` are what the client got
+    before the cut).  ``statement`` is recorded with every literal redacted:
+    the statement may touch masked columns, and its text is not the point.
+    """
+
+    limit: str
+    value: int | str
+    scope: str
+    action: str
+    sqlstate: str
+    message: str = ""
+    statement: str | None = None
+    rows: int | None = None
+    bytes: int | None = None
+    completed: str | None = None  # the server finished the statement first (its command tag)
+
+
+def limit_event(hit: LimitHit) -> dict[str, Any]:
+    """The data of a ``limit`` event."""
+    data: dict[str, Any] = {
+        "limit": hit.limit,
+        "value": hit.value,
+        "scope": hit.scope,
+        "action": hit.action,
+        "sqlstate": hit.sqlstate,
+        "message": hit.message,
+        "statement": (
+            redact_statement(hit.statement, all_literals=True)
+            if hit.statement is not None
+            else None
+        ),
+    }
+    if hit.rows is not None:
+        data["rows"] = hit.rows
+    if hit.bytes is not None:
+        data["bytes"] = hit.bytes
+    if hit.completed is not None:
+        data["completed"] = hit.completed
+    return data
+
+
+def record_limit(record: RecordFn | None, session_id: str, hit: LimitHit) -> None:
+    """Put a ``limit`` event in the session's recording (``record``: the
+    recorder's ``record``; None records nothing).  Never raises: the refusal or
+    cut stands even when its recording fails (the recorder counts that as a
+    failure of the session's recording)."""
+    if record is None:
+        return
+    try:
+        record(session_id, LIMIT_KIND, limit_event(hit))
+    except Exception:
+        log.exception("recording a %s limit failed", hit.limit)
 
 
 # --------------------------------------------------------------------------

@@ -14,10 +14,14 @@ import pytest
 
 from server.audit import chain
 from server.audit.recording import (
+    LIMIT_KIND,
+    LimitHit,
     Recorder,
     SessionEvent,
     check_recording,
+    limit_event,
     load_events,
+    record_limit,
     recording_digest,
     recording_info,
     redact_params,
@@ -533,3 +537,60 @@ def test_redaction_is_cached_per_text_and_literals() -> None:
     assert redact_statement(sql, all_literals=True) == (
         "UPDATE people SET ssn = '[redacted]' WHERE name = '[redacted]'"
     )
+
+
+# --------------------------------------------------------------------------- limits
+
+CUT = LimitHit(
+    limit="max_result_rows",
+    value=1000,
+    scope="read",
+    action="cut",
+    sqlstate="54000",
+    message="the result passed max_result_rows (1000)",
+    statement="select * from customers where email = 'a@example.com' and id > 42",
+    rows=1000,
+    bytes=81_000,
+)
+
+
+def test_a_limit_event_names_the_limit_and_hides_every_literal() -> None:
+    data = limit_event(CUT)
+    assert data == {
+        "limit": "max_result_rows",
+        "value": 1000,
+        "scope": "read",
+        "action": "cut",
+        "sqlstate": "54000",
+        "message": "the result passed max_result_rows (1000)",
+        "statement": "select * from customers where email = '[redacted]' and id > [redacted]",
+        "rows": 1000,
+        "bytes": 81_000,
+    }
+    refused = limit_event(
+        LimitHit(
+            limit="statement_timeout",
+            value="5min",
+            scope="write",
+            action="refused",
+            sqlstate="42501",
+        )
+    )
+    assert refused["statement"] is None and "rows" not in refused and "bytes" not in refused
+
+
+def test_limit_events_are_recorded_in_order_and_a_failing_recorder_never_raises(
+    store: Store, recorder: Recorder
+) -> None:
+    recorder.open("s-lim", START)
+    record_limit(recorder.record, "s-lim", CUT)
+    record_limit(None, "s-lim", CUT)  # no recorder: nothing, no error
+
+    def broken(session_id: str, kind: str, data: dict[str, object]) -> None:
+        raise RuntimeError("store down")
+
+    record_limit(broken, "s-lim", CUT)
+    recorder.close("s-lim", {})
+    events = load_events(store, "s-lim")
+    assert [e.kind for e in events] == ["session.start", LIMIT_KIND, "session.end"]
+    assert events[1].data == limit_event(CUT)

@@ -24,7 +24,7 @@ __dbaccess_server_options() {
         'dev') printf '%s\n' --data-dir --target-dsn --api-port --gateway-port --write-profile --no-write-profile --reaper-interval --oidc-issuer --oidc-client-id --webhook --webhook-format --session-max-connections --gateway-max-connections --gateway-max-connections-per-identity --gateway-startup-timeout --shutdown-grace --gateway-cancel-rate -v --verbose -h --help ;;
         'run') printf '%s\n' -c --config -v --verbose -h --help ;;
         'policy') printf '%s\n' -h --help ;;
-        'policy check') printf '%s\n' -h --help ;;
+        'policy check') printf '%s\n' --broker-env -h --help ;;
         'policy explain') printf '%s\n' --identity --target --groups --scope --ttl --reason --break-glass -p --policy -h --help ;;
         'token') printf '%s\n' -h --help ;;
         'token create') printf '%s\n' --identity --groups --ttl --store-url -c --config --data-dir -h --help ;;

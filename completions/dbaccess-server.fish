@@ -87,6 +87,7 @@ complete -c dbaccess-server -n "__dbaccess_server_at 'policy'" -a check -d 'Vali
 complete -c dbaccess-server -n "__dbaccess_server_at 'policy'" -a explain -d 'Show what the policy decides for an identity, target and scope, and by which rule'
 complete -c dbaccess-server -n "__dbaccess_server_at 'policy'" -s h -l help -d 'Show this message and exit'
 
+complete -c dbaccess-server -n "__dbaccess_server_at 'policy check'" -l broker-env -d 'This is the environment the broker runs in: also check that every masking key_env variable is set here and long enough'
 complete -c dbaccess-server -n "__dbaccess_server_at 'policy check'" -s h -l help -d 'Show this message and exit'
 complete -c dbaccess-server -n "__dbaccess_server_at 'policy check'" -F
 

@@ -78,6 +78,7 @@ _dbaccess_server__policy__explain() {
 
 _dbaccess_server__policy__check() {
   _arguments -s -S \
+    '(--broker-env)'--broker-env'[This is the environment the broker runs in\: also check that every masking key_env variable is set here and long enough]' \
     '(- *)'{-h,--help}'[Show this message and exit]' \
     '1:file:_files'
 }

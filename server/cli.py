@@ -370,8 +370,24 @@ def run_cmd(
 
 
 @policy_app.command("check")
-def policy_check(file: Annotated[Path, typer.Argument(help="Policy file to validate.")]) -> None:
-    """Validate a policy file; errors name the file, line and key."""
+def policy_check(
+    file: Annotated[Path, typer.Argument(help="Policy file to validate.")],
+    broker_env: Annotated[
+        bool,
+        typer.Option(
+            "--broker-env",
+            help="This is the environment the broker runs in: also check that every "
+            "masking key_env variable is set here and long enough.",
+        ),
+    ] = False,
+) -> None:
+    """Validate a policy file; errors name the file, line and key.
+
+    Masking keys are checked as a session would read them: a key_file must
+    exist, be readable and hold at least 16 bytes. A key_env variable is
+    checked only with --broker-env (CI rarely has the broker's secrets).
+    """
+    from server.gateway.masking import masking_key_problems
     from server.policy import PolicyError, load_policy
 
     try:
@@ -381,6 +397,11 @@ def policy_check(file: Annotated[Path, typer.Argument(help="Policy file to valid
         for p in problems:
             _say(str(p))
         raise typer.Exit(2) from None
+    keys = masking_key_problems(policy.targets.values(), environment=broker_env)
+    for problem in keys:
+        _say(f"{file}: {problem}")
+    if keys:
+        raise typer.Exit(2)
     scopes = sum(len(t.scopes) for t in policy.targets.values())
     _say(f"{file}: OK ({len(policy.targets)} targets, {scopes} scopes)")
     for target in policy.targets.values():

@@ -1,8 +1,14 @@
 """Dynamic data masking: which result columns leave masked, and how, decided without I/O.
 
 The policy's ``masking`` section becomes :class:`MaskingRules` for one session
-(:meth:`MaskingRules.for_session`: rules limited to the session's scope, nothing
-at all for exempt groups and scopes, plus the target's hashing key).  A rule
+in one place, :func:`session_rules`: the rules limited to the session's scope,
+nothing at all for exempt groups and scopes, and the target's hashing key, read
+(:func:`load_key`) when a ``hash`` rule is in force.  Every path that needs a
+session's rules goes through it: the broker when a session starts (a missing
+key refuses the session, naming the target and the key's source), the gateway
+when a connection attaches, and ``dbaccess-server policy check``, which builds
+them for every scope of every target to find a key that is missing, unreadable
+or short before a session does.  A rule
 names an exact ``schema.table.column`` or a column-name glob (``*email*``,
 ``card_*``, case-insensitive); exact rules win over globs, and among globs the
 first in the file wins.  Methods:
@@ -97,7 +103,14 @@ from server.errors import Unavailable
 from server.gateway.detectors import NO_DETECTORS, DetectorSet, Finding, mask_spans_bytes
 from server.gateway.pgwire import BINARY, TEXT, Field, ProtocolViolation
 from server.gateway.pgwire import DataRow as _DataRowMessage
-from server.policy.model import DetectorAction, DetectorKind, MaskingPolicy, MaskMethod, MaskRule
+from server.policy.model import (
+    DetectorAction,
+    DetectorKind,
+    MaskingPolicy,
+    MaskMethod,
+    MaskRule,
+    TargetPolicy,
+)
 
 TEXT_OID: Final = 25
 # Types whose text and binary forms are both the UTF-8 of the value.
@@ -171,7 +184,7 @@ class MaskingRules:
         object.__setattr__(self, "_exact", MappingProxyType(exact))
         object.__setattr__(self, "_globs", globs)
         if not self.key and any(r.method is MaskMethod.HASH for r in self.rules):
-            raise ValueError("hash rules need a key")
+            raise ValueError("hash rules need a key: build a session's rules with session_rules()")
 
     @classmethod
     def for_session(
@@ -181,12 +194,11 @@ class MaskingRules:
         groups: Iterable[str],
         key: bytes = b"",
     ) -> MaskingRules:
-        """The rules a session of ``scope`` by someone in ``groups`` is masked by."""
-        if policy is None or scope in policy.exempt_scopes:
+        """The rules a session of ``scope`` by someone in ``groups`` is masked by, with
+        ``key`` given (the pure core of :func:`session_rules`, which reads the key)."""
+        rules = _in_force(policy, scope, groups)
+        if policy is None or rules is None:
             return NO_MASKING
-        if not policy.exempt_groups.isdisjoint(groups):
-            return NO_MASKING
-        rules = tuple(r for r in policy.rules if not r.scopes or scope in r.scopes)
         return cls(rules, key, policy.detectors)
 
     @classmethod
@@ -233,6 +245,67 @@ class MaskingRules:
 
 
 NO_MASKING: Final = MaskingRules()
+
+
+def session_rules(
+    target: TargetPolicy,
+    scope: str,
+    groups: Iterable[str],
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> MaskingRules:
+    """The masking rules of a session of ``scope`` on ``target`` by someone in ``groups``.
+
+    The one place rules are built for a session: the key is read (from the
+    target's ``key_file`` or ``key_env``, see :func:`load_key`) only when a
+    ``hash`` rule is in force for this session, so exempt sessions and scopes
+    without hashing never depend on it.  Raises
+    :class:`~server.errors.Unavailable` naming the target and the key's source
+    when that key is missing, unreadable or short.
+    """
+    policy = target.masking
+    rules = _in_force(policy, scope, groups)
+    if policy is None or rules is None:
+        return NO_MASKING
+    hashing = any(r.method is MaskMethod.HASH for r in rules)
+    key = load_key(policy, target.name, environ=environ) if hashing else b""
+    return MaskingRules(rules, key, policy.detectors)
+
+
+def masking_key_problems(
+    targets: Iterable[TargetPolicy],
+    *,
+    environment: bool,
+    environ: Mapping[str, str] | None = None,
+) -> list[str]:
+    """What keeps a session of some scope of ``targets`` from getting its masking
+    rules (a missing, unreadable or short key), found with :func:`session_rules`
+    itself, for ``policy check``.  Keys from ``key_env`` are checked only when
+    ``environment`` says this is where the broker runs."""
+    problems: list[str] = []
+    for target in targets:
+        policy = target.masking
+        if policy is None or (policy.key_env is not None and not environment):
+            continue
+        for scope in target.scopes:
+            try:
+                # Outside the exempt groups: the rules most sessions get.
+                session_rules(target, scope, (), environ=environ)
+            except Unavailable as exc:
+                problems.append(exc.message + (f" (hint: {exc.hint})" if exc.hint else ""))
+                break  # one key per target: said once
+    return problems
+
+
+def _in_force(
+    policy: MaskingPolicy | None, scope: str, groups: Iterable[str]
+) -> tuple[MaskRule, ...] | None:
+    """The rules of ``policy`` in force in ``scope`` for ``groups``; None: exempt (or none)."""
+    if policy is None or scope in policy.exempt_scopes:
+        return None
+    if not policy.exempt_groups.isdisjoint(groups):
+        return None
+    return tuple(r for r in policy.rules if not r.scopes or scope in r.scopes)
 
 
 def load_key(

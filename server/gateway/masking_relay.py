@@ -100,7 +100,6 @@ from server.gateway.masking import (
     MaskingRules,
     MaskPlan,
     expand_formats,
-    load_key,
     masks,
     plan_for_row_description,
     redact_report,
@@ -108,6 +107,7 @@ from server.gateway.masking import (
     screen_parameter,
     screen_report,
     screen_row,
+    session_rules,
 )
 from server.gateway.masking_guard import UNQUALIFIED, MaskedSession, masking_decision, resolve_name
 from server.gateway.pgwire import (
@@ -921,11 +921,9 @@ class MaskingSetup:
     def _rules(self, live: LiveSession) -> tuple[MaskingRules, Catalog | None]:
         record = live.record
         target = self.service.policy.targets.get(record.target)
-        policy = target.masking if target is not None else None
-        if target is None or policy is None:
+        if target is None or target.masking is None:
             return MaskingRules(), None
-        key = load_key(policy, target.name)
-        rules = MaskingRules.for_session(policy, record.scope, record.groups, key)
+        rules = session_rules(target, record.scope, record.groups)
         if not rules.active:
             return rules, None
         catalog = self.catalogs.get(target.name)

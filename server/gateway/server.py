@@ -18,6 +18,13 @@ read, its transport's buffer passes the high-water mark and reading from the
 target pauses until it drains (and the other way round), so a slow reader
 costs the gateway a bounded buffer instead of the whole result.
 
+A bug in the gateway never shows as a database failure: an exception that
+escapes the startup logic, the relay setup or a relay hook ends the
+connection with ``XX000 dbaccess: internal error (see the broker log, id
+…)``, and the broker log holds the traceback under the same id
+(:meth:`ClientConnection.internal_error`).  Relay state after such an
+exception cannot be trusted, so the connection is not kept.
+
 Shutdown (``Gateway.stop``) stops accepting, closes connections that are
 idle or still logging in, lets the others finish what is in flight up to a
 grace period (a connection closes once its last ReadyForQuery has been
@@ -67,6 +74,7 @@ LOW_WATER = 64 * 1024
 SHUTDOWN_MESSAGE = "terminating connection: the broker is shutting down"
 SHUTDOWN_HINT = "start a new session with dbaccess connect when the broker is back"
 SHUTDOWN_LINGER = 1.0
+INTERNAL_HINT = "tell the broker's administrator the id; start a new connection to go on"
 _TERMINATE = pgwire.Terminate().encode()
 # The client's startup parameters that go upstream as given (application_name
 # has a default of its own).
@@ -292,6 +300,9 @@ class ClientConnection(asyncio.Protocol):
             except GatewayError as exc:
                 self.abort(exc.sqlstate, exc.message, exc.hint)
                 return
+            except Exception:
+                self.internal_error("relaying a client message")
+                return
             if up:
                 assert self._up is not None
                 self._up.write(up)
@@ -336,6 +347,8 @@ class ClientConnection(asyncio.Protocol):
             self.abort("08P01", f"protocol violation: {exc}", None)
         except GatewayError as exc:
             self.abort(exc.sqlstate, exc.message, exc.hint)
+        except Exception:
+            self.internal_error("handling the client's startup")
 
     def _record_connection(self, kind: str) -> None:
         """``connection.open`` / ``connection.close`` in the session's recording."""
@@ -433,8 +446,7 @@ class ClientConnection(asyncio.Protocol):
             self.abort(exc.sqlstate, exc.message, exc.hint)
             return
         except Exception:
-            log.exception("resolving a session ticket failed")
-            self.abort("XX000", "internal error in the gateway", "see the broker's log")
+            self.internal_error("opening the session")
             return
         delay = (live.record.expires_at - utcnow()).total_seconds()
         self._timers.append(
@@ -561,6 +573,9 @@ class ClientConnection(asyncio.Protocol):
             except GatewayError as exc:
                 self.abort(exc.sqlstate, exc.message, exc.hint)
                 return
+            except Exception:
+                self.internal_error("relaying a server message")
+                return
             if out:
                 assert self.transport is not None
                 tls = self.tls
@@ -606,6 +621,10 @@ class ClientConnection(asyncio.Protocol):
             self.abort("08P01", f"protocol violation from the target: {exc}", None)
         except GatewayError as exc:
             self.abort(exc.sqlstate, exc.message, exc.hint)
+        except DbaccessError as exc:
+            self.abort(exc.sqlstate, exc.message, exc.hint)
+        except Exception:
+            self.internal_error("starting the relay")
 
     def _enter_relay(self) -> None:
         assert self.login is not None and self.live is not None and self.upstream is not None
@@ -658,6 +677,14 @@ class ClientConnection(asyncio.Protocol):
             except TlsError:
                 return
         self.transport.write(data)
+
+    def internal_error(self, doing: str) -> None:
+        """A bug: the traceback goes to the broker log under a fresh id, and the
+        client gets ``XX000`` naming that id (never a database failure)."""
+        incident = secrets.token_hex(4)
+        session = self.live.id if self.live is not None else "-"
+        log.exception("internal error %s while %s (session %s)", incident, doing, session)
+        self.abort("XX000", f"internal error (see the broker log, id {incident})", INTERNAL_HINT)
 
     def abort(self, sqlstate: str, message: str, hint: str | None) -> None:
         if self.closed:

@@ -67,7 +67,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
@@ -86,7 +86,6 @@ from server.gateway.guardrails import (
     statement_sha256,
     track_prepared,
 )
-from server.gateway.masking import MaskingRules
 from server.gateway.pgwire import Bind, Close, FunctionCall, Parse, Query, RawMessage
 from server.gateway.relay import Relay
 from server.gateway.row_budget import (
@@ -106,7 +105,7 @@ from server.gateway.sqlcheck import (
     analyze,
     analyze_function_call,
 )
-from server.policy.model import ApprovalPolicy, MaskingPolicy, ScopePolicy
+from server.policy.model import ApprovalPolicy, ScopePolicy
 from server.sessions.service import LiveSession, SessionService
 from server.store.db import Store
 
@@ -540,10 +539,6 @@ def _text_params(msg: Bind) -> tuple[str | None, ...]:
 _SIDE_CHANNELS = frozenset({"set_config", "pg_notify", "pg_advisory_*", "pg_try_advisory_*"})
 
 
-def _masked(policy: MaskingPolicy | None, scope: str, groups: Iterable[str]) -> bool:
-    return MaskingRules.for_session(policy, scope, groups).active
-
-
 MaskingCheck = Callable[[LiveSession, tuple[str, ...]], Callable[[str], Decision] | None]
 
 
@@ -565,15 +560,18 @@ def guard_setup(
         else:
             rules = rules_for(scope.name, scope.guardrails)
             review = review_rule(scope)
-        if target is not None and _masked(target.masking, record.scope, record.groups):
+        # The server checked the value at login (and the gateway before it).
+        path = session_search_path(relay.parameters.get("search_path"), live.credential.username)
+        # None when masking does not apply to the session (its rules are built
+        # once, by the masking setup, with the target's key).
+        check = masking(live, path) if masking is not None else None
+        if check is not None:
             # The masking hooks refuse a result only after the server ran the
             # statement, so functions whose effect outlives the statement could
             # carry a masked value out (set_config then current_setting,
             # pg_notify, an advisory lock's key in pg_locks): refuse them
             # before they run in a masked session, whatever its inference setting.
             rules = replace(rules, functions_deny=rules.functions_deny | _SIDE_CHANNELS)
-        # The server checked the value at login (and the gateway before it).
-        path = session_search_path(relay.parameters.get("search_path"), live.credential.username)
         if not catalog_first(path):
             rules = replace(rules, catalog_first=False)
         facts = SessionFacts(
@@ -592,7 +590,7 @@ def guard_setup(
             store=service.store,
             review=review,
             search_path=path,
-            masking=masking(live, path) if masking is not None else None,
+            masking=check,
         ).install(relay)
 
     return setup

@@ -36,6 +36,7 @@ from server.credentials.base import (
     role_name_for,
 )
 from server.errors import Conflict, Forbidden, NotAuthenticated, NotFound, Unavailable
+from server.gateway.masking import session_rules
 from server.policy import Issuer as PolicyIssuer
 from server.policy import Policy, TargetPolicy, resolve_admin_dsn
 from server.policy.evaluate import Identity, evaluate
@@ -222,6 +223,10 @@ class SessionService:
             raise Forbidden(decision.reason, hint=f"rule: {decision.rule}")
         assert decision.scope is not None and decision.ttl is not None
         scope_policy = target.scopes[decision.scope]
+        # A masking key the session needs and cannot have refuses the session
+        # here, naming the target and the key's source, before a grant is used
+        # up or a role is made (the gateway reads the key again at each login).
+        session_rules(target, decision.scope, identity.groups)
         session_id = new_id("s-")
         db_user = role_name_for(identity.name, session_id)
         upstream = upstream_for(target)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
+from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -15,8 +17,10 @@ from server.gateway.masking import (
     MaskingRules,
     hash_value,
     mask_value,
+    masking_key_problems,
     plan_for_columns,
     plan_for_row_description,
+    session_rules,
 )
 from server.gateway.masking import load_key as load_masking_key
 from server.gateway.pgwire import BINARY, TEXT, Field
@@ -26,6 +30,8 @@ from server.policy.model import (
     MaskingPolicy,
     MaskMethod,
     MaskRule,
+    ScopePolicy,
+    TargetPolicy,
 )
 
 KEY = b"k" * 32
@@ -198,6 +204,70 @@ def test_unusable_keys_are_refused_without_showing_them(
     with pytest.raises(Unavailable, match=message) as caught:
         load_masking_key(policy, "demo", environ=environ)
     assert "short'" not in caught.value.message
+
+
+HASHED_IN_READ = MaskingPolicy(
+    rules=(
+        MaskRule(
+            column="public.customers.phone", method=MaskMethod.HASH, scopes=frozenset({"read"})
+        ),
+        EMAIL_DOMAIN,
+    ),
+    key_env="K",
+    exempt_groups=frozenset({"dba"}),
+)
+
+
+def _target(masking: MaskingPolicy | None) -> TargetPolicy:
+    scopes = {
+        name: ScopePolicy(
+            name=name,
+            grants=(),
+            max_ttl=timedelta(hours=1),
+            default_ttl=timedelta(hours=1),
+            allow_groups=frozenset({"dev"}),
+            allow_identities=frozenset(),
+        )
+        for name in ("read", "write")
+    }
+    return TargetPolicy(name="demo", database="demo", scopes=scopes, masking=masking)
+
+
+@pytest.mark.parametrize(
+    ("scope", "groups", "environ", "key"),
+    [
+        pytest.param("read", ["dev"], {"K": "x" * 20}, b"x" * 20, id="hash-in-force-with-key"),
+        pytest.param("write", ["dev"], {}, b"", id="no-hash-in-scope-no-key-needed"),
+        pytest.param("read", ["dba"], {}, None, id="exempt-no-key-needed"),
+    ],
+)
+def test_session_rules_read_the_key_only_when_a_hash_rule_is_in_force(
+    scope: str, groups: list[str], environ: dict[str, str], key: bytes | None
+) -> None:
+    rules = session_rules(_target(HASHED_IN_READ), scope, groups, environ=environ)
+    if key is None:
+        assert rules is NO_MASKING
+        return
+    assert rules.key == key
+    assert rules.rule_for(customers("email")) is EMAIL_DOMAIN
+    assert rules == MaskingRules.for_session(HASHED_IN_READ, scope, groups, key)
+
+
+def test_session_rules_without_the_key_name_the_target_and_the_source() -> None:
+    with pytest.raises(Unavailable, match="target 'demo': masking key from environment variable K"):
+        session_rules(_target(HASHED_IN_READ), "read", ["dev"], environ={})
+    assert session_rules(_target(None), "read", ["dev"]) is NO_MASKING
+
+
+def test_key_problems_for_policy_check(tmp_path: Path) -> None:
+    targets = [_target(HASHED_IN_READ)]
+    assert masking_key_problems(targets, environment=False, environ={}) == []
+    (problem,) = masking_key_problems(targets, environment=True, environ={})
+    assert "environment variable K is missing" in problem
+    assert masking_key_problems(targets, environment=True, environ={"K": "y" * 16}) == []
+    in_file = replace(HASHED_IN_READ, key_env=None, key_file=tmp_path / "missing.key")
+    (problem,) = masking_key_problems([_target(in_file)], environment=False)
+    assert "cannot be read" in problem
 
 
 # --------------------------------------------------------------------------- values

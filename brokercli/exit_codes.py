@@ -23,6 +23,9 @@ class ExitCode(IntEnum):
     APPROVAL_DENIED = 10  # the access request was denied, cancelled or revoked
     APPROVAL_EXPIRED = 11  # the access request, or its approved grant, expired
     WAIT_TIMEOUT = 12  # no decision within --wait-timeout (the request stays pending)
+    # As a shell reports a command it cannot start (dbaccess run/connect).
+    CANNOT_EXECUTE = 126  # the command exists but is not executable
+    COMMAND_NOT_FOUND = 127  # no such command
     INTERRUPTED = 130  # stopped with Ctrl-C
 
 
@@ -40,6 +43,8 @@ DESCRIPTIONS: dict[ExitCode, str] = {
     ExitCode.APPROVAL_DENIED: "the access request was denied, cancelled or revoked",
     ExitCode.APPROVAL_EXPIRED: "the access request or its approval expired",
     ExitCode.WAIT_TIMEOUT: "gave up waiting for approval (--wait-timeout)",
+    ExitCode.CANNOT_EXECUTE: "run: the command is not executable",
+    ExitCode.COMMAND_NOT_FOUND: "run: command not found",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
 }
 

@@ -33,6 +33,7 @@ from brokercli.commands.common import (
     ServerOpt,
     TtlOpt,
     WaitTimeoutOpt,
+    child_env,
     session_tunnel,
 )
 from brokercli.errors import CliError
@@ -41,15 +42,47 @@ from brokercli.exit_codes import ExitCode
 TargetArg = Annotated[str, typer.Argument(help="Target name, as listed by dbaccess targets.")]
 
 
+def _not_found(command: str) -> CliError:
+    return CliError(
+        f"command not found: {command}",
+        code=ExitCode.COMMAND_NOT_FOUND,
+        hint="check the name and PATH, or give the command's path",
+    )
+
+
+def _not_executable(command: str, why: str = "permission denied") -> CliError:
+    return CliError(
+        f"cannot execute {command}: {why}",
+        code=ExitCode.CANNOT_EXECUTE,
+        hint=f"make it executable (chmod +x {command}) or run it with its interpreter",
+    )
+
+
+def _check_command(command: str) -> None:
+    """Fail as a shell would (127 not found, 126 not executable), before a session starts."""
+    if shutil.which(command) is not None:
+        return
+    # which() also passes over files that exist but are not executable.
+    if os.sep in command:
+        candidates = [Path(command)]
+    else:
+        path = os.environ.get("PATH", os.defpath)
+        candidates = [Path(d or ".") / command for d in path.split(os.pathsep)]
+    for candidate in candidates:
+        if candidate.is_dir():
+            raise _not_executable(command, "is a directory")
+        if candidate.exists():
+            raise _not_executable(command)
+    raise _not_found(command)
+
+
 def _run_child(argv: list[str], env: dict[str, str]) -> int:
     try:
         proc = subprocess.Popen(argv, env=env)
     except FileNotFoundError:
-        raise CliError(f"command not found: {argv[0]}", code=ExitCode.USAGE) from None
+        raise _not_found(argv[0]) from None
     except PermissionError:
-        raise CliError(
-            f"cannot execute {argv[0]}: permission denied", code=ExitCode.USAGE
-        ) from None
+        raise _not_executable(argv[0]) from None
 
     def _forward(signum: int, _frame: Any) -> None:
         proc.send_signal(signum)
@@ -124,8 +157,7 @@ def connect(
             finally:
                 signal.signal(signal.SIGTERM, previous)
             return
-        env = {**os.environ, **conn.env()}
-        rc = _run_child([psql], env)
+        rc = _run_child([psql], child_env(conn))
     if rc:
         raise typer.Exit(rc)
 
@@ -147,7 +179,8 @@ def run(
     Example: dbaccess run prod-db --scope write -- ./migrate.sh
 
     The session ends (and its role is revoked) when COMMAND exits; dbaccess exits
-    with COMMAND's status.
+    with COMMAND's status (127 if it is not found, 126 if it cannot be executed).
+    COMMAND never sees DBACCESS_TOKEN or any other DBACCESS_* secret.
     """
     argv = list(command)
     if argv and argv[0] == "--":
@@ -156,14 +189,13 @@ def run(
         raise CliError(
             "no command given", code=ExitCode.USAGE, hint="dbaccess run TARGET -- CMD ..."
         )
-    if shutil.which(argv[0]) is None:
-        # Fail before a session (and a database role) is created for nothing.
-        raise CliError(f"command not found: {argv[0]}", code=ExitCode.USAGE)
+    # Fail before a session (and a database role) is created for nothing.
+    _check_command(argv[0])
     wait = ApprovalWait(not no_wait, wait_timeout, break_glass)
     with session_tunnel(
         server, target, scope, ttl, reason, command="run", port=port, approval=wait
     ) as conn:
-        rc = _run_child(argv, {**os.environ, **conn.env()})
+        rc = _run_child(argv, child_env(conn))
     if rc:
         raise typer.Exit(rc)
 

@@ -18,7 +18,7 @@ import inspect
 import os
 import platform
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -177,6 +177,26 @@ class Connection:
             "PGSSLMODE": "disable",  # loopback to our own tunnel; the tunnel does TLS
             "PGAPPNAME": os.environ.get("PGAPPNAME", "dbaccess"),
         }
+
+
+# What a child (psql, or the command of dbaccess run) may see of dbaccess's own
+# settings: none of them is a secret.  Every other DBACCESS_* variable is withheld,
+# above all DBACCESS_TOKEN: the child gets the session, never the broker credential.
+CHILD_VISIBLE_SETTINGS = frozenset(
+    {"DBACCESS_SERVER", "DBACCESS_CA_FILE", "DBACCESS_CONFIG_DIR", "DBACCESS_NO_KEYRING"}
+)
+
+
+def child_env(conn: Connection, parent: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a child process: the parent's, minus dbaccess's secrets, plus
+    the session's libpq variables."""
+    base = os.environ if parent is None else parent
+    kept = {
+        name: value
+        for name, value in base.items()
+        if not name.startswith("DBACCESS_") or name in CHILD_VISIBLE_SETTINGS
+    }
+    return {**kept, **conn.env()}
 
 
 def client_info(command: str) -> dict[str, str]:

@@ -20,7 +20,6 @@ from pydantic import BaseModel, Field
 
 from server.api.common import is_admin, parse_ttl
 from server.approvals.service import request_json
-from server.errors import Forbidden
 from server.policy.evaluate import Identity
 from server.sessions.service import SessionService
 
@@ -71,7 +70,7 @@ def register(app: FastAPI, service: SessionService, caller: Callable[..., Identi
         exact text runs once in a session of the same identity, target and scope."""
         from server.gateway.guardrails import statement_sha256
         from server.gateway.statements import review_rule
-        from server.policy.evaluate import evaluate
+        from server.policy.evaluate import evaluate, refusal
 
         target = service.target(body.target)
         decision = evaluate(
@@ -79,7 +78,7 @@ def register(app: FastAPI, service: SessionService, caller: Callable[..., Identi
             reason=body.reason,
         )  # fmt: skip
         if decision.scope is None or (not decision.allowed and decision.approval is None):
-            raise Forbidden(decision.reason, hint=f"rule: {decision.rule}")
+            raise refusal(decision)
         scope = target.scopes[decision.scope]
         request, created = approvals.request_statement(
             requester=who.name,

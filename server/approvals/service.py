@@ -49,7 +49,7 @@ from server.errors import (
     InvalidInput,
     NotFound,
 )
-from server.policy.evaluate import Decision, Identity, effective_groups, evaluate
+from server.policy.evaluate import Decision, Identity, effective_groups, evaluate, refusal
 from server.policy.model import ApprovalPolicy, Policy
 from server.store.db import Store, new_id, utcnow
 
@@ -229,9 +229,7 @@ class Approvals:
                 hint=f"use it directly: dbaccess connect {target} --scope {decision.scope}",
             )
         if not decision.needs_approval:
-            if decision.rule in ("target.unknown", "scope.unknown"):
-                raise NotFound(decision.reason)
-            raise Forbidden(decision.reason, hint=f"rule: {decision.rule}")
+            raise refusal(decision)
         if start_at is not None:
             if start_at > now + _MAX_START_AHEAD:
                 raise InvalidInput("the start time is more than 30 days ahead")

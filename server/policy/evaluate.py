@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from server.durations import format_duration
+from server.errors import DbaccessError, Forbidden, NotFound
 from server.policy.model import ApprovalPolicy, Policy, ScopePolicy, TargetPolicy
 
 PREFERRED_SCOPE = "read"
@@ -77,6 +78,18 @@ class Decision:
         if self.allowed:
             return "allowed"
         return "needs_approval" if self.approval is not None else "denied"
+
+
+# Refusals that name something that does not exist, rather than something not allowed.
+_UNKNOWN_RULES = frozenset({"target.unknown", "scope.unknown"})
+
+
+def refusal(decision: Decision) -> DbaccessError:
+    """The error a denied decision is raised as: an unknown target or scope is not
+    found (the CLI's exit 6), anything else is forbidden (exit 5)."""
+    if decision.rule in _UNKNOWN_RULES:
+        return NotFound(decision.reason, hint="dbaccess targets lists targets and their scopes")
+    return Forbidden(decision.reason, hint=f"rule: {decision.rule}")
 
 
 def effective_groups(policy: Policy, identity: Identity) -> frozenset[str]:

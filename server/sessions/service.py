@@ -39,7 +39,7 @@ from server.errors import Conflict, Forbidden, NotAuthenticated, NotFound, Unava
 from server.gateway.masking import session_rules
 from server.policy import Issuer as PolicyIssuer
 from server.policy import Policy, TargetPolicy, resolve_admin_dsn
-from server.policy.evaluate import Identity, evaluate
+from server.policy.evaluate import Identity, evaluate, refusal
 from server.store.db import SessionRecord, Store, StoreLeaseBook, hash_secret, new_id, utcnow
 
 log = logging.getLogger(__name__)
@@ -220,7 +220,7 @@ class SessionService:
                 target=target_name,
                 data={"scope": scope, "rule": decision.rule, "reason": decision.reason},
             )
-            raise Forbidden(decision.reason, hint=f"rule: {decision.rule}")
+            raise refusal(decision)
         assert decision.scope is not None and decision.ttl is not None
         scope_policy = target.scopes[decision.scope]
         # A masking key the session needs and cannot have refuses the session

@@ -1,7 +1,9 @@
 """All terminal output goes through here (the only module that uses rich).
 
 Data goes to stdout in the requested format (table, json, csv); messages,
-progress and errors go to stderr so that scripts can pipe results safely.
+progress and errors go to stderr so that scripts can pipe results safely.  A
+table on a terminal is fitted to its width; without one it is printed with
+full-width columns, one record per line (``plain_table``).
 """
 
 from __future__ import annotations
@@ -42,9 +44,27 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def plain_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    """Full-width columns, one record per line: nothing folded or cut, for pipes and logs.
+
+    A line break inside a value is written as ``\\n`` so that a record stays one line.
+    """
+    cells = [[_cell(v).replace("\r", "\\r").replace("\n", "\\n") for v in row] for row in rows]
+    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
+    return [
+        "  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip()
+        for line in [list(columns), *cells]
+    ]
+
+
 def table(
     columns: Sequence[str], rows: Sequence[Sequence[Any]], *, title: str | None = None
 ) -> None:
+    if not sys.stdout.isatty():
+        # Without a terminal there is no width to fit: a folded id cannot be grepped.
+        lines = ([title] if title else []) + plain_table(columns, rows)
+        sys.stdout.write("".join(line + "\n" for line in lines))
+        return
     from rich.table import Table
 
     t = Table(title=title, show_lines=False)

@@ -24,7 +24,7 @@ __dbaccess_options() {
         'logout') printf '%s\n' --server --ca-file -h --help ;;
         'whoami') printf '%s\n' -o --output --server --ca-file -h --help ;;
         'targets') printf '%s\n' -o --output --server --ca-file -h --help ;;
-        'connect') printf '%s\n' -s --scope --ttl -r --reason -p --port --no-launch --server --no-wait --wait-timeout --break-glass --ca-file -h --help ;;
+        'connect') printf '%s\n' -s --scope --ttl -r --reason -p --port --no-launch --print-env --format --server --no-wait --wait-timeout --break-glass --ca-file -h --help ;;
         'run') printf '%s\n' -s --scope --ttl -r --reason -p --port --server --no-wait --wait-timeout --break-glass --ca-file -h --help ;;
         'exec') printf '%s\n' -c --command -f --file -o --output -s --scope --ttl -r --reason --server --no-wait --wait-timeout --break-glass --request-review --ca-file -h --help ;;
         'sessions') printf '%s\n' --active --all --limit -o --output --server --ca-file -h --help ;;
@@ -60,6 +60,7 @@ __dbaccess_value_kind() {
         'connect|--ttl') echo 'text' ;;
         'connect|-r'|'connect|--reason') echo 'text' ;;
         'connect|-p'|'connect|--port') echo 'text' ;;
+        'connect|--format') echo 'choice:env uri pg_service json' ;;
         'connect|--server') echo 'text' ;;
         'connect|--wait-timeout') echo 'text' ;;
         'connect|--ca-file') echo 'file' ;;

@@ -163,6 +163,8 @@ _dbaccess__connect() {
     '(-r --reason)'{-r,--reason}'[Why you need access (ticket id, incident)]:reason: ' \
     '(-p --port)'{-p,--port}'[Local tunnel port (default\: a free one)]:port: ' \
     '(--no-launch)'--no-launch'[Print connection details and wait for Ctrl-C instead of psql]' \
+    '(--print-env)'--print-env'[Print export PGHOST=... lines for other tools and keep the tunnel open until Ctrl-C or kill (like --format env)]' \
+    '(--format)'--format'[Print the connection details in this format on stdout (for GUI clients and other tools) and keep the tunnel open until Ctrl-C or kill]:format:(env uri pg_service json)' \
     '(--server)'--server'[Broker URL (default\: from the profile)]:server: ' \
     '(--no-wait)'--no-wait'[If the scope needs approval, print the request id and exit (code 9) instead of waiting]' \
     '(--wait-timeout)'--wait-timeout'[How long to wait for approval, e.g. 15m (exit 12 after)]:wait-timeout: ' \

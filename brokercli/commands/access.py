@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -36,6 +35,7 @@ from brokercli.commands.common import (
     child_env,
     session_tunnel,
 )
+from brokercli.commands.hold import DetailsFormat, details, hold
 from brokercli.errors import CliError
 from brokercli.exit_codes import ExitCode
 
@@ -124,6 +124,22 @@ def connect(
             "--no-launch", help="Print connection details and wait for Ctrl-C instead of psql."
         ),
     ] = False,
+    print_env: Annotated[
+        bool,
+        typer.Option(
+            "--print-env",
+            help="Print export PGHOST=... lines for other tools and keep the tunnel open "
+            "until Ctrl-C or kill (like --format env).",
+        ),
+    ] = False,
+    fmt: Annotated[
+        DetailsFormat | None,
+        typer.Option(
+            "--format",
+            help="Print the connection details in this format on stdout (for GUI clients "
+            "and other tools) and keep the tunnel open until Ctrl-C or kill.",
+        ),
+    ] = None,
     server: ServerOpt = None,
     no_wait: NoWaitOpt = False,
     wait_timeout: WaitTimeoutOpt = DEFAULT_WAIT,
@@ -134,28 +150,38 @@ def connect(
     The role exists only for this session: it is revoked when psql exits (or on
     Ctrl-C with --no-launch). The database password is never shown; psql logs in
     to the local tunnel with a one-time session ticket.
+
+    With --no-launch, --print-env or --format, other clients use the tunnel
+    (e.g. DBeaver or pgAdmin with the host, port, user and password printed) while
+    dbaccess waits: Ctrl-C or SIGTERM ends the session (exit 0); if the session
+    ends elsewhere (dbaccess kill, its deadline) dbaccess says so and exits 8.
     """
-    psql = None if no_launch else _psql()
+    if print_env:
+        if fmt not in (None, DetailsFormat.env):
+            raise CliError("--print-env is --format env: give one of them", code=ExitCode.USAGE)
+        fmt = DetailsFormat.env
+    psql = None if no_launch or fmt is not None else _psql()
     wait = ApprovalWait(not no_wait, wait_timeout, break_glass)
     with session_tunnel(
         server, target, scope, ttl, reason, command="connect", port=port, approval=wait
     ) as conn:
         if psql is None:
-            render.info(
-                f"listening on {conn.host}:{conn.port}\n"
-                f'  psql "host={conn.host} port={conn.port} dbname={conn.session.database} '
-                f'user={conn.user} sslmode=disable"\n'
-                f"  password (session ticket): {conn.session.ticket}\n"
-                "press Ctrl-C to end the session"
-            )
-            stop = threading.Event()
-            previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
-            try:
-                stop.wait()
-            except KeyboardInterrupt:
-                pass
-            finally:
-                signal.signal(signal.SIGTERM, previous)
+            if fmt is None:
+                render.info(
+                    f"listening on {conn.host}:{conn.port}\n"
+                    f'  psql "host={conn.host} port={conn.port} dbname={conn.session.database} '
+                    f'user={conn.user} sslmode=disable"\n'
+                    f"  password (session ticket): {conn.session.ticket}\n"
+                    "press Ctrl-C to end the session"
+                )
+            else:
+                sys.stdout.write(details(conn, fmt))
+                sys.stdout.flush()
+                render.info(
+                    f"tunnel open on {conn.host}:{conn.port}; "
+                    f"Ctrl-C (or kill {os.getpid()}) ends the session"
+                )
+            hold(conn)
             return
         rc = _run_child([psql], child_env(conn))
     if rc:

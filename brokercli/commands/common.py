@@ -20,7 +20,7 @@ import platform
 import socket
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -29,6 +29,7 @@ import typer
 
 from brokercli import config, render
 from brokercli.errors import CliError
+from brokercli.exit_codes import ExitCode
 
 if TYPE_CHECKING:
     from brokercli.client import BrokerClient, StartedSession
@@ -165,6 +166,7 @@ class Connection:
     host: str
     port: int
     user: str
+    broker: BrokerClient = field(compare=False, repr=False)
 
     def env(self) -> dict[str, str]:
         """libpq variables for a child process: the ticket is the password."""
@@ -283,7 +285,7 @@ def session_tunnel(
                     f"expires {session.expires_at}"
                 )
             try:
-                yield Connection(session, "127.0.0.1", tunnel.port, session.identity)
+                yield Connection(session, "127.0.0.1", tunnel.port, session.identity, client)
             finally:
                 tunnel.stop()
         finally:
@@ -298,6 +300,8 @@ def session_tunnel(
                     )
                     render.info(f"session {session.id} ended; credential {state}")
             except CliError as exc:
-                render.info(f"warning: could not end session {session.id}: {exc.message}")
+                # A session that ended elsewhere (killed, expired) was revoked there.
+                if exc.code != ExitCode.CONFLICT:
+                    render.info(f"warning: could not end session {session.id}: {exc.message}")
     finally:
         client.close()

@@ -52,7 +52,18 @@ def sessions(
     if output == Output.json:
         render.as_json(data)
         return
-    cols = ["id", "identity", "target", "scope", "status", "created", "expires", "ended", "reason"]
+    cols = [
+        "id",
+        "identity",
+        "target",
+        "scope",
+        "status",
+        "created",
+        "expires",
+        "ended",
+        "reason",
+        "end reason",
+    ]
     rows = [
         [
             s["id"],
@@ -63,7 +74,8 @@ def sessions(
             s["created_at"][:19],
             s["expires_at"][:19],
             (s["ended_at"] or "")[:19],
-            s.get("end_reason") or s.get("reason") or "",
+            s.get("reason") or "",
+            s.get("end_reason") or "",
         ]
         for s in data
     ]
@@ -76,14 +88,15 @@ def kill(
 ) -> None:
     """End a session now: disconnect its clients and revoke its credential.
 
-    Your own sessions, or anyone's for admins.
+    Your own sessions, or anyone's for admins. A dbaccess connect waiting on the
+    session (--no-launch, --print-env, --format) notices and exits 8. Exits 8 if the
+    session has already ended.
     """
     client = BrokerClient.from_env(server)
     ended = client.end_session(session_id)
     rev = ended.get("revocation") or {}
-    render.info(
-        f"session {session_id} {ended['status']}: credential {'revoked' if rev.get('ok') else rev}"
-    )
+    state = "revoked" if rev.get("ok") else f"not revoked: {rev.get('detail') or 'unknown'}"
+    render.info(f"session {session_id} {ended['status']}: credential {state}")
 
 
 audit_app = typer.Typer(

@@ -19,7 +19,7 @@ from server.api import auth_routes, recordings_routes, requests_routes
 from server.api.common import is_admin, may_audit, parse_ttl
 from server.audit import chain
 from server.durations import format_duration
-from server.errors import DbaccessError, Forbidden, NotFound
+from server.errors import Conflict, DbaccessError, Forbidden, NotFound
 from server.policy.evaluate import Identity, visible_targets
 from server.sessions.service import SessionService
 
@@ -137,6 +137,14 @@ def create_app(
     @app.delete("/v1/sessions/{session_id}")
     def end_session(session_id: str, who: Caller) -> dict[str, Any]:
         record = visible_session(session_id, who)
+        if record.status != "active":
+            # Ending is not repeated: `dbaccess kill` on a session that is over says so.
+            ended = f" at {record.ended_at:%Y-%m-%d %H:%M:%S} UTC" if record.ended_at else ""
+            why = f": {record.end_reason}" if record.end_reason else ""
+            raise Conflict(
+                f"session {session_id} has already ended ({record.status}{ended}{why})",
+                hint="dbaccess sessions --active lists the running ones",
+            )
         own = record.identity == who.name
         status, reason = (
             ("ended", "client ended the session") if own else ("killed", f"killed by {who.name}")

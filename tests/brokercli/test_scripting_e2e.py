@@ -8,6 +8,11 @@ DBACCESS_CA_FILE (or --ca-file) and reads exit codes and plain output.
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import signal
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -128,3 +133,131 @@ def test_an_unknown_scope_or_target_exits_6(broker: Broker, argv: list[str]) -> 
     res = broker.cli(*argv)
     assert res.returncode == 6, res.stderr
     assert "nope" in res.stderr or "no-such-target" in res.stderr
+
+
+def read_until(proc: subprocess.Popen[str], done: Callable[[list[str]], bool]) -> list[str]:
+    """Lines of ``proc``'s stdout until ``done`` says the output is complete."""
+    assert proc.stdout is not None
+    lines: list[str] = []
+    while not done(lines):
+        line = proc.stdout.readline()
+        if not line:
+            proc.wait(30)
+            raise AssertionError(f"exited {proc.returncode}: {proc.stderr.read()}")  # type: ignore[union-attr]
+        lines.append(line.rstrip("\n"))
+    return lines
+
+
+def psql(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["psql", "-XAt", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env},
+        check=False,
+    )
+
+
+def session(broker: Broker, session_id: str) -> dict[str, object]:
+    res = broker.cli("sessions", "-o", "json", "--limit", "1000")
+    assert res.returncode == 0, res.stderr
+    found: dict[str, object] = next(s for s in json.loads(res.stdout) if s["id"] == session_id)
+    return found
+
+
+def test_kill_ends_a_waiting_connect_which_exits_8_and_kill_again_exits_8(
+    broker: Broker,
+) -> None:
+    proc = broker.spawn("connect", "demo", "--print-env", "--reason", "a GUI client")
+    try:
+        lines = read_until(proc, lambda got: len(got) == 7)
+        assert lines[0].startswith("# session s-")
+        session_id = lines[0].split()[2].rstrip(":")
+        exports = dict(shlex.split(line)[1].split("=", 1) for line in lines[1:])
+        assert set(exports) == {
+            "PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE", "PGSSLMODE"
+        }  # fmt: skip
+        used = psql(exports, "-c", "select current_database()")
+        assert used.returncode == 0, used.stderr
+        assert used.stdout.strip() == "demo"
+
+        kill = broker.cli("kill", session_id)
+        assert kill.returncode == 0, kill.stderr
+        assert "credential revoked" in kill.stderr
+        assert proc.wait(30) == 8
+        stderr = proc.stderr.read()  # type: ignore[union-attr]
+        assert f"session {session_id} has ended" in stderr
+        assert "dbaccess connect demo" in stderr  # how to start a new one
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()  # type: ignore[union-attr]
+        proc.stderr.close()  # type: ignore[union-attr]
+    assert psql(exports, "-c", "select 1").returncode != 0
+
+    again = broker.cli("kill", session_id)
+    assert again.returncode == 8
+    assert f"session {session_id} has already ended" in again.stderr
+    assert "client ended the session" in again.stderr
+
+
+def _complete(fmt: str) -> Callable[[list[str]], bool]:
+    if fmt == "uri":
+        return lambda got: len(got) == 1
+    if fmt == "pg_service":
+        return lambda got: len(got) == 8
+    return lambda got: bool(got) and got[-1] == "}"
+
+
+@pytest.mark.parametrize("fmt", ["uri", "pg_service", "json"])
+def test_connect_prints_the_tunnel_for_other_clients_and_holds_it_until_sigterm(
+    broker: Broker, fmt: str, tmp_path: Path
+) -> None:
+    proc = broker.spawn("connect", "demo", "--format", fmt)
+    try:
+        lines = read_until(proc, _complete(fmt))
+        if fmt == "uri":
+            assert lines[0].startswith("postgresql://")
+            used = psql({}, lines[0], "-c", "select current_database()")
+        elif fmt == "pg_service":
+            service = tmp_path / "pg_service.conf"
+            service.write_text("\n".join(lines) + "\n")
+            assert lines[1] == "[dbaccess-demo]"
+            env = {"PGSERVICEFILE": str(service), "PGSERVICE": "dbaccess-demo"}
+            used = psql(env, "-c", "select current_database()")
+        else:
+            data = json.loads("\n".join(lines))
+            assert data["uri"].startswith("postgresql://") and data["target"] == "demo"
+            conninfo = (
+                f"host={data['host']} port={data['port']} user={data['user']} "
+                f"password={data['password']} dbname={data['dbname']} sslmode={data['sslmode']}"
+            )
+            used = psql({}, conninfo, "-c", "select current_database()")
+        assert used.returncode == 0, used.stderr
+        assert used.stdout.strip() == "demo"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()  # type: ignore[union-attr]
+        proc.stderr.close()  # type: ignore[union-attr]
+
+
+def test_sessions_without_a_terminal_print_whole_records_with_both_reasons(
+    broker: Broker,
+) -> None:
+    reason = "INC-7 " + "weekly report for the finance team, " * 4
+    ran = broker.cli("exec", "demo", "--reason", reason, "-c", "select 1")
+    assert ran.returncode == 0, ran.stderr
+    res = broker.cli("sessions", "--limit", "3")
+    assert res.returncode == 0, res.stderr
+    header, *rows = res.stdout.splitlines()
+    assert header.split()[-4:] == ["ended", "reason", "end", "reason"]
+    newest = json.loads(broker.cli("sessions", "-o", "json", "--limit", "1").stdout)[0]
+    line = next(r for r in rows if r.startswith(newest["id"] + " "))
+    # One line per record: the full id, the user's reason and the end reason, unfolded.
+    assert reason.strip() in line
+    assert line.rstrip().endswith("client ended the session")
+    assert len(rows) == 3

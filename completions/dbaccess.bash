@@ -26,7 +26,7 @@ __dbaccess_options() {
         'targets') printf '%s\n' -o --output --server --ca-file -h --help ;;
         'connect') printf '%s\n' -s --scope --ttl -r --reason -p --port --no-launch --print-env --format --server --no-wait --wait-timeout --break-glass --ca-file -h --help ;;
         'run') printf '%s\n' -s --scope --ttl -r --reason -p --port --server --no-wait --wait-timeout --break-glass --ca-file -h --help ;;
-        'exec') printf '%s\n' -c --command -f --file -o --output -s --scope --ttl -r --reason --server --no-wait --wait-timeout --break-glass --request-review --ca-file -h --help ;;
+        'exec') printf '%s\n' -c --command -f --file -o --output -s --scope --ttl -r --reason --server --no-wait --wait-timeout --break-glass --request-review --header-comments --ca-file -h --help ;;
         'sessions') printf '%s\n' --active --all --limit -o --output --server --ca-file -h --help ;;
         'kill') printf '%s\n' --server --ca-file -h --help ;;
         'replay') printf '%s\n' -o --output --server --ca-file -h --help ;;

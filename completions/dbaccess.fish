@@ -131,6 +131,7 @@ complete -c dbaccess -n "__dbaccess_at 'exec'" -l no-wait -d 'If the scope needs
 complete -c dbaccess -n "__dbaccess_at 'exec'" -l wait-timeout -x -d 'How long to wait for approval, e.g. 15m (exit 12 after)'
 complete -c dbaccess -n "__dbaccess_at 'exec'" -l break-glass -d 'Skip a required approval where the scope allows it (needs --reason; flagged in the audit log and notified)'
 complete -c dbaccess -n "__dbaccess_at 'exec'" -l request-review -d 'Ask reviewers to approve this exact SQL first (by its SHA-256), wait, then run it once. Any byte changed after approval means no approval'
+complete -c dbaccess -n "__dbaccess_at 'exec'" -l header-comments -d 'With --output csv: a \'# masked: COLUMN,...\' line before each result\'s header names the columns the gateway masked (empty when none)'
 complete -c dbaccess -n "__dbaccess_at 'exec'" -l ca-file -r -F -d 'CA certificate (PEM) that signs the broker\'s and the gateway\'s TLS certificates, for a private CA (default: $DBACCESS_CA_FILE, else the profile\'s, else the system\'s)'
 complete -c dbaccess -n "__dbaccess_at 'exec'" -s h -l help -d 'Show this message and exit'
 

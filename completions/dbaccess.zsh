@@ -135,6 +135,7 @@ _dbaccess__exec() {
     '(--wait-timeout)'--wait-timeout'[How long to wait for approval, e.g. 15m (exit 12 after)]:wait-timeout: ' \
     '(--break-glass)'--break-glass'[Skip a required approval where the scope allows it (needs --reason; flagged in the audit log and notified)]' \
     '(--request-review)'--request-review'[Ask reviewers to approve this exact SQL first (by its SHA-256), wait, then run it once. Any byte changed after approval means no approval]' \
+    '(--header-comments)'--header-comments'[With --output csv\: a '\''# masked\: COLUMN,...'\'' line before each result'\''s header names the columns the gateway masked (empty when none)]' \
     '(--ca-file)'--ca-file'[CA certificate (PEM) that signs the broker'\''s and the gateway'\''s TLS certificates, for a private CA (default\: $DBACCESS_CA_FILE, else the profile'\''s, else the system'\''s)]:ca-file:_files' \
     '(- *)'{-h,--help}'[Show this message and exit]' \
     '1:target: '

@@ -8,6 +8,7 @@ SIGTERM/SIGHUP, so the session is always ended and revoked on the way out.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -249,11 +250,24 @@ def exec_(
             "then run it once. Any byte changed after approval means no approval.",
         ),
     ] = False,
+    header_comments: Annotated[
+        bool,
+        typer.Option(
+            "--header-comments",
+            help="With --output csv: a '# masked: COLUMN,...' line before each result's "
+            "header names the columns the gateway masked (empty when none).",
+        ),
+    ] = False,
 ) -> None:
     """Run SQL non-interactively and print the results (for scripts and CI).
 
     Several statements may be given; each result set is printed. Exits 3 if a
     statement fails (the rest are not run).
+
+    Masked columns are marked: with --output json each result has a "masked"
+    list of the column names the gateway masked (by the target's masking
+    rules); with --output csv and --header-comments a "# masked:" comment line
+    precedes each result's header.
 
     Example (CI): dbaccess exec prod-db --scope write -f migration.sql --request-review
     """
@@ -282,7 +296,7 @@ def exec_(
         quiet=output != Output.table,
         approval=wait,
     ) as conn:
-        _execute(conn.env(), text, output)
+        _execute(conn.env(), text, output, header_comments=header_comments)
 
 
 def _review_first(
@@ -324,7 +338,7 @@ def _review_first(
         client.close()
 
 
-def _execute(env: dict[str, str], text: str, output: Output) -> None:
+def _execute(env: dict[str, str], text: str, output: Output, *, header_comments: bool) -> None:
     import psycopg
     from psycopg.conninfo import make_conninfo
 
@@ -342,11 +356,22 @@ def _execute(env: dict[str, str], text: str, output: Output) -> None:
     try:
         with psycopg.connect(conninfo, autocommit=True) as pg, psycopg.ClientCursor(pg) as cur:
             cur.execute(text.encode())
+            masked = _masked_columns(pg.info.parameter_status(MASKED_PARAMETER))
+            described = 0
             while True:
                 if cur.description is not None:
                     cols = [d.name for d in cur.description]
                     rows = cur.fetchall()
-                    results.append({"columns": cols, "rows": rows, "status": cur.statusmessage})
+                    marked = [cols[p] for p in masked.get(described, ()) if p < len(cols)]
+                    described += 1
+                    results.append(
+                        {
+                            "columns": cols,
+                            "rows": rows,
+                            "status": cur.statusmessage,
+                            "masked": marked,
+                        }
+                    )
                 else:
                     results.append({"columns": None, "rows": None, "status": cur.statusmessage})
                 if not cur.nextset():
@@ -359,14 +384,36 @@ def _execute(env: dict[str, str], text: str, output: Output) -> None:
         diag = exc.diag
         hint = diag.message_hint if diag else None
         state = f" [{exc.sqlstate}]" if exc.sqlstate else ""
-        _print_results(results, output)
+        _print_results(results, output, header_comments)
         raise CliError(
             f"{diag.message_primary if diag else exc}{state}", code=ExitCode.SQL_ERROR, hint=hint
         ) from None
-    _print_results(results, output)
+    _print_results(results, output, header_comments)
 
 
-def _print_results(results: list[dict[str, Any]], output: Output) -> None:
+# The gateway's report of the masked columns of a connection's simple Query
+# (server/gateway/masking_relay.py, REPORT_PARAMETER): exec sends one Query,
+# the connection's first.
+MASKED_PARAMETER = "dbaccess.masked_columns"
+
+
+def _masked_columns(value: str | None) -> dict[int, list[int]]:
+    """Result index -> positions of its masked columns, from the gateway's report."""
+    if not value:
+        return {}
+    try:
+        report = json.loads(value)
+        if report.get("query") != 1:
+            return {}
+        return {
+            int(r["result"]): [int(c["position"]) for c in r["columns"]]
+            for r in report.get("results", ())
+        }
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return {}
+
+
+def _print_results(results: list[dict[str, Any]], output: Output, header_comments: bool) -> None:
     if output == Output.json:
         render.as_json(
             [
@@ -375,6 +422,7 @@ def _print_results(results: list[dict[str, Any]], output: Output) -> None:
                     "rows": None
                     if r["columns"] is None
                     else [dict(zip(r["columns"], row, strict=True)) for row in r["rows"]],
+                    **({} if r["columns"] is None else {"masked": r["masked"]}),
                 }
                 for r in results
             ]
@@ -385,4 +433,6 @@ def _print_results(results: list[dict[str, Any]], output: Output) -> None:
             if output == Output.table:
                 render.info(r["status"] or "")
             continue
+        if output == Output.csv and header_comments:
+            print("# masked: " + ",".join(r["masked"]))
         render.records(r["columns"], r["rows"], output.value)

@@ -636,6 +636,44 @@ def masks(rules: MaskingRules, column: ColumnRef) -> bool:
     )
 
 
+# Schemas whose columns a session-start notice leaves out (a glob may match them).
+_SYSTEM_SCHEMAS: Final = frozenset({"pg_catalog", "information_schema", "pg_toast"})
+NOTICE_COLUMNS: Final = 20
+
+
+def session_notice(rules: MaskingRules, columns: Iterable[ColumnRef] | None) -> str | None:
+    """What a masked session is told when it logs in: the target's columns that
+    leave masked in it (from the catalog's ``columns``; None: not loaded), each
+    with its method (``derived`` for a view column over masked ones), and the
+    content detectors.  None when nothing is masked or detected."""
+    parts: list[str] = []
+    if rules.active:
+        found = sorted(
+            (str(c), str(rule.method) if (rule := rules.rule_for(c)) is not None else "derived")
+            for c in columns or ()
+            if c.schema not in _SYSTEM_SCHEMAS and masks(rules, c)
+        )
+        if found:
+            shown = ", ".join(f"{name} ({method})" for name, method in found[:NOTICE_COLUMNS])
+            more = len(found) - NOTICE_COLUMNS
+            parts.append(
+                f"masked in this session: {shown}" + (f" and {more} more" if more > 0 else "")
+            )
+        else:
+            rule_texts = [
+                f"{r.column or r.pattern} ({r.method})"
+                for r in rules.rules
+                if r.method is not MaskMethod.CLEAR
+            ]
+            parts.append("masking rules apply in this session: " + ", ".join(rule_texts))
+    if rules.detectors:
+        kinds = ", ".join(f"{kind} ({action})" for kind, action in rules.detectors.items())
+        parts.append(f"content detectors: {kinds}")
+    if not parts:
+        return None
+    return "dbaccess: " + "; ".join(parts)
+
+
 def _decide(
     index: int,
     name: str,

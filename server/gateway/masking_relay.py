@@ -83,6 +83,7 @@ masked columns is refused, not masked.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -96,6 +97,7 @@ from server.gateway import pgwire
 from server.gateway.catalog import Catalog
 from server.gateway.guardrails import Decision, Outcome
 from server.gateway.masking import (
+    Action,
     ColumnRef,
     MaskingRules,
     MaskPlan,
@@ -107,6 +109,7 @@ from server.gateway.masking import (
     screen_parameter,
     screen_report,
     screen_row,
+    session_notice,
     session_rules,
 )
 from server.gateway.masking_guard import UNQUALIFIED, MaskedSession, masking_decision, resolve_name
@@ -150,6 +153,9 @@ _RESPONSE_TYPES = b"TDCnsIE123tHdcVZN"
 _ASYNC_TYPES = b"AS"
 _RECORD_TYPES = b"CIEZN"
 REFRESH_INTERVAL = 5.0
+# The ParameterStatus that tells a client which result columns of its last
+# simple Query were masked (see _report).
+REPORT_PARAMETER = "dbaccess.masked_columns"
 
 Touched = Callable[[], Iterable[ColumnRef] | None]
 
@@ -171,6 +177,9 @@ class _Item:
     sqlstate: str | None = None
     decision: str = "allowed"
     masked: list[dict[str, str]] = field(default_factory=list)
+    serial: int = 0  # a Query's number on the connection (for REPORT_PARAMETER)
+    results: int = 0  # a Query's RowDescriptions so far
+    reported: list[dict[str, object]] = field(default_factory=list)
     params: tuple[bytes | None, ...] | None = None  # an Execute's Bind parameters
     param_formats: tuple[int, ...] = ()
     # What a Describe or Execute was sent for: the very statement or portal the
@@ -258,6 +267,8 @@ class MaskingHooks:
         self.portals: dict[str, _Portal] = {}
         self.dropping = False
         self._refreshed = float("-inf")
+        self._queries = 0
+        self._reported = ""  # the last REPORT_PARAMETER value sent
 
     # -- installing ---------------------------------------------------------------
     def install(self, relay: Relay) -> None:
@@ -285,7 +296,8 @@ class MaskingHooks:
     def _on_query(self, raw: RawMessage, relay: Relay) -> None:
         msg = pgwire.decode_frontend(raw)
         assert isinstance(msg, Query)
-        item = _Item("Q", sql=msg.query)
+        self._queries += 1
+        item = _Item("Q", sql=msg.query, serial=self._queries)
         item.analysis = self._analyze(msg.query)
         self._start(item)
         self.pending.append(item)
@@ -451,6 +463,8 @@ class MaskingHooks:
                 portal.formats = formats
                 client_formats = portal.client_formats
         if plan.clear:
+            if head.kind == "Q":
+                head.results += 1
             return None
         unmaskable = plan.unmaskable(formats)
         if unmaskable is not None:
@@ -459,9 +473,41 @@ class MaskingHooks:
             return self._unmaskable(head, unmaskable.name)
         if head.kind == "Q":
             head.masked.extend(plan.summary())
+        out = None
         if any(f.retype for f in plan.fields):
-            return RowDescription(plan.row_description(msg.fields, client_formats)).encode()
-        return None
+            out = RowDescription(plan.row_description(msg.fields, client_formats)).encode()
+        if head.kind == "Q":
+            return self._report(head, plan, raw if out is None else out)
+        return out
+
+    def _report(self, item: _Item, plan: MaskPlan, sent: RawMessage | bytes) -> bytes | None:
+        """A ParameterStatus ``dbaccess.masked_columns`` ahead of a result of a
+        simple Query that has masked columns: which columns of which results of
+        that Query (its number on the connection) leave masked, as JSON.
+
+        A ParameterStatus is what the protocol lets a server send at any time
+        and clients keep by name without showing it (psql and the drivers), so
+        psql users see nothing new while ``dbaccess exec`` reads it after its
+        Query (``PQparameterStatus``) to mark masked columns.  The column
+        origins the client receives could not say it: a masked expression has
+        none, and the client does not know the rules.  Only results with
+        masked columns change the value, so unmasked reads send nothing."""
+        index = item.results
+        item.results += 1
+        columns = [
+            {"position": i, "name": f.name, "method": str(f.method or "")}
+            for i, f in enumerate(plan.fields)
+            if f.action is Action.MASK
+        ]
+        if not columns:
+            return None
+        item.reported.append({"result": index, "columns": columns})
+        value = json.dumps({"query": item.serial, "results": item.reported}, separators=(",", ":"))
+        if value == self._reported:
+            return None
+        self._reported = value
+        body = sent.wire if isinstance(sent, RawMessage) else sent
+        return ParameterStatus(REPORT_PARAMETER, value).encode() + bytes(body)
 
     def _row_plan(self, head: _Item | None) -> tuple[MaskPlan | None, tuple[int, ...]]:
         """The plan and formats of the rows ``head`` is answered with (None: not described)."""
@@ -595,6 +641,8 @@ class MaskingHooks:
     def _on_parameter(self, raw: RawMessage) -> bytes | None:
         msg = pgwire.decode_backend(raw)
         assert isinstance(msg, ParameterStatus)
+        if msg.name == REPORT_PARAMETER:
+            return b""  # the gateway's own: never the server's
         value = screen_parameter(
             msg.name,
             msg.value,
@@ -997,6 +1045,14 @@ class MaskingSetup:
             # catalog as it is (not loaded here); unknown origins fail closed.
             found = self._rules(live)
         rules, catalog = found
+        snapshot = catalog.current if catalog is not None else None
+        notice = session_notice(rules, snapshot.columns() if snapshot is not None else None)
+        if notice is not None:
+            relay.greeting.append(
+                pgwire.NoticeResponse(
+                    {"S": "NOTICE", "V": "NOTICE", "C": "00000", "M": notice}
+                ).encode()
+            )
         recorder = self.service.recorder
         # The path the gateway pinned at login (the server checked it then).
         path = session_search_path(relay.parameters.get("search_path"), live.credential.username)

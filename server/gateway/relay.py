@@ -144,6 +144,9 @@ class Relay:
         # The session parameters the gateway set upstream at login (search_path, ...),
         # for hooks whose reading of statements depends on them.
         self.parameters: Mapping[str, str] = dict(parameters or {})
+        # Messages the setups want the client to get with its login, before the
+        # first ReadyForQuery (the masking setup's notice of what is masked).
+        self.greeting: list[bytes] = []
         self._client_hooks: dict[int, Hook] = {}
         self._server_hooks: dict[int, Hook] = {}
         self._server_runs: dict[int, RunHook] = {}

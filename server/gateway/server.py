@@ -633,13 +633,14 @@ class ClientConnection(asyncio.Protocol):
             self.gateway.cancel_keys[self.key] = CancelTarget(
                 up.host, up.port, *self.login.backend_key
             )
-        out = [pgwire.auth_ok()]
-        out += [pgwire.parameter_status(n, v) for n, v in self.login.parameters]
-        out.append(pgwire.backend_key_data(*self.key))
-        out.append(pgwire.ready_for_query("I"))
         relay = Relay(self._session_params)
         for setup in self.gateway.relay_setup:
             setup(relay, self.live)
+        out = [pgwire.auth_ok()]
+        out += [pgwire.parameter_status(n, v) for n, v in self.login.parameters]
+        out.append(pgwire.backend_key_data(*self.key))
+        out += relay.greeting
+        out.append(pgwire.ready_for_query("I"))
         self._up = self.upstream.transport
         self.relay = relay
         self._record_connection("connection.open")

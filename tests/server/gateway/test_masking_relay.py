@@ -76,7 +76,8 @@ def test_expression_over_a_masked_column_is_masked() -> None:
         + pgwire.encode_raw(ord("C"), b"SELECT 1\0")
         + pgwire.ready_for_query("I")
     )
-    assert _types(out) == "TDCZ" and b"ann@" not in out
+    # S: the report of the masked columns (dbaccess.masked_columns) ahead of the result.
+    assert _types(out) == "STDCZ" and b"ann@" not in out
     assert b"***" in out and b"OSLO" in out
 
 
@@ -147,3 +148,64 @@ def test_described_statement_masks_later_executes_and_suspended_portals() -> Non
     assert _types(out) == "2DsDCZ"
     assert b"ann@" not in out and b"bob@" not in out
     assert b"***@example.com" in out and b"***@example.org" in out
+
+
+def _reports(out: bytes) -> list[object]:
+    import json
+
+    from server.gateway.pgwire import ParameterStatus
+
+    found = []
+    for raw in pgwire.split_frames(out)[0]:
+        msg = pgwire.decode_backend(raw)
+        if isinstance(msg, ParameterStatus) and msg.name == "dbaccess.masked_columns":
+            found.append(json.loads(msg.value))
+    return found
+
+
+def test_the_masked_columns_of_each_result_are_reported_ahead_of_it() -> None:
+    relay = _relay([])
+    relay.from_client(
+        Query("select email from customers; select city from customers; "
+              "select city, email from customers").encode()
+    )  # fmt: skip
+    done = pgwire.encode_raw(ord("C"), b"SELECT 1\0")
+    out, _ = relay.from_server(
+        _fields(("email", 1)) + _row(b"ann@example.com") + done
+        + _fields(("city", 2)) + _row(b"Oslo") + done
+        + _fields(("city", 2), ("email", 1)) + _row(b"Oslo", b"ann@example.com") + done
+        + pgwire.ready_for_query("I")
+    )  # fmt: skip
+    assert _types(out) == "STDCTDCSTDCZ"
+    email = {"position": 0, "name": "email", "method": "partial"}
+    first = {"result": 0, "columns": [email]}
+    third = {"result": 2, "columns": [{**email, "position": 1}]}
+    assert _reports(out) == [
+        {"query": 1, "results": [first]},
+        {"query": 1, "results": [first, third]},
+    ]
+    assert b"ann@" not in out
+    # The next Query's masked result says whose it is; an unmasked one sends nothing.
+    relay.from_client(Query("select city from customers").encode())
+    out, _ = relay.from_server(
+        _fields(("city", 2)) + _row(b"Oslo") + done + pgwire.ready_for_query("I")
+    )
+    assert _types(out) == "TDCZ"
+    relay.from_client(Query("select email from customers").encode())
+    out, _ = relay.from_server(
+        _fields(("email", 1)) + _row(b"a@b.c") + done + pgwire.ready_for_query("I")
+    )
+    assert _reports(out) == [{"query": 3, "results": [first]}]
+
+
+def test_a_server_cannot_send_the_report() -> None:
+    from server.gateway.pgwire import ParameterStatus
+
+    relay = _relay([])
+    relay.from_client(Query("select city from customers").encode())
+    forged = ParameterStatus("dbaccess.masked_columns", '{"query":1,"results":[]}').encode()
+    out, _ = relay.from_server(
+        forged + _fields(("city", 2)) + _row(b"Oslo") + pgwire.encode_raw(ord("C"), b"SELECT 1\0")
+        + pgwire.ready_for_query("I")
+    )  # fmt: skip
+    assert _types(out) == "TDCZ"

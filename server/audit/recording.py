@@ -148,13 +148,17 @@ def _plain(value: Any) -> bool:
 # Redaction of statements
 
 
+# Every alternative runs in time linear in what it matches, whatever the text:
+# quoted forms are written as unrolled loops, and an opening that is never
+# closed runs to the end of the text (as PostgreSQL reads it) instead of
+# making the scan try again from every later position.
 _TOKEN = re.compile(
     r"""
-      (?P<comment>--[^\n]*|/\*.*?\*/)
-    | (?P<estring>[eE]'(?:[^'\\]|\\.|'')*')
-    | (?P<string>'(?:[^']|'')*')
-    | (?P<dollar>\$(?P<tag>[A-Za-z_][A-Za-z0-9_]*)?\$.*?\$(?P=tag)\$)
-    | (?P<ident>"(?:[^"]|"")*")
+      (?P<comment>--[^\n]*|/\*.*?(?:\*/|\Z))
+    | (?P<estring>[eE]'[^'\\]*(?:(?:\\(?:.|\Z)|'')[^'\\]*)*(?:'|\Z))
+    | (?P<string>'[^']*(?:''[^']*)*(?:'|\Z))
+    | (?P<dollar>\$(?P<tag>[A-Za-z_][A-Za-z0-9_]*)?\$.*?(?:\$(?P=tag)\$|\Z))
+    | (?P<ident>"[^"]*(?:""[^"]*)*(?:"|\Z))
     | (?P<word>[A-Za-z_][A-Za-z0-9_$]*)
     | (?P<number>(?<![A-Za-z0-9_$])[0-9][0-9._eE+-]*)
     """,
@@ -164,7 +168,10 @@ _INLINE_SECRET = re.compile(
     r"(?P<key>\b(?:password|passwd|pwd|secret|token|api_?key)\s*[=:]\s*)(?P<value>[^\s'&;,]+)",
     re.IGNORECASE,
 )
-_URI_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^/\s:@']+:)[^@\s']+(?P<tail>@)", re.I)
+# ``scheme://user:password@``.  The match starts at ``://`` (a scheme before it
+# changes nothing about what to hide), and the password stops at a slash as
+# libpq's URI parser does: so each ``://`` scans only up to the next one.
+_URI_PASSWORD = re.compile(r"(?P<head>://[^/\s:@']+:)[^@\s'/]+(?P<tail>@)")
 
 
 def redact_statement(sql: str, *, literals: Iterable[str] = (), all_literals: bool = False) -> str:

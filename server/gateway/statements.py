@@ -124,17 +124,22 @@ _REFUSED_NAME = "dbaccess: refused statement"
 # Statement names the gateway uses itself (the refusal's, the row estimate's).
 _RESERVED_PREFIX = "dbaccess: "
 _PARAM_RULES = frozenset({"guardrails.no_role_change", "guardrails.pinned_setting"})
+# A literal left open (the text was cut, or never closed it) runs to the end,
+# so that no opening makes the scan read the rest of the text again.
 _SECRET = re.compile(
-    r"((?:PASSWORD|SECRET|TOKEN)\s+)('(?:[^']|'')*'|\$[A-Za-z0-9_]*\$.*?\$[A-Za-z0-9_]*\$)",
+    r"((?:PASSWORD|SECRET|TOKEN)\s+)"
+    r"('[^']*(?:''[^']*)*(?:'|\Z)|\$[A-Za-z0-9_]*\$.*?(?:\$[A-Za-z0-9_]*\$|\Z))",
     re.IGNORECASE | re.DOTALL,
 )
 _AUDIT_TEXT = 4_000
 
 
 def redact(sql: str) -> str:
-    """The statement as the audit log keeps it: quoted passwords and secrets replaced."""
-    text = _SECRET.sub(lambda m: m.group(1) + "'***'", sql)
-    return text if len(text) <= _AUDIT_TEXT else text[:_AUDIT_TEXT] + "…"
+    """The statement as the audit log keeps it: cut to its first characters, quoted
+    passwords and secrets replaced (one cut before a secret's end hides all of it)."""
+    cut = len(sql) > _AUDIT_TEXT
+    text = _SECRET.sub(lambda m: m.group(1) + "'***'", sql[:_AUDIT_TEXT] if cut else sql)
+    return text + "…" if cut else text
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
     from server.audit.archive import ArchiveConfig
     from server.config import OidcConfig
+    from server.gateway.analysis_limits import AnalysisLimits
     from server.notify.webhooks import WebhookConfig
     from server.policy.model import ScopePolicy
     from server.runtime import Runtime, RuntimeOptions
@@ -223,6 +224,7 @@ def dev(
             gateway_startup_timeout=gateway_startup_timeout,
             shutdown_grace=shutdown_grace,
             gateway_cancel_rate=gateway_cancel_rate,
+            analysis_limits=_dev_analysis_limits(),
             tls=tls,
             oidc=oidc,
             webhooks=webhooks,
@@ -288,6 +290,23 @@ def _dev_oidc(issuer: str | None, client_id: str | None) -> OidcConfig | None:
     return oidc
 
 
+def _dev_analysis_limits() -> AnalysisLimits:
+    """The dev mode's analysis limits: DBACCESS_SERVER_GATEWAY_MAX_STATEMENT_SIZE and
+    DBACCESS_SERVER_GATEWAY_ANALYSIS_CPU_BUDGET, else the defaults."""
+    from server.config import ENV_PREFIX, ConfigError, load_config
+    from server.gateway.analysis_limits import AnalysisLimits
+
+    keys = ("GATEWAY_MAX_STATEMENT_SIZE", "GATEWAY_ANALYSIS_CPU_BUDGET")
+    limits_env = {
+        ENV_PREFIX + k: os.environ[ENV_PREFIX + k] for k in keys if ENV_PREFIX + k in os.environ
+    }
+    try:
+        cfg = load_config(None, environ=limits_env)
+    except ConfigError as exc:
+        raise _fail(exc.message, 2) from None
+    return AnalysisLimits(cfg.gateway_max_statement_size, cfg.gateway_analysis_cpu_budget)
+
+
 def _dev_archive(data_dir: Path) -> ArchiveConfig | None:
     """The dev mode's archive: the DBACCESS_SERVER_ARCHIVE_* variables, spool in ``data_dir``."""
     from server.config import ENV_PREFIX, ConfigError, load_config
@@ -329,6 +348,7 @@ def run_cmd(
     _logging(verbose)
     from server import runtime
     from server.config import load_config, parse_hostport
+    from server.gateway.analysis_limits import AnalysisLimits
     from server.tlsutil import TlsFiles
 
     try:
@@ -354,6 +374,9 @@ def run_cmd(
             gateway_startup_timeout=cfg.gateway_startup_timeout.total_seconds(),
             shutdown_grace=cfg.shutdown_grace.total_seconds(),
             gateway_cancel_rate=cfg.gateway_cancel_rate,
+            analysis_limits=AnalysisLimits(
+                cfg.gateway_max_statement_size, cfg.gateway_analysis_cpu_budget
+            ),
             oidc=cfg.oidc,
             workload_token_ttl=cfg.workload_token_ttl,
             tls=TlsFiles(cfg.tls.cert, cfg.tls.key, cfg.tls.ca) if cfg.tls else None,

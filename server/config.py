@@ -46,6 +46,7 @@ from urllib.parse import urlsplit
 from server.audit.archive import SSE_MODES, ArchiveConfig, check_bucket, check_endpoint
 from server.durations import format_duration, parse_positive_duration
 from server.errors import InvalidInput
+from server.gateway.analysis_limits import DEFAULT_CPU_BUDGET, DEFAULT_MAX_STATEMENT_SIZE
 from server.notify.webhooks import EVENTS, FORMATS, WebhookConfig, check_url
 from server.yamlsrc import Checker, Node, Problem, Seq, SourceError, join, parse_yaml
 
@@ -144,6 +145,9 @@ class ServerConfig:
     gateway_startup_timeout: timedelta = timedelta(seconds=15)
     shutdown_grace: timedelta = timedelta(seconds=10)
     gateway_cancel_rate: float = 5.0
+    # What analysing one statement may cost (server.gateway.analysis_limits).
+    gateway_max_statement_size: int = DEFAULT_MAX_STATEMENT_SIZE
+    gateway_analysis_cpu_budget: float = DEFAULT_CPU_BUDGET
     oidc: OidcConfig | None = None
     workload_token_ttl: timedelta = DEFAULT_WORKLOAD_TOKEN_TTL
     webhooks: tuple[WebhookConfig, ...] = ()
@@ -419,6 +423,17 @@ def _positive_number(text: str, base: Path) -> float:
     return value
 
 
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2}
+
+
+def _byte_size(text: str, base: Path) -> int:
+    found = re.fullmatch(r"([0-9]+)\s*([A-Za-z]*)", text.strip())
+    unit = found.group(2).lower() if found else ""
+    if found is None or unit not in _SIZE_UNITS or int(found.group(1)) < 1:
+        raise ValueError(f"{text!r} is not a size such as 262144, 256KiB or 1MiB")
+    return int(found.group(1)) * _SIZE_UNITS[unit]
+
+
 _SETTINGS: dict[str, _Parser] = {
     "api_listen": _listen,
     "gateway_listen": _listen,
@@ -437,6 +452,8 @@ _SETTINGS: dict[str, _Parser] = {
     "gateway_startup_timeout": _positive_duration,
     "shutdown_grace": _positive_duration,
     "gateway_cancel_rate": _positive_number,
+    "gateway_max_statement_size": _byte_size,
+    "gateway_analysis_cpu_budget": _positive_number,
     "oidc_issuer": _issuer,
     "oidc_client_id": _word,
     "oidc_client_secret": _secret,

@@ -28,6 +28,7 @@ from server.audit import chain
 from server.audit.archive import ArchiveConfig, Archiver
 from server.config import DEFAULT_WORKLOAD_TOKEN_TTL, OidcConfig
 from server.errors import DbaccessError
+from server.gateway.analysis_limits import DEFAULT_ANALYSIS_LIMITS, AnalysisLimits
 from server.gateway.masking_relay import MaskingSetup
 from server.gateway.server import Gateway
 from server.gateway.statements import guard_setup
@@ -57,6 +58,7 @@ class RuntimeOptions:
     gateway_startup_timeout: float = 15.0
     shutdown_grace: float = 10.0
     gateway_cancel_rate: float = 5.0
+    analysis_limits: AnalysisLimits = DEFAULT_ANALYSIS_LIMITS
     oidc: OidcConfig | None = None
     workload_token_ttl: timedelta = DEFAULT_WORKLOAD_TOKEN_TTL
     tls: TlsFiles | None = None
@@ -99,7 +101,9 @@ class Runtime:
             cancel_rate=opts.gateway_cancel_rate,
         )
         masking = MaskingSetup(self.service)
-        self.gateway.relay_setup.append(guard_setup(self.service, masking.pre_execution))
+        self.gateway.relay_setup.append(
+            guard_setup(self.service, masking.pre_execution, opts.analysis_limits)
+        )
         self.gateway.session_prepare.append(masking.prepare)
         self.gateway.relay_setup.append(masking.setup)
         self.api_sock = _bind(opts.api_host, opts.api_port)

@@ -277,6 +277,12 @@ def redact_params(
     return out
 
 
+# Redacting a statement costs time linear in its length, on the gateway's event
+# loop; a recording keeps at most this much of one (the gateway refuses
+# statements over its size limit anyway, see server.gateway.analysis_limits).
+RECORDED_TEXT_MAX: Final = 64 * 1024
+
+
 def statement_event(
     text: str,
     *,
@@ -292,9 +298,15 @@ def statement_event(
     all_literals: bool = False,
 ) -> dict[str, Any]:
     """The data of a ``statement`` event; ``text`` is redacted here, ``params`` must be already
-    (see :func:`redact_params`)."""
-    return {
-        "text": redact_statement(text, literals=literals, all_literals=all_literals),
+    (see :func:`redact_params`).  A text longer than :data:`RECORDED_TEXT_MAX` is kept
+    cut to that many characters (then ``…``; ``text_length`` gives its length): it is
+    redacted as cut, so a literal the cut leaves open is hidden as the rest of one."""
+    cut = len(text) > RECORDED_TEXT_MAX
+    shown = redact_statement(
+        text[:RECORDED_TEXT_MAX] if cut else text, literals=literals, all_literals=all_literals
+    )
+    data: dict[str, Any] = {
+        "text": shown + "…" if cut else shown,
         "params": list(params) if params is not None else None,
         "started_at": started_at.isoformat(timespec="microseconds"),
         "duration_ms": round(duration_ms, 3),
@@ -304,6 +316,9 @@ def statement_event(
         "decision": decision,
         "masked": [dict(f) for f in masked_fields],
     }
+    if cut:
+        data["text_length"] = len(text)
+    return data
 
 
 LIMIT_KIND: Final = "limit"

@@ -226,6 +226,16 @@ class Relay:
             out.append(self._client_slow(held))
         self._to_server.append(b"".join(out))
 
+    def client_whole_bytes(self, more: int) -> int:
+        """How many bytes of whole messages ``from_client`` would take in (and hand
+        to the hooks) given ``more`` bytes now: 0 while they only add to a message
+        still incomplete.  The shell decides by it where to run ``from_client``."""
+        partial = self._client_partial
+        if partial is None:
+            return more
+        have = partial.have + more
+        return have if have >= partial.need else 0
+
     @property
     def holding(self) -> bool:
         """A detour is under way: client messages are held, not forwarded."""

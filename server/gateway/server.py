@@ -25,6 +25,18 @@ connection with ``XX000 dbaccess: internal error (see the broker log, id
 (:meth:`ClientConnection.internal_error`).  Relay state after such an
 exception cannot be trusted, so the connection is not kept.
 
+Analysis off the event loop.  The hooks of client messages analyse every
+statement (guardrails, masking), which costs time linear in its length.  A
+chunk of client bytes that completes more than ``OFFLOAD_BYTES`` of messages is
+handed to ``Relay.from_client`` in one of a few analysis threads
+(``ANALYSIS_THREADS``) instead: meanwhile the connection reads neither its
+client nor its target (so its messages keep their order and its relay is only
+ever used by one thread at a time), every other connection, and the API, go
+on; the bytes the relay decided on are written when the thread is done.
+Smaller chunks are analysed inline: measured (``bench/analysis_cost.py``), a
+statement of up to 1 kB costs at most a few milliseconds whatever its shape.
+What a statement may cost at all is bounded by ``server.gateway.analysis_limits``.
+
 Shutdown (``Gateway.stop``) stops accepting, closes connections that are
 idle or still logging in, lets the others finish what is in flight up to a
 grace period (a connection closes once its last ReadyForQuery has been
@@ -41,6 +53,7 @@ import secrets
 import socket
 import ssl
 from collections.abc import Callable
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import cast
 
@@ -76,6 +89,10 @@ SHUTDOWN_HINT = "start a new session with dbaccess connect when the broker is ba
 SHUTDOWN_LINGER = 1.0
 INTERNAL_HINT = "tell the broker's administrator the id; start a new connection to go on"
 _TERMINATE = pgwire.Terminate().encode()
+# Client bytes that complete more than this of messages are relayed (and so
+# analysed) in an analysis thread, off the event loop.
+OFFLOAD_BYTES = 1024
+ANALYSIS_THREADS = 2
 # The client's startup parameters that go upstream as given (application_name
 # has a default of its own).
 _PASSED_ON = sorted(FORWARDED_STARTUP - {"application_name"})
@@ -122,6 +139,9 @@ class Gateway:
         self.session_prepare: list[SessionPrepare] = []
         self.draining = False
         self._server: asyncio.base_events.Server | None = None
+        # Bounded: a client that sends costly statements waits for a thread, the
+        # event loop never does.
+        self.analysis = ThreadPoolExecutor(ANALYSIS_THREADS, thread_name_prefix="dbaccess-analysis")
         self._cancel_limiter: CancelLimiter | None = None
         self._cancel_logged = float("-inf")
         self.host = ""
@@ -155,6 +175,8 @@ class Gateway:
             )
         for conn in list(self.connections):
             conn.abort("57P01", SHUTDOWN_MESSAGE, SHUTDOWN_HINT)
+        # An analysis still running ends within its CPU budget; queued ones never start.
+        self.analysis.shutdown(wait=False, cancel_futures=True)
         if self._server is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), 5)
@@ -242,6 +264,12 @@ class ClientConnection(asyncio.Protocol):
         # holds the client's messages while it asks the target something.
         self.upstream_full = False
         self._client_paused = False
+        # An analysis thread has the relay: neither side is read meanwhile, and
+        # whatever still arrives waits here, in order.
+        self._analysing = False
+        self._client_full = False  # the client's transport is over its high-water mark
+        self._held_client: list[bytes] = []
+        self._held_upstream: list[bytes] = []
 
     @property
     def relaying(self) -> bool:
@@ -288,28 +316,7 @@ class ClientConnection(asyncio.Protocol):
                 return
         relay = self.relay
         if relay is not None and not self.closed:
-            if self._closing:
-                # Shutting down: the client's next statement gets the reason.
-                self.abort("57P01", SHUTDOWN_MESSAGE, SHUTDOWN_HINT)
-                return
-            try:
-                up, back = relay.from_client(data)
-            except ProtocolViolation as exc:
-                self.abort("08P01", f"protocol violation: {exc}", None)
-                return
-            except GatewayError as exc:
-                self.abort(exc.sqlstate, exc.message, exc.hint)
-                return
-            except Exception:
-                self.internal_error("relaying a client message")
-                return
-            if up:
-                assert self._up is not None
-                self._up.write(up)
-            if back:
-                self._write(back)
-            if relay.holding:
-                self.reading_client()
+            self._relay_client(relay, data)
             return
         if self.closed:
             return
@@ -349,6 +356,84 @@ class ClientConnection(asyncio.Protocol):
             self.abort(exc.sqlstate, exc.message, exc.hint)
         except Exception:
             self.internal_error("handling the client's startup")
+
+    def _relay_client(self, relay: Relay, data: bytes) -> None:
+        if self._analysing:
+            self._held_client.append(data)
+            return
+        if self._closing:
+            # Shutting down: the client's next statement gets the reason.
+            self.abort("57P01", SHUTDOWN_MESSAGE, SHUTDOWN_HINT)
+            return
+        if relay.client_whole_bytes(len(data)) > OFFLOAD_BYTES:
+            self._analyse_off_loop(relay, data)
+            return
+        try:
+            up, back = relay.from_client(data)
+        except ProtocolViolation as exc:
+            self.abort("08P01", f"protocol violation: {exc}", None)
+            return
+        except GatewayError as exc:
+            self.abort(exc.sqlstate, exc.message, exc.hint)
+            return
+        except Exception:
+            self.internal_error("relaying a client message")
+            return
+        self._client_relayed(relay, up, back)
+
+    def _client_relayed(self, relay: Relay, up: bytes, back: bytes) -> None:
+        if up:
+            assert self._up is not None
+            self._up.write(up)
+        if back:
+            self._write(back)
+        if relay.holding:
+            self.reading_client()
+
+    def _analyse_off_loop(self, relay: Relay, data: bytes) -> None:
+        """``relay.from_client(data)`` in an analysis thread; the connection reads
+        neither side until it is done (``_analysed``)."""
+        self._analysing = True
+        self.reading_client()
+        if self._up is not None:
+            self._up.pause_reading()
+        try:
+            job = self.gateway.analysis.submit(relay.from_client, data)
+        except RuntimeError:  # shut down: the broker is stopping
+            self.abort("57P01", SHUTDOWN_MESSAGE, SHUTDOWN_HINT)
+            return
+        job.add_done_callback(
+            lambda done: self.loop.call_soon_threadsafe(self._analysed, relay, done)
+        )
+
+    def _analysed(self, relay: Relay, job: Future[tuple[bytes, bytes]]) -> None:
+        self._analysing = False
+        if self.closed:
+            return
+        try:
+            up, back = job.result()
+        except ProtocolViolation as exc:
+            self.abort("08P01", f"protocol violation: {exc}", None)
+            return
+        except GatewayError as exc:
+            self.abort(exc.sqlstate, exc.message, exc.hint)
+            return
+        except CancelledError:  # never started: the broker is stopping
+            self.abort("57P01", SHUTDOWN_MESSAGE, SHUTDOWN_HINT)
+            return
+        except Exception:
+            self.internal_error("relaying a client message")
+            return
+        self._client_relayed(relay, up, back)
+        if self._up is not None and not self._client_full:
+            self._up.resume_reading()
+        self.reading_client()
+        # What arrived while the thread had the relay (normally nothing: neither
+        # side was read), in the order it came; either may start the next analysis.
+        while self._held_upstream and not self._analysing and not self.closed:
+            self.upstream_data(self._held_upstream.pop(0))
+        while self._held_client and not self._analysing and not self.closed:
+            self._relay_client(relay, self._held_client.pop(0))
 
     def _record_connection(self, kind: str) -> None:
         """``connection.open`` / ``connection.close`` in the session's recording."""
@@ -533,14 +618,14 @@ class ClientConnection(asyncio.Protocol):
     def close_if_idle(self) -> None:
         """At shutdown: close now unless a statement is in flight (then after its answer)."""
         relay = self.relay
-        if relay is None or not relay.busy:
+        if relay is None or not (relay.busy or self._analysing):
             self.abort("57P01", SHUTDOWN_MESSAGE, SHUTDOWN_HINT)
 
     def reading_client(self) -> None:
         """Read the client unless the target's buffer is full or the relay holds
         the client's messages (both would otherwise grow without bound)."""
         relay = self.relay
-        pause = self.upstream_full or (relay is not None and relay.holding)
+        pause = self.upstream_full or self._analysing or (relay is not None and relay.holding)
         if pause == self._client_paused or self.transport is None or self.closed:
             return
         self._client_paused = pause
@@ -551,11 +636,13 @@ class ClientConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         # The client is not reading: stop reading upstream until it catches up.
+        self._client_full = True
         if self._up is not None:
             self._up.pause_reading()
 
     def resume_writing(self) -> None:
-        if self._up is not None:
+        self._client_full = False
+        if self._up is not None and not self._analysing:
             self._up.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -565,6 +652,9 @@ class ClientConnection(asyncio.Protocol):
     def upstream_data(self, data: bytes) -> None:
         relay = self.relay
         if relay is not None and not self.closed:
+            if self._analysing:
+                self._held_upstream.append(data)
+                return
             try:
                 out, back = relay.from_server(data)
             except ProtocolViolation as exc:

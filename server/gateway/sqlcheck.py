@@ -125,7 +125,9 @@ __all__ = [
     "result_lineage",
 ]
 
-DEFAULT_MAX_LEN = 100_000
+# The gateway's default statement size limit (``analysis_limits``); the guard
+# passes the configured one, masking's readers use this.
+DEFAULT_MAX_LEN = 262_144
 DEFAULT_TIME_BUDGET = 1.0
 # Deeper nesting than this is machine-made or hostile; the compiled parser
 # recurses once per level and can overflow the C stack long before Python's
@@ -319,6 +321,9 @@ def _later(a: Execution, b: Execution) -> Execution:
 @dataclass(frozen=True)
 class Analysis:
     statements: tuple[Statement, ...]
+    # The analysis ran past its CPU budget and stopped (its one statement is
+    # UNKNOWN): the text may be fine, it was too costly to read.
+    over_budget: bool = False
 
     @property
     def unknown(self) -> bool:
@@ -655,14 +660,19 @@ def _analyze_guarded(
     try:
         analysis = _analyze(sql, search_path, max_len, params, deadline)
     except _OverBudget:
-        return _whole_unknown(sql, f"analysis took more than {time_budget:g}s of CPU"), False
+        return _over_budget(sql, time_budget), False
     except RecursionError:
         return _whole_unknown(sql, "statement nested too deeply to analyse"), True
     except Exception as error:  # fail closed on anything the analysis did not foresee
         return _whole_unknown(sql, f"analysis failed: {type(error).__name__}"), True
     if time.thread_time() > deadline:
-        return _whole_unknown(sql, f"analysis took more than {time_budget:g}s of CPU"), False
+        return _over_budget(sql, time_budget), False
     return analysis, True
+
+
+def _over_budget(sql: str, time_budget: float) -> Analysis:
+    reason = f"analysis took more than {time_budget:g}s of CPU"
+    return Analysis((_unknown(0, sql, reason),), over_budget=True)
 
 
 def _whole_unknown(sql: str, reason: str) -> Analysis:

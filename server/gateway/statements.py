@@ -74,7 +74,8 @@ from datetime import timedelta
 from server.approvals.service import Approvals
 from server.audit import chain
 from server.errors import DbaccessError
-from server.gateway import pgwire
+from server.gateway import analysis_limits, pgwire
+from server.gateway.analysis_limits import AnalysisLimits
 from server.gateway.guardrails import (
     Decision,
     GuardrailRules,
@@ -188,8 +189,10 @@ class StatementGuard:
         review: ApprovalPolicy | None = None,
         search_path: tuple[str, ...] = ("public",),
         masking: Callable[[str], Decision] | None = None,
+        limits: AnalysisLimits | None = None,
     ) -> None:
         self.rules = rules
+        self.limits = limits or AnalysisLimits()
         self._decisions: dict[Analysis, Decision] = {}
         # Masking's refusals before execution (``masking_guard``), in a masked session.
         self.masking = masking
@@ -219,9 +222,12 @@ class StatementGuard:
 
     # -- hooks -------------------------------------------------------------------
     def _on_query(self, raw: RawMessage, relay: Relay) -> bytes | None:
+        refusal = self._oversize(raw)
+        if refusal is not None:
+            return self._refuse_with(relay, Query(_REFUSED_SQL).encode(), refusal)
         msg = pgwire.decode_frontend(raw)
         assert isinstance(msg, Query)
-        analysis = analyze(msg.query, search_path=self.search_path)
+        analysis = self._analyze(msg.query)
         decision = self._decide(analysis, msg.query)
         if not self._passes(decision, msg.query, ()):
             return self._refuse(relay, Query(_REFUSED_SQL).encode())
@@ -246,6 +252,11 @@ class StatementGuard:
         return None
 
     def _on_parse(self, raw: RawMessage, relay: Relay) -> bytes | None:
+        refusal = self._oversize(raw)
+        if refusal is not None:
+            name = _parse_name(raw.body)
+            self.prepared.pop(name, None)
+            return self._refuse_with(relay, Parse(name, _REFUSED_SQL).encode(), refusal)
         msg = pgwire.decode_frontend(raw)
         assert isinstance(msg, Parse)
         self.prepared.pop(msg.name, None)
@@ -259,7 +270,7 @@ class StatementGuard:
             )
             self._record("statement.blocked", decision, msg.query)
             return self._refuse_with(relay, Parse("", _REFUSED_SQL).encode(), decision)
-        analysis = analyze(msg.query, search_path=self.search_path)
+        analysis = self._analyze(msg.query)
         decision = self._decide(analysis, msg.query)
         need = Need.NONE if self.seen is None else needs(analysis, self.sql_prepared)
         if need is Need.REFUSE and decision.outcome is not Outcome.BLOCK:
@@ -287,7 +298,7 @@ class StatementGuard:
         substitute = Bind(msg.portal, _REFUSED_NAME).encode()
         if known.at_bind:
             texts = _text_params(msg)
-            analysis = analyze(known.sql, search_path=self.search_path, params=texts)
+            analysis = self._analyze(known.sql, texts)
             decision = self._decide(analysis, known.sql)
             params = [bytes(p) if p is not None else None for p in msg.params]
             if not self._passes(decision, known.sql, params, msg.param_formats):
@@ -329,8 +340,36 @@ class StatementGuard:
         return None
 
     # -- deciding ------------------------------------------------------------------
+    def _oversize(self, raw: RawMessage) -> Decision | None:
+        """A Query or Parse whose text is over the size limit: refused (and recorded)
+        before anything decodes or parses it."""
+        limits = self.limits
+        if len(raw.body) <= limits.max_statement_size:
+            return None  # the text is shorter than the whole body
+        refusal = analysis_limits.oversize(
+            analysis_limits.statement_size(raw.type, raw.body), limits
+        )
+        if refusal is not None:
+            # Only the beginning is decoded: the audit log keeps no more of it.
+            head = raw.body[: _AUDIT_TEXT * 4].decode("utf-8", "replace")
+            self._record("statement.blocked", refusal, head + "…")
+        return refusal
+
+    def _analyze(self, sql: str, params: tuple[str | None, ...] | None = None) -> Analysis:
+        limits = self.limits
+        return analyze(
+            sql,
+            search_path=self.search_path,
+            params=params,
+            max_len=limits.max_statement_size,
+            time_budget=limits.cpu_budget,
+        )
+
     def _decide(self, analysis: Analysis, sql: str) -> Decision:
         """The guardrails' decision, and masking's refusal where that is graver."""
+        if analysis.over_budget:
+            # Not the statement's fault: it was too costly to read (54000, not 42501).
+            return analysis_limits.over_budget(self.limits)
         decision = self._guardrails(analysis)
         if self.masking is None or decision.outcome is Outcome.BLOCK:
             return decision  # nothing masking says can make it graver
@@ -517,10 +556,15 @@ def _error_response(decision: Decision) -> bytes:
     message = decision.message or "statement refused by the gateway's guardrails"
     return pgwire.error_response(
         "ERROR",
-        SQLSTATE,
+        analysis_limits.SQLSTATE if decision.rule in analysis_limits.RULES else SQLSTATE,
         f"dbaccess: {message} ({decision.rule})",
         hint=decision.hint or None,
     )
+
+
+def _parse_name(body: bytes) -> str:
+    end = body.find(b"\0")
+    return body[: end if end >= 0 else 0].decode("utf-8", "replace")
 
 
 def _text_params(msg: Bind) -> tuple[str | None, ...]:
@@ -548,11 +592,14 @@ MaskingCheck = Callable[[LiveSession, tuple[str, ...]], Callable[[str], Decision
 
 
 def guard_setup(
-    service: SessionService, masking: MaskingCheck | None = None
+    service: SessionService,
+    masking: MaskingCheck | None = None,
+    limits: AnalysisLimits | None = None,
 ) -> Callable[[Relay, LiveSession], None]:
     """The gateway's relay setup that puts a guard on every connection of a session;
     ``masking`` gives the refusals masking needs before a statement runs
-    (``MaskingSetup.pre_execution``)."""
+    (``MaskingSetup.pre_execution``); ``limits`` bound what analysing one
+    statement may cost."""
 
     def setup(relay: Relay, live: LiveSession) -> None:
         record = live.record
@@ -596,6 +643,7 @@ def guard_setup(
             review=review,
             search_path=path,
             masking=check,
+            limits=limits,
         ).install(relay)
 
     return setup

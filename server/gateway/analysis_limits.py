@@ -1,0 +1,107 @@
+"""What one statement may cost the gateway to analyse: its size and its CPU time.
+
+Two limits bound the work the gateway does for a statement before it decides
+on it, whatever the client sends:
+
+* ``max_statement_size`` (bytes of the statement's text, as the client sent it
+  in a Query or Parse message): a longer text is refused before anything
+  decodes, tokenizes or parses it (:func:`oversize`);
+* ``cpu_budget`` (CPU seconds of the thread that analyses it): an analysis that
+  runs past it stops, and the statement is refused (:func:`over_budget`) —
+  fail closed: a statement the gateway could not finish reading never runs.
+
+Both refusals carry SQLSTATE 54000 (program_limit_exceeded: the statement is
+too large or too complex for the gateway, not forbidden) and a hint naming the
+setting that raises the limit.
+
+How the default size was chosen (``bench/analysis_cost.py`` measures it): the
+analysis costs time and memory linear in the text, but how much per byte
+depends on its shape.  Long literals, identifiers and comments cost little
+(under 0.5 ms and a few hundred bytes of memory per kB); text made of one-byte
+tokens (deep nesting, long IN lists, thousands of statements in one Query) is
+the costliest, about 1.6 ms of CPU and 160 kB of memory per kB, almost all of it
+in tokenizing.  At 256 KiB the costliest shape stays well inside the default
+one-second CPU budget (about 0.4 s) and about 45 MB of memory, while statements
+people write, and large literals such as a JSON document, fit.
+
+Analysis that can take more than a few milliseconds does not run on the event
+loop: see ``server.gateway.server`` (``OFFLOAD_BYTES``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from server.gateway.guardrails import Decision
+
+# Imported by the broker's configuration, which must not load the analysis
+# (sqlglot) to read a file: the decisions import guardrails when they are made.
+
+DEFAULT_MAX_STATEMENT_SIZE: Final = 256 * 1024
+DEFAULT_CPU_BUDGET: Final = 1.0
+SQLSTATE: Final = "54000"
+TOO_LARGE: Final = "gateway.statement_too_large"
+OVER_BUDGET: Final = "gateway.analysis_budget"
+RULES: Final = frozenset({TOO_LARGE, OVER_BUDGET})
+
+
+@dataclass(frozen=True)
+class AnalysisLimits:
+    max_statement_size: int = DEFAULT_MAX_STATEMENT_SIZE
+    cpu_budget: float = DEFAULT_CPU_BUDGET
+
+    def __post_init__(self) -> None:
+        if self.max_statement_size < 1 or not self.cpu_budget > 0:
+            raise ValueError("analysis limits must be above zero")
+
+
+DEFAULT_ANALYSIS_LIMITS: Final = AnalysisLimits()
+
+
+def statement_size(kind: int, data: bytes) -> int:
+    """Bytes of the statement text in a Query (``Q``) or Parse (``P``) message body,
+    found without decoding it (a malformed body counts whole)."""
+    if kind == ord("Q"):
+        end = data.find(b"\0")
+        return end if end >= 0 else len(data)
+    name_end = data.find(b"\0")
+    if name_end < 0:
+        return len(data)
+    end = data.find(b"\0", name_end + 1)
+    return (end if end >= 0 else len(data)) - name_end - 1
+
+
+def oversize(size: int, limits: AnalysisLimits) -> Decision | None:
+    """The refusal of a statement text of ``size`` bytes, or None when it fits."""
+    from server.gateway.guardrails import Decision, Outcome
+
+    limit = limits.max_statement_size
+    if size <= limit:
+        return None
+    return Decision(
+        Outcome.BLOCK,
+        TOO_LARGE,
+        f"the statement is {size} bytes long, more than the gateway analyses "
+        f"({limit} bytes, gateway_max_statement_size)",
+        "split it into smaller statements, pass large values as bind parameters or "
+        "with COPY, or ask an administrator to raise gateway_max_statement_size in "
+        "the broker's configuration",
+        None,
+    )
+
+
+def over_budget(limits: AnalysisLimits) -> Decision:
+    """The refusal of a statement whose analysis ran past the CPU budget."""
+    from server.gateway.guardrails import Decision, Outcome
+
+    return Decision(
+        Outcome.BLOCK,
+        OVER_BUDGET,
+        f"analysing the statement took more than {limits.cpu_budget:g}s of CPU "
+        "(gateway_analysis_cpu_budget)",
+        "split it into smaller, simpler statements, or ask an administrator to raise "
+        "gateway_analysis_cpu_budget in the broker's configuration",
+        None,
+    )

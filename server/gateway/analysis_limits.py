@@ -45,6 +45,9 @@ SQLSTATE: Final = "54000"
 TOO_LARGE: Final = "gateway.statement_too_large"
 OVER_BUDGET: Final = "gateway.analysis_budget"
 RULES: Final = frozenset({TOO_LARGE, OVER_BUDGET})
+# The broker settings (server.config) that raise them.
+SIZE_SETTING: Final = "gateway_max_statement_size"
+BUDGET_SETTING: Final = "gateway_analysis_cpu_budget"
 
 
 @dataclass(frozen=True)
@@ -84,9 +87,9 @@ def oversize(size: int, limits: AnalysisLimits) -> Decision | None:
         Outcome.BLOCK,
         TOO_LARGE,
         f"the statement is {size} bytes long, more than the gateway analyses "
-        f"({limit} bytes, gateway_max_statement_size)",
+        f"({limit} bytes, {SIZE_SETTING})",
         "split it into smaller statements, pass large values as bind parameters or "
-        "with COPY, or ask an administrator to raise gateway_max_statement_size in "
+        f"with COPY, or ask an administrator to raise {SIZE_SETTING} in "
         "the broker's configuration",
         None,
     )
@@ -99,9 +102,8 @@ def over_budget(limits: AnalysisLimits) -> Decision:
     return Decision(
         Outcome.BLOCK,
         OVER_BUDGET,
-        f"analysing the statement took more than {limits.cpu_budget:g}s of CPU "
-        "(gateway_analysis_cpu_budget)",
+        f"analysing the statement took more than {limits.cpu_budget:g}s of CPU ({BUDGET_SETTING})",
         "split it into smaller, simpler statements, or ask an administrator to raise "
-        "gateway_analysis_cpu_budget in the broker's configuration",
+        f"{BUDGET_SETTING} in the broker's configuration",
         None,
     )

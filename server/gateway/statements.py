@@ -73,6 +73,7 @@ from datetime import timedelta
 
 from server.approvals.service import Approvals
 from server.audit import chain
+from server.audit.recording import LimitHit, RecordFn, record_limit
 from server.errors import DbaccessError
 from server.gateway import analysis_limits, pgwire
 from server.gateway.analysis_limits import AnalysisLimits
@@ -190,9 +191,11 @@ class StatementGuard:
         search_path: tuple[str, ...] = ("public",),
         masking: Callable[[str], Decision] | None = None,
         limits: AnalysisLimits | None = None,
+        record: RecordFn | None = None,
     ) -> None:
         self.rules = rules
         self.limits = limits or AnalysisLimits()
+        self.record = record  # the session recording's, for limit events
         self._decisions: dict[Analysis, Decision] = {}
         # Masking's refusals before execution (``masking_guard``), in a masked session.
         self.masking = masking
@@ -351,8 +354,9 @@ class StatementGuard:
         )
         if refusal is not None:
             # Only the beginning is decoded: the audit log keeps no more of it.
-            head = raw.body[: _AUDIT_TEXT * 4].decode("utf-8", "replace")
-            self._record("statement.blocked", refusal, head + "…")
+            head = raw.body[: _AUDIT_TEXT * 4].decode("utf-8", "replace") + "…"
+            self._record("statement.blocked", refusal, head)
+            self._record_limit(refusal, head)
         return refusal
 
     def _analyze(self, sql: str, params: tuple[str | None, ...] | None = None) -> Analysis:
@@ -369,7 +373,9 @@ class StatementGuard:
         """The guardrails' decision, and masking's refusal where that is graver."""
         if analysis.over_budget:
             # Not the statement's fault: it was too costly to read (54000, not 42501).
-            return analysis_limits.over_budget(self.limits)
+            refusal = analysis_limits.over_budget(self.limits)
+            self._record_limit(refusal, sql[:_AUDIT_TEXT])
+            return refusal
         decision = self._guardrails(analysis)
         if self.masking is None or decision.outcome is Outcome.BLOCK:
             return decision  # nothing masking says can make it graver
@@ -524,6 +530,24 @@ class StatementGuard:
         for top in analysis.statements:
             track_prepared(top, self.sql_prepared)
 
+    def _record_limit(self, refusal: Decision, head: str) -> None:
+        """The session recording's ``limit`` event for a refusal by an analysis limit."""
+        limits = self.limits
+        too_large = refusal.rule == analysis_limits.TOO_LARGE
+        record_limit(
+            self.record,
+            self.facts.session_id,
+            LimitHit(
+                limit=analysis_limits.SIZE_SETTING if too_large else analysis_limits.BUDGET_SETTING,
+                value=limits.max_statement_size if too_large else f"{limits.cpu_budget:g}s",
+                scope=self.facts.scope,
+                action="refused",
+                sqlstate=analysis_limits.SQLSTATE,
+                message=refusal.message,
+                statement=head,
+            ),
+        )
+
     def _record(
         self, kind: str, decision: Decision, sql: str, *, request_id: str | None = None
     ) -> None:
@@ -644,6 +668,7 @@ def guard_setup(
             search_path=path,
             masking=check,
             limits=limits,
+            record=service.recorder.record,
         ).install(relay)
 
     return setup

@@ -446,3 +446,24 @@ def test_advertised_addresses(tmp_path: Path) -> None:
     wildcard = load_config(write(tmp_path, "api_listen: 0.0.0.0:8700\n"), environ={})
     assert wildcard.advertised_api_url() == f"http://{socket.getfqdn()}:8700"
     assert wildcard.advertised_gateway_address() == HostPort("127.0.0.1", 8701)
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("262144", 262_144), ("256KiB", 262_144), ("1 MiB", 1_048_576), ("2MB", 2_000_000)],
+)
+def test_analysis_limits(tmp_path: Path, text: str, size: int) -> None:
+    path = write(tmp_path, f"gateway_max_statement_size: {text}\n")
+    config = load_config(path, environ={"DBACCESS_SERVER_GATEWAY_ANALYSIS_CPU_BUDGET": "0.25"})
+    assert config.gateway_max_statement_size == size
+    assert config.gateway_analysis_cpu_budget == 0.25
+
+
+def test_analysis_limit_errors_name_their_origin(tmp_path: Path) -> None:
+    path = write(tmp_path, "gateway_max_statement_size: 1 GB-ish\n")
+    environ = {"DBACCESS_SERVER_GATEWAY_ANALYSIS_CPU_BUDGET": "0"}
+    assert problems_of(path, environ=environ) == [
+        f"{path}:1: gateway_max_statement_size: '1 GB-ish' is not a size such as "
+        "262144, 256KiB or 1MiB",
+        "environment: DBACCESS_SERVER_GATEWAY_ANALYSIS_CPU_BUDGET: '0' must be a number above zero",
+    ]

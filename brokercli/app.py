@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from brokercli import config, render
+from brokercli import completion, config, render
 from brokercli.commands import access, auth, info, replay, requests
 from brokercli.commands.common import add_global_options
 from brokercli.errors import CliError
@@ -78,6 +78,7 @@ add_global_options(app)
 
 def main(argv: list[str] | None = None) -> int:
     config.reset_flags()
+    completion.enable()
     try:
         rv = app(args=argv, prog_name="dbaccess", standalone_mode=False)
     except CliError as err:

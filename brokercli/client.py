@@ -94,7 +94,7 @@ class BrokerClient:
 
     @classmethod
     def from_env(
-        cls, server_flag: str | None = None, *, require_token: bool = True
+        cls, server_flag: str | None = None, *, require_token: bool = True, timeout: float = 30.0
     ) -> BrokerClient:
         cfg = settings(server_flag)
         token = tokens.load(cfg.server)
@@ -104,7 +104,7 @@ class BrokerClient:
                 code=ExitCode.NOT_AUTHENTICATED,
                 hint="run dbaccess login (or set DBACCESS_TOKEN in CI)",
             )
-        return cls(cfg, token)
+        return cls(cfg, token, timeout=timeout)
 
     def close(self) -> None:
         if self._conn is not None:

@@ -56,7 +56,7 @@ __dbaccess_value_kind() {
         'targets|-o'|'targets|--output') echo 'choice:table json csv' ;;
         'targets|--server') echo 'text' ;;
         'targets|--ca-file') echo 'file' ;;
-        'connect|-s'|'connect|--scope') echo 'text' ;;
+        'connect|-s'|'connect|--scope') echo 'dynamic' ;;
         'connect|--ttl') echo 'text' ;;
         'connect|-r'|'connect|--reason') echo 'text' ;;
         'connect|-p'|'connect|--port') echo 'text' ;;
@@ -64,7 +64,7 @@ __dbaccess_value_kind() {
         'connect|--server') echo 'text' ;;
         'connect|--wait-timeout') echo 'text' ;;
         'connect|--ca-file') echo 'file' ;;
-        'run|-s'|'run|--scope') echo 'text' ;;
+        'run|-s'|'run|--scope') echo 'dynamic' ;;
         'run|--ttl') echo 'text' ;;
         'run|-r'|'run|--reason') echo 'text' ;;
         'run|-p'|'run|--port') echo 'text' ;;
@@ -74,7 +74,7 @@ __dbaccess_value_kind() {
         'exec|-c'|'exec|--command') echo 'text' ;;
         'exec|-f'|'exec|--file') echo 'file' ;;
         'exec|-o'|'exec|--output') echo 'choice:table json csv' ;;
-        'exec|-s'|'exec|--scope') echo 'text' ;;
+        'exec|-s'|'exec|--scope') echo 'dynamic' ;;
         'exec|--ttl') echo 'text' ;;
         'exec|-r'|'exec|--reason') echo 'text' ;;
         'exec|--server') echo 'text' ;;
@@ -89,7 +89,7 @@ __dbaccess_value_kind() {
         'replay|-o'|'replay|--output') echo 'choice:table json csv' ;;
         'replay|--server') echo 'text' ;;
         'replay|--ca-file') echo 'file' ;;
-        'request|-s'|'request|--scope') echo 'text' ;;
+        'request|-s'|'request|--scope') echo 'dynamic' ;;
         'request|-r'|'request|--reason') echo 'text' ;;
         'request|--ttl') echo 'text' ;;
         'request|--start-at') echo 'text' ;;
@@ -109,7 +109,7 @@ __dbaccess_value_kind() {
         'cancel|--server') echo 'text' ;;
         'cancel|--ca-file') echo 'file' ;;
         'audit|--identity') echo 'text' ;;
-        'audit|--target') echo 'text' ;;
+        'audit|--target') echo 'dynamic' ;;
         'audit|--since') echo 'text' ;;
         'audit|--limit') echo 'text' ;;
         'audit|-o'|'audit|--output') echo 'choice:table json csv' ;;
@@ -132,16 +132,37 @@ __dbaccess_options_end_at_argument() {
 # '*' marks one that takes all remaining words.
 __dbaccess_arguments() {
     case "$1" in
-        'connect') echo 'text' ;;
-        'run') echo 'text text*' ;;
-        'exec') echo 'text' ;;
-        'kill') echo 'text' ;;
-        'replay') echo 'text' ;;
-        'request') echo 'text' ;;
-        'approve') echo 'text' ;;
-        'deny') echo 'text' ;;
-        'cancel') echo 'text' ;;
+        'connect') echo 'dynamic' ;;
+        'run') echo 'dynamic text*' ;;
+        'exec') echo 'dynamic' ;;
+        'kill') echo 'dynamic' ;;
+        'replay') echo 'dynamic' ;;
+        'request') echo 'dynamic' ;;
+        'approve') echo 'dynamic' ;;
+        'deny') echo 'dynamic' ;;
+        'cancel') echo 'dynamic' ;;
     esac
+}
+
+# Prints the values the program itself offers for the word being completed ($1,
+# after a --option= prefix $2): typer's bash protocol, given the words before it.
+# Errors and a slow answer are the program's to handle: it gives up quietly.
+__dbaccess_dynamic() {
+    local line="" word n=0
+    for word in "${COMP_WORDS[@]:0:COMP_CWORD}"; do
+        # bash splits --opt=value at =; the program reads --opt value alike
+        [[ $word == = ]] && continue
+        printf -v word '%q' "$word"
+        line+="$word " n=$((n + 1))
+    done
+    if [[ -n $2 ]]; then
+        printf -v word '%q' "${2%=}"
+        line+="$word " n=$((n + 1))
+    fi
+    printf -v word '%q' "$1"
+    # env: COMP_WORDS is an array here, and only a plain variable can be exported
+    env COMP_WORDS="$line$word" COMP_CWORD=$n _DBACCESS_COMPLETE=complete_bash \
+        "${COMP_WORDS[0]}" 2>/dev/null
 }
 
 __dbaccess_reply() {
@@ -159,6 +180,8 @@ __dbaccess_reply() {
         choice:*)
             local words="${kind#choice:}"
             mapfile -t COMPREPLY < <(compgen -W "${words//,/ }" -- "$cur") ;;
+        dynamic)
+            mapfile -t COMPREPLY < <(__dbaccess_dynamic "$cur" "$prefix") ;;
         *) COMPREPLY=() ;;
     esac
     if [[ -n $prefix ]]; then

@@ -53,6 +53,14 @@ end
 # Nothing completes to file names unless an option or argument takes a path.
 complete -c dbaccess -f
 
+# Prints the values the program itself knows for the token at the cursor:
+# typer's line protocol, given the command line up to the cursor.
+function __dbaccess_dynamic
+    set -l prog (commandline -opc)[1]
+    env _DBACCESS_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args \
+        _TYPER_COMPLETE_ARGS=(commandline -cp) $prog 2>/dev/null
+end
+
 complete -c dbaccess -n "__dbaccess_at ''" -a login -d 'Log in to a broker and keep the token in the OS keyring (or a 0600 file)'
 complete -c dbaccess -n "__dbaccess_at ''" -a logout -d 'Revoke the broker token at the broker and forget it here'
 complete -c dbaccess -n "__dbaccess_at ''" -a whoami -d 'Show who the broker thinks you are: identity, groups, kind and token expiry'
@@ -95,7 +103,7 @@ complete -c dbaccess -n "__dbaccess_at 'targets'" -l server -x -d 'Broker URL (d
 complete -c dbaccess -n "__dbaccess_at 'targets'" -l ca-file -r -F -d 'CA certificate (PEM) that signs the broker\'s and the gateway\'s TLS certificates, for a private CA (default: $DBACCESS_CA_FILE, else the profile\'s, else the system\'s)'
 complete -c dbaccess -n "__dbaccess_at 'targets'" -s h -l help -d 'Show this message and exit'
 
-complete -c dbaccess -n "__dbaccess_at 'connect'" -s s -l scope -x -d 'Scope to use, e.g. read or write (default: policy\'s)'
+complete -c dbaccess -n "__dbaccess_at 'connect'" -s s -l scope -x -a '(__dbaccess_dynamic)' -d 'Scope to use, e.g. read or write (default: policy\'s)'
 complete -c dbaccess -n "__dbaccess_at 'connect'" -l ttl -x -d 'Session lifetime, e.g. 30m or 2h (default: the scope\'s)'
 complete -c dbaccess -n "__dbaccess_at 'connect'" -s r -l reason -x -d 'Why you need access (ticket id, incident)'
 complete -c dbaccess -n "__dbaccess_at 'connect'" -s p -l port -x -d 'Local tunnel port (default: a free one)'
@@ -108,8 +116,9 @@ complete -c dbaccess -n "__dbaccess_at 'connect'" -l wait-timeout -x -d 'How lon
 complete -c dbaccess -n "__dbaccess_at 'connect'" -l break-glass -d 'Skip a required approval where the scope allows it (needs --reason; flagged in the audit log and notified)'
 complete -c dbaccess -n "__dbaccess_at 'connect'" -l ca-file -r -F -d 'CA certificate (PEM) that signs the broker\'s and the gateway\'s TLS certificates, for a private CA (default: $DBACCESS_CA_FILE, else the profile\'s, else the system\'s)'
 complete -c dbaccess -n "__dbaccess_at 'connect'" -s h -l help -d 'Show this message and exit'
+complete -c dbaccess -n "__dbaccess_at 'connect'" -a '(__dbaccess_dynamic)'
 
-complete -c dbaccess -n "__dbaccess_at 'run'" -s s -l scope -x -d 'Scope to use, e.g. read or write (default: policy\'s)'
+complete -c dbaccess -n "__dbaccess_at 'run'" -s s -l scope -x -a '(__dbaccess_dynamic)' -d 'Scope to use, e.g. read or write (default: policy\'s)'
 complete -c dbaccess -n "__dbaccess_at 'run'" -l ttl -x -d 'Session lifetime, e.g. 30m or 2h (default: the scope\'s)'
 complete -c dbaccess -n "__dbaccess_at 'run'" -s r -l reason -x -d 'Why you need access (ticket id, incident)'
 complete -c dbaccess -n "__dbaccess_at 'run'" -s p -l port -x -d 'Local tunnel port (default: a free one)'
@@ -119,11 +128,12 @@ complete -c dbaccess -n "__dbaccess_at 'run'" -l wait-timeout -x -d 'How long to
 complete -c dbaccess -n "__dbaccess_at 'run'" -l break-glass -d 'Skip a required approval where the scope allows it (needs --reason; flagged in the audit log and notified)'
 complete -c dbaccess -n "__dbaccess_at 'run'" -l ca-file -r -F -d 'CA certificate (PEM) that signs the broker\'s and the gateway\'s TLS certificates, for a private CA (default: $DBACCESS_CA_FILE, else the profile\'s, else the system\'s)'
 complete -c dbaccess -n "__dbaccess_at 'run'" -s h -l help -d 'Show this message and exit'
+complete -c dbaccess -n "__dbaccess_at 'run'" -a '(__dbaccess_dynamic)'
 
 complete -c dbaccess -n "__dbaccess_at 'exec'" -s c -l command -x -d 'SQL to run'
 complete -c dbaccess -n "__dbaccess_at 'exec'" -s f -l file -r -F -d 'File of SQL to run (\'-\' for stdin)'
 complete -c dbaccess -n "__dbaccess_at 'exec'" -s o -l output -x -a 'table json csv' -d 'Output format'
-complete -c dbaccess -n "__dbaccess_at 'exec'" -s s -l scope -x -d 'Scope to use, e.g. read or write (default: policy\'s)'
+complete -c dbaccess -n "__dbaccess_at 'exec'" -s s -l scope -x -a '(__dbaccess_dynamic)' -d 'Scope to use, e.g. read or write (default: policy\'s)'
 complete -c dbaccess -n "__dbaccess_at 'exec'" -l ttl -x -d 'Session lifetime, e.g. 30m or 2h (default: the scope\'s)'
 complete -c dbaccess -n "__dbaccess_at 'exec'" -s r -l reason -x -d 'Why you need access (ticket id, incident)'
 complete -c dbaccess -n "__dbaccess_at 'exec'" -l server -x -d 'Broker URL (default: from the profile)'
@@ -134,6 +144,7 @@ complete -c dbaccess -n "__dbaccess_at 'exec'" -l request-review -d 'Ask reviewe
 complete -c dbaccess -n "__dbaccess_at 'exec'" -l header-comments -d 'With --output csv: a \'# masked: COLUMN,...\' line before each result\'s header names the columns the gateway masked (empty when none)'
 complete -c dbaccess -n "__dbaccess_at 'exec'" -l ca-file -r -F -d 'CA certificate (PEM) that signs the broker\'s and the gateway\'s TLS certificates, for a private CA (default: $DBACCESS_CA_FILE, else the profile\'s, else the system\'s)'
 complete -c dbaccess -n "__dbaccess_at 'exec'" -s h -l help -d 'Show this message and exit'
+complete -c dbaccess -n "__dbaccess_at 'exec'" -a '(__dbaccess_dynamic)'
 
 complete -c dbaccess -n "__dbaccess_at 'sessions'" -l active -d 'Only sessions still running'
 complete -c dbaccess -n "__dbaccess_at 'sessions'" -l all -d 'Everyone\'s sessions (admins)'
@@ -146,13 +157,15 @@ complete -c dbaccess -n "__dbaccess_at 'sessions'" -s h -l help -d 'Show this me
 complete -c dbaccess -n "__dbaccess_at 'kill'" -l server -x -d 'Broker URL (default: from the profile)'
 complete -c dbaccess -n "__dbaccess_at 'kill'" -l ca-file -r -F -d 'CA certificate (PEM) that signs the broker\'s and the gateway\'s TLS certificates, for a private CA (default: $DBACCESS_CA_FILE, else the profile\'s, else the system\'s)'
 complete -c dbaccess -n "__dbaccess_at 'kill'" -s h -l help -d 'Show this message and exit'
+complete -c dbaccess -n "__dbaccess_at 'kill'" -a '(__dbaccess_dynamic)'
 
 complete -c dbaccess -n "__dbaccess_at 'replay'" -s o -l output -x -a 'table json csv' -d 'Output format'
 complete -c dbaccess -n "__dbaccess_at 'replay'" -l server -x -d 'Broker URL (default: from the profile)'
 complete -c dbaccess -n "__dbaccess_at 'replay'" -l ca-file -r -F -d 'CA certificate (PEM) that signs the broker\'s and the gateway\'s TLS certificates, for a private CA (default: $DBACCESS_CA_FILE, else the profile\'s, else the system\'s)'
 complete -c dbaccess -n "__dbaccess_at 'replay'" -s h -l help -d 'Show this message and exit'
+complete -c dbaccess -n "__dbaccess_at 'replay'" -a '(__dbaccess_dynamic)'
 
-complete -c dbaccess -n "__dbaccess_at 'request'" -s s -l scope -x -d 'Scope to ask for, e.g. write'
+complete -c dbaccess -n "__dbaccess_at 'request'" -s s -l scope -x -a '(__dbaccess_dynamic)' -d 'Scope to ask for, e.g. write'
 complete -c dbaccess -n "__dbaccess_at 'request'" -s r -l reason -x -d 'Why you need it (ticket, incident): approvers read this'
 complete -c dbaccess -n "__dbaccess_at 'request'" -l ttl -x -d 'Session lifetime, e.g. 30m or 2h (default: the scope\'s)'
 complete -c dbaccess -n "__dbaccess_at 'request'" -l start-at -x -d 'When you will need it, ISO 8601 (e.g. 2026-03-01T09:00, local time unless an offset is given); the approval stays usable from then on'
@@ -160,6 +173,7 @@ complete -c dbaccess -n "__dbaccess_at 'request'" -s o -l output -x -a 'table js
 complete -c dbaccess -n "__dbaccess_at 'request'" -l server -x -d 'Broker URL (default: from the profile)'
 complete -c dbaccess -n "__dbaccess_at 'request'" -l ca-file -r -F -d 'CA certificate (PEM) that signs the broker\'s and the gateway\'s TLS certificates, for a private CA (default: $DBACCESS_CA_FILE, else the profile\'s, else the system\'s)'
 complete -c dbaccess -n "__dbaccess_at 'request'" -s h -l help -d 'Show this message and exit'
+complete -c dbaccess -n "__dbaccess_at 'request'" -a '(__dbaccess_dynamic)'
 
 complete -c dbaccess -n "__dbaccess_at 'requests'" -l pending -d 'Only requests still pending'
 complete -c dbaccess -n "__dbaccess_at 'requests'" -l mine -d 'Only requests you made'
@@ -174,20 +188,23 @@ complete -c dbaccess -n "__dbaccess_at 'approve'" -s y -l yes -d 'Approve withou
 complete -c dbaccess -n "__dbaccess_at 'approve'" -l server -x -d 'Broker URL (default: from the profile)'
 complete -c dbaccess -n "__dbaccess_at 'approve'" -l ca-file -r -F -d 'CA certificate (PEM) that signs the broker\'s and the gateway\'s TLS certificates, for a private CA (default: $DBACCESS_CA_FILE, else the profile\'s, else the system\'s)'
 complete -c dbaccess -n "__dbaccess_at 'approve'" -s h -l help -d 'Show this message and exit'
+complete -c dbaccess -n "__dbaccess_at 'approve'" -a '(__dbaccess_dynamic)'
 
 complete -c dbaccess -n "__dbaccess_at 'deny'" -s r -l reason -x -d 'Why (the requester sees this)'
 complete -c dbaccess -n "__dbaccess_at 'deny'" -l server -x -d 'Broker URL (default: from the profile)'
 complete -c dbaccess -n "__dbaccess_at 'deny'" -l ca-file -r -F -d 'CA certificate (PEM) that signs the broker\'s and the gateway\'s TLS certificates, for a private CA (default: $DBACCESS_CA_FILE, else the profile\'s, else the system\'s)'
 complete -c dbaccess -n "__dbaccess_at 'deny'" -s h -l help -d 'Show this message and exit'
+complete -c dbaccess -n "__dbaccess_at 'deny'" -a '(__dbaccess_dynamic)'
 
 complete -c dbaccess -n "__dbaccess_at 'cancel'" -s r -l reason -x -d 'Why, for the audit log'
 complete -c dbaccess -n "__dbaccess_at 'cancel'" -l server -x -d 'Broker URL (default: from the profile)'
 complete -c dbaccess -n "__dbaccess_at 'cancel'" -l ca-file -r -F -d 'CA certificate (PEM) that signs the broker\'s and the gateway\'s TLS certificates, for a private CA (default: $DBACCESS_CA_FILE, else the profile\'s, else the system\'s)'
 complete -c dbaccess -n "__dbaccess_at 'cancel'" -s h -l help -d 'Show this message and exit'
+complete -c dbaccess -n "__dbaccess_at 'cancel'" -a '(__dbaccess_dynamic)'
 
 complete -c dbaccess -n "__dbaccess_at 'audit'" -a verify -d 'Check the hash chain and the session recordings'
 complete -c dbaccess -n "__dbaccess_at 'audit'" -l identity -x -d 'Only events of this identity'
-complete -c dbaccess -n "__dbaccess_at 'audit'" -l target -x -d 'Only events on this target'
+complete -c dbaccess -n "__dbaccess_at 'audit'" -l target -x -a '(__dbaccess_dynamic)' -d 'Only events on this target'
 complete -c dbaccess -n "__dbaccess_at 'audit'" -l since -x -d 'ISO time, e.g. 2026-01-31T00:00'
 complete -c dbaccess -n "__dbaccess_at 'audit'" -l limit -x
 complete -c dbaccess -n "__dbaccess_at 'audit'" -s o -l output -x -a 'table json csv' -d 'Output format'

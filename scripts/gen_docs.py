@@ -10,8 +10,11 @@ and completions by re-running this script:
 The output is a pure function of the command tree and the version in
 pyproject.toml: no clock, no absolute paths, no terminal width, no hash order.
 
-Completions are static scripts (no ``_DBACCESS_COMPLETE`` round trip through
-Python), so pressing Tab costs no interpreter start-up.
+Completions are static scripts, so pressing Tab on a command or option name
+costs no interpreter start-up.  Only values the program must look up (a
+parameter with a completer, e.g. target names from the broker: kind
+``dynamic``) are asked of the program itself, through typer's completion
+protocol (``_DBACCESS_COMPLETE``; see brokercli/completion.py).
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ class Opt:
     help: str
     takes_value: bool
     metavar: str
-    kind: str  # what a value is: "text", "file", "dir" or "choice"
+    kind: str  # what a value is: "text", "file", "dir", "choice" or "dynamic"
     choices: tuple[str, ...]
     default: str | None
     envvars: tuple[str, ...]
@@ -217,6 +220,10 @@ def _convert_param(param: Any) -> Opt | Arg | None:
     if getattr(param, "hidden", False):
         return None
     kind, choices, low, high = _value_type(param)
+    if getattr(param, "_custom_shell_complete", None) is not None:
+        # The parameter has a completer (typer's autocompletion=): only the program
+        # knows its values.
+        kind = "dynamic"
     help_text = _clean_help(getattr(param, "help", None))
     if getattr(param, "param_type_name", "") == "argument":
         return Arg(
@@ -753,6 +760,41 @@ def _description(text: str) -> str:
     return _one_line(text).rstrip(".")
 
 
+def _is_dynamic(cmd: Cmd) -> bool:
+    return any(p.kind == "dynamic" for p in [*cmd.options, *cmd.args])
+
+
+def _complete_var(prog: str) -> str:
+    """The environment variable of typer's completion protocol for ``prog``."""
+    return f"_{_ident(prog).upper()}_COMPLETE"
+
+
+def _bash_dynamic(fn: str, prog: str) -> list[str]:
+    return [
+        "# Prints the values the program itself offers for the word being completed ($1,",
+        "# after a --option= prefix $2): typer's bash protocol, given the words before it.",
+        "# Errors and a slow answer are the program's to handle: it gives up quietly.",
+        f"__{fn}_dynamic() {{",
+        '    local line="" word n=0',
+        '    for word in "${COMP_WORDS[@]:0:COMP_CWORD}"; do',
+        "        # bash splits --opt=value at =; the program reads --opt value alike",
+        "        [[ $word == = ]] && continue",
+        "        printf -v word '%q' \"$word\"",
+        '        line+="$word " n=$((n + 1))',
+        "    done",
+        "    if [[ -n $2 ]]; then",
+        "        printf -v word '%q' \"${2%=}\"",
+        '        line+="$word " n=$((n + 1))',
+        "    fi",
+        "    printf -v word '%q' \"$1\"",
+        "    # env: COMP_WORDS is an array here, and only a plain variable can be exported",
+        f'    env COMP_WORDS="$line$word" COMP_CWORD=$n {_complete_var(prog)}=complete_bash \\',
+        '        "${COMP_WORDS[0]}" 2>/dev/null',
+        "}",
+        "",
+    ]
+
+
 def bash_script(tree: Cmd) -> str:
     prog = tree.path[0]
     fn = _ident(prog)
@@ -824,6 +866,9 @@ def bash_script(tree: Cmd) -> str:
             out.append(f"        {_sh_single(cmd.subpath)}) echo {_sh_single(' '.join(kinds))} ;;")
     out += ["    esac", "}", ""]
 
+    dynamic = any(_is_dynamic(c) for c in cmds)
+    if dynamic:
+        out += _bash_dynamic(fn, prog)
     out += [
         f"__{fn}_reply() {{",
         '    local kind="$1" cur="$2" prefix="$3"',
@@ -840,6 +885,14 @@ def bash_script(tree: Cmd) -> str:
         "        choice:*)",
         '            local words="${kind#choice:}"',
         '            mapfile -t COMPREPLY < <(compgen -W "${words//,/ }" -- "$cur") ;;',
+        *(
+            [
+                "        dynamic)",
+                f'            mapfile -t COMPREPLY < <(__{fn}_dynamic "$cur" "$prefix") ;;',
+            ]
+            if dynamic
+            else []
+        ),
         "        *) COMPREPLY=() ;;",
         "    esac",
         "    if [[ -n $prefix ]]; then",
@@ -923,7 +976,9 @@ def _zsh_escape_desc(text: str) -> str:
     return re.sub(r"([\[\]:\\])", r"\\\1", _description(text))
 
 
-def _zsh_action(kind: str, choices: tuple[str, ...]) -> str:
+def _zsh_action(kind: str, choices: tuple[str, ...], fn: str) -> str:
+    if kind == "dynamic":
+        return f"__{fn}_dynamic"
     if kind == "command":
         return "_normal"
     if kind == "file":
@@ -935,12 +990,12 @@ def _zsh_action(kind: str, choices: tuple[str, ...]) -> str:
     return " "
 
 
-def _zsh_option_specs(opt: Opt) -> list[str]:
+def _zsh_option_specs(opt: Opt, fn: str) -> list[str]:
     desc = f"[{_zsh_escape_desc(opt.help)}]" if opt.help else ""
     value = ""
     if opt.takes_value:
         message = opt.names[-1].lstrip("-")
-        value = f":{message}:{_zsh_action(opt.kind, opt.choices)}"
+        value = f":{message}:{_zsh_action(opt.kind, opt.choices, fn)}"
     specs = []
     groups = [opt.names] + ([opt.negations] if opt.negations else [])
     exclusive = " ".join(opt.all_names)
@@ -964,7 +1019,8 @@ def _zsh_fn(cmd: Cmd) -> str:
 
 def _zsh_function(cmd: Cmd) -> list[str]:
     fn = _zsh_fn(cmd)
-    specs = [spec for opt in cmd.options for spec in _zsh_option_specs(opt)]
+    prog_fn = _ident(cmd.path[0])
+    specs = [spec for opt in cmd.options for spec in _zsh_option_specs(opt, prog_fn)]
     if cmd.is_group:
         specs += ["'1: :->command'", "'*:: :->argument'"]
     else:
@@ -972,7 +1028,8 @@ def _zsh_function(cmd: Cmd) -> list[str]:
             # "*:::" hands _normal only the words of the command line it completes
             position = ("*::" if arg.kind == "command" else "*") if arg.variadic else str(index)
             message = arg.metavar.lower() if _SAFE_WORD.match(arg.metavar) else "argument"
-            specs.append(_sh_single(f"{position}:{message}:{_zsh_action(arg.kind, arg.choices)}"))
+            action = _zsh_action(arg.kind, arg.choices, _ident(cmd.path[0]))
+            specs.append(_sh_single(f"{position}:{message}:{action}"))
     lines = [f"{fn}() {{"]
     if cmd.is_group:
         lines += [
@@ -1013,6 +1070,21 @@ def zsh_script(tree: Cmd) -> str:
         f"# Install as _{prog} in a directory of $fpath, or source it after compinit.",
         "",
     ]
+    if any(_is_dynamic(c) for c in tree.walk()):
+        fn = _ident(prog)
+        out += [
+            "# Offers the values the program itself knows for the word at the cursor:",
+            "# typer's line protocol, given the command line up to the cursor.",
+            f"__{fn}_dynamic() {{",
+            "  local -a values",
+            "  local prog=${(Q)${(z)LBUFFER}[1]}",
+            '  values=(${(f)"$(_TYPER_COMPLETE_ARGS=$LBUFFER '
+            "_TYPER_COMPLETE_FISH_ACTION=get-args \\",
+            f'    {_complete_var(prog)}=complete_fish $prog 2>/dev/null)"}})',
+            "  (( ${#values} )) && compadd -- ${values%%$'\\t'*}",
+            "}",
+            "",
+        ]
     for cmd in reversed(list(tree.walk())):
         out += [*_zsh_function(cmd), ""]
     root = _zsh_fn(tree)
@@ -1110,6 +1182,17 @@ def fish_script(tree: Cmd) -> str:
         "# Nothing completes to file names unless an option or argument takes a path.",
         f"complete -c {prog} -f",
     ]
+    if any(_is_dynamic(c) for c in cmds):
+        out += [
+            "",
+            "# Prints the values the program itself knows for the token at the cursor:",
+            "# typer's line protocol, given the command line up to the cursor.",
+            f"function __{fn}_dynamic",
+            "    set -l prog (commandline -opc)[1]",
+            f"    env {_complete_var(prog)}=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args \\",
+            "        _TYPER_COMPLETE_ARGS=(commandline -cp) $prog 2>/dev/null",
+            "end",
+        ]
     for cmd in cmds:
         cond = f"-n \"__{fn}_at '{cmd.subpath}'\""
         out.append("")
@@ -1124,6 +1207,8 @@ def fish_script(tree: Cmd) -> str:
                         parts.append("-r -F")
                     elif opt.kind == "choice" and _completable_choices(opt.choices):
                         parts.append(f"-x -a {_fish_single(' '.join(opt.choices))}")
+                    elif opt.kind == "dynamic":
+                        parts.append(f"-x -a {_fish_single(f'(__{fn}_dynamic)')}")
                     else:
                         parts.append("-x")
                 if opt.help:
@@ -1134,6 +1219,8 @@ def fish_script(tree: Cmd) -> str:
                 out.append(f"complete -c {prog} {cond} -F")
             elif arg.kind == "choice" and _completable_choices(arg.choices):
                 out.append(f"complete -c {prog} {cond} -a {_fish_single(' '.join(arg.choices))}")
+            elif arg.kind == "dynamic":
+                out.append(f"complete -c {prog} {cond} -a {_fish_single(f'(__{fn}_dynamic)')}")
     return "\n".join(out) + "\n"
 
 

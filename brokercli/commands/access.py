@@ -31,6 +31,7 @@ from brokercli.commands.common import (
     ReasonOpt,
     ScopeOpt,
     ServerOpt,
+    TargetArg,
     TtlOpt,
     WaitTimeoutOpt,
     child_env,
@@ -39,8 +40,6 @@ from brokercli.commands.common import (
 from brokercli.commands.hold import DetailsFormat, details, hold
 from brokercli.errors import CliError
 from brokercli.exit_codes import ExitCode
-
-TargetArg = Annotated[str, typer.Argument(help="Target name, as listed by dbaccess targets.")]
 
 
 def _not_found(command: str) -> CliError:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from brokercli import config, render
+from brokercli import completion, config, render
 from brokercli.errors import CliError
 from brokercli.exit_codes import ExitCode
 
@@ -47,9 +47,20 @@ ServerOpt = Annotated[
         "--server", envvar="DBACCESS_SERVER", help="Broker URL (default: from the profile)."
     ),
 ]
+TargetArg = Annotated[
+    str,
+    typer.Argument(
+        help="Target name, as listed by dbaccess targets.", autocompletion=completion.targets
+    ),
+]
 ScopeOpt = Annotated[
     str | None,
-    typer.Option("--scope", "-s", help="Scope to use, e.g. read or write (default: policy's)."),
+    typer.Option(
+        "--scope",
+        "-s",
+        help="Scope to use, e.g. read or write (default: policy's).",
+        autocompletion=completion.scopes,
+    ),
 ]
 TtlOpt = Annotated[
     str | None,

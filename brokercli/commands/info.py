@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from brokercli import render
+from brokercli import completion, render
 from brokercli.client import BrokerClient
 from brokercli.commands.common import Output, OutputOpt, ServerOpt
 from brokercli.errors import CliError
@@ -83,7 +83,13 @@ def sessions(
 
 
 def kill(
-    session_id: Annotated[str, typer.Argument(help="Session id, as shown by dbaccess sessions.")],
+    session_id: Annotated[
+        str,
+        typer.Argument(
+            help="Session id, as shown by dbaccess sessions.",
+            autocompletion=completion.active_sessions,
+        ),
+    ],
     server: ServerOpt = None,
 ) -> None:
     """End a session now: disconnect its clients and revoke its credential.
@@ -112,7 +118,10 @@ def audit(
         str | None, typer.Option("--identity", help="Only events of this identity.")
     ] = None,
     target: Annotated[
-        str | None, typer.Option("--target", help="Only events on this target.")
+        str | None,
+        typer.Option(
+            "--target", help="Only events on this target.", autocompletion=completion.targets
+        ),
     ] = None,
     since: Annotated[
         str | None, typer.Option("--since", help="ISO time, e.g. 2026-01-31T00:00.")

@@ -20,7 +20,7 @@ from typing import Annotated, Any
 
 import typer
 
-from brokercli import render
+from brokercli import completion, render
 from brokercli.commands.common import Output, OutputOpt, ServerOpt
 from brokercli.errors import CliError
 from brokercli.exit_codes import ExitCode
@@ -30,7 +30,12 @@ COLUMNS = ["at", "event", "took", "rows", "result", "detail"]
 
 def replay(
     session_id: Annotated[
-        str, typer.Argument(help="Session id, as shown by dbaccess sessions.", show_default=False)
+        str,
+        typer.Argument(
+            help="Session id, as shown by dbaccess sessions.",
+            show_default=False,
+            autocompletion=completion.sessions,
+        ),
     ],
     output: OutputOpt = Output.table,
     server: ServerOpt = None,

@@ -20,15 +20,21 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from brokercli import render
-from brokercli.commands.common import Output, OutputOpt, ServerOpt, TtlOpt
+from brokercli import completion, render
+from brokercli.commands.common import Output, OutputOpt, ServerOpt, TargetArg, TtlOpt
 from brokercli.errors import CliError
 from brokercli.exit_codes import ExitCode
 
 if TYPE_CHECKING:
     from brokercli.client import BrokerClient
 
-RequestArg = Annotated[str, typer.Argument(help="Request id, as shown by dbaccess requests.")]
+RequestArg = Annotated[
+    str,
+    typer.Argument(
+        help="Request id, as shown by dbaccess requests.",
+        autocompletion=completion.pending_requests,
+    ),
+]
 POLL_SECONDS = 1.0
 
 _ENDED = {
@@ -117,8 +123,13 @@ def wait_for_approval(client: BrokerClient, request: dict[str, Any], timeout: fl
 
 
 def request(
-    target: Annotated[str, typer.Argument(help="Target name, as listed by dbaccess targets.")],
-    scope: Annotated[str, typer.Option("--scope", "-s", help="Scope to ask for, e.g. write.")],
+    target: TargetArg,
+    scope: Annotated[
+        str,
+        typer.Option(
+            "--scope", "-s", help="Scope to ask for, e.g. write.", autocompletion=completion.scopes
+        ),
+    ],
     reason: Annotated[
         str,
         typer.Option(

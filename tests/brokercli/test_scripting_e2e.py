@@ -10,16 +10,39 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import signal
+import socket
 import subprocess
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.fix_broker import Broker
+from server.demo.provision import DemoTarget
+from tests.fix_broker import Broker, demo_policy, running_broker
 
 pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).parents[2]
+# The demo policy plus a scope that needs approval, so that there are requests to complete.
+POLICY = demo_policy(
+    scopes="""\
+      ops:
+        grants: [demo_read]
+        max_ttl: 1h
+        allow: {groups: [dev]}
+        approval:
+          approvers: {groups: [dba]}
+"""
+)
+
+
+@pytest.fixture(scope="module")
+def broker(demo_target: DemoTarget) -> Iterator[Broker]:
+    with running_broker(demo_target, POLICY) as b:
+        yield b
 
 
 @pytest.fixture(scope="module")
@@ -261,3 +284,159 @@ def test_sessions_without_a_terminal_print_whole_records_with_both_reasons(
     assert reason.strip() in line
     assert line.rstrip().endswith("client ended the session")
     assert len(rows) == 3
+
+
+def complete_bash(broker: Broker, line: str, **env: str) -> list[str]:
+    """What typer's completion protocol answers for the last word of ``line``."""
+    words = shlex.split(line) + ([""] if line.endswith(" ") else [])
+    res = broker.cli(
+        env={
+            "_DBACCESS_COMPLETE": "complete_bash",
+            "COMP_WORDS": line,
+            "COMP_CWORD": str(len(words) - 1),
+            **env,
+        }
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stderr == ""
+    return res.stdout.split()
+
+
+def bash_script_complete(broker: Broker, words: list[str], **env: str) -> list[str]:
+    """COMPREPLY of completions/dbaccess.bash for the last of ``words``, as bash asks it."""
+    code = (
+        f"source {shlex.quote(str(ROOT / 'completions' / 'dbaccess.bash'))}\n"
+        f"COMP_WORDS=({' '.join(shlex.quote(w) for w in words)})\n"
+        f"COMP_CWORD={len(words) - 1}\n"
+        "_dbaccess\n"
+        'printf "%s\\n" "${COMPREPLY[@]}"\n'
+    )
+    res = subprocess.run(
+        ["bash", "--norc", "--noprofile", "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=broker.env(**env),
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    return [line for line in res.stdout.splitlines() if line]
+
+
+def test_completion_offers_targets_scopes_sessions_and_requests_from_the_broker(
+    broker: Broker,
+) -> None:
+    assert complete_bash(broker, "dbaccess exec ") == ["demo"]
+    assert complete_bash(broker, "dbaccess connect d") == ["demo"]
+    assert complete_bash(broker, "dbaccess connect demo --scope ") == ["read", "write", "ops"]
+    assert complete_bash(broker, "dbaccess exec demo -s w") == ["write"]
+    assert complete_bash(broker, "dbaccess audit --target ") == ["demo"]
+
+    holder = broker.spawn("connect", "demo", "--format", "uri")
+    try:
+        read_until(holder, lambda got: len(got) == 1)
+        active = json.loads(broker.cli("sessions", "--active", "-o", "json").stdout)
+        assert len(active) == 1
+        running = active[0]["id"]
+        assert complete_bash(broker, "dbaccess kill ") == [running]
+        assert running in complete_bash(broker, "dbaccess replay s-")
+    finally:
+        holder.send_signal(signal.SIGTERM)
+        holder.wait(30)
+        holder.stdout.close()  # type: ignore[union-attr]
+        holder.stderr.close()  # type: ignore[union-attr]
+    assert complete_bash(broker, "dbaccess kill ") == []
+
+    asked = broker.cli("request", "demo", "--scope", "ops", "--reason", "INC-9")
+    assert asked.returncode == 0, asked.stderr
+    request_id = asked.stdout.strip()
+    try:
+        for verb in ("approve", "deny", "cancel"):
+            assert complete_bash(broker, f"dbaccess {verb} ") == [request_id]
+    finally:
+        broker.cli("cancel", request_id)
+
+
+def test_the_bash_script_asks_the_program_for_broker_values(
+    broker: Broker, ci_token: str, tmp_path: Path
+) -> None:
+    assert bash_script_complete(broker, ["dbaccess", "exec", ""]) == ["demo"]
+    assert bash_script_complete(broker, ["dbaccess", "run", "demo", "-s", "r"]) == ["read"]
+    # bash splits --scope=w into three words; the reply keeps the option's prefix.
+    assert bash_script_complete(broker, ["dbaccess", "exec", "demo", "--scope", "=", "w"]) == [
+        "write"
+    ]
+    assert bash_script_complete(broker, ["dbaccess", "exec", "demo", "--scope=w"]) == [
+        "--scope=write"
+    ]
+    # A CI job's settings on the line or in the environment are the command's.
+    env = ci_env(broker, tmp_path, ci_token)
+    ca = str(broker.data_dir / "tls" / "ca.crt")
+    assert bash_script_complete(broker, ["dbaccess", "exec", ""], **env) == []
+    assert bash_script_complete(broker, ["dbaccess", "exec", "--ca-file", ca, ""], **env) == [
+        "demo"
+    ]
+    assert bash_script_complete(broker, ["dbaccess", "exec", ""], DBACCESS_CA_FILE=ca, **env) == [
+        "demo"
+    ]
+
+
+def test_completion_is_silent_and_quick_when_the_broker_does_not_answer(
+    broker: Broker, ci_token: str, tmp_path: Path
+) -> None:
+    with socket.socket() as silent:
+        # Accepts connections (the kernel does) but never answers a request.
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        for server in (f"https://127.0.0.1:{port}", "http://127.0.0.1:9"):
+            env = ci_env(broker, tmp_path, ci_token, DBACCESS_SERVER=server)
+            started = time.monotonic()
+            assert complete_bash(broker, "dbaccess exec ", **env) == []
+            # A bound, not a benchmark: the completer's timeout, not the client's 30 s.
+            assert time.monotonic() - started < 15
+
+
+@pytest.mark.skipif(shutil.which("fish") is None, reason="fish is not installed")
+def test_the_fish_script_asks_the_program_for_broker_values(broker: Broker) -> None:
+    def complete(line: str) -> list[str]:
+        script = shlex.quote(str(ROOT / "completions" / "dbaccess.fish"))
+        res = subprocess.run(
+            ["fish", "--no-config", "-c", f"source {script}; complete -C {shlex.quote(line)}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=broker.env(),
+            check=False,
+        )
+        assert res.returncode == 0, res.stderr
+        return [row.split("\t", 1)[0] for row in res.stdout.splitlines()]
+
+    assert complete("dbaccess exec ") == ["demo"]
+    assert sorted(complete("dbaccess connect demo --scope ")) == ["ops", "read", "write"]
+
+
+@pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh is not installed")
+def test_the_zsh_script_asks_the_program_for_broker_values(broker: Broker) -> None:
+    def offered(lbuffer: str) -> list[str]:
+        # The script's helper, with compadd standing in for the completion system's.
+        code = (
+            "autoload -Uz compinit && compinit -u -D\n"
+            f"source {shlex.quote(str(ROOT / 'completions' / 'dbaccess.zsh'))}\n"
+            "compadd() { shift; print -l -- $@ }\n"
+            f"LBUFFER={shlex.quote(lbuffer)}\n"
+            "__dbaccess_dynamic\n"
+        )
+        res = subprocess.run(
+            ["zsh", "-f", "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=broker.env(),
+            check=False,
+        )
+        assert res.returncode == 0, res.stderr
+        return res.stdout.split()
+
+    assert offered("dbaccess exec ") == ["demo"]
+    assert offered("dbaccess exec demo --scope w") == ["write"]

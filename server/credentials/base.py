@@ -33,7 +33,7 @@ from functools import cache
 from importlib import resources
 from typing import Protocol, runtime_checkable
 
-from server.policy.model import MaskingPolicy
+from server.policy.model import MaskingPolicy, SessionLimits
 
 MAX_ROLE_NAME_BYTES = 63
 ROLE_PREFIX = "dba_"
@@ -133,10 +133,13 @@ class Issuer(Protocol):
         valid_until: datetime,
         scope: str | None = None,
         masking: MaskingPolicy | None = None,
+        limits: SessionLimits | None = None,
     ) -> Credential:
         """A credential for one session.  With ``masking.database_grants`` the masked
         columns of ``scope`` must be unreadable by it inside the database; an issuer
-        that cannot see to that raises :class:`~server.errors.Unavailable`."""
+        that cannot see to that raises :class:`~server.errors.Unavailable`.  An issuer
+        that creates the role attaches ``limits``' database settings to it; the
+        gateway sends them again at every login in any case."""
         ...
 
     def revoke(self, username: str) -> RevocationResult: ...

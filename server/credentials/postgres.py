@@ -12,7 +12,16 @@ issue
     is not a session role, was delegated to us with ADMIN OPTION), then
     ``CREATE ROLE … LOGIN … VALID UNTIL <deadline> IN ROLE <marker>, <grants>``
     with a SCRAM verifier computed here, so the plaintext password never
-    reaches the server or its logs.
+    reaches the server or its logs.  Then ``ALTER ROLE … SET`` attaches the
+    scope's limits (``statement_timeout``, ``lock_timeout``,
+    ``idle_in_transaction_session_timeout``, ``idle_session_timeout``,
+    ``temp_file_limit``; :func:`~server.policy.limits.database_settings`) to
+    the role, so they apply to every login of it, through the gateway or not.
+    ``temp_file_limit`` is superuser-settable only: an admin role that is not
+    superuser needs ``GRANT SET ON PARAMETER temp_file_limit TO <admin>``
+    (PostgreSQL 15+).  Without it the role is created without that one setting
+    (in a savepoint, so the rest stands) and a warning is logged once; the
+    session role still cannot change it itself.
 
 column walls (``masking`` with ``database_grants``)
     A session role has what its grant roles have: it can hold no less than
@@ -56,6 +65,7 @@ walls share with the gateway (:mod:`server.gateway.catalog`).
 from __future__ import annotations
 
 import contextlib
+import logging
 import secrets
 import time
 from collections.abc import Iterator, Sequence
@@ -85,7 +95,10 @@ from server.errors import (
 )
 from server.gateway.catalog import COLUMNS_SQL, VIEW_SOURCES_SQL, build_snapshot
 from server.gateway.masking import MaskingRules, RelationWall, column_walls
-from server.policy.model import MaskingPolicy
+from server.policy.limits import SUPERUSER_SETTINGS, database_settings
+from server.policy.model import MaskingPolicy, SessionLimits
+
+log = logging.getLogger(__name__)
 
 MARKER_ROLE = "dbaccess_managed"
 CONNECTION_LIMIT = 50
@@ -158,6 +171,8 @@ class PostgresIssuer:
         # False: the role gets no password at all (PASSWORD NULL); something else,
         # such as IAM authentication, must let it log in.
         self.password_login = password_login
+        # Superuser-only limits this admin role turned out not to be allowed to set.
+        self.unsettable: set[str] = set()
 
     def __repr__(self) -> str:
         return f"PostgresIssuer({self._where!r})"
@@ -252,6 +267,7 @@ class PostgresIssuer:
         valid_until: datetime,
         scope: str | None = None,
         masking: MaskingPolicy | None = None,
+        limits: SessionLimits | None = None,
     ) -> Credential:
         if valid_until.tzinfo is None or valid_until.utcoffset() is None:
             raise InvalidInput("valid_until must be timezone-aware")
@@ -286,9 +302,38 @@ class PostgresIssuer:
                     f"role {username!r} already exists",
                     hint="each session needs its own session id",
                 ) from None
+            if limits is not None:
+                self._set_limits(conn, username, limits)
             if walls:
                 self._check_walls(conn, username, walls)
         return Credential(username=username, password=password, valid_until=valid_until)
+
+    def _set_limits(self, conn: Conn, username: str, limits: SessionLimits) -> None:
+        role = sql.Identifier(username)
+        for setting, value in database_settings(limits).items():
+            statement = _statement(
+                "role_setting.sql",
+                role=role,
+                setting=sql.Identifier(setting),
+                value=sql.Literal(value),
+            )
+            if setting not in SUPERUSER_SETTINGS:
+                conn.execute(statement)
+                continue
+            if setting in self.unsettable:
+                continue
+            try:
+                with conn.transaction():
+                    conn.execute(statement)
+            except psycopg.errors.InsufficientPrivilege:
+                self.unsettable.add(setting)
+                log.warning(
+                    "session roles on %s are created without %s: the admin role may not set "
+                    "it (it needs superuser, or GRANT SET ON PARAMETER %s TO the admin role)",
+                    self._where,
+                    setting,
+                    setting,
+                )
 
     # -- column walls ---------------------------------------------------------
 

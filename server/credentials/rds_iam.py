@@ -47,7 +47,7 @@ from typing import Any
 
 from server.credentials.base import Credential, ManagedRole, RevocationResult, role_name_for
 from server.errors import InvalidInput, Unavailable
-from server.policy.model import MaskingPolicy, RdsIamSettings
+from server.policy.model import MaskingPolicy, RdsIamSettings, SessionLimits
 
 IAM_LOGIN_ROLE = "rds_iam"
 TOKEN_LIFETIME_SECONDS = 900
@@ -133,7 +133,10 @@ class RdsIamIssuer:
         valid_until: datetime,
         scope: str | None = None,
         masking: MaskingPolicy | None = None,
+        limits: SessionLimits | None = None,
     ) -> Credential:
+        # A shared IAM user is not ours to alter: its sessions get ``limits`` from the
+        # gateway, as startup parameters of every login.
         if self._roles is None:
             if masking is not None and masking.database_grants:
                 raise Unavailable(
@@ -157,6 +160,7 @@ class RdsIamIssuer:
             valid_until=valid_until,
             scope=scope,
             masking=masking,
+            limits=limits,
         )
         username = credential.username
         return dataclasses.replace(credential, password_provider=lambda: self.token(username))

@@ -74,7 +74,7 @@ from server.credentials.base import (
     sql_template,
 )
 from server.errors import Conflict, DbaccessError, Forbidden, InvalidInput, Unavailable
-from server.policy.model import MaskingPolicy, VaultAuthMethod, VaultSettings
+from server.policy.model import MaskingPolicy, SessionLimits, VaultAuthMethod, VaultSettings
 
 log = logging.getLogger(__name__)
 
@@ -336,7 +336,11 @@ class VaultIssuer:
         valid_until: datetime,
         scope: str | None = None,
         masking: MaskingPolicy | None = None,
+        limits: SessionLimits | None = None,
     ) -> Credential:
+        # ``limits``: Vault's creation statements make the role, so the broker does
+        # not alter it; the gateway sends the limits at every login (docs/limits.md
+        # shows the ALTER ROLE … SET lines for the Vault role's creation statements).
         if valid_until.tzinfo is None or valid_until.utcoffset() is None:
             raise InvalidInput("valid_until must be timezone-aware")
         if masking is not None and masking.database_grants:

@@ -61,6 +61,7 @@ from server.errors import DbaccessError
 from server.gateway import pgwire
 from server.gateway.limits import CANCEL_RATE_PER_ADDRESS, CancelLimiter, ConnectionCaps
 from server.gateway.pgwire import ProtocolViolation
+from server.gateway.pinning import LimitPins, startup_refusal
 from server.gateway.relay import Relay
 from server.gateway.search_path import DEFAULT_SEARCH_PATH
 from server.gateway.session import (
@@ -75,6 +76,7 @@ from server.gateway.session import (
     startup_packet,
 )
 from server.gateway.tls import ServerTls, TlsError
+from server.policy.limits import SUPERUSER_SETTINGS, database_settings
 from server.sessions.service import LiveSession, SessionService
 from server.store.db import utcnow
 
@@ -515,6 +517,13 @@ class ClientConnection(asyncio.Protocol):
             )
             if self.gone():
                 return
+            limits = service.limits(live)
+            refused = startup_refusal(
+                result.params, LimitPins.of(limits, live.record.target, live.record.scope)
+            )
+            if refused is not None:
+                self.abort("42501", *refused)
+                return
             self.gateway.caps.admit(live.record.identity)
             self.identity = live.record.identity
             service.attach(live, self)
@@ -590,6 +599,12 @@ class ClientConnection(asyncio.Protocol):
         for key in _PASSED_ON:
             if key in result.params:
                 params[key] = result.params[key]
+        # The scope's limits, again at every login: they hold from the first
+        # statement whatever the role carries (a Vault role, a shared IAM user).
+        # temp_file_limit only a superuser may pass; the role carries it.
+        for key, value in database_settings(limits).items():
+            if key not in SUPERUSER_SETTINGS:
+                params[key] = value
         # Always sent, so that a default set on the database or role (which the
         # analysis cannot see) never applies; the guardrails keep it fixed.
         params.setdefault("search_path", DEFAULT_SEARCH_PATH)

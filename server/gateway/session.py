@@ -42,9 +42,13 @@ ALLOWED_STARTUP = frozenset(
         "extra_float_digits",
         "intervalstyle",
         "search_path",
+        # Limits: refused once the session is known if its scope pins them
+        # (``server.gateway.pinning``), passed on otherwise.
         "statement_timeout",
         "lock_timeout",
         "idle_in_transaction_session_timeout",
+        "idle_session_timeout",
+        "temp_file_limit",
         "default_transaction_read_only",
         "default_transaction_isolation",
         "bytea_output",

@@ -89,6 +89,7 @@ from server.gateway.guardrails import (
     track_prepared,
 )
 from server.gateway.pgwire import Bind, Close, FunctionCall, Parse, Query, RawMessage
+from server.gateway.pinning import PINNED_RULE, LimitPins, decide_pins
 from server.gateway.relay import Relay
 from server.gateway.row_budget import (
     TRACKED,
@@ -107,7 +108,7 @@ from server.gateway.sqlcheck import (
     analyze,
     analyze_function_call,
 )
-from server.policy.model import ApprovalPolicy, ScopePolicy
+from server.policy.model import ApprovalPolicy, ScopePolicy, default_limits
 from server.sessions.service import LiveSession, SessionService
 from server.store.db import Store
 
@@ -125,7 +126,7 @@ _REFUSED_SQL = "dbaccess_refused_statement"
 _REFUSED_NAME = "dbaccess: refused statement"
 # Statement names the gateway uses itself (the refusal's, the row estimate's).
 _RESERVED_PREFIX = "dbaccess: "
-_PARAM_RULES = frozenset({"guardrails.no_role_change", "guardrails.pinned_setting"})
+_PARAM_RULES = frozenset({"guardrails.no_role_change", "guardrails.pinned_setting", PINNED_RULE})
 # A literal left open (the text was cut, or never closed it) runs to the end,
 # so that no opening makes the scan read the rest of the text again.
 _SECRET = re.compile(
@@ -192,10 +193,13 @@ class StatementGuard:
         masking: Callable[[str], Decision] | None = None,
         limits: AnalysisLimits | None = None,
         record: RecordFn | None = None,
+        pins: LimitPins | None = None,
     ) -> None:
         self.rules = rules
         self.limits = limits or AnalysisLimits()
         self.record = record  # the session recording's, for limit events
+        # The session's limits, which no statement may change (``server.gateway.pinning``).
+        self.pins = pins
         self._decisions: dict[Analysis, Decision] = {}
         # Masking's refusals before execution (``masking_guard``), in a masked session.
         self.masking = masking
@@ -370,12 +374,19 @@ class StatementGuard:
         )
 
     def _decide(self, analysis: Analysis, sql: str) -> Decision:
-        """The guardrails' decision, and masking's refusal where that is graver."""
+        """The analysis's own limits, the pinned limits' refusal, else the guardrails'
+        decision, and masking's refusal where that is graver."""
         if analysis.over_budget:
             # Not the statement's fault: it was too costly to read (54000, not 42501).
             refusal = analysis_limits.over_budget(self.limits)
             self._record_limit(refusal, sql[:_AUDIT_TEXT])
             return refusal
+        if self.pins is not None:
+            # First, so that a statement that would lift a limit is refused naming it
+            # even where a guardrail would refuse it too (ALTER ROLE, RESET ALL).
+            pinned = decide_pins(analysis, sql, self.pins)
+            if pinned.outcome is Outcome.BLOCK:
+                return pinned
         decision = self._guardrails(analysis)
         if self.masking is None or decision.outcome is Outcome.BLOCK:
             return decision  # nothing masking says can make it graver
@@ -659,6 +670,7 @@ def guard_setup(
             reason=record.reason,
             ttl=record.expires_at - record.created_at,
         )
+        scope_limits = scope.effective_limits if scope is not None else default_limits(record.scope)
         StatementGuard(
             rules,
             facts,
@@ -669,6 +681,7 @@ def guard_setup(
             masking=check,
             limits=limits,
             record=service.recorder.record,
+            pins=LimitPins.of(scope_limits, record.target, record.scope),
         ).install(relay)
 
     return setup

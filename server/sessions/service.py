@@ -40,6 +40,7 @@ from server.gateway.masking import session_rules
 from server.policy import Issuer as PolicyIssuer
 from server.policy import Policy, TargetPolicy, resolve_admin_dsn
 from server.policy.evaluate import Identity, evaluate, refusal
+from server.policy.model import SessionLimits, default_limits
 from server.store.db import SessionRecord, Store, StoreLeaseBook, hash_secret, new_id, utcnow
 
 log = logging.getLogger(__name__)
@@ -182,6 +183,13 @@ class SessionService:
         with self._lock:
             return self._live.get(session_id)
 
+    def limits(self, live: LiveSession) -> SessionLimits:
+        """The limits of a session's scope as the policy says now (its scope's
+        defaults if a reload removed the scope)."""
+        target = self.policy.targets.get(live.record.target)
+        scope = target.scopes.get(live.record.scope) if target is not None else None
+        return scope.effective_limits if scope is not None else default_limits(live.record.scope)
+
     # -- start --------------------------------------------------------------
     def start(
         self,
@@ -254,6 +262,7 @@ class SessionService:
                 scope=decision.scope,
                 # The policy as it is now (issuers are kept across policy reloads).
                 masking=target.masking,
+                limits=scope_policy.effective_limits,
             )
             ticket = "dbt_" + secrets.token_urlsafe(32)
             ticket_hash = hash_secret(ticket)

@@ -1,0 +1,221 @@
+"""Limits the database enforces, pinned: no statement or login through the gateway changes them.
+
+A scope's timeouts and ``temp_file_limit`` (``server.policy.limits``) are
+attached to the session role when it is created and sent again as startup
+parameters at every upstream login, so they hold from the first statement and
+even where the gateway is bypassed.  What PostgreSQL cannot stop is the
+session changing them itself: ``statement_timeout`` and the other timeouts are
+user-settable.  So the gateway refuses every way of changing a pinned limit
+before it reaches the server, failing closed where it cannot tell:
+
+==========================================  ====================================
+how                                         refused when
+==========================================  ====================================
+``SET``/``SET LOCAL``/``SET SESSION``,      the setting is pinned, or its name
+``SET … TO DEFAULT``, ``RESET``,            cannot be read (``set_config`` with
+``set_config(…)`` in any spelling,          a computed name or a parameter that
+``UPDATE pg_settings``                      is not known yet)
+``RESET ALL``, ``DISCARD ALL``              always (they touch every setting)
+``ALTER ROLE``/``USER``/``DATABASE``        the text names a pinned setting,
+``… SET``/``RESET``                         ``set_config``, ``pg_settings`` or
+                                            ``RESET ALL``
+``CREATE RULE`` (actions run later)        the same
+``DO``, ``CREATE``/``ALTER FUNCTION``,      the same, or the body runs SQL built
+``PROCEDURE``, ``ROUTINE`` (their ``SET``   at run time (``EXECUTE``), or it is
+clauses and bodies)                         in a language other than SQL and
+                                            PL/pgSQL, which the gateway cannot
+                                            read
+a statement the analysis did not            its text names a pinned setting
+understand
+a startup parameter                         it names a pinned setting
+                                            (``options`` is refused anyway)
+==========================================  ====================================
+
+``SHOW`` and ``current_setting`` read the limits and stay allowed.  The
+statements are judged together with what they run inside themselves
+(``Statement.walk``), and the scan of text is over the whole input, not the
+analysis's 2000-character excerpt, so nothing hides behind a long body.
+
+Advisory locks (``pg_advisory_lock``, ``pg_try_advisory_lock``, their
+``_shared`` and ``_xact_`` forms) outlive statements and, taken by one session
+and held, stall everyone who waits for the same key; they are refused unless
+the scope's ``limits.advisory_locks`` is true.  Unlocking stays allowed.
+
+Every refusal is a :class:`~server.gateway.guardrails.Decision` with rule
+``limits.pinned`` (or ``limits.advisory_locks``), which the guard answers with
+SQLSTATE 42501 like any other, naming the limit and the scope that sets it.
+:func:`decide_pins` and :func:`startup_refusal` are pure.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from server.gateway.guardrails import ALLOWED, Decision, Outcome
+from server.gateway.sqlcheck import Analysis, Feature, Statement, StatementClass
+from server.policy.limits import DATABASE_LIMITS, database_settings
+from server.policy.model import SessionLimits
+
+PINNED_RULE = "limits.pinned"
+ADVISORY_RULE = "limits.advisory_locks"
+_ANY_SETTING = "*"
+_ALL_SETTINGS = "all"
+# Statements that attach settings to something other than the session: the
+# role (for its next logins), the database, a function (while it runs).
+_CONFIGURING = ("ALTER ROLE", "ALTER USER", "ALTER DATABASE", "ALTER GROUP", "ALTER SYSTEM")
+# Statements that store SQL to run later, as rules' actions do.
+_STORING = ("CREATE RULE",)
+# Languages whose bodies the scan below can read: SQL and PL/pgSQL statements.
+_READABLE_LANGUAGES = frozenset({"sql", "plpgsql"})
+_LANGUAGE = re.compile(r"\blanguage\s+(?:'([^']*)'|\"([^\"]*)\"|([a-z0-9_$]+))")
+_RESET_ALL = re.compile(r"\breset\s+all\b")
+_EXECUTE = re.compile(r"\bexecute\b")
+_NAMELESS = ("set_config", "pg_settings")
+_ADVISORY = re.compile(r"pg_(?:try_)?advisory_(?:xact_)?lock(?:_shared)?")
+
+
+@dataclass(frozen=True)
+class LimitPins:
+    """What one session may not change: ``settings`` (names as PostgreSQL spells them),
+    and whether it may take advisory locks.  ``scope`` names it in messages."""
+
+    settings: frozenset[str]
+    target: str
+    scope: str
+    advisory_locks: bool = False
+
+    @classmethod
+    def of(cls, limits: SessionLimits, target: str, scope: str) -> LimitPins:
+        """The pins of a scope's limits: every database limit that is not off."""
+        return cls(frozenset(database_settings(limits)), target, scope, limits.advisory_locks)
+
+    def where(self) -> str:
+        return f"scope {self.scope!r} of target {self.target!r}"
+
+
+def _refusal(pins: LimitPins, what: str, setting: str | None, index: int | None) -> Decision:
+    if setting is None:
+        message = f"{what}; the session's limits ({', '.join(sorted(pins.settings))}) are fixed"
+    else:
+        message = f"{what}; {setting} is a limit that {pins.where()} sets"
+    return Decision(
+        Outcome.BLOCK,
+        PINNED_RULE,
+        message,
+        f"the limits come from the policy (limits.{setting or '…'} of {pins.where()}); "
+        "ask an administrator to raise them there, or use a scope with other limits",
+        index,
+    )
+
+
+def decide_pins(analysis: Analysis, sql: str, pins: LimitPins) -> Decision:
+    """ALLOWED, or the refusal of the first statement of ``sql`` that would change a
+    pinned limit or take an advisory lock the scope does not allow."""
+    for top in analysis.statements:
+        for statement, _when in top.walk():
+            refused = _judge(statement, sql, pins, top.index)
+            if refused is not None:
+                return refused
+    return ALLOWED
+
+
+def _judge(st: Statement, sql: str, pins: LimitPins, index: int) -> Decision | None:
+    if pins.settings:
+        for setting in st.settings:
+            if setting in pins.settings:
+                return _refusal(
+                    pins, f"{st.command or 'this statement'} changes {setting}", setting, index
+                )
+            if setting == _ANY_SETTING:
+                return _refusal(
+                    pins,
+                    f"{st.command or 'this statement'} changes a setting whose name the "
+                    "gateway cannot read",
+                    None,
+                    index,
+                )
+            if setting == _ALL_SETTINGS:
+                return _refusal(pins, f"{st.command} resets every setting", None, index)
+        if not st.settings and any(
+            call.name == "set_config" and call.schema in (None, "pg_catalog")
+            for call in st.functions
+        ):
+            # A call the analysis saw but could not attribute (a statement it did
+            # not parse whole): which setting it changes is unknown.
+            return _refusal(
+                pins,
+                f"{st.command or 'this statement'} calls set_config on a setting the "
+                "gateway cannot read",
+                None,
+                index,
+            )
+        scanned = _scan(st, sql, pins)
+        if scanned is not None:
+            return _refusal(pins, scanned[0], scanned[1], index)
+    if not pins.advisory_locks:
+        for call in st.functions:
+            if _ADVISORY.fullmatch(call.name) and call.schema in (None, "pg_catalog"):
+                return Decision(
+                    Outcome.BLOCK,
+                    ADVISORY_RULE,
+                    f"{call}() takes an advisory lock, which {pins.where()} does not allow",
+                    "advisory locks outlive statements and stall whoever waits for the same "
+                    f"key; an administrator can allow them with limits.advisory_locks: true "
+                    f"for {pins.where()}",
+                    index,
+                )
+    return None
+
+
+def _scan(st: Statement, sql: str, pins: LimitPins) -> tuple[str, str | None] | None:
+    """For statements whose effect on settings the analysis does not list: a look at the
+    whole text, refusing anything that names a pinned setting or a way to reach one."""
+    code = Feature.CODE in st.features
+    configuring = st.command.startswith(_CONFIGURING) or st.command.startswith(_STORING)
+    if not (code or configuring or st.kind is StatementClass.UNKNOWN):
+        return None
+    text = sql.lower()
+    command = st.command or "this statement"
+    for setting in sorted(pins.settings):
+        if setting in text:
+            return f"{command} names {setting}", setting
+    if st.kind is StatementClass.UNKNOWN:
+        return None  # refused by the guardrails; nothing here names a limit
+    for word in _NAMELESS:
+        if word in text:
+            return f"{command} uses {word}, which may change any setting", None
+    if _RESET_ALL.search(text):
+        return f"{command} resets every setting", None
+    if code:
+        if _EXECUTE.search(text):
+            return f"{command} runs SQL built at run time, which the gateway cannot read", None
+        for found in _LANGUAGE.finditer(text):
+            language = next(str(g) for g in found.groups() if g is not None)
+            if language not in _READABLE_LANGUAGES:
+                return (
+                    f"{command} runs code in language {language}, which the gateway cannot read",
+                    None,
+                )
+    return None
+
+
+def startup_refusal(params: Mapping[str, str], pins: LimitPins) -> tuple[str, str] | None:
+    """(message, hint) when the client's startup parameters set a pinned limit, else None."""
+    for name in _names(params):
+        if name in pins.settings:
+            return (
+                f"startup parameter {name!r} is not allowed: {name} is a limit that "
+                f"{pins.where()} sets",
+                f"the limits come from the policy (limits.{name}); connect without {name}",
+            )
+    return None
+
+
+def _names(params: Mapping[str, str]) -> Iterable[str]:
+    return (name.lower() for name in params)
+
+
+# The limits the startup check knows, for the gateway's allow-list of startup parameters.
+STARTUP_LIMITS = frozenset(DATABASE_LIMITS)

@@ -24,10 +24,11 @@ def read_error(sock: socket.socket) -> dict[str, str]:
                 return dict(pgwire.decode_backend(raw).fields)  # type: ignore[attr-defined]
 
 
-def login_error(port: int, database: str, password: str) -> dict[str, str]:
-    """Log in with ``password`` over a plain socket; the fields of the ErrorResponse."""
+def login_error(port: int, database: str, password: str, **params: str) -> dict[str, str]:
+    """Log in with ``password`` (and startup ``params``) over a plain socket; the fields
+    of the ErrorResponse."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(startup_packet({"user": "dev", "database": database}))
+        sock.sendall(startup_packet({"user": "dev", "database": database, **params}))
         parser = pgwire.BackendParser()
         while True:
             data = sock.recv(65536)

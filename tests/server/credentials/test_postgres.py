@@ -19,6 +19,7 @@ from server.credentials.postgres import PostgresIssuer
 from server.demo.provision import DemoTarget, provision_demo
 from server.errors import Conflict, Forbidden, InvalidInput, Unavailable
 from server.pgcluster import LocalCluster, free_port
+from server.policy.model import READ_LIMITS, SessionLimits
 from tests.server.credentials.test_base import HOSTILE_IDENTITIES
 
 AdminConn = psycopg.Connection[Any]
@@ -41,12 +42,14 @@ def issue(issuer: PostgresIssuer) -> Iterator[IssueFn]:
         grants: tuple[str, ...] = ("demo_read",),
         ttl: timedelta = timedelta(minutes=10),
         session_id: str | None = None,
+        limits: SessionLimits | None = None,
     ) -> Credential:
         cred = issuer.issue(
             identity=identity,
             session_id=session_id or str(uuid.uuid4()),
             grants=list(grants),
             valid_until=datetime.now(UTC) + ttl,
+            limits=limits,
         )
         issued.append(cred.username)
         return cred
@@ -542,3 +545,29 @@ def test_a_malformed_admin_dsn_is_not_echoed() -> None:
     with pytest.raises(InvalidInput) as info:
         PostgresIssuer("host=127.0.0.1 password='Sup3r-s3cret")
     assert "Sup3r" not in str(info.value)
+
+
+def test_the_role_carries_the_scope_limits_into_every_login(
+    issue: IssueFn, pg_cluster: LocalCluster, demo_target: DemoTarget, admin_conn: AdminConn
+) -> None:
+    """Set on the role, the limits hold for a connection that never saw the gateway."""
+    cred = issue(limits=READ_LIMITS)
+    row = admin_conn.execute(
+        "SELECT rolconfig FROM pg_roles WHERE rolname = %s", (cred.username,)
+    ).fetchone()
+    assert row is not None
+    # The demo admin role is not superuser and may not set temp_file_limit.
+    assert sorted(row[0]) == [
+        "idle_in_transaction_session_timeout=1min",
+        "idle_session_timeout=1h",
+        "lock_timeout=10s",
+        "statement_timeout=5min",
+    ]
+    with session_connect(pg_cluster, demo_target, cred) as conn:
+        shown = [
+            conn.execute(f"SHOW {name}").fetchone()
+            for name in ("statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout")
+        ]
+        assert shown == [("5min",), ("10s",), ("1min",)]
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SET temp_file_limit = -1")

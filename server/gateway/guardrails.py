@@ -120,13 +120,16 @@ _RANK = {Outcome.ALLOW: 0, Outcome.REVIEW: 1, Outcome.BLOCK: 2}
 @dataclass(frozen=True)
 class Decision:
     """``rule`` is a stable name for logs, audit and approvals; ``message`` and
-    ``hint`` are for the person; ``statement_index`` is 0-based in the input."""
+    ``hint`` are for the person; ``statement_index`` is 0-based in the input;
+    ``limit`` names the policy's ``limits`` key behind a refusal by a limit."""
 
     outcome: Outcome
     rule: str
     message: str
     hint: str
     statement_index: int | None
+    # The policy key of the scope limit that refused it (``limits.*`` rules), if any.
+    limit: str | None = None
 
 
 ALLOWED = Decision(Outcome.ALLOW, "guardrails.allow", "", "", None)

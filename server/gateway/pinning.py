@@ -42,8 +42,9 @@ and held, stall everyone who waits for the same key; they are refused unless
 the scope's ``limits.advisory_locks`` is true.  Unlocking stays allowed.
 
 Every refusal is a :class:`~server.gateway.guardrails.Decision` with rule
-``limits.pinned`` (or ``limits.advisory_locks``), which the guard answers with
-SQLSTATE 42501 like any other, naming the limit and the scope that sets it.
+``limits.pinned`` (or ``limits.advisory_locks``) and the limit's policy key,
+which the guard answers with SQLSTATE 42501 like any other, naming the limit
+and the scope that sets it, and records as a ``limit`` event (:func:`limit_hit`).
 :func:`decide_pins` and :func:`startup_refusal` are pure.
 """
 
@@ -51,14 +52,18 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from server.audit.recording import LimitHit
 from server.gateway.guardrails import ALLOWED, Decision, Outcome
 from server.gateway.sqlcheck import Analysis, Feature, Statement, StatementClass
 from server.policy.limits import DATABASE_LIMITS, database_settings
 from server.policy.model import SessionLimits
 
 PINNED_RULE = "limits.pinned"
+# What a refusal names as its limit when it cannot tell which pinned setting a
+# statement would change (a computed name, RESET ALL): all of them.
+PINNED_LIMITS = "limits"
 ADVISORY_RULE = "limits.advisory_locks"
 _ANY_SETTING = "*"
 _ALL_SETTINGS = "all"
@@ -85,11 +90,14 @@ class LimitPins:
     target: str
     scope: str
     advisory_locks: bool = False
+    # The pinned settings' values, in PostgreSQL's units (for the recording).
+    values: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @classmethod
     def of(cls, limits: SessionLimits, target: str, scope: str) -> LimitPins:
         """The pins of a scope's limits: every database limit that is not off."""
-        return cls(frozenset(database_settings(limits)), target, scope, limits.advisory_locks)
+        values = database_settings(limits)
+        return cls(frozenset(values), target, scope, limits.advisory_locks, values)
 
     def where(self) -> str:
         return f"scope {self.scope!r} of target {self.target!r}"
@@ -107,6 +115,7 @@ def _refusal(pins: LimitPins, what: str, setting: str | None, index: int | None)
         f"the limits come from the policy (limits.{setting or '…'} of {pins.where()}); "
         "ask an administrator to raise them there, or use a scope with other limits",
         index,
+        limit=setting or PINNED_LIMITS,
     )
 
 
@@ -165,6 +174,7 @@ def _judge(st: Statement, sql: str, pins: LimitPins, index: int) -> Decision | N
                     f"key; an administrator can allow them with limits.advisory_locks: true "
                     f"for {pins.where()}",
                     index,
+                    limit="advisory_locks",
                 )
     return None
 
@@ -199,6 +209,26 @@ def _scan(st: Statement, sql: str, pins: LimitPins) -> tuple[str, str | None] | 
                     None,
                 )
     return None
+
+
+def limit_hit(decision: Decision, pins: LimitPins, sql: str | None) -> LimitHit:
+    """What the session's recording keeps of a refusal by :func:`decide_pins`."""
+    limit = decision.limit or PINNED_LIMITS
+    if limit == "advisory_locks":
+        value = "false"
+    elif limit in pins.values:
+        value = pins.values[limit]
+    else:
+        value = ", ".join(f"{k}={v}" for k, v in sorted(pins.values.items()))
+    return LimitHit(
+        limit=limit,
+        value=value,
+        scope=pins.scope,
+        action="refused",
+        sqlstate="42501",
+        message=decision.message,
+        statement=sql,
+    )
 
 
 def startup_refusal(params: Mapping[str, str], pins: LimitPins) -> tuple[str, str] | None:

@@ -57,6 +57,7 @@ from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import cast
 
+from server.audit.recording import LimitHit, record_limit
 from server.errors import DbaccessError
 from server.gateway import pgwire
 from server.gateway.limits import CANCEL_RATE_PER_ADDRESS, CancelLimiter, ConnectionCaps
@@ -518,10 +519,19 @@ class ClientConnection(asyncio.Protocol):
             if self.gone():
                 return
             limits = service.limits(live)
-            refused = startup_refusal(
-                result.params, LimitPins.of(limits, live.record.target, live.record.scope)
-            )
+            pins = LimitPins.of(limits, live.record.target, live.record.scope)
+            refused = startup_refusal(result.params, pins)
             if refused is not None:
+                limit = next(k.lower() for k in result.params if k.lower() in pins.settings)
+                hit = LimitHit(
+                    limit=limit,
+                    value=pins.values[limit],
+                    scope=pins.scope,
+                    action="refused",
+                    sqlstate="42501",
+                    message=refused[0],
+                )
+                record_limit(service.recorder.record, live.id, hit)
                 self.abort("42501", *refused)
                 return
             self.gateway.caps.admit(live.record.identity)

@@ -89,7 +89,7 @@ from server.gateway.guardrails import (
     track_prepared,
 )
 from server.gateway.pgwire import Bind, Close, FunctionCall, Parse, Query, RawMessage
-from server.gateway.pinning import PINNED_RULE, LimitPins, decide_pins
+from server.gateway.pinning import PINNED_RULE, LimitPins, decide_pins, limit_hit
 from server.gateway.relay import Relay
 from server.gateway.row_budget import (
     TRACKED,
@@ -562,9 +562,12 @@ class StatementGuard:
     def _record(
         self, kind: str, decision: Decision, sql: str, *, request_id: str | None = None
     ) -> None:
+        facts = self.facts
+        if decision.limit is not None and self.pins is not None and kind == "statement.blocked":
+            # A refusal by a scope's limit is also a ``limit`` event of the session's recording.
+            record_limit(self.record, facts.session_id, limit_hit(decision, self.pins, sql))
         if self.store is None:
             return
-        facts = self.facts
         data: dict[str, object] = {
             "scope": facts.scope,
             "rule": decision.rule,

@@ -4,6 +4,7 @@ do their work (a runaway query is cut, an idle lock holder is ended)."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -247,3 +248,28 @@ def test_advisory_locks_are_refused_unless_the_scope_allows_them(
     ):
         assert conn.execute("select pg_try_advisory_lock(1)").fetchone() == (True,)
         assert conn.execute("select pg_advisory_unlock(1)").fetchone() == (True,)
+
+
+def test_refusals_are_limit_events_in_the_recording(broker: Broker) -> None:
+    with held_session(broker, "--scope", "write") as s:
+        res = s.psql_script("set statement_timeout = 0;\nselect pg_advisory_lock(3);\n")
+        assert res.stderr.count("ERROR:") == 2, res.stderr
+        login_error(s.port, s.database, s.ticket, lock_timeout="0")
+        session_id = s.session_id
+    deadline = time.monotonic() + 20
+    while True:
+        res = broker.cli("replay", session_id, "--output", "json")
+        assert res.returncode == 0, res.stderr
+        events = json.loads(res.stdout)["events"]
+        limits = [e["data"] for e in events if e["kind"] == "limit"]
+        if len(limits) >= 3 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert [(d["limit"], d["value"], d["action"], d["sqlstate"]) for d in limits] == [
+        ("statement_timeout", "5s", "refused", "42501"),
+        ("advisory_locks", "false", "refused", "42501"),
+        ("lock_timeout", "4s", "refused", "42501"),
+    ]
+    assert all(d["scope"] == "write" for d in limits)
+    shown = broker.cli("replay", session_id)
+    assert "statement_timeout" in shown.stdout and "advisory_locks" in shown.stdout

@@ -55,9 +55,11 @@ def _ask(ctx: typer.Context, query: Callable[[BrokerClient], Values]) -> Values:
     from brokercli import config
     from brokercli.client import BrokerClient
 
-    ca_file = _typed(ctx, "ca_file")
-    if ca_file is not None:
-        config.FLAGS.ca_file = str(ca_file)
+    # The global options typed on the line count as they would for the command.
+    for name in vars(config.FLAGS):
+        value = _typed(ctx, name)
+        if value is not None:
+            setattr(config.FLAGS, name, str(value))
     try:
         client = BrokerClient.from_env(_typed(ctx, "server"), timeout=TIMEOUT_SECONDS)
         try:

@@ -225,6 +225,24 @@ def test_kill_ends_a_waiting_connect_which_exits_8_and_kill_again_exits_8(
     assert "client ended the session" in again.stderr
 
 
+def test_kill_ends_a_connect_no_launch(broker: Broker) -> None:
+    proc = broker.spawn("connect", "demo", "--no-launch")
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        assert line.startswith("session s-"), line + proc.stderr.read()
+        session_id = line.split()[1].rstrip(":")
+        kill = broker.cli("kill", session_id)
+        assert kill.returncode == 0, kill.stderr
+        assert proc.wait(30) == 8
+        assert f"session {session_id} has ended" in proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()  # type: ignore[union-attr]
+        proc.stderr.close()  # type: ignore[union-attr]
+
+
 def _complete(fmt: str) -> Callable[[list[str]], bool]:
     if fmt == "uri":
         return lambda got: len(got) == 1

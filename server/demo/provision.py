@@ -8,7 +8,8 @@ tests, idempotently (safe to run on every start):
 * ``dbaccess_managed``: the NOLOGIN marker role every session role belongs to;
   the broker only ever alters or drops members of it;
 * the grant roles ``demo_read`` (USAGE on ``public``, SELECT on the tables) and
-  ``demo_write`` (``demo_read`` plus INSERT/UPDATE/DELETE and sequence use);
+  ``demo_write`` (``demo_read`` plus INSERT/UPDATE/DELETE, sequence use and
+  CREATE on ``public``, so that a reviewed ``CREATE TABLE`` can run);
 * ``dbaccess_admin``: LOGIN, CREATEROLE, not superuser, a member of
   ``pg_signal_backend`` (to terminate session backends) and holding ADMIN
   OPTION on the marker and grant roles: just enough to mint and revoke session

@@ -80,8 +80,11 @@ SELECT setval(pg_get_serial_sequence('public.customers', 'id'), (SELECT max(id) 
 SELECT setval(pg_get_serial_sequence('public.orders', 'id'), (SELECT max(id) FROM public.orders));
 
 -- Least privilege: nobody creates objects in public by default; the grant
--- roles get exactly what their scope needs.
+-- roles get exactly what their scope needs. The write scope may create tables
+-- in public (its DDL is held for review by the gateway); what a session
+-- creates is handed to the admin role when the session's role is revoked.
 REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+GRANT CREATE ON SCHEMA public TO demo_write;
 GRANT USAGE ON SCHEMA public TO demo_read;
 GRANT SELECT ON public.customers, public.orders TO demo_read;
 GRANT INSERT, UPDATE, DELETE ON public.customers, public.orders TO demo_write;

@@ -105,3 +105,38 @@ def test_a_byte_changed_after_approval_is_not_approved(
     assert ran.returncode == 3
     assert "held for review" in ran.stderr
     assert columns(admin_conn) == ["id"]
+
+
+@pytest.fixture
+def created_table(admin_conn: psycopg.Connection[tuple[object, ...]]) -> Iterator[str]:
+    name = "review_created"
+    admin_conn.execute(f"DROP TABLE IF EXISTS {name}")
+    yield name
+    admin_conn.execute(f"DROP TABLE IF EXISTS {name}")
+
+
+def test_an_approved_create_table_runs_in_the_write_scope(
+    broker: Broker,
+    created_table: str,
+    admin_conn: psycopg.Connection[tuple[object, ...]],
+    tmp_path: Path,
+) -> None:
+    # The write scope's role may create in public: approving DDL that then fails
+    # with "permission denied for schema public" would make the review pointless.
+    ci = broker.token("ci-migrations", "dev")
+    bob = broker.token("bob", "dev")
+    script = tmp_path / "create.sql"
+    script.write_text(f"CREATE TABLE {created_table} (id int PRIMARY KEY, note text);\n")
+    pending = broker.cli(
+        "exec", "demo", "--scope", "write", "-f", str(script), "--request-review", "--no-wait",
+        token=ci,
+    )  # fmt: skip
+    assert pending.returncode == 9, pending.stderr
+    assert broker.cli("approve", pending.stdout.strip(), "--yes", token=bob).returncode == 0
+    ran = broker.cli("exec", "demo", "--scope", "write", "-f", str(script), token=ci)
+    assert ran.returncode == 0, ran.stderr
+    # Kept after the session (handed to the admin role), not dropped with the session role.
+    owner = admin_conn.execute(
+        "SELECT tableowner FROM pg_tables WHERE tablename = %s", (created_table,)
+    ).fetchone()
+    assert owner == ("dbaccess_admin",)

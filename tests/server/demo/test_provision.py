@@ -104,6 +104,17 @@ def test_grant_roles_and_public_have_least_privilege(admin_conn: AdminConn) -> N
     assert row == (0,)
 
 
+@pytest.mark.parametrize(("role", "can_create"), [("demo_write", True), ("demo_read", False)])
+def test_only_the_write_scope_may_create_tables_in_public(
+    admin_conn: AdminConn, role: str, can_create: bool
+) -> None:
+    # The write scope's reviewed DDL (the demo's CREATE TABLE) must be able to run.
+    row = admin_conn.execute(
+        "SELECT has_schema_privilege(%s, 'public', 'CREATE')", (role,)
+    ).fetchone()
+    assert row == (can_create,)
+
+
 @pytest.fixture
 def outsider(admin_conn: AdminConn) -> Iterator[tuple[str, str]]:
     name, password = f"outsider_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex

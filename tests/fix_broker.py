@@ -7,6 +7,8 @@ CLI config directory, and waits until it prints that it is running.  The
 or restart the broker start their own.  ``Broker.cli`` runs the real
 ``dbaccess`` console script with the broker's environment.
 
+Without a policy of its own a broker runs the demo policy without its masking
+rules (``demo_policy()``): tests state the masking they test.
 For tests with several people: ``start(policy=TEXT)`` runs the broker with a
 policy of the test's own (``admin_dsn_file: admin.dsn`` names the target, as in
 the demo policy), ``token(identity, *groups)`` mints an API token for another
@@ -100,10 +102,19 @@ class Broker:
         )
         return res.stdout.strip()
 
-    def start(self, *extra_args: str, timeout: float = 60, policy: str | None = None) -> None:
+    def start(
+        self,
+        *extra_args: str,
+        timeout: float = 60,
+        policy: str | None = None,
+        shipped_policy: bool = False,
+    ) -> None:
+        """Start the broker; ``shipped_policy`` leaves the policy file to the dev mode."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if policy is not None:
             self.write_policy(policy)
+        elif not shipped_policy and not self.policy_path.exists():
+            self.write_policy(demo_policy())
         # Only what this start writes counts: after a SIGKILL the log holds the
         # previous run's "running" line and no "stopped" line after it.
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
@@ -198,13 +209,16 @@ def new_broker(demo_target: DemoTarget) -> Broker:
 
 DEMO_POLICY = Path(__file__).parents[1] / "server" / "demo" / "policy.yaml"
 _SCOPES = "    scopes:\n"
+# The shipped demo masks its people data; tests state the masking they test.
+_DEMO_MASKING = re.compile(r"(?ms)^(?:    #[^\n]*\n)*    masking:\n.*?(?=^    scopes:\n)")
 
 
 def demo_policy(*, target: str = "", scopes: str = "") -> str:
-    """The demo policy with ``target`` (indented target keys such as a ``masking:``
-    block) added to the demo target before its scopes, and ``scopes`` (indented
-    scope entries) after the last scope."""
-    text = DEMO_POLICY.read_text()
+    """The demo policy without its masking rules, with ``target`` (indented target
+    keys such as a ``masking:`` block) added to the demo target before its
+    scopes, and ``scopes`` (indented scope entries) after the last scope."""
+    text, found = _DEMO_MASKING.subn("", DEMO_POLICY.read_text())
+    assert found == 1
     assert _SCOPES in text
     text = text.replace(_SCOPES, target + _SCOPES, 1)
     return text.rstrip("\n") + "\n" + scopes if scopes else text

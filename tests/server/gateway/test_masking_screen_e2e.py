@@ -5,7 +5,6 @@ function, notices, COPY rows, and binary results of a column masked from its tex
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -13,7 +12,7 @@ from psycopg import pq
 
 from server.demo.provision import DemoTarget
 from server.pgcluster import LocalCluster
-from tests.fix_broker import Broker, new_broker
+from tests.fix_broker import Broker, demo_policy, new_broker
 from tests.fix_session import HeldSession, held_session
 
 pytestmark = pytest.mark.slow
@@ -58,7 +57,7 @@ CLEAR = ("4111111111111111", "ada@example.com", "AKIAIOSFODNN7EXAMPLE", "078-05-
 
 
 def _policy() -> str:
-    text = (Path(__file__).parents[3] / "server/demo/policy.yaml").read_text()
+    text = demo_policy()
     marker = "    scopes:\n"
     assert marker in text
     text = text.replace(marker, MASKING + marker, 1)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -13,7 +12,7 @@ from psycopg import sql
 
 from server.demo.provision import ADMIN_ROLE, DemoTarget
 from server.pgcluster import LocalCluster
-from tests.fix_broker import Broker, new_broker
+from tests.fix_broker import Broker, demo_policy, new_broker
 from tests.fix_session import held_session
 
 pytestmark = pytest.mark.slow
@@ -23,7 +22,7 @@ SCHEMA, ROLE = f"walls_e2e_{TAG}", f"walls_e2e_read_{TAG}"
 
 
 def _policy() -> str:
-    text = (Path(__file__).parents[3] / "server/demo/policy.yaml").read_text()
+    text = demo_policy()
     masking = f"""\
     masking:
       rules:

@@ -11,7 +11,6 @@ import logging
 import os
 import sys
 from enum import StrEnum
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -183,10 +182,13 @@ def dev(
         store_file.touch(mode=0o600)  # SQLite gives its -wal/-shm files the same mode
     cluster = None
     try:
+        from server.demo.target import dev_policy
+
         if target_dsn:
             from server.demo.target import prepare_target
 
-            admin_dsn = prepare_target(target_dsn)
+            prepared = prepare_target(target_dsn)
+            admin_dsn, database = prepared.admin_dsn, prepared.database
         else:
             from server.pgcluster import LocalCluster
 
@@ -195,7 +197,8 @@ def dev(
                 _say(f"creating a PostgreSQL cluster in {cluster.data_dir} ...")
                 cluster.init()
             cluster.start()
-            admin_dsn = provision_demo(cluster).admin_dsn
+            demo = provision_demo(cluster)
+            admin_dsn, database = demo.admin_dsn, demo.database
         write_admin_dsn_file(data_dir / "admin.dsn", admin_dsn)
         from server.isolated import run_isolated
         from server.tlsutil import ensure_dev_ca, fingerprint
@@ -206,9 +209,17 @@ def dev(
         assert tls.ca is not None
         ca: Path = tls.ca
         policy_path = data_dir / "policy.yaml"
-        if not policy_path.exists():
-            template = resources.files("server.demo") / "policy.yaml"
-            policy_path.write_text(template.read_text())
+        plan = dev_policy(
+            policy_path.read_text() if policy_path.exists() else None, database, str(policy_path)
+        )
+        if plan.problem:
+            raise _fail(
+                f"{plan.problem}\nhint: edit the policy file, or start with another --data-dir", 2
+            )
+        if plan.text is not None:
+            policy_path.write_text(plan.text)
+        if plan.note:
+            _say(plan.note)
 
         opts = runtime.RuntimeOptions(
             api_host="127.0.0.1",
@@ -231,7 +242,7 @@ def dev(
             archive=archive,
         )
 
-        where_target = (
+        where_target = f"database {database!r}, " + (
             f"throwaway cluster on port {cluster.port}" if cluster else "from --target-dsn"
         )
 

@@ -1,11 +1,18 @@
 """Where the CLI finds its broker, merged in one place: defaults < profile file < env < flags.
 
-The profile is a small JSON file in the config directory (``$DBACCESS_CONFIG_DIR``,
+A profile is a small JSON file in the config directory (``$DBACCESS_CONFIG_DIR``,
 else ``$XDG_CONFIG_HOME/dbaccess``, else ``~/.config/dbaccess``).  It holds the broker
 URL and, for a broker with a private CA, the CA certificate path and fingerprint
-— never a token (tokens live in the keyring, see ``tokens.py``).
+— never a token (tokens live in the keyring, see ``tokens.py``, one per broker
+and profile).
 
-The global options (``--ca-file``, accepted by every command, see
+The default profile is ``profile.json``; named ones (``--profile NAME`` or
+``DBACCESS_PROFILE``, e.g. the ``dev`` and ``reviewer`` identities of the dev
+broker) are ``profiles/NAME.json``.  A profile written by ``dbaccess-server dev``
+carries :data:`DEV_MARK`: the dev broker replaces only such profiles, never one a
+``dbaccess login`` wrote.
+
+The global options (``--ca-file``, ``--profile``, accepted by every command, see
 ``commands/common.py``) land in ``FLAGS`` while the command line is parsed;
 ``settings`` reads them, then their environment variables, then the profile.
 """
@@ -14,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +31,11 @@ from brokercli.exit_codes import ExitCode
 
 DEFAULT_SERVER = "http://127.0.0.1:8700"
 CA_FILE_ENV = "DBACCESS_CA_FILE"
+DEFAULT_PROFILE = "default"
+PROFILE_ENV = "DBACCESS_PROFILE"
+# The key a profile written by the dev broker carries (its value: the identity).
+DEV_MARK = "dev_identity"
+_PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 @dataclass
@@ -30,6 +43,7 @@ class GlobalFlags:
     """Values of the global options given on this command line (None: not given)."""
 
     ca_file: str | None = None
+    profile: str | None = None
 
 
 FLAGS = GlobalFlags()
@@ -54,8 +68,42 @@ def config_dir() -> Path:
     return Path(base) / "dbaccess"
 
 
-def profile_path() -> Path:
-    return config_dir() / "profile.json"
+def check_profile_name(name: str) -> str:
+    if not _PROFILE_NAME.match(name):
+        raise CliError(
+            f"{name!r} is not a profile name",
+            code=ExitCode.USAGE,
+            hint="use letters, digits, '.', '_' and '-' (at most 64)",
+        )
+    return name
+
+
+def use_profile(name: str | None) -> None:
+    """Make ``name`` the profile of this process, as ``--profile`` does (None: not given)."""
+    FLAGS.profile = check_profile_name(name) if name else None
+
+
+def profile_name() -> str:
+    """The active profile: ``--profile``, else ``DBACCESS_PROFILE``, else the default."""
+    return check_profile_name(FLAGS.profile or os.environ.get(PROFILE_ENV) or DEFAULT_PROFILE)
+
+
+def profile_path(name: str | None = None) -> Path:
+    name = check_profile_name(name) if name else profile_name()
+    if name == DEFAULT_PROFILE:
+        return config_dir() / "profile.json"
+    return config_dir() / "profiles" / f"{name}.json"
+
+
+def profile_names() -> list[str]:
+    """The profiles that exist in the config directory, the default first."""
+    names = [DEFAULT_PROFILE] if profile_path(DEFAULT_PROFILE).exists() else []
+    folder = config_dir() / "profiles"
+    if folder.is_dir():
+        names += sorted(
+            p.stem for p in folder.glob("*.json") if _PROFILE_NAME.match(p.stem) and p.is_file()
+        )
+    return names
 
 
 @dataclass(frozen=True)
@@ -66,8 +114,8 @@ class Settings:
     source: str  # where `server` came from, for error messages
 
 
-def load_profile() -> dict[str, Any]:
-    path = profile_path()
+def load_profile(name: str | None = None) -> dict[str, Any]:
+    path = profile_path(name)
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
@@ -83,8 +131,8 @@ def load_profile() -> dict[str, Any]:
     return data
 
 
-def save_profile(data: dict[str, Any]) -> Path:
-    path = profile_path()
+def save_profile(data: dict[str, Any], name: str | None = None) -> Path:
+    path = profile_path(name)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
@@ -94,7 +142,19 @@ def save_profile(data: dict[str, Any]) -> Path:
 
 
 def settings(server_flag: str | None = None) -> Settings:
-    profile = load_profile()
+    name = profile_name()
+    profile = load_profile(name)
+    if (
+        not profile
+        and name != DEFAULT_PROFILE
+        and not (server_flag or os.environ.get("DBACCESS_SERVER"))
+    ):
+        known = ", ".join(profile_names()) or "none"
+        raise CliError(
+            f"there is no profile {name!r} in {config_dir()} (profiles: {known})",
+            code=ExitCode.USAGE,
+            hint=f"create it with: dbaccess --profile {name} login --server URL",
+        )
     server, source = DEFAULT_SERVER, "default"
     if profile.get("server"):
         server, source = str(profile["server"]), str(profile_path())

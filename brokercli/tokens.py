@@ -1,6 +1,8 @@
 """Broker tokens: DBACCESS_TOKEN, else a 0600 file, else the OS keyring.
 
-The keyring entry is keyed by broker URL.  Where no keyring backend exists (CI
+The keyring entry is keyed by broker URL, and for a named profile by the URL and
+the profile's name (two identities on one broker, as in the dev mode, keep one
+token each).  Where no keyring backend exists (CI
 runners, containers, servers without a desktop session) the token goes to
 ``tokens.json`` in the config directory, readable by the owner only.  The
 keyring module is imported lazily: it is slow to import and most commands that
@@ -15,7 +17,7 @@ import logging
 import os
 from pathlib import Path
 
-from brokercli.config import config_dir
+from brokercli.config import DEFAULT_PROFILE, config_dir, profile_name
 
 SERVICE = "dbaccess"
 log = logging.getLogger(__name__)
@@ -54,10 +56,17 @@ def _keyring_usable() -> bool:
         return False
 
 
-def load(server: str) -> str | None:
+def _key(server: str, profile: str | None) -> str:
+    """Where a token is kept: the broker URL, and the profile's name unless it is the default."""
+    name = profile or profile_name()
+    return server if name == DEFAULT_PROFILE else f"{server} profile={name}"
+
+
+def load(server: str, profile: str | None = None) -> str | None:
     env = os.environ.get("DBACCESS_TOKEN")
     if env:
         return env.strip()
+    server = _key(server, profile)
     # The file first: it only holds a token when no keyring took it, and reading
     # it spares the slow keyring backend discovery on every command.
     from_file = _read_file().get(server)
@@ -75,8 +84,9 @@ def load(server: str) -> str | None:
     return None
 
 
-def save(server: str, token: str) -> str:
+def save(server: str, token: str, profile: str | None = None) -> str:
     """Store the token; returns where it went ("keyring" or the file path)."""
+    server = _key(server, profile)
     if _keyring_usable():
         import keyring
 
@@ -92,7 +102,8 @@ def save(server: str, token: str) -> str:
     return str(_file())
 
 
-def delete(server: str) -> None:
+def delete(server: str, profile: str | None = None) -> None:
+    server = _key(server, profile)
     if _keyring_usable():
         import keyring
 

@@ -19,24 +19,24 @@ __dbaccess_is_subcommand() {
 
 __dbaccess_options() {
     case "$1" in
-        '') printf '%s\n' --version --ca-file -h --help ;;
-        'login') printf '%s\n' --server --token-stdin --no-browser --oidc-token-env --audience --ca-file -h --help ;;
-        'logout') printf '%s\n' --server --ca-file -h --help ;;
-        'whoami') printf '%s\n' -o --output --server --ca-file -h --help ;;
-        'targets') printf '%s\n' -o --output --server --ca-file -h --help ;;
-        'connect') printf '%s\n' -s --scope --ttl -r --reason -p --port --no-launch --print-env --format --server --no-wait --wait-timeout --break-glass --ca-file -h --help ;;
-        'run') printf '%s\n' -s --scope --ttl -r --reason -p --port --server --no-wait --wait-timeout --break-glass --ca-file -h --help ;;
-        'exec') printf '%s\n' -c --command -f --file -o --output -s --scope --ttl -r --reason --server --no-wait --wait-timeout --break-glass --request-review --header-comments --ca-file -h --help ;;
-        'sessions') printf '%s\n' --active --all --limit -o --output --server --ca-file -h --help ;;
-        'kill') printf '%s\n' --server --ca-file -h --help ;;
-        'replay') printf '%s\n' -o --output --server --ca-file -h --help ;;
-        'request') printf '%s\n' -s --scope -r --reason --ttl --start-at -o --output --server --ca-file -h --help ;;
-        'requests') printf '%s\n' --pending --mine --to-review -o --output --server --ca-file -h --help ;;
-        'approve') printf '%s\n' -m --comment -y --yes --server --ca-file -h --help ;;
-        'deny') printf '%s\n' -r --reason --server --ca-file -h --help ;;
-        'cancel') printf '%s\n' -r --reason --server --ca-file -h --help ;;
-        'audit') printf '%s\n' --identity --target --since --limit -o --output --server --ca-file -h --help ;;
-        'audit verify') printf '%s\n' --server --ca-file -h --help ;;
+        '') printf '%s\n' --version --ca-file --profile -h --help ;;
+        'login') printf '%s\n' --server --token-stdin --no-browser --oidc-token-env --audience --ca-file --profile -h --help ;;
+        'logout') printf '%s\n' --server --ca-file --profile -h --help ;;
+        'whoami') printf '%s\n' -o --output --server --ca-file --profile -h --help ;;
+        'targets') printf '%s\n' -o --output --server --ca-file --profile -h --help ;;
+        'connect') printf '%s\n' -s --scope --ttl -r --reason -p --port --no-launch --print-env --format --server --no-wait --wait-timeout --break-glass --ca-file --profile -h --help ;;
+        'run') printf '%s\n' -s --scope --ttl -r --reason -p --port --server --no-wait --wait-timeout --break-glass --ca-file --profile -h --help ;;
+        'exec') printf '%s\n' -c --command -f --file -o --output -s --scope --ttl -r --reason --server --no-wait --wait-timeout --break-glass --request-review --header-comments --ca-file --profile -h --help ;;
+        'sessions') printf '%s\n' --active --all --limit -o --output --server --ca-file --profile -h --help ;;
+        'kill') printf '%s\n' --server --ca-file --profile -h --help ;;
+        'replay') printf '%s\n' -o --output --server --ca-file --profile -h --help ;;
+        'request') printf '%s\n' -s --scope -r --reason --ttl --start-at -o --output --server --ca-file --profile -h --help ;;
+        'requests') printf '%s\n' --pending --mine --to-review -o --output --server --ca-file --profile -h --help ;;
+        'approve') printf '%s\n' -m --comment -y --yes --server --ca-file --profile -h --help ;;
+        'deny') printf '%s\n' -r --reason --server --ca-file --profile -h --help ;;
+        'cancel') printf '%s\n' -r --reason --server --ca-file --profile -h --help ;;
+        'audit') printf '%s\n' --identity --target --since --limit -o --output --server --ca-file --profile -h --help ;;
+        'audit verify') printf '%s\n' --server --ca-file --profile -h --help ;;
     esac
 }
 
@@ -44,18 +44,23 @@ __dbaccess_options() {
 __dbaccess_value_kind() {
     case "$1|$2" in
         '|--ca-file') echo 'file' ;;
+        '|--profile') echo 'text' ;;
         'login|--server') echo 'text' ;;
         'login|--oidc-token-env') echo 'text' ;;
         'login|--audience') echo 'text' ;;
         'login|--ca-file') echo 'file' ;;
+        'login|--profile') echo 'text' ;;
         'logout|--server') echo 'text' ;;
         'logout|--ca-file') echo 'file' ;;
+        'logout|--profile') echo 'text' ;;
         'whoami|-o'|'whoami|--output') echo 'choice:table json csv' ;;
         'whoami|--server') echo 'text' ;;
         'whoami|--ca-file') echo 'file' ;;
+        'whoami|--profile') echo 'text' ;;
         'targets|-o'|'targets|--output') echo 'choice:table json csv' ;;
         'targets|--server') echo 'text' ;;
         'targets|--ca-file') echo 'file' ;;
+        'targets|--profile') echo 'text' ;;
         'connect|-s'|'connect|--scope') echo 'dynamic' ;;
         'connect|--ttl') echo 'text' ;;
         'connect|-r'|'connect|--reason') echo 'text' ;;
@@ -64,6 +69,7 @@ __dbaccess_value_kind() {
         'connect|--server') echo 'text' ;;
         'connect|--wait-timeout') echo 'text' ;;
         'connect|--ca-file') echo 'file' ;;
+        'connect|--profile') echo 'text' ;;
         'run|-s'|'run|--scope') echo 'dynamic' ;;
         'run|--ttl') echo 'text' ;;
         'run|-r'|'run|--reason') echo 'text' ;;
@@ -71,6 +77,7 @@ __dbaccess_value_kind() {
         'run|--server') echo 'text' ;;
         'run|--wait-timeout') echo 'text' ;;
         'run|--ca-file') echo 'file' ;;
+        'run|--profile') echo 'text' ;;
         'exec|-c'|'exec|--command') echo 'text' ;;
         'exec|-f'|'exec|--file') echo 'file' ;;
         'exec|-o'|'exec|--output') echo 'choice:table json csv' ;;
@@ -80,15 +87,19 @@ __dbaccess_value_kind() {
         'exec|--server') echo 'text' ;;
         'exec|--wait-timeout') echo 'text' ;;
         'exec|--ca-file') echo 'file' ;;
+        'exec|--profile') echo 'text' ;;
         'sessions|--limit') echo 'text' ;;
         'sessions|-o'|'sessions|--output') echo 'choice:table json csv' ;;
         'sessions|--server') echo 'text' ;;
         'sessions|--ca-file') echo 'file' ;;
+        'sessions|--profile') echo 'text' ;;
         'kill|--server') echo 'text' ;;
         'kill|--ca-file') echo 'file' ;;
+        'kill|--profile') echo 'text' ;;
         'replay|-o'|'replay|--output') echo 'choice:table json csv' ;;
         'replay|--server') echo 'text' ;;
         'replay|--ca-file') echo 'file' ;;
+        'replay|--profile') echo 'text' ;;
         'request|-s'|'request|--scope') echo 'dynamic' ;;
         'request|-r'|'request|--reason') echo 'text' ;;
         'request|--ttl') echo 'text' ;;
@@ -96,18 +107,23 @@ __dbaccess_value_kind() {
         'request|-o'|'request|--output') echo 'choice:table json csv' ;;
         'request|--server') echo 'text' ;;
         'request|--ca-file') echo 'file' ;;
+        'request|--profile') echo 'text' ;;
         'requests|-o'|'requests|--output') echo 'choice:table json csv' ;;
         'requests|--server') echo 'text' ;;
         'requests|--ca-file') echo 'file' ;;
+        'requests|--profile') echo 'text' ;;
         'approve|-m'|'approve|--comment') echo 'text' ;;
         'approve|--server') echo 'text' ;;
         'approve|--ca-file') echo 'file' ;;
+        'approve|--profile') echo 'text' ;;
         'deny|-r'|'deny|--reason') echo 'text' ;;
         'deny|--server') echo 'text' ;;
         'deny|--ca-file') echo 'file' ;;
+        'deny|--profile') echo 'text' ;;
         'cancel|-r'|'cancel|--reason') echo 'text' ;;
         'cancel|--server') echo 'text' ;;
         'cancel|--ca-file') echo 'file' ;;
+        'cancel|--profile') echo 'text' ;;
         'audit|--identity') echo 'text' ;;
         'audit|--target') echo 'dynamic' ;;
         'audit|--since') echo 'text' ;;
@@ -115,8 +131,10 @@ __dbaccess_value_kind() {
         'audit|-o'|'audit|--output') echo 'choice:table json csv' ;;
         'audit|--server') echo 'text' ;;
         'audit|--ca-file') echo 'file' ;;
+        'audit|--profile') echo 'text' ;;
         'audit verify|--server') echo 'text' ;;
         'audit verify|--ca-file') echo 'file' ;;
+        'audit verify|--profile') echo 'text' ;;
         *) return 1 ;;
     esac
 }

@@ -12,7 +12,7 @@ end
 
 function __dbaccess_takes_value --argument-names path option
     switch "$path|$option"
-        case '|--ca-file' 'login|--server' 'login|--oidc-token-env' 'login|--audience' 'login|--ca-file' 'logout|--server' 'logout|--ca-file' 'whoami|-o' 'whoami|--output' 'whoami|--server' 'whoami|--ca-file' 'targets|-o' 'targets|--output' 'targets|--server' 'targets|--ca-file' 'connect|-s' 'connect|--scope' 'connect|--ttl' 'connect|-r' 'connect|--reason' 'connect|-p' 'connect|--port' 'connect|--format' 'connect|--server' 'connect|--wait-timeout' 'connect|--ca-file' 'run|-s' 'run|--scope' 'run|--ttl' 'run|-r' 'run|--reason' 'run|-p' 'run|--port' 'run|--server' 'run|--wait-timeout' 'run|--ca-file' 'exec|-c' 'exec|--command' 'exec|-f' 'exec|--file' 'exec|-o' 'exec|--output' 'exec|-s' 'exec|--scope' 'exec|--ttl' 'exec|-r' 'exec|--reason' 'exec|--server' 'exec|--wait-timeout' 'exec|--ca-file' 'sessions|--limit' 'sessions|-o' 'sessions|--output' 'sessions|--server' 'sessions|--ca-file' 'kill|--server' 'kill|--ca-file' 'replay|-o' 'replay|--output' 'replay|--server' 'replay|--ca-file' 'request|-s' 'request|--scope' 'request|-r' 'request|--reason' 'request|--ttl' 'request|--start-at' 'request|-o' 'request|--output' 'request|--server' 'request|--ca-file' 'requests|-o' 'requests|--output' 'requests|--server' 'requests|--ca-file' 'approve|-m' 'approve|--comment' 'approve|--server' 'approve|--ca-file' 'deny|-r' 'deny|--reason' 'deny|--server' 'deny|--ca-file' 'cancel|-r' 'cancel|--reason' 'cancel|--server' 'cancel|--ca-file' 'audit|--identity' 'audit|--target' 'audit|--since' 'audit|--limit' 'audit|-o' 'audit|--output' 'audit|--server' 'audit|--ca-file' 'audit verify|--server' 'audit verify|--ca-file'
+        case '|--ca-file' '|--profile' 'login|--server' 'login|--oidc-token-env' 'login|--audience' 'login|--ca-file' 'login|--profile' 'logout|--server' 'logout|--ca-file' 'logout|--profile' 'whoami|-o' 'whoami|--output' 'whoami|--server' 'whoami|--ca-file' 'whoami|--profile' 'targets|-o' 'targets|--output' 'targets|--server' 'targets|--ca-file' 'targets|--profile' 'connect|-s' 'connect|--scope' 'connect|--ttl' 'connect|-r' 'connect|--reason' 'connect|-p' 'connect|--port' 'connect|--format' 'connect|--server' 'connect|--wait-timeout' 'connect|--ca-file' 'connect|--profile' 'run|-s' 'run|--scope' 'run|--ttl' 'run|-r' 'run|--reason' 'run|-p' 'run|--port' 'run|--server' 'run|--wait-timeout' 'run|--ca-file' 'run|--profile' 'exec|-c' 'exec|--command' 'exec|-f' 'exec|--file' 'exec|-o' 'exec|--output' 'exec|-s' 'exec|--scope' 'exec|--ttl' 'exec|-r' 'exec|--reason' 'exec|--server' 'exec|--wait-timeout' 'exec|--ca-file' 'exec|--profile' 'sessions|--limit' 'sessions|-o' 'sessions|--output' 'sessions|--server' 'sessions|--ca-file' 'sessions|--profile' 'kill|--server' 'kill|--ca-file' 'kill|--profile' 'replay|-o' 'replay|--output' 'replay|--server' 'replay|--ca-file' 'replay|--profile' 'request|-s' 'request|--scope' 'request|-r' 'request|--reason' 'request|--ttl' 'request|--start-at' 'request|-o' 'request|--output' 'request|--server' 'request|--ca-file' 'request|--profile' 'requests|-o' 'requests|--output' 'requests|--server' 'requests|--ca-file' 'requests|--profile' 'approve|-m' 'approve|--comment' 'approve|--server' 'approve|--ca-file' 'approve|--profile' 'deny|-r' 'deny|--reason' 'deny|--server' 'deny|--ca-file' 'deny|--profile' 'cancel|-r' 'cancel|--reason' 'cancel|--server' 'cancel|--ca-file' 'cancel|--profile' 'audit|--identity' 'audit|--target' 'audit|--since' 'audit|--limit' 'audit|-o' 'audit|--output' 'audit|--server' 'audit|--ca-file' 'audit|--profile' 'audit verify|--server' 'audit verify|--ca-file' 'audit verify|--profile'
             return 0
     end
     return 1
@@ -79,6 +79,7 @@ complete -c dbaccess -n "__dbaccess_at ''" -a cancel -d 'Withdraw your access re
 complete -c dbaccess -n "__dbaccess_at ''" -a audit -d 'List audit events (admins and auditors), or verify the hash chain with \'audit verify\''
 complete -c dbaccess -n "__dbaccess_at ''" -l version -d 'Print the version of dbaccess and exit'
 complete -c dbaccess -n "__dbaccess_at ''" -l ca-file -r -F -d 'CA certificate (PEM) that signs the broker\'s and the gateway\'s TLS certificates, for a private CA (default: $DBACCESS_CA_FILE, else the profile\'s, else the system\'s)'
+complete -c dbaccess -n "__dbaccess_at ''" -l profile -x -d 'Profile (broker and token) to act with, e.g. reviewer (default: $DBACCESS_PROFILE, else profile.json)'
 complete -c dbaccess -n "__dbaccess_at ''" -s h -l help -d 'Show this message and exit'
 
 complete -c dbaccess -n "__dbaccess_at 'login'" -l server -x -d 'Broker URL to log in to'
@@ -87,20 +88,24 @@ complete -c dbaccess -n "__dbaccess_at 'login'" -l no-browser -d 'Log in with a 
 complete -c dbaccess -n "__dbaccess_at 'login'" -l oidc-token-env -x -d 'Log in as a CI job with the JWT in this environment variable'
 complete -c dbaccess -n "__dbaccess_at 'login'" -l audience -x -d 'Audience to ask GitHub Actions\' job token for'
 complete -c dbaccess -n "__dbaccess_at 'login'" -l ca-file -r -F -d 'CA certificate (PEM) that signs the broker\'s and the gateway\'s TLS certificates, for a private CA (default: $DBACCESS_CA_FILE, else the profile\'s, else the system\'s)'
+complete -c dbaccess -n "__dbaccess_at 'login'" -l profile -x -d 'Profile (broker and token) to act with, e.g. reviewer (default: $DBACCESS_PROFILE, else profile.json)'
 complete -c dbaccess -n "__dbaccess_at 'login'" -s h -l help -d 'Show this message and exit'
 
 complete -c dbaccess -n "__dbaccess_at 'logout'" -l server -x -d 'Broker URL (default: the profile\'s)'
 complete -c dbaccess -n "__dbaccess_at 'logout'" -l ca-file -r -F -d 'CA certificate (PEM) that signs the broker\'s and the gateway\'s TLS certificates, for a private CA (default: $DBACCESS_CA_FILE, else the profile\'s, else the system\'s)'
+complete -c dbaccess -n "__dbaccess_at 'logout'" -l profile -x -d 'Profile (broker and token) to act with, e.g. reviewer (default: $DBACCESS_PROFILE, else profile.json)'
 complete -c dbaccess -n "__dbaccess_at 'logout'" -s h -l help -d 'Show this message and exit'
 
 complete -c dbaccess -n "__dbaccess_at 'whoami'" -s o -l output -x -a 'table json csv' -d 'Output format'
 complete -c dbaccess -n "__dbaccess_at 'whoami'" -l server -x -d 'Broker URL (default: from the profile)'
 complete -c dbaccess -n "__dbaccess_at 'whoami'" -l ca-file -r -F -d 'CA certificate (PEM) that signs the broker\'s and the gateway\'s TLS certificates, for a private CA (default: $DBACCESS_CA_FILE, else the profile\'s, else the system\'s)'
+complete -c dbaccess -n "__dbaccess_at 'whoami'" -l profile -x -d 'Profile (broker and token) to act with, e.g. reviewer (default: $DBACCESS_PROFILE, else profile.json)'
 complete -c dbaccess -n "__dbaccess_at 'whoami'" -s h -l help -d 'Show this message and exit'
 
 complete -c dbaccess -n "__dbaccess_at 'targets'" -s o -l output -x -a 'table json csv' -d 'Output format'
 complete -c dbaccess -n "__dbaccess_at 'targets'" -l server -x -d 'Broker URL (default: from the profile)'
 complete -c dbaccess -n "__dbaccess_at 'targets'" -l ca-file -r -F -d 'CA certificate (PEM) that signs the broker\'s and the gateway\'s TLS certificates, for a private CA (default: $DBACCESS_CA_FILE, else the profile\'s, else the system\'s)'
+complete -c dbaccess -n "__dbaccess_at 'targets'" -l profile -x -d 'Profile (broker and token) to act with, e.g. reviewer (default: $DBACCESS_PROFILE, else profile.json)'
 complete -c dbaccess -n "__dbaccess_at 'targets'" -s h -l help -d 'Show this message and exit'
 
 complete -c dbaccess -n "__dbaccess_at 'connect'" -s s -l scope -x -a '(__dbaccess_dynamic)' -d 'Scope to use, e.g. read or write (default: policy\'s)'
@@ -115,6 +120,7 @@ complete -c dbaccess -n "__dbaccess_at 'connect'" -l no-wait -d 'If the scope ne
 complete -c dbaccess -n "__dbaccess_at 'connect'" -l wait-timeout -x -d 'How long to wait for approval, e.g. 15m (exit 12 after)'
 complete -c dbaccess -n "__dbaccess_at 'connect'" -l break-glass -d 'Skip a required approval where the scope allows it (needs --reason; flagged in the audit log and notified)'
 complete -c dbaccess -n "__dbaccess_at 'connect'" -l ca-file -r -F -d 'CA certificate (PEM) that signs the broker\'s and the gateway\'s TLS certificates, for a private CA (default: $DBACCESS_CA_FILE, else the profile\'s, else the system\'s)'
+complete -c dbaccess -n "__dbaccess_at 'connect'" -l profile -x -d 'Profile (broker and token) to act with, e.g. reviewer (default: $DBACCESS_PROFILE, else profile.json)'
 complete -c dbaccess -n "__dbaccess_at 'connect'" -s h -l help -d 'Show this message and exit'
 complete -c dbaccess -n "__dbaccess_at 'connect'" -a '(__dbaccess_dynamic)'
 
@@ -127,6 +133,7 @@ complete -c dbaccess -n "__dbaccess_at 'run'" -l no-wait -d 'If the scope needs 
 complete -c dbaccess -n "__dbaccess_at 'run'" -l wait-timeout -x -d 'How long to wait for approval, e.g. 15m (exit 12 after)'
 complete -c dbaccess -n "__dbaccess_at 'run'" -l break-glass -d 'Skip a required approval where the scope allows it (needs --reason; flagged in the audit log and notified)'
 complete -c dbaccess -n "__dbaccess_at 'run'" -l ca-file -r -F -d 'CA certificate (PEM) that signs the broker\'s and the gateway\'s TLS certificates, for a private CA (default: $DBACCESS_CA_FILE, else the profile\'s, else the system\'s)'
+complete -c dbaccess -n "__dbaccess_at 'run'" -l profile -x -d 'Profile (broker and token) to act with, e.g. reviewer (default: $DBACCESS_PROFILE, else profile.json)'
 complete -c dbaccess -n "__dbaccess_at 'run'" -s h -l help -d 'Show this message and exit'
 complete -c dbaccess -n "__dbaccess_at 'run'" -a '(__dbaccess_dynamic)'
 
@@ -143,6 +150,7 @@ complete -c dbaccess -n "__dbaccess_at 'exec'" -l break-glass -d 'Skip a require
 complete -c dbaccess -n "__dbaccess_at 'exec'" -l request-review -d 'Ask reviewers to approve this exact SQL first (by its SHA-256), wait, then run it once. Any byte changed after approval means no approval'
 complete -c dbaccess -n "__dbaccess_at 'exec'" -l header-comments -d 'With --output csv: a \'# masked: COLUMN,...\' line before each result\'s header names the columns the gateway masked (empty when none)'
 complete -c dbaccess -n "__dbaccess_at 'exec'" -l ca-file -r -F -d 'CA certificate (PEM) that signs the broker\'s and the gateway\'s TLS certificates, for a private CA (default: $DBACCESS_CA_FILE, else the profile\'s, else the system\'s)'
+complete -c dbaccess -n "__dbaccess_at 'exec'" -l profile -x -d 'Profile (broker and token) to act with, e.g. reviewer (default: $DBACCESS_PROFILE, else profile.json)'
 complete -c dbaccess -n "__dbaccess_at 'exec'" -s h -l help -d 'Show this message and exit'
 complete -c dbaccess -n "__dbaccess_at 'exec'" -a '(__dbaccess_dynamic)'
 
@@ -152,16 +160,19 @@ complete -c dbaccess -n "__dbaccess_at 'sessions'" -l limit -x -d 'How many'
 complete -c dbaccess -n "__dbaccess_at 'sessions'" -s o -l output -x -a 'table json csv' -d 'Output format'
 complete -c dbaccess -n "__dbaccess_at 'sessions'" -l server -x -d 'Broker URL (default: from the profile)'
 complete -c dbaccess -n "__dbaccess_at 'sessions'" -l ca-file -r -F -d 'CA certificate (PEM) that signs the broker\'s and the gateway\'s TLS certificates, for a private CA (default: $DBACCESS_CA_FILE, else the profile\'s, else the system\'s)'
+complete -c dbaccess -n "__dbaccess_at 'sessions'" -l profile -x -d 'Profile (broker and token) to act with, e.g. reviewer (default: $DBACCESS_PROFILE, else profile.json)'
 complete -c dbaccess -n "__dbaccess_at 'sessions'" -s h -l help -d 'Show this message and exit'
 
 complete -c dbaccess -n "__dbaccess_at 'kill'" -l server -x -d 'Broker URL (default: from the profile)'
 complete -c dbaccess -n "__dbaccess_at 'kill'" -l ca-file -r -F -d 'CA certificate (PEM) that signs the broker\'s and the gateway\'s TLS certificates, for a private CA (default: $DBACCESS_CA_FILE, else the profile\'s, else the system\'s)'
+complete -c dbaccess -n "__dbaccess_at 'kill'" -l profile -x -d 'Profile (broker and token) to act with, e.g. reviewer (default: $DBACCESS_PROFILE, else profile.json)'
 complete -c dbaccess -n "__dbaccess_at 'kill'" -s h -l help -d 'Show this message and exit'
 complete -c dbaccess -n "__dbaccess_at 'kill'" -a '(__dbaccess_dynamic)'
 
 complete -c dbaccess -n "__dbaccess_at 'replay'" -s o -l output -x -a 'table json csv' -d 'Output format'
 complete -c dbaccess -n "__dbaccess_at 'replay'" -l server -x -d 'Broker URL (default: from the profile)'
 complete -c dbaccess -n "__dbaccess_at 'replay'" -l ca-file -r -F -d 'CA certificate (PEM) that signs the broker\'s and the gateway\'s TLS certificates, for a private CA (default: $DBACCESS_CA_FILE, else the profile\'s, else the system\'s)'
+complete -c dbaccess -n "__dbaccess_at 'replay'" -l profile -x -d 'Profile (broker and token) to act with, e.g. reviewer (default: $DBACCESS_PROFILE, else profile.json)'
 complete -c dbaccess -n "__dbaccess_at 'replay'" -s h -l help -d 'Show this message and exit'
 complete -c dbaccess -n "__dbaccess_at 'replay'" -a '(__dbaccess_dynamic)'
 
@@ -172,6 +183,7 @@ complete -c dbaccess -n "__dbaccess_at 'request'" -l start-at -x -d 'When you wi
 complete -c dbaccess -n "__dbaccess_at 'request'" -s o -l output -x -a 'table json csv' -d 'Output format'
 complete -c dbaccess -n "__dbaccess_at 'request'" -l server -x -d 'Broker URL (default: from the profile)'
 complete -c dbaccess -n "__dbaccess_at 'request'" -l ca-file -r -F -d 'CA certificate (PEM) that signs the broker\'s and the gateway\'s TLS certificates, for a private CA (default: $DBACCESS_CA_FILE, else the profile\'s, else the system\'s)'
+complete -c dbaccess -n "__dbaccess_at 'request'" -l profile -x -d 'Profile (broker and token) to act with, e.g. reviewer (default: $DBACCESS_PROFILE, else profile.json)'
 complete -c dbaccess -n "__dbaccess_at 'request'" -s h -l help -d 'Show this message and exit'
 complete -c dbaccess -n "__dbaccess_at 'request'" -a '(__dbaccess_dynamic)'
 
@@ -181,24 +193,28 @@ complete -c dbaccess -n "__dbaccess_at 'requests'" -l to-review -d 'Pending requ
 complete -c dbaccess -n "__dbaccess_at 'requests'" -s o -l output -x -a 'table json csv' -d 'Output format'
 complete -c dbaccess -n "__dbaccess_at 'requests'" -l server -x -d 'Broker URL (default: from the profile)'
 complete -c dbaccess -n "__dbaccess_at 'requests'" -l ca-file -r -F -d 'CA certificate (PEM) that signs the broker\'s and the gateway\'s TLS certificates, for a private CA (default: $DBACCESS_CA_FILE, else the profile\'s, else the system\'s)'
+complete -c dbaccess -n "__dbaccess_at 'requests'" -l profile -x -d 'Profile (broker and token) to act with, e.g. reviewer (default: $DBACCESS_PROFILE, else profile.json)'
 complete -c dbaccess -n "__dbaccess_at 'requests'" -s h -l help -d 'Show this message and exit'
 
 complete -c dbaccess -n "__dbaccess_at 'approve'" -s m -l comment -x -d 'A note for the audit log'
 complete -c dbaccess -n "__dbaccess_at 'approve'" -s y -l yes -d 'Approve without asking'
 complete -c dbaccess -n "__dbaccess_at 'approve'" -l server -x -d 'Broker URL (default: from the profile)'
 complete -c dbaccess -n "__dbaccess_at 'approve'" -l ca-file -r -F -d 'CA certificate (PEM) that signs the broker\'s and the gateway\'s TLS certificates, for a private CA (default: $DBACCESS_CA_FILE, else the profile\'s, else the system\'s)'
+complete -c dbaccess -n "__dbaccess_at 'approve'" -l profile -x -d 'Profile (broker and token) to act with, e.g. reviewer (default: $DBACCESS_PROFILE, else profile.json)'
 complete -c dbaccess -n "__dbaccess_at 'approve'" -s h -l help -d 'Show this message and exit'
 complete -c dbaccess -n "__dbaccess_at 'approve'" -a '(__dbaccess_dynamic)'
 
 complete -c dbaccess -n "__dbaccess_at 'deny'" -s r -l reason -x -d 'Why (the requester sees this)'
 complete -c dbaccess -n "__dbaccess_at 'deny'" -l server -x -d 'Broker URL (default: from the profile)'
 complete -c dbaccess -n "__dbaccess_at 'deny'" -l ca-file -r -F -d 'CA certificate (PEM) that signs the broker\'s and the gateway\'s TLS certificates, for a private CA (default: $DBACCESS_CA_FILE, else the profile\'s, else the system\'s)'
+complete -c dbaccess -n "__dbaccess_at 'deny'" -l profile -x -d 'Profile (broker and token) to act with, e.g. reviewer (default: $DBACCESS_PROFILE, else profile.json)'
 complete -c dbaccess -n "__dbaccess_at 'deny'" -s h -l help -d 'Show this message and exit'
 complete -c dbaccess -n "__dbaccess_at 'deny'" -a '(__dbaccess_dynamic)'
 
 complete -c dbaccess -n "__dbaccess_at 'cancel'" -s r -l reason -x -d 'Why, for the audit log'
 complete -c dbaccess -n "__dbaccess_at 'cancel'" -l server -x -d 'Broker URL (default: from the profile)'
 complete -c dbaccess -n "__dbaccess_at 'cancel'" -l ca-file -r -F -d 'CA certificate (PEM) that signs the broker\'s and the gateway\'s TLS certificates, for a private CA (default: $DBACCESS_CA_FILE, else the profile\'s, else the system\'s)'
+complete -c dbaccess -n "__dbaccess_at 'cancel'" -l profile -x -d 'Profile (broker and token) to act with, e.g. reviewer (default: $DBACCESS_PROFILE, else profile.json)'
 complete -c dbaccess -n "__dbaccess_at 'cancel'" -s h -l help -d 'Show this message and exit'
 complete -c dbaccess -n "__dbaccess_at 'cancel'" -a '(__dbaccess_dynamic)'
 
@@ -210,8 +226,10 @@ complete -c dbaccess -n "__dbaccess_at 'audit'" -l limit -x
 complete -c dbaccess -n "__dbaccess_at 'audit'" -s o -l output -x -a 'table json csv' -d 'Output format'
 complete -c dbaccess -n "__dbaccess_at 'audit'" -l server -x -d 'Broker URL (default: from the profile)'
 complete -c dbaccess -n "__dbaccess_at 'audit'" -l ca-file -r -F -d 'CA certificate (PEM) that signs the broker\'s and the gateway\'s TLS certificates, for a private CA (default: $DBACCESS_CA_FILE, else the profile\'s, else the system\'s)'
+complete -c dbaccess -n "__dbaccess_at 'audit'" -l profile -x -d 'Profile (broker and token) to act with, e.g. reviewer (default: $DBACCESS_PROFILE, else profile.json)'
 complete -c dbaccess -n "__dbaccess_at 'audit'" -s h -l help -d 'Show this message and exit'
 
 complete -c dbaccess -n "__dbaccess_at 'audit verify'" -l server -x -d 'Broker URL (default: from the profile)'
 complete -c dbaccess -n "__dbaccess_at 'audit verify'" -l ca-file -r -F -d 'CA certificate (PEM) that signs the broker\'s and the gateway\'s TLS certificates, for a private CA (default: $DBACCESS_CA_FILE, else the profile\'s, else the system\'s)'
+complete -c dbaccess -n "__dbaccess_at 'audit verify'" -l profile -x -d 'Profile (broker and token) to act with, e.g. reviewer (default: $DBACCESS_PROFILE, else profile.json)'
 complete -c dbaccess -n "__dbaccess_at 'audit verify'" -s h -l help -d 'Show this message and exit'

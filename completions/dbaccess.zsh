@@ -17,6 +17,7 @@ _dbaccess__audit__verify() {
   _arguments -s -S \
     '(--server)'--server'[Broker URL (default\: from the profile)]:server: ' \
     '(--ca-file)'--ca-file'[CA certificate (PEM) that signs the broker'\''s and the gateway'\''s TLS certificates, for a private CA (default\: $DBACCESS_CA_FILE, else the profile'\''s, else the system'\''s)]:ca-file:_files' \
+    '(--profile)'--profile'[Profile (broker and token) to act with, e.g. reviewer (default\: $DBACCESS_PROFILE, else profile.json)]:profile: ' \
     '(- *)'{-h,--help}'[Show this message and exit]'
 }
 
@@ -31,6 +32,7 @@ _dbaccess__audit() {
     '(-o --output)'{-o,--output}'[Output format]:output:(table json csv)' \
     '(--server)'--server'[Broker URL (default\: from the profile)]:server: ' \
     '(--ca-file)'--ca-file'[CA certificate (PEM) that signs the broker'\''s and the gateway'\''s TLS certificates, for a private CA (default\: $DBACCESS_CA_FILE, else the profile'\''s, else the system'\''s)]:ca-file:_files' \
+    '(--profile)'--profile'[Profile (broker and token) to act with, e.g. reviewer (default\: $DBACCESS_PROFILE, else profile.json)]:profile: ' \
     '(- *)'{-h,--help}'[Show this message and exit]' \
     '1: :->command' \
     '*:: :->argument' && ret=0
@@ -57,6 +59,7 @@ _dbaccess__cancel() {
     '(-r --reason)'{-r,--reason}'[Why, for the audit log]:reason: ' \
     '(--server)'--server'[Broker URL (default\: from the profile)]:server: ' \
     '(--ca-file)'--ca-file'[CA certificate (PEM) that signs the broker'\''s and the gateway'\''s TLS certificates, for a private CA (default\: $DBACCESS_CA_FILE, else the profile'\''s, else the system'\''s)]:ca-file:_files' \
+    '(--profile)'--profile'[Profile (broker and token) to act with, e.g. reviewer (default\: $DBACCESS_PROFILE, else profile.json)]:profile: ' \
     '(- *)'{-h,--help}'[Show this message and exit]' \
     '1:request_id:__dbaccess_dynamic'
 }
@@ -66,6 +69,7 @@ _dbaccess__deny() {
     '(-r --reason)'{-r,--reason}'[Why (the requester sees this)]:reason: ' \
     '(--server)'--server'[Broker URL (default\: from the profile)]:server: ' \
     '(--ca-file)'--ca-file'[CA certificate (PEM) that signs the broker'\''s and the gateway'\''s TLS certificates, for a private CA (default\: $DBACCESS_CA_FILE, else the profile'\''s, else the system'\''s)]:ca-file:_files' \
+    '(--profile)'--profile'[Profile (broker and token) to act with, e.g. reviewer (default\: $DBACCESS_PROFILE, else profile.json)]:profile: ' \
     '(- *)'{-h,--help}'[Show this message and exit]' \
     '1:request_id:__dbaccess_dynamic'
 }
@@ -76,6 +80,7 @@ _dbaccess__approve() {
     '(-y --yes)'{-y,--yes}'[Approve without asking]' \
     '(--server)'--server'[Broker URL (default\: from the profile)]:server: ' \
     '(--ca-file)'--ca-file'[CA certificate (PEM) that signs the broker'\''s and the gateway'\''s TLS certificates, for a private CA (default\: $DBACCESS_CA_FILE, else the profile'\''s, else the system'\''s)]:ca-file:_files' \
+    '(--profile)'--profile'[Profile (broker and token) to act with, e.g. reviewer (default\: $DBACCESS_PROFILE, else profile.json)]:profile: ' \
     '(- *)'{-h,--help}'[Show this message and exit]' \
     '1:request_id:__dbaccess_dynamic'
 }
@@ -88,6 +93,7 @@ _dbaccess__requests() {
     '(-o --output)'{-o,--output}'[Output format]:output:(table json csv)' \
     '(--server)'--server'[Broker URL (default\: from the profile)]:server: ' \
     '(--ca-file)'--ca-file'[CA certificate (PEM) that signs the broker'\''s and the gateway'\''s TLS certificates, for a private CA (default\: $DBACCESS_CA_FILE, else the profile'\''s, else the system'\''s)]:ca-file:_files' \
+    '(--profile)'--profile'[Profile (broker and token) to act with, e.g. reviewer (default\: $DBACCESS_PROFILE, else profile.json)]:profile: ' \
     '(- *)'{-h,--help}'[Show this message and exit]'
 }
 
@@ -100,6 +106,7 @@ _dbaccess__request() {
     '(-o --output)'{-o,--output}'[Output format]:output:(table json csv)' \
     '(--server)'--server'[Broker URL (default\: from the profile)]:server: ' \
     '(--ca-file)'--ca-file'[CA certificate (PEM) that signs the broker'\''s and the gateway'\''s TLS certificates, for a private CA (default\: $DBACCESS_CA_FILE, else the profile'\''s, else the system'\''s)]:ca-file:_files' \
+    '(--profile)'--profile'[Profile (broker and token) to act with, e.g. reviewer (default\: $DBACCESS_PROFILE, else profile.json)]:profile: ' \
     '(- *)'{-h,--help}'[Show this message and exit]' \
     '1:target:__dbaccess_dynamic'
 }
@@ -109,6 +116,7 @@ _dbaccess__replay() {
     '(-o --output)'{-o,--output}'[Output format]:output:(table json csv)' \
     '(--server)'--server'[Broker URL (default\: from the profile)]:server: ' \
     '(--ca-file)'--ca-file'[CA certificate (PEM) that signs the broker'\''s and the gateway'\''s TLS certificates, for a private CA (default\: $DBACCESS_CA_FILE, else the profile'\''s, else the system'\''s)]:ca-file:_files' \
+    '(--profile)'--profile'[Profile (broker and token) to act with, e.g. reviewer (default\: $DBACCESS_PROFILE, else profile.json)]:profile: ' \
     '(- *)'{-h,--help}'[Show this message and exit]' \
     '1:session_id:__dbaccess_dynamic'
 }
@@ -117,6 +125,7 @@ _dbaccess__kill() {
   _arguments -s -S \
     '(--server)'--server'[Broker URL (default\: from the profile)]:server: ' \
     '(--ca-file)'--ca-file'[CA certificate (PEM) that signs the broker'\''s and the gateway'\''s TLS certificates, for a private CA (default\: $DBACCESS_CA_FILE, else the profile'\''s, else the system'\''s)]:ca-file:_files' \
+    '(--profile)'--profile'[Profile (broker and token) to act with, e.g. reviewer (default\: $DBACCESS_PROFILE, else profile.json)]:profile: ' \
     '(- *)'{-h,--help}'[Show this message and exit]' \
     '1:session_id:__dbaccess_dynamic'
 }
@@ -129,6 +138,7 @@ _dbaccess__sessions() {
     '(-o --output)'{-o,--output}'[Output format]:output:(table json csv)' \
     '(--server)'--server'[Broker URL (default\: from the profile)]:server: ' \
     '(--ca-file)'--ca-file'[CA certificate (PEM) that signs the broker'\''s and the gateway'\''s TLS certificates, for a private CA (default\: $DBACCESS_CA_FILE, else the profile'\''s, else the system'\''s)]:ca-file:_files' \
+    '(--profile)'--profile'[Profile (broker and token) to act with, e.g. reviewer (default\: $DBACCESS_PROFILE, else profile.json)]:profile: ' \
     '(- *)'{-h,--help}'[Show this message and exit]'
 }
 
@@ -147,6 +157,7 @@ _dbaccess__exec() {
     '(--request-review)'--request-review'[Ask reviewers to approve this exact SQL first (by its SHA-256), wait, then run it once. Any byte changed after approval means no approval]' \
     '(--header-comments)'--header-comments'[With --output csv\: a '\''# masked\: COLUMN,...'\'' line before each result'\''s header names the columns the gateway masked (empty when none)]' \
     '(--ca-file)'--ca-file'[CA certificate (PEM) that signs the broker'\''s and the gateway'\''s TLS certificates, for a private CA (default\: $DBACCESS_CA_FILE, else the profile'\''s, else the system'\''s)]:ca-file:_files' \
+    '(--profile)'--profile'[Profile (broker and token) to act with, e.g. reviewer (default\: $DBACCESS_PROFILE, else profile.json)]:profile: ' \
     '(- *)'{-h,--help}'[Show this message and exit]' \
     '1:target:__dbaccess_dynamic'
 }
@@ -162,6 +173,7 @@ _dbaccess__run() {
     '(--wait-timeout)'--wait-timeout'[How long to wait for approval, e.g. 15m (exit 12 after)]:wait-timeout: ' \
     '(--break-glass)'--break-glass'[Skip a required approval where the scope allows it (needs --reason; flagged in the audit log and notified)]' \
     '(--ca-file)'--ca-file'[CA certificate (PEM) that signs the broker'\''s and the gateway'\''s TLS certificates, for a private CA (default\: $DBACCESS_CA_FILE, else the profile'\''s, else the system'\''s)]:ca-file:_files' \
+    '(--profile)'--profile'[Profile (broker and token) to act with, e.g. reviewer (default\: $DBACCESS_PROFILE, else profile.json)]:profile: ' \
     '(- *)'{-h,--help}'[Show this message and exit]' \
     '1:target:__dbaccess_dynamic' \
     '*:command: '
@@ -181,6 +193,7 @@ _dbaccess__connect() {
     '(--wait-timeout)'--wait-timeout'[How long to wait for approval, e.g. 15m (exit 12 after)]:wait-timeout: ' \
     '(--break-glass)'--break-glass'[Skip a required approval where the scope allows it (needs --reason; flagged in the audit log and notified)]' \
     '(--ca-file)'--ca-file'[CA certificate (PEM) that signs the broker'\''s and the gateway'\''s TLS certificates, for a private CA (default\: $DBACCESS_CA_FILE, else the profile'\''s, else the system'\''s)]:ca-file:_files' \
+    '(--profile)'--profile'[Profile (broker and token) to act with, e.g. reviewer (default\: $DBACCESS_PROFILE, else profile.json)]:profile: ' \
     '(- *)'{-h,--help}'[Show this message and exit]' \
     '1:target:__dbaccess_dynamic'
 }
@@ -190,6 +203,7 @@ _dbaccess__targets() {
     '(-o --output)'{-o,--output}'[Output format]:output:(table json csv)' \
     '(--server)'--server'[Broker URL (default\: from the profile)]:server: ' \
     '(--ca-file)'--ca-file'[CA certificate (PEM) that signs the broker'\''s and the gateway'\''s TLS certificates, for a private CA (default\: $DBACCESS_CA_FILE, else the profile'\''s, else the system'\''s)]:ca-file:_files' \
+    '(--profile)'--profile'[Profile (broker and token) to act with, e.g. reviewer (default\: $DBACCESS_PROFILE, else profile.json)]:profile: ' \
     '(- *)'{-h,--help}'[Show this message and exit]'
 }
 
@@ -198,6 +212,7 @@ _dbaccess__whoami() {
     '(-o --output)'{-o,--output}'[Output format]:output:(table json csv)' \
     '(--server)'--server'[Broker URL (default\: from the profile)]:server: ' \
     '(--ca-file)'--ca-file'[CA certificate (PEM) that signs the broker'\''s and the gateway'\''s TLS certificates, for a private CA (default\: $DBACCESS_CA_FILE, else the profile'\''s, else the system'\''s)]:ca-file:_files' \
+    '(--profile)'--profile'[Profile (broker and token) to act with, e.g. reviewer (default\: $DBACCESS_PROFILE, else profile.json)]:profile: ' \
     '(- *)'{-h,--help}'[Show this message and exit]'
 }
 
@@ -205,6 +220,7 @@ _dbaccess__logout() {
   _arguments -s -S \
     '(--server)'--server'[Broker URL (default\: the profile'\''s)]:server: ' \
     '(--ca-file)'--ca-file'[CA certificate (PEM) that signs the broker'\''s and the gateway'\''s TLS certificates, for a private CA (default\: $DBACCESS_CA_FILE, else the profile'\''s, else the system'\''s)]:ca-file:_files' \
+    '(--profile)'--profile'[Profile (broker and token) to act with, e.g. reviewer (default\: $DBACCESS_PROFILE, else profile.json)]:profile: ' \
     '(- *)'{-h,--help}'[Show this message and exit]'
 }
 
@@ -216,6 +232,7 @@ _dbaccess__login() {
     '(--oidc-token-env)'--oidc-token-env'[Log in as a CI job with the JWT in this environment variable]:oidc-token-env: ' \
     '(--audience)'--audience'[Audience to ask GitHub Actions'\'' job token for]:audience: ' \
     '(--ca-file)'--ca-file'[CA certificate (PEM) that signs the broker'\''s and the gateway'\''s TLS certificates, for a private CA (default\: $DBACCESS_CA_FILE, else the profile'\''s, else the system'\''s)]:ca-file:_files' \
+    '(--profile)'--profile'[Profile (broker and token) to act with, e.g. reviewer (default\: $DBACCESS_PROFILE, else profile.json)]:profile: ' \
     '(- *)'{-h,--help}'[Show this message and exit]'
 }
 
@@ -225,6 +242,7 @@ _dbaccess() {
   _arguments -C -s -S \
     '(--version)'--version'[Print the version of dbaccess and exit]' \
     '(--ca-file)'--ca-file'[CA certificate (PEM) that signs the broker'\''s and the gateway'\''s TLS certificates, for a private CA (default\: $DBACCESS_CA_FILE, else the profile'\''s, else the system'\''s)]:ca-file:_files' \
+    '(--profile)'--profile'[Profile (broker and token) to act with, e.g. reviewer (default\: $DBACCESS_PROFILE, else profile.json)]:profile: ' \
     '(- *)'{-h,--help}'[Show this message and exit]' \
     '1: :->command' \
     '*:: :->argument' && ret=0

@@ -579,6 +579,10 @@ CLI_ENVIRONMENT = {
         "Directory of the profile and the token file. Default: $XDG_CONFIG_HOME/dbaccess, "
         "else ~/.config/dbaccess."
     ),
+    "DBACCESS_PROFILE": (
+        "Name of the profile to use (as --profile NAME, which overrides it), e.g. reviewer "
+        "for the second identity of the dev broker. Default: profile.json."
+    ),
     "DBACCESS_NO_KEYRING": (
         "When set to a non-empty value, the OS keyring is not used; tokens are kept in "
         "tokens.json in the config directory (mode 0600)."
@@ -593,9 +597,16 @@ CLI_FILES = (
         "~/.config/dbaccess (or $XDG_CONFIG_HOME/dbaccess).",
     ),
     (
+        "$DBACCESS_CONFIG_DIR/profiles/NAME.json",
+        "A named profile (--profile NAME or DBACCESS_PROFILE), with its own token. "
+        "dbaccess-server dev writes the profiles dev and reviewer (and profile.json when "
+        "it is missing or written by the dev mode; it never replaces a profile from "
+        "dbaccess login).",
+    ),
+    (
         "$DBACCESS_CONFIG_DIR/tokens.json",
-        "Broker tokens by broker URL, readable by the owner only; used where no OS keyring "
-        "is available or DBACCESS_NO_KEYRING is set.",
+        "Broker tokens by broker URL and profile, readable by the owner only; used where no "
+        "OS keyring is available or DBACCESS_NO_KEYRING is set.",
     ),
 )
 CLI_EXAMPLES = (

@@ -45,6 +45,16 @@ app.add_typer(token_app, name="token")
 
 DEV_IDENTITY = "dev"
 DEV_GROUPS = ("dev", "admin")
+# A second person, to approve what "dev" asks for: in the write scope's allow
+# group, so the approver of its statement reviews (never of one's own).
+REVIEWER_IDENTITY = "reviewer"
+REVIEWER_GROUPS = ("dev",)
+# CLI profiles the dev mode writes: (profile, identity, groups).
+DEV_PROFILES = (
+    ("default", DEV_IDENTITY, DEV_GROUPS),
+    (DEV_IDENTITY, DEV_IDENTITY, DEV_GROUPS),
+    (REVIEWER_IDENTITY, REVIEWER_IDENTITY, REVIEWER_GROUPS),
+)
 
 
 class WebhookFormat(StrEnum):
@@ -259,8 +269,7 @@ def dev(
             if oidc is not None:
                 lines.append(f"  login:    dbaccess login  (people, via {oidc.issuer})")
             if write_profile:
-                where = _write_cli_profile(rt, ca)
-                lines.append(f"  CLI:      logged in as '{DEV_IDENTITY}' (token in {where})")
+                lines += _write_cli_profiles(rt, ca)
             lines.append(
                 "try: dbaccess targets; dbaccess connect demo   (Ctrl-C here stops everything)"
             )
@@ -331,23 +340,58 @@ def _dev_archive(data_dir: Path) -> ArchiveConfig | None:
         raise _fail(exc.message, 2) from None
 
 
-def _write_cli_profile(rt: object, ca: Path) -> str:
-    from brokercli import tokens
-    from brokercli.config import load_profile, save_profile
-    from server.runtime import Runtime
+def _write_cli_profiles(rt: object, ca: Path) -> list[str]:
+    """Log the CLI in as the dev identities (:data:`DEV_PROFILES`); lines for the banner.
 
-    assert isinstance(rt, Runtime)
+    Only profiles the dev mode wrote are replaced (with a warning): a profile from
+    ``dbaccess login`` is left as it is.  Before profiles were marked, the dev mode
+    wrote unmarked ones; one that trusts this data directory's CA is ours too.
+    """
     from datetime import timedelta
 
-    token, _rec = rt.store.create_token(DEV_IDENTITY, DEV_GROUPS, "dev", timedelta(days=7))
-    profile = load_profile()
+    from brokercli import tokens
+    from brokercli.config import DEV_MARK, load_profile, profile_path, save_profile
+    from brokercli.errors import CliError
+    from server.runtime import Runtime
     from server.tlsutil import fingerprint
 
-    profile["server"] = rt.api_url
-    profile["ca_file"] = str(ca)
-    profile["ca_fingerprint"] = fingerprint(ca)
-    save_profile(profile)
-    return tokens.save(rt.api_url, token)
+    assert isinstance(rt, Runtime)
+    written: dict[str, list[str]] = {}
+    kept: list[str] = []
+    where = ""
+    for name, identity, groups in DEV_PROFILES:
+        path = profile_path(name)
+        try:
+            old = load_profile(name)
+        except CliError:
+            old = {"unreadable": True}
+        if old and DEV_MARK not in old and old.get("ca_file") != str(ca):
+            kept.append(f"  note:     profile '{name}' ({path}) is not the dev broker's: kept")
+            continue
+        if old:
+            _say(
+                f"warning: replacing the dev profile '{name}' ({path}), "
+                f"which pointed at {old.get('server', 'nothing')}"
+            )
+        token, _rec = rt.store.create_token(identity, groups, "dev", timedelta(days=7))
+        profile = {
+            "server": rt.api_url,
+            "ca_file": str(ca),
+            "ca_fingerprint": fingerprint(ca),
+            DEV_MARK: identity,
+        }
+        save_profile(profile, name)
+        where = tokens.save(rt.api_url, token, name)
+        written.setdefault(identity, []).append(name)
+    lines = []
+    for identity, names in written.items():
+        shown = " and ".join(f"'{n}'" for n in names)
+        lines.append(f"  CLI:      {shown}: identity '{identity}'")
+    if written:
+        lines.append(
+            f"            switch with --profile NAME or DBACCESS_PROFILE (tokens in {where})"
+        )
+    return lines + kept
 
 
 @app.command("run")

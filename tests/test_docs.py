@@ -159,9 +159,16 @@ def test_main_page_documents_environment_files_and_exit_codes() -> None:
     from brokercli.exit_codes import ExitCode
 
     page = (MAN / "dbaccess.1").read_text()
-    for env in ("DBACCESS_SERVER", "DBACCESS_TOKEN", "DBACCESS_CONFIG_DIR", "DBACCESS_NO_KEYRING"):
+    for env in (
+        "DBACCESS_SERVER",
+        "DBACCESS_TOKEN",
+        "DBACCESS_CONFIG_DIR",
+        "DBACCESS_NO_KEYRING",
+        "DBACCESS_PROFILE",
+    ):
         assert rf"\fB{env}\fR" in page
-    assert "profile.json" in page.split(".SH FILES", 1)[1]
+    files = page.split(".SH FILES", 1)[1]
+    assert "profile.json" in files and "profiles/NAME.json" in files
     exit_status = page.split('.SH "EXIT STATUS"', 1)[1].split(".SH", 1)[0]
     for code in ExitCode:
         assert rf"\fB{int(code)}\fR" in exit_status

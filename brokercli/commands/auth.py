@@ -25,7 +25,14 @@ import typer
 from brokercli import render, tokens
 from brokercli.client import BrokerClient
 from brokercli.commands.common import Output, OutputOpt, ServerOpt
-from brokercli.config import Settings, ca_file_override, load_profile, save_profile, settings
+from brokercli.config import (
+    DEV_MARK,
+    Settings,
+    ca_file_override,
+    load_profile,
+    save_profile,
+    settings,
+)
 from brokercli.errors import CliError
 from brokercli.exit_codes import ExitCode
 
@@ -136,6 +143,8 @@ def _remember(cfg: Settings, token: str) -> str:
     if ca_file:
         profile["ca_file"] = ca_file
         profile.pop("ca_fingerprint", None)
+    # Logged in by hand: no longer the dev broker's to replace.
+    profile.pop(DEV_MARK, None)
     save_profile(profile)
     return tokens.save(cfg.server, token)
 

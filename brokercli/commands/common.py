@@ -4,7 +4,7 @@
 yields the connection details, and on the way out — whatever happened — closes
 the tunnel and ends the session so the broker revokes the role.
 
-Global options (``GLOBAL_OPTIONS``, e.g. ``--ca-file``) are accepted by the root
+Global options (``GLOBAL_OPTIONS``: ``--ca-file``, ``--profile``) are accepted by the root
 and by every command: ``add_global_options`` appends them to each command's
 signature, and their values go to ``config.FLAGS`` before the command runs, so
 ``config.settings`` sees them wherever it is called.  A new global option is one
@@ -119,7 +119,21 @@ class GlobalOption:
     annotation: Any
 
 
-GLOBAL_OPTIONS: tuple[GlobalOption, ...] = (GlobalOption("ca_file", CaFileOpt),)
+ProfileOpt = Annotated[
+    str | None,
+    # Read after the flags, like --ca-file (config.profile_name).
+    typer.Option(
+        "--profile",
+        metavar="NAME",
+        show_default=False,
+        help=f"Profile (broker and token) to act with, e.g. reviewer (default: "
+        f"${config.PROFILE_ENV}, else profile.json).",
+    ),
+]
+GLOBAL_OPTIONS: tuple[GlobalOption, ...] = (
+    GlobalOption("ca_file", CaFileOpt),
+    GlobalOption("profile", ProfileOpt),
+)
 
 
 def with_global_options(func: Callable[..., Any]) -> Callable[..., Any]:

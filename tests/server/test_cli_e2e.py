@@ -184,3 +184,55 @@ def test_a_policy_typo_stops_the_server_with_file_line_and_key(base: Path) -> No
     assert res.returncode == 2
     assert "policy.yaml:9: targets.demo.scopes.read.max_tll: unknown key" in res.stderr
     assert "did you mean 'max_ttl'" in res.stderr
+
+
+def test_dev_mode_writes_a_profile_per_identity_and_keeps_other_profiles(
+    base: Path, demo_target: DemoTarget
+) -> None:
+    from tests.fix_broker import Broker
+
+    b = Broker(data_dir=base / "data", config_dir=base / "cli", target_dsn=demo_target.admin_dsn)
+    mine = {"server": "https://broker.example.com", "ca_file": "/etc/ssl/company.pem"}
+    (base / "cli").mkdir(parents=True)
+    (base / "cli" / "profile.json").write_text(json.dumps(mine))
+    b.start()
+    try:
+        assert "profile 'default'" in b.log() and "not the dev broker's: kept" in b.log()
+        assert json.loads((base / "cli" / "profile.json").read_text()) == mine
+        who = {}
+        for name, extra, env in (
+            ("dev", ["--profile", "dev"], {}),
+            ("reviewer", [], {"DBACCESS_PROFILE": "reviewer"}),
+        ):
+            res = b.cli(*extra, "whoami", "-o", "json", env=env)
+            assert res.returncode == 0, res.stderr
+            who[name] = json.loads(res.stdout)["identity"]
+        assert who == {"dev": "dev", "reviewer": "reviewer"}
+
+        # The second identity is there to approve what the first asks for.
+        asked = b.cli(
+            "--profile", "dev", "exec", "demo", "--scope", "write", "--request-review",
+            "--no-wait", "-c", "create index on orders (status)",
+        )  # fmt: skip
+        assert asked.returncode == 9, asked.stderr
+        request_id = asked.stdout.strip()
+        own = b.cli("--profile", "dev", "approve", request_id, "--yes")
+        assert own.returncode != 0 and "your own request" in own.stderr
+        other = b.cli("--profile", "reviewer", "approve", request_id, "--yes")
+        assert other.returncode == 0, other.stderr
+    finally:
+        assert b.stop() == 0, b.log()
+    first = json.loads((base / "cli" / "profiles" / "dev.json").read_text())
+    b.start()
+    try:
+        assert (
+            f"warning: replacing the dev profile 'dev' ({base / 'cli' / 'profiles' / 'dev.json'})"
+            in b.log()
+        )
+        again = json.loads((base / "cli" / "profiles" / "dev.json").read_text())
+        assert again["server"] == b.api_url
+        assert again["dev_identity"] == first["dev_identity"] == "dev"
+        assert json.loads((base / "cli" / "profile.json").read_text()) == mine
+        assert b.cli("--profile", "reviewer", "whoami").returncode == 0
+    finally:
+        assert b.stop() == 0, b.log()

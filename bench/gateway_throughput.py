@@ -261,6 +261,16 @@ def ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:5.2f}x"
 
 
+def ensure_pgbouncer() -> None:
+    """pgbouncer is the benchmark's reference: install it (bench/setup.sh) when missing."""
+    if Path(PGBOUNCER).exists():
+        return
+    print("pgbouncer is missing: running bench/setup.sh ...", flush=True)
+    subprocess.run(["bash", str(Path(__file__).with_name("setup.sh"))], check=True)
+    if not Path(PGBOUNCER).exists():
+        raise SystemExit(f"bench/setup.sh did not install {PGBOUNCER}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=10, help="duration of each pgbench run")
@@ -275,6 +285,7 @@ def main() -> None:
             raise SystemExit(f"unknown route {name!r} (one of {', '.join(ALL_ROUTES)})")
     clients = [int(c) for c in args.clients.split(",")]
     modes = args.modes.split(",")
+    ensure_pgbouncer()
 
     base = Path(tempfile.mkdtemp(prefix="dbaccess-gwbench-"))
     base.chmod(0o711)

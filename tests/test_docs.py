@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import shlex
 import shutil
 import subprocess
@@ -344,3 +345,69 @@ def test_help_does_not_import_heavy_modules(argv: list[str]) -> None:
     assert result["rc"] in (0, None)
     assert "Usage:" in proc.stdout
     assert result["loaded"] == [], f"`dbaccess {' '.join(argv)}` imported {result['loaded']}"
+
+
+# --------------------------------------------------------------------------- README and docs/
+
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+_LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def _outside_code(text: str) -> str:
+    """The text without fenced code blocks and inline code (links there are not links)."""
+    text = re.sub(r"(?ms)^```.*?^```", "", text)
+    return re.sub(r"`[^`\n]*`", "", text)
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower().replace("`", ""))
+    return text.replace(" ", "-")
+
+
+def _anchors(path: Path) -> set[str]:
+    return {
+        _slug(line.lstrip("#"))
+        for line in _outside_code(path.read_text()).splitlines()
+        if line.startswith("#")
+    }
+
+
+def test_the_first_screen_says_what_it_is_and_the_two_commands() -> None:
+    first_screen = "\n".join(README.read_text().splitlines()[:24])
+    assert "PostgreSQL" in first_screen
+    assert "bash scripts/demo.sh" in first_screen
+    assert "bash scripts/test.sh" in first_screen
+    assert "## What just happened" in README.read_text()
+
+
+def test_the_readme_walks_through_every_step_of_the_demo() -> None:
+    walk = README.read_text().split("## What just happened", 1)[1].split("\n## ", 1)[0]
+    walked = re.findall(r"(?m)^(\d+)\. ", walk)
+    demo = (ROOT / "scripts" / "demo.sh").read_text()
+    steps = re.findall(r'(?m)^step "', demo)
+    assert [int(n) for n in walked] == list(range(1, len(steps) + 1))
+
+
+def test_every_page_in_docs_is_linked_from_the_readme() -> None:
+    linked = set(_LINK.findall(_outside_code(README.read_text())))
+    pages = sorted(DOCS.glob("*.md"))
+    assert pages
+    for page in pages:
+        assert f"docs/{page.name}" in linked, f"README.md does not link docs/{page.name}"
+
+
+@pytest.mark.parametrize(
+    "page", ["README.md", *sorted(f"docs/{p.name}" for p in DOCS.glob("*.md"))]
+)
+def test_relative_links_lead_somewhere(page: str) -> None:
+    source = ROOT / page
+    for link in _LINK.findall(_outside_code(source.read_text())):
+        if re.match(r"^[a-z]+:", link):
+            continue  # https:, mailto:
+        path, _, anchor = link.partition("#")
+        target = (source.parent / path).resolve() if path else source
+        assert target.exists(), f"{page}: {link} leads nowhere"
+        if anchor and target.suffix == ".md":
+            assert anchor in _anchors(target), f"{page}: no heading for #{anchor} in {target.name}"

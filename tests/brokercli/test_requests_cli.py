@@ -9,7 +9,7 @@ import pytest
 from brokercli.app import main
 from brokercli.exit_codes import BY_ERROR_KIND, DESCRIPTIONS, ExitCode
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+CLI_DOC = Path(__file__).resolve().parents[2] / "docs" / "cli.md"
 
 
 @pytest.mark.parametrize(
@@ -47,9 +47,9 @@ def test_help_lists_the_request_commands(capsys: pytest.CaptureFixture[str]) -> 
 
 
 @pytest.mark.parametrize("code", list(ExitCode))
-def test_every_exit_code_is_described_and_in_the_readme(code: ExitCode) -> None:
+def test_every_exit_code_is_described_and_in_the_cli_reference(code: ExitCode) -> None:
     assert DESCRIPTIONS[code]
-    assert f"\n| {int(code)} | " in README.read_text()
+    assert f"\n| {int(code)} | " in CLI_DOC.read_text()
 
 
 def test_approval_required_means_pending() -> None:

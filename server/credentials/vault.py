@@ -25,7 +25,7 @@ What is guaranteed when a session ends
     * The gateway closes every client connection of the session and its upstream
       connections (the session service does this before revoking).
     * The lease is revoked in Vault, which runs the role's revocation statements
-      (with the statements shown in the README: terminate the role's backends,
+      (with the statements shown in docs/issuers.md: terminate the role's backends,
       then ``DROP ROLE``).
     * With an admin DSN the broker itself terminates the role's backends before
       and after the revocation and checks that none is left and the role is gone.

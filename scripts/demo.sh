@@ -132,6 +132,9 @@ step "Two people: the dev broker logged the CLI in as 'dev' and, with --profile 
 expect 0 "dev" dbaccess whoami
 expect 0 "reviewer" dbaccess --profile reviewer whoami
 
+# shows PATTERN: the output of the last command also has a line matching PATTERN.
+shows() { grep -qE -- "$1" <<<"$out" || fail "no line matches /$1/"; }
+
 step "A session gets a database role of its own, VALID UNTIL the session's deadline"
 expect 0 "^dba_dev_[a-z0-9]+  VALID UNTIL 20[0-9]{2}-" \
   dbaccess run demo --reason "ten-minute tour" -- bash -c 'psql -XAtc "select current_user"; session_roles'
@@ -139,9 +142,10 @@ expect 0 "^dba_dev_[a-z0-9]+  VALID UNTIL 20[0-9]{2}-" \
 step "... and the role is gone once the session ends (revoked and dropped)"
 expect 0 "^\(none\)$" session_roles
 
-step "Masked columns come back masked: names, e-mails, phones and card numbers"
+step "Masked columns come back masked in psql: names, e-mails, phones and card numbers"
 expect 0 '\*\*\*@example\.com' \
-  dbaccess exec demo -c "select id, full_name, email, phone, card_number, city from customers order by id limit 3"
+  dbaccess run demo -- psql -X -c "select id, full_name, email, phone, card_number, city from customers order by id limit 3"
+shows "NOTICE: +dbaccess: masked in this session: .*public\.customers\.email"
 
 step "Filtering or computing on a masked column is refused before it runs"
 expect 3 "masking\.inference" \

@@ -37,6 +37,7 @@ while IFS= read -r line; do
 done <<'EXPECTED'
   VALID UNTIL 20
 (none)
+dbaccess: masked in this session:
 ***@example.com
 (masking.inference)
 (guardrails.no_drop)

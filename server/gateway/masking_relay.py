@@ -47,8 +47,15 @@ that answer applied to the old one, so the new one's rows are not described
 * on a blocked plan, or on DataRows of a portal whose shape is unknown (an
   Execute without any Describe), replaces the message with an ErrorResponse
   (42501) and drops everything the server sends up to the ReadyForQuery;
-* redacts ErrorResponse and NoticeResponse texts (``redact_report``) and
-  masks what the detectors find in them;
+* withholds the texts of an ErrorResponse of a statement that touches a
+  table with masked columns (or whose tables cannot be told), and redacts
+  (``redact_report``) notices of such statements and reports that answer no
+  statement; statements on tables without masked columns get the server's
+  own texts (``_may_quote_masked``).  In a simple Query of several
+  statements, a RowDescription, an error or a notice belongs to the
+  statement after those completed (CommandCompletes counted, as PostgreSQL
+  sends one per statement), so each is judged by its own statement;
+  the detectors mask what they find in every report;
 * NotificationResponse (``A``) and ParameterStatus (``S``), which are not
   part of one response and are never dropped: a notification keeps its
   channel and sender but its payload becomes ``***`` when masking rules apply
@@ -74,8 +81,9 @@ masked columns, calls of untrusted functions, and predicates on masked columns.
 
 Known limits: computed columns whose lineage cannot be established are
 blocked when masked data is touched: recursive CTEs, MERGE ... RETURNING,
-EXPLAIN, ``*`` over a function's result, a simple Query of several
-statements that return rows, and the rows of FETCH and EXECUTE (a cursor's or
+EXPLAIN, ``*`` over a function's result, a statement of a simple Query of
+several whose text is longer than ``MAX_TEXT``, and the rows of FETCH and
+EXECUTE (a cursor's or
 prepared statement's text is not followed).  A whole-row reference counts
 the columns the catalog knew when it was loaded.  COPY out of a table with
 masked columns is refused, not masked.
@@ -85,10 +93,11 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -131,7 +140,15 @@ from server.gateway.pgwire import (
 )
 from server.gateway.relay import Hook, Relay
 from server.gateway.search_path import catalog_first, session_search_path
-from server.gateway.sqlcheck import Analysis, Name, analyze, result_lineage
+from server.gateway.sqlcheck import (
+    MAX_TEXT,
+    Analysis,
+    Name,
+    Statement,
+    StatementClass,
+    analyze,
+    result_lineage,
+)
 from server.sessions.service import LiveSession, SessionService
 
 log = logging.getLogger(__name__)
@@ -153,6 +170,7 @@ _RESPONSE_TYPES = b"TDCnsIE123tHdcVZN"
 _ASYNC_TYPES = b"AS"
 _RECORD_TYPES = b"CIEZN"
 REFRESH_INTERVAL = 5.0
+_MISSING_RELATION = re.compile(r'relation "(.+)" does not exist')
 # The ParameterStatus that tells a client which result columns of its last
 # simple Query were masked (see _report).
 REPORT_PARAMETER = "dbaccess.masked_columns"
@@ -178,6 +196,7 @@ class _Item:
     decision: str = "allowed"
     masked: list[dict[str, str]] = field(default_factory=list)
     serial: int = 0  # a Query's number on the connection (for REPORT_PARAMETER)
+    done: int = 0  # a Query's statements completed so far: the next one's index
     results: int = 0  # a Query's RowDescriptions so far
     reported: list[dict[str, object]] = field(default_factory=list)
     params: tuple[bytes | None, ...] | None = None  # an Execute's Bind parameters
@@ -387,7 +406,11 @@ class MaskingHooks:
             self._ready()
             return None
         if t == 78:  # N
-            out = self._redacted(raw) if self.masking or self.detecting else None
+            if self.masking or self.detecting:
+                exposed = self._may_quote_masked(self.pending[0] if self.pending else None)
+                out = self._cleaned(pgwire.decode_backend(raw), exposed)
+            else:
+                out = None
             self._record_notice(raw if out is None else out)
             return out
         if t == 65:  # A
@@ -429,6 +452,7 @@ class MaskingHooks:
                     tag = pgwire.decode_backend(raw)
                     head.tag = getattr(tag, "tag", None)
                     head.rows += _rows(head.tag)
+                    head.done += 1
                 if head.kind == "X":
                     self.pending.popleft()
                     self._finish(head)
@@ -670,31 +694,78 @@ class MaskingHooks:
             if code == SQLSTATE and fields.get("M", "").startswith("dbaccess:"):
                 head.decision = "blocked"
         self._skip_to_sync()
-        if (
-            head is not None
-            and head.kind in ("Q", "X")
-            # The gateway's own refusals are 42501 too, so they keep their text.
-            and code not in _VALUELESS_ERRORS
-            and self._touches_masked(head)
-        ):
+        # The gateway's own refusals are 42501 too, so they keep their text.
+        valueless = code in _VALUELESS_ERRORS
+        exposed = not valueless and self._may_quote_masked(head, fields)
+        if exposed and head is not None and head.kind in ("Q", "X"):
             return ErrorResponse(_withheld(fields)).encode()
-        return self._cleaned(msg)
+        return self._cleaned(msg, exposed)
 
-    def _redacted(self, raw: RawMessage) -> bytes | None:
-        return self._cleaned(pgwire.decode_backend(raw))
-
-    def _cleaned(self, msg: pgwire.Message) -> bytes | None:
-        """A report with what masking and the detectors hide taken out; None: unchanged."""
+    def _cleaned(self, msg: pgwire.Message, exposed: bool) -> bytes | None:
+        """A report with what masking and the detectors hide taken out; None: unchanged.
+        ``exposed``: it may quote masked data (see ``_may_quote_masked``)."""
         if not isinstance(msg, ErrorResponse | NoticeResponse):
             return None
         cleaned = msg.fields
-        if self.masking:
+        if self.masking and exposed:
             cleaned = redact_report(cleaned, touches_masked=True)
         if self.detecting:
             cleaned = screen_report(cleaned, self.detectors)
         if cleaned == msg.fields:
             return None
         return type(msg)(cleaned).encode()
+
+    def _may_quote_masked(self, item: _Item | None, fields: dict[str, str] | None = None) -> bool:
+        """Whether an error or notice arriving now may quote masked data: it comes
+        from a statement that reads or writes a table with masked columns, or
+        one of which that cannot be told.  In a simple Query of several
+        statements, only the statement running now counts (the one after those
+        completed): a statement on tables without masked columns gets the
+        server's own text, whatever the statements around it do.
+
+        A relation the catalog does not know makes a statement's tables unknown,
+        except for the error that says the relation does not exist: PostgreSQL
+        raises it before the statement reads anything, and it quotes the name
+        as the statement wrote it."""
+        if not self.masking:
+            return False
+        if item is None or item.kind not in ("Q", "X"):
+            return True  # not a statement's answer (a Parse's, say): texts redacted
+        index = item.done if item.kind == "Q" else None
+        touched = self._touched(item, index)
+        if touched is not None:
+            return any(self.rules.rule_for(c) is not None for c in touched)
+        return not (fields is not None and self._names_a_missing_relation(item, index, fields))
+
+    def _names_a_missing_relation(
+        self, item: _Item, index: int | None, fields: dict[str, str]
+    ) -> bool:
+        """The error is 42P01 about a relation the statement names and the catalog
+        does not hold, and every relation it does hold is free of masked columns."""
+        found = _MISSING_RELATION.fullmatch(fields.get("M", ""))
+        snapshot = self.catalog.current if self.catalog is not None else None
+        written = item.analysis
+        if fields.get("C") != "42P01" or found is None or snapshot is None or written is None:
+            return False
+        tops = _statements(written, index)
+        if tops is None or any(s.command in _OPAQUE_COMMANDS for s in _walk(tops)):
+            return False
+
+        def holds(name: Name) -> bool:
+            return bool(snapshot.columns_of(name.parts[0], name.name))
+
+        missing: set[str] = set()
+        for statement in _walk(tops):
+            for name in (*statement.reads, *statement.writes):
+                resolved = resolve_name(name, self.search_path, holds)
+                if resolved is None:
+                    missing.add(name.name if name.schema == UNQUALIFIED else str(name))
+                    continue
+                for relation in resolved:
+                    columns = snapshot.columns_of(relation.parts[0], relation.name)
+                    if any(self.rules.rule_for(c) is not None for c in columns):
+                        return False
+        return found.group(1) in missing
 
     # -- deciding -----------------------------------------------------------------------
     def _plan(self, msg: RowDescription, item: _Item) -> MaskPlan:
@@ -708,7 +779,8 @@ class MaskingHooks:
             origin,
             self.rules,
             lambda: self._lineage(item, len(msg.fields)),
-            touched=lambda: self._touched(item),
+            # In a Query, the statement running now (the one after those completed).
+            touched=lambda: self._touched(item, item.done if item.kind == "Q" else None),
         )
 
     def _lineage(self, item: _Item, width: int) -> dict[int, list[ColumnRef]] | None:
@@ -720,6 +792,15 @@ class MaskingHooks:
             return None
         if any(s.command in _OPAQUE_COMMANDS for s in written.walk_all()):
             return None  # what runs is not in this text
+        sql = item.sql
+        if item.kind == "Q" and len(written.statements) > 1:
+            # A Query of several statements: the result is the running one's
+            # (the one after those completed), read from its own exact text.
+            if item.done >= len(written.statements):
+                return None
+            sql = written.statements[item.done].text
+            if len(sql) >= MAX_TEXT:
+                return None  # cut for messages: not the whole statement
         known: dict[Name, dict[str, ColumnRef]] = {}
 
         def columns(name: Name) -> list[str] | None:
@@ -729,7 +810,7 @@ class MaskingHooks:
             known[name] = {c.column: c for c in found}
             return [c.column for c in found]
 
-        lineage = result_lineage(item.sql, self.search_path, columns)
+        lineage = result_lineage(sql, self.search_path, columns)
         if lineage is None or len(lineage) != width:
             # A result of another width than the text's is not the text's.
             return None
@@ -738,14 +819,18 @@ class MaskingHooks:
             for position, sources in enumerate(lineage)
         }
 
-    def _touched(self, item: _Item) -> list[ColumnRef] | None:
-        """The columns of every relation the statement reads or writes; None: cannot tell."""
+    def _touched(self, item: _Item, statement: int | None = None) -> list[ColumnRef] | None:
+        """The columns of every relation the item's statements read or write (only
+        its ``statement``-th statement's, when given); None: cannot tell."""
         snapshot = self.catalog.current if self.catalog is not None else None
         written = item.analysis
-        if snapshot is None or written is None or written.unknown:
+        if snapshot is None or written is None:
             return None
         relations = touched_relations(
-            written, self.search_path, lambda n: bool(snapshot.columns_of(n.parts[0], n.name))
+            written,
+            self.search_path,
+            lambda n: bool(snapshot.columns_of(n.parts[0], n.name)),
+            statement=statement,
         )
         if relations is None:
             self._refresh_catalog()
@@ -872,7 +957,11 @@ class MaskingHooks:
 
 
 def touched_relations(
-    written: Analysis, search_path: tuple[str, ...], holds: Callable[[Name], bool]
+    written: Analysis,
+    search_path: tuple[str, ...],
+    holds: Callable[[Name], bool],
+    *,
+    statement: int | None = None,
 ) -> list[Name] | None:
     """The relations a statement reads or writes, each as the schema-qualified
     name PostgreSQL resolves it to; None when that cannot be told.
@@ -884,19 +973,37 @@ def touched_relations(
     does not hold, an unknown statement and one that runs what the analysis
     cannot see (EXECUTE, FETCH) cannot be told.  A ``pg_*`` name shows as
     ``pg_catalog``'s whether it was written so or not: both are taken.
+    ``statement`` limits this to the top-level statement of that index (when
+    the text has that many; else cannot be told).
     """
-    if written.unknown:
+    tops = _statements(written, statement)
+    if tops is None:
         return None
     found: dict[Name, None] = {}
-    for statement in written.walk_all():
-        if statement.command in _OPAQUE_COMMANDS:
+    for part in _walk(tops):
+        if part.kind is StatementClass.UNKNOWN or part.command in _OPAQUE_COMMANDS:
             return None
-        for name in (*statement.reads, *statement.writes):
+        for name in (*part.reads, *part.writes):
             resolved = resolve_name(name, search_path, holds)
             if resolved is None:
                 return None
             found.update(dict.fromkeys(resolved))
     return list(found)
+
+
+def _statements(written: Analysis, index: int | None) -> tuple[Statement, ...] | None:
+    """The top-level statements of ``written`` (only the ``index``-th, when given)."""
+    if index is None:
+        return written.statements
+    if index >= len(written.statements):
+        return None
+    return (written.statements[index],)
+
+
+def _walk(tops: Iterable[Statement]) -> Iterator[Statement]:
+    for top in tops:
+        for part, _ in top.walk():
+            yield part
 
 
 def _refresh_quietly(catalog: Catalog) -> None:

@@ -65,7 +65,44 @@ def test_an_error_of_a_masked_statement_quotes_no_value(
         assert secret not in res.stderr, res.stderr
 
 
-def test_errors_of_statements_on_clear_tables_keep_their_text(session: HeldSession) -> None:
+@pytest.fixture(scope="module")
+def status(pg_cluster: LocalCluster, demo_target: DemoTarget) -> str:
+    dsn = pg_cluster.dsn(dbname=demo_target.database)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT status FROM orders WHERE id = 1").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def test_errors_of_statements_on_clear_tables_keep_their_text(
+    session: HeldSession, status: str
+) -> None:
     res = session.psql("select status::int from orders where id = 1")
     assert res.returncode != 0
-    assert "invalid input syntax for type integer" in res.stderr, res.stderr
+    # The server's own text, the value it quotes included: nothing masked is read.
+    assert f'invalid input syntax for type integer: "{status}"' in res.stderr, res.stderr
+
+
+def test_a_missing_table_is_named(session: HeldSession) -> None:
+    res = session.psql("select * from custmers")
+    assert res.returncode != 0
+    assert 'relation "custmers" does not exist' in res.stderr, res.stderr
+
+
+def test_in_a_query_of_several_only_the_failing_statement_counts(
+    session: HeldSession, clear: tuple[str, str], status: str
+) -> None:
+    res = session.psql(
+        "select email from customers where id = 1; select status::int from orders where id = 1"
+    )
+    assert res.returncode != 0
+    assert f'invalid input syntax for type integer: "{status}"' in res.stderr, res.stderr
+    assert clear[0] not in res.stdout + res.stderr
+    # The attack the other way round: a masked read smuggled after a clear one.
+    res = session.psql(
+        "select status from orders where id = 1; select card_number::int from customers "
+        "where id = 1"
+    )
+    assert res.returncode != 0
+    assert "withheld" in res.stderr and "22003" in res.stderr, res.stderr
+    assert clear[1] not in res.stdout + res.stderr

@@ -183,8 +183,6 @@ def test_masked_and_clear_computed_columns_side_by_side(
         "select e from r where false) select upper(e) from r",
         # The columns of a function's result are not known: * cannot be expanded.
         "select * from generate_series(1, 1) g, customers limit 1",
-        # Several statements that return rows in one Query.
-        "select 1; select upper(email) from customers limit 1",
         # The rows of EXPLAIN ANALYZE are a plan, decided conservatively.
         "explain analyze select upper(email) from customers",
     ],
@@ -194,6 +192,18 @@ def test_what_the_lineage_cannot_establish_is_refused(
 ) -> None:
     _refused(session, sql, secrets)
     assert session.psql("select 1").stdout.strip() == "1"
+
+
+def test_each_result_of_a_query_of_several_follows_its_own_statement(
+    session: HeldSession, secrets: list[str]
+) -> None:
+    lines = _masked(
+        session,
+        "select 1; select upper(email) from customers order by id limit 1; "
+        "select upper(city) from customers order by id limit 1",
+        secrets,
+    )
+    assert lines[:2] == ["1", "***"] and lines[2].isupper() and lines[2] != "***", lines
 
 
 # Attempts to make a masked value look like something else.

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from server.gateway import pgwire
 from server.gateway.masking import ColumnRef, MaskingRules
 from server.gateway.masking_relay import MaskingHooks
@@ -209,3 +211,112 @@ def test_a_server_cannot_send_the_report() -> None:
         + pgwire.ready_for_query("I")
     )  # fmt: skip
     assert _types(out) == "TDCZ"
+
+
+# -- which errors and notices keep the server's text ------------------------------------
+
+STATUS = ColumnRef("public", "orders", "status", type_oid=25)
+
+
+class _TwoTables:
+    """customers (email masked, city) and orders (status), as a catalog."""
+
+    def __init__(self) -> None:
+        from server.gateway.catalog import CatalogSnapshot
+
+        customers, orders = (EMAIL, CITY), (STATUS,)
+        self.current = CatalogSnapshot(
+            {(OID, 1): EMAIL, (OID, 2): CITY, (OID + 1, 1): STATUS},
+            {OID: customers, OID + 1: orders},
+            loaded_at=0.0,
+        )
+
+    def invalidate(self) -> None:
+        pass
+
+    def refresh(self, *, only_if_stale: bool = False) -> None:
+        pass
+
+
+def _two_table_relay() -> Relay:
+    relay = Relay()
+    MaskingHooks(RULES, _TwoTables(), session_id="s-1").install(relay)  # type: ignore[arg-type]
+    return relay
+
+
+def _error(code: str, message: str, detail: str | None = None) -> bytes:
+    fields = {"S": "ERROR", "V": "ERROR", "C": code, "M": message}
+    if detail is not None:
+        fields["D"] = detail
+    return ErrorResponse(fields).encode()
+
+
+def _answer(relay: Relay, sql: str, before: bytes, error: bytes) -> dict[str, str]:
+    relay.from_client(Query(sql).encode())
+    out, _ = relay.from_server(before + error + pgwire.ready_for_query("I"))
+    errors = [
+        pgwire.decode_backend(m)
+        for m in pgwire.split_frames(out)[0]
+        if m.type in (ord("E"), ord("N"))
+    ]
+    assert len(errors) == 1
+    return errors[0].fields  # type: ignore[union-attr]
+
+
+DONE = pgwire.encode_raw(ord("C"), b"SELECT 1\0")
+BAD_INT = 'invalid input syntax for type integer: "paid"'
+
+
+@pytest.mark.parametrize(
+    ("sql", "before", "error", "kept"),
+    [
+        # A statement on a table without masked columns: the server's own text.
+        ("select status::int from orders", b"", _error("22P02", BAD_INT), True),
+        ("select 1/0", b"", _error("22012", "division by zero"), True),
+        # Only the statement that failed counts in a Query of several.
+        ("select email from customers; select status::int from orders",
+         _fields(("email", 1)) + _row(b"ann@example.com") + DONE, _error("22P02", BAD_INT), True),
+        # A relation that does not exist: raised before anything is read.
+        ("select * from custmers", b"",
+         _error("42P01", 'relation "custmers" does not exist'), True),
+        ("select * from app.custmers", b"",
+         _error("42P01", 'relation "app.custmers" does not exist'), True),
+        # Attacks: the failing statement reads a masked table, wherever it is.
+        ("select status from orders; select email::int from customers", DONE,
+         _error("22P02", 'invalid input syntax for type integer: "ann@example.com"'), False),
+        ("select city from customers", b"",
+         _error("22P02", 'invalid input syntax for type integer: "ann@example.com"'), False),
+        # A 42P01 quoting a value, not the name the statement wrote.
+        ("select x::regclass from newview", b"",
+         _error("42P01", 'relation "ann@example.com" does not exist'), False),
+        # A missing relation next to a masked table.
+        ("select email::regclass from customers, nosuch", b"",
+         _error("42P01", 'relation "nosuch" does not exist'), False),
+        # What runs cannot be seen.
+        ("fetch all from c", b"", _error("22P02", BAD_INT), False),
+    ],
+)  # fmt: skip
+def test_errors_keep_their_text_unless_the_failing_statement_touches_masked_columns(
+    sql: str, before: bytes, error: bytes, kept: bool
+) -> None:
+    sent = pgwire.decode_backend(pgwire.split_frames(error)[0][0]).fields  # type: ignore[union-attr]
+    got = _answer(_two_table_relay(), sql, before, error)
+    if kept:
+        assert got == sent
+    else:
+        assert "withheld" in got["M"] and got["C"] == sent["C"]
+        assert "ann@" not in got["M"] and "paid" not in got["M"]
+
+
+def test_notices_keep_their_text_on_tables_without_masked_columns() -> None:
+    from server.gateway.pgwire import NoticeResponse
+
+    quoted = 'skipping: "paid"'
+    notice = NoticeResponse({"S": "NOTICE", "C": "00000", "M": quoted}).encode()
+    relay = _two_table_relay()
+    relay.from_client(Query("select status from orders").encode())
+    out, _ = relay.from_server(notice + pgwire.ready_for_query("I"))
+    assert b'"paid"' in out
+    relay.from_client(Query("select city from customers").encode())
+    out, _ = relay.from_server(notice + pgwire.ready_for_query("I"))
+    assert b'"paid"' not in out and b'"***"' in out

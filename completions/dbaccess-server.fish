@@ -63,8 +63,8 @@ complete -c dbaccess-server -n "__dbaccess_server_at 'dev'" -l data-dir -r -F -d
 complete -c dbaccess-server -n "__dbaccess_server_at 'dev'" -l target-dsn -x -d 'Admin DSN of an existing database to register as target \'demo\' (default: start a throwaway PostgreSQL cluster with demo data)'
 complete -c dbaccess-server -n "__dbaccess_server_at 'dev'" -l api-port -x -d '0 = any free port'
 complete -c dbaccess-server -n "__dbaccess_server_at 'dev'" -l gateway-port -x
-complete -c dbaccess-server -n "__dbaccess_server_at 'dev'" -l write-profile -d 'Log the CLI in as \'dev\''
-complete -c dbaccess-server -n "__dbaccess_server_at 'dev'" -l no-write-profile -d 'Log the CLI in as \'dev\''
+complete -c dbaccess-server -n "__dbaccess_server_at 'dev'" -l write-profile -d 'Log the CLI in as \'dev\' (profiles default and dev) and \'reviewer\' (profile reviewer); a profile the dev mode did not write is kept'
+complete -c dbaccess-server -n "__dbaccess_server_at 'dev'" -l no-write-profile -d 'Log the CLI in as \'dev\' (profiles default and dev) and \'reviewer\' (profile reviewer); a profile the dev mode did not write is kept'
 complete -c dbaccess-server -n "__dbaccess_server_at 'dev'" -l reaper-interval -x -d 'Seconds'
 complete -c dbaccess-server -n "__dbaccess_server_at 'dev'" -l oidc-issuer -x -d 'Identity provider people log in with (dbaccess login)'
 complete -c dbaccess-server -n "__dbaccess_server_at 'dev'" -l oidc-client-id -x -d 'The CLI\'s client id at that provider'

@@ -123,8 +123,8 @@ _dbaccess_server__dev() {
     '(--target-dsn)'--target-dsn'[Admin DSN of an existing database to register as target '\''demo'\'' (default\: start a throwaway PostgreSQL cluster with demo data)]:target-dsn: ' \
     '(--api-port)'--api-port'[0 = any free port]:api-port: ' \
     '(--gateway-port)'--gateway-port':gateway-port: ' \
-    '(--write-profile --no-write-profile)'--write-profile'[Log the CLI in as '\''dev'\'']' \
-    '(--write-profile --no-write-profile)'--no-write-profile'[Log the CLI in as '\''dev'\'']' \
+    '(--write-profile --no-write-profile)'--write-profile'[Log the CLI in as '\''dev'\'' (profiles default and dev) and '\''reviewer'\'' (profile reviewer); a profile the dev mode did not write is kept]' \
+    '(--write-profile --no-write-profile)'--no-write-profile'[Log the CLI in as '\''dev'\'' (profiles default and dev) and '\''reviewer'\'' (profile reviewer); a profile the dev mode did not write is kept]' \
     '(--reaper-interval)'--reaper-interval'[Seconds]:reaper-interval: ' \
     '(--oidc-issuer)'--oidc-issuer'[Identity provider people log in with (dbaccess login)]:oidc-issuer: ' \
     '(--oidc-client-id)'--oidc-client-id'[The CLI'\''s client id at that provider]:oidc-client-id: ' \

@@ -1,8 +1,9 @@
 """dbaccess-server: run the broker (dev or from a config file) and administer it.
 
 ``dev`` is the embedded default: everything on loopback, a SQLite store and, when
-no target is given, a throwaway PostgreSQL cluster with demo data, plus a CLI
-profile and token so that ``dbaccess`` works at once.
+no target is given, a throwaway PostgreSQL cluster with demo data, plus CLI
+profiles and tokens for two identities (``dev``, and ``reviewer`` to approve
+what ``dev`` asks for) so that ``dbaccess`` works at once.
 """
 
 from __future__ import annotations
@@ -108,7 +109,12 @@ def dev(
     ] = 0,
     gateway_port: Annotated[int, typer.Option("--gateway-port", min=0, max=65535)] = 0,
     write_profile: Annotated[
-        bool, typer.Option("--write-profile/--no-write-profile", help="Log the CLI in as 'dev'.")
+        bool,
+        typer.Option(
+            "--write-profile/--no-write-profile",
+            help="Log the CLI in as 'dev' (profiles default and dev) and 'reviewer' "
+            "(profile reviewer); a profile the dev mode did not write is kept.",
+        ),
     ] = True,
     reaper_interval: Annotated[float, typer.Option("--reaper-interval", help="Seconds.")] = 30.0,
     oidc_issuer: Annotated[

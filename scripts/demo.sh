@@ -147,7 +147,7 @@ expect 0 '\*\*\*@example\.com' \
   dbaccess run demo -- psql -X -c "select id, full_name, email, phone, card_number, city from customers order by id limit 3"
 shows "NOTICE: +dbaccess: masked in this session: .*public\.customers\.email"
 
-step "Filtering or computing on a masked column is refused before it runs"
+step "Computing with a masked column (here: filtering on it) is refused before it runs"
 expect 3 "masking\.inference" \
   dbaccess exec demo -c "select count(*) from customers where email like '%@example.com'"
 

@@ -55,8 +55,8 @@ class Broker:
 
     def env(self, **extra: str) -> dict[str, str]:
         env = dict(os.environ)
-        env.pop("DBACCESS_TOKEN", None)
-        env.pop("DBACCESS_SERVER", None)
+        for name in ("DBACCESS_TOKEN", "DBACCESS_SERVER", "DBACCESS_PROFILE"):
+            env.pop(name, None)
         env.update(
             DBACCESS_CONFIG_DIR=str(self.config_dir),
             PYTHON_KEYRING_BACKEND="keyring.backends.fail.Keyring",

@@ -70,7 +70,7 @@ complete -c dbaccess-server -n "__dbaccess_server_at 'dev'" -l oidc-issuer -x -d
 complete -c dbaccess-server -n "__dbaccess_server_at 'dev'" -l oidc-client-id -x -d 'The CLI\'s client id at that provider'
 complete -c dbaccess-server -n "__dbaccess_server_at 'dev'" -l webhook -x -d 'POST access-request and break-glass notifications to this URL (repeatable)'
 complete -c dbaccess-server -n "__dbaccess_server_at 'dev'" -l webhook-format -x -a 'json slack' -d 'Body of those notifications'
-complete -c dbaccess-server -n "__dbaccess_server_at 'dev'" -l session-max-connections -x -d 'Client connections per session'
+complete -c dbaccess-server -n "__dbaccess_server_at 'dev'" -l session-max-connections -x -d 'Deprecated: a ceiling on the policy\'s limits.max_connections_per_session'
 complete -c dbaccess-server -n "__dbaccess_server_at 'dev'" -l gateway-max-connections -x -d 'Client connections the gateway holds in all'
 complete -c dbaccess-server -n "__dbaccess_server_at 'dev'" -l gateway-max-connections-per-identity -x -d 'Client connections one identity may hold across its sessions'
 complete -c dbaccess-server -n "__dbaccess_server_at 'dev'" -l gateway-startup-timeout -x -d 'Seconds a client has to log in'

@@ -130,7 +130,7 @@ _dbaccess_server__dev() {
     '(--oidc-client-id)'--oidc-client-id'[The CLI'\''s client id at that provider]:oidc-client-id: ' \
     '*'--webhook'[POST access-request and break-glass notifications to this URL (repeatable)]:webhook: ' \
     '(--webhook-format)'--webhook-format'[Body of those notifications]:webhook-format:(json slack)' \
-    '(--session-max-connections)'--session-max-connections'[Client connections per session]:session-max-connections: ' \
+    '(--session-max-connections)'--session-max-connections'[Deprecated\: a ceiling on the policy'\''s limits.max_connections_per_session]:session-max-connections: ' \
     '(--gateway-max-connections)'--gateway-max-connections'[Client connections the gateway holds in all]:gateway-max-connections: ' \
     '(--gateway-max-connections-per-identity)'--gateway-max-connections-per-identity'[Client connections one identity may hold across its sessions]:gateway-max-connections-per-identity: ' \
     '(--gateway-startup-timeout)'--gateway-startup-timeout'[Seconds a client has to log in]:gateway-startup-timeout: ' \

@@ -138,9 +138,13 @@ def dev(
         WebhookFormat, typer.Option("--webhook-format", help="Body of those notifications.")
     ] = WebhookFormat.json,
     session_max_connections: Annotated[
-        int,
-        typer.Option("--session-max-connections", min=1, help="Client connections per session."),
-    ] = 20,
+        int | None,
+        typer.Option(
+            "--session-max-connections",
+            min=1,
+            help="Deprecated: a ceiling on the policy's limits.max_connections_per_session.",
+        ),
+    ] = None,
     gateway_max_connections: Annotated[
         int,
         typer.Option(

@@ -139,7 +139,9 @@ class ServerConfig:
     policy: Path = Path("policy.yaml")
     tls: TlsConfig | None = None
     reaper_interval: timedelta = timedelta(seconds=30)
-    session_max_connections: int = 20
+    # Deprecated: the policy's limits.max_connections_per_session decides; when
+    # given, this only caps it (server.sessions.service).
+    session_max_connections: int | None = None
     gateway_max_connections: int = 1000
     gateway_max_connections_per_identity: int = 100
     gateway_startup_timeout: timedelta = timedelta(seconds=15)

@@ -79,6 +79,12 @@ class Conflict(DbaccessError):
     sqlstate = "55000"
 
 
+class TooManyConnections(Conflict):
+    """A connection over one of the caps on connections (PostgreSQL's own SQLSTATE)."""
+
+    sqlstate = "53300"
+
+
 class Unavailable(DbaccessError):
     """A dependency (target database, Vault, store) could not be reached."""
 

@@ -52,7 +52,8 @@ class RuntimeOptions:
     reaper_interval: float = 30.0
     public_gateway_host: str | None = None
     public_gateway_port: int | None = None
-    max_connections_per_session: int = 20
+    # Deprecated ceiling on the policy's limits.max_connections_per_session.
+    max_connections_per_session: int | None = None
     gateway_max_connections: int = 1000
     gateway_max_connections_per_identity: int = 100
     gateway_startup_timeout: float = 15.0
@@ -84,6 +85,12 @@ class Runtime:
         self.policy_path = opts.policy_path
         self.notifier = Webhooks(opts.webhooks)
         self.archiver = Archiver(self.store, opts.archive) if opts.archive else None
+        if opts.max_connections_per_session is not None:
+            log.warning(
+                "session_max_connections is deprecated: set limits.max_connections_per_session "
+                "in the policy; until it is removed it caps the policy's value at %d",
+                opts.max_connections_per_session,
+            )
         self.service = SessionService(
             self.store,
             load_policy(opts.policy_path),

@@ -8,16 +8,25 @@
   search for valid keys) must not turn into a flood against the database.
   Buckets of addresses that have been quiet long enough to be full again are
   forgotten, so the table stays small.
-* ``ConnectionCaps`` — concurrent client connections, in all and per identity.
-  A refusal is a ``GatewayError`` with SQLSTATE 53300, as PostgreSQL's own
-  "too many connections".
+* ``ConnectionCaps`` — concurrent client connections: in all and per identity
+  across the gateway (the broker's ``gateway_max_connections*`` settings), and
+  per target and per identity on a target (the scope's
+  ``limits.max_connections_per_target``/``_per_identity``, by default a share
+  of the target's ``max_connections``: see
+  :func:`~server.policy.limits.connection_shares`), so that one identity, or
+  the broker as a whole, never takes a target's last connection slots.  A
+  refusal is a ``GatewayError`` with SQLSTATE 53300, as PostgreSQL's own "too
+  many connections", with a hint naming the setting or policy key that set
+  the limit.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 from server.gateway.session import GatewayError
+from server.sessions.service import TargetCaps
 
 CANCEL_RATE_PER_ADDRESS = 5.0
 CANCEL_BURST_PER_ADDRESS = 20.0
@@ -113,9 +122,12 @@ class ConnectionCaps:
         self.per_identity = per_identity
         self.count = 0
         self.by_identity: Counter[str] = Counter()
+        self.by_target: Counter[str] = Counter()
+        self.by_target_identity: Counter[tuple[str, str]] = Counter()
 
-    def admit(self, identity: str) -> None:
-        """Count one more connection for ``identity``, or raise GatewayError 53300."""
+    def admit(self, identity: str, caps: TargetCaps | None = None) -> None:
+        """Count one more connection for ``identity`` (to ``caps.target``, within
+        ``caps``), or raise GatewayError 53300."""
         if self.count >= self.total:
             raise GatewayError(
                 "53300",
@@ -131,13 +143,52 @@ class ConnectionCaps:
                 "close some of your connections, or ask an administrator to raise "
                 "gateway_max_connections_per_identity",
             )
+        if caps is not None:
+            target = caps.target
+            if self.by_target[target] >= caps.per_target:
+                raise GatewayError(
+                    "53300",
+                    f"too many connections to target {target!r} through the gateway "
+                    f"(limit {caps.per_target})",
+                    "try again when other connections have closed; "
+                    + _policy_key(caps, "max_connections_per_target", caps.target_auto),
+                )
+            if self.by_target_identity[(target, identity)] >= caps.per_identity:
+                raise GatewayError(
+                    "53300",
+                    f"too many connections for identity {identity!r} to target {target!r} "
+                    f"(limit {caps.per_identity} across its sessions)",
+                    "close some of your connections; "
+                    + _policy_key(caps, "max_connections_per_identity", caps.identity_auto),
+                )
+            self.by_target[target] += 1
+            self.by_target_identity[(target, identity)] += 1
         self.count += 1
         self.by_identity[identity] += 1
 
-    def release(self, identity: str) -> None:
+    def release(self, identity: str, target: str | None = None) -> None:
         self.count -= 1
-        left = self.by_identity[identity] - 1
-        if left > 0:
-            self.by_identity[identity] = left
-        else:
-            del self.by_identity[identity]
+        _drop(self.by_identity, identity)
+        if target is not None:
+            _drop(self.by_target, target)
+            _drop(self.by_target_identity, (target, identity))
+
+
+def _drop(counter: Counter[Any], key: object) -> None:
+    left = counter[key] - 1
+    if left > 0:
+        counter[key] = left
+    else:
+        del counter[key]
+
+
+def _policy_key(caps: TargetCaps, key: str, auto: bool) -> str:
+    where = f"limits.{key} of scope {caps.scope!r} of target {caps.target!r}"
+    if auto:
+        share = (
+            f"a share of the target's max_connections ({caps.max_connections})"
+            if caps.max_connections is not None
+            else "a share of the target's max_connections"
+        )
+        return f"the limit is {where} (auto: {share}); an administrator can set it in the policy"
+    return f"the limit is {where}; an administrator can raise it in the policy"

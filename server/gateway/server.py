@@ -252,6 +252,7 @@ class ClientConnection(asyncio.Protocol):
         self.login: UpstreamLogin | None = None
         self.live: LiveSession | None = None
         self.identity: str | None = None  # set once counted against the caps
+        self.cap_target: str | None = None  # the target it is counted against
         self.relay: Relay | None = None
         self.closed = False
         self.key = (secrets.randbits(31), secrets.randbits(32))
@@ -534,8 +535,12 @@ class ClientConnection(asyncio.Protocol):
                 record_limit(service.recorder.record, live.id, hit)
                 self.abort("42501", *refused)
                 return
-            self.gateway.caps.admit(live.record.identity)
+            caps = await self.loop.run_in_executor(None, service.connection_caps, live)
+            if self.gone():
+                return
+            self.gateway.caps.admit(live.record.identity, caps)
             self.identity = live.record.identity
+            self.cap_target = caps.target
             service.attach(live, self)
             # Known from here, so that _cleanup detaches it however this ends.
             self.live = live
@@ -830,7 +835,7 @@ class ClientConnection(asyncio.Protocol):
         self.gateway.connections.discard(self)
         self.gateway.cancel_keys.pop(self.key, None)
         if self.identity is not None:
-            self.gateway.caps.release(self.identity)
+            self.gateway.caps.release(self.identity, self.cap_target)
             self.identity = None
         if self.live is not None:
             if self.relay is not None and self.gateway.service.live(self.live.id) is not None:

@@ -35,11 +35,18 @@ from server.credentials.base import (
     RevocationResult,
     role_name_for,
 )
-from server.errors import Conflict, Forbidden, NotAuthenticated, NotFound, Unavailable
+from server.errors import (
+    Forbidden,
+    NotAuthenticated,
+    NotFound,
+    TooManyConnections,
+    Unavailable,
+)
 from server.gateway.masking import session_rules
 from server.policy import Issuer as PolicyIssuer
 from server.policy import Policy, TargetPolicy, resolve_admin_dsn
 from server.policy.evaluate import Identity, evaluate, refusal
+from server.policy.limits import connection_shares
 from server.policy.model import SessionLimits, default_limits
 from server.store.db import SessionRecord, Store, StoreLeaseBook, hash_secret, new_id, utcnow
 
@@ -82,6 +89,41 @@ class ReapReport:
 
 
 IssuerFactory = Callable[[TargetPolicy], Issuer]
+
+# What a target without an admin DSN (or one that cannot be read) is taken to
+# allow: PostgreSQL's default max_connections.
+ASSUMED_MAX_CONNECTIONS = 100
+
+
+@dataclass(frozen=True)
+class TargetCaps:
+    """The caps on one session's connections to its target (``limits.*`` of its scope);
+    ``*_auto`` when the number is the share of ``max_connections`` that ``auto`` means."""
+
+    target: str
+    scope: str
+    per_identity: int
+    per_target: int
+    identity_auto: bool = False
+    target_auto: bool = False
+    max_connections: int | None = None
+
+
+def read_capacity(admin_dsn: str) -> tuple[int, int, int]:
+    """A target's max_connections, superuser_reserved_connections and (PostgreSQL 16+)
+    reserved_connections, through its admin DSN."""
+    import psycopg
+
+    with psycopg.connect(
+        admin_dsn, connect_timeout=5, autocommit=True, application_name="dbaccess-broker"
+    ) as conn:
+        row = conn.execute(
+            "SELECT current_setting('max_connections')::int,"
+            " current_setting('superuser_reserved_connections')::int,"
+            " coalesce(current_setting('reserved_connections', true), '0')::int"
+        ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1]), int(row[2])
 
 
 def default_issuer_factory(target: TargetPolicy) -> Issuer:
@@ -137,7 +179,7 @@ class SessionService:
         policy: Policy,
         *,
         issuer_factory: IssuerFactory = default_issuer_factory,
-        max_connections_per_session: int = 20,
+        max_connections_per_session: int | None = None,
         notifier: Notifier | None = None,
         recorder: Recorder | None = None,
         archiver: Archiver | None = None,
@@ -160,7 +202,10 @@ class SessionService:
         # The same by session id, for issuers whose role names are not ours to choose (Vault).
         self._minting_sessions: set[str] = set()
         self._lock = threading.RLock()
+        # Deprecated server-wide ceiling on limits.max_connections_per_session (None: none).
         self.max_connections_per_session = max_connections_per_session
+        # Per target: (max_connections, superuser_reserved_connections, reserved_connections).
+        self._capacity: dict[str, tuple[int, int, int]] = {}
 
     # -- helpers ------------------------------------------------------------
     def target(self, name: str) -> TargetPolicy:
@@ -382,14 +427,74 @@ class SessionService:
             "tickets die with their session: start a new one with dbaccess connect",
         )
 
+    def connection_caps(self, live: LiveSession) -> TargetCaps:
+        """The caps on a session's connections to its target, per identity and in all,
+        from its scope's limits; ``auto`` is a share of the target's ``max_connections``,
+        read once per target through its admin DSN (may block: call it off the event loop)."""
+        limits = self.limits(live)
+        target_name, scope = live.record.target, live.record.scope
+        per_identity = limits.max_connections_per_identity
+        per_target = limits.max_connections_per_target
+        capacity: tuple[int, int, int] | None = None
+        if per_identity is None or per_target is None:
+            capacity = self._target_capacity(target_name)
+            shares = connection_shares(*capacity)
+            per_identity = per_identity if per_identity is not None else shares.per_identity
+            per_target = per_target if per_target is not None else shares.per_target
+        return TargetCaps(
+            target=target_name,
+            scope=scope,
+            per_identity=per_identity,
+            per_target=per_target,
+            identity_auto=limits.max_connections_per_identity is None,
+            target_auto=limits.max_connections_per_target is None,
+            max_connections=capacity[0] if capacity is not None else None,
+        )
+
+    def _target_capacity(self, target_name: str) -> tuple[int, int, int]:
+        with self._lock:
+            known = self._capacity.get(target_name)
+        if known is not None:
+            return known
+        target = self.policy.targets.get(target_name)
+        if target is None or not target.has_admin_dsn:
+            log.warning(
+                "target %s has no admin DSN to read max_connections from: its automatic "
+                "connection caps assume PostgreSQL's default of %d (set "
+                "limits.max_connections_per_identity and _per_target to choose them)",
+                target_name,
+                ASSUMED_MAX_CONNECTIONS,
+            )
+            found = (ASSUMED_MAX_CONNECTIONS, 3, 0)
+        else:
+            try:
+                found = read_capacity(resolve_admin_dsn(target))
+            except Exception as exc:  # not cached: the next connection tries again
+                log.warning(
+                    "cannot read max_connections of target %s (%s): assuming %d for now",
+                    target_name,
+                    exc,
+                    ASSUMED_MAX_CONNECTIONS,
+                )
+                return (ASSUMED_MAX_CONNECTIONS, 3, 0)
+        with self._lock:
+            self._capacity[target_name] = found
+        return found
+
     def attach(self, live: LiveSession, conn: ConnectionHandle) -> None:
         with self._lock:
             if live.id not in self._live:
                 raise NotAuthenticated("session has ended")
-            if len(live.connections) >= self.max_connections_per_session:
-                raise Conflict(
-                    f"session {live.id} already has {len(live.connections)} connections",
-                    hint="close some connections or raise session_max_connections",
+            cap = self.limits(live).max_connections_per_session
+            ceiling = self.max_connections_per_session
+            key = f"limits.max_connections_per_session of scope {live.record.scope!r}"
+            if ceiling is not None and ceiling < cap:
+                cap, key = ceiling, "the broker's session_max_connections (deprecated)"
+            if len(live.connections) >= cap:
+                raise TooManyConnections(
+                    f"too many connections for session {live.id} (limit {cap})",
+                    hint=f"close some of the session's connections; the limit is {key}, "
+                    "which an administrator can raise in the policy",
                 )
             live.connections.add(conn)
 

@@ -63,7 +63,8 @@ def test_defaults_without_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert config.policy == tmp_path / "policy.yaml"
     assert config.tls is None
     assert config.reaper_interval == timedelta(seconds=30)
-    assert config.session_max_connections == 20
+    # Deprecated: the policy's limits.max_connections_per_session decides unless it is set.
+    assert config.session_max_connections is None
     assert config.source is None
 
 

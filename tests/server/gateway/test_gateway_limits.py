@@ -10,6 +10,7 @@ import pytest
 from server.config import ConfigError, load_config
 from server.gateway.limits import CancelLimiter, ConnectionCaps, TokenBucket
 from server.gateway.session import GatewayError
+from server.sessions.service import TargetCaps
 
 
 def test_token_bucket_allows_a_burst_then_the_rate() -> None:
@@ -86,6 +87,46 @@ def test_connection_caps_total_and_per_identity() -> None:
     for who in ("alice", "bob", "carol"):
         caps.release(who)
     assert caps.count == 0 and not caps.by_identity
+
+
+def test_caps_per_target_and_per_identity_on_a_target_name_their_policy_key() -> None:
+    caps = ConnectionCaps(total=100, per_identity=100)
+    demo = TargetCaps(target="demo", scope="write", per_identity=2, per_target=3)
+    auto = TargetCaps(
+        target="other",
+        scope="read",
+        per_identity=1,
+        per_target=5,
+        identity_auto=True,
+        target_auto=True,
+        max_connections=100,
+    )
+    caps.admit("alice", demo)
+    caps.admit("alice", demo)
+    with pytest.raises(GatewayError) as info:
+        caps.admit("alice", demo)  # alice is at her cap on demo ...
+    assert info.value.sqlstate == "53300"
+    assert "identity 'alice' to target 'demo' (limit 2" in info.value.message
+    hint = info.value.hint or ""
+    assert "limits.max_connections_per_identity of scope 'write' of target 'demo'" in hint
+    caps.admit("alice", auto)  # ... not on another target
+    caps.admit("bob", demo)  # and bob still gets in
+    with pytest.raises(GatewayError) as info:
+        caps.admit("carol", demo)
+    assert "too many connections to target 'demo' through the gateway (limit 3)" in (
+        info.value.message
+    )
+    assert "limits.max_connections_per_target" in (info.value.hint or "")
+    with pytest.raises(GatewayError) as info:
+        caps.admit("alice", auto)
+    assert "auto: a share of the target's max_connections (100)" in (info.value.hint or "")
+    caps.release("bob", "demo")
+    caps.admit("carol", demo)
+    for who, target in (("alice", "demo"), ("alice", "demo"), ("alice", "other")):
+        caps.release(who, target)
+    caps.release("carol", "demo")
+    assert caps.count == 0 and not caps.by_identity
+    assert not caps.by_target and not caps.by_target_identity
 
 
 def test_the_limits_are_settings(tmp_path: Path) -> None:

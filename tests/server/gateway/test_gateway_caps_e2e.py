@@ -1,0 +1,96 @@
+"""Connection caps from the policy on a real broker: per session, per identity on a
+target (by default a share of the target's max_connections), refused with 53300 and
+a hint naming the policy key, while another identity still connects."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack
+from typing import Any
+
+import psycopg
+import pytest
+
+from server.demo.provision import DemoTarget
+from tests.fix_broker import Broker, demo_policy, new_broker
+from tests.fix_pgwire import login_error
+from tests.fix_session import held_session
+
+pytestmark = pytest.mark.slow
+
+# read: the automatic share (the test cluster has max_connections 200: 24 per
+# identity); write: small caps of its own.
+POLICY = demo_policy(target="    limits:\n      max_connections_per_session: 50\n").replace(
+    "          preset: write\n          review: [ddl]\n",
+    "          preset: write\n          review: [ddl]\n        limits:\n"
+    "          max_connections_per_session: 2\n          max_connections_per_identity: 3\n",
+    1,
+)
+
+
+@pytest.fixture(scope="module")
+def broker(demo_target: DemoTarget) -> Iterator[Broker]:
+    b = new_broker(demo_target)
+    b.start(policy=POLICY)
+    try:
+        yield b
+    finally:
+        b.stop()
+        b.kill()
+
+
+def connect(dsn: str) -> psycopg.Connection[Any]:
+    return psycopg.connect(dsn, autocommit=True)
+
+
+def test_the_per_session_cap_comes_from_the_policy(broker: Broker) -> None:
+    with held_session(broker, "--scope", "write") as s, ExitStack() as stack:
+        for _ in range(2):
+            stack.enter_context(connect(s.dsn()))
+        fields = login_error(s.port, s.database, s.ticket)
+        assert fields["C"] == "53300", fields
+        assert f"too many connections for session {s.session_id} (limit 2)" in fields["M"]
+        assert "limits.max_connections_per_session of scope 'write'" in fields["H"]
+
+
+def test_an_identity_at_its_cap_is_refused_and_another_still_connects(broker: Broker) -> None:
+    alice = broker.token("alice", "dev")
+    with (
+        held_session(broker, "--scope", "write") as first,
+        held_session(broker, "--scope", "write") as second,
+        held_session(broker, "--scope", "write", token=alice) as other,
+        ExitStack() as stack,
+    ):
+        stack.enter_context(connect(first.dsn()))
+        stack.enter_context(connect(first.dsn()))
+        stack.enter_context(connect(second.dsn()))  # 3 across dev's sessions
+        fields = login_error(second.port, second.database, second.ticket)
+        assert fields["C"] == "53300", fields
+        assert "too many connections for identity 'dev' to target 'demo' (limit 3" in fields["M"]
+        assert "limits.max_connections_per_identity of scope 'write'" in fields["H"]
+        with connect(other.dsn()) as conn:  # alice is not held back by dev
+            assert conn.execute("select 1").fetchone() == (1,)
+
+
+def test_by_default_one_identity_gets_a_share_of_max_connections(
+    broker: Broker, admin_conn: psycopg.Connection[Any]
+) -> None:
+    row = admin_conn.execute("show max_connections").fetchone()
+    assert row == ("200",)
+    # 200 less 3 for superusers and 5 for the broker: 192; half for the broker's
+    # sessions (96), a quarter of that for one identity.
+    share = 24
+    alice = broker.token("alice", "dev")
+    with (
+        held_session(broker, "--scope", "read") as s,
+        held_session(broker, "--scope", "read", token=alice) as other,
+        ExitStack() as stack,
+    ):
+        for _ in range(share):
+            stack.enter_context(connect(s.dsn()))
+        fields = login_error(s.port, s.database, s.ticket)
+        assert fields["C"] == "53300", fields
+        assert f"(limit {share} across its sessions)" in fields["M"]
+        assert "auto: a share of the target's max_connections (200)" in fields["H"]
+        with connect(other.dsn()) as conn:
+            assert conn.execute("select 1").fetchone() == (1,)

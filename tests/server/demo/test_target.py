@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from server.pgcluster import LocalCluster
 from server.policy import parse_policy
 from tests.fix_broker import Broker
 from tests.fix_pg import make_tmp_dir
+from tests.fix_session import held_session
 
 
 @pytest.mark.parametrize("database", ["demo", "app", "Sales DB", 'we"ird'])
@@ -127,13 +129,29 @@ def test_a_target_dsn_names_the_database_sessions_use_and_revoke_on(
         assert res.returncode == 0, res.stderr + b.log()
         row = json.loads(res.stdout)[0]["rows"][0]
         assert (row["db"], row["body"]) == (other_database, "hello from app")
-        with psycopg.connect(pg_cluster.dsn(), autocommit=True) as conn:
-            left = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (row["role"],))
-            assert left.fetchone() is None, "the session role is revoked"
+        assert not _role_exists(pg_cluster, row["role"]), "the session role is revoked"
         sessions = b.cli("sessions", "-o", "json")
         assert sessions.returncode == 0, sessions.stderr
         [ended] = json.loads(sessions.stdout)
         assert ended["revocation"]["ok"] and ended["revocation"]["verified"], ended
+
+        # The reaper works on that database too: a broker killed mid-session
+        # revokes the orphaned role when it is back.
+        with held_session(b) as s:
+            role = s.psql("select current_user").stdout.strip()
+            assert s.database == other_database and role
+            b.kill()
+            b.start(shipped_policy=True)
+            deadline = time.monotonic() + 20
+            while _role_exists(pg_cluster, role) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert not _role_exists(pg_cluster, role)
     finally:
         assert b.stop() == 0, b.log()
         b.kill()
+
+
+def _role_exists(cluster: LocalCluster, role: str) -> bool:
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        row = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+    return row is not None

@@ -255,6 +255,8 @@ class ClientConnection(asyncio.Protocol):
         self.cap_target: str | None = None  # the target it is counted against
         self.relay: Relay | None = None
         self.closed = False
+        # close() cleans up and connection_lost() follows it: only the first counts.
+        self._cleaned_up = False
         self.key = (secrets.randbits(31), secrets.randbits(32))
         self._ssl_answer: asyncio.Future[bytes] | None = None
         self.tls: ServerTls | None = None
@@ -829,6 +831,9 @@ class ClientConnection(asyncio.Protocol):
 
     def _cleanup(self) -> None:
         self.closed = True
+        if self._cleaned_up:
+            return
+        self._cleaned_up = True
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()

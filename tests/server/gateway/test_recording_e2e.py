@@ -4,7 +4,9 @@ client was sent, and each connection's open and close with its address."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -111,3 +113,29 @@ def test_params_notices_and_connections_are_recorded(recording_broker: Broker) -
         f"from 127.0.0.1:{port} (recording-e2e)",
     ):
         assert text in shown.stdout, shown.stdout
+
+
+def test_each_connection_is_closed_once_in_the_recording(recording_broker: Broker) -> None:
+    """However a connection ends (the client's Terminate, a dropped socket, the
+    gateway refusing it), its recording has one connection.close."""
+    with held_session(recording_broker, "--scope", "read") as s:
+        with psycopg.connect(s.dsn(), autocommit=True, application_name="close-polite") as conn:
+            conn.execute("select 1")
+        dropped = psycopg.connect(s.dsn(), autocommit=True, application_name="close-dropped")
+        dropped.execute("select 1")
+        socket.socket(fileno=dropped.pgconn.socket).close()
+        with contextlib.suppress(psycopg.Error):
+            dropped.close()
+        refused = psycopg.connect(s.dsn(), autocommit=True, application_name="close-refused")
+        with pytest.raises(psycopg.Error):
+            refused.execute("set role postgres")
+        with contextlib.suppress(psycopg.Error):
+            refused.close()
+        time.sleep(1)
+        session_id = s.session_id
+    events = _events(recording_broker, session_id, 8)
+    opened = [e["data"] for e in events if e["kind"] == "connection.open"]
+    closed = [e["data"] for e in events if e["kind"] == "connection.close"]
+    names = sorted(d["application_name"] for d in opened)
+    assert names == ["close-dropped", "close-polite", "close-refused"], opened
+    assert sorted(d["application_name"] for d in closed) == names, closed

@@ -1,6 +1,7 @@
 """Shared fixtures are defined in tests/fix_*.py and registered here."""
 
 pytest_plugins = [
+    "tests.fix_tmp",
     "tests.fix_pg",
     "tests.fix_broker",
     "tests.fix_oidc",

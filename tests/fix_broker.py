@@ -14,6 +14,11 @@ policy of the test's own (``admin_dsn_file: admin.dsn`` names the target, as in
 the demo policy), ``token(identity, *groups)`` mints an API token for another
 identity, and ``cli(..., token=T)`` / ``spawn(..., token=T)`` act as that identity.
 ``reload()`` sends SIGHUP so the broker re-reads its policy file.
+
+A broker's folder holds its TLS keys, tokens and the target's admin DSN: every
+broker ``new_broker`` makes is stopped and its folder removed when the test
+module that made it ends (``_brokers_removed``), however the module's own
+fixtures ended.
 ``server_env`` holds extra environment variables for the broker process only
 (not for the CLI), e.g. where a credential issuer finds its secrets.
 """
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -202,9 +208,26 @@ class Broker:
         return self.log_path.read_text(errors="replace")
 
 
+_MADE: list[tuple[Broker, Path]] = []
+
+
 def new_broker(demo_target: DemoTarget) -> Broker:
     base = make_tmp_dir("dbaccess-broker-")
-    return Broker(data_dir=base / "data", config_dir=base / "cli", target_dsn=demo_target.admin_dsn)
+    b = Broker(data_dir=base / "data", config_dir=base / "cli", target_dsn=demo_target.admin_dsn)
+    _MADE.append((b, base))
+    return b
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _brokers_removed() -> Iterator[None]:
+    """Stop each broker the module made and remove its folder, after the module's fixtures."""
+    first = len(_MADE)
+    yield
+    for b, base in _MADE[first:]:
+        b.stop()
+        b.kill()
+        shutil.rmtree(base, ignore_errors=True)
+    del _MADE[first:]
 
 
 DEMO_POLICY = Path(__file__).parents[1] / "server" / "demo" / "policy.yaml"

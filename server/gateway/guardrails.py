@@ -281,6 +281,9 @@ class GuardrailRules:
     is for the caller, which runs EXPLAIN and hands the estimate to
     :func:`row_budget_decision`.  ``catalog_first`` is a fact of the session:
     False when its search_path puts a schema before ``pg_catalog``.
+    ``elsewhere`` is a fact of the target: (class, scope) for each other scope
+    whose guardrails allow a class this one blocks, in policy order, so that a
+    refusal can name the scope to use instead.
     """
 
     allow_drop: bool = False
@@ -311,6 +314,7 @@ class GuardrailRules:
     unknown: Outcome = Outcome.BLOCK
     max_rows_by_explain: int | None = None
     catalog_first: bool = True
+    elsewhere: tuple[tuple[StatementClass, str], ...] = ()
     _allow: tuple[_Pattern, ...] | None = field(init=False, repr=False, compare=False)
     _deny: tuple[_Pattern, ...] = field(init=False, repr=False, compare=False)
 
@@ -652,7 +656,7 @@ def _blocking_rules(st: Statement, rules: GuardrailRules) -> _Hit | None:
                 Outcome.BLOCK,
                 f"guardrails.block_{kind.value}",
                 f"{command} {_what(st, kind)}, which this scope does not allow",
-                "use a scope meant for it",
+                _scope_hint(rules, kind),
             )
     if st.restricting_where is False and rules.require_where:
         clause = "an ON condition" if st.command == "MERGE" else "a WHERE clause"
@@ -689,6 +693,26 @@ _CLASS_TEXT = {
     StatementClass.UTILITY: "utility statement",
     StatementClass.UNKNOWN: "statement the gateway does not understand",
 }
+
+
+_CLASS_PLURAL = {
+    StatementClass.READ: "reads",
+    StatementClass.WRITE: "writes",
+    StatementClass.DDL: "schema changes",
+    StatementClass.PRIVILEGE: "privilege changes",
+    StatementClass.SESSION_STATE: "session setting changes",
+    StatementClass.TRANSACTION: "transaction control",
+    StatementClass.UTILITY: "utility statements",
+}
+
+
+def _scope_hint(rules: GuardrailRules, kind: StatementClass) -> str:
+    """Where a statement of ``kind`` this scope blocks may run instead."""
+    what = _CLASS_PLURAL.get(kind, "it")
+    for allowed, scope in rules.elsewhere:
+        if allowed is kind:
+            return f"run it in a scope that allows {what}: --scope {scope}"
+    return f"no other scope of this target allows {what}; {_ASK}"
 
 
 def _classes(st: Statement) -> tuple[StatementClass, ...]:

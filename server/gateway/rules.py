@@ -1,5 +1,8 @@
 """From a scope's ``guardrails`` settings in the policy to the gateway's :class:`GuardrailRules`.
 
+``target_rules`` adds what the target's other scopes allow (``elsewhere``), so
+a refusal can say which scope to use instead.
+
 The preset comes first (``read`` for a scope named read, ``write`` otherwise,
 unless the policy names one, with ``production`` making every write a review),
 then each key the policy gives replaces the preset's value for that field.
@@ -12,7 +15,7 @@ from typing import Any
 
 from server.gateway.guardrails import GuardrailRules, Outcome
 from server.gateway.sqlcheck import StatementClass
-from server.policy.model import GuardrailSettings
+from server.policy.model import GuardrailSettings, TargetPolicy
 
 
 def rules_for(scope: str, settings: GuardrailSettings) -> GuardrailRules:
@@ -36,3 +39,17 @@ def rules_for(scope: str, settings: GuardrailSettings) -> GuardrailRules:
     if settings.max_rows_by_explain is not None:
         changes["max_rows_by_explain"] = settings.max_rows_by_explain
     return replace(rules, **changes) if changes else rules
+
+
+def target_rules(target: TargetPolicy, scope: str) -> GuardrailRules:
+    """The rules of ``scope`` of ``target``, knowing which other scopes allow what it blocks."""
+    rules = rules_for(scope, target.scopes[scope].guardrails)
+    if not rules.block:
+        return rules
+    elsewhere = []
+    for other in target.scopes.values():
+        if other.name == scope:
+            continue
+        blocked = rules_for(other.name, other.guardrails).block
+        elsewhere += [(kind, other.name) for kind in sorted(rules.block) if kind not in blocked]
+    return replace(rules, elsewhere=tuple(elsewhere))

@@ -101,7 +101,7 @@ from server.gateway.row_budget import (
     needs,
     simple_request,
 )
-from server.gateway.rules import rules_for
+from server.gateway.rules import target_rules
 from server.gateway.search_path import catalog_first, session_search_path
 from server.gateway.sqlcheck import (
     Analysis,
@@ -643,12 +643,12 @@ def guard_setup(
         record = live.record
         target = service.policy.targets.get(record.target)
         scope = target.scopes.get(record.scope) if target is not None else None
-        if scope is None:
+        if target is None or scope is None:
             # The policy changed under the session: the strictest preset, no reviews.
             rules = GuardrailRules.preset("read")
             review = None
         else:
-            rules = rules_for(scope.name, scope.guardrails)
+            rules = target_rules(target, scope.name)
             review = review_rule(scope)
         # The server checked the value at login (and the gateway before it).
         path = session_search_path(relay.parameters.get("search_path"), live.credential.username)

@@ -1397,6 +1397,40 @@ def test_messages_name_the_command() -> None:
     assert "may change data or the schema" in decision.message
 
 
+_READ_ELSEWHERE = replace(
+    GuardrailRules.preset("read"),
+    elsewhere=((StatementClass.WRITE, "write"), (StatementClass.DDL, "admin")),
+)
+
+
+@pytest.mark.parametrize(
+    ("sql", "rules", "hint"),
+    [
+        (
+            "INSERT INTO t VALUES (1)",
+            _READ_ELSEWHERE,
+            "run it in a scope that allows writes: --scope write",
+        ),
+        (
+            "CREATE TABLE t (a int)",
+            _READ_ELSEWHERE,
+            "run it in a scope that allows schema changes: --scope admin",
+        ),
+        (
+            "DELETE FROM t WHERE id = 1",
+            GuardrailRules.preset("read"),
+            "no other scope of this target allows writes; ask an administrator",
+        ),
+    ],
+)
+def test_a_blocked_class_names_the_scope_that_allows_it(
+    sql: str, rules: GuardrailRules, hint: str
+) -> None:
+    decision = decide(analyze(sql), rules)
+    assert decision.outcome is Outcome.BLOCK and decision.rule.startswith("guardrails.block_")
+    assert decision.hint.startswith(hint), decision.hint
+
+
 # --- rules -------------------------------------------------------------------------------
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from brokercli import tokens
 from brokercli.config import Settings, settings
 from brokercli.errors import CliError
-from brokercli.exit_codes import BY_ERROR_KIND, ExitCode
+from brokercli.exit_codes import BY_ERROR_KIND, BY_STATUS, ExitCode
 
 
 @dataclass(frozen=True)
@@ -185,13 +185,16 @@ class BrokerClient:
         if not isinstance(body, dict):
             body = {}
         kind = str(body.get("error") or "")
-        message = str(
-            body.get("message") or body.get("detail") or raw.decode("utf-8", "replace") or reason
-        )
-        code = BY_ERROR_KIND.get(kind)
+        message = _one_line(body.get("message") or _detail(body.get("detail")))
+        if not message:
+            # Not the broker's own error body (a proxy's page, an old broker):
+            # say what came back rather than printing it.
+            message = f"the broker answered {status} {reason}".rstrip()
+        code = BY_ERROR_KIND.get(kind) or BY_STATUS.get(status)
         if code is None:
-            code = ExitCode.USAGE if status == 422 else ExitCode.ERROR
-        raise CliError(message, code=code, hint=body.get("hint"), details=body)
+            code = ExitCode.UNAVAILABLE if status >= 500 else ExitCode.ERROR
+        hint = _one_line(body.get("hint")) or None
+        raise CliError(message, code=code, hint=hint, details=body)
 
     # -- endpoints ------------------------------------------------------------
     def whoami(self) -> dict[str, Any]:
@@ -310,3 +313,21 @@ class BrokerClient:
 
     def logout(self) -> dict[str, Any]:
         return dict(self.request("POST", "/v1/auth/logout"))
+
+
+def _one_line(value: Any) -> str:
+    return " ".join(str(value).split()) if value else ""
+
+
+def _detail(detail: Any) -> str:
+    """FastAPI's ``detail``: a string, or pydantic's list of errors (one line each, joined)."""
+    if isinstance(detail, list):
+        parts = []
+        for err in detail[:3]:
+            if not isinstance(err, dict):
+                continue
+            loc = [str(p) for p in err.get("loc") or () if p not in ("body", "query", "path")]
+            msg = str(err.get("msg") or "invalid value")
+            parts.append(f"{'.'.join(loc)}: {msg}" if loc else msg)
+        return "invalid request: " + "; ".join(parts) if parts else "invalid request"
+    return str(detail) if isinstance(detail, str) else ""

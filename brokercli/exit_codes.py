@@ -59,6 +59,18 @@ BY_ERROR_KIND: dict[str, ExitCode] = {
     "unavailable": ExitCode.UNAVAILABLE,
 }
 
+# When an error body names no kind (not the broker's own, e.g. a proxy in front of it).
+BY_STATUS: dict[int, ExitCode] = {
+    400: ExitCode.USAGE,
+    401: ExitCode.NOT_AUTHENTICATED,
+    403: ExitCode.FORBIDDEN,
+    404: ExitCode.NOT_FOUND,
+    409: ExitCode.CONFLICT,
+    413: ExitCode.USAGE,
+    422: ExitCode.USAGE,
+    429: ExitCode.UNAVAILABLE,
+}
+
 
 def epilog() -> str:
     lines = ["\b", "Exit codes:"]

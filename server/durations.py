@@ -8,12 +8,17 @@ values are refused too; ``1h30m`` says what ``1.5h`` means without rounding.
 
 ``format_duration`` is the inverse for whole seconds (``parse_duration(format_duration(d)) == d``),
 so a value read from a file can be shown back to the person in the form they wrote.
+
+``parse_time`` reads a point in time wherever one is taken (``audit --since``,
+``request --start-at``, their API parameters): an ISO 8601 time, or a duration
+counted back from now (``since 1h``) or ahead of it (``start in 2h``).
 """
 
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta, tzinfo
+from typing import Literal
 
 _EXAMPLES = "use e.g. 30m, 8h, 1d"
 _UNITS = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
@@ -81,3 +86,36 @@ def format_duration(value: timedelta) -> str:
         if count:
             parts.append(f"{count}{unit}")
     return "".join(parts) or "0s"
+
+
+_TIME_EXAMPLES = "an ISO 8601 time such as 2026-03-01T09:00 or 2026-03-01T09:00+01:00"
+
+
+def parse_time(
+    text: str,
+    now: datetime,
+    *,
+    direction: Literal["ago", "ahead"],
+    naive: tzinfo | None = None,
+) -> datetime:
+    """A point in time: ISO 8601, or a duration counted from ``now`` (which is aware).
+
+    ``direction`` says which way a duration counts: ``ago`` for ``--since 1h``,
+    ``ahead`` for ``--start-at 2h``.  An ISO time without an offset is in
+    ``naive`` (None: this machine's local time zone).  The result is aware.
+    Raises ValueError with a message that quotes the input and shows both forms.
+    """
+    stripped = text.strip()
+    if stripped[:1] in ("-", *"0123456789") and stripped[-1:] in ("d", "h", "m", "s"):
+        span = parse_duration(stripped)  # a duration, or its own message why not
+        return now - span if direction == "ago" else now + span
+    try:
+        when = datetime.fromisoformat(stripped)
+    except ValueError:
+        example = "1h, 7d" if direction == "ago" else "30m, 2h"
+        raise ValueError(
+            f"{text!r} is not a time: give a duration ({example}) or {_TIME_EXAMPLES}"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=naive) if naive is not None else when.astimezone()
+    return when

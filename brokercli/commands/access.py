@@ -38,7 +38,7 @@ from brokercli.commands.common import (
     session_tunnel,
 )
 from brokercli.commands.hold import DetailsFormat, details, hold
-from brokercli.errors import CliError
+from brokercli.errors import CliError, unprefixed
 from brokercli.exit_codes import ExitCode
 
 
@@ -376,8 +376,14 @@ def _execute(env: dict[str, str], text: str, output: Output, *, header_comments:
                 if not cur.nextset():
                     break
     except psycopg.OperationalError as exc:
+        # The gateway's own FATAL (its message starts with "dbaccess:") when there is one,
+        # else libpq's text, on one line.
+        diag = exc.diag
+        why = (diag.message_primary if diag else None) or " ".join(str(exc).split())
         raise CliError(
-            f"cannot run SQL through the gateway: {exc}".strip(), code=ExitCode.UNAVAILABLE
+            f"cannot run SQL through the gateway: {unprefixed(why)}",
+            code=ExitCode.UNAVAILABLE,
+            hint=diag.message_hint if diag else None,
         ) from None
     except psycopg.Error as exc:
         diag = exc.diag

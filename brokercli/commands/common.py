@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
@@ -174,6 +174,23 @@ def add_global_options(app: typer.Typer) -> None:
     for group in app.registered_groups:
         if group.typer_instance is not None:
             add_global_options(group.typer_instance)
+
+
+def parse_when(text: str | None, option: str, direction: Literal["ago", "ahead"]) -> str | None:
+    """A time option (``--since 1h``, ``--start-at 2026-03-01T09:00``) as the aware ISO
+    time the broker takes; an ISO time without an offset is this machine's local time."""
+    from datetime import UTC, datetime
+
+    from server.durations import parse_time
+
+    if text is None:
+        return None
+    try:
+        return parse_time(text, datetime.now(UTC), direction=direction).isoformat()
+    except ValueError as exc:
+        from brokercli.exit_codes import ExitCode
+
+        raise CliError(f"{option}: {exc}", code=ExitCode.USAGE) from None
 
 
 @dataclass(frozen=True)

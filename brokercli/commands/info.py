@@ -8,7 +8,7 @@ import typer
 
 from brokercli import completion, render
 from brokercli.client import BrokerClient
-from brokercli.commands.common import Output, OutputOpt, ServerOpt
+from brokercli.commands.common import Output, OutputOpt, ServerOpt, parse_when
 from brokercli.errors import CliError
 from brokercli.exit_codes import ExitCode
 
@@ -124,7 +124,12 @@ def audit(
         ),
     ] = None,
     since: Annotated[
-        str | None, typer.Option("--since", help="ISO time, e.g. 2026-01-31T00:00.")
+        str | None,
+        typer.Option(
+            "--since",
+            help="Only events since then: a duration back from now (30m, 1h, 7d) or an "
+            "ISO time (2026-01-31T00:00, local time unless an offset is given).",
+        ),
     ] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, max=10000)] = 200,
     output: OutputOpt = Output.table,
@@ -133,8 +138,9 @@ def audit(
     """List audit events (admins and auditors)."""
     if ctx.invoked_subcommand is not None:
         return
+    when = parse_when(since, "--since", "ago")
     client = BrokerClient.from_env(server)
-    data = client.audit(identity=identity, target=target, since=since, limit=limit)
+    data = client.audit(identity=identity, target=target, since=when, limit=limit)
     if output == Output.json:
         render.as_json(data)
         return

@@ -15,13 +15,19 @@ from __future__ import annotations
 
 import sys
 import time
-from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from brokercli import completion, render
-from brokercli.commands.common import Output, OutputOpt, ServerOpt, TargetArg, TtlOpt
+from brokercli.commands.common import (
+    Output,
+    OutputOpt,
+    ServerOpt,
+    TargetArg,
+    TtlOpt,
+    parse_when,
+)
 from brokercli.errors import CliError
 from brokercli.exit_codes import ExitCode
 
@@ -61,10 +67,23 @@ def parse_wait(text: str) -> float:
         raise CliError(f"--wait-timeout: {exc}", code=ExitCode.USAGE) from None
 
 
+def approvers_of(r: dict[str, Any]) -> str:
+    """Who may approve ``r``, as the broker shows it (named approvers only counted)."""
+    who = []
+    groups = r.get("approver_groups") or []
+    if groups:
+        who.append(("group " if len(groups) == 1 else "groups ") + ", ".join(groups))
+    named = r.get("named_approvers") or 0
+    if named:
+        who.append("a named approver" if named == 1 else f"one of {named} named approvers")
+    return " or ".join(who) or "an admin"
+
+
 def _progress(r: dict[str, Any]) -> str:
     return (
         f"request {r['id']}: {r['status']}, {r['approvals_count']} of "
-        f"{r['min_approvals']} approvals"
+        f"{r['min_approvals']} approvals from {approvers_of(r)}; "
+        f"an approver runs: dbaccess approve {r['id']}"
     )
 
 
@@ -89,15 +108,16 @@ def wait_for_approval(client: BrokerClient, request: dict[str, Any], timeout: fl
     """Return once ``request`` is approved, else raise a CliError with the outcome's exit code."""
     request_id = request["id"]
     deadline = time.monotonic() + timeout
+    current = client.access_request(request_id)
     intro = (
         f"{request.get('message') or 'this needs approval'}\n"
-        f"waiting for approval of request {request_id} "
-        f"(Ctrl-C stops waiting; the request stays pending)"
+        f"waiting for approval of request {request_id} by {approvers_of(current)} "
+        f"(Ctrl-C stops waiting; the request stays pending)\n"
+        f"an approver runs: dbaccess approve {request_id}"
     )
     try:
         with render.waiting(intro) as update:
             while True:
-                current = client.access_request(request_id)
                 if current["status"] == "approved":
                     approvers = ", ".join(a["approver"] for a in current["approvals"])
                     render.info(f"request {request_id} approved by {approvers}")
@@ -114,6 +134,7 @@ def wait_for_approval(client: BrokerClient, request: dict[str, Any], timeout: fl
                     )
                 update(_progress(current))
                 time.sleep(min(POLL_SECONDS, left))
+                current = client.access_request(request_id)
     except KeyboardInterrupt:
         render.info(
             f"stopped waiting; request {request_id} stays pending "
@@ -141,8 +162,9 @@ def request(
         str | None,
         typer.Option(
             "--start-at",
-            help="When you will need it, ISO 8601 (e.g. 2026-03-01T09:00, local time "
-            "unless an offset is given); the approval stays usable from then on.",
+            help="When you will need it: a duration from now (e.g. 2h) or an ISO time "
+            "(e.g. 2026-03-01T09:00, local time unless an offset is given); the approval "
+            "stays usable from then on.",
         ),
     ] = None,
     output: OutputOpt = Output.table,
@@ -153,15 +175,7 @@ def request(
     Prints the request id. Once approved, dbaccess connect/run/exec on that
     scope use the approval.
     """
-    when = None
-    if start_at is not None:
-        try:
-            when = datetime.fromisoformat(start_at).astimezone().isoformat()
-        except ValueError:
-            raise CliError(
-                f"--start-at: {start_at!r} is not an ISO 8601 time (e.g. 2026-03-01T09:00)",
-                code=ExitCode.USAGE,
-            ) from None
+    when = parse_when(start_at, "--start-at", "ahead")
     client = _client(server)
     data = client.create_request(target, scope, ttl, reason, when)
     r = data["request"]
@@ -194,7 +208,18 @@ def requests(
     if output == Output.json:
         render.as_json(data)
         return
-    cols = ["id", "requester", "target", "scope", "ttl", "status", "approvals", "until", "reason"]
+    cols = [
+        "id",
+        "requester",
+        "target",
+        "scope",
+        "for",
+        "ttl",
+        "status",
+        "approvals",
+        "until",
+        "reason",
+    ]
     render.records(cols, [_row(r) for r in data], output.value)
     if not data and output == Output.table:
         render.info("no access requests")
@@ -208,12 +233,25 @@ def _row(r: dict[str, Any]) -> list[Any]:
         r["requester"],
         r["target"],
         r["scope"],
+        asked_for(r),
         r["ttl"],
         r["status"],
         f"{r['approvals_count']}/{r['min_approvals']}",
         (until or "")[:19],
         r["reason"] or "",
     ]
+
+
+def asked_for(r: dict[str, Any]) -> str:
+    """``session`` for access, else the reviewed statement's first line and its hash."""
+    if not r.get("statement"):
+        return "session"
+    lines = [line.strip() for line in r["statement"].splitlines() if line.strip()]
+    first = lines[0] if lines else ""
+    if len(first) > 60:
+        first = first[:59] + "…"
+    more = f" (+{len(lines) - 1} lines)" if len(lines) > 1 else ""
+    return f"statement {first}{more} sha256 {r['statement_sha256'][:16]}"
 
 
 def _describe(r: dict[str, Any]) -> str:
@@ -231,6 +269,7 @@ def _describe(r: dict[str, Any]) -> str:
         lines.append(f"start at:   {r['start_at'][:19]} UTC")
     done = ", ".join(a["approver"] for a in r["approvals"]) or "none yet"
     lines.append(f"approvals:  {r['approvals_count']} of {r['min_approvals']} ({done})")
+    lines.append(f"approvers:  {approvers_of(r)}")
     if r.get("statement"):
         lines += [
             f"statement (sha256 {r['statement_sha256']}):",
@@ -265,14 +304,20 @@ def approve(
                 code=ExitCode.USAGE,
                 hint=f"review the request above, then run: dbaccess approve {request_id} --yes",
             )
-        if not render.confirm(f"approve {r['requester']}'s access to {r['target']}/{r['scope']}?"):
+        what = "statement above" if r.get("statement") else "access to"
+        if not render.confirm(f"approve {r['requester']}'s {what} {r['target']}/{r['scope']}?"):
             render.info("not approved")
             raise typer.Exit(int(ExitCode.INTERRUPTED))
     done = client.decide_request(request_id, "approve", comment=comment)
     if done["status"] == "approved":
+        use = (
+            f"run the statement (sha256 {done['statement_sha256'][:16]}) once on"
+            if done.get("statement")
+            else "use"
+        )
         render.info(
-            f"approved {request_id}: {done['requester']} may use {done['target']}/{done['scope']} "
-            f"until {done['grant_expires_at'][:19]} UTC"
+            f"approved {request_id}: {done['requester']} may {use} "
+            f"{done['target']}/{done['scope']} until {done['grant_expires_at'][:19]} UTC"
         )
     else:
         left = done["min_approvals"] - done["approvals_count"]

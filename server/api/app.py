@@ -8,18 +8,18 @@ off the event loop the gateway shares.
 """
 
 from dataclasses import asdict, dataclass
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from server.api import auth_routes, recordings_routes, requests_routes
-from server.api.common import is_admin, may_audit, parse_ttl
+from server.api.common import is_admin, may_audit, parse_ttl, parse_when
 from server.audit import chain
 from server.durations import format_duration
-from server.errors import Conflict, DbaccessError, Forbidden, NotFound
+from server.errors import Conflict, DbaccessError, Forbidden, InvalidInput, NotFound
 from server.policy.evaluate import Identity, visible_targets
 from server.sessions.service import SessionService
 
@@ -53,6 +53,12 @@ def create_app(
     @app.exception_handler(DbaccessError)
     async def _dbaccess_error(_req: Request, exc: DbaccessError) -> JSONResponse:
         return JSONResponse(exc.to_json(), status_code=exc.http_status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(_req: Request, exc: RequestValidationError) -> JSONResponse:
+        # The same one-line error body as every other refusal, not pydantic's list.
+        error = InvalidInput(validation_message(exc.errors()))
+        return JSONResponse(error.to_json(), status_code=error.http_status)
 
     def identity(authorization: Annotated[str | None, Header()] = None) -> Identity:
         rec = auth_routes.authenticate(service.store, authorization)
@@ -156,7 +162,7 @@ def create_app(
         who: Caller,
         identity: str | None = None,
         target: str | None = None,
-        since: datetime | None = None,
+        since: str | None = None,
         limit: int = 200,
     ) -> list[dict[str, Any]]:
         if not may_audit(who):
@@ -164,7 +170,11 @@ def create_app(
         return [
             e.to_json()
             for e in chain.events(
-                service.store, identity=identity, target=target, since=since, limit=limit
+                service.store,
+                identity=identity,
+                target=target,
+                since=parse_when(since, "since", direction="ago"),
+                limit=limit,
             )
         ]
 
@@ -175,3 +185,13 @@ def create_app(
         return recordings_routes.verify_audit(service)
 
     return app
+
+
+def validation_message(errors: Any) -> str:
+    """pydantic's validation errors as one line: ``since: Input should be ...; ttl: ...``."""
+    parts = []
+    for err in list(errors)[:3]:
+        where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path"))
+        what = str(err.get("msg") or "invalid value")
+        parts.append(f"{where}: {what}" if where else what)
+    return "invalid request: " + "; ".join(parts) if parts else "invalid request"

@@ -1,12 +1,13 @@
-"""Small pieces every route module shares: the privileged groups and TTL parsing.
+"""Small pieces every route module shares: the privileged groups, TTL and time parsing.
 
 Kept apart from :mod:`server.api.app` so that the route modules it registers can
 import them at their top without an import cycle.
 """
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Literal
 
-from server.durations import parse_duration
+from server.durations import parse_duration, parse_time
 from server.errors import InvalidInput
 from server.policy.evaluate import Identity
 
@@ -31,3 +32,16 @@ def parse_ttl(text: str | None) -> timedelta | None:
         return parse_duration(text)
     except ValueError as exc:
         raise InvalidInput(str(exc)) from None
+
+
+def parse_when(
+    text: str | None, what: str, *, direction: Literal["ago", "ahead"]
+) -> datetime | None:
+    """A time from a request (None when not given): ISO 8601 (UTC unless it has an
+    offset) or a duration from now, such as ``1h``; else InvalidInput saying why not."""
+    if not text:
+        return None
+    try:
+        return parse_time(text, datetime.now(UTC), direction=direction, naive=UTC)
+    except ValueError as exc:
+        raise InvalidInput(f"{what}: {exc}") from None

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI
 from pydantic import BaseModel, Field
 
-from server.api.common import is_admin, parse_ttl
+from server.api.common import is_admin, parse_ttl, parse_when
 from server.approvals.service import request_json
 from server.policy.evaluate import Identity
 from server.sessions.service import SessionService
@@ -29,7 +29,7 @@ class NewRequest(BaseModel):
     scope: str | None = Field(default=None, max_length=200)
     ttl: str | None = Field(default=None, max_length=20)
     reason: str | None = Field(default=None, max_length=2000)
-    start_at: datetime | None = None
+    start_at: str | None = Field(default=None, max_length=64)
 
 
 class NewReview(BaseModel):
@@ -56,9 +56,7 @@ def register(app: FastAPI, service: SessionService, caller: Callable[..., Identi
     @app.post("/v1/requests", status_code=201)
     def create_request(body: NewRequest, who: Caller) -> dict[str, Any]:
         ttl = parse_ttl(body.ttl)
-        start_at = body.start_at
-        if start_at is not None and start_at.tzinfo is None:
-            start_at = start_at.replace(tzinfo=UTC)
+        start_at = parse_when(body.start_at, "start_at", direction="ahead")
         request, created = approvals.create(
             who, body.target, body.scope, ttl, body.reason, start_at
         )

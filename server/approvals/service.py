@@ -163,8 +163,11 @@ class Approvals:
     def get(self, request_id: str, identity: Identity, *, admin: bool = False) -> Request:
         request = self._fresh(request_id)
         if request is None or not self._visible(request, self.actor(identity, admin=admin)):
+            # Someone who may not see it learns no more than that it is not theirs to see.
             raise NotFound(
-                f"unknown request {request_id!r}", hint="list yours: dbaccess requests --mine"
+                f"unknown request {request_id!r}",
+                hint="yours: dbaccess requests --mine; those you may approve: "
+                "dbaccess requests --to-review",
             )
         return request
 

@@ -41,6 +41,7 @@ from server.errors import DbaccessError, Forbidden, NotFound
 from server.policy.model import ApprovalPolicy, Policy, ScopePolicy, TargetPolicy
 
 PREFERRED_SCOPE = "read"
+ADD_REASON = 'add --reason "…" (the ticket or incident this is for)'
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,8 @@ class Decision:
     """The outcome of ``evaluate``; ``ttl`` is set when allowed or when it needs approval.
 
     ``approval`` is the rule to satisfy when the scope needs approval first;
-    ``break_glass`` marks a session allowed without the approval its scope requires.
+    ``break_glass`` marks a session allowed without the approval its scope requires;
+    ``remedy`` says what to change on the command line, where that is clear.
     """
 
     allowed: bool
@@ -67,6 +69,12 @@ class Decision:
     scope: str | None
     approval: ApprovalPolicy | None = None
     break_glass: bool = False
+    remedy: str | None = None
+
+    @property
+    def hint(self) -> str:
+        """What the person can do about a refusal, and the rule that refused."""
+        return f"{self.remedy} (rule: {self.rule})" if self.remedy else f"rule: {self.rule}"
 
     @property
     def needs_approval(self) -> bool:
@@ -89,7 +97,7 @@ def refusal(decision: Decision) -> DbaccessError:
     found (the CLI's exit 6), anything else is forbidden (exit 5)."""
     if decision.rule in _UNKNOWN_RULES:
         return NotFound(decision.reason, hint="dbaccess targets lists targets and their scopes")
-    return Forbidden(decision.reason, hint=f"rule: {decision.rule}")
+    return Forbidden(decision.reason, hint=decision.hint)
 
 
 def effective_groups(policy: Policy, identity: Identity) -> frozenset[str]:
@@ -195,6 +203,7 @@ def _approval_stage(
             f"{base}.reason_required",
             f"scope {scope.name!r} of target {target!r} requires a reason (ticket, incident)",
             scope.name,
+            remedy=ADD_REASON,
         )
     if break_glass:
         if not scope.break_glass:
@@ -204,7 +213,12 @@ def _approval_stage(
                 scope.name,
             )
         if not has_reason:
-            return _deny(f"{base}.break_glass", "break-glass access needs a reason", scope.name)
+            return _deny(
+                f"{base}.break_glass",
+                "break-glass access needs a reason",
+                scope.name,
+                remedy=ADD_REASON,
+            )
         return Decision(
             allowed=True,
             rule=f"{base}.break_glass",
@@ -296,5 +310,5 @@ def _names(scopes: Mapping[str, ScopePolicy]) -> str:
     return ", ".join(scopes)
 
 
-def _deny(rule: str, reason: str, scope: str | None) -> Decision:
-    return Decision(allowed=False, rule=rule, reason=reason, ttl=None, scope=scope)
+def _deny(rule: str, reason: str, scope: str | None, *, remedy: str | None = None) -> Decision:
+    return Decision(allowed=False, rule=rule, reason=reason, ttl=None, scope=scope, remedy=remedy)

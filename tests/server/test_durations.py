@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+import re
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from server.durations import format_duration, parse_duration
+from server.durations import format_duration, parse_duration, parse_time
 
 
 @pytest.mark.parametrize(
@@ -79,3 +80,45 @@ def test_format_refuses_negative() -> None:
 def test_round_trip(seconds: int) -> None:
     value = timedelta(seconds=seconds)
     assert parse_duration(format_duration(value)) == value
+
+
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+PLUS_ONE = timezone(timedelta(hours=1))
+
+
+@pytest.mark.parametrize(
+    ("text", "direction", "expected"),
+    [
+        ("1h", "ago", NOW - timedelta(hours=1)),
+        ("7d", "ago", NOW - timedelta(days=7)),
+        (" 30m ", "ago", NOW - timedelta(minutes=30)),
+        ("2h", "ahead", NOW + timedelta(hours=2)),
+        ("2026-02-01T09:00", "ago", datetime(2026, 2, 1, 9, 0, tzinfo=UTC)),
+        ("2026-02-01T09:00Z", "ahead", datetime(2026, 2, 1, 9, 0, tzinfo=UTC)),
+        ("2026-02-01T09:00+01:00", "ago", datetime(2026, 2, 1, 9, 0, tzinfo=PLUS_ONE)),
+        ("2026-02-01", "ago", datetime(2026, 2, 1, tzinfo=UTC)),
+    ],
+)
+def test_parse_time_accepts(text: str, direction: str, expected: datetime) -> None:
+    assert parse_time(text, NOW, direction=direction, naive=UTC) == expected  # type: ignore[arg-type]
+
+
+def test_parse_time_reads_a_naive_time_as_local_by_default() -> None:
+    when = parse_time("2026-02-01T09:00", NOW, direction="ago")
+    assert when.tzinfo is not None
+    assert when == datetime(2026, 2, 1, 9, 0).astimezone()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("yesterday", "'yesterday' is not a time: give a duration (1h, 7d) or an ISO 8601 time"),
+        ("", "is not a time"),
+        ("1.5h", "use whole numbers"),
+        ("-1h", "durations cannot be negative"),
+        ("2026-13-01", "is not a time"),
+    ],
+)
+def test_parse_time_refuses(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_time(text, NOW, direction="ago")

@@ -157,6 +157,21 @@ def test_evaluate_approvals(
         assert d.approval == POLICY.targets["demo"].scopes[scope].approval
 
 
+@pytest.mark.parametrize(
+    ("scope", "reason", "glass"),
+    [("write", None, False), ("write", "  ", False), ("admin", None, True)],
+)
+def test_a_missing_reason_says_how_to_give_one(scope: str, reason: str | None, glass: bool) -> None:
+    d = evaluate(POLICY, ALICE, "demo", scope, None, NOW, reason=reason, break_glass=glass)
+    assert d.outcome == "denied"
+    assert d.hint == f'add --reason "…" (the ticket or incident this is for) (rule: {d.rule})'
+
+
+def test_other_refusals_name_their_rule() -> None:
+    d = evaluate(POLICY, MALLORY, "demo", "write", None, NOW, reason="INC-1")
+    assert d.hint == f"rule: {d.rule}"
+
+
 def test_needs_approval_never_names_the_named_approvers() -> None:
     d = evaluate(POLICY, FRANK, "demo", "solo", None, NOW)
     assert "erin" not in d.reason

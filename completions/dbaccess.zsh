@@ -27,7 +27,7 @@ _dbaccess__audit() {
   _arguments -C -s -S \
     '(--identity)'--identity'[Only events of this identity]:identity: ' \
     '(--target)'--target'[Only events on this target]:target:__dbaccess_dynamic' \
-    '(--since)'--since'[ISO time, e.g. 2026-01-31T00\:00]:since: ' \
+    '(--since)'--since'[Only events since then\: a duration back from now (30m, 1h, 7d) or an ISO time (2026-01-31T00\:00, local time unless an offset is given)]:since: ' \
     '(--limit)'--limit':limit: ' \
     '(-o --output)'{-o,--output}'[Output format]:output:(table json csv)' \
     '(--server)'--server'[Broker URL (default\: from the profile)]:server: ' \
@@ -102,7 +102,7 @@ _dbaccess__request() {
     '(-s --scope)'{-s,--scope}'[Scope to ask for, e.g. write]:scope:__dbaccess_dynamic' \
     '(-r --reason)'{-r,--reason}'[Why you need it (ticket, incident)\: approvers read this]:reason: ' \
     '(--ttl)'--ttl'[Session lifetime, e.g. 30m or 2h (default\: the scope'\''s)]:ttl: ' \
-    '(--start-at)'--start-at'[When you will need it, ISO 8601 (e.g. 2026-03-01T09\:00, local time unless an offset is given); the approval stays usable from then on]:start-at: ' \
+    '(--start-at)'--start-at'[When you will need it\: a duration from now (e.g. 2h) or an ISO time (e.g. 2026-03-01T09\:00, local time unless an offset is given); the approval stays usable from then on]:start-at: ' \
     '(-o --output)'{-o,--output}'[Output format]:output:(table json csv)' \
     '(--server)'--server'[Broker URL (default\: from the profile)]:server: ' \
     '(--ca-file)'--ca-file'[CA certificate (PEM) that signs the broker'\''s and the gateway'\''s TLS certificates, for a private CA (default\: $DBACCESS_CA_FILE, else the profile'\''s, else the system'\''s)]:ca-file:_files' \

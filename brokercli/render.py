@@ -44,6 +44,24 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def pairs(data: Any) -> str:
+    """A record's details for a table cell: ``key=value`` pairs, not a JSON dump
+    (``-o json`` gives the structure)."""
+    if not isinstance(data, dict):
+        return _cell(data)
+    shown = []
+    for key, value in data.items():
+        if value is None or value == [] or value == {}:
+            continue
+        if isinstance(value, dict):
+            shown.append(f"{key}=({pairs(value)})")
+        elif isinstance(value, list | tuple):
+            shown.append(f"{key}={','.join(_cell(v) for v in value)}")
+        else:
+            shown.append(f"{key}={_cell(value)}")
+    return " ".join(shown)
+
+
 def plain_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     """Full-width columns, one record per line: nothing folded or cut, for pipes and logs.
 

@@ -145,7 +145,15 @@ def audit(
         render.as_json(data)
         return
     rows = [
-        [e["seq"], e["ts"][:19], e["kind"], e["identity"], e["target"], e["session_id"], e["data"]]
+        [
+            e["seq"],
+            e["ts"][:19],
+            e["kind"],
+            e["identity"],
+            e["target"],
+            e["session_id"],
+            render.pairs(e["data"]),
+        ]
         for e in data
     ]
     render.records(

@@ -156,6 +156,13 @@ def test_audit_since_takes_a_duration_or_an_iso_time(messages_broker: Broker, si
     assert json.loads(res.stdout), "the broker's own events are recent"
 
 
+def test_the_audit_table_shows_details_as_pairs(messages_broker: Broker) -> None:
+    admin = messages_broker.token("root", "admin")
+    res = messages_broker.cli("audit", "--since", "1h", "-o", "csv", token=admin)
+    assert res.returncode == 0, res.stderr
+    assert "=" in res.stdout and "{" not in res.stdout, res.stdout
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

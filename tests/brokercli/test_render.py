@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from brokercli import render
@@ -30,3 +32,17 @@ def test_table_without_a_terminal_is_plain(capsys: pytest.CaptureFixture[str]) -
         "id" + " " * 200 + "  target",
         "s-" + "f" * 200 + "  demo",
     ]
+
+
+@pytest.mark.parametrize(
+    ("data", "shown"),
+    [
+        ({"scope": "read", "reason": None, "n": 3}, "scope=read n=3"),
+        ({"groups": ["dev", "admin"], "empty": []}, "groups=dev,admin"),
+        ({"client": {"command": "exec", "os_user": "ada"}}, "client=(command=exec os_user=ada)"),
+        ("plain", "plain"),
+        (None, ""),
+    ],
+)
+def test_details_are_key_value_pairs_not_json(data: Any, shown: str) -> None:
+    assert render.pairs(data) == shown

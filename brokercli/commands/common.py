@@ -280,8 +280,9 @@ def _start_session(
         raise CliError(
             pending.message,
             code=ExitCode.PENDING,
-            hint="run the same command again once it is approved "
-            f"(dbaccess requests --mine shows it; dbaccess cancel {request_id} withdraws it)",
+            hint=f"an approver runs: dbaccess approve {request_id}; run the same command "
+            "again once it is approved (dbaccess requests --mine shows it; "
+            f"dbaccess cancel {request_id} withdraws it)",
         )
     wait_for_approval(client, {"id": request_id, "message": pending.message}, timeout)
     return client.start_session(target, scope, ttl, reason, info, request_id=request_id)

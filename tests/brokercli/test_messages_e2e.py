@@ -110,15 +110,23 @@ def test_a_missing_reason_says_how_to_give_one(messages_broker: Broker) -> None:
 def test_waiting_for_approval_names_the_approvers_and_their_command(
     messages_broker: Broker,
 ) -> None:
+    person = _person(messages_broker, "dev")
     res = messages_broker.cli(
         "exec", "demo", "--scope", "gated", "-c", "select 1", "--wait-timeout", "2s",
-        token=_person(messages_broker, "dev"),
+        token=person,
     )  # fmt: skip
     assert res.returncode == ExitCode.WAIT_TIMEOUT, res.stderr
     request_id = REQ.search(res.stderr).group(1)  # type: ignore[union-attr]
     assert f"waiting for approval of request {request_id} by group dba" in res.stderr
     assert f"an approver runs: dbaccess approve {request_id}" in res.stderr
     assert "dbaccess: dbaccess:" not in res.stderr
+    # Without waiting, the same request and the same command to pass on.
+    again = messages_broker.cli(
+        "exec", "demo", "--scope", "gated", "-c", "select 1", "--no-wait", token=person
+    )
+    assert again.returncode == ExitCode.PENDING, again.stderr
+    assert again.stdout.strip() == request_id
+    assert f"hint: an approver runs: dbaccess approve {request_id}" in again.stderr
 
 
 def test_a_statement_review_is_shown_to_its_approvers(messages_broker: Broker) -> None:

@@ -227,7 +227,13 @@ class Connection:
 # settings: none of them is a secret.  Every other DBACCESS_* variable is withheld,
 # above all DBACCESS_TOKEN: the child gets the session, never the broker credential.
 CHILD_VISIBLE_SETTINGS = frozenset(
-    {"DBACCESS_SERVER", "DBACCESS_CA_FILE", "DBACCESS_CONFIG_DIR", "DBACCESS_NO_KEYRING"}
+    {
+        "DBACCESS_SERVER",
+        "DBACCESS_CA_FILE",
+        config.PROFILE_ENV,
+        "DBACCESS_CONFIG_DIR",
+        "DBACCESS_NO_KEYRING",
+    }
 )
 
 

@@ -23,6 +23,8 @@ from brokercli.exit_codes import ExitCode
         ["exec", "demo"],  # neither -c nor -f
         ["exec", "demo", "-c", "select 1", "-f", "x.sql"],  # both
         ["run", "demo"],  # no command
+        ["connect", "demo", "--print-env", "--format", "json"],  # two formats
+        ["connect", "demo", "--format", "yaml"],
     ],
 )
 def test_usage_errors_exit_2(

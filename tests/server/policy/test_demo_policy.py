@@ -6,7 +6,11 @@ from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
 
+import pytest
+
+from server.gateway.masking import ColumnRef, MaskingRules
 from server.policy import Identity, evaluate, load_policy, visible_targets
+from server.policy.model import MaskMethod
 
 TEMPLATE = Path(str(resources.files("server") / "demo" / "policy.yaml"))
 
@@ -46,3 +50,23 @@ def test_a_dev_identity_gets_read_by_default() -> None:
     assert [(t.name, [s.name for s in scopes]) for t, scopes in visible] == [
         ("demo", ["read", "write"])
     ]
+
+
+@pytest.mark.parametrize("scope", ["read", "write"])
+@pytest.mark.parametrize(
+    ("column", "method"),
+    [
+        ("full_name", MaskMethod.REDACT),
+        ("email", MaskMethod.PARTIAL),
+        ("phone", MaskMethod.PARTIAL),
+        ("card_number", MaskMethod.PARTIAL),
+        ("city", None),
+        ("created_at", None),
+    ],
+)
+def test_the_demo_masks_the_people_data_in_every_scope(
+    scope: str, column: str, method: MaskMethod | None
+) -> None:
+    rules = MaskingRules.for_scope(load_policy(TEMPLATE).targets["demo"].masking, scope)
+    rule = rules.rule_for(ColumnRef("public", "customers", column))
+    assert (rule.method if rule else None) == method

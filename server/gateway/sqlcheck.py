@@ -690,6 +690,8 @@ def _analyze(
         return _whole_unknown(sql, f"statement text longer than {max_len} characters")
     if "\x00" in sql:
         return _whole_unknown(sql, "statement text contains a NUL character")
+    if _delimiters(sql) > MAX_TOKENS:
+        return _whole_unknown(sql, f"more than {MAX_TOKENS} tokens")
     try:
         tokens = _tokenize(sql)
     except SqlglotError:
@@ -718,6 +720,34 @@ def _analyze(
             statement = _unknown(index, text, f"cannot parse: {_first_line(error)}")
         statements.append(replace(statement, index=index, text=_text(text)))
     return Analysis(tuple(statements))
+
+
+# What cannot hold a token of its own: comments, string literals, quoted
+# identifiers, dollar-quoted bodies (one left open runs to the end).
+_NOT_CODE = re.compile(
+    r"""
+      --[^\n]*
+    | /\*.*?(?:\*/|\Z)
+    | [eE]'[^'\\]*(?:(?:\\(?:.|\Z)|'')[^'\\]*)*(?:'|\Z)
+    | '[^']*(?:''[^']*)*(?:'|\Z)
+    | "[^"]*(?:""[^"]*)*(?:"|\Z)
+    | \$(?P<tag>[A-Za-z_][A-Za-z0-9_]*)?\$.*?(?:\$(?P=tag)\$|\Z)
+    """,
+    re.VERBOSE | re.DOTALL,
+)
+
+
+def _delimiters(sql: str) -> int:
+    """How many of ``( ) [ ] , ;`` stand outside comments and quotes: each is a
+    token of its own, so this is a lower bound of the token count, found without
+    the tokenizer.  The compiled tokenizer holds the interpreter's lock for as
+    long as it runs, which would stall the gateway's event loop while an
+    analysis thread tokenizes a text made of one-character tokens only to find
+    it over the budget; this finds most such texts first, in a few milliseconds."""
+    if len(sql) < MAX_TOKENS:
+        return 0  # fewer characters than the budget: it cannot be over it
+    code = _NOT_CODE.sub(" ", sql)
+    return sum(code.count(c) for c in "()[],;")
 
 
 def _first_line(error: Exception) -> str:

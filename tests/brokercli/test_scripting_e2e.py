@@ -243,6 +243,21 @@ def test_kill_ends_a_connect_no_launch(broker: Broker) -> None:
         proc.stderr.close()  # type: ignore[union-attr]
 
 
+def test_a_waiting_connect_exits_8_when_its_session_reaches_its_deadline(broker: Broker) -> None:
+    proc = broker.spawn("connect", "demo", "--format", "uri", "--ttl", "3s")
+    try:
+        read_until(proc, lambda got: len(got) == 1)
+        assert proc.wait(60) == 8
+        assert proc.stderr is not None
+        err = proc.stderr.read()
+        assert "has ended" in err and "dbaccess connect demo" in err
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()  # type: ignore[union-attr]
+        proc.stderr.close()  # type: ignore[union-attr]
+
+
 def _complete(fmt: str) -> Callable[[list[str]], bool]:
     if fmt == "uri":
         return lambda got: len(got) == 1

@@ -60,6 +60,11 @@ stop() {
   fi
 }
 trap stop EXIT
+interrupted() {
+  echo "demo: interrupted" >&2
+  exit 130
+}
+trap interrupted INT TERM
 
 for _ in $(seq 1 240); do
   grep -q "dev broker is running" "$log" && break
@@ -101,6 +106,8 @@ step() {
   printf '\n== %d. %s\n' "$step_no" "$*"
 }
 fail() {
+  # Ctrl-C reaches the broker too; a step that fails because of that was interrupted.
+  kill -0 "$server_pid" 2>/dev/null || interrupted
   echo "demo: step $step_no failed: $*" >&2
   exit 1
 }
@@ -124,6 +131,7 @@ expect() {
   local rc=0
   out="$("$@" 2>&1)" || rc=$?
   printf '%s\n' "$out"
+  [ "$rc" != 130 ] || interrupted
   [ "$rc" = "$want" ] || fail "exit status $rc, expected $want"
   grep -qE -- "$pattern" <<<"$out" || fail "no line matches /$pattern/"
 }
@@ -160,7 +168,7 @@ echo "create table customer_followups (id int generated always as identity prima
 review=(dbaccess exec demo --scope write --reason "INC-42: track follow-ups" -f "$sql_file")
 
 step "dev asks for a review of a CREATE TABLE (DDL in the write scope is reviewed first)"
-cat "$sql_file"
+expect 0 "^create table" cat "$sql_file"
 expect 9 "^r-[0-9a-f]+$" "${review[@]}" --request-review --no-wait
 request_id="$(grep -oE '^r-[0-9a-f]+$' <<<"$out" | head -n 1)"
 

@@ -233,7 +233,9 @@ def _brokers_removed() -> Iterator[None]:
 DEMO_POLICY = Path(__file__).parents[1] / "server" / "demo" / "policy.yaml"
 _SCOPES = "    scopes:\n"
 # The shipped demo masks its people data; tests state the masking they test.
-_DEMO_MASKING = re.compile(r"(?ms)^(?:    #[^\n]*\n)*    masking:\n.*?(?=^    scopes:\n)")
+# Its masking block: the comment lines before it, the key, and everything indented
+# deeper, up to the target's next key.
+_DEMO_MASKING = re.compile(r"(?ms)^(?:    #[^\n]*\n)*    masking:\n.*?(?=^    \S)")
 
 
 def demo_policy(*, target: str = "", scopes: str = "") -> str:

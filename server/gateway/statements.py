@@ -17,8 +17,26 @@ So the upstream session goes exactly where PostgreSQL would go after an
 error, and the client sees what PostgreSQL would show: inside an explicit
 transaction the transaction is aborted (ReadyForQuery ``E``, later statements
 fail until ROLLBACK); in the extended protocol the server discards every
-message until the next Sync, and later pipelines work.  A multi-statement
-Query is refused whole, so none of its statements runs.  The error to swap is
+message until the next Sync, and later pipelines work.
+
+A Query of several statements where one is refused runs what PostgreSQL
+would run if that statement failed: the statements before it, then in its
+place a statement that parses and fails when it is reached
+(``select dbaccess_refused_statement``, an unknown column), whose error is
+swapped for the gateway's.  PostgreSQL parses the whole text before running
+any of it and runs it as one implicit transaction unless the text has its own
+BEGIN/COMMIT, so the client sees the earlier statements' results, then the
+refusal, and nothing after it; what the earlier statements changed is rolled
+back with the implicit transaction, or kept where a COMMIT of the text's own
+came first -- exactly as for a statement that fails.  The first refused
+statement is found by judging the text up to each statement in turn; the
+text sent is checked to split into those statements and the stand-in.  Where
+that cannot be done (the refused statement needs review rather than being
+blocked, the first statement is the refused one, more than
+``_MAX_STEPS`` statements, a text the analysis does not split, a write
+the row budget would have to estimate) the Query is refused whole and none of
+it runs.  When an earlier statement fails on its own, its error is the one
+the client sees, as PostgreSQL would show it.  The error to swap is
 the first one the server sends before the ReadyForQuery that answers the
 replaced message (the relay counts them); when an earlier message of the
 same pipeline failed already, the server discards the replacement and that
@@ -88,7 +106,15 @@ from server.gateway.guardrails import (
     statement_sha256,
     track_prepared,
 )
-from server.gateway.pgwire import Bind, Close, FunctionCall, Parse, Query, RawMessage
+from server.gateway.pgwire import (
+    Bind,
+    Close,
+    ErrorResponse,
+    FunctionCall,
+    Parse,
+    Query,
+    RawMessage,
+)
 from server.gateway.pinning import PINNED_RULE, LimitPins, decide_pins, limit_hit
 from server.gateway.relay import Relay
 from server.gateway.row_budget import (
@@ -107,6 +133,7 @@ from server.gateway.sqlcheck import (
     Analysis,
     analyze,
     analyze_function_call,
+    statement_ends,
 )
 from server.policy.model import ApprovalPolicy, ScopePolicy, default_limits
 from server.sessions.service import LiveSession, SessionService
@@ -124,6 +151,11 @@ SQLSTATE = "42501"
 # once, before anything runs.
 _REFUSED_SQL = "dbaccess_refused_statement"
 _REFUSED_NAME = "dbaccess: refused statement"
+# What runs in place of a refused statement after statements that may run in
+# the same Query: it parses, so that those before it run, and fails when it is
+# reached, before it reads anything.
+_REFUSED_STEP = "select " + _REFUSED_SQL
+_MAX_STEPS = 100
 # Statement names the gateway uses itself (the refusal's, the row estimate's).
 _RESERVED_PREFIX = "dbaccess: "
 _PARAM_RULES = frozenset({"guardrails.no_role_change", "guardrails.pinned_setting", PINNED_RULE})
@@ -210,8 +242,9 @@ class StatementGuard:
         self.search_path = search_path
         self.prepared: dict[str, _Prepared] = {}  # protocol-level, by name
         self.sql_prepared: dict[str, Analysis] = {}  # SQL PREPARE, by name
-        # (ReadyForQuery number, the gateway's ErrorResponse) per replaced message.
-        self._swaps: deque[tuple[int, bytes]] = deque()
+        # (ReadyForQuery number, the gateway's ErrorResponse, whether only the
+        # stand-in's error is swapped) per replaced message.
+        self._swaps: deque[tuple[int, bytes, bool]] = deque()
         self._pending: Decision | None = None  # why the statement just judged was refused
         # What the server said since its last ReadyForQuery, for the row budget's EXPLAIN.
         self.seen = ServerSeen() if rules.max_rows_by_explain is not None else None
@@ -236,6 +269,12 @@ class StatementGuard:
         assert isinstance(msg, Query)
         analysis = self._analyze(msg.query)
         decision = self._decide(analysis, msg.query)
+        step = self._up_to_refusal(analysis, msg.query, decision)
+        if step is not None:
+            text, refusal, ran = step
+            self._passes(refusal, msg.query, ())  # records the refusal
+            self._track_sql_prepared(ran)
+            return self._refuse_with(relay, Query(text).encode(), refusal, stand_in=True)
         if not self._passes(decision, msg.query, ()):
             return self._refuse(relay, Query(_REFUSED_SQL).encode())
         if self.seen is not None:
@@ -343,7 +382,10 @@ class StatementGuard:
         while swaps and swaps[0][0] <= relay.ready:
             swaps.popleft()  # its window closed without an error of its own
         if swaps and swaps[0][0] == relay.ready + 1:
-            return swaps.popleft()[1]
+            _ready, error, stand_in = swaps.popleft()
+            if stand_in and _REFUSED_SQL not in _message(raw):
+                return None  # a statement before the refused one failed on its own
+            return error
         return None
 
     # -- deciding ------------------------------------------------------------------
@@ -533,9 +575,44 @@ class StatementGuard:
         assert decision is not None
         return self._refuse_with(relay, substitute, decision)
 
-    def _refuse_with(self, relay: Relay, substitute: bytes, decision: Decision) -> bytes:
-        self._swaps.append((relay.asked + 1, _error_response(decision)))
+    def _refuse_with(
+        self, relay: Relay, substitute: bytes, decision: Decision, *, stand_in: bool = False
+    ) -> bytes:
+        self._swaps.append((relay.asked + 1, _error_response(decision), stand_in))
         return substitute
+
+    def _up_to_refusal(
+        self, analysis: Analysis, sql: str, decision: Decision
+    ) -> tuple[str, Decision, Analysis] | None:
+        """For a refused Query of several statements: the text to run instead (the
+        statements before the first refused one, then the stand-in), the refusal
+        of that statement, and the analysis of what runs; None: refuse it whole."""
+        count = len(analysis.statements)
+        if decision.outcome is not Outcome.BLOCK or not 1 < count <= _MAX_STEPS:
+            return None
+        ends = statement_ends(sql)
+        if ends is None or len(ends) != count:
+            return None
+        for k in range(count):
+            text = sql[: ends[k]]
+            step = decision if k == count - 1 else self._decide(self._analyze(text), text)
+            if step.outcome is Outcome.ALLOW:
+                continue
+            if step.outcome is not Outcome.BLOCK or k == 0:
+                return None  # a review is of the whole text; nothing runs before
+            ran = self._analyze(sql[: ends[k - 1]])
+            substitute = sql[: ends[k - 1]] + ";\n" + _REFUSED_STEP
+            sent = self._analyze(substitute)
+            if (
+                len(ran.statements) != k
+                or len(sent.statements) != k + 1
+                or sent.statements[-1].text != _REFUSED_STEP
+            ):
+                return None  # the text does not split as it was judged
+            if self.seen is not None and needs(ran, self.sql_prepared) is not Need.NONE:
+                return None  # the row budget estimates single statements only
+            return substitute, replace(step, statement_index=k), ran
+        return None
 
     def _track_sql_prepared(self, analysis: Analysis) -> None:
         for top in analysis.statements:
@@ -603,6 +680,11 @@ def _error_response(decision: Decision) -> bytes:
 def _parse_name(body: bytes) -> str:
     end = body.find(b"\0")
     return body[: end if end >= 0 else 0].decode("utf-8", "replace")
+
+
+def _message(raw: RawMessage) -> str:
+    msg = pgwire.decode_backend(raw)
+    return msg.fields.get("M", "") if isinstance(msg, ErrorResponse) else ""
 
 
 def _text_params(msg: Bind) -> tuple[str | None, ...]:

@@ -1547,3 +1547,22 @@ def test_features_are_frozensets_and_statements_hashable() -> None:
     statement = analyze("SELECT * FROM t FOR UPDATE").statements[0]
     assert statement.features == frozenset({Feature.ROW_LOCK})
     assert hash(statement) == hash(analyze("SELECT * FROM t FOR UPDATE").statements[0])
+
+
+@pytest.mark.parametrize(
+    ("sql", "ends"),
+    [
+        ("select 1", [8]),
+        ("select 1; select 'a;b'; -- c\n delete from t ;", [8, 22, 43]),
+        ("select $$a;b$$;; select 2;", [14, 25]),
+        ("select 1 /* a; comment */; select 2", [8, 35]),
+        ("select 'unterminated", None),
+    ],
+)
+def test_statement_ends_split_as_the_analysis_does(sql: str, ends: list[int] | None) -> None:
+    from server.gateway.sqlcheck import statement_ends
+
+    got = statement_ends(sql)
+    assert got == ends
+    if got is not None:
+        assert len(got) == len(analyze(sql).statements)

@@ -94,3 +94,18 @@ def test_by_default_one_identity_gets_a_share_of_max_connections(
         assert "auto: a share of the target's max_connections (200)" in fields["H"]
         with connect(other.dsn()) as conn:
             assert conn.execute("select 1").fetchone() == (1,)
+
+
+def test_the_deprecated_server_setting_still_caps_sessions(demo_target: DemoTarget) -> None:
+    b = new_broker(demo_target)
+    b.start("--session-max-connections", "1", policy=POLICY)
+    try:
+        assert "session_max_connections is deprecated" in b.log()
+        with held_session(b, "--scope", "write") as s, connect(s.dsn()):
+            fields = login_error(s.port, s.database, s.ticket)
+            assert fields["C"] == "53300", fields
+            assert "(limit 1)" in fields["M"]
+            assert "session_max_connections (deprecated)" in fields["H"]
+    finally:
+        b.stop()
+        b.kill()

@@ -179,13 +179,27 @@ def _judge(st: Statement, sql: str, pins: LimitPins, index: int) -> Decision | N
     return None
 
 
+def _reads_text(st: Statement) -> bool:
+    return (
+        Feature.CODE in st.features
+        or st.kind is StatementClass.UNKNOWN
+        or st.command.startswith(_CONFIGURING)
+        or st.command.startswith(_STORING)
+    )
+
+
+def reads_text(analysis: Analysis) -> bool:
+    """Whether :func:`decide_pins` looks at the text of ``sql`` as well as the
+    analysis (which two texts of one analysis may then be decided apart)."""
+    return any(_reads_text(st) for st in analysis.walk_all())
+
+
 def _scan(st: Statement, sql: str, pins: LimitPins) -> tuple[str, str | None] | None:
     """For statements whose effect on settings the analysis does not list: a look at the
     whole text, refusing anything that names a pinned setting or a way to reach one."""
-    code = Feature.CODE in st.features
-    configuring = st.command.startswith(_CONFIGURING) or st.command.startswith(_STORING)
-    if not (code or configuring or st.kind is StatementClass.UNKNOWN):
+    if not _reads_text(st):
         return None
+    code = Feature.CODE in st.features
     text = sql.lower()
     command = st.command or "this statement"
     for setting in sorted(pins.settings):

@@ -96,6 +96,7 @@ from server.errors import DbaccessError
 from server.gateway import analysis_limits, pgwire
 from server.gateway.analysis_limits import AnalysisLimits
 from server.gateway.guardrails import (
+    ALLOWED,
     Decision,
     GuardrailRules,
     Outcome,
@@ -115,7 +116,7 @@ from server.gateway.pgwire import (
     Query,
     RawMessage,
 )
-from server.gateway.pinning import PINNED_RULE, LimitPins, decide_pins, limit_hit
+from server.gateway.pinning import PINNED_RULE, LimitPins, decide_pins, limit_hit, reads_text
 from server.gateway.relay import Relay
 from server.gateway.row_budget import (
     TRACKED,
@@ -423,13 +424,7 @@ class StatementGuard:
             refusal = analysis_limits.over_budget(self.limits)
             self._record_limit(refusal, sql[:_AUDIT_TEXT])
             return refusal
-        if self.pins is not None:
-            # First, so that a statement that would lift a limit is refused naming it
-            # even where a guardrail would refuse it too (ALTER ROLE, RESET ALL).
-            pinned = decide_pins(analysis, sql, self.pins)
-            if pinned.outcome is Outcome.BLOCK:
-                return pinned
-        decision = self._guardrails(analysis)
+        decision = self._guardrails(analysis, sql)
         if self.masking is None or decision.outcome is Outcome.BLOCK:
             return decision  # nothing masking says can make it graver
         try:
@@ -445,16 +440,24 @@ class StatementGuard:
             )
         return graver(decision, refused)
 
-    def _guardrails(self, analysis: Analysis) -> Decision:
-        # decide() is a pure function of the analysis, this guard's rules and the
-        # session's SQL-level prepared statements; the same statements come again
-        # and again, so its result is kept per analysis, except where prepared
-        # statements are named or changed (their decision depends on the session).
+    def _guardrails(self, analysis: Analysis, sql: str) -> Decision:
+        # The pinned limits' refusal first, so that a statement that would lift a
+        # limit is refused naming it even where a guardrail would refuse it too
+        # (ALTER ROLE, RESET ALL); else decide().  Both are pure functions of the
+        # analysis, this guard's rules and pins, the session's SQL-level prepared
+        # statements and, for code and role settings only, the text; the same
+        # statements come again and again, so the result is kept per analysis,
+        # except where prepared statements are named or changed (their decision
+        # depends on the session) or the pins read the text.
         known = self._decisions.get(analysis)
         if known is not None:
             return known
-        decision = decide(analysis, self.rules, prepared=self.sql_prepared)
-        if not any(
+        decision = ALLOWED
+        if self.pins is not None:
+            decision = decide_pins(analysis, sql, self.pins)
+        if decision.outcome is not Outcome.BLOCK:
+            decision = decide(analysis, self.rules, prepared=self.sql_prepared)
+        if not reads_text(analysis) and not any(
             st.prepared_name or st.command in _PREPARED_COMMANDS for st in analysis.walk_all()
         ):
             if len(self._decisions) >= _DECISIONS_KEPT:

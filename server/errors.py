@@ -80,9 +80,15 @@ class Conflict(DbaccessError):
 
 
 class TooManyConnections(Conflict):
-    """A connection over one of the caps on connections (PostgreSQL's own SQLSTATE)."""
+    """A connection over one of the caps on connections (PostgreSQL's own SQLSTATE);
+    ``limit`` names the setting or policy key, ``value`` its number."""
 
     sqlstate = "53300"
+
+    def __init__(self, message: str, *, limit: str, value: int, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.limit = limit
+        self.value = value
 
 
 class Unavailable(DbaccessError):

@@ -114,6 +114,15 @@ class CancelLimiter:
                 del self.buckets[address]
 
 
+class CapRefused(GatewayError):
+    """A connection over a cap: 53300, and which setting or policy key capped it."""
+
+    def __init__(self, message: str, hint: str, *, limit: str, value: int) -> None:
+        super().__init__("53300", message, hint)
+        self.limit = limit
+        self.value = value
+
+
 class ConnectionCaps:
     def __init__(self, total: int, per_identity: int) -> None:
         if total < 1 or per_identity < 1:
@@ -129,37 +138,41 @@ class ConnectionCaps:
         """Count one more connection for ``identity`` (to ``caps.target``, within
         ``caps``), or raise GatewayError 53300."""
         if self.count >= self.total:
-            raise GatewayError(
-                "53300",
+            raise CapRefused(
                 f"too many connections to the gateway (limit {self.total})",
                 "try again when other connections have closed, or ask an administrator "
                 "to raise gateway_max_connections",
+                limit="gateway_max_connections",
+                value=self.total,
             )
         if self.by_identity[identity] >= self.per_identity:
-            raise GatewayError(
-                "53300",
+            raise CapRefused(
                 f"too many connections for identity {identity!r} "
                 f"(limit {self.per_identity} across its sessions)",
                 "close some of your connections, or ask an administrator to raise "
                 "gateway_max_connections_per_identity",
+                limit="gateway_max_connections_per_identity",
+                value=self.per_identity,
             )
         if caps is not None:
             target = caps.target
             if self.by_target[target] >= caps.per_target:
-                raise GatewayError(
-                    "53300",
+                raise CapRefused(
                     f"too many connections to target {target!r} through the gateway "
                     f"(limit {caps.per_target})",
                     "try again when other connections have closed; "
                     + _policy_key(caps, "max_connections_per_target", caps.target_auto),
+                    limit="max_connections_per_target",
+                    value=caps.per_target,
                 )
             if self.by_target_identity[(target, identity)] >= caps.per_identity:
-                raise GatewayError(
-                    "53300",
+                raise CapRefused(
                     f"too many connections for identity {identity!r} to target {target!r} "
                     f"(limit {caps.per_identity} across its sessions)",
                     "close some of your connections; "
                     + _policy_key(caps, "max_connections_per_identity", caps.identity_auto),
+                    limit="max_connections_per_identity",
+                    value=caps.per_identity,
                 )
             self.by_target[target] += 1
             self.by_target_identity[(target, identity)] += 1

@@ -58,9 +58,14 @@ from dataclasses import dataclass
 from typing import cast
 
 from server.audit.recording import LimitHit, record_limit
-from server.errors import DbaccessError
+from server.errors import DbaccessError, TooManyConnections
 from server.gateway import pgwire
-from server.gateway.limits import CANCEL_RATE_PER_ADDRESS, CancelLimiter, ConnectionCaps
+from server.gateway.limits import (
+    CANCEL_RATE_PER_ADDRESS,
+    CancelLimiter,
+    CapRefused,
+    ConnectionCaps,
+)
 from server.gateway.pgwire import ProtocolViolation
 from server.gateway.pinning import LimitPins, startup_refusal
 from server.gateway.relay import Relay
@@ -540,10 +545,23 @@ class ClientConnection(asyncio.Protocol):
             caps = await self.loop.run_in_executor(None, service.connection_caps, live)
             if self.gone():
                 return
-            self.gateway.caps.admit(live.record.identity, caps)
-            self.identity = live.record.identity
-            self.cap_target = caps.target
-            service.attach(live, self)
+            try:
+                self.gateway.caps.admit(live.record.identity, caps)
+                self.identity = live.record.identity
+                self.cap_target = caps.target
+                service.attach(live, self)
+            except (CapRefused, TooManyConnections) as exc:
+                # A refused connection is a limit event of the session it asked to join.
+                hit = LimitHit(
+                    limit=exc.limit,
+                    value=exc.value,
+                    scope=live.record.scope,
+                    action="refused",
+                    sqlstate="53300",
+                    message=exc.message,
+                )
+                record_limit(service.recorder.record, live.id, hit)
+                raise
             # Known from here, so that _cleanup detaches it however this ends.
             self.live = live
             for prepare in self.gateway.session_prepare:

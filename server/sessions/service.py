@@ -487,14 +487,18 @@ class SessionService:
                 raise NotAuthenticated("session has ended")
             cap = self.limits(live).max_connections_per_session
             ceiling = self.max_connections_per_session
+            limit = "max_connections_per_session"
             key = f"limits.max_connections_per_session of scope {live.record.scope!r}"
             if ceiling is not None and ceiling < cap:
                 cap, key = ceiling, "the broker's session_max_connections (deprecated)"
+                limit = "session_max_connections"
             if len(live.connections) >= cap:
                 raise TooManyConnections(
                     f"too many connections for session {live.id} (limit {cap})",
                     hint=f"close some of the session's connections; the limit is {key}, "
                     "which an administrator can raise in the policy",
+                    limit=limit,
+                    value=cap,
                 )
             live.connections.add(conn)
 

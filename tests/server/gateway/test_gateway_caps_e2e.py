@@ -4,6 +4,8 @@ a hint naming the policy key, while another identity still connects."""
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import Any
@@ -51,6 +53,25 @@ def test_the_per_session_cap_comes_from_the_policy(broker: Broker) -> None:
         assert fields["C"] == "53300", fields
         assert f"too many connections for session {s.session_id} (limit 2)" in fields["M"]
         assert "limits.max_connections_per_session of scope 'write'" in fields["H"]
+        session_id = s.session_id
+    assert _limit_events(broker, session_id) == [
+        ("max_connections_per_session", 2, "refused", "53300")
+    ]
+
+
+def _limit_events(broker: Broker, session_id: str) -> list[tuple[str, object, str, str]]:
+    """The session's limit events, once its recording has them."""
+    deadline = time.monotonic() + 20
+    while True:
+        res = broker.cli("replay", session_id, "--output", "json")
+        assert res.returncode == 0, res.stderr
+        found = [
+            (d["limit"], d["value"], d["action"], d["sqlstate"])
+            for d in (e["data"] for e in json.loads(res.stdout)["events"] if e["kind"] == "limit")
+        ]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
 
 
 def test_an_identity_at_its_cap_is_refused_and_another_still_connects(broker: Broker) -> None:
@@ -70,6 +91,10 @@ def test_an_identity_at_its_cap_is_refused_and_another_still_connects(broker: Br
         assert "limits.max_connections_per_identity of scope 'write'" in fields["H"]
         with connect(other.dsn()) as conn:  # alice is not held back by dev
             assert conn.execute("select 1").fetchone() == (1,)
+        session_id = second.session_id
+    assert _limit_events(broker, session_id) == [
+        ("max_connections_per_identity", 3, "refused", "53300")
+    ]
 
 
 def test_by_default_one_identity_gets_a_share_of_max_connections(

@@ -160,3 +160,27 @@ def test_a_broker_killed_mid_session_revokes_the_lease_when_it_restarts(
     assert leases(vault_broker)[0][2] is not None
     sessions = json.loads(vault_broker.cli("sessions", "-o", "json").stdout)
     assert sessions[0]["status"] == "orphaned"
+
+
+def test_a_vault_session_runs_with_the_scope_limits_the_gateway_sends(
+    vault_broker: Broker, vault_demo: VaultDemo, admin_conn: Admin
+) -> None:
+    """The Vault role's creation statements set no limits: the gateway's startup
+    parameters do, from the first statement, and SET cannot lift them."""
+    vault_broker.start(policy=vault_policy(vault_demo, admin_dsn=False))
+    res = vault_broker.cli(
+        "exec",
+        "demo",
+        "-c",
+        "select current_setting('statement_timeout') as s,"
+        " current_setting('idle_in_transaction_session_timeout') as i,"
+        " (select rolconfig from pg_roles where rolname = current_user) as c",
+        "-o",
+        "json",
+    )
+    assert res.returncode == 0, res.stderr
+    (row,) = json.loads(res.stdout)[0]["rows"]
+    assert (row["s"], row["i"], row["c"]) == ("5min", "1min", None)
+    refused = vault_broker.cli("exec", "demo", "-c", "set statement_timeout = 0")
+    assert refused.returncode != 0
+    assert "statement_timeout is a limit" in refused.stderr + refused.stdout

@@ -26,19 +26,32 @@ IDLE_CONNECTIONS = 200
 IDLE_SESSIONS = 5  # 40 connections each, below a session role's connection limit
 # What dev_broker needs for IDLE_CONNECTIONS in IDLE_SESSIONS sessions of one identity
 # (the target's max_connections must exceed IDLE_CONNECTIONS too).
-IDLE_BROKER_ARGS = (
-    "--session-max-connections",
-    "400",
-    "--gateway-max-connections-per-identity",
-    "400",
+IDLE_BROKER_ARGS = ("--gateway-max-connections-per-identity", "400")
+# The demo policy with the connection caps raised to match (its scopes' limits).
+IDLE_POLICY = (
+    (Path(__file__).parents[1] / "server" / "demo" / "policy.yaml")
+    .read_text()
+    .replace(
+        "    scopes:\n",
+        "    limits:\n"
+        "      max_connections_per_session: 400\n"
+        "      max_connections_per_identity: 400\n"
+        "      max_connections_per_target: 400\n"
+        "    scopes:\n",
+        1,
+    )
 )
 
 
 @contextmanager
 def dev_broker(
-    base: Path, admin_dsn: str, *extra_args: str
+    base: Path, admin_dsn: str, *extra_args: str, policy: str | None = None
 ) -> Iterator[tuple[subprocess.Popen[bytes], dict[str, str]]]:
-    """A `dbaccess-server dev` on ``admin_dsn``, with a CLI environment logged in to it."""
+    """A `dbaccess-server dev` on ``admin_dsn`` (with ``policy`` instead of the demo's),
+    with a CLI environment logged in to it."""
+    if policy is not None:
+        (base / "data").mkdir(parents=True, exist_ok=True)
+        (base / "data" / "policy.yaml").write_text(policy)
     env = dict(os.environ)
     env.pop("DBACCESS_TOKEN", None)
     env.pop("DBACCESS_SERVER", None)

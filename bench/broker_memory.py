@@ -90,6 +90,7 @@ from pathlib import Path
 from benchlib import (
     IDLE_BROKER_ARGS,
     IDLE_CONNECTIONS,
+    IDLE_POLICY,
     IDLE_SESSIONS,
     dev_broker,
     idle_memory_in_sessions,
@@ -166,7 +167,10 @@ def main() -> None:
         with cluster:
             raise_max_connections(cluster, IDLE_CONNECTIONS * 2)
             demo = provision_demo(cluster)
-            with dev_broker(base, demo.admin_dsn, *IDLE_BROKER_ARGS) as (broker, env):
+            with dev_broker(base, demo.admin_dsn, *IDLE_BROKER_ARGS, policy=IDLE_POLICY) as (
+                broker,
+                env,
+            ):
                 time.sleep(args.settle)
                 ready = rss_kb(broker.pid)
                 anon, files = rss_split_kb(broker.pid)

@@ -52,6 +52,7 @@ import psycopg
 from benchlib import (
     IDLE_BROKER_ARGS,
     IDLE_CONNECTIONS,
+    IDLE_POLICY,
     dev_broker,
     gateway_of,
     held_session,
@@ -295,7 +296,7 @@ def main() -> None:
             print("setting up the cluster (pgbench -i -s 10) ...", flush=True)
             admin_dsn = setup_cluster(cluster)
             with (
-                dev_broker(base, admin_dsn, *IDLE_BROKER_ARGS) as (broker, env),
+                dev_broker(base, admin_dsn, *IDLE_BROKER_ARGS, policy=IDLE_POLICY) as (broker, env),
                 held_session(env) as (tunnel_port, ticket),
             ):
                 gw_host, gw_port, ca = gateway_of(base)

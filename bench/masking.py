@@ -42,7 +42,12 @@ Two measurements, each against its reference taken in the same run:
                 are skipped), so this is the common case, one search per row;
   - ``gw+hit``  the rules and all five detectors: the clear ``phone`` column
                 holds a phone number in every row, so every row is rewritten
-                (the worst case).
+                (the worst case);
+  - ``gw+lim``  ``gateway`` with the result limits every session has
+                (``server.gateway.result_limit``, a read scope's defaults: the
+                1,000,000 rows are exactly at the limit, so nothing is cut);
+  - ``rec``     an unmasked session: the recording's hooks only, and
+    ``rec+lim`` the same with the result limits: what counting the rows costs.
 
 Run: ``.venv/bin/python bench/masking.py [--rows 1000000] [--runs 3] [--cpu-only]``
 """
@@ -85,7 +90,8 @@ from server.gateway.pgwire import (
     encode_raw,
 )
 from server.gateway.relay import Relay
-from server.policy.model import DetectorAction, DetectorKind, MaskMethod, MaskRule
+from server.gateway.result_limit import Caps, ResultLimit
+from server.policy.model import READ_LIMITS, DetectorAction, DetectorKind, MaskMethod, MaskRule
 
 RULES = MaskingRules(
     (
@@ -352,12 +358,15 @@ def _detectors(*kinds: DetectorKind) -> MaskingRules:
     return MaskingRules(RULES.rules, RULES.key, {k: DetectorAction.MASK for k in kinds})
 
 
-def gateway_relay(rules: MaskingRules) -> Callable[[Origins], Process]:
-    """The gateway's masking hooks on a relay, after the Query whose result the rows are."""
+def gateway_relay(rules: MaskingRules, *, limited: bool = False) -> Callable[[Origins], Process]:
+    """The gateway's masking hooks on a relay, after the Query whose result the rows are;
+    ``limited``: with the result limits of a read scope's defaults, as the gateway has."""
 
     def make(_origins: Origins) -> Process:
         relay = Relay()
         MaskingHooks(rules, _CpuCatalog(), session_id="bench").install(relay)  # type: ignore[arg-type]
+        if limited:
+            ResultLimit(Caps.of(READ_LIMITS, "read")).install(relay)
         relay.from_client(Query("SELECT * FROM customers").encode())
         return lambda data: relay.from_server(data)[0]
 
@@ -369,8 +378,12 @@ CPU_VARIANTS: dict[str, Callable[[Origins], Process]] = {
     **VARIANTS,
     **({"gateway": _core(True, gateway_relay(RULES))} if BUILT else {}),
     "gw-py": _core(False, gateway_relay(RULES)),
+    "gw+lim": _core(BUILT, gateway_relay(RULES, limited=True)),
     "gw+det": _core(BUILT, gateway_relay(_detectors(*_QUIET))),
     "gw+hit": _core(BUILT, gateway_relay(_detectors(*DetectorKind))),
+    # An unmasked session: the recording's hooks only, without and with the limits.
+    "rec": gateway_relay(MaskingRules()),
+    "rec+lim": gateway_relay(MaskingRules(), limited=True),
 }
 
 
@@ -595,6 +608,9 @@ def main() -> None:
             f"  {name:<7} {seconds:7.3f} s  {seconds / args.rows * 1e6:6.2f} us/row"
             f"  {seconds / cpu['plain']:6.2f}x plain"
         )
+    for limited, base in (("gw+lim", "gateway"), ("rec+lim", "rec")):
+        if limited in cpu and base in cpu:
+            print(f"  result limits: {limited} / {base} = {cpu[limited] / cpu[base]:.2f}x")
     if args.cpu_only:
         return
     names = ["plain", *GATEWAY_E2E, *(n for n in VARIANTS if n != "plain")]

@@ -30,6 +30,7 @@ from server.config import DEFAULT_WORKLOAD_TOKEN_TTL, OidcConfig
 from server.errors import DbaccessError
 from server.gateway.analysis_limits import DEFAULT_ANALYSIS_LIMITS, AnalysisLimits
 from server.gateway.masking_relay import MaskingSetup
+from server.gateway.result_limit import limit_setup
 from server.gateway.server import Gateway
 from server.gateway.statements import guard_setup
 from server.notify.webhooks import WebhookConfig, Webhooks
@@ -113,6 +114,7 @@ class Runtime:
         )
         self.gateway.session_prepare.append(masking.prepare)
         self.gateway.relay_setup.append(masking.setup)
+        self.gateway.relay_setup.append(limit_setup(self.service))
         self.api_sock = _bind(opts.api_host, opts.api_port)
         self.api_port = self.api_sock.getsockname()[1]
 

@@ -21,6 +21,15 @@
  * that one row, which masks it or raises the ProtocolViolation the pure-Python
  * path raises.  So the bytes out, and the errors, are those of the Python loop.
  * The run ends at the first message that is not a DataRow or is not complete.
+ *
+ * ``scan(buf, hooked)`` and ``run(buf, pos)`` are the relay's header walks
+ * (server/gateway/relay.py): the per-message work of every result the gateway
+ * forwards, whether or not it masks.  ``scan`` walks the whole messages of a
+ * chunk from the server and says where they end, how many ReadyForQuery it
+ * holds, whether any message's type is flagged in ``hooked`` (256 bytes, or
+ * None) and how many DataRow and CopyData messages it holds with their size
+ * on the wire (what the result limits count).  ``run`` measures the run of
+ * DataRows that starts at ``pos``.  Neither copies a byte.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -390,11 +399,95 @@ static PyTypeObject MaskerType = {
     .tp_methods = Masker_methods,
 };
 
+/* scan(buf, hooked) -> (end, ready, hit, rows, size)
+ * end: the offset after the last whole message whose length word is at least 4;
+ * the walk stops at an incomplete message or a bad length word, which the caller
+ * looks at itself.  ready: ReadyForQuery ('Z') messages; hit: 1 if a message's
+ * type byte is flagged in hooked; rows, size: DataRow ('D') and CopyData ('d')
+ * messages and their bytes on the wire. */
+static PyObject *rowmask_scan(PyObject *module, PyObject *args)
+{
+    Py_buffer view, flags;
+    PyObject *hooked;
+    if (!PyArg_ParseTuple(args, "y*O", &view, &hooked))
+        return NULL;
+    const unsigned char *flag = NULL;
+    int have_flags = 0;
+    if (hooked != Py_None) {
+        if (PyObject_GetBuffer(hooked, &flags, PyBUF_SIMPLE) < 0) {
+            PyBuffer_Release(&view);
+            return NULL;
+        }
+        have_flags = 1;
+        if (flags.len != 256) {
+            PyBuffer_Release(&flags);
+            PyBuffer_Release(&view);
+            PyErr_SetString(PyExc_ValueError, "hooked must be 256 flag bytes");
+            return NULL;
+        }
+        flag = (const unsigned char *)flags.buf;
+    }
+    const unsigned char *b = (const unsigned char *)view.buf;
+    Py_ssize_t end = view.len, pos = 0, ready = 0, rows = 0, size = 0;
+    int hit = 0;
+    while (end - pos >= 5) {
+        unsigned char t = b[pos];
+        uint32_t length = be32(b + pos + 1);
+        if (length < 4 || (Py_ssize_t)length > end - pos - 1)
+            break;
+        Py_ssize_t stop = pos + 1 + (Py_ssize_t)length;
+        if (t == 'D' || t == 'd') {
+            rows++;
+            size += stop - pos;
+        } else if (t == 'Z') {
+            ready++;
+        }
+        if (flag != NULL && flag[t])
+            hit = 1;
+        pos = stop;
+    }
+    if (have_flags)
+        PyBuffer_Release(&flags);
+    PyBuffer_Release(&view);
+    return Py_BuildValue("(nninn)", pos, ready, hit, rows, size);
+}
+
+/* run(buf, pos) -> (stop, rows, size): the run of whole DataRows from pos. */
+static PyObject *rowmask_run(PyObject *module, PyObject *args)
+{
+    Py_buffer view;
+    Py_ssize_t pos;
+    if (!PyArg_ParseTuple(args, "y*n", &view, &pos))
+        return NULL;
+    const unsigned char *b = (const unsigned char *)view.buf;
+    Py_ssize_t end = view.len, start = pos, rows = 0;
+    if (pos < 0)
+        pos = start = end;
+    while (end - pos >= 5 && b[pos] == 'D') {
+        uint32_t length = be32(b + pos + 1);
+        if (length < 4 || (Py_ssize_t)length > end - pos - 1)
+            break;
+        pos += 1 + (Py_ssize_t)length;
+        rows++;
+    }
+    PyBuffer_Release(&view);
+    return Py_BuildValue("(nnn)", pos, rows, pos - start);
+}
+
+static PyMethodDef rowmask_functions[] = {
+    {"scan", rowmask_scan, METH_VARARGS,
+     "scan(buf, hooked) -> (end, ready, hit, rows, size): the relay's walk of a server chunk."},
+    {"run", rowmask_run, METH_VARARGS,
+     "run(buf, pos) -> (stop, rows, size): the run of whole DataRows from pos."},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef rowmask_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "server.gateway._rowmask",
     .m_doc = "The native core of DataRow masking; see server/gateway/_rowmask.c.",
     .m_size = -1,
+    .m_methods = rowmask_functions,
 };
 
 PyMODINIT_FUNC PyInit__rowmask(void)

@@ -444,7 +444,7 @@ class MaskingHooks:
             self.copying = False
             return None
         if t == 69:  # E
-            return self._on_error(raw, head)
+            return self._on_error(raw, head, own=relay.made_here)
         if t in (67, 115, 73):  # C, s, I
             self.copying = False
             if head is not None and head.kind in ("Q", "X"):
@@ -684,7 +684,9 @@ class MaskingHooks:
             value in statement.sql for statement in self.statements.values()
         )
 
-    def _on_error(self, raw: RawMessage, head: _Item | None) -> bytes | None:
+    def _on_error(self, raw: RawMessage, head: _Item | None, *, own: bool = False) -> bytes | None:
+        """``own``: the gateway made this error (a cut result's), so no server text
+        is in it and it is kept as it is."""
         self.copying = False
         msg = pgwire.decode_backend(raw)
         fields: dict[str, str] = msg.fields if isinstance(msg, ErrorResponse) else {}
@@ -694,6 +696,8 @@ class MaskingHooks:
             if code == SQLSTATE and fields.get("M", "").startswith("dbaccess:"):
                 head.decision = "blocked"
         self._skip_to_sync()
+        if own:
+            return None
         # The gateway's own refusals are 42501 too, so they keep their text.
         valueless = code in _VALUELESS_ERRORS
         exposed = not valueless and self._may_quote_masked(head, fields)

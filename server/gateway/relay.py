@@ -47,6 +47,22 @@ messages through the hooks as if they had just arrived (one of them may start
 the next detour).  What the detour sends itself is never counted: the client
 sees the session exactly as if only its own messages had been relayed.
 
+Result limits: a ``Meter`` (``install_meter``; ``server.gateway.result_limit``)
+bounds what one statement may return.  The relay keeps the statement's
+budget itself, as ``rows_left``/``bytes_left``, and spends it on every
+DataRow and CopyData from the server: per chunk on the fast path (the header
+walk counts them, in C where ``server.gateway._rowmask`` was built), per run
+or per message where a chunk goes through the hooks.  The meter's types
+(statement ends: CommandComplete, EmptyQueryResponse, ErrorResponse,
+PortalSuspended, ReadyForQuery) reach ``Meter.boundary``, which sets the next
+statement's budget.  The message that would overspend it is not forwarded:
+``Meter.cut`` returns a ``Cutter`` that from then on sees every server
+message first (it discards the rest of the response and answers in its
+place) until it calls ``end_cut``; client messages are held as during a
+detour.  ``want_cancel`` sets ``cancel_wanted``, which asks the shell to
+cancel the statement upstream; held messages stay held until the shell
+reports back with ``cancel_done``.
+
 Errors: a bad length word raises ``ProtocolViolation``, a message type that is
 not part of the frontend protocol raises ``GatewayError`` (both 08P01); the
 relay stays failed afterwards, since the next message boundary is unknown.
@@ -82,7 +98,32 @@ class Detour(Protocol):
         handled (hooks run, ReadyForQuery counted)."""
 
 
+class Cutter(Protocol):
+    """What takes the server's messages once a result is cut (see ``Meter.cut``)."""
+
+    def on_server(self, raw: RawMessage, relay: Relay) -> bytes | None:
+        """Every server message, before the hooks: None lets it through (to the
+        hooks and the client), else what the client sees instead (``b""``: nothing)."""
+
+
+class Meter(Protocol):
+    """Sets each statement's budget and cuts a result that overspends it."""
+
+    def boundary(self, raw: RawMessage, relay: Relay) -> None:
+        """A server message of the meter's types (a statement's end), before the hooks."""
+
+    def cut(self, raw: RawMessage, relay: Relay) -> Cutter:
+        """``raw`` (a DataRow or CopyData) would overspend the budget: it and the
+        rest of the response go to the returned cutter."""
+
+
 _HEADER = struct.Struct("!BI")
+# A budget no statement reaches: what "no limit" is.
+UNLIMITED: Final = 1 << 62
+# What a meter must see: where statements end, and the messages that leave even
+# while a response is discarded (notifications, parameter changes, notices).
+METER_TYPES: Final = b"CIEsZASN"
+_ROW_TYPES: Final = frozenset(b"Dd")
 
 # A client message larger than this is refused.  PostgreSQL accepts up to 1 GB,
 # but the gateway holds a message whole before it forwards it (hooks need to
@@ -166,6 +207,17 @@ class Relay:
         self._detour_send = b""  # what the detour sends as it starts
         self._held: list[bytes] = []  # whole client messages held during a detour
         self._to_server: list[bytes] = []  # for the server, while handling its bytes
+        # Result limits: the meter, the current statement's budget, the cut under way.
+        self._meter: Meter | None = None
+        self._meter_types = b""
+        self.rows_left = UNLIMITED
+        self.bytes_left = UNLIMITED
+        self._cut: Cutter | None = None
+        self.cancel_wanted = False  # for the shell: cancel the statement upstream
+        self._cancel_pending = False  # asked for, and not yet reported done
+        # True while the hooks see a message the gateway made in place of the
+        # server's (a cut's ErrorResponse): no server text is in it.
+        self.made_here = False
 
     # -- hooks ------------------------------------------------------------------
     def on_client(self, types: bytes, hook: Hook) -> None:
@@ -181,7 +233,13 @@ class Relay:
         for t in types:
             self._server_hooks[t] = hook
             self._server_runs.pop(t, None)
-        self._server_hooked = _flags(self._server_hooks)
+        self._server_hooked = _flags(self._server_hooks, self._meter_types)
+
+    def install_meter(self, meter: Meter) -> None:
+        """Bound every statement's result with ``meter`` (see the module docstring)."""
+        self._meter = meter
+        self._meter_types = METER_TYPES
+        self._server_hooked = _flags(self._server_hooks, METER_TYPES)
 
     def on_server_run(self, types: bytes, hook: RunHook) -> None:
         """Offer runs of server messages whose type byte is in ``types`` to ``hook``
@@ -199,6 +257,48 @@ class Relay:
     def server_hook(self, t: int) -> Hook | None:
         """The hook registered for server message type ``t``."""
         return self._server_hooks.get(t)
+
+    def start_cut(self, cutter: Cutter) -> None:
+        """From the meter: hold client messages and offer every server message to
+        ``cutter`` first, until ``end_cut``."""
+        self._cut = cutter
+
+    def want_cancel(self) -> None:
+        """From the cutter: ask the shell to cancel the statement running upstream.
+        Client messages stay held until the shell calls ``cancel_done``, so that
+        the cancel can only land on what is being cut."""
+        self.cancel_wanted = True
+        self._cancel_pending = True
+
+    def cancel_done(self) -> tuple[bytes, bytes]:
+        """From the shell, once its cancel was delivered (or could not be): returns
+        (bytes for the server, bytes for the client) that follow from it."""
+        self._cancel_pending = False
+        if self._cut is None:
+            self._release_held()
+        return self.flush()
+
+    def end_cut(self) -> None:
+        """From the cutter: the response is over; held client messages go on
+        (through the hooks) once no cancel is pending and no detour holds them."""
+        self._cut = None
+        if not self._cancel_pending:
+            self._release_held()
+
+    def _release_held(self) -> None:
+        if self._detour is None and self._held:
+            held = b"".join(self._held)
+            self._held = []
+            self._to_server.append(self._client_slow(held))
+
+    def flush(self) -> tuple[bytes, bytes]:
+        """What is due outside a call of from_client/from_server:
+        (bytes for the server, bytes for the client)."""
+        up = b"".join(self._to_server)
+        self._to_server.clear()
+        back = b"".join(self._to_client_now)
+        self._to_client_now.clear()
+        return up, back
 
     def start_detour(self, detour: Detour, send: bytes = b"") -> None:
         """From a client hook: hold every later client message until ``end_detour``,
@@ -238,8 +338,17 @@ class Relay:
 
     @property
     def holding(self) -> bool:
-        """A detour is under way: client messages are held, not forwarded."""
-        return self._detour is not None
+        """A detour or a cut is under way: client messages are held, not forwarded."""
+        return self._detour is not None or self._cut is not None or self._cancel_pending
+
+    @property
+    def cutting(self) -> bool:
+        return self._cut is not None
+
+    @property
+    def held_bytes(self) -> int:
+        """The bytes of the client messages held meanwhile."""
+        return sum(len(part) for part in self._held)
 
     def reply_to_client(self, data: bytes) -> None:
         """Send ``data`` to the client once everything forwarded so far is answered."""
@@ -252,7 +361,13 @@ class Relay:
     @property
     def busy(self) -> bool:
         """A statement is in flight: forwarded, and its ReadyForQuery not yet seen."""
-        return self.ready < self.asked or self.open_pipeline or self._detour is not None
+        return (
+            self.ready < self.asked
+            or self.open_pipeline
+            or self._detour is not None
+            or self._cut is not None
+            or self._cancel_pending
+        )
 
     # -- traffic ----------------------------------------------------------------
     def from_client(self, data: bytes) -> tuple[bytes, bytes]:
@@ -307,7 +422,7 @@ class Relay:
             if not pos:
                 return _NOTHING
             data = data[:pos]
-        if self._detour is not None:
+        if self._detour is not None or self._cut is not None or self._cancel_pending:
             self._held.append(data)
             data = b""
         elif hit:
@@ -334,45 +449,35 @@ class Relay:
             self._server_partial = None
             data = joined
         end = len(data)
-        last_header = end - 5
-        pos = 0
-        unpack = _HEADER.unpack_from
-        ready = 0
-        hit = False
         hooked = self._server_hooked
-        # The loop runs once per message of a result (a DataRow each), so its
-        # order is tuned: the common checks first, the error ones only when
-        # something is already off.
-        if hooked is None:
-            while pos <= last_header:
-                t, length = unpack(data, pos)
-                stop = pos + 1 + length
-                if stop > end or length < 4:
-                    if length < 4 or length > MAX_SERVER_MESSAGE:
-                        self._fail(t, length, MAX_SERVER_MESSAGE)
-                    break
-                if t == _READY:
-                    ready += 1
-                pos = stop
-        else:
-            while pos <= last_header:
-                t, length = unpack(data, pos)
-                stop = pos + 1 + length
-                if stop > end or length < 4:
-                    if length < 4 or length > MAX_SERVER_MESSAGE:
-                        self._fail(t, length, MAX_SERVER_MESSAGE)
-                    break
-                if t == _READY:
-                    ready += 1
-                if hooked[t]:
-                    hit = True
-                pos = stop
+        # One walk over the message headers (no body is copied or decoded):
+        # where the whole messages end, the ReadyForQuery among them, whether
+        # a hooked type is there, and the rows and their bytes.
+        pos, ready, hit, rows, size = _scan(data, hooked)
+        if end - pos >= 5:
+            # Stopped at a message that is not complete, or at a bad length word.
+            t, length = _HEADER.unpack_from(data, pos)
+            if length < 4 or length > MAX_SERVER_MESSAGE:
+                self._fail(t, length, MAX_SERVER_MESSAGE)
         if pos != end:
             self._server_partial = _Partial(data[pos:] if pos else data)
             if not pos:
                 return _NOTHING
             data = data[:pos]
-        if hit or self._detour is not None or (ready and self._to_client_later):
+        rows_left = self.rows_left - rows
+        bytes_left = self.bytes_left - size
+        if (
+            hit
+            or rows_left < 0
+            or bytes_left < 0
+            or self._detour is not None
+            or self._cut is not None
+            or (ready and self._to_client_later)
+        ):
+            if self._cut is not None and not hit:
+                # Only rows of a response being cut: nothing of it goes on.
+                return _NOTHING
+            # Counted again there, message by message (or run by run).
             out = self._server_slow(data)
             back = b""
             if self._to_server:
@@ -382,6 +487,8 @@ class Relay:
                 out += b"".join(self._to_client_now)
                 self._to_client_now.clear()
             return out, back
+        self.rows_left = rows_left
+        self.bytes_left = bytes_left
         self.ready += ready
         return data, b""
 
@@ -455,26 +562,34 @@ class Relay:
         while pos < end:
             t, length = unpack(wire, pos)
             detour = self._detour
-            if detour is None and runs:
+            cut = self._cut
+            if cut is None and detour is None and runs:
                 run = runs.get(t)
-                if run is not None:
+                if run is not None and self._run_fits(wire, pos):
                     taken = run(wire, pos, self)
                     if taken is not None:
                         stop, data = taken
                         if not pos < stop <= end:
                             raise RuntimeError(f"a run hook took bytes {pos}..{stop} of {end}")
+                        self._spend_run(wire, pos, stop)
                         out.append(data)
                         pos = stop
                         continue
             stop = pos + 1 + length
             msg = RawMessage(t, wire[pos + 5 : stop])
             pos = stop
+            if cut is not None:
+                self._to_cut(cut, msg, out)
+                if self._detour is not None:
+                    # A detour waits for this response to end before it asks.
+                    self._detour.after(msg, self)
+                continue
             if detour is None:
-                self._server_message(msg, out)
+                self._from_server_message(msg, out)
                 continue
             taken_msg = detour.on_server(msg, self)
             if taken_msg is None:
-                self._server_message(msg, out)
+                self._from_server_message(msg, out)
             else:
                 # The detour's own answer: dropped, or replaced by what the
                 # client is to see in its place (after the held messages, which
@@ -484,6 +599,56 @@ class Relay:
             if self._detour is not None and taken_msg is None:
                 self._detour.after(msg, self)
         return b"".join(out)
+
+    def _run_fits(self, wire: bytes, pos: int) -> bool:
+        """Whether the run of DataRows at ``pos`` fits the statement's budget (if it
+        does not, its rows go one by one, and the one that overspends is cut)."""
+        if wire[pos] != 68:
+            return True
+        _stop, rows, size = _run(wire, pos)
+        return rows <= self.rows_left and size <= self.bytes_left
+
+    def _spend_run(self, wire: bytes, pos: int, stop: int) -> None:
+        if wire[pos] != 68:
+            return
+        run_stop, rows, size = _run(wire, pos)
+        if run_stop != stop:
+            # The hook took part of the run: count only that part.
+            _s, rows, size = _run(wire[:stop], pos)
+        self.rows_left -= rows
+        self.bytes_left -= size
+
+    def _from_server_message(self, msg: RawMessage, out: list[bytes]) -> None:
+        """A server message for the hooks: rows spend the budget (the one that
+        overspends starts a cut), statement ends go to the meter first."""
+        meter = self._meter
+        if meter is not None:
+            t = msg.type
+            if t in _ROW_TYPES:
+                rows_left = self.rows_left - 1
+                bytes_left = self.bytes_left - 5 - len(msg.body)
+                if rows_left < 0 or bytes_left < 0:
+                    cutter = meter.cut(msg, self)
+                    self._cut = cutter
+                    self._to_cut(cutter, msg, out)
+                    return
+                self.rows_left = rows_left
+                self.bytes_left = bytes_left
+            elif t in self._meter_types:
+                meter.boundary(msg, self)
+        self._server_message(msg, out)
+
+    def _to_cut(self, cut: Cutter, msg: RawMessage, out: list[bytes]) -> None:
+        taken = cut.on_server(msg, self)
+        if taken is None:
+            self._server_message(msg, out)
+            return
+        self.made_here = True
+        try:
+            for part in pgwire.split_frames(taken)[0]:
+                self._server_message(part, out)
+        finally:
+            self.made_here = False
 
     def _server_message(self, msg: RawMessage, out: list[bytes]) -> None:
         hook = self._server_hooks.get(msg.type)
@@ -499,10 +664,59 @@ class Relay:
                 out.append(later.popleft()[1])
 
 
-def _flags(hooks: dict[int, Hook]) -> bytes | None:
-    if not hooks:
+def _flags(hooks: dict[int, Hook], extra: bytes = b"") -> bytes | None:
+    if not hooks and not extra:
         return None
     flags = bytearray(256)
     for t in hooks:
         flags[t] = 1
+    for t in extra:
+        flags[t] = 1
     return bytes(flags)
+
+
+def _scan_py(data: bytes, hooked: bytes | None) -> tuple[int, int, int, int, int]:
+    """``_rowmask.scan`` in Python, where the C core was not built."""
+    end = len(data)
+    pos = ready = hit = rows = size = 0
+    unpack = _HEADER.unpack_from
+    while end - pos >= 5:
+        t, length = unpack(data, pos)
+        stop = pos + 1 + length
+        if length < 4 or stop > end:
+            break
+        if t == 68 or t == 100:
+            rows += 1
+            size += stop - pos
+        elif t == _READY:
+            ready += 1
+        if hooked is not None and hooked[t]:
+            hit = 1
+        pos = stop
+    return pos, ready, hit, rows, size
+
+
+def _run_py(data: bytes, pos: int) -> tuple[int, int, int]:
+    """``_rowmask.run`` in Python."""
+    end = len(data)
+    start = pos
+    rows = 0
+    unpack = _HEADER.unpack_from
+    while end - pos >= 5 and data[pos] == 68:
+        length = unpack(data, pos)[1]
+        if length < 4 or pos + 1 + length > end:
+            break
+        pos += 1 + length
+        rows += 1
+    return pos, rows, pos - start
+
+
+_scan: Callable[[bytes, bytes | None], tuple[int, int, int, int, int]] = _scan_py
+_run: Callable[[bytes, int], tuple[int, int, int]] = _run_py
+try:  # the same walks in C (server/gateway/_rowmask.c), where it was built
+    from server.gateway import _rowmask
+
+    _scan = _rowmask.scan
+    _run = _rowmask.run
+except ImportError:  # pragma: no cover - a machine without a compiler
+    pass

@@ -401,15 +401,18 @@ class ClientConnection(asyncio.Protocol):
         if relay.holding:
             self.reading_client()
 
-    def _analyse_off_loop(self, relay: Relay, data: bytes) -> None:
-        """``relay.from_client(data)`` in an analysis thread; the connection reads
-        neither side until it is done (``_analysed``)."""
+    def _analyse_off_loop(
+        self, relay: Relay, data: bytes, work: Callable[[], tuple[bytes, bytes]] | None = None
+    ) -> None:
+        """``relay.from_client(data)`` (or ``work``, another call of the relay that
+        runs client hooks) in an analysis thread; the connection reads neither side
+        until it is done (``_analysed``)."""
         self._analysing = True
         self.reading_client()
         if self._up is not None:
             self._up.pause_reading()
         try:
-            job = self.gateway.analysis.submit(relay.from_client, data)
+            job = self.gateway.analysis.submit(work or (lambda: relay.from_client(data)))
         except RuntimeError:  # shut down: the broker is stopping
             self.abort("57P01", SHUTDOWN_MESSAGE, SHUTDOWN_HINT)
             return
@@ -728,6 +731,9 @@ class ClientConnection(asyncio.Protocol):
                 self.transport.write(out)
             if back and self._up is not None:
                 self._up.write(back)
+            if relay.cancel_wanted:
+                relay.cancel_wanted = False
+                self.loop.create_task(self._cancel_cut(relay))
             if self._client_paused and not relay.holding:
                 self.reading_client()
             if self.gateway.draining and not relay.busy and not self._closing:
@@ -792,6 +798,51 @@ class ClientConnection(asyncio.Protocol):
             return
         assert self.transport is not None
         self.transport.resume_reading()
+
+    async def _cancel_cut(self, relay: Relay) -> None:
+        """Cancel the statement whose result the relay cut, then let the relay go on.
+
+        The target closes a cancel connection once it has signalled the backend,
+        so the relay (which holds the client's next messages until now) knows
+        that a late cancel cannot reach a statement the client sends next.
+        """
+        target = self.gateway.cancel_keys.get(self.key)
+        if target is not None:
+            try:
+                r, w = await asyncio.wait_for(
+                    asyncio.open_connection(target.host, target.port), UPSTREAM_CONNECT_TIMEOUT
+                )
+                try:
+                    w.write(pgwire.CancelRequest(target.pid, target.secret).encode())
+                    await w.drain()
+                    await asyncio.wait_for(r.read(), UPSTREAM_CONNECT_TIMEOUT)
+                finally:
+                    w.close()
+            except (OSError, TimeoutError) as exc:
+                log.warning("cancelling a statement whose result was cut failed: %s", exc)
+        while self._analysing and not self.closed:
+            # An analysis thread has the relay (it is only holding what arrives).
+            await asyncio.sleep(0.005)
+        if self.closed or self.relay is not relay:
+            return
+        if relay.held_bytes > OFFLOAD_BYTES:
+            # The held messages go through the hooks now: analysed off the loop.
+            self._analyse_off_loop(relay, b"", relay.cancel_done)
+            return
+        try:
+            up, back = relay.cancel_done()
+        except ProtocolViolation as exc:
+            self.abort("08P01", f"protocol violation: {exc}", None)
+            return
+        except GatewayError as exc:
+            self.abort(exc.sqlstate, exc.message, exc.hint)
+            return
+        except Exception:
+            self.internal_error("relaying a client message")
+            return
+        self._client_relayed(relay, up, back)
+        if self._client_paused and not relay.holding:
+            self.reading_client()
 
     def upstream_lost(self, exc: Exception | None) -> None:
         if self.closed:

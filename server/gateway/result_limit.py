@@ -67,7 +67,7 @@ from typing import Final
 
 from server.audit.recording import LimitHit, RecordFn, record_limit
 from server.gateway import pgwire
-from server.gateway.pgwire import Bind, Close, Execute, Parse, Query, RawMessage
+from server.gateway.pgwire import Bind, Parse, Query, RawMessage
 from server.gateway.relay import UNLIMITED, Relay
 from server.policy.model import SessionLimits
 from server.sessions.service import LiveSession, SessionService
@@ -189,25 +189,26 @@ class ResultLimit:
         assert isinstance(msg, Parse)
         self.statements[msg.name] = msg.query
 
+    # Bind, Execute and Close are read only as far as their names: they come
+    # with every statement, and their parameters are not the meter's business.
     def _on_bind(self, raw: RawMessage, relay: Relay) -> None:
-        msg = pgwire.decode_frontend(raw)
-        assert isinstance(msg, Bind)
-        self.portals[msg.portal] = self.statements.get(msg.statement)
-        self.suspended.pop(msg.portal, None)  # a new portal of that name
+        portal, rest = _cstring(raw.body, 0)
+        statement, _ = _cstring(raw.body, rest)
+        self.portals[portal] = self.statements.get(statement)
+        self.suspended.pop(portal, None)  # a new portal of that name
 
     def _on_execute(self, raw: RawMessage, relay: Relay) -> None:
-        msg = pgwire.decode_frontend(raw)
-        assert isinstance(msg, Execute)
-        self._push(_Item("X", portal=msg.portal, sql=self.portals.get(msg.portal)), relay)
+        portal, _ = _cstring(raw.body, 0)
+        self._push(_Item("X", portal=portal, sql=self.portals.get(portal)), relay)
 
     def _on_close(self, raw: RawMessage, relay: Relay) -> None:
-        msg = pgwire.decode_frontend(raw)
-        assert isinstance(msg, Close)
-        if msg.kind == "S":
-            self.statements.pop(msg.name, None)
+        body = raw.body
+        name, _ = _cstring(body, 1)
+        if body[:1] == b"S":
+            self.statements.pop(name, None)
         else:
-            self.portals.pop(msg.name, None)
-            self.suspended.pop(msg.name, None)
+            self.portals.pop(name, None)
+            self.suspended.pop(name, None)
 
     def _on_sync(self, raw: RawMessage, relay: Relay) -> None:
         self._push(_Item("SYNC"), relay)
@@ -367,6 +368,15 @@ class _Cut:
         self.over = True
         self.limit.recorded(self)
         relay.end_cut()
+
+
+def _cstring(body: bytes, start: int) -> tuple[str, int]:
+    """The NUL-terminated string at ``start`` and where the next field starts (a
+    malformed message gives what it gives: the server refuses it anyway)."""
+    end = bytes(body).find(b"\0", start) if not isinstance(body, bytes) else body.find(b"\0", start)
+    if end < 0:
+        return bytes(body[start:]).decode("utf-8", "replace"), len(body)
+    return bytes(body[start:end]).decode("utf-8", "replace"), end + 1
 
 
 def _tag(raw: RawMessage) -> str:

@@ -718,5 +718,5 @@ try:  # the same walks in C (server/gateway/_rowmask.c), where it was built
 
     _scan = _rowmask.scan
     _run = _rowmask.run
-except ImportError:  # pragma: no cover - a machine without a compiler
+except (ImportError, AttributeError):  # pragma: no cover - no compiler, or a core built before
     pass

@@ -101,7 +101,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from server.audit.recording import redact_params, statement_event
+from server.audit.recording import redact_params, redact_statement, statement_event
 from server.gateway import pgwire
 from server.gateway.catalog import Catalog
 from server.gateway.guardrails import Decision, Outcome
@@ -148,6 +148,7 @@ from server.gateway.sqlcheck import (
     StatementClass,
     analyze,
     result_lineage,
+    statement_ends,
 )
 from server.sessions.service import LiveSession, SessionService
 
@@ -943,8 +944,15 @@ class MaskingHooks:
                 # the statement touches one, every parameter is hidden.
                 hidden = range(len(item.params)) if touches else ()
                 params = redact_params(item.params, item.param_formats, masked=hidden)
+            text = item.sql
+            if touches and item.kind == "Q":
+                # In a Query of several, only the literals of the statements that
+                # touch masked columns are hidden.
+                by_statement = self._redacted_by_statement(item)
+                if by_statement is not None:
+                    text, touches = by_statement, False
             data = statement_event(
-                item.sql,
+                text,
                 started_at=item.started_at,
                 duration_ms=(time.monotonic() - item.started) * 1000,
                 rows=item.rows,
@@ -958,6 +966,26 @@ class MaskingHooks:
             record(self.session_id, "statement", data)
         except Exception:  # recording problems never break the relay
             log.exception("recording a statement failed")
+
+    def _redacted_by_statement(self, item: _Item) -> str | None:
+        """A Query of several statements as it is recorded, each statement's
+        literals hidden when it touches a table with masked columns (or that
+        cannot be told); None: not several, or it does not split as analysed."""
+        written = item.analysis
+        if written is None or len(written.statements) < 2:
+            return None
+        ends = statement_ends(item.sql)
+        if ends is None or len(ends) != len(written.statements):
+            return None
+        out: list[str] = []
+        start = 0
+        for index, end in enumerate(ends):
+            touched = self._touched(item, index)
+            hides = touched is None or any(self.rules.rule_for(c) is not None for c in touched)
+            out.append(redact_statement(item.sql[start:end], all_literals=hides))
+            start = end
+        out.append(redact_statement(item.sql[start:], all_literals=True))  # comments, ';'
+        return "".join(out)
 
 
 def touched_relations(

@@ -320,3 +320,26 @@ def test_notices_keep_their_text_on_tables_without_masked_columns() -> None:
     relay.from_client(Query("select city from customers").encode())
     out, _ = relay.from_server(notice + pgwire.ready_for_query("I"))
     assert b'"paid"' not in out and b'"***"' in out
+
+
+def test_a_query_of_several_hides_the_literals_of_its_masked_statements_only() -> None:
+    events: list[dict[str, Any]] = []
+    relay = Relay()
+    MaskingHooks(
+        RULES,
+        _TwoTables(),  # type: ignore[arg-type]
+        session_id="s-1",
+        record=lambda _sid, _kind, data: events.append(dict(data)),
+    ).install(relay)
+    relay.from_client(
+        Query("select status from orders where status = 'paid' and 7 > 1; "
+              "select city from customers where email = 'ann@example.com' and 8 > 1").encode()
+    )  # fmt: skip
+    relay.from_server(DONE + DONE + pgwire.ready_for_query("I"))
+    (event,) = events
+    assert "'paid'" in event["text"] and "7 > 1" in event["text"]
+    assert "ann@example.com" not in event["text"] and "8 > 1" not in event["text"]
+    # One statement: as before, every literal of a masked statement is hidden.
+    relay.from_client(Query("select city from customers where email = 'ann@example.com'").encode())
+    relay.from_server(DONE + pgwire.ready_for_query("I"))
+    assert "ann@example.com" not in events[1]["text"]

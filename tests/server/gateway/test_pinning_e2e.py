@@ -154,6 +154,11 @@ def test_every_way_of_lifting_a_limit_is_refused_and_leaves_it_as_it_was(
                 conn.execute("rollback")
             assert conn.info.transaction_status.name == "IDLE", sql
             assert _shown(conn) == before, sql
+        # A name bound as a parameter is judged with its value, at Bind.
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match=name):
+            conn.execute("select set_config(%s, %s, false)", (name, "0"))
+        assert _shown(conn) == before
+        assert conn.execute("select set_config(%s, %s, false)", ("application_name", "x"))
         # ... and nothing reached the role or the database.
         assert _rolconfig(admin_conn, role) == config
         settings = admin_conn.execute(

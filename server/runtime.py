@@ -34,7 +34,7 @@ from server.gateway.result_limit import limit_setup
 from server.gateway.server import Gateway
 from server.gateway.statements import guard_setup
 from server.notify.webhooks import WebhookConfig, Webhooks
-from server.policy import load_policy
+from server.policy import Policy, load_policy
 from server.sessions.service import SessionService
 from server.store.db import Store
 from server.tlsutil import TlsFiles, fingerprint, server_context
@@ -92,9 +92,11 @@ class Runtime:
                 "in the policy; until it is removed it caps the policy's value at %d",
                 opts.max_connections_per_session,
             )
+        policy = load_policy(opts.policy_path)
+        _warn_masking_keys(policy)
         self.service = SessionService(
             self.store,
-            load_policy(opts.policy_path),
+            policy,
             max_connections_per_session=opts.max_connections_per_session,
             notifier=self.notifier,
             archiver=self.archiver,
@@ -132,6 +134,7 @@ class Runtime:
             chain.append(self.store, "policy.reload_rejected", data={"error": exc.message})
             return False
         self.service.policy = policy
+        _warn_masking_keys(policy)
         chain.append(self.store, "policy.reloaded", data={"path": str(self.policy_path)})
         log.info("policy reloaded from %s", self.policy_path)
         return True
@@ -252,3 +255,12 @@ def run(opts: RuntimeOptions, on_ready: Callable[[Runtime], None] | None = None)
         asyncio.run(runtime.serve(on_ready))
     else:
         uvloop.run(runtime.serve(on_ready))
+
+
+def _warn_masking_keys(policy: Policy) -> None:
+    """Say at start and at each reload which masking keys sessions will not find
+    (such sessions are refused, naming the key, when they start)."""
+    from server.gateway.masking import masking_key_problems
+
+    for problem in masking_key_problems(policy.targets.values(), environment=True):
+        log.warning("masking: %s; sessions that need this key are refused", problem)

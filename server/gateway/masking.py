@@ -206,14 +206,15 @@ class MaskingRules:
         """Which columns are masked in ``scope``, for deciding only: exempt groups are not
         considered (a scope's grant roles serve everyone in it), and ``hash`` rules stand
         as ``redact`` so that no key is needed and nothing can be hashed with a wrong one."""
-        if policy is None or scope in policy.exempt_scopes:
+        rules = _in_force(policy, scope, ())
+        if rules is None:
             return NO_MASKING
-        rules = tuple(
-            replace(r, method=MaskMethod.REDACT) if r.method is MaskMethod.HASH else r
-            for r in policy.rules
-            if not r.scopes or scope in r.scopes
+        return cls(
+            tuple(
+                replace(r, method=MaskMethod.REDACT) if r.method is MaskMethod.HASH else r
+                for r in rules
+            )
         )
-        return cls(rules)
 
     @cached_property
     def detector_set(self) -> DetectorSet:

@@ -159,6 +159,10 @@ def test_a_session_without_its_key_is_refused_naming_the_key(demo_target: DemoTa
     b = new_broker(demo_target)
     try:
         b.start(policy=_policy("key_env"))  # KEY_ENV is not set for this broker
+        # Said when the broker starts, too.
+        assert f"masking: target 'demo': masking key from environment variable {KEY_ENV}" in (
+            b.log()
+        )
         res = b.cli("exec", "demo", "--scope", "read", "-c", "select 1")
         assert res.returncode == 7, res.stderr
         assert f"target 'demo': masking key from environment variable {KEY_ENV} is missing" in (

@@ -71,6 +71,22 @@ that answer applied to the old one, so the new one's rows are not described
   decision, masked fields), and one ``notice`` event per NoticeResponse as the
   client got it.
 
+Masking is visible.  A session that masking applies to is told at login,
+in a NoticeResponse before its first ReadyForQuery (``Relay.greeting``), which
+columns of the target leave masked in it (``masking.session_notice``).  Which
+columns of a *result* were masked is told to programs by a ParameterStatus
+``dbaccess.masked_columns`` ahead of each result of a simple Query that has
+masked columns (JSON: the Query's number on the connection, and per result
+the positions, names and methods; see ``_report``); ``dbaccess exec`` reads it
+to mark masked columns.  That channel was chosen because it is the least
+invasive honest one: the protocol lets a server send a ParameterStatus at any
+time and clients keep it by name without showing it (psql prints nothing,
+drivers expose it as ``PQparameterStatus``), while a NoticeResponse per
+result would print on every psql statement, and the column origins the
+client already receives (table OID, attnum) cannot say it: a masked
+expression has none, and the client does not know the rules.  A server's
+ParameterStatus of that name is dropped, so the report is the gateway's.
+
 Sessions without masking rules or detectors register only the few hooks
 recording needs (no DataRow hook), so their rows keep the relay's fast path.
 

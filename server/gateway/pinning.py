@@ -21,10 +21,15 @@ how                                         refused when
                                             ``RESET ALL``
 ``CREATE RULE`` (actions run later)        the same
 ``DO``, ``CREATE``/``ALTER FUNCTION``,      the same, or the body runs SQL built
-``PROCEDURE``, ``ROUTINE`` (their ``SET``   at run time (``EXECUTE``), or it is
-clauses and bodies)                         in a language other than SQL and
-                                            PL/pgSQL, which the gateway cannot
-                                            read
+``PROCEDURE``, ``ROUTINE`` (their ``SET``   at run time (``EXECUTE``), spells a
+clauses and bodies)                         name with Unicode escapes (``U&"…"``)
+                                            or is in a language other than SQL
+                                            and PL/pgSQL (the word after each
+                                            ``LANGUAGE``, comments skipped),
+                                            which the gateway cannot read
+other DDL (an aggregate's ``SFUNC``, a      its text names ``set_config``,
+view, which stores a query)                 ``pg_settings`` or uses Unicode
+                                            escapes
 a statement the analysis did not            its text names a pinned setting
 understand
 a startup parameter                         it names a pinned setting
@@ -39,7 +44,8 @@ analysis's 2000-character excerpt, so nothing hides behind a long body.
 Advisory locks (``pg_advisory_lock``, ``pg_try_advisory_lock``, their
 ``_shared`` and ``_xact_`` forms) outlive statements and, taken by one session
 and held, stall everyone who waits for the same key; they are refused unless
-the scope's ``limits.advisory_locks`` is true.  Unlocking stays allowed.
+the scope's ``limits.advisory_locks`` is true: called, or named in a body or
+DDL whose text the scan reads.  Unlocking stays allowed.
 
 Every refusal is a :class:`~server.gateway.guardrails.Decision` with rule
 ``limits.pinned`` (or ``limits.advisory_locks``) and the limit's policy key,
@@ -74,7 +80,9 @@ _CONFIGURING = ("ALTER ROLE", "ALTER USER", "ALTER DATABASE", "ALTER GROUP", "AL
 _STORING = ("CREATE RULE",)
 # Languages whose bodies the scan below can read: SQL and PL/pgSQL statements.
 _READABLE_LANGUAGES = frozenset({"sql", "plpgsql"})
-_LANGUAGE = re.compile(r"\blanguage\s+(?:'([^']*)'|\"([^\"]*)\"|([a-z0-9_$]+))")
+_LANGUAGE_WORD = re.compile(r"\blanguage\b")
+_LANGUAGE_NAME = re.compile(r"'([^']*)'|\"([^\"]*)\"|([a-z0-9_$]+)")
+_UNICODE_ESCAPE = re.compile(r"\bu&['\"]")
 _RESET_ALL = re.compile(r"\breset\s+all\b")
 _EXECUTE = re.compile(r"\bexecute\b")
 _NAMELESS = ("set_config", "pg_settings")
@@ -105,7 +113,10 @@ class LimitPins:
 
 def _refusal(pins: LimitPins, what: str, setting: str | None, index: int | None) -> Decision:
     if setting is None:
-        message = f"{what}; the session's limits ({', '.join(sorted(pins.settings))}) are fixed"
+        message = (
+            f"{what}; the limits that {pins.where()} sets "
+            f"({', '.join(sorted(pins.settings))}) are fixed"
+        )
     else:
         message = f"{what}; {setting} is a limit that {pins.where()} sets"
     return Decision(
@@ -166,23 +177,40 @@ def _judge(st: Statement, sql: str, pins: LimitPins, index: int) -> Decision | N
     if not pins.advisory_locks:
         for call in st.functions:
             if _ADVISORY.fullmatch(call.name) and call.schema in (None, "pg_catalog"):
-                return Decision(
-                    Outcome.BLOCK,
-                    ADVISORY_RULE,
-                    f"{call}() takes an advisory lock, which {pins.where()} does not allow",
-                    "advisory locks outlive statements and stall whoever waits for the same "
-                    f"key; an administrator can allow them with limits.advisory_locks: true "
-                    f"for {pins.where()}",
-                    index,
-                    limit="advisory_locks",
+                return _advisory_refusal(pins, f"{call}() takes an advisory lock", index)
+        if _reads_text(st):
+            # A body, or a function named without a call (an aggregate's SFUNC),
+            # takes the lock when it runs, out of the analysis's sight.
+            named = _ADVISORY.search(sql.lower())
+            if named is not None:
+                command = st.command or "this statement"
+                return _advisory_refusal(
+                    pins, f"{command} calls {named[0]}, which takes an advisory lock", index
                 )
     return None
 
 
+def _advisory_refusal(pins: LimitPins, what: str, index: int) -> Decision:
+    return Decision(
+        Outcome.BLOCK,
+        ADVISORY_RULE,
+        f"{what}, which {pins.where()} does not allow",
+        "advisory locks outlive statements and stall whoever waits for the same "
+        f"key; an administrator can allow them with limits.advisory_locks: true "
+        f"for {pins.where()}",
+        index,
+        limit="advisory_locks",
+    )
+
+
 def _reads_text(st: Statement) -> bool:
+    # DDL names functions without calling them (an aggregate's SFUNC, an
+    # operator's FUNCTION, a cast's) and stores queries (a view over
+    # pg_settings, updatable through its rules): what runs later is read now.
     return (
         Feature.CODE in st.features
         or st.kind is StatementClass.UNKNOWN
+        or st.kind is StatementClass.DDL
         or st.command.startswith(_CONFIGURING)
         or st.command.startswith(_STORING)
     )
@@ -202,11 +230,23 @@ def _scan(st: Statement, sql: str, pins: LimitPins) -> tuple[str, str | None] | 
     code = Feature.CODE in st.features
     text = sql.lower()
     command = st.command or "this statement"
-    for setting in sorted(pins.settings):
-        if setting in text:
-            return f"{command} names {setting}", setting
+    # Plain DDL (a table, an aggregate) may have a column named like a limit;
+    # only what can run code or attach settings is refused for naming one.
+    plain_ddl = (
+        st.kind is StatementClass.DDL
+        and not code
+        and not st.command.startswith(_CONFIGURING)
+        and not st.command.startswith(_STORING)
+    )
+    if not plain_ddl:
+        for setting in sorted(pins.settings):
+            if setting in text:
+                return f"{command} names {setting}", setting
     if st.kind is StatementClass.UNKNOWN:
         return None  # refused by the guardrails; nothing here names a limit
+    if _UNICODE_ESCAPE.search(text):
+        # U&"set\005fconfig" is set_config to PostgreSQL and no name to the scan.
+        return f"{command} spells a name with Unicode escapes, which the gateway cannot read", None
     for word in _NAMELESS:
         if word in text:
             return f"{command} uses {word}, which may change any setting", None
@@ -215,14 +255,45 @@ def _scan(st: Statement, sql: str, pins: LimitPins) -> tuple[str, str | None] | 
     if code:
         if _EXECUTE.search(text):
             return f"{command} runs SQL built at run time, which the gateway cannot read", None
-        for found in _LANGUAGE.finditer(text):
-            language = next(str(g) for g in found.groups() if g is not None)
+        for language in _languages(text):
             if language not in _READABLE_LANGUAGES:
                 return (
-                    f"{command} runs code in language {language}, which the gateway cannot read",
+                    f"{command} runs code in language {language or '(unreadable)'}, "
+                    "which the gateway cannot read",
                     None,
                 )
     return None
+
+
+def _languages(text: str) -> Iterable[str]:
+    """The name after each word ``language`` of ``text`` (lower case), with the
+    whitespace and comments PostgreSQL skips between them skipped too (nested
+    ``/* */`` included, as the server nests them); "" where no name follows."""
+    for word in _LANGUAGE_WORD.finditer(text):
+        at = _skip_blanks(text, word.end())
+        found = _LANGUAGE_NAME.match(text, at)
+        yield next((g for g in found.groups() if g is not None), "") if found else ""
+
+
+def _skip_blanks(text: str, at: int) -> int:
+    while at < len(text):
+        if text[at].isspace():
+            at += 1
+        elif text.startswith("--", at):
+            end = text.find("\n", at)
+            at = len(text) if end < 0 else end + 1
+        elif text.startswith("/*", at):
+            depth, at = 1, at + 2
+            while at < len(text) and depth:
+                if text.startswith("/*", at):
+                    depth, at = depth + 1, at + 2
+                elif text.startswith("*/", at):
+                    depth, at = depth - 1, at + 2
+                else:
+                    at += 1
+        else:
+            break
+    return at
 
 
 def limit_hit(decision: Decision, pins: LimitPins, sql: str | None) -> LimitHit:

@@ -115,6 +115,30 @@ def _decide(sql: str, pins: LimitPins = PINS, params: tuple[str | None, ...] | N
         ("alter function f() reset all", PINNED),
         ("create function f() returns int language sql as 'select 1'", "allow"),
         ("create function f() returns int language python as 'return 1'", PINNED),
+        # names the scan cannot read: Unicode escapes, a language behind a comment
+        (
+            "do $$ begin perform U&\"set\\005fconfig\"('statement' || '_timeout', '0', false);"
+            " end $$",
+            PINNED,
+        ),
+        ('do $$ begin set U&"statement\\005ftimeout" = 0; end $$', PINNED),
+        ('do $$ begin alter role current_user set U&"lock\\005ftimeout" = 0; end $$', PINNED),
+        ("create function f() returns int language/**/plperl as $$ 1 $$", PINNED),
+        ("create function f() returns int language /* /* */ sql */ plperl as $$ 1 $$", PINNED),
+        ("create function f() returns int language -- sql\n plperl as $$ 1 $$", PINNED),
+        ("do language/**/plperl $$ 1 $$", PINNED),
+        ("create function f() returns int language /* c */ sql as 'select 1'", "allow"),
+        # functions named without a call, queries stored to run later
+        (
+            "create aggregate a(text, bool) "
+            "(sfunc = set_config, stype = text, initcond = 'statement_timeout')",
+            PINNED,
+        ),
+        ("create aggregate a(text, bool) (sfunc = pg_catalog.set_config, stype = text)", PINNED),
+        ("create view v as select * from pg_settings", PINNED),
+        ("create temp view v as select * from pg_catalog.pg_settings", PINNED),
+        ("create table statement_timeout_log (statement_timeout interval)", "allow"),
+        ("create operator ### (leftarg = text, rightarg = text, function = textcat)", "allow"),
         # advisory locks
         ("select pg_advisory_lock(1)", LOCKS),
         ("select pg_try_advisory_lock(1)", LOCKS),
@@ -128,6 +152,18 @@ def _decide(sql: str, pins: LimitPins = PINS, params: tuple[str | None, ...] | N
         ("select 1 from generate_series(1, 3) g where pg_try_advisory_lock(g)", LOCKS),
         ("select * from pg_advisory_lock(1)", LOCKS),
         ("prepare p as select pg_advisory_lock(1)", LOCKS),
+        ("do $$ begin perform pg_advisory_lock(1); end $$", LOCKS),
+        (
+            "create function f() returns void language sql as $$ select pg_advisory_lock(1) $$",
+            LOCKS,
+        ),
+        (
+            "create function f() returns void language plpgsql as $$ begin "
+            "perform pg_catalog.pg_try_advisory_xact_lock_shared(1); end $$",
+            LOCKS,
+        ),
+        ("create aggregate a(bigint) (sfunc = pg_try_advisory_lock, stype = bigint)", LOCKS),
+        ("do $$ begin perform pg_advisory_unlock(1); end $$", "allow"),
         ("select pg_advisory_unlock(1)", "allow"),
         ("select pg_advisory_unlock_all()", "allow"),
     ],

@@ -27,7 +27,20 @@ LIMITS = """\
       idle_in_transaction_session_timeout: 1s
       temp_file_limit: 64MB
 """
-POLICY = demo_policy(target=LIMITS)
+# A scope trusted with server-side code and schema changes, without review: what
+# its sessions create must not lift the limits either.
+CODE_SCOPE = """\
+      etl:
+        grants: [demo_write]
+        default_ttl: 15m
+        max_ttl: 1h
+        allow:
+          groups: [dev]
+        guardrails:
+          preset: admin
+          review: []
+"""
+POLICY = demo_policy(target=LIMITS, scopes=CODE_SCOPE)
 # What SHOW says in a session of this policy (temp_file_limit: see test_the_role_carries...).
 SHOWN = {
     "statement_timeout": "5s",
@@ -166,6 +179,54 @@ def test_every_way_of_lifting_a_limit_is_refused_and_leaves_it_as_it_was(
             " where d.datname = 'demo'"
         ).fetchone()
         assert settings == (0,)
+
+
+# What a scope allowed to run code and change the schema could use to lift a
+# limit out of the analysis's sight (each created object is in pg_temp), and the
+# statement that would then lift it.
+CODE_WAYS = [
+    "do $$ begin perform U&\"set\\005fconfig\"('lock' || '_timeout', '0', false); end $$",
+    'do $$ begin set U&"statement\\005ftimeout" = 0; end $$',
+    "create aggregate pg_temp.lift(text, bool) "
+    "(sfunc = set_config, stype = text, initcond = 'lock_timeout')",
+    "create view pg_temp.knobs as select * from pg_settings",
+    "do language/**/plperl $$ 1 $$",
+]
+CODE_LOCKS = [
+    "do $$ begin perform pg_advisory_lock(77); end $$",
+    "create function pg_temp.lock() returns void language sql as $$ select pg_advisory_lock(78) $$",
+    "create function pg_temp.lock() returns void language plpgsql as "
+    "$$ begin perform pg_catalog.pg_advisory_lock(79); end $$",
+]
+
+
+def test_code_and_schema_changes_cannot_lift_a_limit_or_take_an_advisory_lock(
+    broker: Broker,
+) -> None:
+    with held_session(broker, "--scope", "etl") as s, connect(s) as conn:
+        before = _shown(conn)
+        for sql, rule in [(w, "limits.pinned") for w in CODE_WAYS] + [
+            (w, "limits.advisory_locks") for w in CODE_LOCKS
+        ]:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege) as info:
+                conn.execute(sql)
+            assert f"({rule})" in str(info.value.diag.message_primary), sql
+            assert "scope 'etl' of target 'demo'" in str(info.value.diag.message_primary), sql
+        # Nothing was created, nothing changed, no lock is held.
+        created = conn.execute(
+            "select (select count(*) from pg_proc where pronamespace = pg_my_temp_schema())"
+            " + (select count(*) from pg_class where relnamespace = pg_my_temp_schema())"
+        ).fetchone()
+        assert created == (0,)
+        assert _shown(conn) == before
+        held = conn.execute(
+            "select count(*) from pg_locks where locktype = 'advisory' and pid = pg_backend_pid()"
+        ).fetchone()
+        assert held == (0,)
+        # The scope still runs code and changes its schema.
+        conn.execute("do $$ begin raise notice 'hi'; end $$")
+        conn.execute("create function pg_temp.one() returns int language sql as 'select 1'")
+        assert conn.execute("select pg_temp.one()").fetchone() == (1,)
 
 
 def test_psql_shows_the_refusal_with_its_hint(session: HeldSession) -> None:

@@ -5,6 +5,8 @@ a hint naming the policy key, while another identity still connects."""
 from __future__ import annotations
 
 import json
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -14,6 +16,8 @@ import psycopg
 import pytest
 
 from server.demo.provision import DemoTarget
+from server.gateway import pgwire
+from server.gateway.session import startup_packet
 from tests.fix_broker import Broker, demo_policy, new_broker
 from tests.fix_pgwire import login_error
 from tests.fix_session import held_session
@@ -134,3 +138,64 @@ def test_the_deprecated_server_setting_still_caps_sessions(demo_target: DemoTarg
     finally:
         b.stop()
         b.kill()
+
+
+def _race(dsns: list[str]) -> tuple[list[psycopg.Connection[Any]], list[str]]:
+    """Log in to every DSN at once: the connections opened, the refusals' texts."""
+    opened: list[psycopg.Connection[Any]] = []
+    refused: list[str] = []
+    lock = threading.Lock()
+
+    def login(dsn: str) -> None:
+        try:
+            conn = connect(dsn)
+        except psycopg.OperationalError as exc:
+            with lock:
+                refused.append(str(exc))
+            return
+        with lock:
+            opened.append(conn)
+
+    threads = [threading.Thread(target=login, args=(d,)) for d in dsns]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return opened, refused
+
+
+def test_connections_racing_for_the_caps_never_overshoot_them_nor_leak_slots(
+    broker: Broker,
+) -> None:
+    """Many logins at once, and a storm of clients that vanish mid-login, as an
+    attacker would try to slip past a count or wear it down."""
+    with (
+        held_session(broker, "--scope", "write") as first,
+        held_session(broker, "--scope", "write") as second,
+    ):
+        for _round in range(2):
+            dsns = [first.dsn(), second.dsn()] * 6
+            opened, refused = _race(dsns)
+            try:
+                # 2 per session, 3 for dev across them: never more, however they race.
+                assert len(opened) == 3, (len(opened), refused)
+                assert len(refused) == len(dsns) - 3
+                assert all("too many connections" in r for r in refused), refused
+            finally:
+                for conn in opened:
+                    conn.close()
+            # Clients that hang up at every step of the login: each slot comes back.
+            for step in range(40):
+                with socket.create_connection(("127.0.0.1", first.port), timeout=10) as sock:
+                    sock.sendall(startup_packet({"user": "dev", "database": first.database}))
+                    if step % 2:
+                        sock.recv(64)  # the password request
+                        sock.sendall(pgwire.PasswordMessage.from_password(first.ticket).encode())
+            deadline = time.monotonic() + 10
+            while True:  # the gateway notices the hang-ups as they close
+                try:
+                    with connect(first.dsn()), connect(first.dsn()), connect(second.dsn()):
+                        break
+                except psycopg.OperationalError:
+                    assert time.monotonic() < deadline, "slots leaked by vanished clients"
+                    time.sleep(0.2)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import socket
@@ -151,6 +152,12 @@ class Runtime:
         )
 
         await self.gateway.start(self.opts.gateway_host, self.opts.gateway_port)
+        # Everything loaded so far (modules, the policy, sqlglot's tables) lives as
+        # long as the broker: out of the collector's sight, so that the full
+        # collections a large statement's many objects set off stay short (they
+        # hold the interpreter lock, and so the event loop, while they run).
+        gc.collect()
+        gc.freeze()
         info = GatewayInfo(
             host=self.opts.public_gateway_host or self.gateway.host,
             port=self.opts.public_gateway_port or self.gateway.port,

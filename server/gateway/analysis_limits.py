@@ -25,7 +25,10 @@ one-second CPU budget (about 0.4 s) and about 45 MB of memory, while statements
 people write, and large literals such as a JSON document, fit.
 
 Analysis that can take more than a few milliseconds does not run on the event
-loop: see ``server.gateway.server`` (``OFFLOAD_BYTES``).
+loop, nor hold its interpreter lock: see ``server.gateway.server``
+(``OFFLOAD_BYTES``) and ``server.gateway.analysis_pool``.  Where a worker
+process reading a statement dies, the statement is refused too
+(:func:`analysis_failed`, 54000).
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ DEFAULT_CPU_BUDGET: Final = 1.0
 SQLSTATE: Final = "54000"
 TOO_LARGE: Final = "gateway.statement_too_large"
 OVER_BUDGET: Final = "gateway.analysis_budget"
-RULES: Final = frozenset({TOO_LARGE, OVER_BUDGET})
+FAILED: Final = "gateway.analysis_failed"
+RULES: Final = frozenset({TOO_LARGE, OVER_BUDGET, FAILED})
 # The broker settings (server.config) that raise them.
 SIZE_SETTING: Final = "gateway_max_statement_size"
 BUDGET_SETTING: Final = "gateway_analysis_cpu_budget"
@@ -105,5 +109,20 @@ def over_budget(limits: AnalysisLimits) -> Decision:
         f"analysing the statement took more than {limits.cpu_budget:g}s of CPU ({BUDGET_SETTING})",
         "split it into smaller, simpler statements, or ask an administrator to raise "
         f"{BUDGET_SETTING} in the broker's configuration",
+        None,
+    )
+
+
+def analysis_failed(reason: str) -> Decision:
+    """The refusal of a statement whose analysis could not finish (the process
+    that read it ended): fail closed."""
+    from server.gateway.guardrails import Decision, Outcome
+
+    return Decision(
+        Outcome.BLOCK,
+        FAILED,
+        f"the gateway could not finish reading the statement ({reason}); it was not run",
+        "try again; if it keeps failing, split it into smaller statements or tell an "
+        "administrator (the broker log has the details)",
         None,
     )

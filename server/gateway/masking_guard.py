@@ -99,6 +99,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from server.gateway import analysis_pool
 from server.gateway.guardrails import (
     ALLOWED,
     DYNAMIC_SQL_FUNCTIONS,
@@ -109,6 +110,7 @@ from server.gateway.guardrails import (
 )
 from server.gateway.sqlcheck import (
     ANY_COLUMN,
+    DEFAULT_TIME_BUDGET,
     MAX_TEXT,
     PREDICATE,
     Analysis,
@@ -270,7 +272,7 @@ def _attribute_call(written: Analysis, session: MaskedSession, sql: str) -> Deci
     relation the statement names."""
     if "." not in sql:
         return None  # nothing after a dot: no attribute notation
-    dotted = dotted_names(sql)
+    dotted = analysis_pool.read(sql, dotted_names, None, DEFAULT_TIME_BUDGET)
     if dotted is None:
         return None  # the analysis would not have understood it either
     functions = session.functions
@@ -312,7 +314,7 @@ def _inference(written: Analysis, session: MaskedSession, sql: str) -> Decision:
                         masked.add(column)
     if not masked:
         return ALLOWED
-    referenced = predicate_columns(sql)
+    referenced = analysis_pool.read(sql, predicate_columns, None, DEFAULT_TIME_BUDGET)
     if referenced is None:
         why = "the gateway cannot read which columns it filters, groups or sorts on"
     else:

@@ -118,7 +118,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from server.audit.recording import redact_params, redact_statement, statement_event
-from server.gateway import pgwire
+from server.gateway import analysis_pool, pgwire
 from server.gateway.catalog import Catalog
 from server.gateway.guardrails import Decision, Outcome
 from server.gateway.masking import (
@@ -157,12 +157,12 @@ from server.gateway.pgwire import (
 from server.gateway.relay import Hook, Relay
 from server.gateway.search_path import catalog_first, session_search_path
 from server.gateway.sqlcheck import (
+    DEFAULT_TIME_BUDGET,
     MAX_TEXT,
     Analysis,
     Name,
     Statement,
     StatementClass,
-    analyze,
     result_lineage,
     statement_ends,
 )
@@ -217,6 +217,10 @@ class _Item:
     results: int = 0  # a Query's RowDescriptions so far
     reported: list[dict[str, object]] = field(default_factory=list)
     params: tuple[bytes | None, ...] | None = None  # an Execute's Bind parameters
+    # Where a long Query's statements end (for its recording), read with its
+    # analysis off the event loop; ``ends_read`` False: read when needed.
+    ends: list[int] | None = None
+    ends_read: bool = False
     param_formats: tuple[int, ...] = ()
     # What a Describe or Execute was sent for: the very statement or portal the
     # server will answer about, even if the client has since parsed or bound
@@ -335,6 +339,15 @@ class MaskingHooks:
         self._queries += 1
         item = _Item("Q", sql=msg.query, serial=self._queries)
         item.analysis = self._analyze(msg.query)
+        if (
+            item.analysis is not None
+            and len(item.analysis.statements) > 1
+            and analysis_pool.offload(msg.query) is not None
+        ):
+            # Its recording splits it by statement, on the event loop: tokenizing
+            # a long text there would stall every connection.
+            item.ends = analysis_pool.read(msg.query, statement_ends, None, DEFAULT_TIME_BUDGET)
+            item.ends_read = True
         self._start(item)
         self.pending.append(item)
 
@@ -347,7 +360,7 @@ class MaskingHooks:
         # Only masking needs it: analysed as the guard's masking check analyses it
         # (names left unqualified, resolved against the catalog by _touched), so
         # that the analysis cache answers rather than a second analysis.
-        return analyze(sql, search_path=(UNQUALIFIED,)) if self.masking else None
+        return analysis_pool.analyze(sql, search_path=(UNQUALIFIED,)) if self.masking else None
 
     def _on_bind(self, raw: RawMessage, relay: Relay) -> bytes | None:
         msg = pgwire.decode_frontend(raw)
@@ -990,7 +1003,7 @@ class MaskingHooks:
         written = item.analysis
         if written is None or len(written.statements) < 2:
             return None
-        ends = statement_ends(item.sql)
+        ends = item.ends if item.ends_read else statement_ends(item.sql)
         if ends is None or len(ends) != len(written.statements):
             return None
         out: list[str] = []
@@ -1182,7 +1195,8 @@ class MaskingSetup:
                 columns,
                 inference,
             )
-            return masking_decision(analyze(sql, search_path=(UNQUALIFIED,)), session, sql)
+            analysis = analysis_pool.analyze(sql, search_path=(UNQUALIFIED,))
+            return masking_decision(analysis, session, sql)
 
         return check
 

@@ -55,11 +55,13 @@ import ssl
 from collections.abc import Callable
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import cast
 
 from server.audit.recording import LimitHit, record_limit
 from server.errors import DbaccessError, TooManyConnections
 from server.gateway import pgwire
+from server.gateway.analysis_pool import AnalysisPool, offloading
 from server.gateway.limits import (
     CANCEL_RATE_PER_ADDRESS,
     CancelLimiter,
@@ -134,6 +136,7 @@ class Gateway:
         max_connections: int = 1000,
         max_connections_per_identity: int = 100,
         cancel_rate: float = CANCEL_RATE_PER_ADDRESS,
+        use_workers: bool = True,
     ) -> None:
         self.service = service
         self.ssl_context = ssl_context
@@ -150,6 +153,10 @@ class Gateway:
         # Bounded: a client that sends costly statements waits for a thread, the
         # event loop never does.
         self.analysis = ThreadPoolExecutor(ANALYSIS_THREADS, thread_name_prefix="dbaccess-analysis")
+        # Where the analysis threads send long texts (``analysis_pool``): its
+        # processes start when the first such text comes (most brokers never see
+        # one), and are stopped with the gateway.  None: the threads read them.
+        self.workers: AnalysisPool | None = AnalysisPool(ANALYSIS_THREADS) if use_workers else None
         self._cancel_limiter: CancelLimiter | None = None
         self._cancel_logged = float("-inf")
         self.host = ""
@@ -185,6 +192,9 @@ class Gateway:
             conn.abort("57P01", SHUTDOWN_MESSAGE, SHUTDOWN_HINT)
         # An analysis still running ends within its CPU budget; queued ones never start.
         self.analysis.shutdown(wait=False, cancel_futures=True)
+        if self.workers is not None:
+            # Killed: an analysis thread waiting for one gets an answer at once.
+            self.workers.close()
         if self._server is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), 5)
@@ -412,7 +422,9 @@ class ClientConnection(asyncio.Protocol):
         if self._up is not None:
             self._up.pause_reading()
         try:
-            job = self.gateway.analysis.submit(work or (lambda: relay.from_client(data)))
+            job = self.gateway.analysis.submit(
+                _relay_off_loop, self.gateway.workers, work or partial(relay.from_client, data)
+            )
         except RuntimeError:  # shut down: the broker is stopping
             self.abort("57P01", SHUTDOWN_MESSAGE, SHUTDOWN_HINT)
             return
@@ -918,6 +930,15 @@ class ClientConnection(asyncio.Protocol):
             self.gateway.service.detach(self.live, self)
         if self.upstream is not None and self.upstream.transport is not None:
             self.upstream.transport.close()
+
+
+def _relay_off_loop(
+    workers: AnalysisPool | None, work: Callable[[], tuple[bytes, bytes]]
+) -> tuple[bytes, bytes]:
+    """``work`` (a call of the relay that runs client hooks) in an analysis thread,
+    long texts read by ``workers``."""
+    with offloading(workers):
+        return work()
 
 
 def _nodelay(transport: asyncio.BaseTransport) -> None:

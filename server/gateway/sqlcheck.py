@@ -324,6 +324,9 @@ class Analysis:
     # The analysis ran past its CPU budget and stopped (its one statement is
     # UNKNOWN): the text may be fine, it was too costly to read.
     over_budget: bool = False
+    # Why the analysis could not finish for a reason other than its budget (the
+    # process that ran it ended), or None.
+    failed: str | None = None
 
     @property
     def unknown(self) -> bool:
@@ -423,26 +426,78 @@ def analyze(
     a binary value), used where a parameter names a setting.  ``time_budget`` is
     CPU seconds of this thread.
     """
-    key = (sql, search_path, max_len, params)
-    cached = _CACHE.get(key)
+    cached = analysis_cached(sql, search_path=search_path, max_len=max_len, params=params)
     if cached is not None:
         return cached
-    shape = _shape(sql) if len(sql) <= _CACHE_MAX_KEY else None
-    shape_key = (shape, search_path, max_len, params)
-    if shape is not None:
-        template = _SHAPES.get(shape_key)
-        if template is not None:
-            return template.fill(sql)
-    result, deterministic = _analyze_guarded(sql, search_path, max_len, params, time_budget)
-    if deterministic and len(sql) <= _CACHE_MAX_KEY:
-        template = _ShapeTemplate.of(sql, result) if shape is not None else None
-        if template is not None:
-            # One entry serves every literal variant; the exact cache stays for
-            # texts whose literals may matter.
-            _SHAPES.put(shape_key, template, len(sql))
-        else:
-            _CACHE.put(key, result, len(sql))
+    result, deterministic = analyze_uncached(sql, search_path, max_len, params, time_budget)
+    if deterministic:
+        remember(sql, result, search_path=search_path, max_len=max_len, params=params)
     return result
+
+
+def analysis_cached(
+    sql: str,
+    *,
+    search_path: tuple[str, ...] = ("public",),
+    max_len: int = DEFAULT_MAX_LEN,
+    params: tuple[str | None, ...] | None = None,
+) -> Analysis | None:
+    """What :func:`analyze` would answer from its caches alone, or None."""
+    cached = _CACHE.get((sql, search_path, max_len, params))
+    if cached is not None:
+        return cached
+    if len(sql) > _CACHE_MAX_KEY:
+        return None
+    shape = _shape(sql)
+    if shape is None:
+        return None
+    template = _SHAPES.get((shape, search_path, max_len, params))
+    return template.fill(sql) if template is not None else None
+
+
+def analyze_uncached(
+    sql: str,
+    search_path: tuple[str, ...] = ("public",),
+    max_len: int = DEFAULT_MAX_LEN,
+    params: tuple[str | None, ...] | None = None,
+    time_budget: float = DEFAULT_TIME_BUDGET,
+) -> tuple[Analysis, bool]:
+    """The analysis itself, without the caches (a pure function of its arguments
+    and the CPU time it may take, so it can run in another process), and whether
+    it may be cached (not when it stopped at the budget)."""
+    return _analyze_guarded(sql, search_path, max_len, params, time_budget)
+
+
+def remember(
+    sql: str,
+    analysis: Analysis,
+    *,
+    search_path: tuple[str, ...] = ("public",),
+    max_len: int = DEFAULT_MAX_LEN,
+    params: tuple[str | None, ...] | None = None,
+) -> None:
+    """Keep a deterministic analysis of ``sql`` for :func:`analysis_cached`."""
+    if len(sql) > _CACHE_MAX_KEY:
+        return
+    shape = _shape(sql)
+    template = _ShapeTemplate.of(sql, analysis) if shape is not None else None
+    if template is not None:
+        # One entry serves every literal variant; the exact cache stays for
+        # texts whose literals may matter.
+        _SHAPES.put((shape, search_path, max_len, params), template, len(sql))
+    else:
+        _CACHE.put((sql, search_path, max_len, params), analysis, len(sql))
+
+
+def over_budget_analysis(sql: str, time_budget: float) -> Analysis:
+    """The analysis of a statement whose reading ran past ``time_budget``."""
+    return _over_budget(sql, time_budget)
+
+
+def failed_analysis(sql: str, reason: str) -> Analysis:
+    """The analysis of a statement whose reading could not finish (``reason``):
+    one UNKNOWN statement, never cached (the text may be fine)."""
+    return Analysis((_unknown(0, sql, reason),), failed=reason)
 
 
 def cache_clear() -> None:

@@ -93,7 +93,7 @@ from server.approvals.service import Approvals
 from server.audit import chain
 from server.audit.recording import LimitHit, RecordFn, record_limit
 from server.errors import DbaccessError
-from server.gateway import analysis_limits, pgwire
+from server.gateway import analysis_limits, analysis_pool, pgwire
 from server.gateway.analysis_limits import AnalysisLimits
 from server.gateway.guardrails import (
     ALLOWED,
@@ -132,7 +132,6 @@ from server.gateway.rules import target_rules
 from server.gateway.search_path import catalog_first, session_search_path
 from server.gateway.sqlcheck import (
     Analysis,
-    analyze,
     analyze_function_call,
     statement_ends,
 )
@@ -408,7 +407,8 @@ class StatementGuard:
 
     def _analyze(self, sql: str, params: tuple[str | None, ...] | None = None) -> Analysis:
         limits = self.limits
-        return analyze(
+        # In a worker process when the text is long and this is an analysis thread.
+        return analysis_pool.analyze(
             sql,
             search_path=self.search_path,
             params=params,
@@ -424,6 +424,8 @@ class StatementGuard:
             refusal = analysis_limits.over_budget(self.limits)
             self._record_limit(refusal, sql[:_AUDIT_TEXT])
             return refusal
+        if analysis.failed is not None:
+            return analysis_limits.analysis_failed(analysis.failed)
         decision = self._guardrails(analysis, sql)
         if self.masking is None or decision.outcome is Outcome.BLOCK:
             return decision  # nothing masking says can make it graver
@@ -593,7 +595,7 @@ class StatementGuard:
         count = len(analysis.statements)
         if decision.outcome is not Outcome.BLOCK or not 1 < count <= _MAX_STEPS:
             return None
-        ends = statement_ends(sql)
+        ends = analysis_pool.read(sql, statement_ends, None, self.limits.cpu_budget)
         if ends is None or len(ends) != count:
             return None
         for k in range(count):

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from server.gateway import analysis_limits, pgwire, sqlcheck, statements
+from server.gateway import analysis_limits, analysis_pool, pgwire, sqlcheck
 from server.gateway.analysis_limits import AnalysisLimits, oversize, statement_size
 from server.gateway.guardrails import GuardrailRules, Outcome
 from server.gateway.pgwire import Parse, Query
@@ -101,7 +101,7 @@ def test_an_oversize_statement_is_refused_unread_with_54000(
         raise AssertionError("an oversize statement was decoded or analysed")
 
     monkeypatch.setattr(pgwire, "decode_frontend", never)
-    monkeypatch.setattr(statements, "analyze", never)
+    monkeypatch.setattr(analysis_pool, "analyze", never)
     recorder = _Recorder()
     relay = _guarded(AnalysisLimits(max_statement_size=4096), recorder)
     up, back = relay.from_client(wire)

@@ -1,10 +1,11 @@
 """The broker under statements made to be costly to analyse: while one client
-sends statements of 64 kB, 1 MB and 16 MB (a long literal, a long identifier,
-deep nesting, thousands of statements in one Query), another session's
-``select 1`` keeps its p99 under 100 ms (expected to fail while one call of
-the compiled parser can hold the interpreter lock longer), the API answers, the broker's memory
-stays bounded, an oversize statement gets 54000 and its connection goes on,
-and SIGTERM stops the broker within its shutdown grace."""
+sends statements of 64 kB, just under the 256 KiB size limit, 1 MB and 16 MB
+(a long literal, a long identifier, deep nesting, a long IN list, thousands of
+statements in one Query), another session's ``select 1`` keeps its p99 under
+100 ms (the costly reading happens in the gateway's worker processes), the API
+answers, the broker's memory stays bounded, an oversize statement gets 54000
+and its connection goes on, and SIGTERM stops the broker within its shutdown
+grace."""
 
 from __future__ import annotations
 
@@ -25,9 +26,9 @@ from tests.fix_session import held_session
 pytestmark = pytest.mark.slow
 
 KB = 1024
-SIZES = (64 * KB, 1024 * KB, 16 * 1024 * KB)
-SHAPES = ("literal", "identifier", "nesting", "statements")
 LIMIT = 256 * KB  # the default gateway_max_statement_size
+SIZES = (64 * KB, LIMIT - KB, 1024 * KB, 16 * 1024 * KB)
+SHAPES = ("literal", "identifier", "nesting", "in-list", "statements")
 P99_MS = 100.0
 # The broker's peak resident memory over the whole run may exceed what it held
 # before the abuse by at most this much (a 16 MB statement is held a few times
@@ -43,6 +44,8 @@ def statement(shape: str, size: int) -> str:
         return 'select 1 as "' + "y" * size + '"'
     if shape == "nesting":
         return "select " + "(" * (size // 2) + "1" + ")" * (size // 2)
+    if shape == "in-list":
+        return "select 1 where 1 in (" + ",".join(["1"] * (size // 2)) + ")"
     return "select 1;" * (size // 9)
 
 
@@ -138,9 +141,14 @@ def test_costly_statements_stall_no_one_and_sigterm_still_stops_the_broker(
                     except psycopg.Error as exc:
                         outcomes[shape, size] = exc.sqlstate
                         if exc.sqlstate == "54000":
-                            assert "gateway_max_statement_size" in str(exc)
+                            setting = (
+                                "gateway_max_statement_size"
+                                if size > LIMIT
+                                else "gateway_analysis_cpu_budget"
+                            )
+                            assert setting in str(exc), (shape, size, str(exc))
                             assert exc.diag.message_hint is not None
-                            assert "gateway_max_statement_size" in exc.diag.message_hint
+                            assert setting in exc.diag.message_hint
                     # The connection, and the next statement on it, still work.
                     assert abuser.execute("select 2").fetchone() == (2,)
         finally:
@@ -153,11 +161,13 @@ def test_costly_statements_stall_no_one_and_sigterm_still_stops_the_broker(
             if size > LIMIT:
                 assert sqlstate == "54000", (shape, size)
             else:
-                # Analysed: run, or refused by the guardrails (too many tokens to trust).
-                assert sqlstate in (None, "42501"), (shape, size, sqlstate)
+                # Analysed: run, refused by the guardrails (too many tokens to
+                # trust), or past the analysis CPU budget on a busy host.
+                assert sqlstate in (None, "42501", "54000"), (shape, size, sqlstate)
         assert outcomes["literal", 64 * KB] is None
         assert len(pinger.latencies) >= 50
         p99 = pinger.p99_ms()
+        assert p99 < P99_MS, f"select 1 p99 {p99:.1f} ms over {len(pinger.latencies)} pings"
         assert api.answers >= 10 and api.slowest < 2.0
         assert peak_mb - rss_before_mb < RSS_GROWTH_MB, (rss_before_mb, peak_mb)
 
@@ -188,8 +198,3 @@ def test_costly_statements_stall_no_one_and_sigterm_still_stops_the_broker(
         abuser.close()
     log = fresh_broker.log()
     assert "shutting down" in log
-    if p99 >= P99_MS:
-        # Analysis runs in threads, but sqlglot's compiled tokenizer and parser
-        # hold the interpreter lock for as long as one call runs (a 45,000-token
-        # statement: about 0.3 s), and the event loop waits for that lock.
-        pytest.xfail(f"select 1 p99 {p99:.1f} ms: compiled analysis holds the interpreter lock")

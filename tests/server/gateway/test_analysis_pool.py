@@ -1,0 +1,232 @@
+"""The analysis worker processes, without sockets: answers, a worker past its
+allowance or crashing (killed, replaced, the call fails and the statement is
+refused with 54000), message order through a relay whose long statements are
+read in a worker, and shutdown with a call under way."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+
+from server.gateway import analysis_pool, pgwire, sqlcheck
+from server.gateway.analysis_limits import AnalysisLimits
+from server.gateway.analysis_pool import AnalysisPool, OverBudget, WorkerFailed, offloading
+from server.gateway.guardrails import GuardrailRules
+from server.gateway.relay import Relay
+from server.gateway.server import _relay_off_loop
+from server.gateway.statements import SessionFacts, StatementGuard
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[AnalysisPool]:
+    # spawn: a fork server would keep its socket's folder in the test run's
+    # temporary directory until this process exits (the broker's uses forkserver).
+    workers = AnalysisPool(2, start_method="spawn")
+    workers.start()
+    yield workers
+    workers.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie until its parent reaps it: not running.
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().split()[2] != "Z"
+
+
+def test_a_call_runs_in_another_process(pool: AnalysisPool) -> None:
+    assert pool.call(1.0, os.getpid) in pool.pids()
+    assert pool.call(1.0, os.getpid) != os.getpid()
+
+
+def test_workers_run_at_a_lower_priority(pool: AnalysisPool) -> None:
+    assert pool.call(1.0, os.nice, 0) >= os.nice(0) + analysis_pool.WORKER_NICENESS
+
+
+def test_fork_is_refused() -> None:
+    with pytest.raises(ValueError, match="never fork"):
+        AnalysisPool(1, start_method="fork")
+
+
+def test_an_exception_in_the_call_fails_it_and_keeps_the_worker(pool: AnalysisPool) -> None:
+    before = pool.pids()
+    with pytest.raises(WorkerFailed, match="ValueError"):
+        pool.call(1.0, int, "not a number")
+    assert sorted(pool.pids()) == sorted(before)
+    assert pool.call(1.0, int, "7") == 7
+
+
+def test_a_call_past_its_allowance_kills_its_worker_and_the_pool_recovers(
+    pool: AnalysisPool,
+) -> None:
+    budget = 0.1
+    allowance = budget * analysis_pool.WALL_FACTOR + analysis_pool.WALL_SLACK
+    before = set(pool.pids())
+    started = time.monotonic()
+    with pytest.raises(OverBudget):
+        pool.call(budget, time.sleep, 30)
+    assert time.monotonic() - started < allowance + 2
+    gone = before - set(pool.pids())
+    assert len(gone) == 1 and not _alive(gone.pop())
+    assert pool.call(1.0, int, "3") == 3
+    assert len(pool.pids()) <= pool.size
+
+
+def test_a_worker_that_dies_fails_the_call_clearly_and_is_replaced(pool: AnalysisPool) -> None:
+    replaced = pool.replaced
+    with pytest.raises(WorkerFailed, match="SIGABRT"):
+        pool.call(1.0, os.abort)
+    assert pool.replaced == replaced + 1
+    pids = {pool.call(1.0, os.getpid) for _ in range(4)}
+    assert all(_alive(pid) for pid in pids)
+
+
+def test_analysis_in_a_worker_is_the_same_and_fills_the_brokers_cache(pool: AnalysisPool) -> None:
+    sqlcheck.cache_clear()
+    sql = "select a, b from t where c in (" + ", ".join(f"'v{i}'" for i in range(400)) + ")"
+    assert analysis_pool.PROCESS_MIN_CHARS < len(sql) <= 16_384
+    inline = sqlcheck.analyze(sql)
+    sqlcheck.cache_clear()
+    with offloading(pool):
+        assert analysis_pool.offload(sql) is pool
+        assert analysis_pool.offload("select 1") is None  # short: read here
+        offloaded = analysis_pool.analyze(sql)
+    assert offloaded == inline
+    assert sqlcheck.analysis_cached(sql) == inline  # the next time, no worker
+
+
+def test_an_analysis_of_thousands_of_statements_comes_back_whole(pool: AnalysisPool) -> None:
+    sql = "select 1;" * 3000 + "select 2"
+    with offloading(pool):
+        found = analysis_pool.analyze(sql)
+    assert len(found.statements) == 3001
+    assert [s.index for s in found.statements] == list(range(3001))
+    assert found.statements[-1].text == "select 2"
+
+
+def test_without_a_pool_at_hand_analysis_stays_in_this_thread() -> None:
+    sql = "select " + " + ".join(["1"] * 2000)
+    assert analysis_pool.offload(sql) is None
+    assert not analysis_pool.analyze(sql).unknown
+
+
+# -- through the guard ------------------------------------------------------------
+
+
+def _guarded(limits: AnalysisLimits | None = None) -> Relay:
+    relay = Relay()
+    StatementGuard(
+        GuardrailRules.preset("write"),
+        SessionFacts(
+            session_id="s-test",
+            identity="alice",
+            groups=frozenset(),
+            target="t",
+            scope="write",
+            reason="test",
+            ttl=timedelta(hours=1),
+        ),
+        approvals=None,
+        store=None,
+        limits=limits,
+    ).install(relay)
+    return relay
+
+
+def _queries(wire: bytes) -> list[str]:
+    msgs, _ = pgwire.split_frames(wire)
+    found = []
+    for msg in msgs:
+        decoded = pgwire.decode_frontend(msg)
+        assert isinstance(decoded, pgwire.Query)
+        found.append(decoded.query)
+    return found
+
+
+def test_messages_keep_their_order_when_long_ones_are_read_in_a_worker(
+    pool: AnalysisPool,
+) -> None:
+    long_one = "select 1 where 1 in (" + ", ".join(["1"] * 3000) + ")"
+    sent = ["select 1", long_one, "select 2", long_one.replace("select 1", "select 3"), "select 4"]
+    wire = b"".join(pgwire.Query(q).encode() for q in sent)
+    up, back = _relay_off_loop(pool, _guarded(), wire)
+    assert back == b""
+    assert _queries(up) == sent
+
+
+class _DeadPool:
+    """A pool whose worker always dies (the guard sees what a crash gives)."""
+
+    def call(self, budget: float, fn: object, /, *args: object) -> object:
+        raise WorkerFailed("the analysis process ended by SIGKILL")
+
+
+class _SlowPool:
+    def call(self, budget: float, fn: object, /, *args: object) -> object:
+        raise OverBudget("no answer within 2.5s")
+
+
+@pytest.mark.parametrize(
+    ("fake", "rule", "says"),
+    [
+        (_DeadPool(), "gateway.analysis_failed", "ended by SIGKILL"),
+        (_SlowPool(), "gateway.analysis_budget", "gateway_analysis_cpu_budget"),
+    ],
+)
+def test_a_statement_whose_worker_fails_is_refused_with_54000_and_the_next_runs(
+    fake: object, rule: str, says: str
+) -> None:
+    sqlcheck.cache_clear()
+    relay = _guarded()
+    long_one = "select 1 where 1 in (" + ", ".join(["2"] * 3000) + ")"
+    wire = pgwire.Query(long_one).encode() + pgwire.Query("select 5").encode()
+    with offloading(fake):  # type: ignore[arg-type]
+        up, _back = relay.from_client(wire)
+    forwarded = _queries(up)
+    assert forwarded[0] != long_one  # replaced by what PostgreSQL refuses
+    assert forwarded[1] == "select 5"
+    # The server's error for the replacement is swapped for the gateway's.
+    server_error = pgwire.error_response("ERROR", "42601", "syntax error")
+    ready = pgwire.ready_for_query("I")
+    to_client, _ = relay.from_server(server_error + ready)
+    msgs, _ = pgwire.split_frames(to_client)
+    error = pgwire.decode_backend(msgs[0])
+    assert isinstance(error, pgwire.ErrorResponse)
+    assert error.fields["C"] == "54000"
+    assert rule in error.fields["M"] and says in error.fields["M"]
+    assert error.fields.get("H")
+    assert sqlcheck.analysis_cached(long_one) is None  # not kept: it may be fine
+
+
+def test_close_ends_a_call_under_way_at_once_and_refuses_later_ones() -> None:
+    workers = AnalysisPool(1, start_method="spawn")
+    workers.start()
+    pids = workers.pids()
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            workers.call(60.0, time.sleep, 60)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    caller = threading.Thread(target=run)
+    caller.start()
+    time.sleep(0.3)
+    started = time.monotonic()
+    workers.close()
+    caller.join(5)
+    assert not caller.is_alive()
+    assert time.monotonic() - started < 3
+    assert outcome and isinstance(outcome[0], WorkerFailed)
+    assert not any(_alive(pid) for pid in pids)
+    with pytest.raises(WorkerFailed, match="stopping"):
+        workers.call(1.0, int, "1")

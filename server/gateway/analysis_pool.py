@@ -230,7 +230,8 @@ class AnalysisPool:
 
     @staticmethod
     def _why_ended(worker: _Worker, exc: BaseException) -> str:
-        worker.process.join(1)
+        # Its pipe closed as it exited; under load its status may take a moment.
+        worker.process.join(3)
         code = worker.process.exitcode
         if code is not None and code < 0:
             try:

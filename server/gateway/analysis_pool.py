@@ -361,16 +361,22 @@ def _analyze_in_parts(
     return parts, analysis.over_budget, analysis.failed, deterministic
 
 
-def read(text: str, fn: Callable[[str], _T], failed: _T, budget: float) -> _T:
-    """``fn(text)`` for a pure reading of a statement (names, columns), in a worker
-    process where :func:`offload` says so; ``failed`` (the reading's own "cannot
-    tell", on which its caller fails closed) when the worker ran past ``budget``
-    or died."""
+def read_with(text: str, fn: Callable[..., _T], failed: _T, budget: float, *args: Any) -> _T:
+    """:func:`read` of ``fn(text, *args)``: ``args`` are the few facts the reading
+    needs besides the text (they are sent along)."""
     pool = offload(text)
     if pool is None:
-        return fn(text)
+        return fn(text, *args)
     try:
-        return pool.call(budget, fn, text)
+        return pool.call(budget, fn, text, *args)
     except WorkerFailed as exc:
         log.warning("reading a statement of %d characters failed: %s", len(text), exc)
         return failed
+
+
+def read(text: str, fn: Callable[[str], _T], failed: _T, budget: float) -> _T:
+    """``fn(text)`` for a pure reading of a statement (names, columns, where its
+    statements end), in a worker process where :func:`offload` says so;
+    ``failed`` (the reading's own "cannot tell", on which its caller fails
+    closed) when the worker ran past ``budget`` or died."""
+    return read_with(text, fn, failed, budget)

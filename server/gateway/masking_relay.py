@@ -119,7 +119,7 @@ from datetime import UTC, datetime
 
 from server.audit.recording import redact_params, redact_statement, statement_event
 from server.gateway import analysis_pool, pgwire
-from server.gateway.catalog import Catalog
+from server.gateway.catalog import Catalog, CatalogSnapshot
 from server.gateway.guardrails import Decision, Outcome
 from server.gateway.masking import (
     Action,
@@ -160,10 +160,12 @@ from server.gateway.sqlcheck import (
     DEFAULT_TIME_BUDGET,
     MAX_TEXT,
     Analysis,
+    Lineage,
     Name,
     Statement,
     StatementClass,
     result_lineage,
+    result_lineage_of,
     statement_ends,
 )
 from server.sessions.service import LiveSession, SessionService
@@ -171,6 +173,8 @@ from server.sessions.service import LiveSession, SessionService
 log = logging.getLogger(__name__)
 
 SQLSTATE = "42501"
+# Long texts whose lineage is kept, read ahead, per connection (a pipeline's few).
+_LINEAGE_AHEAD_KEPT = 8
 BLOCK_HINT = "select the column itself or ask for review"
 DETECTOR_HINT = "leave the column out of the result, or ask for review"
 COPY_DETECTOR_HINT = "select the columns instead: a COPY row cannot be masked in place"
@@ -304,6 +308,9 @@ class MaskingHooks:
         self.search_path = search_path
         self.pending: deque[_Item] = deque()
         self.statements: dict[str, _Statement] = {}
+        # The lineage of long texts' results, read with their analysis in a worker
+        # process (``_read_lineage_ahead``), for the catalog snapshot it used.
+        self._lineage_ahead: dict[str, tuple[CatalogSnapshot, Lineage | None]] = {}
         self.portals: dict[str, _Portal] = {}
         self.dropping = False
         self._refreshed = float("-inf")
@@ -339,6 +346,7 @@ class MaskingHooks:
         self._queries += 1
         item = _Item("Q", sql=msg.query, serial=self._queries)
         item.analysis = self._analyze(msg.query)
+        self._read_lineage_ahead(msg.query, item.analysis)
         if (
             item.analysis is not None
             and len(item.analysis.statements) > 1
@@ -354,7 +362,36 @@ class MaskingHooks:
     def _on_parse(self, raw: RawMessage, relay: Relay) -> None:
         msg = pgwire.decode_frontend(raw)
         assert isinstance(msg, Parse)
-        self.statements[msg.name] = _Statement(msg.query, self._analyze(msg.query))
+        analysis = self._analyze(msg.query)
+        self._read_lineage_ahead(msg.query, analysis)
+        self.statements[msg.name] = _Statement(msg.query, analysis)
+
+    def _read_lineage_ahead(self, sql: str, written: Analysis | None) -> None:
+        """For a long text, in an analysis thread: its result's lineage, read now in
+        a worker process, since ``_lineage`` runs on the event loop when the result
+        comes (parsing a long text there would stall every connection).  Only
+        the relations whose names the statement uses are sent along."""
+        snapshot = self.catalog.current if self.catalog is not None else None
+        if (
+            snapshot is None
+            or written is None
+            or written.unknown
+            or len(written.statements) != 1
+            or analysis_pool.offload(sql) is None
+        ):
+            return
+        names = {name.name for st in written.walk_all() for name in (*st.reads, *st.writes)}
+        columns = {
+            Name((found[0].schema, found[0].table)): [c.column for c in found]
+            for found in snapshot.by_relation.values()
+            if found and found[0].table in names
+        }
+        lineage = analysis_pool.read_with(
+            sql, result_lineage_of, None, DEFAULT_TIME_BUDGET, self.search_path, columns
+        )
+        if len(self._lineage_ahead) >= _LINEAGE_AHEAD_KEPT:
+            self._lineage_ahead.pop(next(iter(self._lineage_ahead)))
+        self._lineage_ahead[sql] = (snapshot, lineage)
 
     def _analyze(self, sql: str) -> Analysis | None:
         # Only masking needs it: analysed as the guard's masking check analyses it
@@ -844,7 +881,13 @@ class MaskingHooks:
             known[name] = {c.column: c for c in found}
             return [c.column for c in found]
 
-        lineage = result_lineage(sql, self.search_path, columns)
+        ahead = self._lineage_ahead.get(sql)
+        if ahead is not None and ahead[0] is snapshot:
+            lineage = ahead[1]
+            for name in {name for sources in lineage or () for name, _ in sources}:
+                columns(name)  # the ColumnRefs of the relations it names
+        else:
+            lineage = result_lineage(sql, self.search_path, columns)
         if lineage is None or len(lineage) != width:
             # A result of another width than the text's is not the text's.
             return None

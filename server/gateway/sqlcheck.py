@@ -3137,6 +3137,17 @@ def result_lineage(
     return tuple(sources for _, sources in found)
 
 
+def result_lineage_of(
+    sql: str,
+    search_path: tuple[str, ...],
+    columns: Mapping[Name, Sequence[str]],
+    max_len: int = DEFAULT_MAX_LEN,
+) -> Lineage | None:
+    """:func:`result_lineage` with the relations' columns given as a mapping (what
+    can be sent to another process)."""
+    return result_lineage(sql, search_path, columns.get, max_len=max_len)
+
+
 @functools.lru_cache(maxsize=1024)
 def _lineage_tree_cached(sql: str) -> exp.Expr | None:
     # A prepared statement's text comes with every Describe of it; sqlglot's

@@ -231,3 +231,28 @@ def test_close_ends_a_call_under_way_at_once_and_refuses_later_ones() -> None:
     assert not any(_alive(pid) for pid in pids)
     with pytest.raises(WorkerFailed, match="stopping"):
         workers.call(1.0, int, "1")
+
+
+def test_a_long_statement_s_result_lineage_is_read_ahead_in_a_worker(
+    pool: AnalysisPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from server.gateway import masking_relay
+    from tests.server.gateway import test_masking_lineage_relay as lineage
+
+    ids = ", ".join(str(i) for i in range(1500))
+    sql = f"select upper(email), upper(city) from customers where id in ({ids})"
+    assert len(sql) > analysis_pool.PROCESS_MIN_CHARS
+    relay = lineage._relay()
+    with offloading(pool):
+        relay.from_client(pgwire.Query(sql).encode())
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a long text was parsed on the event loop")
+
+    # The result comes on the event loop: the lineage read ahead decides it.
+    monkeypatch.setattr(masking_relay, "result_lineage", never)
+    out, _ = relay.from_server(
+        lineage._computed(2) + lineage._row(lineage.SECRET, b"OSLO") + lineage._end()
+    )
+    assert lineage.SECRET not in out
+    assert lineage._values(out) == [b"***", b"OSLO"]

@@ -6,12 +6,14 @@ and 0.3 s parsing), so an analysis thread still stalls the event loop, and
 with it every other connection and the API, for that long.  Reading a large
 statement therefore happens in another process:
 
-* ``AnalysisPool`` keeps a few worker processes (``DEFAULT_WORKERS``), started
-  with the ``forkserver`` method (a fork of a small server process that
-  imported the analysis once, never of the threaded broker) when the gateway
-  starts, and stopped when it stops.  Each worker reads a pickled call from its
-  pipe, runs it and writes the pickled answer back; it exits when its pipe
-  closes (the broker ended, however).
+* ``AnalysisPool`` keeps a few worker processes (``DEFAULT_WORKERS``), each
+  started with the ``spawn`` method (a fresh interpreter that imports the
+  analysis, about a second: never a fork of the threaded broker, and, unlike
+  a fork server, no socket in the temporary directory that a killed broker
+  would leave behind) when a call first needs one, and stopped when the
+  gateway stops.  Each worker reads a pickled call from its pipe, runs it and
+  writes the pickled answer back; it exits when its pipe closes (the broker
+  ended, however).
 * ``AnalysisPool.call`` runs one pure function there and blocks the calling
   thread until the answer comes (the thread waits without the interpreter
   lock).  Only analysis threads call it (:func:`offload` tells; the event
@@ -65,7 +67,7 @@ WALL_SLACK: Final = 0.5
 # Workers yield the CPU to the event loop (on a host with few cores, a worker
 # reading a costly statement would otherwise delay it as much as a thread).
 WORKER_NICENESS: Final = 10
-# Imported once by the fork server, so that a new worker is ready at once.
+# Imported by a fork server, when one is used, so that its workers are ready at once.
 _PRELOAD: Final = ["server.gateway.sqlcheck"]
 
 _T = TypeVar("_T")
@@ -97,7 +99,7 @@ class _Worker:
 class AnalysisPool:
     """A bounded set of worker processes that run pure functions (see the module docstring)."""
 
-    def __init__(self, workers: int = DEFAULT_WORKERS, *, start_method: str = "forkserver") -> None:
+    def __init__(self, workers: int = DEFAULT_WORKERS, *, start_method: str = "spawn") -> None:
         if workers < 1:
             raise ValueError("an analysis pool needs at least one worker")
         self.size = workers
@@ -118,8 +120,8 @@ class AnalysisPool:
 
     # -- life cycle --------------------------------------------------------------
     def start(self) -> None:
-        """Start every worker (blocks for the fork server's first start: call it
-        off the event loop)."""
+        """Start every worker now rather than at the first calls (blocks while they
+        import the analysis: call it off the event loop)."""
         for _ in range(self.size):
             worker = self._spawn()
             with self._cond:

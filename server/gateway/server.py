@@ -35,6 +35,10 @@ ever used by one thread at a time), every other connection, and the API, go
 on; the bytes the relay decided on are written when the thread is done.
 Smaller chunks are analysed inline: measured (``bench/analysis_cost.py``), a
 statement of up to 1 kB costs at most a few milliseconds whatever its shape.
+A thread alone would still stall the loop while sqlglot's compiled code holds
+the interpreter lock, so the thread sends statement texts over 2 KiB on to a
+worker process (``Gateway.workers``, ``server.gateway.analysis_pool``) and
+waits for the answer without the lock.
 What a statement may cost at all is bounded by ``server.gateway.analysis_limits``.
 
 Shutdown (``Gateway.stop``) stops accepting, closes connections that are

@@ -25,9 +25,7 @@ from server.gateway.statements import SessionFacts, StatementGuard
 
 @pytest.fixture(scope="module")
 def pool() -> Iterator[AnalysisPool]:
-    # spawn: a fork server would keep its socket's folder in the test run's
-    # temporary directory until this process exits (the broker's uses forkserver).
-    workers = AnalysisPool(2, start_method="spawn")
+    workers = AnalysisPool(2)
     workers.start()
     yield workers
     workers.close()
@@ -208,7 +206,7 @@ def test_a_statement_whose_worker_fails_is_refused_with_54000_and_the_next_runs(
 
 
 def test_close_ends_a_call_under_way_at_once_and_refuses_later_ones() -> None:
-    workers = AnalysisPool(1, start_method="spawn")
+    workers = AnalysisPool(1)
     workers.start()
     pids = workers.pids()
     outcome: list[BaseException] = []

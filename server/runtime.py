@@ -18,6 +18,7 @@ import gc
 import logging
 import signal
 import socket
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -41,6 +42,8 @@ from server.store.db import Store
 from server.tlsutil import TlsFiles, fingerprint, server_context
 
 log = logging.getLogger("dbaccess.server")
+# Seconds an analysis thread may hold the interpreter lock while the event loop waits.
+SWITCH_INTERVAL = 0.001
 
 
 @dataclass(frozen=True)
@@ -158,6 +161,10 @@ class Runtime:
         # hold the interpreter lock, and so the event loop, while they run).
         gc.collect()
         gc.freeze()
+        # The event loop asks for the interpreter lock back from an analysis
+        # thread after this long (5 ms by default); a thread working through a
+        # Query of thousands of statements then delays it less.
+        sys.setswitchinterval(SWITCH_INTERVAL)
         info = GatewayInfo(
             host=self.opts.public_gateway_host or self.gateway.host,
             port=self.opts.public_gateway_port or self.gateway.port,

@@ -283,6 +283,15 @@ def redact_params(
 RECORDED_TEXT_MAX: Final = 64 * 1024
 
 
+def recorded_text(text: str, *, literals: Iterable[str] = (), all_literals: bool = False) -> str:
+    """``text`` as a ``statement`` event keeps it: redacted, cut (see :func:`statement_event`)."""
+    cut = len(text) > RECORDED_TEXT_MAX
+    shown = redact_statement(
+        text[:RECORDED_TEXT_MAX] if cut else text, literals=literals, all_literals=all_literals
+    )
+    return shown + "…" if cut else shown
+
+
 def statement_event(
     text: str,
     *,
@@ -296,17 +305,18 @@ def statement_event(
     masked_fields: Sequence[Mapping[str, str]] = (),
     literals: Iterable[str] = (),
     all_literals: bool = False,
+    shown: str | None = None,
 ) -> dict[str, Any]:
-    """The data of a ``statement`` event; ``text`` is redacted here, ``params`` must be already
+    """The data of a ``statement`` event; ``text`` is redacted here (unless ``shown``
+    gives :func:`recorded_text` of it already), ``params`` must be already
     (see :func:`redact_params`).  A text longer than :data:`RECORDED_TEXT_MAX` is kept
     cut to that many characters (then ``…``; ``text_length`` gives its length): it is
     redacted as cut, so a literal the cut leaves open is hidden as the rest of one."""
     cut = len(text) > RECORDED_TEXT_MAX
-    shown = redact_statement(
-        text[:RECORDED_TEXT_MAX] if cut else text, literals=literals, all_literals=all_literals
-    )
+    if shown is None:
+        shown = recorded_text(text, literals=literals, all_literals=all_literals)
     data: dict[str, Any] = {
-        "text": shown + "…" if cut else shown,
+        "text": shown,
         "params": list(params) if params is not None else None,
         "started_at": started_at.isoformat(timespec="microseconds"),
         "duration_ms": round(duration_ms, 3),

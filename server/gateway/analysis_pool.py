@@ -43,6 +43,7 @@ import multiprocessing
 import os
 import pickle
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
@@ -226,8 +227,28 @@ class AnalysisPool:
         process = self._ctx.Process(
             target=_serve, args=(theirs,), name="dbaccess-analysis", daemon=True
         )
-        process.start()
+        failed: list[BaseException] = []
+
+        def start() -> None:
+            # On Linux a thread has a nice value of its own, which a process it
+            # starts inherits: the new interpreter imports the analysis (about a
+            # second of CPU) at the workers' priority already, and this helper
+            # thread ends with it.
+            if sys.platform == "linux":
+                with contextlib.suppress(OSError):
+                    os.nice(WORKER_NICENESS)
+            try:
+                process.start()
+            except BaseException as exc:
+                failed.append(exc)
+
+        starter = threading.Thread(target=start, name="dbaccess-analysis-start")
+        starter.start()
+        starter.join()
         theirs.close()
+        if failed:
+            ours.close()
+            raise failed[0]
         return _Worker(process, ours)
 
     @staticmethod

@@ -117,7 +117,12 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from server.audit.recording import redact_params, redact_statement, statement_event
+from server.audit.recording import (
+    recorded_text,
+    redact_params,
+    redact_statement,
+    statement_event,
+)
 from server.gateway import analysis_pool, pgwire
 from server.gateway.catalog import Catalog, CatalogSnapshot
 from server.gateway.guardrails import Decision, Outcome
@@ -225,6 +230,9 @@ class _Item:
     # analysis off the event loop; ``ends_read`` False: read when needed.
     ends: list[int] | None = None
     ends_read: bool = False
+    # A long Query's recorded text, redacted off the event loop, and whether it
+    # was redacted as touching masked columns (used when that still holds).
+    shown: tuple[bool, str] | None = None
     param_formats: tuple[int, ...] = ()
     # What a Describe or Execute was sent for: the very statement or portal the
     # server will answer about, even if the client has since parsed or bound
@@ -356,6 +364,11 @@ class MaskingHooks:
             # a long text there would stall every connection.
             item.ends = analysis_pool.read(msg.query, statement_ends, None, DEFAULT_TIME_BUDGET)
             item.ends_read = True
+        if self._record_event is not None and analysis_pool.offload(msg.query) is not None:
+            # Redacting a long text for its recording costs tens of milliseconds,
+            # and the recording is made on the event loop when the answer comes.
+            touches = self._touches_masked(item)
+            item.shown = (touches, self._recorded_text(item, touches))
         self._start(item)
         self.pending.append(item)
 
@@ -1016,15 +1029,14 @@ class MaskingHooks:
                 # the statement touches one, every parameter is hidden.
                 hidden = range(len(item.params)) if touches else ()
                 params = redact_params(item.params, item.param_formats, masked=hidden)
-            text = item.sql
-            if touches and item.kind == "Q":
-                # In a Query of several, only the literals of the statements that
-                # touch masked columns are hidden.
-                by_statement = self._redacted_by_statement(item)
-                if by_statement is not None:
-                    text, touches = by_statement, False
+            ahead = item.shown
+            if ahead is not None and ahead[0] == touches:
+                text, shown = item.sql, ahead[1]
+            else:
+                text, shown = item.sql, self._recorded_text(item, touches)
             data = statement_event(
                 text,
+                shown=shown,
                 started_at=item.started_at,
                 duration_ms=(time.monotonic() - item.started) * 1000,
                 rows=item.rows,
@@ -1038,6 +1050,16 @@ class MaskingHooks:
             record(self.session_id, "statement", data)
         except Exception:  # recording problems never break the relay
             log.exception("recording a statement failed")
+
+    def _recorded_text(self, item: _Item, touches: bool) -> str:
+        """The item's text as its ``statement`` event keeps it (``recorded_text``)."""
+        if touches and item.kind == "Q":
+            # In a Query of several, only the literals of the statements that
+            # touch masked columns are hidden.
+            by_statement = self._redacted_by_statement(item)
+            if by_statement is not None:
+                return recorded_text(by_statement)
+        return recorded_text(item.sql, all_literals=touches)
 
     def _redacted_by_statement(self, item: _Item) -> str | None:
         """A Query of several statements as it is recorded, each statement's

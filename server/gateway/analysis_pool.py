@@ -57,10 +57,12 @@ from server.gateway.sqlcheck import Analysis
 log = logging.getLogger(__name__)
 
 DEFAULT_WORKERS: Final = 2
-# Texts longer than this are read in a worker process.  Measured (bench/analysis_cost.py,
-# bench/analysis_pool.py): the costliest text of this length (one-character tokens)
-# holds the interpreter lock about 3 ms; a round trip to a worker costs about 0.3 ms
-# plus pickling the answer, which pays off from a few kB on.
+# Texts longer than this are read in a worker process.  Measured
+# (bench/analysis_pool.py): the costliest text of this length (one-character
+# tokens) holds the interpreter lock 8-12 ms read inline, 1.5 ms through a worker
+# (sending it, unpickling the answer), and the round trip adds a few ms of waiting
+# for that statement alone; at 1 kB inline costs 4-6 ms, about one switch of the
+# lock, and statements people write (literals, names) cost well under 1 ms.
 PROCESS_MIN_CHARS: Final = 2048
 # Over the CPU budget the analysis checks itself: the worker may wait for a core.
 WALL_FACTOR: Final = 2.0

@@ -254,3 +254,32 @@ def test_a_long_statement_s_result_lineage_is_read_ahead_in_a_worker(
     )
     assert lineage.SECRET not in out
     assert lineage._values(out) == [b"***", b"OSLO"]
+
+
+def test_a_long_query_s_recorded_text_is_redacted_before_its_answer_comes(
+    pool: AnalysisPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from server.gateway import masking_relay
+    from tests.server.gateway import test_masking_relay as masked
+
+    events: list[dict[str, object]] = []
+    relay = masked._relay(events)
+    emails = ", ".join(f"'user{i}@example.com'" for i in range(200))
+    sql = f"select email, city from customers where email in ({emails})"
+    assert len(sql) > analysis_pool.PROCESS_MIN_CHARS
+    with offloading(pool):
+        relay.from_client(pgwire.Query(sql).encode())
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a long text was redacted on the event loop")
+
+    monkeypatch.setattr(masking_relay, "recorded_text", never)
+    relay.from_server(
+        masked._fields(("email", 1), ("city", 2))
+        + pgwire.encode_raw(ord("C"), b"SELECT 0\0")
+        + pgwire.ready_for_query("I")
+    )
+    (event,) = [e for e in events if "text" in e]
+    text = str(event["text"])
+    # It touches a masked column: every literal is hidden.
+    assert "user1@example.com" not in text and "[redacted]" in text

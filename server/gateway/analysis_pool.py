@@ -70,6 +70,10 @@ WALL_SLACK: Final = 0.5
 # Workers yield the CPU to the event loop (on a host with few cores, a worker
 # reading a costly statement would otherwise delay it as much as a thread).
 WORKER_NICENESS: Final = 10
+# How long a new worker may take to import the analysis (at its low priority, on
+# a busy host) before it counts as failed; what it first says when it is ready.
+START_TIMEOUT: Final = 60.0
+_READY: Final = b"ready"
 # Imported by a fork server, when one is used, so that its workers are ready at once.
 _PRELOAD: Final = ["server.gateway.sqlcheck"]
 
@@ -251,7 +255,17 @@ class AnalysisPool:
         if failed:
             ours.close()
             raise failed[0]
-        return _Worker(process, ours)
+        worker = _Worker(process, ours)
+        # Ready once it has imported the analysis: a statement's allowance starts
+        # when a worker can read it, not while a new one starts on a busy host.
+        try:
+            ready = ours.poll(START_TIMEOUT) and ours.recv_bytes() == _READY
+        except (EOFError, OSError):
+            ready = False
+        if not ready:
+            worker.stop()
+            raise WorkerFailed(f"an analysis process was not ready within {START_TIMEOUT:g}s")
+        return worker
 
     @staticmethod
     def _why_ended(worker: _Worker, exc: BaseException) -> str:
@@ -274,10 +288,16 @@ def _serve(conn: Connection) -> None:
     # The broker stops its workers itself; a Ctrl-C at a terminal reaches the
     # whole process group and must not print a traceback here.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        conn.send_bytes(_READY)
+    except OSError:
+        return
     # Reading a costly statement is background work: the broker's event loop,
-    # the database and the other clients come first for the CPU.
-    with contextlib.suppress(OSError):
-        os.nice(WORKER_NICENESS)
+    # the database and the other clients come first for the CPU.  (On Linux it
+    # started at that priority already, see AnalysisPool._spawn.)
+    if sys.platform != "linux":
+        with contextlib.suppress(OSError):
+            os.nice(WORKER_NICENESS)
     while True:
         try:
             request = conn.recv_bytes()

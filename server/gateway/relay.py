@@ -210,6 +210,7 @@ class Relay:
         # Result limits: the meter, the current statement's budget, the cut under way.
         self._meter: Meter | None = None
         self._meter_types = b""
+        self._metered_types: bytes | None = None  # 256 flags: rows and the meter's types
         self.rows_left = UNLIMITED
         self.bytes_left = UNLIMITED
         self._cut: Cutter | None = None
@@ -240,6 +241,7 @@ class Relay:
         self._meter = meter
         self._meter_types = METER_TYPES
         self._server_hooked = _flags(self._server_hooks, METER_TYPES)
+        self._metered_types = _flags({}, b"Dd" + METER_TYPES.translate(None, b"ASN"))
 
     def on_server_run(self, types: bytes, hook: RunHook) -> None:
         """Offer runs of server messages whose type byte is in ``types`` to ``hook``
@@ -559,6 +561,7 @@ class Relay:
         unpack = _HEADER.unpack_from
         end = len(wire)
         pos = 0
+        metered = self._metered_types
         while pos < end:
             t, length = unpack(wire, pos)
             detour = self._detour
@@ -585,11 +588,14 @@ class Relay:
                     self._detour.after(msg, self)
                 continue
             if detour is None:
-                self._from_server_message(msg, out)
+                if metered is not None and metered[t] and self._metered(msg, out):
+                    continue
+                self._server_message(msg, out)
                 continue
             taken_msg = detour.on_server(msg, self)
             if taken_msg is None:
-                self._from_server_message(msg, out)
+                if metered is None or not metered[t] or not self._metered(msg, out):
+                    self._server_message(msg, out)
             else:
                 # The detour's own answer: dropped, or replaced by what the
                 # client is to see in its place (after the held messages, which
@@ -618,25 +624,25 @@ class Relay:
         self.rows_left -= rows
         self.bytes_left -= size
 
-    def _from_server_message(self, msg: RawMessage, out: list[bytes]) -> None:
-        """A server message for the hooks: rows spend the budget (the one that
-        overspends starts a cut), statement ends go to the meter first."""
+    def _metered(self, msg: RawMessage, out: list[bytes]) -> bool:
+        """A row or a statement's end, before the hooks: a row spends the budget
+        (True: it overspent it and started a cut, which took it), a statement's
+        end goes to the meter."""
         meter = self._meter
-        if meter is not None:
-            t = msg.type
-            if t in _ROW_TYPES:
-                rows_left = self.rows_left - 1
-                bytes_left = self.bytes_left - 5 - len(msg.body)
-                if rows_left < 0 or bytes_left < 0:
-                    cutter = meter.cut(msg, self)
-                    self._cut = cutter
-                    self._to_cut(cutter, msg, out)
-                    return
-                self.rows_left = rows_left
-                self.bytes_left = bytes_left
-            elif t in self._meter_types:
-                meter.boundary(msg, self)
-        self._server_message(msg, out)
+        assert meter is not None
+        if msg.type in _ROW_TYPES:
+            rows_left = self.rows_left - 1
+            bytes_left = self.bytes_left - 5 - len(msg.body)
+            if rows_left < 0 or bytes_left < 0:
+                cutter = meter.cut(msg, self)
+                self._cut = cutter
+                self._to_cut(cutter, msg, out)
+                return True
+            self.rows_left = rows_left
+            self.bytes_left = bytes_left
+        else:
+            meter.boundary(msg, self)
+        return False
 
     def _to_cut(self, cut: Cutter, msg: RawMessage, out: list[bytes]) -> None:
         taken = cut.on_server(msg, self)

@@ -63,11 +63,11 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 from server.audit.recording import LimitHit, RecordFn, record_limit
 from server.gateway import pgwire
-from server.gateway.pgwire import Bind, Parse, Query, RawMessage
+from server.gateway.pgwire import Bind, Query, RawMessage
 from server.gateway.relay import UNLIMITED, Relay
 from server.policy.model import SessionLimits
 from server.sessions.service import LiveSession, SessionService
@@ -110,14 +110,23 @@ class Caps:
         return self.max_rows is not None or self.max_bytes is not None
 
 
-@dataclass
-class _Item:
-    """Something the server answers in order: an Execute (``portal``), or a
-    marker whose ReadyForQuery ends what came before (Query, Sync, FunctionCall)."""
+class _Item(NamedTuple):
+    """Something whose rows the server sends, in order: a Query or an Execute."""
 
-    kind: str  # X, Q, SYNC
-    portal: str = ""
-    sql: str | None = None
+    execute: bool
+    portal: bytes  # an Execute's portal
+    ready: int  # the number of the ReadyForQuery that ends its pipeline (or Query)
+    # Where its text is, read only if its result is cut: a Query's body, or the
+    # body of the Parse its portal was bound from.
+    source: bytes | None
+
+    @property
+    def sql(self) -> str | None:
+        body = self.source
+        if body is None:
+            return None
+        start = _cstring(body, 0)[1] if self.execute else 0  # a Parse: its name first
+        return _cstring(body, start)[0].decode("utf-8", "replace")
 
 
 def error_response(caps: Caps, which: str, rows: int, nbytes: int, completed: str | None) -> bytes:
@@ -156,9 +165,9 @@ class ResultLimit:
         self.session_id = session_id
         self.record = record
         self.pending: deque[_Item] = deque()
-        self.statements: dict[str, str] = {}  # prepared statement -> text
-        self.portals: dict[str, str | None] = {}  # portal -> its statement's text
-        self.suspended: dict[str, tuple[int, int]] = {}  # portal -> (rows, bytes) spent
+        self.statements: dict[bytes, bytes] = {}  # prepared statement -> its Parse
+        self.portals: dict[bytes, bytes | None] = {}  # portal -> its statement's Parse
+        self.suspended: dict[bytes, tuple[int, int]] = {}  # portal -> (rows, bytes) spent
         self.cuts = 0
 
     # -- installing ---------------------------------------------------------------
@@ -169,8 +178,6 @@ class ResultLimit:
             b"B": self._on_bind,
             b"E": self._on_execute,
             b"C": self._on_close,
-            b"S": self._on_sync,
-            b"F": self._on_sync,
         }
         for types, hook in hooks.items():
             _observe_client(relay, types, hook)
@@ -179,65 +186,61 @@ class ResultLimit:
         relay.install_meter(self)
 
     # -- client messages ------------------------------------------------------------
+    # They come with every statement: read only as far as the names, and the
+    # texts kept as they came, for a statement that is cut.  A hook runs before
+    # the relay counts its message, so the ReadyForQuery that ends it (the
+    # next one a Query or Sync asks for) is ``relay.asked + 1``.
     def _on_query(self, raw: RawMessage, relay: Relay) -> None:
-        msg = pgwire.decode_frontend(raw)
-        assert isinstance(msg, Query)
-        self._push(_Item("Q", sql=msg.query), relay)
+        self._push(_Item(False, b"", relay.asked + 1, raw.body), relay)
 
     def _on_parse(self, raw: RawMessage, relay: Relay) -> None:
-        msg = pgwire.decode_frontend(raw)
-        assert isinstance(msg, Parse)
-        self.statements[msg.name] = msg.query
+        self.statements[_cstring(raw.body, 0)[0]] = raw.body
 
-    # Bind, Execute and Close are read only as far as their names: they come
-    # with every statement, and their parameters are not the meter's business.
     def _on_bind(self, raw: RawMessage, relay: Relay) -> None:
         portal, rest = _cstring(raw.body, 0)
-        statement, _ = _cstring(raw.body, rest)
-        self.portals[portal] = self.statements.get(statement)
-        self.suspended.pop(portal, None)  # a new portal of that name
+        self.portals[portal] = self.statements.get(_cstring(raw.body, rest)[0])
+        if self.suspended:
+            self.suspended.pop(portal, None)  # a new portal of that name
 
     def _on_execute(self, raw: RawMessage, relay: Relay) -> None:
-        portal, _ = _cstring(raw.body, 0)
-        self._push(_Item("X", portal=portal, sql=self.portals.get(portal)), relay)
+        portal = _cstring(raw.body, 0)[0]
+        self._push(_Item(True, portal, relay.asked + 1, self.portals.get(portal)), relay)
 
     def _on_close(self, raw: RawMessage, relay: Relay) -> None:
         body = raw.body
-        name, _ = _cstring(body, 1)
+        name = _cstring(body, 1)[0]
         if body[:1] == b"S":
             self.statements.pop(name, None)
         else:
             self.portals.pop(name, None)
             self.suspended.pop(name, None)
 
-    def _on_sync(self, raw: RawMessage, relay: Relay) -> None:
-        self._push(_Item("SYNC"), relay)
-
     def _push(self, item: _Item, relay: Relay) -> None:
         self.pending.append(item)
-        if len(self.pending) == 1:
+        if self.suspended and len(self.pending) == 1:
             self._arm(relay)
 
     # -- server messages (Meter) ----------------------------------------------------------
     def boundary(self, raw: RawMessage, relay: Relay) -> None:
         t = raw.type
         pending = self.pending
-        head = pending[0] if pending else None
-        if t in (67, 73):  # C, I: the statement is complete
-            if head is not None and head.kind == "X":
-                pending.popleft()
-                self.suspended.pop(head.portal, None)
+        if t == 67 or t == 73:  # C, I: the statement is complete
+            if pending and pending[0].execute:
+                head = pending.popleft()
+                if self.suspended:
+                    self.suspended.pop(head.portal, None)
         elif t == 115:  # s: the portal is suspended, to be resumed
-            if head is not None and head.kind == "X":
-                pending.popleft()
-                self.suspended[head.portal] = self._spent(relay)
+            if pending and pending[0].execute:
+                self.suspended[pending.popleft().portal] = self._spent(relay)
         elif t == 69:  # E: in a pipeline, the server skips to the Sync
-            self._skip_to_sync()
-        elif t == 90:  # Z
-            self._ready(raw)
-        else:
-            return  # asynchronous messages end nothing
-        self._arm(relay)
+            self._skip_to_sync(relay)
+        else:  # Z
+            self._ready(raw, relay)
+        if self.suspended:
+            self._arm(relay)
+        else:  # the common case, inline: every statement gets all of it
+            relay.rows_left = self.max_rows
+            relay.bytes_left = self.max_bytes
 
     def _spent(self, relay: Relay) -> tuple[int, int]:
         return self.max_rows - relay.rows_left, self.max_bytes - relay.bytes_left
@@ -245,24 +248,26 @@ class ResultLimit:
     def _arm(self, relay: Relay) -> None:
         """The budget of the statement the server answers next: all of it, or what
         is left of a suspended portal's."""
-        head = self.pending[0] if self.pending else None
         rows = nbytes = 0
-        if head is not None and head.kind == "X":
-            rows, nbytes = self.suspended.get(head.portal, (0, 0))
+        if self.suspended and self.pending:
+            head = self.pending[0]
+            if head.execute:
+                rows, nbytes = self.suspended.get(head.portal, (0, 0))
         relay.rows_left = self.max_rows - rows
         relay.bytes_left = self.max_bytes - nbytes
 
-    def _skip_to_sync(self) -> None:
+    def _skip_to_sync(self, relay: Relay) -> None:
         pending = self.pending
-        while pending and pending[0].kind == "X":
+        ready = relay.ready + 1  # the ReadyForQuery that ends the failed pipeline
+        while pending and pending[0].execute and pending[0].ready <= ready:
             pending.popleft()
 
-    def _ready(self, raw: RawMessage) -> None:
+    def _ready(self, raw: RawMessage, relay: Relay) -> None:
         pending = self.pending
-        while pending:
-            if pending.popleft().kind != "X":
-                break
-        if raw.body[:1] == b"I":
+        ready = relay.ready + 1  # this one: the relay counts it after the meter
+        while pending and pending[0].ready <= ready:
+            pending.popleft()
+        if self.suspended and raw.body[:1] == b"I":
             self.suspended.clear()  # the transaction ended, and its portals with it
 
     def cut(self, raw: RawMessage, relay: Relay) -> _Cut:
@@ -343,13 +348,13 @@ class _Cut:
             first = not self.errored
             self.errored = True
             if self.unsynced and first:
-                self.limit._skip_to_sync()
+                self.limit._skip_to_sync(relay)
                 self.limit._arm(relay)
                 self._over(relay)
                 return self._error()
         elif t == 90:  # Z
             status = raw.body[:1] or b"I"
-            self.limit._ready(raw)
+            self.limit._ready(raw, relay)
             self.limit._arm(relay)
             if status == b"T" and self.last:
                 # Finished upstream inside a transaction block: abort it there
@@ -370,13 +375,13 @@ class _Cut:
         relay.end_cut()
 
 
-def _cstring(body: bytes, start: int) -> tuple[str, int]:
+def _cstring(body: bytes, start: int) -> tuple[bytes, int]:
     """The NUL-terminated string at ``start`` and where the next field starts (a
     malformed message gives what it gives: the server refuses it anyway)."""
-    end = bytes(body).find(b"\0", start) if not isinstance(body, bytes) else body.find(b"\0", start)
+    end = body.find(b"\0", start)
     if end < 0:
-        return bytes(body[start:]).decode("utf-8", "replace"), len(body)
-    return bytes(body[start:end]).decode("utf-8", "replace"), end + 1
+        return body[start:], len(body)
+    return body[start:end], end + 1
 
 
 def _tag(raw: RawMessage) -> str:

@@ -38,6 +38,10 @@ from server.gateway.result_limit import Caps, ResultLimit, size_text
 from server.policy.model import MaskMethod, MaskRule
 from tests.fix_relay import StaticCatalog, types
 
+# The walks the relay uses, before any test switches them to the Python ones.
+NATIVE_SCAN = relay_module._scan
+NATIVE_RUN = relay_module._run
+
 
 @pytest.fixture(params=["native", "python"], autouse=True)
 def walks(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
@@ -318,7 +322,7 @@ def test_the_transaction_end_forgets_suspended_portals() -> None:
     relay.from_client(extended("c", 2))
     relay.from_server(ParseComplete().encode() + BindComplete().encode() + rows(2))
     relay.from_server(PortalSuspended().encode() + z("T"))
-    assert limit.suspended == {"c": (2, len(rows(2)))}
+    assert limit.suspended == {b"c": (2, len(rows(2)))}
     relay.from_client(wire(Query("commit")))
     relay.from_server(tag("COMMIT") + z("I"))
     assert limit.suspended == {}
@@ -384,9 +388,9 @@ def test_walks_agree() -> None:
         4,
         len(rows(3)) + len(CopyData(b"x\n").encode()),
     )
-    if relay_module._scan is not relay_module._scan_py:
-        assert relay_module._scan(data, flags) == relay_module._scan_py(data, flags)
-        assert relay_module._run(data, len(T)) == relay_module._run_py(data, len(T))
+    if NATIVE_SCAN is not relay_module._scan_py:
+        assert NATIVE_SCAN(data, flags) == relay_module._scan_py(data, flags)
+        assert NATIVE_RUN(data, len(T)) == relay_module._run_py(data, len(T))
 
 
 # --- wherever the server's bytes are split, and with masking ------------------------------
@@ -452,3 +456,26 @@ def test_a_masked_result_is_cut_after_masking_and_the_error_keeps_its_text() -> 
     kinds = [kind for _session, kind, _data in recorded]
     assert kinds == ["limit", "statement"]
     assert recorded[1][2]["sqlstate"] == "54000"
+
+
+_FRAME = st.one_of(
+    st.builds(lambda n: row(n, 3), st.integers(min_value=0, max_value=999)),
+    st.just(z()),
+    st.just(tag("SELECT 1")),
+    st.just(CopyData(b"a\tb\n").encode()),
+    st.binary(max_size=12),  # anything: bad length words, a message cut short
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_FRAME, max_size=12), st.booleans(), st.integers(min_value=0, max_value=200))
+def test_the_c_walks_give_what_the_python_walks_give(
+    frames: list[bytes], flagged: bool, pos: int
+) -> None:
+    if NATIVE_SCAN is relay_module._scan_py:
+        pytest.skip("the C core was not built")
+    data = b"".join(frames)
+    hooked = bytes(1 if t in b"CZ" else 0 for t in range(256)) if flagged else None
+    assert NATIVE_SCAN(data, hooked) == relay_module._scan_py(data, hooked)
+    pos = min(pos, len(data))
+    assert NATIVE_RUN(data, pos) == relay_module._run_py(data, pos)

@@ -4,8 +4,9 @@ sends statements of 64 kB, just under the 256 KiB size limit, 1 MB and 16 MB
 statements in one Query), another session's ``select 1`` keeps its p99 under
 100 ms (the costly reading happens in the gateway's worker processes), the API
 answers, the broker's memory stays bounded, an oversize statement gets 54000
-and its connection goes on, and SIGTERM stops the broker within its shutdown
-grace."""
+and its connection goes on, and SIGTERM, while statements are still being
+sent and read, stops the broker within its shutdown grace, its analysis
+workers with it."""
 
 from __future__ import annotations
 
@@ -54,6 +55,22 @@ def status_kb(pid: int, field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise AssertionError(f"no {field} for {pid}")
+
+
+def _children(pid: int) -> list[int]:
+    """The broker's child processes (its analysis workers among them)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children = (task / "children").read_text().split()
+        found += [int(c) for c in children]
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
 
 
 # ``select 1`` every 10 ms until the stop file appears (at most 10 minutes), then
@@ -171,16 +188,22 @@ def test_costly_statements_stall_no_one_and_sigterm_still_stops_the_broker(
         assert api.answers >= 10 and api.slowest < 2.0
         assert peak_mb - rss_before_mb < RSS_GROWTH_MB, (rss_before_mb, peak_mb)
 
-        # SIGTERM while a client keeps sending oversize statements: the broker
-        # stops within its grace (and the time its shutdown steps take).
+        # SIGTERM while a client keeps sending oversize and costly statements:
+        # the broker stops within its grace (and the time its shutdown steps take),
+        # its analysis workers with it.
         sending = threading.Event()
 
         def keep_sending() -> None:
-            big = statement("statements", 16 * 1024 * KB)
-            for _ in range(20):
+            # Oversize ones, and ones a worker process takes a while to read.
+            texts = (
+                statement("statements", 16 * 1024 * KB),
+                statement("statements", 128 * KB),
+                statement("in-list", 64 * KB),
+            )
+            for i in range(30):
                 sending.set()
                 try:
-                    abuser.execute(big)
+                    abuser.execute(texts[i % len(texts)])
                 except psycopg.Error:
                     continue
                 except Exception:
@@ -190,10 +213,16 @@ def test_costly_statements_stall_no_one_and_sigterm_still_stops_the_broker(
         sender.start()
         assert sending.wait(30)
         time.sleep(0.5)
+        workers = _children(proc.pid)
+        assert workers  # the long statements above were read by analysis workers
         started = time.monotonic()
         proc.terminate()
         assert proc.wait(GRACE + 20) == 0
         assert time.monotonic() - started < GRACE + 20
+        deadline = time.monotonic() + 10
+        while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [pid for pid in workers if _running(pid)]
         sender.join(30)
         abuser.close()
     log = fresh_broker.log()

@@ -216,6 +216,7 @@ class Relay:
         self._cut: Cutter | None = None
         self.cancel_wanted = False  # for the shell: cancel the statement upstream
         self._cancel_pending = False  # asked for, and not yet reported done
+        self._after_cancel: RawMessage | None = None  # for a detour, once it is done
         # True while the hooks see a message the gateway made in place of the
         # server's (a cut's ErrorResponse): no server text is in it.
         self.made_here = False
@@ -277,6 +278,9 @@ class Relay:
         (bytes for the server, bytes for the client) that follow from it."""
         self._cancel_pending = False
         if self._cut is None:
+            last, self._after_cancel = self._after_cancel, None
+            if last is not None and self._detour is not None:
+                self._detour.after(last, self)
             self._release_held()
         return self.flush()
 
@@ -584,8 +588,12 @@ class Relay:
             if cut is not None:
                 self._to_cut(cut, msg, out)
                 if self._detour is not None:
-                    # A detour waits for this response to end before it asks.
-                    self._detour.after(msg, self)
+                    # A detour waits for this response to end before it asks,
+                    # and for the cancel to be out (it could hit what it asks).
+                    if self._cancel_pending:
+                        self._after_cancel = msg
+                    else:
+                        self._detour.after(msg, self)
                 continue
             if detour is None:
                 if metered is not None and metered[t] and self._metered(msg, out):

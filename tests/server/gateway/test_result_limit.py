@@ -3,6 +3,7 @@ get out, when the statement is cancelled, and what is recorded."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -479,3 +480,43 @@ def test_the_c_walks_give_what_the_python_walks_give(
     assert NATIVE_SCAN(data, hooked) == relay_module._scan_py(data, hooked)
     pos = min(pos, len(data))
     assert NATIVE_RUN(data, pos) == relay_module._run_py(data, pos)
+
+
+# --- with the row budget's EXPLAIN waiting behind the cut ------------------------------------
+
+
+def test_a_cut_ends_before_the_row_budgets_explain_goes() -> None:
+    from server.gateway.guardrails import GuardrailRules
+    from server.gateway.row_budget import explain_sql
+    from server.gateway.statements import StatementGuard
+    from tests.fix_relay import FACTS
+
+    relay = Relay()
+    rules = GuardrailRules.preset("write")
+    rules = GuardrailRules(
+        **{
+            **{n: getattr(rules, n) for n in rules.__dataclass_fields__ if not n.startswith("_")},
+            "max_rows_by_explain": 3,
+        }
+    )
+    StatementGuard(rules, FACTS, approvals=None, store=None).install(relay)
+    ResultLimit(Caps(2, None, "write")).install(relay)
+    delete = "delete from t where id = 1"
+    up, _ = relay.from_client(Query("select * from t").encode() + Query(delete).encode())
+    # The select goes; the delete waits for its EXPLAIN, which waits for the select.
+    assert up == Query("select * from t").encode() + Flush().encode() and relay.holding
+    out, up = relay.from_server(T + rows(4))
+    assert types(out) == "TDD" and up == b""
+    assert relay.cancel_wanted  # the delete is held, not sent: the cancel can only hit the select
+    out, up = relay.from_server(tag("SELECT 4") + z())
+    assert types(out) == "EZ" and errors(out)[0]["C"] == "54000"
+    assert up == b""  # the EXPLAIN waits for the cancel too
+    up, _ = relay.cancel_done()
+    assert up == Query(explain_sql(delete)).encode()
+    scan = {"Parent Relationship": "Outer", "Plan Rows": 1}
+    plan = json.dumps([{"Plan": {"Node Type": "ModifyTable", "Plans": [scan]}}])
+    explained = T + DataRow([plan.encode()]).encode() + tag("EXPLAIN") + z()
+    out, up = relay.from_server(explained)
+    assert out == b"" and up == Query(delete).encode()
+    out, _ = relay.from_server(tag("DELETE 1") + z())
+    assert types(out) == "CZ" and not relay.busy

@@ -249,3 +249,31 @@ def test_replay_shows_the_cut_with_its_limit(capped_broker: Broker) -> None:
     assert statements[-1]["data"]["sqlstate"] == "54000"
     csv = capped_broker.cli("replay", session_id, "--output", "csv").stdout
     assert "max_result_rows = 1000" in csv
+
+
+def test_a_cursor_fetch_is_a_statement_of_its_own_and_is_cut(session: HeldSession) -> None:
+    # FETCH as often as one likes: each gets the budget, none gets more.
+    res = session.psql_script(
+        f"BEGIN;\nDECLARE c CURSOR FOR {MANY};\nFETCH 600 FROM c;\nFETCH 600 FROM c;\n"
+        "FETCH 100000000 FROM c;\nROLLBACK;\nSELECT 'after';\n",
+        timeout=60,
+    )
+    assert res.stderr.count("max_result_rows (1000 rows)") == 1, res.stderr
+    assert res.stdout.splitlines()[-1] == "after", res.stdout
+    # A server-side cursor of psycopg's (DECLARE, then FETCH FORWARD ALL).
+    with psycopg.connect(session.dsn()) as conn:
+        cursor = conn.cursor("big")
+        cursor.execute(MANY)
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded):
+            cursor.fetchall()
+        conn.rollback()
+        assert conn.execute("SELECT 4").fetchone() == (4,)
+
+
+def test_one_row_over_the_byte_limit_is_cut_before_any_of_it_is_sent(
+    session: HeldSession,
+) -> None:
+    with psycopg.connect(session.dsn(), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded, match="cut after 0 rows"):
+            conn.execute("SELECT repeat('x', 4 << 20)").fetchall()
+        assert conn.execute("SELECT 5").fetchone() == (5,)

@@ -130,6 +130,13 @@ def _ways(name: str) -> list[str]:
         f"do $$ begin execute 'set {name} = 0'; end $$",
         f"do $$ begin perform set_config('{name}', '0', false); end $$",
         f"create function lift() returns int language sql set {name} = 0 as 'select 1'",
+        f"set/**/{name}=0",
+        f"set\t{name}\n=\n0",
+        f"alter role session_user set {name} = 0",
+        f"select 1; set {name} = 0",
+        f"explain analyze select set_config('{name}', '0', false)",
+        f"declare c cursor with hold for select set_config('{name}', '0', false)",
+        f"create function lift() returns text language sql return set_config('{name}', '0', false)",
     ]
 
 
@@ -138,6 +145,9 @@ ANY_LIMIT = [
     "discard all",
     "select set_config('statement_'||'timeout', '0', false)",
     "update pg_settings set setting = '0' where name = 'lock_timeout'",
+    "with u as (update pg_settings set setting = '0' where name = 'lock_timeout' returning 1)"
+    " select 1",
+    "select set_config(x, '0', false) from (values ('lock_timeout')) v(x)",
 ]
 
 
@@ -212,6 +222,9 @@ def test_code_and_schema_changes_cannot_lift_a_limit_or_take_an_advisory_lock(
                 conn.execute(sql)
             assert f"({rule})" in str(info.value.diag.message_primary), sql
             assert "scope 'etl' of target 'demo'" in str(info.value.diag.message_primary), sql
+        # Outside a body a Unicode-escaped name is not even analysed.
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="Unicode-escaped"):
+            conn.execute('set U&"lock\\005ftimeout" = 0')
         # Nothing was created, nothing changed, no lock is held.
         created = conn.execute(
             "select (select count(*) from pg_proc where pronamespace = pg_my_temp_schema())"

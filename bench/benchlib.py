@@ -1,4 +1,6 @@
-"""What the benchmarks share: a dev broker process on a given target, sessions held
+"""What the benchmarks share: a dev broker process on a given target (running the
+demo policy without its masking rules unless told otherwise: the benchmarks of the
+gateway measure its unmasked path, bench/masking.py the masked one), sessions held
 open through ``dbaccess connect`` and the broker's resident memory with many idle
 gateway connections."""
 
@@ -18,6 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.fix_broker import demo_policy
+
 if TYPE_CHECKING:
     from server.pgcluster import LocalCluster
 
@@ -27,19 +32,23 @@ IDLE_SESSIONS = 5  # 40 connections each, below a session role's connection limi
 # What dev_broker needs for IDLE_CONNECTIONS in IDLE_SESSIONS sessions of one identity
 # (the target's max_connections must exceed IDLE_CONNECTIONS too).
 IDLE_BROKER_ARGS = ("--gateway-max-connections-per-identity", "400")
-# The demo policy with the connection caps raised to match (its scopes' limits).
-IDLE_POLICY = (
-    (Path(__file__).parents[1] / "server" / "demo" / "policy.yaml")
-    .read_text()
-    .replace(
-        "    scopes:\n",
-        "    limits:\n"
-        "      max_connections_per_session: 400\n"
-        "      max_connections_per_identity: 400\n"
-        "      max_connections_per_target: 400\n"
-        "    scopes:\n",
-        1,
-    )
+
+
+def unmasked_demo_policy(*, target: str = "") -> str:
+    """The demo policy without its masking rules, with ``target`` (indented target
+    keys) added to the demo target: what the benchmarks of the unmasked gateway run.
+    The shipped demo masks its people data, and a benchmark that takes it as is
+    measures the masked path without saying so; the tests' brokers run the same
+    text (tests/fix_broker.py's ``demo_policy``, which this is)."""
+    return demo_policy(target=target)
+
+
+# The unmasked demo policy with the connection caps raised to match (its target's limits).
+IDLE_POLICY = unmasked_demo_policy(
+    target="    limits:\n"
+    "      max_connections_per_session: 400\n"
+    "      max_connections_per_identity: 400\n"
+    "      max_connections_per_target: 400\n"
 )
 
 
@@ -47,11 +56,11 @@ IDLE_POLICY = (
 def dev_broker(
     base: Path, admin_dsn: str, *extra_args: str, policy: str | None = None
 ) -> Iterator[tuple[subprocess.Popen[bytes], dict[str, str]]]:
-    """A `dbaccess-server dev` on ``admin_dsn`` (with ``policy`` instead of the demo's),
-    with a CLI environment logged in to it."""
-    if policy is not None:
-        (base / "data").mkdir(parents=True, exist_ok=True)
-        (base / "data" / "policy.yaml").write_text(policy)
+    """A `dbaccess-server dev` on ``admin_dsn`` with ``policy`` (by default the demo's
+    without its masking, ``unmasked_demo_policy()``), with a CLI environment logged
+    in to it."""
+    (base / "data").mkdir(parents=True, exist_ok=True)
+    (base / "data" / "policy.yaml").write_text(unmasked_demo_policy() if policy is None else policy)
     env = dict(os.environ)
     env.pop("DBACCESS_TOKEN", None)
     env.pop("DBACCESS_SERVER", None)

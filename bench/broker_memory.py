@@ -205,8 +205,9 @@ def main() -> None:
             f"target < {TARGET_MB} MB: {verdict}",
         ),
     ]
+    print(f"{'':40} {'RSS':>9}  {'/ bare':>6}")
     for label, kb, note in rows:
-        print(f"{label:40} {mb(kb)}" + (f"   ({note})" if note else ""))
+        print(f"{label:40} {mb(kb)}  {kb / bare:5.2f}x" + (f"   ({note})" if note else ""))
 
 
 if __name__ == "__main__":

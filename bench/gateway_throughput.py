@@ -23,7 +23,13 @@ which adds a hop in another Python process).
 Targets (from the gateway's issue): dbaccess >= 1.0x pgbouncer TPS at 8 clients
 in both modes, >= 0.8x at 1 and 32 clients, the 1M-row read <= 1.1x direct,
 gateway memory < 100 MB with 200 idle client connections.  The ratios printed
-compare dbaccess with plain pgbouncer (the stricter reference) and with direct.
+compare dbaccess with plain pgbouncer (the stricter reference) and with direct,
+then with pgbouncer-tls (like for like: TLS from the client to both) in TPS and
+in the proxy's CPU time per transaction.
+
+The broker runs the demo policy without its masking rules (bench/masking.py
+measures masking) and with its connection caps raised for the idle connections;
+the result limits and pinned settings every session has stay in place.
 
 Run: .venv/bin/python bench/gateway_throughput.py [--seconds 10] [--reads 3]
      [--routes direct,pgbouncer,pgbouncer-tls,dbaccess,dbaccess-tunnel]
@@ -347,11 +353,13 @@ def main() -> None:
                     }
                     routes = [all_routes[n] for n in routes_wanted]
                     results: dict[tuple[str, str, int], tuple[float, float]] = {}
+                    cpus: dict[tuple[str, str, int], float] = {}
                     for mode in modes:
                         for n in clients:
                             for route in routes:
                                 tps, lat, cpu = pgbench(route, mode, n, args.seconds)
                                 results[(route.name, mode, n)] = (tps, lat)
+                                cpus[(route.name, mode, n)] = cpu[0] + cpu[1]
                                 print(
                                     f"pgbench -S -M {mode:8} -c {n:2}  {route.name:16}"
                                     f" {tps:9.0f} tps  {lat:7.3f} ms"
@@ -396,6 +404,27 @@ def main() -> None:
                 f"{mode:9} {n:7} {cells}   {ratio(got, ref):>18}  "
                 f"{ratio(got, tps('direct', mode, n)):>15}  "
                 f"{ratio(tps('dbaccess-tunnel', mode, n), ref):>16}  >= {target:.1f}x{met}"
+            )
+    # Like for like: both TLS from the client, both session-per-connection proxies.
+    print()
+    print(
+        "dbaccess against pgbouncer-tls (TLS to both): TPS ratio, and the proxy's CPU "
+        "(user + system) per transaction"
+    )
+    print(
+        f"{'mode':9} {'clients':>7}  {'TPS ratio':>9}  {'pgbouncer-tls µs/tx':>19}"
+        f"  {'dbaccess µs/tx':>14}  {'CPU ratio':>9}"
+    )
+    for mode in modes:
+        for n in clients:
+            ref_cpu = cpus.get(("pgbouncer-tls", mode, n))
+            got_cpu = cpus.get(("dbaccess", mode, n))
+            tps_ratio = ratio(tps("dbaccess", mode, n), tps("pgbouncer-tls", mode, n))
+            print(
+                f"{mode:9} {n:7}  {tps_ratio:>9}"
+                f"  {'-' if ref_cpu is None else f'{ref_cpu:.1f}':>19}"
+                f"  {'-' if got_cpu is None else f'{got_cpu:.1f}':>14}"
+                f"  {ratio(got_cpu, ref_cpu):>9}"
             )
     print()
     print(f"1M-row read (median of {args.reads}), seconds; ratio to direct (target <= 1.1x)")

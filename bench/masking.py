@@ -25,7 +25,10 @@ Two measurements, each against its reference taken in the same run:
 
   ``fused`` and ``hook`` use the C core too where it is built.  Each variant
   runs ``--runs`` times interleaved; the best wall time and the best CPU time
-  count.  The requirement: the masked read the gateway does (``gateway``, or
+  count.  ``gw+lim`` is ``gateway`` with the result limits a read scope has by
+  default, ``rec+lim`` the gateway's path for an unmasked session with them (its
+  hooks without rules), so their ratio is masked against unmasked as sessions
+  have them.  The requirement: the masked read the gateway does (``gateway``, or
   ``gw-py`` without the core) takes at most 1.5 times the unmasked read
   (``plain``, the same relay code with no hooks), measured in the same run.
 
@@ -259,12 +262,17 @@ class _GatewayCatalog:
         pass
 
 
-def gateway_e2e(catalog: Catalog, sql: str) -> Process:
+def gateway_e2e(
+    catalog: Catalog, sql: str, rules: MaskingRules = RULES, *, limited: bool = False
+) -> Process:
     """The gateway's masking hooks on a relay, for psql's connection: the login's
     messages pass as they are, then the hooks are told of psql's Query (the client
-    side of this loopback relay is not read) and the server's bytes go through them."""
+    side of this loopback relay is not read) and the server's bytes go through them.
+    ``limited``: with the result limits of a read scope's defaults, as the gateway has."""
     relay = Relay()
-    MaskingHooks(RULES, _GatewayCatalog(catalog), session_id="bench").install(relay)  # type: ignore[arg-type]
+    MaskingHooks(rules, _GatewayCatalog(catalog), session_id="bench").install(relay)  # type: ignore[arg-type]
+    if limited:
+        ResultLimit(Caps.of(READ_LIMITS, "read")).install(relay)
     login = [bytearray()]
 
     def process(data: bytes) -> bytes:
@@ -296,8 +304,15 @@ VARIANTS: dict[str, Callable[[Origins], Process]] = {
     "hook": _core(BUILT, hook_relay),
     "naive": naive_relay,
 }
-# The end-to-end variants that need the catalog and the statement.
-GATEWAY_E2E: dict[str, bool] = {"gateway": True, "gw-py": False} if BUILT else {"gw-py": False}
+# The end-to-end variants that need the catalog and the statement: whether they use the
+# C core, mask the two columns, and have the result limits.  ``rec+lim`` is what the
+# gateway does for an unmasked session (its hooks with no rules, and the limits).
+GATEWAY_E2E: dict[str, tuple[bool, bool, bool]] = {
+    **({"gateway": (True, True, False)} if BUILT else {}),
+    "gw-py": (False, True, False),
+    "gw+lim": (BUILT, True, True),
+    "rec+lim": (BUILT, False, True),
+}
 
 
 # --------------------------------------------------------------------------- relay CPU only
@@ -549,7 +564,14 @@ def end_to_end(rows: int, runs: int, variants: list[str]) -> tuple[Timings, Timi
                 for _ in range(runs):
                     for name in variants:
                         if name in GATEWAY_E2E:
-                            made = _core(GATEWAY_E2E[name], lambda _o: gateway_e2e(catalog, sql))
+                            native, masked, limited = GATEWAY_E2E[name]
+                            rules = RULES if masked else MaskingRules()
+                            made = _core(
+                                native,
+                                lambda _o, rules=rules, limited=limited: gateway_e2e(
+                                    catalog, sql, rules, limited=limited
+                                ),
+                            )
                             relay.make = lambda made=made: made(catalog.origin)
                         else:
                             relay.make = lambda name=name: VARIANTS[name](catalog.origin)
@@ -571,24 +593,29 @@ def end_to_end(rows: int, runs: int, variants: list[str]) -> tuple[Timings, Timi
                         cpu[name] = min(cpu.get(name, float("inf")), used)
             finally:
                 relay.stop()
-            # What the client received is masked: one row through the gateway's hooks.
+            # What the client received is masked: one row through each masking variant's
+            # hooks (and clear through the unmasked one's).
             sample = "SELECT email, card_number FROM customers LIMIT 1"
-            relay = _Relay((cluster.host, cluster.port))
-            relay.make = lambda: _core(BUILT, lambda _o: gateway_e2e(catalog, sample))(
-                catalog.origin
-            )
-            check = subprocess.run(
-                ["psql", "-X", "-At", "-c", sample],
-                env={**env, "PGPORT": str(relay.port)},
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            relay.stop()
+            for name, (native, masked, limited) in GATEWAY_E2E.items():
+                relay = _Relay((cluster.host, cluster.port))
+                relay.make = lambda native=native, masked=masked, limited=limited: _core(
+                    native,
+                    lambda _o: gateway_e2e(
+                        catalog, sample, RULES if masked else MaskingRules(), limited=limited
+                    ),
+                )(catalog.origin)
+                check = subprocess.run(
+                    ["psql", "-X", "-At", "-c", sample],
+                    env={**env, "PGPORT": str(relay.port)},
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                relay.stop()
+                print(f"sample row through {name}'s hooks: {check.stdout.strip()}")
+                if ("***" in check.stdout) != masked:
+                    raise SystemExit(f"{name}'s hooks did not mask the sample row as expected")
             masking.NATIVE = BUILT  # type: ignore[misc]
-            print(f"sample row through the gateway's masking hooks: {check.stdout.strip()}")
-            if "***" not in check.stdout:
-                raise SystemExit("the gateway's masking hooks did not mask the sample row")
             return wall, cpu
     finally:
         shutil.rmtree(base, ignore_errors=True)
@@ -632,6 +659,13 @@ def main() -> None:
     )
     wall_ratio = wall[used] / wall["plain"]
     print(f"masked read / unmasked read, the gateway's path, wall: {wall_ratio:.2f}x")
+    # As a session has them: both with the result limits, the unmasked one with the
+    # gateway's hooks for a session without rules.
+    print(
+        "with the result limits (read scope defaults), masked (gw+lim) / unmasked (rec+lim): "
+        f"CPU {cpu_total['gw+lim'] / cpu_total['rec+lim']:.2f}x, "
+        f"wall {wall['gw+lim'] / wall['rec+lim']:.2f}x"
+    )
 
 
 if __name__ == "__main__":

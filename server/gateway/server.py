@@ -393,18 +393,27 @@ class ClientConnection(asyncio.Protocol):
         if relay.client_whole_bytes(len(data)) > OFFLOAD_BYTES:
             self._analyse_off_loop(relay, data)
             return
+        relayed = self._relay_step(partial(relay.from_client, data), "relaying a client message")
+        if relayed is not None:
+            self._client_relayed(relay, *relayed)
+
+    def _relay_step(
+        self, step: Callable[[], tuple[bytes, bytes]], doing: str, source: str = ""
+    ) -> tuple[bytes, bytes] | None:
+        """``step()`` (a call of the relay, or the result of one made in an
+        analysis thread); None when it failed, after the connection was aborted
+        with the reason (``source`` names where a protocol violation came from)."""
         try:
-            up, back = relay.from_client(data)
+            return step()
         except ProtocolViolation as exc:
-            self.abort("08P01", f"protocol violation: {exc}", None)
-            return
+            self.abort("08P01", f"protocol violation{source}: {exc}", None)
         except GatewayError as exc:
             self.abort(exc.sqlstate, exc.message, exc.hint)
-            return
+        except CancelledError:  # an analysis that never started: the broker is stopping
+            self.abort("57P01", SHUTDOWN_MESSAGE, SHUTDOWN_HINT)
         except Exception:
-            self.internal_error("relaying a client message")
-            return
-        self._client_relayed(relay, up, back)
+            self.internal_error(doing)
+        return None
 
     def _client_relayed(self, relay: Relay, up: bytes, back: bytes) -> None:
         if up:
@@ -440,21 +449,10 @@ class ClientConnection(asyncio.Protocol):
         self._analysing = False
         if self.closed:
             return
-        try:
-            up, back = job.result()
-        except ProtocolViolation as exc:
-            self.abort("08P01", f"protocol violation: {exc}", None)
+        relayed = self._relay_step(job.result, "relaying a client message")
+        if relayed is None:
             return
-        except GatewayError as exc:
-            self.abort(exc.sqlstate, exc.message, exc.hint)
-            return
-        except CancelledError:  # never started: the broker is stopping
-            self.abort("57P01", SHUTDOWN_MESSAGE, SHUTDOWN_HINT)
-            return
-        except Exception:
-            self.internal_error("relaying a client message")
-            return
-        self._client_relayed(relay, up, back)
+        self._client_relayed(relay, *relayed)
         if self._up is not None and not self._client_full:
             self._up.resume_reading()
         self.reading_client()
@@ -724,17 +722,12 @@ class ClientConnection(asyncio.Protocol):
             if self._analysing:
                 self._held_upstream.append(data)
                 return
-            try:
-                out, back = relay.from_server(data)
-            except ProtocolViolation as exc:
-                self.abort("08P01", f"protocol violation from the target: {exc}", None)
+            relayed = self._relay_step(
+                partial(relay.from_server, data), "relaying a server message", " from the target"
+            )
+            if relayed is None:
                 return
-            except GatewayError as exc:
-                self.abort(exc.sqlstate, exc.message, exc.hint)
-                return
-            except Exception:
-                self.internal_error("relaying a server message")
-                return
+            out, back = relayed
             if out:
                 assert self.transport is not None
                 tls = self.tls
@@ -845,18 +838,10 @@ class ClientConnection(asyncio.Protocol):
             # The held messages go through the hooks now: analysed off the loop.
             self._analyse_off_loop(relay, b"", relay.cancel_done)
             return
-        try:
-            up, back = relay.cancel_done()
-        except ProtocolViolation as exc:
-            self.abort("08P01", f"protocol violation: {exc}", None)
+        relayed = self._relay_step(relay.cancel_done, "relaying a client message")
+        if relayed is None:
             return
-        except GatewayError as exc:
-            self.abort(exc.sqlstate, exc.message, exc.hint)
-            return
-        except Exception:
-            self.internal_error("relaying a client message")
-            return
-        self._client_relayed(relay, up, back)
+        self._client_relayed(relay, *relayed)
         if self._client_paused and not relay.holding:
             self.reading_client()
 

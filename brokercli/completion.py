@@ -103,30 +103,24 @@ def scopes(ctx: typer.Context, incomplete: str) -> Values:
     return list(_matching(_ask(ctx, query), incomplete))
 
 
-def _session_help(s: dict[str, Any]) -> str:
-    return f"{s['target']} {s['scope']} {s['status']}: {s.get('reason') or ''}".strip()
+def _sessions(ctx: typer.Context, incomplete: str, active: bool | None, limit: int) -> Values:
+    def query(c: BrokerClient) -> Values:
+        return [
+            (s["id"], f"{s['target']} {s['scope']} {s['status']}: {s.get('reason') or ''}".strip())
+            for s in c.sessions(active=active, all_=False, limit=limit)
+        ]
+
+    return list(_matching(_ask(ctx, query), incomplete))
 
 
 def sessions(ctx: typer.Context, incomplete: str) -> Values:
     """The caller's recent sessions, newest first."""
-    values = _ask(
-        ctx,
-        lambda c: [
-            (s["id"], _session_help(s)) for s in c.sessions(active=None, all_=False, limit=50)
-        ],
-    )
-    return list(_matching(values, incomplete))
+    return _sessions(ctx, incomplete, active=None, limit=50)
 
 
 def active_sessions(ctx: typer.Context, incomplete: str) -> Values:
     """The caller's running sessions."""
-    values = _ask(
-        ctx,
-        lambda c: [
-            (s["id"], _session_help(s)) for s in c.sessions(active=True, all_=False, limit=100)
-        ],
-    )
-    return list(_matching(values, incomplete))
+    return _sessions(ctx, incomplete, active=True, limit=100)
 
 
 def pending_requests(ctx: typer.Context, incomplete: str) -> Values:

@@ -63,7 +63,7 @@ from dataclasses import dataclass, field
 from server.audit.recording import LimitHit
 from server.gateway.guardrails import ALLOWED, Decision, Outcome
 from server.gateway.sqlcheck import Analysis, Feature, Statement, StatementClass
-from server.policy.limits import DATABASE_LIMITS, database_settings
+from server.policy.limits import database_settings
 from server.policy.model import SessionLimits
 
 PINNED_RULE = "limits.pinned"
@@ -330,7 +330,3 @@ def startup_refusal(params: Mapping[str, str], pins: LimitPins) -> tuple[str, st
 
 def _names(params: Mapping[str, str]) -> Iterable[str]:
     return (name.lower() for name in params)
-
-
-# The limits the startup check knows, for the gateway's allow-list of startup parameters.
-STARTUP_LIMITS = frozenset(DATABASE_LIMITS)

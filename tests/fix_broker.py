@@ -270,11 +270,14 @@ def masked_demo_policy(*settings: str) -> str:
 
 
 @contextmanager
-def running_broker(demo_target: DemoTarget, policy: str | None = None) -> Iterator[Broker]:
-    """A broker of its own with ``policy``, stopped (and killed if need be) afterwards."""
+def running_broker(
+    demo_target: DemoTarget, policy: str | None = None, *extra_args: str
+) -> Iterator[Broker]:
+    """A broker of its own with ``policy`` (and ``extra_args`` on its command
+    line), stopped (and killed if need be) afterwards."""
     b = new_broker(demo_target)
     try:
-        b.start(policy=policy)
+        b.start(*extra_args, policy=policy)
         yield b
     finally:
         b.stop()

@@ -18,7 +18,7 @@ import pytest
 from server.demo.provision import DemoTarget
 from server.gateway import pgwire
 from server.gateway.session import startup_packet
-from tests.fix_broker import Broker, demo_policy, new_broker
+from tests.fix_broker import Broker, demo_policy, running_broker
 from tests.fix_pgwire import login_error
 from tests.fix_session import held_session
 
@@ -36,13 +36,8 @@ POLICY = demo_policy(target="    limits:\n      max_connections_per_session: 50\
 
 @pytest.fixture(scope="module")
 def broker(demo_target: DemoTarget) -> Iterator[Broker]:
-    b = new_broker(demo_target)
-    b.start(policy=POLICY)
-    try:
+    with running_broker(demo_target, POLICY) as b:
         yield b
-    finally:
-        b.stop()
-        b.kill()
 
 
 def connect(dsn: str) -> psycopg.Connection[Any]:
@@ -126,18 +121,13 @@ def test_by_default_one_identity_gets_a_share_of_max_connections(
 
 
 def test_the_deprecated_server_setting_still_caps_sessions(demo_target: DemoTarget) -> None:
-    b = new_broker(demo_target)
-    b.start("--session-max-connections", "1", policy=POLICY)
-    try:
+    with running_broker(demo_target, POLICY, "--session-max-connections", "1") as b:
         assert "session_max_connections is deprecated" in b.log()
         with held_session(b, "--scope", "write") as s, connect(s.dsn()):
             fields = login_error(s.port, s.database, s.ticket)
             assert fields["C"] == "53300", fields
             assert "(limit 1)" in fields["M"]
             assert "session_max_connections (deprecated)" in fields["H"]
-    finally:
-        b.stop()
-        b.kill()
 
 
 def _race(dsns: list[str]) -> tuple[list[psycopg.Connection[Any]], list[str]]:

@@ -25,7 +25,7 @@ from psycopg import pq
 
 from server.demo.provision import DemoTarget
 from server.pgcluster import LocalCluster
-from tests.fix_broker import Broker, new_broker
+from tests.fix_broker import Broker, running_broker
 from tests.fix_session import HeldSession, held_session
 
 pytestmark = pytest.mark.slow
@@ -94,12 +94,8 @@ targets:
 
 @pytest.fixture(scope="module")
 def broker(demo_target: DemoTarget) -> Iterator[Broker]:
-    b = new_broker(demo_target)
-    b.start(policy=POLICY)
-    try:
+    with running_broker(demo_target, POLICY) as b:
         yield b
-    finally:
-        b.stop()
 
 
 @pytest.fixture(scope="module")

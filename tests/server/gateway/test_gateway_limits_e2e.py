@@ -19,7 +19,7 @@ import pytest
 from brokercli.tunnel import SSL_REQUEST
 from server.demo.provision import DemoTarget
 from server.gateway import pgwire
-from tests.fix_broker import Broker, new_broker
+from tests.fix_broker import Broker, running_broker
 from tests.fix_pgwire import login_error
 from tests.fix_session import held_session
 
@@ -28,8 +28,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def limited(demo_target: DemoTarget) -> Iterator[Broker]:
-    b = new_broker(demo_target)
-    b.start(
+    with running_broker(
+        demo_target,
+        None,
         "--gateway-max-connections",
         "3",
         "--gateway-max-connections-per-identity",
@@ -38,12 +39,8 @@ def limited(demo_target: DemoTarget) -> Iterator[Broker]:
         "1",
         "--gateway-cancel-rate",
         "0.05",
-    )
-    try:
+    ) as b:
         yield b
-    finally:
-        b.stop()
-        b.kill()
 
 
 def connect(dsn: str) -> psycopg.Connection[Any]:

@@ -12,7 +12,7 @@ from psycopg import pq
 
 from server.demo.provision import DemoTarget
 from server.pgcluster import LocalCluster
-from tests.fix_broker import Broker, demo_policy, new_broker
+from tests.fix_broker import Broker, demo_policy, running_broker
 from tests.fix_session import HeldSession, held_session
 
 pytestmark = pytest.mark.slow
@@ -57,10 +57,7 @@ CLEAR = ("4111111111111111", "ada@example.com", "AKIAIOSFODNN7EXAMPLE", "078-05-
 
 
 def _policy() -> str:
-    text = demo_policy()
-    marker = "    scopes:\n"
-    assert marker in text
-    text = text.replace(marker, MASKING + marker, 1)
+    text = demo_policy(target=MASKING)
     # LISTEN is a guardrail of its own; allowed here to receive notifications.
     return text.replace(
         "          preset: read\n", "          preset: read\n          allow_listen_notify: true\n"
@@ -72,13 +69,10 @@ def screen_broker(pg_cluster: LocalCluster, demo_target: DemoTarget) -> Iterator
     superuser = pg_cluster.dsn(dbname=demo_target.database)
     with psycopg.connect(superuser, autocommit=True) as conn:
         conn.execute(SETUP.encode())
-    b = new_broker(demo_target)
-    b.start(policy=_policy())
     try:
-        yield b
+        with running_broker(demo_target, _policy()) as b:
+            yield b
     finally:
-        b.stop()
-        b.kill()
         with psycopg.connect(superuser, autocommit=True) as conn:
             conn.execute(f"DROP TABLE IF EXISTS public.{TABLE}".encode())
             conn.execute(f"DROP FUNCTION IF EXISTS public.{TABLE}_tag(integer)".encode())

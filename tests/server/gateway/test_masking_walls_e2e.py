@@ -12,7 +12,7 @@ from psycopg import sql
 
 from server.demo.provision import ADMIN_ROLE, DemoTarget
 from server.pgcluster import LocalCluster
-from tests.fix_broker import Broker, demo_policy, new_broker
+from tests.fix_broker import Broker, demo_policy, running_broker
 from tests.fix_session import held_session
 
 pytestmark = pytest.mark.slow
@@ -65,13 +65,10 @@ def walls_broker(pg_cluster: LocalCluster, demo_target: DemoTarget) -> Iterator[
             sql.SQL("RESET ROLE"),
         ):
             conn.execute(statement)
-    b = new_broker(demo_target)
     try:
-        b.start(policy=_policy())
-        yield b
+        with running_broker(demo_target, _policy()) as b:
+            yield b
     finally:
-        b.stop()
-        b.kill()
         with psycopg.connect(superuser, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(s))
             conn.execute(sql.SQL("DROP OWNED BY {}").format(r))

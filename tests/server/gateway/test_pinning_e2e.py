@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from server.demo.provision import DemoTarget
-from tests.fix_broker import Broker, demo_policy, new_broker, running_broker
+from tests.fix_broker import Broker, demo_policy, running_broker
 from tests.fix_pgwire import login_error
 from tests.fix_session import HeldSession, held_session
 
@@ -53,13 +53,8 @@ LIMIT_NAMES = (*SHOWN, "temp_file_limit")
 
 @pytest.fixture(scope="module")
 def broker(demo_target: DemoTarget) -> Iterator[Broker]:
-    b = new_broker(demo_target)
-    b.start(policy=POLICY)
-    try:
+    with running_broker(demo_target, POLICY) as b:
         yield b
-    finally:
-        b.stop()
-        b.kill()
 
 
 @pytest.fixture(scope="module")

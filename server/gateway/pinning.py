@@ -62,7 +62,7 @@ from dataclasses import dataclass, field
 
 from server.audit.recording import LimitHit
 from server.gateway.guardrails import ALLOWED, Decision, Outcome
-from server.gateway.sqlcheck import Analysis, Feature, Statement, StatementClass
+from server.gateway.sqlcheck import Analysis, Feature, Statement, StatementClass, skip_blanks
 from server.policy.limits import database_settings
 from server.policy.model import SessionLimits
 
@@ -270,30 +270,9 @@ def _languages(text: str) -> Iterable[str]:
     whitespace and comments PostgreSQL skips between them skipped too (nested
     ``/* */`` included, as the server nests them); "" where no name follows."""
     for word in _LANGUAGE_WORD.finditer(text):
-        at = _skip_blanks(text, word.end())
+        at = skip_blanks(text, word.end())
         found = _LANGUAGE_NAME.match(text, at)
         yield next((g for g in found.groups() if g is not None), "") if found else ""
-
-
-def _skip_blanks(text: str, at: int) -> int:
-    while at < len(text):
-        if text[at].isspace():
-            at += 1
-        elif text.startswith("--", at):
-            end = text.find("\n", at)
-            at = len(text) if end < 0 else end + 1
-        elif text.startswith("/*", at):
-            depth, at = 1, at + 2
-            while at < len(text) and depth:
-                if text.startswith("/*", at):
-                    depth, at = depth + 1, at + 2
-                elif text.startswith("*/", at):
-                    depth, at = depth - 1, at + 2
-                else:
-                    at += 1
-        else:
-            break
-    return at
 
 
 def limit_hit(decision: Decision, pins: LimitPins, sql: str | None) -> LimitHit:

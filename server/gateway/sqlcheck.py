@@ -1118,33 +1118,38 @@ def parse_search_path(text: str) -> tuple[str, ...]:
 _PG_SPACE = " \t\n\r\f"
 
 
-def _gap_ok(gap: str) -> bool:
-    """True if ``gap`` is only what PostgreSQL's lexer skips: whitespace, ``--``
-    comments ending at a newline, and nested ``/* */`` comments."""
-    i, n = 0, len(gap)
-    while i < n:
-        c = gap[i]
-        if c in _PG_SPACE:
-            i += 1
-        elif gap.startswith("--", i):
-            j = i + 2
-            while j < n and gap[j] not in "\r\n":
-                j += 1
-            i = j
-        elif gap.startswith("/*", i):
-            depth, i = 1, i + 2
+def skip_blanks(text: str, at: int = 0) -> int:
+    """Where the next token of ``text`` from ``at`` starts, past what PostgreSQL's
+    lexer skips: whitespace, ``--`` comments ending at a newline or carriage
+    return, and nested ``/* */`` comments (an unterminated one is not skipped)."""
+    n = len(text)
+    while at < n:
+        if text[at] in _PG_SPACE:
+            at += 1
+        elif text.startswith("--", at):
+            at += 2
+            while at < n and text[at] not in "\r\n":
+                at += 1
+        elif text.startswith("/*", at):
+            depth, end = 1, at + 2
             while depth:
-                if i >= n:
-                    return False
-                if gap.startswith("/*", i):
-                    depth, i = depth + 1, i + 2
-                elif gap.startswith("*/", i):
-                    depth, i = depth - 1, i + 2
+                if end >= n:
+                    return at
+                if text.startswith("/*", end):
+                    depth, end = depth + 1, end + 2
+                elif text.startswith("*/", end):
+                    depth, end = depth - 1, end + 2
                 else:
-                    i += 1
+                    end += 1
+            at = end
         else:
-            return False
-    return True
+            break
+    return at
+
+
+def _gap_ok(gap: str) -> bool:
+    """True if ``gap`` is only what PostgreSQL's lexer skips (:func:`skip_blanks`)."""
+    return skip_blanks(gap) == len(gap)
 
 
 def _lexical_problem(sql: str, tokens: list[Token]) -> str | None:

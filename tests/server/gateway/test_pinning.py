@@ -126,6 +126,9 @@ def _decide(sql: str, pins: LimitPins = PINS, params: tuple[str | None, ...] | N
         ("create function f() returns int language/**/plperl as $$ 1 $$", PINNED),
         ("create function f() returns int language /* /* */ sql */ plperl as $$ 1 $$", PINNED),
         ("create function f() returns int language -- sql\n plperl as $$ 1 $$", PINNED),
+        # a -- comment ends at a carriage return too: PostgreSQL reads plperl here
+        ("create function f() returns int language --\rplperl /*\nsql */ as $$ 1 $$", PINNED),
+        ("do language --\rplperl /*\nsql */ $$ 1 $$", PINNED),
         ("do language/**/plperl $$ 1 $$", PINNED),
         ("create function f() returns int language /* c */ sql as 'select 1'", "allow"),
         # functions named without a call, queries stored to run later

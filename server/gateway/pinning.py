@@ -50,8 +50,9 @@ DDL whose text the scan reads.  Unlocking stays allowed.
 Every refusal is a :class:`~server.gateway.guardrails.Decision` with rule
 ``limits.pinned`` (or ``limits.advisory_locks``) and the limit's policy key,
 which the guard answers with SQLSTATE 42501 like any other, naming the limit
-and the scope that sets it, and records as a ``limit`` event (:func:`limit_hit`).
-:func:`decide_pins` and :func:`startup_refusal` are pure.
+and the scope that sets it, and records as a ``limit`` event (:func:`limit_hit`;
+:func:`startup_limit_hit` for a startup parameter).  :func:`decide_pins`,
+:func:`startup_refusal` and these two are pure.
 """
 
 from __future__ import annotations
@@ -305,6 +306,20 @@ def startup_refusal(params: Mapping[str, str], pins: LimitPins) -> tuple[str, st
                 f"the limits come from the policy (limits.{name}); connect without {name}",
             )
     return None
+
+
+def startup_limit_hit(params: Mapping[str, str], pins: LimitPins, message: str) -> LimitHit:
+    """What the session's recording keeps of a refusal by :func:`startup_refusal`
+    (``message``: the refusal's message)."""
+    limit = next(name for name in _names(params) if name in pins.settings)
+    return LimitHit(
+        limit=limit,
+        value=pins.values[limit],
+        scope=pins.scope,
+        action="refused",
+        sqlstate="42501",
+        message=message,
+    )
 
 
 def _names(params: Mapping[str, str]) -> Iterable[str]:

@@ -73,7 +73,7 @@ from server.gateway.limits import (
     ConnectionCaps,
 )
 from server.gateway.pgwire import ProtocolViolation
-from server.gateway.pinning import LimitPins, startup_refusal
+from server.gateway.pinning import LimitPins, startup_limit_hit, startup_refusal
 from server.gateway.relay import Relay
 from server.gateway.search_path import DEFAULT_SEARCH_PATH
 from server.gateway.session import (
@@ -547,15 +547,7 @@ class ClientConnection(asyncio.Protocol):
             pins = LimitPins.of(limits, live.record.target, live.record.scope)
             refused = startup_refusal(result.params, pins)
             if refused is not None:
-                limit = next(k.lower() for k in result.params if k.lower() in pins.settings)
-                hit = LimitHit(
-                    limit=limit,
-                    value=pins.values[limit],
-                    scope=pins.scope,
-                    action="refused",
-                    sqlstate="42501",
-                    message=refused[0],
-                )
+                hit = startup_limit_hit(result.params, pins, refused[0])
                 record_limit(service.recorder.record, live.id, hit)
                 self.abort("42501", *refused)
                 return

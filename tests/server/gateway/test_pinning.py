@@ -13,6 +13,7 @@ from server.gateway.pinning import (
     PINNED_RULE,
     LimitPins,
     decide_pins,
+    startup_limit_hit,
     startup_refusal,
 )
 from server.gateway.sqlcheck import analyze
@@ -223,3 +224,18 @@ def test_startup_parameters(params: dict[str, str], refused: str | None) -> None
         assert found is None
     else:
         assert found is not None and refused in found[0] and "scope 'read'" in found[0]
+
+
+def test_a_refused_startup_parameter_is_recorded_with_its_limit() -> None:
+    params = {"user": "x", "Lock_Timeout": "0"}
+    refused = startup_refusal(params, PINS)
+    assert refused is not None
+    hit = startup_limit_hit(params, PINS, refused[0])
+    assert (hit.limit, hit.value, hit.scope, hit.action, hit.sqlstate, hit.message) == (
+        "lock_timeout",
+        "10s",
+        "read",
+        "refused",
+        "42501",
+        refused[0],
+    )

@@ -55,7 +55,10 @@ walk counts them, in C where ``server.gateway._rowmask`` was built), per run
 or per message where a chunk goes through the hooks.  The meter's types
 (statement ends: CommandComplete, EmptyQueryResponse, ErrorResponse,
 PortalSuspended, ReadyForQuery) reach ``Meter.boundary``, which sets the next
-statement's budget.  The message that would overspend it is not forwarded:
+statement's budget.  A row still arriving is judged on its length word: one
+that would overspend the budget, or that belongs to a response being cut, is
+discarded as its bytes arrive (``_server_skip``), never gathered whole.  The
+message that would overspend it is not forwarded:
 ``Meter.cut`` returns a ``Cutter`` that from then on sees every server
 message first (it discards the rest of the response and answers in its
 place) until it calls ``end_cut``; client messages are held as during a
@@ -195,6 +198,7 @@ class Relay:
         self._server_hooked: bytes | None = None
         self._client_partial: _Partial | None = None
         self._server_partial: _Partial | None = None
+        self._server_skip = 0  # bytes still to discard of a row of a cut response
         self._failed: str | None = None
         self.asked = 0  # ReadyForQuery the client's forwarded messages asked for
         self.ready = 0  # ReadyForQuery seen from the server
@@ -454,8 +458,13 @@ class Relay:
                 return _NOTHING
             self._server_partial = None
             data = joined
+        elif self._server_skip:
+            data = self._skip_server(data)
+            if not data:
+                return _NOTHING
         end = len(data)
         hooked = self._server_hooked
+        tail = 0
         # One walk over the message headers (no body is copied or decoded):
         # where the whole messages end, the ReadyForQuery among them, whether
         # a hooked type is there, and the rows and their bytes.
@@ -465,10 +474,14 @@ class Relay:
             t, length = _HEADER.unpack_from(data, pos)
             if length < 4 or length > MAX_SERVER_MESSAGE:
                 self._fail(t, length, MAX_SERVER_MESSAGE)
+            if (t == 68 or t == 100) and self._meter is not None:
+                # A row still arriving: judged on its length word once the
+                # messages before it are handled (see _tail_row).
+                tail = t
         if pos != end:
             self._server_partial = _Partial(data[pos:] if pos else data)
             if not pos:
-                return _NOTHING
+                return self._tail_row(tail) if tail else _NOTHING
             data = data[:pos]
         rows_left = self.rows_left - rows
         bytes_left = self.bytes_left - size
@@ -482,9 +495,12 @@ class Relay:
         ):
             if self._cut is not None and not hit:
                 # Only rows of a response being cut: nothing of it goes on.
-                return _NOTHING
+                return self._tail_row(tail) if tail else _NOTHING
             # Counted again there, message by message (or run by run).
             out = self._server_slow(data)
+            if tail:
+                more, back = self._tail_row(tail)
+                return out + more, back
             back = b""
             if self._to_server:
                 back = b"".join(self._to_server)
@@ -496,9 +512,51 @@ class Relay:
         self.rows_left = rows_left
         self.bytes_left = bytes_left
         self.ready += ready
+        if tail and (rows_left < 1 or bytes_left < length + 1):
+            more, back = self._tail_row(tail)
+            return data + more, back
         return data, b""
 
     # -- the rare paths ---------------------------------------------------------
+    def _tail_row(self, t: int) -> tuple[bytes, bytes]:
+        """The chunk ended in a row (DataRow or CopyData) not yet all here, now
+        ``_server_partial``, after the whole messages before it were handled.
+        If the row is part of a response being cut, or would overspend the
+        statement's budget (and so start a cut), its body is discarded as it
+        arrives (``_server_skip``) instead of being gathered: a row of a gigabyte
+        costs the broker nothing.  Otherwise it is kept, as every partial message
+        is.  Returns what is due now: (bytes for the client, bytes for the server)."""
+        partial = self._server_partial
+        assert partial is not None
+        if self._cut is None and (
+            self._detour is not None  # the row may be the detour's own answer
+            or (self.rows_left >= 1 and self.bytes_left >= partial.need)
+        ):
+            up, back = self.flush()
+            return back, up
+        self._server_partial = None
+        self._server_skip = partial.need - partial.have
+        if self._cut is None:
+            meter = self._meter
+            assert meter is not None
+            msg = RawMessage(t, b"")  # the body is never read: the cutter discards rows
+            parts: list[bytes] = []
+            cutter = meter.cut(msg, self)
+            self._cut = cutter
+            self._to_cut(cutter, msg, parts)
+            self._to_client_now[:0] = parts
+        up, back = self.flush()
+        return back, up
+
+    def _skip_server(self, data: bytes) -> bytes:
+        """Discard what is left of a row being skipped; returns the bytes after it."""
+        skip = self._server_skip
+        if len(data) <= skip:
+            self._server_skip = skip - len(data)
+            return b""
+        self._server_skip = 0
+        return data[skip:]
+
     def _fail(self, t: int, length: int, limit: int) -> None:
         if length < 4:
             why = f"invalid message length {length} for message type {pgwire.describe_type(t)}"

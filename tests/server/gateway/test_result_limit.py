@@ -206,6 +206,59 @@ def test_a_streaming_result_is_cut_in_the_chunk_that_overspends_and_the_rest_dro
     assert not relay.holding and not relay.busy
 
 
+def _feed_in_pieces(relay: Relay, data: bytes, piece: int = 65536) -> bytes:
+    return b"".join(relay.from_server(data[i : i + piece])[0] for i in range(0, len(data), piece))
+
+
+def test_a_row_over_the_byte_limit_is_cut_on_its_length_word_and_its_body_never_held() -> None:
+    relay, _limit, recorded = limited(rows=None, nbytes=1 << 20)
+    relay.from_client(Query("select repeat('x', 50000000)").encode())
+    huge = DataRow([b"x" * 5_000_000]).encode()
+    # The header and the start of the body: the cut starts at once.
+    out, up = relay.from_server(T + huge[:1000])
+    assert out == T and up == b""
+    assert relay.cancel_wanted and relay.cutting
+    # The rest is discarded as it arrives: nothing of it is kept.
+    for i in range(1000, len(huge), 65536):
+        assert relay.from_server(huge[i : i + 65536]) == (b"", b"")
+        assert relay._server_partial is None
+    out = _feed_in_pieces(relay, cancelled() + z(), 3)
+    assert types(out) == "EZ"
+    [error] = errors(out)
+    assert error["C"] == "54000" and "max_result_bytes (1MB)" in error["M"]
+    assert "cut after 0 rows" in error["M"]
+    assert recorded[0][2]["bytes"] == 0
+    relay.cancel_done()
+    # The connection goes on.
+    relay.from_client(Query("select 1").encode())
+    assert relay.from_server(T + rows(1) + tag("SELECT 1") + z())[0] == (
+        T + rows(1) + tag("SELECT 1") + z()
+    )
+
+
+def test_large_rows_after_the_cut_are_discarded_without_being_gathered() -> None:
+    relay, _limit, _ = limited(rows=2)
+    relay.from_client(Query("select").encode())
+    big = DataRow([b"y" * 300_000]).encode()
+    out, _ = relay.from_server(T + rows(3))
+    assert types(out) == "TDD" and relay.cutting
+    for _ in range(3):
+        for i in range(0, len(big), 65536):
+            assert relay.from_server(big[i : i + 65536]) == (b"", b"")
+            assert relay._server_partial is None
+    out = _feed_in_pieces(relay, cancelled() + z())
+    assert types(out) == "EZ" and errors(out)[0]["C"] == "54000"
+
+
+def test_a_large_row_within_the_budget_passes_whole_in_pieces() -> None:
+    big = DataRow([b"z" * 300_000]).encode()
+    relay, _limit, _ = limited(rows=None, nbytes=len(big) + 10)
+    relay.from_client(Query("select").encode())
+    server = T + big + tag("SELECT 1") + z()
+    assert _feed_in_pieces(relay, server, 7000) == server
+    assert not relay.busy
+
+
 def test_a_cancelled_statement_in_a_transaction_block_leaves_it_aborted() -> None:
     relay, _limit, _ = limited(rows=2)
     relay.from_client(Query("select big").encode())

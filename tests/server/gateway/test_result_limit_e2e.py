@@ -277,3 +277,27 @@ def test_one_row_over_the_byte_limit_is_cut_before_any_of_it_is_sent(
         with pytest.raises(psycopg.errors.ProgramLimitExceeded, match="cut after 0 rows"):
             conn.execute("SELECT repeat('x', 4 << 20)").fetchall()
         assert conn.execute("SELECT 5").fetchone() == (5,)
+
+
+def test_a_huge_row_is_cut_on_its_length_word_and_never_held_by_the_broker(
+    session: HeldSession, capped_broker: Broker
+) -> None:
+    # 50 MB in one row, and 20 MB in each of several COPY lines: each is
+    # discarded as it arrives, not gathered and then cut.
+    assert capped_broker.proc is not None
+    copy_sql = "COPY (SELECT repeat('y', 20000000) FROM generate_series(1, 3)) TO STDOUT"
+    with (
+        PeakRss(capped_broker.proc.pid) as rss,
+        psycopg.connect(session.dsn(), autocommit=True) as conn,
+    ):
+        for _ in range(3):
+            with pytest.raises(psycopg.errors.ProgramLimitExceeded, match="cut after 0 rows"):
+                conn.execute("SELECT repeat('x', 50000000)").fetchall()
+        with (
+            pytest.raises(psycopg.errors.ProgramLimitExceeded, match="max_result_bytes"),
+            conn.cursor().copy(copy_sql) as copy,
+        ):
+            for _block in copy:
+                pass
+        assert conn.execute("SELECT 6").fetchone() == (6,)
+    assert rss.peak - rss.before < 30 * 1024, (rss.before, rss.peak)

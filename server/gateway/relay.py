@@ -57,7 +57,9 @@ or per message where a chunk goes through the hooks.  The meter's types
 PortalSuspended, ReadyForQuery) reach ``Meter.boundary``, which sets the next
 statement's budget.  A row still arriving is judged on its length word: one
 that would overspend the budget, or that belongs to a response being cut, is
-discarded as its bytes arrive (``_server_skip``), never gathered whole.  The
+discarded as its bytes arrive (``_server_skip``), never gathered whole; an
+ErrorResponse or NoticeResponse has its fields clipped (``clip_fields``), one
+longer than ``_CLIP_KEEP`` on its length word too (``_Clip``).  The
 message that would overspend it is not forwarded:
 ``Meter.cut`` returns a ``Cutter`` that from then on sees every server
 message first (it discards the rest of the response and answers in its
@@ -164,6 +166,64 @@ _READY: Final = ord("Z")
 _NOTHING: Final = (b"", b"")
 
 
+# An ErrorResponse or NoticeResponse field (message, detail, hint, context, ...)
+# longer than this is clipped, with CLIPPED at its end: PostgreSQL echoes a
+# value as long as a statement can make it (``repeat('x', 50000000)::int``), and
+# the gateway neither holds nor forwards it.  Of a message longer than
+# _CLIP_KEEP only its start is kept (the SQLSTATE comes early), the rest is
+# discarded as it arrives.  Only where a meter is installed (a session with
+# result limits: every session, by default).
+FIELD_MAX: Final = 8192
+CLIPPED: Final = b" ... [clipped by dbaccess]"
+_CLIP_KEEP: Final = 8 * FIELD_MAX
+
+
+def clip_fields(body: bytes, *, complete: bool) -> bytes:
+    """The fields of an ErrorResponse or NoticeResponse body, each at most
+    FIELD_MAX bytes (its code byte aside); ``complete=False``: ``body`` is the
+    start of a longer one, and its last field is cut wherever it is."""
+    pieces = body.split(b"\0")
+    last = len(pieces) - 1
+    out: list[bytes] = []
+    for i, field in enumerate(pieces):
+        if not field:
+            continue
+        if len(field) - 1 > FIELD_MAX or (i == last and not complete):
+            text = field[1 : 1 + FIELD_MAX - len(CLIPPED)]
+            field = field[:1] + _utf8_prefix(text) + CLIPPED
+        out.append(field + b"\0")
+    out.append(b"\0")
+    return b"".join(out)
+
+
+def _utf8_prefix(text: bytes) -> bytes:
+    """``text`` without a UTF-8 sequence cut at its end."""
+    start = len(text)
+    while start and len(text) - start < 3 and 0x80 <= text[start - 1] < 0xC0:
+        start -= 1
+    if start and text[start - 1] >= 0xC0:
+        lead = text[start - 1]
+        need = 2 if lead < 0xE0 else 3 if lead < 0xF0 else 4
+        if len(text) - (start - 1) < need:
+            return text[: start - 1]
+    return text
+
+
+class _Clip:
+    """The start of an error or notice too long to keep whole."""
+
+    __slots__ = ("parts", "room", "type")
+
+    def __init__(self, t: int, head: bytes) -> None:
+        self.type = t
+        self.parts = [head]
+        self.room = _CLIP_KEEP - len(head)
+
+    def message(self) -> bytes:
+        body = clip_fields(b"".join(self.parts), complete=False)
+        return _HEADER.pack(self.type, len(body) + 4) + body
+
+
 class _Partial:
     """An incomplete trailing message: its chunks, and how many bytes complete it."""
 
@@ -199,6 +259,7 @@ class Relay:
         self._client_partial: _Partial | None = None
         self._server_partial: _Partial | None = None
         self._server_skip = 0  # bytes still to discard of a row of a cut response
+        self._clip: _Clip | None = None  # an error or notice too long to keep whole
         self._failed: str | None = None
         self.asked = 0  # ReadyForQuery the client's forwarded messages asked for
         self.ready = 0  # ReadyForQuery seen from the server
@@ -474,9 +535,12 @@ class Relay:
             t, length = _HEADER.unpack_from(data, pos)
             if length < 4 or length > MAX_SERVER_MESSAGE:
                 self._fail(t, length, MAX_SERVER_MESSAGE)
-            if (t == 68 or t == 100) and self._meter is not None:
-                # A row still arriving: judged on its length word once the
-                # messages before it are handled (see _tail_row).
+            if self._meter is not None and (
+                t == 68 or t == 100 or ((t == 69 or t == 78) and length - 4 > FIELD_MAX)
+            ):
+                # A row, or a long error or notice, still arriving: judged on
+                # its length word once the messages before it are handled (see
+                # _tail_row).
                 tail = t
         if pos != end:
             self._server_partial = _Partial(data[pos:] if pos else data)
@@ -512,7 +576,7 @@ class Relay:
         self.rows_left = rows_left
         self.bytes_left = bytes_left
         self.ready += ready
-        if tail and (rows_left < 1 or bytes_left < length + 1):
+        if tail and (rows_left < 1 or bytes_left < length + 1 or tail == 69 or tail == 78):
             more, back = self._tail_row(tail)
             return data + more, back
         return data, b""
@@ -528,6 +592,15 @@ class Relay:
         is.  Returns what is due now: (bytes for the client, bytes for the server)."""
         partial = self._server_partial
         assert partial is not None
+        if t == 69 or t == 78:
+            # An error or notice: its first _CLIP_KEEP bytes are kept, the rest
+            # discarded as it arrives, and the fields clipped (clip_fields).
+            self._server_partial = None
+            self._server_skip = partial.need - partial.have
+            body = b"".join(partial.parts)[5 : 5 + _CLIP_KEEP]
+            self._clip = _Clip(t, body)
+            up, back = self.flush()
+            return back, up
         if self._cut is None and (
             self._detour is not None  # the row may be the detour's own answer
             or (self.rows_left >= 1 and self.bytes_left >= partial.need)
@@ -549,13 +622,24 @@ class Relay:
         return back, up
 
     def _skip_server(self, data: bytes) -> bytes:
-        """Discard what is left of a row being skipped; returns the bytes after it."""
+        """Discard what is left of a row being skipped (or keep the start of an
+        error or notice being clipped); returns the bytes after it, the clipped
+        message first."""
         skip = self._server_skip
-        if len(data) <= skip:
-            self._server_skip = skip - len(data)
+        n = min(skip, len(data))
+        clip = self._clip
+        if clip is not None and clip.room > 0:
+            kept = data[: min(n, clip.room)]
+            clip.parts.append(kept)
+            clip.room -= len(kept)
+        self._server_skip = skip - n
+        if self._server_skip:
             return b""
-        self._server_skip = 0
-        return data[skip:]
+        rest = data[n:]
+        if clip is not None:
+            self._clip = None
+            return clip.message() + rest
+        return rest
 
     def _fail(self, t: int, length: int, limit: int) -> None:
         if length < 4:
@@ -643,6 +727,8 @@ class Relay:
             stop = pos + 1 + length
             msg = RawMessage(t, wire[pos + 5 : stop])
             pos = stop
+            if (t == 69 or t == 78) and length - 4 > FIELD_MAX and metered is not None:
+                msg = RawMessage(t, clip_fields(msg.body, complete=True))
             if cut is not None:
                 self._to_cut(cut, msg, out)
                 if self._detour is not None:

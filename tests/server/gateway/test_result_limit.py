@@ -259,6 +259,33 @@ def test_a_large_row_within_the_budget_passes_whole_in_pieces() -> None:
     assert not relay.busy
 
 
+def test_a_huge_error_is_clipped_on_its_length_word_and_its_sqlstate_kept() -> None:
+    relay, _limit, _ = limited(rows=3)
+    relay.from_client(Query("select repeat('x', 50000000)::int").encode())
+    value = "x" * 5_000_000
+    huge = pgwire.error_response(
+        "ERROR", "22P02", f'invalid input syntax for type integer: "{value}"'
+    )
+    notice = pgwire.notice_response("NOTICE", "00000", "n" * 100_000)
+    out = []
+    for i in range(0, len(huge), 65536):
+        out.append(relay.from_server(huge[i : i + 65536])[0])
+        assert relay._server_partial is None or relay._server_partial.have <= 70_000
+    out.append(relay.from_server(z())[0])
+    got = b"".join(out)
+    assert types(got) == "EZ"
+    [error] = errors(got)
+    assert error["C"] == "22P02" and error["S"] == "ERROR"
+    assert error["M"].startswith("invalid input syntax for type integer")
+    assert error["M"].endswith("... [clipped by dbaccess]")
+    assert len(error["M"].encode()) <= relay_module.FIELD_MAX
+    # Whole in one chunk, the same.
+    relay.from_client(Query("select").encode())
+    whole, _ = relay.from_server(notice + huge + z())
+    assert types(whole) == "NEZ" and len(whole) < 3 * relay_module.FIELD_MAX + 100
+    assert errors(whole) == [error]
+
+
 def test_a_cancelled_statement_in_a_transaction_block_leaves_it_aborted() -> None:
     relay, _limit, _ = limited(rows=2)
     relay.from_client(Query("select big").encode())

@@ -301,3 +301,24 @@ def test_a_huge_row_is_cut_on_its_length_word_and_never_held_by_the_broker(
                 pass
         assert conn.execute("SELECT 6").fetchone() == (6,)
     assert rss.peak - rss.before < 30 * 1024, (rss.before, rss.peak)
+
+
+def test_a_huge_error_is_clipped_and_never_held_by_the_broker(
+    session: HeldSession, capped_broker: Broker
+) -> None:
+    # PostgreSQL echoes the 50 MB value in its error: it reaches the client
+    # clipped, SQLSTATE kept.
+    assert capped_broker.proc is not None
+    with (
+        PeakRss(capped_broker.proc.pid) as rss,
+        psycopg.connect(session.dsn(), autocommit=True) as conn,
+    ):
+        for _ in range(3):
+            with pytest.raises(psycopg.errors.InvalidTextRepresentation) as err:
+                conn.execute("SELECT repeat('x', 50000000)::int")
+            message = err.value.diag.message_primary or ""
+            assert message.startswith('invalid input syntax for type integer: "xxx')
+            assert message.endswith("... [clipped by dbaccess]")
+            assert len(message) <= 8192
+        assert conn.execute("SELECT 7").fetchone() == (7,)
+    assert rss.peak - rss.before < 30 * 1024, (rss.before, rss.peak)

@@ -39,7 +39,9 @@ a startup parameter                         it names a pinned setting
 ``SHOW`` and ``current_setting`` read the limits and stay allowed.  The
 statements are judged together with what they run inside themselves
 (``Statement.walk``), and the scan of text is over the whole input, not the
-analysis's 2000-character excerpt, so nothing hides behind a long body.
+analysis's 2000-character excerpt, so nothing hides behind a long body, and
+it reads the text both as written and with its backslash escapes decoded, so
+nothing hides in a body written as an ``E'…'`` string either.
 
 Advisory locks (``pg_advisory_lock``, ``pg_try_advisory_lock``, their
 ``_shared`` and ``_xact_`` forms) outlive statements and, taken by one session
@@ -88,6 +90,12 @@ _RESET_ALL = re.compile(r"\breset\s+all\b")
 _EXECUTE = re.compile(r"\bexecute\b")
 _NAMELESS = ("set_config", "pg_settings")
 _ADVISORY = re.compile(r"pg_(?:try_)?advisory_(?:xact_)?lock(?:_shared)?")
+# A backslash escape of an E'…' string, as PostgreSQL decodes it.
+_BACKSLASH = re.compile(
+    r"\\(?:x([0-9a-fA-F]{1,2})|u([0-9a-fA-F]{4})|U([0-9a-fA-F]{8})|([0-7]{1,3})|(.))",
+    re.DOTALL,
+)
+_CONTROL = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
 
 
 @dataclass(frozen=True)
@@ -182,7 +190,7 @@ def _judge(st: Statement, sql: str, pins: LimitPins, index: int) -> Decision | N
         if _reads_text(st):
             # A body, or a function named without a call (an aggregate's SFUNC),
             # takes the lock when it runs, out of the analysis's sight.
-            named = _ADVISORY.search(sql.lower())
+            named = _ADVISORY.search(_readable(sql))
             if named is not None:
                 command = st.command or "this statement"
                 return _advisory_refusal(
@@ -229,7 +237,7 @@ def _scan(st: Statement, sql: str, pins: LimitPins) -> tuple[str, str | None] | 
     if not _reads_text(st):
         return None
     code = Feature.CODE in st.features
-    text = sql.lower()
+    text = _readable(sql)
     command = st.command or "this statement"
     # Plain DDL (a table, an aggregate) may have a column named like a limit;
     # only what can run code or attach settings is refused for naming one.
@@ -264,6 +272,28 @@ def _scan(st: Statement, sql: str, pins: LimitPins) -> tuple[str, str | None] | 
                     None,
                 )
     return None
+
+
+def _readable(sql: str) -> str:
+    """``sql`` in lower case for the scan, followed, when it has backslashes, by
+    the same text with every backslash escape decoded as in an ``E'…'`` string.
+
+    A body written as an escape string (``DO E'… s\\x65t_config …'``) runs
+    decoded; decoding the whole text rather than finding the escape strings
+    first cannot miss one, and whatever it decodes that PostgreSQL would not
+    only gives the scan more to refuse."""
+    text = sql.lower()
+    if "\\" not in sql:
+        return text
+    return f"{text}\n{_BACKSLASH.sub(_unescape, sql).lower()}"
+
+
+def _unescape(match: re.Match[str]) -> str:
+    hex2, hex4, hex8, octal, other = match.groups()
+    if other is not None:
+        return _CONTROL.get(other, other)
+    code = int(hex2 or hex4 or hex8, 16) if octal is None else int(octal, 8)
+    return chr(code) if code <= 0x10FFFF else "\ufffd"
 
 
 def _languages(text: str) -> Iterable[str]:

@@ -132,6 +132,22 @@ def _decide(sql: str, pins: LimitPins = PINS, params: tuple[str | None, ...] | N
         ("do language --\rplperl /*\nsql */ $$ 1 $$", PINNED),
         ("do language/**/plperl $$ 1 $$", PINNED),
         ("create function f() returns int language /* c */ sql as 'select 1'", "allow"),
+        # bodies written as escape strings: PostgreSQL runs them decoded
+        (
+            "do E'begin perform s\\x65t_config(''st\\x61tement_timeout'', ''0'', false); end'",
+            PINNED,
+        ),
+        (
+            "do language plpgsql E'begin perform s\\145t_config(''st\\141tement_timeout'', "
+            "''0'', false); end'",
+            PINNED,
+        ),
+        ("create procedure p() language sql as E'set lock\\u005ftimeout = 0'", PINNED),
+        ("create procedure p() language sql as E'set lock\\U0000005Ftimeout = 0'", PINNED),
+        ("create function f() returns int language sql as e'select 1;\\nr\\eset\\tall'", PINNED),
+        ("do E'begin\\nexecute ''select 1''; end'", PINNED),
+        ("do E'begin perform pg_\\x61dvisory_lock(1); end'", LOCKS),
+        ("create function f() returns text language sql as E'select ''a\\nb'''", "allow"),
         # functions named without a call, queries stored to run later
         (
             "create aggregate a(text, bool) "

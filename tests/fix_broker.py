@@ -14,6 +14,8 @@ policy of the test's own (``admin_dsn_file: admin.dsn`` names the target, as in
 the demo policy), ``token(identity, *groups)`` mints an API token for another
 identity, and ``cli(..., token=T)`` / ``spawn(..., token=T)`` act as that identity.
 ``reload()`` sends SIGHUP so the broker re-reads its policy file.
+``client(token)`` is the CLI's API client (``brokercli.client.BrokerClient``) for
+the broker, as its login profile describes it, acting with ``token``.
 
 A broker's folder holds its TLS keys, tokens and the target's admin DSN: every
 broker ``new_broker`` makes is stopped and its folder removed when the test
@@ -25,6 +27,7 @@ fixtures ended.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -39,6 +42,8 @@ from pathlib import Path
 
 import pytest
 
+from brokercli.client import BrokerClient
+from brokercli.config import Settings
 from server.demo.provision import DemoTarget
 from tests.fix_pg import make_tmp_dir
 
@@ -107,6 +112,17 @@ class Broker:
             check=True,
         )
         return res.stdout.strip()
+
+    def client(self, token: str) -> BrokerClient:
+        """The CLI's API client for this broker (its profile's URL and CA), as ``token``."""
+        profile = json.loads((self.config_dir / "profile.json").read_text())
+        cfg = Settings(
+            server=profile["server"],
+            ca_file=profile["ca_file"],
+            ca_fingerprint=profile.get("ca_fingerprint"),
+            source="test",
+        )
+        return BrokerClient(cfg, token)
 
     def start(
         self,

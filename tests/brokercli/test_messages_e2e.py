@@ -13,8 +13,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from brokercli.client import BrokerClient
-from brokercli.config import Settings
 from brokercli.errors import CliError
 from brokercli.exit_codes import ExitCode
 from server.demo.provision import DemoTarget
@@ -53,17 +51,6 @@ def _person(broker: Broker, *groups: str) -> str:
 
 def _error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("dbaccess: ")]
-
-
-def _client(broker: Broker, token: str) -> BrokerClient:
-    profile = json.loads((broker.config_dir / "profile.json").read_text())
-    cfg = Settings(
-        server=profile["server"],
-        ca_file=profile["ca_file"],
-        ca_fingerprint=profile.get("ca_fingerprint"),
-        source="test",
-    )
-    return BrokerClient(cfg, token)
 
 
 def test_a_write_in_the_read_scope_names_the_scope_that_allows_it(
@@ -213,7 +200,7 @@ def test_a_bad_time_is_one_clear_line(
 def test_the_api_refuses_bad_input_as_one_line(
     messages_broker: Broker, method: str, path: str, body: object, message: str | None
 ) -> None:
-    client = _client(messages_broker, messages_broker.token("root", "admin", "dev"))
+    client = messages_broker.client(messages_broker.token("root", "admin", "dev"))
     try:
         if message is None:
             assert client.request(method, path, json=body) is not None

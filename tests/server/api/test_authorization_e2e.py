@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 
 from brokercli.client import BrokerClient
-from brokercli.config import Settings
 from brokercli.errors import CliError
 from server.demo.provision import DemoTarget
 from tests.fix_broker import Broker, new_broker
@@ -47,19 +46,6 @@ class World:
     alice_request: str
 
 
-def _client(broker: Broker, token: str) -> BrokerClient:
-    import json
-
-    profile = json.loads((broker.config_dir / "profile.json").read_text())
-    cfg = Settings(
-        server=profile["server"],
-        ca_file=profile["ca_file"],
-        ca_fingerprint=profile.get("ca_fingerprint"),
-        source="test",
-    )
-    return BrokerClient(cfg, token)
-
-
 @pytest.fixture(scope="module")
 def world(demo_target: DemoTarget) -> Iterator[World]:
     b = new_broker(demo_target)
@@ -72,7 +58,7 @@ def world(demo_target: DemoTarget) -> Iterator[World]:
             "auditor": b.token("audrey", "auditor"),
             "admin": b.token("root", "admin", "dev"),
         }
-        clients = {k: _client(b, v) for k, v in tokens.items()}
+        clients = {k: b.client(v) for k, v in tokens.items()}
         alice = clients["alice"]
         session = alice.request("POST", "/v1/sessions", json={"target": "demo", "scope": "read"})
         request = alice.request(
@@ -137,7 +123,7 @@ def test_others_cannot_end_alices_session(world: World, who: str) -> None:
 
 
 def test_without_a_token_everything_but_health_is_401(world: World) -> None:
-    anonymous = _client(world.broker, "")
+    anonymous = world.broker.client("")
     anonymous.token = None
     for path in ("/v1/sessions", "/v1/targets", "/v1/audit", "/v1/requests"):
         with pytest.raises(CliError) as err:

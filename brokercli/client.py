@@ -14,6 +14,7 @@ from brokercli import tokens
 from brokercli.config import Settings, settings
 from brokercli.errors import CliError
 from brokercli.exit_codes import BY_ERROR_KIND, BY_STATUS, ExitCode
+from server.errors import validation_message
 
 
 @dataclass(frozen=True)
@@ -322,12 +323,5 @@ def _one_line(value: Any) -> str:
 def _detail(detail: Any) -> str:
     """FastAPI's ``detail``: a string, or pydantic's list of errors (one line each, joined)."""
     if isinstance(detail, list):
-        parts = []
-        for err in detail[:3]:
-            if not isinstance(err, dict):
-                continue
-            loc = [str(p) for p in err.get("loc") or () if p not in ("body", "query", "path")]
-            msg = str(err.get("msg") or "invalid value")
-            parts.append(f"{'.'.join(loc)}: {msg}" if loc else msg)
-        return "invalid request: " + "; ".join(parts) if parts else "invalid request"
+        return validation_message(err for err in detail if isinstance(err, dict))
     return str(detail) if isinstance(detail, str) else ""

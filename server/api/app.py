@@ -19,7 +19,14 @@ from server.api import auth_routes, recordings_routes, requests_routes
 from server.api.common import is_admin, may_audit, parse_ttl, parse_when
 from server.audit import chain
 from server.durations import format_duration
-from server.errors import Conflict, DbaccessError, Forbidden, InvalidInput, NotFound
+from server.errors import (
+    Conflict,
+    DbaccessError,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    validation_message,
+)
 from server.policy.evaluate import Identity, visible_targets
 from server.sessions.service import SessionService
 
@@ -185,13 +192,3 @@ def create_app(
         return recordings_routes.verify_audit(service)
 
     return app
-
-
-def validation_message(errors: Any) -> str:
-    """pydantic's validation errors as one line: ``since: Input should be ...; ttl: ...``."""
-    parts = []
-    for err in list(errors)[:3]:
-        where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path"))
-        what = str(err.get("msg") or "invalid value")
-        parts.append(f"{where}: {what}" if where else what)
-    return "invalid request: " + "; ".join(parts) if parts else "invalid request"

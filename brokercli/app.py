@@ -39,7 +39,7 @@ def _version(show: bool) -> None:
         except PackageNotFoundError:
             number = "unknown"
         print(f"dbaccess {number}")
-        raise typer.Exit(0)
+        raise typer.Exit(int(ExitCode.OK))
 
 
 @app.callback()

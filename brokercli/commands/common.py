@@ -188,8 +188,6 @@ def parse_when(text: str | None, option: str, direction: Literal["ago", "ahead"]
     try:
         return parse_time(text, datetime.now(UTC), direction=direction).isoformat()
     except ValueError as exc:
-        from brokercli.exit_codes import ExitCode
-
         raise CliError(f"{option}: {exc}", code=ExitCode.USAGE) from None
 
 

@@ -6,6 +6,8 @@ removed at the end. ``demo_target`` provisions the demo database on it (tables,
 grant roles, the marker role and the least-privilege ``dbaccess_admin``), and
 ``admin_conn`` hands each test a fresh autocommit superuser connection to the
 demo database for setting things up and checking what happened.
+``pg_tmp_dir`` is a test's own temporary directory the ``postgres`` OS user can
+reach (``make_tmp_dir``), removed when the test ends.
 
 The machine's own PostgreSQL (if any) is never touched: everything goes through
 the cluster started here.
@@ -34,6 +36,17 @@ def make_tmp_dir(prefix: str) -> Path:
     path = Path(tempfile.mkdtemp(prefix=prefix))
     path.chmod(0o711)
     return path
+
+
+@pytest.fixture
+def pg_tmp_dir() -> Iterator[Path]:
+    """A fresh ``make_tmp_dir`` for one test (a broker's data, a policy, a cluster's
+    files), removed with all it holds when the test ends."""
+    path = make_tmp_dir("dbaccess-test-")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

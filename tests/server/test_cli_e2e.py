@@ -6,11 +6,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -20,7 +18,6 @@ from server.demo.provision import DemoTarget, write_admin_dsn_file
 from server.pgcluster import LocalCluster
 from server.tlsutil import ensure_dev_ca
 from tests.fix_broker import BIN
-from tests.fix_pg import make_tmp_dir
 from tests.fix_session import held_session
 
 pytestmark = pytest.mark.slow
@@ -49,18 +46,9 @@ def _wait_for(log: Path, marker: str, proc: subprocess.Popen[bytes], timeout: fl
     raise AssertionError(f"no {marker!r} within {timeout}s:\n{log.read_text()}")
 
 
-@pytest.fixture
-def base() -> Iterator[Path]:
-    path = make_tmp_dir("dbaccess-cli-")
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def test_dev_mode_with_its_own_cluster_then_ctrl_c(base: Path) -> None:
-    data, cli = base / "data", base / "cli"
-    log = base / "server.log"
+def test_dev_mode_with_its_own_cluster_then_ctrl_c(pg_tmp_dir: Path) -> None:
+    data, cli = pg_tmp_dir / "data", pg_tmp_dir / "cli"
+    log = pg_tmp_dir / "server.log"
     with log.open("wb") as fh:
         proc = subprocess.Popen(
             [str(BIN / "dbaccess-server"), "dev", "--data-dir", str(data)],
@@ -91,11 +79,15 @@ def test_dev_mode_with_its_own_cluster_then_ctrl_c(base: Path) -> None:
 
 
 def test_ctrl_c_revokes_open_sessions(
-    base: Path, demo_target: DemoTarget, admin_conn: psycopg.Connection[tuple[object, ...]]
+    pg_tmp_dir: Path, demo_target: DemoTarget, admin_conn: psycopg.Connection[tuple[object, ...]]
 ) -> None:
     from tests.fix_broker import Broker
 
-    b = Broker(data_dir=base / "data", config_dir=base / "cli", target_dsn=demo_target.admin_dsn)
+    b = Broker(
+        data_dir=pg_tmp_dir / "data",
+        config_dir=pg_tmp_dir / "cli",
+        target_dsn=demo_target.admin_dsn,
+    )
     b.start()
     try:
         with held_session(b) as s:
@@ -111,7 +103,7 @@ def test_ctrl_c_revokes_open_sessions(
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_run_from_a_config_file(
-    base: Path,
+    pg_tmp_dir: Path,
     demo_target: DemoTarget,
     admin_conn: psycopg.Connection[tuple[object, ...]],
     pg_cluster: LocalCluster,
@@ -120,16 +112,16 @@ def test_run_from_a_config_file(
     store_url = "sqlite:///{data_dir}/store.db"
     if backend == "postgresql":
         # Several broker replicas would share a store like this one.
-        name = "store_" + base.name.replace("-", "_").lower()
+        name = "store_" + pg_tmp_dir.name.replace("-", "_").lower()
         with psycopg.connect(pg_cluster.dsn(), autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         store_url = pg_cluster.dsn(dbname=name).replace("postgresql://", "postgresql+psycopg://")
-    tls = ensure_dev_ca(base / "tls")
-    write_admin_dsn_file(base / "admin.dsn", demo_target.admin_dsn)
-    (base / "policy.yaml").write_text(
+    tls = ensure_dev_ca(pg_tmp_dir / "tls")
+    write_admin_dsn_file(pg_tmp_dir / "admin.dsn", demo_target.admin_dsn)
+    (pg_tmp_dir / "policy.yaml").write_text(
         (Path(__file__).parents[2] / "server" / "demo" / "policy.yaml").read_text()
     )
-    (base / "server.yaml").write_text(
+    (pg_tmp_dir / "server.yaml").write_text(
         "api_listen: 127.0.0.1:0\n"
         "gateway_listen: 127.0.0.1:0\n"
         f"store_url: {store_url}\n"
@@ -137,23 +129,24 @@ def test_run_from_a_config_file(
         f"tls: {{cert: {tls.cert}, key: {tls.key}, ca: {tls.ca}}}\n"
         "reaper_interval: 5s\n"
     )
-    log = base / "run.log"
+    log = pg_tmp_dir / "run.log"
     with log.open("wb") as fh:
         proc = subprocess.Popen(
-            [str(BIN / "dbaccess-server"), "run", "--config", str(base / "server.yaml")],
+            [str(BIN / "dbaccess-server"), "run", "--config", str(pg_tmp_dir / "server.yaml")],
             stdout=fh,
             stderr=fh,
-            env=_env(base / "cli"),
+            env=_env(pg_tmp_dir / "cli"),
         )
     try:
         text = _wait_for(log, "dbaccess broker: API", proc)
         api = re.search(r"API (https://\S+),", text).group(1)  # type: ignore[union-attr]
         token = subprocess.run(
-            [str(BIN / "dbaccess-server"), "token", "create", "--config", str(base / "server.yaml"),
+            [str(BIN / "dbaccess-server"), "token", "create",
+             "--config", str(pg_tmp_dir / "server.yaml"),
              "--identity", "ci-job", "--groups", "dev"],
-            env=_env(base / "cli"), capture_output=True, text=True, timeout=60, check=True,
+            env=_env(pg_tmp_dir / "cli"), capture_output=True, text=True, timeout=60, check=True,
         ).stdout.strip()  # fmt: skip
-        env = _env(base / "cli")
+        env = _env(pg_tmp_dir / "cli")
         env["DBACCESS_TOKEN"] = token
         login = subprocess.run(
             [str(BIN / "dbaccess"), "login", "--server", api, "--ca-file", str(tls.ca),
@@ -172,13 +165,13 @@ def test_run_from_a_config_file(
         assert proc.wait(60) == 0, log.read_text()
 
 
-def test_a_policy_typo_stops_the_server_with_file_line_and_key(base: Path) -> None:
-    (base / "policy.yaml").write_text(
+def test_a_policy_typo_stops_the_server_with_file_line_and_key(pg_tmp_dir: Path) -> None:
+    (pg_tmp_dir / "policy.yaml").write_text(
         "version: 1\ntargets:\n  demo:\n    database: demo\n    admin_dsn_env: X\n"
         "    scopes:\n      read:\n        grants: [demo_read]\n        max_tll: 1h\n"
     )
     res = subprocess.run(
-        [str(BIN / "dbaccess-server"), "policy", "check", str(base / "policy.yaml")],
+        [str(BIN / "dbaccess-server"), "policy", "check", str(pg_tmp_dir / "policy.yaml")],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert res.returncode == 2
@@ -187,18 +180,22 @@ def test_a_policy_typo_stops_the_server_with_file_line_and_key(base: Path) -> No
 
 
 def test_dev_mode_writes_a_profile_per_identity_and_keeps_other_profiles(
-    base: Path, demo_target: DemoTarget
+    pg_tmp_dir: Path, demo_target: DemoTarget
 ) -> None:
     from tests.fix_broker import Broker
 
-    b = Broker(data_dir=base / "data", config_dir=base / "cli", target_dsn=demo_target.admin_dsn)
+    b = Broker(
+        data_dir=pg_tmp_dir / "data",
+        config_dir=pg_tmp_dir / "cli",
+        target_dsn=demo_target.admin_dsn,
+    )
     mine = {"server": "https://broker.example.com", "ca_file": "/etc/ssl/company.pem"}
-    (base / "cli").mkdir(parents=True)
-    (base / "cli" / "profile.json").write_text(json.dumps(mine))
+    (pg_tmp_dir / "cli").mkdir(parents=True)
+    (pg_tmp_dir / "cli" / "profile.json").write_text(json.dumps(mine))
     b.start()
     try:
         assert "profile 'default'" in b.log() and "not the dev broker's: kept" in b.log()
-        assert json.loads((base / "cli" / "profile.json").read_text()) == mine
+        assert json.loads((pg_tmp_dir / "cli" / "profile.json").read_text()) == mine
         who = {}
         for name, extra, env in (
             ("dev", ["--profile", "dev"], {}),
@@ -222,17 +219,15 @@ def test_dev_mode_writes_a_profile_per_identity_and_keeps_other_profiles(
         assert other.returncode == 0, other.stderr
     finally:
         assert b.stop() == 0, b.log()
-    first = json.loads((base / "cli" / "profiles" / "dev.json").read_text())
+    dev_profile = pg_tmp_dir / "cli" / "profiles" / "dev.json"
+    first = json.loads(dev_profile.read_text())
     b.start()
     try:
-        assert (
-            f"warning: replacing the dev profile 'dev' ({base / 'cli' / 'profiles' / 'dev.json'})"
-            in b.log()
-        )
-        again = json.loads((base / "cli" / "profiles" / "dev.json").read_text())
+        assert f"warning: replacing the dev profile 'dev' ({dev_profile})" in b.log()
+        again = json.loads(dev_profile.read_text())
         assert again["server"] == b.api_url
         assert again["dev_identity"] == first["dev_identity"] == "dev"
-        assert json.loads((base / "cli" / "profile.json").read_text()) == mine
+        assert json.loads((pg_tmp_dir / "cli" / "profile.json").read_text()) == mine
         assert b.cli("--profile", "reviewer", "whoami").returncode == 0
     finally:
         assert b.stop() == 0, b.log()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import stat
 import uuid
 from collections.abc import Iterator
@@ -15,7 +14,6 @@ from psycopg import sql
 
 from server.demo.provision import DemoTarget, provision_demo, write_admin_dsn_file
 from server.pgcluster import LocalCluster
-from tests.fix_pg import make_tmp_dir
 
 AdminConn = psycopg.Connection[Any]
 
@@ -138,21 +136,14 @@ def test_roles_outside_dbaccess_cannot_connect_to_the_demo_database(
         assert conn.execute("SELECT current_user").fetchone() == (name,)
 
 
-@pytest.fixture
-def tmp_dir() -> Iterator[Path]:
-    path = make_tmp_dir("dbaccess-dsnfile-")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def test_admin_dsn_file_is_private(tmp_dir: Path, demo_target: DemoTarget) -> None:
-    path = tmp_dir / "admin.dsn"
+def test_admin_dsn_file_is_private(pg_tmp_dir: Path, demo_target: DemoTarget) -> None:
+    path = pg_tmp_dir / "admin.dsn"
     path.write_text("old")
     path.chmod(0o644)
     write_admin_dsn_file(path, demo_target.admin_dsn)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert path.read_text().strip() == demo_target.admin_dsn
-    assert [p.name for p in tmp_dir.iterdir()] == ["admin.dsn"]
+    assert [p.name for p in pg_tmp_dir.iterdir()] == ["admin.dsn"]
 
 
 def test_demo_target_repr_hides_the_admin_dsn(demo_target: DemoTarget) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,6 @@ from server.demo.target import DEMO_DATABASE, PolicyPlan, demo_policy_text, dev_
 from server.pgcluster import LocalCluster
 from server.policy import parse_policy
 from tests.fix_broker import Broker
-from tests.fix_pg import make_tmp_dir
 from tests.fix_session import held_session
 
 
@@ -104,21 +102,12 @@ def other_database(pg_cluster: LocalCluster, demo_target: DemoTarget) -> Iterato
             )
 
 
-@pytest.fixture
-def base() -> Iterator[Path]:
-    path = make_tmp_dir("dbaccess-target-")
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
 @pytest.mark.slow
 def test_a_target_dsn_names_the_database_sessions_use_and_revoke_on(
-    base: Path, demo_target: DemoTarget, pg_cluster: LocalCluster, other_database: str
+    pg_tmp_dir: Path, demo_target: DemoTarget, pg_cluster: LocalCluster, other_database: str
 ) -> None:
     dsn = make_conninfo(demo_target.admin_dsn, dbname=other_database)
-    b = Broker(data_dir=base / "data", config_dir=base / "cli", target_dsn=dsn)
+    b = Broker(data_dir=pg_tmp_dir / "data", config_dir=pg_tmp_dir / "cli", target_dsn=dsn)
     b.start(shipped_policy=True)
     try:
         assert f"database '{other_database}'" in b.log()

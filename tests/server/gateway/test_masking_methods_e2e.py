@@ -12,7 +12,6 @@ the target and where the key was looked for.
 from __future__ import annotations
 
 import hmac
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,6 @@ import pytest
 
 from server.demo.provision import DemoTarget
 from tests.fix_broker import BIN, Broker, demo_policy, new_broker
-from tests.fix_pg import make_tmp_dir
 from tests.fix_session import held_session
 
 pytestmark = pytest.mark.slow
@@ -177,17 +175,8 @@ def test_a_session_without_its_key_is_refused_naming_the_key(demo_target: DemoTa
         b.kill()
 
 
-@pytest.fixture
-def base() -> Iterator[Path]:
-    path = make_tmp_dir("dbaccess-policy-")
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def test_policy_check_checks_the_key(base: Path) -> None:
-    policy = base / "policy.yaml"
+def test_policy_check_checks_the_key(pg_tmp_dir: Path) -> None:
+    policy = pg_tmp_dir / "policy.yaml"
     policy.write_text(_policy("key_file"))
 
     def check(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -199,11 +188,11 @@ def test_policy_check_checks_the_key(base: Path) -> None:
     res = check()
     assert res.returncode == 2
     assert "target 'demo': masking key file" in res.stderr and "cannot be read" in res.stderr
-    (base / "masking.key").write_bytes(b"short\n")
+    (pg_tmp_dir / "masking.key").write_bytes(b"short\n")
     res = check()
     assert res.returncode == 2
     assert "shorter than 16 bytes" in res.stderr
-    (base / "masking.key").write_bytes(KEY)
+    (pg_tmp_dir / "masking.key").write_bytes(KEY)
     assert check().returncode == 0
     # key_env: checked where the broker runs (--broker-env) only.
     policy.write_text(_policy("key_env"))

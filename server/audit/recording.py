@@ -361,7 +361,8 @@ class LimitHit:
 
 
 def limit_event(hit: LimitHit) -> dict[str, Any]:
-    """The data of a ``limit`` event."""
+    """The data of a ``limit`` event; its statement is kept as :func:`recorded_text`
+    keeps one (every literal redacted, cut at :data:`RECORDED_TEXT_MAX`)."""
     data: dict[str, Any] = {
         "limit": hit.limit,
         "value": hit.value,
@@ -370,9 +371,7 @@ def limit_event(hit: LimitHit) -> dict[str, Any]:
         "sqlstate": hit.sqlstate,
         "message": hit.message,
         "statement": (
-            redact_statement(hit.statement, all_literals=True)
-            if hit.statement is not None
-            else None
+            recorded_text(hit.statement, all_literals=True) if hit.statement is not None else None
         ),
     }
     if hit.rows is not None:

@@ -15,6 +15,7 @@ import pytest
 from server.audit import chain
 from server.audit.recording import (
     LIMIT_KIND,
+    RECORDED_TEXT_MAX,
     LimitHit,
     Recorder,
     SessionEvent,
@@ -577,6 +578,25 @@ def test_a_limit_event_names_the_limit_and_hides_every_literal() -> None:
         )
     )
     assert refused["statement"] is None and "rows" not in refused and "bytes" not in refused
+
+
+def test_a_limit_event_keeps_a_long_statement_cut_as_a_statement_event_does() -> None:
+    # Redaction runs on the gateway's event loop: a refused statement of the size
+    # the gateway still reads (256 kB) is redacted no further than a recorded one.
+    sql = "set statement_timeout = 0; select " + ", ".join(["'secret'"] * 40_000)
+    data = limit_event(
+        LimitHit(
+            limit="statement_timeout",
+            value="5min",
+            scope="read",
+            action="refused",
+            sqlstate="42501",
+            statement=sql,
+        )
+    )
+    assert len(sql) > RECORDED_TEXT_MAX
+    kept = redact_statement(sql[:RECORDED_TEXT_MAX], all_literals=True) + "…"
+    assert data["statement"] == kept and "secret" not in kept
 
 
 def test_limit_events_are_recorded_in_order_and_a_failing_recorder_never_raises(

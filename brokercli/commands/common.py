@@ -235,14 +235,22 @@ CHILD_VISIBLE_SETTINGS = frozenset(
 )
 
 
+# libpq variables of the parent that would send the child elsewhere than the
+# tunnel, ticket and all: hostaddr wins over PGHOST, and a service's host and
+# port over the environment's.
+CHILD_WITHHELD_LIBPQ = frozenset({"PGHOSTADDR", "PGSERVICE", "PGSERVICEFILE"})
+
+
 def child_env(conn: Connection, parent: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment of a child process: the parent's, minus dbaccess's secrets, plus
-    the session's libpq variables."""
+    """The environment of a child process: the parent's, minus dbaccess's secrets and
+    the libpq variables that would route it past the tunnel, plus the session's
+    libpq variables."""
     base = os.environ if parent is None else parent
     kept = {
         name: value
         for name, value in base.items()
-        if not name.startswith("DBACCESS_") or name in CHILD_VISIBLE_SETTINGS
+        if (not name.startswith("DBACCESS_") or name in CHILD_VISIBLE_SETTINGS)
+        and name not in CHILD_WITHHELD_LIBPQ
     }
     return {**kept, **conn.env()}
 

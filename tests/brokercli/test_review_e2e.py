@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +30,14 @@ def scratch(admin_conn: psycopg.Connection[tuple[object, ...]]) -> Iterator[None
     admin_conn.execute(f"DROP TABLE IF EXISTS {TABLE}")
 
 
+def request_review(broker: Broker, script: Path, token: str) -> subprocess.CompletedProcess[str]:
+    """``dbaccess exec -f SCRIPT --request-review --no-wait`` in the write scope, as ``token``."""
+    return broker.cli(
+        "exec", "demo", "--scope", "write", "-f", str(script), "--request-review", "--no-wait",
+        token=token,
+    )  # fmt: skip
+
+
 def columns(admin: psycopg.Connection[tuple[object, ...]]) -> list[str]:
     return [
         str(r[0])
@@ -51,10 +60,7 @@ def test_script_review_then_exactly_that_script_runs_once(
     script.write_text(f"ALTER TABLE {TABLE} ADD COLUMN note text;\n")
 
     # Without waiting: the review id and the pending exit code.
-    pending = broker.cli(
-        "exec", "demo", "--scope", "write", "-f", str(script), "--request-review", "--no-wait",
-        token=ci,
-    )  # fmt: skip
+    pending = request_review(broker, script, ci)
     assert pending.returncode == 9, pending.stderr
     request_id = pending.stdout.strip()
     assert REQ.fullmatch(request_id)
@@ -76,10 +82,7 @@ def test_script_review_then_exactly_that_script_runs_once(
     assert "note" in columns(admin_conn)
 
     # Single use: the same script again needs a new review.
-    again = broker.cli(
-        "exec", "demo", "--scope", "write", "-f", str(script), "--request-review", "--no-wait",
-        token=ci,
-    )  # fmt: skip
+    again = request_review(broker, script, ci)
     assert again.returncode == 9
     assert again.stdout.strip() != request_id
 
@@ -94,10 +97,7 @@ def test_a_byte_changed_after_approval_is_not_approved(
     bob = broker.token("bob", "dev")
     script = tmp_path / "migration.sql"
     script.write_text(f"ALTER TABLE {TABLE} ADD COLUMN a int;\n")
-    pending = broker.cli(
-        "exec", "demo", "--scope", "write", "-f", str(script), "--request-review", "--no-wait",
-        token=ci,
-    )  # fmt: skip
+    pending = request_review(broker, script, ci)
     request_id = pending.stdout.strip()
     assert broker.cli("approve", request_id, "--yes", token=bob).returncode == 0
     script.write_text(f"ALTER TABLE {TABLE} ADD COLUMN b int;\n")  # changed after approval
@@ -127,10 +127,7 @@ def test_an_approved_create_table_runs_in_the_write_scope(
     bob = broker.token("bob", "dev")
     script = tmp_path / "create.sql"
     script.write_text(f"CREATE TABLE {created_table} (id int PRIMARY KEY, note text);\n")
-    pending = broker.cli(
-        "exec", "demo", "--scope", "write", "-f", str(script), "--request-review", "--no-wait",
-        token=ci,
-    )  # fmt: skip
+    pending = request_review(broker, script, ci)
     assert pending.returncode == 9, pending.stderr
     assert broker.cli("approve", pending.stdout.strip(), "--yes", token=bob).returncode == 0
     ran = broker.cli("exec", "demo", "--scope", "write", "-f", str(script), token=ci)

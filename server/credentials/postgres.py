@@ -50,10 +50,7 @@ revoke
     ``pg_terminate_backend`` of every backend with the role's OID, polling
     ``pg_stat_activity`` until they are gone (termination is asynchronous),
     and in one transaction ``GRANT role TO CURRENT_USER`` (PostgreSQL 15 wants
-    membership for what follows), ``revoke_disarm.sql`` (the role's routines
-    dropped and others' privileges on its relations revoked: handed to the
-    admin role, a SECURITY DEFINER function, a view or a rule would serve
-    others with the admin's rights), ``REASSIGN OWNED``, ``DROP OWNED``,
+    membership for the next two), ``REASSIGN OWNED``, ``DROP OWNED``,
     ``DROP ROLE``. A last check looks for the role and for backends by OID. If
     backends refuse to die the role is kept (NOLOGIN) so that a retry can still
     find them by OID. A role that does not exist is already revoked.
@@ -471,9 +468,8 @@ class PostgresIssuer:
                 )
             try:
                 with conn.transaction():
-                    conn.execute(_statement("revoke_take_over.sql", role=role))
-                    conn.execute(_statement("revoke_disarm.sql", oid=sql.Literal(info.oid)))
                     for name in (
+                        "revoke_take_over.sql",
                         "revoke_reassign_owned.sql",
                         "revoke_drop_owned.sql",
                         "revoke_drop_role.sql",

@@ -358,55 +358,6 @@ def test_a_role_that_owned_objects_is_revoked_and_the_objects_handed_over(
         admin_conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(schema))
 
 
-def test_what_a_session_created_never_serves_others_with_the_admin_roles_rights(
-    issue: IssueFn,
-    issuer: PostgresIssuer,
-    pg_cluster: LocalCluster,
-    demo_target: DemoTarget,
-    admin_conn: AdminConn,
-) -> None:
-    # Handed to the admin role, a SECURITY DEFINER function would run as the
-    # admin (CREATEROLE, ADMIN OPTION on the grant roles) for whoever calls it,
-    # and a view or a rule would reach tables with the admin's privileges.
-    schema = sql.Identifier(f"scratch_{uuid.uuid4().hex[:8]}")
-    admin_conn.execute(sql.SQL("CREATE SCHEMA {}").format(schema))
-    try:
-        admin_conn.execute(sql.SQL("GRANT USAGE, CREATE ON SCHEMA {} TO demo_write").format(schema))
-        admin_conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO demo_read").format(schema))
-        writer = issue(grants=("demo_write",))
-        with session_connect(pg_cluster, demo_target, writer) as conn:
-            conn.execute(
-                sql.SQL(
-                    "CREATE FUNCTION {}.whoami() RETURNS text LANGUAGE sql SECURITY DEFINER"
-                    " AS 'SELECT current_user::text'"
-                ).format(schema)
-            )
-            conn.execute(
-                sql.SQL("CREATE VIEW {}.all_orders AS SELECT * FROM orders").format(schema)
-            )
-            conn.execute(sql.SQL("GRANT ALL ON {}.all_orders TO PUBLIC").format(schema))
-            conn.execute(sql.SQL("CREATE TABLE {}.notes (body text)").format(schema))
-            conn.execute(sql.SQL("INSERT INTO {}.notes VALUES ('kept')").format(schema))
-            conn.execute(sql.SQL("GRANT SELECT ON {}.notes TO demo_read").format(schema))
-
-        result = issuer.revoke(writer.username)
-        assert (result.dropped, result.verified) == (True, True), result.detail
-
-        reader = issue(grants=("demo_read",))
-        with session_connect(pg_cluster, demo_target, reader) as conn:
-            with pytest.raises(psycopg.errors.UndefinedFunction):
-                conn.execute(sql.SQL("SELECT {}.whoami()").format(schema))
-            with pytest.raises(psycopg.errors.InsufficientPrivilege):
-                conn.execute(sql.SQL("DELETE FROM {}.all_orders WHERE id < 0").format(schema))
-            with pytest.raises(psycopg.errors.InsufficientPrivilege):
-                conn.execute(sql.SQL("SELECT * FROM {}.notes").format(schema))
-        # The data stays, the admin's to give out again.
-        row = admin_conn.execute(sql.SQL("SELECT body FROM {}.notes").format(schema)).fetchone()
-        assert row == ("kept",)
-    finally:
-        admin_conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(schema))
-
-
 def test_a_privilege_the_admin_cannot_revoke_leaves_the_role_locked_and_reported(
     issue: IssueFn,
     issuer: PostgresIssuer,

@@ -9,7 +9,7 @@ order of the file so listings show targets and scopes as their author wrote them
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -138,15 +138,13 @@ READ_LIMITS = SessionLimits(
     max_result_bytes=1 << 30,
     max_connections_per_session=20,
 )
-WRITE_LIMITS = SessionLimits(
+# Writes wait longer and spill more; the rest is read's.
+WRITE_LIMITS = replace(
+    READ_LIMITS,
     statement_timeout=timedelta(minutes=15),
     lock_timeout=timedelta(seconds=30),
     idle_in_transaction_session_timeout=timedelta(minutes=5),
-    idle_session_timeout=timedelta(hours=1),
     temp_file_limit=4 << 30,
-    max_result_rows=1_000_000,
-    max_result_bytes=1 << 30,
-    max_connections_per_session=20,
 )
 
 

@@ -455,19 +455,6 @@ def analysis_cached(
     return template.fill(sql) if template is not None else None
 
 
-def analyze_uncached(
-    sql: str,
-    search_path: tuple[str, ...] = ("public",),
-    max_len: int = DEFAULT_MAX_LEN,
-    params: tuple[str | None, ...] | None = None,
-    time_budget: float = DEFAULT_TIME_BUDGET,
-) -> tuple[Analysis, bool]:
-    """The analysis itself, without the caches (a pure function of its arguments
-    and the CPU time it may take, so it can run in another process), and whether
-    it may be cached (not when it stopped at the budget)."""
-    return _analyze_guarded(sql, search_path, max_len, params, time_budget)
-
-
 def remember(
     sql: str,
     analysis: Analysis,
@@ -487,11 +474,6 @@ def remember(
         _SHAPES.put((shape, search_path, max_len, params), template, len(sql))
     else:
         _CACHE.put((sql, search_path, max_len, params), analysis, len(sql))
-
-
-def over_budget_analysis(sql: str, time_budget: float) -> Analysis:
-    """The analysis of a statement whose reading ran past ``time_budget``."""
-    return _over_budget(sql, time_budget)
 
 
 def failed_analysis(sql: str, reason: str) -> Analysis:
@@ -704,28 +686,32 @@ def _unknown(index: int, text: str, reason: str) -> Statement:
     )
 
 
-def _analyze_guarded(
+def analyze_uncached(
     sql: str,
-    search_path: tuple[str, ...],
-    max_len: int,
-    params: tuple[str | None, ...] | None,
-    time_budget: float,
+    search_path: tuple[str, ...] = ("public",),
+    max_len: int = DEFAULT_MAX_LEN,
+    params: tuple[str | None, ...] | None = None,
+    time_budget: float = DEFAULT_TIME_BUDGET,
 ) -> tuple[Analysis, bool]:
+    """The analysis itself, without the caches (a pure function of its arguments
+    and the CPU time it may take, so it can run in another process), and whether
+    it may be cached (not when it stopped at the budget)."""
     deadline = time.thread_time() + time_budget
     try:
         analysis = _analyze(sql, search_path, max_len, params, deadline)
     except _OverBudget:
-        return _over_budget(sql, time_budget), False
+        return over_budget_analysis(sql, time_budget), False
     except RecursionError:
         return _whole_unknown(sql, "statement nested too deeply to analyse"), True
     except Exception as error:  # fail closed on anything the analysis did not foresee
         return _whole_unknown(sql, f"analysis failed: {type(error).__name__}"), True
     if time.thread_time() > deadline:
-        return _over_budget(sql, time_budget), False
+        return over_budget_analysis(sql, time_budget), False
     return analysis, True
 
 
-def _over_budget(sql: str, time_budget: float) -> Analysis:
+def over_budget_analysis(sql: str, time_budget: float) -> Analysis:
+    """The analysis of a statement whose reading ran past ``time_budget``."""
     reason = f"analysis took more than {time_budget:g}s of CPU"
     return Analysis((_unknown(0, sql, reason),), over_budget=True)
 

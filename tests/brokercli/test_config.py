@@ -22,6 +22,17 @@ from brokercli.errors import CliError
 from brokercli.exit_codes import ExitCode
 
 
+def dbaccess(*args: str) -> subprocess.CompletedProcess[str]:
+    """The ``dbaccess`` console script, in this test's environment."""
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "dbaccess"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 @pytest.fixture(autouse=True)
 def config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("DBACCESS_CONFIG_DIR", str(tmp_path))
@@ -55,13 +66,7 @@ def test_commands_name_the_variable_when_the_broker_is_unreachable(
 ) -> None:
     monkeypatch.setenv("DBACCESS_SERVER", "https://127.0.0.1:9")
     monkeypatch.setenv("DBACCESS_TOKEN", "not-used-before-the-connection-fails")
-    res = subprocess.run(
-        [str(Path(sys.executable).parent / "dbaccess"), *command],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    res = dbaccess(*command)
     assert res.returncode == 7, res.stderr
     assert "cannot reach the broker at https://127.0.0.1:9" in res.stderr
     assert "server URL from DBACCESS_SERVER" in res.stderr
@@ -138,12 +143,6 @@ def test_every_command_takes_the_profile(
     monkeypatch.setenv("DBACCESS_TOKEN", "not-used-before-the-connection-fails")
     if variable:
         monkeypatch.setenv("DBACCESS_PROFILE", variable)
-    res = subprocess.run(
-        [str(Path(sys.executable).parent / "dbaccess"), *before, "whoami", *after],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    res = dbaccess(*before, "whoami", *after)
     assert res.returncode == 7, res.stderr
     assert "cannot reach the broker at https://127.0.0.1:9" in res.stderr

@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             return int(ExitCode.INTERRUPTED)
         raise
     # Without standalone mode, click returns typer.Exit's code instead of raising it.
-    return rv if isinstance(rv, int) else 0
+    return rv if isinstance(rv, int) else int(ExitCode.OK)
 
 
 if __name__ == "__main__":

@@ -1185,16 +1185,9 @@ def _lexical_problem(sql: str, tokens: list[Token]) -> str | None:
 def statement_ends(sql: str) -> list[int] | None:
     """Where each statement of ``sql`` ends (the offset after its last token), as
     :func:`analyze` splits them; None when the text is not one the analysis reads
-    (it cannot be tokenized, or could be read differently from PostgreSQL)."""
-    if "\x00" in sql:
-        return None
-    try:
-        tokens = _tokenize(sql)
-    except SqlglotError:
-        return None
-    if _lexical_problem(sql, tokens):
-        return None
-    return [chunk[-1].end + 1 for chunk in _split(tokens)]
+    (:func:`_readable_tokens`)."""
+    tokens = _readable_tokens(sql)
+    return None if tokens is None else [chunk[-1].end + 1 for chunk in _split(tokens)]
 
 
 def _split(tokens: list[Token]) -> Iterator[list[Token]]:

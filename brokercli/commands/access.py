@@ -308,7 +308,7 @@ def _review_first(
 ) -> None:
     """Open a review of exactly ``text`` and wait until it is approved."""
     from brokercli.client import BrokerClient
-    from brokercli.commands.requests import parse_wait, wait_for_approval
+    from brokercli.commands.requests import approve_command, parse_wait, wait_for_approval
 
     timeout = parse_wait(wait.timeout)
     client = BrokerClient.from_env(server)
@@ -326,7 +326,7 @@ def _review_first(
             raise CliError(
                 f"review {request['id']} is pending",
                 code=ExitCode.PENDING,
-                hint=f"an approver runs: dbaccess approve {request['id']}",
+                hint=approve_command(request["id"]),
             )
         wait_for_approval(
             client,

@@ -274,7 +274,7 @@ def _start_session(
     approval: ApprovalWait,
 ) -> StartedSession:
     """Start the session; where it needs approval, wait for the request the broker opened."""
-    from brokercli.commands.requests import parse_wait, wait_for_approval
+    from brokercli.commands.requests import approve_command, parse_wait, wait_for_approval
     from brokercli.exit_codes import ExitCode
 
     timeout = parse_wait(approval.timeout)
@@ -292,7 +292,7 @@ def _start_session(
         raise CliError(
             pending.message,
             code=ExitCode.PENDING,
-            hint=f"an approver runs: dbaccess approve {request_id}; run the same command "
+            hint=f"{approve_command(request_id)}; run the same command "
             "again once it is approved (dbaccess requests --mine shows it; "
             f"dbaccess cancel {request_id} withdraws it)",
         )

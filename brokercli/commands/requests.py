@@ -67,6 +67,11 @@ def parse_wait(text: str) -> float:
         raise CliError(f"--wait-timeout: {exc}", code=ExitCode.USAGE) from None
 
 
+def approve_command(request_id: str) -> str:
+    """What to tell the requester about a pending request: the approver's command."""
+    return f"an approver runs: dbaccess approve {request_id}"
+
+
 def approvers_of(r: dict[str, Any]) -> str:
     """Who may approve ``r``, as the broker shows it (named approvers only counted)."""
     who = []
@@ -82,8 +87,7 @@ def approvers_of(r: dict[str, Any]) -> str:
 def _progress(r: dict[str, Any]) -> str:
     return (
         f"request {r['id']}: {r['status']}, {r['approvals_count']} of "
-        f"{r['min_approvals']} approvals from {approvers_of(r)}; "
-        f"an approver runs: dbaccess approve {r['id']}"
+        f"{r['min_approvals']} approvals from {approvers_of(r)}; {approve_command(r['id'])}"
     )
 
 
@@ -112,8 +116,7 @@ def wait_for_approval(client: BrokerClient, request: dict[str, Any], timeout: fl
     intro = (
         f"{request.get('message') or 'this needs approval'}\n"
         f"waiting for approval of request {request_id} by {approvers_of(current)} "
-        f"(Ctrl-C stops waiting; the request stays pending)\n"
-        f"an approver runs: dbaccess approve {request_id}"
+        f"(Ctrl-C stops waiting; the request stays pending)\n{approve_command(request_id)}"
     )
     try:
         with render.waiting(intro) as update:

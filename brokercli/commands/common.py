@@ -275,7 +275,6 @@ def _start_session(
 ) -> StartedSession:
     """Start the session; where it needs approval, wait for the request the broker opened."""
     from brokercli.commands.requests import approve_command, parse_wait, wait_for_approval
-    from brokercli.exit_codes import ExitCode
 
     timeout = parse_wait(approval.timeout)
     try:

@@ -50,7 +50,12 @@ revoke
     ``pg_terminate_backend`` of every backend with the role's OID, polling
     ``pg_stat_activity`` until they are gone (termination is asynchronous),
     and in one transaction ``GRANT role TO CURRENT_USER`` (PostgreSQL 15 wants
-    membership for the next two), ``REASSIGN OWNED``, ``DROP OWNED``,
+    membership for what follows), ``revoke_disarm.sql`` (the role's SECURITY
+    DEFINER routines become SECURITY INVOKER, its views security_invoker, and
+    others lose their privileges on its relations that carry rules: handed to
+    the admin role, they would serve others with the admin's rights; tables,
+    data, triggers and grants stay as a migration made them), ``REASSIGN
+    OWNED``, ``DROP OWNED``,
     ``DROP ROLE``. A last check looks for the role and for backends by OID. If
     backends refuse to die the role is kept (NOLOGIN) so that a retry can still
     find them by OID. A role that does not exist is already revoked.
@@ -468,8 +473,9 @@ class PostgresIssuer:
                 )
             try:
                 with conn.transaction():
+                    conn.execute(_statement("revoke_take_over.sql", role=role))
+                    conn.execute(_statement("revoke_disarm.sql", oid=sql.Literal(info.oid)))
                     for name in (
-                        "revoke_take_over.sql",
                         "revoke_reassign_owned.sql",
                         "revoke_drop_owned.sql",
                         "revoke_drop_role.sql",

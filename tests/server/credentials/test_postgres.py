@@ -358,6 +358,63 @@ def test_a_role_that_owned_objects_is_revoked_and_the_objects_handed_over(
         admin_conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(schema))
 
 
+def test_what_a_session_created_never_serves_others_with_the_admin_roles_rights(
+    issue: IssueFn,
+    issuer: PostgresIssuer,
+    pg_cluster: LocalCluster,
+    demo_target: DemoTarget,
+    admin_conn: AdminConn,
+) -> None:
+    # Handed to the admin role as they were, a SECURITY DEFINER function would
+    # run as the admin (CREATEROLE, ADMIN OPTION on the grant roles) for whoever
+    # calls it, a view would read with the admin's privileges and a rule's
+    # actions would run as the admin.  What a migration made stays usable.
+    schema = sql.Identifier(f"scratch_{uuid.uuid4().hex[:8]}")
+    admin_conn.execute(sql.SQL("CREATE SCHEMA {}").format(schema))
+    try:
+        admin_conn.execute(sql.SQL("GRANT USAGE, CREATE ON SCHEMA {} TO demo_write").format(schema))
+        admin_conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO demo_read").format(schema))
+        writer = issue(grants=("demo_write",))
+        with session_connect(pg_cluster, demo_target, writer) as conn:
+            for statement in (
+                "CREATE FUNCTION {s}.whoami() RETURNS text LANGUAGE sql SECURITY DEFINER"
+                " AS 'SELECT current_user::text'",
+                "GRANT EXECUTE ON FUNCTION {s}.whoami() TO PUBLIC",
+                "CREATE VIEW {s}.all_orders AS SELECT * FROM orders",
+                "GRANT ALL ON {s}.all_orders TO PUBLIC",
+                "CREATE TABLE {s}.notes (body text)",
+                "INSERT INTO {s}.notes VALUES ('kept')",
+                "GRANT SELECT ON {s}.notes TO demo_read",
+                "CREATE TABLE {s}.inbox (id int)",
+                "CREATE RULE purge AS ON INSERT TO {s}.inbox DO ALSO DELETE FROM orders",
+                "GRANT INSERT ON {s}.inbox TO PUBLIC",
+            ):
+                conn.execute(sql.SQL(statement).format(s=schema))
+
+        result = issuer.revoke(writer.username)
+        assert (result.dropped, result.verified) == (True, True), result.detail
+
+        reader = issue(grants=("demo_read",))
+        with session_connect(pg_cluster, demo_target, reader) as conn:
+            # The function is still there, and runs as its caller.
+            row = conn.execute(sql.SQL("SELECT {}.whoami()").format(schema)).fetchone()
+            assert row == (reader.username,)
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(sql.SQL("DELETE FROM {}.all_orders WHERE id < 0").format(schema))
+        with (
+            session_connect(pg_cluster, demo_target, reader) as conn,
+            pytest.raises(psycopg.errors.InsufficientPrivilege),
+        ):
+            conn.execute(sql.SQL("INSERT INTO {}.inbox VALUES (1)").format(schema))
+        with session_connect(pg_cluster, demo_target, reader) as conn:
+            # The migration's table, data and grant stay.
+            row = conn.execute(sql.SQL("SELECT body FROM {}.notes").format(schema)).fetchone()
+            assert row == ("kept",)
+        assert admin_conn.execute("SELECT count(*) FROM orders").fetchone() != (0,)
+    finally:
+        admin_conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(schema))
+
+
 def test_a_privilege_the_admin_cannot_revoke_leaves_the_role_locked_and_reported(
     issue: IssueFn,
     issuer: PostgresIssuer,

@@ -318,15 +318,14 @@ def _review_first(
         if request["status"] == "approved":
             return
         if not wait.wait:
-            render.info(
-                f"review {request['id']} is pending; when it is approved, run the same "
-                "command again without changing a byte of the SQL"
-            )
+            # As a session's pending approval: the id on stdout, one error with the way on.
             print(request["id"])
             raise CliError(
                 f"review {request['id']} is pending",
                 code=ExitCode.PENDING,
-                hint=approve_command(request["id"]),
+                hint=approve_command(request["id"])
+                + "; then run the same command again without changing a byte of the SQL "
+                "(it runs once)",
             )
         wait_for_approval(
             client,

@@ -57,6 +57,7 @@ def best_of(repeats: int, count: int, run: Callable[[int], object]) -> float:
 
 def measure(count: int) -> dict[str, float]:
     from server.gateway import sqlcheck
+    from server.gateway.sqlcheck import lexing
 
     sqlcheck.cache_clear()
     sqlcheck.analyze(STATEMENT.format(n=-1))  # imports and first-use set-up
@@ -70,7 +71,7 @@ def measure(count: int) -> dict[str, float]:
 
     def parse(i: int) -> None:
         text = texts[i]
-        sqlcheck._parse(sqlcheck._tokenize(text), text)
+        lexing._parse(lexing._tokenize(text), text)
 
     results["parse"] = best_of(ROUNDS, count, parse)
     results["length"] = float(len(same))

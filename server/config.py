@@ -3,8 +3,9 @@
 Settings come from four layers, later ones winning:
 
 1. defaults (the fields of :class:`ServerConfig`),
-2. the config file (YAML, the keys of ``_SETTINGS``; ``tls``, ``oidc`` and ``archive``
-   are nested mappings whose keys are the settings ``tls_*``, ``oidc_*`` and ``archive_*``),
+2. the config file (YAML, the keys of ``_SETTINGS``; ``tls``, ``oidc``, ``archive`` and
+   ``slack`` are nested mappings whose keys are the settings ``tls_*``, ``oidc_*``,
+   ``archive_*`` and ``slack_*``),
 3. the environment (``DBACCESS_SERVER_<KEY>``, e.g. ``DBACCESS_SERVER_API_LISTEN``,
    ``DBACCESS_SERVER_TLS_CERT``, ``DBACCESS_SERVER_OIDC_ISSUER``,
    ``DBACCESS_SERVER_ARCHIVE_BUCKET``),
@@ -119,6 +120,28 @@ class OidcConfig:
         return self.audience or self.client_id
 
 
+DEFAULT_SLACK_API_URL = "https://slack.com/api/"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SlackConfig:
+    """The Slack app reviewers decide from (the ``slack:`` mapping of the file).
+
+    ``bot_token`` posts the access-request messages to ``channel`` and updates
+    them; ``signing_secret`` verifies the interaction requests Slack sends to
+    ``/integrations/slack/interactions``.  ``email_lookup`` lets a Slack user
+    whose e-mail Slack has confirmed review as the identity of that e-mail when
+    the policy's ``slack_users`` does not name them.  ``api_url`` is Slack's Web
+    API (changed only to point at a stand-in).
+    """
+
+    signing_secret: str = field(repr=False)
+    bot_token: str = field(repr=False)
+    channel: str
+    email_lookup: bool = True
+    api_url: str = DEFAULT_SLACK_API_URL
+
+
 @dataclass(frozen=True, kw_only=True)
 class ServerConfig:
     """The merged settings.
@@ -154,6 +177,7 @@ class ServerConfig:
     workload_token_ttl: timedelta = DEFAULT_WORKLOAD_TOKEN_TTL
     webhooks: tuple[WebhookConfig, ...] = ()
     archive: ArchiveConfig | None = None
+    slack: SlackConfig | None = None
     source: str | None = None
 
     def __post_init__(self) -> None:
@@ -477,6 +501,11 @@ _SETTINGS: dict[str, _Parser] = {
     "archive_retry_max": _positive_duration,
     "archive_audit_segment_age": _positive_duration,
     "archive_audit_segment_events": _positive_int,
+    "slack_signing_secret": _secret,
+    "slack_bot_token": _secret,
+    "slack_channel": _word,
+    "slack_email_lookup": _flag,
+    "slack_api_url": _public_url,
 }
 _TLS_KEYS = ("cert", "key", "ca")
 _OIDC_KEYS = (
@@ -490,14 +519,16 @@ _OIDC_KEYS = (
     "token_ttl",
 )
 _ARCHIVE_KEYS = tuple(key[len("archive_") :] for key in _SETTINGS if key.startswith("archive_"))
+_SLACK_KEYS = tuple(key[len("slack_") :] for key in _SETTINGS if key.startswith("slack_"))
 # Settings that YAML may also give as a list; they are reduced to space-separated text.
 _LIST_KEYS = ("oidc_scopes", "oidc_identity_claims")
-_NESTED = ("tls_", "oidc_", "archive_")
+_NESTED = ("tls_", "oidc_", "archive_", "slack_")
 _FILE_KEYS = (
     *(key for key in _SETTINGS if not key.startswith(_NESTED)),
     "tls",
     "oidc",
     "archive",
+    "slack",
     "webhooks",
 )
 _WEBHOOK_KEYS = ("url", "format", "events")
@@ -553,6 +584,7 @@ def load_config(
     tls = _tls(values, origins, problems)
     oidc = _oidc(values, origins, problems)
     archive = _archive(values, origins, problems)
+    slack = _slack(values, origins, problems)
     if problems:
         raise ConfigError(problems)
 
@@ -567,7 +599,13 @@ def load_config(
         data_dir = _absolute(Path(fields["data_dir"]), cwd)
         archive = replace(archive, spool_dir=data_dir / "archive-spool")
     return ServerConfig(
-        tls=tls, oidc=oidc, archive=archive, webhooks=tuple(webhooks), source=source, **fields
+        tls=tls,
+        oidc=oidc,
+        archive=archive,
+        slack=slack,
+        webhooks=tuple(webhooks),
+        source=source,
+        **fields,
     )
 
 
@@ -601,8 +639,8 @@ def _file_layer(
                 if value is not None and tls_key in _TLS_KEYS:
                     origin = _Origin(source, tls_entry.value.line, tls_path, config_dir)
                     given[f"tls_{tls_key}"] = (value, origin)
-        elif key in ("oidc", "archive"):
-            keys = _OIDC_KEYS if key == "oidc" else _ARCHIVE_KEYS
+        elif key in ("oidc", "archive", "slack"):
+            keys = {"oidc": _OIDC_KEYS, "archive": _ARCHIVE_KEYS, "slack": _SLACK_KEYS}[key]
             for sub_key, sub_entry in check.mapping(entry.value, key, keys, line=entry.key_line):
                 sub_path = join(key, sub_key)
                 name = f"{key}_{sub_key}"
@@ -768,3 +806,24 @@ def _archive(
     # Each value was produced by its setting's parser, so it has the field's type.
     rest: dict[str, Any] = given
     return ArchiveConfig(bucket=bucket, **rest)
+
+
+def _slack(
+    values: dict[str, object], origins: dict[str, _Origin], problems: list[Problem]
+) -> SlackConfig | None:
+    named, given = _section("slack", _SLACK_KEYS, values, origins)
+    if not named:
+        return None
+    required = ("signing_secret", "bot_token", "channel")
+    missing = [key for key in required if key not in named]
+    if missing:
+        origin = origins[f"slack_{named[0]}"]
+        problems.append(
+            Problem(origin.source, origin.line, origin.key, f"slack needs {missing[0]} as well")
+        )
+        return None
+    if any(key not in given for key in required):
+        return None  # a value that was given but did not parse has its problem already
+    # Each value was produced by its setting's parser, so it has the field's type.
+    rest: dict[str, Any] = given
+    return SlackConfig(**rest)

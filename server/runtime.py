@@ -28,13 +28,14 @@ from server.api.app import GatewayInfo, create_app
 from server.api.auth_routes import AuthSettings
 from server.audit import chain
 from server.audit.archive import ArchiveConfig, Archiver
-from server.config import DEFAULT_WORKLOAD_TOKEN_TTL, OidcConfig
+from server.config import DEFAULT_WORKLOAD_TOKEN_TTL, OidcConfig, SlackConfig
 from server.errors import DbaccessError
 from server.gateway.analysis_limits import DEFAULT_ANALYSIS_LIMITS, AnalysisLimits
 from server.gateway.masking_relay import MaskingSetup
 from server.gateway.result_limit import limit_setup
 from server.gateway.server import Gateway
 from server.gateway.statements import guard_setup
+from server.notify.fanout import Fanout
 from server.notify.webhooks import WebhookConfig, Webhooks
 from server.policy import Policy, load_policy
 from server.sessions.service import SessionService
@@ -71,6 +72,9 @@ class RuntimeOptions:
     require_tls: bool = True
     webhooks: tuple[WebhookConfig, ...] = ()
     archive: ArchiveConfig | None = None
+    slack: SlackConfig | None = None
+    # Where people reach the API (links in Slack messages); default: the listener's URL.
+    public_api_url: str | None = None
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -88,7 +92,7 @@ class Runtime:
         self.opts = opts
         self.store = Store.open(opts.store_url)
         self.policy_path = opts.policy_path
-        self.notifier = Webhooks(opts.webhooks)
+        self.notifier = Fanout(Webhooks(opts.webhooks))
         self.archiver = Archiver(self.store, opts.archive) if opts.archive else None
         if opts.max_connections_per_session is not None:
             log.warning(
@@ -123,6 +127,18 @@ class Runtime:
         self.gateway.relay_setup.append(limit_setup(self.service))
         self.api_sock = _bind(opts.api_host, opts.api_port)
         self.api_port = self.api_sock.getsockname()[1]
+        self.slack = None
+        if opts.slack is not None:
+            # Imported only when configured: the Slack SDK stays out of other brokers.
+            from server.integrations.slack import SlackApp
+
+            self.slack = SlackApp(
+                opts.slack,
+                self.service.approvals,
+                lambda: self.service.policy,
+                ui_url=opts.public_api_url or self.api_url,
+            )
+            self.notifier.add(self.slack)
 
     @property
     def api_url(self) -> str:
@@ -175,6 +191,10 @@ class Runtime:
         )
         auth = AuthSettings(oidc=self.opts.oidc, workload_token_ttl=self.opts.workload_token_ttl)
         app = create_app(self.service, info, auth)
+        if self.slack is not None:
+            from server.integrations.slack import register as register_slack
+
+            register_slack(app, self.slack)
 
         class _Server(uvicorn.Server):
             @contextlib.contextmanager

@@ -9,4 +9,5 @@ pytest_plugins = [
     "tests.fix_vault",
     "tests.fix_store",
     "tests.fix_s3",
+    "tests.fix_slack",
 ]

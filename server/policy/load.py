@@ -82,7 +82,7 @@ from server.yamlsrc import (
 
 SUPPORTED_VERSION = 1
 
-_TOP_KEYS = ("version", "groups", "targets", "workload_identities")
+_TOP_KEYS = ("version", "groups", "targets", "workload_identities", "slack_users")
 _DSN_KEYS = ("admin_dsn", "admin_dsn_env", "admin_dsn_file")
 _TARGET_KEYS = (
     "description",
@@ -195,6 +195,7 @@ def parse_policy(text: str, source: str, *, base_dir: Path | None = None) -> Pol
             if target is not None:
                 targets[name] = target
     workloads = _read_workload_identities(check, top.optional("workload_identities"))
+    slack_users = _read_slack_users(check, top.optional("slack_users"))
     if check.problems:
         raise PolicyError(check.problems)
     return Policy(
@@ -202,6 +203,7 @@ def parse_policy(text: str, source: str, *, base_dir: Path | None = None) -> Pol
         groups=MappingProxyType(groups),
         source=source,
         workload_identities=workloads,
+        slack_users=MappingProxyType(slack_users),
     )
 
 
@@ -224,6 +226,27 @@ def _read_groups(check: Checker, entry: Entry | None) -> dict[str, frozenset[str
         _check_label(check, member_entry.key_line, path, name)
         groups[name] = frozenset(_read_labels(check, member_entry, path))
     return groups
+
+
+_SLACK_USER_ID = re.compile(r"[UW][A-Z0-9]{2,30}")
+
+
+def _read_slack_users(check: Checker, entry: Entry | None) -> dict[str, str]:
+    """``slack_users``: Slack user id (``U0123ABCD``) -> the dbaccess identity it acts as."""
+    users: dict[str, str] = {}
+    if entry is None:
+        return users
+    for user_id, identity_entry in check.mapping(
+        entry.value, "slack_users", None, line=entry.key_line
+    ):
+        path = join("slack_users", user_id)
+        if not _SLACK_USER_ID.fullmatch(user_id):
+            check.add(identity_entry.key_line, path, f"{user_id!r} is not a Slack user id")
+            continue
+        identity = check.text(identity_entry.value, path)
+        if identity is not None and _check_label(check, identity_entry.key_line, path, identity):
+            users[user_id] = identity
+    return users
 
 
 def _read_target(check: Checker, name: str, entry: Entry, base: Path) -> TargetPolicy | None:

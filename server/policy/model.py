@@ -379,9 +379,11 @@ class Policy:
     """The whole policy file: targets, static groups (group -> identities), and its source.
 
     ``workload_identities`` keep the file's order: the first entry a token matches wins.
+    ``slack_users`` maps Slack user ids to the identities they review as.
     """
 
     targets: Mapping[str, TargetPolicy]
     groups: Mapping[str, frozenset[str]]
     source: str
     workload_identities: tuple[WorkloadIdentity, ...] = ()
+    slack_users: Mapping[str, str] = field(default_factory=dict)

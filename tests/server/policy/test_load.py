@@ -408,7 +408,7 @@ ERROR_CASES = [
         [
             "policy.yaml:5: targets.demo: merge keys (<<) are not supported",
             "policy.yaml:1: base: unknown key "
-            "(expected one of: groups, targets, version, workload_identities)",
+            "(expected one of: groups, slack_users, targets, version, workload_identities)",
             "policy.yaml:4: targets.demo.database: required key is missing",
             "policy.yaml:4: targets.demo: give exactly one of admin_dsn, admin_dsn_env, "
             "admin_dsn_file",

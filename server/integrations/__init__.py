@@ -1,0 +1,1 @@
+"""Integrations with the places reviewers already are (Slack)."""

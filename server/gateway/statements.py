@@ -232,7 +232,7 @@ class StatementGuard:
         self.record = record  # the session recording's, for limit events
         # The session's limits, which no statement may change (``server.gateway.pinning``).
         self.pins = pins
-        self._decisions: dict[Analysis, Decision] = {}
+        self._decisions: dict[object, Decision] = {}  # by analysis, or by its shape
         # Masking's refusals before execution (``masking_guard``), in a masked session.
         self.masking = masking
         self.facts = facts
@@ -450,8 +450,11 @@ class StatementGuard:
         # statements and, for code and role settings only, the text; the same
         # statements come again and again, so the result is kept per analysis,
         # except where prepared statements are named or changed (their decision
-        # depends on the session) or the pins read the text.
-        known = self._decisions.get(analysis)
+        # depends on the session) or the pins read the text.  An analysis that
+        # holds for a whole literal-insensitive shape is kept by its shape: the
+        # texts of one shape differ in nothing the decision reads.
+        key: object = analysis.shape if analysis.shape is not None else analysis
+        known = self._decisions.get(key)
         if known is not None:
             return known
         decision = ALLOWED
@@ -464,7 +467,7 @@ class StatementGuard:
         ):
             if len(self._decisions) >= _DECISIONS_KEPT:
                 self._decisions.clear()
-            self._decisions[analysis] = decision
+            self._decisions[key] = decision
         return decision
 
     def _passes(

@@ -16,7 +16,6 @@ analysis worker processes); :func:`cache_clear` empties both caches.
 
 from __future__ import annotations
 
-import copy
 import re
 import threading
 from dataclasses import dataclass
@@ -29,9 +28,12 @@ from server.gateway.sqlcheck.budgets import (
     MAX_TEXT,
 )
 from server.gateway.sqlcheck.classify import analyze_uncached
-from server.gateway.sqlcheck.model import Analysis, StatementClass
+from server.gateway.sqlcheck.model import Analysis, Statement, StatementClass
 
 _CACHE_ENTRIES = 4096
+# object.__new__ for the two frozen dataclasses a filled template copies.
+_new_statement = object.__new__
+_new_analysis = object.__new__
 _V = TypeVar("_V")
 
 
@@ -95,11 +97,14 @@ def remember(
     if len(sql) > _CACHE_MAX_KEY:
         return
     shape = _shape(sql)
-    template = _ShapeTemplate.of(sql, analysis) if shape is not None else None
+    key = (shape, search_path, max_len, params)
+    template = _ShapeTemplate.of(sql, analysis, key) if shape is not None else None
     if template is not None:
         # One entry serves every literal variant; the exact cache stays for
-        # texts whose literals may matter.
-        _SHAPES.put((shape, search_path, max_len, params), template, len(sql))
+        # texts whose literals may matter.  The caller's analysis is of the
+        # shape too (it was just read, nobody else holds it yet).
+        object.__setattr__(analysis, "shape", key)
+        _SHAPES.put(key, template, len(sql))
     else:
         _CACHE.put((sql, search_path, max_len, params), analysis, len(sql))
 
@@ -162,9 +167,10 @@ class _ShapeTemplate:
     analysis: Analysis
     start: int
     tail: int
+    key: tuple[object, ...]  # the shape with its options: the filled analyses' ``shape``
 
     @classmethod
-    def of(cls, sql: str, analysis: Analysis) -> _ShapeTemplate | None:
+    def of(cls, sql: str, analysis: Analysis, key: tuple[object, ...]) -> _ShapeTemplate | None:
         if len(analysis.statements) != 1:
             return None
         st = analysis.statements[0]
@@ -183,14 +189,18 @@ class _ShapeTemplate:
         end = start + len(st.text)
         if sql[start:end] != st.text:
             return None
-        return cls(analysis, start, len(sql) - end)
+        return cls(analysis, start, len(sql) - end, key)
 
     def fill(self, sql: str) -> Analysis:
         (st,) = self.analysis.statements
-        # copy + one field: dataclasses.replace costs more than the lookup did.
-        filled = copy.copy(st)
-        object.__setattr__(filled, "text", sql[self.start : len(sql) - self.tail])
-        return Analysis((filled,))
+        # A copy with one field changed, made the cheap way: copy.copy and
+        # dataclasses.replace cost more than the whole lookup did.
+        filled = _new_statement(Statement)
+        filled.__dict__.update(st.__dict__)
+        filled.__dict__["text"] = sql[self.start : len(sql) - self.tail]
+        out = _new_analysis(Analysis)
+        out.__dict__.update(statements=(filled,), over_budget=False, failed=None, shape=self.key)
+        return out
 
 
 class _LRU(Generic[_V]):

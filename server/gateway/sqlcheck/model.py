@@ -20,7 +20,7 @@ turns it into an UNKNOWN statement with the reason (``_unknown``).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 
 from server.gateway.sqlcheck.budgets import MAX_TEXT
@@ -150,6 +150,12 @@ class Analysis:
     # Why the analysis could not finish for a reason other than its budget (the
     # process that ran it ended), or None.
     failed: str | None = None
+    # For an analysis that holds for every text of one literal-insensitive shape
+    # (``sqlcheck.cache``): that shape with the options it was read under.  Every
+    # text of the shape has this analysis but for the statement's ``text``, so
+    # what is decided from the analysis alone may be kept by this key, however
+    # many literal variants come.  None: the analysis is of its exact text only.
+    shape: tuple[object, ...] | None = field(default=None, compare=False, repr=False)
 
     @property
     def unknown(self) -> bool:

@@ -16,7 +16,7 @@ Two measurements, each against its reference taken in the same run:
                 after the login, the psql Query fed to them): runs of DataRows
                 through ``Relay.on_server_run`` and the C core
                 ``server.gateway._rowmask`` -- the path the gateway uses;
-  - ``gw-py``   the same with the C core switched off (``masking.NATIVE``), the
+  - ``gw-py``   the same with the C core switched off (``masking.rows.NATIVE``), the
                 path of a machine where the core could not be built;
   - ``fused``   RowMasker.rewrite_rows over runs of DataRows in the relay's
                 wire bytes, outside the hooks;
@@ -73,7 +73,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from server.gateway import masking
 from server.gateway.catalog import Catalog, CatalogSnapshot
 from server.gateway.masking import (
     ColumnRef,
@@ -83,6 +82,7 @@ from server.gateway.masking import (
     mask_value,
     plan_for_row_description,
 )
+from server.gateway.masking import rows as masking_rows
 from server.gateway.masking_relay import MaskingHooks
 from server.gateway.pgwire import (
     DataRow,
@@ -233,7 +233,7 @@ def naive_relay(origins: Origins) -> Process:
     return lambda data: relay.from_server(data)[0]
 
 
-BUILT = masking.NATIVE  # whether the C core was built here
+BUILT = masking_rows.NATIVE  # whether the C core was built here
 
 
 def _core(native: bool, make: Callable[[Origins], Process]) -> Callable[[Origins], Process]:
@@ -242,7 +242,7 @@ def _core(native: bool, make: Callable[[Origins], Process]) -> Callable[[Origins
     result, so the switch holds for the whole of a variant."""
 
     def made(origins: Origins) -> Process:
-        masking.NATIVE = native  # type: ignore[misc]
+        masking_rows.NATIVE = native  # type: ignore[misc]
         return make(origins)
 
     return made
@@ -615,7 +615,7 @@ def end_to_end(rows: int, runs: int, variants: list[str]) -> tuple[Timings, Timi
                 print(f"sample row through {name}'s hooks: {check.stdout.strip()}")
                 if ("***" in check.stdout) != masked:
                     raise SystemExit(f"{name}'s hooks did not mask the sample row as expected")
-            masking.NATIVE = BUILT  # type: ignore[misc]
+            masking_rows.NATIVE = BUILT  # type: ignore[misc]
             return wall, cpu
     finally:
         shutil.rmtree(base, ignore_errors=True)

@@ -1,6 +1,6 @@
 /* The native core of DataRow masking (server.gateway._rowmask).
  *
- * RowMasker (server/gateway/masking.py) uses this module when it was built
+ * RowMasker (server/gateway/masking/rows.py) uses this module when it was built
  * (``pip install -e .``, setup.py) and the plan has no ``hash`` column;
  * ``RowMasker.native`` says whether a masker uses it, ``masking.NATIVE``
  * whether the module loaded at all.  Without a compiler the package still

@@ -11,12 +11,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server.gateway import masking
 from server.gateway.masking import ColumnRef, MaskingRules, MaskPlan, RowMasker, plan_for_columns
+from server.gateway.masking import rows as masking_rows
 from server.gateway.pgwire import BINARY, TEXT, DataRow, ProtocolViolation
 from server.policy.model import MaskMethod, MaskRule
 
-pytestmark = pytest.mark.skipif(not masking.NATIVE, reason="the C core is not built")
+pytestmark = pytest.mark.skipif(not masking_rows.NATIVE, reason="the C core is not built")
 
 KEY = b"0123456789abcdef0123456789abcdef"
 INT4, TEXT_T = 23, 25
@@ -120,8 +120,9 @@ def test_the_c_core_gives_what_the_python_loop_gives(
     formats = tuple(fmt for _, _, fmt in columns)
     native = RowMasker(plan, formats, native=True)
     python = RowMasker(plan, formats, native=False)
+    kind = masking_rows._column_kind
     hashed = any(
-        masking._column_kind(plan.fields[i].rule, formats[i], plan.fields[i].type_oid)[0] == "hash"  # type: ignore[arg-type]
+        kind(plan.fields[i].rule, formats[i], plan.fields[i].type_oid)[0] == "hash"  # type: ignore[arg-type]
         for i in plan.masked
     )
     assert native.native is not hashed

@@ -8,7 +8,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.gateway import masking
 from server.gateway.masking import (
     ColumnRef,
     MaskingRules,
@@ -17,6 +16,7 @@ from server.gateway.masking import (
     mask_value,
     plan_for_columns,
 )
+from server.gateway.masking import rows as masking_rows
 from server.gateway.pgwire import (
     BINARY,
     TEXT,
@@ -35,12 +35,12 @@ KEY = b"0123456789abcdef0123456789abcdef"
 @pytest.fixture(autouse=True, scope="module", params=["native", "python"])
 def _row_path(request: pytest.FixtureRequest) -> Iterator[None]:
     """Every test here runs on the C core and on the generated Python loop."""
-    if request.param == "native" and not masking.NATIVE:
+    if request.param == "native" and not masking_rows.NATIVE:
         pytest.skip("the C core (server.gateway._rowmask) is not built")
-    before = masking.NATIVE
-    masking.NATIVE = request.param == "native"  # type: ignore[misc]
+    before = masking_rows.NATIVE
+    masking_rows.NATIVE = request.param == "native"  # type: ignore[misc]
     yield
-    masking.NATIVE = before  # type: ignore[misc]
+    masking_rows.NATIVE = before  # type: ignore[misc]
 
 
 INT4, TEXT_T, VARCHAR, BPCHAR, NUMERIC = 23, 25, 1043, 1042, 1700

@@ -35,7 +35,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -90,6 +90,18 @@ class CatalogSnapshot:
     loaded_at: float
     # Names of the functions outside pg_catalog and information_schema; None: not loaded.
     functions: frozenset[str] | None = None
+    # (schema, table) -> its columns, for ``columns_of``: built with the snapshot,
+    # as every statement of a masked session looks up each relation it names.
+    by_name: Mapping[tuple[str, str], tuple[ColumnRef, ...]] = field(
+        init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        by_name: dict[tuple[str, str], tuple[ColumnRef, ...]] = {}
+        for columns in self.by_relation.values():
+            if columns:
+                by_name.setdefault((columns[0].schema, columns[0].table), columns)
+        object.__setattr__(self, "by_name", by_name)
 
     def origin(self, table_oid: int, attnum: int) -> ColumnRef | None:
         return self.by_position.get((table_oid, attnum))
@@ -101,10 +113,7 @@ class CatalogSnapshot:
         return [column for columns in self.by_relation.values() for column in columns]
 
     def columns_of(self, schema: str, table: str) -> tuple[ColumnRef, ...]:
-        for columns in self.by_relation.values():
-            if columns and columns[0].schema == schema and columns[0].table == table:
-                return columns
-        return ()
+        return self.by_name.get((schema, table), ())
 
 
 def build_snapshot(

@@ -300,7 +300,9 @@ def _attribute_call(written: Analysis, session: MaskedSession, sql: str) -> Deci
     return None
 
 
-def _inference(written: Analysis, session: MaskedSession, sql: str) -> Decision:
+def _columns_read(written: Analysis, session: MaskedSession) -> tuple[set[str], set[str]]:
+    """The columns of the relations the statements name that the catalog holds,
+    and which of them are masked."""
     masked: set[str] = set()
     known: set[str] = set()
     for statement in written.walk_all():
@@ -312,6 +314,17 @@ def _inference(written: Analysis, session: MaskedSession, sql: str) -> Decision:
                     known.add(column)
                     if is_masked:
                         masked.add(column)
+    return known, masked
+
+
+def reads_masked(written: Analysis, session: MaskedSession) -> bool:
+    """Whether a statement names a relation with masked columns: only then does
+    :func:`masking_decision` read its text for inference and computed uses."""
+    return bool(_columns_read(written, session)[1])
+
+
+def _inference(written: Analysis, session: MaskedSession, sql: str) -> Decision:
+    known, masked = _columns_read(written, session)
     if not masked:
         return ALLOWED
     referenced = analysis_pool.read(sql, predicate_columns, None, DEFAULT_TIME_BUDGET)

@@ -142,7 +142,13 @@ from server.gateway.masking import (
     session_notice,
     session_rules,
 )
-from server.gateway.masking_guard import UNQUALIFIED, MaskedSession, masking_decision, resolve_name
+from server.gateway.masking_guard import (
+    UNQUALIFIED,
+    MaskedSession,
+    masking_decision,
+    reads_masked,
+    resolve_name,
+)
 from server.gateway.pgwire import (
     Bind,
     Close,
@@ -180,6 +186,8 @@ log = logging.getLogger(__name__)
 SQLSTATE = "42501"
 # Long texts whose lineage is kept, read ahead, per connection (a pipeline's few).
 _LINEAGE_AHEAD_KEPT = 8
+# Masking decisions kept per connection (by shape, see pre_execution_check).
+_DECISIONS_KEPT = 512
 BLOCK_HINT = "select the column itself or ask for review"
 DETECTOR_HINT = "leave the column out of the result, or ask for review"
 COPY_DETECTOR_HINT = "select the columns instead: a COPY row cannot be masked in place"
@@ -1191,6 +1199,87 @@ def _chain_server(relay: Relay, types: bytes, hook: Hook) -> None:
 # -- wiring -----------------------------------------------------------------------------
 
 
+def pre_execution_check(
+    rules: MaskingRules,
+    catalog: Catalog | None,
+    search_path: tuple[str, ...],
+    trusted: frozenset[str],
+    inference: Outcome,
+) -> Callable[[str], Decision]:
+    """The guard's check of masking's refusals before a statement runs
+    (``masking_guard.masking_decision``), for one connection.
+
+    What the decision reads of the session (the catalog snapshot's relations,
+    columns and functions) is made into one :class:`MaskedSession` per snapshot.
+    A decision is kept by the analysis's literal-insensitive shape when the
+    statement reads no relation with masked columns: then nothing of the text
+    beyond the analysis decides (the names after a dot, which the attribute-call
+    rule reads, are the same in every text of a shape, as a number next to a dot
+    is never taken out of it).  Statements that do read masked columns are
+    judged on their exact text every time (inference and computed uses read
+    it: ``ORDER BY 2`` is not ``ORDER BY 1``).  A new snapshot starts afresh.
+    """
+    first = catalog_first(search_path)
+    refreshed = [float("-inf")]
+    current: list[tuple[CatalogSnapshot | None, MaskedSession, dict[object, Decision]]] = []
+
+    def session_of(
+        snapshot: CatalogSnapshot | None,
+    ) -> tuple[MaskedSession, dict[object, Decision]]:
+        if current and current[0][0] is snapshot:
+            return current[0][1], current[0][2]
+
+        def holds(name: Name) -> bool:
+            if snapshot is not None and snapshot.columns_of(name.parts[0], name.name):
+                return True
+            now = time.monotonic()
+            if catalog is not None and now - refreshed[0] >= REFRESH_INTERVAL:
+                # A relation created since the catalog was loaded is known soon.
+                refreshed[0] = now
+                catalog.invalidate()
+                threading.Thread(target=_refresh_quietly, args=(catalog,), daemon=True).start()
+            return False
+
+        def masked(name: Name) -> bool:
+            columns = snapshot.columns_of(name.parts[0], name.name) if snapshot else ()
+            return any(masks(rules, column) for column in columns)
+
+        def columns(name: Name) -> dict[str, bool]:
+            found = snapshot.columns_of(name.parts[0], name.name) if snapshot else ()
+            return {column.column: masks(rules, column) for column in found}
+
+        session = MaskedSession(
+            search_path,
+            holds,
+            masked,
+            snapshot.functions if snapshot is not None else None,
+            trusted,
+            first,
+            columns,
+            inference,
+        )
+        decisions: dict[object, Decision] = {}
+        current[:] = [(snapshot, session, decisions)]
+        return session, decisions
+
+    def check(sql: str) -> Decision:
+        session, decisions = session_of(catalog.current if catalog is not None else None)
+        analysis = analysis_pool.analyze(sql, search_path=(UNQUALIFIED,))
+        shape = analysis.shape
+        if shape is not None:
+            known = decisions.get(shape)
+            if known is not None:
+                return known
+        decision = masking_decision(analysis, session, sql)
+        if shape is not None and not reads_masked(analysis, session):
+            if len(decisions) >= _DECISIONS_KEPT:
+                decisions.clear()
+            decisions[shape] = decision
+        return decision
+
+    return check
+
+
 class MaskingSetup:
     """The gateway's per-session preparation (in a worker thread) and per-connection setup."""
 
@@ -1225,45 +1314,7 @@ class MaskingSetup:
         policy = target.masking if target is not None else None
         trusted = policy.trusted_functions if policy is not None else frozenset()
         inference = Outcome(policy.inference) if policy is not None else Outcome.BLOCK
-        first = catalog_first(search_path)
-        refreshed = [float("-inf")]
-
-        def check(sql: str) -> Decision:
-            snapshot = catalog.current if catalog is not None else None
-
-            def holds(name: Name) -> bool:
-                if snapshot is not None and snapshot.columns_of(name.parts[0], name.name):
-                    return True
-                now = time.monotonic()
-                if catalog is not None and now - refreshed[0] >= REFRESH_INTERVAL:
-                    # A relation created since the catalog was loaded is known soon.
-                    refreshed[0] = now
-                    catalog.invalidate()
-                    threading.Thread(target=_refresh_quietly, args=(catalog,), daemon=True).start()
-                return False
-
-            def masked(name: Name) -> bool:
-                columns = snapshot.columns_of(name.parts[0], name.name) if snapshot else ()
-                return any(masks(rules, column) for column in columns)
-
-            def columns(name: Name) -> dict[str, bool]:
-                found = snapshot.columns_of(name.parts[0], name.name) if snapshot else ()
-                return {column.column: masks(rules, column) for column in found}
-
-            session = MaskedSession(
-                search_path,
-                holds,
-                masked,
-                snapshot.functions if snapshot is not None else None,
-                trusted,
-                first,
-                columns,
-                inference,
-            )
-            analysis = analysis_pool.analyze(sql, search_path=(UNQUALIFIED,))
-            return masking_decision(analysis, session, sql)
-
-        return check
+        return pre_execution_check(rules, catalog, search_path, trusted, inference)
 
     def prepare(self, live: LiveSession) -> None:
         """Blocking: the session's rules and its target's catalog, loaded if stale."""

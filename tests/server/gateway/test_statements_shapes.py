@@ -8,7 +8,9 @@ what a guard that never saw the first text does: forwarded or refused, and
 under which rule.  The texts come from the analysis tables and from generated
 reads with numbers where they could change a verdict (comparisons of
 constants, ordinals in ORDER BY / GROUP BY, function arguments, casts to OID
-types, LIMIT)."""
+types, LIMIT), in a plain session and in one where masking applies (whose
+check keeps decisions by shape only for statements that read no masked
+columns)."""
 
 from __future__ import annotations
 
@@ -17,14 +19,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from server.gateway import pgwire
-from server.gateway.guardrails import GuardrailRules
+from server.gateway.catalog import CatalogSnapshot
+from server.gateway.guardrails import GuardrailRules, Outcome
+from server.gateway.masking import ColumnRef, MaskingRules
+from server.gateway.masking_relay import pre_execution_check
 from server.gateway.pgwire import Query
 from server.gateway.pinning import LimitPins
 from server.gateway.relay import Relay
 from server.gateway.sqlcheck import cache as sqlcheck_cache
 from server.gateway.sqlcheck import cache_clear
 from server.gateway.statements import StatementGuard
-from server.policy.model import default_limits
+from server.policy.model import MaskMethod, MaskRule, default_limits
 from tests.fix_relay import FACTS
 from tests.server.gateway.test_sqlcheck import SHAPED, _with_other_numbers
 
@@ -129,3 +134,85 @@ def test_the_cached_path_never_allows_what_exact_analysis_refuses(
     sql = template.format(*second)
     got, _guard_used = _warmed(preset, warm, sql)
     assert got == _fresh(preset, sql), (warm, sql)
+
+
+# -- masking's check before execution ------------------------------------------------
+
+_PEOPLE = tuple(
+    ColumnRef("public", "people", c, type_oid=25) for c in ("id", "name", "ssn", "email")
+)
+_ORDERS = tuple(ColumnRef("public", "orders", c, type_oid=23) for c in ("id", "total"))
+_MASKING = MaskingRules(
+    (
+        MaskRule(column="public.people.ssn", method=MaskMethod.REDACT),
+        MaskRule(column="public.people.email", method=MaskMethod.PARTIAL, keep_domain=True),
+    )
+)
+
+
+class _Catalog:
+    def __init__(self) -> None:
+        relations = {16400: _PEOPLE, 16500: _ORDERS}
+        self.current = CatalogSnapshot(
+            {(oid, i + 1): c for oid, cols in relations.items() for i, c in enumerate(cols)},
+            relations,
+            loaded_at=0.0,
+            functions=frozenset(),
+        )
+
+    def invalidate(self) -> None:
+        pass
+
+
+def _masked_guard() -> Relay:
+    relay = Relay()
+    check = pre_execution_check(
+        _MASKING,
+        _Catalog(),  # type: ignore[arg-type]
+        ("public",),
+        frozenset(),
+        Outcome.BLOCK,
+    )
+    StatementGuard(
+        GuardrailRules.preset("read"), FACTS, approvals=None, store=None, masking=check
+    ).install(relay)
+    return relay
+
+
+_MASKED_READS = [
+    "SELECT name, ssn FROM people ORDER BY {0}",
+    "SELECT name, ssn FROM people ORDER BY {0} LIMIT {1}",
+    "SELECT id, email FROM people GROUP BY {0}, {1}",
+    "SELECT (ARRAY[name, ssn])[{0}] FROM people",
+    "SELECT name FROM people WHERE id = {0} AND {1} < {2}",
+    "SELECT total FROM orders WHERE id = {0} ORDER BY {1}",
+    "SELECT o.total FROM orders o WHERE o.id > {0}",
+    "SELECT total, {0} FROM orders LIMIT {1}",
+    "SELECT ssn FROM people LIMIT {0}",
+]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    template=st.sampled_from(_MASKED_READS),
+    first=st.lists(st.integers(min_value=1, max_value=4), min_size=3, max_size=3),
+    second=st.lists(st.integers(min_value=1, max_value=4), min_size=3, max_size=3),
+)
+def test_a_masked_sessions_cached_path_never_allows_what_exact_analysis_refuses(
+    template: str, first: list[int], second: list[int]
+) -> None:
+    warm = template.format(*first)
+    sql = template.format(*second)
+    cache_clear()
+    relay = _masked_guard()
+    _verdict(relay, warm)
+    got = _verdict(relay, sql)
+    cache_clear()
+    assert got == _verdict(_masked_guard(), sql), (warm, sql)
+
+
+def test_ordering_by_a_masked_column_is_refused_after_ordering_by_a_clear_one() -> None:
+    cache_clear()
+    relay = _masked_guard()
+    assert _verdict(relay, "SELECT name, ssn FROM people ORDER BY 1") == "forwarded"
+    assert _verdict(relay, "SELECT name, ssn FROM people ORDER BY 2") != "forwarded"

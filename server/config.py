@@ -28,7 +28,7 @@ file: a list of structured entries has no sensible one-variable form.
 
 Listen addresses may be anything in a config file (a production broker listens
 on a real interface); the dev mode uses :meth:`ServerConfig.for_dev` or
-:meth:`ServerConfig.ensure_loopback`, built on :func:`is_loopback`.
+:meth:`ServerConfig.ensure_loopback`, built on :func:`server.addresses.is_loopback`.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
+from server.addresses import is_loopback
 from server.audit.archive import SSE_MODES, ArchiveConfig, check_bucket, check_endpoint
 from server.durations import format_duration, parse_positive_duration
 from server.errors import InvalidInput
@@ -255,20 +256,6 @@ def _advertised(listen_text: str, bound_port: int | None) -> HostPort:
     # A wildcard address is where the broker listens, not where anyone can reach it.
     host = socket.getfqdn() if listen.host in _WILDCARD_HOSTS else listen.host
     return HostPort(host, port)
-
-
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback IP literals (``127.0.0.0/8``, ``::1``, IPv4-mapped)."""
-    name = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if name.lower() == "localhost":
-        return True
-    try:
-        address = ipaddress.ip_address(name.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped.is_loopback
-    return address.is_loopback
 
 
 def parse_hostport(text: str) -> HostPort:

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+from server.addresses import is_loopback
+
 
 def issuer_url(text: str) -> str:
     """``text`` as an issuer URL, or ValueError saying what is wrong with it.
@@ -24,8 +26,6 @@ def issuer_url(text: str) -> str:
     The value is kept as written (a trailing slash included) because the ``iss``
     claim of every token must equal it exactly.
     """
-    from server.config import is_loopback
-
     value = text.strip()
     url = urlsplit(value)
     if url.scheme not in ("http", "https") or not url.hostname:

@@ -41,6 +41,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from server.addresses import is_loopback
 from server.errors import NotAuthenticated, Unavailable
 
 if TYPE_CHECKING:
@@ -211,8 +212,6 @@ def _key_fits(jwk: Mapping[str, Any], alg: str) -> bool:
 
 
 def _https_or_loopback(url: str) -> bool:
-    from server.config import is_loopback
-
     parts = urlsplit(url)
     if parts.scheme == "https" and parts.hostname:
         return True

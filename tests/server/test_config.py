@@ -14,7 +14,6 @@ from server.config import (
     HostPort,
     ServerConfig,
     TlsConfig,
-    is_loopback,
     load_config,
     parse_hostport,
 )
@@ -377,32 +376,6 @@ def test_parse_hostport_refuses(text: str, message: str) -> None:
     with pytest.raises(ValueError) as caught:
         parse_hostport(text)
     assert message in str(caught.value)
-
-
-@pytest.mark.parametrize(
-    ("host", "loopback"),
-    [
-        ("127.0.0.1", True),
-        ("127.1.2.3", True),
-        ("::1", True),
-        ("[::1]", True),
-        ("::ffff:127.0.0.1", True),
-        ("localhost", True),
-        ("LOCALHOST", True),
-        ("0.0.0.0", False),  # noqa: S104
-        ("::", False),
-        ("", False),
-        ("10.0.0.1", False),
-        ("192.168.1.10", False),
-        ("::ffff:10.0.0.1", False),
-        ("fe80::1", False),
-        ("broker.example.com", False),
-        ("localhost.example.com", False),
-        ("127.0.0.1.nip.io", False),
-    ],
-)
-def test_is_loopback(host: str, loopback: bool) -> None:
-    assert is_loopback(host) is loopback
 
 
 def test_for_dev_listens_on_loopback_with_free_ports(tmp_path: Path) -> None:

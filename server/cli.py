@@ -50,6 +50,12 @@ DEV_GROUPS = ("dev", "admin")
 # group, so the approver of its statement reviews (never of one's own).
 REVIEWER_IDENTITY = "reviewer"
 REVIEWER_GROUPS = ("dev",)
+# The web inbox's one-click logins in the dev mode: its two identities and an auditor.
+DEV_WEB_LOGINS = (
+    (DEV_IDENTITY, DEV_GROUPS),
+    (REVIEWER_IDENTITY, REVIEWER_GROUPS),
+    ("auditor", ("auditor",)),
+)
 # CLI profiles the dev mode writes: (profile, identity, groups).
 DEV_PROFILES = (
     ("default", DEV_IDENTITY, DEV_GROUPS),
@@ -263,6 +269,7 @@ def dev(
             webhooks=webhooks,
             archive=archive,
             slack=slack,
+            ui_dev_logins=DEV_WEB_LOGINS,
         )
 
         where_target = f"database {database!r}, " + (
@@ -281,6 +288,7 @@ def dev(
             ]
             if oidc is not None:
                 lines.append(f"  login:    dbaccess login  (people, via {oidc.issuer})")
+            lines.append(f"  inbox:    {rt.api_url}/ui/  (reviewers' web inbox)")
             if write_profile:
                 lines += _write_cli_profiles(rt, ca)
             lines.append(

@@ -73,8 +73,11 @@ class RuntimeOptions:
     webhooks: tuple[WebhookConfig, ...] = ()
     archive: ArchiveConfig | None = None
     slack: SlackConfig | None = None
-    # Where people reach the API (links in Slack messages); default: the listener's URL.
+    # Where people reach the API (links in Slack messages, the web inbox's login
+    # redirect); default: the listener's URL.
     public_api_url: str | None = None
+    # (identity, groups) the web inbox offers a one-click login for: the dev mode's.
+    ui_dev_logins: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -191,6 +194,18 @@ class Runtime:
         )
         auth = AuthSettings(oidc=self.opts.oidc, workload_token_ttl=self.opts.workload_token_ttl)
         app = create_app(self.service, info, auth)
+        from server.ui.web import UiSettings
+        from server.ui.web import register as register_ui
+
+        register_ui(
+            app,
+            self.service,
+            UiSettings(
+                oidc=self.opts.oidc,
+                dev_logins=self.opts.ui_dev_logins,
+                public_url=self.opts.public_api_url,
+            ),
+        )
         if self.slack is not None:
             from server.integrations.slack import register as register_slack
 

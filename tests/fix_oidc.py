@@ -7,7 +7,8 @@ talk to it over HTTP like they would to a real one:
 - ``/.well-known/openid-configuration`` and ``/jwks`` (public keys; :meth:`rotate`
   replaces the signing key, keeping or retiring the old one);
 - ``/authorize`` approves at once as :attr:`user` and redirects back with a code
-  (only to loopback redirect URIs, only with an S256 PKCE challenge);
+  (only to loopback redirect URIs, the CLI's http or the broker's web inbox's
+  https, only with an S256 PKCE challenge);
 - ``/token`` redeems such a code (checking client, redirect URI and the PKCE
   verifier, once) or polls a device code;
 - ``/device_authorization`` hands out device and user codes, which a test
@@ -271,7 +272,7 @@ class OidcProvider:
         if (
             q.get("client_id") != self.client_id
             or q.get("response_type") != "code"
-            or target.scheme != "http"
+            or target.scheme not in ("http", "https")
             or target.hostname != "127.0.0.1"
             or q.get("code_challenge_method") != "S256"
             or not q.get("code_challenge")

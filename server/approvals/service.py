@@ -13,7 +13,8 @@ anyone reads or acts on it — and by the reaper's sweep (``expire_due``), so
 ``request.expired`` is recorded even when nobody looks.
 
 Who may see a request: its requester, whoever may approve it under the policy
-in force (or already did), and admins.  Approver eligibility is judged with the
+in force (or already did), admins, and auditors (who read; deciding stays with
+the approvers).  Approver eligibility is judged with the
 current policy when the scope still requires approval, else with the rule
 recorded on the request when it was made.
 """
@@ -160,9 +161,12 @@ class Approvals:
         )
 
     # -- reading ----------------------------------------------------------------
-    def get(self, request_id: str, identity: Identity, *, admin: bool = False) -> Request:
+    def get(
+        self, request_id: str, identity: Identity, *, admin: bool = False, auditor: bool = False
+    ) -> Request:
         request = self._fresh(request_id)
-        if request is None or not self._visible(request, self.actor(identity, admin=admin)):
+        actor = self.actor(identity, admin=admin)
+        if request is None or not (auditor or self._visible(request, actor)):
             # Someone who may not see it learns no more than that it is not theirs to see.
             raise NotFound(
                 f"unknown request {request_id!r}",
@@ -180,17 +184,21 @@ class Approvals:
         mine: bool = False,
         to_review: bool = False,
         limit: int = 100,
+        auditor: bool = False,
     ) -> list[Request]:
         self.expire_due()
         actor = self.actor(identity, admin=admin)
         statuses = [Status.PENDING] if pending or to_review else None
         if mine:
             found = self.repo.find(requester=actor.name, statuses=statuses, limit=limit)
+        elif (admin or auditor) and not to_review:
+            found = self.repo.find(statuses=statuses, limit=limit)
         else:
             # Who may review depends on the policy, not on columns: scan the newest, filter.
-            scan = limit if admin and not to_review else max(limit * 20, 1000)
             found = [
-                r for r in self.repo.find(statuses=statuses, limit=scan) if self._visible(r, actor)
+                r
+                for r in self.repo.find(statuses=statuses, limit=max(limit * 20, 1000))
+                if self._visible(r, actor)
             ]
         if to_review:
             found = [

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-from server.config import OidcConfig, is_loopback
+from server.addresses import is_loopback
+from server.config import OidcConfig
 from server.errors import NotAuthenticated, Unavailable
 from server.identity.oidc import VerifiedToken, Verifier, rejected
 from server.ui.security import pkce_pair

@@ -27,7 +27,7 @@ __dbaccess_server_options() {
         'policy check') printf '%s\n' --broker-env -h --help ;;
         'policy explain') printf '%s\n' --identity --target --groups --scope --ttl --reason --break-glass -p --policy -h --help ;;
         'token') printf '%s\n' -h --help ;;
-        'token create') printf '%s\n' --identity --groups --ttl --store-url -c --config --data-dir -h --help ;;
+        'token create') printf '%s\n' --identity --groups --ttl --kind --owner --store-url -c --config --data-dir -h --help ;;
         'token list') printf '%s\n' --all --kind --json --store-url -c --config --data-dir -h --help ;;
         'token revoke') printf '%s\n' --store-url -c --config --data-dir -h --help ;;
     esac
@@ -62,6 +62,8 @@ __dbaccess_server_value_kind() {
         'token create|--identity') echo 'text' ;;
         'token create|--groups') echo 'text' ;;
         'token create|--ttl') echo 'text' ;;
+        'token create|--kind') echo 'choice:service agent' ;;
+        'token create|--owner') echo 'text' ;;
         'token create|--store-url') echo 'text' ;;
         'token create|-c'|'token create|--config') echo 'file' ;;
         'token create|--data-dir') echo 'file' ;;

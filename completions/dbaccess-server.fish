@@ -12,7 +12,7 @@ end
 
 function __dbaccess_server_takes_value --argument-names path option
     switch "$path|$option"
-        case 'dev|--data-dir' 'dev|--target-dsn' 'dev|--api-port' 'dev|--gateway-port' 'dev|--reaper-interval' 'dev|--oidc-issuer' 'dev|--oidc-client-id' 'dev|--webhook' 'dev|--webhook-format' 'dev|--session-max-connections' 'dev|--gateway-max-connections' 'dev|--gateway-max-connections-per-identity' 'dev|--gateway-startup-timeout' 'dev|--shutdown-grace' 'dev|--gateway-cancel-rate' 'run|-c' 'run|--config' 'policy explain|--identity' 'policy explain|--target' 'policy explain|--groups' 'policy explain|--scope' 'policy explain|--ttl' 'policy explain|--reason' 'policy explain|-p' 'policy explain|--policy' 'token create|--identity' 'token create|--groups' 'token create|--ttl' 'token create|--store-url' 'token create|-c' 'token create|--config' 'token create|--data-dir' 'token list|--kind' 'token list|--store-url' 'token list|-c' 'token list|--config' 'token list|--data-dir' 'token revoke|--store-url' 'token revoke|-c' 'token revoke|--config' 'token revoke|--data-dir'
+        case 'dev|--data-dir' 'dev|--target-dsn' 'dev|--api-port' 'dev|--gateway-port' 'dev|--reaper-interval' 'dev|--oidc-issuer' 'dev|--oidc-client-id' 'dev|--webhook' 'dev|--webhook-format' 'dev|--session-max-connections' 'dev|--gateway-max-connections' 'dev|--gateway-max-connections-per-identity' 'dev|--gateway-startup-timeout' 'dev|--shutdown-grace' 'dev|--gateway-cancel-rate' 'run|-c' 'run|--config' 'policy explain|--identity' 'policy explain|--target' 'policy explain|--groups' 'policy explain|--scope' 'policy explain|--ttl' 'policy explain|--reason' 'policy explain|-p' 'policy explain|--policy' 'token create|--identity' 'token create|--groups' 'token create|--ttl' 'token create|--kind' 'token create|--owner' 'token create|--store-url' 'token create|-c' 'token create|--config' 'token create|--data-dir' 'token list|--kind' 'token list|--store-url' 'token list|-c' 'token list|--config' 'token list|--data-dir' 'token revoke|--store-url' 'token revoke|-c' 'token revoke|--config' 'token revoke|--data-dir'
             return 0
     end
     return 1
@@ -106,16 +106,18 @@ complete -c dbaccess-server -n "__dbaccess_server_at 'token'" -a list -d 'List b
 complete -c dbaccess-server -n "__dbaccess_server_at 'token'" -a revoke -d 'Revoke a broker token at once'
 complete -c dbaccess-server -n "__dbaccess_server_at 'token'" -s h -l help -d 'Show this message and exit'
 
-complete -c dbaccess-server -n "__dbaccess_server_at 'token create'" -l identity -x -d 'Service identity name'
+complete -c dbaccess-server -n "__dbaccess_server_at 'token create'" -l identity -x -d 'Service or agent identity name'
 complete -c dbaccess-server -n "__dbaccess_server_at 'token create'" -l groups -x -d 'Comma-separated groups'
 complete -c dbaccess-server -n "__dbaccess_server_at 'token create'" -l ttl -x -d 'Token lifetime, e.g. 30d'
+complete -c dbaccess-server -n "__dbaccess_server_at 'token create'" -l kind -x -a 'service agent' -d 'service, or agent: an AI agent acting for --owner, held to the policy\'s agents rules (docs/agents.md)'
+complete -c dbaccess-server -n "__dbaccess_server_at 'token create'" -l owner -x -d 'With --kind agent: the person the agent acts for'
 complete -c dbaccess-server -n "__dbaccess_server_at 'token create'" -l store-url -x -d 'Store URL (default: from --config)'
 complete -c dbaccess-server -n "__dbaccess_server_at 'token create'" -s c -l config -r -F
 complete -c dbaccess-server -n "__dbaccess_server_at 'token create'" -l data-dir -r -F -d 'A dev data dir (uses its store)'
 complete -c dbaccess-server -n "__dbaccess_server_at 'token create'" -s h -l help -d 'Show this message and exit'
 
 complete -c dbaccess-server -n "__dbaccess_server_at 'token list'" -l all -d 'Also revoked and expired tokens'
-complete -c dbaccess-server -n "__dbaccess_server_at 'token list'" -l kind -x -d 'Only tokens of this kind: service, user, workload or dev'
+complete -c dbaccess-server -n "__dbaccess_server_at 'token list'" -l kind -x -d 'Only tokens of this kind: service, agent, user, workload or dev'
 complete -c dbaccess-server -n "__dbaccess_server_at 'token list'" -l json -d 'JSON instead of a table'
 complete -c dbaccess-server -n "__dbaccess_server_at 'token list'" -l store-url -x -d 'Store URL (default: from --config)'
 complete -c dbaccess-server -n "__dbaccess_server_at 'token list'" -s c -l config -r -F

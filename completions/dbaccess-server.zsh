@@ -15,7 +15,7 @@ _dbaccess_server__token__revoke() {
 _dbaccess_server__token__list() {
   _arguments -s -S \
     '(--all)'--all'[Also revoked and expired tokens]' \
-    '(--kind)'--kind'[Only tokens of this kind\: service, user, workload or dev]:kind: ' \
+    '(--kind)'--kind'[Only tokens of this kind\: service, agent, user, workload or dev]:kind: ' \
     '(--json)'--json'[JSON instead of a table]' \
     '(--store-url)'--store-url'[Store URL (default\: from --config)]:store-url: ' \
     '(-c --config)'{-c,--config}':config:_files' \
@@ -25,9 +25,11 @@ _dbaccess_server__token__list() {
 
 _dbaccess_server__token__create() {
   _arguments -s -S \
-    '(--identity)'--identity'[Service identity name]:identity: ' \
+    '(--identity)'--identity'[Service or agent identity name]:identity: ' \
     '(--groups)'--groups'[Comma-separated groups]:groups: ' \
     '(--ttl)'--ttl'[Token lifetime, e.g. 30d]:ttl: ' \
+    '(--kind)'--kind'[service, or agent\: an AI agent acting for --owner, held to the policy'\''s agents rules (docs/agents.md)]:kind:(service agent)' \
+    '(--owner)'--owner'[With --kind agent\: the person the agent acts for]:owner: ' \
     '(--store-url)'--store-url'[Store URL (default\: from --config)]:store-url: ' \
     '(-c --config)'{-c,--config}':config:_files' \
     '(--data-dir)'--data-dir'[A dev data dir (uses its store)]:data-dir:_files' \

@@ -13,7 +13,7 @@ import os
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -625,16 +625,38 @@ def _open_store(store_url: str | None, config: Path | None, data_dir: Path | Non
         raise _fail(exc.message, 2) from None
 
 
+class TokenKind(StrEnum):
+    service = "service"
+    agent = "agent"
+
+
 @token_app.command("create")
 def token_create(
-    identity: Annotated[str, typer.Option("--identity", help="Service identity name.")],
+    identity: Annotated[str, typer.Option("--identity", help="Service or agent identity name.")],
     groups: Annotated[str, typer.Option("--groups", help="Comma-separated groups.")] = "",
     ttl: Annotated[str, typer.Option("--ttl", help="Token lifetime, e.g. 30d.")] = "30d",
+    kind: Annotated[
+        TokenKind,
+        typer.Option(
+            "--kind",
+            help="service, or agent: an AI agent acting for --owner, held to the policy's "
+            "agents rules (docs/agents.md).",
+        ),
+    ] = TokenKind.service,
+    owner: Annotated[
+        str | None,
+        typer.Option("--owner", help="With --kind agent: the person the agent acts for."),
+    ] = None,
     store_url: StoreUrlOpt = None,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
-    """Issue an API token (printed once; only its hash is stored)."""
+    """Issue an API token (printed once; only its hash is stored).
+
+    An agent token (--kind agent --owner alice) names the agent and the person it
+    acts for in audit events and recordings; it can approve nothing, and its owner
+    cannot approve its requests.
+    """
     from server.audit import chain
     from server.durations import parse_duration
 
@@ -642,18 +664,29 @@ def token_create(
         lifetime = parse_duration(ttl)
     except ValueError as exc:
         raise _fail(str(exc), 2) from None
+    owner = owner.strip() if owner else None
+    if kind is TokenKind.agent and not owner:
+        raise _fail("an agent token needs --owner: the person the agent acts for", 2)
+    if kind is not TokenKind.agent and owner:
+        raise _fail("--owner is for --kind agent only", 2)
+    if owner == identity:
+        raise _fail("an agent is not its own owner: give the person it acts for", 2)
     store = _open_store(store_url, config, data_dir)
     group_list = tuple(g.strip() for g in groups.split(",") if g.strip())
-    token, rec = store.create_token(identity, group_list, "service", lifetime)
+    token, rec = store.create_token(identity, group_list, kind.value, lifetime, owner=owner)
     expires = rec.expires_at.isoformat() if rec.expires_at else None
-    chain.append(
-        store,
-        "token.issued",
-        identity=identity,
-        data={"id": rec.id, "kind": "service", "groups": list(group_list), "expires_at": expires},
-    )
+    data: dict[str, Any] = {
+        "id": rec.id,
+        "kind": kind.value,
+        "groups": list(group_list),
+        "expires_at": expires,
+    }
+    if owner:
+        data["owner"] = owner
+    chain.append(store, "token.issued", identity=identity, data=data)
     print(token)
-    _say(f"token {rec.id} for {identity} expires {rec.expires_at:%Y-%m-%d %H:%M} UTC")
+    acting = f" (an agent acting for {owner})" if owner else ""
+    _say(f"token {rec.id} for {identity}{acting} expires {rec.expires_at:%Y-%m-%d %H:%M} UTC")
 
 
 @token_app.command("list")
@@ -661,7 +694,9 @@ def token_list(
     all_: Annotated[bool, typer.Option("--all", help="Also revoked and expired tokens.")] = False,
     kind: Annotated[
         str | None,
-        typer.Option("--kind", help="Only tokens of this kind: service, user, workload or dev."),
+        typer.Option(
+            "--kind", help="Only tokens of this kind: service, agent, user, workload or dev."
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table.")] = False,
     store_url: StoreUrlOpt = None,

@@ -69,7 +69,9 @@ def create_app(
 
     def identity(authorization: Annotated[str | None, Header()] = None) -> Identity:
         rec = auth_routes.authenticate(service.store, authorization)
-        return Identity(name=rec.identity, groups=frozenset(rec.groups), kind=rec.kind)
+        return Identity(
+            name=rec.identity, groups=frozenset(rec.groups), kind=rec.kind, owner=rec.owner
+        )
 
     Caller = Annotated[Identity, Depends(identity)]
 

@@ -16,7 +16,8 @@ AUDITOR_GROUP = "auditor"
 
 
 def is_admin(who: Identity) -> bool:
-    return ADMIN_GROUP in who.groups
+    """Admins act on everyone's sessions and requests; an agent never does, whatever its groups."""
+    return ADMIN_GROUP in who.groups and not who.agent
 
 
 def may_audit(who: Identity) -> bool:

@@ -19,7 +19,8 @@ and simply decide again if someone else changed the request in between.
 
 Rules the handlers enforce:
 
-* the requester never approves or denies their own request, admins included;
+* the requester never approves or denies their own request, admins included,
+  and an agent approves, denies or revokes nothing;
 * an approval counts once per distinct approver, and only from someone in the
   approver groups or identities when they approve (``rule`` of the action: the
   policy in force then, else the rule recorded on the request);
@@ -77,13 +78,14 @@ class Actor:
     """Who acts: ``groups`` are their effective groups at that moment.
 
     ``system`` is the broker itself (expiry sweeps, releasing a grant whose
-    session failed to start).
+    session failed to start); ``agent`` an AI agent, which decides nothing.
     """
 
     name: str
     groups: frozenset[str] = frozenset()
     admin: bool = False
     system: bool = False
+    agent: bool = False
 
 
 SYSTEM = Actor("broker", system=True)
@@ -164,7 +166,7 @@ Handler = Callable[[Request, Action, Actor, datetime], Result]
 
 def may_review(actor: Actor, rule: ApprovalPolicy) -> bool:
     """Whether ``actor`` is one of the rule's approvers (by name or by a current group)."""
-    if actor.system:
+    if actor.system or actor.agent:
         return False
     return actor.name in rule.approver_identities or bool(actor.groups & rule.approver_groups)
 
@@ -220,6 +222,12 @@ def _expired_refusal(request: Request) -> Refusal:
 
 
 def _reviewer_problem(request: Request, actor: Actor, verb: str) -> Refusal:
+    if actor.agent:
+        return Refusal(
+            "forbidden",
+            f"an agent cannot {verb} requests ({actor.name} is an agent)",
+            hint="a person among the approvers decides: dbaccess approve " + request.id,
+        )
     if actor.name == request.requester:
         return Refusal(
             "forbidden",

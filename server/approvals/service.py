@@ -143,7 +143,12 @@ class Approvals:
 
     # -- who ------------------------------------------------------------------
     def actor(self, identity: Identity, *, admin: bool = False) -> Actor:
-        return Actor(identity.name, effective_groups(self._policy(), identity), admin=admin)
+        return Actor(
+            identity.name,
+            effective_groups(self._policy(), identity),
+            admin=admin and not identity.agent,
+            agent=identity.agent,
+        )
 
     def rule_for(self, request: Request) -> ApprovalPolicy:
         target = self._policy().targets.get(request.target)
@@ -309,8 +314,18 @@ class Approvals:
     def approve(
         self, request_id: str, identity: Identity, comment: str | None, *, admin: bool = False
     ) -> Request:
-        self.get(request_id, identity, admin=admin)
+        request = self.get(request_id, identity, admin=admin)
+        self._not_for_own_agent(request, identity)
         return self._act(request_id, Event.APPROVE, self.actor(identity, admin=admin), comment)
+
+    def _not_for_own_agent(self, request: Request, identity: Identity) -> None:
+        """An agent's request is its owner's own: the owner may not approve it either."""
+        if identity.name in self.store.agent_owners(request.requester):
+            raise Forbidden(
+                f"you cannot approve request {request.id} of {request.requester}, "
+                "an agent that acts for you",
+                hint="someone else among the approvers has to decide",
+            )
 
     def deny(
         self, request_id: str, identity: Identity, reason: str | None, *, admin: bool = False

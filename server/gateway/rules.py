@@ -6,6 +6,7 @@ a refusal can say which scope to use instead.
 The preset comes first (``read`` for a scope named read, ``write`` otherwise,
 unless the policy names one, with ``production`` making every write a review),
 then each key the policy gives replaces the preset's value for that field.
+``agent_rules`` makes a scope's rules an agent's (``server.policy.agents``).
 """
 
 from __future__ import annotations
@@ -15,12 +16,20 @@ from typing import Any
 
 from server.gateway.guardrails import GuardrailRules, Outcome
 from server.gateway.sqlcheck import StatementClass
-from server.policy.model import GuardrailSettings, TargetPolicy
+from server.policy.model import GuardrailSettings, ScopePolicy, TargetPolicy, preset_of
+
+# What an agent may never do unless its scope's agents section says otherwise.
+AGENT_BLOCK = frozenset({StatementClass.DDL, StatementClass.PRIVILEGE})
+AGENT_REVIEW = frozenset({StatementClass.WRITE})
 
 
 def rules_for(scope: str, settings: GuardrailSettings) -> GuardrailRules:
-    preset = settings.preset or ("read" if scope == "read" else "write")
-    rules = GuardrailRules.preset(preset, production=bool(settings.production))
+    rules = GuardrailRules.preset(preset_of(scope, settings), production=bool(settings.production))
+    return _over(rules, settings)
+
+
+def _over(rules: GuardrailRules, settings: GuardrailSettings) -> GuardrailRules:
+    """``rules`` with each key ``settings`` give replaced (``preset`` aside)."""
     changes: dict[str, Any] = {}
     if settings.review is not None:
         changes["review"] = frozenset(StatementClass(c) for c in settings.review)
@@ -53,3 +62,18 @@ def target_rules(target: TargetPolicy, scope: str) -> GuardrailRules:
         blocked = rules_for(other.name, other.guardrails).block
         elsewhere += [(kind, other.name) for kind in sorted(rules.block) if kind not in blocked]
     return replace(rules, elsewhere=tuple(elsewhere))
+
+
+def agent_rules(rules: GuardrailRules, scope: ScopePolicy) -> GuardrailRules:
+    """The rules of an agent's session: the scope's ``rules`` with its ``agents``
+    guardrails laid over them, and the agents' defaults where those leave
+    ``block`` or ``review`` unsaid: DDL and privilege changes blocked, every
+    write a statement review (``server.policy.agents``)."""
+    settings = scope.agents.guardrails
+    if settings.preset is not None or settings.production is not None:
+        base = rules_for(scope.name, settings.over(scope.guardrails))
+    else:
+        base = _over(rules, settings)
+    block = base.block if settings.block is not None else base.block | AGENT_BLOCK
+    review = base.review if settings.review is not None else base.review | AGENT_REVIEW
+    return replace(base, block=block, review=review - block)

@@ -128,14 +128,14 @@ from server.gateway.row_budget import (
     needs,
     simple_request,
 )
-from server.gateway.rules import target_rules
+from server.gateway.rules import agent_rules, target_rules
 from server.gateway.search_path import catalog_first, session_search_path
 from server.gateway.sqlcheck import (
     Analysis,
     analyze_function_call,
     statement_ends,
 )
-from server.policy.model import ApprovalPolicy, ScopePolicy, default_limits
+from server.policy.model import ApprovalPolicy, ScopePolicy
 from server.sessions.service import LiveSession, SessionService
 from server.store.db import Store
 
@@ -739,6 +739,8 @@ def guard_setup(
             review = None
         else:
             rules = target_rules(target, scope.name)
+            if live.agent:
+                rules = agent_rules(rules, scope)
             review = review_rule(scope)
         # The server checked the value at login (and the gateway before it).
         path = session_search_path(relay.parameters.get("search_path"), live.credential.username)
@@ -763,7 +765,7 @@ def guard_setup(
             reason=record.reason,
             ttl=record.expires_at - record.created_at,
         )
-        scope_limits = scope.effective_limits if scope is not None else default_limits(record.scope)
+        scope_limits = service.limits(live)
         StatementGuard(
             rules,
             facts,

@@ -7,7 +7,10 @@
    for, the only scope the identity may use, else ``read`` if it may use it, else
    a refusal listing the scopes (``scope.none_allowed`` / ``scope.ambiguous``);
 3. the scope's ``allow`` lists name the identity or one of its groups
-   (``targets.<t>.scopes.<s>.allow``, also the rule of an allowed decision);
+   (``targets.<t>.scopes.<s>.allow``, also the rule of an allowed decision),
+   and an agent may use it (``targets.<t>.scopes.<s>.agents.allow``: by
+   default only read-only scopes, :mod:`server.policy.agents`); an agent
+   choosing no scope chooses among those it may use;
 4. the TTL: none asked for means ``default_ttl``; zero or less is refused
    (``ttl.not_positive``), and above ``max_ttl`` is refused (``scope.max_ttl``)
    rather than clamped, so nobody ends up with a shorter session than they think;
@@ -38,19 +41,27 @@ from datetime import datetime, timedelta
 
 from server.durations import format_duration
 from server.errors import DbaccessError, Forbidden, NotFound
+from server.policy.agents import agents_allowed, deny_reason
 from server.policy.model import ApprovalPolicy, Policy, ScopePolicy, TargetPolicy
 
 PREFERRED_SCOPE = "read"
+AGENT = "agent"
 ADD_REASON = 'add --reason "…" (the ticket or incident this is for)'
 
 
 @dataclass(frozen=True)
 class Identity:
-    """Who is asking.  ``kind`` is ``user``, ``workload``, ``service`` or ``dev``."""
+    """Who is asking.  ``kind`` is ``user``, ``workload``, ``service``, ``agent`` or ``dev``;
+    ``owner`` is the person an ``agent`` acts for."""
 
     name: str
     groups: frozenset[str]
     kind: str = "user"
+    owner: str | None = None
+
+    @property
+    def agent(self) -> bool:
+        return self.kind == AGENT
 
 
 @dataclass(frozen=True)
@@ -113,7 +124,7 @@ def visible_targets(
     groups = effective_groups(policy, identity)
     visible = []
     for target in policy.targets.values():
-        scopes = [s for s in target.scopes.values() if _why_allowed(s, identity, groups)]
+        scopes = [s for s in target.scopes.values() if _usable(s, identity, groups)]
         if scopes:
             visible.append((target, scopes))
     return visible
@@ -160,6 +171,12 @@ def evaluate(
         scope_policy = found
     rule = f"targets.{target}.scopes.{scope_policy.name}.allow"
     why = _why_allowed(scope_policy, identity, groups)
+    if why is not None and identity.agent and not agents_allowed(scope_policy):
+        return _deny(
+            f"targets.{target}.scopes.{scope_policy.name}.agents.allow",
+            deny_reason(target, scope_policy),
+            scope_policy.name,
+        )
     if why is None:
         return _deny(
             rule,
@@ -267,7 +284,7 @@ def describe_approvers(approval: ApprovalPolicy) -> str:
 def _choose_scope(
     target: TargetPolicy, identity: Identity, groups: frozenset[str]
 ) -> ScopePolicy | Decision:
-    usable = [s for s in target.scopes.values() if _why_allowed(s, identity, groups)]
+    usable = [s for s in target.scopes.values() if _usable(s, identity, groups)]
     if len(usable) == 1:
         return usable[0]
     for candidate in usable:
@@ -286,6 +303,13 @@ def _choose_scope(
         f"({', '.join(s.name for s in usable)}): choose one",
         None,
     )
+
+
+def _usable(scope: ScopePolicy, identity: Identity, groups: frozenset[str]) -> bool:
+    """Whether the identity may use the scope (an agent only where agents may)."""
+    if identity.agent and not agents_allowed(scope):
+        return False
+    return _why_allowed(scope, identity, groups) is not None
 
 
 def _why_allowed(scope: ScopePolicy, identity: Identity, groups: frozenset[str]) -> str | None:

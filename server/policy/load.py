@@ -30,6 +30,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from server.durations import format_duration, parse_positive_duration
 from server.identity import issuer_url
+from server.policy.agents import agent_default_limits
 from server.policy.limits import (
     LIMIT_KEYS,
     NO_LIMIT_SETTINGS,
@@ -42,10 +43,12 @@ from server.policy.limits import (
     parse_timeout,
 )
 from server.policy.model import (
+    DEFAULT_AGENT_POLICY,
     GUARDRAIL_CLASSES,
     GUARDRAIL_PRESETS,
     NO_APPROVAL,
     NO_GUARDRAIL_SETTINGS,
+    AgentPolicy,
     ApprovalPolicy,
     DetectorAction,
     DetectorKind,
@@ -58,6 +61,7 @@ from server.policy.model import (
     RdsIamSettings,
     RecordingFailure,
     ScopePolicy,
+    SessionLimits,
     SslMode,
     TargetPolicy,
     VaultAuth,
@@ -111,7 +115,9 @@ _SCOPE_KEYS = (
     "break_glass",
     "guardrails",
     "limits",
+    "agents",
 )
+_AGENT_KEYS = ("allow", "guardrails", "limits")
 _GUARDRAIL_KEYS = (
     "preset",
     "production",
@@ -675,6 +681,13 @@ def _read_scope(
         check, reader.optional("guardrails"), join(path, "guardrails")
     ).over(guardrails)
     scope_limits = _read_limits(check, reader.optional("limits"), join(path, "limits")).over(limits)
+    effective = None if scope_limits.empty else scope_limits.apply(default_limits(name))
+    agents = _read_agents(
+        check,
+        reader.optional("agents"),
+        join(path, "agents"),
+        effective if effective is not None else default_limits(name),
+    )
     if grants is None or max_ttl is None:
         return None
     return ScopePolicy(
@@ -688,7 +701,23 @@ def _read_scope(
         reason_required=bool(reason_required),
         break_glass=bool(break_glass),
         guardrails=scope_guardrails,
-        limits=None if scope_limits.empty else scope_limits.apply(default_limits(name)),
+        limits=effective,
+        agents=agents,
+    )
+
+
+def _read_agents(
+    check: Checker, entry: Entry | None, path: str, limits: SessionLimits
+) -> AgentPolicy:
+    """A scope's ``agents`` section (``server.policy.agents``); ``limits`` are the scope's."""
+    if entry is None:
+        return DEFAULT_AGENT_POLICY
+    reader = check.mapping(entry.value, path, _AGENT_KEYS, line=entry.key_line)
+    settings = _read_limits(check, reader.optional("limits"), join(path, "limits"))
+    return AgentPolicy(
+        allow=_value(check, reader, "allow", _bool),
+        guardrails=_read_guardrails(check, reader.optional("guardrails"), join(path, "guardrails")),
+        limits=None if settings.empty else settings.apply(agent_default_limits(limits)),
     )
 
 

@@ -153,6 +153,32 @@ def default_limits(scope: str) -> SessionLimits:
     return READ_LIMITS if scope == "read" else WRITE_LIMITS
 
 
+def preset_of(scope: str, settings: GuardrailSettings) -> str:
+    """The guardrail preset a scope named ``scope`` starts from: the one its settings
+    name, else ``read`` for a scope named read and ``write`` for any other."""
+    return settings.preset or ("read" if scope == "read" else "write")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentPolicy:
+    """A scope's ``agents`` section: what sessions of ``agent`` identities get there.
+
+    ``allow`` None means agents may use the scope only when it is read-only (its
+    guardrail preset is ``read``).  ``guardrails`` is laid over the scope's own
+    for agents; what it leaves unsaid keeps the agents' defaults (DDL and
+    privilege changes blocked, every write by review).  ``limits`` are the
+    agents' limits when the section gives any (None: the scope's, with the
+    agents' result budgets); see :mod:`server.policy.agents`.
+    """
+
+    allow: bool | None = None
+    guardrails: GuardrailSettings = NO_GUARDRAIL_SETTINGS
+    limits: SessionLimits | None = None
+
+
+DEFAULT_AGENT_POLICY = AgentPolicy()
+
+
 @dataclass(frozen=True)
 class ScopePolicy:
     """One way of using a target: the roles a session gets, for how long, and who may ask.
@@ -173,6 +199,7 @@ class ScopePolicy:
     guardrails: GuardrailSettings = NO_GUARDRAIL_SETTINGS
     # None: ``default_limits(name)``; read it through ``effective_limits``.
     limits: SessionLimits | None = None
+    agents: AgentPolicy = DEFAULT_AGENT_POLICY
 
     @property
     def effective_limits(self) -> SessionLimits:

@@ -45,6 +45,7 @@ from server.errors import (
 from server.gateway.masking import session_rules
 from server.policy import Issuer as PolicyIssuer
 from server.policy import Policy, TargetPolicy, resolve_admin_dsn
+from server.policy.agents import agent_default_limits, agent_limits
 from server.policy.evaluate import Identity, evaluate, refusal
 from server.policy.limits import connection_shares
 from server.policy.model import SessionLimits, default_limits
@@ -70,10 +71,16 @@ class Upstream:
 
 @dataclass
 class LiveSession:
+    """A session this broker holds; ``agent`` is set when an AI agent holds it
+    (its rules and limits are the scope's ``agents`` ones), ``on_behalf_of``
+    then names the person it acts for."""
+
     record: SessionRecord
     credential: Credential
     upstream: Upstream
     connections: set[ConnectionHandle] = field(default_factory=set)
+    agent: bool = False
+    on_behalf_of: str | None = None
 
     @property
     def id(self) -> str:
@@ -233,7 +240,10 @@ class SessionService:
         defaults if a reload removed the scope)."""
         target = self.policy.targets.get(live.record.target)
         scope = target.scopes.get(live.record.scope) if target is not None else None
-        return scope.effective_limits if scope is not None else default_limits(live.record.scope)
+        if scope is None:
+            limits = default_limits(live.record.scope)
+            return agent_default_limits(limits) if live.agent else limits
+        return agent_limits(scope) if live.agent else scope.effective_limits
 
     # -- start --------------------------------------------------------------
     def start(
@@ -281,6 +291,12 @@ class SessionService:
         # up or a role is made (the gateway reads the key again at each login).
         session_rules(target, decision.scope, identity.groups)
         session_id = new_id("s-")
+        # An agent's session names the person it acts for wherever it is recorded.
+        acting: dict[str, Any] = (
+            {"identity_kind": identity.kind, "on_behalf_of": identity.owner}
+            if identity.agent
+            else {}
+        )
         db_user = role_name_for(identity.name, session_id)
         upstream = upstream_for(target)
         issuer = self.issuer(target)
@@ -307,7 +323,9 @@ class SessionService:
                 scope=decision.scope,
                 # The policy as it is now (issuers are kept across policy reloads).
                 masking=target.masking,
-                limits=scope_policy.effective_limits,
+                limits=agent_limits(scope_policy)
+                if identity.agent
+                else scope_policy.effective_limits,
             )
             ticket = "dbt_" + secrets.token_urlsafe(32)
             ticket_hash = hash_secret(ticket)
@@ -346,6 +364,7 @@ class SessionService:
                         "request_id": grant.id if grant is not None else None,
                         "break_glass": decision.break_glass,
                         "client": client or {},
+                        **acting,
                     },
                     failure=target.recording_failure,
                 )
@@ -361,7 +380,13 @@ class SessionService:
                     hint="the broker's store is failing; try again, or ask an admin",
                 ) from None
             with self._lock:
-                self._live[session_id] = LiveSession(record, credential, upstream)
+                self._live[session_id] = LiveSession(
+                    record,
+                    credential,
+                    upstream,
+                    agent=identity.agent,
+                    on_behalf_of=identity.owner if identity.agent else None,
+                )
                 self._by_ticket[ticket_hash] = session_id
         except Exception:
             # A session that never started must not use up its approval.
@@ -387,6 +412,7 @@ class SessionService:
                 "client": client or {},
                 "request_id": grant.id if grant is not None else None,
                 "break_glass": decision.break_glass,
+                **acting,
             },
         )
         if decision.break_glass:

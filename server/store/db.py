@@ -91,6 +91,7 @@ class TokenRecord:
     created_at: datetime
     expires_at: datetime | None
     revoked_at: datetime | None
+    owner: str | None = None  # the person an ``agent`` token acts for
 
     def active(self, now: datetime) -> bool:
         return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
@@ -104,6 +105,7 @@ class TokenRecord:
             "created_at": self.created_at.isoformat(),
             "expires_at": self.expires_at.isoformat() if self.expires_at else None,
             "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
+            "owner": self.owner,
         }
 
 
@@ -119,6 +121,7 @@ def _token(row: sa.Row[Any]) -> TokenRecord:
         created_at=created,
         expires_at=_aware(m["expires_at"]),
         revoked_at=_aware(m["revoked_at"]),
+        owner=m["owner"],
     )
 
 
@@ -242,7 +245,13 @@ class Store:
 
     # -- API tokens -------------------------------------------------------------
     def create_token(
-        self, identity: str, groups: tuple[str, ...], kind: str, ttl: timedelta | None
+        self,
+        identity: str,
+        groups: tuple[str, ...],
+        kind: str,
+        ttl: timedelta | None,
+        *,
+        owner: str | None = None,
     ) -> tuple[str, TokenRecord]:
         token = "dba_" + secrets.token_urlsafe(32)
         now = utcnow()
@@ -254,6 +263,7 @@ class Store:
             created_at=now,
             expires_at=now + ttl if ttl else None,
             revoked_at=None,
+            owner=owner,
         )
         with self.tx() as conn:
             conn.execute(
@@ -265,6 +275,7 @@ class Store:
                     kind=kind,
                     created_at=now,
                     expires_at=rec.expires_at,
+                    owner=owner,
                 )
             )
         return token, rec
@@ -280,6 +291,16 @@ class Store:
         with self.tx() as conn:
             row = conn.execute(t.api_tokens.select().where(t.api_tokens.c.id == token_id)).first()
         return _token(row) if row is not None else None
+
+    def agent_owners(self, identity: str) -> frozenset[str]:
+        """The people any ``agent`` token of ``identity`` acts or acted for (revoked ones too)."""
+        q = sa.select(t.api_tokens.c.owner).where(
+            t.api_tokens.c.identity == identity,
+            t.api_tokens.c.kind == "agent",
+            t.api_tokens.c.owner.is_not(None),
+        )
+        with self.tx() as conn:
+            return frozenset(str(row[0]) for row in conn.execute(q))
 
     def list_tokens(
         self, *, kind: str | None = None, include_inactive: bool = False

@@ -23,6 +23,8 @@ api_tokens = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+    # The person an ``agent`` token acts for (None for every other kind).
+    sa.Column("owner", sa.String(200), nullable=True),
 )
 
 sessions = sa.Table(

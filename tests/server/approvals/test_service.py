@@ -465,3 +465,36 @@ def test_race_creators_share_one_pending_request(setup: Setup) -> None:
     assert not failed
     assert len({r.id for r, _created in ok}) == 1
     assert sum(created for _r, created in ok) == 1
+
+
+def test_an_agent_decides_nothing_and_its_owner_does_not_approve_for_it(setup: Setup) -> None:
+    # The agent "helper" acts for bob, who is an approver of scope write.
+    setup.store.create_token("helper", ("dev",), "agent", None, owner="bob")
+    helper = Identity("helper", frozenset({"dev"}), kind="agent", owner="bob")
+    agent_admin = Identity("root-bot", frozenset({"admin", "dba"}), kind="agent", owner="root")
+    a = setup.approvals
+    with pytest.raises(Forbidden, match="only read-only scopes"):
+        a.create(helper, "demo", "write", None, "INC-7")
+    req, _ = a.request_statement(
+        requester="helper",
+        groups=frozenset({"dev"}),
+        target="demo",
+        scope="write",
+        reason="INC-7",
+        statement="DELETE FROM jobs WHERE id = 1",
+        sha256="0" * 64,
+        rule=POLICY.targets["demo"].scopes["write"].approval,
+        ttl=15 * M,
+        guardrail="review.requested",
+    )
+    with pytest.raises(Forbidden, match="agent that acts for you"):
+        a.approve(req.id, BOB, "mine, really")
+    mine, _ = a.create(ALICE, "demo", "write", None, "INC-8")
+    for agent in (helper, agent_admin):
+        with pytest.raises((Forbidden, NotFound)):
+            a.approve(mine.id, agent, "ok", admin=True)
+    with pytest.raises(Forbidden, match="an agent cannot approve"):
+        a.approve(req.id, helper, "ok")
+    with pytest.raises(NotFound):  # not even its admin group lets an agent see others' requests
+        a.approve(req.id, agent_admin, "ok", admin=True)
+    assert a.approve(req.id, CAROL, "ok").status is Status.APPROVED

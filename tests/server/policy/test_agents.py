@@ -1,0 +1,134 @@
+"""The policy's rules for AI agents: which scopes they may use, their guardrails and budgets."""
+
+from __future__ import annotations
+
+import textwrap
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from server.gateway.rules import agent_rules, target_rules
+from server.gateway.sqlcheck import StatementClass
+from server.policy import Identity, evaluate, parse_policy, visible_targets
+from server.policy.agents import (
+    AGENT_MAX_RESULT_BYTES,
+    AGENT_MAX_RESULT_ROWS,
+    agent_limits,
+    agents_allowed,
+)
+from server.policy.load import PolicyError
+
+POLICY = textwrap.dedent(
+    """\
+    version: 1
+    targets:
+      app:
+        database: app
+        admin_dsn_env: APP_ADMIN_DSN
+        scopes:
+          read:
+            grants: [app_read]
+            max_ttl: 1h
+            allow: {groups: [dev, bots]}
+          report:
+            grants: [app_read]
+            max_ttl: 1h
+            allow: {groups: [dev, bots]}
+            guardrails: {preset: read}
+            limits: {max_result_rows: 200}
+          write:
+            grants: [app_write]
+            max_ttl: 1h
+            allow: {groups: [dev, bots]}
+          fix:
+            grants: [app_write]
+            max_ttl: 1h
+            allow: {groups: [dev, bots]}
+            agents:
+              allow: true
+              limits: {max_result_rows: 50}
+          migrate:
+            grants: [app_owner]
+            max_ttl: 1h
+            allow: {groups: [dev, bots]}
+            agents:
+              allow: true
+              guardrails: {review: [ddl, write], block: [privilege]}
+          quiet:
+            grants: [app_read]
+            max_ttl: 1h
+            allow: {groups: [dev, bots]}
+            agents: {allow: false}
+    """
+)
+APP = parse_policy(POLICY, "policy.yaml", base_dir=Path("/etc/dbaccess")).targets["app"]
+POL = parse_policy(POLICY, "policy.yaml", base_dir=Path("/etc/dbaccess"))
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+BOT = Identity("bot", frozenset({"bots"}), kind="agent", owner="alice")
+ALICE = Identity("alice", frozenset({"dev"}))
+W, D, P = StatementClass.WRITE, StatementClass.DDL, StatementClass.PRIVILEGE
+
+
+@pytest.mark.parametrize(
+    ("scope", "allowed"),
+    [
+        ("read", True),  # read-only by its name
+        ("report", True),  # read-only by its preset
+        ("write", False),  # not read-only, and its agents section says nothing
+        ("fix", True),
+        ("migrate", True),
+        ("quiet", False),  # read-only, but agents.allow: false
+    ],
+)
+def test_which_scopes_agents_may_use(scope: str, allowed: bool) -> None:
+    assert agents_allowed(APP.scopes[scope]) is allowed
+    decision = evaluate(POL, BOT, "app", scope, None, NOW)
+    assert decision.allowed is allowed
+    if not allowed:
+        assert decision.rule == f"targets.app.scopes.{scope}.agents.allow"
+    # People are not held to the agents' rules.
+    assert evaluate(POL, ALICE, "app", scope, None, NOW).allowed
+
+
+def test_an_agent_lists_and_chooses_only_scopes_it_may_use() -> None:
+    [(_target, scopes)] = visible_targets(POL, BOT)
+    assert [s.name for s in scopes] == ["read", "report", "fix", "migrate"]
+    assert evaluate(POL, BOT, "app", None, None, NOW).scope == "read"
+
+
+@pytest.mark.parametrize(
+    ("scope", "rows", "size"),
+    [
+        ("read", AGENT_MAX_RESULT_ROWS, AGENT_MAX_RESULT_BYTES),  # the agents' budgets
+        ("report", 200, AGENT_MAX_RESULT_BYTES),  # the scope's own, smaller
+        ("fix", 50, AGENT_MAX_RESULT_BYTES),  # the agents section's
+    ],
+)
+def test_agents_have_result_budgets(scope: str, rows: int, size: int) -> None:
+    limits = agent_limits(APP.scopes[scope])
+    assert (limits.max_result_rows, limits.max_result_bytes) == (rows, size)
+
+
+@pytest.mark.parametrize(
+    ("scope", "block", "review"),
+    [
+        ("read", {W, D, P}, set()),  # the read preset blocks writes already
+        ("fix", {D, P}, {W}),  # DDL blocked, every write by review
+        ("migrate", {P}, {D, W}),  # as its agents section says
+    ],
+)
+def test_agent_guardrails(
+    scope: str, block: set[StatementClass], review: set[StatementClass]
+) -> None:
+    rules = agent_rules(target_rules(APP, scope), APP.scopes[scope])
+    assert (set(rules.block), set(rules.review)) == (block, review)
+
+
+def test_agents_section_is_checked() -> None:
+    bad = POLICY.replace("agents: {allow: false}", "agents: {allow: maybe, approve: true}")
+    with pytest.raises(PolicyError) as err:
+        parse_policy(bad, "policy.yaml", base_dir=Path("/etc/dbaccess"))
+    text = str(err.value)
+    assert "targets.app.scopes.quiet.agents.allow" in text
+    assert "approve" in text

@@ -73,7 +73,13 @@ def analysis_cached(
     params: tuple[str | None, ...] | None = None,
 ) -> Analysis | None:
     """What :func:`analyze` would answer from its caches alone, or None."""
-    cached = _CACHE.get((sql, search_path, max_len, params))
+    key = (sql, search_path, max_len, params)
+    last = _last
+    if last[0] == key:
+        # The same text again, as the guard, masking's check and the masking
+        # hooks each ask for the statement a message carries: one answer.
+        return last[1]
+    cached = _CACHE.get(key)
     if cached is not None:
         return cached
     if len(sql) > _CACHE_MAX_KEY:
@@ -82,7 +88,17 @@ def analysis_cached(
     if shape is None:
         return None
     template = _SHAPES.get((shape, search_path, max_len, params))
-    return template.fill(sql) if template is not None else None
+    if template is None:
+        return None
+    filled = template.fill(sql)
+    _remember_last(key, filled)
+    return filled
+
+
+def _remember_last(key: tuple[object, ...], analysis: Analysis) -> None:
+    global _last
+    # One tuple, replaced whole: a thread that reads it sees a key with its own answer.
+    _last = (key, analysis)
 
 
 def remember(
@@ -112,6 +128,7 @@ def remember(
 def cache_clear() -> None:
     _CACHE.clear()
     _SHAPES.clear()
+    _remember_last((), _NO_ANALYSIS)
 
 
 # Literal-insensitive caching.  Reads that differ only in their numeric
@@ -141,6 +158,19 @@ _NO_SHAPE = re.compile(r"[\\$&]|/\*")
 
 
 def _shape(sql: str) -> str | None:
+    global _last_shape
+    last = _last_shape
+    if last[0] == sql:
+        return last[1]  # the same text under another search_path, say
+    shape = _shape_of(sql)
+    _last_shape = (sql, shape)
+    return shape
+
+
+_last_shape: tuple[str | None, str | None] = (None, None)
+
+
+def _shape_of(sql: str) -> str | None:
     if _NO_SHAPE.search(sql):
         return None
     numbers: dict[str, int] = {}
@@ -241,3 +271,6 @@ class _LRU(Generic[_V]):
 
 _CACHE: _LRU[Analysis] = _LRU(_CACHE_ENTRIES, _CACHE_CHARS)
 _SHAPES: _LRU[_ShapeTemplate] = _LRU(_CACHE_ENTRIES, _CACHE_CHARS)
+# The last text answered from a shape, with its answer (no key is ever ``()``).
+_NO_ANALYSIS = Analysis(())
+_last: tuple[tuple[object, ...], Analysis] = ((), _NO_ANALYSIS)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.fix_broker import demo_policy
+from tests.fix_broker import DEMO_POLICY, demo_policy
 
 if TYPE_CHECKING:
     from server.pgcluster import LocalCluster
@@ -50,6 +50,20 @@ IDLE_POLICY = unmasked_demo_policy(
     "      max_connections_per_identity: 400\n"
     "      max_connections_per_target: 400\n"
 )
+MASKED_TARGET = "demo_masked"
+
+
+def with_masked_twin(policy: str) -> str:
+    """``policy`` (whose last target is ``demo``) with a second target on the same
+    database, :data:`MASKED_TARGET`: the same target with the shipped demo's
+    masking rules (on the customers' columns, which pgbench never reads), so
+    that one broker measures the unmasked and the masked pipeline side by side."""
+    shipped = DEMO_POLICY.read_text()
+    masking = re.search(r"(?ms)^    masking:\n.*?(?=^    \S)", shipped)
+    assert masking is not None
+    block = policy[policy.index("  demo:\n") :].replace("  demo:\n", f"  {MASKED_TARGET}:\n", 1)
+    block = block.replace("    scopes:\n", masking.group(0) + "    scopes:\n", 1)
+    return policy.rstrip("\n") + "\n" + block
 
 
 @contextmanager
@@ -140,9 +154,9 @@ def gateway_of(base: Path) -> tuple[str, int, str]:
 
 
 @contextmanager
-def held_session(env: dict[str, str]) -> Iterator[tuple[int, str]]:
+def held_session(env: dict[str, str], target: str = "demo") -> Iterator[tuple[int, str]]:
     proc = subprocess.Popen(
-        [str(BIN / "dbaccess"), "connect", "demo", "--no-launch", "--ttl", "1h"],
+        [str(BIN / "dbaccess"), "connect", target, "--no-launch", "--ttl", "1h"],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

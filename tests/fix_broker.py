@@ -14,6 +14,8 @@ policy of the test's own (``admin_dsn_file: admin.dsn`` names the target, as in
 the demo policy), ``token(identity, *groups)`` mints an API token for another
 identity, and ``cli(..., token=T)`` / ``spawn(..., token=T)`` act as that identity.
 ``reload()`` sends SIGHUP so the broker re-reads its policy file.
+``Waiting(b.spawn(...))`` reads a background CLI's stderr as it comes
+(``expect`` a line, ``finish`` for its exit status and output).
 ``client(token)`` is the CLI's API client (``brokercli.client.BrokerClient``) for
 the broker, as its login profile describes it, acting with ``token``.
 
@@ -29,11 +31,13 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -222,6 +226,50 @@ class Broker:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+class Waiting:
+    """A CLI command running in the background; its stderr is read as it comes."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        assert proc.stderr is not None
+        stderr = proc.stderr
+        self.reader = threading.Thread(
+            target=lambda: [self.lines.put(line) for line in iter(stderr.readline, "")],
+            daemon=True,
+        )
+        self.reader.start()
+
+    def expect(self, pattern: re.Pattern[str] | str, timeout: float = 30) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.seen:
+                found = re.search(pattern, line)
+                if found:
+                    return found
+            try:
+                self.seen.append(self.lines.get(timeout=max(0.01, deadline - time.monotonic())))
+            except queue.Empty:
+                self.proc.kill()
+                raise AssertionError(f"no {pattern!r} in: {''.join(self.seen)}") from None
+
+    def finish(self, timeout: float = 60) -> tuple[int, str, str]:
+        # Outputs are small, so waiting before reading stdout cannot block on a full pipe;
+        # stderr belongs to the reader thread.
+        try:
+            self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+        assert self.proc.stdout is not None
+        out = self.proc.stdout.read()
+        self.reader.join(10)
+        while not self.lines.empty():
+            self.seen.append(self.lines.get())
+        return self.proc.returncode, out, "".join(self.seen)
 
 
 _MADE: list[tuple[Broker, Path]] = []

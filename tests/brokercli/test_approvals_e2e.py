@@ -10,11 +10,9 @@ receiver stands in for the chat webhook.
 from __future__ import annotations
 
 import json
-import queue
 import re
 import secrets
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,7 +21,7 @@ from typing import Any
 import pytest
 
 from server.demo.provision import DemoTarget
-from tests.fix_broker import Broker, new_broker
+from tests.fix_broker import Broker, Waiting, new_broker
 from tests.fix_webhook import Receiver, start_receiver
 
 pytestmark = pytest.mark.slow
@@ -115,50 +113,6 @@ def world(demo_target: DemoTarget) -> Iterator[World]:
         broker.stop()
         server.shutdown()
         server.server_close()
-
-
-class Waiting:
-    """A CLI command running in the background; its stderr is read as it comes."""
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.proc = proc
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.seen: list[str] = []
-        assert proc.stderr is not None
-        stderr = proc.stderr
-        self.reader = threading.Thread(
-            target=lambda: [self.lines.put(line) for line in iter(stderr.readline, "")],
-            daemon=True,
-        )
-        self.reader.start()
-
-    def expect(self, pattern: re.Pattern[str] | str, timeout: float = 30) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        while True:
-            for line in self.seen:
-                found = re.search(pattern, line)
-                if found:
-                    return found
-            try:
-                self.seen.append(self.lines.get(timeout=max(0.01, deadline - time.monotonic())))
-            except queue.Empty:
-                self.proc.kill()
-                raise AssertionError(f"no {pattern!r} in: {''.join(self.seen)}") from None
-
-    def finish(self, timeout: float = 60) -> tuple[int, str, str]:
-        # Outputs are small, so waiting before reading stdout cannot block on a full pipe;
-        # stderr belongs to the reader thread.
-        try:
-            self.proc.wait(timeout)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-        assert self.proc.stdout is not None
-        out = self.proc.stdout.read()
-        self.reader.join(10)
-        while not self.lines.empty():
-            self.seen.append(self.lines.get())
-        return self.proc.returncode, out, "".join(self.seen)
 
 
 def wait_in_background(world: World, token: str, *args: str) -> tuple[Waiting, str]:

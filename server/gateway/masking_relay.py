@@ -165,7 +165,7 @@ from server.gateway.pgwire import (
     RawMessage,
     RowDescription,
 )
-from server.gateway.relay import Hook, Relay
+from server.gateway.relay import Hook, Relay, row_run
 from server.gateway.search_path import catalog_first, session_search_path
 from server.gateway.sqlcheck import (
     DEFAULT_TIME_BUDGET,
@@ -666,10 +666,7 @@ class MaskingHooks:
         if plan.clear:
             # Forwarded as they are: only the run's end is needed (from_server
             # has checked every length word in ``buf``).
-            end = len(buf)
-            stop = pos
-            while stop < end and buf[stop] == 68:
-                stop += 1 + int.from_bytes(buf[stop + 1 : stop + 5], "big")
+            stop = row_run(buf, pos)[0]
             return stop, buf[pos:stop]
         masker = plan.masker(formats)
         if masker.unmaskable is not None:

@@ -892,3 +892,9 @@ try:  # the same walks in C (server/gateway/_rowmask.c), where it was built
     _run = _rowmask.run
 except (ImportError, AttributeError):  # pragma: no cover - no compiler, or a core built before
     pass
+
+
+def row_run(data: bytes, pos: int) -> tuple[int, int, int]:
+    """The run of whole DataRows in ``data`` from ``pos``: where it ends, its rows
+    and their bytes (in C where the core was built), for hooks that take runs."""
+    return _run(data, pos)

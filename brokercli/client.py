@@ -14,7 +14,7 @@ from brokercli import tokens
 from brokercli.config import Settings, settings
 from brokercli.errors import CliError
 from brokercli.exit_codes import BY_ERROR_KIND, BY_STATUS, ExitCode
-from server.errors import validation_message
+from common.validation import validation_message
 
 
 @dataclass(frozen=True)

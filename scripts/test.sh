@@ -12,6 +12,8 @@ echo "== ruff" >&2
 .venv/bin/ruff format --check .
 echo "== mypy" >&2
 .venv/bin/mypy
+echo "== import rules" >&2
+.venv/bin/lint-imports --no-cache
 echo "== generated docs" >&2
 .venv/bin/python scripts/gen_docs.py --check
 # The masking core is optional for an install, not for the checks: without it

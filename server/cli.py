@@ -377,45 +377,52 @@ def _dev_slack() -> SlackConfig | None:
 def _write_cli_profiles(rt: object, ca: Path) -> list[str]:
     """Log the CLI in as the dev identities (:data:`DEV_PROFILES`); lines for the banner.
 
-    Only profiles the dev mode wrote are replaced (with a warning): a profile from
-    ``dbaccess login`` is left as it is.  Before profiles were marked, the dev mode
-    wrote unmarked ones; one that trusts this data directory's CA is ours too.
+    The broker mints the tokens; the CLI writes its own profiles and keeps the
+    tokens, in a process of its own (``brokercli.devprofiles``, which says which
+    profiles it replaces and which it keeps).  A kept profile's token is revoked.
     """
+    import json
+    import subprocess
     from datetime import timedelta
 
-    from brokercli import tokens
-    from brokercli.config import DEV_MARK, load_profile, profile_path, save_profile
-    from brokercli.errors import CliError
     from server.runtime import Runtime
     from server.tlsutil import fingerprint
 
     assert isinstance(rt, Runtime)
-    written: dict[str, list[str]] = {}
-    kept: list[str] = []
-    where = ""
+    minted: dict[str, str] = {}
+    profiles = []
     for name, identity, groups in DEV_PROFILES:
-        path = profile_path(name)
-        try:
-            old = load_profile(name)
-        except CliError:
-            old = {"unreadable": True}
-        if old and DEV_MARK not in old and old.get("ca_file") != str(ca):
-            kept.append(f"  note:     profile '{name}' ({path}) is not the dev broker's: kept")
-            continue
-        if old:
-            _say(
-                f"warning: replacing the dev profile '{name}' ({path}), "
-                f"which pointed at {old.get('server', 'nothing')}"
-            )
-        token, _rec = rt.store.create_token(identity, groups, "dev", timedelta(days=7))
-        profile = {
-            "server": rt.api_url,
-            "ca_file": str(ca),
-            "ca_fingerprint": fingerprint(ca),
-            DEV_MARK: identity,
-        }
-        save_profile(profile, name)
-        where = tokens.save(rt.api_url, token, name)
+        token, rec = rt.store.create_token(identity, groups, "dev", timedelta(days=7))
+        minted[name] = rec.id
+        profiles.append({"name": name, "identity": identity, "token": token})
+    request = {
+        "server": rt.api_url,
+        "ca_file": str(ca),
+        "ca_fingerprint": fingerprint(ca),
+        "profiles": profiles,
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "brokercli.devprofiles"],
+        input=json.dumps(request),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if done.returncode != 0:
+        for token_id in minted.values():
+            rt.store.revoke_token(token_id)
+        problem = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return [f"  note:     the CLI's profiles were not written: {problem}"]
+    answer = json.loads(done.stdout)
+    for name, path, server in answer["replaced"]:
+        _say(f"warning: replacing the dev profile '{name}' ({path}), which pointed at {server}")
+    kept = []
+    for name, path in answer["kept"]:
+        rt.store.revoke_token(minted[name])
+        kept.append(f"  note:     profile '{name}' ({path}) is not the dev broker's: kept")
+    written: dict[str, list[str]] = {}
+    for name, identity in answer["written"]:
         written.setdefault(identity, []).append(name)
     lines = []
     for identity, names in written.items():
@@ -423,7 +430,8 @@ def _write_cli_profiles(rt: object, ca: Path) -> list[str]:
         lines.append(f"  CLI:      {shown}: identity '{identity}'")
     if written:
         lines.append(
-            f"            switch with --profile NAME or DBACCESS_PROFILE (tokens in {where})"
+            "            switch with --profile NAME or DBACCESS_PROFILE "
+            f"(tokens in {answer['where']})"
         )
     return lines + kept
 
@@ -550,7 +558,7 @@ def policy_explain(
     ] = Path("policy.yaml"),
 ) -> None:
     """Show what the policy decides for an identity, target and scope, and by which rule."""
-    from server.durations import format_duration, parse_duration
+    from common.durations import format_duration, parse_duration
     from server.policy import Identity, PolicyError, evaluate, load_policy
     from server.policy.evaluate import effective_groups
     from server.store.db import utcnow
@@ -657,8 +665,8 @@ def token_create(
     acts for in audit events and recordings; it can approve nothing, and its owner
     cannot approve its requests.
     """
+    from common.durations import parse_duration
     from server.audit import chain
-    from server.durations import parse_duration
 
     try:
         lifetime = parse_duration(ttl)

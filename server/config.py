@@ -44,9 +44,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
-from server.addresses import is_loopback
+from common.durations import format_duration, parse_positive_duration
+from server.addresses import is_loopback, issuer_url
 from server.audit.archive import SSE_MODES, ArchiveConfig, check_bucket, check_endpoint
-from server.durations import format_duration, parse_positive_duration
 from server.errors import InvalidInput
 from server.gateway.analysis_limits import DEFAULT_CPU_BUDGET, DEFAULT_MAX_STATEMENT_SIZE
 from server.notify.webhooks import EVENTS, FORMATS, WebhookConfig, check_url
@@ -355,8 +355,6 @@ def _positive_duration(text: str, base: Path) -> timedelta:
 
 
 def _issuer(text: str, base: Path) -> str:
-    from server.identity import issuer_url
-
     return issuer_url(text)
 
 

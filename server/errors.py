@@ -9,9 +9,6 @@ reported as ``internal``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any
-
 
 class DbaccessError(Exception):
     """Base class: a message for humans, an optional hint, and the boundary mappings."""
@@ -100,17 +97,3 @@ class Unavailable(DbaccessError):
     kind = "unavailable"
     http_status = 503
     sqlstate = "08006"
-
-
-def validation_message(errors: Iterable[Mapping[str, Any]]) -> str:
-    """pydantic's validation errors as one line: ``since: Input should be ...; ttl: ...``.
-
-    The API answers a request it cannot validate with this as its message, and the
-    CLI reads an old broker's list of errors (FastAPI's ``detail``) the same way.
-    """
-    parts = []
-    for err in list(errors)[:3]:
-        where = ".".join(str(p) for p in err.get("loc") or () if p not in ("body", "query", "path"))
-        what = str(err.get("msg") or "invalid value")
-        parts.append(f"{where}: {what}" if where else what)
-    return "invalid request: " + "; ".join(parts) if parts else "invalid request"

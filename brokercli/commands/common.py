@@ -181,7 +181,7 @@ def parse_when(text: str | None, option: str, direction: Literal["ago", "ahead"]
     time the broker takes; an ISO time without an offset is this machine's local time."""
     from datetime import UTC, datetime
 
-    from server.durations import parse_time
+    from common.durations import parse_time
 
     if text is None:
         return None

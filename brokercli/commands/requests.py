@@ -59,7 +59,7 @@ def _client(server: str | None) -> BrokerClient:
 
 
 def parse_wait(text: str) -> float:
-    from server.durations import parse_duration
+    from common.durations import parse_duration
 
     try:
         return parse_duration(text).total_seconds()

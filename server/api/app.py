@@ -15,17 +15,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from common.durations import format_duration
+from common.validation import validation_message
 from server.api import auth_routes, recordings_routes, requests_routes
 from server.api.common import is_admin, may_audit, parse_ttl, parse_when
 from server.audit import chain
-from server.durations import format_duration
 from server.errors import (
     Conflict,
     DbaccessError,
     Forbidden,
     InvalidInput,
     NotFound,
-    validation_message,
 )
 from server.policy.evaluate import Identity, visible_targets
 from server.sessions.service import SessionService

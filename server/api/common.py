@@ -7,7 +7,7 @@ import them at their top without an import cycle.
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-from server.durations import parse_duration, parse_time
+from common.durations import parse_duration, parse_time
 from server.errors import InvalidInput
 from server.policy.evaluate import Identity
 

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from common.durations import format_duration
 from server.approvals.machine import (
     SYSTEM,
     Action,
@@ -41,7 +42,6 @@ from server.approvals.machine import (
 )
 from server.approvals.repo import RequestRepo
 from server.audit import chain
-from server.durations import format_duration
 from server.errors import (
     ApprovalRequired,
     Conflict,

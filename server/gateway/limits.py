@@ -23,10 +23,12 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from server.gateway.session import GatewayError
-from server.sessions.service import TargetCaps
+
+if TYPE_CHECKING:  # the caps are data here; the service that reads them does I/O
+    from server.sessions.service import TargetCaps
 
 CANCEL_RATE_PER_ADDRESS = 5.0
 CANCEL_BURST_PER_ADDRESS = 20.0

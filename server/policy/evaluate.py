@@ -39,7 +39,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from server.durations import format_duration
+from common.durations import format_duration
 from server.errors import DbaccessError, Forbidden, NotFound
 from server.policy.agents import agents_allowed, deny_reason
 from server.policy.model import ApprovalPolicy, Policy, ScopePolicy, TargetPolicy

@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
-from server.durations import format_duration, parse_duration
+from common.durations import format_duration, parse_duration
 from server.policy.model import SessionLimits
 
 AUTO = "auto"

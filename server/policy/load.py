@@ -28,8 +28,8 @@ from typing import TypeVar
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from server.durations import format_duration, parse_positive_duration
-from server.identity import issuer_url
+from common.durations import format_duration, parse_positive_duration
+from server.addresses import issuer_url
 from server.policy.agents import agent_default_limits
 from server.policy.limits import (
     LIMIT_KEYS,

@@ -41,12 +41,12 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
 
+from common.durations import format_duration
 from server.api.common import is_admin, may_audit
 from server.approvals.machine import Request as AccessRequest
 from server.approvals.machine import Status, may_review
 from server.audit import chain, recording
 from server.config import OidcConfig
-from server.durations import format_duration
 from server.errors import DbaccessError, NotAuthenticated, NotFound
 from server.identity.oidc import Verifier, person_from_claims
 from server.policy.evaluate import Identity

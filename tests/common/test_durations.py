@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from server.durations import format_duration, parse_duration, parse_time
+from common.durations import format_duration, parse_duration, parse_time
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
 /* dbaccess web inbox: the only script, loaded from the broker itself (no inline
    script anywhere; the Content-Security-Policy allows none).
-   - #inbox[data-src] is refreshed in place every data-interval ms: the server
+   - #inbox[data-src] is refreshed in place every data-interval ms while the
+     tab is visible: the server
      renders the rows, marked by the X-Dbaccess-Fragment header; any other
      answer (a login page after the session ended) reloads the page instead.
    - a[data-autofollow] is followed at once (the page after login).
@@ -15,7 +16,7 @@
     var last = null;
     var busy = false;
     var poll = function () {
-      if (busy) { return; }
+      if (busy || document.visibilityState === "hidden") { return; }
       busy = true;
       fetch(box.dataset.src, { credentials: "same-origin", cache: "no-store" })
         .then(function (response) {

@@ -411,3 +411,50 @@ def test_relative_links_lead_somewhere(page: str) -> None:
         assert target.exists(), f"{page}: {link} leads nowhere"
         if anchor and target.suffix == ".md":
             assert anchor in _anchors(target), f"{page}: no heading for #{anchor} in {target.name}"
+
+
+ARCHITECTURE = DOCS / "architecture.md"
+# File names a description of the module map mentions (``common.py``, ``sql/``).
+_MAP_NAME = re.compile(r"(?<![\w./-])([A-Za-z_][\w-]*(?:\.(?:py|c|sh|sql|yaml)|/))(?![\w/])")
+
+
+def _module_map() -> list[Path]:
+    """Every path the module map of docs/architecture.md names: each line's entry,
+    under the entry its indentation puts it in, and the files its description
+    mentions, inside the entry when that is a folder, beside it otherwise."""
+    block = ARCHITECTURE.read_text().split("## Module map", 1)[1].split("```", 2)[1]
+    named: list[Path] = []
+    parents: list[tuple[int, Path]] = []
+    for line in block.splitlines():
+        if not line.strip():
+            continue
+        depth = len(line) - len(line.lstrip(" "))
+        entry, _, description = line.strip().partition(" ")
+        while parents and parents[-1][0] >= depth:
+            parents.pop()
+        path = (parents[-1][1] if parents else ROOT) / entry
+        named.append(path)
+        if entry.endswith("/"):
+            parents.append((depth, path))
+        here = path if entry.endswith("/") else path.parent
+        named += [here / name for name in _MAP_NAME.findall(description)]
+    return named
+
+
+def test_every_module_the_map_names_exists() -> None:
+    named = _module_map()
+    assert len(named) > 80
+    missing = [str(p.relative_to(ROOT)) for p in named if not p.exists()]
+    assert not missing, f"docs/architecture.md names what the tree does not have: {missing}"
+
+
+def test_the_map_names_every_package() -> None:
+    named = {p.resolve() for p in _module_map()}
+    packages = [
+        init.parent
+        for top in ("brokercli", "common", "server")
+        for init in sorted((ROOT / top).rglob("__init__.py"))
+        if "migrations" not in init.parts
+    ]
+    unnamed = [str(p.relative_to(ROOT)) for p in packages if p.resolve() not in named]
+    assert not unnamed, f"docs/architecture.md's module map leaves out {unnamed}"

@@ -6,7 +6,9 @@ at a time: splits it into fields by the format's rules (delimiter, NULL string,
 backslash escapes for text; quotes and ESCAPE for CSV), masks the values of the
 plan's masked columns (``rules.mask_value``) and writes the row back in the same
 format.  A binary COPY of masked columns cannot be masked and is refused
-(``CopyMasker.blocked``), as is a COPY whose plan blocks a column.
+(``CopyMasker.blocked``), as is a COPY whose plan blocks a column.  The relay
+does not use it: it refuses COPY out of a table with masked columns
+(``masking_relay``), since a COPY's rows carry no column origins.
 """
 
 from __future__ import annotations

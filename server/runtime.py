@@ -194,7 +194,7 @@ class Runtime:
         )
         auth = AuthSettings(oidc=self.opts.oidc, workload_token_ttl=self.opts.workload_token_ttl)
         app = create_app(self.service, info, auth)
-        from server.ui.web import UiSettings
+        from server.ui.web import UI_SESSION_TTL, UiSettings
         from server.ui.web import register as register_ui
 
         register_ui(
@@ -204,6 +204,7 @@ class Runtime:
                 oidc=self.opts.oidc,
                 dev_logins=self.opts.ui_dev_logins,
                 public_url=self.opts.public_api_url,
+                session_ttl=self.opts.oidc.token_ttl if self.opts.oidc else UI_SESSION_TTL,
             ),
         )
         if self.slack is not None:

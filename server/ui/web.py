@@ -59,6 +59,8 @@ from server.ui.login import LOGIN_TTL_SECONDS, OidcLogin, PendingLogin
 
 MAX_FORM_BYTES = 64 * 1024
 INBOX_LIMIT = 1000
+# A web session without an identity provider's token_ttl (the dev mode's).
+UI_SESSION_TTL = timedelta(hours=8)
 WEB_TOKEN_KIND = "web"  # noqa: S105 (a kind of token, not one)
 _STATIC = {"ui.js": "text/javascript", "ui.css": "text/css"}
 
@@ -75,7 +77,7 @@ class UiSettings:
     oidc: OidcConfig | None = None
     dev_logins: tuple[tuple[str, tuple[str, ...]], ...] = ()
     public_url: str | None = None
-    session_ttl: timedelta = timedelta(hours=8)
+    session_ttl: timedelta = UI_SESSION_TTL
     poll_seconds: float = 2.0
     verifier: Verifier | None = None
 
@@ -277,6 +279,7 @@ class WebInbox:
             "progress": f"{len(r.approvals)} of {r.rule.min_approvals}",
             "statement_html": highlight(r.statement) if r.statement is not None else None,
             "analysis": self.analysis(r),
+            "filter_columns": self.filter_columns(r),
             "grants": self.grants(r),
             "can_decide": can_decide,
             "is_requester": r.requester == who.name,
@@ -308,6 +311,18 @@ class WebInbox:
                 }
             )
         return rows
+
+    @staticmethod
+    def filter_columns(r: AccessRequest) -> str | None:
+        """The columns that decide which rows the statements touch (WHERE, JOIN, ...)."""
+        if r.statement is None:
+            return None
+        from server.gateway.sqlcheck import predicate_columns
+
+        found = predicate_columns(r.statement)
+        if found is None:
+            return "not known (the analysis could not read them)"
+        return ", ".join(sorted(found)) or "none"
 
     # -- admins and auditors ---------------------------------------------------------
     def sessions(self) -> list[dict[str, Any]]:

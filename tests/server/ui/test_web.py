@@ -229,6 +229,7 @@ def test_reviewer_sees_the_exact_statement_its_hash_and_the_analysis(site: Site)
     assert statement_sha256(STATEMENT, ()) in page.text
     analysis = page.text.split('id="analysis"')[1].split("</table>")[0]
     assert "public.accounts" in analysis and "UPDATE" in analysis and "SELECT" in analysis
+    assert re.search(r'id="filter-columns">id<', page.text)
     assert 'id="approve-form"' in page.text and 'id="deny-form"' in page.text
 
 

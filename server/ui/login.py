@@ -16,6 +16,7 @@ by the shared :class:`~server.identity.oidc.Verifier`.
 
 from __future__ import annotations
 
+import hmac
 import json
 import secrets
 from dataclasses import dataclass
@@ -94,8 +95,6 @@ class OidcLogin:
         self, pending: PendingLogin | None, state: str | None, code: str | None, redirect_uri: str
     ) -> VerifiedToken:
         """The verified ID token for the code the provider sent back; NotAuthenticated if not."""
-        import hmac
-
         import httpx
 
         if pending is None:
@@ -121,9 +120,10 @@ class OidcLogin:
             reply = httpx.post(_endpoint(doc, "token_endpoint"), data=form, timeout=10)
         except httpx.HTTPError as exc:
             raise Unavailable(f"the identity provider's token endpoint: {exc}") from None
-        body = reply.json() if reply.headers.get("content-type", "").startswith(
-            "application/json"
-        ) else {}  # fmt: skip
+        try:
+            body = reply.json()
+        except ValueError:  # not JSON: an error page of some proxy
+            body = {}
         token = body.get("id_token") if isinstance(body, dict) else None
         if reply.status_code != 200 or not isinstance(token, str):
             error = body.get("error", f"HTTP {reply.status_code}") if isinstance(body, dict) else ""

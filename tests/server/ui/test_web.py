@@ -143,6 +143,30 @@ FORMS = [
 ]
 
 
+# Reachable without a session on purpose: logging in, and the script and style sheet.
+PUBLIC = {
+    "/ui",
+    "/ui/login",
+    "/ui/login/oidc",
+    "/ui/callback",
+    "/ui/login/dev",
+    "/ui/static/{name}",
+}
+
+
+def test_every_ui_route_is_in_one_of_the_lists_below(site: Site) -> None:
+    """A new page or form must be added to PAGES or FORMS (and so to the tests below)."""
+    placeholders = {"{request_id}": "{r}", "{session_id}": "s-000000000000"}
+    listed = {re.sub(r"r-0+", "{r}", p) for p in PAGES} | set(FORMS) | PUBLIC
+    for route in site.app.routes:
+        path = getattr(route, "path", "")
+        if not path.startswith("/ui"):
+            continue
+        for name, value in placeholders.items():
+            path = path.replace(name, value)
+        assert re.sub(r"s-0+", "s-000000000000", path) in listed, path
+
+
 @pytest.mark.parametrize("path", PAGES)
 def test_pages_without_a_session_redirect_to_login(site: Site, path: str) -> None:
     answer = site.client().get(path)

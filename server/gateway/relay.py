@@ -715,10 +715,28 @@ class Relay:
         end = len(wire)
         pos = 0
         metered = self._metered_types
+        hooks = self._server_hooks
         while pos < end:
             t, length = unpack(wire, pos)
             detour = self._detour
             cut = self._cut
+            if (
+                cut is None
+                and detour is None
+                and t not in hooks
+                and t != _READY
+                and t != 69
+                and t != 78
+                and (metered is None or not metered[t])
+                and t not in runs
+            ):
+                # Nobody looks at it (a RowDescription, a row of an unmasked result
+                # with no result limit), and it is not an error or notice that may
+                # need clipping: it goes on as it came.
+                stop = pos + 1 + length
+                out.append(wire[pos:stop])
+                pos = stop
+                continue
             if cut is None and detour is None and runs:
                 run = runs.get(t)
                 if run is not None and self._run_fits(wire, pos):

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from brokercli import completion, config, render
-from brokercli.commands import access, auth, info, replay, requests
+from brokercli.commands import access, auth, info, mcp, replay, requests
 from brokercli.commands.common import add_global_options
 from brokercli.errors import CliError
 from brokercli.exit_codes import ExitCode, epilog
@@ -72,6 +72,7 @@ app.command("requests")(requests.requests)
 app.command("approve")(requests.approve)
 app.command("deny")(requests.deny)
 app.command("cancel")(requests.cancel)
+app.command("mcp")(mcp.mcp)
 app.add_typer(info.audit_app, name="audit")
 add_global_options(app)
 

@@ -23,20 +23,21 @@ SERVICE = "dbaccess"
 log = logging.getLogger(__name__)
 
 
-def _file() -> Path:
+def file_path() -> Path:
+    """The 0600 file that holds tokens where no keyring exists."""
     return config_dir() / "tokens.json"
 
 
 def _read_file() -> dict[str, str]:
     try:
-        data = json.loads(_file().read_text())
+        data = json.loads(file_path().read_text())
     except (FileNotFoundError, ValueError):
         return {}
     return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
 
 def _write_file(data: dict[str, str]) -> None:
-    path = _file()
+    path = file_path()
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
@@ -99,7 +100,7 @@ def save(server: str, token: str, profile: str | None = None) -> str:
     data = _read_file()
     data[server] = token
     _write_file(data)
-    return str(_file())
+    return str(file_path())
 
 
 def delete(server: str, profile: str | None = None) -> None:

@@ -9,4 +9,7 @@ nothing outside the standard library:
                   and config files, CLI options and API parameters alike.
 * ``validation``  the one-line form of a request the API could not validate, which
                   the API answers with and the CLI reads from an older broker.
+* ``mcp``         the agents' MCP tools, which ``dbaccess mcp`` serves over stdio and
+                  the broker over HTTP: the one exception to the standard library
+                  only, it uses the MCP SDK and psycopg (which the CLI's exec uses too).
 """

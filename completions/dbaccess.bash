@@ -5,14 +5,14 @@
 
 __dbaccess_subcommands() {
     case "$1" in
-        '') printf '%s\n' login logout whoami targets connect run exec sessions kill replay request requests approve deny cancel audit ;;
+        '') printf '%s\n' login logout whoami targets connect run exec sessions kill replay request requests approve deny cancel mcp audit ;;
         'audit') printf '%s\n' verify ;;
     esac
 }
 
 __dbaccess_is_subcommand() {
     case "$1|$2" in
-        '|login'|'|logout'|'|whoami'|'|targets'|'|connect'|'|run'|'|exec'|'|sessions'|'|kill'|'|replay'|'|request'|'|requests'|'|approve'|'|deny'|'|cancel'|'|audit'|'audit|verify') return 0 ;;
+        '|login'|'|logout'|'|whoami'|'|targets'|'|connect'|'|run'|'|exec'|'|sessions'|'|kill'|'|replay'|'|request'|'|requests'|'|approve'|'|deny'|'|cancel'|'|mcp'|'|audit'|'audit|verify') return 0 ;;
     esac
     return 1
 }
@@ -35,6 +35,7 @@ __dbaccess_options() {
         'approve') printf '%s\n' -m --comment -y --yes --server --ca-file --profile -h --help ;;
         'deny') printf '%s\n' -r --reason --server --ca-file --profile -h --help ;;
         'cancel') printf '%s\n' -r --reason --server --ca-file --profile -h --help ;;
+        'mcp') printf '%s\n' --server --ca-file --profile -h --help ;;
         'audit') printf '%s\n' --identity --target --since --limit -o --output --server --ca-file --profile -h --help ;;
         'audit verify') printf '%s\n' --server --ca-file --profile -h --help ;;
     esac
@@ -124,6 +125,9 @@ __dbaccess_value_kind() {
         'cancel|--server') echo 'text' ;;
         'cancel|--ca-file') echo 'file' ;;
         'cancel|--profile') echo 'text' ;;
+        'mcp|--server') echo 'text' ;;
+        'mcp|--ca-file') echo 'file' ;;
+        'mcp|--profile') echo 'text' ;;
         'audit|--identity') echo 'text' ;;
         'audit|--target') echo 'dynamic' ;;
         'audit|--since') echo 'text' ;;

@@ -4,7 +4,7 @@
 
 function __dbaccess_is_subcommand --argument-names path word
     switch "$path|$word"
-        case '|login' '|logout' '|whoami' '|targets' '|connect' '|run' '|exec' '|sessions' '|kill' '|replay' '|request' '|requests' '|approve' '|deny' '|cancel' '|audit' 'audit|verify'
+        case '|login' '|logout' '|whoami' '|targets' '|connect' '|run' '|exec' '|sessions' '|kill' '|replay' '|request' '|requests' '|approve' '|deny' '|cancel' '|mcp' '|audit' 'audit|verify'
             return 0
     end
     return 1
@@ -12,7 +12,7 @@ end
 
 function __dbaccess_takes_value --argument-names path option
     switch "$path|$option"
-        case '|--ca-file' '|--profile' 'login|--server' 'login|--oidc-token-env' 'login|--audience' 'login|--ca-file' 'login|--profile' 'logout|--server' 'logout|--ca-file' 'logout|--profile' 'whoami|-o' 'whoami|--output' 'whoami|--server' 'whoami|--ca-file' 'whoami|--profile' 'targets|-o' 'targets|--output' 'targets|--server' 'targets|--ca-file' 'targets|--profile' 'connect|-s' 'connect|--scope' 'connect|--ttl' 'connect|-r' 'connect|--reason' 'connect|-p' 'connect|--port' 'connect|--format' 'connect|--server' 'connect|--wait-timeout' 'connect|--ca-file' 'connect|--profile' 'run|-s' 'run|--scope' 'run|--ttl' 'run|-r' 'run|--reason' 'run|-p' 'run|--port' 'run|--server' 'run|--wait-timeout' 'run|--ca-file' 'run|--profile' 'exec|-c' 'exec|--command' 'exec|-f' 'exec|--file' 'exec|-o' 'exec|--output' 'exec|-s' 'exec|--scope' 'exec|--ttl' 'exec|-r' 'exec|--reason' 'exec|--server' 'exec|--wait-timeout' 'exec|--ca-file' 'exec|--profile' 'sessions|--limit' 'sessions|-o' 'sessions|--output' 'sessions|--server' 'sessions|--ca-file' 'sessions|--profile' 'kill|--server' 'kill|--ca-file' 'kill|--profile' 'replay|-o' 'replay|--output' 'replay|--server' 'replay|--ca-file' 'replay|--profile' 'request|-s' 'request|--scope' 'request|-r' 'request|--reason' 'request|--ttl' 'request|--start-at' 'request|-o' 'request|--output' 'request|--server' 'request|--ca-file' 'request|--profile' 'requests|-o' 'requests|--output' 'requests|--server' 'requests|--ca-file' 'requests|--profile' 'approve|-m' 'approve|--comment' 'approve|--server' 'approve|--ca-file' 'approve|--profile' 'deny|-r' 'deny|--reason' 'deny|--server' 'deny|--ca-file' 'deny|--profile' 'cancel|-r' 'cancel|--reason' 'cancel|--server' 'cancel|--ca-file' 'cancel|--profile' 'audit|--identity' 'audit|--target' 'audit|--since' 'audit|--limit' 'audit|-o' 'audit|--output' 'audit|--server' 'audit|--ca-file' 'audit|--profile' 'audit verify|--server' 'audit verify|--ca-file' 'audit verify|--profile'
+        case '|--ca-file' '|--profile' 'login|--server' 'login|--oidc-token-env' 'login|--audience' 'login|--ca-file' 'login|--profile' 'logout|--server' 'logout|--ca-file' 'logout|--profile' 'whoami|-o' 'whoami|--output' 'whoami|--server' 'whoami|--ca-file' 'whoami|--profile' 'targets|-o' 'targets|--output' 'targets|--server' 'targets|--ca-file' 'targets|--profile' 'connect|-s' 'connect|--scope' 'connect|--ttl' 'connect|-r' 'connect|--reason' 'connect|-p' 'connect|--port' 'connect|--format' 'connect|--server' 'connect|--wait-timeout' 'connect|--ca-file' 'connect|--profile' 'run|-s' 'run|--scope' 'run|--ttl' 'run|-r' 'run|--reason' 'run|-p' 'run|--port' 'run|--server' 'run|--wait-timeout' 'run|--ca-file' 'run|--profile' 'exec|-c' 'exec|--command' 'exec|-f' 'exec|--file' 'exec|-o' 'exec|--output' 'exec|-s' 'exec|--scope' 'exec|--ttl' 'exec|-r' 'exec|--reason' 'exec|--server' 'exec|--wait-timeout' 'exec|--ca-file' 'exec|--profile' 'sessions|--limit' 'sessions|-o' 'sessions|--output' 'sessions|--server' 'sessions|--ca-file' 'sessions|--profile' 'kill|--server' 'kill|--ca-file' 'kill|--profile' 'replay|-o' 'replay|--output' 'replay|--server' 'replay|--ca-file' 'replay|--profile' 'request|-s' 'request|--scope' 'request|-r' 'request|--reason' 'request|--ttl' 'request|--start-at' 'request|-o' 'request|--output' 'request|--server' 'request|--ca-file' 'request|--profile' 'requests|-o' 'requests|--output' 'requests|--server' 'requests|--ca-file' 'requests|--profile' 'approve|-m' 'approve|--comment' 'approve|--server' 'approve|--ca-file' 'approve|--profile' 'deny|-r' 'deny|--reason' 'deny|--server' 'deny|--ca-file' 'deny|--profile' 'cancel|-r' 'cancel|--reason' 'cancel|--server' 'cancel|--ca-file' 'cancel|--profile' 'mcp|--server' 'mcp|--ca-file' 'mcp|--profile' 'audit|--identity' 'audit|--target' 'audit|--since' 'audit|--limit' 'audit|-o' 'audit|--output' 'audit|--server' 'audit|--ca-file' 'audit|--profile' 'audit verify|--server' 'audit verify|--ca-file' 'audit verify|--profile'
             return 0
     end
     return 1
@@ -76,6 +76,7 @@ complete -c dbaccess -n "__dbaccess_at ''" -a requests -d 'List access requests:
 complete -c dbaccess -n "__dbaccess_at ''" -a approve -d 'Approve someone\'s access request, after showing what it asks for'
 complete -c dbaccess -n "__dbaccess_at ''" -a deny -d 'Deny someone\'s access request (a reason is required)'
 complete -c dbaccess -n "__dbaccess_at ''" -a cancel -d 'Withdraw your access request or unused approval (admins: anyone\'s)'
+complete -c dbaccess -n "__dbaccess_at ''" -a mcp -d 'Serve the agents\' tools over MCP on stdin/stdout (for agent hosts to spawn)'
 complete -c dbaccess -n "__dbaccess_at ''" -a audit -d 'List audit events (admins and auditors), or verify the hash chain with \'audit verify\''
 complete -c dbaccess -n "__dbaccess_at ''" -l version -d 'Print the version of dbaccess and exit'
 complete -c dbaccess -n "__dbaccess_at ''" -l ca-file -r -F -d 'CA certificate (PEM) that signs the broker\'s and the gateway\'s TLS certificates, for a private CA (default: $DBACCESS_CA_FILE, else the profile\'s, else the system\'s)'
@@ -217,6 +218,11 @@ complete -c dbaccess -n "__dbaccess_at 'cancel'" -l ca-file -r -F -d 'CA certifi
 complete -c dbaccess -n "__dbaccess_at 'cancel'" -l profile -x -d 'Profile (broker and token) to act with, e.g. reviewer (default: $DBACCESS_PROFILE, else profile.json)'
 complete -c dbaccess -n "__dbaccess_at 'cancel'" -s h -l help -d 'Show this message and exit'
 complete -c dbaccess -n "__dbaccess_at 'cancel'" -a '(__dbaccess_dynamic)'
+
+complete -c dbaccess -n "__dbaccess_at 'mcp'" -l server -x -d 'Broker URL (default: from the profile)'
+complete -c dbaccess -n "__dbaccess_at 'mcp'" -l ca-file -r -F -d 'CA certificate (PEM) that signs the broker\'s and the gateway\'s TLS certificates, for a private CA (default: $DBACCESS_CA_FILE, else the profile\'s, else the system\'s)'
+complete -c dbaccess -n "__dbaccess_at 'mcp'" -l profile -x -d 'Profile (broker and token) to act with, e.g. reviewer (default: $DBACCESS_PROFILE, else profile.json)'
+complete -c dbaccess -n "__dbaccess_at 'mcp'" -s h -l help -d 'Show this message and exit'
 
 complete -c dbaccess -n "__dbaccess_at 'audit'" -a verify -d 'Check the hash chain and the session recordings'
 complete -c dbaccess -n "__dbaccess_at 'audit'" -l identity -x -d 'Only events of this identity'

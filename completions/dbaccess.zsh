@@ -54,6 +54,14 @@ _dbaccess__audit() {
   return ret
 }
 
+_dbaccess__mcp() {
+  _arguments -s -S \
+    '(--server)'--server'[Broker URL (default\: from the profile)]:server: ' \
+    '(--ca-file)'--ca-file'[CA certificate (PEM) that signs the broker'\''s and the gateway'\''s TLS certificates, for a private CA (default\: $DBACCESS_CA_FILE, else the profile'\''s, else the system'\''s)]:ca-file:_files' \
+    '(--profile)'--profile'[Profile (broker and token) to act with, e.g. reviewer (default\: $DBACCESS_PROFILE, else profile.json)]:profile: ' \
+    '(- *)'{-h,--help}'[Show this message and exit]'
+}
+
 _dbaccess__cancel() {
   _arguments -s -S \
     '(-r --reason)'{-r,--reason}'[Why, for the audit log]:reason: ' \
@@ -265,6 +273,7 @@ _dbaccess() {
         'approve:Approve someone'\''s access request, after showing what it asks for'
         'deny:Deny someone'\''s access request (a reason is required)'
         'cancel:Withdraw your access request or unused approval (admins: anyone'\''s)'
+        'mcp:Serve the agents'\'' tools over MCP on stdin/stdout (for agent hosts to spawn)'
         'audit:List audit events (admins and auditors), or verify the hash chain with '\''audit verify'\'''
       )
       _describe -t commands 'dbaccess command' commands && ret=0
@@ -287,6 +296,7 @@ _dbaccess() {
         approve) _dbaccess__approve && ret=0 ;;
         deny) _dbaccess__deny && ret=0 ;;
         cancel) _dbaccess__cancel && ret=0 ;;
+        mcp) _dbaccess__mcp && ret=0 ;;
         audit) _dbaccess__audit && ret=0 ;;
       esac
       ;;

@@ -10,4 +10,5 @@ pytest_plugins = [
     "tests.fix_store",
     "tests.fix_s3",
     "tests.fix_slack",
+    "tests.fix_mcp",
 ]

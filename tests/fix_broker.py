@@ -93,8 +93,10 @@ class Broker:
         assert self.proc is not None and self.proc.poll() is None
         self.proc.send_signal(signal.SIGHUP)
 
-    def token(self, identity: str, *groups: str) -> str:
-        """A broker API token for ``identity`` in ``groups`` (from the broker's own store)."""
+    def token(self, identity: str, *groups: str, owner: str | None = None) -> str:
+        """A broker API token for ``identity`` in ``groups`` (from the broker's own store);
+        with ``owner``, an ``agent`` token of an agent acting for ``owner``."""
+        agent = ["--kind", "agent", "--owner", owner] if owner else []
         res = subprocess.run(
             [
                 str(BIN / "dbaccess-server"),
@@ -108,6 +110,7 @@ class Broker:
                 ",".join(groups),
                 "--ttl",
                 "1d",
+                *agent,
             ],
             capture_output=True,
             text=True,

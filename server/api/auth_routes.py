@@ -241,6 +241,7 @@ def register(app: FastAPI, service: SessionService, settings: AuthSettings | Non
             "identity": rec.identity,
             "groups": sorted(rec.groups),
             "kind": rec.kind,
+            "owner": rec.owner,
             "token_id": rec.id,
             "expires_at": rec.expires_at.isoformat() if rec.expires_at else None,
         }

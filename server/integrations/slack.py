@@ -391,6 +391,11 @@ class SlackApp:
         if act.request_id is None:
             return Reply(400, {"error": "the interaction names no request"})
         if act.kind == "deny":
+            try:  # no form for someone who may not decide it anyway
+                self.approvals.get(act.request_id, identity)
+            except DbaccessError as exc:
+                self._ephemeral(act, _refusal_text(exc, identity, act.request_id))
+                return Reply(200)
             self._open_deny(act)
             return Reply(200)
         try:

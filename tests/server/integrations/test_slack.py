@@ -260,9 +260,10 @@ def test_mapped_identity_that_may_not_review_is_told_so(world: World) -> None:
         "profile": {"email": "oscar@example.com"},
     }
     world.click("U0OSCAR", APPROVE, rid)
-    assert world.ephemerals("U0OSCAR") == [
-        f"You are not a reviewer here: oscar@example.com may not decide request {rid}."
-    ]
+    world.click("U0OSCAR", DENY, rid)
+    told = f"You are not a reviewer here: oscar@example.com may not decide request {rid}."
+    assert world.ephemerals("U0OSCAR") == [told, told]
+    assert world.stand_in.calls("views.open") == []
     assert world.status(rid) is Status.PENDING
 
 

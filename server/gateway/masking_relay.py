@@ -188,6 +188,9 @@ SQLSTATE = "42501"
 _LINEAGE_AHEAD_KEPT = 8
 # Masking decisions kept per connection (by shape, see pre_execution_check).
 _DECISIONS_KEPT = 512
+# Result plans kept per connection (MaskingHooks._plan), and the longest text kept as a key.
+_PLANS_KEPT = 256
+_PLAN_KEY_TEXT = 16_384
 BLOCK_HINT = "select the column itself or ask for review"
 DETECTOR_HINT = "leave the column out of the result, or ask for review"
 COPY_DETECTOR_HINT = "select the columns instead: a COPY row cannot be masked in place"
@@ -328,6 +331,9 @@ class MaskingHooks:
         # process (``_read_lineage_ahead``), for the catalog snapshot it used.
         self._lineage_ahead: dict[str, tuple[CatalogSnapshot, Lineage | None]] = {}
         self.portals: dict[str, _Portal] = {}
+        # Plans of results already seen (``_plan``), for the snapshot they were made with.
+        self._plans: dict[tuple[bytes, object, int], MaskPlan] = {}
+        self._plans_of: CatalogSnapshot | None = None
         self.dropping = False
         self._refreshed = float("-inf")
         self._queries = 0
@@ -556,7 +562,7 @@ class MaskingHooks:
         assert isinstance(msg, RowDescription)
         if head is None or head.kind not in ("Q", "DS", "DP"):
             return self._block(head, "a result whose statement the gateway cannot tell")
-        plan = self._plan(msg, head)
+        plan = self._plan(msg, head, raw.body)
         if head.kind != "Q":
             self.pending.popleft()
         if plan.blocked is not None:
@@ -857,20 +863,49 @@ class MaskingHooks:
         return found.group(1) in missing
 
     # -- deciding -----------------------------------------------------------------------
-    def _plan(self, msg: RowDescription, item: _Item) -> MaskPlan:
+    def _plan(self, msg: RowDescription, item: _Item, body: bytes) -> MaskPlan:
+        """The plan of a result, kept per connection by what decides it: the
+        RowDescription's bytes, the statement (its literal-insensitive shape,
+        or its exact text where the plan read the text's lineage, since a
+        number can choose a column: ``(array[a, b])[1]``), which statement of
+        the Query is running, and the catalog snapshot."""
         snapshot = self.catalog.current if self.catalog is not None else None
+        if snapshot is not self._plans_of:
+            self._plans.clear()
+            self._plans_of = snapshot
+        analysis = item.analysis
+        done = item.done if item.kind == "Q" else -1
+        shape = analysis.shape if analysis is not None else None
+        if item.sql is not None:
+            for key in ((body, shape, done), (body, item.sql, done)):
+                if key[1] is not None:
+                    known = self._plans.get(key)
+                    if known is not None:
+                        return known
 
         def origin(oid: int, attnum: int) -> ColumnRef | None:
             return snapshot.origin(oid, attnum) if snapshot is not None else None
 
-        return plan_for_row_description(
+        read_text = [False]
+
+        def lineage() -> dict[int, list[ColumnRef]] | None:
+            read_text[0] = True
+            return self._lineage(item, len(msg.fields))
+
+        plan = plan_for_row_description(
             msg.fields,
             origin,
             self.rules,
-            lambda: self._lineage(item, len(msg.fields)),
+            lineage,
             # In a Query, the statement running now (the one after those completed).
             touched=lambda: self._touched(item, item.done if item.kind == "Q" else None),
         )
+        if item.sql is not None and len(item.sql) <= _PLAN_KEY_TEXT:
+            which = item.sql if read_text[0] or shape is None else shape
+            if len(self._plans) >= _PLANS_KEPT:
+                self._plans.clear()
+            self._plans[(body, which, done)] = plan
+        return plan
 
     def _lineage(self, item: _Item, width: int) -> dict[int, list[ColumnRef]] | None:
         """The catalog columns each result column of the item's statement is

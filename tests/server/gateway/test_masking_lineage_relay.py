@@ -165,3 +165,36 @@ def test_each_result_of_a_query_of_several_follows_its_own_statement() -> None:
     )
     assert _types(out) == "TDCSTDCZ"
     assert SECRET not in out and b"OSLO" in out and b"***" in out
+
+
+# Reads whose numbers could choose which column a result column comes from, or
+# which statement of a Query is running: a plan kept for one text must be the
+# plan a fresh connection makes for another of the same shape.
+_SHAPED = [
+    "select (array[email, city])[{0}] from customers",
+    "select case when id > {0} then email else city end from customers",
+    "select coalesce(nullif(city, '{0}'), email) from customers where id = {1}",
+    "select substr(email, {0}, {1}) from customers",
+    "select city from customers where id = {0}; select (array[city, email])[{1}] from customers",
+    "select {0} + id, city from customers limit {1}",
+]
+
+
+@pytest.mark.parametrize("template", _SHAPED)
+@pytest.mark.parametrize(("warm", "then"), [((1, 2), (2, 1)), ((2, 1), (1, 2)), ((1, 1), (2, 2))])
+def test_a_kept_result_plan_is_the_plan_a_fresh_connection_makes(
+    template: str, warm: tuple[int, int], then: tuple[int, int]
+) -> None:
+    def answer(relay: Relay, sql: str) -> bytes:
+        relay.from_client(Query(sql).encode())
+        statements = sql.count(";") + 1
+        lead = pgwire.encode_raw(ord("C"), b"SELECT 1\0") * (statements - 1)
+        width = 2 if "limit" in sql else 1
+        out, _ = relay.from_server(lead + _computed(width) + _row(*[SECRET] * width) + _end())
+        # The report of masked columns names the Query by its number on the connection.
+        return b"".join(f.wire for f in pgwire.split_frames(out)[0] if f.type != ord("S"))
+
+    kept = _relay()
+    answer(kept, template.format(*warm))
+    sql = template.format(*then)
+    assert answer(kept, sql) == answer(_relay(), sql)

@@ -9,6 +9,38 @@ cached by its *shape* instead, its text with the numeric literals taken out, so
 analysis that stopped at its CPU budget or whose worker failed may be fine the
 next time.
 
+Deciding from the shape.  An analysis read from a shape carries it
+(``Analysis.shape``, with the options it was read under), and what is decided
+from the analysis alone is kept by that key, so the texts of one shape are
+decided once: the guard's guardrail and pinned-limit decisions
+(``statements.StatementGuard._guardrails``), masking's check before execution
+for statements that read no masked columns
+(``masking_relay.pre_execution_check``) and the masking plan of a result
+(``MaskingHooks._plan``).  Where a literal decides meaning, the text stays
+exact, because only plain decimal numbers are ever taken out of a shape:
+
+* setting names and values (``SET``, ``set_config('x', ...)``), functions
+  that take SQL or object names as text (``query_to_xml('...')``,
+  ``pg_read_file('...')``), ``'...'::regclass``-style casts, COPY and its
+  options: strings stay verbatim, and only single plain reads are shaped
+  (no settings, features, COPY, nested or prepared statements);
+* writes: their WHERE folds constants (``WHERE 2 < 1`` restricts every row
+  away), so they are never shaped; in a read, equal and different numbers stay
+  apart (``1 < 2`` is not ``7 < 7``);
+* ``ORDER BY 2`` names a column by its position: masking's check reads the text
+  of every statement that reads masked columns (inference, computed uses) and
+  keeps no decision by shape for it; a result plan that read the text's
+  lineage is kept by the exact text;
+* anything the simple lexer could read differently from PostgreSQL
+  (backslashes, dollar quoting, block comments, ``U&``) has no shape.
+
+``tests/server/gateway/test_statements_shapes.py`` holds the cached path to a
+fresh, exact analysis as an attack, for the analysis tables and for generated
+reads with numbers where a value could matter (constants compared, ordinals,
+function arguments, casts to OID types, LIMIT, advisory locks), in plain and
+masked sessions; ``test_sqlcheck.py`` and ``test_masking_lineage_relay.py`` do
+the same for the analysis itself and for result plans.
+
 :func:`analysis_cached` and :func:`remember` are the two halves of
 :func:`analyze` for callers that run :func:`analyze_uncached` elsewhere (the
 analysis worker processes); :func:`cache_clear` empties both caches.

@@ -90,6 +90,11 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _reachable(host: str) -> str:
+    """A host to connect to for a listener bound to ``host`` (any address: loopback)."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)  # noqa: S104
+
+
 class Runtime:
     def __init__(self, opts: RuntimeOptions) -> None:
         self.opts = opts
@@ -211,6 +216,20 @@ class Runtime:
             from server.integrations.slack import register as register_slack
 
             register_slack(app, self.slack)
+        from server.mcp.http import LocalGateway
+        from server.mcp.http import register as register_mcp
+
+        agent_tools = register_mcp(
+            app,
+            self.service,
+            LocalGateway(
+                host=_reachable(self.gateway.host),
+                port=self.gateway.port,
+                tls=self.opts.tls is not None,
+                ca_file=str(self.opts.tls.ca) if self.opts.tls and self.opts.tls.ca else None,
+            ),
+        )
+        await agent_tools.start()
 
         class _Server(uvicorn.Server):
             @contextlib.contextmanager
@@ -276,6 +295,7 @@ class Runtime:
             chain.append(self.store, "broker.stopped", data={})
             if self.archiver is not None:
                 await loop.run_in_executor(None, self.archiver.stop)
+            await agent_tools.stop()
             api.should_exit = True
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(api_task, 10)

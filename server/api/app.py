@@ -15,10 +15,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from common.durations import format_duration
 from common.validation import validation_message
 from server.api import auth_routes, recordings_routes, requests_routes
-from server.api.common import is_admin, may_audit, parse_ttl, parse_when
+from server.api.common import is_admin, may_audit, parse_ttl, parse_when, target_listing
 from server.audit import chain
 from server.errors import (
     Conflict,
@@ -27,7 +26,7 @@ from server.errors import (
     InvalidInput,
     NotFound,
 )
-from server.policy.evaluate import Identity, visible_targets
+from server.policy.evaluate import Identity
 from server.sessions.service import SessionService
 
 
@@ -85,26 +84,7 @@ def create_app(
 
     @app.get("/v1/targets")
     def targets(who: Caller) -> list[dict[str, Any]]:
-        return [
-            {
-                "name": target.name,
-                "description": target.description,
-                "database": target.database,
-                "scopes": [
-                    {
-                        "name": s.name,
-                        "default_ttl": format_duration(s.default_ttl),
-                        "max_ttl": format_duration(s.max_ttl),
-                        "grants": list(s.grants),
-                        "approval": s.approval.required,
-                        "reason_required": s.reason_required,
-                        "break_glass": s.break_glass,
-                    }
-                    for s in scopes
-                ],
-            }
-            for target, scopes in visible_targets(service.policy, who)
-        ]
+        return target_listing(service.policy, who)
 
     @app.post("/v1/sessions", status_code=201)
     def start_session(body: SessionRequest, who: Caller) -> dict[str, Any]:

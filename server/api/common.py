@@ -1,15 +1,17 @@
-"""Small pieces every route module shares: the privileged groups, TTL and time parsing.
+"""Small pieces every route module shares: the privileged groups, TTL and time parsing,
+the listing of targets (the API's and the agents' tools').
 
 Kept apart from :mod:`server.api.app` so that the route modules it registers can
 import them at their top without an import cycle.
 """
 
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
-from common.durations import parse_duration, parse_time
+from common.durations import format_duration, parse_duration, parse_time
 from server.errors import InvalidInput
-from server.policy.evaluate import Identity
+from server.policy.evaluate import Identity, visible_targets
+from server.policy.model import Policy
 
 ADMIN_GROUP = "admin"
 AUDITOR_GROUP = "auditor"
@@ -46,3 +48,27 @@ def parse_when(
         return parse_time(text, datetime.now(UTC), direction=direction, naive=UTC)
     except ValueError as exc:
         raise InvalidInput(f"{what}: {exc}") from None
+
+
+def target_listing(policy: Policy, who: Identity) -> list[dict[str, Any]]:
+    """The targets and scopes ``who`` may use, as ``GET /v1/targets`` shows them."""
+    return [
+        {
+            "name": target.name,
+            "description": target.description,
+            "database": target.database,
+            "scopes": [
+                {
+                    "name": s.name,
+                    "default_ttl": format_duration(s.default_ttl),
+                    "max_ttl": format_duration(s.max_ttl),
+                    "grants": list(s.grants),
+                    "approval": s.approval.required,
+                    "reason_required": s.reason_required,
+                    "break_glass": s.break_glass,
+                }
+                for s in scopes
+            ],
+        }
+        for target, scopes in visible_targets(policy, who)
+    ]

@@ -19,7 +19,9 @@ from fastapi import Depends, FastAPI
 from pydantic import BaseModel, Field
 
 from server.api.common import is_admin, parse_ttl, parse_when
+from server.approvals.machine import Request
 from server.approvals.service import request_json
+from server.errors import Forbidden
 from server.policy.evaluate import Identity
 from server.sessions.service import SessionService
 
@@ -48,6 +50,53 @@ def _flag(value: str | None) -> bool:
     return value is not None and value.strip().lower() not in ("0", "false", "no", "off")
 
 
+def open_review(
+    service: SessionService,
+    who: Identity,
+    target_name: str,
+    scope_name: str | None,
+    reason: str | None,
+    statement: str,
+) -> tuple[Request, bool]:
+    """Open (or find the pending) review of exactly ``statement`` for ``who``.
+
+    An agent's review of a statement its guardrails block (DDL, by default) is
+    refused at once, naming the rule: no approval could ever let it run."""
+    from server.gateway.guardrails import Outcome, decide, statement_sha256
+    from server.gateway.rules import agent_rules, target_rules
+    from server.gateway.sqlcheck import analyze
+    from server.gateway.statements import review_rule
+    from server.policy.evaluate import evaluate, refusal
+
+    target = service.target(target_name)
+    decision = evaluate(
+        service.policy, who, target_name, scope_name, None, datetime.now(UTC), reason=reason
+    )
+    if decision.scope is None or (not decision.allowed and decision.approval is None):
+        raise refusal(decision)
+    scope = target.scopes[decision.scope]
+    if who.agent:
+        rules = agent_rules(target_rules(target, scope.name), scope)
+        judged = decide(analyze(statement), rules)
+        if judged.outcome is Outcome.BLOCK:
+            raise Forbidden(
+                f"{judged.message or 'the statement is refused'} ({judged.rule})",
+                hint=judged.hint or None,
+            )
+    return service.approvals.request_statement(
+        requester=who.name,
+        groups=who.groups,
+        target=target_name,
+        scope=decision.scope,
+        reason=reason,
+        statement=statement,
+        sha256=statement_sha256(statement, ()),
+        rule=review_rule(scope),
+        ttl=scope.default_ttl,
+        guardrail="review.requested",
+    )
+
+
 def register(app: FastAPI, service: SessionService, caller: Callable[..., Identity]) -> None:
     """Add the request routes to ``app``; ``caller`` is the app's authentication dependency."""
     Caller = Annotated[Identity, Depends(caller)]
@@ -66,29 +115,8 @@ def register(app: FastAPI, service: SessionService, caller: Callable[..., Identi
     def create_review(body: NewReview, who: Caller) -> dict[str, Any]:
         """A statement review asked for ahead of time (a CI script): approved, the
         exact text runs once in a session of the same identity, target and scope."""
-        from server.gateway.guardrails import statement_sha256
-        from server.gateway.statements import review_rule
-        from server.policy.evaluate import evaluate, refusal
-
-        target = service.target(body.target)
-        decision = evaluate(
-            service.policy, who, body.target, body.scope, None, datetime.now(UTC),
-            reason=body.reason,
-        )  # fmt: skip
-        if decision.scope is None or (not decision.allowed and decision.approval is None):
-            raise refusal(decision)
-        scope = target.scopes[decision.scope]
-        request, created = approvals.request_statement(
-            requester=who.name,
-            groups=who.groups,
-            target=body.target,
-            scope=decision.scope,
-            reason=body.reason,
-            statement=body.statement,
-            sha256=statement_sha256(body.statement, ()),
-            rule=review_rule(scope),
-            ttl=scope.default_ttl,
-            guardrail="review.requested",
+        request, created = open_review(
+            service, who, body.target, body.scope, body.reason, body.statement
         )
         return {"request": request_json(request), "created": created}
 

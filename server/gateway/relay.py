@@ -82,7 +82,6 @@ from typing import Final, NoReturn, Protocol
 
 from server.gateway import pgwire
 from server.gateway.pgwire import ProtocolViolation, RawMessage
-from server.gateway.pgwire.framing import AUTH_MESSAGE_LIMIT, SMALL_MESSAGE_LIMIT
 from server.gateway.session import KNOWN_FRONTEND, GatewayError
 
 Hook = Callable[[RawMessage, "Relay"], bytes | None]
@@ -136,8 +135,6 @@ _ROW_TYPES: Final = frozenset(b"Dd")
 # broker keep one per connection.
 MAX_CLIENT_MESSAGE: Final = 64 * 1024 * 1024
 MAX_SERVER_MESSAGE: Final = pgwire.DEFAULT_MAX_MESSAGE_SIZE
-# PostgreSQL reads these frontend types with PQ_SMALL_MESSAGE_LIMIT.
-_SMALL_CLIENT_TYPES: Final = b"CDEHSXcf"
 
 # What each frontend type means for the in-flight state.
 _UNKNOWN, _SYNCING, _EXTENDED, _OTHER, _TERMINATE, _FLUSH = range(6)
@@ -145,20 +142,16 @@ _UNKNOWN, _SYNCING, _EXTENDED, _OTHER, _TERMINATE, _FLUSH = range(6)
 
 def _client_tables() -> tuple[bytes, list[int]]:
     kinds = bytearray(256)
-    limits = [0] * 256
     for t in KNOWN_FRONTEND:
         kinds[t] = _OTHER
-        limits[t] = MAX_CLIENT_MESSAGE
     for t in b"QSF":
         kinds[t] = _SYNCING
     for t in b"PBEDC":
         kinds[t] = _EXTENDED  # each answered on its own (ParseComplete, ...)
     kinds[ord("H")] = _FLUSH
     kinds[ord("X")] = _TERMINATE
-    for t in _SMALL_CLIENT_TYPES:
-        limits[t] = SMALL_MESSAGE_LIMIT
-    limits[ord("p")] = AUTH_MESSAGE_LIMIT
-    return bytes(kinds), limits
+    # pgwire's limits by type; a byte that is no frontend type is refused first.
+    return bytes(kinds), pgwire.frontend_limits(MAX_CLIENT_MESSAGE, unknown=0)
 
 
 _CLIENT_KIND, _CLIENT_LIMIT = _client_tables()

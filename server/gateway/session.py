@@ -62,8 +62,8 @@ GSSENC_REQUEST = pgwire.GSSENC_REQUEST_CODE
 CANCEL_REQUEST = pgwire.CANCEL_REQUEST_CODE
 PROTOCOL_3_0 = pgwire.PROTOCOL_3_0
 
-# Frontend message types of protocol 3.0 after startup.
-KNOWN_FRONTEND = frozenset(b"BCdcfDEHFPpQSX")
+# Frontend message types of protocol 3.0 after startup (pgwire's table).
+KNOWN_FRONTEND = pgwire.FRONTEND_TYPES
 
 
 class GatewayError(Exception):

@@ -39,6 +39,7 @@ from server.gateway.pgwire.framing import (
     CANCEL_REQUEST_CODE,
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_MAX_STARTUP_SIZE,
+    FRONTEND_TYPES,
     GSSENC_REQUEST_CODE,
     PROTOCOL_3_0,
     SSL_REQUEST_CODE,
@@ -47,6 +48,7 @@ from server.gateway.pgwire.framing import (
     RawMessage,
     describe_type,
     encode_raw,
+    frontend_limits,
     split_frames,
 )
 from server.gateway.pgwire.messages import (
@@ -118,6 +120,7 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
     "DEFAULT_MAX_STARTUP_SIZE",
     "ENCRYPTION_REFUSED",
+    "FRONTEND_TYPES",
     "GSSENC_ACCEPTED",
     "GSSENC_REQUEST_CODE",
     "PROTOCOL_3_0",
@@ -194,6 +197,7 @@ __all__ = [
     "encode",
     "encode_raw",
     "error_response",
+    "frontend_limits",
     "negotiate_protocol_version",
     "notice_response",
     "parameter_status",

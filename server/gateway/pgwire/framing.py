@@ -58,8 +58,27 @@ AUTH_MESSAGE_LIMIT: Final = 65_535  # PostgreSQL's PG_MAX_AUTH_TOKEN_LENGTH
 _HEADER = struct.Struct("!BI")
 _UINT32 = struct.Struct("!I")
 
+# The frontend message types of protocol 3.0 after startup: the one table the
+# parser, the gateway's startup and its relay read.
+FRONTEND_TYPES: Final = frozenset(b"BCdcfDEHFPpQSX")
 # Frontend types PostgreSQL reads with PQ_SMALL_MESSAGE_LIMIT.
 _SMALL_FRONTEND_TYPES: Final = b"CDEHSXcf"
+
+
+def frontend_limits(max_message_size: int, *, unknown: int | None = None) -> list[int]:
+    """The longest message of each frontend type, by type byte: PostgreSQL's own
+    limits for the small and authentication types, ``max_message_size`` for the
+    rest of :data:`FRONTEND_TYPES`, and ``unknown`` (default: the same) for bytes
+    that are no frontend type."""
+    limits = _limit_table(max_message_size)
+    if unknown is not None:
+        for t in range(256):
+            if t not in FRONTEND_TYPES:
+                limits[t] = unknown
+    for type_ in _SMALL_FRONTEND_TYPES:
+        limits[type_] = min(SMALL_MESSAGE_LIMIT, max_message_size)
+    limits[ord("p")] = min(AUTH_MESSAGE_LIMIT, max_message_size)
+    return limits
 
 
 class RawMessage(NamedTuple):
@@ -411,11 +430,7 @@ class FrontendParser(_Parser):
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         max_startup_size: int = DEFAULT_MAX_STARTUP_SIZE,
     ) -> None:
-        limits = _limit_table(max_message_size)
-        for type_ in _SMALL_FRONTEND_TYPES:
-            limits[type_] = min(SMALL_MESSAGE_LIMIT, max_message_size)
-        limits[ord("p")] = min(AUTH_MESSAGE_LIMIT, max_message_size)
-        super().__init__(limits)
+        super().__init__(frontend_limits(max_message_size))
         if max_startup_size < 4:
             raise ValueError("max_startup_size must be at least 4")
         self._max_startup_size = max_startup_size

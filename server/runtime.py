@@ -4,7 +4,8 @@
 gateway together and owns shutdown: on SIGINT/SIGTERM the gateway stops
 accepting and lets statements in flight finish (up to ``shutdown_grace``
 seconds) before it closes every client connection; then every open session is
-ended (its role revoked), the archiver (when ``archive`` is configured) spools
+ended (its role revoked), the replica's lease is ended
+(:mod:`server.sessions.replicas`), the archiver (when ``archive`` is configured) spools
 the last recordings and audit segment and uploads them if the archive answers,
 and the API stops.  SIGHUP reloads the policy file; a policy that does
 not load is rejected and the old one stays in force.
@@ -38,6 +39,7 @@ from server.gateway.statements import guard_setup
 from server.notify.fanout import Fanout
 from server.notify.webhooks import WebhookConfig, Webhooks
 from server.policy import Policy, load_policy
+from server.sessions.replicas import DEFAULT_LEASE_SECONDS, Membership
 from server.sessions.service import SessionService
 from server.store.db import Store
 from server.tlsutil import TlsFiles, fingerprint, server_context
@@ -78,6 +80,9 @@ class RuntimeOptions:
     public_api_url: str | None = None
     # (identity, groups) the web inbox offers a one-click login for: the dev mode's.
     ui_dev_logins: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # Seconds this replica's heartbeat lease lasts: how long after its death other
+    # replicas on the store wait before they end its sessions.
+    replica_lease: float = DEFAULT_LEASE_SECONDS
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -117,6 +122,7 @@ class Runtime:
             notifier=self.notifier,
             archiver=self.archiver,
         )
+        self.membership = Membership(self.service, lease=opts.replica_lease)
         self.gateway = Gateway(
             self.service,
             ssl_context=server_context(opts.tls) if opts.tls else None,
@@ -249,6 +255,8 @@ class Runtime:
         api = _Server(config)
         api_task = asyncio.create_task(api.serve(sockets=[self.api_sock]))
 
+        self.membership.api_url = self.api_url
+        await loop.run_in_executor(None, self.membership.join)
         report = await loop.run_in_executor(None, lambda: self.service.reap(startup=True))
         if report.revoked_roles or report.orphaned_sessions or report.expired_sessions:
             log.warning(
@@ -276,6 +284,7 @@ class Runtime:
             },
         )
         reaper = asyncio.create_task(self._reaper(stop))
+        self.membership.start()
         if self.archiver is not None:
             self.archiver.start()
         if on_ready is not None:
@@ -291,6 +300,8 @@ class Runtime:
             reaper.cancel()
             await self.gateway.stop(self.opts.shutdown_grace)
             await loop.run_in_executor(None, self.service.end_all)
+            await loop.run_in_executor(None, self.membership.leave)
+            await loop.run_in_executor(None, self.service.close_issuers)
             await loop.run_in_executor(None, self.notifier.close)
             chain.append(self.store, "broker.stopped", data={})
             if self.archiver is not None:

@@ -112,6 +112,7 @@ def append(
     # Round-trip through JSON so the hash covers exactly what the store returns.
     clean = json.loads(json.dumps(clean, default=str))
     with store.audit_lock, store.tx() as conn:
+        store.lock_audit_chain(conn)
         last = conn.execute(
             sa.select(t.audit_events.c.seq, t.audit_events.c.hash)
             .order_by(t.audit_events.c.seq.desc())

@@ -64,16 +64,52 @@ class Credential:
 
 
 @dataclass(frozen=True)
+class RoleMark:
+    """Whose a session role is: the deployment (one store and its brokers) and the
+    replica that minted it.  Kept on the role itself (its comment, which only a role
+    with CREATEROLE can set, and a session role has none), so that a reaper tells its
+    deployment's roles from another's on a shared target, and a dead replica's from a
+    live one's that is still starting a session."""
+
+    deployment: str
+    replica: str
+
+
+_MARK_PREFIX = "dbaccess session role"
+_MARK = re.compile(
+    r"^dbaccess session role deployment=([0-9a-z_-]+) replica=([0-9a-z_-]+) session=([0-9a-z_-]+)$"
+)
+
+
+def role_comment(mark: RoleMark, session_id: str) -> str:
+    """The comment a marked session role carries (:func:`read_role_comment` reads it)."""
+    return (
+        f"{_MARK_PREFIX} deployment={mark.deployment} replica={mark.replica} session={session_id}"
+    )
+
+
+def read_role_comment(comment: str | None) -> tuple[RoleMark, str] | None:
+    """(mark, session id) from a role's comment; None for an unmarked role."""
+    found = _MARK.match(comment or "")
+    if found is None:
+        return None
+    return RoleMark(found[1], found[2]), found[3]
+
+
+@dataclass(frozen=True)
 class ManagedRole:
     """A role the issuer manages; ``valid_until`` is None when it has no (finite) deadline.
 
     ``session_id`` is set when the issuer knows which session the role was minted
-    for (lease-based issuers), so the reaper can spare one that is still starting.
+    for (lease-based issuers, marked roles), so the reaper can spare one that is
+    still starting; ``mark`` says whose a marked role is (None: unmarked, as roles
+    from before deployments were marked are).
     """
 
     name: str
     valid_until: datetime | None
     session_id: str | None = None
+    mark: RoleMark | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +144,13 @@ class KeepsLeases(Protocol):
     """An issuer that needs a :class:`LeaseBook` before it can issue or revoke."""
 
     def keep_leases_in(self, book: LeaseBook) -> None: ...
+
+
+@runtime_checkable
+class MarksRoles(Protocol):
+    """An issuer that creates roles itself and marks them with their owner."""
+
+    def mark_roles(self, mark: RoleMark) -> None: ...
 
 
 @dataclass(frozen=True)

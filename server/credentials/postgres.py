@@ -60,6 +60,21 @@ revoke
     backends refuse to die the role is kept (NOLOGIN) so that a retry can still
     find them by OID. A role that does not exist is already revoked.
 
+owners
+    A role is marked with whose it is (``mark_roles``: the deployment, the
+    replica, the session) on its comment, in the transaction that creates it;
+    ``list_managed`` reads the marks back for the reaper, and ``revoke``
+    refuses a role marked by another deployment.  Revocations of one role are
+    serialised across brokers by an advisory lock on the target, so a second
+    one finds the role gone.
+
+admin connections
+    Kept in a bounded pool (``psycopg_pool``, ``pool_size`` per target, each
+    checked as it is handed out), opened once a first direct connection has
+    worked: a target that is down is reported with its own error, and one
+    that stops answering later after ``connect_timeout`` (with the error of a
+    direct attempt).  ``close`` closes them.
+
 The admin password is never put in an exception: errors are rebuilt from the
 server's message with the password scrubbed, and their cause is dropped.
 
@@ -72,6 +87,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -82,11 +98,15 @@ from urllib.parse import quote
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from server.credentials.base import (
     Credential,
     ManagedRole,
     RevocationResult,
+    RoleMark,
+    read_role_comment,
+    role_comment,
     role_name_for,
     sql_template,
 )
@@ -107,6 +127,9 @@ log = logging.getLogger(__name__)
 
 MARKER_ROLE = "dbaccess_managed"
 CONNECTION_LIMIT = 50
+# Admin connections kept open per target: issue and revoke each take one, so this
+# bounds how many of them run on one target at once (a further one waits for one).
+ADMIN_POOL_SIZE = 4
 _PASSWORD_BYTES = 32
 _TERMINATE_WAIT_SECONDS = 5.0
 _POLL_INTERVAL_SECONDS = 0.01
@@ -127,6 +150,10 @@ _WALL_HINT = (
 )
 
 
+def _configure(conn: Conn) -> None:
+    conn.execute(_SESSION_SETTINGS)
+
+
 def _identifiers(names: Sequence[str]) -> sql.Composed:
     return sql.SQL(", ").join(sql.Identifier(n) for n in names)
 
@@ -135,6 +162,7 @@ def _identifiers(names: Sequence[str]) -> sql.Composed:
 class _RoleInfo:
     oid: int
     managed: bool
+    comment: str | None = None
 
 
 class PostgresIssuer:
@@ -149,6 +177,7 @@ class PostgresIssuer:
         connection_limit: int = CONNECTION_LIMIT,
         login_roles: Sequence[str] = (),
         password_login: bool = True,
+        pool_size: int = ADMIN_POOL_SIZE,
     ) -> None:
         try:
             params = conninfo_to_dict(admin_dsn)
@@ -178,6 +207,13 @@ class PostgresIssuer:
         self.password_login = password_login
         # Superuser-only limits this admin role turned out not to be allowed to set.
         self.unsettable: set[str] = set()
+        # Whose the roles it creates are (None: unmarked, as in a bare issuer).
+        self.mark: RoleMark | None = None
+        self.pool_size = pool_size
+        # Opened after the first direct connection succeeds (see _session).
+        self._pool: ConnectionPool[Conn] | None = None
+        self._pool_lock = threading.Lock()
+        self._closed = False
 
     def __repr__(self) -> str:
         return f"PostgresIssuer({self._where!r})"
@@ -192,9 +228,49 @@ class PostgresIssuer:
     def _message(self, exc: BaseException) -> str:
         return self._scrub(str(exc).strip())
 
-    @contextlib.contextmanager
-    def _session(self) -> Iterator[Conn]:
-        """An autocommit admin connection; psycopg errors leave as the broker's error kinds."""
+    def mark_roles(self, mark: RoleMark) -> None:
+        """Mark every role issued from now on as ``mark``'s (its comment)."""
+        self.mark = mark
+
+    def close(self) -> None:
+        """Close the pooled admin connections (a later call connects afresh)."""
+        with self._pool_lock:
+            self._closed = True
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+
+    def __del__(self) -> None:
+        # Unclosed, the pool would be closed by its own collection, which may run on
+        # one of its worker threads (that cannot join itself).
+        with contextlib.suppress(Exception):
+            self.close()
+
+    def _open_pool(self) -> None:
+        with self._pool_lock:
+            if self._pool is not None or self._closed:
+                return
+            self._pool = ConnectionPool(
+                self._dsn,
+                min_size=1,
+                max_size=self.pool_size,
+                kwargs={
+                    "autocommit": True,
+                    "connect_timeout": self.connect_timeout,
+                    "application_name": "dbaccess-issuer",
+                },
+                configure=_configure,
+                check=ConnectionPool.check_connection,
+                # An idle admin connection past this is closed (down to min_size).
+                max_idle=300,
+                num_workers=1,
+                name=f"dbaccess-issuer {self._where}",
+                open=False,
+            )
+            self._pool.open(wait=False)
+
+    def _connect(self) -> Conn:
+        """A new admin connection (its failure is the one the caller is told of)."""
         try:
             conn: Conn = psycopg.connect(
                 self._dsn,
@@ -207,9 +283,48 @@ class PostgresIssuer:
                 f"cannot connect to the target database as {self._where}: {self._message(exc)}",
                 hint="check that the target is up and the admin DSN is right",
             ) from None
+        _configure(conn)
+        return conn
+
+    @contextlib.contextmanager
+    def _borrowed(self) -> Iterator[Conn]:
+        """An admin connection from the pool, health-checked as it is handed out.
+
+        The pool opens once a direct connection has worked, so a target that is
+        down or refuses the admin role is reported with its own error rather than
+        after a wait.  A pool that cannot hand one out in ``connect_timeout``
+        (target gone since, or every connection busy) is told apart the same way:
+        by one direct attempt, whose error is the one reported.
+        """
+        pool = self._pool
+        if pool is not None:
+            try:
+                conn = pool.getconn(timeout=self.connect_timeout)
+            except PoolTimeout:
+                probe = self._connect()
+                probe.close()
+                raise Unavailable(
+                    f"the {self.pool_size} admin connections to {self._where} stayed busy "
+                    f"for {self.connect_timeout}s",
+                    hint="the target is slow to create or drop roles; try again",
+                ) from None
+            try:
+                yield conn
+            finally:
+                pool.putconn(conn)
+            return
+        conn = self._connect()
         try:
             with conn:
-                conn.execute(_SESSION_SETTINGS)
+                yield conn
+        finally:
+            self._open_pool()
+
+    @contextlib.contextmanager
+    def _session(self) -> Iterator[Conn]:
+        """An autocommit admin connection; psycopg errors leave as the broker's error kinds."""
+        try:
+            with self._borrowed() as conn:
                 yield conn
         except psycopg.OperationalError as exc:
             raise Unavailable(f"target database {self._where}: {self._message(exc)}") from None
@@ -232,13 +347,21 @@ class PostgresIssuer:
         ).fetchone()
         if row is None:
             return None
-        return _RoleInfo(oid=int(row[0]), managed=bool(row[1]))
+        return _RoleInfo(oid=int(row[0]), managed=bool(row[1]), comment=row[2])
 
     def _require_managed(self, username: str, info: _RoleInfo) -> None:
         if not info.managed:
             raise Forbidden(
                 f"role {username!r} is not managed by dbaccess; refusing to touch it",
                 hint=f"only plain members of {self.marker_role!r} are altered or dropped",
+            )
+        marked = read_role_comment(info.comment)
+        mine = self.mark.deployment if self.mark is not None else None
+        if mine is not None and marked is not None and marked[0].deployment != mine:
+            raise Forbidden(
+                f"role {username!r} belongs to another dbaccess deployment "
+                f"({marked[0].deployment}); refusing to touch it",
+                hint="each deployment (one store and its brokers) ends only its own roles",
             )
 
     def _count_backends(self, conn: Conn, oid: int) -> int:
@@ -307,6 +430,14 @@ class PostgresIssuer:
                     f"role {username!r} already exists",
                     hint="each session needs its own session id",
                 ) from None
+            if self.mark is not None:
+                conn.execute(
+                    _statement(
+                        "mark_role.sql",
+                        role=sql.Identifier(username),
+                        comment=sql.Literal(role_comment(self.mark, session_id)),
+                    )
+                )
             if limits is not None:
                 self._set_limits(conn, username, limits)
             if walls:
@@ -452,7 +583,7 @@ class PostgresIssuer:
                 )
 
     def revoke(self, username: str) -> RevocationResult:
-        with self._session() as conn:
+        with self._session() as conn, self._revoking(conn, username):
             info = self._role_info(conn, username)
             if info is None:
                 return RevocationResult(
@@ -501,6 +632,17 @@ class PostgresIssuer:
             username, terminated + late, dropped=True, verified=verified, detail=detail
         )
 
+    @contextlib.contextmanager
+    def _revoking(self, conn: Conn, username: str) -> Iterator[None]:
+        """One revocation of a role at a time, whichever broker runs it: a second one
+        waits, then finds the role gone (it is already revoked)."""
+        conn.execute(_statement("revoke_lock.sql"), {"name": username})
+        try:
+            yield
+        finally:
+            if not conn.closed:
+                conn.execute(_statement("revoke_unlock.sql"), {"name": username})
+
     def terminate_backends(self, username: str) -> int:
         with self._session() as conn:
             info = self._role_info(conn, username)
@@ -515,4 +657,15 @@ class PostgresIssuer:
             rows = conn.execute(
                 _statement("list_managed.sql"), {"marker": self.marker_role}
             ).fetchall()
-        return [ManagedRole(name=str(name), valid_until=until) for name, until in rows]
+        managed = []
+        for name, until, comment in rows:
+            marked = read_role_comment(comment)
+            managed.append(
+                ManagedRole(
+                    name=str(name),
+                    valid_until=until,
+                    session_id=marked[1] if marked is not None else None,
+                    mark=marked[0] if marked is not None else None,
+                )
+            )
+        return managed

@@ -45,7 +45,13 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from server.credentials.base import Credential, ManagedRole, RevocationResult, role_name_for
+from server.credentials.base import (
+    Credential,
+    ManagedRole,
+    RevocationResult,
+    RoleMark,
+    role_name_for,
+)
 from server.errors import InvalidInput, Unavailable
 from server.policy.model import MaskingPolicy, RdsIamSettings, SessionLimits
 
@@ -182,3 +188,11 @@ class RdsIamIssuer:
 
     def list_managed(self) -> list[ManagedRole]:
         return self._roles.list_managed() if self._roles is not None else []
+
+    def mark_roles(self, mark: RoleMark) -> None:
+        if self._roles is not None:
+            self._roles.mark_roles(mark)
+
+    def close(self) -> None:
+        if self._roles is not None:
+            self._roles.close()

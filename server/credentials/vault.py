@@ -317,6 +317,10 @@ class VaultIssuer:
     def keep_leases_in(self, book: LeaseBook) -> None:
         self._book = book
 
+    def close(self) -> None:
+        if self._admin is not None:
+            self._admin.close()
+
     @property
     def book(self) -> LeaseBook:
         if self._book is None:

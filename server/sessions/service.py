@@ -7,10 +7,27 @@ in memory only (``LiveSession``).  The gateway resolves tickets here and
 registers each client connection so that ending the session (client exit, admin
 kill, deadline, shutdown) closes every connection before the role is revoked.
 
-Because credentials are never persisted, a broker that restarts cannot resume
-sessions: the reaper ends every session the store still calls active but this
-process does not know, and revokes every role in the marker role that no live
-session owns.  ``VALID UNTIL`` on each role stops new logins in the meantime.
+**Replicas.**  Several brokers may share one store (PostgreSQL).  Each process is
+a replica with an id (``replica_id``) and a heartbeat lease in the store
+(:mod:`server.sessions.replicas` keeps it); a session is *owned* by the replica
+that started it and holds its credential.  Any replica may end any session:
+ending one that another live replica owns revokes its role (which cuts its
+connections at the database at once), records the end in the store and the audit
+chain, and wakes the owner (``NOTIFY``, or its polling), whose
+:meth:`SessionService.sync_live` then closes the client connections and the
+recording.  The reaper ends this replica's expired sessions, and claims the
+sessions of replicas whose lease has run out (``SELECT … FOR UPDATE SKIP LOCKED``
+in :meth:`~server.store.db.Store.claim_orphans`, so one replica ends each) to end
+them; sessions of live replicas are never touched.
+
+**Deployments.**  Every role an issuer creates is marked with the store's
+deployment id, the replica and the session (:class:`RoleMark`, on the role's
+comment).  The reaper revokes a role only when it is this deployment's and no
+active session holds it, and then only if its replica is dead or is this one, or
+its session has ended; an unmarked role only when this store's ended session used
+it.  Brokers of another deployment on the same target are thus left alone, and
+so is a role a live replica is minting right now.  ``VALID UNTIL`` on each role
+stops new logins in any case.
 """
 
 from __future__ import annotations
@@ -32,7 +49,9 @@ from server.credentials.base import (
     Issuer,
     KeepsLeases,
     ManagedRole,
+    MarksRoles,
     RevocationResult,
+    RoleMark,
     role_name_for,
 )
 from server.errors import (
@@ -52,6 +71,9 @@ from server.policy.model import SessionLimits, default_limits
 from server.store.db import SessionRecord, Store, StoreLeaseBook, hash_secret, new_id, utcnow
 
 log = logging.getLogger(__name__)
+
+# Where a replica that ended another's session wakes it (the payload: the owner's id).
+SESSIONS_CHANNEL = "dbaccess_sessions"
 
 
 class ConnectionHandle(Protocol):
@@ -190,8 +212,11 @@ class SessionService:
         notifier: Notifier | None = None,
         recorder: Recorder | None = None,
         archiver: Archiver | None = None,
+        replica_id: str | None = None,
     ) -> None:
         self.store = store
+        # This process among the replicas on the store: the owner of the sessions it starts.
+        self.replica_id = replica_id or new_id("r-")
         self.policy = policy
         # Every session is recorded from its start to its end; a recording that
         # fails ends its session (unless the target says recording_failure: continue).
@@ -229,7 +254,19 @@ class SessionService:
                 issuer = self._issuers[target.name] = self._issuer_factory(target)
                 if isinstance(issuer, KeepsLeases):
                     issuer.keep_leases_in(StoreLeaseBook(self.store, target.name))
+                if isinstance(issuer, MarksRoles):
+                    issuer.mark_roles(RoleMark(self.store.deployment_id, self.replica_id))
             return issuer
+
+    def close_issuers(self) -> None:
+        """Close the issuers' pooled admin connections (at shutdown)."""
+        with self._lock:
+            issuers = list(self._issuers.values())
+            self._issuers.clear()
+        for issuer in issuers:
+            close = getattr(issuer, "close", None)
+            if callable(close):
+                close()
 
     def live(self, session_id: str) -> LiveSession | None:
         with self._lock:
@@ -343,6 +380,7 @@ class SessionService:
                 ended_at=None,
                 end_reason=None,
                 revocation=None,
+                owner=self.replica_id,
             )
             try:
                 self.store.insert_session(record, ticket_hash)
@@ -533,6 +571,29 @@ class SessionService:
             live.connections.discard(conn)
 
     # -- end ----------------------------------------------------------------
+    def _release(self, session_id: str) -> tuple[LiveSession | None, list[ConnectionHandle]]:
+        """Forget a live session here: its tickets, and its connections (returned to close)."""
+        with self._lock:
+            live = self._live.pop(session_id, None)
+            if live is None:
+                return None, []
+            for digest, sid in list(self._by_ticket.items()):
+                if sid == session_id:
+                    del self._by_ticket[digest]
+            conns = list(live.connections)
+            live.connections.clear()
+        return live, conns
+
+    @staticmethod
+    def _close_connections(conns: list[ConnectionHandle], status: str) -> None:
+        message = {
+            "killed": "terminating connection: the session was ended by an administrator",
+            "expired": "terminating connection: the session reached its deadline",
+            "shutdown": "terminating connection: the broker is shutting down",
+        }.get(status, "terminating connection: the session has ended")
+        for conn in conns:
+            conn.close_from_broker("57P01", message, "start a new session with dbaccess connect")
+
     def end(
         self,
         session_id: str,
@@ -544,26 +605,13 @@ class SessionService:
         record = self.store.get_session(session_id)
         if record is None:
             raise NotFound(f"unknown session {session_id!r}")
-        with self._lock:
-            live = self._live.pop(session_id, None)
-            if live is not None:
-                for digest, sid in list(self._by_ticket.items()):
-                    if sid == session_id:
-                        del self._by_ticket[digest]
-                conns = list(live.connections)
-                live.connections.clear()
-            else:
-                conns = []
+        live, conns = self._release(session_id)
         if record.status != "active" and live is None:
             return record
-        message = {
-            "killed": "terminating connection: the session was ended by an administrator",
-            "expired": "terminating connection: the session reached its deadline",
-            "shutdown": "terminating connection: the broker is shutting down",
-        }.get(status, "terminating connection: the session has ended")
-        for conn in conns:
-            conn.close_from_broker("57P01", message, "start a new session with dbaccess connect")
-        self.store.finish_session(session_id, status=status, reason=reason)
+        self._close_connections(conns, status)
+        if not self.store.finish_session(session_id, status=status, reason=reason):
+            # Another replica ended it meanwhile, and revoked its role.
+            return self._ended_elsewhere(session_id, live is not None)
         result = self._revoke(record.target, record.db_user)
         self.store.record_revocation(session_id, result)
         chain.append(
@@ -574,14 +622,63 @@ class SessionService:
             session_id=session_id,
             data={"status": status, "reason": reason, "actor": actor, "revocation": result},
         )
-        self.recorder.close(
-            session_id, {"status": status, "reason": reason, "actor": actor, "revocation": result}
-        )
+        closing = {"status": status, "reason": reason, "actor": actor, "revocation": result}
+        if live is None and record.owner not in (None, self.replica_id):
+            if self._alive(record.owner):
+                # The owner holds the connections and the recording: it closes them.
+                self.store.notify(SESSIONS_CHANNEL, record.owner)
+            else:
+                self.recorder.close(session_id, closing)
+        else:
+            self.recorder.close(session_id, closing)
         if self.archiver is not None:
             self.archiver.wake()
         ended = self.store.get_session(session_id)
         assert ended is not None
         return ended
+
+    def _alive(self, replica_id: str | None) -> bool:
+        now = utcnow()
+        return any(r.id == replica_id for r in self.store.replicas(alive_at=now))
+
+    def _ended_elsewhere(self, session_id: str, held: bool) -> SessionRecord:
+        """A session another replica ended (or took over): what this one held of it
+        is let go, and the recording it kept is closed with the store's account."""
+        record = self.store.get_session(session_id)
+        assert record is not None
+        if held and record.status != "active":
+            self.recorder.close(
+                session_id,
+                {
+                    "status": record.status,
+                    "reason": record.end_reason,
+                    "actor": "another replica",
+                    "revocation": dict(record.revocation) if record.revocation else None,
+                },
+            )
+        return record
+
+    def sync_live(self) -> list[str]:
+        """Let go of the sessions held here that another replica has ended or taken
+        over (an admin's kill through it, or a reaper that took this replica for
+        dead): their connections are closed, their recordings closed.  A session
+        ended elsewhere is let go once its revocation is recorded (the role's
+        connections were cut by it already).  Returns the sessions let go."""
+        with self._lock:
+            held = list(self._live)
+        if not held:
+            return []
+        released: list[str] = []
+        for rec in self.store.changed_sessions(held, self.replica_id):
+            if rec.status != "active" and rec.revocation is None:
+                continue  # the revocation is under way; the next look finishes it
+            live, conns = self._release(rec.id)
+            if live is None:
+                continue
+            self._close_connections(conns, rec.status if rec.status != "active" else "ended")
+            self._ended_elsewhere(rec.id, True)
+            released.append(rec.id)
+        return released
 
     def _revoke(self, target_name: str, db_user: str) -> dict[str, Any]:
         target = self.policy.targets.get(target_name)
@@ -633,13 +730,15 @@ class SessionService:
     def reap(self, now: datetime | None = None, *, startup: bool = False) -> ReapReport:
         """End expired sessions and revoke credentials nobody holds.
 
-        Sessions the store calls active but this process does not hold are
-        ended as orphans only at ``startup``: then they can only be left over
-        from a broker that died.  Likewise for roles: at start-up every role in
-        the marker role that no active session holds is revoked (a role minted
-        just before a crash has no session at all); on the timer only roles of
-        sessions this store knows and has ended, since a role it does not know
-        may be another broker's (``VALID UNTIL`` bounds it in any case).
+        This replica's sessions past their deadline are ended; so are sessions
+        the store says are this replica's but that it does not hold (a start
+        that failed half-way, a previous life of it).  Sessions of replicas
+        whose lease has run out are claimed (one replica claims each) and
+        ended: ``expired`` past their deadline, ``orphaned`` before it.
+        Sessions of live replicas are theirs.  Then each target's session roles
+        that no active session holds are revoked where they are this
+        deployment's to revoke (see the module's docstring); ``startup`` only
+        says whether this is the pass a broker makes when it starts.
         """
         now = now or utcnow()
         expired: list[str] = []
@@ -650,30 +749,45 @@ class SessionService:
             self.approvals.expire_due()
         except Exception as exc:  # requests must not stop the sessions' sweep either
             errors.append(f"access requests: {exc}")
-        for rec in self.store.list_sessions(active=True, limit=100_000):
+
+        def finish(rec: SessionRecord, why: str) -> None:
             try:
                 if rec.expires_at <= now:
                     self.end(rec.id, status="expired", reason="deadline passed", actor="reaper")
                     expired.append(rec.id)
-                elif startup and self.live(rec.id) is None and not self._starting(rec.id):
-                    self.end(
-                        rec.id,
-                        status="orphaned",
-                        reason="broker restarted; credential revoked",
-                        actor="reaper",
-                    )
+                else:
+                    self.end(rec.id, status="orphaned", reason=why, actor="reaper")
                     orphaned.append(rec.id)
             except Exception as exc:  # one bad target must not stop the sweep
                 errors.append(f"{rec.id}: {exc}")
-        in_store = {rec.db_user for rec in self.store.list_sessions(active=True, limit=100_000)}
-        known = None if startup else self.store.knows_db_user
+
+        with self._lock:
+            mine = [live.record for live in self._live.values()]
+        for rec in mine:
+            if rec.expires_at <= now:
+                finish(rec, "")
+        try:
+            for rec in self.store.owned_sessions(self.replica_id):
+                if self.live(rec.id) is None and not self._starting(rec.id):
+                    finish(rec, "broker restarted; credential revoked")
+            while claimed := self.store.claim_orphans(self.replica_id, now):
+                for rec in claimed:
+                    finish(rec, "its broker stopped; credential revoked")
+        except Exception as exc:
+            errors.append(f"sessions: {exc}")
+        try:
+            in_store = {rec.db_user for rec in self.store.list_sessions(active=True, limit=100_000)}
+            alive = {r.id for r in self.store.replicas(alive_at=now)} | {self.replica_id}
+        except Exception as exc:
+            errors.append(f"sessions: {exc}")
+            return ReapReport(expired, orphaned, revoked, errors)
         for target in self.policy.targets.values():
             try:
                 issuer = self.issuer(target)
                 for role in issuer.list_managed():
                     if self._owned(role) or role.name in in_store:
                         continue
-                    if known is not None and not known(role.name):
+                    if not self._reapable(role, alive):
                         continue
                     res = issuer.revoke(role.name)
                     revoked.append(role.name)
@@ -686,3 +800,20 @@ class SessionService:
             except Exception as exc:
                 errors.append(f"{target.name}: {exc}")
         return ReapReport(expired, orphaned, revoked, errors)
+
+    def _reapable(self, role: ManagedRole, alive: set[str]) -> bool:
+        """Whether this replica may revoke ``role``, which no active session holds."""
+        mark = role.mark
+        if mark is not None:
+            if mark.deployment != self.store.deployment_id:
+                return False  # another deployment's, on a target both use
+            if mark.replica not in alive:
+                return True  # its replica died, perhaps before the session was stored
+        elif role.session_id is not None and alive == {self.replica_id}:
+            # A lease issuer's (the leases are this store's): with no other replica
+            # alive, none can be starting its session.
+            return True
+        # A live replica's role (it may be starting its session) or an unmarked one:
+        # only once this store's session that used it has ended.
+        session = self.store.session_of_db_user(role.name)
+        return session is not None and session.status != "active"

@@ -19,7 +19,7 @@ import hashlib
 import re
 import secrets
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -140,6 +140,8 @@ class SessionRecord:
     ended_at: datetime | None
     end_reason: str | None
     revocation: Mapping[str, Any] | None
+    # The replica holding the session's credential (None: a broker from before replicas).
+    owner: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -176,6 +178,40 @@ def _session(row: sa.Row[Any]) -> SessionRecord:
         ended_at=_aware(m["ended_at"]),
         end_reason=m["end_reason"],
         revocation=m["revocation"],
+        owner=m["owner"],
+    )
+
+
+@dataclass(frozen=True)
+class ReplicaRecord:
+    """One broker process on this store and its heartbeat lease."""
+
+    id: str
+    host: str
+    pid: int
+    role: str
+    api_url: str | None
+    started_at: datetime
+    lease_expires_at: datetime
+    stopped_at: datetime | None
+
+    def alive(self, now: datetime) -> bool:
+        return self.stopped_at is None and self.lease_expires_at > now
+
+
+def _replica(row: sa.Row[Any]) -> ReplicaRecord:
+    m = row._mapping
+    started, until = _aware(m["started_at"]), _aware(m["lease_expires_at"])
+    assert started is not None and until is not None
+    return ReplicaRecord(
+        id=m["id"],
+        host=m["host"],
+        pid=m["pid"],
+        role=m["role"],
+        api_url=m["api_url"],
+        started_at=started,
+        lease_expires_at=until,
+        stopped_at=_aware(m["stopped_at"]),
     )
 
 
@@ -184,8 +220,8 @@ class Store:
 
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
-        # Serialises audit appends within this process; the seq primary key
-        # catches races between replicas sharing a PostgreSQL store.
+        # Serialises audit appends within this process; between replicas sharing a
+        # PostgreSQL store, lock_audit_chain does.
         self.audit_lock = threading.Lock()
 
     @classmethod
@@ -242,6 +278,20 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def lock_audit_chain(self, conn: sa.Connection) -> None:
+        """Within ``conn``'s transaction, be the only writer of the audit chain: the
+        replicas on a PostgreSQL store take turns (released at commit); SQLite has
+        one writer at a time anyway."""
+        if self.engine.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('dbaccess audit chain'))"))
+
+    def notify(self, channel: str, payload: str) -> None:
+        """Wake the replicas listening on ``channel`` (PostgreSQL stores; elsewhere
+        the replicas' polling is what notices)."""
+        if self.engine.dialect.name == "postgresql":
+            with self.tx() as conn:
+                conn.execute(sa.select(sa.func.pg_notify(channel, payload)))
 
     # -- API tokens -------------------------------------------------------------
     def create_token(
@@ -365,6 +415,7 @@ class Store:
                     status=rec.status,
                     created_at=rec.created_at,
                     expires_at=rec.expires_at,
+                    owner=rec.owner,
                 )
             )
 
@@ -394,13 +445,16 @@ class Store:
         with self.tx() as conn:
             return [_session(r) for r in conn.execute(q)]
 
-    def knows_db_user(self, db_user: str) -> bool:
-        """Whether any session in this store (in any state) used ``db_user``."""
+    def session_of_db_user(self, db_user: str) -> SessionRecord | None:
+        """The newest session of this store (in any state) that used ``db_user``."""
         with self.tx() as conn:
             row = conn.execute(
-                sa.select(t.sessions.c.id).where(t.sessions.c.db_user == db_user).limit(1)
+                t.sessions.select()
+                .where(t.sessions.c.db_user == db_user)
+                .order_by(t.sessions.c.created_at.desc())
+                .limit(1)
             ).first()
-        return row is not None
+        return _session(row) if row is not None else None
 
     def finish_session(self, session_id: str, *, status: str, reason: str) -> bool:
         """Move an active session to a final status; False when it was not active."""
@@ -412,6 +466,63 @@ class Store:
             )
         return res.rowcount == 1
 
+    def changed_sessions(self, session_ids: Collection[str], owner: str) -> list[SessionRecord]:
+        """Those of ``session_ids`` that are no longer active or no longer ``owner``'s."""
+        ids = list(session_ids)
+        c = t.sessions.c
+        changed: list[SessionRecord] = []
+        with self.tx() as conn:
+            for start in range(0, len(ids), 500):
+                q = t.sessions.select().where(
+                    c.id.in_(ids[start : start + 500]),
+                    sa.or_(c.status != "active", c.owner.is_(None), c.owner != owner),
+                )
+                changed.extend(_session(r) for r in conn.execute(q))
+        return changed
+
+    def claim_orphans(
+        self, replica_id: str, now: datetime, limit: int = 100
+    ) -> list[SessionRecord]:
+        """Take over active sessions whose owner is dead (or unknown): they become
+        ``replica_id``'s, to end.  The rows are read ``FOR UPDATE SKIP LOCKED`` and
+        taken in the same transaction, so two replicas never claim one session; the
+        conditional UPDATE keeps that true where SKIP LOCKED is not (SQLite, whose
+        writers are serialised anyway)."""
+        s, r = t.sessions.c, t.replicas.c
+        alive = sa.select(r.id).where(r.lease_expires_at > now, r.stopped_at.is_(None))
+        q = (
+            t.sessions.select()
+            .where(
+                s.status == "active",
+                sa.or_(s.owner.is_(None), s.owner.not_in(alive)),
+                sa.or_(s.owner.is_(None), s.owner != replica_id),
+            )
+            .order_by(s.created_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        claimed: list[SessionRecord] = []
+        with self.tx() as conn:
+            for row in conn.execute(q).all():
+                rec = _session(row)
+                owner_was = s.owner.is_(None) if rec.owner is None else s.owner == rec.owner
+                res = conn.execute(
+                    t.sessions.update()
+                    .where(s.id == rec.id, s.status == "active", owner_was)
+                    .values(owner=replica_id)
+                )
+                if res.rowcount == 1:
+                    claimed.append(rec)
+        return claimed
+
+    def owned_sessions(self, replica_id: str) -> list[SessionRecord]:
+        """Active sessions the store says ``replica_id`` holds."""
+        q = t.sessions.select().where(
+            t.sessions.c.status == "active", t.sessions.c.owner == replica_id
+        )
+        with self.tx() as conn:
+            return [_session(r) for r in conn.execute(q)]
+
     def record_revocation(self, session_id: str, result: Mapping[str, Any]) -> None:
         with self.tx() as conn:
             conn.execute(
@@ -419,6 +530,78 @@ class Store:
                 .where(t.sessions.c.id == session_id)
                 .values(revocation=dict(result))
             )
+
+    # -- deployment and replicas ------------------------------------------------
+    @functools.cached_property
+    def deployment_id(self) -> str:
+        """This store's deployment identity: every broker on it marks its roles with it."""
+        with self.tx() as conn:
+            value = conn.execute(
+                sa.select(t.broker_meta.c.value).where(t.broker_meta.c.key == "deployment_id")
+            ).scalar_one()
+        return str(value)
+
+    def register_replica(
+        self, replica_id: str, *, host: str, pid: int, role: str, api_url: str | None, lease: float
+    ) -> None:
+        now = utcnow()
+        with self.tx() as conn:
+            conn.execute(
+                t.replicas.insert().values(
+                    id=replica_id,
+                    host=host,
+                    pid=pid,
+                    role=role,
+                    api_url=api_url,
+                    started_at=now,
+                    heartbeat_at=now,
+                    lease_expires_at=now + timedelta(seconds=lease),
+                )
+            )
+
+    def heartbeat(self, replica_id: str, lease: float) -> bool:
+        """Extend the replica's lease; False when it had run out already (other
+        replicas may have claimed its sessions by then) or it was ended."""
+        now = utcnow()
+        r = t.replicas.c
+        with self.tx() as conn:
+            until = conn.execute(
+                sa.select(r.lease_expires_at).where(r.id == replica_id, r.stopped_at.is_(None))
+            ).scalar_one_or_none()
+            conn.execute(
+                t.replicas.update()
+                .where(r.id == replica_id, r.stopped_at.is_(None))
+                .values(heartbeat_at=now, lease_expires_at=now + timedelta(seconds=lease))
+            )
+        valid = _aware(until)
+        return valid is not None and valid > now
+
+    def end_replica(self, replica_id: str) -> None:
+        """The replica is gone (stopped, or found dead): its lease ends now."""
+        now = utcnow()
+        r = t.replicas.c
+        with self.tx() as conn:
+            conn.execute(
+                t.replicas.update()
+                .where(r.id == replica_id, r.stopped_at.is_(None))
+                .values(stopped_at=now, lease_expires_at=now)
+            )
+
+    def replicas(self, *, alive_at: datetime | None = None) -> list[ReplicaRecord]:
+        """Every replica row (only those alive at ``alive_at`` when given), oldest first."""
+        r = t.replicas.c
+        q = t.replicas.select().order_by(r.started_at)
+        if alive_at is not None:
+            q = q.where(r.lease_expires_at > alive_at, r.stopped_at.is_(None))
+        with self.tx() as conn:
+            return [_replica(row) for row in conn.execute(q)]
+
+    def prune_replicas(self, before: datetime) -> None:
+        """Forget replicas dead since before ``before`` that no active session names."""
+        r, s = t.replicas.c, t.sessions.c
+        named = sa.select(s.owner).where(s.status == "active", s.owner.is_not(None))
+        with self.tx() as conn:
+            conn.execute(t.replicas.delete().where(r.lease_expires_at < before, r.id.not_in(named)))
 
 
 class StoreLeaseBook:

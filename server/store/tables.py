@@ -45,6 +45,32 @@ sessions = sa.Table(
     sa.Column("end_reason", sa.String(200), nullable=True),
     sa.Column("revocation", sa.JSON, nullable=True),
     sa.Column("client", sa.JSON, nullable=True),
+    # The replica holding the session's credential (None: a broker from before replicas).
+    sa.Column("owner", sa.String(32), nullable=True, index=True),
+)
+
+# What every broker of one store shares: ``deployment_id`` marks the roles they create.
+broker_meta = sa.Table(
+    "broker_meta",
+    metadata,
+    sa.Column("key", sa.String(60), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+# One row per broker process on this store; a replica whose lease has run out is dead,
+# and its sessions are ended by whichever live replica claims them first.
+replicas = sa.Table(
+    "replicas",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("role", sa.String(20), nullable=False),
+    sa.Column("api_url", sa.String(1024), nullable=True),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("lease_expires_at", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("stopped_at", sa.DateTime(timezone=True), nullable=True),
 )
 
 audit_events = sa.Table(

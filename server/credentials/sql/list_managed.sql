@@ -1,4 +1,5 @@
--- Session roles: plain members of the marker role (see role_info.sql). An
+-- Session roles: plain members of the marker role (see role_info.sql), with
+-- their comment (whose they are: mark_role.sql). An
 -- infinite deadline reads as NULL (no deadline); -infinity as the epoch
 -- (already expired), since neither fits a Python datetime.
 SELECT
@@ -6,7 +7,8 @@ SELECT
     CASE
         WHEN r.rolvaliduntil = '-infinity' THEN 'epoch'::timestamptz
         WHEN isfinite(r.rolvaliduntil) THEN r.rolvaliduntil
-    END
+    END,
+    shobj_description(r.oid, 'pg_authid')
 FROM pg_roles r
 WHERE EXISTS (
         SELECT 1 FROM pg_auth_members m JOIN pg_roles mk ON mk.oid = m.roleid

@@ -13,6 +13,7 @@ SELECT
     )
     AND NOT r.rolsuper
     AND NOT r.rolcreaterole
-    AND r.rolname <> current_user AS managed
+    AND r.rolname <> current_user AS managed,
+    shobj_description(r.oid, 'pg_authid')
 FROM pg_roles r
 WHERE r.rolname = %(name)s

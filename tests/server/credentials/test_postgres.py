@@ -27,8 +27,10 @@ IssueFn = Callable[..., Credential]
 
 
 @pytest.fixture
-def issuer(demo_target: DemoTarget) -> PostgresIssuer:
-    return PostgresIssuer(demo_target.admin_dsn)
+def issuer(demo_target: DemoTarget) -> Iterator[PostgresIssuer]:
+    issuer = PostgresIssuer(demo_target.admin_dsn)
+    yield issuer
+    issuer.close()
 
 
 @pytest.fixture

@@ -158,11 +158,7 @@ def mcp(server: ServerOpt = None) -> None:
 
     Example (an agent host's configuration): {"command": "dbaccess", "args": ["mcp"]}
     """
-    import anyio
-
     from brokercli.client import BrokerClient
-    from common.mcp.protocol import mcp_server
-    from common.mcp.tools import Tools
 
     client = BrokerClient.from_env(server)
     extra = [Path(p) for p in (client.cfg.ca_file, os.environ.get("DBACCESS_CA_FILE")) if p]
@@ -177,6 +173,12 @@ def mcp(server: ServerOpt = None) -> None:
             hint="give the MCP server an agent's token: dbaccess-server token create "
             "--kind agent --owner YOU --identity NAME",
         )
+    # The SDK loads here, once the settings and the token are known to be usable.
+    import anyio
+
+    from common.mcp.protocol import mcp_server
+    from common.mcp.tools import Tools
+
     tools = Tools(BrokerBackend(client))
     mcp_app = mcp_server(lambda _ctx: tools)
 

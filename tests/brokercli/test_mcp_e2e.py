@@ -8,6 +8,7 @@ import json
 import time
 from typing import Any
 
+import anyio
 import psycopg
 import pytest
 from mcp import Client
@@ -139,19 +140,13 @@ def test_the_known_escapes_are_refused_and_recorded(
     assert admin_conn.execute("SELECT count(*) FROM orders").fetchone() == before
     assert admin_conn.execute("SELECT to_regclass('orders')").fetchone() == ("orders",)
     # The gateway's refusals are in the audit log, under the agent's name.
-    auditor = agent_broker.client(agent_broker.token("audit-reader", "auditor"))
-    try:
-        blocked = [
-            e for e in auditor.audit(identity=AGENT, limit=1000) if e["kind"] == "statement.blocked"
-        ]
-    finally:
-        auditor.close()
-    rules = {e["data"]["rule"] for e in blocked}
+    events = auditor_events(agent_broker)
+    rules = {e["data"]["rule"] for e in events if e["kind"] == "statement.blocked"}
     for name, _sql, rule in ATTACKS:
         if rule == "guardrails":
             assert refused[name]["rule"] in rules, name
     # The session names the person the agent acts for.
-    started = [e for e in auditor_events(agent_broker) if e["kind"] == "session.started"]
+    started = [e for e in events if e["kind"] == "session.started"]
     assert started and started[-1]["data"]["on_behalf_of"] == OWNER
     assert started[-1]["data"]["identity_kind"] == "agent"
 
@@ -177,11 +172,15 @@ def test_review_flow_runs_exactly_the_approved_statement_once(
     agent_broker: Broker, agent_token: str, admin_conn: Admin, scratch: None
 ) -> None:
     statement = f"INSERT INTO {SCRATCH} VALUES (1)"
+    late = f"INSERT INTO {SCRATCH} VALUES (2)"
 
-    async def propose(c: Client) -> str:
-        # Writes are not for query, in any scope the agent may use.
+    def cli(*args: str, token: str | None = None) -> Any:
+        return anyio.to_thread.run_sync(lambda: agent_broker.cli(*args, token=token))
+
+    async def body(c: Client) -> None:
+        # Writes are not for query, in any scope the agent may use: held for review.
         err, out, _ = await call(c, "query", target="demo", scope="agentfix", sql=statement)
-        assert err and "review" in out["error"]["message"]
+        assert err and "held for review" in out["error"]["message"]
         err, out, text = await call(
             c, "propose_change", target="demo", scope="agentfix", statement=statement,
             reason="INC-42: seed the scratch table",
@@ -189,24 +188,29 @@ def test_review_flow_runs_exactly_the_approved_statement_once(
         assert not err, text
         assert out["status"] == "pending" and out["reviewer_command"].startswith("dbaccess approve")
         rid = str(out["request_id"])
+        # In "gated", an approval lasts 3 seconds.
+        err, out, text = await call(
+            c, "propose_change", target="demo", scope="gated", statement=late, reason="INC-43"
+        )
+        assert not err, text
+        expiring = str(out["request_id"])
         err, out, _ = await call(c, "run_approved", request_id=rid)
         assert err and out["error"]["rule"] == "review.pending"
         err, out, _ = await call(c, "wait_for_review", request_id=rid, timeout_seconds=1)
         assert not err and out["timed_out"] is True and out["status"] == "pending"
-        return rid
 
-    rid = with_client(stdio(agent_broker, agent_token), propose)
-    # Neither the agent nor the person it acts for may approve it.
-    agent_try = agent_broker.cli("approve", rid, "--yes", token=agent_token)
-    assert agent_try.returncode == 5, agent_try.stderr
-    assert "an agent cannot approve" in agent_try.stderr
-    owner_try = agent_broker.cli("approve", rid, "--yes")  # the dev profile: the agent's owner
-    assert owner_try.returncode == 5, owner_try.stderr
-    assert "acts for you" in owner_try.stderr
-    ok = agent_broker.cli("--profile", "reviewer", "approve", rid, "--yes")
-    assert ok.returncode == 0, ok.stderr
+        # Neither the agent nor the person it acts for may approve it; someone else may.
+        agent_try = await cli("approve", rid, "--yes", token=agent_token)
+        assert agent_try.returncode == 5, agent_try.stderr
+        assert "an agent cannot approve" in agent_try.stderr
+        owner_try = await cli("approve", rid, "--yes")  # the dev profile: the agent's owner
+        assert owner_try.returncode == 5, owner_try.stderr
+        assert "acts for you" in owner_try.stderr
+        for request in (rid, expiring):
+            ok = await cli("--profile", "reviewer", "approve", request, "--yes")
+            assert ok.returncode == 0, ok.stderr
+        approved_at = time.monotonic()
 
-    async def run(c: Client) -> None:
         err, out, _ = await call(c, "wait_for_review", request_id=rid, timeout_seconds=5)
         assert not err and out["status"] == "approved" and out["timed_out"] is False
         err, out, _ = await call(
@@ -222,34 +226,12 @@ def test_review_flow_runs_exactly_the_approved_statement_once(
         err, out, _ = await call(c, "query", target="demo", scope="agentfix", sql=statement)
         assert err and "held for review" in out["error"]["message"]
 
-    with_client(stdio(agent_broker, agent_token), run)
-    assert admin_conn.execute(f"SELECT count(*) FROM {SCRATCH}").fetchone() == (1,)
-
-
-def test_an_expired_approval_is_refused(
-    agent_broker: Broker, agent_token: str, admin_conn: Admin, scratch: None
-) -> None:
-    statement = f"INSERT INTO {SCRATCH} VALUES (2)"
-
-    async def propose(c: Client) -> str:
-        err, out, text = await call(
-            c, "propose_change", target="demo", scope="gated", statement=statement,
-            reason="INC-43",
-        )  # fmt: skip
-        assert not err, text
-        return str(out["request_id"])
-
-    rid = with_client(stdio(agent_broker, agent_token), propose)
-    ok = agent_broker.cli("--profile", "reviewer", "approve", rid, "--yes")
-    assert ok.returncode == 0, ok.stderr
-    time.sleep(3.5)  # the gated scope's approval_ttl is 3s
-
-    async def run(c: Client) -> None:
-        err, out, _ = await call(c, "run_approved", request_id=rid)
+        await anyio.sleep(max(0.0, approved_at + 3.5 - time.monotonic()))
+        err, out, _ = await call(c, "run_approved", request_id=expiring)
         assert err and out["error"]["rule"] == "review.expired"
 
-    with_client(stdio(agent_broker, agent_token), run)
-    assert admin_conn.execute(f"SELECT count(*) FROM {SCRATCH}").fetchone() == (0,)
+    with_client(stdio(agent_broker, agent_token), body)
+    assert admin_conn.execute(f"SELECT id FROM {SCRATCH}").fetchall() == [(1,)]
 
 
 def test_a_killed_session_is_a_clear_error_and_the_next_call_starts_another(

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -29,14 +31,18 @@ def ca_file(broker: Broker) -> str:
     return str(json.loads((broker.config_dir / "profile.json").read_text())["ca_file"])
 
 
-def over_http(broker: Broker, token: str) -> Any:
+@asynccontextmanager
+async def over_http(broker: Broker, token: str) -> AsyncIterator[Any]:
     """The SDK's streamable HTTP transport to the broker's /mcp, with a bearer token."""
-    http = httpx2.AsyncClient(
-        headers={"Authorization": f"Bearer {token}"},
-        verify=ssl.create_default_context(cafile=ca_file(broker)),
-        timeout=60,
-    )
-    return streamable_http_client(f"{broker.api_url}/mcp", http_client=http)
+    async with (
+        httpx2.AsyncClient(
+            headers={"Authorization": f"Bearer {token}"},
+            verify=ssl.create_default_context(cafile=ca_file(broker)),
+            timeout=60,
+        ) as http,
+        streamable_http_client(f"{broker.api_url}/mcp", http_client=http) as streams,
+    ):
+        yield streams
 
 
 def test_only_a_live_agent_token_is_served(agent_broker: Broker) -> None:

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from brokercli import completion, config, render
-from brokercli.commands import access, auth, info, mcp, replay, requests
+from brokercli.commands import access, auth, evidence, info, mcp, replay, requests
 from brokercli.commands.common import add_global_options
 from brokercli.errors import CliError
 from brokercli.exit_codes import ExitCode, epilog
@@ -73,6 +73,8 @@ app.command("approve")(requests.approve)
 app.command("deny")(requests.deny)
 app.command("cancel")(requests.cancel)
 app.command("mcp")(mcp.mcp)
+info.audit_app.command("access")(evidence.access)
+info.audit_app.command("report")(evidence.report)
 app.add_typer(info.audit_app, name="audit")
 add_global_options(app)
 

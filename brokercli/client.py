@@ -258,6 +258,14 @@ class BrokerClient:
     def audit(self, **params: Any) -> list[dict[str, Any]]:
         return list(self.request("GET", "/v1/audit", params=params))
 
+    def audit_access(self, **params: Any) -> list[dict[str, Any]]:
+        """Statements that touched data (or, with ``summary``, counts by identity and relation)."""
+        return list(self.request("GET", "/v1/audit/access", params=params))
+
+    def audit_report(self, **params: Any) -> dict[str, Any]:
+        """The evidence report of a period, as JSON."""
+        return dict(self.request("GET", "/v1/audit/report", params=params))
+
     def audit_verify(self) -> dict[str, Any]:
         return dict(self.request("GET", "/v1/audit/verify"))
 

@@ -97,6 +97,11 @@ def as_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
+def write(text: str) -> None:
+    """A document (a report) to stdout, as it is."""
+    sys.stdout.write(text)
+
+
 def as_csv(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     writer = csv.writer(sys.stdout, lineterminator="\n")
     writer.writerow(columns)

@@ -10,14 +10,16 @@ values are refused too; ``1h30m`` says what ``1.5h`` means without rounding.
 so a value read from a file can be shown back to the person in the form they wrote.
 
 ``parse_time`` reads a point in time wherever one is taken (``audit --since``,
-``request --start-at``, their API parameters): an ISO 8601 time, or a duration
-counted back from now (``since 1h``) or ahead of it (``start in 2h``).
+``request --start-at``, their API parameters): an ISO 8601 time (a date alone is
+its midnight), a duration counted back from now (``since 1h``) or ahead of it
+(``start in 2h``), or a day by name: ``today``, ``yesterday``, ``last tuesday``
+(the most recent Tuesday before today), each its midnight.
 """
 
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, tzinfo
+from datetime import datetime, time, timedelta, tzinfo
 from typing import Literal
 
 _EXAMPLES = "use e.g. 30m, 8h, 1d"
@@ -88,7 +90,28 @@ def format_duration(value: timedelta) -> str:
     return "".join(parts) or "0s"
 
 
-_TIME_EXAMPLES = "an ISO 8601 time such as 2026-03-01T09:00 or 2026-03-01T09:00+01:00"
+_TIME_EXAMPLES = (
+    "an ISO 8601 time such as 2026-03-01T09:00 or 2026-03-01T09:00+01:00, "
+    "or a day: today, yesterday, last monday"
+)
+_WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+
+def _named_day(text: str, now: datetime, zone: tzinfo | None) -> datetime | None:
+    """The midnight of ``today``, ``yesterday`` or ``last <weekday>`` in ``zone``
+    (None: this machine's), or None for any other text."""
+    words = text.lower().split()
+    local = now.astimezone(zone) if zone is not None else now.astimezone()
+    if words == ["today"]:
+        back = 0
+    elif words == ["yesterday"]:
+        back = 1
+    elif len(words) == 2 and words[0] == "last" and words[1] in _WEEKDAYS:
+        back = (local.weekday() - _WEEKDAYS.index(words[1])) % 7 or 7
+    else:
+        return None
+    day = local.date() - timedelta(days=back)
+    return datetime.combine(day, time(), local.tzinfo)
 
 
 def parse_time(
@@ -102,13 +125,17 @@ def parse_time(
 
     ``direction`` says which way a duration counts: ``ago`` for ``--since 1h``,
     ``ahead`` for ``--start-at 2h``.  An ISO time without an offset is in
-    ``naive`` (None: this machine's local time zone).  The result is aware.
+    ``naive`` (None: this machine's local time zone), and so are the days named
+    ``today``, ``yesterday`` and ``last <weekday>``.  The result is aware.
     Raises ValueError with a message that quotes the input and shows both forms.
     """
     stripped = text.strip()
     if stripped[:1] in ("-", *"0123456789") and stripped[-1:] in ("d", "h", "m", "s"):
         span = parse_duration(stripped)  # a duration, or its own message why not
         return now - span if direction == "ago" else now + span
+    named = _named_day(stripped, now, naive)
+    if named is not None:
+        return named
     try:
         when = datetime.fromisoformat(stripped)
     except ValueError:

@@ -6,13 +6,13 @@
 __dbaccess_subcommands() {
     case "$1" in
         '') printf '%s\n' login logout whoami targets connect run exec sessions kill replay request requests approve deny cancel mcp audit ;;
-        'audit') printf '%s\n' verify ;;
+        'audit') printf '%s\n' verify access report ;;
     esac
 }
 
 __dbaccess_is_subcommand() {
     case "$1|$2" in
-        '|login'|'|logout'|'|whoami'|'|targets'|'|connect'|'|run'|'|exec'|'|sessions'|'|kill'|'|replay'|'|request'|'|requests'|'|approve'|'|deny'|'|cancel'|'|mcp'|'|audit'|'audit|verify') return 0 ;;
+        '|login'|'|logout'|'|whoami'|'|targets'|'|connect'|'|run'|'|exec'|'|sessions'|'|kill'|'|replay'|'|request'|'|requests'|'|approve'|'|deny'|'|cancel'|'|mcp'|'|audit'|'audit|verify'|'audit|access'|'audit|report') return 0 ;;
     esac
     return 1
 }
@@ -38,6 +38,8 @@ __dbaccess_options() {
         'mcp') printf '%s\n' --server --ca-file --profile -h --help ;;
         'audit') printf '%s\n' --identity --target --since --limit -o --output --server --ca-file --profile -h --help ;;
         'audit verify') printf '%s\n' --server --ca-file --profile -h --help ;;
+        'audit access') printf '%s\n' --target --table --column --identity --kind --since --until --writes --clear-only --summary --limit -o --output --server --ca-file --profile -h --help ;;
+        'audit report') printf '%s\n' --since --until -f --format -o --out --server --ca-file --profile -h --help ;;
     esac
 }
 
@@ -139,6 +141,25 @@ __dbaccess_value_kind() {
         'audit verify|--server') echo 'text' ;;
         'audit verify|--ca-file') echo 'file' ;;
         'audit verify|--profile') echo 'text' ;;
+        'audit access|--target') echo 'dynamic' ;;
+        'audit access|--table') echo 'text' ;;
+        'audit access|--column') echo 'text' ;;
+        'audit access|--identity') echo 'text' ;;
+        'audit access|--kind') echo 'choice:user agent workload service' ;;
+        'audit access|--since') echo 'text' ;;
+        'audit access|--until') echo 'text' ;;
+        'audit access|--limit') echo 'text' ;;
+        'audit access|-o'|'audit access|--output') echo 'choice:table json csv' ;;
+        'audit access|--server') echo 'text' ;;
+        'audit access|--ca-file') echo 'file' ;;
+        'audit access|--profile') echo 'text' ;;
+        'audit report|--since') echo 'text' ;;
+        'audit report|--until') echo 'text' ;;
+        'audit report|-f'|'audit report|--format') echo 'choice:html md json' ;;
+        'audit report|-o'|'audit report|--out') echo 'file' ;;
+        'audit report|--server') echo 'text' ;;
+        'audit report|--ca-file') echo 'file' ;;
+        'audit report|--profile') echo 'text' ;;
         *) return 1 ;;
     esac
 }

@@ -4,7 +4,7 @@
 
 function __dbaccess_is_subcommand --argument-names path word
     switch "$path|$word"
-        case '|login' '|logout' '|whoami' '|targets' '|connect' '|run' '|exec' '|sessions' '|kill' '|replay' '|request' '|requests' '|approve' '|deny' '|cancel' '|mcp' '|audit' 'audit|verify'
+        case '|login' '|logout' '|whoami' '|targets' '|connect' '|run' '|exec' '|sessions' '|kill' '|replay' '|request' '|requests' '|approve' '|deny' '|cancel' '|mcp' '|audit' 'audit|verify' 'audit|access' 'audit|report'
             return 0
     end
     return 1
@@ -12,7 +12,7 @@ end
 
 function __dbaccess_takes_value --argument-names path option
     switch "$path|$option"
-        case '|--ca-file' '|--profile' 'login|--server' 'login|--oidc-token-env' 'login|--audience' 'login|--ca-file' 'login|--profile' 'logout|--server' 'logout|--ca-file' 'logout|--profile' 'whoami|-o' 'whoami|--output' 'whoami|--server' 'whoami|--ca-file' 'whoami|--profile' 'targets|-o' 'targets|--output' 'targets|--server' 'targets|--ca-file' 'targets|--profile' 'connect|-s' 'connect|--scope' 'connect|--ttl' 'connect|-r' 'connect|--reason' 'connect|-p' 'connect|--port' 'connect|--format' 'connect|--server' 'connect|--wait-timeout' 'connect|--ca-file' 'connect|--profile' 'run|-s' 'run|--scope' 'run|--ttl' 'run|-r' 'run|--reason' 'run|-p' 'run|--port' 'run|--server' 'run|--wait-timeout' 'run|--ca-file' 'run|--profile' 'exec|-c' 'exec|--command' 'exec|-f' 'exec|--file' 'exec|-o' 'exec|--output' 'exec|-s' 'exec|--scope' 'exec|--ttl' 'exec|-r' 'exec|--reason' 'exec|--server' 'exec|--wait-timeout' 'exec|--ca-file' 'exec|--profile' 'sessions|--limit' 'sessions|-o' 'sessions|--output' 'sessions|--server' 'sessions|--ca-file' 'sessions|--profile' 'kill|--server' 'kill|--ca-file' 'kill|--profile' 'replay|-o' 'replay|--output' 'replay|--server' 'replay|--ca-file' 'replay|--profile' 'request|-s' 'request|--scope' 'request|-r' 'request|--reason' 'request|--ttl' 'request|--start-at' 'request|-o' 'request|--output' 'request|--server' 'request|--ca-file' 'request|--profile' 'requests|-o' 'requests|--output' 'requests|--server' 'requests|--ca-file' 'requests|--profile' 'approve|-m' 'approve|--comment' 'approve|--server' 'approve|--ca-file' 'approve|--profile' 'deny|-r' 'deny|--reason' 'deny|--server' 'deny|--ca-file' 'deny|--profile' 'cancel|-r' 'cancel|--reason' 'cancel|--server' 'cancel|--ca-file' 'cancel|--profile' 'mcp|--server' 'mcp|--ca-file' 'mcp|--profile' 'audit|--identity' 'audit|--target' 'audit|--since' 'audit|--limit' 'audit|-o' 'audit|--output' 'audit|--server' 'audit|--ca-file' 'audit|--profile' 'audit verify|--server' 'audit verify|--ca-file' 'audit verify|--profile'
+        case '|--ca-file' '|--profile' 'login|--server' 'login|--oidc-token-env' 'login|--audience' 'login|--ca-file' 'login|--profile' 'logout|--server' 'logout|--ca-file' 'logout|--profile' 'whoami|-o' 'whoami|--output' 'whoami|--server' 'whoami|--ca-file' 'whoami|--profile' 'targets|-o' 'targets|--output' 'targets|--server' 'targets|--ca-file' 'targets|--profile' 'connect|-s' 'connect|--scope' 'connect|--ttl' 'connect|-r' 'connect|--reason' 'connect|-p' 'connect|--port' 'connect|--format' 'connect|--server' 'connect|--wait-timeout' 'connect|--ca-file' 'connect|--profile' 'run|-s' 'run|--scope' 'run|--ttl' 'run|-r' 'run|--reason' 'run|-p' 'run|--port' 'run|--server' 'run|--wait-timeout' 'run|--ca-file' 'run|--profile' 'exec|-c' 'exec|--command' 'exec|-f' 'exec|--file' 'exec|-o' 'exec|--output' 'exec|-s' 'exec|--scope' 'exec|--ttl' 'exec|-r' 'exec|--reason' 'exec|--server' 'exec|--wait-timeout' 'exec|--ca-file' 'exec|--profile' 'sessions|--limit' 'sessions|-o' 'sessions|--output' 'sessions|--server' 'sessions|--ca-file' 'sessions|--profile' 'kill|--server' 'kill|--ca-file' 'kill|--profile' 'replay|-o' 'replay|--output' 'replay|--server' 'replay|--ca-file' 'replay|--profile' 'request|-s' 'request|--scope' 'request|-r' 'request|--reason' 'request|--ttl' 'request|--start-at' 'request|-o' 'request|--output' 'request|--server' 'request|--ca-file' 'request|--profile' 'requests|-o' 'requests|--output' 'requests|--server' 'requests|--ca-file' 'requests|--profile' 'approve|-m' 'approve|--comment' 'approve|--server' 'approve|--ca-file' 'approve|--profile' 'deny|-r' 'deny|--reason' 'deny|--server' 'deny|--ca-file' 'deny|--profile' 'cancel|-r' 'cancel|--reason' 'cancel|--server' 'cancel|--ca-file' 'cancel|--profile' 'mcp|--server' 'mcp|--ca-file' 'mcp|--profile' 'audit|--identity' 'audit|--target' 'audit|--since' 'audit|--limit' 'audit|-o' 'audit|--output' 'audit|--server' 'audit|--ca-file' 'audit|--profile' 'audit verify|--server' 'audit verify|--ca-file' 'audit verify|--profile' 'audit access|--target' 'audit access|--table' 'audit access|--column' 'audit access|--identity' 'audit access|--kind' 'audit access|--since' 'audit access|--until' 'audit access|--limit' 'audit access|-o' 'audit access|--output' 'audit access|--server' 'audit access|--ca-file' 'audit access|--profile' 'audit report|--since' 'audit report|--until' 'audit report|-f' 'audit report|--format' 'audit report|-o' 'audit report|--out' 'audit report|--server' 'audit report|--ca-file' 'audit report|--profile'
             return 0
     end
     return 1
@@ -77,7 +77,7 @@ complete -c dbaccess -n "__dbaccess_at ''" -a approve -d 'Approve someone\'s acc
 complete -c dbaccess -n "__dbaccess_at ''" -a deny -d 'Deny someone\'s access request (a reason is required)'
 complete -c dbaccess -n "__dbaccess_at ''" -a cancel -d 'Withdraw your access request or unused approval (admins: anyone\'s)'
 complete -c dbaccess -n "__dbaccess_at ''" -a mcp -d 'Serve the agents\' tools over MCP on stdin/stdout (for agent hosts to spawn)'
-complete -c dbaccess -n "__dbaccess_at ''" -a audit -d 'List audit events (admins and auditors), or verify the hash chain with \'audit verify\''
+complete -c dbaccess -n "__dbaccess_at ''" -a audit -d 'List audit events (admins and auditors); \'audit verify\' checks the hash chain, \'audit access\' answers who touched which data, \'audit report\' writes the evidence report'
 complete -c dbaccess -n "__dbaccess_at ''" -l version -d 'Print the version of dbaccess and exit'
 complete -c dbaccess -n "__dbaccess_at ''" -l ca-file -r -F -d 'CA certificate (PEM) that signs the broker\'s and the gateway\'s TLS certificates, for a private CA (default: $DBACCESS_CA_FILE, else the profile\'s, else the system\'s)'
 complete -c dbaccess -n "__dbaccess_at ''" -l profile -x -d 'Profile (broker and token) to act with, e.g. reviewer (default: $DBACCESS_PROFILE, else profile.json)'
@@ -225,6 +225,8 @@ complete -c dbaccess -n "__dbaccess_at 'mcp'" -l profile -x -d 'Profile (broker 
 complete -c dbaccess -n "__dbaccess_at 'mcp'" -s h -l help -d 'Show this message and exit'
 
 complete -c dbaccess -n "__dbaccess_at 'audit'" -a verify -d 'Check the hash chain and the session recordings'
+complete -c dbaccess -n "__dbaccess_at 'audit'" -a access -d 'Who read or changed which tables and columns, masked or clear: one row per statement'
+complete -c dbaccess -n "__dbaccess_at 'audit'" -a report -d 'An evidence report for auditors (admins and auditors)'
 complete -c dbaccess -n "__dbaccess_at 'audit'" -l identity -x -d 'Only events of this identity'
 complete -c dbaccess -n "__dbaccess_at 'audit'" -l target -x -a '(__dbaccess_dynamic)' -d 'Only events on this target'
 complete -c dbaccess -n "__dbaccess_at 'audit'" -l since -x -d 'Only events since then: a duration back from now (30m, 1h, 7d) or an ISO time (2026-01-31T00:00, local time unless an offset is given)'
@@ -239,3 +241,29 @@ complete -c dbaccess -n "__dbaccess_at 'audit verify'" -l server -x -d 'Broker U
 complete -c dbaccess -n "__dbaccess_at 'audit verify'" -l ca-file -r -F -d 'CA certificate (PEM) that signs the broker\'s and the gateway\'s TLS certificates, for a private CA (default: $DBACCESS_CA_FILE, else the profile\'s, else the system\'s)'
 complete -c dbaccess -n "__dbaccess_at 'audit verify'" -l profile -x -d 'Profile (broker and token) to act with, e.g. reviewer (default: $DBACCESS_PROFILE, else profile.json)'
 complete -c dbaccess -n "__dbaccess_at 'audit verify'" -s h -l help -d 'Show this message and exit'
+
+complete -c dbaccess -n "__dbaccess_at 'audit access'" -l target -x -a '(__dbaccess_dynamic)' -d 'Only this target'
+complete -c dbaccess -n "__dbaccess_at 'audit access'" -l table -x -d 'Only statements on this table (name or schema.name)'
+complete -c dbaccess -n "__dbaccess_at 'audit access'" -l column -x -d 'Only those on this column (needs --table)'
+complete -c dbaccess -n "__dbaccess_at 'audit access'" -l identity -x -d 'Only this identity (or the person its agent acts for)'
+complete -c dbaccess -n "__dbaccess_at 'audit access'" -l kind -x -a 'user agent workload service' -d 'Only identities of this kind'
+complete -c dbaccess -n "__dbaccess_at 'audit access'" -l since -x -d 'From then on: a duration back from now (30m, 7d), a day (today, yesterday, last tuesday) or an ISO time (2026-12-01, 2026-12-01T09:00; local time unless an offset is given)'
+complete -c dbaccess -n "__dbaccess_at 'audit access'" -l until -x -d 'Until then: a duration back from now (30m, 7d), a day (today, yesterday, last tuesday) or an ISO time (2026-12-01, 2026-12-01T09:00; local time unless an offset is given)'
+complete -c dbaccess -n "__dbaccess_at 'audit access'" -l writes -d 'Only statements that wrote'
+complete -c dbaccess -n "__dbaccess_at 'audit access'" -l clear-only -d 'Only statements that got a column of it in clear'
+complete -c dbaccess -n "__dbaccess_at 'audit access'" -l summary -d 'Counts by identity and relation instead'
+complete -c dbaccess -n "__dbaccess_at 'audit access'" -l limit -x -d 'How many'
+complete -c dbaccess -n "__dbaccess_at 'audit access'" -s o -l output -x -a 'table json csv' -d 'Output format'
+complete -c dbaccess -n "__dbaccess_at 'audit access'" -l server -x -d 'Broker URL (default: from the profile)'
+complete -c dbaccess -n "__dbaccess_at 'audit access'" -l ca-file -r -F -d 'CA certificate (PEM) that signs the broker\'s and the gateway\'s TLS certificates, for a private CA (default: $DBACCESS_CA_FILE, else the profile\'s, else the system\'s)'
+complete -c dbaccess -n "__dbaccess_at 'audit access'" -l profile -x -d 'Profile (broker and token) to act with, e.g. reviewer (default: $DBACCESS_PROFILE, else profile.json)'
+complete -c dbaccess -n "__dbaccess_at 'audit access'" -s h -l help -d 'Show this message and exit'
+
+complete -c dbaccess -n "__dbaccess_at 'audit report'" -l since -x -d 'From then on: a duration back from now (30m, 7d), a day (today, yesterday, last tuesday) or an ISO time (2026-12-01, 2026-12-01T09:00; local time unless an offset is given)'
+complete -c dbaccess -n "__dbaccess_at 'audit report'" -l until -x -d 'Until then: a duration back from now (30m, 7d), a day (today, yesterday, last tuesday) or an ISO time (2026-12-01, 2026-12-01T09:00; local time unless an offset is given)'
+complete -c dbaccess -n "__dbaccess_at 'audit report'" -s f -l format -x -a 'html md json' -d 'html (one file, charts), md or json'
+complete -c dbaccess -n "__dbaccess_at 'audit report'" -s o -l out -r -F -d 'Write to this file (default: stdout)'
+complete -c dbaccess -n "__dbaccess_at 'audit report'" -l server -x -d 'Broker URL (default: from the profile)'
+complete -c dbaccess -n "__dbaccess_at 'audit report'" -l ca-file -r -F -d 'CA certificate (PEM) that signs the broker\'s and the gateway\'s TLS certificates, for a private CA (default: $DBACCESS_CA_FILE, else the profile\'s, else the system\'s)'
+complete -c dbaccess -n "__dbaccess_at 'audit report'" -l profile -x -d 'Profile (broker and token) to act with, e.g. reviewer (default: $DBACCESS_PROFILE, else profile.json)'
+complete -c dbaccess -n "__dbaccess_at 'audit report'" -s h -l help -d 'Show this message and exit'

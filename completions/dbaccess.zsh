@@ -13,6 +13,38 @@ __dbaccess_dynamic() {
   (( ${#values} )) && compadd -- ${values%%$'\t'*}
 }
 
+_dbaccess__audit__report() {
+  _arguments -s -S \
+    '(--since)'--since'[From then on\: a duration back from now (30m, 7d), a day (today, yesterday, last tuesday) or an ISO time (2026-12-01, 2026-12-01T09\:00; local time unless an offset is given)]:since: ' \
+    '(--until)'--until'[Until then\: a duration back from now (30m, 7d), a day (today, yesterday, last tuesday) or an ISO time (2026-12-01, 2026-12-01T09\:00; local time unless an offset is given)]:until: ' \
+    '(-f --format)'{-f,--format}'[html (one file, charts), md or json]:format:(html md json)' \
+    '(-o --out)'{-o,--out}'[Write to this file (default\: stdout)]:out:_files' \
+    '(--server)'--server'[Broker URL (default\: from the profile)]:server: ' \
+    '(--ca-file)'--ca-file'[CA certificate (PEM) that signs the broker'\''s and the gateway'\''s TLS certificates, for a private CA (default\: $DBACCESS_CA_FILE, else the profile'\''s, else the system'\''s)]:ca-file:_files' \
+    '(--profile)'--profile'[Profile (broker and token) to act with, e.g. reviewer (default\: $DBACCESS_PROFILE, else profile.json)]:profile: ' \
+    '(- *)'{-h,--help}'[Show this message and exit]'
+}
+
+_dbaccess__audit__access() {
+  _arguments -s -S \
+    '(--target)'--target'[Only this target]:target:__dbaccess_dynamic' \
+    '(--table)'--table'[Only statements on this table (name or schema.name)]:table: ' \
+    '(--column)'--column'[Only those on this column (needs --table)]:column: ' \
+    '(--identity)'--identity'[Only this identity (or the person its agent acts for)]:identity: ' \
+    '(--kind)'--kind'[Only identities of this kind]:kind:(user agent workload service)' \
+    '(--since)'--since'[From then on\: a duration back from now (30m, 7d), a day (today, yesterday, last tuesday) or an ISO time (2026-12-01, 2026-12-01T09\:00; local time unless an offset is given)]:since: ' \
+    '(--until)'--until'[Until then\: a duration back from now (30m, 7d), a day (today, yesterday, last tuesday) or an ISO time (2026-12-01, 2026-12-01T09\:00; local time unless an offset is given)]:until: ' \
+    '(--writes)'--writes'[Only statements that wrote]' \
+    '(--clear-only)'--clear-only'[Only statements that got a column of it in clear]' \
+    '(--summary)'--summary'[Counts by identity and relation instead]' \
+    '(--limit)'--limit'[How many]:limit: ' \
+    '(-o --output)'{-o,--output}'[Output format]:output:(table json csv)' \
+    '(--server)'--server'[Broker URL (default\: from the profile)]:server: ' \
+    '(--ca-file)'--ca-file'[CA certificate (PEM) that signs the broker'\''s and the gateway'\''s TLS certificates, for a private CA (default\: $DBACCESS_CA_FILE, else the profile'\''s, else the system'\''s)]:ca-file:_files' \
+    '(--profile)'--profile'[Profile (broker and token) to act with, e.g. reviewer (default\: $DBACCESS_PROFILE, else profile.json)]:profile: ' \
+    '(- *)'{-h,--help}'[Show this message and exit]'
+}
+
 _dbaccess__audit__verify() {
   _arguments -s -S \
     '(--server)'--server'[Broker URL (default\: from the profile)]:server: ' \
@@ -41,6 +73,8 @@ _dbaccess__audit() {
       local -a commands
       commands=(
         'verify:Check the hash chain and the session recordings'
+        'access:Who read or changed which tables and columns, masked or clear: one row per statement'
+        'report:An evidence report for auditors (admins and auditors)'
       )
       _describe -t commands 'dbaccess audit command' commands && ret=0
       ;;
@@ -48,6 +82,8 @@ _dbaccess__audit() {
       curcontext="${curcontext%:*:*}:dbaccess-audit-$line[1]:"
       case $line[1] in
         verify) _dbaccess__audit__verify && ret=0 ;;
+        access) _dbaccess__audit__access && ret=0 ;;
+        report) _dbaccess__audit__report && ret=0 ;;
       esac
       ;;
   esac
@@ -274,7 +310,7 @@ _dbaccess() {
         'deny:Deny someone'\''s access request (a reason is required)'
         'cancel:Withdraw your access request or unused approval (admins: anyone'\''s)'
         'mcp:Serve the agents'\'' tools over MCP on stdin/stdout (for agent hosts to spawn)'
-        'audit:List audit events (admins and auditors), or verify the hash chain with '\''audit verify'\'''
+        'audit:List audit events (admins and auditors); '\''audit verify'\'' checks the hash chain, '\''audit access'\'' answers who touched which data, '\''audit report'\'' writes the evidence report'
       )
       _describe -t commands 'dbaccess command' commands && ret=0
       ;;

@@ -106,7 +106,8 @@ def kill(
 
 
 audit_app = typer.Typer(
-    help="List audit events (admins and auditors), or verify the hash chain with 'audit verify'.",
+    help="List audit events (admins and auditors); 'audit verify' checks the hash chain, "
+    "'audit access' answers who touched which data, 'audit report' writes the evidence report.",
     no_args_is_help=False,
 )
 

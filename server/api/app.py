@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from common.validation import validation_message
-from server.api import auth_routes, recordings_routes, requests_routes
+from server.api import access_routes, auth_routes, recordings_routes, requests_routes
 from server.api.common import is_admin, may_audit, parse_ttl, parse_when, target_listing
 from server.audit import chain
 from server.errors import (
@@ -77,6 +77,7 @@ def create_app(
     auth_routes.register(app, service, auth)
     requests_routes.register(app, service, identity)
     recordings_routes.register(app, service, identity)
+    access_routes.register(app, service, identity)
 
     @app.get("/v1/health")
     def health() -> dict[str, str]:

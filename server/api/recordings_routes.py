@@ -16,7 +16,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Query
 
 from server.api.common import may_audit
-from server.audit import chain, recording
+from server.audit import access, chain, recording
 from server.errors import NotFound, Unavailable
 from server.policy.evaluate import Identity
 from server.sessions.service import SessionService
@@ -84,11 +84,14 @@ def _archived(
 
 
 def verify_audit(service: SessionService) -> dict[str, Any]:
-    """The answer of ``GET /v1/audit/verify``: the hash chain, then every closed recording.
+    """The answer of ``GET /v1/audit/verify``: the hash chain, every closed recording,
+    the access index.
 
-    ``ok`` covers both.  When the chain is intact but a recording is not,
+    ``ok`` covers all three (the index is held to the recordings' ``access``
+    events).  When the chain is intact but a recording is not,
     ``first_bad_seq`` is the ``recording.closed`` event of the first such
-    recording and ``problem`` says which session and what is wrong.
+    recording and ``problem`` says which session and what is wrong; an access
+    index that differs from its events is named in ``problem`` too.
     """
     store = service.store
     res = chain.verify(store)
@@ -96,15 +99,21 @@ def verify_audit(service: SessionService) -> dict[str, Any]:
     recordings = recording.verify_recordings(
         store, archiver.recording_events if archiver is not None else None
     )
+    index = access.verify_index(store)
     first_bad_seq, problem = res.first_bad_seq, res.problem
     if res.ok and recordings.problems:
         first = recordings.problems[0]
         first_bad_seq = first.audit_seq
         problem = f"recording of session {first.session_id}: {first.problem}"
+    elif res.ok and index:
+        problem = (
+            f"access event {index[0].seq} of session {index[0].session_id}: {index[0].problem}"
+        )
     return {
-        "ok": res.ok and recordings.ok,
+        "ok": res.ok and recordings.ok and not index,
         "events": res.events,
         "first_bad_seq": first_bad_seq,
         "problem": problem,
         "recordings": recordings.to_json(),
+        "access": {"ok": not index, "problems": [p.to_json() for p in index]},
     }

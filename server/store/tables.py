@@ -208,3 +208,59 @@ session_recordings = sa.Table(
     sa.Column("archived_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column("pruned_at", sa.DateTime(timezone=True), nullable=True),
 )
+
+# Data-access events: per statement that ran, who touched which relations and
+# columns, masked or clear (server/audit/access.py).  An index over the ``access``
+# events of the recordings, which the recordings' digests cover: ``session_id`` and
+# ``seq`` name the event each row is read from, so ``audit verify`` can hold the
+# rows to it.
+_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+access_events = sa.Table(
+    "access_events",
+    metadata,
+    sa.Column("id", _ID, primary_key=True, autoincrement=True),
+    sa.Column("session_id", sa.String(32), nullable=False),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("target", sa.String(200), nullable=False),
+    sa.Column("identity", sa.String(200), nullable=False),
+    sa.Column("identity_kind", sa.String(20), nullable=False),
+    sa.Column("on_behalf_of", sa.String(200), nullable=True),
+    sa.Column("command", sa.String(60), nullable=False),
+    sa.Column("rows", sa.BigInteger, nullable=True),
+    sa.Column("decision", sa.String(20), nullable=False),
+    sa.Column("rule", sa.String(200), nullable=True),
+    sa.Column("approval", sa.String(32), nullable=True),
+    sa.UniqueConstraint("session_id", "seq", name="uq_access_events_session_seq"),
+)
+sa.Index("ix_access_events_ts", access_events.c.ts)
+sa.Index("ix_access_events_target_ts", access_events.c.target, access_events.c.ts)
+sa.Index("ix_access_events_identity_ts", access_events.c.identity, access_events.c.ts)
+sa.Index("ix_access_events_behalf_ts", access_events.c.on_behalf_of, access_events.c.ts)
+
+# One row per (statement, relation, column): ``column_name`` is empty where the
+# statement touched the relation without a column of it being known (count(*),
+# a DELETE's target); ``state`` is clear, masked, or exempt (a column a masking
+# rule names that came back in clear, the session's groups being exempt).
+access_columns = sa.Table(
+    "access_columns",
+    metadata,
+    sa.Column(
+        "access_id",
+        _ID,
+        sa.ForeignKey("access_events.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("schema_name", sa.String(63), nullable=False),
+    sa.Column("table_name", sa.String(63), nullable=False),
+    sa.Column("column_name", sa.String(63), nullable=False),
+    sa.Column("action", sa.String(10), nullable=False),
+    sa.Column("state", sa.String(10), nullable=False),
+)
+sa.Index(
+    "ix_access_columns_relation",
+    access_columns.c.table_name,
+    access_columns.c.column_name,
+    access_columns.c.access_id,
+)
+sa.Index("ix_access_columns_access", access_columns.c.access_id)

@@ -97,6 +97,11 @@ PLUS_ONE = timezone(timedelta(hours=1))
         ("2026-02-01T09:00Z", "ahead", datetime(2026, 2, 1, 9, 0, tzinfo=UTC)),
         ("2026-02-01T09:00+01:00", "ago", datetime(2026, 2, 1, 9, 0, tzinfo=PLUS_ONE)),
         ("2026-02-01", "ago", datetime(2026, 2, 1, tzinfo=UTC)),
+        # NOW is a Sunday; a named day is its midnight, a weekday the last one before today.
+        ("today", "ago", datetime(2026, 3, 1, tzinfo=UTC)),
+        ("yesterday", "ago", datetime(2026, 2, 28, tzinfo=UTC)),
+        ("last Tuesday", "ago", datetime(2026, 2, 24, tzinfo=UTC)),
+        ("last sunday", "ago", datetime(2026, 2, 22, tzinfo=UTC)),
     ],
 )
 def test_parse_time_accepts(text: str, direction: str, expected: datetime) -> None:
@@ -112,7 +117,7 @@ def test_parse_time_reads_a_naive_time_as_local_by_default() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("yesterday", "'yesterday' is not a time: give a duration (1h, 7d) or an ISO 8601 time"),
+        ("last week", "'last week' is not a time: give a duration (1h, 7d) or an ISO 8601 time"),
         ("", "is not a time"),
         ("1.5h", "use whole numbers"),
         ("-1h", "durations cannot be negative"),

@@ -93,6 +93,9 @@ MATRIX = [
     ("GET", "/v1/sessions/{s}/recording", (200, 404, 404, 200, 200)),
     ("GET", "/v1/audit", (403, 403, 403, 200, 200)),
     ("GET", "/v1/audit/verify", (403, 403, 403, 200, 200)),
+    # Everyone may ask; only admins and auditors get more than their own statements.
+    ("GET", "/v1/audit/access", (200, 200, 200, 200, 200)),
+    ("GET", "/v1/audit/report", (403, 403, 403, 200, 200)),
     ("GET", "/v1/requests/{r}", (200, 404, 200, 404, 200)),
     ("GET", "/v1/targets", (200, 200, 200, 200, 200)),
     ("GET", "/v1/whoami", (200, 200, 200, 200, 200)),
@@ -125,7 +128,7 @@ def test_others_cannot_end_alices_session(world: World, who: str) -> None:
 def test_without_a_token_everything_but_health_is_401(world: World) -> None:
     anonymous = world.broker.client("")
     anonymous.token = None
-    for path in ("/v1/sessions", "/v1/targets", "/v1/audit", "/v1/requests"):
+    for path in ("/v1/sessions", "/v1/targets", "/v1/audit", "/v1/audit/access", "/v1/requests"):
         with pytest.raises(CliError) as err:
             anonymous.request("GET", path)
         assert (err.value.details or {}).get("error") == "not_authenticated"

@@ -1,7 +1,6 @@
 """The web inbox in a real browser, against a real dev broker, with Slack both ways.
 
-Headless Chromium from the distribution's packages (``/usr/bin/chromium``, driven
-through ``/usr/bin/chromedriver`` by Selenium; nothing is downloaded) logs in
+Headless Chromium (``tests/fix_browser.py``) logs in
 through the loopback OIDC provider (``tests/fix_oidc.py``: authorization code +
 PKCE), sees the inbox, approves a request while the requester's
 ``dbaccess connect`` waits for it (and then runs), denies one with a reason,
@@ -23,7 +22,6 @@ a request through the broker's real endpoint.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import ssl
 import tempfile
@@ -36,6 +34,7 @@ import httpx
 import pytest
 
 from server.demo.provision import DemoTarget
+from tests import fix_browser
 from tests.fix_broker import Broker, Waiting, new_broker
 from tests.fix_oidc import CLIENT_ID, OidcProvider
 from tests.fix_slack import (
@@ -53,9 +52,7 @@ webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-ARTIFACTS = Path(__file__).parents[3] / "test-artifacts" / "ui"
+ARTIFACTS = fix_browser.ARTIFACTS / "ui"
 POLICY = """\
 version: 1
 groups:
@@ -124,33 +121,6 @@ class World:
         assert self.driver.save_screenshot(str(ARTIFACTS / name))
 
 
-def _chrome(home: Path) -> webdriver.Chrome:
-    """Headless Chromium keeping its profile and temporary files in ``home``."""
-    if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
-        message = "chromium and chromium-driver are not installed (scripts/setup.sh installs them)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",  # tests run as root in CI
-        "--disable-dev-shm-usage",
-        "--disable-gpu",
-        "--window-size=1280,900",
-        "--ignore-certificate-errors",  # the dev broker's own CA, on loopback
-        "--no-first-run",
-        "--disable-extensions",
-        f"--user-data-dir={home / 'profile'}",
-    ):
-        options.add_argument(arg)
-    service = webdriver.ChromeService(
-        executable_path=CHROMEDRIVER, env={**os.environ, "TMPDIR": str(home)}
-    )
-    return webdriver.Chrome(options=options, service=service)
-
-
 @pytest.fixture(scope="module")
 def world(
     demo_target: DemoTarget, oidc_provider: OidcProvider, slack_stand_in: SlackStandIn
@@ -167,7 +137,7 @@ def world(
     )
     home = Path(tempfile.mkdtemp(prefix="dbaccess-chromium-"))
     try:
-        driver = _chrome(home)
+        driver = fix_browser.chrome(home)
         try:
             yield World(broker, oidc_provider, slack_stand_in, driver)
         finally:

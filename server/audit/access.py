@@ -1,0 +1,529 @@
+"""Data-access events: who read or changed which relations and columns, masked or clear.
+
+For every statement that ran, the gateway puts one ``access`` event into the
+session's recording (:func:`access_event` builds its data from the facts the
+gateway already has: the statement's analysis, the result's masking plan, the
+command tag's row count, the guardrail decision and the approval it ran
+under).  The event is self-contained::
+
+    {"target": "prod", "identity": "ci-bot", "identity_kind": "agent",
+     "on_behalf_of": "alice", "command": "SELECT", "rows": 3,
+     "decision": "allowed", "rule": null, "approval": null,
+     "relations": [{"schema": "public", "table": "customers", "action": "read",
+                    "columns": ["email", "id"], "masked": ["email"], "exempt": []}]}
+
+``columns`` are the relation's columns the statement touched (empty where it
+touched the relation without naming one: ``count(*)``, a DELETE's target),
+``masked`` those that left masked, ``exempt`` those a masking rule names that
+came back in clear because the session's groups are exempt; every other
+column came back clear.  Being an event of the recording, it is redacted like
+the rest (it holds names, never values) and covered by the recording's digest,
+which the audit hash chain holds.
+
+**The index.**  So that "who read customers.email in clear last week" is one
+indexed query rather than a read of every recording, each ``access`` event is
+also written as rows of ``access_events`` (one per statement) and
+``access_columns`` (one per relation and column) by :func:`write_index`, in the
+transaction that stores the event.  The rows name their event (``session_id``,
+``seq``), and :func:`verify_index` — part of ``dbaccess audit verify`` — holds
+every row to it: a row edited, added or removed in the index is reported, and
+the event itself cannot change unnoticed because of the digest.
+
+:func:`find` and :func:`summarize` answer ``dbaccess audit access`` (one record
+per statement, or counts by identity and relation).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final
+
+import sqlalchemy as sa
+
+from server.store import tables as t
+from server.store.db import Store, _aware
+
+KIND: Final = "access"
+READ: Final = "read"
+WRITE: Final = "write"
+CLEAR: Final = "clear"
+MASKED: Final = "masked"
+EXEMPT: Final = "exempt"
+STATES: Final = (CLEAR, MASKED, EXEMPT)
+IDENTITY_KINDS: Final = ("user", "agent", "workload", "service", "dev")
+MAX_LIMIT: Final = 10_000
+
+
+# --------------------------------------------------------------------------
+# The event
+
+
+@dataclass(frozen=True)
+class RelationAccess:
+    """What one statement did to one relation."""
+
+    schema: str
+    table: str
+    action: str  # READ or WRITE
+    columns: tuple[str, ...] = ()
+    masked: frozenset[str] = frozenset()
+    exempt: frozenset[str] = frozenset()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": self.schema,
+            "table": self.table,
+            "action": self.action,
+            "columns": list(self.columns),
+            "masked": sorted(self.masked),
+            "exempt": sorted(self.exempt),
+        }
+
+
+@dataclass(frozen=True)
+class SessionFacts:
+    """What every access event of one session says the same: who, where."""
+
+    target: str
+    identity: str
+    identity_kind: str
+    on_behalf_of: str | None = None
+
+
+def access_event(
+    session: SessionFacts,
+    *,
+    command: str,
+    relations: Sequence[RelationAccess],
+    rows: int | None,
+    decision: str = "allowed",
+    rule: str | None = None,
+    approval: str | None = None,
+) -> dict[str, Any]:
+    """The data of an ``access`` event (JSON's own types only)."""
+    return {
+        "target": session.target,
+        "identity": session.identity,
+        "identity_kind": session.identity_kind,
+        "on_behalf_of": session.on_behalf_of,
+        "command": command,
+        "rows": rows,
+        "decision": decision,
+        "rule": rule,
+        "approval": approval,
+        "relations": [r.to_json() for r in relations],
+    }
+
+
+# --------------------------------------------------------------------------
+# The index
+
+
+@dataclass(frozen=True)
+class ColumnAccess:
+    schema: str
+    table: str
+    column: str  # "" where no column of the relation is known
+    action: str
+    state: str
+
+    @property
+    def relation(self) -> str:
+        return f"{self.schema}.{self.table}"
+
+    def to_json(self) -> dict[str, str]:
+        return {
+            "relation": self.relation,
+            "column": self.column,
+            "action": self.action,
+            "state": self.state,
+        }
+
+
+def column_rows(data: Mapping[str, Any]) -> list[ColumnAccess]:
+    """The ``access_columns`` rows of one event's data, in a stable order (pure)."""
+    out: list[ColumnAccess] = []
+    seen: set[tuple[str, str, str, str]] = set()
+    for rel in data.get("relations") or ():
+        schema, table, action = str(rel["schema"]), str(rel["table"]), str(rel["action"])
+        masked = set(rel.get("masked") or ())
+        exempt = set(rel.get("exempt") or ())
+        columns = list(dict.fromkeys([*(rel.get("columns") or ()), *sorted(masked | exempt)]))
+        for column in columns or [""]:
+            key = (schema, table, column, action)
+            if key in seen:
+                continue
+            seen.add(key)
+            state = MASKED if column in masked else EXEMPT if column in exempt else CLEAR
+            out.append(ColumnAccess(schema, table, str(column), action, state))
+    return out
+
+
+def event_row(session_id: str, seq: int, ts: datetime, data: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``access_events`` row of one event (pure; no ``id``)."""
+    rows = data.get("rows")
+    return {
+        "session_id": session_id,
+        "seq": seq,
+        "ts": ts,
+        "target": str(data.get("target") or ""),
+        "identity": str(data.get("identity") or ""),
+        "identity_kind": str(data.get("identity_kind") or "user"),
+        "on_behalf_of": data.get("on_behalf_of"),
+        "command": str(data.get("command") or ""),
+        "rows": int(rows) if rows is not None else None,
+        "decision": str(data.get("decision") or "allowed"),
+        "rule": data.get("rule"),
+        "approval": data.get("approval"),
+    }
+
+
+def write_index(conn: sa.Connection, events: Iterable[Any]) -> int:
+    """Index the ``access`` events among ``events`` (each with ``session_id``, ``seq``,
+    ``ts``, ``kind``, ``data``) in the caller's transaction; returns how many."""
+    wanted = [e for e in events if e.kind == KIND]
+    if not wanted:
+        return 0
+    ids = conn.execute(
+        t.access_events.insert().returning(t.access_events.c.id, sort_by_parameter_order=True),
+        [event_row(e.session_id, e.seq, e.ts, e.data) for e in wanted],
+    ).all()
+    columns = [
+        {
+            "access_id": row[0],
+            "schema_name": c.schema,
+            "table_name": c.table,
+            "column_name": c.column,
+            "action": c.action,
+            "state": c.state,
+        }
+        for row, e in zip(ids, wanted, strict=True)
+        for c in column_rows(e.data)
+    ]
+    if columns:
+        conn.execute(t.access_columns.insert(), columns)
+    return len(wanted)
+
+
+# --------------------------------------------------------------------------
+# Questions
+
+
+@dataclass(frozen=True)
+class AccessQuery:
+    """The filters of ``dbaccess audit access``; every one given must hold.
+
+    ``table`` is ``name`` (any schema) or ``schema.name``; ``column`` needs
+    ``table``.  ``writes`` keeps statements that wrote the table (or any
+    relation), ``clear_only`` those where a column of it came back in clear
+    (clear or exempt; a relation touched without a column does not count).
+    ``identity`` matches the identity or the person an agent acted for;
+    ``viewer`` (set for a caller who is not an auditor) keeps only that
+    person's own statements, whatever else is asked.
+    """
+
+    target: str | None = None
+    table: str | None = None
+    column: str | None = None
+    identity: str | None = None
+    kind: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    writes: bool = False
+    clear_only: bool = False
+    viewer: str | None = None
+    limit: int = 200
+
+
+@dataclass(frozen=True)
+class AccessRecord:
+    id: int
+    ts: datetime
+    session_id: str
+    seq: int
+    target: str
+    identity: str
+    identity_kind: str
+    on_behalf_of: str | None
+    command: str
+    rows: int | None
+    decision: str
+    rule: str | None
+    approval: str | None
+    columns: tuple[ColumnAccess, ...] = field(default=())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "ts": self.ts.isoformat(),
+            "session_id": self.session_id,
+            "seq": self.seq,
+            "target": self.target,
+            "identity": self.identity,
+            "identity_kind": self.identity_kind,
+            "on_behalf_of": self.on_behalf_of,
+            "command": self.command,
+            "rows": self.rows,
+            "decision": self.decision,
+            "rule": self.rule,
+            "approval": self.approval,
+            "columns": [c.to_json() for c in self.columns],
+        }
+
+
+def _split_table(name: str) -> tuple[str | None, str]:
+    schema, dot, table = name.rpartition(".")
+    return (schema, table) if dot else (None, name)
+
+
+def _where(q: AccessQuery) -> list[sa.ColumnElement[bool]]:
+    e, c = t.access_events.c, t.access_columns.c
+    conds: list[sa.ColumnElement[bool]] = []
+    if q.target is not None:
+        conds.append(e.target == q.target)
+    if q.identity is not None:
+        conds.append(sa.or_(e.identity == q.identity, e.on_behalf_of == q.identity))
+    if q.viewer is not None:
+        conds.append(sa.or_(e.identity == q.viewer, e.on_behalf_of == q.viewer))
+    if q.kind is not None:
+        conds.append(e.identity_kind == q.kind)
+    if q.since is not None:
+        conds.append(e.ts >= q.since)
+    if q.until is not None:
+        conds.append(e.ts < q.until)
+    touched: list[sa.ColumnElement[bool]] = []
+    if q.table is not None:
+        schema, table = _split_table(q.table)
+        touched.append(c.table_name == table)
+        if schema is not None:
+            touched.append(c.schema_name == schema)
+    if q.column is not None:
+        touched.append(c.column_name == q.column)
+    if q.writes:
+        touched.append(c.action == WRITE)
+    if q.clear_only:
+        touched += [c.state != MASKED, c.column_name != ""]
+    if touched:
+        conds.append(
+            e.id.in_(sa.select(c.access_id).where(*touched).scalar_subquery())
+            if q.table is not None
+            else sa.exists().where(c.access_id == e.id, *touched)
+        )
+    return conds
+
+
+def _record(m: Any, columns: Sequence[ColumnAccess]) -> AccessRecord:
+    ts = _aware(m["ts"])
+    assert ts is not None
+    return AccessRecord(
+        id=m["id"],
+        ts=ts,
+        session_id=m["session_id"],
+        seq=m["seq"],
+        target=m["target"],
+        identity=m["identity"],
+        identity_kind=m["identity_kind"],
+        on_behalf_of=m["on_behalf_of"],
+        command=m["command"],
+        rows=m["rows"],
+        decision=m["decision"],
+        rule=m["rule"],
+        approval=m["approval"],
+        columns=tuple(columns),
+    )
+
+
+def find(store: Store, q: AccessQuery) -> list[AccessRecord]:
+    """The statements that match ``q``, newest first, at most ``q.limit``, each with
+    every column it touched."""
+    if q.column is not None and q.table is None:
+        raise ValueError("a column filter needs a table")
+    e, c = t.access_events.c, t.access_columns.c
+    limit = max(1, min(q.limit, MAX_LIMIT))
+    query = (
+        sa.select(t.access_events).where(*_where(q)).order_by(e.ts.desc(), e.id.desc()).limit(limit)
+    )
+    with store.tx() as conn:
+        rows = conn.execute(query).all()
+        ids = [row._mapping["id"] for row in rows]
+        by_id: dict[int, list[ColumnAccess]] = defaultdict(list)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            for col in conn.execute(
+                sa.select(t.access_columns).where(c.access_id.in_(chunk)).order_by(c.access_id)
+            ):
+                m = col._mapping
+                by_id[m["access_id"]].append(
+                    ColumnAccess(
+                        m["schema_name"], m["table_name"], m["column_name"], m["action"], m["state"]
+                    )
+                )
+    return [_record(row._mapping, by_id.get(row._mapping["id"], ())) for row in rows]
+
+
+def summarize(store: Store, q: AccessQuery) -> list[dict[str, Any]]:
+    """Counts by identity (and the person it acted for) and relation: statements,
+    those that wrote, those with a column in clear or masked, rows."""
+    e, c = t.access_events.c, t.access_columns.c
+    per_relation = (
+        sa.select(
+            c.access_id,
+            c.schema_name,
+            c.table_name,
+            sa.func.max(sa.case((c.action == WRITE, 1), else_=0)).label("wrote"),
+            sa.func.max(sa.case((c.state == MASKED, 1), else_=0)).label("masked"),
+            sa.func.max(
+                sa.case((sa.and_(c.state != MASKED, c.column_name != ""), 1), else_=0)
+            ).label("clear"),
+        )
+        .group_by(c.access_id, c.schema_name, c.table_name)
+        .subquery()
+    )
+    conds = _where(q)
+    if q.table is not None:
+        schema, table = _split_table(q.table)
+        conds.append(per_relation.c.table_name == table)
+        if schema is not None:
+            conds.append(per_relation.c.schema_name == schema)
+    query = (
+        sa.select(
+            e.identity,
+            e.on_behalf_of,
+            e.target,
+            per_relation.c.schema_name,
+            per_relation.c.table_name,
+            sa.func.count().label("statements"),
+            sa.func.sum(per_relation.c.wrote).label("writes"),
+            sa.func.sum(per_relation.c.clear).label("clear"),
+            sa.func.sum(per_relation.c.masked).label("masked"),
+            sa.func.sum(e.rows).label("rows"),
+            sa.func.min(e.ts).label("first"),
+            sa.func.max(e.ts).label("last"),
+        )
+        .select_from(t.access_events.join(per_relation, per_relation.c.access_id == e.id))
+        .where(*conds)
+        .group_by(
+            e.identity,
+            e.on_behalf_of,
+            e.target,
+            per_relation.c.schema_name,
+            per_relation.c.table_name,
+        )
+        .order_by(e.identity, e.target, per_relation.c.schema_name, per_relation.c.table_name)
+        .limit(max(1, min(q.limit, MAX_LIMIT)))
+    )
+    with store.tx() as conn:
+        rows = conn.execute(query).all()
+    out = []
+    for row in rows:
+        m = row._mapping
+        first, last = _aware(m["first"]), _aware(m["last"])
+        out.append(
+            {
+                "identity": m["identity"],
+                "on_behalf_of": m["on_behalf_of"],
+                "target": m["target"],
+                "relation": f"{m['schema_name']}.{m['table_name']}",
+                "statements": int(m["statements"]),
+                "writes": int(m["writes"] or 0),
+                "clear": int(m["clear"] or 0),
+                "masked": int(m["masked"] or 0),
+                "rows": int(m["rows"] or 0),
+                "first": first.isoformat() if first else None,
+                "last": last.isoformat() if last else None,
+            }
+        )
+    return out
+
+
+# --------------------------------------------------------------------------
+# Verification
+
+
+@dataclass(frozen=True)
+class IndexProblem:
+    session_id: str
+    seq: int | None
+    problem: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"session_id": self.session_id, "seq": self.seq, "problem": self.problem}
+
+
+_COMPARED = (
+    "ts",
+    "target",
+    "identity",
+    "identity_kind",
+    "on_behalf_of",
+    "command",
+    "rows",
+    "decision",
+    "rule",
+    "approval",
+)
+
+
+def _comparable(row: Any) -> tuple[Any, ...]:
+    values = []
+    for key in _COMPARED:
+        value = row[key]
+        if key == "ts":
+            value = _aware(value)
+        values.append(value)
+    return tuple(values)
+
+
+def verify_index(store: Store) -> list[IndexProblem]:
+    """Hold every row of the access index to the recording event it names, and
+    every ``access`` event to its rows: what differs is reported (the events
+    themselves are held to the audit chain by the recordings' digests)."""
+    c, se, rec = t.access_columns.c, t.session_events.c, t.session_recordings.c
+    problems: list[IndexProblem] = []
+    with store.tx() as conn:
+        # A recording archived and removed from the store is held to its archive
+        # copy by the recordings' own check; its index rows stay for the questions.
+        pruned = set(
+            conn.execute(sa.select(rec.session_id).where(rec.pruned_at.is_not(None))).scalars()
+        )
+        indexed = {
+            (m["session_id"], m["seq"]): m
+            for m in (r._mapping for r in conn.execute(sa.select(t.access_events)))
+        }
+        columns: dict[int, list[ColumnAccess]] = defaultdict(list)
+        for r in conn.execute(sa.select(t.access_columns).order_by(c.access_id)):
+            m = r._mapping
+            columns[m["access_id"]].append(
+                ColumnAccess(
+                    m["schema_name"], m["table_name"], m["column_name"], m["action"], m["state"]
+                )
+            )
+        recorded = conn.execute(
+            sa.select(se.session_id, se.seq, se.ts, se.data)
+            .where(se.kind == KIND)
+            .order_by(se.session_id, se.seq)
+        ).all()
+    for session_id, seq, ts, data in recorded:
+        row = indexed.pop((session_id, seq), None)
+        if row is None:
+            problems.append(IndexProblem(session_id, seq, "an access event is missing its index"))
+            continue
+        expected = event_row(session_id, seq, ts, data)
+        if _comparable(row) != _comparable(expected):
+            problems.append(
+                IndexProblem(session_id, seq, "the access index differs from the recorded event")
+            )
+        elif sorted(columns.get(row["id"], ()), key=repr) != sorted(column_rows(data), key=repr):
+            problems.append(
+                IndexProblem(session_id, seq, "the access index's columns differ from the event")
+            )
+    for (session_id, seq), _row in sorted(indexed.items()):
+        if session_id in pruned:
+            continue
+        problems.append(
+            IndexProblem(session_id, seq, "an access index row has no event in the recording")
+        )
+    return problems

@@ -86,7 +86,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import secrets
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -110,7 +109,7 @@ from server.credentials.base import (
     role_name_for,
     sql_template,
 )
-from server.credentials.scram import scram_sha256_verifier
+from server.credentials.scram import PasswordStock
 from server.errors import (
     Conflict,
     DbaccessError,
@@ -134,6 +133,8 @@ _PASSWORD_BYTES = 32
 _TERMINATE_WAIT_SECONDS = 5.0
 _POLL_INTERVAL_SECONDS = 0.01
 _SESSION_SETTINGS = "SET lock_timeout = '10s'; SET statement_timeout = '60s'"
+# Session passwords and their SCRAM verifiers, made ahead of the sessions that take them.
+_PASSWORDS = PasswordStock(_PASSWORD_BYTES)
 
 Conn = psycopg.Connection[Any]
 
@@ -378,6 +379,8 @@ class PostgresIssuer:
         deadline = time.monotonic() + _TERMINATE_WAIT_SECONDS
         while True:
             rows = conn.execute(_statement("terminate_backends.sql"), {"oid": oid}).fetchall()
+            if not rows:
+                return len(signalled), 0  # not one backend of the role was there
             signalled.update(int(pid) for pid, ok in rows if ok)
             remaining = self._count_backends(conn, oid)
             if remaining == 0 or time.monotonic() >= deadline:
@@ -407,13 +410,13 @@ class PostgresIssuer:
         if self.marker_role in wanted:
             raise InvalidInput(f"{self.marker_role!r} is the marker role, not a grant")
         username = role_name_for(identity, session_id)
-        password = secrets.token_urlsafe(_PASSWORD_BYTES) if self.password_login else ""
+        password, verifier = _PASSWORDS.take() if self.password_login else ("", None)
         in_roles = list(dict.fromkeys([self.marker_role, *self.login_roles, *wanted]))
         create = _statement(
             "create_role.sql",
             role=sql.Identifier(username),
             connection_limit=sql.Literal(int(self.connection_limit)),
-            verifier=sql.Literal(scram_sha256_verifier(password) if password else None),
+            verifier=sql.Literal(verifier),
             valid_until=sql.Literal(valid_until.astimezone(UTC).isoformat()),
             in_roles=sql.SQL(", ").join(sql.Identifier(r) for r in in_roles),
         )
@@ -557,18 +560,15 @@ class PostgresIssuer:
             )
 
     def _check_grants(self, conn: Conn, grants: list[str]) -> None:
-        row = conn.execute(_statement("marker_exists.sql"), {"marker": self.marker_role}).fetchone()
-        if not (row and row[0]):
+        rows = conn.execute(
+            _statement("check_grants.sql"), {"grants": grants, "marker": self.marker_role}
+        ).fetchall()
+        if not rows or rows[0][0] is None:
             raise InvalidInput(
                 f"the marker role {self.marker_role!r} does not exist in {self._where}",
                 hint="provision the target (marker role and admin role) first",
             )
-        if not grants:
-            return
-        rows = conn.execute(
-            _statement("check_grants.sql"), {"grants": grants, "marker": self.marker_role}
-        ).fetchall()
-        for name, exists, too_powerful, is_managed, delegated in rows:
+        for _marker, name, exists, too_powerful, is_managed, delegated, _at in rows[1:]:
             if not exists:
                 raise InvalidInput(f"grant role {name!r} does not exist in {self._where}")
             if too_powerful or is_managed:

@@ -23,6 +23,8 @@ import base64
 import hashlib
 import hmac
 import secrets
+import threading
+from collections import deque
 
 from scramp.utils import ScramException, saslprep
 
@@ -57,3 +59,48 @@ def scram_sha256_verifier(
         return base64.b64encode(raw).decode("ascii")
 
     return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
+class PasswordStock:
+    """Fresh random passwords with their verifiers, made ahead on a thread of their own.
+
+    A verifier costs a few milliseconds of PBKDF2 (4,096 rounds), which would
+    otherwise be paid on every session start; ``take`` hands out a ready pair
+    (or makes one at once when the stock is empty) and the thread tops the
+    stock up to ``size``.  Each pair is handed out once; the passwords are
+    random, used for no role yet, and never leave this process's memory.
+    """
+
+    def __init__(self, password_bytes: int, size: int = 8) -> None:
+        self.password_bytes = password_bytes
+        self.size = size
+        self._ready: deque[tuple[str, str]] = deque()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def _make(self) -> tuple[str, str]:
+        password = secrets.token_urlsafe(self.password_bytes)
+        return password, scram_sha256_verifier(password)
+
+    def take(self) -> tuple[str, str]:
+        """(password, its SCRAM verifier), never handed out before."""
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._fill, name="dbaccess-passwords", daemon=True
+                )
+                self._thread.start()
+        try:
+            pair = self._ready.popleft()
+        except IndexError:
+            pair = self._make()
+        self._wake.set()
+        return pair
+
+    def _fill(self) -> None:
+        while True:
+            while len(self._ready) < self.size:
+                self._ready.append(self._make())
+            self._wake.wait()
+            self._wake.clear()

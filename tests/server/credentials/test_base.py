@@ -11,6 +11,9 @@ from server.credentials.base import (
     MAX_ROLE_NAME_BYTES,
     Credential,
     Issuer,
+    RoleMark,
+    read_role_comment,
+    role_comment,
     role_name_for,
 )
 from server.credentials.postgres import PostgresIssuer
@@ -71,3 +74,26 @@ def test_credential_repr_hides_the_password() -> None:
 
 def test_postgres_issuer_satisfies_the_protocol() -> None:
     assert isinstance(PostgresIssuer("postgresql://u:p@127.0.0.1:1/db"), Issuer)
+
+
+@pytest.mark.parametrize(
+    ("comment", "read"),
+    [
+        (
+            "dbaccess session role deployment=5f3a replica=r-0a1b session=s-9c",
+            (RoleMark("5f3a", "r-0a1b"), "s-9c"),
+        ),
+        (None, None),
+        ("", None),
+        ("a DBA's note", None),
+        ("dbaccess session role deployment=5f3a replica=r-0a1b", None),
+        ("dbaccess session role deployment=5f3a replica=r-0a1b session=s-9c extra", None),
+        ("dbaccess session role deployment=5F3A replica=r-0a1b session=s-9c", None),
+    ],
+)
+def test_role_comments_read_back_only_as_written(
+    comment: str | None, read: tuple[RoleMark, str] | None
+) -> None:
+    assert read_role_comment(comment) == read
+    if read is not None:
+        assert role_comment(*read) == comment

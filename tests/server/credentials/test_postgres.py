@@ -14,7 +14,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from server.credentials.base import MAX_ROLE_NAME_BYTES, Credential, role_name_for
+from server.credentials.base import MAX_ROLE_NAME_BYTES, Credential, RoleMark, role_name_for
 from server.credentials.postgres import PostgresIssuer
 from server.demo.provision import DemoTarget, provision_demo
 from server.errors import Conflict, Forbidden, InvalidInput, Unavailable
@@ -630,3 +630,47 @@ def test_the_role_carries_the_scope_limits_into_every_login(
         assert shown == [("5min",), ("10s",), ("1min",)]
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("SET temp_file_limit = -1")
+
+
+def test_pooled_admin_connections_survive_being_cut_and_say_when_all_are_busy(
+    demo_target: DemoTarget, admin_conn: AdminConn
+) -> None:
+    issuer = PostgresIssuer(demo_target.admin_dsn, pool_size=1, connect_timeout=1)
+    try:
+        until = datetime.now(UTC) + timedelta(minutes=5)
+        first = issuer.issue(identity="p", session_id="s-pool1", grants=[], valid_until=until)
+        issuer.revoke(first.username)  # by now through the pool
+        # A DBA (or a restart of the target) ends the pooled connection: the next
+        # call is handed a checked, working one.
+        admin_conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = 'dbaccess-issuer' AND usename = 'dbaccess_admin'"
+        )
+        second = issuer.issue(identity="p", session_id="s-pool2", grants=[], valid_until=until)
+        assert issuer.revoke(second.username).verified
+        with issuer.admin_connection(), pytest.raises(Unavailable, match="stayed busy for 1s"):
+            issuer.list_managed()
+    finally:
+        issuer.close()
+
+
+def test_roles_carry_their_mark_and_another_deployments_are_refused(
+    demo_target: DemoTarget,
+) -> None:
+    ours = PostgresIssuer(demo_target.admin_dsn)
+    theirs = PostgresIssuer(demo_target.admin_dsn)
+    ours.mark_roles(RoleMark("dep1", "r-one"))
+    theirs.mark_roles(RoleMark("dep2", "r-two"))
+    try:
+        until = datetime.now(UTC) + timedelta(minutes=5)
+        cred = ours.issue(identity="m", session_id="s-marked", grants=[], valid_until=until)
+        listed = {r.name: r for r in theirs.list_managed()}[cred.username]
+        assert (listed.mark, listed.session_id) == (RoleMark("dep1", "r-one"), "s-marked")
+        with pytest.raises(Forbidden, match="another dbaccess deployment"):
+            theirs.revoke(cred.username)
+        with pytest.raises(Forbidden, match="another dbaccess deployment"):
+            theirs.terminate_backends(cred.username)
+        assert ours.revoke(cred.username).verified
+    finally:
+        ours.close()
+        theirs.close()

@@ -10,7 +10,7 @@ import pytest
 from psycopg import sql
 from scramp import ScramMechanism
 
-from server.credentials.scram import scram_sha256_verifier
+from server.credentials.scram import PasswordStock, scram_sha256_verifier
 from server.pgcluster import LocalCluster
 
 VERIFIER = re.compile(
@@ -86,3 +86,14 @@ def test_identical_to_what_postgresql_computes(pg_cluster: LocalCluster, passwor
     assert m is not None
     salt = base64.b64decode(m.group(2))
     assert scram_sha256_verifier(password, salt, int(m.group(1))) == server_made
+
+
+def test_the_password_stock_hands_out_each_fresh_pair_once() -> None:
+    stock = PasswordStock(32, size=3)
+    pairs = [stock.take() for _ in range(10)]
+    assert len({password for password, _ in pairs}) == 10
+    for password, verifier in pairs:
+        m = VERIFIER.fullmatch(verifier)
+        assert m is not None
+        salt = base64.b64decode(m.group(2))
+        assert scram_sha256_verifier(password, salt=salt) == verifier

@@ -134,6 +134,7 @@ def test_the_known_escapes_are_refused_and_recorded(
         # The session is still usable after all that.
         err, out, _ = await call(c, "query", target="demo", sql="SELECT count(*) FROM orders")
         assert not err and out["rows"] == [[before[0]]]  # type: ignore[index]
+        refused["session_id"] = out["session_id"]
         return refused
 
     refused = with_client(stdio(agent_broker, agent_token), body)
@@ -145,10 +146,17 @@ def test_the_known_escapes_are_refused_and_recorded(
     for name, _sql, rule in ATTACKS:
         if rule == "guardrails":
             assert refused[name]["rule"] in rules, name
-    # The session names the person the agent acts for.
+    # The session names the person the agent acts for, in the audit log and its recording.
     started = [e for e in events if e["kind"] == "session.started"]
     assert started and started[-1]["data"]["on_behalf_of"] == OWNER
     assert started[-1]["data"]["identity_kind"] == "agent"
+    client = agent_broker.client(agent_token)
+    try:
+        recorded = client.recording(refused["session_id"])
+    finally:
+        client.close()
+    assert recorded["events"][0]["data"]["on_behalf_of"] == OWNER
+    assert recorded["events"][0]["data"]["identity_kind"] == "agent"
 
 
 def auditor_events(broker: Broker) -> list[dict[str, Any]]:
@@ -257,8 +265,19 @@ def test_a_killed_session_is_a_clear_error_and_the_next_call_starts_another(
     with_client(stdio(agent_broker, agent_token), body)
 
 
-def test_only_an_agent_token_starts_the_server(agent_broker: Broker) -> None:
+def test_only_an_agent_token_and_settings_only_their_owner_can_change(
+    agent_broker: Broker, agent_token: str
+) -> None:
     person = agent_broker.token("carol", "dev")
     res = agent_broker.cli("mcp", token=person, input="")
     assert res.returncode == 5
     assert "not an agent identity" in res.stderr
+    profile = agent_broker.config_dir / "profile.json"
+    mode = profile.stat().st_mode
+    profile.chmod(mode | 0o020)  # group-writable: anyone in the group could repoint it
+    try:
+        res = agent_broker.cli("mcp", token=agent_token, input="")
+    finally:
+        profile.chmod(mode)
+    assert res.returncode == 2
+    assert "refusing to start" in res.stderr and str(profile) in res.stderr

@@ -6,14 +6,14 @@
 __dbaccess_server_subcommands() {
     case "$1" in
         '') printf '%s\n' dev run policy token ;;
-        'policy') printf '%s\n' check explain ;;
+        'policy') printf '%s\n' check test explain ;;
         'token') printf '%s\n' create list revoke ;;
     esac
 }
 
 __dbaccess_server_is_subcommand() {
     case "$1|$2" in
-        '|dev'|'|run'|'|policy'|'|token'|'policy|check'|'policy|explain'|'token|create'|'token|list'|'token|revoke') return 0 ;;
+        '|dev'|'|run'|'|policy'|'|token'|'policy|check'|'policy|test'|'policy|explain'|'token|create'|'token|list'|'token|revoke') return 0 ;;
     esac
     return 1
 }
@@ -25,6 +25,7 @@ __dbaccess_server_options() {
         'run') printf '%s\n' -c --config -v --verbose -h --help ;;
         'policy') printf '%s\n' -h --help ;;
         'policy check') printf '%s\n' --broker-env -h --help ;;
+        'policy test') printf '%s\n' --since --until -p --policy --json --store-url -c --config --data-dir -h --help ;;
         'policy explain') printf '%s\n' --identity --target --groups --scope --ttl --reason --break-glass -p --policy -h --help ;;
         'token') printf '%s\n' -h --help ;;
         'token create') printf '%s\n' --identity --groups --ttl --kind --owner --store-url -c --config --data-dir -h --help ;;
@@ -52,6 +53,12 @@ __dbaccess_server_value_kind() {
         'dev|--shutdown-grace') echo 'text' ;;
         'dev|--gateway-cancel-rate') echo 'text' ;;
         'run|-c'|'run|--config') echo 'file' ;;
+        'policy test|--since') echo 'text' ;;
+        'policy test|--until') echo 'text' ;;
+        'policy test|-p'|'policy test|--policy') echo 'file' ;;
+        'policy test|--store-url') echo 'text' ;;
+        'policy test|-c'|'policy test|--config') echo 'file' ;;
+        'policy test|--data-dir') echo 'file' ;;
         'policy explain|--identity') echo 'text' ;;
         'policy explain|--target') echo 'text' ;;
         'policy explain|--groups') echo 'text' ;;
@@ -90,6 +97,7 @@ __dbaccess_server_options_end_at_argument() {
 __dbaccess_server_arguments() {
     case "$1" in
         'policy check') echo 'file' ;;
+        'policy test') echo 'file' ;;
         'token revoke') echo 'text' ;;
     esac
 }

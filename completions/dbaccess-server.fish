@@ -4,7 +4,7 @@
 
 function __dbaccess_server_is_subcommand --argument-names path word
     switch "$path|$word"
-        case '|dev' '|run' '|policy' '|token' 'policy|check' 'policy|explain' 'token|create' 'token|list' 'token|revoke'
+        case '|dev' '|run' '|policy' '|token' 'policy|check' 'policy|test' 'policy|explain' 'token|create' 'token|list' 'token|revoke'
             return 0
     end
     return 1
@@ -12,7 +12,7 @@ end
 
 function __dbaccess_server_takes_value --argument-names path option
     switch "$path|$option"
-        case 'dev|--data-dir' 'dev|--target-dsn' 'dev|--api-port' 'dev|--gateway-port' 'dev|--reaper-interval' 'dev|--oidc-issuer' 'dev|--oidc-client-id' 'dev|--webhook' 'dev|--webhook-format' 'dev|--session-max-connections' 'dev|--gateway-max-connections' 'dev|--gateway-max-connections-per-identity' 'dev|--gateway-startup-timeout' 'dev|--shutdown-grace' 'dev|--gateway-cancel-rate' 'run|-c' 'run|--config' 'policy explain|--identity' 'policy explain|--target' 'policy explain|--groups' 'policy explain|--scope' 'policy explain|--ttl' 'policy explain|--reason' 'policy explain|-p' 'policy explain|--policy' 'token create|--identity' 'token create|--groups' 'token create|--ttl' 'token create|--kind' 'token create|--owner' 'token create|--store-url' 'token create|-c' 'token create|--config' 'token create|--data-dir' 'token list|--kind' 'token list|--store-url' 'token list|-c' 'token list|--config' 'token list|--data-dir' 'token revoke|--store-url' 'token revoke|-c' 'token revoke|--config' 'token revoke|--data-dir'
+        case 'dev|--data-dir' 'dev|--target-dsn' 'dev|--api-port' 'dev|--gateway-port' 'dev|--reaper-interval' 'dev|--oidc-issuer' 'dev|--oidc-client-id' 'dev|--webhook' 'dev|--webhook-format' 'dev|--session-max-connections' 'dev|--gateway-max-connections' 'dev|--gateway-max-connections-per-identity' 'dev|--gateway-startup-timeout' 'dev|--shutdown-grace' 'dev|--gateway-cancel-rate' 'run|-c' 'run|--config' 'policy test|--since' 'policy test|--until' 'policy test|-p' 'policy test|--policy' 'policy test|--store-url' 'policy test|-c' 'policy test|--config' 'policy test|--data-dir' 'policy explain|--identity' 'policy explain|--target' 'policy explain|--groups' 'policy explain|--scope' 'policy explain|--ttl' 'policy explain|--reason' 'policy explain|-p' 'policy explain|--policy' 'token create|--identity' 'token create|--groups' 'token create|--ttl' 'token create|--kind' 'token create|--owner' 'token create|--store-url' 'token create|-c' 'token create|--config' 'token create|--data-dir' 'token list|--kind' 'token list|--store-url' 'token list|-c' 'token list|--config' 'token list|--data-dir' 'token revoke|--store-url' 'token revoke|-c' 'token revoke|--config' 'token revoke|--data-dir'
             return 0
     end
     return 1
@@ -84,12 +84,23 @@ complete -c dbaccess-server -n "__dbaccess_server_at 'run'" -s v -l verbose
 complete -c dbaccess-server -n "__dbaccess_server_at 'run'" -s h -l help -d 'Show this message and exit'
 
 complete -c dbaccess-server -n "__dbaccess_server_at 'policy'" -a check -d 'Validate a policy file; errors name the file, line and key'
+complete -c dbaccess-server -n "__dbaccess_server_at 'policy'" -a test -d 'Replay the recorded sessions and statements of a period against a candidate policy'
 complete -c dbaccess-server -n "__dbaccess_server_at 'policy'" -a explain -d 'Show what the policy decides for an identity, target and scope, and by which rule'
 complete -c dbaccess-server -n "__dbaccess_server_at 'policy'" -s h -l help -d 'Show this message and exit'
 
 complete -c dbaccess-server -n "__dbaccess_server_at 'policy check'" -l broker-env -d 'This is the environment the broker runs in: also check that every masking key_env variable is set here and long enough'
 complete -c dbaccess-server -n "__dbaccess_server_at 'policy check'" -s h -l help -d 'Show this message and exit'
 complete -c dbaccess-server -n "__dbaccess_server_at 'policy check'" -F
+
+complete -c dbaccess-server -n "__dbaccess_server_at 'policy test'" -l since -x -d 'Replay from then: 30d, 2026-11-01, last monday'
+complete -c dbaccess-server -n "__dbaccess_server_at 'policy test'" -l until -x -d 'Replay until then'
+complete -c dbaccess-server -n "__dbaccess_server_at 'policy test'" -s p -l policy -r -F -d 'The policy in force (default: the one --config names, or the --data-dir\'s)'
+complete -c dbaccess-server -n "__dbaccess_server_at 'policy test'" -l json -d 'JSON instead of text'
+complete -c dbaccess-server -n "__dbaccess_server_at 'policy test'" -l store-url -x -d 'Store URL (default: from --config)'
+complete -c dbaccess-server -n "__dbaccess_server_at 'policy test'" -s c -l config -r -F
+complete -c dbaccess-server -n "__dbaccess_server_at 'policy test'" -l data-dir -r -F -d 'A dev data dir (uses its store)'
+complete -c dbaccess-server -n "__dbaccess_server_at 'policy test'" -s h -l help -d 'Show this message and exit'
+complete -c dbaccess-server -n "__dbaccess_server_at 'policy test'" -F
 
 complete -c dbaccess-server -n "__dbaccess_server_at 'policy explain'" -l identity -x -d 'Who asks'
 complete -c dbaccess-server -n "__dbaccess_server_at 'policy explain'" -l target -x -d 'Target name'

@@ -78,6 +78,19 @@ _dbaccess_server__policy__explain() {
     '(- *)'{-h,--help}'[Show this message and exit]'
 }
 
+_dbaccess_server__policy__test() {
+  _arguments -s -S \
+    '(--since)'--since'[Replay from then\: 30d, 2026-11-01, last monday]:since: ' \
+    '(--until)'--until'[Replay until then]:until: ' \
+    '(-p --policy)'{-p,--policy}'[The policy in force (default\: the one --config names, or the --data-dir'\''s)]:policy:_files' \
+    '(--json)'--json'[JSON instead of text]' \
+    '(--store-url)'--store-url'[Store URL (default\: from --config)]:store-url: ' \
+    '(-c --config)'{-c,--config}':config:_files' \
+    '(--data-dir)'--data-dir'[A dev data dir (uses its store)]:data-dir:_files' \
+    '(- *)'{-h,--help}'[Show this message and exit]' \
+    '1:candidate:_files'
+}
+
 _dbaccess_server__policy__check() {
   _arguments -s -S \
     '(--broker-env)'--broker-env'[This is the environment the broker runs in\: also check that every masking key_env variable is set here and long enough]' \
@@ -97,6 +110,7 @@ _dbaccess_server__policy() {
       local -a commands
       commands=(
         'check:Validate a policy file; errors name the file, line and key'
+        'test:Replay the recorded sessions and statements of a period against a candidate policy'
         'explain:Show what the policy decides for an identity, target and scope, and by which rule'
       )
       _describe -t commands 'dbaccess-server policy command' commands && ret=0
@@ -105,6 +119,7 @@ _dbaccess_server__policy() {
       curcontext="${curcontext%:*:*}:dbaccess-server-policy-$line[1]:"
       case $line[1] in
         check) _dbaccess_server__policy__check && ret=0 ;;
+        test) _dbaccess_server__policy__test && ret=0 ;;
         explain) _dbaccess_server__policy__explain && ret=0 ;;
       esac
       ;;

@@ -491,6 +491,33 @@ def run_cmd(
         raise _fail(exc.message + (f"\nhint: {exc.hint}" if exc.hint else "")) from None
 
 
+StoreUrlOpt = Annotated[
+    str | None, typer.Option("--store-url", help="Store URL (default: from --config).")
+]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c")]
+DataDirOpt = Annotated[
+    Path | None, typer.Option("--data-dir", help="A dev data dir (uses its store).")
+]
+
+
+def _open_store(store_url: str | None, config: Path | None, data_dir: Path | None) -> Store:
+    from server.store.db import Store
+
+    url = store_url
+    try:
+        if url is None and config is not None:
+            from server.config import load_config
+
+            url = load_config(config).store_url
+        if url is None and data_dir is not None:
+            url = f"sqlite:///{data_dir.resolve() / 'store.db'}"
+        if url is None:
+            raise _fail("give --store-url, --config or --data-dir", 2)
+        return Store.open(url)
+    except DbaccessError as exc:
+        raise _fail(exc.message, 2) from None
+
+
 @policy_app.command("check")
 def policy_check(
     file: Annotated[Path, typer.Argument(help="Policy file to validate.")],
@@ -529,6 +556,98 @@ def policy_check(
     for target in policy.targets.values():
         for scope in target.scopes.values():
             _say(f"{target.name}/{scope.name} limits: {_limits_line(scope)}")
+
+
+@policy_app.command("test")
+def policy_test(
+    candidate: Annotated[Path, typer.Argument(help="The candidate policy file.")],
+    since: Annotated[
+        str, typer.Option("--since", help="Replay from then: 30d, 2026-11-01, last monday.")
+    ] = "30d",
+    until: Annotated[str | None, typer.Option("--until", help="Replay until then.")] = None,
+    current: Annotated[
+        Path | None,
+        typer.Option(
+            "--policy",
+            "-p",
+            help="The policy in force (default: the one --config names, or the --data-dir's).",
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of text.")] = False,
+    store_url: StoreUrlOpt = None,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Replay the recorded sessions and statements of a period against a candidate policy.
+
+    Offline, from the facts already recorded: prints what would change, grouped by
+    rule with counts and examples -- sessions that would now need approval or be
+    denied, statements that would now be refused or reviewed (or no longer), columns
+    that would be masked differently. Exits 1 when anything would change (so it can
+    gate a policy change in CI), 0 when nothing would, 2 when a policy is invalid.
+    """
+    import json
+    from datetime import UTC, datetime
+
+    from common.durations import parse_time
+    from server.policy import PolicyError, load_policy
+    from server.policytest import replay
+
+    if current is None and config is not None:
+        from server.config import load_config
+
+        try:
+            current = load_config(config).policy
+        except DbaccessError as exc:
+            raise _fail(exc.message, 2) from None
+    if current is None and data_dir is not None:
+        current = data_dir / "policy.yaml"
+    if current is None:
+        raise _fail("give the policy in force: --policy, --config or --data-dir", 2)
+    policies = []
+    for path in (current, candidate):
+        try:
+            policies.append(load_policy(path))
+        except PolicyError as exc:
+            for p in exc.problems:
+                _say(str(p))
+            raise typer.Exit(2) from None
+    now = datetime.now(UTC)
+    try:
+        start = parse_time(since, now, direction="ago")
+        end = parse_time(until, now, direction="ago") if until else now
+    except ValueError as exc:
+        raise _fail(str(exc), 2) from None
+    store = _open_store(store_url, config, data_dir)
+    try:
+        result = replay(store, policies[0], policies[1], start, end)
+    finally:
+        store.close()
+    if as_json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        print(
+            f"replayed {result.sessions} sessions and {result.statements} statements "
+            f"from {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC against {candidate}"
+        )
+        for group in result.groups():
+            noun = "session" if group["kind"] == "session" else "statement"
+            count = group["count"]
+            print(
+                f"{group['kind']}: {group['rule']}: {group['before']} -> {group['after']}: "
+                f"{count} {noun}{'' if count == 1 else 's'}"
+            )
+            for example in group["examples"]:
+                what = " ".join(str(example["what"]).split())
+                what = what if len(what) <= 100 else what[:99] + "\u2026"
+                print(
+                    f"    {example['ts'][:19].replace('T', ' ')} {example['identity']} "
+                    f"{example['target']}/{example['scope']} {example['session_id']}: {what}"
+                )
+        changes = len(result.changes)
+        print("nothing would change" if not changes else f"{changes} decisions would change")
+    if result.changes:
+        raise typer.Exit(1)
 
 
 def _limits_line(scope: ScopePolicy) -> str:
@@ -604,33 +723,6 @@ def policy_explain(
             + ("single use" if a.single_use else "reusable for the session lifetime"),
         ]
     print("\n".join(lines))
-
-
-StoreUrlOpt = Annotated[
-    str | None, typer.Option("--store-url", help="Store URL (default: from --config).")
-]
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c")]
-DataDirOpt = Annotated[
-    Path | None, typer.Option("--data-dir", help="A dev data dir (uses its store).")
-]
-
-
-def _open_store(store_url: str | None, config: Path | None, data_dir: Path | None) -> Store:
-    from server.store.db import Store
-
-    url = store_url
-    try:
-        if url is None and config is not None:
-            from server.config import load_config
-
-            url = load_config(config).store_url
-        if url is None and data_dir is not None:
-            url = f"sqlite:///{data_dir.resolve() / 'store.db'}"
-        if url is None:
-            raise _fail("give --store-url, --config or --data-dir", 2)
-        return Store.open(url)
-    except DbaccessError as exc:
-        raise _fail(exc.message, 2) from None
 
 
 class TokenKind(StrEnum):

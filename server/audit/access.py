@@ -1,10 +1,11 @@
 """Data-access events: who read or changed which relations and columns, masked or clear.
 
-For every statement that ran, the gateway puts one ``access`` event into the
-session's recording (:func:`access_event` builds its data from the facts the
-gateway already has: the statement's analysis, the result's masking plan, the
-command tag's row count, the guardrail decision and the approval it ran
-under).  The event is self-contained::
+For every statement that ran, the gateway's ``statement`` event in the
+session's recording carries the statement's access facts under ``access``
+(:func:`access_event` builds them from what the gateway already has: the
+statement's analysis, the result's masking plan, the command tag's row count,
+the guardrail decision and the approval it ran under).  They are
+self-contained::
 
     {"target": "prod", "identity": "ci-bot", "identity_kind": "agent",
      "on_behalf_of": "alice", "command": "SELECT", "rows": 3,
@@ -16,12 +17,12 @@ under).  The event is self-contained::
 touched the relation without naming one: ``count(*)``, a DELETE's target),
 ``masked`` those that left masked, ``exempt`` those a masking rule names that
 came back in clear because the session's groups are exempt; every other
-column came back clear.  Being an event of the recording, it is redacted like
-the rest (it holds names, never values) and covered by the recording's digest,
-which the audit hash chain holds.
+column came back clear.  Being part of an event of the recording, the facts
+are redacted like the rest (they hold names, never values) and covered by the
+recording's digest, which the audit hash chain holds.
 
 **The index.**  So that "who read customers.email in clear last week" is one
-indexed query rather than a read of every recording, each ``access`` event is
+indexed query rather than a read of every recording, the facts of each event are
 also written as rows of ``access_events`` (one per statement) and
 ``access_columns`` (one per relation and column) by :func:`write_index`, in the
 transaction that stores the event.  The rows name their event (``session_id``,
@@ -46,7 +47,8 @@ import sqlalchemy as sa
 from server.store import tables as t
 from server.store.db import Store, _aware
 
-KIND: Final = "access"
+KIND: Final = "statement"  # the recording's events that carry access facts
+FACTS: Final = "access"  # the key of the facts in such an event's data
 READ: Final = "read"
 WRITE: Final = "write"
 CLEAR: Final = "clear"
@@ -103,7 +105,7 @@ def access_event(
     rule: str | None = None,
     approval: str | None = None,
 ) -> dict[str, Any]:
-    """The data of an ``access`` event (JSON's own types only)."""
+    """The access facts of a ``statement`` event (JSON's own types only), for its ``access`` key."""
     return {
         "target": session.target,
         "identity": session.identity,
@@ -181,15 +183,21 @@ def event_row(session_id: str, seq: int, ts: datetime, data: Mapping[str, Any]) 
     }
 
 
+def facts_of(kind: str, data: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The access facts of a recording's event, or None when it has none."""
+    facts = data.get(FACTS) if kind == KIND else None
+    return facts if isinstance(facts, Mapping) else None
+
+
 def write_index(conn: sa.Connection, events: Iterable[Any]) -> int:
-    """Index the ``access`` events among ``events`` (each with ``session_id``, ``seq``,
-    ``ts``, ``kind``, ``data``) in the caller's transaction; returns how many."""
-    wanted = [e for e in events if e.kind == KIND]
+    """Index the access facts of ``events`` (each with ``session_id``, ``seq``, ``ts``,
+    ``kind``, ``data``) in the caller's transaction; returns how many events had some."""
+    wanted = [(e, f) for e in events if (f := facts_of(e.kind, e.data)) is not None]
     if not wanted:
         return 0
     ids = conn.execute(
         t.access_events.insert().returning(t.access_events.c.id, sort_by_parameter_order=True),
-        [event_row(e.session_id, e.seq, e.ts, e.data) for e in wanted],
+        [event_row(e.session_id, e.seq, e.ts, f) for e, f in wanted],
     ).all()
     columns = [
         {
@@ -200,8 +208,8 @@ def write_index(conn: sa.Connection, events: Iterable[Any]) -> int:
             "action": c.action,
             "state": c.state,
         }
-        for row, e in zip(ids, wanted, strict=True)
-        for c in column_rows(e.data)
+        for row, (_, f) in zip(ids, wanted, strict=True)
+        for c in column_rows(f)
     ]
     if columns:
         conn.execute(t.access_columns.insert(), columns)
@@ -479,7 +487,7 @@ def _comparable(row: Any) -> tuple[Any, ...]:
 
 def verify_index(store: Store) -> list[IndexProblem]:
     """Hold every row of the access index to the recording event it names, and
-    every ``access`` event to its rows: what differs is reported (the events
+    every event's access facts to their rows: what differs is reported (the events
     themselves are held to the audit chain by the recordings' digests)."""
     c, se, rec = t.access_columns.c, t.session_events.c, t.session_recordings.c
     problems: list[IndexProblem] = []
@@ -506,10 +514,17 @@ def verify_index(store: Store) -> list[IndexProblem]:
             .where(se.kind == KIND)
             .order_by(se.session_id, se.seq)
         ).all()
-    for session_id, seq, ts, data in recorded:
+    for session_id, seq, ts, event in recorded:
+        data = facts_of(KIND, event or {})
+        if data is None:
+            continue
         row = indexed.pop((session_id, seq), None)
         if row is None:
-            problems.append(IndexProblem(session_id, seq, "an access event is missing its index"))
+            problems.append(
+                IndexProblem(
+                    session_id, seq, "a statement's access facts are missing from the index"
+                )
+            )
             continue
         expected = event_row(session_id, seq, ts, data)
         if _comparable(row) != _comparable(expected):

@@ -21,7 +21,7 @@ __dbaccess_server_is_subcommand() {
 __dbaccess_server_options() {
     case "$1" in
         '') printf '%s\n' -h --help ;;
-        'dev') printf '%s\n' --data-dir --target-dsn --api-port --gateway-port --write-profile --no-write-profile --reaper-interval --oidc-issuer --oidc-client-id --webhook --webhook-format --session-max-connections --gateway-max-connections --gateway-max-connections-per-identity --gateway-startup-timeout --shutdown-grace --gateway-cancel-rate -v --verbose -h --help ;;
+        'dev') printf '%s\n' --data-dir --target-dsn --api-port --gateway-port --write-profile --no-write-profile --reaper-interval --store-url --replica-lease --oidc-issuer --oidc-client-id --webhook --webhook-format --session-max-connections --gateway-max-connections --gateway-max-connections-per-identity --gateway-startup-timeout --shutdown-grace --gateway-cancel-rate -v --verbose -h --help ;;
         'run') printf '%s\n' -c --config -v --verbose -h --help ;;
         'policy') printf '%s\n' -h --help ;;
         'policy check') printf '%s\n' --broker-env -h --help ;;
@@ -42,6 +42,8 @@ __dbaccess_server_value_kind() {
         'dev|--api-port') echo 'text' ;;
         'dev|--gateway-port') echo 'text' ;;
         'dev|--reaper-interval') echo 'text' ;;
+        'dev|--store-url') echo 'text' ;;
+        'dev|--replica-lease') echo 'text' ;;
         'dev|--oidc-issuer') echo 'text' ;;
         'dev|--oidc-client-id') echo 'text' ;;
         'dev|--webhook') echo 'text' ;;

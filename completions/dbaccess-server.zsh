@@ -143,6 +143,8 @@ _dbaccess_server__dev() {
     '(--write-profile --no-write-profile)'--write-profile'[Log the CLI in as '\''dev'\'' (profiles default and dev) and '\''reviewer'\'' (profile reviewer); a profile the dev mode did not write is kept]' \
     '(--write-profile --no-write-profile)'--no-write-profile'[Log the CLI in as '\''dev'\'' (profiles default and dev) and '\''reviewer'\'' (profile reviewer); a profile the dev mode did not write is kept]' \
     '(--reaper-interval)'--reaper-interval'[Seconds]:reaper-interval: ' \
+    '(--store-url)'--store-url'[The store (SQLAlchemy URL) instead of DATA_DIR/store.db\: dev brokers sharing one PostgreSQL store are replicas of one deployment]:store-url: ' \
+    '(--replica-lease)'--replica-lease'[Seconds a replica'\''s heartbeat lease lasts\: how long after a broker'\''s death the others on its store wait before they end its sessions]:replica-lease: ' \
     '(--oidc-issuer)'--oidc-issuer'[Identity provider people log in with (dbaccess login)]:oidc-issuer: ' \
     '(--oidc-client-id)'--oidc-client-id'[The CLI'\''s client id at that provider]:oidc-client-id: ' \
     '*'--webhook'[POST access-request and break-glass notifications to this URL (repeatable)]:webhook: ' \

@@ -123,6 +123,23 @@ def dev(
         ),
     ] = True,
     reaper_interval: Annotated[float, typer.Option("--reaper-interval", help="Seconds.")] = 30.0,
+    store_url: Annotated[
+        str | None,
+        typer.Option(
+            "--store-url",
+            help="The store (SQLAlchemy URL) instead of DATA_DIR/store.db: dev brokers "
+            "sharing one PostgreSQL store are replicas of one deployment.",
+        ),
+    ] = None,
+    replica_lease: Annotated[
+        float,
+        typer.Option(
+            "--replica-lease",
+            min=0.5,
+            help="Seconds a replica's heartbeat lease lasts: how long after a broker's "
+            "death the others on its store wait before they end its sessions.",
+        ),
+    ] = 15.0,
     oidc_issuer: Annotated[
         str | None,
         typer.Option(
@@ -255,8 +272,9 @@ def dev(
             gateway_host="127.0.0.1",
             gateway_port=gateway_port,
             policy_path=policy_path,
-            store_url=f"sqlite:///{data_dir / 'store.db'}",
+            store_url=store_url or f"sqlite:///{data_dir / 'store.db'}",
             reaper_interval=reaper_interval,
+            replica_lease=replica_lease,
             max_connections_per_session=session_max_connections,
             gateway_max_connections=gateway_max_connections,
             gateway_max_connections_per_identity=gateway_max_per_identity,
@@ -284,7 +302,7 @@ def dev(
                 f"  CA:       {ca} (SHA-256 {fingerprint(ca)})",
                 f"  target:   demo ({where_target})",
                 f"  policy:   {policy_path}",
-                f"  store:    {data_dir / 'store.db'}",
+                f"  store:    {_shown_store(store_url) or data_dir / 'store.db'}",
             ]
             if oidc is not None:
                 lines.append(f"  login:    dbaccess login  (people, via {oidc.issuer})")
@@ -303,6 +321,15 @@ def dev(
         if cluster is not None and cluster.running():
             cluster.stop()
     _say("dbaccess dev broker stopped")
+
+
+def _shown_store(store_url: str | None) -> str | None:
+    """A store URL as the dev mode prints it: without its password."""
+    if store_url is None:
+        return None
+    from sqlalchemy.engine import make_url
+
+    return make_url(store_url).render_as_string(hide_password=True)
 
 
 def _run(opts: RuntimeOptions, ready: Callable[[Runtime], None]) -> None:
@@ -463,6 +490,7 @@ def run_cmd(
             policy_path=Path(cfg.policy),
             store_url=cfg.store_url,
             reaper_interval=cfg.reaper_interval.total_seconds(),
+            replica_lease=cfg.replica_lease.total_seconds(),
             public_gateway_host=pub_host,
             public_gateway_port=pub_port,
             max_connections_per_session=cfg.session_max_connections,

@@ -163,6 +163,9 @@ class ServerConfig:
     policy: Path = Path("policy.yaml")
     tls: TlsConfig | None = None
     reaper_interval: timedelta = timedelta(seconds=30)
+    # How long a replica's heartbeat lease lasts (server.sessions.replicas): after
+    # its death, others end its sessions once it has run out.
+    replica_lease: timedelta = timedelta(seconds=15)
     # Deprecated: the policy's limits.max_connections_per_session decides; when
     # given, this only caps it (server.sessions.service).
     session_max_connections: int | None = None
@@ -457,6 +460,7 @@ _SETTINGS: dict[str, _Parser] = {
     "tls_key": _path,
     "tls_ca": _path,
     "reaper_interval": _positive_duration,
+    "replica_lease": _positive_duration,
     "session_max_connections": _positive_int,
     "gateway_max_connections": _positive_int,
     "gateway_max_connections_per_identity": _positive_int,

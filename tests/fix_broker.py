@@ -23,6 +23,8 @@ A broker's folder holds its TLS keys, tokens and the target's admin DSN: every
 broker ``new_broker`` makes is stopped and its folder removed when the test
 module that made it ends (``_brokers_removed``), however the module's own
 fixtures ended.
+``new_broker(demo_target, store_url=URL)`` makes brokers that share one store
+(PostgreSQL): replicas of one deployment.
 ``server_env`` holds extra environment variables for the broker process only
 (not for the CLI), e.g. where a credential issuer finds its secrets.
 """
@@ -63,6 +65,8 @@ class Broker:
     api_url: str = ""
     gateway: tuple[str, int] = ("", 0)
     server_env: dict[str, str] = field(default_factory=dict)
+    # A store shared with other brokers (replicas) instead of DATA_DIR/store.db.
+    store_url: str | None = None
     log_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -102,8 +106,11 @@ class Broker:
                 str(BIN / "dbaccess-server"),
                 "token",
                 "create",
-                "--data-dir",
-                str(self.data_dir),
+                *(
+                    ("--store-url", self.store_url)
+                    if self.store_url
+                    else ("--data-dir", str(self.data_dir))
+                ),
                 "--identity",
                 identity,
                 "--groups",
@@ -158,6 +165,7 @@ class Broker:
                 self.target_dsn,
                 "--reaper-interval",
                 "1",
+                *(("--store-url", self.store_url) if self.store_url else ()),
                 *extra_args,
             ],
             stdout=log,
@@ -278,9 +286,14 @@ class Waiting:
 _MADE: list[tuple[Broker, Path]] = []
 
 
-def new_broker(demo_target: DemoTarget) -> Broker:
+def new_broker(demo_target: DemoTarget, *, store_url: str | None = None) -> Broker:
     base = make_tmp_dir("dbaccess-broker-")
-    b = Broker(data_dir=base / "data", config_dir=base / "cli", target_dsn=demo_target.admin_dsn)
+    b = Broker(
+        data_dir=base / "data",
+        config_dir=base / "cli",
+        target_dsn=demo_target.admin_dsn,
+        store_url=store_url,
+    )
     _MADE.append((b, base))
     return b
 

@@ -132,18 +132,22 @@ def register(app: FastAPI, service: SessionService, settings: AuthSettings | Non
         ttl: timedelta,
         login: dict[str, Any],
         request: Request,
+        owner: str | None = None,
     ) -> dict[str, Any]:
-        token, rec = store.create_token(identity, groups, kind, ttl)
+        token, rec = store.create_token(identity, groups, kind, ttl, owner=owner)
         expires = rec.expires_at.isoformat() if rec.expires_at else None
         chain.append(
             store, "login", identity=identity, data={**login, "address": _address(request)}
         )
-        chain.append(
-            store,
-            "token.issued",
-            identity=identity,
-            data={"id": rec.id, "kind": kind, "groups": list(groups), "expires_at": expires},
-        )
+        issued: dict[str, Any] = {
+            "id": rec.id,
+            "kind": kind,
+            "groups": list(groups),
+            "expires_at": expires,
+        }
+        if owner:
+            issued["owner"] = owner
+        chain.append(store, "token.issued", identity=identity, data=issued)
         return {
             "token": token,
             "token_id": rec.id,
@@ -227,7 +231,11 @@ def register(app: FastAPI, service: SessionService, settings: AuthSettings | Non
             "claims": {claim: verified.claims.get(claim) for claim in entry.claims},
         }
         groups = tuple(sorted(entry.groups))
-        return issue(entry.name, groups, "workload", auth.workload_token_ttl, login, request)
+        # A job the policy maps to an agent logs in as one, acting for its person.
+        kind = "agent" if entry.agent_for else "workload"
+        return issue(
+            entry.name, groups, kind, auth.workload_token_ttl, login, request, entry.agent_for
+        )
 
     @app.post("/v1/auth/logout")
     def logout(rec: CallerToken) -> dict[str, Any]:

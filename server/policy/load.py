@@ -1008,7 +1008,7 @@ def _path_under(base: Path) -> Callable[[str], Path]:
     return parse
 
 
-_WORKLOAD_KEYS = ("name", "issuer", "audience", "claims", "groups")
+_WORKLOAD_KEYS = ("name", "issuer", "audience", "claims", "groups", "agent_for")
 # The broker checks these itself; a pattern on them would only mislead the reader.
 _RESERVED_CLAIMS = ("iss", "aud", "exp", "nbf", "iat")
 
@@ -1043,6 +1043,7 @@ def _read_workload_identities(check: Checker, entry: Entry | None) -> tuple[Work
             if groups_entry is not None
             else frozenset()
         )
+        agent_for = _value(check, reader, "agent_for", _person)
         if name is not None and issuer is not None and audience is not None and claims:
             found.append(
                 WorkloadIdentity(
@@ -1051,9 +1052,17 @@ def _read_workload_identities(check: Checker, entry: Entry | None) -> tuple[Work
                     audience=audience,
                     claims=MappingProxyType(claims),
                     groups=groups,
+                    agent_for=agent_for,
                 )
             )
     return tuple(found)
+
+
+def _person(text: str) -> str:
+    value = text.strip()
+    if not value or _CONTROL.search(value) or len(value) > 200:
+        raise ValueError(f"{text!r} is not an identity name")
+    return value
 
 
 def _audience(text: str) -> str:

@@ -391,7 +391,9 @@ class WorkloadIdentity:
 
     A token binds to this entry when ``issuer`` signed it, ``audience`` is one of
     its audiences, and every claim in ``claims`` matches its pattern (shell-style
-    globs: ``*``, ``?``, ``[...]``).  The job is then ``name`` with ``groups``.
+    globs: ``*``, ``?``, ``[...]``).  The job is then ``name`` with ``groups``;
+    with ``agent_for``, it is an AI agent (identity kind ``agent``) acting for that
+    person, held to the policy's ``agents`` rules.
     """
 
     name: str
@@ -399,6 +401,7 @@ class WorkloadIdentity:
     audience: str
     claims: Mapping[str, str]
     groups: frozenset[str] = frozenset()
+    agent_for: str | None = None
 
 
 @dataclass(frozen=True)

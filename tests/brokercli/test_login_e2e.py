@@ -82,6 +82,12 @@ def idp_broker(
                 audience: dbaccess
                 claims: {{repository: org/rot}}
                 groups: [ci]
+              - name: triage-agent
+                issuer: {oidc_provider.issuer}
+                audience: dbaccess
+                claims: {{repository: org/agents}}
+                groups: [ci]
+                agent_for: alice
             """
         )
     )
@@ -300,6 +306,17 @@ def test_workload_token_from_env_logs_in_once(
     assert replay.returncode == 4
     assert "workload token rejected: it was exchanged for a broker token already" in replay.stderr
     assert token not in replay.stderr
+
+
+def test_a_job_the_policy_maps_to_an_agent_logs_in_as_one(
+    idp_broker: Broker, oidc_provider: OidcProvider
+) -> None:
+    p = oidc_provider
+    token = p.mint(p.claims(aud="dbaccess", email=None, groups=None, repository="org/agents"))
+    res = cli(idp_broker, "login", "--oidc-token-env", "CI_TOKEN", CI_TOKEN=token)
+    assert res.returncode == 0, res.stderr
+    me = whoami(idp_broker)
+    assert (me["identity"], me["kind"], me["owner"]) == ("triage-agent", "agent", "alice")
 
 
 def test_workload_token_bound_to_nothing_is_forbidden(

@@ -66,6 +66,14 @@ def test_entries_read_in_file_order() -> None:
     )
 
 
+def test_a_job_may_be_an_agent_acting_for_a_person() -> None:
+    text = BASE + "    agent_for: alice\n"
+    first, second = parse_policy(
+        text, "policy.yaml", base_dir=Path("/etc/dbaccess")
+    ).workload_identities
+    assert (first.agent_for, second.agent_for) == (None, "alice")
+
+
 def test_policies_without_workload_identities_have_none() -> None:
     text = BASE.split("workload_identities:")[0]
     assert parse_policy(text, "policy.yaml").workload_identities == ()

@@ -42,11 +42,9 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import psycopg
-
-T = TypeVar("T")
 
 # The gateway's report of a simple Query's masked columns (server/gateway/masking_relay.py).
 MASKED_PARAMETER = "dbaccess.masked_columns"
@@ -283,6 +281,11 @@ TOOLS: tuple[ToolSpec, ...] = (
                             "name": {"type": "string"},
                             "kind": {"type": "string", "enum": ["table", "view", "other"]},
                             "estimated_rows": {"type": ["integer", "null"]},
+                            "readable": {
+                                "type": "boolean",
+                                "description": "false: the gateway refuses reading it whole "
+                                "(its columns are then all marked masked)",
+                            },
                             "columns": {
                                 "type": "array",
                                 "items": {
@@ -632,7 +635,7 @@ SELECT n.nspname, c.relname, c.relkind::text, c.reltuples::bigint,
  WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
    AND n.nspname NOT IN ('pg_catalog', 'information_schema')
    AND n.nspname NOT LIKE 'pg\\_toast%'
-   AND pg_catalog.has_table_privilege(c.oid, 'SELECT')
+   AND pg_catalog.has_table_privilege(c.oid, 'SELECT') {only}
  ORDER BY n.nspname, c.relname, a.attnum"""
 
 _KINDS = {"r": "table", "p": "table", "f": "table", "v": "view", "m": "view"}
@@ -640,6 +643,11 @@ _KINDS = {"r": "table", "p": "table", "f": "table", "v": "view", "m": "view"}
 
 def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(text: str) -> str:
+    """A string literal (the gateway pins standard_conforming_strings on)."""
+    return "'" + text.replace("'", "''") + "'"
 
 
 # -- the tools -----------------------------------------------------------------------
@@ -733,20 +741,27 @@ class Tools:
     ) -> dict[str, Any]:
         name = _text(target, "target")
         assert name is not None
-        with self.pool.session(name, _text(scope, "scope", required=False), reason) as session:
-            catalog = run_sql(session, _DESCRIBE_SQL)
+        why = _text(reason, "reason", required=False)
+        with self.pool.session(name, _text(scope, "scope", required=False), why) as session:
+            only = [
+                f"AND {column} = {_literal(value)}"
+                for column, value in (("n.nspname", schema), ("c.relname", table))
+                if _text(value, column.split(".")[1], required=False) is not None
+            ]
+            catalog = run_sql(session, _DESCRIBE_SQL.format(only=" ".join(only)))
             tables: dict[tuple[str, str], dict[str, Any]] = {}
+            cut = bool(catalog["truncated"])  # the catalog's rows were over the result budget
             for nsp, rel, kind, tuples, column, type_ in catalog["rows"]:
-                if (schema is not None and nsp != schema) or (table is not None and rel != table):
-                    continue
                 entry = tables.get((nsp, rel))
                 if entry is None:
                     if len(tables) >= MAX_DESCRIBED_TABLES:
+                        cut = True
                         break
                     entry = tables[(nsp, rel)] = {
                         "schema": nsp,
                         "name": rel,
                         "kind": _KINDS.get(kind, "other"),
+                        "readable": True,
                         "estimated_rows": tuples
                         if isinstance(tuples, int) and tuples >= 0
                         else None,
@@ -760,7 +775,7 @@ class Tools:
                 "scope": session.scope,
                 "session_id": session.id,
                 "tables": list(tables.values()),
-                "truncated": len(tables) >= MAX_DESCRIBED_TABLES,
+                "truncated": cut,
             }
 
     @staticmethod
@@ -783,7 +798,8 @@ class Tools:
     ) -> dict[str, Any]:
         name, text = _text(target, "target"), _text(sql, "sql")
         assert name is not None and text is not None
-        with self.pool.session(name, _text(scope, "scope", required=False), reason) as session:
+        why = _text(reason, "reason", required=False)
+        with self.pool.session(name, _text(scope, "scope", required=False), why) as session:
             one_statement(session, text)
             return run_sql(session, text)
 

@@ -160,7 +160,10 @@ _REVIEW = {
         },
         "target": {"type": "string"},
         "scope": {"type": "string"},
-        "statement_sha256": {"type": "string"},
+        "statement_sha256": {
+            "type": ["string", "null"],
+            "description": "The reviewed statement's SHA-256 (null for an access request).",
+        },
         "approvals": {"type": "integer"},
         "approvals_required": {"type": "integer"},
         "decided_by": {"type": ["string", "null"]},
@@ -223,7 +226,6 @@ TOOLS: tuple[ToolSpec, ...] = (
         {
             "type": "object",
             "properties": {
-                "identity": {"type": "string"},
                 "targets": {
                     "type": "array",
                     "items": {

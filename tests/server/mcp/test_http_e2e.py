@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import httpx
 import httpx2
 import psycopg
@@ -121,6 +122,20 @@ def test_review_flow_over_http(
     assert ok.returncode == 0, ok.stderr
 
     async def run(c: Client) -> None:
+        # A scope that needs approval first: the tool error names the access request,
+        # which the agent can wait for like a review.
+        err, out, _ = await call(c, "query", target="demo", scope="gated", sql="SELECT 1")
+        assert err and out["error"]["kind"] == "approval_required"
+        access = out["error"]["request_id"]
+        ok = await anyio.to_thread.run_sync(
+            lambda: agent_broker.cli("--profile", "reviewer", "approve", access, "--yes")
+        )
+        assert ok.returncode == 0, ok.stderr
+        err, out, _ = await call(c, "wait_for_review", request_id=access, timeout_seconds=5)
+        assert not err and out["status"] == "approved"
+        err, out, text = await call(c, "query", target="demo", scope="gated", sql="SELECT 1")
+        assert not err and out["scope"] == "gated", text
+
         err, out, text = await call(c, "run_approved", request_id=rid, statement=statement)
         assert not err, text
         assert out["status"] == "INSERT 0 1"

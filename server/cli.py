@@ -56,11 +56,15 @@ DEV_WEB_LOGINS = (
     (REVIEWER_IDENTITY, REVIEWER_GROUPS),
     ("auditor", ("auditor",)),
 )
-# CLI profiles the dev mode writes: (profile, identity, groups).
-DEV_PROFILES = (
-    ("default", DEV_IDENTITY, DEV_GROUPS),
-    (DEV_IDENTITY, DEV_IDENTITY, DEV_GROUPS),
-    (REVIEWER_IDENTITY, REVIEWER_IDENTITY, REVIEWER_GROUPS),
+# An AI agent acting for "dev", for trying `dbaccess --profile agent mcp`: held to
+# the policy's agents rules (docs/agents.md).
+DEV_AGENT_IDENTITY = "dev-agent"
+# CLI profiles the dev mode writes: (profile, identity, groups, token kind, owner).
+DEV_PROFILES: tuple[tuple[str, str, tuple[str, ...], str, str | None], ...] = (
+    ("default", DEV_IDENTITY, DEV_GROUPS, "dev", None),
+    (DEV_IDENTITY, DEV_IDENTITY, DEV_GROUPS, "dev", None),
+    (REVIEWER_IDENTITY, REVIEWER_IDENTITY, REVIEWER_GROUPS, "dev", None),
+    ("agent", DEV_AGENT_IDENTITY, ("dev",), "agent", DEV_IDENTITY),
 )
 
 
@@ -418,8 +422,8 @@ def _write_cli_profiles(rt: object, ca: Path) -> list[str]:
     assert isinstance(rt, Runtime)
     minted: dict[str, str] = {}
     profiles = []
-    for name, identity, groups in DEV_PROFILES:
-        token, rec = rt.store.create_token(identity, groups, "dev", timedelta(days=7))
+    for name, identity, groups, kind, owner in DEV_PROFILES:
+        token, rec = rt.store.create_token(identity, groups, kind, timedelta(days=7), owner=owner)
         minted[name] = rec.id
         profiles.append({"name": name, "identity": identity, "token": token})
     request = {

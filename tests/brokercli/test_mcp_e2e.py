@@ -268,6 +268,9 @@ def test_a_killed_session_is_a_clear_error_and_the_next_call_starts_another(
 def test_only_an_agent_token_and_settings_only_their_owner_can_change(
     agent_broker: Broker, agent_token: str
 ) -> None:
+    # The dev mode's own agent profile is one.
+    me = json.loads(agent_broker.cli("--profile", "agent", "whoami", "-o", "json").stdout)
+    assert (me["identity"], me["kind"], me["owner"]) == ("dev-agent", "agent", "dev")
     person = agent_broker.token("carol", "dev")
     res = agent_broker.cli("mcp", token=person, input="")
     assert res.returncode == 5

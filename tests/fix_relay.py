@@ -1,12 +1,16 @@
 """Helpers for tests that drive the gateway's Relay without sockets: a catalog
-of fixed columns, DataRow frames, the message types a wire carries, and the
-session a StatementGuard under test guards."""
+of fixed columns, DataRow frames, the message types a wire carries, the
+session a StatementGuard under test guards, and a recorder that makes each
+event at once."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from datetime import timedelta
+from typing import Any
 
+from server.audit.recording import Build, RecordFn, event_data
 from server.gateway import pgwire
 from server.gateway.catalog import CatalogSnapshot
 from server.gateway.masking import ColumnRef
@@ -46,3 +50,15 @@ def row(*values: bytes | None) -> bytes:
 def types(wire: bytes) -> str:
     """The type letters of the messages in ``wire``, in order."""
     return "".join(chr(m.type) for m in pgwire.split_frames(wire)[0])
+
+
+def recording_to(sink: Callable[[str, str, dict[str, Any]], object]) -> RecordFn:
+    """A ``record`` for hooks under test: each event's data made at once, as the
+    recorder's writer would make it, and handed to ``sink``."""
+
+    def record(session_id: str, kind: str, data: Any, build: Build | None = None, /) -> None:
+        made = event_data(data, build, time.time_ns())
+        if made is not None:
+            sink(session_id, kind, dict(made))
+
+    return record

@@ -18,29 +18,47 @@ A recording is the ordered list of a session's events in ``session_events``
   cut, the rows and bytes delivered before it;
 * ``session.end`` — why, and the revocation result.
 
-**Off the data path.**  :meth:`Recorder.record` only stamps the event (next
-``seq`` of its session, the time) and appends it to an in-memory queue; a
-background thread writes the queue in batches, one transaction each, so the
-gateway never waits on the store.  The queue is bounded: when it is full the
+**Off the data path.**  :meth:`Recorder.record` is all the data path does:
+under the recorder's lock it checks that the session's recording takes events
+and appends a small tuple (the session, the time in nanoseconds, the kind,
+and the raw fields with the function that makes the event's data from them,
+``build``) to an in-memory queue.  A background thread takes the queue in
+batches and, per batch, makes each event's data (``build``: for a statement,
+the redaction of its text and parameters, its start time; for a limit event,
+its statement redacted), checks it holds only JSON's own types, numbers the
+events (``seq`` of their session, in the order they were queued), writes them
+in one transaction and adds their canonical lines to their recording's
+digest.  So raw statement texts stay in memory only until their batch is
+written, and nothing unredacted reaches the store.  (The first event of a
+session this process did not open -- the broker restarted -- looks the
+recording up in the store once.)  The queue is bounded: when it is full the
 event is refused, which counts as a failure of that session's recording.
 
-**Failing closed.**  When a batch cannot be written (or an event is refused),
-every session with an event in it is *failed*: ``on_failure(session_id,
-reason)`` is called (on a thread of its own, so that it may end the session,
-which closes the recording) and later events of that session are refused.  A
-session opened with ``RecordingFailure.CONTINUE`` (an admin's choice in the
-policy: ``recording_failure: continue``) instead goes on unrecorded, and the
-number of lost events is noted when its recording closes.
+**Failing closed.**  When a batch cannot be written, when an event's data
+cannot be made, or when an event is refused, every session it concerns is
+*failed*: ``on_failure(session_id, reason)`` is called (on a thread of its own,
+so that it may end the session, which closes the recording) and later events
+of that session are refused (or dropped by the writer, counted).  A session
+opened with ``RecordingFailure.CONTINUE`` (an admin's choice in the policy:
+``recording_failure: continue``) instead goes on unrecorded, and the number of
+lost events is noted when its recording closes.  Events queued after a
+session's ``session.end`` are dropped and counted too.
 
-**Tamper evidence.**  :meth:`Recorder.close` appends ``session.end``, waits
-until everything of the session is written, reads the events back and takes
-the SHA-256 of their canonical form (:func:`recording_digest`: one sorted-key
-compact JSON object per event, newline-terminated, in ``seq`` order), stores
-it, and appends a ``recording.closed`` audit event with the digest to the hash
-chain.  The chain makes the digest itself unchangeable, so
-:func:`verify_recordings` — part of ``dbaccess audit verify`` — recomputes
-every closed recording's digest and reports any recording that was edited,
-cut short, reordered or deleted.
+**Tamper evidence.**  A recording's digest is the SHA-256 of its events'
+canonical form (:func:`recording_digest`: one sorted-key compact JSON object
+per event, newline-terminated, in ``seq`` order), taken incrementally by the
+writer as it writes them: the lines hashed are made from exactly the data
+stored, which :func:`_clean` makes sure reads back the same.
+:meth:`Recorder.close` appends ``session.end``, waits until everything of the
+session is written, stores the digest and the event count, and appends a
+``recording.closed`` audit event with the digest to the hash chain; it reads
+no event back, so closing costs the same however long the recording is.  (A
+recording this process took over from an earlier one, after a restart, has
+its stored events hashed once, a chunk at a time, before its next write.)
+The chain makes the digest itself unchangeable, so :func:`verify_recordings`
+-- part of ``dbaccess audit verify`` -- recomputes every closed recording's
+digest from the store and reports any recording that was edited, cut short,
+added to, reordered or deleted.
 """
 
 from __future__ import annotations
@@ -50,12 +68,13 @@ import json
 import logging
 import re
 import threading
-from collections import deque
+import time
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import Any, Final
+from typing import Any, Final, Protocol, cast
 
 import sqlalchemy as sa
 
@@ -106,9 +125,17 @@ def _iso(ts: datetime) -> str:
 
 
 def canonical_line(event: SessionEvent) -> bytes:
-    """One event as the digest (and the archived copy) has it: compact sorted-key JSON, newline."""
-    text = json.dumps(event.canonical(), sort_keys=True, separators=(",", ":"), default=str)
-    return text.encode() + b"\n"
+    """One event as the digest (and the archived copy) has it: compact sorted-key JSON, newline.
+
+    That is ``json.dumps(event.canonical(), sort_keys=True, separators=(",", ":"),
+    default=str)``, put together from its parts (its keys sort as data, kind,
+    seq, ts) so that only ``data`` goes through the encoder."""
+    data = _CANONICAL.encode(event.data)
+    kind = _CANONICAL.encode(event.kind)
+    return f'{{"data":{data},"kind":{kind},"seq":{event.seq:d},"ts":"{_iso(event.ts)}"}}\n'.encode()
+
+
+_CANONICAL: Final = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
 
 
 def recording_digest(events: Iterable[SessionEvent]) -> str:
@@ -190,10 +217,27 @@ def redact_statement(sql: str, *, literals: Iterable[str] = (), all_literals: bo
     inside them does not throw the scan off.
     """
     hidden = frozenset(v for v in literals if v)
+    if not hidden and not all_literals and _nothing_to_redact(sql):
+        return sql
     if len(sql) > _REDACT_CACHE_MAX_TEXT:
         return _redact_statement(sql, hidden, all_literals)
     return _redact_cached(sql, hidden, all_literals)
 
+
+def _nothing_to_redact(sql: str) -> bool:
+    """Whether :func:`redact_statement` without literals to hide leaves ``sql`` as it is:
+    it has no word PASSWORD, and no inline secret or URI password anywhere.  A string
+    of the text is a piece of it that starts with a quote (or ``$``), so a secret the
+    string-by-string scan would find in one is found in the whole text by the same
+    pattern; most statements have none, and are not scanned token by token."""
+    return (
+        _INLINE_SECRET.search(sql) is None
+        and _URI_PASSWORD.search(sql) is None
+        and _PASSWORD_WORD.search(sql) is None
+    )
+
+
+_PASSWORD_WORD = re.compile("password", re.IGNORECASE)
 
 # The same statement text is recorded again and again (prepared statements, loops).
 _REDACT_CACHE_MAX_TEXT = 4_096
@@ -277,8 +321,8 @@ def redact_params(
     return out
 
 
-# Redacting a statement costs time linear in its length, on the gateway's event
-# loop; a recording keeps at most this much of one (the gateway refuses
+# Redacting a statement costs time linear in its length, on the recorder's
+# writer thread; a recording keeps at most this much of one (the gateway refuses
 # statements over its size limit anyway, see server.gateway.analysis_limits).
 RECORDED_TEXT_MAX: Final = 64 * 1024
 
@@ -332,7 +376,6 @@ def statement_event(
 
 
 LIMIT_KIND: Final = "limit"
-RecordFn = Callable[[str, str, dict[str, Any]], object]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -383,30 +426,80 @@ def limit_event(hit: LimitHit) -> dict[str, Any]:
     return data
 
 
-def record_limit(record: RecordFn | None, session_id: str, hit: LimitHit) -> None:
-    """Put a ``limit`` event in the session's recording (``record``: the
-    recorder's ``record``; None records nothing).  Never raises: the refusal or
-    cut stands even when its recording fails (the recorder counts that as a
-    failure of the session's recording)."""
-    if record is None:
-        return
-    try:
-        record(session_id, LIMIT_KIND, limit_event(hit))
-    except Exception:
-        log.exception("recording a %s limit failed", hit.limit)
-
-
 # --------------------------------------------------------------------------
 # The recorder
 
 
-@dataclass
+Build = Callable[[Any, int], Mapping[str, Any] | None]
+"""Makes an event's data on the writer thread from what the data path kept
+(``fields``) and the event's time (nanoseconds since the epoch); None when
+there turns out to be nothing to record."""
+
+
+class RecordFn(Protocol):
+    """How the gateway's hooks record: :meth:`Recorder.record`'s signature."""
+
+    def __call__(
+        self, session_id: str, kind: str, data: Any, build: Build | None = None, /
+    ) -> object: ...
+
+
+def event_data(data: Any, build: Build | None, ts_ns: int) -> Mapping[str, Any] | None:
+    """The data an event recorded with ``build`` (or as ``data``) has, as the writer makes it."""
+    return build(data, ts_ns) if build is not None else cast("Mapping[str, Any]", data)
+
+
+def _limit_data(hit: LimitHit, _ts_ns: int) -> dict[str, Any]:
+    return limit_event(hit)
+
+
+def record_limit(record: RecordFn | None, session_id: str, hit: LimitHit) -> None:
+    """Put a ``limit`` event in the session's recording (``record``: the
+    recorder's ``record``; None records nothing).  Its data (the statement
+    redacted) is made on the recorder's writer thread.  Never raises: the
+    refusal or cut stands even when its recording fails (the recorder counts
+    that as a failure of the session's recording)."""
+    if record is None:
+        return
+    try:
+        record(session_id, LIMIT_KIND, hit, _limit_data)
+    except Exception:
+        log.exception("recording a %s limit failed", hit.limit)
+
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+# Events of a resumed recording read back at a time to take up its digest.
+_RESUME_CHUNK: Final = 5_000
+
+
+def _when(ts_ns: int) -> datetime:
+    """An event's time as the store keeps it (microseconds, UTC)."""
+    return _EPOCH + timedelta(microseconds=ts_ns // 1000)
+
+
+@dataclass(eq=False)
 class _Session:
-    next_seq: int
+    """A recording this recorder writes.  ``mode``, ``failed``, ``dropped``,
+    ``closing`` and ``ended`` change under the recorder's lock; ``next_seq``,
+    ``digest`` and ``written`` belong to the writer thread (and to ``close``
+    once the writer is done with the session)."""
+
+    session_id: str
     mode: RecordingFailure
+    next_seq: int = 1
     failed: str | None = None
     dropped: int = 0
     closing: bool = False
+    ended: bool = False  # the writer has taken its session.end: later events are dropped
+    # SHA-256 of the canonical lines written so far, and how many; None: a recording
+    # this process took over, whose earlier events are hashed before its first write.
+    digest: Any = None
+    written: int = 0
+
+
+# An event as the data path queues it: its recording, its time (ns since the
+# epoch), kind, and what the writer makes its data from.
+_Queued = tuple[_Session, int, str, Any, Build | None]
 
 
 @dataclass(frozen=True)
@@ -420,7 +513,7 @@ class ClosedRecording:
 
 
 class Recorder:
-    """Queues session events and writes them in batches on a background thread."""
+    """Queues session events and makes and writes them in batches on a background thread."""
 
     def __init__(
         self,
@@ -438,7 +531,7 @@ class Recorder:
         self.max_queue = max_queue
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
-        self._queue: deque[SessionEvent] = deque()
+        self._queue: deque[_Queued] = deque()
         self._sessions: dict[str, _Session] = {}
         # Closed here: late events (a connection still draining) must not extend them.
         self._closed: set[str] = set()
@@ -486,42 +579,43 @@ class Recorder:
                 )
             )
         with self._lock:
-            self._sessions[session_id] = _Session(1, failure)
+            self._sessions[session_id] = _Session(session_id, failure, digest=hashlib.sha256())
         self.record(session_id, "session.start", data)
 
-    def record(self, session_id: str, kind: str, data: Mapping[str, Any]) -> bool:
+    def record(self, session_id: str, kind: str, data: Any, build: Build | None = None, /) -> bool:
         """Queue one event; never blocks on the store.  False when it was refused.
 
-        Refused: the session's recording failed (or, with ``continue``, the event
-        is dropped and counted), was closed, or the queue is full.
+        The event's time is taken now; its data is ``data`` (a mapping, which
+        must not change after this call), or, with ``build``, what ``build``
+        makes of ``data`` on the writer thread.  Refused: the session's
+        recording failed (or, with ``continue``, the event is dropped and
+        counted), was closed, or the queue is full.
         """
-        event_data = _clean(data)
         failed_now: str | None = None
         with self._lock:
             state = self._sessions.get(session_id)
             if state is None:
                 if session_id in self._closed:
                     return False
-                resumed = self._resume(session_id)
-                if resumed is None:
+                state = self._resume(session_id)
+                if state is None:
                     self._closed.add(session_id)
                     return False
-                state = self._sessions[session_id] = resumed
+                self._sessions[session_id] = state
             if state.failed is not None or (state.closing and kind != "session.end"):
                 state.dropped += 1
                 return False
-            if len(self._queue) >= self.max_queue:
+            queue = self._queue
+            if len(queue) >= self.max_queue:
                 state.dropped += 1
                 if state.mode is RecordingFailure.CONTINUE:
                     return False
                 state.failed = failed_now = "the recording queue is full"
             else:
-                event = SessionEvent(session_id, state.next_seq, utcnow(), kind, event_data)
-                state.next_seq += 1
-                self._queue.append(event)
+                queue.append((state, time.time_ns(), kind, data, build))
                 self._enqueued += 1
-                self._ensure_thread()
-                if len(self._queue) == 1 or len(self._queue) >= self.batch_size:
+                if len(queue) == 1 or len(queue) >= self.batch_size:
+                    self._ensure_thread()
                     self._wake.notify_all()
                 return True
         self._report(session_id, failed_now)
@@ -549,7 +643,9 @@ class Recorder:
                         session_id=session_id, status="open", opened_at=utcnow(), dropped=0
                     )
                 )
-        return _Session(int(last or 0) + 1, RecordingFailure.CLOSE)
+        # Its earlier events are hashed by the writer, before it writes the next one.
+        digest = None if last is not None else hashlib.sha256()
+        return _Session(session_id, RecordingFailure.CLOSE, int(last or 0) + 1, digest=digest)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every event queued so far has been written (or failed)."""
@@ -562,10 +658,11 @@ class Recorder:
             return self._wake.wait_for(lambda: self._done >= target, timeout)
 
     def close(self, session_id: str, data: Mapping[str, Any]) -> ClosedRecording:
-        """End a session's recording: ``session.end``, write all, digest, chain it.
+        """End a session's recording: ``session.end``, write all, chain its digest.
 
-        Never raises for store trouble: a recording that cannot be closed is
-        reported as ``failed`` (and logged).
+        The digest was taken as the events were written, so closing reads none
+        of them back.  Never raises for store trouble: a recording that cannot
+        be closed is reported as ``failed`` (and logged).
         """
         if not self.record(session_id, "session.end", data):
             with self._lock:
@@ -585,15 +682,21 @@ class Recorder:
             state = self._sessions.get(session_id)
             if state is not None:
                 state.closing = True
-        self.flush(30.0)
+        written = self.flush(30.0)
         with self._lock:
             state = self._sessions.pop(session_id, None)
             self._closed.add(session_id)
+            if state is not None and not written and state.failed is None:
+                state.failed = "the recording's last events were not written in time"
         failed = state.failed if state is not None else None
         dropped = state.dropped if state is not None else 0
         try:
-            events = load_events(self.store, session_id)
-            digest = recording_digest(events)
+            if state is None:  # not recorded here, and nothing could be queued
+                state = _Session(session_id, RecordingFailure.CLOSE)
+            if state.digest is None:
+                self._take_up(state)
+            digest = state.digest.hexdigest()
+            events = state.written
             status = "failed" if failed is not None else "closed"
             audit = chain.append(
                 self.store,
@@ -601,7 +704,7 @@ class Recorder:
                 session_id=session_id,
                 data={
                     "digest": digest,
-                    "events": len(events),
+                    "events": events,
                     "dropped": dropped,
                     "status": status,
                     "problem": failed,
@@ -614,7 +717,7 @@ class Recorder:
                     .values(
                         status=status,
                         closed_at=utcnow(),
-                        events=len(events),
+                        events=events,
                         dropped=dropped,
                         digest=digest,
                         audit_seq=audit.seq,
@@ -623,7 +726,24 @@ class Recorder:
         except Exception as exc:  # the store itself is failing: nothing more can be kept
             log.error("recording of session %s could not be closed: %s", session_id, exc)
             return ClosedRecording(session_id, "failed", 0, dropped, None, None)
-        return ClosedRecording(session_id, status, len(events), dropped, digest, audit.seq)
+        return ClosedRecording(session_id, status, events, dropped, digest, audit.seq)
+
+    def _take_up(self, state: _Session) -> None:
+        """Hash the events a recording already has in the store (written by an earlier
+        process), a chunk at a time, before this one writes more or closes it."""
+        digest = hashlib.sha256()
+        written = 0
+        after = 0
+        while True:
+            events = load_events(self.store, state.session_id, after=after, limit=_RESUME_CHUNK)
+            for event in events:
+                digest.update(canonical_line(event))
+            written += len(events)
+            if len(events) < _RESUME_CHUNK:
+                break
+            after = events[-1].seq
+        state.digest = digest
+        state.written = written
 
     # -- the writer ---------------------------------------------------------------
     def _run(self) -> None:
@@ -636,26 +756,78 @@ class Recorder:
                 if len(self._queue) < self.batch_size and not self._stopping:
                     # Let a batch gather; a full queue or a flush cuts this short.
                     self._wake.wait(self.flush_interval)
-                batch = [
-                    self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))
-                ]
-            problem = self._write(batch)
-            failed: list[tuple[str, str]] = []
+                queue = self._queue
+                batch = [queue.popleft() for _ in range(min(self.batch_size, len(queue)))]
+            failed = self._write_batch(batch)
             with self._lock:
-                if problem is not None:
-                    for session_id in dict.fromkeys(e.session_id for e in batch):
-                        state = self._sessions.get(session_id)
-                        lost = sum(1 for e in batch if e.session_id == session_id)
-                        if state is None:
-                            continue
-                        state.dropped += lost
-                        if state.mode is RecordingFailure.CLOSE and state.failed is None:
-                            state.failed = problem
-                            failed.append((session_id, problem))
                 self._done += len(batch)
                 self._wake.notify_all()
             for session_id, reason in failed:
                 self._report(session_id, reason)
+
+    def _write_batch(self, batch: list[_Queued]) -> list[tuple[str, str]]:
+        """Make, number, write and hash one batch; the sessions it failed, and why."""
+        # The data first, outside the lock (redaction and the like take time).
+        made: list[tuple[_Session, int, str, Mapping[str, Any] | None, str | None]] = []
+        for state, ts_ns, kind, data, build in batch:
+            try:
+                built = event_data(data, build, ts_ns)
+                made.append((state, ts_ns, kind, None if built is None else _clean(built), None))
+            except Exception as exc:
+                log.exception("a %s event of session %s could not be made", kind, state.session_id)
+                made.append(
+                    (
+                        state,
+                        ts_ns,
+                        kind,
+                        None,
+                        f"an event could not be recorded: {type(exc).__name__}",
+                    )
+                )
+        failed: list[tuple[str, str]] = []
+        events: list[SessionEvent] = []
+        owners: list[_Session] = []
+        with self._lock:
+            for state, ts_ns, kind, data, problem in made:
+                if state.failed is not None or state.ended:
+                    state.dropped += 1
+                    continue
+                if problem is not None:
+                    self._lost(state, 1, problem, failed)
+                    continue
+                if kind == "session.end":
+                    state.ended = True
+                if data is None:
+                    continue  # nothing to record after all
+                events.append(
+                    SessionEvent(state.session_id, state.next_seq, _when(ts_ns), kind, data)
+                )
+                state.next_seq += 1
+                owners.append(state)
+        if not events:
+            return failed
+        for state in dict.fromkeys(owners):
+            if state.digest is None:
+                self._take_up(state)
+        lines = [canonical_line(e) for e in events]
+        problem = self._write(events)
+        with self._lock:
+            if problem is None:
+                for state, line in zip(owners, lines, strict=True):
+                    state.digest.update(line)
+                    state.written += 1
+            else:
+                for state, lost in Counter(owners).items():
+                    self._lost(state, lost, problem, failed)
+        return failed
+
+    @staticmethod
+    def _lost(state: _Session, lost: int, problem: str, failed: list[tuple[str, str]]) -> None:
+        # Called with the lock held.
+        state.dropped += lost
+        if state.mode is RecordingFailure.CLOSE and state.failed is None:
+            state.failed = problem
+            failed.append((state.session_id, problem))
 
     def _write(self, batch: list[SessionEvent]) -> str | None:
         try:

@@ -69,7 +69,11 @@ that answer applied to the old one, so the new one's rows are not described
   (``service.recorder``; text redacted, the Execute's Bind parameters -- all
   hidden when the statement touches masked columns --, tag, rows, SQLSTATE,
   decision, masked fields), and one ``notice`` event per NoticeResponse as the
-  client got it.
+  client got it.  Only what masking decided (whether the statement, or each
+  statement of a Query, touches masked columns) is worked out here; the raw
+  text, parameters and counters are queued as they are, and the event is made
+  -- redacted, timed -- on the recorder's writer thread (:func:`statement_data`,
+  :func:`notice_data`).
 
 Masking is visible.  A session that masking applies to is told at login,
 in a NoticeResponse before its first ReadyForQuery (``Relay.greeting``), which
@@ -115,9 +119,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
 
 from server.audit.recording import (
+    RecordFn,
     recorded_text,
     redact_params,
     redact_statement,
@@ -223,8 +229,7 @@ class _Item:
     name: str = ""
     sql: str = ""
     analysis: Analysis | None = None
-    started: float = 0.0
-    started_at: datetime | None = None
+    started: int | None = None  # time.monotonic_ns() when sent, for its recording
     plan: MaskPlan | None = None
     formats: tuple[int, ...] = ()
     rows: int = 0
@@ -238,12 +243,9 @@ class _Item:
     reported: list[dict[str, object]] = field(default_factory=list)
     params: tuple[bytes | None, ...] | None = None  # an Execute's Bind parameters
     # Where a long Query's statements end (for its recording), read with its
-    # analysis off the event loop; ``ends_read`` False: read when needed.
+    # analysis in a worker process; ``ends_read`` False: read when needed.
     ends: list[int] | None = None
     ends_read: bool = False
-    # A long Query's recorded text, redacted off the event loop, and whether it
-    # was redacted as touching masked columns (used when that still holds).
-    shown: tuple[bool, str] | None = None
     param_formats: tuple[int, ...] = ()
     # What a Describe or Execute was sent for: the very statement or portal the
     # server will answer about, even if the client has since parsed or bound
@@ -313,7 +315,7 @@ class MaskingHooks:
         catalog: Catalog | None,
         *,
         session_id: str,
-        record: Callable[[str, str, dict[str, object]], object] | None = None,
+        record: RecordFn | None = None,
         search_path: tuple[str, ...] = ("public",),
     ) -> None:
         self.rules = rules
@@ -374,15 +376,11 @@ class MaskingHooks:
             and len(item.analysis.statements) > 1
             and analysis_pool.offload(msg.query) is not None
         ):
-            # Its recording splits it by statement, on the event loop: tokenizing
-            # a long text there would stall every connection.
+            # Its recording splits it by statement: sqlglot's tokenizer holds the
+            # interpreter lock for as long as it reads a long text, on whatever
+            # thread (the recorder's writer included), so that is read here.
             item.ends = analysis_pool.read(msg.query, statement_ends, None, DEFAULT_TIME_BUDGET)
             item.ends_read = True
-        if self._record_event is not None and analysis_pool.offload(msg.query) is not None:
-            # Redacting a long text for its recording costs tens of milliseconds,
-            # and the recording is made on the event loop when the answer comes.
-            touches = self._touches_masked(item)
-            item.shown = (touches, self._recorded_text(item, touches))
         self._start(item)
         self.pending.append(item)
 
@@ -488,8 +486,7 @@ class MaskingHooks:
 
     def _start(self, item: _Item) -> None:
         if self._record_event is not None:
-            item.started = time.monotonic()
-            item.started_at = datetime.now(UTC)
+            item.started = time.monotonic_ns()
 
     # -- server messages --------------------------------------------------------------
     def _on_server(self, raw: RawMessage, relay: Relay) -> bytes | None:
@@ -1036,90 +1033,164 @@ class MaskingHooks:
                 return
 
     def _record_notice(self, sent: RawMessage | bytes) -> None:
-        """A ``notice`` event with the NoticeResponse as the client got it."""
+        """A ``notice`` event with the NoticeResponse as the client got it (read on
+        the recorder's writer thread: :func:`notice_data`)."""
         record = self._record_event
         if record is None:
             return
         try:
-            raw = sent if isinstance(sent, RawMessage) else pgwire.split_frames(sent)[0][0]
-            msg = pgwire.decode_backend(raw)
-            if not isinstance(msg, NoticeResponse):
-                return
-            fields = msg.fields
-            data = {
-                "severity": fields.get("V") or fields.get("S") or "NOTICE",
-                "sqlstate": fields.get("C"),
-                "message": fields.get("M", ""),
-                "detail": fields.get("D"),
-                "hint": fields.get("H"),
-            }
-            record(self.session_id, "notice", {k: v for k, v in data.items() if v is not None})
+            record(self.session_id, "notice", sent, notice_data)
         except Exception:  # recording problems never break the relay
             log.exception("recording a notice failed")
 
     def _finish(self, item: _Item) -> None:
+        """The item's ``statement`` event: what masking decided is read here, on the
+        data path; the event itself is made on the recorder's writer thread
+        (:func:`statement_data`), its text and parameters redacted there."""
         record = self._record_event
-        if record is None or item.started_at is None:
+        if record is None or item.started is None:
             return
         try:
             touches = self._touches_masked(item)
-            params = None
-            if item.params is not None:
-                # Which parameter goes to a masked column cannot be told: when
-                # the statement touches one, every parameter is hidden.
-                hidden = range(len(item.params)) if touches else ()
-                params = redact_params(item.params, item.param_formats, masked=hidden)
-            ahead = item.shown
-            if ahead is not None and ahead[0] == touches:
-                text, shown = item.sql, ahead[1]
-            else:
-                text, shown = item.sql, self._recorded_text(item, touches)
-            data = statement_event(
-                text,
-                shown=shown,
-                started_at=item.started_at,
-                duration_ms=(time.monotonic() - item.started) * 1000,
-                rows=item.rows,
-                tag=item.tag,
-                sqlstate=item.sqlstate,
-                decision=item.decision,
-                masked_fields=item.masked,
-                all_literals=touches,
-                params=params,
+            hides = self._hides_by_statement(item) if touches and item.kind == "Q" else None
+            ends = item.ends if item.ends_read else _UNREAD
+            record(
+                self.session_id,
+                "statement",
+                (
+                    item.sql,
+                    touches,
+                    hides,
+                    ends,
+                    item.params,
+                    item.param_formats,
+                    item.started,
+                    time.monotonic_ns(),
+                    item.rows,
+                    item.tag,
+                    item.sqlstate,
+                    item.decision,
+                    item.masked,
+                ),
+                statement_data,
             )
-            record(self.session_id, "statement", data)
         except Exception:  # recording problems never break the relay
             log.exception("recording a statement failed")
 
-    def _recorded_text(self, item: _Item, touches: bool) -> str:
-        """The item's text as its ``statement`` event keeps it (``recorded_text``)."""
-        if touches and item.kind == "Q":
-            # In a Query of several, only the literals of the statements that
-            # touch masked columns are hidden.
-            by_statement = self._redacted_by_statement(item)
-            if by_statement is not None:
-                return recorded_text(by_statement)
-        return recorded_text(item.sql, all_literals=touches)
-
-    def _redacted_by_statement(self, item: _Item) -> str | None:
-        """A Query of several statements as it is recorded, each statement's
-        literals hidden when it touches a table with masked columns (or that
-        cannot be told); None: not several, or it does not split as analysed."""
+    def _hides_by_statement(self, item: _Item) -> tuple[bool, ...] | None:
+        """For a Query of several statements as analysed: whether each touches a table
+        with masked columns (or one that cannot be told), so that its recording
+        hides the literals of those only; None: not several."""
         written = item.analysis
         if written is None or len(written.statements) < 2:
             return None
-        ends = item.ends if item.ends_read else statement_ends(item.sql)
-        if ends is None or len(ends) != len(written.statements):
-            return None
-        out: list[str] = []
-        start = 0
-        for index, end in enumerate(ends):
+        hides: list[bool] = []
+        for index in range(len(written.statements)):
             touched = self._touched(item, index)
-            hides = touched is None or any(self.rules.rule_for(c) is not None for c in touched)
-            out.append(redact_statement(item.sql[start:end], all_literals=hides))
-            start = end
-        out.append(redact_statement(item.sql[start:], all_literals=True))  # comments, ';'
-        return "".join(out)
+            hides.append(
+                touched is None or any(self.rules.rule_for(c) is not None for c in touched)
+            )
+        return tuple(hides)
+
+
+# ``statement_data``'s fields: where a long Query's statements end was not read ahead.
+_UNREAD: Final = "unread"
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+StatementFields = tuple[
+    str,  # the text as sent
+    bool,  # it touches masked columns (or what it touches cannot be told)
+    tuple[bool, ...] | None,  # a Query of several: the same, per statement
+    list[int] | str | None,  # where its statements end, or _UNREAD
+    tuple[bytes | None, ...] | None,  # an Execute's Bind parameters
+    tuple[int, ...],  # their formats
+    int,  # time.monotonic_ns() when sent
+    int,  # ... and when answered
+    int,  # rows
+    str | None,  # command tag
+    str | None,  # SQLSTATE
+    str,  # decision
+    list[dict[str, str]],  # masked fields
+]
+
+
+def statement_data(fields: StatementFields, ts_ns: int) -> dict[str, Any]:
+    """A ``statement`` event's data, made on the recorder's writer thread from what
+    ``MaskingHooks._finish`` kept: the text redacted (every literal when it touches
+    masked columns; in a Query of several, those of such statements only), the
+    parameters too (all hidden when it touches masked columns: which goes to a
+    masked column cannot be told), its start told from the event's time."""
+    sql, touches, hides, ends, params, formats, started, answered = fields[:8]
+    rows, tag, sqlstate, decision, masked = fields[8:]
+    shown_params = None
+    if params is not None:
+        shown_params = redact_params(params, formats, masked=range(len(params)) if touches else ())
+    duration_ns = answered - started
+    return statement_event(
+        sql,
+        shown=_recorded_text(sql, touches, hides, ends),
+        started_at=_EPOCH + timedelta(microseconds=(ts_ns - duration_ns) // 1000),
+        duration_ms=duration_ns / 1e6,
+        rows=rows,
+        tag=tag,
+        sqlstate=sqlstate,
+        decision=decision,
+        masked_fields=masked,
+        params=shown_params,
+    )
+
+
+def _recorded_text(
+    sql: str, touches: bool, hides: tuple[bool, ...] | None, ends: list[int] | str | None
+) -> str:
+    """The text as its ``statement`` event keeps it (``recorded_text``)."""
+    if touches and hides is not None:
+        # In a Query of several, only the literals of the statements that
+        # touch masked columns are hidden.
+        by_statement = _redacted_by_statement(sql, hides, ends)
+        if by_statement is not None:
+            return recorded_text(by_statement)
+    return recorded_text(sql, all_literals=touches)
+
+
+def _redacted_by_statement(
+    sql: str, hides: tuple[bool, ...], ends: list[int] | str | None
+) -> str | None:
+    """A Query of several statements as it is recorded, each statement's literals
+    hidden where ``hides`` says; None: it does not split as it was analysed."""
+    if isinstance(ends, str):
+        ends = statement_ends(sql)
+    if ends is None or len(ends) != len(hides):
+        return None
+    out: list[str] = []
+    start = 0
+    for end, hide in zip(ends, hides, strict=True):
+        out.append(redact_statement(sql[start:end], all_literals=hide))
+        start = end
+    out.append(redact_statement(sql[start:], all_literals=True))  # comments, ';'
+    return "".join(out)
+
+
+def notice_data(sent: RawMessage | bytes, _ts_ns: int) -> dict[str, Any] | None:
+    """A ``notice`` event's data from the NoticeResponse the client was sent (made on
+    the recorder's writer thread); None when it cannot be read as one."""
+    try:
+        raw = sent if isinstance(sent, RawMessage) else pgwire.split_frames(sent)[0][0]
+        msg = pgwire.decode_backend(raw)
+    except (ProtocolViolation, IndexError):
+        log.warning("a notice the client was sent could not be read for the recording")
+        return None
+    if not isinstance(msg, NoticeResponse):
+        return None
+    fields = msg.fields
+    data = {
+        "severity": fields.get("V") or fields.get("S") or "NOTICE",
+        "sqlstate": fields.get("C"),
+        "message": fields.get("M", ""),
+        "detail": fields.get("D"),
+        "hint": fields.get("H"),
+    }
+    return {k: v for k, v in data.items() if v is not None}
 
 
 def touched_relations(

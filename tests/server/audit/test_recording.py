@@ -6,11 +6,15 @@ import itertools
 import json
 import sqlite3
 import threading
+from collections import deque
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from server.audit import chain
 from server.audit.recording import (
@@ -19,6 +23,7 @@ from server.audit.recording import (
     LimitHit,
     Recorder,
     SessionEvent,
+    canonical_line,
     check_recording,
     limit_event,
     load_events,
@@ -198,6 +203,64 @@ def test_closing_a_session_that_was_never_recorded(store: Store, recorder: Recor
     assert verify_recordings(store).ok
 
 
+def test_closing_reads_no_event_back_and_the_digest_state_does_not_grow(
+    store: Store, recorder: Recorder
+) -> None:
+    """The digest is taken as events are written: closing a recording costs the
+    same however long it is (bench/recording.py times one of 1,000,000)."""
+    recorder.open("s-long", START)
+    for i in range(1500):
+        assert recorder.record("s-long", "statement", {"text": f"select {i}"})
+    assert recorder.flush(30)
+    state = recorder._sessions["s-long"]
+    # A hash object, counters and flags: no events, nothing that grows with them.
+    containers = (list, tuple, dict, set, deque, bytes, bytearray)
+    assert [name for name, value in vars(state).items() if isinstance(value, containers)] == []
+    assert state.written == 1501 and state.digest is not None
+    statements: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        statements.append(statement)
+
+    sa.event.listen(store.engine, "before_cursor_execute", seen)
+    try:
+        closed = recorder.close("s-long", {"reason": "done"})
+    finally:
+        sa.event.remove(store.engine, "before_cursor_execute", seen)
+    reads = [s for s in statements if "session_events" in s and "INSERT" not in s.upper()]
+    assert reads == []
+    assert any("INSERT INTO session_events" in s for s in statements)  # session.end
+    events = load_events(store, "s-long")
+    assert closed.events == len(events) == 1502
+    assert closed.digest == recording_digest(events)
+    assert verify_recordings(store).ok
+
+
+def test_event_data_is_made_on_the_writer_thread_and_stored_redacted(
+    store: Store, recorder: Recorder, db_path: Path
+) -> None:
+    """The data path queues the raw text; the writer redacts it before anything is stored."""
+    made_on: list[str] = []
+
+    def build(text: str, ts_ns: int) -> dict[str, object]:
+        made_on.append(threading.current_thread().name)
+        started = datetime.fromtimestamp(ts_ns / 1e9, UTC)
+        return statement_event(text, started_at=started, duration_ms=1.0, all_literals=True)
+
+    recorder.open("s-raw", START)
+    assert recorder.record(
+        "s-raw", "statement", "select * from people where ssn = '123-45-6789'", build
+    )
+    recorder.close("s-raw", {})
+    assert made_on == ["dbaccess-recorder"]
+    events = load_events(store, "s-raw")
+    assert events[1].data["text"] == "select * from people where ssn = '[redacted]'"
+    with raw(db_path) as conn:
+        stored = conn.execute("SELECT group_concat(data) FROM session_events").fetchone()[0]
+    assert "123-45-6789" not in stored
+    assert verify_recordings(store).ok
+
+
 # --------------------------------------------------------------------------- failures
 
 
@@ -241,6 +304,33 @@ def test_a_store_that_refuses_events_fails_the_recording_closed(
     assert audit["s-fail"]["problem"] == "the store refused the recording: OperationalError"
     assert audit["s-keep"]["dropped"] == 2
     # What was kept still verifies: the digest covers exactly the stored events.
+    assert verify_recordings(store).ok
+
+
+def test_an_event_that_cannot_be_made_fails_the_recording_closed(store: Store) -> None:
+    """Made on the writer or not, an event that cannot be recorded is never lost quietly."""
+    failures: list[tuple[str, str]] = []
+    called = threading.Event()
+
+    def on_failure(session_id: str, reason: str) -> None:
+        failures.append((session_id, reason))
+        called.set()
+
+    def broken(_fields: object, _ts_ns: int) -> dict[str, object]:
+        raise ValueError("cannot make this one")
+
+    recorder = Recorder(store, on_failure=on_failure, flush_interval=0.01)
+    try:
+        recorder.open("s-bad", START)
+        assert recorder.record("s-bad", "statement", "select 1", broken)  # made later
+        assert called.wait(10)
+        assert failures == [("s-bad", "an event could not be recorded: ValueError")]
+        assert not recorder.record("s-bad", "statement", {"text": "select 2"})
+        closed = recorder.close("s-bad", {})
+    finally:
+        recorder.stop()
+    # the event that could not be made, the one refused after, and session.end
+    assert closed.status == "failed" and closed.dropped == 3 and closed.events == 1
     assert verify_recordings(store).ok
 
 
@@ -320,6 +410,26 @@ def tamper_cases() -> list[tuple[str, str, str]]:
             "the events do not match the digest in the audit log",
         ),
         (
+            "swap-two-events",
+            "UPDATE session_events SET seq = -4 WHERE session_id = 's-t' AND seq = 4;"
+            "UPDATE session_events SET seq = 4 WHERE session_id = 's-t' AND seq = 2;"
+            "UPDATE session_events SET seq = 2 WHERE session_id = 's-t' AND seq = -4;",
+            "the events do not match the digest in the audit log",
+        ),
+        (
+            "edit-a-limit-event",
+            "UPDATE session_events SET data = json_set(data, '$.value', 100000) "
+            "WHERE session_id = 's-t' AND kind = 'limit'",
+            "the events do not match the digest in the audit log",
+        ),
+        (
+            "add-an-event",
+            "INSERT INTO session_events (session_id, seq, ts, kind, data) "
+            "SELECT session_id, seq + 1, ts, 'notice', '{}' FROM session_events "
+            "WHERE session_id = 's-t' ORDER BY seq DESC LIMIT 1",
+            "the events do not match the digest in the audit log",
+        ),
+        (
             "delete-every-event",
             "DELETE FROM session_events WHERE session_id = 's-t'",
             "the recording's events are gone",
@@ -344,6 +454,7 @@ def test_a_changed_recording_is_detected(
     store: Store, recorder: Recorder, db_path: Path, sql: str, problem: str
 ) -> None:
     record_session(recorder, "s-t")
+    record_limit(recorder.record, "s-t", CUT)  # seq 6, before session.end
     recorder.close("s-t", {})
     record_session(recorder, "s-other")
     recorder.close("s-other", {})
@@ -538,6 +649,49 @@ def test_redaction_is_cached_per_text_and_literals() -> None:
     assert redact_statement(sql, all_literals=True) == (
         "UPDATE people SET ssn = '[redacted]' WHERE name = '[redacted]'"
     )
+
+
+# Pieces a statement text is made of where redaction has something to decide.
+_PIECES = st.sampled_from(
+    [
+        "password", "PassWord", "pwd", "secret=", "token:", "api_key =", "://u:",
+        "p@h/", "@", "'", "''", "E'", "\\", "$$", "$t$", "--", "/*", "*/", "\n",
+        " ", "=", ":", "x", "1", '"', ";", "é", "\u017f", "pa\u017f\u017fword=",
+    ]
+)  # fmt: skip
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_PIECES, max_size=24).map("".join))
+def test_a_text_without_secrets_is_left_as_the_full_scan_leaves_it(sql: str) -> None:
+    """Redaction without literals to hide skips the token-by-token scan when the
+    whole text holds nothing to redact: the result is the scan's, always."""
+    from server.audit.recording import _redact_statement
+
+    assert redact_statement(sql) == _redact_statement(sql, frozenset(), False)
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(min_value=1, max_value=2**40),
+    st.datetimes(timezones=st.just(UTC)),
+    st.text(min_size=1),
+    st.dictionaries(st.text(), _JSON, max_size=6),
+)
+def test_the_canonical_line_is_the_sorted_compact_json_of_the_event(
+    seq: int, ts: datetime, kind: str, data: dict[str, object]
+) -> None:
+    """Recordings closed before the line was put together from its parts verify the same."""
+    event = SessionEvent("s", seq, ts, kind, data)
+    whole = json.dumps(event.canonical(), sort_keys=True, separators=(",", ":"), default=str)
+    assert canonical_line(event) == whole.encode() + b"\n"
 
 
 # --------------------------------------------------------------------------- limits

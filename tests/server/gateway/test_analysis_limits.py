@@ -15,7 +15,7 @@ from server.gateway.guardrails import GuardrailRules, Outcome
 from server.gateway.pgwire import Parse, Query
 from server.gateway.relay import Relay
 from server.gateway.statements import StatementGuard
-from tests.fix_relay import FACTS
+from tests.fix_relay import FACTS, recording_to
 
 
 @pytest.mark.parametrize(
@@ -71,7 +71,7 @@ def _guarded(limits: AnalysisLimits, recorder: _Recorder) -> Relay:
         approvals=None,
         store=None,
         limits=limits,
-        record=recorder,
+        record=recording_to(recorder),
     ).install(relay)
     return relay
 

@@ -23,7 +23,7 @@ from server.gateway.pgwire import (
 )
 from server.gateway.relay import Relay
 from server.policy.model import MaskMethod, MaskRule
-from tests.fix_relay import StaticCatalog
+from tests.fix_relay import StaticCatalog, recording_to
 from tests.fix_relay import row as _row
 from tests.fix_relay import types as _types
 
@@ -41,7 +41,7 @@ def _relay(events: list[dict[str, Any]]) -> Relay:
         RULES,
         StaticCatalog(OID, (EMAIL, CITY)),  # type: ignore[arg-type]
         session_id="s-1",
-        record=lambda _sid, _kind, data: events.append(dict(data)),
+        record=recording_to(lambda _sid, _kind, data: events.append(dict(data))),
     )
     hooks.install(relay)
     return relay
@@ -329,7 +329,7 @@ def test_a_query_of_several_hides_the_literals_of_its_masked_statements_only() -
         RULES,
         _TwoTables(),  # type: ignore[arg-type]
         session_id="s-1",
-        record=lambda _sid, _kind, data: events.append(dict(data)),
+        record=recording_to(lambda _sid, _kind, data: events.append(dict(data))),
     ).install(relay)
     relay.from_client(
         Query("select status from orders where status = 'paid' and 7 > 1; "

@@ -37,7 +37,7 @@ from server.gateway.pgwire import (
 from server.gateway.relay import Relay
 from server.gateway.result_limit import Caps, ResultLimit, size_text
 from server.policy.model import MaskMethod, MaskRule
-from tests.fix_relay import StaticCatalog, types
+from tests.fix_relay import StaticCatalog, recording_to, types
 
 # The walks the relay uses, before any test switches them to the Python ones.
 NATIVE_SCAN = relay_module._scan
@@ -63,7 +63,7 @@ class Recorded(list[tuple[str, str, dict[str, object]]]):
 def limited(rows: int | None = 3, nbytes: int | None = None) -> tuple[Relay, ResultLimit, Recorded]:
     relay = Relay()
     recorded = Recorded()
-    limit = ResultLimit(Caps(rows, nbytes, "read"), session_id="s-1", record=recorded)
+    limit = ResultLimit(Caps(rows, nbytes, "read"), session_id="s-1", record=recording_to(recorded))
     limit.install(relay)
     return relay, limit, recorded
 
@@ -518,9 +518,11 @@ def test_a_masked_result_is_cut_after_masking_and_the_error_keeps_its_text() -> 
         rules,
         StaticCatalog(OID, COLUMNS),  # type: ignore[arg-type]
         session_id="s-1",
-        record=recorded,
+        record=recording_to(recorded),
     ).install(relay)
-    ResultLimit(Caps(2, None, "read"), session_id="s-1", record=recorded).install(relay)
+    ResultLimit(Caps(2, None, "read"), session_id="s-1", record=recording_to(recorded)).install(
+        relay
+    )
     relay.from_client(Query("select email, city from customers").encode())
     described = RowDescription(
         [Field(c.column, OID, i + 1, 25, -1, -1, 0) for i, c in enumerate(COLUMNS)]

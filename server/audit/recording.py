@@ -70,7 +70,7 @@ import re
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -468,8 +468,8 @@ def record_limit(record: RecordFn | None, session_id: str, hit: LimitHit) -> Non
 
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-# Events of a resumed recording read back at a time to take up its digest.
-_RESUME_CHUNK: Final = 5_000
+# Events read back at a time, to take up a resumed recording's digest or verify one.
+_READ_CHUNK: Final = 5_000
 
 
 def _when(ts_ns: int) -> datetime:
@@ -733,15 +733,9 @@ class Recorder:
         process), a chunk at a time, before this one writes more or closes it."""
         digest = hashlib.sha256()
         written = 0
-        after = 0
-        while True:
-            events = load_events(self.store, state.session_id, after=after, limit=_RESUME_CHUNK)
-            for event in events:
-                digest.update(canonical_line(event))
-            written += len(events)
-            if len(events) < _RESUME_CHUNK:
-                break
-            after = events[-1].seq
+        for event in stored_events(self.store, state.session_id):
+            digest.update(canonical_line(event))
+            written += 1
         state.digest = digest
         state.written = written
 
@@ -961,6 +955,20 @@ def load_events(
     return out
 
 
+def stored_events(
+    store: Store, session_id: str, *, chunk: int = _READ_CHUNK
+) -> Iterator[SessionEvent]:
+    """A session's stored events in ``seq`` order, read ``chunk`` at a time, so that
+    going through a long recording takes memory for one chunk only."""
+    after = 0
+    while True:
+        events = load_events(store, session_id, after=after, limit=chunk)
+        yield from events
+        if len(events) < chunk:
+            return
+        after = events[-1].seq
+
+
 @dataclass(frozen=True)
 class RecordingProblem:
     session_id: str
@@ -986,15 +994,22 @@ class RecordingsVerifyResult:
 
 
 def check_recording(
-    session_id: str, audit_seq: int, chained_digest: str, events: Sequence[SessionEvent]
+    session_id: str, audit_seq: int, chained_digest: str, events: Iterable[SessionEvent]
 ) -> RecordingProblem | None:
-    """Compare one recording's events with the digest the audit chain holds for it (pure)."""
-    if not events:
+    """Compare one recording's events with the digest the audit chain holds for it (pure).
+
+    ``events`` are read once, in order (a recording's may be read from the store a
+    chunk at a time: :func:`stored_events`)."""
+    digest = hashlib.sha256()
+    last: int | None = None
+    for event in events:
+        if last is not None and event.seq <= last:
+            return RecordingProblem(session_id, audit_seq, "events are out of order")
+        last = event.seq
+        digest.update(canonical_line(event))
+    if last is None:
         return RecordingProblem(session_id, audit_seq, "the recording's events are gone")
-    seqs = [e.seq for e in events]
-    if seqs != sorted(set(seqs)):
-        return RecordingProblem(session_id, audit_seq, "events are out of order")
-    if recording_digest(events) != chained_digest:
+    if digest.hexdigest() != chained_digest:
         return RecordingProblem(
             session_id, audit_seq, "the events do not match the digest in the audit log"
         )
@@ -1032,8 +1047,8 @@ def verify_recordings(
         if row.digest != digest:
             problems.append(RecordingProblem(session_id, seq, "the recording's digest was changed"))
             continue
-        events = load_events(store, session_id)
-        if not events and row.pruned_at is not None:
+        events: Iterable[SessionEvent] = stored_events(store, session_id)
+        if row.pruned_at is not None and not load_events(store, session_id, limit=1):
             try:
                 events, archive_problem = _read_archived(session_id, archived)
             except DbaccessError as exc:

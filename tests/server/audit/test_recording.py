@@ -33,6 +33,7 @@ from server.audit.recording import (
     redact_params,
     redact_statement,
     statement_event,
+    stored_events,
     verify_recordings,
 )
 from server.policy.model import RecordingFailure
@@ -497,6 +498,20 @@ def test_a_closed_recording_missing_from_the_chain_is_reported(
     assert [(p.session_id, p.problem) for p in result.problems] == [
         ("s-t", "closed, but the audit log has no digest for it")
     ]
+
+
+def test_a_recording_is_read_back_a_chunk_at_a_time(store: Store, recorder: Recorder) -> None:
+    record_session(recorder, "s-chunks", 6)
+    closed = recorder.close("s-chunks", {})
+    events = load_events(store, "s-chunks")
+    assert list(stored_events(store, "s-chunks", chunk=2)) == events
+    assert list(stored_events(store, "s-chunks", chunk=len(events))) == events
+    assert (
+        check_recording(
+            "s-chunks", 1, str(closed.digest), stored_events(store, "s-chunks", chunk=3)
+        )
+        is None
+    )
 
 
 def test_check_recording_is_pure() -> None:

@@ -21,8 +21,8 @@ __dbaccess_server_is_subcommand() {
 __dbaccess_server_options() {
     case "$1" in
         '') printf '%s\n' -h --help ;;
-        'dev') printf '%s\n' --data-dir --target-dsn --api-port --gateway-port --write-profile --no-write-profile --reaper-interval --store-url --replica-lease --oidc-issuer --oidc-client-id --webhook --webhook-format --session-max-connections --gateway-max-connections --gateway-max-connections-per-identity --gateway-startup-timeout --shutdown-grace --gateway-cancel-rate -v --verbose -h --help ;;
-        'run') printf '%s\n' -c --config -v --verbose -h --help ;;
+        'dev') printf '%s\n' --data-dir --target-dsn --api-port --gateway-port --write-profile --no-write-profile --reaper-interval --store-url --replica-lease --oidc-issuer --oidc-client-id --webhook --webhook-format --session-max-connections --gateway-max-connections --gateway-max-connections-per-identity --gateway-startup-timeout --shutdown-grace --gateway-cancel-rate -v --verbose --log-format -h --help ;;
+        'run') printf '%s\n' -c --config -v --verbose --log-format -h --help ;;
         'policy') printf '%s\n' -h --help ;;
         'policy check') printf '%s\n' --broker-env -h --help ;;
         'policy test') printf '%s\n' --since --until -p --policy --json --store-url -c --config --data-dir -h --help ;;
@@ -54,7 +54,9 @@ __dbaccess_server_value_kind() {
         'dev|--gateway-startup-timeout') echo 'text' ;;
         'dev|--shutdown-grace') echo 'text' ;;
         'dev|--gateway-cancel-rate') echo 'text' ;;
+        'dev|--log-format') echo 'choice:plain json' ;;
         'run|-c'|'run|--config') echo 'file' ;;
+        'run|--log-format') echo 'choice:plain json' ;;
         'policy test|--since') echo 'text' ;;
         'policy test|--until') echo 'text' ;;
         'policy test|-p'|'policy test|--policy') echo 'file' ;;

@@ -12,7 +12,7 @@ end
 
 function __dbaccess_server_takes_value --argument-names path option
     switch "$path|$option"
-        case 'dev|--data-dir' 'dev|--target-dsn' 'dev|--api-port' 'dev|--gateway-port' 'dev|--reaper-interval' 'dev|--store-url' 'dev|--replica-lease' 'dev|--oidc-issuer' 'dev|--oidc-client-id' 'dev|--webhook' 'dev|--webhook-format' 'dev|--session-max-connections' 'dev|--gateway-max-connections' 'dev|--gateway-max-connections-per-identity' 'dev|--gateway-startup-timeout' 'dev|--shutdown-grace' 'dev|--gateway-cancel-rate' 'run|-c' 'run|--config' 'policy test|--since' 'policy test|--until' 'policy test|-p' 'policy test|--policy' 'policy test|--store-url' 'policy test|-c' 'policy test|--config' 'policy test|--data-dir' 'policy explain|--identity' 'policy explain|--target' 'policy explain|--groups' 'policy explain|--scope' 'policy explain|--ttl' 'policy explain|--reason' 'policy explain|-p' 'policy explain|--policy' 'token create|--identity' 'token create|--groups' 'token create|--ttl' 'token create|--kind' 'token create|--owner' 'token create|--store-url' 'token create|-c' 'token create|--config' 'token create|--data-dir' 'token list|--kind' 'token list|--store-url' 'token list|-c' 'token list|--config' 'token list|--data-dir' 'token revoke|--store-url' 'token revoke|-c' 'token revoke|--config' 'token revoke|--data-dir'
+        case 'dev|--data-dir' 'dev|--target-dsn' 'dev|--api-port' 'dev|--gateway-port' 'dev|--reaper-interval' 'dev|--store-url' 'dev|--replica-lease' 'dev|--oidc-issuer' 'dev|--oidc-client-id' 'dev|--webhook' 'dev|--webhook-format' 'dev|--session-max-connections' 'dev|--gateway-max-connections' 'dev|--gateway-max-connections-per-identity' 'dev|--gateway-startup-timeout' 'dev|--shutdown-grace' 'dev|--gateway-cancel-rate' 'dev|--log-format' 'run|-c' 'run|--config' 'run|--log-format' 'policy test|--since' 'policy test|--until' 'policy test|-p' 'policy test|--policy' 'policy test|--store-url' 'policy test|-c' 'policy test|--config' 'policy test|--data-dir' 'policy explain|--identity' 'policy explain|--target' 'policy explain|--groups' 'policy explain|--scope' 'policy explain|--ttl' 'policy explain|--reason' 'policy explain|-p' 'policy explain|--policy' 'token create|--identity' 'token create|--groups' 'token create|--ttl' 'token create|--kind' 'token create|--owner' 'token create|--store-url' 'token create|-c' 'token create|--config' 'token create|--data-dir' 'token list|--kind' 'token list|--store-url' 'token list|-c' 'token list|--config' 'token list|--data-dir' 'token revoke|--store-url' 'token revoke|-c' 'token revoke|--config' 'token revoke|--data-dir'
             return 0
     end
     return 1
@@ -79,10 +79,12 @@ complete -c dbaccess-server -n "__dbaccess_server_at 'dev'" -l gateway-startup-t
 complete -c dbaccess-server -n "__dbaccess_server_at 'dev'" -l shutdown-grace -x -d 'Seconds statements in flight may run on after Ctrl-C/SIGTERM'
 complete -c dbaccess-server -n "__dbaccess_server_at 'dev'" -l gateway-cancel-rate -x -d 'CancelRequests a second one client address may send (bursts of 4x)'
 complete -c dbaccess-server -n "__dbaccess_server_at 'dev'" -s v -l verbose
+complete -c dbaccess-server -n "__dbaccess_server_at 'dev'" -l log-format -x -a 'plain json' -d 'plain lines (for a terminal) or JSON lines with session, request and connection ids (for a log pipeline)'
 complete -c dbaccess-server -n "__dbaccess_server_at 'dev'" -s h -l help -d 'Show this message and exit'
 
 complete -c dbaccess-server -n "__dbaccess_server_at 'run'" -s c -l config -r -F -d 'Server config file (YAML)'
 complete -c dbaccess-server -n "__dbaccess_server_at 'run'" -s v -l verbose
+complete -c dbaccess-server -n "__dbaccess_server_at 'run'" -l log-format -x -a 'plain json' -d 'plain lines (for a terminal) or JSON lines with session, request and connection ids (for a log pipeline)'
 complete -c dbaccess-server -n "__dbaccess_server_at 'run'" -s h -l help -d 'Show this message and exit'
 
 complete -c dbaccess-server -n "__dbaccess_server_at 'policy'" -a check -d 'Validate a policy file; errors name the file, line and key'

@@ -131,6 +131,7 @@ _dbaccess_server__run() {
   _arguments -s -S \
     '(-c --config)'{-c,--config}'[Server config file (YAML)]:config:_files' \
     '(-v --verbose)'{-v,--verbose} \
+    '(--log-format)'--log-format'[plain lines (for a terminal) or JSON lines with session, request and connection ids (for a log pipeline)]:log-format:(plain json)' \
     '(- *)'{-h,--help}'[Show this message and exit]'
 }
 
@@ -156,6 +157,7 @@ _dbaccess_server__dev() {
     '(--shutdown-grace)'--shutdown-grace'[Seconds statements in flight may run on after Ctrl-C/SIGTERM]:shutdown-grace: ' \
     '(--gateway-cancel-rate)'--gateway-cancel-rate'[CancelRequests a second one client address may send (bursts of 4x)]:gateway-cancel-rate: ' \
     '(-v --verbose)'{-v,--verbose} \
+    '(--log-format)'--log-format'[plain lines (for a terminal) or JSON lines with session, request and connection ids (for a log pipeline)]:log-format:(plain json)' \
     '(- *)'{-h,--help}'[Show this message and exit]'
 }
 

@@ -8,7 +8,6 @@ what ``dev`` asks for) so that ``dbaccess`` works at once.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from enum import StrEnum
@@ -94,11 +93,25 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+class LogFormat(StrEnum):
+    plain = "plain"
+    json = "json"
+
+
+LogFormatOpt = Annotated[
+    LogFormat,
+    typer.Option(
+        "--log-format",
+        help="plain lines (for a terminal) or JSON lines with session, request and "
+        "connection ids (for a log pipeline).",
+    ),
+]
+
+
+def _logging(verbose: bool, fmt: LogFormat = LogFormat.plain) -> None:
+    from server.logs import setup
+
+    setup(verbose, fmt.value)
 
 
 @app.command()
@@ -207,6 +220,7 @@ def dev(
         ),
     ] = 5.0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    log_format: LogFormatOpt = LogFormat.plain,
 ) -> None:
     """Run broker and gateway on loopback with a demo target (for trying dbaccess out).
 
@@ -214,7 +228,7 @@ def dev(
     by the DBACCESS_SERVER_ARCHIVE_* environment variables (bucket, endpoint_url, ...),
     and the Slack app by the DBACCESS_SERVER_SLACK_* ones (signing_secret, bot_token, channel).
     """
-    _logging(verbose)
+    _logging(verbose, log_format)
     webhooks = _dev_webhooks(webhook or [], webhook_format.value)
     oidc = _dev_oidc(oidc_issuer, oidc_client_id)
     archive = _dev_archive(data_dir.resolve())
@@ -471,9 +485,10 @@ def _write_cli_profiles(rt: object, ca: Path) -> list[str]:
 def run_cmd(
     config: Annotated[Path, typer.Option("--config", "-c", help="Server config file (YAML).")],
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    log_format: LogFormatOpt = LogFormat.plain,
 ) -> None:
     """Run the broker from a config file (production)."""
-    _logging(verbose)
+    _logging(verbose, log_format)
     from server import runtime
     from server.config import load_config, parse_hostport
     from server.gateway.analysis_limits import AnalysisLimits

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+from server import metrics
 from server.api.app import GatewayInfo, create_app
 from server.api.auth_routes import AuthSettings
 from server.audit import chain
@@ -35,6 +36,7 @@ from server.gateway.analysis_limits import DEFAULT_ANALYSIS_LIMITS, AnalysisLimi
 from server.gateway.masking_relay import MaskingSetup
 from server.gateway.result_limit import limit_setup
 from server.gateway.server import Gateway
+from server.gateway.signals import SIGNALS
 from server.gateway.statements import guard_setup
 from server.notify.fanout import Fanout
 from server.notify.webhooks import WebhookConfig, Webhooks
@@ -185,6 +187,7 @@ class Runtime:
         )
 
         await self.gateway.start(self.opts.gateway_host, self.opts.gateway_port)
+        unregister_metrics = metrics.register(self.service, self.gateway, SIGNALS)
         # Everything loaded so far (modules, the policy, sqlglot's tables) lives as
         # long as the broker: out of the collector's sight, so that the full
         # collections a large statement's many objects set off stay short (they
@@ -310,6 +313,7 @@ class Runtime:
             api.should_exit = True
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(api_task, 10)
+            unregister_metrics()
             self.store.close()
 
     async def _reaper(self, stop: asyncio.Event) -> None:

@@ -16,7 +16,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from common.validation import validation_message
-from server.api import access_routes, auth_routes, recordings_routes, requests_routes
+from server.api import (
+    access_routes,
+    auth_routes,
+    ops_routes,
+    recordings_routes,
+    requests_routes,
+)
 from server.api.common import is_admin, may_audit, parse_ttl, parse_when, target_listing
 from server.audit import chain
 from server.errors import (
@@ -78,6 +84,7 @@ def create_app(
     requests_routes.register(app, service, identity)
     recordings_routes.register(app, service, identity)
     access_routes.register(app, service, identity)
+    ops_routes.register(app, service)
 
     @app.get("/v1/health")
     def health() -> dict[str, str]:

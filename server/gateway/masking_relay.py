@@ -173,6 +173,7 @@ from server.gateway.pgwire import (
 )
 from server.gateway.relay import Hook, Relay, row_run
 from server.gateway.search_path import catalog_first, session_search_path
+from server.gateway.signals import SIGNALS
 from server.gateway.sqlcheck import (
     DEFAULT_TIME_BUDGET,
     MAX_TEXT,
@@ -586,6 +587,8 @@ class MaskingHooks:
             # Bound in binary before the gateway knew the shape (Parse, Bind and
             # Describe in one go): the value's text is not there to mask from.
             return self._unmaskable(head, unmaskable.name)
+        SIGNALS.masked_results += 1
+        SIGNALS.masked_columns += len(plan.masked)
         if head.kind == "Q":
             head.masked.extend(plan.summary())
         out = None

@@ -87,6 +87,7 @@ from server.gateway.session import (
     UpstreamPhase,
     startup_packet,
 )
+from server.gateway.signals import SIGNALS
 from server.gateway.tls import ServerTls, TlsError
 from server.policy.limits import SUPERUSER_SETTINGS, database_settings
 from server.sessions.service import LiveSession, SessionService
@@ -277,6 +278,7 @@ class ClientConnection(asyncio.Protocol):
         # close() cleans up and connection_lost() follows it: only the first counts.
         self._cleaned_up = False
         self.key = (secrets.randbits(31), secrets.randbits(32))
+        self.id = f"c-{secrets.token_hex(6)}"  # names the connection in the broker's log
         self._ssl_answer: asyncio.Future[bytes] | None = None
         self.tls: ServerTls | None = None
         self._closing = False
@@ -311,6 +313,7 @@ class ClientConnection(asyncio.Protocol):
         self.transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
         _nodelay(transport)
         self.gateway.connections.add(self)
+        SIGNALS.connections += 1
         if self.gateway.draining:
             self.abort("57P01", SHUTDOWN_MESSAGE, SHUTDOWN_HINT)
             return
@@ -323,12 +326,13 @@ class ClientConnection(asyncio.Protocol):
             self.abort("08P01", "timeout waiting for the client to log in", None)
 
     def data_received(self, data: bytes) -> None:
+        SIGNALS.bytes_from_clients += len(data)
         tls = self.tls
         if tls is not None:
             try:
                 data, back = tls.receive(data)
             except TlsError as exc:
-                log.info("closing a client connection: %s", exc)
+                log.info("closing a client connection: %s", exc, extra=self.log_ids())
                 self.close()
                 return
             if back and not self.closed:
@@ -709,6 +713,7 @@ class ClientConnection(asyncio.Protocol):
 
     # -- upstream side ----------------------------------------------------------
     def upstream_data(self, data: bytes) -> None:
+        SIGNALS.bytes_from_targets += len(data)
         relay = self.relay
         if relay is not None and not self.closed:
             if self._analysing:
@@ -820,7 +825,11 @@ class ClientConnection(asyncio.Protocol):
                 finally:
                     w.close()
             except (OSError, TimeoutError) as exc:
-                log.warning("cancelling a statement whose result was cut failed: %s", exc)
+                log.warning(
+                    "cancelling a statement whose result was cut failed: %s",
+                    exc,
+                    extra=self.log_ids(),
+                )
         while self._analysing and not self.closed:
             # An analysis thread has the relay (it is only holding what arrives).
             await asyncio.sleep(0.005)
@@ -863,12 +872,22 @@ class ClientConnection(asyncio.Protocol):
                 return
         self.transport.write(data)
 
+    def log_ids(self) -> dict[str, str | None]:
+        """This connection's and its session's ids, for a log line's ``extra``."""
+        return {"connection_id": self.id, "session_id": self.live.id if self.live else None}
+
     def internal_error(self, doing: str) -> None:
         """A bug: the traceback goes to the broker log under a fresh id, and the
         client gets ``XX000`` naming that id (never a database failure)."""
         incident = secrets.token_hex(4)
         session = self.live.id if self.live is not None else "-"
-        log.exception("internal error %s while %s (session %s)", incident, doing, session)
+        log.exception(
+            "internal error %s while %s (session %s)",
+            incident,
+            doing,
+            session,
+            extra=self.log_ids(),
+        )
         self.abort("XX000", f"internal error (see the broker log, id {incident})", INTERNAL_HINT)
 
     def abort(self, sqlstate: str, message: str, hint: str | None) -> None:

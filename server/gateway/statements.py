@@ -130,6 +130,7 @@ from server.gateway.row_budget import (
 )
 from server.gateway.rules import agent_rules, target_rules
 from server.gateway.search_path import catalog_first, session_search_path
+from server.gateway.signals import SIGNALS
 from server.gateway.sqlcheck import (
     Analysis,
     analyze_function_call,
@@ -267,6 +268,7 @@ class StatementGuard:
             return self._refuse_with(relay, Query(_REFUSED_SQL).encode(), refusal)
         msg = pgwire.decode_frontend(raw)
         assert isinstance(msg, Query)
+        SIGNALS.statements += 1
         analysis = self._analyze(msg.query)
         decision = self._decide(analysis, msg.query)
         step = self._up_to_refusal(analysis, msg.query, decision)
@@ -305,6 +307,7 @@ class StatementGuard:
             return self._refuse_with(relay, Parse(name, _REFUSED_SQL).encode(), refusal)
         msg = pgwire.decode_frontend(raw)
         assert isinstance(msg, Parse)
+        SIGNALS.statements += 1
         self.prepared.pop(msg.name, None)
         if msg.name.startswith(_RESERVED_PREFIX):
             decision = Decision(
@@ -648,6 +651,7 @@ class StatementGuard:
         self, kind: str, decision: Decision, sql: str, *, request_id: str | None = None
     ) -> None:
         facts = self.facts
+        SIGNALS.decisions[(kind.removeprefix("statement."), decision.rule)] += 1
         if decision.limit is not None and self.pins is not None and kind == "statement.blocked":
             # A refusal by a scope's limit is also a ``limit`` event of the session's recording.
             record_limit(self.record, facts.session_id, limit_hit(decision, self.pins, sql))

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from server import metrics
 from server.approvals.service import Approvals, Notifier
 from server.audit import chain
 from server.audit.archive import Archiver
@@ -268,6 +269,11 @@ class SessionService:
             if callable(close):
                 close()
 
+    def live_sessions(self) -> list[LiveSession]:
+        """The sessions this broker holds now."""
+        with self._lock:
+            return list(self._live.values())
+
     def live(self, session_id: str) -> LiveSession | None:
         with self._lock:
             return self._live.get(session_id)
@@ -352,18 +358,19 @@ class SessionService:
             self._minting.add(db_user)
             self._minting_sessions.add(session_id)
         try:
-            credential = issuer.issue(
-                identity=identity.name,
-                session_id=session_id,
-                grants=scope_policy.grants,
-                valid_until=deadline,
-                scope=decision.scope,
-                # The policy as it is now (issuers are kept across policy reloads).
-                masking=target.masking,
-                limits=agent_limits(scope_policy)
-                if identity.agent
-                else scope_policy.effective_limits,
-            )
+            with metrics.timed(metrics.ISSUE_SECONDS, metrics.ISSUE_FAILURES, target_name):
+                credential = issuer.issue(
+                    identity=identity.name,
+                    session_id=session_id,
+                    grants=scope_policy.grants,
+                    valid_until=deadline,
+                    scope=decision.scope,
+                    # The policy as it is now (issuers are kept across policy reloads).
+                    masking=target.masking,
+                    limits=agent_limits(scope_policy)
+                    if identity.agent
+                    else scope_policy.effective_limits,
+                )
             ticket = "dbt_" + secrets.token_urlsafe(32)
             ticket_hash = hash_secret(ticket)
             record = SessionRecord(
@@ -453,6 +460,7 @@ class SessionService:
                 **acting,
             },
         )
+        metrics.SESSIONS_STARTED.labels(target_name, decision.scope, identity.kind).inc()
         if decision.break_glass:
             self.approvals.break_glass(record.to_json(), decision.rule)
         return record, ticket
@@ -685,10 +693,13 @@ class SessionService:
         if target is None:
             return {"ok": False, "detail": f"target {target_name!r} is no longer in the policy"}
         try:
-            res: RevocationResult = self.issuer(target).revoke(db_user)
+            with metrics.timed(metrics.REVOKE_SECONDS, metrics.REVOKE_FAILURES, target_name):
+                res: RevocationResult = self.issuer(target).revoke(db_user)
         except (Unavailable, Forbidden) as exc:
             log.warning("revocation of %s on %s failed: %s", db_user, target_name, exc.message)
             return {"ok": False, "detail": exc.message}
+        if not res.verified:
+            metrics.REVOKE_FAILURES.labels(target_name).inc()
         return {
             "ok": res.verified,
             "username": res.username,
@@ -699,6 +710,7 @@ class SessionService:
         }
 
     def _recording_failed(self, session_id: str, reason: str) -> None:
+        metrics.RECORDING_FAILURES.inc()
         if self.live(session_id) is not None:
             self.end(
                 session_id, status="killed", reason=f"recording failed: {reason}", actor="recorder"

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -40,8 +39,6 @@ if TYPE_CHECKING:
     from starlette.types import Receive, Scope, Send
 
     from server.sessions.service import SessionService
-
-log = logging.getLogger(__name__)
 
 PATH = "/mcp"
 _IDENTITY = "dbaccess.identity"

@@ -10,7 +10,14 @@ broker's API (the CLI's client; the threads take the replicas in turn) until
 SIGKILLed, and the time until the last of its roles is gone from the target is
 measured (the lease is ``--lease`` seconds, the reaper runs every second).
 
+With ``--soak SECONDS`` it first holds ``--soak-sessions`` sessions open at
+once over the three replicas, each with a gateway connection that runs a
+statement every second, for that long; then ends them all and reports the
+brokers' memory and CPU per session, the session roles left on the target and
+the recordings not closed whole (both must be 0), and ``audit verify``.
+
     .venv/bin/python bench/replicas.py [--sessions 120] [--clients 6] [--lease 5]
+    .venv/bin/python bench/replicas.py --soak 60 --soak-sessions 200
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -27,11 +35,13 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from benchlib import dev_broker
+from benchlib import IDLE_POLICY, dev_broker, gateway_of, raise_max_connections, rss_kb
 
 from brokercli.client import BrokerClient
 from server.demo.provision import provision_demo
 from server.pgcluster import LocalCluster
+
+BIN = Path(sys.executable).parent
 
 
 def pct(values: list[float], q: float) -> float:
@@ -94,17 +104,107 @@ def load(envs: list[dict[str, str]], sessions: int, clients: int) -> tuple[list[
     return starts, wall
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def soak(
+    cluster: LocalCluster,
+    brokers: list[tuple[Any, dict[str, str]]],
+    homes: list[Path],
+    count: int,
+    seconds: float,
+) -> None:
+    """``count`` sessions at once over the replicas, each with a busy gateway connection."""
+    clients = [client_for(env) for _, env in brokers]
+    cas = [gateway_of(home)[2] for home in homes]
+    pids = [proc.pid for proc, _ in brokers]
+    rss0 = [rss_kb(pid) for pid in pids]
+    cpu0 = [cpu_seconds(pid) for pid in pids]
+    sessions, conns = [], []
+    try:
+        for n in range(count):
+            replica = n % len(brokers)
+            session = clients[replica].start_session("demo", "read", None, "soak", {})
+            sessions.append((replica, session))
+            conns.append(
+                psycopg.connect(
+                    host=session.gateway.host,
+                    port=session.gateway.port,
+                    user="soak",
+                    password=session.ticket,
+                    dbname=session.database,
+                    sslmode="verify-full",
+                    sslrootcert=cas[replica],
+                    connect_timeout=10,
+                )
+            )
+        statements = 0
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            tick = time.monotonic()
+            for conn in conns:
+                conn.execute("select id from public.orders limit 1").fetchone()
+                statements += 1
+            time.sleep(max(0.0, 1.0 - (time.monotonic() - tick)))
+        rss1 = [rss_kb(pid) for pid in pids]
+        cpu1 = [cpu_seconds(pid) for pid in pids]
+    finally:
+        for conn in conns:
+            conn.close()
+        for replica, session in sessions:
+            clients[replica].end_session(session.id)
+        for client in clients:
+            client.close()
+    per = count / len(brokers)
+    for i in range(len(pids)):
+        print(
+            f"  replica {i}: RSS {rss0[i] / 1024:.0f} -> {rss1[i] / 1024:.0f} MiB "
+            f"({(rss1[i] - rss0[i]) / per:.0f} KiB a session), CPU {cpu1[i] - cpu0[i]:.1f}s "
+            f"({(cpu1[i] - cpu0[i]) / per * 1000 / seconds:.1f} ms a session a second)"
+        )
+    with psycopg.connect(cluster.dsn(dbname="demo"), autocommit=True) as conn:
+        roles = conn.execute(
+            "SELECT count(*) FROM pg_roles r JOIN pg_auth_members m ON m.member = r.oid"
+            " JOIN pg_roles mk ON mk.oid = m.roleid"
+            " WHERE mk.rolname = 'dbaccess_managed' AND NOT m.admin_option"
+        ).fetchone()
+    with psycopg.connect(cluster.dsn(dbname="bench_store"), autocommit=True) as conn:
+        unclosed = conn.execute(
+            "SELECT count(*) FROM sessions s LEFT JOIN session_recordings r"
+            " ON r.session_id = s.id WHERE s.reason = 'soak'"
+            " AND (r.status IS DISTINCT FROM 'closed' OR r.digest IS NULL OR r.dropped > 0)"
+        ).fetchone()
+    verify = subprocess.run(
+        [str(BIN / "dbaccess"), "audit", "verify"],
+        env=brokers[0][1],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    print(
+        f"  {statements} statements; session roles left: {roles[0] if roles else '?'}; "
+        f"recordings not closed whole: {unclosed[0] if unclosed else '?'}; "
+        f"audit verify: {'ok' if verify.returncode == 0 else 'FAILED ' + verify.stdout}"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sessions", type=int, default=120)
     ap.add_argument("--clients", type=int, default=6)
     ap.add_argument("--victims", type=int, default=10)
     ap.add_argument("--lease", type=float, default=5.0)
+    ap.add_argument("--soak", type=float, default=0.0, help="seconds; 0: no soak")
+    ap.add_argument("--soak-sessions", type=int, default=200)
     args = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="dbaccess-bench-"))
     base.chmod(0o711)
     try:
         with LocalCluster(base / "pg") as cluster:
+            if args.soak:
+                raise_max_connections(cluster, args.soak_sessions + 100)
             demo_dsn = provision_demo(cluster).admin_dsn
             with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
                 conn.execute("CREATE DATABASE bench_store")
@@ -119,16 +219,24 @@ def main() -> None:
             )
             with ExitStack() as stack:
                 brokers: list[tuple[Any, dict[str, str]]] = []
+                homes: list[Path] = []
                 for replicas in (1, 3):
                     while len(brokers) < replicas:
-                        home = base / f"replica{len(brokers)}"
-                        brokers.append(stack.enter_context(dev_broker(home, demo_dsn, *extra)))
+                        homes.append(base / f"replica{len(brokers)}")
+                        started = dev_broker(homes[-1], demo_dsn, *extra, policy=IDLE_POLICY)
+                        brokers.append(stack.enter_context(started))
                     starts, wall = load([env for _, env in brokers], args.sessions, args.clients)
                     p50, p95 = pct(starts, 0.5) * 1000, pct(starts, 0.95) * 1000
                     print(
                         f"{replicas} replica(s): session start p50 {p50:6.1f} ms"
                         f"  p95 {p95:6.1f} ms  {len(starts) / wall:6.1f} sessions/s"
                     )
+                if args.soak:
+                    print(
+                        f"soak: {args.soak_sessions} sessions at once over 3 replicas, "
+                        f"a statement a second on each for {args.soak:g}s"
+                    )
+                    soak(cluster, brokers, homes, args.soak_sessions, args.soak)
                 victim_proc, victim_env = brokers[0]
                 client = client_for(victim_env)
                 roles = [

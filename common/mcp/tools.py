@@ -19,10 +19,11 @@ answers:
   which runs it only while an unused approval of that hash exists, and once.
 
 One statement per call: ``query`` first has the text parsed (a Parse of the
-extended protocol, which PostgreSQL refuses for more than one statement and
-which runs nothing; the gateway judges and records it first), then runs it as
-a simple Query, whose masking report it reads.  PostgreSQL, not a parser of
-the tools' own, says what one statement is.
+extended protocol, which runs nothing; the gateway judges and records it first,
+and refuses several statements in an agent's session, as PostgreSQL does in a
+Parse anyway), then runs it as a simple Query, whose masking report it reads.
+The gateway and PostgreSQL, not a parser of the tools' own, say what one
+statement is.
 
 Sessions (:class:`SessionPool`): one per (target, scope) is kept open and
 reused until it nears its deadline; a session that ended meanwhile (killed by

@@ -283,7 +283,8 @@ class GuardrailRules:
     False when its search_path puts a schema before ``pg_catalog``.
     ``elsewhere`` is a fact of the target: (class, scope) for each other scope
     whose guardrails allow a class this one blocks, in policy order, so that a
-    refusal can name the scope to use instead.
+    refusal can name the scope to use instead.  ``one_statement`` refuses an
+    input of several statements (agents' sessions: ``rules.agent_rules``).
     """
 
     allow_drop: bool = False
@@ -313,6 +314,7 @@ class GuardrailRules:
     functions_deny: frozenset[str] = frozenset()
     unknown: Outcome = Outcome.BLOCK
     max_rows_by_explain: int | None = None
+    one_statement: bool = False
     catalog_first: bool = True
     elsewhere: tuple[tuple[StatementClass, str], ...] = ()
     _allow: tuple[_Pattern, ...] | None = field(init=False, repr=False, compare=False)
@@ -388,6 +390,14 @@ def decide(
             if hit.outcome is Outcome.BLOCK:
                 break
         track_prepared(top, known)
+    if rules.one_statement and len(analysis.statements) > 1 and best.outcome is not Outcome.BLOCK:
+        return Decision(
+            Outcome.BLOCK,
+            "guardrails.one_statement",
+            f"one statement at a time: this input holds {len(analysis.statements)}",
+            "send each statement on its own",
+            1,
+        )
     return best
 
 

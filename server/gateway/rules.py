@@ -68,7 +68,9 @@ def agent_rules(rules: GuardrailRules, scope: ScopePolicy) -> GuardrailRules:
     """The rules of an agent's session: the scope's ``rules`` with its ``agents``
     guardrails laid over them, and the agents' defaults where those leave
     ``block`` or ``review`` unsaid: DDL and privilege changes blocked, every
-    write a statement review (``server.policy.agents``)."""
+    write a statement review (``server.policy.agents``); and one statement per
+    input, so that a text shows what it does (no ``COMMIT;`` and a write behind a
+    read)."""
     settings = scope.agents.guardrails
     if settings.preset is not None or settings.production is not None:
         base = rules_for(scope.name, settings.over(scope.guardrails))
@@ -76,4 +78,4 @@ def agent_rules(rules: GuardrailRules, scope: ScopePolicy) -> GuardrailRules:
         base = _over(rules, settings)
     block = base.block if settings.block is not None else base.block | AGENT_BLOCK
     review = base.review if settings.review is not None else base.review | AGENT_REVIEW
-    return replace(base, block=block, review=review - block)
+    return replace(base, block=block, review=review - block, one_statement=True)

@@ -105,7 +105,7 @@ def test_tools_schemas_targets_describe_and_masked_reads(
 # gets by default (read).  Each must be refused before anything changes.
 ATTACKS = [
     ("commit_escape", "COMMIT; DELETE FROM orders", "guardrails"),
-    ("two_statements", "SELECT 1; SELECT 2", "mcp.one_statement"),
+    ("two_statements", "SELECT 1; SELECT 2", "guardrails"),
     (
         "write_in_with",
         "WITH d AS (DELETE FROM orders RETURNING id) SELECT count(*) FROM d",

@@ -132,3 +132,22 @@ def test_agents_section_is_checked() -> None:
     text = str(err.value)
     assert "targets.app.scopes.quiet.agents.allow" in text
     assert "approve" in text
+
+
+@pytest.mark.parametrize(
+    ("sql", "agent_rule", "person_rule"),
+    [
+        ("SELECT 1; SELECT 2", "guardrails.one_statement", "guardrails.allow"),
+        ("SELECT 1", "guardrails.allow", "guardrails.allow"),
+        # A write among several is refused as the write it is.
+        ("COMMIT; DELETE FROM orders", "guardrails.block_write", "guardrails.block_write"),
+    ],
+)
+def test_agents_send_one_statement_at_a_time(sql: str, agent_rule: str, person_rule: str) -> None:
+    from server.gateway.guardrails import decide
+    from server.gateway.sqlcheck import analyze
+
+    person = target_rules(APP, "read")
+    agent = agent_rules(person, APP.scopes["read"])
+    assert decide(analyze(sql), agent).rule.startswith(agent_rule)
+    assert decide(analyze(sql), person).rule.startswith(person_rule)

@@ -33,26 +33,30 @@ if TYPE_CHECKING:
     from common.mcp.tools import DbSession
 
 
-def _writable_by_others(path: Path) -> bool:
+def _changeable_by_others(path: Path) -> bool:
+    """Whether someone else than this user (or root) could change ``path``: it is
+    theirs, or writable by its group or everyone (a sticky directory aside)."""
     try:
-        mode = path.stat().st_mode
+        st = path.stat()
     except OSError:
         return False
-    return bool(mode & (stat.S_IWGRP | stat.S_IWOTH)) and not (
-        stat.S_ISDIR(mode) and mode & stat.S_ISVTX
-    )
+    if st.st_uid not in (os.getuid(), 0):
+        return True
+    sticky_dir = stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX
+    return bool(st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)) and not sticky_dir
 
 
 def check_config_files(extra: list[Path]) -> None:
     """Refuse settings anyone but their owner could change under the server's feet."""
-    paths = [config.config_dir(), config.profile_path(), *extra]
-    loose = [str(p) for p in paths if _writable_by_others(p)]
+    profile = config.profile_path()
+    paths = [config.config_dir(), profile.parent, profile, *extra]
+    loose = sorted({str(p) for p in paths if _changeable_by_others(p)})
     if loose:
         raise CliError(
             f"refusing to start: {', '.join(loose)} can be changed by other users",
             code=ExitCode.USAGE,
-            hint="make them writable by their owner only (chmod go-w), so that nothing "
-            "but you changes what the MCP server acts with",
+            hint="make them yours and writable by you only (chown, chmod go-w), so that "
+            "nothing but you changes what the MCP server acts with",
         )
 
 

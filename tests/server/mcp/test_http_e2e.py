@@ -75,6 +75,21 @@ def test_the_tools_over_http(agent_broker: Broker, agent_token: str, admin_conn:
         assert not [e for e in emails if e in text]
         err, again, _ = await call(c, "query", target="demo", sql="SELECT 1 AS one")
         assert not err and again["session_id"] == out["session_id"]  # kept between requests
+        # Killed by an admin: one clear tool error, the role gone, then a new session.
+        session_id = again["session_id"]
+        client = agent_broker.client(agent_token)
+        role = client.session(session_id)["db_user"]
+        client.close()
+        killed = await anyio.to_thread.run_sync(lambda: agent_broker.cli("kill", session_id))
+        assert killed.returncode == 0, killed.stderr
+        err, out, _ = await call(c, "query", target="demo", sql="SELECT 2")
+        assert (
+            err and out["error"]["rule"] == "session.ended" and "killed" in out["error"]["message"]
+        )
+        gone = admin_conn.execute("SELECT count(*) FROM pg_roles WHERE rolname = %s", (role,))
+        assert gone.fetchone() == (0,)
+        err, out, _ = await call(c, "query", target="demo", sql="SELECT 3 AS three")
+        assert not err and out["rows"] == [[3]] and out["session_id"] != session_id
         err, out, _ = await call(
             c, "query", target="demo",
             sql="WITH d AS (DELETE FROM orders RETURNING id) SELECT count(*) FROM d",

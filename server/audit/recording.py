@@ -58,7 +58,19 @@ its stored events hashed once, a chunk at a time, before its next write.)
 The chain makes the digest itself unchangeable, so :func:`verify_recordings`
 -- part of ``dbaccess audit verify`` -- recomputes every closed recording's
 digest from the store and reports any recording that was edited, cut short,
-added to, reordered or deleted.
+added to, reordered or deleted, or that misses an event (a gap in ``seq``)
+although it was closed without any lost.
+
+**Replicas.**  Brokers sharing a store each record as themselves (``writer``,
+their replica id).  One replica writes a recording at a time: the session's
+owner, or the replica that took the session over when its owner died, which
+becomes the writer (:meth:`Recorder._resume`) before it reads the last stored
+event.  Every batch is written only for the recordings this recorder is still
+the writer of (:meth:`Recorder._writes`, ``FOR SHARE`` on PostgreSQL, so a
+taking over waits for a batch under way): a replica taken for dead that still
+writes has its recording failed, loudly, instead of numbering an event the
+same as the new writer's, and it does not close a recording it no longer
+writes.  Sequence numbers of one recording therefore never collide.
 """
 
 from __future__ import annotations
@@ -512,6 +524,10 @@ class ClosedRecording:
     audit_seq: int | None
 
 
+# Why a replica's recording failed when another replica had taken its session over.
+_TAKEN_OVER = "another broker replica took the session over"
+
+
 class Recorder:
     """Queues session events and makes and writes them in batches on a background thread."""
 
@@ -523,8 +539,11 @@ class Recorder:
         batch_size: int = DEFAULT_BATCH_SIZE,
         flush_interval: float = DEFAULT_FLUSH_INTERVAL,
         max_queue: int = DEFAULT_MAX_QUEUE,
+        writer: str | None = None,
     ) -> None:
         self.store = store
+        # The replica this recorder writes as (None: a recorder that never shares a store).
+        self.writer = writer
         self.on_failure = on_failure
         self.batch_size = batch_size
         self.flush_interval = flush_interval
@@ -575,7 +594,11 @@ class Recorder:
         with self.store.tx() as conn:
             conn.execute(
                 t.session_recordings.insert().values(
-                    session_id=session_id, status="open", opened_at=now, dropped=0
+                    session_id=session_id,
+                    status="open",
+                    opened_at=now,
+                    dropped=0,
+                    writer=self.writer,
                 )
             )
         with self._lock:
@@ -622,30 +645,53 @@ class Recorder:
         return False
 
     def _resume(self, session_id: str) -> _Session | None:
-        """A session this process did not open (the broker restarted): continue after its last
-        stored event; None when its recording is closed.  Called with the lock held."""
+        """A session this process did not open (its broker died, or restarted): this
+        recorder becomes its writer and continues after its last stored event; None
+        when its recording is closed.  Called with the lock held.
+
+        Becoming the writer comes first, in the same transaction: on PostgreSQL the
+        UPDATE waits for a write of the previous writer that is under way (it holds
+        the row ``FOR SHARE``), so the last event read next is the last there will
+        be, and that writer's later writes are refused (:meth:`_write`)."""
+        r, e = t.session_recordings.c, t.session_events.c
         with self.store.tx() as conn:
-            last = conn.execute(
-                sa.select(sa.func.max(t.session_events.c.seq)).where(
-                    t.session_events.c.session_id == session_id
-                )
-            ).scalar()
-            status = conn.execute(
-                sa.select(t.session_recordings.c.status).where(
-                    t.session_recordings.c.session_id == session_id
-                )
-            ).scalar()
+            conn.execute(
+                t.session_recordings.update()
+                .where(r.session_id == session_id, r.status == "open")
+                .values(writer=self.writer)
+            )
+            status = conn.execute(sa.select(r.status).where(r.session_id == session_id)).scalar()
             if status is not None and status != "open":
                 return None
             if status is None:
                 conn.execute(
                     t.session_recordings.insert().values(
-                        session_id=session_id, status="open", opened_at=utcnow(), dropped=0
+                        session_id=session_id,
+                        status="open",
+                        opened_at=utcnow(),
+                        dropped=0,
+                        writer=self.writer,
                     )
                 )
+            last = conn.execute(
+                sa.select(sa.func.max(e.seq)).where(e.session_id == session_id)
+            ).scalar()
         # Its earlier events are hashed by the writer, before it writes the next one.
         digest = None if last is not None else hashlib.sha256()
         return _Session(session_id, RecordingFailure.CLOSE, int(last or 0) + 1, digest=digest)
+
+    def _writes(self, conn: sa.Connection, session_ids: Iterable[str]) -> set[str]:
+        """Of ``session_ids``, the recordings this recorder is still the writer of, held
+        ``FOR SHARE`` until the transaction ends (a taking over waits for it)."""
+        r = t.session_recordings.c
+        ids = sorted(set(session_ids))
+        mine = r.writer.is_(None) if self.writer is None else r.writer == self.writer
+        q = (
+            sa.select(r.session_id)
+            .where(r.session_id.in_(ids), sa.or_(mine, r.writer.is_(None)))
+            .with_for_update(read=True)
+        )
+        return {str(sid) for sid in conn.execute(q).scalars()}
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every event queued so far has been written (or failed)."""
@@ -693,6 +739,13 @@ class Recorder:
         try:
             if state is None:  # not recorded here, and nothing could be queued
                 state = _Session(session_id, RecordingFailure.CLOSE)
+            with self.store.tx() as conn:
+                taken = not self._writes(conn, [session_id])
+            if taken:
+                # Another replica took the session over (this one was taken for
+                # dead): the recording is its to close.
+                log.warning("recording of session %s is written by another replica", session_id)
+                return ClosedRecording(session_id, "taken over", state.written, dropped, None, None)
             if state.digest is None:
                 self._take_up(state)
             digest = state.digest.hexdigest()
@@ -804,12 +857,17 @@ class Recorder:
             if state.digest is None:
                 self._take_up(state)
         lines = [canonical_line(e) for e in events]
-        problem = self._write(events)
+        problem, fenced = self._write(events)
         with self._lock:
             if problem is None:
                 for state, line in zip(owners, lines, strict=True):
+                    if state.session_id in fenced:
+                        continue
                     state.digest.update(line)
                     state.written += 1
+                taken = Counter(s for s in owners if s.session_id in fenced)
+                for state, lost in taken.items():
+                    self._lost(state, lost, _TAKEN_OVER, failed)
             else:
                 for state, lost in Counter(owners).items():
                     self._lost(state, lost, problem, failed)
@@ -823,26 +881,30 @@ class Recorder:
             state.failed = problem
             failed.append((state.session_id, problem))
 
-    def _write(self, batch: list[SessionEvent]) -> str | None:
+    def _write(self, batch: list[SessionEvent]) -> tuple[str | None, set[str]]:
+        """Write the events of the recordings this recorder still writes, in one
+        transaction: (the store's problem, or None; the sessions another replica
+        has taken over, whose events were not written)."""
         try:
             with self.store.tx() as conn:
-                conn.execute(
-                    t.session_events.insert(),
-                    [
-                        {
-                            "session_id": e.session_id,
-                            "seq": e.seq,
-                            "ts": e.ts,
-                            "kind": e.kind,
-                            "data": e.data,
-                        }
-                        for e in batch
-                    ],
-                )
+                mine = self._writes(conn, (e.session_id for e in batch))
+                rows = [
+                    {
+                        "session_id": e.session_id,
+                        "seq": e.seq,
+                        "ts": e.ts,
+                        "kind": e.kind,
+                        "data": e.data,
+                    }
+                    for e in batch
+                    if e.session_id in mine
+                ]
+                if rows:
+                    conn.execute(t.session_events.insert(), rows)
         except Exception as exc:
             log.error("cannot write %d session events: %s", len(batch), exc)
-            return f"the store refused the recording: {type(exc).__name__}"
-        return None
+            return f"the store refused the recording: {type(exc).__name__}", set()
+        return None, {e.session_id for e in batch} - mine
 
     def _report(self, session_id: str, reason: str | None) -> None:
         if reason is None or self.on_failure is None:
@@ -994,17 +1056,27 @@ class RecordingsVerifyResult:
 
 
 def check_recording(
-    session_id: str, audit_seq: int, chained_digest: str, events: Iterable[SessionEvent]
+    session_id: str,
+    audit_seq: int,
+    chained_digest: str,
+    events: Iterable[SessionEvent],
+    *,
+    dropped: int = 0,
 ) -> RecordingProblem | None:
     """Compare one recording's events with the digest the audit chain holds for it (pure).
 
     ``events`` are read once, in order (a recording's may be read from the store a
-    chunk at a time: :func:`stored_events`)."""
+    chunk at a time: :func:`stored_events`).  Numbered 1, 2, 3, ... as they were
+    written, they may skip a number only where the chain says events were lost
+    (``dropped``): an event written and then removed, digest and all, is found."""
     digest = hashlib.sha256()
     last: int | None = None
+    missing: int | None = None
     for event in events:
         if last is not None and event.seq <= last:
             return RecordingProblem(session_id, audit_seq, "events are out of order")
+        if missing is None and not dropped and event.seq != (last or 0) + 1:
+            missing = (last or 0) + 1
         last = event.seq
         digest.update(canonical_line(event))
     if last is None:
@@ -1012,6 +1084,11 @@ def check_recording(
     if digest.hexdigest() != chained_digest:
         return RecordingProblem(
             session_id, audit_seq, "the events do not match the digest in the audit log"
+        )
+    if missing is not None:
+        # The digest holds, so the event was never written: lost, not removed.
+        return RecordingProblem(
+            session_id, audit_seq, f"event {missing} of the recording was never written"
         )
     return None
 
@@ -1057,7 +1134,8 @@ def verify_recordings(
             if archive_problem is not None:
                 problems.append(RecordingProblem(session_id, seq, archive_problem))
                 continue
-        found = check_recording(session_id, seq, digest, events)
+        lost = int((data or {}).get("dropped") or 0)
+        found = check_recording(session_id, seq, digest, events, dropped=lost)
         if found is not None:
             problems.append(found)
     chained = {session_id for _, session_id, _ in closed}

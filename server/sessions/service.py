@@ -221,7 +221,9 @@ class SessionService:
         self.policy = policy
         # Every session is recorded from its start to its end; a recording that
         # fails ends its session (unless the target says recording_failure: continue).
-        self.recorder = recorder or Recorder(store, on_failure=self._recording_failed)
+        self.recorder = recorder or Recorder(
+            store, on_failure=self._recording_failed, writer=self.replica_id
+        )
         # Closed recordings go to S3 when an archive is configured.
         self.archiver = archiver
         # Reads self.policy on every call, so a reloaded policy applies to requests at once.

@@ -207,6 +207,8 @@ session_recordings = sa.Table(
     sa.Column("archive_sha256", sa.String(64), nullable=True),
     sa.Column("archived_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column("pruned_at", sa.DateTime(timezone=True), nullable=True),
+    # The replica that adds events to it while it is open (None: from before replicas).
+    sa.Column("writer", sa.String(32), nullable=True),
 )
 
 # Data-access events: per statement that ran, who touched which relations and

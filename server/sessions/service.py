@@ -748,7 +748,8 @@ class SessionService:
         the store says are this replica's but that it does not hold (a start
         that failed half-way, a previous life of it).  Sessions of replicas
         whose lease has run out are claimed (one replica claims each) and
-        ended: ``expired`` past their deadline, ``orphaned`` before it.
+        ended: ``expired`` past their deadline, ``orphaned`` before it; the open
+        recordings of ended sessions whose writer died are closed.
         Sessions of live replicas are theirs.  Then each target's session roles
         that no active session holds are revoked where they are this
         deployment's to revoke (see the module's docstring); ``startup`` only
@@ -787,6 +788,17 @@ class SessionService:
             while claimed := self.store.claim_orphans(self.replica_id, now):
                 for rec in claimed:
                     finish(rec, "its broker stopped; credential revoked")
+            for rec in self.store.abandoned_recordings(self.replica_id, now):
+                # Ended through another replica; its owner died before closing the recording.
+                self.recorder.close(
+                    rec.id,
+                    {
+                        "status": rec.status,
+                        "reason": rec.end_reason,
+                        "actor": "reaper",
+                        "revocation": dict(rec.revocation) if rec.revocation else None,
+                    },
+                )
         except Exception as exc:
             errors.append(f"sessions: {exc}")
         try:

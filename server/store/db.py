@@ -515,6 +515,27 @@ class Store:
                     claimed.append(rec)
         return claimed
 
+    def abandoned_recordings(self, replica_id: str, now: datetime) -> list[SessionRecord]:
+        """Ended sessions whose recording is still open and whose recording's writer
+        is dead (or unknown), ``replica_id`` not being dead: ended through another
+        replica, the owner died before it closed the recording."""
+        s, r, rec = t.sessions.c, t.replicas.c, t.session_recordings.c
+        alive = sa.select(r.id).where(r.lease_expires_at > now, r.stopped_at.is_(None))
+        q = (
+            t.sessions.select()
+            .join(t.session_recordings, rec.session_id == s.id)
+            .where(
+                rec.status == "open",
+                s.status != "active",
+                sa.or_(
+                    rec.writer.is_(None),
+                    sa.and_(rec.writer != replica_id, rec.writer.not_in(alive)),
+                ),
+            )
+        )
+        with self.tx() as conn:
+            return [_session(row) for row in conn.execute(q)]
+
     def owned_sessions(self, replica_id: str) -> list[SessionRecord]:
         """Active sessions the store says ``replica_id`` holds."""
         q = t.sessions.select().where(

@@ -23,7 +23,7 @@ import pytest
 from psycopg import sql
 
 from server.audit import chain
-from server.audit.recording import verify_recordings
+from server.audit.recording import recording_info, verify_recordings
 from server.demo.provision import DemoTarget
 from server.errors import Forbidden
 from server.pgcluster import LocalCluster
@@ -234,3 +234,21 @@ def test_a_restarted_broker_marks_its_dead_previous_life_at_once(
         assert not store.heartbeat(service.replica_id, 60), "an ended lease stays ended"
     finally:
         service.recorder.stop()
+
+
+def test_a_recording_left_open_by_an_owner_that_died_after_a_kill_is_closed_by_a_reaper(
+    new_pg_store: Callable[[], Store],
+    replicas: Callable[[Store], SessionService],
+) -> None:
+    store = new_pg_store()
+    a, b = replicas(store), replicas(store)
+    record, _ticket = a.start(ALICE, "demo", "read", timedelta(minutes=10), "replicas")
+    a.recorder.flush(10)
+    b.end(record.id, status="killed", reason="INC-10", actor="root")
+    store.end_replica(a.replica_id)  # dead before it learnt of the kill
+    info = recording_info(store, record.id)
+    assert info is not None and info.status == "open"
+    b.reap()
+    info = recording_info(store, record.id)
+    assert info is not None and info.status == "closed"
+    assert verify_recordings(store).ok

@@ -75,6 +75,8 @@ log = logging.getLogger(__name__)
 
 # Where a replica that ended another's session wakes it (the payload: the owner's id).
 SESSIONS_CHANNEL = "dbaccess_sessions"
+# How long the store remembers a dead replica that no session names any more.
+REPLICAS_KEPT = timedelta(days=7)
 
 
 class ConnectionHandle(Protocol):
@@ -804,6 +806,7 @@ class SessionService:
         try:
             in_store = {rec.db_user for rec in self.store.list_sessions(active=True, limit=100_000)}
             alive = {r.id for r in self.store.replicas(alive_at=now)} | {self.replica_id}
+            self.store.prune_replicas(now - REPLICAS_KEPT)
         except Exception as exc:
             errors.append(f"sessions: {exc}")
             return ReapReport(expired, orphaned, revoked, errors)

@@ -232,6 +232,8 @@ def test_a_restarted_broker_marks_its_dead_previous_life_at_once(
         membership.leave()
         assert service.replica_id not in {r.id for r in store.replicas(alive_at=utcnow())}
         assert not store.heartbeat(service.replica_id, 60), "an ended lease stays ended"
+        store.prune_replicas(utcnow() + timedelta(seconds=120))
+        assert {r.id for r in store.replicas()} == set(), "none names an active session"
     finally:
         service.recorder.stop()
 

@@ -186,6 +186,11 @@ class Runtime:
             signal.SIGHUP, lambda: loop.run_in_executor(None, self.reload_policy)
         )
 
+        # Registered before anything can start a session: until then, another
+        # replica would take this one's sessions for a dead replica's.
+        self.membership.api_url = self.api_url
+        await loop.run_in_executor(None, self.membership.join)
+        self.membership.start()  # the lease is renewed from now on, however long start-up takes
         await self.gateway.start(self.opts.gateway_host, self.opts.gateway_port)
         unregister_metrics = metrics.register(self.service, self.gateway, SIGNALS)
         # Everything loaded so far (modules, the policy, sqlglot's tables) lives as
@@ -258,8 +263,6 @@ class Runtime:
         api = _Server(config)
         api_task = asyncio.create_task(api.serve(sockets=[self.api_sock]))
 
-        self.membership.api_url = self.api_url
-        await loop.run_in_executor(None, self.membership.join)
         report = await loop.run_in_executor(None, lambda: self.service.reap(startup=True))
         if report.revoked_roles or report.orphaned_sessions or report.expired_sessions:
             log.warning(
@@ -287,7 +290,6 @@ class Runtime:
             },
         )
         reaper = asyncio.create_task(self._reaper(stop))
-        self.membership.start()
         if self.archiver is not None:
             self.archiver.start()
         if on_ready is not None:

@@ -10,7 +10,9 @@ dev broker, then measures, for each route:
   ``--seconds`` each (TPS, average latency, and the proxy's CPU time per
   transaction, user + system, summed over all its threads);
 * a 1,000,000-row read (~80 bytes a row) with ``psql -At -c ... > /dev/null``
-  (median of ``--reads`` runs);
+  (median of ``--reads`` runs, routes alternated), and the proxy's CPU time
+  for it (on a busy machine the read's time is mostly psql's and the
+  server's; the CPU is what the proxy spends);
 
 and finally the broker's resident memory with 200 idle client connections
 (bench/broker_memory.py measures that alone, with where the memory goes).
@@ -153,23 +155,26 @@ def pgbench(
     return float(tps.group(1)), float(lat.group(1)), (usr, sys_)
 
 
-def big_read(route: Route, runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        with open(os.devnull, "wb") as null:
-            res = subprocess.run(
-                ["psql", "-X", "-At", "-v", "ON_ERROR_STOP=1", "-c", READ_SQL],
-                env=route.env,
-                stdout=null,
-                stderr=subprocess.PIPE,
-                timeout=300,
-                check=False,
-            )
-        if res.returncode != 0:
-            raise RuntimeError(f"psql via {route.name} failed: {res.stderr.decode()}")
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+def big_read(route: Route) -> tuple[float, float]:
+    """Seconds of one 1M-row read, and the proxy's CPU seconds (user + system)
+    for it: on a busy machine the time is mostly psql's and the server's, the
+    CPU is what the proxy spends."""
+    cpu_before = cpu_seconds(route.proxy_pid) if route.proxy_pid else (0.0, 0.0)
+    started = time.perf_counter()
+    with open(os.devnull, "wb") as null:
+        res = subprocess.run(
+            ["psql", "-X", "-At", "-v", "ON_ERROR_STOP=1", "-c", READ_SQL],
+            env=route.env,
+            stdout=null,
+            stderr=subprocess.PIPE,
+            timeout=300,
+            check=False,
+        )
+    if res.returncode != 0:
+        raise RuntimeError(f"psql via {route.name} failed: {res.stderr.decode()}")
+    secs = time.perf_counter() - started
+    cpu_after = cpu_seconds(route.proxy_pid) if route.proxy_pid else (0.0, 0.0)
+    return secs, sum(cpu_after) - sum(cpu_before)
 
 
 def run_as_postgres(cmd: list[str]) -> list[str]:
@@ -396,10 +401,18 @@ def main() -> None:
                                     flush=True,
                                 )
                     reads: dict[str, float] = {}
+                    read_cpus: dict[str, float] = {}
+                    read_runs: dict[str, list[tuple[float, float]]] = {}
+                    for _ in range(args.reads):  # routes alternated, one read each time
+                        for route in routes:
+                            read_runs.setdefault(route.name, []).append(big_read(route))
                     for route in routes:
-                        reads[route.name] = big_read(route, args.reads)
+                        runs = read_runs[route.name]
+                        reads[route.name] = statistics.median(r[0] for r in runs)
+                        read_cpus[route.name] = statistics.median(r[1] for r in runs)
                         print(
-                            f"1M-row read               {route.name:16} {reads[route.name]:9.3f} s",
+                            f"1M-row read               {route.name:16} {reads[route.name]:9.3f} s"
+                            f"  proxy CPU {read_cpus[route.name]:.2f} s",
                             flush=True,
                         )
                     before, after, _ = idle_memory_in_sessions(broker.pid, base, env, ticket)
@@ -460,13 +473,16 @@ def main() -> None:
                 print(f"  {mode:9} {n:3} clients  {ratio(masked, plain):>7}  {verdict}")
     print()
     print(
-        f"1M-row read (median of {args.reads}), seconds; ratio to direct (target <= 1.1x "
-        "for dbaccess) and to dbaccess (target <= 1.25x for dbaccess-masked)"
+        f"1M-row read (median of {args.reads}, routes alternated): seconds, ratio to direct "
+        "(target <= 1.1x for dbaccess) and to dbaccess (target <= 1.25x for "
+        "dbaccess-masked); the proxy's CPU seconds and their ratio to dbaccess's"
     )
     for name, secs in reads.items():
+        cpu = read_cpus.get(name, 0.0)
         print(
             f"  {name:16} {secs:7.3f} s  {ratio(secs, reads.get('direct')):>7}"
-            f"  {ratio(secs, reads.get('dbaccess')):>7}"
+            f"  {ratio(secs, reads.get('dbaccess')):>7}   CPU {cpu:5.2f} s"
+            f"  {ratio(cpu or None, read_cpus.get('dbaccess')):>7}"
         )
     growth = (after - before) / 1024
     print()

@@ -6,8 +6,8 @@ revocation latency and failures; recording failures; store errors (every
 error the store's engine raises, :func:`watch_store`).  Read when Prometheus
 scrapes (:class:`_Now`): sessions active, access requests by state, the
 gateway's counts (``server.gateway.signals``: connections, bytes, statements,
-guardrail refusals and reviews by rule, masked results) and the archive's lag
-(the oldest closed recording not archived yet).
+guardrail refusals and reviews by rule, masked results), the recorder's queue
+and the archive's lag (the oldest closed recording not archived yet).
 
 Readiness (:func:`readiness`, ``GET /readyz``) checks what serving needs: the
 store answers, a policy is loaded, each target's admin connection opens (a
@@ -194,6 +194,11 @@ class _Now(Collector):
         )
 
     def _recording(self) -> Iterator[Any]:
+        depth = GaugeMetricFamily(
+            "dbaccess_recording_queue_depth", "Recording events waiting to be written."
+        )
+        depth.add_metric([], self.service.recorder.queue_depth())
+        yield depth
         if self.service.archiver is None:
             return
         lag = GaugeMetricFamily(

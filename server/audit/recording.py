@@ -9,7 +9,10 @@ A recording is the ordered list of a session's events in ``session_events``
   (addresses, application name);
 * ``statement`` — text and parameters with secrets and masked-column literals
   redacted (:func:`redact_statement`, :func:`statement_event`), start time,
-  duration, rows, command tag, SQLSTATE, guardrail decision, masked columns;
+  duration, rows, command tag, SQLSTATE, guardrail decision, masked columns,
+  and, for a statement that ran, its access facts (``access``: the relations
+  and columns it touched, masked or clear; ``server.audit.access``), which the
+  writer also indexes in the same transaction (:func:`access.write_index`);
 * ``notice`` — a NoticeResponse the client was sent (already redacted);
 * ``limit`` — a statement refused or a result cut by one of the scope's limits
   (:class:`LimitHit`, :func:`limit_event`, :func:`record_limit`): which limit,
@@ -90,7 +93,7 @@ from typing import Any, Final, Protocol, cast
 
 import sqlalchemy as sa
 
-from server.audit import chain
+from server.audit import access, chain
 from server.errors import DbaccessError
 from server.policy.model import RecordingFailure
 from server.store import tables as t
@@ -693,6 +696,11 @@ class Recorder:
         )
         return {str(sid) for sid in conn.execute(q).scalars()}
 
+    def queue_depth(self) -> int:
+        """Events queued and not written yet."""
+        with self._lock:
+            return len(self._queue)
+
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every event queued so far has been written (or failed)."""
         with self._lock:
@@ -901,6 +909,8 @@ class Recorder:
                 ]
                 if rows:
                     conn.execute(t.session_events.insert(), rows)
+                    # The access index of the statements written, in the same transaction.
+                    access.write_index(conn, (e for e in batch if e.session_id in mine))
         except Exception as exc:
             log.error("cannot write %d session events: %s", len(batch), exc)
             return f"the store refused the recording: {type(exc).__name__}", set()

@@ -117,11 +117,12 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
+from server.audit.access import FACTS, SessionFacts
 from server.audit.recording import (
     RecordFn,
     recorded_text,
@@ -130,6 +131,7 @@ from server.audit.recording import (
     statement_event,
 )
 from server.gateway import analysis_pool, pgwire
+from server.gateway.access_facts import AccessContext, access_facts
 from server.gateway.catalog import Catalog, CatalogSnapshot
 from server.gateway.guardrails import Decision, Outcome
 from server.gateway.masking import (
@@ -238,6 +240,7 @@ class _Item:
     sqlstate: str | None = None
     decision: str = "allowed"
     masked: list[dict[str, str]] = field(default_factory=list)
+    plans: list[MaskPlan] = field(default_factory=list)  # a Query's results', for its access facts
     serial: int = 0  # a Query's number on the connection (for REPORT_PARAMETER)
     done: int = 0  # a Query's statements completed so far: the next one's index
     results: int = 0  # a Query's RowDescriptions so far
@@ -318,6 +321,7 @@ class MaskingHooks:
         session_id: str,
         record: RecordFn | None = None,
         search_path: tuple[str, ...] = ("public",),
+        access: AccessContext | None = None,
     ) -> None:
         self.rules = rules
         self.masking = rules.active
@@ -328,6 +332,7 @@ class MaskingHooks:
         self.session_id = session_id
         self._record_event = record
         self.search_path = search_path
+        self._access = access
         self.pending: deque[_Item] = deque()
         self.statements: dict[str, _Statement] = {}
         # The lineage of long texts' results, read with their analysis in a worker
@@ -569,6 +574,8 @@ class MaskingHooks:
         client_formats: tuple[int, ...] | None = None
         if head.kind == "Q":
             head.plan, head.formats = plan, formats
+            if self._access is not None:
+                head.plans.append(plan)
         elif head.kind == "DS":
             if head.statement is not None:
                 head.statement.plan = plan
@@ -1074,11 +1081,23 @@ class MaskingHooks:
                     item.sqlstate,
                     item.decision,
                     item.masked,
+                    self._access_fields(item),
                 ),
                 statement_data,
             )
         except Exception:  # recording problems never break the relay
             log.exception("recording a statement failed")
+
+    def _access_fields(self, item: _Item) -> AccessFields | None:
+        """What the statement's access facts are made of, by reference (see ``access_facts``)."""
+        if self._access is None:
+            return None
+        plans: Sequence[MaskPlan] = item.plans
+        if item.kind == "X":
+            plan = item.portal.plan if item.portal is not None else None
+            plans = (plan,) if plan is not None else ()
+        snapshot = self.catalog.current if self.catalog is not None else None
+        return (self._access, tuple(plans), snapshot)
 
     def _hides_by_statement(self, item: _Item) -> tuple[bool, ...] | None:
         """For a Query of several statements as analysed: whether each touches a table
@@ -1100,6 +1119,8 @@ class MaskingHooks:
 _UNREAD: Final = "unread"
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
+AccessFields = tuple[AccessContext, tuple[MaskPlan, ...], CatalogSnapshot | None]
+
 StatementFields = tuple[
     str,  # the text as sent
     bool,  # it touches masked columns (or what it touches cannot be told)
@@ -1114,6 +1135,7 @@ StatementFields = tuple[
     str | None,  # SQLSTATE
     str,  # decision
     list[dict[str, str]],  # masked fields
+    AccessFields | None,  # what its access facts are made of
 ]
 
 
@@ -1124,12 +1146,12 @@ def statement_data(fields: StatementFields, ts_ns: int) -> dict[str, Any]:
     parameters too (all hidden when it touches masked columns: which goes to a
     masked column cannot be told), its start told from the event's time."""
     sql, touches, hides, ends, params, formats, started, answered = fields[:8]
-    rows, tag, sqlstate, decision, masked = fields[8:]
+    rows, tag, sqlstate, decision, masked, access = fields[8:]
     shown_params = None
     if params is not None:
         shown_params = redact_params(params, formats, masked=range(len(params)) if touches else ())
     duration_ns = answered - started
-    return statement_event(
+    data = statement_event(
         sql,
         shown=_recorded_text(sql, touches, hides, ends),
         started_at=_EPOCH + timedelta(microseconds=(ts_ns - duration_ns) // 1000),
@@ -1141,6 +1163,12 @@ def statement_data(fields: StatementFields, ts_ns: int) -> dict[str, Any]:
         masked_fields=masked,
         params=shown_params,
     )
+    if access is not None:
+        ctx, plans, snapshot = access
+        facts = access_facts(ctx, sql, plans, snapshot, rows=rows, tag=tag, decision=decision)
+        if facts is not None:
+            data[FACTS] = facts
+    return data
 
 
 def _recorded_text(
@@ -1447,10 +1475,23 @@ class MaskingSetup:
         recorder = self.service.recorder
         # The path the gateway pinned at login (the server checked it then).
         path = session_search_path(relay.parameters.get("search_path"), live.credential.username)
+        record = live.record
+        access = AccessContext(
+            SessionFacts(
+                record.target,
+                record.identity,
+                "agent" if live.agent else live.kind,
+                live.on_behalf_of,
+            ),
+            path,
+            live.credential.username,
+            live.request_id,
+        )
         MaskingHooks(
             rules,
             catalog,
             session_id=live.id,
             record=recorder.record,
             search_path=path,
+            access=access,
         ).install(relay)

@@ -106,6 +106,8 @@ class LiveSession:
     connections: set[ConnectionHandle] = field(default_factory=set)
     agent: bool = False
     on_behalf_of: str | None = None
+    kind: str = "user"  # the identity's kind, for its access events
+    request_id: str | None = None  # the access request the session was approved under
 
     @property
     def id(self) -> str:
@@ -435,6 +437,8 @@ class SessionService:
                     upstream,
                     agent=identity.agent,
                     on_behalf_of=identity.owner if identity.agent else None,
+                    kind=identity.kind,
+                    request_id=grant.id if grant is not None else None,
                 )
                 self._by_ticket[ticket_hash] = session_id
         except Exception:

@@ -1,0 +1,137 @@
+"""A statement's access facts, made on the recorder's writer thread from what the gateway decided.
+
+The data path keeps only references to what it already has (``AccessContext``,
+built once per connection, and the masking plans of the statement's results,
+``MaskHooks`` keep them on the statement); :func:`access_facts` turns them into
+the ``access`` part of the statement's recording event
+(``server.audit.access``) when the recorder's writer makes the event:
+
+* the relations read and written come from the statement's analysis with the
+  session's search path -- the very analysis the guard made before the
+  statement ran, which the analysis cache hands back (a text the cache no
+  longer holds is analysed again there, off the data path).  Only what runs
+  now counts: not a PREPARE's body nor what a plain EXPLAIN plans.  An
+  unqualified name the analysis resolves to several schemas of the path is
+  settled by the target's catalog where the session has one; otherwise the
+  session role's own schema (``$user``, which a role made for the session
+  does not own) is left out when another remains;
+* the columns come from the masking plans of the statement's results: each
+  result column's origin (``schema.table.column``, or the base columns it is
+  derived from) and whether it left masked.  A session without masking has
+  no plans, so its facts name relations without columns;
+* rows are the command tag's count, the decision the gateway's, the
+  approval the session's access request.
+
+Only a statement the gateway let run has access facts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from server.audit.access import READ, WRITE, RelationAccess, SessionFacts, access_event
+from server.gateway.catalog import CatalogSnapshot
+from server.gateway.masking import Action, MaskPlan
+from server.gateway.sqlcheck import Analysis, Execution, analyze
+
+_DERIVED: Final = "derived from "
+ALLOWED: Final = "allowed"
+
+
+@dataclass(frozen=True, slots=True)
+class AccessContext:
+    """What every statement of one connection shares: who, the search path, the approval."""
+
+    session: SessionFacts
+    search_path: tuple[str, ...]
+    role: str  # the session's database role (whose ``$user`` schema does not exist)
+    approval: str | None = None
+
+
+def _columns_of(source: str) -> list[tuple[str, str, str]]:
+    """The catalog columns a plan's ``source`` names (``s.t.c``, or ``derived from s.t.c, ...``)."""
+    text = source.removeprefix(_DERIVED)
+    found = []
+    for part in text.split(", "):
+        pieces = part.split(".")
+        if len(pieces) == 3 and all(pieces):
+            found.append((pieces[0], pieces[1], pieces[2]))
+    return found
+
+
+def _command(analysis: Analysis, tag: str | None) -> str:
+    commands = list(dict.fromkeys(s.command for s in analysis.statements if s.command))
+    if commands:
+        return "; ".join(commands)[:60]
+    return (tag or "").split(" ")[0]
+
+
+def access_facts(
+    ctx: AccessContext,
+    sql: str,
+    plans: Sequence[MaskPlan],
+    snapshot: CatalogSnapshot | None,
+    *,
+    rows: int | None,
+    tag: str | None,
+    decision: str,
+) -> dict[str, Any] | None:
+    """The ``access`` part of a statement's event, or None for one that did not run."""
+    if decision != ALLOWED or not sql:
+        return None
+    analysis = analyze(sql, search_path=ctx.search_path)
+    relations: dict[tuple[str, str, str], tuple[list[str], set[str]]] = {}
+
+    def relation(schema: str, table: str, action: str) -> tuple[list[str], set[str]]:
+        return relations.setdefault((schema, table, action), ([], set()))
+
+    for top in analysis.statements:
+        for statement, when in top.walk():
+            if when is not Execution.NOW:
+                continue
+            for action, names in ((READ, statement.reads), (WRITE, statement.writes)):
+                by_table: dict[str, list[str]] = {}
+                for name in names:
+                    if name.schema is not None:
+                        by_table.setdefault(name.name, []).append(name.schema)
+                for table, schemas in by_table.items():
+                    for schema in _settled(schemas, table, ctx.role, snapshot):
+                        relation(schema, table, action)
+    for plan in plans:
+        for field in plan.fields:
+            if field.action is Action.BLOCK:
+                continue
+            for schema, table, column in _columns_of(field.source):
+                columns, masked = relation(schema, table, READ)
+                if column not in columns:
+                    columns.append(column)
+                if field.action is Action.MASK:
+                    masked.add(column)
+    if not relations:
+        return None
+    return access_event(
+        ctx.session,
+        command=_command(analysis, tag),
+        relations=[
+            RelationAccess(schema, table, action, tuple(columns), frozenset(masked))
+            for (schema, table, action), (columns, masked) in relations.items()
+        ],
+        rows=rows,
+        decision=decision,
+        approval=ctx.approval,
+    )
+
+
+def _settled(
+    schemas: list[str], table: str, role: str, snapshot: CatalogSnapshot | None
+) -> list[str]:
+    """Which of the schemas an unqualified name may be in it is in (see the module's docstring)."""
+    if len(schemas) < 2:
+        return schemas
+    if snapshot is not None:
+        for schema in schemas:
+            if snapshot.columns_of(schema, table):
+                return [schema]
+    return [s for s in schemas if s != role] or schemas

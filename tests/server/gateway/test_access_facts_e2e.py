@@ -1,0 +1,167 @@
+"""Access facts through the real gateway: a scripted day, then ``dbaccess audit access``.
+
+A dev broker with the demo's customer masking (e-mail partial, card number
+redacted) and a view over the customers.  Several identities read masked and
+clear columns -- directly, through a join, a CTE and the view --, write,
+and an agent acting for a person reads; then the real CLI answers exact
+questions with the exact statements, and ``audit verify`` holds the index to
+the recordings (an edited index row is found).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+
+from server.demo.provision import DemoTarget
+from server.store import tables as t
+from server.store.db import Store
+from tests.fix_broker import Broker, masked_demo_policy, running_broker
+
+pytestmark = pytest.mark.slow
+
+VIEW = "public.customer_contacts"
+# (who, scope, statement)
+DAY = [
+    ("alice", "read", "select id, email from customers where id = 1"),
+    (
+        "alice",
+        "read",
+        "select o.amount, c.email from orders o join customers c"
+        " on c.id = o.customer_id where o.id = 1",
+    ),
+    (
+        "bob",
+        "read",
+        "with x as (select email, city from customers where id < 3) select email, city from x",
+    ),
+    ("bob", "read", f"select email from {VIEW} limit 1"),
+    ("bob", "read", "select count(*) from customers"),
+    ("carol", "write", "update orders set status = 'paid' where id = 1"),
+    ("agent", "read", "select city from customers where id = 4"),
+]
+
+
+@pytest.fixture(scope="module")
+def day(demo_target: DemoTarget) -> Iterator[tuple[Broker, dict[str, str]]]:
+    with psycopg.connect(demo_target.admin_dsn, autocommit=True) as conn:
+        conn.execute(
+            f"CREATE OR REPLACE VIEW {VIEW} AS SELECT id, email, city FROM public.customers"
+        )
+        conn.execute(f"GRANT SELECT ON {VIEW} TO demo_read")
+    try:
+        with running_broker(demo_target, masked_demo_policy()) as b:
+            tokens = {
+                "alice": b.token("alice", "dev"),
+                "bob": b.token("bob", "dev"),
+                "carol": b.token("carol", "dev"),
+                "agent": b.token("helper-bot", "dev", owner="alice"),
+                "audra": b.token("audra", "auditor"),
+            }
+            for who, scope, sql in DAY:
+                res = b.cli("exec", "demo", "--scope", scope, "-c", sql, token=tokens[who])
+                assert res.returncode == 0, (who, sql, res.stderr)
+            yield b, tokens
+    finally:
+        with psycopg.connect(demo_target.admin_dsn, autocommit=True) as conn:
+            conn.execute(f"DROP VIEW IF EXISTS {VIEW}")
+
+
+def access(b: Broker, token: str, *args: str) -> list[dict[str, object]]:
+    res = b.cli("audit", "access", "--since", "1h", *args, "-o", "json", token=token)
+    assert res.returncode == 0, res.stderr
+    data = json.loads(res.stdout)
+    assert isinstance(data, list)
+    return data
+
+
+def shown(records: list[dict[str, object]]) -> list[tuple[str, str, list[str]]]:
+    """Each statement as (identity, command, its columns as relation.column[state])."""
+    out = []
+    for r in records:
+        columns = [
+            f"{c['relation']}.{c['column']}" + ("" if c["state"] == "clear" else f"[{c['state']}]")
+            for c in r["columns"]  # type: ignore[attr-defined]
+        ]
+        out.append((str(r["identity"]), str(r["command"]), columns))
+    return out
+
+
+ALICE_ID = ("alice", "SELECT", ["public.customers.id", "public.customers.email[masked]"])
+ALICE_JOIN = ("alice", "SELECT", ["public.orders.amount", "public.customers.email[masked]"])
+BOB_CTE = ("bob", "SELECT", ["public.customers.email[masked]", "public.customers.city"])
+BOB_VIEW = ("bob", "SELECT", ["public.customer_contacts.email[masked]"])
+BOB_COUNT = ("bob", "SELECT", ["public.customers."])
+CAROL = ("carol", "UPDATE", ["public.orders."])
+AGENT = ("helper-bot", "SELECT", ["public.customers.city"])
+
+
+@pytest.mark.parametrize(
+    ("who", "args", "expected"),
+    [
+        ("audra", ["--table", "customers", "--column", "email"], [BOB_CTE, ALICE_JOIN, ALICE_ID]),
+        ("audra", ["--table", "customer_contacts"], [BOB_VIEW]),
+        ("audra", ["--table", "public.customers", "--clear-only"], [AGENT, BOB_CTE, ALICE_ID]),
+        ("audra", ["--writes"], [CAROL]),
+        ("audra", ["--kind", "agent"], [AGENT]),
+        ("audra", ["--table", "orders"], [CAROL, ALICE_JOIN]),
+        ("audra", [], [AGENT, CAROL, BOB_COUNT, BOB_VIEW, BOB_CTE, ALICE_JOIN, ALICE_ID]),
+        # Not an auditor: only their own statements and their agents'.
+        ("alice", [], [AGENT, ALICE_JOIN, ALICE_ID]),
+        ("bob", ["--identity", "alice"], []),
+    ],
+)
+def test_audit_access_answers_exactly(
+    day: tuple[Broker, dict[str, str]], who: str, args: list[str], expected: object
+) -> None:
+    b, tokens = day
+    assert shown(access(b, tokens[who], *args)) == expected
+
+
+def test_the_facts_say_who_for_whom_and_how_many_rows(day: tuple[Broker, dict[str, str]]) -> None:
+    b, tokens = day
+    (agent,) = access(b, tokens["audra"], "--kind", "agent")
+    assert (agent["identity_kind"], agent["on_behalf_of"], agent["rows"]) == ("agent", "alice", 1)
+    (cte,) = access(
+        b, tokens["audra"], "--table", "customers", "--identity", "bob", "--column", "city"
+    )
+    assert (cte["rows"], cte["decision"], cte["target"]) == (2, "allowed", "demo")
+    res = b.cli(
+        "audit", "access", "--since", "1h", "--summary", "-o", "json", token=tokens["audra"]
+    )
+    summary = {(s["identity"], s["relation"]): s for s in json.loads(res.stdout)}
+    assert {k: (v["statements"], v["clear"], v["masked"]) for k, v in summary.items()} == {
+        ("alice", "public.customers"): (2, 1, 2),
+        ("alice", "public.orders"): (1, 1, 0),
+        ("bob", "public.customer_contacts"): (1, 0, 1),
+        ("bob", "public.customers"): (2, 1, 1),
+        ("carol", "public.orders"): (1, 0, 0),
+        ("helper-bot", "public.customers"): (1, 1, 0),
+    }
+
+
+def test_verify_holds_the_index_to_the_recordings(day: tuple[Broker, dict[str, str]]) -> None:
+    b, tokens = day
+    assert b.cli("audit", "verify", token=tokens["audra"]).returncode == 0
+    store = Store.open(f"sqlite:///{b.data_dir / 'store.db'}")
+    try:
+        e, c = t.access_events.c, t.access_columns.c
+        with store.tx() as conn:
+            target = conn.execute(
+                sa.select(e.id).where(e.identity == "alice").order_by(e.id).limit(1)
+            ).scalar_one()
+            # The index is edited to say alice's e-mail came back in clear.
+            conn.execute(
+                t.access_columns.update()
+                .where(c.access_id == target, c.column_name == "email")
+                .values(state="clear")
+            )
+    finally:
+        store.close()
+    res = b.cli("audit", "verify", token=tokens["audra"])
+    assert res.returncode == 8
+    assert "the access index's columns differ from the event" in res.stderr

@@ -23,8 +23,10 @@ def is_admin(who: Identity) -> bool:
 
 
 def may_audit(who: Identity) -> bool:
-    """Admins and auditors read the audit log and anyone's recordings."""
-    return not {ADMIN_GROUP, AUDITOR_GROUP}.isdisjoint(who.groups)
+    """Admins and auditors read the audit log and anyone's recordings; an agent
+    never does, whatever its groups (recordings hold others' statements and
+    results)."""
+    return not {ADMIN_GROUP, AUDITOR_GROUP}.isdisjoint(who.groups) and not who.agent
 
 
 def parse_ttl(text: str | None) -> timedelta | None:

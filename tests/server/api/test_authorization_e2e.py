@@ -57,6 +57,8 @@ def world(demo_target: DemoTarget) -> Iterator[World]:
             "approver": b.token("bob", "dev", "dba"),
             "auditor": b.token("audrey", "auditor"),
             "admin": b.token("root", "admin", "dev"),
+            # An agent whose token names the privileged groups: it gets none of their powers.
+            "agent": b.token("ops-bot", "admin", "auditor", "dev", owner="root"),
         }
         clients = {k: b.client(v) for k, v in tokens.items()}
         alice = clients["alice"]
@@ -123,6 +125,27 @@ def test_who_may_approve_alices_request(world: World, who: str, expected: int) -
 def test_others_cannot_end_alices_session(world: World, who: str) -> None:
     assert _status(world, who, "DELETE", "/v1/sessions/{s}") in (403, 404)
     assert _status(world, "alice", "GET", "/v1/sessions/{s}") == 200
+
+
+# An agent in the admin and auditor groups reads and decides only what any agent
+# may: its own sessions, recordings and access events, never the audit log,
+# others' recordings or requests.
+AGENT_MATRIX = [
+    ("GET", "/v1/sessions/{s}", 404),
+    ("GET", "/v1/sessions?all=true", 403),
+    ("GET", "/v1/sessions/{s}/recording", 404),
+    ("GET", "/v1/audit", 403),
+    ("GET", "/v1/audit/verify", 403),
+    ("GET", "/v1/audit/report", 403),
+    ("GET", "/v1/requests/{r}", 404),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "expected"), AGENT_MATRIX)
+def test_an_agent_in_privileged_groups_is_no_admin_or_auditor(
+    world: World, method: str, path: str, expected: int
+) -> None:
+    assert _status(world, "agent", method, path) == expected
 
 
 def test_without_a_token_everything_but_health_is_401(world: World) -> None:

@@ -176,11 +176,15 @@ _SCALARS = (str, int, float, bool, type(None))
 
 def _plain(value: Any) -> bool:
     """Whether ``value`` comes back from JSON as it is: str keys, lists, finite scalars."""
+    # A loop rather than all() over a generator: this runs for every event, on the writer.
     kind = type(value)
     if kind is dict:
-        return all(type(k) is str and _plain(v) for k, v in value.items())
+        for k, v in value.items():
+            if type(k) is not str or (type(v) is not str and not _plain(v)):
+                return False
+        return True
     if kind is list:
-        return all(_plain(v) for v in value)
+        return all(type(v) is str or _plain(v) for v in value)
     if kind is float:
         return value == value and value not in (float("inf"), float("-inf"))
     return kind in _SCALARS
@@ -487,8 +491,8 @@ _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _READ_CHUNK: Final = 5_000
 
 
-def _when(ts_ns: int) -> datetime:
-    """An event's time as the store keeps it (microseconds, UTC)."""
+def event_time(ts_ns: int) -> datetime:
+    """A time in nanoseconds since the epoch as the store keeps times (microseconds, UTC)."""
     return _EPOCH + timedelta(microseconds=ts_ns // 1000)
 
 
@@ -559,6 +563,7 @@ class Recorder:
         self._closed: set[str] = set()
         self._enqueued = 0
         self._done = 0
+        self._flush_to = 0  # a flush waits until _done reaches this: no gathering meanwhile
         self._thread: threading.Thread | None = None
         self._stopping = False
 
@@ -707,6 +712,7 @@ class Recorder:
             target = self._enqueued
             if self._done >= target:
                 return True
+            self._flush_to = max(self._flush_to, target)
             self._ensure_thread()
             self._wake.notify_all()
             return self._wake.wait_for(lambda: self._done >= target, timeout)
@@ -808,8 +814,13 @@ class Recorder:
                     self._wake.wait()
                 if not self._queue:
                     return
-                if len(self._queue) < self.batch_size and not self._stopping:
-                    # Let a batch gather; a full queue or a flush cuts this short.
+                if (
+                    len(self._queue) < self.batch_size
+                    and not self._stopping
+                    and self._flush_to <= self._done
+                ):
+                    # Let a batch gather; a full queue or a flush cuts this short
+                    # (a flush asked for before this wait, too: _flush_to).
                     self._wake.wait(self.flush_interval)
                 queue = self._queue
                 batch = [queue.popleft() for _ in range(min(self.batch_size, len(queue)))]
@@ -840,44 +851,46 @@ class Recorder:
                     )
                 )
         failed: list[tuple[str, str]] = []
-        events: list[SessionEvent] = []
-        owners: list[_Session] = []
-        with self._lock:
+        kept: list[tuple[_Session, int, str, Mapping[str, Any]]] = []
+        with self._lock:  # only what record() shares: failures and drops
             for state, ts_ns, kind, data, problem in made:
                 if state.failed is not None or state.ended:
                     state.dropped += 1
-                    continue
-                if problem is not None:
+                elif problem is not None:
                     self._lost(state, 1, problem, failed)
-                    continue
-                if kind == "session.end":
-                    state.ended = True
-                if data is None:
-                    continue  # nothing to record after all
-                events.append(
-                    SessionEvent(state.session_id, state.next_seq, _when(ts_ns), kind, data)
-                )
-                state.next_seq += 1
-                owners.append(state)
-        if not events:
+                else:
+                    if kind == "session.end":
+                        state.ended = True
+                    if data is not None:  # None: nothing to record after all
+                        kept.append((state, ts_ns, kind, data))
+        if not kept:
             return failed
-        for state in dict.fromkeys(owners):
+        # Numbers and digests belong to this thread.
+        events: list[SessionEvent] = []
+        for state, ts_ns, kind, data in kept:
+            events.append(
+                SessionEvent(state.session_id, state.next_seq, event_time(ts_ns), kind, data)
+            )
+            state.next_seq += 1
+        for state in dict.fromkeys(state for state, *_ in kept):
             if state.digest is None:
                 self._take_up(state)
         lines = [canonical_line(e) for e in events]
         problem, fenced = self._write(events)
-        with self._lock:
-            if problem is None:
-                for state, line in zip(owners, lines, strict=True):
-                    if state.session_id in fenced:
-                        continue
-                    state.digest.update(line)
-                    state.written += 1
-                taken = Counter(s for s in owners if s.session_id in fenced)
-                for state, lost in taken.items():
-                    self._lost(state, lost, _TAKEN_OVER, failed)
-            else:
-                for state, lost in Counter(owners).items():
+        if problem is None:
+            for (state, *_), line in zip(kept, lines, strict=True):
+                if state.session_id in fenced:
+                    continue
+                state.digest.update(line)
+                state.written += 1
+            if fenced:
+                with self._lock:
+                    taken = Counter(s for s, *_ in kept if s.session_id in fenced)
+                    for state, lost in taken.items():
+                        self._lost(state, lost, _TAKEN_OVER, failed)
+        else:
+            with self._lock:
+                for state, lost in Counter(state for state, *_ in kept).items():
                     self._lost(state, lost, problem, failed)
         return failed
 

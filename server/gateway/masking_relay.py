@@ -119,12 +119,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from server.audit.access import FACTS, SessionFacts
 from server.audit.recording import (
     RecordFn,
+    event_time,
     recorded_text,
     redact_params,
     redact_statement,
@@ -1117,7 +1117,6 @@ class MaskingHooks:
 
 # ``statement_data``'s fields: where a long Query's statements end was not read ahead.
 _UNREAD: Final = "unread"
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 AccessFields = tuple[AccessContext, tuple[MaskPlan, ...], CatalogSnapshot | None]
 
@@ -1154,7 +1153,7 @@ def statement_data(fields: StatementFields, ts_ns: int) -> dict[str, Any]:
     data = statement_event(
         sql,
         shown=_recorded_text(sql, touches, hides, ends),
-        started_at=_EPOCH + timedelta(microseconds=(ts_ns - duration_ns) // 1000),
+        started_at=event_time(ts_ns - duration_ns),
         duration_ms=duration_ns / 1e6,
         rows=rows,
         tag=tag,

@@ -163,6 +163,21 @@ def test_recording_does_not_wait_for_the_store(
     assert len(load_events(store, "s-busy")) == 101
 
 
+def test_a_flush_does_not_wait_for_a_batch_to_gather(store: Store) -> None:
+    """Closing a session flushes its recording: that must not wait out the writer's
+    gathering, whether the flush came before the writer started waiting or after."""
+    recorder = Recorder(store, flush_interval=3600)
+    try:
+        recorder.open("s-quick", START)
+        assert recorder.flush(30)
+        for i in range(3):
+            assert recorder.record("s-quick", "statement", {"text": f"select {i}"})
+            assert recorder.flush(30)
+        assert recorder.close("s-quick", {}).events == 5
+    finally:
+        recorder.stop()
+
+
 def test_a_closed_recording_accepts_no_more_events(recorder: Recorder, store: Store) -> None:
     record_session(recorder, "s-done", 1)
     recorder.close("s-done", {})

@@ -143,11 +143,14 @@ class Approvals:
 
     # -- who ------------------------------------------------------------------
     def actor(self, identity: Identity, *, admin: bool = False) -> Actor:
+        # An agent's name is an agent's wherever it comes from: Slack's user
+        # mapping and the web inbox know a name, not a token's kind.
+        agent = identity.agent or bool(self.store.agent_owners(identity.name))
         return Actor(
             identity.name,
             effective_groups(self._policy(), identity),
-            admin=admin and not identity.agent,
-            agent=identity.agent,
+            admin=admin and not agent,
+            agent=agent,
         )
 
     def rule_for(self, request: Request) -> ApprovalPolicy:

@@ -498,3 +498,18 @@ def test_an_agent_decides_nothing_and_its_owner_does_not_approve_for_it(setup: S
     with pytest.raises(NotFound):  # not even its admin group lets an agent see others' requests
         a.approve(req.id, agent_admin, "ok", admin=True)
     assert a.approve(req.id, CAROL, "ok").status is Status.APPROVED
+
+
+def test_an_agents_name_decides_nothing_through_any_entry_point(setup: Setup) -> None:
+    # Slack's user mapping and the web inbox build an identity from a name alone
+    # (kind "user"): the name of an agent (one with an agent token, even a revoked
+    # one) must not approve, deny or revoke there either.
+    setup.store.create_token("helper", ("dba",), "agent", None, owner="root")
+    as_person = Identity("helper", frozenset({"dba"}))
+    a = setup.approvals
+    mine, _ = a.create(ALICE, "demo", "write", None, "INC-8")
+    with pytest.raises((Forbidden, NotFound)):
+        a.approve(mine.id, as_person, "ok")
+    with pytest.raises((Forbidden, NotFound)):
+        a.deny(mine.id, as_person, "no")
+    assert a.get(mine.id, ALICE).status is Status.PENDING

@@ -341,7 +341,9 @@ class MaskingHooks:
         self.portals: dict[str, _Portal] = {}
         # Plans of results already seen (``_plan``), for the snapshot they were made with.
         self._plans: dict[tuple[bytes, object, int], MaskPlan] = {}
-        self._plans_of: CatalogSnapshot | None = None
+        # Whether a statement names relations with masked columns (``_touches_masked``).
+        self._touches: dict[object, bool] = {}
+        self._plans_of: CatalogSnapshot | None = None  # the snapshot both were made with
         self.dropping = False
         self._refreshed = float("-inf")
         self._queries = 0
@@ -876,10 +878,7 @@ class MaskingHooks:
         or its exact text where the plan read the text's lineage, since a
         number can choose a column: ``(array[a, b])[1]``), which statement of
         the Query is running, and the catalog snapshot."""
-        snapshot = self.catalog.current if self.catalog is not None else None
-        if snapshot is not self._plans_of:
-            self._plans.clear()
-            self._plans_of = snapshot
+        snapshot = self._kept_for_snapshot()
         analysis = item.analysis
         done = item.done if item.kind == "Q" else -1
         shape = analysis.shape if analysis is not None else None
@@ -988,11 +987,35 @@ class MaskingHooks:
         catalog.invalidate()
         threading.Thread(target=_refresh_quietly, args=(catalog,), daemon=True).start()
 
+    def _kept_for_snapshot(self) -> CatalogSnapshot | None:
+        """The catalog's current snapshot; what was kept for an older one is dropped."""
+        snapshot = self.catalog.current if self.catalog is not None else None
+        if snapshot is not self._plans_of:
+            self._plans.clear()
+            self._touches.clear()
+            self._plans_of = snapshot
+        return snapshot
+
     def _touches_masked(self, item: _Item) -> bool:
+        """Whether the item's statements name a relation with masked columns (or one
+        the catalog does not know), kept per statement shape (the relations are the
+        analysis's, the same for every text of a shape) or exact text."""
         if not self.masking:
             return False
+        self._kept_for_snapshot()
+        analysis = item.analysis
+        key: object = analysis.shape if analysis is not None and analysis.shape else item.sql
+        if key is not None:
+            known = self._touches.get(key)
+            if known is not None:
+                return known
         touched = self._touched(item)
-        return touched is None or any(self.rules.rule_for(c) is not None for c in touched)
+        touches = touched is None or any(self.rules.rule_for(c) is not None for c in touched)
+        if key is not None and (not isinstance(key, str) or len(key) <= _PLAN_KEY_TEXT):
+            if len(self._touches) >= _PLANS_KEPT:
+                self._touches.clear()
+            self._touches[key] = touches
+        return touches
 
     def _block(
         self,

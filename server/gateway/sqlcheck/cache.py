@@ -107,10 +107,13 @@ def analysis_cached(
     """What :func:`analyze` would answer from its caches alone, or None."""
     key = (sql, search_path, max_len, params)
     last = _last
-    if last[0] == key:
+    if last[0] == sql:
         # The same text again, as the guard, masking's check and the masking
-        # hooks each ask for the statement a message carries: one answer.
-        return last[1]
+        # hooks each ask for the statement a message carries (under two search
+        # paths): one answer each.
+        known = last[1].get(key)
+        if known is not None:
+            return known
     cached = _CACHE.get(key)
     if cached is not None:
         return cached
@@ -127,10 +130,15 @@ def analysis_cached(
     return filled
 
 
-def _remember_last(key: tuple[object, ...], analysis: Analysis) -> None:
+def _remember_last(key: tuple[str, tuple[str, ...], int, object], analysis: Analysis) -> None:
     global _last
-    # One tuple, replaced whole: a thread that reads it sees a key with its own answer.
-    _last = (key, analysis)
+    last = _last
+    if last[0] == key[0] and len(last[1]) < 4:
+        last[1][key] = analysis
+    else:
+        # A new tuple, replaced whole: a thread that reads it sees a text with
+        # its own answers (a dict that only ever gains right answers).
+        _last = (key[0], {key: analysis})
 
 
 def remember(
@@ -160,7 +168,8 @@ def remember(
 def cache_clear() -> None:
     _CACHE.clear()
     _SHAPES.clear()
-    _remember_last((), _NO_ANALYSIS)
+    global _last
+    _last = (None, {})
 
 
 # Literal-insensitive caching.  Reads that differ only in their numeric
@@ -303,6 +312,5 @@ class _LRU(Generic[_V]):
 
 _CACHE: _LRU[Analysis] = _LRU(_CACHE_ENTRIES, _CACHE_CHARS)
 _SHAPES: _LRU[_ShapeTemplate] = _LRU(_CACHE_ENTRIES, _CACHE_CHARS)
-# The last text answered from a shape, with its answer (no key is ever ``()``).
-_NO_ANALYSIS = Analysis(())
-_last: tuple[tuple[object, ...], Analysis] = ((), _NO_ANALYSIS)
+# The last text answered from a shape, with its answers by their whole keys.
+_last: tuple[str | None, dict[tuple[object, ...], Analysis]] = (None, {})

@@ -11,9 +11,11 @@ Each figure comes with a reference measured in the same run:
   (RowDescription, DataRow, CommandComplete, ReadyForQuery), and the same
   statement over the extended protocol (Parse, Bind with a parameter,
   Execute, Sync).  The driving thread's CPU per statement with the session's
-  recorder minus without one is what recording costs the event loop.  A
-  masked session (one rule, statements that touch its table) also has its
-  literals redacted, on the writer.  Best of ``--runs`` interleaved runs.
+  recorder minus without one is what recording costs the event loop.  In a
+  masked session (one rule, statements that touch its table) that includes
+  masking's lookup of whether the statement touches masked columns, which
+  says what the writer redacts (every literal, then).  Best of ``--runs``
+  interleaved runs.
   While the data path is timed the writer only gathers its queue, and writes
   it between the timed parts, so that the two do not take turns on the
   interpreter lock inside one measurement.
@@ -48,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from server.audit.recording import DEFAULT_BATCH_SIZE, Recorder, RecordFn
 from server.gateway.catalog import CatalogSnapshot
 from server.gateway.masking import ColumnRef, MaskingRules
-from server.gateway.masking_relay import MaskingHooks, statement_data
+from server.gateway.masking_relay import MaskingHooks, StatementFields, statement_data
 from server.gateway.pgwire import (
     Bind,
     BindComplete,
@@ -125,7 +127,8 @@ def drive(record: RecordFn | None, rules: MaskingRules, extended: bool, n: int) 
     return (time.thread_time() - start) / n * 1e6
 
 
-def _fields(i: int) -> tuple[Any, ...]:
+def _fields(i: int) -> StatementFields:
+    """What the hooks queue for a statement of an unmasked session (no access facts)."""
     now = time.monotonic_ns()
     sql = f"select id, full_name, city from customers where id = {i} and city = 'c{i}'"
     return (
@@ -142,6 +145,7 @@ def _fields(i: int) -> tuple[Any, ...]:
         None,
         "allowed",
         [],
+        None,
     )
 
 

@@ -806,6 +806,7 @@ def token_create(
     """
     from common.durations import parse_duration
     from server.audit import chain
+    from server.store.db import IdentityClash
 
     try:
         lifetime = parse_duration(ttl)
@@ -820,7 +821,10 @@ def token_create(
         raise _fail("an agent is not its own owner: give the person it acts for", 2)
     store = _open_store(store_url, config, data_dir)
     group_list = tuple(g.strip() for g in groups.split(",") if g.strip())
-    token, rec = store.create_token(identity, group_list, kind.value, lifetime, owner=owner)
+    try:
+        token, rec = store.create_token(identity, group_list, kind.value, lifetime, owner=owner)
+    except IdentityClash as exc:
+        raise _fail(f"{exc.message} ({exc.hint})", 2) from None
     expires = rec.expires_at.isoformat() if rec.expires_at else None
     data: dict[str, Any] = {
         "id": rec.id,

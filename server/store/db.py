@@ -29,6 +29,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from server.credentials.base import Lease
+from server.errors import Conflict
 from server.store import tables as t
 
 _REVISION_LINE = re.compile(r"^(revision|down_revision)\s*(?::[^=\n]*)?=\s*(.+?)\s*$", re.M)
@@ -80,6 +81,13 @@ def hash_secret(secret: str) -> str:
 
 def new_id(prefix: str) -> str:
     return f"{prefix}{secrets.token_hex(6)}"
+
+
+AGENT_KIND = "agent"
+
+
+class IdentityClash(Conflict):
+    """A token that would give an agent's name to someone else, or the reverse."""
 
 
 @dataclass(frozen=True)
@@ -305,6 +313,9 @@ class Store:
     ) -> tuple[str, TokenRecord]:
         token = "dba_" + secrets.token_urlsafe(32)
         now = utcnow()
+        clash = self._identity_clash(identity, kind, owner)
+        if clash is not None:
+            raise IdentityClash(clash, hint="give the agent a name of its own")
         rec = TokenRecord(
             id=new_id("t-"),
             identity=identity,
@@ -330,6 +341,28 @@ class Store:
             )
         return token, rec
 
+    def _identity_clash(self, identity: str, kind: str, owner: str | None) -> str | None:
+        """Why a token of ``kind`` for ``identity`` may not be made, or None.
+
+        Agents and everyone else never share a name: grants, statement reviews
+        and decisions are bound to names, so an agent named like a person would
+        use the person's approvals, and a person named like an agent would decide
+        as one (``Approvals.actor``).  An agent acts for a person, not an agent."""
+        tokens = t.api_tokens.c
+        q = sa.select(tokens.identity, tokens.kind).where(
+            tokens.identity.in_([identity, owner] if owner else [identity])
+        )
+        with self.tx() as conn:
+            known = {(str(r[0]), str(r[1])) for r in conn.execute(q)}
+        kinds = {k for name, k in known if name == identity}
+        if kind == AGENT_KIND and kinds - {AGENT_KIND}:
+            return f"{identity!r} is not an agent's name: it has tokens of another kind"
+        if kind != AGENT_KIND and AGENT_KIND in kinds:
+            return f"{identity!r} is an agent's name: it has agent tokens"
+        if owner is not None and (owner, AGENT_KIND) in known:
+            return f"an agent acts for a person, and {owner!r} is an agent"
+        return None
+
     def find_token(self, token: str) -> TokenRecord | None:
         with self.tx() as conn:
             row = conn.execute(
@@ -346,7 +379,7 @@ class Store:
         """The people any ``agent`` token of ``identity`` acts or acted for (revoked ones too)."""
         q = sa.select(t.api_tokens.c.owner).where(
             t.api_tokens.c.identity == identity,
-            t.api_tokens.c.kind == "agent",
+            t.api_tokens.c.kind == AGENT_KIND,
             t.api_tokens.c.owner.is_not(None),
         )
         with self.tx() as conn:

@@ -160,6 +160,15 @@ def test_run_from_a_config_file(
         )  # fmt: skip
         assert res.returncode == 0, res.stderr
         assert json.loads(res.stdout)[0]["rows"][0]["u"].startswith("dba_ci_job_")
+        # An agent may not take the name of an identity that has tokens of another kind.
+        clash = subprocess.run(
+            [str(BIN / "dbaccess-server"), "token", "create",
+             "--config", str(pg_tmp_dir / "server.yaml"),
+             "--identity", "ci-job", "--kind", "agent", "--owner", "alice"],
+            env=_env(pg_tmp_dir / "cli"), capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert clash.returncode == 2, clash.stderr
+        assert "'ci-job' is not an agent's name" in clash.stderr
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0, log.read_text()

@@ -51,3 +51,42 @@ def test_expired_entries_are_pruned(store: Store) -> None:
     with store.tx() as conn:
         keys = set(conn.execute(sa.select(t.used_tokens.c.token_key)).scalars())
     assert keys == {"new"}
+
+
+# (first token: identity, kind, owner), (then: identity, kind, owner), refused?
+CLASHES = [
+    # A person's (or service's) name made an agent: the agent would use the
+    # person's approved grants and reviews, which are bound to a name.
+    (("bob", "user", None), ("bob", "agent", "alice"), True),
+    (("ci", "service", None), ("ci", "agent", "alice"), True),
+    (("bob", "web", None), ("bob", "agent", "alice"), True),
+    # An agent's name logging in as a person would decide as one.
+    (("helper", "agent", "alice"), ("helper", "user", None), True),
+    (("helper", "agent", "alice"), ("helper", "web", None), True),
+    (("helper", "agent", "alice"), ("helper", "workload", None), True),
+    # An agent acting for an agent: nobody would be accountable.
+    (("helper", "agent", "alice"), ("sub", "agent", "helper"), True),
+    # What stays allowed: more tokens of the same kind, an agent per owner.
+    (("helper", "agent", "alice"), ("helper", "agent", "alice"), False),
+    (("helper", "agent", "alice"), ("helper", "agent", "bob"), False),
+    (("bob", "user", None), ("bob", "web", None), False),
+    (("bob", "user", None), ("bob-bot", "agent", "bob"), False),
+]
+
+
+@pytest.mark.parametrize(("first", "then", "refused"), CLASHES)
+def test_agent_names_and_other_names_never_mix(
+    store: Store,
+    first: tuple[str, str, str | None],
+    then: tuple[str, str, str | None],
+    refused: bool,
+) -> None:
+    from server.store.db import IdentityClash
+
+    store.create_token(first[0], (), first[1], timedelta(hours=1), owner=first[2])
+    if refused:
+        with pytest.raises(IdentityClash):
+            store.create_token(then[0], (), then[1], timedelta(hours=1), owner=then[2])
+        assert len(store.list_tokens(include_inactive=True)) == 1
+    else:
+        store.create_token(then[0], (), then[1], timedelta(hours=1), owner=then[2])

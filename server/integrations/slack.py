@@ -59,6 +59,7 @@ from server.notify.webhooks import slack_escape
 from server.policy.evaluate import Identity
 from server.policy.model import Policy
 from server.store.db import hash_secret, utcnow
+from server.ui.highlight import reveal
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,9 @@ def message(request: Mapping[str, Any], detail_url: str | None) -> tuple[str, li
         shown = statement if len(statement) <= _MAX_STATEMENT_SHOWN else (
             statement[:_MAX_STATEMENT_SHOWN] + "\n… (cut: see the web page for all of it)"
         )  # fmt: skip
+        # Characters that show nothing or reorder the text are shown as code
+        # points: the reviewer reads what runs, in the order it runs.
+        shown = reveal(shown, lambda c: f"[U+{ord(c):04X}]")
         code = e(shown).replace("```", "`\u200b``")
         blocks.append(
             {

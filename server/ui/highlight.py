@@ -4,13 +4,17 @@ A small lexer of PostgreSQL's surface (comments, quoted strings and names,
 dollar quotes, numbers, words) wraps each piece in a ``<span>`` with a class;
 everything else passes through escaped.  Joining the pieces' text gives back
 the input, character for character: a reviewer sees exactly what they approve
-(what is hashed).  Nothing here decides anything, so a lexing shortcut only
-changes a colour.
+(what is hashed); a character that would show nothing or reorder the text
+around it (a bidi control, a zero-width character: Trojan Source) is shown as
+its code point instead.  Nothing here decides anything, so a lexing shortcut
+only changes a colour.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
+from collections.abc import Callable
 
 from markupsafe import Markup, escape
 
@@ -26,6 +30,9 @@ schema select sequence set show table temp temporary then to trigger true
 truncate union unique update using vacuum values view when where window with
 """
 KEYWORDS = frozenset(_KEYWORD_TEXT.split())
+# Format (bidi controls, zero-width), control, private-use, unassigned,
+# line/paragraph separators and spaces: see invisible().
+_INVISIBLE_CATEGORIES = frozenset({"Cf", "Cc", "Co", "Cn", "Cs", "Zl", "Zp", "Zs"})
 _TOKEN = re.compile(
     r"""
     (?P<comment>--[^\n]*|/\*.*?(?:\*/|\Z))
@@ -60,10 +67,42 @@ def pieces(sql: str) -> list[tuple[str | None, str]]:
     return out
 
 
+def invisible(char: str) -> bool:
+    """A character that shows nothing, or reorders or hides what follows it (bidi
+    controls, zero-width and other format characters, controls but newline,
+    tab and carriage return, spaces other than the plain one)."""
+    if char in "\n\t\r ":
+        return False
+    return unicodedata.category(char) in _INVISIBLE_CATEGORIES
+
+
+def reveal(text: str, shown: Callable[[str], str]) -> str:
+    """``text`` with each :func:`invisible` character replaced by ``shown(char)``."""
+    return "".join(shown(c) if invisible(c) else c for c in text)
+
+
+def _marked(text: str) -> Markup:
+    """Escaped ``text`` whose invisible characters are shown as their code points."""
+    out = [escape(text)]
+    if any(invisible(c) for c in text):
+        out = [
+            Markup('<span class="sql-invisible" title="{}">U+{:04X}</span>').format(
+                unicodedata.name(c, "unnamed character"), ord(c)
+            )
+            if invisible(c)
+            else escape(c)
+            for c in text
+        ]
+    return Markup("").join(out)
+
+
 def highlight(sql: str) -> Markup:
+    """The statement as HTML; an invisible character is shown as its code point
+    (``U+202E``), so that a reviewer sees every character that runs, and in the
+    order it runs."""
     return Markup("").join(
-        escape(text)
+        _marked(text)
         if kind is None
-        else Markup('<span class="sql-{}">{}</span>').format(kind, text)
+        else Markup('<span class="sql-{}">{}</span>').format(kind, _marked(text))
         for kind, text in pieces(sql)
     )

@@ -356,6 +356,19 @@ def test_message_escapes_what_people_typed() -> None:
     assert _buttons(blocks) == [APPROVE, DENY]
 
 
+def test_message_shows_invisible_and_reordering_characters_of_the_statement() -> None:
+    request = {
+        "id": "r-1", "requester": "alice", "scope": "write", "target": "demo", "ttl": "15m",
+        "reason": "fix", "status": "pending", "approvals": [], "approvals_count": 0,
+        "min_approvals": 1, "statement_sha256": "ab" * 32,
+        "statement": "delete from t where id = 1 /*\u202e ,2 = di */ or\u200b true",
+    }  # fmt: skip
+    _text, blocks = message(request, None)
+    code = next(b["text"]["text"] for b in blocks if "```" in b.get("text", {}).get("text", ""))
+    assert "\u202e" not in code and "\u200b" not in code.replace("`\u200b``", "")
+    assert "[U+202E]" in code and "[U+200B]" in code
+
+
 @pytest.mark.parametrize(
     "body",
     [b"", b"payload=not-json", b"payload=%7B%7D", b"a=1&b=2", b"\xff\xfe", b"payload=%5B%5D"],

@@ -449,3 +449,17 @@ def test_highlight_keeps_the_exact_text(sql: str) -> None:
 )
 def test_safe_next(given: str | None, expected: str) -> None:
     assert security.safe_next(given) == expected
+
+
+# Characters that show nothing or reorder what follows (Trojan Source): a
+# reviewer would approve text that reads differently from what runs.
+@pytest.mark.parametrize(
+    "char", ["\u202e", "\u2066", "\u2069", "\u200b", "\u200d", "\u00ad", "\ufeff", "\x1b", "\u00a0"]
+)
+@pytest.mark.parametrize("where", ["select 1 /*{}*/", "select '{}'", "select 1{} as x"])
+def test_highlight_shows_invisible_and_reordering_characters(char: str, where: str) -> None:
+    sql = where.format(char)
+    html = str(highlight(sql))
+    assert char not in html
+    assert f"U+{ord(char):04X}" in html
+    assert 'class="sql-invisible"' in html

@@ -147,9 +147,27 @@ class ColumnAccess:
 
 def column_rows(data: Mapping[str, Any]) -> list[ColumnAccess]:
     """The ``access_columns`` rows of one event's data, in a stable order (pure)."""
+    relations = data.get("relations") or ()
+    made = _ROWS.get(id(relations))
+    if made is not None and made[0] is relations:
+        return made[1]
+    rows = _column_rows(relations)
+    if len(_ROWS) >= _ROWS_MAX:
+        _ROWS.clear()
+    _ROWS[id(relations)] = (relations, rows)
+    return rows
+
+
+# The rows of the relations lists the gateway shares between the events of one
+# statement shape (``access_facts``), by identity: made once (bounded).
+_ROWS: dict[int, tuple[Any, list[ColumnAccess]]] = {}
+_ROWS_MAX: Final = 2_048
+
+
+def _column_rows(relations: Iterable[Mapping[str, Any]]) -> list[ColumnAccess]:
     out: list[ColumnAccess] = []
     seen: set[tuple[str, str, str, str]] = set()
-    for rel in data.get("relations") or ():
+    for rel in relations:
         schema, table, action = str(rel["schema"]), str(rel["table"]), str(rel["action"])
         masked = set(rel.get("masked") or ())
         exempt = set(rel.get("exempt") or ())
@@ -195,21 +213,26 @@ def write_index(conn: sa.Connection, events: Iterable[Any]) -> int:
     wanted = [(e, f) for e in events if (f := facts_of(e.kind, e.data)) is not None]
     if not wanted:
         return 0
-    ids = conn.execute(
-        t.access_events.insert().returning(t.access_events.c.id, sort_by_parameter_order=True),
-        [event_row(e.session_id, e.seq, e.ts, f) for e, f in wanted],
-    ).all()
+    # The new rows' ids come back in whatever order the driver returns them: by key.
+    c = t.access_events.c
+    ids = {
+        (session_id, seq): access_id
+        for access_id, session_id, seq in conn.execute(
+            t.access_events.insert().returning(c.id, c.session_id, c.seq),
+            [event_row(e.session_id, e.seq, e.ts, f) for e, f in wanted],
+        )
+    }
     columns = [
         {
-            "access_id": row[0],
-            "schema_name": c.schema,
-            "table_name": c.table,
-            "column_name": c.column,
-            "action": c.action,
-            "state": c.state,
+            "access_id": ids[(e.session_id, e.seq)],
+            "schema_name": col.schema,
+            "table_name": col.table,
+            "column_name": col.column,
+            "action": col.action,
+            "state": col.state,
         }
-        for row, (_, f) in zip(ids, wanted, strict=True)
-        for c in column_rows(f)
+        for e, f in wanted
+        for col in column_rows(f)
     ]
     if columns:
         conn.execute(t.access_columns.insert(), columns)

@@ -68,6 +68,27 @@ def _command(analysis: Analysis, tag: str | None) -> str:
     return (tag or "").split(" ")[0]
 
 
+# What the facts of one statement shape are, by the identity of what they are made
+# of: texts the cache gives one analysis, and results one kept plan, make the same
+# relations, so the writer makes them once.  Per catalog snapshot (a few kept: one
+# per target, and the one before it), each bounded and emptied when full.
+_Made = dict[tuple[int, ...], tuple[tuple[object, ...], str, list[dict[str, Any]]]]
+_MADE: dict[int, tuple[CatalogSnapshot | None, _Made]] = {}
+_SNAPSHOTS_KEPT: Final = 16
+_MADE_MAX: Final = 1_024
+
+
+def _made_for(snapshot: CatalogSnapshot | None) -> _Made:
+    found = _MADE.get(id(snapshot))
+    if found is not None and found[0] is snapshot:
+        return found[1]
+    if len(_MADE) >= _SNAPSHOTS_KEPT:
+        _MADE.pop(next(iter(_MADE)))
+    made: _Made = {}
+    _MADE[id(snapshot)] = (snapshot, made)
+    return made
+
+
 def access_facts(
     ctx: AccessContext,
     sql: str,
@@ -82,6 +103,36 @@ def access_facts(
     if decision != ALLOWED or not sql:
         return None
     analysis = analyze(sql, search_path=ctx.search_path)
+    parts = (analysis, ctx, *plans)
+    key = tuple(id(p) for p in parts)
+    known = _made_for(snapshot)
+    made = known.get(key)
+    if made is None or any(a is not b for a, b in zip(made[0], parts, strict=True)):
+        relations = _relations(ctx, analysis, plans, snapshot)
+        if len(known) >= _MADE_MAX:
+            known.clear()
+        made = known[key] = (parts, _command(analysis, tag), [r.to_json() for r in relations])
+    _, command, relations_json = made
+    if not relations_json:
+        return None
+    facts = access_event(
+        ctx.session,
+        command=command,
+        relations=(),
+        rows=rows,
+        decision=decision,
+        approval=ctx.approval,
+    )
+    facts["relations"] = relations_json  # shared by the events of the shape, never changed
+    return facts
+
+
+def _relations(
+    ctx: AccessContext,
+    analysis: Analysis,
+    plans: Sequence[MaskPlan],
+    snapshot: CatalogSnapshot | None,
+) -> list[RelationAccess]:
     relations: dict[tuple[str, str, str], tuple[list[str], set[str]]] = {}
 
     def relation(schema: str, table: str, action: str) -> tuple[list[str], set[str]]:
@@ -109,19 +160,10 @@ def access_facts(
                     columns.append(column)
                 if field.action is Action.MASK:
                     masked.add(column)
-    if not relations:
-        return None
-    return access_event(
-        ctx.session,
-        command=_command(analysis, tag),
-        relations=[
-            RelationAccess(schema, table, action, tuple(columns), frozenset(masked))
-            for (schema, table, action), (columns, masked) in relations.items()
-        ],
-        rows=rows,
-        decision=decision,
-        approval=ctx.approval,
-    )
+    return [
+        RelationAccess(schema, table, action, tuple(columns), frozenset(masked))
+        for (schema, table, action), (columns, masked) in relations.items()
+    ]
 
 
 def _settled(

@@ -1,0 +1,138 @@
+"""What recording access facts costs the gateway, with and without them in one run.
+
+Statements go through the gateway's own hooks of one connection
+(``MaskingHooks`` on a ``Relay``, no sockets; the statements, answers and
+catalog of ``bench/recording.py``) with the session's recorder writing to a
+SQLite store, once without access facts and once with them (an
+``AccessContext``, as every session has), interleaved, best of ``--runs``:
+
+* **event loop** -- CPU µs per statement of the driving thread: what the data
+  path pays (with facts it keeps two references and, for a masked Query, the
+  plan of each result);
+* **writer** -- CPU µs per statement of the recorder's writer thread: making
+  the event (with facts: the analysis from the cache, the facts, their index
+  rows) and writing it.  Each text is analysed first, as the guard does before
+  a statement runs, so that the writer finds it in the analysis cache (hence
+  no more statements a run than the cache holds: 4096).
+
+The gateway's throughput is bound by the event loop's CPU per transaction
+(bench/gateway_throughput.py reports the broker's CPU per transaction); the
+writer runs on its own thread, and competes for the interpreter lock only
+while it works.  The requirement: access facts cost under 5 % of throughput.
+
+Run: ``.venv/bin/python bench/access_facts.py [--statements 3000] [--runs 5]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from recording import (  # type: ignore[import-not-found]
+    EXTENDED_ANSWER,
+    MASKED,
+    SESSION,
+    SIMPLE_ANSWER,
+    _Catalog,
+    _messages,
+    writer_cpu,
+)
+
+from server.audit.access import SessionFacts
+from server.audit.recording import Recorder
+from server.gateway.access_facts import AccessContext
+from server.gateway.masking import MaskingRules
+from server.gateway.masking_relay import MaskingHooks
+from server.gateway.relay import Relay
+from server.gateway.sqlcheck import analyze
+from server.store.db import Store
+
+CONTEXT = AccessContext(
+    SessionFacts("demo", "alice", "user"), ("dba_alice", "public"), "dba_alice", "r-0123456789ab"
+)
+
+
+def _text(message: bytes) -> str:
+    """The SQL of a Query, or of the Parse that starts an extended-protocol batch."""
+    body = message[5:] if message[:1] == b"Q" else message[5:].split(b"\0", 1)[1]
+    return body.split(b"\0", 1)[0].decode()
+
+
+def drive(recorder: Recorder, rules: MaskingRules, extended: bool, n: int, facts: bool) -> float:
+    """CPU µs per statement of the driving thread, through the hooks of one connection."""
+    relay = Relay()
+    MaskingHooks(
+        rules,
+        _Catalog(),  # type: ignore[arg-type]
+        session_id=SESSION,
+        record=recorder.record,
+        search_path=CONTEXT.search_path,
+        access=CONTEXT if facts else None,
+    ).install(relay)
+    messages = _messages(n, extended)
+    # The guard analyses each text before it runs (with the session's search path),
+    # so the writer finds the analysis in the cache: do as the guard does first.
+    for message in messages:
+        analyze(_text(message), search_path=CONTEXT.search_path)
+    answer = EXTENDED_ANSWER if extended else SIMPLE_ANSWER
+    start = time.thread_time()
+    for message in messages:
+        relay.from_client(message)
+        relay.from_server(answer)
+    return (time.thread_time() - start) / n * 1e6
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--statements", type=int, default=3_000)
+    ap.add_argument("--runs", type=int, default=5)
+    args = ap.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="dbaccess-bench-access-"))
+    store = Store.open(f"sqlite:///{base / 'store.db'}")
+    recorder = Recorder(store)
+    try:
+        recorder.open(SESSION, {"identity": "alice"})
+        recorder.flush(60)
+        variants = {
+            "simple": (MaskingRules(), False),
+            "extended": (MaskingRules(), True),
+            "masked simple": (MASKED, False),
+            "masked extended": (MASKED, True),
+        }
+        best: dict[tuple[str, bool], list[float]] = {
+            (name, facts): [float("inf"), float("inf")] for name in variants for facts in (0, 1)
+        }
+        for _ in range(args.runs):
+            for name, (rules, extended) in variants.items():
+                count = args.statements if not (rules.active and not extended) else 1_000
+                for facts in (False, True):
+                    recorder.flush(600)
+                    before = writer_cpu(recorder)
+                    loop = drive(recorder, rules, extended, count, facts)
+                    recorder.flush(600)
+                    writer = (writer_cpu(recorder) - before) / count * 1e6
+                    got = best[(name, facts)]
+                    best[(name, facts)] = [min(got[0], loop), min(got[1], writer)]
+        print(f"{'':16s} {'event loop µs/statement':>26s}   {'writer µs/statement':>26s}")
+        heads = ("without", "with", "+")
+        print(f"{'':16s} {heads[0]:>8s} {heads[1]:>8s} {heads[2]:>8s}   " + "".join(
+            f"{h:>8s} " for h in heads))  # fmt: skip
+        for name in variants:
+            (l0, w0), (l1, w1) = best[(name, False)], best[(name, True)]
+            loop = f"{l0:8.2f} {l1:8.2f} {l1 - l0:+8.2f}"
+            print(f"{name:16s} {loop}   {w0:8.1f} {w1:8.1f} {w1 - w0:+8.1f}")
+    finally:
+        recorder.stop()
+        store.close()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -30,6 +30,7 @@ from brokercli.commands.common import (
 )
 from brokercli.errors import CliError
 from brokercli.exit_codes import ExitCode
+from common.text import reveal
 
 if TYPE_CHECKING:
     from brokercli.client import BrokerClient
@@ -241,7 +242,7 @@ def _row(r: dict[str, Any]) -> list[Any]:
         r["status"],
         f"{r['approvals_count']}/{r['min_approvals']}",
         (until or "")[:19],
-        r["reason"] or "",
+        reveal(r["reason"] or ""),
     ]
 
 
@@ -254,7 +255,7 @@ def asked_for(r: dict[str, Any]) -> str:
     if len(first) > 60:
         first = first[:59] + "…"
     more = f" (+{len(lines) - 1} lines)" if len(lines) > 1 else ""
-    return f"statement {first}{more} sha256 {r['statement_sha256'][:16]}"
+    return f"statement {reveal(first)}{more} sha256 {r['statement_sha256'][:16]}"
 
 
 def _describe(r: dict[str, Any]) -> str:
@@ -278,7 +279,9 @@ def _describe(r: dict[str, Any]) -> str:
             f"statement (sha256 {r['statement_sha256']}):",
             *("    " + line for line in r["statement"].splitlines()),
         ]
-    return "\n".join(lines)
+    # Nothing a requester typed may hide or rewrite what the reviewer reads:
+    # invisible characters and terminal controls are shown as code points.
+    return reveal("\n".join(lines))
 
 
 def approve(

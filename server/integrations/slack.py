@@ -51,6 +51,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.signature import SignatureVerifier
 from starlette.concurrency import run_in_threadpool
 
+from common.text import reveal
 from server.approvals.service import Approvals, request_json
 from server.audit import chain
 from server.config import SlackConfig
@@ -59,7 +60,6 @@ from server.notify.webhooks import slack_escape
 from server.policy.evaluate import Identity
 from server.policy.model import Policy
 from server.store.db import hash_secret, utcnow
-from server.ui.highlight import reveal
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def message(request: Mapping[str, Any], detail_url: str | None) -> tuple[str, li
         )  # fmt: skip
         # Characters that show nothing or reorder the text are shown as code
         # points: the reviewer reads what runs, in the order it runs.
-        shown = reveal(shown, lambda c: f"[U+{ord(c):04X}]")
+        shown = reveal(shown)
         code = e(shown).replace("```", "`\u200b``")
         blocks.append(
             {

@@ -6,7 +6,7 @@ everything else passes through escaped.  Joining the pieces' text gives back
 the input, character for character: a reviewer sees exactly what they approve
 (what is hashed); a character that would show nothing or reorder the text
 around it (a bidi control, a zero-width character: Trojan Source) is shown as
-its code point instead.  Nothing here decides anything, so a lexing shortcut
+its code point instead (``common.text``).  Nothing here decides anything, so a lexing shortcut
 only changes a colour.
 """
 
@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Callable
 
 from markupsafe import Markup, escape
+
+from common.text import code_point, invisible
 
 _KEYWORD_TEXT = """
 abort all alter analyze and as asc begin between by call case cascade cast check
@@ -30,9 +31,6 @@ schema select sequence set show table temp temporary then to trigger true
 truncate union unique update using vacuum values view when where window with
 """
 KEYWORDS = frozenset(_KEYWORD_TEXT.split())
-# Format (bidi controls, zero-width), control, private-use, unassigned,
-# line/paragraph separators and spaces: see invisible().
-_INVISIBLE_CATEGORIES = frozenset({"Cf", "Cc", "Co", "Cn", "Cs", "Zl", "Zp", "Zs"})
 _TOKEN = re.compile(
     r"""
     (?P<comment>--[^\n]*|/\*.*?(?:\*/|\Z))
@@ -67,27 +65,13 @@ def pieces(sql: str) -> list[tuple[str | None, str]]:
     return out
 
 
-def invisible(char: str) -> bool:
-    """A character that shows nothing, or reorders or hides what follows it (bidi
-    controls, zero-width and other format characters, controls but newline,
-    tab and carriage return, spaces other than the plain one)."""
-    if char in "\n\t\r ":
-        return False
-    return unicodedata.category(char) in _INVISIBLE_CATEGORIES
-
-
-def reveal(text: str, shown: Callable[[str], str]) -> str:
-    """``text`` with each :func:`invisible` character replaced by ``shown(char)``."""
-    return "".join(shown(c) if invisible(c) else c for c in text)
-
-
 def _marked(text: str) -> Markup:
     """Escaped ``text`` whose invisible characters are shown as their code points."""
     out = [escape(text)]
     if any(invisible(c) for c in text):
         out = [
-            Markup('<span class="sql-invisible" title="{}">U+{:04X}</span>').format(
-                unicodedata.name(c, "unnamed character"), ord(c)
+            Markup('<span class="sql-invisible" title="{}">{}</span>').format(
+                unicodedata.name(c, "unnamed character"), code_point(c)
             )
             if invisible(c)
             else escape(c)

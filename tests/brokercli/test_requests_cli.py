@@ -55,3 +55,22 @@ def test_every_exit_code_is_described_and_in_the_cli_reference(code: ExitCode) -
 def test_approval_required_means_pending() -> None:
     assert BY_ERROR_KIND["approval_required"] is ExitCode.PENDING
     assert len({int(c) for c in ExitCode}) == len(ExitCode)
+
+
+def test_a_reviewer_sees_every_character_of_a_statement_and_reason() -> None:
+    # ESC sequences would erase or overwrite lines on the reviewer's terminal,
+    # bidi controls reorder them: the statement shown is the one that runs.
+    from brokercli.commands.requests import _describe, asked_for
+
+    r = {
+        "id": "r-1", "kind": "statement", "status": "pending", "requester": "bot",
+        "target": "demo", "scope": "write", "reason": "tidy\x1b[2K", "ttl": "15m",
+        "single_use": True, "created_at": "2026-01-01T00:00:00", "expires_at": "2026-01-01T01:00:00",
+        "approvals": [], "approvals_count": 0, "min_approvals": 1, "approver_groups": ["dba"],
+        "named_approvers": 0, "statement_sha256": "ab" * 32,
+        "statement": "delete from t /*\x1b[2K\x1b[0Gselect 1*/ where id = 1 or\u200b\u202etrue",
+    }  # fmt: skip
+    for shown in (_describe(r), asked_for(r)):
+        assert "\x1b" not in shown and "\u202e" not in shown and "\u200b" not in shown
+        assert "[U+001B]" in shown
+    assert "[U+202E]" in _describe(r) and "tidy[U+001B][2K" in _describe(r)

@@ -65,7 +65,8 @@ def test_a_reviewer_sees_every_character_of_a_statement_and_reason() -> None:
     r = {
         "id": "r-1", "kind": "statement", "status": "pending", "requester": "bot",
         "target": "demo", "scope": "write", "reason": "tidy\x1b[2K", "ttl": "15m",
-        "single_use": True, "created_at": "2026-01-01T00:00:00", "expires_at": "2026-01-01T01:00:00",
+        "single_use": True, "created_at": "2026-01-01T00:00:00",
+        "expires_at": "2026-01-01T01:00:00",
         "approvals": [], "approvals_count": 0, "min_approvals": 1, "approver_groups": ["dba"],
         "named_approvers": 0, "statement_sha256": "ab" * 32,
         "statement": "delete from t /*\x1b[2K\x1b[0Gselect 1*/ where id = 1 or\u200b\u202etrue",

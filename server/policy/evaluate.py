@@ -16,9 +16,10 @@
    rather than clamped, so nobody ends up with a shorter session than they think;
 5. the reason: a scope with ``reason_required`` refuses an empty one
    (``targets.<t>.scopes.<s>.reason_required``);
-6. break-glass, when the identity asks for it: the scope must offer it and a
-   reason must be given (``targets.<t>.scopes.<s>.break_glass``, also the rule of
-   the allowed, flagged decision);
+6. break-glass, when the identity asks for it: the scope must offer it, a
+   reason must be given and the identity must not be an agent
+   (``targets.<t>.scopes.<s>.break_glass``, also the rule of the allowed,
+   flagged decision);
 7. approval: a scope whose ``approval.required`` is set answers "needs approval"
    (``targets.<t>.scopes.<s>.approval``) with the approval rule attached, or a
    refusal (``targets.<t>.scopes.<s>.approval.approvers``) when nobody but the
@@ -223,6 +224,14 @@ def _approval_stage(
             remedy=ADD_REASON,
         )
     if break_glass:
+        if identity.agent:
+            # Break-glass is a person's call in an emergency, on their word; an
+            # agent's access waits for the approval the scope requires.
+            return _deny(
+                f"{base}.break_glass",
+                f"an agent cannot break glass ({identity.name} is an agent)",
+                scope.name,
+            )
         if not scope.break_glass:
             return _deny(
                 f"{base}.break_glass",

@@ -151,3 +151,29 @@ def test_agents_send_one_statement_at_a_time(sql: str, agent_rule: str, person_r
     agent = agent_rules(person, APP.scopes["read"])
     assert decide(analyze(sql), agent).rule.startswith(agent_rule)
     assert decide(analyze(sql), person).rule.startswith(person_rule)
+
+
+def test_an_agent_cannot_break_glass() -> None:
+    # Break-glass skips the approval a scope requires, on a person's word in an
+    # emergency; an agent's session waits for the approval like any of its changes.
+    urgent = textwrap.indent(
+        textwrap.dedent(
+            """\
+            urgent:
+              grants: [app_write]
+              max_ttl: 1h
+              allow: {groups: [dev, bots]}
+              approval: {approvers: {groups: [dba]}}
+              break_glass: true
+              agents: {allow: true}
+            """
+        ),
+        "      ",
+    )
+    pol = parse_policy(POLICY + urgent, "policy.yaml", base_dir=Path("/etc/dbaccess"))
+    person = evaluate(pol, ALICE, "app", "urgent", None, NOW, reason="INC-1", break_glass=True)
+    assert person.allowed and person.break_glass
+    bot = evaluate(pol, BOT, "app", "urgent", None, NOW, reason="INC-1", break_glass=True)
+    assert not bot.allowed and not bot.break_glass and bot.approval is None
+    assert bot.rule == "targets.app.scopes.urgent.break_glass"
+    assert evaluate(pol, BOT, "app", "urgent", None, NOW, reason="INC-1").approval is not None

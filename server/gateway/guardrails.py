@@ -312,6 +312,9 @@ class GuardrailRules:
     review: frozenset[StatementClass] = frozenset()
     functions_allow: frozenset[str] | None = None
     functions_deny: frozenset[str] = frozenset()
+    # Functions whose call writes (a sequence's nextval/setval): the statement
+    # counts as a WRITE too, for ``block`` and ``review``.
+    write_functions: frozenset[str] = frozenset()
     unknown: Outcome = Outcome.BLOCK
     max_rows_by_explain: int | None = None
     one_statement: bool = False
@@ -319,6 +322,7 @@ class GuardrailRules:
     elsewhere: tuple[tuple[StatementClass, str], ...] = ()
     _allow: tuple[_Pattern, ...] | None = field(init=False, repr=False, compare=False)
     _deny: tuple[_Pattern, ...] = field(init=False, repr=False, compare=False)
+    _writes: tuple[_Pattern, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.unknown not in (Outcome.BLOCK, Outcome.REVIEW):
@@ -330,6 +334,7 @@ class GuardrailRules:
         allow = None if self.functions_allow is None else _patterns(self.functions_allow)
         object.__setattr__(self, "_allow", allow)
         object.__setattr__(self, "_deny", _patterns(self.functions_deny))
+        object.__setattr__(self, "_writes", _patterns(self.write_functions))
         object.__setattr__(
             self, "pinned_settings", frozenset(s.lower() for s in self.pinned_settings)
         )
@@ -660,12 +665,12 @@ def _blocking_rules(st: Statement, rules: GuardrailRules) -> _Hit | None:
                 f"{missing[0]}() is not on this target's list of allowed functions",
                 _ASK,
             )
-    for kind in _classes(st):
+    for kind in _classes(st, rules):
         if kind in rules.block:
             return _Hit(
                 Outcome.BLOCK,
                 f"guardrails.block_{kind.value}",
-                f"{command} {_what(st, kind)}, which this scope does not allow",
+                f"{command} {_what(st, kind, rules)}, which this scope does not allow",
                 _scope_hint(rules, kind),
             )
     if st.restricting_where is False and rules.require_where:
@@ -681,12 +686,12 @@ def _blocking_rules(st: Statement, rules: GuardrailRules) -> _Hit | None:
 
 
 def _reviewing(st: Statement, rules: GuardrailRules) -> _Hit | None:
-    for kind in _classes(st):
+    for kind in _classes(st, rules):
         if kind in rules.review:
             return _Hit(
                 Outcome.REVIEW,
                 f"guardrails.review_{kind.value}",
-                f"{st.command or 'this statement'} {_what(st, kind)}, "
+                f"{st.command or 'this statement'} {_what(st, kind, rules)}, "
                 "which needs a review on this target",
                 "request a review of this statement; it runs once approved",
             )
@@ -725,15 +730,20 @@ def _scope_hint(rules: GuardrailRules, kind: StatementClass) -> str:
     return f"no other scope of this target allows {what}; {_ASK}"
 
 
-def _classes(st: Statement) -> tuple[StatementClass, ...]:
+def _classes(st: Statement, rules: GuardrailRules) -> tuple[StatementClass, ...]:
     if Feature.OPAQUE in st.features:
         # Code whose effects are invisible may write or change the schema.
         return (st.kind, StatementClass.WRITE, StatementClass.DDL)
+    if st.kind is not StatementClass.WRITE and _matching(st.functions, rules._writes):
+        return (st.kind, StatementClass.WRITE)
     return (st.kind,)
 
 
-def _what(st: Statement, kind: StatementClass) -> str:
+def _what(st: Statement, kind: StatementClass, rules: GuardrailRules) -> str:
     if kind is not st.kind:
+        writes = _matching(st.functions, rules._writes)
+        if writes and Feature.OPAQUE not in st.features:
+            return f"calls {writes[0]}(), which writes"
         return "runs code that may change data or the schema"
     return f"is a {_CLASS_TEXT[kind]}"
 

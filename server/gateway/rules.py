@@ -21,6 +21,9 @@ from server.policy.model import GuardrailSettings, ScopePolicy, TargetPolicy, pr
 # What an agent may never do unless its scope's agents section says otherwise.
 AGENT_BLOCK = frozenset({StatementClass.DDL, StatementClass.PRIVILEGE})
 AGENT_REVIEW = frozenset({StatementClass.WRITE})
+# Built-in functions whose call writes (a sequence), so that for agents a SELECT
+# calling them is a write like any other: reviewed or blocked, never just run.
+AGENT_WRITE_FUNCTIONS = frozenset({"nextval", "setval"})
 
 
 def rules_for(scope: str, settings: GuardrailSettings) -> GuardrailRules:
@@ -68,7 +71,8 @@ def agent_rules(rules: GuardrailRules, scope: ScopePolicy) -> GuardrailRules:
     """The rules of an agent's session: the scope's ``rules`` with its ``agents``
     guardrails laid over them, and the agents' defaults where those leave
     ``block`` or ``review`` unsaid: DDL and privilege changes blocked, every
-    write a statement review (``server.policy.agents``); and one statement per
+    write a statement review (``server.policy.agents``), a call of a function
+    that writes (``AGENT_WRITE_FUNCTIONS``) counting as a write; and one statement per
     input, so that a text shows what it does (no ``COMMIT;`` and a write behind a
     read)."""
     settings = scope.agents.guardrails
@@ -78,4 +82,10 @@ def agent_rules(rules: GuardrailRules, scope: ScopePolicy) -> GuardrailRules:
         base = _over(rules, settings)
     block = base.block if settings.block is not None else base.block | AGENT_BLOCK
     review = base.review if settings.review is not None else base.review | AGENT_REVIEW
-    return replace(base, block=block, review=review - block, one_statement=True)
+    return replace(
+        base,
+        block=block,
+        review=review - block,
+        one_statement=True,
+        write_functions=base.write_functions | AGENT_WRITE_FUNCTIONS,
+    )

@@ -95,13 +95,20 @@ def test_the_tools_over_http(agent_broker: Broker, agent_token: str, admin_conn:
             sql="WITH d AS (DELETE FROM orders RETURNING id) SELECT count(*) FROM d",
         )  # fmt: skip
         assert err and out["error"]["rule"].startswith("guardrails.")
+        # A write hidden in a function call: held for review, nothing advanced.
+        err, out, _ = await call(
+            c, "query", target="demo", scope="agentfix", sql="SELECT nextval('orders_id_seq')"
+        )
+        assert err and out["error"]["rule"] == "guardrails.review_write"
         err, out, _ = await call(c, "list_targets")
         assert [s["name"] for s in out["targets"][0]["scopes"]] == [
             "read", "peek", "agentfix", "gated",
         ]  # fmt: skip
 
+    sequence = admin_conn.execute("SELECT last_value FROM orders_id_seq").fetchone()
     with_client(over_http(agent_broker, agent_token), body)
     assert admin_conn.execute("SELECT count(*) FROM orders").fetchone() == (900,)
+    assert admin_conn.execute("SELECT last_value FROM orders_id_seq").fetchone() == sequence
 
 
 @pytest.fixture

@@ -153,6 +153,41 @@ def test_agents_send_one_statement_at_a_time(sql: str, agent_rule: str, person_r
     assert decide(analyze(sql), person).rule.startswith(person_rule)
 
 
+@pytest.mark.parametrize(
+    ("scope", "sql", "agent_rule", "person_rule"),
+    [
+        # A sequence's nextval/setval writes: for an agent, a write like any other.
+        ("fix", "SELECT nextval('orders_id_seq')", "guardrails.review_write", "guardrails.allow"),
+        ("fix", "SELECT setval('orders_id_seq', 1)", "guardrails.review_write", "guardrails.allow"),
+        ("fix", "SELECT pg_catalog.nextval('s')", "guardrails.review_write", "guardrails.allow"),
+        (
+            "fix",
+            "SELECT id FROM orders WHERE id = nextval('s')",
+            "guardrails.review_write",
+            "guardrails.allow",
+        ),
+        ("fix", "SELECT currval('orders_id_seq')", "guardrails.allow", "guardrails.allow"),
+        ("read", "SELECT nextval('orders_id_seq')", "guardrails.block_write", "guardrails.allow"),
+        (
+            "fix",
+            "INSERT INTO t VALUES (nextval('s'))",
+            "guardrails.review_write",
+            "guardrails.allow",
+        ),
+    ],
+)
+def test_functions_that_write_are_writes_for_agents(
+    scope: str, sql: str, agent_rule: str, person_rule: str
+) -> None:
+    from server.gateway.guardrails import decide
+    from server.gateway.sqlcheck import analyze
+
+    person = target_rules(APP, scope)
+    agent = agent_rules(person, APP.scopes[scope])
+    assert decide(analyze(sql), agent).rule == agent_rule
+    assert decide(analyze(sql), person).rule == person_rule
+
+
 def test_an_agent_cannot_break_glass() -> None:
     # Break-glass skips the approval a scope requires, on a person's word in an
     # emergency; an agent's session waits for the approval like any of its changes.

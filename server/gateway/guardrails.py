@@ -315,6 +315,8 @@ class GuardrailRules:
     # Functions whose call writes (a sequence's nextval/setval): the statement
     # counts as a WRITE too, for ``block`` and ``review``.
     write_functions: frozenset[str] = frozenset()
+    # Commands counted as a WRITE too (maintenance that rewrites or locks tables).
+    write_commands: frozenset[str] = frozenset()
     unknown: Outcome = Outcome.BLOCK
     max_rows_by_explain: int | None = None
     one_statement: bool = False
@@ -340,6 +342,9 @@ class GuardrailRules:
         )
         object.__setattr__(
             self, "denied_commands", frozenset(c.upper() for c in self.denied_commands)
+        )
+        object.__setattr__(
+            self, "write_commands", frozenset(c.upper() for c in self.write_commands)
         )
 
     @classmethod
@@ -734,7 +739,9 @@ def _classes(st: Statement, rules: GuardrailRules) -> tuple[StatementClass, ...]
     if Feature.OPAQUE in st.features:
         # Code whose effects are invisible may write or change the schema.
         return (st.kind, StatementClass.WRITE, StatementClass.DDL)
-    if st.kind is not StatementClass.WRITE and _matching(st.functions, rules._writes):
+    if st.kind is not StatementClass.WRITE and (
+        st.command in rules.write_commands or _matching(st.functions, rules._writes)
+    ):
         return (st.kind, StatementClass.WRITE)
     return (st.kind,)
 
@@ -744,6 +751,8 @@ def _what(st: Statement, kind: StatementClass, rules: GuardrailRules) -> str:
         writes = _matching(st.functions, rules._writes)
         if writes and Feature.OPAQUE not in st.features:
             return f"calls {writes[0]}(), which writes"
+        if st.command in rules.write_commands:
+            return "rewrites, locks or changes what the planner knows of tables"
         return "runs code that may change data or the schema"
     return f"is a {_CLASS_TEXT[kind]}"
 

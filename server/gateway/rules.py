@@ -24,6 +24,9 @@ AGENT_REVIEW = frozenset({StatementClass.WRITE})
 # Built-in functions whose call writes (a sequence), so that for agents a SELECT
 # calling them is a write like any other: reviewed or blocked, never just run.
 AGENT_WRITE_FUNCTIONS = frozenset({"nextval", "setval"})
+# Maintenance that rewrites or locks tables (VACUUM FULL, CLUSTER, REINDEX) or
+# changes every session's plans (ANALYZE): for agents, writes.
+AGENT_WRITE_COMMANDS = frozenset({"VACUUM", "ANALYZE", "CLUSTER", "REINDEX", "CHECKPOINT"})
 
 
 def rules_for(scope: str, settings: GuardrailSettings) -> GuardrailRules:
@@ -72,7 +75,8 @@ def agent_rules(rules: GuardrailRules, scope: ScopePolicy) -> GuardrailRules:
     guardrails laid over them, and the agents' defaults where those leave
     ``block`` or ``review`` unsaid: DDL and privilege changes blocked, every
     write a statement review (``server.policy.agents``), a call of a function
-    that writes (``AGENT_WRITE_FUNCTIONS``) counting as a write; and one statement per
+    that writes (``AGENT_WRITE_FUNCTIONS``) or table maintenance
+    (``AGENT_WRITE_COMMANDS``) counting as a write; and one statement per
     input, so that a text shows what it does (no ``COMMIT;`` and a write behind a
     read)."""
     settings = scope.agents.guardrails
@@ -88,4 +92,5 @@ def agent_rules(rules: GuardrailRules, scope: ScopePolicy) -> GuardrailRules:
         review=review - block,
         one_statement=True,
         write_functions=base.write_functions | AGENT_WRITE_FUNCTIONS,
+        write_commands=base.write_commands | AGENT_WRITE_COMMANDS,
     )

@@ -167,6 +167,12 @@ def test_agents_send_one_statement_at_a_time(sql: str, agent_rule: str, person_r
             "guardrails.allow",
         ),
         ("fix", "SELECT currval('orders_id_seq')", "guardrails.allow", "guardrails.allow"),
+        # Maintenance that rewrites, locks or re-plans tables: a write for agents.
+        ("fix", "VACUUM FULL orders", "guardrails.review_write", "guardrails.allow"),
+        ("fix", "CLUSTER orders", "guardrails.review_write", "guardrails.allow"),
+        ("fix", "REINDEX TABLE orders", "guardrails.review_write", "guardrails.allow"),
+        ("fix", "ANALYZE orders", "guardrails.review_write", "guardrails.allow"),
+        ("read", "VACUUM orders", "guardrails.block_write", "guardrails.allow"),
         ("read", "SELECT nextval('orders_id_seq')", "guardrails.block_write", "guardrails.allow"),
         (
             "fix",
@@ -176,7 +182,7 @@ def test_agents_send_one_statement_at_a_time(sql: str, agent_rule: str, person_r
         ),
     ],
 )
-def test_functions_that_write_are_writes_for_agents(
+def test_what_writes_is_a_write_for_agents(
     scope: str, sql: str, agent_rule: str, person_rule: str
 ) -> None:
     from server.gateway.guardrails import decide

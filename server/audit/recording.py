@@ -38,10 +38,12 @@ recording up in the store once.)  The queue is bounded: when it is full the
 event is refused, which counts as a failure of that session's recording.
 
 **Failing closed.**  When a batch cannot be written, when an event's data
-cannot be made, or when an event is refused, every session it concerns is
-*failed*: ``on_failure(session_id, reason)`` is called (on a thread of its own,
-so that it may end the session, which closes the recording) and later events
-of that session are refused (or dropped by the writer, counted).  A session
+cannot be made, when the writer fails on a batch for any other reason (it
+goes on with the next), or when an event is refused, every session it
+concerns is *failed*: ``on_failure(session_id, reason)`` is called (on a
+thread of its own, so that it may end the session, which closes the
+recording) and later events of that session are refused (or dropped by the
+writer, counted).  A session
 opened with ``RecordingFailure.CONTINUE`` (an admin's choice in the policy:
 ``recording_failure: continue``) instead goes on unrecorded, and the number of
 lost events is noted when its recording closes.  Events queued after a
@@ -614,7 +616,8 @@ class Recorder:
         self.record(session_id, "session.start", data)
 
     def record(self, session_id: str, kind: str, data: Any, build: Build | None = None, /) -> bool:
-        """Queue one event; never blocks on the store.  False when it was refused.
+        """Queue one event; never waits on the store (but for the first event of a
+        session this process did not open: :meth:`_resume`).  False when it was refused.
 
         The event's time is taken now; its data is ``data`` (a mapping, which
         must not change after this call), or, with ``build``, what ``build``
@@ -645,7 +648,9 @@ class Recorder:
             else:
                 queue.append((state, time.time_ns(), kind, data, build))
                 self._enqueued += 1
-                if len(queue) == 1 or len(queue) >= self.batch_size:
+                if len(queue) == 1 or len(queue) == self.batch_size:
+                    # The writer waits for a first event or gathers a batch: wake it
+                    # once for each (while it writes, more waking would only cost).
                     self._ensure_thread()
                     self._wake.notify_all()
                 return True
@@ -824,7 +829,16 @@ class Recorder:
                     self._wake.wait(self.flush_interval)
                 queue = self._queue
                 batch = [queue.popleft() for _ in range(min(self.batch_size, len(queue)))]
-            failed = self._write_batch(batch)
+            try:
+                failed = self._write_batch(batch)
+            except Exception as exc:  # the writer must go on, and nothing be lost quietly
+                log.exception("the recorder could not write a batch")
+                failed = []
+                with self._lock:
+                    for state, lost in Counter(item[0] for item in batch).items():
+                        self._lost(
+                            state, lost, f"the recorder failed: {type(exc).__name__}", failed
+                        )
             with self._lock:
                 self._done += len(batch)
                 self._wake.notify_all()
@@ -853,11 +867,11 @@ class Recorder:
         failed: list[tuple[str, str]] = []
         kept: list[tuple[_Session, int, str, Mapping[str, Any]]] = []
         with self._lock:  # only what record() shares: failures and drops
-            for state, ts_ns, kind, data, problem in made:
+            for state, ts_ns, kind, data, unmade in made:
                 if state.failed is not None or state.ended:
                     state.dropped += 1
-                elif problem is not None:
-                    self._lost(state, 1, problem, failed)
+                elif unmade is not None:
+                    self._lost(state, 1, unmade, failed)
                 else:
                     if kind == "session.end":
                         state.ended = True
@@ -872,11 +886,17 @@ class Recorder:
                 SessionEvent(state.session_id, state.next_seq, event_time(ts_ns), kind, data)
             )
             state.next_seq += 1
-        for state in dict.fromkeys(state for state, *_ in kept):
-            if state.digest is None:
-                self._take_up(state)
         lines = [canonical_line(e) for e in events]
-        problem, fenced = self._write(events)
+        try:
+            for state in dict.fromkeys(state for state, *_ in kept):
+                if state.digest is None:
+                    self._take_up(state)
+        except Exception as exc:
+            log.error("cannot read back a recording this recorder took over: %s", exc)
+            problem: str | None = f"the store refused the recording: {type(exc).__name__}"
+            fenced: set[str] = set()
+        else:
+            problem, fenced = self._write(events)
         if problem is None:
             for (state, *_), line in zip(kept, lines, strict=True):
                 if state.session_id in fenced:

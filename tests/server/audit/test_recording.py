@@ -350,6 +350,41 @@ def test_an_event_that_cannot_be_made_fails_the_recording_closed(store: Store) -
     assert verify_recordings(store).ok
 
 
+def test_a_writer_that_fails_unexpectedly_fails_the_recordings_and_goes_on(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from server.audit import recording
+
+    failures: list[tuple[str, str]] = []
+    called = threading.Event()
+
+    def on_failure(session_id: str, reason: str) -> None:
+        failures.append((session_id, reason))
+        called.set()
+
+    def broken(_event: SessionEvent) -> bytes:
+        raise RuntimeError("a bug in the writer")
+
+    recorder = Recorder(store, on_failure=on_failure, flush_interval=0.01)
+    try:
+        recorder.open("s-hit", START)
+        assert recorder.flush(10)
+        with monkeypatch.context() as patched:
+            patched.setattr(recording, "canonical_line", broken)
+            assert recorder.record("s-hit", "statement", {"text": "select 1"})
+            assert recorder.flush(10)
+        assert called.wait(10)
+        assert failures == [("s-hit", "the recorder failed: RuntimeError")]
+        recorder.open("s-next", START)  # the writer is still there
+        assert recorder.record("s-next", "statement", {"text": "select 2"})
+        assert recorder.close("s-next", {}).status == "closed"
+        failed = recorder.close("s-hit", {})
+    finally:
+        recorder.stop()
+    assert failed.status == "failed" and failed.dropped == 2 and failed.events == 1
+    assert verify_recordings(store).ok
+
+
 def test_a_full_queue_refuses_events_and_fails_the_recording(store: Store) -> None:
     failures: list[str] = []
     called = threading.Event()

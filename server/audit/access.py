@@ -37,7 +37,7 @@ per statement, or counts by identity and relation).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
@@ -512,7 +512,7 @@ def verify_index(store: Store) -> list[IndexProblem]:
     """Hold every row of the access index to the recording event it names, and
     every event's access facts to their rows: what differs is reported (the events
     themselves are held to the audit chain by the recordings' digests)."""
-    c, se, rec = t.access_columns.c, t.session_events.c, t.session_recordings.c
+    c, rec = t.access_columns.c, t.session_recordings.c
     problems: list[IndexProblem] = []
     with store.tx() as conn:
         # A recording archived and removed from the store is held to its archive
@@ -532,12 +532,7 @@ def verify_index(store: Store) -> list[IndexProblem]:
                     m["schema_name"], m["table_name"], m["column_name"], m["action"], m["state"]
                 )
             )
-        recorded = conn.execute(
-            sa.select(se.session_id, se.seq, se.ts, se.data)
-            .where(se.kind == KIND)
-            .order_by(se.session_id, se.seq)
-        ).all()
-    for session_id, seq, ts, event in recorded:
+    for session_id, seq, ts, event in _statement_events(store):
         data = facts_of(KIND, event or {})
         if data is None:
             continue
@@ -565,3 +560,30 @@ def verify_index(store: Store) -> list[IndexProblem]:
             IndexProblem(session_id, seq, "an access index row has no event in the recording")
         )
     return problems
+
+
+_CHUNK: Final = 5_000  # events read at a time by verify_index
+
+
+def _statement_events(store: Store) -> Iterator[tuple[str, int, datetime, Any]]:
+    """Every ``statement`` event, in (session, seq) order, read a chunk at a time."""
+    se = t.session_events.c
+    after: tuple[str, int] = ("", 0)
+    while True:
+        with store.tx() as conn:
+            rows = conn.execute(
+                sa.select(se.session_id, se.seq, se.ts, se.data)
+                .where(
+                    se.kind == KIND,
+                    sa.or_(
+                        se.session_id > after[0],
+                        sa.and_(se.session_id == after[0], se.seq > after[1]),
+                    ),
+                )
+                .order_by(se.session_id, se.seq)
+                .limit(_CHUNK)
+            ).all()
+        yield from ((r.session_id, r.seq, r.ts, r.data) for r in rows)
+        if len(rows) < _CHUNK:
+            return
+        after = (rows[-1][0], rows[-1][1])

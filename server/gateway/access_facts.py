@@ -20,7 +20,8 @@ the ``access`` part of the statement's recording event
   derived from) and whether it left masked.  A session without masking has
   no plans, so its facts name relations without columns;
 * rows are the command tag's count, the decision the gateway's, the
-  approval the session's access request.
+  approval the statement review's it ran under (the guard leaves it in
+  ``Relay.reviewed``), else the session's access request.
 
 Only a statement the gateway let run has access facts.
 """
@@ -98,8 +99,10 @@ def access_facts(
     rows: int | None,
     tag: str | None,
     decision: str,
+    approval: str | None = None,
 ) -> dict[str, Any] | None:
-    """The ``access`` part of a statement's event, or None for one that did not run."""
+    """The ``access`` part of a statement's event, or None for one that did not run;
+    ``approval`` is the statement review's it ran under, else the session's counts."""
     if decision != ALLOWED or not sql:
         return None
     analysis = analyze(sql, search_path=ctx.search_path)
@@ -121,7 +124,7 @@ def access_facts(
         relations=(),
         rows=rows,
         decision=decision,
-        approval=ctx.approval,
+        approval=approval or ctx.approval,
     )
     facts["relations"] = relations_json  # shared by the events of the shape, never changed
     return facts

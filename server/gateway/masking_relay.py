@@ -333,6 +333,7 @@ class MaskingHooks:
         self._record_event = record
         self.search_path = search_path
         self._access = access
+        self._reviewed: dict[str, str] = {}  # the relay's (``Relay.reviewed``) once installed
         self.pending: deque[_Item] = deque()
         self.statements: dict[str, _Statement] = {}
         # The lineage of long texts' results, read with their analysis in a worker
@@ -351,6 +352,7 @@ class MaskingHooks:
 
     # -- installing ---------------------------------------------------------------
     def install(self, relay: Relay) -> None:
+        self._reviewed = relay.reviewed
         client: dict[bytes, Hook] = {
             b"Q": self._on_query,
             b"P": self._on_parse,
@@ -1120,7 +1122,8 @@ class MaskingHooks:
             plan = item.portal.plan if item.portal is not None else None
             plans = (plan,) if plan is not None else ()
         snapshot = self.catalog.current if self.catalog is not None else None
-        return (self._access, tuple(plans), snapshot)
+        reviewed = self._reviewed.pop(item.sql, None) if self._reviewed else None
+        return (self._access, tuple(plans), snapshot, reviewed)
 
     def _hides_by_statement(self, item: _Item) -> tuple[bool, ...] | None:
         """For a Query of several statements as analysed: whether each touches a table
@@ -1141,7 +1144,8 @@ class MaskingHooks:
 # ``statement_data``'s fields: where a long Query's statements end was not read ahead.
 _UNREAD: Final = "unread"
 
-AccessFields = tuple[AccessContext, tuple[MaskPlan, ...], CatalogSnapshot | None]
+# The connection's context, the results' plans, the catalog, a statement review's approval.
+AccessFields = tuple[AccessContext, tuple[MaskPlan, ...], CatalogSnapshot | None, str | None]
 
 StatementFields = tuple[
     str,  # the text as sent
@@ -1186,8 +1190,10 @@ def statement_data(fields: StatementFields, ts_ns: int) -> dict[str, Any]:
         params=shown_params,
     )
     if access is not None:
-        ctx, plans, snapshot = access
-        facts = access_facts(ctx, sql, plans, snapshot, rows=rows, tag=tag, decision=decision)
+        ctx, plans, snapshot, reviewed = access
+        facts = access_facts(
+            ctx, sql, plans, snapshot, rows=rows, tag=tag, decision=decision, approval=reviewed
+        )
         if facts is not None:
             data[FACTS] = facts
     return data

@@ -244,6 +244,9 @@ class Relay:
         # Messages the setups want the client to get with its login, before the
         # first ReadyForQuery (the masking setup's notice of what is masked).
         self.greeting: list[bytes] = []
+        # Statement texts let run under a statement review's approval, with the
+        # review's request id: the guard puts them, the statement's recording takes them.
+        self.reviewed: dict[str, str] = {}
         self._client_hooks: dict[int, Hook] = {}
         self._server_hooks: dict[int, Hook] = {}
         self._server_runs: dict[int, RunHook] = {}

@@ -140,6 +140,8 @@ from server.policy.model import ApprovalPolicy, ScopePolicy
 from server.sessions.service import LiveSession, SessionService
 from server.store.db import Store
 
+# Approved statement texts kept for their recording at most (see ``Relay.reviewed``).
+_REVIEWED_KEPT = 100
 log = logging.getLogger(__name__)
 # Statements whose decision depends on the session's prepared statements.
 _PREPARED_COMMANDS = frozenset(
@@ -231,6 +233,7 @@ class StatementGuard:
         self.rules = rules
         self.limits = limits or AnalysisLimits()
         self.record = record  # the session recording's, for limit events
+        self._reviewed: dict[str, str] = {}  # the relay's (``Relay.reviewed``) once installed
         # The session's limits, which no statement may change (``server.gateway.pinning``).
         self.pins = pins
         self._decisions: dict[object, Decision] = {}  # by analysis, or by its shape
@@ -251,6 +254,7 @@ class StatementGuard:
         self.seen = ServerSeen() if rules.max_rows_by_explain is not None else None
 
     def install(self, relay: Relay) -> None:
+        self._reviewed = relay.reviewed
         relay.on_client(b"Q", self._on_query)
         relay.on_client(b"P", self._on_parse)
         relay.on_client(b"B", self._on_bind)
@@ -504,6 +508,9 @@ class StatementGuard:
                 used = None
             if used is not None:
                 self._record("statement.approved_used", decision, sql, request_id=used.id)
+                if len(self._reviewed) >= _REVIEWED_KEPT:
+                    self._reviewed.clear()  # nothing records them (no recorder)
+                self._reviewed[sql] = used.id
                 return True
         self._pending = self._open_review(decision, sql, sha)
         return False

@@ -85,3 +85,17 @@ def test_the_facts_name_who_and_the_approval() -> None:
         "approval": "r-1",
     }
     assert facts["command"] == "SELECT"
+
+
+def test_a_statement_review_is_the_approval_it_ran_under() -> None:
+    facts = access_facts(
+        CTX,
+        "select 1 from customers",
+        (),
+        None,
+        rows=1,
+        tag="SELECT 1",
+        decision="allowed",
+        approval="r-review",
+    )
+    assert facts is not None and facts["approval"] == "r-review"

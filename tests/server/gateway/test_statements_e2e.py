@@ -3,6 +3,7 @@ send what the guardrails refuse, and the database shows that nothing changed."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 
@@ -186,6 +187,10 @@ def test_review_round_trip(
     assert audit.returncode == 0, audit.stderr
     for kind in ("statement.review_requested", "statement.approved_used"):
         assert kind in audit.stdout
+    # The reviewed statement's access facts name the review it ran under.
+    ran_under = broker.cli("audit", "access", "--identity", "alice", "--since", "1h", "-o", "json")
+    assert ran_under.returncode == 0, ran_under.stderr
+    assert request_id in {r["approval"] for r in json.loads(ran_under.stdout)}
 
 
 def test_blocks_are_audited_with_secrets_redacted(

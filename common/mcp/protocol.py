@@ -7,13 +7,16 @@ becomes a tool error (``isError``) whose structured content carries the
 message, the rule, the hint and the SQLSTATE.  ``tools_for(ctx)`` gives the
 caller's :class:`~common.mcp.tools.Tools` (the one of the process for stdio,
 the bearer token's for HTTP).  Tools block (HTTP to the broker, SQL through
-the gateway), so each call runs in a worker thread.
+the gateway), so each call runs in a worker thread, under limiters of the
+server's own (:data:`MAX_CALLS`, :data:`MAX_CALLS_PER_CALLER`), not anyio's
+default one, which the broker's API answers with.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -37,6 +40,13 @@ INSTRUCTIONS = (
 
 ToolsFor = Callable[[ServerRequestContext[Any, Any]], Tools]
 
+# Tool calls block a worker thread, wait_for_review for up to ten minutes.  They
+# run under limiters of their own, never anyio's default one, which the broker's
+# API answers its requests with: waiting agents cannot stall the API, and one
+# caller (an agent's token) holds at most a few of the endpoint's threads.
+MAX_CALLS = 32
+MAX_CALLS_PER_CALLER = 4
+
 
 def _result(payload: dict[str, Any], *, error: bool) -> types.CallToolResult:
     text = json.dumps(payload, ensure_ascii=False, default=str)
@@ -48,6 +58,20 @@ def _result(payload: dict[str, Any], *, error: bool) -> types.CallToolResult:
 
 
 def mcp_server(tools_for: ToolsFor, *, version: str = "") -> Server[Any]:
+    limiters: dict[str, anyio.CapacityLimiter] = {}
+    per_caller: weakref.WeakKeyDictionary[Tools, anyio.CapacityLimiter] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def limiter_of(tools: Tools) -> tuple[anyio.CapacityLimiter, anyio.CapacityLimiter]:
+        # Made in the event loop that uses them (anyio wants that).
+        if "all" not in limiters:
+            limiters["all"] = anyio.CapacityLimiter(MAX_CALLS)
+        mine = per_caller.get(tools)
+        if mine is None:
+            mine = per_caller[tools] = anyio.CapacityLimiter(MAX_CALLS_PER_CALLER)
+        return limiters["all"], mine
+
     async def list_tools(
         ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
@@ -70,7 +94,11 @@ def mcp_server(tools_for: ToolsFor, *, version: str = "") -> Server[Any]:
         try:
             tools = tools_for(ctx)
             arguments = dict(params.arguments or {})
-            payload = await anyio.to_thread.run_sync(tools.call, params.name, arguments)
+            everyone, mine = limiter_of(tools)
+            async with mine:
+                payload = await anyio.to_thread.run_sync(
+                    tools.call, params.name, arguments, limiter=everyone
+                )
         except ToolError as err:
             return _result(err.to_json(), error=True)
         except Exception:

@@ -166,3 +166,52 @@ def test_review_flow_over_http(
 
     with_client(over_http(agent_broker, agent_token), run)
     assert admin_conn.execute(f"SELECT count(*) FROM {SCRATCH}").fetchone() == (1,)
+
+
+def test_waiting_agents_do_not_stall_the_broker(
+    agent_broker: Broker, agent_token: str, scratch: None
+) -> None:
+    # wait_for_review holds its call for up to ten minutes: calls that wait must
+    # not take the worker threads the broker's API answers with, nor may one
+    # token take all of the endpoint's.
+    async def propose(c: Client) -> str:
+        err, out, text = await call(
+            c, "propose_change", target="demo", scope="agentfix",
+            statement=f"INSERT INTO {SCRATCH} VALUES (8)", reason="INC-8",
+        )  # fmt: skip
+        assert not err, text
+        return str(out["request_id"])
+
+    rid = with_client(over_http(agent_broker, agent_token), propose)
+    wait = {
+        "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": "wait_for_review",
+                   "arguments": {"request_id": rid, "timeout_seconds": 5}},
+    }  # fmt: skip
+    headers = {
+        "Authorization": f"Bearer {agent_token}",
+        "Accept": "application/json, text/event-stream",
+        "Content-Type": "application/json",
+    }
+    verify = ssl.create_default_context(cafile=ca_file(agent_broker))
+    took: list[float] = []
+
+    async def main() -> None:
+        async with httpx2.AsyncClient(verify=verify, timeout=60) as http:
+
+            async def waiter() -> None:
+                await http.post(f"{agent_broker.api_url}/mcp", json=wait, headers=headers)
+
+            async with anyio.create_task_group() as tg:
+                # More than anyio's 40 default worker threads, all from one token.
+                for _ in range(44):
+                    tg.start_soon(waiter)
+                await anyio.sleep(1)
+                started = anyio.current_time()
+                health = await http.get(f"{agent_broker.api_url}/v1/health")
+                took.append(anyio.current_time() - started)
+                assert health.status_code == 200
+                tg.cancel_scope.cancel()
+
+    anyio.run(main)
+    assert took[0] < 2, f"the API answered after {took[0]:.1f}s"

@@ -466,7 +466,10 @@ def register(app: FastAPI, service: SessionService, settings: UiSettings) -> Web
             "subject": verified.subject,
             "address": address,
         }
-        web.open_session(response, identity, groups, login)
+        try:
+            web.open_session(response, identity, groups, login)
+        except DbaccessError as exc:  # a name the broker keeps for an agent
+            return web.error(None, exc.http_status, exc.message, exc.hint)
         return response
 
     @app.post("/ui/login/dev", include_in_schema=False)

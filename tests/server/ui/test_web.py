@@ -463,3 +463,26 @@ def test_highlight_shows_invisible_and_reordering_characters(char: str, where: s
     assert char not in html
     assert f"U+{ord(char):04X}" in html
     assert 'class="sql-invisible"' in html
+
+
+def test_an_oidc_login_under_an_agents_name_is_refused(
+    tmp_path: Path, oidc_provider: OidcProvider
+) -> None:
+    # The provider says alice@example.com; the broker knows that name as an
+    # agent's: a web session under it would decide as a person.
+    store = Store.open(f"sqlite:///{tmp_path / 'store.db'}")
+    try:
+        store.create_token("alice@example.com", ("dba",), "agent", None, owner="bob")
+        service = SessionService(store, parse_policy(POLICY, "policy.yaml"))
+        oidc = OidcConfig(issuer=oidc_provider.issuer, client_id=CLIENT_ID)
+        site = Site(service, UiSettings(oidc=oidc, public_url="https://127.0.0.1:8443"))
+        http = site.client()
+        out = http.get("/ui/login/oidc")
+        back = httpx.get(out.headers["location"], follow_redirects=False)
+        done = http.get(f"/ui/callback?{urlsplit(back.headers['location']).query}")
+        assert done.status_code == 409 and "agent" in done.text
+        assert "__Host-dbaccess-ui" not in done.headers.get("set-cookie", "")
+        assert http.get("/ui/").status_code == 303
+        assert [t.kind for t in store.list_tokens()] == ["agent"]
+    finally:
+        store.close()

@@ -315,7 +315,7 @@ class Store:
         now = utcnow()
         clash = self._identity_clash(identity, kind, owner)
         if clash is not None:
-            raise IdentityClash(clash, hint="give the agent a name of its own")
+            raise IdentityClash(clash, hint="agents and everyone else need names of their own")
         rec = TokenRecord(
             id=new_id("t-"),
             identity=identity,

@@ -106,7 +106,11 @@ def access_facts(
     if decision != ALLOWED or not sql:
         return None
     analysis = analyze(sql, search_path=ctx.search_path)
-    parts = (analysis, ctx, *plans)
+    # A text read from a shape comes as a new analysis each time, equal to the
+    # others of its shape but for its text: the shape stands for it, so that a
+    # statement sent again with other numbers is made once too.
+    first: object = analysis.shape if analysis.shape is not None else analysis
+    parts = (first, ctx, *plans)
     key = tuple(id(p) for p in parts)
     known = _made_for(snapshot)
     made = known.get(key)

@@ -132,7 +132,7 @@ class _Now(Collector):
         )
         counts: dict[tuple[str, str, str], int] = {}
         for live in self.service.live_sessions():
-            key = (live.record.target, live.record.scope, "agent" if live.agent else "user")
+            key = (live.record.target, live.record.scope, "agent" if live.agent else live.kind)
             counts[key] = counts.get(key, 0) + 1
         for key, n in sorted(counts.items()):
             active.add_metric(list(key), n)

@@ -551,7 +551,10 @@ class Store:
     def abandoned_recordings(self, replica_id: str, now: datetime) -> list[SessionRecord]:
         """Ended sessions whose recording is still open and whose recording's writer
         is dead (or unknown), ``replica_id`` not being dead: ended through another
-        replica, the owner died before it closed the recording."""
+        replica, the owner died before it closed the recording.  A session whose
+        owner is alive is not abandoned: the owner closes its recording (a replica
+        that has just claimed a dead one's session and is ending it is its owner
+        already, and closing the recording beside it would race it)."""
         s, r, rec = t.sessions.c, t.replicas.c, t.session_recordings.c
         alive = sa.select(r.id).where(r.lease_expires_at > now, r.stopped_at.is_(None))
         q = (
@@ -560,6 +563,7 @@ class Store:
             .where(
                 rec.status == "open",
                 s.status != "active",
+                sa.or_(s.owner.is_(None), s.owner.not_in(alive)),
                 sa.or_(
                     rec.writer.is_(None),
                     sa.and_(rec.writer != replica_id, rec.writer.not_in(alive)),

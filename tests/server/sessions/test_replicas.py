@@ -254,3 +254,26 @@ def test_a_recording_left_open_by_an_owner_that_died_after_a_kill_is_closed_by_a
     info = recording_info(store, record.id)
     assert info is not None and info.status == "closed"
     assert verify_recordings(store).ok
+
+
+def test_a_recording_a_live_replica_is_closing_is_not_taken_from_it(
+    new_pg_store: Callable[[], Store],
+    replicas: Callable[[Store], SessionService],
+) -> None:
+    """A replica that claimed a dead one's session has ended it and is about to
+    close its recording (still open, its writer still the dead owner): another
+    replica's reaper must leave that recording to it, or the two close it at
+    once and its digest no longer matches its events."""
+    store = new_pg_store()
+    a, b, c = replicas(store), replicas(store), replicas(store)
+    record, _ticket = a.start(ALICE, "demo", "read", timedelta(minutes=10), "replicas")
+    a.recorder.flush(10)
+    store.end_replica(a.replica_id)
+    (claimed,) = store.claim_orphans(b.replica_id, utcnow())
+    # b has ended the session in the store; its recorder has not closed the recording yet.
+    assert store.finish_session(claimed.id, status="orphaned", reason="its broker stopped")
+    info = recording_info(store, record.id)
+    assert info is not None and info.status == "open"
+    assert store.abandoned_recordings(c.replica_id, utcnow()) == []
+    store.end_replica(b.replica_id)  # b died before closing it: now it is abandoned
+    assert [r.id for r in store.abandoned_recordings(c.replica_id, utcnow())] == [record.id]

@@ -134,7 +134,7 @@ class Runtime:
             max_connections_per_identity=opts.gateway_max_connections_per_identity,
             cancel_rate=opts.gateway_cancel_rate,
         )
-        masking = MaskingSetup(self.service)
+        masking = MaskingSetup(self.service, opts.analysis_limits)
         self.gateway.relay_setup.append(
             guard_setup(self.service, masking.pre_execution, opts.analysis_limits)
         )

@@ -8,8 +8,11 @@ the ``access`` part of the statement's recording event
 
 * the relations read and written come from the statement's analysis with the
   session's search path -- the very analysis the guard made before the
-  statement ran, which the analysis cache hands back (a text the cache no
-  longer holds is analysed again there, off the data path).  Only what runs
+  statement ran, handed over by reference (``Relay.keep_analysis``), never
+  made again here: a long text was read in a worker process, and reading it
+  on the writer thread would hold the interpreter lock, and stall every
+  connection, for as long (only a short text whose analysis went missing is
+  analysed again, from the cache if it is there).  Only what runs
   now counts: not a PREPARE's body nor what a plain EXPLAIN plans.  An
   unqualified name the analysis resolves to several schemas of the path is
   settled by the target's catalog where the session has one; otherwise the
@@ -28,16 +31,24 @@ Only a statement the gateway let run has access facts.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 from server.audit.access import READ, WRITE, RelationAccess, SessionFacts, access_event
+from server.gateway.analysis_pool import PROCESS_MIN_CHARS
 from server.gateway.catalog import CatalogSnapshot
 from server.gateway.masking import Action, MaskPlan
 from server.gateway.sqlcheck import Analysis, Execution, analyze
 
+log = logging.getLogger(__name__)
+
 _DERIVED: Final = "derived from "
+# The longest text analysed again when the guard's analysis is missing: one that
+# costs the writer thread at most a few milliseconds (``analysis_pool``'s
+# threshold for reading in a worker process).
+REREAD_MAX: Final = PROCESS_MIN_CHARS
 ALLOWED: Final = "allowed"
 
 
@@ -93,6 +104,7 @@ def _made_for(snapshot: CatalogSnapshot | None) -> _Made:
 def access_facts(
     ctx: AccessContext,
     sql: str,
+    guarded: Analysis | None,
     plans: Sequence[MaskPlan],
     snapshot: CatalogSnapshot | None,
     *,
@@ -102,10 +114,16 @@ def access_facts(
     approval: str | None = None,
 ) -> dict[str, Any] | None:
     """The ``access`` part of a statement's event, or None for one that did not run;
-    ``approval`` is the statement review's it ran under, else the session's counts."""
+    ``guarded`` is the guard's analysis of ``sql``, ``approval`` the statement
+    review's it ran under, else the session's counts."""
     if decision != ALLOWED or not sql:
         return None
-    analysis = analyze(sql, search_path=ctx.search_path)
+    analysis = guarded
+    if analysis is None:
+        if len(sql) > REREAD_MAX:
+            log.warning("no analysis of a statement of %d characters: no access facts", len(sql))
+            return None
+        analysis = analyze(sql, search_path=ctx.search_path)
     # A text read from a shape comes as a new analysis each time, equal to the
     # others of its shape but for its text: the shape stands for it, so that a
     # statement sent again with other numbers is made once too.

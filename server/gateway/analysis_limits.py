@@ -80,6 +80,22 @@ def statement_size(kind: int, data: bytes) -> int:
     return (end if end >= 0 else len(data)) - name_end - 1
 
 
+# How much of an oversize statement refusals and recordings keep, decoded.
+OVERSIZE_HEAD: Final = 16_000
+
+
+def oversize_head(kind: int, body: bytes, limits: AnalysisLimits) -> str | None:
+    """For a Query (``Q``) or Parse (``P``) body whose text is over the size limit:
+    its beginning, decoded, as the refusal's records show it -- the only part
+    of it anything reads (the guard refuses it; hooks before the guard skip
+    it).  None for a text within the limit."""
+    if len(body) <= limits.max_statement_size:
+        return None  # the text is shorter than the whole body
+    if statement_size(kind, body) <= limits.max_statement_size:
+        return None
+    return body[:OVERSIZE_HEAD].decode("utf-8", "replace") + "…"
+
+
 def oversize(size: int, limits: AnalysisLimits) -> Decision | None:
     """The refusal of a statement text of ``size`` bytes, or None when it fits."""
     from server.gateway.guardrails import Decision, Outcome

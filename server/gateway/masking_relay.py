@@ -130,8 +130,9 @@ from server.audit.recording import (
     redact_statement,
     statement_event,
 )
-from server.gateway import analysis_pool, pgwire
+from server.gateway import analysis_limits, analysis_pool, pgwire
 from server.gateway.access_facts import AccessContext, access_facts
+from server.gateway.analysis_limits import DEFAULT_ANALYSIS_LIMITS, AnalysisLimits, oversize_head
 from server.gateway.catalog import Catalog, CatalogSnapshot
 from server.gateway.guardrails import Decision, Outcome
 from server.gateway.masking import (
@@ -265,6 +266,9 @@ class _Statement:
     sql: str
     analysis: Analysis | None
     plan: MaskPlan | None = None
+    # The guard's analysis of it (with the session's search path), taken from the
+    # relay at its first Bind: what its executions' access facts are made of.
+    guarded: Analysis | None = None
 
 
 @dataclass(eq=False)
@@ -287,6 +291,9 @@ _NAMING_FIELDS = frozenset("SVCPFLRstcdn")
 _VALUELESS_ERRORS = frozenset(
     {"42501", "57014", "57P01", "57P02", "57P03", "25P02", "40001", "40P01"}
 )
+# The endings of the guard's refusals for what a statement costs to read (54000,
+# not 42501): ``statements._error_response`` puts the rule last.
+_LIMIT_REFUSALS: Final = tuple(f"({rule})" for rule in sorted(analysis_limits.RULES))
 WITHHELD_HINT = (
     "the statement reads masked columns; run it without them to see the server's message"
 )
@@ -322,8 +329,10 @@ class MaskingHooks:
         record: RecordFn | None = None,
         search_path: tuple[str, ...] = ("public",),
         access: AccessContext | None = None,
+        limits: AnalysisLimits = DEFAULT_ANALYSIS_LIMITS,
     ) -> None:
         self.rules = rules
+        self.limits = limits  # the guard's, whose oversize refusals are skipped here
         self.masking = rules.active
         self.detectors = rules.detector_set
         self.detecting = self.detectors.enabled
@@ -334,6 +343,7 @@ class MaskingHooks:
         self.search_path = search_path
         self._access = access
         self._reviewed: dict[str, str] = {}  # the relay's (``Relay.reviewed``) once installed
+        self._analysed: dict[str, Analysis] = {}  # the relay's (``Relay.analysed``)
         self.pending: deque[_Item] = deque()
         self.statements: dict[str, _Statement] = {}
         # The lineage of long texts' results, read with their analysis in a worker
@@ -353,6 +363,7 @@ class MaskingHooks:
     # -- installing ---------------------------------------------------------------
     def install(self, relay: Relay) -> None:
         self._reviewed = relay.reviewed
+        self._analysed = relay.analysed
         client: dict[bytes, Hook] = {
             b"Q": self._on_query,
             b"P": self._on_parse,
@@ -375,9 +386,18 @@ class MaskingHooks:
 
     # -- client messages ------------------------------------------------------------
     def _on_query(self, raw: RawMessage, relay: Relay) -> None:
+        self._queries += 1
+        head = oversize_head(raw.type, raw.body, self.limits)
+        if head is not None:
+            # The guard refuses it unread and the server gets a stand-in: nothing
+            # here decodes or analyses a text of megabytes (holding the
+            # interpreter lock, on the event loop's time) only to drop it.
+            item = _Item("Q", sql=head, serial=self._queries)
+            self._start(item)
+            self.pending.append(item)
+            return
         msg = pgwire.decode_frontend(raw)
         assert isinstance(msg, Query)
-        self._queries += 1
         item = _Item("Q", sql=msg.query, serial=self._queries)
         item.analysis = self._analyze(msg.query)
         self._read_lineage_ahead(msg.query, item.analysis)
@@ -395,6 +415,12 @@ class MaskingHooks:
         self.pending.append(item)
 
     def _on_parse(self, raw: RawMessage, relay: Relay) -> None:
+        if oversize_head(raw.type, raw.body, self.limits) is not None:
+            # Refused by the guard, unread (see _on_query): the server fails the
+            # stand-in's Parse, so no statement of this name remains.
+            name_end = raw.body.find(b"\0")
+            self.statements.pop(raw.body[: max(name_end, 0)].decode("utf-8", "replace"), None)
+            return
         msg = pgwire.decode_frontend(raw)
         assert isinstance(msg, Parse)
         analysis = self._analyze(msg.query)
@@ -439,6 +465,8 @@ class MaskingHooks:
         assert isinstance(msg, Bind)
         statement = self.statements.get(msg.statement)
         portal = _Portal(statement, tuple(msg.result_formats))
+        if statement is not None and statement.guarded is None and self._access is not None:
+            statement.guarded = self._analysed.get(statement.sql)
         if self._record_event is not None:
             portal.params = tuple(None if p is None else bytes(p) for p in msg.params)
             portal.param_formats = tuple(msg.param_formats)
@@ -787,15 +815,18 @@ class MaskingHooks:
         )
 
     def _on_error(self, raw: RawMessage, head: _Item | None, *, own: bool = False) -> bytes | None:
-        """``own``: the gateway made this error (a cut result's), so no server text
-        is in it and it is kept as it is."""
+        """``own``: the gateway made this error (a cut result's, a refusal the guard
+        swapped in), so no server text is in it and it is kept as it is."""
         self.copying = False
         msg = pgwire.decode_backend(raw)
         fields: dict[str, str] = msg.fields if isinstance(msg, ErrorResponse) else {}
         code = fields.get("C")
         if head is not None and head.kind in ("Q", "X"):
             head.sqlstate = code
-            if code == SQLSTATE and fields.get("M", "").startswith("dbaccess:"):
+            message = fields.get("M", "")
+            if message.startswith("dbaccess:") and (
+                code == SQLSTATE or (own and message.endswith(_LIMIT_REFUSALS))
+            ):
                 head.decision = "blocked"
         self._skip_to_sync()
         if own:
@@ -1121,9 +1152,13 @@ class MaskingHooks:
         if item.kind == "X":
             plan = item.portal.plan if item.portal is not None else None
             plans = (plan,) if plan is not None else ()
+        if item.kind == "Q":
+            guarded = self._analysed.pop(item.sql, None)
+        else:
+            guarded = item.statement.guarded if item.statement is not None else None
         snapshot = self.catalog.current if self.catalog is not None else None
         reviewed = self._reviewed.pop(item.sql, None) if self._reviewed else None
-        return (self._access, tuple(plans), snapshot, reviewed)
+        return (self._access, guarded, tuple(plans), snapshot, reviewed)
 
     def _hides_by_statement(self, item: _Item) -> tuple[bool, ...] | None:
         """For a Query of several statements as analysed: whether each touches a table
@@ -1145,7 +1180,9 @@ class MaskingHooks:
 _UNREAD: Final = "unread"
 
 # The connection's context, the results' plans, the catalog, a statement review's approval.
-AccessFields = tuple[AccessContext, tuple[MaskPlan, ...], CatalogSnapshot | None, str | None]
+AccessFields = tuple[
+    AccessContext, Analysis | None, tuple[MaskPlan, ...], CatalogSnapshot | None, str | None
+]
 
 StatementFields = tuple[
     str,  # the text as sent
@@ -1190,9 +1227,17 @@ def statement_data(fields: StatementFields, ts_ns: int) -> dict[str, Any]:
         params=shown_params,
     )
     if access is not None:
-        ctx, plans, snapshot, reviewed = access
+        ctx, guarded, plans, snapshot, reviewed = access
         facts = access_facts(
-            ctx, sql, plans, snapshot, rows=rows, tag=tag, decision=decision, approval=reviewed
+            ctx,
+            sql,
+            guarded,
+            plans,
+            snapshot,
+            rows=rows,
+            tag=tag,
+            decision=decision,
+            approval=reviewed,
         )
         if facts is not None:
             data[FACTS] = facts
@@ -1349,7 +1394,13 @@ def _chain_server(relay: Relay, types: bytes, hook: Hook) -> None:
         if not first:
             return first
         msgs = pgwire.split_frames(first)[0]
-        out = [hook(m, r) for m in msgs]
+        # What the hook before (the guard) returns is its own: a refusal's
+        # ErrorResponse, with no server text in it.
+        made_here, r.made_here = r.made_here, True
+        try:
+            out = [hook(m, r) for m in msgs]
+        finally:
+            r.made_here = made_here
         return b"".join(
             pgwire.encode_raw(m.type, m.body) if o is None else o
             for m, o in zip(msgs, out, strict=True)
@@ -1445,8 +1496,11 @@ def pre_execution_check(
 class MaskingSetup:
     """The gateway's per-session preparation (in a worker thread) and per-connection setup."""
 
-    def __init__(self, service: SessionService) -> None:
+    def __init__(
+        self, service: SessionService, limits: AnalysisLimits = DEFAULT_ANALYSIS_LIMITS
+    ) -> None:
         self.service = service
+        self.limits = limits  # the guard's (see MaskingHooks)
         self.catalogs: dict[str, Catalog] = {}
         self.sessions: dict[str, tuple[MaskingRules, Catalog | None]] = {}
 
@@ -1522,4 +1576,5 @@ class MaskingSetup:
             record=recorder.record,
             search_path=path,
             access=access,
+            limits=self.limits,
         ).install(relay)

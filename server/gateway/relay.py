@@ -78,11 +78,14 @@ from __future__ import annotations
 import struct
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Final, NoReturn, Protocol
+from typing import TYPE_CHECKING, Final, NoReturn, Protocol
 
 from server.gateway import pgwire
 from server.gateway.pgwire import ProtocolViolation, RawMessage
 from server.gateway.session import KNOWN_FRONTEND, GatewayError
+
+if TYPE_CHECKING:
+    from server.gateway.sqlcheck import Analysis
 
 Hook = Callable[[RawMessage, "Relay"], bytes | None]
 # (chunk, where a message of the hooked type starts, relay) -> (end of the run taken,
@@ -167,6 +170,10 @@ _NOTHING: Final = (b"", b"")
 # discarded as it arrives.  Only where a meter is installed (a session with
 # result limits: every session, by default).
 FIELD_MAX: Final = 8192
+# Guard analyses kept for the hooks after it (``Relay.keep_analysis``): more than
+# the Parses a pipeline sends before their Binds, few enough that the texts of
+# closed statements kept with them stay small beside what the client sent.
+ANALYSES_KEPT: Final = 64
 CLIPPED: Final = b" ... [clipped by dbaccess]"
 _CLIP_KEEP: Final = 8 * FIELD_MAX
 
@@ -247,6 +254,10 @@ class Relay:
         # Statement texts let run under a statement review's approval, with the
         # review's request id: the guard puts them, the statement's recording takes them.
         self.reviewed: dict[str, str] = {}
+        # The analyses the guard made of the texts it let through (a Query's, a
+        # Parse's), for the hooks after it to read rather than analyse the text
+        # again: the recording's access facts (see ``keep_analysis``).
+        self.analysed: dict[str, Analysis] = {}
         self._client_hooks: dict[int, Hook] = {}
         self._server_hooks: dict[int, Hook] = {}
         self._server_runs: dict[int, RunHook] = {}
@@ -416,6 +427,16 @@ class Relay:
     def held_bytes(self) -> int:
         """The bytes of the client messages held meanwhile."""
         return sum(len(part) for part in self._held)
+
+    def keep_analysis(self, sql: str, analysis: Analysis) -> None:
+        """Keep the guard's analysis of ``sql`` for the hooks after it.  A Query's is
+        taken when its statement is recorded; a Parse's is read when a Bind first
+        names the statement, and stays for other Parses of the same text (only
+        the oldest goes, when more are kept than a pipeline holds)."""
+        kept = self.analysed
+        if len(kept) >= ANALYSES_KEPT and sql not in kept:
+            del kept[next(iter(kept))]
+        kept[sql] = analysis
 
     def reply_to_client(self, data: bytes) -> None:
         """Send ``data`` to the client once everything forwarded so far is answered."""

@@ -283,6 +283,7 @@ class StatementGuard:
             return self._refuse_with(relay, Query(text).encode(), refusal, stand_in=True)
         if not self._passes(decision, msg.query, ()):
             return self._refuse(relay, Query(_REFUSED_SQL).encode())
+        relay.keep_analysis(msg.query, analysis)
         if self.seen is not None:
             need = needs(analysis, self.sql_prepared)
             if need is Need.REFUSE:
@@ -338,6 +339,7 @@ class StatementGuard:
         self.prepared[msg.name] = _Prepared(
             msg.query, analysis, deferred, list(msg.param_oids), need is Need.ESTIMATE
         )
+        relay.keep_analysis(msg.query, analysis)
         return None
 
     def _on_bind(self, raw: RawMessage, relay: Relay) -> bytes | None:
@@ -400,16 +402,15 @@ class StatementGuard:
         """A Query or Parse whose text is over the size limit: refused (and recorded)
         before anything decodes or parses it."""
         limits = self.limits
-        if len(raw.body) <= limits.max_statement_size:
-            return None  # the text is shorter than the whole body
+        head = analysis_limits.oversize_head(raw.type, raw.body, limits)
+        if head is None:
+            return None
         refusal = analysis_limits.oversize(
             analysis_limits.statement_size(raw.type, raw.body), limits
         )
-        if refusal is not None:
-            # Only the beginning is decoded: the audit log keeps no more of it.
-            head = raw.body[: _AUDIT_TEXT * 4].decode("utf-8", "replace") + "…"
-            self._record("statement.blocked", refusal, head)
-            self._record_limit(refusal, head)
+        assert refusal is not None
+        self._record("statement.blocked", refusal, head)
+        self._record_limit(refusal, head)
         return refusal
 
     def _analyze(self, sql: str, params: tuple[str | None, ...] | None = None) -> Analysis:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from server.audit.access import SessionFacts
-from server.gateway.access_facts import AccessContext, access_facts
+from server.gateway import access_facts as access_facts_module
+from server.gateway.access_facts import REREAD_MAX, AccessContext, access_facts
 from server.gateway.masking import Action, MaskPlan
 from server.gateway.masking.plans import FieldPlan
+from server.gateway.sqlcheck import analyze
 
 CTX = AccessContext(SessionFacts("demo", "alice", "user"), ("dba_s1", "public"), "dba_s1", "r-1")
 
@@ -19,8 +23,15 @@ def plan(*fields: tuple[str, str]) -> MaskPlan:
     )
 
 
+def guarded(sql: str) -> object:
+    """The guard's analysis of ``sql``: the session's search path."""
+    return analyze(sql, search_path=CTX.search_path)
+
+
 def relations(sql: str, *plans: MaskPlan, decision: str = "allowed") -> object:
-    facts = access_facts(CTX, sql, plans, None, rows=1, tag="SELECT 1", decision=decision)
+    facts = access_facts(
+        CTX, sql, guarded(sql), plans, None, rows=1, tag="SELECT 1", decision=decision
+    )
     if facts is None:
         return None
     return [
@@ -73,8 +84,9 @@ def test_a_statement_that_did_not_run_has_no_facts() -> None:
 
 
 def test_the_facts_name_who_and_the_approval() -> None:
+    sql = "select 1 from customers"
     facts = access_facts(
-        CTX, "select 1 from customers", (), None, rows=3, tag="SELECT 3", decision="allowed"
+        CTX, sql, guarded(sql), (), None, rows=3, tag="SELECT 3", decision="allowed"
     )
     assert facts is not None
     assert {k: facts[k] for k in ("identity", "identity_kind", "target", "rows", "approval")} == {
@@ -91,6 +103,7 @@ def test_a_statement_review_is_the_approval_it_ran_under() -> None:
     facts = access_facts(
         CTX,
         "select 1 from customers",
+        guarded("select 1 from customers"),
         (),
         None,
         rows=1,
@@ -99,3 +112,41 @@ def test_a_statement_review_is_the_approval_it_ran_under() -> None:
         approval="r-review",
     )
     assert facts is not None and facts["approval"] == "r-review"
+
+
+def _never(*args: object, **kwargs: object) -> None:
+    raise AssertionError("the text was analysed again")
+
+
+def test_the_guard_s_analysis_is_used_as_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The facts come from the analysis the guard made (it names the relations,
+    whatever the text says); the text is never read again."""
+    made = guarded("select 1 from orders")
+    monkeypatch.setattr(access_facts_module, "analyze", _never)
+    facts = access_facts(
+        CTX, "select 1 from customers", made, (), None, rows=1, tag="SELECT 1", decision="allowed"
+    )
+    assert facts is not None
+    assert [r["table"] for r in facts["relations"]] == ["orders"]
+
+
+def test_a_short_text_whose_analysis_went_missing_is_analysed_again() -> None:
+    facts = access_facts(
+        CTX, "select 1 from customers", None, (), None, rows=1, tag="SELECT 1", decision="allowed"
+    )
+    assert facts is not None
+    assert [r["table"] for r in facts["relations"]] == ["customers"]
+
+
+def test_a_long_text_whose_analysis_went_missing_is_not_read_on_the_writer_thread(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Reading it would hold the interpreter lock on the recorder's writer thread
+    for as long as a worker process took: the facts are left out, and said so."""
+    ids = ",".join(str(i) for i in range(REREAD_MAX))
+    sql = f"select 1 from customers where id in ({ids})"
+    monkeypatch.setattr(access_facts_module, "analyze", _never)
+    with caplog.at_level(logging.WARNING):
+        facts = access_facts(CTX, sql, None, (), None, rows=1, tag="SELECT 1", decision="allowed")
+    assert facts is None
+    assert "no access facts" in caplog.text

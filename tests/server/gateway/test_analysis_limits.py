@@ -12,6 +12,7 @@ import pytest
 from server.gateway import analysis_limits, analysis_pool, pgwire, sqlcheck
 from server.gateway.analysis_limits import AnalysisLimits, oversize, statement_size
 from server.gateway.guardrails import GuardrailRules, Outcome
+from server.gateway.masking_relay import MaskingHooks
 from server.gateway.pgwire import Parse, Query
 from server.gateway.relay import Relay
 from server.gateway.statements import StatementGuard
@@ -63,7 +64,7 @@ class _Recorder:
         self.events.append((session_id, kind, data))
 
 
-def _guarded(limits: AnalysisLimits, recorder: _Recorder) -> Relay:
+def _guarded(limits: AnalysisLimits, recorder: _Recorder, *, masked: bool = False) -> Relay:
     relay = Relay()
     StatementGuard(
         GuardrailRules.preset("write"),
@@ -73,6 +74,19 @@ def _guarded(limits: AnalysisLimits, recorder: _Recorder) -> Relay:
         limits=limits,
         record=recording_to(recorder),
     ).install(relay)
+    if masked:
+        # The masking hooks run before the guard on a client message, as in a
+        # session of a target with masking rules; they record the statement.
+        from tests.fix_relay import StaticCatalog
+        from tests.server.gateway import test_masking_relay as masking
+
+        MaskingHooks(
+            masking.RULES,
+            StaticCatalog(masking.OID, (masking.EMAIL, masking.CITY)),  # type: ignore[arg-type]
+            session_id=FACTS.session_id,
+            record=recording_to(recorder),
+            limits=limits,
+        ).install(relay)
     return relay
 
 
@@ -94,26 +108,40 @@ def _swapped_error(relay: Relay) -> dict[str, str]:
     ],
     ids=["query", "parse", "undecodable"],
 )
+@pytest.mark.parametrize("masked", [False, True], ids=["plain", "masked"])
 def test_an_oversize_statement_is_refused_unread_with_54000(
-    wire: bytes, monkeypatch: pytest.MonkeyPatch
+    wire: bytes, masked: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Nothing decodes or analyses it, the masking hooks (which see it before the
+    guard) included: a text of megabytes would hold the interpreter lock."""
+
     def never(*args: object, **kwargs: object) -> None:
         raise AssertionError("an oversize statement was decoded or analysed")
 
     monkeypatch.setattr(pgwire, "decode_frontend", never)
     monkeypatch.setattr(analysis_pool, "analyze", never)
     recorder = _Recorder()
-    relay = _guarded(AnalysisLimits(max_statement_size=4096), recorder)
+    relay = _guarded(AnalysisLimits(max_statement_size=4096), recorder, masked=masked)
     up, back = relay.from_client(wire)
     assert b"xxxx" not in up and b"\xff\xff" not in up and back == b""
+    monkeypatch.undo()
     error = _swapped_error(relay)
     assert error["C"] == "54000"
     assert "gateway_max_statement_size" in error["M"] and "4096 bytes" in error["M"]
     assert "gateway_max_statement_size" in error["H"]
-    ((session, kind, data),) = recorder.events
+    limit_events = [e for e in recorder.events if e[1] == "limit"]
+    ((session, kind, data),) = limit_events
     assert (session, kind) == (FACTS.session_id, "limit")
     assert data["limit"] == "gateway_max_statement_size" and data["value"] == 4096
     assert data["action"] == "refused" and data["sqlstate"] == "54000"
+    statements = [e[2] for e in recorder.events if e[1] == "statement"]
+    if masked and wire[:1] == b"Q":
+        # Recorded as refused, with the beginning of its text only.
+        ((recorded),) = statements
+        assert recorded["decision"] == "blocked" and recorded["sqlstate"] == "54000"
+        assert len(recorded["text"]) <= analysis_limits.OVERSIZE_HEAD + 1
+    else:
+        assert statements == []
 
 
 def test_the_next_statement_after_an_oversize_one_is_judged_as_usual() -> None:

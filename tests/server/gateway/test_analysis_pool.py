@@ -299,3 +299,72 @@ def test_a_long_query_s_recorded_text_is_redacted_off_the_event_loop(
     text = str(event["text"])
     # It touches a masked column: every literal is hidden.
     assert "user1@example.com" not in text and "[redacted]" in text
+
+
+@pytest.mark.parametrize("extended", [False, True])
+def test_a_long_statement_s_access_facts_come_from_the_guard_s_analysis(
+    pool: AnalysisPool, monkeypatch: pytest.MonkeyPatch, extended: bool
+) -> None:
+    """The guard read the long text in a worker; the recording's access facts are
+    made from that analysis, handed over through the relay, and the writer
+    thread never reads the text again (which would hold the interpreter lock,
+    and stall every connection, for as long as the worker took)."""
+    from server.audit.access import FACTS
+    from server.audit.access import SessionFacts as Who
+    from server.audit.recording import Build, event_data
+    from server.gateway import access_facts, masking_relay
+    from tests.fix_relay import StaticCatalog
+    from tests.server.gateway import test_masking_relay as masked
+
+    queued: list[tuple[object, Build | None]] = []
+
+    def record(_sid: str, _kind: str, data: object, build: Build | None = None, /) -> None:
+        queued.append((data, build))
+
+    relay = _guarded()
+    masking_relay.MaskingHooks(
+        masked.RULES,
+        StaticCatalog(masked.OID, (masked.EMAIL, masked.CITY)),  # type: ignore[arg-type]
+        session_id="s-1",
+        record=record,
+        access=access_facts.AccessContext(Who("t", "alice", "user"), ("public",), "dba_s1"),
+    ).install(relay)
+    ids = ", ".join(str(i) for i in range(1500))
+    sql = f"select email, city from customers where id in ({ids})"
+    assert len(sql) > access_facts.REREAD_MAX
+    if extended:
+        sent = (
+            pgwire.Parse("s1", sql).encode()
+            + pgwire.Bind("p1", "s1").encode()
+            + pgwire.Describe("P", "p1").encode()
+            + pgwire.Execute("p1").encode()
+            + pgwire.Sync().encode()
+        )
+        answered = pgwire.encode_raw(ord("1"), b"") + pgwire.encode_raw(ord("2"), b"")
+    else:
+        sent, answered = pgwire.Query(sql).encode(), b""
+    with offloading(pool):
+        relay.from_client(sent)
+    relay.from_server(
+        answered
+        + masked._fields(("email", 1), ("city", 2))
+        + pgwire.encode_raw(ord("C"), b"SELECT 0\0")
+        + pgwire.ready_for_query("I")
+    )
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a long text was analysed again on the writer thread")
+
+    monkeypatch.setattr(access_facts, "analyze", never)
+    (data, build), *_ = queued
+    event = event_data(data, build, time.time_ns())
+    assert event is not None
+    (relation,) = event[FACTS]["relations"]
+    assert (relation["schema"], relation["table"], relation["action"]) == (
+        "public",
+        "customers",
+        "read",
+    )
+    assert relation["columns"] == ["email", "city"] and relation["masked"] == ["email"]
+    # A Query's is taken when it is recorded; a Parse's stays for other Parses of its text.
+    assert list(relay.analysed) == ([sql] if extended else [])

@@ -509,7 +509,7 @@ def _json_value(value: Any) -> Any:
 
 
 def _masked(session: DbSession, columns: list[str]) -> list[str]:
-    """The masked columns of the first result of the simple Query just sent."""
+    """The masked columns of the first result of the simple Query just answered."""
     assert session.conn is not None
     value = session.conn.info.parameter_status(MASKED_PARAMETER)
     if not value:
@@ -586,7 +586,6 @@ def _simple(session: DbSession, sql: str) -> _Result:
             out.columns = [
                 (res.fname(i) or b"").decode("utf-8", "replace") for i in range(res.nfields)
             ]
-            out.masked = _masked(session, out.columns)
         if reading and status == ExecStatus.SINGLE_TUPLE:
             transformer.set_pgresult(res, set_loaders=len(out.rows) == 0)
             out.rows.append([_json_value(v) for v in transformer.load_row(0, list)])
@@ -598,6 +597,9 @@ def _simple(session: DbSession, sql: str) -> _Result:
             if out.error is None:
                 out.error = psycopg.errors.error_from_result(res, encoding=conn.info.encoding)
             first = False
+    if described:
+        # The gateway's report comes with the Query's ReadyForQuery.
+        out.masked = _masked(session, out.columns)
     return out
 
 

@@ -79,8 +79,8 @@ Masking is visible.  A session that masking applies to is told at login,
 in a NoticeResponse before its first ReadyForQuery (``Relay.greeting``), which
 columns of the target leave masked in it (``masking.session_notice``).  Which
 columns of a *result* were masked is told to programs by a ParameterStatus
-``dbaccess.masked_columns`` ahead of each result of a simple Query that has
-masked columns (JSON: the Query's number on the connection, and per result
+``dbaccess.masked_columns`` ahead of the ReadyForQuery of a simple Query that
+has masked columns (JSON: the Query's number on the connection, and per result
 the positions, names and methods; see ``_report``); ``dbaccess exec`` reads it
 to mark masked columns.  That channel was chosen because it is the least
 invasive honest one: the protocol lets a server send a ParameterStatus at any
@@ -247,6 +247,7 @@ class _Item:
     results: int = 0  # a Query's RowDescriptions so far
     reported: list[dict[str, object]] = field(default_factory=list)
     params: tuple[bytes | None, ...] | None = None  # an Execute's Bind parameters
+    opaque: bool | None = None  # what it runs is not in its text (EXECUTE, CALL ...); None: unread
     # Where a long Query's statements end (for its recording), read with its
     # analysis in a worker process; ``ends_read`` False: read when needed.
     ends: list[int] | None = None
@@ -317,6 +318,20 @@ def _withheld(fields: dict[str, str]) -> dict[str, str]:
 
 def _statement_of(portal: _Portal | None) -> _Statement | None:
     return portal.statement if portal is not None else None
+
+
+def _note_masked(item: _Item, plan: MaskPlan) -> None:
+    """Count a result of a simple Query, keeping its masked columns for the
+    Query's report (``MaskingHooks._report``)."""
+    index = item.results
+    item.results += 1
+    columns = [
+        {"position": i, "name": f.name, "method": str(f.method or "")}
+        for i, f in enumerate(plan.fields)
+        if f.action is Action.MASK
+    ]
+    if columns:
+        item.reported.append({"result": index, "columns": columns})
 
 
 class MaskingHooks:
@@ -532,8 +547,9 @@ class MaskingHooks:
         if t == 90:  # Z
             self.dropping = False
             self.copying = False
+            report = self._report()
             self._ready()
-            return None
+            return None if report is None else report + bytes(raw.wire)
         if t == 78:  # N
             if self.masking or self.detecting:
                 exposed = self._may_quote_masked(self.pending[0] if self.pending else None)
@@ -634,37 +650,32 @@ class MaskingHooks:
         if any(f.retype for f in plan.fields):
             out = RowDescription(plan.row_description(msg.fields, client_formats)).encode()
         if head.kind == "Q":
-            return self._report(head, plan, raw if out is None else out)
+            _note_masked(head, plan)
         return out
 
-    def _report(self, item: _Item, plan: MaskPlan, sent: RawMessage | bytes) -> bytes | None:
-        """A ParameterStatus ``dbaccess.masked_columns`` ahead of a result of a
-        simple Query that has masked columns: which columns of which results of
-        that Query (its number on the connection) leave masked, as JSON.
+    def _report(self) -> bytes | None:
+        """A ParameterStatus ``dbaccess.masked_columns`` ahead of the ReadyForQuery
+        that ends a simple Query with masked columns: which columns of which of
+        its results (by index) left masked, with the Query's number on the
+        connection, as JSON.
 
         A ParameterStatus is what the protocol lets a server send at any time
         and clients keep by name without showing it (psql and the drivers), so
-        psql users see nothing new while ``dbaccess exec`` reads it after its
-        Query (``PQparameterStatus``) to mark masked columns.  The column
-        origins the client receives could not say it: a masked expression has
-        none, and the client does not know the rules.  Only results with
-        masked columns change the value, so unmasked reads send nothing."""
-        index = item.results
-        item.results += 1
-        columns = [
-            {"position": i, "name": f.name, "method": str(f.method or "")}
-            for i, f in enumerate(plan.fields)
-            if f.action is Action.MASK
-        ]
-        if not columns:
+        psql users see nothing new while ``dbaccess exec`` reads it once its
+        Query is done (``PQparameterStatus``) to mark masked columns.  The
+        column origins the client receives could not say it: a masked
+        expression has none, and the client does not know the rules.  Sent
+        once per Query, not ahead of each result: a Query of thousands of
+        statements would make each report longer than the last, the square of
+        their number in all.  Only Queries with masked columns send one."""
+        head = self.pending[0] if self.pending else None
+        if head is None or head.kind != "Q" or not head.reported:
             return None
-        item.reported.append({"result": index, "columns": columns})
-        value = json.dumps({"query": item.serial, "results": item.reported}, separators=(",", ":"))
+        value = json.dumps({"query": head.serial, "results": head.reported}, separators=(",", ":"))
         if value == self._reported:
             return None
         self._reported = value
-        body = sent.wire if isinstance(sent, RawMessage) else sent
-        return ParameterStatus(REPORT_PARAMETER, value).encode() + bytes(body)
+        return ParameterStatus(REPORT_PARAMETER, value).encode()
 
     def _row_plan(self, head: _Item | None) -> tuple[MaskPlan | None, tuple[int, ...]]:
         """The plan and formats of the rows ``head`` is answered with (None: not described)."""
@@ -953,7 +964,10 @@ class MaskingHooks:
         written = item.analysis
         if snapshot is None or written is None or written.unknown or not item.sql:
             return None
-        if any(s.command in _OPAQUE_COMMANDS for s in written.walk_all()):
+        if item.opaque is None:
+            # Once per item: a Query's results come one per statement.
+            item.opaque = any(s.command in _OPAQUE_COMMANDS for s in written.walk_all())
+        if item.opaque:
             return None  # what runs is not in this text
         sql = item.sql
         if item.kind == "Q" and len(written.statements) > 1:

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
+from functools import cached_property
 
 from server.gateway.sqlcheck.budgets import MAX_TEXT
 from server.gateway.sqlcheck.names import Name
@@ -157,8 +158,10 @@ class Analysis:
     # many literal variants come.  None: the analysis is of its exact text only.
     shape: tuple[object, ...] | None = field(default=None, compare=False, repr=False)
 
-    @property
+    @cached_property
     def unknown(self) -> bool:
+        # Kept: it is asked for every result of a Query, whose statements may be
+        # thousands (asking anew each time would cost their square).
         return any(s.kind is StatementClass.UNKNOWN for s in self.walk_all())
 
     def walk_all(self) -> Iterator[Statement]:

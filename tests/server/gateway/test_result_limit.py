@@ -532,7 +532,7 @@ def test_a_masked_result_is_cut_after_masking_and_the_error_keeps_its_text() -> 
     )
     out, _ = relay.from_server(server + cancelled() + z())
     # (S: masking's report of the masked columns)
-    assert types(out) == "STDDEZ"
+    assert types(out) == "TDDESZ"
     assert b"example.com" not in out
     [error] = errors(out)
     assert error["C"] == "54000" and "max_result_rows" in error["M"]

@@ -7,12 +7,18 @@ ever is (:data:`MAX_DEPTH`, :data:`MAX_BRACKET_DEPTH`), are UNKNOWN before the
 parser sees them: the compiled parser can recurse past the C stack on deep
 nesting and backtracks exponentially on nested ``ARRAY[``.  A budget of CPU time
 (:data:`DEFAULT_TIME_BUDGET` seconds of the thread's, so a busy host does not trip
-it) is checked between statements by ``classify``; an analysis that overran it is
-UNKNOWN and not cached.  Texts longer than ``_CACHE_MAX_KEY`` are not kept by any
+it, less the collections of the oldest generation of garbage it happened to run:
+:func:`cpu_clock`) is checked between statements by ``classify``; an analysis
+that overran it is UNKNOWN and not cached.  Texts longer than ``_CACHE_MAX_KEY`` are not kept by any
 of the package's caches.
 """
 
 from __future__ import annotations
+
+import gc
+import threading
+import time
+from typing import Any
 
 # The gateway's default statement size limit (``analysis_limits``); the guard
 # passes the configured one, masking's readers use this.
@@ -30,3 +36,33 @@ MAX_TEXT = 2_000
 
 
 _CACHE_MAX_KEY = 16_384
+
+
+class _Collections(threading.local):
+    started = 0.0
+    spent = 0.0  # CPU seconds this thread spent collecting the oldest generation
+
+
+_COLLECTIONS = _Collections()
+
+
+def _on_collection(phase: str, info: dict[str, Any]) -> None:
+    # A full collection walks every object of the process: in a broker holding
+    # many, hundreds of milliseconds that are no statement's cost, and that
+    # would refuse whichever statement was being read when it came.
+    if info.get("generation") != 2:
+        return
+    here = _COLLECTIONS
+    if phase == "start":
+        here.started = time.thread_time()
+    else:
+        here.spent += time.thread_time() - here.started
+
+
+gc.callbacks.append(_on_collection)
+
+
+def cpu_clock() -> float:
+    """This thread's CPU seconds, less those it spent in full garbage collections:
+    the clock an analysis's budget is counted on."""
+    return time.thread_time() - _COLLECTIONS.spent

@@ -26,7 +26,6 @@ that way.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -35,7 +34,12 @@ from sqlglot import exp
 from sqlglot.errors import SqlglotError
 from sqlglot.tokenizer_core import Token, TokenType
 
-from server.gateway.sqlcheck.budgets import DEFAULT_MAX_LEN, DEFAULT_TIME_BUDGET, MAX_TOKENS
+from server.gateway.sqlcheck.budgets import (
+    DEFAULT_MAX_LEN,
+    DEFAULT_TIME_BUDGET,
+    MAX_TOKENS,
+    cpu_clock,
+)
 from server.gateway.sqlcheck.facts import (
     _DML_ROOTS,
     _QUERY_ROOTS,
@@ -146,7 +150,7 @@ def analyze_uncached(
     """The analysis itself, without the caches (a pure function of its arguments
     and the CPU time it may take, so it can run in another process), and whether
     it may be cached (not when it stopped at the budget)."""
-    deadline = time.thread_time() + time_budget
+    deadline = cpu_clock() + time_budget
     try:
         analysis = _analyze(sql, search_path, max_len, params, deadline)
     except _OverBudget:
@@ -155,7 +159,7 @@ def analyze_uncached(
         return _whole_unknown(sql, "statement nested too deeply to analyse"), True
     except Exception as error:  # fail closed on anything the analysis did not foresee
         return _whole_unknown(sql, f"analysis failed: {type(error).__name__}"), True
-    if time.thread_time() > deadline:
+    if cpu_clock() > deadline:
         return over_budget_analysis(sql, time_budget), False
     return analysis, True
 
@@ -197,7 +201,7 @@ def _analyze(
     )
     statements: list[Statement] = []
     for chunk in _split(tokens):
-        if time.thread_time() > deadline:
+        if cpu_clock() > deadline:
             raise _OverBudget
         index = len(statements)
         text = sql[chunk[0].start : chunk[-1].end + 1]

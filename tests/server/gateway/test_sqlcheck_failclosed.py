@@ -412,6 +412,41 @@ def test_time_budget_overrun_is_unknown_and_not_cached() -> None:
     assert summary(sql) == "read SELECT R=public.t"
 
 
+def test_a_full_garbage_collection_is_not_the_statement_s_cost(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A full collection that happens to run during an analysis walks every
+    object of the process, which may take longer than the whole budget in a
+    large broker: it is left out of the budget's clock, so the statement is
+    read, not refused."""
+    import gc
+
+    from server.gateway.sqlcheck import budgets
+
+    cache_clear()
+    heap = [[i] for i in range(1_500_000)]  # a full collection walks all of them
+    tokenize = classify._tokenize
+
+    def collecting(sql: str) -> object:
+        gc.collect()  # a full collection, on the analysing thread, mid-analysis
+        return tokenize(sql)
+
+    monkeypatch.setattr(classify, "_tokenize", collecting)
+    started = time.thread_time()
+    gc.collect()
+    collection = time.thread_time() - started
+    sql = "SELECT a, b, c FROM t WHERE id = 7"
+    # A budget the collection alone overruns: without the collection it is ample.
+    analysis = analyze(sql, time_budget=max(collection / 2, 0.02))
+    assert not analysis.over_budget, (collection, analysis)
+    assert summary(sql) == "read SELECT R=public.t"
+    clock = budgets.cpu_clock()
+    gc.collect()
+    assert budgets.cpu_clock() - clock < (time.thread_time() - started) / 2
+    del heap
+    cache_clear()
+
+
 def test_unexpected_errors_are_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
     cache_clear()
 

@@ -44,6 +44,7 @@ from typing import Any, Final
 
 import sqlalchemy as sa
 
+from server.store import bulk
 from server.store import tables as t
 from server.store.db import Store, _aware
 
@@ -184,21 +185,52 @@ def _column_rows(relations: Iterable[Mapping[str, Any]]) -> list[ColumnAccess]:
 
 def event_row(session_id: str, seq: int, ts: datetime, data: Mapping[str, Any]) -> dict[str, Any]:
     """The ``access_events`` row of one event (pure; no ``id``)."""
+    return dict(zip(_EVENT_COLUMNS, event_values(session_id, seq, ts, data), strict=True))
+
+
+_EVENT_COLUMNS: Final = (
+    "session_id",
+    "seq",
+    "ts",
+    "target",
+    "identity",
+    "identity_kind",
+    "on_behalf_of",
+    "command",
+    "rows",
+    "decision",
+    "rule",
+    "approval",
+)
+_COLUMN_COLUMNS: Final = (
+    "access_id",
+    "schema_name",
+    "table_name",
+    "column_name",
+    "action",
+    "state",
+)
+
+
+def event_values(
+    session_id: str, seq: int, ts: datetime, data: Mapping[str, Any]
+) -> tuple[Any, ...]:
+    """:func:`event_row`'s values, in its columns' order."""
     rows = data.get("rows")
-    return {
-        "session_id": session_id,
-        "seq": seq,
-        "ts": ts,
-        "target": str(data.get("target") or ""),
-        "identity": str(data.get("identity") or ""),
-        "identity_kind": str(data.get("identity_kind") or "user"),
-        "on_behalf_of": data.get("on_behalf_of"),
-        "command": str(data.get("command") or ""),
-        "rows": int(rows) if rows is not None else None,
-        "decision": str(data.get("decision") or "allowed"),
-        "rule": data.get("rule"),
-        "approval": data.get("approval"),
-    }
+    return (
+        session_id,
+        seq,
+        ts,
+        str(data.get("target") or ""),
+        str(data.get("identity") or ""),
+        str(data.get("identity_kind") or "user"),
+        data.get("on_behalf_of"),
+        str(data.get("command") or ""),
+        int(rows) if rows is not None else None,
+        str(data.get("decision") or "allowed"),
+        data.get("rule"),
+        data.get("approval"),
+    )
 
 
 def facts_of(kind: str, data: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -213,29 +245,21 @@ def write_index(conn: sa.Connection, events: Iterable[Any]) -> int:
     wanted = [(e, f) for e in events if (f := facts_of(e.kind, e.data)) is not None]
     if not wanted:
         return 0
-    # The new rows' ids come back in whatever order the driver returns them: by key.
-    c = t.access_events.c
-    ids = {
-        (session_id, seq): access_id
-        for access_id, session_id, seq in conn.execute(
-            t.access_events.insert().returning(c.id, c.session_id, c.seq),
-            [event_row(e.session_id, e.seq, e.ts, f) for e, f in wanted],
-        )
-    }
+    stamp = bulk.timestamps(conn)
+    ids = bulk.insert_keyed(
+        conn,
+        t.access_events,
+        _EVENT_COLUMNS,
+        [event_values(e.session_id, e.seq, stamp(e.ts), f) for e, f in wanted],
+        key=("session_id", "seq"),
+    )
     columns = [
-        {
-            "access_id": ids[(e.session_id, e.seq)],
-            "schema_name": col.schema,
-            "table_name": col.table,
-            "column_name": col.column,
-            "action": col.action,
-            "state": col.state,
-        }
+        (access_id, col.schema, col.table, col.column, col.action, col.state)
         for e, f in wanted
+        for access_id in (ids[(e.session_id, e.seq)],)
         for col in column_rows(f)
     ]
-    if columns:
-        conn.execute(t.access_columns.insert(), columns)
+    bulk.insert(conn, t.access_columns, _COLUMN_COLUMNS, columns)
     return len(wanted)
 
 

@@ -28,11 +28,14 @@ and the raw fields with the function that makes the event's data from them,
 ``build``) to an in-memory queue.  A background thread takes the queue in
 batches and, per batch, makes each event's data (``build``: for a statement,
 the redaction of its text and parameters, its start time; for a limit event,
-its statement redacted), checks it holds only JSON's own types, numbers the
+its statement redacted), checks it holds only JSON's own types and
+serializes it once, to its canonical JSON (:func:`stored_form`), numbers the
 events (``seq`` of their session, in the order they were queued), writes them
-in one transaction and adds their canonical lines to their recording's
-digest.  So raw statement texts stay in memory only until their batch is
-written, and nothing unredacted reaches the store.  (The first event of a
+in one transaction through the driver's fast path (``server.store.bulk``:
+COPY on PostgreSQL; the data column gets that very text) and adds their
+canonical lines, made around the same text, to their recording's digest.
+So raw statement texts stay in memory only until their batch is written, and
+nothing unredacted reaches the store.  (The first event of a
 session this process did not open -- the broker restarted -- looks the
 recording up in the store once.)  The queue is bounded: when it is full the
 event is refused, which counts as a failure of that session's recording.
@@ -52,8 +55,9 @@ session's ``session.end`` are dropped and counted too.
 **Tamper evidence.**  A recording's digest is the SHA-256 of its events'
 canonical form (:func:`recording_digest`: one sorted-key compact JSON object
 per event, newline-terminated, in ``seq`` order), taken incrementally by the
-writer as it writes them: the lines hashed are made from exactly the data
-stored, which :func:`_clean` makes sure reads back the same.
+writer as it writes them: the line hashed holds the very text stored as the
+event's data, which reads back as data whose canonical text it is again
+(:func:`stored_form`).
 :meth:`Recorder.close` appends ``session.end``, waits until everything of the
 session is written, stores the digest and the event count, and appends a
 ``recording.closed`` audit event with the digest to the hash chain; it reads
@@ -98,6 +102,7 @@ import sqlalchemy as sa
 from server.audit import access, chain
 from server.errors import DbaccessError
 from server.policy.model import RecordingFailure
+from server.store import bulk
 from server.store import tables as t
 from server.store.db import Store, _aware, utcnow
 
@@ -147,9 +152,18 @@ def canonical_line(event: SessionEvent) -> bytes:
     That is ``json.dumps(event.canonical(), sort_keys=True, separators=(",", ":"),
     default=str)``, put together from its parts (its keys sort as data, kind,
     seq, ts) so that only ``data`` goes through the encoder."""
-    data = _CANONICAL.encode(event.data)
-    kind = _CANONICAL.encode(event.kind)
-    return f'{{"data":{data},"kind":{kind},"seq":{event.seq:d},"ts":"{_iso(event.ts)}"}}\n'.encode()
+    return _line(_CANONICAL.encode(event.data), event.kind, event.seq, _iso(event.ts))
+
+
+def _line(data: str, kind: str, seq: int, ts: str) -> bytes:
+    """The canonical line of an event whose data is ``data`` in canonical JSON (see
+    :func:`canonical_line`); the writer hashes the very text it stores."""
+    return f'{{"data":{data},"kind":{_kind_json(kind)},"seq":{seq:d},"ts":"{ts}"}}\n'.encode()
+
+
+@lru_cache(maxsize=64)
+def _kind_json(kind: str) -> str:
+    return _CANONICAL.encode(kind)
 
 
 _CANONICAL: Final = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
@@ -163,33 +177,48 @@ def recording_digest(events: Iterable[SessionEvent]) -> str:
     return digest.hexdigest()
 
 
-def _clean(data: Mapping[str, Any]) -> dict[str, Any]:
-    # What the store gives back is what gets hashed, so store exactly that.  Most
-    # events (a statement's) hold only JSON's own types already: checking that is
-    # a fifth of the cost of the round trip through the encoder.
-    if type(data) is dict and _plain(data):
-        return dict(data)
-    cleaned: dict[str, Any] = json.loads(json.dumps(dict(data), default=str))
-    return cleaned
+def stored_form(data: Mapping[str, Any]) -> tuple[Mapping[str, Any], str]:
+    """An event's data as it is kept, and its canonical JSON text, which is both what the
+    store holds in ``session_events.data`` and what the digest covers.
+
+    Reading the text back gives data whose canonical text is that text again: the
+    data holds only JSON's own types (str keys, lists, finite numbers), or it is made
+    to, through a round trip through the encoder.  Most events (a statement's) hold
+    only JSON's own types already: checking that is a fifth of the cost of the round
+    trip."""
+    if type(data) is not dict or not _plain(data):
+        data = json.loads(json.dumps(dict(data), default=str))
+    return data, _CANONICAL.encode(data)
 
 
-_SCALARS = (str, int, float, bool, type(None))
+_LEAVES: Final = frozenset((str, int, bool, type(None)))
+_INF: Final = float("inf")
 
 
 def _plain(value: Any) -> bool:
     """Whether ``value`` comes back from JSON as it is: str keys, lists, finite scalars."""
-    # A loop rather than all() over a generator: this runs for every event, on the writer.
-    kind = type(value)
-    if kind is dict:
-        for k, v in value.items():
-            if type(k) is not str or (type(v) is not str and not _plain(v)):
+    # A loop over a stack, leaves checked in place: this runs for every event, on the writer.
+    todo = [value]
+    pop, push, leaves = todo.pop, todo.append, _LEAVES
+    while todo:
+        item = pop()
+        kind = type(item)
+        if kind is dict:
+            for k, v in item.items():
+                if type(k) is not str:
+                    return False
+                if type(v) not in leaves:
+                    push(v)
+        elif kind is list:
+            for v in item:
+                if type(v) not in leaves:
+                    push(v)
+        elif kind is float:
+            if item != item or item in (_INF, -_INF):
                 return False
-        return True
-    if kind is list:
-        return all(type(v) is str or _plain(v) for v in value)
-    if kind is float:
-        return value == value and value not in (float("inf"), float("-inf"))
-    return kind in _SCALARS
+        elif kind not in leaves:
+            return False
+    return True
 
 
 # --------------------------------------------------------------------------
@@ -360,7 +389,7 @@ def recorded_text(text: str, *, literals: Iterable[str] = (), all_literals: bool
 def statement_event(
     text: str,
     *,
-    started_at: datetime,
+    started_at: datetime | str,
     duration_ms: float,
     params: Sequence[str | None] | None = None,
     rows: int | None = None,
@@ -374,7 +403,8 @@ def statement_event(
 ) -> dict[str, Any]:
     """The data of a ``statement`` event; ``text`` is redacted here (unless ``shown``
     gives :func:`recorded_text` of it already), ``params`` must be already
-    (see :func:`redact_params`).  A text longer than :data:`RECORDED_TEXT_MAX` is kept
+    (see :func:`redact_params`); ``started_at`` may be given as its ISO text
+    already (:func:`event_iso`).  A text longer than :data:`RECORDED_TEXT_MAX` is kept
     cut to that many characters (then ``…``; ``text_length`` gives its length): it is
     redacted as cut, so a literal the cut leaves open is hidden as the rest of one."""
     cut = len(text) > RECORDED_TEXT_MAX
@@ -383,7 +413,11 @@ def statement_event(
     data: dict[str, Any] = {
         "text": shown,
         "params": list(params) if params is not None else None,
-        "started_at": started_at.isoformat(timespec="microseconds"),
+        "started_at": (
+            started_at
+            if isinstance(started_at, str)
+            else started_at.isoformat(timespec="microseconds")
+        ),
         "duration_ms": round(duration_ms, 3),
         "rows": rows,
         "tag": tag,
@@ -498,6 +532,23 @@ def event_time(ts_ns: int) -> datetime:
     return _EPOCH + timedelta(microseconds=ts_ns // 1000)
 
 
+def event_iso(ts_ns: int) -> str:
+    """``event_time(ts_ns).isoformat(timespec="microseconds")``, as events write their
+    times: the writer formats two a statement, and the events of one second share all
+    but the microseconds."""
+    global _SECOND  # a one-entry cache
+    seconds, micros = divmod(ts_ns // 1000, 1_000_000)
+    known = _SECOND
+    if known[0] != seconds:
+        known = _SECOND = (seconds, (_EPOCH + timedelta(seconds=seconds)).isoformat()[:19])
+    return f"{known[1]}.{micros:06d}+00:00"
+
+
+# The second event_iso formatted last, and its text (replaced whole: the writer and a
+# caller of statement_data on another thread each read one consistent pair).
+_SECOND: tuple[int, str] = (-1, "")
+
+
 @dataclass(eq=False)
 class _Session:
     """A recording this recorder writes.  ``mode``, ``failed``, ``dropped``,
@@ -517,6 +568,10 @@ class _Session:
     digest: Any = None
     written: int = 0
 
+
+# An event's data as it is kept, and its canonical JSON text (:func:`stored_form`).
+_Stored = tuple[Mapping[str, Any], str]
+_EVENT_COLUMNS: Final = ("session_id", "seq", "ts", "kind", "data")
 
 # An event as the data path queues it: its recording, its time (ns since the
 # epoch), kind, and what the writer makes its data from.
@@ -848,11 +903,14 @@ class Recorder:
     def _write_batch(self, batch: list[_Queued]) -> list[tuple[str, str]]:
         """Make, number, write and hash one batch; the sessions it failed, and why."""
         # The data first, outside the lock (redaction and the like take time).
-        made: list[tuple[_Session, int, str, Mapping[str, Any] | None, str | None]] = []
+        # Each event's data is serialized once, here: that text is stored and hashed.
+        made: list[tuple[_Session, int, str, _Stored | None, str | None]] = []
         for state, ts_ns, kind, data, build in batch:
             try:
                 built = event_data(data, build, ts_ns)
-                made.append((state, ts_ns, kind, None if built is None else _clean(built), None))
+                made.append(
+                    (state, ts_ns, kind, None if built is None else stored_form(built), None)
+                )
             except Exception as exc:
                 log.exception("a %s event of session %s could not be made", kind, state.session_id)
                 made.append(
@@ -865,7 +923,7 @@ class Recorder:
                     )
                 )
         failed: list[tuple[str, str]] = []
-        kept: list[tuple[_Session, int, str, Mapping[str, Any]]] = []
+        kept: list[tuple[_Session, int, str, _Stored]] = []
         with self._lock:  # only what record() shares: failures and drops
             for state, ts_ns, kind, data, unmade in made:
                 if state.failed is not None or state.ended:
@@ -881,12 +939,15 @@ class Recorder:
             return failed
         # Numbers and digests belong to this thread.
         events: list[SessionEvent] = []
-        for state, ts_ns, kind, data in kept:
-            events.append(
-                SessionEvent(state.session_id, state.next_seq, event_time(ts_ns), kind, data)
-            )
+        texts: list[str] = []
+        lines: list[bytes] = []
+        for state, ts_ns, kind, (data, text) in kept:
+            seq = state.next_seq
             state.next_seq += 1
-        lines = [canonical_line(e) for e in events]
+            ts = event_time(ts_ns)
+            events.append(SessionEvent(state.session_id, seq, ts, kind, data))
+            texts.append(text)
+            lines.append(_line(text, kind, seq, event_iso(ts_ns)))
         try:
             for state in dict.fromkeys(state for state, *_ in kept):
                 if state.digest is None:
@@ -896,7 +957,7 @@ class Recorder:
             problem: str | None = f"the store refused the recording: {type(exc).__name__}"
             fenced: set[str] = set()
         else:
-            problem, fenced = self._write(events)
+            problem, fenced = self._write(events, texts)
         if problem is None:
             for (state, *_), line in zip(kept, lines, strict=True):
                 if state.session_id in fenced:
@@ -922,26 +983,22 @@ class Recorder:
             state.failed = problem
             failed.append((state.session_id, problem))
 
-    def _write(self, batch: list[SessionEvent]) -> tuple[str | None, set[str]]:
+    def _write(self, batch: list[SessionEvent], texts: list[str]) -> tuple[str | None, set[str]]:
         """Write the events of the recordings this recorder still writes, in one
-        transaction: (the store's problem, or None; the sessions another replica
-        has taken over, whose events were not written)."""
+        transaction, each event's data as ``texts`` has it (its canonical JSON):
+        (the store's problem, or None; the sessions another replica has taken
+        over, whose events were not written)."""
         try:
             with self.store.tx() as conn:
                 mine = self._writes(conn, (e.session_id for e in batch))
+                stamp = bulk.timestamps(conn)
                 rows = [
-                    {
-                        "session_id": e.session_id,
-                        "seq": e.seq,
-                        "ts": e.ts,
-                        "kind": e.kind,
-                        "data": e.data,
-                    }
-                    for e in batch
+                    (e.session_id, e.seq, stamp(e.ts), e.kind, text)
+                    for e, text in zip(batch, texts, strict=True)
                     if e.session_id in mine
                 ]
                 if rows:
-                    conn.execute(t.session_events.insert(), rows)
+                    bulk.insert(conn, t.session_events, _EVENT_COLUMNS, rows)
                     # The access index of the statements written, in the same transaction.
                     access.write_index(conn, (e for e in batch if e.session_id in mine))
         except Exception as exc:

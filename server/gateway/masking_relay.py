@@ -124,7 +124,7 @@ from typing import Any, Final
 from server.audit.access import FACTS, SessionFacts
 from server.audit.recording import (
     RecordFn,
-    event_time,
+    event_iso,
     recorded_text,
     redact_params,
     redact_statement,
@@ -1231,7 +1231,7 @@ def statement_data(fields: StatementFields, ts_ns: int) -> dict[str, Any]:
     data = statement_event(
         sql,
         shown=_recorded_text(sql, touches, hides, ends),
-        started_at=event_time(ts_ns - duration_ns),
+        started_at=event_iso(ts_ns - duration_ns),
         duration_ms=duration_ns / 1e6,
         rows=rows,
         tag=tag,

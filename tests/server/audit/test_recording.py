@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import sqlite3
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,7 +17,8 @@ import sqlalchemy as sa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.audit import chain
+from server.audit import access, chain
+from server.audit.access import RelationAccess, SessionFacts, access_event
 from server.audit.recording import (
     LIMIT_KIND,
     RECORDED_TEXT_MAX,
@@ -34,9 +36,11 @@ from server.audit.recording import (
     redact_statement,
     statement_event,
     stored_events,
+    stored_form,
     verify_recordings,
 )
 from server.policy.model import RecordingFailure
+from server.store import tables as t
 from server.store.db import Store
 
 
@@ -350,6 +354,103 @@ def test_an_event_that_cannot_be_made_fails_the_recording_closed(store: Store) -
     assert verify_recordings(store).ok
 
 
+def _facts(rows: int) -> dict[str, object]:
+    relation = RelationAccess("public", "customers", "read", ("id", "email"), frozenset({"email"}))
+    return access_event(
+        SessionFacts("demo", "alice", "user"), command="SELECT", relations=[relation], rows=rows
+    )
+
+
+def test_the_text_stored_is_the_text_the_digest_covers(any_store: Store) -> None:
+    """Each event's data is serialized once: the store keeps the canonical JSON text
+    the writer hashed, so the chained digest holds over the stored texts themselves."""
+    recorder = Recorder(any_store, flush_interval=0.01)
+    try:
+        recorder.open("s-text", START)
+        odd = "select 'é', \"x\", '\\n'\n\t-- \u2028 \U0001f600"
+        assert recorder.record(
+            "s-text", "statement", {"text": odd, "rows": 1, "z": [1.5, None], "access": _facts(1)}
+        )
+        # Not JSON's own types: kept as JSON gives them back, and stored so.
+        assert recorder.record("s-text", "notice", {"keys": {2: "b", 10: "a"}, "t": (1, 2)})
+        closed = recorder.close("s-text", {"reason": "done"})
+    finally:
+        recorder.stop()
+    assert closed.status == "closed" and closed.digest is not None
+    se = t.session_events.c
+    with any_store.tx() as conn:
+        texts = dict(
+            conn.execute(
+                sa.select(se.seq, sa.cast(se.data, sa.Text)).where(se.session_id == "s-text")
+            ).all()
+        )
+    events = load_events(any_store, "s-text")
+    assert [e.seq for e in events] == sorted(texts) == [1, 2, 3, 4]
+    digest = hashlib.sha256()
+    for event in events:
+        text = texts[event.seq]
+        line = (
+            f'{{"data":{text},"kind":{json.dumps(event.kind)},"seq":{event.seq},'
+            f'"ts":"{event.ts.astimezone(UTC).isoformat(timespec="microseconds")}"}}\n'
+        )
+        assert line.encode() == canonical_line(event)
+        digest.update(line.encode())
+    assert digest.hexdigest() == closed.digest
+    assert events[1].data["text"] == odd
+    assert events[2].data == {"keys": {"2": "b", "10": "a"}, "t": [1, 2]}
+    assert verify_recordings(any_store).ok
+    assert access.verify_index(any_store) == []
+
+
+def test_a_batch_whose_index_the_store_refuses_fails_the_recording_and_leaves_nothing(
+    any_store: Store,
+) -> None:
+    """The events and their access index are written in one transaction: when the
+    index cannot be written, neither are the events, and the recording fails loudly."""
+    failures: list[tuple[str, str]] = []
+    called = threading.Event()
+
+    def on_failure(session_id: str, reason: str) -> None:
+        failures.append((session_id, reason))
+        called.set()
+
+    def rename(old: str, new: str) -> None:
+        with any_store.tx() as conn:
+            conn.exec_driver_sql(f"ALTER TABLE {old} RENAME TO {new}")
+
+    recorder = Recorder(any_store, on_failure=on_failure, flush_interval=0.01)
+    try:
+        recorder.open("s-idx", START)
+        assert recorder.record("s-idx", "statement", {"text": "select 1", "access": _facts(1)})
+        assert recorder.flush(10)
+        rename("access_columns", "access_columns_gone")
+        try:
+            assert recorder.record("s-idx", "statement", {"text": "select 2", "access": _facts(2)})
+            assert recorder.record("s-idx", "notice", {"message": "same batch"})
+            assert recorder.flush(10)
+            assert called.wait(10)
+        finally:
+            rename("access_columns_gone", "access_columns")
+        assert not recorder.record("s-idx", "statement", {"text": "select 3"})
+        failed = recorder.close("s-idx", {})
+    finally:
+        recorder.stop()
+    [(session_id, reason)] = failures
+    assert session_id == "s-idx"
+    assert reason in (
+        "the store refused the recording: OperationalError",  # SQLite: no such table
+        "the store refused the recording: ProgrammingError",  # PostgreSQL: undefined table
+    )
+    # The batch, the one refused after and session.end
+    assert failed.status == "failed" and failed.events == 2 and failed.dropped == 4
+    assert [e.data.get("text") for e in load_events(any_store, "s-idx")] == [None, "select 1"]
+    with any_store.tx() as conn:
+        indexed = conn.execute(sa.select(t.access_events.c.seq)).scalars().all()
+    assert indexed == [2]
+    assert verify_recordings(any_store).ok
+    assert access.verify_index(any_store) == []
+
+
 def test_a_writer_that_fails_unexpectedly_fails_the_recordings_and_goes_on(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -362,7 +463,7 @@ def test_a_writer_that_fails_unexpectedly_fails_the_recordings_and_goes_on(
         failures.append((session_id, reason))
         called.set()
 
-    def broken(_event: SessionEvent) -> bytes:
+    def broken(*_parts: object) -> bytes:
         raise RuntimeError("a bug in the writer")
 
     recorder = Recorder(store, on_failure=on_failure, flush_interval=0.01)
@@ -370,7 +471,7 @@ def test_a_writer_that_fails_unexpectedly_fails_the_recordings_and_goes_on(
         recorder.open("s-hit", START)
         assert recorder.flush(10)
         with monkeypatch.context() as patched:
-            patched.setattr(recording, "canonical_line", broken)
+            patched.setattr(recording, "_line", broken)  # the writer's hashing
             assert recorder.record("s-hit", "statement", {"text": "select 1"})
             assert recorder.flush(10)
         assert called.wait(10)
@@ -698,10 +799,45 @@ def test_statement_event_redacts_its_text() -> None:
     ],
 )
 def test_events_are_stored_as_json_gives_them_back(data: dict[str, object]) -> None:
-    from server.audit.recording import _clean
-
+    kept, text = stored_form(data)
     expected = json.loads(json.dumps(data, default=str))
-    assert json.dumps(_clean(data), sort_keys=True) == json.dumps(expected, sort_keys=True)
+    assert json.dumps(kept, sort_keys=True) == json.dumps(expected, sort_keys=True)
+    _stored_text_reads_back_as_itself(kept, text)
+
+
+def _stored_text_reads_back_as_itself(kept: Mapping[str, object], text: str) -> None:
+    # The text is the canonical JSON of the data kept, and what a reader of the store
+    # makes of it has that text again: the digest holds over what is read back.
+    assert text == json.dumps(kept, sort_keys=True, separators=(",", ":"), default=str)
+    back = json.loads(text)
+    assert json.dumps(back, sort_keys=True, separators=(",", ":")) == text
+    assert json.dumps(back, sort_keys=True) == json.dumps(kept, sort_keys=True)
+
+
+_JSONISH = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=8)
+    | st.datetimes(timezones=st.just(UTC)),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.tuples(inner, inner)
+        | st.dictionaries(st.text(max_size=4), inner, max_size=4)
+        | st.dictionaries(st.integers(-20, 20) | st.none() | st.booleans(), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(max_size=6), _JSONISH, max_size=6))
+def test_the_stored_text_of_any_data_reads_back_as_itself(data: dict[str, object]) -> None:
+    """Whatever a builder makes (tuples, numbers as keys, NaN, times), the text stored
+    is the canonical JSON of what is kept, and reading it back gives that text again."""
+    kept, text = stored_form(data)
+    _stored_text_reads_back_as_itself(kept, text)
 
 
 def test_redaction_is_cached_per_text_and_literals() -> None:

@@ -305,6 +305,7 @@ class Runtime:
             reaper.cancel()
             await self.gateway.stop(self.opts.shutdown_grace)
             await loop.run_in_executor(None, self.service.end_all)
+            await loop.run_in_executor(None, self.service.audit.stop)
             await loop.run_in_executor(None, self.membership.leave)
             await loop.run_in_executor(None, self.service.close_issuers)
             await loop.run_in_executor(None, self.notifier.close)

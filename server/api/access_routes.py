@@ -75,4 +75,5 @@ def register(app: FastAPI, service: SessionService, caller: Callable[..., Identi
         now = datetime.now(UTC)
         start = parse_when(since, "since", direction="ago") or now - timedelta(days=30)
         end = parse_when(until, "until", direction="ago") or now
+        service.audit.flush()  # the refusals the gateway decided are in it
         return report.build(store, start, end, verification=recordings_routes.verify_audit(service))

@@ -76,8 +76,11 @@ run per approval, decided by the store's compare-and-set).  Otherwise a review
 request is opened (or the pending one for the same hash reused) and the client
 gets an error naming it and the command that approves it.  Reviews, blocks and
 approved runs are appended to the audit log with the statement text, secrets
-redacted.  The store is written synchronously in the event loop: this happens
-only for refused or reviewed statements, and costs a few milliseconds.
+redacted: handed to the shell's ``AuditWriter`` (``server.audit.deferred``),
+which appends them on a thread of its own, since an append takes the chain's
+lock, across replicas on a PostgreSQL store.  Looking up and opening a review
+is still the approval service's call, on the data path, for reviewed
+statements only.
 """
 
 from __future__ import annotations
@@ -85,12 +88,12 @@ from __future__ import annotations
 import logging
 import re
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import timedelta
+from typing import Any, Protocol
 
 from server.approvals.service import Approvals
-from server.audit import chain
 from server.audit.recording import LimitHit, RecordFn, record_limit
 from server.errors import DbaccessError
 from server.gateway import analysis_limits, analysis_pool, pgwire
@@ -138,7 +141,6 @@ from server.gateway.sqlcheck import (
 )
 from server.policy.model import ApprovalPolicy, ScopePolicy
 from server.sessions.service import LiveSession, SessionService
-from server.store.db import Store
 
 # Approved statement texts kept for their recording at most (see ``Relay.reviewed``).
 _REVIEWED_KEPT = 100
@@ -215,6 +217,20 @@ def review_rule(scope: ScopePolicy) -> ApprovalPolicy:
     )
 
 
+class AuditFn(Protocol):
+    """Where the guard's audit events go: ``chain.append``'s arguments but the store."""
+
+    def __call__(
+        self,
+        kind: str,
+        *,
+        identity: str | None = None,
+        target: str | None = None,
+        session_id: str | None = None,
+        data: Mapping[str, Any] | None = None,
+    ) -> None: ...
+
+
 class StatementGuard:
     def __init__(
         self,
@@ -222,7 +238,7 @@ class StatementGuard:
         facts: SessionFacts,
         *,
         approvals: Approvals | None,
-        store: Store | None,
+        audit: AuditFn | None,
         review: ApprovalPolicy | None = None,
         search_path: tuple[str, ...] = ("public",),
         masking: Callable[[str], Decision] | None = None,
@@ -241,7 +257,7 @@ class StatementGuard:
         self.masking = masking
         self.facts = facts
         self.approvals = approvals
-        self.store = store
+        self.audit = audit  # appends an audit event off the data path (AuditWriter.append)
         self.review = review or ApprovalPolicy(required=True, single_use=True)
         self.search_path = search_path
         self.prepared: dict[str, _Prepared] = {}  # protocol-level, by name
@@ -663,7 +679,7 @@ class StatementGuard:
         if decision.limit is not None and self.pins is not None and kind == "statement.blocked":
             # A refusal by a scope's limit is also a ``limit`` event of the session's recording.
             record_limit(self.record, facts.session_id, limit_hit(decision, self.pins, sql))
-        if self.store is None:
+        if self.audit is None:
             return
         data: dict[str, object] = {
             "scope": facts.scope,
@@ -674,17 +690,14 @@ class StatementGuard:
         }
         if request_id is not None:
             data["request_id"] = request_id
-        try:
-            chain.append(
-                self.store,
-                kind,
-                identity=facts.identity,
-                target=facts.target,
-                session_id=facts.session_id,
-                data=data,
-            )
-        except Exception:  # the refusal stands even when the audit write fails
-            log.exception("recording %s failed", kind)
+        # Queued: the shell appends it to the chain off the data path.
+        self.audit(
+            kind,
+            identity=facts.identity,
+            target=facts.target,
+            session_id=facts.session_id,
+            data=data,
+        )
 
 
 def _error_response(decision: Decision) -> bytes:
@@ -782,7 +795,7 @@ def guard_setup(
             rules,
             facts,
             approvals=service.approvals if scope is not None else None,
-            store=service.store,
+            audit=service.audit.append,
             review=review,
             search_path=path,
             masking=check,

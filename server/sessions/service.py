@@ -44,6 +44,7 @@ from server import metrics
 from server.approvals.service import Approvals, Notifier
 from server.audit import chain
 from server.audit.archive import Archiver
+from server.audit.deferred import AuditWriter
 from server.audit.recording import Recorder
 from server.credentials.base import (
     Credential,
@@ -228,6 +229,8 @@ class SessionService:
         self.recorder = recorder or Recorder(
             store, on_failure=self._recording_failed, writer=self.replica_id
         )
+        # Audit events the gateway decides on its data path, appended off it.
+        self.audit = AuditWriter(store)
         # Closed recordings go to S3 when an archive is configured.
         self.archiver = archiver
         # Reads self.policy on every call, so a reloaded policy applies to requests at once.
@@ -630,6 +633,7 @@ class SessionService:
             return self._ended_elsewhere(session_id, live is not None)
         result = self._revoke(record.target, record.db_user)
         self.store.record_revocation(session_id, result)
+        self.audit.flush()  # the session's refusals come before its end
         chain.append(
             self.store,
             "session.ended",

@@ -70,7 +70,7 @@ def _guarded(limits: AnalysisLimits, recorder: _Recorder, *, masked: bool = Fals
         GuardrailRules.preset("write"),
         FACTS,
         approvals=None,
-        store=None,
+        audit=None,
         limits=limits,
         record=recording_to(recorder),
     ).install(relay)

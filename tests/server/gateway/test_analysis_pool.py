@@ -134,7 +134,7 @@ def _guarded(limits: AnalysisLimits | None = None) -> Relay:
             ttl=timedelta(hours=1),
         ),
         approvals=None,
-        store=None,
+        audit=None,
         limits=limits,
     ).install(relay)
     return relay

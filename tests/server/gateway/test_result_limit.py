@@ -581,7 +581,7 @@ def test_a_cut_ends_before_the_row_budgets_explain_goes() -> None:
             "max_rows_by_explain": 3,
         }
     )
-    StatementGuard(rules, FACTS, approvals=None, store=None).install(relay)
+    StatementGuard(rules, FACTS, approvals=None, audit=None).install(relay)
     ResultLimit(Caps(2, None, "write")).install(relay)
     delete = "delete from t where id = 1"
     up, _ = relay.from_client(Query("select * from t").encode() + Query(delete).encode())

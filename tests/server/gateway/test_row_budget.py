@@ -246,7 +246,7 @@ def guarded(budget: int | None = BUDGET) -> Relay:
     relay = Relay()
     rules = GuardrailRules.preset("write")
     rules = GuardrailRules(**{**_fields(rules), "max_rows_by_explain": budget})
-    StatementGuard(rules, FACTS, approvals=None, store=None).install(relay)
+    StatementGuard(rules, FACTS, approvals=None, audit=None).install(relay)
     return relay
 
 

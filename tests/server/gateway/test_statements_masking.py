@@ -27,7 +27,7 @@ def _check(sql: str) -> Decision:
 def _guarded() -> Relay:
     relay = Relay()
     StatementGuard(
-        GuardrailRules.preset("write"), FACTS, approvals=None, store=None, masking=_check
+        GuardrailRules.preset("write"), FACTS, approvals=None, audit=None, masking=_check
     ).install(relay)
     return relay
 
@@ -63,3 +63,23 @@ def test_what_the_check_allows_goes_through() -> None:
     data = Query("select 1").encode()
     up, _ = relay.from_client(data)
     assert up == data
+
+
+def test_a_refusal_goes_to_the_audit_writer_not_the_store() -> None:
+    """The guard appends nothing itself (an append takes the chain's lock, across
+    replicas): it hands the event to the shell's audit writer and goes on."""
+    audited: list[tuple[str, dict[str, object]]] = []
+    relay = Relay()
+    StatementGuard(
+        GuardrailRules.preset("write"),
+        FACTS,
+        approvals=None,
+        audit=lambda kind, **fields: audited.append((kind, fields)),
+        masking=_check,
+    ).install(relay)
+    relay.from_client(Query(LEAK).encode())
+    ((kind, fields),) = audited
+    assert kind == "statement.blocked"
+    assert fields["session_id"] == FACTS.session_id and fields["identity"] == FACTS.identity
+    data = fields["data"]
+    assert isinstance(data, dict) and data["rule"] == "masking.write_from_masked"

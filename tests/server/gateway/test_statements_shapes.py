@@ -40,7 +40,7 @@ def _guard(preset: str) -> tuple[StatementGuard, Relay]:
         GuardrailRules.preset(preset),
         FACTS,
         approvals=None,
-        store=None,
+        audit=None,
         pins=LimitPins.of(default_limits(preset), "demo", preset),
     )
     guard.install(relay)
@@ -174,7 +174,7 @@ def _masked_guard() -> Relay:
         Outcome.BLOCK,
     )
     StatementGuard(
-        GuardrailRules.preset("read"), FACTS, approvals=None, store=None, masking=check
+        GuardrailRules.preset("read"), FACTS, approvals=None, audit=None, masking=check
     ).install(relay)
     return relay
 

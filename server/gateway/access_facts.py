@@ -20,7 +20,13 @@ the ``access`` part of the statement's recording event
   does not own) is left out when another remains;
 * the columns come from the masking plans of the statement's results: each
   result column's origin (``schema.table.column``, or the base columns it is
-  derived from) and whether it left masked.  A session without masking has
+  derived from) and whether it left masked.  A view's column is named, and
+  so are the base columns it stands for, in the state it left in, so that a
+  read through a view answers for the base tables too: the catalog knows
+  which base columns a view reads (through views of views too) but not which
+  feeds which view column, so a masked view column stands for the masked
+  ones among them (what masked it, as a computed column's ``derived from``
+  names them), a clear one for the others.  A session without masking has
   no plans, so its facts name relations without columns;
 * rows are the command tag's count, the decision the gateway's, the
   approval the statement review's it ran under (the guard leaves it in
@@ -39,7 +45,7 @@ from typing import Any, Final
 from server.audit.access import READ, WRITE, RelationAccess, SessionFacts, access_event
 from server.gateway.analysis_pool import PROCESS_MIN_CHARS
 from server.gateway.catalog import CatalogSnapshot
-from server.gateway.masking import Action, MaskPlan
+from server.gateway.masking import NO_MASKING, Action, ColumnRef, MaskingRules, MaskPlan, masks
 from server.gateway.sqlcheck import Analysis, Execution, analyze
 
 log = logging.getLogger(__name__)
@@ -60,6 +66,8 @@ class AccessContext:
     search_path: tuple[str, ...]
     role: str  # the session's database role (whose ``$user`` schema does not exist)
     approval: str | None = None
+    # The session's masking rules: which base columns a view column stands for.
+    rules: MaskingRules = NO_MASKING
 
 
 def _columns_of(source: str) -> list[tuple[str, str, str]]:
@@ -175,20 +183,50 @@ def _relations(
                 for table, schemas in by_table.items():
                     for schema in _settled(schemas, table, ctx.role, snapshot):
                         relation(schema, table, action)
+
+    def read(schema: str, table: str, column: str, masked_now: bool) -> None:
+        columns, masked = relation(schema, table, READ)
+        if column not in columns:
+            columns.append(column)
+        if masked_now:
+            masked.add(column)
+
     for plan in plans:
         for field in plan.fields:
             if field.action is Action.BLOCK:
                 continue
+            masked_now = field.action is Action.MASK
             for schema, table, column in _columns_of(field.source):
-                columns, masked = relation(schema, table, READ)
-                if column not in columns:
-                    columns.append(column)
-                if field.action is Action.MASK:
-                    masked.add(column)
+                read(schema, table, column, masked_now)
+                for base in _bases(snapshot, ctx.rules, schema, table, column, masked_now):
+                    read(base.schema, base.table, base.column, masked_now)
     return [
         RelationAccess(schema, table, action, tuple(columns), frozenset(masked))
         for (schema, table, action), (columns, masked) in relations.items()
     ]
+
+
+def _bases(
+    snapshot: CatalogSnapshot | None,
+    rules: MaskingRules,
+    schema: str,
+    table: str,
+    column: str,
+    masked: bool,
+) -> list[ColumnRef]:
+    """The base columns a view column stands for (none for a table's column): of those
+    the view reads, the masked ones when it left masked (what masked it), the others
+    when it came back clear (a view column vouched for in clear does not show its
+    masked sources); all of them when the rules tell none apart."""
+    if snapshot is None:
+        return []
+    for ref in snapshot.columns_of(schema, table):
+        if ref.column == column:
+            if not ref.derived:
+                return []
+            sources = sorted(ref.sources, key=str)
+            return [s for s in sources if masks(rules, s) is masked] or sources
+    return []
 
 
 def _settled(

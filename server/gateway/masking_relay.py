@@ -1582,6 +1582,7 @@ class MaskingSetup:
             path,
             live.credential.username,
             live.request_id,
+            rules,
         )
         MaskingHooks(
             rules,

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import pytest
 
 from server.audit.access import SessionFacts
 from server.gateway import access_facts as access_facts_module
 from server.gateway.access_facts import REREAD_MAX, AccessContext, access_facts
-from server.gateway.masking import Action, MaskPlan
+from server.gateway.catalog import build_snapshot
+from server.gateway.masking import NO_MASKING, Action, MaskingRules, MaskPlan
 from server.gateway.masking.plans import FieldPlan
 from server.gateway.sqlcheck import analyze
+from server.policy.model import MaskingPolicy, MaskMethod, MaskRule
 
 CTX = AccessContext(SessionFacts("demo", "alice", "user"), ("dba_s1", "public"), "dba_s1", "r-1")
 
@@ -150,3 +153,65 @@ def test_a_long_text_whose_analysis_went_missing_is_not_read_on_the_writer_threa
         facts = access_facts(CTX, sql, None, (), None, rows=1, tag="SELECT 1", decision="allowed")
     assert facts is None
     assert "no access facts" in caplog.text
+
+
+SNAPSHOT = build_snapshot(
+    [
+        (1, 1, "public", "customers", "id", 23, "r"),
+        (1, 2, "public", "customers", "email", 25, "r"),
+        (1, 3, "public", "customers", "city", 25, "r"),
+        (2, 1, "public", "contacts", "id", 23, "v"),
+        (2, 2, "public", "contacts", "email", 25, "v"),
+    ],
+    [(2, 1, 1), (2, 1, 2), (2, 1, 3)],
+    0.0,
+)
+MASKING = MaskingRules.for_session(
+    MaskingPolicy(rules=(MaskRule(column="public.customers.email", method=MaskMethod.REDACT),)),
+    "read",
+    (),
+)
+
+
+@pytest.mark.parametrize(
+    ("rules", "expected"),
+    [
+        # The masked view column stands for what masked it, the clear one for the rest.
+        (
+            MASKING,
+            [
+                ("contacts", "read", ["id", "email"], ["email"]),
+                ("customers", "read", ["city", "id", "email"], ["email"]),
+            ],
+        ),
+        # Rules that tell none apart: every column the view reads.
+        (
+            NO_MASKING,
+            [
+                ("contacts", "read", ["id", "email"], ["email"]),
+                ("customers", "read", ["city", "email", "id"], ["city", "email", "id"]),
+            ],
+        ),
+    ],
+)
+def test_a_read_through_a_view_names_the_base_columns_too(
+    rules: MaskingRules, expected: object
+) -> None:
+    """The catalog knows which base columns a view reads, not which feeds which view
+    column: a view column read stands for those of them in its state."""
+    ctx = replace(CTX, rules=rules)
+    sql = "select id, email from contacts"
+    facts = access_facts(
+        ctx,
+        sql,
+        guarded(sql),
+        (plan(("public.contacts.id", "clear"), ("derived from public.contacts.email", "mask")),),
+        SNAPSHOT,
+        rows=1,
+        tag="SELECT 1",
+        decision="allowed",
+    )
+    assert facts is not None
+    assert [
+        (r["table"], r["action"], r["columns"], r["masked"]) for r in facts["relations"]
+    ] == expected

@@ -351,11 +351,15 @@ def masked_demo_policy(*settings: str) -> str:
 
 @contextmanager
 def running_broker(
-    demo_target: DemoTarget, policy: str | None = None, *extra_args: str
+    demo_target: DemoTarget,
+    policy: str | None = None,
+    *extra_args: str,
+    store_url: str | None = None,
 ) -> Iterator[Broker]:
     """A broker of its own with ``policy`` (and ``extra_args`` on its command
-    line), stopped (and killed if need be) afterwards."""
-    b = new_broker(demo_target)
+    line, ``store_url`` its store instead of its own SQLite file), stopped (and
+    killed if need be) afterwards."""
+    b = new_broker(demo_target, store_url=store_url)
     try:
         b.start(*extra_args, policy=policy)
         yield b

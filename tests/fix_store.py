@@ -3,13 +3,16 @@
 ``any_store`` is parametrized: the embedded SQLite default (a file in the
 test's temp dir) and PostgreSQL (a fresh database on the test run's cluster,
 as several broker replicas would share).  Both go through the same Alembic
-migrations in ``Store.open``.
+migrations in ``Store.open``.  ``broker_store_url`` is the same choice for a
+module's broker process (``running_broker(..., store_url=...)``): None for its
+own SQLite file, or the URL of a fresh PostgreSQL database, dropped afterwards.
 """
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -30,14 +33,31 @@ def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]
             store.close()
         return
     cluster: LocalCluster = request.getfixturevalue("pg_cluster")
+    with pg_store_url(cluster) as url:
+        store = Store.open(url)
+        try:
+            yield store
+        finally:
+            store.close()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def broker_store_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    if request.param == "sqlite":
+        yield None
+        return
+    with pg_store_url(request.getfixturevalue("pg_cluster")) as url:
+        yield url
+
+
+@contextmanager
+def pg_store_url(cluster: LocalCluster) -> Iterator[str]:
+    """The store URL of a fresh database on ``cluster``, dropped afterwards."""
     name = f"store_{secrets.token_hex(4)}"
     with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = cluster.dsn(dbname=name).replace("postgresql://", "postgresql+psycopg://", 1)
-    store = Store.open(url)
     try:
-        yield store
+        yield cluster.dsn(dbname=name).replace("postgresql://", "postgresql+psycopg://", 1)
     finally:
-        store.close()
         with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))

@@ -6,7 +6,8 @@ clear columns -- directly, through a join, a CTE and the view (which
 answers for the customers' columns too) --, write, and an agent acting for a
 person reads; then the real CLI answers exact
 questions with the exact statements, and ``audit verify`` holds the index to
-the recordings (an edited index row is found).
+the recordings (an edited index row is found).  The day runs on each store
+(``broker_store_url``: SQLite and PostgreSQL).
 """
 
 from __future__ import annotations
@@ -48,14 +49,16 @@ DAY = [
 
 
 @pytest.fixture(scope="module")
-def day(demo_target: DemoTarget) -> Iterator[tuple[Broker, dict[str, str]]]:
+def day(
+    demo_target: DemoTarget, broker_store_url: str | None
+) -> Iterator[tuple[Broker, dict[str, str]]]:
     with psycopg.connect(demo_target.admin_dsn, autocommit=True) as conn:
         conn.execute(
             f"CREATE OR REPLACE VIEW {VIEW} AS SELECT id, email, city FROM public.customers"
         )
         conn.execute(f"GRANT SELECT ON {VIEW} TO demo_read")
     try:
-        with running_broker(demo_target, masked_demo_policy()) as b:
+        with running_broker(demo_target, masked_demo_policy(), store_url=broker_store_url) as b:
             tokens = {
                 "alice": b.token("alice", "dev"),
                 "bob": b.token("bob", "dev"),
@@ -158,7 +161,7 @@ def test_the_facts_say_who_for_whom_and_how_many_rows(day: tuple[Broker, dict[st
 def test_verify_holds_the_index_to_the_recordings(day: tuple[Broker, dict[str, str]]) -> None:
     b, tokens = day
     assert b.cli("audit", "verify", token=tokens["audra"]).returncode == 0
-    store = Store.open(f"sqlite:///{b.data_dir / 'store.db'}")
+    store = Store.open(b.store_url or f"sqlite:///{b.data_dir / 'store.db'}")
     try:
         e, c = t.access_events.c, t.access_columns.c
         with store.tx() as conn:

@@ -22,7 +22,7 @@ __dbaccess_server_options() {
     case "$1" in
         '') printf '%s\n' -h --help ;;
         'dev') printf '%s\n' --data-dir --target-dsn --api-port --gateway-port --write-profile --no-write-profile --reaper-interval --store-url --replica-lease --oidc-issuer --oidc-client-id --webhook --webhook-format --session-max-connections --gateway-max-connections --gateway-max-connections-per-identity --gateway-startup-timeout --shutdown-grace --gateway-cancel-rate -v --verbose --log-format -h --help ;;
-        'run') printf '%s\n' -c --config -v --verbose --log-format -h --help ;;
+        'run') printf '%s\n' -c --config --role -v --verbose --log-format -h --help ;;
         'policy') printf '%s\n' -h --help ;;
         'policy check') printf '%s\n' --broker-env -h --help ;;
         'policy test') printf '%s\n' --since --until -p --policy --json --store-url -c --config --data-dir -h --help ;;
@@ -56,6 +56,7 @@ __dbaccess_server_value_kind() {
         'dev|--gateway-cancel-rate') echo 'text' ;;
         'dev|--log-format') echo 'choice:plain json' ;;
         'run|-c'|'run|--config') echo 'file' ;;
+        'run|--role') echo 'choice:all api gateway' ;;
         'run|--log-format') echo 'choice:plain json' ;;
         'policy test|--since') echo 'text' ;;
         'policy test|--until') echo 'text' ;;

@@ -130,6 +130,7 @@ _dbaccess_server__policy() {
 _dbaccess_server__run() {
   _arguments -s -S \
     '(-c --config)'{-c,--config}'[Server config file (YAML)]:config:_files' \
+    '(--role)'--role'[What this process serves\: the API (api), the PostgreSQL gateway (gateway) or both (all); default\: the config file'\''s role, else all]:role:(all api gateway)' \
     '(-v --verbose)'{-v,--verbose} \
     '(--log-format)'--log-format'[plain lines (for a terminal) or JSON lines with session, request and connection ids (for a log pipeline)]:log-format:(plain json)' \
     '(- *)'{-h,--help}'[Show this message and exit]'

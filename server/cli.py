@@ -93,6 +93,12 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+class Role(StrEnum):
+    all = "all"
+    api = "api"
+    gateway = "gateway"
+
+
 class LogFormat(StrEnum):
     plain = "plain"
     json = "json"
@@ -313,6 +319,7 @@ def dev(
         )
 
         def ready(rt: runtime.Runtime) -> None:
+            assert rt.gateway is not None  # the dev broker serves every role
             lines = [
                 "dbaccess dev broker is running",
                 f"  API:      {rt.api_url}",
@@ -484,10 +491,23 @@ def _write_cli_profiles(rt: object, ca: Path) -> list[str]:
 @app.command("run")
 def run_cmd(
     config: Annotated[Path, typer.Option("--config", "-c", help="Server config file (YAML).")],
+    role: Annotated[
+        Role | None,
+        typer.Option(
+            "--role",
+            help="What this process serves: the API (api), the PostgreSQL gateway "
+            "(gateway) or both (all); default: the config file's role, else all.",
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
     log_format: LogFormatOpt = LogFormat.plain,
 ) -> None:
-    """Run the broker from a config file (production)."""
+    """Run the broker from a config file (production).
+
+    Replicas on one PostgreSQL store may split the work: API-only replicas
+    (--role api) start sessions and hand them to gateway-only replicas
+    (--role gateway), which load no web framework (docs/deploy.md).
+    """
     _logging(verbose, log_format)
     from server import runtime
     from server.config import load_config, parse_hostport
@@ -495,13 +515,14 @@ def run_cmd(
     from server.tlsutil import TlsFiles
 
     try:
-        cfg = load_config(config)
+        cfg = load_config(config, {"role": role.value if role else None})
         api_host, api_port = parse_hostport(cfg.api_listen)
         gw_host, gw_port = parse_hostport(cfg.gateway_listen)
         pub_host = pub_port = None
         if cfg.public_gateway_address:
             pub_host, pub_port = parse_hostport(cfg.public_gateway_address)
         opts = runtime.RuntimeOptions(
+            role=cfg.role,
             api_host=api_host,
             api_port=api_port,
             gateway_host=gw_host,
@@ -531,7 +552,15 @@ def run_cmd(
         )
 
         def ready(rt: runtime.Runtime) -> None:
-            _say(f"dbaccess broker: API {rt.api_url}, gateway {rt.gateway.host}:{rt.gateway.port}")
+            served = []
+            if rt.api_url is not None:
+                served.append(f"API {rt.api_url}")
+            if rt.gateway is not None:
+                served.append(f"gateway {rt.gateway.host}:{rt.gateway.port}")
+            else:
+                served.append(f"clients sent to the gateway at {cfg.public_gateway_address}")
+            role_said = "" if cfg.role == "all" else f" ({cfg.role})"
+            _say(f"dbaccess broker{role_said}: {', '.join(served)}")
 
         _run(opts, ready)
     except DbaccessError as exc:

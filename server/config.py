@@ -75,6 +75,9 @@ class HostPort(NamedTuple):
         return f"{host}:{self.port}"
 
 
+# What one broker process serves: "api" (the HTTPS API, the web inbox, /mcp,
+# /metrics), "gateway" (the PostgreSQL gateway, without the web framework) or both.
+ROLES = ("all", "api", "gateway")
 DEFAULT_API_LISTEN = "127.0.0.1:8700"
 DEFAULT_GATEWAY_LISTEN = "127.0.0.1:8701"
 
@@ -155,6 +158,7 @@ class ServerConfig:
     """
 
     data_dir: Path
+    role: str = "all"
     api_listen: str = DEFAULT_API_LISTEN
     gateway_listen: str = DEFAULT_GATEWAY_LISTEN
     public_api_url: str | None = None
@@ -391,6 +395,13 @@ def _scopes(text: str, base: Path) -> tuple[str, ...]:
     return scopes
 
 
+def _role(text: str, base: Path) -> str:
+    value = text.strip()
+    if value not in ROLES:
+        raise ValueError(f"{value!r} is not a role (one of: {', '.join(ROLES)})")
+    return value
+
+
 def _positive_int(text: str, base: Path) -> int:
     if not re.fullmatch(r"[0-9]+", text.strip()) or int(text) < 1:
         raise ValueError(f"{text!r} is not a whole number of 1 or more")
@@ -449,6 +460,7 @@ def _byte_size(text: str, base: Path) -> int:
 
 
 _SETTINGS: dict[str, _Parser] = {
+    "role": _role,
     "api_listen": _listen,
     "gateway_listen": _listen,
     "public_api_url": _public_url,
@@ -574,6 +586,17 @@ def load_config(
     oidc = _oidc(values, origins, problems)
     archive = _archive(values, origins, problems)
     slack = _slack(values, origins, problems)
+    if values.get("role") == "api" and "public_gateway_address" not in origins:
+        origin = origins["role"]
+        problems.append(
+            Problem(
+                origin.source,
+                origin.line,
+                origin.key,
+                "an API-only broker serves no gateway: give public_gateway_address, "
+                "where clients reach the gateway replicas",
+            )
+        )
     if problems:
         raise ConfigError(problems)
 

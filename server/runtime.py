@@ -1,7 +1,15 @@
 """Running the broker: API and gateway in one asyncio loop, plus the reaper.
 
 ``Runtime`` wires the store, policy, session service, HTTP API (uvicorn) and
-gateway together and owns shutdown: on SIGINT/SIGTERM the gateway stops
+gateway together and owns shutdown.  ``role`` splits them between processes
+(replicas on one PostgreSQL store): ``api`` serves the API without a gateway and
+hands each session it starts to the gateway replica its client connects to
+(:mod:`server.sessions.handoff`); ``gateway`` serves the gateway without the API,
+and never imports the web framework (FastAPI, uvicorn, Jinja2, the MCP and
+Slack SDKs: :meth:`Runtime._start_api` is the only way in).  Every role keeps
+a lease, runs the reaper and records what it holds.
+
+On SIGINT/SIGTERM on SIGINT/SIGTERM the gateway stops
 accepting and lets statements in flight finish (up to ``shutdown_grace``
 seconds) before it closes every client connection; then every open session is
 ended (its role revoked), the replica's lease is ended
@@ -20,14 +28,13 @@ import logging
 import signal
 import socket
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from server import metrics
-from server.api.app import GatewayInfo, create_app
-from server.api.auth_routes import AuthSettings
 from server.audit import chain
 from server.audit.archive import ArchiveConfig, Archiver
 from server.config import DEFAULT_WORKLOAD_TOKEN_TTL, OidcConfig, SlackConfig
@@ -85,6 +92,9 @@ class RuntimeOptions:
     # Seconds this replica's heartbeat lease lasts: how long after its death other
     # replicas on the store wait before they end its sessions.
     replica_lease: float = DEFAULT_LEASE_SECONDS
+    # What this process serves: "all", "api" (no gateway: public_gateway_* name the
+    # gateway replicas) or "gateway" (no API).
+    role: str = "all"
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -117,15 +127,43 @@ class Runtime:
             )
         policy = load_policy(opts.policy_path)
         _warn_masking_keys(policy)
+        if opts.role == "api" and opts.public_gateway_host is None:
+            raise DbaccessError(
+                "an API-only broker serves no gateway: it needs public_gateway_address",
+                hint="set public_gateway_address to where clients reach the gateway replicas",
+            )
         self.service = SessionService(
             self.store,
             policy,
             max_connections_per_session=opts.max_connections_per_session,
             notifier=self.notifier,
             archiver=self.archiver,
+            hand_off=opts.role == "api",
         )
-        self.membership = Membership(self.service, lease=opts.replica_lease)
-        self.gateway = Gateway(
+        self.membership = Membership(self.service, role=opts.role, lease=opts.replica_lease)
+        self.gateway = self._gateway(opts) if opts.role != "api" else None
+        self.api_sock = _bind(opts.api_host, opts.api_port) if opts.role != "gateway" else None
+        self.api_port = self.api_sock.getsockname()[1] if self.api_sock is not None else None
+        self.slack = None
+        if opts.slack is not None and opts.role == "gateway":
+            log.warning(
+                "slack: a gateway-only broker posts no Slack messages; the reviews of "
+                "statements it opens are announced by webhooks and the web inbox"
+            )
+        elif opts.slack is not None:
+            # Imported only when configured: the Slack SDK stays out of other brokers.
+            from server.integrations.slack import SlackApp
+
+            self.slack = SlackApp(
+                opts.slack,
+                self.service.approvals,
+                lambda: self.service.policy,
+                ui_url=opts.public_api_url or self.api_url or "",
+            )
+            self.notifier.add(self.slack)
+
+    def _gateway(self, opts: RuntimeOptions) -> Gateway:
+        gateway = Gateway(
             self.service,
             ssl_context=server_context(opts.tls) if opts.tls else None,
             require_tls=opts.require_tls,
@@ -135,29 +173,19 @@ class Runtime:
             cancel_rate=opts.gateway_cancel_rate,
         )
         masking = MaskingSetup(self.service, opts.analysis_limits)
-        self.gateway.relay_setup.append(
+        gateway.relay_setup.append(
             guard_setup(self.service, masking.pre_execution, opts.analysis_limits)
         )
-        self.gateway.session_prepare.append(masking.prepare)
-        self.gateway.relay_setup.append(masking.setup)
-        self.gateway.relay_setup.append(limit_setup(self.service))
-        self.api_sock = _bind(opts.api_host, opts.api_port)
-        self.api_port = self.api_sock.getsockname()[1]
-        self.slack = None
-        if opts.slack is not None:
-            # Imported only when configured: the Slack SDK stays out of other brokers.
-            from server.integrations.slack import SlackApp
-
-            self.slack = SlackApp(
-                opts.slack,
-                self.service.approvals,
-                lambda: self.service.policy,
-                ui_url=opts.public_api_url or self.api_url,
-            )
-            self.notifier.add(self.slack)
+        gateway.session_prepare.append(masking.prepare)
+        gateway.relay_setup.append(masking.setup)
+        gateway.relay_setup.append(limit_setup(self.service))
+        return gateway
 
     @property
-    def api_url(self) -> str:
+    def api_url(self) -> str | None:
+        """The API's URL; None for a gateway-only broker."""
+        if self.api_port is None:
+            return None
         host = self.opts.api_host
         scheme = "https" if self.opts.tls else "http"
         return f"{scheme}://{'[' + host + ']' if ':' in host else host}:{self.api_port}"
@@ -176,8 +204,6 @@ class Runtime:
         return True
 
     async def serve(self, on_ready: Callable[[Runtime], None] | None = None) -> None:
-        import uvicorn
-
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -191,8 +217,9 @@ class Runtime:
         self.membership.api_url = self.api_url
         await loop.run_in_executor(None, self.membership.join)
         self.membership.start()  # the lease is renewed from now on, however long start-up takes
-        await self.gateway.start(self.opts.gateway_host, self.opts.gateway_port)
-        unregister_metrics = metrics.register(self.service, self.gateway, SIGNALS)
+        if self.gateway is not None:
+            await self.gateway.start(self.opts.gateway_host, self.opts.gateway_port)
+        api = await self._start_api() if self.api_sock is not None else None
         # Everything loaded so far (modules, the policy, sqlglot's tables) lives as
         # long as the broker: out of the collector's sight, so that the full
         # collections a large statement's many objects set off stay short (they
@@ -203,9 +230,86 @@ class Runtime:
         # thread after this long (5 ms by default); a thread working through a
         # Query of thousands of statements then delays it less.
         sys.setswitchinterval(SWITCH_INTERVAL)
+
+        report = await loop.run_in_executor(None, lambda: self.service.reap(startup=True))
+        if report.revoked_roles or report.orphaned_sessions or report.expired_sessions:
+            log.warning(
+                "reaper at start-up: %d expired, %d orphaned sessions; revoked roles: %s",
+                len(report.expired_sessions),
+                len(report.orphaned_sessions),
+                ", ".join(report.revoked_roles) or "none",
+            )
+        integrity = await loop.run_in_executor(None, chain.verify, self.store)
+        if not integrity.ok:
+            # Loud, and in the chain itself: the evidence must not depend on
+            # someone reading this log line.
+            log.error(
+                "AUDIT LOG TAMPERED: event %s: %s (dbaccess audit verify shows it)",
+                integrity.first_bad_seq,
+                integrity.problem,
+            )
+        started: dict[str, Any] = {
+            "api": self.api_url,
+            "audit_verified": integrity.ok,
+            "audit_first_bad_seq": integrity.first_bad_seq,
+        }
+        if self.opts.role != "all":
+            started["role"] = self.opts.role
+        chain.append(self.store, "broker.started", data=started)
+        reaper = asyncio.create_task(self._reaper(stop))
+        if self.archiver is not None:
+            self.archiver.start()
+        if on_ready is not None:
+            on_ready(self)
+        try:
+            await stop.wait()
+        finally:
+            log.warning(
+                "shutting down: letting statements in flight finish (up to %gs), "
+                "then ending open sessions",
+                self.opts.shutdown_grace,
+            )
+            reaper.cancel()
+            if self.gateway is not None:
+                await self.gateway.stop(self.opts.shutdown_grace)
+            await loop.run_in_executor(None, self.service.end_all)
+            await loop.run_in_executor(None, self.service.audit.stop)
+            await loop.run_in_executor(None, self.membership.leave)
+            await loop.run_in_executor(None, self.service.close_issuers)
+            await loop.run_in_executor(None, self.notifier.close)
+            chain.append(self.store, "broker.stopped", data={})
+            if self.archiver is not None:
+                await loop.run_in_executor(None, self.archiver.stop)
+            if api is not None:
+                await api()
+            self.store.close()
+
+    def _gateway_info(self) -> tuple[str, int]:
+        """Where clients reach the gateway: the public address, else this process's own."""
+        if self.opts.public_gateway_host is not None and self.opts.public_gateway_port:
+            return self.opts.public_gateway_host, self.opts.public_gateway_port
+        assert self.gateway is not None  # an API-only broker has a public address
+        return (
+            self.opts.public_gateway_host or self.gateway.host,
+            self.opts.public_gateway_port or self.gateway.port,
+        )
+
+    async def _start_api(self) -> Callable[[], Coroutine[Any, Any, None]]:
+        """Serve the API, the web inbox, /mcp and /metrics; returns what stops them.
+
+        The only place the web framework is imported: a gateway-only broker never
+        gets here, and so never loads it."""
+        import uvicorn
+
+        from server.api.app import GatewayInfo, create_app
+        from server.api.auth_routes import AuthSettings
+
+        assert self.api_sock is not None
+        unregister_metrics = metrics.register(self.service, self.gateway, SIGNALS)
+        host, port = self._gateway_info()
         info = GatewayInfo(
-            host=self.opts.public_gateway_host or self.gateway.host,
-            port=self.opts.public_gateway_port or self.gateway.port,
+            host=host,
+            port=port,
             tls=self.opts.tls is not None,
             ca_fingerprint=fingerprint(self.opts.tls.ca)
             if self.opts.tls and self.opts.tls.ca
@@ -233,12 +337,15 @@ class Runtime:
         from server.mcp.http import LocalGateway
         from server.mcp.http import register as register_mcp
 
+        # The agents' SQL goes through this process's own gateway, or, from an
+        # API-only broker, through the gateway replicas.
+        own = self.gateway
         agent_tools = register_mcp(
             app,
             self.service,
             LocalGateway(
-                host=_reachable(self.gateway.host),
-                port=self.gateway.port,
+                host=_reachable(own.host) if own is not None else host,
+                port=own.port if own is not None else port,
                 tls=self.opts.tls is not None,
                 ca_file=str(self.opts.tls.ca) if self.opts.tls and self.opts.tls.ca else None,
             ),
@@ -260,64 +367,17 @@ class Runtime:
             ssl_certfile=str(tls.cert) if tls else None,
             ssl_keyfile=str(tls.key) if tls else None,
         )
-        api = _Server(config)
-        api_task = asyncio.create_task(api.serve(sockets=[self.api_sock]))
+        server = _Server(config)
+        task = asyncio.create_task(server.serve(sockets=[self.api_sock]))
 
-        report = await loop.run_in_executor(None, lambda: self.service.reap(startup=True))
-        if report.revoked_roles or report.orphaned_sessions or report.expired_sessions:
-            log.warning(
-                "reaper at start-up: %d expired, %d orphaned sessions; revoked roles: %s",
-                len(report.expired_sessions),
-                len(report.orphaned_sessions),
-                ", ".join(report.revoked_roles) or "none",
-            )
-        integrity = await loop.run_in_executor(None, chain.verify, self.store)
-        if not integrity.ok:
-            # Loud, and in the chain itself: the evidence must not depend on
-            # someone reading this log line.
-            log.error(
-                "AUDIT LOG TAMPERED: event %s: %s (dbaccess audit verify shows it)",
-                integrity.first_bad_seq,
-                integrity.problem,
-            )
-        chain.append(
-            self.store,
-            "broker.started",
-            data={
-                "api": self.api_url,
-                "audit_verified": integrity.ok,
-                "audit_first_bad_seq": integrity.first_bad_seq,
-            },
-        )
-        reaper = asyncio.create_task(self._reaper(stop))
-        if self.archiver is not None:
-            self.archiver.start()
-        if on_ready is not None:
-            on_ready(self)
-        try:
-            await stop.wait()
-        finally:
-            log.warning(
-                "shutting down: letting statements in flight finish (up to %gs), "
-                "then ending open sessions",
-                self.opts.shutdown_grace,
-            )
-            reaper.cancel()
-            await self.gateway.stop(self.opts.shutdown_grace)
-            await loop.run_in_executor(None, self.service.end_all)
-            await loop.run_in_executor(None, self.service.audit.stop)
-            await loop.run_in_executor(None, self.membership.leave)
-            await loop.run_in_executor(None, self.service.close_issuers)
-            await loop.run_in_executor(None, self.notifier.close)
-            chain.append(self.store, "broker.stopped", data={})
-            if self.archiver is not None:
-                await loop.run_in_executor(None, self.archiver.stop)
+        async def stop() -> None:
             await agent_tools.stop()
-            api.should_exit = True
+            server.should_exit = True
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(api_task, 10)
+                await asyncio.wait_for(task, 10)
             unregister_metrics()
-            self.store.close()
+
+        return stop
 
     async def _reaper(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()

@@ -106,12 +106,10 @@ def create_app(
             break_glass=body.break_glass,
             request_id=body.request_id,
         )
-        live = service.live(record.id)
-        assert live is not None
         return {
             "session": record.to_json(),
             "ticket": ticket,
-            "database": live.upstream.database,
+            "database": service.database_of(record),
             "gateway": asdict(gateway),
         }
 

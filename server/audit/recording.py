@@ -748,6 +748,33 @@ class Recorder:
         digest = None if last is not None else hashlib.sha256()
         return _Session(session_id, RecordingFailure.CLOSE, int(last or 0) + 1, digest=digest)
 
+    def hand_over(self, session_id: str, timeout: float = 10.0) -> bool:
+        """Write what is queued for a session another replica will record from now on
+        (an API-only replica hands its sessions to a gateway replica), and forget it
+        here: anything this recorder is asked later for it starts from the store.
+        False when its events were not written in time."""
+        written = self.flush(timeout)
+        with self._lock:
+            state = self._sessions.pop(session_id, None)
+        return written and (state is None or state.failed is None)
+
+    def take_over(self, session_id: str, failure: RecordingFailure) -> bool:
+        """Become the writer of a session's open recording that another replica began
+        (its ``session.start`` is written already), recording it as ``failure`` says.
+        False when the recording is closed."""
+        with self._lock:
+            state = self._sessions.get(session_id)
+            if state is None:
+                if session_id in self._closed:
+                    return False
+                state = self._resume(session_id)
+                if state is None:
+                    self._closed.add(session_id)
+                    return False
+                self._sessions[session_id] = state
+            state.mode = failure
+        return True
+
     def _writes(self, conn: sa.Connection, session_ids: Iterable[str]) -> set[str]:
         """Of ``session_ids``, the recordings this recorder is still the writer of, held
         ``FOR SHARE`` until the transaction ends (a taking over waits for it)."""

@@ -153,6 +153,14 @@ class MarksRoles(Protocol):
     def mark_roles(self, mark: RoleMark) -> None: ...
 
 
+@runtime_checkable
+class MintsLoginTokens(Protocol):
+    """An issuer whose credentials log in with a fresh token each time (``rds-iam``):
+    a replica that takes a session over mints them for its role with its own issuer."""
+
+    def token(self, username: str) -> str: ...
+
+
 @dataclass(frozen=True)
 class RevocationResult:
     """What revoke did: backends terminated, whether the role was dropped, and whether a

@@ -81,8 +81,7 @@ class ServiceBackend:
             record, ticket = self.service.start(self.who, target, scope, None, reason, client)
         except DbaccessError as exc:
             raise _tool_error(exc) from None
-        live = self.service.live(record.id)
-        database = live.upstream.database if live is not None else ""
+        database = self.service.database_of(record)
         return DbSession(
             id=record.id,
             target=record.target,

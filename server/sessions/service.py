@@ -36,7 +36,7 @@ import logging
 import secrets
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -52,6 +52,7 @@ from server.credentials.base import (
     KeepsLeases,
     ManagedRole,
     MarksRoles,
+    MintsLoginTokens,
     RevocationResult,
     RoleMark,
     role_name_for,
@@ -70,6 +71,7 @@ from server.policy.agents import agent_default_limits, agent_limits
 from server.policy.evaluate import Identity, evaluate, refusal
 from server.policy.limits import connection_shares
 from server.policy.model import SessionLimits, default_limits
+from server.sessions import handoff
 from server.store.db import SessionRecord, Store, StoreLeaseBook, hash_secret, new_id, utcnow
 
 log = logging.getLogger(__name__)
@@ -219,8 +221,12 @@ class SessionService:
         recorder: Recorder | None = None,
         archiver: Archiver | None = None,
         replica_id: str | None = None,
+        hand_off: bool = False,
     ) -> None:
         self.store = store
+        # An API-only replica's: the sessions it starts are handed, credential and
+        # recording, to the gateway replica their client connects to (see the module).
+        self.hand_off = hand_off
         # This process among the replicas on the store: the owner of the sessions it starts.
         self.replica_id = replica_id or new_id("r-")
         self.policy = policy
@@ -248,6 +254,9 @@ class SessionService:
         self.max_connections_per_session = max_connections_per_session
         # Per target: (max_connections, superuser_reserved_connections, reserved_connections).
         self._capacity: dict[str, tuple[int, int, int]] = {}
+        # One handed-off session taken at a time: a client's second connection must find
+        # the first one's session here rather than race it for the store's row.
+        self._taking = threading.Lock()
 
     # -- helpers ------------------------------------------------------------
     def target(self, name: str) -> TargetPolicy:
@@ -286,6 +295,13 @@ class SessionService:
     def live(self, session_id: str) -> LiveSession | None:
         with self._lock:
             return self._live.get(session_id)
+
+    def database_of(self, record: SessionRecord) -> str:
+        """The database a session's connections log in to."""
+        live = self.live(record.id)
+        if live is not None:
+            return live.upstream.database
+        return self.target(record.target).database
 
     def limits(self, live: LiveSession) -> SessionLimits:
         """The limits of a session's scope as the policy says now (its scope's
@@ -398,8 +414,24 @@ class SessionService:
                 revocation=None,
                 owner=self.replica_id,
             )
+            sealed = None
+            if self.hand_off:
+                sealed = handoff.seal(
+                    ticket,
+                    {
+                        "username": credential.username,
+                        "password": credential.password,
+                        "valid_until": credential.valid_until.isoformat(),
+                        "lease_id": credential.lease_id,
+                        "tokens": credential.password_provider is not None,
+                        "agent": identity.agent,
+                        "on_behalf_of": identity.owner if identity.agent else None,
+                        "kind": identity.kind,
+                        "request_id": grant.id if grant is not None else None,
+                    },
+                )
             try:
-                self.store.insert_session(record, ticket_hash)
+                self.store.insert_session(record, ticket_hash, handoff=sealed)
             except Exception:
                 # Nothing half-created survives: the role goes if the session cannot be stored.
                 issuer.revoke(credential.username)
@@ -422,6 +454,10 @@ class SessionService:
                     },
                     failure=target.recording_failure,
                 )
+                # The gateway replica that takes the session continues the recording
+                # after its session.start, which must be in the store by then.
+                if self.hand_off and not self.recorder.hand_over(session_id):
+                    raise Unavailable("the session's first event was not written")
             except Exception as exc:
                 # A session that cannot be recorded does not start.
                 issuer.revoke(credential.username)
@@ -433,17 +469,18 @@ class SessionService:
                     "the session's recording could not be started",
                     hint="the broker's store is failing; try again, or ask an admin",
                 ) from None
-            with self._lock:
-                self._live[session_id] = LiveSession(
-                    record,
-                    credential,
-                    upstream,
-                    agent=identity.agent,
-                    on_behalf_of=identity.owner if identity.agent else None,
-                    kind=identity.kind,
-                    request_id=grant.id if grant is not None else None,
-                )
-                self._by_ticket[ticket_hash] = session_id
+            if not self.hand_off:
+                with self._lock:
+                    self._live[session_id] = LiveSession(
+                        record,
+                        credential,
+                        upstream,
+                        agent=identity.agent,
+                        on_behalf_of=identity.owner if identity.agent else None,
+                        kind=identity.kind,
+                        request_id=grant.id if grant is not None else None,
+                    )
+                    self._by_ticket[ticket_hash] = session_id
         except Exception:
             # A session that never started must not use up its approval.
             if grant is not None:
@@ -479,9 +516,9 @@ class SessionService:
     # -- gateway side -------------------------------------------------------
     def resolve_ticket(self, ticket: str, database: str | None) -> LiveSession:
         digest = hash_secret(ticket)
-        with self._lock:
-            session_id = self._by_ticket.get(digest)
-            live = self._live.get(session_id) if session_id else None
+        live = self._held(digest)
+        if live is None:
+            live = self._take_handed_off(ticket, digest)
         if live is None:
             message, hint = self._why_ticket_rejected(digest)
             raise NotAuthenticated(message, hint=hint)
@@ -497,6 +534,88 @@ class SessionService:
             )
         return live
 
+    def _held(self, digest: str) -> LiveSession | None:
+        with self._lock:
+            session_id = self._by_ticket.get(digest)
+            return self._live.get(session_id) if session_id else None
+
+    def _take_handed_off(self, ticket: str, digest: str) -> LiveSession | None:
+        """A session an API-only replica started, taken over by this (gateway) replica at
+        its client's first connection: its credential unsealed with the ticket, its
+        ownership and its recording moved here.  None when there is no such session."""
+        with self._taking:
+            live = self._held(digest)
+            if live is not None:
+                return live
+            found = self.store.session_handoff(digest)
+            if found is None:
+                return None
+            record, sealed = found
+            if sealed is None or record.status != "active":
+                return None
+            target = self.policy.targets.get(record.target)
+            if target is None:
+                return None
+            try:
+                sealed_by_ticket = handoff.open_sealed(ticket, sealed)
+            except handoff.SealBroken as exc:
+                log.error("session %s: its handed-off credential: %s", record.id, exc)
+                return None
+            with self._lock:  # the reaper must not take it for one this replica lost
+                self._minting_sessions.add(record.id)
+            try:
+                live = self._handed_live(record, target, sealed_by_ticket)
+                if not self.store.take_handoff(record.id, self.replica_id):
+                    return None  # ended meanwhile, or another gateway replica took it
+                if not self.recorder.take_over(record.id, target.recording_failure):
+                    log.error("session %s was handed over with its recording closed", record.id)
+                    return None
+                with self._lock:
+                    self._live[record.id] = live
+                    self._by_ticket[digest] = record.id
+            finally:
+                with self._lock:
+                    self._minting_sessions.discard(record.id)
+        chain.append(
+            self.store,
+            "session.taken",
+            identity=record.identity,
+            target=record.target,
+            session_id=record.id,
+            data={"replica": self.replica_id, "from": record.owner},
+        )
+        return live
+
+    def _handed_live(
+        self, record: SessionRecord, target: TargetPolicy, sealed_by_ticket: dict[str, Any]
+    ) -> LiveSession:
+        """The live session a handed-off session becomes on the replica that took it."""
+        credential = Credential(
+            username=str(sealed_by_ticket["username"]),
+            password=str(sealed_by_ticket["password"]),
+            valid_until=datetime.fromisoformat(str(sealed_by_ticket["valid_until"])),
+            lease_id=sealed_by_ticket.get("lease_id"),
+        )
+        if sealed_by_ticket.get("tokens"):
+            issuer = self.issuer(target)
+            if not isinstance(issuer, MintsLoginTokens):
+                raise Unavailable(
+                    f"session {record.id} logs in with tokens that target "
+                    f"{record.target!r}'s issuer here does not mint",
+                    hint="start a new session: dbaccess connect " + record.target,
+                )
+            username = credential.username
+            credential = replace(credential, password_provider=lambda: issuer.token(username))
+        return LiveSession(
+            replace(record, owner=self.replica_id),
+            credential,
+            upstream_for(target),
+            agent=bool(sealed_by_ticket.get("agent")),
+            on_behalf_of=sealed_by_ticket.get("on_behalf_of"),
+            kind=str(sealed_by_ticket.get("kind") or "user"),
+            request_id=sealed_by_ticket.get("request_id"),
+        )
+
     def _why_ticket_rejected(self, digest: str) -> tuple[str, str]:
         row = self.store.session_by_ticket(digest)
         if row is None:
@@ -504,6 +623,12 @@ class SessionService:
                 "invalid session ticket",
                 "the password must be the ticket of a live dbaccess session: "
                 "use dbaccess connect or dbaccess run",
+            )
+        if row.status == "active" and row.owner not in (None, self.replica_id):
+            return (
+                f"session {row.id} is held by another broker replica",
+                "every connection of a session goes to the gateway its broker named: "
+                "have the load balancer keep a client's connections on one replica",
             )
         return (
             f"session {row.id} has ended ({row.status}: {row.end_reason})",
@@ -643,10 +768,15 @@ class SessionService:
             data={"status": status, "reason": reason, "actor": actor, "revocation": result},
         )
         closing = {"status": status, "reason": reason, "actor": actor, "revocation": result}
-        if live is None and record.owner not in (None, self.replica_id):
-            if self._alive(record.owner):
+        owner = record.owner
+        if self.hand_off and live is None:
+            # A gateway replica may have taken the session just before it ended here.
+            ending = self.store.get_session(session_id)
+            owner = ending.owner if ending is not None else owner
+        if live is None and owner not in (None, self.replica_id):
+            if self._alive(owner):
                 # The owner holds the connections and the recording: it closes them.
-                self.store.notify(SESSIONS_CHANNEL, record.owner)
+                self.store.notify(SESSIONS_CHANNEL, owner)
             else:
                 self.recorder.close(session_id, closing)
         else:
@@ -731,6 +861,9 @@ class SessionService:
     def end_all(self, status: str = "shutdown", reason: str = "broker shut down") -> None:
         with self._lock:
             ids = list(self._live)
+        if self.hand_off:
+            # Handed-off sessions that no gateway replica has taken yet are still this one's.
+            ids += [rec.id for rec in self.store.owned_sessions(self.replica_id)]
         for session_id in ids:
             self.end(session_id, status=status, reason=reason)
 
@@ -794,6 +927,8 @@ class SessionService:
         try:
             for rec in self.store.owned_sessions(self.replica_id):
                 if self.live(rec.id) is None and not self._starting(rec.id):
+                    if self.hand_off and rec.expires_at > now:
+                        continue  # waiting for its client's first connection to a gateway
                     finish(rec, "broker restarted; credential revoked")
             while claimed := self.store.claim_orphans(self.replica_id, now):
                 for rec in claimed:

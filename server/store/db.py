@@ -433,7 +433,9 @@ class Store:
         return True
 
     # -- sessions -------------------------------------------------------------
-    def insert_session(self, rec: SessionRecord, ticket_hash: str) -> None:
+    def insert_session(
+        self, rec: SessionRecord, ticket_hash: str, *, handoff: str | None = None
+    ) -> None:
         with self.tx() as conn:
             conn.execute(
                 t.sessions.insert().values(
@@ -449,6 +451,7 @@ class Store:
                     created_at=rec.created_at,
                     expires_at=rec.expires_at,
                     owner=rec.owner,
+                    handoff=handoff,
                 )
             )
 
@@ -464,6 +467,34 @@ class Store:
                 t.sessions.select().where(t.sessions.c.ticket_hash == ticket_hash)
             ).first()
         return _session(row) if row else None
+
+    def session_handoff(self, ticket_hash: str) -> tuple[SessionRecord, str | None] | None:
+        """The session whose ticket hashes to ``ticket_hash`` and its sealed credential
+        (None unless an API-only replica started it)."""
+        with self.tx() as conn:
+            row = conn.execute(
+                t.sessions.select().where(t.sessions.c.ticket_hash == ticket_hash)
+            ).first()
+        return (_session(row), row._mapping["handoff"]) if row else None
+
+    def take_handoff(self, session_id: str, replica_id: str) -> bool:
+        """Make ``replica_id`` the owner of an active session an API-only replica started
+        and still owns; False when it is no longer such a session (ended, or taken by
+        another replica).  One statement, so two gateway replicas never both take it."""
+        s, r = t.sessions.c, t.replicas.c
+        starters = sa.select(r.id).where(r.role == "api")
+        with self.tx() as conn:
+            res = conn.execute(
+                t.sessions.update()
+                .where(
+                    s.id == session_id,
+                    s.status == "active",
+                    s.handoff.is_not(None),
+                    s.owner.in_(starters),
+                )
+                .values(owner=replica_id)
+            )
+        return res.rowcount == 1
 
     def list_sessions(
         self, *, identity: str | None = None, active: bool | None = None, limit: int = 100

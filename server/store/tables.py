@@ -47,6 +47,9 @@ sessions = sa.Table(
     sa.Column("client", sa.JSON, nullable=True),
     # The replica holding the session's credential (None: a broker from before replicas).
     sa.Column("owner", sa.String(32), nullable=True, index=True),
+    # An API-only replica's session: its credential sealed with its ticket, for the
+    # gateway replica the client connects to (server.sessions.handoff).
+    sa.Column("handoff", sa.Text, nullable=True),
 )
 
 # What every broker of one store shares: ``deployment_id`` marks the roles they create.

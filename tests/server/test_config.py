@@ -441,3 +441,34 @@ def test_analysis_limit_errors_name_their_origin(tmp_path: Path) -> None:
         "262144, 256KiB or 1MiB",
         "environment: DBACCESS_SERVER_GATEWAY_ANALYSIS_CPU_BUDGET: '0' must be a number above zero",
     ]
+
+
+def test_role_defaults_to_all_and_comes_from_file_environment_or_flag(tmp_path: Path) -> None:
+    assert load_config(None, environ={}).role == "all"
+    config = tmp_path / "server.yaml"
+    config.write_text("role: gateway\n")
+    assert load_config(config, environ={}).role == "gateway"
+    env = {"DBACCESS_SERVER_ROLE": "all"}
+    assert load_config(config, environ=env).role == "all"
+    flagged = load_config(config, {"role": "api", "public_gateway_address": "gw:6432"}, environ={})
+    assert flagged.role == "api"
+
+
+def test_an_unknown_role_names_the_roles(tmp_path: Path) -> None:
+    config = tmp_path / "server.yaml"
+    config.write_text("role: proxy\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(config, environ={})
+    assert f"{config}:1: role: 'proxy' is not a role (one of: all, api, gateway)" in str(err.value)
+
+
+def test_an_api_only_broker_needs_the_gateway_replicas_address(tmp_path: Path) -> None:
+    config = tmp_path / "server.yaml"
+    config.write_text("api_listen: 127.0.0.1:8700\nrole: api\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(config, environ={})
+    assert f"{config}:2: role:" in str(err.value)
+    assert "give public_gateway_address" in str(err.value)
+    env = {"DBACCESS_SERVER_PUBLIC_GATEWAY_ADDRESS": "gateways.example.com:6432"}
+    cfg = load_config(config, environ=env)
+    assert cfg.public_gateway_address == "gateways.example.com:6432"

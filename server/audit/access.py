@@ -16,8 +16,9 @@ self-contained::
 ``columns`` are the relation's columns the statement touched (empty where it
 touched the relation without naming one: ``count(*)``, a DELETE's target),
 ``masked`` those that left masked, ``exempt`` those a masking rule names that
-came back in clear because the session's groups are exempt; every other
-column came back clear.  Being part of an event of the recording, the facts
+came back in clear because the session's groups or scope are exempt (the
+facts of such a session then also say what exempts it: ``"exemption": "group
+dba"``); every other column came back clear.  Being part of an event of the recording, the facts
 are redacted like the rest (they hold names, never values) and covered by the
 recording's digest, which the audit hash chain holds.
 
@@ -105,9 +106,11 @@ def access_event(
     decision: str = "allowed",
     rule: str | None = None,
     approval: str | None = None,
+    exemption: str | None = None,
 ) -> dict[str, Any]:
-    """The access facts of a ``statement`` event (JSON's own types only), for its ``access`` key."""
-    return {
+    """The access facts of a ``statement`` event (JSON's own types only), for its ``access`` key;
+    ``exemption`` (what exempts the session from masking) only where there is one."""
+    facts = {
         "target": session.target,
         "identity": session.identity,
         "identity_kind": session.identity_kind,
@@ -119,6 +122,9 @@ def access_event(
         "approval": approval,
         "relations": [r.to_json() for r in relations],
     }
+    if exemption is not None:
+        facts["exemption"] = exemption
+    return facts
 
 
 # --------------------------------------------------------------------------

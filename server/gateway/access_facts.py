@@ -26,8 +26,11 @@ the ``access`` part of the statement's recording event
   which base columns a view reads (through views of views too) but not which
   feeds which view column, so a masked view column stands for the masked
   ones among them (what masked it, as a computed column's ``derived from``
-  names them), a clear one for the others.  A session without masking has
-  no plans, so its facts name relations without columns;
+  names them), a clear one for the others.  A session exempt from masking
+  has plans made with the rules it is exempt from (``masking.exempted``):
+  what they would have masked is ``exempt``, and the facts say what exempts
+  the session (``exemption``).  A session without masking rules has no
+  plans, so its facts name relations without columns;
 * rows are the command tag's count, the decision the gateway's, the
   approval the statement review's it ran under (the guard leaves it in
   ``Relay.reviewed``), else the session's access request.
@@ -45,7 +48,15 @@ from typing import Any, Final
 from server.audit.access import READ, WRITE, RelationAccess, SessionFacts, access_event
 from server.gateway.analysis_pool import PROCESS_MIN_CHARS
 from server.gateway.catalog import CatalogSnapshot
-from server.gateway.masking import NO_MASKING, Action, ColumnRef, MaskingRules, MaskPlan, masks
+from server.gateway.masking import (
+    NO_MASKING,
+    Action,
+    ColumnRef,
+    FieldPlan,
+    MaskingRules,
+    MaskPlan,
+    masks,
+)
 from server.gateway.sqlcheck import Analysis, Execution, analyze
 
 log = logging.getLogger(__name__)
@@ -66,8 +77,10 @@ class AccessContext:
     search_path: tuple[str, ...]
     role: str  # the session's database role (whose ``$user`` schema does not exist)
     approval: str | None = None
-    # The session's masking rules: which base columns a view column stands for.
+    # The session's masking rules (for an exempt session, those it is exempt
+    # from): which base columns a view column stands for.
     rules: MaskingRules = NO_MASKING
+    exemption: str | None = None  # what exempts the session from masking (``group G``)
 
 
 def _columns_of(source: str) -> list[tuple[str, str, str]]:
@@ -155,6 +168,7 @@ def access_facts(
         rows=rows,
         decision=decision,
         approval=approval or ctx.approval,
+        exemption=ctx.exemption,
     )
     facts["relations"] = relations_json  # shared by the events of the shape, never changed
     return facts
@@ -166,10 +180,10 @@ def _relations(
     plans: Sequence[MaskPlan],
     snapshot: CatalogSnapshot | None,
 ) -> list[RelationAccess]:
-    relations: dict[tuple[str, str, str], tuple[list[str], set[str]]] = {}
+    relations: dict[tuple[str, str, str], tuple[list[str], set[str], set[str]]] = {}
 
-    def relation(schema: str, table: str, action: str) -> tuple[list[str], set[str]]:
-        return relations.setdefault((schema, table, action), ([], set()))
+    def relation(schema: str, table: str, action: str) -> tuple[list[str], set[str], set[str]]:
+        return relations.setdefault((schema, table, action), ([], set(), set()))
 
     for top in analysis.statements:
         for statement, when in top.walk():
@@ -184,25 +198,29 @@ def _relations(
                     for schema in _settled(schemas, table, ctx.role, snapshot):
                         relation(schema, table, action)
 
-    def read(schema: str, table: str, column: str, masked_now: bool) -> None:
-        columns, masked = relation(schema, table, READ)
+    def read(schema: str, table: str, column: str, field: FieldPlan) -> None:
+        columns, masked, exempt = relation(schema, table, READ)
         if column not in columns:
             columns.append(column)
-        if masked_now:
+        if field.action is Action.MASK:
             masked.add(column)
+        elif field.exempt:
+            exempt.add(column)
 
     for plan in plans:
         for field in plan.fields:
             if field.action is Action.BLOCK:
                 continue
-            masked_now = field.action is Action.MASK
+            masked_now = field.action is Action.MASK or field.exempt
             for schema, table, column in _columns_of(field.source):
-                read(schema, table, column, masked_now)
+                read(schema, table, column, field)
                 for base in _bases(snapshot, ctx.rules, schema, table, column, masked_now):
-                    read(base.schema, base.table, base.column, masked_now)
+                    read(base.schema, base.table, base.column, field)
     return [
-        RelationAccess(schema, table, action, tuple(columns), frozenset(masked))
-        for (schema, table, action), (columns, masked) in relations.items()
+        RelationAccess(
+            schema, table, action, tuple(columns), frozenset(masked), frozenset(exempt - masked)
+        )
+        for (schema, table, action), (columns, masked, exempt) in relations.items()
     ]
 
 

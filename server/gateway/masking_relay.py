@@ -75,6 +75,12 @@ that answer applied to the old one, so the new one's rows are not described
   -- redacted, timed -- on the recorder's writer thread (:func:`statement_data`,
   :func:`notice_data`).
 
+A session exempt from masking (``masking.exempt``) gets no rewriting and no
+refusal; only its RowDescriptions (and NoData) are watched, each planned with
+the rules it is exempt from (from the catalog alone: no statement is analysed
+for it) and kept as an all-clear plan whose would-be-masked columns are marked
+(``masking.exempted``), for the statement's access facts.
+
 Masking is visible.  A session that masking applies to is told at login,
 in a NoticeResponse before its first ReadyForQuery (``Relay.greeting``), which
 columns of the target leave masked in it (``masking.session_notice``).  Which
@@ -140,6 +146,7 @@ from server.gateway.masking import (
     ColumnRef,
     MaskingRules,
     MaskPlan,
+    exempted,
     expand_formats,
     masks,
     plan_for_row_description,
@@ -164,6 +171,7 @@ from server.gateway.pgwire import (
     Describe,
     ErrorResponse,
     Execute,
+    Field,
     FunctionCallResponse,
     NoticeResponse,
     NotificationResponse,
@@ -345,8 +353,16 @@ class MaskingHooks:
         search_path: tuple[str, ...] = ("public",),
         access: AccessContext | None = None,
         limits: AnalysisLimits = DEFAULT_ANALYSIS_LIMITS,
+        exempt: MaskingRules | None = None,
     ) -> None:
         self.rules = rules
+        # A session exempt from masking: the rules it is exempt from, for its
+        # access facts only (``_on_exempt_result``).
+        self._exempt = (
+            exempt
+            if exempt is not None and exempt.active and access is not None and not rules.active
+            else None
+        )
         self.limits = limits  # the guard's, whose oversize refusals are skipped here
         self.masking = rules.active
         self.detectors = rules.detector_set
@@ -394,6 +410,9 @@ class MaskingHooks:
         screening = self.masking or self.detecting
         for t in _RESPONSE_TYPES + _ASYNC_TYPES if screening else _RECORD_TYPES:
             _chain_server(relay, bytes((t,)), self._on_server)
+        if self._exempt is not None and not screening:
+            for t in b"Tn":
+                _chain_server(relay, bytes((t,)), self._on_exempt_result)
         if screening and relay.server_hook(68) == self._on_server:
             # Nothing chained before it on DataRows: whole runs of them can be
             # masked in one call (see _on_rows).
@@ -652,6 +671,31 @@ class MaskingHooks:
         if head.kind == "Q":
             _note_masked(head, plan)
         return out
+
+    def _on_exempt_result(self, raw: RawMessage, relay: Relay) -> None:
+        """A RowDescription (or NoData) in a session exempt from masking: what the
+        rules it is exempt from would have masked, for the statement's access
+        facts (:func:`exempted`); the result goes on as it is, never refused."""
+        head = self.pending[0] if self.pending else None
+        if head is None or head.kind not in ("Q", "DS", "DP"):
+            return None
+        if raw.type == 110:  # n: NoData
+            if head.kind != "Q":
+                self.pending.popleft()
+            return None
+        msg = pgwire.decode_backend(raw)
+        assert isinstance(msg, RowDescription)
+        plan = self._plan(msg, head, raw.body)
+        if head.kind == "Q":
+            head.plans.append(plan)
+            return None
+        self.pending.popleft()
+        if head.kind == "DS":
+            if head.statement is not None:
+                head.statement.plan = plan
+        elif head.portal is not None:
+            head.portal.plan = plan
+        return None
 
     def _report(self) -> bytes | None:
         """A ParameterStatus ``dbaccess.masked_columns`` ahead of the ReadyForQuery
@@ -942,14 +986,27 @@ class MaskingHooks:
             read_text[0] = True
             return self._lineage(item, len(msg.fields))
 
-        plan = plan_for_row_description(
-            msg.fields,
-            origin,
-            self.rules,
-            lineage,
-            # In a Query, the statement running now (the one after those completed).
-            touched=lambda: self._touched(item, item.done if item.kind == "Q" else None),
-        )
+        if self._exempt is not None:
+            plan = exempted(
+                plan_for_row_description(
+                    msg.fields,
+                    origin,
+                    self._exempt,
+                    # Nothing is read for an exempt session's facts: a view's column
+                    # stands for itself, a computed one is left out.
+                    lambda: _own_origins(msg.fields, origin),
+                    touched=lambda: (),
+                )
+            )
+        else:
+            plan = plan_for_row_description(
+                msg.fields,
+                origin,
+                self.rules,
+                lineage,
+                # In a Query, the statement running now (the one after those completed).
+                touched=lambda: self._touched(item, item.done if item.kind == "Q" else None),
+            )
         if item.sql is not None and len(item.sql) <= _PLAN_KEY_TEXT:
             which = item.sql if read_text[0] or shape is None else shape
             if len(self._plans) >= _PLANS_KEPT:
@@ -1395,6 +1452,18 @@ def _chain_client(relay: Relay, types: bytes, hook: Hook) -> None:
     relay.on_client(types, chained)
 
 
+def _own_origins(
+    fields: Sequence[Field], origin: Callable[[int, int], ColumnRef | None]
+) -> dict[int, list[ColumnRef]]:
+    """Each result column with an origin, as its own lineage."""
+    found = {}
+    for i, f in enumerate(fields):
+        ref = origin(f.table_oid, f.column_attnum) if f.column_attnum > 0 else None
+        if ref is not None:
+            found[i] = [ref]
+    return found
+
+
 def _chain_server(relay: Relay, types: bytes, hook: Hook) -> None:
     before = relay.server_hook(types[0])
     if before is None:
@@ -1524,12 +1593,21 @@ class MaskingSetup:
         if target is None or target.masking is None:
             return MaskingRules(), None
         rules = session_rules(target, record.scope, record.groups)
-        if not rules.active:
+        if not rules.active and self._exemption(live) is None:
             return rules, None
         catalog = self.catalogs.get(target.name)
         if catalog is None:
             catalog = self.catalogs.setdefault(target.name, Catalog.for_target(target))
         return rules, catalog
+
+    def _exemption(self, live: LiveSession) -> tuple[MaskingRules, str] | None:
+        """The rules an exempt session is exempt from and what exempts it (see
+        ``MaskingRules.exempted_from``), for its access facts."""
+        record = live.record
+        target = self.service.policy.targets.get(record.target)
+        if target is None:
+            return None
+        return MaskingRules.exempted_from(target.masking, record.scope, record.groups)
 
     def pre_execution(
         self, live: LiveSession, search_path: tuple[str, ...]
@@ -1572,6 +1650,7 @@ class MaskingSetup:
         # The path the gateway pinned at login (the server checked it then).
         path = session_search_path(relay.parameters.get("search_path"), live.credential.username)
         record = live.record
+        exemption = self._exemption(live) if not rules.active else None
         access = AccessContext(
             SessionFacts(
                 record.target,
@@ -1582,7 +1661,8 @@ class MaskingSetup:
             path,
             live.credential.username,
             live.request_id,
-            rules,
+            rules if exemption is None else exemption[0],
+            exemption[1] if exemption is not None else None,
         )
         MaskingHooks(
             rules,
@@ -1592,4 +1672,5 @@ class MaskingSetup:
             search_path=path,
             access=access,
             limits=self.limits,
+            exempt=exemption[0] if exemption is not None else None,
         ).install(relay)

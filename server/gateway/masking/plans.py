@@ -81,6 +81,9 @@ class FieldPlan:
     type_oid: int = 0
     retype: bool = False
     source: str = ""
+    # Clear only because the session is exempt from the rule that would mask it
+    # (``exempted``): said in its access facts.
+    exempt: bool = False
 
     @property
     def method(self) -> MaskMethod | None:
@@ -309,6 +312,24 @@ def plan_for_columns(
     for index, ((name, type_oid), ref) in enumerate(zip(columns, refs, strict=True)):
         plans.append(_decide(index, name, type_oid, ref, rules, sources_of, touches_masked))
     return MaskPlan(tuple(plans), rules.key)
+
+
+def exempted(plan: MaskPlan) -> MaskPlan:
+    """The plan of a session exempt from the rules ``plan`` was made with: every column
+    clear, those the rules would have masked marked ``exempt``."""
+    return MaskPlan(
+        tuple(
+            FieldPlan(
+                f.name,
+                Action.CLEAR,
+                type_oid=f.type_oid,
+                # A blocked column's source is why, not where from.
+                source="" if f.action is Action.BLOCK else f.source,
+                exempt=f.action is Action.MASK,
+            )
+            for f in plan.fields
+        )
+    )
 
 
 def masks(rules: MaskingRules, column: ColumnRef) -> bool:

@@ -144,6 +144,26 @@ class MaskingRules:
             )
         )
 
+    @classmethod
+    def exempted_from(
+        cls, policy: MaskingPolicy | None, scope: str, groups: Iterable[str]
+    ) -> tuple[MaskingRules, str] | None:
+        """For a session exempt from masking: the rules of its scope it is exempt from
+        (as :meth:`for_scope` gives them) and what exempts it (``scope S``, or
+        ``group G`` for the first of its exempt groups); None when it is not
+        exempt or nothing would be masked."""
+        if policy is None:
+            return None
+        if scope in policy.exempt_scopes:
+            exemption = f"scope {scope}"
+        else:
+            exempt = sorted(policy.exempt_groups.intersection(groups))
+            if not exempt:
+                return None
+            exemption = f"group {exempt[0]}"
+        rules = cls.for_scope(replace(policy, exempt_scopes=frozenset()), scope)
+        return (rules, exemption) if rules.active else None
+
     @cached_property
     def detector_set(self) -> DetectorSet:
         """The content detectors the target enables (none for exempt sessions)."""

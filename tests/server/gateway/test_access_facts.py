@@ -11,7 +11,7 @@ from server.audit.access import SessionFacts
 from server.gateway import access_facts as access_facts_module
 from server.gateway.access_facts import REREAD_MAX, AccessContext, access_facts
 from server.gateway.catalog import build_snapshot
-from server.gateway.masking import NO_MASKING, Action, MaskingRules, MaskPlan
+from server.gateway.masking import NO_MASKING, Action, MaskingRules, MaskPlan, exempted
 from server.gateway.masking.plans import FieldPlan
 from server.gateway.sqlcheck import analyze
 from server.policy.model import MaskingPolicy, MaskMethod, MaskRule
@@ -215,3 +215,29 @@ def test_a_read_through_a_view_names_the_base_columns_too(
     assert [
         (r["table"], r["action"], r["columns"], r["masked"]) for r in facts["relations"]
     ] == expected
+
+
+def test_an_exempt_session_s_clear_columns_are_marked_exempt() -> None:
+    """Columns the rules it is exempt from would mask (``exempted``), and the exemption."""
+    ctx = replace(CTX, rules=MASKING, exemption="group dba")
+    shadow = plan(
+        ("public.contacts.id", "clear"),
+        ("derived from public.contacts.email", "mask"),
+        ("public.customers.email", "mask"),
+    )
+    sql = "select c.id, c.email, u.email from contacts c, customers u"
+    facts = access_facts(
+        ctx,
+        sql,
+        guarded(sql),
+        (exempted(shadow),),
+        SNAPSHOT,
+        rows=1,
+        tag="SELECT 1",
+        decision="allowed",
+    )
+    assert facts is not None and facts["exemption"] == "group dba"
+    assert [(r["table"], r["columns"], r["masked"], r["exempt"]) for r in facts["relations"]] == [
+        ("contacts", ["id", "email"], [], ["email"]),
+        ("customers", ["city", "id", "email"], [], ["email"]),
+    ]

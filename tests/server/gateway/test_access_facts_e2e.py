@@ -45,6 +45,9 @@ DAY = [
     ("bob", "read", "select count(*) from customers"),
     ("carol", "write", "update orders set status = 'paid' where id = 1"),
     ("agent", "read", "select city from customers where id = 4"),
+    # In the group exempt from masking: clear, and said to be by exemption.
+    ("dana", "read", "select id, email from customers where id = 2"),
+    ("dana", "read", f"select email from {VIEW} limit 1"),
 ]
 
 
@@ -58,13 +61,16 @@ def day(
         )
         conn.execute(f"GRANT SELECT ON {VIEW} TO demo_read")
     try:
-        with running_broker(demo_target, masked_demo_policy(), store_url=broker_store_url) as b:
+        with running_broker(
+            demo_target, masked_demo_policy("exempt: {groups: [dba]}"), store_url=broker_store_url
+        ) as b:
             tokens = {
                 "alice": b.token("alice", "dev"),
                 "bob": b.token("bob", "dev"),
                 "carol": b.token("carol", "dev"),
                 "agent": b.token("helper-bot", "dev", owner="alice"),
                 "audra": b.token("audra", "auditor"),
+                "dana": b.token("dana", "dev", "dba"),
             }
             for who, scope, sql in DAY:
                 res = b.cli("exec", "demo", "--scope", scope, "-c", sql, token=tokens[who])
@@ -108,6 +114,12 @@ BOB_VIEW = (
 BOB_COUNT = ("bob", "SELECT", ["public.customers."])
 CAROL = ("carol", "UPDATE", ["public.orders."])
 AGENT = ("helper-bot", "SELECT", ["public.customers.city"])
+DANA = ("dana", "SELECT", ["public.customers.id", "public.customers.email[exempt]"])
+DANA_VIEW = (
+    "dana",
+    "SELECT",
+    ["public.customer_contacts.email[exempt]", "public.customers.email[exempt]"],
+)
 
 
 @pytest.mark.parametrize(
@@ -116,14 +128,24 @@ AGENT = ("helper-bot", "SELECT", ["public.customers.city"])
         (
             "audra",
             ["--table", "customers", "--column", "email"],
-            [BOB_VIEW, BOB_CTE, ALICE_JOIN, ALICE_ID],
+            [DANA_VIEW, DANA, BOB_VIEW, BOB_CTE, ALICE_JOIN, ALICE_ID],
         ),
-        ("audra", ["--table", "customer_contacts"], [BOB_VIEW]),
-        ("audra", ["--table", "public.customers", "--clear-only"], [AGENT, BOB_CTE, ALICE_ID]),
+        ("audra", ["--table", "customer_contacts"], [DANA_VIEW, BOB_VIEW]),
+        # In clear: plainly, or by exemption.
+        (
+            "audra",
+            ["--table", "public.customers", "--clear-only"],
+            [DANA_VIEW, DANA, AGENT, BOB_CTE, ALICE_ID],
+        ),
+        ("audra", ["--table", "customers", "--column", "email", "--clear-only"], [DANA_VIEW, DANA]),
         ("audra", ["--writes"], [CAROL]),
         ("audra", ["--kind", "agent"], [AGENT]),
         ("audra", ["--table", "orders"], [CAROL, ALICE_JOIN]),
-        ("audra", [], [AGENT, CAROL, BOB_COUNT, BOB_VIEW, BOB_CTE, ALICE_JOIN, ALICE_ID]),
+        (
+            "audra",
+            [],
+            [DANA_VIEW, DANA, AGENT, CAROL, BOB_COUNT, BOB_VIEW, BOB_CTE, ALICE_JOIN, ALICE_ID],
+        ),
         # Not an auditor: only their own statements and their agents'.
         ("alice", [], [AGENT, ALICE_JOIN, ALICE_ID]),
         ("bob", ["--identity", "alice"], []),
@@ -155,6 +177,8 @@ def test_the_facts_say_who_for_whom_and_how_many_rows(day: tuple[Broker, dict[st
         ("bob", "public.customers"): (3, 1, 2),
         ("carol", "public.orders"): (1, 0, 0),
         ("helper-bot", "public.customers"): (1, 1, 0),
+        ("dana", "public.customers"): (2, 2, 0),
+        ("dana", "public.customer_contacts"): (1, 1, 0),
     }
 
 

@@ -151,6 +151,28 @@ def test_rules_for_a_session(scope: str, groups: list[str], masked: set[str]) ->
     assert rules.active is bool(masked)
 
 
+@pytest.mark.parametrize(
+    ("scope", "groups", "exemption", "masked"),
+    [
+        pytest.param("read", ["dev"], None, set(), id="not-exempt"),
+        pytest.param("read", ["dev", "dba"], "group dba", {"email", "card_number"}, id="group"),
+        pytest.param("admin", ["dev"], "scope admin", {"email"}, id="scope"),
+    ],
+)
+def test_what_an_exempt_session_is_exempt_from(
+    scope: str, groups: list[str], exemption: str | None, masked: set[str]
+) -> None:
+    """For its access facts: the rules its scope would mask with, and why it is clear."""
+    found = MaskingRules.exempted_from(POLICY, scope, groups)
+    if exemption is None:
+        assert found is None
+        return
+    assert found is not None
+    rules, why = found
+    assert why == exemption
+    assert {c.column for c in CUSTOMER_COLUMNS if rules.rule_for(c) is not None} == masked
+
+
 def test_no_policy_means_no_masking() -> None:
     assert MaskingRules.for_session(None, "read", ["dev"]) is NO_MASKING
     assert not NO_MASKING.active

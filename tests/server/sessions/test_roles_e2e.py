@@ -15,14 +15,20 @@ import re
 import secrets
 import shutil
 import signal
+import ssl
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpx2
 import psycopg
 import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 from psycopg import sql
 
 from server.audit.recording import recording_info
@@ -31,6 +37,7 @@ from server.pgcluster import LocalCluster
 from server.store.db import Store
 from server.tlsutil import TlsFiles, ensure_dev_ca
 from tests.fix_broker import BIN, Broker, demo_policy, new_broker
+from tests.fix_mcp import call, with_client
 from tests.fix_pg import make_tmp_dir
 from tests.fix_session import held_session
 
@@ -263,6 +270,43 @@ def test_a_session_ended_before_any_connection_stays_with_the_api_replica(split:
     assert info is not None and info.status == "closed" and info.events == 2
     verify = split.api.cli("audit", "verify")
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_the_agents_tools_on_the_api_replica_query_through_the_gateway_replica(
+    split: Split,
+) -> None:
+    token = subprocess.run(
+        [
+            *(str(BIN / "dbaccess-server"), "token", "create", "--store-url", split.store_url),
+            *("--identity", "helper", "--groups", "dev", "--kind", "agent", "--owner", "dev"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=split.api.env(),
+        check=True,
+    ).stdout.strip()
+
+    @asynccontextmanager
+    async def over_http() -> AsyncIterator[Any]:
+        async with (
+            httpx2.AsyncClient(
+                headers={"Authorization": f"Bearer {token}"},
+                verify=ssl.create_default_context(cafile=split.api.ca_file),
+                timeout=60,
+            ) as http,
+            streamable_http_client(f"{split.api.server_url}/mcp", http_client=http) as streams,
+        ):
+            yield streams
+
+    async def body(c: Client) -> dict[str, Any]:
+        err, out, text = await call(c, "query", target="demo", sql="SELECT 6 * 7 AS answer")
+        assert not err, text
+        return out
+
+    out = with_client(over_http(), body)
+    assert out["rows"] == [[42]]
+    assert _owner_role(split, out["session_id"]) == "gateway"
 
 
 def test_the_api_replica_has_no_gateway_and_the_gateway_replica_no_api(split: Split) -> None:

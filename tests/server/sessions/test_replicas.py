@@ -9,6 +9,7 @@ own tests are in test_replicas_e2e.py).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import textwrap
@@ -25,7 +26,7 @@ from psycopg import sql
 from server.audit import chain
 from server.audit.recording import recording_info, verify_recordings
 from server.demo.provision import DemoTarget
-from server.errors import Forbidden
+from server.errors import Forbidden, NotAuthenticated
 from server.pgcluster import LocalCluster
 from server.policy import Identity, parse_policy
 from server.sessions.replicas import Membership, host_key
@@ -277,3 +278,91 @@ def test_a_recording_a_live_replica_is_closing_is_not_taken_from_it(
     assert store.abandoned_recordings(c.replica_id, utcnow()) == []
     store.end_replica(b.replica_id)  # b died before closing it: now it is abandoned
     assert [r.id for r in store.abandoned_recordings(c.replica_id, utcnow())] == [record.id]
+
+
+@pytest.fixture
+def split_roles(
+    demo_target: DemoTarget, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[[Store, str], SessionService]]:
+    """Replicas of a role (``api``: sessions handed off; ``gateway``) on a given store."""
+    monkeypatch.setenv("REPLICAS_DEMO_DSN", demo_target.admin_dsn)
+    made: list[SessionService] = []
+
+    def make(store: Store, role: str) -> SessionService:
+        service = SessionService(store, parse_policy(POLICY, "policy.yaml"), hand_off=role == "api")
+        Membership(service, role=role, lease=60).join()
+        made.append(service)
+        return service
+
+    yield make
+    for service in made:
+        service.end_all()
+        service.recorder.stop()
+        service.close_issuers()
+
+
+def test_a_handed_off_session_is_taken_by_one_gateway_replica_with_a_working_credential(
+    new_pg_store: Callable[[], Store],
+    split_roles: Callable[[Store, str], SessionService],
+) -> None:
+    store = new_pg_store()
+    api, g1, g2 = (
+        split_roles(store, "api"),
+        split_roles(store, "gateway"),
+        split_roles(store, "gateway"),
+    )
+    record, ticket = api.start(ALICE, "demo", "read", timedelta(minutes=10), "handoff")
+    assert api.live(record.id) is None, "an API replica holds no credential"
+    found = store.session_handoff(hashlib.sha256(ticket.encode()).hexdigest())
+    assert found is not None and found[1] is not None and record.db_user not in found[1]
+    outcomes: dict[str, Any] = {}
+
+    def connect(gateway: SessionService) -> None:
+        try:
+            outcomes[gateway.replica_id] = gateway.resolve_ticket(ticket, "demo")
+        except NotAuthenticated as exc:
+            outcomes[gateway.replica_id] = exc
+
+    threads = [threading.Thread(target=connect, args=(g,)) for g in (g1, g2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    taken = [o for o in outcomes.values() if not isinstance(o, Exception)]
+    refused = [o for o in outcomes.values() if isinstance(o, NotAuthenticated)]
+    assert len(taken) == 1 and len(refused) == 1, outcomes
+    assert "held by another broker replica" in refused[0].message
+    winner = g1 if outcomes[g1.replica_id] is taken[0] else g2
+    assert winner.resolve_ticket(ticket, "demo") is taken[0], "its next connection finds it here"
+    owned = store.get_session(record.id)
+    assert owned is not None and owned.owner == winner.replica_id
+    up = taken[0].upstream
+    with psycopg.connect(
+        host=up.host,
+        port=up.port,
+        dbname=up.database,
+        user=taken[0].credential.username,
+        password=taken[0].credential.login_password(),
+        sslmode="disable",
+    ) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == (record.db_user,)
+    with pytest.raises(NotAuthenticated, match="invalid session ticket"):
+        g1.resolve_ticket("dbt_" + "x" * 43, "demo")
+
+
+def test_an_untaken_session_waits_for_its_gateway_and_ends_through_its_api_replica(
+    new_pg_store: Callable[[], Store],
+    split_roles: Callable[[Store, str], SessionService],
+    admin_conn: AdminConn,
+) -> None:
+    store = new_pg_store()
+    api = split_roles(store, "api")
+    record, _ticket = api.start(ALICE, "demo", "read", timedelta(minutes=10), "handoff")
+    report = api.reap()
+    assert (report.orphaned_sessions, report.revoked_roles, report.errors) == ([], [], [])
+    assert role_exists(admin_conn, record.db_user)
+    ended = api.end(record.id, status="killed", reason="by an admin", actor="admin")
+    assert ended.status == "killed" and not role_exists(admin_conn, record.db_user)
+    info = recording_info(store, record.id)
+    assert info is not None and info.status == "closed" and info.events == 2
+    assert verify_recordings(store).ok

@@ -242,7 +242,7 @@ def event_values(
 def facts_of(kind: str, data: Mapping[str, Any]) -> Mapping[str, Any] | None:
     """The access facts of a recording's event, or None when it has none."""
     facts = data.get(FACTS) if kind == KIND else None
-    return facts if isinstance(facts, Mapping) else None
+    return facts if type(facts) is dict or isinstance(facts, Mapping) else None
 
 
 def write_index(conn: sa.Connection, events: Iterable[Any]) -> int:

@@ -966,15 +966,15 @@ class Recorder:
             return failed
         # Numbers and digests belong to this thread.
         events: list[SessionEvent] = []
-        texts: list[str] = []
+        texts: list[tuple[str, str]] = []  # each event's data and time as text
         lines: list[bytes] = []
         for state, ts_ns, kind, (data, text) in kept:
             seq = state.next_seq
             state.next_seq += 1
-            ts = event_time(ts_ns)
-            events.append(SessionEvent(state.session_id, seq, ts, kind, data))
-            texts.append(text)
-            lines.append(_line(text, kind, seq, event_iso(ts_ns)))
+            iso = event_iso(ts_ns)
+            events.append(SessionEvent(state.session_id, seq, event_time(ts_ns), kind, data))
+            texts.append((text, iso))
+            lines.append(_line(text, kind, seq, iso))
         try:
             for state in dict.fromkeys(state for state, *_ in kept):
                 if state.digest is None:
@@ -1010,18 +1010,20 @@ class Recorder:
             state.failed = problem
             failed.append((state.session_id, problem))
 
-    def _write(self, batch: list[SessionEvent], texts: list[str]) -> tuple[str | None, set[str]]:
+    def _write(
+        self, batch: list[SessionEvent], texts: list[tuple[str, str]]
+    ) -> tuple[str | None, set[str]]:
         """Write the events of the recordings this recorder still writes, in one
-        transaction, each event's data as ``texts`` has it (its canonical JSON):
-        (the store's problem, or None; the sessions another replica has taken
-        over, whose events were not written)."""
+        transaction, each event's data and time as ``texts`` has them (its canonical
+        JSON, its ISO time): (the store's problem, or None; the sessions another
+        replica has taken over, whose events were not written)."""
         try:
             with self.store.tx() as conn:
                 mine = self._writes(conn, (e.session_id for e in batch))
-                stamp = bulk.timestamps(conn)
+                stamp = bulk.iso_timestamps(conn)
                 rows = [
-                    (e.session_id, e.seq, stamp(e.ts), e.kind, text)
-                    for e, text in zip(batch, texts, strict=True)
+                    (e.session_id, e.seq, stamp(iso), e.kind, text)
+                    for e, (text, iso) in zip(batch, texts, strict=True)
                     if e.session_id in mine
                 ]
                 if rows:

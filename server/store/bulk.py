@@ -52,6 +52,22 @@ def _as_is(value: datetime) -> datetime:
     return value
 
 
+def iso_timestamps(conn: sa.Connection) -> Callable[[str], Any]:
+    """Like :func:`timestamps`, for a UTC time given as its ISO text with microseconds
+    (``datetime.isoformat(timespec="microseconds")`` of an aware UTC time:
+    ``YYYY-MM-DDTHH:MM:SS.ffffff+00:00``), which PostgreSQL reads as it is."""
+    return _iso_as_is if conn.dialect.name == "postgresql" else _sqlite_iso
+
+
+def _iso_as_is(value: str) -> str:
+    return value
+
+
+def _sqlite_iso(value: str) -> str:
+    # The same text as sqlite_time of that time, cut from the ISO text (the offset is +00:00).
+    return value[:10] + " " + value[11:26]
+
+
 def insert(
     conn: sa.Connection, table: sa.Table, columns: Sequence[str], rows: Sequence[Row]
 ) -> None:

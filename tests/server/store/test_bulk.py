@@ -46,6 +46,10 @@ def test_a_time_is_stored_on_sqlite_as_sqlalchemy_stores_it(value: datetime) -> 
     process = sa.DateTime(timezone=True).dialect_impl(dialect).bind_processor(dialect)
     assert process is not None
     assert bulk.sqlite_time(value) == process(value)
+    if value.tzinfo is not None:  # the same time as its ISO text, as the recorder has it
+        with sa.create_engine("sqlite://").connect() as conn:
+            stamp = bulk.iso_timestamps(conn)
+            assert stamp(value.isoformat(timespec="microseconds")) == process(value)
 
 
 def test_rows_read_back_as_those_sqlalchemy_wrote(any_store: Store) -> None:

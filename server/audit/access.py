@@ -252,20 +252,20 @@ def write_index(conn: sa.Connection, events: Iterable[Any]) -> int:
     if not wanted:
         return 0
     stamp = bulk.timestamps(conn)
-    ids = bulk.insert_keyed(
+    bulk.insert_family(
         conn,
         t.access_events,
         _EVENT_COLUMNS,
         [event_values(e.session_id, e.seq, stamp(e.ts), f) for e, f in wanted],
-        key=("session_id", "seq"),
+        ("session_id", "seq"),
+        t.access_columns,
+        "access_id",
+        _COLUMN_COLUMNS[1:],
+        [
+            [(col.schema, col.table, col.column, col.action, col.state) for col in column_rows(f)]
+            for _, f in wanted
+        ],
     )
-    columns = [
-        (access_id, col.schema, col.table, col.column, col.action, col.state)
-        for e, f in wanted
-        for access_id in (ids[(e.session_id, e.seq)],)
-        for col in column_rows(f)
-    ]
-    bulk.insert(conn, t.access_columns, _COLUMN_COLUMNS, columns)
     return len(wanted)
 
 

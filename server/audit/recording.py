@@ -623,6 +623,17 @@ class Recorder:
         self._flush_to = 0  # a flush waits until _done reaches this: no gathering meanwhile
         self._thread: threading.Thread | None = None
         self._stopping = False
+        # What _writes asks, built once: the writer asks it for every batch.
+        r = t.session_recordings.c
+        mine = r.writer.is_(None) if writer is None else r.writer == writer
+        self._mine = (
+            sa.select(r.session_id)
+            .where(
+                r.session_id.in_(sa.bindparam("ids", expanding=True)),
+                sa.or_(mine, r.writer.is_(None)),
+            )
+            .with_for_update(read=True)
+        )
 
     # -- lifecycle ----------------------------------------------------------------
     def _ensure_thread(self) -> None:
@@ -778,15 +789,8 @@ class Recorder:
     def _writes(self, conn: sa.Connection, session_ids: Iterable[str]) -> set[str]:
         """Of ``session_ids``, the recordings this recorder is still the writer of, held
         ``FOR SHARE`` until the transaction ends (a taking over waits for it)."""
-        r = t.session_recordings.c
         ids = sorted(set(session_ids))
-        mine = r.writer.is_(None) if self.writer is None else r.writer == self.writer
-        q = (
-            sa.select(r.session_id)
-            .where(r.session_id.in_(ids), sa.or_(mine, r.writer.is_(None)))
-            .with_for_update(read=True)
-        )
-        return {str(sid) for sid in conn.execute(q).scalars()}
+        return {str(sid) for sid in conn.execute(self._mine, {"ids": ids}).scalars()}
 
     def queue_depth(self) -> int:
         """Events queued and not written yet."""

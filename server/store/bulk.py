@@ -26,15 +26,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from functools import lru_cache
-from typing import Any, Final
+from typing import Any
 
 import sqlalchemy as sa
 
 Row = Sequence[Any]
-
-# SQLite's smallest limit on the parameters of one statement (SQLITE_MAX_VARIABLE_NUMBER
-# before 3.32); a multi-row INSERT is cut into statements under it.
-_SQLITE_MAX_PARAMS: Final = 999
 
 
 def sqlite_time(value: datetime) -> str:
@@ -80,44 +76,67 @@ def insert(
     conn.exec_driver_sql(_insert_sql(conn.dialect, table, tuple(columns)), list(rows))
 
 
-def insert_keyed(
+def insert_family(
     conn: sa.Connection,
-    table: sa.Table,
-    columns: Sequence[str],
-    rows: Sequence[Row],
+    parent: sa.Table,
+    parent_columns: Sequence[str],
+    parent_rows: Sequence[Row],
     key: Sequence[str],
-) -> dict[tuple[Any, ...], int]:
-    """Insert ``rows`` into ``table``, whose ``id`` the store numbers, and tell each new
-    row's ``id`` by its values in ``key`` (columns among ``columns`` that are unique
-    together)."""
-    if not rows:
-        return {}
-    at = [list(columns).index(k) for k in key]
+    child: sa.Table,
+    reference: str,
+    child_columns: Sequence[str],
+    children: Sequence[Sequence[Row]],
+) -> None:
+    """Insert ``parent_rows`` into ``parent``, whose ``id`` the store numbers, and the
+    rows of ``children[i]`` into ``child`` with the id of ``parent_rows[i]`` in their
+    ``reference`` column.  ``key`` names columns of ``parent_columns`` that are unique
+    together, and ``reference`` must be NOT NULL: on SQLite each child finds its
+    parent by its key (a child whose parent cannot be found is refused)."""
+    if len(children) != len(parent_rows):
+        raise ValueError("one list of children per parent row")
+    if child.c[reference].nullable:
+        raise ValueError(f"{child.name}.{reference} must be NOT NULL")
+    if not parent_rows:
+        return
     if conn.dialect.name == "postgresql":
         # The ids first, from the column's own sequence: COPY returns nothing.
         ids = list(
             conn.exec_driver_sql(
                 "SELECT nextval(pg_get_serial_sequence(%(table)s, 'id')) "
                 "FROM generate_series(1, %(n)s)",
-                {"table": table.name, "n": len(rows)},
+                {"table": parent.name, "n": len(parent_rows)},
             ).scalars()
         )
-        _copy(conn, table, ("id", *columns), [(i, *row) for i, row in zip(ids, rows, strict=True)])
-        return {tuple(row[a] for a in at): i for i, row in zip(ids, rows, strict=True)}
-    # SQLite: multi-row INSERTs that return the new ids with the key (in any order).
-    per = max(1, _SQLITE_MAX_PARAMS // len(columns))
-    made: dict[tuple[Any, ...], int] = {}
-    for start in range(0, len(rows), per):
-        chunk = rows[start : start + per]
-        sql = _returning_sql(conn.dialect, table, tuple(columns), tuple(key), len(chunk))
-        flat = tuple(v for row in chunk for v in row)
-        for new_id, *found in conn.exec_driver_sql(sql, flat):
-            made[tuple(found)] = new_id
-    if len(made) != len(rows) or any(tuple(row[a] for a in at) not in made for row in rows):
-        raise sa.exc.InvalidRequestError(
-            f"{len(rows)} rows inserted into {table.name}, {len(made)} ids returned by their key"
+        _copy(
+            conn,
+            parent,
+            ("id", *parent_columns),
+            [(i, *row) for i, row in zip(ids, parent_rows, strict=True)],
         )
-    return made
+        rows = [(i, *row) for i, kin in zip(ids, children, strict=True) for row in kin]
+        if rows:
+            _copy(conn, child, (reference, *child_columns), rows)
+        return
+    # SQLite: the parents, then each child with its parent's id looked up by key (in C,
+    # by the key's unique index) rather than the ids brought back and matched here.
+    at = [list(parent_columns).index(k) for k in key]
+    conn.exec_driver_sql(
+        _insert_sql(conn.dialect, parent, tuple(parent_columns)), list(parent_rows)
+    )
+    rows = [
+        (*ident, *row)
+        for parent_row, kin in zip(parent_rows, children, strict=True)
+        if kin
+        for ident in (tuple(parent_row[a] for a in at),)
+        for row in kin
+    ]
+    if rows:
+        conn.exec_driver_sql(
+            _referencing_sql(
+                conn.dialect, parent, tuple(key), child, reference, tuple(child_columns)
+            ),
+            rows,
+        )
 
 
 def _copy(
@@ -160,15 +179,18 @@ def _insert_sql(dialect: sa.Dialect, table: sa.Table, columns: tuple[str, ...]) 
     return f"INSERT INTO {prep.format_table(table)} ({names}) VALUES ({marks})"
 
 
-@lru_cache(maxsize=256)
-def _returning_sql(
-    dialect: sa.Dialect, table: sa.Table, columns: tuple[str, ...], key: tuple[str, ...], n: int
+@lru_cache(maxsize=64)
+def _referencing_sql(
+    dialect: sa.Dialect,
+    parent: sa.Table,
+    key: tuple[str, ...],
+    child: sa.Table,
+    reference: str,
+    columns: tuple[str, ...],
 ) -> str:
     prep = dialect.identifier_preparer
-    names = ", ".join(prep.quote(c) for c in columns)
-    row = "(" + ", ".join("?" for _ in columns) + ")"
-    back = ", ".join(prep.quote(c) for c in ("id", *key))
-    return (
-        f"INSERT INTO {prep.format_table(table)} ({names}) VALUES "
-        f"{', '.join([row] * n)} RETURNING {back}"
-    )
+    names = ", ".join(prep.quote(c) for c in (reference, *columns))
+    where = " AND ".join(f"{prep.quote(k)} = ?" for k in key)
+    find = f"(SELECT {prep.quote('id')} FROM {prep.format_table(parent)} WHERE {where})"
+    marks = ", ".join("?" for _ in columns)
+    return f"INSERT INTO {prep.format_table(child)} ({names}) VALUES ({find}, {marks})"

@@ -113,27 +113,66 @@ def _access_row(session_id: str, seq: int, when: datetime) -> tuple[object, ...]
     )
 
 
-def test_each_new_row_is_told_its_id_by_its_key(any_store: Store) -> None:
-    # More rows than one SQLite statement takes parameters for.
-    wanted = [(f"s-{n % 3}", n, WHEN) for n in range(1, 201)]
+COLUMN_COLUMNS = ("schema_name", "table_name", "column_name", "action", "state")
+
+
+def _family(conn: sa.Connection, wanted: list[tuple[str, int]], *, state: str | None) -> None:
+    stamp = bulk.timestamps(conn)
+    bulk.insert_family(
+        conn,
+        t.access_events,
+        ACCESS_COLUMNS,
+        [_access_row(s, n, stamp(WHEN)) for s, n in wanted],
+        ("session_id", "seq"),
+        t.access_columns,
+        "access_id",
+        COLUMN_COLUMNS,
+        [[("public", s, f"c{i}", "read", state) for i in range(n % 4)] for s, n in wanted],
+    )
+
+
+def test_each_child_row_gets_the_id_of_its_parent(any_store: Store) -> None:
+    wanted = [(f"s-{n % 3}", n) for n in range(1, 201)]
     with any_store.tx() as conn:
-        stamp = bulk.timestamps(conn)
-        ids = bulk.insert_keyed(
-            conn,
-            t.access_events,
-            ACCESS_COLUMNS,
-            [_access_row(s, n, stamp(w)) for s, n, w in wanted],
-            key=("session_id", "seq"),
-        )
-    c = t.access_events.c
+        _family(conn, wanted, state="clear")
+        _family(conn, [], state="clear")  # nothing: no statement
+    e, c = t.access_events.c, t.access_columns.c
     with any_store.tx() as conn:
-        stored = {
-            (r.session_id, r.seq): (r.id, r.rows)
-            for r in conn.execute(sa.select(c.id, c.session_id, c.seq, c.rows))
+        parents = {
+            r.id: (r.session_id, r.seq, r.rows)
+            for r in conn.execute(sa.select(e.id, e.session_id, e.seq, e.rows))
         }
-    assert len(ids) == len(stored) == 200
-    assert {key: (i, key[1]) for key, i in ids.items()} == stored
-    assert bulk.insert_keyed(conn, t.access_events, ACCESS_COLUMNS, [], key=("seq",)) == {}
+        children = conn.execute(sa.select(c.access_id, c.table_name, c.column_name)).all()
+    assert sorted(parents.values()) == sorted((s, n, n) for s, n in wanted)
+    # Each child names its parent's session in its table, and its parent has that many.
+    got: dict[tuple[str, int], list[str]] = {}
+    for access_id, table, column in children:
+        session_id, seq, _ = parents[access_id]
+        assert table == session_id
+        got.setdefault((session_id, seq), []).append(column)
+    assert got == {(s, n): [f"c{i}" for i in range(n % 4)] for s, n in wanted if n % 4}
+
+
+def test_a_family_the_store_refuses_leaves_nothing(any_store: Store) -> None:
+    with pytest.raises(sa.exc.IntegrityError), any_store.tx() as conn:
+        _family(conn, [("s-1", 1), ("s-1", 2), ("s-1", 3)], state=None)  # state is NOT NULL
+    with any_store.tx() as conn:
+        for table in (t.access_events, t.access_columns):
+            assert conn.execute(sa.select(sa.func.count()).select_from(table)).scalar() == 0
+
+
+def test_a_family_must_be_whole() -> None:
+    with sa.create_engine("sqlite://").connect() as conn:
+        with pytest.raises(ValueError, match="one list of children per parent row"):
+            bulk.insert_family(
+                conn, t.access_events, ("seq",), [(1,)], ("seq",), t.access_columns,
+                "access_id", ("state",), [],
+            )  # fmt: skip
+        with pytest.raises(ValueError, match="must be NOT NULL"):
+            bulk.insert_family(
+                conn, t.access_events, ("seq",), [], ("seq",), t.access_events,
+                "rule", ("seq",), [],
+            )  # fmt: skip
 
 
 def test_a_row_the_store_refuses_raises_and_nothing_of_the_transaction_stays(

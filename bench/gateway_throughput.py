@@ -308,7 +308,10 @@ def main() -> None:
             raise SystemExit(f"unknown route {name!r} (one of {', '.join(ALL_ROUTES)})")
     clients = [int(c) for c in args.clients.split(",")]
     modes = args.modes.split(",")
-    ensure_pgbouncer()
+    # pgbouncer is the reference of its own routes only: without them it is not needed.
+    bouncing = any(name.startswith("pgbouncer") for name in routes_wanted)
+    if bouncing:
+        ensure_pgbouncer()
 
     base = Path(tempfile.mkdtemp(prefix="dbaccess-gwbench-"))
     base.chmod(0o711)
@@ -325,11 +328,13 @@ def main() -> None:
             ):
                 gw_host, gw_port, ca = gateway_of(base)
                 tls_dir = base / "data" / "tls"
-                with pgbouncer(
-                    base, cluster.port, tls_dir / "server.crt", tls_dir / "server.key"
+                with (
+                    pgbouncer(base, cluster.port, tls_dir / "server.crt", tls_dir / "server.key")
+                    if bouncing
+                    else contextlib.nullcontext(0)
                 ) as bouncer_port:
                     pidfile = base / "pgbouncer" / "pgbouncer.pid"
-                    bouncer_pid = int(pidfile.read_text().strip())
+                    bouncer_pid = int(pidfile.read_text().strip()) if bouncing else None
                     all_routes = {
                         "direct": Route(
                             "direct",

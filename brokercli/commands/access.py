@@ -166,22 +166,25 @@ def connect(
         server, target, scope, ttl, reason, command="connect", port=port, approval=wait
     ) as conn:
         if psql is None:
-            if fmt is None:
-                render.info(
-                    f"listening on {conn.host}:{conn.port}\n"
-                    f'  psql "host={conn.host} port={conn.port} dbname={conn.session.database} '
-                    f'user={conn.user} sslmode=disable"\n'
-                    f"  password (session ticket): {conn.session.ticket}\n"
-                    "press Ctrl-C to end the session"
-                )
-            else:
-                sys.stdout.write(details(conn, fmt))
-                sys.stdout.flush()
-                render.info(
-                    f"tunnel open on {conn.host}:{conn.port}; "
-                    f"Ctrl-C (or kill {os.getpid()}) ends the session"
-                )
-            hold(conn)
+
+            def announce() -> None:
+                if fmt is None:
+                    render.info(
+                        f"listening on {conn.host}:{conn.port}\n"
+                        f'  psql "host={conn.host} port={conn.port} '
+                        f'dbname={conn.session.database} user={conn.user} sslmode=disable"\n'
+                        f"  password (session ticket): {conn.session.ticket}\n"
+                        "press Ctrl-C to end the session"
+                    )
+                else:
+                    sys.stdout.write(details(conn, fmt))
+                    sys.stdout.flush()
+                    render.info(
+                        f"tunnel open on {conn.host}:{conn.port}; "
+                        f"Ctrl-C (or kill {os.getpid()}) ends the session"
+                    )
+
+            hold(conn, announce)
             return
         rc = _run_child([psql], child_env(conn))
     if rc:

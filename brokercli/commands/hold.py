@@ -15,6 +15,7 @@ import json
 import shlex
 import signal
 import threading
+from collections.abc import Callable
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -98,14 +99,24 @@ def _ended(conn: Connection, broker: Any) -> dict[str, Any] | None:
     return record if record.get("status") != "active" else None
 
 
-def hold(conn: Connection) -> None:
-    """Return on Ctrl-C or SIGTERM; raise CliError (exit 8) once the session ended elsewhere."""
+def hold(conn: Connection, announce: Callable[[], None] = lambda: None) -> None:
+    """Return on Ctrl-C or SIGTERM; raise CliError (exit 8) once the session ended elsewhere.
+
+    ``announce`` tells the user (or the program that started dbaccess) how to use
+    the tunnel and to press Ctrl-C: it runs once both signals end the session
+    cleanly, so a signal sent the moment it is read is never the one that kills
+    dbaccess with the session left open."""
     from brokercli.client import BrokerClient
 
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    watcher = BrokerClient(conn.broker.cfg, conn.broker.token, timeout=POLL_TIMEOUT)
     try:
+        watcher = BrokerClient(conn.broker.cfg, conn.broker.token, timeout=POLL_TIMEOUT)
+    except BaseException:
+        signal.signal(signal.SIGTERM, previous)
+        raise
+    try:
+        announce()
         while not stop.wait(POLL_SECONDS):
             record = _ended(conn, watcher)
             if record is not None:

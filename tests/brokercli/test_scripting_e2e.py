@@ -473,3 +473,32 @@ def test_the_zsh_script_asks_the_program_for_broker_values(broker: Broker) -> No
 
     assert offered("dbaccess exec ") == ["demo"]
     assert offered("dbaccess exec demo --scope w") == ["write"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_sent_the_moment_connect_says_ctrl_c_ends_the_session_cleanly(
+    broker: Broker, sig: signal.Signals
+) -> None:
+    """A program that starts ``connect --no-launch`` and stops it as soon as it
+    reads "press Ctrl-C" gets exit 0 and an ended session, not a dbaccess killed
+    by the signal with its role left to the deadline."""
+    proc = broker.spawn("connect", "demo", "--no-launch")
+    assert proc.stderr is not None
+    try:
+        deadline = time.monotonic() + 60
+        text = ""
+        while "press Ctrl-C" not in text and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            text += line
+        assert "press Ctrl-C" in text, text
+        proc.send_signal(sig)
+        assert proc.wait(30) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()  # type: ignore[union-attr]
+        proc.stderr.close()
+    newest = json.loads(broker.cli("sessions", "-o", "json", "--limit", "1").stdout)[0]
+    assert newest["status"] == "ended" and newest["revocation"]["verified"] is True

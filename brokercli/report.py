@@ -83,12 +83,13 @@ def _tables(data: dict[str, Any]) -> list[tuple[str, str, list[str], list[list[A
         (
             "clear",
             "Accesses to masked columns in clear (exempt sessions)",
-            ["time", "identity", "column", "command", "rows", "session", "approval"],
+            ["time", "identity", "column", "exemption", "command", "rows", "session", "approval"],
             [
                 [
                     _t(x["ts"]),
                     _who(x),
                     x["column"],
+                    x.get("exemption") or "",
                     x["command"],
                     x["rows"],
                     x["session_id"],

@@ -125,7 +125,7 @@ def access(
         ]
     else:
         cols = ["time", "identity", "session", "target", "command", "columns", "rows"]
-        cols += ["decision", "approval"]
+        cols += ["decision", "approval", "exemption"]
         rows = [
             [
                 _time(r["ts"]),
@@ -137,6 +137,7 @@ def access(
                 r["rows"],
                 r["decision"],
                 r["approval"],
+                r.get("exemption") or "",
             ]
             for r in data
         ]

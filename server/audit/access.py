@@ -207,6 +207,7 @@ _EVENT_COLUMNS: Final = (
     "decision",
     "rule",
     "approval",
+    "exemption",
 )
 _COLUMN_COLUMNS: Final = (
     "access_id",
@@ -236,6 +237,7 @@ def event_values(
         str(data.get("decision") or "allowed"),
         data.get("rule"),
         data.get("approval"),
+        data.get("exemption"),
     )
 
 
@@ -315,6 +317,7 @@ class AccessRecord:
     rule: str | None
     approval: str | None
     columns: tuple[ColumnAccess, ...] = field(default=())
+    exemption: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -331,6 +334,7 @@ class AccessRecord:
             "decision": self.decision,
             "rule": self.rule,
             "approval": self.approval,
+            "exemption": self.exemption,
             "columns": [c.to_json() for c in self.columns],
         }
 
@@ -394,6 +398,7 @@ def _record(m: Any, columns: Sequence[ColumnAccess]) -> AccessRecord:
         rule=m["rule"],
         approval=m["approval"],
         columns=tuple(columns),
+        exemption=m["exemption"],
     )
 
 
@@ -523,6 +528,7 @@ _COMPARED = (
     "decision",
     "rule",
     "approval",
+    "exemption",
 )
 
 

@@ -190,6 +190,7 @@ def _masked(store: Store, since: datetime, until: datetime) -> dict[str, Any]:
                 e.command,
                 e.rows,
                 e.approval,
+                e.exemption,
                 relation.label("column"),
             )
             .select_from(t.access_columns.join(t.access_events, e.id == c.access_id))
@@ -213,6 +214,7 @@ def _masked(store: Store, since: datetime, until: datetime) -> dict[str, Any]:
                 "command": m["command"],
                 "rows": m["rows"],
                 "approval": m["approval"],
+                "exemption": m["exemption"],
                 "column": m["column"],
             }
             for m in (r._mapping for r in clear)

@@ -236,6 +236,8 @@ access_events = sa.Table(
     sa.Column("decision", sa.String(20), nullable=False),
     sa.Column("rule", sa.String(200), nullable=True),
     sa.Column("approval", sa.String(32), nullable=True),
+    # What exempted the session from masking (``group dba``), where something did.
+    sa.Column("exemption", sa.String(200), nullable=True),
     sa.UniqueConstraint("session_id", "seq", name="uq_access_events_session_seq"),
 )
 sa.Index("ix_access_events_ts", access_events.c.ts)

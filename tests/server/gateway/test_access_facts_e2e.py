@@ -6,7 +6,9 @@ clear columns -- directly, through a join, a CTE and the view (which
 answers for the customers' columns too) --, write, and an agent acting for a
 person reads; then the real CLI answers exact
 questions with the exact statements, and ``audit verify`` holds the index to
-the recordings (an edited index row is found).  The day runs on each store
+the recordings (an edited index row is found).  A person in the group exempt
+from masking reads too: what came back in clear by exemption is said, and
+which exemption (``audit access``, ``audit report``).  The day runs on each store
 (``broker_store_url``: SQLite and PostgreSQL).
 """
 
@@ -180,6 +182,25 @@ def test_the_facts_say_who_for_whom_and_how_many_rows(day: tuple[Broker, dict[st
         ("dana", "public.customers"): (2, 2, 0),
         ("dana", "public.customer_contacts"): (1, 1, 0),
     }
+
+
+def test_what_exempted_a_clear_read_is_said(day: tuple[Broker, dict[str, str]]) -> None:
+    """By ``audit access`` and by the report's accesses to masked columns in clear."""
+    b, tokens = day
+    found = access(b, tokens["audra"], "--identity", "dana")
+    assert [r["exemption"] for r in found] == ["group dba", "group dba"]
+    assert {r["exemption"] for r in access(b, tokens["audra"], "--identity", "bob")} == {None}
+    res = b.cli("audit", "report", "--format", "json", "--since", "1h", token=tokens["audra"])
+    assert res.returncode == 0, res.stderr
+    clear = json.loads(res.stdout)["masked"]["clear_accesses"]
+    assert [(x["identity"], x["column"], x["exemption"]) for x in clear] == [
+        ("dana", "public.customers.email", "group dba"),
+        ("dana", "public.customer_contacts.email", "group dba"),
+        ("dana", "public.customers.email", "group dba"),
+    ]
+    md = b.cli("audit", "report", "--format", "md", "--since", "1h", token=tokens["audra"])
+    assert md.returncode == 0, md.stderr
+    assert "group dba" in md.stdout
 
 
 def test_verify_holds_the_index_to_the_recordings(day: tuple[Broker, dict[str, str]]) -> None:

@@ -41,7 +41,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import sqlalchemy as sa
 
@@ -131,8 +131,10 @@ def access_event(
 # The index
 
 
-@dataclass(frozen=True)
-class ColumnAccess:
+class ColumnAccess(NamedTuple):
+    """One ``access_columns`` row but its ``access_id``, in the table's column order (a
+    tuple: the writer hands it to the driver as it is)."""
+
     schema: str
     table: str
     column: str  # "" where no column of the relation is known
@@ -247,26 +249,32 @@ def facts_of(kind: str, data: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return facts if type(facts) is dict or isinstance(facts, Mapping) else None
 
 
-def write_index(conn: sa.Connection, events: Iterable[Any]) -> int:
+def write_index(
+    conn: sa.Connection, events: Iterable[Any], *, times: Iterable[Any] | None = None
+) -> int:
     """Index the access facts of ``events`` (each with ``session_id``, ``seq``, ``ts``,
-    ``kind``, ``data``) in the caller's transaction; returns how many events had some."""
-    wanted = [(e, f) for e in events if (f := facts_of(e.kind, e.data)) is not None]
+    ``kind``, ``data``) in the caller's transaction; returns how many events had some.
+    ``times``: each event's time as the store takes it (``server.store.bulk``), where
+    the caller has them already."""
+    stamp = bulk.timestamps(conn)
+    pairs = ((e, None) for e in events) if times is None else zip(events, times, strict=True)
+    wanted = [
+        (e, f, stamp(e.ts) if ts is None else ts)
+        for e, ts in pairs
+        if (f := facts_of(e.kind, e.data)) is not None
+    ]
     if not wanted:
         return 0
-    stamp = bulk.timestamps(conn)
     bulk.insert_family(
         conn,
         t.access_events,
         _EVENT_COLUMNS,
-        [event_values(e.session_id, e.seq, stamp(e.ts), f) for e, f in wanted],
+        [event_values(e.session_id, e.seq, ts, f) for e, f, ts in wanted],
         ("session_id", "seq"),
         t.access_columns,
         "access_id",
         _COLUMN_COLUMNS[1:],
-        [
-            [(col.schema, col.table, col.column, col.action, col.state) for col in column_rows(f)]
-            for _, f in wanted
-        ],
+        [column_rows(f) for _, f, _ in wanted],
     )
     return len(wanted)
 

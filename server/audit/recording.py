@@ -95,7 +95,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import Any, Final, Protocol, cast
+from typing import Any, Final, NamedTuple, Protocol, cast
 
 import sqlalchemy as sa
 
@@ -571,6 +571,20 @@ class _Session:
 
 # An event's data as it is kept, and its canonical JSON text (:func:`stored_form`).
 _Stored = tuple[Mapping[str, Any], str]
+
+
+class _Numbered(NamedTuple):
+    """An event as the writer writes it (``access.write_index`` reads it as it reads a
+    :class:`SessionEvent`, its time given apart)."""
+
+    session_id: str
+    seq: int
+    kind: str
+    data: Mapping[str, Any]
+    text: str  # the data's canonical JSON: stored, and hashed in the event's line
+    iso: str  # its time (event_iso)
+
+
 _EVENT_COLUMNS: Final = ("session_id", "seq", "ts", "kind", "data")
 
 # An event as the data path queues it: its recording, its time (ns since the
@@ -969,15 +983,13 @@ class Recorder:
         if not kept:
             return failed
         # Numbers and digests belong to this thread.
-        events: list[SessionEvent] = []
-        texts: list[tuple[str, str]] = []  # each event's data and time as text
+        events: list[_Numbered] = []
         lines: list[bytes] = []
         for state, ts_ns, kind, (data, text) in kept:
             seq = state.next_seq
             state.next_seq += 1
             iso = event_iso(ts_ns)
-            events.append(SessionEvent(state.session_id, seq, event_time(ts_ns), kind, data))
-            texts.append((text, iso))
+            events.append(_Numbered(state.session_id, seq, kind, data, text, iso))
             lines.append(_line(text, kind, seq, iso))
         try:
             for state in dict.fromkeys(state for state, *_ in kept):
@@ -988,7 +1000,7 @@ class Recorder:
             problem: str | None = f"the store refused the recording: {type(exc).__name__}"
             fenced: set[str] = set()
         else:
-            problem, fenced = self._write(events, texts)
+            problem, fenced = self._write(events)
         if problem is None:
             for (state, *_), line in zip(kept, lines, strict=True):
                 if state.session_id in fenced:
@@ -1014,26 +1026,28 @@ class Recorder:
             state.failed = problem
             failed.append((state.session_id, problem))
 
-    def _write(
-        self, batch: list[SessionEvent], texts: list[tuple[str, str]]
-    ) -> tuple[str | None, set[str]]:
+    def _write(self, batch: list[_Numbered]) -> tuple[str | None, set[str]]:
         """Write the events of the recordings this recorder still writes, in one
-        transaction, each event's data and time as ``texts`` has them (its canonical
-        JSON, its ISO time): (the store's problem, or None; the sessions another
-        replica has taken over, whose events were not written)."""
+        transaction: (the store's problem, or None; the sessions another replica has
+        taken over, whose events were not written)."""
         try:
             with self.store.tx() as conn:
                 mine = self._writes(conn, (e.session_id for e in batch))
                 stamp = bulk.iso_timestamps(conn)
-                rows = [
-                    (e.session_id, e.seq, stamp(iso), e.kind, text)
-                    for e, (text, iso) in zip(batch, texts, strict=True)
-                    if e.session_id in mine
-                ]
-                if rows:
-                    bulk.insert(conn, t.session_events, _EVENT_COLUMNS, rows)
+                written = [e for e in batch if e.session_id in mine]
+                if written:
+                    times = [stamp(e.iso) for e in written]
+                    bulk.insert(
+                        conn,
+                        t.session_events,
+                        _EVENT_COLUMNS,
+                        [
+                            (e.session_id, e.seq, ts, e.kind, e.text)
+                            for e, ts in zip(written, times, strict=True)
+                        ],
+                    )
                     # The access index of the statements written, in the same transaction.
-                    access.write_index(conn, (e for e in batch if e.session_id in mine))
+                    access.write_index(conn, written, times=times)
         except Exception as exc:
             log.error("cannot write %d session events: %s", len(batch), exc)
             return f"the store refused the recording: {type(exc).__name__}", set()

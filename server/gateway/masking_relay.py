@@ -137,7 +137,7 @@ from server.audit.recording import (
     statement_event,
 )
 from server.gateway import analysis_limits, analysis_pool, pgwire
-from server.gateway.access_facts import AccessContext, access_facts
+from server.gateway.access_facts import ALLOWED, AccessContext, access_facts
 from server.gateway.analysis_limits import DEFAULT_ANALYSIS_LIMITS, AnalysisLimits, oversize_head
 from server.gateway.catalog import Catalog, CatalogSnapshot
 from server.gateway.guardrails import Decision, Outcome
@@ -375,6 +375,7 @@ class MaskingHooks:
         self._access = access
         self._reviewed: dict[str, str] = {}  # the relay's (``Relay.reviewed``) once installed
         self._analysed: dict[str, Analysis] = {}  # the relay's (``Relay.analysed``)
+        self._relay: Relay | None = None  # once installed
         self.pending: deque[_Item] = deque()
         self.statements: dict[str, _Statement] = {}
         # The lineage of long texts' results, read with their analysis in a worker
@@ -395,6 +396,7 @@ class MaskingHooks:
     def install(self, relay: Relay) -> None:
         self._reviewed = relay.reviewed
         self._analysed = relay.analysed
+        self._relay = relay
         client: dict[bytes, Hook] = {
             b"Q": self._on_query,
             b"P": self._on_parse,
@@ -1224,7 +1226,10 @@ class MaskingHooks:
             plan = item.portal.plan if item.portal is not None else None
             plans = (plan,) if plan is not None else ()
         if item.kind == "Q":
-            guarded = self._analysed.pop(item.sql, None)
+            # Only a Query that ran had its analysis kept (and takes it: in order).
+            relay = self._relay
+            ran = item.decision == ALLOWED and relay is not None
+            guarded = relay.take_query_analysis(item.sql) if ran and relay else None
         else:
             guarded = item.statement.guarded if item.statement is not None else None
         snapshot = self.catalog.current if self.catalog is not None else None

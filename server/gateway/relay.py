@@ -254,10 +254,12 @@ class Relay:
         # Statement texts let run under a statement review's approval, with the
         # review's request id: the guard puts them, the statement's recording takes them.
         self.reviewed: dict[str, str] = {}
-        # The analyses the guard made of the texts it let through (a Query's, a
-        # Parse's), for the hooks after it to read rather than analyse the text
-        # again: the recording's access facts (see ``keep_analysis``).
+        # The analyses the guard made of the texts it let through, for the hooks
+        # after it to read rather than analyse the text again (the recording's
+        # access facts): a Parse's by its text, the Queries' in the order they
+        # were sent (see ``keep_analysis``).
         self.analysed: dict[str, Analysis] = {}
+        self.queried: deque[tuple[str, Analysis]] = deque(maxlen=ANALYSES_KEPT)
         self._client_hooks: dict[int, Hook] = {}
         self._server_hooks: dict[int, Hook] = {}
         self._server_runs: dict[int, RunHook] = {}
@@ -428,15 +430,32 @@ class Relay:
         """The bytes of the client messages held meanwhile."""
         return sum(len(part) for part in self._held)
 
-    def keep_analysis(self, sql: str, analysis: Analysis) -> None:
-        """Keep the guard's analysis of ``sql`` for the hooks after it.  A Query's is
-        taken when its statement is recorded; a Parse's is read when a Bind first
-        names the statement, and stays for other Parses of the same text (only
-        the oldest goes, when more are kept than a pipeline holds)."""
+    def keep_analysis(self, sql: str, analysis: Analysis, *, query: bool = False) -> None:
+        """Keep the guard's analysis of ``sql`` for the hooks after it.  A Parse's is
+        read when a Bind first names the statement, and stays for other Parses
+        of the same text (only the oldest goes, when more are kept than a
+        pipeline holds); a Query's is taken when it is recorded
+        (``take_query_analysis``)."""
+        if query:
+            self.queried.append((sql, analysis))
+            return
         kept = self.analysed
         if len(kept) >= ANALYSES_KEPT and sql not in kept:
             del kept[next(iter(kept))]
         kept[sql] = analysis
+
+    def take_query_analysis(self, sql: str) -> Analysis | None:
+        """The guard's analysis of the Query of ``sql`` that ran: Queries are
+        recorded in the order they were sent, so the kept ones before it are of
+        Queries refused after the guard let them through (a row budget's
+        estimate), which nothing records: they go.  Two Queries of one text in
+        a pipeline each get their own."""
+        queried = self.queried
+        while queried:
+            text, analysis = queried.popleft()
+            if text == sql:
+                return analysis
+        return None
 
     def reply_to_client(self, data: bytes) -> None:
         """Send ``data`` to the client once everything forwarded so far is answered."""

@@ -299,7 +299,7 @@ class StatementGuard:
             return self._refuse_with(relay, Query(text).encode(), refusal, stand_in=True)
         if not self._passes(decision, msg.query, ()):
             return self._refuse(relay, Query(_REFUSED_SQL).encode())
-        relay.keep_analysis(msg.query, analysis)
+        relay.keep_analysis(msg.query, analysis, query=True)
         if self.seen is not None:
             need = needs(analysis, self.sql_prepared)
             if need is Need.REFUSE:

@@ -287,3 +287,24 @@ def test_rows_during_a_detour_go_to_the_detour_not_to_the_run_hook() -> None:
     assert up == query("explain select 1")
     out, _ = r.from_server(ROW * 3 + DONE + READY)
     assert out == b"" and calls == [] and not r.holding
+
+
+def test_each_query_takes_the_guard_s_analysis_of_its_own_text_in_order() -> None:
+    """Two pipelined Queries of one text get one analysis each; the analysis of a
+    Query refused after the guard let it through goes when a later one is taken."""
+    from server.gateway.sqlcheck import analyze
+
+    relay = Relay()
+    a1, a2, b = analyze("select 1"), analyze("select 1 "), analyze("select 2")
+    relay.keep_analysis("select 1", a1, query=True)
+    relay.keep_analysis("select 1", a2, query=True)
+    relay.keep_analysis("select 2", b, query=True)
+    assert relay.take_query_analysis("select 1") is a1
+    assert relay.take_query_analysis("select 1") is a2
+    assert relay.take_query_analysis("select 2") is b
+    assert relay.take_query_analysis("select 2") is None
+    stale, ran = analyze("select 3"), analyze("select 4")
+    relay.keep_analysis("select 3", stale, query=True)  # refused later: never taken
+    relay.keep_analysis("select 4", ran, query=True)
+    assert relay.take_query_analysis("select 4") is ran
+    assert not relay.queried

@@ -5,15 +5,16 @@
 
 __dbaccess_server_subcommands() {
     case "$1" in
-        '') printf '%s\n' dev run policy token ;;
+        '') printf '%s\n' dev run policy token store ;;
         'policy') printf '%s\n' check test explain ;;
         'token') printf '%s\n' create list revoke ;;
+        'store') printf '%s\n' keygen rekey ;;
     esac
 }
 
 __dbaccess_server_is_subcommand() {
     case "$1|$2" in
-        '|dev'|'|run'|'|policy'|'|token'|'policy|check'|'policy|test'|'policy|explain'|'token|create'|'token|list'|'token|revoke') return 0 ;;
+        '|dev'|'|run'|'|policy'|'|token'|'|store'|'policy|check'|'policy|test'|'policy|explain'|'token|create'|'token|list'|'token|revoke'|'store|keygen'|'store|rekey') return 0 ;;
     esac
     return 1
 }
@@ -31,6 +32,9 @@ __dbaccess_server_options() {
         'token create') printf '%s\n' --identity --groups --ttl --kind --owner --store-url -c --config --data-dir -h --help ;;
         'token list') printf '%s\n' --all --kind --json --store-url -c --config --data-dir -h --help ;;
         'token revoke') printf '%s\n' --store-url -c --config --data-dir -h --help ;;
+        'store') printf '%s\n' -h --help ;;
+        'store keygen') printf '%s\n' --key-file --id -h --help ;;
+        'store rekey') printf '%s\n' --key-file --store-url -c --config --data-dir -h --help ;;
     esac
 }
 
@@ -86,6 +90,12 @@ __dbaccess_server_value_kind() {
         'token revoke|--store-url') echo 'text' ;;
         'token revoke|-c'|'token revoke|--config') echo 'file' ;;
         'token revoke|--data-dir') echo 'file' ;;
+        'store keygen|--key-file') echo 'file' ;;
+        'store keygen|--id') echo 'text' ;;
+        'store rekey|--key-file') echo 'file' ;;
+        'store rekey|--store-url') echo 'text' ;;
+        'store rekey|-c'|'store rekey|--config') echo 'file' ;;
+        'store rekey|--data-dir') echo 'file' ;;
         *) return 1 ;;
     esac
 }

@@ -4,7 +4,7 @@
 
 function __dbaccess_server_is_subcommand --argument-names path word
     switch "$path|$word"
-        case '|dev' '|run' '|policy' '|token' 'policy|check' 'policy|test' 'policy|explain' 'token|create' 'token|list' 'token|revoke'
+        case '|dev' '|run' '|policy' '|token' '|store' 'policy|check' 'policy|test' 'policy|explain' 'token|create' 'token|list' 'token|revoke' 'store|keygen' 'store|rekey'
             return 0
     end
     return 1
@@ -12,7 +12,7 @@ end
 
 function __dbaccess_server_takes_value --argument-names path option
     switch "$path|$option"
-        case 'dev|--data-dir' 'dev|--target-dsn' 'dev|--api-port' 'dev|--gateway-port' 'dev|--reaper-interval' 'dev|--store-url' 'dev|--replica-lease' 'dev|--oidc-issuer' 'dev|--oidc-client-id' 'dev|--webhook' 'dev|--webhook-format' 'dev|--session-max-connections' 'dev|--gateway-max-connections' 'dev|--gateway-max-connections-per-identity' 'dev|--gateway-startup-timeout' 'dev|--shutdown-grace' 'dev|--gateway-cancel-rate' 'dev|--log-format' 'run|-c' 'run|--config' 'run|--role' 'run|--log-format' 'policy test|--since' 'policy test|--until' 'policy test|-p' 'policy test|--policy' 'policy test|--store-url' 'policy test|-c' 'policy test|--config' 'policy test|--data-dir' 'policy explain|--identity' 'policy explain|--target' 'policy explain|--groups' 'policy explain|--scope' 'policy explain|--ttl' 'policy explain|--reason' 'policy explain|-p' 'policy explain|--policy' 'token create|--identity' 'token create|--groups' 'token create|--ttl' 'token create|--kind' 'token create|--owner' 'token create|--store-url' 'token create|-c' 'token create|--config' 'token create|--data-dir' 'token list|--kind' 'token list|--store-url' 'token list|-c' 'token list|--config' 'token list|--data-dir' 'token revoke|--store-url' 'token revoke|-c' 'token revoke|--config' 'token revoke|--data-dir'
+        case 'dev|--data-dir' 'dev|--target-dsn' 'dev|--api-port' 'dev|--gateway-port' 'dev|--reaper-interval' 'dev|--store-url' 'dev|--replica-lease' 'dev|--oidc-issuer' 'dev|--oidc-client-id' 'dev|--webhook' 'dev|--webhook-format' 'dev|--session-max-connections' 'dev|--gateway-max-connections' 'dev|--gateway-max-connections-per-identity' 'dev|--gateway-startup-timeout' 'dev|--shutdown-grace' 'dev|--gateway-cancel-rate' 'dev|--log-format' 'run|-c' 'run|--config' 'run|--role' 'run|--log-format' 'policy test|--since' 'policy test|--until' 'policy test|-p' 'policy test|--policy' 'policy test|--store-url' 'policy test|-c' 'policy test|--config' 'policy test|--data-dir' 'policy explain|--identity' 'policy explain|--target' 'policy explain|--groups' 'policy explain|--scope' 'policy explain|--ttl' 'policy explain|--reason' 'policy explain|-p' 'policy explain|--policy' 'token create|--identity' 'token create|--groups' 'token create|--ttl' 'token create|--kind' 'token create|--owner' 'token create|--store-url' 'token create|-c' 'token create|--config' 'token create|--data-dir' 'token list|--kind' 'token list|--store-url' 'token list|-c' 'token list|--config' 'token list|--data-dir' 'token revoke|--store-url' 'token revoke|-c' 'token revoke|--config' 'token revoke|--data-dir' 'store keygen|--key-file' 'store keygen|--id' 'store rekey|--key-file' 'store rekey|--store-url' 'store rekey|-c' 'store rekey|--config' 'store rekey|--data-dir'
             return 0
     end
     return 1
@@ -57,6 +57,7 @@ complete -c dbaccess-server -n "__dbaccess_server_at ''" -a dev -d 'Run broker a
 complete -c dbaccess-server -n "__dbaccess_server_at ''" -a run -d 'Run the broker from a config file (production)'
 complete -c dbaccess-server -n "__dbaccess_server_at ''" -a policy -d 'Check and explain policy files'
 complete -c dbaccess-server -n "__dbaccess_server_at ''" -a token -d 'Issue, list and revoke broker API tokens'
+complete -c dbaccess-server -n "__dbaccess_server_at ''" -a store -d 'The store\'s key and the secrets it seals (docs/deploy.md)'
 complete -c dbaccess-server -n "__dbaccess_server_at ''" -s h -l help -d 'Show this message and exit'
 
 complete -c dbaccess-server -n "__dbaccess_server_at 'dev'" -l data-dir -r -F -d 'Where the store, policy and demo cluster live'
@@ -144,3 +145,17 @@ complete -c dbaccess-server -n "__dbaccess_server_at 'token revoke'" -l store-ur
 complete -c dbaccess-server -n "__dbaccess_server_at 'token revoke'" -s c -l config -r -F
 complete -c dbaccess-server -n "__dbaccess_server_at 'token revoke'" -l data-dir -r -F -d 'A dev data dir (uses its store)'
 complete -c dbaccess-server -n "__dbaccess_server_at 'token revoke'" -s h -l help -d 'Show this message and exit'
+
+complete -c dbaccess-server -n "__dbaccess_server_at 'store'" -a keygen -d 'Make a store key: a new key file (mode 0600), or a new key added to the end of an existing one, where it opens but does not yet seal (rotation: docs/deploy.md)'
+complete -c dbaccess-server -n "__dbaccess_server_at 'store'" -a rekey -d 'Seal every secret the store keeps with the newest key of the key file (the first line), and say which older keys no longer seal anything'
+complete -c dbaccess-server -n "__dbaccess_server_at 'store'" -s h -l help -d 'Show this message and exit'
+
+complete -c dbaccess-server -n "__dbaccess_server_at 'store keygen'" -l key-file -r -F -d 'The key file to write'
+complete -c dbaccess-server -n "__dbaccess_server_at 'store keygen'" -l id -x -d 'The new key\'s id (default: a random one)'
+complete -c dbaccess-server -n "__dbaccess_server_at 'store keygen'" -s h -l help -d 'Show this message and exit'
+
+complete -c dbaccess-server -n "__dbaccess_server_at 'store rekey'" -l key-file -r -F -d 'The store key file (default: the config\'s store_key_file, or the dev data dir\'s store.key)'
+complete -c dbaccess-server -n "__dbaccess_server_at 'store rekey'" -l store-url -x -d 'Store URL (default: from --config)'
+complete -c dbaccess-server -n "__dbaccess_server_at 'store rekey'" -s c -l config -r -F
+complete -c dbaccess-server -n "__dbaccess_server_at 'store rekey'" -l data-dir -r -F -d 'A dev data dir (uses its store)'
+complete -c dbaccess-server -n "__dbaccess_server_at 'store rekey'" -s h -l help -d 'Show this message and exit'

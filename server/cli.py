@@ -42,6 +42,10 @@ policy_app = typer.Typer(help="Check and explain policy files.", no_args_is_help
 token_app = typer.Typer(help="Issue, list and revoke broker API tokens.", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
 app.add_typer(token_app, name="token")
+store_app = typer.Typer(
+    help="The store's key and the secrets it seals (docs/deploy.md).", no_args_is_help=True
+)
+app.add_typer(store_app, name="store")
 
 DEV_IDENTITY = "dev"
 DEV_GROUPS = ("dev", "admin")
@@ -297,6 +301,7 @@ def dev(
             gateway_port=gateway_port,
             policy_path=policy_path,
             store_url=store_url or f"sqlite:///{data_dir / 'store.db'}",
+            store_key_file=_dev_store_key(data_dir),
             reaper_interval=reaper_interval,
             replica_lease=replica_lease,
             max_connections_per_session=session_max_connections,
@@ -529,6 +534,7 @@ def run_cmd(
             gateway_port=gw_port,
             policy_path=Path(cfg.policy),
             store_url=cfg.store_url,
+            store_key_file=cfg.store_key_file,
             reaper_interval=cfg.reaper_interval.total_seconds(),
             replica_lease=cfg.replica_lease.total_seconds(),
             public_gateway_host=pub_host,
@@ -565,6 +571,21 @@ def run_cmd(
         _run(opts, ready)
     except DbaccessError as exc:
         raise _fail(exc.message + (f"\nhint: {exc.hint}" if exc.hint else "")) from None
+
+
+def _dev_store_key(data_dir: Path) -> Path:
+    """The dev broker's store key file: DBACCESS_SERVER_STORE_KEY_FILE's (dev
+    replicas sharing a store share it), else DATA_DIR/store.key, made at first use."""
+    from server.store.sealing import create_key_file
+
+    given = os.environ.get("DBACCESS_SERVER_STORE_KEY_FILE", "").strip()
+    if given:
+        return Path(given).resolve()
+    path = data_dir / "store.key"
+    if not path.exists():
+        create_key_file(path, "dev1")
+        _say(f"wrote a store key to {path}: it seals the Vault leases the store keeps")
+    return path
 
 
 StoreUrlOpt = Annotated[
@@ -952,3 +973,90 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+KeyFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--key-file",
+        help="The store key file (default: the config's store_key_file, or the dev data "
+        "dir's store.key).",
+    ),
+]
+
+
+@store_app.command("keygen")
+def store_keygen(
+    key_file: Annotated[Path, typer.Option("--key-file", help="The key file to write.")],
+    key_id: Annotated[
+        str | None, typer.Option("--id", help="The new key's id (default: a random one).")
+    ] = None,
+) -> None:
+    """Make a store key: a new key file (mode 0600), or a new key added to the end of
+    an existing one, where it opens but does not yet seal (rotation: docs/deploy.md)."""
+    from server.store.sealing import StoreKeys, create_key_file, new_key_line
+
+    try:
+        if not key_file.exists():
+            create_key_file(key_file, key_id)
+            _say(f"wrote a new store key file {key_file}")
+            return
+        keys = StoreKeys.load(key_file)
+        line = new_key_line(key_id)
+        if line.split()[0] in keys.ids:
+            raise _fail(f"{key_file} already holds a key {line.split()[0]!r}", 2)
+        text = key_file.read_text(encoding="utf-8")
+        with key_file.open("a", encoding="utf-8") as f:
+            f.write(("" if text.endswith("\n") or not text else "\n") + line + "\n")
+    except DbaccessError as exc:
+        raise _fail(exc.message + (f"\nhint: {exc.hint}" if exc.hint else ""), 2) from None
+    _say(
+        f"added key {line.split()[0]!r} at the end of {key_file}: it opens but does not seal; "
+        "once every broker has this file, move its line to the top, restart them, and run "
+        "'dbaccess-server store rekey'"
+    )
+
+
+@store_app.command("rekey")
+def store_rekey(
+    key_file: KeyFileOpt = None,
+    store_url: StoreUrlOpt = None,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Seal every secret the store keeps with the newest key of the key file (the first
+    line), and say which older keys no longer seal anything."""
+    from server.audit import chain
+    from server.store.db import Store
+    from server.store.sealing import StoreKeys
+
+    if key_file is None and config is not None:
+        from server.config import load_config
+
+        try:
+            key_file = load_config(config).store_key_file
+        except DbaccessError as exc:
+            raise _fail(exc.message, 2) from None
+    if key_file is None and data_dir is not None:
+        key_file = data_dir.resolve() / "store.key"
+    if key_file is None:
+        raise _fail("give --key-file, or a --config with store_key_file", 2)
+    try:
+        keys = StoreKeys.load(key_file)
+    except DbaccessError as exc:
+        raise _fail(exc.message + (f"\nhint: {exc.hint}" if exc.hint else ""), 2) from None
+    opened = _open_store(store_url, config, data_dir)
+    store = Store(opened.engine, keys)
+    try:
+        store.check_keys()
+        changed = store.seal_at_rest(rekey=True)
+        counts = store.secrets_at_rest()
+        chain.append(store, "store.rekeyed", data={"key": keys.newest.id, "resealed": changed})
+    except DbaccessError as exc:
+        raise _fail(exc.message + (f"\nhint: {exc.hint}" if exc.hint else "")) from None
+    finally:
+        store.close()
+    _say(f"re-sealed {changed} secrets with key {keys.newest.id!r}")
+    idle = [k for k in keys.ids[1:] if not counts.get(k)]
+    if idle:
+        _say(f"keys {', '.join(repr(k) for k in idle)} seal nothing now and may leave the file")

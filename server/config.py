@@ -164,6 +164,8 @@ class ServerConfig:
     public_api_url: str | None = None
     public_gateway_address: str | None = None
     store_url: str = field(default=DEFAULT_STORE_URL, repr=False)
+    # The keys that seal the secrets the store keeps (server/store/sealing.py).
+    store_key_file: Path | None = None
     policy: Path = Path("policy.yaml")
     tls: TlsConfig | None = None
     reaper_interval: timedelta = timedelta(seconds=30)
@@ -467,6 +469,7 @@ _SETTINGS: dict[str, _Parser] = {
     "public_gateway_address": _public_address,
     "data_dir": _path,
     "store_url": _store_url,
+    "store_key_file": _path,
     "policy": _path,
     "tls_cert": _path,
     "tls_key": _path,

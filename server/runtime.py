@@ -48,9 +48,11 @@ from server.gateway.statements import guard_setup
 from server.notify.fanout import Fanout
 from server.notify.webhooks import WebhookConfig, Webhooks
 from server.policy import Policy, load_policy
+from server.policy.model import Issuer
 from server.sessions.replicas import DEFAULT_LEASE_SECONDS, Membership
 from server.sessions.service import SessionService
 from server.store.db import Store
+from server.store.sealing import StoreKeyError, StoreKeys
 from server.tlsutil import TlsFiles, fingerprint, server_context
 
 log = logging.getLogger("dbaccess.server")
@@ -66,6 +68,8 @@ class RuntimeOptions:
     gateway_port: int
     policy_path: Path
     store_url: str
+    # The keys that seal the secrets the store keeps (server/store/sealing.py).
+    store_key_file: Path | None = None
     reaper_interval: float = 30.0
     public_gateway_host: str | None = None
     public_gateway_port: int | None = None
@@ -97,6 +101,39 @@ class RuntimeOptions:
     role: str = "all"
 
 
+def _open_store(url: str, key_file: Path | None) -> Store:
+    """The store, with its secrets sealed under the newest key of ``key_file``."""
+    keys = StoreKeys.load(key_file) if key_file is not None else None
+    store = Store.open(url, keys)
+    try:
+        if keys is not None:
+            store.check_keys()
+            sealed = store.seal_at_rest()
+            if sealed:
+                log.info(
+                    "store: sealed %d secrets kept in clear with key %r", sealed, keys.newest.id
+                )
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+def _refuse_unkeyed(store: Store, policy: Policy) -> None:
+    """A broker without a store key starts only while it has nothing to seal."""
+    vault = sorted(n for n, target in policy.targets.items() if target.issuer is Issuer.VAULT)
+    kept = sum(store.secrets_at_rest().values())
+    if vault or kept:
+        store.close()
+        what = f"targets {', '.join(vault)} use" if vault else "the store keeps"
+        raise StoreKeyError(
+            f"{what} Vault leases, which the store keeps only sealed, and no store key "
+            "is configured",
+            hint="set store_key_file (or DBACCESS_SERVER_STORE_KEY_FILE); "
+            "'dbaccess-server store keygen --key-file PATH' writes one (docs/deploy.md)",
+        )
+
+
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -115,7 +152,7 @@ def _reachable(host: str) -> str:
 class Runtime:
     def __init__(self, opts: RuntimeOptions) -> None:
         self.opts = opts
-        self.store = Store.open(opts.store_url)
+        self.store = _open_store(opts.store_url, opts.store_key_file)
         self.policy_path = opts.policy_path
         self.notifier = Fanout(Webhooks(opts.webhooks))
         self.archiver = Archiver(self.store, opts.archive) if opts.archive else None
@@ -127,6 +164,8 @@ class Runtime:
             )
         policy = load_policy(opts.policy_path)
         _warn_masking_keys(policy)
+        if self.store.keys is None:
+            _refuse_unkeyed(self.store, policy)
         if opts.role == "api" and opts.public_gateway_host is None:
             raise DbaccessError(
                 "an API-only broker serves no gateway: it needs public_gateway_address",

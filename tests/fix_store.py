@@ -3,9 +3,10 @@
 ``any_store`` is parametrized: the embedded SQLite default (a file in the
 test's temp dir) and PostgreSQL (a fresh database on the test run's cluster,
 as several broker replicas would share).  Both go through the same Alembic
-migrations in ``Store.open``.  ``broker_store_url`` is the same choice for a
-module's broker process (``running_broker(..., store_url=...)``): None for its
-own SQLite file, or the URL of a fresh PostgreSQL database, dropped afterwards.
+migrations in ``Store.open``, each with a fresh store key (``new_keys``).
+``broker_store_url`` is the same choice for a module's broker process
+(``running_broker(..., store_url=...)``): None for its own SQLite file, or the
+URL of a fresh PostgreSQL database, dropped afterwards.
 """
 
 from __future__ import annotations
@@ -21,12 +22,18 @@ from psycopg import sql
 
 from server.pgcluster import LocalCluster
 from server.store.db import Store
+from server.store.sealing import StoreKey, StoreKeys
+
+
+def new_keys(key_id: str = "t1") -> StoreKeys:
+    """A key file's keys held in memory: one fresh key named ``key_id``."""
+    return StoreKeys([StoreKey(key_id, secrets.token_bytes(32))], f"test keys {key_id}")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     if request.param == "sqlite":
-        store = Store.open(f"sqlite:///{tmp_path / 'store.db'}")
+        store = Store.open(f"sqlite:///{tmp_path / 'store.db'}", new_keys())
         try:
             yield store
         finally:
@@ -34,7 +41,7 @@ def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]
         return
     cluster: LocalCluster = request.getfixturevalue("pg_cluster")
     with pg_store_url(cluster) as url:
-        store = Store.open(url)
+        store = Store.open(url, new_keys())
         try:
             yield store
         finally:

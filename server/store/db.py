@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
+import hmac
 import re
 import secrets
 import threading
@@ -31,6 +32,7 @@ import sqlalchemy as sa
 from server.credentials.base import Lease
 from server.errors import Conflict
 from server.store import tables as t
+from server.store.sealing import StoreKeyError, StoreKeys, key_id_of
 
 _REVISION_LINE = re.compile(r"^(revision|down_revision)\s*(?::[^=\n]*)?=\s*(.+?)\s*$", re.M)
 
@@ -77,6 +79,31 @@ def _aware(value: datetime | None) -> datetime | None:
 
 def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
+
+
+_LEASE_REF = "sha256:"
+_LEASE_PURPOSE = "credential_leases.lease_id"
+_KEY_CHECK = "store_key_check."
+
+
+def lease_ref(lease_id: str) -> str:
+    """What finds a lease's row: its id's SHA-256 (the id itself is kept sealed)."""
+    return _LEASE_REF + hash_secret(lease_id)
+
+
+def _insert_ignoring_duplicate(engine: sa.Engine, table: sa.Table) -> Any:
+    """An INSERT that leaves an existing row of the same key alone (replicas racing)."""
+    if engine.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table).on_conflict_do_nothing()
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table).on_conflict_do_nothing()
+
+
+def _same(column: sa.ColumnElement[Any], value: object) -> sa.ColumnElement[bool]:
+    return column.is_(None) if value is None else column == value
 
 
 def new_id(prefix: str) -> str:
@@ -226,14 +253,17 @@ def _replica(row: sa.Row[Any]) -> ReplicaRecord:
 class Store:
     """Typed access to the tables; one instance per broker process."""
 
-    def __init__(self, engine: sa.Engine) -> None:
+    def __init__(self, engine: sa.Engine, keys: StoreKeys | None = None) -> None:
         self.engine = engine
+        # What seals the secrets the broker must read back (server/store/sealing.py);
+        # None: such secrets cannot be kept, and a lease-keeping issuer refuses to issue.
+        self.keys = keys
         # Serialises audit appends within this process; between replicas sharing a
         # PostgreSQL store, lock_audit_chain does.
         self.audit_lock = threading.Lock()
 
     @classmethod
-    def open(cls, url: str) -> Store:
+    def open(cls, url: str, keys: StoreKeys | None = None) -> Store:
         kwargs: dict[str, Any] = {}
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
@@ -247,7 +277,7 @@ class Store:
                 cur.execute("PRAGMA synchronous=NORMAL")
                 cur.close()
 
-        store = cls(engine)
+        store = cls(engine, keys)
         store.migrate()
         return store
 
@@ -620,6 +650,80 @@ class Store:
                 .values(revocation=dict(result))
             )
 
+    # -- secrets at rest (server/store/sealing.py) --------------------------------
+    def check_keys(self) -> None:
+        """Refuse a key file whose key under an id this store has sealed with is
+        another key (StoreKeyError naming the id); remember the newest key's check."""
+        assert self.keys is not None
+        m = t.broker_meta.c
+        with self.tx() as conn:
+            known = {
+                row.key[len(_KEY_CHECK) :]: row.value
+                for row in conn.execute(
+                    sa.select(m.key, m.value).where(m.key.startswith(_KEY_CHECK))
+                )
+            }
+            for key in self.keys.keys:
+                seen = known.get(key.id)
+                if seen is not None and not hmac.compare_digest(seen, key.check_value()):
+                    raise StoreKeyError(
+                        f"store key {key.id!r} in {self.keys.source} is not the key this "
+                        f"store's secrets were sealed with under that id",
+                        hint="restore the key file this store was used with; a new key "
+                        "needs an id of its own",
+                    )
+            newest = self.keys.newest
+            if newest.id not in known:
+                conn.execute(
+                    _insert_ignoring_duplicate(self.engine, t.broker_meta).values(
+                        key=_KEY_CHECK + newest.id, value=newest.check_value()
+                    )
+                )
+
+    def secrets_at_rest(self) -> dict[str, int]:
+        """How many kept secrets each key seals (``""``: kept in clear by a broker
+        without a key)."""
+        c = t.credential_leases.c
+        counts: dict[str, int] = {}
+        with self.tx() as conn:
+            for sealed, lease_id in conn.execute(sa.select(c.lease_sealed, c.lease_id)):
+                key_id = key_id_of(sealed) if sealed is not None else ""
+                if sealed is None and lease_id.startswith(_LEASE_REF):
+                    continue  # cannot happen but through a hand edit; nothing to seal
+                counts[key_id] = counts.get(key_id, 0) + 1
+        return counts
+
+    def seal_at_rest(self, *, rekey: bool = False) -> int:
+        """Seal the secrets kept in clear with the newest key and, with ``rekey``,
+        re-seal those sealed with an older one; returns how many rows changed.
+        Each row is its own conditional UPDATE, so replicas doing this at once
+        neither clash nor undo each other."""
+        keys = self.keys
+        assert keys is not None
+        c = t.credential_leases.c
+        changed = 0
+        with self.tx() as conn:
+            rows = conn.execute(sa.select(c.lease_id, c.lease_sealed)).all()
+        for ref, sealed in rows:
+            if sealed is None:
+                if ref.startswith(_LEASE_REF):
+                    continue
+                lease_id = ref
+            elif rekey and not keys.sealed_with_newest(sealed):
+                lease_id = keys.open(_LEASE_PURPOSE, sealed)
+            else:
+                continue
+            with self.tx() as conn:
+                changed += conn.execute(
+                    t.credential_leases.update()
+                    .where(c.lease_id == ref, _same(c.lease_sealed, sealed))
+                    .values(
+                        lease_id=lease_ref(lease_id),
+                        lease_sealed=keys.seal(_LEASE_PURPOSE, lease_id),
+                    )
+                ).rowcount
+        return changed
+
     # -- deployment and replicas ------------------------------------------------
     @functools.cached_property
     def deployment_id(self) -> str:
@@ -701,10 +805,19 @@ class StoreLeaseBook:
         self.target = target
 
     def remember(self, lease: Lease) -> None:
+        keys = self.store.keys
+        if keys is None:
+            raise StoreKeyError(
+                f"target {self.target}: a Vault lease can only be kept sealed, and the "
+                "broker has no store key",
+                hint="set store_key_file (or DBACCESS_SERVER_STORE_KEY_FILE); "
+                "'dbaccess-server store keygen --key-file PATH' writes one",
+            )
         with self.store.tx() as conn:
             conn.execute(
                 t.credential_leases.insert().values(
-                    lease_id=lease.lease_id,
+                    lease_id=lease_ref(lease.lease_id),
+                    lease_sealed=keys.seal(_LEASE_PURPOSE, lease.lease_id),
                     target=self.target,
                     session_id=lease.session_id,
                     db_user=lease.username,
@@ -722,13 +835,22 @@ class StoreLeaseBook:
             .order_by(c.created_at)
         )
 
-    @staticmethod
-    def _lease(row: sa.Row[Any]) -> Lease:
+    def _lease(self, row: sa.Row[Any]) -> Lease:
         m = row._mapping
         until = _aware(m["expires_at"])
         assert until is not None
+        lease_id = m["lease_id"]
+        if m["lease_sealed"] is not None:
+            if self.store.keys is None:
+                raise StoreKeyError(
+                    f"target {self.target}: the store's Vault leases are sealed, and the "
+                    "broker has no store key to open them",
+                    hint="set store_key_file (or DBACCESS_SERVER_STORE_KEY_FILE) to the "
+                    "store's key file",
+                )
+            lease_id = self.store.keys.open(_LEASE_PURPOSE, m["lease_sealed"])
         return Lease(
-            lease_id=m["lease_id"],
+            lease_id=lease_id,
             username=m["db_user"],
             session_id=m["session_id"],
             valid_until=until,
@@ -750,6 +872,6 @@ class StoreLeaseBook:
         with self.store.tx() as conn:
             conn.execute(
                 t.credential_leases.update()
-                .where(t.credential_leases.c.lease_id == lease_id)
+                .where(t.credential_leases.c.lease_id.in_((lease_ref(lease_id), lease_id)))
                 .values(revoked_at=utcnow())
             )

@@ -167,10 +167,14 @@ approvals = sa.Table(
 )
 
 # Leases of lease-based issuers (Vault/OpenBao), kept so a restarted broker can revoke them.
+# ``lease_id`` is the lease id's SHA-256 (``sha256:<hex>``) and ``lease_sealed`` the
+# lease id sealed with the store key (server/store/sealing.py); a row from a broker
+# without a key has the lease id itself and no ``lease_sealed``.
 credential_leases = sa.Table(
     "credential_leases",
     metadata,
     sa.Column("lease_id", sa.String(500), primary_key=True),
+    sa.Column("lease_sealed", sa.Text, nullable=True),
     sa.Column("target", sa.String(200), nullable=False),
     sa.Column("session_id", sa.String(32), nullable=False, index=True),
     sa.Column("db_user", sa.String(63), nullable=False),

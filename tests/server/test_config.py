@@ -472,3 +472,11 @@ def test_an_api_only_broker_needs_the_gateway_replicas_address(tmp_path: Path) -
     env = {"DBACCESS_SERVER_PUBLIC_GATEWAY_ADDRESS": "gateways.example.com:6432"}
     cfg = load_config(config, environ=env)
     assert cfg.public_gateway_address == "gateways.example.com:6432"
+
+
+def test_store_key_file_from_the_file_or_the_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, "store_key_file: keys/store.key\n")
+    assert load_config(path, environ={}).store_key_file == tmp_path / "keys" / "store.key"
+    environ = {"DBACCESS_SERVER_STORE_KEY_FILE": "/run/secrets/store.key"}
+    assert load_config(path, environ=environ).store_key_file == Path("/run/secrets/store.key")
+    assert load_config(write(tmp_path, ""), environ={}).store_key_file is None

@@ -21,6 +21,7 @@ from server.errors import Conflict, Forbidden, Unavailable
 from server.pgcluster import free_port
 from server.policy.model import VaultAuth, VaultAuthMethod, VaultSettings
 from server.store.db import Store, StoreLeaseBook
+from tests.fix_store import new_keys
 from tests.fix_vault import VaultDemo
 
 Admin = psycopg.Connection[tuple[object, ...]]
@@ -39,7 +40,7 @@ def settings(demo: VaultDemo, *, role: str = "read", **auth: object) -> VaultSet
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store.open(f"sqlite:///{tmp_path / 'store.db'}")
+    s = Store.open(f"sqlite:///{tmp_path / 'store.db'}", new_keys())
     try:
         yield s
     finally:

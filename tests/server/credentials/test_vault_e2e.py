@@ -13,9 +13,12 @@ import pytest
 
 from server.demo.provision import DemoTarget
 from server.pgcluster import free_port
+from server.store.db import Store
+from server.store.sealing import StoreKeys
 from tests.fix_broker import Broker, new_broker
 from tests.fix_session import held_session
 from tests.fix_vault import VaultDemo
+from tests.server.store.test_sealing import found_in_clear
 
 pytestmark = pytest.mark.slow
 
@@ -62,9 +65,13 @@ def vault_broker(demo_target: DemoTarget, vault_demo: VaultDemo) -> Iterator[Bro
 
 
 def leases(broker: Broker) -> list[tuple[str, str, str | None]]:
+    """The broker's kept leases, their ids opened with the dev broker's store key."""
+    keys = StoreKeys.load(broker.data_dir / "store.key")
     with sqlite3.connect(broker.data_dir / "store.db") as db:
-        rows = db.execute("SELECT lease_id, db_user, revoked_at FROM credential_leases").fetchall()
-    return [(str(a), str(b), c) for a, b, c in rows]
+        rows = db.execute(
+            "SELECT lease_sealed, db_user, revoked_at FROM credential_leases"
+        ).fetchall()
+    return [(keys.open("credential_leases.lease_id", a), str(b), c) for a, b, c in rows]
 
 
 def role_exists(conn: Admin, name: str) -> bool:
@@ -184,3 +191,24 @@ def test_a_vault_session_runs_with_the_scope_limits_the_gateway_sends(
     refused = vault_broker.cli("exec", "demo", "-c", "set statement_timeout = 0")
     assert refused.returncode != 0
     assert "statement_timeout is a limit" in refused.stderr + refused.stdout
+
+
+def test_a_copy_of_the_store_holds_no_secret_of_a_session(
+    vault_broker: Broker, vault_demo: VaultDemo
+) -> None:
+    vault_broker.start(policy=vault_policy(vault_demo, admin_dsn=True))
+    with held_session(vault_broker) as s:
+        res = s.psql("select current_user")
+        assert res.returncode == 0, res.stderr
+        ticket = s.ticket
+        # Kept while the session lives, so that a restarted broker can revoke it.
+        ((lease_id, _, _),) = leases(vault_broker)
+        assert vault_demo.lease_known(lease_id)
+        assert s.end() == 0
+    vault_broker.stop()
+    store = Store.open(f"sqlite:///{vault_broker.data_dir / 'store.db'}")
+    try:
+        secrets = (ticket, vault_demo.token, lease_id, lease_id.rsplit("/", 1)[1])
+        assert found_in_clear(store, *secrets) == []
+    finally:
+        store.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import subprocess
@@ -13,10 +14,11 @@ import pytest
 
 from server.demo.provision import DemoTarget
 from server.pgcluster import free_port
-from server.store.db import Store
+from server.store.db import Store, StoreLeaseBook
 from server.store.sealing import StoreKeys
 from tests.fix_broker import Broker, new_broker
 from tests.fix_session import held_session
+from tests.fix_store import pg_store_url
 from tests.fix_vault import VaultDemo
 from tests.server.store.test_sealing import found_in_clear
 
@@ -193,22 +195,40 @@ def test_a_vault_session_runs_with_the_scope_limits_the_gateway_sends(
     assert "statement_timeout is a limit" in refused.stderr + refused.stdout
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_a_copy_of_the_store_holds_no_secret_of_a_session(
-    vault_broker: Broker, vault_demo: VaultDemo
+    backend: str,
+    demo_target: DemoTarget,
+    vault_demo: VaultDemo,
+    request: pytest.FixtureRequest,
 ) -> None:
-    vault_broker.start(policy=vault_policy(vault_demo, admin_dsn=True))
-    with held_session(vault_broker) as s:
-        res = s.psql("select current_user")
-        assert res.returncode == 0, res.stderr
-        ticket = s.ticket
-        # Kept while the session lives, so that a restarted broker can revoke it.
-        ((lease_id, _, _),) = leases(vault_broker)
-        assert vault_demo.lease_known(lease_id)
-        assert s.end() == 0
-    vault_broker.stop()
-    store = Store.open(f"sqlite:///{vault_broker.data_dir / 'store.db'}")
-    try:
-        secrets = (ticket, vault_demo.token, lease_id, lease_id.rsplit("/", 1)[1])
-        assert found_in_clear(store, *secrets) == []
-    finally:
-        store.close()
+    with contextlib.ExitStack() as stack:
+        url = None
+        if backend == "postgresql":
+            url = stack.enter_context(pg_store_url(request.getfixturevalue("pg_cluster")))
+        broker = new_broker(demo_target, store_url=url)
+        broker.server_env[TOKEN_ENV] = vault_demo.token
+        stack.callback(broker.kill)
+        stack.callback(broker.stop)
+        broker.start(policy=vault_policy(vault_demo, admin_dsn=True))
+        url = url or f"sqlite:///{broker.data_dir / 'store.db'}"
+        with held_session(broker) as s:
+            res = s.psql("select current_user")
+            assert res.returncode == 0, res.stderr
+            ticket = s.ticket
+            # Kept while the session lives, so that a restarted broker can revoke it.
+            keyed = Store.open(url, StoreKeys.load(broker.data_dir / "store.key"))
+            try:
+                (lease,) = StoreLeaseBook(keyed, "demo").outstanding()
+            finally:
+                keyed.close()
+            assert vault_demo.lease_known(lease.lease_id)
+            assert s.end() == 0
+        broker.stop()
+        store = Store.open(url)
+        try:
+            random_part = lease.lease_id.rsplit("/", 1)[1]
+            secrets = (ticket, vault_demo.token, lease.lease_id, random_part)
+            assert found_in_clear(store, *secrets) == []
+        finally:
+            store.close()

@@ -4,6 +4,8 @@
 test's temp dir) and PostgreSQL (a fresh database on the test run's cluster,
 as several broker replicas would share).  Both go through the same Alembic
 migrations in ``Store.open``, each with a fresh store key (``new_keys``).
+``found_in_clear`` reads every column of every table as someone with a copy of
+the store would, looking for secrets that must not be there.
 ``broker_store_url`` is the same choice for a module's broker process
 (``running_broker(..., store_url=...)``): None for its own SQLite file, or the
 URL of a fresh PostgreSQL database, dropped afterwards.
@@ -11,6 +13,7 @@ URL of a fresh PostgreSQL database, dropped afterwards.
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +21,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import sqlalchemy as sa
 from psycopg import sql
 
 from server.pgcluster import LocalCluster
@@ -68,3 +72,30 @@ def pg_store_url(cluster: LocalCluster) -> Iterator[str]:
     finally:
         with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def raw_texts(store: Store) -> Iterator[tuple[str, str, str]]:
+    """Every value of every column of every table, as text: (table, column, text)."""
+    with store.engine.connect() as conn:
+        for name in sa.inspect(conn).get_table_names():
+            table = sa.Table(name, sa.MetaData(), autoload_with=conn)
+            for row in conn.execute(table.select()):
+                for column, value in row._mapping.items():
+                    if value is None:
+                        continue
+                    if isinstance(value, bytes):
+                        text = value.decode("latin-1")
+                    elif isinstance(value, (dict, list)):
+                        text = json.dumps(value)
+                    else:
+                        text = str(value)
+                    yield name, str(column), text
+
+
+def found_in_clear(store: Store, *secrets: str) -> list[str]:
+    return [
+        f"{table}.{column}"
+        for table, column, text in raw_texts(store)
+        for secret in secrets
+        if secret in text
+    ]

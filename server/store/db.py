@@ -551,12 +551,14 @@ class Store:
         return _session(row) if row is not None else None
 
     def finish_session(self, session_id: str, *, status: str, reason: str) -> bool:
-        """Move an active session to a final status; False when it was not active."""
+        """Move an active session to a final status; False when it was not active.
+        Its handed-off credential goes with it: no gateway may take an ended session,
+        and a ticket that leaks later must not open even a revoked role's password."""
         with self.tx() as conn:
             res = conn.execute(
                 t.sessions.update()
                 .where(t.sessions.c.id == session_id, t.sessions.c.status == "active")
-                .values(status=status, ended_at=utcnow(), end_reason=reason)
+                .values(status=status, ended_at=utcnow(), end_reason=reason, handoff=None)
             )
         return res.rowcount == 1
 

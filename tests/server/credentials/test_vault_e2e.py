@@ -18,9 +18,8 @@ from server.store.db import Store, StoreLeaseBook
 from server.store.sealing import StoreKeys
 from tests.fix_broker import Broker, new_broker
 from tests.fix_session import held_session
-from tests.fix_store import pg_store_url
+from tests.fix_store import found_in_clear, pg_store_url
 from tests.fix_vault import VaultDemo
-from tests.server.store.test_sealing import found_in_clear
 
 pytestmark = pytest.mark.slow
 

@@ -32,6 +32,7 @@ from server.policy import Identity, parse_policy
 from server.sessions.replicas import Membership, host_key
 from server.sessions.service import SessionService
 from server.store.db import Store, utcnow
+from tests.fix_store import found_in_clear
 
 POLICY = textwrap.dedent(
     """\
@@ -348,6 +349,21 @@ def test_a_handed_off_session_is_taken_by_one_gateway_replica_with_a_working_cre
         assert conn.execute("SELECT current_user").fetchone() == (record.db_user,)
     with pytest.raises(NotAuthenticated, match="invalid session ticket"):
         g1.resolve_ticket("dbt_" + "x" * 43, "demo")
+
+
+def test_the_store_keeps_neither_the_ticket_nor_the_password_of_a_handed_off_session(
+    new_pg_store: Callable[[], Store],
+    split_roles: Callable[[Store, str], SessionService],
+) -> None:
+    store = new_pg_store()
+    api, gateway = split_roles(store, "api"), split_roles(store, "gateway")
+    record, ticket = api.start(ALICE, "demo", "read", timedelta(minutes=10), "at rest")
+    password = gateway.resolve_ticket(ticket, "demo").credential.login_password()
+    assert found_in_clear(store, ticket, password) == []
+    gateway.end(record.id, status="ended", reason="done", actor="alice")
+    assert found_in_clear(store, ticket, password) == []
+    found = store.session_handoff(hashlib.sha256(ticket.encode()).hexdigest())
+    assert found is not None and found[1] is None, "an ended session keeps no sealed credential"
 
 
 def test_an_untaken_session_waits_for_its_gateway_and_ends_through_its_api_replica(

@@ -4,10 +4,8 @@ read back from the raw tables as someone with a copy of the store would."""
 from __future__ import annotations
 
 import base64
-import json
 import os
 import stat
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,36 +16,9 @@ from server.credentials.base import Lease
 from server.store import tables as t
 from server.store.db import Store, StoreLeaseBook, utcnow
 from server.store.sealing import StoreKey, StoreKeyError, StoreKeys, create_key_file
-from tests.fix_store import new_keys
+from tests.fix_store import found_in_clear, new_keys
 
 LEASE_ID = "database/creds/readonly/3kD9xq2LwP0aZ1cV7mTnR8sY"
-
-
-def raw_texts(store: Store) -> Iterator[tuple[str, str, str]]:
-    """Every value of every column of every table, as text: (table, column, text)."""
-    with store.engine.connect() as conn:
-        for name in sa.inspect(conn).get_table_names():
-            table = sa.Table(name, sa.MetaData(), autoload_with=conn)
-            for row in conn.execute(table.select()):
-                for column, value in row._mapping.items():
-                    if value is None:
-                        continue
-                    if isinstance(value, bytes):
-                        text = value.decode("latin-1")
-                    elif isinstance(value, (dict, list)):
-                        text = json.dumps(value)
-                    else:
-                        text = str(value)
-                    yield name, str(column), text
-
-
-def found_in_clear(store: Store, *secrets: str) -> list[str]:
-    return [
-        f"{table}.{column}"
-        for table, column, text in raw_texts(store)
-        for secret in secrets
-        if secret in text
-    ]
 
 
 def a_lease(lease_id: str = LEASE_ID, user: str = "v-token-readonly-x1") -> Lease:

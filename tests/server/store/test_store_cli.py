@@ -9,7 +9,8 @@ from pathlib import Path
 
 from server.store.db import Store, StoreLeaseBook
 from server.store.sealing import StoreKeys
-from tests.server.store.test_sealing import LEASE_ID, a_lease, found_in_clear
+from tests.fix_store import found_in_clear
+from tests.server.store.test_sealing import LEASE_ID, a_lease
 
 BIN = Path(sys.executable).parent / "dbaccess-server"
 

@@ -7,6 +7,7 @@ import base64
 import os
 import stat
 from datetime import UTC, datetime, timedelta
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -146,3 +147,64 @@ def test_key_files_are_made_private_and_read_newest_first(tmp_path: Path) -> Non
     path.write_text("a c2hvcnQ=\n")
     with pytest.raises(StoreKeyError, match="line 1: key 'a' is not 32 bytes"):
         StoreKeys.load(path)
+
+
+def test_an_upgraded_store_has_its_clear_leases_sealed_when_a_broker_starts_with_a_key(
+    any_store: Store, tmp_path: Path
+) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(resources.files("server.store") / "migrations"))
+    with any_store.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0012")
+        # What a broker from before sealing kept.
+        conn.execute(
+            sa.text(
+                "INSERT INTO credential_leases (lease_id, target, session_id, db_user, "
+                "created_at, expires_at) VALUES (:id, 'demo', 's-1', 'v-old', :now, :until)"
+            ),
+            {"id": LEASE_ID, "now": utcnow(), "until": utcnow() + timedelta(hours=1)},
+        )
+    url = any_store.engine.url.render_as_string(hide_password=False)
+    key_file = tmp_path / "store.key"
+    create_key_file(key_file, "k1")
+    started = runtime_store(url, key_file)
+    try:
+        assert started.at_head()
+        assert found_in_clear(started, LEASE_ID) == []
+        assert started.secrets_at_rest() == {"k1": 1}
+        (lease,) = StoreLeaseBook(started, "demo").outstanding()
+        assert lease.lease_id == LEASE_ID
+    finally:
+        started.close()
+    # The same id with another key: the broker does not start, and says which key.
+    key_file.unlink()
+    create_key_file(key_file, "k1")
+    with pytest.raises(StoreKeyError, match=f"store key 'k1' in {key_file} is not the key"):
+        runtime_store(url, key_file)
+
+
+def test_a_broker_without_a_key_does_not_start_on_a_store_with_leases(any_store: Store) -> None:
+    from server.policy import parse_policy
+    from server.runtime import _refuse_unkeyed
+
+    policy = parse_policy(
+        "version: 1\ntargets:\n  demo:\n    database: app\n    admin_dsn_env: X\n"
+        "    scopes:\n      read:\n        max_ttl: 1h\n        grants: [r]\n"
+        "        allow:\n          groups: [dev]\n",
+        "policy.yaml",
+    )
+    unkeyed = reopened(any_store, None)
+    _refuse_unkeyed(unkeyed, policy)  # nothing to seal: it starts
+    StoreLeaseBook(any_store, "demo").remember(a_lease())
+    with pytest.raises(StoreKeyError, match="the store keeps Vault leases"):
+        _refuse_unkeyed(reopened(any_store, None), policy)
+
+
+def runtime_store(url: str, key_file: Path) -> Store:
+    from server.runtime import _open_store
+
+    return _open_store(url, key_file)

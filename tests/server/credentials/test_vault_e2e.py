@@ -16,7 +16,7 @@ from server.demo.provision import DemoTarget
 from server.pgcluster import free_port
 from server.store.db import Store, StoreLeaseBook
 from server.store.sealing import StoreKeys
-from tests.fix_broker import Broker, new_broker
+from tests.fix_broker import BIN, Broker, new_broker
 from tests.fix_session import held_session
 from tests.fix_store import found_in_clear, pg_store_url
 from tests.fix_vault import VaultDemo
@@ -223,11 +223,24 @@ def test_a_copy_of_the_store_holds_no_secret_of_a_session(
                 keyed.close()
             assert vault_demo.lease_known(lease.lease_id)
             assert s.end() == 0
+        # A broker API token too, one that works.
+        create = ("token", "create", "--identity", "ci-bot", "--groups", "dev")
+        made = subprocess.run(
+            [str(BIN / "dbaccess-server"), *create, "--store-url", url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=broker.env(),
+            check=False,
+        )
+        api_token = made.stdout.strip()
+        assert made.returncode == 0 and api_token, made.stderr
+        assert broker.cli("sessions", token=api_token).returncode == 0
         broker.stop()
         store = Store.open(url)
         try:
             random_part = lease.lease_id.rsplit("/", 1)[1]
-            secrets = (ticket, vault_demo.token, lease.lease_id, random_part)
+            secrets = (ticket, api_token, vault_demo.token, lease.lease_id, random_part)
             assert found_in_clear(store, *secrets) == []
         finally:
             store.close()

@@ -3,11 +3,20 @@
 Command modules import only typer at module level; the heavy libraries (httpx,
 psycopg, rich tables, keyring) load inside the commands that need them, so that
 ``dbaccess --help`` and shell completion stay fast.
+
+Run as the program (``main()`` without arguments, as the ``dbaccess`` script
+calls it), the CLI leaves through ``_leave``: its output flushed and the atexit
+handlers run, the process ends without the interpreter's teardown of every
+loaded module, which for a command that loaded psycopg costs more than the
+command's own work on the network (scripts call ``dbaccess exec`` in loops).
 """
 
 from __future__ import annotations
 
+import atexit
+import os
 import sys
+import threading
 from typing import Annotated
 
 import typer
@@ -80,6 +89,33 @@ add_global_options(app)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command of ``argv`` (default: the process's) and return its exit code;
+    as the program (no ``argv``), end the process with that code instead."""
+    code = _main(argv)
+    if argv is None:
+        _leave(code)
+    return code
+
+
+def _leave(code: int) -> None:
+    """End the process with ``code`` now that the command is done, skipping the
+    interpreter's teardown; where a thread that is not a daemon still runs, return
+    and let the usual exit wait for it."""
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate()
+           if t is not threading.main_thread()):  # fmt: skip
+        return
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            # Output that could not be written fails the command, with the code
+            # the interpreter's own exit gives it.
+            code = code or 120
+    os._exit(code)
+
+
+def _main(argv: list[str] | None) -> int:
     config.reset_flags()
     completion.enable()
     try:

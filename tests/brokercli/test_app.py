@@ -94,3 +94,43 @@ def test_a_missing_ca_file_is_a_usage_error_before_or_after_the_command(
     assert main([a.format(ca=missing) for a in argv]) == ExitCode.USAGE
     err = capsys.readouterr().err
     assert f"cannot use the CA file {missing}" in err
+
+
+# The program as the dbaccess script runs it, with an atexit handler of its own
+# and a non-daemon thread when asked.
+_AS_PROGRAM = """
+import atexit, sys, threading, time
+from brokercli.app import main
+atexit.register(lambda: print("atexit handler ran", flush=True))
+if sys.argv[1] == "thread":
+    threading.Thread(target=lambda: (time.sleep(0.2), print("thread finished"))).start()
+sys.argv[1:2] = []
+sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize("thread", ["no-thread", "thread"])
+def test_the_program_leaves_with_its_output_and_exit_code(
+    thread: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("DBACCESS_CONFIG_DIR", str(tmp_path))
+    monkeypatch.delenv("DBACCESS_TOKEN", raising=False)
+    monkeypatch.setenv("DBACCESS_SERVER", "https://127.0.0.1:9")
+    ok = subprocess.run(
+        [sys.executable, "-c", _AS_PROGRAM, thread, "--version"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    lines = ok.stdout.splitlines()
+    assert lines[0].startswith("dbaccess ")
+    assert "atexit handler ran" in lines
+    assert ("thread finished" in lines) == (thread == "thread")
+    failed = subprocess.run(
+        [sys.executable, "-c", _AS_PROGRAM, thread, "targets"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert failed.returncode == ExitCode.NOT_AUTHENTICATED
+    assert "not logged in" in failed.stderr

@@ -49,7 +49,8 @@ revoke
     ``ALTER ROLE … NOLOGIN`` (committed at once so no new login succeeds),
     ``pg_terminate_backend`` of every backend with the role's OID, polling
     ``pg_stat_activity`` until they are gone (termination is asynchronous),
-    and in one transaction ``GRANT role TO CURRENT_USER`` (PostgreSQL 15 wants
+    and in one transaction (one Query message of several statements, one round
+    trip) ``GRANT role TO CURRENT_USER`` (PostgreSQL 15 wants
     membership for what follows), ``revoke_disarm.sql`` (the role's SECURITY
     DEFINER routines become SECURITY INVOKER, its views security_invoker, and
     others lose their privileges on its relations that carry rules: handed to
@@ -141,6 +142,26 @@ Conn = psycopg.Connection[Any]
 
 def _statement(name: str, **parts: sql.Composable) -> sql.Composed:
     return sql.SQL(sql_template(name)).format(**parts)
+
+
+def _handover(role: sql.Identifier, oid: int) -> sql.Composed:
+    """Take over, disarm and hand over what the role owns, then drop it: one Query
+    message of several statements, which PostgreSQL runs as one transaction (all of
+    them or none, as a transaction block would) in one round trip instead of seven."""
+    return sql.SQL(";\n").join(
+        [
+            _statement("revoke_take_over.sql", role=role),
+            _statement("revoke_disarm.sql", oid=sql.Literal(oid)),
+            *(
+                _statement(name, role=role)
+                for name in (
+                    "revoke_reassign_owned.sql",
+                    "revoke_drop_owned.sql",
+                    "revoke_drop_role.sql",
+                )
+            ),
+        ]
+    )
 
 
 _WALL_HINT = (
@@ -603,15 +624,7 @@ class PostgresIssuer:
                     f"{_TERMINATE_WAIT_SECONDS:g}s; role left NOLOGIN for a retry",
                 )
             try:
-                with conn.transaction():
-                    conn.execute(_statement("revoke_take_over.sql", role=role))
-                    conn.execute(_statement("revoke_disarm.sql", oid=sql.Literal(info.oid)))
-                    for name in (
-                        "revoke_reassign_owned.sql",
-                        "revoke_drop_owned.sql",
-                        "revoke_drop_role.sql",
-                    ):
-                        conn.execute(_statement(name, role=role))
+                conn.execute(_handover(role, info.oid))
             except psycopg.errors.DependentObjectsStillExist as exc:
                 # Typically objects in another database of the cluster: the role
                 # stays, NOLOGIN, and the reaper will keep reporting it.

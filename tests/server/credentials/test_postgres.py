@@ -674,3 +674,61 @@ def test_roles_carry_their_mark_and_another_deployments_are_refused(
     finally:
         ours.close()
         theirs.close()
+
+
+def _role_config(admin_conn: AdminConn, name: str) -> tuple[list[str], str | None]:
+    row = admin_conn.execute(
+        "SELECT rolconfig, shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = %s",
+        (name,),
+    ).fetchone()
+    assert row is not None
+    return sorted(row[0] or []), row[1]
+
+
+@pytest.mark.parametrize("temp_file_limit", ["not allowed", "allowed"])
+def test_a_role_made_in_one_message_has_all_a_role_made_step_by_step_has(
+    temp_file_limit: str, demo_target: DemoTarget, admin_conn: AdminConn
+) -> None:
+    """The first role tries the superuser-only setting on its own; the next ones are
+    made, marked and limited in one Query message, and end up the same."""
+    allowed = temp_file_limit == "allowed"
+    if allowed:
+        admin_conn.execute("GRANT SET ON PARAMETER temp_file_limit TO dbaccess_admin")
+    issuer = PostgresIssuer(demo_target.admin_dsn)
+    issuer.mark_roles(RoleMark("dep1", "r-one"))
+    names = []
+    try:
+        until = datetime.now(UTC) + timedelta(minutes=5)
+        for i in range(3):
+            cred = issuer.issue(
+                identity="b",
+                session_id=f"s-batch{i}",
+                grants=["demo_read"],
+                valid_until=until,
+                limits=READ_LIMITS,
+            )
+            names.append(cred.username)
+        assert (issuer.settable, issuer.unsettable) == (
+            ({"temp_file_limit"}, set()) if allowed else (set(), {"temp_file_limit"})
+        )
+        first, *others = [_role_config(admin_conn, n) for n in names]
+        assert ("temp_file_limit=" in " ".join(first[0])) == allowed
+        assert len(first[0]) == (5 if allowed else 4)
+        for config, name in zip(others, names[1:], strict=True):
+            assert config[0] == first[0]
+            assert config[1] is not None and "dep1" in config[1]
+            assert memberships(admin_conn, name) == memberships(admin_conn, names[0])
+        with pytest.raises(Conflict):
+            issuer.issue(
+                identity="b",
+                session_id="s-batch1",
+                grants=["demo_read"],
+                valid_until=until,
+                limits=READ_LIMITS,
+            )
+    finally:
+        for name in names:
+            assert issuer.revoke(name).verified
+        issuer.close()
+        if allowed:
+            admin_conn.execute("REVOKE SET ON PARAMETER temp_file_limit FROM dbaccess_admin")

@@ -647,8 +647,7 @@ class PostgresIssuer:
                 )
 
     def revoke(self, username: str) -> RevocationResult:
-        with self._session() as conn, self._revoking(conn, username):
-            info = self._role_info(conn, username)
+        with self._session() as conn, self._revoking(conn, username) as info:
             if info is None:
                 return RevocationResult(
                     username, 0, dropped=False, verified=True, detail="role does not exist"
@@ -689,12 +688,16 @@ class PostgresIssuer:
         )
 
     @contextlib.contextmanager
-    def _revoking(self, conn: Conn, username: str) -> Iterator[None]:
+    def _revoking(self, conn: Conn, username: str) -> Iterator[_RoleInfo | None]:
         """One revocation of a role at a time, whichever broker runs it: a second one
-        waits, then finds the role gone (it is already revoked)."""
-        conn.execute(_statement("revoke_lock.sql"), {"name": username})
+        waits, then finds the role gone (it is already revoked).  Yields the role as
+        it is once the lock is held: the lock and the look-up go in one round trip
+        (a pipeline; the look-up's snapshot is taken after the lock is granted)."""
+        with conn.pipeline():
+            conn.execute(_statement("revoke_lock.sql"), {"name": username})
+            info = self._role_info(conn, username)
         try:
-            yield
+            yield info
         finally:
             if not conn.closed:
                 conn.execute(_statement("revoke_unlock.sql"), {"name": username})

@@ -9,13 +9,13 @@ with keys derived from the ticket itself, which only the client (and, for an
 instant, the API replica) ever holds.  A gateway replica presented with the
 ticket derives the same keys and opens it.
 
-The cipher uses nothing beyond the standard library (the broker stays free of
-``cryptography``): each ticket is 32 random bytes and seals exactly one
-message, so a SHAKE-256 keystream keyed by it (and a random nonce) XORed with
-the text is a one-time pad, and an HMAC-SHA-256 over nonce and ciphertext,
-under a second key from the same ticket, makes any change to it fail to open.
-Both keys are HMACs of the ticket under labels of their own, unrelated to the
-SHA-256 of the ticket the store keeps to find the session.
+The cipher is AES-256-GCM (``cryptography``, imported at the first seal or
+open: only split replicas hand sessions off), the one the store's own secrets
+use (``server.store.sealing``), under a key derived from the ticket: an
+HMAC-SHA-256 of the ticket's 32 random bytes under a label of its own,
+unrelated to the SHA-256 of the ticket the store keeps to find the session.
+A fresh random nonce per seal; the version is bound as associated data, so
+any change to the text fails to open.
 """
 
 from __future__ import annotations
@@ -28,38 +28,35 @@ import secrets
 from collections.abc import Mapping
 from typing import Any
 
-_VERSION = "v1."
-_NONCE = 16
-_TAG = 32
+_VERSION = "v2."
+_AAD = b"dbaccess handoff v2"
+_NONCE = 12
+_TAG = 16
 
 
 class SealBroken(ValueError):
     """A sealed text that does not open with this ticket (another ticket, or altered)."""
 
 
-def _keys(ticket: str) -> tuple[bytes, bytes]:
-    secret = ticket.encode()
-    cipher = hmac.new(secret, b"dbaccess handoff cipher", hashlib.sha256).digest()
-    mac = hmac.new(secret, b"dbaccess handoff mac", hashlib.sha256).digest()
-    return cipher, mac
-
-
-def _stream(key: bytes, nonce: bytes, length: int) -> bytes:
-    return hashlib.shake_256(key + nonce).digest(length)
+def _key(ticket: str) -> bytes:
+    return hmac.new(ticket.encode(), b"dbaccess handoff aes-256-gcm", hashlib.sha256).digest()
 
 
 def seal(ticket: str, payload: Mapping[str, Any]) -> str:
     """``payload`` (JSON's types) as text only ``ticket`` opens."""
-    cipher_key, mac_key = _keys(ticket)
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     plain = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
     nonce = secrets.token_bytes(_NONCE)
-    body = bytes(a ^ b for a, b in zip(plain, _stream(cipher_key, nonce, len(plain)), strict=True))
-    tag = hmac.new(mac_key, nonce + body, hashlib.sha256).digest()
-    return _VERSION + base64.urlsafe_b64encode(nonce + body + tag).decode("ascii")
+    body = AESGCM(_key(ticket)).encrypt(nonce, plain, _AAD)
+    return _VERSION + base64.urlsafe_b64encode(nonce + body).decode("ascii")
 
 
 def open_sealed(ticket: str, sealed: str) -> dict[str, Any]:
     """The payload :func:`seal` sealed with ``ticket``; :class:`SealBroken` otherwise."""
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     if not sealed.startswith(_VERSION):
         raise SealBroken("not a sealed credential this broker knows")
     try:
@@ -68,11 +65,10 @@ def open_sealed(ticket: str, sealed: str) -> dict[str, Any]:
         raise SealBroken("the sealed credential is not base64") from None
     if len(raw) < _NONCE + _TAG:
         raise SealBroken("the sealed credential is cut short")
-    nonce, body, tag = raw[:_NONCE], raw[_NONCE:-_TAG], raw[-_TAG:]
-    cipher_key, mac_key = _keys(ticket)
-    if not hmac.compare_digest(tag, hmac.new(mac_key, nonce + body, hashlib.sha256).digest()):
-        raise SealBroken("the sealed credential does not open with this ticket")
-    plain = bytes(a ^ b for a, b in zip(body, _stream(cipher_key, nonce, len(body)), strict=True))
+    try:
+        plain = AESGCM(_key(ticket)).decrypt(raw[:_NONCE], raw[_NONCE:], _AAD)
+    except InvalidTag:
+        raise SealBroken("the sealed credential does not open with this ticket") from None
     payload = json.loads(plain)
     if not isinstance(payload, dict):
         raise SealBroken("the sealed credential holds no mapping")

@@ -502,3 +502,37 @@ def test_a_signal_sent_the_moment_connect_says_ctrl_c_ends_the_session_cleanly(
         proc.stderr.close()
     newest = json.loads(broker.cli("sessions", "-o", "json", "--limit", "1").stdout)[0]
     assert newest["status"] == "ended" and newest["revocation"]["verified"] is True
+
+
+# What a script's `dbaccess exec` has no use for: the broker's web framework and
+# its store, the SQL analysis, rich (plain CSV needs no terminal rendering), the
+# keyring (the token is in the environment), cloud clients.
+EXEC_NEVER_LOADS = (
+    "server", "fastapi", "starlette", "uvicorn", "sqlalchemy", "sqlglot", "rich",
+    "keyring", "httpx", "boto3", "hvac", "mcp",
+)  # fmt: skip
+_PROBE = """
+import json, sys
+from brokercli.app import main
+rc = main(sys.argv[1:])
+print(json.dumps({"rc": rc, "loaded": sorted({m.split(".")[0] for m in sys.modules})}))
+"""
+
+
+def test_a_scripts_exec_loads_neither_the_web_framework_nor_rich(
+    broker: Broker, ci_token: str, tmp_path: Path
+) -> None:
+    import sys
+
+    ca = str(broker.data_dir / "tls" / "ca.crt")
+    env = broker.env(**ci_env(broker, tmp_path, ci_token, DBACCESS_CA_FILE=ca))
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE, "exec", "demo", "-c", "select 1 as one", "-o", "csv"],
+        capture_output=True, text=True, timeout=60, env=env, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    *rows, last = proc.stdout.splitlines()
+    result = json.loads(last)
+    assert (result["rc"], rows) == (0, ["one", "1"])
+    assert "psycopg" in result["loaded"]  # the probe saw the exec's own imports
+    assert sorted(set(EXEC_NEVER_LOADS) & set(result["loaded"])) == []

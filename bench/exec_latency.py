@@ -12,17 +12,21 @@ imports what the exec path cannot do without (typer, which validates options
 through pydantic, and psycopg): the exec's ratio to it is what to compare across
 runs on a busy machine.  Run: .venv/bin/python bench/exec_latency.py [--runs 20]
 
-Where the time goes (2 cores at load 4-6, medians of 10; the whole exec ~650-900
-ms): the interpreter's start ~60 ms; imports ~450 ms (typer and the CLI's
-modules ~160-210, psycopg ~170, asyncio/ssl for the tunnel ~45); typer's option
-parsing ~160 ms (pydantic imported and one TypeAdapter built per option); the
-broker's session start ~55 ms and end ~30-35 ms (of which the role's issue and
-revoke are about 60%: CREATE ROLE with a password costs the target one PBKDF2 of
-the verifier, 5-7 ms, to check it is not the empty password); the gateway
-login through the tunnel ~20-30 ms; the statement ~3 ms.  The interpreter's
-teardown after the answer (~200-300 ms with psycopg loaded) is no longer paid:
-the program ends once its output is flushed.  Python files without bytecode
-(PYTHONDONTWRITEBYTECODE and no __pycache__) add their compilation, ~50 ms.
+Where the time goes, one exec split by marks in the CLI (medians of 12, 2 cores
+at load ~2, the whole ~380 ms; at load 4-6 every part about doubles): the
+interpreter's start 26 ms; imports 195 ms (typer and the CLI's modules 96,
+psycopg 78, asyncio and ssl for the tunnel 21); typer's option parsing 73 ms
+(pydantic imported, one TypeAdapter built per option); the broker's session
+start 28 ms and end 17 ms (the role's issue and revoke are about 60% of them:
+CREATE ROLE with a password costs the target one PBKDF2 of the verifier, 5-7 ms,
+to check that it is not the empty password's); the gateway login through the
+tunnel 16 ms; the statement 2 ms; the exit 4 ms.  The interpreter's teardown
+after the answer (50-300 ms with psycopg loaded, by load) is no longer paid: the
+program ends once its output is flushed.  Python files without bytecode
+(PYTHONDONTWRITEBYTECODE and no __pycache__) are compiled on every run, in the
+imports above.  Last figures, same run: exec p50 350-400 ms against a reference
+of 180-200 ms (ratio 2.0; 2.4 before the exit without teardown and the role
+cycle's fewer round trips), the role cycle p50 10-13 ms (11-15 before).
 """
 
 from __future__ import annotations

@@ -109,11 +109,17 @@ def hold(conn: Connection, announce: Callable[[], None] = lambda: None) -> None:
     from brokercli.client import BrokerClient
 
     stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Both set here, SIGINT too: a dbaccess started in the background of a
+    # script inherits SIGINT ignored, and would then hold the session until
+    # its deadline when told to stop the way the user was told to.
+    previous = {
+        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         watcher = BrokerClient(conn.broker.cfg, conn.broker.token, timeout=POLL_TIMEOUT)
     except BaseException:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         raise
     try:
         announce()
@@ -126,8 +132,7 @@ def hold(conn: Connection, announce: Callable[[], None] = lambda: None) -> None:
                     code=ExitCode.CONFLICT,
                     hint=f"start a new one: dbaccess connect {conn.session.target}",
                 )
-    except KeyboardInterrupt:
-        pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         watcher.close()

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from server.demo.provision import DemoTarget
-from tests.fix_broker import Broker, demo_policy, running_broker
+from tests.fix_broker import BIN, Broker, demo_policy, running_broker
 
 pytestmark = pytest.mark.slow
 
@@ -475,14 +475,31 @@ def test_the_zsh_script_asks_the_program_for_broker_values(broker: Broker) -> No
     assert offered("dbaccess exec demo --scope w") == ["write"]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def _ignoring_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize(
+    ("sig", "background"),
+    [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGINT, True)],
+    ids=["SIGINT", "SIGTERM", "SIGINT-started-in-the-background"],
+)
 def test_a_signal_sent_the_moment_connect_says_ctrl_c_ends_the_session_cleanly(
-    broker: Broker, sig: signal.Signals
+    broker: Broker, sig: signal.Signals, background: bool
 ) -> None:
     """A program that starts ``connect --no-launch`` and stops it as soon as it
     reads "press Ctrl-C" gets exit 0 and an ended session, not a dbaccess killed
-    by the signal with its role left to the deadline."""
-    proc = broker.spawn("connect", "demo", "--no-launch")
+    by the signal with its role left to the deadline -- also when it was
+    started in the background of a script, which starts it with SIGINT ignored."""
+    proc = subprocess.Popen(
+        [str(BIN / "dbaccess"), "connect", "demo", "--no-launch"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=broker.env(),
+        preexec_fn=_ignoring_sigint if background else None,
+    )
     assert proc.stderr is not None
     try:
         deadline = time.monotonic() + 60

@@ -68,11 +68,15 @@ def with_masked_twin(policy: str) -> str:
 
 @contextmanager
 def dev_broker(
-    base: Path, admin_dsn: str, *extra_args: str, policy: str | None = None
+    base: Path,
+    admin_dsn: str,
+    *extra_args: str,
+    policy: str | None = None,
+    store_key: Path | None = None,
 ) -> Iterator[tuple[subprocess.Popen[bytes], dict[str, str]]]:
     """A `dbaccess-server dev` on ``admin_dsn`` with ``policy`` (by default the demo's
     without its masking, ``unmasked_demo_policy()``), with a CLI environment logged
-    in to it."""
+    in to it; ``store_key``: the key file of a store replicas share."""
     (base / "data").mkdir(parents=True, exist_ok=True)
     (base / "data" / "policy.yaml").write_text(unmasked_demo_policy() if policy is None else policy)
     env = dict(os.environ)
@@ -95,7 +99,7 @@ def dev_broker(
         ],
         stdout=log_path.open("wb"),
         stderr=subprocess.STDOUT,
-        env=env,
+        env={**env, "DBACCESS_SERVER_STORE_KEY_FILE": str(store_key)} if store_key else env,
     )
     try:
         deadline = time.monotonic() + 60

@@ -40,6 +40,7 @@ from benchlib import IDLE_POLICY, dev_broker, gateway_of, raise_max_connections,
 from brokercli.client import BrokerClient
 from server.demo.provision import provision_demo
 from server.pgcluster import LocalCluster
+from server.store.sealing import create_key_file
 
 BIN = Path(sys.executable).parent
 
@@ -213,6 +214,9 @@ def main() -> None:
             )
             extra = ("--store-url", url, "--replica-lease", str(args.lease))
             extra += ("--reaper-interval", "1")
+            # Replicas of one store seal with one key.
+            store_key = base / "store.key"
+            create_key_file(store_key, "bench1")
             print(
                 f"{args.sessions} sessions (start + end) from {args.clients} client threads; "
                 f"lease {args.lease:g}s, reaper every 1s"
@@ -223,7 +227,9 @@ def main() -> None:
                 for replicas in (1, 3):
                     while len(brokers) < replicas:
                         homes.append(base / f"replica{len(brokers)}")
-                        started = dev_broker(homes[-1], demo_dsn, *extra, policy=IDLE_POLICY)
+                        started = dev_broker(
+                            homes[-1], demo_dsn, *extra, policy=IDLE_POLICY, store_key=store_key
+                        )
                         brokers.append(stack.enter_context(started))
                     starts, wall = load([env for _, env in brokers], args.sessions, args.clients)
                     p50, p95 = pct(starts, 0.5) * 1000, pct(starts, 0.95) * 1000

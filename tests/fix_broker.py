@@ -286,6 +286,10 @@ class Waiting:
 _MADE: list[tuple[Broker, Path]] = []
 
 
+# The store key file of each shared store: replicas of one store seal with one key.
+_STORE_KEYS: dict[str, Path] = {}
+
+
 def new_broker(demo_target: DemoTarget, *, store_url: str | None = None) -> Broker:
     base = make_tmp_dir("dbaccess-broker-")
     b = Broker(
@@ -294,6 +298,14 @@ def new_broker(demo_target: DemoTarget, *, store_url: str | None = None) -> Brok
         target_dsn=demo_target.admin_dsn,
         store_url=store_url,
     )
+    if store_url is not None:
+        key = _STORE_KEYS.get(store_url)
+        if key is None or not key.exists():
+            from server.store.sealing import create_key_file
+
+            key = _STORE_KEYS[store_url] = base / "store.key"
+            create_key_file(key, "dev1")
+        b.server_env["DBACCESS_SERVER_STORE_KEY_FILE"] = str(key)
     _MADE.append((b, base))
     return b
 

@@ -472,7 +472,14 @@ class PostgresIssuer:
                     conn.execute(sql.SQL(";\n").join([create, *filter(None, [mark]), *settings]))
                 except psycopg.errors.DuplicateObject:
                     raise duplicate from None
-            return Credential(username=username, password=password, valid_until=valid_until)
+                except psycopg.errors.InsufficientPrivilege:
+                    if not self.settable:
+                        raise
+                    # A setting the admin role could set before (its privilege was
+                    # revoked since): nothing was made; learnt again, one at a time.
+                    self.settable.clear()
+                else:
+                    return Credential(username=username, password=password, valid_until=valid_until)
         with self._session() as conn, conn.transaction():
             self._check_grants(conn, wanted)
             walls = self._build_walls(conn, wanted, walled, scope) if walled is not None else ()

@@ -671,8 +671,10 @@ class Store:
                     raise StoreKeyError(
                         f"store key {key.id!r} in {self.keys.source} is not the key this "
                         f"store's secrets were sealed with under that id",
-                        hint="restore the key file this store was used with; a new key "
-                        "needs an id of its own",
+                        hint="restore the key file this store was used with (replicas of "
+                        "one store share one key file: store_key_file, or "
+                        "DBACCESS_SERVER_STORE_KEY_FILE for dev brokers); a new key needs "
+                        "an id of its own",
                     )
             newest = self.keys.newest
             if newest.id not in known:

@@ -138,6 +138,13 @@ class Broker:
         )
         return BrokerClient(cfg, token)
 
+    @property
+    def store_key(self) -> Path:
+        """The key file the broker seals its store's secrets with: the one replicas
+        of a shared store share, else the dev mode's own in its data dir."""
+        shared = self.server_env.get("DBACCESS_SERVER_STORE_KEY_FILE")
+        return Path(shared) if shared else self.data_dir / "store.key"
+
     def start(
         self,
         *extra_args: str,

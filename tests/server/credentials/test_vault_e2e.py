@@ -67,7 +67,7 @@ def vault_broker(demo_target: DemoTarget, vault_demo: VaultDemo) -> Iterator[Bro
 
 def leases(broker: Broker) -> list[tuple[str, str, str | None]]:
     """The broker's kept leases, their ids opened with the dev broker's store key."""
-    keys = StoreKeys.load(broker.data_dir / "store.key")
+    keys = StoreKeys.load(broker.store_key)
     with sqlite3.connect(broker.data_dir / "store.db") as db:
         rows = db.execute(
             "SELECT lease_sealed, db_user, revoked_at FROM credential_leases"
@@ -216,7 +216,7 @@ def test_a_copy_of_the_store_holds_no_secret_of_a_session(
             assert res.returncode == 0, res.stderr
             ticket = s.ticket
             # Kept while the session lives, so that a restarted broker can revoke it.
-            keyed = Store.open(url, StoreKeys.load(broker.data_dir / "store.key"))
+            keyed = Store.open(url, StoreKeys.load(broker.store_key))
             try:
                 (lease,) = StoreLeaseBook(keyed, "demo").outstanding()
             finally:

@@ -525,19 +525,8 @@ class IndexProblem:
         return {"session_id": self.session_id, "seq": self.seq, "problem": self.problem}
 
 
-_COMPARED = (
-    "ts",
-    "target",
-    "identity",
-    "identity_kind",
-    "on_behalf_of",
-    "command",
-    "rows",
-    "decision",
-    "rule",
-    "approval",
-    "exemption",
-)
+# What an index row says of its event: every column but the event's key.
+_COMPARED = _EVENT_COLUMNS[2:]
 
 
 def _comparable(row: Any) -> tuple[Any, ...]:

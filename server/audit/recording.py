@@ -707,15 +707,9 @@ class Recorder:
         """
         failed_now: str | None = None
         with self._lock:
-            state = self._sessions.get(session_id)
+            state = self._state_of(session_id)
             if state is None:
-                if session_id in self._closed:
-                    return False
-                state = self._resume(session_id)
-                if state is None:
-                    self._closed.add(session_id)
-                    return False
-                self._sessions[session_id] = state
+                return False
             if state.failed is not None or (state.closing and kind != "session.end"):
                 state.dropped += 1
                 return False
@@ -788,17 +782,25 @@ class Recorder:
         (its ``session.start`` is written already), recording it as ``failure`` says.
         False when the recording is closed."""
         with self._lock:
-            state = self._sessions.get(session_id)
+            state = self._state_of(session_id)
             if state is None:
-                if session_id in self._closed:
-                    return False
-                state = self._resume(session_id)
-                if state is None:
-                    self._closed.add(session_id)
-                    return False
-                self._sessions[session_id] = state
+                return False
             state.mode = failure
         return True
+
+    def _state_of(self, session_id: str) -> _Session | None:
+        """The session's recording state, resumed from the store where another
+        replica began it; None when it is closed.  Called with the lock held."""
+        state = self._sessions.get(session_id)
+        if state is None:
+            if session_id in self._closed:
+                return None
+            state = self._resume(session_id)
+            if state is None:
+                self._closed.add(session_id)
+                return None
+            self._sessions[session_id] = state
+        return state
 
     def _writes(self, conn: sa.Connection, session_ids: Iterable[str]) -> set[str]:
         """Of ``session_ids``, the recordings this recorder is still the writer of, held

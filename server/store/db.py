@@ -272,10 +272,20 @@ class Store:
 
             @sa.event.listens_for(engine, "connect")
             def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+                # sqlite3 on its own begins a transaction only at the first write,
+                # so what a transaction read could change before it wrote (a
+                # recording's writer, the chain's head): begin every one ourselves.
+                dbapi_conn.isolation_level = None
                 cur = dbapi_conn.cursor()
                 cur.execute("PRAGMA journal_mode=WAL")
                 cur.execute("PRAGMA synchronous=NORMAL")
                 cur.close()
+
+            @sa.event.listens_for(engine, "begin")
+            def _begin(conn: sa.Connection) -> None:
+                # IMMEDIATE: the one write lock is taken at the start, so a
+                # transaction's reads hold until it commits -- SQLite's FOR UPDATE.
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         store = cls(engine, keys)
         store.migrate()
@@ -319,8 +329,8 @@ class Store:
 
     def lock_audit_chain(self, conn: sa.Connection) -> None:
         """Within ``conn``'s transaction, be the only writer of the audit chain: the
-        replicas on a PostgreSQL store take turns (released at commit); SQLite has
-        one writer at a time anyway."""
+        replicas on a PostgreSQL store take turns (released at commit); a SQLite
+        transaction holds the store's one write lock from its start (see :meth:`open`)."""
         if self.engine.dialect.name == "postgresql":
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('dbaccess audit chain'))"))
 

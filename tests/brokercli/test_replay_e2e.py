@@ -32,9 +32,14 @@ def store(broker: Broker) -> Iterator[Store]:
 
 
 def recorded_session(store: Store, identity: str = "dev") -> str:
-    """A finished session of ``identity`` with a recording the gateway could have made."""
+    """A finished session of ``identity`` with a recording the gateway could have made.
+
+    Owned and written as the running broker's own replica, as its gateway would: a
+    session nobody live owns, with its recording left open, is one the broker's
+    reaper rightly takes over and closes itself (its owner died)."""
     session_id = new_id("s-")
     start = datetime.now(UTC)
+    (replica,) = store.replicas(alive_at=start)
     store.insert_session(
         SessionRecord(
             id=session_id,
@@ -50,10 +55,11 @@ def recorded_session(store: Store, identity: str = "dev") -> str:
             ended_at=start + timedelta(minutes=1),
             end_reason="client ended the session",
             revocation={"ok": True},
+            owner=replica.id,
         ),
         ticket_hash=new_id("h-") * 4,
     )
-    recorder = Recorder(store)
+    recorder = Recorder(store, writer=replica.id)
     try:
         recorder.open(
             session_id,

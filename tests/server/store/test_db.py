@@ -1,0 +1,78 @@
+"""Transactions of the embedded SQLite store, as two processes sharing one file see them.
+
+Each :class:`Store` here stands for one process (a broker, an admin command, a
+test writing a recording): its own connections to the same file.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from server.audit import chain
+from server.store import tables as t
+from server.store.db import Store
+
+
+@pytest.fixture
+def two_stores(tmp_path: Path) -> Iterator[tuple[Store, Store]]:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    first, second = Store.open(url), Store.open(url)
+    try:
+        yield first, second
+    finally:
+        first.close()
+        second.close()
+
+
+def test_what_a_transaction_read_holds_until_it_ends(two_stores: tuple[Store, Store]) -> None:
+    """A transaction that read the chain's head and writes after it must not see another
+    process append in between (its next number would be taken): the other waits."""
+    mine, theirs = two_stores
+    chain.append(mine, "first")
+    appended = threading.Event()
+
+    def append_elsewhere() -> None:
+        chain.append(theirs, "elsewhere")
+        appended.set()
+
+    with mine.tx() as conn:
+        head = conn.execute(sa.select(sa.func.max(t.audit_events.c.seq))).scalar()
+        other = threading.Thread(target=append_elsewhere)
+        other.start()
+        # While this transaction is open the other process's append cannot commit.
+        assert not appended.wait(0.5)
+        assert conn.execute(sa.select(sa.func.max(t.audit_events.c.seq))).scalar() == head
+    other.join(10)
+    assert appended.is_set()
+    assert chain.verify(mine).ok
+
+
+def test_two_processes_appending_to_the_chain_at_once_keep_it_whole(
+    two_stores: tuple[Store, Store],
+) -> None:
+    failures: list[BaseException] = []
+
+    def append_many(store: Store, who: str) -> None:
+        try:
+            for i in range(40):
+                chain.append(store, "test.event", identity=who, data={"i": i})
+        except BaseException as exc:  # collected: the assertion names it
+            failures.append(exc)
+
+    threads = [
+        threading.Thread(target=append_many, args=(store, who))
+        for store, who in zip(two_stores, ("one", "two"), strict=True)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert failures == []
+    result = chain.verify(two_stores[0])
+    assert result.ok
+    assert len(chain.events(two_stores[0], limit=1000)) == 80

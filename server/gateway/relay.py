@@ -47,6 +47,17 @@ messages through the hooks as if they had just arrived (one of them may start
 the next detour).  What the detour sends itself is never counted: the client
 sees the session exactly as if only its own messages had been relayed.
 
+Waiting off the loop: a hook that must wait on something slow before it can
+decide (a statement review's approval, looked up in the store) may do so only
+where ``may_block`` is true.  The shell clears it for the calls it makes on its
+event loop, which serves every connection; there such a hook calls
+``wait_off_loop`` and returns ``b""``: that message and every later one are
+held, unforwarded and uncounted, and the shell runs them through the hooks
+again with ``release_off_loop`` on a thread of its own, where the hook sees
+``may_block`` and waits.  The hook sees the message twice, so what it does
+before deciding to wait must not count twice.  A relay driven directly (tests,
+a thread) may block, as before.
+
 Result limits: a ``Meter`` (``install_meter``; ``server.gateway.result_limit``)
 bounds what one statement may return.  The relay keeps the statement's
 budget itself, as ``rows_left``/``bytes_left``, and spends it on every
@@ -294,6 +305,9 @@ class Relay:
         # True while the hooks see a message the gateway made in place of the
         # server's (a cut's ErrorResponse): no server text is in it.
         self.made_here = False
+        # Whether a hook may wait on the store here (see "Waiting off the loop").
+        self.may_block = True
+        self._off_loop_wanted = False
 
     # -- hooks ------------------------------------------------------------------
     def on_client(self, types: bytes, hook: Hook) -> None:
@@ -380,6 +394,26 @@ class Relay:
         self._to_client_now.clear()
         return up, back
 
+    def wait_off_loop(self) -> None:
+        """From a client hook that must wait and may not here (``may_block`` false):
+        hold the message it was given and every later one until the shell calls
+        ``release_off_loop`` where waiting is allowed.  The hook returns ``b""``."""
+        assert not self.may_block, "a hook that may block waits where it is"
+        self._off_loop_wanted = True
+
+    @property
+    def off_loop_wanted(self) -> bool:
+        """For the shell: run ``release_off_loop`` on a thread where hooks may wait."""
+        return self._off_loop_wanted
+
+    def release_off_loop(self) -> tuple[bytes, bytes]:
+        """From the shell, on a thread, with ``may_block`` set: the held messages go
+        through the hooks again (the first one is the message that asked);
+        returns (bytes for the server, bytes for the client)."""
+        self._off_loop_wanted = False
+        self._release_held()
+        return self.flush()
+
     def start_detour(self, detour: Detour, send: bytes = b"") -> None:
         """From a client hook: hold every later client message until ``end_detour``,
         offer every server message to ``detour`` first, and send ``send`` upstream
@@ -418,8 +452,14 @@ class Relay:
 
     @property
     def holding(self) -> bool:
-        """A detour or a cut is under way: client messages are held, not forwarded."""
-        return self._detour is not None or self._cut is not None or self._cancel_pending
+        """A detour, a cut or a wait off the loop is under way: client messages are
+        held, not forwarded."""
+        return (
+            self._detour is not None
+            or self._cut is not None
+            or self._cancel_pending
+            or self._off_loop_wanted
+        )
 
     @property
     def cutting(self) -> bool:
@@ -474,6 +514,7 @@ class Relay:
             or self._detour is not None
             or self._cut is not None
             or self._cancel_pending
+            or self._off_loop_wanted
         )
 
     # -- traffic ----------------------------------------------------------------
@@ -529,7 +570,12 @@ class Relay:
             if not pos:
                 return _NOTHING
             data = data[:pos]
-        if self._detour is not None or self._cut is not None or self._cancel_pending:
+        if (
+            self._detour is not None
+            or self._cut is not None
+            or self._cancel_pending
+            or self._off_loop_wanted
+        ):
             self._held.append(data)
             data = b""
         elif hit:
@@ -707,7 +753,7 @@ class Relay:
         pos = 0
         while pos < end:
             t, length = unpack(wire, pos)
-            stop = pos + 1 + length
+            start, stop = pos, pos + 1 + length
             hook = hooks.get(t)
             replaced = hook(RawMessage(t, wire[pos + 5 : stop]), self) if hook is not None else None
             if replaced is None:
@@ -722,6 +768,10 @@ class Relay:
                 out.append(self._detour_send)
                 self._detour_send = b""
                 self._held = [wire[pos:]] if pos < end else []
+                break
+            if self._off_loop_wanted:
+                # The hook waits off the loop: its message is offered again there.
+                self._held = [wire[start:]]
                 break
         return b"".join(out)
 

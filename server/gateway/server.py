@@ -425,6 +425,10 @@ class ClientConnection(asyncio.Protocol):
             self._up.write(up)
         if back:
             self._write(back)
+        if relay.off_loop_wanted and not self.closed:
+            # A hook waits on the store: it sees its message again on a thread.
+            self._analyse_off_loop(relay, b"", relay.release_off_loop)
+            return
         if relay.holding:
             self.reading_client()
 
@@ -440,7 +444,10 @@ class ClientConnection(asyncio.Protocol):
             self._up.pause_reading()
         try:
             job = self.gateway.analysis.submit(
-                _relay_off_loop, self.gateway.workers, work or partial(relay.from_client, data)
+                _relay_off_loop,
+                self.gateway.workers,
+                relay,
+                work or partial(relay.from_client, data),
             )
         except RuntimeError:  # shut down: the broker is stopping
             self.abort("57P01", SHUTDOWN_MESSAGE, SHUTDOWN_HINT)
@@ -737,6 +744,10 @@ class ClientConnection(asyncio.Protocol):
                 self.transport.write(out)
             if back and self._up is not None:
                 self._up.write(back)
+            if relay.off_loop_wanted:
+                # Released client messages (a detour ended): one waits on the store.
+                self._analyse_off_loop(relay, b"", relay.release_off_loop)
+                return
             if relay.cancel_wanted:
                 relay.cancel_wanted = False
                 self.loop.create_task(self._cancel_cut(relay))
@@ -786,6 +797,7 @@ class ClientConnection(asyncio.Protocol):
                 up.host, up.port, *self.login.backend_key
             )
         relay = Relay(self._session_params)
+        relay.may_block = False  # its calls from here run on the loop of every connection
         for setup in self.gateway.relay_setup:
             setup(relay, self.live)
         out = [pgwire.auth_ok()]
@@ -933,12 +945,16 @@ class ClientConnection(asyncio.Protocol):
 
 
 def _relay_off_loop(
-    workers: AnalysisPool | None, work: Callable[[], tuple[bytes, bytes]]
+    workers: AnalysisPool | None, relay: Relay, work: Callable[[], tuple[bytes, bytes]]
 ) -> tuple[bytes, bytes]:
     """``work`` (a call of the relay that runs client hooks) in an analysis thread,
-    long texts read by ``workers``."""
-    with offloading(workers):
-        return work()
+    long texts read by ``workers``; its hooks may wait on the store here."""
+    relay.may_block = True
+    try:
+        with offloading(workers):
+            return work()
+    finally:
+        relay.may_block = False
 
 
 def _nodelay(transport: asyncio.BaseTransport) -> None:

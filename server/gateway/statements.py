@@ -79,8 +79,10 @@ approved runs are appended to the audit log with the statement text, secrets
 redacted: handed to the shell's ``AuditWriter`` (``server.audit.deferred``),
 which appends them on a thread of its own, since an append takes the chain's
 lock, across replicas on a PostgreSQL store.  Looking up and opening a review
-is still the approval service's call, on the data path, for reviewed
-statements only.
+is the approval service's call, which waits on the store: never on the
+shell's event loop, which serves every connection.  There the guard asks the
+relay to offer the statement again on a thread (``Relay.wait_off_loop``), and
+holds everything after it meanwhile.
 """
 
 from __future__ import annotations
@@ -288,9 +290,11 @@ class StatementGuard:
             return self._refuse_with(relay, Query(_REFUSED_SQL).encode(), refusal)
         msg = pgwire.decode_frontend(raw)
         assert isinstance(msg, Query)
-        SIGNALS.statements += 1
         analysis = self._analyze(msg.query)
         decision = self._decide(analysis, msg.query)
+        if self._waits(decision, relay):
+            return b""  # offered again off the loop: counted then
+        SIGNALS.statements += 1
         step = self._up_to_refusal(analysis, msg.query, decision)
         if step is not None:
             text, refusal, ran = step
@@ -371,6 +375,8 @@ class StatementGuard:
             texts = _text_params(msg)
             analysis = self._analyze(known.sql, texts)
             decision = self._decide(analysis, known.sql)
+            if self._waits(decision, relay):
+                return b""
             params = [bytes(p) if p is not None else None for p in msg.params]
             if not self._passes(decision, known.sql, params, msg.param_formats):
                 return self._refuse(relay, substitute)
@@ -493,6 +499,16 @@ class StatementGuard:
                 self._decisions.clear()
             self._decisions[key] = decision
         return decision
+
+    def _waits(self, decision: Decision, relay: Relay) -> bool:
+        """Whether the statement must wait for its review's approval to be looked up
+        in the store where the relay may not block (the shell's event loop, which
+        serves every connection): then the relay offers it again off the loop."""
+        reviewed = decision.outcome is Outcome.REVIEW and self.approvals is not None
+        if reviewed and not relay.may_block:
+            relay.wait_off_loop()
+            return True
+        return False
 
     def _passes(
         self,

@@ -12,41 +12,17 @@ import asyncio
 import logging
 import re
 from types import SimpleNamespace
-from typing import Any
 
 import pytest
 
 from server.gateway import pgwire
 from server.gateway.pgwire import ErrorResponse, Query, RawMessage
 from server.gateway.relay import Relay
-from server.gateway.server import ClientConnection, Gateway
 from server.gateway.session import UpstreamPhase
+from tests.fix_shell import StandInTransport as _Transport
+from tests.fix_shell import connection as _connection
 
 ID = re.compile(r"internal error \(see the broker log, id ([0-9a-f]{8})\)")
-
-
-class _Transport:
-    def __init__(self) -> None:
-        self.written = bytearray()
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.written += data
-
-    def close(self) -> None:
-        self.closed = True
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default
-
-    def set_write_buffer_limits(self, high: int, low: int) -> None:
-        pass
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
 
 
 def _errors(data: bytes) -> list[dict[str, str]]:
@@ -62,20 +38,6 @@ def _errors(data: bytes) -> list[dict[str, str]]:
 
 def _boom(raw: RawMessage, relay: Relay) -> bytes | None:
     raise RuntimeError("a bug in a relay hook")
-
-
-def _connection(setup: list[Any] | None = None) -> tuple[ClientConnection, _Transport]:
-    service = SimpleNamespace(
-        recorder=SimpleNamespace(record=lambda *a: None),
-        live=lambda session_id: None,
-        detach=lambda live, conn: None,
-    )
-    gateway = Gateway(service)  # type: ignore[arg-type]
-    gateway.relay_setup.extend(setup or [])
-    conn = ClientConnection(gateway)
-    client = _Transport()
-    conn.connection_made(client)  # type: ignore[arg-type]
-    return conn, client
 
 
 def _check(client: _Transport, caplog: pytest.LogCaptureFixture) -> None:

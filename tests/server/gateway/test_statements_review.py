@@ -1,0 +1,190 @@
+"""A reviewed statement's approval is looked up in the store, never on the shell's loop.
+
+The shell's event loop serves every connection, so the guard must not wait on
+the store there (a PostgreSQL store across the network, a SQLite write lock):
+where the relay may not block, the statement and everything after it are held
+and offered again off the loop (``Relay.release_off_loop``), where the lookup
+runs.  These tests drive the relay without sockets, with an approval service
+that fails the test when it is asked where waiting is not allowed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any, cast
+
+import pytest
+
+from server.approvals.service import Approvals
+from server.gateway import pgwire
+from server.gateway.guardrails import GuardrailRules, statement_sha256
+from server.gateway.pgwire import Bind, Execute, Parse, Query, Sync
+from server.gateway.relay import Relay
+from server.gateway.session import UpstreamPhase
+from server.gateway.statements import StatementGuard
+from tests.fix_relay import FACTS, types
+from tests.fix_shell import StandInTransport, connection
+
+REVIEWED = "update accounts set balance = 0 where id = 7"
+
+
+@dataclass
+class _Request:
+    id: str
+
+
+@dataclass
+class FakeApprovals:
+    """The approval service's two calls the guard makes, each checked to run where the
+    relay may block; ``approved`` holds the hashes an approver has approved."""
+
+    relay: Relay | None = None
+    approved: set[str] = field(default_factory=set)
+    calls: list[str] = field(default_factory=list)
+
+    def _where(self, call: str) -> None:
+        assert self.relay is not None and self.relay.may_block, f"{call} on the loop"
+        self.calls.append(call)
+
+    def use_statement(self, *, sha256: str, **_: Any) -> _Request | None:
+        self._where("use_statement")
+        if sha256 in self.approved:
+            self.approved.discard(sha256)
+            return _Request("req-approved")
+        return None
+
+    def request_statement(self, **_: Any) -> tuple[_Request, bool]:
+        self._where("request_statement")
+        return _Request("req-1"), True
+
+
+def _guarded(approvals: FakeApprovals) -> Relay:
+    relay = Relay()
+    relay.may_block = False  # as the shell drives it, on its loop
+    approvals.relay = relay
+    StatementGuard(
+        GuardrailRules.preset("write", production=True),
+        FACTS,
+        approvals=cast(Approvals, approvals),
+        audit=None,
+    ).install(relay)
+    return relay
+
+
+def _off_loop(relay: Relay) -> tuple[bytes, bytes]:
+    assert relay.off_loop_wanted and relay.holding
+    relay.may_block = True
+    try:
+        return relay.release_off_loop()
+    finally:
+        relay.may_block = False
+
+
+def test_an_unapproved_query_waits_off_the_loop_then_is_refused_naming_its_review() -> None:
+    approvals = FakeApprovals()
+    relay = _guarded(approvals)
+    # The reviewed Query and a select after it, in one chunk: both held.
+    up, back = relay.from_client(Query(REVIEWED).encode() + Query("select 1").encode())
+    assert (up, back) == (b"", b"") and approvals.calls == []
+    assert relay.busy
+    # More from the client while it waits is held behind it, in order.
+    assert relay.from_client(Query("select 2").encode()) == (b"", b"")
+    up, back = _off_loop(relay)
+    assert approvals.calls == ["use_statement", "request_statement"]
+    sent = [pgwire.decode_frontend(m) for m in pgwire.split_frames(up)[0]]
+    assert isinstance(sent[0], Query) and sent[0].query != REVIEWED  # the stand-in
+    assert [m.query for m in sent[1:] if isinstance(m, Query)] == ["select 1", "select 2"]
+    assert not relay.holding and not relay.off_loop_wanted
+    server_error = pgwire.error_response("ERROR", "42601", "syntax error")
+    back, _ = relay.from_server(server_error + pgwire.ready_for_query("I"))
+    error = pgwire.decode_backend(pgwire.split_frames(back)[0][0])
+    assert isinstance(error, pgwire.ErrorResponse)
+    assert "req-1" in dict(error.fields)["M"]
+
+
+def test_an_approved_query_runs_as_sent_once_looked_up_off_the_loop() -> None:
+    approvals = FakeApprovals(approved={statement_sha256(REVIEWED, (), ())})
+    relay = _guarded(approvals)
+    assert relay.from_client(Query(REVIEWED).encode()) == (b"", b"")
+    up, back = _off_loop(relay)
+    assert up == Query(REVIEWED).encode() and back == b""
+    assert approvals.calls == ["use_statement"]
+    assert relay.reviewed == {REVIEWED: "req-approved"}
+    assert relay.asked == 1  # counted once, when it went
+
+
+@pytest.mark.parametrize("approved", [False, True])
+def test_a_bind_of_a_reviewed_statement_waits_off_the_loop(approved: bool) -> None:
+    sql = "update accounts set balance = 0 where id = $1"
+    approvals = FakeApprovals()
+    if approved:
+        approvals.approved.add(statement_sha256(sql, [b"7"], [0]))
+    relay = _guarded(approvals)
+    parse = Parse("", sql, [23]).encode()
+    pipeline = Bind("", "", [0], [b"7"]).encode() + Execute("", 0).encode() + Sync().encode()
+    up, _ = relay.from_client(parse + pipeline)
+    # The Parse goes (a review waits for the Bind's values); the Bind is held.
+    assert types(up) == "P" and approvals.calls == []
+    up, _ = _off_loop(relay)
+    assert types(up) == "BES"
+    bind = pgwire.decode_frontend(pgwire.split_frames(up)[0][0])
+    assert isinstance(bind, Bind)
+    assert (bind.statement == "") is approved  # else the name no statement has
+    asked = ["use_statement"] if approved else ["use_statement", "request_statement"]
+    assert approvals.calls == asked
+
+
+def test_the_shell_looks_the_approval_up_on_a_thread_while_its_loop_serves_others() -> None:
+    """Through the asyncio shell: while the store is slow to answer, the loop goes on."""
+    answer = threading.Event()
+    loop_thread: list[int] = []
+
+    class SlowStore(FakeApprovals):
+        def use_statement(self, *, sha256: str, **kw: Any) -> _Request | None:
+            assert threading.get_ident() not in loop_thread
+            answer.wait(10)
+            return super().use_statement(sha256=sha256, **kw)
+
+    approvals = SlowStore()
+
+    def setup(relay: Relay, live: object) -> None:
+        approvals.relay = relay
+        StatementGuard(
+            GuardrailRules.preset("write", production=True),
+            FACTS,
+            approvals=cast(Approvals, approvals),
+            audit=None,
+        ).install(relay)
+
+    async def run() -> None:
+        loop_thread.append(threading.get_ident())
+        conn, client = connection([setup])
+        upstream = StandInTransport()
+        conn.upstream = SimpleNamespace(transport=upstream)  # type: ignore[assignment]
+        conn.live = SimpleNamespace(  # type: ignore[assignment]
+            id="s-test", upstream=SimpleNamespace(host="127.0.0.1", port=1)
+        )
+        conn.login = SimpleNamespace(  # type: ignore[assignment]
+            phase=UpstreamPhase.READY, backend_key=None, parameters=[], handle=lambda raw: b""
+        )
+        conn.upstream_data(pgwire.ready_for_query("I"))  # login done: relaying
+        assert conn.relay is not None and not conn.relay.may_block
+        conn.data_received(Query(REVIEWED).encode())
+        # The loop is free while the store has not answered.
+        await asyncio.sleep(0.2)
+        assert bytes(upstream.written) == b"" and approvals.calls == []
+        answer.set()
+        for _ in range(500):
+            if upstream.written:
+                break
+            await asyncio.sleep(0.01)
+        sent = pgwire.decode_frontend(pgwire.split_frames(bytes(upstream.written))[0][0])
+        assert isinstance(sent, Query) and sent.query != REVIEWED  # refused: the stand-in
+        assert approvals.calls == ["use_statement", "request_statement"]
+        assert not client.closed
+        conn.gateway.analysis.shutdown(wait=True)
+
+    asyncio.run(run())

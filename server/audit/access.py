@@ -420,7 +420,7 @@ def find(store: Store, q: AccessQuery) -> list[AccessRecord]:
     query = (
         sa.select(t.access_events).where(*_where(q)).order_by(e.ts.desc(), e.id.desc()).limit(limit)
     )
-    with store.tx() as conn:
+    with store.read() as conn:
         rows = conn.execute(query).all()
         ids = [row._mapping["id"] for row in rows]
         by_id: dict[int, list[ColumnAccess]] = defaultdict(list)
@@ -487,7 +487,7 @@ def summarize(store: Store, q: AccessQuery) -> list[dict[str, Any]]:
         .order_by(e.identity, e.target, p.schema_name, p.table_name)
         .limit(max(1, min(q.limit, MAX_LIMIT)))
     )
-    with store.tx() as conn:
+    with store.read() as conn:
         rows = conn.execute(query).all()
     out = []
     for row in rows:
@@ -545,7 +545,7 @@ def verify_index(store: Store) -> list[IndexProblem]:
     themselves are held to the audit chain by the recordings' digests)."""
     c, rec = t.access_columns.c, t.session_recordings.c
     problems: list[IndexProblem] = []
-    with store.tx() as conn:
+    with store.read() as conn:
         # A recording archived and removed from the store is held to its archive
         # copy by the recordings' own check; its index rows stay for the questions.
         pruned = set(
@@ -601,7 +601,7 @@ def _statement_events(store: Store) -> Iterator[tuple[str, int, datetime, Any]]:
     se = t.session_events.c
     after: tuple[str, int] = ("", 0)
     while True:
-        with store.tx() as conn:
+        with store.read() as conn:
             rows = conn.execute(
                 sa.select(se.session_id, se.seq, se.ts, se.data)
                 .where(

@@ -171,7 +171,7 @@ def events(
         q = q.where(t.audit_events.c.ts >= since)
     if limit:
         q = q.limit(limit)
-    with store.tx() as conn:
+    with store.read() as conn:
         return [row_event(r) for r in conn.execute(q)]
 
 

@@ -1137,7 +1137,7 @@ def _info(row: sa.Row[Any]) -> RecordingInfo:
 
 
 def recording_info(store: Store, session_id: str) -> RecordingInfo | None:
-    with store.tx() as conn:
+    with store.read() as conn:
         row = conn.execute(
             t.session_recordings.select().where(t.session_recordings.c.session_id == session_id)
         ).first()
@@ -1155,7 +1155,7 @@ def load_events(
     )
     if limit is not None:
         q = q.limit(limit)
-    with store.tx() as conn:
+    with store.read() as conn:
         rows = conn.execute(q).all()
     out: list[SessionEvent] = []
     for row in rows:
@@ -1256,7 +1256,7 @@ def verify_recordings(
     after archival is read back through ``archived`` (session id → events and
     any mismatch with the chain); without one it is reported as unverifiable.
     """
-    with store.tx() as conn:
+    with store.read() as conn:
         closed = conn.execute(
             sa.select(t.audit_events.c.seq, t.audit_events.c.session_id, t.audit_events.c.data)
             .where(t.audit_events.c.kind == "recording.closed")
@@ -1308,7 +1308,7 @@ def _read_archived(
 
 def chained_digest(store: Store, audit_seq: int) -> str | None:
     """The digest the audit event ``audit_seq`` holds (a ``recording.closed`` event)."""
-    with store.tx() as conn:
+    with store.read() as conn:
         row = conn.execute(
             sa.select(t.audit_events.c.kind, t.audit_events.c.data).where(
                 t.audit_events.c.seq == audit_seq

@@ -157,7 +157,7 @@ def build(
 
 
 def _head(store: Store) -> tuple[int | None, str | None]:
-    with store.tx() as conn:
+    with store.read() as conn:
         row = conn.execute(
             sa.select(t.audit_events.c.seq, t.audit_events.c.hash)
             .order_by(t.audit_events.c.seq.desc())
@@ -171,7 +171,7 @@ def _masked(store: Store, since: datetime, until: datetime) -> dict[str, Any]:
     e, c = t.access_events.c, t.access_columns.c
     relation = c.schema_name + "." + c.table_name + "." + c.column_name
     in_period = (e.ts >= since, e.ts < until)
-    with store.tx() as conn:
+    with store.read() as conn:
         counts = conn.execute(
             sa.select(relation.label("column"), c.state, sa.func.count())
             .select_from(t.access_columns.join(t.access_events, e.id == c.access_id))

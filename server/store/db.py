@@ -84,6 +84,8 @@ def hash_secret(secret: str) -> str:
 _LEASE_REF = "sha256:"
 _LEASE_PURPOSE = "credential_leases.lease_id"
 _KEY_CHECK = "store_key_check."
+# The execution option of a connection Store.read begins (a SQLite snapshot, no write lock).
+_READER = "dbaccess_reader"
 
 
 def lease_ref(lease_id: str) -> str:
@@ -285,7 +287,9 @@ class Store:
             def _begin(conn: sa.Connection) -> None:
                 # IMMEDIATE: the one write lock is taken at the start, so a
                 # transaction's reads hold until it commits -- SQLite's FOR UPDATE.
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                # A reader (Store.read) takes a snapshot instead, which no writer waits for.
+                reader = conn.get_execution_options().get(_READER, False)
+                conn.exec_driver_sql("BEGIN" if reader else "BEGIN IMMEDIATE")
 
         store = cls(engine, keys)
         store.migrate()
@@ -323,6 +327,17 @@ class Store:
     def tx(self) -> Iterator[sa.Connection]:
         with self.engine.begin() as conn:
             yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[sa.Connection]:
+        """A transaction that only reads, over one consistent view of the store.  On
+        SQLite it takes no write lock (:meth:`tx` does), so a long read -- an audit
+        report, a question over a million access events -- never holds up the
+        sessions and recordings being written meanwhile."""
+        with self.engine.connect() as conn:
+            conn.execution_options(**{_READER: True})
+            with conn.begin():
+                yield conn
 
     def close(self) -> None:
         self.engine.dispose()

@@ -76,3 +76,25 @@ def test_two_processes_appending_to_the_chain_at_once_keep_it_whole(
     result = chain.verify(two_stores[0])
     assert result.ok
     assert len(chain.events(two_stores[0], limit=1000)) == 80
+
+
+def test_a_long_read_holds_up_no_writer_and_sees_one_view(two_stores: tuple[Store, Store]) -> None:
+    """An audit report reading for seconds must not stall the sessions being recorded."""
+    mine, theirs = two_stores
+    chain.append(mine, "first")
+    appended = threading.Event()
+
+    def append_elsewhere() -> None:
+        chain.append(theirs, "elsewhere")
+        appended.set()
+
+    count = sa.select(sa.func.count()).select_from(t.audit_events)
+    with mine.read() as conn:
+        assert conn.execute(count).scalar() == 1
+        other = threading.Thread(target=append_elsewhere)
+        other.start()
+        assert appended.wait(10)  # not held up by the read
+        assert conn.execute(count).scalar() == 1  # the read's own view
+    other.join(10)
+    with mine.read() as conn:
+        assert conn.execute(count).scalar() == 2

@@ -38,7 +38,7 @@ class StaticCatalog:
             {(oid, i + 1): c for i, c in enumerate(cols)}, {oid: cols}, loaded_at=0.0
         )
 
-    def invalidate(self) -> None:
+    def reload_soon(self) -> None:
         pass
 
 

@@ -32,6 +32,7 @@ event loop and refreshes off it.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -79,6 +80,8 @@ WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
 """
 
 Row = tuple[int, int, str, str, str, int, str]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -213,6 +216,19 @@ class Catalog:
     def invalidate(self) -> None:
         """Forget what is known: the next lookup reloads (call after DDL)."""
         self._stale = True
+
+    def reload_soon(self) -> None:
+        """Reload on a thread of its own, without waiting for it: for a lookup that
+        met a relation the snapshot does not hold (one created since the load),
+        made on the data path, which must not wait on the target's catalog."""
+        self.invalidate()
+        threading.Thread(target=self._reload_quietly, name="dbaccess-catalog", daemon=True).start()
+
+    def _reload_quietly(self) -> None:
+        try:
+            self.refresh(only_if_stale=True)
+        except Exception:
+            log.warning("reloading the masking catalog failed", exc_info=True)
 
     def _fresh(self, snapshot: CatalogSnapshot | None) -> bool:
         return (

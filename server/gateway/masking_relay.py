@@ -120,7 +120,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -1090,8 +1089,7 @@ class MaskingHooks:
         if catalog is None or now - self._refreshed < REFRESH_INTERVAL:
             return
         self._refreshed = now
-        catalog.invalidate()
-        threading.Thread(target=_refresh_quietly, args=(catalog,), daemon=True).start()
+        catalog.reload_soon()
 
     def _kept_for_snapshot(self) -> CatalogSnapshot | None:
         """The catalog's current snapshot; what was kept for an older one is dropped."""
@@ -1423,13 +1421,6 @@ def _walk(tops: Iterable[Statement]) -> Iterator[Statement]:
             yield part
 
 
-def _refresh_quietly(catalog: Catalog) -> None:
-    try:
-        catalog.refresh(only_if_stale=True)
-    except Exception:
-        log.warning("reloading the masking catalog failed", exc_info=True)
-
-
 def _rows(tag: str | None) -> int:
     if not tag:
         return 0
@@ -1537,8 +1528,7 @@ def pre_execution_check(
             if catalog is not None and now - refreshed[0] >= REFRESH_INTERVAL:
                 # A relation created since the catalog was loaded is known soon.
                 refreshed[0] = now
-                catalog.invalidate()
-                threading.Thread(target=_refresh_quietly, args=(catalog,), daemon=True).start()
+                catalog.reload_soon()
             return False
 
         def masked(name: Name) -> bool:

@@ -7,6 +7,7 @@ connection, in a schema of its own that is dropped afterwards.
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Collection, Iterator, Mapping
 
 import psycopg
@@ -162,6 +163,21 @@ def test_renames_show_after_invalidate_and_after_max_age(
     now[0] += 2
     assert catalog.origin(people, 4) == ColumnRef(schema, "people", "place")
     assert catalog.loads == 3
+
+
+def test_a_relation_created_since_the_load_is_known_soon_without_waiting(
+    demo_target: DemoTarget, schema: str, admin_conn: Conn
+) -> None:
+    catalog = Catalog(demo_target.admin_dsn, max_age=3600)
+    loaded = catalog.snapshot()
+    admin_conn.execute(f"CREATE TABLE {schema}.since_then (id int, secret text)")
+    assert not catalog.columns_of(schema, "since_then")  # cached: not yet
+    catalog.reload_soon()  # returns at once; a thread of its own reloads
+    deadline = time.monotonic() + 10
+    while catalog.current is loaded and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [c.column for c in catalog.columns_of(schema, "since_then")] == ["id", "secret"]
+    assert catalog.loads == 2
 
 
 def test_an_unreachable_target_is_unavailable_without_its_dsn() -> None:

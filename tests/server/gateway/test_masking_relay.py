@@ -229,10 +229,7 @@ class _TwoTables:
             loaded_at=0.0,
         )
 
-    def invalidate(self) -> None:
-        pass
-
-    def refresh(self, *, only_if_stale: bool = False) -> None:
+    def reload_soon(self) -> None:
         pass
 
 

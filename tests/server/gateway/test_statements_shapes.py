@@ -160,7 +160,7 @@ class _Catalog:
             functions=frozenset(),
         )
 
-    def invalidate(self) -> None:
+    def reload_soon(self) -> None:
         pass
 
 

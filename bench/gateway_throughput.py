@@ -24,19 +24,26 @@ Routes: ``direct`` (plain TCP to PostgreSQL), ``pgbouncer`` (plain TCP),
 the client straight to the gateway, ticket as password: guardrails, pinned
 limits, result limits and recording), ``dbaccess-masked`` (the same on a
 second target of the same database that has the shipped demo's masking
-rules, on columns pgbench never reads: the full pipeline) and
+rules, on columns pgbench never reads: the full pipeline),
 ``dbaccess-tunnel`` (through ``dbaccess connect``'s local tunnel, which adds
-a hop in another Python process).
+a hop in another Python process) and ``dbaccess-no-access`` (``dbaccess``'s
+route to a second dev broker on the same target and policy started with
+``--no-access-events``: its statements are recorded without their access
+facts, so that ``dbaccess`` against it is what recording access events costs,
+measured in the same run; each route's CPU is its own broker's).
 
 Targets (from the gateway core's issue): dbaccess and dbaccess-masked >= 0.7x
 pgbouncer-tls TPS at 8 clients in both modes (<= 35 µs of broker CPU a
 transaction) and >= 0.6x at 1 and 32 clients; a masked transaction costs at
 most 1.2x an unmasked one; the unmasked 1M-row read <= 1.1x direct and the
 masked one <= 1.25x the unmasked; gateway memory < 100 MB with 200 idle
-client connections.  The ratios to plain pgbouncer are printed as well.
+client connections.  From the data-access audit's issue: recording access
+events costs at most 5 % of throughput (dbaccess >= 0.95x
+dbaccess-no-access).  The ratios to plain pgbouncer are printed as well.
 
 Run: .venv/bin/python bench/gateway_throughput.py [--seconds 10] [--reads 3]
-     [--routes direct,pgbouncer,pgbouncer-tls,dbaccess,dbaccess-masked,dbaccess-tunnel]
+     [--routes direct,pgbouncer,pgbouncer-tls,dbaccess,dbaccess-masked,dbaccess-tunnel,
+               dbaccess-no-access]
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 import psycopg
 from benchlib import (
@@ -87,7 +95,10 @@ ALL_ROUTES = (
     "dbaccess",
     "dbaccess-masked",
     "dbaccess-tunnel",
+    "dbaccess-no-access",
 )
+# Recording access events may cost the gateway this much of its throughput at most.
+ACCESS_EVENTS_TPS: Final = 0.95
 
 
 @dataclass
@@ -284,6 +295,26 @@ def ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:5.2f}x"
 
 
+@contextmanager
+def bare_broker(base: Path, admin_dsn: str, policy: str) -> Iterator[Route]:
+    """The route ``dbaccess-no-access``: a second dev broker on the same target and
+    policy that records statements without their access facts (``--no-access-events``),
+    and a session held on it (TLS from the client straight to its gateway)."""
+    with (
+        dev_broker(base, admin_dsn, *IDLE_BROKER_ARGS, "--no-access-events", policy=policy) as (
+            broker,
+            env,
+        ),
+        held_session(env) as (_port, ticket),
+    ):
+        host, port, ca = gateway_of(base)
+        yield Route(
+            "dbaccess-no-access",
+            pg_env(host, port, "dev", ticket, PGSSLMODE="verify-full", PGSSLROOTCERT=ca),
+            broker.pid,
+        )
+
+
 def ensure_pgbouncer() -> None:
     """pgbouncer is the benchmark's reference: install it (bench/setup.sh) when missing."""
     if Path(PGBOUNCER).exists():
@@ -325,8 +356,12 @@ def main() -> None:
                 dev_broker(base, admin_dsn, *IDLE_BROKER_ARGS, policy=policy) as (broker, env),
                 held_session(env) as (tunnel_port, ticket),
                 held_session(env, MASKED_TARGET) as (_masked_port, masked_ticket),
+                contextlib.ExitStack() as stack,
             ):
                 gw_host, gw_port, ca = gateway_of(base)
+                bare: Route | None = None
+                if "dbaccess-no-access" in routes_wanted:
+                    bare = stack.enter_context(bare_broker(base / "no-access", admin_dsn, policy))
                 tls_dir = base / "data" / "tls"
                 with (
                     pgbouncer(base, cluster.port, tls_dir / "server.crt", tls_dir / "server.key")
@@ -386,6 +421,8 @@ def main() -> None:
                             broker.pid,
                         ),
                     }
+                    if bare is not None:
+                        all_routes[bare.name] = bare
                     routes = [all_routes[n] for n in routes_wanted]
                     results: dict[tuple[str, str, int], tuple[float, float]] = {}
                     cpus: dict[tuple[str, str, int], float] = {}
@@ -396,7 +433,7 @@ def main() -> None:
                                 results[(route.name, mode, n)] = (tps, lat)
                                 cpus[(route.name, mode, n)] = cpu[0] + cpu[1]
                                 print(
-                                    f"pgbench -S -M {mode:8} -c {n:2}  {route.name:16}"
+                                    f"pgbench -S -M {mode:8} -c {n:2}  {route.name:18}"
                                     f" {tps:9.0f} tps  {lat:7.3f} ms"
                                     + (
                                         f"  proxy CPU {cpu[0]:5.1f} usr + {cpu[1]:5.1f} sys µs/tx"
@@ -416,7 +453,7 @@ def main() -> None:
                         reads[route.name] = statistics.median(r[0] for r in runs)
                         read_cpus[route.name] = statistics.median(r[1] for r in runs)
                         print(
-                            f"1M-row read               {route.name:16} {reads[route.name]:9.3f} s"
+                            f"1M-row read               {route.name:18} {reads[route.name]:9.3f} s"
                             f"  proxy CPU {read_cpus[route.name]:.2f} s",
                             flush=True,
                         )
@@ -462,6 +499,29 @@ def main() -> None:
                     f"  {'-' if got_cpu is None else f'{got_cpu:.1f}':>7}"
                     f"  {'-' if ref_cpu is None else f'{ref_cpu:.1f}':>13}"
                     f"  {ratio(got_cpu, ref_cpu):>9}  {met}"
+                )
+    if any(k[0] == "dbaccess-no-access" for k in cpus) and any(k[0] == "dbaccess" for k in cpus):
+        print()
+        print(
+            "access events: dbaccess (with them) against dbaccess-no-access (a second broker, "
+            "`dbaccess-server dev --no-access-events`): TPS ratio (target >= "
+            f"{ACCESS_EVENTS_TPS}x) and broker CPU per transaction, with and without"
+        )
+        for mode in modes:
+            for n in clients:
+                with_ = tps("dbaccess", mode, n)
+                without = tps("dbaccess-no-access", mode, n)
+                cpu_with = cpus.get(("dbaccess", mode, n))
+                cpu_without = cpus.get(("dbaccess-no-access", mode, n))
+                verdict = (
+                    ""
+                    if with_ is None or without is None
+                    else ("met" if with_ >= ACCESS_EVENTS_TPS * without else "NOT met")
+                )
+                print(
+                    f"  {mode:9} {n:3} clients  {ratio(with_, without):>7}  {verdict:7}"
+                    f"  CPU {cpu_with or 0:6.1f} µs/tx with, {cpu_without or 0:6.1f} without"
+                    f"  (+{(cpu_with or 0) - (cpu_without or 0):.1f})"
                 )
     if any(k[0] == "dbaccess-masked" for k in cpus) and any(k[0] == "dbaccess" for k in cpus):
         print()

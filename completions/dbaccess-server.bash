@@ -22,7 +22,7 @@ __dbaccess_server_is_subcommand() {
 __dbaccess_server_options() {
     case "$1" in
         '') printf '%s\n' -h --help ;;
-        'dev') printf '%s\n' --data-dir --target-dsn --api-port --gateway-port --write-profile --no-write-profile --reaper-interval --store-url --replica-lease --oidc-issuer --oidc-client-id --webhook --webhook-format --session-max-connections --gateway-max-connections --gateway-max-connections-per-identity --gateway-startup-timeout --shutdown-grace --gateway-cancel-rate -v --verbose --log-format -h --help ;;
+        'dev') printf '%s\n' --data-dir --target-dsn --api-port --gateway-port --write-profile --no-write-profile --reaper-interval --store-url --replica-lease --oidc-issuer --oidc-client-id --webhook --webhook-format --session-max-connections --gateway-max-connections --gateway-max-connections-per-identity --gateway-startup-timeout --shutdown-grace --gateway-cancel-rate --access-events --no-access-events -v --verbose --log-format -h --help ;;
         'run') printf '%s\n' -c --config --role -v --verbose --log-format -h --help ;;
         'policy') printf '%s\n' -h --help ;;
         'policy check') printf '%s\n' --broker-env -h --help ;;

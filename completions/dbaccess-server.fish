@@ -79,6 +79,8 @@ complete -c dbaccess-server -n "__dbaccess_server_at 'dev'" -l gateway-max-conne
 complete -c dbaccess-server -n "__dbaccess_server_at 'dev'" -l gateway-startup-timeout -x -d 'Seconds a client has to log in'
 complete -c dbaccess-server -n "__dbaccess_server_at 'dev'" -l shutdown-grace -x -d 'Seconds statements in flight may run on after Ctrl-C/SIGTERM'
 complete -c dbaccess-server -n "__dbaccess_server_at 'dev'" -l gateway-cancel-rate -x -d 'CancelRequests a second one client address may send (bursts of 4x)'
+complete -c dbaccess-server -n "__dbaccess_server_at 'dev'" -l access-events -d 'A benchmarking aid: --no-access-events records statements without their access facts (audit access finds none), so that a benchmark can measure what the facts cost against a broker that has them, in one run (bench/gateway_throughput.py). `run` always records them'
+complete -c dbaccess-server -n "__dbaccess_server_at 'dev'" -l no-access-events -d 'A benchmarking aid: --no-access-events records statements without their access facts (audit access finds none), so that a benchmark can measure what the facts cost against a broker that has them, in one run (bench/gateway_throughput.py). `run` always records them'
 complete -c dbaccess-server -n "__dbaccess_server_at 'dev'" -s v -l verbose
 complete -c dbaccess-server -n "__dbaccess_server_at 'dev'" -l log-format -x -a 'plain json' -d 'plain lines (for a terminal) or JSON lines with session, request and connection ids (for a log pipeline)'
 complete -c dbaccess-server -n "__dbaccess_server_at 'dev'" -s h -l help -d 'Show this message and exit'

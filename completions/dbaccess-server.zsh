@@ -200,6 +200,8 @@ _dbaccess_server__dev() {
     '(--gateway-startup-timeout)'--gateway-startup-timeout'[Seconds a client has to log in]:gateway-startup-timeout: ' \
     '(--shutdown-grace)'--shutdown-grace'[Seconds statements in flight may run on after Ctrl-C/SIGTERM]:shutdown-grace: ' \
     '(--gateway-cancel-rate)'--gateway-cancel-rate'[CancelRequests a second one client address may send (bursts of 4x)]:gateway-cancel-rate: ' \
+    '(--access-events --no-access-events)'--access-events'[A benchmarking aid\: --no-access-events records statements without their access facts (audit access finds none), so that a benchmark can measure what the facts cost against a broker that has them, in one run (bench/gateway_throughput.py). `run` always records them]' \
+    '(--access-events --no-access-events)'--no-access-events'[A benchmarking aid\: --no-access-events records statements without their access facts (audit access finds none), so that a benchmark can measure what the facts cost against a broker that has them, in one run (bench/gateway_throughput.py). `run` always records them]' \
     '(-v --verbose)'{-v,--verbose} \
     '(--log-format)'--log-format'[plain lines (for a terminal) or JSON lines with session, request and connection ids (for a log pipeline)]:log-format:(plain json)' \
     '(- *)'{-h,--help}'[Show this message and exit]'

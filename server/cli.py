@@ -229,6 +229,16 @@ def dev(
             help="CancelRequests a second one client address may send (bursts of 4x).",
         ),
     ] = 5.0,
+    access_events: Annotated[
+        bool,
+        typer.Option(
+            "--access-events/--no-access-events",
+            help="A benchmarking aid: --no-access-events records statements without "
+            "their access facts (audit access finds none), so that a benchmark can "
+            "measure what the facts cost against a broker that has them, in one run "
+            "(bench/gateway_throughput.py). `run` always records them.",
+        ),
+    ] = True,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
     log_format: LogFormatOpt = LogFormat.plain,
 ) -> None:
@@ -317,6 +327,7 @@ def dev(
             archive=archive,
             slack=slack,
             ui_dev_logins=DEV_WEB_LOGINS,
+            access_events=access_events,
         )
 
         where_target = f"database {database!r}, " + (
@@ -337,6 +348,8 @@ def dev(
             if oidc is not None:
                 lines.append(f"  login:    dbaccess login  (people, via {oidc.issuer})")
             lines.append(f"  inbox:    {rt.api_url}/ui/  (reviewers' web inbox)")
+            if not access_events:
+                lines.append("  access:   off (statements are recorded without access facts)")
             if write_profile:
                 lines += _write_cli_profiles(rt, ca)
             lines.append(

@@ -99,6 +99,9 @@ class RuntimeOptions:
     # What this process serves: "all", "api" (no gateway: public_gateway_* name the
     # gateway replicas) or "gateway" (no API).
     role: str = "all"
+    # Statements carry their access facts (server/audit/access.py).  Off only in a
+    # dev broker, to measure what they cost (``dbaccess-server dev --no-access-events``).
+    access_events: bool = True
 
 
 def _open_store(url: str, key_file: Path | None) -> Store:
@@ -211,7 +214,7 @@ class Runtime:
             max_connections_per_identity=opts.gateway_max_connections_per_identity,
             cancel_rate=opts.gateway_cancel_rate,
         )
-        masking = MaskingSetup(self.service, opts.analysis_limits)
+        masking = MaskingSetup(self.service, opts.analysis_limits, access_events=opts.access_events)
         gateway.relay_setup.append(
             guard_setup(self.service, masking.pre_execution, opts.analysis_limits)
         )

@@ -1575,10 +1575,17 @@ class MaskingSetup:
     """The gateway's per-session preparation (in a worker thread) and per-connection setup."""
 
     def __init__(
-        self, service: SessionService, limits: AnalysisLimits = DEFAULT_ANALYSIS_LIMITS
+        self,
+        service: SessionService,
+        limits: AnalysisLimits = DEFAULT_ANALYSIS_LIMITS,
+        *,
+        access_events: bool = True,
     ) -> None:
         self.service = service
         self.limits = limits  # the guard's (see MaskingHooks)
+        # False: statements are recorded without access facts (a dev broker's
+        # benchmarking aid, ``RuntimeOptions.access_events``).
+        self.access_events = access_events
         self.catalogs: dict[str, Catalog] = {}
         self.sessions: dict[str, tuple[MaskingRules, Catalog | None]] = {}
 
@@ -1665,7 +1672,7 @@ class MaskingSetup:
             session_id=live.id,
             record=recorder.record,
             search_path=path,
-            access=access,
+            access=access if self.access_events else None,
             limits=self.limits,
             exempt=exemption[0] if exemption is not None else None,
         ).install(relay)

@@ -224,3 +224,29 @@ def test_verify_holds_the_index_to_the_recordings(day: tuple[Broker, dict[str, s
     res = b.cli("audit", "verify", token=tokens["audra"])
     assert res.returncode == 8
     assert "the access index's columns differ from the event" in res.stderr
+
+
+def test_a_dev_broker_told_to_records_statements_without_access_facts(
+    demo_target: DemoTarget,
+) -> None:
+    """``dbaccess-server dev --no-access-events`` (what bench/gateway_throughput.py
+    measures the facts' cost against): the statement is recorded, without facts."""
+    with running_broker(demo_target, masked_demo_policy(), "--no-access-events") as b:
+        alice, audra = b.token("alice", "dev"), b.token("audra", "auditor")
+        sql = "select id, email from customers where id = 1"
+        res = b.cli("exec", "demo", "--scope", "read", "-c", sql, token=alice)
+        assert res.returncode == 0, res.stderr
+        assert access(b, audra) == []
+        assert b.cli("audit", "verify", token=audra).returncode == 0
+        store = Store.open(f"sqlite:///{b.data_dir / 'store.db'}")
+        try:
+            se = t.session_events.c
+            with store.tx() as conn:
+                events = conn.execute(sa.select(se.data).where(se.kind == "statement")).all()
+                indexed = conn.execute(sa.select(sa.func.count()).select_from(t.access_events))
+                assert indexed.scalar_one() == 0
+        finally:
+            store.close()
+        statements = [json.loads(e.data) if isinstance(e.data, str) else e.data for e in events]
+        assert [s["text"] for s in statements if "customers" in s["text"]]
+        assert all("access" not in s for s in statements)

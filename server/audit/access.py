@@ -45,6 +45,7 @@ from typing import Any, Final, NamedTuple
 
 import sqlalchemy as sa
 
+from server.audit import canonical
 from server.store import bulk
 from server.store import tables as t
 from server.store.db import Store, _aware
@@ -110,21 +111,44 @@ def access_event(
 ) -> dict[str, Any]:
     """The access facts of a ``statement`` event (JSON's own types only), for its ``access`` key;
     ``exemption`` (what exempts the session from masking) only where there is one."""
-    facts = {
+    template = facts_template(
+        session, command=command, relations=[r.to_json() for r in relations], exemption=exemption
+    )
+    return template.fill(rows, decision, rule, approval)
+
+
+# What differs between the facts of statements of one shape in one session: filled in
+# per statement (``FactsTemplate.fill``), in this order.
+_SLOTS: Final = ("rows", "decision", "rule", "approval")
+FactsTemplate = canonical.Template
+
+
+def facts_template(
+    session: SessionFacts,
+    *,
+    command: str,
+    relations: list[dict[str, Any]],
+    exemption: str | None = None,
+) -> FactsTemplate:
+    """What the facts of the statements of one shape in one session share, encoded once;
+    ``fill(rows, decision, rule, approval)`` makes each statement's facts (an
+    ``Encoded`` dict, which the recorder stores without encoding it again).
+    ``relations``: ``RelationAccess.to_json()`` of each (kept, not copied)."""
+    facts: dict[str, Any] = {
         "target": session.target,
         "identity": session.identity,
         "identity_kind": session.identity_kind,
         "on_behalf_of": session.on_behalf_of,
         "command": command,
-        "rows": rows,
-        "decision": decision,
-        "rule": rule,
-        "approval": approval,
-        "relations": [r.to_json() for r in relations],
+        "rows": None,
+        "decision": None,
+        "rule": None,
+        "approval": None,
+        "relations": relations,
     }
     if exemption is not None:
         facts["exemption"] = exemption
-    return facts
+    return canonical.Template(facts, _SLOTS)
 
 
 # --------------------------------------------------------------------------

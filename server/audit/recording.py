@@ -99,7 +99,8 @@ from typing import Any, Final, NamedTuple, Protocol, cast
 
 import sqlalchemy as sa
 
-from server.audit import access, chain
+from server.audit import access, canonical, chain
+from server.audit.canonical import Encoded
 from server.errors import DbaccessError
 from server.policy.model import RecordingFailure
 from server.store import bulk
@@ -166,7 +167,7 @@ def _kind_json(kind: str) -> str:
     return _CANONICAL.encode(kind)
 
 
-_CANONICAL: Final = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
+_CANONICAL: Final = canonical.ENCODER
 
 
 def recording_digest(events: Iterable[SessionEvent]) -> str:
@@ -185,40 +186,26 @@ def stored_form(data: Mapping[str, Any]) -> tuple[Mapping[str, Any], str]:
     data holds only JSON's own types (str keys, lists, finite numbers), or it is made
     to, through a round trip through the encoder.  Most events (a statement's) hold
     only JSON's own types already: checking that is a fifth of the cost of the round
-    trip."""
+    trip.  A value that carries its text already (a statement's access facts:
+    ``canonical.Encoded``) is not encoded again: its text is put in place, where its
+    key sorts before the others (``access`` does, in a statement's data)."""
     if type(data) is not dict or not _plain(data):
         data = json.loads(json.dumps(dict(data), default=str))
-    return data, _CANONICAL.encode(data)
+        return data, _CANONICAL.encode(data)
+    encoded = [key for key, value in data.items() if type(value) is Encoded]
+    if not encoded:
+        return data, _CANONICAL.encode(data)
+    rest = data.copy()
+    for key in encoded:
+        del rest[key]
+    if rest and max(encoded) >= min(rest):
+        return data, _CANONICAL.encode(data)
+    head = ",".join(f"{canonical.scalar(key)}:{data[key].text}" for key in sorted(encoded))
+    tail = _CANONICAL.encode(rest)[1:] if rest else "}"
+    return data, "{" + head + ("," + tail if rest else tail)
 
 
-_LEAVES: Final = frozenset((str, int, bool, type(None)))
-_INF: Final = float("inf")
-
-
-def _plain(value: Any) -> bool:
-    """Whether ``value`` comes back from JSON as it is: str keys, lists, finite scalars."""
-    # A loop over a stack, leaves checked in place: this runs for every event, on the writer.
-    todo = [value]
-    pop, push, leaves = todo.pop, todo.append, _LEAVES
-    while todo:
-        item = pop()
-        kind = type(item)
-        if kind is dict:
-            for k, v in item.items():
-                if type(k) is not str:
-                    return False
-                if type(v) not in leaves:
-                    push(v)
-        elif kind is list:
-            for v in item:
-                if type(v) not in leaves:
-                    push(v)
-        elif kind is float:
-            if item != item or item in (_INF, -_INF):
-                return False
-        elif kind not in leaves:
-            return False
-    return True
+_plain = canonical.plain
 
 
 # --------------------------------------------------------------------------

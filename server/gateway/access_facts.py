@@ -43,9 +43,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import is_
 from typing import Any, Final
 
-from server.audit.access import READ, WRITE, RelationAccess, SessionFacts, access_event
+from server.audit.access import (
+    READ,
+    WRITE,
+    FactsTemplate,
+    RelationAccess,
+    SessionFacts,
+    facts_template,
+)
 from server.gateway.analysis_pool import PROCESS_MIN_CHARS
 from server.gateway.catalog import CatalogSnapshot
 from server.gateway.masking import (
@@ -103,9 +111,11 @@ def _command(analysis: Analysis, tag: str | None) -> str:
 
 # What the facts of one statement shape are, by the identity of what they are made
 # of: texts the cache gives one analysis, and results one kept plan, make the same
-# relations, so the writer makes them once.  Per catalog snapshot (a few kept: one
-# per target, and the one before it), each bounded and emptied when full.
-_Made = dict[tuple[int, ...], tuple[tuple[object, ...], str, list[dict[str, Any]]]]
+# relations, so the writer makes them once, and encodes what the statements of the
+# shape share once (a template: None where they touch no relation).  Per catalog
+# snapshot (a few kept: one per target, and the one before it), each bounded and
+# emptied when full.
+_Made = dict[tuple[int, ...], tuple[tuple[object, ...], FactsTemplate | None]]
 _MADE: dict[int, tuple[CatalogSnapshot | None, _Made]] = {}
 _SNAPSHOTS_KEPT: Final = 16
 _MADE_MAX: Final = 1_024
@@ -150,28 +160,48 @@ def access_facts(
     # statement sent again with other numbers is made once too.
     first: object = analysis.shape if analysis.shape is not None else analysis
     parts = (first, ctx, *plans)
-    key = tuple(id(p) for p in parts)
+    key = tuple(map(id, parts))
     known = _made_for(snapshot)
     made = known.get(key)
-    if made is None or any(a is not b for a, b in zip(made[0], parts, strict=True)):
+    # Kept by identity: the very objects, not others made since at their addresses.
+    if made is None or not all(map(is_, made[0], parts)):
         relations = _relations(ctx, analysis, plans, snapshot)
+        template = _template(ctx, _command(analysis, tag), relations) if relations else None
         if len(known) >= _MADE_MAX:
             known.clear()
-        made = known[key] = (parts, _command(analysis, tag), [r.to_json() for r in relations])
-    _, command, relations_json = made
-    if not relations_json:
+        made = known[key] = (parts, template)
+    template = made[1]
+    if template is None:
         return None
-    facts = access_event(
+    return template.fill(rows, decision, None, approval or ctx.approval)
+
+
+# The templates of the facts by what they say: texts that have no shape in common
+# (strings differ, not only numbers) but read the same columns share one too, and
+# the index rows made from it (``access.column_rows``).  Bounded, emptied when full.
+_TEMPLATES: dict[
+    tuple[int, str, tuple[RelationAccess, ...]], tuple[AccessContext, FactsTemplate]
+] = {}
+
+
+def _template(
+    ctx: AccessContext, command: str, relations: tuple[RelationAccess, ...]
+) -> FactsTemplate:
+    key = (id(ctx), command, relations)
+    found = _TEMPLATES.get(key)
+    if found is not None and found[0] is ctx:
+        return found[1]
+    template = facts_template(
         ctx.session,
         command=command,
-        relations=(),
-        rows=rows,
-        decision=decision,
-        approval=approval or ctx.approval,
+        # Shared by the events of the template, never changed.
+        relations=[r.to_json() for r in relations],
         exemption=ctx.exemption,
     )
-    facts["relations"] = relations_json  # shared by the events of the shape, never changed
-    return facts
+    if len(_TEMPLATES) >= _MADE_MAX:
+        _TEMPLATES.clear()
+    _TEMPLATES[key] = (ctx, template)
+    return template
 
 
 def _relations(
@@ -179,7 +209,7 @@ def _relations(
     analysis: Analysis,
     plans: Sequence[MaskPlan],
     snapshot: CatalogSnapshot | None,
-) -> list[RelationAccess]:
+) -> tuple[RelationAccess, ...]:
     relations: dict[tuple[str, str, str], tuple[list[str], set[str], set[str]]] = {}
 
     def relation(schema: str, table: str, action: str) -> tuple[list[str], set[str], set[str]]:
@@ -216,12 +246,12 @@ def _relations(
                 read(schema, table, column, field)
                 for base in _bases(snapshot, ctx.rules, schema, table, column, masked_now):
                     read(base.schema, base.table, base.column, field)
-    return [
+    return tuple(
         RelationAccess(
             schema, table, action, tuple(columns), frozenset(masked), frozenset(exempt - masked)
         )
         for (schema, table, action), (columns, masked, exempt) in relations.items()
-    ]
+    )
 
 
 def _bases(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import replace
 
 import pytest
 
 from server.audit.access import SessionFacts
+from server.audit.canonical import ENCODER
 from server.gateway import access_facts as access_facts_module
 from server.gateway.access_facts import REREAD_MAX, AccessContext, access_facts
 from server.gateway.catalog import build_snapshot
@@ -241,3 +243,131 @@ def test_an_exempt_session_s_clear_columns_are_marked_exempt() -> None:
         ("contacts", ["id", "email"], [], ["email"]),
         ("customers", ["city", "id", "email"], [], ["email"]),
     ]
+
+
+# The writer makes the facts of a statement shape once (``_MADE``, by the identity of
+# the analysis's shape, the context, the plans and the catalog) and each statement's
+# from them: what differs between statements must never come from another's.
+SHAPED = (
+    "select id, email from customers where id = 1",
+    "select id, email from customers where id = 2",
+)
+
+
+def _shape_facts(
+    sql: str, plans: tuple[MaskPlan, ...], *, ctx: AccessContext = CTX, **kwargs: object
+) -> dict[str, object]:
+    arguments: dict[str, object] = {"rows": 1, "tag": "SELECT 1", "decision": "allowed"}
+    arguments.update(kwargs)
+    facts = access_facts(ctx, sql, guarded(sql), plans, None, **arguments)  # type: ignore[arg-type]
+    assert facts is not None
+    return facts
+
+
+def _columns(facts: dict[str, object]) -> list[tuple[object, object, object]]:
+    return [(r["table"], r["columns"], r["masked"]) for r in facts["relations"]]  # type: ignore[attr-defined,index]
+
+
+def test_statements_of_one_shape_share_an_analysis() -> None:
+    one, two = (guarded(sql) for sql in SHAPED)
+    assert one is not two and one.shape is not None and one.shape is two.shape  # type: ignore[attr-defined]
+
+
+def test_one_shape_masked_in_one_result_and_clear_in_another_keeps_each_outcome() -> None:
+    masked = plan(("public.customers.id", "clear"), ("public.customers.email", "mask"))
+    clear = plan(("public.customers.id", "clear"), ("public.customers.email", "clear"))
+    first = _shape_facts(SHAPED[0], (masked,))
+    second = _shape_facts(SHAPED[1], (clear,))
+    again = _shape_facts(SHAPED[1], (masked,))
+    assert _columns(first) == _columns(again) == [("customers", ["id", "email"], ["email"])]
+    assert _columns(second) == [("customers", ["id", "email"], [])]
+
+
+def test_one_shape_keeps_each_statement_s_rows_decision_and_approval() -> None:
+    shown = plan(("public.customers.id", "clear"), ("public.customers.email", "mask"))
+    made = [
+        _shape_facts(SHAPED[0], (shown,), rows=1),
+        _shape_facts(SHAPED[1], (shown,), rows=7, approval="r-review"),
+        _shape_facts(SHAPED[0], (shown,), rows=None, decision="allowed"),
+        _shape_facts(SHAPED[1], (shown,), rows=0),
+    ]
+    assert [(f["rows"], f["approval"], f["decision"]) for f in made] == [
+        (1, "r-1", "allowed"),
+        (7, "r-review", "allowed"),
+        (None, "r-1", "allowed"),
+        (0, "r-1", "allowed"),
+    ]
+    # Each one's text (what the recording keeps and its digest covers) says the same.
+    for facts in made:
+        assert facts.text == ENCODER.encode(json.loads(json.dumps(facts)))  # type: ignore[attr-defined]
+
+
+def test_one_shape_in_two_sessions_names_each_session() -> None:
+    bob = replace(CTX, session=SessionFacts("demo", "bob", "agent", "carol"), approval=None)
+    alice_facts = _shape_facts(SHAPED[0], ())
+    bob_facts = _shape_facts(SHAPED[1], (), ctx=bob)
+    assert (alice_facts["identity"], alice_facts["on_behalf_of"], alice_facts["approval"]) == (
+        "alice",
+        None,
+        "r-1",
+    )
+    assert (bob_facts["identity"], bob_facts["identity_kind"], bob_facts["on_behalf_of"]) == (
+        "bob",
+        "agent",
+        "carol",
+    )
+    assert bob_facts["approval"] is None
+
+
+def test_one_shape_under_two_catalogs_reads_each_catalog() -> None:
+    """A view's base columns come from the catalog snapshot the statement ran under."""
+    sql = "select email from contacts where id = 1"
+    shown = plan(("public.contacts.email", "mask"))
+    ctx = replace(CTX, rules=MASKING)
+    with_view = access_facts(
+        ctx, sql, guarded(sql), (shown,), SNAPSHOT, rows=1, tag="SELECT 1", decision="allowed"
+    )
+    without = access_facts(
+        ctx, sql, guarded(sql), (shown,), None, rows=1, tag="SELECT 1", decision="allowed"
+    )
+    assert with_view is not None and without is not None
+    assert [r["table"] for r in with_view["relations"]] == ["contacts", "customers"]
+    assert [r["table"] for r in without["relations"]] == ["contacts"]
+
+
+def test_a_kept_shape_is_never_taken_for_another_of_the_same_ids() -> None:
+    """The shapes are kept by the identity of what they are made of; an object gone and
+    another made at its address must not find the facts of the first."""
+    clear = plan(("public.customers.id", "clear"), ("public.customers.email", "clear"))
+    masked = plan(("public.customers.id", "clear"), ("public.customers.email", "mask"))
+    analysis = guarded(SHAPED[0])
+    _shape_facts(SHAPED[0], (clear,))
+    # The entry of the clear plan, filed as if it were the masked plan's.
+    known = access_facts_module._made_for(None)
+    first = analysis.shape  # type: ignore[attr-defined]
+    stale = next(v for k, v in known.items() if v[0] == (first, CTX, clear))
+    known[(id(first), id(CTX), id(masked))] = stale
+    assert _columns(_shape_facts(SHAPED[1], (masked,))) == [
+        ("customers", ["id", "email"], ["email"])
+    ]
+
+
+def test_texts_without_a_shape_in_common_share_the_facts_they_have_in_common() -> None:
+    """Strings differ (no shape in common): relations made again, but the same ones
+    are the same list (what the index rows are made from once), others are not."""
+    texts = [f"select id from customers where city = '{c}'" for c in "xy"]
+    one, two = (_shape_facts(sql, ()) for sql in texts)
+    other = _shape_facts("select id from orders where status = 'x'", ())
+    assert one["relations"] is two["relations"] and one == two
+    assert other["relations"] == [
+        {
+            "schema": "public",
+            "table": "orders",
+            "action": "read",
+            "columns": [],
+            "masked": [],
+            "exempt": [],
+        }
+    ]
+    bob = replace(CTX, session=SessionFacts("demo", "bob", "user"))
+    assert _shape_facts(texts[0], (), ctx=bob)["identity"] == "bob"

@@ -297,6 +297,34 @@ class _TreeFacts:
     def writes(self) -> tuple[Name, ...]:
         return self._names(self.targets)
 
+    def columns_written(self) -> tuple[tuple[Name, str], ...]:
+        """The columns the INSERTs and UPDATEs of the tree (its own and those nested
+        in it) set, with the relation they write: an UPDATE's SET targets and an
+        ``ON CONFLICT DO UPDATE``'s, an INSERT's column list.  :data:`ALL_COLUMNS`
+        stands for every column: an INSERT without a column list, a SET target
+        the analysis does not read.  MERGE, COPY and the rest name none."""
+        found: list[tuple[Name, str]] = []
+        for node in (self.tree, *self.dml):
+            if not isinstance(node, exp.Insert | exp.Update):
+                continue
+            target = node.this
+            columns: list[str] = []
+            if isinstance(target, exp.Schema):
+                columns += [_column_name(c) for c in target.expressions]
+                target = target.this
+            elif isinstance(node, exp.Insert):
+                columns.append(ALL_COLUMNS)
+            owner = node if isinstance(node, exp.Update) else node.args.get("conflict")
+            if isinstance(owner, exp.Expr):
+                for assignment in owner.expressions:
+                    left = assignment.this if isinstance(assignment, exp.EQ) else None
+                    parts = left.expressions if isinstance(left, exp.Tuple) else [left]
+                    columns += [_column_name(part) for part in parts]
+            if isinstance(target, exp.Table):
+                for name in self._table_names(target):
+                    found += [(name, column) for column in columns]
+        return tuple(dict.fromkeys(found))
+
     def _names(self, tables: list[exp.Table]) -> tuple[Name, ...]:
         """Distinct table names in the order they are written."""
         ordered = sorted(tables, key=lambda t: _meta_start(t.this) or 0)
@@ -386,6 +414,21 @@ class _TreeFacts:
                 return False
             return _restricts(_predicate(on, _outer_names(node), 0))
         return None
+
+
+# Every column of the relation (see ``_TreeFacts.columns_written``).
+ALL_COLUMNS = "*"
+
+
+def _column_name(node: Any) -> str:
+    """The column a SET target or an INSERT column list names, folded as PostgreSQL
+    folds it (``set a.f = 1`` sets field ``f`` of column ``a``); :data:`ALL_COLUMNS`
+    when it is anything else."""
+    if isinstance(node, exp.Column):
+        node = node.args.get("table") or node.this
+    if isinstance(node, exp.Identifier):
+        return _fold(node.this, bool(node.quoted))
+    return ALL_COLUMNS
 
 
 def _add_table(targets: list[exp.Table], node: Any) -> None:

@@ -116,6 +116,8 @@ class Statement:
     command: str
     reads: tuple[Name, ...] = ()
     writes: tuple[Name, ...] = ()
+    # The columns it sets, with the relation (one of ``writes``): see facts.py.
+    columns_written: tuple[tuple[Name, str], ...] = ()
     restricting_where: bool | None = None
     functions: tuple[Name, ...] = ()
     settings: tuple[str, ...] = ()

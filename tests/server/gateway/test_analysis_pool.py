@@ -156,7 +156,8 @@ def test_messages_keep_their_order_when_long_ones_are_read_in_a_worker(
     long_one = "select 1 where 1 in (" + ", ".join(["1"] * 3000) + ")"
     sent = ["select 1", long_one, "select 2", long_one.replace("select 1", "select 3"), "select 4"]
     wire = b"".join(pgwire.Query(q).encode() for q in sent)
-    up, back = _relay_off_loop(pool, partial(_guarded().from_client, wire))
+    relay = _guarded()
+    up, back = _relay_off_loop(pool, relay, partial(relay.from_client, wire))
     assert back == b""
     assert _queries(up) == sent
 

@@ -1566,3 +1566,33 @@ def test_statement_ends_split_as_the_analysis_does(sql: str, ends: list[int] | N
     assert got == ends
     if got is not None:
         assert len(got) == len(analyze(sql).statements)
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        ('update t set a = 1, "B" = 2 where id = 3', [("public.t", "a"), ("public.t", "B")]),
+        ("update t set (a, b) = (1, 2)", [("public.t", "a"), ("public.t", "b")]),
+        ("update t set a.f = 1", [("public.t", "a")]),  # field f of composite column a
+        ("insert into s.t (x, y) values (1, 2)", [("s.t", "x"), ("s.t", "y")]),
+        ("insert into t values (1)", [("public.t", "*")]),
+        ("insert into t select * from u", [("public.t", "*")]),
+        (
+            "insert into t (a) values (1) on conflict (a) do update set b = 2",
+            [("public.t", "a"), ("public.t", "b")],
+        ),
+        (
+            "with d as (update t set a = 1 returning *) insert into u (z) select a from d",
+            [("public.u", "z"), ("public.t", "a")],
+        ),
+        ("explain analyze update t set a = 1", [("public.t", "a")]),
+        ("select a from t", []),
+        ("delete from t where a = 1", []),
+        # MERGE and COPY name their target as a relation only.
+        ("merge into t using u on t.id = u.id when matched then update set a = 1", []),
+        ("copy t (a) from stdin", []),
+    ],
+)
+def test_columns_written(sql: str, expected: list[tuple[str, str]]) -> None:
+    (top,) = analyze(sql).statements
+    assert [(str(name), column) for name, column in top.columns_written] == expected

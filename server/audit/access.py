@@ -13,8 +13,11 @@ self-contained::
      "relations": [{"schema": "public", "table": "customers", "action": "read",
                     "columns": ["email", "id"], "masked": ["email"], "exempt": []}]}
 
-``columns`` are the relation's columns the statement touched (empty where it
-touched the relation without naming one: ``count(*)``, a DELETE's target),
+``columns`` are the relation's columns the statement touched: for a read those
+whose values came back, for a write those it set (an UPDATE's SET targets, an
+INSERT's column list, or every column the catalog holds for an INSERT without
+one); empty where it touched the relation without naming one (``count(*)``, a
+DELETE's target, a MERGE or COPY's).  Of the columns read,
 ``masked`` those that left masked, ``exempt`` those a masking rule names that
 came back in clear because the session's groups or scope are exempt (the
 facts of such a session then also say what exempts it: ``"exemption": "group

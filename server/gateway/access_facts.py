@@ -18,7 +18,10 @@ the ``access`` part of the statement's recording event
   settled by the target's catalog where the session has one; otherwise the
   session role's own schema (``$user``, which a role made for the session
   does not own) is left out when another remains;
-* the columns come from the masking plans of the statement's results: each
+* the columns written come from the same analysis (``columns_written``: SET
+  targets, INSERT column lists; an INSERT without one writes every column the
+  catalog holds), in every session;
+* the columns read come from the masking plans of the statement's results: each
   result column's origin (``schema.table.column``, or the base columns it is
   derived from) and whether it left masked.  A view's column is named, and
   so are the base columns it stands for, in the state it left in, so that a
@@ -65,7 +68,7 @@ from server.gateway.masking import (
     MaskPlan,
     masks,
 )
-from server.gateway.sqlcheck import Analysis, Execution, analyze
+from server.gateway.sqlcheck import ANY_COLUMN, Analysis, Execution, analyze
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +230,18 @@ def _relations(
                 for table, schemas in by_table.items():
                     for schema in _settled(schemas, table, ctx.role, snapshot):
                         relation(schema, table, action)
+            written: dict[str, tuple[list[str], list[str]]] = {}  # table: schemas, columns
+            for name, column in statement.columns_written:
+                if name.schema is not None:
+                    schemas, columns = written.setdefault(name.name, ([], []))
+                    schemas.append(name.schema)
+                    columns.append(column)
+            for table, (schemas, columns) in written.items():
+                for schema in _settled(list(dict.fromkeys(schemas)), table, ctx.role, snapshot):
+                    named = relation(schema, table, WRITE)[0]
+                    for column in _each_column(columns, schema, table, snapshot):
+                        if column not in named:
+                            named.append(column)
 
     def read(schema: str, table: str, column: str, field: FieldPlan) -> None:
         columns, masked, exempt = relation(schema, table, READ)
@@ -275,6 +290,17 @@ def _bases(
             sources = sorted(ref.sources, key=str)
             return [s for s in sources if masks(rules, s) is masked] or sources
     return []
+
+
+def _each_column(
+    columns: list[str], schema: str, table: str, snapshot: CatalogSnapshot | None
+) -> list[str]:
+    """``columns`` with :data:`ANY_COLUMN` (an INSERT without a column list) standing
+    for every column of the relation the catalog holds, or for none without it."""
+    if ANY_COLUMN not in columns:
+        return columns
+    every = [c.column for c in snapshot.columns_of(schema, table)] if snapshot is not None else []
+    return [c for c in columns if c != ANY_COLUMN] + every
 
 
 def _settled(

@@ -58,9 +58,14 @@ from server.gateway.sqlcheck.model import (
     Statement,
     StatementClass,
 )
-from server.gateway.sqlcheck.names import Name, parse_name, parse_search_path, relation_schemas
-from server.gateway.sqlcheck.uses import (
+from server.gateway.sqlcheck.names import (
     ANY_COLUMN,
+    Name,
+    parse_name,
+    parse_search_path,
+    relation_schemas,
+)
+from server.gateway.sqlcheck.uses import (
     COMPUTED,
     PREDICATE,
     computed_uses,

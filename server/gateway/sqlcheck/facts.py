@@ -48,7 +48,7 @@ from server.gateway.sqlcheck.model import (
     _text,
     _Unknown,
 )
-from server.gateway.sqlcheck.names import Name, _fold
+from server.gateway.sqlcheck.names import ANY_COLUMN, Name, _fold
 from server.gateway.sqlcheck.predicates import _predicate, _restricts
 
 _QUERY_ROOTS = (exp.Select, exp.SetOperation, exp.Subquery, exp.Values)
@@ -300,7 +300,7 @@ class _TreeFacts:
     def columns_written(self) -> tuple[tuple[Name, str], ...]:
         """The columns the INSERTs and UPDATEs of the tree (its own and those nested
         in it) set, with the relation they write: an UPDATE's SET targets and an
-        ``ON CONFLICT DO UPDATE``'s, an INSERT's column list.  :data:`ALL_COLUMNS`
+        ``ON CONFLICT DO UPDATE``'s, an INSERT's column list.  :data:`ANY_COLUMN`
         stands for every column: an INSERT without a column list, a SET target
         the analysis does not read.  MERGE, COPY and the rest name none."""
         found: list[tuple[Name, str]] = []
@@ -313,7 +313,7 @@ class _TreeFacts:
                 columns += [_column_name(c) for c in target.expressions]
                 target = target.this
             elif isinstance(node, exp.Insert):
-                columns.append(ALL_COLUMNS)
+                columns.append(ANY_COLUMN)
             owner = node if isinstance(node, exp.Update) else node.args.get("conflict")
             if isinstance(owner, exp.Expr):
                 for assignment in owner.expressions:
@@ -416,19 +416,15 @@ class _TreeFacts:
         return None
 
 
-# Every column of the relation (see ``_TreeFacts.columns_written``).
-ALL_COLUMNS = "*"
-
-
 def _column_name(node: Any) -> str:
     """The column a SET target or an INSERT column list names, folded as PostgreSQL
-    folds it (``set a.f = 1`` sets field ``f`` of column ``a``); :data:`ALL_COLUMNS`
+    folds it (``set a.f = 1`` sets field ``f`` of column ``a``); :data:`ANY_COLUMN`
     when it is anything else."""
     if isinstance(node, exp.Column):
         node = node.args.get("table") or node.this
     if isinstance(node, exp.Identifier):
         return _fold(node.this, bool(node.quoted))
-    return ALL_COLUMNS
+    return ANY_COLUMN
 
 
 def _add_table(targets: list[exp.Table], node: Any) -> None:

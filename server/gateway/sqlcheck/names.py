@@ -42,6 +42,11 @@ _PLAIN_IDENT = re.compile(r"(?:[a-z_]|[^\x00-\x7f])(?:[a-z0-9_$]|[^\x00-\x7f])*\
 _NAMEDATALEN = 63
 
 
+# Every column of a relation: a whole-row reference, ``t.*``, an INSERT without a
+# column list.
+ANY_COLUMN = "*"
+
+
 def _fold(text: str, quoted: bool) -> str:
     # PostgreSQL folds only ASCII letters and truncates identifiers to 63 bytes.
     name = text if quoted else text.translate(_ASCII_LOWER)

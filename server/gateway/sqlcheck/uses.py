@@ -46,10 +46,7 @@ from server.gateway.sqlcheck.lineage import (
     _Scope,
 )
 from server.gateway.sqlcheck.model import _Unknown
-from server.gateway.sqlcheck.names import _fold
-
-# Any column: a whole-row reference, ``t.*``, a position past the select list.
-ANY_COLUMN = "*"
+from server.gateway.sqlcheck.names import ANY_COLUMN, _fold
 
 
 def predicate_columns(sql: str, *, max_len: int = DEFAULT_MAX_LEN) -> frozenset[str] | None:

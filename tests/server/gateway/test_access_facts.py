@@ -70,11 +70,30 @@ def relations(sql: str, *plans: MaskPlan, decision: str = "allowed") -> object:
             ),
             [("public", "customers", "read", ["email", "city"], ["email"])],
         ),
+        # A write names the columns it sets.
         (
             "update orders set status = 'paid' where id = 1",
             (),
-            [("public", "orders", "write", [], [])],
+            [("public", "orders", "write", ["status"], [])],
         ),
+        (
+            "insert into orders (id, status) values (1, 'new') on conflict (id) "
+            "do update set amount = 0",
+            (),
+            [("public", "orders", "write", ["id", "status", "amount"], [])],
+        ),
+        (
+            "with moved as (update customers set city = 'x' returning id) "
+            "insert into orders (id) select id from moved",
+            (),
+            [
+                ("public", "customers", "write", ["city"], []),
+                ("public", "orders", "write", ["id"], []),
+            ],
+        ),
+        # Without a catalog, an INSERT without a column list names no column.
+        ("insert into orders values (1)", (), [("public", "orders", "write", [], [])]),
+        ("delete from orders where id = 1", (), [("public", "orders", "write", [], [])]),
         # Only what runs now: not a PREPARE's body, not what a plain EXPLAIN plans.
         ("prepare p as select * from customers", (), None),
         ("explain select * from customers", (), None),
@@ -371,3 +390,14 @@ def test_texts_without_a_shape_in_common_share_the_facts_they_have_in_common() -
     ]
     bob = replace(CTX, session=SessionFacts("demo", "bob", "user"))
     assert _shape_facts(texts[0], (), ctx=bob)["identity"] == "bob"
+
+
+def test_an_insert_without_a_column_list_writes_every_column_the_catalog_holds() -> None:
+    sql = "insert into customers values (1, 'a@example.com', 'Paris')"
+    facts = access_facts(
+        CTX, sql, guarded(sql), (), SNAPSHOT, rows=1, tag="INSERT 0 1", decision="allowed"
+    )
+    assert facts is not None
+    assert [(r["action"], r["columns"]) for r in facts["relations"]] == [
+        ("write", ["id", "email", "city"])
+    ]

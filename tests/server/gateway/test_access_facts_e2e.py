@@ -114,7 +114,8 @@ BOB_VIEW = (
     ["public.customer_contacts.email[masked]", "public.customers.email[masked]"],
 )
 BOB_COUNT = ("bob", "SELECT", ["public.customers."])
-CAROL = ("carol", "UPDATE", ["public.orders."])
+# A write names the columns it set.
+CAROL = ("carol", "UPDATE", ["public.orders.status"])
 AGENT = ("helper-bot", "SELECT", ["public.customers.city"])
 DANA = ("dana", "SELECT", ["public.customers.id", "public.customers.email[exempt]"])
 DANA_VIEW = (
@@ -141,6 +142,9 @@ DANA_VIEW = (
         ),
         ("audra", ["--table", "customers", "--column", "email", "--clear-only"], [DANA_VIEW, DANA]),
         ("audra", ["--writes"], [CAROL]),
+        # Who changed orders.status: the columns a write sets are named.
+        ("audra", ["--table", "orders", "--column", "status", "--writes"], [CAROL]),
+        ("audra", ["--table", "orders", "--column", "amount", "--writes"], []),
         ("audra", ["--kind", "agent"], [AGENT]),
         ("audra", ["--table", "orders"], [CAROL, ALICE_JOIN]),
         (
@@ -177,7 +181,7 @@ def test_the_facts_say_who_for_whom_and_how_many_rows(day: tuple[Broker, dict[st
         ("alice", "public.orders"): (1, 1, 0),
         ("bob", "public.customer_contacts"): (1, 0, 1),
         ("bob", "public.customers"): (3, 1, 2),
-        ("carol", "public.orders"): (1, 0, 0),
+        ("carol", "public.orders"): (1, 1, 0),
         ("helper-bot", "public.customers"): (1, 1, 0),
         ("dana", "public.customers"): (2, 2, 0),
         ("dana", "public.customer_contacts"): (1, 1, 0),

@@ -41,10 +41,9 @@ from server.config import DEFAULT_WORKLOAD_TOKEN_TTL, OidcConfig, SlackConfig
 from server.errors import DbaccessError
 from server.gateway.analysis_limits import DEFAULT_ANALYSIS_LIMITS, AnalysisLimits
 from server.gateway.masking_relay import MaskingSetup
-from server.gateway.result_limit import limit_setup
 from server.gateway.server import Gateway
 from server.gateway.signals import SIGNALS
-from server.gateway.statements import guard_setup
+from server.gateway.wiring import guard_setup, limit_setup
 from server.notify.fanout import Fanout
 from server.notify.webhooks import WebhookConfig, Webhooks
 from server.policy import Policy, load_policy

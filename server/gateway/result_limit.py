@@ -70,7 +70,6 @@ from server.gateway import pgwire
 from server.gateway.pgwire import Bind, Query, RawMessage
 from server.gateway.relay import UNLIMITED, Relay
 from server.policy.model import SessionLimits
-from server.sessions.service import LiveSession, SessionService
 
 SQLSTATE: Final = "54000"
 ROWS_KEY: Final = "max_result_rows"
@@ -398,17 +397,3 @@ def _observe_client(relay: Relay, types: bytes, hook: Callable[[RawMessage, Rela
         return before(raw, r) if before is not None else None
 
     relay.on_client(types, chained)
-
-
-def limit_setup(service: SessionService) -> Callable[[Relay, LiveSession], None]:
-    """The gateway's relay setup that bounds every connection's results by its
-    scope's limits (``SessionService.limits``)."""
-
-    def setup(relay: Relay, live: LiveSession) -> None:
-        record = live.record
-        caps = Caps.of(service.limits(live), record.scope)
-        if not caps.active:
-            return
-        ResultLimit(caps, session_id=record.id, record=service.recorder.record).install(relay)
-
-    return setup

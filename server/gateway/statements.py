@@ -95,7 +95,6 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, Protocol
 
-from server.approvals.service import Approvals
 from server.audit.recording import LimitHit, RecordFn, record_limit
 from server.errors import DbaccessError
 from server.gateway import analysis_limits, analysis_pool, pgwire
@@ -133,8 +132,6 @@ from server.gateway.row_budget import (
     needs,
     simple_request,
 )
-from server.gateway.rules import agent_rules, target_rules
-from server.gateway.search_path import catalog_first, session_search_path
 from server.gateway.signals import SIGNALS
 from server.gateway.sqlcheck import (
     Analysis,
@@ -142,7 +139,6 @@ from server.gateway.sqlcheck import (
     statement_ends,
 )
 from server.policy.model import ApprovalPolicy, ScopePolicy
-from server.sessions.service import LiveSession, SessionService
 
 # Approved statement texts kept for their recording at most (see ``Relay.reviewed``).
 _REVIEWED_KEPT = 100
@@ -219,6 +215,35 @@ def review_rule(scope: ScopePolicy) -> ApprovalPolicy:
     )
 
 
+class _Review(Protocol):
+    @property
+    def id(self) -> str: ...
+
+
+class StatementReviews(Protocol):
+    """The approval service's two calls the guard makes (``server.approvals``); both
+    wait on the store, so the guard makes them where the relay may block."""
+
+    def use_statement(
+        self, *, requester: str, target: str, scope: str, sha256: str, session_id: str
+    ) -> _Review | None: ...
+
+    def request_statement(
+        self,
+        *,
+        requester: str,
+        groups: frozenset[str],
+        target: str,
+        scope: str,
+        reason: str | None,
+        statement: str,
+        sha256: str,
+        rule: ApprovalPolicy,
+        ttl: timedelta,
+        guardrail: str,
+    ) -> tuple[_Review, bool]: ...
+
+
 class AuditFn(Protocol):
     """Where the guard's audit events go: ``chain.append``'s arguments but the store."""
 
@@ -239,7 +264,7 @@ class StatementGuard:
         rules: GuardrailRules,
         facts: SessionFacts,
         *,
-        approvals: Approvals | None,
+        approvals: StatementReviews | None,
         audit: AuditFn | None,
         review: ApprovalPolicy | None = None,
         search_path: tuple[str, ...] = ("public",),
@@ -749,75 +774,3 @@ def _text_params(msg: Bind) -> tuple[str | None, ...]:
         except UnicodeDecodeError:
             out.append(None)
     return tuple(out)
-
-
-# Functions whose effect outlives the statement and that the session can read
-# back: a setting (current_setting), a notification, an advisory lock (pg_locks
-# shows its keys, which may be computed from any value the statement read).
-_SIDE_CHANNELS = frozenset({"set_config", "pg_notify", "pg_advisory_*", "pg_try_advisory_*"})
-
-
-MaskingCheck = Callable[[LiveSession, tuple[str, ...]], Callable[[str], Decision] | None]
-
-
-def guard_setup(
-    service: SessionService,
-    masking: MaskingCheck | None = None,
-    limits: AnalysisLimits | None = None,
-) -> Callable[[Relay, LiveSession], None]:
-    """The gateway's relay setup that puts a guard on every connection of a session;
-    ``masking`` gives the refusals masking needs before a statement runs
-    (``MaskingSetup.pre_execution``); ``limits`` bound what analysing one
-    statement may cost."""
-
-    def setup(relay: Relay, live: LiveSession) -> None:
-        record = live.record
-        target = service.policy.targets.get(record.target)
-        scope = target.scopes.get(record.scope) if target is not None else None
-        if target is None or scope is None:
-            # The policy changed under the session: the strictest preset, no reviews.
-            rules = GuardrailRules.preset("read")
-            review = None
-        else:
-            rules = target_rules(target, scope.name)
-            if live.agent:
-                rules = agent_rules(rules, scope)
-            review = review_rule(scope)
-        # The server checked the value at login (and the gateway before it).
-        path = session_search_path(relay.parameters.get("search_path"), live.credential.username)
-        # None when masking does not apply to the session (its rules are built
-        # once, by the masking setup, with the target's key).
-        check = masking(live, path) if masking is not None else None
-        if check is not None:
-            # The masking hooks refuse a result only after the server ran the
-            # statement, so functions whose effect outlives the statement could
-            # carry a masked value out (set_config then current_setting,
-            # pg_notify, an advisory lock's key in pg_locks): refuse them
-            # before they run in a masked session, whatever its inference setting.
-            rules = replace(rules, functions_deny=rules.functions_deny | _SIDE_CHANNELS)
-        if not catalog_first(path):
-            rules = replace(rules, catalog_first=False)
-        facts = SessionFacts(
-            session_id=record.id,
-            identity=record.identity,
-            groups=frozenset(record.groups),
-            target=record.target,
-            scope=record.scope,
-            reason=record.reason,
-            ttl=record.expires_at - record.created_at,
-        )
-        scope_limits = service.limits(live)
-        StatementGuard(
-            rules,
-            facts,
-            approvals=service.approvals if scope is not None else None,
-            audit=service.audit.append,
-            review=review,
-            search_path=path,
-            masking=check,
-            limits=limits,
-            record=service.recorder.record,
-            pins=LimitPins.of(scope_limits, record.target, record.scope),
-        ).install(relay)
-
-    return setup

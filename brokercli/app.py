@@ -2,7 +2,9 @@
 
 Command modules import only typer at module level; the heavy libraries (httpx,
 psycopg, rich tables, keyring) load inside the commands that need them, so that
-``dbaccess --help`` and shell completion stay fast.
+``dbaccess --help`` and shell completion stay fast.  Every command and group is
+built with :mod:`brokercli.coercion`'s classes, which take option values that
+need no converting as they are: typer would import pydantic for them.
 
 Run as the program (``main()`` without arguments, as the ``dbaccess`` script
 calls it), the CLI leaves through ``_leave``: its output flushed and the atexit
@@ -21,7 +23,7 @@ from typing import Annotated
 
 import typer
 
-from brokercli import completion, config, render
+from brokercli import coercion, completion, config, render
 from brokercli.commands import access, auth, evidence, info, mcp, replay, requests
 from brokercli.commands.common import add_global_options
 from brokercli.errors import CliError
@@ -36,6 +38,7 @@ app = typer.Typer(
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
+    cls=coercion.Group,
 )
 
 
@@ -86,6 +89,9 @@ info.audit_app.command("access")(evidence.access)
 info.audit_app.command("report")(evidence.report)
 app.add_typer(info.audit_app, name="audit")
 add_global_options(app)
+for _commands in (app.registered_commands, info.audit_app.registered_commands):
+    for _command in _commands:
+        _command.cls = coercion.Command
 
 
 def main(argv: list[str] | None = None) -> int:

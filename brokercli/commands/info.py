@@ -8,6 +8,7 @@ import typer
 
 from brokercli import completion, render
 from brokercli.client import BrokerClient
+from brokercli.coercion import Group
 from brokercli.commands.common import Output, OutputOpt, ServerOpt, parse_when
 from brokercli.errors import CliError
 from brokercli.exit_codes import ExitCode
@@ -109,6 +110,7 @@ audit_app = typer.Typer(
     help="List audit events (admins and auditors); 'audit verify' checks the hash chain, "
     "'audit access' answers who touched which data, 'audit report' writes the evidence report.",
     no_args_is_help=False,
+    cls=Group,
 )
 
 

@@ -12,7 +12,8 @@ issue
     is not a session role, was delegated to us with ADMIN OPTION), then
     ``CREATE ROLE … LOGIN … VALID UNTIL <deadline> IN ROLE <marker>, <grants>``
     with a SCRAM verifier computed here, so the plaintext password never
-    reaches the server or its logs.  Then ``ALTER ROLE … SET`` attaches the
+    reaches the server or its logs; of one PBKDF2 round, since the password is
+    256 random bits (:mod:`server.credentials.scram`).  Then ``ALTER ROLE … SET`` attaches the
     scope's limits (``statement_timeout``, ``lock_timeout``,
     ``idle_in_transaction_session_timeout``, ``idle_session_timeout``,
     ``temp_file_limit``; :func:`~server.policy.limits.database_settings`) to
@@ -114,7 +115,7 @@ from server.credentials.base import (
     role_name_for,
     sql_template,
 )
-from server.credentials.scram import PasswordStock
+from server.credentials.scram import SESSION_ITERATIONS, PasswordStock
 from server.errors import (
     Conflict,
     DbaccessError,
@@ -138,8 +139,9 @@ _PASSWORD_BYTES = 32
 _TERMINATE_WAIT_SECONDS = 5.0
 _POLL_INTERVAL_SECONDS = 0.01
 _SESSION_SETTINGS = "SET lock_timeout = '10s'; SET statement_timeout = '60s'"
-# Session passwords and their SCRAM verifiers, made ahead of the sessions that take them.
-_PASSWORDS = PasswordStock(_PASSWORD_BYTES)
+# Session passwords (random, 256 bits) and their SCRAM verifiers of one round
+# (server/credentials/scram.py says why), made ahead of the sessions that take them.
+_PASSWORDS = PasswordStock(_PASSWORD_BYTES, iterations=SESSION_ITERATIONS)
 
 Conn = psycopg.Connection[Any]
 

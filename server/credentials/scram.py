@@ -1,79 +1,74 @@
-"""SCRAM-SHA-256 password verifiers computed on the broker's side.
+"""Session roles' passwords, sent to the target as SCRAM-SHA-256 verifiers.
 
 PostgreSQL accepts ``CREATE ROLE … PASSWORD 'SCRAM-SHA-256$…'`` and stores such
 a string as-is, as the role's verifier. Sending the verifier instead of the
 password means the plaintext never reaches the server, its statement log,
 ``pg_stat_activity`` or ``pg_stat_statements``; the verifier alone does not let
-anyone log in (it holds StoredKey = H(ClientKey), not ClientKey).
+anyone log in (it holds StoredKey = H(ClientKey), not ClientKey).  The
+computation is :func:`server.scram.scram_sha256_verifier`'s, byte for byte
+PostgreSQL's own.
 
-The computation follows RFC 5802/7677 exactly as PostgreSQL's
-``scram_build_secret`` does it::
+Iterations.  PBKDF2's rounds stretch a password that could be guessed: they make
+each guess against a stolen verifier (or a recorded exchange) cost as much as a
+login does.  A session role's password is no such password: 32 random bytes
+from :mod:`secrets` (256 bits), new for every role, never typed, never reused,
+and dead when the session ends.  Guessing it is out of reach at one round as at
+4,096 (2**256 guesses either way), so session roles get ``SESSION_ITERATIONS``
+= 1: the rounds would buy nothing and cost every session three PBKDF2 runs, the
+target's at ``CREATE ROLE`` (PostgreSQL checks that a verifier is not the empty
+password's by computing that one: 4-6 ms of the target's CPU on PostgreSQL 15),
+the broker's making the verifier, and the gateway's at each login as the role
+(the client derives SaltedPassword; the server only hashes the proof).  What a
+stolen verifier does allow (posing as the server; with a recorded exchange,
+logging in) is the same at any iteration count.  Passwords people choose or
+keep (the admin roles of the demo and of the tests) keep ``DEFAULT_ITERATIONS``.
 
-    SaltedPassword = PBKDF2-HMAC-SHA-256(SASLprep(password), salt, iterations)
-    StoredKey      = SHA-256(HMAC(SaltedPassword, "Client Key"))
-    ServerKey      = HMAC(SaltedPassword, "Server Key")
-    verifier       = "SCRAM-SHA-256$<iterations>:<b64 salt>$<b64 StoredKey>:<b64 ServerKey>"
-
-Like PostgreSQL, a password that SASLprep rejects is used as raw UTF-8 bytes.
+Who logs in with a session role's password: the broker's gateway only
+(:class:`server.scram.ScramClient`, which takes any positive count), and libpq
+where a test or a benchmark connects directly; RFC 5802 asks only for a
+positive count (RFC 7677's "SHOULD be at least 4096" is about passwords people
+choose), and PostgreSQL stores and checks the verifier as given.  The password
+is never handed to a client: the client presents its session ticket to the
+gateway.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import secrets
 import threading
 from collections import deque
 
-from scramp.utils import ScramException, saslprep
+from server.scram import DEFAULT_ITERATIONS, SALT_BYTES, scram_sha256_verifier
 
-SALT_BYTES = 16  # what PostgreSQL itself uses (SCRAM_DEFAULT_SALT_LEN)
-DEFAULT_ITERATIONS = 4096  # PostgreSQL's default scram_iterations
+__all__ = [
+    "DEFAULT_ITERATIONS",
+    "SALT_BYTES",
+    "SESSION_ITERATIONS",
+    "PasswordStock",
+    "scram_sha256_verifier",
+]
 
-
-def _prepare(password: str) -> bytes:
-    try:
-        prepared = saslprep(password)
-    except ScramException:
-        return password.encode("utf-8")
-    return str(prepared).encode("utf-8")
-
-
-def scram_sha256_verifier(
-    password: str, salt: bytes | None = None, iterations: int = DEFAULT_ITERATIONS
-) -> str:
-    """The verifier PostgreSQL stores in pg_authid.rolpassword for ``password``."""
-    if iterations < 1:
-        raise ValueError("iterations must be positive")
-    if salt is None:
-        salt = secrets.token_bytes(SALT_BYTES)
-    if not salt:
-        raise ValueError("salt must not be empty")
-    salted = hashlib.pbkdf2_hmac("sha256", _prepare(password), salt, iterations)
-    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
-    stored_key = hashlib.sha256(client_key).digest()
-    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
-
-    def b64(raw: bytes) -> str:
-        return base64.b64encode(raw).decode("ascii")
-
-    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+# For random passwords of 256 bits that no one chooses or types (see above).
+SESSION_ITERATIONS = 1
 
 
 class PasswordStock:
     """Fresh random passwords with their verifiers, made ahead on a thread of their own.
 
-    A verifier costs a few milliseconds of PBKDF2 (4,096 rounds), which would
-    otherwise be paid on every session start; ``take`` hands out a ready pair
-    (or makes one at once when the stock is empty) and the thread tops the
-    stock up to ``size``.  Each pair is handed out once; the passwords are
-    random, used for no role yet, and never leave this process's memory.
+    A verifier of ``iterations`` rounds costs that much PBKDF2 (a few
+    milliseconds at 4,096), which would otherwise be paid on every session
+    start; ``take`` hands out a ready pair (or makes one at once when the stock
+    is empty) and the thread tops the stock up to ``size``.  Each pair is handed
+    out once; the passwords are random, used for no role yet, and never leave
+    this process's memory.
     """
 
-    def __init__(self, password_bytes: int, size: int = 8) -> None:
+    def __init__(
+        self, password_bytes: int, size: int = 8, iterations: int = DEFAULT_ITERATIONS
+    ) -> None:
         self.password_bytes = password_bytes
         self.size = size
+        self.iterations = iterations
         self._ready: deque[tuple[str, str]] = deque()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -81,7 +76,7 @@ class PasswordStock:
 
     def _make(self) -> tuple[str, str]:
         password = secrets.token_urlsafe(self.password_bytes)
-        return password, scram_sha256_verifier(password)
+        return password, scram_sha256_verifier(password, iterations=self.iterations)
 
     def take(self) -> tuple[str, str]:
         """(password, its SCRAM verifier), never handed out before."""

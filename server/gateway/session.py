@@ -10,10 +10,11 @@ to send; ``server.py`` (the only module that touches sockets) drives them.
   parameters that are not on the allow-list, asks for a cleartext password
   (safe: the hop is encrypted or loopback) and yields the session ticket.
 * ``UpstreamLogin`` — logs in to the target as the session's role with
-  SCRAM-SHA-256 and collects ParameterStatus until ReadyForQuery, so the client
-  sees one clean startup sequence with the gateway's own BackendKeyData.  A
-  cleartext password (how RDS takes IAM tokens) is sent only when the
-  connection is TLS that verified the server (``tls_verified``).
+  SCRAM-SHA-256 (:class:`server.scram.ScramClient`) and collects ParameterStatus
+  until ReadyForQuery, so the client sees one clean startup sequence with the
+  gateway's own BackendKeyData.  A cleartext password (how RDS takes IAM
+  tokens) is sent only when the connection is TLS that verified the server
+  (``tls_verified``).
 
 In the relay phase ``relay.py`` refuses every client message type that is not
 in ``KNOWN_FRONTEND``.
@@ -28,6 +29,7 @@ from enum import Enum
 from server.gateway import pgwire
 from server.gateway.pgwire import ProtocolViolation, RawMessage
 from server.gateway.sqlcheck import parse_search_path
+from server.scram import ScramClient
 
 # Startup parameters a client may set.  Anything else ("options", "replication",
 # "_pq_.*", unknown GUCs) changes how the server reads SQL or who runs it.
@@ -234,15 +236,13 @@ class UpstreamLogin:
     # Set by the shell only after a verify-ca/verify-full handshake: then, and only
     # then, the password may cross as cleartext inside TLS.
     tls_verified: bool = False
-    _scram: object | None = field(default=None, repr=False)
+    _scram: ScramClient | None = field(default=None, repr=False)
 
     def handle(self, raw: RawMessage) -> bytes:
         """Feed one upstream message; returns bytes to send upstream."""
-        from scramp import ScramException
-
         try:
             return self._handle(raw)
-        except (ValueError, struct.error, ScramException) as exc:
+        except (ValueError, struct.error) as exc:
             # Bad UTF-8, a missing NUL, a SCRAM exchange out of order: all mean
             # the target (or something posing as it) does not speak the protocol.
             raise GatewayError(
@@ -273,26 +273,20 @@ class UpstreamLogin:
                 mechs = [m for m in data.split(b"\0") if m]
                 if b"SCRAM-SHA-256" not in mechs:
                     raise GatewayError("28000", "the target offers no SCRAM-SHA-256 login")
-                from scramp import ScramClient
-
-                client = ScramClient(["SCRAM-SHA-256"], self.user, self.password)
-                self._scram = client
-                first = client.get_client_first().encode()
+                self._scram = ScramClient(self.password, self.user)
+                first = self._scram.first().encode()
                 body = b"SCRAM-SHA-256\0" + struct.pack("!I", len(first)) + first
                 return _password_message(body)
             if code == 11:  # SASLContinue
-                client = self._scram
-                if client is None:
+                if self._scram is None:
                     raise GatewayError("08P01", "SASL continue without a SASL start")
-                client.set_server_first(data.decode())  # type: ignore[attr-defined]
-                return _password_message(client.get_client_final().encode())  # type: ignore[attr-defined]
+                return _password_message(self._scram.final(data.decode()).encode())
             if code == 12:  # SASLFinal
-                client = self._scram
-                if client is None:
+                if self._scram is None:
                     raise GatewayError("08P01", "SASL final without a SASL start")
                 try:
-                    client.set_server_final(data.decode())  # type: ignore[attr-defined]
-                except Exception:
+                    self._scram.verify(data.decode())
+                except ValueError:  # a ScramError, or not even UTF-8
                     raise GatewayError(
                         "28000", "the target's SCRAM signature did not verify"
                     ) from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import time
 import traceback
 import uuid
@@ -16,6 +17,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from server.credentials.base import MAX_ROLE_NAME_BYTES, Credential, RoleMark, role_name_for
 from server.credentials.postgres import PostgresIssuer
+from server.credentials.scram import SESSION_ITERATIONS, scram_sha256_verifier
 from server.demo.provision import DemoTarget, provision_demo
 from server.errors import Conflict, Forbidden, InvalidInput, Unavailable
 from server.pgcluster import LocalCluster, free_port
@@ -128,7 +130,7 @@ def test_issued_role_logs_in_until_its_deadline_with_exactly_its_grants(
     assert (login, inherit) == (True, True)
     assert powers == [False, False, False, False, False]
     assert connlimit == 50
-    assert str(verifier).startswith("SCRAM-SHA-256$4096:")
+    assert str(verifier).startswith(f"SCRAM-SHA-256${SESSION_ITERATIONS}:")
     assert cred.password not in str(verifier)
     assert memberships(admin_conn, cred.username) == {"dbaccess_managed", "demo_read"}
 
@@ -264,6 +266,26 @@ def test_hostile_identities_get_working_short_roles(
         assert conn.execute("SELECT current_user").fetchone() == (cred.username,)
     assert issuer.revoke(cred.username).verified
     assert role_oid(admin_conn, "dbaccess_admin") is not None
+
+
+def test_the_stored_verifier_is_the_one_of_one_round_for_256_random_bits(
+    issue: IssueFn, pg_cluster: LocalCluster, demo_target: DemoTarget, admin_conn: AdminConn
+) -> None:
+    """The target stores the broker's verifier as sent (one PBKDF2 round, which is safe for
+    a password of 32 random bytes only), and libpq logs in with it."""
+    cred = issue()
+    assert len(base64.urlsafe_b64decode(cred.password + "=")) == 32
+    row = admin_conn.execute(
+        "SELECT rolpassword FROM pg_authid WHERE rolname = %s", (cred.username,)
+    ).fetchone()
+    assert row is not None
+    stored = str(row[0])
+    mechanism, iterations_salt, _keys = stored.split("$")
+    iterations, salt = iterations_salt.split(":")
+    assert (mechanism, iterations) == ("SCRAM-SHA-256", "1")
+    assert scram_sha256_verifier(cred.password, base64.b64decode(salt), 1) == stored
+    with session_connect(pg_cluster, demo_target, cred) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == (cred.username,)
 
 
 def test_plaintext_passwords_never_reach_the_server_log(

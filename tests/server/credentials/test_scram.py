@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import re
 
 import psycopg
@@ -97,3 +99,17 @@ def test_the_password_stock_hands_out_each_fresh_pair_once() -> None:
         assert m is not None
         salt = base64.b64decode(m.group(2))
         assert scram_sha256_verifier(password, salt=salt) == verifier
+
+
+def test_one_round_against_the_rfc_7914_pbkdf2_vector() -> None:
+    """PBKDF2-HMAC-SHA-256("passwd", "salt", 1): RFC 7914 section 11 (its first 32 bytes)."""
+    salted = bytes.fromhex("55ac046e56e3089fec1691c22544b605f94185216dde0465e68b9d57c20dacbc")
+    stored = hashlib.sha256(hmac.new(salted, b"Client Key", hashlib.sha256).digest()).digest()
+    server = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+
+    def b64(raw: bytes) -> str:
+        return base64.b64encode(raw).decode()
+
+    assert scram_sha256_verifier("passwd", b"salt", 1) == (
+        f"SCRAM-SHA-256$1:{b64(b'salt')}${b64(stored)}:{b64(server)}"
+    )

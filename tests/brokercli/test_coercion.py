@@ -4,6 +4,7 @@ typer's own converter, checks and messages for every other value."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -96,12 +97,12 @@ def test_an_exec_parses_its_options_without_pydantic(tmp_path: Path) -> None:
         "rc = main(sys.argv[1:])\n"
         "print(json.dumps({'rc': rc, 'loaded': sorted({m.split('.')[0] for m in sys.modules})}))\n"
     )
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "DBACCESS_CONFIG_DIR": str(tmp_path),
-        "DBACCESS_NO_KEYRING": "1",
-        "DBACCESS_SERVER": "http://127.0.0.1:9",
-    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DBACCESS_")}
+    env.update(
+        DBACCESS_CONFIG_DIR=str(tmp_path),
+        DBACCESS_NO_KEYRING="1",
+        DBACCESS_SERVER="http://127.0.0.1:9",
+    )
     argv = ["exec", "demo", "-c", "select 1", "-o", "csv", "--scope", "read", "--reason", "x"]
     proc = subprocess.run(
         [sys.executable, "-c", probe, *argv],

@@ -7,6 +7,13 @@ terminate, REASSIGN/DROP OWNED, DROP ROLE, verify), first with no connection
 open, then with one live connection of the session role that revoke must end.
 
     .venv/bin/python bench/role_cycle.py [--cycles 50]
+
+Figures (2026-12-07, PostgreSQL 15, 2 cores shared with other work, load
+1.9-2.4), p50 without / with a live connection: issue 1.1-1.4 / 1.5 ms, revoke
+4.6-4.9 / 6.5-6.9 ms, cycle 5.7-6.2 / 7.9-8.5 ms.  While session roles' SCRAM
+verifiers had 4,096 PBKDF2 rounds (which PostgreSQL computes once at CREATE ROLE,
+checking the verifier is not the empty password's): issue 7.0-7.8 ms, cycle
+13.1-13.3 / 13.2-17.2 ms.
 """
 
 from __future__ import annotations

@@ -18,7 +18,10 @@ server's signature, compared in constant time: a target that cannot sign does
 not know the role's verifier).  It asks for no channel binding (``n,,``), and
 refuses a server nonce that does not extend its own and a mandatory extension.
 PostgreSQL ignores the user name in the exchange (it takes the startup
-packet's); it is sent escaped (``=3D``, ``=2C``), not SASLprep'ed.
+packet's); it is sent escaped (``=3D``, ``=2C``), not SASLprep'ed.  ``verified``
+says whether the server's signature checked out: a login that started SCRAM
+ends only after that (the gateway refuses an AuthenticationOk before it, as
+libpq does).
 It takes any positive iteration count up to ``MAX_ITERATIONS``: the passwords the
 gateway logs in with are the ones the broker's issuers made, random and never
 chosen by a person, which need no key stretching (see
@@ -108,6 +111,8 @@ class ScramClient:
         name = user.replace("=", "=3D").replace(",", "=2C")
         self._first_bare = f"n={name},r={self._nonce}"
         self._server_signature: bytes | None = None
+        # True once the server's signature verified: the login may end only then.
+        self.verified = False
 
     def first(self) -> str:
         """The client-first-message."""
@@ -152,3 +157,4 @@ class ScramClient:
             raise ScramError("the target's SCRAM signature is not base64") from None
         if not hmac.compare_digest(signature, self._server_signature):
             raise ScramError("the target's SCRAM signature does not verify")
+        self.verified = True

@@ -267,6 +267,12 @@ class UpstreamLogin:
             (code,) = struct.unpack_from("!I", raw.body)
             data = raw.body[4:]
             if code == 0:  # AuthenticationOk
+                if self._scram is not None and not self._scram.verified:
+                    # Something posing as the target, which cannot sign: it does not
+                    # know the role's verifier.
+                    raise GatewayError(
+                        "28000", "the target ended the SCRAM login without its signature"
+                    )
                 self.phase = UpstreamPhase.PARAMS
                 return b""
             if code == 10:  # AuthenticationSASL

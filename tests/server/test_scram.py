@@ -4,6 +4,7 @@ login to a real PostgreSQL as an issued role whose verifier has one round."""
 from __future__ import annotations
 
 import socket
+import struct
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -11,7 +12,7 @@ import pytest
 
 from server.credentials.postgres import PostgresIssuer
 from server.demo.provision import DemoTarget
-from server.gateway.pgwire import PROTOCOL_3_0, BackendParser, StartupMessage
+from server.gateway.pgwire import PROTOCOL_3_0, BackendParser, RawMessage, StartupMessage
 from server.gateway.session import GatewayError, UpstreamLogin, UpstreamPhase
 from server.scram import MAX_ITERATIONS, ScramClient, ScramError
 
@@ -121,3 +122,18 @@ def test_the_gateway_logs_in_as_an_issued_role_whose_verifier_has_one_round(
             issuer.revoke(cred.username)
     finally:
         issuer.close()
+
+
+def _auth(code: int, data: bytes = b"") -> RawMessage:
+    return RawMessage(ord("R"), struct.pack("!I", code) + data)
+
+
+def test_the_gateway_refuses_a_scram_login_that_ends_without_the_servers_signature() -> None:
+    """A target (or something posing as it) that answers the proof with AuthenticationOk,
+    skipping its SASLFinal, has not shown it knows the role's verifier."""
+    login = UpstreamLogin("role", "pencil")
+    first = login.handle(_auth(10, b"SCRAM-SHA-256\0\0"))
+    nonce = first.split(b"r=", 1)[1].decode()
+    login.handle(_auth(11, f"r={nonce}x,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=1".encode()))
+    with pytest.raises(GatewayError, match="without its signature"):
+        login.handle(_auth(0))

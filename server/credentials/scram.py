@@ -30,6 +30,12 @@ positive count (RFC 7677's "SHOULD be at least 4096" is about passwords people
 choose), and PostgreSQL stores and checks the verifier as given.  The password
 is never handed to a client: the client presents its session ticket to the
 gateway.
+
+No plaintext path is kept for targets that hash passwords otherwise: a verifier
+is stored as sent whatever the target's ``password_encryption``; pg_hba's
+``md5`` method logs such a role in with SCRAM (PostgreSQL's rule for a SCRAM
+verifier), and its ``password`` method (the cleartext, which the gateway sends
+only over TLS that verified the target) is checked against the verifier.
 """
 
 from __future__ import annotations

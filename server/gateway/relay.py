@@ -47,16 +47,19 @@ messages through the hooks as if they had just arrived (one of them may start
 the next detour).  What the detour sends itself is never counted: the client
 sees the session exactly as if only its own messages had been relayed.
 
-Waiting off the loop: a hook that must wait on something slow before it can
-decide (a statement review's approval, looked up in the store) may do so only
-where ``may_block`` is true.  The shell clears it for the calls it makes on its
-event loop, which serves every connection; there such a hook calls
-``wait_off_loop`` and returns ``b""``: that message and every later one are
-held, unforwarded and uncounted, and the shell runs them through the hooks
-again with ``release_off_loop`` on a thread of its own, where the hook sees
-``may_block`` and waits.  The hook sees the message twice, so what it does
-before deciding to wait must not count twice.  A relay driven directly (tests,
-a thread) may block, as before.
+Waiting off the loop: something that must wait on something slow before a
+message may go on (a statement review's approval, looked up in the store) may
+do so only where ``may_block`` is true.  The shell clears it for the calls it
+makes on its event loop, which serves every connection.  There a gate
+(``gate_client``) is asked about each message of its types before any hook
+sees it; a gate that says it must wait holds that message and every later
+one, unforwarded and uncounted, and the shell runs them through the hooks
+with ``release_off_loop`` on a thread of its own, where the gates are not
+asked and the hooks may wait.  So every hook sees each message once (a hook
+chained before the guard keeps per-message state: masking's queue of
+statements, the result limit's); only the gate sees a held message twice,
+and it decides without effects.  A relay driven directly (tests, a thread)
+may block, as before.
 
 Result limits: a ``Meter`` (``install_meter``; ``server.gateway.result_limit``)
 bounds what one statement may return.  The relay keeps the statement's
@@ -99,6 +102,8 @@ if TYPE_CHECKING:
     from server.gateway.sqlcheck import Analysis
 
 Hook = Callable[[RawMessage, "Relay"], bytes | None]
+# (message, relay) -> whether it must wait off the loop (see "Waiting off the loop").
+Gate = Callable[[RawMessage, "Relay"], bool]
 # (chunk, where a message of the hooked type starts, relay) -> (end of the run taken,
 # bytes to forward for it), or None to leave that message to the per-message hook.
 RunHook = Callable[[bytes, int, "Relay"], tuple[int, bytes] | None]
@@ -272,6 +277,7 @@ class Relay:
         self.analysed: dict[str, Analysis] = {}
         self.queried: deque[tuple[str, Analysis]] = deque(maxlen=ANALYSES_KEPT)
         self._client_hooks: dict[int, Hook] = {}
+        self._client_gates: dict[int, Gate] = {}
         self._server_hooks: dict[int, Hook] = {}
         self._server_runs: dict[int, RunHook] = {}
         self._client_hooked: bytes | None = None  # 256 flags, or None without hooks
@@ -316,7 +322,18 @@ class Relay:
             if t not in KNOWN_FRONTEND:
                 raise ValueError(f"{bytes([t])!r} is not a frontend message type")
             self._client_hooks[t] = hook
-        self._client_hooked = _flags(self._client_hooks)
+        self._client_hooked = _flags(self._client_hooks, bytes(self._client_gates))
+
+    def gate_client(self, types: bytes, gate: Gate) -> None:
+        """Ask ``gate``, where the relay may not block, about every client message whose
+        type byte is in ``types`` before any hook sees it: True holds the message
+        and every later one for ``release_off_loop`` (see "Waiting off the
+        loop").  The hooks get the very message object the gate was given."""
+        for t in types:
+            if t not in KNOWN_FRONTEND:
+                raise ValueError(f"{bytes([t])!r} is not a frontend message type")
+            self._client_gates[t] = gate
+        self._client_hooked = _flags(self._client_hooks, bytes(self._client_gates))
 
     def on_server(self, types: bytes, hook: Hook) -> None:
         """Call ``hook`` for every server message whose type byte is in ``types``."""
@@ -394,22 +411,17 @@ class Relay:
         self._to_client_now.clear()
         return up, back
 
-    def wait_off_loop(self) -> None:
-        """From a client hook that must wait and may not here (``may_block`` false):
-        hold the message it was given and every later one until the shell calls
-        ``release_off_loop`` where waiting is allowed.  The hook returns ``b""``."""
-        assert not self.may_block, "a hook that may block waits where it is"
-        self._off_loop_wanted = True
-
     @property
     def off_loop_wanted(self) -> bool:
-        """For the shell: run ``release_off_loop`` on a thread where hooks may wait."""
+        """For the shell: a gate holds messages; run ``release_off_loop`` on a thread
+        where hooks may wait."""
         return self._off_loop_wanted
 
     def release_off_loop(self) -> tuple[bytes, bytes]:
         """From the shell, on a thread, with ``may_block`` set: the held messages go
-        through the hooks again (the first one is the message that asked);
-        returns (bytes for the server, bytes for the client)."""
+        through the hooks (the first one is the message its gate held); returns
+        (bytes for the server, bytes for the client)."""
+        assert self.may_block, "held messages wait where hooks may block"
         self._off_loop_wanted = False
         self._release_held()
         return self.flush()
@@ -751,11 +763,27 @@ class Relay:
         unpack = _HEADER.unpack_from
         end = len(wire)
         pos = 0
+        gates = self._client_gates if not self.may_block else None
         while pos < end:
             t, length = unpack(wire, pos)
-            start, stop = pos, pos + 1 + length
+            stop = pos + 1 + length
             hook = hooks.get(t)
-            replaced = hook(RawMessage(t, wire[pos + 5 : stop]), self) if hook is not None else None
+            msg: RawMessage | None = None
+            if gates:
+                gate = gates.get(t)
+                if gate is not None:
+                    msg = RawMessage(t, wire[pos + 5 : stop])
+                    if gate(msg, self):
+                        # It waits off the loop: the hooks see it there, once.
+                        self._off_loop_wanted = True
+                        self._held = [wire[pos:]]
+                        break
+            if hook is not None:
+                if msg is None:
+                    msg = RawMessage(t, wire[pos + 5 : stop])
+                replaced = hook(msg, self)
+            else:
+                replaced = None
             if replaced is None:
                 out.append(wire[pos:stop])
                 self._count_type(t)
@@ -768,10 +796,6 @@ class Relay:
                 out.append(self._detour_send)
                 self._detour_send = b""
                 self._held = [wire[pos:]] if pos < end else []
-                break
-            if self._off_loop_wanted:
-                # The hook waits off the loop: its message is offered again there.
-                self._held = [wire[start:]]
                 break
         return b"".join(out)
 

@@ -80,9 +80,11 @@ redacted: handed to the shell's ``AuditWriter`` (``server.audit.deferred``),
 which appends them on a thread of its own, since an append takes the chain's
 lock, across replicas on a PostgreSQL store.  Looking up and opening a review
 is the approval service's call, which waits on the store: never on the
-shell's event loop, which serves every connection.  There the guard asks the
-relay to offer the statement again on a thread (``Relay.wait_off_loop``), and
-holds everything after it meanwhile.
+shell's event loop, which serves every connection.  There the guard's gate
+(``Relay.gate_client``) judges each Query and each Bind judged at Bind before
+any hook sees it, and holds a reviewed one and everything after it for the
+shell to offer to the hooks on a thread; the hook takes the gate's judgement
+of the same message rather than judging it again.
 """
 
 from __future__ import annotations
@@ -295,6 +297,8 @@ class StatementGuard:
         self._pending: Decision | None = None  # why the statement just judged was refused
         # What the server said since its last ReadyForQuery, for the row budget's EXPLAIN.
         self.seen = ServerSeen() if rules.max_rows_by_explain is not None else None
+        # The gate's analysis and decision of the message it was just asked about.
+        self._gated: tuple[RawMessage, Analysis, Decision] | None = None
 
     def install(self, relay: Relay) -> None:
         self._reviewed = relay.reviewed
@@ -303,6 +307,8 @@ class StatementGuard:
         relay.on_client(b"B", self._on_bind)
         relay.on_client(b"C", self._on_close)
         relay.on_client(b"F", self._on_function_call)
+        if self.approvals is not None:
+            relay.gate_client(b"QB", self._gate)
         if self.seen is None:
             relay.on_server(b"E", self._on_error)
         else:
@@ -315,10 +321,7 @@ class StatementGuard:
             return self._refuse_with(relay, Query(_REFUSED_SQL).encode(), refusal)
         msg = pgwire.decode_frontend(raw)
         assert isinstance(msg, Query)
-        analysis = self._analyze(msg.query)
-        decision = self._decide(analysis, msg.query)
-        if self._waits(decision, relay):
-            return b""  # offered again off the loop: counted then
+        analysis, decision = self._judged(raw, msg.query)
         SIGNALS.statements += 1
         step = self._up_to_refusal(analysis, msg.query, decision)
         if step is not None:
@@ -397,11 +400,7 @@ class StatementGuard:
             return None  # judged at Parse, nothing to estimate
         substitute = Bind(msg.portal, _REFUSED_NAME).encode()
         if known.at_bind:
-            texts = _text_params(msg)
-            analysis = self._analyze(known.sql, texts)
-            decision = self._decide(analysis, known.sql)
-            if self._waits(decision, relay):
-                return b""
+            _analysis, decision = self._judged(raw, known.sql, _text_params(msg))
             params = [bytes(p) if p is not None else None for p in msg.params]
             if not self._passes(decision, known.sql, params, msg.param_formats):
                 return self._refuse(relay, substitute)
@@ -474,11 +473,19 @@ class StatementGuard:
     def _decide(self, analysis: Analysis, sql: str) -> Decision:
         """The analysis's own limits, the pinned limits' refusal, else the guardrails'
         decision, and masking's refusal where that is graver."""
+        self._note_budget(analysis, sql)
+        return self._judge(analysis, sql)
+
+    def _note_budget(self, analysis: Analysis, sql: str) -> None:
+        """The recording's ``limit`` event of an analysis that ran over its budget."""
+        if analysis.over_budget:
+            self._record_limit(analysis_limits.over_budget(self.limits), sql[:_AUDIT_TEXT])
+
+    def _judge(self, analysis: Analysis, sql: str) -> Decision:
+        """``_decide`` without the recording (the gate's, which must have no effects)."""
         if analysis.over_budget:
             # Not the statement's fault: it was too costly to read (54000, not 42501).
-            refusal = analysis_limits.over_budget(self.limits)
-            self._record_limit(refusal, sql[:_AUDIT_TEXT])
-            return refusal
+            return analysis_limits.over_budget(self.limits)
         if analysis.failed is not None:
             return analysis_limits.analysis_failed(analysis.failed)
         decision = self._guardrails(analysis, sql)
@@ -525,15 +532,42 @@ class StatementGuard:
             self._decisions[key] = decision
         return decision
 
-    def _waits(self, decision: Decision, relay: Relay) -> bool:
-        """Whether the statement must wait for its review's approval to be looked up
-        in the store where the relay may not block (the shell's event loop, which
-        serves every connection): then the relay offers it again off the loop."""
-        reviewed = decision.outcome is Outcome.REVIEW and self.approvals is not None
-        if reviewed and not relay.may_block:
-            relay.wait_off_loop()
-            return True
-        return False
+    def _gate(self, raw: RawMessage, relay: Relay) -> bool:
+        """Where the relay may not block, before any hook sees the message: whether it
+        is a statement under review, whose approval must be looked up in the
+        store (then the relay holds it for the hooks off the loop).  Judged
+        without effects, and kept for the hook that gets this very message."""
+        self._gated = None
+        if raw.type == ord("Q"):
+            if analysis_limits.oversize_head(raw.type, raw.body, self.limits) is not None:
+                return False  # refused unread, by the hook
+            msg = pgwire.decode_frontend(raw)
+            assert isinstance(msg, Query)
+            sql, params = msg.query, None
+        else:
+            known = self.prepared.get(_bind_statement(raw.body))
+            if known is None or not known.at_bind:
+                return False
+            bind = pgwire.decode_frontend(raw)
+            assert isinstance(bind, Bind)
+            sql, params = known.sql, _text_params(bind)
+        analysis = self._analyze(sql, params)
+        decision = self._judge(analysis, sql)
+        self._gated = (raw, analysis, decision)
+        return decision.outcome is Outcome.REVIEW
+
+    def _judged(
+        self, raw: RawMessage, sql: str, params: tuple[str | None, ...] | None = None
+    ) -> tuple[Analysis, Decision]:
+        """The analysis and decision of the statement ``raw`` runs: the gate's, when it
+        was asked about this very message, else made now."""
+        gated, self._gated = self._gated, None
+        if gated is not None and gated[0] is raw:
+            _raw, analysis, decision = gated
+            self._note_budget(analysis, sql)
+            return analysis, decision
+        analysis = self._analyze(sql, params)
+        return analysis, self._decide(analysis, sql)
 
     def _passes(
         self,
@@ -759,6 +793,13 @@ def _parse_name(body: bytes) -> str:
 def _message(raw: RawMessage) -> str:
     msg = pgwire.decode_backend(raw)
     return msg.fields.get("M", "") if isinstance(msg, ErrorResponse) else ""
+
+
+def _bind_statement(body: bytes) -> str:
+    """The prepared statement a Bind names (after its portal's name), undecoded else."""
+    start = body.find(b"\0") + 1
+    end = body.find(b"\0", start)
+    return body[start : end if end >= 0 else start].decode("utf-8", "replace")
 
 
 def _text_params(msg: Bind) -> tuple[str | None, ...]:

@@ -21,11 +21,16 @@ import pytest
 from server.approvals.service import Approvals
 from server.gateway import pgwire
 from server.gateway.guardrails import GuardrailRules, statement_sha256
-from server.gateway.pgwire import Bind, Execute, Parse, Query, Sync
+from server.gateway.masking import ColumnRef, MaskingRules
+from server.gateway.masking_relay import MaskingHooks
+from server.gateway.pgwire import Bind, Execute, Field, Parse, Query, RowDescription, Sync
 from server.gateway.relay import Relay
+from server.gateway.result_limit import Caps, ResultLimit
+from server.gateway.server import ClientConnection
 from server.gateway.session import UpstreamPhase
 from server.gateway.statements import StatementGuard
-from tests.fix_relay import FACTS, types
+from server.policy.model import MaskMethod, MaskRule
+from tests.fix_relay import FACTS, StaticCatalog, recording_to, row, types
 from tests.fix_shell import StandInTransport, connection
 
 REVIEWED = "update accounts set balance = 0 where id = 7"
@@ -137,6 +142,37 @@ def test_a_bind_of_a_reviewed_statement_waits_off_the_loop(approved: bool) -> No
     assert approvals.calls == asked
 
 
+def _relaying(
+    approvals: FakeApprovals, caps: Caps | None = None
+) -> tuple[ClientConnection, StandInTransport, StandInTransport]:
+    """A shell's connection relaying with the guard (and a result limit): the
+    connection, the client's transport and the target's."""
+
+    def setup(relay: Relay, live: object) -> None:
+        approvals.relay = relay
+        StatementGuard(
+            GuardrailRules.preset("write", production=True),
+            FACTS,
+            approvals=cast(Approvals, approvals),
+            audit=None,
+        ).install(relay)
+        if caps is not None:
+            ResultLimit(caps).install(relay)
+
+    conn, client = connection([setup])
+    upstream = StandInTransport()
+    conn.upstream = SimpleNamespace(transport=upstream)  # type: ignore[assignment]
+    conn.live = SimpleNamespace(  # type: ignore[assignment]
+        id="s-test", upstream=SimpleNamespace(host="127.0.0.1", port=1)
+    )
+    conn.login = SimpleNamespace(  # type: ignore[assignment]
+        phase=UpstreamPhase.READY, backend_key=None, parameters=[], handle=lambda raw: b""
+    )
+    conn.upstream_data(pgwire.ready_for_query("I"))  # login done: relaying
+    assert conn.relay is not None and not conn.relay.may_block
+    return conn, client, upstream
+
+
 def test_the_shell_looks_the_approval_up_on_a_thread_while_its_loop_serves_others() -> None:
     """Through the asyncio shell: while the store is slow to answer, the loop goes on."""
     answer = threading.Event()
@@ -150,28 +186,9 @@ def test_the_shell_looks_the_approval_up_on_a_thread_while_its_loop_serves_other
 
     approvals = SlowStore()
 
-    def setup(relay: Relay, live: object) -> None:
-        approvals.relay = relay
-        StatementGuard(
-            GuardrailRules.preset("write", production=True),
-            FACTS,
-            approvals=cast(Approvals, approvals),
-            audit=None,
-        ).install(relay)
-
     async def run() -> None:
         loop_thread.append(threading.get_ident())
-        conn, client = connection([setup])
-        upstream = StandInTransport()
-        conn.upstream = SimpleNamespace(transport=upstream)  # type: ignore[assignment]
-        conn.live = SimpleNamespace(  # type: ignore[assignment]
-            id="s-test", upstream=SimpleNamespace(host="127.0.0.1", port=1)
-        )
-        conn.login = SimpleNamespace(  # type: ignore[assignment]
-            phase=UpstreamPhase.READY, backend_key=None, parameters=[], handle=lambda raw: b""
-        )
-        conn.upstream_data(pgwire.ready_for_query("I"))  # login done: relaying
-        assert conn.relay is not None and not conn.relay.may_block
+        conn, client, upstream = _relaying(approvals)
         conn.data_received(Query(REVIEWED).encode())
         # The loop is free while the store has not answered.
         await asyncio.sleep(0.2)
@@ -188,3 +205,30 @@ def test_the_shell_looks_the_approval_up_on_a_thread_while_its_loop_serves_other
         conn.gateway.analysis.shutdown(wait=True)
 
     asyncio.run(run())
+
+
+def test_the_hooks_chained_before_the_guard_see_a_held_statement_once() -> None:
+    """Masking's hooks (the recording's too) run before the guard's and keep a queue of
+    the statements sent: had they seen the held statement twice, every later
+    result would be read as the one before it (its masking plan, its recording)."""
+    events: list[dict[str, Any]] = []
+    approvals = FakeApprovals()
+    relay = _guarded(approvals)
+    MaskingHooks(
+        MaskingRules((MaskRule(column="public.customers.email", method=MaskMethod.PARTIAL),)),
+        StaticCatalog(16400, (ColumnRef("public", "customers", "email", type_oid=25),)),  # type: ignore[arg-type]
+        session_id="s-1",
+        record=recording_to(lambda _sid, _kind, data: events.append(dict(data))),
+    ).install(relay)
+    assert relay.from_client(Query(REVIEWED).encode()) == (b"", b"")
+    _off_loop(relay)  # refused: the stand-in fails upstream
+    relay.from_server(pgwire.error_response("ERROR", "42703", "no") + pgwire.ready_for_query("I"))
+    relay.from_client(Query("select lower(email) from customers").encode())
+    out, _ = relay.from_server(
+        RowDescription([Field("lower", 0, 0, 25, -1, -1, 0)]).encode()
+        + row(b"ann@example.com")
+        + pgwire.encode_raw(ord("C"), b"SELECT 1\0")
+        + pgwire.ready_for_query("I")
+    )
+    assert types(out) == "TDCSZ" and b"ann@" not in out  # masked, as in any session
+    assert [e["text"].split()[0] for e in events] == ["update", "select"]

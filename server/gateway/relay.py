@@ -59,7 +59,8 @@ asked and the hooks may wait.  So every hook sees each message once (a hook
 chained before the guard keeps per-message state: masking's queue of
 statements, the result limit's); only the gate sees a held message twice,
 and it decides without effects.  A relay driven directly (tests, a thread)
-may block, as before.
+may block, as before.  Held messages go on only once nothing else holds
+them: a cut or a cancel under way keeps them until it ends.
 
 Result limits: a ``Meter`` (``install_meter``; ``server.gateway.result_limit``)
 bounds what one statement may return.  The relay keeps the statement's
@@ -397,7 +398,13 @@ class Relay:
             self._release_held()
 
     def _release_held(self) -> None:
-        if self._detour is None and self._held:
+        if (
+            self._detour is None
+            and self._cut is None
+            and not self._cancel_pending
+            and not self._off_loop_wanted
+            and self._held
+        ):
             held = b"".join(self._held)
             self._held = []
             self._to_server.append(self._client_slow(held))
@@ -419,8 +426,9 @@ class Relay:
 
     def release_off_loop(self) -> tuple[bytes, bytes]:
         """From the shell, on a thread, with ``may_block`` set: the held messages go
-        through the hooks (the first one is the message its gate held); returns
-        (bytes for the server, bytes for the client)."""
+        through the hooks (the first one is the message its gate held), unless a
+        cut or a cancel still holds them; returns (bytes for the server, bytes
+        for the client)."""
         assert self.may_block, "held messages wait where hooks may block"
         self._off_loop_wanted = False
         self._release_held()

@@ -744,13 +744,14 @@ class ClientConnection(asyncio.Protocol):
                 self.transport.write(out)
             if back and self._up is not None:
                 self._up.write(back)
-            if relay.off_loop_wanted:
-                # Released client messages (a detour ended): one waits on the store.
-                self._analyse_off_loop(relay, b"", relay.release_off_loop)
-                return
             if relay.cancel_wanted:
+                # Before anything held goes on (the relay keeps it until the cancel is out).
                 relay.cancel_wanted = False
                 self.loop.create_task(self._cancel_cut(relay))
+            if relay.off_loop_wanted and not self.closed:
+                # Released client messages (a detour or a cut ended): one waits on the store.
+                self._analyse_off_loop(relay, b"", relay.release_off_loop)
+                return
             if self._client_paused and not relay.holding:
                 self.reading_client()
             if self.gateway.draining and not relay.busy and not self._closing:

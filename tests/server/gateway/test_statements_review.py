@@ -232,3 +232,54 @@ def test_the_hooks_chained_before_the_guard_see_a_held_statement_once() -> None:
     )
     assert types(out) == "TDCSZ" and b"ann@" not in out  # masked, as in any session
     assert [e["text"].split()[0] for e in events] == ["update", "select"]
+
+
+def test_a_statement_held_for_its_review_waits_for_a_cut_and_its_cancel() -> None:
+    """A cut's end releases the reviewed statement (its gate holds it again), and a
+    second cut, whose cancel must be out before anything the client sent after
+    it runs, starts in the same chunk: the lookup off the loop sends nothing."""
+    approvals = FakeApprovals()
+    relay = _guarded(approvals)
+    ResultLimit(Caps(1, None, "read")).install(relay)
+    relay.from_client(Query("select a").encode() + Query("select b").encode())
+    result = RowDescription([Field("a", 0, 0, 25, -1, -1, 0)]).encode()
+    done = pgwire.encode_raw(ord("C"), b"SELECT 2\0") + pgwire.ready_for_query("I")
+    relay.from_server(result + row(b"1") + row(b"2"))  # the first cut: no cancel
+    assert relay.cutting and not relay.cancel_wanted
+    assert relay.from_client(Query(REVIEWED).encode()) == (b"", b"")  # held
+    relay.from_server(done + result + row(b"1") + row(b"2"))
+    assert relay.off_loop_wanted and relay.cancel_wanted  # the second cut cancels
+    assert _off_loop(relay) == (b"", b"")  # held until the cancel is out and the cut over
+    assert approvals.calls == []
+    relay.cancel_wanted = False
+    assert relay.cancel_done() == (b"", b"")
+    relay.from_server(done)
+    up, _ = _off_loop(relay)
+    assert types(up) == "Q" and approvals.calls == ["use_statement", "request_statement"]
+
+
+def test_the_shell_sends_a_cuts_cancel_before_a_held_statement_is_looked_up() -> None:
+    """A cut's end releases the reviewed statement, and the next result, whole in the
+    same chunk, is cut and cancelled: the cancel goes out (here there is no
+    target to cancel on) and the statement then runs, the connection not stuck."""
+    approvals = FakeApprovals()
+
+    async def run() -> None:
+        conn, client, upstream = _relaying(approvals, Caps(1, None, "read"))
+        conn.data_received(Query("select a").encode() + Query("select b").encode())
+        result = RowDescription([Field("a", 0, 0, 25, -1, -1, 0)]).encode()
+        done = pgwire.encode_raw(ord("C"), b"SELECT 2\0") + pgwire.ready_for_query("I")
+        conn.upstream_data(result + row(b"1") + row(b"2"))  # the first cut: no cancel
+        conn.data_received(Query(REVIEWED).encode())  # held by the cut
+        upstream.written.clear()
+        conn.upstream_data(done + result + row(b"1") + row(b"2") + done)
+        for _ in range(500):
+            if upstream.written:
+                break
+            await asyncio.sleep(0.01)
+        assert types(bytes(upstream.written)) == "Q"  # the refused statement's stand-in
+        assert approvals.calls == ["use_statement", "request_statement"]
+        assert not client.closed
+        conn.gateway.analysis.shutdown(wait=True)
+
+    asyncio.run(run())

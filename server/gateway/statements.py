@@ -74,7 +74,9 @@ of exactly that text (and those parameters), made by this identity for this
 target and scope, has been approved; running it consumes the approval (one
 run per approval, decided by the store's compare-and-set).  Otherwise a review
 request is opened (or the pending one for the same hash reused) and the client
-gets an error naming it and the command that approves it.  Reviews, blocks and
+gets an error naming it and the command that approves it.  A store that fails
+the lookup (down, or its write lock not had in time) refuses the statement with
+a hint to try again, and no review is opened on it.  Reviews, blocks and
 approved runs are appended to the audit log with the statement text, secrets
 redacted: handed to the shell's ``AuditWriter`` (``server.audit.deferred``),
 which appends them on a thread of its own, since an append takes the chain's
@@ -595,9 +597,16 @@ class StatementGuard:
                     sha256=sha,
                     session_id=facts.session_id,
                 )
-            except DbaccessError as exc:
-                log.warning("checking statement approvals failed: %s", exc.message)
-                used = None
+            except Exception as exc:  # the store failed (down, its lock not had): refused
+                log.warning("looking up a statement review failed: %s", _why(exc))
+                self._record("statement.blocked", decision, sql)
+                self._pending = replace(
+                    decision,
+                    outcome=Outcome.BLOCK,
+                    message=f"{decision.message}: its review could not be looked up",
+                    hint="the broker's store did not answer; try again",
+                )
+                return False
             if used is not None:
                 self._record("statement.approved_used", decision, sql, request_id=used.id)
                 if len(self._reviewed) >= _REVIEWED_KEPT:
@@ -624,8 +633,8 @@ class StatementGuard:
                 ttl=facts.ttl,
                 guardrail=decision.rule,
             )
-        except DbaccessError as exc:
-            log.warning("opening a statement review failed: %s", exc.message)
+        except Exception as exc:  # the store failed: refused, as the lookup's failure is
+            log.warning("opening a statement review failed: %s", _why(exc))
             self._record("statement.blocked", decision, sql)
             return replace(
                 decision,
@@ -773,6 +782,11 @@ class StatementGuard:
             session_id=facts.session_id,
             data=data,
         )
+
+
+def _why(exc: Exception) -> str:
+    """What a failed call of the approval service says, for the broker's log."""
+    return exc.message if isinstance(exc, DbaccessError) else f"{type(exc).__name__}: {exc}"
 
 
 def _error_response(decision: Decision) -> bytes:

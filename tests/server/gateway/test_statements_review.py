@@ -17,6 +17,7 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
+import sqlalchemy as sa
 
 from server.approvals.service import Approvals
 from server.gateway import pgwire
@@ -283,3 +284,38 @@ def test_the_shell_sends_a_cuts_cancel_before_a_held_statement_is_looked_up() ->
         conn.gateway.analysis.shutdown(wait=True)
 
     asyncio.run(run())
+
+
+def test_a_store_that_fails_the_lookup_refuses_the_statement_with_a_hint() -> None:
+    """The store fails the lookup (down, or a SQLite write lock not had in time): the
+    statement does not run, no review is opened on a store that just failed,
+    the client gets the refusal with a hint, and what it sent after goes on."""
+    audited: list[str] = []
+
+    class DownStore(FakeApprovals):
+        def use_statement(self, *, sha256: str, **_: Any) -> _Request | None:
+            self._where("use_statement")
+            raise sa.exc.OperationalError("update", {}, Exception("database is locked"))
+
+    approvals = DownStore()
+    relay = Relay()
+    relay.may_block = False
+    approvals.relay = relay
+    StatementGuard(
+        GuardrailRules.preset("write", production=True),
+        FACTS,
+        approvals=cast(Approvals, approvals),
+        audit=lambda kind, **_: audited.append(kind),
+    ).install(relay)
+    relay.from_client(Query(REVIEWED).encode() + Query("select 1").encode())
+    up, _ = _off_loop(relay)
+    sent = [pgwire.decode_frontend(m) for m in pgwire.split_frames(up)[0]]
+    assert [m.query for m in sent if isinstance(m, Query)][1:] == ["select 1"]
+    assert sent[0] != Query(REVIEWED)  # the stand-in
+    assert approvals.calls == ["use_statement"] and audited == ["statement.blocked"]
+    back, _ = relay.from_server(
+        pgwire.error_response("ERROR", "42703", "no") + pgwire.ready_for_query("I")
+    )
+    error = pgwire.decode_backend(pgwire.split_frames(back)[0][0])
+    assert isinstance(error, pgwire.ErrorResponse) and error.sqlstate == "42501"
+    assert "try again" in dict(error.fields)["H"]

@@ -411,15 +411,24 @@ def decide(
     return best
 
 
-def track_prepared(statement: Statement, known: dict[str, Analysis]) -> None:
-    """Follow what ``statement`` does to the SQL prepared statements in ``known``."""
+def track_prepared(
+    statement: Statement, known: dict[str, Analysis], texts: dict[str, str] | None = None
+) -> None:
+    """Follow what ``statement`` does to the SQL prepared statements in ``known``
+    (and to their PREPARE statements' texts in ``texts``)."""
     if statement.command == "PREPARE" and statement.prepared_name and statement.nested:
         body = replace(statement.nested[0], execution=Execution.NOW)
         known[statement.prepared_name] = Analysis((body,))
+        if texts is not None:
+            texts[statement.prepared_name] = statement.text
     elif statement.command == "DEALLOCATE" and statement.prepared_name:
         known.pop(statement.prepared_name, None)
+        if texts is not None:
+            texts.pop(statement.prepared_name, None)
     elif statement.command in ("DEALLOCATE ALL", "DISCARD ALL"):
         known.clear()
+        if texts is not None:
+            texts.clear()
 
 
 def row_budget_decision(

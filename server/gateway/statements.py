@@ -72,7 +72,10 @@ Close and a new Parse of the same name forget the old one.
 Review.  A statement whose outcome is REVIEW runs only when a statement review
 of exactly that text (and those parameters), made by this identity for this
 target and scope, has been approved; running it consumes the approval (one
-run per approval, decided by the store's compare-and-set).  Otherwise a review
+run per approval, decided by the store's compare-and-set).  A review of an
+EXECUTE of a SQL-level prepared statement is also of the PREPARE it runs
+(``-- prepared before: ...`` after its text), so that its approval runs nothing
+else prepared under that name later.  Otherwise a review
 request is opened (or the pending one for the same hash reused) and the client
 gets an error naming it and the command that approves it.  A store that fails
 the lookup (down, or its write lock not had in time) refuses the statement with
@@ -293,6 +296,7 @@ class StatementGuard:
         self.search_path = search_path
         self.prepared: dict[str, _Prepared] = {}  # protocol-level, by name
         self.sql_prepared: dict[str, Analysis] = {}  # SQL PREPARE, by name
+        self.sql_prepared_texts: dict[str, str] = {}  # and the PREPARE's text
         # (ReadyForQuery number, the gateway's ErrorResponse, whether only the
         # stand-in's error is swapped) per replaced message.
         self._swaps: deque[tuple[int, bytes, bool]] = deque()
@@ -331,7 +335,7 @@ class StatementGuard:
             self._passes(refusal, msg.query, ())  # records the refusal
             self._track_sql_prepared(ran)
             return self._refuse_with(relay, Query(text).encode(), refusal, stand_in=True)
-        if not self._passes(decision, msg.query, ()):
+        if not self._passes(decision, msg.query, (), analysis=analysis):
             return self._refuse(relay, Query(_REFUSED_SQL).encode())
         relay.keep_analysis(msg.query, analysis, query=True)
         if self.seen is not None:
@@ -402,9 +406,9 @@ class StatementGuard:
             return None  # judged at Parse, nothing to estimate
         substitute = Bind(msg.portal, _REFUSED_NAME).encode()
         if known.at_bind:
-            _analysis, decision = self._judged(raw, known.sql, _text_params(msg))
+            analysis, decision = self._judged(raw, known.sql, _text_params(msg))
             params = [bytes(p) if p is not None else None for p in msg.params]
-            if not self._passes(decision, known.sql, params, msg.param_formats):
+            if not self._passes(decision, known.sql, params, msg.param_formats, analysis=analysis):
                 return self._refuse(relay, substitute)
         if not known.estimate:
             return None
@@ -577,6 +581,8 @@ class StatementGuard:
         sql: str,
         params: list[bytes | None] | tuple[()],
         formats: list[int] | None = None,
+        *,
+        analysis: Analysis | None = None,
     ) -> bool:
         """Whether the statement may run; on refusal the reason is kept for ``_refuse``."""
         self._pending = None
@@ -586,6 +592,7 @@ class StatementGuard:
             self._record("statement.blocked", decision, sql)
             self._pending = decision
             return False
+        client_sql, sql = sql, self._review_text(sql, analysis)
         sha = statement_sha256(sql, params, formats or ())
         facts = self.facts
         if self.approvals is not None:
@@ -611,10 +618,25 @@ class StatementGuard:
                 self._record("statement.approved_used", decision, sql, request_id=used.id)
                 if len(self._reviewed) >= _REVIEWED_KEPT:
                     self._reviewed.clear()  # nothing records them (no recorder)
-                self._reviewed[sql] = used.id
+                self._reviewed[client_sql] = used.id  # the recording's text is the client's
                 return True
         self._pending = self._open_review(decision, sql, sha)
         return False
+
+    def _review_text(self, sql: str, analysis: Analysis | None) -> str:
+        """What a review of ``sql`` is of: the text, and the PREPARE of each SQL-level
+        prepared statement it executes as the session had prepared it before.  An
+        EXECUTE is judged as what it runs, so an approval of ``EXECUTE p`` must
+        hold for that ``p`` only, not for another prepared under its name later."""
+        if analysis is None or not self.sql_prepared_texts:
+            return sql
+        texts = self.sql_prepared_texts
+        before = dict.fromkeys(
+            texts[st.prepared_name]
+            for st in analysis.walk_all()
+            if st.command == "EXECUTE" and st.prepared_name in texts
+        )
+        return sql + "".join(f"\n-- prepared before: {text}" for text in before)
 
     def _open_review(self, decision: Decision, sql: str, sha: str) -> Decision:
         facts = self.facts
@@ -735,7 +757,7 @@ class StatementGuard:
 
     def _track_sql_prepared(self, analysis: Analysis) -> None:
         for top in analysis.statements:
-            track_prepared(top, self.sql_prepared)
+            track_prepared(top, self.sql_prepared, self.sql_prepared_texts)
 
     def _record_limit(self, refusal: Decision, head: str) -> None:
         """The session recording's ``limit`` event for a refusal by an analysis limit."""

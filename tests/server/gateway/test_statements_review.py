@@ -319,3 +319,44 @@ def test_a_store_that_fails_the_lookup_refuses_the_statement_with_a_hint() -> No
     error = pgwire.decode_backend(pgwire.split_frames(back)[0][0])
     assert isinstance(error, pgwire.ErrorResponse) and error.sqlstate == "42501"
     assert "try again" in dict(error.fields)["H"]
+
+
+def test_an_approval_of_an_execute_holds_for_the_statement_it_was_prepared_as() -> None:
+    """``EXECUTE p`` is judged as what ``p`` runs, so its review is of that too: an
+    approval given for one ``p`` runs no other statement prepared under its name."""
+    requested: list[str] = []
+
+    class Reviews(FakeApprovals):
+        def request_statement(self, **kw: Any) -> tuple[_Request, bool]:
+            requested.append(kw["statement"])
+            return super().request_statement(**kw)
+
+    approvals = Reviews()
+    relay = _guarded(approvals)
+    prepare = f"PREPARE p AS {REVIEWED}"
+    relay.from_client(Query(prepare).encode() + Query("EXECUTE p").encode())
+    relay.from_server(pgwire.encode_raw(ord("C"), b"PREPARE\0") + pgwire.ready_for_query("I"))
+    up, _ = _off_loop(relay)
+    assert up != Query("EXECUTE p").encode()  # refused, held for review
+    assert requested == [f"EXECUTE p\n-- prepared before: {prepare}"]
+    relay.from_server(pgwire.error_response("ERROR", "42703", "no") + pgwire.ready_for_query("I"))
+    approvals.approved.add(statement_sha256(requested[0], (), ()))
+    # Another statement prepared under the name: the approval is not for it.
+    other = "PREPARE p AS update accounts set balance = 0 where id > 0"
+    relay.from_client(Query("DEALLOCATE p").encode() + Query(other).encode())
+    relay.from_server(
+        (pgwire.encode_raw(ord("C"), b"DEALLOCATE\0") + pgwire.ready_for_query("I")) * 2
+    )
+    relay.from_client(Query("EXECUTE p").encode())
+    up, _ = _off_loop(relay)
+    assert up != Query("EXECUTE p").encode()
+    assert requested[-1] == f"EXECUTE p\n-- prepared before: {other}"
+    relay.from_server(pgwire.error_response("ERROR", "42703", "no") + pgwire.ready_for_query("I"))
+    # The one it was given for runs, once.
+    relay.from_client(Query("DEALLOCATE p").encode() + Query(prepare).encode())
+    relay.from_server(
+        (pgwire.encode_raw(ord("C"), b"DEALLOCATE\0") + pgwire.ready_for_query("I")) * 2
+    )
+    relay.from_client(Query("EXECUTE p").encode())
+    up, _ = _off_loop(relay)
+    assert up == Query("EXECUTE p").encode()

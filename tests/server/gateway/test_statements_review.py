@@ -360,3 +360,22 @@ def test_an_approval_of_an_execute_holds_for_the_statement_it_was_prepared_as() 
     relay.from_client(Query("EXECUTE p").encode())
     up, _ = _off_loop(relay)
     assert up == Query("EXECUTE p").encode()
+
+
+def test_one_approval_runs_one_of_the_same_statement_pipelined_several_times() -> None:
+    """Binds and Queries of the approved statement in one chunk, all held: each is
+    looked up on its own off the loop, and only the first runs under the approval."""
+    sql = "update accounts set balance = 0 where id = $1"
+    approvals = FakeApprovals(approved={statement_sha256(sql, [b"7"], [0])})
+    relay = _guarded(approvals)
+    bind = Bind("", "", [0], [b"7"]).encode() + Execute("", 0).encode()
+    pipeline = Parse("", sql, [23]).encode() + bind + bind + Sync().encode()
+    up, _ = relay.from_client(pipeline + Query(REVIEWED).encode())
+    assert types(up) == "P"
+    up, _ = _off_loop(relay)
+    sent = [pgwire.decode_frontend(m) for m in pgwire.split_frames(up)[0]]
+    binds = [m.statement for m in sent if isinstance(m, Bind)]
+    assert binds[0] == "" and binds[1] != ""  # the second names no statement: refused
+    assert isinstance(sent[-1], Query) and sent[-1].query != REVIEWED
+    assert approvals.calls.count("use_statement") == 3
+    assert relay.asked == 2  # the Sync and the Query, each counted once

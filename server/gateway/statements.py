@@ -113,6 +113,7 @@ from server.gateway.guardrails import (
     Outcome,
     decide,
     graver,
+    normalize_for_approval,
     row_budget_decision,
     row_budget_unknown,
     statement_sha256,
@@ -636,7 +637,12 @@ class StatementGuard:
             for st in analysis.walk_all()
             if st.command == "EXECUTE" and st.prepared_name in texts
         )
-        return sql + "".join(f"\n-- prepared before: {text}" for text in before)
+        if not before:
+            return sql
+        # The client's text as an approval normalizes it on its own (a trailing
+        # semicolon is not part of it), then what it runs.
+        head = normalize_for_approval(sql)
+        return head + "".join(f"\n-- prepared before: {text}" for text in before)
 
     def _open_review(self, decision: Decision, sql: str, sha: str) -> Decision:
         facts = self.facts

@@ -352,14 +352,14 @@ def test_an_approval_of_an_execute_holds_for_the_statement_it_was_prepared_as() 
     assert up != Query("EXECUTE p").encode()
     assert requested[-1] == f"EXECUTE p\n-- prepared before: {other}"
     relay.from_server(pgwire.error_response("ERROR", "42703", "no") + pgwire.ready_for_query("I"))
-    # The one it was given for runs, once.
+    # The one it was given for runs, once (a trailing semicolon is no other text).
     relay.from_client(Query("DEALLOCATE p").encode() + Query(prepare).encode())
     relay.from_server(
         (pgwire.encode_raw(ord("C"), b"DEALLOCATE\0") + pgwire.ready_for_query("I")) * 2
     )
-    relay.from_client(Query("EXECUTE p").encode())
+    relay.from_client(Query("EXECUTE p ;").encode())
     up, _ = _off_loop(relay)
-    assert up == Query("EXECUTE p").encode()
+    assert up == Query("EXECUTE p ;").encode()
 
 
 def test_one_approval_runs_one_of_the_same_statement_pipelined_several_times() -> None:

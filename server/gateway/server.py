@@ -40,6 +40,9 @@ the interpreter lock, so the thread sends statement texts over 2 KiB on to a
 worker process (``Gateway.workers``, ``server.gateway.analysis_pool``) and
 waits for the answer without the lock.
 What a statement may cost at all is bounded by ``server.gateway.analysis_limits``.
+Messages a gate holds because they wait on the store (a review's approval,
+``Relay.gate_client``) go through the hooks the same way, in threads of their
+own (``WAIT_THREADS``): a slow store holds up no other session's analysis.
 
 Shutdown (``Gateway.stop``) stops accepting, closes connections that are
 idle or still logging in, lets the others finish what is in flight up to a
@@ -108,6 +111,10 @@ _TERMINATE = pgwire.Terminate().encode()
 # analysed) in an analysis thread, off the event loop.
 OFFLOAD_BYTES = 1024
 ANALYSIS_THREADS = 2
+# Threads that run client messages a hook holds to wait on the store (a review's
+# approval): apart from the analysis threads, so that a slow store holds up no
+# other session's analysis, and several reviews wait at once.
+WAIT_THREADS = 8
 # The client's startup parameters that go upstream as given (application_name
 # has a default of its own).
 _PASSED_ON = sorted(FORWARDED_STARTUP - {"application_name"})
@@ -162,6 +169,7 @@ class Gateway:
         # processes start when the first such text comes (most brokers never see
         # one), and are stopped with the gateway.  None: the threads read them.
         self.workers: AnalysisPool | None = AnalysisPool(ANALYSIS_THREADS) if use_workers else None
+        self.waits = ThreadPoolExecutor(WAIT_THREADS, thread_name_prefix="dbaccess-store-wait")
         self._cancel_limiter: CancelLimiter | None = None
         self._cancel_logged = float("-inf")
         self.host = ""
@@ -197,6 +205,7 @@ class Gateway:
             conn.abort("57P01", SHUTDOWN_MESSAGE, SHUTDOWN_HINT)
         # An analysis still running ends within its CPU budget; queued ones never start.
         self.analysis.shutdown(wait=False, cancel_futures=True)
+        self.waits.shutdown(wait=False, cancel_futures=True)
         if self.workers is not None:
             # Killed: an analysis thread waiting for one gets an answer at once.
             self.workers.close()
@@ -426,24 +435,28 @@ class ClientConnection(asyncio.Protocol):
         if back:
             self._write(back)
         if relay.off_loop_wanted and not self.closed:
-            # A hook waits on the store: it sees its message again on a thread.
-            self._analyse_off_loop(relay, b"", relay.release_off_loop)
+            # A gate held a message that waits on the store: its hooks run on a thread.
+            self._analyse_off_loop(relay, b"", relay.release_off_loop, self.gateway.waits)
             return
         if relay.holding:
             self.reading_client()
 
     def _analyse_off_loop(
-        self, relay: Relay, data: bytes, work: Callable[[], tuple[bytes, bytes]] | None = None
+        self,
+        relay: Relay,
+        data: bytes,
+        work: Callable[[], tuple[bytes, bytes]] | None = None,
+        threads: ThreadPoolExecutor | None = None,
     ) -> None:
         """``relay.from_client(data)`` (or ``work``, another call of the relay that
-        runs client hooks) in an analysis thread; the connection reads neither side
-        until it is done (``_analysed``)."""
+        runs client hooks) in an analysis thread (or one of ``threads``); the
+        connection reads neither side until it is done (``_analysed``)."""
         self._analysing = True
         self.reading_client()
         if self._up is not None:
             self._up.pause_reading()
         try:
-            job = self.gateway.analysis.submit(
+            job = (threads or self.gateway.analysis).submit(
                 _relay_off_loop,
                 self.gateway.workers,
                 relay,
@@ -750,7 +763,7 @@ class ClientConnection(asyncio.Protocol):
                 self.loop.create_task(self._cancel_cut(relay))
             if relay.off_loop_wanted and not self.closed:
                 # Released client messages (a detour or a cut ended): one waits on the store.
-                self._analyse_off_loop(relay, b"", relay.release_off_loop)
+                self._analyse_off_loop(relay, b"", relay.release_off_loop, self.gateway.waits)
                 return
             if self._client_paused and not relay.holding:
                 self.reading_client()

@@ -27,7 +27,7 @@ from server.gateway.masking_relay import MaskingHooks
 from server.gateway.pgwire import Bind, Execute, Field, Parse, Query, RowDescription, Sync
 from server.gateway.relay import Relay
 from server.gateway.result_limit import Caps, ResultLimit
-from server.gateway.server import ClientConnection
+from server.gateway.server import ClientConnection, Gateway
 from server.gateway.session import UpstreamPhase
 from server.gateway.statements import StatementGuard
 from server.policy.model import MaskMethod, MaskRule
@@ -144,10 +144,10 @@ def test_a_bind_of_a_reviewed_statement_waits_off_the_loop(approved: bool) -> No
 
 
 def _relaying(
-    approvals: FakeApprovals, caps: Caps | None = None
+    approvals: FakeApprovals, caps: Caps | None = None, gateway: Gateway | None = None
 ) -> tuple[ClientConnection, StandInTransport, StandInTransport]:
-    """A shell's connection relaying with the guard (and a result limit): the
-    connection, the client's transport and the target's."""
+    """A shell's connection (of ``gateway``) relaying with the guard (and a result
+    limit): the connection, the client's transport and the target's."""
 
     def setup(relay: Relay, live: object) -> None:
         approvals.relay = relay
@@ -160,7 +160,9 @@ def _relaying(
         if caps is not None:
             ResultLimit(caps).install(relay)
 
-    conn, client = connection([setup])
+    if gateway is not None:
+        gateway.relay_setup.clear()  # each connection its own approvals
+    conn, client = connection([setup], gateway)
     upstream = StandInTransport()
     conn.upstream = SimpleNamespace(transport=upstream)  # type: ignore[assignment]
     conn.live = SimpleNamespace(  # type: ignore[assignment]
@@ -204,6 +206,7 @@ def test_the_shell_looks_the_approval_up_on_a_thread_while_its_loop_serves_other
         assert approvals.calls == ["use_statement", "request_statement"]
         assert not client.closed
         conn.gateway.analysis.shutdown(wait=True)
+        conn.gateway.waits.shutdown(wait=True)
 
     asyncio.run(run())
 
@@ -282,6 +285,7 @@ def test_the_shell_sends_a_cuts_cancel_before_a_held_statement_is_looked_up() ->
         assert approvals.calls == ["use_statement", "request_statement"]
         assert not client.closed
         conn.gateway.analysis.shutdown(wait=True)
+        conn.gateway.waits.shutdown(wait=True)
 
     asyncio.run(run())
 
@@ -379,3 +383,36 @@ def test_one_approval_runs_one_of_the_same_statement_pipelined_several_times() -
     assert isinstance(sent[-1], Query) and sent[-1].query != REVIEWED
     assert approvals.calls.count("use_statement") == 3
     assert relay.asked == 2  # the Sync and the Query, each counted once
+
+
+def test_lookups_waiting_on_a_slow_store_hold_up_no_other_sessions_analysis() -> None:
+    """Two sessions' reviews wait on a store that does not answer: a third session's
+    long statement (analysed off the loop too) is relayed meanwhile, since the
+    threads that wait on the store are not the ones that analyse."""
+    answer = threading.Event()
+
+    class SlowStore(FakeApprovals):
+        def use_statement(self, *, sha256: str, **kw: Any) -> _Request | None:
+            answer.wait(10)
+            return super().use_statement(sha256=sha256, **kw)
+
+    async def run() -> None:
+        gateway = Gateway(SimpleNamespace(recorder=SimpleNamespace(record=lambda *a: None)))  # type: ignore[arg-type]
+        waiting = [_relaying(SlowStore(), gateway=gateway) for _ in range(2)]
+        for conn, _client, _upstream in waiting:
+            conn.data_received(Query(REVIEWED).encode())
+        other, _client, upstream = _relaying(FakeApprovals(), gateway=gateway)
+        long = "select 1 /* " + "x" * 2000 + " */"
+        other.data_received(Query(long).encode())
+        try:
+            for _ in range(200):
+                if upstream.written:
+                    break
+                await asyncio.sleep(0.01)
+            assert bytes(upstream.written) == Query(long).encode()
+        finally:
+            answer.set()
+            gateway.analysis.shutdown(wait=True)
+            gateway.waits.shutdown(wait=True)
+
+    asyncio.run(run())

@@ -54,8 +54,10 @@ makes on its event loop, which serves every connection.  There a gate
 (``gate_client``) is asked about each message of its types before any hook
 sees it; a gate that says it must wait holds that message and every later
 one, unforwarded and uncounted, and the shell runs them through the hooks
-with ``release_off_loop`` on a thread of its own, where the gates are not
-asked and the hooks may wait.  So every hook sees each message once (a hook
+with ``release_off_loop`` on a thread of its own, where the hooks may wait (and
+the gates are asked again after the first message: the next message a gate
+holds waits for a turn of its own, so that no client keeps a thread waiting
+for as long as it pipelines).  So every hook sees each message once (a hook
 chained before the guard keeps per-message state: masking's queue of
 statements, the result limit's); only the gate sees a held message twice,
 and it decides without effects.  A relay driven directly (tests, a thread)
@@ -315,6 +317,7 @@ class Relay:
         # Whether a hook may wait on the store here (see "Waiting off the loop").
         self.may_block = True
         self._off_loop_wanted = False
+        self._releasing = False  # release_off_loop: gates after its first message are asked
 
     # -- hooks ------------------------------------------------------------------
     def on_client(self, types: bytes, hook: Hook) -> None:
@@ -427,11 +430,16 @@ class Relay:
     def release_off_loop(self) -> tuple[bytes, bytes]:
         """From the shell, on a thread, with ``may_block`` set: the held messages go
         through the hooks (the first one is the message its gate held), unless a
-        cut or a cancel still holds them; returns (bytes for the server, bytes
-        for the client)."""
+        cut or a cancel still holds them, up to the next one a gate holds, which
+        waits for a turn of its own; returns (bytes for the server, bytes for
+        the client)."""
         assert self.may_block, "held messages wait where hooks may block"
         self._off_loop_wanted = False
-        self._release_held()
+        self._releasing = True
+        try:
+            self._release_held()
+        finally:
+            self._releasing = False
         return self.flush()
 
     def start_detour(self, detour: Detour, send: bytes = b"") -> None:
@@ -771,13 +779,16 @@ class Relay:
         unpack = _HEADER.unpack_from
         end = len(wire)
         pos = 0
-        gates = self._client_gates if not self.may_block else None
+        # On the loop every gate is asked; off it, in release_off_loop, every gate
+        # but the first message's (the one it holds for): each turn waits once.
+        gates = self._client_gates if not self.may_block or self._releasing else None
+        first = self._releasing
         while pos < end:
             t, length = unpack(wire, pos)
             stop = pos + 1 + length
             hook = hooks.get(t)
             msg: RawMessage | None = None
-            if gates:
+            if gates and not first:
                 gate = gates.get(t)
                 if gate is not None:
                     msg = RawMessage(t, wire[pos + 5 : stop])
@@ -786,6 +797,7 @@ class Relay:
                         self._off_loop_wanted = True
                         self._held = [wire[pos:]]
                         break
+            first = False
             if hook is not None:
                 if msg is None:
                     msg = RawMessage(t, wire[pos + 5 : stop])

@@ -477,6 +477,8 @@ class ClientConnection(asyncio.Protocol):
         if relayed is None:
             return
         self._client_relayed(relay, *relayed)
+        if self._analysing:
+            return  # the next held statement's turn off the loop: still reading neither side
         if self._up is not None and not self._client_full:
             self._up.resume_reading()
         self.reading_client()

@@ -192,19 +192,21 @@ def test_the_shell_looks_the_approval_up_on_a_thread_while_its_loop_serves_other
     async def run() -> None:
         loop_thread.append(threading.get_ident())
         conn, client, upstream = _relaying(approvals)
-        conn.data_received(Query(REVIEWED).encode())
+        conn.data_received(Query(REVIEWED).encode() * 2 + Query("select 1").encode())
         # The loop is free while the store has not answered.
         await asyncio.sleep(0.2)
         assert bytes(upstream.written) == b"" and approvals.calls == []
         answer.set()
         for _ in range(500):
-            if upstream.written:
+            if types(bytes(upstream.written)) == "QQQ":
                 break
             await asyncio.sleep(0.01)
-        sent = pgwire.decode_frontend(pgwire.split_frames(bytes(upstream.written))[0][0])
-        assert isinstance(sent, Query) and sent.query != REVIEWED  # refused: the stand-in
-        assert approvals.calls == ["use_statement", "request_statement"]
-        assert not client.closed
+        sent = [pgwire.decode_frontend(m) for m in pgwire.split_frames(upstream.written)[0]]
+        # Both refused (their stand-ins), each in a turn of its own, then the select.
+        assert [m.query for m in sent if isinstance(m, Query)][1:] == [sent[0].query, "select 1"]
+        assert isinstance(sent[0], Query) and sent[0].query != REVIEWED
+        assert approvals.calls == ["use_statement", "request_statement"] * 2
+        assert not client.closed and not conn.relay.holding  # type: ignore[union-attr]
         conn.gateway.analysis.shutdown(wait=True)
         conn.gateway.waits.shutdown(wait=True)
 
@@ -367,7 +369,7 @@ def test_an_approval_of_an_execute_holds_for_the_statement_it_was_prepared_as() 
 
 
 def test_one_approval_runs_one_of_the_same_statement_pipelined_several_times() -> None:
-    """Binds and Queries of the approved statement in one chunk, all held: each is
+    """Binds and a Query of the approved statement in one chunk, all held: each is
     looked up on its own off the loop, and only the first runs under the approval."""
     sql = "update accounts set balance = 0 where id = $1"
     approvals = FakeApprovals(approved={statement_sha256(sql, [b"7"], [0])})
@@ -376,8 +378,11 @@ def test_one_approval_runs_one_of_the_same_statement_pipelined_several_times() -
     pipeline = Parse("", sql, [23]).encode() + bind + bind + Sync().encode()
     up, _ = relay.from_client(pipeline + Query(REVIEWED).encode())
     assert types(up) == "P"
-    up, _ = _off_loop(relay)
-    sent = [pgwire.decode_frontend(m) for m in pgwire.split_frames(up)[0]]
+    turns = []
+    while relay.off_loop_wanted:
+        turns.append(_off_loop(relay)[0])
+    assert [types(turn) for turn in turns] == ["BE", "BES", "Q"]  # one lookup a turn
+    sent = [pgwire.decode_frontend(m) for m in pgwire.split_frames(b"".join(turns))[0]]
     binds = [m.statement for m in sent if isinstance(m, Bind)]
     assert binds[0] == "" and binds[1] != ""  # the second names no statement: refused
     assert isinstance(sent[-1], Query) and sent[-1].query != REVIEWED
@@ -416,3 +421,19 @@ def test_lookups_waiting_on_a_slow_store_hold_up_no_other_sessions_analysis() ->
             gateway.waits.shutdown(wait=True)
 
     asyncio.run(run())
+
+
+def test_each_turn_off_the_loop_waits_on_the_store_once() -> None:
+    """Reviewed statements pipelined in one chunk: each turn off the loop looks one up
+    and holds the next for another turn, so one client cannot keep a thread that
+    waits on the store for as long as it goes on pipelining."""
+    approvals = FakeApprovals()
+    relay = _guarded(approvals)
+    relay.from_client(Query(REVIEWED).encode() + Query("select 1").encode() * 2 * 2)
+    relay.from_client(Query(REVIEWED).encode() + Query("select 2").encode())
+    up, _ = _off_loop(relay)
+    assert types(up) == "QQQQQ" and approvals.calls == ["use_statement", "request_statement"]
+    assert relay.off_loop_wanted  # the next reviewed one: its own turn
+    up, _ = _off_loop(relay)
+    assert types(up) == "QQ" and len(approvals.calls) == 4
+    assert not relay.holding and relay.asked == 7

@@ -9,10 +9,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
+from server import metrics
 from server.audit import chain
 from server.store import tables as t
 from server.store.db import Store
@@ -98,3 +101,20 @@ def test_a_long_read_holds_up_no_writer_and_sees_one_view(two_stores: tuple[Stor
     other.join(10)
     with mine.read() as conn:
         assert conn.execute(count).scalar() == 2
+
+
+def test_the_readiness_probe_answers_while_a_writer_holds_the_store(
+    two_stores: tuple[Store, Store],
+) -> None:
+    """``/readyz`` asks whether the store answers: it must not wait for the write lock
+    (up to the 30 s timeout) behind a long transaction, nor take it itself."""
+    mine, theirs = two_stores
+    service = SimpleNamespace(store=theirs, policy=SimpleNamespace(targets={}), archiver=None)
+    answers: list[dict[str, Any]] = []
+    with mine.tx() as conn:
+        conn.execute(sa.text("SELECT 1"))  # holds the write lock until it ends
+        probe = threading.Thread(target=lambda: answers.append(metrics.readiness(service)))  # type: ignore[arg-type]
+        probe.start()
+        probe.join(5)
+        assert answers and answers[0]["checks"]["store"] == {"ok": True}
+    probe.join(40)

@@ -333,7 +333,8 @@ class Store:
         """A transaction that only reads, over one consistent view of the store.  On
         SQLite it takes no write lock (:meth:`tx` does), so a long read -- an audit
         report, a question over a million access events -- never holds up the
-        sessions and recordings being written meanwhile."""
+        sessions and recordings being written meanwhile, and a lookup every request
+        makes (a token, a session by its ticket) never waits for a writer."""
         with self.engine.connect() as conn:
             conn.execution_options(**{_READER: True})
             with conn.begin():
@@ -407,7 +408,7 @@ class Store:
         q = sa.select(tokens.identity, tokens.kind).where(
             tokens.identity.in_([identity, owner] if owner else [identity])
         )
-        with self.tx() as conn:
+        with self.read() as conn:
             known = {(str(r[0]), str(r[1])) for r in conn.execute(q)}
         kinds = {k for name, k in known if name == identity}
         if kind == AGENT_KIND and kinds - {AGENT_KIND}:
@@ -419,14 +420,14 @@ class Store:
         return None
 
     def find_token(self, token: str) -> TokenRecord | None:
-        with self.tx() as conn:
+        with self.read() as conn:
             row = conn.execute(
                 t.api_tokens.select().where(t.api_tokens.c.token_hash == hash_secret(token))
             ).first()
         return _token(row) if row is not None else None
 
     def get_token(self, token_id: str) -> TokenRecord | None:
-        with self.tx() as conn:
+        with self.read() as conn:
             row = conn.execute(t.api_tokens.select().where(t.api_tokens.c.id == token_id)).first()
         return _token(row) if row is not None else None
 
@@ -437,7 +438,7 @@ class Store:
             t.api_tokens.c.kind == AGENT_KIND,
             t.api_tokens.c.owner.is_not(None),
         )
-        with self.tx() as conn:
+        with self.read() as conn:
             return frozenset(str(row[0]) for row in conn.execute(q))
 
     def list_tokens(
@@ -447,7 +448,7 @@ class Store:
         q = t.api_tokens.select().order_by(t.api_tokens.c.created_at.desc())
         if kind is not None:
             q = q.where(t.api_tokens.c.kind == kind)
-        with self.tx() as conn:
+        with self.read() as conn:
             records = [_token(r) for r in conn.execute(q)]
         if include_inactive:
             return records
@@ -511,13 +512,13 @@ class Store:
             )
 
     def get_session(self, session_id: str) -> SessionRecord | None:
-        with self.tx() as conn:
+        with self.read() as conn:
             row = conn.execute(t.sessions.select().where(t.sessions.c.id == session_id)).first()
         return _session(row) if row else None
 
     def session_by_ticket(self, ticket_hash: str) -> SessionRecord | None:
         """The session (in any state) whose ticket hashes to ``ticket_hash``."""
-        with self.tx() as conn:
+        with self.read() as conn:
             row = conn.execute(
                 t.sessions.select().where(t.sessions.c.ticket_hash == ticket_hash)
             ).first()
@@ -526,7 +527,7 @@ class Store:
     def session_handoff(self, ticket_hash: str) -> tuple[SessionRecord, str | None] | None:
         """The session whose ticket hashes to ``ticket_hash`` and its sealed credential
         (None unless an API-only replica started it)."""
-        with self.tx() as conn:
+        with self.read() as conn:
             row = conn.execute(
                 t.sessions.select().where(t.sessions.c.ticket_hash == ticket_hash)
             ).first()
@@ -561,12 +562,12 @@ class Store:
             q = q.where(t.sessions.c.status == "active")
         elif active is False:
             q = q.where(t.sessions.c.status != "active")
-        with self.tx() as conn:
+        with self.read() as conn:
             return [_session(r) for r in conn.execute(q)]
 
     def session_of_db_user(self, db_user: str) -> SessionRecord | None:
         """The newest session of this store (in any state) that used ``db_user``."""
-        with self.tx() as conn:
+        with self.read() as conn:
             row = conn.execute(
                 t.sessions.select()
                 .where(t.sessions.c.db_user == db_user)
@@ -592,7 +593,7 @@ class Store:
         ids = list(session_ids)
         c = t.sessions.c
         changed: list[SessionRecord] = []
-        with self.tx() as conn:
+        with self.read() as conn:
             for start in range(0, len(ids), 500):
                 q = t.sessions.select().where(
                     c.id.in_(ids[start : start + 500]),
@@ -658,7 +659,7 @@ class Store:
                 ),
             )
         )
-        with self.tx() as conn:
+        with self.read() as conn:
             return [_session(row) for row in conn.execute(q)]
 
     def owned_sessions(self, replica_id: str) -> list[SessionRecord]:
@@ -666,7 +667,7 @@ class Store:
         q = t.sessions.select().where(
             t.sessions.c.status == "active", t.sessions.c.owner == replica_id
         )
-        with self.tx() as conn:
+        with self.read() as conn:
             return [_session(r) for r in conn.execute(q)]
 
     def record_revocation(self, session_id: str, result: Mapping[str, Any]) -> None:
@@ -714,7 +715,7 @@ class Store:
         without a key)."""
         c = t.credential_leases.c
         counts: dict[str, int] = {}
-        with self.tx() as conn:
+        with self.read() as conn:
             for sealed, lease_id in conn.execute(sa.select(c.lease_sealed, c.lease_id)):
                 key_id = key_id_of(sealed) if sealed is not None else ""
                 if sealed is None and lease_id.startswith(_LEASE_REF):
@@ -757,7 +758,7 @@ class Store:
     @functools.cached_property
     def deployment_id(self) -> str:
         """This store's deployment identity: every broker on it marks its roles with it."""
-        with self.tx() as conn:
+        with self.read() as conn:
             value = conn.execute(
                 sa.select(t.broker_meta.c.value).where(t.broker_meta.c.key == "deployment_id")
             ).scalar_one()
@@ -815,7 +816,7 @@ class Store:
         q = t.replicas.select().order_by(r.started_at)
         if alive_at is not None:
             q = q.where(r.lease_expires_at > alive_at, r.stopped_at.is_(None))
-        with self.tx() as conn:
+        with self.read() as conn:
             return [_replica(row) for row in conn.execute(q)]
 
     def prune_replicas(self, before: datetime) -> None:
@@ -887,14 +888,14 @@ class StoreLeaseBook:
         )
 
     def find(self, username: str) -> Lease | None:
-        with self.store.tx() as conn:
+        with self.store.read() as conn:
             row = conn.execute(
                 self._select().where(t.credential_leases.c.db_user == username)
             ).first()
         return self._lease(row) if row is not None else None
 
     def outstanding(self) -> list[Lease]:
-        with self.store.tx() as conn:
+        with self.store.read() as conn:
             return [self._lease(row) for row in conn.execute(self._select())]
 
     def mark_revoked(self, lease_id: str) -> None:

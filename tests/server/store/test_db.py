@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -118,3 +119,27 @@ def test_the_readiness_probe_answers_while_a_writer_holds_the_store(
         probe.join(5)
         assert answers and answers[0]["checks"]["store"] == {"ok": True}
     probe.join(40)
+
+
+def test_lookups_on_every_request_wait_for_no_writer(two_stores: tuple[Store, Store]) -> None:
+    """What each API request and each gateway login reads (a token, a session by its
+    ticket) is a read: it must not queue for the write lock behind a long
+    transaction of another process (up to the 30 s timeout), nor take it."""
+    mine, theirs = two_stores
+    secret, token = theirs.create_token("alice", ("dev",), "api", timedelta(hours=1))
+    found: list[object] = []
+
+    def lookups() -> None:
+        found.append(theirs.find_token(secret))
+        found.append(theirs.get_token(token.id))
+        found.append(theirs.session_by_ticket("no such ticket"))
+        found.append(theirs.list_tokens())
+
+    with mine.tx() as conn:
+        conn.execute(sa.text("SELECT 1"))  # holds the write lock until it ends
+        reader = threading.Thread(target=lookups)
+        reader.start()
+        reader.join(5)
+        assert len(found) == 4, "the lookups waited for the write lock"
+    reader.join(40)
+    assert found[0] is not None and found[2] is None

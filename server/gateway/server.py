@@ -461,6 +461,7 @@ class ClientConnection(asyncio.Protocol):
                 self.gateway.workers,
                 relay,
                 work or partial(relay.from_client, data),
+                self.gone,
             )
         except RuntimeError:  # shut down: the broker is stopping
             self.abort("57P01", SHUTDOWN_MESSAGE, SHUTDOWN_HINT)
@@ -961,10 +962,17 @@ class ClientConnection(asyncio.Protocol):
 
 
 def _relay_off_loop(
-    workers: AnalysisPool | None, relay: Relay, work: Callable[[], tuple[bytes, bytes]]
+    workers: AnalysisPool | None,
+    relay: Relay,
+    work: Callable[[], tuple[bytes, bytes]],
+    gone: Callable[[], bool],
 ) -> tuple[bytes, bytes]:
     """``work`` (a call of the relay that runs client hooks) in an analysis thread,
-    long texts read by ``workers``; its hooks may wait on the store here."""
+    long texts read by ``workers``; its hooks may wait on the store here.  Nothing
+    for a connection ``gone`` meanwhile (its turn may have waited behind others):
+    no review's approval is used up, nor one opened, for what will never run."""
+    if gone():
+        return b"", b""
     relay.may_block = True
     try:
         with offloading(workers):

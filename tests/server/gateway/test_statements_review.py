@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, cast
@@ -437,3 +438,26 @@ def test_each_turn_off_the_loop_waits_on_the_store_once() -> None:
     up, _ = _off_loop(relay)
     assert types(up) == "QQ" and len(approvals.calls) == 4
     assert not relay.holding and relay.asked == 7
+
+
+def test_a_connection_closed_while_its_turn_waits_looks_nothing_up() -> None:
+    """The client goes while its reviewed statement waits for a thread (others' turns
+    ahead of it on a slow store): its turn neither uses up an approval for a
+    statement that will never run nor opens a review."""
+    approvals = FakeApprovals(approved={statement_sha256(REVIEWED, (), ())})
+    busy = threading.Event()
+
+    async def run() -> None:
+        conn, _client, upstream = _relaying(approvals)
+        waits = conn.gateway.waits
+        conn.gateway.waits = ThreadPoolExecutor(1)  # one thread, and another's turn in it
+        conn.gateway.waits.submit(busy.wait, 10)
+        conn.data_received(Query(REVIEWED).encode())
+        conn.connection_lost(None)
+        busy.set()
+        conn.gateway.waits.shutdown(wait=True)
+        assert approvals.calls == [] and approvals.approved and upstream.written == b""
+        conn.gateway.analysis.shutdown(wait=True)
+        waits.shutdown(wait=True)
+
+    asyncio.run(run())

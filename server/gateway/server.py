@@ -41,8 +41,9 @@ worker process (``Gateway.workers``, ``server.gateway.analysis_pool``) and
 waits for the answer without the lock.
 What a statement may cost at all is bounded by ``server.gateway.analysis_limits``.
 Messages a gate holds because they wait on the store (a review's approval,
-``Relay.gate_client``) go through the hooks the same way, in threads of their
-own (``WAIT_THREADS``): a slow store holds up no other session's analysis.
+``Relay.gate_client``; the gates are asked in the analysis threads too) go
+through the hooks the same way, in threads of their own (``WAIT_THREADS``), one
+such message a turn: a slow store holds up no other session's analysis.
 
 Shutdown (``Gateway.stop``) stops accepting, closes connections that are
 idle or still logging in, lets the others finish what is in flight up to a
@@ -436,7 +437,7 @@ class ClientConnection(asyncio.Protocol):
             self._write(back)
         if relay.off_loop_wanted and not self.closed:
             # A gate held a message that waits on the store: its hooks run on a thread.
-            self._analyse_off_loop(relay, b"", relay.release_off_loop, self.gateway.waits)
+            self._analyse_off_loop(relay, b"", relay.release_off_loop, waits=True)
             return
         if relay.holding:
             self.reading_client()
@@ -446,22 +447,26 @@ class ClientConnection(asyncio.Protocol):
         relay: Relay,
         data: bytes,
         work: Callable[[], tuple[bytes, bytes]] | None = None,
-        threads: ThreadPoolExecutor | None = None,
+        *,
+        waits: bool = False,
     ) -> None:
         """``relay.from_client(data)`` (or ``work``, another call of the relay that
-        runs client hooks) in an analysis thread (or one of ``threads``); the
-        connection reads neither side until it is done (``_analysed``)."""
+        runs client hooks) in an analysis thread, where the gates hold what must
+        wait on the store; ``waits``: ``relay.release_off_loop`` in one of the
+        threads that may wait on it (``Gateway.waits``).  The connection reads
+        neither side until it is done (``_analysed``)."""
         self._analysing = True
         self.reading_client()
         if self._up is not None:
             self._up.pause_reading()
         try:
-            job = (threads or self.gateway.analysis).submit(
+            job = (self.gateway.waits if waits else self.gateway.analysis).submit(
                 _relay_off_loop,
                 self.gateway.workers,
                 relay,
                 work or partial(relay.from_client, data),
                 self.gone,
+                waits,
             )
         except RuntimeError:  # shut down: the broker is stopping
             self.abort("57P01", SHUTDOWN_MESSAGE, SHUTDOWN_HINT)
@@ -766,7 +771,7 @@ class ClientConnection(asyncio.Protocol):
                 self.loop.create_task(self._cancel_cut(relay))
             if relay.off_loop_wanted and not self.closed:
                 # Released client messages (a detour or a cut ended): one waits on the store.
-                self._analyse_off_loop(relay, b"", relay.release_off_loop, self.gateway.waits)
+                self._analyse_off_loop(relay, b"", relay.release_off_loop, waits=True)
                 return
             if self._client_paused and not relay.holding:
                 self.reading_client()
@@ -966,14 +971,17 @@ def _relay_off_loop(
     relay: Relay,
     work: Callable[[], tuple[bytes, bytes]],
     gone: Callable[[], bool],
+    may_block: bool,
 ) -> tuple[bytes, bytes]:
-    """``work`` (a call of the relay that runs client hooks) in an analysis thread,
-    long texts read by ``workers``; its hooks may wait on the store here.  Nothing
-    for a connection ``gone`` meanwhile (its turn may have waited behind others):
-    no review's approval is used up, nor one opened, for what will never run."""
+    """``work`` (a call of the relay that runs client hooks) in a thread, long texts
+    read by ``workers``; its hooks may wait on the store only where ``may_block``
+    (a thread of ``Gateway.waits``: elsewhere the gates hold what would).
+    Nothing for a connection ``gone`` meanwhile (its turn may have waited behind
+    others): no review's approval is used up, nor one opened, for what will
+    never run."""
     if gone():
         return b"", b""
-    relay.may_block = True
+    relay.may_block = may_block
     try:
         with offloading(workers):
             return work()

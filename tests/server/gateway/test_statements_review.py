@@ -461,3 +461,32 @@ def test_a_connection_closed_while_its_turn_waits_looks_nothing_up() -> None:
         waits.shutdown(wait=True)
 
     asyncio.run(run())
+
+
+def test_a_long_chunk_analysed_off_the_loop_leaves_its_lookups_to_turns_of_their_own() -> None:
+    """Over 1 kB in one chunk goes to an analysis thread; the reviewed statements in
+    it still wait on the store in the threads for that, one per turn, so that
+    no client holds an analysis thread on the store by sending long chunks."""
+    where: list[str] = []
+
+    class Store(FakeApprovals):
+        def use_statement(self, *, sha256: str, **kw: Any) -> _Request | None:
+            where.append(threading.current_thread().name)
+            return super().use_statement(sha256=sha256, **kw)
+
+    approvals = Store()
+
+    async def run() -> None:
+        conn, _client, upstream = _relaying(approvals)
+        pad = Query("select 1 /* " + "x" * 1200 + " */").encode()
+        conn.data_received(pad + Query(REVIEWED).encode() * 2 + Query("select 2").encode())
+        for _ in range(500):
+            if types(bytes(upstream.written)) == "QQQQ":
+                break
+            await asyncio.sleep(0.01)
+        assert types(bytes(upstream.written)) == "QQQQ"
+        assert len(where) == 2 and all(w.startswith("dbaccess-store-wait") for w in where)
+        conn.gateway.analysis.shutdown(wait=True)
+        conn.gateway.waits.shutdown(wait=True)
+
+    asyncio.run(run())

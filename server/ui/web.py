@@ -371,8 +371,10 @@ def register(app: FastAPI, service: SessionService, settings: UiSettings) -> Web
     async def posted(
         request: Request, act: Callable[[Viewer, Mapping[str, str]], Response]
     ) -> Response:
-        """A state-changing form: a session and its CSRF token first, then ``act``."""
-        viewer = web.viewer(request)
+        """A state-changing form: a session and its CSRF token first, then ``act``.
+        The session is looked up in the store in a thread, as ``act`` runs: this
+        loop serves the gateway's connections too."""
+        viewer = await run_in_threadpool(web.viewer, request)
         if viewer is None:
             return _redirect("/ui/login")
         form = await _form(request)

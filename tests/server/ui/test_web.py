@@ -11,6 +11,7 @@ authorization code flow and PKCE.  The browser itself is tested in
 
 from __future__ import annotations
 
+import asyncio
 import re
 import textwrap
 import threading
@@ -486,3 +487,29 @@ def test_an_oidc_login_under_an_agents_name_is_refused(
         assert [t.kind for t in store.list_tokens()] == ["agent"]
     finally:
         store.close()
+
+
+def test_a_form_looks_its_session_up_off_the_event_loop(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API shares its event loop with the gateway's connections: the session
+    cookie's lookup in the store (across the network on a PostgreSQL store) runs
+    in a thread, as every other store call of the web inbox does."""
+    bob = site.login("bob")
+    csrf = csrf_of(bob.get("/ui/"))
+    store = site.service.store
+    on_loop: list[bool] = []
+    find_token = store.find_token
+
+    def looked_up(secret: str) -> Any:
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)
+        except RuntimeError:
+            on_loop.append(False)
+        return find_token(secret)
+
+    monkeypatch.setattr(store, "find_token", looked_up)
+    rid = site.request()
+    assert bob.post(f"/ui/requests/{rid}/deny", data={"csrf": csrf}).status_code == 400
+    assert on_loop and not any(on_loop)

@@ -9,9 +9,14 @@ handed to the driver as they are, within the caller's transaction:
 
 * PostgreSQL: ``COPY ... FROM STDIN`` on the connection's psycopg connection
   (rows formatted by psycopg's C code; one stream per table);
-* SQLite: one ``executemany`` of a plain ``INSERT`` (through
-  ``Connection.exec_driver_sql``, so SQLAlchemy's events and its wrapping of
-  driver errors still apply, without its compiling and bind processing).
+* SQLite: plain ``INSERT``s of many rows each (``VALUES (...), (...)``, at
+  most :data:`SQLITE_ROWS` a statement), through ``Connection.exec_driver_sql``,
+  so SQLAlchemy's events and its wrapping of driver errors still apply, without
+  its compiling and bind processing.  Not ``executemany``: the driver runs
+  each statement as one step, letting go of the interpreter lock for it and
+  taking it back after, and ``executemany`` makes each row a statement -- on
+  a broker whose event loop is busy, each of those is a hand-over of the lock
+  between the threads, which costs both of them more than the row.
 
 So the values must already be what the driver takes for the column: text for
 a JSON column (the caller's own serialization, stored as it is -- PostgreSQL's
@@ -26,11 +31,18 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from functools import lru_cache
-from typing import Any
+from itertools import chain
+from typing import Any, Final
 
 import sqlalchemy as sa
 
 Row = Sequence[Any]
+
+# Rows one SQLite INSERT takes at most: a statement of that many is prepared once
+# (the driver keeps it by its text), and keeps under the 999 variables an older
+# SQLite allows a statement.
+SQLITE_ROWS: Final = 64
+_SQLITE_VARIABLES: Final = 999
 
 
 def sqlite_time(value: datetime) -> str:
@@ -73,7 +85,8 @@ def insert(
     if conn.dialect.name == "postgresql":
         _copy(conn, table, columns, rows)
         return
-    conn.exec_driver_sql(_insert_sql(conn.dialect, table, tuple(columns)), list(rows))
+    names = tuple(columns)
+    _sqlite_insert(conn, lambda n: _insert_sql(conn.dialect, table, names, n), len(names), rows)
 
 
 def insert_family(
@@ -120,8 +133,9 @@ def insert_family(
     # SQLite: the parents, then each child with its parent's id looked up by key (in C,
     # by the key's unique index) rather than the ids brought back and matched here.
     at = [list(parent_columns).index(k) for k in key]
-    conn.exec_driver_sql(
-        _insert_sql(conn.dialect, parent, tuple(parent_columns)), list(parent_rows)
+    names = tuple(parent_columns)
+    _sqlite_insert(
+        conn, lambda n: _insert_sql(conn.dialect, parent, names, n), len(names), parent_rows
     )
     rows = [
         (*ident, *row)
@@ -131,12 +145,24 @@ def insert_family(
         for row in kin
     ]
     if rows:
-        conn.exec_driver_sql(
-            _referencing_sql(
-                conn.dialect, parent, tuple(key), child, reference, tuple(child_columns)
-            ),
+        keys, kin_names = tuple(key), tuple(child_columns)
+        _sqlite_insert(
+            conn,
+            lambda n: _referencing_sql(conn.dialect, parent, keys, child, reference, kin_names, n),
+            len(keys) + len(kin_names),
             rows,
         )
+
+
+def _sqlite_insert(
+    conn: sa.Connection, sql: Callable[[int], str], width: int, rows: Sequence[Row]
+) -> None:
+    """``rows`` (``width`` values each) by statements of :data:`SQLITE_ROWS` rows (the
+    last fewer): ``sql(n)`` is the statement that takes ``n``."""
+    per = max(1, min(SQLITE_ROWS, _SQLITE_VARIABLES // max(width, 1)))
+    for start in range(0, len(rows), per):
+        chunk = rows[start : start + per]
+        conn.exec_driver_sql(sql(len(chunk)), tuple(chain.from_iterable(chunk)))
 
 
 def _copy(
@@ -171,15 +197,16 @@ def _copy(
         ) from exc
 
 
-@lru_cache(maxsize=64)
-def _insert_sql(dialect: sa.Dialect, table: sa.Table, columns: tuple[str, ...]) -> str:
+# Kept: a table's statements of SQLITE_ROWS rows and of the last chunk's sizes.
+@lru_cache(maxsize=512)
+def _insert_sql(dialect: sa.Dialect, table: sa.Table, columns: tuple[str, ...], rows: int) -> str:
     prep = dialect.identifier_preparer
     names = ", ".join(prep.quote(c) for c in columns)
-    marks = ", ".join("?" for _ in columns)
-    return f"INSERT INTO {prep.format_table(table)} ({names}) VALUES ({marks})"
+    values = "(" + ", ".join("?" for _ in columns) + ")"
+    return f"INSERT INTO {prep.format_table(table)} ({names}) VALUES " + ", ".join([values] * rows)
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=512)
 def _referencing_sql(
     dialect: sa.Dialect,
     parent: sa.Table,
@@ -187,10 +214,11 @@ def _referencing_sql(
     child: sa.Table,
     reference: str,
     columns: tuple[str, ...],
+    rows: int,
 ) -> str:
     prep = dialect.identifier_preparer
     names = ", ".join(prep.quote(c) for c in (reference, *columns))
     where = " AND ".join(f"{prep.quote(k)} = ?" for k in key)
     find = f"(SELECT {prep.quote('id')} FROM {prep.format_table(parent)} WHERE {where})"
-    marks = ", ".join("?" for _ in columns)
-    return f"INSERT INTO {prep.format_table(child)} ({names}) VALUES ({find}, {marks})"
+    values = f"({find}, " + ", ".join("?" for _ in columns) + ")"
+    return f"INSERT INTO {prep.format_table(child)} ({names}) VALUES " + ", ".join([values] * rows)

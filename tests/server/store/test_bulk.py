@@ -189,3 +189,27 @@ def test_a_row_the_store_refuses_raises_and_nothing_of_the_transaction_stays(
         bulk.insert(conn, t.session_events, EVENT_COLUMNS, [("s-ok", 1, stamp(WHEN), "x", "{}")])
     with any_store.tx() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(t.session_events)).scalar() == 1
+
+
+def test_rows_beyond_one_statement_s_worth_are_all_written(any_store: Store) -> None:
+    """SQLite takes them a statement of ``SQLITE_ROWS`` at a time, the last one fewer."""
+    count = 2 * bulk.SQLITE_ROWS + 7
+    with any_store.tx() as conn:
+        stamp = bulk.timestamps(conn)
+        rows = [("s-many", n, stamp(WHEN), "statement", f'{{"n":{n}}}') for n in range(count)]
+        bulk.insert(conn, t.session_events, EVENT_COLUMNS, rows)
+    se = t.session_events.c
+    with any_store.tx() as conn:
+        got = conn.execute(sa.select(se.seq, se.data).order_by(se.seq)).all()
+    assert [(seq, data) for seq, data in got] == [(n, {"n": n}) for n in range(count)]
+
+
+def test_a_row_refused_in_a_later_statement_leaves_nothing(any_store: Store) -> None:
+    count = bulk.SQLITE_ROWS + 3
+    with pytest.raises(sa.exc.IntegrityError), any_store.tx() as conn:
+        stamp = bulk.timestamps(conn)
+        rows = [("s-late", n, stamp(WHEN), "statement", "{}") for n in range(count)]
+        rows.append(rows[-1])  # the same key again, in the last statement
+        bulk.insert(conn, t.session_events, EVENT_COLUMNS, rows)
+    with any_store.tx() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(t.session_events)).scalar() == 0

@@ -143,7 +143,9 @@ class RequestRepo:
         )
 
     def _select(self, query: sa.Select[Any]) -> list[Request]:
-        with self.store.tx() as conn:
+        # A read: every change is a compare-and-set of its own (``save``), so what
+        # was read needs no write lock held until then.
+        with self.store.read() as conn:
             rows = list(conn.execute(query))
             ids = [row._mapping["id"] for row in rows]
             by_request: dict[str, list[Approval]] = {i: [] for i in ids}

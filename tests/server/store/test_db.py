@@ -17,6 +17,8 @@ import pytest
 import sqlalchemy as sa
 
 from server import metrics
+from server.approvals.machine import Status
+from server.approvals.repo import RequestRepo
 from server.audit import chain
 from server.store import tables as t
 from server.store.db import Store
@@ -123,8 +125,10 @@ def test_the_readiness_probe_answers_while_a_writer_holds_the_store(
 
 def test_lookups_on_every_request_wait_for_no_writer(two_stores: tuple[Store, Store]) -> None:
     """What each API request and each gateway login reads (a token, a session by its
-    ticket) is a read: it must not queue for the write lock behind a long
-    transaction of another process (up to the 30 s timeout), nor take it."""
+    ticket), and a reviewed statement's lookup of its approval before it uses
+    one (a compare-and-set of its own), are reads: they must not queue for the
+    write lock behind a long transaction of another process (up to the 30 s
+    timeout), nor take it."""
     mine, theirs = two_stores
     secret, token = theirs.create_token("alice", ("dev",), "api", timedelta(hours=1))
     found: list[object] = []
@@ -134,12 +138,15 @@ def test_lookups_on_every_request_wait_for_no_writer(two_stores: tuple[Store, St
         found.append(theirs.get_token(token.id))
         found.append(theirs.session_by_ticket("no such ticket"))
         found.append(theirs.list_tokens())
+        found.append(
+            RequestRepo(theirs).statement_requests("alice", "t", "s", "0" * 64, Status.APPROVED)
+        )
 
     with mine.tx() as conn:
         conn.execute(sa.text("SELECT 1"))  # holds the write lock until it ends
         reader = threading.Thread(target=lookups)
         reader.start()
         reader.join(5)
-        assert len(found) == 4, "the lookups waited for the write lock"
+        assert len(found) == 5, "the lookups waited for the write lock"
     reader.join(40)
     assert found[0] is not None and found[2] is None

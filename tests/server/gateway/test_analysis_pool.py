@@ -157,7 +157,9 @@ def test_messages_keep_their_order_when_long_ones_are_read_in_a_worker(
     sent = ["select 1", long_one, "select 2", long_one.replace("select 1", "select 3"), "select 4"]
     wire = b"".join(pgwire.Query(q).encode() for q in sent)
     relay = _guarded()
-    up, back = _relay_off_loop(pool, relay, partial(relay.from_client, wire))
+    up, back = _relay_off_loop(
+        pool, relay, partial(relay.from_client, wire), gone=lambda: False, may_block=True
+    )
     assert back == b""
     assert _queries(up) == sent
 

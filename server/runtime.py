@@ -180,6 +180,7 @@ class Runtime:
             notifier=self.notifier,
             archiver=self.archiver,
             hand_off=opts.role == "api",
+            recording_process=True,
         )
         self.membership = Membership(self.service, role=opts.role, lease=opts.replica_lease)
         self.gateway = self._gateway(opts) if opts.role != "api" else None
@@ -314,6 +315,7 @@ class Runtime:
             if self.gateway is not None:
                 await self.gateway.stop(self.opts.shutdown_grace)
             await loop.run_in_executor(None, self.service.end_all)
+            await loop.run_in_executor(None, self.service.recorder.stop)
             await loop.run_in_executor(None, self.service.audit.stop)
             await loop.run_in_executor(None, self.membership.leave)
             await loop.run_in_executor(None, self.service.close_issuers)

@@ -252,11 +252,13 @@ def event_values(
     session_id: str, seq: int, ts: datetime, data: Mapping[str, Any]
 ) -> tuple[Any, ...]:
     """:func:`event_row`'s values, in its columns' order."""
+    return (session_id, seq, ts, *_described(data))
+
+
+def _described(data: Mapping[str, Any]) -> tuple[Any, ...]:
+    # The values of an access_events row after its session, seq and time.
     rows = data.get("rows")
     return (
-        session_id,
-        seq,
-        ts,
         str(data.get("target") or ""),
         str(data.get("identity") or ""),
         str(data.get("identity_kind") or "user"),
@@ -268,6 +270,22 @@ def event_values(
         data.get("approval"),
         data.get("exemption"),
     )
+
+
+class IndexEntry(NamedTuple):
+    """What the index holds of one event's facts but the event's session, number and
+    time: plain values, which a writer in another process can take as they are."""
+
+    described: tuple[Any, ...]  # the access_events row's other values
+    columns: list[ColumnAccess]  # its access_columns rows
+
+
+def index_entry(kind: str, data: Mapping[str, Any]) -> IndexEntry | None:
+    """The index entry of a recording's event, or None when it has no access facts."""
+    facts = facts_of(kind, data)
+    if facts is None:
+        return None
+    return IndexEntry(_described(facts), column_rows(facts))
 
 
 def facts_of(kind: str, data: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -286,24 +304,30 @@ def write_index(
     stamp = bulk.timestamps(conn)
     pairs = ((e, None) for e in events) if times is None else zip(events, times, strict=True)
     wanted = [
-        (e, f, stamp(e.ts) if ts is None else ts)
+        (e.session_id, e.seq, stamp(e.ts) if ts is None else ts, entry)
         for e, ts in pairs
-        if (f := facts_of(e.kind, e.data)) is not None
+        if (entry := index_entry(e.kind, e.data)) is not None
     ]
-    if not wanted:
-        return 0
+    write_entries(conn, wanted)
+    return len(wanted)
+
+
+def write_entries(conn: sa.Connection, entries: Sequence[tuple[str, int, Any, IndexEntry]]) -> None:
+    """Write index entries, each with its event's session, number and time as the
+    store takes it, in the caller's transaction."""
+    if not entries:
+        return
     bulk.insert_family(
         conn,
         t.access_events,
         _EVENT_COLUMNS,
-        [event_values(e.session_id, e.seq, ts, f) for e, f, ts in wanted],
+        [(sid, seq, ts, *entry.described) for sid, seq, ts, entry in entries],
         ("session_id", "seq"),
         t.access_columns,
         "access_id",
         _COLUMN_COLUMNS[1:],
-        [column_rows(f) for _, f, _ in wanted],
+        [entry.columns for *_, entry in entries],
     )
-    return len(wanted)
 
 
 # --------------------------------------------------------------------------

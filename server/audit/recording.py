@@ -95,15 +95,15 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import Any, Final, NamedTuple, Protocol, cast
+from typing import Any, Final, Protocol, cast
 
 import sqlalchemy as sa
 
-from server.audit import access, canonical, chain
+from server.audit import access, canonical, chain, event_writes
 from server.audit.canonical import Encoded
+from server.audit.event_writes import EventRow
 from server.errors import DbaccessError
 from server.policy.model import RecordingFailure
-from server.store import bulk
 from server.store import tables as t
 from server.store.db import Store, _aware, utcnow
 
@@ -560,20 +560,6 @@ class _Session:
 _Stored = tuple[Mapping[str, Any], str]
 
 
-class _Numbered(NamedTuple):
-    """An event as the writer writes it (``access.write_index`` reads it as it reads a
-    :class:`SessionEvent`, its time given apart)."""
-
-    session_id: str
-    seq: int
-    kind: str
-    data: Mapping[str, Any]
-    text: str  # the data's canonical JSON: stored, and hashed in the event's line
-    iso: str  # its time (event_iso)
-
-
-_EVENT_COLUMNS: Final = ("session_id", "seq", "ts", "kind", "data")
-
 # An event as the data path queues it: its recording, its time (ns since the
 # epoch), kind, and what the writer makes its data from.
 _Queued = tuple[_Session, int, str, Any, Build | None]
@@ -605,6 +591,7 @@ class Recorder:
         flush_interval: float = DEFAULT_FLUSH_INTERVAL,
         max_queue: int = DEFAULT_MAX_QUEUE,
         writer: str | None = None,
+        write_process: bool = False,
     ) -> None:
         self.store = store
         # The replica this recorder writes as (None: a recorder that never shares a store).
@@ -625,15 +612,12 @@ class Recorder:
         self._thread: threading.Thread | None = None
         self._stopping = False
         # What _writes asks, built once: the writer asks it for every batch.
-        r = t.session_recordings.c
-        mine = r.writer.is_(None) if writer is None else r.writer == writer
-        self._mine = (
-            sa.select(r.session_id)
-            .where(
-                r.session_id.in_(sa.bindparam("ids", expanding=True)),
-                sa.or_(mine, r.writer.is_(None)),
-            )
-            .with_for_update(read=True)
+        self._mine = event_writes.mine_query(writer)
+        # The store's part of the writes, in a child process (event_writes' docstring).
+        self._process = (
+            event_writes.WriterProcess(store, writer)
+            if write_process and event_writes.shareable(store)
+            else None
         )
 
     # -- lifecycle ----------------------------------------------------------------
@@ -653,6 +637,8 @@ class Recorder:
             thread = self._thread
         if thread is not None:
             thread.join(timeout)
+        if self._process is not None:
+            self._process.stop()
 
     # -- recording ----------------------------------------------------------------
     def open(
@@ -972,13 +958,14 @@ class Recorder:
         if not kept:
             return failed
         # Numbers and digests belong to this thread.
-        events: list[_Numbered] = []
+        events: list[EventRow] = []
         lines: list[bytes] = []
+        index_entry = access.index_entry
         for state, ts_ns, kind, (data, text) in kept:
             seq = state.next_seq
             state.next_seq += 1
             iso = event_iso(ts_ns)
-            events.append(_Numbered(state.session_id, seq, kind, data, text, iso))
+            events.append(EventRow(state.session_id, seq, kind, text, iso, index_entry(kind, data)))
             lines.append(_line(text, kind, seq, iso))
         try:
             for state in dict.fromkeys(state for state, *_ in kept):
@@ -1015,32 +1002,19 @@ class Recorder:
             state.failed = problem
             failed.append((state.session_id, problem))
 
-    def _write(self, batch: list[_Numbered]) -> tuple[str | None, set[str]]:
+    def _write(self, batch: list[EventRow]) -> tuple[str | None, set[str]]:
         """Write the events of the recordings this recorder still writes, in one
         transaction: (the store's problem, or None; the sessions another replica has
         taken over, whose events were not written)."""
+        if self._process is not None:
+            return self._process.write(batch)
         try:
             with self.store.tx() as conn:
-                mine = self._writes(conn, (e.session_id for e in batch))
-                stamp = bulk.iso_timestamps(conn)
-                written = [e for e in batch if e.session_id in mine]
-                if written:
-                    times = [stamp(e.iso) for e in written]
-                    bulk.insert(
-                        conn,
-                        t.session_events,
-                        _EVENT_COLUMNS,
-                        [
-                            (e.session_id, e.seq, ts, e.kind, e.text)
-                            for e, ts in zip(written, times, strict=True)
-                        ],
-                    )
-                    # The access index of the statements written, in the same transaction.
-                    access.write_index(conn, written, times=times)
+                fenced = event_writes.write_events(conn, self._mine, batch)
         except Exception as exc:
             log.error("cannot write %d session events: %s", len(batch), exc)
             return f"the store refused the recording: {type(exc).__name__}", set()
-        return None, {e.session_id for e in batch} - mine
+        return None, fenced
 
     def _report(self, session_id: str, reason: str | None) -> None:
         if reason is None or self.on_failure is None:

@@ -222,6 +222,7 @@ class SessionService:
         archiver: Archiver | None = None,
         replica_id: str | None = None,
         hand_off: bool = False,
+        recording_process: bool = False,
     ) -> None:
         self.store = store
         # An API-only replica's: the sessions it starts are handed, credential and
@@ -232,8 +233,13 @@ class SessionService:
         self.policy = policy
         # Every session is recorded from its start to its end; a recording that
         # fails ends its session (unless the target says recording_failure: continue).
+        # ``recording_process``: its store writes in a process of their own (the
+        # broker's: server/audit/event_writes.py says why).
         self.recorder = recorder or Recorder(
-            store, on_failure=self._recording_failed, writer=self.replica_id
+            store,
+            on_failure=self._recording_failed,
+            writer=self.replica_id,
+            write_process=recording_process,
         )
         # Audit events the gateway decides on its data path, appended off it.
         self.audit = AuditWriter(store)

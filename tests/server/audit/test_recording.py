@@ -361,10 +361,14 @@ def _facts(rows: int) -> dict[str, object]:
     )
 
 
-def test_the_text_stored_is_the_text_the_digest_covers(any_store: Store) -> None:
+@pytest.mark.parametrize("write_process", [False, True], ids=["thread", "process"])
+def test_the_text_stored_is_the_text_the_digest_covers(
+    any_store: Store, write_process: bool
+) -> None:
     """Each event's data is serialized once: the store keeps the canonical JSON text
-    the writer hashed, so the chained digest holds over the stored texts themselves."""
-    recorder = Recorder(any_store, flush_interval=0.01)
+    the writer hashed, so the chained digest holds over the stored texts themselves
+    (written by the writer thread, or by its process: server/audit/event_writes.py)."""
+    recorder = Recorder(any_store, flush_interval=0.01, write_process=write_process)
     try:
         recorder.open("s-text", START)
         odd = "select 'é', \"x\", '\\n'\n\t-- \u2028 \U0001f600"
@@ -402,8 +406,9 @@ def test_the_text_stored_is_the_text_the_digest_covers(any_store: Store) -> None
     assert access.verify_index(any_store) == []
 
 
+@pytest.mark.parametrize("write_process", [False, True], ids=["thread", "process"])
 def test_a_batch_whose_index_the_store_refuses_fails_the_recording_and_leaves_nothing(
-    any_store: Store,
+    any_store: Store, write_process: bool
 ) -> None:
     """The events and their access index are written in one transaction: when the
     index cannot be written, neither are the events, and the recording fails loudly."""
@@ -418,7 +423,9 @@ def test_a_batch_whose_index_the_store_refuses_fails_the_recording_and_leaves_no
         with any_store.tx() as conn:
             conn.exec_driver_sql(f"ALTER TABLE {old} RENAME TO {new}")
 
-    recorder = Recorder(any_store, on_failure=on_failure, flush_interval=0.01)
+    recorder = Recorder(
+        any_store, on_failure=on_failure, flush_interval=0.01, write_process=write_process
+    )
     try:
         recorder.open("s-idx", START)
         assert recorder.record("s-idx", "statement", {"text": "select 1", "access": _facts(1)})

@@ -24,12 +24,18 @@ from server.audit.recording import (
 from server.store.db import Store
 
 
+@pytest.mark.parametrize("write_process", [False, True], ids=["thread", "process"])
 def test_a_replica_taken_for_dead_cannot_write_into_the_recording_it_lost(
-    any_store: Store,
+    any_store: Store, write_process: bool
 ) -> None:
     failures: list[str] = []
-    a = Recorder(any_store, writer="r-a", on_failure=lambda _sid, why: failures.append(why))
-    b = Recorder(any_store, writer="r-b")
+    a = Recorder(
+        any_store,
+        writer="r-a",
+        on_failure=lambda _sid, why: failures.append(why),
+        write_process=write_process,
+    )
+    b = Recorder(any_store, writer="r-b", write_process=write_process)
     try:
         a.open("s-1", {"identity": "alice"})
         assert a.record("s-1", "statement", {"n": 1})

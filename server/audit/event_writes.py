@@ -1,0 +1,270 @@
+"""Writing a batch of a recorder's numbered events to the store: in its thread, or in a process.
+
+The recorder's writer thread makes each event's data, its canonical text and
+its number, and adds its line to the recording's digest (``recording.py``);
+what is left is the store's part, :func:`write_events`: in one transaction,
+which of the batch's recordings this recorder still writes (``FOR SHARE`` on
+PostgreSQL, so that a replica taking one over waits for the batch), their
+events (``server.store.bulk``: COPY on PostgreSQL, rows of many values on
+SQLite) and the access index of their statements (``access.write_index``).
+
+That part is Python too (rows made, the driver called, the index's rows made
+from each statement's facts), and on a busy broker the writer thread competes
+with the event loop for the interpreter lock: every hand-over of the lock is a
+pair of context switches, and the thread's work slows the loop's through the
+caches it shares.  Measured on the gateway's throughput bench (pgbench -S, 8
+clients, SQLite store), leaving the store's part out took the broker from
+6,200 to 8,000 transactions a second.  :class:`WriterProcess` therefore does
+that part in a child process of its own (``python -m
+server.audit.event_writes``), which holds its own connection to the store: the
+writer thread sends it each batch as plain tuples (session, number, kind,
+canonical text, time, and the values the access index holds of a
+statement's facts, ``access.index_entry``, which the events of one statement
+shape share) and waits for the answer without
+holding the lock.  Only a store another process can open can be written so (a
+SQLite file, PostgreSQL; not an in-memory SQLite database).
+
+The child reads requests on its standard input and answers on its standard
+output (a length, then a pickle: both ends are this module, and the pipe is
+the parent's own), ignores SIGINT and SIGTERM (a Ctrl-C at the terminal
+reaches the whole process group, and the broker still has events to write
+while it stops) and ends when its input closes: when the recorder stops, or
+when the broker dies, however it died.  A child that dies or answers nothing
+fails the batch as a store failure does (the recordings it concerned fail,
+loudly); the next batch starts a new child.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import pickle
+import signal
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any, Final, NamedTuple
+
+import sqlalchemy as sa
+
+from server.audit import access
+from server.store import bulk
+from server.store import tables as t
+from server.store.db import Store
+
+log = logging.getLogger(__name__)
+
+EVENT_COLUMNS: Final = ("session_id", "seq", "ts", "kind", "data")
+_LENGTH = struct.Struct("!Q")
+# How long a stopping recorder waits for its child to end once its input is closed.
+_STOP_TIMEOUT: Final = 10.0
+
+
+class EventRow(NamedTuple):
+    """An event as the store keeps it."""
+
+    session_id: str
+    seq: int
+    kind: str
+    text: str  # the data's canonical JSON: stored as it is, and hashed in the event's line
+    iso: str  # its time
+    entry: access.IndexEntry | None  # what the access index holds of its facts
+
+
+def mine_query(writer: str | None) -> sa.Select[tuple[str]]:
+    """Which of the recordings ``:ids`` a recorder writing as ``writer`` still writes,
+    held ``FOR SHARE`` until the transaction ends."""
+    r = t.session_recordings.c
+    mine = r.writer.is_(None) if writer is None else r.writer == writer
+    return (
+        sa.select(r.session_id)
+        .where(
+            r.session_id.in_(sa.bindparam("ids", expanding=True)),
+            sa.or_(mine, r.writer.is_(None)),
+        )
+        .with_for_update(read=True)
+    )
+
+
+def write_events(
+    conn: sa.Connection, mine: sa.Select[tuple[str]], events: Sequence[EventRow]
+) -> set[str]:
+    """Write, in ``conn``'s transaction, the events of the recordings this writer
+    still writes (``mine``: :func:`mine_query`) and their access index; returns the
+    recordings whose events were not written (another replica took them over)."""
+    ids = sorted({e.session_id for e in events})
+    writes = {str(sid) for sid in conn.execute(mine, {"ids": ids}).scalars()}
+    stamp = bulk.iso_timestamps(conn)
+    written = [(e, stamp(e.iso)) for e in events if e.session_id in writes]
+    if written:
+        bulk.insert(
+            conn,
+            t.session_events,
+            EVENT_COLUMNS,
+            [(e.session_id, e.seq, ts, e.kind, e.text) for e, ts in written],
+        )
+        access.write_entries(
+            conn,
+            [(e.session_id, e.seq, ts, e.entry) for e, ts in written if e.entry is not None],
+        )
+    return set(ids) - writes
+
+
+def shareable(store: Store) -> bool:
+    """Whether another process can open ``store`` (not an in-memory SQLite database)."""
+    url = store.engine.url
+    if url.get_backend_name() != "sqlite":
+        return True
+    database = url.database or ""
+    return database not in ("", ":memory:") and not database.startswith("file:")
+
+
+class WriterError(Exception):
+    """The child process failed or ended: the batch was not (known to be) written."""
+
+
+class WriterProcess:
+    """The store's part of a recorder's writes, in a child process (see the module)."""
+
+    def __init__(self, store: Store, writer: str | None) -> None:
+        self._url = store.engine.url.render_as_string(hide_password=False)
+        self._writer = writer
+        self._proc: subprocess.Popen[bytes] | None = None
+        # One batch at a time: the recorder's writer thread calls write(), stop() may
+        # come from another thread.
+        self._lock = threading.Lock()
+
+    @property
+    def pid(self) -> int | None:
+        proc = self._proc
+        return proc.pid if proc is not None and proc.poll() is None else None
+
+    def write(self, events: Sequence[EventRow]) -> tuple[str | None, set[str]]:
+        """What :func:`write_events` returns, with the store's problem (or None)."""
+        with self._lock:
+            try:
+                proc = self._started()
+                assert proc.stdin is not None and proc.stdout is not None
+                _send(proc.stdin, list(events))
+                answer = _receive(proc.stdout)
+            except (OSError, WriterError, EOFError, pickle.PickleError) as exc:
+                self._end(kill=True)
+                log.error("the recording's writer process failed: %s", exc)
+                return "the recording's writer process failed", set()
+        if answer is None:
+            self._end(kill=True)
+            log.error("the recording's writer process ended")
+            return "the recording's writer process failed", set()
+        problem, fenced, detail = answer
+        if problem is not None:
+            log.error("cannot write %d session events: %s", len(events), detail)
+        return problem, fenced
+
+    def stop(self) -> None:
+        """Close the child's input and wait for it to end."""
+        with self._lock:
+            self._end(kill=False)
+
+    def _started(self) -> subprocess.Popen[bytes]:
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            return proc
+        root = str(Path(__file__).resolve().parents[2])
+        path = os.environ.get("PYTHONPATH")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "server.audit.event_writes"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": root if not path else f"{root}{os.pathsep}{path}"},
+            close_fds=True,
+        )
+        self._proc = proc
+        assert proc.stdin is not None
+        # The store's URL (with its password) goes through the pipe, never the command line.
+        _send(proc.stdin, (self._url, self._writer))
+        return proc
+
+    def _end(self, *, kill: bool) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if kill:
+            proc.kill()
+        else:
+            try:
+                assert proc.stdin is not None
+                proc.stdin.close()
+            except OSError:
+                pass
+        try:
+            proc.wait(_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None:
+                pipe.close()
+
+
+def _send(pipe: IO[bytes], value: object) -> None:
+    payload = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    pipe.write(_LENGTH.pack(len(payload)) + payload)
+    pipe.flush()
+
+
+def _receive(pipe: IO[bytes]) -> Any:
+    """The next value from ``pipe``; None when it closed."""
+    head = pipe.read(_LENGTH.size)
+    if len(head) < _LENGTH.size:
+        return None
+    (size,) = _LENGTH.unpack(head)
+    payload = pipe.read(size)
+    if len(payload) < size:
+        return None
+    return pickle.loads(payload)  # noqa: S301 - written by this module's other end
+
+
+def serve(requests: IO[bytes], answers: IO[bytes]) -> None:
+    """The child: write each batch that comes, answer (problem, fenced, detail)."""
+    first = _receive(requests)
+    if first is None:
+        return
+    url, writer = first
+    store = Store.open(url)
+    mine = mine_query(writer)
+    try:
+        while (events := _receive(requests)) is not None:
+            try:
+                with store.tx() as conn:
+                    fenced = write_events(conn, mine, events)
+                answer: tuple[str | None, set[str], str | None] = (None, fenced, None)
+            except Exception as exc:
+                answer = (
+                    f"the store refused the recording: {type(exc).__name__}",
+                    set(),
+                    str(exc),
+                )
+            _send(answers, answer)
+    finally:
+        store.close()
+
+
+def main() -> None:
+    # A batch is thousands of new tuples, none of them in a cycle: collecting after
+    # every 700 allocations (the default) cost the child an eighth of its time.
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # The answers get standard output to themselves: anything printed goes to stderr.
+    answers = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    serve(sys.stdin.buffer, answers)
+
+
+if __name__ == "__main__":
+    main()

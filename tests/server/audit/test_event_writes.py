@@ -1,0 +1,231 @@
+"""The recorder's store writes in a process of their own (server/audit/event_writes.py):
+the same rows as the writer thread's, failures as loud, and no child left behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from server.audit import access, event_writes
+from server.audit.access import RelationAccess, SessionFacts, access_event
+from server.audit.recording import Recorder, load_events, verify_recordings
+from server.store import tables as t
+from server.store.db import Store
+
+START = {"identity": "alice", "groups": ["dev"], "target": "demo", "scope": "read"}
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store.open(f"sqlite:///{tmp_path / 'store.db'}")
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def _facts(rows: int) -> dict[str, object]:
+    relation = RelationAccess("public", "customers", "read", ("id", "email"), frozenset({"email"}))
+    return access_event(
+        SessionFacts("demo", "alice", "user"), command="SELECT", relations=[relation], rows=rows
+    )
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in ("Z", "X")
+
+
+def _wait_gone(pid: int, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not _gone(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def _child(recorder: Recorder) -> int:
+    process = recorder._process
+    assert process is not None
+    pid = process.pid
+    assert pid is not None
+    return pid
+
+
+def test_a_store_only_this_process_can_open_is_written_by_the_thread(tmp_path: Path) -> None:
+    for url, apart in (
+        ("sqlite://", False),
+        ("sqlite:///:memory:", False),
+        (f"sqlite:///{tmp_path / 'store.db'}", True),
+    ):
+        store = Store.open(url)
+        try:
+            assert event_writes.shareable(store) is apart
+            recorder = Recorder(store, write_process=True)
+            assert (recorder._process is not None) is apart
+            recorder.stop()
+        finally:
+            store.close()
+
+
+def test_the_process_writes_what_the_thread_writes(any_store: Store) -> None:
+    """The same events through each writer: the same texts, numbers and index rows."""
+    by_thread = Recorder(any_store, flush_interval=0.01)
+    by_process = Recorder(any_store, flush_interval=0.01, write_process=True)
+    try:
+        for recorder, sid in ((by_thread, "s-thread"), (by_process, "s-process")):
+            recorder.open(sid, START)
+            for i in range(300):  # more than one batch of the bulk writer's rows
+                assert recorder.record(
+                    sid, "statement", {"text": f"select {i}", "access": _facts(i)}
+                )
+            assert recorder.record(sid, "notice", {"message": "hello"})
+            assert recorder.close(sid, {"reason": "done"}).status == "closed"
+        assert _child(by_process) > 0
+    finally:
+        by_thread.stop()
+        by_process.stop()
+
+    def stored(sid: str) -> list[tuple[int, str, object]]:
+        return [(e.seq, e.kind, e.data.get("access")) for e in load_events(any_store, sid)]
+
+    assert stored("s-process") == stored("s-thread")
+    assert len(stored("s-process")) == 303
+    ae, ac = t.access_events.c, t.access_columns.c
+    with any_store.tx() as conn:
+        rows = conn.execute(
+            sa.select(ae.session_id, ae.seq, ae.rows, ac.column_name, ac.state)
+            .join(t.access_columns, ac.access_id == ae.id)
+            .order_by(ae.session_id, ae.seq, ac.column_name)
+        ).all()
+    indexed = {
+        sid: [tuple(r[1:]) for r in rows if r[0] == sid] for sid in ("s-thread", "s-process")
+    }
+    assert indexed["s-process"] == indexed["s-thread"]
+    assert len(indexed["s-process"]) == 600  # two columns of each of 300 statements
+    assert verify_recordings(any_store).ok
+    assert access.verify_index(any_store) == []
+
+
+def test_a_writer_process_that_died_is_replaced_and_one_that_dies_mid_batch_fails_loudly(
+    store: Store, tmp_path: Path
+) -> None:
+    failures: list[tuple[str, str]] = []
+    called = threading.Event()
+
+    def on_failure(session_id: str, reason: str) -> None:
+        failures.append((session_id, reason))
+        called.set()
+
+    recorder = Recorder(store, on_failure=on_failure, flush_interval=0.01, write_process=True)
+    try:
+        recorder.open("s-1", START)
+        assert recorder.record("s-1", "statement", {"text": "select 1"})
+        assert recorder.flush(10)
+        first = _child(recorder)
+        # Between batches: nothing was in its hands, the next batch has a child of its own.
+        os.kill(first, signal.SIGKILL)
+        assert _wait_gone(first)
+        assert recorder.record("s-1", "statement", {"text": "select 2"})
+        assert recorder.flush(10)
+        second = _child(recorder)
+        assert second != first and not failures
+        # During a batch (the child waits for the store's write lock, which this holds):
+        # whether the batch was written cannot be known, so the recording fails.
+        lock = sqlite3.connect(tmp_path / "store.db", isolation_level=None, timeout=30)
+        try:
+            lock.execute("BEGIN IMMEDIATE")
+            assert recorder.record("s-1", "statement", {"text": "select 3"})
+            deadline = time.monotonic() + 10
+            while recorder.queue_depth() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.2)  # the batch reaches the child, which waits for the lock
+            os.kill(second, signal.SIGKILL)
+            assert called.wait(10)
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        assert failures == [("s-1", "the recording's writer process failed")]
+        assert not recorder.record("s-1", "statement", {"text": "select 4"})
+        recorder.open("s-2", START)
+        assert recorder.record("s-2", "statement", {"text": "select 5"})
+        kept = recorder.close("s-2", {})
+        failed = recorder.close("s-1", {})
+    finally:
+        recorder.stop()
+    assert kept.status == "closed" and kept.events == 3
+    # the statement the dead child took with it, the one refused after, session.end
+    assert failed.status == "failed" and failed.events == 3 and failed.dropped == 3
+    assert verify_recordings(store).ok
+
+
+def test_the_writer_process_ignores_ctrl_c_and_ends_with_the_recorder(store: Store) -> None:
+    """A Ctrl-C reaches the broker's whole process group: the child still writes what
+    the stopping broker records, and ends when the recorder stops."""
+    recorder = Recorder(store, flush_interval=0.01, write_process=True)
+    try:
+        recorder.open("s-1", START)
+        assert recorder.flush(10)
+        pid = _child(recorder)
+        os.kill(pid, signal.SIGINT)
+        os.kill(pid, signal.SIGTERM)
+        assert recorder.record("s-1", "statement", {"text": "select 1"})
+        assert recorder.close("s-1", {}).status == "closed"
+        assert _child(recorder) == pid
+    finally:
+        recorder.stop()
+    assert _wait_gone(pid)
+    assert verify_recordings(store).ok
+
+
+def test_the_writer_process_ends_when_the_broker_is_killed(tmp_path: Path) -> None:
+    """SIGKILL leaves the recorder no chance to stop its child: the child ends on
+    its own when its input closes with the broker's death."""
+    script = textwrap.dedent(
+        f"""
+        import sys, time
+        from server.audit.recording import Recorder
+        from server.store.db import Store
+        store = Store.open("sqlite:///{tmp_path / "store.db"}")
+        recorder = Recorder(store, flush_interval=0.01, write_process=True)
+        recorder.open("s-1", {{"identity": "alice"}})
+        assert recorder.flush(10)
+        print(recorder._process.pid, flush=True)
+        time.sleep(60)
+        """
+    )
+    broker = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        assert broker.stdout is not None
+        child = int(broker.stdout.readline())
+        assert not _gone(child)
+        broker.kill()
+        broker.wait(10)
+        assert _wait_gone(child), "the writer process outlived its broker"
+    finally:
+        if broker.poll() is None:
+            broker.kill()
+            broker.wait()
+        if broker.stdout is not None:
+            broker.stdout.close()

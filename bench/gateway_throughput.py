@@ -487,7 +487,7 @@ def main() -> None:
     print()
     print(
         "dbaccess against pgbouncer-tls (TLS to both) and plain pgbouncer: TPS ratios, "
-        "and the proxy's CPU (user + system, all threads) per transaction"
+        "and the proxy's CPU (user + system, all threads and its writer process) per transaction"
     )
     print(
         f"{'mode':9} {'clients':>7}  {'route':16}  {'/ pgb-tls':>9}  {'target':>8}"

@@ -149,7 +149,7 @@ class WriterProcess:
             try:
                 proc = self._started()
                 assert proc.stdin is not None and proc.stdout is not None
-                _send(proc.stdin, list(events))
+                _send(proc.stdin, _plain(events))
                 answer = _receive(proc.stdout)
             except (OSError, WriterError, EOFError, pickle.PickleError) as exc:
                 self._end(kill=True)
@@ -210,6 +210,33 @@ class WriterProcess:
                 pipe.close()
 
 
+# A batch goes through the pipe as plain tuples: pickle writes those in C, where a
+# named tuple costs a Python call (its __getnewargs__) each, on the writer thread.
+_Row = tuple[str, int, str, str, str, tuple[Any, ...] | None, list[access.ColumnAccess] | None]
+
+
+def _plain(events: Sequence[EventRow]) -> list[_Row]:
+    return [
+        (
+            e.session_id,
+            e.seq,
+            e.kind,
+            e.text,
+            e.iso,
+            None if e.entry is None else e.entry.described,
+            None if e.entry is None else e.entry.columns,
+        )
+        for e in events
+    ]
+
+
+def _rows(rows: Sequence[_Row]) -> list[EventRow]:
+    return [
+        EventRow(sid, seq, kind, text, iso, None if d is None else access.IndexEntry(d, c or []))
+        for sid, seq, kind, text, iso, d, c in rows
+    ]
+
+
 def _send(pipe: IO[bytes], value: object) -> None:
     payload = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
     pipe.write(_LENGTH.pack(len(payload)) + payload)
@@ -237,8 +264,9 @@ def serve(requests: IO[bytes], answers: IO[bytes]) -> None:
     store = Store.open(url)
     mine = mine_query(writer)
     try:
-        while (events := _receive(requests)) is not None:
+        while (rows := _receive(requests)) is not None:
             try:
+                events = _rows(rows)
                 with store.tx() as conn:
                     fenced = write_events(conn, mine, events)
                 answer: tuple[str | None, set[str], str | None] = (None, fenced, None)

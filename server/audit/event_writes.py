@@ -30,8 +30,10 @@ the parent's own), ignores SIGINT and SIGTERM (a Ctrl-C at the terminal
 reaches the whole process group, and the broker still has events to write
 while it stops) and ends when its input closes: when the recorder stops, or
 when the broker dies, however it died.  A child that dies or answers nothing
-fails the batch as a store failure does (the recordings it concerned fail,
-loudly); the next batch starts a new child.
+during a batch fails the batch as a store failure does (the recordings it
+concerned fail, loudly); the next batch starts a new child.  A child that
+cannot start (it ends before it says it has opened the store) was handed
+nothing: the recorder logs why and writes from its own thread from then on.
 """
 
 from __future__ import annotations
@@ -123,8 +125,14 @@ def shareable(store: Store) -> bool:
     return database not in ("", ":memory:") and not database.startswith("file:")
 
 
-class WriterError(Exception):
-    """The child process failed or ended: the batch was not (known to be) written."""
+class WriterUnavailable(Exception):
+    """The child process could not be started: nothing was handed to it."""
+
+
+# What the child runs (``python -m``); the tests name another to make it fail.
+CHILD_MODULE = "server.audit.event_writes"
+# What the child says once it has opened the store.
+_READY: Final = "ready"
 
 
 class WriterProcess:
@@ -144,14 +152,20 @@ class WriterProcess:
         return proc.pid if proc is not None and proc.poll() is None else None
 
     def write(self, events: Sequence[EventRow]) -> tuple[str | None, set[str]]:
-        """What :func:`write_events` returns, with the store's problem (or None)."""
+        """What :func:`write_events` returns, with the store's problem (or None).
+        Raises :class:`WriterUnavailable` when no child could be started (the
+        batch was not handed over: the caller may write it itself)."""
         with self._lock:
             try:
                 proc = self._started()
+            except (OSError, WriterUnavailable, pickle.PickleError) as exc:
+                self._end(kill=True)
+                raise WriterUnavailable(str(exc) or type(exc).__name__) from None
+            try:
                 assert proc.stdin is not None and proc.stdout is not None
                 _send(proc.stdin, _plain(events))
                 answer = _receive(proc.stdout)
-            except (OSError, WriterError, EOFError, pickle.PickleError) as exc:
+            except (OSError, EOFError, pickle.PickleError) as exc:
                 self._end(kill=True)
                 log.error("the recording's writer process failed: %s", exc)
                 return "the recording's writer process failed", set()
@@ -176,16 +190,18 @@ class WriterProcess:
         root = str(Path(__file__).resolve().parents[2])
         path = os.environ.get("PYTHONPATH")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "server.audit.event_writes"],
+            [sys.executable, "-m", CHILD_MODULE],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env={**os.environ, "PYTHONPATH": root if not path else f"{root}{os.pathsep}{path}"},
             close_fds=True,
         )
         self._proc = proc
-        assert proc.stdin is not None
+        assert proc.stdin is not None and proc.stdout is not None
         # The store's URL (with its password) goes through the pipe, never the command line.
         _send(proc.stdin, (self._url, self._writer))
+        if _receive(proc.stdout) != _READY:
+            raise WriterUnavailable(f"the writer process ended at its start ({proc.wait()})")
         return proc
 
     def _end(self, *, kill: bool) -> None:
@@ -263,6 +279,7 @@ def serve(requests: IO[bytes], answers: IO[bytes]) -> None:
     url, writer = first
     store = Store.open(url)
     mine = mine_query(writer)
+    _send(answers, _READY)
     try:
         while (rows := _receive(requests)) is not None:
             try:

@@ -1007,7 +1007,16 @@ class Recorder:
         transaction: (the store's problem, or None; the sessions another replica has
         taken over, whose events were not written)."""
         if self._process is not None:
-            return self._process.write(batch)
+            try:
+                return self._process.write(batch)
+            except event_writes.WriterUnavailable as exc:
+                # Nothing was handed over: this thread writes, from now on.
+                log.error(
+                    "the recording's writer process could not start (%s): "
+                    "recordings are written from the broker's own process",
+                    exc,
+                )
+                self._process = None
         try:
             with self.store.tx() as conn:
                 fenced = event_writes.write_events(conn, self._mine, batch)

@@ -229,3 +229,30 @@ def test_the_writer_process_ends_when_the_broker_is_killed(tmp_path: Path) -> No
             broker.wait()
         if broker.stdout is not None:
             broker.stdout.close()
+
+
+def test_a_writer_process_that_cannot_start_leaves_the_writes_to_the_thread(
+    store: Store, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nothing was handed to a child that never started: nothing is lost, and the
+    recorder writes from its own thread from then on, saying why."""
+    monkeypatch.setattr(event_writes, "CHILD_MODULE", "server.audit.no_such_module")
+    failures: list[tuple[str, str]] = []
+    recorder = Recorder(
+        store,
+        on_failure=lambda sid, why: failures.append((sid, why)),
+        flush_interval=0.01,
+        write_process=True,
+    )
+    try:
+        recorder.open("s-1", START)
+        assert recorder.record("s-1", "statement", {"text": "select 1", "access": _facts(1)})
+        closed = recorder.close("s-1", {})
+        assert recorder._process is None
+    finally:
+        recorder.stop()
+    assert not failures
+    assert closed.status == "closed" and closed.events == 3
+    assert "the recording's writer process could not start" in caplog.text
+    assert verify_recordings(store).ok
+    assert access.verify_index(store) == []

@@ -6,7 +6,7 @@ what is left is the store's part, :func:`write_events`: in one transaction,
 which of the batch's recordings this recorder still writes (``FOR SHARE`` on
 PostgreSQL, so that a replica taking one over waits for the batch), their
 events (``server.store.bulk``: COPY on PostgreSQL, rows of many values on
-SQLite) and the access index of their statements (``access.write_index``).
+SQLite) and the access index of their statements (``access.write_entries``).
 
 That part is Python too (rows made, the driver called, the index's rows made
 from each statement's facts), and on a busy broker the writer thread competes
@@ -29,9 +29,12 @@ output (a length, then a pickle: both ends are this module, and the pipe is
 the parent's own), ignores SIGINT and SIGTERM (a Ctrl-C at the terminal
 reaches the whole process group, and the broker still has events to write
 while it stops) and ends when its input closes: when the recorder stops, or
-when the broker dies, however it died.  A child that dies or answers nothing
-during a batch fails the batch as a store failure does (the recordings it
-concerned fail, loudly); the next batch starts a new child.  A child that
+when the broker dies, however it died.  A child that ends during a batch
+(killed, out of memory) may have committed it or not: the recorder reads back
+which of the batch's events the store holds, keeps those as written, and fails
+the recordings of the rest, loudly, as when the store refuses a batch; the
+next batch starts a new child.  The child is started with ``python -P``, so
+that nothing in the broker's working directory is run in its place.  A child that
 cannot start (it ends before it says it has opened the store) was handed
 nothing: the recorder logs why and writes from its own thread from then on.
 """
@@ -129,10 +132,16 @@ class WriterUnavailable(Exception):
     """The child process could not be started: nothing was handed to it."""
 
 
+class WriterLost(Exception):
+    """The child process ended with a batch: it may or may not have written it."""
+
+
 # What the child runs (``python -m``); the tests name another to make it fail.
 CHILD_MODULE = "server.audit.event_writes"
-# What the child says once it has opened the store.
+# What the child says once it has opened the store, with the version of what the
+# two say to each other (a broker upgraded in place starts the new module's code).
 _READY: Final = "ready"
+PROTOCOL: Final = 1
 
 
 class WriterProcess:
@@ -154,7 +163,9 @@ class WriterProcess:
     def write(self, events: Sequence[EventRow]) -> tuple[str | None, set[str]]:
         """What :func:`write_events` returns, with the store's problem (or None).
         Raises :class:`WriterUnavailable` when no child could be started (the
-        batch was not handed over: the caller may write it itself)."""
+        batch was not handed over: the caller may write it itself), and
+        :class:`WriterLost` when the child ended with the batch in its hands
+        (whether it was written is for the caller to find out in the store)."""
         with self._lock:
             try:
                 proc = self._started()
@@ -166,31 +177,44 @@ class WriterProcess:
                 _send(proc.stdin, _plain(events))
                 answer = _receive(proc.stdout)
             except (OSError, EOFError, pickle.PickleError) as exc:
+                answer, lost = None, f"{type(exc).__name__}: {exc}"
+            else:
+                lost = "it ended"
+            if answer is None:
+                # Ended (killed, or out of memory) with the batch: it may have
+                # written it before it ended, and it writes nothing more now.
                 self._end(kill=True)
-                log.error("the recording's writer process failed: %s", exc)
-                return "the recording's writer process failed", set()
-        if answer is None:
-            self._end(kill=True)
-            log.error("the recording's writer process ended")
-            return "the recording's writer process failed", set()
+                raise WriterLost(lost)
         problem, fenced, detail = answer
         if problem is not None:
             log.error("cannot write %d session events: %s", len(events), detail)
         return problem, fenced
 
-    def stop(self) -> None:
-        """Close the child's input and wait for it to end."""
-        with self._lock:
+    def stop(self, timeout: float = _STOP_TIMEOUT) -> None:
+        """Close the child's input and wait for it to end; a child still busy with a
+        batch after ``timeout`` is killed (the recorder then finds out what it wrote)."""
+        if not self._lock.acquire(timeout=timeout):
+            proc = self._proc
+            if proc is not None:
+                proc.kill()
+            self._lock.acquire()
+        try:
             self._end(kill=False)
+        finally:
+            self._lock.release()
 
     def _started(self) -> subprocess.Popen[bytes]:
         proc = self._proc
-        if proc is not None and proc.poll() is None:
-            return proc
+        if proc is not None:
+            if proc.poll() is None:
+                return proc
+            self._end(kill=True)  # ended between batches: its pipes go with it
         root = str(Path(__file__).resolve().parents[2])
         path = os.environ.get("PYTHONPATH")
         proc = subprocess.Popen(
-            [sys.executable, "-m", CHILD_MODULE],
+            # -P: the broker's working directory is not searched for the module
+            # (a server/ there would be run instead, and be handed the store's URL).
+            [sys.executable, "-P", "-m", CHILD_MODULE],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env={**os.environ, "PYTHONPATH": root if not path else f"{root}{os.pathsep}{path}"},
@@ -199,9 +223,12 @@ class WriterProcess:
         self._proc = proc
         assert proc.stdin is not None and proc.stdout is not None
         # The store's URL (with its password) goes through the pipe, never the command line.
-        _send(proc.stdin, (self._url, self._writer))
-        if _receive(proc.stdout) != _READY:
-            raise WriterUnavailable(f"the writer process ended at its start ({proc.wait()})")
+        _send(proc.stdin, (PROTOCOL, self._url, self._writer))
+        ready = _receive(proc.stdout)
+        if ready != (_READY, PROTOCOL):
+            if ready is None:
+                raise WriterUnavailable(f"the writer process ended at its start ({proc.wait()})")
+            raise WriterUnavailable(f"the writer process speaks another protocol: {ready!r}")
         return proc
 
     def _end(self, *, kill: bool) -> None:
@@ -276,10 +303,13 @@ def serve(requests: IO[bytes], answers: IO[bytes]) -> None:
     first = _receive(requests)
     if first is None:
         return
-    url, writer = first
+    protocol, url, writer = first
+    if protocol != PROTOCOL:
+        _send(answers, (_READY, PROTOCOL))  # the parent sees another protocol, and stops
+        return
     store = Store.open(url)
     mine = mine_query(writer)
-    _send(answers, _READY)
+    _send(answers, (_READY, PROTOCOL))
     try:
         while (rows := _receive(requests)) is not None:
             try:

@@ -75,8 +75,8 @@ their replica id).  One replica writes a recording at a time: the session's
 owner, or the replica that took the session over when its owner died, which
 becomes the writer (:meth:`Recorder._resume`) before it reads the last stored
 event.  Every batch is written only for the recordings this recorder is still
-the writer of (:meth:`Recorder._writes`, ``FOR SHARE`` on PostgreSQL, so a
-taking over waits for a batch under way): a replica taken for dead that still
+the writer of (``event_writes.write_events``, ``FOR SHARE`` on PostgreSQL, so
+a taking over waits for a batch under way): a replica taken for dead that still
 writes has its recording failed, loudly, instead of numbering an event the
 same as the new writer's, and it does not close a recording it no longer
 writes.  Sequence numbers of one recording therefore never collide.
@@ -638,7 +638,7 @@ class Recorder:
         if thread is not None:
             thread.join(timeout)
         if self._process is not None:
-            self._process.stop()
+            self._process.stop(timeout)
 
     # -- recording ----------------------------------------------------------------
     def open(
@@ -1009,6 +1009,8 @@ class Recorder:
         if self._process is not None:
             try:
                 return self._process.write(batch)
+            except event_writes.WriterLost as exc:
+                return self._settle(batch, str(exc))
             except event_writes.WriterUnavailable as exc:
                 # Nothing was handed over: this thread writes, from now on.
                 log.error(
@@ -1024,6 +1026,37 @@ class Recorder:
             log.error("cannot write %d session events: %s", len(batch), exc)
             return f"the store refused the recording: {type(exc).__name__}", set()
         return None, fenced
+
+    def _settle(self, batch: list[EventRow], why: str) -> tuple[str | None, set[str]]:
+        """What ``_write`` returns for a batch the writer process ended with: it was
+        written in one transaction or not at all, and the store tells which."""
+        log.error(
+            "the recording's writer process ended with %d events (%s): "
+            "reading back whether it wrote them",
+            len(batch),
+            why,
+        )
+        lost = "the recording's writer process failed"
+        ids = sorted({e.session_id for e in batch})
+        se = t.session_events.c
+        try:
+            # A snapshot: the child is gone, so what it committed is all it wrote (and
+            # a store still locked by someone else does not hold this up).
+            with self.store.read() as conn:
+                mine = self._writes(conn, ids)
+                stored = set(
+                    conn.execute(
+                        sa.select(se.session_id, se.seq).where(
+                            se.session_id.in_(ids), se.seq >= min(e.seq for e in batch)
+                        )
+                    ).all()
+                )
+        except Exception as exc:
+            log.error("cannot read back what the writer process wrote: %s", exc)
+            return lost, set()
+        if not any((e.session_id, e.seq) in stored for e in batch if e.session_id in mine):
+            return lost, set()
+        return None, set(ids) - mine
 
     def _report(self, session_id: str, reason: str | None) -> None:
         if reason is None or self.on_failure is None:

@@ -256,3 +256,90 @@ def test_a_writer_process_that_cannot_start_leaves_the_writes_to_the_thread(
     assert "the recording's writer process could not start" in caplog.text
     assert verify_recordings(store).ok
     assert access.verify_index(store) == []
+
+
+def test_a_writer_process_that_ends_after_committing_keeps_what_it_wrote(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ended between its commit and its answer: the events are in the store, so they
+    are in the digest too, and the recording goes on (nothing is reported lost)."""
+    monkeypatch.setattr(event_writes, "CHILD_MODULE", "tests.fix_writer_child")
+    failures: list[tuple[str, str]] = []
+    recorder = Recorder(
+        store,
+        on_failure=lambda sid, why: failures.append((sid, why)),
+        flush_interval=0.01,
+        write_process=True,
+    )
+    try:
+        recorder.open("s-1", START)
+        assert recorder.flush(10)  # the first batch, answered
+        first = _child(recorder)
+        assert recorder.record("s-1", "statement", {"text": "select 1"})
+        assert recorder.flush(10)  # committed, then the child ended
+        assert _wait_gone(first)
+        assert recorder.record("s-1", "statement", {"text": "select 2"})
+        closed = recorder.close("s-1", {})
+    finally:
+        recorder.stop()
+    assert not failures
+    assert closed.status == "closed" and closed.events == 4 and closed.dropped == 0
+    assert [e.data.get("text") for e in load_events(store, "s-1")] == [
+        None,
+        "select 1",
+        "select 2",
+        None,
+    ]
+    assert verify_recordings(store).ok
+
+
+def test_a_stopping_recorder_does_not_wait_for_a_child_stuck_in_the_store(
+    store: Store, tmp_path: Path
+) -> None:
+    failures: list[tuple[str, str]] = []
+    called = threading.Event()
+
+    def on_failure(session_id: str, reason: str) -> None:
+        failures.append((session_id, reason))
+        called.set()
+
+    recorder = Recorder(store, on_failure=on_failure, flush_interval=0.01, write_process=True)
+    recorder.open("s-1", START)
+    assert recorder.flush(10)
+    lock = sqlite3.connect(tmp_path / "store.db", isolation_level=None, timeout=30)
+    try:
+        lock.execute("BEGIN IMMEDIATE")
+        assert recorder.record("s-1", "statement", {"text": "select 1"})
+        time.sleep(0.3)  # the batch reaches the child, which waits for the lock
+        started = time.monotonic()
+        recorder.stop(timeout=1)
+        assert time.monotonic() - started < 10
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    # Killed with the batch: the store says it was not written, and that is reported.
+    assert called.wait(30)
+    assert failures == [("s-1", "the recording's writer process failed")]
+
+
+def test_the_writer_process_is_never_one_the_working_directory_holds(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``python -m`` would look in the working directory first: a module there of the
+    same name is not run (it would be handed the store's URL)."""
+    fake = tmp_path / "cwd" / "server" / "audit"
+    fake.mkdir(parents=True)
+    marker = tmp_path / "ran"
+    for package in (fake.parent, fake):
+        (package / "__init__.py").write_text("")
+    (fake / "event_writes.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    monkeypatch.chdir(tmp_path / "cwd")
+    recorder = Recorder(store, flush_interval=0.01, write_process=True)
+    try:
+        recorder.open("s-1", START)
+        assert recorder.record("s-1", "statement", {"text": "select 1"})
+        assert recorder.close("s-1", {}).status == "closed"
+        assert recorder._process is not None and recorder._process.pid is not None
+    finally:
+        recorder.stop()
+    assert not marker.exists()

@@ -41,7 +41,7 @@ def _columns(record: dict[str, Any]) -> str:
     for c in record["columns"]:
         name = f"{c['relation']}.{c['column']}" if c["column"] else c["relation"]
         mark = "" if c["state"] == "clear" else f" [{c['state']}]"
-        verb = "write " if c["action"] == "write" else ""
+        verb = {"write": "write ", "filter": "filter "}.get(c["action"], "")
         shown.append(f"{verb}{name}{mark}")
     return ", ".join(shown)
 

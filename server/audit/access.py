@@ -16,8 +16,10 @@ self-contained::
 ``columns`` are the relation's columns the statement touched: for a read those
 whose values came back, for a write those it set (an UPDATE's SET targets, an
 INSERT's column list, or every column the catalog holds for an INSERT without
-one); empty where it touched the relation without naming one (``count(*)``, a
-DELETE's target, a MERGE or COPY's).  Of the columns read,
+one), for a filter (``"action": "filter"``) those it decides rows by (WHERE,
+JOIN, GROUP BY, ORDER BY, ...: ``server.gateway.access_facts``); empty where it
+touched the relation without naming one (``count(*)``, a DELETE's target, a
+MERGE or COPY's).  Of the columns read,
 ``masked`` those that left masked, ``exempt`` those a masking rule names that
 came back in clear because the session's groups or scope are exempt (the
 facts of such a session then also say what exempts it: ``"exemption": "group
@@ -57,6 +59,7 @@ KIND: Final = "statement"  # the recording's events that carry access facts
 FACTS: Final = "access"  # the key of the facts in such an event's data
 READ: Final = "read"
 WRITE: Final = "write"
+FILTER: Final = "filter"  # a column the statement decides rows by (WHERE, JOIN, ORDER BY...)
 CLEAR: Final = "clear"
 MASKED: Final = "masked"
 EXEMPT: Final = "exempt"
@@ -75,7 +78,7 @@ class RelationAccess:
 
     schema: str
     table: str
-    action: str  # READ or WRITE
+    action: str  # READ, WRITE or FILTER
     columns: tuple[str, ...] = ()
     masked: frozenset[str] = frozenset()
     exempt: frozenset[str] = frozenset()

@@ -21,6 +21,11 @@ the ``access`` part of the statement's recording event
 * the columns written come from the same analysis (``columns_written``: SET
   targets, INSERT column lists; an INSERT without one writes every column the
   catalog holds), in every session;
+* the columns it decides rows by (``columns_filtered``: WHERE, JOIN ON,
+  GROUP BY, ORDER BY, ...) come from the same analysis too, as a ``filter``
+  of the relation the text names, or, where it names none, of every relation
+  read whose catalog columns have that name; they count as clear (exempt in
+  an exempt session, where a rule names them);
 * the columns read come from the masking plans of the statement's results: each
   result column's origin (``schema.table.column``, or the base columns it is
   derived from) and whether it left masked.  A view's column is named, and
@@ -50,6 +55,7 @@ from operator import is_
 from typing import Any, Final
 
 from server.audit.access import (
+    FILTER,
     READ,
     WRITE,
     FactsTemplate,
@@ -68,7 +74,7 @@ from server.gateway.masking import (
     MaskPlan,
     masks,
 )
-from server.gateway.sqlcheck import ANY_COLUMN, Analysis, Execution, analyze
+from server.gateway.sqlcheck import ANY_COLUMN, Analysis, Execution, Statement, analyze
 
 log = logging.getLogger(__name__)
 
@@ -242,6 +248,12 @@ def _relations(
                     for column in _each_column(columns, schema, table, snapshot):
                         if column not in named:
                             named.append(column)
+            for schema, table, column in _filtered(ctx, statement, snapshot):
+                named, _, exempt = relation(schema, table, FILTER)
+                if column not in named:
+                    named.append(column)
+                if ctx.exemption is not None and masks(ctx.rules, ColumnRef(schema, table, column)):
+                    exempt.add(column)
 
     def read(schema: str, table: str, column: str, field: FieldPlan) -> None:
         columns, masked, exempt = relation(schema, table, READ)
@@ -267,6 +279,32 @@ def _relations(
         )
         for (schema, table, action), (columns, masked, exempt) in relations.items()
     )
+
+
+def _filtered(
+    ctx: AccessContext, statement: Statement, snapshot: CatalogSnapshot | None
+) -> list[tuple[str, str, str]]:
+    """The columns ``statement`` decides rows by, with their relation: the one the
+    text names (its schema settled as a read's is), else every relation it reads
+    whose catalog columns have that name (none without a catalog)."""
+    found: list[tuple[str, str, str]] = []
+    by_table: dict[tuple[str, str], list[str]] = {}
+    loose: list[str] = []
+    for name, column in statement.columns_filtered:
+        if name is None:
+            loose.append(column)
+        elif name.schema is not None:
+            by_table.setdefault((name.name, column), []).append(name.schema)
+    for (table, column), schemas in by_table.items():
+        for schema in _settled(list(dict.fromkeys(schemas)), table, ctx.role, snapshot):
+            found.append((schema, table, column))
+    if loose and snapshot is not None:
+        for name in dict.fromkeys(statement.reads):
+            if name.schema is None:
+                continue
+            have = {c.column for c in snapshot.columns_of(name.schema, name.name)}
+            found += [(name.schema, name.name, c) for c in loose if c in have]
+    return list(dict.fromkeys(found))
 
 
 def _bases(

@@ -22,6 +22,7 @@ that made them (``_Reader``), which is all they know of ``classify``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from enum import Enum
 from typing import Any, Protocol
 
@@ -82,8 +83,19 @@ class _Role(Enum):
     LOCK = 5
     INTO = 6
     CTE = 7
+    DECIDING = 8  # a clause that decides rows: see columns_filtered
 
 
+_DECIDING = (
+    exp.Where,
+    exp.Having,
+    exp.Join,
+    exp.Distinct,
+    exp.Window,
+    exp.OnConflict,
+    exp.Group,
+    exp.Order,
+)
 # isinstance against sqlglot's classes is slow; a node's role is looked up by its type.
 _ROLES: dict[type, _Role] = {}
 _NAMING_PARENTS = frozenset({exp.Table, exp.TableAlias, exp.DataType, exp.Schema})
@@ -98,6 +110,7 @@ def _role_of(cls: type) -> _Role:
         (exp.Lock, _Role.LOCK),
         (exp.Into, _Role.INTO),
         (exp.CTE, _Role.CTE),
+        (_DECIDING, _Role.DECIDING),
     ):
         if issubclass(cls, base):
             return role
@@ -130,6 +143,8 @@ class _TreeFacts:
         func_starts: set[int] = set()
         ident_starts: set[int] = set()
         self.funcs: list[exp.Func] = []
+        self.deciding: list[exp.Expr] = []
+        self._resolved: dict[int, tuple[Name, ...]] = {}  # by table node (see _table_names)
         for node in tree.walk():
             role = _ROLES.get(type(node))
             if role is None:
@@ -159,6 +174,8 @@ class _TreeFacts:
                 name = _alias_name(node)
                 if name is not None:
                     self.cte_names.add(name)
+            elif role is _Role.DECIDING:
+                self.deciding.append(node)
         self.functions: tuple[Name, ...] = ()
         if check_calls:
             self.functions = self._calls(func_starts, ident_starts)
@@ -282,6 +299,10 @@ class _TreeFacts:
         return targets
 
     def _table_names(self, table: exp.Table) -> tuple[Name, ...]:
+        # Asked again for each column a filter names: resolved once a table.
+        known = self._resolved.get(id(table))
+        if known is not None:
+            return known
         this = table.this
         if not isinstance(this, exp.Identifier):
             return ()  # a table function: its call is reported as a function
@@ -291,8 +312,11 @@ class _TreeFacts:
             if isinstance(part, exp.Identifier)
         ]
         if len(parts) == 1 and parts[0] in self.cte_names:
-            return ()
-        return self.analyzer.resolve(Name(tuple(parts)))
+            names: tuple[Name, ...] = ()
+        else:
+            names = self.analyzer.resolve(Name(tuple(parts)))
+        self._resolved[id(table)] = names
+        return names
 
     def writes(self) -> tuple[Name, ...]:
         return self._names(self.targets)
@@ -324,6 +348,62 @@ class _TreeFacts:
                 for name in self._table_names(target):
                     found += [(name, column) for column in columns]
         return tuple(dict.fromkeys(found))
+
+    def columns_filtered(self) -> tuple[tuple[Name | None, str], ...]:
+        """The columns the tree decides rows by -- WHERE and HAVING, JOIN ON and
+        USING, GROUP BY, ORDER BY, DISTINCT ON, window PARTITION BY, ON CONFLICT's
+        target, in every query of it -- with the relation each is a column of where
+        the text says: its qualifier is a table of its query (or of a query around
+        it) or that table's alias, or, unqualified, its query reads one table and
+        nothing else.  None where the text does not say (the catalog may)."""
+        found: list[tuple[Name | None, str]] = []
+        # Each node's query, found once for a whole chain of parents: a WHERE of
+        # thousands of ORs nests its columns thousands of levels deep.
+        scopes: dict[int, exp.Expr | None] = {}
+        tables: dict[int, tuple[dict[str, exp.Table], set[str]]] = {}
+        for node in self.deciding:
+            if type(node) is exp.Join:
+                # USING names a column of both sides: which tables, the catalog says.
+                found += [
+                    (None, _fold(part.this, bool(part.quoted)))
+                    for part in node.args.get("using") or ()
+                    if isinstance(part, exp.Identifier)
+                ]
+            for column in _deciding(node):
+                name = _fold(column.this.this, bool(column.this.quoted))
+                owners = self._owners(column, scopes, tables)
+                found += [(owner, name) for owner in owners] if owners else [(None, name)]
+        return tuple(dict.fromkeys(found))
+
+    def _owners(
+        self,
+        column: exp.Column,
+        scopes: dict[int, exp.Expr | None],
+        known: dict[int, tuple[dict[str, exp.Table], set[str]]],
+    ) -> tuple[Name, ...]:
+        qualifier = column.args.get("table")
+        wanted = (
+            _fold(qualifier.this, bool(qualifier.quoted))
+            if isinstance(qualifier, exp.Identifier)
+            else None
+        )
+        scope = _scope_of(column, scopes)
+        while scope is not None:
+            found = known.get(id(scope))
+            if found is None:
+                found = known[id(scope)] = _scope_tables(scope)
+            tables, opaque = found
+            if wanted is None:
+                # Unqualified: its own query's one table, or nothing known.
+                if len(tables) == 1 and not opaque:
+                    return self._table_names(next(iter(tables.values())))
+                return ()
+            if wanted in tables:
+                return self._table_names(tables[wanted])
+            if wanted in opaque:
+                return ()  # a subquery's or a function's alias
+            scope = _scope_of(scope, scopes)
+        return ()
 
     def _names(self, tables: list[exp.Table]) -> tuple[Name, ...]:
         """Distinct table names in the order they are written."""
@@ -432,6 +512,81 @@ def _add_table(targets: list[exp.Table], node: Any) -> None:
         node = node.this
     if isinstance(node, exp.Table):
         targets.append(node)
+
+
+def _deciding(node: exp.Expr) -> Iterator[exp.Column]:
+    """The columns ``node`` (one clause) decides rows, their groups or order by
+    (``uses.predicate_columns`` names the same places, for masking)."""
+    parts: list[Any] = []
+    if isinstance(node, exp.Where | exp.Having):
+        parts.append(node.this)
+    elif isinstance(node, exp.Join | exp.Distinct):
+        parts.append(node.args.get("on"))
+    elif isinstance(node, exp.Window):
+        parts += node.args.get("partition_by") or []
+    elif isinstance(node, exp.OnConflict):
+        parts += node.args.get("conflict_keys") or []
+    elif isinstance(node, exp.Group | exp.Order):
+        parts += node.expressions
+    for part in parts:
+        if not isinstance(part, exp.Expr):
+            continue
+        for column in [part] if isinstance(part, exp.Column) else part.find_all(exp.Column):
+            if isinstance(column, exp.Column) and isinstance(column.this, exp.Identifier):
+                yield column
+
+
+_SCOPES = (exp.Select, exp.Update, exp.Delete, exp.Insert)
+
+
+def _scope_of(node: exp.Expr, known: dict[int, exp.Expr | None]) -> exp.Expr | None:
+    """The query (or UPDATE, DELETE, INSERT) ``node`` is in, above it; ``known``
+    keeps the answer for every node on the way, for the next column to find."""
+    path: list[exp.Expr] = []
+    current = node.parent
+    scope: exp.Expr | None = None
+    while current is not None:
+        if isinstance(current, _SCOPES):
+            scope = current
+            break
+        if id(current) in known:
+            scope = known[id(current)]
+            break
+        path.append(current)
+        current = current.parent
+    for passed in path:
+        known[id(passed)] = scope
+    return scope
+
+
+def _scope_tables(node: exp.Expr) -> tuple[dict[str, exp.Table], set[str]]:
+    """The tables a query's own FROM list names (an UPDATE's, a DELETE's and an
+    INSERT's target too), by the name its columns are qualified with (alias, else
+    table name); and the names of the rest of the list (subqueries, functions),
+    which stand for no table."""
+    tables: dict[str, exp.Table] = {}
+    opaque: set[str] = set()
+    items: list[Any] = []
+    if isinstance(node, exp.Insert):
+        target = node.this
+        items.append(target.this if isinstance(target, exp.Schema) else target)
+    if isinstance(node, exp.Update | exp.Delete):
+        items.append(node.this)
+        items += node.args.get("using") or []
+    source = node.args.get("from_")
+    if isinstance(source, exp.From):
+        items.append(source.this)
+    items += [join.this for join in node.args.get("joins") or [] if isinstance(join, exp.Join)]
+    for item in items:
+        if not isinstance(item, exp.Expr):
+            continue
+        alias = _alias_name(item)
+        if isinstance(item, exp.Table) and isinstance(item.this, exp.Identifier):
+            key = alias or _fold(item.this.this, bool(item.this.quoted))
+            tables[key] = item
+        else:
+            opaque.add(alias or "")
+    return tables, opaque
 
 
 def _alias_name(node: exp.Expr) -> str | None:

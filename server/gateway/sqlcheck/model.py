@@ -118,6 +118,9 @@ class Statement:
     writes: tuple[Name, ...] = ()
     # The columns it sets, with the relation (one of ``writes``): see facts.py.
     columns_written: tuple[tuple[Name, str], ...] = ()
+    # The columns it decides rows by (WHERE, JOIN, ORDER BY, ...), with their
+    # relation where the text says which: see facts.py.
+    columns_filtered: tuple[tuple[Name | None, str], ...] = ()
     restricting_where: bool | None = None
     functions: tuple[Name, ...] = ()
     settings: tuple[str, ...] = ()

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from server.audit.access import SessionFacts
+from server.audit.access import SessionFacts, column_rows
 from server.audit.canonical import ENCODER
 from server.gateway import access_facts as access_facts_module
 from server.gateway.access_facts import REREAD_MAX, AccessContext, access_facts
@@ -57,6 +57,9 @@ def relations(sql: str, *plans: MaskPlan, decision: str = "allowed") -> object:
             [
                 ("public", "customers", "read", ["email"], ["email"]),
                 ("public", "orders", "read", ["amount"], []),
+                # The join's columns decide which rows come back.
+                ("public", "orders", "filter", ["customer_id"], []),
+                ("public", "customers", "filter", ["id"], []),
             ],
         ),
         # A computed column names the masked columns it is derived from.
@@ -74,13 +77,19 @@ def relations(sql: str, *plans: MaskPlan, decision: str = "allowed") -> object:
         (
             "update orders set status = 'paid' where id = 1",
             (),
-            [("public", "orders", "write", ["status"], [])],
+            [
+                ("public", "orders", "write", ["status"], []),
+                ("public", "orders", "filter", ["id"], []),
+            ],
         ),
         (
             "insert into orders (id, status) values (1, 'new') on conflict (id) "
             "do update set amount = 0",
             (),
-            [("public", "orders", "write", ["id", "status", "amount"], [])],
+            [
+                ("public", "orders", "write", ["id", "status", "amount"], []),
+                ("public", "orders", "filter", ["id"], []),  # the conflict's target
+            ],
         ),
         (
             "with moved as (update customers set city = 'x' returning id) "
@@ -93,7 +102,11 @@ def relations(sql: str, *plans: MaskPlan, decision: str = "allowed") -> object:
         ),
         # Without a catalog, an INSERT without a column list names no column.
         ("insert into orders values (1)", (), [("public", "orders", "write", [], [])]),
-        ("delete from orders where id = 1", (), [("public", "orders", "write", [], [])]),
+        (
+            "delete from orders where id = 1",
+            (),
+            [("public", "orders", "write", [], []), ("public", "orders", "filter", ["id"], [])],
+        ),
         # Only what runs now: not a PREPARE's body, not what a plain EXPLAIN plans.
         ("prepare p as select * from customers", (), None),
         ("explain select * from customers", (), None),
@@ -283,6 +296,10 @@ def _shape_facts(
     return facts
 
 
+# SHAPED's WHERE: the id decides which customer comes back.
+FILTER_ID = ("customers", ["id"], [])
+
+
 def _columns(facts: dict[str, object]) -> list[tuple[object, object, object]]:
     return [(r["table"], r["columns"], r["masked"]) for r in facts["relations"]]  # type: ignore[attr-defined,index]
 
@@ -298,8 +315,10 @@ def test_one_shape_masked_in_one_result_and_clear_in_another_keeps_each_outcome(
     first = _shape_facts(SHAPED[0], (masked,))
     second = _shape_facts(SHAPED[1], (clear,))
     again = _shape_facts(SHAPED[1], (masked,))
-    assert _columns(first) == _columns(again) == [("customers", ["id", "email"], ["email"])]
-    assert _columns(second) == [("customers", ["id", "email"], [])]
+    assert (
+        _columns(first) == _columns(again) == [("customers", ["id", "email"], ["email"]), FILTER_ID]
+    )
+    assert _columns(second) == [("customers", ["id", "email"], []), FILTER_ID]
 
 
 def test_one_shape_keeps_each_statement_s_rows_decision_and_approval() -> None:
@@ -350,8 +369,15 @@ def test_one_shape_under_two_catalogs_reads_each_catalog() -> None:
         ctx, sql, guarded(sql), (shown,), None, rows=1, tag="SELECT 1", decision="allowed"
     )
     assert with_view is not None and without is not None
-    assert [r["table"] for r in with_view["relations"]] == ["contacts", "customers"]
-    assert [r["table"] for r in without["relations"]] == ["contacts"]
+    assert [(r["table"], r["action"]) for r in with_view["relations"]] == [
+        ("contacts", "read"),
+        ("contacts", "filter"),
+        ("customers", "read"),
+    ]
+    assert [(r["table"], r["action"]) for r in without["relations"]] == [
+        ("contacts", "read"),
+        ("contacts", "filter"),
+    ]
 
 
 def test_a_kept_shape_is_never_taken_for_another_of_the_same_ids() -> None:
@@ -367,7 +393,8 @@ def test_a_kept_shape_is_never_taken_for_another_of_the_same_ids() -> None:
     stale = next(v for k, v in known.items() if v[0] == (first, CTX, clear))
     known[(id(first), id(CTX), id(masked))] = stale
     assert _columns(_shape_facts(SHAPED[1], (masked,))) == [
-        ("customers", ["id", "email"], ["email"])
+        ("customers", ["id", "email"], ["email"]),
+        FILTER_ID,
     ]
 
 
@@ -386,7 +413,15 @@ def test_texts_without_a_shape_in_common_share_the_facts_they_have_in_common() -
             "columns": [],
             "masked": [],
             "exempt": [],
-        }
+        },
+        {
+            "schema": "public",
+            "table": "orders",
+            "action": "filter",
+            "columns": ["status"],
+            "masked": [],
+            "exempt": [],
+        },
     ]
     bob = replace(CTX, session=SessionFacts("demo", "bob", "user"))
     assert _shape_facts(texts[0], (), ctx=bob)["identity"] == "bob"
@@ -400,4 +435,69 @@ def test_an_insert_without_a_column_list_writes_every_column_the_catalog_holds()
     assert facts is not None
     assert [(r["action"], r["columns"]) for r in facts["relations"]] == [
         ("write", ["id", "email", "city"])
+    ]
+
+
+def _filters(facts: object) -> list[tuple[object, object, object, object]]:
+    return [
+        (r["table"], r["columns"], r["masked"], r["exempt"])
+        for r in facts["relations"]  # type: ignore[index]
+        if r["action"] == "filter"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("sql", "snapshot", "expected"),
+    [
+        # A column a statement only filters by was still read: its values decided
+        # which rows came back ("who looked customers up by e-mail?").
+        (
+            "select id from customers where email = 'a@example.com'",
+            None,
+            [("customers", ["email"], [], [])],
+        ),
+        # A CTE's alias says no table: the catalog tells which relation read has it.
+        (
+            "with x as (select * from customers) select id from x where x.email = 'a'",
+            SNAPSHOT,
+            [("customers", ["email"], [], [])],
+        ),
+        # ... and without a catalog, nothing is claimed.
+        ("with x as (select * from customers) select id from x where x.email = 'a'", None, []),
+        # Joined, grouped and sorted by.
+        (
+            "select count(*) from customers c join orders o on o.customer_id = c.id "
+            "group by c.city order by c.city",
+            None,
+            [("orders", ["customer_id"], [], []), ("customers", ["id", "city"], [], [])],
+        ),
+    ],
+)
+def test_the_columns_a_statement_decides_rows_by_are_facts_too(
+    sql: str, snapshot: object, expected: object
+) -> None:
+    facts = access_facts(
+        CTX,
+        sql,
+        guarded(sql),
+        (),
+        snapshot,
+        rows=1,
+        tag="SELECT 1",
+        decision="allowed",  # type: ignore[arg-type]
+    )
+    assert facts is not None
+    assert _filters(facts) == expected
+
+
+def test_an_exempt_session_s_filter_on_a_masked_column_is_marked_exempt() -> None:
+    ctx = replace(CTX, rules=MASKING, exemption="group dba")
+    sql = "select id from customers where email like '%@example.com'"
+    facts = access_facts(
+        ctx, sql, guarded(sql), (), SNAPSHOT, rows=1, tag="SELECT 1", decision="allowed"
+    )
+    assert _filters(facts) == [("customers", ["email"], [], ["email"])]
+    rows = column_rows(facts)  # type: ignore[arg-type]
+    assert [(r.table, r.column, r.action, r.state) for r in rows if r.action == "filter"] == [
+        ("customers", "email", "filter", "exempt")
     ]

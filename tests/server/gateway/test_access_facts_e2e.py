@@ -92,20 +92,43 @@ def access(b: Broker, token: str, *args: str) -> list[dict[str, object]]:
 
 
 def shown(records: list[dict[str, object]]) -> list[tuple[str, str, list[str]]]:
-    """Each statement as (identity, command, its columns as relation.column[state])."""
+    """Each statement as (identity, command, its columns as relation.column[state]),
+    a column it decides rows by as ``filter relation.column``."""
     out = []
     for r in records:
         columns = [
-            f"{c['relation']}.{c['column']}" + ("" if c["state"] == "clear" else f"[{c['state']}]")
+            ("filter " if c["action"] == "filter" else "")
+            + f"{c['relation']}.{c['column']}"
+            + ("" if c["state"] == "clear" else f"[{c['state']}]")
             for c in r["columns"]  # type: ignore[attr-defined]
         ]
         out.append((str(r["identity"]), str(r["command"]), columns))
     return out
 
 
-ALICE_ID = ("alice", "SELECT", ["public.customers.id", "public.customers.email[masked]"])
-ALICE_JOIN = ("alice", "SELECT", ["public.orders.amount", "public.customers.email[masked]"])
-BOB_CTE = ("bob", "SELECT", ["public.customers.email[masked]", "public.customers.city"])
+# A column a statement decides rows by is named too ("who looked customers up by id?").
+ALICE_ID = (
+    "alice",
+    "SELECT",
+    ["public.customers.id", "public.customers.email[masked]", "filter public.customers.id"],
+)
+ALICE_JOIN = (
+    "alice",
+    "SELECT",
+    [
+        "public.orders.amount",
+        "public.customers.email[masked]",
+        "filter public.customers.id",
+        "filter public.orders.customer_id",
+        "filter public.orders.id",
+    ],
+)
+# The CTE's WHERE is its own: unqualified, of the one table it reads.
+BOB_CTE = (
+    "bob",
+    "SELECT",
+    ["public.customers.email[masked]", "public.customers.city", "filter public.customers.id"],
+)
 # A read through the view answers for the base table too: the view's e-mail left
 # masked because of the customers' e-mail.
 BOB_VIEW = (
@@ -115,9 +138,13 @@ BOB_VIEW = (
 )
 BOB_COUNT = ("bob", "SELECT", ["public.customers."])
 # A write names the columns it set.
-CAROL = ("carol", "UPDATE", ["public.orders.status"])
-AGENT = ("helper-bot", "SELECT", ["public.customers.city"])
-DANA = ("dana", "SELECT", ["public.customers.id", "public.customers.email[exempt]"])
+CAROL = ("carol", "UPDATE", ["public.orders.status", "filter public.orders.id"])
+AGENT = ("helper-bot", "SELECT", ["public.customers.city", "filter public.customers.id"])
+DANA = (
+    "dana",
+    "SELECT",
+    ["public.customers.id", "public.customers.email[exempt]", "filter public.customers.id"],
+)
 DANA_VIEW = (
     "dana",
     "SELECT",
@@ -134,11 +161,11 @@ DANA_VIEW = (
             [DANA_VIEW, DANA, BOB_VIEW, BOB_CTE, ALICE_JOIN, ALICE_ID],
         ),
         ("audra", ["--table", "customer_contacts"], [DANA_VIEW, BOB_VIEW]),
-        # In clear: plainly, or by exemption.
+        # In clear: plainly, or by exemption (alice's join filtered by the customers' id).
         (
             "audra",
             ["--table", "public.customers", "--clear-only"],
-            [DANA_VIEW, DANA, AGENT, BOB_CTE, ALICE_ID],
+            [DANA_VIEW, DANA, AGENT, BOB_CTE, ALICE_JOIN, ALICE_ID],
         ),
         ("audra", ["--table", "customers", "--column", "email", "--clear-only"], [DANA_VIEW, DANA]),
         ("audra", ["--writes"], [CAROL]),
@@ -177,7 +204,7 @@ def test_the_facts_say_who_for_whom_and_how_many_rows(day: tuple[Broker, dict[st
     )
     summary = {(s["identity"], s["relation"]): s for s in json.loads(res.stdout)}
     assert {k: (v["statements"], v["clear"], v["masked"]) for k, v in summary.items()} == {
-        ("alice", "public.customers"): (2, 1, 2),
+        ("alice", "public.customers"): (2, 2, 2),  # the join's filter on the id is clear
         ("alice", "public.orders"): (1, 1, 0),
         ("bob", "public.customer_contacts"): (1, 0, 1),
         ("bob", "public.customers"): (3, 1, 2),

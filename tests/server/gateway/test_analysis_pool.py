@@ -362,12 +362,18 @@ def test_a_long_statement_s_access_facts_come_from_the_guard_s_analysis(
     (data, build), *_ = queued
     event = event_data(data, build, time.time_ns())
     assert event is not None
-    (relation,) = event[FACTS]["relations"]
+    relation, filtered = event[FACTS]["relations"]
     assert (relation["schema"], relation["table"], relation["action"]) == (
         "public",
         "customers",
         "read",
     )
     assert relation["columns"] == ["email", "city"] and relation["masked"] == ["email"]
+    # The WHERE's column, from the same analysis.
+    assert (filtered["table"], filtered["action"], filtered["columns"]) == (
+        "customers",
+        "filter",
+        ["id"],
+    )
     # A Query's is taken when it is recorded; a Parse's stays for other Parses of its text.
     assert list(relay.analysed) == ([sql] if extended else []) and not relay.queried

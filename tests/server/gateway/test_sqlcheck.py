@@ -1596,3 +1596,61 @@ def test_statement_ends_split_as_the_analysis_does(sql: str, ends: list[int] | N
 def test_columns_written(sql: str, expected: list[tuple[str, str]]) -> None:
     (top,) = analyze(sql).statements
     assert [(str(name), column) for name, column in top.columns_written] == expected
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        ("select abalance from accounts where aid = 5", [("public.accounts", "aid")]),
+        # Qualified by an alias, or by the table's name; JOIN ON, ORDER BY.
+        (
+            "select c.email from customers c join orders o on o.cid = c.id order by o.total",
+            [("public.orders", "cid"), ("public.customers", "id"), ("public.orders", "total")],
+        ),
+        (
+            'select 1 from s.t where t.a = 1 and "T2".b = 2',
+            [("s.t", "a"), (None, "b")],  # "T2" is no table of the query
+        ),
+        # Unqualified, with two tables in the query: the text does not say which.
+        ("select 1 from t, u where a = 1", [(None, "a")]),
+        # A subquery's columns belong to its own tables; a correlated one's to the outer.
+        (
+            "select id from customers where id in (select cid from orders where total > 5)",
+            [("public.customers", "id"), ("public.orders", "cid"), ("public.orders", "total")],
+        ),
+        (
+            "select 1 from customers c where exists (select 1 from orders o where o.cid = c.id)",
+            [("public.orders", "cid"), ("public.customers", "id")],
+        ),
+        # A CTE's or a subquery's alias stands for no table.
+        ("with x as (select * from t) select * from x where x.email = 'a'", [(None, "email")]),
+        ("select * from (select * from t) s where s.email = 1", [(None, "email")]),
+        # HAVING, GROUP BY, DISTINCT ON, PARTITION BY, ON CONFLICT's target.
+        ("select city from t group by city having count(*) > 1", [("public.t", "city")]),
+        ("select distinct on (ssn) ssn from t", [("public.t", "ssn")]),
+        ("select rank() over (partition by dept) from t", [("public.t", "dept")]),
+        (
+            "insert into t (a, b) values (1, 2) on conflict (a) do update set b = 3",
+            [("public.t", "a")],
+        ),
+        # UPDATE ... FROM and DELETE ... USING name the rows they change.
+        (
+            "update customers c set name = 'x' from orders o where o.cid = c.id and c.ssn = '1'",
+            [("public.orders", "cid"), ("public.customers", "id"), ("public.customers", "ssn")],
+        ),
+        (
+            "delete from customers c using orders o where o.cid = c.id",
+            [("public.orders", "cid"), ("public.customers", "id")],
+        ),
+        # USING names a column of both sides: the catalog tells which tables have it.
+        ("select 1 from customers join orders using (cid)", [(None, "cid")]),
+        ("select email from customers", []),
+        ("select count(*) from t", []),
+    ],
+)
+def test_columns_filtered(sql: str, expected: list[tuple[str | None, str]]) -> None:
+    (top,) = analyze(sql).statements
+    got = [
+        (str(name) if name is not None else None, column) for name, column in top.columns_filtered
+    ]
+    assert got == expected

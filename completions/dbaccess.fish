@@ -250,7 +250,7 @@ complete -c dbaccess -n "__dbaccess_at 'audit access'" -l kind -x -a 'user agent
 complete -c dbaccess -n "__dbaccess_at 'audit access'" -l since -x -d 'From then on: a duration back from now (30m, 7d), a day (today, yesterday, last tuesday) or an ISO time (2026-12-01, 2026-12-01T09:00; local time unless an offset is given)'
 complete -c dbaccess -n "__dbaccess_at 'audit access'" -l until -x -d 'Until then: a duration back from now (30m, 7d), a day (today, yesterday, last tuesday) or an ISO time (2026-12-01, 2026-12-01T09:00; local time unless an offset is given)'
 complete -c dbaccess -n "__dbaccess_at 'audit access'" -l writes -d 'Only statements that wrote'
-complete -c dbaccess -n "__dbaccess_at 'audit access'" -l clear-only -d 'Only statements that got a column of it in clear'
+complete -c dbaccess -n "__dbaccess_at 'audit access'" -l clear-only -d 'Only statements that got a column of it back in clear, or filtered by one'
 complete -c dbaccess -n "__dbaccess_at 'audit access'" -l summary -d 'Counts by identity and relation instead'
 complete -c dbaccess -n "__dbaccess_at 'audit access'" -l limit -x -d 'How many'
 complete -c dbaccess -n "__dbaccess_at 'audit access'" -s o -l output -x -a 'table json csv' -d 'Output format'

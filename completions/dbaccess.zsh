@@ -35,7 +35,7 @@ _dbaccess__audit__access() {
     '(--since)'--since'[From then on\: a duration back from now (30m, 7d), a day (today, yesterday, last tuesday) or an ISO time (2026-12-01, 2026-12-01T09\:00; local time unless an offset is given)]:since: ' \
     '(--until)'--until'[Until then\: a duration back from now (30m, 7d), a day (today, yesterday, last tuesday) or an ISO time (2026-12-01, 2026-12-01T09\:00; local time unless an offset is given)]:until: ' \
     '(--writes)'--writes'[Only statements that wrote]' \
-    '(--clear-only)'--clear-only'[Only statements that got a column of it in clear]' \
+    '(--clear-only)'--clear-only'[Only statements that got a column of it back in clear, or filtered by one]' \
     '(--summary)'--summary'[Counts by identity and relation instead]' \
     '(--limit)'--limit'[How many]:limit: ' \
     '(-o --output)'{-o,--output}'[Output format]:output:(table json csv)' \

@@ -70,7 +70,10 @@ def access(
     writes: Annotated[bool, typer.Option("--writes", help="Only statements that wrote.")] = False,
     clear_only: Annotated[
         bool,
-        typer.Option("--clear-only", help="Only statements that got a column of it in clear."),
+        typer.Option(
+            "--clear-only",
+            help="Only statements that got a column of it back in clear, or filtered by one.",
+        ),
     ] = False,
     summary: Annotated[
         bool, typer.Option("--summary", help="Counts by identity and relation instead.")

@@ -343,8 +343,9 @@ class AccessQuery:
 
     ``table`` is ``name`` (any schema) or ``schema.name``; ``column`` needs
     ``table``.  ``writes`` keeps statements that wrote the table (or any
-    relation), ``clear_only`` those where a column of it came back in clear
-    (clear or exempt; a relation touched without a column does not count).
+    relation), ``clear_only`` those where a column of it came back in clear, or
+    decided rows in clear (a filter), clear or exempt (a relation touched without
+    a column does not count).
     ``identity`` matches the identity or the person an agent acted for;
     ``viewer`` (set for a caller who is not an auditor) keeps only that
     person's own statements, whatever else is asked.

@@ -25,14 +25,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from server.credentials.base import Lease
 from server.errors import Conflict
 from server.store import tables as t
 from server.store.sealing import StoreKeyError, StoreKeys, key_id_of
+
+if TYPE_CHECKING:
+    # Only the lease book makes leases: the recording's writer process, which opens
+    # the store, does without the credentials' modules (and the policy's, psycopg).
+    from server.credentials.base import Lease
 
 _REVISION_LINE = re.compile(r"^(revision|down_revision)\s*(?::[^=\n]*)?=\s*(.+?)\s*$", re.M)
 
@@ -866,6 +870,8 @@ class StoreLeaseBook:
         )
 
     def _lease(self, row: sa.Row[Any]) -> Lease:
+        from server.credentials.base import Lease
+
         m = row._mapping
         until = _aware(m["expires_at"])
         assert until is not None

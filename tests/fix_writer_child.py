@@ -1,6 +1,8 @@
 """A recording writer process (``python -m tests.fix_writer_child``) that ends right
 after it has committed its second batch, before it answers: the recorder must find
-out from the store what it wrote (tests/server/audit/test_event_writes.py)."""
+out from the store what it wrote (tests/server/audit/test_event_writes.py).  It
+also prints to its standard output as it starts, as a chatty library or a
+``.pth`` file might: that must not reach the recorder's answers."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import os
 from typing import IO
 
 from server.audit import event_writes
+
+print("a line on standard output, from a library", flush=True)
 
 _send = event_writes._send
 _answers = 0

@@ -24,9 +24,10 @@ shape share) and waits for the answer without
 holding the lock.  Only a store another process can open can be written so (a
 SQLite file, PostgreSQL; not an in-memory SQLite database).
 
-The child reads requests on its standard input and answers on its standard
-output (a length, then a pickle: both ends are this module, and the pipe is
-the parent's own), ignores SIGINT and SIGTERM (a Ctrl-C at the terminal
+The child reads requests on its standard input and answers on a pipe the
+parent hands it (a length, then a pickle: both ends are this module, and the
+pipes are the parent's own; the child's standard output and error are the
+broker's), ignores SIGINT and SIGTERM (a Ctrl-C at the terminal
 reaches the whole process group, and the broker still has events to write
 while it stops) and ends when its input closes: when the recorder stops, or
 when the broker dies, however it died.  A child that ends during a batch
@@ -151,6 +152,7 @@ class WriterProcess:
         self._url = store.engine.url.render_as_string(hide_password=False)
         self._writer = writer
         self._proc: subprocess.Popen[bytes] | None = None
+        self._answers: IO[bytes] | None = None  # the child's answers (a pipe of their own)
         # One batch at a time: the recorder's writer thread calls write(), stop() may
         # come from another thread.
         self._lock = threading.Lock()
@@ -173,9 +175,9 @@ class WriterProcess:
                 self._end(kill=True)
                 raise WriterUnavailable(str(exc) or type(exc).__name__) from None
             try:
-                assert proc.stdin is not None and proc.stdout is not None
+                assert proc.stdin is not None and self._answers is not None
                 _send(proc.stdin, _plain(events))
-                answer = _receive(proc.stdout)
+                answer = _receive(self._answers)
             except (OSError, EOFError, pickle.PickleError) as exc:
                 answer, lost = None, f"{type(exc).__name__}: {exc}"
             else:
@@ -211,20 +213,30 @@ class WriterProcess:
             self._end(kill=True)  # ended between batches: its pipes go with it
         root = str(Path(__file__).resolve().parents[2])
         path = os.environ.get("PYTHONPATH")
-        proc = subprocess.Popen(
-            # -P: the broker's working directory is not searched for the module
-            # (a server/ there would be run instead, and be handed the store's URL).
-            [sys.executable, "-P", "-m", CHILD_MODULE],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": root if not path else f"{root}{os.pathsep}{path}"},
-            close_fds=True,
-        )
+        # The answers come on a pipe of their own, not on the child's standard output,
+        # where whatever the interpreter or a library prints would end up among them.
+        answers, answering = os.pipe()
+        try:
+            proc = subprocess.Popen(
+                # -P: the broker's working directory is not searched for the module
+                # (a server/ there would be run instead, and be handed the store's URL).
+                [sys.executable, "-P", "-m", CHILD_MODULE, str(answering)],
+                stdin=subprocess.PIPE,
+                env={**os.environ, "PYTHONPATH": root if not path else f"{root}{os.pathsep}{path}"},
+                close_fds=True,
+                pass_fds=(answering,),
+            )
+        except BaseException:
+            os.close(answers)
+            raise
+        finally:
+            os.close(answering)
         self._proc = proc
-        assert proc.stdin is not None and proc.stdout is not None
+        self._answers = os.fdopen(answers, "rb")
+        assert proc.stdin is not None
         # The store's URL (with its password) goes through the pipe, never the command line.
         _send(proc.stdin, (PROTOCOL, self._url, self._writer))
-        ready = _receive(proc.stdout)
+        ready = _receive(self._answers)
         if ready != (_READY, PROTOCOL):
             if ready is None:
                 raise WriterUnavailable(f"the writer process ended at its start ({proc.wait()})")
@@ -248,7 +260,8 @@ class WriterProcess:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        for pipe in (proc.stdin, proc.stdout):
+        answers, self._answers = self._answers, None
+        for pipe in (proc.stdin, answers):
             if pipe is not None:
                 pipe.close()
 
@@ -335,10 +348,8 @@ def main() -> None:
     gc.set_threshold(100_000, 50, 100)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    # The answers get standard output to themselves: anything printed goes to stderr.
-    answers = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    serve(sys.stdin.buffer, answers)
+    with os.fdopen(int(sys.argv[1]), "wb") as answers:  # the parent's pipe for them
+        serve(sys.stdin.buffer, answers)
 
 
 if __name__ == "__main__":

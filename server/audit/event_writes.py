@@ -15,29 +15,30 @@ pair of context switches, and the thread's work slows the loop's through the
 caches it shares.  Measured on the gateway's throughput bench (pgbench -S, 8
 clients, SQLite store), leaving the store's part out took the broker from
 6,200 to 8,000 transactions a second.  :class:`WriterProcess` therefore does
-that part in a child process of its own (``python -m
-server.audit.event_writes``), which holds its own connection to the store: the
-writer thread sends it each batch as plain tuples (session, number, kind,
-canonical text, time, and the values the access index holds of a
-statement's facts, ``access.index_entry``, which the events of one statement
-shape share) and waits for the answer without
-holding the lock.  Only a store another process can open can be written so (a
-SQLite file, PostgreSQL; not an in-memory SQLite database).
+that part in a child process of its own (``python -P -m
+server.audit.event_writes``: ``-P``, so that nothing in the broker's working
+directory is run in its place), which holds its own connection to the store:
+the writer thread sends it each batch as plain tuples (session, number, kind,
+canonical text, time, and the values the access index holds of a statement's
+facts, ``access.index_entry``, which the events of one statement shape share)
+and waits for the answer without holding the lock.  Only a store another
+process can open can be written so (a SQLite file, PostgreSQL; not an
+in-memory SQLite database).
 
 The child reads requests on its standard input and answers on a pipe the
 parent hands it (a length, then a pickle: both ends are this module, and the
 pipes are the parent's own; the child's standard output and error are the
-broker's), ignores SIGINT and SIGTERM (a Ctrl-C at the terminal
-reaches the whole process group, and the broker still has events to write
-while it stops) and ends when its input closes: when the recorder stops, or
-when the broker dies, however it died.  A child that ends during a batch
-(killed, out of memory) may have committed it or not: the recorder reads back
-which of the batch's events the store holds, keeps those as written, and fails
-the recordings of the rest, loudly, as when the store refuses a batch; the
-next batch starts a new child.  The child is started with ``python -P``, so
-that nothing in the broker's working directory is run in its place.  A child that
-cannot start (it ends before it says it has opened the store) was handed
-nothing: the recorder logs why and writes from its own thread from then on.
+broker's).  It ignores SIGINT and SIGTERM (a Ctrl-C at the terminal reaches
+the whole process group, and the broker still has events to write while it
+stops) and ends when its input closes: when the recorder stops, or when the
+broker dies, however it died.  A child that ends during a batch (killed, out
+of memory) may have committed it or not: the recorder reads back whether the
+store holds the batch (one transaction: all of it or none), keeps it as
+written if it does, and otherwise fails the batch's recordings, loudly, as
+when the store refuses a batch; the next batch starts a new child.  A child
+that cannot start, or speaks another version of this protocol (a broker
+upgraded in place), was handed nothing: the recorder logs why and writes from
+its own thread from then on.
 """
 
 from __future__ import annotations

@@ -43,6 +43,18 @@ def _facts(rows: int) -> dict[str, object]:
     )
 
 
+class Failures:
+    """A recorder's ``on_failure``: what it reported, and an event set at the first."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+        self.called = threading.Event()
+
+    def __call__(self, session_id: str, reason: str) -> None:
+        self.seen.append((session_id, reason))
+        self.called.set()
+
+
 def _gone(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -126,14 +138,8 @@ def test_the_process_writes_what_the_thread_writes(any_store: Store) -> None:
 def test_a_writer_process_that_died_is_replaced_and_one_that_dies_mid_batch_fails_loudly(
     store: Store, tmp_path: Path
 ) -> None:
-    failures: list[tuple[str, str]] = []
-    called = threading.Event()
-
-    def on_failure(session_id: str, reason: str) -> None:
-        failures.append((session_id, reason))
-        called.set()
-
-    recorder = Recorder(store, on_failure=on_failure, flush_interval=0.01, write_process=True)
+    failures = Failures()
+    recorder = Recorder(store, on_failure=failures, flush_interval=0.01, write_process=True)
     try:
         recorder.open("s-1", START)
         assert recorder.record("s-1", "statement", {"text": "select 1"})
@@ -145,7 +151,7 @@ def test_a_writer_process_that_died_is_replaced_and_one_that_dies_mid_batch_fail
         assert recorder.record("s-1", "statement", {"text": "select 2"})
         assert recorder.flush(10)
         second = _child(recorder)
-        assert second != first and not failures
+        assert second != first and not failures.seen
         # During a batch (the child waits for the store's write lock, which this holds):
         # whether the batch was written cannot be known, so the recording fails.
         lock = sqlite3.connect(tmp_path / "store.db", isolation_level=None, timeout=30)
@@ -157,11 +163,11 @@ def test_a_writer_process_that_died_is_replaced_and_one_that_dies_mid_batch_fail
                 time.sleep(0.01)
             time.sleep(0.2)  # the batch reaches the child, which waits for the lock
             os.kill(second, signal.SIGKILL)
-            assert called.wait(10)
+            assert failures.called.wait(10)
         finally:
             lock.execute("ROLLBACK")
             lock.close()
-        assert failures == [("s-1", "the recording's writer process failed")]
+        assert failures.seen == [("s-1", "the recording's writer process failed")]
         assert not recorder.record("s-1", "statement", {"text": "select 4"})
         recorder.open("s-2", START)
         assert recorder.record("s-2", "statement", {"text": "select 5"})
@@ -237,13 +243,8 @@ def test_a_writer_process_that_cannot_start_leaves_the_writes_to_the_thread(
     """Nothing was handed to a child that never started: nothing is lost, and the
     recorder writes from its own thread from then on, saying why."""
     monkeypatch.setattr(event_writes, "CHILD_MODULE", "server.audit.no_such_module")
-    failures: list[tuple[str, str]] = []
-    recorder = Recorder(
-        store,
-        on_failure=lambda sid, why: failures.append((sid, why)),
-        flush_interval=0.01,
-        write_process=True,
-    )
+    failures = Failures()
+    recorder = Recorder(store, on_failure=failures, flush_interval=0.01, write_process=True)
     try:
         recorder.open("s-1", START)
         assert recorder.record("s-1", "statement", {"text": "select 1", "access": _facts(1)})
@@ -251,7 +252,7 @@ def test_a_writer_process_that_cannot_start_leaves_the_writes_to_the_thread(
         assert recorder._process is None
     finally:
         recorder.stop()
-    assert not failures
+    assert not failures.seen
     assert closed.status == "closed" and closed.events == 3
     assert "the recording's writer process could not start" in caplog.text
     assert verify_recordings(store).ok
@@ -264,13 +265,8 @@ def test_a_writer_process_that_ends_after_committing_keeps_what_it_wrote(
     """Ended between its commit and its answer: the events are in the store, so they
     are in the digest too, and the recording goes on (nothing is reported lost)."""
     monkeypatch.setattr(event_writes, "CHILD_MODULE", "tests.fix_writer_child")
-    failures: list[tuple[str, str]] = []
-    recorder = Recorder(
-        store,
-        on_failure=lambda sid, why: failures.append((sid, why)),
-        flush_interval=0.01,
-        write_process=True,
-    )
+    failures = Failures()
+    recorder = Recorder(store, on_failure=failures, flush_interval=0.01, write_process=True)
     try:
         recorder.open("s-1", START)
         assert recorder.flush(10)  # the first batch, answered
@@ -282,7 +278,7 @@ def test_a_writer_process_that_ends_after_committing_keeps_what_it_wrote(
         closed = recorder.close("s-1", {})
     finally:
         recorder.stop()
-    assert not failures
+    assert not failures.seen
     assert closed.status == "closed" and closed.events == 4 and closed.dropped == 0
     assert [e.data.get("text") for e in load_events(store, "s-1")] == [
         None,
@@ -296,14 +292,8 @@ def test_a_writer_process_that_ends_after_committing_keeps_what_it_wrote(
 def test_a_stopping_recorder_does_not_wait_for_a_child_stuck_in_the_store(
     store: Store, tmp_path: Path
 ) -> None:
-    failures: list[tuple[str, str]] = []
-    called = threading.Event()
-
-    def on_failure(session_id: str, reason: str) -> None:
-        failures.append((session_id, reason))
-        called.set()
-
-    recorder = Recorder(store, on_failure=on_failure, flush_interval=0.01, write_process=True)
+    failures = Failures()
+    recorder = Recorder(store, on_failure=failures, flush_interval=0.01, write_process=True)
     recorder.open("s-1", START)
     assert recorder.flush(10)
     lock = sqlite3.connect(tmp_path / "store.db", isolation_level=None, timeout=30)
@@ -318,8 +308,8 @@ def test_a_stopping_recorder_does_not_wait_for_a_child_stuck_in_the_store(
         lock.execute("ROLLBACK")
         lock.close()
     # Killed with the batch: the store says it was not written, and that is reported.
-    assert called.wait(30)
-    assert failures == [("s-1", "the recording's writer process failed")]
+    assert failures.called.wait(30)
+    assert failures.seen == [("s-1", "the recording's writer process failed")]
 
 
 def test_the_writer_process_is_never_one_the_working_directory_holds(

@@ -16,7 +16,13 @@ identical policy changes nothing):
   its event), whether and how it is masked for that session: a column that
   would be masked, clear, or masked by another method is a change.  A
   statement recorded without access facts is judged by the relations it read:
-  a masking rule that names a column of one of them and changes is counted.
+  a masking rule that names a column of one of them and changes is counted;
+* **inference** — for the columns a statement decided rows by (its facts'
+  ``filter`` columns), what masking's ``inference`` rule does with it under
+  each policy (``allow`` where none of them is masked for the session, else
+  the target's ``inference``: ``review`` or ``block``): a statement that
+  would now be refused or reviewed for filtering on a masked column, or no
+  longer, is a ``statement`` change of rule ``masking.inference``.
 
 Nothing connects to a database: this is pure judgement over what was
 recorded.  Recorded texts are redacted (``'[redacted]'`` strings stay strings;
@@ -38,7 +44,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from server.audit.access import READ
+from server.audit.access import FILTER, READ
 from server.gateway.guardrails import Decision, GuardrailRules, decide
 from server.gateway.masking import MaskingRules
 from server.gateway.masking.rules import ColumnRef
@@ -183,6 +189,23 @@ class _Judge:
         return self._masking[key]
 
 
+# masking.inference's outcomes, mildest first (the names of guardrails' outcomes).
+_INFERENCE = ("allow", "review", "block")
+
+
+def _inference(judge: _Judge, s: _Session, columns: Sequence[ColumnRef]) -> str:
+    """What masking's inference rule does with a statement that decides rows by
+    ``columns``, under ``judge``'s policy, for session ``s``."""
+    target = judge.policy.targets.get(s.target)
+    masking = target.masking if target is not None else None
+    if masking is None or masking.inference not in _INFERENCE:
+        return "allow"
+    rules = judge.masking(s)
+    if not any(rules.rule_for(column) is not None for column in columns):
+        return "allow"
+    return masking.inference
+
+
 def _method(rules: MaskingRules, column: ColumnRef) -> str:
     rule = rules.rule_for(column)
     return "clear" if rule is None else f"masked ({rule.method.value})"
@@ -243,15 +266,16 @@ def _statements(
         yield aware, data or {}
 
 
-def _touched(data: Mapping[str, Any]) -> list[ColumnRef] | None:
-    """The columns a statement read, from the access facts of its event (None: it has none)."""
+def _touched(data: Mapping[str, Any], action: str = READ) -> list[ColumnRef] | None:
+    """The columns a statement read (or, with ``action``, decided rows by, ...), from
+    the access facts of its event (None: it has none)."""
     access = data.get("access")
     if not isinstance(access, Mapping):
         return None
     return [
         ColumnRef(str(rel["schema"]), str(rel["table"]), str(column))
         for rel in access.get("relations") or ()
-        if rel.get("action") == READ
+        if rel.get("action") == action
         for column in rel.get("columns") or ()
     ]
 
@@ -329,4 +353,10 @@ def replay(
                 a, b = _method(old_masking, column), _method(new_masking, column)
                 if a != b:
                     changes.append(Change("masking", str(column), a, b, ts=ts, what=text, **base))
+            filtered = _touched(data, FILTER)
+            if filtered:
+                a, b = _inference(before, s, filtered), _inference(after, s, filtered)
+                if a != b:
+                    rule = "masking.inference"
+                    changes.append(Change("statement", rule, a, b, ts=ts, what=text, **base))
     return Replayed(len(sessions), statements, tuple(changes))

@@ -71,6 +71,11 @@ SESSIONS = [
             ("select id, email from customers where id = 0", [customers("id", "email")]),
             ("select phone from customers", [customers("phone")]),
             ("select count(*) from orders", [RelationAccess("public", "orders", access.READ)]),
+            # It filtered by the phone, which the candidate masks: inference would refuse it.
+            (
+                "select id from customers where phone = '[redacted]'",
+                [customers("id"), customers("phone", action=access.FILTER)],
+            ),
         ],
     ),
     (
@@ -171,7 +176,7 @@ def policy_test(folder: Path, candidate: str, *extra: str) -> subprocess.Complet
 def test_an_identical_policy_changes_nothing(recorded: Path) -> None:
     res = policy_test(recorded, "current.yaml")
     assert res.returncode == 0, res.stderr + res.stdout
-    assert "replayed 2 sessions and 6 statements" in res.stdout
+    assert "replayed 2 sessions and 7 statements" in res.stdout
     assert res.stdout.rstrip().endswith("nothing would change")
 
 
@@ -193,11 +198,14 @@ def test_the_candidate_reports_exactly_the_affected_statements(recorded: Path) -
         ("statement", "guardrails.block_ddl", "review", "block"): [
             ("s-bob", "create index on orders (id)")
         ],
+        ("statement", "masking.inference", "allow", "block"): [
+            ("s-alice", "select id from customers where phone = '[redacted]'")
+        ],
         ("session", "targets.prod.scopes.write.approval", "allowed", "needs_approval"): [
             ("s-bob", "write")
         ],
     }
-    assert report["changes"] == 4
+    assert report["changes"] == 5
     text = policy_test(recorded, "candidate.yaml")
     assert text.returncode == 1
     assert "masking: public.customers.phone: clear -> masked (redact): 2 statements" in text.stdout

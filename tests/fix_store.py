@@ -1,9 +1,10 @@
 """A broker store on each backend the product supports.
 
-``any_store`` is parametrized: the embedded SQLite default (a file in the
-test's temp dir) and PostgreSQL (a fresh database on the test run's cluster,
-as several broker replicas would share).  Both go through the same Alembic
-migrations in ``Store.open``, each with a fresh store key (``new_keys``).
+``sqlite_store`` is the embedded default alone (a file in the test's temp dir,
+``store.db``); ``any_store`` is parametrized: the embedded SQLite default and
+PostgreSQL (a fresh database on the test run's cluster, as several broker
+replicas would share).  Both go through the same Alembic migrations in
+``Store.open``; ``any_store``'s each with a fresh store key (``new_keys``).
 ``found_in_clear`` reads every column of every table as someone with a copy of
 the store would, looking for secrets that must not be there.
 ``broker_store_url`` is the same choice for a module's broker process
@@ -32,6 +33,16 @@ from server.store.sealing import StoreKey, StoreKeys
 def new_keys(key_id: str = "t1") -> StoreKeys:
     """A key file's keys held in memory: one fresh key named ``key_id``."""
     return StoreKeys([StoreKey(key_id, secrets.token_bytes(32))], f"test keys {key_id}")
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Iterator[Store]:
+    """The embedded default alone: a SQLite file, ``store.db`` in the test's temp dir."""
+    store = Store.open(f"sqlite:///{tmp_path / 'store.db'}")
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -11,7 +11,6 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,12 +27,8 @@ ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store.open(f"sqlite:///{tmp_path / 'store.db'}")
-    try:
-        yield s
-    finally:
-        s.close()
+def store(sqlite_store: Store) -> Store:
+    return sqlite_store
 
 
 def _facts(rows: int) -> dict[str, object]:
@@ -260,10 +255,11 @@ def test_a_writer_process_that_cannot_start_leaves_the_writes_to_the_thread(
 
 
 def test_a_writer_process_that_ends_after_committing_keeps_what_it_wrote(
-    store: Store, monkeypatch: pytest.MonkeyPatch
+    any_store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Ended between its commit and its answer: the events are in the store, so they
     are in the digest too, and the recording goes on (nothing is reported lost)."""
+    store = any_store
     monkeypatch.setattr(event_writes, "CHILD_MODULE", "tests.fix_writer_child")
     failures = Failures()
     recorder = Recorder(store, on_failure=failures, flush_interval=0.01, write_process=True)

@@ -50,12 +50,9 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def store(db_path: Path) -> Iterator[Store]:
-    s = Store.open(f"sqlite:///{db_path}")
-    try:
-        yield s
-    finally:
-        s.close()
+def store(sqlite_store: Store, db_path: Path) -> Store:
+    assert str(db_path) == sqlite_store.engine.url.database  # the file raw() opens
+    return sqlite_store
 
 
 @pytest.fixture

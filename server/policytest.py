@@ -189,16 +189,14 @@ class _Judge:
         return self._masking[key]
 
 
-# masking.inference's outcomes, mildest first (the names of guardrails' outcomes).
-_INFERENCE = ("allow", "review", "block")
-
-
 def _inference(judge: _Judge, s: _Session, columns: Sequence[ColumnRef]) -> str:
     """What masking's inference rule does with a statement that decides rows by
-    ``columns``, under ``judge``'s policy, for session ``s``."""
+    ``columns``, under ``judge``'s policy, for session ``s``: ``allow``, or the
+    target's ``inference`` (``review``, ``block``; the names of guardrails'
+    outcomes) where one of them is masked for the session."""
     target = judge.policy.targets.get(s.target)
     masking = target.masking if target is not None else None
-    if masking is None or masking.inference not in _INFERENCE:
+    if masking is None:
         return "allow"
     rules = judge.masking(s)
     if not any(rules.rule_for(column) is not None for column in columns):

@@ -30,11 +30,14 @@ recording's digest, which the audit hash chain holds.
 **The index.**  So that "who read customers.email in clear last week" is one
 indexed query rather than a read of every recording, the facts of each event are
 also written as rows of ``access_events`` (one per statement) and
-``access_columns`` (one per relation and column) by :func:`write_index`, in the
-transaction that stores the event.  The rows name their event (``session_id``,
-``seq``), and :func:`verify_index` — part of ``dbaccess audit verify`` — holds
-every row to it: a row edited, added or removed in the index is reported, and
-the event itself cannot change unnoticed because of the digest.
+``access_columns`` (one per relation and column), in the transaction that
+stores the event: the recorder makes each event's :func:`index_entry` and its
+writer (``server/audit/event_writes.py``) writes them with
+:func:`write_entries`; :func:`write_index` does both for events read back.
+The rows name their event (``session_id``, ``seq``), and :func:`verify_index`
+— part of ``dbaccess audit verify`` — holds every row to it: a row edited,
+added or removed in the index is reported, and the event itself cannot change
+unnoticed because of the digest.
 
 :func:`find` and :func:`summarize` answer ``dbaccess audit access`` (one record
 per statement, or counts by identity and relation).

@@ -65,7 +65,7 @@ from server.store.db import Store
 
 log = logging.getLogger(__name__)
 
-EVENT_COLUMNS: Final = ("session_id", "seq", "ts", "kind", "data")
+_EVENT_COLUMNS: Final = ("session_id", "seq", "ts", "kind", "data")
 _LENGTH = struct.Struct("!Q")
 # How long a stopping recorder waits for its child to end once its input is closed.
 _STOP_TIMEOUT: Final = 10.0
@@ -111,7 +111,7 @@ def write_events(
         bulk.insert(
             conn,
             t.session_events,
-            EVENT_COLUMNS,
+            _EVENT_COLUMNS,
             [(e.session_id, e.seq, ts, e.kind, e.text) for e, ts in written],
         )
         access.write_entries(

@@ -12,7 +12,8 @@ A recording is the ordered list of a session's events in ``session_events``
   duration, rows, command tag, SQLSTATE, guardrail decision, masked columns,
   and, for a statement that ran, its access facts (``access``: the relations
   and columns it touched, masked or clear; ``server.audit.access``), which the
-  writer also indexes in the same transaction (:func:`access.write_index`);
+  writer also indexes in the same transaction (``access.index_entry``,
+  written by ``event_writes.write_events``);
 * ``notice`` — a NoticeResponse the client was sent (already redacted);
 * ``limit`` — a statement refused or a result cut by one of the scope's limits
   (:class:`LimitHit`, :func:`limit_event`, :func:`record_limit`): which limit,

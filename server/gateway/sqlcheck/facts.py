@@ -361,6 +361,9 @@ class _TreeFacts:
         # thousands of ORs nests its columns thousands of levels deep.
         scopes: dict[int, exp.Expr | None] = {}
         tables: dict[int, tuple[dict[str, exp.Table], set[str]]] = {}
+        # A WHERE's columns include those of the clauses of its subqueries, which
+        # are deciding clauses of their own: each column is placed once.
+        placed: set[int] = set()
         for node in self.deciding:
             if type(node) is exp.Join:
                 # USING names a column of both sides: which tables, the catalog says.
@@ -370,6 +373,9 @@ class _TreeFacts:
                     if isinstance(part, exp.Identifier)
                 ]
             for column in _deciding(node):
+                if id(column) in placed:
+                    continue
+                placed.add(id(column))
                 name = _fold(column.this.this, bool(column.this.quoted))
                 owners = self._owners(column, scopes, tables)
                 found += [(owner, name) for owner in owners] if owners else [(None, name)]

@@ -139,6 +139,7 @@ from server.gateway import analysis_limits, analysis_pool, pgwire
 from server.gateway.access_facts import ALLOWED, AccessContext, access_facts
 from server.gateway.analysis_limits import DEFAULT_ANALYSIS_LIMITS, AnalysisLimits, oversize_head
 from server.gateway.catalog import Catalog, CatalogSnapshot
+from server.gateway.connection import ConnectionState, Note
 from server.gateway.guardrails import Decision, Outcome
 from server.gateway.masking import (
     Action,
@@ -166,7 +167,6 @@ from server.gateway.masking_guard import (
 )
 from server.gateway.pgwire import (
     Bind,
-    Close,
     Describe,
     ErrorResponse,
     Execute,
@@ -323,8 +323,24 @@ def _withheld(fields: dict[str, str]) -> dict[str, str]:
     return kept
 
 
+# What masking keeps on the connection's prepared statements and portals
+# (``server.gateway.connection``): they live and die with the entries.
+_STATEMENT: Note[_Statement] = Note("masking")
+_PORTAL: Note[_Portal] = Note("masking")
+
+
 def _statement_of(portal: _Portal | None) -> _Statement | None:
     return portal.statement if portal is not None else None
+
+
+def _statement_named(state: ConnectionState, name: str) -> _Statement | None:
+    entry = state.statements.get(name)
+    return entry.note(_STATEMENT) if entry is not None else None
+
+
+def _portal_named(state: ConnectionState, name: str) -> _Portal | None:
+    entry = state.portals.get(name)
+    return entry.note(_PORTAL) if entry is not None else None
 
 
 def _note_masked(item: _Item, plan: MaskPlan) -> None:
@@ -376,11 +392,9 @@ class MaskingHooks:
         self._analysed: dict[str, Analysis] = {}  # the relay's (``Relay.analysed``)
         self._relay: Relay | None = None  # once installed
         self.pending: deque[_Item] = deque()
-        self.statements: dict[str, _Statement] = {}
         # The lineage of long texts' results, read with their analysis in a worker
         # process (``_read_lineage_ahead``), for the catalog snapshot it used.
         self._lineage_ahead: dict[str, tuple[CatalogSnapshot, Lineage | None]] = {}
-        self.portals: dict[str, _Portal] = {}
         # Plans of results already seen (``_plan``), for the snapshot they were made with.
         self._plans: dict[tuple[bytes, object, int], MaskPlan] = {}
         # Whether a statement names relations with masked columns (``_touches_masked``).
@@ -402,7 +416,6 @@ class MaskingHooks:
             b"B": self._on_bind,
             b"D": self._on_describe,
             b"E": self._on_execute,
-            b"C": self._on_close,
             b"S": self._on_sync,
             b"F": self._on_sync,
         }
@@ -450,17 +463,17 @@ class MaskingHooks:
         self.pending.append(item)
 
     def _on_parse(self, raw: RawMessage, relay: Relay) -> None:
-        if oversize_head(raw.type, raw.body, self.limits) is not None:
+        entry = relay.state.parsed
+        if entry is None or oversize_head(raw.type, raw.body, self.limits) is not None:
             # Refused by the guard, unread (see _on_query): the server fails the
-            # stand-in's Parse, so no statement of this name remains.
-            name_end = raw.body.find(b"\0")
-            self.statements.pop(raw.body[: max(name_end, 0)].decode("utf-8", "replace"), None)
+            # stand-in's Parse, so nothing is known of it here.  Or its name is
+            # taken: the state holds nothing under it any more.
             return
         msg = pgwire.decode_frontend(raw)
         assert isinstance(msg, Parse)
         analysis = self._analyze(msg.query)
         self._read_lineage_ahead(msg.query, analysis)
-        self.statements[msg.name] = _Statement(msg.query, analysis)
+        entry.annotate(_STATEMENT, _Statement(msg.query, analysis))
 
     def _read_lineage_ahead(self, sql: str, written: Analysis | None) -> None:
         """For a long text, in an analysis thread: its result's lineage, read now in
@@ -498,14 +511,16 @@ class MaskingHooks:
     def _on_bind(self, raw: RawMessage, relay: Relay) -> bytes | None:
         msg = pgwire.decode_frontend(raw)
         assert isinstance(msg, Bind)
-        statement = self.statements.get(msg.statement)
+        statement = _statement_named(relay.state, msg.statement)
         portal = _Portal(statement, tuple(msg.result_formats))
         if statement is not None and statement.guarded is None and self._access is not None:
             statement.guarded = self._analysed.get(statement.sql)
         if self._record_event is not None:
             portal.params = tuple(None if p is None else bytes(p) for p in msg.params)
             portal.param_formats = tuple(msg.param_formats)
-        self.portals[msg.portal] = portal
+        entry = relay.state.bound
+        if entry is not None:
+            entry.annotate(_PORTAL, portal)
         plan = statement.plan if statement is not None and self.masking else None
         if plan is None or plan.clear:
             return None
@@ -526,8 +541,9 @@ class MaskingHooks:
         msg = pgwire.decode_frontend(raw)
         assert isinstance(msg, Describe)
         kind = "DS" if msg.kind == "S" else "DP"
-        portal = self.portals.get(msg.name) if kind == "DP" else None
-        statement = self.statements.get(msg.name) if kind == "DS" else _statement_of(portal)
+        state = relay.state
+        portal = _portal_named(state, msg.name) if kind == "DP" else None
+        statement = _statement_named(state, msg.name) if kind == "DS" else _statement_of(portal)
         item = _Item(kind, name=msg.name, statement=statement, portal=portal)
         if statement is not None:
             item.sql, item.analysis = statement.sql, statement.analysis
@@ -536,7 +552,7 @@ class MaskingHooks:
     def _on_execute(self, raw: RawMessage, relay: Relay) -> None:
         msg = pgwire.decode_frontend(raw)
         assert isinstance(msg, Execute)
-        portal = self.portals.get(msg.portal)
+        portal = _portal_named(relay.state, msg.portal)
         statement = _statement_of(portal)
         item = _Item("X", name=msg.portal, statement=statement, portal=portal)
         if statement is not None:
@@ -545,14 +561,6 @@ class MaskingHooks:
             item.params, item.param_formats = portal.params, portal.param_formats
         self._start(item)
         self.pending.append(item)
-
-    def _on_close(self, raw: RawMessage, relay: Relay) -> None:
-        msg = pgwire.decode_frontend(raw)
-        assert isinstance(msg, Close)
-        if msg.kind == "S":
-            self.statements.pop(msg.name, None)
-        else:
-            self.portals.pop(msg.name, None)
 
     def _on_sync(self, raw: RawMessage, relay: Relay) -> None:
         self.pending.append(_Item("SYNC"))
@@ -866,9 +874,14 @@ class MaskingHooks:
 
     def _written(self, value: str) -> bool:
         """Whether SQL the client sent (pending, or a prepared statement) holds ``value``."""
-        return any(value in item.sql for item in self.pending) or any(
-            value in statement.sql for statement in self.statements.values()
-        )
+        if any(value in item.sql for item in self.pending):
+            return True
+        state = self._relay.state if self._relay is not None else None
+        for entry in state.statements.values() if state is not None else ():
+            statement = entry.note(_STATEMENT)
+            if statement is not None and value in statement.sql:
+                return True
+        return False
 
     def _on_error(self, raw: RawMessage, head: _Item | None, *, own: bool = False) -> bytes | None:
         """``own``: the gateway made this error (a cut result's, a refusal the guard

@@ -35,6 +35,17 @@ that is not busy sits at a message boundary with nothing running, and the
 shell may close it cleanly (an asynchronous NoticeResponse or notification
 after the last ReadyForQuery changes neither).
 
+The connection's prepared statements and portals: once any hook watches client
+messages, the relay keeps ``state`` (``server.gateway.connection``) for all of
+them, in step with what the server holds.  It cuts out every Parse, Bind,
+Close, Describe, Execute and Query, and the server's ParseComplete,
+BindComplete, CloseComplete and ReadyForQuery, and gives them to the state
+before the hooks see them (``state.parsed`` and ``state.bound`` are what the
+message being hooked put in the table; hooks keep their own facts on those
+entries).  A message that names what an earlier pipeline may or may not have
+changed (the server has not answered it yet) is held, like the messages after
+it, until that pipeline's ReadyForQuery (``holding``).
+
 Detours: a hook that must ask the server something before it can decide on a
 client message (the row budget's EXPLAIN) calls ``start_detour`` and returns
 ``b""``.  From then on every client message after that one is held, unread
@@ -98,6 +109,8 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Final, NoReturn, Protocol
 
 from server.gateway import pgwire
+from server.gateway.connection import ConnectionState
+from server.gateway.connection.state import CLIENT_TYPES, COMPLETIONS
 from server.gateway.pgwire import ProtocolViolation, RawMessage
 from server.gateway.session import KNOWN_FRONTEND, GatewayError
 
@@ -178,6 +191,7 @@ def _client_tables() -> tuple[bytes, list[int]]:
 
 _CLIENT_KIND, _CLIENT_LIMIT = _client_tables()
 _READY: Final = ord("Z")
+_TRACKED_CLIENT: Final = frozenset(CLIENT_TYPES)
 _NOTHING: Final = (b"", b"")
 
 
@@ -279,6 +293,12 @@ class Relay:
         # were sent (see ``keep_analysis``).
         self.analysed: dict[str, Analysis] = {}
         self.queried: deque[tuple[str, Analysis]] = deque(maxlen=ANALYSES_KEPT)
+        # The connection's prepared statements and portals, kept in step with the
+        # server's for every hook (``server.gateway.connection``), once a hook
+        # watches client messages.
+        self.state = ConnectionState()
+        self._tracking = False
+        self._settling = False  # client messages wait for a pipeline's ReadyForQuery
         self._client_hooks: dict[int, Hook] = {}
         self._client_gates: dict[int, Gate] = {}
         self._server_hooks: dict[int, Hook] = {}
@@ -326,7 +346,7 @@ class Relay:
             if t not in KNOWN_FRONTEND:
                 raise ValueError(f"{bytes([t])!r} is not a frontend message type")
             self._client_hooks[t] = hook
-        self._client_hooked = _flags(self._client_hooks, bytes(self._client_gates))
+        self._refresh_flags()
 
     def gate_client(self, types: bytes, gate: Gate) -> None:
         """Ask ``gate``, where the relay may not block, about every client message whose
@@ -337,21 +357,34 @@ class Relay:
             if t not in KNOWN_FRONTEND:
                 raise ValueError(f"{bytes([t])!r} is not a frontend message type")
             self._client_gates[t] = gate
-        self._client_hooked = _flags(self._client_hooks, bytes(self._client_gates))
+        self._refresh_flags()
 
     def on_server(self, types: bytes, hook: Hook) -> None:
         """Call ``hook`` for every server message whose type byte is in ``types``."""
         for t in types:
             self._server_hooks[t] = hook
             self._server_runs.pop(t, None)
-        self._server_hooked = _flags(self._server_hooks, self._meter_types)
+        self._refresh_flags()
 
     def install_meter(self, meter: Meter) -> None:
         """Bound every statement's result with ``meter`` (see the module docstring)."""
         self._meter = meter
         self._meter_types = METER_TYPES
-        self._server_hooked = _flags(self._server_hooks, METER_TYPES)
+        self._refresh_flags()
         self._metered_types = _flags({}, b"Dd" + METER_TYPES.translate(None, b"ASN"))
+
+    def _refresh_flags(self) -> None:
+        # Where hooks read client messages, the connection's state is kept for
+        # them: the messages it reads, and the server's answers to them, are
+        # always cut out.
+        self._tracking = bool(self._client_hooks or self._client_gates)
+        tracked = self._tracking
+        self._client_hooked = _flags(
+            self._client_hooks, bytes(self._client_gates) + (CLIENT_TYPES if tracked else b"")
+        )
+        self._server_hooked = _flags(
+            self._server_hooks, self._meter_types + (COMPLETIONS + b"Z" if tracked else b"")
+        )
 
     def on_server_run(self, types: bytes, hook: RunHook) -> None:
         """Offer runs of server messages whose type byte is in ``types`` to ``hook``
@@ -406,6 +439,7 @@ class Relay:
             and self._cut is None
             and not self._cancel_pending
             and not self._off_loop_wanted
+            and not self._settling
             and self._held
         ):
             held = b"".join(self._held)
@@ -480,13 +514,14 @@ class Relay:
 
     @property
     def holding(self) -> bool:
-        """A detour, a cut or a wait off the loop is under way: client messages are
-        held, not forwarded."""
+        """A detour, a cut, a wait off the loop or for a pipeline's end is under way:
+        client messages are held, not forwarded."""
         return (
             self._detour is not None
             or self._cut is not None
             or self._cancel_pending
             or self._off_loop_wanted
+            or self._settling
         )
 
     @property
@@ -543,6 +578,7 @@ class Relay:
             or self._cut is not None
             or self._cancel_pending
             or self._off_loop_wanted
+            or self._settling
         )
 
     # -- traffic ----------------------------------------------------------------
@@ -603,6 +639,7 @@ class Relay:
             or self._cut is not None
             or self._cancel_pending
             or self._off_loop_wanted
+            or self._settling
         ):
             self._held.append(data)
             data = b""
@@ -783,25 +820,40 @@ class Relay:
         # but the first message's (the one it holds for): each turn waits once.
         gates = self._client_gates if not self.may_block or self._releasing else None
         first = self._releasing
+        state = self.state if self._tracking else None
         while pos < end:
             t, length = unpack(wire, pos)
             stop = pos + 1 + length
             hook = hooks.get(t)
             msg: RawMessage | None = None
+            tracked = state is not None and t in _TRACKED_CLIENT
+            if tracked and state is not None:
+                msg = RawMessage(t, wire[pos + 5 : stop])
+                if state.must_wait(t, msg.body, self.asked + 1):
+                    # It names what a pipeline already sent may have changed or
+                    # not: it waits for that pipeline's ReadyForQuery.
+                    self._settling = True
+                    self._held = [wire[pos:]]
+                    break
             if gates and not first:
                 gate = gates.get(t)
                 if gate is not None:
-                    msg = RawMessage(t, wire[pos + 5 : stop])
+                    if msg is None:
+                        msg = RawMessage(t, wire[pos + 5 : stop])
                     if gate(msg, self):
                         # It waits off the loop: the hooks see it there, once.
                         self._off_loop_wanted = True
                         self._held = [wire[pos:]]
                         break
             first = False
+            if tracked and state is not None and msg is not None:
+                state.client(t, msg.body, self.asked + 1)
             if hook is not None:
                 if msg is None:
                     msg = RawMessage(t, wire[pos + 5 : stop])
                 replaced = hook(msg, self)
+                if replaced == b"" and tracked and state is not None and self._detour is None:
+                    state.withdrawn()  # it never reaches the server
             else:
                 replaced = None
             if replaced is None:
@@ -857,6 +909,7 @@ class Relay:
                 and t != _READY
                 and t != 69
                 and t != 78
+                and not (self._tracking and 49 <= t <= 51)
                 and (metered is None or not metered[t])
                 and t not in runs
             ):
@@ -971,14 +1024,22 @@ class Relay:
         self, msg: RawMessage, out: list[bytes], original: bytes | None = None
     ) -> None:
         """``msg`` through its hook into ``out``; ``original``: its bytes as they came."""
-        hook = self._server_hooks.get(msg.type)
+        t = msg.type
+        if self._tracking and 49 <= t <= 51:  # ParseComplete, BindComplete, CloseComplete
+            self.state.confirmed()
+        hook = self._server_hooks.get(t)
         replaced = hook(msg, self) if hook is not None else None
         if replaced is None:
             out.append(original if original is not None else pgwire.encode_raw(msg.type, msg.body))
         elif replaced:
             out.append(replaced)
-        if msg.type == _READY:
+        if t == _READY:
             self.ready += 1
+            if self._tracking:
+                self.state.ready(self.ready, msg.body)
+                if self._settling:
+                    self._settling = False
+                    self._release_held()  # into _to_server; may wait again
             later = self._to_client_later
             while later and later[0][0] <= self.ready:
                 out.append(later.popleft()[1])

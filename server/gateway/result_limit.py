@@ -164,8 +164,6 @@ class ResultLimit:
         self.session_id = session_id
         self.record = record
         self.pending: deque[_Item] = deque()
-        self.statements: dict[bytes, bytes] = {}  # prepared statement -> its Parse
-        self.portals: dict[bytes, bytes | None] = {}  # portal -> its statement's Parse
         self.suspended: dict[bytes, tuple[int, int]] = {}  # portal -> (rows, bytes) spent
         self.cuts = 0
 
@@ -173,7 +171,6 @@ class ResultLimit:
     def install(self, relay: Relay) -> None:
         hooks: dict[bytes, Callable[[RawMessage, Relay], None]] = {
             b"Q": self._on_query,
-            b"P": self._on_parse,
             b"B": self._on_bind,
             b"E": self._on_execute,
             b"C": self._on_close,
@@ -192,27 +189,21 @@ class ResultLimit:
     def _on_query(self, raw: RawMessage, relay: Relay) -> None:
         self._push(_Item(False, b"", relay.asked + 1, raw.body), relay)
 
-    def _on_parse(self, raw: RawMessage, relay: Relay) -> None:
-        self.statements[_cstring(raw.body, 0)[0]] = raw.body
-
     def _on_bind(self, raw: RawMessage, relay: Relay) -> None:
-        portal, rest = _cstring(raw.body, 0)
-        self.portals[portal] = self.statements.get(_cstring(raw.body, rest)[0])
         if self.suspended:
-            self.suspended.pop(portal, None)  # a new portal of that name
+            self.suspended.pop(_cstring(raw.body, 0)[0], None)  # a new portal of that name
 
     def _on_execute(self, raw: RawMessage, relay: Relay) -> None:
         portal = _cstring(raw.body, 0)[0]
-        self._push(_Item(True, portal, relay.asked + 1, self.portals.get(portal)), relay)
+        # The statement's Parse, from the connection's state, for a statement that is cut.
+        bound = relay.state.portals.get(portal.decode("utf-8", "surrogateescape"))
+        parse = bound.statement.body if bound is not None and bound.statement else None
+        self._push(_Item(True, portal, relay.asked + 1, parse), relay)
 
     def _on_close(self, raw: RawMessage, relay: Relay) -> None:
         body = raw.body
-        name = _cstring(body, 1)[0]
-        if body[:1] == b"S":
-            self.statements.pop(name, None)
-        else:
-            self.portals.pop(name, None)
-            self.suspended.pop(name, None)
+        if body[:1] != b"S" and self.suspended:
+            self.suspended.pop(_cstring(body, 1)[0], None)
 
     def _push(self, item: _Item, relay: Relay) -> None:
         self.pending.append(item)

@@ -2,7 +2,7 @@
 
 ``StatementGuard`` is sans-IO and belongs to one client connection.  It hooks
 the client messages that carry or name SQL — Query (``Q``), Parse (``P``),
-Bind (``B``), Close (``C``) and FunctionCall (``F``) — and the server's
+Bind (``B``) and FunctionCall (``F``) — and the server's
 ErrorResponse (``E``).  Each statement goes through
 :func:`~server.gateway.sqlcheck.analyze` and
 :func:`~server.gateway.guardrails.decide` with the rules of the session's
@@ -66,8 +66,14 @@ depend on parameter values (a setting named by ``$1`` in ``set_config``) or
 the statement needs review (the approval binds the parameters too), the
 decision waits for each Bind of that prepared statement, which is judged with
 its values.  SQL-level PREPARE/EXECUTE and protocol-level prepared statements
-are tracked by name so that EXECUTE and Bind are judged as what they run;
-Close and a new Parse of the same name forget the old one.
+are tracked so that EXECUTE and Bind are judged as what they run: the
+protocol's through the connection's state (``server.gateway.connection``),
+which holds a statement only where it is exactly the one the server holds
+under that name; what the guard decided at Parse is kept on its entry.  A
+Bind of a statement the state does not hold is refused (26000, rule
+``gateway.unknown_statement``): the server may hold something of that name
+whose text was never judged (an SQL PREPARE, a Parse of a name already taken,
+one whose Parse was skipped after an error).
 
 Review.  A statement whose outcome is REVIEW runs only when a statement review
 of exactly that text (and those parameters), made by this identity for this
@@ -106,6 +112,7 @@ from server.audit.recording import LimitHit, RecordFn, record_limit
 from server.errors import DbaccessError
 from server.gateway import analysis_limits, analysis_pool, pgwire
 from server.gateway.analysis_limits import AnalysisLimits
+from server.gateway.connection import Note
 from server.gateway.guardrails import (
     ALLOWED,
     Decision,
@@ -121,7 +128,6 @@ from server.gateway.guardrails import (
 )
 from server.gateway.pgwire import (
     Bind,
-    Close,
     ErrorResponse,
     FunctionCall,
     Parse,
@@ -169,6 +175,9 @@ _REFUSED_STEP = "select " + _REFUSED_SQL
 _MAX_STEPS = 100
 # Statement names the gateway uses itself (the refusal's, the row estimate's).
 _RESERVED_PREFIX = "dbaccess: "
+# A Bind of a statement the connection's state does not hold (server.gateway.connection).
+UNKNOWN_STATEMENT_RULE = "gateway.unknown_statement"
+_UNKNOWN_STATEMENT_SQLSTATE = "26000"  # invalid_sql_statement_name, as PostgreSQL says it
 _PARAM_RULES = frozenset({"guardrails.no_role_change", "guardrails.pinned_setting", PINNED_RULE})
 # A literal left open (the text was cut, or never closed it) runs to the end,
 # so that no opening makes the scan read the rest of the text again.
@@ -203,11 +212,16 @@ class SessionFacts:
 
 @dataclass(frozen=True)
 class _Prepared:
+    """What the guard keeps on a prepared statement (``_JUDGED``)."""
+
     sql: str
     analysis: Analysis
     at_bind: bool  # judged again at each Bind (parameters matter, or review)
     param_oids: list[int]
     estimate: bool  # the row budget's EXPLAIN runs at each Bind
+
+
+_JUDGED: Note[_Prepared] = Note("guard")
 
 
 def review_rule(scope: ScopePolicy) -> ApprovalPolicy:
@@ -295,7 +309,6 @@ class StatementGuard:
         self.audit = audit  # appends an audit event off the data path (AuditWriter.append)
         self.review = review or ApprovalPolicy(required=True, single_use=True)
         self.search_path = search_path
-        self.prepared: dict[str, _Prepared] = {}  # protocol-level, by name
         self.sql_prepared: dict[str, Analysis] = {}  # SQL PREPARE, by name
         self.sql_prepared_texts: dict[str, str] = {}  # and the PREPARE's text
         # (ReadyForQuery number, the gateway's ErrorResponse, whether only the
@@ -312,7 +325,6 @@ class StatementGuard:
         relay.on_client(b"Q", self._on_query)
         relay.on_client(b"P", self._on_parse)
         relay.on_client(b"B", self._on_bind)
-        relay.on_client(b"C", self._on_close)
         relay.on_client(b"F", self._on_function_call)
         if self.approvals is not None:
             relay.gate_client(b"QB", self._gate)
@@ -363,12 +375,10 @@ class StatementGuard:
         refusal = self._oversize(raw)
         if refusal is not None:
             name = _parse_name(raw.body)
-            self.prepared.pop(name, None)
             return self._refuse_with(relay, Parse(name, _REFUSED_SQL).encode(), refusal)
         msg = pgwire.decode_frontend(raw)
         assert isinstance(msg, Parse)
         SIGNALS.statements += 1
-        self.prepared.pop(msg.name, None)
         if msg.name.startswith(_RESERVED_PREFIX):
             decision = Decision(
                 Outcome.BLOCK,
@@ -391,18 +401,26 @@ class StatementGuard:
         if decision.outcome is Outcome.BLOCK and not deferred:
             self._record("statement.blocked", decision, msg.query)
             return self._refuse_with(relay, Parse(msg.name, _REFUSED_SQL).encode(), decision)
-        self.prepared[msg.name] = _Prepared(
-            msg.query, analysis, deferred, list(msg.param_oids), need is Need.ESTIMATE
-        )
+        entry = relay.state.parsed
+        if entry is not None:
+            entry.annotate(
+                _JUDGED,
+                _Prepared(
+                    msg.query, analysis, deferred, list(msg.param_oids), need is Need.ESTIMATE
+                ),
+            )
         relay.keep_analysis(msg.query, analysis)
         return None
 
     def _on_bind(self, raw: RawMessage, relay: Relay) -> bytes | None:
         msg = pgwire.decode_frontend(raw)
         assert isinstance(msg, Bind)
-        known = self.prepared.get(msg.statement)
+        entry = relay.state.statements.get(msg.statement)
+        if entry is None:
+            return self._unknown_statement(relay, msg)
+        known = entry.note(_JUDGED)
         if known is None:
-            return None  # unknown to the server as well (or refused at Parse)
+            return None  # refused at Parse: the server failed its stand-in
         if not known.at_bind and not known.estimate:
             return None  # judged at Parse, nothing to estimate
         substitute = Bind(msg.portal, _REFUSED_NAME).encode()
@@ -422,12 +440,21 @@ class StatementGuard:
             extended=True,
         )
 
-    def _on_close(self, raw: RawMessage, relay: Relay) -> bytes | None:
-        msg = pgwire.decode_frontend(raw)
-        assert isinstance(msg, Close)
-        if msg.kind == "S":
-            self.prepared.pop(msg.name, None)
-        return None
+    def _unknown_statement(self, relay: Relay, msg: Bind) -> bytes:
+        """A Bind of a statement the connection's state does not hold: the server may
+        hold something under that name whose text the gateway never judged (an
+        SQL PREPARE, a Parse of a name already taken), so it is not run."""
+        decision = Decision(
+            Outcome.BLOCK,
+            UNKNOWN_STATEMENT_RULE,
+            f"prepared statement {msg.statement!r} is not one the gateway knows on this connection",
+            "prepare it with a Parse on this connection under a name not in use (a Parse "
+            "that failed, was refused, or reused a taken name prepares nothing); a "
+            "statement prepared with SQL PREPARE runs with EXECUTE",
+            None,
+        )
+        self._record("statement.blocked", decision, f"Bind of statement {msg.statement!r}")
+        return self._refuse_with(relay, Bind(msg.portal, _REFUSED_NAME).encode(), decision)
 
     def _on_function_call(self, raw: RawMessage, relay: Relay) -> bytes | None:
         msg = pgwire.decode_frontend(raw)
@@ -552,7 +579,8 @@ class StatementGuard:
             assert isinstance(msg, Query)
             sql, params = msg.query, None
         else:
-            known = self.prepared.get(_bind_statement(raw.body))
+            entry = relay.state.statements.get(_bind_statement(raw.body))
+            known = entry.note(_JUDGED) if entry is not None else None
             if known is None or not known.at_bind:
                 return False
             bind = pgwire.decode_frontend(raw)
@@ -821,7 +849,11 @@ def _error_response(decision: Decision) -> bytes:
     message = decision.message or "statement refused by the gateway's guardrails"
     return pgwire.error_response(
         "ERROR",
-        analysis_limits.SQLSTATE if decision.rule in analysis_limits.RULES else SQLSTATE,
+        analysis_limits.SQLSTATE
+        if decision.rule in analysis_limits.RULES
+        else _UNKNOWN_STATEMENT_SQLSTATE
+        if decision.rule == UNKNOWN_STATEMENT_RULE
+        else SQLSTATE,
         f"dbaccess: {message} ({decision.rule})",
         hint=decision.hint or None,
     )

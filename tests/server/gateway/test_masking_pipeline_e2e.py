@@ -1,7 +1,9 @@
 """Pipelines that describe one statement or portal and then run another under
 the same name, through the real tunnel: the answer to a Describe describes what
 it was sent for, never what the client parsed or bound since, so the rows of
-the new one are masked or refused, never clear.
+the new one are masked or refused, never clear.  The same holds where the
+server did not do what the client asked: a Parse of a name already taken, or
+a Close and a Parse skipped after an error (``server.gateway.connection``).
 
 ``customers.email`` and ``customers.card_number`` are masked.  Each pipeline is
 sent in one write, so the client's later messages reach the gateway before the
@@ -25,6 +27,14 @@ pytestmark = pytest.mark.slow
 
 CLEAR = "select id::text as a, city as b from customers order by id limit 3"
 MASKED = "select email as a, card_number as b from customers order by id limit 3"
+# Computed from masked columns: masked by the statement's lineage, as the
+# RowDescription gives these columns no origin.
+COMPUTED = (
+    "select email as a, card_number as b from customers union all "
+    "select email, card_number from customers limit 3"
+)
+# Of the same width, computed from nothing masked.
+HARMLESS = "select 'x'::text as a, 'y'::text as b union all select 'x', 'y' order by 1 limit 3"
 CLEAR_EMAIL = re.compile(r"[^*\s]@")
 CARD = re.compile(r"\d{12,}")
 
@@ -117,13 +127,47 @@ PIPELINES = {
         ],
         1,
     ),
+    # The server keeps a statement whose name a later Parse asks for again
+    # (42P05, prepared statement already exists): its rows are masked by its
+    # own text's lineage, not by the refused one's.
+    "named statement parsed again while it exists": (
+        [
+            Parse("s", COMPUTED),
+            Sync(),
+            Parse("s", HARMLESS),
+            Sync(),
+            Bind("", "s"),
+            Describe("P", ""),
+            Execute(""),
+            Sync(),
+        ],
+        3,
+    ),
+    # After an error the server skips every message up to the Sync: the Close
+    # and the Parse after the failing Bind never happen.
+    "close and parse skipped after an error": (
+        [
+            Parse("s", COMPUTED),
+            Sync(),
+            Bind("", "no_such_statement"),
+            Close("S", "s"),
+            Parse("s", HARMLESS),
+            Sync(),
+            Bind("", "s"),
+            Describe("P", ""),
+            Execute(""),
+            Sync(),
+        ],
+        3,
+    ),
 }
 
 
 @pytest.mark.parametrize("name", list(PIPELINES))
 def test_a_describe_answers_for_what_it_was_sent_for(session: HeldSession, name: str) -> None:
     messages, syncs = PIPELINES[name]
-    _no_clear_values(_run(session, messages, syncs))
+    rows = _run(session, messages, syncs)
+    _no_clear_values(rows)
 
 
 def test_a_pipeline_that_describes_what_it_runs_is_masked(session: HeldSession) -> None:
@@ -134,3 +178,27 @@ def test_a_pipeline_that_describes_what_it_runs_is_masked(session: HeldSession) 
     )
     assert len(rows) == 3, rows
     assert all(str(a).startswith("***@") and b == "***" for a, b in rows), rows
+
+
+def test_a_name_parsed_again_while_taken_is_refused_until_closed(session: HeldSession) -> None:
+    """The server keeps the statement a second Parse of its name cannot replace;
+    the gateway no longer knows which text the name runs, so it refuses to run
+    it (26000) rather than guess, until the client closes the name and parses it
+    again."""
+    client = RawClient(session.port, session.database, session.ticket)
+    try:
+        client.send(Parse("s", COMPUTED), Sync(), Parse("s", HARMLESS), Sync())
+        client.until_ready()
+        _rows, error = rows_and_error(client.until_ready())
+        assert error is not None and error["C"] == "42P05", error  # the server's own
+        client.send(Bind("", "s"), Describe("P", ""), Execute(""), Sync())
+        rows, error = rows_and_error(client.until_ready())
+        assert rows == [] and error is not None, rows
+        assert error["C"] == "26000" and "gateway.unknown_statement" in error["M"], error
+        client.send(Close("S", "s"), Parse("s", MASKED), Bind("", "s"), Describe("P", ""))
+        client.send(Execute(""), Sync())
+        rows, error = rows_and_error(client.until_ready())
+        assert error is None and len(rows) == 3, (rows, error)
+        _no_clear_values(rows)
+    finally:
+        client.close()

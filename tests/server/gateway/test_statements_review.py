@@ -490,3 +490,31 @@ def test_a_long_chunk_analysed_off_the_loop_leaves_its_lookups_to_turns_of_their
         conn.gateway.waits.shutdown(wait=True)
 
     asyncio.run(run())
+
+
+def test_a_reviewed_statement_is_not_run_under_a_name_parsed_again() -> None:
+    """Parse the reviewed statement, then a harmless one under the same name: the
+    server refuses the second (42P05) and keeps the first, so a Bind of that name
+    runs the update.  The guard must not judge it as the harmless text."""
+    sql = "update accounts set balance = 0 where id = $1"
+    approvals = FakeApprovals()
+    relay = _guarded(approvals)
+    up, _ = relay.from_client(Parse("s", sql, [23]).encode() + Sync().encode())
+    assert types(up) == "PS"
+    relay.from_server(pgwire.ParseComplete().encode() + pgwire.ready_for_query("I"))
+    up, _ = relay.from_client(Parse("s", "select $1::int", [23]).encode() + Sync().encode())
+    assert types(up) == "PS"
+    taken = pgwire.error_response("ERROR", "42P05", 'prepared statement "s" already exists')
+    relay.from_server(taken + pgwire.ready_for_query("I"))
+    bind = Bind("", "s", [0], [b"7"]).encode()
+    up, _ = relay.from_client(bind + Execute("", 0).encode() + Sync().encode())
+    assert types(up) == "BES" and not relay.off_loop_wanted
+    sent = pgwire.decode_frontend(pgwire.split_frames(up)[0][0])
+    assert isinstance(sent, Bind) and sent.statement != "s"  # a name no statement has
+    missing = pgwire.error_response("ERROR", "26000", "prepared statement does not exist")
+    back, _ = relay.from_server(missing + pgwire.ready_for_query("I"))
+    error = pgwire.decode_backend(pgwire.split_frames(back)[0][0])
+    assert isinstance(error, pgwire.ErrorResponse)
+    fields = dict(error.fields)
+    assert fields["C"] == "26000" and "gateway.unknown_statement" in fields["M"]
+    assert approvals.calls == []  # nothing was put to review as the select

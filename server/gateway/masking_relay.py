@@ -334,12 +334,12 @@ def _statement_of(portal: _Portal | None) -> _Statement | None:
 
 
 def _statement_named(state: ConnectionState, name: str) -> _Statement | None:
-    entry = state.statements.get(name)
+    entry = state.statement(name)
     return entry.note(_STATEMENT) if entry is not None else None
 
 
 def _portal_named(state: ConnectionState, name: str) -> _Portal | None:
-    entry = state.portals.get(name)
+    entry = state.portal(name)
     return entry.note(_PORTAL) if entry is not None else None
 
 
@@ -877,7 +877,7 @@ class MaskingHooks:
         if any(value in item.sql for item in self.pending):
             return True
         state = self._relay.state if self._relay is not None else None
-        for entry in state.statements.values() if state is not None else ():
+        for entry in state.prepared() if state is not None else ():
             statement = entry.note(_STATEMENT)
             if statement is not None and value in statement.sql:
                 return True
@@ -1163,11 +1163,14 @@ class MaskingHooks:
 
     # -- bookkeeping -----------------------------------------------------------------------
     def _skip_to_sync(self) -> None:
-        """After an error in the extended protocol the server skips to the next Sync."""
+        """After an error in the extended protocol the server skips to the next Sync:
+        a simple Query sent before it too, which never runs."""
         pending = self.pending
-        while pending and pending[0].kind not in ("Q", "SYNC"):
+        if pending and pending[0].kind == "Q":
+            return  # the Query's own error: the server goes on after it
+        while pending and pending[0].kind != "SYNC":
             item = pending.popleft()
-            if item.kind == "X":
+            if item.kind in ("X", "Q"):
                 item.sqlstate = item.sqlstate or "error"
                 self._finish(item)
 

@@ -37,14 +37,16 @@ after the last ReadyForQuery changes neither).
 
 The connection's prepared statements and portals: once any hook watches client
 messages, the relay keeps ``state`` (``server.gateway.connection``) for all of
-them, in step with what the server holds.  It cuts out every Parse, Bind,
-Close, Describe, Execute and Query, and the server's ParseComplete,
-BindComplete, CloseComplete and ReadyForQuery, and gives them to the state
-before the hooks see them (``state.parsed`` and ``state.bound`` are what the
-message being hooked put in the table; hooks keep their own facts on those
-entries).  A message that names what an earlier pipeline may or may not have
-changed (the server has not answered it yet) is held, like the messages after
-it, until that pipeline's ReadyForQuery (``holding``).
+them, in step with what the server holds.  It cuts out every client message
+the server answers (and CopyDone, CopyFail) and every server message that ends
+or fails an answer, and gives them to the state: client messages before the
+hooks see them (``state.parsed`` and ``state.bound`` are what the message being
+hooked put in the table; hooks keep their own facts on those entries), server
+messages before anything else is made of them, detours' and cuts' answers
+included (what they send is given to the state too, ``state.sent``).  A
+message that names what an earlier pipeline may or may not have changed (the
+server has not answered it yet) is held, like the messages after it, until
+the server has (``holding``).
 
 Detours: a hook that must ask the server something before it can decide on a
 client message (the row budget's EXPLAIN) calls ``start_detour`` and returns
@@ -110,7 +112,7 @@ from typing import TYPE_CHECKING, Final, NoReturn, Protocol
 
 from server.gateway import pgwire
 from server.gateway.connection import ConnectionState
-from server.gateway.connection.state import CLIENT_TYPES, COMPLETIONS
+from server.gateway.connection.state import CLIENT_TYPES, NAMING_TYPES, SERVER_TYPES, PostponedEntry
 from server.gateway.pgwire import ProtocolViolation, RawMessage
 from server.gateway.session import KNOWN_FRONTEND, GatewayError
 
@@ -191,7 +193,9 @@ def _client_tables() -> tuple[bytes, list[int]]:
 
 _CLIENT_KIND, _CLIENT_LIMIT = _client_tables()
 _READY: Final = ord("Z")
-_TRACKED_CLIENT: Final = frozenset(CLIENT_TYPES)
+_STATE_CLIENT: Final = frozenset(CLIENT_TYPES)
+_NAMING_CLIENT: Final = frozenset(NAMING_TYPES)
+_STATE_SERVER: Final = bytes(1 if t in SERVER_TYPES else 0 for t in range(256))
 _NOTHING: Final = (b"", b"")
 
 
@@ -298,13 +302,15 @@ class Relay:
         # watches client messages.
         self.state = ConnectionState()
         self._tracking = False
-        self._settling = False  # client messages wait for a pipeline's ReadyForQuery
+        self._settling = False  # client messages wait for the server's answer to a change
+        self._postponed: PostponedEntry | None = None  # the message a detour holds, in the state
         self._client_hooks: dict[int, Hook] = {}
         self._client_gates: dict[int, Gate] = {}
         self._server_hooks: dict[int, Hook] = {}
         self._server_runs: dict[int, RunHook] = {}
         self._client_hooked: bytes | None = None  # 256 flags, or None without hooks
         self._server_hooked: bytes | None = None
+        self._server_watched: bytes | None = None
         self._client_partial: _Partial | None = None
         self._server_partial: _Partial | None = None
         self._server_skip = 0  # bytes still to discard of a row of a cut response
@@ -380,10 +386,13 @@ class Relay:
         self._tracking = bool(self._client_hooks or self._client_gates)
         tracked = self._tracking
         self._client_hooked = _flags(
-            self._client_hooks, bytes(self._client_gates) + (CLIENT_TYPES if tracked else b"")
+            self._client_hooks,
+            bytes(self._client_gates) + (CLIENT_TYPES + NAMING_TYPES if tracked else b""),
         )
-        self._server_hooked = _flags(
-            self._server_hooks, self._meter_types + (COMPLETIONS + b"Z" if tracked else b"")
+        self._server_hooked = _flags(self._server_hooks, self._meter_types)
+        # While the state watches the server's answers (``ConnectionState.watching``).
+        self._server_watched = (
+            _flags(self._server_hooks, self._meter_types + SERVER_TYPES) if tracked else None
         )
 
     def on_server_run(self, types: bytes, hook: RunHook) -> None:
@@ -488,6 +497,8 @@ class Relay:
     def send_upstream(self, data: bytes) -> None:
         """From a detour, while the server's bytes are handled: bytes of its own for
         the server (uncounted)."""
+        if self._tracking:
+            self.state.sent(_message_types(data))
         self._to_server.append(data)
 
     def end_detour(self, resume: bytes) -> None:
@@ -495,6 +506,12 @@ class Relay:
         the held messages, through the hooks."""
         self._detour = None
         out = [resume]
+        if self._tracking:
+            postponed, self._postponed = self._postponed, None
+            if resume:
+                self.state.resume(postponed)
+            else:
+                self.state.dropped(postponed)
         self._count_sent(resume)
         held = b"".join(self._held)
         self._held = []
@@ -672,6 +689,8 @@ class Relay:
                 return _NOTHING
         end = len(data)
         hooked = self._server_hooked
+        if self._tracking and self.state.watching:
+            hooked = self._server_watched
         tail = 0
         # One walk over the message headers (no body is copied or decoded):
         # where the whole messages end, the ReadyForQuery among them, whether
@@ -709,6 +728,10 @@ class Relay:
                 return self._tail_row(tail) if tail else _NOTHING
             # Counted again there, message by message (or run by run).
             out = self._server_slow(data)
+            if self._settling:
+                # The server may have answered what held messages wait for.
+                self._settling = False
+                self._release_held()  # into _to_server; may wait again
             if tail:
                 more, back = self._tail_row(tail)
                 return out + more, back
@@ -826,12 +849,12 @@ class Relay:
             stop = pos + 1 + length
             hook = hooks.get(t)
             msg: RawMessage | None = None
-            tracked = state is not None and t in _TRACKED_CLIENT
-            if tracked and state is not None:
+            tracked = state is not None and t in _STATE_CLIENT
+            if state is not None and t in _NAMING_CLIENT:
                 msg = RawMessage(t, wire[pos + 5 : stop])
-                if state.must_wait(t, msg.body, self.asked + 1):
-                    # It names what a pipeline already sent may have changed or
-                    # not: it waits for that pipeline's ReadyForQuery.
+                if state.must_wait(t, msg.body):
+                    # It names what an earlier pipeline may have changed or not:
+                    # it waits for the server's answer to that change.
                     self._settling = True
                     self._held = [wire[pos:]]
                     break
@@ -846,8 +869,10 @@ class Relay:
                         self._held = [wire[pos:]]
                         break
             first = False
-            if tracked and state is not None and msg is not None:
-                state.client(t, msg.body, self.asked + 1)
+            if tracked and state is not None:
+                if msg is None:
+                    msg = RawMessage(t, wire[pos + 5 : stop])
+                state.client(t, msg.body)
             if hook is not None:
                 if msg is None:
                     msg = RawMessage(t, wire[pos + 5 : stop])
@@ -865,6 +890,9 @@ class Relay:
             pos = stop
             if self._detour is not None:
                 # The hook started a detour: what it sends goes now, the rest waits.
+                if state is not None:
+                    self._postponed = state.postpone() if replaced == b"" else None
+                    state.sent(_message_types(self._detour_send))
                 out.append(self._detour_send)
                 self._detour_send = b""
                 self._held = [wire[pos:]] if pos < end else []
@@ -898,8 +926,12 @@ class Relay:
         pos = 0
         metered = self._metered_types
         hooks = self._server_hooks
+        state = self.state if self._tracking else None
         while pos < end:
             t, length = unpack(wire, pos)
+            if state is not None and _STATE_SERVER[t]:
+                # Every answer the server sends, before anything is made of it.
+                state.server(t, wire[pos + 5 : pos + 6] if t == _READY else b"")
             detour = self._detour
             cut = self._cut
             if (
@@ -909,7 +941,6 @@ class Relay:
                 and t != _READY
                 and t != 69
                 and t != 78
-                and not (self._tracking and 49 <= t <= 51)
                 and (metered is None or not metered[t])
                 and t not in runs
             ):
@@ -1025,8 +1056,6 @@ class Relay:
     ) -> None:
         """``msg`` through its hook into ``out``; ``original``: its bytes as they came."""
         t = msg.type
-        if self._tracking and 49 <= t <= 51:  # ParseComplete, BindComplete, CloseComplete
-            self.state.confirmed()
         hook = self._server_hooks.get(t)
         replaced = hook(msg, self) if hook is not None else None
         if replaced is None:
@@ -1035,14 +1064,21 @@ class Relay:
             out.append(replaced)
         if t == _READY:
             self.ready += 1
-            if self._tracking:
-                self.state.ready(self.ready, msg.body)
-                if self._settling:
-                    self._settling = False
-                    self._release_held()  # into _to_server; may wait again
             later = self._to_client_later
             while later and later[0][0] <= self.ready:
                 out.append(later.popleft()[1])
+
+
+def _message_types(data: bytes) -> list[int]:
+    """The type of each whole message in ``data`` (the gateway's own)."""
+    types = []
+    pos = 0
+    end = len(data)
+    while end - pos >= 5:
+        t, length = _HEADER.unpack_from(data, pos)
+        types.append(t)
+        pos += 1 + length
+    return types
 
 
 def _flags(hooks: dict[int, Hook], extra: bytes = b"") -> bytes | None:

@@ -196,7 +196,7 @@ class ResultLimit:
     def _on_execute(self, raw: RawMessage, relay: Relay) -> None:
         portal = _cstring(raw.body, 0)[0]
         # The statement's Parse, from the connection's state, for a statement that is cut.
-        bound = relay.state.portals.get(portal.decode("utf-8", "surrogateescape"))
+        bound = relay.state.portal_at(portal)
         parse = bound.statement.body if bound is not None and bound.statement else None
         self._push(_Item(True, portal, relay.asked + 1, parse), relay)
 

@@ -346,7 +346,7 @@ class StatementGuard:
         if step is not None:
             text, refusal, ran = step
             self._passes(refusal, msg.query, ())  # records the refusal
-            self._track_sql_prepared(ran)
+            self._track_sql_prepared(ran, relay)
             return self._refuse_with(relay, Query(text).encode(), refusal, stand_in=True)
         if not self._passes(decision, msg.query, (), analysis=analysis):
             return self._refuse(relay, Query(_REFUSED_SQL).encode())
@@ -368,7 +368,7 @@ class StatementGuard:
                     request=simple_request(msg.query),
                     extended=False,
                 )
-        self._track_sql_prepared(analysis)
+        self._track_sql_prepared(analysis, relay)
         return None
 
     def _on_parse(self, raw: RawMessage, relay: Relay) -> bytes | None:
@@ -409,13 +409,17 @@ class StatementGuard:
                     msg.query, analysis, deferred, list(msg.param_oids), need is Need.ESTIMATE
                 ),
             )
+            changes = name_changes(analysis)
+            if changes is not None:
+                # Whenever it runs, which may be long after its Parse.
+                relay.state.forgets_when_run(entry, changes[0], portals=changes[1])
         relay.keep_analysis(msg.query, analysis)
         return None
 
     def _on_bind(self, raw: RawMessage, relay: Relay) -> bytes | None:
         msg = pgwire.decode_frontend(raw)
         assert isinstance(msg, Bind)
-        entry = relay.state.statements.get(msg.statement)
+        entry = relay.state.statement(msg.statement)
         if entry is None:
             return self._unknown_statement(relay, msg)
         known = entry.note(_JUDGED)
@@ -579,7 +583,7 @@ class StatementGuard:
             assert isinstance(msg, Query)
             sql, params = msg.query, None
         else:
-            entry = relay.state.statements.get(_bind_statement(raw.body))
+            entry = relay.state.statement(_bind_statement(raw.body))
             known = entry.note(_JUDGED) if entry is not None else None
             if known is None or not known.at_bind:
                 return False
@@ -789,9 +793,14 @@ class StatementGuard:
             return substitute, replace(step, statement_index=k), ran
         return None
 
-    def _track_sql_prepared(self, analysis: Analysis) -> None:
+    def _track_sql_prepared(self, analysis: Analysis, relay: Relay) -> None:
+        """What SQL about to run does to the names of prepared statements and
+        portals: kept for EXECUTE, and forgotten by the connection's state."""
         for top in analysis.statements:
             track_prepared(top, self.sql_prepared, self.sql_prepared_texts)
+        changes = name_changes(analysis)
+        if changes is not None:
+            relay.state.forget(changes[0], portals=changes[1])
 
     def _record_limit(self, refusal: Decision, head: str) -> None:
         """The session recording's ``limit`` event for a refusal by an analysis limit."""
@@ -843,6 +852,32 @@ class StatementGuard:
 def _why(exc: Exception) -> str:
     """What a failed call of the approval service says, for the broker's log."""
     return exc.message if isinstance(exc, DbaccessError) else f"{type(exc).__name__}: {exc}"
+
+
+def name_changes(analysis: Analysis) -> tuple[tuple[str, ...] | None, bool] | None:
+    """What a text's statements do to the names of the session's prepared statements
+    and portals, which protocol messages use too (``server.gateway.connection``):
+    the statement names it prepares or deallocates (None: all of them), and
+    whether it declares or closes cursors (portals); None: nothing."""
+    if analysis.unknown:
+        return None, True
+    names: list[str] = []
+    every = portals = False
+    for st in analysis.walk_all():
+        command = st.command
+        if command in ("PREPARE", "DEALLOCATE"):
+            if st.prepared_name is None:
+                every = True
+            else:
+                names += (st.prepared_name, st.prepared_name.lower())
+        elif command in ("DEALLOCATE ALL", "DISCARD ALL"):
+            every = True
+            portals = portals or command == "DISCARD ALL"
+        elif command in ("DECLARE", "CLOSE"):
+            portals = True
+    if not (names or every or portals):
+        return None
+    return (None if every else tuple(names)), portals
 
 
 def _error_response(decision: Decision) -> bytes:

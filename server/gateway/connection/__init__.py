@@ -1,5 +1,5 @@
 """One client connection's protocol state, sans-IO (``state``: its prepared
-statements, portals and transaction status, kept once for every hook)."""
+statements and portals, kept once for every hook, in step with the server's)."""
 
 from server.gateway.connection.state import ConnectionState, Note, Portal, Prepared
 

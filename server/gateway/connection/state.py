@@ -5,41 +5,52 @@ Guardrails, masking, the result limit and the recording all need to know which
 text a Bind, a Describe or an Execute runs.  They used to keep a map each,
 updated as the client's messages went by, which assumed that every Parse,
 Bind and Close takes effect.  The server does not work that way: it refuses a
-Parse whose name is taken (42P05) and keeps the statement it has, and after an
-error it skips every message up to the next Sync.  A client could so make the
-gateway believe one text while the server ran another (parse a statement,
-parse a harmless one under the same name, run the name: masking planned the
-result from the harmless text).  ``ConnectionState`` is the one table the
-hooks read, and it keeps one invariant:
+Parse whose name is taken (42P05) and keeps the statement it has, after an
+error it skips every message up to the next Sync, it cuts names to 63 bytes,
+and SQL (``PREPARE``, ``DEALLOCATE``, ``DECLARE``, ``CLOSE``, ``DISCARD``)
+changes the same names.  A client could so make the gateway believe one text
+while the server ran another, and masking planned the result from the wrong
+one.  ``ConnectionState`` is the one table the hooks read, and it keeps one
+invariant:
 
     Every statement or portal the state holds under a name is exactly the one
     the server holds under that name, or the server holds none.
 
-A name the state does not hold may still be held by the server (an SQL
-``PREPARE`` or ``DECLARE``, a Parse whose outcome the gateway could not tell):
-the hooks refuse to run a statement the state does not know, and masking
-treats an unknown portal as unknown.  How the invariant is kept:
+A name the state does not hold may still be held by the server: the hooks
+refuse to run a statement the state does not know, and masking treats an
+unknown portal as unknown.  How the invariant is kept:
 
-* A Parse, Bind or Close takes effect in the table when the relay passes it
-  on, as if it will succeed, so that the messages after it in the same
-  pipeline see it; it is journalled until the server confirms it
-  (ParseComplete, BindComplete, CloseComplete: the server answers in order).
-* At the ReadyForQuery that ends a pipeline, its messages the server did not
-  confirm failed or were skipped, and are undone, newest first.  Where undoing
-  cannot tell what the server kept (an unnamed statement or portal that a
-  failed or skipped message replaced: failed, the server dropped the old one;
-  skipped, it kept it), the name is forgotten.
-* A message that names a statement or portal whose last change is not yet
-  confirmed, from an earlier pipeline (a client that pipelines past a Sync),
-  waits (``must_wait``: the relay holds it and what follows) until that
-  pipeline's ReadyForQuery: only then is it known which one the server uses.
-* A named Parse or Bind whose name the state holds forgets the name instead
-  of replacing it: the server refuses it, unless an SQL ``DEALLOCATE``, a
-  ``DISCARD`` or the end of a transaction freed the name without the state
-  seeing it.
-* A simple Query drops the unnamed statement and portal, as the server does.
-  The end of a transaction (ReadyForQuery ``I``) drops the portals of the
-  pipelines it ended.
+* Names are keyed as the server keys them: their first 63 bytes.
+* Every message sent upstream that the server answers (Parse, Bind, Close,
+  Describe, Execute, Sync, Query, FunctionCall; the client's and the
+  gateway's own) is journalled in order, and every answer the server sends is
+  matched to the head of the journal, as the server answers in order: a
+  ParseComplete, BindComplete or CloseComplete confirms its message; a
+  RowDescription or NoData ends a Describe; a CommandComplete,
+  EmptyQueryResponse or PortalSuspended an Execute; a ReadyForQuery a Sync, a
+  Query or a FunctionCall.  An answer that does not fit the head means the
+  gateway no longer knows where it is, and the connection is ended
+  (``ProtocolViolation``) rather than guessed on.
+* A Parse, Bind or Close takes effect in the table as it goes by, so that the
+  messages after it see it, and is undone if the server says otherwise: an
+  ErrorResponse to an extended-protocol message fails it and skips every
+  message after it up to the next Sync, exactly as the server does.  A skipped
+  message is undone to what was there before; a failed unnamed Parse or Bind
+  leaves nothing (the server dropped the old one first, or may have).
+* COPY FROM STDIN: the Syncs the server reads while it copies are not
+  answered, so they leave the journal (those sent before the server's
+  CopyInResponse) or never enter it (those sent before the client's CopyDone).
+* A message that names a statement or portal whose last change the server has
+  not answered yet, and that belongs to a later pipeline (a Sync between
+  them), waits (``must_wait``: the relay holds it and what follows) until the
+  server answers that change: until then it is not known which one the server
+  will use.  The change is answered before the Sync after it, so the wait ends.
+* SQL that changes the names (``forget``, called by the guard, which reads
+  it) makes the state forget them as the statement goes by, before it runs:
+  forgetting early only makes a name unknown.
+* A simple Query drops the unnamed statement and portal, as the server does;
+  the end of a transaction (ReadyForQuery ``I``) drops every portal already
+  bound.
 
 A hook that must keep something of its own about a statement or portal (the
 guard's decision, masking's plan) attaches it to the entry with a typed
@@ -50,25 +61,37 @@ entry.
 from __future__ import annotations
 
 from collections import deque
-from typing import Final, Generic, TypeVar, cast
+from collections.abc import Iterable, Iterator
+from typing import Final, Generic, NoReturn, TypeVar, cast
+
+from server.gateway.pgwire import ProtocolViolation
 
 __all__ = ["ConnectionState", "Note", "Portal", "Prepared"]
 
 T = TypeVar("T")
 
+# Client message types (and the gateway's own messages upstream).
 _PARSE: Final = 80  # P
 _BIND: Final = 66  # B
 _CLOSE: Final = 67  # C
 _DESCRIBE: Final = 68  # D
 _EXECUTE: Final = 69  # E
+_SYNC: Final = 83  # S
 _QUERY: Final = 81  # Q
-# Server messages that confirm a Parse, a Bind, a Close.
-COMPLETIONS: Final = b"123"
-# Client messages the state reads.
-CLIENT_TYPES: Final = b"PBCDEQ"
+_FUNCTION_CALL: Final = 70  # F
+_COPY_DONE: Final = 99  # c
+_COPY_FAIL: Final = 102  # f
+_COPY_END: Final = -1  # the journal's mark of a CopyDone or CopyFail
+# Client messages the state reads, and those that name a statement or portal.
+CLIENT_TYPES: Final = b"PBCDESQFcf"
+NAMING_TYPES: Final = b"PBCDE"
+# Server messages the state reads: what ends or fails the head's answer.
+SERVER_TYPES: Final = b"123tTnCIsGHWVEZ"
+# The server keys statement and portal names by their first NAMEDATALEN - 1 bytes.
+NAME_BYTES: Final = 63
 # Named portals kept at most: a client that binds a new name in every
-# transaction without closing it must not grow the table for ever (a portal
-# forgotten is one the gateway refuses to describe, never one it misreads).
+# transaction block without closing it must not grow the table for ever (a
+# portal forgotten is one the gateway does not know, never one it misreads).
 MAX_PORTALS: Final = 1000
 
 
@@ -85,231 +108,443 @@ class Note(Generic[T]):
 
 
 class _Entry:
-    __slots__ = ("_notes", "name")
+    __slots__ = ("_notes", "key")
 
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self._notes: dict[object, object] = {}
+    _notes: dict[object, object] | None
+    key: bytes
 
     def note(self, key: Note[T]) -> T | None:
         """What the hook that owns ``key`` keeps on this entry, if anything."""
-        return cast("T | None", self._notes.get(key))
+        notes = self._notes
+        return None if notes is None else cast("T | None", notes.get(key))
 
     def annotate(self, key: Note[T], value: T) -> None:
+        if self._notes is None:
+            self._notes = {}
         self._notes[key] = value
 
 
 class Prepared(_Entry):
     """A statement a Parse named: its message body as it came (name, text,
-    parameter types), the text decoded only when asked for."""
+    parameter types)."""
 
-    __slots__ = ("body",)
+    __slots__ = ("body", "forgets")
 
-    def __init__(self, name: str, body: bytes) -> None:
-        super().__init__(name)
+    def __init__(self, key: bytes, body: bytes) -> None:
+        self.key = key
         self.body = body
+        self._notes = None
+        # What running it does to other names (``ConnectionState.forgets_when_run``).
+        self.forgets: tuple[tuple[str, ...] | None, bool] | None = None
 
     def __repr__(self) -> str:
-        return f"Prepared({self.name!r})"
+        return f"Prepared({self.key!r})"
 
 
 class Portal(_Entry):
     """A portal a Bind named, and the statement it bound, as it was then."""
 
-    __slots__ = ("pipeline", "statement")
+    __slots__ = ("pending", "statement")
 
-    def __init__(self, name: str, statement: Prepared | None, pipeline: int) -> None:
-        super().__init__(name)
+    def __init__(self, key: bytes, statement: Prepared | None) -> None:
+        self.key = key
         self.statement = statement
-        self.pipeline = pipeline  # the ReadyForQuery that ends the Bind's pipeline
+        self.pending = True  # its Bind is not answered yet
+        self._notes = None
 
     def __repr__(self) -> str:
-        return f"Portal({self.name!r}, {self.statement!r})"
+        return f"Portal({self.key!r}, {self.statement!r})"
 
 
 class _Op:
-    """A Parse, Bind or Close in the table, not yet confirmed by the server."""
+    """What a Parse, Bind or Close did to the table, until the server answers it."""
 
-    __slots__ = ("key", "new", "old", "pipeline")
+    __slots__ = ("group", "key", "new", "old", "portal")
 
     def __init__(
-        self, key: tuple[bool, str], new: _Entry | None, old: _Entry | None, pipeline: int
+        self, portal: bool, key: bytes, new: _Entry | None, old: _Entry | None, group: int
     ) -> None:
-        self.key = key  # (a portal?, name)
+        self.portal = portal
+        self.key = key
         self.new = new  # what it put under the name (None: a Close)
         self.old = old  # what was there before
-        self.pipeline = pipeline
+        self.group = group  # the Syncs sent before it
 
 
-def _cstring(body: bytes, start: int) -> tuple[str, int]:
+def _name(body: bytes, start: int) -> tuple[bytes, int]:
+    """The name at ``start`` as the server keys it, and where the next field starts."""
     end = body.find(b"\0", start)
     if end < 0:
         end = len(body)
-    # Hooks decode the same names strictly (and refuse invalid UTF-8); here a
-    # name only has to be the same key for the same bytes.
-    return body[start:end].decode("utf-8", "surrogateescape"), end + 1
+    return body[start : min(end, start + NAME_BYTES)], end + 1
+
+
+def key_of(name: str) -> bytes:
+    """A name as the hooks decoded it, as the state keys it."""
+    return name.encode("utf-8", "surrogateescape")[:NAME_BYTES]
+
+
+# A journal entry taken out by ``postpone``: the message's type and its op.
+PostponedEntry = tuple[int, "_Op | None"]
 
 
 class ConnectionState:
     """The table of one connection (see the module docstring).  Sans-IO: the relay
-    calls ``client`` for each client message of ``CLIENT_TYPES`` it passes on,
-    ``confirmed`` for each of ``COMPLETIONS`` and ``ready`` for each
-    ReadyForQuery from the server."""
+    calls ``client`` for each message of ``CLIENT_TYPES`` the client sends on,
+    ``sent`` for the messages the gateway sends upstream itself, and ``server``
+    for each server message of ``SERVER_TYPES``."""
 
     def __init__(self) -> None:
-        self.statements: dict[str, Prepared] = {}
-        self.portals: dict[str, Portal] = {}
-        self.status = "I"  # the transaction status of the server's last ReadyForQuery
+        self._statements: dict[bytes, Prepared] = {}
+        self._portals: dict[bytes, Portal] = {}
         # What the message being handled put in the table, for its hooks.
         self.parsed: Prepared | None = None
         self.bound: Portal | None = None
-        self._journal: deque[_Op] = deque()
-        self._last: _Op | None = None  # what the message being handled journalled
-        self._unsettled: dict[tuple[bool, str], _Op] = {}  # the latest op of each name
+        # Every message upstream the server has yet to answer, oldest first: its
+        # type, and the op of a Parse, Bind or Close.
+        self._journal: deque[tuple[int, _Op | None]] = deque()
+        self._last: tuple[int, _Op | None] | None = None  # the client message just journalled
+        self._unanswered: dict[tuple[bool, bytes], _Op] = {}  # the latest op of each name
+        self._groups = 0  # Syncs journalled
+        self._copying = False  # the server copies in; the client has not ended it yet
+        # The server skips what comes up to the next Sync (after an error), and the
+        # journal holds no Sync for it to stop at: what is sent now is skipped.
+        self._ignoring = False
+
+    # -- reading ------------------------------------------------------------------------
+    def statement(self, name: str) -> Prepared | None:
+        return self._statements.get(key_of(name)) if self._statements else None
+
+    def portal(self, name: str) -> Portal | None:
+        return self._portals.get(key_of(name)) if self._portals else None
+
+    def portal_at(self, key: bytes) -> Portal | None:
+        """A portal by its name's bytes, as a message carries them."""
+        return self._portals.get(key[:NAME_BYTES]) if self._portals else None
+
+    def prepared(self) -> Iterator[Prepared]:
+        return iter(self._statements.values())
 
     @property
-    def settling(self) -> bool:
-        """Some Parse, Bind or Close awaits the server's word (the relay then watches
-        the server's completions)."""
-        return bool(self._journal)
+    def watching(self) -> bool:
+        """Whether the server's answers tell the state anything now (else the relay
+        need not show them)."""
+        return bool(self._journal or self._portals)
 
     # -- client messages ---------------------------------------------------------------
-    def must_wait(self, t: int, body: bytes, pipeline: int) -> bool:
-        """Whether the client message must wait for an earlier pipeline's
-        ReadyForQuery before it is read: it names a statement or portal whose last
-        change that pipeline made and the server has not confirmed."""
-        if not self._unsettled:
+    def must_wait(self, t: int, body: bytes) -> bool:
+        """Whether the client message must wait before it is read: it names a
+        statement or portal whose last change, sent before a Sync the client
+        sent since, the server has not answered."""
+        unanswered = self._unanswered
+        if not unanswered or self._copying:
+            # While the server copies in, what the client sends is copy data to
+            # it (anything else ends the COPY in an error and is not run).
             return False
-        for key in _names(t, body):
-            op = self._unsettled.get(key)
-            if op is not None and op.pipeline < pipeline:
+        groups = self._groups
+        for name in _names(t, body):
+            op = unanswered.get(name)
+            if op is not None and op.group < groups:
                 return True
         return False
 
-    def client(self, t: int, body: bytes, pipeline: int) -> None:
-        """A client message on its way to the server; ``pipeline``: the number of the
-        ReadyForQuery that will end its pipeline."""
+    def client(self, t: int, body: bytes) -> None:
+        """A client message on its way upstream, as it came (a hook may still
+        replace it by one of the same type, or drop it: ``withdrawn``)."""
         self.parsed = None
         self.bound = None
-        self._last = None
+        op: _Op | None = None
         if t == _PARSE:
-            name = _cstring(body, 0)[0]
-            prepared = Prepared(name, body)
-            if self._put((False, name), prepared, self.statements, pipeline):
-                self.parsed = prepared
+            key = _name(body, 0)[0]
+            prepared = Prepared(key, body)
+            op = self._put(False, key, prepared, self._statements)
+            self.parsed = prepared
         elif t == _BIND:
-            portal_name, rest = _cstring(body, 0)
-            portal = Portal(portal_name, self.statements.get(_cstring(body, rest)[0]), pipeline)
-            if self._put((True, portal_name), portal, self.portals, pipeline):
-                self.bound = portal
-                if portal_name and len(self.portals) > MAX_PORTALS:
-                    self._forget((True, next(iter(self.portals))))
+            key, rest = _name(body, 0)
+            statements = self._statements
+            statement = statements.get(_name(body, rest)[0]) if statements else None
+            portal = Portal(key, statement)
+            op = self._put(True, key, portal, self._portals)
+            self.bound = portal
+            if key and len(self._portals) > MAX_PORTALS:
+                oldest = next(iter(self._portals))
+                if oldest != key:
+                    del self._portals[oldest]
         elif t == _CLOSE:
             of_portal = body[:1] != b"S"
-            name = _cstring(body, 1)[0]
-            table: dict[str, Prepared] | dict[str, Portal] = (
-                self.portals if of_portal else self.statements
-            )
-            old = table.pop(name, None)
-            if old is not None:
-                self._journal_op(_Op((of_portal, name), None, old, pipeline))
+            key = _name(body, 1)[0]
+            table = self._table(of_portal)
+            op = _Op(of_portal, key, None, table.pop(key, None), self._groups)
+            self._unanswered[(of_portal, key)] = op
+        elif t == _SYNC:
+            if self._copying:
+                return  # read by the server while it copies: not answered
         elif t == _QUERY:
             # The server drops both before it runs a simple Query.
-            self.statements.pop("", None)
-            self.portals.pop("", None)
+            if self._statements:
+                self._statements.pop(b"", None)
+            if self._portals:
+                self._portals.pop(b"", None)
+        elif t in (_COPY_DONE, _COPY_FAIL):
+            if not self._copying:
+                return  # outside COPY: the server ignores it
+            self._copying = False
+            t = _COPY_END
+        elif t == _EXECUTE:
+            running = self._portals.get(_name(body, 0)[0]) if self._portals else None
+            if running is not None and running.statement is not None:
+                forgets = running.statement.forgets
+                if forgets is not None:
+                    self.forget(forgets[0], portals=forgets[1])
+        elif t != _DESCRIBE and t != _FUNCTION_CALL:
+            return
+        entry = (t, op)
+        self._last = None
+        if self._journal_entry(entry):
+            self._last = entry
+
+    def _journal_entry(self, entry: tuple[int, _Op | None]) -> bool:
+        """Journal a message sent upstream; False: the server skips it (see
+        ``_ignoring``), and what it did is undone at once."""
+        t, op = entry
+        if self._ignoring:
+            if t != _SYNC:
+                if op is not None:
+                    self._undo(op, failed=False)
+                return False
+            self._ignoring = False
+        self._journal.append(entry)
+        if t == _SYNC:
+            self._groups += 1
+        return True
+
+    def sent(self, types: Iterable[int]) -> None:
+        """Messages the gateway sends upstream of its own accord (a detour's, a
+        cut's), of these types, in order: their answers are the server's too."""
+        for t in types:
+            if t in (_PARSE, _BIND, _CLOSE, _DESCRIBE, _EXECUTE, _QUERY, _FUNCTION_CALL) or (
+                t == _SYNC and not self._copying
+            ):
+                self._journal_entry((t, None))
+
+    def postpone(self) -> PostponedEntry | None:
+        """The client message just passed to ``client`` goes upstream later (a hook
+        holds it for a detour, whose own messages go first): its place in the
+        journal is taken out, to be given back with ``resume``."""
+        last = self._last
+        if last is None or not self._journal or self._journal[-1] is not last:
+            return None
+        self._journal.pop()
+        if last[0] == _SYNC:
+            self._groups -= 1
+        self._last = None
+        return last
+
+    def resume(self, entry: PostponedEntry | None) -> None:
+        """The message ``postpone`` took out goes upstream now."""
+        if entry is not None:
+            self._journal_entry(entry)
+
+    def dropped(self, entry: PostponedEntry | None) -> None:
+        """The message ``postpone`` took out never goes upstream: what it did is
+        taken back."""
+        if entry is not None and entry[1] is not None:
+            self._undo(entry[1], failed=False)
 
     def withdrawn(self) -> None:
-        """The message just passed to ``client`` does not reach the server after all
-        (a hook dropped it): what it put in the table is taken back at once."""
-        op = self._last
-        if op is not None and self._journal and self._journal[-1] is op:
+        """The client message just passed to ``client`` does not reach the server
+        after all (a hook dropped it): what it did is taken back."""
+        last = self._last
+        if last is not None and self._journal and self._journal[-1] is last:
             self._journal.pop()
-            self._undo(op)
+            if last[0] == _SYNC:
+                self._groups -= 1
+            if last[1] is not None:
+                self._undo(last[1], failed=False)
         self._last = None
         self.parsed = None
         self.bound = None
+
+    def forget(self, statements: Iterable[str] | None = (), *, portals: bool = False) -> None:
+        """SQL the client sends changes these statements (None: every named one) or,
+        with ``portals``, any named portal."""
+        if statements is None:
+            for key in [k for k in self._statements if k]:
+                del self._statements[key]
+        else:
+            for name in statements:
+                self._statements.pop(key_of(name), None)
+        if portals:
+            for key in [k for k in self._portals if k]:
+                del self._portals[key]
+
+    def forgets_when_run(
+        self, prepared: Prepared, statements: Iterable[str] | None, *, portals: bool
+    ) -> None:
+        """The statement ``prepared`` holds SQL that changes these names (as
+        ``forget``), each time an Execute runs it: forgotten as the Execute goes by."""
+        prepared.forgets = (None if statements is None else tuple(statements), portals)
+
+    def _table(self, portal: bool) -> dict[bytes, Prepared] | dict[bytes, Portal]:
+        return self._portals if portal else self._statements
 
     def _put(
         self,
-        key: tuple[bool, str],
+        portal: bool,
+        key: bytes,
         entry: Prepared | Portal,
-        table: dict[str, Prepared] | dict[str, Portal],
-        pipeline: int,
-    ) -> bool:
-        name = key[1]
-        old = table.get(name)
-        if old is not None and name:
-            # Taken: the server refuses it, or (the name freed where the state
-            # could not see it) takes it; either way the old one is not known to be
-            # what the name stands for any more.
-            self._forget(key)
-            return False
-        table[name] = entry  # type: ignore[assignment]
-        self._journal_op(_Op(key, entry, old, pipeline))
-        return True
-
-    def _journal_op(self, op: _Op) -> None:
-        self._last = op
-        self._journal.append(op)
-        self._unsettled[op.key] = op
-
-    def _forget(self, key: tuple[bool, str]) -> None:
-        if key[0]:
-            self.portals.pop(key[1], None)
-        else:
-            self.statements.pop(key[1], None)
+        table: dict[bytes, Prepared] | dict[bytes, Portal],
+    ) -> _Op:
+        op = _Op(portal, key, entry, table.get(key), self._groups)
+        table[key] = entry  # type: ignore[assignment]
+        self._unanswered[(portal, key)] = op
+        return op
 
     # -- server messages --------------------------------------------------------------
-    def confirmed(self) -> None:
-        """ParseComplete, BindComplete or CloseComplete: the oldest journalled
-        message took effect."""
-        if self._journal:
-            self._settle(self._journal.popleft())
-
-    def ready(self, number: int, status: bytes) -> None:
-        """The server's ReadyForQuery ``number`` (the relay's count), with its
-        transaction status."""
+    def server(self, t: int, body: bytes) -> None:
+        """A server message of ``SERVER_TYPES``, in the order the server sent it."""
         journal = self._journal
-        if journal and journal[0].pipeline <= number:
-            # Not confirmed by the end of their pipeline: failed, or skipped after
-            # an error.  Undone newest first, so that a Close restores what it closed.
-            failed = [op for op in journal if op.pipeline <= number]
-            for op in reversed(failed):
-                self._undo(op)
-            self._journal = deque(op for op in journal if op.pipeline > number)
-        self.status = status[:1].decode("ascii", "replace") or "I"
-        if self.status == "I" and self.portals:
-            # The transaction ended, and the portals of its pipelines with it.
-            for name in [n for n, p in self.portals.items() if p.pipeline <= number]:
-                del self.portals[name]
+        if not journal:
+            if t == 69 or t == 90:
+                return  # an error of its own (a FATAL), or a stray ReadyForQuery
+            self._lost(t, None)
+        head = journal[0][0]
+        if head == _QUERY:
+            if t == 90:
+                journal.popleft()
+                self._ready(body)
+                self._skip_marks()
+            elif t == 71:  # G: COPY FROM STDIN
+                self._copy_in()
+            return  # everything else is part of the Query's answer
+        if t == 49:  # 1
+            self._answered(_PARSE, t)
+        elif t == 50:  # 2
+            self._answered(_BIND, t)
+        elif t == 51:  # 3
+            self._answered(_CLOSE, t)
+        elif t == 84 or t == 110:  # T, n
+            self._answered(_DESCRIBE, t)
+        elif t == 67 or t == 73 or t == 115:  # C, I, s
+            self._answered(_EXECUTE, t)
+        elif t == 116:  # t: the first part of a statement's Describe
+            if head != _DESCRIBE:
+                self._lost(t, head)
+        elif t == 71 or t == 72 or t == 87:  # G, H, W: COPY under an Execute
+            if head != _EXECUTE:
+                self._lost(t, head)
+            if t == 71:
+                self._copy_in()
+        elif t == 86:  # V
+            if head != _FUNCTION_CALL:
+                self._lost(t, head)
+        elif t == 69:  # E
+            if head in (_PARSE, _BIND, _CLOSE, _DESCRIBE, _EXECUTE):
+                self._failed()
+            # A Sync's or a FunctionCall's error: their ReadyForQuery follows.
+        elif t == 90:  # Z
+            if head != _SYNC and head != _FUNCTION_CALL:
+                self._lost(t, head)
+            journal.popleft()
+            self._ready(body)
+        self._skip_marks()
+
+    def _answered(self, kind: int, t: int) -> None:
+        head, op = self._journal[0]
+        if head != kind:
+            self._lost(t, head)
+        self._journal.popleft()
+        if op is not None:
+            self._settle(op)
 
     def _settle(self, op: _Op) -> None:
-        if self._unsettled.get(op.key) is op:
-            del self._unsettled[op.key]
+        name = (op.portal, op.key)
+        if self._unanswered.get(name) is op:
+            del self._unanswered[name]
+        if op.portal and isinstance(op.new, Portal):
+            op.new.pending = False
 
-    def _undo(self, op: _Op) -> None:
+    def _failed(self) -> None:
+        """An ErrorResponse to the head, an extended-protocol message: it failed, and
+        the server skips every message after it up to the next Sync."""
+        journal = self._journal
+        op = journal.popleft()[1]
+        skipped: list[_Op] = []
+        while journal and journal[0][0] != _SYNC:
+            _t, later = journal.popleft()
+            if later is not None:
+                skipped.append(later)
+        for later in reversed(skipped):
+            self._undo(later, failed=False)
+        if op is not None:
+            self._undo(op, failed=True)
+        self._copying = False
+        # No Sync sent yet: whatever is sent before it is skipped too.
+        self._ignoring = not journal
+
+    def _undo(self, op: _Op, *, failed: bool) -> None:
         self._settle(op)
-        portal, name = op.key
-        table: dict[str, Prepared] | dict[str, Portal] = self.portals if portal else self.statements
+        table = self._table(op.portal)
+        key = op.key
         if op.new is None:  # a Close that did not happen
-            if op.old is not None and name not in table:
-                table[name] = op.old  # type: ignore[assignment]
-        elif table.get(name) is op.new:
-            # A named one was not taken (the server has none by that name); an
-            # unnamed one either failed (the server dropped the old one) or was
-            # skipped (it kept it): not known, so forgotten.
-            del table[name]
+            if op.old is not None and key not in table:
+                table[key] = op.old  # type: ignore[assignment]
+        elif table.get(key) is op.new:
+            if failed and not key:
+                # A failed unnamed Parse dropped the old statement first; a failed
+                # unnamed Bind may have dropped the old portal: nothing is known.
+                del table[key]
+            elif op.old is not None:
+                table[key] = op.old  # type: ignore[assignment]
+            else:
+                del table[key]
+
+    def _ready(self, body: bytes) -> None:
+        self._copying = False
+        if self._portals and body[:1] == b"I":
+            # The transaction ended, and every portal bound in it with it.
+            for key in [k for k, p in self._portals.items() if not p.pending]:
+                del self._portals[key]
+
+    def _copy_in(self) -> None:
+        """The server copies in: the Syncs already sent after the head, before the
+        client's CopyDone or CopyFail, are read by the copy and not answered."""
+        journal = self._journal
+        rest = list(journal)[1:]
+        ended = any(t == _COPY_END for t, _op in rest)
+        kept = [journal[0]]
+        cut = True
+        for entry in rest:
+            if entry[0] == _COPY_END:
+                cut = False
+            elif entry[0] == _SYNC and cut:
+                continue  # its group stays counted: a later wait is only longer
+            kept.append(entry)
+        self._journal = deque(kept)
+        self._copying = not ended
+
+    def _skip_marks(self) -> None:
+        journal = self._journal
+        while journal and journal[0][0] == _COPY_END:
+            journal.popleft()
+
+    def _lost(self, t: int, head: int | None) -> NoReturn:
+        due = "nothing" if head is None else repr(chr(head) if head >= 0 else "CopyDone")
+        raise ProtocolViolation(
+            f"the server's {chr(t)!r} does not answer what the gateway sent ({due} was due): "
+            "the gateway cannot tell which statements the session holds"
+        )
 
 
-def _names(t: int, body: bytes) -> tuple[tuple[bool, str], ...]:
-    """The statements and portals a client message names, as (a portal?, name)."""
+def _names(t: int, body: bytes) -> tuple[tuple[bool, bytes], ...]:
+    """The statements and portals a client message names, as (a portal?, key)."""
     if t == _PARSE:
-        return ((False, _cstring(body, 0)[0]),)
+        return ((False, _name(body, 0)[0]),)
     if t == _BIND:
-        portal, rest = _cstring(body, 0)
-        return ((True, portal), (False, _cstring(body, rest)[0]))
+        portal, rest = _name(body, 0)
+        return ((True, portal), (False, _name(body, rest)[0]))
     if t == _EXECUTE:
-        return ((True, _cstring(body, 0)[0]),)
+        return ((True, _name(body, 0)[0]),)
     if t in (_DESCRIBE, _CLOSE):
-        return ((body[:1] != b"S", _cstring(body, 1)[0]),)
+        return ((body[:1] != b"S", _name(body, 1)[0]),)
     return ()

@@ -1,12 +1,15 @@
 """The connection's state against the server's: each script is what the client
-sent and what the server answered, and the table must end as the server's is
-(or hold less: a name the state does not hold is refused by the hooks, never
-misread).
+sent and what the server answered, and the table must end as the server holds
+it (or hold less: a name the state does not hold is refused by the hooks,
+never misread).
 
-Each script is a list of steps: a client message (encoded by pgwire), or a
-server answer by its type byte (``"1"``, ``"2"``, ``"3"``; ``"Z"`` or
-``"ZT"`` for a ReadyForQuery and its status).  ``pipeline`` is counted as the
-relay counts it: a Sync or a Query asks for the next ReadyForQuery.
+A step is a client message (encoded by pgwire) or a server answer by its type
+byte (``"1"``, ``"2"``, ``"3"``, ``"T"``, ``"C"``, ``"E"`` for an error,
+``"Z"`` or ``"ZT"`` for a ReadyForQuery and its status, ``"G"`` for
+CopyInResponse).  What the server answers is written as PostgreSQL answers
+it (postgres.c: after an error in an extended-protocol message everything up
+to the next Sync is skipped; a named Parse of a taken name fails and keeps
+the old statement; a failed unnamed Parse has dropped the old one).
 """
 
 from __future__ import annotations
@@ -15,92 +18,105 @@ import pytest
 
 from server.gateway import pgwire
 from server.gateway.connection import ConnectionState, Note
-from server.gateway.pgwire import Bind, Close, Describe, Execute, Parse, Query, Sync
+from server.gateway.connection.state import MAX_PORTALS
+from server.gateway.pgwire import (
+    Bind,
+    Close,
+    CopyData,
+    CopyDone,
+    Execute,
+    Parse,
+    ProtocolViolation,
+    Query,
+    Sync,
+)
 
 Step = pgwire.Message | str
 
 
-def _play(script: list[Step]) -> ConnectionState:
-    state = ConnectionState()
-    asked = ready = 0
+def _raw(message: pgwire.Message) -> pgwire.RawMessage:
+    return pgwire.split_frames(message.encode())[0][0]
+
+
+def _play(script: list[Step], state: ConnectionState | None = None) -> ConnectionState:
+    state = state or ConnectionState()
     for step in script:
         if isinstance(step, str):
-            if step[0] == "Z":
-                ready += 1
-                state.ready(ready, (step[1:] or "I").encode())
-            else:
-                assert step in ("1", "2", "3"), step
-                state.confirmed()
+            t = ord(step[0])
+            state.server(t, (step[1:] or "I").encode() if t == 90 else b"")
             continue
-        raw = pgwire.split_frames(step.encode())[0][0]
-        assert not state.must_wait(raw.type, raw.body, asked + 1), step
-        state.client(raw.type, raw.body, asked + 1)
-        if isinstance(step, (Sync, Query)):
-            asked += 1
+        raw = _raw(step)
+        assert not state.must_wait(raw.type, raw.body), step
+        state.client(raw.type, raw.body)
     return state
 
 
 def _texts(state: ConnectionState) -> dict[str, str]:
-    return {
-        name: pgwire.decode_frontend(pgwire.RawMessage(80, entry.body)).query  # type: ignore[union-attr]
-        for name, entry in state.statements.items()
-    }
+    texts = {}
+    for entry in state.prepared():
+        msg = pgwire.decode_frontend(pgwire.RawMessage(80, entry.body))
+        assert isinstance(msg, Parse)
+        texts[msg.name] = msg.query
+    return texts
 
+
+def _portals(state: ConnectionState) -> dict[str, str | None]:
+    found = {}
+    for name in ("", "p", "q"):
+        portal = state.portal(name)
+        if portal is not None:
+            statement = portal.statement
+            found[name] = None if statement is None else statement.key.decode()
+    return found
+
+
+ONE = Parse("s", "select 1")
+TWO = Parse("s", "select 2")
 
 SCRIPTS: dict[str, tuple[list[Step], dict[str, str]]] = {
-    "parsed and confirmed": ([Parse("s", "select 1"), Sync(), "1", "Z"], {"s": "select 1"}),
-    "parsed in one pipeline, not yet answered": (
-        [Parse("s", "select 1"), Sync()],
+    "parsed and confirmed": ([ONE, Sync(), "1", "Z"], {"s": "select 1"}),
+    "parsed, not yet answered": ([ONE, Sync()], {"s": "select 1"}),
+    "a Parse that failed is undone": ([Parse("s", "selec 1"), Sync(), "E", "Z"], {}),
+    "a name parsed again while taken: the server keeps the first": (
+        [ONE, Sync(), "1", "Z", TWO, Sync(), "E", "Z"],
         {"s": "select 1"},
     ),
-    "a Parse that failed is undone at its ReadyForQuery": (
-        [Parse("s", "selec 1"), Sync(), "Z"],
-        {},
-    ),
-    "a name parsed again while taken: the server keeps the first; the state forgets it": (
-        [Parse("s", "select 1"), Sync(), "1", "Z", Parse("s", "select 2"), Sync(), "Z"],
-        {},
-    ),
     "Close and Parse skipped after an error: the first statement is back": (
-        [
-            Parse("s", "select 1"),
-            Sync(),
-            "1",
-            "Z",
-            Bind("", "missing"),
-            Close("S", "s"),
-            Parse("s", "select 2"),
-            Sync(),
-            "Z",
-        ],
+        [ONE, Sync(), "1", "Z", Bind("", "missing"), Close("S", "s"), TWO, Sync(), "E", "Z"],
         {"s": "select 1"},
     ),
     "Close and Parse that both ran": (
-        [
-            Parse("s", "select 1"),
-            Sync(),
-            "1",
-            "Z",
-            Close("S", "s"),
-            Parse("s", "select 2"),
-            Sync(),
-            "3",
-            "1",
-            "Z",
-        ],
+        [ONE, Sync(), "1", "Z", Close("S", "s"), TWO, Sync(), "3", "1", "Z"],
         {"s": "select 2"},
     ),
-    "an unnamed statement replaced by a skipped Parse is forgotten": (
+    "a CloseComplete for a name the state did not hold still counts": (
         [
-            Parse("", "select 1"),
+            ONE,
             Sync(),
             "1",
             "Z",
-            Bind("", "missing"),
-            Parse("", "select 2"),
+            TWO,
             Sync(),
+            "E",
+            "Z",
+            Close("S", "zz"),
+            TWO,
+            Sync(),
+            "3",
+            "E",
             "Z",
         ],
+        {"s": "select 1"},
+    ),
+    "an unnamed statement replaced by a skipped Parse is kept": (
+        [
+            *(Parse("", "select 1"), Sync(), "1", "Z"),
+            *(Bind("", "missing"), Parse("", "select 2"), Sync(), "E", "Z"),
+        ],
+        {"": "select 1"},
+    ),
+    "an unnamed statement replaced by a failed Parse is gone": (
+        [Parse("", "select 1"), Sync(), "1", "Z", Parse("", "selec 2"), Sync(), "E", "Z"],
         {},
     ),
     "an unnamed statement replaced in the same pipeline": (
@@ -111,6 +127,17 @@ SCRIPTS: dict[str, tuple[list[Step], dict[str, str]]] = {
         [Parse("", "select 1"), Parse("k", "select 3"), Sync(), "1", "1", "Z", Query("select 2")],
         {"k": "select 3"},
     ),
+    "a Query skipped after an error answers nothing": (
+        [Execute("nope"), Query("select 1"), ONE, Sync(), "E", "Z", TWO, Sync(), "1", "Z"],
+        {"s": "select 2"},
+    ),
+    "names are the server's first 63 bytes": (
+        [
+            *(Parse("a" * 63 + "1", "select 1"), Sync(), "1", "Z"),
+            *(Close("S", "a" * 63 + "2"), Sync(), "3", "Z"),
+        ],
+        {},
+    ),
 }
 
 
@@ -120,77 +147,111 @@ def test_the_state_ends_as_the_server_holds_it(name: str) -> None:
     assert _texts(_play(script)) == expected
 
 
-def test_a_message_naming_what_an_earlier_pipeline_changed_waits_for_its_end() -> None:
-    state = ConnectionState()
-    parse = pgwire.split_frames(Parse("s", "select 1").encode())[0][0]
-    state.client(parse.type, parse.body, 1)
-    bind = pgwire.split_frames(Bind("", "s").encode())[0][0]
-    other = pgwire.split_frames(Bind("", "t").encode())[0][0]
+def test_sql_that_changes_names_makes_the_state_forget_them() -> None:
+    state = _play([ONE, Parse("k", "select 3"), Sync(), "1", "1", "Z"])
+    state.forget(["S", "s"])  # DEALLOCATE S, as the analysis names it and as folded
+    assert _texts(state) == {"k": "select 3"}
+    state.forget(None)  # DEALLOCATE ALL
+    assert _texts(state) == {}
+
+
+def test_a_statement_that_deallocates_forgets_each_time_it_runs() -> None:
+    state = _play([Parse("d", "deallocate s"), Sync(), "1", "Z", ONE, Sync(), "1", "Z"])
+    parsed = state.statement("d")
+    assert parsed is not None
+    state.forgets_when_run(parsed, ["s"], portals=False)
+    _play([Bind("", "d"), Execute("")], state)
+    assert "s" not in _texts(state)
+
+
+def test_a_message_naming_what_an_earlier_pipeline_changed_waits_for_its_answer() -> None:
+    state = _play([Parse("", "select 1")])
+    bind = _raw(Bind("", ""))
     # In the same pipeline it goes on: the server runs it only if the Parse succeeded.
-    assert not state.must_wait(bind.type, bind.body, 1)
-    # After the Sync it waits, unless it names something else.
-    assert state.must_wait(bind.type, bind.body, 2)
-    assert not state.must_wait(other.type, other.body, 2)
-    state.confirmed()
-    assert not state.must_wait(bind.type, bind.body, 2)
+    assert not state.must_wait(bind.type, bind.body)
+    _play([Sync()], state)
+    assert state.must_wait(bind.type, bind.body)
+    other = _raw(Bind("", "t"))
+    assert not state.must_wait(other.type, other.body)
+    _play(["1"], state)  # ParseComplete: known now, before the ReadyForQuery
+    assert not state.must_wait(bind.type, bind.body)
+
+
+def test_an_error_settles_what_it_skipped() -> None:
+    state = _play([Bind("", "missing"), Parse("", "select 2"), Sync()])
+    bind = _raw(Bind("", ""))
+    assert state.must_wait(bind.type, bind.body)
+    _play(["E"], state)
+    assert not state.must_wait(bind.type, bind.body)
 
 
 def test_portals_end_with_their_transaction_but_not_those_bound_after() -> None:
-    state = _play(
-        [
-            Parse("s", "select 1"),
-            Bind("p", "s"),
-            Sync(),
-            "1",
-            "2",
-            Bind("q", "s"),  # pipelined after the Sync, before its answer
-        ]
-    )
-    state.ready(1, b"I")
-    assert list(state.portals) == ["q"]
+    state = _play([ONE, Bind("p", "s"), Sync(), "1", "2", Bind("q", "s")])
+    _play(["Z"], state)
+    assert _portals(state) == {"q": "s"}
 
 
 def test_a_portal_in_a_transaction_block_outlives_its_sync() -> None:
-    state = _play([Query("begin"), "Z", Parse("s", "select 1"), Bind("p", "s"), Sync()])
-    state.confirmed()
-    state.confirmed()
-    state.ready(2, b"T")
-    assert list(state.portals) == ["p"]
-    execute = pgwire.split_frames(Execute("p").encode())[0][0]
-    assert not state.must_wait(execute.type, execute.body, 3)
+    state = _play([Query("begin"), "ZT", ONE, Bind("p", "s"), Sync(), "1", "2", "ZT"])
+    assert _portals(state) == {"p": "s"}
+    _play([Query("commit"), "C", "Z"], state)
+    assert _portals(state) == {}
 
 
-def test_a_portal_bound_again_while_taken_is_forgotten() -> None:
-    state = _play([Query("begin"), "Z", Parse("s", "select 1"), Bind("p", "s"), Sync(), "1", "2"])
-    state.ready(2, b"T")
-    # The server refuses a second portal "p" (42P03), or takes it if a COMMIT
-    # ended the first one meanwhile: which one "p" is, is not known.
-    bind = pgwire.split_frames(Bind("p", "s").encode())[0][0]
-    state.client(bind.type, bind.body, 3)
-    assert state.bound is None and "p" not in state.portals
+def test_a_portal_bound_again_while_taken_keeps_the_first() -> None:
+    state = _play([Query("begin"), "ZT", ONE, Bind("p", "s"), Sync(), "1", "2", "ZT"])
+    _play([Parse("k", "select 3"), Bind("p", "k"), Sync(), "1", "E", "ZE"], state)
+    assert _portals(state) == {"p": "s"}
+
+
+def test_the_syncs_a_copy_reads_are_not_answered() -> None:
+    state = _play([Parse("", "copy t from stdin"), Bind("", ""), Execute(""), Sync()])
+    _play(["1", "2", "G", CopyData(b"1\n"), Sync(), CopyDone(), Sync(), "C", "Z"], state)
+    _play([ONE, Sync(), "1", "Z"], state)
+    assert _texts(state) == {"": "copy t from stdin", "s": "select 1"}
+
+
+def test_copies_one_after_another_in_simple_queries() -> None:
+    state = ConnectionState()
+    for _ in range(2):
+        _play([Query("copy t from stdin"), "G", CopyData(b"1\n"), CopyDone(), "C", "Z"], state)
+    _play([ONE, Sync(), "1", "Z"], state)
+    assert _texts(state) == {"s": "select 1"}
+
+
+def test_an_answer_that_fits_nothing_sent_ends_the_connection() -> None:
+    state = _play([ONE, Sync()])
+    with pytest.raises(ProtocolViolation, match="cannot tell"):
+        _play(["2"], state)
 
 
 def test_notes_live_and_die_with_their_entry() -> None:
     mine: Note[list[int]] = Note("test")
-    state = _play([Parse("s", "select 1")])
+    state = _play([ONE])
     assert state.parsed is not None
     state.parsed.annotate(mine, [1])
-    state.confirmed()  # ParseComplete
-    assert state.statements["s"].note(mine) == [1]
-    close = pgwire.split_frames(Close("S", "s").encode())[0][0]
-    state.client(close.type, close.body, 1)
-    assert "s" not in state.statements
-    state.ready(1, b"I")  # the Close was not confirmed: skipped, so the statement is back
-    assert state.statements["s"].note(mine) == [1]
+    _play([Sync(), "1", "Z", Close("S", "s"), Bind("", "missing"), Sync()], state)
+    assert state.statement("s") is None
+    _play(["3", "E", "Z"], state)
+    assert state.statement("s") is None  # closed, really
+    state = _play([ONE])
+    assert state.parsed is not None
+    state.parsed.annotate(mine, [2])
+    _play([Sync(), "1", "Z", Bind("", "missing"), Close("S", "s"), Sync(), "E", "Z"], state)
+    found = state.statement("s")
+    assert found is not None and found.note(mine) == [2]  # the Close was skipped
 
 
 def test_a_dropped_message_is_taken_back() -> None:
     state = _play([Parse("", "select 1"), Sync(), "1", "Z"])
-    parse = pgwire.split_frames(Parse("", "select 2").encode())[0][0]
-    state.client(parse.type, parse.body, 2)
+    parse = _raw(Parse("", "select 2"))
+    state.client(parse.type, parse.body)
     state.withdrawn()
-    # It never reached the server, which still has "select 1"; the state cannot
-    # restore what it replaced, so it forgets the name.
-    assert "" not in state.statements
-    describe = pgwire.split_frames(Describe("S", "").encode())[0][0]
-    assert not state.must_wait(describe.type, describe.body, 2)
+    assert _texts(state) == {"": "select 1"}  # it never reached the server
+
+
+def test_named_portals_are_bounded() -> None:
+    state = _play([Query("begin"), "ZT", ONE, Sync(), "1", "ZT"])
+    for n in range(MAX_PORTALS + 5):
+        _play([Bind(f"p{n}", "s")], state)
+    assert state.portal("p0") is None and state.portal(f"p{MAX_PORTALS + 4}") is not None

@@ -236,7 +236,7 @@ Touched = Callable[[], Iterable[ColumnRef] | None]
 class _Item:
     """Something the client sent that the server answers, in order."""
 
-    kind: str  # Q, DS (describe statement), DP (describe portal), X (execute), SYNC
+    kind: str  # Q, DS (describe statement), DP (describe portal), X (execute), SYNC, F
     name: str = ""
     sql: str = ""
     analysis: Analysis | None = None
@@ -417,7 +417,7 @@ class MaskingHooks:
             b"D": self._on_describe,
             b"E": self._on_execute,
             b"S": self._on_sync,
-            b"F": self._on_sync,
+            b"F": self._on_function_call,
         }
         for types, hook in client.items():
             _chain_client(relay, types, hook)
@@ -565,6 +565,11 @@ class MaskingHooks:
     def _on_sync(self, raw: RawMessage, relay: Relay) -> None:
         self.pending.append(_Item("SYNC"))
 
+    def _on_function_call(self, raw: RawMessage, relay: Relay) -> None:
+        # Answered by a ReadyForQuery, as a Sync; skipped, unlike a Sync, after an
+        # error in the extended protocol.
+        self.pending.append(_Item("F"))
+
     def _start(self, item: _Item) -> None:
         if self._record_event is not None:
             item.started = time.monotonic_ns()
@@ -617,7 +622,16 @@ class MaskingHooks:
             self.copying = False
             return None
         if t == 69:  # E
-            return self._on_error(raw, head, own=relay.made_here)
+            own = relay.made_here
+            # Which message the server's error answers, from the connection's state
+            # (a guard's refusal stands in for that error; a cut's error for the
+            # rest of an Execute's or a Query's answer).
+            extended = (
+                head is not None and head.kind in ("X", "DS", "DP")
+                if relay.cut_made
+                else relay.state.extended_error
+            )
+            return self._on_error(raw, head, own=own, extended=extended)
         if t in (67, 115, 73):  # C, s, I
             self.copying = False
             if head is not None and head.kind in ("Q", "X"):
@@ -883,7 +897,9 @@ class MaskingHooks:
                 return True
         return False
 
-    def _on_error(self, raw: RawMessage, head: _Item | None, *, own: bool = False) -> bytes | None:
+    def _on_error(
+        self, raw: RawMessage, head: _Item | None, *, own: bool = False, extended: bool = True
+    ) -> bytes | None:
         """``own``: the gateway made this error (a cut result's, a refusal the guard
         swapped in), so no server text is in it and it is kept as it is."""
         self.copying = False
@@ -897,7 +913,8 @@ class MaskingHooks:
                 code == SQLSTATE or (own and message.endswith(_LIMIT_REFUSALS))
             ):
                 head.decision = "blocked"
-        self._skip_to_sync()
+        if extended:
+            self._skip_to_sync()
         if own:
             return None
         # The gateway's own refusals are 42501 too, so they keep their text.
@@ -1156,7 +1173,10 @@ class MaskingHooks:
             if plan is not None:
                 item.masked.extend(plan.summary())
         self.dropping = True
-        self._skip_to_sync()
+        if item is None or item.kind != "Q":
+            # A Query's refused result ends with its ReadyForQuery; an Execute's
+            # pipeline is skipped by the server up to the Sync.
+            self._skip_to_sync()
         return pgwire.error_response(
             "ERROR", SQLSTATE, f"dbaccess: {message}", hint=hint, detail=detail
         )
@@ -1164,10 +1184,8 @@ class MaskingHooks:
     # -- bookkeeping -----------------------------------------------------------------------
     def _skip_to_sync(self) -> None:
         """After an error in the extended protocol the server skips to the next Sync:
-        a simple Query sent before it too, which never runs."""
+        a simple Query or a FunctionCall sent before it too, which never run."""
         pending = self.pending
-        if pending and pending[0].kind == "Q":
-            return  # the Query's own error: the server goes on after it
         while pending and pending[0].kind != "SYNC":
             item = pending.popleft()
             if item.kind in ("X", "Q"):
@@ -1180,7 +1198,7 @@ class MaskingHooks:
             item = pending.popleft()
             if item.kind == "X":
                 self._finish(item)
-            if item.kind in ("Q", "SYNC"):
+            if item.kind in ("Q", "SYNC", "F"):
                 if item.kind == "Q":
                     self._finish(item)
                 return

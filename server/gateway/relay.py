@@ -340,6 +340,7 @@ class Relay:
         # True while the hooks see a message the gateway made in place of the
         # server's (a cut's ErrorResponse): no server text is in it.
         self.made_here = False
+        self.cut_made = False  # and made by a cut (not a hook's refusal in place of an error)
         # Whether a hook may wait on the store here (see "Waiting off the loop").
         self.may_block = True
         self._off_loop_wanted = False
@@ -1044,12 +1045,12 @@ class Relay:
         if taken is None:
             self._server_message(msg, out)
             return
-        self.made_here = True
+        self.made_here = self.cut_made = True
         try:
             for part in pgwire.split_frames(taken)[0]:
                 self._server_message(part, out)
         finally:
-            self.made_here = False
+            self.made_here = self.cut_made = False
 
     def _server_message(
         self, msg: RawMessage, out: list[bytes], original: bytes | None = None

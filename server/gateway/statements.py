@@ -526,6 +526,9 @@ class StatementGuard:
             return analysis_limits.over_budget(self.limits)
         if analysis.failed is not None:
             return analysis_limits.analysis_failed(analysis.failed)
+        reserved = _reserved_names(analysis)
+        if reserved is not None:
+            return reserved
         decision = self._guardrails(analysis, sql)
         if self.masking is None or decision.outcome is Outcome.BLOCK:
             return decision  # nothing masking says can make it graver
@@ -852,6 +855,22 @@ class StatementGuard:
 def _why(exc: Exception) -> str:
     """What a failed call of the approval service says, for the broker's log."""
     return exc.message if isinstance(exc, DbaccessError) else f"{type(exc).__name__}: {exc}"
+
+
+def _reserved_names(analysis: Analysis) -> Decision | None:
+    """SQL naming a prepared statement with the gateway's own prefix: the gateway's
+    stand-ins name such statements, which the server must never hold (a client's
+    statement under that name would run in place of a refusal)."""
+    for st in analysis.walk_all():
+        if st.prepared_name is not None and st.prepared_name.lower().startswith(_RESERVED_PREFIX):
+            return Decision(
+                Outcome.BLOCK,
+                "guardrails.reserved_name",
+                f"statement names starting with {_RESERVED_PREFIX!r} are reserved by the gateway",
+                "choose another name",
+                None,
+            )
+    return None
 
 
 def name_changes(analysis: Analysis) -> tuple[tuple[str, ...] | None, bool] | None:

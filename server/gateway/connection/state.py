@@ -37,17 +37,23 @@ unknown portal as unknown.  How the invariant is kept:
   message after it up to the next Sync, exactly as the server does.  A skipped
   message is undone to what was there before; a failed unnamed Parse or Bind
   leaves nothing (the server dropped the old one first, or may have).
-* COPY FROM STDIN: the Syncs the server reads while it copies are not
-  answered, so they leave the journal (those sent before the server's
-  CopyInResponse) or never enter it (those sent before the client's CopyDone).
-* A message that names a statement or portal whose last change the server has
-  not answered yet, and that belongs to a later pipeline (a Sync between
-  them), waits (``must_wait``: the relay holds it and what follows) until the
-  server answers that change: until then it is not known which one the server
-  will use.  The change is answered before the Sync after it, so the wait ends.
+* COPY FROM STDIN: while the server copies in, it reads what the client
+  sends as part of the COPY: a Sync is ignored (not answered), a CopyDone or
+  CopyFail ends the COPY, and any other message ends it in an error without
+  running.  What was sent before the CopyInResponse came is read that way when
+  it comes, what is sent after as it goes by.
+* A message that uses a statement or portal (a Bind's statement, what a
+  Describe or an Execute names) whose last change the server has not answered
+  yet, and that belongs to a later pipeline (a Sync between them), waits
+  (``must_wait``: the relay holds it and what follows) until the server
+  answers that change: until then it is not known which one the server will
+  use.  The change is answered before the Sync after it, so the wait ends.  A
+  message that only replaces or drops a name (a Parse, a Bind's portal, a
+  Close) need not wait.
 * SQL that changes the names (``forget``, called by the guard, which reads
-  it) makes the state forget them as the statement goes by, before it runs:
-  forgetting early only makes a name unknown.
+  it) makes the state forget them as the statement goes by, before it runs
+  (forgetting early only makes a name unknown), and what an unanswered
+  message would give back under them if undone.
 * A simple Query drops the unnamed statement and portal, as the server does;
   the end of a transaction (ReadyForQuery ``I``) drops every portal already
   bound.
@@ -82,9 +88,9 @@ _FUNCTION_CALL: Final = 70  # F
 _COPY_DONE: Final = 99  # c
 _COPY_FAIL: Final = 102  # f
 _COPY_END: Final = -1  # the journal's mark of a CopyDone or CopyFail
-# Client messages the state reads, and those that name a statement or portal.
+# Client messages the state reads, and those that use a statement or portal.
 CLIENT_TYPES: Final = b"PBCDESQFcf"
-NAMING_TYPES: Final = b"PBCDE"
+NAMING_TYPES: Final = b"BDE"
 # Server messages the state reads: what ends or fails the head's answer.
 SERVER_TYPES: Final = b"123tTnCIsGHWVEZ"
 # The server keys statement and portal names by their first NAMEDATALEN - 1 bytes.
@@ -108,10 +114,11 @@ class Note(Generic[T]):
 
 
 class _Entry:
-    __slots__ = ("_notes", "key")
+    __slots__ = ("_notes", "key", "void")
 
     _notes: dict[object, object] | None
     key: bytes
+    void: bool  # the message that made it did not take effect
 
     def note(self, key: Note[T]) -> T | None:
         """What the hook that owns ``key`` keeps on this entry, if anything."""
@@ -134,6 +141,7 @@ class Prepared(_Entry):
         self.key = key
         self.body = body
         self._notes = None
+        self.void = False
         # What running it does to other names (``ConnectionState.forgets_when_run``).
         self.forgets: tuple[tuple[str, ...] | None, bool] | None = None
 
@@ -151,6 +159,7 @@ class Portal(_Entry):
         self.statement = statement
         self.pending = True  # its Bind is not answered yet
         self._notes = None
+        self.void = False
 
     def __repr__(self) -> str:
         return f"Portal({self.key!r}, {self.statement!r})"
@@ -210,6 +219,10 @@ class ConnectionState:
         # The server skips what comes up to the next Sync (after an error), and the
         # journal holds no Sync for it to stop at: what is sent now is skipped.
         self._ignoring = False
+        # Whether the last ErrorResponse answered an extended-protocol message (the
+        # server then skips to the next Sync) rather than a Query, a FunctionCall
+        # or a Sync: for hooks that keep queues of their own (masking's).
+        self.extended_error = False
 
     # -- reading ------------------------------------------------------------------------
     def statement(self, name: str) -> Prepared | None:
@@ -277,8 +290,7 @@ class ConnectionState:
             op = _Op(of_portal, key, None, table.pop(key, None), self._groups)
             self._unanswered[(of_portal, key)] = op
         elif t == _SYNC:
-            if self._copying:
-                return  # read by the server while it copies: not answered
+            pass
         elif t == _QUERY:
             # The server drops both before it runs a simple Query.
             if self._statements:
@@ -286,10 +298,9 @@ class ConnectionState:
             if self._portals:
                 self._portals.pop(b"", None)
         elif t in (_COPY_DONE, _COPY_FAIL):
-            if not self._copying:
-                return  # outside COPY: the server ignores it
-            self._copying = False
-            t = _COPY_END
+            if not self._journal:
+                return  # nothing is copying: the server ignores it
+            t = _COPY_END  # ends a COPY, maybe one whose CopyInResponse is yet to come
         elif t == _EXECUTE:
             running = self._portals.get(_name(body, 0)[0]) if self._portals else None
             if running is not None and running.statement is not None:
@@ -307,6 +318,15 @@ class ConnectionState:
         """Journal a message sent upstream; False: the server skips it (see
         ``_ignoring``), and what it did is undone at once."""
         t, op = entry
+        if self._copying:
+            # The server copies in and reads it as part of the COPY: a Sync is
+            # ignored, a CopyDone or CopyFail ends the COPY, anything else ends it
+            # in an error and is not run.
+            if t != _SYNC:
+                if op is not None:
+                    self._undo(op, failed=False)
+                self._copying = False
+            return False
         if self._ignoring:
             if t != _SYNC:
                 if op is not None:
@@ -322,9 +342,7 @@ class ConnectionState:
         """Messages the gateway sends upstream of its own accord (a detour's, a
         cut's), of these types, in order: their answers are the server's too."""
         for t in types:
-            if t in (_PARSE, _BIND, _CLOSE, _DESCRIBE, _EXECUTE, _QUERY, _FUNCTION_CALL) or (
-                t == _SYNC and not self._copying
-            ):
+            if t in (_PARSE, _BIND, _CLOSE, _DESCRIBE, _EXECUTE, _QUERY, _FUNCTION_CALL, _SYNC):
                 self._journal_entry((t, None))
 
     def postpone(self) -> PostponedEntry | None:
@@ -368,15 +386,24 @@ class ConnectionState:
     def forget(self, statements: Iterable[str] | None = (), *, portals: bool = False) -> None:
         """SQL the client sends changes these statements (None: every named one) or,
         with ``portals``, any named portal."""
+        keys: set[bytes] | None = None
         if statements is None:
             for key in [k for k in self._statements if k]:
                 del self._statements[key]
         else:
-            for name in statements:
-                self._statements.pop(key_of(name), None)
+            keys = {key_of(name) for name in statements}
+            for key in keys:
+                self._statements.pop(key, None)
         if portals:
             for key in [k for k in self._portals if k]:
                 del self._portals[key]
+        # What messages not yet answered would give back if undone is not what the
+        # name stands for any more either.
+        for _t, op in self._journal:
+            if op is None or op.old is None or not op.key:
+                continue
+            if (op.portal and portals) or (not op.portal and (keys is None or op.key in keys)):
+                op.old = None
 
     def forgets_when_run(
         self, prepared: Prepared, statements: Iterable[str] | None, *, portals: bool
@@ -410,6 +437,11 @@ class ConnectionState:
             self._lost(t, None)
         head = journal[0][0]
         if head == _QUERY:
+            if t == 69:  # E: the Query's own; a COPY in it, if any, is over
+                self.extended_error = False
+                self._copying = False
+            elif t == 67:  # C: a COPY in it, if any, is over
+                self._copying = False
             if t == 90:
                 journal.popleft()
                 self._ready(body)
@@ -439,7 +471,8 @@ class ConnectionState:
             if head != _FUNCTION_CALL:
                 self._lost(t, head)
         elif t == 69:  # E
-            if head in (_PARSE, _BIND, _CLOSE, _DESCRIBE, _EXECUTE):
+            self.extended_error = head in (_PARSE, _BIND, _CLOSE, _DESCRIBE, _EXECUTE)
+            if self.extended_error:
                 self._failed()
             # A Sync's or a FunctionCall's error: their ReadyForQuery follows.
         elif t == 90:  # Z
@@ -486,16 +519,22 @@ class ConnectionState:
         self._settle(op)
         table = self._table(op.portal)
         key = op.key
+        # What it replaced is given back, unless that never took effect either (a
+        # message not answered when this one was sent, since undone): then what
+        # the server holds is not known.
+        old = op.old if op.old is not None and not op.old.void else None
         if op.new is None:  # a Close that did not happen
-            if op.old is not None and key not in table:
-                table[key] = op.old  # type: ignore[assignment]
-        elif table.get(key) is op.new:
+            if key not in table and old is not None:
+                table[key] = old  # type: ignore[assignment]
+            return
+        op.new.void = True
+        if table.get(key) is op.new:
             if failed and not key:
                 # A failed unnamed Parse dropped the old statement first; a failed
                 # unnamed Bind may have dropped the old portal: nothing is known.
                 del table[key]
-            elif op.old is not None:
-                table[key] = op.old  # type: ignore[assignment]
+            elif old is not None:
+                table[key] = old  # type: ignore[assignment]
             else:
                 del table[key]
 
@@ -507,21 +546,17 @@ class ConnectionState:
                 del self._portals[key]
 
     def _copy_in(self) -> None:
-        """The server copies in: the Syncs already sent after the head, before the
-        client's CopyDone or CopyFail, are read by the copy and not answered."""
-        journal = self._journal
-        rest = list(journal)[1:]
-        ended = any(t == _COPY_END for t, _op in rest)
-        kept = [journal[0]]
-        cut = True
-        for entry in rest:
-            if entry[0] == _COPY_END:
-                cut = False
-            elif entry[0] == _SYNC and cut:
-                continue  # its group stays counted: a later wait is only longer
-            kept.append(entry)
-        self._journal = deque(kept)
-        self._copying = not ended
+        """The server copies in (CopyInResponse): what was sent after the head
+        before it came is read by the COPY, as ``_journal_entry`` says, up to the
+        message that ends it; the rest stays."""
+        rest = list(self._journal)
+        self._journal = deque(rest[:1])
+        self._copying = True
+        for entry in rest[1:]:
+            if self._copying:
+                self._journal_entry(entry)  # read by the COPY
+            else:
+                self._journal.append(entry)
 
     def _skip_marks(self) -> None:
         journal = self._journal
@@ -537,14 +572,14 @@ class ConnectionState:
 
 
 def _names(t: int, body: bytes) -> tuple[tuple[bool, bytes], ...]:
-    """The statements and portals a client message names, as (a portal?, key)."""
-    if t == _PARSE:
-        return ((False, _name(body, 0)[0]),)
+    """The statements and portals whose contents a client message uses, as (a
+    portal?, key): a Bind's statement, a Describe's or an Execute's target.  A
+    Parse, a Bind's portal or a Close replaces or drops the name whatever it
+    held, so they need not know."""
     if t == _BIND:
-        portal, rest = _name(body, 0)
-        return ((True, portal), (False, _name(body, rest)[0]))
+        return ((False, _name(body, _name(body, 0)[1])[0]),)
     if t == _EXECUTE:
         return ((True, _name(body, 0)[0]),)
-    if t in (_DESCRIBE, _CLOSE):
+    if t == _DESCRIBE:
         return ((body[:1] != b"S", _name(body, 1)[0]),)
     return ()

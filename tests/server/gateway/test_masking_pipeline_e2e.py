@@ -244,6 +244,40 @@ PIPELINES = {
         ],
         5,
     ),
+    # A failed Parse makes the server skip a Query sent before the Sync: masking's
+    # own queue must skip it too, or the next results are planned with the
+    # wrong text.
+    "a query skipped after a failed parse": (
+        [
+            Parse("", "selec"),
+            Query("select 1"),
+            Sync(),
+            Query("select 2"),
+            Parse("m", COMPUTED),
+            Bind("", "m"),
+            Describe("P", ""),
+            Execute(""),
+            Sync(),
+        ],
+        3,
+    ),
+    # A Close skipped after an error is undone, but not over what SQL has since
+    # prepared under that name.
+    "a skipped close, then the name deallocated and prepared again in SQL": (
+        [
+            Parse("x", HARMLESS),
+            Sync(),
+            Bind("", "nope"),
+            Close("S", "x"),
+            Sync(),
+            Query(f"deallocate x; prepare x as {COMPUTED}"),
+            Bind("", "x"),
+            Describe("P", ""),
+            Execute(""),
+            Sync(),
+        ],
+        4,
+    ),
 }
 
 

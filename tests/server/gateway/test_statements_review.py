@@ -513,3 +513,26 @@ def test_a_reviewed_statement_is_not_run_under_a_name_parsed_again() -> None:
     assert approvals.calls == ["use_statement", "request_statement"]
     sent = pgwire.decode_frontend(pgwire.split_frames(up)[0][0])
     assert isinstance(sent, Bind) and sent.statement != "s"  # a name no statement has
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        'prepare "dbaccess: refused statement" as update accounts set balance = 0',
+        'prepare "dbaccess: result limit"(int) as delete from accounts where id = $1',
+        'execute "dbaccess: row estimate"',
+    ],
+)
+def test_sql_may_not_name_the_gateways_own_statements(sql: str) -> None:
+    """The gateway's stand-ins bind statements of these names, which must never
+    exist: a statement prepared under one would run in place of a refusal."""
+    approvals = FakeApprovals()
+    relay = _guarded(approvals)
+    up, _ = relay.from_client(Query(sql).encode())
+    sent = pgwire.decode_frontend(pgwire.split_frames(up)[0][0])
+    assert isinstance(sent, Query) and sent.query != sql  # the stand-in
+    server_error = pgwire.error_response("ERROR", "42601", "syntax error")
+    back, _ = relay.from_server(server_error + pgwire.ready_for_query("I"))
+    error = pgwire.decode_backend(pgwire.split_frames(back)[0][0])
+    assert isinstance(error, pgwire.ErrorResponse)
+    assert "guardrails.reserved_name" in dict(error.fields)["M"]

@@ -177,6 +177,21 @@ def test_a_message_naming_what_an_earlier_pipeline_changed_waits_for_its_answer(
     assert not state.must_wait(bind.type, bind.body)
 
 
+def test_messages_that_replace_a_name_do_not_wait() -> None:
+    state = _play([Parse("", "select 1"), Bind("", ""), Sync()])
+    for message in (Parse("", "select 2"), Bind("", "k"), Close("S", ""), Close("P", "")):
+        raw = _raw(message)
+        assert not state.must_wait(raw.type, raw.body), message
+
+
+def test_what_an_undone_message_replaced_is_not_given_back_if_it_never_took_effect() -> None:
+    # The second Parse fails (the name is taken); the Close after it, in a later
+    # pipeline, is skipped: what the Close would give back is the failed one.
+    state = _play([ONE, Sync(), "1", "Z", TWO, Sync(), Bind("", "missing"), Close("S", "s")])
+    _play([Sync(), "E", "Z", "E", "Z"], state)
+    assert _texts(state) in ({"s": "select 1"}, {})
+
+
 def test_an_error_settles_what_it_skipped() -> None:
     state = _play([Bind("", "missing"), Parse("", "select 2"), Sync()])
     bind = _raw(Bind("", ""))
@@ -217,6 +232,34 @@ def test_copies_one_after_another_in_simple_queries() -> None:
         _play([Query("copy t from stdin"), "G", CopyData(b"1\n"), CopyDone(), "C", "Z"], state)
     _play([ONE, Sync(), "1", "Z"], state)
     assert _texts(state) == {"s": "select 1"}
+
+
+def test_a_copydone_sent_before_the_copyinresponse_ends_that_copy() -> None:
+    copy = Parse("", "copy t from stdin")
+    state = _play([copy, Bind("", ""), Execute(""), CopyData(b"1\n"), CopyDone(), Sync()])
+    _play(["1", "2", "G", "C", "Z", ONE, Sync(), "1", "Z"], state)
+    # Not left copying: a Parse of a taken name is still matched to its error.
+    _play([TWO, Sync(), "E", "Z"], state)
+    assert _texts(state) == {"": "copy t from stdin", "s": "select 1"}
+
+
+def test_a_sync_after_a_copydone_sent_together_is_answered() -> None:
+    state = _play([Query("copy t from stdin"), CopyDone(), Sync(), "G", "C", "Z", "Z"])
+    _play([ONE, Sync(), "1", "Z"], state)
+    assert _texts(state) == {"s": "select 1"}
+
+
+def test_a_message_sent_into_a_copy_ends_it_and_does_not_run() -> None:
+    state = _play([Query("copy t from stdin"), ONE, Sync(), "G"])
+    _play(["E", "Z", "Z"], state)  # the COPY's error, the Query's and the Sync's answers
+    assert _texts(state) == {}
+
+
+def test_forgetting_a_name_also_forgets_what_an_undo_would_give_back() -> None:
+    state = _play([ONE, Sync(), "1", "Z", Bind("", "missing"), Close("S", "s"), Sync()])
+    state.forget(["s"])  # DEALLOCATE s; PREPARE s AS ... goes by before the error comes
+    _play(["E", "Z"], state)
+    assert _texts(state) == {}
 
 
 def test_an_answer_that_fits_nothing_sent_ends_the_connection() -> None:

@@ -265,6 +265,9 @@ class _Item:
     # another under the same name (its answer must not describe the new one).
     statement: _Statement | None = None
     portal: _Portal | None = None
+    # A Query's, Sync's or FunctionCall's entry in the connection's state, which
+    # the ReadyForQuery that answers it names (``ConnectionState.answered``).
+    entry: object = None
 
 
 @dataclass(eq=False)
@@ -434,19 +437,21 @@ class MaskingHooks:
 
     # -- client messages ------------------------------------------------------------
     def _on_query(self, raw: RawMessage, relay: Relay) -> None:
+        if not relay.state.journalled:
+            return  # the server skips it (after an error) or its COPY reads it
         self._queries += 1
         head = oversize_head(raw.type, raw.body, self.limits)
         if head is not None:
             # The guard refuses it unread and the server gets a stand-in: nothing
             # here decodes or analyses a text of megabytes (holding the
             # interpreter lock, on the event loop's time) only to drop it.
-            item = _Item("Q", sql=head, serial=self._queries)
+            item = _Item("Q", sql=head, serial=self._queries, entry=relay.state.entry)
             self._start(item)
             self.pending.append(item)
             return
         msg = pgwire.decode_frontend(raw)
         assert isinstance(msg, Query)
-        item = _Item("Q", sql=msg.query, serial=self._queries)
+        item = _Item("Q", sql=msg.query, serial=self._queries, entry=relay.state.entry)
         item.analysis = self._analyze(msg.query)
         self._read_lineage_ahead(msg.query, item.analysis)
         if (
@@ -538,6 +543,8 @@ class MaskingHooks:
         return Bind(msg.portal, msg.statement, msg.param_formats, msg.params, list(wanted)).encode()
 
     def _on_describe(self, raw: RawMessage, relay: Relay) -> None:
+        if not relay.state.journalled:
+            return
         msg = pgwire.decode_frontend(raw)
         assert isinstance(msg, Describe)
         kind = "DS" if msg.kind == "S" else "DP"
@@ -550,6 +557,8 @@ class MaskingHooks:
         self.pending.append(item)
 
     def _on_execute(self, raw: RawMessage, relay: Relay) -> None:
+        if not relay.state.journalled:
+            return
         msg = pgwire.decode_frontend(raw)
         assert isinstance(msg, Execute)
         portal = _portal_named(relay.state, msg.portal)
@@ -563,12 +572,14 @@ class MaskingHooks:
         self.pending.append(item)
 
     def _on_sync(self, raw: RawMessage, relay: Relay) -> None:
-        self.pending.append(_Item("SYNC"))
+        if relay.state.journalled:
+            self.pending.append(_Item("SYNC", entry=relay.state.entry))
 
     def _on_function_call(self, raw: RawMessage, relay: Relay) -> None:
         # Answered by a ReadyForQuery, as a Sync; skipped, unlike a Sync, after an
         # error in the extended protocol.
-        self.pending.append(_Item("F"))
+        if relay.state.journalled:
+            self.pending.append(_Item("F", entry=relay.state.entry))
 
     def _start(self, item: _Item) -> None:
         if self._record_event is not None:
@@ -581,7 +592,7 @@ class MaskingHooks:
             self.dropping = False
             self.copying = False
             report = self._report()
-            self._ready()
+            self._ready(relay.state.answered)
             return None if report is None else report + bytes(raw.wire)
         if t == 78:  # N
             if self.masking or self.detecting:
@@ -1192,16 +1203,23 @@ class MaskingHooks:
                 item.sqlstate = item.sqlstate or "error"
                 self._finish(item)
 
-    def _ready(self) -> None:
+    def _ready(self, answered: object = None) -> None:
+        """A ReadyForQuery: the items up to the Query, Sync or FunctionCall it answers
+        (``answered``, from the connection's state) are over, and so are those of
+        any the server will never answer before it (a Sync a COPY read)."""
         pending = self.pending
+        passing = answered is not None and any(i.entry is answered for i in pending)
         while pending:
             item = pending.popleft()
             if item.kind == "X":
                 self._finish(item)
             if item.kind in ("Q", "SYNC", "F"):
                 if item.kind == "Q":
+                    if passing and item.entry is not answered:
+                        item.sqlstate = item.sqlstate or "error"  # never ran
                     self._finish(item)
-                return
+                if not passing or item.entry is answered:
+                    return
 
     def _record_notice(self, sent: RawMessage | bytes) -> None:
         """A ``notice`` event with the NoticeResponse as the client got it (read on

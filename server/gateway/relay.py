@@ -532,8 +532,8 @@ class Relay:
 
     @property
     def holding(self) -> bool:
-        """A detour, a cut, a wait off the loop or for a pipeline's end is under way:
-        client messages are held, not forwarded."""
+        """A detour, a cut, a wait off the loop or for the server's answer to a change
+        a message uses is under way: client messages are held, not forwarded."""
         return (
             self._detour is not None
             or self._cut is not None
@@ -851,6 +851,7 @@ class Relay:
             hook = hooks.get(t)
             msg: RawMessage | None = None
             tracked = state is not None and t in _STATE_CLIENT
+            counted = True
             if state is not None and t in _NAMING_CLIENT:
                 msg = RawMessage(t, wire[pos + 5 : stop])
                 if state.must_wait(t, msg.body):
@@ -874,6 +875,10 @@ class Relay:
                 if msg is None:
                     msg = RawMessage(t, wire[pos + 5 : stop])
                 state.client(t, msg.body)
+                if not state.journalled:
+                    # The server skips it, or its COPY reads it: no answer to count.
+                    tracked = False
+                    counted = False
             if hook is not None:
                 if msg is None:
                     msg = RawMessage(t, wire[pos + 5 : stop])
@@ -884,10 +889,12 @@ class Relay:
                 replaced = None
             if replaced is None:
                 out.append(wire[pos:stop])
-                self._count_type(t)
+                if counted:
+                    self._count_type(t)
             else:
                 out.append(replaced)
-                self._count_sent(replaced)
+                if counted:
+                    self._count_sent(replaced)
             pos = stop
             if self._detour is not None:
                 # The hook started a detour: what it sends goes now, the rest waits.
@@ -933,6 +940,11 @@ class Relay:
             if state is not None and _STATE_SERVER[t]:
                 # Every answer the server sends, before anything is made of it.
                 state.server(t, wire[pos + 5 : pos + 6] if t == _READY else b"")
+                dropped = state.take_dropped()
+                if dropped:
+                    # Sent and counted, but never to be answered (a COPY read them,
+                    # an error skipped them): as good as answered.
+                    self.ready += dropped
             detour = self._detour
             cut = self._cut
             if (

@@ -526,10 +526,12 @@ class StatementGuard:
             return analysis_limits.over_budget(self.limits)
         if analysis.failed is not None:
             return analysis_limits.analysis_failed(analysis.failed)
-        reserved = _reserved_names(analysis)
-        if reserved is not None:
-            return reserved
         decision = self._guardrails(analysis, sql)
+        if decision.outcome is not Outcome.BLOCK:
+            # (A refusal already says more than the name would.)
+            reserved = _reserved_names(analysis, sql)
+            if reserved is not None:
+                return reserved
         if self.masking is None or decision.outcome is Outcome.BLOCK:
             return decision  # nothing masking says can make it graver
         try:
@@ -857,20 +859,30 @@ def _why(exc: Exception) -> str:
     return exc.message if isinstance(exc, DbaccessError) else f"{type(exc).__name__}: {exc}"
 
 
-def _reserved_names(analysis: Analysis) -> Decision | None:
+def _reserved_names(analysis: Analysis, sql: str) -> Decision | None:
     """SQL naming a prepared statement with the gateway's own prefix: the gateway's
     stand-ins name such statements, which the server must never hold (a client's
-    statement under that name would run in place of a refusal)."""
+    statement under that name would run in place of a refusal).  A text the
+    analysis could not read is held to it by its letters (a ``U&""`` identifier
+    spells a name in escapes)."""
+    if analysis.unknown:
+        lowered = sql.lower()
+        if "dbaccess" in lowered or 'u&"' in lowered:
+            return _reserved_name_refusal()
     for st in analysis.walk_all():
         if st.prepared_name is not None and st.prepared_name.lower().startswith(_RESERVED_PREFIX):
-            return Decision(
-                Outcome.BLOCK,
-                "guardrails.reserved_name",
-                f"statement names starting with {_RESERVED_PREFIX!r} are reserved by the gateway",
-                "choose another name",
-                None,
-            )
+            return _reserved_name_refusal()
     return None
+
+
+def _reserved_name_refusal() -> Decision:
+    return Decision(
+        Outcome.BLOCK,
+        "guardrails.reserved_name",
+        f"statement names starting with {_RESERVED_PREFIX!r} are reserved by the gateway",
+        "choose another name",
+        None,
+    )
 
 
 def name_changes(analysis: Analysis) -> tuple[tuple[str, ...] | None, bool] | None:

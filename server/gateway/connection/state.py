@@ -39,9 +39,16 @@ unknown portal as unknown.  How the invariant is kept:
   leaves nothing (the server dropped the old one first, or may have).
 * COPY FROM STDIN: while the server copies in, it reads what the client
   sends as part of the COPY: a Sync is ignored (not answered), a CopyDone or
-  CopyFail ends the COPY, and any other message ends it in an error without
-  running.  What was sent before the CopyInResponse came is read that way when
-  it comes, what is sent after as it goes by.
+  CopyFail ends the COPY.  Any other message there ends the connection
+  (``ProtocolViolation``): PostgreSQL ends it too, or runs the message if the
+  COPY had already failed, which the gateway cannot tell.  What was sent before
+  the CopyInResponse came is read that way when it comes, what is sent after as
+  it goes by.
+* A Sync, Query or FunctionCall already sent that will never be answered (a
+  Sync a COPY read, a Query or FunctionCall skipped after an error) is
+  reported (``take_dropped``), and each ReadyForQuery names what it answers
+  (``answered``), so that the relay's counts and masking's queue pass over
+  it.
 * A message that uses a statement or portal (a Bind's statement, what a
   Describe or an Execute names) whose last change the server has not answered
   yet, and that belongs to a later pipeline (a Sync between them), waits
@@ -223,6 +230,13 @@ class ConnectionState:
         # server then skips to the next Sync) rather than a Query, a FunctionCall
         # or a Sync: for hooks that keep queues of their own (masking's).
         self.extended_error = False
+        # Whether the client message just handled was journalled (False: the
+        # server skips it, or the COPY reads it): its hooks expect no answer.
+        self.journalled = True
+        # The Sync, Query or FunctionCall the last ReadyForQuery answered (an
+        # ``entry``), for hooks that keep queues of their own.
+        self.answered: object = None
+        self._dropped = 0  # Syncs, Queries, FunctionCalls sent that will never be answered
 
     # -- reading ------------------------------------------------------------------------
     def statement(self, name: str) -> Prepared | None:
@@ -311,7 +325,8 @@ class ConnectionState:
             return
         entry = (t, op)
         self._last = None
-        if self._journal_entry(entry):
+        self.journalled = self._journal_entry(entry)
+        if self.journalled:
             self._last = entry
 
     def _journal_entry(self, entry: tuple[int, _Op | None]) -> bool:
@@ -320,12 +335,13 @@ class ConnectionState:
         t, op = entry
         if self._copying:
             # The server copies in and reads it as part of the COPY: a Sync is
-            # ignored, a CopyDone or CopyFail ends the COPY, anything else ends it
-            # in an error and is not run.
-            if t != _SYNC:
-                if op is not None:
-                    self._undo(op, failed=False)
+            # ignored, a CopyDone or CopyFail ends the COPY.  Anything else would
+            # end the connection there (protocol synchronization lost), or run
+            # after all if the COPY already failed: not something to guess about.
+            if t == _COPY_END:
                 self._copying = False
+            elif t != _SYNC:
+                raise ProtocolViolation(f"message type {chr(t)!r} sent in the middle of COPY data")
             return False
         if self._ignoring:
             if t != _SYNC:
@@ -368,6 +384,18 @@ class ConnectionState:
         taken back."""
         if entry is not None and entry[1] is not None:
             self._undo(entry[1], failed=False)
+
+    @property
+    def entry(self) -> object:
+        """The journal entry of the client message just handled, for hooks that
+        keep queues of their own (compared with ``answered``)."""
+        return self._last
+
+    def take_dropped(self) -> int:
+        """How many Syncs, Queries and FunctionCalls already sent the server will not
+        answer after all (a COPY read them, an error skipped them), since asked."""
+        dropped, self._dropped = self._dropped, 0
+        return dropped
 
     def withdrawn(self) -> None:
         """The client message just passed to ``client`` does not reach the server
@@ -443,7 +471,7 @@ class ConnectionState:
             elif t == 67:  # C: a COPY in it, if any, is over
                 self._copying = False
             if t == 90:
-                journal.popleft()
+                self.answered = journal.popleft()
                 self._ready(body)
                 self._skip_marks()
             elif t == 71:  # G: COPY FROM STDIN
@@ -478,7 +506,7 @@ class ConnectionState:
         elif t == 90:  # Z
             if head != _SYNC and head != _FUNCTION_CALL:
                 self._lost(t, head)
-            journal.popleft()
+            self.answered = journal.popleft()
             self._ready(body)
         self._skip_marks()
 
@@ -504,9 +532,11 @@ class ConnectionState:
         op = journal.popleft()[1]
         skipped: list[_Op] = []
         while journal and journal[0][0] != _SYNC:
-            _t, later = journal.popleft()
+            t, later = journal.popleft()
             if later is not None:
                 skipped.append(later)
+            elif t in (_QUERY, _FUNCTION_CALL):
+                self._dropped += 1  # sent, and never to be answered
         for later in reversed(skipped):
             self._undo(later, failed=False)
         if op is not None:
@@ -555,6 +585,8 @@ class ConnectionState:
         for entry in rest[1:]:
             if self._copying:
                 self._journal_entry(entry)  # read by the COPY
+                if entry[0] == _SYNC:
+                    self._dropped += 1  # sent, and never to be answered
             else:
                 self._journal.append(entry)
 

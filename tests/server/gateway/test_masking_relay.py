@@ -12,11 +12,19 @@ from server.gateway.masking import ColumnRef, MaskingRules
 from server.gateway.masking_relay import MaskingHooks
 from server.gateway.pgwire import (
     Bind,
+    BindComplete,
+    CommandComplete,
+    CopyData,
+    CopyDone,
+    CopyInResponse,
     Describe,
     ErrorResponse,
     Execute,
     Field,
+    Flush,
+    NoData,
     Parse,
+    ParseComplete,
     Query,
     RowDescription,
     Sync,
@@ -377,3 +385,54 @@ def test_a_query_of_many_statements_costs_work_in_proportion_to_them(
     assert out.count(b"OSLO" if value == b"OSLO" else b"@example.com") == n
     assert walked[0] <= 10 * n, walked[0]
     assert len(events) == 1
+
+
+def _ready() -> bytes:
+    return pgwire.ready_for_query("I")
+
+
+def test_a_sync_read_by_a_copy_is_owed_no_answer() -> None:
+    """libpq's COPY FROM STDIN in the extended protocol sends a Sync right after the
+    Execute, which the COPY reads and never answers: nothing may wait for it, or
+    every later result is taken for the one before it."""
+    events: list[dict[str, Any]] = []
+    relay = _relay(events)
+    copy = Parse("", "copy customers(city) from stdin").encode() + Bind("", "").encode()
+    relay.from_client(copy + Describe("P", "").encode() + Execute("", 0).encode() + Sync().encode())
+    relay.from_server(
+        ParseComplete().encode()
+        + BindComplete().encode()
+        + NoData().encode()
+        + CopyInResponse(0, [0]).encode()
+    )
+    relay.from_client(CopyData(b"Paris\n").encode() + CopyDone().encode() + Sync().encode())
+    relay.from_server(CommandComplete("COPY 1").encode() + _ready())
+    assert not relay.busy
+    relay.from_client(Query("select email from customers").encode())
+    out, _ = relay.from_server(
+        _fields(("email", 1))
+        + _row(b"ann@example.com")
+        + CommandComplete("SELECT 1").encode()
+        + _ready()
+    )
+    assert b"ann@example.com" not in out and b"@example.com" in out
+    assert not relay.busy
+
+
+def test_what_the_server_skips_after_an_error_is_owed_no_answer() -> None:
+    """After an error the server skips what comes before the next Sync, a Query
+    too: nothing may wait for its answer."""
+    relay = _relay([])
+    relay.from_client(Parse("", "selec").encode() + Flush().encode())
+    relay.from_server(pgwire.error_response("ERROR", "42601", "syntax error"))
+    relay.from_client(Query("select 1").encode() + Sync().encode())
+    relay.from_server(_ready())
+    assert not relay.busy
+    relay.from_client(Query("select email from customers").encode())
+    out, _ = relay.from_server(
+        _fields(("email", 1))
+        + _row(b"ann@example.com")
+        + CommandComplete("SELECT 1").encode()
+        + _ready()
+    )
+    assert b"ann@example.com" not in out and b"@example.com" in out

@@ -1208,7 +1208,12 @@ class MaskingHooks:
         (``answered``, from the connection's state) are over, and so are those of
         any the server will never answer before it (a Sync a COPY read)."""
         pending = self.pending
-        passing = answered is not None and any(i.entry is answered for i in pending)
+        passing = (
+            answered is not None
+            and bool(pending)
+            and pending[0].entry is not answered
+            and any(i.entry is answered for i in pending)
+        )
         while pending:
             item = pending.popleft()
             if item.kind == "X":

@@ -939,8 +939,7 @@ class Relay:
             t, length = unpack(wire, pos)
             if state is not None and _STATE_SERVER[t]:
                 # Every answer the server sends, before anything is made of it.
-                state.server(t, wire[pos + 5 : pos + 6] if t == _READY else b"")
-                dropped = state.take_dropped()
+                dropped = state.server(t, wire[pos + 5 : pos + 6] if t == _READY else b"")
                 if dropped:
                     # Sent and counted, but never to be answered (a COPY read them,
                     # an error skipped them): as good as answered.

@@ -149,6 +149,7 @@ from server.gateway.row_budget import (
 from server.gateway.signals import SIGNALS
 from server.gateway.sqlcheck import (
     Analysis,
+    StatementClass,
     analyze_function_call,
     statement_ends,
 )
@@ -178,6 +179,8 @@ _RESERVED_PREFIX = "dbaccess: "
 # A Bind of a statement the connection's state does not hold (server.gateway.connection).
 UNKNOWN_STATEMENT_RULE = "gateway.unknown_statement"
 _UNKNOWN_STATEMENT_SQLSTATE = "26000"  # invalid_sql_statement_name, as PostgreSQL says it
+# Text an unreadable statement may name a reserved statement with (``_reserved_names``).
+_RESERVED_HINT = re.compile(r'dbaccess|u&"', re.IGNORECASE)
 _PARAM_RULES = frozenset({"guardrails.no_role_change", "guardrails.pinned_setting", PINNED_RULE})
 # A literal left open (the text was cut, or never closed it) runs to the end,
 # so that no opening makes the scan read the rest of the text again.
@@ -865,11 +868,9 @@ def _reserved_names(analysis: Analysis, sql: str) -> Decision | None:
     statement under that name would run in place of a refusal).  A text the
     analysis could not read is held to it by its letters (a ``U&""`` identifier
     spells a name in escapes)."""
-    if analysis.unknown:
-        lowered = sql.lower()
-        if "dbaccess" in lowered or 'u&"' in lowered:
-            return _reserved_name_refusal()
-    for st in analysis.walk_all():
+    if _RESERVED_HINT.search(sql) is not None and analysis.unknown:
+        return _reserved_name_refusal()
+    for st in analysis.statements:  # PREPARE and EXECUTE come only at the top
         if st.prepared_name is not None and st.prepared_name.lower().startswith(_RESERVED_PREFIX):
             return _reserved_name_refusal()
     return None
@@ -890,11 +891,11 @@ def name_changes(analysis: Analysis) -> tuple[tuple[str, ...] | None, bool] | No
     and portals, which protocol messages use too (``server.gateway.connection``):
     the statement names it prepares or deallocates (None: all of them), and
     whether it declares or closes cursors (portals); None: nothing."""
-    if analysis.unknown:
-        return None, True
     names: list[str] = []
     every = portals = False
-    for st in analysis.walk_all():
+    for st in analysis.statements:  # these commands come only at the top
+        if st.kind is StatementClass.UNKNOWN:
+            return None, True  # it may be any of them
         command = st.command
         if command in ("PREPARE", "DEALLOCATE"):
             if st.prepared_name is None:

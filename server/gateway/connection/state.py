@@ -46,7 +46,7 @@ unknown portal as unknown.  How the invariant is kept:
   it goes by.
 * A Sync, Query or FunctionCall already sent that will never be answered (a
   Sync a COPY read, a Query or FunctionCall skipped after an error) is
-  reported (``take_dropped``), and each ReadyForQuery names what it answers
+  reported (by ``server``), and each ReadyForQuery names what it answers
   (``answered``), so that the relay's counts and masking's queue pass over
   it.
 * A message that uses a statement or portal (a Bind's statement, what a
@@ -391,12 +391,6 @@ class ConnectionState:
         keep queues of their own (compared with ``answered``)."""
         return self._last
 
-    def take_dropped(self) -> int:
-        """How many Syncs, Queries and FunctionCalls already sent the server will not
-        answer after all (a COPY read them, an error skipped them), since asked."""
-        dropped, self._dropped = self._dropped, 0
-        return dropped
-
     def withdrawn(self) -> None:
         """The client message just passed to ``client`` does not reach the server
         after all (a hook dropped it): what it did is taken back."""
@@ -456,27 +450,31 @@ class ConnectionState:
         return op
 
     # -- server messages --------------------------------------------------------------
-    def server(self, t: int, body: bytes) -> None:
-        """A server message of ``SERVER_TYPES``, in the order the server sent it."""
+    def server(self, t: int, body: bytes) -> int:
+        """A server message of ``SERVER_TYPES``, in the order the server sent it.
+        Returns how many Syncs, Queries and FunctionCalls already sent the server
+        will not answer after all, learnt from it (a COPY read them, an error
+        skipped them): the relay counts them answered."""
         journal = self._journal
         if not journal:
             if t == 69 or t == 90:
-                return  # an error of its own (a FATAL), or a stray ReadyForQuery
+                return 0  # an error of its own (a FATAL), or a stray ReadyForQuery
             self._lost(t, None)
         head = journal[0][0]
         if head == _QUERY:
-            if t == 69:  # E: the Query's own; a COPY in it, if any, is over
-                self.extended_error = False
-                self._copying = False
-            elif t == 67:  # C: a COPY in it, if any, is over
-                self._copying = False
             if t == 90:
                 self.answered = journal.popleft()
                 self._ready(body)
                 self._skip_marks()
+            elif t == 69:  # E: the Query's own; a COPY in it, if any, is over
+                self.extended_error = False
+                self._copying = False
+            elif t == 67:  # C: a COPY in it, if any, is over
+                self._copying = False
             elif t == 71:  # G: COPY FROM STDIN
                 self._copy_in()
-            return  # everything else is part of the Query's answer
+                return self._take_dropped()
+            return 0  # everything else is part of the Query's answer
         if t == 49:  # 1
             self._answered(_PARSE, t)
         elif t == 50:  # 2
@@ -509,6 +507,11 @@ class ConnectionState:
             self.answered = journal.popleft()
             self._ready(body)
         self._skip_marks()
+        return self._take_dropped() if self._dropped else 0
+
+    def _take_dropped(self) -> int:
+        dropped, self._dropped = self._dropped, 0
+        return dropped
 
     def _answered(self, kind: int, t: int) -> None:
         head, op = self._journal[0]

@@ -383,13 +383,7 @@ class StatementGuard:
         assert isinstance(msg, Parse)
         SIGNALS.statements += 1
         if msg.name.startswith(_RESERVED_PREFIX):
-            decision = Decision(
-                Outcome.BLOCK,
-                "guardrails.reserved_name",
-                f"statement names starting with {_RESERVED_PREFIX!r} are reserved by the gateway",
-                "choose another name",
-                None,
-            )
+            decision = _reserved_name_refusal()
             self._record("statement.blocked", decision, msg.query)
             return self._refuse_with(relay, Parse("", _REFUSED_SQL).encode(), decision)
         analysis = self._analyze(msg.query)
@@ -868,15 +862,17 @@ def _reserved_names(analysis: Analysis, sql: str) -> Decision | None:
     statement under that name would run in place of a refusal).  A text the
     analysis could not read is held to it by its letters (a ``U&""`` identifier
     spells a name in escapes)."""
-    if _RESERVED_HINT.search(sql) is not None and analysis.unknown:
-        return _reserved_name_refusal()
     for st in analysis.statements:  # PREPARE and EXECUTE come only at the top
-        if st.prepared_name is not None and st.prepared_name.lower().startswith(_RESERVED_PREFIX):
+        if st.kind is StatementClass.UNKNOWN:
+            if _RESERVED_HINT.search(sql) is not None:
+                return _reserved_name_refusal()
+        elif st.prepared_name is not None and st.prepared_name.lower().startswith(_RESERVED_PREFIX):
             return _reserved_name_refusal()
     return None
 
 
 def _reserved_name_refusal() -> Decision:
+    """Statement names the gateway uses itself, asked for by the client."""
     return Decision(
         Outcome.BLOCK,
         "guardrails.reserved_name",

@@ -36,6 +36,8 @@ COMPUTED = (
 # Of the same width, computed from nothing masked.
 HARMLESS = "select 'x'::text as a, 'y'::text as b union all select 'x', 'y' order by 1 limit 3"
 LONG = "n" * 63
+# Run the statement named "s" through the unnamed portal, describing its rows.
+RUN_S = (Bind("", "s"), Describe("P", ""), Execute(""), Sync())
 CLEAR_EMAIL = re.compile(r"[^*\s]@")
 CARD = re.compile(r"\d{12,}")
 
@@ -137,10 +139,7 @@ PIPELINES = {
             Sync(),
             Parse("s", HARMLESS),
             Sync(),
-            Bind("", "s"),
-            Describe("P", ""),
-            Execute(""),
-            Sync(),
+            *RUN_S,
         ],
         3,
     ),
@@ -154,10 +153,7 @@ PIPELINES = {
             Close("S", "s"),
             Parse("s", HARMLESS),
             Sync(),
-            Bind("", "s"),
-            Describe("P", ""),
-            Execute(""),
-            Sync(),
+            *RUN_S,
         ],
         3,
     ),
@@ -172,10 +168,7 @@ PIPELINES = {
             Close("S", "zz"),
             Parse("s", HARMLESS),
             Sync(),
-            Bind("", "s"),
-            Describe("P", ""),
-            Execute(""),
-            Sync(),
+            *RUN_S,
         ],
         4,
     ),
@@ -203,10 +196,7 @@ PIPELINES = {
             Sync(),
             Query("deallocate s"),
             Query(f"prepare s as {COMPUTED}"),
-            Bind("", "s"),
-            Describe("P", ""),
-            Execute(""),
-            Sync(),
+            *RUN_S,
         ],
         4,
     ),
@@ -237,10 +227,7 @@ PIPELINES = {
             Sync(),
             Parse("zz", HARMLESS),
             Sync(),
-            Bind("", "s"),
-            Describe("P", ""),
-            Execute(""),
-            Sync(),
+            *RUN_S,
         ],
         5,
     ),

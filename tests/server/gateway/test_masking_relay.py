@@ -391,6 +391,18 @@ def _ready() -> bytes:
     return pgwire.ready_for_query("I")
 
 
+def _email_comes_back_masked(relay: Relay) -> None:
+    """The next Query's result is taken for its own: its email column is masked."""
+    relay.from_client(Query("select email from customers").encode())
+    out, _ = relay.from_server(
+        _fields(("email", 1))
+        + _row(b"ann@example.com")
+        + CommandComplete("SELECT 1").encode()
+        + _ready()
+    )
+    assert b"ann@example.com" not in out and b"@example.com" in out
+
+
 def test_a_sync_read_by_a_copy_is_owed_no_answer() -> None:
     """libpq's COPY FROM STDIN in the extended protocol sends a Sync right after the
     Execute, which the COPY reads and never answers: nothing may wait for it, or
@@ -408,14 +420,7 @@ def test_a_sync_read_by_a_copy_is_owed_no_answer() -> None:
     relay.from_client(CopyData(b"Paris\n").encode() + CopyDone().encode() + Sync().encode())
     relay.from_server(CommandComplete("COPY 1").encode() + _ready())
     assert not relay.busy
-    relay.from_client(Query("select email from customers").encode())
-    out, _ = relay.from_server(
-        _fields(("email", 1))
-        + _row(b"ann@example.com")
-        + CommandComplete("SELECT 1").encode()
-        + _ready()
-    )
-    assert b"ann@example.com" not in out and b"@example.com" in out
+    _email_comes_back_masked(relay)
     assert not relay.busy
 
 
@@ -428,11 +433,4 @@ def test_what_the_server_skips_after_an_error_is_owed_no_answer() -> None:
     relay.from_client(Query("select 1").encode() + Sync().encode())
     relay.from_server(_ready())
     assert not relay.busy
-    relay.from_client(Query("select email from customers").encode())
-    out, _ = relay.from_server(
-        _fields(("email", 1))
-        + _row(b"ann@example.com")
-        + CommandComplete("SELECT 1").encode()
-        + _ready()
-    )
-    assert b"ann@example.com" not in out and b"@example.com" in out
+    _email_comes_back_masked(relay)

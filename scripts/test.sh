@@ -64,4 +64,7 @@ tail -n 1 "$demo_out" >&2
 rm -rf "$demo_dir"
 
 echo "== pytest" >&2
-.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+# Four workers on two cores: each worker starts its own clusters and servers
+# (free ports, its own temporary directory), and most of a test's time is
+# spent waiting on them. Arguments come last, so `-n 0` runs in one process.
+.venv/bin/python -m pytest -q -p no:cacheprovider -n "${DBACCESS_TEST_WORKERS:-4}" "$@"

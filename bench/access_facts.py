@@ -24,10 +24,12 @@ Reported:
   path pays (with facts it keeps a few references and, for a masked Query,
   the plan of each result);
 * **writer thread** -- CPU µs per statement of the recorder's writer thread:
-  making the event (with facts: the facts, from their template, and their
-  index entry) and handing its batch to the writer process;
+  reading what only the broker holds (with facts: the facts, from their
+  template), numbering the events, handing the batch to the writer process
+  and adding the texts it answers with to the digest;
 * **writer process** -- CPU µs per statement of the recorder's writer process
-  (``server/audit/event_writes.py``): writing the events (with facts: their
+  (``server/audit/event_writes.py``): making the events (redaction, times,
+  JSON; with facts: their index entries) and writing them (with facts: their
   index rows too) to the store; read from ``/proc`` in clock ticks, so coarse
   over a few thousand statements.
 

@@ -15,7 +15,7 @@ parts encoded at different times:
 * what it makes is an :class:`Encoded` dict: read-only (so that its text
   cannot come to say something else than it), and known to come back from
   JSON as it is (:func:`plain` takes it as it is), so the recorder puts its text in
-  place (``recording.stored_form``) rather than encoding it again.  Anything else
+  place (:func:`stored_form`) rather than encoding it again.  Anything else
   that encodes it -- ``json.dumps``, the store's JSON column -- sees a plain
   dict, and gets the same text.
 """
@@ -138,3 +138,30 @@ class Template:
         _update(made, zip(self._slots, values, strict=True))
         made.text = self._format % tuple([scalar(values[i]) for i in self._order])
         return made
+
+
+def stored_form(data: Mapping[str, Any]) -> tuple[Mapping[str, Any], str]:
+    """An event's data as it is kept, and its canonical JSON text, which is both what the
+    store holds in ``session_events.data`` and what the digest covers.
+
+    Reading the text back gives data whose canonical text is that text again: the
+    data holds only JSON's own types (str keys, lists, finite numbers), or it is made
+    to, through a round trip through the encoder.  Most events (a statement's) hold
+    only JSON's own types already: checking that is a fifth of the cost of the round
+    trip.  A value that carries its text already (a statement's access facts:
+    :class:`Encoded`) is not encoded again: its text is put in place, where its
+    key sorts before the others (``access`` does, in a statement's data)."""
+    if type(data) is not dict or not plain(data):
+        data = json.loads(json.dumps(dict(data), default=str))
+        return data, encode(data)
+    encoded = [key for key, value in data.items() if type(value) is Encoded]
+    if not encoded:
+        return data, encode(data)
+    rest = data.copy()
+    for key in encoded:
+        del rest[key]
+    if rest and max(encoded) >= min(rest):
+        return data, encode(data)
+    head = ",".join(f"{scalar(key)}:{data[key].text}" for key in sorted(encoded))
+    tail = encode(rest)[1:] if rest else "}"
+    return data, "{" + head + ("," + tail if rest else tail)

@@ -21,7 +21,13 @@ directory is run in its place), which holds its own connection to the store:
 the writer thread sends it each batch as plain tuples (session, number, kind,
 canonical text, time, and the values the access index holds of a statement's
 facts, ``access.index_entry``, which the events of one statement shape share)
-and waits for the answer without holding the lock.  Only a store another
+and waits for the answer without holding the lock.  An event whose data is made
+in two steps (``recording.TwoStep``: a statement's) comes as what its second
+step makes it from instead, with that step's function (by name): the child
+makes its data, canonical text and index entry (:func:`made`), writes it, and
+answers with the texts it made, for the recording's digest; one it cannot
+make fails the whole batch unwritten (:class:`Unmade`), and the writer thread
+makes that batch itself.  Only a store another
 process can open can be written so (a SQLite file, PostgreSQL; not an
 in-memory SQLite database).
 
@@ -52,13 +58,13 @@ import struct
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, Final, NamedTuple
 
 import sqlalchemy as sa
 
-from server.audit import access
+from server.audit import access, canonical
 from server.store import bulk
 from server.store import tables as t
 from server.store.db import Store
@@ -71,6 +77,11 @@ _LENGTH = struct.Struct("!Q")
 _STOP_TIMEOUT: Final = 10.0
 
 
+# How an event's data is made in the writer process: a module-level function (it
+# travels by name), what it makes the data from (plain values), the event's time.
+Later = tuple[Callable[[Any, int], Mapping[str, Any]], Any, int]
+
+
 class EventRow(NamedTuple):
     """An event as the store keeps it."""
 
@@ -80,6 +91,37 @@ class EventRow(NamedTuple):
     text: str  # the data's canonical JSON: stored as it is, and hashed in the event's line
     iso: str  # its time
     entry: access.IndexEntry | None  # what the access index holds of its facts
+    # Its data is made where it is written, by :func:`made` (``text`` and ``entry``
+    # wait for it): the recorder's ``TwoStep`` builds.
+    later: Later | None = None
+
+
+class Unmade(Exception):
+    """An event's data could not be made where the batch was to be written: nothing
+    of the batch was written."""
+
+
+def made(events: Sequence[EventRow]) -> tuple[list[EventRow], list[str]]:
+    """The events, those whose data is made here (``later``) made: their canonical
+    text (``canonical.stored_form``) and access index entry; and those texts, in
+    order, for the recorder's digests.  :class:`Unmade` when one cannot be made."""
+    out: list[EventRow] = []
+    texts: list[str] = []
+    for e in events:
+        if e.later is None:
+            out.append(e)
+            continue
+        make, parts, ts_ns = e.later
+        try:
+            data, text = canonical.stored_form(make(parts, ts_ns))
+            entry = access.index_entry(e.kind, data)
+        except Exception as exc:
+            raise Unmade(
+                f"a {e.kind} event could not be made: {type(exc).__name__}: {exc}"
+            ) from exc
+        out.append(EventRow(e.session_id, e.seq, e.kind, text, e.iso, entry))
+        texts.append(text)
+    return out, texts
 
 
 def mine_query(writer: str | None) -> sa.Select[tuple[str]]:
@@ -143,7 +185,7 @@ CHILD_MODULE = "server.audit.event_writes"
 # What the child says once it has opened the store, with the version of what the
 # two say to each other (a broker upgraded in place starts the new module's code).
 _READY: Final = "ready"
-PROTOCOL: Final = 1
+PROTOCOL: Final = 2
 
 
 class WriterProcess:
@@ -163,12 +205,15 @@ class WriterProcess:
         proc = self._proc
         return proc.pid if proc is not None and proc.poll() is None else None
 
-    def write(self, events: Sequence[EventRow]) -> tuple[str | None, set[str]]:
-        """What :func:`write_events` returns, with the store's problem (or None).
+    def write(self, events: Sequence[EventRow]) -> tuple[str | None, set[str], list[str]]:
+        """What :func:`write_events` returns, with the store's problem (or None), and
+        the texts of the events whose data the child made (:func:`made`).
         Raises :class:`WriterUnavailable` when no child could be started (the
-        batch was not handed over: the caller may write it itself), and
-        :class:`WriterLost` when the child ended with the batch in its hands
-        (whether it was written is for the caller to find out in the store)."""
+        batch was not handed over: the caller may write it itself),
+        :class:`Unmade` when the child could not make an event's data (it wrote
+        nothing), and :class:`WriterLost` when the child ended with the batch in
+        its hands (whether it was written is for the caller to find out in the
+        store)."""
         with self._lock:
             try:
                 proc = self._started()
@@ -188,10 +233,12 @@ class WriterProcess:
                 # written it before it ended, and it writes nothing more now.
                 self._end(kill=True)
                 raise WriterLost(lost)
-        problem, fenced, detail = answer
+        problem, fenced, detail, texts = answer
+        if texts is None:
+            raise Unmade(detail)
         if problem is not None:
             log.error("cannot write %d session events: %s", len(events), detail)
-        return problem, fenced
+        return problem, fenced, texts
 
     def stop(self, timeout: float = _STOP_TIMEOUT) -> None:
         """Close the child's input and wait for it to end; a child still busy with a
@@ -269,7 +316,9 @@ class WriterProcess:
 
 # A batch goes through the pipe as plain tuples: pickle writes those in C, where a
 # named tuple costs a Python call (its __getnewargs__) each, on the writer thread.
-_Row = tuple[str, int, str, str, str, tuple[Any, ...] | None, list[access.ColumnAccess] | None]
+_Row = tuple[
+    str, int, str, str, str, tuple[Any, ...] | None, list[access.ColumnAccess] | None, Later | None
+]
 
 
 def _plain(events: Sequence[EventRow]) -> list[_Row]:
@@ -282,6 +331,7 @@ def _plain(events: Sequence[EventRow]) -> list[_Row]:
             e.iso,
             None if e.entry is None else e.entry.described,
             None if e.entry is None else e.entry.columns,
+            e.later,
         )
         for e in events
     ]
@@ -289,8 +339,10 @@ def _plain(events: Sequence[EventRow]) -> list[_Row]:
 
 def _rows(rows: Sequence[_Row]) -> list[EventRow]:
     return [
-        EventRow(sid, seq, kind, text, iso, None if d is None else access.IndexEntry(d, c or []))
-        for sid, seq, kind, text, iso, d, c in rows
+        EventRow(
+            sid, seq, kind, text, iso, None if d is None else access.IndexEntry(d, c or []), later
+        )
+        for sid, seq, kind, text, iso, d, c, later in rows
     ]
 
 
@@ -313,7 +365,8 @@ def _receive(pipe: IO[bytes]) -> Any:
 
 
 def serve(requests: IO[bytes], answers: IO[bytes]) -> None:
-    """The child: write each batch that comes, answer (problem, fenced, detail)."""
+    """The child: make and write each batch that comes, answer (problem, fenced,
+    detail, the texts it made); texts None: it could not make them, and wrote nothing."""
     first = _receive(requests)
     if first is None:
         return
@@ -326,16 +379,22 @@ def serve(requests: IO[bytes], answers: IO[bytes]) -> None:
     _send(answers, (_READY, PROTOCOL))
     try:
         while (rows := _receive(requests)) is not None:
+            answer: tuple[str | None, set[str], str | None, list[str] | None]
             try:
-                events = _rows(rows)
+                events, texts = made(_rows(rows))
+            except Unmade as exc:
+                _send(answers, (None, set(), str(exc), None))
+                continue
+            try:
                 with store.tx() as conn:
                     fenced = write_events(conn, mine, events)
-                answer: tuple[str | None, set[str], str | None] = (None, fenced, None)
+                answer = (None, fenced, None, texts)
             except Exception as exc:
                 answer = (
                     f"the store refused the recording: {type(exc).__name__}",
                     set(),
                     str(exc),
+                    texts,
                 )
             _send(answers, answer)
     finally:

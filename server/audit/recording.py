@@ -35,6 +35,10 @@ events (``seq`` of their session, in the order they were queued), writes them
 in one transaction through the driver's fast path (``server.store.bulk``:
 COPY on PostgreSQL; the data column gets that very text) and adds their
 canonical lines, made around the same text, to their recording's digest.
+With a writer process (``event_writes``), the making of a statement's event
+happens there, off the interpreter lock the event loop shares (:class:`TwoStep`):
+the thread reads its access facts and numbers it, the process makes and
+writes it and answers with its text, for the digest.
 So raw statement texts stay in memory only until their batch is written, and
 nothing unredacted reaches the store.  (The first event of a
 session this process did not open -- the broker restarted -- looks the
@@ -86,7 +90,6 @@ writes.  Sequence numbers of one recording therefore never collide.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 import threading
@@ -101,7 +104,7 @@ from typing import Any, Final, Protocol, cast
 import sqlalchemy as sa
 
 from server.audit import access, canonical, chain, event_writes
-from server.audit.canonical import Encoded
+from server.audit.canonical import stored_form
 from server.audit.event_writes import EventRow
 from server.errors import DbaccessError
 from server.policy.model import RecordingFailure
@@ -163,6 +166,12 @@ def _line(data: str, kind: str, seq: int, ts: str) -> bytes:
     return f'{{"data":{data},"kind":{_kind_json(kind)},"seq":{seq:d},"ts":"{ts}"}}\n'.encode()
 
 
+def _lines(events: Sequence[EventRow]) -> list[bytes | None]:
+    """The canonical lines of the events whose text is made (None for the others):
+    made before they are written, so that nothing is left to fail after."""
+    return [_line(e.text, e.kind, e.seq, e.iso) if e.later is None else None for e in events]
+
+
 @lru_cache(maxsize=64)
 def _kind_json(kind: str) -> str:
     return _CANONICAL.encode(kind)
@@ -177,36 +186,6 @@ def recording_digest(events: Iterable[SessionEvent]) -> str:
     for event in events:
         digest.update(canonical_line(event))
     return digest.hexdigest()
-
-
-def stored_form(data: Mapping[str, Any]) -> tuple[Mapping[str, Any], str]:
-    """An event's data as it is kept, and its canonical JSON text, which is both what the
-    store holds in ``session_events.data`` and what the digest covers.
-
-    Reading the text back gives data whose canonical text is that text again: the
-    data holds only JSON's own types (str keys, lists, finite numbers), or it is made
-    to, through a round trip through the encoder.  Most events (a statement's) hold
-    only JSON's own types already: checking that is a fifth of the cost of the round
-    trip.  A value that carries its text already (a statement's access facts:
-    ``canonical.Encoded``) is not encoded again: its text is put in place, where its
-    key sorts before the others (``access`` does, in a statement's data)."""
-    if type(data) is not dict or not _plain(data):
-        data = json.loads(json.dumps(dict(data), default=str))
-        return data, _CANONICAL.encode(data)
-    encoded = [key for key, value in data.items() if type(value) is Encoded]
-    if not encoded:
-        return data, _CANONICAL.encode(data)
-    rest = data.copy()
-    for key in encoded:
-        del rest[key]
-    if rest and max(encoded) >= min(rest):
-        return data, _CANONICAL.encode(data)
-    head = ",".join(f"{canonical.scalar(key)}:{data[key].text}" for key in sorted(encoded))
-    tail = _CANONICAL.encode(rest)[1:] if rest else "}"
-    return data, "{" + head + ("," + tail if rest else tail)
-
-
-_plain = canonical.plain
 
 
 # --------------------------------------------------------------------------
@@ -418,6 +397,67 @@ def statement_event(
     return data
 
 
+# What :func:`statement_made` makes a ``statement`` event's data from: plain values
+# only (they go to the recorder's writer process as they are).
+StatementParts = tuple[
+    str,  # the text as sent
+    bool,  # it touches masked columns (or what it touches cannot be told): every literal hidden
+    tuple[bool, ...] | None,  # a Query of several: the same, per statement
+    list[int] | None,  # where those statements end
+    tuple[bytes | None, ...] | None,  # an Execute's Bind parameters
+    tuple[int, ...],  # their formats
+    int,  # how long it took, in nanoseconds
+    int,  # rows
+    str | None,  # command tag
+    str | None,  # SQLSTATE
+    str,  # decision
+    list[dict[str, str]],  # masked fields
+    Mapping[str, Any] | None,  # its access facts (``server.audit.access``)
+]
+
+
+def statement_made(parts: StatementParts, ts_ns: int) -> dict[str, Any]:
+    """A ``statement`` event's data from its parts: the text redacted (every literal
+    when it touches masked columns; in a Query of several, those of such statements
+    only), the parameters too (all hidden when it touches masked columns: which
+    goes to a masked column cannot be told), its start told from the event's time."""
+    sql, touches, hides, ends, params, formats, duration_ns = parts[:7]
+    rows, tag, sqlstate, decision, masked, facts = parts[7:]
+    shown_params = None
+    if params is not None:
+        shown_params = redact_params(params, formats, masked=range(len(params)) if touches else ())
+    shown = None
+    if touches and hides is not None and ends is not None and len(ends) == len(hides):
+        shown = recorded_text(redacted_by_statement(sql, hides, ends))
+    data = statement_event(
+        sql,
+        shown=shown if shown is not None else recorded_text(sql, all_literals=touches),
+        started_at=event_iso(ts_ns - duration_ns),
+        duration_ms=duration_ns / 1e6,
+        rows=rows,
+        tag=tag,
+        sqlstate=sqlstate,
+        decision=decision,
+        masked_fields=masked,
+        params=shown_params,
+    )
+    if facts is not None:
+        data[access.FACTS] = facts
+    return data
+
+
+def redacted_by_statement(sql: str, hides: Sequence[bool], ends: Sequence[int]) -> str:
+    """A Query of several statements, ending where ``ends`` says, each with its
+    literals hidden where ``hides`` says (what comes after the last: all)."""
+    out: list[str] = []
+    start = 0
+    for end, hide in zip(ends, hides, strict=True):
+        out.append(redact_statement(sql[start:end], all_literals=hide))
+        start = end
+    out.append(redact_statement(sql[start:], all_literals=True))  # comments, ';'
+    return "".join(out)
+
+
 LIMIT_KIND: Final = "limit"
 
 
@@ -485,6 +525,27 @@ class RecordFn(Protocol):
     def __call__(
         self, session_id: str, kind: str, data: Any, build: Build | None = None, /
     ) -> object: ...
+
+
+class TwoStep:
+    """A :data:`Build` in two steps, so that the second can run in the recorder's
+    writer process (``event_writes``), off the broker's interpreter lock:
+    ``prepare`` reads, on the writer thread, what only the broker holds (the
+    gateway's analyses and caches) into plain values; ``make`` makes the event's
+    data from those and the event's time, anywhere.  ``make`` is a module-level
+    function (it goes to the process by name) and always makes data.  Called as
+    it is, it is the plain :data:`Build` ``make(prepare(fields), ts_ns)``."""
+
+    __slots__ = ("make", "prepare")
+
+    def __init__(
+        self, prepare: Callable[[Any], Any], make: Callable[[Any, int], Mapping[str, Any]]
+    ) -> None:
+        self.prepare = prepare
+        self.make = make
+
+    def __call__(self, fields: Any, ts_ns: int) -> Mapping[str, Any]:
+        return self.make(self.prepare(fields), ts_ns)
 
 
 def event_data(data: Any, build: Build | None, ts_ns: int) -> Mapping[str, Any] | None:
@@ -564,6 +625,12 @@ _Stored = tuple[Mapping[str, Any], str]
 # An event as the data path queues it: its recording, its time (ns since the
 # epoch), kind, and what the writer makes its data from.
 _Queued = tuple[_Session, int, str, Any, Build | None]
+# An event as the writer made it: its recording, time and kind; its data and text
+# (:func:`stored_form`), or what the writer process makes them from; or why it
+# could not be made.
+_Made = tuple[_Session, int, str, _Stored | None, event_writes.Later | None, str | None]
+# An event of a batch that is to be written.
+_Kept = tuple[_Session, int, str, _Stored | None, event_writes.Later | None]
 
 
 @dataclass(frozen=True)
@@ -924,29 +991,27 @@ class Recorder:
     def _write_batch(self, batch: list[_Queued]) -> list[tuple[str, str]]:
         """Make, number, write and hash one batch; the sessions it failed, and why."""
         # The data first, outside the lock (redaction and the like take time).
-        # Each event's data is serialized once, here: that text is stored and hashed.
-        made: list[tuple[_Session, int, str, _Stored | None, str | None]] = []
+        # Each event's data is serialized once, here or in the writer process (a
+        # ``TwoStep`` build, when there is one): that text is stored and hashed.
+        later = self._process is not None
+        made: list[_Made] = []
         for state, ts_ns, kind, data, build in batch:
             try:
+                if later and type(build) is TwoStep:
+                    deferral = (build.make, build.prepare(data), ts_ns)
+                    made.append((state, ts_ns, kind, None, deferral, None))
+                    continue
                 built = event_data(data, build, ts_ns)
-                made.append(
-                    (state, ts_ns, kind, None if built is None else stored_form(built), None)
-                )
+                stored = None if built is None else stored_form(built)
+                made.append((state, ts_ns, kind, stored, None, None))
             except Exception as exc:
                 log.exception("a %s event of session %s could not be made", kind, state.session_id)
-                made.append(
-                    (
-                        state,
-                        ts_ns,
-                        kind,
-                        None,
-                        f"an event could not be recorded: {type(exc).__name__}",
-                    )
-                )
+                why = f"an event could not be recorded: {type(exc).__name__}"
+                made.append((state, ts_ns, kind, None, None, why))
         failed: list[tuple[str, str]] = []
-        kept: list[tuple[_Session, int, str, _Stored]] = []
+        kept: list[_Kept] = []
         with self._lock:  # only what record() shares: failures and drops
-            for state, ts_ns, kind, data, unmade in made:
+            for state, ts_ns, kind, stored, deferred, unmade in made:
                 if state.failed is not None or state.ended:
                     state.dropped += 1
                 elif unmade is not None:
@@ -954,20 +1019,12 @@ class Recorder:
                 else:
                     if kind == "session.end":
                         state.ended = True
-                    if data is not None:  # None: nothing to record after all
-                        kept.append((state, ts_ns, kind, data))
+                    if stored is not None or deferred is not None:  # else: nothing to record
+                        kept.append((state, ts_ns, kind, stored, deferred))
         if not kept:
             return failed
-        # Numbers and digests belong to this thread.
         events: list[EventRow] = []
-        lines: list[bytes] = []
-        index_entry = access.index_entry
-        for state, ts_ns, kind, (data, text) in kept:
-            seq = state.next_seq
-            state.next_seq += 1
-            iso = event_iso(ts_ns)
-            events.append(EventRow(state.session_id, seq, kind, text, iso, index_entry(kind, data)))
-            lines.append(_line(text, kind, seq, iso))
+        lines: list[bytes | None] = []
         try:
             for state in dict.fromkeys(state for state, *_ in kept):
                 if state.digest is None:
@@ -976,12 +1033,39 @@ class Recorder:
             log.error("cannot read back a recording this recorder took over: %s", exc)
             problem: str | None = f"the store refused the recording: {type(exc).__name__}"
             fenced: set[str] = set()
+            texts: list[str] | None = []
         else:
-            problem, fenced = self._write(events)
+            events = self._numbered(kept)
+            lines = _lines(events)
+            try:
+                problem, fenced, texts = self._write(events)
+            except event_writes.Unmade as exc:
+                # Nothing of the batch was written: its events are made here, and
+                # one that cannot be made is lost as any other (the rest renumbered).
+                log.error("the writer process could not make a batch's events: %s", exc)
+                for (state, *_), event in reversed(list(zip(kept, events, strict=True))):
+                    state.next_seq = event.seq
+                kept = self._made_here(kept, failed)
+                if not kept:
+                    return failed
+                events = self._numbered(kept)
+                lines = _lines(events)
+                problem, fenced, texts = self._write(events)
         if problem is None:
-            for (state, *_), line in zip(kept, lines, strict=True):
-                if state.session_id in fenced:
+            if texts is None:
+                # The writer process ended after it wrote the batch: the texts it
+                # made are in the store, and the digests of their recordings are
+                # taken up from there before their next write or close.
+                for state, *_, deferred in kept:
+                    if deferred is not None:
+                        state.digest = None
+            made_texts = iter(texts or ())
+            for (state, *_), event, line in zip(kept, events, lines, strict=True):
+                if line is None and texts is not None:  # made by the writer process
+                    line = _line(next(made_texts), event.kind, event.seq, event.iso)
+                if state.session_id in fenced or state.digest is None:
                     continue
+                assert line is not None
                 state.digest.update(line)
                 state.written += 1
             if fenced:
@@ -996,6 +1080,49 @@ class Recorder:
         return failed
 
     @staticmethod
+    def _numbered(kept: list[_Kept]) -> list[EventRow]:
+        """The kept events, numbered in their recordings (numbers and digests belong
+        to the writer thread)."""
+        events: list[EventRow] = []
+        index_entry = access.index_entry
+        for state, ts_ns, kind, stored, deferred in kept:
+            seq = state.next_seq
+            state.next_seq += 1
+            iso = event_iso(ts_ns)
+            if stored is None:
+                events.append(EventRow(state.session_id, seq, kind, "", iso, None, deferred))
+            else:
+                data, text = stored
+                events.append(
+                    EventRow(state.session_id, seq, kind, text, iso, index_entry(kind, data))
+                )
+        return events
+
+    def _made_here(self, kept: list[_Kept], failed: list[tuple[str, str]]) -> list[_Kept]:
+        """``kept`` with the data the writer process was to make made on this thread;
+        an event whose data cannot be made is lost (and its recording failed)."""
+        out: list[_Kept] = []
+        for state, ts_ns, kind, stored, deferred in kept:
+            if deferred is not None:
+                make, parts, made_at = deferred
+                try:
+                    stored = stored_form(make(parts, made_at))
+                except Exception as exc:
+                    log.exception(
+                        "a %s event of session %s could not be made", kind, state.session_id
+                    )
+                    with self._lock:
+                        self._lost(
+                            state,
+                            1,
+                            f"an event could not be recorded: {type(exc).__name__}",
+                            failed,
+                        )
+                    continue
+            out.append((state, ts_ns, kind, stored, None))
+        return out
+
+    @staticmethod
     def _lost(state: _Session, lost: int, problem: str, failed: list[tuple[str, str]]) -> None:
         # Called with the lock held.
         state.dropped += lost
@@ -1003,15 +1130,19 @@ class Recorder:
             state.failed = problem
             failed.append((state.session_id, problem))
 
-    def _write(self, batch: list[EventRow]) -> tuple[str | None, set[str]]:
+    def _write(self, batch: list[EventRow]) -> tuple[str | None, set[str], list[str] | None]:
         """Write the events of the recordings this recorder still writes, in one
         transaction: (the store's problem, or None; the sessions another replica has
-        taken over, whose events were not written)."""
+        taken over, whose events were not written; the texts of the events whose
+        data was made there, in order, or None when they are not known: the writer
+        process ended after it wrote them).  ``event_writes.Unmade`` when the data
+        of one could not be made: nothing was written."""
         if self._process is not None:
             try:
                 return self._process.write(batch)
             except event_writes.WriterLost as exc:
-                return self._settle(batch, str(exc))
+                problem, fenced = self._settle(batch, str(exc))
+                return problem, fenced, None
             except event_writes.WriterUnavailable as exc:
                 # Nothing was handed over: this thread writes, from now on.
                 log.error(
@@ -1020,13 +1151,14 @@ class Recorder:
                     exc,
                 )
                 self._process = None
+        batch, texts = event_writes.made(batch)
         try:
             with self.store.tx() as conn:
                 fenced = event_writes.write_events(conn, self._mine, batch)
         except Exception as exc:
             log.error("cannot write %d session events: %s", len(batch), exc)
-            return f"the store refused the recording: {type(exc).__name__}", set()
-        return None, fenced
+            return f"the store refused the recording: {type(exc).__name__}", set(), texts
+        return None, fenced, texts
 
     def _settle(self, batch: list[EventRow], why: str) -> tuple[str | None, set[str]]:
         """What ``_write`` returns for a batch the writer process ended with: it was

@@ -126,14 +126,12 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from server.audit.access import FACTS, SessionFacts
+from server.audit.access import SessionFacts
 from server.audit.recording import (
     RecordFn,
-    event_iso,
-    recorded_text,
-    redact_params,
-    redact_statement,
-    statement_event,
+    StatementParts,
+    TwoStep,
+    statement_made,
 )
 from server.gateway import analysis_limits, analysis_pool, pgwire
 from server.gateway.access_facts import ALLOWED, AccessContext, access_facts
@@ -1333,30 +1331,16 @@ StatementFields = tuple[
 ]
 
 
-def statement_data(fields: StatementFields, ts_ns: int) -> dict[str, Any]:
-    """A ``statement`` event's data, made on the recorder's writer thread from what
-    ``MaskingHooks._finish`` kept: the text redacted (every literal when it touches
-    masked columns; in a Query of several, those of such statements only), the
-    parameters too (all hidden when it touches masked columns: which goes to a
-    masked column cannot be told), its start told from the event's time."""
+def _statement_parts(fields: StatementFields) -> StatementParts:
+    """What the ``statement`` event of ``MaskingHooks._finish``'s fields is made
+    of (``statement_made``), read on the recorder's writer thread: the access
+    facts (from the guard's analysis and the results' plans, through caches kept
+    by identity) and where the statements of a Query of several end."""
     sql, touches, hides, ends, params, formats, started, answered = fields[:8]
     rows, tag, sqlstate, decision, masked, access = fields[8:]
-    shown_params = None
-    if params is not None:
-        shown_params = redact_params(params, formats, masked=range(len(params)) if touches else ())
-    duration_ns = answered - started
-    data = statement_event(
-        sql,
-        shown=_recorded_text(sql, touches, hides, ends),
-        started_at=event_iso(ts_ns - duration_ns),
-        duration_ms=duration_ns / 1e6,
-        rows=rows,
-        tag=tag,
-        sqlstate=sqlstate,
-        decision=decision,
-        masked_fields=masked,
-        params=shown_params,
-    )
+    if touches and hides is not None and isinstance(ends, str):
+        ends = statement_ends(sql)
+    facts = None
     if access is not None:
         ctx, guarded, plans, snapshot, reviewed = access
         facts = access_facts(
@@ -1370,40 +1354,27 @@ def statement_data(fields: StatementFields, ts_ns: int) -> dict[str, Any]:
             decision=decision,
             approval=reviewed,
         )
-        if facts is not None:
-            data[FACTS] = facts
-    return data
+    return (
+        sql,
+        touches,
+        hides,
+        None if isinstance(ends, str) else ends,
+        params,
+        formats,
+        answered - started,
+        rows,
+        tag,
+        sqlstate,
+        decision,
+        masked,
+        facts,
+    )
 
 
-def _recorded_text(
-    sql: str, touches: bool, hides: tuple[bool, ...] | None, ends: list[int] | str | None
-) -> str:
-    """The text as its ``statement`` event keeps it (``recorded_text``)."""
-    if touches and hides is not None:
-        # In a Query of several, only the literals of the statements that
-        # touch masked columns are hidden.
-        by_statement = _redacted_by_statement(sql, hides, ends)
-        if by_statement is not None:
-            return recorded_text(by_statement)
-    return recorded_text(sql, all_literals=touches)
-
-
-def _redacted_by_statement(
-    sql: str, hides: tuple[bool, ...], ends: list[int] | str | None
-) -> str | None:
-    """A Query of several statements as it is recorded, each statement's literals
-    hidden where ``hides`` says; None: it does not split as it was analysed."""
-    if isinstance(ends, str):
-        ends = statement_ends(sql)
-    if ends is None or len(ends) != len(hides):
-        return None
-    out: list[str] = []
-    start = 0
-    for end, hide in zip(ends, hides, strict=True):
-        out.append(redact_statement(sql[start:end], all_literals=hide))
-        start = end
-    out.append(redact_statement(sql[start:], all_literals=True))  # comments, ';'
-    return "".join(out)
+statement_data: Final = TwoStep(_statement_parts, statement_made)
+"""A ``statement`` event's data from ``MaskingHooks._finish``'s fields (see
+``recording.statement_made``): its access facts read on the recorder's writer
+thread, the rest made in its writer process when it has one."""
 
 
 def notice_data(sent: RawMessage | bytes, _ts_ns: int) -> dict[str, Any] | None:

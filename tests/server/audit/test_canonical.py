@@ -7,8 +7,7 @@ import json
 
 import pytest
 
-from server.audit.canonical import ENCODER, Template, plain, scalar
-from server.audit.recording import stored_form
+from server.audit.canonical import ENCODER, Template, plain, scalar, stored_form
 
 FIELDS = {
     "target": "démo \u2028 %s %% {}",

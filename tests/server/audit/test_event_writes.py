@@ -18,7 +18,14 @@ import sqlalchemy as sa
 
 from server.audit import access, event_writes
 from server.audit.access import RelationAccess, SessionFacts, access_event
-from server.audit.recording import Recorder, load_events, verify_recordings
+from server.audit.recording import (
+    Recorder,
+    StatementParts,
+    TwoStep,
+    load_events,
+    statement_made,
+    verify_recordings,
+)
 from server.store import tables as t
 from server.store.db import Store
 
@@ -89,6 +96,102 @@ def test_a_store_only_this_process_can_open_is_written_by_the_thread(tmp_path: P
             recorder.stop()
         finally:
             store.close()
+
+
+def _as_is(parts: StatementParts) -> StatementParts:
+    return parts
+
+
+# A statement event made in two steps (``recording.TwoStep``), its parts as given:
+# the second step runs in the writer process when there is one.
+STATEMENT = TwoStep(_as_is, statement_made)
+
+
+def _parts(i: int, *, touches: bool = False, facts: bool = True) -> StatementParts:
+    sql = f"select {i}, 'a{i}' from customers; select email from customers where id = {i}"
+    return (
+        sql,
+        touches,
+        (False, True) if touches else None,  # the second statement reads a masked column
+        [sql.index(";") + 1, len(sql)] if touches else None,
+        (str(i).encode(), None, b"\x00"),
+        (0, 0, 1),
+        1_500_000,
+        i,
+        f"SELECT {i}",
+        None,
+        "allowed",
+        [{"column": "email", "method": "partial"}] if touches else [],
+        _facts(i) if facts else None,
+    )
+
+
+def test_statements_made_in_the_writer_process_are_those_the_thread_makes(
+    any_store: Store,
+) -> None:
+    """The second step of a statement's event runs in the writer process when there is
+    one: the same texts (redacted alike), numbers and index rows as the thread's."""
+    by_thread = Recorder(any_store, flush_interval=0.01)
+    by_process = Recorder(any_store, flush_interval=0.01, write_process=True)
+    try:
+        for recorder, sid in ((by_thread, "s-thread"), (by_process, "s-process")):
+            recorder.open(sid, START)
+            for i in range(300):
+                parts = _parts(i, touches=i % 3 == 0, facts=i % 5 != 0)
+                assert recorder.record(sid, "statement", parts, STATEMENT)
+            assert recorder.record(sid, "notice", {"message": "hello"})
+            assert recorder.close(sid, {"reason": "done"}).status == "closed"
+        assert _child(by_process) > 0
+    finally:
+        by_thread.stop()
+        by_process.stop()
+
+    def stored(sid: str) -> list[tuple[int, str, dict[str, object]]]:
+        # The start is told from each event's own time, which differs between the two.
+        return [
+            (e.seq, e.kind, {k: v for k, v in e.data.items() if k != "started_at"})
+            for e in load_events(any_store, sid)
+        ]
+
+    assert stored("s-process") == stored("s-thread")
+    masked = stored("s-process")[1][2]
+    assert masked["text"] == (
+        "select 0, 'a0' from customers; select email from customers where id = [redacted]"
+    )
+    assert masked["params"] == ["[redacted]", None, "[redacted]"]
+    assert len(stored("s-process")) == 303
+    assert verify_recordings(any_store).ok
+    assert access.verify_index(any_store) == []
+
+
+def test_an_event_the_writer_process_cannot_make_is_lost_loudly_and_no_other(
+    store: Store,
+) -> None:
+    """An event whose data cannot be made fails its recording as on the thread; the
+    batch's other events are written, numbered without a gap, and the recording
+    still verifies."""
+    failures = Failures()
+    recorder = Recorder(store, on_failure=failures, flush_interval=5.0, write_process=True)
+    try:
+        for sid in ("s-bad", "s-good"):
+            recorder.open(sid, START)
+        assert recorder.flush(10)
+        assert recorder.record("s-bad", "statement", _parts(1), STATEMENT)
+        assert recorder.record("s-good", "statement", _parts(2), STATEMENT)
+        # Parts the second step cannot read: it fails in the process, then on the thread.
+        assert recorder.record("s-bad", "statement", ("select 3",), STATEMENT)
+        assert recorder.record("s-good", "statement", _parts(4), STATEMENT)
+        assert recorder.flush(10)
+        assert failures.called.wait(10)
+        bad, good = recorder.close("s-bad", {}), recorder.close("s-good", {})
+    finally:
+        recorder.stop()
+    assert failures.seen == [("s-bad", "an event could not be recorded: ValueError")]
+    assert (bad.status, bad.events, bad.dropped) == ("failed", 2, 2)  # and its session.end
+    assert (good.status, good.events, good.dropped) == ("closed", 4, 0)
+    assert [e.data.get("rows") for e in load_events(store, "s-good")] == [None, 2, 4, None]
+    assert [e.seq for e in load_events(store, "s-bad")] == [1, 2]
+    assert verify_recordings(store).ok
 
 
 def test_the_process_writes_what_the_thread_writes(any_store: Store) -> None:
@@ -282,6 +385,33 @@ def test_a_writer_process_that_ends_after_committing_keeps_what_it_wrote(
         "select 2",
         None,
     ]
+    assert verify_recordings(store).ok
+
+
+def test_a_writer_process_that_ends_after_committing_what_it_made_keeps_it(
+    any_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ended between its commit and its answer, with statements whose texts it made:
+    the texts are in the store only, and the recording's digest is taken from there."""
+    store = any_store
+    monkeypatch.setattr(event_writes, "CHILD_MODULE", "tests.fix_writer_child")
+    failures = Failures()
+    recorder = Recorder(store, on_failure=failures, flush_interval=0.01, write_process=True)
+    try:
+        recorder.open("s-1", START)
+        assert recorder.flush(10)  # the first batch, answered
+        first = _child(recorder)
+        for i in (1, 2):
+            assert recorder.record("s-1", "statement", _parts(i, touches=True), STATEMENT)
+        assert recorder.flush(10)  # committed, then the child ended
+        assert _wait_gone(first)
+        assert recorder.record("s-1", "statement", _parts(3), STATEMENT)
+        closed = recorder.close("s-1", {})
+    finally:
+        recorder.stop()
+    assert not failures.seen
+    assert closed.status == "closed" and closed.events == 5 and closed.dropped == 0
+    assert [e.data.get("rows") for e in load_events(store, "s-1")] == [None, 1, 2, 3, None]
     assert verify_recordings(store).ok
 
 

@@ -262,6 +262,7 @@ def test_a_long_statement_s_result_lineage_is_read_ahead_in_a_worker(
 def test_a_long_query_s_recorded_text_is_redacted_off_the_event_loop(
     pool: AnalysisPool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from server.audit import recording
     from server.audit.recording import Build, event_data
     from server.gateway import masking_relay
     from tests.fix_relay import StaticCatalog
@@ -288,7 +289,8 @@ def test_a_long_query_s_recorded_text_is_redacted_off_the_event_loop(
     def never(*args: object, **kwargs: object) -> None:
         raise AssertionError("a long text was redacted on the event loop")
 
-    monkeypatch.setattr(masking_relay, "recorded_text", never)
+    # What redacts a statement's recorded text (the recorder's writer makes the event).
+    monkeypatch.setattr(recording, "recorded_text", never)
     relay.from_server(
         masked._fields(("email", 1), ("city", 2))
         + pgwire.encode_raw(ord("C"), b"SELECT 0\0")

@@ -398,6 +398,7 @@ class MaskingHooks:
         self._lineage_ahead: dict[str, tuple[CatalogSnapshot, Lineage | None]] = {}
         # Plans of results already seen (``_plan``), for the snapshot they were made with.
         self._plans: dict[tuple[bytes, object, int], MaskPlan] = {}
+        self._described: dict[bytes, RowDescription] = {}  # RowDescriptions by their bytes
         # Whether a statement names relations with masked columns (``_touches_masked``).
         self._touches: dict[object, bool] = {}
         self._plans_of: CatalogSnapshot | None = None  # the snapshot both were made with
@@ -660,8 +661,7 @@ class MaskingHooks:
         return None
 
     def _on_row_description(self, raw: RawMessage, head: _Item | None) -> bytes | None:
-        msg = pgwire.decode_backend(raw)
-        assert isinstance(msg, RowDescription)
+        msg = self._row_description(raw)
         if head is None or head.kind not in ("Q", "DS", "DP"):
             return self._block(head, "a result whose statement the gateway cannot tell")
         plan = self._plan(msg, head, raw.body)
@@ -715,8 +715,7 @@ class MaskingHooks:
             if head.kind != "Q":
                 self.pending.popleft()
             return None
-        msg = pgwire.decode_backend(raw)
-        assert isinstance(msg, RowDescription)
+        msg = self._row_description(raw)
         plan = self._plan(msg, head, raw.body)
         if head.kind == "Q":
             head.plans.append(plan)
@@ -1000,6 +999,20 @@ class MaskingHooks:
         return found.group(1) in missing
 
     # -- deciding -----------------------------------------------------------------------
+    def _row_description(self, raw: RawMessage) -> RowDescription:
+        """A RowDescription, decoded once per connection for each form it takes: a
+        statement's results come described in the same bytes every time (read only,
+        like the plans made from it)."""
+        described = self._described
+        msg = described.get(raw.body)
+        if msg is None:
+            decoded = pgwire.decode_backend(raw)
+            assert isinstance(decoded, RowDescription)
+            if len(described) >= _PLANS_KEPT:
+                described.clear()
+            msg = described[bytes(raw.body)] = decoded
+        return msg
+
     def _plan(self, msg: RowDescription, item: _Item, body: bytes) -> MaskPlan:
         """The plan of a result, kept per connection by what decides it: the
         RowDescription's bytes, the statement (its literal-insensitive shape,

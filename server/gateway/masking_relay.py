@@ -1549,11 +1549,16 @@ def pre_execution_check(
     beyond the analysis decides (the names after a dot, which the attribute-call
     rule reads, are the same in every text of a shape, as a number next to a dot
     is never taken out of it).  Statements that do read masked columns are
-    judged on their exact text every time (inference and computed uses read
-    it: ``ORDER BY 2`` is not ``ORDER BY 1``).  A new snapshot starts afresh.
+    judged on their exact text (inference and computed uses read it: ``ORDER
+    BY 2`` is not ``ORDER BY 1``), and that decision is kept by the exact text,
+    as is that of a text without a shape (``... WHERE id = $1``, parsed again
+    for every execution); not a decision that met a relation the snapshot does
+    not hold, nor one of an analysis that stopped at its budget.  A new
+    snapshot starts afresh.
     """
     first = catalog_first(search_path)
     refreshed = [float("-inf")]
+    unknown_names = [0]  # how often a decision met a relation the snapshot does not hold
     current: list[tuple[CatalogSnapshot | None, MaskedSession, dict[object, Decision]]] = []
 
     def session_of(
@@ -1565,6 +1570,7 @@ def pre_execution_check(
         def holds(name: Name) -> bool:
             if snapshot is not None and snapshot.columns_of(name.parts[0], name.name):
                 return True
+            unknown_names[0] += 1
             now = time.monotonic()
             if catalog is not None and now - refreshed[0] >= REFRESH_INTERVAL:
                 # A relation created since the catalog was loaded is known soon.
@@ -1598,15 +1604,29 @@ def pre_execution_check(
         session, decisions = session_of(catalog.current if catalog is not None else None)
         analysis = analysis_pool.analyze(sql, search_path=(UNQUALIFIED,))
         shape = analysis.shape
-        if shape is not None:
-            known = decisions.get(shape)
-            if known is not None:
-                return known
+        # The exact text: what an analysis that ran to its end decides of it (a
+        # client that parses the same statement for every execution).
+        exact = (
+            sql
+            if len(sql) <= _PLAN_KEY_TEXT and not analysis.over_budget and analysis.failed is None
+            else None
+        )
+        for key in (shape, exact):
+            if key is not None:
+                known = decisions.get(key)
+                if known is not None:
+                    return known
+        unknown = unknown_names[0]
         decision = masking_decision(analysis, session, sql)
-        if shape is not None and not reads_masked(analysis, session):
+        if unknown_names[0] != unknown:
+            # A relation the snapshot does not know: the next snapshot may, and the
+            # statement is decided afresh until it comes.
+            return decision
+        key = shape if shape is not None and not reads_masked(analysis, session) else exact
+        if key is not None:
             if len(decisions) >= _DECISIONS_KEPT:
                 decisions.clear()
-            decisions[shape] = decision
+            decisions[key] = decision
         return decision
 
     return check

@@ -14,6 +14,8 @@ columns)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -216,3 +218,59 @@ def test_ordering_by_a_masked_column_is_refused_after_ordering_by_a_clear_one() 
     relay = _masked_guard()
     assert _verdict(relay, "SELECT name, ssn FROM people ORDER BY 1") == "forwarded"
     assert _verdict(relay, "SELECT name, ssn FROM people ORDER BY 2") != "forwarded"
+
+
+def _counted_check(monkeypatch: pytest.MonkeyPatch) -> tuple[Callable[[str], object], list[str]]:
+    """Masking's check before execution of one connection, and the texts it decided
+    (rather than took from what it kept)."""
+    from server.gateway import masking_relay
+
+    decided: list[str] = []
+    decide = masking_relay.masking_decision
+
+    def counted(analysis: object, session: object, sql: str) -> object:
+        decided.append(sql)
+        return decide(analysis, session, sql)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(masking_relay, "masking_decision", counted)
+    check = pre_execution_check(
+        _MASKING,
+        _Catalog(),  # type: ignore[arg-type]
+        ("public",),
+        frozenset(),
+        Outcome.BLOCK,
+    )
+    return check, decided
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT name FROM people WHERE id = $1",  # no shape: parsed again for each execution
+        "SELECT name, ssn FROM people WHERE id = $1 ORDER BY 2",  # reads a masked column
+        "SELECT ssn FROM people WHERE ssn = $1",  # a predicate on one: refused
+        "SELECT total FROM orders WHERE id = $1",
+    ],
+)
+def test_a_text_parsed_again_is_decided_once_and_as_afresh(
+    sql: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache_clear()
+    check, decided = _counted_check(monkeypatch)
+    first = check(sql)
+    assert [check(sql) for _ in range(3)] == [first] * 3
+    assert decided == [sql]
+    fresh, _ = _counted_check(monkeypatch)
+    cache_clear()
+    assert fresh(sql) == first
+
+
+def test_a_text_naming_a_relation_the_catalog_does_not_hold_is_decided_each_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The next snapshot may hold it: nothing decided without it is kept."""
+    cache_clear()
+    check, decided = _counted_check(monkeypatch)
+    sql = "SELECT secret FROM created_since WHERE id = $1"
+    assert check(sql) == check(sql)
+    assert decided == [sql, sql]

@@ -101,6 +101,12 @@ class Unmade(Exception):
     of the batch was written."""
 
 
+def made_data(later: Later) -> tuple[Mapping[str, Any], str]:
+    """The data of an event made later, and its canonical text (``canonical.stored_form``)."""
+    make, parts, ts_ns = later
+    return canonical.stored_form(make(parts, ts_ns))
+
+
 def made(events: Sequence[EventRow]) -> tuple[list[EventRow], list[str]]:
     """The events, those whose data is made here (``later``) made: their canonical
     text (``canonical.stored_form``) and access index entry; and those texts, in
@@ -111,9 +117,8 @@ def made(events: Sequence[EventRow]) -> tuple[list[EventRow], list[str]]:
         if e.later is None:
             out.append(e)
             continue
-        make, parts, ts_ns = e.later
         try:
-            data, text = canonical.stored_form(make(parts, ts_ns))
+            data, text = made_data(e.later)
             entry = access.index_entry(e.kind, data)
         except Exception as exc:
             raise Unmade(

@@ -1104,9 +1104,8 @@ class Recorder:
         out: list[_Kept] = []
         for state, ts_ns, kind, stored, deferred in kept:
             if deferred is not None:
-                make, parts, made_at = deferred
                 try:
-                    stored = stored_form(make(parts, made_at))
+                    stored = event_writes.made_data(deferred)
                 except Exception as exc:
                     log.exception(
                         "a %s event of session %s could not be made", kind, state.session_id

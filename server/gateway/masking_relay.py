@@ -72,8 +72,9 @@ that answer applied to the old one, so the new one's rows are not described
   client got it.  Only what masking decided (whether the statement, or each
   statement of a Query, touches masked columns) is worked out here; the raw
   text, parameters and counters are queued as they are, and the event is made
-  -- redacted, timed -- on the recorder's writer thread (:func:`statement_data`,
-  :func:`notice_data`).
+  -- redacted, timed -- by the recorder's writer (:func:`notice_data` on its
+  thread; :data:`statement_data` reads the access facts there and is made in its
+  writer process, when it has one).
 
 A session exempt from masking (``masking.exempt``) gets no rewriting and no
 refusal; only its RowDescriptions (and NoData) are watched, each planned with

@@ -413,6 +413,7 @@ StatementParts = tuple[
     str,  # decision
     list[dict[str, str]],  # masked fields
     Mapping[str, Any] | None,  # its access facts (``server.audit.access``)
+    str | None,  # their canonical text, when they were made with it (``canonical.Encoded``)
 ]
 
 
@@ -422,7 +423,7 @@ def statement_made(parts: StatementParts, ts_ns: int) -> dict[str, Any]:
     only), the parameters too (all hidden when it touches masked columns: which
     goes to a masked column cannot be told), its start told from the event's time."""
     sql, touches, hides, ends, params, formats, duration_ns = parts[:7]
-    rows, tag, sqlstate, decision, masked, facts = parts[7:]
+    rows, tag, sqlstate, decision, masked, facts, facts_text = parts[7:]
     shown_params = None
     if params is not None:
         shown_params = redact_params(params, formats, masked=range(len(params)) if touches else ())
@@ -442,7 +443,10 @@ def statement_made(parts: StatementParts, ts_ns: int) -> dict[str, Any]:
         params=shown_params,
     )
     if facts is not None:
-        data[access.FACTS] = facts
+        # Their text is put in place as it was made (``stored_form``), not encoded again.
+        data[access.FACTS] = (
+            canonical.encoded_again(facts, facts_text) if facts_text is not None else facts
+        )
     return data
 
 

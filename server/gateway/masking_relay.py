@@ -128,6 +128,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from server.audit.access import SessionFacts
+from server.audit.canonical import Encoded
 from server.audit.recording import (
     RecordFn,
     StatementParts,
@@ -1381,7 +1382,8 @@ def _statement_parts(fields: StatementFields) -> StatementParts:
         sqlstate,
         decision,
         masked,
-        facts,
+        None if facts is None else dict(facts),
+        facts.text if isinstance(facts, Encoded) else None,
     )
 
 

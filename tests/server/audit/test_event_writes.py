@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from server.audit import access, event_writes
+from server.audit import access, canonical, event_writes
 from server.audit.access import RelationAccess, SessionFacts, access_event
 from server.audit.recording import (
     Recorder,
@@ -123,6 +123,8 @@ def _parts(i: int, *, touches: bool = False, facts: bool = True) -> StatementPar
         "allowed",
         [{"column": "email", "method": "partial"}] if touches else [],
         _facts(i) if facts else None,
+        # Facts made with their text (as the gateway's are) have it put in place.
+        canonical.encode(_facts(i)) if facts and i % 2 else None,
     )
 
 
@@ -159,6 +161,7 @@ def test_statements_made_in_the_writer_process_are_those_the_thread_makes(
         "select 0, 'a0' from customers; select email from customers where id = [redacted]"
     )
     assert masked["params"] == ["[redacted]", None, "[redacted]"]
+    assert [e[2].get("access") for e in stored("s-process")[1:4]] == [None, _facts(1), _facts(2)]
     assert len(stored("s-process")) == 303
     assert verify_recordings(any_store).ok
     assert access.verify_index(any_store) == []

@@ -46,7 +46,13 @@ that answer applied to the old one, so the new one's rows are not described
   result (large objects) with a finding becomes NULL;
 * on a blocked plan, or on DataRows of a portal whose shape is unknown (an
   Execute without any Describe), replaces the message with an ErrorResponse
-  (42501) and drops everything the server sends up to the ReadyForQuery;
+  (42501) and drops everything the server sends up to the ReadyForQuery.  The
+  server had no error, so it runs what was sent after the refused result (a
+  Query's later statements, the rest of a pipeline up to its Sync): their
+  answers are still read, each statement is recorded as it ran, and when one
+  of them may have changed something the connection ends with 40003
+  (``_ran_after``) in place of the ReadyForQuery, so that the client does not
+  take it for a statement the server skipped;
 * withholds the texts of an ErrorResponse of a statement that touches a
   table with masked columns (or whose tables cannot be told), and redacts
   (``redact_report``) notices of such statements and reports that answer no
@@ -183,6 +189,7 @@ from server.gateway.pgwire import (
 )
 from server.gateway.relay import Hook, Relay, row_run
 from server.gateway.search_path import catalog_first, session_search_path
+from server.gateway.session import GatewayError
 from server.gateway.signals import SIGNALS
 from server.gateway.sqlcheck import (
     DEFAULT_TIME_BUDGET,
@@ -201,6 +208,14 @@ from server.sessions.service import LiveSession, SessionService
 log = logging.getLogger(__name__)
 
 SQLSTATE = "42501"
+# statement_completion_unknown: what ends a connection whose client would otherwise
+# take statements that ran for statements the server skipped.
+STATEMENT_COMPLETION_UNKNOWN = "40003"
+RAN_AFTER_HINT = (
+    "send a statement whose result masking may refuse on its own (its own Query, or "
+    "followed by a Sync) before statements that change data; see what ran in the "
+    "session's recording"
+)
 # Long texts whose lineage is kept, read ahead, per connection (a pipeline's few).
 _LINEAGE_AHEAD_KEPT = 8
 # Masking decisions kept per connection (by shape, see pre_execution_check).
@@ -332,6 +347,18 @@ _STATEMENT: Note[_Statement] = Note("masking")
 _PORTAL: Note[_Portal] = Note("masking")
 
 
+def _runs_what_was_described(execute: _Item, describe: _Item) -> bool:
+    """Whether an Execute runs what a Describe was sent for: its portal (by name when
+    neither is known, as a cursor declared in SQL is not), or a portal of its statement."""
+    if describe.kind == "DP":
+        if describe.portal is None and execute.portal is None:
+            return execute.name == describe.name
+        return execute.portal is describe.portal
+    if describe.kind == "DS":
+        return describe.statement is not None and execute.statement is describe.statement
+    return False
+
+
 def _statement_of(portal: _Portal | None) -> _Statement | None:
     return portal.statement if portal is not None else None
 
@@ -405,6 +432,11 @@ class MaskingHooks:
         self._touches: dict[object, bool] = {}
         self._plans_of: CatalogSnapshot | None = None  # the snapshot both were made with
         self.dropping = False
+        # A refused result: its item and, in a Query, which statement's; and the
+        # command tags of statements sent after it that changed something, which
+        # the server ran although the client is told nothing of them (``_ran_after``).
+        self._refused: tuple[_Item | None, int] | None = None
+        self._ran: list[str] = []
         self._refreshed = float("-inf")
         self._queries = 0
         self._reported = ""  # the last REPORT_PARAMETER value sent
@@ -594,6 +626,16 @@ class MaskingHooks:
             self.copying = False
             report = self._report()
             self._ready(relay.state.answered)
+            self._refused = None
+            if self._ran:
+                ran, self._ran = self._ran, []
+                raise GatewayError(
+                    STATEMENT_COMPLETION_UNKNOWN,
+                    "a result was refused after statements sent with it had run on the "
+                    f"server ({', '.join(ran)}): the connection is closed so that they are "
+                    "not taken for statements the server skipped",
+                    RAN_AFTER_HINT,
+                )
             return None if report is None else report + bytes(raw.wire)
         if t == 78:  # N
             if self.masking or self.detecting:
@@ -608,6 +650,7 @@ class MaskingHooks:
         if t == 83:  # S
             return self._on_parameter(raw)
         if self.dropping:
+            self._while_dropping(raw, relay)
             return b""
         head = self.pending[0] if self.pending else None
         if t == 68:  # D
@@ -1196,16 +1239,73 @@ class MaskingHooks:
             item.decision = "masking_blocked"
             if plan is not None:
                 item.masked.extend(plan.summary())
+        # The server had no error: it runs what was sent after the refused result
+        # (a Query's later statements, the rest of a pipeline up to its Sync), whose
+        # answers are dropped up to the ReadyForQuery but still read (``_while_dropping``).
         self.dropping = True
-        if item is None or item.kind != "Q":
-            # A Query's refused result ends with its ReadyForQuery; an Execute's
-            # pipeline is skipped by the server up to the Sync.
-            self._skip_to_sync()
+        self._refused = (item, item.done if item is not None and item.kind == "Q" else -1)
         return pgwire.error_response(
             "ERROR", SQLSTATE, f"dbaccess: {message}", hint=hint, detail=detail
         )
 
     # -- bookkeeping -----------------------------------------------------------------------
+    def _while_dropping(self, raw: RawMessage, relay: Relay) -> None:
+        """What the server answers after a refused result, up to the ReadyForQuery: the
+        client gets none of it, but each statement that ran is recorded as it ran,
+        and one sent after the refused one that changed something is noted
+        (``_ran_after``): the client would take it for one the server skipped."""
+        t = raw.type
+        head = self.pending[0] if self.pending else None
+        if head is None:
+            return
+        if t == 84 or t == 110:  # T, n: a Describe's answer (a Query's result goes on)
+            if head.kind in ("DS", "DP"):
+                self.pending.popleft()
+        elif t in (67, 115, 73):  # C, s, I
+            self.copying = False
+            if head.kind not in ("Q", "X"):
+                return
+            index = head.done
+            if t == 67:
+                tag = pgwire.decode_backend(raw)
+                head.tag = getattr(tag, "tag", None)
+                head.rows += _rows(head.tag)
+                head.done += 1
+            if head.kind == "X":
+                self.pending.popleft()
+                self._ran_after(head, -1)
+                self._finish(head)
+            elif t == 67:
+                self._ran_after(head, index)
+        elif t == 69:  # E: the server's own error; after one in a pipeline it skips to the Sync
+            msg = pgwire.decode_backend(raw)
+            code = msg.fields.get("C") if isinstance(msg, ErrorResponse) else None
+            if head.kind in ("Q", "X") and head.sqlstate is None:
+                head.sqlstate = code
+            if relay.state.extended_error:
+                self._skip_to_sync()
+
+    def _ran_after(self, item: _Item, index: int) -> None:
+        """A statement that completed after the refused result: noted when it is not
+        the refused one itself and it may have changed something (anything but a
+        plain read, or what cannot be told)."""
+        refused = self._refused
+        if refused is None or item.tag is None:
+            return
+        first, at = refused
+        if item.kind == "Q":
+            if item is not first or index <= at:
+                return
+            statements = item.analysis.statements if item.analysis is not None else ()
+            statement = statements[index] if index < len(statements) else None
+        else:
+            if item is first or (first is not None and _runs_what_was_described(item, first)):
+                return  # the refused result's own execution
+            statement = item.analysis.statements[0] if item.analysis is not None else None
+        if statement is not None and statement.kind is StatementClass.READ:
+            return
+        self._ran.append(item.tag)
+
     def _skip_to_sync(self) -> None:
         """After an error in the extended protocol the server skips to the next Sync:
         a simple Query or a FunctionCall sent before it too, which never run."""

@@ -18,8 +18,9 @@ from collections.abc import Iterator
 import pytest
 
 from server.demo.provision import DemoTarget
+from server.gateway import pgwire
 from server.gateway.pgwire import Bind, Close, Describe, Execute, Message, Parse, Query, Sync
-from tests.fix_broker import masked_demo_policy, running_broker
+from tests.fix_broker import Broker, masked_demo_policy, running_broker
 from tests.fix_pgwire import RawClient, rows_and_error
 from tests.fix_session import HeldSession, held_session
 
@@ -43,9 +44,20 @@ CARD = re.compile(r"\d{12,}")
 
 
 @pytest.fixture(scope="module")
-def session(demo_target: DemoTarget) -> Iterator[HeldSession]:
-    policy = masked_demo_policy()
-    with running_broker(demo_target, policy) as b, held_session(b, "--scope", "read") as s:
+def broker(demo_target: DemoTarget) -> Iterator[Broker]:
+    with running_broker(demo_target, masked_demo_policy()) as b:
+        yield b
+
+
+@pytest.fixture(scope="module")
+def session(broker: Broker) -> Iterator[HeldSession]:
+    with held_session(broker, "--scope", "read") as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def writer(broker: Broker) -> Iterator[HeldSession]:
+    with held_session(broker, "--scope", "write") as s:
         yield s
 
 
@@ -298,5 +310,60 @@ def test_a_name_parsed_again_while_taken_runs_what_the_server_kept(session: Held
         rows, error = rows_and_error(client.until_ready())
         assert error is None and len(rows) == 3, (rows, error)
         assert all(str(a).startswith("***") and b == "***" for a, b in rows), rows
+    finally:
+        client.close()
+
+
+# Refused after it ran: the rows of a portal that was never described.
+UNDESCRIBED = (Parse("", MASKED), Bind("", ""), Execute(""))
+
+
+def _errors_until_closed(client: RawClient) -> list[dict[str, str]]:
+    """The fields of every ErrorResponse the gateway sends until it closes the connection."""
+    errors: list[dict[str, str]] = []
+    while data := client.sock.recv(65536):
+        client.parser.feed(data)
+        for raw in client.parser.messages():
+            if raw.type == ord("E"):
+                errors.append(dict(pgwire.decode_backend(raw).fields))  # type: ignore[attr-defined]
+    return errors
+
+
+def test_a_write_that_ran_after_a_refused_result_closes_the_connection(
+    writer: HeldSession,
+) -> None:
+    """The server had no error where masking refused a result, so it ran the UPDATE
+    sent after it in the pipeline and committed it at the Sync.  The client must not
+    take it for a statement the server skipped: the connection ends with 40003
+    (statement_completion_unknown), naming what ran."""
+    client = RawClient(writer.port, writer.database, writer.ticket)
+    try:
+        client.send(
+            *UNDESCRIBED,
+            Parse("u", "update customers set city = city where id = -1"),
+            Bind("pu", "u"),
+            Execute("pu"),
+            Sync(),
+        )
+        errors = _errors_until_closed(client)
+    finally:
+        client.close()
+    last = errors[-1]
+    assert (last["S"], last["C"]) == ("FATAL", "40003"), errors
+    assert "(UPDATE 0)" in last["M"] and "skipped" in last["M"]
+
+
+def test_a_read_that_ran_after_a_refused_result_keeps_the_connection(
+    writer: HeldSession,
+) -> None:
+    """A later statement that only read changed nothing the client could take for
+    undone: the refusal stays a plain error, and the connection goes on."""
+    client = RawClient(writer.port, writer.database, writer.ticket)
+    try:
+        client.send(*UNDESCRIBED, Parse("r", CLEAR), Bind("pr", "r"), Execute("pr"), Sync())
+        rows, error = rows_and_error(client.until_ready())
+        assert error is not None and error["C"] == "42501", error
+        assert rows == []
+        assert client.query("select 1")[0] == [["1"]]
     finally:
         client.close()

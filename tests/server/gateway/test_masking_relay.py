@@ -30,6 +30,7 @@ from server.gateway.pgwire import (
     Sync,
 )
 from server.gateway.relay import Relay
+from server.gateway.session import GatewayError
 from server.policy.model import MaskMethod, MaskRule
 from tests.fix_relay import StaticCatalog, recording_to
 from tests.fix_relay import row as _row
@@ -108,6 +109,96 @@ def test_expression_without_lineage_blocked_rows_dropped_ready_kept() -> None:
     assert _types(out) == "EZ" and b"ann@" not in out
     err = pgwire.decode_backend(pgwire.split_frames(out)[0][0])
     assert isinstance(err, ErrorResponse) and err.sqlstate == "42501"
+
+
+_RECURSIVE = (
+    "with recursive r(e) as (select email from customers union all "
+    "select e from r where false) select lower(e) from r"
+)
+_REFUSED_ROWS = (
+    _fields(("lower", 0)) + _row(b"ann@example.com") + pgwire.encode_raw(ord("C"), b"SELECT 1\0")
+)
+
+
+@pytest.mark.parametrize(
+    ("later", "its_answer", "fatal"),
+    [
+        ("update customers set city = 'x'", b"UPDATE 3", True),
+        ("delete from customers where id = 7", b"DELETE 1", True),
+        ("select city from customers", b"SELECT 1", False),
+    ],
+)
+def test_what_ran_after_a_refused_result_in_a_query_is_told_and_recorded(
+    later: str, its_answer: bytes, fatal: bool
+) -> None:
+    """The server runs a Query's later statements although masking refused an
+    earlier result (it had no error): one that changed something ends the
+    connection (40003) rather than let the client take the Query for undone, and
+    the recording keeps what ran."""
+    events: list[dict[str, Any]] = []
+    relay = _relay(events)
+    relay.from_client(Query(f"{_RECURSIVE}; {later}").encode())
+    answer = _REFUSED_ROWS
+    if not fatal:
+        answer += _fields(("city", 2)) + _row(b"Lisbon")
+    answer += pgwire.encode_raw(ord("C"), its_answer + b"\0") + pgwire.ready_for_query("I")
+    if fatal:
+        with pytest.raises(GatewayError) as refused:
+            relay.from_server(answer)
+        assert refused.value.sqlstate == "40003"
+        assert f"({its_answer.decode()})" in refused.value.message
+    else:
+        out, _ = relay.from_server(answer)
+        assert _types(out) == "EZ" and b"ann@" not in out and b"Lisbon" not in out
+    (event,) = events
+    assert event["decision"] == "masking_blocked" and event["tag"] == its_answer.decode()
+
+
+@pytest.mark.parametrize(
+    ("later", "its_answer", "fatal"),
+    [
+        ("update customers set city = 'x'", b"UPDATE 3", True),
+        ("select city from customers", b"SELECT 1", False),
+    ],
+)
+def test_what_ran_after_a_refused_result_in_a_pipeline_is_told_and_recorded(
+    later: str, its_answer: bytes, fatal: bool
+) -> None:
+    """The server ran the rest of the pipeline up to its Sync: a later statement that
+    changed something ends the connection (40003) rather than pass for one the
+    server skipped, and each is recorded as it ran, never as an error."""
+    events: list[dict[str, Any]] = []
+    relay = _relay(events)
+    relay.from_client(
+        Parse("", "select email from customers").encode()
+        + Bind("", "").encode()
+        + Execute("").encode()
+        + Parse("s2", later).encode()
+        + Bind("p2", "s2").encode()
+        + Execute("p2").encode()
+        + Sync().encode()
+    )
+    answer = (
+        pgwire.encode_raw(ord("1"), b"")
+        + pgwire.encode_raw(ord("2"), b"")
+        + _row(b"ann@example.com")
+        + pgwire.encode_raw(ord("C"), b"SELECT 1\0")
+        + pgwire.encode_raw(ord("1"), b"")
+        + pgwire.encode_raw(ord("2"), b"")
+        + (b"" if fatal else _row(b"Lisbon"))
+        + pgwire.encode_raw(ord("C"), its_answer + b"\0")
+        + pgwire.ready_for_query("I")
+    )
+    if fatal:
+        with pytest.raises(GatewayError) as refused:
+            relay.from_server(answer)
+        assert refused.value.sqlstate == "40003"
+    else:
+        out, _ = relay.from_server(answer)
+        assert _types(out) == "12EZ" and b"Lisbon" not in out
+    refused_event, later_event = events
+    assert refused_event["decision"] == "masking_blocked"
+    assert (later_event["tag"], later_event["sqlstate"]) == (its_answer.decode(), None)
 
 
 def test_execute_without_describe_is_refused() -> None:

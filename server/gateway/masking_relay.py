@@ -1271,12 +1271,18 @@ class MaskingHooks:
                 head.tag = getattr(tag, "tag", None)
                 head.rows += _rows(head.tag)
                 head.done += 1
+            if t == 73:  # I: an empty statement ran nothing
+                done = None
+            elif t == 115:  # s: a portal run part way (a DML with RETURNING ran whole)
+                done = "a portal run part way"
+            else:
+                done = head.tag or "a statement"
             if head.kind == "X":
                 self.pending.popleft()
-                self._ran_after(head, -1)
+                self._ran_after(head, -1, done)
                 self._finish(head)
             elif t == 67:
-                self._ran_after(head, index)
+                self._ran_after(head, index, done)
         elif t == 69:  # E: the server's own error; after one in a pipeline it skips to the Sync
             msg = pgwire.decode_backend(raw)
             code = msg.fields.get("C") if isinstance(msg, ErrorResponse) else None
@@ -1285,12 +1291,13 @@ class MaskingHooks:
             if relay.state.extended_error:
                 self._skip_to_sync()
 
-    def _ran_after(self, item: _Item, index: int) -> None:
-        """A statement that completed after the refused result: noted when it is not
-        the refused one itself and it may have changed something (anything but a
-        plain read, or what cannot be told)."""
+    def _ran_after(self, item: _Item, index: int, done: str | None) -> None:
+        """A statement that completed after the refused result (``done``: how, for the
+        client; None: it ran nothing): noted when it is not the refused one itself
+        and it may have changed something (anything but a plain read, or what
+        cannot be told)."""
         refused = self._refused
-        if refused is None or item.tag is None:
+        if refused is None or done is None:
             return
         first, at = refused
         if item.kind == "Q":
@@ -1304,7 +1311,7 @@ class MaskingHooks:
             statement = item.analysis.statements[0] if item.analysis is not None else None
         if statement is not None and statement.kind is StatementClass.READ:
             return
-        self._ran.append(item.tag)
+        self._ran.append(done)
 
     def _skip_to_sync(self) -> None:
         """After an error in the extended protocol the server skips to the next Sync:

@@ -154,6 +154,34 @@ def test_what_ran_after_a_refused_result_in_a_query_is_told_and_recorded(
     assert event["decision"] == "masking_blocked" and event["tag"] == its_answer.decode()
 
 
+def test_a_write_run_part_way_after_a_refused_result_is_told() -> None:
+    """An UPDATE ... RETURNING run with a row limit answers PortalSuspended, no
+    command tag, but the server ran all of it."""
+    relay = _relay([])
+    relay.from_client(
+        Parse("", "select email from customers").encode()
+        + Bind("", "").encode()
+        + Execute("").encode()
+        + Parse("s2", "update customers set city = 'x' returning id").encode()
+        + Bind("p2", "s2").encode()
+        + Execute("p2", 1).encode()
+        + Sync().encode()
+    )
+    with pytest.raises(GatewayError) as refused:
+        relay.from_server(
+            pgwire.encode_raw(ord("1"), b"")
+            + pgwire.encode_raw(ord("2"), b"")
+            + _row(b"ann@example.com")
+            + pgwire.encode_raw(ord("C"), b"SELECT 1\0")
+            + pgwire.encode_raw(ord("1"), b"")
+            + pgwire.encode_raw(ord("2"), b"")
+            + _row(b"7")
+            + pgwire.encode_raw(ord("s"), b"")
+            + pgwire.ready_for_query("I")
+        )
+    assert refused.value.sqlstate == "40003" and "part way" in refused.value.message
+
+
 @pytest.mark.parametrize(
     ("later", "its_answer", "fatal"),
     [

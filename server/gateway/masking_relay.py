@@ -48,11 +48,12 @@ that answer applied to the old one, so the new one's rows are not described
   Execute without any Describe), replaces the message with an ErrorResponse
   (42501) and drops everything the server sends up to the ReadyForQuery.  The
   server had no error, so it runs what was sent after the refused result (a
-  Query's later statements, the rest of a pipeline up to its Sync): their
-  answers are still read, each statement is recorded as it ran, and when one
-  of them may have changed something the connection ends with 40003
-  (``_ran_after``) in place of the ReadyForQuery, so that the client does not
-  take it for a statement the server skipped;
+  Query's later statements, the rest of a pipeline up to its Sync) and commits
+  the lot: those answers are still read, each statement is recorded as it ran,
+  and when the transaction ended and a statement of the Query or pipeline may
+  have changed something (``_completed``) the connection ends with 40003 in
+  place of the ReadyForQuery, so that the client does not take what committed
+  for rolled back or skipped;
 * withholds the texts of an ErrorResponse of a statement that touches a
   table with masked columns (or whose tables cannot be told), and redacts
   (``redact_report``) notices of such statements and reports that answer no
@@ -208,6 +209,8 @@ from server.sessions.service import LiveSession, SessionService
 log = logging.getLogger(__name__)
 
 SQLSTATE = "42501"
+# Statements that may have changed something named in a 40003 (``_completed``).
+_CHANGED_NAMED = 5
 # statement_completion_unknown: what ends a connection whose client would otherwise
 # take statements that ran for statements the server skipped.
 STATEMENT_COMPLETION_UNKNOWN = "40003"
@@ -347,18 +350,6 @@ _STATEMENT: Note[_Statement] = Note("masking")
 _PORTAL: Note[_Portal] = Note("masking")
 
 
-def _runs_what_was_described(execute: _Item, describe: _Item) -> bool:
-    """Whether an Execute runs what a Describe was sent for: its portal (by name when
-    neither is known, as a cursor declared in SQL is not), or a portal of its statement."""
-    if describe.kind == "DP":
-        if describe.portal is None and execute.portal is None:
-            return execute.name == describe.name
-        return execute.portal is describe.portal
-    if describe.kind == "DS":
-        return describe.statement is not None and execute.statement is describe.statement
-    return False
-
-
 def _statement_of(portal: _Portal | None) -> _Statement | None:
     return portal.statement if portal is not None else None
 
@@ -432,11 +423,10 @@ class MaskingHooks:
         self._touches: dict[object, bool] = {}
         self._plans_of: CatalogSnapshot | None = None  # the snapshot both were made with
         self.dropping = False
-        # A refused result: its item and, in a Query, which statement's; and the
-        # command tags of statements sent after it that changed something, which
-        # the server ran although the client is told nothing of them (``_ran_after``).
-        self._refused: tuple[_Item | None, int] | None = None
-        self._ran: list[str] = []
+        # Since the last ReadyForQuery: whether a result was refused, and what ran
+        # that may have changed something (``_completed``).
+        self._refused = False
+        self._changed: list[str] = []
         self._refreshed = float("-inf")
         self._queries = 0
         self._reported = ""  # the last REPORT_PARAMETER value sent
@@ -626,14 +616,16 @@ class MaskingHooks:
             self.copying = False
             report = self._report()
             self._ready(relay.state.answered)
-            self._refused = None
-            if self._ran:
-                ran, self._ran = self._ran, []
+            refused, self._refused = self._refused, False
+            changed, self._changed = self._changed, []
+            if refused and changed and raw.body[:1] == b"I":
+                # Committed, while the client was told of an error: it would take
+                # them for rolled back, or skipped.
                 raise GatewayError(
                     STATEMENT_COMPLETION_UNKNOWN,
-                    "a result was refused after statements sent with it had run on the "
-                    f"server ({', '.join(ran)}): the connection is closed so that they are "
-                    "not taken for statements the server skipped",
+                    "a result was refused in a Query or pipeline whose statements the "
+                    f"server ran and committed ({', '.join(changed)}): the connection is "
+                    "closed so that they are not taken for rolled back or skipped",
                     RAN_AFTER_HINT,
                 )
             return None if report is None else report + bytes(raw.wire)
@@ -690,15 +682,8 @@ class MaskingHooks:
         if t in (67, 115, 73):  # C, s, I
             self.copying = False
             if head is not None and head.kind in ("Q", "X"):
-                if t == 67:
-                    tag = pgwire.decode_backend(raw)
-                    head.tag = getattr(tag, "tag", None)
-                    head.rows += _rows(head.tag)
-                    head.done += 1
-                if head.kind == "X":
-                    self.pending.popleft()
-                    self._finish(head)
-                else:
+                self._completed(t, raw, head)
+                if head.kind == "Q":
                     head.plan = None
             return None
         if t == 110 and head is not None and head.kind in ("DS", "DP"):  # n: NoData
@@ -1243,7 +1228,7 @@ class MaskingHooks:
         # (a Query's later statements, the rest of a pipeline up to its Sync), whose
         # answers are dropped up to the ReadyForQuery but still read (``_while_dropping``).
         self.dropping = True
-        self._refused = (item, item.done if item is not None and item.kind == "Q" else -1)
+        self._refused = True
         return pgwire.error_response(
             "ERROR", SQLSTATE, f"dbaccess: {message}", hint=hint, detail=detail
         )
@@ -1251,9 +1236,7 @@ class MaskingHooks:
     # -- bookkeeping -----------------------------------------------------------------------
     def _while_dropping(self, raw: RawMessage, relay: Relay) -> None:
         """What the server answers after a refused result, up to the ReadyForQuery: the
-        client gets none of it, but each statement that ran is recorded as it ran,
-        and one sent after the refused one that changed something is noted
-        (``_ran_after``): the client would take it for one the server skipped."""
+        client gets none of it, but each statement that ran is recorded as it ran."""
         t = raw.type
         head = self.pending[0] if self.pending else None
         if head is None:
@@ -1263,26 +1246,8 @@ class MaskingHooks:
                 self.pending.popleft()
         elif t in (67, 115, 73):  # C, s, I
             self.copying = False
-            if head.kind not in ("Q", "X"):
-                return
-            index = head.done
-            if t == 67:
-                tag = pgwire.decode_backend(raw)
-                head.tag = getattr(tag, "tag", None)
-                head.rows += _rows(head.tag)
-                head.done += 1
-            if t == 73:  # I: an empty statement ran nothing
-                done = None
-            elif t == 115:  # s: a portal run part way (a DML with RETURNING ran whole)
-                done = "a portal run part way"
-            else:
-                done = head.tag or "a statement"
-            if head.kind == "X":
-                self.pending.popleft()
-                self._ran_after(head, -1, done)
-                self._finish(head)
-            elif t == 67:
-                self._ran_after(head, index, done)
+            if head.kind in ("Q", "X"):
+                self._completed(t, raw, head)
         elif t == 69:  # E: the server's own error; after one in a pipeline it skips to the Sync
             msg = pgwire.decode_backend(raw)
             code = msg.fields.get("C") if isinstance(msg, ErrorResponse) else None
@@ -1291,27 +1256,36 @@ class MaskingHooks:
             if relay.state.extended_error:
                 self._skip_to_sync()
 
-    def _ran_after(self, item: _Item, index: int, done: str | None) -> None:
-        """A statement that completed after the refused result (``done``: how, for the
-        client; None: it ran nothing): noted when it is not the refused one itself
-        and it may have changed something (anything but a plain read, or what
-        cannot be told)."""
-        refused = self._refused
-        if refused is None or done is None:
+    def _completed(self, t: int, raw: RawMessage, head: _Item) -> None:
+        """A statement of the head, a Query or an Execute, completed (CommandComplete,
+        PortalSuspended, EmptyQueryResponse): its tag counted, an Execute finished,
+        and noted when it may have changed something (anything but a plain read, or
+        what cannot be told; a DML with RETURNING run part way ran whole), for the
+        ReadyForQuery to tell the client if a result was refused meanwhile."""
+        index = head.done
+        done: str | None = None
+        if t == 67:
+            tag = pgwire.decode_backend(raw)
+            head.tag = getattr(tag, "tag", None)
+            head.rows += _rows(head.tag)
+            head.done += 1
+            done = head.tag or "a statement"
+        elif t == 115:
+            done = "a portal run part way"
+        if head.kind == "X":
+            self.pending.popleft()
+            self._finish(head)
+            index = 0
+        if done is None:
+            return  # an empty statement ran nothing
+        statements = head.analysis.statements if head.analysis is not None else ()
+        if index < len(statements) and statements[index].kind is StatementClass.READ:
             return
-        first, at = refused
-        if item.kind == "Q":
-            if item is not first or index <= at:
-                return
-            statements = item.analysis.statements if item.analysis is not None else ()
-            statement = statements[index] if index < len(statements) else None
-        else:
-            if item is first or (first is not None and _runs_what_was_described(item, first)):
-                return  # the refused result's own execution
-            statement = item.analysis.statements[0] if item.analysis is not None else None
-        if statement is not None and statement.kind is StatementClass.READ:
-            return
-        self._ran.append(done)
+        changed = self._changed
+        if len(changed) < _CHANGED_NAMED:
+            changed.append(done)
+        elif len(changed) == _CHANGED_NAMED:
+            changed.append("more")
 
     def _skip_to_sync(self) -> None:
         """After an error in the extended protocol the server skips to the next Sync:

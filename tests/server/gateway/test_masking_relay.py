@@ -154,6 +154,55 @@ def test_what_ran_after_a_refused_result_in_a_query_is_told_and_recorded(
     assert event["decision"] == "masking_blocked" and event["tag"] == its_answer.decode()
 
 
+@pytest.mark.parametrize(("status", "fatal"), [(b"I", True), (b"T", False)])
+def test_a_write_before_a_refused_result_in_a_query_is_told_once_committed(
+    status: bytes, fatal: bool
+) -> None:
+    """A Query that fails is all or nothing to the client, but the server had no
+    error: the UPDATE before the refused result committed with it (ReadyForQuery
+    ``I``).  In a transaction block still open (``T``) nothing was committed, and
+    the ReadyForQuery tells the client so."""
+    relay = _relay([])
+    relay.from_client(Query(f"update customers set city = 'x'; {_RECURSIVE}").encode())
+    answer = (
+        pgwire.encode_raw(ord("C"), b"UPDATE 3\0")
+        + _REFUSED_ROWS
+        + pgwire.encode_raw(ord("Z"), status)
+    )
+    if fatal:
+        with pytest.raises(GatewayError) as refused:
+            relay.from_server(answer)
+        assert refused.value.sqlstate == "40003" and "(UPDATE 3)" in refused.value.message
+    else:
+        out, _ = relay.from_server(answer)
+        assert _types(out) == "CEZ"
+
+
+def test_a_query_sent_after_a_refused_result_in_a_pipeline_is_told() -> None:
+    """A simple Query sent before the pipeline's Sync runs although the result before
+    it was refused: its write ends the connection too."""
+    events: list[dict[str, Any]] = []
+    relay = _relay(events)
+    relay.from_client(
+        Parse("", "select email from customers").encode()
+        + Bind("", "").encode()
+        + Execute("").encode()
+        + Query("update customers set city = 'x'").encode()
+        + Sync().encode()
+    )
+    with pytest.raises(GatewayError) as refused:
+        relay.from_server(
+            pgwire.encode_raw(ord("1"), b"")
+            + pgwire.encode_raw(ord("2"), b"")
+            + _row(b"ann@example.com")
+            + pgwire.encode_raw(ord("C"), b"SELECT 1\0")
+            + pgwire.encode_raw(ord("C"), b"UPDATE 3\0")
+            + pgwire.ready_for_query("I")
+        )
+    assert refused.value.sqlstate == "40003" and "(UPDATE 3)" in refused.value.message
+    assert [e["tag"] for e in events] == ["SELECT 1", "UPDATE 3"]
+
+
 def test_a_write_run_part_way_after_a_refused_result_is_told() -> None:
     """An UPDATE ... RETURNING run with a row limit answers PortalSuspended, no
     command tag, but the server ran all of it."""

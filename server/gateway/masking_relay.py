@@ -50,10 +50,10 @@ that answer applied to the old one, so the new one's rows are not described
   server had no error, so it runs what was sent after the refused result (a
   Query's later statements, the rest of a pipeline up to its Sync) and commits
   the lot: those answers are still read, each statement is recorded as it ran,
-  and when the transaction ended and a statement of the Query or pipeline may
-  have changed something (``_completed``) the connection ends with 40003 in
-  place of the ReadyForQuery, so that the client does not take what committed
-  for rolled back or skipped;
+  and when a statement of the Query or pipeline may have changed something
+  (``_completed``, ``_changed``) the connection ends with 40003 in place of
+  the ReadyForQuery, so that the client does not take what committed for
+  rolled back or skipped (closing rolls back what is still open);
 * withholds the texts of an ErrorResponse of a statement that touches a
   table with masked columns (or whose tables cannot be told), and redacts
   (``redact_report``) notices of such statements and reports that answer no
@@ -209,8 +209,12 @@ from server.sessions.service import LiveSession, SessionService
 log = logging.getLogger(__name__)
 
 SQLSTATE = "42501"
-# Statements that may have changed something named in a 40003 (``_completed``).
+# Statements that may have changed something named in a 40003 (``_changed``), and
+# statements kept between two ReadyForQuery to be judged (more: taken as changes).
 _CHANGED_NAMED = 5
+_RAN_KEPT = 10_000
+# Command tags of a portal whose statement is not known that count as a read.
+_QUERY_TAGS = frozenset({"SELECT", "FETCH", "MOVE"})
 # statement_completion_unknown: what ends a connection whose client would otherwise
 # take statements that ran for statements the server skipped.
 STATEMENT_COMPLETION_UNKNOWN = "40003"
@@ -426,7 +430,8 @@ class MaskingHooks:
         # Since the last ReadyForQuery: whether a result was refused, and what ran
         # that may have changed something (``_completed``).
         self._refused = False
-        self._changed: list[str] = []
+        self._ran: list[tuple[str, _Item, int]] = []
+        self._ran_more = False  # more ran than _RAN_KEPT
         self._refreshed = float("-inf")
         self._queries = 0
         self._reported = ""  # the last REPORT_PARAMETER value sent
@@ -617,10 +622,13 @@ class MaskingHooks:
             report = self._report()
             self._ready(relay.state.answered)
             refused, self._refused = self._refused, False
-            changed, self._changed = self._changed, []
-            if refused and changed and raw.body[:1] == b"I":
-                # Committed, while the client was told of an error: it would take
-                # them for rolled back, or skipped.
+            ran, self._ran = self._ran, []
+            changed = self._changed(ran) if refused else []
+            self._ran_more = False
+            if changed:
+                # Committed (a COMMIT may have run among them, whatever the status
+                # says), or to be committed by a client that takes them for rolled
+                # back or skipped: closing rolls back what is still open.
                 raise GatewayError(
                     STATEMENT_COMPLETION_UNKNOWN,
                     "a result was refused in a Query or pipeline whose statements the "
@@ -1259,9 +1267,10 @@ class MaskingHooks:
     def _completed(self, t: int, raw: RawMessage, head: _Item) -> None:
         """A statement of the head, a Query or an Execute, completed (CommandComplete,
         PortalSuspended, EmptyQueryResponse): its tag counted, an Execute finished,
-        and noted when it may have changed something (anything but a plain read, or
-        what cannot be told; a DML with RETURNING run part way ran whole), for the
-        ReadyForQuery to tell the client if a result was refused meanwhile."""
+        and kept until the ReadyForQuery, which tells the client (``_changed``) if a
+        result was refused meanwhile and it may have changed something (anything
+        but a plain read, or what cannot be told; a DML with RETURNING run part way
+        ran whole)."""
         index = head.done
         done: str | None = None
         if t == 67:
@@ -1278,14 +1287,37 @@ class MaskingHooks:
             index = 0
         if done is None:
             return  # an empty statement ran nothing
-        statements = head.analysis.statements if head.analysis is not None else ()
-        if index < len(statements) and statements[index].kind is StatementClass.READ:
-            return
-        changed = self._changed
-        if len(changed) < _CHANGED_NAMED:
+        ran = self._ran
+        if len(ran) < _RAN_KEPT:
+            ran.append((done, head, index))
+        else:
+            self._ran_more = True
+
+    def _changed(self, ran: list[tuple[str, _Item, int]]) -> list[str]:
+        """Of the statements that ran since the last ReadyForQuery, those that may
+        have changed something, by what the client would be told of each (at most a
+        few named).  Read only when a result was refused meanwhile: a statement
+        masking did not analyse (a session with detectors only) is analysed now."""
+        changed: list[str] = []
+        for done, item, index in ran:
+            if item.kind == "X" and item.portal is None:
+                # A portal the connection's state does not hold, mostly a cursor
+                # declared in SQL (the guard refuses a Bind of a statement it does not
+                # know): nothing to read but its command tag, and a cursor's query
+                # may hold no data-modifying statement.
+                if done.split(" ", 1)[0] in _QUERY_TAGS:
+                    continue
+                changed.append(done)
+                continue
+            analysis = item.analysis
+            if analysis is None and item.sql:
+                analysis = analysis_pool.analyze(item.sql, search_path=(UNQUALIFIED,))
+            statements = analysis.statements if analysis is not None else ()
+            if index < len(statements) and statements[index].kind is StatementClass.READ:
+                continue
             changed.append(done)
-        elif len(changed) == _CHANGED_NAMED:
-            changed.append("more")
+        more = self._ran_more or len(changed) > _CHANGED_NAMED
+        return changed[:_CHANGED_NAMED] + (["more"] if more else [])
 
     def _skip_to_sync(self) -> None:
         """After an error in the extended protocol the server skips to the next Sync:

@@ -154,28 +154,48 @@ def test_what_ran_after_a_refused_result_in_a_query_is_told_and_recorded(
     assert event["decision"] == "masking_blocked" and event["tag"] == its_answer.decode()
 
 
-@pytest.mark.parametrize(("status", "fatal"), [(b"I", True), (b"T", False)])
-def test_a_write_before_a_refused_result_in_a_query_is_told_once_committed(
-    status: bytes, fatal: bool
+@pytest.mark.parametrize("status", [b"I", b"T", b"E"])
+def test_a_write_before_a_refused_result_in_a_query_is_told_whatever_the_status(
+    status: bytes,
 ) -> None:
     """A Query that fails is all or nothing to the client, but the server had no
     error: the UPDATE before the refused result committed with it (ReadyForQuery
-    ``I``).  In a transaction block still open (``T``) nothing was committed, and
-    the ReadyForQuery tells the client so."""
+    ``I``), or a COMMIT among its statements did (``T`` after a ``commit; begin``,
+    ``E`` after a later error), or it waits in a block the client would commit.
+    Closing the connection tells the client, and rolls back what is still open."""
     relay = _relay([])
-    relay.from_client(Query(f"update customers set city = 'x'; {_RECURSIVE}").encode())
+    relay.from_client(
+        Query(f"update customers set city = 'x'; commit; begin; {_RECURSIVE}").encode()
+    )
     answer = (
         pgwire.encode_raw(ord("C"), b"UPDATE 3\0")
+        + pgwire.encode_raw(ord("C"), b"COMMIT\0")
+        + pgwire.encode_raw(ord("C"), b"BEGIN\0")
         + _REFUSED_ROWS
         + pgwire.encode_raw(ord("Z"), status)
     )
-    if fatal:
-        with pytest.raises(GatewayError) as refused:
-            relay.from_server(answer)
-        assert refused.value.sqlstate == "40003" and "(UPDATE 3)" in refused.value.message
-    else:
-        out, _ = relay.from_server(answer)
-        assert _types(out) == "CEZ"
+    with pytest.raises(GatewayError) as refused:
+        relay.from_server(answer)
+    assert refused.value.sqlstate == "40003"
+    assert "(UPDATE 3, COMMIT, BEGIN)" in refused.value.message
+
+
+def test_a_refused_read_in_a_session_with_detectors_only_keeps_the_connection() -> None:
+    """Masking does not analyse statements there; the refused statement is read
+    when a result is refused, and a plain SELECT changed nothing."""
+    from server.policy.model import DetectorAction, DetectorKind
+
+    relay = Relay()
+    detectors = MaskingRules((), b"", {DetectorKind.SECRET: DetectorAction.BLOCK})
+    MaskingHooks(detectors, None, session_id="s-1").install(relay)
+    relay.from_client(Query("select note from people").encode())
+    out, _ = relay.from_server(
+        RowDescription([Field("note", 0, 0, 25, -1, -1, 0)]).encode()
+        + _row(b"AKIAIOSFODNN7EXAMPLE")
+        + pgwire.encode_raw(ord("C"), b"SELECT 1\0")
+        + pgwire.ready_for_query("I")
+    )
+    assert _types(out) == "TEZ" and b"AKIA" not in out  # the rows refused, no 40003
 
 
 def test_a_query_sent_after_a_refused_result_in_a_pipeline_is_told() -> None:

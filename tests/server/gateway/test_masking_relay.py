@@ -111,6 +111,16 @@ def test_expression_without_lineage_blocked_rows_dropped_ready_kept() -> None:
     assert isinstance(err, ErrorResponse) and err.sqlstate == "42501"
 
 
+# An Execute without a Describe: its rows are refused, after the server ran it.
+_UNDESCRIBED = (
+    Parse("", "select email from customers").encode() + Bind("", "").encode() + Execute("").encode()
+)
+_UNDESCRIBED_ANSWER = (
+    pgwire.encode_raw(ord("1"), b"")
+    + pgwire.encode_raw(ord("2"), b"")
+    + _row(b"ann@example.com")
+    + pgwire.encode_raw(ord("C"), b"SELECT 1\0")
+)
 _RECURSIVE = (
     "with recursive r(e) as (select email from customers union all "
     "select e from r where false) select lower(e) from r"
@@ -204,18 +214,11 @@ def test_a_query_sent_after_a_refused_result_in_a_pipeline_is_told() -> None:
     events: list[dict[str, Any]] = []
     relay = _relay(events)
     relay.from_client(
-        Parse("", "select email from customers").encode()
-        + Bind("", "").encode()
-        + Execute("").encode()
-        + Query("update customers set city = 'x'").encode()
-        + Sync().encode()
+        _UNDESCRIBED + Query("update customers set city = 'x'").encode() + Sync().encode()
     )
     with pytest.raises(GatewayError) as refused:
         relay.from_server(
-            pgwire.encode_raw(ord("1"), b"")
-            + pgwire.encode_raw(ord("2"), b"")
-            + _row(b"ann@example.com")
-            + pgwire.encode_raw(ord("C"), b"SELECT 1\0")
+            _UNDESCRIBED_ANSWER
             + pgwire.encode_raw(ord("C"), b"UPDATE 3\0")
             + pgwire.ready_for_query("I")
         )
@@ -228,9 +231,7 @@ def test_a_write_run_part_way_after_a_refused_result_is_told() -> None:
     command tag, but the server ran all of it."""
     relay = _relay([])
     relay.from_client(
-        Parse("", "select email from customers").encode()
-        + Bind("", "").encode()
-        + Execute("").encode()
+        _UNDESCRIBED
         + Parse("s2", "update customers set city = 'x' returning id").encode()
         + Bind("p2", "s2").encode()
         + Execute("p2", 1).encode()
@@ -238,10 +239,7 @@ def test_a_write_run_part_way_after_a_refused_result_is_told() -> None:
     )
     with pytest.raises(GatewayError) as refused:
         relay.from_server(
-            pgwire.encode_raw(ord("1"), b"")
-            + pgwire.encode_raw(ord("2"), b"")
-            + _row(b"ann@example.com")
-            + pgwire.encode_raw(ord("C"), b"SELECT 1\0")
+            _UNDESCRIBED_ANSWER
             + pgwire.encode_raw(ord("1"), b"")
             + pgwire.encode_raw(ord("2"), b"")
             + _row(b"7")
@@ -267,19 +265,14 @@ def test_what_ran_after_a_refused_result_in_a_pipeline_is_told_and_recorded(
     events: list[dict[str, Any]] = []
     relay = _relay(events)
     relay.from_client(
-        Parse("", "select email from customers").encode()
-        + Bind("", "").encode()
-        + Execute("").encode()
+        _UNDESCRIBED
         + Parse("s2", later).encode()
         + Bind("p2", "s2").encode()
         + Execute("p2").encode()
         + Sync().encode()
     )
     answer = (
-        pgwire.encode_raw(ord("1"), b"")
-        + pgwire.encode_raw(ord("2"), b"")
-        + _row(b"ann@example.com")
-        + pgwire.encode_raw(ord("C"), b"SELECT 1\0")
+        _UNDESCRIBED_ANSWER
         + pgwire.encode_raw(ord("1"), b"")
         + pgwire.encode_raw(ord("2"), b"")
         + (b"" if fatal else _row(b"Lisbon"))
@@ -300,19 +293,8 @@ def test_what_ran_after_a_refused_result_in_a_pipeline_is_told_and_recorded(
 
 def test_execute_without_describe_is_refused() -> None:
     relay = _relay([])
-    relay.from_client(
-        Parse("", "select email from customers").encode()
-        + Bind("", "").encode()
-        + Execute("").encode()
-        + Sync().encode()
-    )
-    out, _ = relay.from_server(
-        pgwire.encode_raw(ord("1"), b"")
-        + pgwire.encode_raw(ord("2"), b"")
-        + _row(b"ann@example.com")
-        + pgwire.encode_raw(ord("C"), b"SELECT 1\0")
-        + pgwire.ready_for_query("I")
-    )
+    relay.from_client(_UNDESCRIBED + Sync().encode())
+    out, _ = relay.from_server(_UNDESCRIBED_ANSWER + pgwire.ready_for_query("I"))
     assert _types(out) == "12EZ" and b"ann@" not in out
 
 

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from server.gateway import pgwire
 from server.gateway.catalog import CatalogSnapshot
-from server.gateway.guardrails import GuardrailRules, Outcome
+from server.gateway.guardrails import Decision, GuardrailRules, Outcome
 from server.gateway.masking import ColumnRef, MaskingRules
 from server.gateway.masking_relay import pre_execution_check
 from server.gateway.pgwire import Query
@@ -166,15 +166,20 @@ class _Catalog:
         pass
 
 
-def _masked_guard() -> Relay:
-    relay = Relay()
-    check = pre_execution_check(
+def _check() -> Callable[[str], Decision]:
+    """Masking's check before execution of one connection to the catalog above."""
+    return pre_execution_check(
         _MASKING,
         _Catalog(),  # type: ignore[arg-type]
         ("public",),
         frozenset(),
         Outcome.BLOCK,
     )
+
+
+def _masked_guard() -> Relay:
+    relay = Relay()
+    check = _check()
     StatementGuard(
         GuardrailRules.preset("read"), FACTS, approvals=None, audit=None, masking=check
     ).install(relay)
@@ -220,7 +225,7 @@ def test_ordering_by_a_masked_column_is_refused_after_ordering_by_a_clear_one() 
     assert _verdict(relay, "SELECT name, ssn FROM people ORDER BY 2") != "forwarded"
 
 
-def _counted_check(monkeypatch: pytest.MonkeyPatch) -> tuple[Callable[[str], object], list[str]]:
+def _counted_check(monkeypatch: pytest.MonkeyPatch) -> tuple[Callable[[str], Decision], list[str]]:
     """Masking's check before execution of one connection, and the texts it decided
     (rather than took from what it kept)."""
     from server.gateway import masking_relay
@@ -233,13 +238,7 @@ def _counted_check(monkeypatch: pytest.MonkeyPatch) -> tuple[Callable[[str], obj
         return decide(analysis, session, sql)  # type: ignore[arg-type]
 
     monkeypatch.setattr(masking_relay, "masking_decision", counted)
-    check = pre_execution_check(
-        _MASKING,
-        _Catalog(),  # type: ignore[arg-type]
-        ("public",),
-        frozenset(),
-        Outcome.BLOCK,
-    )
+    check = _check()
     return check, decided
 
 

@@ -1285,8 +1285,10 @@ class MaskingHooks:
             self.pending.popleft()
             self._finish(head)
             index = 0
-        if done is None:
-            return  # an empty statement ran nothing
+        if done is None or not (self.masking or self.detecting):
+            # An empty statement ran nothing; a session without rules or detectors
+            # has no result refused.
+            return
         ran = self._ran
         if len(ran) < _RAN_KEPT:
             ran.append((done, head, index))

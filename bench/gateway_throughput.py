@@ -460,6 +460,8 @@ def main() -> None:
                         for route in routes:
                             read_runs.setdefault(route.name, []).append(big_read(route))
                     for route in routes:
+                        if args.reads < 1:  # --reads 0: the pgbench runs alone
+                            break
                         runs = read_runs[route.name]
                         reads[route.name] = statistics.median(r[0] for r in runs)
                         read_cpus[route.name] = statistics.median(r[1] for r in runs)
@@ -547,12 +549,13 @@ def main() -> None:
                     else ("met" if masked <= 1.2 * plain else "NOT met")
                 )
                 print(f"  {mode:9} {n:3} clients  {ratio(masked, plain):>7}  {verdict}")
-    print()
-    print(
-        f"1M-row read (median of {args.reads}, routes alternated): seconds, ratio to direct "
-        "(target <= 1.1x for dbaccess) and to dbaccess (target <= 1.25x for "
-        "dbaccess-masked); the proxy's CPU seconds and their ratio to dbaccess's"
-    )
+    if reads:
+        print()
+        print(
+            f"1M-row read (median of {args.reads}, routes alternated): seconds, ratio to direct "
+            "(target <= 1.1x for dbaccess) and to dbaccess (target <= 1.25x for "
+            "dbaccess-masked); the proxy's CPU seconds and their ratio to dbaccess's"
+        )
     for name, secs in reads.items():
         cpu = read_cpus.get(name, 0.0)
         print(

@@ -29,15 +29,21 @@ recording's digest, which the audit hash chain holds.
 
 **The index.**  So that "who read customers.email in clear last week" is one
 indexed query rather than a read of every recording, the facts of each event are
-also written as rows of ``access_events`` (one per statement) and
-``access_columns`` (one per relation and column), in the transaction that
-stores the event: the recorder makes each event's :func:`index_entry` and its
-writer (``server/audit/event_writes.py``) writes them with
-:func:`write_entries`; :func:`write_index` does both for events read back.
-The rows name their event (``session_id``, ``seq``), and :func:`verify_index`
-— part of ``dbaccess audit verify`` — holds every row to it: a row edited,
-added or removed in the index is reported, and the event itself cannot change
-unnoticed because of the digest.
+also written as a row of ``access_events`` (one per statement: who, where, when,
+command, rows, decision, approval) in the transaction that stores the event.
+Which columns of which relations it touched, and how, is the same for every
+statement of one shape, so it is kept once per distinct set: ``access_shapes``
+(the set's key, ``tables.shape_key``) and ``access_shape_columns`` (one row per
+relation and column), which the statement's row names by ``shape_id``.  A
+question about a table or column finds the few shapes that touch it, then their
+statements by the (shape, time) index; writing a statement's index costs one
+row.  The recorder makes each event's :func:`index_entry` and its writer
+(``server/audit/event_writes.py``) writes them with :func:`write_entries`;
+:func:`write_index` does both for events read back.  The rows name their event
+(``session_id``, ``seq``), and :func:`verify_index` — part of ``dbaccess audit
+verify`` — holds every row to it: a row edited, added or removed in the index,
+or a shape's columns edited, is reported (for every statement of that shape),
+and the event itself cannot change unnoticed because of the digest.
 
 :func:`find` and :func:`summarize` answer ``dbaccess audit access`` (one record
 per statement, or counts by identity and relation).
@@ -45,6 +51,7 @@ per statement, or counts by identity and relation).
 
 from __future__ import annotations
 
+import weakref
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -56,7 +63,7 @@ import sqlalchemy as sa
 from server.audit import canonical
 from server.store import bulk
 from server.store import tables as t
-from server.store.db import Store, _aware
+from server.store.db import Store, _aware, insert_ignoring_duplicate
 
 KIND: Final = "statement"  # the recording's events that carry access facts
 FACTS: Final = "access"  # the key of the facts in such an event's data
@@ -165,7 +172,7 @@ def facts_template(
 
 
 class ColumnAccess(NamedTuple):
-    """One ``access_columns`` row but its ``access_id``, in the table's column order (a
+    """One ``access_shape_columns`` row but its ``shape_id``, in the table's column order (a
     tuple: the writer hands it to the driver as it is)."""
 
     schema: str
@@ -188,7 +195,7 @@ class ColumnAccess(NamedTuple):
 
 
 def column_rows(data: Mapping[str, Any]) -> list[ColumnAccess]:
-    """The ``access_columns`` rows of one event's data, in a stable order (pure)."""
+    """The ``access_shape_columns`` rows of one event's data, in a stable order (pure)."""
     relations = data.get("relations") or ()
     made = _ROWS.get(id(relations))
     if made is not None and made[0] is relations:
@@ -244,8 +251,8 @@ _EVENT_COLUMNS: Final = (
     "approval",
     "exemption",
 )
-_COLUMN_COLUMNS: Final = (
-    "access_id",
+_SHAPE_COLUMNS: Final = (
+    "shape_id",
     "schema_name",
     "table_name",
     "column_name",
@@ -283,7 +290,7 @@ class IndexEntry(NamedTuple):
     time: plain values, which a writer in another process can take as they are."""
 
     described: tuple[Any, ...]  # the access_events row's other values
-    columns: list[ColumnAccess]  # its access_columns rows
+    columns: list[ColumnAccess]  # its shape's access_shape_columns rows
 
 
 def index_entry(kind: str, data: Mapping[str, Any]) -> IndexEntry | None:
@@ -323,17 +330,88 @@ def write_entries(conn: sa.Connection, entries: Sequence[tuple[str, int, Any, In
     store takes it, in the caller's transaction."""
     if not entries:
         return
-    bulk.insert_family(
+    shape = shape_ids(conn, [entry.columns for *_, entry in entries])
+    bulk.insert(
         conn,
         t.access_events,
-        _EVENT_COLUMNS,
-        [(sid, seq, ts, *entry.described) for sid, seq, ts, entry in entries],
-        ("session_id", "seq"),
-        t.access_columns,
-        "access_id",
-        _COLUMN_COLUMNS[1:],
-        [entry.columns for *_, entry in entries],
+        (*_EVENT_COLUMNS, "shape_id"),
+        [
+            (sid, seq, ts, *entry.described, shape_id)
+            for (sid, seq, ts, entry), shape_id in zip(entries, shape, strict=True)
+        ],
     )
+
+
+def shape_ids(conn: sa.Connection, sets: Sequence[Sequence[ColumnAccess]]) -> list[int]:
+    """The ``access_shapes`` id of each set of column rows, the shapes not yet in the
+    store added (with their columns) in the caller's transaction.  The events of one
+    statement shape share their rows' list (``column_rows``), so each distinct list
+    is keyed once; the ids of shapes the store held before are kept by engine (a
+    shape is never removed, and one added here is kept only once committed: it is
+    found again by the next batch)."""
+    known = _KNOWN.setdefault(conn.engine, {})
+    by_list: dict[int, str] = {}
+    keys: list[str] = []
+    for columns in sets:
+        key = by_list.get(id(columns))
+        if key is None:
+            key = by_list[id(columns)] = t.shape_key(columns)
+        keys.append(key)
+    missing = {k for k in keys if k not in known}
+    if missing:
+        found = _find_shapes(conn, missing)
+        if len(known) + len(found) > _KNOWN_MAX:
+            known.clear()
+        known.update(found)
+        ids = dict(found)
+        # In one order whoever writes: two writers adding the same two shapes
+        # would otherwise each wait for the other's.
+        new = sorted({k for k in missing if k not in found})
+        if new:
+            rows_of = {key: columns for key, columns in zip(keys, sets, strict=True)}
+            ids.update(_add_shapes(conn, new, rows_of))
+        return [known.get(k) or ids[k] for k in keys]
+    return [known[k] for k in keys]
+
+
+# The ids of the shapes a store held when looked up, by engine (bounded).
+_KNOWN: weakref.WeakKeyDictionary[sa.Engine, dict[str, int]] = weakref.WeakKeyDictionary()
+_KNOWN_MAX: Final = 100_000
+
+
+def _find_shapes(conn: sa.Connection, keys: Iterable[str]) -> dict[str, int]:
+    s = t.access_shapes.c
+    wanted = sorted(keys)
+    found: dict[str, int] = {}
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        found.update(
+            (key, int(i)) for key, i in conn.execute(sa.select(s.key, s.id).where(s.key.in_(chunk)))
+        )
+    return found
+
+
+def _add_shapes(
+    conn: sa.Connection, keys: Sequence[str], rows_of: Mapping[str, Sequence[ColumnAccess]]
+) -> dict[str, int]:
+    """Add the shapes ``keys``: each is added with its columns by the one transaction
+    that inserts it; a writer that finds another's (``ON CONFLICT``: on PostgreSQL
+    after that one commits) takes its id."""
+    insert = insert_ignoring_duplicate(conn.engine, t.access_shapes)
+    added: dict[str, int] = {}
+    for key in keys:
+        got = conn.execute(insert.values(key=key).returning(t.access_shapes.c.id)).scalar()
+        if got is not None:
+            added[key] = int(got)
+    columns = [(added[k], *row) for k in keys if k in added for row in rows_of[k]]
+    bulk.insert(conn, t.access_shape_columns, _SHAPE_COLUMNS, columns)
+    others = [k for k in keys if k not in added]
+    if others:
+        added.update(_find_shapes(conn, others))
+    missing = [k for k in keys if k not in added]
+    if missing:
+        raise RuntimeError(f"access shapes {missing} neither added nor found")
+    return added
 
 
 # --------------------------------------------------------------------------
@@ -410,8 +488,30 @@ def _split_table(name: str) -> tuple[str | None, str]:
     return (schema, table) if dot else (None, name)
 
 
+def _relation(q: AccessQuery) -> list[sa.ColumnElement[bool]]:
+    """Which shape rows are of the table ``q`` asks about (all, if none)."""
+    c = t.access_shape_columns.c
+    if q.table is None:
+        return []
+    schema, table = _split_table(q.table)
+    return [c.table_name == table] + ([c.schema_name == schema] if schema is not None else [])
+
+
+def _touched(q: AccessQuery) -> list[sa.ColumnElement[bool]]:
+    """What ``q`` asks of the columns a statement touched (of its shape's rows)."""
+    c = t.access_shape_columns.c
+    touched = _relation(q)
+    if q.column is not None:
+        touched.append(c.column_name == q.column)
+    if q.writes:
+        touched.append(c.action == WRITE)
+    if q.clear_only:
+        touched += [c.state != MASKED, c.column_name != ""]
+    return touched
+
+
 def _where(q: AccessQuery) -> list[sa.ColumnElement[bool]]:
-    e, c = t.access_events.c, t.access_columns.c
+    e, c = t.access_events.c, t.access_shape_columns.c
     conds: list[sa.ColumnElement[bool]] = []
     if q.target is not None:
         conds.append(e.target == q.target)
@@ -425,25 +525,26 @@ def _where(q: AccessQuery) -> list[sa.ColumnElement[bool]]:
         conds.append(e.ts >= q.since)
     if q.until is not None:
         conds.append(e.ts < q.until)
-    touched: list[sa.ColumnElement[bool]] = []
-    if q.table is not None:
-        schema, table = _split_table(q.table)
-        touched.append(c.table_name == table)
-        if schema is not None:
-            touched.append(c.schema_name == schema)
-    if q.column is not None:
-        touched.append(c.column_name == q.column)
-    if q.writes:
-        touched.append(c.action == WRITE)
-    if q.clear_only:
-        touched += [c.state != MASKED, c.column_name != ""]
+    touched = _touched(q)
     if touched:
-        conds.append(
-            e.id.in_(sa.select(c.access_id).where(*touched).scalar_subquery())
-            if q.table is not None
-            else sa.exists().where(c.access_id == e.id, *touched)
-        )
+        # Shapes are few beside statements: the statements of the shapes that
+        # match, by their (shape, time) index.
+        conds.append(e.shape_id.in_(sa.select(c.shape_id).where(*touched).scalar_subquery()))
     return conds
+
+
+def _shape_columns(conn: sa.Connection, ids: Iterable[int]) -> dict[int, list[ColumnAccess]]:
+    """The column rows of the shapes ``ids`` (every shape's, for None)."""
+    c = t.access_shape_columns.c
+    out: dict[int, list[ColumnAccess]] = defaultdict(list)
+    wanted = sorted(set(ids))
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        for m in conn.execute(sa.select(t.access_shape_columns).where(c.shape_id.in_(chunk))):
+            out[m.shape_id].append(
+                ColumnAccess(m.schema_name, m.table_name, m.column_name, m.action, m.state)
+            )
+    return out
 
 
 def _record(m: Any, columns: Sequence[ColumnAccess]) -> AccessRecord:
@@ -473,44 +574,26 @@ def find(store: Store, q: AccessQuery) -> list[AccessRecord]:
     every column it touched."""
     if q.column is not None and q.table is None:
         raise ValueError("a column filter needs a table")
-    e, c = t.access_events.c, t.access_columns.c
+    e = t.access_events.c
     limit = max(1, min(q.limit, MAX_LIMIT))
     query = (
         sa.select(t.access_events).where(*_where(q)).order_by(e.ts.desc(), e.id.desc()).limit(limit)
     )
     with store.read() as conn:
         rows = conn.execute(query).all()
-        ids = [row._mapping["id"] for row in rows]
-        by_id: dict[int, list[ColumnAccess]] = defaultdict(list)
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            for col in conn.execute(
-                sa.select(t.access_columns).where(c.access_id.in_(chunk)).order_by(c.access_id)
-            ):
-                m = col._mapping
-                by_id[m["access_id"]].append(
-                    ColumnAccess(
-                        m["schema_name"], m["table_name"], m["column_name"], m["action"], m["state"]
-                    )
-                )
-    return [_record(row._mapping, by_id.get(row._mapping["id"], ())) for row in rows]
+        columns = _shape_columns(conn, (row.shape_id for row in rows))
+    return [_record(row._mapping, columns.get(row.shape_id, ())) for row in rows]
 
 
 def summarize(store: Store, q: AccessQuery) -> list[dict[str, Any]]:
     """Counts by identity (and the person it acted for) and relation: statements,
     those that wrote, those with a column in clear or masked, rows."""
-    e, c = t.access_events.c, t.access_columns.c
-    # Per statement and relation (only the statements asked about: the filters go
-    # inside, so that a week of one table does not group every row there is).
-    touched: list[sa.ColumnElement[bool]] = []
-    if q.table is not None:
-        schema, table = _split_table(q.table)
-        touched.append(c.table_name == table)
-        if schema is not None:
-            touched.append(c.schema_name == schema)
+    e, c = t.access_events.c, t.access_shape_columns.c
+    # Per shape and relation (only the relations asked about), then per statement
+    # of those shapes that the filters keep.
     per_relation = (
         sa.select(
-            c.access_id,
+            c.shape_id,
             c.schema_name,
             c.table_name,
             sa.func.max(sa.case((c.action == WRITE, 1), else_=0)).label("wrote"),
@@ -519,9 +602,8 @@ def summarize(store: Store, q: AccessQuery) -> list[dict[str, Any]]:
                 sa.case((sa.and_(c.state != MASKED, c.column_name != ""), 1), else_=0)
             ).label("clear"),
         )
-        .select_from(t.access_columns.join(t.access_events, e.id == c.access_id))
-        .where(*_where(q), *touched)
-        .group_by(c.access_id, c.schema_name, c.table_name)
+        .where(*_relation(q))
+        .group_by(c.shape_id, c.schema_name, c.table_name)
         .subquery()
     )
     p = per_relation.c
@@ -540,7 +622,8 @@ def summarize(store: Store, q: AccessQuery) -> list[dict[str, Any]]:
             sa.func.min(e.ts).label("first"),
             sa.func.max(e.ts).label("last"),
         )
-        .select_from(per_relation.join(t.access_events, e.id == p.access_id))
+        .select_from(per_relation.join(t.access_events, e.shape_id == p.shape_id))
+        .where(*_where(q))
         .group_by(e.identity, e.on_behalf_of, e.target, p.schema_name, p.table_name)
         .order_by(e.identity, e.target, p.schema_name, p.table_name)
         .limit(max(1, min(q.limit, MAX_LIMIT)))
@@ -601,7 +684,7 @@ def verify_index(store: Store) -> list[IndexProblem]:
     """Hold every row of the access index to the recording event it names, and
     every event's access facts to their rows: what differs is reported (the events
     themselves are held to the audit chain by the recordings' digests)."""
-    c, rec = t.access_columns.c, t.session_recordings.c
+    rec = t.session_recordings.c
     problems: list[IndexProblem] = []
     with store.read() as conn:
         # A recording archived and removed from the store is held to its archive
@@ -613,14 +696,7 @@ def verify_index(store: Store) -> list[IndexProblem]:
             (m["session_id"], m["seq"]): m
             for m in (r._mapping for r in conn.execute(sa.select(t.access_events)))
         }
-        columns: dict[int, list[ColumnAccess]] = defaultdict(list)
-        for r in conn.execute(sa.select(t.access_columns).order_by(c.access_id)):
-            m = r._mapping
-            columns[m["access_id"]].append(
-                ColumnAccess(
-                    m["schema_name"], m["table_name"], m["column_name"], m["action"], m["state"]
-                )
-            )
+        shapes = _shape_columns(conn, {m["shape_id"] for m in indexed.values()})
     for session_id, seq, ts, event in _statement_events(store):
         data = facts_of(KIND, event or {})
         if data is None:
@@ -638,7 +714,7 @@ def verify_index(store: Store) -> list[IndexProblem]:
             problems.append(
                 IndexProblem(session_id, seq, "the access index differs from the recorded event")
             )
-        elif sorted(columns.get(row["id"], ()), key=repr) != sorted(column_rows(data), key=repr):
+        elif sorted(shapes.get(row["shape_id"], ())) != sorted(column_rows(data)):
             problems.append(
                 IndexProblem(session_id, seq, "the access index's columns differ from the event")
             )

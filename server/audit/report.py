@@ -168,13 +168,13 @@ def _head(store: Store) -> tuple[int | None, str | None]:
 
 def _masked(store: Store, since: datetime, until: datetime) -> dict[str, Any]:
     """Per column a masking rule names: reads masked, and every access to it in clear."""
-    e, c = t.access_events.c, t.access_columns.c
+    e, c = t.access_events.c, t.access_shape_columns.c
     relation = c.schema_name + "." + c.table_name + "." + c.column_name
     in_period = (e.ts >= since, e.ts < until)
     with store.read() as conn:
         counts = conn.execute(
             sa.select(relation.label("column"), c.state, sa.func.count())
-            .select_from(t.access_columns.join(t.access_events, e.id == c.access_id))
+            .select_from(t.access_shape_columns.join(t.access_events, e.shape_id == c.shape_id))
             .where(*in_period, c.state.in_((MASKED, EXEMPT)))
             .group_by(relation, c.state)
             .order_by(relation)
@@ -193,7 +193,7 @@ def _masked(store: Store, since: datetime, until: datetime) -> dict[str, Any]:
                 e.exemption,
                 relation.label("column"),
             )
-            .select_from(t.access_columns.join(t.access_events, e.id == c.access_id))
+            .select_from(t.access_shape_columns.join(t.access_events, e.shape_id == c.shape_id))
             .where(*in_period, c.state == EXEMPT)
             .order_by(e.ts, e.id)
             .limit(MAX_ITEMS)

@@ -89,71 +89,6 @@ def insert(
     _sqlite_insert(conn, lambda n: _insert_sql(conn.dialect, table, names, n), len(names), rows)
 
 
-def insert_family(
-    conn: sa.Connection,
-    parent: sa.Table,
-    parent_columns: Sequence[str],
-    parent_rows: Sequence[Row],
-    key: Sequence[str],
-    child: sa.Table,
-    reference: str,
-    child_columns: Sequence[str],
-    children: Sequence[Sequence[Row]],
-) -> None:
-    """Insert ``parent_rows`` into ``parent``, whose ``id`` the store numbers, and the
-    rows of ``children[i]`` into ``child`` with the id of ``parent_rows[i]`` in their
-    ``reference`` column.  ``key`` names columns of ``parent_columns`` that are unique
-    together, and ``reference`` must be NOT NULL: on SQLite each child finds its
-    parent by its key (a child whose parent cannot be found is refused)."""
-    if len(children) != len(parent_rows):
-        raise ValueError("one list of children per parent row")
-    if child.c[reference].nullable:
-        raise ValueError(f"{child.name}.{reference} must be NOT NULL")
-    if not parent_rows:
-        return
-    if conn.dialect.name == "postgresql":
-        # The ids first, from the column's own sequence: COPY returns nothing.
-        ids = list(
-            conn.exec_driver_sql(
-                "SELECT nextval(pg_get_serial_sequence(%(table)s, 'id')) "
-                "FROM generate_series(1, %(n)s)",
-                {"table": parent.name, "n": len(parent_rows)},
-            ).scalars()
-        )
-        _copy(
-            conn,
-            parent,
-            ("id", *parent_columns),
-            [(i, *row) for i, row in zip(ids, parent_rows, strict=True)],
-        )
-        rows = [(i, *row) for i, kin in zip(ids, children, strict=True) for row in kin]
-        if rows:
-            _copy(conn, child, (reference, *child_columns), rows)
-        return
-    # SQLite: the parents, then each child with its parent's id looked up by key (in C,
-    # by the key's unique index) rather than the ids brought back and matched here.
-    at = [list(parent_columns).index(k) for k in key]
-    names = tuple(parent_columns)
-    _sqlite_insert(
-        conn, lambda n: _insert_sql(conn.dialect, parent, names, n), len(names), parent_rows
-    )
-    rows = [
-        (*ident, *row)
-        for parent_row, kin in zip(parent_rows, children, strict=True)
-        if kin
-        for ident in (tuple(parent_row[a] for a in at),)
-        for row in kin
-    ]
-    if rows:
-        keys, kin_names = tuple(key), tuple(child_columns)
-        _sqlite_insert(
-            conn,
-            lambda n: _referencing_sql(conn.dialect, parent, keys, child, reference, kin_names, n),
-            len(keys) + len(kin_names),
-            rows,
-        )
-
-
 def _sqlite_insert(
     conn: sa.Connection, sql: Callable[[int], str], width: int, rows: Sequence[Row]
 ) -> None:
@@ -204,21 +139,3 @@ def _insert_sql(dialect: sa.Dialect, table: sa.Table, columns: tuple[str, ...], 
     names = ", ".join(prep.quote(c) for c in columns)
     values = "(" + ", ".join("?" for _ in columns) + ")"
     return f"INSERT INTO {prep.format_table(table)} ({names}) VALUES " + ", ".join([values] * rows)
-
-
-@lru_cache(maxsize=512)
-def _referencing_sql(
-    dialect: sa.Dialect,
-    parent: sa.Table,
-    key: tuple[str, ...],
-    child: sa.Table,
-    reference: str,
-    columns: tuple[str, ...],
-    rows: int,
-) -> str:
-    prep = dialect.identifier_preparer
-    names = ", ".join(prep.quote(c) for c in (reference, *columns))
-    where = " AND ".join(f"{prep.quote(k)} = ?" for k in key)
-    find = f"(SELECT {prep.quote('id')} FROM {prep.format_table(parent)} WHERE {where})"
-    values = f"({find}, " + ", ".join("?" for _ in columns) + ")"
-    return f"INSERT INTO {prep.format_table(child)} ({names}) VALUES " + ", ".join([values] * rows)

@@ -97,7 +97,7 @@ def lease_ref(lease_id: str) -> str:
     return _LEASE_REF + hash_secret(lease_id)
 
 
-def _insert_ignoring_duplicate(engine: sa.Engine, table: sa.Table) -> Any:
+def insert_ignoring_duplicate(engine: sa.Engine, table: sa.Table) -> Any:
     """An INSERT that leaves an existing row of the same key alone (replicas racing)."""
     if engine.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -709,7 +709,7 @@ class Store:
             newest = self.keys.newest
             if newest.id not in known:
                 conn.execute(
-                    _insert_ignoring_duplicate(self.engine, t.broker_meta).values(
+                    insert_ignoring_duplicate(self.engine, t.broker_meta).values(
                         key=_KEY_CHECK + newest.id, value=newest.check_value()
                     )
                 )

@@ -8,6 +8,10 @@ Timestamps are stored as timezone-aware UTC datetimes.
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+
 import sqlalchemy as sa
 
 metadata = sa.MetaData()
@@ -224,6 +228,47 @@ session_recordings = sa.Table(
 # ``seq`` name the event each row is read from, so ``audit verify`` can hold the
 # rows to it.
 _ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+# Which columns of which relations a statement touched, and how, is the same for
+# every statement of one shape: kept once per distinct set (its ``key``:
+# :func:`shape_key`), and named by each statement's row.
+access_shapes = sa.Table(
+    "access_shapes",
+    metadata,
+    sa.Column("id", _ID, primary_key=True, autoincrement=True),
+    sa.Column("key", sa.String(64), nullable=False, unique=True),
+)
+
+# One row per (shape, relation, column): ``column_name`` is empty where the
+# statement touched the relation without a column of it being known (count(*),
+# a DELETE's target); ``state`` is clear, masked, or exempt (a column a masking
+# rule names that came back in clear, the session's groups being exempt).
+access_shape_columns = sa.Table(
+    "access_shape_columns",
+    metadata,
+    sa.Column("shape_id", _ID, sa.ForeignKey("access_shapes.id"), nullable=False),
+    sa.Column("schema_name", sa.String(63), nullable=False),
+    sa.Column("table_name", sa.String(63), nullable=False),
+    sa.Column("column_name", sa.String(63), nullable=False),
+    sa.Column("action", sa.String(10), nullable=False),
+    sa.Column("state", sa.String(10), nullable=False),
+)
+sa.Index(
+    "ix_access_shape_columns_relation",
+    access_shape_columns.c.table_name,
+    access_shape_columns.c.column_name,
+    access_shape_columns.c.shape_id,
+)
+sa.Index("ix_access_shape_columns_shape", access_shape_columns.c.shape_id)
+
+
+def shape_key(rows: Iterable[Sequence[str]]) -> str:
+    """The ``access_shapes.key`` of a set of ``access_shape_columns`` rows (their
+    values but ``shape_id``): the SHA-256 of their canonical text, in any order."""
+    text = json.dumps(sorted(tuple(r) for r in rows), ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 access_events = sa.Table(
     "access_events",
     metadata,
@@ -242,36 +287,11 @@ access_events = sa.Table(
     sa.Column("approval", sa.String(32), nullable=True),
     # What exempted the session from masking (``group dba``), where something did.
     sa.Column("exemption", sa.String(200), nullable=True),
+    sa.Column("shape_id", _ID, sa.ForeignKey("access_shapes.id"), nullable=False),
     sa.UniqueConstraint("session_id", "seq", name="uq_access_events_session_seq"),
 )
 sa.Index("ix_access_events_ts", access_events.c.ts)
 sa.Index("ix_access_events_target_ts", access_events.c.target, access_events.c.ts)
 sa.Index("ix_access_events_identity_ts", access_events.c.identity, access_events.c.ts)
 sa.Index("ix_access_events_behalf_ts", access_events.c.on_behalf_of, access_events.c.ts)
-
-# One row per (statement, relation, column): ``column_name`` is empty where the
-# statement touched the relation without a column of it being known (count(*),
-# a DELETE's target); ``state`` is clear, masked, or exempt (a column a masking
-# rule names that came back in clear, the session's groups being exempt).
-access_columns = sa.Table(
-    "access_columns",
-    metadata,
-    sa.Column(
-        "access_id",
-        _ID,
-        sa.ForeignKey("access_events.id", ondelete="CASCADE"),
-        nullable=False,
-    ),
-    sa.Column("schema_name", sa.String(63), nullable=False),
-    sa.Column("table_name", sa.String(63), nullable=False),
-    sa.Column("column_name", sa.String(63), nullable=False),
-    sa.Column("action", sa.String(10), nullable=False),
-    sa.Column("state", sa.String(10), nullable=False),
-)
-sa.Index(
-    "ix_access_columns_relation",
-    access_columns.c.table_name,
-    access_columns.c.column_name,
-    access_columns.c.access_id,
-)
-sa.Index("ix_access_columns_access", access_columns.c.access_id)
+sa.Index("ix_access_events_shape_ts", access_events.c.shape_id, access_events.c.ts)

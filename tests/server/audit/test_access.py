@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -17,6 +18,7 @@ from server.audit.access import (
     column_rows,
 )
 from server.audit.recording import SessionEvent
+from server.store import bulk
 from server.store import tables as t
 from server.store.db import Store
 
@@ -102,11 +104,19 @@ TEXTS = {
 }
 
 
-def record_day(store: Store) -> dict[str, int]:
+# Later that day, carol reads what the agent and alice read: the same shapes.
+CAROL = SessionFacts("prod", "carol", "user")
+AGAIN: list[tuple[str, int, SessionFacts, str, list[RelationAccess], int, str | None]] = [
+    ("s-carol", 120, CAROL, "SELECT", [customers("email", masked=("email",))], 4, None),
+    ("s-carol", 121, CAROL, "SELECT", [customers("id", "email", masked=("email",))], 2, None),
+]
+
+
+def record_day(store: Store, script: list[Any] = SCRIPT) -> dict[str, int]:
     """Store the scripted day as the recorder does: the events and their index, in one go."""
     seqs: dict[str, int] = {}
     events = []
-    for session_id, minutes, facts, command, relations, rows, approval in SCRIPT:
+    for session_id, minutes, facts, command, relations, rows, approval in script:
         seqs[session_id] = seqs.get(session_id, 0) + 1
         facts = access_event(
             facts, command=command, relations=relations, rows=rows, approval=approval
@@ -223,13 +233,27 @@ def test_tampering_with_the_index_is_found(
     monkeypatch.setattr(access, "_CHUNK", 2)  # the events are read a few at a time
     record_day(any_store)
     assert access.verify_index(any_store) == []
-    e, c = t.access_events.c, t.access_columns.c
+    e, c = t.access_events.c, t.access_shape_columns.c
     with any_store.tx() as conn:
-        # Someone hides that bob saw email in clear: masked in the index.
-        target = conn.execute(
-            sa.select(e.id).where(e.session_id == "s-bob", e.seq == 2)
+        # Someone hides that bob saw email in clear: his statement is pointed at a
+        # shape of its own that says masked.
+        shape = conn.execute(
+            sa.select(e.shape_id).where(e.session_id == "s-bob", e.seq == 2)
         ).scalar_one()
-        conn.execute(t.access_columns.update().where(c.access_id == target).values(state="masked"))
+        forged = conn.execute(
+            t.access_shapes.insert().values(key="0" * 64).returning(t.access_shapes.c.id)
+        ).scalar_one()
+        for row in conn.execute(sa.select(t.access_shape_columns).where(c.shape_id == shape)).all():
+            conn.execute(
+                t.access_shape_columns.insert().values(
+                    {**row._mapping, "shape_id": forged, "state": "masked"}
+                )
+            )
+        conn.execute(
+            t.access_events.update()
+            .where(e.session_id == "s-bob", e.seq == 2)
+            .values(shape_id=forged)
+        )
         # ...and puts the agent's read on its owner.
         conn.execute(
             t.access_events.update().where(e.session_id == "s-agent").values(identity="alice")
@@ -241,3 +265,184 @@ def test_tampering_with_the_index_is_found(
         ("s-bob", 2, "the access index's columns differ from the event"),
         ("s-ci", 1, "a statement's access facts are missing from the index"),
     ]
+
+
+def _shapes(store: Store) -> dict[int, list[tuple[str, ...]]]:
+    with store.read() as conn:
+        rows = conn.execute(sa.select(t.access_shape_columns)).all()
+        ids = conn.execute(sa.select(t.access_shapes.c.id)).scalars().all()
+    out: dict[int, list[tuple[str, ...]]] = {i: [] for i in ids}
+    for r in rows:
+        out[r.shape_id].append((r.schema_name, r.table_name, r.column_name, r.action, r.state))
+    return out
+
+
+def test_statements_of_one_shape_share_its_columns_and_each_costs_one_row(
+    any_store: Store,
+) -> None:
+    record_day(any_store, SCRIPT + AGAIN)
+    with any_store.read() as conn:
+        statements = conn.execute(sa.select(sa.func.count()).select_from(t.access_events)).scalar()
+    # One shape per distinct set of columns touched, however many statements had it.
+    distinct = {
+        t.shape_key(column_rows(access_event(f, command=c, relations=r, rows=n)))
+        for _, _, f, c, r, n, _ in SCRIPT + AGAIN
+    }
+    shapes = _shapes(any_store)
+    assert statements == len(SCRIPT) + 2 and len(shapes) == len(distinct) == len(SCRIPT)
+    # The same rows in another order are the same shape.
+    rows = column_rows(
+        access_event(ALICE, command="SELECT", relations=[customers("id", "email")], rows=1)
+    )
+    assert t.shape_key(rows) == t.shape_key(list(reversed(rows)))
+    assert access.verify_index(any_store) == []
+
+
+def test_a_shape_added_by_a_transaction_that_failed_is_added_again(any_store: Store) -> None:
+    """A shape's id is remembered only once it was found committed: a batch rolled
+    back after adding one leaves no id pointing at nothing for the next batch."""
+    new_shape = customers("id", "phone", masked=("phone",))
+    entry = access.index_entry(
+        access.KIND,
+        {access.FACTS: access_event(BOB, command="SELECT", relations=[new_shape], rows=1)},
+    )
+    assert entry is not None
+
+    class Refused(Exception):
+        pass
+
+    with pytest.raises(Refused), any_store.tx() as conn:
+        stamp = bulk.timestamps(conn)(DAY)
+        access.write_entries(conn, [("s-1", 1, stamp, entry)])
+        raise Refused
+    assert _shapes(any_store) == {}
+    with any_store.tx() as conn:
+        access.write_entries(conn, [("s-1", 1, stamp, entry)])
+    with any_store.tx() as conn:
+        access.write_entries(conn, [("s-1", 2, stamp, entry)])  # known now: no lookup needed
+    [(shape, columns)] = _shapes(any_store).items()
+    assert sorted(columns) == [
+        ("public", "customers", "id", "read", "clear"),
+        ("public", "customers", "phone", "read", "masked"),
+    ]
+    with any_store.read() as conn:
+        assert conn.execute(sa.select(t.access_events.c.shape_id)).scalars().all() == [shape] * 2
+
+
+def test_tampering_with_a_shared_shape_is_found_for_each_of_its_statements(
+    any_store: Store,
+) -> None:
+    record_day(any_store, SCRIPT + AGAIN)
+    e, c = t.access_events.c, t.access_shape_columns.c
+    with any_store.tx() as conn:
+        shape = conn.execute(
+            sa.select(e.shape_id).where(e.session_id == "s-agent", e.seq == 1)
+        ).scalar_one()
+        sharing = conn.execute(
+            sa.select(e.session_id, e.seq).where(e.shape_id == shape).order_by(e.session_id, e.seq)
+        ).all()
+        # The index is edited to say the e-mail came back in clear.
+        conn.execute(
+            t.access_shape_columns.update().where(c.shape_id == shape).values(state="clear")
+        )
+    assert [tuple(r) for r in sharing] == [("s-agent", 1), ("s-carol", 1)]
+    problems = [(p.session_id, p.seq, p.problem) for p in access.verify_index(any_store)]
+    assert problems == [
+        (sid, seq, "the access index's columns differ from the event") for sid, seq in sharing
+    ]
+
+
+def test_the_index_moves_into_shapes_and_back_with_the_schema(any_store: Store) -> None:
+    """Revision 0014 moves each statement's column rows into shared shapes; its
+    downgrade gives each statement its rows back: the answers stay the same."""
+    from importlib import resources
+
+    from alembic import command
+    from alembic.config import Config
+
+    record_day(any_store, SCRIPT + AGAIN)
+    everything = AccessQuery(limit=1000)
+    before = [r.to_json() for r in access.find(any_store, everything)]
+
+    def migrate(step: Any, to: str) -> None:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(resources.files("server.store") / "migrations"))
+        with any_store.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            step(cfg, to)
+
+    migrate(command.downgrade, "0013")
+    with any_store.read() as conn:
+        old = conn.execute(
+            sa.text(
+                "SELECT e.session_id, e.seq, c.schema_name, c.table_name, c.column_name,"
+                " c.action, c.state"
+                " FROM access_columns c JOIN access_events e ON e.id = c.access_id"
+            )
+        ).all()
+        assert "access_shapes" not in sa.inspect(conn).get_table_names()
+    expected = []
+    seqs: dict[str, int] = {}
+    for session_id, _, facts, command_, relations, rows, _ in SCRIPT + AGAIN:
+        seqs[session_id] = seqs.get(session_id, 0) + 1
+        data = access_event(facts, command=command_, relations=relations, rows=rows)
+        expected += [(session_id, seqs[session_id], *c) for c in column_rows(data)]
+    assert sorted(tuple(r) for r in old) == sorted(expected)
+
+    migrate(command.upgrade, "head")
+    assert any_store.at_head()
+    assert [r.to_json() for r in access.find(any_store, everything)] == before
+    assert len(_shapes(any_store)) == len(SCRIPT)
+    assert access.verify_index(any_store) == []
+
+
+def test_two_writers_adding_one_new_shape_share_it(any_store: Store) -> None:
+    """Two replicas' writers index a statement of a shape neither store nor cache
+    knows, at the same time: the second waits for the first (PostgreSQL: on the
+    key's unique index; SQLite: on the database's write lock) and takes its id."""
+    import threading
+
+    relations = [customers("id", "city")]
+    entry = access.index_entry(
+        access.KIND,
+        {access.FACTS: access_event(BOB, command="SELECT", relations=relations, rows=1)},
+    )
+    assert entry is not None
+    first_added = threading.Event()
+    release = threading.Event()
+    errors: list[BaseException] = []
+
+    def first() -> None:
+        try:
+            with any_store.tx() as conn:
+                access.write_entries(conn, [("s-1", 1, bulk.timestamps(conn)(DAY), entry)])
+                first_added.set()
+                assert release.wait(30)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+            first_added.set()
+
+    writer = threading.Thread(target=first)
+    writer.start()
+    assert first_added.wait(30)
+    second = threading.Thread(target=lambda: _write_second(any_store, entry, errors))
+    second.start()
+    second.join(0.5)
+    assert second.is_alive()  # waiting for the first writer's transaction
+    release.set()
+    writer.join(30)
+    second.join(30)
+    assert not errors
+    [(shape, columns)] = _shapes(any_store).items()
+    assert len(columns) == 2
+    with any_store.read() as conn:
+        assert conn.execute(sa.select(t.access_events.c.shape_id)).scalars().all() == [shape] * 2
+
+
+def _write_second(store: Store, entry: access.IndexEntry, errors: list[BaseException]) -> None:
+    try:
+        access._KNOWN.pop(store.engine, None)  # as a writer in another process
+        with store.tx() as conn:
+            access.write_entries(conn, [("s-2", 1, bulk.timestamps(conn)(DAY), entry)])
+    except BaseException as exc:  # reported by the test
+        errors.append(exc)

@@ -220,11 +220,11 @@ def test_the_process_writes_what_the_thread_writes(any_store: Store) -> None:
 
     assert stored("s-process") == stored("s-thread")
     assert len(stored("s-process")) == 303
-    ae, ac = t.access_events.c, t.access_columns.c
+    ae, ac = t.access_events.c, t.access_shape_columns.c
     with any_store.tx() as conn:
         rows = conn.execute(
             sa.select(ae.session_id, ae.seq, ae.rows, ac.column_name, ac.state)
-            .join(t.access_columns, ac.access_id == ae.id)
+            .join(t.access_shape_columns, ac.shape_id == ae.shape_id)
             .order_by(ae.session_id, ae.seq, ac.column_name)
         ).all()
     indexed = {

@@ -427,14 +427,14 @@ def test_a_batch_whose_index_the_store_refuses_fails_the_recording_and_leaves_no
         recorder.open("s-idx", START)
         assert recorder.record("s-idx", "statement", {"text": "select 1", "access": _facts(1)})
         assert recorder.flush(10)
-        rename("access_columns", "access_columns_gone")
+        rename("access_events", "access_events_gone")
         try:
             assert recorder.record("s-idx", "statement", {"text": "select 2", "access": _facts(2)})
             assert recorder.record("s-idx", "notice", {"message": "same batch"})
             assert recorder.flush(10)
             assert called.wait(10)
         finally:
-            rename("access_columns_gone", "access_columns")
+            rename("access_events_gone", "access_events")
         assert not recorder.record("s-idx", "statement", {"text": "select 3"})
         failed = recorder.close("s-idx", {})
     finally:

@@ -239,15 +239,23 @@ def test_verify_holds_the_index_to_the_recordings(day: tuple[Broker, dict[str, s
     assert b.cli("audit", "verify", token=tokens["audra"]).returncode == 0
     store = Store.open(b.store_url or f"sqlite:///{b.data_dir / 'store.db'}")
     try:
-        e, c = t.access_events.c, t.access_columns.c
+        e, c = t.access_events.c, t.access_shape_columns.c
         with store.tx() as conn:
-            target = conn.execute(
-                sa.select(e.id).where(e.identity == "alice").order_by(e.id).limit(1)
+            shape = conn.execute(
+                sa.select(e.shape_id)
+                .where(
+                    e.identity == "alice",
+                    e.shape_id.in_(
+                        sa.select(c.shape_id).where(c.column_name == "email", c.state == "masked")
+                    ),
+                )
+                .order_by(e.id)
+                .limit(1)
             ).scalar_one()
             # The index is edited to say alice's e-mail came back in clear.
             conn.execute(
-                t.access_columns.update()
-                .where(c.access_id == target, c.column_name == "email")
+                t.access_shape_columns.update()
+                .where(c.shape_id == shape, c.column_name == "email")
                 .values(state="clear")
             )
     finally:

@@ -15,20 +15,6 @@ from server.store.db import Store, _aware
 
 WHEN = datetime(2026, 12, 7, 3, 4, 5, 678901, tzinfo=UTC)
 EVENT_COLUMNS = ("session_id", "seq", "ts", "kind", "data")
-ACCESS_COLUMNS = (
-    "session_id",
-    "seq",
-    "ts",
-    "target",
-    "identity",
-    "identity_kind",
-    "on_behalf_of",
-    "command",
-    "rows",
-    "decision",
-    "rule",
-    "approval",
-)
 
 
 @pytest.mark.parametrize(
@@ -94,85 +80,6 @@ def test_rows_read_back_as_those_sqlalchemy_wrote(any_store: Store) -> None:
             sa.select(sa.func.count()).where(se.ts > WHEN, se.session_id == "s-fast")
         ).scalar()
     assert later == 1
-
-
-def _access_row(session_id: str, seq: int, when: datetime) -> tuple[object, ...]:
-    return (
-        session_id,
-        seq,
-        when,
-        "prod",
-        "alice",
-        "user",
-        None,
-        "SELECT",
-        seq,
-        "allowed",
-        None,
-        None,
-    )
-
-
-COLUMN_COLUMNS = ("schema_name", "table_name", "column_name", "action", "state")
-
-
-def _family(conn: sa.Connection, wanted: list[tuple[str, int]], *, state: str | None) -> None:
-    stamp = bulk.timestamps(conn)
-    bulk.insert_family(
-        conn,
-        t.access_events,
-        ACCESS_COLUMNS,
-        [_access_row(s, n, stamp(WHEN)) for s, n in wanted],
-        ("session_id", "seq"),
-        t.access_columns,
-        "access_id",
-        COLUMN_COLUMNS,
-        [[("public", s, f"c{i}", "read", state) for i in range(n % 4)] for s, n in wanted],
-    )
-
-
-def test_each_child_row_gets_the_id_of_its_parent(any_store: Store) -> None:
-    wanted = [(f"s-{n % 3}", n) for n in range(1, 201)]
-    with any_store.tx() as conn:
-        _family(conn, wanted, state="clear")
-        _family(conn, [], state="clear")  # nothing: no statement
-    e, c = t.access_events.c, t.access_columns.c
-    with any_store.tx() as conn:
-        parents = {
-            r.id: (r.session_id, r.seq, r.rows)
-            for r in conn.execute(sa.select(e.id, e.session_id, e.seq, e.rows))
-        }
-        children = conn.execute(sa.select(c.access_id, c.table_name, c.column_name)).all()
-    assert sorted(parents.values()) == sorted((s, n, n) for s, n in wanted)
-    # Each child names its parent's session in its table, and its parent has that many.
-    got: dict[tuple[str, int], list[str]] = {}
-    for access_id, table, column in children:
-        session_id, seq, _ = parents[access_id]
-        assert table == session_id
-        got.setdefault((session_id, seq), []).append(column)
-    assert got == {(s, n): [f"c{i}" for i in range(n % 4)] for s, n in wanted if n % 4}
-
-
-def test_a_family_the_store_refuses_leaves_nothing(any_store: Store) -> None:
-    with pytest.raises(sa.exc.IntegrityError), any_store.tx() as conn:
-        _family(conn, [("s-1", 1), ("s-1", 2), ("s-1", 3)], state=None)  # state is NOT NULL
-    with any_store.tx() as conn:
-        for table in (t.access_events, t.access_columns):
-            assert conn.execute(sa.select(sa.func.count()).select_from(table)).scalar() == 0
-
-
-def test_a_family_must_be_whole() -> None:
-    with sa.create_engine("sqlite://").connect() as conn:
-        with pytest.raises(ValueError, match="one list of children per parent row"):
-            bulk.insert_family(
-                conn, t.access_events, ("seq",), [(1,)], ("seq",), t.access_columns,
-                "access_id", ("state",), [],
-            )  # fmt: skip
-        with pytest.raises(ValueError, match="must be NOT NULL"):
-            bulk.insert_family(
-                conn, t.access_events, ("seq",), [], ("seq",), t.access_events,
-                "rule", ("seq",), [],
-            )  # fmt: skip
 
 
 def test_a_row_the_store_refuses_raises_and_nothing_of_the_transaction_stays(

@@ -30,12 +30,18 @@ FACTS = SessionFacts(
 
 
 class StaticCatalog:
-    """A catalog of one relation (``oid``) whose columns are ``columns``, in attnum order."""
+    """A catalog of one relation (``oid``) whose columns are ``columns``, in attnum
+    order; ``functions``: the names of the functions outside the built-in schemas."""
 
-    def __init__(self, oid: int, columns: Sequence[ColumnRef]) -> None:
+    def __init__(
+        self, oid: int, columns: Sequence[ColumnRef], functions: frozenset[str] | None = None
+    ) -> None:
         cols = tuple(columns)
         self.current = CatalogSnapshot(
-            {(oid, i + 1): c for i, c in enumerate(cols)}, {oid: cols}, loaded_at=0.0
+            {(oid, i + 1): c for i, c in enumerate(cols)},
+            {oid: cols},
+            loaded_at=0.0,
+            functions=functions,
         )
 
     def reload_soon(self) -> None:

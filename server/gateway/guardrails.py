@@ -210,6 +210,21 @@ DYNAMIC_SQL_FUNCTIONS = frozenset(
     }
 )
 NOTIFY_FUNCTIONS = frozenset({"pg_notify"})
+SEQUENCE_FUNCTIONS = frozenset({"nextval", "setval"})
+# Built-in functions whose call changes something a rollback of the client's
+# reading does not undo, or that outlives the statement: a sequence, a file, a
+# large object, another database, the server or another backend, a notification
+# sent at commit, a setting, a session-level advisory lock.  A SELECT calling
+# one is not a read (``masking_guard.may_have_changed``).
+CHANGING_FUNCTIONS = (
+    FILE_FUNCTIONS
+    | LARGE_OBJECT_FUNCTIONS
+    | FOREIGN_FUNCTIONS
+    | SERVER_ADMIN_FUNCTIONS
+    | NOTIFY_FUNCTIONS
+    | SEQUENCE_FUNCTIONS
+    | {"set_config", "pg_advisory_*", "pg_try_advisory_*"}
+)
 _ROLE_SETTINGS = frozenset({"role", "session_authorization"})
 _ANY_SETTING = "*"
 _ALL_SETTINGS = "all"

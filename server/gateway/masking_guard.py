@@ -102,6 +102,7 @@ from dataclasses import dataclass, field
 from server.gateway import analysis_pool
 from server.gateway.guardrails import (
     ALLOWED,
+    CHANGING_FUNCTIONS,
     DYNAMIC_SQL_FUNCTIONS,
     Decision,
     Outcome,
@@ -116,6 +117,7 @@ from server.gateway.sqlcheck import (
     Analysis,
     Name,
     Statement,
+    StatementClass,
     computed_uses,
     dotted_names,
     passed_on_columns,
@@ -162,6 +164,36 @@ STATISTICS = frozenset(
 # Functions that run a query given as text: whatever it reads, the result
 # carries no origin and the text no lineage (even where a scope allows them).
 _RUNS_SQL = _patterns(DYNAMIC_SQL_FUNCTIONS)
+_CHANGES = _patterns(CHANGING_FUNCTIONS)
+
+
+def may_have_changed(statement: Statement, functions: frozenset[str] | None) -> bool:
+    """Whether a statement that ran may have changed something: any but a read, and a
+    read that calls a built-in function that changes something
+    (``guardrails.CHANGING_FUNCTIONS``: ``select nextval('s')``) or a function that
+    is not built-in, which may do anything (``functions``: the names of those
+    outside the built-in schemas).  ``statement.functions`` holds the calls of its
+    nested statements that run with it.
+
+    Where those names are not known (None: a session with content detectors only,
+    whose target's catalog is not loaded, or before its first load) an unqualified
+    call is taken for the built-in it usually is: counting every ``lower(x)`` would
+    end the connection for a plain read, and telling the client its read
+    committed something.  A masked session refuses such calls before they run
+    unless the policy trusts them."""
+    if statement.kind is not StatementClass.READ:
+        return True
+    for call in statement.functions:
+        if any(p.denies(call) for p in _CHANGES):
+            return True
+        if call.schema is None:
+            if functions is not None and call.name in functions:
+                return True
+        elif call.schema not in BUILTIN_SCHEMAS:
+            return True
+    return False
+
+
 UNKNOWN_HINT = "try again in a few seconds (the gateway reloads its catalog), or qualify the name"
 
 

@@ -169,6 +169,7 @@ from server.gateway.masking_guard import (
     UNQUALIFIED,
     MaskedSession,
     masking_decision,
+    may_have_changed,
     reads_masked,
     resolve_name,
 )
@@ -1301,6 +1302,8 @@ class MaskingHooks:
         few named).  Read only when a result was refused meanwhile: a statement
         masking did not analyse (a session with detectors only) is analysed now."""
         changed: list[str] = []
+        snapshot = self.catalog.current if self.catalog is not None else None
+        functions = snapshot.functions if snapshot is not None else None
         for done, item, index in ran:
             if item.kind == "X" and item.portal is None:
                 # A portal the connection's state does not hold, mostly a cursor
@@ -1315,7 +1318,7 @@ class MaskingHooks:
             if analysis is None and item.sql:
                 analysis = analysis_pool.analyze(item.sql, search_path=(UNQUALIFIED,))
             statements = analysis.statements if analysis is not None else ()
-            if index < len(statements) and statements[index].kind is StatementClass.READ:
+            if index < len(statements) and not may_have_changed(statements[index], functions):
                 continue
             changed.append(done)
         more = self._ran_more or len(changed) > _CHANGED_NAMED

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from server.gateway.guardrails import GuardrailRules, Outcome
+from server.gateway.guardrails import SEQUENCE_FUNCTIONS, GuardrailRules, Outcome
 from server.gateway.sqlcheck import StatementClass
 from server.policy.model import GuardrailSettings, ScopePolicy, TargetPolicy, preset_of
 
@@ -23,7 +23,7 @@ AGENT_BLOCK = frozenset({StatementClass.DDL, StatementClass.PRIVILEGE})
 AGENT_REVIEW = frozenset({StatementClass.WRITE})
 # Built-in functions whose call writes (a sequence), so that for agents a SELECT
 # calling them is a write like any other: reviewed or blocked, never just run.
-AGENT_WRITE_FUNCTIONS = frozenset({"nextval", "setval"})
+AGENT_WRITE_FUNCTIONS = SEQUENCE_FUNCTIONS
 # Maintenance that rewrites or locks tables (VACUUM FULL, CLUSTER, REINDEX) or
 # changes every session's plans (ANALYZE): for agents, writes.
 AGENT_WRITE_COMMANDS = frozenset({"VACUUM", "ANALYZE", "CLUSTER", "REINDEX", "CHECKPOINT"})

@@ -10,7 +10,12 @@ from __future__ import annotations
 import pytest
 
 from server.gateway.guardrails import Decision, Outcome
-from server.gateway.masking_guard import UNQUALIFIED, MaskedSession, masking_decision
+from server.gateway.masking_guard import (
+    UNQUALIFIED,
+    MaskedSession,
+    masking_decision,
+    may_have_changed,
+)
 from server.gateway.sqlcheck import Name, analyze
 
 HELD = {"app.people", "public.people", "public.t", "public.log", "public.people_v"}
@@ -460,3 +465,31 @@ def test_computed_resolves_names_with_the_session_path() -> None:
 )
 def test_a_conflict_target_is_a_predicate(sql: str, rule: str | None) -> None:
     assert _inference_rule(sql) == rule
+
+
+@pytest.mark.parametrize(
+    ("sql", "functions", "changed"),
+    [
+        ("select city from customers", None, False),
+        ("select count(*), pg_catalog.lower('x') from customers", frozenset(), False),
+        ("select pg_catalog.lower('x')", None, False),
+        ("select lower('x')", frozenset(), False),
+        # Which names are built-in is not known: taken for the built-in.
+        ("select lower('x')", None, False),
+        ("select lower('x')", frozenset({"lower"}), True),  # a public.lower may win
+        ("select app.touch(1)", frozenset(), True),
+        ("select nextval('s')", frozenset(), True),
+        ("select pg_catalog.setval('s', 1)", frozenset(), True),
+        ("select pg_try_advisory_lock(1)", frozenset(), True),
+        ("select set_config('search_path', 'x', false)", frozenset(), True),
+        ("select 1 where exists (select nextval('s'))", frozenset(), True),
+        ("with w as (delete from t returning id) select * from w", frozenset(), True),
+        ("update customers set city = 'x'", frozenset(), True),
+        ("begin", frozenset(), True),  # not a read: what cannot be told counts
+    ],
+)
+def test_what_may_have_changed_something(
+    sql: str, functions: frozenset[str] | None, changed: bool
+) -> None:
+    (statement,) = analyze(sql, search_path=(UNQUALIFIED,)).statements
+    assert may_have_changed(statement, functions) is changed

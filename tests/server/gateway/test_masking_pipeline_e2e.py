@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 
 from server.demo.provision import DemoTarget
@@ -367,3 +368,34 @@ def test_a_read_that_ran_after_a_refused_result_keeps_the_connection(
         assert client.query("select 1")[0] == [["1"]]
     finally:
         client.close()
+
+
+def test_a_sequence_advanced_after_a_refused_result_closes_the_connection(
+    writer: HeldSession, admin_conn: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    """A SELECT that calls nextval is no read: the sequence moved on and stays moved
+    (no rollback undoes it), so the client is told as for a write."""
+    seq = "pg_get_serial_sequence('public.customers', 'id')"
+    before = admin_conn.execute(f"select last_value from {_sequence(admin_conn)}").fetchone()
+    client = RawClient(writer.port, writer.database, writer.ticket)
+    try:
+        client.send(
+            *UNDESCRIBED,
+            Parse("n", f"select nextval({seq})"),
+            Bind("pn", "n"),
+            Execute("pn"),
+            Sync(),
+        )
+        errors = _errors_until_closed(client)
+    finally:
+        client.close()
+    last = errors[-1]
+    assert (last["S"], last["C"]) == ("FATAL", "40003"), errors
+    after = admin_conn.execute(f"select last_value from {_sequence(admin_conn)}").fetchone()
+    assert before is not None and after is not None and after[0] == before[0] + 1  # type: ignore[operator]
+
+
+def _sequence(conn: psycopg.Connection[tuple[object, ...]]) -> str:
+    row = conn.execute("select pg_get_serial_sequence('public.customers', 'id')").fetchone()
+    assert row is not None
+    return str(row[0])

@@ -164,6 +164,72 @@ def test_what_ran_after_a_refused_result_in_a_query_is_told_and_recorded(
     assert event["decision"] == "masking_blocked" and event["tag"] == its_answer.decode()
 
 
+@pytest.mark.parametrize(
+    ("later", "functions", "fatal"),
+    [
+        ("select nextval('orders_id_seq')", frozenset(), True),
+        ("select pg_catalog.setval('orders_id_seq', 5)", frozenset(), True),
+        ("select pg_advisory_lock(7)", frozenset(), True),
+        ("select set_config('application_name', 'x', false)", frozenset(), True),
+        ("select pg_notify('c', 'x')", frozenset(), True),
+        ("select lo_unlink(16400)", frozenset(), True),
+        ("select city from customers where id in (select nextval('s'))", frozenset(), True),
+        # A function that is not built-in may do anything.
+        ("select bump()", frozenset({"bump"}), True),
+        ("select public.lower('x')", frozenset({"lower"}), True),
+        ("select lower('x')", frozenset({"lower"}), True),  # public.lower may win
+        ("select lower('x')", None, False),  # not known which names are built-in
+        # Built-in functions that only compute.
+        ("select count(*), lower(min(city)) from customers", frozenset({"bump"}), False),
+        ("select pg_catalog.now(), random()", frozenset(), False),
+    ],
+)
+def test_a_read_that_called_a_function_that_changes_something_is_told(
+    later: str, functions: frozenset[str] | None, fatal: bool
+) -> None:
+    """A SELECT can change what a rollback of the client's reading would not undo
+    (a sequence, an advisory lock, a setting, a notification at commit), or call a
+    function that may write: run after a refused result, it ends the connection
+    (40003) like a write; a SELECT of built-ins that only compute does not."""
+    relay = Relay()
+    MaskingHooks(
+        RULES,
+        StaticCatalog(OID, (EMAIL, CITY), functions),
+        session_id="s-1",  # type: ignore[arg-type]
+    ).install(relay)
+    relay.from_client(Query(f"{_RECURSIVE}; {later}").encode())
+    answer = (
+        _REFUSED_ROWS
+        + _fields(("x", 0))
+        + _row(b"1")
+        + _row(b"2")
+        + pgwire.encode_raw(ord("C"), b"SELECT 2\0")
+        + pgwire.ready_for_query("I")
+    )
+    if fatal:
+        with pytest.raises(GatewayError) as refused:
+            relay.from_server(answer)
+        assert refused.value.sqlstate == "40003" and "SELECT 2)" in refused.value.message
+    else:
+        out, _ = relay.from_server(answer)
+        assert _types(out) == "EZ" and b"ann@" not in out
+
+
+def test_a_refused_result_whose_statement_changed_something_is_told() -> None:
+    """The statement whose rows were refused had run: if it advanced a sequence, the
+    client must not take it for undone either."""
+    relay = _relay([])
+    relay.from_client(Query(f"{_RECURSIVE}, nextval('orders_id_seq')").encode())
+    with pytest.raises(GatewayError) as refused:
+        relay.from_server(
+            _fields(("lower", 0), ("nextval", 0))
+            + _row(b"ann@example.com", b"8")
+            + pgwire.encode_raw(ord("C"), b"SELECT 1\0")
+            + pgwire.ready_for_query("I")
+        )
+    assert refused.value.sqlstate == "40003" and "(SELECT 1)" in refused.value.message
+
+
 @pytest.mark.parametrize("status", [b"I", b"T", b"E"])
 def test_a_write_before_a_refused_result_in_a_query_is_told_whatever_the_status(
     status: bytes,

@@ -215,7 +215,8 @@ SEQUENCE_FUNCTIONS = frozenset({"nextval", "setval"})
 # reading does not undo, or that outlives the statement: a sequence, a file, a
 # large object, another database, the server or another backend, a notification
 # sent at commit, a setting, a session-level advisory lock.  A SELECT calling
-# one is not a read (``masking_guard.may_have_changed``).
+# one is not a read (``masking_guard.may_have_changed``), unless it is one of
+# READING_FUNCTIONS.
 CHANGING_FUNCTIONS = (
     FILE_FUNCTIONS
     | LARGE_OBJECT_FUNCTIONS
@@ -224,6 +225,26 @@ CHANGING_FUNCTIONS = (
     | NOTIFY_FUNCTIONS
     | SEQUENCE_FUNCTIONS
     | {"set_config", "pg_advisory_*", "pg_try_advisory_*"}
+)
+# Of those, the ones that only read: a large object's bytes or position, a
+# server file or directory.
+READING_FUNCTIONS = frozenset(
+    {
+        "lo_open",
+        "lo_close",
+        "loread",
+        "lo_lseek",
+        "lo_lseek64",
+        "lo_tell",
+        "lo_tell64",
+        "lo_get",
+        "pg_read_file",
+        "pg_read_binary_file",
+        "pg_stat_file",
+        "pg_ls_*",
+        "pg_current_logfile",
+        "pg_logdir_ls",
+    }
 )
 _ROLE_SETTINGS = frozenset({"role", "session_authorization"})
 _ANY_SETTING = "*"

@@ -104,6 +104,7 @@ from server.gateway.guardrails import (
     ALLOWED,
     CHANGING_FUNCTIONS,
     DYNAMIC_SQL_FUNCTIONS,
+    READING_FUNCTIONS,
     Decision,
     Outcome,
     _Pattern,
@@ -118,6 +119,7 @@ from server.gateway.sqlcheck import (
     Name,
     Statement,
     StatementClass,
+    analyze_function_call,
     computed_uses,
     dotted_names,
     passed_on_columns,
@@ -165,6 +167,11 @@ STATISTICS = frozenset(
 # carries no origin and the text no lineage (even where a scope allows them).
 _RUNS_SQL = _patterns(DYNAMIC_SQL_FUNCTIONS)
 _CHANGES = _patterns(CHANGING_FUNCTIONS)
+_READS_ONLY = _patterns(READING_FUNCTIONS)
+
+
+def _changes(call: Name) -> bool:
+    return any(p.denies(call) for p in _CHANGES) and not any(p.denies(call) for p in _READS_ONLY)
 
 
 def may_have_changed(statement: Statement, functions: frozenset[str] | None) -> bool:
@@ -184,7 +191,7 @@ def may_have_changed(statement: Statement, functions: frozenset[str] | None) -> 
     if statement.kind is not StatementClass.READ:
         return True
     for call in statement.functions:
-        if any(p.denies(call) for p in _CHANGES):
+        if _changes(call):
             return True
         if call.schema is None:
             if functions is not None and call.name in functions:
@@ -192,6 +199,15 @@ def may_have_changed(statement: Statement, functions: frozenset[str] | None) -> 
         elif call.schema not in BUILTIN_SCHEMAS:
             return True
     return False
+
+
+def call_may_have_changed(oid: int) -> bool:
+    """Whether a FunctionCall message of the function ``oid`` that ran may have
+    changed something: unless it is a large-object function that only reads
+    (``sqlcheck.analyze_function_call`` knows those libpq calls by OID; any other
+    may do anything)."""
+    (statement,) = analyze_function_call(oid).statements
+    return not statement.functions or any(_changes(call) for call in statement.functions)
 
 
 UNKNOWN_HINT = "try again in a few seconds (the gateway reloads its catalog), or qualify the name"

@@ -168,6 +168,7 @@ from server.gateway.masking import (
 from server.gateway.masking_guard import (
     UNQUALIFIED,
     MaskedSession,
+    call_may_have_changed,
     masking_decision,
     may_have_changed,
     reads_masked,
@@ -179,6 +180,7 @@ from server.gateway.pgwire import (
     ErrorResponse,
     Execute,
     Field,
+    FunctionCall,
     FunctionCallResponse,
     NoticeResponse,
     NotificationResponse,
@@ -291,6 +293,7 @@ class _Item:
     # A Query's, Sync's or FunctionCall's entry in the connection's state, which
     # the ReadyForQuery that answers it names (``ConnectionState.answered``).
     entry: object = None
+    function: int | None = None  # a FunctionCall's function, by OID
 
 
 @dataclass(eq=False)
@@ -606,9 +609,19 @@ class MaskingHooks:
 
     def _on_function_call(self, raw: RawMessage, relay: Relay) -> None:
         # Answered by a ReadyForQuery, as a Sync; skipped, unlike a Sync, after an
-        # error in the extended protocol.
-        if relay.state.journalled:
-            self.pending.append(_Item("F", entry=relay.state.entry))
+        # error in the extended protocol.  Recorded as a statement ``FunctionCall``
+        # whose tag names the function by the OID it was called by (no literal for
+        # redaction to hide), its arguments as parameters.
+        if not relay.state.journalled:
+            return
+        msg = pgwire.decode_frontend(raw)
+        assert isinstance(msg, FunctionCall)
+        item = _Item("F", entry=relay.state.entry, function=msg.function_oid)
+        item.sql, item.tag = "FunctionCall", f"FunctionCall {msg.function_oid}"
+        if self._record_event is not None:
+            item.params, item.param_formats = tuple(msg.args), tuple(msg.arg_formats)
+            self._start(item)
+        self.pending.append(item)
 
     def _start(self, item: _Item) -> None:
         if self._record_event is not None:
@@ -953,7 +966,7 @@ class MaskingHooks:
         msg = pgwire.decode_backend(raw)
         fields: dict[str, str] = msg.fields if isinstance(msg, ErrorResponse) else {}
         code = fields.get("C")
-        if head is not None and head.kind in ("Q", "X"):
+        if head is not None and head.kind in ("Q", "X", "F"):
             head.sqlstate = code
             message = fields.get("M", "")
             if message.startswith("dbaccess:") and (
@@ -1305,6 +1318,10 @@ class MaskingHooks:
         snapshot = self.catalog.current if self.catalog is not None else None
         functions = snapshot.functions if snapshot is not None else None
         for done, item, index in ran:
+            if item.kind == "F":
+                if item.function is None or call_may_have_changed(item.function):
+                    changed.append(done)
+                continue
             if item.kind == "X" and item.portal is None:
                 # A portal the connection's state does not hold, mostly a cursor
                 # declared in SQL (the guard refuses a Bind of a statement it does not
@@ -1323,6 +1340,16 @@ class MaskingHooks:
             changed.append(done)
         more = self._ran_more or len(changed) > _CHANGED_NAMED
         return changed[:_CHANGED_NAMED] + (["more"] if more else [])
+
+    def _called(self, item: _Item) -> None:
+        """A FunctionCall the server answered: kept, as a statement that completed,
+        for ``_changed`` (a call by OID may have changed anything: a large object)."""
+        if not (self.masking or self.detecting):
+            return
+        if len(self._ran) < _RAN_KEPT:
+            self._ran.append((item.tag or "FunctionCall", item, 0))
+        else:
+            self._ran_more = True
 
     def _skip_to_sync(self) -> None:
         """After an error in the extended protocol the server skips to the next Sync:
@@ -1350,9 +1377,11 @@ class MaskingHooks:
             if item.kind == "X":
                 self._finish(item)
             if item.kind in ("Q", "SYNC", "F"):
-                if item.kind == "Q":
+                if item.kind != "SYNC":
                     if passing and item.entry is not answered:
                         item.sqlstate = item.sqlstate or "error"  # never ran
+                    elif item.kind == "F" and item.sqlstate is None:
+                        self._called(item)
                     self._finish(item)
                 if not passing or item.entry is answered:
                     return
@@ -1405,8 +1434,8 @@ class MaskingHooks:
 
     def _access_fields(self, item: _Item) -> AccessFields | None:
         """What the statement's access facts are made of, by reference (see ``access_facts``)."""
-        if self._access is None:
-            return None
+        if self._access is None or item.kind == "F":
+            return None  # a FunctionCall names no relation: nothing to tell by its OID
         plans: Sequence[MaskPlan] = item.plans
         if item.kind == "X":
             plan = item.portal.plan if item.portal is not None else None

@@ -13,6 +13,7 @@ from server.gateway.guardrails import Decision, Outcome
 from server.gateway.masking_guard import (
     UNQUALIFIED,
     MaskedSession,
+    call_may_have_changed,
     masking_decision,
     may_have_changed,
 )
@@ -486,6 +487,9 @@ def test_a_conflict_target_is_a_predicate(sql: str, rule: str | None) -> None:
         ("with w as (delete from t returning id) select * from w", frozenset(), True),
         ("update customers set city = 'x'", frozenset(), True),
         ("begin", frozenset(), True),  # not a read: what cannot be told counts
+        ("select loread(lo_open(16400, 262144), 10)", frozenset(), False),
+        ("select lo_export(16400, '/tmp/x')", frozenset(), True),
+        ("select pg_read_file('postmaster.pid')", frozenset(), False),
     ],
 )
 def test_what_may_have_changed_something(
@@ -493,3 +497,19 @@ def test_what_may_have_changed_something(
 ) -> None:
     (statement,) = analyze(sql, search_path=(UNQUALIFIED,)).statements
     assert may_have_changed(statement, functions) is changed
+
+
+@pytest.mark.parametrize(
+    ("oid", "changed"),
+    [
+        (954, False),  # loread
+        (952, False),  # lo_open
+        (956, False),  # lo_lseek
+        (955, True),  # lowrite
+        (964, True),  # lo_unlink
+        (765, True),  # lo_export: a file on the server
+        (4242, True),  # a function the gateway does not know by its OID
+    ],
+)
+def test_what_a_function_call_may_have_changed(oid: int, changed: bool) -> None:
+    assert call_may_have_changed(oid) is changed

@@ -22,6 +22,8 @@ from server.gateway.pgwire import (
     Execute,
     Field,
     Flush,
+    FunctionCall,
+    FunctionCallResponse,
     NoData,
     Parse,
     ParseComplete,
@@ -228,6 +230,75 @@ def test_a_refused_result_whose_statement_changed_something_is_told() -> None:
             + pgwire.ready_for_query("I")
         )
     assert refused.value.sqlstate == "40003" and "(SELECT 1)" in refused.value.message
+
+
+def test_a_function_call_is_recorded_with_its_function_and_arguments() -> None:
+    """A FunctionCall (psql's \\lo_import, where a scope allows large objects) is a
+    statement like any other in the recording: the function by its OID, the
+    arguments as parameters (binary ones by their size), an error by its SQLSTATE."""
+    events: list[dict[str, Any]] = []
+    relay = _relay(events)
+    relay.from_client(FunctionCall(955, [1], [b"\0\0\0\0", b"data"]).encode())  # lowrite
+    out, _ = relay.from_server(
+        FunctionCallResponse(b"\0\0\0\4").encode() + pgwire.ready_for_query("T")
+    )
+    assert _types(out) == "VZ"
+    relay.from_client(FunctionCall(964, [1], [b"\0\0\0\7"]).encode())  # lo_unlink
+    relay.from_server(
+        ErrorResponse({"S": "ERROR", "C": "42704", "M": "large object 7 does not exist"}).encode()
+        + pgwire.ready_for_query("E")
+    )
+    called, failed = events
+    # Masked session: every argument hidden, as a Bind's parameters would be.
+    assert (called["text"], called["tag"], called["sqlstate"]) == (
+        "FunctionCall",
+        "FunctionCall 955",
+        None,
+    )
+    assert called["params"] is not None and len(called["params"]) == 2
+    assert all(p != "data" for p in called["params"])
+    assert (failed["tag"], failed["sqlstate"]) == ("FunctionCall 964", "42704")
+
+
+def test_a_function_call_in_a_session_without_rules_is_recorded_in_clear() -> None:
+    events: list[dict[str, Any]] = []
+    relay = Relay()
+    MaskingHooks(
+        MaskingRules(),
+        None,
+        session_id="s-1",
+        record=recording_to(lambda _sid, _kind, data: events.append(dict(data))),
+    ).install(relay)
+    relay.from_client(FunctionCall(952, [0], [b"16400", b"262144"]).encode())  # lo_open
+    relay.from_server(FunctionCallResponse(b"0").encode() + pgwire.ready_for_query("T"))
+    (called,) = events
+    assert called["tag"] == "FunctionCall 952" and called["params"] == ["16400", "262144"]
+
+
+@pytest.mark.parametrize(("oid", "fatal"), [(964, True), (955, True), (4242, True), (954, False)])
+def test_a_function_call_that_ran_after_a_refused_result_is_told(oid: int, fatal: bool) -> None:
+    """A FunctionCall sent before the pipeline's Sync runs although the result before
+    it was refused: unless it only read a large object (loread), it ends the
+    connection (40003) like a write; one the gateway does not know may do anything."""
+    relay = _relay([])
+    relay.from_client(
+        _UNDESCRIBED + FunctionCall(oid, [1], [b"\0\0\0\7"]).encode() + Sync().encode()
+    )
+    answer = (
+        _UNDESCRIBED_ANSWER
+        + FunctionCallResponse(b"\0\0\0\1").encode()
+        + pgwire.ready_for_query("T")
+    )
+    if fatal:
+        with pytest.raises(GatewayError) as refused:
+            relay.from_server(answer)
+        assert refused.value.sqlstate == "40003"
+        assert f"(FunctionCall {oid})" in refused.value.message
+    else:
+        out, _ = relay.from_server(answer)
+        assert _types(out) == "12EZ" and b"ann@" not in out  # its answer dropped
+        out, _ = relay.from_server(pgwire.ready_for_query("I"))
+        assert _types(out) == "Z"
 
 
 @pytest.mark.parametrize("status", [b"I", b"T", b"E"])

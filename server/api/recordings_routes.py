@@ -106,8 +106,12 @@ def verify_audit(service: SessionService) -> dict[str, Any]:
         first_bad_seq = first.audit_seq
         problem = f"recording of session {first.session_id}: {first.problem}"
     elif res.ok and index:
+        first_index = index[0]
         problem = (
-            f"access event {index[0].seq} of session {index[0].session_id}: {index[0].problem}"
+            f"access event {first_index.seq} of session {first_index.session_id}: "
+            f"{first_index.problem}"
+            if first_index.seq is not None
+            else f"access index: {first_index.problem}"
         )
     return {
         "ok": res.ok and recordings.ok and not index,

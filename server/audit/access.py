@@ -56,6 +56,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import Any, Final, NamedTuple
 
 import sqlalchemy as sa
@@ -346,9 +347,10 @@ def shape_ids(conn: sa.Connection, sets: Sequence[Sequence[ColumnAccess]]) -> li
     """The ``access_shapes`` id of each set of column rows, the shapes not yet in the
     store added (with their columns) in the caller's transaction.  The events of one
     statement shape share their rows' list (``column_rows``), so each distinct list
-    is keyed once; the ids of shapes the store held before are kept by engine (a
-    shape is never removed, and one added here is kept only once committed: it is
-    found again by the next batch)."""
+    is keyed once.  The ids are kept by engine, from when the transaction that
+    looked them up or added them commits (a shape is never removed; one found
+    before may be one this transaction added itself); a writer whose transaction
+    may not have committed drops them (:func:`forget`)."""
     known = _KNOWN.setdefault(conn.engine, {})
     by_list: dict[int, str] = {}
     keys: list[str] = []
@@ -357,24 +359,42 @@ def shape_ids(conn: sa.Connection, sets: Sequence[Sequence[ColumnAccess]]) -> li
         if key is None:
             key = by_list[id(columns)] = t.shape_key(columns)
         keys.append(key)
-    missing = {k for k in keys if k not in known}
+    # Read once: another writer thread of this engine may empty the cache meanwhile.
+    ids: dict[str, int] = {}
+    missing: set[str] = set()
+    for key in dict.fromkeys(keys):
+        cached = known.get(key)
+        if cached is None:
+            missing.add(key)
+        else:
+            ids[key] = cached
     if missing:
         found = _find_shapes(conn, missing)
-        if len(known) + len(found) > _KNOWN_MAX:
-            known.clear()
-        known.update(found)
-        ids = dict(found)
+        ids.update(found)
         # In one order whoever writes: two writers adding the same two shapes
         # would otherwise each wait for the other's.
-        new = sorted({k for k in missing if k not in found})
+        new = sorted(missing.difference(found))
         if new:
             rows_of = {key: columns for key, columns in zip(keys, sets, strict=True)}
             ids.update(_add_shapes(conn, new, rows_of))
-        return [known.get(k) or ids[k] for k in keys]
-    return [known[k] for k in keys]
+        fresh = {key: ids[key] for key in missing}
+        sa.event.listen(conn, "commit", partial(_remember, known, fresh), once=True)
+    return [ids[key] for key in keys]
 
 
-# The ids of the shapes a store held when looked up, by engine (bounded).
+def forget(engine: sa.Engine) -> None:
+    """Drop the shape ids kept for ``engine``: after a transaction that wrote index
+    entries failed, whose commit may not have taken place."""
+    _KNOWN.pop(engine, None)
+
+
+def _remember(known: dict[str, int], fresh: dict[str, int], _conn: object) -> None:
+    if len(known) + len(fresh) > _KNOWN_MAX:
+        known.clear()
+    known.update(fresh)
+
+
+# The ids of the shapes a store holds, by engine (bounded).
 _KNOWN: weakref.WeakKeyDictionary[sa.Engine, dict[str, int]] = weakref.WeakKeyDictionary()
 _KNOWN_MAX: Final = 100_000
 
@@ -696,7 +716,8 @@ def verify_index(store: Store) -> list[IndexProblem]:
             (m["session_id"], m["seq"]): m
             for m in (r._mapping for r in conn.execute(sa.select(t.access_events)))
         }
-        shapes = _shape_columns(conn, {m["shape_id"] for m in indexed.values()})
+        keys = dict(conn.execute(sa.select(t.access_shapes.c.id, t.access_shapes.c.key)).all())
+        shapes = _shape_columns(conn, keys)
     for session_id, seq, ts, event in _statement_events(store):
         data = facts_of(KIND, event or {})
         if data is None:
@@ -724,6 +745,13 @@ def verify_index(store: Store) -> list[IndexProblem]:
         problems.append(
             IndexProblem(session_id, seq, "an access index row has no event in the recording")
         )
+    # A shape's key is what writers file new statements by: one that does not
+    # match its columns would file them under another shape's.
+    for shape, key in sorted(keys.items()):
+        if t.shape_key(shapes.get(shape, ())) != key:
+            problems.append(
+                IndexProblem("", None, f"access shape {shape}'s key differs from its columns")
+            )
     return problems
 
 

@@ -395,6 +395,7 @@ def serve(requests: IO[bytes], answers: IO[bytes]) -> None:
                     fenced = write_events(conn, mine, events)
                 answer = (None, fenced, None, texts)
             except Exception as exc:
+                access.forget(store.engine)
                 answer = (
                     f"the store refused the recording: {type(exc).__name__}",
                     set(),

@@ -1159,6 +1159,7 @@ class Recorder:
             with self.store.tx() as conn:
                 fenced = event_writes.write_events(conn, self._mine, batch)
         except Exception as exc:
+            access.forget(self.store.engine)
             log.error("cannot write %d session events: %s", len(batch), exc)
             return f"the store refused the recording: {type(exc).__name__}", set(), texts
         return None, fenced, texts

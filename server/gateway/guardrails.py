@@ -224,7 +224,17 @@ CHANGING_FUNCTIONS = (
     | SERVER_ADMIN_FUNCTIONS
     | NOTIFY_FUNCTIONS
     | SEQUENCE_FUNCTIONS
-    | {"set_config", "pg_advisory_*", "pg_try_advisory_*"}
+    | DYNAMIC_SQL_FUNCTIONS  # they run SQL they are given, which may do anything
+    | {
+        "set_config",
+        "pg_advisory_*",
+        "pg_try_advisory_*",
+        "pg_logical_slot_get_*",  # consume a slot's changes
+        "pg_import_system_collations",
+        "brin_summarize_*",
+        "brin_desummarize_range",
+        "gin_clean_pending_list",
+    }
 )
 # Of those, the ones that only read: a large object's bytes or position, a
 # server file or directory.

@@ -116,6 +116,7 @@ from server.gateway.sqlcheck import (
     MAX_TEXT,
     PREDICATE,
     Analysis,
+    CopyEndpoint,
     Name,
     Statement,
     StatementClass,
@@ -190,6 +191,8 @@ def may_have_changed(statement: Statement, functions: frozenset[str] | None) -> 
     unless the policy trusts them."""
     if statement.kind is not StatementClass.READ:
         return True
+    if statement.copy is not None and statement.copy.endpoint is not CopyEndpoint.STDIO:
+        return True  # COPY ... TO a file or a program on the server
     for call in statement.functions:
         if _changes(call):
             return True

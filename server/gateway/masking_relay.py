@@ -1241,7 +1241,7 @@ class MaskingHooks:
             detail = blocked.source or why
         elif message is None:
             message = f"refused {why}: masking applies to this session"
-        if item is not None and item.kind in ("Q", "X"):
+        if item is not None and item.kind in ("Q", "X", "F"):
             item.sqlstate = SQLSTATE
             item.decision = "masking_blocked"
             if plan is not None:
@@ -1273,7 +1273,7 @@ class MaskingHooks:
         elif t == 69:  # E: the server's own error; after one in a pipeline it skips to the Sync
             msg = pgwire.decode_backend(raw)
             code = msg.fields.get("C") if isinstance(msg, ErrorResponse) else None
-            if head.kind in ("Q", "X") and head.sqlstate is None:
+            if head.kind in ("Q", "X", "F") and head.sqlstate is None:
                 head.sqlstate = code
             if relay.state.extended_error:
                 self._skip_to_sync()
@@ -1357,7 +1357,7 @@ class MaskingHooks:
         pending = self.pending
         while pending and pending[0].kind != "SYNC":
             item = pending.popleft()
-            if item.kind in ("X", "Q"):
+            if item.kind in ("X", "Q", "F"):
                 item.sqlstate = item.sqlstate or "error"
                 self._finish(item)
 
@@ -1380,8 +1380,10 @@ class MaskingHooks:
                 if item.kind != "SYNC":
                     if passing and item.entry is not answered:
                         item.sqlstate = item.sqlstate or "error"  # never ran
-                    elif item.kind == "F" and item.sqlstate is None:
-                        self._called(item)
+                    elif item.kind == "F" and (
+                        item.sqlstate is None or item.decision == "masking_blocked"
+                    ):
+                        self._called(item)  # it ran (its result refused or not)
                     self._finish(item)
                 if not passing or item.entry is answered:
                     return

@@ -240,15 +240,26 @@ def test_tampering_with_the_index_is_found(
         shape = conn.execute(
             sa.select(e.shape_id).where(e.session_id == "s-bob", e.seq == 2)
         ).scalar_one()
+        rows = [
+            {**row._mapping, "state": "masked"}
+            for row in conn.execute(sa.select(t.access_shape_columns).where(c.shape_id == shape))
+        ]
+        # With the key a writer would give such a shape: the forgery is in the rows.
+        key = t.shape_key(
+            [
+                (r["schema_name"], r["table_name"], r["column_name"], r["action"], r["state"])
+                for r in rows
+            ]
+        )
         forged = conn.execute(
-            t.access_shapes.insert().values(key="0" * 64).returning(t.access_shapes.c.id)
-        ).scalar_one()
-        for row in conn.execute(sa.select(t.access_shape_columns).where(c.shape_id == shape)).all():
-            conn.execute(
-                t.access_shape_columns.insert().values(
-                    {**row._mapping, "shape_id": forged, "state": "masked"}
-                )
-            )
+            sa.select(t.access_shapes.c.id).where(t.access_shapes.c.key == key)
+        ).scalar()  # alice's statement has these columns
+        if forged is None:
+            forged = conn.execute(
+                t.access_shapes.insert().values(key=key).returning(t.access_shapes.c.id)
+            ).scalar_one()
+            for row in rows:
+                conn.execute(t.access_shape_columns.insert().values({**row, "shape_id": forged}))
         conn.execute(
             t.access_events.update()
             .where(e.session_id == "s-bob", e.seq == 2)
@@ -348,7 +359,8 @@ def test_tampering_with_a_shared_shape_is_found_for_each_of_its_statements(
     assert [tuple(r) for r in sharing] == [("s-agent", 1), ("s-carol", 1)]
     problems = [(p.session_id, p.seq, p.problem) for p in access.verify_index(any_store)]
     assert problems == [
-        (sid, seq, "the access index's columns differ from the event") for sid, seq in sharing
+        *((sid, seq, "the access index's columns differ from the event") for sid, seq in sharing),
+        ("", None, f"access shape {shape}'s key differs from its columns"),
     ]
 
 
@@ -360,7 +372,9 @@ def test_the_index_moves_into_shapes_and_back_with_the_schema(any_store: Store) 
     from alembic import command
     from alembic.config import Config
 
-    record_day(any_store, SCRIPT + AGAIN)
+    # And a statement that touched no relation (select 1): a shape with no columns.
+    nothing = [("s-carol", 122, CAROL, "SELECT", [], 1, None)]
+    record_day(any_store, SCRIPT + AGAIN + nothing)
     everything = AccessQuery(limit=1000)
     before = [r.to_json() for r in access.find(any_store, everything)]
 
@@ -383,7 +397,7 @@ def test_the_index_moves_into_shapes_and_back_with_the_schema(any_store: Store) 
         assert "access_shapes" not in sa.inspect(conn).get_table_names()
     expected = []
     seqs: dict[str, int] = {}
-    for session_id, _, facts, command_, relations, rows, _ in SCRIPT + AGAIN:
+    for session_id, _, facts, command_, relations, rows, _ in SCRIPT + AGAIN + nothing:
         seqs[session_id] = seqs.get(session_id, 0) + 1
         data = access_event(facts, command=command_, relations=relations, rows=rows)
         expected += [(session_id, seqs[session_id], *c) for c in column_rows(data)]
@@ -392,7 +406,9 @@ def test_the_index_moves_into_shapes_and_back_with_the_schema(any_store: Store) 
     migrate(command.upgrade, "head")
     assert any_store.at_head()
     assert [r.to_json() for r in access.find(any_store, everything)] == before
-    assert len(_shapes(any_store)) == len(SCRIPT)
+    assert len(before) == len(SCRIPT) + 3
+    assert len(_shapes(any_store)) == len(SCRIPT) + 1
+    assert [] in _shapes(any_store).values()
     assert access.verify_index(any_store) == []
 
 
@@ -446,3 +462,81 @@ def _write_second(store: Store, entry: access.IndexEntry, errors: list[BaseExcep
             access.write_entries(conn, [("s-2", 1, bulk.timestamps(conn)(DAY), entry)])
     except BaseException as exc:  # reported by the test
         errors.append(exc)
+
+
+def _entry(*relations: RelationAccess) -> access.IndexEntry:
+    entry = access.index_entry(
+        access.KIND,
+        {access.FACTS: access_event(BOB, command="SELECT", relations=list(relations), rows=1)},
+    )
+    assert entry is not None
+    return entry
+
+
+def _index(store: Store, seq: int, *entries: access.IndexEntry) -> None:
+    with store.tx() as conn:
+        stamp = bulk.timestamps(conn)(DAY)
+        access.write_entries(conn, [("s-1", seq + i, stamp, e) for i, e in enumerate(entries)])
+
+
+def _shape_of(store: Store, seq: int) -> list[tuple[str, ...]]:
+    e = t.access_events.c
+    with store.read() as conn:
+        shape = conn.execute(
+            sa.select(e.shape_id).where(e.session_id == "s-1", e.seq == seq)
+        ).scalar_one()
+    return sorted(_shapes(store)[shape])
+
+
+def test_a_full_cache_of_shape_ids_is_emptied_without_losing_a_batch(
+    any_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch of shapes some of which were kept and some not, when keeping the new
+    ones goes over the bound: every statement still gets its own shape's id."""
+    monkeypatch.setattr(access, "_KNOWN_MAX", 2)
+    a, b, c = (_entry(customers(column)) for column in ("id", "email", "city"))
+    _index(any_store, 1, a, b)
+    _index(any_store, 3, a, c)  # a kept, c new: keeping c empties the cache
+    _index(any_store, 5, c, a, b)
+    for seq, column in ((1, "id"), (2, "email"), (4, "city"), (5, "city"), (6, "id"), (7, "email")):
+        assert _shape_of(any_store, seq) == [("public", "customers", column, "read", "clear")]
+
+
+def test_a_shape_found_in_a_transaction_that_rolled_back_is_not_kept(any_store: Store) -> None:
+    """A transaction that added a shape finds it again (its own, uncommitted): an id
+    kept from it would name nothing, or the next shape the store numbers so, once
+    the transaction rolls back."""
+    x, y = _entry(customers("id", "phone")), _entry(customers("city"))
+
+    class Refused(Exception):
+        pass
+
+    with pytest.raises(Refused), any_store.tx() as conn:
+        stamp = bulk.timestamps(conn)(DAY)
+        access.write_entries(conn, [("s-1", 1, stamp, x)])
+        access.write_entries(conn, [("s-1", 2, stamp, x)])  # found: this transaction's own
+        raise Refused
+    _index(any_store, 1, y)  # may take the id the rolled-back shape had
+    _index(any_store, 2, x)
+    assert _shape_of(any_store, 1) == [("public", "customers", "city", "read", "clear")]
+    assert _shape_of(any_store, 2) == [
+        ("public", "customers", "id", "read", "clear"),
+        ("public", "customers", "phone", "read", "clear"),
+    ]
+
+
+def test_a_shape_key_that_does_not_match_its_columns_is_found(any_store: Store) -> None:
+    """Writers file statements by a shape's key: swapping two shapes' keys would file
+    the next statements of one under the other's columns."""
+    record_day(any_store)
+    s = t.access_shapes.c
+    with any_store.tx() as conn:
+        (one, k1), (two, k2) = conn.execute(sa.select(s.id, s.key).order_by(s.id).limit(2)).all()
+        conn.execute(t.access_shapes.update().where(s.id == one).values(key="x" * 64))
+        conn.execute(t.access_shapes.update().where(s.id == two).values(key=k1))
+        conn.execute(t.access_shapes.update().where(s.id == one).values(key=k2))
+    problems = [(p.session_id, p.seq, p.problem) for p in access.verify_index(any_store)]
+    assert problems == [
+        ("", None, f"access shape {one}'s key differs from its columns"),
+        ("", None, f"access shape {two}'s key differs from its columns"),
+    ]

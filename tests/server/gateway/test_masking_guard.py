@@ -490,6 +490,11 @@ def test_a_conflict_target_is_a_predicate(sql: str, rule: str | None) -> None:
         ("select loread(lo_open(16400, 262144), 10)", frozenset(), False),
         ("select lo_export(16400, '/tmp/x')", frozenset(), True),
         ("select pg_read_file('postmaster.pid')", frozenset(), False),
+        ("select query_to_xml('select nextval(''s'')', true, false, '')", frozenset(), True),
+        ("select * from pg_logical_slot_get_changes('s', null, null)", frozenset(), True),
+        ("copy customers to '/tmp/x'", frozenset(), True),
+        ("copy (select 1) to program 'cat'", frozenset(), True),
+        ("copy customers to stdout", frozenset(), False),
     ],
 )
 def test_what_may_have_changed_something(

@@ -301,6 +301,78 @@ def test_a_function_call_that_ran_after_a_refused_result_is_told(oid: int, fatal
         assert _types(out) == "Z"
 
 
+def test_a_function_call_that_failed_after_a_refused_result_is_recorded_failed() -> None:
+    """Its error comes while the answers after the refusal are dropped: it did not
+    run, so it changed nothing, and the recording says it failed."""
+    events: list[dict[str, Any]] = []
+    relay = _relay(events)
+    relay.from_client(
+        _UNDESCRIBED + FunctionCall(964, [1], [b"\0\0\0\7"]).encode() + Sync().encode()
+    )
+    out, _ = relay.from_server(
+        _UNDESCRIBED_ANSWER
+        + ErrorResponse({"S": "ERROR", "C": "42704", "M": "large object 7 does not exist"}).encode()
+        + pgwire.ready_for_query("T")
+        + pgwire.ready_for_query("I")
+    )
+    assert _types(out) == "12EZZ"
+    assert [(e["tag"], e["sqlstate"]) for e in events] == [
+        ("SELECT 1", "42501"),
+        ("FunctionCall 964", "42704"),
+    ]
+
+
+def test_a_function_call_skipped_after_an_error_is_recorded_as_not_run() -> None:
+    """After the server's error in a pipeline it skips to the Sync, a FunctionCall
+    sent before it included."""
+    events: list[dict[str, Any]] = []
+    relay = _relay(events)
+    relay.from_client(
+        Parse("", "select city from nosuch").encode()
+        + Bind("", "").encode()
+        + Execute("").encode()
+        + FunctionCall(955, [1], [b"\0\0\0\0", b"x"]).encode()
+        + Sync().encode()
+    )
+    relay.from_server(
+        ErrorResponse(
+            {"S": "ERROR", "C": "42P01", "M": 'relation "nosuch" does not exist'}
+        ).encode()
+        + pgwire.ready_for_query("I")
+    )
+    assert [(e["tag"], e["sqlstate"]) for e in events][-1] == ("FunctionCall 955", "error")
+
+
+def test_a_function_call_whose_result_was_refused_is_told_if_it_changed_something() -> None:
+    """The detectors refuse a large object's bytes after the call ran: lo_get read
+    only (a plain refusal), a call the gateway does not know may have written."""
+    from server.policy.model import DetectorAction, DetectorKind
+
+    events: list[dict[str, Any]] = []
+    relay = Relay()
+    detectors = MaskingRules((), b"", {DetectorKind.SECRET: DetectorAction.BLOCK})
+    MaskingHooks(
+        detectors,
+        None,
+        session_id="s-1",
+        record=recording_to(lambda _sid, _kind, data: events.append(dict(data))),
+    ).install(relay)
+    secret = FunctionCallResponse(b"key AKIAIOSFODNN7EXAMPLE").encode() + pgwire.ready_for_query(
+        "I"
+    )
+    relay.from_client(FunctionCall(954, [1], [b"\0\0\0\0", b"\0\0\0\x40"]).encode())  # loread
+    out, _ = relay.from_server(secret)
+    assert _types(out) == "EZ" and b"AKIA" not in out
+    relay.from_client(FunctionCall(4242).encode())
+    with pytest.raises(GatewayError) as refused:
+        relay.from_server(secret)
+    assert refused.value.sqlstate == "40003" and "(FunctionCall 4242)" in refused.value.message
+    assert [(e["tag"], e["decision"]) for e in events] == [
+        ("FunctionCall 954", "masking_blocked"),
+        ("FunctionCall 4242", "masking_blocked"),
+    ]
+
+
 @pytest.mark.parametrize("status", [b"I", b"T", b"E"])
 def test_a_write_before_a_refused_result_in_a_query_is_told_whatever_the_status(
     status: bytes,

@@ -554,7 +554,7 @@ def _where(q: AccessQuery) -> list[sa.ColumnElement[bool]]:
 
 
 def _shape_columns(conn: sa.Connection, ids: Iterable[int]) -> dict[int, list[ColumnAccess]]:
-    """The column rows of the shapes ``ids`` (every shape's, for None)."""
+    """The column rows of the shapes ``ids``, by shape."""
     c = t.access_shape_columns.c
     out: dict[int, list[ColumnAccess]] = defaultdict(list)
     wanted = sorted(set(ids))

@@ -1303,11 +1303,7 @@ class MaskingHooks:
             # An empty statement ran nothing; a session without rules or detectors
             # has no result refused.
             return
-        ran = self._ran
-        if len(ran) < _RAN_KEPT:
-            ran.append((done, head, index))
-        else:
-            self._ran_more = True
+        self._kept_as_ran(done, head, index)
 
     def _changed(self, ran: list[tuple[str, _Item, int]]) -> list[str]:
         """Of the statements that ran since the last ReadyForQuery, those that may
@@ -1344,10 +1340,13 @@ class MaskingHooks:
     def _called(self, item: _Item) -> None:
         """A FunctionCall the server answered: kept, as a statement that completed,
         for ``_changed`` (a call by OID may have changed anything: a large object)."""
-        if not (self.masking or self.detecting):
-            return
+        if self.masking or self.detecting:
+            self._kept_as_ran(item.tag or "FunctionCall", item, 0)
+
+    def _kept_as_ran(self, done: str, item: _Item, index: int) -> None:
+        """Kept until the ReadyForQuery (bounded): what ran since the last one."""
         if len(self._ran) < _RAN_KEPT:
-            self._ran.append((item.tag or "FunctionCall", item, 0))
+            self._ran.append((done, item, index))
         else:
             self._ran_more = True
 

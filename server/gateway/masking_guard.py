@@ -236,6 +236,8 @@ class MaskedSession:
     columns: Callable[[Name], Mapping[str, bool]] = lambda _name: {}
     # What a masked column in a predicate, grouping or ordering gets (ALLOW: not looked for).
     inference: Outcome = Outcome.BLOCK
+    # Told of a relation no schema of the path holds (``_resolve``).
+    missing: Callable[[Name], None] = lambda _name: None
     _trusted: tuple[_Pattern, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -513,7 +515,10 @@ def resolve_name(
 
 
 def _resolve(name: Name, session: MaskedSession) -> list[Name] | None:
-    return resolve_name(name, session.search_path, session.holds)
+    found = resolve_name(name, session.search_path, session.holds)
+    if found is None:
+        session.missing(name)
+    return found
 
 
 def _shown(name: Name) -> str:

@@ -130,7 +130,7 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -230,6 +230,8 @@ RAN_AFTER_HINT = (
 _LINEAGE_AHEAD_KEPT = 8
 # Masking decisions kept per connection (by shape, see pre_execution_check).
 _DECISIONS_KEPT = 512
+# Relations whose columns a connection's check keeps read, per catalog snapshot.
+_RELATIONS_KEPT = 4_096
 # Result plans kept per connection (MaskingHooks._plan), and the longest text kept as a key.
 _PLANS_KEPT = 256
 _PLAN_KEY_TEXT = 16_384
@@ -1718,24 +1720,41 @@ def pre_execution_check(
         if current and current[0][0] is snapshot:
             return current[0][1], current[0][2]
 
+        # What the snapshot says of a relation, read once per snapshot: every
+        # statement of a masked relation asks again, some twice (bounded).
+        held: set[Name] = set()
+        column_maps: dict[Name, dict[str, bool]] = {}
+
         def holds(name: Name) -> bool:
-            if snapshot is not None and snapshot.columns_of(name.parts[0], name.name):
+            if name in held:
                 return True
+            if snapshot is not None and snapshot.columns_of(name.parts[0], name.name):
+                if len(held) < _RELATIONS_KEPT:
+                    held.add(name)
+                return True
+            return False  # so far: the path's next schema may hold it
+
+        def missing(_name: Name) -> None:
+            # No schema of the path holds it: created since the catalog was loaded,
+            # the next snapshot may (and it is known soon).
             unknown_names[0] += 1
             now = time.monotonic()
             if catalog is not None and now - refreshed[0] >= REFRESH_INTERVAL:
-                # A relation created since the catalog was loaded is known soon.
                 refreshed[0] = now
                 catalog.reload_soon()
-            return False
 
         def masked(name: Name) -> bool:
-            columns = snapshot.columns_of(name.parts[0], name.name) if snapshot else ()
-            return any(masks(rules, column) for column in columns)
+            return any(columns(name).values())
 
-        def columns(name: Name) -> dict[str, bool]:
+        def columns(name: Name) -> Mapping[str, bool]:
+            known = column_maps.get(name)
+            if known is not None:
+                return known
             found = snapshot.columns_of(name.parts[0], name.name) if snapshot else ()
-            return {column.column: masks(rules, column) for column in found}
+            made = {column.column: masks(rules, column) for column in found}
+            if len(column_maps) < _RELATIONS_KEPT:
+                column_maps[name] = made
+            return made
 
         session = MaskedSession(
             search_path,
@@ -1746,6 +1765,7 @@ def pre_execution_check(
             first,
             columns,
             inference,
+            missing,
         )
         decisions: dict[object, Decision] = {}
         current[:] = [(snapshot, session, decisions)]

@@ -273,3 +273,70 @@ def test_a_text_naming_a_relation_the_catalog_does_not_hold_is_decided_each_time
     sql = "SELECT secret FROM created_since WHERE id = $1"
     assert check(sql) == check(sql)
     assert decided == [sql, sql]
+
+
+def _snapshot(*people: str) -> CatalogSnapshot:
+    relations = {
+        16400: tuple(ColumnRef("public", "people", c, type_oid=25) for c in people),
+        16500: _ORDERS,
+    }
+    return CatalogSnapshot(
+        {(oid, i + 1): c for oid, cols in relations.items() for i, c in enumerate(cols)},
+        relations,
+        loaded_at=0.0,
+        functions=frozenset(),
+    )
+
+
+def test_what_the_check_read_of_a_relation_is_read_again_from_a_new_snapshot() -> None:
+    """The check keeps what a snapshot says of a relation (its columns, which are
+    masked) for as long as that snapshot is the catalog's: a column added since,
+    and masked, is seen once the catalog reloads."""
+    cache_clear()
+    catalog = _Catalog()
+    catalog.current = _snapshot("id", "name")
+    check = pre_execution_check(
+        _MASKING,
+        catalog,  # type: ignore[arg-type]
+        ("public",),
+        frozenset(),
+        Outcome.BLOCK,
+    )
+    copy = "INSERT INTO orders (total) SELECT id FROM people WHERE id > 7"
+    assert check(copy).outcome is Outcome.ALLOW
+    assert check(copy.replace("7", "8")).outcome is Outcome.ALLOW
+    catalog.current = _snapshot("id", "name", "ssn")
+    refused = check(copy.replace("7", "9"))
+    assert (refused.outcome, refused.rule) == (Outcome.BLOCK, "masking.write_from_masked")
+
+
+def test_a_schema_of_the_path_without_the_relation_does_not_make_it_unknown(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A session's path starts with its role's own schema (``"$user"``), which holds
+    nothing: looking there first is how PostgreSQL finds ``public.orders``, not a
+    relation the catalog does not hold, so the decision is kept for the shape."""
+    from server.gateway import masking_relay
+
+    cache_clear()
+    decided: list[str] = []
+    decide = masking_relay.masking_decision
+
+    def counted(analysis: object, session: object, sql: str) -> object:
+        decided.append(sql)
+        return decide(analysis, session, sql)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(masking_relay, "masking_decision", counted)
+    catalog = _Catalog()
+    reloads: list[None] = []
+    catalog.reload_soon = lambda: reloads.append(None)  # type: ignore[method-assign]
+    check = pre_execution_check(
+        _MASKING,
+        catalog,  # type: ignore[arg-type]
+        ("dba_alice_1", "public"),
+        frozenset(),
+        Outcome.BLOCK,
+    )
+    texts = [f"SELECT total FROM orders WHERE id = {n}" for n in range(5)]
+    assert {check(sql).outcome for sql in texts} == {Outcome.ALLOW}
+    assert decided == texts[:1] and reloads == []

@@ -1178,9 +1178,9 @@ class MaskingHooks:
             self.search_path,
             lambda n: bool(snapshot.columns_of(n.parts[0], n.name)),
             statement=statement,
+            missing=self._refresh_catalog,
         )
         if relations is None:
-            self._refresh_catalog()
             return None  # a relation the catalog does not know (yet), or opaque
         columns: list[ColumnRef] = []
         for name in relations:
@@ -1571,6 +1571,7 @@ def touched_relations(
     holds: Callable[[Name], bool],
     *,
     statement: int | None = None,
+    missing: Callable[[], None] = lambda: None,
 ) -> list[Name] | None:
     """The relations a statement reads or writes, each as the schema-qualified
     name PostgreSQL resolves it to; None when that cannot be told.
@@ -1583,7 +1584,9 @@ def touched_relations(
     cannot see (EXECUTE, FETCH) cannot be told.  A ``pg_*`` name shows as
     ``pg_catalog``'s whether it was written so or not: both are taken.
     ``statement`` limits this to the top-level statement of that index (when
-    the text has that many; else cannot be told).
+    the text has that many; else cannot be told).  ``missing`` is told of a
+    name no schema holds (the catalog may not have it yet), not of an opaque
+    statement.
     """
     tops = _statements(written, statement)
     if tops is None:
@@ -1595,6 +1598,7 @@ def touched_relations(
         for name in (*part.reads, *part.writes):
             resolved = resolve_name(name, search_path, holds)
             if resolved is None:
+                missing()
                 return None
             found.update(dict.fromkeys(resolved))
     return list(found)

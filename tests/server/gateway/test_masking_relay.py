@@ -626,6 +626,24 @@ def _two_table_relay() -> Relay:
     return relay
 
 
+@pytest.mark.parametrize(
+    ("sql", "reloads"),
+    [
+        ("select status::int from orders", 0),
+        ("fetch 10 from c", 0),  # what it reads cannot be told, but no name is missing
+        ("select status::int from created_since", 1),  # the catalog may not have it yet
+    ],
+)
+def test_only_a_name_no_schema_holds_reloads_the_catalog(sql: str, reloads: int) -> None:
+    catalog = _TwoTables()
+    asked: list[None] = []
+    catalog.reload_soon = lambda: asked.append(None)  # type: ignore[method-assign]
+    relay = Relay()
+    MaskingHooks(RULES, catalog, session_id="s-1").install(relay)  # type: ignore[arg-type]
+    _answer(relay, sql, b"", _error("22P02", BAD_INT))
+    assert len(asked) == reloads
+
+
 def _error(code: str, message: str, detail: str | None = None) -> bytes:
     fields = {"S": "ERROR", "V": "ERROR", "C": code, "M": message}
     if detail is not None:

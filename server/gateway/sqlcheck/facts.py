@@ -306,9 +306,13 @@ class _TreeFacts:
         this = table.this
         if not isinstance(this, exp.Identifier):
             return ()  # a table function: its call is reported as a function
+        # A database name before the schema (``db.public.people``) is dropped:
+        # PostgreSQL runs such a name only in that database, as its schema-qualified
+        # name, and refuses any other ("cross-database references are not
+        # implemented").  Kept, it would be a name no catalog holds by its schema.
         parts = [
             _fold(part.this, bool(part.quoted))
-            for part in (table.args.get("catalog"), table.args.get("db"), this)
+            for part in (table.args.get("db"), this)
             if isinstance(part, exp.Identifier)
         ]
         if len(parts) == 1 and parts[0] in self.cte_names:

@@ -399,3 +399,16 @@ def _sequence(conn: psycopg.Connection[tuple[object, ...]]) -> str:
     row = conn.execute("select pg_get_serial_sequence('public.customers', 'id')").fetchone()
     assert row is not None
     return str(row[0])
+
+
+def test_a_relation_named_with_its_database_is_masked_alike(session: HeldSession) -> None:
+    """``db.public.customers`` is ``public.customers`` to PostgreSQL: filtering on a
+    masked column through it is refused as through the plain name."""
+    client = RawClient(session.port, session.database, session.ticket)
+    try:
+        for name in ("customers", f'"{session.database}".public.customers'):
+            rows, error = client.query(f"select id from {name} where email like 'a%' order by id")
+            assert error is not None and error["C"] == "42501", (name, rows)
+            assert rows == []
+    finally:
+        client.close()

@@ -340,3 +340,22 @@ def test_a_schema_of_the_path_without_the_relation_does_not_make_it_unknown(
     texts = [f"SELECT total FROM orders WHERE id = {n}" for n in range(5)]
     assert {check(sql).outcome for sql in texts} == {Outcome.ALLOW}
     assert decided == texts[:1] and reloads == []
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT id FROM people WHERE ssn LIKE '1%'",
+        "SELECT id FROM public.people WHERE ssn LIKE '1%'",
+        # The database's name before the schema: the same relation to PostgreSQL.
+        "SELECT id FROM postgres.public.people WHERE ssn LIKE '1%'",
+        "SELECT id FROM \"postgres\".public.people p WHERE p.ssn LIKE '1%'",
+        "SELECT upper(ssn) FROM demo.public.people",
+    ],
+)
+def test_a_masked_column_is_refused_however_its_relation_is_named(sql: str) -> None:
+    """A name with the database before the schema was taken for a relation no
+    schema holds: nothing masked read, so filtering on the masked column passed,
+    and the rows' clear ids told which of them matched."""
+    cache_clear()
+    assert _check()(sql).outcome is Outcome.BLOCK

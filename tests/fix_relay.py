@@ -47,6 +47,9 @@ class StaticCatalog:
     def reload_soon(self) -> None:
         pass
 
+    def reload_if_old(self) -> None:
+        pass
+
 
 def row(*values: bytes | None) -> bytes:
     """A DataRow frame."""

@@ -10,8 +10,10 @@ tables, views, materialized views, foreign tables) into an immutable
 :class:`CatalogSnapshot`; lookups are dictionary reads.  A snapshot is reloaded
 
 * when it is older than ``max_age`` (the timer: DDL the gateway did not see,
-  such as another client's, is picked up within that time),
-* after :meth:`Catalog.invalidate` (the gateway calls it after DDL in a session),
+  such as another client's, is picked up within that time; readers of
+  :attr:`Catalog.current` ask with :meth:`Catalog.reload_if_old`),
+* after DDL a session ran through the gateway (``Catalog.reload_soon``, by
+  masking's hooks),
 * on a lookup of a relation it does not know (a table created since), at most
   once per ``miss_interval`` so that a stream of misses costs one query.
 
@@ -203,6 +205,7 @@ class Catalog:
         self._stale = True
         self.current: CatalogSnapshot | None = None
         self.loads = 0
+        self._asked = float("-inf")  # when reload_if_old last asked for a reload
 
     @classmethod
     def for_target(cls, target: TargetPolicy, **kwargs: Any) -> Catalog:
@@ -216,6 +219,20 @@ class Catalog:
     def invalidate(self) -> None:
         """Forget what is known: the next lookup reloads (call after DDL)."""
         self._stale = True
+
+    def reload_if_old(self) -> None:
+        """For readers of :attr:`current` on the event loop, which never reload it
+        themselves: a snapshot older than ``max_age`` is reloaded on a thread of its
+        own (asked at most once per ``miss_interval``), so that DDL the gateway
+        did not see reaches a connection that lives long."""
+        snapshot = self.current
+        now = self._clock()
+        if snapshot is None or now - snapshot.loaded_at < self.max_age:
+            return
+        if now - self._asked < self.miss_interval:
+            return
+        self._asked = now
+        self.reload_soon()
 
     def reload_soon(self) -> None:
         """Reload on a thread of its own, without waiting for it: for a lookup that

@@ -232,6 +232,9 @@ _LINEAGE_AHEAD_KEPT = 8
 _DECISIONS_KEPT = 512
 # Relations whose columns a connection's check keeps read, per catalog snapshot.
 _RELATIONS_KEPT = 4_096
+# Command tags of DDL that may change what the catalog says of a name.
+_DDL_TAGS = frozenset({"CREATE", "ALTER", "DROP"})
+_DDL_RELOAD_INTERVAL = 1.0  # seconds between a connection's reloads after DDL
 # Result plans kept per connection (MaskingHooks._plan), and the longest text kept as a key.
 _PLANS_KEPT = 256
 _PLAN_KEY_TEXT = 16_384
@@ -439,6 +442,9 @@ class MaskingHooks:
         self._ran: list[tuple[str, _Item, int]] = []
         self._ran_more = False  # more ran than _RAN_KEPT
         self._refreshed = float("-inf")
+        # DDL completed since the catalog was last reloaded for it (``_reload_after_ddl``).
+        self._catalog_changed = False
+        self._ddl_reloaded = float("-inf")
         self._queries = 0
         self._reported = ""  # the last REPORT_PARAMETER value sent
 
@@ -635,6 +641,8 @@ class MaskingHooks:
         if t == 90:  # Z
             self.dropping = False
             self.copying = False
+            if self._catalog_changed and raw.body[:1] == b"I":
+                self._reload_after_ddl()
             report = self._report()
             self._ready(relay.state.answered)
             refused, self._refused = self._refused, False
@@ -1197,8 +1205,22 @@ class MaskingHooks:
         self._refreshed = now
         catalog.reload_soon()
 
+    def _reload_after_ddl(self) -> None:
+        """DDL ran and is committed (ReadyForQuery ``I``): the catalog is reloaded, so
+        that what it changed (a column added, a view replaced) is known now rather
+        than at the snapshot's age.  At most once a second per connection; a reload
+        not asked for yet is asked at a later ReadyForQuery."""
+        now = time.monotonic()
+        if self.catalog is None or now - self._ddl_reloaded < _DDL_RELOAD_INTERVAL:
+            return
+        self._ddl_reloaded = now
+        self._catalog_changed = False
+        self.catalog.reload_soon()
+
     def _kept_for_snapshot(self) -> CatalogSnapshot | None:
         """The catalog's current snapshot; what was kept for an older one is dropped."""
+        if self.catalog is not None:
+            self.catalog.reload_if_old()
         snapshot = self.catalog.current if self.catalog is not None else None
         if snapshot is not self._plans_of:
             self._plans.clear()
@@ -1295,6 +1317,8 @@ class MaskingHooks:
             head.rows += _rows(head.tag)
             head.done += 1
             done = head.tag or "a statement"
+            if head.tag is not None and head.tag.split(" ", 1)[0] in _DDL_TAGS:
+                self._catalog_changed = True
         elif t == 115:
             done = "a portal run part way"
         if head.kind == "X":
@@ -1776,6 +1800,8 @@ def pre_execution_check(
         return session, decisions
 
     def check(sql: str) -> Decision:
+        if catalog is not None:
+            catalog.reload_if_old()
         session, decisions = session_of(catalog.current if catalog is not None else None)
         analysis = analysis_pool.analyze(sql, search_path=(UNQUALIFIED,))
         shape = analysis.shape

@@ -352,3 +352,20 @@ def _values(body: bytes) -> list[bytes | None]:
     row = decode_backend(RawMessage(ord("D"), body))
     assert isinstance(row, DataRow)
     return row.values
+
+
+def test_a_snapshot_older_than_its_max_age_is_reloaded_for_its_readers() -> None:
+    """The event loop reads ``current`` and never reloads it itself: a long-lived
+    connection asks, and an old snapshot is reloaded (asked once per miss
+    interval, however many statements ask)."""
+    from server.gateway.catalog import CatalogSnapshot
+
+    now = [0.0]
+    catalog = Catalog("host=unused", max_age=300.0, miss_interval=5.0, clock=lambda: now[0])
+    asked: list[float] = []
+    catalog.reload_soon = lambda: asked.append(now[0])  # type: ignore[method-assign]
+    catalog.reload_if_old()  # nothing loaded yet: the login's snapshot() loads it
+    catalog.current = CatalogSnapshot({}, {}, loaded_at=0.0)
+    for now[0] in (1.0, 299.0, 300.0, 301.0, 304.0, 305.5, 305.6):
+        catalog.reload_if_old()
+    assert asked == [300.0, 305.5]

@@ -619,11 +619,38 @@ class _TwoTables:
     def reload_soon(self) -> None:
         pass
 
+    def reload_if_old(self) -> None:
+        pass
+
 
 def _two_table_relay() -> Relay:
     relay = Relay()
     MaskingHooks(RULES, _TwoTables(), session_id="s-1").install(relay)  # type: ignore[arg-type]
     return relay
+
+
+def test_the_catalog_is_reloaded_once_ddl_is_committed() -> None:
+    """A column added or a view replaced through the gateway is known at once, not
+    at the snapshot's age: once the DDL is committed (ReadyForQuery ``I``), and
+    at most once a second per connection."""
+    catalog = _TwoTables()
+    asked: list[None] = []
+    catalog.reload_soon = lambda: asked.append(None)  # type: ignore[method-assign]
+    relay = Relay()
+    MaskingHooks(RULES, catalog, session_id="s-1").install(relay)  # type: ignore[arg-type]
+
+    def run(sql: str, tag: bytes, status: str) -> None:
+        relay.from_client(Query(sql).encode())
+        relay.from_server(pgwire.encode_raw(ord("C"), tag + b"\0") + pgwire.ready_for_query(status))
+
+    run("begin", b"BEGIN", "T")
+    run("alter table orders add column ssn_x text", b"ALTER TABLE", "T")
+    assert asked == []  # not committed: the catalog's connection would not see it
+    run("commit", b"COMMIT", "I")
+    assert len(asked) == 1
+    run("select status from orders", b"SELECT 0", "I")
+    run("create view v as select status from orders", b"CREATE VIEW", "I")
+    assert len(asked) == 1  # within the second: asked at a later ReadyForQuery
 
 
 @pytest.mark.parametrize(

@@ -165,6 +165,9 @@ class _Catalog:
     def reload_soon(self) -> None:
         pass
 
+    def reload_if_old(self) -> None:
+        pass
+
 
 def _check() -> Callable[[str], Decision]:
     """Masking's check before execution of one connection to the catalog above."""

@@ -10,8 +10,9 @@ tables, views, materialized views, foreign tables) into an immutable
 :class:`CatalogSnapshot`; lookups are dictionary reads.  A snapshot is reloaded
 
 * when it is older than ``max_age`` (the timer: DDL the gateway did not see,
-  such as another client's, is picked up within that time; readers of
-  :attr:`Catalog.current` ask with :meth:`Catalog.reload_if_old`),
+  such as another client's, is picked up within that time; masking's hooks,
+  which read :attr:`Catalog.current`, ask with :meth:`Catalog.reload_if_old`
+  once each Query or pipeline is answered),
 * after DDL a session ran through the gateway (``Catalog.reload_soon``, by
   masking's hooks),
 * on a lookup of a relation it does not know (a table created since), at most

@@ -641,8 +641,13 @@ class MaskingHooks:
         if t == 90:  # Z
             self.dropping = False
             self.copying = False
-            if self._catalog_changed and raw.body[:1] == b"I":
-                self._reload_after_ddl()
+            if self.catalog is not None:
+                # Once a Query or pipeline is answered: DDL it committed, or a
+                # snapshot grown old, has the catalog reloaded.
+                if self._catalog_changed and raw.body[:1] == b"I":
+                    self._reload_after_ddl()
+                else:
+                    self.catalog.reload_if_old()
             report = self._report()
             self._ready(relay.state.answered)
             refused, self._refused = self._refused, False
@@ -1219,8 +1224,6 @@ class MaskingHooks:
 
     def _kept_for_snapshot(self) -> CatalogSnapshot | None:
         """The catalog's current snapshot; what was kept for an older one is dropped."""
-        if self.catalog is not None:
-            self.catalog.reload_if_old()
         snapshot = self.catalog.current if self.catalog is not None else None
         if snapshot is not self._plans_of:
             self._plans.clear()
@@ -1800,8 +1803,6 @@ def pre_execution_check(
         return session, decisions
 
     def check(sql: str) -> Decision:
-        if catalog is not None:
-            catalog.reload_if_old()
         session, decisions = session_of(catalog.current if catalog is not None else None)
         analysis = analysis_pool.analyze(sql, search_path=(UNQUALIFIED,))
         shape = analysis.shape

@@ -653,6 +653,21 @@ def test_the_catalog_is_reloaded_once_ddl_is_committed() -> None:
     assert len(asked) == 1  # within the second: asked at a later ReadyForQuery
 
 
+def test_an_old_catalog_is_asked_for_once_a_query_is_answered() -> None:
+    """The hooks read the catalog's snapshot and never reload it themselves: each
+    ReadyForQuery asks the catalog to reload it if it has grown old."""
+    catalog = _TwoTables()
+    asked: list[None] = []
+    catalog.reload_if_old = lambda: asked.append(None)  # type: ignore[method-assign]
+    relay = Relay()
+    MaskingHooks(RULES, catalog, session_id="s-1").install(relay)  # type: ignore[arg-type]
+    relay.from_client(Query("select status from orders").encode())
+    relay.from_server(pgwire.encode_raw(ord("C"), b"SELECT 0\0"))
+    assert asked == []
+    relay.from_server(pgwire.ready_for_query("I"))
+    assert len(asked) == 1
+
+
 @pytest.mark.parametrize(
     ("sql", "reloads"),
     [

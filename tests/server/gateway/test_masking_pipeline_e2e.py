@@ -337,20 +337,8 @@ def test_a_write_that_ran_after_a_refused_result_closes_the_connection(
     sent after it in the pipeline and committed it at the Sync.  The client must not
     take it for a statement the server skipped: the connection ends with 40003
     (statement_completion_unknown), naming what ran."""
-    client = RawClient(writer.port, writer.database, writer.ticket)
-    try:
-        client.send(
-            *UNDESCRIBED,
-            Parse("u", "update customers set city = city where id = -1"),
-            Bind("pu", "u"),
-            Execute("pu"),
-            Sync(),
-        )
-        errors = _errors_until_closed(client)
-    finally:
-        client.close()
-    last = errors[-1]
-    assert (last["S"], last["C"]) == ("FATAL", "40003"), errors
+    last = _last_error_after_a_refusal(writer, "update customers set city = city where id = -1")
+    assert (last["S"], last["C"]) == ("FATAL", "40003"), last
     assert "(UPDATE 0)" in last["M"] and "skipped" in last["M"]
 
 
@@ -375,30 +363,27 @@ def test_a_sequence_advanced_after_a_refused_result_closes_the_connection(
 ) -> None:
     """A SELECT that calls nextval is no read: the sequence moved on and stays moved
     (no rollback undoes it), so the client is told as for a write."""
-    seq = "pg_get_serial_sequence('public.customers', 'id')"
-    before = admin_conn.execute(f"select last_value from {_sequence(admin_conn)}").fetchone()
-    client = RawClient(writer.port, writer.database, writer.ticket)
-    try:
-        client.send(
-            *UNDESCRIBED,
-            Parse("n", f"select nextval({seq})"),
-            Bind("pn", "n"),
-            Execute("pn"),
-            Sync(),
-        )
-        errors = _errors_until_closed(client)
-    finally:
-        client.close()
-    last = errors[-1]
-    assert (last["S"], last["C"]) == ("FATAL", "40003"), errors
-    after = admin_conn.execute(f"select last_value from {_sequence(admin_conn)}").fetchone()
+    found = admin_conn.execute("select pg_get_serial_sequence('public.customers', 'id')")
+    seq = str(found.fetchone()[0])  # type: ignore[index]
+    last_value = f"select last_value from {seq}"
+    before = admin_conn.execute(last_value).fetchone()
+    last = _last_error_after_a_refusal(writer, f"select nextval('{seq}')")
+    assert (last["S"], last["C"]) == ("FATAL", "40003"), last
+    after = admin_conn.execute(last_value).fetchone()
     assert before is not None and after is not None and after[0] == before[0] + 1  # type: ignore[operator]
 
 
-def _sequence(conn: psycopg.Connection[tuple[object, ...]]) -> str:
-    row = conn.execute("select pg_get_serial_sequence('public.customers', 'id')").fetchone()
-    assert row is not None
-    return str(row[0])
+def _last_error_after_a_refusal(session: HeldSession, later: str) -> dict[str, str]:
+    """The last error of a pipeline whose first result masking refuses, ``later``
+    run after it in the same pipeline, read until the gateway closes the connection."""
+    client = RawClient(session.port, session.database, session.ticket)
+    try:
+        client.send(*UNDESCRIBED, Parse("l", later), Bind("pl", "l"), Execute("pl"), Sync())
+        errors = _errors_until_closed(client)
+    finally:
+        client.close()
+    assert errors
+    return errors[-1]
 
 
 def test_a_relation_named_with_its_database_is_masked_alike(session: HeldSession) -> None:

@@ -169,12 +169,15 @@ class _Catalog:
         pass
 
 
-def _check() -> Callable[[str], Decision]:
-    """Masking's check before execution of one connection to the catalog above."""
+def _check(
+    catalog: _Catalog | None = None, search_path: tuple[str, ...] = ("public",)
+) -> Callable[[str], Decision]:
+    """Masking's check before execution of one connection to ``catalog`` (the one
+    above unless given), whose session has ``search_path``."""
     return pre_execution_check(
         _MASKING,
-        _Catalog(),  # type: ignore[arg-type]
-        ("public",),
+        catalog or _Catalog(),  # type: ignore[arg-type]
+        search_path,
         frozenset(),
         Outcome.BLOCK,
     )
@@ -228,9 +231,13 @@ def test_ordering_by_a_masked_column_is_refused_after_ordering_by_a_clear_one() 
     assert _verdict(relay, "SELECT name, ssn FROM people ORDER BY 2") != "forwarded"
 
 
-def _counted_check(monkeypatch: pytest.MonkeyPatch) -> tuple[Callable[[str], Decision], list[str]]:
-    """Masking's check before execution of one connection, and the texts it decided
-    (rather than took from what it kept)."""
+def _counted_check(
+    monkeypatch: pytest.MonkeyPatch,
+    catalog: _Catalog | None = None,
+    search_path: tuple[str, ...] = ("public",),
+) -> tuple[Callable[[str], Decision], list[str]]:
+    """Masking's check before execution of one connection (see ``_check``), and the
+    texts it decided (rather than took from what it kept)."""
     from server.gateway import masking_relay
 
     decided: list[str] = []
@@ -241,8 +248,7 @@ def _counted_check(monkeypatch: pytest.MonkeyPatch) -> tuple[Callable[[str], Dec
         return decide(analysis, session, sql)  # type: ignore[arg-type]
 
     monkeypatch.setattr(masking_relay, "masking_decision", counted)
-    check = _check()
-    return check, decided
+    return _check(catalog, search_path), decided
 
 
 @pytest.mark.parametrize(
@@ -298,13 +304,7 @@ def test_what_the_check_read_of_a_relation_is_read_again_from_a_new_snapshot() -
     cache_clear()
     catalog = _Catalog()
     catalog.current = _snapshot("id", "name")
-    check = pre_execution_check(
-        _MASKING,
-        catalog,  # type: ignore[arg-type]
-        ("public",),
-        frozenset(),
-        Outcome.BLOCK,
-    )
+    check = _check(catalog)
     copy = "INSERT INTO orders (total) SELECT id FROM people WHERE id > 7"
     assert check(copy).outcome is Outcome.ALLOW
     assert check(copy.replace("7", "8")).outcome is Outcome.ALLOW
@@ -319,27 +319,11 @@ def test_a_schema_of_the_path_without_the_relation_does_not_make_it_unknown(
     """A session's path starts with its role's own schema (``"$user"``), which holds
     nothing: looking there first is how PostgreSQL finds ``public.orders``, not a
     relation the catalog does not hold, so the decision is kept for the shape."""
-    from server.gateway import masking_relay
-
     cache_clear()
-    decided: list[str] = []
-    decide = masking_relay.masking_decision
-
-    def counted(analysis: object, session: object, sql: str) -> object:
-        decided.append(sql)
-        return decide(analysis, session, sql)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(masking_relay, "masking_decision", counted)
     catalog = _Catalog()
     reloads: list[None] = []
     catalog.reload_soon = lambda: reloads.append(None)  # type: ignore[method-assign]
-    check = pre_execution_check(
-        _MASKING,
-        catalog,  # type: ignore[arg-type]
-        ("dba_alice_1", "public"),
-        frozenset(),
-        Outcome.BLOCK,
-    )
+    check, decided = _counted_check(monkeypatch, catalog, ("dba_alice_1", "public"))
     texts = [f"SELECT total FROM orders WHERE id = {n}" for n in range(5)]
     assert {check(sql).outcome for sql in texts} == {Outcome.ALLOW}
     assert decided == texts[:1] and reloads == []

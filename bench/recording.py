@@ -99,6 +99,9 @@ class _Catalog:
     def invalidate(self) -> None:
         pass
 
+    def reload_if_old(self) -> None:
+        pass
+
 
 def _messages(n: int, extended: bool) -> list[bytes]:
     if extended:

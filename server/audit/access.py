@@ -29,21 +29,32 @@ recording's digest, which the audit hash chain holds.
 
 **The index.**  So that "who read customers.email in clear last week" is one
 indexed query rather than a read of every recording, the facts of each event are
-also written as a row of ``access_events`` (one per statement: who, where, when,
-command, rows, decision, approval) in the transaction that stores the event.
-Which columns of which relations it touched, and how, is the same for every
-statement of one shape, so it is kept once per distinct set: ``access_shapes``
-(the set's key, ``tables.shape_key``) and ``access_shape_columns`` (one row per
-relation and column), which the statement's row names by ``shape_id``.  A
-question about a table or column finds the few shapes that touch it, then their
-statements by the (shape, time) index; writing a statement's index costs one
-row.  The recorder makes each event's :func:`index_entry` and its writer
+also written to ``access_events`` (who, where, when, command, rows, decision,
+approval) in the transaction that stores the event.  An application sends one
+statement shape again and again, so a row stands for a *run*
+(:func:`runs_of`): consecutive statements of one session (numbers one apart:
+nothing else recorded between them), with the same facts but their rows,
+within :data:`RUN_SPAN` of the first and at most :data:`RUN_MAX` of them.  The
+row holds their count, the first's and the last's time, the total of their
+rows and, for a run of several, each one's time and rows; questions answer
+statement by statement (:func:`statements_of`), and a period cuts a run
+exactly (:class:`Period`: the runs wholly inside are counted in SQL, the
+statements of the others one by one).  Runs are made per batch of the
+recorder, so a busy session's statements cost a row per batch rather than one
+each.  Which columns of which relations they touched, and how, is the same for
+every statement of one shape, so it is kept once per distinct set:
+``access_shapes`` (the set's key, ``tables.shape_key``) and
+``access_shape_columns`` (one row per relation and column), which the run's
+row names by ``shape_id``.  A question about a table or column finds the few
+shapes that touch it, then their runs by the (shape, time) index.  The
+recorder makes each event's :func:`index_entry` and its writer
 (``server/audit/event_writes.py``) writes them with :func:`write_entries`;
-:func:`write_index` does both for events read back.  The rows name their event
-(``session_id``, ``seq``), and :func:`verify_index` — part of ``dbaccess audit
-verify`` — holds every row to it: a row edited, added or removed in the index,
-or a shape's columns edited, is reported (for every statement of that shape),
-and the event itself cannot change unnoticed because of the digest.
+:func:`write_index` does both for events read back.  The rows name their
+events (``session_id``, ``seq`` and those after it), and :func:`verify_index`
+— part of ``dbaccess audit verify`` — holds every statement of every run to
+its event: a run edited, a statement added to or hidden from it, a row
+removed, or a shape's columns edited, is reported (for every statement of that
+shape), and the event itself cannot change unnoticed because of the digest.
 
 :func:`find` and :func:`summarize` answer ``dbaccess audit access`` (one record
 per statement, or counts by identity and relation).
@@ -51,11 +62,12 @@ per statement, or counts by identity and relation).
 
 from __future__ import annotations
 
+import json
 import weakref
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, Final, NamedTuple
 
@@ -232,25 +244,28 @@ def _column_rows(relations: Iterable[Mapping[str, Any]]) -> list[ColumnAccess]:
     return out
 
 
-def event_row(session_id: str, seq: int, ts: datetime, data: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``access_events`` row of one event (pure; no ``id``)."""
-    return dict(zip(_EVENT_COLUMNS, event_values(session_id, seq, ts, data), strict=True))
-
-
-_EVENT_COLUMNS: Final = (
-    "session_id",
-    "seq",
-    "ts",
+# The ``access_events`` columns that every statement of a run says alike.
+_FACT_COLUMNS: Final = (
     "target",
     "identity",
     "identity_kind",
     "on_behalf_of",
     "command",
-    "rows",
     "decision",
     "rule",
     "approval",
     "exemption",
+)
+_ROW_COLUMNS: Final = (
+    "session_id",
+    "seq",
+    "ts",
+    "last_ts",
+    "statements",
+    "rows",
+    "run",
+    *_FACT_COLUMNS,
+    "shape_id",
 )
 _SHAPE_COLUMNS: Final = (
     "shape_id",
@@ -261,24 +276,20 @@ _SHAPE_COLUMNS: Final = (
     "state",
 )
 
-
-def event_values(
-    session_id: str, seq: int, ts: datetime, data: Mapping[str, Any]
-) -> tuple[Any, ...]:
-    """:func:`event_row`'s values, in its columns' order."""
-    return (session_id, seq, ts, *_described(data))
+# A run's statements fall within RUN_SPAN of its first, so that a question about a
+# period finds every run that holds a statement of it by the runs' first times.
+RUN_SPAN: Final = timedelta(seconds=1)
+RUN_MAX: Final = 1_000  # statements in one run, so that its ``run`` text stays small
 
 
 def _described(data: Mapping[str, Any]) -> tuple[Any, ...]:
-    # The values of an access_events row after its session, seq and time.
-    rows = data.get("rows")
+    # The values of an access_events row's _FACT_COLUMNS.
     return (
         str(data.get("target") or ""),
         str(data.get("identity") or ""),
         str(data.get("identity_kind") or "user"),
         data.get("on_behalf_of"),
         str(data.get("command") or ""),
-        int(rows) if rows is not None else None,
         str(data.get("decision") or "allowed"),
         data.get("rule"),
         data.get("approval"),
@@ -286,11 +297,17 @@ def _described(data: Mapping[str, Any]) -> tuple[Any, ...]:
     )
 
 
+def _rows_of(data: Mapping[str, Any]) -> int | None:
+    rows = data.get("rows")
+    return int(rows) if rows is not None else None
+
+
 class IndexEntry(NamedTuple):
     """What the index holds of one event's facts but the event's session, number and
     time: plain values, which a writer in another process can take as they are."""
 
-    described: tuple[Any, ...]  # the access_events row's other values
+    described: tuple[Any, ...]  # the access_events row's _FACT_COLUMNS
+    rows: int | None  # the statement's rows
     columns: list[ColumnAccess]  # its shape's access_shape_columns rows
 
 
@@ -299,7 +316,7 @@ def index_entry(kind: str, data: Mapping[str, Any]) -> IndexEntry | None:
     facts = facts_of(kind, data)
     if facts is None:
         return None
-    return IndexEntry(_described(facts), column_rows(facts))
+    return IndexEntry(_described(facts), _rows_of(facts), column_rows(facts))
 
 
 def facts_of(kind: str, data: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -308,38 +325,104 @@ def facts_of(kind: str, data: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return facts if type(facts) is dict or isinstance(facts, Mapping) else None
 
 
-def write_index(
-    conn: sa.Connection, events: Iterable[Any], *, times: Iterable[Any] | None = None
-) -> int:
-    """Index the access facts of ``events`` (each with ``session_id``, ``seq``, ``ts``,
-    ``kind``, ``data``) in the caller's transaction; returns how many events had some.
-    ``times``: each event's time as the store takes it (``server.store.bulk``), where
-    the caller has them already."""
-    stamp = bulk.timestamps(conn)
-    pairs = ((e, None) for e in events) if times is None else zip(events, times, strict=True)
+@dataclass
+class Run:
+    """Consecutive statements of one session with the same facts and shape: one
+    ``access_events`` row."""
+
+    session_id: str
+    seq: int  # the first's number; the others follow it, one apart
+    ts: datetime  # the first's time
+    entry: IndexEntry  # the first's (the others differ only in rows)
+    each: list[tuple[int, int | None]]  # each one's microseconds after ``ts``, and rows
+
+    @property
+    def last_ts(self) -> datetime:
+        return self.ts + timedelta(microseconds=self.each[-1][0])
+
+    def takes(self, seq: int, ts: datetime, entry: IndexEntry) -> int | None:
+        """The microseconds after the run's first at which the statement ``seq`` at
+        ``ts`` would join it, or None when it is not the run's next like statement."""
+        if seq != self.seq + len(self.each) or len(self.each) >= RUN_MAX:
+            return None
+        offset = (ts - self.ts) // _MICROSECOND
+        if not self.each[-1][0] <= offset <= _RUN_SPAN_US:
+            return None
+        first = self.entry
+        if entry.described != first.described:
+            return None
+        if entry.columns is not first.columns and entry.columns != first.columns:
+            return None
+        return offset
+
+    def values(self, stamp: Any, shape_id: int) -> tuple[Any, ...]:
+        """The run's ``access_events`` row, in _ROW_COLUMNS' order."""
+        counted = [rows for _, rows in self.each if rows is not None]
+        return (
+            self.session_id,
+            self.seq,
+            stamp(self.ts),
+            stamp(self.last_ts),
+            len(self.each),
+            sum(counted) if counted else None,
+            _run_text(self.each) if len(self.each) > 1 else None,
+            *self.entry.described,
+            shape_id,
+        )
+
+
+_MICROSECOND: Final = timedelta(microseconds=1)
+_RUN_SPAN_US: Final = RUN_SPAN // _MICROSECOND
+
+
+def _run_text(each: Sequence[tuple[int, int | None]]) -> str:
+    return json.dumps(each, separators=(",", ":"))
+
+
+def runs_of(entries: Iterable[tuple[str, int, datetime, IndexEntry]]) -> list[Run]:
+    """The runs of the index entries of a batch of events, each with its event's
+    session, number and (aware) time, a session's in order (pure)."""
+    runs: list[Run] = []
+    open_runs: dict[str, Run] = {}
+    for session_id, seq, ts, entry in entries:
+        run = open_runs.get(session_id)
+        offset = run.takes(seq, ts, entry) if run is not None else None
+        if run is not None and offset is not None:
+            run.each.append((offset, entry.rows))
+            continue
+        run = open_runs[session_id] = Run(session_id, seq, ts, entry, [(0, entry.rows)])
+        runs.append(run)
+    return runs
+
+
+def write_index(conn: sa.Connection, events: Iterable[Any]) -> int:
+    """Index the access facts of ``events`` (each with ``session_id``, ``seq``, an
+    aware ``ts``, ``kind``, ``data``; a session's in order) in the caller's
+    transaction; returns how many events had some."""
     wanted = [
-        (e.session_id, e.seq, stamp(e.ts) if ts is None else ts, entry)
-        for e, ts in pairs
+        (e.session_id, e.seq, e.ts, entry)
+        for e in events
         if (entry := index_entry(e.kind, e.data)) is not None
     ]
     write_entries(conn, wanted)
     return len(wanted)
 
 
-def write_entries(conn: sa.Connection, entries: Sequence[tuple[str, int, Any, IndexEntry]]) -> None:
-    """Write index entries, each with its event's session, number and time as the
-    store takes it, in the caller's transaction."""
+def write_entries(
+    conn: sa.Connection, entries: Sequence[tuple[str, int, datetime, IndexEntry]]
+) -> None:
+    """Write index entries, each with its event's session, number and aware time (a
+    session's in order), in the caller's transaction: one row per run."""
     if not entries:
         return
-    shape = shape_ids(conn, [entry.columns for *_, entry in entries])
+    runs = runs_of(entries)
+    shape = shape_ids(conn, [run.entry.columns for run in runs])
+    stamp = bulk.timestamps(conn)
     bulk.insert(
         conn,
         t.access_events,
-        (*_EVENT_COLUMNS, "shape_id"),
-        [
-            (sid, seq, ts, *entry.described, shape_id)
-            for (sid, seq, ts, entry), shape_id in zip(entries, shape, strict=True)
-        ],
+        _ROW_COLUMNS,
+        [run.values(stamp, shape_id) for run, shape_id in zip(runs, shape, strict=True)],
     )
 
 
@@ -541,10 +624,7 @@ def _where(q: AccessQuery) -> list[sa.ColumnElement[bool]]:
         conds.append(sa.or_(e.identity == q.viewer, e.on_behalf_of == q.viewer))
     if q.kind is not None:
         conds.append(e.identity_kind == q.kind)
-    if q.since is not None:
-        conds.append(e.ts >= q.since)
-    if q.until is not None:
-        conds.append(e.ts < q.until)
+    conds += Period(q.since, q.until).overlapping()
     touched = _touched(q)
     if touched:
         # Shapes are few beside statements: the statements of the shapes that
@@ -567,20 +647,96 @@ def _shape_columns(conn: sa.Connection, ids: Iterable[int]) -> dict[int, list[Co
     return out
 
 
-def _record(m: Any, columns: Sequence[ColumnAccess]) -> AccessRecord:
-    ts = _aware(m["ts"])
-    assert ts is not None
+# A statement of a run: its number, time and rows.
+RunStatement = tuple[int, datetime, int | None]
+
+
+@dataclass(frozen=True)
+class Period:
+    """A question's period, ``since`` <= time < ``until`` (each optional), as the
+    runs of the index answer it: a run may hold statements on both sides of a
+    bound, so counts take the runs wholly inside in SQL and count the statements
+    of the others one by one."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def overlapping(self) -> list[sa.ColumnElement[bool]]:
+        """The runs that may hold a statement of the period."""
+        e = t.access_events.c
+        conds: list[sa.ColumnElement[bool]] = []
+        if self.since is not None:
+            # The second holds for every such run too (RUN_SPAN), and bounds the
+            # (…, ts) indexes' ranges.
+            conds += [e.last_ts >= self.since, e.ts >= self.since - RUN_SPAN]
+        if self.until is not None:
+            conds.append(e.ts < self.until)
+        return conds
+
+    def whole(self) -> list[sa.ColumnElement[bool]]:
+        """Of those, the runs whose every statement is in the period."""
+        e = t.access_events.c
+        conds: list[sa.ColumnElement[bool]] = []
+        if self.since is not None:
+            conds.append(e.ts >= self.since)
+        if self.until is not None:
+            conds.append(e.last_ts < self.until)
+        return conds
+
+    @property
+    def bounded(self) -> bool:
+        return self.since is not None or self.until is not None
+
+    def partial(self) -> sa.ColumnElement[bool]:
+        """Of those, the runs that also hold statements outside it."""
+        e = t.access_events.c
+        parts: list[sa.ColumnElement[bool]] = []
+        if self.since is not None:
+            parts.append(e.ts < self.since)
+        if self.until is not None:
+            parts.append(e.last_ts >= self.until)
+        return sa.or_(*parts) if parts else sa.false()
+
+    def holds(self, ts: datetime) -> bool:
+        return (self.since is None or ts >= self.since) and (self.until is None or ts < self.until)
+
+
+def _time(value: Any) -> datetime:
+    aware = _aware(value)
+    assert aware is not None
+    return aware
+
+
+def statements_of(m: Any) -> list[RunStatement]:
+    """Each statement of an ``access_events`` row (a run): its number, time and rows.
+    A ``run`` that cannot be read stands for its first statement alone
+    (:func:`verify_index` reports it)."""
+    ts = _time(m["ts"])
+    seq, run = int(m["seq"]), m["run"]
+    if run is None:
+        return [(seq, ts, m["rows"])]
+    try:
+        return [
+            (seq + i, ts + timedelta(microseconds=int(offset)), None if n is None else int(n))
+            for i, (offset, n) in enumerate(json.loads(run))
+        ]
+    except (ValueError, TypeError):
+        return [(seq, ts, m["rows"])]
+
+
+def _record(m: Any, columns: Sequence[ColumnAccess], statement: RunStatement) -> AccessRecord:
+    seq, ts, rows = statement
     return AccessRecord(
         id=m["id"],
         ts=ts,
         session_id=m["session_id"],
-        seq=m["seq"],
+        seq=seq,
         target=m["target"],
         identity=m["identity"],
         identity_kind=m["identity_kind"],
         on_behalf_of=m["on_behalf_of"],
         command=m["command"],
-        rows=m["rows"],
+        rows=rows,
         decision=m["decision"],
         rule=m["rule"],
         approval=m["approval"],
@@ -596,21 +752,41 @@ def find(store: Store, q: AccessQuery) -> list[AccessRecord]:
         raise ValueError("a column filter needs a table")
     e = t.access_events.c
     limit = max(1, min(q.limit, MAX_LIMIT))
-    query = (
-        sa.select(t.access_events).where(*_where(q)).order_by(e.ts.desc(), e.id.desc()).limit(limit)
-    )
+    period = Period(q.since, q.until)
+    query = sa.select(t.access_events).order_by(e.last_ts.desc(), e.id.desc()).limit(limit)
+    found: list[tuple[Any, RunStatement]] = []
+    after: list[sa.ColumnElement[bool]] = []
     with store.read() as conn:
-        rows = conn.execute(query).all()
-        columns = _shape_columns(conn, (row.shape_id for row in rows))
-    return [_record(row._mapping, columns.get(row.shape_id, ())) for row in rows]
+        while True:
+            rows = conn.execute(query.where(*_where(q), *after)).all()
+            for row in rows:
+                m = row._mapping
+                found += [(m, s) for s in statements_of(m) if period.holds(s[1])]
+            found.sort(key=lambda f: (f[1][1], f[0]["id"], f[1][0]), reverse=True)
+            if len(rows) < limit:
+                break
+            # The runs not read yet end no later than the last one read: their
+            # statements are no newer than it.
+            last = rows[-1]
+            if len(found) >= limit and found[limit - 1][1][1] > _time(last.last_ts):
+                break
+            after = [
+                sa.or_(e.last_ts < last.last_ts, sa.and_(e.last_ts == last.last_ts, e.id < last.id))
+            ]
+        found = found[:limit]
+        columns = _shape_columns(conn, (m["shape_id"] for m, _ in found))
+    return [_record(m, columns.get(m["shape_id"], ()), s) for m, s in found]
+
+
+_SUMMARY_KEY: Final = ("identity", "on_behalf_of", "target", "schema_name", "table_name")
 
 
 def summarize(store: Store, q: AccessQuery) -> list[dict[str, Any]]:
     """Counts by identity (and the person it acted for) and relation: statements,
     those that wrote, those with a column in clear or masked, rows."""
     e, c = t.access_events.c, t.access_shape_columns.c
-    # Per shape and relation (only the relations asked about), then per statement
-    # of those shapes that the filters keep.
+    # Per shape and relation (only the relations asked about), then per run of
+    # those shapes that the filters keep.
     per_relation = (
         sa.select(
             c.shape_id,
@@ -627,49 +803,82 @@ def summarize(store: Store, q: AccessQuery) -> list[dict[str, Any]]:
         .subquery()
     )
     p = per_relation.c
-    query = (
+    joined = per_relation.join(t.access_events, e.shape_id == p.shape_id)
+    keys = (e.identity, e.on_behalf_of, e.target, p.schema_name, p.table_name)
+    period = Period(q.since, q.until)
+    whole = (
         sa.select(
-            e.identity,
-            e.on_behalf_of,
-            e.target,
-            p.schema_name,
-            p.table_name,
-            sa.func.count().label("statements"),
-            sa.func.sum(p.wrote).label("writes"),
-            sa.func.sum(p.clear).label("clear"),
-            sa.func.sum(p.masked).label("masked"),
+            *keys,
+            sa.func.sum(e.statements).label("statements"),
+            sa.func.sum(p.wrote * e.statements).label("writes"),
+            sa.func.sum(p.clear * e.statements).label("clear"),
+            sa.func.sum(p.masked * e.statements).label("masked"),
             sa.func.sum(e.rows).label("rows"),
             sa.func.min(e.ts).label("first"),
-            sa.func.max(e.ts).label("last"),
+            sa.func.max(e.last_ts).label("last"),
         )
-        .select_from(per_relation.join(t.access_events, e.shape_id == p.shape_id))
-        .where(*_where(q))
-        .group_by(e.identity, e.on_behalf_of, e.target, p.schema_name, p.table_name)
-        .order_by(e.identity, e.target, p.schema_name, p.table_name)
-        .limit(max(1, min(q.limit, MAX_LIMIT)))
+        .select_from(joined)
+        .where(*_where(q), *period.whole())
+        .group_by(*keys)
     )
+    groups: dict[tuple[Any, ...], dict[str, Any]] = {}
     with store.read() as conn:
-        rows = conn.execute(query).all()
-    out = []
-    for row in rows:
-        m = row._mapping
-        first, last = _aware(m["first"]), _aware(m["last"])
-        out.append(
-            {
-                "identity": m["identity"],
-                "on_behalf_of": m["on_behalf_of"],
-                "target": m["target"],
-                "relation": f"{m['schema_name']}.{m['table_name']}",
+        for row in conn.execute(whole):
+            m = row._mapping
+            groups[tuple(m[k] for k in _SUMMARY_KEY)] = {
                 "statements": int(m["statements"]),
                 "writes": int(m["writes"] or 0),
                 "clear": int(m["clear"] or 0),
                 "masked": int(m["masked"] or 0),
                 "rows": int(m["rows"] or 0),
-                "first": first.isoformat() if first else None,
-                "last": last.isoformat() if last else None,
+                "first": _aware(m["first"]),
+                "last": _aware(m["last"]),
+            }
+        if period.bounded:
+            runs = sa.select(*keys, p.wrote, p.clear, p.masked, e.seq, e.ts, e.rows, e.run)
+            partial = runs.select_from(joined).where(*_where(q), period.partial())
+            for row in conn.execute(partial):
+                m = row._mapping
+                for _, ts, n in statements_of(m):
+                    if period.holds(ts):
+                        _count(groups, tuple(m[k] for k in _SUMMARY_KEY), m, ts, n)
+    out = []
+    for key in sorted(groups, key=lambda k: (k[0], k[2], k[3], k[4], k[1] or "")):
+        identity, on_behalf_of, target, schema, table = key
+        g = groups[key]
+        out.append(
+            {
+                "identity": identity,
+                "on_behalf_of": on_behalf_of,
+                "target": target,
+                "relation": f"{schema}.{table}",
+                **{n: g[n] for n in ("statements", "writes", "clear", "masked", "rows")},
+                "first": g["first"].isoformat() if g["first"] else None,
+                "last": g["last"].isoformat() if g["last"] else None,
             }
         )
-    return out
+    return out[: max(1, min(q.limit, MAX_LIMIT))]
+
+
+def _count(
+    groups: dict[tuple[Any, ...], dict[str, Any]],
+    key: tuple[Any, ...],
+    m: Any,
+    ts: datetime,
+    rows: int | None,
+) -> None:
+    """Add one statement of a run that is partly in the period to its group's counts."""
+    g = groups.get(key)
+    if g is None:
+        g = groups[key] = dict.fromkeys(("statements", "writes", "clear", "masked", "rows"), 0)
+        g["first"] = g["last"] = ts
+    g["statements"] += 1
+    g["writes"] += int(m["wrote"])
+    g["clear"] += int(m["clear"])
+    g["masked"] += int(m["masked"])
+    g["rows"] += rows or 0
+    g["first"] = min(g["first"], ts) if g["first"] else ts
+    g["last"] = max(g["last"], ts) if g["last"] else ts
 
 
 # --------------------------------------------------------------------------
@@ -686,60 +895,67 @@ class IndexProblem:
         return {"session_id": self.session_id, "seq": self.seq, "problem": self.problem}
 
 
-# What an index row says of its event: every column but the event's key.
-_COMPARED = _EVENT_COLUMNS[2:]
-
-
-def _comparable(row: Any) -> tuple[Any, ...]:
-    values = []
-    for key in _COMPARED:
-        value = row[key]
-        if key == "ts":
-            value = _aware(value)
-        values.append(value)
-    return tuple(values)
+def _run_problem(m: Any, each: Sequence[RunStatement]) -> str | None:
+    """What is wrong with a run's row in itself (None: nothing)."""
+    counted = [n for _, _, n in each if n is not None]
+    if m["run"] is not None and len(each) == 1:
+        return "an access index run cannot be read"
+    if m["statements"] != len(each):
+        return "an access index run's count differs from its statements"
+    if _time(m["last_ts"]) != each[-1][1]:
+        return "an access index run's last time differs from its statements"
+    if m["rows"] != (sum(counted) if counted else None):
+        return "an access index run's rows differ from its statements'"
+    return None
 
 
 def verify_index(store: Store) -> list[IndexProblem]:
-    """Hold every row of the access index to the recording event it names, and
-    every event's access facts to their rows: what differs is reported (the events
-    themselves are held to the audit chain by the recordings' digests)."""
+    """Hold every statement of the access index's runs to the recording event it
+    names, and every event's access facts to their run: what differs is reported
+    (the events themselves are held to the audit chain by the recordings' digests)."""
     rec = t.session_recordings.c
     problems: list[IndexProblem] = []
+    # Each statement the index holds, by its event's key: its run's row, time and rows.
+    indexed: dict[tuple[str, int], tuple[Any, datetime, int | None]] = {}
     with store.read() as conn:
         # A recording archived and removed from the store is held to its archive
         # copy by the recordings' own check; its index rows stay for the questions.
         pruned = set(
             conn.execute(sa.select(rec.session_id).where(rec.pruned_at.is_not(None))).scalars()
         )
-        indexed = {
-            (m["session_id"], m["seq"]): m
-            for m in (r._mapping for r in conn.execute(sa.select(t.access_events)))
-        }
+        for r in conn.execute(sa.select(t.access_events)):
+            m = r._mapping
+            each = statements_of(m)
+            problem = _run_problem(m, each)
+            if problem is not None:
+                problems.append(IndexProblem(m["session_id"], m["seq"], problem))
+            for seq, ts, n in each:
+                indexed[(m["session_id"], seq)] = (m, ts, n)
         keys = dict(conn.execute(sa.select(t.access_shapes.c.id, t.access_shapes.c.key)).all())
         shapes = _shape_columns(conn, keys)
     for session_id, seq, ts, event in _statement_events(store):
         data = facts_of(KIND, event or {})
         if data is None:
             continue
-        row = indexed.pop((session_id, seq), None)
-        if row is None:
+        held = indexed.pop((session_id, seq), None)
+        if held is None:
             problems.append(
                 IndexProblem(
                     session_id, seq, "a statement's access facts are missing from the index"
                 )
             )
             continue
-        expected = event_row(session_id, seq, ts, data)
-        if _comparable(row) != _comparable(expected):
+        m, indexed_ts, rows = held
+        said = tuple(m[key] for key in _FACT_COLUMNS)
+        if (said, indexed_ts, rows) != (_described(data), _aware(ts), _rows_of(data)):
             problems.append(
                 IndexProblem(session_id, seq, "the access index differs from the recorded event")
             )
-        elif sorted(shapes.get(row["shape_id"], ())) != sorted(column_rows(data)):
+        elif sorted(shapes.get(m["shape_id"], ())) != sorted(column_rows(data)):
             problems.append(
                 IndexProblem(session_id, seq, "the access index's columns differ from the event")
             )
-    for (session_id, seq), _row in sorted(indexed.items()):
+    for (session_id, seq), _held in sorted(indexed.items()):
         if session_id in pruned:
             continue
         problems.append(

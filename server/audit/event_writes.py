@@ -59,6 +59,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, Final, NamedTuple
 
@@ -163,7 +164,11 @@ def write_events(
         )
         access.write_entries(
             conn,
-            [(e.session_id, e.seq, ts, e.entry) for e, ts in written if e.entry is not None],
+            [
+                (e.session_id, e.seq, datetime.fromisoformat(e.iso), e.entry)
+                for e, _ in written
+                if e.entry is not None
+            ],
         )
     return set(ids) - writes
 
@@ -321,9 +326,8 @@ class WriterProcess:
 
 # A batch goes through the pipe as plain tuples: pickle writes those in C, where a
 # named tuple costs a Python call (its __getnewargs__) each, on the writer thread.
-_Row = tuple[
-    str, int, str, str, str, tuple[Any, ...] | None, list[access.ColumnAccess] | None, Later | None
-]
+_Entry = tuple[tuple[Any, ...], int | None, list[access.ColumnAccess]]  # an IndexEntry's
+_Row = tuple[str, int, str, str, str, _Entry | None, Later | None]
 
 
 def _plain(events: Sequence[EventRow]) -> list[_Row]:
@@ -334,8 +338,7 @@ def _plain(events: Sequence[EventRow]) -> list[_Row]:
             e.kind,
             e.text,
             e.iso,
-            None if e.entry is None else e.entry.described,
-            None if e.entry is None else e.entry.columns,
+            None if e.entry is None else (e.entry.described, e.entry.rows, e.entry.columns),
             e.later,
         )
         for e in events
@@ -344,10 +347,8 @@ def _plain(events: Sequence[EventRow]) -> list[_Row]:
 
 def _rows(rows: Sequence[_Row]) -> list[EventRow]:
     return [
-        EventRow(
-            sid, seq, kind, text, iso, None if d is None else access.IndexEntry(d, c or []), later
-        )
-        for sid, seq, kind, text, iso, d, c, later in rows
+        EventRow(sid, seq, kind, text, iso, None if d is None else access.IndexEntry(*d), later)
+        for sid, seq, kind, text, iso, d, later in rows
     ]
 
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from server.audit import chain
+from server.audit import access, chain
 from server.audit.access import EXEMPT, MASKED
 from server.store import tables as t
 from server.store.db import Store, _aware
@@ -169,54 +169,74 @@ def _head(store: Store) -> tuple[int | None, str | None]:
 def _masked(store: Store, since: datetime, until: datetime) -> dict[str, Any]:
     """Per column a masking rule names: reads masked, and every access to it in clear."""
     e, c = t.access_events.c, t.access_shape_columns.c
-    relation = c.schema_name + "." + c.table_name + "." + c.column_name
-    in_period = (e.ts >= since, e.ts < until)
+    relation = (c.schema_name + "." + c.table_name + "." + c.column_name).label("column")
+    period = access.Period(since, until)
+    joined = t.access_shape_columns.join(t.access_events, e.shape_id == c.shape_id)
+    named = (*period.overlapping(), c.state.in_((MASKED, EXEMPT)))
+    runs = (e.seq, e.ts, e.rows, e.run)
     with store.read() as conn:
         counts = conn.execute(
-            sa.select(relation.label("column"), c.state, sa.func.count())
-            .select_from(t.access_shape_columns.join(t.access_events, e.shape_id == c.shape_id))
-            .where(*in_period, c.state.in_((MASKED, EXEMPT)))
+            sa.select(relation, c.state, sa.func.sum(e.statements))
+            .select_from(joined)
+            .where(*named, *period.whole())
             .group_by(relation, c.state)
-            .order_by(relation)
+        ).all()
+        partial = conn.execute(
+            sa.select(relation, c.state, *runs).select_from(joined).where(*named, period.partial())
         ).all()
         clear = conn.execute(
             sa.select(
-                e.ts,
+                *runs,
                 e.identity,
                 e.identity_kind,
                 e.on_behalf_of,
                 e.target,
                 e.session_id,
                 e.command,
-                e.rows,
                 e.approval,
                 e.exemption,
-                relation.label("column"),
+                relation,
             )
-            .select_from(t.access_shape_columns.join(t.access_events, e.shape_id == c.shape_id))
-            .where(*in_period, c.state == EXEMPT)
+            .select_from(joined)
+            .where(*period.overlapping(), c.state == EXEMPT)
             .order_by(e.ts, e.id)
             .limit(MAX_ITEMS)
         ).all()
     columns: dict[str, dict[str, int]] = defaultdict(lambda: {"masked": 0, "clear": 0})
     for column, state, n in counts:
         columns[column]["masked" if state == MASKED else "clear"] += int(n)
+    for row in partial:
+        m = row._mapping
+        inside = sum(period.holds(ts) for _, ts, _ in access.statements_of(m))
+        columns[m["column"]]["masked" if m["state"] == MASKED else "clear"] += inside
+    # Runs in order of their first statements: when there are more than were read,
+    # those after the last one read may hold statements before some of theirs.
+    last = _aware(clear[-1].ts) if len(clear) == MAX_ITEMS else None
+    accesses = sorted(
+        (
+            (ts, rows, m)
+            for m in (r._mapping for r in clear)
+            for _, ts, rows in access.statements_of(m)
+            if period.holds(ts) and (last is None or ts <= last)
+        ),
+        key=lambda a: a[0],
+    )
     return {
         "columns": [{"column": col, **n} for col, n in sorted(columns.items())],
         "clear_accesses": [
             {
-                "ts": _iso(m["ts"]),
+                "ts": _iso(ts),
                 "identity": m["identity"],
                 "identity_kind": m["identity_kind"],
                 "on_behalf_of": m["on_behalf_of"],
                 "target": m["target"],
                 "session_id": m["session_id"],
                 "command": m["command"],
-                "rows": m["rows"],
+                "rows": rows,
                 "approval": m["approval"],
                 "exemption": m["exemption"],
                 "column": m["column"],
             }
-            for m in (r._mapping for r in clear)
+            for ts, rows, m in accesses[:MAX_ITEMS]
         ],
     }

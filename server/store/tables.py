@@ -269,6 +269,12 @@ def shape_key(rows: Iterable[Sequence[str]]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+# One row per run of statements: consecutive statements of one session (numbers
+# ``seq`` to ``seq + statements - 1``, nothing recorded between them) that touched
+# the same shape under the same facts, within ``server.audit.access.RUN_SPAN``
+# of each other.  ``ts`` is the first's time, ``last_ts`` the last's; ``rows``
+# their total; ``run``, for a run of several, each one's time (microseconds
+# after ``ts``) and rows, as JSON ``[[0, 1], [153, 1], ...]``.
 access_events = sa.Table(
     "access_events",
     metadata,
@@ -288,9 +294,13 @@ access_events = sa.Table(
     # What exempted the session from masking (``group dba``), where something did.
     sa.Column("exemption", sa.String(200), nullable=True),
     sa.Column("shape_id", _ID, sa.ForeignKey("access_shapes.id"), nullable=False),
+    sa.Column("statements", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("last_ts", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("run", sa.Text, nullable=True),
     sa.UniqueConstraint("session_id", "seq", name="uq_access_events_session_seq"),
 )
 sa.Index("ix_access_events_ts", access_events.c.ts)
+sa.Index("ix_access_events_last_ts", access_events.c.last_ts)
 sa.Index("ix_access_events_target_ts", access_events.c.target, access_events.c.ts)
 sa.Index("ix_access_events_identity_ts", access_events.c.identity, access_events.c.ts)
 sa.Index("ix_access_events_behalf_ts", access_events.c.on_behalf_of, access_events.c.ts)

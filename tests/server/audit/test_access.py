@@ -18,7 +18,6 @@ from server.audit.access import (
     column_rows,
 )
 from server.audit.recording import SessionEvent
-from server.store import bulk
 from server.store import tables as t
 from server.store.db import Store
 
@@ -323,7 +322,7 @@ def test_a_shape_added_by_a_transaction_that_failed_is_added_again(any_store: St
         pass
 
     with pytest.raises(Refused), any_store.tx() as conn:
-        stamp = bulk.timestamps(conn)(DAY)
+        stamp = DAY
         access.write_entries(conn, [("s-1", 1, stamp, entry)])
         raise Refused
     assert _shapes(any_store) == {}
@@ -431,7 +430,7 @@ def test_two_writers_adding_one_new_shape_share_it(any_store: Store) -> None:
     def first() -> None:
         try:
             with any_store.tx() as conn:
-                access.write_entries(conn, [("s-1", 1, bulk.timestamps(conn)(DAY), entry)])
+                access.write_entries(conn, [("s-1", 1, DAY, entry)])
                 first_added.set()
                 assert release.wait(30)
         except BaseException as exc:  # reported below
@@ -459,7 +458,7 @@ def _write_second(store: Store, entry: access.IndexEntry, errors: list[BaseExcep
     try:
         access._KNOWN.pop(store.engine, None)  # as a writer in another process
         with store.tx() as conn:
-            access.write_entries(conn, [("s-2", 1, bulk.timestamps(conn)(DAY), entry)])
+            access.write_entries(conn, [("s-2", 1, DAY, entry)])
     except BaseException as exc:  # reported by the test
         errors.append(exc)
 
@@ -475,7 +474,7 @@ def _entry(*relations: RelationAccess) -> access.IndexEntry:
 
 def _index(store: Store, seq: int, *entries: access.IndexEntry) -> None:
     with store.tx() as conn:
-        stamp = bulk.timestamps(conn)(DAY)
+        stamp = DAY
         access.write_entries(conn, [("s-1", seq + i, stamp, e) for i, e in enumerate(entries)])
 
 
@@ -512,7 +511,7 @@ def test_a_shape_found_in_a_transaction_that_rolled_back_is_not_kept(any_store: 
         pass
 
     with pytest.raises(Refused), any_store.tx() as conn:
-        stamp = bulk.timestamps(conn)(DAY)
+        stamp = DAY
         access.write_entries(conn, [("s-1", 1, stamp, x)])
         access.write_entries(conn, [("s-1", 2, stamp, x)])  # found: this transaction's own
         raise Refused

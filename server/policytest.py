@@ -44,7 +44,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from server.audit.access import FILTER, READ
+from server.audit.access import FACTS, FILTER, READ, FactsReader
 from server.gateway.guardrails import Decision, GuardrailRules, decide
 from server.gateway.masking import MaskingRules
 from server.gateway.masking.rules import ColumnRef
@@ -251,17 +251,31 @@ def _sessions(store: Store, since: datetime, until: datetime) -> list[_Session]:
 def _statements(
     store: Store, session_id: str, since: datetime, until: datetime
 ) -> Iterator[tuple[datetime, Mapping[str, Any]]]:
+    """The session's statements of the period, in order, with their access facts
+    whole: facts that refer to an earlier statement's (``access.FactsReader``) are
+    read from the session's start; ones that cannot be are left out (the statement
+    is then judged by its text)."""
     e = t.session_events.c
     with store.tx() as conn:
         rows = conn.execute(
             sa.select(e.ts, e.data)
-            .where(e.session_id == session_id, e.kind == "statement", e.ts >= since, e.ts < until)
+            .where(e.session_id == session_id, e.kind == "statement", e.ts < until)
             .order_by(e.seq)
         ).all()
+    reader = FactsReader()
     for ts, data in rows:
         aware = _aware(ts)
         assert aware is not None
-        yield aware, data or {}
+        data = data or {}
+        try:
+            facts = reader.facts(session_id, "statement", data)
+        except LookupError:
+            facts = None
+        if aware < since:
+            continue
+        if facts is not data.get(FACTS):
+            data = {**data, FACTS: facts}
+        yield aware, data
 
 
 def _touched(data: Mapping[str, Any], action: str = READ) -> list[ColumnRef] | None:

@@ -4,14 +4,28 @@ For every statement that ran, the gateway's ``statement`` event in the
 session's recording carries the statement's access facts under ``access``
 (:func:`access_event` builds them from what the gateway already has: the
 statement's analysis, the result's masking plan, the command tag's row count,
-the guardrail decision and the approval it ran under).  They are
-self-contained::
+the guardrail decision and the approval it ran under)::
 
     {"target": "prod", "identity": "ci-bot", "identity_kind": "agent",
      "on_behalf_of": "alice", "command": "SELECT", "rows": 3,
      "decision": "allowed", "rule": null, "approval": null,
      "relations": [{"schema": "public", "table": "customers", "action": "read",
-                    "columns": ["email", "id"], "masked": ["email"], "exempt": []}]}
+                    "columns": ["email", "id"], "masked": ["email"], "exempt": []}],
+     "key": "5f0c…"}
+
+All but rows, decision, rule and approval is the same for the statements of one
+shape in one session (:class:`FactsTemplate`, made once; ``key`` is a digest of
+it).  The recorder's writer says the facts in full for the first statement of
+a template in each batch it writes, and for the batch's later ones only their
+own values and that statement's key (:class:`Facts`)::
+
+    {"same_as": "5f0c…", "rows": 1, "decision": "allowed", "rule": null,
+     "approval": null}
+
+A batch is one transaction, so the statement named is always in the
+recording, earlier; :class:`FactsReader` makes such facts whole again for
+those who read recordings.  That keeps a busy session's facts from being
+written, stored and hashed thousands of times a second.
 
 ``columns`` are the relation's columns the statement touched: for a read those
 whose values came back, for a write those it set (an UPDATE's SET targets, an
@@ -62,6 +76,7 @@ per statement, or counts by identity and relation).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import weakref
 from collections import defaultdict
@@ -149,7 +164,60 @@ def access_event(
 # What differs between the facts of statements of one shape in one session: filled in
 # per statement (``FactsTemplate.fill``), in this order.
 _SLOTS: Final = ("rows", "decision", "rule", "approval")
-FactsTemplate = canonical.Template
+# In a statement's facts: their template's key (``FactsTemplate.key``), which later
+# statements of the same batch of its recording name instead of saying them again.
+KEY: Final = "key"
+# A statement's facts that are those of the last earlier statement of its recording
+# whose facts have this key, but for its own values (``_SLOTS``).
+SAME_AS: Final = "same_as"
+
+
+class FactsTemplate(NamedTuple):
+    """What the facts of the statements of one shape in one session share, encoded
+    once (:func:`facts_template`), with its key (a digest of what it says)."""
+
+    template: canonical.Template
+    key: str
+
+    def fill(
+        self, rows: int | None, decision: str, rule: str | None, approval: str | None
+    ) -> canonical.Encoded:
+        """One statement's facts, in full."""
+        return self.template.fill(rows, decision, rule, approval)
+
+    def facts(
+        self, rows: int | None, decision: str, rule: str | None, approval: str | None
+    ) -> Facts:
+        return Facts(self, (rows, decision, rule, approval))
+
+
+class Facts(NamedTuple):
+    """One statement's facts as the gateway hands them to the recorder: its template
+    and its own values (``_SLOTS``' order).  Its event holds them in full
+    (:meth:`full`) or, after the first statement of the same template in the batch
+    its recording is written in, as a reference to that one (:meth:`same`): the
+    batch is written whole or not at all, so the one it names is always there."""
+
+    template: FactsTemplate
+    values: tuple[int | None, str, str | None, str | None]
+
+    @property
+    def key(self) -> str:
+        return self.template.key
+
+    def full(self) -> canonical.Encoded:
+        return self.template.fill(*self.values)
+
+    def same(self) -> dict[str, Any]:
+        # Small and plain: the event's own encoding writes it.
+        rows, decision, rule, approval = self.values
+        return {
+            SAME_AS: self.template.key,
+            "rows": rows,
+            "decision": decision,
+            "rule": rule,
+            "approval": approval,
+        }
 
 
 def facts_template(
@@ -177,7 +245,75 @@ def facts_template(
     }
     if exemption is not None:
         facts["exemption"] = exemption
-    return canonical.Template(facts, _SLOTS)
+    key = hashlib.sha256(canonical.encode(facts).encode()).hexdigest()[:32]
+    facts[KEY] = key
+    return FactsTemplate(canonical.Template(facts, _SLOTS), key)
+
+
+class FactsReader:
+    """The access facts of recordings' events, each recording's read in its order: a
+    reference to an earlier statement's (``same_as``) is made whole again.  The
+    recordings are read one after another, or ``interleaved``."""
+
+    def __init__(self, *, interleaved: bool = False) -> None:
+        self._interleaved = interleaved
+        self._known: dict[str, dict[str, Mapping[str, Any]]] = {}
+        self._entries: dict[tuple[str, str], IndexEntry] = {}
+
+    def facts(
+        self, session_id: str, kind: str, data: Mapping[str, Any]
+    ) -> Mapping[str, Any] | None:
+        """The event's facts (None: it has none); :class:`LookupError` when they name
+        facts no earlier event of its recording read here holds."""
+        known = self._known.get(session_id)
+        if known is None:
+            if not self._interleaved:
+                self._known.clear()
+                self._entries.clear()
+            known = self._known[session_id] = {}
+        facts = facts_of(kind, data)
+        if facts is None:
+            return None
+        same = facts.get(SAME_AS)
+        if same is None:
+            key = facts.get(KEY)
+            if isinstance(key, str):
+                known[key] = facts
+            return facts
+        base = known.get(str(same))
+        if base is None:
+            raise LookupError(f"access facts {same} are not those of an earlier statement")
+        made = dict(base)
+        made.update((slot, facts.get(slot)) for slot in _SLOTS)
+        return made
+
+    def entry(self, session_id: str, kind: str, data: Mapping[str, Any]) -> IndexEntry | None:
+        """The index entry of the event's facts (:meth:`facts`), made from the one of
+        the facts it refers to where it refers to some."""
+        facts = facts_of(kind, data)
+        same = None if facts is None else facts.get(SAME_AS)
+        if same is None:
+            entry = entry_of(self.facts(session_id, kind, data))
+            key = None if facts is None else facts.get(KEY)
+            if entry is not None and isinstance(key, str):
+                self._entries[(session_id, key)] = entry
+            return entry
+        assert facts is not None
+        base = self._entries.get((session_id, str(same)))
+        if base is None:
+            return entry_of(self.facts(session_id, kind, data))
+        d = base.described
+        return IndexEntry(
+            (
+                *d[:5],
+                str(facts.get("decision") or "allowed"),
+                facts.get("rule"),
+                facts.get("approval"),
+                d[8],
+            ),
+            _rows_of(facts),
+            base.columns,
+        )
 
 
 # --------------------------------------------------------------------------
@@ -312,8 +448,13 @@ class IndexEntry(NamedTuple):
 
 
 def index_entry(kind: str, data: Mapping[str, Any]) -> IndexEntry | None:
-    """The index entry of a recording's event, or None when it has no access facts."""
-    facts = facts_of(kind, data)
+    """The index entry of a recording's event whose facts are whole (not ``same_as``
+    another's: :class:`FactsReader`), or None when it has no access facts."""
+    return entry_of(facts_of(kind, data))
+
+
+def entry_of(facts: Mapping[str, Any] | None) -> IndexEntry | None:
+    """The index entry of whole access facts (None: none)."""
     if facts is None:
         return None
     return IndexEntry(_described(facts), _rows_of(facts), column_rows(facts))
@@ -909,6 +1050,9 @@ def _run_problem(m: Any, each: Sequence[RunStatement]) -> str | None:
     return None
 
 
+_UNRESOLVED: Final = "a statement's access facts refer to none an earlier statement holds"
+
+
 def verify_index(store: Store) -> list[IndexProblem]:
     """Hold every statement of the access index's runs to the recording event it
     names, and every event's access facts to their run: what differs is reported
@@ -933,8 +1077,14 @@ def verify_index(store: Store) -> list[IndexProblem]:
                 indexed[(m["session_id"], seq)] = (m, ts, n)
         keys = dict(conn.execute(sa.select(t.access_shapes.c.id, t.access_shapes.c.key)).all())
         shapes = _shape_columns(conn, keys)
+    reader = FactsReader()
     for session_id, seq, ts, event in _statement_events(store):
-        data = facts_of(KIND, event or {})
+        try:
+            data = reader.facts(session_id, KIND, event or {})
+        except LookupError:
+            indexed.pop((session_id, seq), None)
+            problems.append(IndexProblem(session_id, seq, _UNRESOLVED))
+            continue
         if data is None:
             continue
         held = indexed.pop((session_id, seq), None)

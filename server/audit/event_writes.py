@@ -80,7 +80,7 @@ _STOP_TIMEOUT: Final = 10.0
 
 # How an event's data is made in the writer process: a module-level function (it
 # travels by name), what it makes the data from (plain values), the event's time.
-Later = tuple[Callable[[Any, int], Mapping[str, Any]], Any, int]
+Later = tuple[Callable[[Any, int, "set[str] | None"], Mapping[str, Any]], Any, int]
 
 
 class EventRow(NamedTuple):
@@ -102,25 +102,31 @@ class Unmade(Exception):
     of the batch was written."""
 
 
-def made_data(later: Later) -> tuple[Mapping[str, Any], str]:
-    """The data of an event made later, and its canonical text (``canonical.stored_form``)."""
+def made_data(later: Later, said: set[str] | None = None) -> tuple[Mapping[str, Any], str]:
+    """The data of an event made later, and its canonical text (``canonical.stored_form``);
+    ``said``: see ``recording.TwoStep``."""
     make, parts, ts_ns = later
-    return canonical.stored_form(make(parts, ts_ns))
+    return canonical.stored_form(make(parts, ts_ns, said))
 
 
 def made(events: Sequence[EventRow]) -> tuple[list[EventRow], list[str]]:
     """The events, those whose data is made here (``later``) made: their canonical
     text (``canonical.stored_form``) and access index entry; and those texts, in
-    order, for the recorder's digests.  :class:`Unmade` when one cannot be made."""
+    order, for the recorder's digests.  :class:`Unmade` when one cannot be made.
+    The events of a recording in the batch are made knowing what the earlier ones
+    said (a statement's access facts, after the first of theirs, refer to it):
+    the batch is written whole or not at all."""
     out: list[EventRow] = []
     texts: list[str] = []
+    said: dict[str, set[str]] = {}
+    reader = access.FactsReader(interleaved=True)
     for e in events:
         if e.later is None:
             out.append(e)
             continue
         try:
-            data, text = made_data(e.later)
-            entry = access.index_entry(e.kind, data)
+            data, text = made_data(e.later, said.setdefault(e.session_id, set()))
+            entry = reader.entry(e.session_id, e.kind, data)
         except Exception as exc:
             raise Unmade(
                 f"a {e.kind} event could not be made: {type(exc).__name__}: {exc}"

@@ -412,18 +412,22 @@ StatementParts = tuple[
     str | None,  # SQLSTATE
     str,  # decision
     list[dict[str, str]],  # masked fields
-    Mapping[str, Any] | None,  # its access facts (``server.audit.access``)
-    str | None,  # their canonical text, when they were made with it (``canonical.Encoded``)
+    tuple[Any, ...] | None,  # its access facts (``server.audit.access.Facts``), as a tuple
 ]
 
 
-def statement_made(parts: StatementParts, ts_ns: int) -> dict[str, Any]:
+def statement_made(
+    parts: StatementParts, ts_ns: int, said: set[str] | None = None
+) -> dict[str, Any]:
     """A ``statement`` event's data from its parts: the text redacted (every literal
     when it touches masked columns; in a Query of several, those of such statements
     only), the parameters too (all hidden when it touches masked columns: which
-    goes to a masked column cannot be told), its start told from the event's time."""
+    goes to a masked column cannot be told), its start told from the event's time.
+    ``said``: the keys of the access facts that earlier statements of its recording
+    in the same batch hold in full (updated): facts of one of those are made as a
+    reference to it (``access.Facts``)."""
     sql, touches, hides, ends, params, formats, duration_ns = parts[:7]
-    rows, tag, sqlstate, decision, masked, facts, facts_text = parts[7:]
+    rows, tag, sqlstate, decision, masked, facts = parts[7:]
     shown_params = None
     if params is not None:
         shown_params = redact_params(params, formats, masked=range(len(params)) if touches else ())
@@ -443,10 +447,14 @@ def statement_made(parts: StatementParts, ts_ns: int) -> dict[str, Any]:
         params=shown_params,
     )
     if facts is not None:
+        facts = access.Facts(*facts)
         # Their text is put in place as it was made (``stored_form``), not encoded again.
-        data[access.FACTS] = (
-            canonical.encoded_again(facts, facts_text) if facts_text is not None else facts
-        )
+        if said is None or facts.key not in said:
+            data[access.FACTS] = facts.full()
+            if said is not None:
+                said.add(facts.key)
+        else:
+            data[access.FACTS] = facts.same()
     return data
 
 
@@ -518,6 +526,8 @@ def limit_event(hit: LimitHit) -> dict[str, Any]:
 
 
 Build = Callable[[Any, int], Mapping[str, Any] | None]
+# A ``TwoStep``'s second step: data from its parts, the event's time and ``said``.
+Make = Callable[[Any, int, "set[str] | None"], Mapping[str, Any]]
 """Makes an event's data on the writer thread from what the data path kept
 (``fields``) and the event's time (nanoseconds since the epoch); None when
 there turns out to be nothing to record."""
@@ -536,20 +546,20 @@ class TwoStep:
     writer process (``event_writes``), off the broker's interpreter lock:
     ``prepare`` reads, on the writer thread, what only the broker holds (the
     gateway's analyses and caches) into plain values; ``make`` makes the event's
-    data from those and the event's time, anywhere.  ``make`` is a module-level
-    function (it goes to the process by name) and always makes data.  Called as
-    it is, it is the plain :data:`Build` ``make(prepare(fields), ts_ns)``."""
+    data from those, the event's time and what earlier events of its recording in
+    the same batch said (a set it may add to; None: nothing is known of them),
+    anywhere.  ``make`` is a module-level function (it goes to the process by
+    name) and always makes data.  Called as it is, it is the plain :data:`Build`
+    ``make(prepare(fields), ts_ns, None)``."""
 
     __slots__ = ("make", "prepare")
 
-    def __init__(
-        self, prepare: Callable[[Any], Any], make: Callable[[Any, int], Mapping[str, Any]]
-    ) -> None:
+    def __init__(self, prepare: Callable[[Any], Any], make: Make) -> None:
         self.prepare = prepare
         self.make = make
 
     def __call__(self, fields: Any, ts_ns: int) -> Mapping[str, Any]:
-        return self.make(self.prepare(fields), ts_ns)
+        return self.make(self.prepare(fields), ts_ns, None)
 
 
 def event_data(data: Any, build: Build | None, ts_ns: int) -> Mapping[str, Any] | None:

@@ -52,12 +52,13 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from operator import is_
-from typing import Any, Final
+from typing import Final
 
 from server.audit.access import (
     FILTER,
     READ,
     WRITE,
+    Facts,
     FactsTemplate,
     RelationAccess,
     SessionFacts,
@@ -152,8 +153,9 @@ def access_facts(
     tag: str | None,
     decision: str,
     approval: str | None = None,
-) -> dict[str, Any] | None:
-    """The ``access`` part of a statement's event, or None for one that did not run;
+) -> Facts | None:
+    """The ``access`` part of a statement's event (made by the recorder: in full, or
+    as a reference to an earlier statement's), or None for one that did not run;
     ``guarded`` is the guard's analysis of ``sql``, ``approval`` the statement
     review's it ran under, else the session's counts."""
     if decision != ALLOWED or not sql:
@@ -182,7 +184,7 @@ def access_facts(
     template = made[1]
     if template is None:
         return None
-    return template.fill(rows, decision, None, approval or ctx.approval)
+    return template.facts(rows, decision, None, approval or ctx.approval)
 
 
 # The templates of the facts by what they say: texts that have no shape in common

@@ -135,7 +135,6 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from server.audit.access import SessionFacts
-from server.audit.canonical import Encoded
 from server.audit.recording import (
     RecordFn,
     StatementParts,
@@ -1559,8 +1558,8 @@ def _statement_parts(fields: StatementFields) -> StatementParts:
         sqlstate,
         decision,
         masked,
-        None if facts is None else dict(facts),
-        facts.text if isinstance(facts, Encoded) else None,
+        # A plain tuple: pickle writes those in C (``event_writes``).
+        None if facts is None else tuple(facts),
     )
 
 

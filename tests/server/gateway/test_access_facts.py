@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
 from server.audit.access import SessionFacts, column_rows
 from server.audit.canonical import ENCODER
 from server.gateway import access_facts as access_facts_module
-from server.gateway.access_facts import REREAD_MAX, AccessContext, access_facts
+from server.gateway import access_facts as made
+from server.gateway.access_facts import REREAD_MAX, AccessContext
 from server.gateway.catalog import build_snapshot
 from server.gateway.masking import NO_MASKING, Action, MaskingRules, MaskPlan, exempted
 from server.gateway.masking.plans import FieldPlan
@@ -19,6 +21,12 @@ from server.gateway.sqlcheck import analyze
 from server.policy.model import MaskingPolicy, MaskMethod, MaskRule
 
 CTX = AccessContext(SessionFacts("demo", "alice", "user"), ("dba_s1", "public"), "dba_s1", "r-1")
+
+
+def access_facts(*args: Any, **kwargs: Any) -> Any:
+    """The statement's facts in full, as the first of their kind in a batch is recorded."""
+    facts = made.access_facts(*args, **kwargs)
+    return None if facts is None else facts.full()
 
 
 def plan(*fields: tuple[str, str]) -> MaskPlan:

@@ -1,0 +1,180 @@
+"""Access facts said once per batch: later statements of the same shape refer to them."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from server import policytest
+from server.audit import access, event_writes
+from server.audit.access import FactsReader, RelationAccess, SessionFacts
+from server.audit.recording import SessionEvent, event_iso, statement_made
+from server.store import tables as t
+from server.store.db import Store
+
+T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+ALICE = SessionFacts("prod", "alice", "user")
+BOB = SessionFacts("prod", "bob", "user")
+CUSTOMERS = RelationAccess(
+    "public", "customers", access.READ, ("id", "email"), frozenset({"email"})
+)
+ORDERS = RelationAccess("public", "orders", access.READ, ("id",))
+
+
+def template(who: SessionFacts = ALICE, relation: RelationAccess = CUSTOMERS) -> Any:
+    return access.facts_template(who, command="SELECT", relations=[relation.to_json()])
+
+
+def parts(facts: access.Facts | None) -> tuple[Any, ...]:
+    sql = "select id, email from customers where id = 1"
+    return (sql, True, None, None, None, (), 1_000, 1, "SELECT 1", None, "allowed", [], facts)
+
+
+def row(sid: str, seq: int, facts: access.Facts | None) -> event_writes.EventRow:
+    ts = int(T0.timestamp() * 1e9) + seq * 1_000_000
+    return event_writes.EventRow(
+        sid, seq, "statement", "", event_iso(ts), None, (statement_made, parts(facts), ts)
+    )
+
+
+def test_the_first_of_a_template_in_a_batch_is_whole_and_the_others_refer_to_it() -> None:
+    alice, alice_orders, bob = template(), template(relation=ORDERS), template(BOB)
+    batch = [
+        row("s-a", 1, alice.facts(1, "allowed", None, None)),
+        row("s-b", 1, bob.facts(2, "allowed", None, None)),
+        row("s-a", 2, alice.facts(3, "allowed", None, "r-review")),
+        row("s-a", 3, alice_orders.facts(4, "allowed", None, None)),
+        row("s-b", 2, bob.facts(5, "allowed", None, None)),
+        row("s-a", 4, None),  # a statement without facts
+        row("s-a", 5, alice.facts(6, "allowed", None, None)),
+    ]
+    events, _texts = event_writes.made(batch)
+    said = [e.text for e in events]
+    stored = [json.loads(text).get(access.FACTS) for text in said]
+    assert [None if f is None else f.get(access.SAME_AS, "whole") for f in stored] == [
+        "whole",
+        "whole",
+        alice.key,
+        "whole",
+        bob.key,
+        None,
+        alice.key,
+    ]
+    assert stored[2] == {
+        access.SAME_AS: alice.key,
+        "rows": 3,
+        "decision": "allowed",
+        "rule": None,
+        "approval": "r-review",
+    }
+    # Each one's index entry is that of its facts in full, as a thread would make them.
+    for event, (_sid, _seq, _k, _t, _i, _e, (_make, its, _ts)) in zip(events, batch, strict=True):
+        whole = statement_made(its, 0)
+        assert event.entry == access.index_entry("statement", whole)
+    # The next batch says them in full again.
+    again, _ = event_writes.made([row("s-a", 6, alice.facts(7, "allowed", None, None))])
+    assert access.SAME_AS not in json.loads(again[0].text)[access.FACTS]
+
+
+def test_the_reader_makes_referring_facts_whole() -> None:
+    alice = template()
+    first = alice.facts(1, "allowed", None, None)
+    later = alice.facts(9, "allowed", None, "r-review")
+    reader = FactsReader()
+    assert reader.facts("s-a", "statement", {access.FACTS: first.full()}) == first.full()
+    assert reader.facts("s-a", "statement", {access.FACTS: later.same()}) == later.full()
+    assert reader.facts("s-a", "notice", {access.FACTS: later.same()}) is None
+    # Another recording's facts are not this one's.
+    with pytest.raises(LookupError):
+        reader.facts("s-b", "statement", {access.FACTS: later.same()})
+
+
+def _store(store: Store, events: list[SessionEvent]) -> None:
+    with store.tx() as conn:
+        conn.execute(
+            t.session_events.insert(),
+            [
+                {
+                    "session_id": e.session_id,
+                    "seq": e.seq,
+                    "ts": e.ts,
+                    "kind": e.kind,
+                    "data": e.data,
+                }
+                for e in events
+            ],
+        )
+        facts = FactsReader()
+        whole = [
+            SessionEvent(
+                e.session_id,
+                e.seq,
+                e.ts,
+                e.kind,
+                {access.FACTS: facts.facts(e.session_id, e.kind, e.data)},
+            )
+            for e in events
+        ]
+        access.write_index(conn, whole)
+
+
+def _day(alice: Any) -> list[SessionEvent]:
+    return [
+        SessionEvent(
+            "s-a",
+            seq,
+            T0 + timedelta(seconds=seq),
+            "statement",
+            {
+                "text": "select id, email from customers where id = 1",
+                access.FACTS: (facts.full() if seq == 1 else facts.same()),
+            },
+        )
+        for seq, facts in ((s, alice.facts(s, "allowed", None, None)) for s in (1, 2, 3))
+    ]
+
+
+def test_verify_holds_referring_facts_to_the_index(any_store: Store) -> None:
+    alice = template()
+    _store(any_store, _day(alice))
+    assert access.verify_index(any_store) == []
+
+
+def test_facts_that_refer_to_none_are_found(any_store: Store) -> None:
+    """The first statement's facts are edited away: the others refer to nothing."""
+    alice = template()
+    events = _day(alice)
+    _store(any_store, events)
+    e = t.session_events.c
+    with any_store.tx() as conn:
+        conn.execute(
+            t.session_events.update()
+            .where(e.session_id == "s-a", e.seq == 1)
+            .values(data={"text": events[0].data["text"]})
+        )
+    problems = [(p.session_id, p.seq, p.problem) for p in access.verify_index(any_store)]
+    assert problems == [
+        ("s-a", 2, "a statement's access facts refer to none an earlier statement holds"),
+        ("s-a", 3, "a statement's access facts refer to none an earlier statement holds"),
+        ("s-a", 1, "an access index row has no event in the recording"),
+    ]
+
+
+def test_policy_test_reads_referring_facts_whole_across_the_periods_start(
+    any_store: Store,
+) -> None:
+    """The statement whose facts a later one names may lie before the period."""
+    alice = template()
+    _store(any_store, _day(alice))
+    got = list(
+        policytest._statements(
+            any_store, "s-a", T0 + timedelta(seconds=1.5), T0 + timedelta(hours=1)
+        )
+    )
+    assert [data[access.FACTS] for _ts, data in got] == [
+        alice.facts(2, "allowed", None, None).full(),
+        alice.facts(3, "allowed", None, None).full(),
+    ]

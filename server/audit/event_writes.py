@@ -201,7 +201,7 @@ CHILD_MODULE = "server.audit.event_writes"
 # What the child says once it has opened the store, with the version of what the
 # two say to each other (a broker upgraded in place starts the new module's code).
 _READY: Final = "ready"
-PROTOCOL: Final = 2
+PROTOCOL: Final = 3
 
 
 class WriterProcess:

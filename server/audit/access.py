@@ -82,7 +82,7 @@ import weakref
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, Final, NamedTuple
 
@@ -540,10 +540,11 @@ def write_index(conn: sa.Connection, events: Iterable[Any]) -> int:
     """Index the access facts of ``events`` (each with ``session_id``, ``seq``, an
     aware ``ts``, ``kind``, ``data``; a session's in order) in the caller's
     transaction; returns how many events had some."""
+    reader = FactsReader(interleaved=True)
     wanted = [
         (e.session_id, e.seq, e.ts, entry)
         for e in events
-        if (entry := index_entry(e.kind, e.data)) is not None
+        if (entry := reader.entry(e.session_id, e.kind, e.data)) is not None
     ]
     write_entries(conn, wanted)
     return len(wanted)
@@ -802,6 +803,13 @@ class Period:
     since: datetime | None = None
     until: datetime | None = None
 
+    def __post_init__(self) -> None:
+        # The store's times are UTC; SQLite compares them as they are written.
+        for name in ("since", "until"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, _utc(value))
+
     def overlapping(self) -> list[sa.ColumnElement[bool]]:
         """The runs that may hold a statement of the period."""
         e = t.access_events.c
@@ -842,6 +850,10 @@ class Period:
         return (self.since is None or ts >= self.since) and (self.until is None or ts < self.until)
 
 
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 def _time(value: Any) -> datetime:
     aware = _aware(value)
     assert aware is not None
@@ -850,19 +862,39 @@ def _time(value: Any) -> datetime:
 
 def statements_of(m: Any) -> list[RunStatement]:
     """Each statement of an ``access_events`` row (a run): its number, time and rows.
-    A ``run`` that cannot be read stands for its first statement alone
-    (:func:`verify_index` reports it)."""
+    A ``run`` that cannot be read as the writer makes it (:func:`_run_read`) stands
+    for its first statement alone (:func:`verify_index` reports it)."""
     ts = _time(m["ts"])
     seq, run = int(m["seq"]), m["run"]
-    if run is None:
+    each = None if run is None else _run_read(run)
+    if each is None:
         return [(seq, ts, m["rows"])]
+    return [(seq + i, ts + timedelta(microseconds=offset), n) for i, (offset, n) in enumerate(each)]
+
+
+def _run_read(text: str) -> list[tuple[int, int | None]] | None:
+    """A run's statements as :meth:`Run.values` writes them: two to RUN_MAX, the
+    first at 0, each no earlier than the one before and within RUN_SPAN of the
+    first, whole numbers of rows (None: not such a run)."""
     try:
-        return [
-            (seq + i, ts + timedelta(microseconds=int(offset)), None if n is None else int(n))
-            for i, (offset, n) in enumerate(json.loads(run))
-        ]
-    except (ValueError, TypeError):
-        return [(seq, ts, m["rows"])]
+        each = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    if type(each) is not list or not 2 <= len(each) <= RUN_MAX:
+        return None
+    out: list[tuple[int, int | None]] = []
+    last = 0
+    for item in each:
+        if type(item) is not list or len(item) != 2:
+            return None
+        offset, n = item
+        if type(offset) is not int or not last <= offset <= _RUN_SPAN_US:
+            return None
+        if n is not None and type(n) is not int:
+            return None
+        out.append((offset, n))
+        last = offset
+    return out if out[0][0] == 0 else None
 
 
 def _record(m: Any, columns: Sequence[ColumnAccess], statement: RunStatement) -> AccessRecord:
@@ -894,7 +926,8 @@ def find(store: Store, q: AccessQuery) -> list[AccessRecord]:
     e = t.access_events.c
     limit = max(1, min(q.limit, MAX_LIMIT))
     period = Period(q.since, q.until)
-    query = sa.select(t.access_events).order_by(e.last_ts.desc(), e.id.desc()).limit(limit)
+    page = min(limit, _PAGE)  # runs read at a time: a run may hold RUN_MAX statements
+    query = sa.select(t.access_events).order_by(e.last_ts.desc(), e.id.desc()).limit(page)
     found: list[tuple[Any, RunStatement]] = []
     after: list[sa.ColumnElement[bool]] = []
     with store.read() as conn:
@@ -904,7 +937,8 @@ def find(store: Store, q: AccessQuery) -> list[AccessRecord]:
                 m = row._mapping
                 found += [(m, s) for s in statements_of(m) if period.holds(s[1])]
             found.sort(key=lambda f: (f[1][1], f[0]["id"], f[1][0]), reverse=True)
-            if len(rows) < limit:
+            del found[limit:]
+            if len(rows) < page:
                 break
             # The runs not read yet end no later than the last one read: their
             # statements are no newer than it.
@@ -914,10 +948,11 @@ def find(store: Store, q: AccessQuery) -> list[AccessRecord]:
             after = [
                 sa.or_(e.last_ts < last.last_ts, sa.and_(e.last_ts == last.last_ts, e.id < last.id))
             ]
-        found = found[:limit]
         columns = _shape_columns(conn, (m["shape_id"] for m, _ in found))
     return [_record(m, columns.get(m["shape_id"], ()), s) for m, s in found]
 
+
+_PAGE: Final = 200
 
 _SUMMARY_KEY: Final = ("identity", "on_behalf_of", "target", "schema_name", "table_name")
 
@@ -1039,7 +1074,7 @@ class IndexProblem:
 def _run_problem(m: Any, each: Sequence[RunStatement]) -> str | None:
     """What is wrong with a run's row in itself (None: nothing)."""
     counted = [n for _, _, n in each if n is not None]
-    if m["run"] is not None and len(each) == 1:
+    if m["run"] is not None and _run_read(m["run"]) is None:
         return "an access index run cannot be read"
     if m["statements"] != len(each):
         return "an access index run's count differs from its statements"
@@ -1051,6 +1086,7 @@ def _run_problem(m: Any, each: Sequence[RunStatement]) -> str | None:
 
 
 _UNRESOLVED: Final = "a statement's access facts refer to none an earlier statement holds"
+_TWICE: Final = "more than one access index row holds this statement"
 
 
 def verify_index(store: Store) -> list[IndexProblem]:
@@ -1061,6 +1097,7 @@ def verify_index(store: Store) -> list[IndexProblem]:
     problems: list[IndexProblem] = []
     # Each statement the index holds, by its event's key: its run's row, time and rows.
     indexed: dict[tuple[str, int], tuple[Any, datetime, int | None]] = {}
+    claimed: set[tuple[str, int]] = set()  # by more than one row
     with store.read() as conn:
         # A recording archived and removed from the store is held to its archive
         # copy by the recordings' own check; its index rows stay for the questions.
@@ -1074,7 +1111,12 @@ def verify_index(store: Store) -> list[IndexProblem]:
             if problem is not None:
                 problems.append(IndexProblem(m["session_id"], m["seq"], problem))
             for seq, ts, n in each:
-                indexed[(m["session_id"], seq)] = (m, ts, n)
+                key = (m["session_id"], seq)
+                if key in indexed:
+                    # Either may say the truth: neither is taken.
+                    problems.append(IndexProblem(*key, _TWICE))
+                    claimed.add(key)
+                indexed[key] = (m, ts, n)
         keys = dict(conn.execute(sa.select(t.access_shapes.c.id, t.access_shapes.c.key)).all())
         shapes = _shape_columns(conn, keys)
     reader = FactsReader()
@@ -1088,6 +1130,8 @@ def verify_index(store: Store) -> list[IndexProblem]:
         if data is None:
             continue
         held = indexed.pop((session_id, seq), None)
+        if (session_id, seq) in claimed:
+            continue
         if held is None:
             problems.append(
                 IndexProblem(

@@ -184,24 +184,7 @@ def _masked(store: Store, since: datetime, until: datetime) -> dict[str, Any]:
         partial = conn.execute(
             sa.select(relation, c.state, *runs).select_from(joined).where(*named, period.partial())
         ).all()
-        clear = conn.execute(
-            sa.select(
-                *runs,
-                e.identity,
-                e.identity_kind,
-                e.on_behalf_of,
-                e.target,
-                e.session_id,
-                e.command,
-                e.approval,
-                e.exemption,
-                relation,
-            )
-            .select_from(joined)
-            .where(*period.overlapping(), c.state == EXEMPT)
-            .order_by(e.ts, e.id)
-            .limit(MAX_ITEMS)
-        ).all()
+        accesses = _clear_accesses(conn, period, relation, runs)
     columns: dict[str, dict[str, int]] = defaultdict(lambda: {"masked": 0, "clear": 0})
     for column, state, n in counts:
         columns[column]["masked" if state == MASKED else "clear"] += int(n)
@@ -209,18 +192,6 @@ def _masked(store: Store, since: datetime, until: datetime) -> dict[str, Any]:
         m = row._mapping
         inside = sum(period.holds(ts) for _, ts, _ in access.statements_of(m))
         columns[m["column"]]["masked" if m["state"] == MASKED else "clear"] += inside
-    # Runs in order of their first statements: when there are more than were read,
-    # those after the last one read may hold statements before some of theirs.
-    last = _aware(clear[-1].ts) if len(clear) == MAX_ITEMS else None
-    accesses = sorted(
-        (
-            (ts, rows, m)
-            for m in (r._mapping for r in clear)
-            for _, ts, rows in access.statements_of(m)
-            if period.holds(ts) and (last is None or ts <= last)
-        ),
-        key=lambda a: a[0],
-    )
     return {
         "columns": [{"column": col, **n} for col, n in sorted(columns.items())],
         "clear_accesses": [
@@ -237,6 +208,67 @@ def _masked(store: Store, since: datetime, until: datetime) -> dict[str, Any]:
                 "exemption": m["exemption"],
                 "column": m["column"],
             }
-            for ts, rows, m in accesses[:MAX_ITEMS]
+            for ts, rows, m in accesses
         ],
     }
+
+
+def _clear_accesses(
+    conn: sa.Connection,
+    period: access.Period,
+    relation: sa.ColumnElement[str],
+    runs: tuple[sa.ColumnElement[Any], ...],
+) -> list[tuple[datetime, int | None, Any]]:
+    """The first MAX_ITEMS statements of the period that read a column in clear under
+    an exemption (time, rows, and their run's row), in order.  Runs are read in
+    order of their first statements, a page at a time: the statements up to the
+    last one read's first are all known, those after it may wait in runs not read."""
+    e, c = t.access_events.c, t.access_shape_columns.c
+    query = (
+        sa.select(
+            *runs,
+            e.id,
+            e.identity,
+            e.identity_kind,
+            e.on_behalf_of,
+            e.target,
+            e.session_id,
+            e.command,
+            e.approval,
+            e.exemption,
+            relation,
+        )
+        .select_from(t.access_shape_columns.join(t.access_events, e.shape_id == c.shape_id))
+        .where(*period.overlapping(), c.state == EXEMPT)
+        .order_by(e.ts, e.id, relation)
+        .limit(MAX_ITEMS)
+    )
+    found: list[tuple[datetime, int | None, Any]] = []
+    after: list[sa.ColumnElement[bool]] = []
+    while True:
+        rows = conn.execute(query.where(*after)).all()
+        found += [
+            (ts, n, m)
+            for m in (r._mapping for r in rows)
+            for _, ts, n in access.statements_of(m)
+            if period.holds(ts)
+        ]
+        found.sort(key=lambda a: a[0])
+        if len(rows) < MAX_ITEMS:
+            return found[:MAX_ITEMS]
+        last = rows[-1]
+        known = _aware(last.ts)
+        assert known is not None
+        complete = [a for a in found if a[0] <= known]
+        if len(complete) >= MAX_ITEMS:
+            return complete[:MAX_ITEMS]
+        del found[MAX_ITEMS:]
+        after = [
+            sa.or_(
+                e.ts > last.ts,
+                sa.and_(
+                    e.ts == last.ts,
+                    sa.or_(e.id > last.id, sa.and_(e.id == last.id, relation > last.column)),
+                ),
+            )
+        ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from importlib import resources
 from typing import Any
 
@@ -261,6 +261,26 @@ def _tamper(store: Store, **values: Any) -> None:
             [("s-run", 1, "an access index run's rows differ from its statements'")],
             id="its total",
         ),
+        *(
+            pytest.param(
+                {"run": text},
+                [
+                    ("s-run", 1, "an access index run cannot be read"),
+                    ("s-run", 1, "the access index differs from the recorded event"),
+                    ("s-run", 2, "a statement's access facts are missing from the index"),
+                    ("s-run", 3, "a statement's access facts are missing from the index"),
+                ],
+                id=name,
+            )
+            for name, text in [
+                ("numbers too large for a time", "[[0,1],[1e30,2],[200000,3]]"),
+                ("not a number", "[[0,1],[Infinity,2],[200000,3]]"),
+                ("no statements", "[]"),
+                ("times going back", "[[0,1],[200000,2],[100000,3]]"),
+                ("longer than a run may last", "[[0,1],[100000,2],[3600000000,3]]"),
+                ("rows that are not whole", "[[0,1],[100000,2.5],[200000,3]]"),
+            ]
+        ),
         pytest.param(
             {"run": "not json"},
             [
@@ -371,3 +391,112 @@ def test_the_evidence_report_counts_the_statements_of_runs_its_period_cuts(
         (at(200).isoformat(), 2, "group dba"),
         (at(300).isoformat(), 2, "group dba"),
     ]
+
+
+def test_a_statement_two_rows_claim_is_reported_whoever_is_read_first(any_store: Store) -> None:
+    """A forged row claims statements a real run holds (the unique key is only a
+    run's first number): neither row is taken as the truth."""
+    _record(any_store)
+    e = t.access_events.c
+    with any_store.tx() as conn:
+        real = conn.execute(sa.select(t.access_events).where(e.seq == 1)).one()._mapping
+        forged = {k: v for k, v in real.items() if k != "id"}
+        conn.execute(
+            t.access_events.insert().values(
+                {
+                    **forged,
+                    "seq": 2,
+                    "ts": at(200),
+                    "last_ts": at(200),
+                    "statements": 1,
+                    "rows": 2,
+                    "run": None,
+                    "identity": "bob",
+                }
+            )
+        )
+    problems = [(p.session_id, p.seq, p.problem) for p in access.verify_index(any_store)]
+    assert problems == [("s-run", 2, "more than one access index row holds this statement")]
+
+
+def test_a_run_stretched_over_hours_to_hide_a_statement_is_found(any_store: Store) -> None:
+    """The questions find a run by its first time, no earlier than RUN_SPAN before
+    the period: one that claims to last longer is a forgery."""
+    events = [
+        SessionEvent(
+            "s-run",
+            seq,
+            at(0) + timedelta(hours=3 * (seq - 1)),
+            access.KIND,
+            {"text": "select 1", access.FACTS: facts(1)},
+        )
+        for seq in (1, 2)
+    ]
+    with any_store.tx() as conn:
+        conn.execute(
+            t.session_events.insert(),
+            [
+                {
+                    "session_id": x.session_id,
+                    "seq": x.seq,
+                    "ts": x.ts,
+                    "kind": x.kind,
+                    "data": x.data,
+                }
+                for x in events
+            ],
+        )
+        access.write_index(conn, events)
+    assert len(_runs(any_store)) == 2
+    e = t.access_events.c
+    with any_store.tx() as conn:
+        conn.execute(t.access_events.delete().where(e.seq == 2))
+    _tamper(
+        any_store,
+        statements=2,
+        rows=2,
+        last_ts=at(0) + timedelta(hours=3),
+        run=f"[[0,1],[{3 * 3600 * 10**6},1]]",
+    )
+    assert "an access index run cannot be read" in [
+        p.problem for p in access.verify_index(any_store)
+    ]
+
+
+def test_a_period_given_in_another_time_zone_is_the_same_period(any_store: Store) -> None:
+    _record(any_store)
+    plus_two = timezone(timedelta(hours=2))
+    for since in (at(200), at(200).astimezone(plus_two), at(200).replace(tzinfo=None)):
+        q = AccessQuery(table="customers", since=since, until=at(600).astimezone(plus_two))
+        assert sorted(r.seq for r in access.find(any_store, q)) == [2, 3, 5]
+        assert [r["statements"] for r in access.summarize(any_store, q)] == [3]
+
+
+def test_the_reports_clear_accesses_are_found_past_runs_that_began_before_the_period(
+    any_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(report, "MAX_ITEMS", 3)
+    exempt = RelationAccess(
+        "public", "customers", access.READ, ("email",), exempt=frozenset({"email"})
+    )
+    clear = access.index_entry(
+        access.KIND,
+        {
+            access.FACTS: access_event(
+                ALICE, command="SELECT", relations=[exempt], rows=2, exemption="group dba"
+            )
+        },
+    )
+    assert clear is not None
+    with any_store.tx() as conn:
+        access.write_entries(
+            conn,
+            [
+                (f"s-dba-{n}", seq, at(500 + 100 * seq + n), clear)
+                for n in range(4)
+                for seq in range(1, 6)  # 600..1000 ms
+            ],
+        )
+    got = report._masked(any_store, at(950), at(2000))
+    assert got["columns"] == [{"column": "public.customers.email", "masked": 0, "clear": 4}]
+    assert [a["session_id"] for a in got["clear_accesses"]] == ["s-dba-0", "s-dba-1", "s-dba-2"]

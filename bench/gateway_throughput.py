@@ -42,7 +42,12 @@ client connections.  From the data-access audit's issue: recording access
 events costs at most 5 % of throughput (dbaccess >= 0.95x
 dbaccess-no-access).  The ratios to plain pgbouncer are printed as well.
 
-Run: .venv/bin/python bench/gateway_throughput.py [--seconds 10] [--reads 3]
+With ``--repeat N`` each route's pgbench runs N times, the routes alternated
+each time, and the medians are compared: on a 2-core machine one run of a few
+seconds differs from the next by up to 15 %, more than the 5 % the access
+events may cost.
+
+Run: .venv/bin/python bench/gateway_throughput.py [--seconds 10] [--reads 3] [--repeat 1]
      [--routes direct,pgbouncer,pgbouncer-tls,dbaccess,dbaccess-masked,dbaccess-tunnel,
                dbaccess-no-access]
 """
@@ -343,6 +348,12 @@ def main() -> None:
     ap.add_argument("--routes", default=",".join(ALL_ROUTES))
     ap.add_argument("--clients", default="1,8,32")
     ap.add_argument("--modes", default="simple,extended")
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="pgbench runs of each route (routes alternated each time; the median is kept)",
+    )
     args = ap.parse_args()
     routes_wanted = [r for r in args.routes.split(",") if r]
     for name in routes_wanted:
@@ -439,10 +450,16 @@ def main() -> None:
                     cpus: dict[tuple[str, str, int], float] = {}
                     for mode in modes:
                         for n in clients:
-                            for route in routes:
+                            runs: dict[str, list[tuple[float, float, float]]] = {}
+                            for route in [r for _ in range(args.repeat) for r in routes]:
                                 tps, lat, cpu = pgbench(route, mode, n, args.seconds)
-                                results[(route.name, mode, n)] = (tps, lat)
-                                cpus[(route.name, mode, n)] = cpu[0] + cpu[1]
+                                runs.setdefault(route.name, []).append((tps, lat, sum(cpu)))
+                                kept = runs[route.name]
+                                results[(route.name, mode, n)] = (
+                                    statistics.median(r[0] for r in kept),
+                                    statistics.median(r[1] for r in kept),
+                                )
+                                cpus[(route.name, mode, n)] = statistics.median(r[2] for r in kept)
                                 print(
                                     f"pgbench -S -M {mode:8} -c {n:2}  {route.name:18}"
                                     f" {tps:9.0f} tps  {lat:7.3f} ms"
@@ -479,7 +496,7 @@ def main() -> None:
         return got[0] if got else None
 
     print()
-    print(f"pgbench -S, {args.seconds} s each; TPS")
+    print(f"pgbench -S, {args.seconds} s each, median of {args.repeat}; TPS")
     print(f"{'mode':9} {'clients':>7} " + " ".join(f"{r.name:>16}" for r in routes))
     for mode in modes:
         for n in clients:

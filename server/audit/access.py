@@ -756,6 +756,7 @@ def _touched(q: AccessQuery) -> list[sa.ColumnElement[bool]]:
 
 
 def _where(q: AccessQuery) -> list[sa.ColumnElement[bool]]:
+    # All but the period, which callers ask of runs as they need (``Period``).
     e, c = t.access_events.c, t.access_shape_columns.c
     conds: list[sa.ColumnElement[bool]] = []
     if q.target is not None:
@@ -766,7 +767,6 @@ def _where(q: AccessQuery) -> list[sa.ColumnElement[bool]]:
         conds.append(sa.or_(e.identity == q.viewer, e.on_behalf_of == q.viewer))
     if q.kind is not None:
         conds.append(e.identity_kind == q.kind)
-    conds += Period(q.since, q.until).overlapping()
     touched = _touched(q)
     if touched:
         # Shapes are few beside statements: the statements of the shapes that
@@ -927,12 +927,13 @@ def find(store: Store, q: AccessQuery) -> list[AccessRecord]:
     limit = max(1, min(q.limit, MAX_LIMIT))
     period = Period(q.since, q.until)
     page = min(limit, _PAGE)  # runs read at a time: a run may hold RUN_MAX statements
-    query = sa.select(t.access_events).order_by(e.last_ts.desc(), e.id.desc()).limit(page)
+    # Newest first by their first times, which the (…, ts) indexes keep in order.
+    query = sa.select(t.access_events).order_by(e.ts.desc(), e.id.desc()).limit(page)
     found: list[tuple[Any, RunStatement]] = []
     after: list[sa.ColumnElement[bool]] = []
     with store.read() as conn:
         while True:
-            rows = conn.execute(query.where(*_where(q), *after)).all()
+            rows = conn.execute(query.where(*_where(q), *period.overlapping(), *after)).all()
             for row in rows:
                 m = row._mapping
                 found += [(m, s) for s in statements_of(m) if period.holds(s[1])]
@@ -940,14 +941,12 @@ def find(store: Store, q: AccessQuery) -> list[AccessRecord]:
             del found[limit:]
             if len(rows) < page:
                 break
-            # The runs not read yet end no later than the last one read: their
-            # statements are no newer than it.
+            # The runs not read yet begin no later than the last one read: their
+            # statements are no newer than RUN_SPAN after its first.
             last = rows[-1]
-            if len(found) >= limit and found[limit - 1][1][1] > _time(last.last_ts):
+            if len(found) >= limit and found[limit - 1][1][1] > _time(last.ts) + RUN_SPAN:
                 break
-            after = [
-                sa.or_(e.last_ts < last.last_ts, sa.and_(e.last_ts == last.last_ts, e.id < last.id))
-            ]
+            after = [sa.or_(e.ts < last.ts, sa.and_(e.ts == last.ts, e.id < last.id))]
         columns = _shape_columns(conn, (m["shape_id"] for m, _ in found))
     return [_record(m, columns.get(m["shape_id"], ()), s) for m, s in found]
 
@@ -994,7 +993,7 @@ def summarize(store: Store, q: AccessQuery) -> list[dict[str, Any]]:
             sa.func.max(e.last_ts).label("last"),
         )
         .select_from(joined)
-        .where(*_where(q), *period.whole())
+        .where(*_where(q), *period.whole())  # which implies overlapping()
         .group_by(*keys)
     )
     groups: dict[tuple[Any, ...], dict[str, Any]] = {}
@@ -1012,7 +1011,9 @@ def summarize(store: Store, q: AccessQuery) -> list[dict[str, Any]]:
             }
         if period.bounded:
             runs = sa.select(*keys, p.wrote, p.clear, p.masked, e.seq, e.ts, e.rows, e.run)
-            partial = runs.select_from(joined).where(*_where(q), period.partial())
+            partial = runs.select_from(joined).where(
+                *_where(q), *period.overlapping(), period.partial()
+            )
             for row in conn.execute(partial):
                 m = row._mapping
                 for _, ts, n in statements_of(m):

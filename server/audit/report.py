@@ -172,7 +172,7 @@ def _masked(store: Store, since: datetime, until: datetime) -> dict[str, Any]:
     relation = (c.schema_name + "." + c.table_name + "." + c.column_name).label("column")
     period = access.Period(since, until)
     joined = t.access_shape_columns.join(t.access_events, e.shape_id == c.shape_id)
-    named = (*period.overlapping(), c.state.in_((MASKED, EXEMPT)))
+    named = (c.state.in_((MASKED, EXEMPT)),)
     runs = (e.seq, e.ts, e.rows, e.run)
     with store.read() as conn:
         counts = conn.execute(
@@ -182,7 +182,9 @@ def _masked(store: Store, since: datetime, until: datetime) -> dict[str, Any]:
             .group_by(relation, c.state)
         ).all()
         partial = conn.execute(
-            sa.select(relation, c.state, *runs).select_from(joined).where(*named, period.partial())
+            sa.select(relation, c.state, *runs)
+            .select_from(joined)
+            .where(*named, *period.overlapping(), period.partial())
         ).all()
         accesses = _clear_accesses(conn, period, relation, runs)
     columns: dict[str, dict[str, int]] = defaultdict(lambda: {"masked": 0, "clear": 0})

@@ -500,3 +500,16 @@ def test_the_reports_clear_accesses_are_found_past_runs_that_began_before_the_pe
     got = report._masked(any_store, at(950), at(2000))
     assert got["columns"] == [{"column": "public.customers.email", "masked": 0, "clear": 4}]
     assert [a["session_id"] for a in got["clear_accesses"]] == ["s-dba-0", "s-dba-1", "s-dba-2"]
+
+
+def test_a_run_that_began_earlier_may_hold_the_newest_statement(any_store: Store) -> None:
+    """Runs are read by their first times: one that began before another may end
+    after it, up to RUN_SPAN later."""
+    with any_store.tx() as conn:
+        access.write_entries(
+            conn,
+            [("s-a", 1, at(1000), LIKE), ("s-a", 2, at(1100), LIKE)]
+            + [("s-b", seq, at(400 + seq * 100), LIKE) for seq in range(1, 11)],  # 500..1400
+        )
+    newest = access.find(any_store, AccessQuery(limit=1))
+    assert [(r.session_id, r.seq) for r in newest] == [("s-b", 10)]

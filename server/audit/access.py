@@ -810,26 +810,27 @@ class Period:
             if value is not None:
                 object.__setattr__(self, name, _utc(value))
 
+    # Only the runs' first times are asked of (a run's statements are within
+    # RUN_SPAN of its first): the (…, ts) indexes answer every question so.
+
     def overlapping(self) -> list[sa.ColumnElement[bool]]:
         """The runs that may hold a statement of the period."""
         e = t.access_events.c
         conds: list[sa.ColumnElement[bool]] = []
         if self.since is not None:
-            # The second holds for every such run too (RUN_SPAN), and bounds the
-            # (…, ts) indexes' ranges.
-            conds += [e.last_ts >= self.since, e.ts >= self.since - RUN_SPAN]
+            conds.append(e.ts >= self.since - RUN_SPAN)
         if self.until is not None:
             conds.append(e.ts < self.until)
         return conds
 
     def whole(self) -> list[sa.ColumnElement[bool]]:
-        """Of those, the runs whose every statement is in the period."""
+        """The runs whose every statement is in the period."""
         e = t.access_events.c
         conds: list[sa.ColumnElement[bool]] = []
         if self.since is not None:
             conds.append(e.ts >= self.since)
         if self.until is not None:
-            conds.append(e.last_ts < self.until)
+            conds.append(e.ts < self.until - RUN_SPAN)
         return conds
 
     @property
@@ -837,13 +838,13 @@ class Period:
         return self.since is not None or self.until is not None
 
     def partial(self) -> sa.ColumnElement[bool]:
-        """Of those, the runs that also hold statements outside it."""
+        """Of the overlapping runs, those that may also hold statements outside it."""
         e = t.access_events.c
         parts: list[sa.ColumnElement[bool]] = []
         if self.since is not None:
             parts.append(e.ts < self.since)
         if self.until is not None:
-            parts.append(e.last_ts >= self.until)
+            parts.append(e.ts >= self.until - RUN_SPAN)
         return sa.or_(*parts) if parts else sa.false()
 
     def holds(self, ts: datetime) -> bool:
@@ -941,12 +942,17 @@ def find(store: Store, q: AccessQuery) -> list[AccessRecord]:
             del found[limit:]
             if len(rows) < page:
                 break
-            # The runs not read yet begin no later than the last one read: their
-            # statements are no newer than RUN_SPAN after its first.
+            # The runs not read yet begin no later than the last one read, and
+            # hold no statement more than RUN_SPAN after their first.
             last = rows[-1]
-            if len(found) >= limit and found[limit - 1][1][1] > _time(last.ts) + RUN_SPAN:
-                break
             after = [sa.or_(e.ts < last.ts, sa.and_(e.ts == last.ts, e.id < last.id))]
+            if len(found) >= limit:
+                newest = found[limit - 1][1][1]
+                if newest > _time(last.ts) + RUN_SPAN:
+                    break
+                # Only those that began within RUN_SPAN of the limit-th newest can
+                # hold a newer one: a short range of the index.
+                after.append(e.ts >= newest - RUN_SPAN)
         columns = _shape_columns(conn, (m["shape_id"] for m, _ in found))
     return [_record(m, columns.get(m["shape_id"], ()), s) for m, s in found]
 
@@ -993,7 +999,7 @@ def summarize(store: Store, q: AccessQuery) -> list[dict[str, Any]]:
             sa.func.max(e.last_ts).label("last"),
         )
         .select_from(joined)
-        .where(*_where(q), *period.whole())  # which implies overlapping()
+        .where(*_where(q), *period.whole())
         .group_by(*keys)
     )
     groups: dict[tuple[Any, ...], dict[str, Any]] = {}

@@ -300,7 +300,6 @@ access_events = sa.Table(
     sa.UniqueConstraint("session_id", "seq", name="uq_access_events_session_seq"),
 )
 sa.Index("ix_access_events_ts", access_events.c.ts)
-sa.Index("ix_access_events_last_ts", access_events.c.last_ts)
 sa.Index("ix_access_events_target_ts", access_events.c.target, access_events.c.ts)
 sa.Index("ix_access_events_identity_ts", access_events.c.identity, access_events.c.ts)
 sa.Index("ix_access_events_behalf_ts", access_events.c.on_behalf_of, access_events.c.ts)

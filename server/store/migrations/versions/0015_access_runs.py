@@ -46,7 +46,6 @@ def upgrade() -> None:
     op.execute("UPDATE access_events SET last_ts = ts")
     with op.batch_alter_table("access_events") as batch:
         batch.alter_column("last_ts", existing_type=sa.DateTime(timezone=True), nullable=False)
-    op.create_index("ix_access_events_last_ts", "access_events", ["last_ts"])
 
 
 def downgrade() -> None:
@@ -84,7 +83,6 @@ def downgrade() -> None:
                 for i, (offset, rows) in enumerate(each[1:], start=1)
             ],
         )
-    op.drop_index("ix_access_events_last_ts", "access_events")
     with op.batch_alter_table("access_events") as batch:
         batch.drop_column("run")
         batch.drop_column("last_ts")

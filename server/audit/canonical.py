@@ -36,8 +36,7 @@ _INF: Final = float("inf")
 
 class Encoded(dict[str, Any]):
     """A dict of JSON's own types that carries its canonical text (``text``); made by
-    :meth:`Template.fill` only (or again from one's parts, :func:`encoded_again`),
-    and read-only."""
+    :meth:`Template.fill` only, and read-only."""
 
     __slots__ = ("text",)
     text: str
@@ -55,15 +54,6 @@ class Encoded(dict[str, Any]):
 
 # The dict's own update, for Template.fill (Encoded's refuses).
 _update = dict.update
-
-
-def encoded_again(content: Mapping[str, Any], text: str) -> Encoded:
-    """An :class:`Encoded` made again from what one held, its items and its text
-    (a copy of one is a plain dict): for the recorder's writer process, which
-    gets them from the broker as they were made by :meth:`Template.fill`."""
-    made = Encoded(content)
-    made.text = text
-    return made
 
 
 def plain(value: Any) -> bool:

@@ -526,11 +526,11 @@ def limit_event(hit: LimitHit) -> dict[str, Any]:
 
 
 Build = Callable[[Any, int], Mapping[str, Any] | None]
-# A ``TwoStep``'s second step: data from its parts, the event's time and ``said``.
-Make = Callable[[Any, int, "set[str] | None"], Mapping[str, Any]]
 """Makes an event's data on the writer thread from what the data path kept
 (``fields``) and the event's time (nanoseconds since the epoch); None when
 there turns out to be nothing to record."""
+# A ``TwoStep``'s second step: data from its parts, the event's time and ``said``.
+Make = Callable[[Any, int, "set[str] | None"], Mapping[str, Any]]
 
 
 class RecordFn(Protocol):

@@ -302,6 +302,8 @@ class FactsReader:
         base = self._entries.get((session_id, str(same)))
         if base is None:
             return entry_of(self.facts(session_id, kind, data))
+        # _described's order: the session's and shape's five, then the statement's
+        # decision, rule and approval, then the exemption.
         d = base.described
         return IndexEntry(
             (

@@ -5,8 +5,10 @@
 PostgreSQL (a fresh database on the test run's cluster, as several broker
 replicas would share).  Both go through the same Alembic migrations in
 ``Store.open``; ``any_store``'s each with a fresh store key (``new_keys``).
-``found_in_clear`` reads every column of every table as someone with a copy of
-the store would, looking for secrets that must not be there.
+``insert_events`` stores session events as a recording holds them (tests that
+script a day of statements without a gateway).  ``found_in_clear`` reads every
+column of every table as someone with a copy of the store would, looking for
+secrets that must not be there.
 ``broker_store_url`` is the same choice for a module's broker process
 (``running_broker(..., store_url=...)``): None for its own SQLite file, or the
 URL of a fresh PostgreSQL database, dropped afterwards.
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -25,7 +27,9 @@ import pytest
 import sqlalchemy as sa
 from psycopg import sql
 
+from server.audit.recording import SessionEvent
 from server.pgcluster import LocalCluster
+from server.store import tables as t
 from server.store.db import Store
 from server.store.sealing import StoreKey, StoreKeys
 
@@ -110,3 +114,14 @@ def found_in_clear(store: Store, *secrets: str) -> list[str]:
         for secret in secrets
         if secret in text
     ]
+
+
+def insert_events(conn: sa.Connection, events: Iterable[SessionEvent]) -> None:
+    """Store ``events`` in ``session_events``, in the caller's transaction."""
+    conn.execute(
+        t.session_events.insert(),
+        [
+            {"session_id": e.session_id, "seq": e.seq, "ts": e.ts, "kind": e.kind, "data": e.data}
+            for e in events
+        ],
+    )

@@ -23,6 +23,7 @@ from server.audit.recording import SessionEvent
 from server.store import tables as t
 from server.store.db import Store
 from tests.fix_broker import BIN
+from tests.fix_store import insert_events
 
 POLICY = """\
 version: 1
@@ -130,19 +131,7 @@ def recorded(tmp_path: Path) -> Path:
                             session_id, seq, start + timedelta(seconds=seq), "statement", data
                         )
                     )
-                conn.execute(
-                    t.session_events.insert(),
-                    [
-                        {
-                            "session_id": e.session_id,
-                            "seq": e.seq,
-                            "ts": e.ts,
-                            "kind": e.kind,
-                            "data": e.data,
-                        }
-                        for e in events
-                    ],
-                )
+                insert_events(conn, events)
                 access.write_index(conn, events)
     finally:
         store.close()

@@ -20,6 +20,7 @@ from server.audit.access import (
 from server.audit.recording import SessionEvent
 from server.store import tables as t
 from server.store.db import Store
+from tests.fix_store import insert_events
 
 DAY = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 ALICE = SessionFacts("prod", "alice", "user")
@@ -124,19 +125,7 @@ def record_day(store: Store, script: list[Any] = SCRIPT) -> dict[str, int]:
         data = {"text": TEXTS.get(command, "select 1"), "decision": "allowed", access.FACTS: facts}
         events.append(SessionEvent(session_id, seqs[session_id], ts, access.KIND, data))
     with store.tx() as conn:
-        conn.execute(
-            t.session_events.insert(),
-            [
-                {
-                    "session_id": e.session_id,
-                    "seq": e.seq,
-                    "ts": e.ts,
-                    "kind": e.kind,
-                    "data": e.data,
-                }
-                for e in events
-            ],
-        )
+        insert_events(conn, events)
         assert access.write_index(conn, events) == len(events)
     return seqs
 

@@ -14,6 +14,7 @@ from server.audit.access import FactsReader, RelationAccess, SessionFacts
 from server.audit.recording import SessionEvent, event_iso, statement_made
 from server.store import tables as t
 from server.store.db import Store
+from tests.fix_store import insert_events
 
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 ALICE = SessionFacts("prod", "alice", "user")
@@ -94,19 +95,7 @@ def test_the_reader_makes_referring_facts_whole() -> None:
 
 def _store(store: Store, events: list[SessionEvent]) -> None:
     with store.tx() as conn:
-        conn.execute(
-            t.session_events.insert(),
-            [
-                {
-                    "session_id": e.session_id,
-                    "seq": e.seq,
-                    "ts": e.ts,
-                    "kind": e.kind,
-                    "data": e.data,
-                }
-                for e in events
-            ],
-        )
+        insert_events(conn, events)
         facts = FactsReader()
         whole = [
             SessionEvent(

@@ -21,6 +21,7 @@ from server.audit.access import (
 from server.audit.recording import SessionEvent
 from server.store import tables as t
 from server.store.db import Store
+from tests.fix_store import insert_events
 
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 ALICE = SessionFacts("prod", "alice", "user")
@@ -122,19 +123,7 @@ def _record(store: Store) -> None:
         data = {"text": "select id, email from customers where id = 1", access.FACTS: made}
         events.append(SessionEvent("s-run", seq, at(seq * 100), access.KIND, data))
     with store.tx() as conn:
-        conn.execute(
-            t.session_events.insert(),
-            [
-                {
-                    "session_id": e.session_id,
-                    "seq": e.seq,
-                    "ts": e.ts,
-                    "kind": e.kind,
-                    "data": e.data,
-                }
-                for e in events
-            ],
-        )
+        insert_events(conn, events)
         assert access.write_index(conn, events) == 7
 
 
@@ -362,15 +351,12 @@ def test_the_newest_statements_of_a_period_are_found_past_runs_it_cuts(any_store
     assert [(r.session_id, r.seq) for r in access.find(any_store, q)] == [("s-y", 1), ("s-z", 1)]
 
 
-def test_the_evidence_report_counts_the_statements_of_runs_its_period_cuts(
-    any_store: Store,
-) -> None:
-    """Masked reads and reads in clear under an exemption, counted one by one at the
-    period's edges, and each read in clear listed with its own time and rows."""
+def _exempt_read() -> IndexEntry:
+    """The entry of alice's read of customers.email in clear, her group exempt."""
     exempt = RelationAccess(
         "public", "customers", access.READ, ("email",), exempt=frozenset({"email"})
     )
-    clear = access.index_entry(
+    made = access.index_entry(
         access.KIND,
         {
             access.FACTS: access_event(
@@ -378,7 +364,16 @@ def test_the_evidence_report_counts_the_statements_of_runs_its_period_cuts(
             )
         },
     )
-    assert clear is not None
+    assert made is not None
+    return made
+
+
+def test_the_evidence_report_counts_the_statements_of_runs_its_period_cuts(
+    any_store: Store,
+) -> None:
+    """Masked reads and reads in clear under an exemption, counted one by one at the
+    period's edges, and each read in clear listed with its own time and rows."""
+    clear = _exempt_read()
     with any_store.tx() as conn:
         access.write_entries(
             conn,
@@ -433,19 +428,7 @@ def test_a_run_stretched_over_hours_to_hide_a_statement_is_found(any_store: Stor
         for seq in (1, 2)
     ]
     with any_store.tx() as conn:
-        conn.execute(
-            t.session_events.insert(),
-            [
-                {
-                    "session_id": x.session_id,
-                    "seq": x.seq,
-                    "ts": x.ts,
-                    "kind": x.kind,
-                    "data": x.data,
-                }
-                for x in events
-            ],
-        )
+        insert_events(conn, events)
         access.write_index(conn, events)
     assert len(_runs(any_store)) == 2
     e = t.access_events.c
@@ -476,18 +459,7 @@ def test_the_reports_clear_accesses_are_found_past_runs_that_began_before_the_pe
     any_store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(report, "MAX_ITEMS", 3)
-    exempt = RelationAccess(
-        "public", "customers", access.READ, ("email",), exempt=frozenset({"email"})
-    )
-    clear = access.index_entry(
-        access.KIND,
-        {
-            access.FACTS: access_event(
-                ALICE, command="SELECT", relations=[exempt], rows=2, exemption="group dba"
-            )
-        },
-    )
-    assert clear is not None
+    clear = _exempt_read()
     with any_store.tx() as conn:
         access.write_entries(
             conn,

@@ -78,9 +78,12 @@ _LENGTH = struct.Struct("!Q")
 _STOP_TIMEOUT: Final = 10.0
 
 
+# A ``recording.TwoStep``'s second step: data from its parts, the event's time and
+# what earlier events of its recording in the batch said.
+Make = Callable[[Any, int, "set[str] | None"], Mapping[str, Any]]
 # How an event's data is made in the writer process: a module-level function (it
 # travels by name), what it makes the data from (plain values), the event's time.
-Later = tuple[Callable[[Any, int, "set[str] | None"], Mapping[str, Any]], Any, int]
+Later = tuple[Make, Any, int]
 
 
 class EventRow(NamedTuple):

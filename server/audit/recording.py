@@ -529,8 +529,6 @@ Build = Callable[[Any, int], Mapping[str, Any] | None]
 """Makes an event's data on the writer thread from what the data path kept
 (``fields``) and the event's time (nanoseconds since the epoch); None when
 there turns out to be nothing to record."""
-# A ``TwoStep``'s second step: data from its parts, the event's time and ``said``.
-Make = Callable[[Any, int, "set[str] | None"], Mapping[str, Any]]
 
 
 class RecordFn(Protocol):
@@ -554,7 +552,7 @@ class TwoStep:
 
     __slots__ = ("make", "prepare")
 
-    def __init__(self, prepare: Callable[[Any], Any], make: Make) -> None:
+    def __init__(self, prepare: Callable[[Any], Any], make: event_writes.Make) -> None:
         self.prepare = prepare
         self.make = make
 

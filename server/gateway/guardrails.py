@@ -217,6 +217,11 @@ SEQUENCE_FUNCTIONS = frozenset({"nextval", "setval"})
 # sent at commit, a setting, a session-level advisory lock.  A SELECT calling
 # one is not a read (``masking_guard.may_have_changed``), unless it is one of
 # READING_FUNCTIONS.
+# Functions whose effect outlives the statement and that the session can read
+# back: a setting (current_setting), a notification, an advisory lock (pg_locks
+# shows its keys, which may be computed from any value the statement read).
+# Masked sessions deny them (``wiring.guard_setup``).
+SIDE_CHANNELS = frozenset({"set_config", "pg_notify", "pg_advisory_*", "pg_try_advisory_*"})
 CHANGING_FUNCTIONS = (
     FILE_FUNCTIONS
     | LARGE_OBJECT_FUNCTIONS
@@ -225,10 +230,8 @@ CHANGING_FUNCTIONS = (
     | NOTIFY_FUNCTIONS
     | SEQUENCE_FUNCTIONS
     | DYNAMIC_SQL_FUNCTIONS  # they run SQL they are given, which may do anything
+    | SIDE_CHANNELS
     | {
-        "set_config",
-        "pg_advisory_*",
-        "pg_try_advisory_*",
         "pg_logical_slot_get_*",  # consume a slot's changes
         "pg_import_system_collations",
         "brin_summarize_*",

@@ -83,7 +83,7 @@ Relations are resolved as the masking hooks resolve them
 the first schema of the session's path that holds it.
 
 The advisory-lock functions, whose keys ``pg_locks`` shows, are refused in
-every masked session by the guardrails (``wiring.SIDE_CHANNELS``), with
+every masked session by the guardrails (``guardrails.SIDE_CHANNELS``), with
 ``set_config`` and ``pg_notify``: with ``inference: allow`` nothing here stops a
 masked value from being computed into a key.
 

@@ -232,7 +232,7 @@ _DECISIONS_KEPT = 512
 # Relations whose columns a connection's check keeps read, per catalog snapshot.
 _RELATIONS_KEPT = 4_096
 # Command tags of DDL that may change what the catalog says of a name.
-_DDL_TAGS = frozenset({"CREATE", "ALTER", "DROP"})
+_DDL_TAGS = ("CREATE ", "ALTER ", "DROP ")
 _DDL_RELOAD_INTERVAL = 1.0  # seconds between a connection's reloads after DDL
 # Result plans kept per connection (MaskingHooks._plan), and the longest text kept as a key.
 _PLANS_KEPT = 256
@@ -1319,7 +1319,7 @@ class MaskingHooks:
             head.rows += _rows(head.tag)
             head.done += 1
             done = head.tag or "a statement"
-            if head.tag is not None and head.tag.split(" ", 1)[0] in _DDL_TAGS:
+            if self.catalog is not None and head.tag is not None and head.tag.startswith(_DDL_TAGS):
                 self._catalog_changed = True
         elif t == 115:
             done = "a portal run part way"
@@ -1750,19 +1750,13 @@ def pre_execution_check(
         if current and current[0][0] is snapshot:
             return current[0][1], current[0][2]
 
-        # What the snapshot says of a relation, read once per snapshot: every
+        # Which of a relation's columns are masked, read once per snapshot: every
         # statement of a masked relation asks again, some twice (bounded).
-        held: set[Name] = set()
         column_maps: dict[Name, dict[str, bool]] = {}
 
         def holds(name: Name) -> bool:
-            if name in held:
-                return True
-            if snapshot is not None and snapshot.columns_of(name.parts[0], name.name):
-                if len(held) < _RELATIONS_KEPT:
-                    held.add(name)
-                return True
-            return False  # so far: the path's next schema may hold it
+            # False so far: the path's next schema may hold it.
+            return snapshot is not None and bool(snapshot.columns_of(name.parts[0], name.name))
 
         def missing(_name: Name) -> None:
             # No schema of the path holds it: created since the catalog was loaded,

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from server.gateway.analysis_limits import AnalysisLimits
-from server.gateway.guardrails import Decision, GuardrailRules
+from server.gateway.guardrails import SIDE_CHANNELS, Decision, GuardrailRules
 from server.gateway.pinning import LimitPins
 from server.gateway.relay import Relay
 from server.gateway.result_limit import Caps, ResultLimit
@@ -23,12 +23,6 @@ from server.gateway.rules import agent_rules, target_rules
 from server.gateway.search_path import catalog_first, session_search_path
 from server.gateway.statements import SessionFacts, StatementGuard, review_rule
 from server.sessions.service import LiveSession, SessionService
-
-# Functions whose effect outlives the statement and that the session can read
-# back: a setting (current_setting), a notification, an advisory lock (pg_locks
-# shows its keys, which may be computed from any value the statement read).
-SIDE_CHANNELS = frozenset({"set_config", "pg_notify", "pg_advisory_*", "pg_try_advisory_*"})
-
 
 MaskingCheck = Callable[[LiveSession, tuple[str, ...]], Callable[[str], Decision] | None]
 

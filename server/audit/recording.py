@@ -157,7 +157,7 @@ def canonical_line(event: SessionEvent) -> bytes:
     That is ``json.dumps(event.canonical(), sort_keys=True, separators=(",", ":"),
     default=str)``, put together from its parts (its keys sort as data, kind,
     seq, ts) so that only ``data`` goes through the encoder."""
-    return _line(_CANONICAL.encode(event.data), event.kind, event.seq, _iso(event.ts))
+    return _line(canonical.encode(event.data), event.kind, event.seq, _iso(event.ts))
 
 
 def _line(data: str, kind: str, seq: int, ts: str) -> bytes:
@@ -174,10 +174,8 @@ def _lines(events: Sequence[EventRow]) -> list[bytes | None]:
 
 @lru_cache(maxsize=64)
 def _kind_json(kind: str) -> str:
-    return _CANONICAL.encode(kind)
+    return canonical.encode(kind)
 
-
-_CANONICAL: Final = canonical.ENCODER
 
 
 def recording_digest(events: Iterable[SessionEvent]) -> str:

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from server.audit.canonical import ENCODER, Template, plain, scalar, stored_form
+from server.audit.canonical import ENCODER, Template, encode, plain, scalar, stored_form
 
 FIELDS = {
     "target": "démo \u2028 %s %% {}",
@@ -43,6 +43,39 @@ def test_a_filled_template_s_text_is_the_encoder_s(values: tuple[object, ...]) -
         == ENCODER.encode(plain_dict)
         == json.dumps(plain_dict, sort_keys=True, separators=(",", ":"))
     )
+
+
+class _Odd:
+    def __str__(self) -> str:
+        return "odd"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        'a\u00e9"\\\n\U0001f600',
+        1.5,
+        float("nan"),
+        float("-inf"),
+        2**70,
+        None,
+        [True, False, [], {}],
+        {"b": [1, {"z": None, "a": True}], "a": 2**70, "": 0.1},
+        {2: "x", 1: "y"},
+        {"k": _Odd(), "t": (1, 2)},
+    ],
+)
+def test_encode_is_the_encoder_s_text(value: object) -> None:
+    # Encoded by one C encoder made once: the same text as ENCODER's, which makes
+    # a new one each time (floats, keys that are not strings, ``default=str``).
+    assert encode(value) == ENCODER.encode(value)
+
+
+def test_encode_refuses_a_cycle() -> None:
+    cyclic: list[object] = []
+    cyclic.append(cyclic)
+    with pytest.raises(RecursionError):
+        encode(cyclic)
 
 
 def test_each_fill_is_its_own() -> None:

@@ -23,8 +23,9 @@ parts encoded at different times:
 from __future__ import annotations
 
 import json
+from _json import make_encoder
 from collections.abc import Mapping, Sequence
-from json.encoder import c_make_encoder, encode_basestring_ascii
+from json.encoder import encode_basestring_ascii
 from typing import Any, Final, NoReturn, cast
 
 ENCODER: Final = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
@@ -33,18 +34,15 @@ ENCODER: Final = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default
 # than encoding a statement's event: one is made once, with ENCODER's settings.
 # It keeps no markers of the containers it is in (ENCODER's check_circular): an
 # event's data is a tree, and a cycle still fails, with RecursionError.
-_C_ENCODE: Final = (
-    None
-    if c_make_encoder is None
-    else c_make_encoder(None, str, encode_basestring_ascii, None, ":", ",", True, False, True)
+_C_ENCODE: Final = make_encoder(
+    None, str, encode_basestring_ascii, None, ":", ",", True, False, True
 )
 
 
 def encode(value: Any) -> str:
     """The canonical text of ``value``: ``ENCODER.encode(value)``."""
-    if _C_ENCODE is None:
-        return ENCODER.encode(value)
     return "".join(_C_ENCODE(value, 0))
+
 
 _LEAVES: Final = frozenset((str, int, bool, type(None)))
 _INF: Final = float("inf")

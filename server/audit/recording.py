@@ -177,7 +177,6 @@ def _kind_json(kind: str) -> str:
     return canonical.encode(kind)
 
 
-
 def recording_digest(events: Iterable[SessionEvent]) -> str:
     """SHA-256 over the canonical form of ``events`` (given in ``seq`` order)."""
     digest = hashlib.sha256()

@@ -16,11 +16,13 @@ the guardrail decision and the approval it ran under)::
 All but rows, decision, rule and approval is the same for the statements of one
 shape in one session (:class:`FactsTemplate`, made once; ``key`` is a digest of
 it).  The recorder's writer says the facts in full for the first statement of
-a template in each batch it writes, and for the batch's later ones only their
-own values and that statement's key (:class:`Facts`)::
+a template in each batch it writes, and for the batch's later ones only that
+statement's key -- alone (``"access": "5f0c…"``) where they differ from its
+only in the event's own ``rows`` and ``decision``, which the facts then take
+from the event -- or with their own values (:meth:`Facts.said_in`)::
 
     {"same_as": "5f0c…", "rows": 1, "decision": "allowed", "rule": null,
-     "approval": null}
+     "approval": "r-…"}
 
 A batch is one transaction, so the statement named is always in the
 recording, earlier; :class:`FactsReader` makes such facts whole again for
@@ -170,6 +172,9 @@ KEY: Final = "key"
 # A statement's facts that are those of the last earlier statement of its recording
 # whose facts have this key, but for its own values (``_SLOTS``).
 SAME_AS: Final = "same_as"
+# What earlier statements of a recording in one batch said in full: the key of
+# each template, with the rule and approval they said (``Facts.said_in``).
+Said = dict[str, tuple[str | None, str | None]]
 
 
 class FactsTemplate(NamedTuple):
@@ -195,7 +200,7 @@ class Facts(NamedTuple):
     """One statement's facts as the gateway hands them to the recorder: its template
     and its own values (``_SLOTS``' order).  Its event holds them in full
     (:meth:`full`) or, after the first statement of the same template in the batch
-    its recording is written in, as a reference to that one (:meth:`same`): the
+    its recording is written in, as a reference to that one (:meth:`said_in`): the
     batch is written whole or not at all, so the one it names is always there."""
 
     template: FactsTemplate
@@ -218,6 +223,28 @@ class Facts(NamedTuple):
             "rule": rule,
             "approval": approval,
         }
+
+    def said_in(
+        self, said: Said | None, rows: int | None, decision: str
+    ) -> canonical.Encoded | dict[str, Any] | str:
+        """These facts as the statement's event says them, whose own rows and
+        decision are ``rows`` and ``decision``, knowing what earlier statements of
+        its recording in the batch said (``said``, updated; None: nothing is
+        known): in full the first of their template; after it, where they differ
+        from those only in the event's own rows and decision (a run of one
+        statement shape), as the template's key alone; else as a reference with
+        their own values (:meth:`same`)."""
+        if said is None:
+            return self.full()
+        key = self.template.key
+        mine, decided, rule, approval = self.values
+        before = said.get(key)
+        if before is None:
+            said[key] = (rule, approval)
+            return self.full()
+        if before == (rule, approval) and mine == rows and decided == decision:
+            return key
+        return self.same()
 
 
 def facts_template(
@@ -271,6 +298,16 @@ class FactsReader:
                 self._known.clear()
                 self._entries.clear()
             known = self._known[session_id] = {}
+        if kind == KIND and type(key := data.get(FACTS)) is str:
+            # The key alone: the facts of that key, but for the event's own rows
+            # and decision (``Facts.said_in``).
+            base = known.get(key)
+            if base is None:
+                raise LookupError(f"access facts {key} are not those of an earlier statement")
+            made = dict(base)
+            made["rows"] = data.get("rows")
+            made["decision"] = data.get("decision")
+            return made
         facts = facts_of(kind, data)
         if facts is None:
             return None
@@ -290,6 +327,12 @@ class FactsReader:
     def entry(self, session_id: str, kind: str, data: Mapping[str, Any]) -> IndexEntry | None:
         """The index entry of the event's facts (:meth:`facts`), made from the one of
         the facts it refers to where it refers to some."""
+        if kind == KIND and type(key := data.get(FACTS)) is str:
+            base = self._entries.get((session_id, key))
+            if base is not None and base.described[5] == str(data.get("decision") or "allowed"):
+                # A run of one shape: the entry of the facts named, but for its rows.
+                return IndexEntry(base.described, _rows_of(data), base.columns)
+            return entry_of(self.facts(session_id, kind, data))
         facts = facts_of(kind, data)
         same = None if facts is None else facts.get(SAME_AS)
         if same is None:

@@ -80,7 +80,7 @@ _STOP_TIMEOUT: Final = 10.0
 
 # A ``recording.TwoStep``'s second step: data from its parts, the event's time and
 # what earlier events of its recording in the batch said.
-Make = Callable[[Any, int, "set[str] | None"], Mapping[str, Any]]
+Make = Callable[[Any, int, "access.Said | None"], Mapping[str, Any]]
 # How an event's data is made in the writer process: a module-level function (it
 # travels by name), what it makes the data from (plain values), the event's time.
 Later = tuple[Make, Any, int]
@@ -105,7 +105,7 @@ class Unmade(Exception):
     of the batch was written."""
 
 
-def made_data(later: Later, said: set[str] | None = None) -> tuple[Mapping[str, Any], str]:
+def made_data(later: Later, said: access.Said | None = None) -> tuple[Mapping[str, Any], str]:
     """The data of an event made later, and its canonical text (``canonical.stored_form``);
     ``said``: see ``recording.TwoStep``."""
     make, parts, ts_ns = later
@@ -121,14 +121,14 @@ def made(events: Sequence[EventRow]) -> tuple[list[EventRow], list[str]]:
     the batch is written whole or not at all."""
     out: list[EventRow] = []
     texts: list[str] = []
-    said: dict[str, set[str]] = {}
+    said: dict[str, access.Said] = {}
     reader = access.FactsReader(interleaved=True)
     for e in events:
         if e.later is None:
             out.append(e)
             continue
         try:
-            data, text = made_data(e.later, said.setdefault(e.session_id, set()))
+            data, text = made_data(e.later, said.setdefault(e.session_id, {}))
             entry = reader.entry(e.session_id, e.kind, data)
         except Exception as exc:
             raise Unmade(

@@ -414,15 +414,15 @@ StatementParts = tuple[
 
 
 def statement_made(
-    parts: StatementParts, ts_ns: int, said: set[str] | None = None
+    parts: StatementParts, ts_ns: int, said: access.Said | None = None
 ) -> dict[str, Any]:
     """A ``statement`` event's data from its parts: the text redacted (every literal
     when it touches masked columns; in a Query of several, those of such statements
     only), the parameters too (all hidden when it touches masked columns: which
     goes to a masked column cannot be told), its start told from the event's time.
-    ``said``: the keys of the access facts that earlier statements of its recording
-    in the same batch hold in full (updated): facts of one of those are made as a
-    reference to it (``access.Facts``)."""
+    ``said``: the access facts that earlier statements of its recording in the same
+    batch hold in full (updated): facts of the template of one of those are made as a
+    reference to it (``access.Facts.said_in``)."""
     sql, touches, hides, ends, params, formats, duration_ns = parts[:7]
     rows, tag, sqlstate, decision, masked, facts = parts[7:]
     shown_params = None
@@ -444,14 +444,8 @@ def statement_made(
         params=shown_params,
     )
     if facts is not None:
-        facts = access.Facts(*facts)
-        # Their text is put in place as it was made (``stored_form``), not encoded again.
-        if said is None or facts.key not in said:
-            data[access.FACTS] = facts.full()
-            if said is not None:
-                said.add(facts.key)
-        else:
-            data[access.FACTS] = facts.same()
+        # In full, their text is put in place as it was made (``stored_form``).
+        data[access.FACTS] = access.Facts(*facts).said_in(said, rows, decision)
     return data
 
 
@@ -542,7 +536,8 @@ class TwoStep:
     ``prepare`` reads, on the writer thread, what only the broker holds (the
     gateway's analyses and caches) into plain values; ``make`` makes the event's
     data from those, the event's time and what earlier events of its recording in
-    the same batch said (a set it may add to; None: nothing is known of them),
+    the same batch said (``access.Said``, which it may add to; None: nothing is
+    known of them),
     anywhere.  ``make`` is a module-level function (it goes to the process by
     name) and always makes data.  Called as it is, it is the plain :data:`Build`
     ``make(prepare(fields), ts_ns, None)``."""

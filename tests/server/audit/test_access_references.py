@@ -1,4 +1,5 @@
-"""Access facts said once per batch: later statements of the same shape refer to them."""
+"""Access facts said once per batch: later statements of the same shape refer to them,
+by the key alone where they differ only in their event's own rows and decision."""
 
 from __future__ import annotations
 
@@ -29,15 +30,24 @@ def template(who: SessionFacts = ALICE, relation: RelationAccess = CUSTOMERS) ->
     return access.facts_template(who, command="SELECT", relations=[relation.to_json()])
 
 
-def parts(facts: access.Facts | None) -> tuple[Any, ...]:
+def parts(facts: access.Facts | None, rows: int = 1, decision: str = "allowed") -> tuple[Any, ...]:
     sql = "select id, email from customers where id = 1"
-    return (sql, True, None, None, None, (), 1_000, 1, "SELECT 1", None, "allowed", [], facts)
+    tag = f"SELECT {rows}"
+    return (sql, True, None, None, None, (), 1_000, rows, tag, None, decision, [], facts)
 
 
-def row(sid: str, seq: int, facts: access.Facts | None) -> event_writes.EventRow:
+def row(
+    sid: str, seq: int, facts: access.Facts | None, rows: int = 1, decision: str = "allowed"
+) -> event_writes.EventRow:
     ts = int(T0.timestamp() * 1e9) + seq * 1_000_000
     return event_writes.EventRow(
-        sid, seq, "statement", "", event_iso(ts), None, (statement_made, parts(facts), ts)
+        sid,
+        seq,
+        "statement",
+        "",
+        event_iso(ts),
+        None,
+        (statement_made, parts(facts, rows, decision), ts),
     )
 
 
@@ -167,3 +177,86 @@ def test_policy_test_reads_referring_facts_whole_across_the_periods_start(
         alice.facts(2, "allowed", None, None).full(),
         alice.facts(3, "allowed", None, None).full(),
     ]
+
+
+def test_a_run_of_one_shape_refers_by_the_key_alone() -> None:
+    """Facts that differ from those said only in the event's own rows and decision are
+    the key; another approval, or facts whose rows are not the event's, say theirs."""
+    alice = template()
+    batch = [
+        row("s-a", 1, alice.facts(1, "allowed", None, None), rows=1),
+        row("s-a", 2, alice.facts(7, "allowed", None, None), rows=7),
+        row("s-a", 3, alice.facts(2, "allowed", None, "r-review"), rows=2),
+        row("s-a", 4, alice.facts(5, "allowed", None, None), rows=4),
+        row("s-a", 5, alice.facts(3, "allowed", "some.rule", None), rows=3),
+        row("s-a", 6, alice.facts(0, "allowed", None, None), rows=0),
+    ]
+    events, _texts = event_writes.made(batch)
+    stored = [json.loads(e.text)[access.FACTS] for e in events]
+    assert stored[1] == stored[5] == alice.key
+    assert [type(f) for f in stored] == [dict, str, dict, dict, dict, str]
+    assert stored[0][access.KEY] == alice.key
+    for i in (2, 3, 4):
+        assert stored[i][access.SAME_AS] == alice.key
+    # Each made whole is what was handed over, and indexed as such.
+    reader = FactsReader()
+    for event, (*_, (_make, its, _ts)) in zip(events, batch, strict=True):
+        data = json.loads(event.text)
+        whole = statement_made(its, 0)
+        assert reader.facts("s-a", "statement", data) == whole[access.FACTS]
+        assert event.entry == access.index_entry("statement", whole)
+
+
+def test_the_key_alone_takes_the_event_s_rows_and_decision() -> None:
+    alice = template()
+    first = alice.facts(1, "allowed", None, "r-1")
+    reader = FactsReader()
+    reader.facts("s-a", "statement", {access.FACTS: first.full()})
+    made = reader.facts("s-a", "statement", {access.FACTS: alice.key, "rows": 9, "decision": "x"})
+    assert made == alice.facts(9, "x", None, "r-1").full()
+    # Nothing earlier of this recording holds the key: as for any reference.
+    with pytest.raises(LookupError):
+        reader.facts("s-b", "statement", {access.FACTS: alice.key, "rows": 1})
+    assert reader.facts("s-a", "notice", {access.FACTS: alice.key}) is None
+
+
+def _run_day(alice: Any) -> list[SessionEvent]:
+    """Three statements of one shape as the writer process says them: whole, then the key."""
+    return [
+        SessionEvent(
+            "s-a",
+            seq,
+            T0 + timedelta(seconds=seq),
+            "statement",
+            {
+                "text": "select id, email from customers where id = 1",
+                "rows": seq,
+                "decision": "allowed",
+                access.FACTS: (
+                    alice.facts(seq, "allowed", None, None).full() if seq == 1 else alice.key
+                ),
+            },
+        )
+        for seq in (1, 2, 3)
+    ]
+
+
+def test_verify_holds_facts_said_by_key_to_the_index(any_store: Store) -> None:
+    _store(any_store, _run_day(template()))
+    assert access.verify_index(any_store) == []
+
+
+def test_an_edited_row_count_of_a_statement_said_by_key_is_found(any_store: Store) -> None:
+    """The rows of facts said by key are the event's own: changing them in the event
+    (to hide how much was read) no longer matches the index."""
+    events = _run_day(template())
+    _store(any_store, events)
+    e = t.session_events.c
+    with any_store.tx() as conn:
+        conn.execute(
+            t.session_events.update()
+            .where(e.session_id == "s-a", e.seq == 2)
+            .values(data={**events[1].data, "rows": 0})
+        )
+    problems = [(p.session_id, p.seq, p.problem) for p in access.verify_index(any_store)]
+    assert problems == [("s-a", 2, "the access index differs from the recorded event")]

@@ -60,8 +60,10 @@ def _resolved(store: Store, sid: str) -> list[tuple[int, str, dict[str, object]]
 
 
 def _referring(store: Store, sid: str) -> int:
-    """How many of the recording's statements hold their facts as a reference."""
-    return sum(access.SAME_AS in (e.data.get(access.FACTS) or {}) for e in load_events(store, sid))
+    """How many of the recording's statements hold their facts as a reference (the
+    key alone, or the key with their own values)."""
+    said = [e.data.get(access.FACTS) for e in load_events(store, sid)]
+    return sum(isinstance(f, str) or access.SAME_AS in (f or {}) for f in said)
 
 
 class Failures:

@@ -57,6 +57,13 @@ from server.tlsutil import TlsFiles, fingerprint, server_context
 log = logging.getLogger("dbaccess.server")
 # Seconds an analysis thread may hold the interpreter lock while the event loop waits.
 SWITCH_INTERVAL = 0.001
+# A collection of the youngest objects after this many more made than freed (700 by
+# default).  A statement's objects (its analysis, its recording's fields) live
+# until the recorder's writer thread has read them, a batch later: at 700 a busy
+# gateway collected ~50 times a second, each holding the interpreter lock, and
+# so the event loop, for up to 11 ms; at 10,000 it collected 8 times in a run of
+# 10 s (bench/gateway_throughput.py, pgbench -S at 8 clients).
+YOUNG_COLLECTION = 10_000
 
 
 @dataclass(frozen=True)
@@ -268,6 +275,7 @@ class Runtime:
         # hold the interpreter lock, and so the event loop, while they run).
         gc.collect()
         gc.freeze()
+        gc.set_threshold(YOUNG_COLLECTION, *gc.get_threshold()[1:])
         # The event loop asks for the interpreter lock back from an analysis
         # thread after this long (5 ms by default); a thread working through a
         # Query of thousands of statements then delays it less.

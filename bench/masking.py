@@ -371,6 +371,9 @@ class _CpuCatalog:
     def reload_if_old(self) -> None:
         pass
 
+    def reload_missing(self) -> None:
+        pass
+
 
 def _detectors(*kinds: DetectorKind) -> MaskingRules:
     return MaskingRules(RULES.rules, RULES.key, {k: DetectorAction.MASK for k in kinds})

@@ -102,6 +102,9 @@ class _Catalog:
     def reload_if_old(self) -> None:
         pass
 
+    def reload_missing(self) -> None:
+        pass
+
 
 def _messages(n: int, extended: bool) -> list[bytes]:
     if extended:

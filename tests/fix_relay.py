@@ -47,6 +47,9 @@ class StaticCatalog:
     def reload_soon(self) -> None:
         pass
 
+    def reload_missing(self) -> None:
+        self.reload_soon()
+
     def reload_if_old(self) -> None:
         pass
 

@@ -16,7 +16,9 @@ tables, views, materialized views, foreign tables) into an immutable
 * after DDL a session ran through the gateway (``Catalog.reload_soon``, by
   masking's hooks),
 * on a lookup of a relation it does not know (a table created since), at most
-  once per ``miss_interval`` so that a stream of misses costs one query.
+  once per ``miss_interval`` so that a stream of misses costs one query
+  (:meth:`Catalog.origin`; readers of :attr:`Catalog.current` ask with
+  :meth:`Catalog.reload_missing`).
 
 Views: a RowDescription column of a view carries the *view's* OID.  The catalog
 resolves which base columns a view reads from ``pg_depend`` (the dependencies
@@ -206,7 +208,8 @@ class Catalog:
         self._stale = True
         self.current: CatalogSnapshot | None = None
         self.loads = 0
-        self._asked = float("-inf")  # when reload_if_old last asked for a reload
+        # When a reader last asked for a reload (reload_if_old, reload_missing).
+        self._asked = float("-inf")
 
     @classmethod
     def for_target(cls, target: TargetPolicy, **kwargs: Any) -> Catalog:
@@ -230,6 +233,18 @@ class Catalog:
         now = self._clock()
         if snapshot is None or now - snapshot.loaded_at < self.max_age:
             return
+        if now - self._asked < self.miss_interval:
+            return
+        self._asked = now
+        self.reload_soon()
+
+    def reload_missing(self) -> None:
+        """For readers of :attr:`current` on the event loop that met a relation the
+        snapshot does not hold (one created since the load): reloaded on a thread
+        of its own, asked at most once per ``miss_interval`` by every reader of
+        the catalog together (and with :meth:`reload_if_old`), so that a stream
+        of such statements, on however many connections, costs one query."""
+        now = self._clock()
         if now - self._asked < self.miss_interval:
             return
         self._asked = now

@@ -252,7 +252,6 @@ _RESPONSE_TYPES = b"TDCnsIE123tHdcVZN"
 # notifications and parameter changes (their values are screened).
 _ASYNC_TYPES = b"AS"
 _RECORD_TYPES = b"CIEZN"
-REFRESH_INTERVAL = 5.0
 _MISSING_RELATION = re.compile(r'relation "(.+)" does not exist')
 # The ParameterStatus that tells a client which result columns of its last
 # simple Query were masked (see _report).
@@ -440,7 +439,6 @@ class MaskingHooks:
         self._refused = False
         self._ran: list[tuple[str, _Item, int]] = []
         self._ran_more = False  # more ran than _RAN_KEPT
-        self._refreshed = float("-inf")
         # DDL completed since the catalog was last reloaded for it (``_reload_after_ddl``).
         self._catalog_changed = False
         self._ddl_reloaded = float("-inf")
@@ -1190,7 +1188,7 @@ class MaskingHooks:
             self.search_path,
             lambda n: bool(snapshot.columns_of(n.parts[0], n.name)),
             statement=statement,
-            missing=self._refresh_catalog,
+            missing=self._reload_missing,
         )
         if relations is None:
             return None  # a relation the catalog does not know (yet), or opaque
@@ -1199,15 +1197,11 @@ class MaskingHooks:
             columns.extend(snapshot.columns_of(name.parts[0], name.name))
         return columns
 
-    def _refresh_catalog(self) -> None:
-        """Reload the catalog in a thread of its own (at most every few seconds per
-        connection), so that a relation created since it was loaded is known soon."""
-        catalog = self.catalog
-        now = time.monotonic()
-        if catalog is None or now - self._refreshed < REFRESH_INTERVAL:
-            return
-        self._refreshed = now
-        catalog.reload_soon()
+    def _reload_missing(self) -> None:
+        """A relation the catalog does not hold: created since it was loaded, and
+        known soon (``Catalog.reload_missing``)."""
+        if self.catalog is not None:
+            self.catalog.reload_missing()
 
     def _reload_after_ddl(self) -> None:
         """DDL ran and is committed (ReadyForQuery ``I``): the catalog is reloaded, so
@@ -1740,7 +1734,6 @@ def pre_execution_check(
     snapshot starts afresh.
     """
     first = catalog_first(search_path)
-    refreshed = [float("-inf")]
     unknown_names = [0]  # how often a decision met a relation the snapshot does not hold
     current: list[tuple[CatalogSnapshot | None, MaskedSession, dict[object, Decision]]] = []
 
@@ -1762,10 +1755,8 @@ def pre_execution_check(
             # No schema of the path holds it: created since the catalog was loaded,
             # the next snapshot may (and it is known soon).
             unknown_names[0] += 1
-            now = time.monotonic()
-            if catalog is not None and now - refreshed[0] >= REFRESH_INTERVAL:
-                refreshed[0] = now
-                catalog.reload_soon()
+            if catalog is not None:
+                catalog.reload_missing()
 
         def masked(name: Name) -> bool:
             return any(columns(name).values())

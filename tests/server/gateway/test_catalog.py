@@ -369,3 +369,22 @@ def test_a_snapshot_older_than_its_max_age_is_reloaded_for_its_readers() -> None
     for now[0] in (1.0, 299.0, 300.0, 301.0, 304.0, 305.5, 305.6):
         catalog.reload_if_old()
     assert asked == [300.0, 305.5]
+
+
+def test_readers_that_miss_a_relation_ask_for_one_reload_together() -> None:
+    """Statements on any number of connections that meet a relation the snapshot
+    does not hold ask for a reload once per miss interval, together, and
+    together with the asks of an old snapshot."""
+    from server.gateway.catalog import CatalogSnapshot
+
+    now = [0.0]
+    catalog = Catalog("host=unused", max_age=300.0, miss_interval=1.0, clock=lambda: now[0])
+    asked: list[float] = []
+    catalog.reload_soon = lambda: asked.append(now[0])  # type: ignore[method-assign]
+    catalog.current = CatalogSnapshot({}, {}, loaded_at=0.0)
+    for now[0] in (10.0, 10.0, 10.5, 11.0, 11.2):
+        catalog.reload_missing()
+    now[0] = 300.5
+    catalog.reload_if_old()
+    catalog.reload_missing()  # asked half a second ago, for its age
+    assert asked == [10.0, 11.0, 300.5]

@@ -612,6 +612,9 @@ class _TwoTables:
     def reload_soon(self) -> None:
         pass
 
+    def reload_missing(self) -> None:
+        self.reload_soon()
+
     def reload_if_old(self) -> None:
         pass
 
@@ -677,6 +680,21 @@ def test_only_a_name_no_schema_holds_reloads_the_catalog(sql: str, reloads: int)
     MaskingHooks(RULES, catalog, session_id="s-1").install(relay)  # type: ignore[arg-type]
     _answer(relay, sql, b"", _error("22P02", BAD_INT))
     assert len(asked) == reloads
+
+
+def test_connections_that_miss_a_relation_share_the_catalog_s_ask() -> None:
+    """The ask to reload for a relation created since is the catalog's to limit
+    (``Catalog.reload_missing``), not each connection's: both connections'
+    misses reach it, and the hooks ask for nothing more than it does."""
+    catalog = _TwoTables()
+    missed: list[None] = []
+    catalog.reload_missing = lambda: missed.append(None)  # type: ignore[method-assign]
+    catalog.reload_soon = lambda: pytest.fail("only the catalog asks")  # type: ignore[method-assign]
+    for session in ("s-1", "s-2"):
+        relay = Relay()
+        MaskingHooks(RULES, catalog, session_id=session).install(relay)  # type: ignore[arg-type]
+        _answer(relay, "select status::int from created_since", b"", _error("22P02", BAD_INT))
+    assert len(missed) == 2
 
 
 def _error(code: str, message: str, detail: str | None = None) -> bytes:

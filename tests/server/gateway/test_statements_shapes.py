@@ -165,6 +165,9 @@ class _Catalog:
     def reload_soon(self) -> None:
         pass
 
+    def reload_missing(self) -> None:
+        self.reload_soon()
+
     def reload_if_old(self) -> None:
         pass
 

@@ -51,6 +51,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from operator import is_
 from typing import Final
 
@@ -99,6 +100,21 @@ class AccessContext:
     # from): which base columns a view column stands for.
     rules: MaskingRules = NO_MASKING
     exemption: str | None = None  # what exempts the session from masking (``group G``)
+    # The connection's last statement's template, with what it was made of (one
+    # tuple, read and replaced whole): a connection sends one shape again and
+    # again, and finding it here costs the writer thread, which holds the
+    # interpreter lock the event loop waits for, half of the shared caches' way.
+    # Each context's own (not an argument: ``replace`` makes a new one), and it
+    # names the context it was made for (a copy's is not taken for its own).
+    last: list[
+        tuple[
+            AccessContext,
+            object,
+            CatalogSnapshot | None,
+            tuple[MaskPlan, ...],
+            FactsTemplate | None,
+        ]
+    ] = dataclass_field(default_factory=list, init=False, compare=False, repr=False)
 
 
 def _columns_of(source: str) -> list[tuple[str, str, str]]:
@@ -170,18 +186,33 @@ def access_facts(
     # others of its shape but for its text: the shape stands for it, so that a
     # statement sent again with other numbers is made once too.
     first: object = analysis.shape if analysis.shape is not None else analysis
-    parts = (first, ctx, *plans)
-    key = tuple(map(id, parts))
-    known = _made_for(snapshot)
-    made = known.get(key)
+    memo = ctx.last
+    last = memo[0] if memo else None
     # Kept by identity: the very objects, not others made since at their addresses.
-    if made is None or not all(map(is_, made[0], parts)):
-        relations = _relations(ctx, analysis, plans, snapshot)
-        template = _template(ctx, _command(analysis, tag), relations) if relations else None
-        if len(known) >= _MADE_MAX:
-            known.clear()
-        made = known[key] = (parts, template)
-    template = made[1]
+    if (
+        last is not None
+        and last[0] is ctx
+        and last[1] is first
+        and last[2] is snapshot
+        and len(last[3]) == len(plans)
+        and all(map(is_, last[3], plans))
+    ):
+        template = last[4]
+    else:
+        parts = (first, ctx, *plans)
+        key = tuple(map(id, parts))
+        known = _made_for(snapshot)
+        made = known.get(key)
+        if made is None or not all(map(is_, made[0], parts)):
+            relations = _relations(ctx, analysis, plans, snapshot)
+            made_template = (
+                _template(ctx, _command(analysis, tag), relations) if relations else None
+            )
+            if len(known) >= _MADE_MAX:
+                known.clear()
+            made = known[key] = (parts, made_template)
+        template = made[1]
+        memo[:] = [(ctx, first, snapshot, tuple(plans), template)]
     if template is None:
         return None
     return template.facts(rows, decision, None, approval or ctx.approval)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from dataclasses import replace
@@ -363,6 +364,22 @@ def test_one_shape_in_two_sessions_names_each_session() -> None:
         "carol",
     )
     assert bob_facts["approval"] is None
+
+
+@pytest.mark.parametrize("derive", ["replace", "copy"])
+def test_a_context_made_from_another_never_takes_its_last_facts(derive: str) -> None:
+    """Each connection keeps the template of its last statement: a context made from
+    another one (``replace``, a copy) whose last is warm must name its own session."""
+    alice = AccessContext(SessionFacts("demo", "alice", "user"), CTX.search_path, "dba_s1")
+    assert _shape_facts(SHAPED[0], (), ctx=alice)["identity"] == "alice"
+    bob = (
+        replace(alice, session=SessionFacts("demo", "bob", "agent"))
+        if derive == "replace"
+        else copy.copy(alice)
+    )
+    object.__setattr__(bob, "session", SessionFacts("demo", "bob", "agent"))
+    assert _shape_facts(SHAPED[1], (), ctx=bob)["identity"] == "bob"
+    assert _shape_facts(SHAPED[0], (), ctx=alice)["identity"] == "alice"
 
 
 def test_one_shape_under_two_catalogs_reads_each_catalog() -> None:

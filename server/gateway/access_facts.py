@@ -49,6 +49,7 @@ Only a statement the gateway let run has access facts.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
@@ -104,17 +105,23 @@ class AccessContext:
     # tuple, read and replaced whole): a connection sends one shape again and
     # again, and finding it here costs the writer thread, which holds the
     # interpreter lock the event loop waits for, half of the shared caches' way.
-    # Each context's own (not an argument: ``replace`` makes a new one), and it
-    # names the context it was made for (a copy's is not taken for its own).
-    last: list[
-        tuple[
-            AccessContext,
-            object,
-            CatalogSnapshot | None,
-            tuple[MaskPlan, ...],
-            FactsTemplate | None,
-        ]
-    ] = dataclass_field(default_factory=list, init=False, compare=False, repr=False)
+    # Each context's own (not an argument: ``replace`` makes a new one); it names
+    # the context it was made for by its id (a copy's is not taken for its own,
+    # and the context is not in a cycle with itself), and the catalog snapshot
+    # by a weak reference (the shared caches hold contexts: a snapshot is not
+    # kept alive by the connections that last read it).
+    last: list[_Last] = dataclass_field(default_factory=list, init=False, compare=False, repr=False)
+
+
+# AccessContext.last's: the context's id, the analysis or its shape, the snapshot
+# (None: none), the results' plans, the template.
+_Last = tuple[
+    int,
+    object,
+    "weakref.ref[CatalogSnapshot] | None",
+    tuple[MaskPlan, ...],
+    FactsTemplate | None,
+]
 
 
 def _columns_of(source: str) -> list[tuple[str, str, str]]:
@@ -191,9 +198,9 @@ def access_facts(
     # Kept by identity: the very objects, not others made since at their addresses.
     if (
         last is not None
-        and last[0] is ctx
+        and last[0] == id(ctx)
         and last[1] is first
-        and last[2] is snapshot
+        and (last[2] is None if snapshot is None else last[2] is not None and last[2]() is snapshot)
         and len(last[3]) == len(plans)
         and all(map(is_, last[3], plans))
     ):
@@ -212,7 +219,8 @@ def access_facts(
                 known.clear()
             made = known[key] = (parts, made_template)
         template = made[1]
-        memo[:] = [(ctx, first, snapshot, tuple(plans), template)]
+        held = None if snapshot is None else weakref.ref(snapshot)
+        memo[:] = [(id(ctx), first, held, tuple(plans), template)]
     if template is None:
         return None
     return template.facts(rows, decision, None, approval or ctx.approval)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import logging
+import weakref
 from dataclasses import replace
 from typing import Any
 
@@ -380,6 +382,36 @@ def test_a_context_made_from_another_never_takes_its_last_facts(derive: str) -> 
     object.__setattr__(bob, "session", SessionFacts("demo", "bob", "agent"))
     assert _shape_facts(SHAPED[1], (), ctx=bob)["identity"] == "bob"
     assert _shape_facts(SHAPED[0], (), ctx=alice)["identity"] == "alice"
+
+
+def test_a_connection_s_last_facts_do_not_keep_a_catalog_snapshot_alive() -> None:
+    """The shared caches hold connections' contexts, and a busy client can have the
+    catalog reloaded every second: the snapshot a context last read must not
+    live on through it."""
+    ctx = AccessContext(SessionFacts("demo", "alice", "user"), CTX.search_path, "dba_s1")
+    snapshot = build_snapshot(
+        [
+            (1, 1, "public", "customers", "id", 23, "r"),
+            (1, 2, "public", "customers", "email", 25, "r"),
+        ],
+        [],
+        0.0,
+    )
+    sql = SHAPED[0]
+    first = access_facts(
+        ctx, sql, guarded(sql), (), snapshot, rows=1, tag="SELECT 1", decision="allowed"
+    )
+    assert first is not None and ctx.last
+    gone = weakref.ref(snapshot)
+    del snapshot
+    access_facts_module._MADE.clear()  # the shared cache keeps a few snapshots by design
+    gc.collect()
+    assert gone() is None
+    # A later statement under no snapshot is not taken for one under the one gone.
+    again = access_facts(
+        ctx, sql, guarded(sql), (), None, rows=1, tag="SELECT 1", decision="allowed"
+    )
+    assert again is not None
 
 
 def test_one_shape_under_two_catalogs_reads_each_catalog() -> None:

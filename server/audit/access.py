@@ -279,8 +279,8 @@ def facts_template(
 
 class FactsReader:
     """The access facts of recordings' events, each recording's read in its order: a
-    reference to an earlier statement's (``same_as``) is made whole again.  The
-    recordings are read one after another, or ``interleaved``."""
+    reference to an earlier statement's (its key alone, or ``same_as``) is made
+    whole again.  The recordings are read one after another, or ``interleaved``."""
 
     def __init__(self, *, interleaved: bool = False) -> None:
         self._interleaved = interleaved
@@ -493,8 +493,13 @@ class IndexEntry(NamedTuple):
 
 
 def index_entry(kind: str, data: Mapping[str, Any]) -> IndexEntry | None:
-    """The index entry of a recording's event whose facts are whole (not ``same_as``
-    another's: :class:`FactsReader`), or None when it has no access facts."""
+    """The index entry of a recording's event whose facts are whole, or None when it
+    has no access facts; :class:`LookupError` for facts that refer to another
+    statement's (its key alone, or ``same_as``), which only a
+    :class:`FactsReader` of the recording can make whole."""
+    facts = data.get(FACTS) if kind == KIND else None
+    if type(facts) is str or (isinstance(facts, Mapping) and SAME_AS in facts):
+        raise LookupError("access facts that refer to an earlier statement's")
     return entry_of(facts_of(kind, data))
 
 
@@ -1193,7 +1198,11 @@ def verify_index(store: Store) -> list[IndexProblem]:
             continue
         m, indexed_ts, rows = held
         said = tuple(m[key] for key in _FACT_COLUMNS)
-        if (said, indexed_ts, rows) != (_described(data), _aware(ts), _rows_of(data)):
+        try:
+            recorded = (_described(data), _aware(ts), _rows_of(data))
+        except (TypeError, ValueError):
+            recorded = None  # rows that are no count (an edited event): no row says so
+        if recorded is None or (said, indexed_ts, rows) != recorded:
             problems.append(
                 IndexProblem(session_id, seq, "the access index differs from the recorded event")
             )

@@ -220,6 +220,16 @@ def test_the_key_alone_takes_the_event_s_rows_and_decision() -> None:
     assert reader.facts("s-a", "notice", {access.FACTS: alice.key}) is None
 
 
+def test_facts_that_refer_are_never_indexed_as_none() -> None:
+    """Outside a reader of the recording, a reference cannot be made whole: it is an
+    error, never an event without facts (which would leave it out of the index)."""
+    alice = template()
+    for said in (alice.key, alice.facts(2, "allowed", None, "r-1").same()):
+        with pytest.raises(LookupError):
+            access.index_entry("statement", {access.FACTS: said, "rows": 2})
+    assert access.index_entry("statement", {"rows": 2}) is None
+
+
 def _run_day(alice: Any) -> list[SessionEvent]:
     """Three statements of one shape as the writer process says them: whole, then the key."""
     return [
@@ -246,9 +256,13 @@ def test_verify_holds_facts_said_by_key_to_the_index(any_store: Store) -> None:
     assert access.verify_index(any_store) == []
 
 
-def test_an_edited_row_count_of_a_statement_said_by_key_is_found(any_store: Store) -> None:
+@pytest.mark.parametrize("edited", [0, "abc", [1]])
+def test_an_edited_row_count_of_a_statement_said_by_key_is_found(
+    any_store: Store, edited: object
+) -> None:
     """The rows of facts said by key are the event's own: changing them in the event
-    (to hide how much was read) no longer matches the index."""
+    (to hide how much was read, or to make the check fail) no longer matches the
+    index, and is reported as such."""
     events = _run_day(template())
     _store(any_store, events)
     e = t.session_events.c
@@ -256,7 +270,7 @@ def test_an_edited_row_count_of_a_statement_said_by_key_is_found(any_store: Stor
         conn.execute(
             t.session_events.update()
             .where(e.session_id == "s-a", e.seq == 2)
-            .values(data={**events[1].data, "rows": 0})
+            .values(data={**events[1].data, "rows": edited})
         )
     problems = [(p.session_id, p.seq, p.problem) for p in access.verify_index(any_store)]
     assert problems == [("s-a", 2, "the access index differs from the recorded event")]

@@ -120,20 +120,33 @@ def _store(store: Store, events: list[SessionEvent]) -> None:
         access.write_index(conn, whole)
 
 
-def _day(alice: Any) -> list[SessionEvent]:
-    return [
-        SessionEvent(
-            "s-a",
-            seq,
-            T0 + timedelta(seconds=seq),
-            "statement",
-            {
-                "text": "select id, email from customers where id = 1",
-                access.FACTS: (facts.full() if seq == 1 else facts.same()),
-            },
+def _day(alice: Any, *, by_key: bool = False) -> list[SessionEvent]:
+    """Three statements of one shape as the writer process says them: whole, then as
+    references (``by_key``: by the key alone)."""
+    events = []
+    for seq in (1, 2, 3):
+        facts = alice.facts(seq, "allowed", None, None)
+        said = facts.full() if seq == 1 else alice.key if by_key else facts.same()
+        data = {
+            "text": "select id, email from customers where id = 1",
+            "rows": seq,
+            "decision": "allowed",
+            access.FACTS: said,
+        }
+        events.append(SessionEvent("s-a", seq, T0 + timedelta(seconds=seq), "statement", data))
+    return events
+
+
+def _problems_once_edited(
+    store: Store, seq: int, data: dict[str, Any]
+) -> list[tuple[str, int, str]]:
+    """What ``verify_index`` finds once statement ``seq`` of ``s-a`` holds ``data``."""
+    e = t.session_events.c
+    with store.tx() as conn:
+        conn.execute(
+            t.session_events.update().where(e.session_id == "s-a", e.seq == seq).values(data=data)
         )
-        for seq, facts in ((s, alice.facts(s, "allowed", None, None)) for s in (1, 2, 3))
-    ]
+    return [(p.session_id, p.seq, p.problem) for p in access.verify_index(store)]
 
 
 def test_verify_holds_referring_facts_to_the_index(any_store: Store) -> None:
@@ -147,15 +160,7 @@ def test_facts_that_refer_to_none_are_found(any_store: Store) -> None:
     alice = template()
     events = _day(alice)
     _store(any_store, events)
-    e = t.session_events.c
-    with any_store.tx() as conn:
-        conn.execute(
-            t.session_events.update()
-            .where(e.session_id == "s-a", e.seq == 1)
-            .values(data={"text": events[0].data["text"]})
-        )
-    problems = [(p.session_id, p.seq, p.problem) for p in access.verify_index(any_store)]
-    assert problems == [
+    assert _problems_once_edited(any_store, 1, {"text": events[0].data["text"]}) == [
         ("s-a", 2, "a statement's access facts refer to none an earlier statement holds"),
         ("s-a", 3, "a statement's access facts refer to none an earlier statement holds"),
         ("s-a", 1, "an access index row has no event in the recording"),
@@ -230,29 +235,8 @@ def test_facts_that_refer_are_never_indexed_as_none() -> None:
     assert access.index_entry("statement", {"rows": 2}) is None
 
 
-def _run_day(alice: Any) -> list[SessionEvent]:
-    """Three statements of one shape as the writer process says them: whole, then the key."""
-    return [
-        SessionEvent(
-            "s-a",
-            seq,
-            T0 + timedelta(seconds=seq),
-            "statement",
-            {
-                "text": "select id, email from customers where id = 1",
-                "rows": seq,
-                "decision": "allowed",
-                access.FACTS: (
-                    alice.facts(seq, "allowed", None, None).full() if seq == 1 else alice.key
-                ),
-            },
-        )
-        for seq in (1, 2, 3)
-    ]
-
-
 def test_verify_holds_facts_said_by_key_to_the_index(any_store: Store) -> None:
-    _store(any_store, _run_day(template()))
+    _store(any_store, _day(template(), by_key=True))
     assert access.verify_index(any_store) == []
 
 
@@ -263,14 +247,8 @@ def test_an_edited_row_count_of_a_statement_said_by_key_is_found(
     """The rows of facts said by key are the event's own: changing them in the event
     (to hide how much was read, or to make the check fail) no longer matches the
     index, and is reported as such."""
-    events = _run_day(template())
+    events = _day(template(), by_key=True)
     _store(any_store, events)
-    e = t.session_events.c
-    with any_store.tx() as conn:
-        conn.execute(
-            t.session_events.update()
-            .where(e.session_id == "s-a", e.seq == 2)
-            .values(data={**events[1].data, "rows": edited})
-        )
-    problems = [(p.session_id, p.seq, p.problem) for p in access.verify_index(any_store)]
-    assert problems == [("s-a", 2, "the access index differs from the recorded event")]
+    assert _problems_once_edited(any_store, 2, {**events[1].data, "rows": edited}) == [
+        ("s-a", 2, "the access index differs from the recorded event")
+    ]

@@ -139,7 +139,7 @@ def _day(alice: Any, *, by_key: bool = False) -> list[SessionEvent]:
 
 def _problems_once_edited(
     store: Store, seq: int, data: dict[str, Any]
-) -> list[tuple[str, int, str]]:
+) -> list[tuple[str, int | None, str]]:
     """What ``verify_index`` finds once statement ``seq`` of ``s-a`` holds ``data``."""
     e = t.session_events.c
     with store.tx() as conn:

@@ -537,9 +537,8 @@ class TwoStep:
     gateway's analyses and caches) into plain values; ``make`` makes the event's
     data from those, the event's time and what earlier events of its recording in
     the same batch said (``access.Said``, which it may add to; None: nothing is
-    known of them),
-    anywhere.  ``make`` is a module-level function (it goes to the process by
-    name) and always makes data.  Called as it is, it is the plain :data:`Build`
+    known of them), anywhere.  ``make`` is a module-level function (it goes to
+    the process by name) and always makes data.  Called as it is, it is the plain :data:`Build`
     ``make(prepare(fields), ts_ns, None)``."""
 
     __slots__ = ("make", "prepare")

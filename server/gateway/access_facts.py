@@ -103,8 +103,9 @@ class AccessContext:
     exemption: str | None = None  # what exempts the session from masking (``group G``)
     # The connection's last statement's template, with what it was made of (one
     # tuple, read and replaced whole): a connection sends one shape again and
-    # again, and finding it here costs the writer thread, which holds the
-    # interpreter lock the event loop waits for, half of the shared caches' way.
+    # again, and finding it here costs half of what the shared caches' lookup
+    # does, on the writer thread, which holds the interpreter lock the event
+    # loop waits for.
     # Each context's own (not an argument: ``replace`` makes a new one); it names
     # the context it was made for by its id (a copy's is not taken for its own,
     # and the context is not in a cycle with itself), and the catalog snapshot

@@ -261,6 +261,12 @@ class _GatewayCatalog:
     def invalidate(self) -> None:
         pass
 
+    def reload_if_old(self) -> None:
+        self.catalog.reload_if_old()
+
+    def reload_missing(self) -> None:
+        self.catalog.reload_missing()
+
 
 def gateway_e2e(
     catalog: Catalog, sql: str, rules: MaskingRules = RULES, *, limited: bool = False

@@ -230,13 +230,9 @@ class Catalog:
         own (asked at most once per ``miss_interval``), so that DDL the gateway
         did not see reaches a connection that lives long."""
         snapshot = self.current
-        now = self._clock()
-        if snapshot is None or now - snapshot.loaded_at < self.max_age:
+        if snapshot is None or self._clock() - snapshot.loaded_at < self.max_age:
             return
-        if now - self._asked < self.miss_interval:
-            return
-        self._asked = now
-        self.reload_soon()
+        self.reload_missing()
 
     def reload_missing(self) -> None:
         """For readers of :attr:`current` on the event loop that met a relation the

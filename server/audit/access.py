@@ -497,10 +497,12 @@ def index_entry(kind: str, data: Mapping[str, Any]) -> IndexEntry | None:
     has no access facts; :class:`LookupError` for facts that refer to another
     statement's (its key alone, or ``same_as``), which only a
     :class:`FactsReader` of the recording can make whole."""
-    facts = data.get(FACTS) if kind == KIND else None
-    if type(facts) is str or (isinstance(facts, Mapping) and SAME_AS in facts):
+    facts = facts_of(kind, data)
+    if facts is None and kind == KIND and type(data.get(FACTS)) is str:
+        raise LookupError("access facts that refer to an earlier statement's (its key)")
+    if facts is not None and SAME_AS in facts:
         raise LookupError("access facts that refer to an earlier statement's")
-    return entry_of(facts_of(kind, data))
+    return entry_of(facts)
 
 
 def entry_of(facts: Mapping[str, Any] | None) -> IndexEntry | None:
@@ -1131,7 +1133,9 @@ class IndexProblem:
 def _run_problem(m: Any, each: Sequence[RunStatement]) -> str | None:
     """What is wrong with a run's row in itself (None: nothing)."""
     counted = [n for _, _, n in each if n is not None]
-    if m["run"] is not None and _run_read(m["run"]) is None:
+    # A run that cannot be read stands for its first statement alone (a read one
+    # holds two or more: ``statements_of``).
+    if m["run"] is not None and len(each) == 1:
         return "an access index run cannot be read"
     if m["statements"] != len(each):
         return "an access index run's count differs from its statements"

@@ -298,31 +298,26 @@ class FactsReader:
                 self._known.clear()
                 self._entries.clear()
             known = self._known[session_id] = {}
-        if kind == KIND and type(key := data.get(FACTS)) is str:
+        own: dict[str, Any]
+        if kind == KIND and type(same := data.get(FACTS)) is str:
             # The key alone: the facts of that key, but for the event's own rows
             # and decision (``Facts.said_in``).
-            base = known.get(key)
-            if base is None:
-                raise LookupError(f"access facts {key} are not those of an earlier statement")
-            made = dict(base)
-            made["rows"] = data.get("rows")
-            made["decision"] = data.get("decision")
-            return made
-        facts = facts_of(kind, data)
-        if facts is None:
-            return None
-        same = facts.get(SAME_AS)
-        if same is None:
-            key = facts.get(KEY)
-            if isinstance(key, str):
-                known[key] = facts
-            return facts
+            own = {"rows": data.get("rows"), "decision": data.get("decision")}
+        else:
+            facts = facts_of(kind, data)
+            if facts is None:
+                return None
+            same = facts.get(SAME_AS)
+            if same is None:
+                key = facts.get(KEY)
+                if isinstance(key, str):
+                    known[key] = facts
+                return facts
+            own = {slot: facts.get(slot) for slot in _SLOTS}
         base = known.get(str(same))
         if base is None:
             raise LookupError(f"access facts {same} are not those of an earlier statement")
-        made = dict(base)
-        made.update((slot, facts.get(slot)) for slot in _SLOTS)
-        return made
+        return {**base, **own}
 
     def entry(self, session_id: str, kind: str, data: Mapping[str, Any]) -> IndexEntry | None:
         """The index entry of the event's facts (:meth:`facts`), made from the one of
